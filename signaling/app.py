@@ -1,0 +1,153 @@
+"""HTTP and WebSocket endpoints: LiveKit's /rtc signal connection and its validation routes."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from google.protobuf.message import DecodeError
+from livekit.protocol import models, rtc
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from .auth import AuthError, Claims
+from .node import Node
+from .room import Room
+from .session import SignalSession
+
+log = logging.getLogger(__name__)
+
+
+def _token(connection: HTTPConnection) -> str:
+    """Rust/Python SDKs send `Authorization: Bearer`, browsers `?access_token=`."""
+    header = connection.headers.get("authorization")
+    if header is not None:
+        if not header.startswith("Bearer "):
+            raise AuthError("invalid authorization header: Bearer token expected")
+        return header[len("Bearer "):].strip()
+    token = connection.query_params.get("access_token")
+    if not token:
+        raise AuthError("missing access token")
+    return token
+
+
+def _flag(connection: HTTPConnection, name: str, default: bool) -> bool:
+    value = connection.query_params.get(name)
+    return default if value is None else value.lower() in ("1", "true")
+
+
+def _int(connection: HTTPConnection, name: str) -> int:
+    try:
+        return int(connection.query_params.get(name, "0"))
+    except ValueError:
+        return 0
+
+
+def _admit(node: Node, connection: HTTPConnection) -> tuple[Claims, Room]:
+    """Checks what LiveKit checks before upgrading, so failures are HTTP statuses. Raises AuthError or PermissionError."""
+    claims, room_name = node.verifier.verify_join(_token(connection))
+    room = node.rooms.rooms.get(room_name)
+    limit = node.config.room.max_participants
+    if room is not None and limit and claims.identity not in room.participants and len(room.participants) >= limit:
+        raise PermissionError("room is full")
+    return claims, room if room is not None else node.rooms.get_or_create(room_name)
+
+
+def create_app(node: Node) -> Starlette:
+    async def health(request: Request) -> Response:
+        return PlainTextResponse("OK")
+
+    async def validate(request: Request) -> Response:
+        try:
+            _admit(node, request)
+        except AuthError as error:
+            return PlainTextResponse(str(error), status_code=401)
+        except PermissionError as error:
+            return PlainTextResponse(str(error), status_code=403)
+        return PlainTextResponse("success")
+
+    async def not_found(request: Request) -> Response:
+        # v1 (single peer connection) is not served: clients fall back to /rtc on exactly 404.
+        return PlainTextResponse("not found", status_code=404)
+
+    async def v1_socket(websocket: WebSocket) -> None:
+        await websocket.send_denial_response(PlainTextResponse("not found", status_code=404))
+
+    async def rtc_socket(websocket: WebSocket) -> None:
+        try:
+            claims, room = _admit(node, websocket)
+        except AuthError as error:
+            node.counters["join_unauthorized"] += 1
+            await websocket.send_denial_response(PlainTextResponse(str(error), status_code=401))
+            return
+        except PermissionError as error:
+            await websocket.send_denial_response(PlainTextResponse(str(error), status_code=403))
+            return
+        previous = room.participants.get(claims.identity)
+        if previous is not None:
+            previous.session.close(models.DisconnectReason.DUPLICATE_IDENTITY)
+        await websocket.accept()
+        session = SignalSession(
+            node, claims, room,
+            auto_subscribe=_flag(websocket, "auto_subscribe", True),
+            client_protocol=_int(websocket, "client_protocol"),
+        )
+        node.sessions.add(session)
+        writer = asyncio.create_task(_write(websocket, session))
+        try:
+            session.join()
+            await _read(node, websocket, session)
+        finally:
+            session.close(models.DisconnectReason.SIGNAL_CLOSE, notify=False)
+            node.sessions.discard(session)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(writer, 2)
+            with contextlib.suppress(Exception):
+                await websocket.close()
+
+    return Starlette(routes=[
+        Route("/", health),
+        Route("/rtc/validate", validate),
+        Route("/rtc/v1/validate", not_found),
+        Route("/rtc/v1", not_found),
+        WebSocketRoute("/rtc/v1", v1_socket),
+        Route("/rtc", not_found),
+        WebSocketRoute("/rtc", rtc_socket),
+    ])
+
+
+async def _read(node: Node, websocket: WebSocket, session: SignalSession) -> None:
+    while not session.closed:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("bytes")
+        if data is None:
+            node.counters["signal_text_frames"] += 1
+            continue
+        try:
+            request = rtc.SignalRequest.FromString(data)
+        except DecodeError:
+            node.counters["signal_malformed"] += 1
+            continue
+        try:
+            session.handle(request)
+        except Exception:  # a bug handling one request must not take down the session or the server
+            node.counters["signal_handler_errors"] += 1
+            log.exception("error handling %s from %s", request.WhichOneof("message"), session.participant.identity)
+
+
+async def _write(websocket: WebSocket, session: SignalSession) -> None:
+    while True:
+        response = await session.outbox.get()
+        if response is None:
+            break
+        try:
+            await websocket.send_bytes(response.SerializeToString())
+        except Exception:
+            break
+    with contextlib.suppress(Exception):
+        await websocket.close()

@@ -1,0 +1,72 @@
+"""SDP offer/answer state of a client's two peer connections (LiveKit v0, dual PC)."""
+from __future__ import annotations
+
+import random
+
+from livekit.protocol import rtc
+
+from . import sdp
+from .transport import Transport
+
+
+def _transport_parameters(description: sdp.SessionDescription) -> tuple[str | None, tuple[str, str] | None]:
+    for section in description.sections:
+        if section.ice_ufrag or section.fingerprint:
+            return section.ice_ufrag, section.fingerprint
+    return None, None
+
+
+class PublisherPC:
+    """The client offers, the server answers (echoing the offer id, which JS waits for)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.session_id = random.getrandbits(62)
+
+    def answer(self, offer: rtc.SessionDescription) -> tuple[rtc.SessionDescription, list[sdp.AcceptedMedia], list[str]]:
+        """Returns the answer, the media the client sends, and the mids it no longer sends on. Raises sdp.SdpError."""
+        description = sdp.parse(offer.sdp)
+        self.transport.set_remote(*_transport_parameters(description))
+        answer_sdp, accepted = sdp.build_answer(description, self.transport.local_endpoint(), self.session_id)
+        sending = {media.mid for media in accepted}
+        stopped = [s.mid for s in description.sections if s.kind != "application" and s.mid not in sending]
+        return rtc.SessionDescription(type="answer", sdp=answer_sdp, id=offer.id), accepted, stopped
+
+
+class SubscriberPC:
+    """The server offers; one offer outstanding at a time, re-offering when changes queued up meanwhile."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.session_id = random.getrandbits(62)
+        self.media: list[sdp.OutgoingMedia] = []
+        self._offer_id = 0
+        self._version = 0
+        self._awaiting_answer = False
+        self._dirty = True
+        self._next_mid = 1  # mid 0 is the data-channel m-line
+
+    def next_mid(self) -> str:
+        mid = str(self._next_mid)
+        self._next_mid += 1
+        return mid
+
+    def changed(self) -> rtc.SessionDescription | None:
+        """Marks the media list changed; returns an offer to send now, or None if one is in flight."""
+        self._dirty = True
+        return None if self._awaiting_answer else self._offer()
+
+    def _offer(self) -> rtc.SessionDescription:
+        self._dirty = False
+        self._awaiting_answer = True
+        self._offer_id += 1
+        self._version += 1
+        text = sdp.build_offer(self.transport.local_endpoint(), self.media, self.session_id, self._version)
+        return rtc.SessionDescription(type="offer", sdp=text, id=self._offer_id)
+
+    def answered(self, answer: rtc.SessionDescription) -> tuple[sdp.SessionDescription, rtc.SessionDescription | None]:
+        """Applies the client's answer (R answers with id 0, JS echoes ours). Returns it parsed and any follow-up offer."""
+        description = sdp.parse(answer.sdp)
+        self.transport.set_remote(*_transport_parameters(description))
+        self._awaiting_answer = False
+        return description, (self._offer() if self._dirty else None)

@@ -1,0 +1,73 @@
+"""The running server's state on this node: engine, transports, rooms and the sessions in them."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import Counter
+
+from livekit.protocol import models
+
+import engine
+from .auth import TokenVerifier
+from .config import Config
+from .room import RoomManager, TrackPublication
+from .session import SignalSession
+from .transport import TransportManager
+
+log = logging.getLogger(__name__)
+
+# Reported to clients as server_info.version: it must be semver, and >= 1.8.0 for the SDKs' RPC support.
+PROTOCOL_VERSION = "1.9.0"
+SERVER_PROTOCOL = 16
+
+
+class Node:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.id = "ND_" + uuid.uuid4().hex[:12]
+        self.version = PROTOCOL_VERSION
+        self.verifier = TokenVerifier(config.keys)
+        self.rooms = RoomManager(config.room.empty_timeout, config.room.departure_timeout, config.room.max_participants)
+        self.counters: Counter[str] = Counter()
+        self.sessions: set[SignalSession] = set()
+        self.receivers: dict[int, TrackPublication] = {}  # engine receiver id -> publication
+        self.engine: engine.Engine
+        self.transports: TransportManager
+
+    def server_info(self) -> models.ServerInfo:
+        return models.ServerInfo(
+            edition=models.ServerInfo.Edition.Standard,
+            version=self.version,
+            protocol=SERVER_PROTOCOL,
+            node_id=self.id,
+            region="",
+        )
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        host = self.config.bind_addresses[0] if self.config.bind_addresses else "0.0.0.0"
+        if ":" in host:  # the engine's socket is IPv4 for now
+            host = "0.0.0.0"
+        self.engine = engine.Engine(host, self.config.rtc.udp_port, self._on_engine_event)
+        self.transports = TransportManager(self.engine, self.config.node_ip())
+        self.transports.on_receiver_layer = self._on_receiver_layer
+        self.engine.attach(loop)
+        log.info("media on udp %s:%d, candidates advertise %s", host, self.engine.port, self.transports.node_ip)
+
+    def _on_engine_event(self, event: tuple) -> None:
+        self.transports.on_event(event)
+
+    def _on_receiver_layer(self, receiver_id: int, layer: int, ssrc: int) -> None:
+        publication = self.receivers.get(receiver_id)
+        if publication is not None:
+            publication.participant.session.on_track_started(publication)
+
+    def shutdown(self) -> None:
+        for session in list(self.sessions):
+            session.close(models.DisconnectReason.SERVER_SHUTDOWN)
+
+    def stop(self) -> None:
+        self.engine.close()
+
+    def stats(self) -> dict[str, int]:
+        return {**self.engine.stats(), **self.transports.counters, **self.counters}

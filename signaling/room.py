@@ -1,0 +1,244 @@
+"""Rooms, participants, track publications and subscriptions: control-plane state with LiveKit's meanings."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import string
+import time
+from typing import TYPE_CHECKING, Callable
+
+from livekit.protocol import models, rtc
+
+from .auth import Claims
+from .sdp import Codec, OutgoingMedia
+
+if TYPE_CHECKING:
+    from .session import SignalSession
+
+log = logging.getLogger(__name__)
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+_SOURCE_NAMES = {
+    models.TrackSource.CAMERA: "camera",
+    models.TrackSource.MICROPHONE: "microphone",
+    models.TrackSource.SCREEN_SHARE: "screen_share",
+    models.TrackSource.SCREEN_SHARE_AUDIO: "screen_share_audio",
+}
+_KINDS = {
+    "standard": models.ParticipantInfo.Kind.STANDARD,
+    "ingress": models.ParticipantInfo.Kind.INGRESS,
+    "egress": models.ParticipantInfo.Kind.EGRESS,
+    "sip": models.ParticipantInfo.Kind.SIP,
+    "agent": models.ParticipantInfo.Kind.AGENT,
+    "connector": models.ParticipantInfo.Kind.CONNECTOR,
+    "bridge": models.ParticipantInfo.Kind.BRIDGE,
+}
+
+
+def new_id(prefix: str) -> str:
+    """LiveKit-style ids: clients check the RM_/PA_/TR_ prefixes."""
+    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class TrackPublication:
+    """A track a participant publishes; `receiver_id` is its engine Receiver once media is negotiated."""
+
+    def __init__(self, participant: Participant, request: rtc.AddTrackRequest) -> None:
+        self.participant = participant
+        self.cid = request.cid
+        kind_letter = "A" if request.type == models.TrackType.AUDIO else "V"
+        self.info = models.TrackInfo(
+            sid=new_id(f"TR_{kind_letter}"),
+            type=request.type,
+            name=request.name,
+            muted=request.muted,
+            width=request.width,
+            height=request.height,
+            source=request.source,
+            layers=request.layers,
+            disable_dtx=request.disable_dtx,
+            stereo=request.stereo,
+            disable_red=request.disable_red,
+            encryption=request.encryption,
+            stream=request.stream,
+            audio_features=request.audio_features,
+            simulcast=len(request.layers) > 1
+            or any(len(c.layers) > 1 for c in request.simulcast_codecs),
+        )
+        for codec in request.simulcast_codecs:
+            self.info.codecs.add(mime_type=codec.codec, cid=codec.cid or request.cid, layers=codec.layers)
+        self.receiver_id: int | None = None
+        self.codec: Codec | None = None
+        self.extmap: dict[str, int] = {}
+        self.published = False
+        self.subscriptions: dict[str, Subscription] = {}
+
+    @property
+    def sid(self) -> str:
+        return self.info.sid
+
+    @property
+    def kind(self) -> str:
+        return "audio" if self.info.type == models.TrackType.AUDIO else "video"
+
+
+class Subscription:
+    """One subscriber's copy of a publication: an m-line on its subscriber PC and an engine DownTrack."""
+
+    def __init__(self, publication: TrackPublication, subscriber: Participant, media: OutgoingMedia) -> None:
+        self.publication = publication
+        self.subscriber = subscriber
+        self.media = media
+        self.downtrack_id: int | None = None
+
+
+class Participant:
+    def __init__(self, room: Room, claims: Claims, session: SignalSession, client_protocol: int) -> None:
+        self.room = room
+        self.sid = new_id("PA_")
+        self.identity = claims.identity
+        self.name = claims.name
+        self.metadata = claims.metadata
+        self.attributes = dict(claims.attributes)
+        self.kind = _KINDS.get(claims.kind, models.ParticipantInfo.Kind.STANDARD)
+        self.grant = claims.video
+        self.session = session
+        self.client_protocol = client_protocol
+        self.joined_at_ms = now_ms()
+        self.state = models.ParticipantInfo.State.JOINING
+        self.disconnect_reason = models.DisconnectReason.UNKNOWN_REASON
+        self.version = 0
+        self.publications: dict[str, TrackPublication] = {}  # by track sid
+        self.subscriptions: dict[str, Subscription] = {}  # by track sid
+
+    @property
+    def hidden(self) -> bool:
+        return self.grant.hidden
+
+    def can_publish_source(self, source: int) -> bool:
+        allowed = self.grant.can_publish_sources
+        return self.grant.can_publish and (not allowed or _SOURCE_NAMES.get(source) in allowed)
+
+    def touch(self) -> None:
+        """Every change bumps the version so clients never apply an older ParticipantInfo over a newer one."""
+        self.version += 1
+
+    def permission(self) -> models.ParticipantPermission:
+        grant = self.grant
+        return models.ParticipantPermission(
+            can_subscribe=grant.can_subscribe,
+            can_publish=grant.can_publish,
+            can_publish_data=grant.can_publish_data,
+            can_publish_sources=[
+                source for source, name in _SOURCE_NAMES.items()
+                if not grant.can_publish_sources or name in grant.can_publish_sources
+            ],
+            hidden=grant.hidden,
+            recorder=grant.recorder,
+            can_update_metadata=grant.can_update_own_metadata,
+            agent=grant.agent,
+            can_subscribe_metrics=grant.can_subscribe_metrics,
+        )
+
+    def info(self) -> models.ParticipantInfo:
+        return models.ParticipantInfo(
+            sid=self.sid,
+            identity=self.identity,
+            name=self.name,
+            state=self.state,
+            tracks=[p.info for p in self.publications.values() if p.published],
+            metadata=self.metadata,
+            attributes=self.attributes,
+            joined_at=self.joined_at_ms // 1000,
+            joined_at_ms=self.joined_at_ms,
+            version=self.version,
+            permission=self.permission(),
+            is_publisher=any(p.published for p in self.publications.values()),
+            kind=self.kind,
+            disconnect_reason=self.disconnect_reason,
+            client_protocol=self.client_protocol,
+        )
+
+
+class Room:
+    def __init__(self, manager: RoomManager, name: str) -> None:
+        self.manager = manager
+        self.name = name
+        self.sid = new_id("RM_")
+        self.created_at_ms = now_ms()
+        self.participants: dict[str, Participant] = {}  # by identity
+        self.metadata = ""
+        self._close_timer: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    def info(self) -> models.Room:
+        return models.Room(
+            sid=self.sid,
+            name=self.name,
+            empty_timeout=int(self.manager.empty_timeout),
+            departure_timeout=int(self.manager.departure_timeout),
+            max_participants=self.manager.max_participants,
+            creation_time=self.created_at_ms // 1000,
+            creation_time_ms=self.created_at_ms,
+            metadata=self.metadata,
+            num_participants=sum(1 for p in self.participants.values() if not p.hidden),
+            num_publishers=sum(1 for p in self.participants.values() if any(t.published for t in p.publications.values())),
+        )
+
+    def others(self, participant: Participant) -> list[Participant]:
+        return [p for p in self.participants.values() if p is not participant]
+
+    def add(self, participant: Participant) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        self.participants[participant.identity] = participant
+
+    def remove(self, participant: Participant) -> None:
+        if self.participants.get(participant.identity) is participant:
+            del self.participants[participant.identity]
+        if not self.participants:
+            self._schedule_close(self.manager.departure_timeout)
+
+    def broadcast_participant(self, participant: Participant) -> None:
+        """Sends a participant's full, current info to everyone who may see it (and to itself)."""
+        update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[participant.info()]))
+        for other in self.participants.values():
+            if other is participant or not participant.hidden:
+                other.session.send(update)
+
+    def _schedule_close(self, delay: float) -> None:
+        if self._close_timer is None and not self.closed:
+            self._close_timer = asyncio.get_running_loop().call_later(delay, self.close_if_empty)
+
+    def close_if_empty(self) -> None:
+        self._close_timer = None
+        if not self.participants:
+            self.closed = True
+            self.manager.rooms.pop(self.name, None)
+            log.info("room %s (%s) closed", self.name, self.sid)
+
+
+class RoomManager:
+    """Creates rooms on first join and closes them when they stay empty."""
+
+    def __init__(self, empty_timeout: float, departure_timeout: float, max_participants: int) -> None:
+        self.empty_timeout = empty_timeout
+        self.departure_timeout = departure_timeout
+        self.max_participants = max_participants
+        self.rooms: dict[str, Room] = {}
+        self.on_room_created: Callable[[Room], None] | None = None
+
+    def get_or_create(self, name: str) -> Room:
+        room = self.rooms.get(name)
+        if room is None:
+            room = Room(self, name)
+            self.rooms[name] = room
+            room._schedule_close(self.empty_timeout)
+            log.info("room %s (%s) created", name, room.sid)
+        return room

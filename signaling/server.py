@@ -1,0 +1,61 @@
+"""Runs a node: uvicorn (websockets) on uvloop, the engine on the same loop, clean shutdown on SIGTERM/SIGINT."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+import uvloop
+
+from .app import create_app
+from .config import Config
+from .node import Node
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """Tells every client `leave` before uvicorn closes the sockets."""
+
+    def __init__(self, config: uvicorn.Config, node: Node, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(config)
+        self.node = node
+        self.loop = loop
+        self._leaving = False
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        # Called from a signal handler: defer the work to the loop.
+        if self._leaving:
+            super().handle_exit(sig, frame)  # a second signal exits at once
+            return
+        self._leaving = True
+        self.loop.call_soon_threadsafe(self._leave_then_exit, sig, frame)
+
+    def _leave_then_exit(self, sig: int, frame: object) -> None:
+        self.node.shutdown()
+        # Let the writers flush the leave messages before uvicorn starts closing connections.
+        self.loop.call_later(0.3, super().handle_exit, sig, frame)
+
+
+async def serve(config: Config) -> None:
+    loop = asyncio.get_running_loop()
+    node = Node(config)
+    node.start(loop)
+    uvicorn_config = uvicorn.Config(
+        create_app(node),
+        host=config.bind_addresses[0] if config.bind_addresses else "0.0.0.0",
+        port=config.port,
+        ws="websockets",
+        lifespan="off",
+        log_level=config.log_level.lower(),
+        timeout_graceful_shutdown=3,
+    )
+    server = _Server(uvicorn_config, node, loop)
+    try:
+        await server.serve()
+    finally:
+        node.stop()
+
+
+def run(config: Config) -> None:
+    uvloop.run(serve(config))

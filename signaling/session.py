@@ -1,0 +1,324 @@
+"""One client's signal connection: LiveKit's SignalRequest/SignalResponse protocol (v0, dual peer connection)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING
+
+from livekit.protocol import models, rtc
+
+from . import sdp
+from .auth import Claims
+from .negotiation import PublisherPC, SubscriberPC
+from .room import Participant, Room, Subscription, TrackPublication, now_ms
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger(__name__)
+
+PING_INTERVAL = 5
+PING_TIMEOUT = 15
+
+# Extensions the server offers subscribers, renumbered from the publisher's ids by the engine.
+_SUBSCRIBER_EXTMAP = {
+    "audio": {"urn:ietf:params:rtp-hdrext:ssrc-audio-level": 1},
+    "video": {},
+}
+_SUBSCRIBER_FEEDBACK = {"audio": ["nack"], "video": ["nack", "nack pli", "ccm fir"]}
+# Simulcast rids ordered from lowest to highest quality (LiveKit's q/h/f and the 2/1/0 alternative).
+_RID_ORDER = {"q": 0, "h": 1, "f": 2, "2": 0, "1": 1, "0": 2}
+
+
+def ordered_rids(rids: list[str]) -> list[str]:
+    return sorted(rids, key=lambda rid: _RID_ORDER.get(rid.lstrip("~"), len(_RID_ORDER)))
+
+
+class SignalSession:
+    """Owns a participant from join to leave; everything it sends goes through one ordered queue."""
+
+    def __init__(self, node: Node, claims: Claims, room: Room, auto_subscribe: bool, client_protocol: int) -> None:
+        self.node = node
+        self.auto_subscribe = auto_subscribe
+        self.room = room
+        self.participant = Participant(room, claims, self, client_protocol)
+        self.publisher = PublisherPC(node.transports.create("publisher"))
+        self.subscriber = SubscriberPC(node.transports.create("subscriber"))
+        self.subscriber_primary = claims.video.can_subscribe
+        primary = self.subscriber if self.subscriber_primary else self.publisher
+        primary.transport.on_connected = self._on_primary_connected
+        self.outbox: asyncio.Queue[rtc.SignalResponse | None] = asyncio.Queue()
+        self.closed = False
+        self._pending: dict[str, TrackPublication] = {}  # by AddTrackRequest cid, until media arrives
+
+    # -- output
+    def send(self, response: rtc.SignalResponse) -> None:
+        if not self.closed:
+            self.outbox.put_nowait(response)
+
+    def _send_offer(self, offer: rtc.SessionDescription | None) -> None:
+        if offer is not None:
+            self.send(rtc.SignalResponse(offer=offer))
+
+    # -- join
+    def join(self) -> None:
+        participant = self.participant
+        participant.state = models.ParticipantInfo.State.JOINED
+        participant.touch()
+        self.room.add(participant)
+        others = [p for p in self.room.others(participant) if not p.hidden]
+        self.send(rtc.SignalResponse(join=rtc.JoinResponse(
+            room=self.room.info(),
+            participant=participant.info(),
+            other_participants=[p.info() for p in others],
+            server_version=self.node.version,
+            server_info=self.node.server_info(),
+            subscriber_primary=self.subscriber_primary,
+            ping_interval=PING_INTERVAL,
+            ping_timeout=PING_TIMEOUT,
+        )))
+        self.room.broadcast_participant(participant)
+        if self.auto_subscribe:
+            for other in others:
+                for publication in other.publications.values():
+                    if publication.published:
+                        self._subscribe(publication)
+        if self.subscriber_primary:
+            self._send_offer(self.subscriber.changed())
+
+    def _on_primary_connected(self) -> None:
+        if self.participant.state != models.ParticipantInfo.State.ACTIVE and not self.closed:
+            self.participant.state = models.ParticipantInfo.State.ACTIVE
+            self.participant.touch()
+            self.room.broadcast_participant(self.participant)
+
+    # -- requests
+    def handle(self, request: rtc.SignalRequest) -> None:
+        kind = request.WhichOneof("message")
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is None:
+            self.node.counters[f"signal_ignored_{kind}"] += 1
+            return
+        handler(getattr(request, kind))
+
+    def _on_ping(self, timestamp: int) -> None:
+        self.send(rtc.SignalResponse(pong=now_ms()))
+
+    def _on_ping_req(self, ping: rtc.Ping) -> None:
+        self.send(rtc.SignalResponse(pong_resp=rtc.Pong(last_ping_timestamp=ping.timestamp, timestamp=now_ms())))
+
+    def _on_trickle(self, trickle: rtc.TrickleRequest) -> None:
+        # ICE-lite: the server never checks the client's candidates; its binding requests tell us its address.
+        self.node.counters["trickle_received"] += 1
+
+    def _on_leave(self, leave: rtc.LeaveRequest) -> None:
+        self.close(models.DisconnectReason.CLIENT_INITIATED, notify=False)
+
+    def _on_add_track(self, request: rtc.AddTrackRequest) -> None:
+        participant = self.participant
+        if not participant.can_publish_source(request.source):
+            self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
+                reason=rtc.RequestResponse.Reason.NOT_ALLOWED,
+                message="participant is not allowed to publish this source",
+                add_track=request,
+            )))
+            return
+        if request.cid in self._pending:
+            self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
+                reason=rtc.RequestResponse.Reason.QUEUED, message="track with this cid is pending", add_track=request,
+            )))
+            return
+        publication = TrackPublication(participant, request)
+        self._pending[request.cid] = publication
+        self.send(rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=request.cid, track=publication.info)))
+
+    def _on_offer(self, offer: rtc.SessionDescription) -> None:
+        try:
+            answer, accepted, stopped = self.publisher.answer(offer)
+        except sdp.SdpError as error:
+            self.node.counters["sdp_malformed"] += 1
+            log.info("participant %s sent a malformed offer: %s", self.participant.identity, error)
+            return
+        self.send(rtc.SignalResponse(answer=answer))
+        for media in accepted:
+            self._attach_media(media)
+        for mid in stopped:
+            for publication in list(self.participant.publications.values()):
+                if publication.info.mid == mid:
+                    self._unpublish(publication)
+
+    def _attach_media(self, media: sdp.AcceptedMedia) -> None:
+        """Ties an m-line the client sends on to its AddTrackRequest (msid track id == cid) and starts a Receiver."""
+        if any(p.info.mid == media.mid for p in self.participant.publications.values()):
+            return  # already receiving on this m-line (renegotiation)
+        publication = self._pending.pop(media.track_id, None) if media.track_id else None
+        if publication is None:
+            publication = next((p for p in self._pending.values() if any(c.cid == media.track_id for c in p.info.codecs)), None)
+        if publication is None:
+            publication = next((p for p in self._pending.values() if p.kind == media.kind), None)
+        if publication is None:
+            self.node.counters["media_without_track"] += 1
+            return
+        self._pending.pop(publication.cid, None)
+        codec = media.codec
+        publication.codec = codec
+        publication.extmap = dict(media.extmap)
+        publication.info.mid = media.mid
+        publication.info.mime_type = f"{media.kind}/{codec.name}"
+        for info in publication.info.codecs:
+            info.mid = media.mid
+        publication.receiver_id = self.node.engine.add_receiver(
+            self.publisher.transport.id, media.mid, media.kind, codec.name.lower(), codec.payload_type,
+            codec.rtx_payload_type or 0, codec.clock_rate, ordered_rids(media.rids), media.ssrcs, media.rtx_ssrcs,
+            media.extmap,
+        )
+        self.node.receivers[publication.receiver_id] = publication
+        self.participant.publications[publication.sid] = publication
+
+    def on_track_started(self, publication: TrackPublication) -> None:
+        """The first packets arrived: the track is published to the room."""
+        if publication.published or self.closed:
+            return
+        publication.published = True
+        self.participant.touch()
+        self.room.broadcast_participant(self.participant)
+        for other in self.room.others(self.participant):
+            if other.session.auto_subscribe:
+                other.session._subscribe(publication)
+                other.session._send_offer(other.session.subscriber.changed())
+
+    def _unpublish(self, publication: TrackPublication) -> None:
+        self.participant.publications.pop(publication.sid, None)
+        for subscription in list(publication.subscriptions.values()):
+            subscription.subscriber.session._unsubscribe(subscription)
+        if publication.receiver_id is not None:
+            self.node.receivers.pop(publication.receiver_id, None)
+            self.node.engine.remove_receiver(publication.receiver_id)
+            publication.receiver_id = None
+        if publication.published:
+            publication.published = False
+            self.participant.touch()
+            self.room.broadcast_participant(self.participant)
+
+    def _on_mute(self, request: rtc.MuteTrackRequest) -> None:
+        publication = self.participant.publications.get(request.sid)
+        if publication is None:
+            publication = next((p for p in self._pending.values() if p.sid == request.sid), None)
+        if publication is None or publication.info.muted == request.muted:
+            return
+        publication.info.muted = request.muted
+        self.participant.touch()
+        self.room.broadcast_participant(self.participant)
+
+    def _on_subscription(self, request: rtc.UpdateSubscription) -> None:
+        sids = set(request.track_sids)
+        for participant_tracks in request.participant_tracks:
+            sids.update(participant_tracks.track_sids)
+        for other in self.room.others(self.participant):
+            for publication in other.publications.values():
+                if publication.sid not in sids:
+                    continue
+                subscription = self.participant.subscriptions.get(publication.sid)
+                if request.subscribe and subscription is None and publication.published:
+                    self._subscribe(publication)
+                elif not request.subscribe and subscription is not None:
+                    self._unsubscribe(subscription, renegotiate=False)
+        self._send_offer(self.subscriber.changed())
+
+    # -- subscriptions (this session is the subscriber)
+    def _subscribe(self, publication: TrackPublication) -> None:
+        participant = self.participant
+        if not participant.grant.can_subscribe or publication.sid in participant.subscriptions or publication.codec is None:
+            return
+        kind = publication.kind
+        codec = sdp.Codec(
+            payload_type=publication.codec.payload_type,
+            name=publication.codec.name,
+            clock_rate=publication.codec.clock_rate,
+            channels=publication.codec.channels,
+            fmtp=publication.codec.fmtp,
+            rtcp_fb=list(_SUBSCRIBER_FEEDBACK[kind]),
+            rtx_payload_type=publication.codec.rtx_payload_type if kind == "video" else None,
+        )
+        publisher = publication.participant
+        media = sdp.OutgoingMedia(
+            mid=self.subscriber.next_mid(),
+            kind=kind,
+            codec=codec,
+            ssrc=random.getrandbits(32) or 1,
+            rtx_ssrc=(random.getrandbits(32) or 1) if codec.rtx_payload_type else None,
+            stream_id=f"{publisher.sid}|{publication.sid}",
+            track_id=publication.sid,
+            cname=publisher.sid,
+            extmap=dict(_SUBSCRIBER_EXTMAP[kind]),
+            active=True,
+        )
+        self.subscriber.media.append(media)
+        subscription = Subscription(publication, participant, media)
+        participant.subscriptions[publication.sid] = subscription
+        publication.subscriptions[participant.sid] = subscription
+
+    def _unsubscribe(self, subscription: Subscription, renegotiate: bool = True) -> None:
+        publication = subscription.publication
+        self.participant.subscriptions.pop(publication.sid, None)
+        publication.subscriptions.pop(self.participant.sid, None)
+        if subscription.downtrack_id is not None:
+            self.node.engine.remove_downtrack(subscription.downtrack_id)
+            subscription.downtrack_id = None
+        subscription.media.active = False
+        if renegotiate and not self.closed:
+            self._send_offer(self.subscriber.changed())
+
+    def _on_answer(self, answer: rtc.SessionDescription) -> None:
+        try:
+            description, follow_up = self.subscriber.answered(answer)
+        except sdp.SdpError as error:
+            self.node.counters["sdp_malformed"] += 1
+            log.info("participant %s sent a malformed answer: %s", self.participant.identity, error)
+            return
+        sections = {section.mid: section for section in description.sections}
+        for subscription in self.participant.subscriptions.values():
+            section = sections.get(subscription.media.mid)
+            if subscription.downtrack_id is None and section is not None and section.port != 0:
+                self._start_downtrack(subscription, section)
+        self._send_offer(follow_up)
+
+    def _start_downtrack(self, subscription: Subscription, section: sdp.MediaSection) -> None:
+        publication = subscription.publication
+        media = subscription.media
+        if publication.receiver_id is None:
+            return
+        # Publisher extension id -> the id this subscriber negotiated for the same URI.
+        extmap = {pub_id: section.extmap[uri] for uri, pub_id in publication.extmap.items() if uri in section.extmap}
+        subscription.downtrack_id = self.node.engine.add_downtrack(
+            publication.receiver_id, self.subscriber.transport.id, media.ssrc, media.rtx_ssrc or 0,
+            media.codec.payload_type, media.codec.rtx_payload_type or 0, extmap,
+        )
+
+    # -- teardown
+    def close(self, reason: int, notify: bool = True, action: int = rtc.LeaveRequest.Action.DISCONNECT) -> None:
+        """Removes the participant everywhere; with notify, tells the client first (leave)."""
+        if self.closed:
+            return
+        if notify:
+            self.send(rtc.SignalResponse(leave=rtc.LeaveRequest(reason=reason, action=action)))
+        participant = self.participant
+        for subscription in list(participant.subscriptions.values()):
+            self._unsubscribe(subscription, renegotiate=False)
+        for publication in list(participant.publications.values()):
+            self._unpublish(publication)
+        self.closed = True
+        self.outbox.put_nowait(None)  # ends the writer after what is queued
+        self.publisher.transport.close()
+        self.subscriber.transport.close()
+        self.room.remove(participant)
+        participant.state = models.ParticipantInfo.State.DISCONNECTED
+        participant.disconnect_reason = reason
+        participant.touch()
+        update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[participant.info()]))
+        if not participant.hidden:
+            for other in self.room.participants.values():
+                other.session.send(update)
+        log.info("participant %s left room %s (%s)", participant.identity, self.room.name,
+                 models.DisconnectReason.Name(reason))

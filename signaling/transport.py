@@ -1,0 +1,158 @@
+"""Control side of a client's peer connections: ICE-lite credentials, the DTLS endpoint and SRTP keys.
+
+The engine owns the socket and the packets; a Transport owns what is rare and stateful (STUN checks,
+the DTLS handshake) and pushes the results (selected address, SRTP contexts) down into the engine.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Callable
+
+import engine
+from .dtls import Certificate, DtlsEndpoint, session_pointer, srtp_sessions
+from .ice import StunError, handle_binding, local_ufrag, new_credentials
+from .sdp import LocalEndpoint
+
+log = logging.getLogger(__name__)
+
+
+class Transport:
+    """One ICE-lite + DTLS + SRTP endpoint (one client peer connection)."""
+
+    def __init__(self, manager: TransportManager, label: str) -> None:
+        self.manager = manager
+        self.label = label
+        self.ice_ufrag, self.ice_pwd = new_credentials()
+        self.remote_ufrag: str | None = None
+        self.id = manager.engine.add_transport()
+        self.dtls = DtlsEndpoint(manager.certificate, None)
+        self.address: tuple[str, int] | None = None
+        self.on_connected: Callable[[], None] | None = None
+        self._srtp = None  # (rx, tx) pylibsrtp sessions, kept alive for the engine's raw pointers
+        self._timer: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    @property
+    def connected(self) -> bool:
+        return self._srtp is not None
+
+    def local_endpoint(self) -> LocalEndpoint:
+        return LocalEndpoint(
+            ice_ufrag=self.ice_ufrag,
+            ice_pwd=self.ice_pwd,
+            fingerprint=self.manager.certificate.fingerprint,
+            candidates=[(self.manager.node_ip, self.manager.engine.port)],
+        )
+
+    def set_remote(self, ufrag: str | None, fingerprint: tuple[str, str] | None) -> None:
+        """Parameters from the client's SDP (its offer on the publisher PC, its answer on the subscriber PC)."""
+        if ufrag:
+            self.remote_ufrag = ufrag
+        if fingerprint:
+            self.dtls.set_remote_fingerprint(fingerprint)
+
+    def handle_stun(self, data: bytes, host: str, port: int) -> None:
+        result = handle_binding(data, (host, port), self.ice_ufrag, self.ice_pwd, self.remote_ufrag)
+        if result is None:
+            self.manager.counters["stun_ignored"] += 1
+            return
+        self.manager.engine.send_to(result.response, host, port)
+        if not result.authenticated:
+            self.manager.counters["stun_unauthenticated"] += 1
+            return
+        # ICE-lite: the controlling client nominates; until then the first valid pair is good enough to answer DTLS.
+        if result.use_candidate or self.address is None:
+            if self.address != (host, port):
+                self.address = (host, port)
+                self.manager.engine.bind_transport(self.id, host, port)
+
+    def handle_dtls(self, data: bytes) -> None:
+        self._send(self.dtls.receive(data))
+        if self.dtls.srtp_keys is not None and self._srtp is None:
+            self._srtp = srtp_sessions(self.dtls.srtp_keys)
+            self.manager.engine.set_srtp(self.id, session_pointer(self._srtp[0]), session_pointer(self._srtp[1]))
+            log.debug("transport %s (%s) connected from %s", self.id, self.label, self.address)
+            if self.on_connected:
+                self.on_connected()
+        elif self.dtls.failed:
+            self.manager.counters["dtls_failed"] += 1
+            log.info("transport %s DTLS failed: %s", self.id, self.dtls.failed)
+        self._schedule_timer()
+
+    def _send(self, datagrams: list[bytes]) -> None:
+        for datagram in datagrams:
+            self.manager.engine.send_transport(self.id, datagram)
+
+    def _schedule_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        delay = None if self.closed else self.dtls.timeout()
+        if delay is not None:
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self.closed:
+            self._send(self.dtls.handle_timeout())
+            self._schedule_timer()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.address is not None and self.connected:
+            self._send(self.dtls.close())
+        self.manager.remove(self)
+
+
+class TransportManager:
+    """Routes the engine's rare-packet events to the Transport they belong to."""
+
+    def __init__(self, engine_: engine.Engine, node_ip: str) -> None:
+        self.engine = engine_
+        self.node_ip = node_ip
+        self.certificate = Certificate.generate()
+        self.counters: Counter[str] = Counter()
+        self._by_ufrag: dict[str, Transport] = {}
+        self._by_id: dict[int, Transport] = {}
+        self.on_receiver_layer: Callable[[int, int, int], None] | None = None
+
+    def create(self, label: str) -> Transport:
+        transport = Transport(self, label)
+        self._by_ufrag[transport.ice_ufrag] = transport
+        self._by_id[transport.id] = transport
+        return transport
+
+    def remove(self, transport: Transport) -> None:
+        self._by_ufrag.pop(transport.ice_ufrag, None)
+        self._by_id.pop(transport.id, None)
+        self.engine.remove_transport(transport.id)
+
+    def on_event(self, event: tuple) -> None:
+        kind = event[0]
+        if kind == engine.EV_STUN:
+            _, data, host, port = event
+            try:
+                ufrag = local_ufrag(data)
+                transport = self._by_ufrag.get(ufrag) if ufrag else None
+                if transport is None:
+                    self.counters["stun_unknown_ufrag"] += 1
+                    return
+                transport.handle_stun(data, host, port)
+            except StunError:
+                self.counters["stun_malformed"] += 1
+        elif kind == engine.EV_DTLS:
+            _, transport_id, data = event
+            transport = self._by_id.get(transport_id)
+            if transport is None:
+                self.counters["dtls_unknown_transport"] += 1
+            else:
+                transport.handle_dtls(data)
+        elif kind == engine.EV_RECEIVER_LAYER and self.on_receiver_layer:
+            _, receiver_id, layer, ssrc = event
+            self.on_receiver_layer(receiver_id, layer, ssrc)
