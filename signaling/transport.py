@@ -11,9 +11,9 @@ from collections import Counter
 from typing import Callable
 
 import engine
-from .dtls import Certificate, DtlsEndpoint, session_pointer, srtp_sessions
+from .dtls import Certificate, DtlsEndpoint, DtlsError, session_pointer, srtp_sessions
 from .ice import StunError, handle_binding, local_ufrag, new_credentials
-from .sdp import LocalEndpoint
+from .sdp import LocalEndpoint, SdpError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,10 @@ class Transport:
         if ufrag:
             self.remote_ufrag = ufrag
         if fingerprint:
-            self.dtls.set_remote_fingerprint(fingerprint)
+            try:
+                self.dtls.set_remote_fingerprint(fingerprint)
+            except DtlsError as error:
+                raise SdpError(f"unusable fingerprint: {error}") from error
 
     def handle_stun(self, data: bytes, host: str, port: int) -> None:
         result = handle_binding(data, (host, port), self.ice_ufrag, self.ice_pwd, self.remote_ufrag)
