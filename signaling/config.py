@@ -1,0 +1,275 @@
+"""Server configuration: LiveKit-style YAML keys, command-line overrides and environment.
+
+A LiveKit config.yaml should load unchanged: keys from LiveKit's schema that tern does not
+implement are ignored with a warning, while keys from no schema at all (typos) are errors.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+DEV_KEYS = {"devkey": "secret"}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MIN_SECRET_LENGTH = 32  # LiveKit's minimum outside development mode
+
+# Keys of LiveKit's schema that tern accepts but does not act on (yet).
+_LIVEKIT_TOP_LEVEL = frozenset({
+    "prometheus_port", "prometheus", "debug_handler", "redis", "audio", "video", "turn",
+    "ingress", "sip", "webhook", "node_selector", "key_file", "region", "signal_relay", "psrpc",
+    "logging", "limit", "agents", "metric", "trace", "node_stats", "enable_data_tracks",
+    "enable_participant_data_blob", "api",
+})
+_LIVEKIT_RTC = frozenset({
+    "port_range_start", "port_range_end", "use_external_ip", "use_ice_lite", "stun_servers",
+    "turn_servers", "interfaces", "ips", "enable_loopback_candidate", "use_mdns",
+    "congestion_control", "allow_tcp_fallback", "packet_buffer_size",
+    "packet_buffer_size_video", "packet_buffer_size_audio", "strict_acks",
+    "reconnect_on_publication_error", "reconnect_on_subscription_error",
+    "reconnect_on_data_channel_error", "batch_io", "forward_stats", "pli_throttle",
+    "min_playout_delay", "max_playout_delay", "use_ipv6",
+})
+_LIVEKIT_ROOM = frozenset({
+    "auto_create", "enabled_codecs", "enable_remote_unmute", "playout_delay", "sync_streams",
+    "max_metadata_size", "create_room_enabled", "create_room_timeout", "create_room_attempts",
+})
+
+# A documentation address (RFC 5737): connecting a UDP socket to it only consults the
+# routing table, so it reveals the default-route interface without sending a packet.
+_ROUTE_PROBE_ADDRESS = "192.0.2.1"
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message names the offending key."""
+
+
+@dataclass
+class RtcConfig:
+    udp_port: int = 7882
+    tcp_port: int = 7881
+    node_ip: str = ""  # "" = derive (see Config.node_ip)
+
+
+@dataclass
+class RoomConfig:
+    empty_timeout: float = 300
+    departure_timeout: float = 20
+    max_participants: int = 0  # 0 = unlimited
+
+
+@dataclass
+class Config:
+    port: int = 7880
+    bind_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    keys: dict[str, str] = field(default_factory=dict)
+    rtc: RtcConfig = field(default_factory=RtcConfig)
+    room: RoomConfig = field(default_factory=RoomConfig)
+    log_level: str = "info"
+    development: bool = False
+
+    def node_ip(self) -> str:
+        """The address offered to clients as the ICE candidate."""
+        if self.rtc.node_ip:
+            return self.rtc.node_ip
+        if self.bind_addresses and _is_concrete_ip(self.bind_addresses[0]):
+            return self.bind_addresses[0]
+        return _default_route_address() or "127.0.0.1"
+
+
+def _is_concrete_ip(address: str) -> bool:
+    try:
+        return not ipaddress.ip_address(address).is_unspecified
+    except ValueError:
+        return False
+
+
+def _default_route_address() -> str | None:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((_ROUTE_PROBE_ADDRESS, 9))
+            address = probe.getsockname()[0]
+    except OSError:  # no route at all (offline machine)
+        return None
+    return address if _is_concrete_ip(address) else None
+
+
+# -- typed readers: each names the key it rejects -------------------------------------------
+
+def _section(raw: Any, key: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _port(value: Any, key: str) -> int:
+    # bool is an int subclass; `port: yes` is a mistake, not port 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: expected a port number, got {value!r}")
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{key}: port {value} is out of range 0-65535")
+    return value
+
+
+def _count(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{key}: expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _seconds(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
+        raise ConfigError(f"{key}: expected a non-negative number of seconds, got {value!r}")
+    return float(value)
+
+
+def _flag(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _ip(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected an IP address, got {value!r}")
+    if value == "":  # LiveKit's spelling of "all interfaces"
+        return "0.0.0.0"
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} is not an IP address") from None
+
+
+def parse_bind_addresses(value: Any, key: str = "bind_addresses") -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: expected a list of IP addresses")
+    return [_ip(item, key) for item in value]
+
+
+def parse_log_level(value: Any, key: str = "log_level") -> str:
+    level = value.lower() if isinstance(value, str) else value
+    level = "warning" if level == "warn" else level
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{key}: expected one of debug, info, warn, error, got {value!r}")
+    return level
+
+
+def parse_keys(value: Any, key: str = "keys") -> dict[str, str]:
+    """Reads API keys from a mapping, or from LiveKit's `"key: secret"` string form."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f'{key}: expected "key: secret" pairs') from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f'{key}: expected "key: secret" pairs')
+    keys: dict[str, str] = {}
+    for api_key, secret in value.items():
+        if not isinstance(api_key, str) or not api_key:
+            raise ConfigError(f"{key}: API key {api_key!r} must be a non-empty string")
+        if not isinstance(secret, str) or not secret:
+            raise ConfigError(f"{key}.{api_key}: secret must be a non-empty string (quote it)")
+        keys[api_key] = secret
+    return keys
+
+
+def _apply(target: Any, raw: dict[str, Any], readers: dict[str, Any], ignored: frozenset[str],
+           prefix: str, sections: frozenset[str] = frozenset()) -> None:
+    for name, value in raw.items():
+        key = f"{prefix}{name}"
+        if name in readers:
+            if value is not None:
+                setattr(target, name, readers[name](value, key))
+        elif name in ignored:
+            log.warning("config key %s is not supported by tern and is ignored", key)
+        elif name not in sections:
+            raise ConfigError(f"{key}: unknown config key")
+
+
+def from_yaml(text: str) -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config is not valid YAML: {exc}") from None
+    config = Config()
+    top = _section(raw, "config")
+    rtc = _section(top.get("rtc"), "rtc")
+    room = _section(top.get("room"), "room")
+    top_readers = {
+        "port": _port, "bind_addresses": parse_bind_addresses, "keys": parse_keys,
+        "log_level": parse_log_level, "development": _flag,
+    }
+    _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "", frozenset({"rtc", "room"}))
+    _apply(config.rtc, rtc, {"udp_port": _port, "tcp_port": _port, "node_ip": _ip},
+           _LIVEKIT_RTC, "rtc.")
+    _apply(config.room, room, {"empty_timeout": _seconds, "departure_timeout": _seconds,
+                               "max_participants": _count}, _LIVEKIT_ROOM, "room.")
+    return config
+
+
+def build_config(
+    body: str | None = None,
+    *,
+    keys: str | None = None,
+    dev: bool = False,
+    bind: list[str] | None = None,
+    node_ip: str | None = None,
+    port: int | None = None,
+    udp_port: int | None = None,
+    log_level: str | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> Config:
+    """Combines a config body with command-line overrides, as LiveKit's server does.
+
+    Precedence: command-line value, then environment (LIVEKIT_CONFIG, LIVEKIT_KEYS), then the
+    config body, then defaults.
+    """
+    if body is None:
+        body = environ.get("LIVEKIT_CONFIG")
+    config = from_yaml(body) if body else Config()
+    if keys is None:
+        keys = environ.get("LIVEKIT_KEYS")
+    if keys is not None:
+        config.keys = parse_keys(keys, "--keys")
+    if bind:
+        config.bind_addresses = parse_bind_addresses(bind, "--bind")
+    if node_ip is not None:
+        config.rtc.node_ip = _ip(node_ip, "--node-ip")
+    if port is not None:
+        config.port = _port(port, "--port")
+    if udp_port is not None:
+        config.rtc.udp_port = _port(udp_port, "--udp-port")
+    if dev:
+        config.development = True
+        if not bind:
+            config.bind_addresses = ["127.0.0.1"]
+        if log_level is None:
+            config.log_level = "debug"
+    if config.development and not config.keys:
+        config.keys = dict(DEV_KEYS)
+    if log_level is not None:
+        config.log_level = parse_log_level(log_level, "--log-level")
+    if not config.keys:
+        raise ConfigError(
+            "no API keys configured: set `keys` in the config file, pass --keys \"key: secret\""
+            " (or LIVEKIT_KEYS), or run with --dev"
+        )
+    if not config.development:
+        for api_key, secret in config.keys.items():
+            if len(secret) < MIN_SECRET_LENGTH:
+                log.warning("secret of API key %s is shorter than %d characters; use a longer"
+                            " one outside development", api_key, MIN_SECRET_LENGTH)
+    return config

@@ -1,0 +1,320 @@
+import logging
+import socket
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from signaling import cli
+from signaling.config import (
+    Config, ConfigError, RoomConfig, RtcConfig, build_config, from_yaml, parse_keys,
+)
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "tools" / "config.example.yaml"
+NO_ENV: dict[str, str] = {}
+
+
+def test_defaults_are_livekits():
+    config = Config()
+    assert config.port == 7880
+    assert config.rtc == RtcConfig(udp_port=7882, tcp_port=7881, node_ip="")
+    assert config.room == RoomConfig(empty_timeout=300, departure_timeout=20, max_participants=0)
+    assert config.bind_addresses == ["127.0.0.1"] and config.keys == {}
+    assert config.log_level == "info" and not config.development
+
+
+def test_from_yaml_reads_every_key():
+    config = from_yaml("""
+port: 9000
+bind_addresses: ["0.0.0.0", "::"]
+keys:
+  key1: secret1
+  key2: secret2
+rtc:
+  udp_port: 9002
+  tcp_port: 9001
+  node_ip: 203.0.113.7
+room:
+  empty_timeout: 60
+  departure_timeout: 2.5
+  max_participants: 10
+log_level: WARN
+development: true
+""")
+    assert config.port == 9000
+    assert config.bind_addresses == ["0.0.0.0", "::"]
+    assert config.keys == {"key1": "secret1", "key2": "secret2"}
+    assert config.rtc == RtcConfig(udp_port=9002, tcp_port=9001, node_ip="203.0.113.7")
+    assert config.room == RoomConfig(empty_timeout=60, departure_timeout=2.5, max_participants=10)
+    assert config.log_level == "warning" and config.development
+
+
+def test_empty_yaml_is_defaults():
+    assert from_yaml("") == Config()
+    assert from_yaml("rtc:\nroom:\n") == Config()
+
+
+def test_livekit_keys_ignored_with_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        config = from_yaml("""
+port: 7880
+redis: {address: "localhost:6379"}
+turn: {enabled: false}
+rtc: {port_range_start: 50000, use_external_ip: true, udp_port: 7882}
+room: {auto_create: true, enabled_codecs: [{mime: audio/opus}]}
+""")
+    assert config.rtc.udp_port == 7882
+    for key in ("redis", "turn", "rtc.port_range_start", "rtc.use_external_ip",
+                "room.auto_create", "room.enabled_codecs"):
+        assert key in caplog.text
+
+
+@pytest.mark.parametrize("text, key", [
+    ("prot: 7880", "prot"),
+    ("rtc: {udp_prot: 1}", "rtc.udp_prot"),
+    ("room: {empty_timout: 1}", "room.empty_timout"),
+])
+def test_unknown_keys_are_errors(text, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        from_yaml(text)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("port: abc", "port"),
+    ("port: true", "port"),
+    ("port: 70000", "port"),
+    ("port: -1", "port"),
+    ("bind_addresses: [localhost]", "bind_addresses"),
+    ("bind_addresses: 5", "bind_addresses"),
+    ("keys: [a, b]", "keys"),
+    ("keys: {k: 12345}", "keys.k"),
+    ("rtc: 5", "rtc"),
+    ("rtc: {udp_port: '7882'}", "rtc.udp_port"),
+    ("rtc: {tcp_port: 1.5}", "rtc.tcp_port"),
+    ("rtc: {node_ip: not-an-ip}", "rtc.node_ip"),
+    ("room: {empty_timeout: soon}", "room.empty_timeout"),
+    ("room: {departure_timeout: -1}", "room.departure_timeout"),
+    ("room: {max_participants: 2.5}", "room.max_participants"),
+    ("log_level: loud", "log_level"),
+    ("development: 1", "development"),
+    ("[1, 2]", "config"),
+    ("port: [", "YAML"),
+])
+def test_wrong_types_name_the_key(text, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        from_yaml(text)
+
+
+def test_empty_bind_address_means_all_interfaces():
+    assert from_yaml('bind_addresses: [""]').bind_addresses == ["0.0.0.0"]
+
+
+def test_parse_keys_string_form():
+    assert parse_keys("devkey: secret") == {"devkey": "secret"}
+    assert parse_keys("a: one\nb: two") == {"a": "one", "b": "two"}
+    for bad in ("just-a-key", "a: [1]", "a: "):
+        with pytest.raises(ConfigError):
+            parse_keys(bad)
+
+
+def test_no_keys_is_an_error():
+    with pytest.raises(ConfigError, match="no API keys configured"):
+        build_config(environ=NO_ENV)
+
+
+def test_dev_defaults():
+    config = build_config(dev=True, environ=NO_ENV)
+    assert config.keys == {"devkey": "secret"}
+    assert config.bind_addresses == ["127.0.0.1"]
+    assert config.log_level == "debug" and config.development
+
+
+def test_dev_keeps_given_keys_bind_and_level():
+    config = build_config("bind_addresses: [0.0.0.0]\nkeys: {k: s}", dev=True,
+                          bind=["10.1.2.3"], log_level="error", environ=NO_ENV)
+    assert config.keys == {"k": "s"}
+    assert config.bind_addresses == ["10.1.2.3"]
+    assert config.log_level == "error"
+
+
+def test_dev_binds_loopback_over_config_file():
+    config = build_config("bind_addresses: [0.0.0.0]", dev=True, environ=NO_ENV)
+    assert config.bind_addresses == ["127.0.0.1"]
+
+
+def test_command_line_overrides_body():
+    body = "port: 1000\nkeys: {file: s}\nrtc: {udp_port: 1001, node_ip: 10.0.0.1}"
+    config = build_config(body, keys="cli: secret", port=2000, udp_port=2001,
+                          node_ip="10.0.0.2", environ=NO_ENV)
+    assert config.keys == {"cli": "secret"}
+    assert (config.port, config.rtc.udp_port, config.rtc.node_ip) == (2000, 2001, "10.0.0.2")
+
+
+def test_environment():
+    env = {"LIVEKIT_CONFIG": "port: 1234", "LIVEKIT_KEYS": "envkey: envsecret"}
+    config = build_config(environ=env)
+    assert config.port == 1234 and config.keys == {"envkey": "envsecret"}
+    # Explicit values beat the environment.
+    config = build_config("port: 5", keys="k: s", environ=env)
+    assert config.port == 5 and config.keys == {"k": "s"}
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    ({"bind": ["nowhere"]}, "--bind"),
+    ({"node_ip": "x"}, "--node-ip"),
+    ({"port": 99999}, "--port"),
+    ({"udp_port": -5}, "--udp-port"),
+    ({"keys": "nonsense"}, "--keys"),
+    ({"log_level": "chatty"}, "--log-level"),
+])
+def test_bad_overrides_name_the_flag(kwargs, key):
+    with pytest.raises(ConfigError, match=key):
+        build_config(dev=True, environ=NO_ENV, **kwargs)
+
+
+def test_short_secret_warns_outside_dev(caplog):
+    with caplog.at_level(logging.WARNING):
+        build_config(keys="k: short", environ=NO_ENV)
+    assert "shorter than 32" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        build_config(dev=True, environ=NO_ENV)
+    assert "shorter" not in caplog.text
+
+
+def test_node_ip_explicit():
+    config = Config(rtc=RtcConfig(node_ip="198.51.100.4"), bind_addresses=["10.0.0.1"])
+    assert config.node_ip() == "198.51.100.4"
+
+
+def test_node_ip_from_concrete_bind_address():
+    assert Config(bind_addresses=["10.0.0.1", "0.0.0.0"]).node_ip() == "10.0.0.1"
+    assert Config().node_ip() == "127.0.0.1"
+
+
+def test_node_ip_from_default_route(monkeypatch):
+    probes = []
+
+    class FakeSocket:
+        def __init__(self, *args):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def connect(self, address):
+            probes.append(address)
+
+        def getsockname(self):
+            return ("192.0.2.55", 40000)
+
+    monkeypatch.setattr(socket, "socket", FakeSocket)
+    assert Config(bind_addresses=["0.0.0.0"]).node_ip() == "192.0.2.55"
+    assert probes and probes[0][0] == "192.0.2.1"
+
+
+def test_node_ip_falls_back_to_loopback_without_route(monkeypatch):
+    class NoRoute:
+        def __init__(self, *args):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def connect(self, address):
+            raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "socket", NoRoute)
+    assert Config(bind_addresses=["::"]).node_ip() == "127.0.0.1"
+
+
+def test_example_config_loads():
+    config = from_yaml(EXAMPLE.read_text())
+    assert config.port == 7880 and config.rtc.udp_port == 7882 and config.keys
+
+
+# -- command line -----------------------------------------------------------------------------
+
+@pytest.fixture
+def captured_run(monkeypatch):
+    """Replaces the server entry point so cli.main returns once the config is built."""
+    runs: list[Config] = []
+    fake = types.ModuleType("signaling.server")
+    fake.run = runs.append
+    monkeypatch.setitem(sys.modules, "signaling.server", fake)
+    monkeypatch.delenv("LIVEKIT_KEYS", raising=False)
+    monkeypatch.delenv("LIVEKIT_CONFIG", raising=False)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", root.level)  # main() sets the configured level
+    return runs
+
+
+def test_cli_dev_runs_server(captured_run):
+    assert cli.main(["--dev"]) == 0
+    (config,) = captured_run
+    assert config.keys == {"devkey": "secret"} and config.development
+
+
+def test_cli_flags(captured_run, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("keys: {k: s}\nport: 1\n")
+    assert cli.main(["--config", str(path), "--bind", "10.0.0.1", "--bind", "10.0.0.2",
+                     "--port", "8000", "--udp-port", "8002", "--node-ip", "10.0.0.9",
+                     "--log-level", "warn"]) == 0
+    (config,) = captured_run
+    assert config.bind_addresses == ["10.0.0.1", "10.0.0.2"]
+    assert (config.port, config.rtc.udp_port, config.rtc.node_ip) == (8000, 8002, "10.0.0.9")
+    assert config.log_level == "warning"
+
+
+def test_cli_config_body_and_keys(captured_run):
+    assert cli.main(["--config-body", "port: 4000", "--keys", "a: b"]) == 0
+    assert captured_run[0].port == 4000 and captured_run[0].keys == {"a": "b"}
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["--config", "/nonexistent/tern.yaml"],
+    ["--config-body", "port: nope", "--dev"],
+    ["--dev", "--bind", "localhost"],
+])
+def test_cli_bad_config_exits_2_without_traceback(captured_run, capsys, argv):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and "Traceback" not in err
+    assert not captured_run
+
+
+def test_cli_bad_flag_exits_2(captured_run, capsys):
+    assert cli.main(["--port", "eighty"]) == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_cli_token(capsys):
+    from signaling.auth import TokenVerifier
+
+    assert cli.main(["token", "--room", "my-room", "--identity", "alice", "--name", "Alice",
+                     "--ttl", "30m", "--no-publish", "--admin"]) == 0
+    token = capsys.readouterr().out.strip()
+    claims, room = TokenVerifier({"devkey": "secret"}).verify_join(token)
+    assert (room, claims.identity, claims.name) == ("my-room", "alice", "Alice")
+    assert not claims.video.can_publish and claims.video.can_subscribe
+    assert claims.video.room_admin
+
+
+def test_cli_token_key_and_bad_ttl(capsys):
+    from signaling.auth import TokenVerifier
+
+    assert cli.main(["token", "--room", "r", "--identity", "i", "--key", "k",
+                     "--secret", "s" * 32, "--no-subscribe"]) == 0
+    claims = TokenVerifier({"k": "s" * 32}).verify(capsys.readouterr().out.strip())
+    assert not claims.video.can_subscribe
+    assert cli.main(["token", "--room", "r", "--identity", "i", "--ttl", "forever"]) == 2
+    assert cli.main(["token", "--room", "r", "--identity", ""]) == 2
