@@ -39,7 +39,8 @@ cdef int find_extension(const uint8_t *buf, const RtpHeader *h, int ext_id, cons
 # Writes into `out` (room for at least h.header_length + 4 bytes) the fixed header and CSRCs of `buf`, followed by a
 # one-byte-form extension block holding only the elements whose id maps to a non-zero id in `id_map[256]`, renumbered
 # (elements whose data cannot fit the one-byte form are dropped). The X bit is set only if an element remains.
-# Returns the bytes written (the new header length); the caller appends the payload.
+# Returns the bytes written (the new header length); the caller appends the h.payload_length payload bytes, so the
+# P bit is cleared (padding is not carried over). `h` must come from parse_rtp on the same `buf`.
 cdef int rewrite_header(const uint8_t *buf, const RtpHeader *h, const uint8_t *id_map, uint8_t *out) noexcept nogil
 # 0 and `d` filled for a well-formed VP8 payload descriptor (RFC 7741), else -1.
 cdef int parse_vp8(const uint8_t *payload, int length, Vp8Descriptor *d) noexcept nogil
