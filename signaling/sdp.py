@@ -1,0 +1,572 @@
+"""SDP for tern's peer connections: parse what LiveKit clients send, build the server's side.
+
+The server is ICE-lite, the DTLS server on the publisher PC, and BUNDLEs every m-line on
+one UDP port with rtcp-mux, so both builders repeat one transport block in every m-line and
+never negotiate a per-m-line transport. The parser is hand-written and strict about the
+fields it reads (numbers, fingerprints, m-lines) so that anything a remote peer sends
+either parses or raises SdpError; attributes it does not use are skipped.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+__all__ = [
+    "SdpError", "Codec", "MediaSection", "SessionDescription", "parse",
+    "LocalEndpoint", "AcceptedMedia", "build_answer",
+    "OutgoingMedia", "build_offer", "answer_codecs",
+]
+
+EXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+EXT_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+EXT_RRID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+EXT_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+EXT_ABS_CAPTURE_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time"
+
+# What the publisher answer accepts; anything else offered is left out.
+_AUDIO_EXTENSIONS = frozenset({EXT_MID, EXT_AUDIO_LEVEL, EXT_ABS_CAPTURE_TIME})
+_VIDEO_EXTENSIONS = frozenset({EXT_MID, EXT_RID, EXT_RRID, EXT_ABS_CAPTURE_TIME})
+# transport-cc is deliberately absent: the publisher PC does not negotiate TWCC here.
+_AUDIO_FEEDBACK = frozenset({"nack"})
+_VIDEO_FEEDBACK = frozenset({"nack", "nack pli", "ccm fir", "goog-remb"})
+
+_DIRECTIONS = frozenset({"sendrecv", "sendonly", "recvonly", "inactive"})
+_SENDING = frozenset({"sendrecv", "sendonly"})
+_MAX_SSRC = 0xFFFFFFFF
+_NUMBER = re.compile(r"[0-9]{1,20}\Z")
+_HEX_PAIRS = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2})+\Z")
+_TOKEN = re.compile(r"[!-~]+\Z")           # mid (RFC 5888 token, visible ASCII)
+_RID = re.compile(r"[A-Za-z0-9_-]+\Z")     # RFC 8851 rid-id
+
+
+class SdpError(ValueError):
+    """SDP that is malformed or unusable; the message says which line and why."""
+
+
+@dataclass
+class Codec:
+    """One rtpmap'ed payload type."""
+    payload_type: int
+    name: str
+    clock_rate: int
+    channels: int | None = None
+    fmtp: str = ""
+    rtcp_fb: list[str] = field(default_factory=list)
+    rtx_payload_type: int | None = None   # the RTX PT whose apt= points here, if any
+
+    def params(self) -> dict[str, str]:
+        """fmtp as key -> value (keys lower-case); a key without '=' maps to ''."""
+        out: dict[str, str] = {}
+        for item in self.fmtp.split(";"):
+            key, _, value = item.strip().partition("=")
+            if key:
+                out.setdefault(key.strip().lower(), value.strip())
+        return out
+
+
+@dataclass
+class MediaSection:
+    kind: str                       # "audio" | "video" | "application" (or whatever was offered)
+    mid: str
+    port: int
+    protocol: str
+    direction: str = "sendrecv"
+    codecs: list[Codec] = field(default_factory=list)   # m-line order, RTX/red/ulpfec included
+    extmap: dict[str, int] = field(default_factory=dict)   # URI -> id
+    rids: list[tuple[str, str]] = field(default_factory=list)   # (rid, "send"|"recv"), a=rid order
+    msid: tuple[str, str] | None = None   # (stream id, track id); track id "" if absent
+    ssrcs: list[int] = field(default_factory=list)
+    ssrc_groups: list[tuple[str, list[int]]] = field(default_factory=list)
+    ice_ufrag: str | None = None
+    ice_pwd: str | None = None
+    fingerprint: tuple[str, str] | None = None   # (algorithm lower-case, hex upper-case)
+    setup: str | None = None
+    candidates: list[str] = field(default_factory=list)   # values after "a=candidate:"
+    sctp_port: int | None = None
+    max_message_size: int | None = None
+    formats: list[str] = field(default_factory=list)   # m-line format tokens as written
+    simulcast: dict[str, list[str]] = field(default_factory=dict)   # "send"/"recv" -> rids, "~" stripped
+
+    def codec(self, payload_type: int) -> Codec | None:
+        return next((c for c in self.codecs if c.payload_type == payload_type), None)
+
+
+@dataclass
+class SessionDescription:
+    sections: list[MediaSection]
+    bundle: list[str]               # mids of the BUNDLE group
+
+
+# ---------------------------------------------------------------------------------------
+# parsing
+
+def _number(text: str, what: str, low: int, high: int) -> int:
+    # int() alone would accept "+1", " 1", "1_0" and non-ASCII digits.
+    if not _NUMBER.match(text):
+        raise SdpError(f"{what}: expected a number, got {text!r}")
+    value = int(text)
+    if not low <= value <= high:
+        raise SdpError(f"{what}: {value} is outside {low}..{high}")
+    return value
+
+
+def _split2(value: str, what: str) -> tuple[str, str]:
+    """'<first> <rest>' with a non-empty first token and rest."""
+    first, _, rest = value.partition(" ")
+    rest = rest.strip()
+    if not first or not rest:
+        raise SdpError(f"{what}: expected two fields, got {value!r}")
+    return first, rest
+
+
+def _fingerprint(value: str) -> tuple[str, str]:
+    algorithm, digest = _split2(value, "a=fingerprint")
+    if not _HEX_PAIRS.match(digest):
+        raise SdpError(f"a=fingerprint: {digest!r} is not colon-separated hex")
+    return algorithm.lower(), digest.upper()
+
+
+def _pick_fingerprint(found: list[tuple[str, str]]) -> tuple[str, str] | None:
+    # aiortc lists sha-256/384/512; sha-256 is what the DTLS layer verifies.
+    return next((f for f in found if f[0] == "sha-256"), found[0] if found else None)
+
+
+@dataclass
+class _Transport:
+    """ICE/DTLS attributes at one level (session or media)."""
+    ice_ufrag: str | None = None
+    ice_pwd: str | None = None
+    fingerprints: list[tuple[str, str]] = field(default_factory=list)
+    setup: str | None = None
+    direction: str | None = None
+
+    def take(self, name: str, value: str) -> bool:
+        """Absorb the attribute if it is a transport one; True when it was."""
+        if name == "ice-ufrag":
+            self.ice_ufrag = value
+        elif name == "ice-pwd":
+            self.ice_pwd = value
+        elif name == "fingerprint":
+            self.fingerprints.append(_fingerprint(value))
+        elif name == "setup":
+            self.setup = value
+        elif name in _DIRECTIONS:
+            self.direction = name
+        else:
+            return False
+        return True
+
+
+class _SectionBuilder:
+    """Collects one m-section's lines; finish() resolves payload-type cross references."""
+
+    def __init__(self, index: int, value: str) -> None:
+        self.where = f"m-line {index}"
+        tokens = value.split()
+        if len(tokens) < 4:
+            raise SdpError(f"{self.where}: expected '<media> <port> <proto> <fmt> ...', got {value!r}")
+        kind, port, protocol, *formats = tokens
+        self.section = MediaSection(
+            kind=kind, mid="", protocol=protocol, formats=formats,
+            port=_number(port.split("/", 1)[0], f"{self.where} port", 0, 65535))
+        self.is_rtp = "RTP/" in protocol
+        self.payload_types = (
+            [_number(f, f"{self.where} payload type", 0, 127) for f in formats] if self.is_rtp else [])
+        self.transport = _Transport()
+        self.rtpmap: dict[int, Codec] = {}
+        self.fmtp: dict[int, str] = {}
+        self.feedback: list[tuple[int | None, str]] = []
+        self.has_mid = False
+
+    def attribute(self, name: str, value: str) -> None:
+        s = self.section
+        where = f"{self.where} a={name}"
+        if self.transport.take(name, value):
+            return
+        if name == "mid":
+            if not _TOKEN.match(value):
+                raise SdpError(f"{where}: mid must be a visible-ASCII token, got {value!r}")
+            s.mid, self.has_mid = value, True
+        elif name == "rtpmap":
+            pt_text, encoding = _split2(value, where)
+            pt = _number(pt_text, where, 0, 127)
+            if pt in self.rtpmap:
+                raise SdpError(f"{where}: payload type {pt} mapped twice")
+            parts = encoding.split("/")
+            if len(parts) not in (2, 3) or not parts[0]:
+                raise SdpError(f"{where}: expected '<name>/<clock>[/<channels>]', got {encoding!r}")
+            channels = _number(parts[2], where, 1, 255) if len(parts) == 3 else None
+            self.rtpmap[pt] = Codec(pt, parts[0], _number(parts[1], where, 1, 10_000_000), channels)
+        elif name == "fmtp":
+            pt_text, params = _split2(value, where)
+            pt = _number(pt_text, where, 0, 127)
+            if pt in self.fmtp:
+                raise SdpError(f"{where}: payload type {pt} has two fmtp lines")
+            self.fmtp[pt] = params
+        elif name == "rtcp-fb":
+            pt_text, feedback = _split2(value, where)
+            pt = None if pt_text == "*" else _number(pt_text, where, 0, 127)
+            self.feedback.append((pt, feedback))
+        elif name == "extmap":
+            id_text, rest = _split2(value, where)
+            ext_id = _number(id_text.split("/", 1)[0], where, 1, 255)
+            s.extmap.setdefault(rest.split()[0], ext_id)
+        elif name == "rid":
+            rid, rest = _split2(value, where)
+            if not _RID.match(rid):
+                raise SdpError(f"{where}: bad rid {rid!r}")
+            direction = rest.split()[0]
+            if direction not in ("send", "recv"):
+                raise SdpError(f"{where}: direction must be send or recv, got {direction!r}")
+            s.rids.append((rid, direction))
+        elif name == "simulcast":
+            self._simulcast(value, where)
+        elif name == "msid":
+            if s.msid is None:
+                tokens = value.split()
+                if not tokens or len(tokens) > 2:
+                    raise SdpError(f"{where}: expected '<stream> [<track>]', got {value!r}")
+                s.msid = (tokens[0], tokens[1] if len(tokens) == 2 else "")
+        elif name == "ssrc":
+            ssrc_text, _, _ = value.partition(" ")
+            ssrc = _number(ssrc_text, where, 0, _MAX_SSRC)
+            if ssrc not in s.ssrcs:
+                s.ssrcs.append(ssrc)
+        elif name == "ssrc-group":
+            tokens = value.split()
+            if len(tokens) < 2:
+                raise SdpError(f"{where}: expected '<semantics> <ssrc> ...', got {value!r}")
+            s.ssrc_groups.append((tokens[0], [_number(t, where, 0, _MAX_SSRC) for t in tokens[1:]]))
+        elif name == "candidate":
+            s.candidates.append(value)
+        elif name == "sctp-port":
+            s.sctp_port = _number(value, where, 0, 65535)
+        elif name == "max-message-size":
+            s.max_message_size = _number(value, where, 0, 2**64)
+
+    def _simulcast(self, value: str, where: str) -> None:
+        tokens = value.split()
+        if len(tokens) not in (2, 4):
+            raise SdpError(f"{where}: expected '<send|recv> <rids> [<send|recv> <rids>]', got {value!r}")
+        for direction, rid_list in zip(tokens[::2], tokens[1::2]):
+            if direction not in ("send", "recv") or direction in self.section.simulcast:
+                raise SdpError(f"{where}: bad or repeated direction {direction!r}")
+            # ';' separates streams, ',' alternatives within a stream: all are rids to accept.
+            rids = [r[1:] if r.startswith("~") else r for r in re.split(r"[;,]", rid_list)]
+            if not all(_RID.match(r) for r in rids):
+                raise SdpError(f"{where}: bad rid list {rid_list!r}")
+            self.section.simulcast[direction] = rids
+
+    def finish(self, session: _Transport) -> MediaSection:
+        s = self.section
+        if not self.has_mid:
+            raise SdpError(f"{self.where} ({s.kind}): no a=mid (BUNDLE needs one on every m-line)")
+        t = self.transport
+        s.ice_ufrag = t.ice_ufrag if t.ice_ufrag is not None else session.ice_ufrag
+        s.ice_pwd = t.ice_pwd if t.ice_pwd is not None else session.ice_pwd
+        s.fingerprint = _pick_fingerprint(t.fingerprints or session.fingerprints)
+        s.setup = t.setup if t.setup is not None else session.setup
+        s.direction = t.direction or session.direction or "sendrecv"
+        seen: set[int] = set()
+        for pt in self.payload_types:
+            codec = self.rtpmap.get(pt)
+            if codec is None or pt in seen:
+                continue   # static PT without rtpmap, or listed twice
+            seen.add(pt)
+            codec.fmtp = self.fmtp.get(pt, "")
+            codec.rtcp_fb = [fb for fb_pt, fb in self.feedback if fb_pt in (None, pt)]
+            s.codecs.append(codec)
+        for codec in s.codecs:
+            if codec.name.lower() == "rtx":
+                apt = codec.params().get("apt", "")
+                target = s.codec(int(apt)) if _NUMBER.match(apt) else None
+                if target is not None and target.rtx_payload_type is None:
+                    target.rtx_payload_type = codec.payload_type
+        return s
+
+
+def parse(sdp: str) -> SessionDescription:
+    """Parse a session description; raises SdpError on anything malformed."""
+    if not isinstance(sdp, str):
+        raise SdpError(f"SDP must be text, got {type(sdp).__name__}")
+    lines = [line[:-1] if line.endswith("\r") else line for line in sdp.split("\n")]
+    lines = [line for line in lines if line.strip()]
+    if not lines or lines[0] != "v=0":
+        raise SdpError("SDP must start with v=0")
+    session = _Transport()
+    bundle: list[str] = []
+    builders: list[_SectionBuilder] = []
+    for number, line in enumerate(lines, 1):
+        if len(line) < 2 or line[1] != "=" or not "a" <= line[0] <= "z":
+            raise SdpError(f"line {number}: not '<type>=<value>': {line[:80]!r}")
+        if "\r" in line or "\0" in line:
+            # Values are echoed into our answer; a stray CR would split a line there.
+            raise SdpError(f"line {number}: stray CR or NUL: {line[:80]!r}")
+        kind, value = line[0], line[2:]
+        if kind == "m":
+            builders.append(_SectionBuilder(len(builders), value))
+        elif kind == "a":
+            name, _, attr_value = value.partition(":")
+            if builders:
+                builders[-1].attribute(name, attr_value)
+            elif name == "group":
+                tokens = attr_value.split()
+                if tokens and tokens[0] == "BUNDLE" and not bundle:
+                    bundle = tokens[1:]
+            else:
+                session.take(name, attr_value)
+    sections = [b.finish(session) for b in builders]
+    mids = [s.mid for s in sections]
+    if len(set(mids)) != len(mids):
+        raise SdpError(f"duplicate mids: {mids}")
+    return SessionDescription(sections=sections, bundle=bundle)
+
+
+def answer_codecs(answer: SessionDescription, mid: str) -> MediaSection:
+    """The answer's m-section for `mid` (its codecs are what the peer agreed to)."""
+    for section in answer.sections:
+        if section.mid == mid:
+            return section
+    raise SdpError(f"answer has no m-line with mid {mid!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# building
+
+@dataclass
+class LocalEndpoint:
+    """This server's transport parameters, the same for every m-line (BUNDLE)."""
+    ice_ufrag: str
+    ice_pwd: str
+    fingerprint: str                      # sha-256, "AB:CD:..."
+    candidates: list[tuple[str, int]]     # (ip, port) host UDP candidates
+
+
+@dataclass
+class AcceptedMedia:
+    """What the publisher answer accepted for one m-line the client sends on."""
+    mid: str
+    kind: str
+    track_id: str | None      # msid track id == LiveKit AddTrackRequest cid
+    codec: Codec              # the negotiated primary codec (with its rtx PT if video)
+    extmap: dict[str, int]    # accepted extensions URI -> id (the client's ids)
+    rids: list[str]           # simulcast rids accepted, a=rid order; [] when not simulcast
+    ssrcs: list[int]          # from a=ssrc / ssrc-group FID (non-simulcast)
+    rtx_ssrcs: list[int]
+
+
+@dataclass
+class OutgoingMedia:
+    """One m-line of the subscriber offer."""
+    mid: str
+    kind: str                 # "audio" | "video"
+    codec: Codec
+    ssrc: int
+    rtx_ssrc: int | None
+    stream_id: str            # "PA_xxx|TR_yyy"
+    track_id: str             # "TR_yyy"
+    cname: str
+    extmap: dict[str, int]
+    active: bool              # False once unsubscribed: m-line kept, a=inactive, no ssrc lines
+
+
+def _session_lines(session_id: int, version: int, mids: list[str]) -> list[str]:
+    lines = ["v=0", f"o=- {session_id} {version} IN IP4 0.0.0.0", "s=-", "t=0 0"]
+    if mids:
+        lines.append("a=group:BUNDLE " + " ".join(mids))
+    return lines + ["a=ice-lite", "a=msid-semantic: WMS *"]
+
+
+def _transport_lines(local: LocalEndpoint, setup: str, mid: str) -> list[str]:
+    lines = [
+        "c=IN IP4 0.0.0.0",
+        f"a=ice-ufrag:{local.ice_ufrag}",
+        f"a=ice-pwd:{local.ice_pwd}",
+        f"a=fingerprint:sha-256 {local.fingerprint}",
+        f"a=setup:{setup}",
+        f"a=mid:{mid}",
+    ]
+    # Distinct foundations/priorities: each host address is its own candidate base.
+    for index, (ip, port) in enumerate(local.candidates):
+        lines.append(f"a=candidate:{index + 1} 1 udp {2130706431 - index} {ip} {port} typ host")
+    lines.append("a=end-of-candidates")
+    return lines
+
+
+def _codec_lines(codec: Codec, feedback: list[str]) -> list[str]:
+    encoding = f"{codec.name}/{codec.clock_rate}"
+    if codec.channels is not None:
+        encoding += f"/{codec.channels}"
+    lines = [f"a=rtpmap:{codec.payload_type} {encoding}"]
+    lines += [f"a=rtcp-fb:{codec.payload_type} {fb}" for fb in feedback]
+    if codec.fmtp:
+        lines.append(f"a=fmtp:{codec.payload_type} {codec.fmtp}")
+    return lines
+
+
+def _rtp_mline(kind: str, protocol: str, codecs: list[Codec]) -> str:
+    return f"m={kind} 9 {protocol} " + " ".join(str(c.payload_type) for c in codecs)
+
+
+def _video_rank(codec: Codec) -> int | None:
+    """Preference of a video codec for publishing (lower is better); None if unusable."""
+    if codec.clock_rate != 90000:
+        return None
+    name, params = codec.name.upper(), codec.params()
+    if name == "VP8":
+        return 0
+    if name == "H264":
+        profile = params.get("profile-level-id", "").lower()
+        if params.get("packetization-mode") != "1" or len(profile) != 6 or not profile.startswith("42"):
+            return None
+        return 1 if profile == "42e01f" else 2
+    if name == "VP9":
+        return 3 if params.get("profile-id", "0") == "0" else None
+    if name == "AV1":
+        return 4
+    return None
+
+
+def _primary_codec(section: MediaSection) -> Codec | None:
+    if section.kind == "audio":
+        return next((c for c in section.codecs
+                     if c.name.lower() == "opus" and c.clock_rate == 48000), None)
+    ranked = [(rank, i, c) for i, c in enumerate(section.codecs)
+              if (rank := _video_rank(c)) is not None]
+    return min(ranked, key=lambda r: r[:2])[2] if ranked else None
+
+
+def _accepted_rids(section: MediaSection) -> tuple[list[str], list[str]]:
+    """(rids in a=rid order, rids in a=simulcast order) the answer accepts; empty if no simulcast."""
+    offered = section.simulcast.get("send", [])
+    send_rids = [rid for rid, direction in section.rids if direction == "send" and rid in offered]
+    return send_rids, [rid for rid in offered if rid in send_rids]
+
+
+def _split_ssrcs(section: MediaSection) -> tuple[list[int], list[int]]:
+    rtx_of = {g[0]: g[1] for semantics, g in section.ssrc_groups if semantics == "FID" and len(g) == 2}
+    repairs = set(rtx_of.values())
+    media = [s for s in section.ssrcs if s not in repairs]
+    return media, [rtx_of[s] for s in media if s in rtx_of]
+
+
+def _rejected_lines(section: MediaSection) -> list[str]:
+    return [f"m={section.kind} 0 {section.protocol} {section.formats[0]}", "c=IN IP4 0.0.0.0",
+            f"a=mid:{section.mid}", "a=inactive"]
+
+
+def _inactive_lines(section: MediaSection, local: LocalEndpoint) -> list[str]:
+    codecs = section.codecs[:1]
+    if codecs:
+        lines = [_rtp_mline(section.kind, section.protocol, codecs)]
+    else:   # static payload type without rtpmap: echo the format
+        lines = [f"m={section.kind} 9 {section.protocol} {section.formats[0]}"]
+    lines += _transport_lines(local, "passive", section.mid)
+    lines += ["a=inactive", "a=rtcp-mux", "a=rtcp-rsize"]
+    for codec in codecs:
+        lines += _codec_lines(codec, [])
+    return lines
+
+
+def _application_lines(section: MediaSection, local: LocalEndpoint) -> list[str]:
+    return ([f"m=application 9 {section.protocol} {' '.join(section.formats)}"]
+            + _transport_lines(local, "passive", section.mid)
+            + ["a=sctp-port:5000", "a=max-message-size:65535"])
+
+
+def _receive_lines(section: MediaSection, local: LocalEndpoint,
+                   primary: Codec) -> tuple[list[str], AcceptedMedia]:
+    video = section.kind == "video"
+    allowed_ext = _VIDEO_EXTENSIONS if video else _AUDIO_EXTENSIONS
+    allowed_fb = _VIDEO_FEEDBACK if video else _AUDIO_FEEDBACK
+    rtx = section.codec(primary.rtx_payload_type) if video and primary.rtx_payload_type is not None else None
+    codec = Codec(primary.payload_type, primary.name, primary.clock_rate, primary.channels, primary.fmtp,
+                  [fb for fb in primary.rtcp_fb if fb.lower() in allowed_fb],
+                  rtx.payload_type if rtx else None)
+    extmap = {uri: ext_id for uri, ext_id in section.extmap.items() if uri in allowed_ext}
+    rids, simulcast_order = _accepted_rids(section) if video else ([], [])
+
+    lines = [_rtp_mline(section.kind, section.protocol, [codec] + ([rtx] if rtx else []))]
+    lines += _transport_lines(local, "passive", section.mid)
+    lines += [f"a=extmap:{ext_id} {uri}" for uri, ext_id in extmap.items()]
+    lines += ["a=recvonly", "a=rtcp-mux", "a=rtcp-rsize"]
+    lines += _codec_lines(codec, codec.rtcp_fb)
+    if rtx:
+        lines += _codec_lines(rtx, [])
+    if rids:
+        lines += [f"a=rid:{rid} recv" for rid in rids]
+        lines.append("a=simulcast:recv " + ";".join(simulcast_order))
+
+    ssrcs, rtx_ssrcs = ([], []) if rids else _split_ssrcs(section)
+    track_id = section.msid[1] if section.msid and section.msid[1] else None
+    return lines, AcceptedMedia(section.mid, section.kind, track_id, codec, extmap, rids, ssrcs, rtx_ssrcs)
+
+
+def build_answer(offer: SessionDescription, local: LocalEndpoint,
+                 session_id: int) -> tuple[str, list[AcceptedMedia]]:
+    """Answer a publisher offer: receive what the client sends, keep every m-line in order."""
+    body: list[str] = []
+    bundled: list[str] = []
+    accepted: list[AcceptedMedia] = []
+    for section in offer.sections:
+        # A section outside the offered BUNDLE would need its own transport, which we lack;
+        # without any BUNDLE group, port 0 marks a section the client already gave up.
+        usable = section.mid in offer.bundle if offer.bundle else section.port != 0
+        lines: list[str] | None = None
+        if not usable:
+            pass
+        elif section.kind == "application" and "SCTP" in section.protocol:
+            lines = _application_lines(section, local)
+        elif section.kind in ("audio", "video") and "RTP/" in section.protocol:
+            primary = _primary_codec(section) if section.direction in _SENDING else None
+            if primary is not None:
+                lines, media = _receive_lines(section, local, primary)
+                accepted.append(media)
+            elif section.direction not in _SENDING:
+                lines = _inactive_lines(section, local)
+        if lines is None:
+            body += _rejected_lines(section)
+        else:
+            body += lines
+            bundled.append(section.mid)
+    text = "\r\n".join(_session_lines(session_id, 2, bundled) + body) + "\r\n"
+    return text, accepted
+
+
+def build_offer(local: LocalEndpoint, media: list[OutgoingMedia], session_id: int, version: int,
+                data_mid: str | None = "0") -> str:
+    """Subscriber offer: one sendonly m-line per forwarded track, data channel first."""
+    mids = ([data_mid] if data_mid is not None else []) + [m.mid for m in media]
+    if len(set(mids)) != len(mids):
+        raise ValueError(f"duplicate mids in offer: {mids}")
+    body: list[str] = []
+    if data_mid is not None:
+        body += ["m=application 9 UDP/DTLS/SCTP webrtc-datachannel"]
+        body += _transport_lines(local, "actpass", data_mid)
+        body += ["a=sctp-port:5000", "a=max-message-size:65535"]
+    for m in media:
+        if m.kind not in ("audio", "video"):
+            raise ValueError(f"mid {m.mid}: kind must be audio or video, got {m.kind!r}")
+        codec = m.codec
+        rtx = (Codec(codec.rtx_payload_type, "rtx", codec.clock_rate, fmtp=f"apt={codec.payload_type}")
+               if codec.rtx_payload_type is not None else None)
+        if m.rtx_ssrc is not None and rtx is None:
+            raise ValueError(f"mid {m.mid}: rtx_ssrc given but the codec has no rtx payload type")
+        body.append(_rtp_mline(m.kind, "UDP/TLS/RTP/SAVPF", [codec] + ([rtx] if rtx else [])))
+        body += _transport_lines(local, "actpass", m.mid)
+        body += [f"a=extmap:{ext_id} {uri}" for uri, ext_id in m.extmap.items()]
+        body.append("a=sendonly" if m.active else "a=inactive")
+        msid = f"{m.stream_id} {m.track_id}"
+        if m.active:
+            body.append(f"a=msid:{msid}")
+        body += ["a=rtcp-mux", "a=rtcp-rsize"]
+        body += _codec_lines(codec, codec.rtcp_fb)
+        if rtx:
+            body += _codec_lines(rtx, [])
+        if m.active:
+            ssrcs = [m.ssrc] + ([m.rtx_ssrc] if m.rtx_ssrc is not None else [])
+            if m.rtx_ssrc is not None:
+                body.append(f"a=ssrc-group:FID {m.ssrc} {m.rtx_ssrc}")
+            for ssrc in ssrcs:
+                body += [f"a=ssrc:{ssrc} cname:{m.cname}", f"a=ssrc:{ssrc} msid:{msid}"]
+    return "\r\n".join(_session_lines(session_id, version, mids) + body) + "\r\n"
