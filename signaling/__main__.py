@@ -1,0 +1,6 @@
+"""`python -m signaling` is the `tern` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,86 @@
+"""Shared fixtures: a real tern server process on free ports, and tokens for it."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from livekit import api
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY, API_SECRET = "devkey", "secret"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    http_port: int
+    udp_port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.http_port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def token(self, identity: str, room: str = "test-room", **grants: object) -> str:
+        video = api.VideoGrants(room_join=True, room=room, **grants)
+        return api.AccessToken(API_KEY, API_SECRET).with_identity(identity).with_name(identity).with_grants(video).to_jwt()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(tmp_path: Path, *extra: str) -> Server:
+    http_port, udp_port = free_port(), free_port(socket.SOCK_DGRAM)
+    log_path = tmp_path / "tern.log"
+    log_file = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "signaling", "--dev", "--port", str(http_port), "--udp-port", str(udp_port), *extra],
+        cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    server = Server(process, http_port, udp_port, log_path)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"tern exited with {process.returncode}:\n{server.log()}")
+        try:
+            with urllib.request.urlopen(server.http + "/", timeout=1) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"tern did not start:\n{server.log()}")
+
+
+def stop_server(server: Server) -> None:
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(10)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    server = start_server(tmp_path_factory.mktemp("tern"))
+    yield server
+    stop_server(server)
+    assert "Traceback" not in server.log(), server.log()
