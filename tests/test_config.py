@@ -297,6 +297,7 @@ def test_cli_bad_flag_exits_2(captured_run, capsys):
     assert "usage" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:The HMAC key")  # pytest resets auth.py's filter per test
 def test_cli_token(capsys):
     from signaling.auth import TokenVerifier
 
