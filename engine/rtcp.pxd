@@ -37,6 +37,8 @@ cdef bint is_rtcp(const uint8_t *buf, int length) noexcept nogil
 cdef int parse_rtcp_header(const uint8_t *buf, int length, RtcpHeader *h) noexcept nogil
 # For SR packets: fills `info`; 0 or -1.
 cdef int parse_sender_info(const uint8_t *pkt, int length, SenderInfo *info) noexcept nogil
+# Report block `index` (0-based, < count) of the SR or RR packet at `pkt`; 0 or -1. Receivers need it for RTT and loss.
+cdef int parse_report_block(const uint8_t *pkt, int length, int index, ReportBlock *block) noexcept nogil
 # For RTPFB/PSFB: sender and media SSRC (bytes 4..11). 0 or -1.
 cdef int parse_feedback_ssrcs(const uint8_t *pkt, int length, uint32_t *sender_ssrc, uint32_t *media_ssrc) noexcept nogil
 # Generic NACK FCI (PID + BLP pairs) of the RTPFB packet at `pkt` expanded into sequence numbers; returns how many (<= max_seqs).
