@@ -1,0 +1,1588 @@
+# cython: language_level=3
+"""The packet engine: one UDP mux socket read with recvmmsg and forwarded in C (DESIGN.md, "The hot path").
+
+Per datagram: demultiplex by first byte (RFC 7983). STUN and DTLS go up to Python as events. SRTP/SRTCP are
+unprotected in place with libsrtp (called through raw function pointers); RTP is cached per Receiver layer and,
+for every DownTrack, passed by the Forwarder, rewritten by the Munger into a send-batch slot, protected and
+flushed with sendmmsg. Engine methods must be called from the event loop's thread.
+"""
+import logging
+import os
+import socket
+
+import pylibsrtp  # noqa: F401  (importing it runs srtp_init)
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.errno cimport EINTR, errno
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcmp, memcpy, memmove, memset
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
+
+from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, ReportBlock, RtcpHeader, SenderInfo,
+                          build_nack, build_pli, build_rr, build_sdes_cname, build_sr, is_rtcp, parse_feedback_ssrcs,
+                          parse_fir_ssrc, parse_nack, parse_rtcp_header, parse_sender_info)
+from engine.rtp cimport (RtpHeader, Vp8Descriptor, av1_is_keyframe, find_extension, h264_is_keyframe, parse_rtp,
+                         parse_vp8, rewrite_header, vp9_is_keyframe)
+from engine.table cimport U64Map, map_free, map_get, map_init, map_put, map_remove
+
+log = logging.getLogger(__name__)
+
+EV_STUN = "stun"
+EV_DTLS = "dtls"
+EV_RECEIVER_LAYER = "receiver_layer"
+
+
+cdef extern from "<sys/uio.h>" nogil:
+    cdef struct iovec:
+        void *iov_base
+        size_t iov_len
+
+cdef extern from "<netinet/in.h>" nogil:
+    cdef struct in_addr:
+        uint32_t s_addr
+    cdef struct sockaddr_in:
+        unsigned short sin_family
+        uint16_t sin_port
+        in_addr sin_addr
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    cdef struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    cdef struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    int recvmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags, timespec *timeout)
+    int sendmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags)
+    enum:
+        MSG_DONTWAIT
+        MSG_TRUNC
+
+# libsrtp 2.x: srtp_err_status_t f(srtp_t ctx, void *hdr, int *len_ptr); 0 = ok.
+ctypedef int (*srtp_fn)(void *ctx, void *hdr, int *len_ptr) noexcept nogil
+cdef srtp_fn srtp_protect
+cdef srtp_fn srtp_unprotect
+cdef srtp_fn srtp_protect_rtcp
+cdef srtp_fn srtp_unprotect_rtcp
+
+
+cdef srtp_fn _srtp_function(object lib, object ffi, str name):
+    cdef uintptr_t address = int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+    return <srtp_fn><void *>address
+
+
+def _load_srtp() -> None:
+    from pylibsrtp._binding import ffi, lib
+    global srtp_protect, srtp_unprotect, srtp_protect_rtcp, srtp_unprotect_rtcp
+    srtp_protect = _srtp_function(lib, ffi, "srtp_protect")
+    srtp_unprotect = _srtp_function(lib, ffi, "srtp_unprotect")
+    srtp_protect_rtcp = _srtp_function(lib, ffi, "srtp_protect_rtcp")
+    srtp_unprotect_rtcp = _srtp_function(lib, ffi, "srtp_unprotect_rtcp")
+
+
+_load_srtp()
+
+
+cdef enum:
+    BATCH = 64                # datagrams per recvmmsg
+    RECV_BUF = 2048
+    SEND_SLOTS = 256          # packets per sendmmsg
+    SEND_BUF = 2112           # a received datagram + rewritten header growth + RTX OSN + SRTP(C) trailer
+    SRTCP_TRAILER = 20
+    MAX_LAYERS = 4
+    CACHE_SLOT = 1536
+    VIDEO_CACHE = 512         # packets per layer kept for NACK (powers of two)
+    AUDIO_CACHE = 64
+    SEQMAP_SIZE = 1024        # DownTrack out seq -> (layer, in seq) for NACK, a power of two
+    MAX_MISSING = 128         # sequence gaps tracked per layer for NACKs to the publisher
+    NACK_MAX_TRIES = 5
+    MAX_NACK_SEQS = 256
+    MAX_TRANSPORTS = 4096
+    MAX_RECEIVERS = 8192
+    MAX_DOWNTRACKS = 65536
+    MAX_BATCHES = 16          # recvmmsg batches per readable callback, so timers still run under load
+
+cdef enum:  # event kinds
+    E_STUN
+    E_DTLS
+    E_LAYER
+
+cdef enum:  # codecs
+    C_OPUS
+    C_VP8
+    C_H264
+    C_VP9
+    C_AV1
+    C_OTHER
+
+_CODECS = {"opus": C_OPUS, "vp8": C_VP8, "h264": C_H264, "vp9": C_VP9, "av1": C_AV1}
+
+# Timing, in microseconds of CLOCK_MONOTONIC.
+cdef int64_t LAYER_STALE_US = 1000000       # a layer without packets for this long is not available
+cdef int64_t PLI_INTERVAL_US = 500000       # keyframe requests per publisher layer
+cdef int64_t REPORT_INTERVAL_US = 1000000   # RR + REMB to publishers, SR to subscribers
+cdef int64_t NACK_INTERVAL_US = 100000      # between NACKs of the same missing packet
+cdef int64_t NACK_DELAY_US = 20000          # a gap may be reordering; wait before the first NACK
+cdef double TICK_SECONDS = 0.02
+cdef uint32_t DEFAULT_REMB_BPS = 5000000
+
+cdef enum:  # statistics counters (indexes)
+    S_PACKETS_IN
+    S_BYTES_IN
+    S_PACKETS_OUT
+    S_BYTES_OUT
+    S_RTP_IN
+    S_RTCP_IN
+    S_STUN_IN
+    S_DTLS_IN
+    S_FORWARDED
+    S_DROP_EMPTY
+    S_DROP_TRUNCATED
+    S_DROP_NOT_RTP
+    S_DROP_UNKNOWN_SOURCE
+    S_DROP_DTLS_UNBOUND
+    S_DROP_NO_SRTP
+    S_DROP_UNPROTECT
+    S_DROP_MALFORMED
+    S_DROP_UNKNOWN_SSRC
+    S_DROP_DUPLICATE
+    S_DROP_RTX_PADDING
+    S_DROP_TOO_LARGE
+    S_DROP_PROTECT
+    S_DROP_SUBSCRIBER_NOT_READY
+    S_DROP_SEND_FAILED
+    S_NACKS_RECEIVED
+    S_NACKED_PACKETS
+    S_NACK_MISSES
+    S_RETRANSMISSIONS
+    S_RTX_RECOVERED
+    S_NACKS_SENT
+    S_PLIS_RECEIVED
+    S_PLIS_SENT
+    S_KEYFRAMES
+    S_LAYER_SWITCHES
+    S_SR_RECEIVED
+    S_RR_RECEIVED
+    S_SR_SENT
+    S_RR_SENT
+    S_REMB_SENT
+    S_EVENT_ERRORS
+    S_COUNT
+
+# Same order as Stat.
+STAT_NAMES = (
+    "packets_in", "bytes_in", "packets_out", "bytes_out", "rtp_in", "rtcp_in", "stun_in", "dtls_in", "forwarded",
+    "drop_empty", "drop_truncated", "drop_not_rtp", "drop_unknown_source", "drop_dtls_unbound", "drop_no_srtp",
+    "drop_srtp_unprotect_failed", "drop_malformed", "drop_unknown_ssrc", "drop_duplicate", "drop_rtx_padding",
+    "drop_too_large", "drop_srtp_protect_failed", "drop_subscriber_not_ready", "drop_send_failed",
+    "nacks_received", "nacked_packets", "nack_cache_misses", "retransmissions", "rtx_recovered", "nacks_sent",
+    "plis_received", "plis_sent", "keyframes", "layer_switches", "sr_received", "rr_received", "sr_sent", "rr_sent",
+    "remb_sent", "event_errors",
+)
+
+cdef struct IntList:
+    int *items
+    int count
+    int capacity
+
+cdef struct Transport:
+    int64_t id
+    bint bound
+    sockaddr_in addr
+    uint64_t addr_key
+    void *rx                  # srtp_t, owned by the control plane
+    void *tx
+    uint32_t local_ssrc       # sender SSRC of our RTCP feedback
+    IntList receivers         # slots of the Receivers published on this transport
+
+cdef struct Layer:
+    uint8_t rid[16]
+    int rid_length
+    uint32_t ssrc
+    uint32_t rtx_ssrc
+    bint has_ssrc
+    bint has_rtx
+    bint active               # a packet has arrived
+    int64_t last_packet_us
+    uint64_t keyframes
+    # packet cache, indexed by seq % cache_size
+    uint8_t *cache
+    int32_t *cache_seq        # -1 = empty
+    uint16_t *cache_length
+    int cache_size
+    # receive statistics (RFC 3550 A.3, A.8)
+    uint16_t max_seq
+    uint32_t cycles
+    uint32_t base_seq
+    uint64_t received
+    uint64_t bytes
+    uint64_t expected_prior
+    uint64_t received_prior
+    uint32_t last_transit
+    bint transit_valid
+    uint32_t jitter_q4        # jitter * 16
+    # last SR from the publisher
+    uint64_t sr_ntp
+    uint32_t sr_rtp
+    int64_t sr_arrival_us
+    # sequence gaps to NACK
+    uint16_t missing[128]
+    uint8_t missing_tries[128]
+    int64_t missing_last_us[128]
+    int missing_count
+    uint64_t nacks_sent
+    int64_t last_pli_us
+    uint64_t plis_sent
+
+cdef struct Receiver:
+    int64_t id
+    int transport
+    bint is_video
+    int codec
+    uint8_t payload_type
+    int rtx_payload_type      # -1 = none
+    uint32_t clock_rate
+    uint8_t mid[64]
+    int mid_length
+    int num_layers
+    bint simulcast            # layers are told apart by rid
+    uint8_t ext_mid
+    uint8_t ext_rid
+    uint8_t ext_rrid
+    int top_layer             # highest layer with recent packets, -1 = none
+    Layer layers[4]
+    IntList downtracks
+
+cdef struct SeqMapEntry:
+    bint valid
+    uint16_t out_seq
+    uint16_t in_seq
+    uint8_t layer
+    uint32_t out_ts
+    int32_t out_pid
+    int32_t out_tl0
+
+cdef struct DownTrack:
+    int64_t id
+    int receiver
+    int transport
+    uint32_t ssrc
+    uint32_t rtx_ssrc
+    uint8_t payload_type
+    uint8_t rtx_payload_type
+    uint8_t ext_map[256]
+    # Forwarder
+    int current_layer         # -1 = waiting for a first keyframe
+    int max_layer             # set_target_layer hook (bandwidth allocation caps the target)
+    # Munger
+    bint started
+    uint16_t switch_seq       # first input seq of the current layer; older ones are not forwarded
+    uint16_t seq_offset
+    uint32_t ts_offset
+    int32_t pid_offset
+    int32_t tl0_offset
+    uint16_t last_out_seq
+    uint32_t last_out_ts
+    int32_t last_out_pid
+    int32_t last_out_tl0
+    int64_t last_forward_us
+    uint16_t rtx_seq
+    SeqMapEntry *seqmap
+    # stats
+    uint64_t packets
+    uint64_t octets           # payload bytes, for SR
+    uint64_t layer_switches
+    uint64_t nacks_received
+    uint64_t retransmissions
+    uint64_t plis_received
+    uint64_t keyframe_requests
+    uint64_t dropped
+
+
+cdef inline int64_t monotonic_us() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+
+
+cdef inline uint64_t ntp_now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return ((<uint64_t>ts.tv_sec + 2208988800ULL) << 32) | ((<uint64_t>ts.tv_nsec << 32) // 1000000000ULL)
+
+
+cdef inline void put16(uint8_t *p, uint16_t v) noexcept nogil:
+    p[0] = v >> 8
+    p[1] = v & 0xFF
+
+
+cdef inline void put32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = v >> 24
+    p[1] = (v >> 16) & 0xFF
+    p[2] = (v >> 8) & 0xFF
+    p[3] = v & 0xFF
+
+
+cdef inline uint64_t stream_key(int slot, uint32_t ssrc) noexcept nogil:
+    return (<uint64_t>slot << 32) | ssrc
+
+
+cdef inline uint64_t address_key(const sockaddr_in *a) noexcept nogil:
+    return (<uint64_t>a.sin_addr.s_addr << 16) | a.sin_port
+
+
+cdef int list_add(IntList *l, int value) noexcept nogil:
+    cdef int *grown
+    if l.count == l.capacity:
+        grown = <int *>realloc(l.items, (l.capacity * 2 + 4) * sizeof(int))
+        if grown == NULL:
+            return -1
+        l.items = grown
+        l.capacity = l.capacity * 2 + 4
+    l.items[l.count] = value
+    l.count += 1
+    return 0
+
+
+cdef void list_discard(IntList *l, int value) noexcept nogil:
+    cdef int i
+    for i in range(l.count):
+        if l.items[i] == value:
+            l.count -= 1
+            l.items[i] = l.items[l.count]
+            return
+
+
+cdef int build_remb(uint8_t *out, int cap, uint32_t sender_ssrc, uint64_t bitrate, const uint32_t *ssrcs,
+                    int count) noexcept nogil:
+    """PSFB fmt 15 "REMB" (draft-alvestrand-rmcat-remb): bitrate as 6-bit exponent and 18-bit mantissa."""
+    cdef int length = 20 + 4 * count
+    cdef int exponent = 0
+    cdef int i
+    if count > 255 or length > cap:
+        return -1
+    while bitrate > 0x3FFFF:
+        bitrate >>= 1
+        exponent += 1
+    out[0] = 0x80 | 15
+    out[1] = RTCP_PSFB
+    put16(out + 2, length // 4 - 1)
+    put32(out + 4, sender_ssrc)
+    put32(out + 8, 0)
+    memcpy(out + 12, b"REMB", 4)
+    out[16] = count
+    out[17] = (exponent << 2) | ((bitrate >> 16) & 0x3)
+    put16(out + 18, bitrate & 0xFFFF)
+    for i in range(count):
+        put32(out + 20 + 4 * i, ssrcs[i])
+    return length
+
+
+cdef bint is_keyframe(int codec, const uint8_t *payload, int length, Vp8Descriptor *vp8, bint has_vp8) noexcept nogil:
+    if codec == C_VP8:
+        return has_vp8 and vp8.is_keyframe
+    if codec == C_H264:
+        return h264_is_keyframe(payload, length) == 1
+    if codec == C_VP9:
+        return vp9_is_keyframe(payload, length) == 1
+    if codec == C_AV1:
+        return av1_is_keyframe(payload, length) == 1
+    # Unknown video codec: no way to find a clean switch point, so any packet is one.
+    return True
+
+
+cdef class Engine:
+    """The data plane: see the module docstring. Events are tuples passed to `on_event` (EV_* constants)."""
+
+    cdef object _sock
+    cdef object _on_event
+    cdef object _loop
+    cdef object _tick_handle
+    cdef int _fd
+    cdef readonly int port
+    cdef int64_t _next_id
+    cdef dict _transport_slots
+    cdef dict _receiver_slots
+    cdef dict _downtrack_slots
+    cdef Transport **transports
+    cdef Receiver **receivers
+    cdef DownTrack **downtracks
+    cdef int transport_end      # one past the highest slot ever used, to bound scans
+    cdef int receiver_end
+    cdef int downtrack_end
+    cdef U64Map by_address      # address_key -> transport slot
+    cdef U64Map streams         # (transport slot, SSRC) -> receiver slot << 8 | layer << 1 | is_rtx
+    cdef U64Map downtrack_ssrcs  # (transport slot, downtrack SSRC or RTX SSRC) -> downtrack slot
+    cdef uint64_t counters[<int>S_COUNT]
+    cdef uint8_t *recv_bufs
+    cdef mmsghdr recv_msgs[<int>BATCH]
+    cdef iovec recv_iov[<int>BATCH]
+    cdef sockaddr_in recv_addrs[<int>BATCH]
+    cdef uint8_t *send_bufs
+    cdef mmsghdr send_msgs[<int>SEND_SLOTS]
+    cdef iovec send_iov[<int>SEND_SLOTS]
+    cdef sockaddr_in send_addrs[<int>SEND_SLOTS]
+    cdef int send_count
+    cdef int ev_count
+    cdef int ev_kind[<int>BATCH]
+    cdef int ev_msg[<int>BATCH]
+    cdef int64_t ev_a[<int>BATCH]
+    cdef int64_t ev_b[<int>BATCH]
+    cdef int64_t ev_c[<int>BATCH]
+    cdef int64_t last_report_us
+    cdef uint64_t remb_bitrate
+    cdef char cname[32]
+    cdef int cname_length
+
+    def __cinit__(self):
+        self.transports = <Transport **>calloc(MAX_TRANSPORTS, sizeof(Transport *))
+        self.receivers = <Receiver **>calloc(MAX_RECEIVERS, sizeof(Receiver *))
+        self.downtracks = <DownTrack **>calloc(MAX_DOWNTRACKS, sizeof(DownTrack *))
+        self.recv_bufs = <uint8_t *>malloc(BATCH * RECV_BUF)
+        self.send_bufs = <uint8_t *>malloc(SEND_SLOTS * SEND_BUF)
+        if (self.transports == NULL or self.receivers == NULL or self.downtracks == NULL or self.recv_bufs == NULL
+                or self.send_bufs == NULL or map_init(&self.by_address, 64) < 0 or map_init(&self.streams, 256) < 0
+                or map_init(&self.downtrack_ssrcs, 256) < 0):
+            raise MemoryError()
+        cdef int i
+        for i in range(BATCH):
+            self.recv_iov[i].iov_base = self.recv_bufs + i * RECV_BUF
+            self.recv_iov[i].iov_len = RECV_BUF
+            memset(&self.recv_msgs[i], 0, sizeof(mmsghdr))
+            self.recv_msgs[i].msg_hdr.msg_name = &self.recv_addrs[i]
+            self.recv_msgs[i].msg_hdr.msg_iov = &self.recv_iov[i]
+            self.recv_msgs[i].msg_hdr.msg_iovlen = 1
+        for i in range(SEND_SLOTS):
+            self.send_iov[i].iov_base = self.send_bufs + i * SEND_BUF
+            memset(&self.send_msgs[i], 0, sizeof(mmsghdr))
+            self.send_msgs[i].msg_hdr.msg_name = &self.send_addrs[i]
+            self.send_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+            self.send_msgs[i].msg_hdr.msg_iov = &self.send_iov[i]
+            self.send_msgs[i].msg_hdr.msg_iovlen = 1
+        memset(self.counters, 0, sizeof(self.counters))
+        self._fd = -1
+
+    def __init__(self, host: str, udp_port: int, on_event) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                sock.setsockopt(socket.SOL_SOCKET, option, 8 * 1024 * 1024)
+            sock.setblocking(False)
+            sock.bind((host, udp_port))
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._fd = sock.fileno()
+        self.port = sock.getsockname()[1]
+        self._on_event = on_event
+        self._next_id = 1
+        self._transport_slots = {}
+        self._receiver_slots = {}
+        self._downtrack_slots = {}
+        self.remb_bitrate = DEFAULT_REMB_BPS
+        self.set_cname("tern")
+
+    def __dealloc__(self):
+        cdef int i
+        if self.downtracks != NULL:
+            for i in range(self.downtrack_end):
+                if self.downtracks[i] != NULL:
+                    free(self.downtracks[i].seqmap)
+                    free(self.downtracks[i])
+        if self.receivers != NULL:
+            for i in range(self.receiver_end):
+                if self.receivers[i] != NULL:
+                    free_receiver(self.receivers[i])
+        if self.transports != NULL:
+            for i in range(self.transport_end):
+                if self.transports[i] != NULL:
+                    free(self.transports[i].receivers.items)
+                    free(self.transports[i])
+        free(self.transports)
+        free(self.receivers)
+        free(self.downtracks)
+        free(self.recv_bufs)
+        free(self.send_bufs)
+        map_free(&self.by_address)
+        map_free(&self.streams)
+        map_free(&self.downtrack_ssrcs)
+
+    # ------------------------------------------------------------------ event loop glue
+
+    def attach(self, loop) -> None:
+        self._loop = loop
+        loop.add_reader(self._fd, self._on_readable)
+        self._tick_handle = loop.call_later(TICK_SECONDS, self._tick)
+
+    def close(self) -> None:
+        if self._loop is not None:
+            if self._fd >= 0:
+                self._loop.remove_reader(self._fd)
+            if self._tick_handle is not None:
+                self._tick_handle.cancel()
+            self._loop = None
+            self._tick_handle = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._fd = -1
+
+    def _on_readable(self) -> None:
+        cdef int n = 0
+        cdef int batches = 0
+        cdef int i
+        cdef int64_t now
+        if self._fd < 0:
+            return
+        while batches < MAX_BATCHES:
+            batches += 1
+            with nogil:
+                for i in range(BATCH):
+                    self.recv_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+                n = recvmmsg(self._fd, self.recv_msgs, BATCH, MSG_DONTWAIT, NULL)
+                if n > 0:
+                    now = monotonic_us()
+                    self.ev_count = 0
+                    for i in range(n):
+                        self.handle_datagram(i, now)
+                    self.flush()
+            if n <= 0:
+                break
+            if self.ev_count:
+                self._dispatch_events()
+            if n < BATCH:
+                break
+
+    def _tick(self) -> None:
+        if self._loop is None:
+            return
+        try:
+            with nogil:
+                self.run_timers(monotonic_us())
+                self.flush()
+        finally:
+            self._tick_handle = self._loop.call_later(TICK_SECONDS, self._tick)
+
+    cdef _dispatch_events(self):
+        cdef int i, m
+        for i in range(self.ev_count):
+            m = self.ev_msg[i]
+            if self.ev_kind[i] == E_STUN:
+                event = (EV_STUN, PyBytes_FromStringAndSize(<char *>self.recv_bufs + m * RECV_BUF, self.recv_msgs[m].msg_len),
+                         *_address(&self.recv_addrs[m]))
+            elif self.ev_kind[i] == E_DTLS:
+                event = (EV_DTLS, self.ev_a[i],
+                         PyBytes_FromStringAndSize(<char *>self.recv_bufs + m * RECV_BUF, self.recv_msgs[m].msg_len))
+            else:
+                event = (EV_RECEIVER_LAYER, self.ev_a[i], self.ev_b[i], self.ev_c[i])
+            try:
+                self._on_event(event)
+            except Exception:
+                self.counters[S_EVENT_ERRORS] += 1
+                log.exception("engine event handler failed on %s", event[0])
+        self.ev_count = 0
+
+    # ------------------------------------------------------------------ send batch
+
+    cdef int take_slot(self) noexcept nogil:
+        if self.send_count == SEND_SLOTS:
+            self.flush()
+        return self.send_count
+
+    cdef inline uint8_t *slot_buffer(self, int slot) noexcept nogil:
+        return self.send_bufs + slot * SEND_BUF
+
+    cdef void commit_slot(self, int slot, int length, Transport *t) noexcept nogil:
+        self.send_iov[slot].iov_len = length
+        self.send_addrs[slot] = t.addr
+        self.send_count += 1
+        self.counters[S_PACKETS_OUT] += 1
+        self.counters[S_BYTES_OUT] += length
+
+    cdef void flush(self) noexcept nogil:
+        cdef int sent = 0
+        cdef int r
+        while sent < self.send_count:
+            r = sendmmsg(self._fd, self.send_msgs + sent, self.send_count - sent, MSG_DONTWAIT)
+            if r > 0:
+                sent += r
+            elif r < 0 and errno == EINTR:
+                continue
+            else:
+                # A full socket buffer or an unreachable peer: drop the packet at the head and carry on.
+                self.counters[S_DROP_SEND_FAILED] += 1
+                sent += 1
+        self.send_count = 0
+
+    cdef void send_rtcp(self, Transport *t, int length, int slot) noexcept nogil:
+        """Protects the RTCP packet built in `slot` with `t`'s tx context and queues it."""
+        if srtp_protect_rtcp(t.tx, self.slot_buffer(slot), &length) != 0:
+            self.counters[S_DROP_PROTECT] += 1
+            return
+        self.commit_slot(slot, length, t)
+
+    cdef inline bint ready(self, Transport *t) noexcept nogil:
+        return t != NULL and t.bound and t.tx != NULL
+
+    # ------------------------------------------------------------------ ingress
+
+    cdef void queue_event(self, int kind, int msg, int64_t a, int64_t b, int64_t c) noexcept nogil:
+        # One event per datagram at most, so BATCH entries always suffice.
+        if self.ev_count < BATCH:
+            self.ev_kind[self.ev_count] = kind
+            self.ev_msg[self.ev_count] = msg
+            self.ev_a[self.ev_count] = a
+            self.ev_b[self.ev_count] = b
+            self.ev_c[self.ev_count] = c
+            self.ev_count += 1
+
+    cdef void handle_datagram(self, int msg, int64_t now) noexcept nogil:
+        cdef uint8_t *buf = self.recv_bufs + msg * RECV_BUF
+        cdef int length = self.recv_msgs[msg].msg_len
+        cdef uint8_t first
+        cdef int64_t t
+        self.counters[S_PACKETS_IN] += 1
+        self.counters[S_BYTES_IN] += length
+        if self.recv_msgs[msg].msg_hdr.msg_flags & MSG_TRUNC:
+            self.counters[S_DROP_TRUNCATED] += 1
+            return
+        if length < 1:
+            self.counters[S_DROP_EMPTY] += 1
+            return
+        first = buf[0]
+        if first <= 3:
+            self.counters[S_STUN_IN] += 1
+            if length < 20:
+                self.counters[S_DROP_MALFORMED] += 1
+            else:
+                self.queue_event(E_STUN, msg, 0, 0, 0)
+            return
+        if not (20 <= first <= 63 or 128 <= first <= 191):
+            self.counters[S_DROP_NOT_RTP] += 1
+            return
+        t = map_get(&self.by_address, address_key(&self.recv_addrs[msg]))
+        if first <= 63:
+            self.counters[S_DTLS_IN] += 1
+            if t < 0:
+                self.counters[S_DROP_DTLS_UNBOUND] += 1
+            else:
+                self.queue_event(E_DTLS, msg, self.transports[t].id, 0, 0)
+            return
+        if t < 0:
+            self.counters[S_DROP_UNKNOWN_SOURCE] += 1
+            return
+        if self.transports[t].rx == NULL:
+            self.counters[S_DROP_NO_SRTP] += 1
+            return
+        if is_rtcp(buf, length):
+            self.counters[S_RTCP_IN] += 1
+            self.handle_rtcp(<int>t, buf, length, now)
+        else:
+            self.counters[S_RTP_IN] += 1
+            self.handle_rtp(msg, <int>t, buf, length, now)
+
+    cdef int64_t bind_stream(self, int t, const uint8_t *buf, RtpHeader *h) noexcept nogil:
+        """Matches an unknown SSRC to (receiver, layer, is_rtx) by its mid / rid / repaired-rid extensions."""
+        cdef Transport *tr = self.transports[t]
+        cdef Receiver *r
+        cdef Layer *layer
+        cdef const uint8_t *value
+        cdef int value_length, i, l, index
+        cdef bint rtx
+        for i in range(tr.receivers.count):
+            index = tr.receivers.items[i]
+            r = self.receivers[index]
+            if r.ext_mid == 0 or r.mid_length == 0:
+                continue
+            if not find_extension(buf, h, r.ext_mid, &value, &value_length):
+                continue
+            if value_length != r.mid_length or memcmp(value, r.mid, value_length) != 0:
+                continue
+            l = -1
+            rtx = r.rtx_payload_type == h.payload_type
+            if not r.simulcast:
+                l = 0
+            elif r.ext_rrid and find_extension(buf, h, r.ext_rrid, &value, &value_length):
+                rtx = True
+                l = find_rid(r, value, value_length)
+            elif r.ext_rid and find_extension(buf, h, r.ext_rid, &value, &value_length):
+                l = find_rid(r, value, value_length)
+            if l < 0:
+                return -1
+            layer = &r.layers[l]
+            if rtx:
+                if layer.has_rtx and layer.rtx_ssrc != h.ssrc:
+                    map_remove(&self.streams, stream_key(t, layer.rtx_ssrc))
+                layer.rtx_ssrc = h.ssrc
+                layer.has_rtx = True
+            else:
+                if layer.has_ssrc and layer.ssrc != h.ssrc:
+                    # The publisher restarted this layer with a new SSRC: its history no longer applies.
+                    map_remove(&self.streams, stream_key(t, layer.ssrc))
+                    reset_layer(layer)
+                layer.ssrc = h.ssrc
+                layer.has_ssrc = True
+            if map_put(&self.streams, stream_key(t, h.ssrc), (<int64_t>index << 8) | (l << 1) | rtx) < 0:
+                return -1
+            return (<int64_t>index << 8) | (l << 1) | rtx
+        return -1
+
+    cdef void handle_rtp(self, int msg, int t, uint8_t *buf, int length, int64_t now) noexcept nogil:
+        cdef RtpHeader h
+        cdef int64_t v
+        cdef Receiver *r
+        cdef Layer *layer
+        cdef int l
+        cdef uint16_t osn
+        if srtp_unprotect(self.transports[t].rx, buf, &length) != 0:
+            self.counters[S_DROP_UNPROTECT] += 1
+            return
+        if parse_rtp(buf, length, &h) < 0:
+            self.counters[S_DROP_MALFORMED] += 1
+            return
+        v = map_get(&self.streams, stream_key(t, h.ssrc))
+        if v < 0:
+            v = self.bind_stream(t, buf, &h)
+            if v < 0:
+                self.counters[S_DROP_UNKNOWN_SSRC] += 1
+                return
+        r = self.receivers[v >> 8]
+        l = (v >> 1) & 0x7F
+        layer = &r.layers[l]
+        if v & 1:
+            # RTX (RFC 4588): the payload starts with the original sequence number; rebuild the original in place.
+            if h.payload_length <= 2:
+                self.counters[S_DROP_RTX_PADDING] += 1
+                return
+            if not layer.has_ssrc:
+                self.counters[S_DROP_UNKNOWN_SSRC] += 1
+                return
+            osn = (buf[h.header_length] << 8) | buf[h.header_length + 1]
+            memmove(buf + 2, buf, h.header_length)
+            buf += 2
+            length -= 2
+            buf[1] = (buf[1] & 0x80) | r.payload_type
+            put16(buf + 2, osn)
+            put32(buf + 8, layer.ssrc)
+            if parse_rtp(buf, length, &h) < 0:
+                self.counters[S_DROP_MALFORMED] += 1
+                return
+            self.receive(r, v >> 8, l, buf, length, &h, now, True, msg)
+        else:
+            self.receive(r, v >> 8, l, buf, length, &h, now, False, msg)
+
+    cdef void receive(self, Receiver *r, int rslot, int l, const uint8_t *buf, int length, RtpHeader *h,
+                      int64_t now, bint recovered, int msg) noexcept nogil:
+        cdef Layer *layer = &r.layers[l]
+        cdef int slot = h.sequence & (layer.cache_size - 1)
+        cdef int16_t delta
+        cdef Vp8Descriptor vp8
+        cdef bint has_vp8 = False
+        cdef bint keyframe = False
+        cdef int i
+        cdef const uint8_t *payload = buf + h.header_length
+        if layer.cache_seq[slot] == h.sequence:
+            self.counters[S_DROP_DUPLICATE] += 1
+            return
+        if not layer.active:
+            layer.active = True
+            layer.max_seq = h.sequence
+            layer.base_seq = h.sequence
+            layer.cycles = 0
+            self.queue_event(E_LAYER, msg, r.id, l, layer.ssrc)
+        else:
+            delta = <int16_t>(h.sequence - layer.max_seq)
+            if delta > 0:
+                if delta > 1:
+                    self.add_missing(layer, <uint16_t>(layer.max_seq + 1), delta - 1, now)
+                if h.sequence < layer.max_seq:
+                    layer.cycles += 65536
+                layer.max_seq = h.sequence
+            else:
+                self.remove_missing(layer, h.sequence)
+        if recovered:
+            self.counters[S_RTX_RECOVERED] += 1
+        else:
+            self.update_jitter(r, layer, h.timestamp, now)
+        layer.received += 1
+        layer.bytes += length
+        layer.last_packet_us = now
+        if l > r.top_layer:
+            r.top_layer = l
+        if length <= CACHE_SLOT and (layer.cache_seq[slot] < 0
+                                     or <int16_t>(h.sequence - <uint16_t>layer.cache_seq[slot]) > 0):
+            memcpy(layer.cache + slot * CACHE_SLOT, buf, length)
+            layer.cache_seq[slot] = h.sequence
+            layer.cache_length[slot] = length
+        if r.is_video:
+            if r.codec == C_VP8:
+                has_vp8 = parse_vp8(payload, h.payload_length, &vp8) == 0
+            keyframe = h.payload_length > 0 and is_keyframe(r.codec, payload, h.payload_length, &vp8, has_vp8)
+            if keyframe:
+                layer.keyframes += 1
+                self.counters[S_KEYFRAMES] += 1
+        for i in range(r.downtracks.count):
+            self.forward(self.downtracks[r.downtracks.items[i]], r, l, buf, h, &vp8, has_vp8, keyframe, now)
+
+    cdef void update_jitter(self, Receiver *r, Layer *layer, uint32_t timestamp, int64_t now) noexcept nogil:
+        cdef int64_t arrival = now * r.clock_rate // 1000000
+        cdef uint32_t transit = <uint32_t>arrival - timestamp
+        cdef int64_t d
+        if layer.transit_valid:
+            d = <int32_t>(transit - layer.last_transit)
+            if d < 0:
+                d = -d
+            if d < 0x7FFFFFF:
+                layer.jitter_q4 += <uint32_t>(d - ((layer.jitter_q4 + 8) >> 4))
+        layer.last_transit = transit
+        layer.transit_valid = True
+
+    cdef void add_missing(self, Layer *layer, uint16_t first, int count, int64_t now) noexcept nogil:
+        cdef int i
+        if count > MAX_MISSING:
+            # Too large a gap to repair by NACK; the subscriber side will ask for a keyframe.
+            layer.missing_count = 0
+            return
+        for i in range(count):
+            if layer.missing_count == MAX_MISSING:
+                return
+            layer.missing[layer.missing_count] = <uint16_t>(first + i)
+            layer.missing_tries[layer.missing_count] = 0
+            layer.missing_last_us[layer.missing_count] = now - NACK_INTERVAL_US + NACK_DELAY_US
+            layer.missing_count += 1
+
+    cdef void remove_missing(self, Layer *layer, uint16_t seq) noexcept nogil:
+        cdef int i
+        for i in range(layer.missing_count):
+            if layer.missing[i] == seq:
+                layer.missing_count -= 1
+                layer.missing[i] = layer.missing[layer.missing_count]
+                layer.missing_tries[i] = layer.missing_tries[layer.missing_count]
+                layer.missing_last_us[i] = layer.missing_last_us[layer.missing_count]
+                return
+
+    # ------------------------------------------------------------------ Forwarder + Munger
+
+    cdef inline int target_layer(self, DownTrack *d, Receiver *r) noexcept nogil:
+        return r.top_layer if r.top_layer < d.max_layer else d.max_layer
+
+    cdef void forward(self, DownTrack *d, Receiver *r, int l, const uint8_t *buf, RtpHeader *h,
+                      Vp8Descriptor *vp8, bint has_vp8, bint keyframe, int64_t now) noexcept nogil:
+        cdef uint16_t out_seq
+        cdef uint32_t out_ts
+        cdef int32_t out_pid = -1
+        cdef int32_t out_tl0 = -1
+        cdef SeqMapEntry *e
+        if l != d.current_layer:
+            if r.is_video and (l != self.target_layer(d, r) or not keyframe):
+                d.dropped += 1
+                return
+            self.switch_layer(d, r, l, h, vp8, has_vp8, now)
+        elif <int16_t>(h.sequence - d.switch_seq) < 0:
+            d.dropped += 1
+            return
+        out_seq = <uint16_t>(h.sequence - d.seq_offset)
+        out_ts = <uint32_t>(h.timestamp - d.ts_offset)
+        if has_vp8:
+            if vp8.picture_id >= 0:
+                out_pid = (vp8.picture_id - d.pid_offset) & 0x7FFF
+            if vp8.tl0picidx >= 0:
+                out_tl0 = (vp8.tl0picidx - d.tl0_offset) & 0xFF
+        if not d.started or <int16_t>(out_seq - d.last_out_seq) > 0:
+            d.started = True
+            d.last_out_seq = out_seq
+            d.last_out_ts = out_ts
+            d.last_forward_us = now
+            if out_pid >= 0:
+                d.last_out_pid = out_pid
+            if out_tl0 >= 0:
+                d.last_out_tl0 = out_tl0
+        e = &d.seqmap[out_seq & (SEQMAP_SIZE - 1)]
+        e.valid = True
+        e.out_seq = out_seq
+        e.in_seq = h.sequence
+        e.layer = l
+        e.out_ts = out_ts
+        e.out_pid = out_pid
+        e.out_tl0 = out_tl0
+        if self.send_media(d, r, buf, h, out_seq, out_ts, out_pid, out_tl0, vp8, has_vp8, False):
+            d.packets += 1
+            d.octets += h.payload_length
+            self.counters[S_FORWARDED] += 1
+
+    cdef void switch_layer(self, DownTrack *d, Receiver *r, int l, RtpHeader *h, Vp8Descriptor *vp8,
+                           bint has_vp8, int64_t now) noexcept nogil:
+        """Munger: new offsets so the output continues seamlessly from the last forwarded packet."""
+        cdef int64_t ticks
+        if d.current_layer >= 0:
+            d.layer_switches += 1
+            self.counters[S_LAYER_SWITCHES] += 1
+        d.current_layer = l
+        d.switch_seq = h.sequence
+        if not d.started:
+            # First packet: keep the publisher's numbering (offsets 0).
+            return
+        ticks = (now - d.last_forward_us) * r.clock_rate // 1000000
+        if ticks < 1:
+            ticks = 1
+        d.seq_offset = <uint16_t>(h.sequence - <uint16_t>(d.last_out_seq + 1))
+        d.ts_offset = <uint32_t>(h.timestamp - <uint32_t>(d.last_out_ts + ticks))
+        if has_vp8 and vp8.picture_id >= 0 and d.last_out_pid >= 0:
+            d.pid_offset = (vp8.picture_id - (d.last_out_pid + 1)) & 0x7FFF
+        if has_vp8 and vp8.tl0picidx >= 0 and d.last_out_tl0 >= 0:
+            d.tl0_offset = (vp8.tl0picidx - (d.last_out_tl0 + 1)) & 0xFF
+
+    cdef bint send_media(self, DownTrack *d, Receiver *r, const uint8_t *buf, RtpHeader *h, uint16_t out_seq,
+                         uint32_t out_ts, int32_t out_pid, int32_t out_tl0, Vp8Descriptor *vp8, bint has_vp8,
+                         bint as_rtx) noexcept nogil:
+        """Writes the rewritten packet (or its RTX form) into a send slot, protects and queues it."""
+        cdef Transport *t = self.transports[d.transport]
+        cdef int slot, header, length
+        cdef uint8_t *out
+        cdef uint8_t *payload
+        if not self.ready(t):
+            self.counters[S_DROP_SUBSCRIBER_NOT_READY] += 1
+            return False
+        if h.header_length + 4 + 2 + h.payload_length + 16 > SEND_BUF:
+            self.counters[S_DROP_TOO_LARGE] += 1
+            return False
+        slot = self.take_slot()
+        out = self.slot_buffer(slot)
+        header = rewrite_header(buf, h, d.ext_map, out)
+        put32(out + 4, out_ts)
+        if as_rtx:
+            out[1] = (out[1] & 0x80) | d.rtx_payload_type
+            put16(out + 2, d.rtx_seq)
+            d.rtx_seq += 1
+            put32(out + 8, d.rtx_ssrc)
+            put16(out + header, out_seq)
+            payload = out + header + 2
+            length = header + 2 + h.payload_length
+        else:
+            out[1] = (out[1] & 0x80) | d.payload_type
+            put16(out + 2, out_seq)
+            put32(out + 8, d.ssrc)
+            payload = out + header
+            length = header + h.payload_length
+        memcpy(payload, buf + h.header_length, h.payload_length)
+        if has_vp8:
+            if out_pid >= 0:
+                if vp8.picture_id_16bit:
+                    payload[vp8.picture_id_offset] = 0x80 | ((out_pid >> 8) & 0x7F)
+                    payload[vp8.picture_id_offset + 1] = out_pid & 0xFF
+                else:
+                    payload[vp8.picture_id_offset] = out_pid & 0x7F
+            if out_tl0 >= 0:
+                payload[vp8.tl0picidx_offset] = out_tl0
+        if srtp_protect(t.tx, out, &length) != 0:
+            self.counters[S_DROP_PROTECT] += 1
+            return False
+        self.commit_slot(slot, length, t)
+        return True
+
+    # ------------------------------------------------------------------ RTCP
+
+    cdef void handle_rtcp(self, int t, uint8_t *buf, int length, int64_t now) noexcept nogil:
+        cdef RtcpHeader rh
+        cdef SenderInfo info
+        cdef uint32_t sender, media
+        cdef int offset = 0
+        cdef int64_t v
+        cdef const uint8_t *p
+        cdef Layer *layer
+        cdef bint ok
+        if srtp_unprotect_rtcp(self.transports[t].rx, buf, &length) != 0:
+            self.counters[S_DROP_UNPROTECT] += 1
+            return
+        while offset < length:
+            p = buf + offset
+            if parse_rtcp_header(p, length - offset, &rh) < 0:
+                self.counters[S_DROP_MALFORMED] += 1
+                return
+            if rh.packet_type == RTCP_SR:
+                self.counters[S_SR_RECEIVED] += 1
+                if parse_sender_info(p, rh.total_length, &info) == 0:
+                    v = map_get(&self.streams, stream_key(t, info.ssrc))
+                    if v >= 0 and not (v & 1):
+                        layer = &self.receivers[v >> 8].layers[(v >> 1) & 0x7F]
+                        layer.sr_ntp = info.ntp_time
+                        layer.sr_rtp = info.rtp_time
+                        layer.sr_arrival_us = now
+            elif rh.packet_type == RTCP_RR:
+                self.counters[S_RR_RECEIVED] += 1
+            elif rh.packet_type == RTCP_PSFB and (rh.count == 1 or rh.count == 4):
+                if rh.count == 1:
+                    ok = parse_feedback_ssrcs(p, rh.total_length, &sender, &media) == 0
+                else:
+                    ok = parse_fir_ssrc(p, rh.total_length, &media) == 0
+                if ok:
+                    v = map_get(&self.downtrack_ssrcs, stream_key(t, media))
+                    if v >= 0:
+                        self.on_keyframe_request(self.downtracks[v], now)
+            elif rh.packet_type == RTCP_RTPFB and rh.count == 1:
+                if parse_feedback_ssrcs(p, rh.total_length, &sender, &media) == 0:
+                    v = map_get(&self.downtrack_ssrcs, stream_key(t, media))
+                    if v >= 0:
+                        self.on_nack(self.downtracks[v], p, rh.total_length)
+            offset += rh.total_length
+
+    cdef void on_keyframe_request(self, DownTrack *d, int64_t now) noexcept nogil:
+        cdef Receiver *r = self.receivers[d.receiver]
+        cdef int l = d.current_layer if d.current_layer >= 0 else self.target_layer(d, r)
+        d.plis_received += 1
+        self.counters[S_PLIS_RECEIVED] += 1
+        if r.is_video and l >= 0:
+            self.request_layer_keyframe(r, l, now)
+
+    cdef void on_nack(self, DownTrack *d, const uint8_t *p, int length) noexcept nogil:
+        cdef uint16_t seqs[<int>MAX_NACK_SEQS]
+        cdef int count = parse_nack(p, length, seqs, MAX_NACK_SEQS)
+        cdef int i, slot
+        cdef SeqMapEntry *e
+        cdef Receiver *r = self.receivers[d.receiver]
+        cdef Layer *layer
+        cdef RtpHeader h
+        cdef Vp8Descriptor vp8
+        cdef bint has_vp8
+        cdef const uint8_t *cached
+        d.nacks_received += 1
+        self.counters[S_NACKS_RECEIVED] += 1
+        for i in range(count):
+            self.counters[S_NACKED_PACKETS] += 1
+            e = &d.seqmap[seqs[i] & (SEQMAP_SIZE - 1)]
+            if not e.valid or e.out_seq != seqs[i]:
+                self.counters[S_NACK_MISSES] += 1
+                continue
+            layer = &r.layers[e.layer]
+            slot = e.in_seq & (layer.cache_size - 1)
+            if layer.cache_seq[slot] != e.in_seq:
+                self.counters[S_NACK_MISSES] += 1
+                continue
+            cached = layer.cache + slot * CACHE_SLOT
+            if parse_rtp(cached, layer.cache_length[slot], &h) < 0:
+                continue
+            has_vp8 = r.codec == C_VP8 and parse_vp8(cached + h.header_length, h.payload_length, &vp8) == 0
+            if self.send_media(d, r, cached, &h, e.out_seq, e.out_ts, e.out_pid, e.out_tl0, &vp8, has_vp8,
+                               d.rtx_ssrc != 0):
+                d.retransmissions += 1
+                self.counters[S_RETRANSMISSIONS] += 1
+
+    cdef void request_layer_keyframe(self, Receiver *r, int l, int64_t now) noexcept nogil:
+        """PLI to the publisher for layer `l`, at most once per PLI_INTERVAL_US."""
+        cdef Layer *layer = &r.layers[l]
+        cdef Transport *t = self.transports[r.transport]
+        cdef int slot, length
+        if not layer.has_ssrc or now - layer.last_pli_us < PLI_INTERVAL_US or not self.ready(t):
+            return
+        layer.last_pli_us = now
+        slot = self.take_slot()
+        length = build_pli(self.slot_buffer(slot), SEND_BUF - SRTCP_TRAILER, t.local_ssrc, layer.ssrc)
+        if length > 0:
+            layer.plis_sent += 1
+            self.counters[S_PLIS_SENT] += 1
+            self.send_rtcp(t, length, slot)
+
+    # ------------------------------------------------------------------ timers
+
+    cdef void run_timers(self, int64_t now) noexcept nogil:
+        cdef int i, l, top
+        cdef Receiver *r
+        cdef DownTrack *d
+        cdef Layer *layer
+        cdef bint report = now - self.last_report_us >= REPORT_INTERVAL_US
+        for i in range(self.receiver_end):
+            r = self.receivers[i]
+            if r == NULL:
+                continue
+            top = -1
+            for l in range(r.num_layers):
+                layer = &r.layers[l]
+                if layer.active and now - layer.last_packet_us < LAYER_STALE_US:
+                    top = l
+            r.top_layer = top
+            if r.is_video:
+                for l in range(r.num_layers):
+                    if r.layers[l].missing_count:
+                        self.send_nacks(r, &r.layers[l], now)
+        for i in range(self.downtrack_end):
+            d = self.downtracks[i]
+            if d == NULL:
+                continue
+            r = self.receivers[d.receiver]
+            top = self.target_layer(d, r)
+            if r.is_video and top >= 0 and d.current_layer != top:
+                if now - r.layers[top].last_pli_us >= PLI_INTERVAL_US:
+                    d.keyframe_requests += 1
+                self.request_layer_keyframe(r, top, now)
+            if report and d.started:
+                self.send_sender_report(d, r, now)
+        if report:
+            self.last_report_us = now
+            for i in range(self.transport_end):
+                if self.transports[i] != NULL and self.transports[i].receivers.count:
+                    self.send_receiver_report(self.transports[i], now)
+
+    cdef void send_nacks(self, Receiver *r, Layer *layer, int64_t now) noexcept nogil:
+        cdef uint16_t seqs[128]
+        cdef int count = 0
+        cdef int i = 0
+        cdef int slot, length
+        cdef Transport *t = self.transports[r.transport]
+        while i < layer.missing_count:
+            if now - layer.missing_last_us[i] >= NACK_INTERVAL_US:
+                seqs[count] = layer.missing[i]
+                count += 1
+                layer.missing_last_us[i] = now
+                layer.missing_tries[i] += 1
+                if layer.missing_tries[i] >= NACK_MAX_TRIES:
+                    self.remove_missing(layer, layer.missing[i])
+                    continue
+            i += 1
+        if count == 0 or not self.ready(t) or not layer.has_ssrc:
+            return
+        slot = self.take_slot()
+        length = build_nack(self.slot_buffer(slot), SEND_BUF - SRTCP_TRAILER, t.local_ssrc, layer.ssrc, seqs, count)
+        if length > 0:
+            layer.nacks_sent += 1
+            self.counters[S_NACKS_SENT] += 1
+            self.send_rtcp(t, length, slot)
+
+    cdef void send_receiver_report(self, Transport *t, int64_t now) noexcept nogil:
+        """RR for every publisher layer on `t` + SDES + REMB (so the publisher's encoder ramps up to all layers)."""
+        cdef ReportBlock blocks[31]
+        cdef uint32_t video_ssrcs[31]
+        cdef int count = 0
+        cdef int video = 0
+        cdef int i, l, slot, length, n
+        cdef Receiver *r
+        cdef Layer *layer
+        cdef ReportBlock *b
+        cdef uint64_t expected, expected_interval, received_interval
+        cdef int64_t lost, lost_interval
+        cdef uint8_t *out
+        if not self.ready(t):
+            return
+        for i in range(t.receivers.count):
+            r = self.receivers[t.receivers.items[i]]
+            for l in range(r.num_layers):
+                layer = &r.layers[l]
+                if not layer.active or count == 31:
+                    continue
+                b = &blocks[count]
+                count += 1
+                expected = <uint64_t>layer.cycles + layer.max_seq - layer.base_seq + 1
+                lost = <int64_t>expected - <int64_t>layer.received
+                expected_interval = expected - layer.expected_prior
+                received_interval = layer.received - layer.received_prior
+                lost_interval = <int64_t>expected_interval - <int64_t>received_interval
+                layer.expected_prior = expected
+                layer.received_prior = layer.received
+                b.ssrc = layer.ssrc
+                b.fraction_lost = 0 if expected_interval == 0 or lost_interval <= 0 else (
+                    (lost_interval << 8) // expected_interval)
+                b.cumulative_lost = <int32_t>(0x7FFFFF if lost > 0x7FFFFF else (-0x800000 if lost < -0x800000 else lost))
+                b.highest_sequence = layer.cycles + layer.max_seq
+                b.jitter = layer.jitter_q4 >> 4
+                if layer.sr_arrival_us:
+                    b.last_sr = <uint32_t>(layer.sr_ntp >> 16)
+                    b.delay_since_last_sr = <uint32_t>((now - layer.sr_arrival_us) * 65536 // 1000000)
+                else:
+                    b.last_sr = 0
+                    b.delay_since_last_sr = 0
+                if r.is_video:
+                    video_ssrcs[video] = layer.ssrc
+                    video += 1
+        if count == 0:
+            return
+        slot = self.take_slot()
+        out = self.slot_buffer(slot)
+        length = build_rr(out, SEND_BUF - SRTCP_TRAILER, t.local_ssrc, blocks, count)
+        if length < 0:
+            return
+        n = build_sdes_cname(out + length, SEND_BUF - SRTCP_TRAILER - length, t.local_ssrc, self.cname, self.cname_length)
+        if n > 0:
+            length += n
+        self.counters[S_RR_SENT] += 1
+        if video:
+            n = build_remb(out + length, SEND_BUF - SRTCP_TRAILER - length, t.local_ssrc, self.remb_bitrate,
+                           video_ssrcs, video)
+            if n > 0:
+                length += n
+                self.counters[S_REMB_SENT] += 1
+        self.send_rtcp(t, length, slot)
+
+    cdef void send_sender_report(self, DownTrack *d, Receiver *r, int64_t now) noexcept nogil:
+        """SR + SDES CNAME for one DownTrack: RTP time extrapolated from the last forwarded packet."""
+        cdef Transport *t = self.transports[d.transport]
+        cdef SenderInfo info
+        cdef int slot, length, n
+        cdef uint8_t *out
+        if not self.ready(t):
+            return
+        info.ssrc = d.ssrc
+        info.ntp_time = ntp_now()
+        info.rtp_time = <uint32_t>(d.last_out_ts + (now - d.last_forward_us) * r.clock_rate // 1000000)
+        info.packet_count = <uint32_t>d.packets
+        info.octet_count = <uint32_t>d.octets
+        slot = self.take_slot()
+        out = self.slot_buffer(slot)
+        length = build_sr(out, SEND_BUF - SRTCP_TRAILER, &info, NULL, 0)
+        if length < 0:
+            return
+        n = build_sdes_cname(out + length, SEND_BUF - SRTCP_TRAILER - length, d.ssrc, self.cname, self.cname_length)
+        if n > 0:
+            length += n
+        self.counters[S_SR_SENT] += 1
+        self.send_rtcp(t, length, slot)
+
+    # ------------------------------------------------------------------ control API (Python)
+
+    cdef int _slot(self, dict slots, object object_id, str what) except -1:
+        try:
+            return slots[object_id]
+        except KeyError:
+            raise KeyError(f"unknown {what} {object_id}") from None
+
+    cdef int64_t _new_id(self):
+        self._next_id += 1
+        return self._next_id - 1
+
+    def send_to(self, data: bytes, host: str, port: int) -> None:
+        """A raw datagram (STUN responses)."""
+        try:
+            self._sock.sendto(data, (host, port))
+        except OSError as e:
+            self.counters[S_DROP_SEND_FAILED] += 1
+            log.debug("send_to %s:%s failed: %s", host, port, e)
+
+    def add_transport(self) -> int:
+        cdef int slot = _free_slot(<void **>self.transports, MAX_TRANSPORTS)
+        cdef Transport *t
+        if slot < 0:
+            raise RuntimeError("too many transports")
+        t = <Transport *>calloc(1, sizeof(Transport))
+        if t == NULL:
+            raise MemoryError()
+        t.id = self._new_id()
+        t.local_ssrc = int.from_bytes(os.urandom(4), "big")
+        self.transports[slot] = t
+        self.transport_end = max(self.transport_end, slot + 1)
+        self._transport_slots[t.id] = slot
+        return t.id
+
+    def bind_transport(self, transport_id: int, host: str, port: int) -> None:
+        cdef int slot = self._slot(self._transport_slots, transport_id, "transport")
+        cdef Transport *t = self.transports[slot]
+        cdef sockaddr_in address
+        memset(&address, 0, sizeof(address))
+        address.sin_family = socket.AF_INET
+        address.sin_port = socket.htons(port)
+        address.sin_addr.s_addr = int.from_bytes(socket.inet_aton(host), "little")
+        if t.bound:
+            map_remove(&self.by_address, t.addr_key)
+        old = map_get(&self.by_address, address_key(&address))
+        if old >= 0 and old != slot:
+            # The address moved to another transport (a client reconnected from the same port).
+            self.transports[old].bound = False
+        t.addr = address
+        t.addr_key = address_key(&address)
+        if map_put(&self.by_address, t.addr_key, slot) < 0:
+            raise MemoryError()
+        t.bound = True
+
+    def send_transport(self, transport_id: int, data: bytes) -> None:
+        """A raw datagram to the transport's bound address (DTLS records)."""
+        cdef Transport *t = self.transports[self._slot(self._transport_slots, transport_id, "transport")]
+        if not t.bound:
+            self.counters[S_DROP_SUBSCRIBER_NOT_READY] += 1
+            return
+        self.send_to(data, socket.inet_ntoa(int(t.addr.sin_addr.s_addr).to_bytes(4, "little")), socket.ntohs(t.addr.sin_port))
+
+    def set_srtp(self, transport_id: int, rx_session: int, tx_session: int) -> None:
+        cdef Transport *t = self.transports[self._slot(self._transport_slots, transport_id, "transport")]
+        t.rx = <void *><uintptr_t>rx_session
+        t.tx = <void *><uintptr_t>tx_session
+
+    def remove_transport(self, transport_id: int) -> None:
+        slot = self._transport_slots.pop(transport_id, None)
+        if slot is None:
+            return
+        cdef Transport *t = self.transports[<int>slot]
+        cdef int i
+        while t.receivers.count:
+            self.remove_receiver(self.receivers[t.receivers.items[0]].id)
+        for i in range(self.downtrack_end):
+            if self.downtracks[i] != NULL and self.downtracks[i].transport == slot:
+                self.remove_downtrack(self.downtracks[i].id)
+        if t.bound and map_get(&self.by_address, t.addr_key) == slot:
+            map_remove(&self.by_address, t.addr_key)
+        free(t.receivers.items)
+        free(t)
+        self.transports[<int>slot] = NULL
+
+    def add_receiver(self, transport_id: int, mid: str, kind: str, codec: str, payload_type: int,
+                     rtx_payload_type: int, clock_rate: int, rids: list, ssrcs: list, rtx_ssrcs: list,
+                     extmap: dict) -> int:
+        cdef int tslot = self._slot(self._transport_slots, transport_id, "transport")
+        cdef int slot, l, cache_size
+        cdef Receiver *r
+        cdef Layer *layer
+        if kind not in ("audio", "video"):
+            raise ValueError(f"kind must be audio or video, not {kind!r}")
+        if len(rids) > MAX_LAYERS or len(ssrcs) > MAX_LAYERS or len(rtx_ssrcs) > MAX_LAYERS:
+            raise ValueError(f"at most {MAX_LAYERS} layers")
+        if clock_rate <= 0:
+            raise ValueError("clock_rate must be positive")
+        mid_bytes = mid.encode()
+        rid_bytes = [rid.encode() for rid in rids]
+        if len(mid_bytes) > 64 or any(len(rid) > 16 for rid in rid_bytes):
+            raise ValueError("mid or rid too long")
+        slot = _free_slot(<void **>self.receivers, MAX_RECEIVERS)
+        if slot < 0:
+            raise RuntimeError("too many receivers")
+        r = <Receiver *>calloc(1, sizeof(Receiver))
+        if r == NULL:
+            raise MemoryError()
+        r.id = self._new_id()
+        r.transport = tslot
+        r.is_video = kind == "video"
+        r.codec = _CODECS.get(codec.lower().rpartition("/")[2], C_OTHER)
+        r.payload_type = payload_type & 0x7F
+        r.rtx_payload_type = rtx_payload_type & 0x7F if rtx_payload_type > 0 else -1
+        r.clock_rate = clock_rate
+        memcpy(r.mid, <const char *>mid_bytes, len(mid_bytes))
+        r.mid_length = len(mid_bytes)
+        r.simulcast = len(rids) > 0
+        r.num_layers = max(1, len(rids), len(ssrcs))
+        r.ext_mid = extmap.get("urn:ietf:params:rtp-hdrext:sdes:mid", 0) & 0xFF
+        r.ext_rid = extmap.get("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id", 0) & 0xFF
+        r.ext_rrid = extmap.get("urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id", 0) & 0xFF
+        r.top_layer = -1
+        cache_size = VIDEO_CACHE if r.is_video else AUDIO_CACHE
+        self.receivers[slot] = r
+        for l in range(r.num_layers):
+            layer = &r.layers[l]
+            reset_layer(layer)
+            layer.cache_size = cache_size
+            layer.cache = <uint8_t *>malloc(cache_size * CACHE_SLOT)
+            layer.cache_seq = <int32_t *>malloc(cache_size * sizeof(int32_t))
+            layer.cache_length = <uint16_t *>calloc(cache_size, sizeof(uint16_t))
+            if layer.cache == NULL or layer.cache_seq == NULL or layer.cache_length == NULL:
+                free_receiver(r)
+                self.receivers[slot] = NULL
+                raise MemoryError()
+            memset(layer.cache_seq, 0xFF, cache_size * sizeof(int32_t))
+            if l < len(rid_bytes):
+                memcpy(layer.rid, <const char *>rid_bytes[l], len(rid_bytes[l]))
+                layer.rid_length = len(rid_bytes[l])
+        if list_add(&self.transports[tslot].receivers, slot) < 0:
+            free_receiver(r)
+            self.receivers[slot] = NULL
+            raise MemoryError()
+        self.receiver_end = max(self.receiver_end, slot + 1)
+        self._receiver_slots[r.id] = slot
+        # Declared SSRCs (non-simulcast offers, or simulcast with a=ssrc-group:SIM) bind without extensions.
+        for l, ssrc in enumerate(ssrcs):
+            r.layers[l].ssrc = ssrc
+            r.layers[l].has_ssrc = True
+            map_put(&self.streams, stream_key(tslot, ssrc), (<int64_t>slot << 8) | (l << 1))
+        for l, ssrc in enumerate(rtx_ssrcs):
+            r.layers[l].rtx_ssrc = ssrc
+            r.layers[l].has_rtx = True
+            map_put(&self.streams, stream_key(tslot, ssrc), (<int64_t>slot << 8) | (l << 1) | 1)
+        return r.id
+
+    def remove_receiver(self, receiver_id: int) -> None:
+        slot = self._receiver_slots.pop(receiver_id, None)
+        if slot is None:
+            return
+        cdef Receiver *r = self.receivers[<int>slot]
+        cdef int l
+        cdef Layer *layer
+        while r.downtracks.count:
+            self.remove_downtrack(self.downtracks[r.downtracks.items[0]].id)
+        for l in range(r.num_layers):
+            layer = &r.layers[l]
+            if layer.has_ssrc and map_get(&self.streams, stream_key(r.transport, layer.ssrc)) >> 8 == slot:
+                map_remove(&self.streams, stream_key(r.transport, layer.ssrc))
+            if layer.has_rtx and map_get(&self.streams, stream_key(r.transport, layer.rtx_ssrc)) >> 8 == slot:
+                map_remove(&self.streams, stream_key(r.transport, layer.rtx_ssrc))
+        list_discard(&self.transports[r.transport].receivers, slot)
+        free_receiver(r)
+        self.receivers[<int>slot] = NULL
+
+    def add_downtrack(self, receiver_id: int, transport_id: int, ssrc: int, rtx_ssrc: int, payload_type: int,
+                      rtx_payload_type: int, extmap: dict) -> int:
+        cdef int rslot = self._slot(self._receiver_slots, receiver_id, "receiver")
+        cdef int tslot = self._slot(self._transport_slots, transport_id, "transport")
+        cdef int slot = _free_slot(<void **>self.downtracks, MAX_DOWNTRACKS)
+        cdef DownTrack *d
+        if slot < 0:
+            raise RuntimeError("too many downtracks")
+        for source, target in extmap.items():
+            if not (0 < source < 256 and 0 <= target < 15):
+                raise ValueError(f"bad extension mapping {source} -> {target}")
+        d = <DownTrack *>calloc(1, sizeof(DownTrack))
+        if d == NULL:
+            raise MemoryError()
+        d.seqmap = <SeqMapEntry *>calloc(SEQMAP_SIZE, sizeof(SeqMapEntry))
+        if d.seqmap == NULL or list_add(&self.receivers[rslot].downtracks, slot) < 0:
+            free(d.seqmap)
+            free(d)
+            raise MemoryError()
+        d.id = self._new_id()
+        d.receiver = rslot
+        d.transport = tslot
+        d.ssrc = ssrc
+        d.rtx_ssrc = rtx_ssrc
+        d.payload_type = payload_type & 0x7F
+        d.rtx_payload_type = rtx_payload_type & 0x7F
+        for source, target in extmap.items():
+            d.ext_map[source] = target
+        d.current_layer = -1
+        d.max_layer = MAX_LAYERS - 1
+        d.last_out_pid = -1
+        d.last_out_tl0 = -1
+        d.rtx_seq = int.from_bytes(os.urandom(2), "big")
+        self.downtracks[slot] = d
+        self.downtrack_end = max(self.downtrack_end, slot + 1)
+        self._downtrack_slots[d.id] = slot
+        map_put(&self.downtrack_ssrcs, stream_key(tslot, ssrc), slot)
+        if rtx_ssrc:
+            map_put(&self.downtrack_ssrcs, stream_key(tslot, rtx_ssrc), slot)
+        return d.id
+
+    def remove_downtrack(self, downtrack_id: int) -> None:
+        slot = self._downtrack_slots.pop(downtrack_id, None)
+        if slot is None:
+            return
+        cdef DownTrack *d = self.downtracks[<int>slot]
+        if map_get(&self.downtrack_ssrcs, stream_key(d.transport, d.ssrc)) == slot:
+            map_remove(&self.downtrack_ssrcs, stream_key(d.transport, d.ssrc))
+        if d.rtx_ssrc and map_get(&self.downtrack_ssrcs, stream_key(d.transport, d.rtx_ssrc)) == slot:
+            map_remove(&self.downtrack_ssrcs, stream_key(d.transport, d.rtx_ssrc))
+        list_discard(&self.receivers[d.receiver].downtracks, slot)
+        free(d.seqmap)
+        free(d)
+        self.downtracks[<int>slot] = NULL
+
+    def set_target_layer(self, downtrack_id: int, layer: int) -> None:
+        """Caps the layer the Forwarder aims at (StreamAllocator hook); it still switches only at keyframes."""
+        cdef DownTrack *d = self.downtracks[self._slot(self._downtrack_slots, downtrack_id, "downtrack")]
+        d.max_layer = max(0, min(layer, MAX_LAYERS - 1))
+
+    def set_cname(self, cname: str) -> None:
+        """The CNAME in our SDES chunks (RFC 3550 wants one per endpoint)."""
+        data = cname.encode()[:31]
+        memcpy(self.cname, <const char *>data, len(data))
+        self.cname_length = len(data)
+
+    def set_remb_bitrate(self, bitrate: int) -> None:
+        """The bitrate announced to publishers in REMB (bits per second)."""
+        self.remb_bitrate = max(0, bitrate)
+
+    def request_keyframe(self, receiver_id: int) -> None:
+        cdef Receiver *r = self.receivers[self._slot(self._receiver_slots, receiver_id, "receiver")]
+        cdef int l
+        cdef int64_t now = monotonic_us()
+        if r.is_video:
+            for l in range(r.num_layers):
+                self.request_layer_keyframe(r, l, now)
+            self.flush()
+
+    def stats(self) -> dict:
+        return {name: self.counters[i] for i, name in enumerate(STAT_NAMES)}
+
+    def receiver_stats(self, receiver_id: int) -> dict:
+        cdef Receiver *r = self.receivers[self._slot(self._receiver_slots, receiver_id, "receiver")]
+        cdef Layer *layer
+        cdef int l
+        layers = []
+        for l in range(r.num_layers):
+            layer = &r.layers[l]
+            layers.append({
+                "rid": (<char *>layer.rid)[:layer.rid_length].decode(errors="replace"),
+                "ssrc": layer.ssrc if layer.has_ssrc else None,
+                "rtx_ssrc": layer.rtx_ssrc if layer.has_rtx else None,
+                "packets": layer.received,
+                "bytes": layer.bytes,
+                "highest_sequence": layer.cycles + layer.max_seq if layer.active else None,
+                "lost": max(0, <int64_t>layer.cycles + layer.max_seq - layer.base_seq + 1 - <int64_t>layer.received)
+                        if layer.active else 0,
+                "jitter": layer.jitter_q4 >> 4,
+                "keyframes": layer.keyframes,
+                "nacks_sent": layer.nacks_sent,
+                "plis_sent": layer.plis_sent,
+                "missing": layer.missing_count,
+            })
+        return {"top_layer": r.top_layer, "downtracks": r.downtracks.count, "layers": layers}
+
+    def downtrack_stats(self, downtrack_id: int) -> dict:
+        cdef DownTrack *d = self.downtracks[self._slot(self._downtrack_slots, downtrack_id, "downtrack")]
+        return {
+            "current_layer": d.current_layer,
+            "target_layer": self.target_layer(d, self.receivers[d.receiver]),
+            "packets": d.packets,
+            "octets": d.octets,
+            "dropped": d.dropped,
+            "layer_switches": d.layer_switches,
+            "nacks_received": d.nacks_received,
+            "retransmissions": d.retransmissions,
+            "plis_received": d.plis_received,
+            "keyframe_requests": d.keyframe_requests,
+        }
+
+
+cdef int find_rid(Receiver *r, const uint8_t *value, int length) noexcept nogil:
+    cdef int l
+    for l in range(r.num_layers):
+        if r.layers[l].rid_length == length and memcmp(r.layers[l].rid, value, length) == 0:
+            return l
+    return -1
+
+
+cdef void reset_layer(Layer *layer) noexcept nogil:
+    """Forgets a layer's receive history (not its cache buffers or identity)."""
+    layer.active = False
+    layer.received = 0
+    layer.bytes = 0
+    layer.expected_prior = 0
+    layer.received_prior = 0
+    layer.transit_valid = False
+    layer.jitter_q4 = 0
+    layer.missing_count = 0
+    layer.sr_arrival_us = 0
+    layer.last_pli_us = -PLI_INTERVAL_US * 4
+    if layer.cache_seq != NULL:
+        memset(layer.cache_seq, 0xFF, layer.cache_size * sizeof(int32_t))
+
+
+cdef void free_receiver(Receiver *r) noexcept nogil:
+    cdef int l
+    for l in range(MAX_LAYERS):
+        free(r.layers[l].cache)
+        free(r.layers[l].cache_seq)
+        free(r.layers[l].cache_length)
+    free(r.downtracks.items)
+    free(r)
+
+
+cdef int _free_slot(void **table, int capacity):
+    cdef int i
+    for i in range(capacity):
+        if table[i] == NULL:
+            return i
+    return -1
+
+
+cdef object _address(sockaddr_in *a):
+    return socket.inet_ntoa(int(a.sin_addr.s_addr).to_bytes(4, "little")), socket.ntohs(a.sin_port)
+

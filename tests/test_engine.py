@@ -1,0 +1,444 @@
+"""The packet engine against real UDP sockets on 127.0.0.1, with SRTP sessions made here.
+
+A "publisher" and a "subscriber" socket each own a transport in the engine; media goes publisher -> engine ->
+subscriber, feedback the other way, all protected with libsrtp exactly as browsers do.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+
+import pytest
+from pylibsrtp import Policy, Session
+from pylibsrtp._binding import ffi
+
+import engine
+
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+RRID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+PUB_EXTMAP = {MID_URI: 1, RID_URI: 2, RRID_URI: 3}
+SUB_MID_ID = 4  # the subscriber negotiated a different id for mid
+VP8_PT, VP8_RTX_PT, OPUS_PT = 96, 97, 111
+SUB_VP8_PT, SUB_RTX_PT, SUB_OPUS_PT = 100, 101, 109
+Q_SSRC, H_SSRC, F_SSRC, F_RTX_SSRC, AUDIO_SSRC = 0x1001, 0x1002, 0x1003, 0x2003, 0x3001
+DOWN_SSRC, DOWN_RTX_SSRC, DOWN_AUDIO_SSRC = 0xA001, 0xA002, 0xB001
+
+
+# ---------------------------------------------------------------- packet helpers (test side, pure Python)
+
+def extensions(elements: list[tuple[int, bytes]]) -> bytes:
+    body = b"".join(bytes([(ext_id << 4) | (len(data) - 1)]) + data for ext_id, data in elements)
+    body += b"\x00" * (-len(body) % 4)
+    return struct.pack("!HH", 0xBEDE, len(body) // 4) + body
+
+
+def rtp(pt: int, seq: int, ts: int, ssrc: int, payload: bytes, exts: list[tuple[int, bytes]] = (),
+        marker: bool = False) -> bytes:
+    ext = extensions(list(exts)) if exts else b""
+    first = 0x80 | (0x10 if ext else 0)
+    return struct.pack("!BBHII", first, (0x80 if marker else 0) | pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc) + ext + payload
+
+
+@dataclass
+class Rtp:
+    pt: int
+    seq: int
+    ts: int
+    ssrc: int
+    payload: bytes
+    exts: dict[int, bytes] = field(default_factory=dict)
+
+
+def parse(data: bytes) -> Rtp:
+    first, second, seq, ts, ssrc = struct.unpack_from("!BBHII", data)
+    offset = 12 + 4 * (first & 0x0F)
+    exts = {}
+    if first & 0x10:
+        profile, words = struct.unpack_from("!HH", data, offset)
+        block = data[offset + 4:offset + 4 + 4 * words]
+        offset += 4 + 4 * words
+        assert profile == 0xBEDE
+        i = 0
+        while i < len(block):
+            if block[i] == 0:
+                i += 1
+                continue
+            ext_id, size = block[i] >> 4, (block[i] & 0x0F) + 1
+            exts[ext_id] = block[i + 1:i + 1 + size]
+            i += 1 + size
+    end = len(data) - (data[-1] if first & 0x20 else 0)
+    return Rtp(second & 0x7F, seq, ts, ssrc, data[offset:end], exts)
+
+
+def vp8(picture_id: int, keyframe: bool, tl0: int | None = None, body: bytes = b"frame") -> bytes:
+    """VP8 payload descriptor (X, S, 15-bit picture id, optional TL0PICIDX) + the start of a frame."""
+    descriptor = bytes([0x90, 0x80 | (0x40 if tl0 is not None else 0), 0x80 | (picture_id >> 8), picture_id & 0xFF])
+    if tl0 is not None:
+        descriptor += bytes([tl0])
+    frame = b"\x00\x00\x00\x9d\x01\x2a\x80\x02\xe0\x01" if keyframe else b"\x01\x00\x00"
+    return descriptor + frame + body
+
+
+def picture_id(payload: bytes) -> int:
+    return ((payload[2] & 0x7F) << 8) | payload[3]
+
+
+def rtcp_packets(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(packet type, count/fmt, whole packet) of each packet in a compound."""
+    out = []
+    while data:
+        count, pt, words = data[0] & 0x1F, data[1], struct.unpack_from("!H", data, 2)[0]
+        out.append((pt, count, data[:4 * (words + 1)]))
+        data = data[4 * (words + 1):]
+    return out
+
+
+def pli(sender: int, media: int) -> bytes:
+    return struct.pack("!BBHII", 0x81, 206, 2, sender, media)
+
+
+def nack(sender: int, media: int, seq: int, blp: int = 0) -> bytes:
+    return struct.pack("!BBHIIHH", 0x81, 205, 3, sender, media, seq, blp)
+
+
+def pointer(session: Session) -> int:
+    return int(ffi.cast("uintptr_t", session._srtp[0]))
+
+
+# ---------------------------------------------------------------- peers
+
+class Peer:
+    """A client endpoint: a UDP socket plus the SRTP sessions matching its engine transport."""
+
+    def __init__(self, eng: engine.Engine) -> None:
+        self.engine = eng
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        up, down = os.urandom(30), os.urandom(30)
+        self.engine_rx = Session(Policy(key=up, ssrc_type=Policy.SSRC_ANY_INBOUND))
+        self.tx = Session(Policy(key=up, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+        tx_policy = Policy(key=down, ssrc_type=Policy.SSRC_ANY_OUTBOUND)
+        tx_policy.allow_repeat_tx = True
+        self.engine_tx = Session(tx_policy)
+        self.down_key = down
+        self.rx = Session(Policy(key=down, ssrc_type=Policy.SSRC_ANY_INBOUND))
+        self.transport = eng.add_transport()
+        eng.bind_transport(self.transport, "127.0.0.1", self.port)
+        eng.set_srtp(self.transport, pointer(self.engine_rx), pointer(self.engine_tx))
+        self.rtp: list[Rtp] = []
+        self.rtcp: list[tuple[int, int, bytes]] = []
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendto(data, ("127.0.0.1", self.engine.port))
+
+    def send_rtp(self, packet: bytes) -> None:
+        self.send_raw(self.tx.protect(packet))
+
+    def send_rtcp(self, packet: bytes) -> None:
+        self.send_raw(self.tx.protect_rtcp(packet))
+
+    async def collect(self, delay: float = 0.06) -> None:
+        """Lets the engine run, then reads (and unprotects) everything that arrived."""
+        await asyncio.sleep(delay)
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return
+            if 192 <= data[1] <= 223:
+                self.rtcp.extend(rtcp_packets(self.rx.unprotect_rtcp(data)))
+            else:
+                self.rtp.append(parse(self.rx.unprotect(data)))
+
+    def take_rtp(self) -> list[Rtp]:
+        packets, self.rtp = self.rtp, []
+        return packets
+
+    def plis(self, media_ssrc: int) -> int:
+        return sum(1 for pt, fmt, p in self.rtcp if pt == 206 and fmt == 1 and struct.unpack_from("!I", p, 8)[0] == media_ssrc)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+async def setup():
+    events: list[tuple] = []
+    eng = engine.Engine("127.0.0.1", 0, events.append)
+    eng.attach(asyncio.get_running_loop())
+    publisher, subscriber = Peer(eng), Peer(eng)
+    yield eng, publisher, subscriber, events
+    eng.close()
+    publisher.close()
+    subscriber.close()
+
+
+def add_video(eng: engine.Engine, publisher: Peer, subscriber: Peer, rids: list[str], rtx: bool = True) -> tuple[int, int]:
+    receiver = eng.add_receiver(publisher.transport, "1", "video", "vp8", VP8_PT, VP8_RTX_PT, 90000, rids, [], [],
+                                PUB_EXTMAP)
+    downtrack = eng.add_downtrack(receiver, subscriber.transport, DOWN_SSRC, DOWN_RTX_SSRC if rtx else 0, SUB_VP8_PT,
+                                  SUB_RTX_PT if rtx else 0, {1: SUB_MID_ID})
+    return receiver, downtrack
+
+
+def video(seq: int, ssrc: int, rid: bytes | None, pid: int, keyframe: bool, tl0: int | None = None) -> bytes:
+    exts = [(1, b"1")] + ([(2, rid)] if rid else [])
+    return rtp(VP8_PT, seq, seq * 3000, ssrc, vp8(pid, keyframe, tl0), exts, marker=True)
+
+
+# ---------------------------------------------------------------- tests
+
+async def test_audio_is_forwarded_with_rewritten_headers(setup) -> None:
+    eng, publisher, subscriber, events = setup
+    receiver = eng.add_receiver(publisher.transport, "0", "audio", "opus", OPUS_PT, 0, 48000, [], [], [], PUB_EXTMAP)
+    eng.add_downtrack(receiver, subscriber.transport, DOWN_AUDIO_SSRC, 0, SUB_OPUS_PT, 0, {1: SUB_MID_ID})
+    for i in range(5):
+        publisher.send_rtp(rtp(OPUS_PT, 65533 + i, 960 * i, AUDIO_SSRC, b"opus%d" % i, [(1, b"0"), (2, b"x")]))
+    await subscriber.collect()
+    got = subscriber.take_rtp()
+    assert [p.seq for p in got] == [(65533 + i) & 0xFFFF for i in range(5)]
+    assert {p.ssrc for p in got} == {DOWN_AUDIO_SSRC} and {p.pt for p in got} == {SUB_OPUS_PT}
+    assert [p.payload for p in got] == [b"opus%d" % i for i in range(5)]
+    assert got[0].exts == {SUB_MID_ID: b"0"}  # mid renumbered, rid (unmapped) stripped
+    assert ("receiver_layer", receiver, 0, AUDIO_SSRC) in events
+    stats = eng.receiver_stats(receiver)["layers"][0]
+    assert stats["packets"] == 5 and stats["ssrc"] == AUDIO_SSRC
+
+
+async def test_video_waits_for_keyframe_and_requests_one(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    receiver, downtrack = add_video(eng, publisher, subscriber, [])
+    for seq in range(10, 13):
+        publisher.send_rtp(video(seq, Q_SSRC, None, seq, keyframe=False))
+    await asyncio.gather(subscriber.collect(), publisher.collect())
+    assert subscriber.take_rtp() == []
+    assert publisher.plis(Q_SSRC) >= 1
+    for seq in range(13, 17):
+        publisher.send_rtp(video(seq, Q_SSRC, None, seq, keyframe=seq == 13))
+    await subscriber.collect()
+    got = subscriber.take_rtp()
+    assert [p.seq for p in got] == [13, 14, 15, 16]
+    assert {(p.ssrc, p.pt) for p in got} == {(DOWN_SSRC, SUB_VP8_PT)}
+    assert [picture_id(p.payload) for p in got] == [13, 14, 15, 16]
+    assert eng.downtrack_stats(downtrack)["current_layer"] == 0
+
+
+async def test_simulcast_switches_up_at_keyframe_seamlessly(setup) -> None:
+    eng, publisher, subscriber, events = setup
+    receiver, downtrack = add_video(eng, publisher, subscriber, ["q", "h", "f"])
+    for seq in range(100, 104):  # the low layer alone first
+        publisher.send_rtp(video(seq, Q_SSRC, b"q", 1000 + seq, keyframe=seq == 100, tl0=seq & 0xFF))
+    await subscriber.collect()
+    first = subscriber.take_rtp()
+    assert [p.seq for p in first] == [100, 101, 102, 103]
+    # The full layer appears without a keyframe: the engine asks for one and keeps forwarding q meanwhile.
+    publisher.send_rtp(video(5000, F_SSRC, b"f", 7000, keyframe=False, tl0=50))
+    publisher.send_rtp(video(104, Q_SSRC, b"q", 1104, keyframe=False, tl0=104))
+    await asyncio.gather(subscriber.collect(), publisher.collect())
+    assert [p.seq for p in subscriber.take_rtp()] == [104]
+    assert publisher.plis(F_SSRC) >= 1
+    assert ("receiver_layer", receiver, 2, F_SSRC) in events
+    await asyncio.sleep(0.05)
+    publisher.send_rtp(video(5001, F_SSRC, b"f", 7001, keyframe=True, tl0=51))
+    publisher.send_rtp(video(105, Q_SSRC, b"q", 1105, keyframe=False, tl0=105))
+    publisher.send_rtp(video(5002, F_SSRC, b"f", 7002, keyframe=False, tl0=52))
+    await subscriber.collect()
+    after = subscriber.take_rtp()
+    assert [p.seq for p in after] == [105, 106]  # contiguous after 104, q no longer forwarded
+    assert {p.ssrc for p in after} == {DOWN_SSRC}
+    assert [picture_id(p.payload) for p in after] == [1105, 1106]
+    assert [p.payload[4] for p in after] == [105, 106]  # TL0PICIDX continues too
+    assert after[0].ts > first[-1].ts + 3000  # timestamps keep advancing with wall time
+    assert after[1].ts - after[0].ts == 3000
+    assert eng.downtrack_stats(downtrack)["current_layer"] == 2
+    assert eng.stats()["layer_switches"] == 1
+
+
+async def test_subscriber_nack_is_answered_from_cache(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    receiver, downtrack = add_video(eng, publisher, subscriber, [])
+    for seq in range(200, 205):
+        publisher.send_rtp(video(seq, Q_SSRC, None, seq, keyframe=seq == 200))
+    await subscriber.collect()
+    sent = {p.seq: p for p in subscriber.take_rtp()}
+    subscriber.send_rtcp(nack(0x55, DOWN_SSRC, 201, blp=0b10))  # 201 and 203
+    await subscriber.collect()
+    rtx = subscriber.take_rtp()
+    assert [(p.ssrc, p.pt) for p in rtx] == [(DOWN_RTX_SSRC, SUB_RTX_PT)] * 2
+    assert [struct.unpack_from("!H", p.payload)[0] for p in rtx] == [201, 203]
+    assert [p.payload[2:] for p in rtx] == [sent[201].payload, sent[203].payload]
+    assert rtx[1].seq == (rtx[0].seq + 1) & 0xFFFF
+    assert eng.downtrack_stats(downtrack)["retransmissions"] == 2
+    assert eng.stats()["nacks_received"] == 1
+
+
+async def test_nack_without_rtx_resends_the_packet(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    add_video(eng, publisher, subscriber, [], rtx=False)
+    for seq in range(300, 303):
+        publisher.send_rtp(video(seq, Q_SSRC, None, seq, keyframe=seq == 300))
+    await subscriber.collect()
+    sent = subscriber.take_rtp()
+    subscriber.send_rtcp(nack(0x55, DOWN_SSRC, 301))
+    # Here 301 did arrive, so the subscriber's own replay window would reject the copy: read it with a fresh one.
+    subscriber.rx = Session(Policy(key=subscriber.down_key, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    await subscriber.collect()
+    assert subscriber.take_rtp() == [sent[1]]
+
+
+async def test_subscriber_pli_reaches_publisher(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    add_video(eng, publisher, subscriber, [])
+    publisher.send_rtp(video(1, Q_SSRC, None, 1, keyframe=True))
+    await asyncio.sleep(0.6)  # past the rate limit of the engine's own first request
+    await publisher.collect(0)
+    before = publisher.plis(Q_SSRC)
+    subscriber.send_rtcp(pli(0x55, DOWN_SSRC))
+    await publisher.collect()
+    assert publisher.plis(Q_SSRC) == before + 1
+    assert eng.stats()["plis_received"] == 1
+
+
+async def test_publisher_gaps_are_nacked_and_rtx_fills_them(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    receiver = eng.add_receiver(publisher.transport, "1", "video", "vp8", VP8_PT, VP8_RTX_PT, 90000, ["q", "h", "f"],
+                                [], [], PUB_EXTMAP)
+    eng.add_downtrack(receiver, subscriber.transport, DOWN_SSRC, 0, SUB_VP8_PT, 0, {})
+    for seq in (10, 11, 14):
+        publisher.send_rtp(video(seq, Q_SSRC, b"q", seq, keyframe=seq == 10))
+    await asyncio.gather(publisher.collect(), subscriber.collect())
+    nacks = [p for pt, fmt, p in publisher.rtcp if pt == 205 and fmt == 1]
+    assert nacks and struct.unpack_from("!IHH", nacks[0], 8) == (Q_SSRC, 12, 0b1)
+    assert [p.seq for p in subscriber.take_rtp()] == [10, 11, 14]
+    # RTX for 12 (bound by mid + repaired rid): stripped of its OSN and forwarded in the gap.
+    original = video(12, Q_SSRC, b"q", 12, keyframe=False)
+    rtx_payload = struct.pack("!H", 12) + parse(original).payload
+    publisher.send_rtp(rtp(VP8_RTX_PT, 900, 12 * 3000, 0x7777, rtx_payload, [(1, b"1"), (3, b"q")]))
+    publisher.send_rtp(rtp(VP8_RTX_PT, 901, 12 * 3000, 0x7777, rtx_payload, [(1, b"1"), (3, b"q")]))  # duplicate
+    await subscriber.collect()
+    got = subscriber.take_rtp()
+    assert [(p.seq, p.ssrc, p.pt, p.payload) for p in got] == [(12, DOWN_SSRC, SUB_VP8_PT, parse(original).payload)]
+    stats = eng.stats()
+    assert stats["rtx_recovered"] == 1 and stats["drop_duplicate"] == 1 and stats["nacks_sent"] >= 1
+
+
+async def test_reports_to_publisher_and_subscriber(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    add_video(eng, publisher, subscriber, [])
+    sr = struct.pack("!BBHIQIII", 0x80, 200, 6, Q_SSRC, 0x0123456789ABCDEF, 5000, 3, 300)
+    for seq in range(1, 4):
+        publisher.send_rtp(video(seq, Q_SSRC, None, seq, keyframe=seq == 1))
+    publisher.send_rtcp(sr)
+    await publisher.collect(1.15)
+    await subscriber.collect(0)
+    rr = [p for pt, fmt, p in publisher.rtcp if pt == 201]
+    assert rr
+    ssrc, fraction_cumulative, highest, jitter, lsr = struct.unpack_from("!IIIII", rr[-1], 8)
+    assert ssrc == Q_SSRC and highest == 3 and fraction_cumulative == 0 and lsr == 0x456789AB
+    remb = [p for pt, fmt, p in publisher.rtcp if pt == 206 and fmt == 15]
+    assert remb and remb[-1][12:16] == b"REMB" and struct.unpack_from("!I", remb[-1], 20)[0] == Q_SSRC
+    exponent, mantissa = remb[-1][17] >> 2, ((remb[-1][17] & 3) << 16) | struct.unpack_from("!H", remb[-1], 18)[0]
+    assert mantissa << exponent == 5_000_000
+    srs = [p for pt, fmt, p in subscriber.rtcp if pt == 200]
+    assert srs and struct.unpack_from("!I", srs[-1], 4)[0] == DOWN_SSRC
+    assert struct.unpack_from("!II", srs[-1], 20) == (3, 3 * len(parse(video(1, Q_SSRC, None, 1, False)).payload) + 7)
+    assert any(pt == 202 for pt, _, _ in subscriber.rtcp)
+
+
+async def test_garbage_is_counted_and_forwarding_continues(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    receiver = eng.add_receiver(publisher.transport, "0", "audio", "opus", OPUS_PT, 0, 48000, [], [AUDIO_SSRC], [], {})
+    eng.add_downtrack(receiver, subscriber.transport, DOWN_AUDIO_SSRC, 0, SUB_OPUS_PT, 0, {})
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.bind(("127.0.0.1", 0))
+    try:
+        publisher.send_rtp(rtp(OPUS_PT, 1, 0, AUDIO_SSRC, b"a"))
+        for junk in (b"\xff" * 40, b"\x80", b"\x80" * 11, os.urandom(300), b"\x90\x60" + os.urandom(100)):
+            publisher.send_raw(junk)
+        publisher.send_raw(rtp(OPUS_PT, 2, 960, AUDIO_SSRC, b"unprotected" * 3))
+        publisher.send_rtp(rtp(OPUS_PT, 3, 1920, 0xDEAD, b"unknown ssrc"))
+        stranger.sendto(Session(Policy(key=os.urandom(30), ssrc_type=Policy.SSRC_ANY_OUTBOUND)).protect(
+            rtp(OPUS_PT, 1, 0, AUDIO_SSRC, b"x")), ("127.0.0.1", eng.port))
+        publisher.send_rtp(rtp(OPUS_PT, 4, 2880, AUDIO_SSRC, b"b"))
+        await subscriber.collect()
+    finally:
+        stranger.close()
+    assert [p.payload for p in subscriber.take_rtp()] == [b"a", b"b"]
+    stats = eng.stats()
+    assert stats["drop_not_rtp"] >= 1
+    assert stats["drop_unknown_source"] == 1
+    assert stats["drop_unknown_ssrc"] == 1
+    assert stats["drop_srtp_unprotect_failed"] >= 4
+
+
+async def test_stun_and_dtls_events(setup) -> None:
+    eng, publisher, subscriber, events = setup
+    stun = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12)
+    dtls = b"\x16\xfe\xfd" + os.urandom(30)
+    publisher.send_raw(stun)
+    publisher.send_raw(dtls)
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.sendto(dtls, ("127.0.0.1", eng.port))
+    stranger.close()
+    await asyncio.sleep(0.05)
+    assert ("stun", stun, "127.0.0.1", publisher.port) in events
+    assert ("dtls", publisher.transport, dtls) in events
+    assert eng.stats()["drop_dtls_unbound"] == 1
+    # send_to / send_transport reach the peer unchanged
+    eng.send_to(b"\x01\x01reply", "127.0.0.1", publisher.port)
+    eng.send_transport(publisher.transport, b"\x16record")
+    await asyncio.sleep(0.02)
+    assert publisher.sock.recv(100) == b"\x01\x01reply"
+    assert publisher.sock.recv(100) == b"\x16record"
+
+
+async def test_event_handler_errors_do_not_stop_the_engine(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    calls = []
+
+    def explode(event: tuple) -> None:
+        calls.append(event)
+        raise RuntimeError("boom")
+
+    failing = engine.Engine("127.0.0.1", 0, explode)
+    failing.attach(asyncio.get_running_loop())
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(3):
+            sock.sendto(b"\x00\x01" + bytes(18), ("127.0.0.1", failing.port))
+            await asyncio.sleep(0.02)
+        sock.close()
+        assert len(calls) == 3 and failing.stats()["event_errors"] == 3
+    finally:
+        failing.close()
+
+
+async def test_removal_and_rebinding(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    receiver, downtrack = add_video(eng, publisher, subscriber, [])
+    eng.remove_receiver(receiver)
+    eng.remove_downtrack(downtrack)  # already gone with its receiver: a no-op
+    with pytest.raises(KeyError):
+        eng.downtrack_stats(downtrack)
+    receiver = eng.add_receiver(publisher.transport, "0", "audio", "opus", OPUS_PT, 0, 48000, [], [AUDIO_SSRC], [], {})
+    eng.add_downtrack(receiver, subscriber.transport, DOWN_AUDIO_SSRC, 0, SUB_OPUS_PT, 0, {})
+    # The publisher moves to a new port (ICE restart / NAT rebinding).
+    moved = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    moved.bind(("127.0.0.1", 0))
+    try:
+        eng.bind_transport(publisher.transport, "127.0.0.1", moved.getsockname()[1])
+        publisher.send_rtp(rtp(OPUS_PT, 1, 0, AUDIO_SSRC, b"old"))
+        moved.sendto(publisher.tx.protect(rtp(OPUS_PT, 2, 960, AUDIO_SSRC, b"new")), ("127.0.0.1", eng.port))
+        await subscriber.collect()
+    finally:
+        moved.close()
+    assert [p.payload for p in subscriber.take_rtp()] == [b"new"]
+    eng.remove_transport(publisher.transport)
+    with pytest.raises(KeyError):
+        eng.receiver_stats(receiver)
