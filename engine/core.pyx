@@ -890,6 +890,11 @@ cdef class Engine:
             d.dropped += 1
             return
         out_seq = <uint16_t>(h.sequence - d.seq_offset)
+        if h.payload_length == 0 and d.started and out_seq == <uint16_t>(d.last_out_seq + 1):
+            # Padding-only (bandwidth probing) in order: drop it and close the gap so the output stays contiguous.
+            d.seq_offset += 1
+            d.dropped += 1
+            return
         out_ts = <uint32_t>(h.timestamp - d.ts_offset)
         if has_vp8:
             if vp8.picture_id >= 0:
@@ -1225,11 +1230,17 @@ cdef class Engine:
         cdef SenderInfo info
         cdef int slot, length, n
         cdef uint8_t *out
+        cdef Layer *layer
         if not self.ready(t):
             return
         info.ssrc = d.ssrc
         info.ntp_time = ntp_now()
-        info.rtp_time = <uint32_t>(d.last_out_ts + (now - d.last_forward_us) * r.clock_rate // 1000000)
+        layer = &r.layers[d.current_layer] if d.current_layer >= 0 else NULL
+        if layer != NULL and layer.sr_arrival_us:
+            # The publisher's own RTP/NTP relation (through the munger's offset) keeps its audio and video in sync.
+            info.rtp_time = <uint32_t>(layer.sr_rtp - d.ts_offset + (now - layer.sr_arrival_us) * r.clock_rate // 1000000)
+        else:
+            info.rtp_time = <uint32_t>(d.last_out_ts + (now - d.last_forward_us) * r.clock_rate // 1000000)
         info.packet_count = <uint32_t>d.packets
         info.octet_count = <uint32_t>d.octets
         slot = self.take_slot()

@@ -11,6 +11,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+import pylibsrtp
 import pytest
 from pylibsrtp import Policy, Session
 from pylibsrtp._binding import ffi
@@ -442,3 +443,44 @@ async def test_removal_and_rebinding(setup) -> None:
     eng.remove_transport(publisher.transport)
     with pytest.raises(KeyError):
         eng.receiver_stats(receiver)
+
+
+async def test_padding_only_packets_are_dropped_without_a_gap(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    add_video(eng, publisher, subscriber, [])
+    publisher.send_rtp(video(40, Q_SSRC, None, 1, keyframe=True))
+    padding = bytearray(rtp(VP8_PT, 41, 40 * 3000, Q_SSRC, b"\x00" * 99 + b"\x64", [(1, b"1")]))
+    padding[0] |= 0x20
+    publisher.send_rtp(bytes(padding))
+    publisher.send_rtp(video(42, Q_SSRC, None, 2, keyframe=False))
+    await subscriber.collect()
+    assert [p.seq for p in subscriber.take_rtp()] == [40, 41]
+
+
+async def test_protected_garbage_never_breaks_the_engine(setup) -> None:
+    """Random bodies behind valid SRTP/SRTCP reach the parsers; everything is dropped or handled, never fatal."""
+    eng, publisher, subscriber, _ = setup
+    add_video(eng, publisher, subscriber, ["q", "h", "f"])
+    rng = __import__("random").Random(7)
+    seq = 0
+    for i in range(300):
+        body = bytes(rng.getrandbits(8) for _ in range(rng.randrange(12, 300)))
+        if i % 3 == 0:
+            feedback = bytes([0x80 | rng.getrandbits(5), rng.choice([200, 201, 205, 206]), 0, len(body) // 4 - 1])
+            publisher.send_rtcp(feedback + struct.pack("!II", 1, DOWN_SSRC) + body[12:12 + 4 * (len(body) // 4 - 3)])
+            subscriber.send_rtcp(feedback + struct.pack("!II", 1, DOWN_SSRC) + body[12:12 + 4 * (len(body) // 4 - 3)])
+        elif i % 3 == 1:  # a valid header on the bound layer with a random VP8 payload
+            seq += 1
+            publisher.send_rtp(rtp(VP8_PT, seq, seq * 3000, Q_SSRC, body, [(1, b"1"), (2, b"q")]))
+        else:  # garbage headers (extension blocks especially) on an unknown SSRC, which is matched by mid
+            ext = struct.pack("!HH", rng.choice([0xBEDE, 0x1000]), rng.randrange(0, 8))
+            try:
+                publisher.send_rtp(bytes([0x90, VP8_PT]) + body[2:8] + struct.pack("!I", 0x4444) + ext + body[12:])
+            except pylibsrtp.Error:  # libsrtp itself refuses headers whose lengths do not add up
+                continue
+    await subscriber.collect(0.1)
+    subscriber.take_rtp()
+    publisher.send_rtp(video(seq + 1, Q_SSRC, b"q", 1, keyframe=True))
+    await subscriber.collect(0.1)
+    assert [p.seq for p in subscriber.take_rtp()] == [seq + 1]
+    assert eng.stats()["packets_in"] >= 250
