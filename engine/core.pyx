@@ -10,21 +10,26 @@ import logging
 import os
 import socket
 
-import pylibsrtp  # noqa: F401  (importing it runs srtp_init)
-
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport EINTR, errno
-from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
-from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memmove, memset
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
+from engine cimport srtp
+from engine.downtrack cimport (FORWARD_DROP, FORWARD_SWITCHED, WRITE_GROWTH, DownTrack, SeqMapEntry, downtrack_free,
+                               downtrack_new, downtrack_rtp_time, downtrack_sent, downtrack_write, forwarder_accept,
+                               munger_map)
+from engine.receiver cimport (C_AV1, C_H264, C_OPUS, C_OTHER, C_VP8, C_VP9, MAX_LAYERS, MAX_MISSING, Layer, Receiver,
+                              layer_cached, layer_due_nacks, layer_receive, layer_report_block, layer_reset,
+                              receiver_find_rid, receiver_free, receiver_is_keyframe, receiver_new,
+                              receiver_update_top)
 from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, ReportBlock, RtcpHeader, SenderInfo,
                           build_nack, build_pli, build_rr, build_sdes_cname, build_sr, is_rtcp, parse_feedback_ssrcs,
                           parse_fir_ssrc, parse_nack, parse_rtcp_header, parse_sender_info)
-from engine.rtp cimport (RtpHeader, Vp8Descriptor, av1_is_keyframe, find_extension, h264_is_keyframe, parse_rtp,
-                         parse_vp8, rewrite_header, vp9_is_keyframe)
-from engine.table cimport U64Map, map_free, map_get, map_init, map_put, map_remove
+from engine.rtp cimport RtpHeader, Vp8Descriptor, find_extension, parse_rtp, parse_vp8
+from engine.table cimport IntList, U64Map, list_add, list_discard, map_free, map_get, map_init, map_put, map_remove
 
 log = logging.getLogger(__name__)
 
@@ -65,44 +70,11 @@ cdef extern from "<sys/socket.h>" nogil:
         MSG_DONTWAIT
         MSG_TRUNC
 
-# libsrtp 2.x: srtp_err_status_t f(srtp_t ctx, void *hdr, int *len_ptr); 0 = ok.
-ctypedef int (*srtp_fn)(void *ctx, void *hdr, int *len_ptr) noexcept nogil
-cdef srtp_fn srtp_protect
-cdef srtp_fn srtp_unprotect
-cdef srtp_fn srtp_protect_rtcp
-cdef srtp_fn srtp_unprotect_rtcp
-
-
-cdef srtp_fn _srtp_function(object lib, object ffi, str name):
-    cdef uintptr_t address = int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
-    return <srtp_fn><void *>address
-
-
-def _load_srtp() -> None:
-    from pylibsrtp._binding import ffi, lib
-    global srtp_protect, srtp_unprotect, srtp_protect_rtcp, srtp_unprotect_rtcp
-    srtp_protect = _srtp_function(lib, ffi, "srtp_protect")
-    srtp_unprotect = _srtp_function(lib, ffi, "srtp_unprotect")
-    srtp_protect_rtcp = _srtp_function(lib, ffi, "srtp_protect_rtcp")
-    srtp_unprotect_rtcp = _srtp_function(lib, ffi, "srtp_unprotect_rtcp")
-
-
-_load_srtp()
-
-
 cdef enum:
     BATCH = 64                # datagrams per recvmmsg
     RECV_BUF = 2048
     SEND_SLOTS = 256          # packets per sendmmsg
-    SEND_BUF = 2112           # a received datagram + rewritten header growth + RTX OSN + SRTP(C) trailer
-    SRTCP_TRAILER = 20
-    MAX_LAYERS = 4
-    CACHE_SLOT = 1536
-    VIDEO_CACHE = 512         # packets per layer kept for NACK (powers of two)
-    AUDIO_CACHE = 64
-    SEQMAP_SIZE = 1024        # DownTrack out seq -> (layer, in seq) for NACK, a power of two
-    MAX_MISSING = 128         # sequence gaps tracked per layer for NACKs to the publisher
-    NACK_MAX_TRIES = 5
+    SEND_BUF = 2112           # a received datagram + WRITE_GROWTH + SRTP(C) trailer
     MAX_NACK_SEQS = 256
     MAX_TRANSPORTS = 4096
     MAX_RECEIVERS = 8192
@@ -114,22 +86,12 @@ cdef enum:  # event kinds
     E_DTLS
     E_LAYER
 
-cdef enum:  # codecs
-    C_OPUS
-    C_VP8
-    C_H264
-    C_VP9
-    C_AV1
-    C_OTHER
-
 _CODECS = {"opus": C_OPUS, "vp8": C_VP8, "h264": C_H264, "vp9": C_VP9, "av1": C_AV1}
 
 # Timing, in microseconds of CLOCK_MONOTONIC.
 cdef int64_t LAYER_STALE_US = 1000000       # a layer without packets for this long is not available
 cdef int64_t PLI_INTERVAL_US = 500000       # keyframe requests per publisher layer
 cdef int64_t REPORT_INTERVAL_US = 1000000   # RR + REMB to publishers, SR to subscribers
-cdef int64_t NACK_INTERVAL_US = 100000      # between NACKs of the same missing packet
-cdef int64_t NACK_DELAY_US = 20000          # a gap may be reordering; wait before the first NACK
 cdef double TICK_SECONDS = 0.02
 cdef uint32_t DEFAULT_REMB_BPS = 5000000
 
@@ -176,7 +138,7 @@ cdef enum:  # statistics counters (indexes)
     S_EVENT_ERRORS
     S_COUNT
 
-# Same order as Stat.
+# Names of the S_* counters, in their order.
 STAT_NAMES = (
     "packets_in", "bytes_in", "packets_out", "bytes_out", "rtp_in", "rtcp_in", "stun_in", "dtls_in", "forwarded",
     "drop_empty", "drop_truncated", "drop_not_rtp", "drop_unknown_source", "drop_dtls_unbound", "drop_no_srtp",
@@ -187,11 +149,6 @@ STAT_NAMES = (
     "remb_sent", "event_errors",
 )
 
-cdef struct IntList:
-    int *items
-    int count
-    int capacity
-
 cdef struct Transport:
     int64_t id
     bint bound
@@ -201,110 +158,6 @@ cdef struct Transport:
     void *tx
     uint32_t local_ssrc       # sender SSRC of our RTCP feedback
     IntList receivers         # slots of the Receivers published on this transport
-
-cdef struct Layer:
-    uint8_t rid[16]
-    int rid_length
-    uint32_t ssrc
-    uint32_t rtx_ssrc
-    bint has_ssrc
-    bint has_rtx
-    bint active               # a packet has arrived
-    int64_t last_packet_us
-    uint64_t keyframes
-    # packet cache, indexed by seq % cache_size
-    uint8_t *cache
-    int32_t *cache_seq        # -1 = empty
-    uint16_t *cache_length
-    int cache_size
-    # receive statistics (RFC 3550 A.3, A.8)
-    uint16_t max_seq
-    uint32_t cycles
-    uint32_t base_seq
-    uint64_t received
-    uint64_t bytes
-    uint64_t expected_prior
-    uint64_t received_prior
-    uint32_t last_transit
-    bint transit_valid
-    uint32_t jitter_q4        # jitter * 16
-    # last SR from the publisher
-    uint64_t sr_ntp
-    uint32_t sr_rtp
-    int64_t sr_arrival_us
-    # sequence gaps to NACK
-    uint16_t missing[128]
-    uint8_t missing_tries[128]
-    int64_t missing_last_us[128]
-    int missing_count
-    uint64_t nacks_sent
-    int64_t last_pli_us
-    uint64_t plis_sent
-
-cdef struct Receiver:
-    int64_t id
-    int transport
-    bint is_video
-    int codec
-    uint8_t payload_type
-    int rtx_payload_type      # -1 = none
-    uint32_t clock_rate
-    uint8_t mid[64]
-    int mid_length
-    int num_layers
-    bint simulcast            # layers are told apart by rid
-    uint8_t ext_mid
-    uint8_t ext_rid
-    uint8_t ext_rrid
-    int top_layer             # highest layer with recent packets, -1 = none
-    Layer layers[4]
-    IntList downtracks
-
-cdef struct SeqMapEntry:
-    bint valid
-    uint16_t out_seq
-    uint16_t in_seq
-    uint8_t layer
-    uint32_t out_ts
-    int32_t out_pid
-    int32_t out_tl0
-
-cdef struct DownTrack:
-    int64_t id
-    int receiver
-    int transport
-    uint32_t ssrc
-    uint32_t rtx_ssrc
-    uint8_t payload_type
-    uint8_t rtx_payload_type
-    uint8_t ext_map[256]
-    # Forwarder
-    int current_layer         # -1 = waiting for a first keyframe
-    int max_layer             # set_target_layer hook (bandwidth allocation caps the target)
-    # Munger
-    bint started
-    uint16_t switch_seq       # first input seq of the current layer; older ones are not forwarded
-    uint16_t seq_offset
-    uint32_t ts_offset
-    int32_t pid_offset
-    int32_t tl0_offset
-    uint16_t last_out_seq
-    uint32_t last_out_ts
-    int32_t last_out_pid
-    int32_t last_out_tl0
-    int64_t last_forward_us
-    uint16_t rtx_seq
-    SeqMapEntry *seqmap
-    # stats
-    uint64_t packets
-    uint64_t octets           # payload bytes, for SR
-    uint64_t layer_switches
-    uint64_t nacks_received
-    uint64_t retransmissions
-    uint64_t plis_received
-    uint64_t keyframe_requests
-    uint64_t dropped
-
 
 cdef inline int64_t monotonic_us() noexcept nogil:
     cdef timespec ts
@@ -338,28 +191,6 @@ cdef inline uint64_t address_key(const sockaddr_in *a) noexcept nogil:
     return (<uint64_t>a.sin_addr.s_addr << 16) | a.sin_port
 
 
-cdef int list_add(IntList *l, int value) noexcept nogil:
-    cdef int *grown
-    if l.count == l.capacity:
-        grown = <int *>realloc(l.items, (l.capacity * 2 + 4) * sizeof(int))
-        if grown == NULL:
-            return -1
-        l.items = grown
-        l.capacity = l.capacity * 2 + 4
-    l.items[l.count] = value
-    l.count += 1
-    return 0
-
-
-cdef void list_discard(IntList *l, int value) noexcept nogil:
-    cdef int i
-    for i in range(l.count):
-        if l.items[i] == value:
-            l.count -= 1
-            l.items[i] = l.items[l.count]
-            return
-
-
 cdef int build_remb(uint8_t *out, int cap, uint32_t sender_ssrc, uint64_t bitrate, const uint32_t *ssrcs,
                     int count) noexcept nogil:
     """PSFB fmt 15 "REMB" (draft-alvestrand-rmcat-remb): bitrate as 6-bit exponent and 18-bit mantissa."""
@@ -383,19 +214,6 @@ cdef int build_remb(uint8_t *out, int cap, uint32_t sender_ssrc, uint64_t bitrat
     for i in range(count):
         put32(out + 20 + 4 * i, ssrcs[i])
     return length
-
-
-cdef bint is_keyframe(int codec, const uint8_t *payload, int length, Vp8Descriptor *vp8, bint has_vp8) noexcept nogil:
-    if codec == C_VP8:
-        return has_vp8 and vp8.is_keyframe
-    if codec == C_H264:
-        return h264_is_keyframe(payload, length) == 1
-    if codec == C_VP9:
-        return vp9_is_keyframe(payload, length) == 1
-    if codec == C_AV1:
-        return av1_is_keyframe(payload, length) == 1
-    # Unknown video codec: no way to find a clean switch point, so any packet is one.
-    return True
 
 
 cdef class Engine:
@@ -495,12 +313,11 @@ cdef class Engine:
         if self.downtracks != NULL:
             for i in range(self.downtrack_end):
                 if self.downtracks[i] != NULL:
-                    free(self.downtracks[i].seqmap)
-                    free(self.downtracks[i])
+                    downtrack_free(self.downtracks[i])
         if self.receivers != NULL:
             for i in range(self.receiver_end):
                 if self.receivers[i] != NULL:
-                    free_receiver(self.receivers[i])
+                    receiver_free(self.receivers[i])
         if self.transports != NULL:
             for i in range(self.transport_end):
                 if self.transports[i] != NULL:
@@ -624,7 +441,7 @@ cdef class Engine:
 
     cdef void send_rtcp(self, Transport *t, int length, int slot) noexcept nogil:
         """Protects the RTCP packet built in `slot` with `t`'s tx context and queues it."""
-        if srtp_protect_rtcp(t.tx, self.slot_buffer(slot), &length) != 0:
+        if srtp.protect_rtcp(t.tx, self.slot_buffer(slot), &length) != 0:
             self.counters[S_DROP_PROTECT] += 1
             return
         self.commit_slot(slot, length, t)
@@ -712,9 +529,9 @@ cdef class Engine:
                 l = 0
             elif r.ext_rrid and find_extension(buf, h, r.ext_rrid, &value, &value_length):
                 rtx = True
-                l = find_rid(r, value, value_length)
+                l = receiver_find_rid(r, value, value_length)
             elif r.ext_rid and find_extension(buf, h, r.ext_rid, &value, &value_length):
-                l = find_rid(r, value, value_length)
+                l = receiver_find_rid(r, value, value_length)
             if l < 0:
                 return -1
             layer = &r.layers[l]
@@ -727,7 +544,7 @@ cdef class Engine:
                 if layer.has_ssrc and layer.ssrc != h.ssrc:
                     # The publisher restarted this layer with a new SSRC: its history no longer applies.
                     map_remove(&self.streams, stream_key(t, layer.ssrc))
-                    reset_layer(layer)
+                    layer_reset(layer)
                 layer.ssrc = h.ssrc
                 layer.has_ssrc = True
             if map_put(&self.streams, stream_key(t, h.ssrc), (<int64_t>index << 8) | (l << 1) | rtx) < 0:
@@ -742,7 +559,7 @@ cdef class Engine:
         cdef Layer *layer
         cdef int l
         cdef uint16_t osn
-        if srtp_unprotect(self.transports[t].rx, buf, &length) != 0:
+        if srtp.unprotect(self.transports[t].rx, buf, &length) != 0:
             self.counters[S_DROP_UNPROTECT] += 1
             return
         if parse_rtp(buf, length, &h) < 0:
@@ -775,219 +592,71 @@ cdef class Engine:
             if parse_rtp(buf, length, &h) < 0:
                 self.counters[S_DROP_MALFORMED] += 1
                 return
-            self.receive(r, v >> 8, l, buf, length, &h, now, True, msg)
+            self.receive(r, l, buf, length, &h, now, True, msg)
         else:
-            self.receive(r, v >> 8, l, buf, length, &h, now, False, msg)
+            self.receive(r, l, buf, length, &h, now, False, msg)
 
-    cdef void receive(self, Receiver *r, int rslot, int l, const uint8_t *buf, int length, RtpHeader *h,
-                      int64_t now, bint recovered, int msg) noexcept nogil:
+    cdef void receive(self, Receiver *r, int l, const uint8_t *buf, int length, RtpHeader *h, int64_t now,
+                      bint recovered, int msg) noexcept nogil:
         cdef Layer *layer = &r.layers[l]
-        cdef int slot = h.sequence & (layer.cache_size - 1)
-        cdef int16_t delta
         cdef Vp8Descriptor vp8
         cdef bint has_vp8 = False
         cdef bint keyframe = False
-        cdef int i
-        cdef const uint8_t *payload = buf + h.header_length
-        if layer.cache_seq[slot] == h.sequence:
+        cdef int i, first
+        first = layer_receive(layer, buf, length, h, r.clock_rate, now, recovered)
+        if first < 0:
             self.counters[S_DROP_DUPLICATE] += 1
             return
-        if not layer.active:
-            layer.active = True
-            layer.max_seq = h.sequence
-            layer.base_seq = h.sequence
-            layer.cycles = 0
+        if first:
             self.queue_event(E_LAYER, msg, r.id, l, layer.ssrc)
-        else:
-            delta = <int16_t>(h.sequence - layer.max_seq)
-            if delta > 0:
-                if delta > 1:
-                    self.add_missing(layer, <uint16_t>(layer.max_seq + 1), delta - 1, now)
-                if h.sequence < layer.max_seq:
-                    layer.cycles += 65536
-                layer.max_seq = h.sequence
-            else:
-                self.remove_missing(layer, h.sequence)
         if recovered:
             self.counters[S_RTX_RECOVERED] += 1
-        else:
-            self.update_jitter(r, layer, h.timestamp, now)
-        layer.received += 1
-        layer.bytes += length
-        layer.last_packet_us = now
         if l > r.top_layer:
             r.top_layer = l
-        if length <= CACHE_SLOT and (layer.cache_seq[slot] < 0
-                                     or <int16_t>(h.sequence - <uint16_t>layer.cache_seq[slot]) > 0):
-            memcpy(layer.cache + slot * CACHE_SLOT, buf, length)
-            layer.cache_seq[slot] = h.sequence
-            layer.cache_length[slot] = length
         if r.is_video:
             if r.codec == C_VP8:
-                has_vp8 = parse_vp8(payload, h.payload_length, &vp8) == 0
-            keyframe = h.payload_length > 0 and is_keyframe(r.codec, payload, h.payload_length, &vp8, has_vp8)
+                has_vp8 = parse_vp8(buf + h.header_length, h.payload_length, &vp8) == 0
+            keyframe = receiver_is_keyframe(r, buf + h.header_length, h.payload_length, &vp8, has_vp8)
             if keyframe:
                 layer.keyframes += 1
                 self.counters[S_KEYFRAMES] += 1
         for i in range(r.downtracks.count):
             self.forward(self.downtracks[r.downtracks.items[i]], r, l, buf, h, &vp8, has_vp8, keyframe, now)
 
-    cdef void update_jitter(self, Receiver *r, Layer *layer, uint32_t timestamp, int64_t now) noexcept nogil:
-        cdef int64_t arrival = now * r.clock_rate // 1000000
-        cdef uint32_t transit = <uint32_t>arrival - timestamp
-        cdef int64_t d
-        if layer.transit_valid:
-            d = <int32_t>(transit - layer.last_transit)
-            if d < 0:
-                d = -d
-            if d < 0x7FFFFFF:
-                layer.jitter_q4 += <uint32_t>(d - ((layer.jitter_q4 + 8) >> 4))
-        layer.last_transit = transit
-        layer.transit_valid = True
-
-    cdef void add_missing(self, Layer *layer, uint16_t first, int count, int64_t now) noexcept nogil:
-        cdef int i
-        if count > MAX_MISSING:
-            # Too large a gap to repair by NACK; the subscriber side will ask for a keyframe.
-            layer.missing_count = 0
-            return
-        for i in range(count):
-            if layer.missing_count == MAX_MISSING:
-                return
-            layer.missing[layer.missing_count] = <uint16_t>(first + i)
-            layer.missing_tries[layer.missing_count] = 0
-            layer.missing_last_us[layer.missing_count] = now - NACK_INTERVAL_US + NACK_DELAY_US
-            layer.missing_count += 1
-
-    cdef void remove_missing(self, Layer *layer, uint16_t seq) noexcept nogil:
-        cdef int i
-        for i in range(layer.missing_count):
-            if layer.missing[i] == seq:
-                layer.missing_count -= 1
-                layer.missing[i] = layer.missing[layer.missing_count]
-                layer.missing_tries[i] = layer.missing_tries[layer.missing_count]
-                layer.missing_last_us[i] = layer.missing_last_us[layer.missing_count]
-                return
-
-    # ------------------------------------------------------------------ Forwarder + Munger
-
     cdef inline int target_layer(self, DownTrack *d, Receiver *r) noexcept nogil:
         return r.top_layer if r.top_layer < d.max_layer else d.max_layer
 
     cdef void forward(self, DownTrack *d, Receiver *r, int l, const uint8_t *buf, RtpHeader *h,
                       Vp8Descriptor *vp8, bint has_vp8, bint keyframe, int64_t now) noexcept nogil:
-        cdef uint16_t out_seq
-        cdef uint32_t out_ts
-        cdef int32_t out_pid = -1
-        cdef int32_t out_tl0 = -1
-        cdef SeqMapEntry *e
-        if l != d.current_layer:
-            if r.is_video and (l != self.target_layer(d, r) or not keyframe):
-                d.dropped += 1
-                return
-            self.switch_layer(d, r, l, h, vp8, has_vp8, now)
-        elif <int16_t>(h.sequence - d.switch_seq) < 0:
-            d.dropped += 1
+        cdef const SeqMapEntry *e
+        cdef int verdict = forwarder_accept(d, l, self.target_layer(d, r), r.is_video, keyframe, h, vp8, has_vp8,
+                                            r.clock_rate, now)
+        if verdict == FORWARD_DROP:
             return
-        out_seq = <uint16_t>(h.sequence - d.seq_offset)
-        if h.payload_length == 0 and d.started and out_seq == <uint16_t>(d.last_out_seq + 1):
-            # Padding-only (bandwidth probing) in order: drop it and close the gap so the output stays contiguous.
-            d.seq_offset += 1
-            d.dropped += 1
-            return
-        out_ts = <uint32_t>(h.timestamp - d.ts_offset)
-        if has_vp8:
-            if vp8.picture_id >= 0:
-                out_pid = (vp8.picture_id - d.pid_offset) & 0x7FFF
-            if vp8.tl0picidx >= 0:
-                out_tl0 = (vp8.tl0picidx - d.tl0_offset) & 0xFF
-        if not d.started or <int16_t>(out_seq - d.last_out_seq) > 0:
-            d.started = True
-            d.last_out_seq = out_seq
-            d.last_out_ts = out_ts
-            d.last_forward_us = now
-            if out_pid >= 0:
-                d.last_out_pid = out_pid
-            if out_tl0 >= 0:
-                d.last_out_tl0 = out_tl0
-        e = &d.seqmap[out_seq & (SEQMAP_SIZE - 1)]
-        e.valid = True
-        e.out_seq = out_seq
-        e.in_seq = h.sequence
-        e.layer = l
-        e.out_ts = out_ts
-        e.out_pid = out_pid
-        e.out_tl0 = out_tl0
-        if self.send_media(d, r, buf, h, out_seq, out_ts, out_pid, out_tl0, vp8, has_vp8, False):
+        if verdict == FORWARD_SWITCHED:
+            self.counters[S_LAYER_SWITCHES] += 1
+        e = munger_map(d, l, h, vp8, has_vp8, now)
+        if e != NULL and self.send_media(d, buf, h, e, vp8, has_vp8, False):
             d.packets += 1
             d.octets += h.payload_length
             self.counters[S_FORWARDED] += 1
 
-    cdef void switch_layer(self, DownTrack *d, Receiver *r, int l, RtpHeader *h, Vp8Descriptor *vp8,
-                           bint has_vp8, int64_t now) noexcept nogil:
-        """Munger: new offsets so the output continues seamlessly from the last forwarded packet."""
-        cdef int64_t ticks
-        if d.current_layer >= 0:
-            d.layer_switches += 1
-            self.counters[S_LAYER_SWITCHES] += 1
-        d.current_layer = l
-        d.switch_seq = h.sequence
-        if not d.started:
-            # First packet: keep the publisher's numbering (offsets 0).
-            return
-        ticks = (now - d.last_forward_us) * r.clock_rate // 1000000
-        if ticks < 1:
-            ticks = 1
-        d.seq_offset = <uint16_t>(h.sequence - <uint16_t>(d.last_out_seq + 1))
-        d.ts_offset = <uint32_t>(h.timestamp - <uint32_t>(d.last_out_ts + ticks))
-        if has_vp8 and vp8.picture_id >= 0 and d.last_out_pid >= 0:
-            d.pid_offset = (vp8.picture_id - (d.last_out_pid + 1)) & 0x7FFF
-        if has_vp8 and vp8.tl0picidx >= 0 and d.last_out_tl0 >= 0:
-            d.tl0_offset = (vp8.tl0picidx - (d.last_out_tl0 + 1)) & 0xFF
-
-    cdef bint send_media(self, DownTrack *d, Receiver *r, const uint8_t *buf, RtpHeader *h, uint16_t out_seq,
-                         uint32_t out_ts, int32_t out_pid, int32_t out_tl0, Vp8Descriptor *vp8, bint has_vp8,
-                         bint as_rtx) noexcept nogil:
-        """Writes the rewritten packet (or its RTX form) into a send slot, protects and queues it."""
+    cdef bint send_media(self, DownTrack *d, const uint8_t *buf, RtpHeader *h, const SeqMapEntry *e,
+                         Vp8Descriptor *vp8, bint has_vp8, bint as_rtx) noexcept nogil:
+        """Writes the DownTrack's packet (or its RTX form) into a send slot, protects and queues it."""
         cdef Transport *t = self.transports[d.transport]
-        cdef int slot, header, length
+        cdef int slot, length
         cdef uint8_t *out
-        cdef uint8_t *payload
         if not self.ready(t):
             self.counters[S_DROP_SUBSCRIBER_NOT_READY] += 1
             return False
-        if h.header_length + 4 + 2 + h.payload_length + 16 > SEND_BUF:
+        if h.header_length + h.payload_length + WRITE_GROWTH + srtp.SRTP_TRAILER > SEND_BUF:
             self.counters[S_DROP_TOO_LARGE] += 1
             return False
         slot = self.take_slot()
         out = self.slot_buffer(slot)
-        header = rewrite_header(buf, h, d.ext_map, out)
-        put32(out + 4, out_ts)
-        if as_rtx:
-            out[1] = (out[1] & 0x80) | d.rtx_payload_type
-            put16(out + 2, d.rtx_seq)
-            d.rtx_seq += 1
-            put32(out + 8, d.rtx_ssrc)
-            put16(out + header, out_seq)
-            payload = out + header + 2
-            length = header + 2 + h.payload_length
-        else:
-            out[1] = (out[1] & 0x80) | d.payload_type
-            put16(out + 2, out_seq)
-            put32(out + 8, d.ssrc)
-            payload = out + header
-            length = header + h.payload_length
-        memcpy(payload, buf + h.header_length, h.payload_length)
-        if has_vp8:
-            if out_pid >= 0:
-                if vp8.picture_id_16bit:
-                    payload[vp8.picture_id_offset] = 0x80 | ((out_pid >> 8) & 0x7F)
-                    payload[vp8.picture_id_offset + 1] = out_pid & 0xFF
-                else:
-                    payload[vp8.picture_id_offset] = out_pid & 0x7F
-            if out_tl0 >= 0:
-                payload[vp8.tl0picidx_offset] = out_tl0
-        if srtp_protect(t.tx, out, &length) != 0:
+        length = downtrack_write(d, buf, h, e, vp8, has_vp8, as_rtx, out)
+        if srtp.protect(t.tx, out, &length) != 0:
             self.counters[S_DROP_PROTECT] += 1
             return False
         self.commit_slot(slot, length, t)
@@ -1004,7 +673,7 @@ cdef class Engine:
         cdef const uint8_t *p
         cdef Layer *layer
         cdef bint ok
-        if srtp_unprotect_rtcp(self.transports[t].rx, buf, &length) != 0:
+        if srtp.unprotect_rtcp(self.transports[t].rx, buf, &length) != 0:
             self.counters[S_DROP_UNPROTECT] += 1
             return
         while offset < length:
@@ -1050,10 +719,9 @@ cdef class Engine:
     cdef void on_nack(self, DownTrack *d, const uint8_t *p, int length) noexcept nogil:
         cdef uint16_t seqs[<int>MAX_NACK_SEQS]
         cdef int count = parse_nack(p, length, seqs, MAX_NACK_SEQS)
-        cdef int i, slot
-        cdef SeqMapEntry *e
+        cdef int i, cached_length
+        cdef const SeqMapEntry *e
         cdef Receiver *r = self.receivers[d.receiver]
-        cdef Layer *layer
         cdef RtpHeader h
         cdef Vp8Descriptor vp8
         cdef bint has_vp8
@@ -1062,21 +730,13 @@ cdef class Engine:
         self.counters[S_NACKS_RECEIVED] += 1
         for i in range(count):
             self.counters[S_NACKED_PACKETS] += 1
-            e = &d.seqmap[seqs[i] & (SEQMAP_SIZE - 1)]
-            if not e.valid or e.out_seq != seqs[i]:
+            e = downtrack_sent(d, seqs[i])
+            cached = layer_cached(&r.layers[e.layer], e.in_seq, &cached_length) if e != NULL else NULL
+            if cached == NULL or parse_rtp(cached, cached_length, &h) < 0:
                 self.counters[S_NACK_MISSES] += 1
-                continue
-            layer = &r.layers[e.layer]
-            slot = e.in_seq & (layer.cache_size - 1)
-            if layer.cache_seq[slot] != e.in_seq:
-                self.counters[S_NACK_MISSES] += 1
-                continue
-            cached = layer.cache + slot * CACHE_SLOT
-            if parse_rtp(cached, layer.cache_length[slot], &h) < 0:
                 continue
             has_vp8 = r.codec == C_VP8 and parse_vp8(cached + h.header_length, h.payload_length, &vp8) == 0
-            if self.send_media(d, r, cached, &h, e.out_seq, e.out_ts, e.out_pid, e.out_tl0, &vp8, has_vp8,
-                               d.rtx_ssrc != 0):
+            if self.send_media(d, cached, &h, e, &vp8, has_vp8, d.rtx_ssrc != 0):
                 d.retransmissions += 1
                 self.counters[S_RETRANSMISSIONS] += 1
 
@@ -1089,7 +749,7 @@ cdef class Engine:
             return
         layer.last_pli_us = now
         slot = self.take_slot()
-        length = build_pli(self.slot_buffer(slot), SEND_BUF - SRTCP_TRAILER, t.local_ssrc, layer.ssrc)
+        length = build_pli(self.slot_buffer(slot), SEND_BUF - srtp.SRTCP_TRAILER, t.local_ssrc, layer.ssrc)
         if length > 0:
             layer.plis_sent += 1
             self.counters[S_PLIS_SENT] += 1
@@ -1098,21 +758,17 @@ cdef class Engine:
     # ------------------------------------------------------------------ timers
 
     cdef void run_timers(self, int64_t now) noexcept nogil:
+        """Every tick: layer availability, NACKs to publishers, keyframe requests for waiting DownTracks; every
+        REPORT_INTERVAL_US: SR to subscribers, RR + REMB to publishers."""
         cdef int i, l, top
         cdef Receiver *r
         cdef DownTrack *d
-        cdef Layer *layer
         cdef bint report = now - self.last_report_us >= REPORT_INTERVAL_US
         for i in range(self.receiver_end):
             r = self.receivers[i]
             if r == NULL:
                 continue
-            top = -1
-            for l in range(r.num_layers):
-                layer = &r.layers[l]
-                if layer.active and now - layer.last_packet_us < LAYER_STALE_US:
-                    top = l
-            r.top_layer = top
+            receiver_update_top(r, now, LAYER_STALE_US)
             if r.is_video:
                 for l in range(r.num_layers):
                     if r.layers[l].missing_count:
@@ -1136,25 +792,15 @@ cdef class Engine:
                     self.send_receiver_report(self.transports[i], now)
 
     cdef void send_nacks(self, Receiver *r, Layer *layer, int64_t now) noexcept nogil:
-        cdef uint16_t seqs[128]
-        cdef int count = 0
-        cdef int i = 0
+        cdef uint16_t seqs[<int>MAX_MISSING]
+        cdef int count = layer_due_nacks(layer, now, seqs)
         cdef int slot, length
         cdef Transport *t = self.transports[r.transport]
-        while i < layer.missing_count:
-            if now - layer.missing_last_us[i] >= NACK_INTERVAL_US:
-                seqs[count] = layer.missing[i]
-                count += 1
-                layer.missing_last_us[i] = now
-                layer.missing_tries[i] += 1
-                if layer.missing_tries[i] >= NACK_MAX_TRIES:
-                    self.remove_missing(layer, layer.missing[i])
-                    continue
-            i += 1
         if count == 0 or not self.ready(t) or not layer.has_ssrc:
             return
         slot = self.take_slot()
-        length = build_nack(self.slot_buffer(slot), SEND_BUF - SRTCP_TRAILER, t.local_ssrc, layer.ssrc, seqs, count)
+        length = build_nack(self.slot_buffer(slot), SEND_BUF - srtp.SRTCP_TRAILER, t.local_ssrc, layer.ssrc, seqs,
+                            count)
         if length > 0:
             layer.nacks_sent += 1
             self.counters[S_NACKS_SENT] += 1
@@ -1167,88 +813,60 @@ cdef class Engine:
         cdef int count = 0
         cdef int video = 0
         cdef int i, l, slot, length, n
+        cdef int cap = SEND_BUF - srtp.SRTCP_TRAILER
         cdef Receiver *r
-        cdef Layer *layer
-        cdef ReportBlock *b
-        cdef uint64_t expected, expected_interval, received_interval
-        cdef int64_t lost, lost_interval
         cdef uint8_t *out
         if not self.ready(t):
             return
         for i in range(t.receivers.count):
             r = self.receivers[t.receivers.items[i]]
             for l in range(r.num_layers):
-                layer = &r.layers[l]
-                if not layer.active or count == 31:
+                if not r.layers[l].active or count == 31:
                     continue
-                b = &blocks[count]
+                layer_report_block(&r.layers[l], now, &blocks[count])
                 count += 1
-                expected = <uint64_t>layer.cycles + layer.max_seq - layer.base_seq + 1
-                lost = <int64_t>expected - <int64_t>layer.received
-                expected_interval = expected - layer.expected_prior
-                received_interval = layer.received - layer.received_prior
-                lost_interval = <int64_t>expected_interval - <int64_t>received_interval
-                layer.expected_prior = expected
-                layer.received_prior = layer.received
-                b.ssrc = layer.ssrc
-                b.fraction_lost = 0 if expected_interval == 0 or lost_interval <= 0 else (
-                    (lost_interval << 8) // expected_interval)
-                b.cumulative_lost = <int32_t>(0x7FFFFF if lost > 0x7FFFFF else (-0x800000 if lost < -0x800000 else lost))
-                b.highest_sequence = layer.cycles + layer.max_seq
-                b.jitter = layer.jitter_q4 >> 4
-                if layer.sr_arrival_us:
-                    b.last_sr = <uint32_t>(layer.sr_ntp >> 16)
-                    b.delay_since_last_sr = <uint32_t>((now - layer.sr_arrival_us) * 65536 // 1000000)
-                else:
-                    b.last_sr = 0
-                    b.delay_since_last_sr = 0
                 if r.is_video:
-                    video_ssrcs[video] = layer.ssrc
+                    video_ssrcs[video] = r.layers[l].ssrc
                     video += 1
         if count == 0:
             return
         slot = self.take_slot()
         out = self.slot_buffer(slot)
-        length = build_rr(out, SEND_BUF - SRTCP_TRAILER, t.local_ssrc, blocks, count)
+        length = build_rr(out, cap, t.local_ssrc, blocks, count)
         if length < 0:
             return
-        n = build_sdes_cname(out + length, SEND_BUF - SRTCP_TRAILER - length, t.local_ssrc, self.cname, self.cname_length)
+        n = build_sdes_cname(out + length, cap - length, t.local_ssrc, self.cname, self.cname_length)
         if n > 0:
             length += n
         self.counters[S_RR_SENT] += 1
         if video:
-            n = build_remb(out + length, SEND_BUF - SRTCP_TRAILER - length, t.local_ssrc, self.remb_bitrate,
-                           video_ssrcs, video)
+            n = build_remb(out + length, cap - length, t.local_ssrc, self.remb_bitrate, video_ssrcs, video)
             if n > 0:
                 length += n
                 self.counters[S_REMB_SENT] += 1
         self.send_rtcp(t, length, slot)
 
     cdef void send_sender_report(self, DownTrack *d, Receiver *r, int64_t now) noexcept nogil:
-        """SR + SDES CNAME for one DownTrack: RTP time extrapolated from the last forwarded packet."""
+        """SR + SDES CNAME for one DownTrack."""
         cdef Transport *t = self.transports[d.transport]
         cdef SenderInfo info
         cdef int slot, length, n
+        cdef int cap = SEND_BUF - srtp.SRTCP_TRAILER
         cdef uint8_t *out
-        cdef Layer *layer
         if not self.ready(t):
             return
         info.ssrc = d.ssrc
         info.ntp_time = ntp_now()
-        layer = &r.layers[d.current_layer] if d.current_layer >= 0 else NULL
-        if layer != NULL and layer.sr_arrival_us:
-            # The publisher's own RTP/NTP relation (through the munger's offset) keeps its audio and video in sync.
-            info.rtp_time = <uint32_t>(layer.sr_rtp - d.ts_offset + (now - layer.sr_arrival_us) * r.clock_rate // 1000000)
-        else:
-            info.rtp_time = <uint32_t>(d.last_out_ts + (now - d.last_forward_us) * r.clock_rate // 1000000)
+        info.rtp_time = downtrack_rtp_time(d, &r.layers[d.current_layer] if d.current_layer >= 0 else NULL,
+                                           r.clock_rate, now)
         info.packet_count = <uint32_t>d.packets
         info.octet_count = <uint32_t>d.octets
         slot = self.take_slot()
         out = self.slot_buffer(slot)
-        length = build_sr(out, SEND_BUF - SRTCP_TRAILER, &info, NULL, 0)
+        length = build_sr(out, cap, &info, NULL, 0)
         if length < 0:
             return
-        n = build_sdes_cname(out + length, SEND_BUF - SRTCP_TRAILER - length, d.ssrc, self.cname, self.cname_length)
+        n = build_sdes_cname(out + length, cap - length, d.ssrc, self.cname, self.cname_length)
         if n > 0:
             length += n
         self.counters[S_SR_SENT] += 1
@@ -1343,9 +961,8 @@ cdef class Engine:
                      rtx_payload_type: int, clock_rate: int, rids: list, ssrcs: list, rtx_ssrcs: list,
                      extmap: dict) -> int:
         cdef int tslot = self._slot(self._transport_slots, transport_id, "transport")
-        cdef int slot, l, cache_size
+        cdef int slot, l
         cdef Receiver *r
-        cdef Layer *layer
         if kind not in ("audio", "video"):
             raise ValueError(f"kind must be audio or video, not {kind!r}")
         if len(rids) > MAX_LAYERS or len(ssrcs) > MAX_LAYERS or len(rtx_ssrcs) > MAX_LAYERS:
@@ -1359,12 +976,11 @@ cdef class Engine:
         slot = _free_slot(<void **>self.receivers, MAX_RECEIVERS)
         if slot < 0:
             raise RuntimeError("too many receivers")
-        r = <Receiver *>calloc(1, sizeof(Receiver))
+        r = receiver_new(kind == "video", max(1, len(rids), len(ssrcs)))
         if r == NULL:
             raise MemoryError()
         r.id = self._new_id()
         r.transport = tslot
-        r.is_video = kind == "video"
         r.codec = _CODECS.get(codec.lower().rpartition("/")[2], C_OTHER)
         r.payload_type = payload_type & 0x7F
         r.rtx_payload_type = rtx_payload_type & 0x7F if rtx_payload_type > 0 else -1
@@ -1372,32 +988,16 @@ cdef class Engine:
         memcpy(r.mid, <const char *>mid_bytes, len(mid_bytes))
         r.mid_length = len(mid_bytes)
         r.simulcast = len(rids) > 0
-        r.num_layers = max(1, len(rids), len(ssrcs))
         r.ext_mid = extmap.get("urn:ietf:params:rtp-hdrext:sdes:mid", 0) & 0xFF
         r.ext_rid = extmap.get("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id", 0) & 0xFF
         r.ext_rrid = extmap.get("urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id", 0) & 0xFF
-        r.top_layer = -1
-        cache_size = VIDEO_CACHE if r.is_video else AUDIO_CACHE
-        self.receivers[slot] = r
-        for l in range(r.num_layers):
-            layer = &r.layers[l]
-            reset_layer(layer)
-            layer.cache_size = cache_size
-            layer.cache = <uint8_t *>malloc(cache_size * CACHE_SLOT)
-            layer.cache_seq = <int32_t *>malloc(cache_size * sizeof(int32_t))
-            layer.cache_length = <uint16_t *>calloc(cache_size, sizeof(uint16_t))
-            if layer.cache == NULL or layer.cache_seq == NULL or layer.cache_length == NULL:
-                free_receiver(r)
-                self.receivers[slot] = NULL
-                raise MemoryError()
-            memset(layer.cache_seq, 0xFF, cache_size * sizeof(int32_t))
-            if l < len(rid_bytes):
-                memcpy(layer.rid, <const char *>rid_bytes[l], len(rid_bytes[l]))
-                layer.rid_length = len(rid_bytes[l])
+        for l, rid in enumerate(rid_bytes):
+            memcpy(r.layers[l].rid, <const char *>rid, len(rid))
+            r.layers[l].rid_length = len(rid)
         if list_add(&self.transports[tslot].receivers, slot) < 0:
-            free_receiver(r)
-            self.receivers[slot] = NULL
+            receiver_free(r)
             raise MemoryError()
+        self.receivers[slot] = r
         self.receiver_end = max(self.receiver_end, slot + 1)
         self._receiver_slots[r.id] = slot
         # Declared SSRCs (non-simulcast offers, or simulcast with a=ssrc-group:SIM) bind without extensions.
@@ -1427,7 +1027,7 @@ cdef class Engine:
             if layer.has_rtx and map_get(&self.streams, stream_key(r.transport, layer.rtx_ssrc)) >> 8 == slot:
                 map_remove(&self.streams, stream_key(r.transport, layer.rtx_ssrc))
         list_discard(&self.transports[r.transport].receivers, slot)
-        free_receiver(r)
+        receiver_free(r)
         self.receivers[<int>slot] = NULL
 
     def add_downtrack(self, receiver_id: int, transport_id: int, ssrc: int, rtx_ssrc: int, payload_type: int,
@@ -1441,13 +1041,11 @@ cdef class Engine:
         for source, target in extmap.items():
             if not (0 < source < 256 and 0 <= target < 15):
                 raise ValueError(f"bad extension mapping {source} -> {target}")
-        d = <DownTrack *>calloc(1, sizeof(DownTrack))
+        d = downtrack_new()
         if d == NULL:
             raise MemoryError()
-        d.seqmap = <SeqMapEntry *>calloc(SEQMAP_SIZE, sizeof(SeqMapEntry))
-        if d.seqmap == NULL or list_add(&self.receivers[rslot].downtracks, slot) < 0:
-            free(d.seqmap)
-            free(d)
+        if list_add(&self.receivers[rslot].downtracks, slot) < 0:
+            downtrack_free(d)
             raise MemoryError()
         d.id = self._new_id()
         d.receiver = rslot
@@ -1458,10 +1056,7 @@ cdef class Engine:
         d.rtx_payload_type = rtx_payload_type & 0x7F
         for source, target in extmap.items():
             d.ext_map[source] = target
-        d.current_layer = -1
         d.max_layer = MAX_LAYERS - 1
-        d.last_out_pid = -1
-        d.last_out_tl0 = -1
         d.rtx_seq = int.from_bytes(os.urandom(2), "big")
         self.downtracks[slot] = d
         self.downtrack_end = max(self.downtrack_end, slot + 1)
@@ -1481,8 +1076,7 @@ cdef class Engine:
         if d.rtx_ssrc and map_get(&self.downtrack_ssrcs, stream_key(d.transport, d.rtx_ssrc)) == slot:
             map_remove(&self.downtrack_ssrcs, stream_key(d.transport, d.rtx_ssrc))
         list_discard(&self.receivers[d.receiver].downtracks, slot)
-        free(d.seqmap)
-        free(d)
+        downtrack_free(d)
         self.downtracks[<int>slot] = NULL
 
     def set_target_layer(self, downtrack_id: int, layer: int) -> None:
@@ -1550,40 +1144,6 @@ cdef class Engine:
             "plis_received": d.plis_received,
             "keyframe_requests": d.keyframe_requests,
         }
-
-
-cdef int find_rid(Receiver *r, const uint8_t *value, int length) noexcept nogil:
-    cdef int l
-    for l in range(r.num_layers):
-        if r.layers[l].rid_length == length and memcmp(r.layers[l].rid, value, length) == 0:
-            return l
-    return -1
-
-
-cdef void reset_layer(Layer *layer) noexcept nogil:
-    """Forgets a layer's receive history (not its cache buffers or identity)."""
-    layer.active = False
-    layer.received = 0
-    layer.bytes = 0
-    layer.expected_prior = 0
-    layer.received_prior = 0
-    layer.transit_valid = False
-    layer.jitter_q4 = 0
-    layer.missing_count = 0
-    layer.sr_arrival_us = 0
-    layer.last_pli_us = -PLI_INTERVAL_US * 4
-    if layer.cache_seq != NULL:
-        memset(layer.cache_seq, 0xFF, layer.cache_size * sizeof(int32_t))
-
-
-cdef void free_receiver(Receiver *r) noexcept nogil:
-    cdef int l
-    for l in range(MAX_LAYERS):
-        free(r.layers[l].cache)
-        free(r.layers[l].cache_seq)
-        free(r.layers[l].cache_length)
-    free(r.downtracks.items)
-    free(r)
 
 
 cdef int _free_slot(void **table, int capacity):

@@ -1,5 +1,6 @@
-# C-level lookup tables for the hot path: open-addressing hash map from a 64-bit key to a non-negative value.
-# Used for Transport by source address and Receiver stream / DownTrack by (transport, SSRC). nogil, no Python objects.
+# C-level lookup tables for the hot path, nogil, no Python objects: an open-addressing hash map from a 64-bit key to a
+# non-negative value (Transport by source address, Receiver stream / DownTrack by (transport, SSRC)), and a small
+# growable list of slot numbers (a Receiver's DownTracks, a Transport's Receivers).
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 cdef struct U64Map:
@@ -17,3 +18,13 @@ cdef int64_t map_get(const U64Map *m, uint64_t key) noexcept nogil
 # Inserts or replaces (`value` >= 0); 0, or -1 when out of memory.
 cdef int map_put(U64Map *m, uint64_t key, int64_t value) noexcept nogil
 cdef void map_remove(U64Map *m, uint64_t key) noexcept nogil
+
+cdef struct IntList:
+    int *items
+    int count
+    int capacity
+
+# 0, or -1 when out of memory.
+cdef int list_add(IntList *l, int value) noexcept nogil
+# Removes one occurrence (order is not kept).
+cdef void list_discard(IntList *l, int value) noexcept nogil

@@ -1,6 +1,6 @@
 # cython: language_level=3
-"""Open-addressing (linear probing) hash map with backward-shift deletion, so no tombstones accumulate."""
-from libc.stdlib cimport calloc, free
+"""Open-addressing (linear probing) hash map with backward-shift deletion, so no tombstones accumulate; IntList."""
+from libc.stdlib cimport calloc, free, realloc
 
 
 cdef inline uint32_t _slot(uint64_t key, uint32_t mask) noexcept nogil:
@@ -106,3 +106,25 @@ cdef void map_remove(U64Map *m, uint64_t key) noexcept nogil:
             i = j
     m.used[i] = 0
     m.count -= 1
+
+
+cdef int list_add(IntList *l, int value) noexcept nogil:
+    cdef int *grown
+    if l.count == l.capacity:
+        grown = <int *>realloc(l.items, (l.capacity * 2 + 4) * sizeof(int))
+        if grown == NULL:
+            return -1
+        l.items = grown
+        l.capacity = l.capacity * 2 + 4
+    l.items[l.count] = value
+    l.count += 1
+    return 0
+
+
+cdef void list_discard(IntList *l, int value) noexcept nogil:
+    cdef int i
+    for i in range(l.count):
+        if l.items[i] == value:
+            l.count -= 1
+            l.items[i] = l.items[l.count]
+            return

@@ -1,0 +1,105 @@
+# Receiver: a published track as it arrives, per layer (simulcast stream): identity (rid, SSRC, RTX SSRC), packet
+# cache for NACK, receive statistics (RFC 3550 A.3/A.8), sequence gaps to NACK, the publisher's last SR.
+# C-level and nogil; the Engine owns the structs and the lookups that lead to them.
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+from engine.rtcp cimport ReportBlock
+from engine.rtp cimport RtpHeader, Vp8Descriptor
+from engine.table cimport IntList
+
+cdef enum:
+    MAX_LAYERS = 4
+    CACHE_SLOT = 1536         # bytes per cached packet; larger packets are forwarded but not cached
+    VIDEO_CACHE = 512         # packets per layer (powers of two)
+    AUDIO_CACHE = 64
+    MAX_MISSING = 128         # sequence gaps tracked per layer
+
+cdef enum:  # codecs
+    C_OPUS
+    C_VP8
+    C_H264
+    C_VP9
+    C_AV1
+    C_OTHER
+
+cdef struct Layer:
+    uint8_t rid[16]
+    int rid_length
+    uint32_t ssrc
+    uint32_t rtx_ssrc
+    bint has_ssrc
+    bint has_rtx
+    bint active               # a packet has arrived
+    int64_t last_packet_us
+    uint64_t keyframes
+    # packet cache, indexed by seq % cache_size
+    uint8_t *cache
+    int32_t *cache_seq        # -1 = empty
+    uint16_t *cache_length
+    int cache_size
+    # receive statistics
+    uint16_t max_seq
+    uint32_t cycles
+    uint32_t base_seq
+    uint64_t received
+    uint64_t bytes
+    uint64_t expected_prior
+    uint64_t received_prior
+    uint32_t last_transit
+    bint transit_valid
+    uint32_t jitter_q4        # jitter * 16
+    # last SR from the publisher
+    uint64_t sr_ntp
+    uint32_t sr_rtp
+    int64_t sr_arrival_us
+    # sequence gaps to NACK
+    uint16_t missing[128]
+    uint8_t missing_tries[128]
+    int64_t missing_last_us[128]
+    int missing_count
+    uint64_t nacks_sent
+    int64_t last_pli_us
+    uint64_t plis_sent
+
+cdef struct Receiver:
+    int64_t id
+    int transport             # Engine slot of the publisher's transport
+    bint is_video
+    int codec
+    uint8_t payload_type
+    int rtx_payload_type      # -1 = none
+    uint32_t clock_rate
+    uint8_t mid[64]
+    int mid_length
+    int num_layers
+    bint simulcast            # layers are told apart by rid
+    uint8_t ext_mid
+    uint8_t ext_rid
+    uint8_t ext_rrid
+    int top_layer             # highest layer with recent packets, -1 = none
+    Layer layers[4]
+    IntList downtracks        # Engine slots
+
+# An empty receiver (calloc'd) whose `num_layers` layers have caches; NULL when out of memory.
+cdef Receiver *receiver_new(bint is_video, int num_layers) noexcept nogil
+cdef void receiver_free(Receiver *r) noexcept nogil
+# The layer whose rid is `value`, or -1.
+cdef int receiver_find_rid(const Receiver *r, const uint8_t *value, int length) noexcept nogil
+# Recomputes top_layer: the highest layer that received packets within `stale_us`.
+cdef void receiver_update_top(Receiver *r, int64_t now, int64_t stale_us) noexcept nogil
+# Whether the packet starts a keyframe of the receiver's codec (vp8 as parsed by the caller, when has_vp8).
+cdef bint receiver_is_keyframe(const Receiver *r, const uint8_t *payload, int length, const Vp8Descriptor *vp8,
+                               bint has_vp8) noexcept nogil
+
+# Forgets a layer's receive history (not its identity or cache buffers).
+cdef void layer_reset(Layer *layer) noexcept nogil
+# Accounts for and caches one packet. Returns -1 for a duplicate (already received: drop it), 1 for the layer's
+# first packet, else 0. `recovered` = rebuilt from RTX (no jitter sample).
+cdef int layer_receive(Layer *layer, const uint8_t *buf, int length, const RtpHeader *h, uint32_t clock_rate,
+                       int64_t now, bint recovered) noexcept nogil
+# The cached packet with sequence number `seq` (and its length), or NULL.
+cdef const uint8_t *layer_cached(const Layer *layer, uint16_t seq, int *length) noexcept nogil
+# Fills `seqs` (room for MAX_MISSING) with the gaps due for a NACK now; gives up on a gap after a few tries.
+cdef int layer_due_nacks(Layer *layer, int64_t now, uint16_t *seqs) noexcept nogil
+# The layer's report block for our RR; starts a new loss interval.
+cdef void layer_report_block(Layer *layer, int64_t now, ReportBlock *block) noexcept nogil

@@ -1,0 +1,44 @@
+# cython: language_level=3
+"""Binds the libsrtp entry points once, at import, from pylibsrtp's cffi library."""
+import pylibsrtp  # noqa: F401  (importing it runs srtp_init)
+from libc.stdint cimport uintptr_t
+
+ctypedef int (*srtp_fn)(void *ctx, void *hdr, int *len_ptr) noexcept nogil
+
+cdef srtp_fn _protect
+cdef srtp_fn _unprotect
+cdef srtp_fn _protect_rtcp
+cdef srtp_fn _unprotect_rtcp
+
+
+cdef srtp_fn _function(object ffi, object lib, str name):
+    cdef uintptr_t address = int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+    return <srtp_fn><void *>address
+
+
+def _bind() -> None:
+    from pylibsrtp._binding import ffi, lib
+    global _protect, _unprotect, _protect_rtcp, _unprotect_rtcp
+    _protect = _function(ffi, lib, "srtp_protect")
+    _unprotect = _function(ffi, lib, "srtp_unprotect")
+    _protect_rtcp = _function(ffi, lib, "srtp_protect_rtcp")
+    _unprotect_rtcp = _function(ffi, lib, "srtp_unprotect_rtcp")
+
+
+_bind()
+
+
+cdef int protect(void *ctx, void *packet, int *length) noexcept nogil:
+    return _protect(ctx, packet, length)
+
+
+cdef int unprotect(void *ctx, void *packet, int *length) noexcept nogil:
+    return _unprotect(ctx, packet, length)
+
+
+cdef int protect_rtcp(void *ctx, void *packet, int *length) noexcept nogil:
+    return _protect_rtcp(ctx, packet, length)
+
+
+cdef int unprotect_rtcp(void *ctx, void *packet, int *length) noexcept nogil:
+    return _unprotect_rtcp(ctx, packet, length)
