@@ -38,7 +38,7 @@ cdef struct DownTrack:
     int max_layer             # cap on the target (the StreamAllocator's hook)
     # Munger
     bint started
-    uint16_t switch_seq       # first input seq of the current layer: older ones never pass
+    uint16_t switch_seq       # first input seq of the current layer (trailing the newest): older ones never pass
     uint16_t seq_offset
     uint32_t ts_offset
     int32_t pid_offset

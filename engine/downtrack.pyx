@@ -6,6 +6,9 @@ from libc.string cimport memcpy
 
 from engine.rtp cimport rewrite_header
 
+cdef enum:
+    SWITCH_HORIZON = 8192     # packets this far behind the newest one are too late to forward anyway
+
 
 cdef inline void put16(uint8_t *p, uint16_t v) noexcept nogil:
     p[0] = v >> 8
@@ -60,6 +63,7 @@ cdef void switch_layer(DownTrack *d, int l, const RtpHeader *h, const Vp8Descrip
 cdef int forwarder_accept(DownTrack *d, int l, int target, bint gated, bint keyframe, const RtpHeader *h,
                           const Vp8Descriptor *vp8, bint has_vp8, uint32_t clock_rate, int64_t now) noexcept nogil:
     cdef int previous = d.current_layer
+    cdef int16_t delta
     if l != previous:
         if gated and (l != target or not keyframe):
             d.dropped += 1
@@ -69,9 +73,13 @@ cdef int forwarder_accept(DownTrack *d, int l, int target, bint gated, bint keyf
             d.layer_switches += 1
             return FORWARD_SWITCHED
         return FORWARD_PASS
-    if <int16_t>(h.sequence - d.switch_seq) < 0:
+    delta = <int16_t>(h.sequence - d.switch_seq)
+    if delta < 0:
         d.dropped += 1  # from before the switch point: its frame was never started
         return FORWARD_DROP
+    if delta > SWITCH_HORIZON:
+        # Drag the switch point along so the comparison stays meaningful across sequence number wraps.
+        d.switch_seq = <uint16_t>(h.sequence - SWITCH_HORIZON)
     return FORWARD_PASS
 
 

@@ -484,3 +484,15 @@ async def test_protected_garbage_never_breaks_the_engine(setup) -> None:
     await subscriber.collect(0.1)
     assert [p.seq for p in subscriber.take_rtp()] == [seq + 1]
     assert eng.stats()["packets_in"] >= 250
+
+
+async def test_forwarding_continues_across_sequence_wraps(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    receiver = eng.add_receiver(publisher.transport, "0", "audio", "opus", OPUS_PT, 0, 48000, [], [AUDIO_SSRC], [], {})
+    eng.add_downtrack(receiver, subscriber.transport, DOWN_AUDIO_SSRC, 0, SUB_OPUS_PT, 0, {})
+    seqs = [0, 16000, 32000, 48000, 64000, 14464, 30000]  # each within half the sequence space of the previous
+    for seq in seqs:
+        publisher.send_rtp(rtp(OPUS_PT, seq, seq * 960, AUDIO_SSRC, b"x"))
+        await asyncio.sleep(0.005)
+    await subscriber.collect()
+    assert [p.seq for p in subscriber.take_rtp()] == seqs
