@@ -496,3 +496,62 @@ async def test_forwarding_continues_across_sequence_wraps(setup) -> None:
         await asyncio.sleep(0.005)
     await subscriber.collect()
     assert [p.seq for p in subscriber.take_rtp()] == seqs
+
+
+async def test_target_cap_and_stale_layers_switch_down_at_keyframes(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    receiver, downtrack = add_video(eng, publisher, subscriber, ["q", "h", "f"])
+    publisher.send_rtp(video(1, Q_SSRC, b"q", 1, keyframe=False))
+    publisher.send_rtp(video(500, F_SSRC, b"f", 500, keyframe=True))
+    publisher.send_rtp(video(2, Q_SSRC, b"q", 2, keyframe=False))
+    publisher.send_rtp(video(501, F_SSRC, b"f", 501, keyframe=False))
+    await subscriber.collect()
+    assert [p.seq for p in subscriber.take_rtp()] == [500, 501]
+    # The StreamAllocator caps this subscriber at q: a keyframe is requested and the switch waits for it.
+    eng.set_target_layer(downtrack, 0)
+    await publisher.collect()
+    assert publisher.plis(Q_SSRC) >= 1
+    publisher.send_rtp(video(502, F_SSRC, b"f", 502, keyframe=False))
+    publisher.send_rtp(video(3, Q_SSRC, b"q", 3, keyframe=True))
+    publisher.send_rtp(video(503, F_SSRC, b"f", 503, keyframe=False))
+    await subscriber.collect()
+    got = subscriber.take_rtp()
+    assert [(p.seq, picture_id(p.payload)) for p in got] == [(502, 502), (503, 503)]
+    assert eng.downtrack_stats(downtrack)["current_layer"] == 0
+    # Uncapped again, but f has gone quiet: after a second it no longer counts as available, q stays.
+    eng.set_target_layer(downtrack, 2)
+    for seq in range(4, 16):
+        publisher.send_rtp(video(seq, Q_SSRC, b"q", seq, keyframe=False))
+        await asyncio.sleep(0.1)
+    await subscriber.collect()
+    assert [p.seq for p in subscriber.take_rtp()] == list(range(504, 516))
+    assert eng.receiver_stats(receiver)["top_layer"] == 0
+
+
+async def test_h264_gating_and_seven_bit_vp8_picture_ids(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    h264 = eng.add_receiver(publisher.transport, "2", "video", "h264", 102, 0, 90000, [], [0x5001], [], {})
+    eng.add_downtrack(h264, subscriber.transport, 0xC001, 0, 102, 0, {})
+    publisher.send_rtp(rtp(102, 10, 0, 0x5001, b"\x41delta"))
+    publisher.send_rtp(rtp(102, 11, 0, 0x5001, b"\x65idr"))
+    publisher.send_rtp(rtp(102, 12, 0, 0x5001, b"\x41delta"))
+    vp8_receiver = eng.add_receiver(publisher.transport, "3", "video", "vp8", VP8_PT, 0, 90000, ["a", "b"], [], [],
+                                    PUB_EXTMAP)
+    down = eng.add_downtrack(vp8_receiver, subscriber.transport, 0xC002, 0, VP8_PT, 0, {})
+
+    def short_pid(seq: int, ssrc: int, rid: bytes, pid: int, keyframe: bool) -> bytes:
+        frame = b"\x00\x00\x00\x9d\x01\x2a\x80\x02\xe0\x01" if keyframe else b"\x01\x00\x00"
+        return rtp(VP8_PT, seq, seq, ssrc, bytes([0x90, 0x80, pid & 0x7F]) + frame, [(1, b"3"), (2, rid)])
+
+    publisher.send_rtp(short_pid(1, 0x6001, b"a", 126, True))
+    publisher.send_rtp(short_pid(2, 0x6001, b"a", 127, False))
+    await subscriber.collect()
+    publisher.send_rtp(short_pid(90, 0x6002, b"b", 40, False))
+    await asyncio.sleep(0.05)
+    publisher.send_rtp(short_pid(91, 0x6002, b"b", 41, True))
+    await subscriber.collect()
+    got = subscriber.take_rtp()
+    assert [p.seq for p in got if p.ssrc == 0xC001] == [11, 12]
+    vp8_out = [p for p in got if p.ssrc == 0xC002]
+    assert [(p.seq, p.payload[2]) for p in vp8_out] == [(1, 126), (2, 127), (3, 0)]  # 7-bit ids stay 7-bit, wrap
+    assert eng.downtrack_stats(down)["layer_switches"] == 1
