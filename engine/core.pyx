@@ -115,6 +115,7 @@ cdef enum:  # statistics counters (indexes)
     S_DROP_MALFORMED
     S_DROP_UNKNOWN_SSRC
     S_DROP_DUPLICATE
+    S_DROP_PAYLOAD_TYPE
     S_DROP_RTX_PADDING
     S_DROP_TOO_LARGE
     S_DROP_PROTECT
@@ -142,12 +143,14 @@ cdef enum:  # statistics counters (indexes)
 STAT_NAMES = (
     "packets_in", "bytes_in", "packets_out", "bytes_out", "rtp_in", "rtcp_in", "stun_in", "dtls_in", "forwarded",
     "drop_empty", "drop_truncated", "drop_not_rtp", "drop_unknown_source", "drop_dtls_unbound", "drop_no_srtp",
-    "drop_srtp_unprotect_failed", "drop_malformed", "drop_unknown_ssrc", "drop_duplicate", "drop_rtx_padding",
+    "drop_srtp_unprotect_failed", "drop_malformed", "drop_unknown_ssrc", "drop_duplicate", "drop_payload_type",
+    "drop_rtx_padding",
     "drop_too_large", "drop_srtp_protect_failed", "drop_subscriber_not_ready", "drop_send_failed",
     "nacks_received", "nacked_packets", "nack_cache_misses", "retransmissions", "rtx_recovered", "nacks_sent",
     "plis_received", "plis_sent", "keyframes", "layer_switches", "sr_received", "rr_received", "sr_sent", "rr_sent",
     "remb_sent", "event_errors",
 )
+assert len(STAT_NAMES) == S_COUNT
 
 cdef struct Transport:
     int64_t id
@@ -525,6 +528,8 @@ cdef class Engine:
                 continue
             l = -1
             rtx = r.rtx_payload_type == h.payload_type
+            if not rtx and h.payload_type != r.payload_type:
+                return -1  # e.g. a FEC stream under the same mid: it must not take over a layer
             if not r.simulcast:
                 l = 0
             elif r.ext_rrid and find_extension(buf, h, r.ext_rrid, &value, &value_length):
@@ -593,6 +598,9 @@ cdef class Engine:
                 self.counters[S_DROP_MALFORMED] += 1
                 return
             self.receive(r, l, buf, length, &h, now, True, msg)
+        elif h.payload_type != r.payload_type:
+            # Subscribers are told one codec: anything else (RED, FEC, a renegotiated codec) would decode as garbage.
+            self.counters[S_DROP_PAYLOAD_TYPE] += 1
         else:
             self.receive(r, l, buf, length, &h, now, False, msg)
 
@@ -1038,9 +1046,6 @@ cdef class Engine:
         cdef DownTrack *d
         if slot < 0:
             raise RuntimeError("too many downtracks")
-        for source, target in extmap.items():
-            if not (0 < source < 256 and 0 <= target < 15):
-                raise ValueError(f"bad extension mapping {source} -> {target}")
         d = downtrack_new()
         if d == NULL:
             raise MemoryError()
@@ -1055,7 +1060,9 @@ cdef class Engine:
         d.payload_type = payload_type & 0x7F
         d.rtx_payload_type = rtx_payload_type & 0x7F
         for source, target in extmap.items():
-            d.ext_map[source] = target
+            # Output uses the one-byte form (ids 1-14); anything else is stripped rather than written corrupt.
+            if 0 < source < 256 and 0 < target < 15:
+                d.ext_map[source] = target
         d.max_layer = MAX_LAYERS - 1
         d.rtx_seq = int.from_bytes(os.urandom(2), "big")
         self.downtracks[slot] = d

@@ -364,6 +364,7 @@ async def test_garbage_is_counted_and_forwarding_continues(setup) -> None:
             publisher.send_raw(junk)
         publisher.send_raw(rtp(OPUS_PT, 2, 960, AUDIO_SSRC, b"unprotected" * 3))
         publisher.send_rtp(rtp(OPUS_PT, 3, 1920, 0xDEAD, b"unknown ssrc"))
+        publisher.send_rtp(rtp(63, 3, 1920, AUDIO_SSRC, b"RED is not what the subscriber was told"))
         stranger.sendto(Session(Policy(key=os.urandom(30), ssrc_type=Policy.SSRC_ANY_OUTBOUND)).protect(
             rtp(OPUS_PT, 1, 0, AUDIO_SSRC, b"x")), ("127.0.0.1", eng.port))
         publisher.send_rtp(rtp(OPUS_PT, 4, 2880, AUDIO_SSRC, b"b"))
@@ -375,6 +376,7 @@ async def test_garbage_is_counted_and_forwarding_continues(setup) -> None:
     assert stats["drop_not_rtp"] >= 1
     assert stats["drop_unknown_source"] == 1
     assert stats["drop_unknown_ssrc"] == 1
+    assert stats["drop_payload_type"] == 1
     assert stats["drop_srtp_unprotect_failed"] >= 4
 
 
