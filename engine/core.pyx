@@ -81,6 +81,10 @@ cdef enum:
     MAX_DOWNTRACKS = 65536
     MAX_BATCHES = 16          # recvmmsg batches per readable callback, so timers still run under load
 
+SOCKET_BUFFER = 8 * 1024 * 1024
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux values
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
 cdef enum:  # event kinds
     E_STUN
     E_DTLS
@@ -293,8 +297,12 @@ cdef class Engine:
     def __init__(self, host: str, udp_port: int, on_event) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                sock.setsockopt(socket.SOL_SOCKET, option, 8 * 1024 * 1024)
+            for option, forced in ((socket.SO_RCVBUF, SO_RCVBUFFORCE), (socket.SO_SNDBUF, SO_SNDBUFFORCE)):
+                try:
+                    # Past net.core.[rw]mem_max when privileged: bursts of video must not overflow the kernel queue.
+                    sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)
+                except OSError:
+                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
             sock.setblocking(False)
             sock.bind((host, udp_port))
         except BaseException:
