@@ -24,7 +24,7 @@ from engine.downtrack cimport (FORWARD_DROP, FORWARD_SWITCHED, WRITE_GROWTH, Dow
 from engine.receiver cimport (C_AV1, C_H264, C_OPUS, C_OTHER, C_VP8, C_VP9, MAX_LAYERS, MAX_MISSING, Layer, Receiver,
                               layer_cached, layer_due_nacks, layer_receive, layer_report_block, layer_reset,
                               receiver_find_rid, receiver_free, receiver_is_keyframe, receiver_new,
-                              receiver_update_top)
+                              receiver_note_audio_level, receiver_update_top)
 from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, ReportBlock, RtcpHeader, SenderInfo,
                           build_nack, build_pli, build_rr, build_sdes_cname, build_sr, is_rtcp, parse_feedback_ssrcs,
                           parse_fir_ssrc, parse_nack, parse_rtcp_header, parse_sender_info)
@@ -618,7 +618,8 @@ cdef class Engine:
         cdef Vp8Descriptor vp8
         cdef bint has_vp8 = False
         cdef bint keyframe = False
-        cdef int i, first
+        cdef int i, first, value_length
+        cdef const uint8_t *value
         first = layer_receive(layer, buf, length, h, r.clock_rate, now, recovered)
         if first < 0:
             self.counters[S_DROP_DUPLICATE] += 1
@@ -629,6 +630,8 @@ cdef class Engine:
             self.counters[S_RTX_RECOVERED] += 1
         if l > r.top_layer:
             r.top_layer = l
+        if r.ext_audio_level and find_extension(buf, h, r.ext_audio_level, &value, &value_length) and value_length >= 1:
+            receiver_note_audio_level(r, value[0] & 0x7F)
         if r.is_video:
             if r.codec == C_VP8:
                 has_vp8 = parse_vp8(buf + h.header_length, h.payload_length, &vp8) == 0
@@ -1007,6 +1010,8 @@ cdef class Engine:
         r.ext_mid = extmap.get("urn:ietf:params:rtp-hdrext:sdes:mid", 0) & 0xFF
         r.ext_rid = extmap.get("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id", 0) & 0xFF
         r.ext_rrid = extmap.get("urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id", 0) & 0xFF
+        if not r.is_video:
+            r.ext_audio_level = extmap.get("urn:ietf:params:rtp-hdrext:ssrc-audio-level", 0) & 0xFF
         for l, rid in enumerate(rid_bytes):
             memcpy(r.layers[l].rid, <const char *>rid, len(rid))
             r.layers[l].rid_length = len(rid)
@@ -1143,7 +1148,13 @@ cdef class Engine:
                 "plis_sent": layer.plis_sent,
                 "missing": layer.missing_count,
             })
-        return {"top_layer": r.top_layer, "downtracks": r.downtracks.count, "layers": layers}
+        return {
+            "top_layer": r.top_layer,
+            "downtracks": r.downtracks.count,
+            # -dBov (0 = loudest, 127 = silence), smoothed; None before the first level extension.
+            "audio_level": r.audio_level_q4 / 16 if r.audio_level_q4 >= 0 else None,
+            "layers": layers,
+        }
 
     def downtrack_stats(self, downtrack_id: int) -> dict:
         cdef DownTrack *d = self.downtracks[self._slot(self._downtrack_slots, downtrack_id, "downtrack")]

@@ -76,6 +76,8 @@ cdef struct Receiver:
     uint8_t ext_mid
     uint8_t ext_rid
     uint8_t ext_rrid
+    uint8_t ext_audio_level
+    int32_t audio_level_q4    # RFC 6464 level (-dBov) smoothed over ~16 packets, * 16; -1 = none seen
     int top_layer             # highest layer with recent packets, -1 = none
     Layer layers[4]
     IntList downtracks        # Engine slots
@@ -90,6 +92,9 @@ cdef void receiver_update_top(Receiver *r, int64_t now, int64_t stale_us) noexce
 # Whether the packet starts a keyframe of the receiver's codec (vp8 as parsed by the caller, when has_vp8).
 cdef bint receiver_is_keyframe(const Receiver *r, const uint8_t *payload, int length, const Vp8Descriptor *vp8,
                                bint has_vp8) noexcept nogil
+
+# Folds one RFC 6464 audio level (0 = loudest .. 127 = silence) into the receiver's smoothed level.
+cdef void receiver_note_audio_level(Receiver *r, uint8_t level) noexcept nogil
 
 # Forgets a layer's receive history (not its identity or cache buffers).
 cdef void layer_reset(Layer *layer) noexcept nogil

@@ -24,6 +24,7 @@ cdef Receiver *receiver_new(bint is_video, int num_layers) noexcept nogil:
     r.is_video = is_video
     r.num_layers = num_layers
     r.top_layer = -1
+    r.audio_level_q4 = -1
     for l in range(num_layers):
         layer = &r.layers[l]
         layer.cache_size = size
@@ -82,6 +83,13 @@ cdef bint receiver_is_keyframe(const Receiver *r, const uint8_t *payload, int le
         return av1_is_keyframe(payload, length) == 1
     # An unknown video codec offers no clean switch point, so every packet is one.
     return True
+
+
+cdef void receiver_note_audio_level(Receiver *r, uint8_t level) noexcept nogil:
+    if r.audio_level_q4 < 0:
+        r.audio_level_q4 = level << 4
+    else:
+        r.audio_level_q4 += level - ((r.audio_level_q4 + 8) >> 4)
 
 
 cdef void layer_reset(Layer *layer) noexcept nogil:
