@@ -23,7 +23,7 @@ MIN_SECRET_LENGTH = 32  # LiveKit's minimum outside development mode
 
 # Keys of LiveKit's schema that tern accepts but does not act on (yet).
 _LIVEKIT_TOP_LEVEL = frozenset({
-    "prometheus_port", "prometheus", "debug_handler", "redis", "audio", "video", "turn",
+    "prometheus", "debug_handler", "redis", "audio", "video", "turn",
     "ingress", "sip", "webhook", "node_selector", "key_file", "region", "signal_relay", "psrpc",
     "logging", "limit", "agents", "metric", "trace", "node_stats", "enable_data_tracks",
     "enable_participant_data_blob", "api",
@@ -74,6 +74,7 @@ class Config:
     room: RoomConfig = field(default_factory=RoomConfig)
     log_level: str = "info"
     development: bool = False
+    prometheus_port: int = 0  # 0 = no metrics endpoint
 
     def node_ip(self) -> str:
         """The address offered to clients as the ICE candidate."""
@@ -210,7 +211,7 @@ def from_yaml(text: str) -> Config:
     room = _section(top.get("room"), "room")
     top_readers = {
         "port": _port, "bind_addresses": parse_bind_addresses, "keys": parse_keys,
-        "log_level": parse_log_level, "development": _flag,
+        "log_level": parse_log_level, "development": _flag, "prometheus_port": _port,
     }
     _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "", frozenset({"rtc", "room"}))
     _apply(config.rtc, rtc, {"udp_port": _port, "tcp_port": _port, "node_ip": _ip},

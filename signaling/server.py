@@ -9,6 +9,7 @@ import uvloop
 
 from .app import create_app
 from .config import Config
+from .metrics import serve_metrics
 from .node import Node
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,12 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     node = Node(config)
     node.start(loop)
+    host = config.bind_addresses[0] if config.bind_addresses else "0.0.0.0"
+    if config.prometheus_port:
+        serve_metrics(node, loop, host, config.prometheus_port)
     uvicorn_config = uvicorn.Config(
         create_app(node),
-        host=config.bind_addresses[0] if config.bind_addresses else "0.0.0.0",
+        host=host,
         port=config.port,
         ws="websockets",
         lifespan="off",

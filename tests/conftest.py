@@ -28,6 +28,7 @@ class Server:
     process: subprocess.Popen
     http_port: int
     udp_port: int
+    metrics_port: int
     log_path: Path
 
     @property
@@ -45,16 +46,28 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def counters(self) -> dict[str, float]:
+        """The server's `tern_events` counters, scraped from its Prometheus endpoint."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        counters = {}
+        for line in text.splitlines():
+            if line.startswith("tern_events_total{name="):
+                name, value = line[len('tern_events_total{name="'):].split('"} ')
+                counters[name] = float(value)
+        return counters
+
 
 def start_server(tmp_path: Path, *extra: str) -> Server:
-    http_port, udp_port = free_port(), free_port(socket.SOCK_DGRAM)
+    http_port, udp_port, metrics_port = free_port(), free_port(socket.SOCK_DGRAM), free_port()
     log_path = tmp_path / "tern.log"
     log_file = open(log_path, "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "signaling", "--dev", "--port", str(http_port), "--udp-port", str(udp_port), *extra],
+        [sys.executable, "-m", "signaling", "--dev", "--port", str(http_port), "--udp-port", str(udp_port),
+         "--config-body", f"prometheus_port: {metrics_port}", *extra],
         cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    server = Server(process, http_port, udp_port, log_path)
+    server = Server(process, http_port, udp_port, metrics_port, log_path)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:

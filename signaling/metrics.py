@@ -1,0 +1,44 @@
+"""Prometheus metrics (LiveKit's `prometheus_port`): the engine's and the control plane's counters."""
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client import start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+if TYPE_CHECKING:
+    from .node import Node
+
+
+class NodeCollector(Collector):
+    """Reads the counters at scrape time, so nothing on the packet path touches prometheus."""
+
+    def __init__(self, node: Node, loop: asyncio.AbstractEventLoop) -> None:
+        self.node = node
+        self.loop = loop
+
+    async def _snapshot(self) -> tuple[dict[str, int], int, int]:
+        # Taken on the event loop: the state it reads is only ever changed there.
+        return self.node.stats(), len(self.node.rooms.rooms), len(self.node.sessions)
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats, room_count, participant_count = asyncio.run_coroutine_threadsafe(self._snapshot(), self.loop).result(5)
+        counters = CounterMetricFamily("tern_events", "Packets, drops and signalling events by name", labels=["name"])
+        for name, value in sorted(stats.items()):
+            counters.add_metric([name], value)
+        yield counters
+        rooms = GaugeMetricFamily("tern_rooms", "Open rooms")
+        rooms.add_metric([], room_count)
+        yield rooms
+        participants = GaugeMetricFamily("tern_participants", "Connected participants")
+        participants.add_metric([], participant_count)
+        yield participants
+
+
+def serve_metrics(node: Node, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
+    """Serves /metrics from prometheus-client's own thread."""
+    registry = CollectorRegistry()
+    registry.register(NodeCollector(node, loop))
+    start_http_server(port, addr=host, registry=registry)

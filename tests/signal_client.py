@@ -1,0 +1,34 @@
+"""A bare LiveKit signal client (protobuf over WebSocket) for driving the server where an SDK would not misbehave."""
+from __future__ import annotations
+
+import asyncio
+
+from livekit.protocol import rtc
+from websockets.asyncio.client import ClientConnection, connect
+
+
+class SignalClient:
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+
+    @classmethod
+    async def join(cls, url: str, token: str) -> tuple[SignalClient, rtc.JoinResponse]:
+        connection = await connect(f"{url}/rtc?protocol=16&auto_subscribe=1", additional_headers={"Authorization": f"Bearer {token}"})
+        client = cls(connection)
+        first = await client.receive()
+        assert first.WhichOneof("message") == "join", first
+        return client, first.join
+
+    async def send(self, request: rtc.SignalRequest) -> None:
+        await self.connection.send(request.SerializeToString())
+
+    async def receive(self, timeout: float = 10) -> rtc.SignalResponse:
+        return rtc.SignalResponse.FromString(await asyncio.wait_for(self.connection.recv(), timeout))
+
+    async def receive_until(self, kind: str, timeout: float = 10) -> rtc.SignalResponse:
+        async def wait() -> rtc.SignalResponse:
+            while True:
+                response = await self.receive(timeout)
+                if response.WhichOneof("message") == kind:
+                    return response
+        return await asyncio.wait_for(wait(), timeout)
