@@ -19,12 +19,18 @@ class NodeCollector(Collector):
         self.node = node
         self.loop = loop
 
-    async def _snapshot(self) -> tuple[dict[str, int], int, int]:
+    async def _snapshot(self) -> tuple[dict[str, int], int, int, list[tuple[str, str, int]]]:
         # Taken on the event loop: the state it reads is only ever changed there.
-        return self.node.stats(), len(self.node.rooms.rooms), len(self.node.sessions)
+        layers = [
+            (publication.sid, layer["rid"], layer["packets"])
+            for receiver_id, publication in self.node.receivers.items()
+            for layer in self.node.engine.receiver_stats(receiver_id)["layers"]
+        ]
+        return self.node.stats(), len(self.node.rooms.rooms), len(self.node.sessions), layers
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        stats, room_count, participant_count = asyncio.run_coroutine_threadsafe(self._snapshot(), self.loop).result(5)
+        snapshot = asyncio.run_coroutine_threadsafe(self._snapshot(), self.loop).result(5)
+        stats, room_count, participant_count, layers = snapshot
         counters = CounterMetricFamily("tern_events", "Packets, drops and signalling events by name", labels=["name"])
         for name, value in sorted(stats.items()):
             counters.add_metric([name], value)
@@ -35,6 +41,11 @@ class NodeCollector(Collector):
         participants = GaugeMetricFamily("tern_participants", "Connected participants")
         participants.add_metric([], participant_count)
         yield participants
+        layer_packets = CounterMetricFamily("tern_track_layer_packets", "RTP packets received per published track and simulcast layer",
+                                            labels=["track", "rid"])
+        for track, rid, packets in layers:
+            layer_packets.add_metric([track, rid], packets)
+        yield layer_packets
 
 
 def serve_metrics(node: Node, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:

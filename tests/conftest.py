@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from livekit import api
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY, API_SECRET = "devkey", "secret"
@@ -46,16 +47,20 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def counters(self) -> dict[str, float]:
-        """The server's `tern_events` counters, scraped from its Prometheus endpoint."""
+    def metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        """The server's Prometheus samples: (name, labels, value)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        counters = {}
-        for line in text.splitlines():
-            if line.startswith("tern_events_total{name="):
-                name, value = line[len('tern_events_total{name="'):].split('"} ')
-                counters[name] = float(value)
-        return counters
+            families = text_string_to_metric_families(response.read().decode())
+            return [(sample.name, sample.labels, sample.value) for family in families for sample in family.samples]
+
+    def counters(self) -> dict[str, float]:
+        """The server's `tern_events` counters by name."""
+        return {labels["name"]: value for name, labels, value in self.metrics() if name == "tern_events_total"}
+
+    def layer_packets(self, track_sid: str) -> dict[str, float]:
+        """Packets received per simulcast rid of one published track."""
+        return {labels["rid"]: value for name, labels, value in self.metrics()
+                if name == "tern_track_layer_packets_total" and labels["track"] == track_sid}
 
 
 def start_server(tmp_path: Path, *extra: str) -> Server:

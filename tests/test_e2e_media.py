@@ -30,6 +30,11 @@ async def test_video_and_audio_are_forwarded_and_decoded(server):
         frames = await decoded_video(tracks["video"], frames=30)
         good = [f for f in frames[-10:] if matches_card(f)]
         assert good, f"decoded frames do not show the test card: {quadrant_colours(frames[-1]).round()}"
+        # Simulcast: for a 640x360 source the SDK sends two layers (rids q and h, h at full resolution);
+        # both arrive and the subscriber is forwarded the highest.
+        layers = server.layer_packets(tracks["video"].sid)
+        assert set(layers) == {"q", "h"} and all(layers.values()), layers
+        assert (frames[-1].width, frames[-1].height) == (640, 360)
 
         samples = await decoded_audio(tracks["audio"], seconds=1.0)
         assert abs(dominant_frequency(samples) - TONE_HZ) < 5
