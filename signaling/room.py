@@ -6,7 +6,7 @@ import logging
 import secrets
 import string
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from livekit.protocol import models, rtc
 
@@ -232,7 +232,6 @@ class RoomManager:
         self.departure_timeout = departure_timeout
         self.max_participants = max_participants
         self.rooms: dict[str, Room] = {}
-        self.on_room_created: Callable[[Room], None] | None = None
 
     def get_or_create(self, name: str) -> Room:
         room = self.rooms.get(name)

@@ -184,8 +184,7 @@ class SignalSession:
         self.participant.touch()
         self.room.broadcast_participant(self.participant)
         for other in self.room.others(self.participant):
-            if other.session.auto_subscribe:
-                other.session._subscribe(publication)
+            if other.session.auto_subscribe and other.session._subscribe(publication):
                 other.session._send_offer(other.session.subscriber.changed())
 
     def _unpublish(self, publication: TrackPublication) -> None:
@@ -227,10 +226,11 @@ class SignalSession:
         self._send_offer(self.subscriber.changed())
 
     # -- subscriptions (this session is the subscriber)
-    def _subscribe(self, publication: TrackPublication) -> None:
+    def _subscribe(self, publication: TrackPublication) -> bool:
+        """Adds an m-line for the publication to the subscriber PC (the caller renegotiates); False if not allowed."""
         participant = self.participant
         if not participant.grant.can_subscribe or publication.sid in participant.subscriptions or publication.codec is None:
-            return
+            return False
         kind = publication.kind
         codec = sdp.Codec(
             payload_type=publication.codec.payload_type,
@@ -258,6 +258,7 @@ class SignalSession:
         subscription = Subscription(publication, participant, media)
         participant.subscriptions[publication.sid] = subscription
         publication.subscriptions[participant.sid] = subscription
+        return True
 
     def _unsubscribe(self, subscription: Subscription, renegotiate: bool = True) -> None:
         publication = subscription.publication

@@ -63,13 +63,16 @@ class Server:
                 if name == "tern_track_layer_packets_total" and labels["track"] == track_sid}
 
 
-def start_server(tmp_path: Path, *extra: str) -> Server:
-    http_port, udp_port, metrics_port = free_port(), free_port(socket.SOCK_DGRAM), free_port()
+def start_server(tmp_path: Path, *extra: str, metrics_port: int | None = None) -> Server:
+    """Starts `tern --dev` on free ports. With `--config FILE` in `extra`, the file must set metrics_port's value."""
+    http_port, udp_port = free_port(), free_port(socket.SOCK_DGRAM)
+    if metrics_port is None:
+        metrics_port = free_port()
+        extra = ("--config-body", f"prometheus_port: {metrics_port}", *extra)
     log_path = tmp_path / "tern.log"
     log_file = open(log_path, "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "signaling", "--dev", "--port", str(http_port), "--udp-port", str(udp_port),
-         "--config-body", f"prometheus_port: {metrics_port}", *extra],
+        [sys.executable, "-m", "signaling", "--dev", "--port", str(http_port), "--udp-port", str(udp_port), *extra],
         cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     server = Server(process, http_port, udp_port, metrics_port, log_path)
