@@ -1,6 +1,7 @@
 """SDP offer/answer state of a client's two peer connections (LiveKit v0, dual PC)."""
 from __future__ import annotations
 
+import json
 import random
 
 from livekit.protocol import rtc
@@ -16,35 +17,63 @@ def _transport_parameters(description: sdp.SessionDescription) -> tuple[str | No
     return None, None
 
 
-class PublisherPC:
-    """The client offers, the server answers (echoing the offer id, which JS waits for)."""
+class _PeerConnection:
+    target: int
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self.session_id = random.getrandbits(62)
+        self._trickled = False
 
-    def answer(self, offer: rtc.SessionDescription) -> tuple[rtc.SessionDescription, list[sdp.AcceptedMedia], list[str]]:
-        """Returns the answer, the media the client sends, and the mids it no longer sends on. Raises sdp.SdpError."""
+    def trickle_once(self, mid: str) -> list[rtc.TrickleRequest]:
+        """The server's candidates as LiveKit trickles them, after the first SDP: W3C RTCIceCandidateInit JSON
+        with `final` on the last one. They are in the SDP too; clients are used to both. The Rust SDK requires
+        a string sdpMid and an integer sdpMLineIndex."""
+        if self._trickled:
+            return []
+        self._trickled = True
+        candidates = sdp.host_candidates(self.transport.local_endpoint())
+        return [
+            rtc.TrickleRequest(
+                candidateInit=json.dumps({"candidate": candidate, "sdpMid": mid, "sdpMLineIndex": 0}),
+                target=self.target,
+                final=index == len(candidates) - 1,
+            )
+            for index, candidate in enumerate(candidates)
+        ]
+
+
+class PublisherPC(_PeerConnection):
+    """The client offers, the server answers (echoing the offer id, which JS waits for)."""
+
+    target = rtc.SignalTarget.PUBLISHER
+
+    def answer(self, offer: rtc.SessionDescription) -> tuple[rtc.SessionDescription, list[sdp.AcceptedMedia], list[str], list[rtc.TrickleRequest]]:
+        """Returns the answer, the media the client sends, the mids it no longer sends on, and candidates to
+        trickle. Raises sdp.SdpError."""
         description = sdp.parse(offer.sdp)
         self.transport.set_remote(*_transport_parameters(description))
         answer_sdp, accepted = sdp.build_answer(description, self.transport.local_endpoint(), self.session_id)
         sending = {media.mid for media in accepted}
         stopped = [s.mid for s in description.sections if s.kind != "application" and s.mid not in sending]
-        return rtc.SessionDescription(type="answer", sdp=answer_sdp, id=offer.id), accepted, stopped
+        candidates = self.trickle_once(description.bundle[0]) if description.bundle else []
+        return rtc.SessionDescription(type="answer", sdp=answer_sdp, id=offer.id), accepted, stopped, candidates
 
 
-class SubscriberPC:
+class SubscriberPC(_PeerConnection):
     """The server offers; one offer outstanding at a time, re-offering when changes queued up meanwhile."""
 
+    target = rtc.SignalTarget.SUBSCRIBER
+    data_mid = "0"
+
     def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-        self.session_id = random.getrandbits(62)
+        super().__init__(transport)
         self.media: list[sdp.OutgoingMedia] = []
         self._offer_id = 0
         self._version = 0
         self._awaiting_answer = False
         self._dirty = True
-        self._next_mid = 1  # mid 0 is the data-channel m-line
+        self._next_mid = 1  # after the data-channel m-line
 
     def next_mid(self) -> str:
         mid = str(self._next_mid)
@@ -61,7 +90,7 @@ class SubscriberPC:
         self._awaiting_answer = True
         self._offer_id += 1
         self._version += 1
-        text = sdp.build_offer(self.transport.local_endpoint(), self.media, self.session_id, self._version)
+        text = sdp.build_offer(self.transport.local_endpoint(), self.media, self.session_id, self._version, self.data_mid)
         return rtc.SessionDescription(type="offer", sdp=text, id=self._offer_id)
 
     def answered(self, answer: rtc.SessionDescription) -> tuple[sdp.SessionDescription, rtc.SessionDescription | None]:

@@ -386,11 +386,16 @@ def _transport_lines(local: LocalEndpoint, setup: str, mid: str) -> list[str]:
         f"a=setup:{setup}",
         f"a=mid:{mid}",
     ]
-    # Distinct foundations/priorities: each host address is its own candidate base.
-    for index, (ip, port) in enumerate(local.candidates):
-        lines.append(f"a=candidate:{index + 1} 1 udp {2130706431 - index} {ip} {port} typ host")
+    lines += [f"a={candidate}" for candidate in host_candidates(local)]
     lines.append("a=end-of-candidates")
     return lines
+
+
+def host_candidates(local: LocalEndpoint) -> list[str]:
+    """The server's ICE candidates as attribute values ("candidate:..."), for the SDP and for trickle."""
+    # Distinct foundations/priorities: each host address is its own candidate base.
+    return [f"candidate:{index + 1} 1 udp {2130706431 - index} {ip} {port} typ host"
+            for index, (ip, port) in enumerate(local.candidates)]
 
 
 def _codec_lines(codec: Codec, feedback: list[str]) -> list[str]:

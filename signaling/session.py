@@ -60,6 +60,11 @@ class SignalSession:
     def _send_offer(self, offer: rtc.SessionDescription | None) -> None:
         if offer is not None:
             self.send(rtc.SignalResponse(offer=offer))
+            self._trickle(self.subscriber.trickle_once(self.subscriber.data_mid))
+
+    def _trickle(self, candidates: list[rtc.TrickleRequest]) -> None:
+        for candidate in candidates:
+            self.send(rtc.SignalResponse(trickle=candidate))
 
     # -- join
     def join(self) -> None:
@@ -135,12 +140,13 @@ class SignalSession:
 
     def _on_offer(self, offer: rtc.SessionDescription) -> None:
         try:
-            answer, accepted, stopped = self.publisher.answer(offer)
+            answer, accepted, stopped, candidates = self.publisher.answer(offer)
         except sdp.SdpError as error:
             self.node.counters["sdp_malformed"] += 1
             log.info("participant %s sent a malformed offer: %s", self.participant.identity, error)
             return
         self.send(rtc.SignalResponse(answer=answer))
+        self._trickle(candidates)
         for media in accepted:
             self._attach_media(media)
         for mid in stopped:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import urllib.error
@@ -70,6 +71,11 @@ async def test_misbehaving_clients_and_garbage_do_not_disturb_a_live_room(server
         subscriber_room.on("participant_disconnected", lambda p: p.identity == "rogue" and gone.set())
         rogue, join = await SignalClient.join(server.url, server.token("rogue", room))
         assert join.participant.sid.startswith("PA_") and join.ping_interval > 0
+        assert join.subscriber_primary and (await rogue.receive_until("offer")).offer.id == 1
+        candidate = (await rogue.receive_until("trickle")).trickle
+        assert candidate.final and candidate.target == signal.SignalTarget.SUBSCRIBER
+        assert json.loads(candidate.candidateInit) == {
+            "candidate": f"candidate:1 1 udp 2130706431 127.0.0.1 {server.udp_port} typ host", "sdpMid": "0", "sdpMLineIndex": 0}
         await rogue.send(signal.SignalRequest(offer=signal.SessionDescription(type="offer", sdp="v=0\r\nm=garbage", id=1)))
         await rogue.connection.send(os.urandom(64))
         await rogue.connection.send("text frame")
