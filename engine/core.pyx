@@ -24,7 +24,7 @@ from engine.downtrack cimport (FORWARD_DROP, FORWARD_SWITCHED, WRITE_GROWTH, Dow
 from engine.receiver cimport (C_AV1, C_H264, C_OPUS, C_OTHER, C_VP8, C_VP9, MAX_LAYERS, MAX_MISSING, Layer, Receiver,
                               layer_cached, layer_due_nacks, layer_receive, layer_report_block, layer_reset,
                               receiver_find_rid, receiver_free, receiver_is_keyframe, receiver_new,
-                              receiver_note_audio_level, receiver_update_top)
+                              receiver_note_audio_level, receiver_take_audio_level, receiver_update_top)
 from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, ReportBlock, RtcpHeader, SenderInfo,
                           build_nack, build_pli, build_rr, build_sdes_cname, build_sr, is_rtcp, parse_feedback_ssrcs,
                           parse_fir_ssrc, parse_nack, parse_rtcp_header, parse_sender_info)
@@ -1126,6 +1126,18 @@ cdef class Engine:
     def stats(self) -> dict:
         return {name: self.counters[i] for i, name in enumerate(STAT_NAMES)}
 
+    def audio_levels(self, interval: float) -> dict[int, float]:
+        """Mean linear audio level (0..1, 1 = 0 dBov) of every receiver that has the audio-level extension,
+        over the `interval` seconds since the last call (20 ms packets expected; DTX gaps count as silence)."""
+        cdef Receiver *r
+        cdef int slot
+        levels = {}
+        for receiver_id, slot in self._receiver_slots.items():
+            r = self.receivers[slot]
+            if r.ext_audio_level:
+                levels[receiver_id] = receiver_take_audio_level(r, interval * 50)
+        return levels
+
     def receiver_stats(self, receiver_id: int) -> dict:
         cdef Receiver *r = self.receivers[self._slot(self._receiver_slots, receiver_id, "receiver")]
         cdef Layer *layer
@@ -1151,8 +1163,6 @@ cdef class Engine:
         return {
             "top_layer": r.top_layer,
             "downtracks": r.downtracks.count,
-            # -dBov (0 = loudest, 127 = silence), smoothed; None before the first level extension.
-            "audio_level": r.audio_level_q4 / 16 if r.audio_level_q4 >= 0 else None,
             "layers": layers,
         }
 

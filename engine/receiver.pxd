@@ -77,7 +77,8 @@ cdef struct Receiver:
     uint8_t ext_rid
     uint8_t ext_rrid
     uint8_t ext_audio_level
-    int32_t audio_level_q4    # RFC 6464 level (-dBov) smoothed over ~16 packets, * 16; -1 = none seen
+    double level_energy       # sum of linear RFC 6464 levels (1.0 = 0 dBov) since the control plane last read it
+    uint32_t level_packets    # packets that carried a level since then
     int top_layer             # highest layer with recent packets, -1 = none
     Layer layers[4]
     IntList downtracks        # Engine slots
@@ -93,8 +94,11 @@ cdef void receiver_update_top(Receiver *r, int64_t now, int64_t stale_us) noexce
 cdef bint receiver_is_keyframe(const Receiver *r, const uint8_t *payload, int length, const Vp8Descriptor *vp8,
                                bint has_vp8) noexcept nogil
 
-# Folds one RFC 6464 audio level (0 = loudest .. 127 = silence) into the receiver's smoothed level.
+# Adds one RFC 6464 audio level (0 = loudest .. 127 = silence) to the receiver's interval energy.
 cdef void receiver_note_audio_level(Receiver *r, uint8_t level) noexcept nogil
+# The mean linear level over an interval in which `expected_packets` packets should have arrived (packets that
+# DTX left out count as silence), then starts a new interval.
+cdef double receiver_take_audio_level(Receiver *r, double expected_packets) noexcept nogil
 
 # Forgets a layer's receive history (not its identity or cache buffers).
 cdef void layer_reset(Layer *layer) noexcept nogil

@@ -24,7 +24,6 @@ cdef Receiver *receiver_new(bint is_video, int num_layers) noexcept nogil:
     r.is_video = is_video
     r.num_layers = num_layers
     r.top_layer = -1
-    r.audio_level_q4 = -1
     for l in range(num_layers):
         layer = &r.layers[l]
         layer.cache_size = size
@@ -85,11 +84,22 @@ cdef bint receiver_is_keyframe(const Receiver *r, const uint8_t *payload, int le
     return True
 
 
+# 10^(-dBov/20) for every RFC 6464 level: averaging happens in the linear domain, as loudness adds up there.
+cdef double LINEAR_LEVEL[128]
+for _level in range(128):
+    LINEAR_LEVEL[_level] = 10 ** (-_level / 20)
+
+
 cdef void receiver_note_audio_level(Receiver *r, uint8_t level) noexcept nogil:
-    if r.audio_level_q4 < 0:
-        r.audio_level_q4 = level << 4
-    else:
-        r.audio_level_q4 += level - ((r.audio_level_q4 + 8) >> 4)
+    r.level_energy += LINEAR_LEVEL[level & 0x7F]
+    r.level_packets += 1
+
+
+cdef double receiver_take_audio_level(Receiver *r, double expected_packets) noexcept nogil:
+    cdef double level = r.level_energy / max(<double>r.level_packets, expected_packets, 1.0)
+    r.level_energy = 0
+    r.level_packets = 0
+    return level
 
 
 cdef void layer_reset(Layer *layer) noexcept nogil:

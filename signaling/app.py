@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
@@ -16,7 +17,7 @@ from starlette.websockets import WebSocket
 from .auth import AuthError, Claims
 from .node import Node
 from .room import Room
-from .session import SignalSession
+from .session import PING_TIMEOUT, TOKEN_REFRESH_INTERVAL, SignalSession
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,15 @@ def _int(connection: HTTPConnection, name: str) -> int:
         return 0
 
 
-def _admit(node: Node, connection: HTTPConnection) -> tuple[Claims, Room]:
+def _admit(node: Node, connection: HTTPConnection) -> tuple[str, Claims, Room]:
     """Checks what LiveKit checks before upgrading, so failures are HTTP statuses. Raises AuthError or PermissionError."""
-    claims, room_name = node.verifier.verify_join(_token(connection))
+    token = _token(connection)
+    claims, room_name = node.verifier.verify_join(token)
     room = node.rooms.rooms.get(room_name)
     limit = node.config.room.max_participants
     if room is not None and limit and claims.identity not in room.participants and len(room.participants) >= limit:
         raise PermissionError("room is full")
-    return claims, room if room is not None else node.rooms.get_or_create(room_name)
+    return token, claims, room if room is not None else node.rooms.get_or_create(room_name)
 
 
 def create_app(node: Node) -> Starlette:
@@ -78,13 +80,23 @@ def create_app(node: Node) -> Starlette:
 
     async def rtc_socket(websocket: WebSocket) -> None:
         try:
-            claims, room = _admit(node, websocket)
+            token, claims, room = _admit(node, websocket)
         except AuthError as error:
             node.counters["join_unauthorized"] += 1
             await websocket.send_denial_response(PlainTextResponse(str(error), status_code=401))
             return
         except PermissionError as error:
             await websocket.send_denial_response(PlainTextResponse(str(error), status_code=403))
+            return
+        if _flag(websocket, "reconnect", False):
+            # Sessions are not resumable (yet): tell the client to rejoin from scratch, as LiveKit does for
+            # sessions it does not know. The rejoin then evicts the old session by identity.
+            node.counters["signal_resume_refused"] += 1
+            await websocket.accept()
+            await websocket.send_bytes(rtc.SignalResponse(leave=rtc.LeaveRequest(
+                reason=models.DisconnectReason.STATE_MISMATCH, action=rtc.LeaveRequest.Action.RECONNECT,
+            )).SerializeToString())
+            await websocket.close()
             return
         previous = room.participants.get(claims.identity)
         if previous is not None:
@@ -94,13 +106,17 @@ def create_app(node: Node) -> Starlette:
             node, claims, room,
             auto_subscribe=_flag(websocket, "auto_subscribe", True),
             client_protocol=_int(websocket, "client_protocol"),
+            protocol=_int(websocket, "protocol"),
+            token=token,
         )
         node.sessions.add(session)
         writer = asyncio.create_task(_write(websocket, session))
+        refresher = asyncio.create_task(_refresh_tokens(session, claims.expires_at))
         try:
             session.join()
             await _read(node, websocket, session)
         finally:
+            refresher.cancel()
             session.close(models.DisconnectReason.SIGNAL_CLOSE, notify=False)
             node.sessions.discard(session)
             with contextlib.suppress(asyncio.TimeoutError):
@@ -121,7 +137,13 @@ def create_app(node: Node) -> Starlette:
 
 async def _read(node: Node, websocket: WebSocket, session: SignalSession) -> None:
     while not session.closed:
-        message = await websocket.receive()
+        try:
+            # Clients ping every ping_interval; silence for ping_timeout means the client is gone.
+            message = await asyncio.wait_for(websocket.receive(), PING_TIMEOUT)
+        except asyncio.TimeoutError:
+            node.counters["signal_ping_timeouts"] += 1
+            session.close(models.DisconnectReason.CONNECTION_TIMEOUT)
+            return
         if message["type"] == "websocket.disconnect":
             return
         data = message.get("bytes")
@@ -138,6 +160,15 @@ async def _read(node: Node, websocket: WebSocket, session: SignalSession) -> Non
         except Exception:  # a bug handling one request must not take down the session or the server
             node.counters["signal_handler_errors"] += 1
             log.exception("error handling %s from %s", request.WhichOneof("message"), session.participant.identity)
+
+
+async def _refresh_tokens(session: SignalSession, expires_at: int) -> None:
+    """Sends a fresh token before the one the client joined with expires, then every refresh interval."""
+    delay = min(TOKEN_REFRESH_INTERVAL, max(1.0, (expires_at - time.time()) / 2))
+    while True:
+        await asyncio.sleep(delay)
+        session.refresh_token()
+        delay = TOKEN_REFRESH_INTERVAL
 
 
 async def _write(websocket: WebSocket, session: SignalSession) -> None:

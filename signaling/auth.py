@@ -116,6 +116,16 @@ class TokenVerifier:
         self._leeway = leeway
 
     def verify(self, token: str) -> Claims:
+        return self._claims(*self._decode(token))
+
+    def refresh(self, token: str, ttl: float) -> str:
+        """The same claims, signed anew with the same key and valid for `ttl` seconds from now."""
+        api_key, payload = self._decode(token)
+        now = int(time.time())
+        return jwt.encode({**payload, "nbf": now, "exp": now + int(ttl)}, self._keys[api_key], algorithm=ALGORITHM)
+
+    def _decode(self, token: str) -> tuple[str, dict[str, Any]]:
+        """The API key and verified payload of a token; AuthError with a user-facing message otherwise."""
         if not isinstance(token, str) or not token:
             raise AuthError("invalid token: missing")
         try:
@@ -150,7 +160,7 @@ class TokenVerifier:
             raise AuthError("invalid token: signature mismatch") from None
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token: {exc}") from None
-        return self._claims(api_key, payload)
+        return api_key, payload
 
     def verify_join(self, token: str) -> tuple[Claims, str]:
         """Verifies a token presented to join a room; returns the claims and the room name."""

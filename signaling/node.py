@@ -6,13 +6,14 @@ import logging
 import uuid
 from collections import Counter
 
-from livekit.protocol import models
+from livekit.protocol import models, rtc
 
 import engine
 from .auth import TokenVerifier
 from .config import Config
 from .room import RoomManager, TrackPublication
 from .session import SignalSession
+from .speakers import INTERVAL as SPEAKER_INTERVAL
 from .transport import TransportManager
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class Node:
         self.receivers: dict[int, TrackPublication] = {}  # engine receiver id -> publication
         self.engine: engine.Engine
         self.transports: TransportManager
+        self._tasks: list[asyncio.Task] = []
 
     def server_info(self) -> models.ServerInfo:
         return models.ServerInfo(
@@ -52,6 +54,7 @@ class Node:
         self.transports = TransportManager(self.engine, self.config.node_ip())
         self.transports.on_receiver_layer = self._on_receiver_layer
         self.engine.attach(loop)
+        self._tasks.append(loop.create_task(self._observe_speakers()))
         log.info("media on udp %s:%d, candidates advertise %s", host, self.engine.port, self.transports.node_ip)
 
     def _on_engine_event(self, event: tuple) -> None:
@@ -62,11 +65,35 @@ class Node:
         if publication is not None:
             publication.participant.session.on_track_started(publication)
 
+    async def _observe_speakers(self) -> None:
+        while True:
+            await asyncio.sleep(SPEAKER_INTERVAL)
+            try:
+                self._announce_speakers(self.engine.audio_levels(SPEAKER_INTERVAL))
+            except Exception:  # a bug here must not end speaker detection for good
+                log.exception("active speaker update failed")
+
+    def _announce_speakers(self, receiver_levels: dict[int, float]) -> None:
+        levels: dict[str, dict[str, float]] = {}  # room name -> participant sid -> loudest track's level
+        for receiver_id, level in receiver_levels.items():
+            publication = self.receivers.get(receiver_id)
+            if publication is None or publication.info.muted or publication.participant.hidden:
+                continue
+            participant = publication.participant
+            room = levels.setdefault(participant.room.name, {})
+            room[participant.sid] = max(level, room.get(participant.sid, 0.0))
+        for room in self.rooms.rooms.values():
+            speakers = room.speakers.update(levels.get(room.name, {}))
+            if speakers:
+                room.broadcast(rtc.SignalResponse(speakers_changed=rtc.SpeakersChanged(speakers=speakers)))
+
     def shutdown(self) -> None:
         for session in list(self.sessions):
             session.close(models.DisconnectReason.SERVER_SHUTDOWN)
 
     def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         self.engine.close()
 
     def stats(self) -> dict[str, int]:

@@ -12,6 +12,7 @@ from livekit.protocol import models, rtc
 
 from .auth import Claims
 from .sdp import Codec, OutgoingMedia
+from .speakers import SpeakerObserver
 
 if TYPE_CHECKING:
     from .session import SignalSession
@@ -173,6 +174,7 @@ class Room:
         self.created_at_ms = now_ms()
         self.participants: dict[str, Participant] = {}  # by identity
         self.metadata = ""
+        self.speakers = SpeakerObserver()
         self._close_timer: asyncio.TimerHandle | None = None
         self.closed = False
 
@@ -204,6 +206,10 @@ class Room:
             del self.participants[participant.identity]
         if not self.participants:
             self._schedule_close(self.manager.departure_timeout)
+
+    def broadcast(self, response: rtc.SignalResponse) -> None:
+        for participant in self.participants.values():
+            participant.session.send(response)
 
     def broadcast_participant(self, participant: Participant) -> None:
         """Sends a participant's full, current info to everyone who may see it (and to itself)."""

@@ -20,6 +20,13 @@ log = logging.getLogger(__name__)
 
 PING_INTERVAL = 5
 PING_TIMEOUT = 15
+# LiveKit's limits (limit.max_metadata_size, max_attributes_size, identity/name length).
+MAX_METADATA_SIZE = 512 * 1024
+MAX_ATTRIBUTES_SIZE = 64 * 1024
+MAX_NAME_LENGTH = 256
+# Clients keep a refreshed token for reconnecting; LiveKit refreshes well before its 10-minute validity ends.
+TOKEN_REFRESH_INTERVAL = 5 * 60
+REFRESHED_TOKEN_TTL = 10 * 60
 
 # Extensions the server offers subscribers, renumbered from the publisher's ids by the engine.
 _SUBSCRIBER_EXTMAP = {
@@ -38,8 +45,11 @@ def ordered_rids(rids: list[str]) -> list[str]:
 class SignalSession:
     """Owns a participant from join to leave; everything it sends goes through one ordered queue."""
 
-    def __init__(self, node: Node, claims: Claims, room: Room, auto_subscribe: bool, client_protocol: int) -> None:
+    def __init__(self, node: Node, claims: Claims, room: Room, auto_subscribe: bool, client_protocol: int,
+                 protocol: int, token: str) -> None:
         self.node = node
+        self.protocol = protocol
+        self.token = token
         self.auto_subscribe = auto_subscribe
         self.room = room
         self.participant = Participant(room, claims, self, client_protocol)
@@ -205,6 +215,36 @@ class SignalSession:
             publication.published = False
             self.participant.touch()
             self.room.broadcast_participant(self.participant)
+
+    def _on_update_metadata(self, request: rtc.UpdateParticipantMetadata) -> None:
+        """Name, metadata and attributes set by the client itself (LiveKit's canUpdateOwnMetadata)."""
+        participant = self.participant
+        attributes = {**participant.attributes, **request.attributes}
+        attributes = {key: value for key, value in attributes.items() if value}  # an empty value deletes
+        if not participant.grant.can_update_own_metadata:
+            reason, message = rtc.RequestResponse.Reason.NOT_ALLOWED, "does not have permission to update own metadata"
+        elif (len(request.metadata.encode()) > MAX_METADATA_SIZE or len(request.name) > MAX_NAME_LENGTH
+              or sum(len(k.encode()) + len(v.encode()) for k, v in attributes.items()) > MAX_ATTRIBUTES_SIZE):
+            reason, message = rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "metadata, name or attributes too large"
+        else:
+            reason, message = rtc.RequestResponse.Reason.OK, ""
+            # As LiveKit: empty name/metadata mean "unchanged".
+            changed = False
+            if request.name and request.name != participant.name:
+                participant.name, changed = request.name, True
+            if request.metadata and request.metadata != participant.metadata:
+                participant.metadata, changed = request.metadata, True
+            if attributes != participant.attributes:
+                participant.attributes, changed = attributes, True
+            if changed:
+                participant.touch()
+                self.room.broadcast_participant(participant)
+        if reason != rtc.RequestResponse.Reason.OK or self.protocol > 14:
+            self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
+                request_id=request.request_id, reason=reason, message=message, update_metadata=request)))
+
+    def refresh_token(self) -> None:
+        self.send(rtc.SignalResponse(refresh_token=self.node.verifier.refresh(self.token, REFRESHED_TOKEN_TTL)))
 
     def _on_mute(self, request: rtc.MuteTrackRequest) -> None:
         publication = self.participant.publications.get(request.sid)

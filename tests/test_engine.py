@@ -200,7 +200,7 @@ async def test_audio_is_forwarded_with_rewritten_headers(setup) -> None:
     extmap = {**PUB_EXTMAP, "urn:ietf:params:rtp-hdrext:ssrc-audio-level": 5}
     receiver = eng.add_receiver(publisher.transport, "0", "audio", "opus", OPUS_PT, 0, 48000, [], [], [], extmap)
     eng.add_downtrack(receiver, subscriber.transport, DOWN_AUDIO_SSRC, 0, SUB_OPUS_PT, 0, {1: SUB_MID_ID})
-    assert eng.receiver_stats(receiver)["audio_level"] is None
+    assert eng.audio_levels(0.1) == {receiver: 0.0}
     for i in range(5):
         publisher.send_rtp(rtp(OPUS_PT, 65533 + i, 960 * i, AUDIO_SSRC, b"opus%d" % i,
                                [(1, b"0"), (2, b"x"), (5, bytes([0x80 | 30]))]))
@@ -213,7 +213,9 @@ async def test_audio_is_forwarded_with_rewritten_headers(setup) -> None:
     assert ("receiver_layer", receiver, 0, AUDIO_SSRC) in events
     stats = eng.receiver_stats(receiver)["layers"][0]
     assert stats["packets"] == 5 and stats["ssrc"] == AUDIO_SSRC
-    assert eng.receiver_stats(receiver)["audio_level"] == 30
+    # Five packets at -30 dBov in an interval that expected five: the mean linear level is 10^(-30/20).
+    assert eng.audio_levels(0.1)[receiver] == pytest.approx(10 ** (-30 / 20))
+    assert eng.audio_levels(0.1)[receiver] == 0.0  # a new interval, nothing arrived
 
 
 async def test_video_waits_for_keyframe_and_requests_one(setup) -> None:
