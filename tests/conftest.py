@@ -63,12 +63,13 @@ class Server:
                 if name == "tern_track_layer_packets_total" and labels["track"] == track_sid}
 
 
-def start_server(tmp_path: Path, *extra: str, metrics_port: int | None = None) -> Server:
-    """Starts `tern --dev` on free ports. With `--config FILE` in `extra`, the file must set metrics_port's value."""
+def start_server(tmp_path: Path, *extra: str, config: str = "", metrics_port: int | None = None) -> Server:
+    """Starts `tern --dev` on free ports, with `config` (YAML) added to its config body. With `--config FILE`
+    in `extra` instead, the file must set `prometheus_port: metrics_port`."""
     http_port, udp_port = free_port(), free_port(socket.SOCK_DGRAM)
     if metrics_port is None:
         metrics_port = free_port()
-        extra = ("--config-body", f"prometheus_port: {metrics_port}", *extra)
+        extra = ("--config-body", f"prometheus_port: {metrics_port}\n{config}", *extra)
     log_path = tmp_path / "tern.log"
     log_file = open(log_path, "w")
     process = subprocess.Popen(

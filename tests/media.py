@@ -46,22 +46,27 @@ def dominant_frequency(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> f
 
 
 class Publisher:
-    """Publishes a camera track (simulcast, the SDK's default) showing the test card and a microphone tone."""
+    """Publishes a camera track (simulcast, the SDK's default) showing the test card and a microphone tone
+    (or silence, with `tone=False`; no camera with `video=False`)."""
 
-    def __init__(self, room: rtc.Room) -> None:
+    def __init__(self, room: rtc.Room, tone: bool = True, video: bool = True) -> None:
         self.room = room
+        self.amplitude = 12000 if tone else 0
+        self.video = video
         self.video_source = rtc.VideoSource(WIDTH, HEIGHT)
         self.audio_source = rtc.AudioSource(SAMPLE_RATE, 1)
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
-        video = rtc.LocalVideoTrack.create_video_track("camera", self.video_source)
+        if self.video:
+            video = rtc.LocalVideoTrack.create_video_track("camera", self.video_source)
+            await self.room.local_participant.publish_track(
+                video, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True))
+            self._tasks.append(asyncio.create_task(self._video()))
         audio = rtc.LocalAudioTrack.create_audio_track("microphone", self.audio_source)
         await self.room.local_participant.publish_track(
-            video, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True))
-        await self.room.local_participant.publish_track(
             audio, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
-        self._tasks = [asyncio.create_task(self._video()), asyncio.create_task(self._audio())]
+        self._tasks.append(asyncio.create_task(self._audio()))
 
     async def _video(self) -> None:
         card = test_card()
@@ -75,7 +80,7 @@ class Publisher:
         while True:
             frame = rtc.AudioFrame.create(SAMPLE_RATE, 1, samples_per_frame)
             phase = (np.arange(t, t + samples_per_frame) / SAMPLE_RATE) * 2 * np.pi * TONE_HZ
-            np.frombuffer(frame.data, dtype=np.int16)[:] = (np.sin(phase) * 12000).astype(np.int16)
+            np.frombuffer(frame.data, dtype=np.int16)[:] = (np.sin(phase) * self.amplitude).astype(np.int16)
             t += samples_per_frame
             await self.audio_source.capture_frame(frame)
 
