@@ -101,7 +101,7 @@ async def _serve_until_stdin_closes() -> None:
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"cpu": usage.ru_utime + usage.ru_stime, "maxrss_kib": usage.ru_maxrss}), flush=True)
+    print(json.dumps({"user": usage.ru_utime, "system": usage.ru_stime, "maxrss_kib": usage.ru_maxrss}), flush=True)
 
 
 # ---- the harness (parent) ----------------------------------------------------------------------
@@ -155,8 +155,10 @@ def measure(kind: str, packets: int, subscriber_count: int, rate: int) -> dict:
         "packets_sent": packets,
         "packets_forwarded": received,
         "delivery": received / (packets * subscriber_count),
-        "cpu_seconds": usage["cpu"],
-        "cpu_us_per_forwarded_packet": usage["cpu"] * 1e6 / max(received, 1),
+        "cpu_seconds": usage["user"] + usage["system"],
+        "cpu_us_per_forwarded_packet": (usage["user"] + usage["system"]) * 1e6 / max(received, 1),
+        # User space is the forwarder's own work; system time is mostly the kernel delivering loopback datagrams.
+        "user_us_per_forwarded_packet": usage["user"] * 1e6 / max(received, 1),
         "max_rss_mib": usage["maxrss_kib"] / 1024,
         "wall_seconds": elapsed,
     }
@@ -194,14 +196,17 @@ def main() -> None:
     results = [measure(kind, args.packets, args.subscribers, args.rate) for kind in ("python", "engine")]
     baseline, ours = results
     ratio = baseline["cpu_us_per_forwarded_packet"] / ours["cpu_us_per_forwarded_packet"]
+    user_ratio = baseline["user_us_per_forwarded_packet"] / ours["user_us_per_forwarded_packet"]
     print(f"1 publisher -> {args.subscribers} subscribers, {args.packets} SRTP packets of {len(PAYLOAD)} B "
           f"at {args.rate}/s (AEAD_AES_128_GCM)")
-    print(f"{'forwarder':<10} {'delivered':>9} {'CPU µs/pkt out':>15} {'CPU s':>7} {'max RSS MiB':>12}")
+    print(f"{'forwarder':<10} {'delivered':>9} {'CPU µs/pkt out':>15} {'user µs/pkt out':>16} {'CPU s':>7} {'max RSS MiB':>12}")
     for row in results:
         print(f"{row['forwarder']:<10} {row['delivery']:>9.1%} {row['cpu_us_per_forwarded_packet']:>15.2f} "
-              f"{row['cpu_seconds']:>7.2f} {row['max_rss_mib']:>12.1f}")
-    print(f"engine is {ratio:.1f}x cheaper per forwarded packet than the plain-Python loop")
-    args.json.write_text(json.dumps({"results": results, "ratio_cpu_per_packet": ratio}, indent=2))
+              f"{row['user_us_per_forwarded_packet']:>16.2f} {row['cpu_seconds']:>7.2f} {row['max_rss_mib']:>12.1f}")
+    print(f"engine vs plain-Python loop: {ratio:.1f}x less CPU per forwarded packet in all, "
+          f"{user_ratio:.1f}x less in user space")
+    args.json.write_text(json.dumps({"results": results, "ratio_cpu_per_packet": ratio,
+                                     "ratio_user_cpu_per_packet": user_ratio}, indent=2))
 
 
 if __name__ == "__main__":
