@@ -1,0 +1,1116 @@
+"""SCTP over DTLS for WebRTC data channels, sans-I/O.
+
+The subset of RFC 9260 that WebRTC uses (RFC 8841, 8831): one association per
+DTLS connection, no multi-homing; with partial reliability (FORWARD-TSN, RFC
+3758) and stream reset (RE-CONFIG, RFC 6525). Each SCTP packet is one DTLS
+application-data record. Data channels and DCEP live in signaling/dcep.py.
+
+Every method takes bytes (and the current time) and returns the SCTP packets to
+send; nothing here owns a socket or a clock.
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import hmac
+import os
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+
+from signaling.dcep import (AssociationClosed, ChannelTable, DataChannel, DataChannelEvent,
+                            DcepError, Outgoing)
+
+try:
+    from google_crc32c import value as _crc32c
+except ImportError:  # pragma: no cover - the wheel ships with aiortc
+    def _crc32c_table() -> list[int]:
+        table = []
+        for n in range(256):
+            c = n
+            for _ in range(8):
+                c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+            table.append(c)
+        return table
+
+    _TABLE = _crc32c_table()
+
+    def _crc32c(data: bytes) -> int:
+        crc = 0xFFFFFFFF
+        for b in data:
+            crc = _TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
+        return crc ^ 0xFFFFFFFF
+
+
+class SctpError(ValueError):
+    """A malformed SCTP packet, chunk or parameter, or a request the association cannot honour."""
+
+
+# Chunk types (RFC 9260 section 3.2, RFC 6525, RFC 3758).
+DATA, INIT, INIT_ACK, SACK, HEARTBEAT, HEARTBEAT_ACK, ABORT, SHUTDOWN = range(8)
+SHUTDOWN_ACK, ERROR, COOKIE_ECHO, COOKIE_ACK = 8, 9, 10, 11
+SHUTDOWN_COMPLETE = 14
+RECONFIG = 130
+FORWARD_TSN = 192
+
+# Parameter types.
+P_STATE_COOKIE = 7
+P_OUTGOING_RESET = 13
+P_INCOMING_RESET = 14
+P_RECONFIG_RESPONSE = 16
+P_SUPPORTED_EXTENSIONS = 0x8008
+P_FORWARD_TSN_SUPPORTED = 0xC000
+
+# RE-CONFIG results (RFC 6525 section 4.4).
+R_NOTHING_TO_DO, R_PERFORMED, R_DENIED, R_WRONG_SSN, R_IN_PROGRESS_ERR, R_BAD_SEQ, R_IN_PROGRESS = range(7)
+
+# DATA chunk flags.
+F_END, F_BEGIN, F_UNORDERED = 0x01, 0x02, 0x04
+
+MTU = 1188  # SCTP packet budget inside a ~1200-byte DTLS datagram path
+_HEADER = struct.Struct("!HHL")
+_DATA_HEADER = struct.Struct("!LHHL")
+_INIT = struct.Struct("!LLHHL")
+_SACK = struct.Struct("!LLHH")
+MAX_FRAGMENT = MTU - 12 - 4 - _DATA_HEADER.size
+
+RTO_INITIAL, RTO_MIN, RTO_MAX = 1.0, 0.4, 10.0
+MAX_INIT_RETRANSMITS = 8
+MAX_RETRANSMITS = 10  # consecutive T3 expiries before the association is declared dead
+DELAYED_SACK = 0.2
+COOKIE_LIFETIME = 60.0
+CWND = 256 * 1024
+RECEIVE_BUFFER = 1024 * 1024
+MAX_STREAMS = 65535
+_TSN_WINDOW = 1 << 20  # how far ahead of the cumulative TSN a DATA chunk may be
+
+_M32 = 0xFFFFFFFF
+
+
+def tsn_gt(a: int, b: int) -> bool:
+    """Serial-number comparison (RFC 1982) over 32 bits."""
+    return a != b and ((a - b) & _M32) < 0x80000000
+
+
+def ssn_gt(a: int, b: int) -> bool:
+    return a != b and ((a - b) & 0xFFFF) < 0x8000
+
+
+# --- wire format -----------------------------------------------------------
+
+@dataclass
+class Chunk:
+    type: int
+    flags: int
+    body: bytes
+
+
+def checksum(packet: bytes) -> int:
+    return _crc32c(packet[:8] + b"\x00\x00\x00\x00" + packet[12:])
+
+
+def parse_packet(data: bytes) -> tuple[int, int, int, list[Chunk]]:
+    """Returns (source port, destination port, verification tag, chunks)."""
+    if len(data) < 16:
+        raise SctpError("SCTP packet too short")
+    if struct.unpack_from("<L", data, 8)[0] != checksum(data):
+        raise SctpError("bad CRC32c")
+    src, dst, vtag = _HEADER.unpack_from(data)
+    chunks = []
+    pos = 12
+    while pos < len(data):
+        if len(data) - pos < 4:
+            raise SctpError("truncated chunk header")
+        ctype, flags, length = struct.unpack_from("!BBH", data, pos)
+        if length < 4 or pos + length > len(data):
+            raise SctpError("bad chunk length")
+        chunks.append(Chunk(ctype, flags, data[pos + 4:pos + length]))
+        pos += (length + 3) & ~3
+    if not chunks:
+        raise SctpError("packet without chunks")
+    return src, dst, vtag, chunks
+
+
+def encode_chunk(ctype: int, flags: int, body: bytes) -> bytes:
+    return struct.pack("!BBH", ctype, flags, 4 + len(body)) + body + b"\x00" * (-len(body) % 4)
+
+
+def encode_packet(src: int, dst: int, vtag: int, chunks: bytes) -> bytes:
+    header = _HEADER.pack(src, dst, vtag)
+    crc = _crc32c(header + b"\x00\x00\x00\x00" + chunks)
+    return header + struct.pack("<L", crc) + chunks
+
+
+def parse_params(body: bytes) -> list[tuple[int, bytes]]:
+    params = []
+    pos = 0
+    while pos < len(body):
+        if len(body) - pos < 4:
+            raise SctpError("truncated parameter")
+        ptype, length = struct.unpack_from("!HH", body, pos)
+        if length < 4 or pos + length > len(body):
+            raise SctpError("bad parameter length")
+        params.append((ptype, body[pos + 4:pos + length]))
+        pos += (length + 3) & ~3
+    return params
+
+
+def encode_param(ptype: int, value: bytes) -> bytes:
+    return struct.pack("!HH", ptype, 4 + len(value)) + value + b"\x00" * (-len(value) % 4)
+
+
+@dataclass
+class InitChunk:
+    initiate_tag: int
+    a_rwnd: int
+    outbound_streams: int
+    inbound_streams: int
+    initial_tsn: int
+    params: list[tuple[int, bytes]]
+
+    @classmethod
+    def parse(cls, body: bytes) -> InitChunk:
+        if len(body) < _INIT.size:
+            raise SctpError("truncated INIT")
+        tag, rwnd, ostreams, istreams, tsn = _INIT.unpack_from(body)
+        if tag == 0 or ostreams == 0 or istreams == 0:
+            raise SctpError("invalid INIT parameters")
+        return cls(tag, rwnd, ostreams, istreams, tsn, parse_params(body[_INIT.size:]))
+
+    def encode(self) -> bytes:
+        return _INIT.pack(self.initiate_tag, self.a_rwnd, self.outbound_streams,
+                          self.inbound_streams, self.initial_tsn) + b"".join(
+            encode_param(t, v) for t, v in self.params)
+
+
+@dataclass
+class DataChunk:
+    tsn: int
+    stream: int
+    ssn: int
+    ppid: int
+    flags: int
+    payload: bytes
+
+    @classmethod
+    def parse(cls, flags: int, body: bytes) -> DataChunk:
+        if len(body) <= _DATA_HEADER.size:
+            raise SctpError("DATA chunk without user data")
+        tsn, stream, ssn, ppid = _DATA_HEADER.unpack_from(body)
+        return cls(tsn, stream, ssn, ppid, flags, body[_DATA_HEADER.size:])
+
+
+@dataclass
+class SackChunk:
+    cumulative_tsn: int
+    a_rwnd: int
+    gaps: list[tuple[int, int]]  # offsets from cumulative_tsn, inclusive
+    duplicates: list[int]
+
+    @classmethod
+    def parse(cls, body: bytes) -> SackChunk:
+        if len(body) < _SACK.size:
+            raise SctpError("truncated SACK")
+        cum, rwnd, ngaps, ndups = _SACK.unpack_from(body)
+        if len(body) < _SACK.size + 4 * (ngaps + ndups):
+            raise SctpError("SACK blocks beyond the chunk")
+        gaps = [struct.unpack_from("!HH", body, _SACK.size + 4 * i) for i in range(ngaps)]
+        dups = list(struct.unpack_from(f"!{ndups}L", body, _SACK.size + 4 * ngaps))
+        return cls(cum, rwnd, gaps, dups)
+
+    def encode(self) -> bytes:
+        return (_SACK.pack(self.cumulative_tsn, self.a_rwnd, len(self.gaps), len(self.duplicates))
+                + b"".join(struct.pack("!HH", s, e) for s, e in self.gaps)
+                + b"".join(struct.pack("!L", d) for d in self.duplicates))
+
+
+@dataclass
+class ForwardTsnChunk:
+    new_cumulative_tsn: int
+    streams: list[tuple[int, int]]  # (stream, ssn) of skipped ordered messages
+
+    @classmethod
+    def parse(cls, body: bytes) -> ForwardTsnChunk:
+        if len(body) < 4 or len(body) % 4:
+            raise SctpError("bad FORWARD-TSN length")
+        return cls(struct.unpack_from("!L", body)[0],
+                   [struct.unpack_from("!HH", body, i) for i in range(4, len(body), 4)])
+
+    def encode(self) -> bytes:
+        return struct.pack("!L", self.new_cumulative_tsn) + b"".join(
+            struct.pack("!HH", s, n) for s, n in self.streams)
+
+
+@dataclass
+class ResetRequest:
+    """Outgoing SSN Reset Request parameter (RFC 6525 section 4.1)."""
+    request_seq: int
+    response_seq: int
+    last_tsn: int
+    streams: list[int]
+
+    @classmethod
+    def parse(cls, value: bytes) -> ResetRequest:
+        if len(value) < 12 or len(value) % 2:
+            raise SctpError("bad outgoing reset request")
+        req, resp, last = struct.unpack_from("!LLL", value)
+        return cls(req, resp, last, [struct.unpack_from("!H", value, i)[0] for i in range(12, len(value), 2)])
+
+    def encode(self) -> bytes:
+        return encode_param(P_OUTGOING_RESET, struct.pack("!LLL", self.request_seq, self.response_seq, self.last_tsn)
+                            + b"".join(struct.pack("!H", s) for s in self.streams))
+
+
+def encode_reconfig_response(seq: int, result: int) -> bytes:
+    return encode_param(P_RECONFIG_RESPONSE, struct.pack("!LL", seq, result))
+
+
+# --- association -----------------------------------------------------------
+
+@dataclass(eq=False)
+class _OutChunk:
+    tsn: int
+    stream: int
+    ssn: int
+    ppid: int
+    flags: int
+    payload: bytes
+    max_retransmits: int | None
+    expires: float | None
+    message: list[_OutChunk] = field(default_factory=list, repr=False)  # fragments of one message
+    sent_at: float | None = None  # first transmission; None once retransmitted (Karn)
+    transmissions: int = 0
+    acked: bool = False
+    abandoned: bool = False
+    retransmit: bool = False
+    misses: int = 0
+
+    def encode(self) -> bytes:
+        return encode_chunk(DATA, self.flags, _DATA_HEADER.pack(self.tsn, self.stream, self.ssn, self.ppid)
+                            + self.payload)
+
+
+@dataclass
+class _Peer:
+    """What the peer told us in its INIT or INIT-ACK (and what our cookie carries)."""
+    tag: int
+    initial_tsn: int
+    a_rwnd: int
+    outbound_streams: int
+    inbound_streams: int
+    forward_tsn: bool
+    reconfig: bool
+
+    _COOKIE = struct.Struct("!dLLLHHBB")
+
+    def pack(self, now: float) -> bytes:
+        return self._COOKIE.pack(now, self.tag, self.initial_tsn, self.a_rwnd, self.outbound_streams,
+                                 self.inbound_streams, self.forward_tsn, self.reconfig)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> tuple[float, _Peer]:
+        stamp, *fields = cls._COOKIE.unpack(data)
+        return stamp, cls(*fields[:5], bool(fields[5]), bool(fields[6]))
+
+    @classmethod
+    def from_init(cls, init: InitChunk) -> _Peer:
+        extensions = b""
+        forward_tsn = False
+        for ptype, value in init.params:
+            if ptype == P_SUPPORTED_EXTENSIONS:
+                extensions = value
+            elif ptype == P_FORWARD_TSN_SUPPORTED:
+                forward_tsn = True
+        return cls(init.initiate_tag, init.initial_tsn, init.a_rwnd, init.outbound_streams,
+                   init.inbound_streams, forward_tsn or FORWARD_TSN in extensions, RECONFIG in extensions)
+
+
+class SctpAssociation:
+    """One SCTP association carrying WebRTC data channels."""
+
+    def __init__(self, is_server: bool, port: int = 5000, remote_port: int = 5000,
+                 max_message_size: int = 65535, remote_max_message_size: int = 65536) -> None:
+        self.is_server = is_server
+        self.port = port
+        self.remote_port = remote_port
+        self.max_message_size = max_message_size
+        self.remote_max_message_size = remote_max_message_size
+        self.state = "new"  # new, cookie-wait, cookie-echoed, established, shutdown-ack-sent
+        self.dropped = 0  # invalid packets
+        self.oversized = 0  # reassembled messages over max_message_size, discarded
+        self._channels = ChannelTable(is_dtls_server=is_server)
+        self._now = 0.0
+        self._kick = False  # something was queued outside a call that returns packets
+        self._cookie_key = os.urandom(32)
+        self._tag = struct.unpack("!L", os.urandom(4))[0] or 1
+        self._peer: _Peer | None = None
+        self._control: list[bytes] = []  # chunks, sent before SACK and DATA
+        self._data_out: list[bytes] = []
+        self._packets: list[bytes] = []  # whole packets (INIT must travel alone)
+        self._rto = RTO_INITIAL
+        self._srtt: float | None = None
+        self._rttvar = 0.0
+        # T1 (INIT / COOKIE-ECHO)
+        self._t1: float | None = None
+        self._t1_count = 0
+        self._t1_chunk = b""
+        # outbound data
+        self._next_tsn = struct.unpack("!L", os.urandom(4))[0]
+        self._initial_tsn = self._next_tsn
+        self._cum_acked = (self._next_tsn - 1) & _M32
+        self._advanced_ack = self._cum_acked
+        self._outstanding: dict[int, _OutChunk] = {}  # every TSN above _cum_acked, sent or not
+        self._unsent: deque[_OutChunk] = deque()
+        self._ssn_out: dict[int, int] = {}
+        self._flight = 0
+        self._peer_rwnd = RECEIVE_BUFFER
+        self._t3: float | None = None
+        self._t3_count = 0
+        self._retransmit_due = False
+        self._forward_tsn_due = False
+        # inbound data
+        self._cum_in = 0
+        self._received: set[int] = set()  # TSNs above _cum_in
+        self._duplicates: list[int] = []
+        self._fragments: dict[int, DataChunk] = {}
+        self._max_fragments = max(256, 4 * max_message_size // 1024)
+        self._buffered = 0
+        self._ordered: dict[int, dict[int, DataChunk | None]] = {}
+        self._ssn_in: dict[int, int] = {}
+        self._sack_now = False
+        self._unsacked_packets = 0
+        self._sack_due: float | None = None
+        # stream reset
+        self._reset_queue: list[int] = []
+        self._reset_request: ResetRequest | None = None
+        self._reset_due: float | None = None
+        self._reset_seq = self._initial_tsn
+        self._peer_reset_seq = 0
+        self._peer_last_response: tuple[int, int] | None = None
+        self._deferred_reset: ResetRequest | None = None
+        self._out_reset: set[int] = set()
+        self._in_reset: set[int] = set()
+
+    # -- public API --
+
+    @property
+    def established(self) -> bool:
+        return self.state == "established"
+
+    @property
+    def channels(self) -> dict[int, DataChannel]:
+        return self._channels.channels
+
+    def start(self, now: float) -> list[bytes]:
+        self._now = now
+        if not self.is_server and self.state == "new":
+            self._send_init()
+            self.state = "cookie-wait"
+        return self._flush()
+
+    def receive(self, packet: bytes, now: float) -> list[bytes]:
+        self._now = now
+        try:
+            self._receive(packet)
+        except SctpError:
+            self.dropped += 1
+        return self._finish()
+
+    def events(self) -> list[DataChannelEvent]:
+        events, self._channels.events = self._channels.events, []
+        return events
+
+    def open_channel(self, label: str, ordered: bool = True, max_retransmits: int | None = None,
+                     protocol: str = "", max_packet_lifetime: int | None = None) -> DataChannel:
+        if self.state not in ("new", "cookie-wait", "cookie-echoed", "established"):
+            raise SctpError("association is closed")
+        try:
+            channel, message = self._channels.open(label, ordered, max_retransmits, max_packet_lifetime, protocol)
+        except DcepError as exc:
+            raise SctpError(str(exc)) from exc
+        self._enqueue(message)
+        self._kick = True
+        return channel
+
+    def send(self, channel: DataChannel, data: bytes, binary: bool = True, now: float | None = None) -> list[bytes]:
+        if now is not None:
+            self._now = now
+        if len(data) > self.remote_max_message_size:
+            raise SctpError(f"message of {len(data)} bytes exceeds the peer's maximum")
+        if self.state not in ("new", "cookie-wait", "cookie-echoed", "established"):
+            raise SctpError("association is shutting down")
+        try:
+            message = self._channels.message(channel, data, binary)
+        except DcepError as exc:
+            raise SctpError(str(exc)) from exc
+        self._enqueue(message)
+        return self._finish()
+
+    def close_channel(self, channel: DataChannel) -> list[bytes]:
+        if self._channels.channels.get(channel.stream_id) is not channel or channel.closing:
+            return []
+        channel.closing = True
+        channel.open = False
+        if self._peer is not None and self._peer.reconfig and self.established:
+            self._queue_reset(channel.stream_id)
+        else:
+            self._channels.closed(channel.stream_id)
+        return self._finish()
+
+    def flush(self, now: float) -> list[bytes]:
+        """Sends whatever open_channel() queued."""
+        self._now = now
+        return self._finish()
+
+    def abort(self) -> list[bytes]:
+        if self._peer is not None and self.state != "closed":
+            self._control.append(encode_chunk(ABORT, 0, b""))
+            packets = self._flush()
+        else:
+            packets = []
+        self._closed("local abort")
+        return packets
+
+    def timeout(self) -> float | None:
+        if self._kick:
+            return self._now
+        deadlines = [t for t in (self._t1, self._t3, self._sack_due, self._reset_due) if t is not None]
+        return min(deadlines) if deadlines else None
+
+    def handle_timeout(self, now: float) -> list[bytes]:
+        self._now = now
+        if self._t1 is not None and now >= self._t1:
+            self._t1_expired()
+        if self._t3 is not None and now >= self._t3:
+            self._t3_expired()
+        if self._sack_due is not None and now >= self._sack_due:
+            self._sack_now = True
+        if self._reset_due is not None and now >= self._reset_due:
+            self._reset_due = None  # with no request in flight, _finish sends the queued one
+            if self._reset_request is not None:
+                self._send_reset_request()
+        return self._finish()
+
+    # -- output --
+
+    def _finish(self) -> list[bytes]:
+        self._kick = False
+        if self.established:
+            self._maybe_send_reset()
+            self._transmit()
+            self._send_forward_tsn_if_needed()
+        return self._flush()
+
+    def _flush(self) -> list[bytes]:
+        packets, self._packets = self._packets, []
+        chunks = self._control
+        self._control = []
+        if self._sack_now and self._peer is not None and self.state != "closed":
+            chunks.insert(0, self._build_sack())
+        chunks.extend(self._data_out)
+        self._data_out = []
+        if not chunks or self._peer is None:
+            return packets
+        batch = b""
+        for chunk in chunks:
+            if batch and 12 + len(batch) + len(chunk) > MTU:
+                packets.append(encode_packet(self.port, self.remote_port, self._peer.tag, batch))
+                batch = b""
+            batch += chunk
+        packets.append(encode_packet(self.port, self.remote_port, self._peer.tag, batch))
+        return packets
+
+    def _send_init(self) -> None:
+        init = self._our_init()
+        self._t1_chunk = encode_chunk(INIT, 0, init.encode())
+        self._packets.append(encode_packet(self.port, self.remote_port, 0, self._t1_chunk))
+        self._t1 = self._now + self._rto
+
+    def _our_init(self) -> InitChunk:
+        return InitChunk(self._tag, RECEIVE_BUFFER, MAX_STREAMS, MAX_STREAMS, self._initial_tsn, [
+            (P_FORWARD_TSN_SUPPORTED, b""),
+            (P_SUPPORTED_EXTENSIONS, bytes([FORWARD_TSN, RECONFIG])),
+        ])
+
+    # -- input --
+
+    def _receive(self, packet: bytes) -> None:
+        src, dst, vtag, chunks = parse_packet(packet)
+        if dst != self.port or src != self.remote_port:
+            raise SctpError("wrong ports")
+        if any(c.type == INIT for c in chunks):
+            if len(chunks) != 1 or vtag != 0:
+                raise SctpError("INIT must travel alone with tag 0")
+        elif vtag != self._tag:
+            first = chunks[0]
+            reflected = first.type in (ABORT, SHUTDOWN_COMPLETE) and first.flags & 1
+            if not (reflected and self._peer is not None and vtag == self._peer.tag):
+                raise SctpError("bad verification tag")
+        had_data = False
+        for chunk in chunks:
+            if chunk.type == DATA:
+                had_data = True
+            if not self._handle_chunk(chunk):
+                break
+        if had_data:
+            self._unsacked_packets += 1
+            if self._unsacked_packets >= 2:
+                self._sack_now = True
+            elif self._sack_due is None and not self._sack_now:
+                self._sack_due = self._now + DELAYED_SACK
+
+    def _handle_chunk(self, chunk: Chunk) -> bool:
+        """Returns False when the rest of the packet must be skipped."""
+        t = chunk.type
+        if t == INIT:
+            self._on_init(InitChunk.parse(chunk.body))
+        elif t == INIT_ACK:
+            self._on_init_ack(InitChunk.parse(chunk.body))
+        elif t == COOKIE_ECHO:
+            self._on_cookie_echo(chunk.body)
+        elif t == COOKIE_ACK:
+            if self.state == "cookie-echoed":
+                self._t1 = None
+                self._established()
+        elif t == ABORT:
+            self._closed("aborted by peer")
+            return False
+        elif t == HEARTBEAT:
+            if self._peer is not None:
+                self._control.append(encode_chunk(HEARTBEAT_ACK, 0, chunk.body))
+        elif not self.established:
+            if t == SHUTDOWN_COMPLETE and self.state == "shutdown-ack-sent":
+                self.state = "closed"
+            elif t == SHUTDOWN_ACK and self._peer is not None:
+                self._control.append(encode_chunk(SHUTDOWN_COMPLETE, 0, b""))
+            return True  # anything else needs an established association
+        elif t == DATA:
+            self._on_data(DataChunk.parse(chunk.flags, chunk.body))
+        elif t == SACK:
+            self._on_sack(SackChunk.parse(chunk.body))
+        elif t == FORWARD_TSN:
+            self._on_forward_tsn(ForwardTsnChunk.parse(chunk.body))
+        elif t == RECONFIG:
+            self._on_reconfig(parse_params(chunk.body))
+        elif t == SHUTDOWN:
+            # We have nothing to drain for the peer: acknowledge at once.
+            self._control.append(encode_chunk(SHUTDOWN_ACK, 0, b""))
+            self._closed("shut down by peer")
+            self.state = "shutdown-ack-sent"
+            return False
+        elif t in (HEARTBEAT_ACK, ERROR, SHUTDOWN_ACK, SHUTDOWN_COMPLETE):
+            pass
+        elif t & 0x80 == 0:
+            return False  # unknown chunk whose high bit says: stop processing the packet
+        return True
+
+    # -- association setup (RFC 9260 section 5) --
+
+    def _cookie(self, peer: _Peer) -> bytes:
+        body = peer.pack(self._now)
+        return body + hmac.new(self._cookie_key, body, hashlib.sha256).digest()
+
+    def _on_init(self, init: InitChunk) -> None:
+        # Stateless answer (5.1); in COOKIE-WAIT/ECHOED this is the collision of 5.2.1, which
+        # the same answer resolves because our tag never changes before establishment.
+        peer = _Peer.from_init(init)
+        if self.established and self._peer is not None and peer.tag != self._peer.tag:
+            return  # a restart (5.2.2) is not supported: the DTLS session would be new too
+        ack = self._our_init()
+        ack.params.append((P_STATE_COOKIE, self._cookie(peer)))
+        self._packets.append(encode_packet(self.port, self.remote_port, init.initiate_tag,
+                                           encode_chunk(INIT_ACK, 0, ack.encode())))
+
+    def _on_init_ack(self, ack: InitChunk) -> None:
+        if self.state != "cookie-wait":
+            return
+        cookie = next((v for t, v in ack.params if t == P_STATE_COOKIE), None)
+        if cookie is None:
+            raise SctpError("INIT-ACK without a state cookie")
+        self._adopt(_Peer.from_init(ack))
+        self._t1_chunk = encode_chunk(COOKIE_ECHO, 0, cookie)
+        self._control.append(self._t1_chunk)
+        self._t1 = self._now + self._rto
+        self._t1_count = 0
+        self.state = "cookie-echoed"
+
+    def _on_cookie_echo(self, cookie: bytes) -> None:
+        size = _Peer._COOKIE.size
+        if len(cookie) != size + 32:
+            raise SctpError("foreign state cookie")
+        if not hmac.compare_digest(hmac.new(self._cookie_key, cookie[:size], hashlib.sha256).digest(), cookie[size:]):
+            raise SctpError("state cookie MAC mismatch")
+        stamp, peer = _Peer.unpack(cookie[:size])
+        if not stamp - 1.0 <= self._now <= stamp + COOKIE_LIFETIME:
+            raise SctpError("stale state cookie")
+        if self.established:
+            if self._peer is None or peer.tag != self._peer.tag:
+                return  # restart: unsupported
+        else:
+            self._adopt(peer)
+            self._t1 = None
+            self._established()
+        self._control.insert(0, encode_chunk(COOKIE_ACK, 0, b""))
+
+    def _adopt(self, peer: _Peer) -> None:
+        self._peer = peer
+        self._cum_in = (peer.initial_tsn - 1) & _M32
+        self._peer_reset_seq = peer.initial_tsn
+        self._peer_rwnd = peer.a_rwnd
+
+    def _established(self) -> None:
+        self.state = "established"
+        self._t1_chunk = b""
+
+    def _t1_expired(self) -> None:
+        self._t1_count += 1
+        if self._t1_count > MAX_INIT_RETRANSMITS:
+            self._t1 = None
+            self._closed("association setup timed out")
+            return
+        self._rto = min(self._rto * 2, RTO_MAX)
+        if self.state == "cookie-wait":
+            self._send_init()
+        elif self.state == "cookie-echoed":
+            self._control.append(self._t1_chunk)
+            self._t1 = self._now + self._rto
+        else:
+            self._t1 = None
+
+    def _closed(self, reason: str) -> None:
+        was_closed = self.state == "closed"
+        self.state = "closed"
+        self._t1 = self._t3 = self._sack_due = self._reset_due = None
+        self._sack_now = False
+        self._unsent.clear()
+        self._outstanding.clear()
+        self._data_out = []
+        if not was_closed:
+            self._channels.close_all()
+            self._channels.events.append(AssociationClosed(reason))
+
+    # -- sending data --
+
+    def _enqueue(self, message: Outgoing) -> None:
+        """Assigns TSNs to the fragments of one user message."""
+        stream = message.stream_id
+        ssn = 0
+        flags = 0
+        if message.ordered:
+            ssn = self._ssn_out.get(stream, 0)
+            self._ssn_out[stream] = (ssn + 1) & 0xFFFF
+        else:
+            flags = F_UNORDERED
+        expires = None
+        if message.max_packet_lifetime is not None:
+            expires = self._now + message.max_packet_lifetime / 1000
+        fragments: list[_OutChunk] = []
+        payload = message.payload
+        for pos in range(0, len(payload), MAX_FRAGMENT):
+            f = flags
+            if pos == 0:
+                f |= F_BEGIN
+            if pos + MAX_FRAGMENT >= len(payload):
+                f |= F_END
+            chunk = _OutChunk(self._next_tsn, stream, ssn, message.ppid, f, payload[pos:pos + MAX_FRAGMENT],
+                              message.max_retransmits, expires, fragments)
+            fragments.append(chunk)
+            self._outstanding[chunk.tsn] = chunk
+            self._unsent.append(chunk)
+            self._next_tsn = (self._next_tsn + 1) & _M32
+
+    def _can_retransmit(self, chunk: _OutChunk) -> bool:
+        if self._peer is not None and not self._peer.forward_tsn:
+            return True  # the peer could not skip a gap: everything is reliable
+        if chunk.expires is not None and self._now >= chunk.expires:
+            return False
+        return chunk.max_retransmits is None or chunk.transmissions <= chunk.max_retransmits
+
+    def _abandon(self, chunk: _OutChunk) -> None:
+        for fragment in chunk.message:
+            if not fragment.abandoned:
+                fragment.abandoned = True
+                if fragment.transmissions and not fragment.acked:
+                    self._flight -= len(fragment.payload)
+
+    def _transmit(self) -> None:
+        sent_any = False
+        for chunk in list(self._outstanding.values()) if self._retransmit_due else ():
+            if chunk.retransmit:
+                chunk.retransmit = False
+                if chunk.acked or chunk.abandoned:
+                    continue
+                if not self._can_retransmit(chunk):
+                    self._abandon(chunk)
+                    continue
+                chunk.transmissions += 1
+                chunk.sent_at = None
+                self._data_out.append(chunk.encode())
+                sent_any = True
+        self._retransmit_due = False
+        while self._unsent:
+            chunk = self._unsent[0]
+            if chunk.abandoned:
+                self._unsent.popleft()
+                continue
+            if chunk.expires is not None and not self._can_retransmit(chunk):
+                self._abandon(chunk)
+                continue
+            size = len(chunk.payload)
+            if self._flight and self._flight + size > min(CWND, self._peer_rwnd):
+                break
+            self._unsent.popleft()
+            chunk.transmissions = 1
+            chunk.sent_at = self._now
+            self._flight += size
+            self._data_out.append(chunk.encode())
+            sent_any = True
+        if sent_any and self._t3 is None:
+            self._t3 = self._now + self._rto
+
+    def _on_sack(self, sack: SackChunk) -> None:
+        cum = sack.cumulative_tsn
+        if tsn_gt(self._cum_acked, cum):
+            return  # older than what we know
+        if tsn_gt(cum, (self._next_tsn - 1) & _M32):
+            raise SctpError("SACK acknowledges a TSN never sent")
+        advanced = cum != self._cum_acked
+        rtt: float | None = None
+        while self._cum_acked != cum:
+            self._cum_acked = (self._cum_acked + 1) & _M32
+            chunk = self._outstanding.pop(self._cum_acked, None)
+            if chunk is None:
+                continue
+            if chunk.transmissions and not chunk.acked and not chunk.abandoned:
+                self._flight -= len(chunk.payload)
+            if chunk.transmissions == 0:  # acknowledged before we sent it: covered by FORWARD-TSN
+                chunk.abandoned = True
+            if chunk.sent_at is not None and chunk.transmissions == 1:
+                rtt = self._now - chunk.sent_at
+        if tsn_gt(self._cum_acked, self._advanced_ack):
+            self._advanced_ack = self._cum_acked
+        highest: int | None = None
+        if sack.gaps:
+            starts = sorted((s, e) for s, e in sack.gaps if 1 <= s <= e)
+            keys = [s for s, _ in starts]
+            for chunk in self._outstanding.values():
+                if not chunk.transmissions or chunk.acked:
+                    continue
+                offset = (chunk.tsn - cum) & _M32
+                i = bisect.bisect_right(keys, offset) - 1
+                if i >= 0 and offset <= starts[i][1]:
+                    chunk.acked = True
+                    if not chunk.abandoned:
+                        self._flight -= len(chunk.payload)
+                    if chunk.sent_at is not None and chunk.transmissions == 1:
+                        rtt = self._now - chunk.sent_at
+            for chunk in self._outstanding.values():
+                if chunk.acked and (highest is None or tsn_gt(chunk.tsn, highest)):
+                    highest = chunk.tsn
+        if highest is not None:
+            for chunk in self._outstanding.values():
+                if not tsn_gt(highest, chunk.tsn):
+                    break
+                if chunk.transmissions and not chunk.acked and not chunk.abandoned:
+                    chunk.misses += 1
+                    if chunk.misses == 3:  # fast retransmit (RFC 9260 section 7.2.4)
+                        if self._can_retransmit(chunk):
+                            chunk.retransmit = self._retransmit_due = True
+                        else:
+                            self._abandon(chunk)
+        if rtt is not None:
+            self._update_rto(rtt)
+        self._peer_rwnd = sack.a_rwnd  # bounds what may be in flight
+        if advanced:
+            self._t3_count = 0
+        if self._flight <= 0 and not tsn_gt(self._advanced_ack, self._cum_acked):
+            self._t3 = None
+        elif advanced:
+            self._t3 = self._now + self._rto
+
+    def _update_rto(self, rtt: float) -> None:
+        if self._srtt is None:
+            self._srtt, self._rttvar = rtt, rtt / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
+            self._srtt = 0.875 * self._srtt + 0.125 * rtt
+        self._rto = max(RTO_MIN, min(self._srtt + 4 * self._rttvar, RTO_MAX))
+
+    def _t3_expired(self) -> None:
+        self._t3 = None
+        self._t3_count += 1
+        if self._t3_count > MAX_RETRANSMITS:
+            self._control.append(encode_chunk(ABORT, 0, b""))
+            self._closed("peer unreachable")
+            return
+        self._rto = min(self._rto * 2, RTO_MAX)
+        for chunk in self._outstanding.values():
+            if chunk.transmissions and not chunk.acked and not chunk.abandoned:
+                if self._can_retransmit(chunk):
+                    chunk.retransmit = self._retransmit_due = True
+                else:
+                    self._abandon(chunk)
+        self._forward_tsn_due = True
+        if self._flight > 0 or tsn_gt(self._advanced_ack, self._cum_acked):
+            self._t3 = self._now + self._rto
+
+    def _send_forward_tsn_if_needed(self) -> None:
+        """Moves the advanced peer ack point over abandoned chunks (RFC 3758 section 3.5)."""
+        if self._peer is None or not self._peer.forward_tsn:
+            return
+        point = self._advanced_ack
+        moved = False
+        while True:
+            chunk = self._outstanding.get((point + 1) & _M32)
+            if chunk is None or not chunk.abandoned:
+                break
+            point = chunk.tsn
+            moved = True
+        self._advanced_ack = point
+        if not tsn_gt(point, self._cum_acked) or not (moved or self._forward_tsn_due):
+            self._forward_tsn_due = False
+            return
+        self._forward_tsn_due = False
+        streams: dict[int, int] = {}
+        tsn = self._cum_acked
+        while tsn != point:
+            tsn = (tsn + 1) & _M32
+            chunk = self._outstanding.get(tsn)
+            if chunk is not None and not chunk.flags & F_UNORDERED:
+                streams[chunk.stream] = chunk.ssn
+        self._control.append(encode_chunk(FORWARD_TSN, 0, ForwardTsnChunk(point, sorted(streams.items())).encode()))
+        if self._t3 is None:
+            self._t3 = self._now + self._rto
+
+    # -- receiving data --
+
+    def _on_data(self, chunk: DataChunk) -> None:
+        tsn = chunk.tsn
+        if not tsn_gt(tsn, self._cum_in) or tsn in self._received:
+            if len(self._duplicates) < 16:
+                self._duplicates.append(tsn)
+            self._sack_now = True
+            return
+        if ((tsn - self._cum_in) & _M32) > _TSN_WINDOW:
+            raise SctpError("DATA TSN far outside the window")
+        if (self._buffered + len(chunk.payload) > RECEIVE_BUFFER
+                or len(self._fragments) >= self._max_fragments):
+            self._sack_now = True
+            return  # no room: not acknowledged, so the peer sends it again
+        self._received.add(tsn)
+        self._fragments[tsn] = chunk
+        self._buffered += len(chunk.payload)
+        self._advance_cum_in()
+        if self._received:
+            self._sack_now = True  # out of order: tell the peer at once (RFC 9260 6.7)
+        self._reassemble(chunk)
+
+    def _advance_cum_in(self) -> None:
+        while True:
+            nxt = (self._cum_in + 1) & _M32
+            if nxt not in self._received:
+                break
+            self._received.discard(nxt)
+            self._cum_in = nxt
+        if self._deferred_reset is not None and not tsn_gt(self._deferred_reset.last_tsn, self._cum_in):
+            request, self._deferred_reset = self._deferred_reset, None
+            self._reset_incoming(request.streams)
+            self._peer_last_response = (request.request_seq, R_PERFORMED)
+            self._control.append(encode_chunk(RECONFIG, 0, encode_reconfig_response(request.request_seq, R_PERFORMED)))
+
+    def _same_message(self, a: DataChunk, b: DataChunk) -> bool:
+        return (a.stream == b.stream and (a.flags & F_UNORDERED) == (b.flags & F_UNORDERED)
+                and (a.flags & F_UNORDERED or a.ssn == b.ssn))
+
+    def _reassemble(self, chunk: DataChunk) -> None:
+        first = chunk
+        while not first.flags & F_BEGIN:
+            prev = self._fragments.get((first.tsn - 1) & _M32)
+            if prev is None or prev.flags & F_END or not self._same_message(prev, chunk):
+                return
+            first = prev
+        last = chunk
+        while not last.flags & F_END:
+            nxt = self._fragments.get((last.tsn + 1) & _M32)
+            if nxt is None or nxt.flags & F_BEGIN or not self._same_message(nxt, chunk):
+                return
+            last = nxt
+        parts = []
+        tsn = first.tsn
+        while True:
+            part = self._fragments.pop(tsn)
+            parts.append(part.payload)
+            if tsn == last.tsn:
+                break
+            tsn = (tsn + 1) & _M32
+        payload = b"".join(parts)
+        message: DataChunk | None = DataChunk(first.tsn, first.stream, first.ssn, first.ppid, first.flags, payload)
+        if len(payload) > self.max_message_size:
+            self.oversized += 1
+            self._buffered -= len(payload)
+            message = None
+        if chunk.flags & F_UNORDERED:
+            if message is not None:
+                self._deliver(message)
+            return
+        expected = self._ssn_in.get(chunk.stream, 0)
+        if ssn_gt(expected, chunk.ssn):
+            if message is not None:
+                self._buffered -= len(payload)
+            return  # behind the stream: a FORWARD-TSN already skipped it
+        self._ordered.setdefault(chunk.stream, {})[chunk.ssn] = message
+        self._drain_ordered(chunk.stream)
+
+    def _drain_ordered(self, stream: int) -> None:
+        pending = self._ordered.get(stream)
+        if not pending:
+            return
+        expected = self._ssn_in.get(stream, 0)
+        while expected in pending:
+            message = pending.pop(expected)
+            expected = (expected + 1) & 0xFFFF
+            self._ssn_in[stream] = expected
+            if message is not None:
+                self._deliver(message)
+        if not pending:
+            del self._ordered[stream]
+
+    def _deliver(self, message: DataChunk) -> None:
+        self._buffered -= len(message.payload)
+        for reply in self._channels.receive(message.stream, message.ppid, message.payload):
+            self._enqueue(reply)
+
+    def _on_forward_tsn(self, fwd: ForwardTsnChunk) -> None:
+        self._sack_now = True
+        new = fwd.new_cumulative_tsn
+        if not tsn_gt(new, self._cum_in):
+            return
+        if ((new - self._cum_in) & _M32) > _TSN_WINDOW:
+            raise SctpError("FORWARD-TSN far outside the window")
+        for tsn in [t for t in self._fragments if not tsn_gt(t, new)]:
+            self._buffered -= len(self._fragments.pop(tsn).payload)
+        self._received = {t for t in self._received if tsn_gt(t, new)}
+        self._cum_in = new
+        for stream, ssn in fwd.streams:
+            expected = self._ssn_in.get(stream, 0)
+            if ssn_gt(expected, ssn):
+                continue
+            pending = self._ordered.get(stream, {})
+            for skipped in [s for s in pending if not ssn_gt(s, ssn)]:
+                message = pending.pop(skipped)
+                if message is not None:
+                    self._buffered -= len(message.payload)
+            self._ssn_in[stream] = (ssn + 1) & 0xFFFF
+            self._drain_ordered(stream)
+        self._advance_cum_in()
+
+    def _build_sack(self) -> bytes:
+        self._sack_now = False
+        self._sack_due = None
+        self._unsacked_packets = 0
+        gaps = []
+        for tsn in sorted((t - self._cum_in) & _M32 for t in self._received):
+            if tsn > 0xFFFF:
+                break
+            if gaps and gaps[-1][1] + 1 == tsn:
+                gaps[-1][1] = tsn
+            elif len(gaps) < 64:
+                gaps.append([tsn, tsn])
+            else:
+                break
+        duplicates, self._duplicates = self._duplicates, []
+        sack = SackChunk(self._cum_in, max(0, RECEIVE_BUFFER - self._buffered),
+                         [(s, e) for s, e in gaps], duplicates)
+        return encode_chunk(SACK, 0, sack.encode())
+
+    # -- stream reset (RFC 6525, RFC 8831 section 6.7) --
+
+    def _queue_reset(self, stream: int) -> None:
+        pending = self._reset_request.streams if self._reset_request else []
+        if stream not in self._reset_queue and stream not in pending and stream not in self._out_reset:
+            self._reset_queue.append(stream)
+
+    def _maybe_send_reset(self) -> None:
+        if self._reset_request is None and self._reset_queue and self._reset_due is None:
+            self._reset_request = ResetRequest(self._reset_seq, (self._peer_reset_seq - 1) & _M32,
+                                               (self._next_tsn - 1) & _M32, self._reset_queue)
+            self._reset_seq = (self._reset_seq + 1) & _M32
+            self._reset_queue = []
+            self._send_reset_request()
+
+    def _send_reset_request(self) -> None:
+        assert self._reset_request is not None
+        self._control.append(encode_chunk(RECONFIG, 0, self._reset_request.encode()))
+        self._reset_due = self._now + self._rto
+
+    def _on_reconfig(self, params: list[tuple[int, bytes]]) -> None:
+        for ptype, value in params:
+            if ptype == P_OUTGOING_RESET:
+                self._on_reset_request(ResetRequest.parse(value))
+            elif ptype == P_RECONFIG_RESPONSE:
+                if len(value) < 8:
+                    raise SctpError("truncated RE-CONFIG response")
+                self._on_reset_response(*struct.unpack_from("!LL", value))
+            elif ptype in (P_INCOMING_RESET, 17, 18) and len(value) >= 4:
+                seq = struct.unpack_from("!L", value)[0]
+                self._control.append(encode_chunk(RECONFIG, 0, encode_reconfig_response(seq, R_DENIED)))
+
+    def _on_reset_request(self, request: ResetRequest) -> None:
+        seq = request.request_seq
+        if seq == self._peer_reset_seq:
+            self._peer_reset_seq = (seq + 1) & _M32
+            if tsn_gt(request.last_tsn, self._cum_in):
+                # Data sent before the reset is still missing: finish once it arrives.
+                self._deferred_reset = request
+                result = R_IN_PROGRESS
+            else:
+                self._reset_incoming(request.streams)
+                result = R_PERFORMED
+            self._peer_last_response = (seq, result)
+        elif self._peer_last_response is not None and seq == self._peer_last_response[0]:
+            result = self._peer_last_response[1]  # a retransmission gets the same answer
+        else:
+            result = R_BAD_SEQ
+        self._control.append(encode_chunk(RECONFIG, 0, encode_reconfig_response(seq, result)))
+
+    def _reset_incoming(self, streams: list[int]) -> None:
+        for stream in streams or list(self._channels.channels):
+            self._ssn_in.pop(stream, None)
+            for message in self._ordered.pop(stream, {}).values():
+                if message is not None:
+                    self._buffered -= len(message.payload)
+            channel = self._channels.channels.get(stream)
+            if channel is not None:
+                channel.closing = True
+                channel.open = False
+                self._in_reset.add(stream)
+                self._queue_reset(stream)  # the peer closed: close our direction too
+                self._maybe_finish_close(stream)
+
+    def _on_reset_response(self, seq: int, result: int) -> None:
+        request = self._reset_request
+        if request is None or seq != request.request_seq:
+            return
+        if result == R_IN_PROGRESS:
+            # Ask again after an RTO under a fresh sequence number, as dcsctp does.
+            self._reset_request = None
+            self._reset_queue = request.streams + self._reset_queue
+            self._reset_due = self._now + self._rto
+            return
+        self._reset_request = None
+        self._reset_due = None
+        for stream in request.streams:
+            if result in (R_PERFORMED, R_NOTHING_TO_DO):
+                self._ssn_out.pop(stream, None)
+                self._out_reset.add(stream)
+                self._maybe_finish_close(stream)
+            else:
+                self._out_reset.discard(stream)
+                self._in_reset.discard(stream)
+                self._channels.closed(stream)
+
+    def _maybe_finish_close(self, stream: int) -> None:
+        if stream in self._out_reset and stream in self._in_reset:
+            self._out_reset.discard(stream)
+            self._in_reset.discard(stream)
+            self._channels.closed(stream)
