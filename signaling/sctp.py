@@ -374,6 +374,7 @@ class SctpAssociation:
         self._duplicates: list[int] = []
         self._fragments: dict[int, DataChunk] = {}
         self._max_fragments = max(256, 4 * max_message_size // 1024)
+        self._receive_buffer = max(RECEIVE_BUFFER, 2 * max_message_size)
         self._buffered = 0
         self._ordered: dict[int, dict[int, DataChunk | None]] = {}
         self._ssn_in: dict[int, int] = {}
@@ -527,7 +528,7 @@ class SctpAssociation:
         self._t1 = self._now + self._rto
 
     def _our_init(self) -> InitChunk:
-        return InitChunk(self._tag, RECEIVE_BUFFER, MAX_STREAMS, MAX_STREAMS, self._initial_tsn, [
+        return InitChunk(self._tag, self._receive_buffer, MAX_STREAMS, MAX_STREAMS, self._initial_tsn, [
             (P_FORWARD_TSN_SUPPORTED, b""),
             (P_SUPPORTED_EXTENSIONS, bytes([FORWARD_TSN, RECONFIG])),
         ])
@@ -893,7 +894,7 @@ class SctpAssociation:
             return
         if ((tsn - self._cum_in) & _M32) > _TSN_WINDOW:
             raise SctpError("DATA TSN far outside the window")
-        if (self._buffered + len(chunk.payload) > RECEIVE_BUFFER
+        if (self._buffered + len(chunk.payload) > self._receive_buffer
                 or len(self._fragments) >= self._max_fragments):
             self._sack_now = True
             return  # no room: not acknowledged, so the peer sends it again
@@ -1019,7 +1020,7 @@ class SctpAssociation:
             else:
                 break
         duplicates, self._duplicates = self._duplicates, []
-        sack = SackChunk(self._cum_in, max(0, RECEIVE_BUFFER - self._buffered),
+        sack = SackChunk(self._cum_in, max(0, self._receive_buffer - self._buffered),
                          [(s, e) for s, e in gaps], duplicates)
         return encode_chunk(SACK, 0, sack.encode())
 

@@ -133,6 +133,30 @@ def test_reliable_survives_loss_and_lossy_is_skipped() -> None:
     assert link.messages("client")[-1] == ("_lossy", b"final", True)
 
 
+def test_tsn_and_ssn_wraparound_with_loss() -> None:
+    rng = random.Random(11)
+    link = Link.__new__(Link)
+    link.now = 0.0
+    link.client = SctpAssociation(is_server=False)
+    link.server = SctpAssociation(is_server=True)
+    for association in (link.client, link.server):  # start just below the 32-bit wrap
+        association._next_tsn = association._initial_tsn = association._reset_seq = 0xFFFFFFF0
+        association._cum_acked = association._advanced_ack = 0xFFFFFFEF
+    link.drop = lambda direction, packet: False
+    link.events = {"client": [], "server": []}
+    link.run(link.client.start(0.0), [])
+    ours, _ = open_pair(link, "wrap")
+    link.server._ssn_out[ours.stream_id] = 0xFFFE
+    link.client._ssn_in[ours.stream_id] = 0xFFFE
+    link.drop = lambda direction, packet: rng.random() < 0.2
+    sent = [bytes([i]) * rng.randrange(1, 4000) for i in range(40)]
+    for message in sent:
+        link.run([], link.server.send(ours, message, now=link.now), until=0.01)
+    link.run([], [], until=60)
+    assert [m[1] for m in link.messages("client")] == sent
+    assert link.client._cum_in < 0x100 and not link.server._outstanding
+
+
 def test_ordered_partial_reliability_skips_ssn() -> None:
     drop_first_data = {"left": 1}
 
@@ -250,3 +274,188 @@ def test_fragment_size_fits_mtu() -> None:
     ours, _ = open_pair(link, "a")
     packets = link.server.send(ours, bytes(10 * MAX_FRAGMENT), now=link.now)
     assert max(len(p) for p in packets) <= 1200
+
+
+# --- against aiortc ---------------------------------------------------------------
+
+
+class FakeDtls:
+    """What RTCSctpTransport needs of an RTCDtlsTransport: a role, a state and a way to send."""
+
+    def __init__(self, role: str, deliver: Callable[[bytes], None]) -> None:
+        self._role = role
+        self.state = "connected"
+        self._data_receiver = None
+        self._deliver = deliver
+
+    def _register_data_receiver(self, receiver: object) -> None:
+        self._data_receiver = receiver
+
+    def _unregister_data_receiver(self, receiver: object) -> None:
+        self._data_receiver = None
+
+    async def _send_data(self, data: bytes) -> None:
+        self._deliver(data)
+
+
+class AiortcPeer:
+    """Ours on an asyncio loop (tern is the DTLS server unless told), talking to aiortc."""
+
+    def __init__(self, drop: Callable[[str, bytes], bool] | None = None, max_message_size: int = 65536,
+                 we_are_server: bool = True) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.ours = SctpAssociation(is_server=we_are_server, max_message_size=max_message_size,
+                                    remote_max_message_size=max_message_size)
+        self.drop = drop or (lambda direction, packet: False)
+        self.dtls = FakeDtls("client" if we_are_server else "server", self._to_ours)
+        self.theirs = RTCSctpTransport(self.dtls)  # type: ignore[arg-type]
+        self.events: list[DataChannelEvent] = []
+        self.remote_channels: list[RTCDataChannel] = []
+        self.theirs.on("datachannel", self.remote_channels.append)
+        self.tasks: set[asyncio.Task] = set()
+        self.timer = self.loop.create_task(self._timers())
+
+    async def start(self, max_message_size: int = 65536) -> None:
+        await self.theirs.start(RTCSctpCapabilities(maxMessageSize=max_message_size), 5000)
+        self._out(self.ours.start(self.loop.time()))
+        await self.wait(lambda: self.ours.established and self.theirs._association_state.name == "ESTABLISHED")
+
+    def _to_ours(self, packet: bytes) -> None:
+        if not self.drop("c2s", packet):
+            self._out(self.ours.receive(packet, self.loop.time()))
+
+    def _out(self, packets: list[bytes]) -> None:
+        self.events += self.ours.events()
+        for packet in packets:
+            if not self.drop("s2c", packet):
+                task = self.loop.create_task(self.theirs._handle_data(packet))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+    async def _timers(self) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            due = self.ours.timeout()
+            if due is not None and due <= self.loop.time():
+                self._out(self.ours.handle_timeout(self.loop.time()))
+
+    def send(self, channel, data: bytes, binary: bool = True) -> None:  # type: ignore[no-untyped-def]
+        self._out(self.ours.send(channel, data, binary, now=self.loop.time()))
+
+    async def wait(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        async def poll() -> None:
+            while not condition():
+                self.events += self.ours.events()
+                await asyncio.sleep(0.005)
+        await asyncio.wait_for(poll(), timeout)
+
+    def received(self, label: str) -> list[bytes]:
+        return [e.data for e in self.events if isinstance(e, MessageReceived) and e.channel.label == label]
+
+    async def stop(self) -> None:
+        self.timer.cancel()
+        await self.theirs.stop()
+
+
+def aiortc_channel(peer: AiortcPeer, label: str, **options: object) -> tuple[RTCDataChannel, list]:
+    channel = RTCDataChannel(peer.theirs, RTCDataChannelParameters(label=label, **options))  # type: ignore[arg-type]
+    inbox: list = []
+    channel.on("message", inbox.append)
+    return channel, inbox
+
+
+async def test_aiortc_opens_channels_and_exchanges_messages() -> None:
+    peer = AiortcPeer(max_message_size=300 * 1024)
+    await peer.start(max_message_size=300 * 1024)
+    reliable, reliable_inbox = aiortc_channel(peer, "_reliable")
+    lossy, lossy_inbox = aiortc_channel(peer, "_lossy", ordered=False, maxRetransmits=0)
+    await peer.wait(lambda: len([e for e in peer.events if isinstance(e, ChannelOpened)]) == 2)
+    await peer.wait(lambda: reliable.readyState == "open" and lossy.readyState == "open")
+    ours = {e.channel.label: e.channel for e in peer.events if isinstance(e, ChannelOpened)}
+    assert ours["_reliable"].ordered and ours["_reliable"].max_retransmits is None
+    assert not ours["_lossy"].ordered and ours["_lossy"].max_retransmits == 0
+    assert ours["_reliable"].stream_id % 2 == 0  # aiortc is the DTLS client: even ids
+
+    big = random.randbytes(300 * 1024)
+    reliable.send("text")
+    reliable.send(big)
+    reliable.send(b"")
+    lossy.send(b"fast")
+    await peer.wait(lambda: len(peer.received("_reliable")) == 3 and peer.received("_lossy"))
+    assert peer.received("_reliable") == [b"text", big, b""]
+    assert peer.received("_lossy") == [b"fast"]
+    strings = [e.binary for e in peer.events if isinstance(e, MessageReceived)]
+    assert strings[0] is False and strings[1] is True
+
+    peer.send(ours["_reliable"], "héllo".encode(), binary=False)
+    peer.send(ours["_reliable"], big)
+    peer.send(ours["_lossy"], b"back")
+    await peer.wait(lambda: len(reliable_inbox) == 2 and lossy_inbox)
+    assert reliable_inbox == ["héllo", big] and lossy_inbox == [b"back"]
+
+    reliable.close()
+    await peer.wait(lambda: any(isinstance(e, ChannelClosed) for e in peer.events))
+    await peer.wait(lambda: reliable.readyState == "closed")
+    assert not ours["_reliable"].open
+    assert peer.ours.dropped == 0
+    await peer.stop()
+
+
+@pytest.mark.parametrize("we_are_server", [True, False])
+async def test_we_open_channels_to_aiortc_and_close_them(we_are_server: bool) -> None:
+    peer = AiortcPeer(we_are_server=we_are_server)
+    await peer.start()
+    ours = peer.ours.open_channel("server-data", ordered=False, max_retransmits=0)
+    peer._out(peer.ours.flush(peer.loop.time()))
+    await peer.wait(lambda: bool(peer.remote_channels) and ours.open)
+    theirs = peer.remote_channels[0]
+    assert theirs.label == "server-data" and theirs.id == ours.stream_id
+    assert ours.stream_id % 2 == (1 if we_are_server else 0)
+    assert not theirs.ordered and theirs.maxRetransmits == 0
+    inbox: list = []
+    theirs.on("message", inbox.append)
+    payload = random.randbytes(64 * 1024)
+    peer.send(ours, payload)
+    await peer.wait(lambda: bool(inbox))
+    assert inbox == [payload]
+    closed: list = []
+    theirs.on("close", lambda: closed.append(True))
+    peer._out(peer.ours.close_channel(ours))
+    await peer.wait(lambda: bool(closed) and any(isinstance(e, ChannelClosed) for e in peer.events))
+    await peer.stop()
+
+
+async def test_aiortc_with_packet_loss() -> None:
+    rng = random.Random(3)
+    lossy_phase = {"on": False}
+    forward_tsn: dict[str, int] = {"c2s": 0, "s2c": 0}
+
+    def drop(direction: str, packet: bytes) -> bool:
+        forward_tsn[direction] += any(c.type == 192 for c in parse_packet(packet)[3])
+        return lossy_phase["on"] and rng.random() < 0.15
+
+    peer = AiortcPeer(drop=drop)
+    await peer.start()
+    reliable, reliable_inbox = aiortc_channel(peer, "_reliable")
+    lossy, lossy_inbox = aiortc_channel(peer, "_lossy", ordered=False, maxRetransmits=0)
+    await peer.wait(lambda: reliable.readyState == "open" and lossy.readyState == "open")
+    ours = {e.channel.label: e.channel for e in peer.events if isinstance(e, ChannelOpened)}
+    lossy_phase["on"] = True
+    expected = [b"%d" % i + bytes(rng.randrange(2500)) for i in range(40)]
+    for i, message in enumerate(expected):
+        reliable.send(message)
+        lossy.send(b"up%d" % i)
+        peer.send(ours["_reliable"], message)
+        peer.send(ours["_lossy"], b"down%d" % i)
+        await asyncio.sleep(0.002)
+    await peer.wait(lambda: len(peer.received("_reliable")) == 40 and len(reliable_inbox) == 40, timeout=30)
+    assert peer.received("_reliable") == expected and reliable_inbox == expected
+    # Lossy data is never retransmitted: whatever was lost stays lost, and FORWARD-TSN clears it.
+    await peer.wait(lambda: not peer.ours._outstanding, timeout=15)
+    assert len(peer.received("_lossy")) < 40 and len(lossy_inbox) < 40
+    assert forward_tsn["c2s"] and forward_tsn["s2c"]
+    lossy_phase["on"] = False
+    peer.send(ours["_lossy"], b"last")
+    lossy.send(b"last")
+    await peer.wait(lambda: b"last" in lossy_inbox and b"last" in peer.received("_lossy"), timeout=10)
+    await peer.stop()
