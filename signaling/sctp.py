@@ -464,13 +464,12 @@ class SctpAssociation:
         return self._finish()
 
     def abort(self) -> list[bytes]:
-        if self._peer is not None and self.state != "closed":
-            self._control.append(encode_chunk(ABORT, 0, b""))
-            packets = self._flush()
-        else:
-            packets = []
-        self._closed("local abort")
-        return packets
+        had_peer = self._peer is not None and self.state != "closed"
+        self._closed("local abort")  # drops queued DATA and SACK: nothing may follow the ABORT
+        if not had_peer:
+            return []
+        self._control.append(encode_chunk(ABORT, 0, b""))
+        return self._flush()
 
     def timeout(self) -> float | None:
         if self._kick:
@@ -506,6 +505,8 @@ class SctpAssociation:
         packets, self._packets = self._packets, []
         chunks = self._control
         self._control = []
+        if self._data_out and self._sack_due is not None:
+            self._sack_now = True  # a delayed SACK rides along with DATA for free
         if self._sack_now and self._peer is not None and self.state != "closed":
             chunks.insert(0, self._build_sack())
         chunks.extend(self._data_out)
@@ -582,6 +583,8 @@ class SctpAssociation:
         elif not self.established:
             if t == SHUTDOWN_COMPLETE and self.state == "shutdown-ack-sent":
                 self.state = "closed"
+            elif t == SHUTDOWN and self.state == "shutdown-ack-sent":
+                self._control.append(encode_chunk(SHUTDOWN_ACK, 0, b""))  # ours was lost
             elif t == SHUTDOWN_ACK and self._peer is not None:
                 self._control.append(encode_chunk(SHUTDOWN_COMPLETE, 0, b""))
             return True  # anything else needs an established association

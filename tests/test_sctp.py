@@ -60,7 +60,7 @@ class Link:
 
 
 def test_link_delivers_both_ways() -> None:
-    # Sanity of the harness itself: a shuffled exchange still establishes.
+    # The client initiates, the server answers statelessly until the cookie comes back.
     link = Link()
     assert link.client.established and link.server.established
 
@@ -189,14 +189,27 @@ def test_close_resets_streams_both_ways() -> None:
 def test_abort_and_heartbeat() -> None:
     link = Link()
     open_pair(link, "a")
-    tag = link.client._peer.tag  # type: ignore[union-attr]
     heartbeat = encode_packet(5000, 5000, link.server._tag, encode_chunk(4, 0, b"\x00\x01\x00\x08abcd"))
     replies = link.server.receive(heartbeat, link.now)
     assert parse_packet(replies[0])[3][0].type == 5 and parse_packet(replies[0])[3][0].body.endswith(b"abcd")
     link.run(link.client.abort(), [])
-    assert link.server.state == "closed" and tag
+    assert link.server.state == "closed"
     kinds = [type(e).__name__ for e in link.events["server"]]
     assert kinds[-2:] == ["ChannelClosed", "AssociationClosed"]
+
+
+def test_peer_shutdown() -> None:
+    link = Link()
+    ours, theirs = open_pair(link, "a")
+    tag = link.server._tag
+    shutdown = encode_packet(5000, 5000, tag, encode_chunk(7, 0, struct.pack("!L", link.server._cum_in)))
+    replies = link.server.receive(shutdown, link.now)
+    assert [c.type for c in parse_packet(replies[0])[3]] == [8]  # SHUTDOWN-ACK
+    assert [c.type for c in parse_packet(link.server.receive(shutdown, link.now)[0])[3]] == [8]  # again if lost
+    link.server.receive(encode_packet(5000, 5000, tag, encode_chunk(14, 0, b"")), link.now)
+    assert link.server.state == "closed" and not ours.open
+    with pytest.raises(SctpError):
+        link.server.send(ours, b"late")
 
 
 def test_delayed_sack_timer() -> None:
