@@ -1,0 +1,94 @@
+// A LiveKit JS participant driven by tests/test_browser.py through page.evaluate: window.tern.
+// Everything the test checks is kept in plain objects so it crosses into Python as JSON.
+"use strict";
+
+(() => {
+  const { Room, RoomEvent, Track } = LivekitClient;
+
+  const state = {
+    errors: [],     // messages of errors and failures seen in the page
+    subscribed: [], // {kind, trackSid, participant} per TrackSubscribed
+    data: [],       // {text, participant, topic, kind} per DataReceived
+  };
+  let room = null;
+
+  function remoteTracks() {
+    const tracks = [];
+    for (const participant of room.remoteParticipants.values()) {
+      for (const publication of participant.trackPublications.values()) {
+        if (publication.track) tracks.push({ participant: participant.identity, track: publication.track });
+      }
+    }
+    return tracks;
+  }
+
+  // options: RoomOptions; the defaults try a single peer connection (/rtc/v1) first and fall back to
+  // /rtc when /rtc/v1/validate answers 404.
+  async function connect(url, token, options) {
+    room = new Room(options);
+    room.on(RoomEvent.TrackSubscribed, (track, publication, participant) => {
+      state.subscribed.push({ kind: track.kind, trackSid: publication.trackSid, participant: participant.identity });
+      // Attached so the browser plays (and therefore decodes) what arrives, as an app would.
+      const element = track.attach();
+      element.muted = track.kind === Track.Kind.Audio ? false : true;
+      document.body.appendChild(element);
+    });
+    room.on(RoomEvent.DataReceived, (payload, participant, kind, topic) => {
+      state.data.push({ text: new TextDecoder().decode(payload), participant: participant ? participant.identity : null, topic, kind });
+    });
+    room.on(RoomEvent.MediaDevicesError, (error) => state.errors.push(`media devices: ${error.message}`));
+    await room.connect(url, token);
+    const local = room.localParticipant;
+    return {
+      serverVersion: room.serverInfo ? room.serverInfo.version : null,
+      roomName: room.name,
+      participantSid: local.sid,
+      canPublish: local.permissions ? local.permissions.canPublish : null,
+      canSubscribe: local.permissions ? local.permissions.canSubscribe : null,
+      remoteIdentities: [...room.remoteParticipants.values()].map((p) => p.identity),
+    };
+  }
+
+  async function publishCameraAndMicrophone() {
+    await room.localParticipant.enableCameraAndMicrophone();
+    return [...room.localParticipant.trackPublications.values()].map((publication) => ({
+      kind: publication.kind, source: publication.source, trackSid: publication.trackSid,
+    }));
+  }
+
+  // inbound-rtp of every subscribed track, from its own receiver.
+  async function inboundStats() {
+    const result = [];
+    for (const { participant, track } of remoteTracks()) {
+      if (!track.receiver) continue;
+      const report = await track.receiver.getStats();
+      report.forEach((stats) => {
+        if (stats.type !== "inbound-rtp") return;
+        result.push({
+          participant,
+          kind: stats.kind,
+          packetsReceived: stats.packetsReceived || 0,
+          framesDecoded: stats.framesDecoded || 0,
+          frameWidth: stats.frameWidth || 0,
+          frameHeight: stats.frameHeight || 0,
+          totalSamplesReceived: stats.totalSamplesReceived || 0,
+          concealedSamples: stats.concealedSamples || 0,
+          totalAudioEnergy: stats.totalAudioEnergy || 0,
+        });
+      });
+    }
+    return result;
+  }
+
+  async function publishData(text, topic) {
+    await room.localParticipant.publishData(new TextEncoder().encode(text), { reliable: true, topic });
+  }
+
+  async function disconnect() {
+    if (room) await room.disconnect();
+  }
+
+  window.addEventListener("error", (event) => state.errors.push(`error: ${event.message}`));
+  window.addEventListener("unhandledrejection", (event) => state.errors.push(`unhandled rejection: ${event.reason}`));
+  window.tern = { state, connect, publishCameraAndMicrophone, inboundStats, publishData, disconnect };
+})();

@@ -1,0 +1,309 @@
+"""LiveKit's JS SDK (livekit-client in headless Chromium) against tern, with a Python SDK peer in the same room.
+
+Needs /usr/bin/chromium, `npm ci --prefix tests/browser` and Playwright for Python (driving the system Chromium;
+never `playwright install`). Without them the tests skip locally; under CI (env CI set) they fail instead.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from livekit import rtc
+from livekit.protocol import rtc as signal
+
+from media import Publisher, decoded_audio, decoded_video, wait_for_tracks
+
+BROWSER_DIR = Path(__file__).resolve().parent / "browser"
+CHROMIUM = Path("/usr/bin/chromium")
+LIVEKIT_BUNDLE = BROWSER_DIR / "node_modules" / "livekit-client" / "dist" / "livekit-client.umd.js"
+CHROMIUM_ARGS = [
+    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", "--allow-loopback-in-peer-connection",
+    "--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",  # remote audio elements play without a click
+]
+
+
+def _missing_prerequisites() -> list[str]:
+    missing = []
+    if not CHROMIUM.exists():
+        missing.append(f"{CHROMIUM} (apt-get install chromium)")
+    if not LIVEKIT_BUNDLE.exists():
+        missing.append(f"{LIVEKIT_BUNDLE.relative_to(BROWSER_DIR.parent.parent)} (npm ci --prefix tests/browser)")
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        missing.append("playwright (pip install playwright)")
+    return missing
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prerequisites() -> None:
+    missing = _missing_prerequisites()
+    if missing and os.environ.get("CI"):
+        pytest.fail("browser tests must run under CI but these are missing: " + ", ".join(missing))
+    if missing:
+        pytest.skip("browser tests need " + ", ".join(missing))
+
+
+@pytest.fixture(scope="module")
+def static_site() -> Iterator[str]:
+    """Serves tests/browser (page, script, node_modules) over HTTP; the page must not come from file://."""
+
+    class QuietHandler(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(BROWSER_DIR)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@dataclass
+class SignalCapture:
+    """What the page put on the wire to the server: WebSocket URLs, HTTP responses, decoded signal messages."""
+    sockets: list[str] = field(default_factory=list)
+    responses: list[tuple[str, int]] = field(default_factory=list)
+    sent: list[signal.SignalRequest] = field(default_factory=list)
+    received: list[signal.SignalResponse] = field(default_factory=list)
+    console: list[str] = field(default_factory=list)
+
+    def requests(self, kind: str) -> list[Any]:
+        return [getattr(m, kind) for m in self.sent if m.WhichOneof("message") == kind]
+
+    def responses_of(self, kind: str) -> list[Any]:
+        return [getattr(m, kind) for m in self.received if m.WhichOneof("message") == kind]
+
+    def attach(self, page: Any) -> None:
+        page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
+        page.on("pageerror", lambda error: self.console.append(f"pageerror: {error}"))
+        page.on("response", lambda response: self.responses.append((response.url, response.status)))
+        page.on("websocket", self._on_websocket)
+
+    def _on_websocket(self, socket: Any) -> None:
+        self.sockets.append(socket.url)
+        socket.on("framesent", lambda payload: self._decode(payload, signal.SignalRequest, self.sent))
+        socket.on("framereceived", lambda payload: self._decode(payload, signal.SignalResponse, self.received))
+
+    @staticmethod
+    def _decode(payload: bytes | str, message_type: type, into: list) -> None:
+        if isinstance(payload, bytes):
+            into.append(message_type.FromString(payload))
+
+    def tail(self, lines: int = 40, width: int = 300) -> str:
+        return "\n".join(line[:width] for line in self.console[-lines:])
+
+
+@dataclass
+class BrowserPeer:
+    page: Any
+    capture: SignalCapture
+
+    async def call(self, expression: str, *args: Any) -> Any:
+        """Calls `window.tern.<expression>` with JSON arguments."""
+        return await self.page.evaluate(f"(args) => window.tern.{expression}(...args)", list(args))
+
+    def diagnostics(self, server) -> str:
+        return f"browser console:\n{self.capture.tail()}\nserver log (end):\n{server.log()[-3000:]}"
+
+
+@pytest.fixture
+async def browser(static_site: str) -> AsyncIterator[BrowserPeer]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await chromium.new_page()
+            capture = SignalCapture()
+            capture.attach(page)
+            await page.goto(f"{static_site}/index.html")
+            await page.wait_for_function("window.tern !== undefined", timeout=10_000)
+            peer = BrowserPeer(page, capture)
+            yield peer
+            await peer.call("disconnect")
+        finally:
+            await chromium.close()
+
+
+async def _poll(probe: Callable[[], Awaitable[Any]], done: Callable[[Any], bool], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last value: {value}")
+        await asyncio.sleep(0.2)
+
+
+async def _python_peer(server, identity: str, room: str) -> rtc.Room:
+    client = rtc.Room()
+    await client.connect(server.url, server.token(identity, room))
+    return client
+
+
+def _assert_fell_back_to_v0(capture: SignalCapture) -> None:
+    """The JS SDK tried /rtc/v1, asked /rtc/v1/validate, got 404 and joined on /rtc."""
+    v1 = [url for url in capture.sockets if "/rtc/v1" in url]
+    v0 = [url for url in capture.sockets if "/rtc?" in url]
+    assert v1 and v0 and capture.sockets.index(v1[0]) < capture.sockets.index(v0[0]), capture.sockets
+    validate = [status for url, status in capture.responses if "/rtc/v1/validate" in url]
+    assert validate == [404], capture.responses
+
+
+def _assert_joined_and_subscriber_answered(capture: SignalCapture) -> None:
+    """The JoinResponse fields the JS SDK needs; it answered each subscriber offer with the offer's id."""
+    joins = capture.responses_of("join")
+    assert len(joins) == 1
+    join = joins[0]
+    assert join.server_info.version and join.participant.sid.startswith("PA_")
+    assert join.participant.permission.can_publish and join.participant.permission.can_subscribe
+    server_offers = [offer.id for offer in capture.responses_of("offer")]
+    client_answers = [answer.id for answer in capture.requests("answer")]
+    assert server_offers and set(server_offers) <= set(client_answers), (server_offers, client_answers)
+
+
+def _assert_publisher_offers_answered(capture: SignalCapture) -> None:
+    """The server echoes the id of each publisher offer: JS ignores other answers and its publish times out."""
+    client_offers = [offer.id for offer in capture.requests("offer")]
+    server_answers = [answer.id for answer in capture.responses_of("answer")]
+    assert client_offers and all(offer_id > 0 for offer_id in client_offers), client_offers
+    assert set(client_offers) <= set(server_answers), (client_offers, server_answers)
+
+
+def _validate_allows_browsers(server) -> bool:
+    """A browser page on another origin can read /rtc/v1/validate's status only with a CORS header."""
+    request = urllib.request.Request(server.http + "/rtc/v1/validate", headers={"Origin": "http://example.test"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            headers = response.headers
+    except urllib.error.HTTPError as error:
+        headers = error.headers
+    return headers.get("access-control-allow-origin") in ("*", "http://example.test")
+
+
+VALIDATE_CORS_FIX = (
+    "tern's /rtc/v1/validate 404 has no Access-Control-Allow-Origin header, so the browser hides the 404 from the JS "
+    "SDK (CORS), which then reports 'server unreachable' instead of falling back to /rtc. Fix in signaling/app.py "
+    "create_app: answer /rtc/validate and /rtc/v1/validate (every status, incl. the 404 from not_found on that "
+    "route) with header 'Access-Control-Allow-Origin: *', as LiveKit's server does"
+)
+
+
+MIME_TYPE_FIX = (
+    "tern's TrackPublishedResponse lists codecs[].mime_type as the bare AddTrackRequest codec ('vp8'); the JS SDK "
+    "splits it on '/' and publishing throws \"Cannot read properties of undefined (reading 'toLowerCase')\". Fix in "
+    "signaling/room.py TrackPublication.__init__: add codecs with mime_type f'{self.kind}/{codec.codec}' unless "
+    "codec.codec already contains '/', as LiveKit's server does"
+)
+
+
+def _bare_codec_mime_types(capture: SignalCapture) -> list[str]:
+    return [codec.mime_type for published in capture.responses_of("track_published")
+            for codec in published.track.codecs if "/" not in codec.mime_type]
+
+
+async def _connect_js(browser: BrowserPeer, server, identity: str, room: str, options: dict | None = None) -> dict:
+    try:
+        return await browser.call("connect", server.url, server.token(identity, room), options or {})
+    except Exception as error:
+        raise AssertionError(f"JS SDK failed to connect: {error}\n{browser.diagnostics(server)}") from error
+
+
+async def test_js_falls_back_from_v1_to_v0(server, browser: BrowserPeer):
+    try:
+        joined = await browser.call("connect", server.url, server.token("js-fallback", "browser-fallback"), {})
+    except Exception as error:
+        if not _validate_allows_browsers(server):
+            pytest.xfail(VALIDATE_CORS_FIX)
+        raise AssertionError(f"JS SDK failed to connect: {error}\n{browser.diagnostics(server)}") from error
+    assert joined["serverVersion"] and joined["canPublish"] is True
+    _assert_fell_back_to_v0(browser.capture)
+
+
+async def test_js_and_python_exchange_media(server, browser: BrowserPeer):
+    room = "browser-media"
+    python_room = await _python_peer(server, "py-media", room)
+    publisher = Publisher(python_room)
+    try:
+        await publisher.start()
+        # Straight to /rtc (v0): test_js_falls_back_from_v1_to_v0 covers the way there from the default /rtc/v1.
+        joined = await _connect_js(browser, server, "js-media", room, {"singlePeerConnection": False})
+        assert joined["serverVersion"]
+        assert joined["canPublish"] is True and joined["canSubscribe"] is True
+        assert "py-media" in joined["remoteIdentities"]
+
+        # The browser decodes the Python test card and tone (inbound-rtp of each subscribed track's receiver).
+        def decoded_both(stats: list[dict]) -> bool:
+            video = [s for s in stats if s["kind"] == "video" and s["participant"] == "py-media"]
+            audio = [s for s in stats if s["kind"] == "audio" and s["participant"] == "py-media"]
+            return (bool(video) and video[0]["framesDecoded"] > 10
+                    and bool(audio) and audio[0]["totalSamplesReceived"] > 24000)
+
+        stats = await _poll(lambda: browser.call("inboundStats"), decoded_both, 20, "the browser to decode both tracks")
+        video = next(s for s in stats if s["kind"] == "video")
+        audio = next(s for s in stats if s["kind"] == "audio")
+        assert video["frameWidth"] >= 160 and video["frameHeight"] >= 90, video
+        assert audio["concealedSamples"] < audio["totalSamplesReceived"] / 2, audio  # mostly real audio, not concealment
+        assert audio["totalAudioEnergy"] > 0, audio
+        _assert_joined_and_subscriber_answered(browser.capture)
+
+        try:
+            published = await browser.call("publishCameraAndMicrophone")
+        except Exception as error:
+            if _bare_codec_mime_types(browser.capture):
+                pytest.xfail(MIME_TYPE_FIX)
+            raise AssertionError(f"JS SDK failed to publish: {error}\n{browser.diagnostics(server)}") from error
+        assert {p["kind"] for p in published} == {"audio", "video"}
+        assert all(p["trackSid"].startswith("TR_") for p in published), published
+        _assert_publisher_offers_answered(browser.capture)
+
+        # Python receives Chromium's fake camera (a moving pattern) and fake microphone (beeps).
+        tracks = await wait_for_tracks(python_room, 2)
+        frames = await decoded_video(tracks["video"], frames=10)
+        assert all(f.width >= 160 and f.height >= 90 for f in frames), [(f.width, f.height) for f in frames]
+        samples = await decoded_audio(tracks["audio"], seconds=1.0)
+        assert np.sqrt(np.mean(samples ** 2)) > 0
+        errors = await browser.page.evaluate("window.tern.state.errors")
+        assert not errors, errors
+    finally:
+        await publisher.stop()
+        await python_room.disconnect()
+
+
+@pytest.mark.skip(reason="data channels not implemented yet")
+async def test_js_and_python_exchange_data(server, browser: BrowserPeer):
+    room = "browser-data"
+    python_room = await _python_peer(server, "py-data", room)
+    received: asyncio.Queue[rtc.DataPacket] = asyncio.Queue()
+    python_room.on("data_received", received.put_nowait)
+    try:
+        await _connect_js(browser, server, "js-data", room, {"singlePeerConnection": False})
+
+        await browser.call("publishData", "hello from js", "greetings")
+        packet = await asyncio.wait_for(received.get(), 15)
+        assert packet.data == b"hello from js"
+        assert packet.participant is not None and packet.participant.identity == "js-data"
+        assert packet.topic == "greetings"
+
+        await python_room.local_participant.publish_data(b"hello from python", reliable=True, topic="greetings")
+        data = await _poll(lambda: browser.page.evaluate("window.tern.state.data"), bool, 15, "data in the browser")
+        assert data == [{"text": "hello from python", "participant": "py-data", "topic": "greetings", "kind": 0}]
+    finally:
+        await python_room.disconnect()
