@@ -22,6 +22,10 @@ from .session import PING_TIMEOUT, TOKEN_REFRESH_INTERVAL, SignalSession
 log = logging.getLogger(__name__)
 
 
+# Browsers call the validate routes from the application's origin (LiveKit answers them with CORS *).
+_CORS = {"Access-Control-Allow-Origin": "*"}
+
+
 def _token(connection: HTTPConnection) -> str:
     """Rust/Python SDKs send `Authorization: Bearer`, browsers `?access_token=`."""
     header = connection.headers.get("authorization")
@@ -66,14 +70,15 @@ def create_app(node: Node) -> Starlette:
         try:
             _admit(node, request)
         except AuthError as error:
-            return PlainTextResponse(str(error), status_code=401)
+            return PlainTextResponse(str(error), status_code=401, headers=_CORS)
         except PermissionError as error:
-            return PlainTextResponse(str(error), status_code=403)
-        return PlainTextResponse("success")
+            return PlainTextResponse(str(error), status_code=403, headers=_CORS)
+        return PlainTextResponse("success", headers=_CORS)
 
     async def not_found(request: Request) -> Response:
-        # v1 (single peer connection) is not served: clients fall back to /rtc on exactly 404.
-        return PlainTextResponse("not found", status_code=404)
+        # v1 (single peer connection) is not served: clients fall back to /rtc on exactly 404, which a
+        # browser lets the JS SDK see only with CORS.
+        return PlainTextResponse("not found", status_code=404, headers=_CORS)
 
     async def v1_socket(websocket: WebSocket) -> None:
         await websocket.send_denial_response(PlainTextResponse("not found", status_code=404))

@@ -72,7 +72,9 @@ class TrackPublication:
             or any(len(c.layers) > 1 for c in request.simulcast_codecs),
         )
         for codec in request.simulcast_codecs:
-            self.info.codecs.add(mime_type=codec.codec, cid=codec.cid or request.cid, layers=codec.layers)
+            # Clients send a bare codec name ("vp8"); TrackInfo carries MIME types, which JS splits on "/".
+            mime_type = codec.codec if "/" in codec.codec else f"{self.kind}/{codec.codec}"
+            self.info.codecs.add(mime_type=mime_type, cid=codec.cid or request.cid, layers=codec.layers)
         self.receiver_id: int | None = None
         self.codec: Codec | None = None
         self.extmap: dict[str, int] = {}
