@@ -10,13 +10,6 @@ from . import sdp
 from .transport import Transport
 
 
-def _transport_parameters(description: sdp.SessionDescription) -> tuple[str | None, tuple[str, str] | None]:
-    for section in description.sections:
-        if section.ice_ufrag or section.fingerprint:
-            return section.ice_ufrag, section.fingerprint
-    return None, None
-
-
 class _PeerConnection:
     target: int
 
@@ -24,6 +17,16 @@ class _PeerConnection:
         self.transport = transport
         self.session_id = random.getrandbits(62)
         self._trickled = False
+
+    def _apply_remote(self, description: sdp.SessionDescription) -> None:
+        """Takes the client's ICE ufrag, DTLS fingerprint and SCTP max-message-size from its SDP."""
+        for section in description.sections:
+            if section.ice_ufrag or section.fingerprint:
+                self.transport.set_remote(section.ice_ufrag, section.fingerprint)
+                break
+        for section in description.sections:
+            if section.kind == "application" and section.max_message_size:
+                self.transport.remote_max_message_size = section.max_message_size
 
     def trickle_once(self, mid: str) -> list[rtc.TrickleRequest]:
         """The server's candidates as LiveKit trickles them, after the first SDP: W3C RTCIceCandidateInit JSON
@@ -52,7 +55,7 @@ class PublisherPC(_PeerConnection):
         """Returns the answer, the media the client sends, the mids it no longer sends on, and candidates to
         trickle. Raises sdp.SdpError."""
         description = sdp.parse(offer.sdp)
-        self.transport.set_remote(*_transport_parameters(description))
+        self._apply_remote(description)
         answer_sdp, accepted = sdp.build_answer(description, self.transport.local_endpoint(), self.session_id)
         sending = {media.mid for media in accepted}
         stopped = [s.mid for s in description.sections if s.kind != "application" and s.mid not in sending]
@@ -96,6 +99,6 @@ class SubscriberPC(_PeerConnection):
     def answered(self, answer: rtc.SessionDescription) -> tuple[sdp.SessionDescription, rtc.SessionDescription | None]:
         """Applies the client's answer (R answers with id 0, JS echoes ours). Returns it parsed and any follow-up offer."""
         description = sdp.parse(answer.sdp)
-        self.transport.set_remote(*_transport_parameters(description))
+        self._apply_remote(description)
         self._awaiting_answer = False
         return description, (self._offer() if self._dirty else None)

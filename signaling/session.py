@@ -10,6 +10,8 @@ from livekit.protocol import models, rtc
 
 from . import sdp
 from .auth import Claims
+from .data import LOSSY_LABEL, RELIABLE_LABEL, SERVER_CHANNELS, DataPublisher
+from .dcep import DataChannel
 from .negotiation import PublisherPC, SubscriberPC
 from .room import Participant, Room, Subscription, TrackPublication, now_ms
 
@@ -58,6 +60,12 @@ class SignalSession:
         self.subscriber_primary = claims.video.can_subscribe
         primary = self.subscriber if self.subscriber_primary else self.publisher
         primary.transport.on_connected = self._on_primary_connected
+        # Clients open their channels on the publisher PC; the server opens the same labels on the subscriber PC.
+        if self.subscriber_primary:
+            self.subscriber.transport.local_channels = list(SERVER_CHANNELS)
+        self.data = DataPublisher(self.participant, node.counters)
+        self.publisher.transport.on_message = self._on_data_message
+        self.subscriber.transport.on_message = self._on_data_message
         self.outbox: asyncio.Queue[rtc.SignalResponse | None] = asyncio.Queue()
         self.closed = False
         self._pending: dict[str, TrackPublication] = {}  # by AddTrackRequest cid, until media arrives
@@ -215,6 +223,16 @@ class SignalSession:
             publication.published = False
             self.participant.touch()
             self.room.broadcast_participant(self.participant)
+
+    # -- data
+    def _on_data_message(self, channel: DataChannel, data: bytes) -> None:
+        self.data.receive(channel.label, data)
+
+    def send_data(self, data: bytes, reliable: bool) -> bool:
+        """Delivers a DataPacket to this client: on the primary PC's server channel, else on its own channel."""
+        label = RELIABLE_LABEL if reliable else LOSSY_LABEL
+        primary, other = (self.subscriber, self.publisher) if self.subscriber_primary else (self.publisher, self.subscriber)
+        return not self.closed and (primary.transport.send_message(label, data) or other.transport.send_message(label, data))
 
     def _on_update_metadata(self, request: rtc.UpdateParticipantMetadata) -> None:
         """Name, metadata and attributes set by the client itself (LiveKit's canUpdateOwnMetadata)."""

@@ -1,7 +1,8 @@
-"""Control side of a client's peer connections: ICE-lite credentials, the DTLS endpoint and SRTP keys.
+"""Control side of a client's peer connections: ICE-lite credentials, the DTLS endpoint, SRTP keys, data channels.
 
 The engine owns the socket and the packets; a Transport owns what is rare and stateful (STUN checks,
-the DTLS handshake) and pushes the results (selected address, SRTP contexts) down into the engine.
+the DTLS handshake, the SCTP association over it) and pushes the results (selected address, SRTP contexts)
+down into the engine.
 """
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from collections import Counter
 from typing import Callable
 
 import engine
+from .dcep import AssociationClosed, ChannelClosed, ChannelOpened, DataChannel, MessageReceived
 from .dtls import Certificate, DtlsEndpoint, DtlsError, session_pointer, srtp_sessions
 from .ice import StunError, handle_binding, local_ufrag, new_credentials
+from .sctp import SctpAssociation, SctpError
 from .sdp import LocalEndpoint, SdpError
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,12 @@ class Transport:
         self.dtls = DtlsEndpoint(manager.certificate, None)
         self.address: tuple[str, int] | None = None
         self.on_connected: Callable[[], None] | None = None
+        self.on_message: Callable[[DataChannel, bytes], None] | None = None
         self._srtp = None  # (rx, tx) pylibsrtp sessions, kept alive for the engine's raw pointers
+        self.sctp: SctpAssociation | None = None
+        self.remote_max_message_size = 65536  # the client's a=max-message-size
+        self.local_channels: list[tuple[str, bool, int | None]] = []  # (label, ordered, max_retransmits) we open
+        self.channels: dict[str, DataChannel] = {}  # open data channels by label
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
 
@@ -77,30 +85,91 @@ class Transport:
             self._srtp = srtp_sessions(self.dtls.srtp_keys)
             self.manager.engine.set_srtp(self.id, session_pointer(self._srtp[0]), session_pointer(self._srtp[1]))
             log.debug("transport %s (%s) connected from %s", self.id, self.label, self.address)
+            self._start_sctp()
             if self.on_connected:
                 self.on_connected()
         elif self.dtls.failed:
             self.manager.counters["dtls_failed"] += 1
             log.info("transport %s DTLS failed: %s", self.id, self.dtls.failed)
+        if self.sctp is not None:
+            now = self._now()
+            for record in self.dtls.read_application_data():
+                self._send_sctp(self.sctp.receive(record, now))
+            self._sctp_events()
         self._schedule_timer()
+
+    # -- data channels (SCTP over the DTLS association)
+    def _start_sctp(self) -> None:
+        # tern is always the DTLS server; the client's SCTP stack sends the INIT.
+        self.sctp = SctpAssociation(is_server=True, remote_max_message_size=self.remote_max_message_size)
+        for label, ordered, max_retransmits in self.local_channels:
+            self.sctp.open_channel(label, ordered=ordered, max_retransmits=max_retransmits)
+        now = self._now()
+        self._send_sctp(self.sctp.start(now) + self.sctp.flush(now))
+
+    def send_message(self, label: str, data: bytes) -> bool:
+        """Sends one binary message on the open channel `label`; False when there is none."""
+        channel = self.channels.get(label)
+        if channel is None or self.sctp is None or self.closed:
+            return False
+        try:
+            self._send_sctp(self.sctp.send(channel, data, binary=True, now=self._now()))
+        except SctpError:  # larger than the client accepts, or the channel closed meanwhile
+            self.manager.counters["data_send_failed"] += 1
+            return False
+        self._schedule_timer()
+        return True
+
+    def _sctp_events(self) -> None:
+        assert self.sctp is not None
+        for event in self.sctp.events():
+            if isinstance(event, ChannelOpened):
+                self.channels[event.channel.label] = event.channel
+            elif isinstance(event, ChannelClosed):
+                if self.channels.get(event.channel.label) is event.channel:
+                    del self.channels[event.channel.label]
+            elif isinstance(event, MessageReceived):
+                if self.on_message:
+                    self.on_message(event.channel, event.data)
+            elif isinstance(event, AssociationClosed):
+                self.channels.clear()
+                log.debug("transport %s SCTP closed: %s", self.id, event.reason)
+
+    def _send_sctp(self, packets: list[bytes]) -> None:
+        for packet in packets:
+            self._send(self.dtls.send_application_data(packet))
 
     def _send(self, datagrams: list[bytes]) -> None:
         for datagram in datagrams:
             self.manager.engine.send_transport(self.id, datagram)
 
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
     def _schedule_timer(self) -> None:
+        """One timer for the DTLS retransmissions (a delay) and the SCTP timers (a deadline on the loop's clock)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        delay = None if self.closed else self.dtls.timeout()
-        if delay is not None:
-            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+        if self.closed:
+            return
+        delays = [self.dtls.timeout()]
+        if self.sctp is not None and (deadline := self.sctp.timeout()) is not None:
+            delays.append(max(0.0, deadline - self._now()))
+        delays = [d for d in delays if d is not None]
+        if delays:
+            self._timer = asyncio.get_running_loop().call_later(min(delays), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        if not self.closed:
-            self._send(self.dtls.handle_timeout())
-            self._schedule_timer()
+        if self.closed:
+            return
+        self._send(self.dtls.handle_timeout())
+        if self.sctp is not None:
+            self._send_sctp(self.sctp.handle_timeout(self._now()))
+            self._sctp_events()
+        self._schedule_timer()
 
     def close(self) -> None:
         if self.closed:
