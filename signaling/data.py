@@ -57,6 +57,8 @@ class DataPublisher:
         # The server, not the client, says who sent it (hidden participants stay anonymous).
         identity, sid = ("", "") if sender.hidden else (sender.identity, sender.sid)
         packet.participant_identity, packet.participant_sid = identity, sid
+        # The deprecated `kind` is what JS reports to the application; the Rust SDK sets it wrongly.
+        packet.kind = models.DataPacket.Kind.RELIABLE if reliable else models.DataPacket.Kind.LOSSY
         destinations = set(packet.destination_identities)
         if kind == "user":
             packet.user.participant_identity, packet.user.participant_sid = identity, sid  # for older clients

@@ -287,7 +287,6 @@ async def test_js_and_python_exchange_media(server, browser: BrowserPeer):
         await python_room.disconnect()
 
 
-@pytest.mark.skip(reason="data channels not implemented yet")
 async def test_js_and_python_exchange_data(server, browser: BrowserPeer):
     room = "browser-data"
     python_room = await _python_peer(server, "py-data", room)
