@@ -136,6 +136,8 @@ class Transport:
                 log.debug("transport %s SCTP closed: %s", self.id, event.reason)
 
     def _send_sctp(self, packets: list[bytes]) -> None:
+        if not self.dtls.connected:  # the client closed DTLS (close_notify) while SCTP still had something to say
+            return
         for packet in packets:
             self._send(self.dtls.send_application_data(packet))
 
