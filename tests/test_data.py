@@ -84,3 +84,20 @@ async def test_text_and_byte_streams_arrive_intact(trio):
     await until(lambda: texts and blobs, timeout=30)
     assert texts == [(text, "ann")]
     assert blobs == [(blob, "ann", "blob.bin")]
+
+
+async def test_data_needs_can_publish_data(server, trio):
+    ann, ben, cid = trio
+    muted_room = await connect(server, "dan", "data-room", can_publish_data=False)
+    to_ann = collect(ann)
+    try:
+        await until(lambda: remote(ann, "dan") is not None)
+        before = server.counters().get("data_not_allowed", 0)
+        # The SDK still sends (it has no way to know); the server drops it.
+        await muted_room.local_participant.publish_data(b"not allowed", reliable=True)
+        await until(lambda: server.counters().get("data_not_allowed", 0) > before)
+        await ben.local_participant.publish_data(b"allowed", reliable=True)
+        await until(lambda: to_ann)
+        assert [p[0] for p in to_ann] == [b"allowed"]
+    finally:
+        await muted_room.disconnect()
