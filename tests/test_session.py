@@ -160,3 +160,21 @@ async def test_room_limits_refresh_token_and_refused_resume(server, tmp_path):
         leave = signal.SignalResponse.FromString(await ws.recv()).leave
     assert leave.action == signal.LeaveRequest.Action.RECONNECT
     assert leave.reason == models.DisconnectReason.STATE_MISMATCH
+
+
+async def test_a_client_that_stops_pinging_is_removed_after_ping_timeout(server):
+    from signaling.session import PING_TIMEOUT
+
+    watcher = await connect(server, "pinger-watch", "ping-room")
+    silent, join = await SignalClient.join(server.url, server.token("silent", "ping-room"))
+    assert join.ping_timeout == PING_TIMEOUT
+    try:
+        await until(lambda: remote(watcher, "silent") is not None)
+        started = asyncio.get_running_loop().time()
+        await until(lambda: remote(watcher, "silent") is None, timeout=PING_TIMEOUT + 5)
+        assert asyncio.get_running_loop().time() - started >= PING_TIMEOUT - 1
+        leave = (await silent.receive_until("leave")).leave
+        assert leave.reason == models.DisconnectReason.CONNECTION_TIMEOUT
+    finally:
+        await silent.connection.close()
+        await watcher.disconnect()
