@@ -26,10 +26,11 @@ from engine.receiver cimport (C_AV1, C_H264, C_OPUS, C_OTHER, C_VP8, C_VP9, MAX_
                               receiver_find_rid, receiver_free, receiver_is_keyframe, receiver_new,
                               receiver_note_audio_level, receiver_take_audio_level, receiver_update_top)
 from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, ReportBlock, RtcpHeader, SenderInfo,
-                          build_nack, build_pli, build_rr, build_sdes_cname, build_sr, is_rtcp, parse_feedback_ssrcs,
-                          parse_fir_ssrc, parse_nack, parse_rtcp_header, parse_sender_info)
+                          build_nack, build_pli, build_remb, build_rr, build_sdes_cname, build_sr, is_rtcp,
+                          parse_feedback_ssrcs, parse_fir_ssrc, parse_nack, parse_rtcp_header, parse_sender_info)
 from engine.rtp cimport RtpHeader, Vp8Descriptor, find_extension, parse_rtp, parse_vp8
 from engine.table cimport IntList, U64Map, list_add, list_discard, map_free, map_get, map_init, map_put, map_remove
+from engine.wire cimport load16, store16, store32
 
 log = logging.getLogger(__name__)
 
@@ -178,49 +179,12 @@ cdef inline uint64_t ntp_now() noexcept nogil:
     return ((<uint64_t>ts.tv_sec + 2208988800ULL) << 32) | ((<uint64_t>ts.tv_nsec << 32) // 1000000000ULL)
 
 
-cdef inline void put16(uint8_t *p, uint16_t v) noexcept nogil:
-    p[0] = v >> 8
-    p[1] = v & 0xFF
-
-
-cdef inline void put32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = v >> 24
-    p[1] = (v >> 16) & 0xFF
-    p[2] = (v >> 8) & 0xFF
-    p[3] = v & 0xFF
-
-
 cdef inline uint64_t stream_key(int slot, uint32_t ssrc) noexcept nogil:
     return (<uint64_t>slot << 32) | ssrc
 
 
 cdef inline uint64_t address_key(const sockaddr_in *a) noexcept nogil:
     return (<uint64_t>a.sin_addr.s_addr << 16) | a.sin_port
-
-
-cdef int build_remb(uint8_t *out, int cap, uint32_t sender_ssrc, uint64_t bitrate, const uint32_t *ssrcs,
-                    int count) noexcept nogil:
-    """PSFB fmt 15 "REMB" (draft-alvestrand-rmcat-remb): bitrate as 6-bit exponent and 18-bit mantissa."""
-    cdef int length = 20 + 4 * count
-    cdef int exponent = 0
-    cdef int i
-    if count > 255 or length > cap:
-        return -1
-    while bitrate > 0x3FFFF:
-        bitrate >>= 1
-        exponent += 1
-    out[0] = 0x80 | 15
-    out[1] = RTCP_PSFB
-    put16(out + 2, length // 4 - 1)
-    put32(out + 4, sender_ssrc)
-    put32(out + 8, 0)
-    memcpy(out + 12, b"REMB", 4)
-    out[16] = count
-    out[17] = (exponent << 2) | ((bitrate >> 16) & 0x3)
-    put16(out + 18, bitrate & 0xFFFF)
-    for i in range(count):
-        put32(out + 20 + 4 * i, ssrcs[i])
-    return length
 
 
 cdef class Engine:
@@ -595,13 +559,13 @@ cdef class Engine:
             if not layer.has_ssrc:
                 self.counters[S_DROP_UNKNOWN_SSRC] += 1
                 return
-            osn = (buf[h.header_length] << 8) | buf[h.header_length + 1]
+            osn = load16(buf + h.header_length)
             memmove(buf + 2, buf, h.header_length)
             buf += 2
             length -= 2
             buf[1] = (buf[1] & 0x80) | r.payload_type
-            put16(buf + 2, osn)
-            put32(buf + 8, layer.ssrc)
+            store16(buf + 2, osn)
+            store32(buf + 8, layer.ssrc)
             if parse_rtp(buf, length, &h) < 0:
                 self.counters[S_DROP_MALFORMED] += 1
                 return

@@ -5,21 +5,10 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
 from engine.rtp cimport rewrite_header
+from engine.wire cimport store16, store32
 
 cdef enum:
     SWITCH_HORIZON = 8192     # packets this far behind the newest one are too late to forward anyway
-
-
-cdef inline void put16(uint8_t *p, uint16_t v) noexcept nogil:
-    p[0] = v >> 8
-    p[1] = v & 0xFF
-
-
-cdef inline void put32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = v >> 24
-    p[1] = (v >> 16) & 0xFF
-    p[2] = (v >> 8) & 0xFF
-    p[3] = v & 0xFF
 
 
 cdef DownTrack *downtrack_new() noexcept nogil:
@@ -127,18 +116,18 @@ cdef int downtrack_write(DownTrack *d, const uint8_t *buf, const RtpHeader *h, c
                          const Vp8Descriptor *vp8, bint has_vp8, bint as_rtx, uint8_t *out) noexcept nogil:
     cdef int header = rewrite_header(buf, h, d.ext_map, out)
     cdef uint8_t *payload
-    put32(out + 4, e.out_ts)
+    store32(out + 4, e.out_ts)
     if as_rtx:
         out[1] = (out[1] & 0x80) | d.rtx_payload_type
-        put16(out + 2, d.rtx_seq)
+        store16(out + 2, d.rtx_seq)
         d.rtx_seq += 1
-        put32(out + 8, d.rtx_ssrc)
-        put16(out + header, e.out_seq)  # RFC 4588: the original sequence number leads the payload
+        store32(out + 8, d.rtx_ssrc)
+        store16(out + header, e.out_seq)  # RFC 4588: the original sequence number leads the payload
         payload = out + header + 2
     else:
         out[1] = (out[1] & 0x80) | d.payload_type
-        put16(out + 2, e.out_seq)
-        put32(out + 8, d.ssrc)
+        store16(out + 2, e.out_seq)
+        store32(out + 8, d.ssrc)
         payload = out + header
     memcpy(payload, buf + h.header_length, h.payload_length)
     if has_vp8:

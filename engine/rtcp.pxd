@@ -55,3 +55,6 @@ cdef int build_rr(uint8_t *out, int cap, uint32_t sender_ssrc, const ReportBlock
 cdef int build_sr(uint8_t *out, int cap, const SenderInfo *info, const ReportBlock *blocks, int count) noexcept nogil
 # SDES with one CNAME chunk (needed in compound packets by RFC 3550).
 cdef int build_sdes_cname(uint8_t *out, int cap, uint32_t ssrc, const char *cname, int cname_length) noexcept nogil
+# REMB (PSFB fmt 15): the receive bitrate estimate `bitrate` (bits per second) for the `count` (<= 255) media `ssrcs`.
+cdef int build_remb(uint8_t *out, int cap, uint32_t sender_ssrc, uint64_t bitrate, const uint32_t *ssrcs,
+                    int count) noexcept nogil

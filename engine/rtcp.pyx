@@ -3,32 +3,16 @@
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memmove, memset
 
+from engine.wire cimport load16, load32, store16, store32
+
 cdef enum:
     NACK_MAX_SEQS = 256       # build_nack packs at most this many sequence numbers; the rest are dropped
     REPORT_BLOCK = 24
     MAX_REPORT_BLOCKS = 31    # the 5-bit count field
     LOST_MIN = -(1 << 23)     # cumulative_lost is 24-bit signed on the wire
     LOST_MAX = (1 << 23) - 1
-
-
-cdef inline uint16_t _load16(const uint8_t *p) noexcept nogil:
-    return <uint16_t>((<uint16_t>p[0] << 8) | p[1])
-
-
-cdef inline uint32_t _load32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-
-cdef inline void _store16(uint8_t *p, uint16_t v) noexcept nogil:
-    p[0] = <uint8_t>(v >> 8)
-    p[1] = <uint8_t>v
-
-
-cdef inline void _store32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = <uint8_t>(v >> 24)
-    p[1] = <uint8_t>(v >> 16)
-    p[2] = <uint8_t>(v >> 8)
-    p[3] = <uint8_t>v
+    REMB_MAX_SSRCS = 255      # the 8-bit "Num SSRC" field
+    REMB_MANTISSA_MAX = 0x3FFFF
 
 
 cdef bint is_rtcp(const uint8_t *buf, int length) noexcept nogil:
@@ -39,7 +23,7 @@ cdef int parse_rtcp_header(const uint8_t *buf, int length, RtcpHeader *h) noexce
     cdef int total
     if buf == NULL or length < 4 or (buf[0] >> 6) != 2:
         return -1
-    total = (<int>_load16(buf + 2) + 1) * 4
+    total = (<int>load16(buf + 2) + 1) * 4
     if total > length:
         return -1
     h.count = buf[0] & 0x1F
@@ -65,11 +49,11 @@ cdef int parse_sender_info(const uint8_t *pkt, int length, SenderInfo *info) noe
     cdef RtcpHeader h
     if _content_length(pkt, length, &h) < 28 or h.packet_type != RTCP_SR:
         return -1
-    info.ssrc = _load32(pkt + 4)
-    info.ntp_time = (<uint64_t>_load32(pkt + 8) << 32) | _load32(pkt + 12)
-    info.rtp_time = _load32(pkt + 16)
-    info.packet_count = _load32(pkt + 20)
-    info.octet_count = _load32(pkt + 24)
+    info.ssrc = load32(pkt + 4)
+    info.ntp_time = (<uint64_t>load32(pkt + 8) << 32) | load32(pkt + 12)
+    info.rtp_time = load32(pkt + 16)
+    info.packet_count = load32(pkt + 20)
+    info.octet_count = load32(pkt + 24)
     return 0
 
 
@@ -89,14 +73,14 @@ cdef int parse_report_block(const uint8_t *pkt, int length, int index, ReportBlo
     pos += index * REPORT_BLOCK
     if n - pos < REPORT_BLOCK:
         return -1
-    block.ssrc = _load32(pkt + pos)
+    block.ssrc = load32(pkt + pos)
     block.fraction_lost = pkt[pos + 4]
     lost = (<uint32_t>pkt[pos + 5] << 16) | (<uint32_t>pkt[pos + 6] << 8) | pkt[pos + 7]
     block.cumulative_lost = <int32_t>lost - (1 << 24) if lost & 0x800000 else <int32_t>lost
-    block.highest_sequence = _load32(pkt + pos + 8)
-    block.jitter = _load32(pkt + pos + 12)
-    block.last_sr = _load32(pkt + pos + 16)
-    block.delay_since_last_sr = _load32(pkt + pos + 20)
+    block.highest_sequence = load32(pkt + pos + 8)
+    block.jitter = load32(pkt + pos + 12)
+    block.last_sr = load32(pkt + pos + 16)
+    block.delay_since_last_sr = load32(pkt + pos + 20)
     return 0
 
 
@@ -105,8 +89,8 @@ cdef int parse_feedback_ssrcs(const uint8_t *pkt, int length, uint32_t *sender_s
     cdef RtcpHeader h
     if _content_length(pkt, length, &h) < 12 or (h.packet_type != RTCP_RTPFB and h.packet_type != RTCP_PSFB):
         return -1
-    sender_ssrc[0] = _load32(pkt + 4)
-    media_ssrc[0] = _load32(pkt + 8)
+    sender_ssrc[0] = load32(pkt + 4)
+    media_ssrc[0] = load32(pkt + 8)
     return 0
 
 
@@ -118,8 +102,8 @@ cdef int parse_nack(const uint8_t *pkt, int length, uint16_t *seqs, int max_seqs
     if n < 12 or h.packet_type != RTCP_RTPFB or h.count != 1:
         return 0
     while n - pos >= 4 and found < max_seqs:
-        pid = _load16(pkt + pos)
-        blp = _load16(pkt + pos + 2)
+        pid = load16(pkt + pos)
+        blp = load16(pkt + pos + 2)
         pos += 4
         seqs[found] = pid
         found += 1
@@ -136,22 +120,22 @@ cdef int parse_fir_ssrc(const uint8_t *pkt, int length, uint32_t *media_ssrc) no
     cdef RtcpHeader h
     if _content_length(pkt, length, &h) < 20 or h.packet_type != RTCP_PSFB or h.count != 4:
         return -1
-    media_ssrc[0] = _load32(pkt + 12)    # first FCI entry: SSRC, seq nr, 3 reserved bytes
+    media_ssrc[0] = load32(pkt + 12)    # first FCI entry: SSRC, seq nr, 3 reserved bytes
     return 0
 
 
 cdef inline void _write_header(uint8_t *out, int count, int packet_type, int total) noexcept nogil:
     out[0] = <uint8_t>(0x80 | count)
     out[1] = <uint8_t>packet_type
-    _store16(out + 2, <uint16_t>(total // 4 - 1))
+    store16(out + 2, <uint16_t>(total // 4 - 1))
 
 
 cdef int build_pli(uint8_t *out, int cap, uint32_t sender_ssrc, uint32_t media_ssrc) noexcept nogil:
     if out == NULL or cap < 12:
         return -1
     _write_header(out, 1, RTCP_PSFB, 12)
-    _store32(out + 4, sender_ssrc)
-    _store32(out + 8, media_ssrc)
+    store32(out + 4, sender_ssrc)
+    store32(out + 8, media_ssrc)
     return 12
 
 
@@ -159,9 +143,9 @@ cdef int build_fir(uint8_t *out, int cap, uint32_t sender_ssrc, uint32_t media_s
     if out == NULL or cap < 20:
         return -1
     _write_header(out, 4, RTCP_PSFB, 20)
-    _store32(out + 4, sender_ssrc)
-    _store32(out + 8, 0)                 # RFC 5104 4.3.1.2: the header's media SSRC is unused; the FCI names it
-    _store32(out + 12, media_ssrc)
+    store32(out + 4, sender_ssrc)
+    store32(out + 8, 0)                 # RFC 5104 4.3.1.2: the header's media SSRC is unused; the FCI names it
+    store32(out + 12, media_ssrc)
     out[16] = seq_nr
     out[17] = 0
     out[18] = 0
@@ -208,12 +192,12 @@ cdef int build_nack(uint8_t *out, int cap, uint32_t sender_ssrc, uint32_t media_
             i += 1
         if cap - pos < 4:
             return -1
-        _store16(out + pos, pid)
-        _store16(out + pos + 2, blp)
+        store16(out + pos, pid)
+        store16(out + pos + 2, blp)
         pos += 4
     _write_header(out, 1, RTCP_RTPFB, pos)
-    _store32(out + 4, sender_ssrc)
-    _store32(out + 8, media_ssrc)
+    store32(out + 4, sender_ssrc)
+    store32(out + 8, media_ssrc)
     return pos
 
 
@@ -223,15 +207,15 @@ cdef inline void _write_report_block(uint8_t *out, const ReportBlock *b) noexcep
         lost = LOST_MIN
     elif lost > LOST_MAX:
         lost = LOST_MAX
-    _store32(out, b.ssrc)
+    store32(out, b.ssrc)
     out[4] = b.fraction_lost
     out[5] = <uint8_t>((<uint32_t>lost >> 16) & 0xFF)
     out[6] = <uint8_t>((<uint32_t>lost >> 8) & 0xFF)
     out[7] = <uint8_t>(<uint32_t>lost & 0xFF)
-    _store32(out + 8, b.highest_sequence)
-    _store32(out + 12, b.jitter)
-    _store32(out + 16, b.last_sr)
-    _store32(out + 20, b.delay_since_last_sr)
+    store32(out + 8, b.highest_sequence)
+    store32(out + 12, b.jitter)
+    store32(out + 16, b.last_sr)
+    store32(out + 20, b.delay_since_last_sr)
 
 
 cdef inline int _write_report_blocks(uint8_t *out, const ReportBlock *blocks, int count) noexcept nogil:
@@ -246,7 +230,7 @@ cdef int build_rr(uint8_t *out, int cap, uint32_t sender_ssrc, const ReportBlock
     if out == NULL or count < 0 or count > MAX_REPORT_BLOCKS or (count > 0 and blocks == NULL) or cap < total:
         return -1
     _write_header(out, count, RTCP_RR, total)
-    _store32(out + 4, sender_ssrc)
+    store32(out + 4, sender_ssrc)
     _write_report_blocks(out + 8, blocks, count)
     return total
 
@@ -257,12 +241,12 @@ cdef int build_sr(uint8_t *out, int cap, const SenderInfo *info, const ReportBlo
             or cap < total):
         return -1
     _write_header(out, count, RTCP_SR, total)
-    _store32(out + 4, info.ssrc)
-    _store32(out + 8, <uint32_t>(info.ntp_time >> 32))
-    _store32(out + 12, <uint32_t>info.ntp_time)
-    _store32(out + 16, info.rtp_time)
-    _store32(out + 20, info.packet_count)
-    _store32(out + 24, info.octet_count)
+    store32(out + 4, info.ssrc)
+    store32(out + 8, <uint32_t>(info.ntp_time >> 32))
+    store32(out + 12, <uint32_t>info.ntp_time)
+    store32(out + 16, info.rtp_time)
+    store32(out + 20, info.packet_count)
+    store32(out + 24, info.octet_count)
     _write_report_blocks(out + 28, blocks, count)
     return total
 
@@ -275,13 +259,37 @@ cdef int build_sdes_cname(uint8_t *out, int cap, uint32_t ssrc, const char *cnam
     if out == NULL or cname_length < 0 or cname_length > 255 or (cname_length > 0 and cname == NULL) or cap < total:
         return -1
     _write_header(out, 1, RTCP_SDES, total)
-    _store32(out + 4, ssrc)
+    store32(out + 4, ssrc)
     out[8] = 1
     out[9] = <uint8_t>cname_length
     memcpy(out + 10, cname, cname_length)
     memset(out + items_end, 0, total - items_end)
     return total
 
+
+
+cdef int build_remb(uint8_t *out, int cap, uint32_t sender_ssrc, uint64_t bitrate, const uint32_t *ssrcs,
+                    int count) noexcept nogil:
+    # PSFB fmt 15 "REMB" (draft-alvestrand-rmcat-remb): media SSRC 0, "REMB", SSRC count, bitrate as a 6-bit
+    # exponent and 18-bit mantissa (precision is dropped from the bottom), then the SSRCs it applies to.
+    cdef int total = 20 + 4 * count
+    cdef int exponent = 0
+    cdef int i
+    if out == NULL or count < 0 or count > REMB_MAX_SSRCS or (count > 0 and ssrcs == NULL) or cap < total:
+        return -1
+    while bitrate > REMB_MANTISSA_MAX:
+        bitrate >>= 1
+        exponent += 1
+    _write_header(out, 15, RTCP_PSFB, total)
+    store32(out + 4, sender_ssrc)
+    store32(out + 8, 0)
+    memcpy(out + 12, b"REMB", 4)
+    out[16] = <uint8_t>count
+    out[17] = <uint8_t>((exponent << 2) | (bitrate >> 16))
+    store16(out + 18, <uint16_t>bitrate)
+    for i in range(count):
+        store32(out + 20 + 4 * i, ssrcs[i])
+    return total
 
 # ---- thin Python faces, for tests and debugging (not used on the hot path) ----
 
@@ -318,7 +326,7 @@ def parse_compound(bytes data) -> list | None:
             else:
                 if h.total_length < 8:
                     return None
-                packet["ssrc"] = _load32(buf + pos + 4)
+                packet["ssrc"] = load32(buf + pos + 4)
             reports = []
             for i in range(h.count):
                 if parse_report_block(buf + pos, remaining, i, &block) != 0:
@@ -409,3 +417,16 @@ def sdes_cname(uint32_t ssrc, str cname, int cap=BUILD_CAP) -> bytes:
     cdef uint8_t out[BUILD_CAP]
     cdef bytes text = cname.encode()
     return _built(out, build_sdes_cname(out, _cap(cap), ssrc, text, len(text)))
+
+
+def remb(uint32_t sender_ssrc, bitrate: int, ssrcs=(), int cap=BUILD_CAP) -> bytes:
+    """REMB announcing `bitrate` (bits per second, 0..2**64-1) for the media `ssrcs` (at most 255)."""
+    cdef uint8_t out[BUILD_CAP]
+    cdef uint32_t values[REMB_MAX_SSRCS]
+    cdef uint64_t rate = bitrate
+    cdef list media = list(ssrcs)
+    if len(media) > REMB_MAX_SSRCS:
+        raise ValueError(f"more than {REMB_MAX_SSRCS} SSRCs")
+    for i, ssrc in enumerate(media):
+        values[i] = ssrc
+    return _built(out, build_remb(out, _cap(cap), sender_ssrc, rate, values, len(media)))

@@ -3,17 +3,11 @@
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset
 
+from engine.wire cimport load16, load32
+
 cdef enum:
     FIXED_HEADER = 12
     UDP_MAX = 0xFFFF         # lengths are stored in uint16_t fields; no datagram is longer
-
-
-cdef inline uint16_t _load16(const uint8_t *p) noexcept nogil:
-    return <uint16_t>((<uint16_t>p[0] << 8) | p[1])
-
-
-cdef inline uint32_t _load32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
 
 cdef int parse_rtp(const uint8_t *buf, int length, RtpHeader *h) noexcept nogil:
@@ -34,8 +28,8 @@ cdef int parse_rtp(const uint8_t *buf, int length, RtpHeader *h) noexcept nogil:
     if first & 0x10:
         if length - pos < 4:
             return -1
-        profile = _load16(buf + pos)
-        ext_bytes = 4 * <int>_load16(buf + pos + 2)
+        profile = load16(buf + pos)
+        ext_bytes = 4 * <int>load16(buf + pos + 2)
         pos += 4
         if ext_bytes > length - pos:
             return -1
@@ -51,9 +45,9 @@ cdef int parse_rtp(const uint8_t *buf, int length, RtpHeader *h) noexcept nogil:
     h.marker = buf[1] >> 7
     h.payload_type = buf[1] & 0x7F
     h.csrc_count = first & 0x0F
-    h.sequence = _load16(buf + 2)
-    h.timestamp = _load32(buf + 4)
-    h.ssrc = _load32(buf + 8)
+    h.sequence = load16(buf + 2)
+    h.timestamp = load32(buf + 4)
+    h.ssrc = load32(buf + 8)
     h.header_length = <uint16_t>pos
     h.payload_length = <uint16_t>(length - pos - padding)
     return 0
@@ -220,7 +214,7 @@ cdef int h264_is_keyframe(const uint8_t *payload, int length) noexcept nogil:
         # STAP-A: a sequence of 16-bit size + NAL unit.
         pos = 1
         while length - pos > 2:
-            size = _load16(payload + pos)
+            size = load16(payload + pos)
             pos += 2
             if size == 0 or size > length - pos:
                 return 0

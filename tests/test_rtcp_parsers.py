@@ -1,4 +1,4 @@
-"""engine.rtcp: RTCP demultiplexing, compound parsing and the SR/RR/SDES/PLI/FIR/NACK builders.
+"""engine.rtcp: RTCP demultiplexing, compound parsing and the SR/RR/SDES/PLI/FIR/NACK/REMB builders.
 
 Hand-built packets pin the edge cases; aiortc's pure-Python RTCP code is the oracle in both directions (it parses
 what we build, we parse what it builds); hypothesis feeds garbage and truncations to the parsers."""
@@ -6,7 +6,7 @@ import struct
 
 import pytest
 from aiortc.rtp import (RtcpByePacket, RtcpPacket, RtcpPsfbPacket, RtcpReceiverInfo, RtcpRrPacket, RtcpRtpfbPacket,
-                        RtcpSdesPacket, RtcpSenderInfo, RtcpSourceInfo, RtcpSrPacket)
+                        RtcpSdesPacket, RtcpSenderInfo, RtcpSourceInfo, RtcpSrPacket, unpack_remb_fci)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -96,6 +96,46 @@ def test_fir():
     assert (packet.fmt, packet.ssrc, packet.media_ssrc, packet.fci) == (4, 1, 0, bytes.fromhex("abcdef0107000000"))
     assert check_compound(data)[0]["fir_ssrc"] == 0xABCDEF01
 
+
+
+def test_remb():
+    # 5 Mbps does not fit the 18-bit mantissa: 156250 * 2**5, sent as exponent 5, mantissa 0x2625A.
+    data = rtcp.remb(0x11111111, 5_000_000, [0xAAAAAAAA, 0xBBBBBBBB])
+    assert data == bytes.fromhex("8fce0006" "11111111" "00000000" "52454d42" "02" "16" "625a" "aaaaaaaa" "bbbbbbbb")
+    [packet] = RtcpPacket.parse(data)
+    assert (packet.fmt, packet.ssrc, packet.media_ssrc) == (15, 0x11111111, 0)
+    assert unpack_remb_fci(packet.fci) == (5_000_000, [0xAAAAAAAA, 0xBBBBBBBB])
+    assert check_compound(data) == [{"type": 206, "count": 15, "length": 28, "sender_ssrc": 0x11111111,
+                                     "media_ssrc": 0}]
+
+
+@settings(max_examples=300)
+@given(sender=u32, bitrate=st.integers(0, 2**64 - 1), ssrcs=st.lists(u32, max_size=20))
+def test_remb_layout(sender, bitrate, ssrcs):
+    # draft-alvestrand-rmcat-remb 2.2: PSFB fmt 15, media SSRC 0, then the FCI "REMB", Num SSRC, BR Exp (6 bits),
+    # BR Mantissa (18 bits) and the SSRC list; the mantissa is as large as fits, dropping low bits of the rate.
+    data = rtcp.remb(sender, bitrate, ssrcs)
+    [packet] = RtcpPacket.parse(data)
+    assert (packet.fmt, packet.ssrc, packet.media_ssrc) == (15, sender, 0)
+    fci = packet.fci
+    assert len(fci) == 8 + 4 * len(ssrcs)
+    assert fci[:4] == b"REMB" and fci[4] == len(ssrcs)
+    exponent, mantissa = fci[5] >> 2, ((fci[5] & 0x3) << 16) | struct.unpack("!H", fci[6:8])[0]
+    assert mantissa << exponent <= bitrate < (mantissa + 1) << exponent
+    assert exponent == 0 or mantissa >= 1 << 17
+    assert list(struct.unpack(f"!{len(ssrcs)}I", fci[8:])) == ssrcs
+
+
+def test_remb_limits():
+    assert len(rtcp.remb(1, 10**6)) == 20                       # no SSRCs: an estimate for the whole session
+    assert len(rtcp.remb(1, 10**6, range(255))) == 20 + 4 * 255
+    with pytest.raises(ValueError):
+        rtcp.remb(1, 10**6, range(256))                          # Num SSRC is 8 bits
+    with pytest.raises(OverflowError):
+        rtcp.remb(1, -1)
+    with pytest.raises(ValueError):
+        rtcp.remb(1, 10**6, [7], cap=23)
+    assert len(rtcp.remb(1, 10**6, [7], cap=24)) == 24
 
 def test_nack_groups_into_pid_and_blp():
     data = rtcp.nack(1, 2, [100, 101, 116, 117, 300])         # 117 is 17 past 100: a new pair
@@ -237,25 +277,25 @@ def test_garbage_never_breaks_parsers(data):
 
 
 @settings(max_examples=300)
-@given(st.lists(st.sampled_from(["rr", "sr", "sdes", "pli", "fir", "nack"]), min_size=1, max_size=4),
+@given(st.lists(st.sampled_from(["rr", "sr", "sdes", "pli", "fir", "nack", "remb"]), min_size=1, max_size=4),
        st.binary(min_size=4, max_size=4))
 def test_garbage_after_valid_headers(kinds, noise):
     # Valid headers with lying type/count fields: flip the count/type of packets built correctly.
     built = {"rr": rtcp.rr(1, [block()]), "sr": rtcp.sr(dict(ssrc=1, ntp_time=2, rtp_time=3, packet_count=4,
                                                              octet_count=5)),
              "sdes": rtcp.sdes_cname(1, "c"), "pli": rtcp.pli(1, 2), "fir": rtcp.fir(1, 2, 3),
-             "nack": rtcp.nack(1, 2, [5, 9])}
+             "nack": rtcp.nack(1, 2, [5, 9]), "remb": rtcp.remb(1, 10**6, [2])}
     data = b"".join(bytes([0x80 | (noise[0] & 0x3F), 200 + noise[1] % 8]) + built[k][2:] for k in kinds)
     check_compound(data)
 
 
 @settings(max_examples=100)
-@given(st.lists(st.sampled_from(["rr", "sr", "sdes", "pli", "fir", "nack"]), min_size=1, max_size=4))
+@given(st.lists(st.sampled_from(["rr", "sr", "sdes", "pli", "fir", "nack", "remb"]), min_size=1, max_size=4))
 def test_truncations_of_valid_compounds(kinds):
     built = {"rr": rtcp.rr(1, [block(), block(ssrc=2)]),
              "sr": rtcp.sr(dict(ssrc=1, ntp_time=2, rtp_time=3, packet_count=4, octet_count=5), [block()]),
              "sdes": rtcp.sdes_cname(1, "cname"), "pli": rtcp.pli(1, 2), "fir": rtcp.fir(1, 2, 3),
-             "nack": rtcp.nack(1, 2, [5, 9, 100])}
+             "nack": rtcp.nack(1, 2, [5, 9, 100]), "remb": rtcp.remb(1, 10**7, [2, 3])}
     packets = [built[k] for k in kinds]
     data = b"".join(packets)
     boundaries = {sum(len(p) for p in packets[:i]) for i in range(len(packets) + 1)}
