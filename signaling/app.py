@@ -51,15 +51,19 @@ def _int(connection: HTTPConnection, name: str) -> int:
         return 0
 
 
-def _admit(node: Node, connection: HTTPConnection) -> tuple[str, Claims, Room]:
-    """Checks what LiveKit checks before upgrading, so failures are HTTP statuses. Raises AuthError or PermissionError."""
+def _admit(node: Node, connection: HTTPConnection) -> tuple[str, Claims, str]:
+    """Checks what LiveKit checks before upgrading, so failures are HTTP statuses; creates nothing.
+    Returns the token, its claims and the room name. Raises AuthError or PermissionError."""
     token = _token(connection)
     claims, room_name = node.verifier.verify_join(token)
-    room = node.rooms.rooms.get(room_name)
+    _check_capacity(node, node.rooms.rooms.get(room_name), claims.identity)
+    return token, claims, room_name
+
+
+def _check_capacity(node: Node, room: Room | None, identity: str) -> None:
     limit = node.config.room.max_participants
-    if room is not None and limit and claims.identity not in room.participants and len(room.participants) >= limit:
+    if room is not None and limit and identity not in room.participants and len(room.participants) >= limit:
         raise PermissionError("room is full")
-    return token, claims, room if room is not None else node.rooms.get_or_create(room_name)
 
 
 def create_app(node: Node) -> Starlette:
@@ -85,7 +89,7 @@ def create_app(node: Node) -> Starlette:
 
     async def rtc_socket(websocket: WebSocket) -> None:
         try:
-            token, claims, room = _admit(node, websocket)
+            token, claims, room_name = _admit(node, websocket)
         except AuthError as error:
             node.counters["join_unauthorized"] += 1
             await websocket.send_denial_response(PlainTextResponse(str(error), status_code=401))
@@ -103,10 +107,21 @@ def create_app(node: Node) -> Starlette:
             )).SerializeToString())
             await websocket.close()
             return
+        await websocket.accept()
+        # Resolved only now, with no await before join(): the room may have closed, or a session with the
+        # same identity or one more participant may have joined, while the upgrade was in flight.
+        room = node.rooms.get_or_create(room_name)
         previous = room.participants.get(claims.identity)
         if previous is not None:
             previous.session.close(models.DisconnectReason.DUPLICATE_IDENTITY)
-        await websocket.accept()
+        try:
+            _check_capacity(node, room, claims.identity)
+        except PermissionError:
+            await websocket.send_bytes(rtc.SignalResponse(leave=rtc.LeaveRequest(
+                reason=models.DisconnectReason.JOIN_FAILURE, action=rtc.LeaveRequest.Action.DISCONNECT,
+            )).SerializeToString())
+            await websocket.close()
+            return
         session = SignalSession(
             node, claims, room,
             auto_subscribe=_flag(websocket, "auto_subscribe", True),
@@ -170,7 +185,7 @@ async def _read(node: Node, websocket: WebSocket, session: SignalSession) -> Non
 async def _refresh_tokens(session: SignalSession, expires_at: int) -> None:
     """Sends a fresh token before the one the client joined with expires, then every refresh interval."""
     delay = min(TOKEN_REFRESH_INTERVAL, max(1.0, (expires_at - time.time()) / 2))
-    while True:
+    while not session.closed:
         await asyncio.sleep(delay)
         session.refresh_token()
         delay = TOKEN_REFRESH_INTERVAL

@@ -77,11 +77,21 @@ class SubscriberPC(_PeerConnection):
         self._awaiting_answer = False
         self._dirty = True
         self._next_mid = 1  # after the data-channel m-line
+        self._offered_inactive: list[sdp.OutgoingMedia] = []  # m-lines the outstanding offer has inactive
+        self._recyclable: set[str] = set()  # inactive mids the client has answered: free for reuse
 
-    def next_mid(self) -> str:
-        mid = str(self._next_mid)
+    def add(self, media: sdp.OutgoingMedia) -> None:
+        """Gives `media` an m-line: an inactive one of its kind that the client has already answered as such
+        (as LiveKit reuses transceivers, so the SDP does not grow with every track ever subscribed), else a new one."""
+        for index, slot in enumerate(self.media):
+            if not slot.active and slot.kind == media.kind and slot.mid in self._recyclable:
+                self._recyclable.discard(slot.mid)
+                media.mid = slot.mid
+                self.media[index] = media
+                return
+        media.mid = str(self._next_mid)
         self._next_mid += 1
-        return mid
+        self.media.append(media)
 
     def changed(self) -> rtc.SessionDescription | None:
         """Marks the media list changed; returns an offer to send now, or None if one is in flight."""
@@ -91,14 +101,20 @@ class SubscriberPC(_PeerConnection):
     def _offer(self) -> rtc.SessionDescription:
         self._dirty = False
         self._awaiting_answer = True
+        self._offered_inactive = [media for media in self.media if not media.active]
         self._offer_id += 1
         self._version += 1
         text = sdp.build_offer(self.transport.local_endpoint(), self.media, self.session_id, self._version, self.data_mid)
         return rtc.SessionDescription(type="offer", sdp=text, id=self._offer_id)
 
     def answered(self, answer: rtc.SessionDescription) -> tuple[sdp.SessionDescription, rtc.SessionDescription | None]:
-        """Applies the client's answer (R answers with id 0, JS echoes ours). Returns it parsed and any follow-up offer."""
+        """Applies the client's answer to the outstanding offer (R answers with id 0, JS echoes ours). Returns it
+        parsed and any follow-up offer. Raises sdp.SdpError for a malformed, stale or unsolicited answer."""
+        if not self._awaiting_answer or answer.id not in (0, self._offer_id):
+            raise sdp.SdpError(f"answer {answer.id} does not match an outstanding offer")
         description = sdp.parse(answer.sdp)
         self._apply_remote(description)
         self._awaiting_answer = False
+        # Only m-lines still in the state offered (not refilled meanwhile) are known inactive on both sides.
+        self._recyclable |= {m.mid for m in self._offered_inactive if any(m is slot for slot in self.media)}
         return description, (self._offer() if self._dirty else None)

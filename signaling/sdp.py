@@ -467,10 +467,22 @@ def _inactive_lines(section: MediaSection, local: LocalEndpoint) -> list[str]:
     else:   # static payload type without rtpmap: echo the format
         lines = [f"m={section.kind} 9 {section.protocol} {section.formats[0]}"]
     lines += _transport_lines(local, "passive", section.mid)
+    # Accept the header extensions here too: libwebrtc's later offers carry, even on new m-lines, only
+    # extensions an answer has accepted, so an inactive answer without them would lose audio levels and rids.
+    lines += _extmap_lines(_accepted_extensions(section))
     lines += ["a=inactive", "a=rtcp-mux", "a=rtcp-rsize"]
     for codec in codecs:
         lines += _codec_lines(codec, [])
     return lines
+
+
+def _accepted_extensions(section: MediaSection) -> dict[str, int]:
+    allowed = _VIDEO_EXTENSIONS if section.kind == "video" else _AUDIO_EXTENSIONS
+    return {uri: ext_id for uri, ext_id in section.extmap.items() if uri in allowed}
+
+
+def _extmap_lines(extmap: dict[str, int]) -> list[str]:
+    return [f"a=extmap:{ext_id} {uri}" for uri, ext_id in extmap.items()]
 
 
 def _application_lines(section: MediaSection, local: LocalEndpoint) -> list[str]:
@@ -482,18 +494,17 @@ def _application_lines(section: MediaSection, local: LocalEndpoint) -> list[str]
 def _receive_lines(section: MediaSection, local: LocalEndpoint,
                    primary: Codec) -> tuple[list[str], AcceptedMedia]:
     video = section.kind == "video"
-    allowed_ext = _VIDEO_EXTENSIONS if video else _AUDIO_EXTENSIONS
     allowed_fb = _VIDEO_FEEDBACK if video else _AUDIO_FEEDBACK
     rtx = section.codec(primary.rtx_payload_type) if video and primary.rtx_payload_type is not None else None
     codec = Codec(primary.payload_type, primary.name, primary.clock_rate, primary.channels, primary.fmtp,
                   [fb for fb in primary.rtcp_fb if fb.lower() in allowed_fb],
                   rtx.payload_type if rtx else None)
-    extmap = {uri: ext_id for uri, ext_id in section.extmap.items() if uri in allowed_ext}
+    extmap = _accepted_extensions(section)
     rids, simulcast_order = _accepted_rids(section) if video else ([], [])
 
     lines = [_rtp_mline(section.kind, section.protocol, [codec] + ([rtx] if rtx else []))]
     lines += _transport_lines(local, "passive", section.mid)
-    lines += [f"a=extmap:{ext_id} {uri}" for uri, ext_id in extmap.items()]
+    lines += _extmap_lines(extmap)
     lines += ["a=recvonly", "a=rtcp-mux", "a=rtcp-rsize"]
     lines += _codec_lines(codec, codec.rtcp_fb)
     if rtx:
@@ -559,7 +570,7 @@ def build_offer(local: LocalEndpoint, media: list[OutgoingMedia], session_id: in
             raise ValueError(f"mid {m.mid}: rtx_ssrc given but the codec has no rtx payload type")
         body.append(_rtp_mline(m.kind, "UDP/TLS/RTP/SAVPF", [codec] + ([rtx] if rtx else [])))
         body += _transport_lines(local, "actpass", m.mid)
-        body += [f"a=extmap:{ext_id} {uri}" for uri, ext_id in m.extmap.items()]
+        body += _extmap_lines(m.extmap)
         body.append("a=sendonly" if m.active else "a=inactive")
         msid = f"{m.stream_id} {m.track_id}"
         if m.active:

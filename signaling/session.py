@@ -26,6 +26,7 @@ PING_TIMEOUT = 15
 MAX_METADATA_SIZE = 512 * 1024
 MAX_ATTRIBUTES_SIZE = 64 * 1024
 MAX_NAME_LENGTH = 256
+MAX_OUTBOX = 1000  # signal messages queued for a client before it counts as gone
 # Clients keep a refreshed token for reconnecting; LiveKit refreshes well before its 10-minute validity ends.
 TOKEN_REFRESH_INTERVAL = 5 * 60
 REFRESHED_TOKEN_TTL = 10 * 60
@@ -72,8 +73,13 @@ class SignalSession:
 
     # -- output
     def send(self, response: rtc.SignalResponse) -> None:
-        if not self.closed:
-            self.outbox.put_nowait(response)
+        if self.closed:
+            return
+        if self.outbox.qsize() >= MAX_OUTBOX:  # the client stopped reading: drop it rather than buffer forever
+            self.node.counters["signal_outbox_overflow"] += 1
+            self.close(models.DisconnectReason.SIGNAL_CLOSE, notify=False)
+            return
+        self.outbox.put_nowait(response)
 
     def _send_offer(self, offer: rtc.SessionDescription | None) -> None:
         if offer is not None:
@@ -118,6 +124,8 @@ class SignalSession:
 
     # -- requests
     def handle(self, request: rtc.SignalRequest) -> None:
+        if self.closed:  # e.g. frames still arriving from a session evicted by a rejoin
+            return
         kind = request.WhichOneof("message")
         handler = getattr(self, f"_on_{kind}", None)
         if handler is None:
@@ -173,31 +181,37 @@ class SignalSession:
                     self._unpublish(publication)
 
     def _attach_media(self, media: sdp.AcceptedMedia) -> None:
-        """Ties an m-line the client sends on to its AddTrackRequest (msid track id == cid) and starts a Receiver."""
+        """Ties an m-line the client sends on to its AddTrackRequest (msid track id == cid, else a codec's cid,
+        else the first pending track of the kind) and starts a Receiver."""
         if any(p.info.mid == media.mid for p in self.participant.publications.values()):
             return  # already receiving on this m-line (renegotiation)
-        publication = self._pending.pop(media.track_id, None) if media.track_id else None
-        if publication is None:
-            publication = next((p for p in self._pending.values() if any(c.cid == media.track_id for c in p.info.codecs)), None)
-        if publication is None:
-            publication = next((p for p in self._pending.values() if p.kind == media.kind), None)
+        candidates = [p for p in self._pending.values() if p.kind == media.kind]
+        publication = next((p for p in candidates if p.cid == media.track_id), None) \
+            or next((p for p in candidates if any(c.cid == media.track_id for c in p.info.codecs)), None) \
+            or next(iter(candidates), None)
         if publication is None:
             self.node.counters["media_without_track"] += 1
             return
-        self._pending.pop(publication.cid, None)
         codec = media.codec
+        try:
+            receiver_id = self.node.engine.add_receiver(
+                self.publisher.transport.id, media.mid, media.kind, codec.name.lower(), codec.payload_type,
+                codec.rtx_payload_type or 0, codec.clock_rate, ordered_rids(media.rids), media.ssrcs,
+                media.rtx_ssrcs, media.extmap,
+            )
+        except ValueError as error:  # beyond the engine's limits (layers, mid/rid length): the track stays pending
+            self.node.counters["media_rejected"] += 1
+            log.info("participant %s: cannot receive m-line %s: %s", self.participant.identity, media.mid, error)
+            return
+        del self._pending[publication.cid]
+        publication.receiver_id = receiver_id
         publication.codec = codec
         publication.extmap = dict(media.extmap)
         publication.info.mid = media.mid
         publication.info.mime_type = f"{media.kind}/{codec.name}"
         for info in publication.info.codecs:
             info.mid = media.mid
-        publication.receiver_id = self.node.engine.add_receiver(
-            self.publisher.transport.id, media.mid, media.kind, codec.name.lower(), codec.payload_type,
-            codec.rtx_payload_type or 0, codec.clock_rate, ordered_rids(media.rids), media.ssrcs, media.rtx_ssrcs,
-            media.extmap,
-        )
-        self.node.receivers[publication.receiver_id] = publication
+        self.node.receivers[receiver_id] = publication
         self.participant.publications[publication.sid] = publication
 
     def on_track_started(self, publication: TrackPublication) -> None:
@@ -207,6 +221,8 @@ class SignalSession:
         publication.published = True
         self.participant.touch()
         self.room.broadcast_participant(self.participant)
+        if self.participant.hidden:  # others never learn of a hidden participant, so cannot take its tracks
+            return
         for other in self.room.others(self.participant):
             if other.session.auto_subscribe and other.session._subscribe(publication):
                 other.session._send_offer(other.session.subscriber.changed())
@@ -262,7 +278,9 @@ class SignalSession:
                 request_id=request.request_id, reason=reason, message=message, update_metadata=request)))
 
     def refresh_token(self) -> None:
-        self.send(rtc.SignalResponse(refresh_token=self.node.verifier.refresh(self.token, REFRESHED_TOKEN_TTL)))
+        """Each refresh is signed from the previous one, so it stays valid however long the session lasts."""
+        self.token = self.node.verifier.refresh(self.token, REFRESHED_TOKEN_TTL)
+        self.send(rtc.SignalResponse(refresh_token=self.token))
 
     def _on_mute(self, request: rtc.MuteTrackRequest) -> None:
         publication = self.participant.publications.get(request.sid)
@@ -278,16 +296,21 @@ class SignalSession:
         sids = set(request.track_sids)
         for participant_tracks in request.participant_tracks:
             sids.update(participant_tracks.track_sids)
+        changed = False
         for other in self.room.others(self.participant):
+            if other.hidden:
+                continue
             for publication in other.publications.values():
                 if publication.sid not in sids:
                     continue
                 subscription = self.participant.subscriptions.get(publication.sid)
                 if request.subscribe and subscription is None and publication.published:
-                    self._subscribe(publication)
+                    changed |= self._subscribe(publication)
                 elif not request.subscribe and subscription is not None:
                     self._unsubscribe(subscription, renegotiate=False)
-        self._send_offer(self.subscriber.changed())
+                    changed = True
+        if changed:
+            self._send_offer(self.subscriber.changed())
 
     # -- subscriptions (this session is the subscriber)
     def _subscribe(self, publication: TrackPublication) -> bool:
@@ -307,7 +330,7 @@ class SignalSession:
         )
         publisher = publication.participant
         media = sdp.OutgoingMedia(
-            mid=self.subscriber.next_mid(),
+            mid="",  # given by the subscriber PC
             kind=kind,
             codec=codec,
             ssrc=random.getrandbits(32) or 1,
@@ -318,7 +341,7 @@ class SignalSession:
             extmap=dict(_SUBSCRIBER_EXTMAP[kind]),
             active=True,
         )
-        self.subscriber.media.append(media)
+        self.subscriber.add(media)
         subscription = Subscription(publication, participant, media)
         participant.subscriptions[publication.sid] = subscription
         publication.subscriptions[participant.sid] = subscription
@@ -340,7 +363,7 @@ class SignalSession:
             description, follow_up = self.subscriber.answered(answer)
         except sdp.SdpError as error:
             self.node.counters["sdp_malformed"] += 1
-            log.info("participant %s sent a malformed answer: %s", self.participant.identity, error)
+            log.info("participant %s sent an unusable answer: %s", self.participant.identity, error)
             return
         sections = {section.mid: section for section in description.sections}
         for subscription in self.participant.subscriptions.values():
@@ -381,9 +404,6 @@ class SignalSession:
         participant.state = models.ParticipantInfo.State.DISCONNECTED
         participant.disconnect_reason = reason
         participant.touch()
-        update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[participant.info()]))
-        if not participant.hidden:
-            for other in self.room.participants.values():
-                other.session.send(update)
+        self.room.broadcast_participant(participant)  # it has left the room: only the others hear
         log.info("participant %s left room %s (%s)", participant.identity, self.room.name,
                  models.DisconnectReason.Name(reason))

@@ -80,6 +80,7 @@ class Transport:
                 self.manager.engine.bind_transport(self.id, host, port)
 
     def handle_dtls(self, data: bytes) -> None:
+        failed_before = self.dtls.failed is not None
         self._send(self.dtls.receive(data))
         if self.dtls.srtp_keys is not None and self._srtp is None:
             self._srtp = srtp_sessions(self.dtls.srtp_keys)
@@ -88,7 +89,7 @@ class Transport:
             self._start_sctp()
             if self.on_connected:
                 self.on_connected()
-        elif self.dtls.failed:
+        elif self.dtls.failed and not failed_before:
             self.manager.counters["dtls_failed"] += 1
             log.info("transport %s DTLS failed: %s", self.id, self.dtls.failed)
         if self.sctp is not None:

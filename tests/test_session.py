@@ -86,6 +86,15 @@ async def test_mute_unpublish_and_active_speakers(server):
         await loud_room.local_participant.unpublish_track(publication.sid)
         await until(lambda: not remote(listener, "loud").track_publications)
         assert remote(quiet_room, "loud").track_publications == {}
+
+        # Publishing again works, on the subscriber m-line the unpublished track left free.
+        subscribed = asyncio.Event()
+        listener.on("track_subscribed", lambda track, pub, participant: participant.identity == "loud" and subscribed.set())
+        await loud_room.local_participant.publish_track(
+            rtc.LocalAudioTrack.create_audio_track("microphone", loud.audio_source),
+            rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+        await asyncio.wait_for(subscribed.wait(), 10)
+        await until(lambda: speakers[-1] == ["loud"], timeout=10)
     finally:
         await loud.stop()
         await quiet.stop()
