@@ -59,10 +59,13 @@ class Transport:
         if ufrag:
             self.remote_ufrag = ufrag
         if fingerprint:
+            failed_before = self.dtls.failed is not None
             try:
                 self.dtls.set_remote_fingerprint(fingerprint)
             except DtlsError as error:
                 raise SdpError(f"unusable fingerprint: {error}") from error
+            # The client's answer may arrive after its DTLS handshake finished: keys are released only now.
+            self._advance(failed_before)
 
     def handle_stun(self, data: bytes, host: str, port: int) -> None:
         result = handle_binding(data, (host, port), self.ice_ufrag, self.ice_pwd, self.remote_ufrag)
@@ -82,6 +85,10 @@ class Transport:
     def handle_dtls(self, data: bytes) -> None:
         failed_before = self.dtls.failed is not None
         self._send(self.dtls.receive(data))
+        self._advance(failed_before)
+
+    def _advance(self, failed_before: bool) -> None:
+        """Acts on what the DTLS endpoint has become: SRTP keys to the engine, SCTP data, a failure to count."""
         if self.dtls.srtp_keys is not None and self._srtp is None:
             self._srtp = srtp_sessions(self.dtls.srtp_keys)
             self.manager.engine.set_srtp(self.id, session_pointer(self._srtp[0]), session_pointer(self._srtp[1]))
