@@ -77,7 +77,8 @@ class SignalSession:
             return
         if self.outbox.qsize() >= MAX_OUTBOX:  # the client stopped reading: drop it rather than buffer forever
             self.node.counters["signal_outbox_overflow"] += 1
-            self.close(models.DisconnectReason.SIGNAL_CLOSE, notify=False)
+            # Deferred: send() is called from the middle of other work, close() among it.
+            asyncio.get_running_loop().call_soon(self.close, models.DisconnectReason.SIGNAL_CLOSE, False)
             return
         self.outbox.put_nowait(response)
 
