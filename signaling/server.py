@@ -49,7 +49,7 @@ async def serve(config: Config) -> None:
         create_app(node),
         host=host,
         port=config.port,
-        ws="websockets",
+        ws="websockets-sansio",
         lifespan="off",
         log_level=config.log_level.lower(),
         timeout_graceful_shutdown=3,
