@@ -117,18 +117,20 @@ def create_app(node: Node) -> Starlette:
         try:
             _check_capacity(node, room, claims.identity)
         except PermissionError:
-            await websocket.send_bytes(rtc.SignalResponse(leave=rtc.LeaveRequest(
-                reason=models.DisconnectReason.JOIN_FAILURE, action=rtc.LeaveRequest.Action.DISCONNECT,
-            )).SerializeToString())
-            await websocket.close()
+            await _refuse(websocket)
             return
-        session = SignalSession(
-            node, claims, room,
-            auto_subscribe=_flag(websocket, "auto_subscribe", True),
-            client_protocol=_int(websocket, "client_protocol"),
-            protocol=_int(websocket, "protocol"),
-            token=token,
-        )
+        try:
+            session = SignalSession(
+                node, claims, room,
+                auto_subscribe=_flag(websocket, "auto_subscribe", True),
+                client_protocol=_int(websocket, "client_protocol"),
+                protocol=_int(websocket, "protocol"),
+                token=token,
+            )
+        except (RuntimeError, MemoryError) as error:  # the engine has no room for more transports
+            log.warning("cannot admit %s: %s", claims.identity, error)
+            await _refuse(websocket)
+            return
         node.sessions.add(session)
         writer = asyncio.create_task(_write(websocket, session))
         refresher = asyncio.create_task(_refresh_tokens(session, claims.expires_at))
@@ -153,6 +155,14 @@ def create_app(node: Node) -> Starlette:
         Route("/rtc", not_found),
         WebSocketRoute("/rtc", rtc_socket),
     ])
+
+
+async def _refuse(websocket: WebSocket) -> None:
+    """After the upgrade, a join that cannot proceed gets a leave as its first message (JOIN_FAILURE)."""
+    await websocket.send_bytes(rtc.SignalResponse(leave=rtc.LeaveRequest(
+        reason=models.DisconnectReason.JOIN_FAILURE, action=rtc.LeaveRequest.Action.DISCONNECT,
+    )).SerializeToString())
+    await websocket.close()
 
 
 async def _read(node: Node, websocket: WebSocket, session: SignalSession) -> None:

@@ -57,7 +57,11 @@ class SignalSession:
         self.room = room
         self.participant = Participant(room, claims, self, client_protocol)
         self.publisher = PublisherPC(node.transports.create("publisher"))
-        self.subscriber = SubscriberPC(node.transports.create("subscriber"))
+        try:
+            self.subscriber = SubscriberPC(node.transports.create("subscriber"))
+        except (RuntimeError, MemoryError):  # the engine is full: give back the first transport
+            self.publisher.transport.close()
+            raise
         self.subscriber_primary = claims.video.can_subscribe
         primary = self.subscriber if self.subscriber_primary else self.publisher
         primary.transport.on_connected = self._on_primary_connected
