@@ -98,6 +98,11 @@ cdef int64_t LAYER_STALE_US = 1000000       # a layer without packets for this l
 cdef int64_t PLI_INTERVAL_US = 500000       # keyframe requests per publisher layer
 cdef int64_t REPORT_INTERVAL_US = 1000000   # RR + REMB to publishers, SR to subscribers
 cdef double TICK_SECONDS = 0.02
+# NACK answers: a packet is resent at most once per RTX_REPEAT_US, and a DownTrack gets at most RTX_BUDGET
+# retransmissions per RTX_WINDOW_US, so one subscriber's feedback cannot multiply into a flood that stalls forwarding.
+cdef int64_t RTX_REPEAT_US = 50000
+cdef int64_t RTX_WINDOW_US = 20000
+cdef int RTX_BUDGET = 64
 cdef uint32_t DEFAULT_REMB_BPS = 5000000
 
 cdef enum:  # statistics counters (indexes)
@@ -130,6 +135,7 @@ cdef enum:  # statistics counters (indexes)
     S_NACKED_PACKETS
     S_NACK_MISSES
     S_RETRANSMISSIONS
+    S_NACK_RATE_LIMITED
     S_RTX_RECOVERED
     S_NACKS_SENT
     S_PLIS_RECEIVED
@@ -151,7 +157,7 @@ STAT_NAMES = (
     "drop_srtp_unprotect_failed", "drop_malformed", "drop_unknown_ssrc", "drop_duplicate", "drop_payload_type",
     "drop_rtx_padding",
     "drop_too_large", "drop_srtp_protect_failed", "drop_subscriber_not_ready", "drop_send_failed",
-    "nacks_received", "nacked_packets", "nack_cache_misses", "retransmissions", "rtx_recovered", "nacks_sent",
+    "nacks_received", "nacked_packets", "nack_cache_misses", "retransmissions", "nack_rate_limited", "rtx_recovered", "nacks_sent",
     "plis_received", "plis_sent", "keyframes", "layer_switches", "sr_received", "rr_received", "sr_sent", "rr_sent",
     "remb_sent", "event_errors",
 )
@@ -688,7 +694,7 @@ cdef class Engine:
                 if parse_feedback_ssrcs(p, rh.total_length, &sender, &media) == 0:
                     v = map_get(&self.downtrack_ssrcs, stream_key(t, media))
                     if v >= 0:
-                        self.on_nack(self.downtracks[v], p, rh.total_length)
+                        self.on_nack(self.downtracks[v], p, rh.total_length, now)
             offset += rh.total_length
 
     cdef void on_keyframe_request(self, DownTrack *d, int64_t now) noexcept nogil:
@@ -699,11 +705,11 @@ cdef class Engine:
         if r.is_video and l >= 0:
             self.request_layer_keyframe(r, l, now)
 
-    cdef void on_nack(self, DownTrack *d, const uint8_t *p, int length) noexcept nogil:
+    cdef void on_nack(self, DownTrack *d, const uint8_t *p, int length, int64_t now) noexcept nogil:
         cdef uint16_t seqs[<int>MAX_NACK_SEQS]
         cdef int count = parse_nack(p, length, seqs, MAX_NACK_SEQS)
         cdef int i, cached_length
-        cdef const SeqMapEntry *e
+        cdef SeqMapEntry *e
         cdef Receiver *r = self.receivers[d.receiver]
         cdef RtpHeader h
         cdef Vp8Descriptor vp8
@@ -711,6 +717,9 @@ cdef class Engine:
         cdef const uint8_t *cached
         d.nacks_received += 1
         self.counters[S_NACKS_RECEIVED] += 1
+        if now - d.rtx_window_us >= RTX_WINDOW_US:
+            d.rtx_window_us = now
+            d.rtx_window_count = 0
         for i in range(count):
             self.counters[S_NACKED_PACKETS] += 1
             e = downtrack_sent(d, seqs[i])
@@ -718,8 +727,13 @@ cdef class Engine:
             if cached == NULL or parse_rtp(cached, cached_length, &h) < 0:
                 self.counters[S_NACK_MISSES] += 1
                 continue
+            if (e.last_rtx_us != 0 and now - e.last_rtx_us < RTX_REPEAT_US) or d.rtx_window_count >= RTX_BUDGET:
+                self.counters[S_NACK_RATE_LIMITED] += 1
+                continue
             has_vp8 = r.codec == C_VP8 and parse_vp8(cached + h.header_length, h.payload_length, &vp8) == 0
             if self.send_media(d, cached, &h, e, &vp8, has_vp8, d.rtx_ssrc != 0):
+                e.last_rtx_us = now
+                d.rtx_window_count += 1
                 d.retransmissions += 1
                 self.counters[S_RETRANSMISSIONS] += 1
 

@@ -23,6 +23,7 @@ cdef struct SeqMapEntry:
     uint32_t out_ts
     int32_t out_pid           # -1 = no picture id
     int32_t out_tl0           # -1 = no TL0PICIDX
+    int64_t last_rtx_us       # when it was last retransmitted, 0 = never
 
 cdef struct DownTrack:
     int64_t id
@@ -49,6 +50,8 @@ cdef struct DownTrack:
     int32_t last_out_tl0
     int64_t last_forward_us
     uint16_t rtx_seq
+    int64_t rtx_window_us     # start of the current retransmission budget window
+    int rtx_window_count      # retransmissions in that window
     SeqMapEntry *seqmap
     # stats
     uint64_t packets
@@ -72,7 +75,7 @@ cdef int forwarder_accept(DownTrack *d, int l, int target, bint gated, bint keyf
 cdef const SeqMapEntry *munger_map(DownTrack *d, int l, const RtpHeader *h, const Vp8Descriptor *vp8,
                                    bint has_vp8, int64_t now) noexcept nogil
 # What was sent as `out_seq`, or NULL when that is no longer known.
-cdef const SeqMapEntry *downtrack_sent(const DownTrack *d, uint16_t out_seq) noexcept nogil
+cdef SeqMapEntry *downtrack_sent(const DownTrack *d, uint16_t out_seq) noexcept nogil
 # Writes the packet `buf` as mapped by `e` (or, with as_rtx, its RFC 4588 retransmission) into `out`, which has room
 # for h.header_length + h.payload_length + WRITE_GROWTH bytes; returns the length.
 cdef int downtrack_write(DownTrack *d, const uint8_t *buf, const RtpHeader *h, const SeqMapEntry *e,

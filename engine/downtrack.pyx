@@ -88,6 +88,7 @@ cdef const SeqMapEntry *munger_map(DownTrack *d, int l, const RtpHeader *h, cons
     e.out_ts = <uint32_t>(h.timestamp - d.ts_offset)
     e.out_pid = -1
     e.out_tl0 = -1
+    e.last_rtx_us = 0
     if has_vp8:
         if vp8.picture_id >= 0:
             e.out_pid = (vp8.picture_id - d.pid_offset) & 0x7FFF
@@ -105,8 +106,8 @@ cdef const SeqMapEntry *munger_map(DownTrack *d, int l, const RtpHeader *h, cons
     return e
 
 
-cdef const SeqMapEntry *downtrack_sent(const DownTrack *d, uint16_t out_seq) noexcept nogil:
-    cdef const SeqMapEntry *e = &d.seqmap[out_seq & (SEQMAP_SIZE - 1)]
+cdef SeqMapEntry *downtrack_sent(const DownTrack *d, uint16_t out_seq) noexcept nogil:
+    cdef SeqMapEntry *e = &d.seqmap[out_seq & (SEQMAP_SIZE - 1)]
     if e.valid and e.out_seq == out_seq:
         return e
     return NULL

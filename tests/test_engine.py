@@ -285,6 +285,25 @@ async def test_subscriber_nack_is_answered_from_cache(setup) -> None:
     assert eng.stats()["nacks_received"] == 1
 
 
+async def test_nack_floods_are_rate_limited(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    receiver, downtrack = add_video(eng, publisher, subscriber, [])
+    for seq in range(200, 300):
+        publisher.send_rtp(video(seq, Q_SSRC, None, seq, keyframe=seq == 200))
+    await subscriber.collect()
+    assert len(subscriber.take_rtp()) == 100
+    # One datagram repeating the same NACK: each packet is resent once.
+    subscriber.send_rtcp(b"".join(nack(0x55, DOWN_SSRC, 201, blp=0b10) for _ in range(80)))
+    await subscriber.collect()
+    assert sorted(struct.unpack_from("!H", p.payload)[0] for p in subscriber.take_rtp()) == [201, 203]
+    assert eng.stats()["nack_rate_limited"] == 158
+    # NACKs naming every packet: at most the per-window budget is resent.
+    subscriber.send_rtcp(b"".join(nack(0x55, DOWN_SSRC, seq, blp=0xFFFF) for seq in range(205, 300, 17)))
+    await subscriber.collect()
+    assert len(subscriber.take_rtp()) == 64
+    assert eng.downtrack_stats(downtrack)["retransmissions"] == 66
+
+
 async def test_nack_without_rtx_resends_the_packet(setup) -> None:
     eng, publisher, subscriber, _ = setup
     add_video(eng, publisher, subscriber, [], rtx=False)
