@@ -71,7 +71,7 @@ cdef void downtrack_free(DownTrack *d) noexcept nogil
 cdef int forwarder_accept(DownTrack *d, int l, int target, bint gated, bint keyframe, const RtpHeader *h,
                           const Vp8Descriptor *vp8, bint has_vp8, uint32_t clock_rate, int64_t now) noexcept nogil
 # Munger: the accepted packet's output numbering, remembered for NACKs. NULL when it is dropped instead (in-order
-# padding-only packets: the offset absorbs them so the output has no gap).
+# padding-only packets: the offset absorbs them so the output has no gap, and older input is no longer accepted).
 cdef const SeqMapEntry *munger_map(DownTrack *d, int l, const RtpHeader *h, const Vp8Descriptor *vp8,
                                    bint has_vp8, int64_t now) noexcept nogil
 # What was sent as `out_seq`, or NULL when that is no longer known.

@@ -78,6 +78,8 @@ cdef const SeqMapEntry *munger_map(DownTrack *d, int l, const RtpHeader *h, cons
     cdef SeqMapEntry *e
     if h.payload_length == 0 and d.started and out_seq == <uint16_t>(d.last_out_seq + 1):
         d.seq_offset += 1
+        # Input older than this padding would now map onto output already sent: the forwarder drops it instead.
+        d.switch_seq = <uint16_t>(h.sequence + 1)
         d.dropped += 1
         return NULL
     e = &d.seqmap[out_seq & (SEQMAP_SIZE - 1)]
