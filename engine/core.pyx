@@ -19,8 +19,8 @@ from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 from engine cimport srtp
 from engine.downtrack cimport (FORWARD_DROP, FORWARD_SWITCHED, WRITE_GROWTH, DownTrack, SeqMapEntry, downtrack_free,
-                               downtrack_new, downtrack_rtp_time, downtrack_sent, downtrack_write, forwarder_accept,
-                               munger_map)
+                               downtrack_lose_layer, downtrack_new, downtrack_rtp_time, downtrack_sent, downtrack_write,
+                               forwarder_accept, munger_map)
 from engine.receiver cimport (C_AV1, C_H264, C_OPUS, C_OTHER, C_VP8, C_VP9, MAX_LAYERS, MAX_MISSING, Layer, Receiver,
                               layer_cached, layer_due_nacks, layer_receive, layer_report_block, layer_reset,
                               receiver_find_rid, receiver_free, receiver_is_keyframe, receiver_new,
@@ -493,7 +493,8 @@ cdef class Engine:
         cdef Receiver *r
         cdef Layer *layer
         cdef const uint8_t *value
-        cdef int value_length, i, l, index
+        cdef DownTrack *d
+        cdef int value_length, i, j, l, index
         cdef bint rtx
         for i in range(tr.receivers.count):
             index = tr.receivers.items[i]
@@ -528,6 +529,10 @@ cdef class Engine:
                     # The publisher restarted this layer with a new SSRC: its history no longer applies.
                     map_remove(&self.streams, stream_key(t, layer.ssrc))
                     layer_reset(layer)
+                    for j in range(r.downtracks.count):
+                        d = self.downtracks[r.downtracks.items[j]]
+                        if d.current_layer == l:
+                            downtrack_lose_layer(d)
                 layer.ssrc = h.ssrc
                 layer.has_ssrc = True
             if map_put(&self.streams, stream_key(t, h.ssrc), (<int64_t>index << 8) | (l << 1) | rtx) < 0:

@@ -66,6 +66,9 @@ cdef struct DownTrack:
 # A DownTrack waiting for its first keyframe; NULL when out of memory.
 cdef DownTrack *downtrack_new() noexcept nogil
 cdef void downtrack_free(DownTrack *d) noexcept nogil
+# The current layer's stream was replaced (new publisher SSRC): wait for a new start point (a keyframe for video)
+# and re-anchor there, so the output numbering continues from the last packet sent.
+cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil
 # Forwarder: FORWARD_* for a packet of layer `l`. Video (`gated`) switches only to `target` and only at a keyframe;
 # audio passes everything. A switch sets the Munger's offsets so the output continues from the last packet sent.
 cdef int forwarder_accept(DownTrack *d, int l, int target, bint gated, bint keyframe, const RtpHeader *h,

@@ -2,7 +2,7 @@
 """Forwarder and Munger of a DownTrack (see downtrack.pxd)."""
 from libc.stdint cimport int16_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from engine.rtp cimport rewrite_header
 from engine.wire cimport store16, store32
@@ -28,6 +28,11 @@ cdef DownTrack *downtrack_new() noexcept nogil:
 cdef void downtrack_free(DownTrack *d) noexcept nogil:
     free(d.seqmap)
     free(d)
+
+
+cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil:
+    d.current_layer = -1
+    memset(d.seqmap, 0, SEQMAP_SIZE * sizeof(SeqMapEntry))  # entries name the old stream's packets
 
 
 cdef void switch_layer(DownTrack *d, int l, const RtpHeader *h, const Vp8Descriptor *vp8, bint has_vp8,

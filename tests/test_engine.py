@@ -218,6 +218,25 @@ async def test_audio_is_forwarded_with_rewritten_headers(setup) -> None:
     assert eng.audio_levels(0.1)[receiver] == 0.0  # a new interval, nothing arrived
 
 
+async def test_publisher_ssrc_change_continues_the_subscriber_stream(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    receiver = eng.add_receiver(publisher.transport, "0", "audio", "opus", OPUS_PT, 0, 48000, [], [], [], PUB_EXTMAP)
+    downtrack = eng.add_downtrack(receiver, subscriber.transport, DOWN_AUDIO_SSRC, 0, SUB_OPUS_PT, 0, {})
+    for i in range(3):
+        publisher.send_rtp(rtp(OPUS_PT, 1000 + i, 960 * i, AUDIO_SSRC, b"old%d" % i, [(1, b"0")]))
+    await subscriber.collect()
+    # The publisher restarts the track under the same mid: new SSRC, unrelated sequence numbers and timestamps.
+    for i in range(3):
+        publisher.send_rtp(rtp(OPUS_PT, 40000 + i, 7777777 + 960 * i, AUDIO_SSRC + 1, b"new%d" % i, [(1, b"0")]))
+    await subscriber.collect()
+    got = subscriber.take_rtp()
+    assert [p.payload for p in got] == [b"old0", b"old1", b"old2", b"new0", b"new1", b"new2"]
+    assert [p.seq for p in got] == list(range(1000, 1006))
+    assert {p.ssrc for p in got} == {DOWN_AUDIO_SSRC}
+    assert got[3].ts > got[2].ts and got[4].ts - got[3].ts == 960
+    assert eng.downtrack_stats(downtrack)["current_layer"] == 0
+
+
 async def test_video_waits_for_keyframe_and_requests_one(setup) -> None:
     eng, publisher, subscriber, _ = setup
     receiver, downtrack = add_video(eng, publisher, subscriber, [])
