@@ -971,6 +971,10 @@ cdef class Engine:
             raise ValueError(f"at most {MAX_LAYERS} layers")
         if clock_rate <= 0:
             raise ValueError("clock_rate must be positive")
+        num_layers = max(1, len(rids), len(ssrcs))
+        if len(rtx_ssrcs) > num_layers:
+            # An RTX SSRC needs the media layer (and its packet cache) it repairs.
+            raise ValueError("more rtx_ssrcs than layers")
         mid_bytes = mid.encode()
         rid_bytes = [rid.encode() for rid in rids]
         if len(mid_bytes) > 64 or any(len(rid) > 16 for rid in rid_bytes):
@@ -978,7 +982,7 @@ cdef class Engine:
         slot = _free_slot(<void **>self.receivers, MAX_RECEIVERS)
         if slot < 0:
             raise RuntimeError("too many receivers")
-        r = receiver_new(kind == "video", max(1, len(rids), len(ssrcs)))
+        r = receiver_new(kind == "video", num_layers)
         if r == NULL:
             raise MemoryError()
         r.id = self._new_id()
@@ -1024,7 +1028,7 @@ cdef class Engine:
         cdef Layer *layer
         while r.downtracks.count:
             self.remove_downtrack(self.downtracks[r.downtracks.items[0]].id)
-        for l in range(r.num_layers):
+        for l in range(MAX_LAYERS):  # unused layers have no SSRCs, so every stream this receiver mapped is covered
             layer = &r.layers[l]
             if layer.has_ssrc and map_get(&self.streams, stream_key(r.transport, layer.ssrc)) >> 8 == slot:
                 map_remove(&self.streams, stream_key(r.transport, layer.ssrc))

@@ -491,6 +491,21 @@ async def test_removal_and_rebinding(setup) -> None:
         eng.receiver_stats(receiver)
 
 
+async def test_rtx_ssrcs_need_a_layer_each(setup) -> None:
+    eng, publisher, _, _ = setup
+    with pytest.raises(ValueError):
+        eng.add_receiver(publisher.transport, "1", "video", "vp8", VP8_PT, VP8_RTX_PT, 90000, [], [Q_SSRC],
+                         [F_RTX_SSRC, F_RTX_SSRC + 1], PUB_EXTMAP)
+    receiver = eng.add_receiver(publisher.transport, "1", "video", "vp8", VP8_PT, VP8_RTX_PT, 90000, [], [Q_SSRC],
+                                [F_RTX_SSRC], PUB_EXTMAP)
+    eng.remove_receiver(receiver)
+    # The removed receiver's SSRCs are unknown again: its RTX stream is dropped, not resolved to freed memory.
+    publisher.send_rtp(rtp(VP8_RTX_PT, 1, 0, F_RTX_SSRC, b"\x00\x05" + vp8(1, keyframe=True)))
+    publisher.send_rtp(rtp(VP8_PT, 1, 0, Q_SSRC, vp8(1, keyframe=True)))
+    await publisher.collect()
+    assert eng.stats()["drop_unknown_ssrc"] == 2
+
+
 async def test_padding_only_packets_are_dropped_without_a_gap(setup) -> None:
     eng, publisher, subscriber, _ = setup
     add_video(eng, publisher, subscriber, [])
