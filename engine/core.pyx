@@ -23,8 +23,9 @@ from engine.downtrack cimport (FORWARD_DROP, FORWARD_SWITCHED, WRITE_GROWTH, Dow
                                forwarder_accept, munger_map)
 from engine.receiver cimport (C_AV1, C_H264, C_OPUS, C_OTHER, C_VP8, C_VP9, MAX_LAYERS, MAX_MISSING, Layer, Receiver,
                               layer_cached, layer_due_nacks, layer_receive, layer_report_block, layer_reset,
-                              receiver_find_rid, receiver_free, receiver_is_keyframe, receiver_new,
-                              receiver_note_audio_level, receiver_take_audio_level, receiver_update_top)
+                              receiver_best_layer, receiver_find_rid, receiver_free, receiver_is_keyframe, receiver_new,
+                              receiver_note_audio_level, receiver_note_live, receiver_take_audio_level,
+                              receiver_update_top)
 from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, ReportBlock, RtcpHeader, SenderInfo,
                           build_nack, build_pli, build_remb, build_rr, build_sdes_cname, build_sr, is_rtcp,
                           parse_feedback_ssrcs, parse_fir_ssrc, parse_nack, parse_rtcp_header, parse_sender_info)
@@ -603,8 +604,7 @@ cdef class Engine:
             self.queue_event(E_LAYER, msg, r.id, l, layer.ssrc)
         if recovered:
             self.counters[S_RTX_RECOVERED] += 1
-        if l > r.top_layer:
-            r.top_layer = l
+        receiver_note_live(r, l)
         if r.ext_audio_level and find_extension(buf, h, r.ext_audio_level, &value, &value_length) and value_length >= 1:
             receiver_note_audio_level(r, value[0] & 0x7F)
         if r.is_video:
@@ -618,7 +618,7 @@ cdef class Engine:
             self.forward(self.downtracks[r.downtracks.items[i]], r, l, buf, h, &vp8, has_vp8, keyframe, now)
 
     cdef inline int target_layer(self, DownTrack *d, Receiver *r) noexcept nogil:
-        return r.top_layer if r.top_layer < d.max_layer else d.max_layer
+        return receiver_best_layer(r, d.max_layer)
 
     cdef void forward(self, DownTrack *d, Receiver *r, int l, const uint8_t *buf, RtpHeader *h,
                       Vp8Descriptor *vp8, bint has_vp8, bint keyframe, int64_t now) noexcept nogil:

@@ -80,6 +80,7 @@ cdef struct Receiver:
     double level_energy       # sum of linear RFC 6464 levels (1.0 = 0 dBov) since the control plane last read it
     uint32_t level_packets    # packets that carried a level since then
     int top_layer             # highest layer with recent packets, -1 = none
+    uint8_t live_layers       # bit l = layer l has recent packets
     Layer layers[4]
     IntList downtracks        # Engine slots
 
@@ -88,8 +89,13 @@ cdef Receiver *receiver_new(bint is_video, int num_layers) noexcept nogil
 cdef void receiver_free(Receiver *r) noexcept nogil
 # The layer whose rid is `value`, or -1.
 cdef int receiver_find_rid(const Receiver *r, const uint8_t *value, int length) noexcept nogil
-# Recomputes top_layer: the highest layer that received packets within `stale_us`.
+# Recomputes top_layer and live_layers: the layers that received packets within `stale_us`.
 cdef void receiver_update_top(Receiver *r, int64_t now, int64_t stale_us) noexcept nogil
+# Notes a packet on layer `l` (it is live from now on, until receiver_update_top finds it stale).
+cdef void receiver_note_live(Receiver *r, int l) noexcept nogil
+# The layer to aim at under `cap`: the highest live one <= cap, else the lowest live one above it (a subscriber
+# capped below every layer that is actually sent still sees video), else -1.
+cdef int receiver_best_layer(const Receiver *r, int cap) noexcept nogil
 # Whether the packet starts a keyframe of the receiver's codec (vp8 as parsed by the caller, when has_vp8).
 cdef bint receiver_is_keyframe(const Receiver *r, const uint8_t *payload, int length, const Vp8Descriptor *vp8,
                                bint has_vp8) noexcept nogil

@@ -63,9 +63,28 @@ cdef int receiver_find_rid(const Receiver *r, const uint8_t *value, int length) 
 cdef void receiver_update_top(Receiver *r, int64_t now, int64_t stale_us) noexcept nogil:
     cdef int l
     r.top_layer = -1
+    r.live_layers = 0
     for l in range(r.num_layers):
         if r.layers[l].active and now - r.layers[l].last_packet_us < stale_us:
             r.top_layer = l
+            r.live_layers |= 1 << l
+
+
+cdef void receiver_note_live(Receiver *r, int l) noexcept nogil:
+    r.live_layers |= 1 << l
+    if l > r.top_layer:
+        r.top_layer = l
+
+
+cdef int receiver_best_layer(const Receiver *r, int cap) noexcept nogil:
+    cdef int l
+    for l in range(min(cap, r.num_layers - 1), -1, -1):
+        if r.live_layers & (1 << l):
+            return l
+    for l in range(cap + 1, r.num_layers):
+        if r.live_layers & (1 << l):
+            return l
+    return -1
 
 
 cdef bint receiver_is_keyframe(const Receiver *r, const uint8_t *payload, int length, const Vp8Descriptor *vp8,

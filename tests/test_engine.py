@@ -607,6 +607,27 @@ async def test_target_cap_and_stale_layers_switch_down_at_keyframes(setup) -> No
     assert eng.receiver_stats(receiver)["top_layer"] == 0
 
 
+async def test_a_cap_on_a_silent_layer_aims_at_the_best_live_one(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    receiver, downtrack = add_video(eng, publisher, subscriber, ["q", "h", "f"])
+    eng.set_target_layer(downtrack, 1)  # h is never sent (e.g. the publisher's encoder dropped it)
+    publisher.send_rtp(video(1, Q_SSRC, b"q", 1, keyframe=True))
+    publisher.send_rtp(video(500, F_SSRC, b"f", 500, keyframe=True))
+    await subscriber.collect()
+    assert [p.seq for p in subscriber.take_rtp()] == [1]
+    assert eng.downtrack_stats(downtrack)["target_layer"] == 0
+    assert eng.downtrack_stats(downtrack)["current_layer"] == 0
+    # Capped below every live layer, it gets the lowest live one rather than nothing.
+    eng.set_target_layer(downtrack, 0)
+    publisher.send_rtp(video(501, F_SSRC, b"f", 501, keyframe=False))
+    await asyncio.sleep(1.1)  # q (and f) go stale; f comes back first
+    publisher.send_rtp(video(502, F_SSRC, b"f", 502, keyframe=True))
+    publisher.send_rtp(video(503, F_SSRC, b"f", 503, keyframe=False))
+    await subscriber.collect()
+    assert eng.downtrack_stats(downtrack)["target_layer"] == 2
+    assert [p.seq for p in subscriber.take_rtp()] == [2, 3]
+
+
 async def test_h264_gating_and_seven_bit_vp8_picture_ids(setup) -> None:
     eng, publisher, subscriber, _ = setup
     h264 = eng.add_receiver(publisher.transport, "2", "video", "h264", 102, 0, 90000, [], [0x5001], [], {})
