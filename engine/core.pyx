@@ -699,7 +699,7 @@ cdef class Engine:
                 if parse_feedback_ssrcs(p, rh.total_length, &sender, &media) == 0:
                     v = map_get(&self.downtrack_ssrcs, stream_key(t, media))
                     if v >= 0:
-                        self.on_nack(self.downtracks[v], p, rh.total_length, now)
+                        self.on_nack(self.downtracks[v], media, p, rh.total_length, now)
             offset += rh.total_length
 
     cdef void on_keyframe_request(self, DownTrack *d, int64_t now) noexcept nogil:
@@ -710,7 +710,7 @@ cdef class Engine:
         if r.is_video and l >= 0:
             self.request_layer_keyframe(r, l, now)
 
-    cdef void on_nack(self, DownTrack *d, const uint8_t *p, int length, int64_t now) noexcept nogil:
+    cdef void on_nack(self, DownTrack *d, uint32_t media, const uint8_t *p, int length, int64_t now) noexcept nogil:
         cdef uint16_t seqs[<int>MAX_NACK_SEQS]
         cdef int count = parse_nack(p, length, seqs, MAX_NACK_SEQS)
         cdef int i, cached_length
@@ -727,7 +727,8 @@ cdef class Engine:
             d.rtx_window_count = 0
         for i in range(count):
             self.counters[S_NACKED_PACKETS] += 1
-            e = downtrack_sent(d, seqs[i])
+            # The seq map numbers the media stream; retransmissions themselves are not kept (nor resent again).
+            e = downtrack_sent(d, seqs[i]) if media == d.ssrc else NULL
             cached = layer_cached(&r.layers[e.layer], e.in_seq, &cached_length) if e != NULL else NULL
             if cached == NULL or parse_rtp(cached, cached_length, &h) < 0:
                 self.counters[S_NACK_MISSES] += 1

@@ -302,6 +302,11 @@ async def test_subscriber_nack_is_answered_from_cache(setup) -> None:
     assert rtx[1].seq == (rtx[0].seq + 1) & 0xFFFF
     assert eng.downtrack_stats(downtrack)["retransmissions"] == 2
     assert eng.stats()["nacks_received"] == 1
+    # A NACK for the RTX stream names RTX sequence numbers, not media ones: nothing to resend.
+    subscriber.send_rtcp(nack(0x55, DOWN_RTX_SSRC, 202))
+    await subscriber.collect()
+    assert subscriber.take_rtp() == []
+    assert eng.stats()["nack_cache_misses"] == 1
 
 
 async def test_nack_floods_are_rate_limited(setup) -> None:
