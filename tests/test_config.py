@@ -193,45 +193,41 @@ def test_node_ip_from_concrete_bind_address():
     assert Config().node_ip() == "127.0.0.1"
 
 
+class RouteProbe:
+    """Stands in for socket.socket in the default-route probe: records connects, answers with `address`,
+    or fails like an offline machine when `address` is None."""
+
+    address: str | None = None
+    probes: list = []
+
+    def __init__(self, *args):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def connect(self, address):
+        if self.address is None:
+            raise OSError("Network is unreachable")
+        self.probes.append(address)
+
+    def getsockname(self):
+        return (self.address, 40000)
+
+
 def test_node_ip_from_default_route(monkeypatch):
-    probes = []
-
-    class FakeSocket:
-        def __init__(self, *args):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def connect(self, address):
-            probes.append(address)
-
-        def getsockname(self):
-            return ("192.0.2.55", 40000)
-
-    monkeypatch.setattr(socket, "socket", FakeSocket)
+    monkeypatch.setattr(RouteProbe, "address", "192.0.2.55")
+    monkeypatch.setattr(RouteProbe, "probes", [])
+    monkeypatch.setattr(socket, "socket", RouteProbe)
     assert Config(bind_addresses=["0.0.0.0"]).node_ip() == "192.0.2.55"
-    assert probes and probes[0][0] == "192.0.2.1"
+    assert RouteProbe.probes and RouteProbe.probes[0][0] == "192.0.2.1"
 
 
 def test_node_ip_falls_back_to_loopback_without_route(monkeypatch):
-    class NoRoute:
-        def __init__(self, *args):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def connect(self, address):
-            raise OSError("Network is unreachable")
-
-    monkeypatch.setattr(socket, "socket", NoRoute)
+    monkeypatch.setattr(socket, "socket", RouteProbe)  # address None: no route
     assert Config(bind_addresses=["::"]).node_ip() == "127.0.0.1"
 
 
