@@ -12,6 +12,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -24,7 +25,7 @@ MIN_SECRET_LENGTH = 32  # LiveKit's minimum outside development mode
 # Keys of LiveKit's schema that tern accepts but does not act on (yet).
 _LIVEKIT_TOP_LEVEL = frozenset({
     "prometheus", "debug_handler", "redis", "audio", "video", "turn",
-    "ingress", "sip", "webhook", "node_selector", "key_file", "region", "signal_relay", "psrpc",
+    "ingress", "sip", "node_selector", "key_file", "region", "signal_relay", "psrpc",
     "logging", "limit", "agents", "metric", "trace", "node_stats", "enable_data_tracks",
     "enable_participant_data_blob", "api",
 })
@@ -41,6 +42,7 @@ _LIVEKIT_ROOM = frozenset({
     "auto_create", "enabled_codecs", "enable_remote_unmute", "playout_delay", "sync_streams",
     "max_metadata_size", "create_room_enabled", "create_room_timeout", "create_room_attempts",
 })
+_LIVEKIT_WEBHOOK = frozenset({"url_notifier", "filter_params"})
 
 # A documentation address (RFC 5737): connecting a UDP socket to it only consults the
 # routing table, so it reveals the default-route interface without sending a packet.
@@ -66,12 +68,19 @@ class RoomConfig:
 
 
 @dataclass
+class WebhookConfig:
+    api_key: str = ""  # signs the events; must be one of Config.keys
+    urls: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     port: int = 7880
     bind_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
     keys: dict[str, str] = field(default_factory=dict)
     rtc: RtcConfig = field(default_factory=RtcConfig)
     room: RoomConfig = field(default_factory=RoomConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
     log_level: str = "info"
     development: bool = False
     prometheus_port: int = 0  # 0 = no metrics endpoint
@@ -187,6 +196,33 @@ def parse_keys(value: Any, key: str = "keys") -> dict[str, str]:
     return keys
 
 
+def _api_key(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected an API key (a string), got {type(value).__name__}")
+    return value
+
+
+def _webhook_urls(value: Any, key: str) -> list[str]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of http(s) URLs")
+    for index, url in enumerate(value):
+        if not _is_http_url(url):
+            # A URL may carry credentials: name its position, not its text.
+            raise ConfigError(f"{key}[{index}]: expected an http:// or https:// URL")
+    return list(value)
+
+
+def _is_http_url(url: Any) -> bool:
+    if not isinstance(url, str):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError on a malformed port ("http://host:x/")
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _apply(target: Any, raw: dict[str, Any], readers: dict[str, Any], ignored: frozenset[str],
            prefix: str, sections: frozenset[str] = frozenset()) -> None:
     for name, value in raw.items():
@@ -209,15 +245,20 @@ def from_yaml(text: str) -> Config:
     top = _section(raw, "config")
     rtc = _section(top.get("rtc"), "rtc")
     room = _section(top.get("room"), "room")
+    webhook = _section(top.get("webhook"), "webhook")
     top_readers = {
         "port": _port, "bind_addresses": parse_bind_addresses, "keys": parse_keys,
         "log_level": parse_log_level, "development": _flag, "prometheus_port": _port,
     }
-    _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "", frozenset({"rtc", "room"}))
+    _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "", frozenset({"rtc", "room", "webhook"}))
     _apply(config.rtc, rtc, {"udp_port": _port, "tcp_port": _port, "node_ip": _ip},
            _LIVEKIT_RTC, "rtc.")
     _apply(config.room, room, {"empty_timeout": _seconds, "departure_timeout": _seconds,
                                "max_participants": _count}, _LIVEKIT_ROOM, "room.")
+    _apply(config.webhook, webhook, {"api_key": _api_key, "urls": _webhook_urls},
+           _LIVEKIT_WEBHOOK, "webhook.")
+    if config.webhook.urls and not config.webhook.api_key:
+        raise ConfigError("webhook.api_key: required to sign events sent to webhook.urls")
     return config
 
 
@@ -268,6 +309,9 @@ def build_config(
             "no API keys configured: set `keys` in the config file, pass --keys \"key: secret\""
             " (or LIVEKIT_KEYS), or run with --dev"
         )
+    if config.webhook.api_key and config.webhook.api_key not in config.keys:
+        # Checked once the keys are final: --keys and the environment may replace the file's.
+        raise ConfigError(f"webhook.api_key: {config.webhook.api_key!r} is not one of the configured API keys")
     if not config.development:
         for api_key, secret in config.keys.items():
             if len(secret) < MIN_SECRET_LENGTH:

@@ -8,7 +8,7 @@ import pytest
 
 from signaling import cli
 from signaling.config import (
-    Config, ConfigError, RoomConfig, RtcConfig, build_config, from_yaml, parse_keys,
+    Config, ConfigError, RoomConfig, RtcConfig, WebhookConfig, build_config, from_yaml, parse_keys,
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "tools" / "config.example.yaml"
@@ -104,6 +104,58 @@ def test_unknown_keys_are_errors(text, key):
 def test_wrong_types_name_the_key(text, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         from_yaml(text)
+
+
+def test_webhook_section():
+    config = build_config("""
+keys: {k1: s1, k2: s2}
+webhook:
+  api_key: k2
+  urls: ["http://127.0.0.1:9000/hook", "https://hooks.example.com/livekit?x=1"]
+""", environ=NO_ENV)
+    assert config.webhook == WebhookConfig(api_key="k2", urls=["http://127.0.0.1:9000/hook",
+                                                               "https://hooks.example.com/livekit?x=1"])
+    assert Config().webhook == WebhookConfig() and not Config().webhook.urls
+    # The dev key may sign webhooks too.
+    assert build_config("webhook: {api_key: devkey, urls: [http://h/]}", dev=True, environ=NO_ENV).webhook.api_key == "devkey"
+
+
+def test_webhook_livekit_sub_keys_ignored_with_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        config = from_yaml("webhook: {api_key: k, urls: [http://h/], url_notifier: {max_attempts: 3},"
+                           " filter_params: {included_events: [room_started]}}")
+    assert config.webhook.urls == ["http://h/"]
+    assert "webhook.url_notifier" in caplog.text and "webhook.filter_params" in caplog.text
+
+
+@pytest.mark.parametrize("text, key", [
+    ("webhook: [http://h/]", "webhook"),
+    ("webhook: {api_key: k, url: [http://h/]}", r"webhook\.url:"),
+    ("webhook: {api_key: k, urls: http://h/}", r"webhook\.urls"),
+    ("webhook: {api_key: k, urls: [ftp://h/]}", r"webhook\.urls\[0\]"),
+    ("webhook: {api_key: k, urls: [http://h/, 'http://user:pw@:1/']}", r"webhook\.urls\[1\]"),
+    ("webhook: {api_key: k, urls: ['http://h:port/']}", r"webhook\.urls\[0\]"),
+    ("webhook: {api_key: k, urls: [5]}", r"webhook\.urls\[0\]"),
+    ("webhook: {api_key: [k], urls: [http://h/]}", r"webhook\.api_key"),
+    ("webhook: {urls: [http://h/]}", r"webhook\.api_key: required"),
+])
+def test_webhook_errors_name_the_key(text, key):
+    with pytest.raises(ConfigError, match=key) as error:
+        from_yaml(text)
+    assert "pw@" not in str(error.value)  # URLs may carry credentials: never echoed
+
+
+def test_webhook_api_key_must_be_configured():
+    body = "keys: {k1: topsecret}\nwebhook: {api_key: other, urls: [http://h/]}"
+    with pytest.raises(ConfigError, match=r"webhook\.api_key: 'other' is not one of the configured") as error:
+        build_config(body, environ=NO_ENV)
+    assert "topsecret" not in str(error.value)
+    # Checked against the final keys: --keys replaces the file's.
+    assert build_config(body, keys="other: s", environ=NO_ENV).webhook.api_key == "other"
+    with pytest.raises(ConfigError, match=r"webhook\.api_key"):
+        build_config("webhook: {api_key: k1, urls: [http://h/]}", dev=True, environ=NO_ENV)
+    # A key without URLs sends nothing, as in LiveKit.
+    assert build_config("keys: {k1: s}\nwebhook: {api_key: k1}", environ=NO_ENV).webhook.urls == []
 
 
 def test_empty_bind_address_means_all_interfaces():
