@@ -116,6 +116,7 @@ cdef enum:  # statistics counters (indexes)
     S_STUN_IN
     S_DTLS_IN
     S_FORWARDED
+    S_PAUSED_SKIPPED
     S_DROP_EMPTY
     S_DROP_TRUNCATED
     S_DROP_NOT_RTP
@@ -154,6 +155,7 @@ cdef enum:  # statistics counters (indexes)
 # Names of the S_* counters, in their order.
 STAT_NAMES = (
     "packets_in", "bytes_in", "packets_out", "bytes_out", "rtp_in", "rtcp_in", "stun_in", "dtls_in", "forwarded",
+    "paused_skipped",
     "drop_empty", "drop_truncated", "drop_not_rtp", "drop_unknown_source", "drop_dtls_unbound", "drop_no_srtp",
     "drop_srtp_unprotect_failed", "drop_malformed", "drop_unknown_ssrc", "drop_duplicate", "drop_payload_type",
     "drop_rtx_padding",
@@ -623,7 +625,11 @@ cdef class Engine:
     cdef void forward(self, DownTrack *d, Receiver *r, int l, const uint8_t *buf, RtpHeader *h,
                       Vp8Descriptor *vp8, bint has_vp8, bint keyframe, int64_t now) noexcept nogil:
         cdef const SeqMapEntry *e
-        cdef int verdict = forwarder_accept(d, l, self.target_layer(d, r), r.is_video, keyframe, h, vp8, has_vp8,
+        cdef int verdict
+        if d.paused:
+            self.counters[S_PAUSED_SKIPPED] += 1
+            return
+        verdict = forwarder_accept(d, l, self.target_layer(d, r), r.is_video, keyframe, h, vp8, has_vp8,
                                             r.clock_rate, now)
         if verdict == FORWARD_DROP:
             return
@@ -782,7 +788,7 @@ cdef class Engine:
                 continue
             r = self.receivers[d.receiver]
             top = self.target_layer(d, r)
-            if r.is_video and top >= 0 and d.current_layer != top:
+            if r.is_video and top >= 0 and d.current_layer != top and not d.paused:
                 if now - r.layers[top].last_pli_us >= PLI_INTERVAL_US:
                     d.keyframe_requests += 1
                 self.request_layer_keyframe(r, top, now)
@@ -1092,6 +1098,23 @@ cdef class Engine:
         cdef DownTrack *d = self.downtracks[self._slot(self._downtrack_slots, downtrack_id, "downtrack")]
         d.max_layer = max(0, min(layer, MAX_LAYERS - 1))
 
+    def set_paused(self, downtrack_id: int, paused: bool) -> None:
+        """Stops or resumes forwarding to a DownTrack. Video resumes at a keyframe, which is requested at once;
+        the output numbering continues from the last packet sent."""
+        cdef DownTrack *d = self.downtracks[self._slot(self._downtrack_slots, downtrack_id, "downtrack")]
+        cdef Receiver *r = self.receivers[d.receiver]
+        cdef int top
+        if paused == d.paused:
+            return
+        d.paused = paused
+        if not paused:
+            downtrack_lose_layer(d)
+            top = self.target_layer(d, r)
+            if r.is_video and top >= 0:
+                d.keyframe_requests += 1
+                self.request_layer_keyframe(r, top, monotonic_us())
+                self.flush()
+
     def set_cname(self, cname: str) -> None:
         """The CNAME in our SDES chunks (RFC 3550 wants one per endpoint)."""
         data = cname.encode()[:31]
@@ -1158,6 +1181,7 @@ cdef class Engine:
         cdef DownTrack *d = self.downtracks[self._slot(self._downtrack_slots, downtrack_id, "downtrack")]
         return {
             "current_layer": d.current_layer,
+            "paused": bool(d.paused),
             "target_layer": self.target_layer(d, self.receivers[d.receiver]),
             "packets": d.packets,
             "octets": d.octets,

@@ -37,6 +37,7 @@ cdef struct DownTrack:
     # Forwarder
     int current_layer         # -1 = waiting for a first keyframe
     int max_layer             # cap on the target (the StreamAllocator's hook)
+    bint paused               # forwards nothing (unsubscribed view, server mute); resumes at a keyframe
     # Munger
     bint started
     uint16_t switch_seq       # first input seq of the current layer (trailing the newest): older ones never pass

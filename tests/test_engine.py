@@ -660,3 +660,31 @@ async def test_h264_gating_and_seven_bit_vp8_picture_ids(setup) -> None:
     vp8_out = [p for p in got if p.ssrc == 0xC002]
     assert [(p.seq, p.payload[2]) for p in vp8_out] == [(1, 126), (2, 127), (3, 0)]  # 7-bit ids stay 7-bit, wrap
     assert eng.downtrack_stats(down)["layer_switches"] == 1
+
+
+async def test_paused_downtrack_forwards_nothing_and_resumes_at_a_keyframe(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    receiver, downtrack = add_video(eng, publisher, subscriber, [])
+    for seq in range(10, 13):
+        publisher.send_rtp(video(seq, Q_SSRC, None, seq, keyframe=seq == 10))
+    await subscriber.collect()
+    assert [p.seq for p in subscriber.take_rtp()] == [10, 11, 12]
+    eng.set_paused(downtrack, True)
+    for seq in range(13, 16):
+        publisher.send_rtp(video(seq, Q_SSRC, None, seq, keyframe=seq == 14))
+    await asyncio.gather(subscriber.collect(), publisher.collect())
+    assert subscriber.take_rtp() == []
+    assert eng.stats()["paused_skipped"] == 3
+    plis = publisher.plis(Q_SSRC)  # paused DownTracks ask for no keyframes
+    eng.set_paused(downtrack, False)  # asks for a keyframe at once, and forwards nothing before it
+    publisher.send_rtp(video(16, Q_SSRC, None, 16, keyframe=False))
+    await asyncio.gather(subscriber.collect(), publisher.collect())
+    assert subscriber.take_rtp() == []
+    assert publisher.plis(Q_SSRC) == plis + 1
+    for seq in range(17, 19):
+        publisher.send_rtp(video(seq, Q_SSRC, None, seq, keyframe=seq == 17))
+    await subscriber.collect()
+    resumed = subscriber.take_rtp()
+    assert [p.seq for p in resumed] == [13, 14]  # numbering continues right after the last packet sent
+    assert [picture_id(p.payload) for p in resumed] == [13, 14]
+    assert eng.downtrack_stats(downtrack)["paused"] is False
