@@ -5,6 +5,7 @@ import asyncio
 import collections
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from livekit import api, rtc
 from livekit.protocol import models
@@ -246,6 +247,7 @@ async def test_notify_never_raises_and_close_is_safe_unstarted():
 
 # -- end to end: a tern server process and LiveKit's Python SDK ---------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:The HMAC key")  # the dev key's short secret
 async def test_server_sends_room_participant_and_track_events(tmp_path: Path):
     """One server with two webhook URLs: one never answers, the other receives every event. A client joins,
     publishes and unpublishes audio and leaves, unhindered by the hanging receiver."""
@@ -268,12 +270,14 @@ async def test_server_sends_room_participant_and_track_events(tmp_path: Path):
         await client.disconnect()
         await until(lambda: "room_finished" in receiver.names(), timeout=20)
         assert hanging.connections >= 1
+        counters = await asyncio.to_thread(server.counters)  # exported to Prometheus
+        assert counters.get("webhook_sent", 0) >= 5 and not counters.get("webhook_dropped"), counters
     finally:
         await client.disconnect()
         await asyncio.to_thread(stop_server, server)
         await hanging.stop()
         await receiver.stop()
-    assert not receiver.errors
+    assert not receiver.errors and not any(event.num_dropped for event in receiver.events)
     names = receiver.names()
     assert names[0] == "room_started" and names[-1] == "room_finished", names
     expected = ["participant_joined", "track_published", "track_unpublished", "participant_left"]
