@@ -16,7 +16,6 @@ from starlette.websockets import WebSocket
 
 from .auth import AuthError, Claims
 from .node import Node
-from .room import Room
 from .session import PING_TIMEOUT, TOKEN_REFRESH_INTERVAL, SignalSession
 
 log = logging.getLogger(__name__)
@@ -56,14 +55,10 @@ def _admit(node: Node, connection: HTTPConnection) -> tuple[str, Claims, str]:
     Returns the token, its claims and the room name. Raises AuthError or PermissionError."""
     token = _token(connection)
     claims, room_name = node.verifier.verify_join(token)
-    _check_capacity(node, node.rooms.rooms.get(room_name), claims.identity)
-    return token, claims, room_name
-
-
-def _check_capacity(node: Node, room: Room | None, identity: str) -> None:
-    limit = node.config.room.max_participants
-    if room is not None and limit and identity not in room.participants and len(room.participants) >= limit:
+    room = node.rooms.rooms.get(room_name)
+    if room is not None and room.is_full(claims.identity):
         raise PermissionError("room is full")
+    return token, claims, room_name
 
 
 def create_app(node: Node) -> Starlette:
@@ -114,9 +109,7 @@ def create_app(node: Node) -> Starlette:
         previous = room.participants.get(claims.identity)
         if previous is not None:
             previous.session.close(models.DisconnectReason.DUPLICATE_IDENTITY)
-        try:
-            _check_capacity(node, room, claims.identity)
-        except PermissionError:
+        if room.is_full(claims.identity):
             await _refuse(websocket)
             return
         try:

@@ -100,6 +100,14 @@ def _parse_video(raw: Any) -> VideoGrant:
     return VideoGrant(**values)
 
 
+def video_claim(grant: VideoGrant) -> dict[str, Any]:
+    """The `video` claim that carries `grant` (what _parse_video reads back)."""
+    claim: dict[str, Any] = {name: getattr(grant, field) for field, name in _GRANT_CLAIM_NAMES.items()}
+    if grant.can_publish_sources:
+        claim["canPublishSources"] = list(grant.can_publish_sources)
+    return claim
+
+
 def _parse_attributes(raw: Any) -> dict[str, str]:
     if raw is None:
         return {}
@@ -118,11 +126,13 @@ class TokenVerifier:
     def verify(self, token: str) -> Claims:
         return self._claims(*self._decode(token))
 
-    def refresh(self, token: str, ttl: float) -> str:
-        """The same claims, signed anew with the same key and valid for `ttl` seconds from now."""
+    def refresh(self, token: str, ttl: float, claims: dict[str, Any] | None = None) -> str:
+        """The same claims updated with `claims` (e.g. a changed grant or name), signed anew with the same key
+        and valid for `ttl` seconds from now."""
         api_key, payload = self._decode(token)
         now = int(time.time())
-        return jwt.encode({**payload, "nbf": now, "exp": now + int(ttl)}, self._keys[api_key], algorithm=ALGORITHM)
+        payload = {**payload, **(claims or {}), "nbf": now, "exp": now + int(ttl)}
+        return jwt.encode(payload, self._keys[api_key], algorithm=ALGORITHM)
 
     def _decode(self, token: str) -> tuple[str, dict[str, Any]]:
         """The API key and verified payload of a token; AuthError with a user-facing message otherwise."""

@@ -15,6 +15,7 @@ from .room import RoomManager, TrackPublication
 from .session import SignalSession
 from .speakers import INTERVAL as SPEAKER_INTERVAL
 from .transport import TransportManager
+from .webhook import WebhookNotifier
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,13 @@ class Node:
         self.id = "ND_" + uuid.uuid4().hex[:12]
         self.version = PROTOCOL_VERSION
         self.verifier = TokenVerifier(config.keys)
-        self.rooms = RoomManager(config.room.empty_timeout, config.room.departure_timeout, config.room.max_participants)
         self.counters: Counter[str] = Counter()
+        self.webhooks: WebhookNotifier | None = None
+        if config.webhook.urls:
+            self.webhooks = WebhookNotifier(config.webhook.api_key, config.keys[config.webhook.api_key],
+                                            config.webhook.urls, self.counters)
+        self.rooms = RoomManager(config.room.empty_timeout, config.room.departure_timeout,
+                                 config.room.max_participants, self.notify)
         self.sessions: set[SignalSession] = set()
         self.receivers: dict[int, TrackPublication] = {}  # engine receiver id -> publication
         self.engine: engine.Engine
@@ -46,6 +52,12 @@ class Node:
             region="",
         )
 
+    def notify(self, event: str, *, room: models.Room | None = None, participant: models.ParticipantInfo | None = None,
+               track: models.TrackInfo | None = None) -> None:
+        """A webhook event (room_started, participant_joined, track_published, ...), when webhooks are configured."""
+        if self.webhooks is not None:
+            self.webhooks.notify(event, room=room, participant=participant, track=track)
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         host = self.config.bind_addresses[0] if self.config.bind_addresses else "0.0.0.0"
         if ":" in host:  # the engine's socket is IPv4 for now
@@ -54,6 +66,8 @@ class Node:
         self.transports = TransportManager(self.engine, self.config.node_ip())
         self.transports.on_receiver_layer = self._on_receiver_layer
         self.engine.attach(loop)
+        if self.webhooks is not None:
+            self.webhooks.start()
         self._tasks.append(loop.create_task(self._observe_speakers()))
         log.info("media on udp %s:%d, candidates advertise %s", host, self.engine.port, self.transports.node_ip)
 
@@ -91,10 +105,12 @@ class Node:
         for session in list(self.sessions):
             session.close(models.DisconnectReason.SERVER_SHUTDOWN)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         self.engine.close()
+        if self.webhooks is not None:
+            await self.webhooks.close()
 
     def stats(self) -> dict[str, int]:
         return {**self.engine.stats(), **self.transports.counters, **self.counters}

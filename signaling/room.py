@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import string
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from livekit.protocol import models, rtc
 
-from .auth import Claims
+from .auth import Claims, VideoGrant
 from .sdp import Codec, OutgoingMedia
 from .speakers import SpeakerObserver
 
@@ -35,6 +37,9 @@ _KINDS = {
     "connector": models.ParticipantInfo.Kind.CONNECTOR,
     "bridge": models.ParticipantInfo.Kind.BRIDGE,
 }
+
+
+TOP_LAYER = 3  # above any simulcast layer: the Forwarder takes the best one available
 
 
 def new_id(prefix: str) -> str:
@@ -89,6 +94,19 @@ class TrackPublication:
     def kind(self) -> str:
         return "audio" if self.info.type == models.TrackType.AUDIO else "video"
 
+    def layer_for(self, settings: rtc.UpdateTrackSettings | None) -> int:
+        """The simulcast layer (0 = lowest) a subscriber's settings ask for: the smallest layer covering the
+        requested dimensions, else the requested quality; no settings = the best there is."""
+        if settings is None:
+            return TOP_LAYER
+        if settings.width or settings.height:
+            layers = sorted(self.info.layers, key=lambda layer: layer.quality)
+            for index, layer in enumerate(layers):
+                if layer.width >= settings.width and layer.height >= settings.height:
+                    return index
+            return TOP_LAYER
+        return min(settings.quality, models.VideoQuality.HIGH)
+
 
 class Subscription:
     """One subscriber's copy of a publication: an m-line on its subscriber PC and an engine DownTrack."""
@@ -118,6 +136,13 @@ class Participant:
         self.version = 0
         self.publications: dict[str, TrackPublication] = {}  # by track sid
         self.subscriptions: dict[str, Subscription] = {}  # by track sid
+        # As a subscriber, by track sid: explicit (un)subscriptions (else auto_subscribe decides), the last
+        # UpdateTrackSettings, and whether the publisher's permission was last reported as denying it.
+        self.subscription_wishes: dict[str, bool] = {}
+        self.track_settings: dict[str, rtc.UpdateTrackSettings] = {}
+        self.permission_denied: dict[str, bool] = {}
+        # As a publisher: who may subscribe to its tracks (None = everyone).
+        self.subscription_permission: rtc.SubscriptionPermission | None = None
 
     @property
     def hidden(self) -> bool:
@@ -126,6 +151,29 @@ class Participant:
     def can_publish_source(self, source: int) -> bool:
         allowed = self.grant.can_publish_sources
         return self.grant.can_publish and (not allowed or _SOURCE_NAMES.get(source) in allowed)
+
+    def allows_subscriber(self, subscriber: Participant, track_sid: str) -> bool:
+        permission = self.subscription_permission
+        if permission is None or permission.all_participants:
+            return True
+        for entry in permission.track_permissions:
+            if entry.participant_identity == subscriber.identity or (entry.participant_sid and entry.participant_sid == subscriber.sid):
+                return entry.all_tracks or track_sid in entry.track_sids
+        return False
+
+    def grant_with(self, permission: models.ParticipantPermission) -> VideoGrant:
+        """This participant's grant with what a ParticipantPermission sets replaced."""
+        return dataclasses.replace(
+            self.grant,
+            can_subscribe=permission.can_subscribe,
+            can_publish=permission.can_publish,
+            can_publish_data=permission.can_publish_data,
+            can_publish_sources=tuple(_SOURCE_NAMES[s] for s in permission.can_publish_sources if s in _SOURCE_NAMES),
+            hidden=permission.hidden,
+            recorder=permission.recorder,
+            can_update_own_metadata=permission.can_update_metadata,
+            can_subscribe_metrics=permission.can_subscribe_metrics,
+        )
 
     def touch(self) -> None:
         """Every change bumps the version so clients never apply an older ParticipantInfo over a newer one."""
@@ -169,13 +217,17 @@ class Participant:
 
 
 class Room:
-    def __init__(self, manager: RoomManager, name: str) -> None:
+    def __init__(self, manager: RoomManager, name: str, empty_timeout: float, departure_timeout: float,
+                 max_participants: int, metadata: str) -> None:
         self.manager = manager
         self.name = name
         self.sid = new_id("RM_")
         self.created_at_ms = now_ms()
         self.participants: dict[str, Participant] = {}  # by identity
-        self.metadata = ""
+        self.empty_timeout = empty_timeout
+        self.departure_timeout = departure_timeout
+        self.max_participants = max_participants
+        self.metadata = metadata
         self.speakers = SpeakerObserver()
         self._close_timer: asyncio.TimerHandle | None = None
         self.closed = False
@@ -184,9 +236,9 @@ class Room:
         return models.Room(
             sid=self.sid,
             name=self.name,
-            empty_timeout=int(self.manager.empty_timeout),
-            departure_timeout=int(self.manager.departure_timeout),
-            max_participants=self.manager.max_participants,
+            empty_timeout=int(self.empty_timeout),
+            departure_timeout=int(self.departure_timeout),
+            max_participants=self.max_participants,
             creation_time=self.created_at_ms // 1000,
             creation_time_ms=self.created_at_ms,
             metadata=self.metadata,
@@ -207,7 +259,12 @@ class Room:
         if self.participants.get(participant.identity) is participant:
             del self.participants[participant.identity]
         if not self.participants:
-            self._schedule_close(self.manager.departure_timeout)
+            self._schedule_close(self.departure_timeout)
+
+    def is_full(self, identity: str) -> bool:
+        """Whether one more participant (not one replacing `identity`) exceeds max_participants."""
+        return bool(self.max_participants) and identity not in self.participants \
+            and len(self.participants) >= self.max_participants
 
     def broadcast(self, response: rtc.SignalResponse) -> None:
         for participant in self.participants.values():
@@ -227,25 +284,46 @@ class Room:
     def close_if_empty(self) -> None:
         self._close_timer = None
         if not self.participants:
-            self.closed = True
-            self.manager.rooms.pop(self.name, None)
-            log.info("room %s (%s) closed", self.name, self.sid)
+            self.close()
+
+    def close(self) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        if self.closed:
+            return
+        self.closed = True
+        if self.manager.rooms.get(self.name) is self:
+            del self.manager.rooms[self.name]
+        log.info("room %s (%s) closed", self.name, self.sid)
+        self.manager.notify("room_finished", room=self.info())
 
 
 class RoomManager:
-    """Creates rooms on first join and closes them when they stay empty."""
+    """Creates rooms on first join (or by the API) and closes them when they stay empty.
+    `notify(event, room=, participant=, track=)` receives LiveKit's webhook events."""
 
-    def __init__(self, empty_timeout: float, departure_timeout: float, max_participants: int) -> None:
+    def __init__(self, empty_timeout: float, departure_timeout: float, max_participants: int,
+                 notify: Callable[..., None]) -> None:
         self.empty_timeout = empty_timeout
         self.departure_timeout = departure_timeout
         self.max_participants = max_participants
+        self.notify = notify
         self.rooms: dict[str, Room] = {}
 
     def get_or_create(self, name: str) -> Room:
+        return self.rooms.get(name) or self.create(name)
+
+    def create(self, name: str, empty_timeout: float = 0, departure_timeout: float = 0, max_participants: int = 0,
+               metadata: str = "") -> Room:
+        """The room `name`, created with these settings (0 = the configured default) if it does not exist."""
         room = self.rooms.get(name)
-        if room is None:
-            room = Room(self, name)
-            self.rooms[name] = room
-            room._schedule_close(self.empty_timeout)
-            log.info("room %s (%s) created", name, room.sid)
+        if room is not None:
+            return room
+        room = Room(self, name, empty_timeout or self.empty_timeout, departure_timeout or self.departure_timeout,
+                    max_participants or self.max_participants, metadata)
+        self.rooms[name] = room
+        room._schedule_close(room.empty_timeout)
+        log.info("room %s (%s) created", name, room.sid)
+        self.notify("room_started", room=room.info())
         return room

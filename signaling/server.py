@@ -58,7 +58,7 @@ async def serve(config: Config) -> None:
     try:
         await server.serve()
     finally:
-        node.stop()
+        await node.stop()
 
 
 def run(config: Config) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from livekit.protocol import models, rtc
 
 from . import sdp
-from .auth import Claims
+from .auth import Claims, video_claim
 from .data import LOSSY_LABEL, RELIABLE_LABEL, SERVER_CHANNELS, DataPublisher
 from .dcep import DataChannel
 from .negotiation import PublisherPC, SubscriberPC
@@ -113,11 +114,7 @@ class SignalSession:
             ping_timeout=PING_TIMEOUT,
         )))
         self.room.broadcast_participant(participant)
-        if self.auto_subscribe:
-            for other in others:
-                for publication in other.publications.values():
-                    if publication.published:
-                        self._subscribe(publication)
+        self._sync_subscriptions(self._room_publications(), renegotiate=False)
         if self.subscriber_primary:
             self._send_offer(self.subscriber.changed())
 
@@ -126,6 +123,10 @@ class SignalSession:
             self.participant.state = models.ParticipantInfo.State.ACTIVE
             self.participant.touch()
             self.room.broadcast_participant(self.participant)
+            self._notify("participant_joined")
+
+    def _notify(self, event: str, track: models.TrackInfo | None = None) -> None:
+        self.node.notify(event, room=self.room.info(), participant=self.participant.info(), track=track)
 
     # -- requests
     def handle(self, request: rtc.SignalRequest) -> None:
@@ -226,13 +227,12 @@ class SignalSession:
         publication.published = True
         self.participant.touch()
         self.room.broadcast_participant(self.participant)
-        if self.participant.hidden:  # others never learn of a hidden participant, so cannot take its tracks
-            return
+        self._notify("track_published", publication.info)
         for other in self.room.others(self.participant):
-            if other.session.auto_subscribe and other.session._subscribe(publication):
-                other.session._send_offer(other.session.subscriber.changed())
+            other.session._sync_subscriptions([publication])
 
     def _unpublish(self, publication: TrackPublication) -> None:
+        self._pending.pop(publication.cid, None)
         self.participant.publications.pop(publication.sid, None)
         for subscription in list(publication.subscriptions.values()):
             subscription.subscriber.session._unsubscribe(subscription)
@@ -244,6 +244,7 @@ class SignalSession:
             publication.published = False
             self.participant.touch()
             self.room.broadcast_participant(self.participant)
+            self._notify("track_unpublished", publication.info)
 
     # -- data
     def _on_data_message(self, channel: DataChannel, data: bytes) -> None:
@@ -267,61 +268,138 @@ class SignalSession:
             reason, message = rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "metadata, name or attributes too large"
         else:
             reason, message = rtc.RequestResponse.Reason.OK, ""
-            # As LiveKit: empty name/metadata mean "unchanged".
-            changed = False
-            if request.name and request.name != participant.name:
-                participant.name, changed = request.name, True
-            if request.metadata and request.metadata != participant.metadata:
-                participant.metadata, changed = request.metadata, True
-            if attributes != participant.attributes:
-                participant.attributes, changed = attributes, True
-            if changed:
-                participant.touch()
-                self.room.broadcast_participant(participant)
+            self.update_identity_fields(request.name, request.metadata, attributes)
         if reason != rtc.RequestResponse.Reason.OK or self.protocol > 14:
             self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
                 request_id=request.request_id, reason=reason, message=message, update_metadata=request)))
 
+    def update_identity_fields(self, name: str, metadata: str, attributes: dict[str, str]) -> bool:
+        """Sets name, metadata (empty = unchanged, as LiveKit) and the full attribute map; tells the room."""
+        participant = self.participant
+        changed = False
+        if name and name != participant.name:
+            participant.name, changed = name, True
+        if metadata and metadata != participant.metadata:
+            participant.metadata, changed = metadata, True
+        if attributes != participant.attributes:
+            participant.attributes, changed = attributes, True
+        if changed:
+            participant.touch()
+            self.room.broadcast_participant(participant)
+        return changed
+
     def refresh_token(self) -> None:
-        """Each refresh is signed from the previous one, so it stays valid however long the session lasts."""
-        self.token = self.node.verifier.refresh(self.token, REFRESHED_TOKEN_TTL)
+        """Each refresh is signed from the previous one with the participant's current name, metadata, attributes
+        and grant, so it stays valid however long the session lasts and a reconnect keeps what moderation set."""
+        participant = self.participant
+        self.token = self.node.verifier.refresh(self.token, REFRESHED_TOKEN_TTL, {
+            "name": participant.name, "metadata": participant.metadata, "attributes": participant.attributes,
+            "video": video_claim(participant.grant),
+        })
         self.send(rtc.SignalResponse(refresh_token=self.token))
 
+    def find_publication(self, sid: str) -> TrackPublication | None:
+        """A track of this participant by sid, published or still waiting for its media."""
+        return self.participant.publications.get(sid) or next((p for p in self._pending.values() if p.sid == sid), None)
+
     def _on_mute(self, request: rtc.MuteTrackRequest) -> None:
-        publication = self.participant.publications.get(request.sid)
-        if publication is None:
-            publication = next((p for p in self._pending.values() if p.sid == request.sid), None)
-        if publication is None or publication.info.muted == request.muted:
+        publication = self.find_publication(request.sid)
+        if publication is not None:
+            self.set_muted(publication, request.muted)
+
+    def set_muted(self, publication: TrackPublication, muted: bool, by_server: bool = False) -> None:
+        """Mutes or unmutes a track: forwarding pauses while it is muted. A server-side mute also tells the
+        publisher's SDK, which then shows the track muted."""
+        if by_server:
+            self.send(rtc.SignalResponse(mute=rtc.MuteTrackRequest(sid=publication.sid, muted=muted)))
+        if publication.info.muted == muted:
             return
-        publication.info.muted = request.muted
+        publication.info.muted = muted
+        for subscription in publication.subscriptions.values():
+            subscription.subscriber.session._apply_track_settings(subscription)
         self.participant.touch()
         self.room.broadcast_participant(self.participant)
+
+    def update_permission(self, permission: models.ParticipantPermission) -> None:
+        """A new grant set by the server: tracks it no longer allows are unpublished, subscriptions follow
+        canSubscribe, hiding and unhiding change what others see; the client gets the update and a fresh token."""
+        participant = self.participant
+        was_hidden = participant.hidden
+        participant.grant = participant.grant_with(permission)
+        for publication in [*participant.publications.values(), *self._pending.values()]:
+            if not participant.can_publish_source(publication.info.source):
+                self._unpublish(publication)
+                self.send(rtc.SignalResponse(track_unpublished=rtc.TrackUnpublishedResponse(track_sid=publication.sid)))
+        self._sync_subscriptions(self._room_publications())
+        participant.touch()
+        if participant.hidden and not was_hidden:  # to the others it has left
+            gone = participant.info()
+            gone.state = models.ParticipantInfo.State.DISCONNECTED
+            for other in self.room.others(participant):
+                other.session.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[gone])))
+        self.room.broadcast_participant(participant)
+        if participant.hidden != was_hidden:
+            for other in self.room.others(participant):
+                other.session._sync_subscriptions(participant.publications.values())
+        self.refresh_token()
 
     def _on_subscription(self, request: rtc.UpdateSubscription) -> None:
         sids = set(request.track_sids)
         for participant_tracks in request.participant_tracks:
             sids.update(participant_tracks.track_sids)
-        changed = False
+        self.update_subscriptions(sids, request.subscribe)
+
+    def _on_track_setting(self, settings: rtc.UpdateTrackSettings) -> None:
+        for sid in settings.track_sids:
+            self.participant.track_settings[sid] = settings
+            subscription = self.participant.subscriptions.get(sid)
+            if subscription is not None:
+                self._apply_track_settings(subscription)
+
+    def _on_subscription_permission(self, permission: rtc.SubscriptionPermission) -> None:
+        """The publisher allows only some participants (or all) to subscribe to its tracks."""
+        self.participant.subscription_permission = permission
         for other in self.room.others(self.participant):
-            if other.hidden:
-                continue
-            for publication in other.publications.values():
-                if publication.sid not in sids:
-                    continue
-                subscription = self.participant.subscriptions.get(publication.sid)
-                if request.subscribe and subscription is None and publication.published:
-                    changed |= self._subscribe(publication)
-                elif not request.subscribe and subscription is not None:
-                    self._unsubscribe(subscription, renegotiate=False)
-                    changed = True
-        if changed:
-            self._send_offer(self.subscriber.changed())
+            other.session._sync_subscriptions(self.participant.publications.values())
+
+    def _room_publications(self) -> list[TrackPublication]:
+        return [p for other in self.room.others(self.participant) for p in other.publications.values()]
 
     # -- subscriptions (this session is the subscriber)
+    def update_subscriptions(self, sids: set[str], subscribe: bool) -> None:
+        """Explicit (un)subscription to tracks of others, by track sid; it outlasts a track's republication."""
+        for sid in sids:
+            self.participant.subscription_wishes[sid] = subscribe
+        self._sync_subscriptions([p for p in self._room_publications() if p.sid in sids])
+
+    def _sync_subscriptions(self, publications: Iterable[TrackPublication], renegotiate: bool = True) -> None:
+        """Subscribes to or unsubscribes from each publication as wishes, grants and the publisher's permission
+        now say; tells the client of permission changes; renegotiates once if anything changed."""
+        participant = self.participant
+        changed = False
+        for publication in publications:
+            publisher = publication.participant
+            wanted = participant.subscription_wishes.get(publication.sid, self.auto_subscribe)
+            visible = publication.published and not publisher.hidden and participant.grant.can_subscribe
+            allowed = publisher.allows_subscriber(participant, publication.sid)
+            subscription = participant.subscriptions.get(publication.sid)
+            if wanted and visible and allowed:
+                if subscription is None:
+                    changed |= self._subscribe(publication)
+            elif subscription is not None:
+                self._unsubscribe(subscription, renegotiate=False)
+                changed = True
+            if wanted and visible and participant.permission_denied.get(publication.sid, False) == allowed:
+                participant.permission_denied[publication.sid] = not allowed
+                self.send(rtc.SignalResponse(subscription_permission_update=rtc.SubscriptionPermissionUpdate(
+                    participant_sid=publisher.sid, track_sid=publication.sid, allowed=allowed)))
+        if changed and renegotiate:
+            self._send_offer(self.subscriber.changed())
+
     def _subscribe(self, publication: TrackPublication) -> bool:
         """Adds an m-line for the publication to the subscriber PC (the caller renegotiates); False if not allowed."""
         participant = self.participant
-        if not participant.grant.can_subscribe or publication.sid in participant.subscriptions or publication.codec is None:
+        if publication.sid in participant.subscriptions or publication.codec is None:
             return False
         kind = publication.kind
         codec = sdp.Codec(
@@ -388,6 +466,20 @@ class SignalSession:
             publication.receiver_id, self.subscriber.transport.id, media.ssrc, media.rtx_ssrc or 0,
             media.codec.payload_type, media.codec.rtx_payload_type or 0, extmap,
         )
+        self._apply_track_settings(subscription)
+
+    def _apply_track_settings(self, subscription: Subscription) -> None:
+        """Pauses the DownTrack while its track is muted or the subscriber disabled it (e.g. a hidden video
+        element); otherwise caps its layer to the quality or dimensions the subscriber asked for."""
+        if subscription.downtrack_id is None:
+            return
+        publication = subscription.publication
+        settings = self.participant.track_settings.get(publication.sid)
+        paused = publication.info.muted or (settings is not None and (
+            settings.disabled or (settings.quality == models.VideoQuality.OFF and not settings.width)))
+        self.node.engine.set_paused(subscription.downtrack_id, paused)
+        if publication.kind == "video":
+            self.node.engine.set_target_layer(subscription.downtrack_id, publication.layer_for(settings))
 
     # -- teardown
     def close(self, reason: int, notify: bool = True, action: int = rtc.LeaveRequest.Action.DISCONNECT) -> None:
@@ -401,6 +493,7 @@ class SignalSession:
             self._unsubscribe(subscription, renegotiate=False)
         for publication in list(participant.publications.values()):
             self._unpublish(publication)
+        was_active = participant.state == models.ParticipantInfo.State.ACTIVE
         self.closed = True
         self.outbox.put_nowait(None)  # ends the writer after what is queued
         self.publisher.transport.close()
@@ -410,5 +503,7 @@ class SignalSession:
         participant.disconnect_reason = reason
         participant.touch()
         self.room.broadcast_participant(participant)  # it has left the room: only the others hear
+        # LiveKit reports a participant whose media never connected as aborted rather than left.
+        self._notify("participant_left" if was_active else "participant_connection_aborted")
         log.info("participant %s left room %s (%s)", participant.identity, self.room.name,
                  models.DisconnectReason.Name(reason))
