@@ -11,6 +11,7 @@ from livekit import api, rtc
 from livekit.protocol import models
 
 from conftest import API_KEY, API_SECRET, free_port, start_server, stop_server
+from signal_client import SignalClient
 from signaling.webhook import WebhookNotifier
 
 KEY, SECRET = "hookkey", "a-webhook-secret-of-32-characters"
@@ -250,7 +251,8 @@ async def test_notify_never_raises_and_close_is_safe_unstarted():
 @pytest.mark.filterwarnings("ignore:The HMAC key")  # the dev key's short secret
 async def test_server_sends_room_participant_and_track_events(tmp_path: Path):
     """One server with two webhook URLs: one never answers, the other receives every event. A client joins,
-    publishes and unpublishes audio and leaves, unhindered by the hanging receiver."""
+    publishes and unpublishes audio and leaves, unhindered by the hanging receiver; then a bare signal client
+    joins another room and leaves without connecting media."""
     hanging, receiver = HangingReceiver(), Receiver(API_KEY, API_SECRET)
     await hanging.start()
     await receiver.start()
@@ -269,6 +271,10 @@ async def test_server_sends_room_participant_and_track_events(tmp_path: Path):
         await until(lambda: "track_unpublished" in receiver.names())
         await client.disconnect()
         await until(lambda: "room_finished" in receiver.names(), timeout=20)
+        # A participant that signals but never connects media is reported as aborted, not as joined/left.
+        signal, _ = await SignalClient.join(server.url, server.token("bob", "aborted-room"))
+        await signal.connection.close()
+        await until(lambda: "participant_connection_aborted" in receiver.names(), timeout=20)
         assert hanging.connections >= 1
         counters = await asyncio.to_thread(server.counters)  # exported to Prometheus
         assert counters.get("webhook_sent", 0) >= 5 and not counters.get("webhook_dropped"), counters
@@ -278,12 +284,15 @@ async def test_server_sends_room_participant_and_track_events(tmp_path: Path):
         await hanging.stop()
         await receiver.stop()
     assert not receiver.errors and not any(event.num_dropped for event in receiver.events)
+    aborted = [event for event in receiver.events if event.room.name == "aborted-room"]
+    assert [event.event for event in aborted][:2] == ["room_started", "participant_connection_aborted"]
+    assert aborted[1].participant.identity == "bob"
+    receiver.events = [event for event in receiver.events if event.room.name == "hook-room"]
     names = receiver.names()
     assert names[0] == "room_started" and names[-1] == "room_finished", names
     expected = ["participant_joined", "track_published", "track_unpublished", "participant_left"]
     assert [name for name in names if name in expected] == expected, names
     events = {event.event: event for event in receiver.events}
-    assert all(event.room.name == "hook-room" for event in receiver.events)
     for name in expected:
         assert events[name].participant.identity == "alice", name
     assert events["track_published"].track.sid == publication.sid
