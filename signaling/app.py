@@ -16,6 +16,7 @@ from starlette.websockets import WebSocket
 
 from .auth import AuthError, Claims
 from .node import Node
+from .roomservice import PREFIX, RoomService
 from .session import PING_TIMEOUT, TOKEN_REFRESH_INTERVAL, SignalSession
 
 log = logging.getLogger(__name__)
@@ -139,8 +140,10 @@ def create_app(node: Node) -> Starlette:
             with contextlib.suppress(Exception):
                 await websocket.close()
 
+    room_service = RoomService(node)
     return Starlette(routes=[
         Route("/", health),
+        Route(PREFIX + "{method}", room_service.endpoint, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         Route("/rtc/validate", validate),
         Route("/rtc/v1/validate", not_found),
         Route("/rtc/v1", not_found),

@@ -3,6 +3,7 @@ never echoes, and keeps reliability from the channel the packet came on (clients
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
@@ -59,21 +60,27 @@ class DataPublisher:
         packet.participant_identity, packet.participant_sid = identity, sid
         # The deprecated `kind` is what JS reports to the application; the Rust SDK sets it wrongly.
         packet.kind = models.DataPacket.Kind.RELIABLE if reliable else models.DataPacket.Kind.LOSSY
-        destinations = set(packet.destination_identities)
         if kind == "user":
             packet.user.participant_identity, packet.user.participant_sid = identity, sid  # for older clients
-            destinations.update(packet.user.destination_identities)
-            destination_sids = set(packet.user.destination_sids)
+        route(packet, sender.room.others(sender), reliable, self.counters)
+
+
+def route(packet: models.DataPacket, receivers: Iterable[Participant], reliable: bool, counters: Counter[str]) -> None:
+    """Delivers a stamped packet to the receivers its destinations name (all when none are named)."""
+    kind = packet.WhichOneof("value")
+    destinations = set(packet.destination_identities)
+    destination_sids: set[str] = set()
+    if kind == "user":
+        destinations.update(packet.user.destination_identities)
+        destination_sids.update(packet.user.destination_sids)
+    data = packet.SerializeToString()
+    for receiver in receivers:
+        if (destinations or destination_sids) and receiver.identity not in destinations \
+                and receiver.sid not in destination_sids:
+            continue
+        if kind == "metrics" and not receiver.grant.can_subscribe_metrics:
+            continue
+        if receiver.session.send_data(data, reliable):
+            counters["data_forwarded"] += 1
         else:
-            destination_sids = set()
-        data = packet.SerializeToString()
-        for receiver in sender.room.others(sender):
-            if (destinations or destination_sids) and receiver.identity not in destinations \
-                    and receiver.sid not in destination_sids:
-                continue
-            if kind == "metrics" and not receiver.grant.can_subscribe_metrics:
-                continue
-            if receiver.session.send_data(data, reliable):
-                self.counters["data_forwarded"] += 1
-            else:
-                self.counters["data_undeliverable"] += 1
+            counters["data_undeliverable"] += 1

@@ -270,6 +270,11 @@ class Room:
         for participant in self.participants.values():
             participant.session.send(response)
 
+    def set_metadata(self, metadata: str) -> None:
+        if metadata != self.metadata:
+            self.metadata = metadata
+            self.broadcast(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.info())))
+
     def broadcast_participant(self, participant: Participant) -> None:
         """Sends a participant's full, current info to everyone who may see it (and to itself)."""
         update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[participant.info()]))

@@ -1,0 +1,239 @@
+"""LiveKit's RoomService over Twirp: `POST /twirp/livekit.RoomService/<Method>` with a protobuf or protojson body,
+answered in kind; failures are Twirp error bodies {"code", "msg", "meta"} with the matching HTTP status."""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+from livekit.protocol import models
+from livekit.protocol import room as proto
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .auth import AuthError, Claims
+from .data import route
+from .room import Participant, Room
+from .session import MAX_ATTRIBUTES_SIZE, MAX_METADATA_SIZE, MAX_NAME_LENGTH
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/twirp/livekit.RoomService/"
+_PROTOBUF = "application/protobuf"
+_JSON = "application/json"
+# Twirp's error codes and the HTTP status each travels with.
+_STATUS = {
+    "invalid_argument": 400, "malformed": 400, "unauthenticated": 401, "permission_denied": 403,
+    "not_found": 404, "bad_route": 404, "failed_precondition": 412, "internal": 500,
+}
+
+
+class TwirpError(Exception):
+    def __init__(self, code: str, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+
+    def response(self) -> Response:
+        body = json.dumps({"code": self.code, "msg": self.msg, "meta": {}})
+        return Response(body, status_code=_STATUS[self.code], media_type=_JSON)
+
+
+@dataclass(frozen=True)
+class _Method:
+    request: type[Message]
+    grant: str  # "create", "list" or "admin" (roomAdmin for the request's room)
+    handler: Callable[[RoomService, Message], Message]
+
+
+class RoomService:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def endpoint(self, request: Request) -> Response:
+        try:
+            return await self._serve(request)
+        except TwirpError as error:
+            self.node.counters[f"api_error_{error.code}"] += 1
+            return error.response()
+
+    async def _serve(self, request: Request) -> Response:
+        name = request.path_params["method"]
+        method = _METHODS.get(name)
+        if request.method != "POST" or method is None:
+            raise TwirpError("bad_route", f"no such method: {request.method} {PREFIX}{name}")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in (_PROTOBUF, _JSON):
+            raise TwirpError("bad_route", f"unexpected Content-Type {content_type!r}: use {_PROTOBUF} or {_JSON}")
+        claims = self._authenticate(request)
+        body = await request.body()
+        try:
+            message = method.request()
+            if content_type == _JSON:
+                json_format.Parse(body or b"{}", message, ignore_unknown_fields=True)
+            else:
+                message.ParseFromString(body)
+        except (DecodeError, json_format.ParseError, UnicodeDecodeError) as error:
+            raise TwirpError("malformed", f"the request body is not a valid {method.request.__name__}: {error}") from None
+        _authorize(claims, method.grant, getattr(message, "room", ""))
+        try:
+            reply = method.handler(self, message)
+        except TwirpError:
+            raise
+        except Exception:  # a bug must answer like Twirp does, not with a traceback page
+            log.exception("RoomService %s failed", name)
+            raise TwirpError("internal", "internal error") from None
+        self.node.counters[f"api_{name}"] += 1
+        if content_type == _JSON:
+            return Response(json_format.MessageToJson(reply), media_type=_JSON)
+        return Response(reply.SerializeToString(), media_type=_PROTOBUF)
+
+    def _authenticate(self, request: Request) -> Claims:
+        header = request.headers.get("authorization", "")
+        if not header.startswith("Bearer "):
+            raise TwirpError("unauthenticated", "missing or invalid Authorization header: Bearer token expected")
+        try:
+            return self.node.verifier.verify(header[len("Bearer "):].strip())
+        except AuthError as error:
+            raise TwirpError("unauthenticated", str(error)) from None
+
+    # -- lookups
+    def _room(self, name: str) -> Room:
+        room = self.node.rooms.rooms.get(name)
+        if room is None:
+            raise TwirpError("not_found", "requested room does not exist")
+        return room
+
+    def _participant(self, room_name: str, identity: str) -> Participant:
+        participant = self._room(room_name).participants.get(identity)
+        if participant is None:
+            raise TwirpError("not_found", "participant does not exist")
+        return participant
+
+    # -- methods
+    def create_room(self, request: proto.CreateRoomRequest) -> models.Room:
+        if not request.name:
+            raise TwirpError("invalid_argument", "room name is required")
+        _check_size("metadata", request.metadata, MAX_METADATA_SIZE)
+        return self.node.rooms.create(
+            request.name, request.empty_timeout, request.departure_timeout, request.max_participants,
+            request.metadata,
+        ).info()
+
+    def list_rooms(self, request: proto.ListRoomsRequest) -> proto.ListRoomsResponse:
+        names = set(request.names)
+        return proto.ListRoomsResponse(rooms=[
+            room.info() for room in self.node.rooms.rooms.values() if not names or room.name in names
+        ])
+
+    def delete_room(self, request: proto.DeleteRoomRequest) -> proto.DeleteRoomResponse:
+        room = self._room(request.room)
+        for participant in list(room.participants.values()):
+            participant.session.close(models.DisconnectReason.ROOM_DELETED)
+        room.close()
+        return proto.DeleteRoomResponse()
+
+    def list_participants(self, request: proto.ListParticipantsRequest) -> proto.ListParticipantsResponse:
+        room = self._room(request.room)
+        return proto.ListParticipantsResponse(participants=[p.info() for p in room.participants.values()])
+
+    def get_participant(self, request: proto.RoomParticipantIdentity) -> models.ParticipantInfo:
+        return self._participant(request.room, request.identity).info()
+
+    def remove_participant(self, request: proto.RoomParticipantIdentity) -> proto.RemoveParticipantResponse:
+        self._participant(request.room, request.identity).session.close(models.DisconnectReason.PARTICIPANT_REMOVED)
+        return proto.RemoveParticipantResponse()
+
+    def mute_published_track(self, request: proto.MuteRoomTrackRequest) -> proto.MuteRoomTrackResponse:
+        session = self._participant(request.room, request.identity).session
+        publication = session.find_publication(request.track_sid)
+        if publication is None:
+            raise TwirpError("not_found", "track does not exist")
+        if not request.muted and publication.info.muted:
+            # As LiveKit without room.enable_remote_unmute: only the publisher may unmute its media.
+            raise TwirpError("failed_precondition", "remote unmute not enabled")
+        session.set_muted(publication, request.muted, by_server=True)
+        return proto.MuteRoomTrackResponse(track=publication.info)
+
+    def update_participant(self, request: proto.UpdateParticipantRequest) -> models.ParticipantInfo:
+        participant = self._participant(request.room, request.identity)
+        attributes = {**participant.attributes, **request.attributes}
+        attributes = {key: value for key, value in attributes.items() if value}  # an empty value deletes
+        _check_size("metadata", request.metadata, MAX_METADATA_SIZE)
+        _check_size("name", request.name, MAX_NAME_LENGTH)
+        _check_size("attributes", "".join(k + v for k, v in attributes.items()), MAX_ATTRIBUTES_SIZE)
+        session = participant.session
+        changed = session.update_identity_fields(request.name, request.metadata, attributes)
+        if request.HasField("permission"):
+            session.update_permission(request.permission)
+        elif changed:
+            session.refresh_token()  # a reconnect keeps what the server set
+        return participant.info()
+
+    def update_subscriptions(self, request: proto.UpdateSubscriptionsRequest) -> proto.UpdateSubscriptionsResponse:
+        sids = set(request.track_sids)
+        for tracks in request.participant_tracks:
+            sids.update(tracks.track_sids)
+        self._participant(request.room, request.identity).session.update_subscriptions(sids, request.subscribe)
+        return proto.UpdateSubscriptionsResponse()
+
+    def send_data(self, request: proto.SendDataRequest) -> proto.SendDataResponse:
+        room = self._room(request.room)
+        if request.nonce and len(request.nonce) != 16:
+            raise TwirpError("invalid_argument", "nonce must be 16 bytes")
+        reliable = request.kind != models.DataPacket.Kind.LOSSY
+        packet = models.DataPacket(
+            kind=request.kind,
+            destination_identities=request.destination_identities,
+            user=models.UserPacket(
+                payload=request.data,
+                topic=request.topic if request.HasField("topic") else None,
+                destination_sids=request.destination_sids,
+                nonce=request.nonce,
+            ),
+        )
+        route(packet, room.participants.values(), reliable, self.node.counters)
+        return proto.SendDataResponse()
+
+    def update_room_metadata(self, request: proto.UpdateRoomMetadataRequest) -> models.Room:
+        room = self._room(request.room)
+        _check_size("metadata", request.metadata, MAX_METADATA_SIZE)
+        room.set_metadata(request.metadata)
+        return room.info()
+
+
+def _authorize(claims: Claims, grant: str, room: str) -> None:
+    video = claims.video
+    if grant == "create" and not video.room_create:
+        raise TwirpError("permission_denied", "roomCreate grant required")
+    if grant == "list" and not video.room_list:
+        raise TwirpError("permission_denied", "roomList grant required")
+    if grant == "admin" and not (video.room_admin and video.room and video.room == room):
+        raise TwirpError("permission_denied", "roomAdmin grant for this room required")
+
+
+def _check_size(what: str, value: str, limit: int) -> None:
+    if len(value.encode()) > limit:
+        raise TwirpError("invalid_argument", f"{what} exceeds {limit} bytes")
+
+
+_METHODS: dict[str, _Method] = {
+    "CreateRoom": _Method(proto.CreateRoomRequest, "create", RoomService.create_room),
+    "ListRooms": _Method(proto.ListRoomsRequest, "list", RoomService.list_rooms),
+    "DeleteRoom": _Method(proto.DeleteRoomRequest, "create", RoomService.delete_room),
+    "ListParticipants": _Method(proto.ListParticipantsRequest, "admin", RoomService.list_participants),
+    "GetParticipant": _Method(proto.RoomParticipantIdentity, "admin", RoomService.get_participant),
+    "RemoveParticipant": _Method(proto.RoomParticipantIdentity, "admin", RoomService.remove_participant),
+    "MutePublishedTrack": _Method(proto.MuteRoomTrackRequest, "admin", RoomService.mute_published_track),
+    "UpdateParticipant": _Method(proto.UpdateParticipantRequest, "admin", RoomService.update_participant),
+    "UpdateSubscriptions": _Method(proto.UpdateSubscriptionsRequest, "admin", RoomService.update_subscriptions),
+    "SendData": _Method(proto.SendDataRequest, "admin", RoomService.send_data),
+    "UpdateRoomMetadata": _Method(proto.UpdateRoomMetadataRequest, "admin", RoomService.update_room_metadata),
+}
