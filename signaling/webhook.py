@@ -105,7 +105,8 @@ class WebhookNotifier:
                 message.track.CopyFrom(track)
         except (TypeError, ValueError):  # a caller's bug must not break the room operation it reports
             log.exception("webhook event %r not sent", event)
-            self._counters["webhook_dropped"] += len(self._sinks)
+            for sink in self._sinks:
+                self._drop(sink)
             return
         for sink in self._sinks:
             try:
