@@ -7,13 +7,8 @@ import numpy as np
 import pytest
 from livekit import rtc
 
+from clients import connect
 from media import TONE_HZ, Publisher, decoded_audio, decoded_video, dominant_frequency, matches_card, quadrant_colours, wait_for_tracks
-
-
-async def connect(server, identity: str, room: str) -> rtc.Room:
-    client = rtc.Room()
-    await client.connect(server.url, server.token(identity, room))
-    return client
 
 
 async def test_video_and_audio_are_forwarded_and_decoded(server):

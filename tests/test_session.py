@@ -11,25 +11,9 @@ from livekit import api, rtc
 from livekit.protocol import models
 from livekit.protocol import rtc as signal
 
+from clients import connect, remote, until
 from media import Publisher, wait_for_tracks
 from signal_client import SignalClient
-
-
-async def connect(server, identity: str, room: str, **grants) -> rtc.Room:
-    client = rtc.Room()
-    await client.connect(server.url, server.token(identity, room, **grants))
-    return client
-
-
-async def until(predicate, timeout: float = 10) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.05)
-    await asyncio.wait_for(poll(), timeout)
-
-
-def remote(room: rtc.Room, identity: str) -> rtc.RemoteParticipant | None:
-    return next((p for p in room.remote_participants.values() if p.identity == identity), None)
 
 
 async def test_metadata_name_and_attributes_updates_are_seen_by_others(server):

@@ -1,0 +1,24 @@
+"""Joining rooms with LiveKit's Python SDK and waiting for what its clients see."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from livekit import rtc
+
+
+async def connect(server, identity: str, room: str, auto_subscribe: bool = True, **grants: object) -> rtc.Room:
+    client = rtc.Room()
+    await client.connect(server.url, server.token(identity, room, **grants), rtc.RoomOptions(auto_subscribe=auto_subscribe))
+    return client
+
+
+async def until(predicate: Callable[[], object], timeout: float = 10) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(poll(), timeout)
+
+
+def remote(room: rtc.Room, identity: str) -> rtc.RemoteParticipant | None:
+    return next((p for p in room.remote_participants.values() if p.identity == identity), None)
