@@ -350,6 +350,7 @@ class SignalSession:
         self.update_subscriptions(sids, request.subscribe)
 
     def _on_track_setting(self, settings: rtc.UpdateTrackSettings) -> None:
+        log.debug("participant %s track settings %s", self.participant.identity, settings)
         for sid in settings.track_sids:
             self.participant.track_settings[sid] = settings
             subscription = self.participant.subscriptions.get(sid)

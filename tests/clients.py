@@ -22,3 +22,9 @@ async def until(predicate: Callable[[], object], timeout: float = 10) -> None:
 
 def remote(room: rtc.Room, identity: str) -> rtc.RemoteParticipant | None:
     return next((p for p in room.remote_participants.values() if p.identity == identity), None)
+
+
+async def packets_received(track: rtc.RemoteTrack) -> int:
+    """RTP packets the subscriber's libwebrtc received on the track (its inbound-rtp stats)."""
+    return sum(stats.inbound_rtp.received.packets_received for stats in await track.get_stats()
+               if stats.HasField("inbound_rtp"))
