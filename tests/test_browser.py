@@ -306,3 +306,30 @@ async def test_js_and_python_exchange_data(server, browser: BrowserPeer):
         assert data == [{"text": "hello from python", "participant": "py-data", "topic": "greetings", "kind": 0}]
     finally:
         await python_room.disconnect()
+
+
+async def test_js_disabling_a_video_pauses_it_and_enabling_resumes_it(server, browser: BrowserPeer):
+    room = "browser-disable"
+    python_room = await _python_peer(server, "py-camera", room)
+    publisher = Publisher(python_room, tone=False)
+    try:
+        await publisher.start()
+        await _connect_js(browser, server, "js-viewer", room, {"singlePeerConnection": False, "adaptiveStream": False})
+
+        async def video() -> dict:
+            stats = await browser.call("inboundStats")
+            return next((s for s in stats if s["kind"] == "video"), {"packetsReceived": 0, "framesDecoded": 0})
+
+        await _poll(video, lambda s: s["framesDecoded"] > 10, 20, "the browser to decode video")
+        await browser.call("setVideoEnabled", False)
+        await asyncio.sleep(1)
+        paused = await video()
+        await asyncio.sleep(1.5)
+        assert (await video())["packetsReceived"] == paused["packetsReceived"]  # the server forwards nothing
+        assert server.counters().get("paused_skipped", 0) > 0
+
+        await browser.call("setVideoEnabled", True)  # resumes from a keyframe the server asks the publisher for
+        await _poll(video, lambda s: s["framesDecoded"] > paused["framesDecoded"] + 10, 15, "decoding to resume")
+    finally:
+        await publisher.stop()
+        await python_room.disconnect()

@@ -247,19 +247,24 @@ async def test_publisher_subscription_permissions(server):
     publisher = Publisher(alice, video=False)
     bob = await connect(server, "bob", "allow-room")
     carol = await connect(server, "carol", "allow-room")
-    denied: list[tuple[str, bool]] = []
-    carol.on("track_subscription_failed", lambda participant, sid, error: denied.append((sid, error)))
+    # The Rust SDK ignores subscription_permission_update; a bare signal client shows what the server says.
+    dave, _ = await SignalClient.join(server.url, server.token("dave", "allow-room"))
     try:
         alice.local_participant.set_track_subscription_permissions(
             allow_all_participants=False,
             participant_permissions=[rtc.ParticipantTrackPermission(participant_identity="bob", allow_all=True)])
         await publisher.start()
         await wait_for_tracks(bob, 1)
-        await asyncio.sleep(1)
+        denied = (await dave.receive_until("subscription_permission_update")).subscription_permission_update
+        assert (denied.participant_sid, denied.allowed) == (alice.local_participant.sid, False)
         assert all(p.track is None for p in remote(carol, "alice").track_publications.values())
+
         alice.local_participant.set_track_subscription_permissions(allow_all_participants=True)
         await wait_for_tracks(carol, 1)
+        allowed = (await dave.receive_until("subscription_permission_update")).subscription_permission_update
+        assert (allowed.track_sid, allowed.allowed) == (denied.track_sid, True)
     finally:
+        await dave.connection.close()
         await publisher.stop()
         for client in (alice, bob, carol):
             await client.disconnect()

@@ -84,11 +84,21 @@
     await room.localParticipant.publishData(new TextEncoder().encode(text), { reliable: true, topic });
   }
 
+  // Enables or disables every subscribed remote video (UpdateTrackSettings.disabled), as adaptive stream does for
+  // hidden elements.
+  function setVideoEnabled(enabled) {
+    for (const participant of room.remoteParticipants.values()) {
+      for (const publication of participant.trackPublications.values()) {
+        if (publication.kind === Track.Kind.Video) publication.setEnabled(enabled);
+      }
+    }
+  }
+
   async function disconnect() {
     if (room) await room.disconnect();
   }
 
   window.addEventListener("error", (event) => state.errors.push(`error: ${event.message}`));
   window.addEventListener("unhandledrejection", (event) => state.errors.push(`unhandled rejection: ${event.reason}`));
-  window.tern = { state, connect, publishCameraAndMicrophone, inboundStats, publishData, disconnect };
+  window.tern = { state, connect, publishCameraAndMicrophone, inboundStats, publishData, setVideoEnabled, disconnect };
 })();
