@@ -116,11 +116,8 @@ async def test_server_mute_stops_forwarding_and_the_publisher_sees_it(server, lk
         await until(lambda: local.muted)  # the publisher's SDK muted its track
         seen = next(iter(remote(bob, "alice").track_publications.values()))
         await until(lambda: seen.muted)
-        skipped = server.counters().get("paused_skipped", 0)
         await asyncio.sleep(0.5)
-        # Whatever the publisher still sends is not forwarded.
-        assert server.counters().get("paused_skipped", 0) >= skipped
-        forwarded = server.counters()["forwarded"]
+        forwarded = server.counters()["forwarded"]  # whatever the publisher still sends is not forwarded
         await asyncio.sleep(0.5)
         assert server.counters()["forwarded"] == forwarded
 
