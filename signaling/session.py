@@ -398,7 +398,8 @@ class SignalSession:
             self._send_offer(self.subscriber.changed())
 
     def _subscribe(self, publication: TrackPublication) -> bool:
-        """Adds an m-line for the publication to the subscriber PC (the caller renegotiates); False if not allowed."""
+        """Adds an m-line for the publication to the subscriber PC (the caller renegotiates); False if it has one
+        already or the publication has no media yet. Whether it may is _sync_subscriptions' decision."""
         participant = self.participant
         if publication.sid in participant.subscriptions or publication.codec is None:
             return False
