@@ -44,8 +44,12 @@ def resolve_target(url: str | None, api_key: str | None, api_secret: str | None)
     """Flags first, then LiveKit's environment variables; the URL defaults to a local server, credentials
     never do (a silent devkey would hide a misconfigured production call)."""
     url = url or os.environ.get("LIVEKIT_URL") or DEFAULT_URL
-    parsed = urlparse(url)
-    if parsed.scheme not in _SCHEMES or not parsed.netloc:
+    try:
+        parsed = urlparse(url)
+        valid = parsed.scheme in _SCHEMES and bool(parsed.hostname) and (parsed.port or 0) >= 0
+    except ValueError:  # a malformed IPv6 address or port
+        valid = False
+    if not valid:
         raise UsageError(f"invalid server URL {url!r}: expected http(s)://host[:port] or ws(s)://host[:port]")
     return Target(url, *resolve_credentials(api_key, api_secret))
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from livekit import api, rtc
+from livekit import rtc
 from livekit.protocol import models
 
 from clients import connect, remote, until
@@ -194,7 +194,8 @@ async def test_refusals_and_usage_errors_are_one_line(server, tern, monkeypatch)
     assert missing.code == 2 and "--api-key or LIVEKIT_API_KEY" in missing.err
     assert "LIVEKIT_API_SECRET" not in missing.err
     monkeypatch.setenv("LIVEKIT_API_KEY", API_KEY)
-    assert (await tern("room", "list", "--url", "ftp://host")).code == 2
+    for url in ("ftp://host", "http://", "http://[::1", "http://host:port"):
+        assert (await tern("room", "list", "--url", url)).code == 2
     assert (await tern("room", "create")).code == 2  # no NAME
     assert (await tern("participant", "update", "r", "alice")).code == 2  # nothing to update
     assert (await tern("participant", "update", "r", "alice", "--can-publish", "maybe")).code == 2
