@@ -1,0 +1,525 @@
+# cython: language_level=3
+"""C-speed load for benchmarks and `tern load-test`: a Sender and a Receiver of SRTP media, each on its own thread.
+
+The control plane (ICE, DTLS, signaling, or fixed keys in raw mode) connects UDP sockets to their peer and creates
+libsrtp sessions; it then hands the socket fds and the sessions' srtp_t pointers over. From then on every packet is
+built, protected, received and checked in C with the GIL released: no Python object per packet.
+
+- Sender: RTP streams paced in real time. Video is sent a frame at a time (a burst of packets, marker bit on the
+  last) with a VP8 payload descriptor and a keyframe every `keyframe_frames` frames; audio is one packet per period.
+  The last 12 payload bytes of every packet carry "TERN" + the send time (CLOCK_MONOTONIC ns, big-endian), so a
+  receiver on the same host measures one-way latency whatever the SFU rewrites in the header.
+- Receiver: epoll over many sockets, recvmmsg, SRTP unprotect (failures counted), per-SSRC packet counts and
+  sequence gaps, and a latency histogram. RTCP, STUN and DTLS are counted and otherwise ignored.
+
+Counters are read from Python while the threads run; they are plain 64-bit words, good enough for statistics.
+The caller keeps the sockets and libsrtp sessions alive until stop() has returned.
+"""
+import threading
+
+from libc.errno cimport EINTR, errno
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcmp, memcpy, memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, nanosleep, timespec
+
+from engine cimport srtp
+from engine.wire cimport load16, load32, store16, store32
+
+
+cdef extern from "<sys/uio.h>" nogil:
+    cdef struct iovec:
+        void *iov_base
+        size_t iov_len
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    cdef struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    cdef struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    int recvmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags, timespec *timeout)
+    int sendmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags)
+    enum:
+        MSG_DONTWAIT
+
+cdef extern from "<sys/epoll.h>" nogil:
+    cdef union epoll_data_t:
+        void *ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+    cdef struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+    enum:
+        EPOLLIN
+        EPOLL_CTL_ADD
+        EPOLL_CTL_DEL
+        EPOLL_CLOEXEC
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+
+cdef extern from *:
+    """
+    /* Publish a slot to the other thread only once it is fully written. */
+    static inline void loadgen_publish(int *where, int value) { __atomic_store_n(where, value, __ATOMIC_RELEASE); }
+    static inline int loadgen_acquire(int *where) { return __atomic_load_n(where, __ATOMIC_ACQUIRE); }
+    """
+    void loadgen_publish(int *where, int value) nogil
+    int loadgen_acquire(int *where) nogil
+
+
+cdef enum:
+    MAX_PACKET = 1500
+    MAX_FRAME_PACKETS = 32
+    MAX_EXTENSION = 64
+    TRAILER = 12              # "TERN" + 8-byte send time
+    RECV_BATCH = 64
+    RECV_BUF = 2048
+    MAX_EVENTS = 256
+    MAX_SSRCS = 32            # distinct SSRCs counted per receiving socket
+    BUCKET_NS = 10000         # latency histogram: 10 µs buckets ...
+    BUCKETS = 20000           # ... up to 200 ms, the last bucket holds everything above
+
+cdef const uint8_t *MAGIC = b"TERN"
+LATENCY_BUCKET_US = BUCKET_NS // 1000
+LATENCY_BUCKETS = BUCKETS
+
+
+cdef inline int64_t now_ns() noexcept nogil:
+    cdef timespec t
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return <int64_t>t.tv_sec * 1000000000 + t.tv_nsec
+
+
+cdef inline void store64(uint8_t *p, uint64_t v) noexcept nogil:
+    store32(p, <uint32_t>(v >> 32))
+    store32(p + 4, <uint32_t>v)
+
+
+cdef inline uint64_t load64(const uint8_t *p) noexcept nogil:
+    return (<uint64_t>load32(p) << 32) | load32(p + 4)
+
+
+# ---- sender -------------------------------------------------------------------------------------------------
+
+cdef struct Stream:
+    int fd
+    void *srtp
+    uint32_t ssrc
+    uint8_t payload_type
+    uint8_t video
+    uint16_t seq
+    uint16_t picture_id
+    uint32_t timestamp_step        # RTP clock ticks per frame
+    int64_t start_ns
+    int64_t frame_ns               # time between frames (audio: between packets)
+    uint64_t frame                 # next frame to send
+    int packets_per_frame
+    int payload_size
+    int keyframe_frames
+    uint8_t extension[MAX_EXTENSION]
+    int extension_length
+    int level_offset               # byte of the audio level in `extension`, or -1
+    uint64_t packets
+    uint64_t bytes
+    uint64_t frames_late           # frames sent more than one frame period after their due time
+    uint64_t errors                # protect or send failures
+
+
+cdef class Sender:
+    """Paced SRTP streams on connected UDP sockets; streams may be added while it runs."""
+
+    cdef Stream *streams
+    cdef int capacity
+    cdef int count
+    cdef volatile int running
+    cdef object thread
+    cdef uint8_t buffers[MAX_FRAME_PACKETS][MAX_PACKET + srtp.SRTP_TRAILER]
+    cdef iovec iovecs[MAX_FRAME_PACKETS]
+    cdef mmsghdr messages[MAX_FRAME_PACKETS]
+
+    def __cinit__(self, int capacity=4096):
+        self.streams = <Stream *>calloc(capacity, sizeof(Stream))
+        if self.streams == NULL:
+            raise MemoryError()
+        self.capacity = capacity
+
+    def __dealloc__(self):
+        free(self.streams)
+
+    def add_stream(self, int fd, uintptr_t srtp_session, uint32_t ssrc, int payload_type, bint video, *,
+                   int packets_per_frame, double frames_per_second, int payload_size, int clock_rate,
+                   int keyframe_frames=0, bytes extension=b"", int level_offset=-1) -> int:
+        """Starts sending one stream now. `extension` is a whole RTP header extension block (with its 0xBEDE
+        header) or b""; `level_offset` the byte in it holding an RFC 6464 audio level, which then varies."""
+        if self.count >= self.capacity:
+            raise RuntimeError("sender is full")
+        if not 0 < packets_per_frame <= MAX_FRAME_PACKETS or not 12 + TRAILER + 8 <= payload_size <= 1300:
+            raise ValueError("packets_per_frame or payload_size out of range")
+        if len(extension) > MAX_EXTENSION or len(extension) % 4 or not -1 <= level_offset < len(extension):
+            raise ValueError("bad header extension block")
+        cdef Stream *s = &self.streams[self.count]
+        memset(s, 0, sizeof(Stream))
+        s.fd = fd
+        s.srtp = <void *>srtp_session
+        s.ssrc = ssrc
+        s.payload_type = payload_type
+        s.video = video
+        s.seq = <uint16_t>((ssrc * <uint32_t>2654435761) >> 16)
+        s.picture_id = <uint16_t>(ssrc & 0x7FFF)
+        s.timestamp_step = <uint32_t>(clock_rate / frames_per_second)
+        s.frame_ns = <int64_t>(1e9 / frames_per_second)
+        s.start_ns = now_ns()
+        s.packets_per_frame = packets_per_frame
+        s.payload_size = payload_size
+        s.keyframe_frames = keyframe_frames
+        memcpy(s.extension, <const uint8_t *>extension, len(extension))
+        s.extension_length = len(extension)
+        s.level_offset = level_offset
+        loadgen_publish(&self.count, self.count + 1)
+        return self.count - 1
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.running = 1
+            self.thread = threading.Thread(target=self._run, name="loadgen-sender", daemon=True)
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.running = 0
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    def stats(self) -> dict:
+        cdef uint64_t packets = 0, size = 0, late = 0, errors = 0
+        cdef int i
+        for i in range(self.count):
+            packets += self.streams[i].packets
+            size += self.streams[i].bytes
+            late += self.streams[i].frames_late
+            errors += self.streams[i].errors
+        return {"streams": self.count, "packets": packets, "bytes": size, "frames_late": late, "errors": errors}
+
+    def _run(self) -> None:
+        with nogil:
+            self._loop()
+
+    cdef void _loop(self) noexcept nogil:
+        cdef int i, count
+        cdef int64_t now, due, next_due
+        cdef Stream *s
+        cdef timespec pause
+        while self.running:
+            now = now_ns()
+            next_due = now + 1000000
+            count = loadgen_acquire(&self.count)
+            for i in range(count):
+                s = &self.streams[i]
+                due = s.start_ns + <int64_t>s.frame * s.frame_ns
+                while due <= now:
+                    if now - due > s.frame_ns:
+                        s.frames_late += 1
+                    self._send_frame(s, now)
+                    due = s.start_ns + <int64_t>s.frame * s.frame_ns
+                if due < next_due:
+                    next_due = due
+            due = next_due - now_ns()
+            if due > 0:
+                pause.tv_sec = 0
+                pause.tv_nsec = due
+                nanosleep(&pause, NULL)
+
+    cdef void _send_frame(self, Stream *s, int64_t now) noexcept nogil:
+        cdef int i, length, header, size, sent = 0
+        cdef uint8_t *p
+        cdef bint keyframe = s.video and s.keyframe_frames > 0 and s.frame % <uint64_t>s.keyframe_frames == 0
+        cdef uint32_t timestamp = <uint32_t>(s.ssrc + s.frame * s.timestamp_step)
+        if s.level_offset >= 0:  # a talker whose level drifts between loud and quiet (0 dBov .. -127)
+            s.extension[s.level_offset] = 0x80 | <uint8_t>(20 + (s.frame // 25) % 40)
+        for i in range(s.packets_per_frame):
+            p = self.buffers[i]
+            p[0] = 0x90 if s.extension_length else 0x80
+            p[1] = s.payload_type | (0x80 if i == s.packets_per_frame - 1 and s.video else 0)
+            store16(p + 2, s.seq)
+            store32(p + 4, timestamp)
+            store32(p + 8, s.ssrc)
+            memcpy(p + 12, s.extension, s.extension_length)
+            header = 12 + s.extension_length
+            # Sizes vary a little from packet to packet, as an encoder's do.
+            size = s.payload_size - (<int>((s.seq * 37) % 100) if s.video and s.payload_size > 200 else 0)
+            length = header + size
+            memset(p + header, 0x5A, size - TRAILER)
+            if s.video:  # VP8 descriptor: X, S on the first packet, 15-bit picture id; then the frame tag
+                p[header] = 0x90 if i == 0 else 0x80
+                p[header + 1] = 0x80
+                p[header + 2] = 0x80 | <uint8_t>(s.picture_id >> 8)
+                p[header + 3] = <uint8_t>s.picture_id
+                if i == 0:
+                    p[header + 4] = 0x10 if keyframe else 0x11  # show_frame; bit 0 is the inverse keyframe flag
+            memcpy(p + length - TRAILER, MAGIC, 4)
+            store64(p + length - 8, <uint64_t>now_ns())
+            if srtp.protect(s.srtp, p, &length) != 0:
+                s.errors += 1
+            else:
+                self.iovecs[sent].iov_base = p
+                self.iovecs[sent].iov_len = length
+                memset(&self.messages[sent], 0, sizeof(mmsghdr))
+                self.messages[sent].msg_hdr.msg_iov = &self.iovecs[sent]
+                self.messages[sent].msg_hdr.msg_iovlen = 1
+                s.bytes += length
+                sent += 1
+            s.seq += 1
+        s.frame += 1
+        s.picture_id = (s.picture_id + 1) & 0x7FFF
+        i = 0
+        while i < sent:
+            length = sendmmsg(s.fd, &self.messages[i], sent - i, 0)
+            if length < 0:
+                if errno == EINTR:
+                    continue
+                s.errors += sent - i  # e.g. ECONNREFUSED before the peer listens: counted, not fatal
+                break
+            i += length
+            s.packets += length
+
+
+# ---- receiver -----------------------------------------------------------------------------------------------
+
+cdef struct SsrcCount:
+    uint32_t ssrc
+    uint16_t last_seq
+    uint64_t packets
+    uint64_t lost
+
+
+cdef struct Slot:
+    int fd
+    void *srtp
+    int64_t first_media_ns       # 0 until the first authenticated RTP packet
+    uint64_t packets             # authenticated RTP
+    uint64_t bytes
+    uint64_t lost                # sequence gaps, summed over SSRCs
+    uint64_t reordered           # late or duplicate sequence numbers
+    uint64_t auth_failures
+    uint64_t rtcp
+    uint64_t other               # STUN, DTLS, anything else
+    uint64_t untimed             # RTP without our trailer (not from a loadgen Sender)
+    int ssrc_count
+    SsrcCount ssrcs[MAX_SSRCS]
+
+
+cdef class Receiver:
+    """Counts and checks the SRTP arriving on many sockets; sockets may be added while it runs."""
+
+    cdef Slot *slots
+    cdef int capacity
+    cdef int count
+    cdef int epoll_fd
+    cdef volatile int running
+    cdef object thread
+    cdef uint64_t *histogram
+    cdef uint8_t buffers[RECV_BATCH][RECV_BUF]
+    cdef iovec iovecs[RECV_BATCH]
+    cdef mmsghdr messages[RECV_BATCH]
+
+    def __cinit__(self, int capacity=4096):
+        self.slots = <Slot *>calloc(capacity, sizeof(Slot))
+        self.histogram = <uint64_t *>calloc(BUCKETS, sizeof(uint64_t))
+        self.epoll_fd = epoll_create1(EPOLL_CLOEXEC)
+        if self.slots == NULL or self.histogram == NULL or self.epoll_fd < 0:
+            raise MemoryError()
+        self.capacity = capacity
+
+    def __dealloc__(self):
+        if self.epoll_fd >= 0:
+            close(self.epoll_fd)
+        free(self.slots)
+        free(self.histogram)
+
+    def add_socket(self, int fd, uintptr_t srtp_session) -> int:
+        """Starts receiving on `fd` (non-blocking, connected) with the inbound libsrtp session; returns its index."""
+        if self.count >= self.capacity:
+            raise RuntimeError("receiver is full")
+        cdef int index = self.count
+        cdef Slot *slot = &self.slots[index]
+        cdef epoll_event event
+        memset(slot, 0, sizeof(Slot))
+        slot.fd = fd
+        slot.srtp = <void *>srtp_session
+        loadgen_publish(&self.count, index + 1)
+        event.events = EPOLLIN
+        event.data.u64 = index
+        if epoll_ctl(self.epoll_fd, EPOLL_CTL_ADD, fd, &event) != 0:
+            raise OSError(errno, "epoll_ctl")
+        return index
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.running = 1
+            self.thread = threading.Thread(target=self._run, name="loadgen-receiver", daemon=True)
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.running = 0
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    def socket_stats(self, int index) -> dict:
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        cdef Slot *s = &self.slots[index]
+        return {"first_media_ns": s.first_media_ns, "packets": s.packets, "bytes": s.bytes, "lost": s.lost,
+                "reordered": s.reordered, "auth_failures": s.auth_failures, "rtcp": s.rtcp, "other": s.other,
+                "untimed": s.untimed,
+                "ssrcs": {s.ssrcs[i].ssrc: s.ssrcs[i].packets for i in range(s.ssrc_count)}}
+
+    def totals(self) -> dict:
+        cdef dict out = dict.fromkeys(("packets", "bytes", "lost", "reordered", "auth_failures", "rtcp", "other",
+                                       "untimed", "ssrcs"), 0)
+        cdef Slot *s
+        cdef int i
+        for i in range(self.count):
+            s = &self.slots[i]
+            out["packets"] += s.packets
+            out["bytes"] += s.bytes
+            out["lost"] += s.lost
+            out["reordered"] += s.reordered
+            out["auth_failures"] += s.auth_failures
+            out["rtcp"] += s.rtcp
+            out["other"] += s.other
+            out["untimed"] += s.untimed
+            out["ssrcs"] += s.ssrc_count
+        out["sockets"] = self.count
+        return out
+
+    def latency_snapshot(self) -> bytes:
+        """The latency histogram so far (BUCKETS native uint64 counts of LATENCY_BUCKET_US each); diff two
+        snapshots with latency_percentiles to measure a window."""
+        return (<char *>self.histogram)[:BUCKETS * sizeof(uint64_t)]
+
+    def _run(self) -> None:
+        with nogil:
+            self._loop()
+
+    cdef void _loop(self) noexcept nogil:
+        cdef epoll_event events[MAX_EVENTS]
+        cdef int ready, i
+        while self.running:
+            ready = epoll_wait(self.epoll_fd, events, MAX_EVENTS, 50)
+            for i in range(ready):
+                self._drain(&self.slots[events[i].data.u64])
+
+    cdef void _drain(self, Slot *slot) noexcept nogil:
+        cdef int n, i
+        cdef int64_t now
+        for i in range(RECV_BATCH):
+            self.iovecs[i].iov_base = self.buffers[i]
+            self.iovecs[i].iov_len = RECV_BUF
+            memset(&self.messages[i], 0, sizeof(mmsghdr))
+            self.messages[i].msg_hdr.msg_iov = &self.iovecs[i]
+            self.messages[i].msg_hdr.msg_iovlen = 1
+        while True:
+            n = recvmmsg(slot.fd, self.messages, RECV_BATCH, MSG_DONTWAIT, NULL)
+            if n <= 0:
+                if n < 0 and errno == EINTR:
+                    continue
+                return
+            now = now_ns()
+            for i in range(n):
+                self._packet(slot, self.buffers[i], <int>self.messages[i].msg_len, now)
+            if n < RECV_BATCH:
+                return
+
+    cdef void _packet(self, Slot *slot, uint8_t *p, int length, int64_t now) noexcept nogil:
+        cdef int i, padding
+        cdef uint16_t seq, expected, gap
+        cdef uint32_t ssrc
+        cdef int64_t latency
+        cdef SsrcCount *c = NULL
+        if length < 12 or p[0] >> 6 != 2:
+            slot.other += 1
+            return
+        if 192 <= p[1] <= 223:  # RTCP (RFC 5761 demultiplexing)
+            slot.rtcp += 1
+            return
+        if srtp.unprotect(slot.srtp, p, &length) != 0:
+            slot.auth_failures += 1
+            return
+        if slot.first_media_ns == 0:
+            slot.first_media_ns = now
+        slot.packets += 1
+        slot.bytes += length
+        seq = load16(p + 2)
+        ssrc = load32(p + 8)
+        for i in range(slot.ssrc_count):
+            if slot.ssrcs[i].ssrc == ssrc:
+                c = &slot.ssrcs[i]
+                break
+        if c == NULL:
+            if slot.ssrc_count < MAX_SSRCS:
+                c = &slot.ssrcs[slot.ssrc_count]
+                c.ssrc = ssrc
+                c.last_seq = seq
+                c.packets = 1
+                slot.ssrc_count += 1
+        else:
+            c.packets += 1
+            expected = c.last_seq + 1
+            gap = seq - expected
+            if gap == 0:
+                c.last_seq = seq
+            elif gap < 0x8000:
+                c.lost += gap
+                slot.lost += gap
+                c.last_seq = seq
+            else:
+                slot.reordered += 1
+        padding = p[length - 1] if p[0] & 0x20 else 0
+        length -= padding
+        if length >= 12 + TRAILER and memcmp(p + length - TRAILER, MAGIC, 4) == 0:
+            latency = (now - <int64_t>load64(p + length - 8)) // BUCKET_NS
+            if latency < 0:
+                latency = 0
+            self.histogram[latency if latency < BUCKETS else BUCKETS - 1] += 1
+        else:
+            slot.untimed += 1
+
+
+def latency_percentiles(bytes before, bytes after, percentiles) -> list:
+    """Latency in ms at each percentile (0-100) of the packets counted between two latency_snapshot()s;
+    None for each when none were."""
+    cdef const uint64_t *a = <const uint64_t *><const char *>after
+    cdef const uint64_t *b = <const uint64_t *><const char *>before if before else NULL
+    cdef uint64_t total = 0, seen = 0
+    cdef int i
+    if len(after) != BUCKETS * sizeof(uint64_t) or (before and len(before) != len(after)):
+        raise ValueError("not latency snapshots")
+    counts = [a[i] - (b[i] if b != NULL else 0) for i in range(BUCKETS)]
+    total = sum(counts)
+    if total == 0:
+        return [None for _ in percentiles]
+    out = []
+    for percentile in percentiles:
+        target = total * percentile / 100.0
+        seen = 0
+        for i in range(BUCKETS):
+            seen += counts[i]
+            if seen >= target and seen > 0:
+                out.append((i + 1) * BUCKET_NS / 1e6)  # the bucket's upper edge
+                break
+    return out
