@@ -99,6 +99,8 @@ def build_ceiling() -> Path:
     try:
         subprocess.run([compiler, *CFLAGS, "-o", scratch, str(CEILING_SOURCE)], check=True)
         os.replace(scratch, target)
+    except (OSError, subprocess.CalledProcessError) as e:
+        sys.exit(f"c-ceiling: cannot build {CEILING_SOURCE} with {compiler} (a C compiler is needed): {e}")
     finally:
         if os.path.exists(scratch):
             os.unlink(scratch)
