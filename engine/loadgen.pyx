@@ -133,10 +133,12 @@ cdef struct Stream:
     uint8_t extension[MAX_EXTENSION]
     int extension_length
     int level_offset               # byte of the audio level in `extension`, or -1
+    int keyframe_requested         # a PLI or FIR arrived: the next frame is a keyframe
     uint64_t packets
     uint64_t bytes
     uint64_t frames_late           # frames sent more than one frame period after their due time
     uint64_t errors                # protect or send failures
+    uint64_t keyframe_requests
 
 
 cdef class Sender:
@@ -205,18 +207,27 @@ cdef class Sender:
             self.thread = None
 
     def stats(self) -> dict:
-        cdef uint64_t packets = 0, size = 0, late = 0, errors = 0
+        cdef uint64_t packets = 0, size = 0, late = 0, errors = 0, requests = 0
         cdef int i
         for i in range(self.count):
+            requests += self.streams[i].keyframe_requests
             packets += self.streams[i].packets
             size += self.streams[i].bytes
             late += self.streams[i].frames_late
             errors += self.streams[i].errors
-        return {"streams": self.count, "packets": packets, "bytes": size, "frames_late": late, "errors": errors}
+        return {"streams": self.count, "packets": packets, "bytes": size, "frames_late": late, "errors": errors,
+                "keyframe_requests": requests}
 
     def _run(self) -> None:
         with nogil:
             self._loop()
+
+    cdef void request_keyframe(self, uint32_t ssrc) noexcept nogil:
+        cdef int i
+        for i in range(loadgen_acquire(&self.count)):
+            if self.streams[i].ssrc == ssrc:
+                self.streams[i].keyframe_requested = 1
+                self.streams[i].keyframe_requests += 1
 
     cdef void _loop(self) noexcept nogil:
         cdef int i, count
@@ -246,7 +257,9 @@ cdef class Sender:
     cdef void _send_frame(self, Stream *s, int64_t now) noexcept nogil:
         cdef int i, length, header, size, sent = 0
         cdef uint8_t *p
-        cdef bint keyframe = s.video and s.keyframe_frames > 0 and s.frame % <uint64_t>s.keyframe_frames == 0
+        cdef bint keyframe = s.video and (s.keyframe_requested or (
+            s.keyframe_frames > 0 and s.frame % <uint64_t>s.keyframe_frames == 0))
+        s.keyframe_requested = 0
         cdef uint32_t timestamp = <uint32_t>(s.ssrc + s.frame * s.timestamp_step)
         if s.level_offset >= 0:  # a talker whose level drifts between loud and quiet (0 dBov .. -127)
             s.extension[s.level_offset] = 0x80 | <uint8_t>(20 + (s.frame // 25) % 40)
@@ -309,6 +322,7 @@ cdef struct SsrcCount:
 cdef struct Slot:
     int fd
     void *srtp
+    int answers_keyframe_requests  # a publisher's socket: PLI and FIR go to the Receiver's Sender
     int64_t first_media_ns       # 0 until the first authenticated RTP packet
     uint64_t packets             # authenticated RTP
     uint64_t bytes
@@ -331,12 +345,14 @@ cdef class Receiver:
     cdef int epoll_fd
     cdef volatile int running
     cdef object thread
+    cdef Sender sender
     cdef uint64_t *histogram
     cdef uint8_t buffers[RECV_BATCH][RECV_BUF]
     cdef iovec iovecs[RECV_BATCH]
     cdef mmsghdr messages[RECV_BATCH]
 
-    def __cinit__(self, int capacity=4096):
+    def __cinit__(self, int capacity=4096, Sender sender=None):
+        self.sender = sender
         self.slots = <Slot *>calloc(capacity, sizeof(Slot))
         self.histogram = <uint64_t *>calloc(BUCKETS, sizeof(uint64_t))
         self.epoll_fd = epoll_create1(EPOLL_CLOEXEC)
@@ -350,8 +366,11 @@ cdef class Receiver:
         free(self.slots)
         free(self.histogram)
 
-    def add_socket(self, int fd, uintptr_t srtp_session) -> int:
-        """Starts receiving on `fd` (non-blocking, connected) with the inbound libsrtp session; returns its index."""
+    def add_socket(self, int fd, uintptr_t srtp_session, bint publisher=False) -> int:
+        """Starts receiving on `fd` (non-blocking, connected) with the inbound libsrtp session; returns its index.
+        On a `publisher` socket, keyframe requests (PLI, FIR) make the Sender's stream of that SSRC send one."""
+        if publisher and self.sender is None:
+            raise ValueError("a publisher socket needs the Receiver to have a Sender")
         if self.count >= self.capacity:
             raise RuntimeError("receiver is full")
         cdef int index = self.count
@@ -360,6 +379,7 @@ cdef class Receiver:
         memset(slot, 0, sizeof(Slot))
         slot.fd = fd
         slot.srtp = <void *>srtp_session
+        slot.answers_keyframe_requests = publisher
         loadgen_publish(&self.count, index + 1)
         event.events = EPOLLIN
         event.data.u64 = index
@@ -456,6 +476,8 @@ cdef class Receiver:
             return
         if 192 <= p[1] <= 223:  # RTCP (RFC 5761 demultiplexing)
             slot.rtcp += 1
+            if slot.answers_keyframe_requests:
+                self._keyframe_requests(slot, p, length)
             return
         if srtp.unprotect(slot.srtp, p, &length) != 0:
             slot.auth_failures += 1
@@ -498,6 +520,22 @@ cdef class Receiver:
             self.histogram[latency if latency < BUCKETS else BUCKETS - 1] += 1
         else:
             slot.untimed += 1
+
+
+    cdef void _keyframe_requests(self, Slot *slot, uint8_t *p, int length) noexcept nogil:
+        cdef int offset = 0, size
+        if srtp.unprotect_rtcp(slot.srtp, p, &length) != 0:
+            slot.auth_failures += 1
+            return
+        while length - offset >= 12:
+            size = (load16(p + offset + 2) + 1) * 4
+            if size > length - offset:
+                return
+            if p[offset + 1] == 206 and (p[offset] & 0x1F) == 1:  # PLI: media source SSRC
+                self.sender.request_keyframe(load32(p + offset + 8))
+            elif p[offset + 1] == 206 and (p[offset] & 0x1F) == 4 and size >= 20:  # FIR: SSRC in the FCI
+                self.sender.request_keyframe(load32(p + offset + 12))
+            offset += size
 
 
 def latency_percentiles(bytes before, bytes after, percentiles) -> list:

@@ -1,0 +1,608 @@
+"""Load clients that do what a browser does, and `tern load-test` on top of them.
+
+Each client joins through `/rtc` with a token (LiveKit v0, dual peer connection), answers the server's subscriber
+offers (renegotiations included), publishes with AddTrack + an offer on the publisher PC, keeps the signal alive
+with pings, and completes ICE (a nominating STUN Binding request to the server's host candidate), DTLS (as the
+client, `a=setup:active`) and SRTP per peer connection. The connected sockets and their libsrtp sessions then go to
+engine.loadgen, whose C threads send and check every packet, so the clients are never the bottleneck.
+
+    tern load-test --url ws://127.0.0.1:7880 --api-key devkey --api-secret secret \
+        --rooms 1 --publishers 1 --subscribers 10 --duration 30s
+
+Media: video is VP8-shaped (30 fps × 5 packets of ~1,100-1,200 bytes = 150 pps, keyframe every 2 s; with
+--simulcast three rids q/h/f), audio Opus-shaped (50 pps of ~100 bytes with the RFC 6464 audio level).
+The client is ICE-controlling and never answers STUN checks: enough for ICE-lite servers such as tern.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import random
+import secrets
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from aioice import stun
+from livekit.protocol import models, rtc
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+from engine import loadgen
+
+from . import sdp
+from .auth import create_token
+from .cli import parse_duration
+from .dtls import Certificate, DtlsEndpoint, SrtpKeys, session_pointer, srtp_sessions
+from .ice import new_credentials
+
+__all__ = ["LoadError", "LoadReport", "LoadClients", "MediaPlan", "run_load", "main"]
+
+VP8_PT, OPUS_PT = 96, 111
+VIDEO_FPS, VIDEO_PACKETS_PER_FRAME, VIDEO_PAYLOAD = 30, 5, 1200
+KEYFRAME_FRAMES = 60                     # every 2 s at 30 fps
+AUDIO_PPS, AUDIO_PAYLOAD = 50, 100
+EXT_IDS = {sdp.EXT_MID: 1, sdp.EXT_RID: 2, sdp.EXT_AUDIO_LEVEL: 3}
+# (rid, quality, packets per frame, width, height): simulcast layers, lowest first, as LiveKit clients send them.
+SIMULCAST_LAYERS = (("q", models.VideoQuality.LOW, 1, 320, 180), ("h", models.VideoQuality.MEDIUM, 2, 640, 360),
+                    ("f", models.VideoQuality.HIGH, VIDEO_PACKETS_PER_FRAME, 1280, 720))
+CONNECT_TIMEOUT = 15.0
+SOCKET_BUFFER = 4 * 1024 * 1024
+_STUN_RETRY = 0.1
+
+
+class LoadError(Exception):
+    """A load client could not join, publish or connect its media."""
+
+
+# ---- DTLS client ---------------------------------------------------------------------------------------------
+
+class DtlsClient(DtlsEndpoint):
+    """The DTLS client side of a peer connection: tern's server endpoint in the connect state, with the keys
+    seen from the client (what the server receives, we send)."""
+
+    def __init__(self, certificate: Certificate, server_fingerprint: tuple[str, str]) -> None:
+        super().__init__(certificate, server_fingerprint)
+        self._ssl.set_connect_state()
+
+    def start(self) -> list[bytes]:
+        """The ClientHello flight."""
+        self._continue_handshake()
+        return self._flush()
+
+    def client_keys(self) -> SrtpKeys:
+        assert self.srtp_keys is not None
+        return SrtpKeys(self.srtp_keys.profile, rx_key=self.srtp_keys.tx_key, tx_key=self.srtp_keys.rx_key)
+
+
+# ---- one peer connection's media path ------------------------------------------------------------------------
+
+class MediaPath:
+    """A UDP socket, ICE credentials and a DTLS certificate; connect() runs ICE + DTLS against the server's
+    candidate and leaves libsrtp sessions for loadgen."""
+
+    def __init__(self, certificate: Certificate) -> None:
+        self.certificate = certificate
+        self.ufrag, self.pwd = new_credentials()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        self.sock.bind(("0.0.0.0", 0))
+        self.sock.setblocking(False)
+        self.sessions: tuple | None = None  # (rx, tx) pylibsrtp sessions, alive as long as the path
+
+    def close(self) -> None:
+        self.sock.close()
+
+    async def connect(self, remote: sdp.SessionDescription, timeout: float = CONNECT_TIMEOUT) -> None:
+        section = next((s for s in remote.sections if s.ice_ufrag and s.ice_pwd and s.fingerprint), None)
+        address = _udp_candidate(remote)
+        if section is None or address is None:
+            raise LoadError("the server's SDP has no ICE credentials, fingerprint or IPv4 UDP candidate")
+        self.sock.connect(address)
+        try:
+            await asyncio.wait_for(self._handshake(section), timeout)
+        except asyncio.TimeoutError:
+            raise LoadError(f"ICE/DTLS with {address[0]}:{address[1]} timed out") from None
+
+    async def _handshake(self, section: sdp.MediaSection) -> None:
+        loop = asyncio.get_running_loop()
+        request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST, attributes={
+            "USERNAME": f"{section.ice_ufrag}:{self.ufrag}", "PRIORITY": 2130706431,
+            "ICE-CONTROLLING": random.getrandbits(64), "USE-CANDIDATE": None})
+        request.add_message_integrity(section.ice_pwd.encode())
+        while True:  # until the server answers our nomination
+            self.sock.send(bytes(request))
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(self.sock, 2048), _STUN_RETRY)
+            except asyncio.TimeoutError:
+                continue
+            except ConnectionRefusedError:
+                await asyncio.sleep(_STUN_RETRY)
+                continue
+            if data[:1] in (b"\x01",) and data[8:20] == request.transaction_id:
+                if stun.parse_message(data).message_class == stun.Class.RESPONSE:
+                    break
+                raise LoadError("the server refused our STUN credentials")
+        dtls = DtlsClient(self.certificate, section.fingerprint)
+        for datagram in dtls.start():
+            self.sock.send(datagram)
+        while dtls.srtp_keys is None:
+            if dtls.failed:
+                raise LoadError(f"DTLS: {dtls.failed}")
+            wait = dtls.timeout()
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(self.sock, 2048), wait if wait else 1.0)
+            except asyncio.TimeoutError:
+                replies = dtls.handle_timeout()
+            else:
+                replies = dtls.receive(data) if 20 <= data[0] <= 63 else []
+            for datagram in replies:
+                self.sock.send(datagram)
+        self.sessions = srtp_sessions(dtls.client_keys())
+
+    def pointers(self) -> tuple[int, int]:
+        assert self.sessions is not None
+        return session_pointer(self.sessions[0]), session_pointer(self.sessions[1])
+
+
+def _udp_candidate(description: sdp.SessionDescription) -> tuple[str, int] | None:
+    for section in description.sections:
+        for candidate in section.candidates:
+            fields = candidate.split()
+            # foundation component transport priority address port typ type ...
+            if len(fields) >= 8 and fields[2].lower() == "udp" and fields[1] == "1" and "." in fields[4]:
+                return fields[4], int(fields[5])
+    return None
+
+
+# ---- SDP, client side ----------------------------------------------------------------------------------------
+
+def _session_lines(mids: list[str]) -> list[str]:
+    lines = ["v=0", f"o=- {random.getrandbits(62)} 2 IN IP4 127.0.0.1", "s=-", "t=0 0"]
+    return lines + (["a=group:BUNDLE " + " ".join(mids)] if mids else []) + ["a=msid-semantic: WMS"]
+
+
+def _transport_lines(path: MediaPath, setup: str, mid: str) -> list[str]:
+    return ["c=IN IP4 0.0.0.0", f"a=mid:{mid}", f"a=ice-ufrag:{path.ufrag}", f"a=ice-pwd:{path.pwd}",
+            f"a=fingerprint:sha-256 {path.certificate.fingerprint}", f"a=setup:{setup}", "a=rtcp-mux"]
+
+
+def _codec_lines(codec: sdp.Codec) -> list[str]:
+    channels = f"/{codec.channels}" if codec.channels else ""
+    lines = [f"a=rtpmap:{codec.payload_type} {codec.name}/{codec.clock_rate}{channels}"]
+    lines += [f"a=rtcp-fb:{codec.payload_type} {feedback}" for feedback in codec.rtcp_fb]
+    return lines + ([f"a=fmtp:{codec.payload_type} {codec.fmtp}"] if codec.fmtp else [])
+
+
+def build_subscriber_answer(offer: sdp.SessionDescription, path: MediaPath) -> str:
+    """Receive every offered track as offered; decline the data channel (the load never uses it)."""
+    body: list[str] = []
+    mids: list[str] = []
+    for section in offer.sections:
+        if section.kind not in ("audio", "video") or not section.codecs or section.port == 0:
+            body += [f"m={section.kind} 0 {section.protocol} {section.formats[0]}", "c=IN IP4 0.0.0.0",
+                     f"a=mid:{section.mid}"]
+            continue
+        mids.append(section.mid)
+        body.append(f"m={section.kind} 9 {section.protocol} " + " ".join(str(c.payload_type) for c in section.codecs))
+        body += _transport_lines(path, "active", section.mid)
+        body.append("a=recvonly" if section.direction in ("sendonly", "sendrecv") else "a=inactive")
+        body += [f"a=extmap:{ext_id} {uri}" for uri, ext_id in section.extmap.items()]
+        for codec in section.codecs:
+            body += _codec_lines(codec)
+    return "\r\n".join(_session_lines(mids) + body) + "\r\n"
+
+
+@dataclass
+class OutgoingTrack:
+    """One track the publisher sends: its cid (msid track id) and its streams (ssrc, rid or None)."""
+    kind: str
+    cid: str
+    streams: list[tuple[int, str | None]]
+
+
+def build_publisher_offer(tracks: list[OutgoingTrack], path: MediaPath) -> str:
+    body: list[str] = []
+    mids = [str(index) for index in range(len(tracks))]
+    for mid, track in zip(mids, tracks):
+        if track.kind == "video":
+            codec = sdp.Codec(VP8_PT, "VP8", 90000, rtcp_fb=["nack", "nack pli", "ccm fir", "goog-remb"])
+            extensions = [sdp.EXT_MID, sdp.EXT_RID]
+        else:
+            codec = sdp.Codec(OPUS_PT, "opus", 48000, 2, fmtp="minptime=10;useinbandfec=1", rtcp_fb=["nack"])
+            extensions = [sdp.EXT_MID, sdp.EXT_AUDIO_LEVEL]
+        body.append(f"m={track.kind} 9 UDP/TLS/RTP/SAVPF {codec.payload_type}")
+        body += _transport_lines(path, "actpass", mid)
+        body += [f"a=extmap:{EXT_IDS[uri]} {uri}" for uri in extensions]
+        body += ["a=sendonly", f"a=msid:- {track.cid}"] + _codec_lines(codec)
+        rids = [rid for _, rid in track.streams if rid]
+        if rids:
+            body += [f"a=rid:{rid} send" for rid in rids] + ["a=simulcast:send " + ";".join(rids)]
+        else:
+            ssrc = track.streams[0][0]
+            body += [f"a=ssrc:{ssrc} cname:{path.ufrag}", f"a=ssrc:{ssrc} msid:- {track.cid}"]
+    return "\r\n".join(_session_lines(mids) + body) + "\r\n"
+
+
+def extension_block(elements: list[tuple[int, bytes]]) -> tuple[bytes, int]:
+    """An RFC 8285 one-byte header extension block, and the offset of the last element's first data byte."""
+    data = bytearray()
+    last = -1
+    for ext_id, value in elements:
+        data.append((ext_id << 4) | (len(value) - 1))
+        last = 4 + len(data)
+        data += value
+    data += bytes(-len(data) % 4)
+    return b"\xbe\xde" + (len(data) // 4).to_bytes(2, "big") + bytes(data), last
+
+
+# ---- one participant ------------------------------------------------------------------------------------------
+
+@dataclass
+class MediaPlan:
+    video: bool = True
+    audio: bool = False
+    simulcast: bool = False
+
+
+class LoadParticipant:
+    """A signal connection plus its two media paths."""
+
+    def __init__(self, clients: LoadClients, identity: str, room: str, publish: MediaPlan | None,
+                 subscribe: bool, hidden: bool) -> None:
+        self.clients = clients
+        self.identity = identity
+        self.room = room
+        self.publish = publish
+        self.subscribe = subscribe
+        self.hidden = hidden
+        self.ws: ClientConnection | None = None
+        self.subscriber_path: MediaPath | None = None
+        self.publisher_path: MediaPath | None = None
+        self.receiver_index: int | None = None
+        self.token_ns = 0
+        self.error: str | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._published: dict[str, asyncio.Future] = {}
+        self._answer: asyncio.Future | None = None
+        self._subscriber_connect: asyncio.Task | None = None
+
+    async def join(self) -> None:
+        token = create_token(self.clients.api_key, self.clients.api_secret, self.identity, self.room,
+                             can_publish=self.publish is not None, can_subscribe=self.subscribe, hidden=self.hidden)
+        self.token_ns = time.monotonic_ns()
+        url = f"{self.clients.url.rstrip('/')}/rtc?protocol=16&auto_subscribe={int(self.subscribe)}&sdk=python"
+        try:
+            self.ws = await connect(url, additional_headers={"Authorization": f"Bearer {token}"},
+                                    open_timeout=CONNECT_TIMEOUT, max_size=None)
+            first = rtc.SignalResponse.FromString(await asyncio.wait_for(self.ws.recv(), CONNECT_TIMEOUT))
+        except (OSError, WebSocketException, asyncio.TimeoutError) as error:
+            raise LoadError(f"{self.identity}: cannot join: {error or type(error).__name__}") from None
+        if first.WhichOneof("message") != "join":
+            raise LoadError(f"{self.identity}: expected a join response, got {first.WhichOneof('message')}")
+        interval = first.join.ping_interval or 5
+        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._ping(interval))]
+        if self.publish is not None:
+            await self._publish(self.publish)
+
+    async def _send(self, request: rtc.SignalRequest) -> None:
+        assert self.ws is not None
+        await self.ws.send(request.SerializeToString())
+
+    async def _ping(self, interval: int) -> None:
+        try:
+            while True:
+                now = int(time.time() * 1000)
+                await self._send(rtc.SignalRequest(ping_req=rtc.Ping(timestamp=now)))
+                await self._send(rtc.SignalRequest(ping=now))
+                await asyncio.sleep(interval)
+        except WebSocketException:
+            pass
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        try:
+            async for message in self.ws:
+                response = rtc.SignalResponse.FromString(message)
+                kind = response.WhichOneof("message")
+                if kind == "offer":
+                    await self._on_offer(response.offer)
+                elif kind == "answer" and self._answer is not None and not self._answer.done():
+                    self._answer.set_result(response.answer)
+                elif kind == "track_published":
+                    future = self._published.get(response.track_published.cid)
+                    if future is not None and not future.done():
+                        future.set_result(response.track_published.track)
+                elif kind == "leave":
+                    self.error = f"the server sent leave (reason {response.leave.reason})"
+                    return
+        except WebSocketException:
+            pass
+        except Exception as error:  # a malformed message must end this client, not the run
+            self.error = f"signal: {error}"
+
+    async def _on_offer(self, offer: rtc.SessionDescription) -> None:
+        try:
+            description = sdp.parse(offer.sdp)
+        except sdp.SdpError as error:
+            self.error = f"unusable subscriber offer: {error}"
+            return
+        if self.subscriber_path is None:
+            self.subscriber_path = MediaPath(self.clients.certificate)
+        answer = build_subscriber_answer(description, self.subscriber_path)
+        await self._send(rtc.SignalRequest(answer=rtc.SessionDescription(type="answer", sdp=answer, id=offer.id)))
+        if self._subscriber_connect is None:
+            self._subscriber_connect = asyncio.create_task(self._connect_subscriber(description))
+
+    async def _connect_subscriber(self, description: sdp.SessionDescription) -> None:
+        path = self.subscriber_path
+        assert path is not None
+        try:
+            await path.connect(description)
+        except LoadError as error:
+            self.error = f"subscriber PC: {error}"
+            return
+        self.receiver_index = self.clients.receiver.add_socket(path.sock.fileno(), path.pointers()[0])
+
+    async def _publish(self, plan: MediaPlan) -> None:
+        tracks: list[OutgoingTrack] = []
+        requests: list[rtc.AddTrackRequest] = []
+        if plan.video:
+            cid = str(uuid.uuid4())
+            layers = SIMULCAST_LAYERS if plan.simulcast else SIMULCAST_LAYERS[-1:]
+            streams = [(self.clients.new_ssrc(), rid if plan.simulcast else None) for rid, *_ in layers]
+            tracks.append(OutgoingTrack("video", cid, streams))
+            requests.append(rtc.AddTrackRequest(
+                cid=cid, name="camera", type=models.TrackType.VIDEO, source=models.TrackSource.CAMERA,
+                width=1280, height=720, simulcast_codecs=[rtc.SimulcastCodec(codec="vp8", cid=cid)],
+                layers=[models.VideoLayer(quality=quality, width=width, height=height, bitrate=packets * 360_000)
+                        for _, quality, packets, width, height in layers]))
+        if plan.audio:
+            cid = str(uuid.uuid4())
+            tracks.append(OutgoingTrack("audio", cid, [(self.clients.new_ssrc(), None)]))
+            requests.append(rtc.AddTrackRequest(cid=cid, name="microphone", type=models.TrackType.AUDIO,
+                                                source=models.TrackSource.MICROPHONE))
+        loop = asyncio.get_running_loop()
+        for request in requests:
+            self._published[request.cid] = loop.create_future()
+            await self._send(rtc.SignalRequest(add_track=request))
+        try:
+            await asyncio.wait_for(asyncio.gather(*self._published.values()), CONNECT_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise LoadError(f"{self.identity}: no track_published for our AddTrackRequest") from None
+        path = self.publisher_path = MediaPath(self.clients.certificate)
+        self._answer = loop.create_future()
+        offer = build_publisher_offer(tracks, path)
+        await self._send(rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp=offer, id=1)))
+        try:
+            answer = await asyncio.wait_for(self._answer, CONNECT_TIMEOUT)
+            description = sdp.parse(answer.sdp)
+        except asyncio.TimeoutError:
+            raise LoadError(f"{self.identity}: no answer to our publisher offer") from None
+        except sdp.SdpError as error:
+            raise LoadError(f"{self.identity}: unusable publisher answer: {error}") from None
+        await path.connect(description)
+        rx, tx = path.pointers()
+        self.clients.receiver.add_socket(path.sock.fileno(), rx, publisher=True)  # RTCP: counted, PLIs answered
+        for mid, track in enumerate(tracks):
+            self._start_streams(path, str(mid), track, description, tx)
+
+    def _start_streams(self, path: MediaPath, mid: str, track: OutgoingTrack, answer: sdp.SessionDescription,
+                       tx: int) -> None:
+        section = next((s for s in answer.sections if s.mid == mid), None)
+        if section is None or section.port == 0:
+            raise LoadError(f"{self.identity}: the server declined our {track.kind} m-line")
+        extmap = section.extmap
+        for index, (ssrc, rid) in enumerate(track.streams):
+            elements = [(extmap[sdp.EXT_MID], mid.encode())] if sdp.EXT_MID in extmap else []
+            if rid and sdp.EXT_RID in extmap:
+                elements.append((extmap[sdp.EXT_RID], rid.encode()))
+            if track.kind == "audio":
+                level_at = -1
+                if sdp.EXT_AUDIO_LEVEL in extmap:
+                    elements.append((extmap[sdp.EXT_AUDIO_LEVEL], b"\x1e"))
+                    level_at = extension_block(elements)[1]
+                block = extension_block(elements)[0] if elements else b""
+                self.clients.sender.add_stream(path.sock.fileno(), tx, ssrc, OPUS_PT, False, packets_per_frame=1,
+                                               frames_per_second=AUDIO_PPS, payload_size=AUDIO_PAYLOAD,
+                                               clock_rate=48000, extension=block, level_offset=level_at)
+            else:
+                packets = SIMULCAST_LAYERS[index][2] if rid else VIDEO_PACKETS_PER_FRAME
+                block = extension_block(elements)[0] if elements else b""
+                self.clients.sender.add_stream(path.sock.fileno(), tx, ssrc, VP8_PT, True,
+                                               packets_per_frame=packets, frames_per_second=VIDEO_FPS,
+                                               payload_size=VIDEO_PAYLOAD, clock_rate=90000,
+                                               keyframe_frames=KEYFRAME_FRAMES, extension=block)
+
+    def first_media_ns(self) -> int:
+        if self.receiver_index is None:
+            return 0
+        return self.clients.receiver.socket_stats(self.receiver_index)["first_media_ns"]
+
+    async def leave(self) -> None:
+        if self.ws is not None:
+            try:
+                await self._send(rtc.SignalRequest(leave=rtc.LeaveRequest(
+                    reason=models.DisconnectReason.CLIENT_INITIATED, action=rtc.LeaveRequest.Action.DISCONNECT)))
+                await self.ws.close()
+            except (WebSocketException, OSError):
+                pass
+        for task in self._tasks + ([self._subscriber_connect] if self._subscriber_connect else []):
+            task.cancel()
+
+
+# ---- the whole load -------------------------------------------------------------------------------------------
+
+@dataclass
+class LoadReport:
+    publishers: int
+    subscribers: int
+    failed: list[str]                    # "identity: why" for clients that did not join or connect
+    duration: float                      # seconds of measurement
+    sent_packets: int
+    received_packets: int
+    received_bytes: int
+    lost: int                            # sequence gaps seen by subscribers
+    auth_failures: int
+    rtcp: int
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    join_ms: list[float] = field(default_factory=list)   # per subscriber: token -> first media packet
+
+    def summary(self) -> str:
+        joins = sorted(self.join_ms)
+        join = (f"{joins[len(joins) // 2]:.0f} ms median, {joins[-1]:.0f} ms max ({len(joins)} subscribers)"
+                if joins else "no subscriber received media")
+        rate = self.received_packets / self.duration if self.duration else 0.0
+        expected = self.received_packets + self.lost
+        lines = [
+            f"participants     {self.publishers} publishing, {self.subscribers} subscribing"
+            + (f", {len(self.failed)} failed" if self.failed else ""),
+            f"sent             {self.sent_packets} packets",
+            f"received         {self.received_packets} packets, {rate:,.0f} pps, "
+            f"{self.received_bytes * 8 / self.duration / 1e6 if self.duration else 0:,.1f} Mbps",
+            f"loss             {self.lost} packets ({self.lost / expected if expected else 0:.3%})",
+            f"SRTP auth fails  {self.auth_failures}",
+            f"added latency    p50 {_ms(self.latency_p50_ms)}, p99 {_ms(self.latency_p99_ms)}",
+            f"join time        {join}",
+        ]
+        lines += [f"failed           {reason}" for reason in self.failed[:10]]
+        return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} ms"
+
+
+class LoadClients:
+    """Every load client of a run, sharing one Sender, one Receiver and one DTLS certificate."""
+
+    def __init__(self, url: str, api_key: str, api_secret: str, capacity: int = 8192) -> None:
+        self.url, self.api_key, self.api_secret = url, api_key, api_secret
+        self.certificate = Certificate.generate()
+        self.sender = loadgen.Sender(capacity)
+        self.receiver = loadgen.Receiver(capacity, self.sender)
+        self.participants: list[LoadParticipant] = []
+        self.failed: list[str] = []
+        self._ssrcs = itertools.count(random.getrandbits(24) << 4)
+        self._names = itertools.count()
+        self.sender.start()
+        self.receiver.start()
+
+    def new_ssrc(self) -> int:
+        return next(self._ssrcs) & 0xFFFFFFFF
+
+    async def add(self, room: str, count: int, *, publish: MediaPlan | None = None, subscribe: bool = True,
+                  hidden: bool = False, concurrency: int = 16) -> list[LoadParticipant]:
+        """Joins `count` participants to `room`, `concurrency` at a time; failures are recorded, not raised."""
+        gate = asyncio.Semaphore(concurrency)
+        role = "pub" if publish is not None else "sub"
+        joined = [LoadParticipant(self, f"{role}-{next(self._names)}-{secrets.token_hex(3)}", room, publish,
+                                  subscribe, hidden) for _ in range(count)]
+
+        async def one(participant: LoadParticipant) -> None:
+            async with gate:
+                try:
+                    await participant.join()
+                except LoadError as error:
+                    self.failed.append(str(error))
+
+        await asyncio.gather(*(one(p) for p in joined))
+        self.participants += joined
+        return joined
+
+    async def wait_for_media(self, participants: list[LoadParticipant], timeout: float) -> None:
+        """Until each subscriber has received a packet, or `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(p.first_media_ns() or p.error for p in participants if p.subscribe):
+                return
+            await asyncio.sleep(0.1)
+
+    def join_ms(self) -> list[float]:
+        return [(p.first_media_ns() - p.token_ns) / 1e6 for p in self.participants
+                if p.subscribe and p.first_media_ns()]
+
+    def errors(self) -> list[str]:
+        return self.failed + [f"{p.identity}: {p.error}" for p in self.participants if p.error]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(p.leave() for p in self.participants))
+        self.sender.stop()
+        self.receiver.stop()
+        for participant in self.participants:
+            for path in (participant.publisher_path, participant.subscriber_path):
+                if path is not None:
+                    path.close()
+
+
+async def run_load(url: str, api_key: str, api_secret: str, *, rooms: int = 1, publishers: int = 1,
+                   subscribers: int = 1, duration: float = 10, video: bool = True, audio: bool = True,
+                   simulcast: bool = False, room_prefix: str = "load", hidden_subscribers: bool = False) -> LoadReport:
+    """Joins `publishers` + `subscribers` per room, runs for `duration` seconds after media flows, and reports
+    what the subscribers received. Publishers do not subscribe."""
+    clients = LoadClients(url, api_key, api_secret)
+    try:
+        names = [f"{room_prefix}-{index}" for index in range(rooms)]
+        plan = MediaPlan(video=video, audio=audio, simulcast=simulcast)
+        await asyncio.gather(*(clients.add(name, publishers, publish=plan, subscribe=False) for name in names))
+        receiving = [p for name in names
+                     for p in await clients.add(name, subscribers, hidden=hidden_subscribers)]
+        await clients.wait_for_media(receiving, CONNECT_TIMEOUT)
+        before, latency_before = clients.receiver.totals(), clients.receiver.latency_snapshot()
+        started = time.monotonic()
+        await asyncio.sleep(duration)
+        elapsed = time.monotonic() - started
+        after, latency_after = clients.receiver.totals(), clients.receiver.latency_snapshot()
+        p50, p99 = loadgen.latency_percentiles(latency_before, latency_after, [50, 99])
+        return LoadReport(
+            publishers=publishers * rooms, subscribers=subscribers * rooms, failed=clients.errors(),
+            duration=elapsed, sent_packets=clients.sender.stats()["packets"],
+            received_packets=after["packets"] - before["packets"], received_bytes=after["bytes"] - before["bytes"],
+            lost=after["lost"] - before["lost"], auth_failures=after["auth_failures"], rtcp=after["rtcp"],
+            latency_p50_ms=p50, latency_p99_ms=p99, join_ms=clients.join_ms())
+    finally:
+        await clients.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tern load-test", description="Load a tern or LiveKit server with "
+                                     "real clients (signal, ICE, DTLS, SRTP) sending and checking media.")
+    parser.add_argument("--url", default="ws://127.0.0.1:7880", help="server URL (ws:// or wss://)")
+    parser.add_argument("--api-key", default="devkey")
+    parser.add_argument("--api-secret", default="secret")
+    parser.add_argument("--rooms", type=int, default=1)
+    parser.add_argument("--publishers", type=int, default=1, help="per room")
+    parser.add_argument("--subscribers", type=int, default=1, help="per room")
+    parser.add_argument("--duration", type=parse_duration, default=30, help="e.g. 30, 30s, 5m")
+    parser.add_argument("--no-video", dest="video", action="store_false", help="publish no video")
+    parser.add_argument("--no-audio", dest="audio", action="store_false", help="publish no audio")
+    parser.add_argument("--simulcast", action="store_true", help="publish video in three layers (q, h, f)")
+    parser.add_argument("--room-prefix", default="load")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if min(args.rooms, args.publishers) < 1 or args.subscribers < 0 or not (args.video or args.audio):
+        print("tern load-test: need at least one room, one publisher and one kind of media", file=sys.stderr)
+        return 2
+    url = args.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    try:
+        report = asyncio.run(run_load(url, args.api_key, args.api_secret, rooms=args.rooms,
+                                      publishers=args.publishers, subscribers=args.subscribers,
+                                      duration=args.duration, video=args.video, audio=args.audio,
+                                      simulcast=args.simulcast, room_prefix=args.room_prefix))
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        print(json.dumps(report.__dict__, indent=2))
+    else:
+        print(report.summary())
+    return 1 if report.failed or (args.subscribers and not report.received_packets) else 0
