@@ -1,11 +1,18 @@
-"""Benchmark harness: forwarding cost of the Cython engine against a plain-Python SFU loop, in one run.
+"""Benchmark harness: tern's forwarding measured with real clients, side by side with a C ceiling and a
+pure-Python forwarder on the same load.
 
-Each forwarder runs in its own child process on a known UDP port with fixed SRTP keys (ICE and DTLS are
-control-plane work and not measured). The parent plays one publisher and N subscribers over loopback,
-sends a burst of SRTP packets, counts what the subscribers receive, and reads the child's CPU time.
-The figure that matters is CPU microseconds per forwarded packet, and the ratio between the two.
+    python bench/run.py                      # standard suite (a few minutes on 2 cores)
+    python bench/run.py --quick              # about a minute
+    python bench/run.py --scenario fanout --subscribers 1000 --json out.json
 
-    python bench/run.py [--packets 40000] [--subscribers 4] [--json bench/results.json]
+Everything runs on loopback. The tern server (`python -m signaling --dev`) is pinned to CPU 0 with taskset, the
+load clients (this process: signaling in asyncio, media in engine.loadgen's C threads) to CPU 1. The clients join
+through /rtc with tokens and complete ICE, DTLS and SRTP like a browser (signaling/loadtest.py). The baselines
+(bench/forwarders.py: c-ceiling, pure-python) get the same media in raw mode: fixed keys, no signaling.
+
+Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until loss appears), meeting (P
+participants each publishing audio + video, all subscribed to all), audio (many rooms of 4 talkers).
+Server CPU is user + system of its process from /proc/<pid>/stat over each measurement window.
 """
 from __future__ import annotations
 
@@ -13,204 +20,335 @@ import argparse
 import asyncio
 import json
 import os
+import platform
 import resource
 import socket
-import struct
+import statistics
 import subprocess
 import sys
 import time
+import urllib.request
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pylibsrtp import Policy, Session
-
 ROOT = Path(__file__).resolve().parent.parent
-KEY = bytes(range(28))  # AEAD_AES_128_GCM: 16-byte key + 12-byte salt
-PROFILE = Policy.SRTP_PROFILE_AEAD_AES_128_GCM
-PUBLISHER_SSRC = 0x1234
-PAYLOAD = bytes(1100)
-OPUS_PT = 111
+sys.path.insert(0, str(ROOT))
+
+from pylibsrtp import Policy, Session  # noqa: E402
+
+from engine import loadgen  # noqa: E402
+from signaling import loadtest  # noqa: E402
+from signaling.dtls import session_pointer  # noqa: E402
+
+API_KEY, API_SECRET = "devkey", "secret"
+SERVER_CPU, CLIENT_CPU = 0, 1
+RAW_KEY = bytes(range(28))  # the baselines' fixed AEAD_AES_128_GCM master key + salt (bench/forwarders.py)
+BASELINES = ("c-ceiling", "pure-python")
+COMPARE_SUBSCRIBERS = 200   # the fanout size at which tern and the baselines are compared
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def session(inbound: bool) -> Session:
-    policy = Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND if inbound else Policy.SSRC_ANY_OUTBOUND,
-                    srtp_profile=PROFILE)
-    policy.allow_repeat_tx = True
+@dataclass
+class Row:
+    forwarder: str
+    scenario: str
+    clients: str                # what was connected, e.g. "1 pub -> 500 sub"
+    pps: float                  # forwarded packets per second, as received by the clients
+    mbps: float
+    cpu_ns_per_packet: float    # server CPU (user + system) per forwarded packet
+    packets_per_cpu_second: float
+    cpu_load: float             # server CPU seconds per wall second (1.0 = one core busy)
+    lost: int
+    p50_ms: float | None
+    p99_ms: float | None
+    rss_kib: int | None
+
+
+# ---- measuring a process ----------------------------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15 of the full line)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TernServer:
+    def __init__(self, log: Path) -> None:
+        self.http_port, udp_port = free_port(), free_port(socket.SOCK_DGRAM)
+        self.log = open(log, "w")
+        self.process = subprocess.Popen(
+            ["taskset", "-c", str(SERVER_CPU), sys.executable, "-m", "signaling", "--dev", "--port",
+             str(self.http_port), "--udp-port", str(udp_port), "--config-body", "logging:\n  level: warn\n"],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tern exited with {self.process.returncode}; see {log}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"tern did not start; see {log}")
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.http_port}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+async def measure(name: str, scenario: str, clients: loadtest.LoadClients, pid: int, window: float,
+                  label: str) -> Row:
+    """One window of steady load: what the clients received and what the server spent."""
+    before, latency_before, cpu_before = clients.receiver.totals(), clients.receiver.latency_snapshot(), cpu_seconds(pid)
+    started = time.monotonic()
+    await asyncio.sleep(window)
+    elapsed = time.monotonic() - started
+    after, latency_after, cpu_after = clients.receiver.totals(), clients.receiver.latency_snapshot(), cpu_seconds(pid)
+    packets, size = after["packets"] - before["packets"], after["bytes"] - before["bytes"]
+    cpu = cpu_after - cpu_before
+    p50, p99 = loadgen.latency_percentiles(latency_before, latency_after, [50, 99])
+    return Row(name, scenario, label, packets / elapsed, size * 8 / elapsed / 1e6,
+               cpu * 1e9 / packets if packets else 0.0, packets / cpu if cpu else 0.0, cpu / elapsed,
+               after["lost"] - before["lost"], p50, p99, rss_kib(pid))
+
+
+# ---- scenarios against tern ---------------------------------------------------------------------------------------
+
+async def fanout(steps: list[int], window: float, log: Path, rows: list[Row]) -> dict:
+    server = TernServer(log)
+    clients = loadtest.LoadClients(server.url, API_KEY, API_SECRET)
+    summary: dict = {"max_zero_loss_subscribers": 0}
+    try:
+        await clients.add("fanout", 1, publish=loadtest.MediaPlan(video=True, audio=False), subscribe=False)
+        base_rss = rss_kib(server.process.pid)
+        subscribers: list = []
+        for n in steps:
+            subscribers += await clients.add("fanout", n - len(subscribers), hidden=True, concurrency=32)
+            await clients.wait_for_media(subscribers, 15)
+            await asyncio.sleep(1)  # let joins settle
+            row = await measure("tern", "fanout", clients, server.process.pid, window, f"1 pub -> {n} sub")
+            rows.append(row)
+            print(_format(row), flush=True)
+            if row.lost or clients.errors():
+                break
+            summary["max_zero_loss_subscribers"] = n
+            summary["rss_per_subscriber_kib"] = (row.rss_kib - base_rss) / n
+        joins = clients.join_ms()
+        summary["join_ms"] = statistics.median(joins) if joins else None
+        summary["errors"] = clients.errors()[:10]
+    finally:
+        await clients.close()
+        server.stop()
+    return summary
+
+
+async def meeting(participants: int, window: float, log: Path, rows: list[Row]) -> None:
+    await _rooms("meeting", 1, participants, loadtest.MediaPlan(video=True, audio=True), window, log, rows)
+
+
+async def audio_rooms(rooms: int, window: float, log: Path, rows: list[Row]) -> None:
+    await _rooms("audio", rooms, 4, loadtest.MediaPlan(video=False, audio=True), window, log, rows)
+
+
+async def _rooms(scenario: str, rooms: int, size: int, plan: loadtest.MediaPlan, window: float, log: Path,
+                 rows: list[Row]) -> None:
+    """`rooms` rooms of `size` participants, each publishing `plan` and subscribed to the others."""
+    server = TernServer(log)
+    clients = loadtest.LoadClients(server.url, API_KEY, API_SECRET)
+    try:
+        joined = [p for r in range(rooms)
+                  for p in await clients.add(f"{scenario}-{r}", size, publish=plan, subscribe=True)]
+        await clients.wait_for_media(joined, 15)
+        await asyncio.sleep(2)
+        row = await measure("tern", scenario, clients, server.process.pid, window,
+                            f"{rooms} room(s) x {size} pub+sub")
+        rows.append(row)
+        print(_format(row), flush=True)
+    finally:
+        await clients.close()
+        server.stop()
+
+
+# ---- baselines (raw mode: fixed keys, no signaling) ----------------------------------------------------------------
+
+def raw_session(inbound: bool) -> Session:
+    policy = Policy(key=RAW_KEY, ssrc_type=Policy.SSRC_ANY_INBOUND if inbound else Policy.SSRC_ANY_OUTBOUND,
+                    srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_128_GCM)
     policy.window_size = 1024
+    policy.allow_repeat_tx = True
     return Session(policy)
 
 
-# ---- forwarders under test (child processes) --------------------------------------------------
-
-def serve_engine(port: int, publisher: int, subscribers: list[int]) -> None:
-    import engine
-    from signaling.dtls import session_pointer
-
-    sessions = []  # the engine holds raw pointers into these
-
-    def transport(forwarder: engine.Engine, peer_port: int) -> int:
-        tid = forwarder.add_transport()
-        forwarder.bind_transport(tid, "127.0.0.1", peer_port)
-        rx, tx = session(True), session(False)
-        sessions.append((rx, tx))
-        forwarder.set_srtp(tid, session_pointer(rx), session_pointer(tx))
-        return tid
-
-    async def main() -> None:
-        forwarder = engine.Engine("127.0.0.1", port, lambda event: None)
-        forwarder.attach(asyncio.get_running_loop())
-        receiver = forwarder.add_receiver(transport(forwarder, publisher), "0", "audio", "opus", OPUS_PT, 0, 48000,
-                                          [], [PUBLISHER_SSRC], [], {})
-        for index, peer in enumerate(subscribers):
-            forwarder.add_downtrack(receiver, transport(forwarder, peer), 0x5000 + index, 0, OPUS_PT, 0, {})
-        await _serve_until_stdin_closes()
-        forwarder.close()
-
-    import uvloop
-    uvloop.run(main())
-
-
-def serve_python(port: int, publisher: int, subscribers: list[int]) -> None:
-    """What a straightforward asyncio forwarder does: a Python object and a libsrtp call through cffi per packet."""
-    rx = session(True)
-    outputs = [(("127.0.0.1", peer), session(False), 0x5000 + index) for index, peer in enumerate(subscribers)]
-
-    class Forwarder(asyncio.DatagramProtocol):
-        def connection_made(self, transport: asyncio.DatagramTransport) -> None:
-            self.transport = transport
-
-        def datagram_received(self, data: bytes, addr: tuple) -> None:
-            if addr[1] != publisher or len(data) < 12 or not 128 <= data[0] <= 191:
-                return
-            try:
-                packet = rx.unprotect(data)
-            except Exception:
-                return
-            for address, tx, ssrc in outputs:
-                rewritten = packet[:8] + struct.pack("!I", ssrc) + packet[12:]
-                self.transport.sendto(tx.protect(rewritten), address)
-
-    async def main() -> None:
-        await asyncio.get_running_loop().create_datagram_endpoint(Forwarder, local_addr=("127.0.0.1", port))
-        await _serve_until_stdin_closes()
-
-    import uvloop
-    uvloop.run(main())
-
-
-async def _serve_until_stdin_closes() -> None:
-    """Reports the CPU time spent between "ready" and the end of input: start-up and imports are not counted."""
-    start = resource.getrusage(resource.RUSAGE_SELF)
-    print("ready", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    end = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"user": end.ru_utime - start.ru_utime, "system": end.ru_stime - start.ru_stime,
-                      "maxrss_kib": end.ru_maxrss}), flush=True)
-
-
-# ---- the harness (parent) ----------------------------------------------------------------------
-
 def udp_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, loadtest.SOCKET_BUFFER)
     sock.bind(("127.0.0.1", 0))
     sock.setblocking(False)
     return sock
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def measure(kind: str, packets: int, subscriber_count: int, rate: int) -> dict:
-    publisher = udp_socket()
-    subscribers = [udp_socket() for _ in range(subscriber_count)]
-    port = free_udp_port()
+def baseline_fanout(kind: str, subscribers: int, window: float) -> Row | None:
+    """The fanout load (one 150 pps video publisher) through bench/forwarders.py KIND; None if unavailable."""
+    script = ROOT / "bench" / "forwarders.py"
+    if not script.exists():
+        return None
+    port = free_port(socket.SOCK_DGRAM)
+    sinks = [udp_socket() for _ in range(subscribers)]
     child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", kind, "--port", str(port), "--publisher", str(publisher.getsockname()[1]),
-         "--subscriber-ports", ",".join(str(s.getsockname()[1]) for s in subscribers)],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    assert child.stdout.readline().strip() == "ready", f"{kind} forwarder did not start"
-    tx = session(False)
-    wire = [tx.protect(struct.pack("!BBHII", 0x80, OPUS_PT, seq & 0xFFFF, seq * 960, PUBLISHER_SSRC) + PAYLOAD)
-            for seq in range(packets)]
-    received = 0
-    started = time.perf_counter()
-    interval = 1 / rate
-    for index, datagram in enumerate(wire):
-        publisher.sendto(datagram, ("127.0.0.1", port))
-        received += _drain(subscribers)
-        while time.perf_counter() < started + index * interval:
-            received += _drain(subscribers)
-    deadline = time.perf_counter() + 2
-    while time.perf_counter() < deadline and received < packets * subscriber_count:
-        received += _drain(subscribers)
-        time.sleep(0.001)
-    elapsed = time.perf_counter() - started
+        ["taskset", "-c", str(SERVER_CPU), sys.executable, str(script), kind, "--port", str(port),
+         "--subscribers", ",".join(str(s.getsockname()[1]) for s in sinks)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if child.stdout.readline().strip() != "ready":
+        child.kill()
+        return None
+    sender = loadgen.Sender(4)
+    receiver = loadgen.Receiver(subscribers + 1)
+    sessions = [raw_session(True) for _ in sinks]
+    for sink, session in zip(sinks, sessions):
+        sink.connect(("127.0.0.1", port))
+        receiver.add_socket(sink.fileno(), session_pointer(session))
+    source, tx = udp_socket(), raw_session(False)
+    source.connect(("127.0.0.1", port))
+    receiver.start()
+    sender.add_stream(source.fileno(), session_pointer(tx), 0x1234, loadtest.VP8_PT, True,
+                      packets_per_frame=loadtest.VIDEO_PACKETS_PER_FRAME, frames_per_second=loadtest.VIDEO_FPS,
+                      payload_size=loadtest.VIDEO_PAYLOAD, clock_rate=90000,
+                      keyframe_frames=loadtest.KEYFRAME_FRAMES)
+    latency_before = receiver.latency_snapshot()
+    started = time.monotonic()
+    sender.start()
+    time.sleep(window)
+    sender.stop()
+    time.sleep(0.3)  # the last packets drain
+    elapsed = time.monotonic() - started
     out, _ = child.communicate("", timeout=30)
+    receiver.stop()
     usage = json.loads(out.strip().splitlines()[-1])
-    for sock in [publisher, *subscribers]:
+    totals = receiver.totals()
+    p50, p99 = loadgen.latency_percentiles(latency_before, receiver.latency_snapshot(), [50, 99])
+    for sock in [source, *sinks]:
         sock.close()
-    return {
-        "forwarder": kind,
-        "packets_sent": packets,
-        "packets_forwarded": received,
-        "delivery": received / (packets * subscriber_count),
-        "cpu_seconds": usage["user"] + usage["system"],
-        "cpu_us_per_forwarded_packet": (usage["user"] + usage["system"]) * 1e6 / max(received, 1),
-        # User space is the forwarder's own work; system time is mostly the kernel delivering loopback datagrams.
-        "user_us_per_forwarded_packet": usage["user"] * 1e6 / max(received, 1),
-        "max_rss_mib": usage["maxrss_kib"] / 1024,
-        "wall_seconds": elapsed,
-    }
+    cpu = usage["user"] + usage["system"]
+    packets = totals["packets"]
+    lost = subscribers * sender.stats()["packets"] - packets
+    return Row(kind, "fanout", f"1 pub -> {subscribers} sub", packets / elapsed, totals["bytes"] * 8 / elapsed / 1e6,
+               cpu * 1e9 / packets if packets else 0.0, packets / cpu if cpu else 0.0, cpu / elapsed, lost, p50, p99,
+               usage["maxrss_kib"])
 
 
-def _drain(subscribers: list[socket.socket]) -> int:
-    count = 0
-    for sock in subscribers:
-        while True:
-            try:
-                sock.recv(2048)
-            except BlockingIOError:
-                break
-            count += 1
-    return count
+# ---- output ---------------------------------------------------------------------------------------------------------
+
+HEADER = (f"{'forwarder':<12} {'scenario':<8} {'clients':<26} {'pps out':>9} {'Mbps':>7} {'ns/pkt':>7} "
+          f"{'pkt/CPU-s':>10} {'CPU':>5} {'lost':>6} {'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8}")
 
 
-def main() -> None:
+def _format(row: Row) -> str:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+    return (f"{row.forwarder:<12} {row.scenario:<8} {row.clients:<26} {row.pps:>9,.0f} {row.mbps:>7.1f} "
+            f"{row.cpu_ns_per_packet:>7,.0f} {row.packets_per_cpu_second:>10,.0f} {row.cpu_load:>5.0%} "
+            f"{row.lost:>6} {ms(row.p50_ms):>7} {ms(row.p99_ms):>7} "
+            f"{(row.rss_kib or 0) / 1024:>8.1f}")
+
+
+def machine() -> dict:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return {"cpu": model, "cores": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(), "server_cpu": SERVER_CPU, "client_cpu": CLIENT_CPU}
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--packets", type=int, default=40000)
-    parser.add_argument("--subscribers", type=int, default=4)
-    parser.add_argument("--rate", type=int, default=10000, help="packets per second sent by the publisher")
+    parser.add_argument("--quick", action="store_true", help="a smaller suite of about a minute")
+    parser.add_argument("--scenario", choices=["fanout", "meeting", "audio", "all"], default="all")
+    parser.add_argument("--subscribers", type=int, help="fanout: sweep up to this many subscribers")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
-    parser.add_argument("--serve", choices=["engine", "python"], help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--publisher", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--subscriber-ports", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        sys.path.insert(0, str(ROOT))
-        serve = serve_engine if args.serve == "engine" else serve_python
-        serve(args.port, args.publisher, [int(p) for p in args.subscriber_ports.split(",")])
-        return
+    if (os.cpu_count() or 1) < 2:
+        print("needs 2 CPUs: the server on CPU 0, the clients on CPU 1", file=sys.stderr)
+        return 2
+    os.sched_setaffinity(0, {CLIENT_CPU})  # the loadgen threads inherit it
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # two sockets per client, and the server's
 
-    results = [measure(kind, args.packets, args.subscribers, args.rate) for kind in ("python", "engine")]
-    baseline, ours = results
-    ratio = baseline["cpu_us_per_forwarded_packet"] / ours["cpu_us_per_forwarded_packet"]
-    user_ratio = baseline["user_us_per_forwarded_packet"] / ours["user_us_per_forwarded_packet"]
-    print(f"1 publisher -> {args.subscribers} subscribers, {args.packets} SRTP packets of {len(PAYLOAD)} B "
-          f"at {args.rate}/s (AEAD_AES_128_GCM)")
-    print(f"{'forwarder':<10} {'delivered':>9} {'CPU µs/pkt out':>15} {'user µs/pkt out':>16} {'CPU s':>7} {'max RSS MiB':>12}")
-    for row in results:
-        print(f"{row['forwarder']:<10} {row['delivery']:>9.1%} {row['cpu_us_per_forwarded_packet']:>15.2f} "
-              f"{row['user_us_per_forwarded_packet']:>16.2f} {row['cpu_seconds']:>7.2f} {row['max_rss_mib']:>12.1f}")
-    print(f"engine vs plain-Python loop: {ratio:.1f}x less CPU per forwarded packet in all, "
-          f"{user_ratio:.1f}x less in user space")
-    args.json.write_text(json.dumps({"results": results, "ratio_cpu_per_packet": ratio,
-                                     "ratio_user_cpu_per_packet": user_ratio}, indent=2))
+    window = 3.0 if args.quick else 5.0
+    top = args.subscribers or (500 if args.quick else 2000)
+    steps = sorted({n for n in (50, COMPARE_SUBSCRIBERS, 500, 1000, 1500, 2000) if n < top} | {top})
+    logs = Path(os.environ.get("TMPDIR", "/tmp"))
+    print(f"server: tern --dev pinned to CPU {SERVER_CPU} (taskset); clients: this process pinned to CPU {CLIENT_CPU}; "
+          f"SRTP AEAD_AES_128_GCM; video 150 pps x ~1,150 B, audio 50 pps x ~100 B; {window:.0f} s windows")
+    print(HEADER, flush=True)
+    rows: list[Row] = []
+    figures: dict = {"machine": machine()}
+    if args.scenario in ("fanout", "all"):
+        figures.update(asyncio.run(fanout(steps, window, logs / "tern-bench-fanout.log", rows)))
+        compare = min(COMPARE_SUBSCRIBERS, top)
+        for kind in BASELINES:
+            row = baseline_fanout(kind, compare, window)
+            if row is None:
+                print(f"{kind:<12} fanout   unavailable (bench/forwarders.py missing or failed)")
+                continue
+            rows.append(row)
+            print(_format(row), flush=True)
+    if args.scenario in ("meeting", "all"):
+        asyncio.run(meeting(4 if args.quick else 8, window, logs / "tern-bench-meeting.log", rows))
+    if args.scenario in ("audio", "all"):
+        asyncio.run(audio_rooms(20 if args.quick else 100, window, logs / "tern-bench-audio.log", rows))
+
+    figures.update(summarize(rows, figures.get("max_zero_loss_subscribers", 0)))
+    figures["rows"] = [asdict(row) for row in rows]
+    print()
+    for key in ("pps_per_core", "max_zero_loss_subscribers", "p99_added_latency_ms", "rss_per_subscriber_kib",
+                "join_ms", "ratio_c_ceiling", "ratio_pure_python"):
+        value = figures.get(key)
+        print(f"{key:<28} {'unavailable' if value is None else round(value, 3) if isinstance(value, float) else value}")
+    args.json.write_text(json.dumps(figures, indent=2))
+    print(f"figures written to {args.json}")
+    return 0
+
+
+def summarize(rows: list[Row], max_zero_loss: int) -> dict:
+    """The tracked figures: tern's capacity per core, latency at half the zero-loss load, and the ratios."""
+    tern = [r for r in rows if r.forwarder == "tern" and r.scenario == "fanout"]
+    clean = [r for r in tern if r.lost == 0]
+    out: dict = {"pps_per_core": None, "p99_added_latency_ms": None, "p50_added_latency_ms": None,
+                 "ratio_c_ceiling": None, "ratio_pure_python": None}
+    if clean:
+        best = clean[-1]
+        out["pps_per_core"] = best.packets_per_cpu_second
+        out["forwarded_pps_at_max"] = best.pps
+        half = min(clean, key=lambda r: abs(int(r.clients.split()[-2]) - max_zero_loss / 2))
+        out["p50_added_latency_ms"], out["p99_added_latency_ms"] = half.p50_ms, half.p99_ms
+        out["latency_measured_at"] = half.clients
+    compare = next((r for r in tern if r.clients.endswith(f" {COMPARE_SUBSCRIBERS} sub")), tern[0] if tern else None)
+    for kind, key in (("c-ceiling", "ratio_c_ceiling"), ("pure-python", "ratio_pure_python")):
+        base = next((r for r in rows if r.forwarder == kind), None)
+        if compare and base and base.packets_per_cpu_second:
+            out[key] = compare.packets_per_cpu_second / base.packets_per_cpu_second
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

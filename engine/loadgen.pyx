@@ -7,8 +7,9 @@ built, protected, received and checked in C with the GIL released: no Python obj
 
 - Sender: RTP streams paced in real time. Video is sent a frame at a time (a burst of packets, marker bit on the
   last) with a VP8 payload descriptor and a keyframe every `keyframe_frames` frames; audio is one packet per period.
-  The last 12 payload bytes of every packet carry "TERN" + the send time (CLOCK_MONOTONIC ns, big-endian), so a
-  receiver on the same host measures one-way latency whatever the SFU rewrites in the header.
+  The last 12 payload bytes of every packet carry "TERN" + the send time (CLOCK_REALTIME ns, big-endian), so a
+  receiver on the same host measures one-way latency whatever the SFU rewrites in the header: up to the kernel's
+  arrival timestamp (SO_TIMESTAMPNS), so the receiver's own queueing is not counted.
 - Receiver: epoll over many sockets, recvmmsg, SRTP unprotect (failures counted), per-SSRC packet counts and
   sequence gaps, and a latency histogram. RTCP, STUN and DTLS are counted and otherwise ignored.
 
@@ -21,7 +22,7 @@ from libc.errno cimport EINTR, errno
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, nanosleep, timespec
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, nanosleep, timespec
 
 from engine cimport srtp
 from engine.wire cimport load16, load32, store16, store32
@@ -76,9 +77,27 @@ cdef extern from *:
     /* Publish a slot to the other thread only once it is fully written. */
     static inline void loadgen_publish(int *where, int value) { __atomic_store_n(where, value, __ATOMIC_RELEASE); }
     static inline int loadgen_acquire(int *where) { return __atomic_load_n(where, __ATOMIC_ACQUIRE); }
+    /* The kernel's receive time (CLOCK_REALTIME ns) of a datagram read with SO_TIMESTAMPNS on, else 0. */
+    static inline int64_t loadgen_arrival(struct msghdr *m) {
+        struct cmsghdr *c;
+        struct timespec t;
+        for (c = CMSG_FIRSTHDR(m); c != NULL; c = CMSG_NXTHDR(m, c)) {
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+                memcpy(&t, CMSG_DATA(c), sizeof t);
+                return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+            }
+        }
+        return 0;
+    }
+    static inline int loadgen_stamp_arrivals(int fd) {
+        int on = 1;
+        return setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on);
+    }
     """
     void loadgen_publish(int *where, int value) nogil
     int loadgen_acquire(int *where) nogil
+    int64_t loadgen_arrival(msghdr *m) nogil
+    int loadgen_stamp_arrivals(int fd) nogil
 
 
 cdef enum:
@@ -88,6 +107,7 @@ cdef enum:
     TRAILER = 12              # "TERN" + 8-byte send time
     RECV_BATCH = 64
     RECV_BUF = 2048
+    CONTROL_BUF = 64          # room for one SCM_TIMESTAMPNS
     MAX_EVENTS = 256
     MAX_SSRCS = 32            # distinct SSRCs counted per receiving socket
     BUCKET_NS = 10000         # latency histogram: 10 µs buckets ...
@@ -101,6 +121,13 @@ LATENCY_BUCKETS = BUCKETS
 cdef inline int64_t now_ns() noexcept nogil:
     cdef timespec t
     clock_gettime(CLOCK_MONOTONIC, &t)
+    return <int64_t>t.tv_sec * 1000000000 + t.tv_nsec
+
+
+cdef inline int64_t wall_ns() noexcept nogil:
+    # Send and arrival times: kernel receive timestamps are on this clock.
+    cdef timespec t
+    clock_gettime(CLOCK_REALTIME, &t)
     return <int64_t>t.tv_sec * 1000000000 + t.tv_nsec
 
 
@@ -284,7 +311,7 @@ cdef class Sender:
                 if i == 0:
                     p[header + 4] = 0x10 if keyframe else 0x11  # show_frame; bit 0 is the inverse keyframe flag
             memcpy(p + length - TRAILER, MAGIC, 4)
-            store64(p + length - 8, <uint64_t>now_ns())
+            store64(p + length - 8, <uint64_t>wall_ns())
             if srtp.protect(s.srtp, p, &length) != 0:
                 s.errors += 1
             else:
@@ -348,6 +375,7 @@ cdef class Receiver:
     cdef Sender sender
     cdef uint64_t *histogram
     cdef uint8_t buffers[RECV_BATCH][RECV_BUF]
+    cdef uint8_t controls[RECV_BATCH][CONTROL_BUF]
     cdef iovec iovecs[RECV_BATCH]
     cdef mmsghdr messages[RECV_BATCH]
 
@@ -383,6 +411,7 @@ cdef class Receiver:
         loadgen_publish(&self.count, index + 1)
         event.events = EPOLLIN
         event.data.u64 = index
+        loadgen_stamp_arrivals(fd)  # without it, latency falls back to the time the thread read the packet
         if epoll_ctl(self.epoll_fd, EPOLL_CTL_ADD, fd, &event) != 0:
             raise OSError(errno, "epoll_ctl")
         return index
@@ -446,26 +475,30 @@ cdef class Receiver:
 
     cdef void _drain(self, Slot *slot) noexcept nogil:
         cdef int n, i
-        cdef int64_t now
-        for i in range(RECV_BATCH):
-            self.iovecs[i].iov_base = self.buffers[i]
-            self.iovecs[i].iov_len = RECV_BUF
-            memset(&self.messages[i], 0, sizeof(mmsghdr))
-            self.messages[i].msg_hdr.msg_iov = &self.iovecs[i]
-            self.messages[i].msg_hdr.msg_iovlen = 1
+        cdef int64_t now, wall, arrival
         while True:
+            for i in range(RECV_BATCH):  # the kernel rewrites msg_controllen: reset every time
+                self.iovecs[i].iov_base = self.buffers[i]
+                self.iovecs[i].iov_len = RECV_BUF
+                memset(&self.messages[i], 0, sizeof(mmsghdr))
+                self.messages[i].msg_hdr.msg_iov = &self.iovecs[i]
+                self.messages[i].msg_hdr.msg_iovlen = 1
+                self.messages[i].msg_hdr.msg_control = self.controls[i]
+                self.messages[i].msg_hdr.msg_controllen = CONTROL_BUF
             n = recvmmsg(slot.fd, self.messages, RECV_BATCH, MSG_DONTWAIT, NULL)
             if n <= 0:
                 if n < 0 and errno == EINTR:
                     continue
                 return
             now = now_ns()
+            wall = wall_ns()
             for i in range(n):
-                self._packet(slot, self.buffers[i], <int>self.messages[i].msg_len, now)
+                arrival = loadgen_arrival(&self.messages[i].msg_hdr)
+                self._packet(slot, self.buffers[i], <int>self.messages[i].msg_len, now, arrival if arrival else wall)
             if n < RECV_BATCH:
                 return
 
-    cdef void _packet(self, Slot *slot, uint8_t *p, int length, int64_t now) noexcept nogil:
+    cdef void _packet(self, Slot *slot, uint8_t *p, int length, int64_t now, int64_t arrival) noexcept nogil:
         cdef int i, padding
         cdef uint16_t seq, expected, gap
         cdef uint32_t ssrc
@@ -514,7 +547,7 @@ cdef class Receiver:
         padding = p[length - 1] if p[0] & 0x20 else 0
         length -= padding
         if length >= 12 + TRAILER and memcmp(p + length - TRAILER, MAGIC, 4) == 0:
-            latency = (now - <int64_t>load64(p + length - 8)) // BUCKET_NS
+            latency = (arrival - <int64_t>load64(p + length - 8)) // BUCKET_NS
             if latency < 0:
                 latency = 0
             self.histogram[latency if latency < BUCKETS else BUCKETS - 1] += 1
