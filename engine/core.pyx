@@ -4,14 +4,15 @@
 Per datagram: demultiplex by first byte (RFC 7983). STUN and DTLS go up to Python as events. SRTP/SRTCP are
 unprotected in place with libsrtp (called through raw function pointers); RTP is cached per Receiver layer and,
 for every DownTrack, passed by the Forwarder, rewritten by the Munger into a send-batch slot, protected and
-flushed with sendmmsg. Engine methods must be called from the event loop's thread.
+flushed with sendmmsg; a batch is forwarded DownTrack by DownTrack, so runs of equal-size packets to one subscriber
+leave as single UDP GSO sends where the kernel allows. Engine methods must be called from the event loop's thread.
 """
 import logging
 import os
 import socket
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.errno cimport EINTR, errno
+from libc.errno cimport EINTR, EINVAL, EIO, errno
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memmove, memset
@@ -66,6 +67,13 @@ cdef extern from "<sys/socket.h>" nogil:
     cdef struct mmsghdr:
         msghdr msg_hdr
         unsigned int msg_len
+    cdef struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    size_t CMSG_SPACE(size_t length)
+    size_t CMSG_LEN(size_t length)
+    unsigned char *CMSG_DATA(cmsghdr *cmsg)
     int recvmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags, timespec *timeout)
     int sendmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags)
     enum:
@@ -78,10 +86,17 @@ cdef enum:
     SEND_SLOTS = 256          # packets per sendmmsg
     SEND_BUF = 2112           # a received datagram + WRITE_GROWTH + SRTP(C) trailer
     MAX_NACK_SEQS = 256
-    MAX_TRANSPORTS = 4096
+    MAX_TRANSPORTS = 16384    # a fanout of thousands of subscribers with two transports each
     MAX_RECEIVERS = 8192
     MAX_DOWNTRACKS = 65536
     MAX_BATCHES = 16          # recvmmsg batches per readable callback, so timers still run under load
+    # UDP GSO (Linux >= 4.18): a run of equal-size datagrams to one address leaves in one send, split by the kernel.
+    SOL_UDP_LEVEL = 17
+    UDP_SEGMENT_OPTION = 103
+    GSO_MAX_SEGMENTS = 64     # the kernel's UDP_MAX_SEGMENTS on every version that has GSO
+    GSO_MAX_BYTES = 65000     # a GSO send is one UDP datagram to the stack: its payload must fit in 64 KiB
+    GSO_MAX_SEGMENT = 1472    # larger datagrams go alone: a segment must fit an Ethernet MTU after IPv4 + UDP
+    GSO_CONTROL_WORDS = 4     # 8-byte words holding CMSG_SPACE(sizeof(uint16_t))
 
 SOCKET_BUFFER = 8 * 1024 * 1024
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux values
@@ -133,6 +148,8 @@ cdef enum:  # statistics counters (indexes)
     S_DROP_PROTECT
     S_DROP_SUBSCRIBER_NOT_READY
     S_DROP_SEND_FAILED
+    S_GSO_SENDS
+    S_GSO_SEGMENTS
     S_NACKS_RECEIVED
     S_NACKED_PACKETS
     S_NACK_MISSES
@@ -159,7 +176,8 @@ STAT_NAMES = (
     "drop_empty", "drop_truncated", "drop_not_rtp", "drop_unknown_source", "drop_dtls_unbound", "drop_no_srtp",
     "drop_srtp_unprotect_failed", "drop_malformed", "drop_unknown_ssrc", "drop_duplicate", "drop_payload_type",
     "drop_rtx_padding",
-    "drop_too_large", "drop_srtp_protect_failed", "drop_subscriber_not_ready", "drop_send_failed",
+    "drop_too_large", "drop_srtp_protect_failed", "drop_subscriber_not_ready", "drop_send_failed", "gso_sends",
+    "gso_segments",
     "nacks_received", "nacked_packets", "nack_cache_misses", "retransmissions", "nack_rate_limited", "rtx_recovered", "nacks_sent",
     "plis_received", "plis_sent", "keyframes", "layer_switches", "sr_received", "rr_received", "sr_sent", "rr_sent",
     "remb_sent", "event_errors",
@@ -175,6 +193,17 @@ cdef struct Transport:
     void *tx
     uint32_t local_ssrc       # sender SSRC of our RTCP feedback
     IntList receivers         # slots of the Receivers published on this transport
+
+cdef struct Pending:
+    # An RTP packet of the current recvmmsg batch, already received by its Receiver and waiting to be forwarded.
+    Receiver *r               # NULL once forwarded
+    int l
+    const uint8_t *buf        # in the receive buffers, which stay put until the next recvmmsg
+    RtpHeader h
+    Vp8Descriptor vp8
+    bint has_vp8
+    bint keyframe
+
 
 cdef inline int64_t monotonic_us() noexcept nogil:
     cdef timespec ts
@@ -194,6 +223,10 @@ cdef inline uint64_t stream_key(int slot, uint32_t ssrc) noexcept nogil:
 
 cdef inline uint64_t address_key(const sockaddr_in *a) noexcept nogil:
     return (<uint64_t>a.sin_addr.s_addr << 16) | a.sin_port
+
+
+cdef inline bint same_address(const sockaddr_in *a, const sockaddr_in *b) noexcept nogil:
+    return a.sin_addr.s_addr == b.sin_addr.s_addr and a.sin_port == b.sin_port
 
 
 cdef class Engine:
@@ -228,6 +261,12 @@ cdef class Engine:
     cdef iovec send_iov[<int>SEND_SLOTS]
     cdef sockaddr_in send_addrs[<int>SEND_SLOTS]
     cdef int send_count
+    cdef bint use_gso            # the kernel segments UDP for us; cleared for good the first time it refuses
+    cdef mmsghdr gso_msgs[<int>SEND_SLOTS]
+    cdef int gso_first[<int>SEND_SLOTS]  # the first send slot of each GSO message
+    cdef uint64_t gso_control[<int>SEND_SLOTS * <int>GSO_CONTROL_WORDS]
+    cdef Pending pending[<int>BATCH]
+    cdef int pending_count
     cdef int ev_count
     cdef int ev_kind[<int>BATCH]
     cdef int ev_msg[<int>BATCH]
@@ -278,6 +317,11 @@ cdef class Engine:
                     sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
             sock.setblocking(False)
             sock.bind((host, udp_port))
+            try:
+                sock.getsockopt(SOL_UDP_LEVEL, UDP_SEGMENT_OPTION)  # fails before Linux 4.18, which has no UDP GSO
+                self.use_gso = True
+            except OSError:
+                self.use_gso = False
         except BaseException:
             sock.close()
             raise
@@ -354,6 +398,7 @@ cdef class Engine:
                     self.ev_count = 0
                     for i in range(n):
                         self.handle_datagram(i, now)
+                    self.forward_pending(now)
                     self.flush()
             if n <= 0:
                 break
@@ -411,6 +456,8 @@ cdef class Engine:
     cdef void flush(self) noexcept nogil:
         cdef int sent = 0
         cdef int r
+        if self.use_gso and self.send_count > 1:
+            sent = self.flush_gso()
         while sent < self.send_count:
             r = sendmmsg(self._fd, self.send_msgs + sent, self.send_count - sent, MSG_DONTWAIT)
             if r > 0:
@@ -422,6 +469,65 @@ cdef class Engine:
                 self.counters[S_DROP_SEND_FAILED] += 1
                 sent += 1
         self.send_count = 0
+
+    cdef int flush_gso(self) noexcept nogil:
+        """Sends the batch as runs of consecutive equal-size datagrams to one address (the last may be shorter),
+        one message each. Returns how many slots were handled: all, or those before the first run the kernel refused
+        to segment, after which GSO stays off and flush() sends the rest one datagram each."""
+        cdef int count = 0
+        cdef int i = 0
+        cdef int j, k, r, sent
+        cdef size_t size, total
+        cdef msghdr *m
+        cdef cmsghdr *c
+        while i < self.send_count:
+            size = self.send_iov[i].iov_len
+            total = size
+            j = i + 1
+            while (size <= GSO_MAX_SEGMENT and j < self.send_count and j - i < GSO_MAX_SEGMENTS
+                   and self.send_iov[j - 1].iov_len == size and self.send_iov[j].iov_len <= size
+                   and total + self.send_iov[j].iov_len <= GSO_MAX_BYTES
+                   and same_address(&self.send_addrs[i], &self.send_addrs[j])):
+                total += self.send_iov[j].iov_len
+                j += 1
+            m = &self.gso_msgs[count].msg_hdr
+            m.msg_name = &self.send_addrs[i]
+            m.msg_namelen = sizeof(sockaddr_in)
+            m.msg_iov = &self.send_iov[i]
+            m.msg_iovlen = j - i
+            m.msg_control = NULL
+            m.msg_controllen = 0
+            if j - i > 1:
+                c = <cmsghdr *>&self.gso_control[count * GSO_CONTROL_WORDS]
+                c.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+                c.cmsg_level = SOL_UDP_LEVEL
+                c.cmsg_type = UDP_SEGMENT_OPTION
+                (<uint16_t *>CMSG_DATA(c))[0] = <uint16_t>size
+                m.msg_control = c
+                m.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
+            self.gso_first[count] = i
+            count += 1
+            i = j
+        sent = 0
+        while sent < count:
+            r = sendmmsg(self._fd, self.gso_msgs + sent, count - sent, MSG_DONTWAIT)
+            if r > 0:
+                for k in range(sent, sent + r):
+                    if self.gso_msgs[k].msg_hdr.msg_iovlen > 1:
+                        self.counters[S_GSO_SENDS] += 1
+                        self.counters[S_GSO_SEGMENTS] += self.gso_msgs[k].msg_hdr.msg_iovlen
+                sent += r
+            elif r < 0 and errno == EINTR:
+                continue
+            elif r < 0 and (errno == EINVAL or errno == EIO) and self.gso_msgs[sent].msg_hdr.msg_iovlen > 1:
+                # This socket's route cannot segment (no checksum offload, SO_NO_CHECK, IPsec...): never again.
+                self.use_gso = False
+                return self.gso_first[sent]
+            else:
+                # As in flush(): a full socket buffer or an unreachable peer drops this message and no more.
+                self.counters[S_DROP_SEND_FAILED] += self.gso_msgs[sent].msg_hdr.msg_iovlen
+                sent += 1
+        return self.send_count
 
     cdef void send_rtcp(self, Transport *t, int length, int slot) noexcept nogil:
         """Protects the RTCP packet built in `slot` with `t`'s tx context and queues it."""
@@ -598,6 +704,7 @@ cdef class Engine:
         cdef bint keyframe = False
         cdef int i, first, value_length
         cdef const uint8_t *value
+        cdef Pending *p
         first = layer_receive(layer, buf, length, h, r.clock_rate, now, recovered)
         if first < 0:
             self.counters[S_DROP_DUPLICATE] += 1
@@ -616,8 +723,37 @@ cdef class Engine:
             if keyframe:
                 layer.keyframes += 1
                 self.counters[S_KEYFRAMES] += 1
-        for i in range(r.downtracks.count):
-            self.forward(self.downtracks[r.downtracks.items[i]], r, l, buf, h, &vp8, has_vp8, keyframe, now)
+        # Forwarded with the rest of the batch: see forward_pending.
+        p = &self.pending[self.pending_count]  # one per datagram at most, so BATCH entries always suffice
+        self.pending_count += 1
+        p.r = r
+        p.l = l
+        p.buf = buf
+        p.h = h[0]
+        p.vp8 = vp8
+        p.has_vp8 = has_vp8
+        p.keyframe = keyframe
+
+    cdef void forward_pending(self, int64_t now) noexcept nogil:
+        """Forwards the batch's packets DownTrack by DownTrack, each in arrival order: a subscriber's packets then sit
+        in consecutive send slots, which flush() can hand to the kernel as one GSO send."""
+        cdef int i, j, k
+        cdef Receiver *r
+        cdef Pending *p
+        for i in range(self.pending_count):
+            r = self.pending[i].r
+            if r == NULL:
+                continue
+            for k in range(r.downtracks.count):
+                for j in range(i, self.pending_count):
+                    p = &self.pending[j]
+                    if p.r == r:
+                        self.forward(self.downtracks[r.downtracks.items[k]], r, p.l, p.buf, &p.h, &p.vp8, p.has_vp8,
+                                     p.keyframe, now)
+            for j in range(i, self.pending_count):
+                if self.pending[j].r == r:
+                    self.pending[j].r = NULL
+        self.pending_count = 0
 
     cdef inline int target_layer(self, DownTrack *d, Receiver *r) noexcept nogil:
         return receiver_best_layer(r, d.max_layer)
@@ -1133,6 +1269,15 @@ cdef class Engine:
             for l in range(r.num_layers):
                 self.request_layer_keyframe(r, l, now)
             self.flush()
+
+    def fileno(self) -> int:
+        """The UDP socket's descriptor (-1 once closed)."""
+        return self._fd
+
+    @property
+    def gso(self) -> bool:
+        """Whether datagram runs still go out as UDP GSO sends."""
+        return self.use_gso
 
     def stats(self) -> dict:
         return {name: self.counters[i] for i, name in enumerate(STAT_NAMES)}

@@ -688,3 +688,60 @@ async def test_paused_downtrack_forwards_nothing_and_resumes_at_a_keyframe(setup
     assert [p.seq for p in resumed] == [13, 14]  # numbering continues right after the last packet sent
     assert [picture_id(p.payload) for p in resumed] == [13, 14]
     assert eng.downtrack_stats(downtrack)["paused"] is False
+
+
+def send_burst(publisher: Peer, first_seq: int) -> list[bytes]:
+    """Seven audio packets queued before the engine reads any, so one recvmmsg batch holds them all: six of one
+    size, then a shorter one (a GSO run may end with a shorter segment)."""
+    payloads = [bytes([i]) * 200 for i in range(6)] + [b"tail"]
+    for i, payload in enumerate(payloads):
+        publisher.send_rtp(rtp(OPUS_PT, first_seq + i, 960 * i, AUDIO_SSRC, payload))
+    return payloads
+
+
+def add_audio_subscribers(eng: engine.Engine, publisher: Peer, subscribers: list[Peer]) -> None:
+    receiver = eng.add_receiver(publisher.transport, "0", "audio", "opus", OPUS_PT, 0, 48000, [], [AUDIO_SSRC], [], {})
+    for index, subscriber in enumerate(subscribers):
+        eng.add_downtrack(receiver, subscriber.transport, DOWN_AUDIO_SSRC + index, 0, SUB_OPUS_PT, 0, {})
+
+
+async def test_runs_to_one_subscriber_leave_as_gso_sends(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    if not eng.gso:
+        pytest.skip("this kernel has no UDP GSO")
+    second = Peer(eng)
+    try:
+        add_audio_subscribers(eng, publisher, [subscriber, second])
+        payloads = send_burst(publisher, 65530)
+        await asyncio.gather(subscriber.collect(), second.collect())
+        for index, peer in enumerate([subscriber, second]):
+            got = peer.take_rtp()
+            assert [p.seq for p in got] == [(65530 + i) & 0xFFFF for i in range(7)]
+            assert [p.payload for p in got] == payloads
+            assert {p.ssrc for p in got} == {DOWN_AUDIO_SSRC + index}
+        stats = eng.stats()
+        # Each subscriber's seven packets (now interleaved with nobody else's) went out as one segmented send.
+        assert stats["gso_sends"] == 2 and stats["gso_segments"] == 14
+        assert stats["drop_send_failed"] == 0 and eng.gso
+    finally:
+        second.close()
+
+
+async def test_a_kernel_refusing_gso_falls_back_to_one_datagram_each(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    if not eng.gso:
+        pytest.skip("this kernel has no UDP GSO")
+    # Linux refuses to segment for a socket that sends without UDP checksums (EINVAL), as some routes do.
+    so_no_check = getattr(socket, "SO_NO_CHECK", 11)
+    with socket.socket(fileno=os.dup(eng.fileno())) as alias:
+        alias.setsockopt(socket.SOL_SOCKET, so_no_check, 1)
+    add_audio_subscribers(eng, publisher, [subscriber])
+    payloads = send_burst(publisher, 100)
+    await subscriber.collect()
+    assert [p.payload for p in subscriber.take_rtp()] == payloads
+    assert not eng.gso
+    payloads = send_burst(publisher, 107)  # and it stays off, without another refused attempt
+    await subscriber.collect()
+    assert [(p.seq, p.payload) for p in subscriber.take_rtp()] == [(107 + i, payload) for i, payload in enumerate(payloads)]
+    stats = eng.stats()
+    assert stats["gso_sends"] == 0 and stats["drop_send_failed"] == 0
