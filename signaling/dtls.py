@@ -139,11 +139,13 @@ def _check_fingerprint(fingerprint: tuple[str, str]) -> tuple[str, str]:
 
 
 class DtlsEndpoint:
-    """One Transport's DTLS server; bytes in, datagrams out."""
+    """One Transport's DTLS endpoint; bytes in, datagrams out. The server's is the DTLS server; load clients
+    play the client (`client=True`, then `start()`)."""
 
     def __init__(
-        self, certificate: Certificate, remote_fingerprint: tuple[str, str] | None
+        self, certificate: Certificate, remote_fingerprint: tuple[str, str] | None, *, client: bool = False
     ) -> None:
+        self.client = client
         self._remote_fingerprint = (
             _check_fingerprint(remote_fingerprint) if remote_fingerprint is not None else None
         )
@@ -170,7 +172,17 @@ class DtlsEndpoint:
         context.set_tlsext_use_srtp(b":".join(p.openssl_name for p in _SRTP_PROFILES))
         self._ssl = SSL.Connection(context, None)
         self._ssl.set_ciphertext_mtu(DTLS_MTU)
-        self._ssl.set_accept_state()
+        if client:
+            self._ssl.set_connect_state()
+        else:
+            self._ssl.set_accept_state()
+
+    def start(self) -> list[bytes]:
+        """A client's first flight (ClientHello); a server waits for it instead."""
+        if not self.client:
+            return []
+        self._continue_handshake()
+        return self._flush()
 
     @property
     def connected(self) -> bool:
@@ -289,10 +301,11 @@ class DtlsEndpoint:
         server_key = material[key_len : 2 * key_len]
         client_salt = material[2 * key_len : 2 * key_len + salt_len]
         server_salt = material[2 * key_len + salt_len :]
+        client_keys, server_keys = client_key + client_salt, server_key + server_salt
         return SrtpKeys(
             profile=profile.libsrtp_profile,
-            rx_key=client_key + client_salt,
-            tx_key=server_key + server_salt,
+            rx_key=server_keys if self.client else client_keys,
+            tx_key=client_keys if self.client else server_keys,
         )
 
     def _read_application_data(self) -> None:

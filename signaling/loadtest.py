@@ -37,7 +37,7 @@ from engine import loadgen
 from . import sdp
 from .auth import create_token
 from .cli import parse_duration
-from .dtls import Certificate, DtlsEndpoint, SrtpKeys, session_pointer, srtp_sessions
+from .dtls import Certificate, DtlsEndpoint, session_pointer, srtp_sessions
 from .ice import new_credentials
 
 __all__ = ["LoadError", "LoadReport", "LoadClients", "MediaPlan", "run_load", "main"]
@@ -57,26 +57,6 @@ _STUN_RETRY = 0.1
 
 class LoadError(Exception):
     """A load client could not join, publish or connect its media."""
-
-
-# ---- DTLS client ---------------------------------------------------------------------------------------------
-
-class DtlsClient(DtlsEndpoint):
-    """The DTLS client side of a peer connection: tern's server endpoint in the connect state, with the keys
-    seen from the client (what the server receives, we send)."""
-
-    def __init__(self, certificate: Certificate, server_fingerprint: tuple[str, str]) -> None:
-        super().__init__(certificate, server_fingerprint)
-        self._ssl.set_connect_state()
-
-    def start(self) -> list[bytes]:
-        """The ClientHello flight."""
-        self._continue_handshake()
-        return self._flush()
-
-    def client_keys(self) -> SrtpKeys:
-        assert self.srtp_keys is not None
-        return SrtpKeys(self.srtp_keys.profile, rx_key=self.srtp_keys.tx_key, tx_key=self.srtp_keys.rx_key)
 
 
 # ---- one peer connection's media path ------------------------------------------------------------------------
@@ -128,7 +108,7 @@ class MediaPath:
                 if stun.parse_message(data).message_class == stun.Class.RESPONSE:
                     break
                 raise LoadError("the server refused our STUN credentials")
-        dtls = DtlsClient(self.certificate, section.fingerprint)
+        dtls = DtlsEndpoint(self.certificate, section.fingerprint, client=True)
         for datagram in dtls.start():
             self.sock.send(datagram)
         while dtls.srtp_keys is None:
@@ -143,7 +123,7 @@ class MediaPath:
                 replies = dtls.receive(data) if 20 <= data[0] <= 63 else []
             for datagram in replies:
                 self.sock.send(datagram)
-        self.sessions = srtp_sessions(dtls.client_keys())
+        self.sessions = srtp_sessions(dtls.srtp_keys)
 
     def pointers(self) -> tuple[int, int]:
         assert self.sessions is not None

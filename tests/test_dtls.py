@@ -373,3 +373,19 @@ async def test_aiortc_dtls_client() -> None:
     assert server_rx.unprotect(client._tx_srtp.protect(RTP)) == RTP
     assert client._rx_srtp.unprotect(server_tx.protect(RTP)) == RTP
     await client.stop()
+
+
+def test_our_client_role_against_our_server() -> None:
+    """Load clients play the DTLS client: both ends agree on the keys, each sending with what the other receives."""
+    server = DtlsEndpoint(SERVER_CERT, client_fingerprint())
+    client = DtlsEndpoint(CLIENT_CERT, ("sha-256", SERVER_CERT.fingerprint), client=True)
+    assert server.start() == []
+    flight = client.start()
+    for _ in range(10):
+        flight = [reply for datagram in flight for reply in server.receive(datagram)]
+        flight = [reply for datagram in flight for reply in client.receive(datagram)]
+        if client.connected and server.connected:
+            break
+    assert client.connected and server.connected
+    assert client.srtp_keys.profile == server.srtp_keys.profile
+    assert (client.srtp_keys.tx_key, client.srtp_keys.rx_key) == (server.srtp_keys.rx_key, server.srtp_keys.tx_key)
