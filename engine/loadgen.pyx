@@ -299,8 +299,13 @@ cdef class Sender:
             store32(p + 8, s.ssrc)
             memcpy(p + 12, s.extension, s.extension_length)
             header = 12 + s.extension_length
-            # Sizes vary a little from packet to packet, as an encoder's do.
-            size = s.payload_size - (<int>((s.seq * 37) % 100) if s.video and s.payload_size > 200 else 0)
+            # Frame sizes vary as an encoder's do; a packetizer cuts a frame into equal packets and a shorter last
+            # one (so a subscriber's packets of a frame can leave in one GSO send).
+            size = s.payload_size
+            if s.video and s.payload_size > 400:
+                size -= <int>((s.frame * 37) % 100)
+                if i == s.packets_per_frame - 1:
+                    size -= 150
             length = header + size
             memset(p + header, 0x5A, size - TRAILER)
             if s.video:  # VP8 descriptor: X, S on the first packet, 15-bit picture id; then the frame tag
