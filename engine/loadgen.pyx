@@ -25,31 +25,9 @@ from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, nanosleep, timespec
 
 from engine cimport srtp
+from engine.batchio cimport MSG_DONTWAIT, iovec, mmsghdr, msghdr, recvmmsg, sendmmsg
 from engine.wire cimport load16, load32, store16, store32
 
-
-cdef extern from "<sys/uio.h>" nogil:
-    cdef struct iovec:
-        void *iov_base
-        size_t iov_len
-
-cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned int socklen_t
-    cdef struct msghdr:
-        void *msg_name
-        socklen_t msg_namelen
-        iovec *msg_iov
-        size_t msg_iovlen
-        void *msg_control
-        size_t msg_controllen
-        int msg_flags
-    cdef struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-    int recvmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags, timespec *timeout)
-    int sendmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags)
-    enum:
-        MSG_DONTWAIT
 
 cdef extern from "<sys/epoll.h>" nogil:
     cdef union epoll_data_t:
