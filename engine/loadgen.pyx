@@ -146,14 +146,38 @@ cdef struct Stream:
     uint64_t keyframe_requests
 
 
-cdef class Sender:
+cdef class _Worker:
+    """A C loop on its own thread, without the GIL, from start() until stop()."""
+
+    cdef volatile int running
+    cdef object thread
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.running = 1
+            self.thread = threading.Thread(target=self._run, name=f"loadgen-{type(self).__name__.lower()}", daemon=True)
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.running = 0
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    def _run(self) -> None:
+        with nogil:
+            self._loop()
+
+    cdef void _loop(self) noexcept nogil:
+        pass
+
+
+cdef class Sender(_Worker):
     """Paced SRTP streams on connected UDP sockets; streams may be added while it runs."""
 
     cdef Stream *streams
     cdef int capacity
     cdef int count
-    cdef volatile int running
-    cdef object thread
     cdef uint8_t buffers[MAX_FRAME_PACKETS][MAX_PACKET + srtp.SRTP_TRAILER]
     cdef iovec iovecs[MAX_FRAME_PACKETS]
     cdef mmsghdr messages[MAX_FRAME_PACKETS]
@@ -199,18 +223,6 @@ cdef class Sender:
         loadgen_publish(&self.count, self.count + 1)
         return self.count - 1
 
-    def start(self) -> None:
-        if self.thread is None:
-            self.running = 1
-            self.thread = threading.Thread(target=self._run, name="loadgen-sender", daemon=True)
-            self.thread.start()
-
-    def stop(self) -> None:
-        self.running = 0
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
-
     def stats(self) -> dict:
         cdef uint64_t packets = 0, size = 0, late = 0, errors = 0, requests = 0
         cdef int i
@@ -223,9 +235,6 @@ cdef class Sender:
         return {"streams": self.count, "packets": packets, "bytes": size, "frames_late": late, "errors": errors,
                 "keyframe_requests": requests}
 
-    def _run(self) -> None:
-        with nogil:
-            self._loop()
 
     cdef void request_keyframe(self, uint32_t ssrc) noexcept nogil:
         cdef int i
@@ -346,15 +355,13 @@ cdef struct Slot:
     SsrcCount ssrcs[MAX_SSRCS]
 
 
-cdef class Receiver:
+cdef class Receiver(_Worker):
     """Counts and checks the SRTP arriving on many sockets; sockets may be added while it runs."""
 
     cdef Slot *slots
     cdef int capacity
     cdef int count
     cdef int epoll_fd
-    cdef volatile int running
-    cdef object thread
     cdef Sender sender
     cdef uint64_t *histogram
     cdef uint8_t buffers[RECV_BATCH][RECV_BUF]
@@ -399,18 +406,6 @@ cdef class Receiver:
             raise OSError(errno, "epoll_ctl")
         return index
 
-    def start(self) -> None:
-        if self.thread is None:
-            self.running = 1
-            self.thread = threading.Thread(target=self._run, name="loadgen-receiver", daemon=True)
-            self.thread.start()
-
-    def stop(self) -> None:
-        self.running = 0
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
-
     def socket_stats(self, int index) -> dict:
         if not 0 <= index < self.count:
             raise IndexError(index)
@@ -444,9 +439,6 @@ cdef class Receiver:
         snapshots with latency_percentiles to measure a window."""
         return (<char *>self.histogram)[:BUCKETS * sizeof(uint64_t)]
 
-    def _run(self) -> None:
-        with nogil:
-            self._loop()
 
     cdef void _loop(self) noexcept nogil:
         cdef epoll_event events[MAX_EVENTS]
