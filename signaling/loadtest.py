@@ -152,13 +152,6 @@ def _transport_lines(path: MediaPath, setup: str, mid: str) -> list[str]:
             f"a=fingerprint:sha-256 {path.certificate.fingerprint}", f"a=setup:{setup}", "a=rtcp-mux"]
 
 
-def _codec_lines(codec: sdp.Codec) -> list[str]:
-    channels = f"/{codec.channels}" if codec.channels else ""
-    lines = [f"a=rtpmap:{codec.payload_type} {codec.name}/{codec.clock_rate}{channels}"]
-    lines += [f"a=rtcp-fb:{codec.payload_type} {feedback}" for feedback in codec.rtcp_fb]
-    return lines + ([f"a=fmtp:{codec.payload_type} {codec.fmtp}"] if codec.fmtp else [])
-
-
 def build_subscriber_answer(offer: sdp.SessionDescription, path: MediaPath) -> str:
     """Receive every offered track as offered; decline the data channel (the load never uses it)."""
     body: list[str] = []
@@ -169,12 +162,12 @@ def build_subscriber_answer(offer: sdp.SessionDescription, path: MediaPath) -> s
                      f"a=mid:{section.mid}"]
             continue
         mids.append(section.mid)
-        body.append(f"m={section.kind} 9 {section.protocol} " + " ".join(str(c.payload_type) for c in section.codecs))
+        body.append(sdp.rtp_mline(section.kind, section.protocol, section.codecs))
         body += _transport_lines(path, "active", section.mid)
         body.append("a=recvonly" if section.direction in ("sendonly", "sendrecv") else "a=inactive")
-        body += [f"a=extmap:{ext_id} {uri}" for uri, ext_id in section.extmap.items()]
+        body += sdp.extmap_lines(section.extmap)
         for codec in section.codecs:
-            body += _codec_lines(codec)
+            body += sdp.codec_lines(codec, codec.rtcp_fb)
     return "\r\n".join(_session_lines(mids) + body) + "\r\n"
 
 
@@ -196,10 +189,10 @@ def build_publisher_offer(tracks: list[OutgoingTrack], path: MediaPath) -> str:
         else:
             codec = sdp.Codec(OPUS_PT, "opus", 48000, 2, fmtp="minptime=10;useinbandfec=1", rtcp_fb=["nack"])
             extensions = [sdp.EXT_MID, sdp.EXT_AUDIO_LEVEL]
-        body.append(f"m={track.kind} 9 UDP/TLS/RTP/SAVPF {codec.payload_type}")
+        body.append(sdp.rtp_mline(track.kind, "UDP/TLS/RTP/SAVPF", [codec]))
         body += _transport_lines(path, "actpass", mid)
-        body += [f"a=extmap:{EXT_IDS[uri]} {uri}" for uri in extensions]
-        body += ["a=sendonly", f"a=msid:- {track.cid}"] + _codec_lines(codec)
+        body += sdp.extmap_lines({uri: EXT_IDS[uri] for uri in extensions})
+        body += ["a=sendonly", f"a=msid:- {track.cid}"] + sdp.codec_lines(codec, codec.rtcp_fb)
         rids = [rid for _, rid in track.streams if rid]
         if rids:
             body += [f"a=rid:{rid} send" for rid in rids] + ["a=simulcast:send " + ";".join(rids)]

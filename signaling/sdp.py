@@ -398,7 +398,7 @@ def host_candidates(local: LocalEndpoint) -> list[str]:
             for index, (ip, port) in enumerate(local.candidates)]
 
 
-def _codec_lines(codec: Codec, feedback: list[str]) -> list[str]:
+def codec_lines(codec: Codec, feedback: list[str]) -> list[str]:
     encoding = f"{codec.name}/{codec.clock_rate}"
     if codec.channels is not None:
         encoding += f"/{codec.channels}"
@@ -409,7 +409,7 @@ def _codec_lines(codec: Codec, feedback: list[str]) -> list[str]:
     return lines
 
 
-def _rtp_mline(kind: str, protocol: str, codecs: list[Codec]) -> str:
+def rtp_mline(kind: str, protocol: str, codecs: list[Codec]) -> str:
     return f"m={kind} 9 {protocol} " + " ".join(str(c.payload_type) for c in codecs)
 
 
@@ -463,16 +463,16 @@ def _rejected_lines(section: MediaSection) -> list[str]:
 def _inactive_lines(section: MediaSection, local: LocalEndpoint) -> list[str]:
     codecs = section.codecs[:1]
     if codecs:
-        lines = [_rtp_mline(section.kind, section.protocol, codecs)]
+        lines = [rtp_mline(section.kind, section.protocol, codecs)]
     else:   # static payload type without rtpmap: echo the format
         lines = [f"m={section.kind} 9 {section.protocol} {section.formats[0]}"]
     lines += _transport_lines(local, "passive", section.mid)
     # Accept the header extensions here too: libwebrtc's later offers carry, even on new m-lines, only
     # extensions an answer has accepted, so an inactive answer without them would lose audio levels and rids.
-    lines += _extmap_lines(_accepted_extensions(section))
+    lines += extmap_lines(_accepted_extensions(section))
     lines += ["a=inactive", "a=rtcp-mux", "a=rtcp-rsize"]
     for codec in codecs:
-        lines += _codec_lines(codec, [])
+        lines += codec_lines(codec, [])
     return lines
 
 
@@ -481,7 +481,7 @@ def _accepted_extensions(section: MediaSection) -> dict[str, int]:
     return {uri: ext_id for uri, ext_id in section.extmap.items() if uri in allowed}
 
 
-def _extmap_lines(extmap: dict[str, int]) -> list[str]:
+def extmap_lines(extmap: dict[str, int]) -> list[str]:
     return [f"a=extmap:{ext_id} {uri}" for uri, ext_id in extmap.items()]
 
 
@@ -502,13 +502,13 @@ def _receive_lines(section: MediaSection, local: LocalEndpoint,
     extmap = _accepted_extensions(section)
     rids, simulcast_order = _accepted_rids(section) if video else ([], [])
 
-    lines = [_rtp_mline(section.kind, section.protocol, [codec] + ([rtx] if rtx else []))]
+    lines = [rtp_mline(section.kind, section.protocol, [codec] + ([rtx] if rtx else []))]
     lines += _transport_lines(local, "passive", section.mid)
-    lines += _extmap_lines(extmap)
+    lines += extmap_lines(extmap)
     lines += ["a=recvonly", "a=rtcp-mux", "a=rtcp-rsize"]
-    lines += _codec_lines(codec, codec.rtcp_fb)
+    lines += codec_lines(codec, codec.rtcp_fb)
     if rtx:
-        lines += _codec_lines(rtx, [])
+        lines += codec_lines(rtx, [])
     if rids:
         lines += [f"a=rid:{rid} recv" for rid in rids]
         lines.append("a=simulcast:recv " + ";".join(simulcast_order))
@@ -568,17 +568,17 @@ def build_offer(local: LocalEndpoint, media: list[OutgoingMedia], session_id: in
                if codec.rtx_payload_type is not None else None)
         if m.rtx_ssrc is not None and rtx is None:
             raise ValueError(f"mid {m.mid}: rtx_ssrc given but the codec has no rtx payload type")
-        body.append(_rtp_mline(m.kind, "UDP/TLS/RTP/SAVPF", [codec] + ([rtx] if rtx else [])))
+        body.append(rtp_mline(m.kind, "UDP/TLS/RTP/SAVPF", [codec] + ([rtx] if rtx else [])))
         body += _transport_lines(local, "actpass", m.mid)
-        body += _extmap_lines(m.extmap)
+        body += extmap_lines(m.extmap)
         body.append("a=sendonly" if m.active else "a=inactive")
         msid = f"{m.stream_id} {m.track_id}"
         if m.active:
             body.append(f"a=msid:{msid}")
         body += ["a=rtcp-mux", "a=rtcp-rsize"]
-        body += _codec_lines(codec, codec.rtcp_fb)
+        body += codec_lines(codec, codec.rtcp_fb)
         if rtx:
-            body += _codec_lines(rtx, [])
+            body += codec_lines(rtx, [])
         if m.active:
             ssrcs = [m.ssrc] + ([m.rtx_ssrc] if m.rtx_ssrc is not None else [])
             if m.rtx_ssrc is not None:
