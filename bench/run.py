@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 from pylibsrtp import Policy, Session  # noqa: E402
 
 from engine import loadgen  # noqa: E402
-from signaling import loadtest  # noqa: E402
-from signaling.dtls import session_pointer  # noqa: E402
+from signaling.clients import loadtest  # noqa: E402
+from signaling.peer.dtls import session_pointer  # noqa: E402
 
 API_KEY, API_SECRET = "devkey", "secret"
 SERVER_CPU, CLIENT_CPU = 0, 1

@@ -1,12 +1,8 @@
 """HTTP and WebSocket endpoints: LiveKit's /rtc signal connection and its validation routes."""
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
 
-from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
@@ -16,8 +12,9 @@ from starlette.websockets import WebSocket
 
 from .auth import AuthError, Claims
 from .node import Node
+from .protocol import v0
 from .roomservice import PREFIX, RoomService
-from .session import PING_TIMEOUT, TOKEN_REFRESH_INTERVAL, SignalSession
+from .rtc.participant import Participant
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +53,7 @@ def _admit(node: Node, connection: HTTPConnection) -> tuple[str, Claims, str]:
     Returns the token, its claims and the room name. Raises AuthError or PermissionError."""
     token = _token(connection)
     claims, room_name = node.verifier.verify_join(token)
-    room = node.rooms.rooms.get(room_name)
+    room = node.store.get(room_name)
     if room is not None and room.is_full(claims.identity):
         raise PermissionError("room is full")
     return token, claims, room_name
@@ -104,18 +101,18 @@ def create_app(node: Node) -> Starlette:
             await websocket.close()
             return
         await websocket.accept()
-        # Resolved only now, with no await before join(): the room may have closed, or a session with the
+        # Resolved only now, with no await before join(): the room may have closed, or a participant with the
         # same identity or one more participant may have joined, while the upgrade was in flight.
-        room = node.rooms.get_or_create(room_name)
+        room = node.store.get_or_create(room_name)
         previous = room.participants.get(claims.identity)
         if previous is not None:
-            previous.session.close(models.DisconnectReason.DUPLICATE_IDENTITY)
+            previous.close(models.DisconnectReason.DUPLICATE_IDENTITY)
         if room.is_full(claims.identity):
             await _refuse(websocket)
             return
         try:
-            session = SignalSession(
-                node, claims, room,
+            participant = Participant(
+                node, room, claims,
                 auto_subscribe=_flag(websocket, "auto_subscribe", True),
                 client_protocol=_int(websocket, "client_protocol"),
                 protocol=_int(websocket, "protocol"),
@@ -125,20 +122,7 @@ def create_app(node: Node) -> Starlette:
             log.warning("cannot admit %s: %s", claims.identity, error)
             await _refuse(websocket)
             return
-        node.sessions.add(session)
-        writer = asyncio.create_task(_write(websocket, session))
-        refresher = asyncio.create_task(_refresh_tokens(session, claims.expires_at))
-        try:
-            session.join()
-            await _read(node, websocket, session)
-        finally:
-            refresher.cancel()
-            session.close(models.DisconnectReason.SIGNAL_CLOSE, notify=False)
-            node.sessions.discard(session)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(writer, 2)
-            with contextlib.suppress(Exception):
-                await websocket.close()
+        await v0.serve(websocket, v0.SignalSession(participant, node.counters), claims.expires_at)
 
     room_service = RoomService(node)
     return Starlette(routes=[
@@ -159,52 +143,3 @@ async def _refuse(websocket: WebSocket) -> None:
         reason=models.DisconnectReason.JOIN_FAILURE, action=rtc.LeaveRequest.Action.DISCONNECT,
     )).SerializeToString())
     await websocket.close()
-
-
-async def _read(node: Node, websocket: WebSocket, session: SignalSession) -> None:
-    while not session.closed:
-        try:
-            # Clients ping every ping_interval; silence for ping_timeout means the client is gone.
-            message = await asyncio.wait_for(websocket.receive(), PING_TIMEOUT)
-        except asyncio.TimeoutError:
-            node.counters["signal_ping_timeouts"] += 1
-            session.close(models.DisconnectReason.CONNECTION_TIMEOUT)
-            return
-        if message["type"] == "websocket.disconnect":
-            return
-        data = message.get("bytes")
-        if data is None:
-            node.counters["signal_text_frames"] += 1
-            continue
-        try:
-            request = rtc.SignalRequest.FromString(data)
-        except DecodeError:
-            node.counters["signal_malformed"] += 1
-            continue
-        try:
-            session.handle(request)
-        except Exception:  # a bug handling one request must not take down the session or the server
-            node.counters["signal_handler_errors"] += 1
-            log.exception("error handling %s from %s", request.WhichOneof("message"), session.participant.identity)
-
-
-async def _refresh_tokens(session: SignalSession, expires_at: int) -> None:
-    """Sends a fresh token before the one the client joined with expires, then every refresh interval."""
-    delay = min(TOKEN_REFRESH_INTERVAL, max(1.0, (expires_at - time.time()) / 2))
-    while not session.closed:
-        await asyncio.sleep(delay)
-        session.refresh_token()
-        delay = TOKEN_REFRESH_INTERVAL
-
-
-async def _write(websocket: WebSocket, session: SignalSession) -> None:
-    while True:
-        response = await session.outbox.get()
-        if response is None:
-            break
-        try:
-            await websocket.send_bytes(response.SerializeToString())
-        except Exception:
-            break
-    with contextlib.suppress(Exception):
-        await websocket.close()

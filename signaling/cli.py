@@ -1,6 +1,6 @@
 """The `tern` command: runs the server (default), mints access tokens (`tern token`), drives a server's
 RoomService (`tern room`, `tern participant`, `tern send-data`) and runs load tests (`tern load-test`).
-This module only parses; signaling.operator runs the API commands."""
+This module only parses; signaling.clients.operator runs the API commands."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +15,7 @@ from functools import partial
 from livekit import api
 from livekit.protocol import models
 
-from . import operator
+from .clients import operator
 # auth also silences pyjwt's warning on short secrets such as the dev secret "secret".
 from .auth import PARTICIPANT_KINDS
 from .config import Config, ConfigError, build_config
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_rooms(commands)
     _add_participants(commands)
     _add_send_data(commands)
-    # Listed for --help only: main() hands its argv to signaling.loadtest before parsing.
+    # Listed for --help only: main() hands its argv to signaling.clients.loadtest before parsing.
     commands.add_parser("load-test", add_help=False,
                         help="run a load test against a server (tern load-test --help)")
     return parser
@@ -306,9 +306,9 @@ def _operate(args: argparse.Namespace) -> int:
 
 def _load_test(argv: list[str]) -> int:
     try:  # lazy: only load tests need its client stack
-        loadtest = importlib.import_module(f"{__package__}.loadtest")
+        loadtest = importlib.import_module(f"{__package__}.clients.loadtest")
     except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.loadtest":
+        if exc.name != f"{__package__}.clients.loadtest":
             raise
         print("tern load-test: not available in this installation", file=sys.stderr)
         return 2

@@ -21,12 +21,15 @@ class NodeCollector(Collector):
 
     async def _snapshot(self) -> tuple[dict[str, int], int, int, list[tuple[str, str, int]]]:
         # Taken on the event loop: the state it reads is only ever changed there.
+        store = self.node.store
+        participants = list(store.participants())
         layers = [
             (publication.sid, layer["rid"], layer["packets"])
-            for receiver_id, publication in self.node.receivers.items()
-            for layer in self.node.engine.receiver_stats(receiver_id)["layers"]
+            for participant in participants
+            for publication in participant.publications.values() if publication.receiver_id is not None
+            for layer in self.node.engine.receiver_stats(publication.receiver_id)["layers"]
         ]
-        return self.node.stats(), len(self.node.rooms.rooms), len(self.node.sessions), layers
+        return self.node.stats(), len(store.rooms()), len(participants), layers
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         snapshot = asyncio.run_coroutine_threadsafe(self._snapshot(), self.loop).result(5)

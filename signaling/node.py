@@ -1,4 +1,5 @@
-"""The running server's state on this node: engine, transports, rooms and the sessions in them."""
+"""The composition root: builds this node's engine, transports, room store and webhooks, and wires engine events
+(track started, audio levels) to the rooms. Participants reach the node only through rtc.participant.Services."""
 from __future__ import annotations
 
 import asyncio
@@ -6,15 +7,16 @@ import logging
 import uuid
 from collections import Counter
 
-from livekit.protocol import models, rtc
+from livekit.protocol import models
 
 import engine
 from .auth import TokenVerifier
 from .config import Config
-from .room import RoomManager, TrackPublication
-from .session import SignalSession
-from .speakers import INTERVAL as SPEAKER_INTERVAL
-from .transport import TransportManager
+from .cluster.memory import MemoryRoomStore
+from .cluster.store import RoomStore
+from .peer.transport import TransportManager
+from .rtc.publication import TrackPublication
+from .rtc.speakers import INTERVAL as SPEAKER_INTERVAL
 from .webhook import WebhookNotifier
 
 log = logging.getLogger(__name__)
@@ -35,9 +37,8 @@ class Node:
         if config.webhook.urls:
             self.webhooks = WebhookNotifier(config.webhook.api_key, config.keys[config.webhook.api_key],
                                             config.webhook.urls, self.counters)
-        self.rooms = RoomManager(config.room.empty_timeout, config.room.departure_timeout,
-                                 config.room.max_participants, self.notify)
-        self.sessions: set[SignalSession] = set()
+        self.store: RoomStore = MemoryRoomStore(config.room.empty_timeout, config.room.departure_timeout,
+                                                config.room.max_participants, self.notify)
         self.receivers: dict[int, TrackPublication] = {}  # engine receiver id -> publication
         self.engine: engine.Engine
         self.transports: TransportManager
@@ -77,7 +78,7 @@ class Node:
     def _on_receiver_layer(self, receiver_id: int, layer: int, ssrc: int) -> None:
         publication = self.receivers.get(receiver_id)
         if publication is not None:
-            publication.participant.session.on_track_started(publication)
+            publication.participant.on_track_started(publication)
 
     async def _observe_speakers(self) -> None:
         while True:
@@ -96,14 +97,12 @@ class Node:
             participant = publication.participant
             room = levels.setdefault(participant.room.name, {})
             room[participant.sid] = max(level, room.get(participant.sid, 0.0))
-        for room in self.rooms.rooms.values():
-            speakers = room.speakers.update(levels.get(room.name, {}))
-            if speakers:
-                room.broadcast(rtc.SignalResponse(speakers_changed=rtc.SpeakersChanged(speakers=speakers)))
+        for room in self.store.rooms():
+            room.announce_speakers(levels.get(room.name, {}))
 
     def shutdown(self) -> None:
-        for session in list(self.sessions):
-            session.close(models.DisconnectReason.SERVER_SHUTDOWN)
+        for participant in list(self.store.participants()):
+            participant.close(models.DisconnectReason.SERVER_SHUTDOWN)
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .auth import AuthError, Claims
-from .data import route
-from .room import Participant, Room
-from .session import MAX_ATTRIBUTES_SIZE, MAX_METADATA_SIZE, MAX_NAME_LENGTH
+from .rtc.data import route
+from .rtc.participant import MAX_ATTRIBUTES_SIZE, MAX_METADATA_SIZE, MAX_NAME_LENGTH, Participant
+from .rtc.room import Room
 
 if TYPE_CHECKING:
     from .node import Node
@@ -106,7 +106,7 @@ class RoomService:
 
     # -- lookups
     def _room(self, name: str) -> Room:
-        room = self.node.rooms.rooms.get(name)
+        room = self.node.store.get(name)
         if room is None:
             raise TwirpError("not_found", "requested room does not exist")
         return room
@@ -122,22 +122,18 @@ class RoomService:
         if not request.name:
             raise TwirpError("invalid_argument", "room name is required")
         _check_size("metadata", request.metadata, MAX_METADATA_SIZE)
-        return self.node.rooms.create(
+        return self.node.store.create(
             request.name, request.empty_timeout, request.departure_timeout, request.max_participants,
             request.metadata,
         ).info()
 
     def list_rooms(self, request: proto.ListRoomsRequest) -> proto.ListRoomsResponse:
-        names = set(request.names)
         return proto.ListRoomsResponse(rooms=[
-            room.info() for room in self.node.rooms.rooms.values() if not names or room.name in names
+            room.info() for room in self.node.store.rooms(request.names)
         ])
 
     def delete_room(self, request: proto.DeleteRoomRequest) -> proto.DeleteRoomResponse:
-        room = self._room(request.room)
-        for participant in list(room.participants.values()):
-            participant.session.close(models.DisconnectReason.ROOM_DELETED)
-        room.close()
+        self._room(request.room).close(models.DisconnectReason.ROOM_DELETED)
         return proto.DeleteRoomResponse()
 
     def list_participants(self, request: proto.ListParticipantsRequest) -> proto.ListParticipantsResponse:
@@ -148,18 +144,18 @@ class RoomService:
         return self._participant(request.room, request.identity).info()
 
     def remove_participant(self, request: proto.RoomParticipantIdentity) -> proto.RemoveParticipantResponse:
-        self._participant(request.room, request.identity).session.close(models.DisconnectReason.PARTICIPANT_REMOVED)
+        self._participant(request.room, request.identity).close(models.DisconnectReason.PARTICIPANT_REMOVED)
         return proto.RemoveParticipantResponse()
 
     def mute_published_track(self, request: proto.MuteRoomTrackRequest) -> proto.MuteRoomTrackResponse:
-        session = self._participant(request.room, request.identity).session
-        publication = session.find_publication(request.track_sid)
+        participant = self._participant(request.room, request.identity)
+        publication = participant.find_publication(request.track_sid)
         if publication is None:
             raise TwirpError("not_found", "track does not exist")
         if not request.muted and publication.info.muted:
             # As LiveKit without room.enable_remote_unmute: only the publisher may unmute its media.
             raise TwirpError("failed_precondition", "remote unmute not enabled")
-        session.set_muted(publication, request.muted, by_server=True)
+        participant.set_muted(publication, request.muted, by_server=True)
         return proto.MuteRoomTrackResponse(track=publication.info)
 
     def update_participant(self, request: proto.UpdateParticipantRequest) -> models.ParticipantInfo:
@@ -169,19 +165,18 @@ class RoomService:
         _check_size("metadata", request.metadata, MAX_METADATA_SIZE)
         _check_size("name", request.name, MAX_NAME_LENGTH)
         _check_size("attributes", "".join(k + v for k, v in attributes.items()), MAX_ATTRIBUTES_SIZE)
-        session = participant.session
-        changed = session.update_identity_fields(request.name, request.metadata, attributes)
+        changed = participant.update_identity_fields(request.name, request.metadata, attributes)
         if request.HasField("permission"):
-            session.update_permission(request.permission)
+            participant.update_permission(request.permission)
         elif changed:
-            session.refresh_token()  # a reconnect keeps what the server set
+            participant.refresh_token()  # a reconnect keeps what the server set
         return participant.info()
 
     def update_subscriptions(self, request: proto.UpdateSubscriptionsRequest) -> proto.UpdateSubscriptionsResponse:
         sids = set(request.track_sids)
         for tracks in request.participant_tracks:
             sids.update(tracks.track_sids)
-        self._participant(request.room, request.identity).session.update_subscriptions(sids, request.subscribe)
+        self._participant(request.room, request.identity).update_subscriptions(sids, request.subscribe)
         return proto.UpdateSubscriptionsResponse()
 
     def send_data(self, request: proto.SendDataRequest) -> proto.SendDataResponse:

@@ -23,7 +23,7 @@ from google.protobuf import json_format
 from livekit.protocol import models, webhook
 
 from .auth import ALGORITHM
-from .room import new_id
+from .rtc.ids import new_id
 
 log = logging.getLogger(__name__)
 

@@ -242,8 +242,8 @@ def test_token_create_carries_the_grants(capsys, monkeypatch):
 
 def test_load_test_receives_its_arguments_untouched(monkeypatch):
     seen: list[list[str]] = []
-    module = type(sys)("signaling.loadtest")
+    module = type(sys)("signaling.clients.loadtest")
     module.main = lambda argv: seen.append(argv) or 7
-    monkeypatch.setitem(sys.modules, "signaling.loadtest", module)
+    monkeypatch.setitem(sys.modules, "signaling.clients.loadtest", module)
     assert cli.main(["load-test", "--rooms", "3", "--url", "x", "-h"]) == 7
     assert seen == [["--rooms", "3", "--url", "x", "-h"]]

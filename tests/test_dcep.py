@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signaling.dcep import (PPID_BINARY, PPID_BINARY_EMPTY, PPID_DCEP, PPID_STRING, ChannelClosed, ChannelOpened,
+from signaling.peer.dcep import (PPID_BINARY, PPID_BINARY_EMPTY, PPID_DCEP, PPID_STRING, ChannelClosed, ChannelOpened,
                             ChannelTable, DcepAck, DcepError, DcepOpen, MessageReceived, parse_dcep)
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 
-from signaling.dtls import (
+from signaling.peer.dtls import (
     Certificate,
     DtlsEndpoint,
     DtlsError,

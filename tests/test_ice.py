@@ -7,7 +7,7 @@ from aioice import stun
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signaling.ice import (
+from signaling.peer.ice import (
     BindingResult,
     StunError,
     handle_binding,

@@ -1,7 +1,7 @@
 """The load clients against a real tern server: join through /rtc, ICE, DTLS, SRTP, media both ways."""
 from __future__ import annotations
 
-from signaling import loadtest
+from signaling.clients import loadtest
 
 from conftest import API_KEY, API_SECRET
 

@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
-from signaling import sdp
-from signaling.sdp import (
+from signaling.peer import sdp
+from signaling.rtc.media_caps import PUBLISHER
+from signaling.peer.sdp import (
     EXT_ABS_CAPTURE_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_RID, EXT_RRID,
     Codec, LocalEndpoint, OutgoingMedia, SdpError, build_answer, build_offer, parse,
 )
@@ -229,7 +230,7 @@ def test_parse_rejects_malformed(text, message):
 # --- build_answer ----------------------------------------------------------------------
 
 def test_answer_libwebrtc_simulcast_offer():
-    text, accepted = build_answer(parse(libwebrtc_offer("q;h;~f")), LOCAL, 42)
+    text, accepted = build_answer(parse(libwebrtc_offer("q;h;~f")), LOCAL, 42, PUBLISHER)
     assert text.endswith("\r\n") and "\n" not in text.replace("\r\n", "")
     head = text.split("\r\nm=")[0].split("\r\n")
     assert head[:4] == ["v=0", "o=- 42 2 IN IP4 0.0.0.0", "s=-", "t=0 0"]
@@ -295,7 +296,7 @@ def _offer_with_video_codecs(codec_lines: list[str], direction: str = "sendonly"
     (["a=rtpmap:45 AV1/90000", "a=rtpmap:35 H265/90000"], (45, None)),
 ])
 def test_answer_video_codec_preference(codec_lines, expected):
-    text, accepted = build_answer(parse(_offer_with_video_codecs(codec_lines)), LOCAL, 1)
+    text, accepted = build_answer(parse(_offer_with_video_codecs(codec_lines)), LOCAL, 1, PUBLISHER)
     (media,) = accepted
     assert (media.codec.payload_type, media.codec.rtx_payload_type) == expected
     assert lines_of(text, "v")[0] == "m=video 9 UDP/TLS/RTP/SAVPF " + " ".join(
@@ -305,7 +306,7 @@ def test_answer_video_codec_preference(codec_lines, expected):
 
 def test_answer_rejects_unsupported_and_unbundled():
     offer = parse(_offer_with_video_codecs(["a=rtpmap:35 H265/90000"]))
-    text, accepted = build_answer(offer, LOCAL, 1)
+    text, accepted = build_answer(offer, LOCAL, 1, PUBLISHER)
     assert accepted == [] and "a=group:BUNDLE" not in text
     assert lines_of(text, "v")[0] == "m=video 0 UDP/TLS/RTP/SAVPF 35"
     offer = parse("\r\n".join([
@@ -313,7 +314,7 @@ def test_answer_rejects_unsupported_and_unbundled():
         "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=mid:a", "a=rtpmap:111 opus/48000/2",
         "m=text 9 RTP/AVP 98", "a=mid:t", "a=rtpmap:98 t140/1000",
         "m=audio 0 UDP/TLS/RTP/SAVPF 111", "a=mid:old", "a=rtpmap:111 opus/48000/2", ""]))
-    text, accepted = build_answer(offer, LOCAL, 1)
+    text, accepted = build_answer(offer, LOCAL, 1, PUBLISHER)
     assert "a=group:BUNDLE a\r\n" in text
     assert [a.mid for a in accepted] == ["a"]
     answer = parse(text)
@@ -337,7 +338,7 @@ async def test_aiortc_accepts_our_answer():
     pc = await _aiortc_offer()
     try:
         offer = parse(pc.localDescription.sdp)
-        text, accepted = build_answer(offer, LOCAL, 7)
+        text, accepted = build_answer(offer, LOCAL, 7, PUBLISHER)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
         directions = [(t.mid, t.currentDirection) for t in pc.getTransceivers()]
         assert directions == [("0", "sendonly"), ("1", "sendonly"), ("2", "inactive")]
@@ -427,7 +428,7 @@ def _parse_and_answer(text: str) -> None:
         offer = parse(text)
     except SdpError:
         return
-    build_answer(offer, LOCAL, 1)
+    build_answer(offer, LOCAL, 1, PUBLISHER)
 
 
 _FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

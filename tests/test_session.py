@@ -156,7 +156,7 @@ async def test_room_limits_refresh_token_and_refused_resume(server, tmp_path):
 
 
 async def test_a_client_that_stops_pinging_is_removed_after_ping_timeout(server):
-    from signaling.session import PING_TIMEOUT
+    from signaling.protocol.v0 import PING_TIMEOUT
 
     watcher = await connect(server, "pinger-watch", "ping-room")
     silent, join = await SignalClient.join(server.url, server.token("silent", "ping-room"))

@@ -10,7 +10,7 @@ from google.protobuf.message import DecodeError
 from livekit.protocol import models
 
 if TYPE_CHECKING:
-    from .room import Participant
+    from .participant import Participant
 
 RELIABLE_LABEL = "_reliable"
 LOSSY_LABEL = "_lossy"
@@ -80,7 +80,7 @@ def route(packet: models.DataPacket, receivers: Iterable[Participant], reliable:
             continue
         if kind == "metrics" and not receiver.grant.can_subscribe_metrics:
             continue
-        if receiver.session.send_data(data, reliable):
+        if receiver.send_data(data, reliable):
             counters["data_forwarded"] += 1
         else:
             counters["data_undeliverable"] += 1

@@ -34,11 +34,11 @@ from websockets.exceptions import WebSocketException
 
 from engine import loadgen
 
-from . import sdp
-from .auth import create_token
-from .cli import parse_duration
-from .dtls import Certificate, DtlsEndpoint, session_pointer, srtp_sessions
-from .ice import new_credentials
+from ..auth import create_token
+from ..cli import parse_duration
+from ..peer import sdp
+from ..peer.dtls import Certificate, DtlsEndpoint, session_pointer, srtp_sessions
+from ..peer.ice import new_credentials
 
 __all__ = ["LoadError", "LoadReport", "LoadClients", "MediaPlan", "run_load", "main"]
 

@@ -9,11 +9,12 @@ either parses or raises SdpError; attributes it does not use are skipped.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
     "SdpError", "Codec", "MediaSection", "SessionDescription", "parse",
-    "LocalEndpoint", "AcceptedMedia", "build_answer",
+    "LocalEndpoint", "AcceptedMedia", "ReceivePolicy", "build_answer",
     "OutgoingMedia", "build_offer", "answer_codecs",
 ]
 
@@ -22,13 +23,6 @@ EXT_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 EXT_RRID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 EXT_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 EXT_ABS_CAPTURE_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time"
-
-# What the publisher answer accepts; anything else offered is left out.
-_AUDIO_EXTENSIONS = frozenset({EXT_MID, EXT_AUDIO_LEVEL, EXT_ABS_CAPTURE_TIME})
-_VIDEO_EXTENSIONS = frozenset({EXT_MID, EXT_RID, EXT_RRID, EXT_ABS_CAPTURE_TIME})
-# transport-cc is deliberately absent: the publisher PC does not negotiate TWCC here.
-_AUDIO_FEEDBACK = frozenset({"nack"})
-_VIDEO_FEEDBACK = frozenset({"nack", "nack pli", "ccm fir", "goog-remb"})
 
 _DIRECTIONS = frozenset({"sendrecv", "sendonly", "recvonly", "inactive"})
 _SENDING = frozenset({"sendrecv", "sendonly"})
@@ -355,6 +349,15 @@ class AcceptedMedia:
     rtx_ssrcs: list[int]
 
 
+@dataclass(frozen=True)
+class ReceivePolicy:
+    """What an answer to a publisher accepts (signaling/rtc/media_caps.py says which): per kind, the header
+    extension URIs and RTCP feedback kept, and a codec's preference (lower is better, None = unusable)."""
+    extensions: Mapping[str, frozenset[str]]
+    feedback: Mapping[str, frozenset[str]]
+    codec_rank: Callable[[str, Codec], int | None]
+
+
 @dataclass
 class OutgoingMedia:
     """One m-line of the subscriber offer."""
@@ -413,31 +416,9 @@ def rtp_mline(kind: str, protocol: str, codecs: list[Codec]) -> str:
     return f"m={kind} 9 {protocol} " + " ".join(str(c.payload_type) for c in codecs)
 
 
-def _video_rank(codec: Codec) -> int | None:
-    """Preference of a video codec for publishing (lower is better); None if unusable."""
-    if codec.clock_rate != 90000:
-        return None
-    name, params = codec.name.upper(), codec.params()
-    if name == "VP8":
-        return 0
-    if name == "H264":
-        profile = params.get("profile-level-id", "").lower()
-        if params.get("packetization-mode") != "1" or len(profile) != 6 or not profile.startswith("42"):
-            return None
-        return 1 if profile == "42e01f" else 2
-    if name == "VP9":
-        return 3 if params.get("profile-id", "0") == "0" else None
-    if name == "AV1":
-        return 4
-    return None
-
-
-def _primary_codec(section: MediaSection) -> Codec | None:
-    if section.kind == "audio":
-        return next((c for c in section.codecs
-                     if c.name.lower() == "opus" and c.clock_rate == 48000), None)
+def _primary_codec(section: MediaSection, policy: ReceivePolicy) -> Codec | None:
     ranked = [(rank, i, c) for i, c in enumerate(section.codecs)
-              if (rank := _video_rank(c)) is not None]
+              if (rank := policy.codec_rank(section.kind, c)) is not None]
     return min(ranked, key=lambda r: r[:2])[2] if ranked else None
 
 
@@ -460,7 +441,7 @@ def _rejected_lines(section: MediaSection) -> list[str]:
             f"a=mid:{section.mid}", "a=inactive"]
 
 
-def _inactive_lines(section: MediaSection, local: LocalEndpoint) -> list[str]:
+def _inactive_lines(section: MediaSection, local: LocalEndpoint, policy: ReceivePolicy) -> list[str]:
     codecs = section.codecs[:1]
     if codecs:
         lines = [rtp_mline(section.kind, section.protocol, codecs)]
@@ -469,15 +450,15 @@ def _inactive_lines(section: MediaSection, local: LocalEndpoint) -> list[str]:
     lines += _transport_lines(local, "passive", section.mid)
     # Accept the header extensions here too: libwebrtc's later offers carry, even on new m-lines, only
     # extensions an answer has accepted, so an inactive answer without them would lose audio levels and rids.
-    lines += extmap_lines(_accepted_extensions(section))
+    lines += extmap_lines(_accepted_extensions(section, policy))
     lines += ["a=inactive", "a=rtcp-mux", "a=rtcp-rsize"]
     for codec in codecs:
         lines += codec_lines(codec, [])
     return lines
 
 
-def _accepted_extensions(section: MediaSection) -> dict[str, int]:
-    allowed = _VIDEO_EXTENSIONS if section.kind == "video" else _AUDIO_EXTENSIONS
+def _accepted_extensions(section: MediaSection, policy: ReceivePolicy) -> dict[str, int]:
+    allowed = policy.extensions.get(section.kind, frozenset())
     return {uri: ext_id for uri, ext_id in section.extmap.items() if uri in allowed}
 
 
@@ -491,15 +472,15 @@ def _application_lines(section: MediaSection, local: LocalEndpoint) -> list[str]
             + ["a=sctp-port:5000", "a=max-message-size:65535"])
 
 
-def _receive_lines(section: MediaSection, local: LocalEndpoint,
-                   primary: Codec) -> tuple[list[str], AcceptedMedia]:
+def _receive_lines(section: MediaSection, local: LocalEndpoint, primary: Codec,
+                   policy: ReceivePolicy) -> tuple[list[str], AcceptedMedia]:
     video = section.kind == "video"
-    allowed_fb = _VIDEO_FEEDBACK if video else _AUDIO_FEEDBACK
+    allowed_fb = policy.feedback.get(section.kind, frozenset())
     rtx = section.codec(primary.rtx_payload_type) if video and primary.rtx_payload_type is not None else None
     codec = Codec(primary.payload_type, primary.name, primary.clock_rate, primary.channels, primary.fmtp,
                   [fb for fb in primary.rtcp_fb if fb.lower() in allowed_fb],
                   rtx.payload_type if rtx else None)
-    extmap = _accepted_extensions(section)
+    extmap = _accepted_extensions(section, policy)
     rids, simulcast_order = _accepted_rids(section) if video else ([], [])
 
     lines = [rtp_mline(section.kind, section.protocol, [codec] + ([rtx] if rtx else []))]
@@ -518,9 +499,10 @@ def _receive_lines(section: MediaSection, local: LocalEndpoint,
     return lines, AcceptedMedia(section.mid, section.kind, track_id, codec, extmap, rids, ssrcs, rtx_ssrcs)
 
 
-def build_answer(offer: SessionDescription, local: LocalEndpoint,
-                 session_id: int) -> tuple[str, list[AcceptedMedia]]:
-    """Answer a publisher offer: receive what the client sends, keep every m-line in order."""
+def build_answer(offer: SessionDescription, local: LocalEndpoint, session_id: int,
+                 policy: ReceivePolicy) -> tuple[str, list[AcceptedMedia]]:
+    """Answer a publisher offer: receive what the client sends (codec, extensions and feedback as `policy`
+    allows), keep every m-line in order."""
     body: list[str] = []
     bundled: list[str] = []
     accepted: list[AcceptedMedia] = []
@@ -534,12 +516,12 @@ def build_answer(offer: SessionDescription, local: LocalEndpoint,
         elif section.kind == "application" and "SCTP" in section.protocol:
             lines = _application_lines(section, local)
         elif section.kind in ("audio", "video") and "RTP/" in section.protocol:
-            primary = _primary_codec(section) if section.direction in _SENDING else None
+            primary = _primary_codec(section, policy) if section.direction in _SENDING else None
             if primary is not None:
-                lines, media = _receive_lines(section, local, primary)
+                lines, media = _receive_lines(section, local, primary, policy)
                 accepted.append(media)
             elif section.direction not in _SENDING:
-                lines = _inactive_lines(section, local)
+                lines = _inactive_lines(section, local, policy)
         if lines is None:
             body += _rejected_lines(section)
         else:

@@ -18,7 +18,7 @@ import struct
 from collections import deque
 from dataclasses import dataclass, field
 
-from signaling.dcep import (AssociationClosed, ChannelTable, DataChannel, DataChannelEvent,
+from .dcep import (AssociationClosed, ChannelTable, DataChannel, DataChannelEvent,
                             DcepError, Outgoing)
 
 try:

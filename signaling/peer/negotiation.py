@@ -51,12 +51,13 @@ class PublisherPC(_PeerConnection):
 
     target = rtc.SignalTarget.PUBLISHER
 
-    def answer(self, offer: rtc.SessionDescription) -> tuple[rtc.SessionDescription, list[sdp.AcceptedMedia], list[str], list[rtc.TrickleRequest]]:
-        """Returns the answer, the media the client sends, the mids it no longer sends on, and candidates to
-        trickle. Raises sdp.SdpError."""
+    def answer(self, offer: rtc.SessionDescription, policy: sdp.ReceivePolicy) -> tuple[
+            rtc.SessionDescription, list[sdp.AcceptedMedia], list[str], list[rtc.TrickleRequest]]:
+        """Returns the answer (accepting what `policy` allows), the media the client sends, the mids it no longer
+        sends on, and candidates to trickle. Raises sdp.SdpError."""
         description = sdp.parse(offer.sdp)
         self._apply_remote(description)
-        answer_sdp, accepted = sdp.build_answer(description, self.transport.local_endpoint(), self.session_id)
+        answer_sdp, accepted = sdp.build_answer(description, self.transport.local_endpoint(), self.session_id, policy)
         sending = {media.mid for media in accepted}
         stopped = [s.mid for s in description.sections if s.kind != "application" and s.mid not in sending]
         candidates = self.trickle_once(description.bundle[0]) if description.bundle else []

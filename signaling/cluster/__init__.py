@@ -1,0 +1,1 @@
+"""Room state behind one store interface; the in-memory backend serves a single node."""

@@ -1,0 +1,1 @@
+"""LiveKit's signal protocol: turns a client's signal connection into calls on its Participant."""

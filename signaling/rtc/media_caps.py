@@ -1,0 +1,74 @@
+"""Media capabilities policy: the codecs, header extensions and RTCP feedback tern negotiates with publishers and
+subscribers. Turning a codec, an extension (TWCC) or a feedback type on or off is an edit here and nowhere else."""
+from __future__ import annotations
+
+from ..peer.sdp import (EXT_ABS_CAPTURE_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_RID, EXT_RRID, Codec, ReceivePolicy)
+
+# Accepted from publishers; anything else offered is left out of the answer. transport-cc is deliberately absent:
+# the engine does not send TWCC feedback yet, so publishers keep REMB-driven rates.
+_PUBLISHER_EXTENSIONS = {
+    "audio": frozenset({EXT_MID, EXT_AUDIO_LEVEL, EXT_ABS_CAPTURE_TIME}),
+    "video": frozenset({EXT_MID, EXT_RID, EXT_RRID, EXT_ABS_CAPTURE_TIME}),
+}
+_PUBLISHER_FEEDBACK = {
+    "audio": frozenset({"nack"}),
+    "video": frozenset({"nack", "nack pli", "ccm fir", "goog-remb"}),
+}
+
+# Offered to subscribers, numbered here; the engine renumbers the publisher's ids to these.
+SUBSCRIBER_EXTENSIONS = {
+    "audio": {EXT_AUDIO_LEVEL: 1},
+    "video": {},
+}
+SUBSCRIBER_FEEDBACK = {"audio": ["nack"], "video": ["nack", "nack pli", "ccm fir"]}
+
+# Simulcast rids ordered from lowest to highest quality (LiveKit's q/h/f and the 2/1/0 alternative).
+_RID_ORDER = {"q": 0, "h": 1, "f": 2, "2": 0, "1": 1, "0": 2}
+
+
+def codec_rank(kind: str, codec: Codec) -> int | None:
+    """Preference of a codec a publisher offers (lower is better); None if tern cannot forward it."""
+    name, params = codec.name.upper(), codec.params()
+    if kind == "audio":
+        return 0 if name == "OPUS" and codec.clock_rate == 48000 else None
+    if codec.clock_rate != 90000:
+        return None
+    if name == "VP8":
+        return 0
+    if name == "H264":
+        profile = params.get("profile-level-id", "").lower()
+        if params.get("packetization-mode") != "1" or len(profile) != 6 or not profile.startswith("42"):
+            return None
+        return 1 if profile == "42e01f" else 2
+    if name == "VP9":
+        return 3 if params.get("profile-id", "0") == "0" else None
+    if name == "AV1":
+        return 4
+    return None
+
+
+PUBLISHER = ReceivePolicy(extensions=_PUBLISHER_EXTENSIONS, feedback=_PUBLISHER_FEEDBACK, codec_rank=codec_rank)
+
+
+def ordered_rids(rids: list[str]) -> list[str]:
+    """Simulcast rids from the lowest layer to the highest, as the engine numbers layers."""
+    return sorted(rids, key=lambda rid: _RID_ORDER.get(rid.lstrip("~"), len(_RID_ORDER)))
+
+
+def subscriber_codec(kind: str, published: Codec) -> Codec:
+    """The codec offered to a subscriber for a track published with `published`: the same payload, with the
+    feedback tern answers (and RTX for video)."""
+    return Codec(
+        payload_type=published.payload_type,
+        name=published.name,
+        clock_rate=published.clock_rate,
+        channels=published.channels,
+        fmtp=published.fmtp,
+        rtcp_fb=list(SUBSCRIBER_FEEDBACK[kind]),
+        rtx_payload_type=published.rtx_payload_type if kind == "video" else None,
+    )
+
+
+def subscriber_extensions(kind: str) -> dict[str, int]:
+    return dict(SUBSCRIBER_EXTENSIONS[kind])
+

@@ -1,0 +1,550 @@
+"""Participant: one member of a room from join to leave: its grant, peer connections, publications and
+subscriptions, and everything it can do. What it says to its client goes to a replaceable signal sink, so a
+participant can outlive one signal connection (resume) and be driven by any protocol version or by the API."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Protocol
+
+from livekit.protocol import models, rtc
+
+from ..auth import Claims, VideoGrant, video_claim
+from ..peer import sdp
+from ..peer.dcep import DataChannel
+from ..peer.negotiation import PublisherPC, SubscriberPC
+from . import media_caps
+from .allocator import Allocator
+from .data import LOSSY_LABEL, RELIABLE_LABEL, SERVER_CHANNELS, DataPublisher
+from .ids import new_id, now_ms
+from .publication import Subscription, TrackPublication
+
+if TYPE_CHECKING:
+    from ..auth import TokenVerifier
+    from ..peer.transport import TransportManager
+    from .room import Room
+
+log = logging.getLogger(__name__)
+
+# LiveKit's limits (limit.max_metadata_size, max_attributes_size, identity/name length).
+MAX_METADATA_SIZE = 512 * 1024
+MAX_ATTRIBUTES_SIZE = 64 * 1024
+MAX_NAME_LENGTH = 256
+REFRESHED_TOKEN_TTL = 10 * 60
+
+_SOURCE_NAMES = {
+    models.TrackSource.CAMERA: "camera",
+    models.TrackSource.MICROPHONE: "microphone",
+    models.TrackSource.SCREEN_SHARE: "screen_share",
+    models.TrackSource.SCREEN_SHARE_AUDIO: "screen_share_audio",
+}
+_KINDS = {
+    "standard": models.ParticipantInfo.Kind.STANDARD,
+    "ingress": models.ParticipantInfo.Kind.INGRESS,
+    "egress": models.ParticipantInfo.Kind.EGRESS,
+    "sip": models.ParticipantInfo.Kind.SIP,
+    "agent": models.ParticipantInfo.Kind.AGENT,
+    "connector": models.ParticipantInfo.Kind.CONNECTOR,
+    "bridge": models.ParticipantInfo.Kind.BRIDGE,
+}
+
+
+class SignalSink(Protocol):
+    """Where a participant's signal messages go: today a v0 signal connection."""
+
+    def send(self, response: rtc.SignalResponse) -> None: ...
+
+    def close(self) -> None:
+        """Ends the connection once what was sent has been written."""
+
+
+class Services(Protocol):
+    """What a participant needs from its node (signaling/node.py provides it)."""
+
+    engine: Any
+    transports: TransportManager
+    counters: Counter[str]
+    verifier: TokenVerifier
+    receivers: dict[int, TrackPublication]  # engine receiver id -> publication
+    version: str
+
+    def server_info(self) -> models.ServerInfo: ...
+
+    def notify(self, event: str, *, room: models.Room | None = None,
+               participant: models.ParticipantInfo | None = None, track: models.TrackInfo | None = None) -> None: ...
+
+
+class Participant:
+    def __init__(self, services: Services, room: Room, claims: Claims, *, auto_subscribe: bool = True,
+                 client_protocol: int = 0, protocol: int = 0, token: str = "") -> None:
+        self.services = services
+        self.room = room
+        self.sid = new_id("PA_")
+        self.identity = claims.identity
+        self.name = claims.name
+        self.metadata = claims.metadata
+        self.attributes = dict(claims.attributes)
+        self.kind = _KINDS.get(claims.kind, models.ParticipantInfo.Kind.STANDARD)
+        self.grant = claims.video
+        self.client_protocol = client_protocol
+        self.protocol = protocol
+        self.token = token
+        self.joined_at_ms = now_ms()
+        self.state = models.ParticipantInfo.State.JOINING
+        self.disconnect_reason = models.DisconnectReason.UNKNOWN_REASON
+        self.version = 0
+        self.closed = False
+        self.sink: SignalSink | None = None
+        self.publications: dict[str, TrackPublication] = {}  # by track sid, media negotiated
+        self._pending: dict[str, TrackPublication] = {}  # by AddTrackRequest cid, until media is negotiated
+        self.subscriptions: dict[str, Subscription] = {}  # by track sid
+        # As a subscriber, by track sid: explicit (un)subscriptions (else auto_subscribe decides) and whether
+        # the publisher's permission was last reported as denying it; the Allocator keeps track settings.
+        self.auto_subscribe = auto_subscribe
+        self.subscription_wishes: dict[str, bool] = {}
+        self.permission_denied: dict[str, bool] = {}
+        self.allocator = Allocator(services.engine)
+        # As a publisher: who may subscribe to its tracks (None = everyone).
+        self.subscription_permission: rtc.SubscriptionPermission | None = None
+
+        self.publisher = PublisherPC(services.transports.create("publisher"))
+        try:
+            self.subscriber = SubscriberPC(services.transports.create("subscriber"))
+        except (RuntimeError, MemoryError):  # the engine is full: give back the first transport
+            self.publisher.transport.close()
+            raise
+        self.subscriber_primary = claims.video.can_subscribe
+        primary = self.subscriber if self.subscriber_primary else self.publisher
+        primary.transport.on_connected = self._on_primary_connected
+        # Clients open their channels on the publisher PC; the server opens the same labels on the subscriber PC.
+        if self.subscriber_primary:
+            self.subscriber.transport.local_channels = list(SERVER_CHANNELS)
+        self.data = DataPublisher(self, services.counters)
+        self.publisher.transport.on_message = self._on_data_message
+        self.subscriber.transport.on_message = self._on_data_message
+
+    # -- identity and grants
+    @property
+    def hidden(self) -> bool:
+        return self.grant.hidden
+
+    def can_publish_source(self, source: int) -> bool:
+        allowed = self.grant.can_publish_sources
+        return self.grant.can_publish and (not allowed or _SOURCE_NAMES.get(source) in allowed)
+
+    def allows_subscriber(self, subscriber: Participant, track_sid: str) -> bool:
+        permission = self.subscription_permission
+        if permission is None or permission.all_participants:
+            return True
+        for entry in permission.track_permissions:
+            if entry.participant_identity == subscriber.identity or (entry.participant_sid and entry.participant_sid == subscriber.sid):
+                return entry.all_tracks or track_sid in entry.track_sids
+        return False
+
+    def grant_with(self, permission: models.ParticipantPermission) -> VideoGrant:
+        """This participant's grant with what a ParticipantPermission sets replaced."""
+        return dataclasses.replace(
+            self.grant,
+            can_subscribe=permission.can_subscribe,
+            can_publish=permission.can_publish,
+            can_publish_data=permission.can_publish_data,
+            can_publish_sources=tuple(_SOURCE_NAMES[s] for s in permission.can_publish_sources if s in _SOURCE_NAMES),
+            hidden=permission.hidden,
+            recorder=permission.recorder,
+            can_update_own_metadata=permission.can_update_metadata,
+            can_subscribe_metrics=permission.can_subscribe_metrics,
+        )
+
+    def touch(self) -> None:
+        """Every change bumps the version so clients never apply an older ParticipantInfo over a newer one."""
+        self.version += 1
+
+    def permission(self) -> models.ParticipantPermission:
+        grant = self.grant
+        return models.ParticipantPermission(
+            can_subscribe=grant.can_subscribe,
+            can_publish=grant.can_publish,
+            can_publish_data=grant.can_publish_data,
+            can_publish_sources=[
+                source for source, name in _SOURCE_NAMES.items()
+                if not grant.can_publish_sources or name in grant.can_publish_sources
+            ],
+            hidden=grant.hidden,
+            recorder=grant.recorder,
+            can_update_metadata=grant.can_update_own_metadata,
+            agent=grant.agent,
+            can_subscribe_metrics=grant.can_subscribe_metrics,
+        )
+
+    def info(self) -> models.ParticipantInfo:
+        return models.ParticipantInfo(
+            sid=self.sid,
+            identity=self.identity,
+            name=self.name,
+            state=self.state,
+            tracks=[p.info for p in self.publications.values() if p.published],
+            metadata=self.metadata,
+            attributes=self.attributes,
+            joined_at=self.joined_at_ms // 1000,
+            joined_at_ms=self.joined_at_ms,
+            version=self.version,
+            permission=self.permission(),
+            is_publisher=any(p.published for p in self.publications.values()),
+            kind=self.kind,
+            disconnect_reason=self.disconnect_reason,
+            client_protocol=self.client_protocol,
+        )
+
+    # -- output
+    def attach(self, sink: SignalSink) -> None:
+        self.sink = sink
+
+    def send(self, response: rtc.SignalResponse) -> None:
+        if not self.closed and self.sink is not None:
+            self.sink.send(response)
+
+    def _send_offer(self, offer: rtc.SessionDescription | None) -> None:
+        if offer is not None:
+            self.send(rtc.SignalResponse(offer=offer))
+            self._trickle(self.subscriber.trickle_once(self.subscriber.data_mid))
+
+    def _trickle(self, candidates: list[rtc.TrickleRequest]) -> None:
+        for candidate in candidates:
+            self.send(rtc.SignalResponse(trickle=candidate))
+
+    def _notify(self, event: str, track: models.TrackInfo | None = None) -> None:
+        self.services.notify(event, room=self.room.info(), participant=self.info(), track=track)
+
+    # -- join
+    def join(self, ping_interval: int, ping_timeout: int) -> None:
+        """Enters the room: the client gets its JoinResponse (with the signal protocol's ping timing), the others
+        learn of it, subscriptions start."""
+        self.state = models.ParticipantInfo.State.JOINED
+        self.touch()
+        self.room.add(self)
+        others = [p for p in self.room.others(self) if not p.hidden]
+        self.send(rtc.SignalResponse(join=rtc.JoinResponse(
+            room=self.room.info(),
+            participant=self.info(),
+            other_participants=[p.info() for p in others],
+            server_version=self.services.version,
+            server_info=self.services.server_info(),
+            subscriber_primary=self.subscriber_primary,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+        )))
+        self.room.broadcast_participant(self)
+        self.room.subscriptions.sync_subscriber(self, renegotiate=False)
+        if self.subscriber_primary:
+            self._send_offer(self.subscriber.changed())
+
+    def _on_primary_connected(self) -> None:
+        if self.state != models.ParticipantInfo.State.ACTIVE and not self.closed:
+            self.state = models.ParticipantInfo.State.ACTIVE
+            self.touch()
+            self.room.broadcast_participant(self)
+            self._notify("participant_joined")
+
+    # -- publishing
+    def add_track(self, request: rtc.AddTrackRequest) -> None:
+        if not self.can_publish_source(request.source):
+            self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
+                reason=rtc.RequestResponse.Reason.NOT_ALLOWED,
+                message="participant is not allowed to publish this source",
+                add_track=request,
+            )))
+            return
+        if request.cid in self._pending:
+            self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
+                reason=rtc.RequestResponse.Reason.QUEUED, message="track with this cid is pending", add_track=request,
+            )))
+            return
+        publication = TrackPublication(self, request)
+        self._pending[request.cid] = publication
+        self.send(rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=request.cid, track=publication.info)))
+
+    def handle_offer(self, offer: rtc.SessionDescription) -> None:
+        """The client's publisher offer: answer it, receive what it sends, unpublish what it stopped."""
+        try:
+            answer, accepted, stopped, candidates = self.publisher.answer(offer, media_caps.PUBLISHER)
+        except sdp.SdpError as error:
+            self.services.counters["sdp_malformed"] += 1
+            log.info("participant %s sent a malformed offer: %s", self.identity, error)
+            return
+        self.send(rtc.SignalResponse(answer=answer))
+        self._trickle(candidates)
+        for media in accepted:
+            self._attach_media(media)
+        for mid in stopped:
+            for publication in list(self.publications.values()):
+                if publication.info.mid == mid:
+                    self.unpublish(publication)
+
+    def _attach_media(self, media: sdp.AcceptedMedia) -> None:
+        """Ties an m-line the client sends on to its AddTrackRequest (msid track id == cid, else a codec's cid,
+        else the first pending track of the kind) and starts a Receiver."""
+        if any(p.info.mid == media.mid for p in self.publications.values()):
+            return  # already receiving on this m-line (renegotiation)
+        candidates = [p for p in self._pending.values() if p.kind == media.kind]
+        publication = next((p for p in candidates if p.cid == media.track_id), None) \
+            or next((p for p in candidates if any(c.cid == media.track_id for c in p.info.codecs)), None) \
+            or next(iter(candidates), None)
+        if publication is None:
+            self.services.counters["media_without_track"] += 1
+            return
+        codec = media.codec
+        try:
+            receiver_id = self.services.engine.add_receiver(
+                self.publisher.transport.id, media.mid, media.kind, codec.name.lower(), codec.payload_type,
+                codec.rtx_payload_type or 0, codec.clock_rate, media_caps.ordered_rids(media.rids), media.ssrcs,
+                media.rtx_ssrcs, media.extmap,
+            )
+        except ValueError as error:  # beyond the engine's limits (layers, mid/rid length): the track stays pending
+            self.services.counters["media_rejected"] += 1
+            log.info("participant %s: cannot receive m-line %s: %s", self.identity, media.mid, error)
+            return
+        del self._pending[publication.cid]
+        publication.receiver_id = receiver_id
+        publication.codec = codec
+        publication.extmap = dict(media.extmap)
+        publication.info.mid = media.mid
+        publication.info.mime_type = f"{media.kind}/{codec.name}"
+        for info in publication.info.codecs:
+            info.mid = media.mid
+        self.services.receivers[receiver_id] = publication
+        self.publications[publication.sid] = publication
+
+    def on_track_started(self, publication: TrackPublication) -> None:
+        """The first packets arrived: the track is published to the room."""
+        if publication.published or self.closed:
+            return
+        publication.published = True
+        self.touch()
+        self.room.broadcast_participant(self)
+        self._notify("track_published", publication.info)
+        self.room.subscriptions.sync_publications(self, [publication])
+
+    def unpublish(self, publication: TrackPublication) -> None:
+        self._pending.pop(publication.cid, None)
+        self.publications.pop(publication.sid, None)
+        self.room.subscriptions.drop(publication)
+        if publication.receiver_id is not None:
+            self.services.receivers.pop(publication.receiver_id, None)
+            self.services.engine.remove_receiver(publication.receiver_id)
+            publication.receiver_id = None
+        if publication.published:
+            publication.published = False
+            self.touch()
+            self.room.broadcast_participant(self)
+            self._notify("track_unpublished", publication.info)
+
+    def find_publication(self, sid: str) -> TrackPublication | None:
+        """A track of this participant by sid, published or still waiting for its media."""
+        return self.publications.get(sid) or next((p for p in self._pending.values() if p.sid == sid), None)
+
+    def set_muted(self, publication: TrackPublication, muted: bool, by_server: bool = False) -> None:
+        """Mutes or unmutes a track: forwarding pauses while it is muted. A server-side mute also tells the
+        publisher's SDK, which then shows the track muted."""
+        if by_server:
+            self.send(rtc.SignalResponse(mute=rtc.MuteTrackRequest(sid=publication.sid, muted=muted)))
+        if publication.info.muted == muted:
+            return
+        publication.info.muted = muted
+        for subscription in publication.subscriptions.values():
+            subscription.subscriber.allocator.update(subscription)
+        self.touch()
+        self.room.broadcast_participant(self)
+
+    def set_subscription_permission(self, permission: rtc.SubscriptionPermission) -> None:
+        """The publisher allows only some participants (or all) to subscribe to its tracks."""
+        self.subscription_permission = permission
+        self.room.subscriptions.sync_publications(self, self.publications.values())
+
+    # -- identity, metadata and grants
+    def update_own_metadata(self, request: rtc.UpdateParticipantMetadata) -> None:
+        """Name, metadata and attributes set by the client itself (LiveKit's canUpdateOwnMetadata)."""
+        attributes = {**self.attributes, **request.attributes}
+        attributes = {key: value for key, value in attributes.items() if value}  # an empty value deletes
+        if not self.grant.can_update_own_metadata:
+            reason, message = rtc.RequestResponse.Reason.NOT_ALLOWED, "does not have permission to update own metadata"
+        elif (len(request.metadata.encode()) > MAX_METADATA_SIZE or len(request.name) > MAX_NAME_LENGTH
+              or sum(len(k.encode()) + len(v.encode()) for k, v in attributes.items()) > MAX_ATTRIBUTES_SIZE):
+            reason, message = rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "metadata, name or attributes too large"
+        else:
+            reason, message = rtc.RequestResponse.Reason.OK, ""
+            self.update_identity_fields(request.name, request.metadata, attributes)
+        if reason != rtc.RequestResponse.Reason.OK or self.protocol > 14:
+            self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
+                request_id=request.request_id, reason=reason, message=message, update_metadata=request)))
+
+    def update_identity_fields(self, name: str, metadata: str, attributes: dict[str, str]) -> bool:
+        """Sets name, metadata (empty = unchanged, as LiveKit) and the full attribute map; tells the room."""
+        changed = False
+        if name and name != self.name:
+            self.name, changed = name, True
+        if metadata and metadata != self.metadata:
+            self.metadata, changed = metadata, True
+        if attributes != self.attributes:
+            self.attributes, changed = attributes, True
+        if changed:
+            self.touch()
+            self.room.broadcast_participant(self)
+        return changed
+
+    def refresh_token(self) -> None:
+        """Each refresh is signed from the previous one with the participant's current name, metadata, attributes
+        and grant, so it stays valid however long the session lasts and a reconnect keeps what moderation set."""
+        self.token = self.services.verifier.refresh(self.token, REFRESHED_TOKEN_TTL, {
+            "name": self.name, "metadata": self.metadata, "attributes": self.attributes,
+            "video": video_claim(self.grant),
+        })
+        self.send(rtc.SignalResponse(refresh_token=self.token))
+
+    def update_permission(self, permission: models.ParticipantPermission) -> None:
+        """A new grant set by the server: tracks it no longer allows are unpublished, subscriptions follow
+        canSubscribe, hiding and unhiding change what others see; the client gets the update and a fresh token."""
+        was_hidden = self.hidden
+        self.grant = self.grant_with(permission)
+        for publication in [*self.publications.values(), *self._pending.values()]:
+            if not self.can_publish_source(publication.info.source):
+                self.unpublish(publication)
+                self.send(rtc.SignalResponse(track_unpublished=rtc.TrackUnpublishedResponse(track_sid=publication.sid)))
+        self.room.subscriptions.sync_subscriber(self)
+        self.touch()
+        if self.hidden and not was_hidden:  # to the others it has left
+            gone = self.info()
+            gone.state = models.ParticipantInfo.State.DISCONNECTED
+            for other in self.room.others(self):
+                other.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[gone])))
+        self.room.broadcast_participant(self)
+        if self.hidden != was_hidden:
+            self.room.subscriptions.sync_publications(self, self.publications.values())
+        self.refresh_token()
+
+    # -- subscribing (this participant is the subscriber)
+    def update_subscriptions(self, sids: set[str], subscribe: bool) -> None:
+        """Explicit (un)subscription to tracks of others, by track sid; it outlasts a track's republication."""
+        for sid in sids:
+            self.subscription_wishes[sid] = subscribe
+        manager = self.room.subscriptions
+        manager.sync(self, [p for p in manager.publications_for(self) if p.sid in sids])
+
+    def update_track_settings(self, settings: rtc.UpdateTrackSettings) -> None:
+        for sid in settings.track_sids:
+            self.allocator.settings[sid] = settings
+            subscription = self.subscriptions.get(sid)
+            if subscription is not None:
+                self.allocator.update(subscription)
+
+    def subscribe(self, publication: TrackPublication) -> bool:
+        """Adds an m-line for the publication to the subscriber PC (the caller renegotiates); False if it has one
+        already or the publication has no media yet. Whether it may is the SubscriptionManager's decision."""
+        if publication.sid in self.subscriptions or publication.codec is None:
+            return False
+        kind = publication.kind
+        codec = media_caps.subscriber_codec(kind, publication.codec)
+        publisher = publication.participant
+        media = sdp.OutgoingMedia(
+            mid="",  # given by the subscriber PC
+            kind=kind,
+            codec=codec,
+            ssrc=random.getrandbits(32) or 1,
+            rtx_ssrc=(random.getrandbits(32) or 1) if codec.rtx_payload_type else None,
+            stream_id=f"{publisher.sid}|{publication.sid}",
+            track_id=publication.sid,
+            cname=publisher.sid,
+            extmap=media_caps.subscriber_extensions(kind),
+            active=True,
+        )
+        self.subscriber.add(media)
+        subscription = Subscription(publication, self, media)
+        self.subscriptions[publication.sid] = subscription
+        publication.subscriptions[self.sid] = subscription
+        return True
+
+    def unsubscribe(self, subscription: Subscription, renegotiate: bool = True) -> None:
+        publication = subscription.publication
+        self.subscriptions.pop(publication.sid, None)
+        publication.subscriptions.pop(self.sid, None)
+        if subscription.downtrack_id is not None:
+            self.services.engine.remove_downtrack(subscription.downtrack_id)
+            subscription.downtrack_id = None
+        subscription.media.active = False
+        if renegotiate and not self.closed:
+            self.renegotiate()
+
+    def renegotiate(self) -> None:
+        """Offers the subscriber PC's current m-lines (now, or after the outstanding answer)."""
+        self._send_offer(self.subscriber.changed())
+
+    def handle_answer(self, answer: rtc.SessionDescription) -> None:
+        """The client's answer on the subscriber PC: DownTracks start for the m-lines it accepted."""
+        try:
+            description, follow_up = self.subscriber.answered(answer)
+        except sdp.SdpError as error:
+            self.services.counters["sdp_malformed"] += 1
+            log.info("participant %s sent an unusable answer: %s", self.identity, error)
+            return
+        sections = {section.mid: section for section in description.sections}
+        for subscription in self.subscriptions.values():
+            section = sections.get(subscription.media.mid)
+            if subscription.downtrack_id is None and section is not None and section.port != 0:
+                self._start_downtrack(subscription, section)
+        self._send_offer(follow_up)
+
+    def _start_downtrack(self, subscription: Subscription, section: sdp.MediaSection) -> None:
+        publication = subscription.publication
+        media = subscription.media
+        if publication.receiver_id is None:
+            return
+        # Publisher extension id -> the id this subscriber negotiated for the same URI.
+        extmap = {pub_id: section.extmap[uri] for uri, pub_id in publication.extmap.items() if uri in section.extmap}
+        subscription.downtrack_id = self.services.engine.add_downtrack(
+            publication.receiver_id, self.subscriber.transport.id, media.ssrc, media.rtx_ssrc or 0,
+            media.codec.payload_type, media.codec.rtx_payload_type or 0, extmap,
+        )
+        self.allocator.update(subscription)
+
+    # -- data
+    def _on_data_message(self, channel: DataChannel, data: bytes) -> None:
+        self.data.receive(channel.label, data)
+
+    def send_data(self, data: bytes, reliable: bool) -> bool:
+        """Delivers a DataPacket to this client: on the primary PC's server channel, else on its own channel."""
+        label = RELIABLE_LABEL if reliable else LOSSY_LABEL
+        primary, other = (self.subscriber, self.publisher) if self.subscriber_primary else (self.publisher, self.subscriber)
+        return not self.closed and (primary.transport.send_message(label, data) or other.transport.send_message(label, data))
+
+    # -- teardown
+    def close(self, reason: int, notify: bool = True, action: int = rtc.LeaveRequest.Action.DISCONNECT) -> None:
+        """Removes the participant everywhere; with notify, tells the client first (leave)."""
+        if self.closed:
+            return
+        if notify:
+            self.send(rtc.SignalResponse(leave=rtc.LeaveRequest(reason=reason, action=action)))
+        for subscription in list(self.subscriptions.values()):
+            self.unsubscribe(subscription, renegotiate=False)
+        for publication in list(self.publications.values()):
+            self.unpublish(publication)
+        was_active = self.state == models.ParticipantInfo.State.ACTIVE
+        self.closed = True
+        if self.sink is not None:
+            self.sink.close()  # ends the connection after what is queued
+        self.publisher.transport.close()
+        self.subscriber.transport.close()
+        self.room.remove(self)
+        self.state = models.ParticipantInfo.State.DISCONNECTED
+        self.disconnect_reason = reason
+        self.touch()
+        self.room.broadcast_participant(self)  # it has left the room: only the others hear
+        # LiveKit reports a participant whose media never connected as aborted rather than left.
+        self._notify("participant_left" if was_active else "participant_connection_aborted")
+        log.info("participant %s left room %s (%s)", self.identity, self.room.name,
+                 models.DisconnectReason.Name(reason))
+
+    def close_soon(self, reason: int) -> None:
+        """Closes from the event loop's next turn (for callers in the middle of other work)."""
+        asyncio.get_running_loop().call_soon(self.close, reason, False)

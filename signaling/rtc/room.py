@@ -1,0 +1,116 @@
+"""Room: the participants who share media and data, its settings and lifetime, and what it tells them all."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from livekit.protocol import models, rtc
+
+from .ids import new_id, now_ms
+from .speakers import SpeakerObserver
+from .subscriptions import SubscriptionManager
+
+if TYPE_CHECKING:
+    from .participant import Participant
+
+log = logging.getLogger(__name__)
+
+
+class Room:
+    """`on_close(room)` is called once when the room closes (the store forgets it and reports room_finished)."""
+
+    def __init__(self, name: str, empty_timeout: float, departure_timeout: float, max_participants: int,
+                 metadata: str, on_close: Callable[[Room], None]) -> None:
+        self.name = name
+        self.sid = new_id("RM_")
+        self.created_at_ms = now_ms()
+        self.participants: dict[str, Participant] = {}  # by identity
+        self.empty_timeout = empty_timeout
+        self.departure_timeout = departure_timeout
+        self.max_participants = max_participants
+        self.metadata = metadata
+        self.speakers = SpeakerObserver()
+        self.subscriptions = SubscriptionManager(self)
+        self._on_close = on_close
+        self._close_timer: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    def info(self) -> models.Room:
+        return models.Room(
+            sid=self.sid,
+            name=self.name,
+            empty_timeout=int(self.empty_timeout),
+            departure_timeout=int(self.departure_timeout),
+            max_participants=self.max_participants,
+            creation_time=self.created_at_ms // 1000,
+            creation_time_ms=self.created_at_ms,
+            metadata=self.metadata,
+            num_participants=sum(1 for p in self.participants.values() if not p.hidden),
+            num_publishers=sum(1 for p in self.participants.values() if any(t.published for t in p.publications.values())),
+        )
+
+    def others(self, participant: Participant) -> list[Participant]:
+        return [p for p in self.participants.values() if p is not participant]
+
+    def add(self, participant: Participant) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        self.participants[participant.identity] = participant
+
+    def remove(self, participant: Participant) -> None:
+        if self.participants.get(participant.identity) is participant:
+            del self.participants[participant.identity]
+        if not self.participants:
+            self.schedule_close(self.departure_timeout)
+
+    def is_full(self, identity: str) -> bool:
+        """Whether one more participant (not one replacing `identity`) exceeds max_participants."""
+        return bool(self.max_participants) and identity not in self.participants \
+            and len(self.participants) >= self.max_participants
+
+    def broadcast(self, response: rtc.SignalResponse) -> None:
+        for participant in self.participants.values():
+            participant.send(response)
+
+    def set_metadata(self, metadata: str) -> None:
+        if metadata != self.metadata:
+            self.metadata = metadata
+            self.broadcast(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.info())))
+
+    def broadcast_participant(self, participant: Participant) -> None:
+        """Sends a participant's full, current info to everyone who may see it (and to itself)."""
+        update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[participant.info()]))
+        for other in self.participants.values():
+            if other is participant or not participant.hidden:
+                other.send(update)
+
+    def announce_speakers(self, levels: dict[str, float]) -> None:
+        """Each participant's audio level for the last interval (by sid); changes go to everyone."""
+        speakers = self.speakers.update(levels)
+        if speakers:
+            self.broadcast(rtc.SignalResponse(speakers_changed=rtc.SpeakersChanged(speakers=speakers)))
+
+    def schedule_close(self, delay: float) -> None:
+        if self._close_timer is None and not self.closed:
+            self._close_timer = asyncio.get_running_loop().call_later(delay, self.close_if_empty)
+
+    def close_if_empty(self) -> None:
+        self._close_timer = None
+        if not self.participants:
+            self.close()
+
+    def close(self, reason: int = models.DisconnectReason.ROOM_DELETED) -> None:
+        """Closes the room; anyone still in it gets `leave` with `reason`."""
+        if self.closed:
+            return
+        self.closed = True  # from here on, participants leaving schedule nothing
+        for participant in list(self.participants.values()):
+            participant.close(reason)
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        log.info("room %s (%s) closed", self.name, self.sid)
+        self._on_close(self)
