@@ -277,13 +277,13 @@ class Participant:
         self.send(rtc.SignalResponse(answer=answer))
         self._trickle(candidates)
         for media in accepted:
-            self._attach_media(media)
+            self.attach_media(media)
         for mid in stopped:
             for publication in list(self.publications.values()):
                 if publication.info.mid == mid:
                     self.unpublish(publication)
 
-    def _attach_media(self, media: sdp.AcceptedMedia) -> None:
+    def attach_media(self, media: sdp.AcceptedMedia) -> None:
         """Ties an m-line the client sends on to its AddTrackRequest (msid track id == cid, else a codec's cid,
         else the first pending track of the kind) and starts a Receiver."""
         if any(p.info.mid == media.mid for p in self.publications.values()):

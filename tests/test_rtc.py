@@ -1,0 +1,368 @@
+"""The room domain in-process, with a fake engine: the subscription manager (wishes x grants x publisher permissions
+x hidden), the allocator (pauses and layers), and rooms in the store. No sockets, no clients."""
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import pytest
+from livekit.protocol import models, rtc
+
+from signaling.auth import Claims, TokenVerifier, VideoGrant, create_token
+from signaling.cluster.memory import MemoryRoomStore
+from signaling.peer import sdp
+from signaling.peer.transport import TransportManager
+from signaling.rtc.allocator import TOP_LAYER, Allocator, allocate
+from signaling.rtc.participant import Participant
+from signaling.rtc.publication import Subscription, TrackPublication
+from signaling.rtc.subscriptions import decide
+
+VP8 = sdp.Codec(96, "VP8", 90000, rtx_payload_type=97)
+OPUS = sdp.Codec(111, "opus", 48000, channels=2)
+
+
+class FakeEngine:
+    """Records what the control plane asks of the data plane."""
+
+    port = 7882
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self.receivers: set[int] = set()
+        self.downtracks: dict[int, int] = {}  # downtrack -> receiver
+        self.paused: dict[int, bool] = {}
+        self.layers: dict[int, int] = {}
+
+    def add_transport(self) -> int:
+        return next(self._ids)
+
+    def remove_transport(self, transport_id: int) -> None:
+        pass
+
+    def add_receiver(self, *args: object) -> int:
+        receiver_id = next(self._ids)
+        self.receivers.add(receiver_id)
+        return receiver_id
+
+    def remove_receiver(self, receiver_id: int) -> None:
+        self.receivers.discard(receiver_id)
+
+    def add_downtrack(self, receiver_id: int, *args: object) -> int:
+        downtrack_id = next(self._ids)
+        self.downtracks[downtrack_id] = receiver_id
+        return downtrack_id
+
+    def remove_downtrack(self, downtrack_id: int) -> None:
+        del self.downtracks[downtrack_id]
+
+    def set_paused(self, downtrack_id: int, paused: bool) -> None:
+        self.paused[downtrack_id] = paused
+
+    def set_target_layer(self, downtrack_id: int, layer: int) -> None:
+        self.layers[downtrack_id] = layer
+
+
+class FakeNode:
+    """rtc.participant.Services over a FakeEngine; webhook events are recorded."""
+
+    version = "1.9.0"
+
+    def __init__(self) -> None:
+        self.engine = FakeEngine()
+        self.transports = TransportManager(self.engine, "127.0.0.1")
+        self.counters: Counter[str] = Counter()
+        self.verifier = TokenVerifier({"devkey": "secret"})
+        self.receivers: dict[int, TrackPublication] = {}
+        self.events: list[str] = []
+        self.store = MemoryRoomStore(300, 20, 0, self.notify)
+
+    def server_info(self) -> models.ServerInfo:
+        return models.ServerInfo(version=self.version)
+
+    def notify(self, event: str, **kwargs: object) -> None:
+        self.events.append(event)
+
+
+class Sink:
+    """A participant's signal sink that keeps what it was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[rtc.SignalResponse] = []
+        self.closed = False
+
+    def send(self, response: rtc.SignalResponse) -> None:
+        self.sent.append(response)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def of(self, kind: str) -> list:
+        return [getattr(r, kind) for r in self.sent if r.WhichOneof("message") == kind]
+
+
+@pytest.fixture
+def node() -> FakeNode:
+    return FakeNode()
+
+
+def join(node: FakeNode, identity: str, room: str = "room", auto_subscribe: bool = True, **grant: object) -> Participant:
+    claims = Claims("devkey", identity, identity, "", {}, "standard", VideoGrant(room_join=True, room=room, **grant),
+                    "", 0)
+    participant = Participant(node, node.store.get_or_create(room), claims, auto_subscribe=auto_subscribe,
+                              token=create_token("devkey", "secret", identity, room))
+    participant.attach(Sink())
+    participant.join(5, 15)
+    return participant
+
+
+def publish(publisher: Participant, kind: str = "video", name: str = "cam") -> TrackPublication:
+    """AddTrack, the offer's m-line accepted, then the first packet: the track is published to the room."""
+    cid = f"{publisher.identity}-{name}"
+    track_type = models.TrackType.VIDEO if kind == "video" else models.TrackType.AUDIO
+    layers = [models.VideoLayer(quality=q, width=320 << q, height=180 << q) for q in range(3)] if kind == "video" else []
+    source = models.TrackSource.CAMERA if kind == "video" else models.TrackSource.MICROPHONE
+    publisher.add_track(rtc.AddTrackRequest(cid=cid, name=name, type=track_type, source=source, layers=layers))
+    mid = str(len(publisher.publications))
+    publisher.attach_media(sdp.AcceptedMedia(mid, kind, cid, VP8 if kind == "video" else OPUS, {}, [], [1000 + len(mid)], []))
+    publication = next(p for p in publisher.publications.values() if p.cid == cid)
+    publisher.on_track_started(publication)
+    return publication
+
+
+def sink(participant: Participant) -> Sink:
+    assert isinstance(participant.sink, Sink)
+    return participant.sink
+
+
+def changed_permission(participant: Participant, **fields: object) -> models.ParticipantPermission:
+    """The participant's current permission with `fields` replaced, as RoomService's UpdateParticipant sends it."""
+    permission = participant.permission()
+    for name, value in fields.items():
+        if isinstance(value, list):
+            del getattr(permission, name)[:]
+            getattr(permission, name).extend(value)
+        else:
+            setattr(permission, name, value)
+    return permission
+
+
+def permission_updates(participant: Participant) -> list[tuple[str, bool]]:
+    return [(u.track_sid, u.allowed) for u in sink(participant).of("subscription_permission_update")]
+
+
+# ---------------------------------------------------------------- who gets which track
+
+async def test_auto_subscribe_gets_published_tracks_of_others(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    video = publish(alice)
+    assert set(bob.subscriptions) == {video.sid}
+    assert video.subscriptions[bob.sid] is bob.subscriptions[video.sid]
+    assert alice.subscriptions == {}  # never to one's own track
+    # The m-line waits for the answer to bob's first offer: one offer in flight at a time.
+    assert [(m.track_id, m.active) for m in bob.subscriber.media] == [(video.sid, True)]
+    assert len(sink(bob).of("offer")) == 1
+    late = join(node, "carol")  # joining later: subscribed at join, in its first offer
+    assert set(late.subscriptions) == {video.sid}
+
+
+async def test_a_track_is_not_subscribed_before_its_media_arrives(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    alice.add_track(rtc.AddTrackRequest(cid="c1", name="cam", type=models.TrackType.VIDEO))
+    alice.attach_media(sdp.AcceptedMedia("1", "video", "c1", VP8, {}, [], [1], []))
+    assert bob.subscriptions == {}
+    publication = alice.find_publication(next(iter(alice.publications)))
+    alice.on_track_started(publication)
+    assert set(bob.subscriptions) == {publication.sid}
+
+
+async def test_explicit_wishes_override_auto_subscribe_both_ways(node: FakeNode) -> None:
+    alice = join(node, "alice")
+    manual = join(node, "manual", auto_subscribe=False)
+    video, audio = publish(alice), publish(alice, "audio", "mic")
+    assert manual.subscriptions == {}
+    manual.update_subscriptions({video.sid}, True)
+    assert set(manual.subscriptions) == {video.sid}
+    auto = join(node, "auto")
+    auto.update_subscriptions({audio.sid}, False)
+    assert set(auto.subscriptions) == {video.sid}
+    # A wish for a track published later takes effect when it is published.
+    manual.update_subscriptions({"TR_not_yet"}, True)
+    assert manual.subscription_wishes["TR_not_yet"] is True
+
+
+async def test_unsubscribing_removes_the_downtrack(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    video = publish(alice)
+    subscription = bob.subscriptions[video.sid]
+    subscription.downtrack_id = node.engine.add_downtrack(video.receiver_id)  # as the subscriber's answer starts it
+    bob.update_subscriptions({video.sid}, False)
+    assert bob.subscriptions == {} and video.subscriptions == {}
+    assert node.engine.downtracks == {}
+    assert subscription.media.active is False  # its m-line goes inactive in the next offer
+
+
+async def test_without_can_subscribe_nothing_until_the_grant_changes(node: FakeNode) -> None:
+    alice = join(node, "alice")
+    viewer = join(node, "viewer", can_subscribe=False)
+    video = publish(alice)
+    assert viewer.subscriptions == {}
+    assert permission_updates(viewer) == []  # not a publisher permission matter: nothing to report
+    viewer.update_permission(changed_permission(viewer, can_subscribe=True))
+    assert set(viewer.subscriptions) == {video.sid}
+    viewer.update_permission(changed_permission(viewer, can_subscribe=False))
+    assert viewer.subscriptions == {}
+
+
+async def test_a_hidden_publisher_is_invisible_until_unhidden(node: FakeNode) -> None:
+    ghost = join(node, "ghost", hidden=True)
+    bob = join(node, "bob")
+    video = publish(ghost)
+    assert bob.subscriptions == {}
+    assert all(ghost.sid not in [p.sid for p in u.participants] for u in sink(bob).of("update"))
+    ghost.update_permission(changed_permission(ghost, hidden=False))
+    assert set(bob.subscriptions) == {video.sid}
+    ghost.update_permission(changed_permission(ghost, hidden=True))
+    assert bob.subscriptions == {}
+    gone = [p for u in sink(bob).of("update") for p in u.participants if p.sid == ghost.sid]
+    assert gone[-1].state == models.ParticipantInfo.State.DISCONNECTED  # to bob it has left
+
+
+async def test_publisher_permissions_admit_some_and_tell_the_others(node: FakeNode) -> None:
+    alice, bob, carol = join(node, "alice"), join(node, "bob"), join(node, "carol")
+    video = publish(alice)
+    alice.set_subscription_permission(rtc.SubscriptionPermission(all_participants=False, track_permissions=[
+        rtc.TrackPermission(participant_identity="bob", track_sids=[video.sid])]))
+    assert set(bob.subscriptions) == {video.sid}
+    assert carol.subscriptions == {}
+    assert permission_updates(carol) == [(video.sid, False)]
+    assert permission_updates(bob) == []
+    # Repeating the same permission reports nothing new.
+    alice.set_subscription_permission(rtc.SubscriptionPermission(all_participants=False, track_permissions=[
+        rtc.TrackPermission(participant_identity="bob", all_tracks=True)]))
+    assert permission_updates(carol) == [(video.sid, False)]
+    alice.set_subscription_permission(rtc.SubscriptionPermission(all_participants=True))
+    assert set(carol.subscriptions) == {video.sid}
+    assert permission_updates(carol) == [(video.sid, False), (video.sid, True)]
+
+
+async def test_a_denied_track_is_not_reported_to_who_does_not_want_it(node: FakeNode) -> None:
+    alice = join(node, "alice")
+    manual = join(node, "manual", auto_subscribe=False)
+    publish(alice)
+    alice.set_subscription_permission(rtc.SubscriptionPermission(all_participants=False))
+    assert permission_updates(manual) == []
+
+
+@pytest.mark.parametrize("wish", [None, True, False])
+@pytest.mark.parametrize("auto_subscribe", [True, False])
+@pytest.mark.parametrize("can_subscribe", [True, False])
+@pytest.mark.parametrize("hidden", [True, False])
+@pytest.mark.parametrize("allowed", [True, False])
+async def test_decision_matrix(node: FakeNode, wish: bool | None, auto_subscribe: bool, can_subscribe: bool,
+                               hidden: bool, allowed: bool) -> None:
+    publisher = join(node, "pub", hidden=hidden)
+    subscriber = join(node, "sub", auto_subscribe=auto_subscribe, can_subscribe=can_subscribe)
+    video = publish(publisher)
+    if not allowed:
+        publisher.set_subscription_permission(rtc.SubscriptionPermission(all_participants=False))
+    if wish is not None:
+        subscriber.update_subscriptions({video.sid}, wish)
+    wanted = auto_subscribe if wish is None else wish
+    expected = wanted and can_subscribe and not hidden and allowed
+    assert decide(subscriber, video).subscribe is expected
+    assert (video.sid in subscriber.subscriptions) is expected
+
+
+# ---------------------------------------------------------------- publications going away
+
+async def test_unpublishing_or_leaving_drops_every_subscription(node: FakeNode) -> None:
+    alice, bob, carol = join(node, "alice"), join(node, "bob"), join(node, "carol")
+    video, audio = publish(alice), publish(alice, "audio", "mic")
+    assert len(node.engine.receivers) == 2
+    alice.unpublish(video)
+    assert set(bob.subscriptions) == set(carol.subscriptions) == {audio.sid}
+    assert "track_unpublished" in node.events
+    alice.close(models.DisconnectReason.CLIENT_INITIATED, notify=False)
+    assert bob.subscriptions == carol.subscriptions == {}
+    assert node.engine.receivers == set()
+    assert sink(alice).closed
+    assert "alice" not in node.store.get("room").participants
+
+
+async def test_revoking_a_source_unpublishes_it(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    video = publish(alice)
+    alice.update_permission(changed_permission(alice, can_publish_sources=[models.TrackSource.MICROPHONE]))
+    assert bob.subscriptions == {}
+    assert [u.track_sid for u in sink(alice).of("track_unpublished")] == [video.sid]
+
+
+# ---------------------------------------------------------------- allocation
+
+def _subscription(node: FakeNode, kind: str = "video") -> tuple[Participant, Subscription]:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    publication = publish(alice, kind)
+    subscription = bob.subscriptions[publication.sid]
+    subscription.downtrack_id = node.engine.add_downtrack(publication.receiver_id)
+    return alice, subscription
+
+
+async def test_allocation_follows_mute_and_track_settings(node: FakeNode) -> None:
+    alice, subscription = _subscription(node)
+    bob, publication, downtrack = subscription.subscriber, subscription.publication, subscription.downtrack_id
+    bob.allocator.update(subscription)
+    assert node.engine.paused[downtrack] is False and node.engine.layers[downtrack] == TOP_LAYER
+
+    def settings(**fields: object) -> None:
+        bob.update_track_settings(rtc.UpdateTrackSettings(track_sids=[publication.sid], **fields))
+
+    settings(quality=models.VideoQuality.LOW)
+    assert node.engine.layers[downtrack] == 0
+    settings(width=600, height=340)  # the smallest layer covering 600x340: 640x360
+    assert node.engine.layers[downtrack] == 1
+    settings(width=4000, height=3000)  # more than any layer: the best there is
+    assert node.engine.layers[downtrack] == TOP_LAYER
+    settings(disabled=True)
+    assert node.engine.paused[downtrack] is True
+    settings(quality=models.VideoQuality.OFF)
+    assert node.engine.paused[downtrack] is True
+    settings(quality=models.VideoQuality.HIGH)
+    assert node.engine.paused[downtrack] is False and node.engine.layers[downtrack] == 2
+    alice.set_muted(publication, True)
+    assert node.engine.paused[downtrack] is True
+    alice.set_muted(publication, False)
+    assert node.engine.paused[downtrack] is False
+
+
+async def test_audio_is_paused_by_mute_and_never_layered(node: FakeNode) -> None:
+    alice, subscription = _subscription(node, "audio")
+    alice.set_muted(subscription.publication, True, by_server=True)
+    assert node.engine.paused[subscription.downtrack_id] is True
+    assert subscription.downtrack_id not in node.engine.layers
+    assert [m.muted for m in sink(alice).of("mute")] == [True]  # the publisher's SDK is told
+
+
+def test_allocate_without_a_downtrack_touches_nothing() -> None:
+    engine = FakeEngine()
+    allocator = Allocator(engine)
+    publication = TrackPublication.__new__(TrackPublication)
+    publication.info = models.TrackInfo(sid="TR_x", type=models.TrackType.VIDEO)
+    allocator.update(Subscription(publication, None, None))  # type: ignore[arg-type]
+    assert engine.paused == {} and engine.layers == {}
+    assert allocate(publication, None).layer == TOP_LAYER
+
+
+# ---------------------------------------------------------------- rooms in the store
+
+async def test_closing_a_room_tells_everyone_and_the_store_forgets_it(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    join(node, "other", room="elsewhere")
+    assert [r.name for r in node.store.rooms(["room"])] == ["room"]
+    assert {p.identity for p in node.store.participants()} == {"alice", "bob", "other"}
+    node.store.get("room").close(models.DisconnectReason.ROOM_DELETED)
+    for participant in (alice, bob):
+        assert [leave.reason for leave in sink(participant).of("leave")] == [models.DisconnectReason.ROOM_DELETED]
+        assert participant.closed
+    assert node.store.get("room") is None
+    assert [r.name for r in node.store.rooms()] == ["elsewhere"]
+    assert node.events.count("room_finished") == 1
