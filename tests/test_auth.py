@@ -1,3 +1,4 @@
+"""Access tokens: minting, verification against LiveKit's claims and grants, refresh, and what is refused."""
 import base64
 import datetime
 import json

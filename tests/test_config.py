@@ -1,3 +1,4 @@
+"""Configuration: LiveKit-style YAML, flags and environment, defaults, and one-line errors for bad keys."""
 import logging
 import socket
 import sys

@@ -1,4 +1,4 @@
-"""signaling/sdp.py: parsing client SDP, the publisher answer and the subscriber offer."""
+"""signaling/peer/sdp.py: parsing client SDP, the publisher answer and the subscriber offer."""
 from __future__ import annotations
 
 import asyncio
