@@ -12,7 +12,7 @@ from signaling.auth import Claims, TokenVerifier, VideoGrant, create_token
 from signaling.cluster.memory import MemoryRoomStore
 from signaling.peer import sdp
 from signaling.peer.transport import TransportManager
-from signaling.rtc.allocator import TOP_LAYER, Allocator, allocate
+from signaling.rtc.allocator import TOP_LAYER, StreamAllocator, allocate
 from signaling.rtc.participant import Participant
 from signaling.rtc.publication import Subscription, TrackPublication
 from signaling.rtc.subscriptions import decide
@@ -344,7 +344,7 @@ async def test_audio_is_paused_by_mute_and_never_layered(node: FakeNode) -> None
 
 def test_allocate_without_a_downtrack_touches_nothing() -> None:
     engine = FakeEngine()
-    allocator = Allocator(engine)
+    allocator = StreamAllocator(engine)
     publication = TrackPublication.__new__(TrackPublication)
     publication.info = models.TrackInfo(sid="TR_x", type=models.TrackType.VIDEO)
     allocator.update(Subscription(publication, None, None))  # type: ignore[arg-type]

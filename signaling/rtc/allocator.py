@@ -1,7 +1,7 @@
 """Layer allocation: which simulcast layer each of a subscriber's DownTracks aims at, and which are paused.
 
 Today the inputs are the publisher's mute and the subscriber's track settings (LiveKit's UpdateTrackSettings:
-disabled, quality, dimensions); the subscriber's estimated bandwidth joins them here (LiveKit's StreamAllocator)."""
+disabled, quality, dimensions); the subscriber's estimated bandwidth joins them here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,8 +50,8 @@ def allocate(publication: TrackPublication, settings: rtc.UpdateTrackSettings | 
     return Allocation(paused, layer_for(publication, settings) if publication.kind == "video" else TOP_LAYER)
 
 
-class Allocator:
-    """One subscriber's allocation: keeps its track settings and pushes each DownTrack's allocation to the engine."""
+class StreamAllocator:
+    """One subscriber's StreamAllocator: keeps its track settings and pushes each DownTrack's allocation to the engine."""
 
     def __init__(self, engine: LayerControl) -> None:
         self.engine = engine

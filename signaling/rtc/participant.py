@@ -17,7 +17,7 @@ from ..peer import sdp
 from ..peer.dcep import DataChannel
 from ..peer.negotiation import PublisherPC, SubscriberPC
 from . import media_caps
-from .allocator import Allocator
+from .allocator import StreamAllocator
 from .data import LOSSY_LABEL, RELIABLE_LABEL, SERVER_CHANNELS, DataPublisher
 from .ids import new_id, now_ms
 from .publication import Subscription, TrackPublication
@@ -102,11 +102,11 @@ class Participant:
         self._pending: dict[str, TrackPublication] = {}  # by AddTrackRequest cid, until media is negotiated
         self.subscriptions: dict[str, Subscription] = {}  # by track sid
         # As a subscriber, by track sid: explicit (un)subscriptions (else auto_subscribe decides) and whether
-        # the publisher's permission was last reported as denying it; the Allocator keeps track settings.
+        # the publisher's permission was last reported as denying it; the StreamAllocator keeps track settings.
         self.auto_subscribe = auto_subscribe
         self.subscription_wishes: dict[str, bool] = {}
         self.permission_denied: dict[str, bool] = {}
-        self.allocator = Allocator(services.engine)
+        self.allocator = StreamAllocator(services.engine)
         # As a publisher: who may subscribe to its tracks (None = everyone).
         self.subscription_permission: rtc.SubscriptionPermission | None = None
 
