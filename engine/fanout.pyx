@@ -1,4 +1,4 @@
-"""Fan-out: the batch's ExtPackets to their DownTracks, in the order that lets runs leave as GSO sends (fanout.pxd)."""
+"""Fan-out: the batch's ExtPackets to their DownTracks, in an order that lets runs leave as GSO sends."""
 from libc.stdint cimport uint8_t
 
 from engine cimport srtp

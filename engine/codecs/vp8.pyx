@@ -1,5 +1,4 @@
-"""VP8 payload descriptor parsing (see vp8.pxd). The build turns bounds checks off: every read is guarded by a
-length comparison."""
+"""VP8 payload descriptor parsing (see vp8.pxd); every read is guarded by a length comparison."""
 
 
 cdef int parse_vp8(const uint8_t *payload, int length, Vp8Descriptor *d) noexcept nogil:
