@@ -14,7 +14,7 @@ import socket
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t, uint8_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy
 
 from engine.codecs.describe cimport codec_id
 from engine.demux cimport demux_bind_path, demux_udp_batch, demux_unbind_path
