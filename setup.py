@@ -4,9 +4,10 @@ from pathlib import Path
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
+# engine/*.pyx and its subpackages (engine/codecs/*.pyx): one extension module per file, named after its path.
 extensions = [
-    Extension(f"engine.{path.stem}", [str(path)], extra_compile_args=["-O3"])
-    for path in sorted(Path("engine").glob("*.pyx"))
+    Extension(".".join(path.with_suffix("").parts), [str(path)], extra_compile_args=["-O3"])
+    for path in sorted(Path("engine").rglob("*.pyx"))
 ]
 
 setup(

@@ -1,4 +1,10 @@
-"""tern's packet engine: the Cython data plane (see engine/core.pyx) and its event names."""
-from .core import EV_DTLS, EV_RECEIVER_LAYER, EV_STUN, Engine
+"""tern's packet engine: the Cython data plane and its Python face (Engine, EV_* events).
+
+Modules (each opens with its job): engine.pyx (Engine: control API, loop glue, stats), state.pxd (the shared C
+state), path (UDP v4/v6 addresses), udpmux (recvmmsg/sendmmsg/GSO), demux (RFC 7983, SRTP, stream binding, RTX ->
+ExtPacket, packet.pxd), codecs/ (vp8, h264, vp9, av1, describe), receiver + packetcache, fanout, forwarder, munger,
+downtrack, feedback (NACK/PLI/FIR), reports (SR/RR/SDES/REMB); rtp, rtcp, srtp, table, wire, batchio underneath.
+"""
+from .engine import EV_DTLS, EV_RECEIVER_LAYER, EV_STUN, Engine
 
 __all__ = ["EV_DTLS", "EV_RECEIVER_LAYER", "EV_STUN", "Engine"]

@@ -1,26 +1,18 @@
 # Receiver: a published track as it arrives, per layer (simulcast stream): identity (rid, SSRC, RTX SSRC), packet
-# cache for NACK, receive statistics (RFC 3550 A.3/A.8), sequence gaps to NACK, the publisher's last SR.
-# C-level and nogil; the Engine owns the structs and the lookups that lead to them.
+# cache for NACK (packetcache.pxd), receive statistics (RFC 3550 A.3/A.8), sequence gaps to NACK, the publisher's last
+# SR. C-level and nogil; the EngineState (state.pxd) owns the structs and the lookups that lead to them.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from engine.rtcp cimport ReportBlock
-from engine.rtp cimport RtpHeader, Vp8Descriptor
+from engine.packetcache cimport PacketCache
+from engine.rtp cimport RtpHeader
 from engine.table cimport IntList
 
 cdef enum:
     MAX_LAYERS = 4
-    CACHE_SLOT = 1536         # bytes per cached packet; larger packets are forwarded but not cached
     VIDEO_CACHE = 512         # packets per layer (powers of two)
     AUDIO_CACHE = 64
     MAX_MISSING = 128         # sequence gaps tracked per layer
-
-cdef enum:  # codecs
-    C_OPUS
-    C_VP8
-    C_H264
-    C_VP9
-    C_AV1
-    C_OTHER
 
 cdef struct Layer:
     uint8_t rid[16]
@@ -32,11 +24,7 @@ cdef struct Layer:
     bint active               # a packet has arrived
     int64_t last_packet_us
     uint64_t keyframes
-    # packet cache, indexed by seq % cache_size
-    uint8_t *cache
-    int32_t *cache_seq        # -1 = empty
-    uint16_t *cache_length
-    int cache_size
+    PacketCache cache
     # receive statistics
     uint16_t max_seq
     uint32_t cycles
@@ -63,9 +51,9 @@ cdef struct Layer:
 
 cdef struct Receiver:
     int64_t id
-    int transport             # Engine slot of the publisher's transport
+    int transport             # EngineState slot of the publisher's transport
     bint is_video
-    int codec
+    int codec                 # engine.codecs.describe C_* id
     uint8_t payload_type
     int rtx_payload_type      # -1 = none
     uint32_t clock_rate
@@ -82,7 +70,7 @@ cdef struct Receiver:
     int top_layer             # highest layer with recent packets, -1 = none
     uint8_t live_layers       # bit l = layer l has recent packets
     Layer layers[4]
-    IntList downtracks        # Engine slots
+    IntList downtracks        # EngineState slots
 
 # An empty receiver (calloc'd) whose `num_layers` layers have caches; NULL when out of memory.
 cdef Receiver *receiver_new(bint is_video, int num_layers) noexcept nogil
@@ -96,10 +84,6 @@ cdef void receiver_note_live(Receiver *r, int l) noexcept nogil
 # The layer to aim at under `cap`: the highest live one <= cap, else the lowest live one above it (a subscriber
 # capped below every layer that is actually sent still sees video), else -1.
 cdef int receiver_best_layer(const Receiver *r, int cap) noexcept nogil
-# Whether the packet starts a keyframe of the receiver's codec (vp8 as parsed by the caller, when has_vp8).
-cdef bint receiver_is_keyframe(const Receiver *r, const uint8_t *payload, int length, const Vp8Descriptor *vp8,
-                               bint has_vp8) noexcept nogil
-
 # Adds one RFC 6464 audio level (0 = loudest .. 127 = silence) to the receiver's interval energy.
 cdef void receiver_note_audio_level(Receiver *r, uint8_t level) noexcept nogil
 # The mean linear level over an interval in which `expected_packets` packets should have arrived (packets that
@@ -112,8 +96,6 @@ cdef void layer_reset(Layer *layer) noexcept nogil
 # first packet, else 0. `recovered` = rebuilt from RTX (no jitter sample).
 cdef int layer_receive(Layer *layer, const uint8_t *buf, int length, const RtpHeader *h, uint32_t clock_rate,
                        int64_t now, bint recovered) noexcept nogil
-# The cached packet with sequence number `seq` (and its length), or NULL.
-cdef const uint8_t *layer_cached(const Layer *layer, uint16_t seq, int *length) noexcept nogil
 # Fills `seqs` (room for MAX_MISSING) with the gaps due for a NACK now; gives up on a gap after a few tries.
 cdef int layer_due_nacks(Layer *layer, int64_t now, uint16_t *seqs) noexcept nogil
 # The layer's report block for our RR; starts a new loss interval.

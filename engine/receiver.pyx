@@ -1,10 +1,8 @@
-# cython: language_level=3
-"""Receiver state per layer: cache, receive statistics, NACK bookkeeping (see receiver.pxd)."""
+"""Receiver state per layer: receive statistics, sequence gaps to NACK, audio level (see receiver.pxd)."""
 from libc.stdint cimport int16_t
-from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy, memset
+from libc.stdlib cimport calloc, free
 
-from engine.rtp cimport av1_is_keyframe, h264_is_keyframe, vp9_is_keyframe
+from engine.packetcache cimport cache_clear, cache_free, cache_has, cache_init, cache_put
 
 cdef enum:
     NACK_MAX_TRIES = 5
@@ -26,11 +24,7 @@ cdef Receiver *receiver_new(bint is_video, int num_layers) noexcept nogil:
     r.top_layer = -1
     for l in range(num_layers):
         layer = &r.layers[l]
-        layer.cache_size = size
-        layer.cache = <uint8_t *>malloc(size * CACHE_SLOT)
-        layer.cache_seq = <int32_t *>malloc(size * sizeof(int32_t))
-        layer.cache_length = <uint16_t *>calloc(size, sizeof(uint16_t))
-        if layer.cache == NULL or layer.cache_seq == NULL or layer.cache_length == NULL:
+        if cache_init(&layer.cache, size) < 0:
             receiver_free(r)
             return NULL
         layer_reset(layer)
@@ -40,9 +34,7 @@ cdef Receiver *receiver_new(bint is_video, int num_layers) noexcept nogil:
 cdef void receiver_free(Receiver *r) noexcept nogil:
     cdef int l
     for l in range(MAX_LAYERS):
-        free(r.layers[l].cache)
-        free(r.layers[l].cache_seq)
-        free(r.layers[l].cache_length)
+        cache_free(&r.layers[l].cache)
     free(r.downtracks.items)
     free(r)
 
@@ -87,22 +79,6 @@ cdef int receiver_best_layer(const Receiver *r, int cap) noexcept nogil:
     return -1
 
 
-cdef bint receiver_is_keyframe(const Receiver *r, const uint8_t *payload, int length, const Vp8Descriptor *vp8,
-                               bint has_vp8) noexcept nogil:
-    if length <= 0:
-        return False
-    if r.codec == C_VP8:
-        return has_vp8 and vp8.is_keyframe
-    if r.codec == C_H264:
-        return h264_is_keyframe(payload, length) == 1
-    if r.codec == C_VP9:
-        return vp9_is_keyframe(payload, length) == 1
-    if r.codec == C_AV1:
-        return av1_is_keyframe(payload, length) == 1
-    # An unknown video codec offers no clean switch point, so every packet is one.
-    return True
-
-
 # 10^(-dBov/20) for every RFC 6464 level: averaging happens in the linear domain, as loudness adds up there.
 cdef double LINEAR_LEVEL[128]
 for _level in range(128):
@@ -132,8 +108,7 @@ cdef void layer_reset(Layer *layer) noexcept nogil:
     layer.missing_count = 0
     layer.sr_arrival_us = 0
     layer.last_pli_us = NEVER
-    if layer.cache_seq != NULL:
-        memset(layer.cache_seq, 0xFF, layer.cache_size * sizeof(int32_t))
+    cache_clear(&layer.cache)
 
 
 cdef void add_missing(Layer *layer, uint16_t first, int count, int64_t now) noexcept nogil:
@@ -173,11 +148,10 @@ cdef void update_jitter(Layer *layer, uint32_t timestamp, uint32_t clock_rate, i
 
 cdef int layer_receive(Layer *layer, const uint8_t *buf, int length, const RtpHeader *h, uint32_t clock_rate,
                        int64_t now, bint recovered) noexcept nogil:
-    cdef int slot = h.sequence & (layer.cache_size - 1)
     cdef int16_t delta
     cdef int result = 0
     cdef int i
-    if layer.cache_seq[slot] == h.sequence:
+    if cache_has(&layer.cache, h.sequence):
         return -1
     if not layer.active:
         layer.active = True
@@ -203,21 +177,8 @@ cdef int layer_receive(Layer *layer, const uint8_t *buf, int length, const RtpHe
     layer.received += 1
     layer.bytes += length
     layer.last_packet_us = now
-    # Keep the newest packet of a slot: a late, older one must not evict it.
-    if length <= CACHE_SLOT and (layer.cache_seq[slot] < 0
-                                 or <int16_t>(h.sequence - <uint16_t>layer.cache_seq[slot]) > 0):
-        memcpy(layer.cache + slot * CACHE_SLOT, buf, length)
-        layer.cache_seq[slot] = h.sequence
-        layer.cache_length[slot] = length
+    cache_put(&layer.cache, buf, length, h.sequence)
     return result
-
-
-cdef const uint8_t *layer_cached(const Layer *layer, uint16_t seq, int *length) noexcept nogil:
-    cdef int slot = seq & (layer.cache_size - 1)
-    if layer.cache_seq[slot] != seq:
-        return NULL
-    length[0] = layer.cache_length[slot]
-    return layer.cache + slot * CACHE_SLOT
 
 
 cdef int layer_due_nacks(Layer *layer, int64_t now, uint16_t *seqs) noexcept nogil:

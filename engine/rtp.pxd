@@ -1,6 +1,6 @@
-# RTP header, header-extension and codec payload-descriptor parsing (RFC 3550, 8285, 7741, 6184, VP9/AV1 drafts).
+# RTP header and header-extension parsing and rewriting (RFC 3550, 8285); codec payloads are in engine/codecs/.
 # Every function is C-level, nogil, bounds-checked against `length`, and never reads outside the buffer.
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
 cdef enum:
     EXT_ONE_BYTE = 0xBEDE
@@ -19,19 +19,6 @@ cdef struct RtpHeader:
     uint16_t ext_offset       # offset of the first extension element (after the 4-byte block header)
     uint16_t ext_length       # bytes of extension elements (block length * 4)
 
-cdef struct Vp8Descriptor:
-    uint16_t size             # descriptor bytes before the VP8 payload header
-    uint8_t start_of_partition
-    uint8_t partition_id
-    int32_t picture_id        # -1 when absent
-    uint8_t picture_id_16bit  # 1 when the M bit selected the 15-bit form
-    uint16_t picture_id_offset  # offset of the picture id field within the payload (valid when picture_id >= 0)
-    int32_t tl0picidx         # -1 when absent
-    uint16_t tl0picidx_offset
-    int32_t temporal_id       # -1 when absent
-    uint8_t layer_sync
-    uint8_t is_keyframe       # start of partition 0 and the VP8 payload header's P bit clear
-
 # 0 and `h` filled when `buf` holds a valid RTP packet (version 2, lengths consistent), else -1.
 cdef int parse_rtp(const uint8_t *buf, int length, RtpHeader *h) noexcept nogil
 # Finds element `ext_id` in `h`'s extension block (one- or two-byte form). 1 and *value/*value_length set when found, else 0.
@@ -42,11 +29,3 @@ cdef int find_extension(const uint8_t *buf, const RtpHeader *h, int ext_id, cons
 # Returns the bytes written (the new header length); the caller appends the h.payload_length payload bytes, so the
 # P bit is cleared (padding is not carried over). `h` must come from parse_rtp on the same `buf`.
 cdef int rewrite_header(const uint8_t *buf, const RtpHeader *h, const uint8_t *id_map, uint8_t *out) noexcept nogil
-# 0 and `d` filled for a well-formed VP8 payload descriptor (RFC 7741), else -1.
-cdef int parse_vp8(const uint8_t *payload, int length, Vp8Descriptor *d) noexcept nogil
-# Keyframe tests for the first packet of a frame, per codec. 1 = the packet starts a keyframe (H264: carries an IDR
-# slice or SPS, including inside STAP-A / FU-A start; VP9: not inter-predicted, start of frame; AV1: a sequence header OBU
-# in the first packet of a new coded video sequence, N bit set).
-cdef int h264_is_keyframe(const uint8_t *payload, int length) noexcept nogil
-cdef int vp9_is_keyframe(const uint8_t *payload, int length) noexcept nogil
-cdef int av1_is_keyframe(const uint8_t *payload, int length) noexcept nogil

@@ -1,4 +1,4 @@
-# RTP header, header-extension and payload-descriptor parsing. The build turns bounds checks off, so every read
+# RTP header and header-extension parsing and rewriting. The build turns bounds checks off, so every read
 # below is guarded by an explicit length comparison; malformed input yields -1 / 0, never an out-of-range access.
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset
@@ -142,120 +142,6 @@ cdef int rewrite_header(const uint8_t *buf, const RtpHeader *h, const uint8_t *i
     return w
 
 
-cdef int parse_vp8(const uint8_t *payload, int length, Vp8Descriptor *d) noexcept nogil:
-    # RFC 7741 section 4.2: |X|R|N|S|R|PID| then, if X, |I|L|T|K|RSV| and the optional fields in that order.
-    cdef int pos = 1
-    cdef uint8_t first, ext
-    if payload == NULL or length < 1:
-        return -1
-    first = payload[0]
-    d.start_of_partition = (first >> 4) & 1
-    d.partition_id = first & 0x07
-    d.picture_id = -1
-    d.picture_id_16bit = 0
-    d.picture_id_offset = 0
-    d.tl0picidx = -1
-    d.tl0picidx_offset = 0
-    d.temporal_id = -1
-    d.layer_sync = 0
-    d.is_keyframe = 0
-    if first & 0x80:
-        if pos >= length:
-            return -1
-        ext = payload[pos]
-        pos += 1
-        if ext & 0x80:
-            if pos >= length:
-                return -1
-            d.picture_id_offset = <uint16_t>pos
-            if payload[pos] & 0x80:
-                if length - pos < 2:
-                    return -1
-                d.picture_id = ((payload[pos] & 0x7F) << 8) | payload[pos + 1]
-                d.picture_id_16bit = 1
-                pos += 2
-            else:
-                d.picture_id = payload[pos]
-                pos += 1
-        if ext & 0x40:
-            if pos >= length:
-                return -1
-            d.tl0picidx = payload[pos]
-            d.tl0picidx_offset = <uint16_t>pos
-            pos += 1
-        if ext & 0x30:
-            # One byte carries TID|Y|KEYIDX when either T or K is set.
-            if pos >= length:
-                return -1
-            if ext & 0x20:
-                d.temporal_id = payload[pos] >> 6
-                d.layer_sync = (payload[pos] >> 5) & 1
-            pos += 1
-    d.size = <uint16_t>pos
-    # VP8 payload header (RFC 7741 section 4.3): bit 0 of its first byte is the inverse key frame flag.
-    if d.start_of_partition and d.partition_id == 0 and pos < length and (payload[pos] & 0x01) == 0:
-        d.is_keyframe = 1
-    return 0
-
-
-cdef inline bint _h264_key_nal(uint8_t nal_type) noexcept nogil:
-    return nal_type == 5 or nal_type == 7    # IDR slice, SPS
-
-
-cdef int h264_is_keyframe(const uint8_t *payload, int length) noexcept nogil:
-    cdef int pos, size
-    cdef uint8_t nal_type
-    if payload == NULL or length < 1:
-        return 0
-    nal_type = payload[0] & 0x1F
-    if _h264_key_nal(nal_type):
-        return 1
-    if nal_type == 24:
-        # STAP-A: a sequence of 16-bit size + NAL unit.
-        pos = 1
-        while length - pos > 2:
-            size = load16(payload + pos)
-            pos += 2
-            if size == 0 or size > length - pos:
-                return 0
-            if _h264_key_nal(payload[pos] & 0x1F):
-                return 1
-            pos += size
-        return 0
-    if nal_type == 28:
-        # FU-A: the FU header's S bit marks the fragment that starts the NAL unit of the inner type.
-        return length >= 2 and (payload[1] & 0x80) != 0 and _h264_key_nal(payload[1] & 0x1F)
-    return 0
-
-
-cdef int vp9_is_keyframe(const uint8_t *payload, int length) noexcept nogil:
-    # |I|P|L|F|B|E|V|Z|: not inter-picture predicted (P = 0) at the beginning of a frame (B = 1). With layer indices
-    # present (L) only spatial layer 0 counts: an upper layer with P = 0 may just be an inter-layer switch-up point.
-    cdef uint8_t first
-    cdef int pos = 1
-    if payload == NULL or length < 1:
-        return 0
-    first = payload[0]
-    if (first & 0x40) or not (first & 0x08):
-        return 0
-    if first & 0x20:
-        if first & 0x80:
-            if pos >= length:
-                return 0
-            pos += 2 if payload[pos] & 0x80 else 1
-        if pos >= length:
-            return 0
-        return ((payload[pos] >> 1) & 0x07) == 0    # |TID|U|SID|D|
-    return 1
-
-
-cdef int av1_is_keyframe(const uint8_t *payload, int length) noexcept nogil:
-    # Aggregation header |Z|Y|W|W|N|-|-|-|: N marks the first packet of a coded video sequence.
-    if payload == NULL or length < 1:
-        return 0
-    return (payload[0] & 0x08) != 0
-
-
 # ---- thin Python faces, for tests and debugging (not used on the hot path) ----
 
 def parse_rtp_header(bytes data) -> dict | None:
@@ -294,28 +180,3 @@ def rewrite(bytes data, dict id_map) -> bytes:
     out = bytearray(h.header_length + 4)
     written = rewrite_header(buf, &h, ids, out)
     return bytes(out[:written]) + data[h.header_length:h.header_length + h.payload_length]
-
-
-def vp8_descriptor(bytes payload) -> dict | None:
-    """The Vp8Descriptor fields of an RTP VP8 payload, or None when the descriptor is malformed."""
-    cdef Vp8Descriptor d
-    if parse_vp8(payload, len(payload), &d) != 0:
-        return None
-    return d
-
-
-def is_keyframe(str codec, bytes payload) -> bool:
-    """Whether `payload` starts a keyframe; `codec` is vp8, vp9, h264 or av1 (any case, optional "video/")."""
-    cdef Vp8Descriptor d
-    cdef const uint8_t *p = payload
-    cdef int n = len(payload)
-    name = codec.lower().removeprefix("video/")
-    if name == "vp8":
-        return parse_vp8(p, n, &d) == 0 and d.is_keyframe == 1
-    if name == "vp9":
-        return vp9_is_keyframe(p, n) == 1
-    if name == "h264":
-        return h264_is_keyframe(p, n) == 1
-    if name == "av1":
-        return av1_is_keyframe(p, n) == 1
-    raise ValueError(f"unknown codec {codec!r}")

@@ -1,4 +1,3 @@
-# cython: language_level=3
 """Binds the libsrtp entry points once, at import, from pylibsrtp's cffi library."""
 import pylibsrtp  # noqa: F401  (importing it runs srtp_init)
 from libc.stdint cimport uintptr_t

@@ -1,4 +1,3 @@
-# cython: language_level=3
 """Open-addressing (linear probing) hash map with backward-shift deletion, so no tombstones accumulate; IntList."""
 from libc.stdlib cimport calloc, free, realloc
 

@@ -115,10 +115,11 @@ def pointer(session: Session) -> int:
 class Peer:
     """A client endpoint: a UDP socket plus the SRTP sessions matching its engine transport."""
 
-    def __init__(self, eng: engine.Engine) -> None:
+    def __init__(self, eng: engine.Engine, host: str = "127.0.0.1") -> None:
         self.engine = eng
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.host = host
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
         self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
         up, down = os.urandom(30), os.urandom(30)
@@ -130,13 +131,13 @@ class Peer:
         self.down_key = down
         self.rx = Session(Policy(key=down, ssrc_type=Policy.SSRC_ANY_INBOUND))
         self.transport = eng.add_transport()
-        eng.bind_transport(self.transport, "127.0.0.1", self.port)
+        eng.bind_transport(self.transport, host, self.port)
         eng.set_srtp(self.transport, pointer(self.engine_rx), pointer(self.engine_tx))
         self.rtp: list[Rtp] = []
         self.rtcp: list[tuple[int, int, bytes]] = []
 
     def send_raw(self, data: bytes) -> None:
-        self.sock.sendto(data, ("127.0.0.1", self.engine.port))
+        self.sock.sendto(data, (self.host, self.engine.port))
 
     def send_rtp(self, packet: bytes) -> None:
         self.send_raw(self.tx.protect(packet))
@@ -745,3 +746,88 @@ async def test_a_kernel_refusing_gso_falls_back_to_one_datagram_each(setup) -> N
     assert [(p.seq, p.payload) for p in subscriber.take_rtp()] == [(107 + i, payload) for i, payload in enumerate(payloads)]
     stats = eng.stats()
     assert stats["gso_sends"] == 0 and stats["drop_send_failed"] == 0
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+
+
+def drain(sock: socket.socket) -> list[bytes]:
+    datagrams = []
+    while True:
+        try:
+            datagrams.append(sock.recv(4096))
+        except BlockingIOError:
+            return datagrams
+
+
+async def exchange_audio_and_stun(eng: engine.Engine, publisher: Peer, subscriber: Peer, events: list) -> None:
+    """Audio from publisher to subscriber, STUN and DTLS events with the peer's address, raw datagrams back."""
+    receiver = eng.add_receiver(publisher.transport, "0", "audio", "opus", OPUS_PT, 0, 48000, [], [AUDIO_SSRC], [], {})
+    eng.add_downtrack(receiver, subscriber.transport, DOWN_AUDIO_SSRC, 0, SUB_OPUS_PT, 0, {})
+    for i in range(3):
+        publisher.send_rtp(rtp(OPUS_PT, 10 + i, 960 * i, AUDIO_SSRC, b"audio%d" % i))
+    await subscriber.collect()
+    got = subscriber.take_rtp()
+    assert [(p.seq, p.ssrc, p.payload) for p in got] == [(10 + i, DOWN_AUDIO_SSRC, b"audio%d" % i) for i in range(3)]
+    stun = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12)
+    dtls = b"\x16\xfe\xfd" + os.urandom(30)
+    subscriber.send_raw(stun)
+    subscriber.send_raw(dtls)
+    await asyncio.sleep(0.05)
+    assert ("stun", stun, subscriber.host, subscriber.port) in events
+    assert ("dtls", subscriber.transport, dtls) in events
+    eng.send_to(b"\x01\x01reply", subscriber.host, subscriber.port)
+    eng.send_transport(publisher.transport, b"\x16record")
+    await asyncio.sleep(0.02)
+    assert b"\x01\x01reply" in drain(subscriber.sock)  # besides the engine's RTCP reports
+    assert b"\x16record" in drain(publisher.sock)
+    assert eng.stats()["drop_unknown_source"] == 0 and eng.stats()["drop_send_failed"] == 0
+
+
+@needs_ipv6
+async def test_ipv6_publisher_and_subscriber() -> None:
+    events: list[tuple] = []
+    eng = engine.Engine("::1", 0, events.append)
+    eng.attach(asyncio.get_running_loop())
+    publisher, subscriber = Peer(eng, "::1"), Peer(eng, "::1")
+    try:
+        await exchange_audio_and_stun(eng, publisher, subscriber, events)
+    finally:
+        eng.close()
+        publisher.close()
+        subscriber.close()
+
+
+@needs_ipv6
+async def test_dual_stack_engine_serves_ipv4_and_ipv6_peers() -> None:
+    events: list[tuple] = []
+    eng = engine.Engine("::", 0, events.append)
+    eng.attach(asyncio.get_running_loop())
+    publisher, subscriber = Peer(eng, "::1"), Peer(eng, "127.0.0.1")
+    try:
+        await exchange_audio_and_stun(eng, publisher, subscriber, events)  # IPv6 in, IPv4 out, IPv4 events
+    finally:
+        eng.close()
+        publisher.close()
+        subscriber.close()
+
+
+def test_addresses_must_suit_the_socket() -> None:
+    eng = engine.Engine("127.0.0.1", 0, lambda event: None)
+    try:
+        transport = eng.add_transport()
+        for host in ("::1", "localhost", "300.1.1.1"):
+            with pytest.raises(ValueError):
+                eng.bind_transport(transport, host, 5000)
+        eng.bind_transport(transport, "127.0.0.1", 5000)
+    finally:
+        eng.close()

@@ -1,4 +1,4 @@
-"""engine.rtp: RTP header / header-extension parsing, extension rewriting and codec keyframe detection.
+"""engine.rtp and engine.codecs: RTP header / header-extension parsing, extension rewriting, codec keyframe detection.
 
 Hand-built packets pin the edge cases; aiortc's pure-Python RTP and VP8 code serves as an independent oracle;
 hypothesis feeds garbage and truncations to every parser."""
@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import rtp
+from engine.codecs import describe, vp8
 
 ONE_BYTE = 0xBEDE
 TWO_BYTE = 0x1000
@@ -270,9 +271,9 @@ def test_garbage_never_breaks_parsers(data, ext_id):
     rtp.extension(data, ext_id)
     if rtp.parse_rtp_header(data) is not None:
         rtp.rewrite(data, {i: (i * 7) % 16 for i in range(256)})
-    rtp.vp8_descriptor(data)
+    vp8.vp8_descriptor(data)
     for codec in ("vp8", "vp9", "h264", "av1"):
-        rtp.is_keyframe(codec, data)
+        describe.is_keyframe(codec, data)
 
 
 @settings(max_examples=300)
@@ -306,31 +307,31 @@ def test_truncations_of_valid_packets(extensions, payload, padding, csrcs):
 # ---- VP8 ----
 
 def test_vp8_minimal_keyframe_and_interframe():
-    assert rtp.vp8_descriptor(b"\x10\x00")["is_keyframe"] == 1          # S=1, PID=0, P=0
-    assert rtp.vp8_descriptor(b"\x10\x01")["is_keyframe"] == 0          # P=1: interframe
-    assert rtp.vp8_descriptor(b"\x00\x00")["is_keyframe"] == 0          # not start of partition
-    assert rtp.vp8_descriptor(b"\x11\x00")["is_keyframe"] == 0          # partition 1
-    assert rtp.vp8_descriptor(b"\x10")["is_keyframe"] == 0              # no payload header byte
-    assert rtp.vp8_descriptor(b"") is None
+    assert vp8.vp8_descriptor(b"\x10\x00")["is_keyframe"] == 1          # S=1, PID=0, P=0
+    assert vp8.vp8_descriptor(b"\x10\x01")["is_keyframe"] == 0          # P=1: interframe
+    assert vp8.vp8_descriptor(b"\x00\x00")["is_keyframe"] == 0          # not start of partition
+    assert vp8.vp8_descriptor(b"\x11\x00")["is_keyframe"] == 0          # partition 1
+    assert vp8.vp8_descriptor(b"\x10")["is_keyframe"] == 0              # no payload header byte
+    assert vp8.vp8_descriptor(b"") is None
 
 
 def test_vp8_all_fields():
     # X, S; I L T K; 15-bit picture id 0x1234; TL0PICIDX 7; TID 2, Y, KEYIDX 3; then a key frame header byte.
-    d = rtp.vp8_descriptor(bytes([0x90, 0xF0, 0x80 | 0x12, 0x34, 7, 0b10100011, 0x00]))
+    d = vp8.vp8_descriptor(bytes([0x90, 0xF0, 0x80 | 0x12, 0x34, 7, 0b10100011, 0x00]))
     assert d == {"size": 6, "start_of_partition": 1, "partition_id": 0, "picture_id": 0x1234, "picture_id_16bit": 1,
                  "picture_id_offset": 2, "tl0picidx": 7, "tl0picidx_offset": 4, "temporal_id": 2, "layer_sync": 1,
                  "is_keyframe": 1}
 
 
 def test_vp8_short_picture_id_and_keyidx_only():
-    d = rtp.vp8_descriptor(bytes([0x80, 0x90, 0x05, 0x1F, 0x9D]))        # I and K: 7-bit id 5, KEYIDX byte
+    d = vp8.vp8_descriptor(bytes([0x80, 0x90, 0x05, 0x1F, 0x9D]))        # I and K: 7-bit id 5, KEYIDX byte
     assert (d["picture_id"], d["picture_id_16bit"], d["temporal_id"], d["tl0picidx"], d["size"]) == (5, 0, -1, -1, 4)
 
 
 @pytest.mark.parametrize("data", [b"\x80", b"\x80\x80", b"\x80\x80\x80", b"\x80\x40", b"\x80\x20", b"\x80\x10",
                                   b"\x80\xc0\x01"])
 def test_vp8_truncated(data):
-    assert rtp.vp8_descriptor(data) is None
+    assert vp8.vp8_descriptor(data) is None
 
 
 @settings(max_examples=300)
@@ -342,7 +343,7 @@ def test_vp8_agrees_with_aiortc(partition_start, partition_id, picture_id, tl0pi
     descriptor = bytes(VpxPayloadDescriptor(partition_start, partition_id, picture_id, tl0picidx, tid, keyidx))
     data = descriptor + rest
     theirs, remainder = VpxPayloadDescriptor.parse(data)
-    ours = rtp.vp8_descriptor(data)
+    ours = vp8.vp8_descriptor(data)
     assert ours["size"] == len(descriptor) and remainder == rest
     assert (ours["start_of_partition"], ours["partition_id"]) == (theirs.partition_start, theirs.partition_id)
     assert ours["picture_id"] == (-1 if theirs.picture_id is None else theirs.picture_id)
@@ -354,9 +355,9 @@ def test_vp8_agrees_with_aiortc(partition_start, partition_id, picture_id, tl0pi
     if tl0picidx is not None:
         assert data[ours["tl0picidx_offset"]] == tl0picidx
     expected_key = bool(partition_start and partition_id == 0 and rest and not rest[0] & 1)
-    assert ours["is_keyframe"] == expected_key == rtp.is_keyframe("VP8", data)
+    assert ours["is_keyframe"] == expected_key == describe.is_keyframe("VP8", data)
     for cut in range(len(descriptor)):
-        assert rtp.vp8_descriptor(data[:cut]) is None
+        assert vp8.vp8_descriptor(data[:cut]) is None
 
 
 # ---- H264, VP9, AV1 keyframes ----
@@ -379,7 +380,7 @@ def test_vp8_agrees_with_aiortc(partition_start, partition_id, picture_id, tl0pi
     (b"", False),
 ])
 def test_h264_keyframes(payload, key):
-    assert rtp.is_keyframe("h264", payload) is key
+    assert describe.is_keyframe("h264", payload) is key
 
 
 @pytest.mark.parametrize("payload, key", [
@@ -397,14 +398,14 @@ def test_h264_keyframes(payload, key):
     (b"", False),
 ])
 def test_vp9_keyframes(payload, key):
-    assert rtp.is_keyframe("video/VP9", payload) is key
+    assert describe.is_keyframe("video/VP9", payload) is key
 
 
 @pytest.mark.parametrize("payload, key", [(b"\x18\x0a", True), (b"\x10\x0a", False), (b"\x88", True), (b"", False)])
 def test_av1_keyframes(payload, key):
-    assert rtp.is_keyframe("AV1", payload) is key
+    assert describe.is_keyframe("AV1", payload) is key
 
 
 def test_unknown_codec():
     with pytest.raises(ValueError):
-        rtp.is_keyframe("theora", b"\x00")
+        describe.is_keyframe("theora", b"\x00")

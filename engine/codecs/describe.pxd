@@ -1,0 +1,16 @@
+# Per-codec dispatch: the codec ids, and filling an ExtPacket's codec part (descriptor, temporal layer, keyframe flag).
+from engine.packet cimport ExtPacket
+
+cdef enum:  # codec ids (Receiver.codec)
+    C_OPUS
+    C_VP8
+    C_H264
+    C_VP9
+    C_AV1
+    C_OTHER
+
+# Sets p.descriptor / p.desc, p.temporal and p.keyframe from the payload of `p` (p.buf, p.h). Audio has neither
+# descriptor nor keyframes; a video codec we cannot parse makes every packet a keyframe (any packet is a switch point).
+cdef void describe_packet(ExtPacket *p, int codec, bint is_video) noexcept nogil
+# The id of a codec name as SDP spells it ("VP8", "video/vp8"...); C_OTHER for names we do not know.
+cdef int codec_id(str name)

@@ -1,0 +1,58 @@
+"""Per-codec dispatch: which parser fills an ExtPacket's codec part (see describe.pxd)."""
+from libc.stdint cimport uint8_t
+
+from engine.codecs.av1 cimport av1_is_keyframe
+from engine.codecs.h264 cimport h264_is_keyframe
+from engine.codecs.vp8 cimport Vp8Descriptor, parse_vp8
+from engine.codecs.vp9 cimport vp9_is_keyframe
+from engine.packet cimport DESC_NONE, DESC_VP8
+
+_IDS = {"opus": C_OPUS, "vp8": C_VP8, "h264": C_H264, "vp9": C_VP9, "av1": C_AV1}
+
+
+cdef void describe_packet(ExtPacket *p, int codec, bint is_video) noexcept nogil:
+    cdef const uint8_t *payload = p.buf + p.h.header_length
+    cdef int length = p.h.payload_length
+    p.descriptor = DESC_NONE
+    p.temporal = -1
+    p.keyframe = False
+    if not is_video:
+        return
+    if codec == C_VP8:
+        if parse_vp8(payload, length, &p.desc.vp8) == 0:
+            p.descriptor = DESC_VP8
+            p.temporal = p.desc.vp8.temporal_id
+            p.keyframe = length > 0 and p.desc.vp8.is_keyframe
+    elif length <= 0:
+        pass
+    elif codec == C_H264:
+        p.keyframe = h264_is_keyframe(payload, length) == 1
+    elif codec == C_VP9:
+        p.keyframe = vp9_is_keyframe(payload, length) == 1
+    elif codec == C_AV1:
+        p.keyframe = av1_is_keyframe(payload, length) == 1
+    else:
+        p.keyframe = True
+
+
+cdef int codec_id(str name):
+    return _IDS.get(name.lower().rpartition("/")[2], C_OTHER)
+
+
+# ---- Python face, for tests and debugging (not used on the hot path) ----
+
+def is_keyframe(str codec, bytes payload) -> bool:
+    """Whether `payload` starts a keyframe; `codec` is vp8, vp9, h264 or av1 (any case, optional "video/")."""
+    cdef Vp8Descriptor d
+    cdef const uint8_t *p = payload
+    cdef int n = len(payload)
+    name = codec.lower().removeprefix("video/")
+    if name == "vp8":
+        return parse_vp8(p, n, &d) == 0 and d.is_keyframe == 1
+    if name == "vp9":
+        return vp9_is_keyframe(p, n) == 1
+    if name == "h264":
+        return h264_is_keyframe(p, n) == 1
+    if name == "av1":
+        return av1_is_keyframe(p, n) == 1
+    raise ValueError(f"unknown codec {codec!r}")

@@ -1,0 +1,321 @@
+"""Demux: from a datagram and its path to an ExtPacket, an RTCP handler or an event (see demux.pxd)."""
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memmove
+
+from engine cimport srtp
+from engine.batchio cimport MSG_TRUNC
+from engine.codecs.describe cimport describe_packet
+from engine.downtrack cimport DownTrack, downtrack_lose_layer
+from engine.feedback cimport feedback_keyframe_request, feedback_nack
+from engine.packet cimport ExtPacket
+from engine.path cimport path_equal, path_key, path_next_key
+from engine.receiver cimport (Layer, Receiver, layer_receive, layer_reset, receiver_find_rid, receiver_note_audio_level,
+                              receiver_note_live)
+from engine.reports cimport reports_sender_info
+from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, RtcpHeader, SenderInfo, is_rtcp,
+                          parse_feedback_ssrcs, parse_fir_ssrc, parse_rtcp_header, parse_sender_info)
+from engine.rtp cimport RtpHeader, find_extension, parse_rtp
+from engine.state cimport (E_DTLS, E_LAYER, E_STUN, RECV_BUF, S_BYTES_IN, S_DROP_DTLS_UNBOUND, S_DROP_DUPLICATE,
+                           S_DROP_EMPTY, S_DROP_MALFORMED, S_DROP_NO_SRTP, S_DROP_NOT_RTP, S_DROP_PAYLOAD_TYPE,
+                           S_DROP_RTX_PADDING, S_DROP_TRUNCATED, S_DROP_UNKNOWN_SOURCE, S_DROP_UNKNOWN_SSRC,
+                           S_DROP_UNPROTECT, S_DTLS_IN, S_KEYFRAMES, S_PACKETS_IN, S_RR_RECEIVED, S_RTCP_IN, S_RTP_IN,
+                           S_RTX_RECOVERED, S_SR_RECEIVED, S_STUN_IN, Transport, queue_event, stream_key)
+from engine.table cimport map_get, map_put, map_remove
+from engine.wire cimport load16, store16, store32
+
+
+cdef void demux_udp_batch(EngineState *s, int n, int64_t now) noexcept nogil:
+    cdef int i, length
+    for i in range(n):
+        length = s.recv.msgs[i].msg_len
+        if s.recv.msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
+            s.counters[<int>S_PACKETS_IN] += 1
+            s.counters[<int>S_BYTES_IN] += length
+            s.counters[<int>S_DROP_TRUNCATED] += 1
+            continue
+        demux_datagram(s, s.recv.bufs + i * RECV_BUF, length, &s.recv.paths[i], now)
+
+
+# ---------------------------------------------------------------- transports by path
+
+cdef inline int64_t find_transport(EngineState *s, const Path *path) noexcept nogil:
+    # Keys of different IPv6 paths may collide: the whole address decides, and a collision moves on to the next key.
+    cdef uint64_t key = path_key(path, s.path_seed)
+    cdef int64_t slot
+    while True:
+        slot = map_get(&s.by_address, key)
+        if slot < 0 or path_equal(&s.transports[slot].path, path):
+            return slot
+        key = path_next_key(key)
+
+
+cdef int place(EngineState *s, int slot) noexcept nogil:
+    """Puts the transport's path into by_address at its key, or past keys other paths hold."""
+    cdef Transport *t = s.transports[slot]
+    cdef uint64_t key = path_key(&t.path, s.path_seed)
+    cdef int64_t other
+    while True:
+        other = map_get(&s.by_address, key)
+        if other < 0 or other == slot:
+            break
+        if path_equal(&s.transports[other].path, &t.path):
+            s.transports[other].bound = False  # the address moved to this transport
+            break
+        key = path_next_key(key)
+    t.path_key = key
+    return map_put(&s.by_address, key, slot)
+
+
+cdef int demux_bind_path(EngineState *s, int slot, const Path *path) noexcept nogil:
+    cdef Transport *t = s.transports[slot]
+    demux_unbind_path(s, slot)
+    t.path = path[0]
+    if place(s, slot) < 0:
+        return -1
+    t.bound = True
+    return 0
+
+
+cdef void demux_unbind_path(EngineState *s, int slot) noexcept nogil:
+    cdef Transport *t = s.transports[slot]
+    cdef uint64_t key
+    cdef int64_t other
+    if not t.bound:
+        return
+    t.bound = False
+    if map_get(&s.by_address, t.path_key) != slot:
+        return
+    map_remove(&s.by_address, t.path_key)
+    if not (t.path_key >> 63):
+        return  # an IPv4 key: nothing collides with it
+    # Paths placed past this one (colliding IPv6 keys) are placed again, so the chain find_transport walks is whole.
+    key = path_next_key(t.path_key)
+    other = map_get(&s.by_address, key)
+    while other >= 0:
+        map_remove(&s.by_address, key)
+        place(s, <int>other)
+        key = path_next_key(key)
+        other = map_get(&s.by_address, key)
+
+
+# ---------------------------------------------------------------- datagrams
+
+cdef void demux_datagram(EngineState *s, uint8_t *buf, int length, const Path *path, int64_t now) noexcept nogil:
+    cdef uint8_t first
+    cdef int64_t t
+    s.counters[<int>S_PACKETS_IN] += 1
+    s.counters[<int>S_BYTES_IN] += length
+    if length < 1:
+        s.counters[<int>S_DROP_EMPTY] += 1
+        return
+    first = buf[0]
+    if first <= 3:
+        s.counters[<int>S_STUN_IN] += 1
+        if length < 20:
+            s.counters[<int>S_DROP_MALFORMED] += 1
+        else:
+            queue_event(s, E_STUN, buf, length, path, 0, 0, 0)
+        return
+    if not (20 <= first <= 63 or 128 <= first <= 191):
+        s.counters[<int>S_DROP_NOT_RTP] += 1
+        return
+    t = find_transport(s, path)
+    if first <= 63:
+        s.counters[<int>S_DTLS_IN] += 1
+        if t < 0:
+            s.counters[<int>S_DROP_DTLS_UNBOUND] += 1
+        else:
+            queue_event(s, E_DTLS, buf, length, path, s.transports[t].id, 0, 0)
+        return
+    if t < 0:
+        s.counters[<int>S_DROP_UNKNOWN_SOURCE] += 1
+        return
+    if s.transports[t].rx == NULL:
+        s.counters[<int>S_DROP_NO_SRTP] += 1
+        return
+    if is_rtcp(buf, length):
+        s.counters[<int>S_RTCP_IN] += 1
+        handle_rtcp(s, <int>t, buf, length, now)
+    else:
+        s.counters[<int>S_RTP_IN] += 1
+        handle_rtp(s, <int>t, buf, length, now)
+
+
+# ---------------------------------------------------------------- RTP
+
+cdef int64_t bind_stream(EngineState *s, int t, const uint8_t *buf, RtpHeader *h) noexcept nogil:
+    """Matches an unknown SSRC to (receiver, layer, is_rtx) by its mid / rid / repaired-rid extensions."""
+    cdef Transport *tr = s.transports[t]
+    cdef Receiver *r
+    cdef Layer *layer
+    cdef const uint8_t *value
+    cdef DownTrack *d
+    cdef int value_length, i, j, l, index
+    cdef bint rtx
+    for i in range(tr.receivers.count):
+        index = tr.receivers.items[i]
+        r = s.receivers[index]
+        if r.ext_mid == 0 or r.mid_length == 0:
+            continue
+        if not find_extension(buf, h, r.ext_mid, &value, &value_length):
+            continue
+        if value_length != r.mid_length or memcmp(value, r.mid, value_length) != 0:
+            continue
+        l = -1
+        rtx = r.rtx_payload_type == h.payload_type
+        if not rtx and h.payload_type != r.payload_type:
+            return -1  # e.g. a FEC stream under the same mid: it must not take over a layer
+        if not r.simulcast:
+            l = 0
+        elif r.ext_rrid and find_extension(buf, h, r.ext_rrid, &value, &value_length):
+            rtx = True
+            l = receiver_find_rid(r, value, value_length)
+        elif r.ext_rid and find_extension(buf, h, r.ext_rid, &value, &value_length):
+            l = receiver_find_rid(r, value, value_length)
+        if l < 0:
+            return -1
+        layer = &r.layers[l]
+        if rtx:
+            if layer.has_rtx and layer.rtx_ssrc != h.ssrc:
+                map_remove(&s.streams, stream_key(t, layer.rtx_ssrc))
+            layer.rtx_ssrc = h.ssrc
+            layer.has_rtx = True
+        else:
+            if layer.has_ssrc and layer.ssrc != h.ssrc:
+                # The publisher restarted this layer with a new SSRC: its history no longer applies.
+                map_remove(&s.streams, stream_key(t, layer.ssrc))
+                layer_reset(layer)
+                for j in range(r.downtracks.count):
+                    d = s.downtracks[r.downtracks.items[j]]
+                    if d.current_layer == l:
+                        downtrack_lose_layer(d)
+            layer.ssrc = h.ssrc
+            layer.has_ssrc = True
+        if map_put(&s.streams, stream_key(t, h.ssrc), (<int64_t>index << 8) | (l << 1) | rtx) < 0:
+            return -1
+        return (<int64_t>index << 8) | (l << 1) | rtx
+    return -1
+
+
+cdef void handle_rtp(EngineState *s, int t, uint8_t *buf, int length, int64_t now) noexcept nogil:
+    cdef RtpHeader h
+    cdef int64_t v
+    cdef Receiver *r
+    cdef Layer *layer
+    cdef int l
+    cdef uint16_t osn
+    if srtp.unprotect(s.transports[t].rx, buf, &length) != 0:
+        s.counters[<int>S_DROP_UNPROTECT] += 1
+        return
+    if parse_rtp(buf, length, &h) < 0:
+        s.counters[<int>S_DROP_MALFORMED] += 1
+        return
+    v = map_get(&s.streams, stream_key(t, h.ssrc))
+    if v < 0:
+        v = bind_stream(s, t, buf, &h)
+        if v < 0:
+            s.counters[<int>S_DROP_UNKNOWN_SSRC] += 1
+            return
+    r = s.receivers[v >> 8]
+    l = (v >> 1) & 0x7F
+    layer = &r.layers[l]
+    if v & 1:
+        # RTX (RFC 4588): the payload starts with the original sequence number; rebuild the original in place.
+        if h.payload_length <= 2:
+            s.counters[<int>S_DROP_RTX_PADDING] += 1
+            return
+        if not layer.has_ssrc:
+            s.counters[<int>S_DROP_UNKNOWN_SSRC] += 1
+            return
+        osn = load16(buf + h.header_length)
+        memmove(buf + 2, buf, h.header_length)
+        buf += 2
+        length -= 2
+        buf[1] = (buf[1] & 0x80) | r.payload_type
+        store16(buf + 2, osn)
+        store32(buf + 8, layer.ssrc)
+        if parse_rtp(buf, length, &h) < 0:
+            s.counters[<int>S_DROP_MALFORMED] += 1
+            return
+        receive(s, r, l, buf, length, &h, now, True)
+    elif h.payload_type != r.payload_type:
+        # Subscribers are told one codec: anything else (RED, FEC, a renegotiated codec) would decode as garbage.
+        s.counters[<int>S_DROP_PAYLOAD_TYPE] += 1
+    else:
+        receive(s, r, l, buf, length, &h, now, False)
+
+
+cdef void receive(EngineState *s, Receiver *r, int l, const uint8_t *buf, int length, const RtpHeader *h,
+                  int64_t now, bint recovered) noexcept nogil:
+    """Accounts for the packet on its Receiver layer and appends it to the batch's ExtPackets (see fanout.pyx)."""
+    cdef Layer *layer = &r.layers[l]
+    cdef int first, value_length
+    cdef const uint8_t *value
+    cdef ExtPacket *p
+    first = layer_receive(layer, buf, length, h, r.clock_rate, now, recovered)
+    if first < 0:
+        s.counters[<int>S_DROP_DUPLICATE] += 1
+        return
+    if first:
+        queue_event(s, E_LAYER, NULL, 0, NULL, r.id, l, layer.ssrc)
+    if recovered:
+        s.counters[<int>S_RTX_RECOVERED] += 1
+    receiver_note_live(r, l)
+    if r.ext_audio_level and find_extension(buf, h, r.ext_audio_level, &value, &value_length) and value_length >= 1:
+        receiver_note_audio_level(r, value[0] & 0x7F)
+    p = &s.packets[s.packet_count]  # one per datagram at most, so BATCH entries always suffice
+    p.buf = buf
+    p.length = length
+    p.h = h[0]
+    p.r = r
+    p.layer = l
+    p.spatial = l
+    p.arrival_us = now
+    describe_packet(p, r.codec, r.is_video)
+    if p.keyframe:
+        layer.keyframes += 1
+        s.counters[<int>S_KEYFRAMES] += 1
+    s.packet_count += 1
+
+
+# ---------------------------------------------------------------- RTCP
+
+cdef void handle_rtcp(EngineState *s, int t, uint8_t *buf, int length, int64_t now) noexcept nogil:
+    """Walks a compound packet: sender reports to reports.pyx, keyframe requests and NACKs to feedback.pyx.
+    Transport-wide congestion control feedback (RTPFB fmt 15) from subscribers will go to twcc.pyx from here."""
+    cdef RtcpHeader rh
+    cdef SenderInfo info
+    cdef uint32_t sender, media
+    cdef int offset = 0
+    cdef int64_t v
+    cdef const uint8_t *p
+    cdef bint ok
+    if srtp.unprotect_rtcp(s.transports[t].rx, buf, &length) != 0:
+        s.counters[<int>S_DROP_UNPROTECT] += 1
+        return
+    while offset < length:
+        p = buf + offset
+        if parse_rtcp_header(p, length - offset, &rh) < 0:
+            s.counters[<int>S_DROP_MALFORMED] += 1
+            return
+        if rh.packet_type == RTCP_SR:
+            s.counters[<int>S_SR_RECEIVED] += 1
+            if parse_sender_info(p, rh.total_length, &info) == 0:
+                reports_sender_info(s, t, &info, now)
+        elif rh.packet_type == RTCP_RR:
+            s.counters[<int>S_RR_RECEIVED] += 1
+        elif rh.packet_type == RTCP_PSFB and (rh.count == 1 or rh.count == 4):
+            if rh.count == 1:
+                ok = parse_feedback_ssrcs(p, rh.total_length, &sender, &media) == 0
+            else:
+                ok = parse_fir_ssrc(p, rh.total_length, &media) == 0
+            if ok:
+                v = map_get(&s.downtrack_ssrcs, stream_key(t, media))
+                if v >= 0:
+                    feedback_keyframe_request(s, s.downtracks[v], now)
+        elif rh.packet_type == RTCP_RTPFB and rh.count == 1:
+            if parse_feedback_ssrcs(p, rh.total_length, &sender, &media) == 0:
+                v = map_get(&s.downtrack_ssrcs, stream_key(t, media))
+                if v >= 0:
+                    feedback_nack(s, s.downtracks[v], media, p, rh.total_length, now)
+        offset += rh.total_length

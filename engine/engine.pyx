@@ -1,0 +1,560 @@
+"""Engine: the packet engine's Python face: socket setup, event-loop glue, the control API (ids -> slots), stats.
+
+The packets themselves never reach Python (DESIGN.md, "The hot path"). Per readable event, batches of datagrams are
+read (udpmux.pyx), demultiplexed, unprotected and bound to their streams (demux.pyx), turned into ExtPackets
+(packet.pxd, codecs/) and forwarded DownTrack by DownTrack (fanout.pyx: forwarder.pyx, munger.pyx, downtrack.pyx)
+into the send batch, which leaves with sendmmsg and UDP GSO. RTCP feedback and reports are feedback.pyx and
+reports.pyx; a timer drives their periodic parts. All of them share one EngineState (state.pxd), which this class
+owns. Only STUN, DTLS and layer events come up to Python. Engine methods must be called from the event loop's thread.
+"""
+import logging
+import os
+import socket
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport int64_t, uint8_t, uint64_t, uintptr_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy
+
+from engine.codecs.describe cimport codec_id
+from engine.demux cimport demux_bind_path, demux_udp_batch, demux_unbind_path
+from engine.downtrack cimport DownTrack, downtrack_free, downtrack_new
+from engine.fanout cimport fanout_batch
+from engine.feedback cimport feedback_request_keyframe, feedback_tick
+from engine.forwarder cimport forwarder_set_paused, forwarder_target
+from engine.path cimport Path, path_address, path_set
+from engine.receiver cimport (MAX_LAYERS, Layer, Receiver, receiver_free, receiver_new, receiver_take_audio_level,
+                              receiver_update_top)
+from engine.reports cimport reports_tick
+from engine.state cimport (BATCH, E_DTLS, E_STUN, MAX_DOWNTRACKS, MAX_RECEIVERS, MAX_TRANSPORTS, RECV_BUF,
+                           S_COUNT, S_DROP_SEND_FAILED, S_DROP_SUBSCRIBER_NOT_READY, S_EVENT_ERRORS, SEND_BUF,
+                           SEND_SLOTS, EngineState, Event, Transport, monotonic_us, stream_key)
+from engine.table cimport list_add, list_discard, map_free, map_get, map_init, map_put, map_remove
+from engine.udpmux cimport SOL_UDP_LEVEL, UDP_SEGMENT_OPTION, udpmux_flush, udpmux_init, udpmux_read
+
+log = logging.getLogger(__name__)
+
+EV_STUN = "stun"
+EV_DTLS = "dtls"
+EV_RECEIVER_LAYER = "receiver_layer"
+
+cdef enum:
+    MAX_BATCHES = 16          # recvmmsg batches per readable callback, so timers still run under load
+
+SOCKET_BUFFER = 8 * 1024 * 1024
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux values
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+# Timing, in microseconds of CLOCK_MONOTONIC.
+cdef int64_t LAYER_STALE_US = 1000000       # a layer without packets for this long is not available
+cdef double TICK_SECONDS = 0.02
+cdef uint64_t DEFAULT_REMB_BPS = 5000000
+
+# Names of the S_* counters (state.pxd), in their order.
+STAT_NAMES = (
+    "packets_in", "bytes_in", "packets_out", "bytes_out", "rtp_in", "rtcp_in", "stun_in", "dtls_in", "forwarded",
+    "paused_skipped",
+    "drop_empty", "drop_truncated", "drop_not_rtp", "drop_unknown_source", "drop_dtls_unbound", "drop_no_srtp",
+    "drop_srtp_unprotect_failed", "drop_malformed", "drop_unknown_ssrc", "drop_duplicate", "drop_payload_type",
+    "drop_rtx_padding",
+    "drop_too_large", "drop_srtp_protect_failed", "drop_subscriber_not_ready", "drop_send_failed", "gso_sends",
+    "gso_segments",
+    "nacks_received", "nacked_packets", "nack_cache_misses", "retransmissions", "nack_rate_limited", "rtx_recovered", "nacks_sent",
+    "plis_received", "plis_sent", "keyframes", "layer_switches", "sr_received", "rr_received", "sr_sent", "rr_sent",
+    "remb_sent", "event_errors",
+)
+assert len(STAT_NAMES) == S_COUNT
+
+
+cdef void run_timers(EngineState *s, int64_t now) noexcept nogil:
+    """Every tick: layer availability, then feedback (NACKs to publishers, keyframe requests for DownTracks waiting
+    for a layer) and, every report interval, reports (SR to subscribers, RR + SDES + REMB to publishers)."""
+    cdef int i
+    for i in range(s.receiver_end):
+        if s.receivers[i] != NULL:
+            receiver_update_top(s.receivers[i], now, LAYER_STALE_US)
+    feedback_tick(s, now)
+    reports_tick(s, now)
+
+
+cdef class Engine:
+    """The data plane: see the module docstring. Events are tuples passed to `on_event` (EV_* constants)."""
+
+    cdef EngineState *s
+    cdef object _sock
+    cdef object _on_event
+    cdef object _loop
+    cdef object _tick_handle
+    cdef readonly int port
+    cdef int64_t _next_id
+    cdef dict _transport_slots
+    cdef dict _receiver_slots
+    cdef dict _downtrack_slots
+
+    def __cinit__(self):
+        cdef EngineState *s = <EngineState *>calloc(1, sizeof(EngineState))
+        self.s = s
+        if s == NULL:
+            raise MemoryError()
+        s.fd = -1
+        s.transports = <Transport **>calloc(MAX_TRANSPORTS, sizeof(Transport *))
+        s.receivers = <Receiver **>calloc(MAX_RECEIVERS, sizeof(Receiver *))
+        s.downtracks = <DownTrack **>calloc(MAX_DOWNTRACKS, sizeof(DownTrack *))
+        s.recv.bufs = <uint8_t *>malloc(BATCH * RECV_BUF)
+        s.send.bufs = <uint8_t *>malloc(SEND_SLOTS * SEND_BUF)
+        if (s.transports == NULL or s.receivers == NULL or s.downtracks == NULL or s.recv.bufs == NULL
+                or s.send.bufs == NULL or map_init(&s.by_address, 64) < 0 or map_init(&s.streams, 256) < 0
+                or map_init(&s.downtrack_ssrcs, 256) < 0):
+            raise MemoryError()
+        udpmux_init(s)
+        s.path_seed = int.from_bytes(os.urandom(8), "little")
+
+    def __init__(self, host: str, udp_port: int, on_event) -> None:
+        # An IPv6 host gets a dual-stack socket (IPv4 peers appear as IPv4-mapped addresses); IPv4 hosts an IPv4 one.
+        ipv6 = ":" in host
+        sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            if ipv6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            for option, forced in ((socket.SO_RCVBUF, SO_RCVBUFFORCE), (socket.SO_SNDBUF, SO_SNDBUFFORCE)):
+                try:
+                    # Past net.core.[rw]mem_max when privileged: bursts of video must not overflow the kernel queue.
+                    sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)
+                except OSError:
+                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            sock.setblocking(False)
+            sock.bind((host, udp_port))
+            try:
+                sock.getsockopt(SOL_UDP_LEVEL, UDP_SEGMENT_OPTION)  # fails before Linux 4.18, which has no UDP GSO
+                self.s.send.use_gso = True
+            except OSError:
+                self.s.send.use_gso = False
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self.s.fd = sock.fileno()
+        self.s.ipv6 = ipv6
+        self.port = sock.getsockname()[1]
+        self._on_event = on_event
+        self._next_id = 1
+        self._transport_slots = {}
+        self._receiver_slots = {}
+        self._downtrack_slots = {}
+        self.s.remb_bitrate = DEFAULT_REMB_BPS
+        self.set_cname("tern")
+
+    def __dealloc__(self):
+        cdef EngineState *s = self.s
+        cdef int i
+        if s == NULL:
+            return
+        if s.downtracks != NULL:
+            for i in range(s.downtrack_end):
+                if s.downtracks[i] != NULL:
+                    downtrack_free(s.downtracks[i])
+        if s.receivers != NULL:
+            for i in range(s.receiver_end):
+                if s.receivers[i] != NULL:
+                    receiver_free(s.receivers[i])
+        if s.transports != NULL:
+            for i in range(s.transport_end):
+                if s.transports[i] != NULL:
+                    free(s.transports[i].receivers.items)
+                    free(s.transports[i])
+        free(s.transports)
+        free(s.receivers)
+        free(s.downtracks)
+        free(s.recv.bufs)
+        free(s.send.bufs)
+        map_free(&s.by_address)
+        map_free(&s.streams)
+        map_free(&s.downtrack_ssrcs)
+        free(s)
+        self.s = NULL
+
+    # ------------------------------------------------------------------ event loop glue
+
+    def attach(self, loop) -> None:
+        self._loop = loop
+        loop.add_reader(self.s.fd, self._on_readable)
+        self._tick_handle = loop.call_later(TICK_SECONDS, self._tick)
+
+    def close(self) -> None:
+        if self._loop is not None:
+            if self.s.fd >= 0:
+                self._loop.remove_reader(self.s.fd)
+            if self._tick_handle is not None:
+                self._tick_handle.cancel()
+            self._loop = None
+            self._tick_handle = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self.s.fd = -1
+
+    def _on_readable(self) -> None:
+        cdef EngineState *s = self.s
+        cdef int n = 0
+        cdef int batches = 0
+        cdef int64_t now
+        if s.fd < 0:
+            return
+        while batches < MAX_BATCHES:
+            batches += 1
+            with nogil:
+                n = udpmux_read(s)
+                if n > 0:
+                    now = monotonic_us()
+                    s.event_count = 0
+                    demux_udp_batch(s, n, now)
+                    fanout_batch(s, now)
+                    udpmux_flush(s)
+            if n <= 0:
+                break
+            if s.event_count:
+                self._dispatch_events()
+            if n < BATCH:
+                break
+
+    def _tick(self) -> None:
+        if self._loop is None:
+            return
+        try:
+            with nogil:
+                run_timers(self.s, monotonic_us())
+                udpmux_flush(self.s)
+        finally:
+            self._tick_handle = self._loop.call_later(TICK_SECONDS, self._tick)
+
+    cdef _dispatch_events(self):
+        cdef int i
+        cdef Event *e
+        for i in range(self.s.event_count):
+            e = &self.s.events[i]
+            if e.kind == E_STUN:
+                event = (EV_STUN, PyBytes_FromStringAndSize(<const char *>e.data, e.length), *path_address(e.path))
+            elif e.kind == E_DTLS:
+                event = (EV_DTLS, e.a, PyBytes_FromStringAndSize(<const char *>e.data, e.length))
+            else:
+                event = (EV_RECEIVER_LAYER, e.a, e.b, e.c)
+            try:
+                self._on_event(event)
+            except Exception:
+                self.s.counters[<int>S_EVENT_ERRORS] += 1
+                log.exception("engine event handler failed on %s", event[0])
+        self.s.event_count = 0
+
+    # ------------------------------------------------------------------ control API (Python)
+
+    cdef int _slot(self, dict slots, object object_id, str what) except -1:
+        try:
+            return slots[object_id]
+        except KeyError:
+            raise KeyError(f"unknown {what} {object_id}") from None
+
+    cdef int64_t _new_id(self):
+        self._next_id += 1
+        return self._next_id - 1
+
+    def send_to(self, data: bytes, host: str, port: int) -> None:
+        """A raw datagram (STUN responses); `host` is an IPv4 or IPv6 address."""
+        if self.s.ipv6 and ":" not in host:
+            host = "::ffff:" + host  # how a dual-stack socket names an IPv4 peer
+        try:
+            self._sock.sendto(data, (host, port))
+        except OSError as e:
+            self.s.counters[<int>S_DROP_SEND_FAILED] += 1
+            log.debug("send_to %s:%s failed: %s", host, port, e)
+
+    def add_transport(self) -> int:
+        cdef int slot = _free_slot(<void **>self.s.transports, MAX_TRANSPORTS)
+        cdef Transport *t
+        if slot < 0:
+            raise RuntimeError("too many transports")
+        t = <Transport *>calloc(1, sizeof(Transport))
+        if t == NULL:
+            raise MemoryError()
+        t.id = self._new_id()
+        t.local_ssrc = int.from_bytes(os.urandom(4), "big")
+        self.s.transports[slot] = t
+        self.s.transport_end = max(self.s.transport_end, slot + 1)
+        self._transport_slots[t.id] = slot
+        return t.id
+
+    def bind_transport(self, transport_id: int, host: str, port: int) -> None:
+        """Where the transport's packets come from and go to: an IPv4 or IPv6 (on an IPv6 engine) address."""
+        cdef int slot = self._slot(self._transport_slots, transport_id, "transport")
+        cdef Path path
+        path_set(&path, host, port, self.s.ipv6)
+        if demux_bind_path(self.s, slot, &path) < 0:
+            raise MemoryError()
+
+    def send_transport(self, transport_id: int, data: bytes) -> None:
+        """A raw datagram to the transport's bound address (DTLS records)."""
+        cdef Transport *t = self.s.transports[self._slot(self._transport_slots, transport_id, "transport")]
+        if not t.bound:
+            self.s.counters[<int>S_DROP_SUBSCRIBER_NOT_READY] += 1
+            return
+        self.send_to(data, *path_address(&t.path))
+
+    def set_srtp(self, transport_id: int, rx_session: int, tx_session: int) -> None:
+        cdef Transport *t = self.s.transports[self._slot(self._transport_slots, transport_id, "transport")]
+        t.rx = <void *><uintptr_t>rx_session
+        t.tx = <void *><uintptr_t>tx_session
+
+    def remove_transport(self, transport_id: int) -> None:
+        slot = self._transport_slots.pop(transport_id, None)
+        if slot is None:
+            return
+        cdef Transport *t = self.s.transports[<int>slot]
+        cdef int i
+        while t.receivers.count:
+            self.remove_receiver(self.s.receivers[t.receivers.items[0]].id)
+        for i in range(self.s.downtrack_end):
+            if self.s.downtracks[i] != NULL and self.s.downtracks[i].transport == slot:
+                self.remove_downtrack(self.s.downtracks[i].id)
+        demux_unbind_path(self.s, <int>slot)
+        free(t.receivers.items)
+        free(t)
+        self.s.transports[<int>slot] = NULL
+
+    def add_receiver(self, transport_id: int, mid: str, kind: str, codec: str, payload_type: int,
+                     rtx_payload_type: int, clock_rate: int, rids: list, ssrcs: list, rtx_ssrcs: list,
+                     extmap: dict) -> int:
+        cdef int tslot = self._slot(self._transport_slots, transport_id, "transport")
+        cdef int slot, l
+        cdef Receiver *r
+        if kind not in ("audio", "video"):
+            raise ValueError(f"kind must be audio or video, not {kind!r}")
+        if len(rids) > MAX_LAYERS or len(ssrcs) > MAX_LAYERS or len(rtx_ssrcs) > MAX_LAYERS:
+            raise ValueError(f"at most {MAX_LAYERS} layers")
+        if clock_rate <= 0:
+            raise ValueError("clock_rate must be positive")
+        num_layers = max(1, len(rids), len(ssrcs))
+        if len(rtx_ssrcs) > num_layers:
+            # An RTX SSRC needs the media layer (and its packet cache) it repairs.
+            raise ValueError("more rtx_ssrcs than layers")
+        mid_bytes = mid.encode()
+        rid_bytes = [rid.encode() for rid in rids]
+        if len(mid_bytes) > 64 or any(len(rid) > 16 for rid in rid_bytes):
+            raise ValueError("mid or rid too long")
+        slot = _free_slot(<void **>self.s.receivers, MAX_RECEIVERS)
+        if slot < 0:
+            raise RuntimeError("too many receivers")
+        r = receiver_new(kind == "video", num_layers)
+        if r == NULL:
+            raise MemoryError()
+        r.id = self._new_id()
+        r.transport = tslot
+        r.codec = codec_id(codec)
+        r.payload_type = payload_type & 0x7F
+        r.rtx_payload_type = rtx_payload_type & 0x7F if rtx_payload_type > 0 else -1
+        r.clock_rate = clock_rate
+        memcpy(r.mid, <const char *>mid_bytes, len(mid_bytes))
+        r.mid_length = len(mid_bytes)
+        r.simulcast = len(rids) > 0
+        r.ext_mid = extmap.get("urn:ietf:params:rtp-hdrext:sdes:mid", 0) & 0xFF
+        r.ext_rid = extmap.get("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id", 0) & 0xFF
+        r.ext_rrid = extmap.get("urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id", 0) & 0xFF
+        if not r.is_video:
+            r.ext_audio_level = extmap.get("urn:ietf:params:rtp-hdrext:ssrc-audio-level", 0) & 0xFF
+        for l, rid in enumerate(rid_bytes):
+            memcpy(r.layers[l].rid, <const char *>rid, len(rid))
+            r.layers[l].rid_length = len(rid)
+        if list_add(&self.s.transports[tslot].receivers, slot) < 0:
+            receiver_free(r)
+            raise MemoryError()
+        self.s.receivers[slot] = r
+        self.s.receiver_end = max(self.s.receiver_end, slot + 1)
+        self._receiver_slots[r.id] = slot
+        # Declared SSRCs (non-simulcast offers, or simulcast with a=ssrc-group:SIM) bind without extensions.
+        for l, ssrc in enumerate(ssrcs):
+            r.layers[l].ssrc = ssrc
+            r.layers[l].has_ssrc = True
+            map_put(&self.s.streams, stream_key(tslot, ssrc), (<int64_t>slot << 8) | (l << 1))
+        for l, ssrc in enumerate(rtx_ssrcs):
+            r.layers[l].rtx_ssrc = ssrc
+            r.layers[l].has_rtx = True
+            map_put(&self.s.streams, stream_key(tslot, ssrc), (<int64_t>slot << 8) | (l << 1) | 1)
+        return r.id
+
+    def remove_receiver(self, receiver_id: int) -> None:
+        slot = self._receiver_slots.pop(receiver_id, None)
+        if slot is None:
+            return
+        cdef Receiver *r = self.s.receivers[<int>slot]
+        cdef int l
+        cdef Layer *layer
+        while r.downtracks.count:
+            self.remove_downtrack(self.s.downtracks[r.downtracks.items[0]].id)
+        for l in range(MAX_LAYERS):  # unused layers have no SSRCs, so every stream this receiver mapped is covered
+            layer = &r.layers[l]
+            if layer.has_ssrc and map_get(&self.s.streams, stream_key(r.transport, layer.ssrc)) >> 8 == slot:
+                map_remove(&self.s.streams, stream_key(r.transport, layer.ssrc))
+            if layer.has_rtx and map_get(&self.s.streams, stream_key(r.transport, layer.rtx_ssrc)) >> 8 == slot:
+                map_remove(&self.s.streams, stream_key(r.transport, layer.rtx_ssrc))
+        list_discard(&self.s.transports[r.transport].receivers, slot)
+        receiver_free(r)
+        self.s.receivers[<int>slot] = NULL
+
+    def add_downtrack(self, receiver_id: int, transport_id: int, ssrc: int, rtx_ssrc: int, payload_type: int,
+                      rtx_payload_type: int, extmap: dict) -> int:
+        cdef int rslot = self._slot(self._receiver_slots, receiver_id, "receiver")
+        cdef int tslot = self._slot(self._transport_slots, transport_id, "transport")
+        cdef int slot = _free_slot(<void **>self.s.downtracks, MAX_DOWNTRACKS)
+        cdef DownTrack *d
+        if slot < 0:
+            raise RuntimeError("too many downtracks")
+        d = downtrack_new()
+        if d == NULL:
+            raise MemoryError()
+        if list_add(&self.s.receivers[rslot].downtracks, slot) < 0:
+            downtrack_free(d)
+            raise MemoryError()
+        d.id = self._new_id()
+        d.receiver = rslot
+        d.transport = tslot
+        d.ssrc = ssrc
+        d.rtx_ssrc = rtx_ssrc
+        d.payload_type = payload_type & 0x7F
+        d.rtx_payload_type = rtx_payload_type & 0x7F
+        for source, target in extmap.items():
+            # Output uses the one-byte form (ids 1-14); anything else is stripped rather than written corrupt.
+            if 0 < source < 256 and 0 < target < 15:
+                d.ext_map[source] = target
+        d.max_layer = MAX_LAYERS - 1
+        d.rtx_seq = int.from_bytes(os.urandom(2), "big")
+        self.s.downtracks[slot] = d
+        self.s.downtrack_end = max(self.s.downtrack_end, slot + 1)
+        self._downtrack_slots[d.id] = slot
+        map_put(&self.s.downtrack_ssrcs, stream_key(tslot, ssrc), slot)
+        if rtx_ssrc:
+            map_put(&self.s.downtrack_ssrcs, stream_key(tslot, rtx_ssrc), slot)
+        return d.id
+
+    def remove_downtrack(self, downtrack_id: int) -> None:
+        slot = self._downtrack_slots.pop(downtrack_id, None)
+        if slot is None:
+            return
+        cdef DownTrack *d = self.s.downtracks[<int>slot]
+        if map_get(&self.s.downtrack_ssrcs, stream_key(d.transport, d.ssrc)) == slot:
+            map_remove(&self.s.downtrack_ssrcs, stream_key(d.transport, d.ssrc))
+        if d.rtx_ssrc and map_get(&self.s.downtrack_ssrcs, stream_key(d.transport, d.rtx_ssrc)) == slot:
+            map_remove(&self.s.downtrack_ssrcs, stream_key(d.transport, d.rtx_ssrc))
+        list_discard(&self.s.receivers[d.receiver].downtracks, slot)
+        downtrack_free(d)
+        self.s.downtracks[<int>slot] = NULL
+
+    def set_target_layer(self, downtrack_id: int, layer: int) -> None:
+        """Caps the layer the Forwarder aims at (StreamAllocator hook); it still switches only at keyframes."""
+        cdef DownTrack *d = self.s.downtracks[self._slot(self._downtrack_slots, downtrack_id, "downtrack")]
+        d.max_layer = max(0, min(layer, MAX_LAYERS - 1))
+
+    def set_paused(self, downtrack_id: int, paused: bool) -> None:
+        """Stops or resumes forwarding to a DownTrack. Video resumes at a keyframe, which is requested at once;
+        the output numbering continues from the last packet sent."""
+        cdef DownTrack *d = self.s.downtracks[self._slot(self._downtrack_slots, downtrack_id, "downtrack")]
+        cdef Receiver *r = self.s.receivers[d.receiver]
+        cdef int top
+        if forwarder_set_paused(d, paused):
+            top = forwarder_target(d, r)
+            if r.is_video and top >= 0:
+                d.keyframe_requests += 1
+                feedback_request_keyframe(self.s, r, top, monotonic_us())
+                udpmux_flush(self.s)
+
+    def set_cname(self, cname: str) -> None:
+        """The CNAME in our SDES chunks (RFC 3550 wants one per endpoint)."""
+        data = cname.encode()[:31]
+        memcpy(self.s.cname, <const char *>data, len(data))
+        self.s.cname_length = len(data)
+
+    def set_remb_bitrate(self, bitrate: int) -> None:
+        """The bitrate announced to publishers in REMB (bits per second)."""
+        self.s.remb_bitrate = max(0, bitrate)
+
+    def request_keyframe(self, receiver_id: int) -> None:
+        cdef Receiver *r = self.s.receivers[self._slot(self._receiver_slots, receiver_id, "receiver")]
+        cdef int l
+        cdef int64_t now = monotonic_us()
+        if r.is_video:
+            for l in range(r.num_layers):
+                feedback_request_keyframe(self.s, r, l, now)
+            udpmux_flush(self.s)
+
+    def fileno(self) -> int:
+        """The UDP socket's descriptor (-1 once closed)."""
+        return self.s.fd
+
+    @property
+    def gso(self) -> bool:
+        """Whether datagram runs still go out as UDP GSO sends."""
+        return self.s.send.use_gso
+
+    def stats(self) -> dict:
+        return {name: self.s.counters[i] for i, name in enumerate(STAT_NAMES)}
+
+    def audio_levels(self, interval: float) -> dict[int, float]:
+        """Mean linear audio level (0..1, 1 = 0 dBov) of every receiver that has the audio-level extension,
+        over the `interval` seconds since the last call (20 ms packets expected; DTX gaps count as silence)."""
+        cdef Receiver *r
+        cdef int slot
+        levels = {}
+        for receiver_id, slot in self._receiver_slots.items():
+            r = self.s.receivers[slot]
+            if r.ext_audio_level:
+                levels[receiver_id] = receiver_take_audio_level(r, interval * 50)
+        return levels
+
+    def receiver_stats(self, receiver_id: int) -> dict:
+        cdef Receiver *r = self.s.receivers[self._slot(self._receiver_slots, receiver_id, "receiver")]
+        cdef Layer *layer
+        cdef int l
+        layers = []
+        for l in range(r.num_layers):
+            layer = &r.layers[l]
+            layers.append({
+                "rid": (<char *>layer.rid)[:layer.rid_length].decode(errors="replace"),
+                "ssrc": layer.ssrc if layer.has_ssrc else None,
+                "rtx_ssrc": layer.rtx_ssrc if layer.has_rtx else None,
+                "packets": layer.received,
+                "bytes": layer.bytes,
+                "highest_sequence": layer.cycles + layer.max_seq if layer.active else None,
+                "lost": max(0, <int64_t>layer.cycles + layer.max_seq - layer.base_seq + 1 - <int64_t>layer.received)
+                        if layer.active else 0,
+                "jitter": layer.jitter_q4 >> 4,
+                "keyframes": layer.keyframes,
+                "nacks_sent": layer.nacks_sent,
+                "plis_sent": layer.plis_sent,
+                "missing": layer.missing_count,
+            })
+        return {
+            "top_layer": r.top_layer,
+            "downtracks": r.downtracks.count,
+            "layers": layers,
+        }
+
+    def downtrack_stats(self, downtrack_id: int) -> dict:
+        cdef DownTrack *d = self.s.downtracks[self._slot(self._downtrack_slots, downtrack_id, "downtrack")]
+        return {
+            "current_layer": d.current_layer,
+            "paused": bool(d.paused),
+            "target_layer": forwarder_target(d, self.s.receivers[d.receiver]),
+            "packets": d.packets,
+            "octets": d.octets,
+            "dropped": d.dropped,
+            "layer_switches": d.layer_switches,
+            "nacks_received": d.nacks_received,
+            "retransmissions": d.retransmissions,
+            "plis_received": d.plis_received,
+            "keyframe_requests": d.keyframe_requests,
+        }
+
+
+cdef int _free_slot(void **table, int capacity):
+    cdef int i
+    for i in range(capacity):
+        if table[i] == NULL:
+            return i
+    return -1

@@ -1,0 +1,13 @@
+# Fan-out: every ExtPacket of the batch to every DownTrack of its Receiver: Forwarder, Munger, write, SRTP protect,
+# into the send batch. The per-packet inner loop lives in this one translation unit.
+from libc.stdint cimport int64_t
+
+from engine.downtrack cimport DownTrack, SeqMapEntry
+from engine.packet cimport ExtPacket
+from engine.state cimport EngineState
+
+# Forwards the batch's ExtPackets (and empties the list); the caller flushes the send batch.
+cdef void fanout_batch(EngineState *s, int64_t now) noexcept nogil
+# Writes `d`'s copy of `p` as mapped by `e` (or its RTX form) into a send slot, protects and commits it. False when
+# it was dropped (subscriber not ready, too large, protect failed; counted).
+cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, bint as_rtx) noexcept nogil

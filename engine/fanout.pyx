@@ -1,0 +1,73 @@
+"""Fan-out: the batch's ExtPackets to their DownTracks, in an order that lets runs leave as GSO sends."""
+from libc.stdint cimport uint8_t
+
+from engine cimport srtp
+from engine.downtrack cimport WRITE_GROWTH, downtrack_write
+from engine.forwarder cimport FORWARD_DROP, FORWARD_PAUSED, FORWARD_SWITCHED, forwarder_accept
+from engine.munger cimport munger_map
+from engine.receiver cimport Receiver
+from engine.state cimport (BATCH, S_DROP_PROTECT, S_DROP_SUBSCRIBER_NOT_READY, S_DROP_TOO_LARGE, S_FORWARDED,
+                           S_LAYER_SWITCHES, S_PAUSED_SKIPPED, SEND_BUF, Transport, transport_ready)
+from engine.udpmux cimport send_commit, send_slot_buffer, send_take_slot
+
+
+cdef void fanout_batch(EngineState *s, int64_t now) noexcept nogil:
+    """DownTrack by DownTrack, each in arrival order: a subscriber's packets then sit in consecutive send slots,
+    which udpmux_flush can hand to the kernel as one GSO send."""
+    cdef bint done[<int>BATCH]
+    cdef int i, j, k
+    cdef Receiver *r
+    cdef ExtPacket *p
+    for i in range(s.packet_count):
+        done[i] = False
+    for i in range(s.packet_count):
+        if done[i]:
+            continue
+        r = s.packets[i].r
+        for k in range(r.downtracks.count):
+            for j in range(i, s.packet_count):
+                p = &s.packets[j]
+                if p.r == r:
+                    forward(s, s.downtracks[r.downtracks.items[k]], p, now)
+        for j in range(i, s.packet_count):
+            if s.packets[j].r == r:
+                done[j] = True
+    s.packet_count = 0
+
+
+cdef inline void forward(EngineState *s, DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil:
+    cdef const SeqMapEntry *e
+    cdef int verdict = forwarder_accept(d, p, now)
+    if verdict == FORWARD_DROP:
+        return
+    if verdict == FORWARD_PAUSED:
+        s.counters[<int>S_PAUSED_SKIPPED] += 1
+        return
+    if verdict == FORWARD_SWITCHED:
+        s.counters[<int>S_LAYER_SWITCHES] += 1
+    e = munger_map(d, p, now)
+    if e != NULL and fanout_send(s, d, p, e, False):
+        d.packets += 1
+        d.octets += p.h.payload_length
+        s.counters[<int>S_FORWARDED] += 1
+
+
+cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const SeqMapEntry *e,
+                      bint as_rtx) noexcept nogil:
+    cdef Transport *t = s.transports[d.transport]
+    cdef int slot, length
+    cdef uint8_t *out
+    if not transport_ready(t):
+        s.counters[<int>S_DROP_SUBSCRIBER_NOT_READY] += 1
+        return False
+    if p.h.header_length + p.h.payload_length + WRITE_GROWTH + srtp.SRTP_TRAILER > SEND_BUF:
+        s.counters[<int>S_DROP_TOO_LARGE] += 1
+        return False
+    slot = send_take_slot(s)
+    out = send_slot_buffer(s, slot)
+    length = downtrack_write(d, p, e, as_rtx, out)
+    if srtp.protect(t.tx, out, &length) != 0:
+        s.counters[<int>S_DROP_PROTECT] += 1
+        return False
+    send_commit(s, slot, length, &t.path)
+    return True

@@ -1,0 +1,26 @@
+# Forwarder: decides, per DownTrack, which packets pass: the target layer, switches only at its keyframes, pausing.
+# Simulcast streams are Receiver layers (ExtPacket.layer); SVC selection (spatial/temporal ids of ExtPacket, from the
+# VP9/AV1 descriptors) belongs here too, beside forwarder_accept. C-level, nogil.
+from libc.stdint cimport int64_t
+
+from engine.downtrack cimport DownTrack
+from engine.packet cimport ExtPacket
+from engine.receiver cimport Receiver, receiver_best_layer
+
+cdef enum:  # forwarder_accept verdicts
+    FORWARD_DROP
+    FORWARD_PASS
+    FORWARD_SWITCHED          # passes, and the current layer just changed to another one
+    FORWARD_PAUSED            # the DownTrack is paused: nothing passes, nothing changes
+
+# The verdict on `p` for `d`. Video switches only to the target layer and only at a keyframe; audio passes
+# everything. A switch re-anchors the Munger so the output continues from the last packet sent.
+cdef int forwarder_accept(DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil
+# Pauses or resumes `d`; True when it resumes: it then waits for a keyframe (which the caller should request) and
+# continues the output numbering from the last packet sent.
+cdef bint forwarder_set_paused(DownTrack *d, bint paused) noexcept nogil
+
+
+cdef inline int forwarder_target(const DownTrack *d, const Receiver *r) noexcept nogil:
+    """The layer `d` aims at: the best live layer of `r` under the DownTrack's cap (-1 = none)."""
+    return receiver_best_layer(r, d.max_layer)

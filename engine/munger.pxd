@@ -1,0 +1,19 @@
+# Munger: rewrites a DownTrack's SSRC-independent numbering (sequence numbers, timestamps, VP8 picture id and
+# TL0PICIDX) so layer switches and dropped packets leave no trace; absorbs padding-only packets; keeps the seq map.
+from libc.stdint cimport int64_t, uint16_t, uint32_t
+
+from engine.downtrack cimport SEQMAP_SIZE, DownTrack, SeqMapEntry
+from engine.packet cimport ExtPacket
+from engine.receiver cimport Layer
+
+# At a switch to `p`'s layer: offsets so `p` follows right after the last packet sent, its timestamp advanced by the
+# wall time since then (at least one tick). Before the first packet, the publisher's numbering is kept (offsets 0).
+cdef void munger_anchor(DownTrack *d, const ExtPacket *p, uint32_t clock_rate, int64_t now) noexcept nogil
+# The accepted packet's output numbering, remembered for NACKs. NULL when it is dropped instead (in-order
+# padding-only packets: the offset absorbs them so the output has no gap, and older input is no longer accepted).
+cdef const SeqMapEntry *munger_map(DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil
+# What was sent as `out_seq`, or NULL when that is no longer known.
+cdef SeqMapEntry *munger_sent(const DownTrack *d, uint16_t out_seq) noexcept nogil
+# The output RTP time of `now`, for SR: from the publisher's SR on the current layer when known, else extrapolated
+# from the last packet sent.
+cdef uint32_t munger_rtp_time(const DownTrack *d, const Layer *current, uint32_t clock_rate, int64_t now) noexcept nogil

@@ -1,0 +1,171 @@
+# EngineState: the one C state struct that the engine's nogil modules share: limits, slot tables, lookup maps, counters,
+# the receive and send batches, the batch's ExtPackets and the event queue. engine.pyx owns it; modules take a pointer.
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
+
+from engine.batchio cimport iovec, mmsghdr
+from engine.downtrack cimport DownTrack
+from engine.packet cimport ExtPacket
+from engine.path cimport Path, SockAddr
+from engine.receiver cimport Receiver
+from engine.table cimport IntList, U64Map
+
+cdef enum:
+    BATCH = 64                # datagrams per recvmmsg
+    RECV_BUF = 2048
+    SEND_SLOTS = 256          # packets per sendmmsg
+    SEND_BUF = 2112           # a received datagram + WRITE_GROWTH + SRTP(C) trailer
+    MAX_TRANSPORTS = 16384    # a fanout of thousands of subscribers with two transports each
+    MAX_RECEIVERS = 8192
+    MAX_DOWNTRACKS = 65536
+    GSO_CONTROL_WORDS = 4     # 8-byte words holding CMSG_SPACE(sizeof(uint16_t)), per GSO message
+
+cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their names, in this order
+    S_PACKETS_IN
+    S_BYTES_IN
+    S_PACKETS_OUT
+    S_BYTES_OUT
+    S_RTP_IN
+    S_RTCP_IN
+    S_STUN_IN
+    S_DTLS_IN
+    S_FORWARDED
+    S_PAUSED_SKIPPED
+    S_DROP_EMPTY
+    S_DROP_TRUNCATED
+    S_DROP_NOT_RTP
+    S_DROP_UNKNOWN_SOURCE
+    S_DROP_DTLS_UNBOUND
+    S_DROP_NO_SRTP
+    S_DROP_UNPROTECT
+    S_DROP_MALFORMED
+    S_DROP_UNKNOWN_SSRC
+    S_DROP_DUPLICATE
+    S_DROP_PAYLOAD_TYPE
+    S_DROP_RTX_PADDING
+    S_DROP_TOO_LARGE
+    S_DROP_PROTECT
+    S_DROP_SUBSCRIBER_NOT_READY
+    S_DROP_SEND_FAILED
+    S_GSO_SENDS
+    S_GSO_SEGMENTS
+    S_NACKS_RECEIVED
+    S_NACKED_PACKETS
+    S_NACK_MISSES
+    S_RETRANSMISSIONS
+    S_NACK_RATE_LIMITED
+    S_RTX_RECOVERED
+    S_NACKS_SENT
+    S_PLIS_RECEIVED
+    S_PLIS_SENT
+    S_KEYFRAMES
+    S_LAYER_SWITCHES
+    S_SR_RECEIVED
+    S_RR_RECEIVED
+    S_SR_SENT
+    S_RR_SENT
+    S_REMB_SENT
+    S_EVENT_ERRORS
+    S_COUNT
+
+cdef enum:  # event kinds, queued in C and dispatched to Python after each batch
+    E_STUN                    # data + path
+    E_DTLS                    # data + transport id (a)
+    E_LAYER                   # receiver id (a), layer (b), SSRC (c): a layer's first packet
+
+cdef struct Transport:
+    int64_t id
+    bint bound
+    Path path                 # where its packets come from and go to
+    uint64_t path_key         # its key in EngineState.by_address (see demux_bind_path)
+    void *rx                  # srtp_t, owned by the control plane
+    void *tx
+    uint32_t local_ssrc       # sender SSRC of our RTCP feedback
+    IntList receivers         # slots of the Receivers published on this transport
+
+cdef struct RecvBatch:
+    uint8_t *bufs             # BATCH buffers of RECV_BUF bytes
+    mmsghdr msgs[<int>BATCH]
+    iovec iov[<int>BATCH]
+    Path paths[<int>BATCH]    # recvmmsg writes the source address straight into each path
+
+cdef struct SendBatch:
+    uint8_t *bufs             # SEND_SLOTS buffers of SEND_BUF bytes
+    mmsghdr msgs[<int>SEND_SLOTS]
+    iovec iov[<int>SEND_SLOTS]
+    SockAddr addrs[<int>SEND_SLOTS]
+    int count
+    bint use_gso              # the kernel segments UDP for us; cleared for good the first time it refuses
+    mmsghdr gso_msgs[<int>SEND_SLOTS]
+    int gso_first[<int>SEND_SLOTS]  # the first send slot of each GSO message
+    uint64_t gso_control[<int>SEND_SLOTS * <int>GSO_CONTROL_WORDS]
+
+cdef struct Event:
+    int kind                  # E_*
+    const uint8_t *data       # E_STUN / E_DTLS: the datagram, valid until the next batch is read
+    int length
+    const Path *path          # E_STUN: where it came from
+    int64_t a
+    int64_t b
+    int64_t c
+
+cdef struct EngineState:
+    int fd                    # the UDP mux socket
+    bint ipv6                 # it is an AF_INET6 (dual-stack) socket: every UDP path is a sockaddr_in6
+    uint64_t path_seed        # keys IPv6 path hashes (random per engine, so collisions cannot be aimed at)
+    Transport **transports    # slot tables: NULL = free
+    Receiver **receivers
+    DownTrack **downtracks
+    int transport_end         # one past the highest slot ever used, to bound scans
+    int receiver_end
+    int downtrack_end
+    U64Map by_address         # path key -> transport slot
+    U64Map streams            # (transport slot, SSRC) -> receiver slot << 8 | layer << 1 | is_rtx
+    U64Map downtrack_ssrcs    # (transport slot, downtrack SSRC or RTX SSRC) -> downtrack slot
+    uint64_t counters[<int>S_COUNT]
+    RecvBatch recv
+    SendBatch send
+    ExtPacket packets[<int>BATCH]  # the batch's RTP packets, received and waiting for the fan-out
+    int packet_count
+    Event events[<int>BATCH]  # one per datagram at most
+    int event_count
+    int64_t last_report_us
+    uint64_t remb_bitrate
+    char cname[32]
+    int cname_length
+
+
+cdef inline int64_t monotonic_us() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+
+
+cdef inline uint64_t ntp_now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return ((<uint64_t>ts.tv_sec + 2208988800ULL) << 32) | ((<uint64_t>ts.tv_nsec << 32) // 1000000000ULL)
+
+
+cdef inline uint64_t stream_key(int slot, uint32_t ssrc) noexcept nogil:
+    return (<uint64_t>slot << 32) | ssrc
+
+
+cdef inline bint transport_ready(const Transport *t) noexcept nogil:
+    """Packets can be sent to `t`: it has an address and SRTP keys."""
+    return t != NULL and t.bound and t.tx != NULL
+
+
+cdef inline void queue_event(EngineState *s, int kind, const uint8_t *data, int length, const Path *path, int64_t a,
+                             int64_t b, int64_t c) noexcept nogil:
+    cdef Event *e
+    if s.event_count < BATCH:  # one event per datagram at most, so BATCH entries always suffice
+        e = &s.events[s.event_count]
+        s.event_count += 1
+        e.kind = kind
+        e.data = data
+        e.length = length
+        e.path = path
+        e.a = a
+        e.b = b
+        e.c = c
