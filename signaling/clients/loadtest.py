@@ -35,7 +35,7 @@ from websockets.exceptions import WebSocketException
 from engine import loadgen
 
 from ..auth import create_token
-from ..cli import parse_duration
+from ..durations import parse_duration
 from ..peer import sdp
 from ..peer.dtls import Certificate, DtlsEndpoint, session_pointer, srtp_sessions
 from ..peer.ice import new_credentials
