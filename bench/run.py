@@ -6,9 +6,10 @@ pure-Python forwarder on the same load.
     python bench/run.py --scenario fanout --subscribers 1000 --json out.json
 
 Everything runs on loopback. The tern server (`python -m signaling --dev`) is pinned to CPU 0 with taskset, the
-load clients (this process: signaling in asyncio, media in engine.loadgen's C threads) to CPU 1. The clients join
-through /rtc with tokens and complete ICE, DTLS and SRTP like a browser (signaling/loadtest.py). The baselines
-(bench/forwarders.py: c-ceiling, pure-python) get the same media in raw mode: fixed keys, no signaling.
+load clients (this process: signaling in asyncio, media in signaling/clients/loadgen.pyx's C threads) to CPU 1.
+The clients join through /rtc with tokens and complete ICE, DTLS and SRTP like a browser
+(signaling/clients/loadtest.py). The baselines (bench/forwarders.py: c-ceiling, pure-python) get the same media in
+raw mode: fixed keys, no signaling.
 
 Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until loss appears), meeting (P
 participants each publishing audio + video, all subscribed to all), audio (many rooms of 4 talkers).
@@ -36,8 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from pylibsrtp import Policy, Session  # noqa: E402
 
-from engine import loadgen  # noqa: E402
-from signaling.clients import loadtest  # noqa: E402
+from signaling.clients import loadgen, loadtest  # noqa: E402
 from signaling.peer.dtls import session_pointer  # noqa: E402
 
 API_KEY, API_SECRET = "devkey", "secret"
@@ -121,11 +121,12 @@ class TernServer:
 async def measure(name: str, scenario: str, clients: loadtest.LoadClients, pid: int, window: float,
                   label: str) -> Row:
     """One window of steady load: what the clients received and what the server spent."""
-    before, latency_before, cpu_before = clients.receiver.totals(), clients.receiver.latency_snapshot(), cpu_seconds(pid)
+    receiver = clients.load_receiver
+    before, latency_before, cpu_before = receiver.totals(), receiver.latency_snapshot(), cpu_seconds(pid)
     started = time.monotonic()
     await asyncio.sleep(window)
     elapsed = time.monotonic() - started
-    after, latency_after, cpu_after = clients.receiver.totals(), clients.receiver.latency_snapshot(), cpu_seconds(pid)
+    after, latency_after, cpu_after = receiver.totals(), receiver.latency_snapshot(), cpu_seconds(pid)
     packets, size = after["packets"] - before["packets"], after["bytes"] - before["bytes"]
     cpu = cpu_after - cpu_before
     p50, p99 = loadgen.latency_percentiles(latency_before, latency_after, [50, 99])
@@ -223,8 +224,8 @@ def baseline_fanout(kind: str, subscribers: int, window: float) -> Row | None:
     if child.stdout.readline().strip() != "ready":
         child.kill()
         return None
-    sender = loadgen.Sender(4)
-    receiver = loadgen.Receiver(subscribers + 1)
+    sender = loadgen.LoadSender(4)
+    receiver = loadgen.LoadReceiver(subscribers + 1)
     sessions = [raw_session(True) for _ in sinks]
     for sink, session in zip(sinks, sessions):
         sink.connect(("127.0.0.1", port))
