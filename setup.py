@@ -1,13 +1,17 @@
-"""Builds the Cython engine; metadata lives in pyproject.toml."""
+"""Builds the Cython extensions (the engine and the clients' load generator); metadata lives in pyproject.toml."""
 from pathlib import Path
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-# engine/*.pyx and its subpackages (engine/codecs/*.pyx): one extension module per file, named after its path.
+# Every .pyx under these packages becomes the module its path names (engine/srtp.pyx -> engine.srtp,
+# signaling/clients/loadgen.pyx -> signaling.clients.loadgen); modules cimport each other by those names.
+PACKAGES = ("engine", "signaling")
+
 extensions = [
     Extension(".".join(path.with_suffix("").parts), [str(path)], extra_compile_args=["-O3"])
-    for path in sorted(Path("engine").rglob("*.pyx"))
+    for package in PACKAGES
+    for path in sorted(Path(package).rglob("*.pyx"))
 ]
 
 setup(

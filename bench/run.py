@@ -6,9 +6,13 @@ pure-Python forwarder on the same load.
     python bench/run.py --scenario fanout --subscribers 1000 --json out.json
 
 Everything runs on loopback. The tern server (`python -m signaling --dev`) is pinned to CPU 0 with taskset, the
-load clients (this process: signaling in asyncio, media in engine.loadgen's C threads) to CPU 1. The clients join
-through /rtc with tokens and complete ICE, DTLS and SRTP like a browser (signaling/loadtest.py). The baselines
-(bench/forwarders.py: c-ceiling, pure-python) get the same media in raw mode: fixed keys, no signaling.
+load clients (this process: signaling in asyncio, media in signaling/clients/loadgen.pyx's C threads) to CPU 1.
+The clients join through /rtc with tokens and complete ICE, DTLS and SRTP like a browser
+(signaling/clients/loadtest.py). The baselines (bench/forwarders.py: c-ceiling, pure-python) get the same media in
+raw mode: fixed keys, no signaling.
+
+Which tern is measured: this checkout when its Cython modules are built in place (`pip install -e .` or
+`python setup.py build_ext --inplace`), otherwise the tern installed in this Python (`pip install .`).
 
 Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until loss appears), meeting (P
 participants each publishing audio + video, all subscribed to all), audio (many rooms of 4 talkers).
@@ -29,16 +33,41 @@ import sys
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+EXTENSION_PACKAGES = ("engine", "signaling")  # where setup.py finds the .pyx sources
+BUILD_IN_PLACE = "`pip install -e .` or `python setup.py build_ext --inplace`"
 
-from pylibsrtp import Policy, Session  # noqa: E402
 
-from engine import loadgen  # noqa: E402
-from signaling.clients import loadtest  # noqa: E402
-from signaling.peer.dtls import session_pointer  # noqa: E402
+def checkout_is_built() -> bool:
+    """Whether this checkout's Cython modules are compiled next to their sources, so it can be imported.
+
+    A plain `pip install .` (the README's quick start) builds into site-packages and leaves the checkout without
+    extensions: importing it would fail on the first engine module, so then the installed tern is used. A checkout
+    built only in part is stale, and measuring the installed copy instead would mislead: stop and say so."""
+    sources = [path for package in EXTENSION_PACKAGES for path in sorted((ROOT / package).rglob("*.pyx"))]
+    missing = [path for path in sources
+               if not any(path.with_name(path.stem + suffix).exists() for suffix in EXTENSION_SUFFIXES)]
+    if missing and len(missing) < len(sources):
+        sys.exit(f"bench: this checkout is partly built ({', '.join(str(p.relative_to(ROOT)) for p in missing)} not "
+                 f"compiled); in {ROOT} run {BUILD_IN_PLACE}")
+    return not missing
+
+
+USE_CHECKOUT = checkout_is_built()
+if USE_CHECKOUT:
+    sys.path.insert(0, str(ROOT))  # before any installed tern, which may be an older copy
+
+try:  # pylibsrtp too: it comes with tern
+    from pylibsrtp import Policy, Session
+
+    from signaling.clients import loadgen, loadtest
+    from signaling.peer.dtls import session_pointer
+except ModuleNotFoundError as exc:
+    sys.exit(f"bench: cannot import tern ({exc}). Install it into this Python ({sys.executable}) from {ROOT} with "
+             f"`pip install .` (the README's quick start), or build the checkout in place: {BUILD_IN_PLACE}")
 
 API_KEY, API_SECRET = "devkey", "secret"
 SERVER_CPU, CLIENT_CPU = 0, 1
@@ -87,12 +116,17 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 class TernServer:
     def __init__(self, log: Path) -> None:
+        # The server must run the same tern as these clients. -P keeps `python -m` from putting its working
+        # directory (the checkout) first on sys.path; the checkout is on PYTHONPATH only when it is what we measure.
+        env = dict(os.environ)
+        if USE_CHECKOUT:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         self.http_port, udp_port = free_port(), free_port(socket.SOCK_DGRAM)
         self.log = open(log, "w")
         self.process = subprocess.Popen(
-            ["taskset", "-c", str(SERVER_CPU), sys.executable, "-m", "signaling", "--dev", "--port",
+            ["taskset", "-c", str(SERVER_CPU), sys.executable, "-P", "-m", "signaling", "--dev", "--port",
              str(self.http_port), "--udp-port", str(udp_port), "--config-body", "logging:\n  level: warn\n"],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -121,11 +155,12 @@ class TernServer:
 async def measure(name: str, scenario: str, clients: loadtest.LoadClients, pid: int, window: float,
                   label: str) -> Row:
     """One window of steady load: what the clients received and what the server spent."""
-    before, latency_before, cpu_before = clients.receiver.totals(), clients.receiver.latency_snapshot(), cpu_seconds(pid)
+    receiver = clients.load_receiver
+    before, latency_before, cpu_before = receiver.totals(), receiver.latency_snapshot(), cpu_seconds(pid)
     started = time.monotonic()
     await asyncio.sleep(window)
     elapsed = time.monotonic() - started
-    after, latency_after, cpu_after = clients.receiver.totals(), clients.receiver.latency_snapshot(), cpu_seconds(pid)
+    after, latency_after, cpu_after = receiver.totals(), receiver.latency_snapshot(), cpu_seconds(pid)
     packets, size = after["packets"] - before["packets"], after["bytes"] - before["bytes"]
     cpu = cpu_after - cpu_before
     p50, p99 = loadgen.latency_percentiles(latency_before, latency_after, [50, 99])
@@ -223,8 +258,8 @@ def baseline_fanout(kind: str, subscribers: int, window: float) -> Row | None:
     if child.stdout.readline().strip() != "ready":
         child.kill()
         return None
-    sender = loadgen.Sender(4)
-    receiver = loadgen.Receiver(subscribers + 1)
+    sender = loadgen.LoadSender(4)
+    receiver = loadgen.LoadReceiver(subscribers + 1)
     sessions = [raw_session(True) for _ in sinks]
     for sink, session in zip(sinks, sessions):
         sink.connect(("127.0.0.1", port))
@@ -300,6 +335,8 @@ def main() -> int:
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     print(f"server: tern --dev pinned to CPU {SERVER_CPU} (taskset); clients: this process pinned to CPU {CLIENT_CPU}; "
           f"SRTP AEAD_AES_128_GCM; video 150 pps x ~1,150 B, audio 50 pps x ~100 B; {window:.0f} s windows")
+    tern = Path(loadtest.__file__).resolve().parents[2]
+    print(f"tern under test: {tern} ({'this checkout' if USE_CHECKOUT else 'installed; this checkout is not built'})")
     print(HEADER, flush=True)
     rows: list[Row] = []
     figures: dict = {"machine": machine()}

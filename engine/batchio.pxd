@@ -1,4 +1,4 @@
-# Batched datagram syscalls (recvmmsg/sendmmsg) and the structures they take, shared by the engine and loadgen.
+# Batched datagram syscalls (recvmmsg/sendmmsg) and their structures, for the engine and clients/loadgen.pyx.
 from libc.stdint cimport uint16_t, uint32_t
 from posix.time cimport timespec
 

@@ -7,7 +7,6 @@ import argparse
 import datetime
 import importlib
 import logging
-import re
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -19,18 +18,9 @@ from .clients import operator
 # auth also silences pyjwt's warning on short secrets such as the dev secret "secret".
 from .auth import PARTICIPANT_KINDS
 from .config import Config, ConfigError, build_config
+from .durations import parse_duration
 
-_DURATION = re.compile(r"^(\d+)([smhd]?)$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def parse_duration(text: str) -> int:
-    """Seconds in `90`, `90s`, `15m`, `6h` or `1d`."""
-    match = _DURATION.match(text.strip().lower())
-    if not match or int(match.group(1)) == 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 3600, 30m, 6h, 1d)")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def _parser() -> argparse.ArgumentParser:

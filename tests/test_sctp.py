@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from signaling.peer.dcep import ChannelClosed, ChannelOpened, DataChannelEvent, MessageReceived
-from signaling.peer.sctp import (DATA, MAX_FRAGMENT, SctpAssociation, SctpError, encode_chunk, encode_packet,
-                            parse_packet)
+from signaling.peer.sctp import MAX_FRAGMENT, SctpAssociation
+from signaling.peer.sctp_chunks import DATA, SctpError, encode_chunk, encode_packet, parse_packet
 
 # --- ours against ours, virtual clock ---------------------------------------
 
@@ -273,7 +273,8 @@ def test_mutated_packets_never_raise(index: int, position: int, patch: bytes, tr
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_chunk_parsers_on_garbage(body: bytes) -> None:
-    from signaling.peer.sctp import DataChunk, ForwardTsnChunk, InitChunk, ResetRequest, SackChunk, parse_params
+    from signaling.peer.sctp_chunks import (DataChunk, ForwardTsnChunk, InitChunk, ResetRequest, SackChunk,
+                                            parse_params)
     for parse in (InitChunk.parse, SackChunk.parse, ForwardTsnChunk.parse, ResetRequest.parse, parse_params,
                   lambda b: DataChunk.parse(0, b)):
         try:

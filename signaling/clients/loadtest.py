@@ -4,7 +4,7 @@ Each client joins through `/rtc` with a token (LiveKit v0, dual peer connection)
 offers (renegotiations included), publishes with AddTrack + an offer on the publisher PC, keeps the signal alive
 with pings, and completes ICE (a nominating STUN Binding request to the server's host candidate), DTLS (as the
 client, `a=setup:active`) and SRTP per peer connection. The connected sockets and their libsrtp sessions then go to
-engine.loadgen, whose C threads send and check every packet, so the clients are never the bottleneck.
+signaling/clients/loadgen.pyx, whose C threads send and check every packet, so the clients are never the bottleneck.
 
     tern load-test --url ws://127.0.0.1:7880 --api-key devkey --api-secret secret \
         --rooms 1 --publishers 1 --subscribers 10 --duration 30s
@@ -32,13 +32,12 @@ from livekit.protocol import models, rtc
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
-from engine import loadgen
-
 from ..auth import create_token
-from ..cli import parse_duration
+from ..durations import parse_duration
 from ..peer import sdp
 from ..peer.dtls import Certificate, DtlsEndpoint, session_pointer, srtp_sessions
 from ..peer.ice import new_credentials
+from . import loadgen
 
 __all__ = ["LoadError", "LoadReport", "LoadClients", "MediaPlan", "run_load", "main"]
 
@@ -237,7 +236,7 @@ class LoadParticipant:
         self.ws: ClientConnection | None = None
         self.subscriber_path: MediaPath | None = None
         self.publisher_path: MediaPath | None = None
-        self.receiver_index: int | None = None
+        self.load_receiver_index: int | None = None
         self.token_ns = 0
         self.error: str | None = None
         self._tasks: list[asyncio.Task] = []
@@ -320,7 +319,7 @@ class LoadParticipant:
         except LoadError as error:
             self.error = f"subscriber PC: {error}"
             return
-        self.receiver_index = self.clients.receiver.add_socket(path.sock.fileno(), path.pointers()[0])
+        self.load_receiver_index = self.clients.load_receiver.add_socket(path.sock.fileno(), path.pointers()[0])
 
     async def _publish(self, plan: MediaPlan) -> None:
         tracks: list[OutgoingTrack] = []
@@ -361,7 +360,7 @@ class LoadParticipant:
             raise LoadError(f"{self.identity}: unusable publisher answer: {error}") from None
         await path.connect(description)
         rx, tx = path.pointers()
-        self.clients.receiver.add_socket(path.sock.fileno(), rx, publisher=True)  # RTCP: counted, PLIs answered
+        self.clients.load_receiver.add_socket(path.sock.fileno(), rx, publisher=True)  # RTCP: counted, PLIs answered
         for mid, track in enumerate(tracks):
             self._start_streams(path, str(mid), track, description, tx)
 
@@ -381,21 +380,21 @@ class LoadParticipant:
                     elements.append((extmap[sdp.EXT_AUDIO_LEVEL], b"\x1e"))
                     level_at = extension_block(elements)[1]
                 block = extension_block(elements)[0] if elements else b""
-                self.clients.sender.add_stream(path.sock.fileno(), tx, ssrc, OPUS_PT, False, packets_per_frame=1,
+                self.clients.load_sender.add_stream(path.sock.fileno(), tx, ssrc, OPUS_PT, False, packets_per_frame=1,
                                                frames_per_second=AUDIO_PPS, payload_size=AUDIO_PAYLOAD,
                                                clock_rate=48000, extension=block, level_offset=level_at)
             else:
                 packets = SIMULCAST_LAYERS[index][2] if rid else VIDEO_PACKETS_PER_FRAME
                 block = extension_block(elements)[0] if elements else b""
-                self.clients.sender.add_stream(path.sock.fileno(), tx, ssrc, VP8_PT, True,
+                self.clients.load_sender.add_stream(path.sock.fileno(), tx, ssrc, VP8_PT, True,
                                                packets_per_frame=packets, frames_per_second=VIDEO_FPS,
                                                payload_size=VIDEO_PAYLOAD, clock_rate=90000,
                                                keyframe_frames=KEYFRAME_FRAMES, extension=block)
 
     def first_media_ns(self) -> int:
-        if self.receiver_index is None:
+        if self.load_receiver_index is None:
             return 0
-        return self.clients.receiver.socket_stats(self.receiver_index)["first_media_ns"]
+        return self.clients.load_receiver.socket_stats(self.load_receiver_index)["first_media_ns"]
 
     async def leave(self) -> None:
         if self.ws is not None:
@@ -453,19 +452,19 @@ def _ms(value: float | None) -> str:
 
 
 class LoadClients:
-    """Every load client of a run, sharing one Sender, one Receiver and one DTLS certificate."""
+    """Every load client of a run, sharing one LoadSender, one LoadReceiver and one DTLS certificate."""
 
     def __init__(self, url: str, api_key: str, api_secret: str, capacity: int = 8192) -> None:
         self.url, self.api_key, self.api_secret = url, api_key, api_secret
         self.certificate = Certificate.generate()
-        self.sender = loadgen.Sender(capacity)
-        self.receiver = loadgen.Receiver(capacity, self.sender)
+        self.load_sender = loadgen.LoadSender(capacity)
+        self.load_receiver = loadgen.LoadReceiver(capacity, self.load_sender)
         self.participants: list[LoadParticipant] = []
         self.failed: list[str] = []
         self._ssrcs = itertools.count(random.getrandbits(24) << 4)
         self._names = itertools.count()
-        self.sender.start()
-        self.receiver.start()
+        self.load_sender.start()
+        self.load_receiver.start()
 
     def new_ssrc(self) -> int:
         return next(self._ssrcs) & 0xFFFFFFFF
@@ -506,8 +505,8 @@ class LoadClients:
 
     async def close(self) -> None:
         await asyncio.gather(*(p.leave() for p in self.participants))
-        self.sender.stop()
-        self.receiver.stop()
+        self.load_sender.stop()
+        self.load_receiver.stop()
         for participant in self.participants:
             for path in (participant.publisher_path, participant.subscriber_path):
                 if path is not None:
@@ -527,15 +526,15 @@ async def run_load(url: str, api_key: str, api_secret: str, *, rooms: int = 1, p
         receiving = [p for name in names
                      for p in await clients.add(name, subscribers, hidden=hidden_subscribers)]
         await clients.wait_for_media(receiving, CONNECT_TIMEOUT)
-        before, latency_before = clients.receiver.totals(), clients.receiver.latency_snapshot()
+        before, latency_before = clients.load_receiver.totals(), clients.load_receiver.latency_snapshot()
         started = time.monotonic()
         await asyncio.sleep(duration)
         elapsed = time.monotonic() - started
-        after, latency_after = clients.receiver.totals(), clients.receiver.latency_snapshot()
+        after, latency_after = clients.load_receiver.totals(), clients.load_receiver.latency_snapshot()
         p50, p99 = loadgen.latency_percentiles(latency_before, latency_after, [50, 99])
         return LoadReport(
             publishers=publishers * rooms, subscribers=subscribers * rooms, failed=clients.errors(),
-            duration=elapsed, sent_packets=clients.sender.stats()["packets"],
+            duration=elapsed, sent_packets=clients.load_sender.stats()["packets"],
             received_packets=after["packets"] - before["packets"], received_bytes=after["bytes"] - before["bytes"],
             lost=after["lost"] - before["lost"], auth_failures=after["auth_failures"], rtcp=after["rtcp"],
             latency_p50_ms=p50, latency_p99_ms=p99, join_ms=clients.join_ms())

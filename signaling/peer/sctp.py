@@ -1,9 +1,10 @@
-"""SCTP over DTLS for WebRTC data channels, sans-I/O.
+"""SCTP over DTLS for WebRTC data channels, sans-I/O: the association (handshake, timers, queues).
 
 The subset of RFC 9260 that WebRTC uses (RFC 8841, 8831): one association per
 DTLS connection, no multi-homing; with partial reliability (FORWARD-TSN, RFC
 3758) and stream reset (RE-CONFIG, RFC 6525). Each SCTP packet is one DTLS
-application-data record. Data channels and DCEP live in signaling/dcep.py.
+application-data record. The packet and chunk codecs live in sctp_chunks.py;
+data channels and DCEP in dcep.py.
 
 Every method takes bytes (and the current time) and returns the SCTP packets to
 send; nothing here owns a socket or a clock.
@@ -19,60 +20,20 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .dcep import (AssociationClosed, ChannelTable, DataChannel, DataChannelEvent,
-                            DcepError, Outgoing)
-
-try:
-    from google_crc32c import value as _crc32c
-except ImportError:  # pragma: no cover - the wheel ships with aiortc
-    def _crc32c_table() -> list[int]:
-        table = []
-        for n in range(256):
-            c = n
-            for _ in range(8):
-                c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-            table.append(c)
-        return table
-
-    _TABLE = _crc32c_table()
-
-    def _crc32c(data: bytes) -> int:
-        crc = 0xFFFFFFFF
-        for b in data:
-            crc = _TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
-        return crc ^ 0xFFFFFFFF
-
-
-class SctpError(ValueError):
-    """A malformed SCTP packet, chunk or parameter, or a request the association cannot honour."""
-
-
-# Chunk types (RFC 9260 section 3.2, RFC 6525, RFC 3758).
-DATA, INIT, INIT_ACK, SACK, HEARTBEAT, HEARTBEAT_ACK, ABORT, SHUTDOWN = range(8)
-SHUTDOWN_ACK, ERROR, COOKIE_ECHO, COOKIE_ACK = 8, 9, 10, 11
-SHUTDOWN_COMPLETE = 14
-RECONFIG = 130
-FORWARD_TSN = 192
-
-# Parameter types.
-P_STATE_COOKIE = 7
-P_OUTGOING_RESET = 13
-P_INCOMING_RESET = 14
-P_RECONFIG_RESPONSE = 16
-P_SUPPORTED_EXTENSIONS = 0x8008
-P_FORWARD_TSN_SUPPORTED = 0xC000
-
-# RE-CONFIG results (RFC 6525 section 4.4).
-R_NOTHING_TO_DO, R_PERFORMED, R_DENIED, R_WRONG_SSN, R_IN_PROGRESS_ERR, R_BAD_SEQ, R_IN_PROGRESS = range(7)
-
-# DATA chunk flags.
-F_END, F_BEGIN, F_UNORDERED = 0x01, 0x02, 0x04
+                   DcepError, Outgoing)
+from .sctp_chunks import (ABORT, CHUNK_HEADER_SIZE, COOKIE_ACK, COOKIE_ECHO, DATA, DATA_HEADER_SIZE, ERROR,
+                          F_BEGIN, F_END, F_UNORDERED, FORWARD_TSN, HEARTBEAT, HEARTBEAT_ACK, INIT, INIT_ACK,
+                          P_ADD_INCOMING_STREAMS, P_ADD_OUTGOING_STREAMS, P_FORWARD_TSN_SUPPORTED,
+                          P_INCOMING_RESET, P_OUTGOING_RESET, P_RECONFIG_RESPONSE, P_STATE_COOKIE,
+                          P_SUPPORTED_EXTENSIONS, PACKET_HEADER_SIZE, R_BAD_SEQ, R_DENIED, R_IN_PROGRESS,
+                          R_NOTHING_TO_DO, R_PERFORMED, RECONFIG, SACK, SHUTDOWN, SHUTDOWN_ACK,
+                          SHUTDOWN_COMPLETE, Chunk, DataChunk, ForwardTsnChunk, InitChunk, ResetRequest,
+                          SackChunk, SctpError, encode_chunk, encode_data_chunk, encode_packet,
+                          encode_reconfig_response, parse_packet, parse_params, parse_reconfig_response,
+                          reconfig_request_seq)
 
 MTU = 1188  # SCTP packet budget inside a ~1200-byte DTLS datagram path
-_HEADER = struct.Struct("!HHL")
-_DATA_HEADER = struct.Struct("!LHHL")
-_INIT = struct.Struct("!LLHHL")
-_SACK = struct.Struct("!LLHH")
-MAX_FRAGMENT = MTU - 12 - 4 - _DATA_HEADER.size
+MAX_FRAGMENT = MTU - PACKET_HEADER_SIZE - CHUNK_HEADER_SIZE - DATA_HEADER_SIZE
 
 RTO_INITIAL, RTO_MIN, RTO_MAX = 1.0, 0.4, 10.0
 MAX_INIT_RETRANSMITS = 8
@@ -96,175 +57,6 @@ def ssn_gt(a: int, b: int) -> bool:
     return a != b and ((a - b) & 0xFFFF) < 0x8000
 
 
-# --- wire format -----------------------------------------------------------
-
-@dataclass
-class Chunk:
-    type: int
-    flags: int
-    body: bytes
-
-
-def checksum(packet: bytes) -> int:
-    return _crc32c(packet[:8] + b"\x00\x00\x00\x00" + packet[12:])
-
-
-def parse_packet(data: bytes) -> tuple[int, int, int, list[Chunk]]:
-    """Returns (source port, destination port, verification tag, chunks)."""
-    if len(data) < 16:
-        raise SctpError("SCTP packet too short")
-    if struct.unpack_from("<L", data, 8)[0] != checksum(data):
-        raise SctpError("bad CRC32c")
-    src, dst, vtag = _HEADER.unpack_from(data)
-    chunks = []
-    pos = 12
-    while pos < len(data):
-        if len(data) - pos < 4:
-            raise SctpError("truncated chunk header")
-        ctype, flags, length = struct.unpack_from("!BBH", data, pos)
-        if length < 4 or pos + length > len(data):
-            raise SctpError("bad chunk length")
-        chunks.append(Chunk(ctype, flags, data[pos + 4:pos + length]))
-        pos += (length + 3) & ~3
-    if not chunks:
-        raise SctpError("packet without chunks")
-    return src, dst, vtag, chunks
-
-
-def encode_chunk(ctype: int, flags: int, body: bytes) -> bytes:
-    return struct.pack("!BBH", ctype, flags, 4 + len(body)) + body + b"\x00" * (-len(body) % 4)
-
-
-def encode_packet(src: int, dst: int, vtag: int, chunks: bytes) -> bytes:
-    header = _HEADER.pack(src, dst, vtag)
-    crc = _crc32c(header + b"\x00\x00\x00\x00" + chunks)
-    return header + struct.pack("<L", crc) + chunks
-
-
-def parse_params(body: bytes) -> list[tuple[int, bytes]]:
-    params = []
-    pos = 0
-    while pos < len(body):
-        if len(body) - pos < 4:
-            raise SctpError("truncated parameter")
-        ptype, length = struct.unpack_from("!HH", body, pos)
-        if length < 4 or pos + length > len(body):
-            raise SctpError("bad parameter length")
-        params.append((ptype, body[pos + 4:pos + length]))
-        pos += (length + 3) & ~3
-    return params
-
-
-def encode_param(ptype: int, value: bytes) -> bytes:
-    return struct.pack("!HH", ptype, 4 + len(value)) + value + b"\x00" * (-len(value) % 4)
-
-
-@dataclass
-class InitChunk:
-    initiate_tag: int
-    a_rwnd: int
-    outbound_streams: int
-    inbound_streams: int
-    initial_tsn: int
-    params: list[tuple[int, bytes]]
-
-    @classmethod
-    def parse(cls, body: bytes) -> InitChunk:
-        if len(body) < _INIT.size:
-            raise SctpError("truncated INIT")
-        tag, rwnd, ostreams, istreams, tsn = _INIT.unpack_from(body)
-        if tag == 0 or ostreams == 0 or istreams == 0:
-            raise SctpError("invalid INIT parameters")
-        return cls(tag, rwnd, ostreams, istreams, tsn, parse_params(body[_INIT.size:]))
-
-    def encode(self) -> bytes:
-        return _INIT.pack(self.initiate_tag, self.a_rwnd, self.outbound_streams,
-                          self.inbound_streams, self.initial_tsn) + b"".join(
-            encode_param(t, v) for t, v in self.params)
-
-
-@dataclass
-class DataChunk:
-    tsn: int
-    stream: int
-    ssn: int
-    ppid: int
-    flags: int
-    payload: bytes
-
-    @classmethod
-    def parse(cls, flags: int, body: bytes) -> DataChunk:
-        if len(body) <= _DATA_HEADER.size:
-            raise SctpError("DATA chunk without user data")
-        tsn, stream, ssn, ppid = _DATA_HEADER.unpack_from(body)
-        return cls(tsn, stream, ssn, ppid, flags, body[_DATA_HEADER.size:])
-
-
-@dataclass
-class SackChunk:
-    cumulative_tsn: int
-    a_rwnd: int
-    gaps: list[tuple[int, int]]  # offsets from cumulative_tsn, inclusive
-    duplicates: list[int]
-
-    @classmethod
-    def parse(cls, body: bytes) -> SackChunk:
-        if len(body) < _SACK.size:
-            raise SctpError("truncated SACK")
-        cum, rwnd, ngaps, ndups = _SACK.unpack_from(body)
-        if len(body) < _SACK.size + 4 * (ngaps + ndups):
-            raise SctpError("SACK blocks beyond the chunk")
-        gaps = [struct.unpack_from("!HH", body, _SACK.size + 4 * i) for i in range(ngaps)]
-        dups = list(struct.unpack_from(f"!{ndups}L", body, _SACK.size + 4 * ngaps))
-        return cls(cum, rwnd, gaps, dups)
-
-    def encode(self) -> bytes:
-        return (_SACK.pack(self.cumulative_tsn, self.a_rwnd, len(self.gaps), len(self.duplicates))
-                + b"".join(struct.pack("!HH", s, e) for s, e in self.gaps)
-                + b"".join(struct.pack("!L", d) for d in self.duplicates))
-
-
-@dataclass
-class ForwardTsnChunk:
-    new_cumulative_tsn: int
-    streams: list[tuple[int, int]]  # (stream, ssn) of skipped ordered messages
-
-    @classmethod
-    def parse(cls, body: bytes) -> ForwardTsnChunk:
-        if len(body) < 4 or len(body) % 4:
-            raise SctpError("bad FORWARD-TSN length")
-        return cls(struct.unpack_from("!L", body)[0],
-                   [struct.unpack_from("!HH", body, i) for i in range(4, len(body), 4)])
-
-    def encode(self) -> bytes:
-        return struct.pack("!L", self.new_cumulative_tsn) + b"".join(
-            struct.pack("!HH", s, n) for s, n in self.streams)
-
-
-@dataclass
-class ResetRequest:
-    """Outgoing SSN Reset Request parameter (RFC 6525 section 4.1)."""
-    request_seq: int
-    response_seq: int
-    last_tsn: int
-    streams: list[int]
-
-    @classmethod
-    def parse(cls, value: bytes) -> ResetRequest:
-        if len(value) < 12 or len(value) % 2:
-            raise SctpError("bad outgoing reset request")
-        req, resp, last = struct.unpack_from("!LLL", value)
-        return cls(req, resp, last, [struct.unpack_from("!H", value, i)[0] for i in range(12, len(value), 2)])
-
-    def encode(self) -> bytes:
-        return encode_param(P_OUTGOING_RESET, struct.pack("!LLL", self.request_seq, self.response_seq, self.last_tsn)
-                            + b"".join(struct.pack("!H", s) for s in self.streams))
-
-
-def encode_reconfig_response(seq: int, result: int) -> bytes:
-    return encode_param(P_RECONFIG_RESPONSE, struct.pack("!LL", seq, result))
-
-
 # --- association -----------------------------------------------------------
 
 @dataclass(eq=False)
@@ -286,8 +78,7 @@ class _OutChunk:
     misses: int = 0
 
     def encode(self) -> bytes:
-        return encode_chunk(DATA, self.flags, _DATA_HEADER.pack(self.tsn, self.stream, self.ssn, self.ppid)
-                            + self.payload)
+        return encode_data_chunk(self.tsn, self.stream, self.ssn, self.ppid, self.flags, self.payload)
 
 
 @dataclass
@@ -515,7 +306,7 @@ class SctpAssociation:
             return packets
         batch = b""
         for chunk in chunks:
-            if batch and 12 + len(batch) + len(chunk) > MTU:
+            if batch and PACKET_HEADER_SIZE + len(batch) + len(chunk) > MTU:
                 packets.append(encode_packet(self.port, self.remote_port, self._peer.tag, batch))
                 batch = b""
             batch += chunk
@@ -1052,11 +843,9 @@ class SctpAssociation:
             if ptype == P_OUTGOING_RESET:
                 self._on_reset_request(ResetRequest.parse(value))
             elif ptype == P_RECONFIG_RESPONSE:
-                if len(value) < 8:
-                    raise SctpError("truncated RE-CONFIG response")
-                self._on_reset_response(*struct.unpack_from("!LL", value))
-            elif ptype in (P_INCOMING_RESET, 17, 18) and len(value) >= 4:
-                seq = struct.unpack_from("!L", value)[0]
+                self._on_reset_response(*parse_reconfig_response(value))
+            elif ptype in (P_INCOMING_RESET, P_ADD_OUTGOING_STREAMS, P_ADD_INCOMING_STREAMS) and len(value) >= 4:
+                seq = reconfig_request_seq(value)
                 self._control.append(encode_chunk(RECONFIG, 0, encode_reconfig_response(seq, R_DENIED)))
 
     def _on_reset_request(self, request: ResetRequest) -> None:

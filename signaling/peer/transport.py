@@ -15,7 +15,8 @@ import engine
 from .dcep import AssociationClosed, ChannelClosed, ChannelOpened, DataChannel, MessageReceived
 from .dtls import Certificate, DtlsEndpoint, DtlsError, session_pointer, srtp_sessions
 from .ice import StunError, handle_binding, local_ufrag, new_credentials
-from .sctp import SctpAssociation, SctpError
+from .sctp import SctpAssociation
+from .sctp_chunks import SctpError
 from .sdp import LocalEndpoint, SdpError
 
 log = logging.getLogger(__name__)

@@ -1,16 +1,16 @@
 # cython: language_level=3
-"""C-speed load for benchmarks and `tern load-test`: a Sender and a Receiver of SRTP media, each on its own thread.
+"""C-speed load for benchmarks and `tern load-test`: a LoadSender and a LoadReceiver of SRTP media, on threads.
 
 The control plane (ICE, DTLS, signaling, or fixed keys in raw mode) connects UDP sockets to their peer and creates
 libsrtp sessions; it then hands the socket fds and the sessions' srtp_t pointers over. From then on every packet is
 built, protected, received and checked in C with the GIL released: no Python object per packet.
 
-- Sender: RTP streams paced in real time. Video is sent a frame at a time (a burst of packets, marker bit on the
+- LoadSender: RTP streams paced in real time. Video is sent a frame at a time (a burst of packets, marker bit on the
   last) with a VP8 payload descriptor and a keyframe every `keyframe_frames` frames; audio is one packet per period.
   The last 12 payload bytes of every packet carry "TERN" + the send time (CLOCK_REALTIME ns, big-endian), so a
   receiver on the same host measures one-way latency whatever the SFU rewrites in the header: up to the kernel's
   arrival timestamp (SO_TIMESTAMPNS), so the receiver's own queueing is not counted.
-- Receiver: epoll over many sockets, recvmmsg, SRTP unprotect (failures counted), per-SSRC packet counts and
+- LoadReceiver: epoll over many sockets, recvmmsg, SRTP unprotect (failures counted), per-SSRC packet counts and
   sequence gaps, and a latency histogram. RTCP, STUN and DTLS are counted and otherwise ignored.
 
 Counters are read from Python while the threads run; they are plain 64-bit words, good enough for statistics.
@@ -151,11 +151,12 @@ cdef class _Worker:
 
     cdef volatile int running
     cdef object thread
+    role = "worker"  # names the thread: loadgen-<role>
 
     def start(self) -> None:
         if self.thread is None:
             self.running = 1
-            self.thread = threading.Thread(target=self._run, name=f"loadgen-{type(self).__name__.lower()}", daemon=True)
+            self.thread = threading.Thread(target=self._run, name=f"loadgen-{self.role}", daemon=True)
             self.thread.start()
 
     def stop(self) -> None:
@@ -172,8 +173,10 @@ cdef class _Worker:
         pass
 
 
-cdef class Sender(_Worker):
+cdef class LoadSender(_Worker):
     """Paced SRTP streams on connected UDP sockets; streams may be added while it runs."""
+
+    role = "sender"
 
     cdef Stream *streams
     cdef int capacity
@@ -341,7 +344,7 @@ cdef struct SsrcCount:
 cdef struct Slot:
     int fd
     void *srtp
-    int answers_keyframe_requests  # a publisher's socket: PLI and FIR go to the Receiver's Sender
+    int answers_keyframe_requests  # a publisher's socket: PLI and FIR go to the LoadReceiver's LoadSender
     int64_t first_media_ns       # 0 until the first authenticated RTP packet
     uint64_t packets             # authenticated RTP
     uint64_t bytes
@@ -350,26 +353,28 @@ cdef struct Slot:
     uint64_t auth_failures
     uint64_t rtcp
     uint64_t other               # STUN, DTLS, anything else
-    uint64_t untimed             # RTP without our trailer (not from a loadgen Sender)
+    uint64_t untimed             # RTP without our trailer (not from a LoadSender)
     int ssrc_count
     SsrcCount ssrcs[MAX_SSRCS]
 
 
-cdef class Receiver(_Worker):
+cdef class LoadReceiver(_Worker):
     """Counts and checks the SRTP arriving on many sockets; sockets may be added while it runs."""
+
+    role = "receiver"
 
     cdef Slot *slots
     cdef int capacity
     cdef int count
     cdef int epoll_fd
-    cdef Sender sender
+    cdef LoadSender sender
     cdef uint64_t *histogram
     cdef uint8_t buffers[RECV_BATCH][RECV_BUF]
     cdef uint8_t controls[RECV_BATCH][CONTROL_BUF]
     cdef iovec iovecs[RECV_BATCH]
     cdef mmsghdr messages[RECV_BATCH]
 
-    def __cinit__(self, int capacity=4096, Sender sender=None):
+    def __cinit__(self, int capacity=4096, LoadSender sender=None):
         self.sender = sender
         self.slots = <Slot *>calloc(capacity, sizeof(Slot))
         self.histogram = <uint64_t *>calloc(BUCKETS, sizeof(uint64_t))
@@ -386,9 +391,9 @@ cdef class Receiver(_Worker):
 
     def add_socket(self, int fd, uintptr_t srtp_session, bint publisher=False) -> int:
         """Starts receiving on `fd` (non-blocking, connected) with the inbound libsrtp session; returns its index.
-        On a `publisher` socket, keyframe requests (PLI, FIR) make the Sender's stream of that SSRC send one."""
+        On a `publisher` socket, keyframe requests (PLI, FIR) make the LoadSender's stream of that SSRC send one."""
         if publisher and self.sender is None:
-            raise ValueError("a publisher socket needs the Receiver to have a Sender")
+            raise ValueError("a publisher socket needs the LoadReceiver to have a LoadSender")
         if self.count >= self.capacity:
             raise RuntimeError("receiver is full")
         cdef int index = self.count
