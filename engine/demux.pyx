@@ -7,7 +7,7 @@ from engine.batchio cimport MSG_TRUNC
 from engine.codecs.describe cimport describe_packet
 from engine.downtrack cimport DownTrack, downtrack_lose_layer
 from engine.feedback cimport feedback_keyframe_request, feedback_nack
-from engine.packet cimport ExtPacket
+from engine.packet cimport ExtPacket, packet_set
 from engine.path cimport path_equal, path_key, path_next_key
 from engine.receiver cimport (Layer, Receiver, layer_receive, layer_reset, receiver_find_rid, receiver_note_audio_level,
                               receiver_note_live)
@@ -264,13 +264,8 @@ cdef void receive(EngineState *s, Receiver *r, int l, const uint8_t *buf, int le
     if r.ext_audio_level and find_extension(buf, h, r.ext_audio_level, &value, &value_length) and value_length >= 1:
         receiver_note_audio_level(r, value[0] & 0x7F)
     p = &s.packets[s.packet_count]  # one per datagram at most, so BATCH entries always suffice
-    p.buf = buf
-    p.length = length
     p.h = h[0]
-    p.r = r
-    p.layer = l
-    p.spatial = l
-    p.arrival_us = now
+    packet_set(p, buf, length, r, l, now)
     describe_packet(p, r.codec, r.is_video)
     if p.keyframe:
         layer.keyframes += 1

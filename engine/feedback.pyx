@@ -7,7 +7,7 @@ from engine.downtrack cimport SeqMapEntry
 from engine.fanout cimport fanout_send
 from engine.forwarder cimport forwarder_target
 from engine.munger cimport munger_sent
-from engine.packet cimport ExtPacket
+from engine.packet cimport ExtPacket, packet_set
 from engine.packetcache cimport cache_get
 from engine.receiver cimport MAX_MISSING, Layer, layer_due_nacks
 from engine.rtcp cimport build_nack, build_pli, parse_nack
@@ -62,12 +62,7 @@ cdef void feedback_nack(EngineState *s, DownTrack *d, uint32_t media, const uint
         if (e.last_rtx_us != 0 and now - e.last_rtx_us < RTX_REPEAT_US) or d.rtx_window_count >= RTX_BUDGET:
             s.counters[<int>S_NACK_RATE_LIMITED] += 1
             continue
-        packet.buf = cached
-        packet.length = cached_length
-        packet.r = r
-        packet.layer = e.layer
-        packet.spatial = e.layer
-        packet.arrival_us = now
+        packet_set(&packet, cached, cached_length, r, e.layer, now)
         describe_packet(&packet, r.codec, r.is_video)
         if fanout_send(s, d, &packet, e, d.rtx_ssrc != 0):
             e.last_rtx_us = now

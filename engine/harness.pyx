@@ -9,7 +9,7 @@ from engine.codecs.describe cimport codec_id, describe_packet
 from engine.downtrack cimport WRITE_GROWTH, DownTrack, SeqMapEntry, downtrack_free, downtrack_lose_layer, downtrack_new, downtrack_write
 from engine.forwarder cimport FORWARD_DROP, FORWARD_PAUSED, forwarder_accept, forwarder_set_paused, forwarder_target
 from engine.munger cimport munger_map
-from engine.packet cimport ExtPacket
+from engine.packet cimport ExtPacket, packet_set
 from engine.receiver cimport MAX_LAYERS, Receiver, receiver_free, receiver_new
 from engine.rtp cimport parse_rtp
 
@@ -93,14 +93,9 @@ cdef class DownTrackHarness:
         cdef int verdict, length
         if not 0 <= layer < self.r.num_layers:
             raise ValueError(f"no layer {layer}")
-        p.buf = packet
-        p.length = len(packet)
-        if parse_rtp(p.buf, p.length, &p.h) < 0:
+        if parse_rtp(packet, len(packet), &p.h) < 0:
             raise ValueError("not a valid RTP packet")
-        p.r = self.r
-        p.layer = layer
-        p.spatial = layer
-        p.arrival_us = <int64_t>(now * 1000000)
+        packet_set(&p, packet, len(packet), self.r, layer, <int64_t>(now * 1000000))
         describe_packet(&p, self.r.codec, self.r.is_video)
         verdict = forwarder_accept(self.d, &p, p.arrival_us)
         if verdict == FORWARD_DROP or verdict == FORWARD_PAUSED:

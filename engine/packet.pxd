@@ -24,3 +24,14 @@ cdef struct ExtPacket:
     int64_t arrival_us
     uint8_t descriptor        # DESC_*
     CodecDescriptor desc
+
+
+cdef inline void packet_set(ExtPacket *p, const uint8_t *buf, int length, Receiver *r, int layer,
+                            int64_t now) noexcept nogil:
+    """Where a packet whose header is already in p.h lives and came from; codecs/describe fills in the rest."""
+    p.buf = buf
+    p.length = length
+    p.r = r
+    p.layer = layer
+    p.spatial = layer
+    p.arrival_us = now

@@ -3,7 +3,7 @@ from libc.stdint cimport uint8_t
 
 from engine.codecs.av1 cimport av1_is_keyframe
 from engine.codecs.h264 cimport h264_is_keyframe
-from engine.codecs.vp8 cimport Vp8Descriptor, parse_vp8
+from engine.codecs.vp8 cimport parse_vp8
 from engine.codecs.vp9 cimport vp9_is_keyframe
 from engine.packet cimport DESC_NONE, DESC_VP8
 
@@ -43,16 +43,13 @@ cdef int codec_id(str name):
 
 def is_keyframe(str codec, bytes payload) -> bool:
     """Whether `payload` starts a keyframe; `codec` is vp8, vp9, h264 or av1 (any case, optional "video/")."""
-    cdef Vp8Descriptor d
-    cdef const uint8_t *p = payload
-    cdef int n = len(payload)
-    name = codec.lower().removeprefix("video/")
-    if name == "vp8":
-        return parse_vp8(p, n, &d) == 0 and d.is_keyframe == 1
-    if name == "vp9":
-        return vp9_is_keyframe(p, n) == 1
-    if name == "h264":
-        return h264_is_keyframe(p, n) == 1
-    if name == "av1":
-        return av1_is_keyframe(p, n) == 1
-    raise ValueError(f"unknown codec {codec!r}")
+    cdef ExtPacket p
+    cdef int codec_value = codec_id(codec)
+    if codec_value in (C_OPUS, C_OTHER):
+        raise ValueError(f"unknown codec {codec!r}")
+    p.buf = payload
+    p.length = len(payload)
+    p.h.header_length = 0
+    p.h.payload_length = len(payload)
+    describe_packet(&p, codec_value, True)
+    return p.keyframe
