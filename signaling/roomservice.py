@@ -160,8 +160,7 @@ class RoomService:
 
     def update_participant(self, request: proto.UpdateParticipantRequest) -> models.ParticipantInfo:
         participant = self._participant(request.room, request.identity)
-        attributes = {**participant.attributes, **request.attributes}
-        attributes = {key: value for key, value in attributes.items() if value}  # an empty value deletes
+        attributes = participant.attributes_with(request.attributes)
         _check_size("metadata", request.metadata, MAX_METADATA_SIZE)
         _check_size("name", request.name, MAX_NAME_LENGTH)
         _check_size("attributes", "".join(k + v for k, v in attributes.items()), MAX_ATTRIBUTES_SIZE)

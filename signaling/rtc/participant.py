@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import random
 from collections import Counter
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from livekit.protocol import models, rtc
@@ -366,8 +367,7 @@ class Participant:
     # -- identity, metadata and grants
     def update_own_metadata(self, request: rtc.UpdateParticipantMetadata) -> None:
         """Name, metadata and attributes set by the client itself (LiveKit's canUpdateOwnMetadata)."""
-        attributes = {**self.attributes, **request.attributes}
-        attributes = {key: value for key, value in attributes.items() if value}  # an empty value deletes
+        attributes = self.attributes_with(request.attributes)
         if not self.grant.can_update_own_metadata:
             reason, message = rtc.RequestResponse.Reason.NOT_ALLOWED, "does not have permission to update own metadata"
         elif (len(request.metadata.encode()) > MAX_METADATA_SIZE or len(request.name) > MAX_NAME_LENGTH
@@ -379,6 +379,10 @@ class Participant:
         if reason != rtc.RequestResponse.Reason.OK or self.protocol > 14:
             self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
                 request_id=request.request_id, reason=reason, message=message, update_metadata=request)))
+
+    def attributes_with(self, changes: Mapping[str, str]) -> dict[str, str]:
+        """The attributes after `changes` (LiveKit's rule: an empty value deletes the key)."""
+        return {key: value for key, value in {**self.attributes, **changes}.items() if value}
 
     def update_identity_fields(self, name: str, metadata: str, attributes: dict[str, str]) -> bool:
         """Sets name, metadata (empty = unchanged, as LiveKit) and the full attribute map; tells the room."""
