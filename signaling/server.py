@@ -11,6 +11,7 @@ from .app import create_app
 from .config import Config
 from .metrics import serve_metrics
 from .node import Node
+from .protocol import v0
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ async def serve(config: Config) -> None:
         host=host,
         port=config.port,
         ws="websockets-sansio",
+        ws_max_size=v0.MAX_SIGNAL_MESSAGE,
         lifespan="off",
         log_level=config.log_level.lower(),
         timeout_graceful_shutdown=3,
