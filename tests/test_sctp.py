@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from signaling.peer.dcep import ChannelClosed, ChannelOpened, DataChannelEvent, MessageReceived
 from signaling.peer.sctp import MAX_FRAGMENT, SctpAssociation
-from signaling.peer.sctp_chunks import DATA, SctpError, encode_chunk, encode_packet, parse_packet
+from signaling.peer.sctp_chunks import DATA, SackChunk, SctpError, encode_chunk, encode_packet, parse_packet
 
 # --- ours against ours, virtual clock ---------------------------------------
 
@@ -154,7 +154,7 @@ def test_tsn_and_ssn_wraparound_with_loss() -> None:
         link.run([], link.server.send(ours, message, now=link.now), until=0.01)
     link.run([], [], until=60)
     assert [m[1] for m in link.messages("client")] == sent
-    assert link.client._cum_in < 0x100 and not link.server._outstanding
+    assert link.client._tsns.cumulative < 0x100 and not link.server._outstanding
 
 
 def test_ordered_partial_reliability_skips_ssn() -> None:
@@ -202,7 +202,7 @@ def test_peer_shutdown() -> None:
     link = Link()
     ours, theirs = open_pair(link, "a")
     tag = link.server._tag
-    shutdown = encode_packet(5000, 5000, tag, encode_chunk(7, 0, struct.pack("!L", link.server._cum_in)))
+    shutdown = encode_packet(5000, 5000, tag, encode_chunk(7, 0, struct.pack("!L", link.server._tsns.cumulative)))
     replies = link.server.receive(shutdown, link.now)
     assert [c.type for c in parse_packet(replies[0])[3]] == [8]  # SHUTDOWN-ACK
     assert [c.type for c in parse_packet(link.server.receive(shutdown, link.now)[0])[3]] == [8]  # again if lost
@@ -473,3 +473,112 @@ async def test_aiortc_with_packet_loss() -> None:
     lossy.send(b"last")
     await peer.wait(lambda: b"last" in lossy_inbox and b"last" in peer.received("_lossy"), timeout=10)
     await peer.stop()
+
+
+# --- bounds under a hostile peer (issue 10 items 3 and 6) -----------------------------
+
+from signaling.peer.sctp import (MAX_GAP_BLOCKS, RECEIVE_BUFFER, RECEIVE_CHUNK_COST,  # noqa: E402
+                                 RECEIVE_TSN_WINDOW)
+from signaling.peer.sctp_chunks import FORWARD_TSN, ForwardTsnChunk, encode_data_chunk  # noqa: E402
+from signaling.peer.sctp_tsn import ReceivedTsns  # noqa: E402
+
+F_WHOLE = 0x03  # BEGIN | END
+F_UNORDERED = 0x04
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 0xFFFFFFFF), st.lists(st.tuples(st.booleans(), st.integers(1, 64)), max_size=200))
+def test_received_tsns_match_a_set(start: int, steps: list[tuple[bool, int]]) -> None:
+    """Intervals behave as a plain set of TSNs above a cumulative TSN, across the 32-bit wrap."""
+    window = 128
+    tsns = ReceivedTsns(start, window)
+    cum, held = start, set()
+    for forward, step in steps:
+        tsn = (cum + step) & 0xFFFFFFFF
+        if forward:
+            tsns.forward(tsn)
+            cum, held = tsn, {t for t in held if (t - tsn) & 0xFFFFFFFF < 0x80000000 and t != tsn}
+        elif tsn not in tsns:
+            assert tsn not in held
+            tsns.add(tsn)
+            held.add(tsn)
+        while (cum + 1) & 0xFFFFFFFF in held:
+            cum = (cum + 1) & 0xFFFFFFFF
+            held.discard(cum)
+        assert tsns.cumulative == cum
+        offsets = sorted((t - cum) & 0xFFFFFFFF for t in held)
+        blocks: list[list[int]] = []
+        for offset in offsets:
+            if blocks and blocks[-1][1] + 1 == offset:
+                blocks[-1][1] = offset
+            else:
+                blocks.append([offset, offset])
+        assert tsns.gap_blocks(1000) == [tuple(b) for b in blocks]
+        assert all(t in tsns for t in held) and (cum + 1) & 0xFFFFFFFF not in tsns
+
+
+def _data_packets(tag: int, chunks: list[bytes]) -> list[bytes]:
+    packets, batch = [], b""
+    for chunk in chunks:
+        if batch and 12 + len(batch) + len(chunk) > 1188:
+            packets.append(encode_packet(5000, 5000, tag, batch))
+            batch = b""
+        batch += chunk
+    return packets + [encode_packet(5000, 5000, tag, batch)]
+
+
+def _timed_receive(association: SctpAssociation, packets: list[bytes], now: float) -> float:
+    """Feeds every packet; returns the longest single receive() in CPU seconds of this thread (the machine's other
+    work does not count). The test's own prepared packets are frozen out of the garbage collector first, so its
+    pauses measure the association's objects only."""
+    import gc
+    import time
+    longest = 0.0
+    gc.collect()
+    gc.freeze()
+    try:
+        for packet in packets:
+            start = time.thread_time()
+            association.receive(packet, now)
+            longest = max(longest, time.thread_time() - start)
+    finally:
+        gc.unfreeze()
+    return longest
+
+
+def test_gapped_data_flood_then_forward_tsns_stay_bounded_and_fast() -> None:
+    """300,000 one-byte DATA chunks with gaps (ordered on stream 0 behind a missing SSN, and unordered), spread
+    over twice the receive window, then 200 FORWARD-TSN chunks: the held state stays within the window and the
+    buffer, and no receive takes 5 ms."""
+    link = Link()
+    server, tag = link.server, link.server._tag
+    cum = server._tsns.cumulative
+    chunks = []
+    for i in range(300_000):
+        offset = 2 + 2 * ((i * 7919) % RECEIVE_TSN_WINDOW)  # every other TSN, half of them past the window
+        ordered = i % 2 == 0
+        chunks.append(encode_data_chunk((cum + offset) & 0xFFFFFFFF, 0, (i // 2 + 1) & 0xFFFF if ordered else 0,
+                                        53, F_WHOLE if ordered else F_WHOLE | F_UNORDERED, b"x"))
+    slowest_data = _timed_receive(server, _data_packets(tag, chunks), link.now)
+
+    assert server._tsns.blocks <= RECEIVE_TSN_WINDOW // 2
+    assert server.beyond_window > 0
+    assert server._buffered <= RECEIVE_BUFFER
+    held = sum(len(pending) for pending in server._ordered.values()) + len(server._fragments)
+    assert held <= RECEIVE_BUFFER // RECEIVE_CHUNK_COST
+    sack = SackChunk.parse(parse_packet(server.receive(_data_packets(tag, chunks[:1])[0], link.now)[0])[3][0].body)
+    assert len(sack.gaps) == MAX_GAP_BLOCKS and sack.cumulative_tsn == cum
+
+    forwards = []
+    for k in range(200):
+        new_cum = (cum + (k + 1) * (RECEIVE_TSN_WINDOW // 200)) & 0xFFFFFFFF
+        streams = [(0, (k + 1) * 40)] + [(s, 65535 - s) for s in range(1, 200)]  # 812 bytes, like the report
+        forwards.append(encode_packet(5000, 5000, tag,
+                                      encode_chunk(FORWARD_TSN, 0, ForwardTsnChunk(new_cum, streams).encode())))
+    slowest_forward = _timed_receive(server, forwards, link.now)
+
+    print(f"slowest DATA receive {slowest_data * 1000:.2f} ms, FORWARD-TSN {slowest_forward * 1000:.2f} ms, "
+          f"blocks {server._tsns.blocks}, beyond window {server.beyond_window}")
+    assert max(slowest_data, slowest_forward) < 0.005, (slowest_data, slowest_forward)
+    assert server._tsns.blocks < 100 and server._buffered < RECEIVE_BUFFER // 4
+    assert server.established

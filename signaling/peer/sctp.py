@@ -19,6 +19,7 @@ import struct
 from collections import deque
 from dataclasses import dataclass, field
 
+from .sctp_tsn import ReceivedTsns
 from .dcep import (AssociationClosed, ChannelTable, DataChannel, DataChannelEvent,
                    DcepError, Outgoing)
 from .sctp_chunks import (ABORT, CHUNK_HEADER_SIZE, COOKIE_ACK, COOKIE_ECHO, DATA, DATA_HEADER_SIZE, ERROR,
@@ -43,9 +44,18 @@ COOKIE_LIFETIME = 60.0
 CWND = 256 * 1024
 RECEIVE_BUFFER = 1024 * 1024
 MAX_STREAMS = 65535
-_TSN_WINDOW = 1 << 20  # how far ahead of the cumulative TSN a DATA chunk may be
+# Receive buffer every held chunk or message costs beyond its payload (its Python objects), so a_rwnd also
+# bounds how many are held; and the TSNs accepted above the cumulative TSN follow from it: 16,384.
+RECEIVE_CHUNK_COST = 64
+RECEIVE_TSN_WINDOW = RECEIVE_BUFFER // RECEIVE_CHUNK_COST
+MAX_GAP_BLOCKS = 64  # per SACK; the first ones matter for the peer's fast retransmit
 
 _M32 = 0xFFFFFFFF
+
+
+def _held(message: DataChunk | None) -> int:
+    """What a held chunk or message (None: a placeholder for one to skip) costs of the receive buffer."""
+    return RECEIVE_CHUNK_COST + (len(message.payload) if message is not None else 0)
 
 
 def tsn_gt(a: int, b: int) -> bool:
@@ -160,13 +170,13 @@ class SctpAssociation:
         self._retransmit_due = False
         self._forward_tsn_due = False
         # inbound data
-        self._cum_in = 0
-        self._received: set[int] = set()  # TSNs above _cum_in
+        self._tsns = ReceivedTsns(0, RECEIVE_TSN_WINDOW)
+        self.beyond_window = 0  # DATA chunks dropped for a TSN past RECEIVE_TSN_WINDOW
         self._duplicates: list[int] = []
         self._fragments: dict[int, DataChunk] = {}
         self._max_fragments = max(256, 4 * max_message_size // 1024)
         self._receive_buffer = max(RECEIVE_BUFFER, 2 * max_message_size)
-        self._buffered = 0
+        self._buffered = 0  # held payload plus RECEIVE_CHUNK_COST per held chunk or message
         self._ordered: dict[int, dict[int, DataChunk | None]] = {}
         self._ssn_in: dict[int, int] = {}
         self._sack_now = False
@@ -449,7 +459,7 @@ class SctpAssociation:
 
     def _adopt(self, peer: _Peer) -> None:
         self._peer = peer
-        self._cum_in = (peer.initial_tsn - 1) & _M32
+        self._tsns = ReceivedTsns(peer.initial_tsn - 1, RECEIVE_TSN_WINDOW)
         self._peer_reset_seq = peer.initial_tsn
         self._peer_rwnd = peer.a_rwnd
 
@@ -681,33 +691,30 @@ class SctpAssociation:
 
     def _on_data(self, chunk: DataChunk) -> None:
         tsn = chunk.tsn
-        if not tsn_gt(tsn, self._cum_in) or tsn in self._received:
+        if tsn in self._tsns:
             if len(self._duplicates) < 16:
                 self._duplicates.append(tsn)
             self._sack_now = True
             return
-        if ((tsn - self._cum_in) & _M32) > _TSN_WINDOW:
-            raise SctpError("DATA TSN far outside the window")
-        if (self._buffered + len(chunk.payload) > self._receive_buffer
-                or len(self._fragments) >= self._max_fragments):
+        if self._tsns.offset(tsn) > self._tsns.window:
+            self.beyond_window += 1
+            self._sack_now = True
+            return  # not acknowledged: the peer sends it again once the gap below closes
+        cost = _held(chunk)
+        if self._buffered + cost > self._receive_buffer or len(self._fragments) >= self._max_fragments:
             self._sack_now = True
             return  # no room: not acknowledged, so the peer sends it again
-        self._received.add(tsn)
+        self._tsns.add(tsn)
         self._fragments[tsn] = chunk
-        self._buffered += len(chunk.payload)
-        self._advance_cum_in()
-        if self._received:
+        self._buffered += cost
+        self._cumulative_moved()
+        if self._tsns.blocks:
             self._sack_now = True  # out of order: tell the peer at once (RFC 9260 6.7)
         self._reassemble(chunk)
 
-    def _advance_cum_in(self) -> None:
-        while True:
-            nxt = (self._cum_in + 1) & _M32
-            if nxt not in self._received:
-                break
-            self._received.discard(nxt)
-            self._cum_in = nxt
-        if self._deferred_reset is not None and not tsn_gt(self._deferred_reset.last_tsn, self._cum_in):
+    def _cumulative_moved(self) -> None:
+        """Finishes a stream reset that waited for the data sent before it."""
+        if self._deferred_reset is not None and not tsn_gt(self._deferred_reset.last_tsn, self._tsns.cumulative):
             request, self._deferred_reset = self._deferred_reset, None
             self._reset_incoming(request.streams)
             self._peer_last_response = (request.request_seq, R_PERFORMED)
@@ -734,6 +741,7 @@ class SctpAssociation:
         tsn = first.tsn
         while True:
             part = self._fragments.pop(tsn)
+            self._buffered -= _held(part)
             parts.append(part.payload)
             if tsn == last.tsn:
                 break
@@ -742,7 +750,6 @@ class SctpAssociation:
         message: DataChunk | None = DataChunk(first.tsn, first.stream, first.ssn, first.ppid, first.flags, payload)
         if len(payload) > self.max_message_size:
             self.oversized += 1
-            self._buffered -= len(payload)
             message = None
         if chunk.flags & F_UNORDERED:
             if message is not None:
@@ -750,10 +757,10 @@ class SctpAssociation:
             return
         expected = self._ssn_in.get(chunk.stream, 0)
         if ssn_gt(expected, chunk.ssn):
-            if message is not None:
-                self._buffered -= len(payload)
             return  # behind the stream: a FORWARD-TSN already skipped it
+        # Room was checked for the fragments; an oversized message stays as a placeholder to skip.
         self._ordered.setdefault(chunk.stream, {})[chunk.ssn] = message
+        self._buffered += _held(message)
         self._drain_ordered(chunk.stream)
 
     def _drain_ordered(self, stream: int) -> None:
@@ -763,6 +770,7 @@ class SctpAssociation:
         expected = self._ssn_in.get(stream, 0)
         while expected in pending:
             message = pending.pop(expected)
+            self._buffered -= _held(message)
             expected = (expected + 1) & 0xFFFF
             self._ssn_in[stream] = expected
             if message is not None:
@@ -771,51 +779,53 @@ class SctpAssociation:
             del self._ordered[stream]
 
     def _deliver(self, message: DataChunk) -> None:
-        self._buffered -= len(message.payload)
         for reply in self._channels.receive(message.stream, message.ppid, message.payload):
             self._enqueue(reply)
 
     def _on_forward_tsn(self, fwd: ForwardTsnChunk) -> None:
         self._sack_now = True
         new = fwd.new_cumulative_tsn
-        if not tsn_gt(new, self._cum_in):
-            return
-        if ((new - self._cum_in) & _M32) > _TSN_WINDOW:
+        offset = self._tsns.offset(new)
+        if offset == 0 or offset >= 0x80000000:
+            return  # not ahead of what we have
+        if offset > self._tsns.window:
             raise SctpError("FORWARD-TSN far outside the window")
-        for tsn in [t for t in self._fragments if not tsn_gt(t, new)]:
-            self._buffered -= len(self._fragments.pop(tsn).payload)
-        self._received = {t for t in self._received if tsn_gt(t, new)}
-        self._cum_in = new
+        for tsn in [t for t in self._fragments if not tsn_gt(t, new)]:  # at most _max_fragments
+            self._buffered -= _held(self._fragments.pop(tsn))
+        self._tsns.forward(new)
         for stream, ssn in fwd.streams:
             expected = self._ssn_in.get(stream, 0)
             if ssn_gt(expected, ssn):
                 continue
-            pending = self._ordered.get(stream, {})
-            for skipped in [s for s in pending if not ssn_gt(s, ssn)]:
-                message = pending.pop(skipped)
-                if message is not None:
-                    self._buffered -= len(message.payload)
+            self._skip_ordered(stream, expected, ssn)
             self._ssn_in[stream] = (ssn + 1) & 0xFFFF
             self._drain_ordered(stream)
-        self._advance_cum_in()
+        self._cumulative_moved()
+
+    def _skip_ordered(self, stream: int, expected: int, last: int) -> None:
+        """Drops the messages of `stream` from `expected` through `last`, walking whichever is shorter: the
+        skipped SSNs or the held messages."""
+        pending = self._ordered.get(stream)
+        if not pending:
+            return
+        skipped = ((last - expected) & 0xFFFF) + 1
+        if skipped <= len(pending):
+            ssns = [(expected + i) & 0xFFFF for i in range(skipped)]
+        else:
+            ssns = [s for s in pending if not ssn_gt(s, last)]
+        for ssn in ssns:
+            if ssn in pending:
+                self._buffered -= _held(pending.pop(ssn))
+        if not pending:
+            del self._ordered[stream]
 
     def _build_sack(self) -> bytes:
         self._sack_now = False
         self._sack_due = None
         self._unsacked_packets = 0
-        gaps = []
-        for tsn in sorted((t - self._cum_in) & _M32 for t in self._received):
-            if tsn > 0xFFFF:
-                break
-            if gaps and gaps[-1][1] + 1 == tsn:
-                gaps[-1][1] = tsn
-            elif len(gaps) < 64:
-                gaps.append([tsn, tsn])
-            else:
-                break
         duplicates, self._duplicates = self._duplicates, []
-        sack = SackChunk(self._cum_in, max(0, self._receive_buffer - self._buffered),
-                         [(s, e) for s, e in gaps], duplicates)
+        sack = SackChunk(self._tsns.cumulative, max(0, self._receive_buffer - self._buffered),
+                         self._tsns.gap_blocks(MAX_GAP_BLOCKS), duplicates)
         return encode_chunk(SACK, 0, sack.encode())
 
     # -- stream reset (RFC 6525, RFC 8831 section 6.7) --
@@ -852,7 +862,7 @@ class SctpAssociation:
         seq = request.request_seq
         if seq == self._peer_reset_seq:
             self._peer_reset_seq = (seq + 1) & _M32
-            if tsn_gt(request.last_tsn, self._cum_in):
+            if tsn_gt(request.last_tsn, self._tsns.cumulative):
                 # Data sent before the reset is still missing: finish once it arrives.
                 self._deferred_reset = request
                 result = R_IN_PROGRESS
@@ -870,8 +880,7 @@ class SctpAssociation:
         for stream in streams or list(self._channels.channels):
             self._ssn_in.pop(stream, None)
             for message in self._ordered.pop(stream, {}).values():
-                if message is not None:
-                    self._buffered -= len(message.payload)
+                self._buffered -= _held(message)
             channel = self._channels.channels.get(stream)
             if channel is not None:
                 channel.closing = True
