@@ -74,3 +74,11 @@ def test_own_channel_ids_and_ack() -> None:
     assert isinstance(server.events[-1], ChannelClosed)
     with pytest.raises(DcepError):
         server.message(b, b"x", True)
+
+
+def test_peer_cannot_open_more_than_max_channels() -> None:
+    from signaling.peer.dcep import MAX_CHANNELS
+    table = ChannelTable(is_dtls_server=True)
+    opened = [table.receive(2 * i, PPID_DCEP, DcepOpen(f"c{i}", "", True, None, None).encode()) for i in range(300)]
+    assert sum(1 for replies in opened if replies) == MAX_CHANNELS == len(table.channels)
+    assert table.dropped == 300 - MAX_CHANNELS

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from signaling.peer.dcep import ChannelClosed, ChannelOpened, DataChannelEvent, MessageReceived
-from signaling.peer.sctp import MAX_FRAGMENT, SctpAssociation
+from signaling.peer.sctp import MAX_BUFFERED_AMOUNT, MAX_FRAGMENT, SctpAssociation, SctpBufferFull
 from signaling.peer.sctp_chunks import DATA, SackChunk, SctpError, encode_chunk, encode_packet, parse_packet
 
 # --- ours against ours, virtual clock ---------------------------------------
@@ -477,7 +477,7 @@ async def test_aiortc_with_packet_loss() -> None:
 
 # --- bounds under a hostile peer (issue 10 items 3 and 6) -----------------------------
 
-from signaling.peer.sctp import (MAX_GAP_BLOCKS, RECEIVE_BUFFER, RECEIVE_CHUNK_COST,  # noqa: E402
+from signaling.peer.sctp import (MAX_GAP_BLOCKS, RECEIVE_BUFFER, CHUNK_COST,  # noqa: E402
                                  RECEIVE_TSN_WINDOW)
 from signaling.peer.sctp_chunks import FORWARD_TSN, ForwardTsnChunk, encode_data_chunk  # noqa: E402
 from signaling.peer.sctp_tsn import ReceivedTsns  # noqa: E402
@@ -565,7 +565,7 @@ def test_gapped_data_flood_then_forward_tsns_stay_bounded_and_fast() -> None:
     assert server.beyond_window > 0
     assert server._buffered <= RECEIVE_BUFFER
     held = sum(len(pending) for pending in server._ordered.values()) + len(server._fragments)
-    assert held <= RECEIVE_BUFFER // RECEIVE_CHUNK_COST
+    assert held <= RECEIVE_BUFFER // CHUNK_COST
     sack = SackChunk.parse(parse_packet(server.receive(_data_packets(tag, chunks[:1])[0], link.now)[0])[3][0].body)
     assert len(sack.gaps) == MAX_GAP_BLOCKS and sack.cumulative_tsn == cum
 
@@ -582,3 +582,24 @@ def test_gapped_data_flood_then_forward_tsns_stay_bounded_and_fast() -> None:
     assert max(slowest_data, slowest_forward) < 0.005, (slowest_data, slowest_forward)
     assert server._tsns.blocks < 100 and server._buffered < RECEIVE_BUFFER // 4
     assert server.established
+
+
+def test_peer_advertising_a_tiny_window_holds_at_most_the_backlog_cap() -> None:
+    """The client advertises a_rwnd=1 and takes nothing in: our backlog for it stops at MAX_BUFFERED_AMOUNT,
+    past which send() refuses (SctpBufferFull), while the association itself stays up."""
+    link = Link()
+    ours, _ = open_pair(link, "slow")
+    link.client._receive_buffer = 1  # its SACKs advertise a_rwnd=1, and no DATA fits
+    refused = 0
+    for _ in range(1500):
+        try:
+            packets = link.server.send(ours, bytes(1000), now=link.now)
+        except SctpBufferFull:
+            refused += 1
+            packets = []
+        link.run([], packets, until=0.01)
+        assert link.server.buffered_amount <= MAX_BUFFERED_AMOUNT
+    assert link.server._peer_rwnd <= 1 and link.server.established
+    assert refused > 400
+    assert MAX_BUFFERED_AMOUNT - 2 * (1000 + CHUNK_COST) < link.server.buffered_amount
+    assert len(link.server._outstanding) <= MAX_BUFFERED_AMOUNT // (1000 + CHUNK_COST)

@@ -33,6 +33,10 @@ from .sctp_chunks import (ABORT, CHUNK_HEADER_SIZE, COOKIE_ACK, COOKIE_ECHO, DAT
                           encode_reconfig_response, parse_packet, parse_params, parse_reconfig_response,
                           reconfig_request_seq)
 
+class SctpBufferFull(SctpError):
+    """send() refused: the peer has not acknowledged MAX_BUFFERED_AMOUNT bytes of ours."""
+
+
 MTU = 1188  # SCTP packet budget inside a ~1200-byte DTLS datagram path
 MAX_FRAGMENT = MTU - PACKET_HEADER_SIZE - CHUNK_HEADER_SIZE - DATA_HEADER_SIZE
 
@@ -44,10 +48,14 @@ COOKIE_LIFETIME = 60.0
 CWND = 256 * 1024
 RECEIVE_BUFFER = 1024 * 1024
 MAX_STREAMS = 65535
-# Receive buffer every held chunk or message costs beyond its payload (its Python objects), so a_rwnd also
-# bounds how many are held; and the TSNs accepted above the cumulative TSN follow from it: 16,384.
-RECEIVE_CHUNK_COST = 64
-RECEIVE_TSN_WINDOW = RECEIVE_BUFFER // RECEIVE_CHUNK_COST
+# Buffer every held or queued chunk costs beyond its payload (its Python objects), so the byte limits below
+# also bound how many chunks are held; the TSNs accepted above the cumulative TSN follow from it: 16,384.
+CHUNK_COST = 64
+RECEIVE_TSN_WINDOW = RECEIVE_BUFFER // CHUNK_COST
+# Data queued for the peer and not yet acknowledged (sent or not), in bytes with CHUNK_COST each: past it send()
+# raises SctpBufferFull. LiveKit's data_channel_max_buffered_amount is off by default; browsers refuse to queue
+# more than 16 MiB per channel. A peer that acknowledges nothing (a_rwnd=1) holds at most this much of ours.
+MAX_BUFFERED_AMOUNT = 1024 * 1024
 MAX_GAP_BLOCKS = 64  # per SACK; the first ones matter for the peer's fast retransmit
 
 _M32 = 0xFFFFFFFF
@@ -55,7 +63,7 @@ _M32 = 0xFFFFFFFF
 
 def _held(message: DataChunk | None) -> int:
     """What a held chunk or message (None: a placeholder for one to skip) costs of the receive buffer."""
-    return RECEIVE_CHUNK_COST + (len(message.payload) if message is not None else 0)
+    return CHUNK_COST + (len(message.payload) if message is not None else 0)
 
 
 def tsn_gt(a: int, b: int) -> bool:
@@ -164,6 +172,7 @@ class SctpAssociation:
         self._unsent: deque[_OutChunk] = deque()
         self._ssn_out: dict[int, int] = {}
         self._flight = 0
+        self.buffered_amount = 0  # queued and unacknowledged: payload + CHUNK_COST per chunk
         self._peer_rwnd = RECEIVE_BUFFER
         self._t3: float | None = None
         self._t3_count = 0
@@ -176,7 +185,7 @@ class SctpAssociation:
         self._fragments: dict[int, DataChunk] = {}
         self._max_fragments = max(256, 4 * max_message_size // 1024)
         self._receive_buffer = max(RECEIVE_BUFFER, 2 * max_message_size)
-        self._buffered = 0  # held payload plus RECEIVE_CHUNK_COST per held chunk or message
+        self._buffered = 0  # held payload plus CHUNK_COST per held chunk or message
         self._ordered: dict[int, dict[int, DataChunk | None]] = {}
         self._ssn_in: dict[int, int] = {}
         self._sack_now = False
@@ -241,6 +250,9 @@ class SctpAssociation:
             raise SctpError(f"message of {len(data)} bytes exceeds the peer's maximum")
         if self.state not in ("new", "cookie-wait", "cookie-echoed", "established"):
             raise SctpError("association is shutting down")
+        fragments = max(1, -(-len(data) // MAX_FRAGMENT))
+        if self.buffered_amount + len(data) + fragments * CHUNK_COST > MAX_BUFFERED_AMOUNT:
+            raise SctpBufferFull(f"{self.buffered_amount} bytes unacknowledged by the peer")
         try:
             message = self._channels.message(channel, data, binary)
         except DcepError as exc:
@@ -489,6 +501,7 @@ class SctpAssociation:
         self._sack_now = False
         self._unsent.clear()
         self._outstanding.clear()
+        self.buffered_amount = 0
         self._data_out = []
         if not was_closed:
             self._channels.close_all()
@@ -521,6 +534,7 @@ class SctpAssociation:
                               message.max_retransmits, expires, fragments)
             fragments.append(chunk)
             self._outstanding[chunk.tsn] = chunk
+            self.buffered_amount += len(chunk.payload) + CHUNK_COST
             self._unsent.append(chunk)
             self._next_tsn = (self._next_tsn + 1) & _M32
 
@@ -535,6 +549,8 @@ class SctpAssociation:
         for fragment in chunk.message:
             if not fragment.abandoned:
                 fragment.abandoned = True
+                if not fragment.acked:
+                    self.buffered_amount -= len(fragment.payload) + CHUNK_COST
                 if fragment.transmissions and not fragment.acked:
                     self._flight -= len(fragment.payload)
 
@@ -586,8 +602,10 @@ class SctpAssociation:
             chunk = self._outstanding.pop(self._cum_acked, None)
             if chunk is None:
                 continue
-            if chunk.transmissions and not chunk.acked and not chunk.abandoned:
-                self._flight -= len(chunk.payload)
+            if not chunk.acked and not chunk.abandoned:
+                self.buffered_amount -= len(chunk.payload) + CHUNK_COST
+                if chunk.transmissions:
+                    self._flight -= len(chunk.payload)
             if chunk.transmissions == 0:  # acknowledged before we sent it: covered by FORWARD-TSN
                 chunk.abandoned = True
             if chunk.sent_at is not None and chunk.transmissions == 1:
@@ -607,6 +625,7 @@ class SctpAssociation:
                     chunk.acked = True
                     if not chunk.abandoned:
                         self._flight -= len(chunk.payload)
+                        self.buffered_amount -= len(chunk.payload) + CHUNK_COST
                     if chunk.sent_at is not None and chunk.transmissions == 1:
                         rtt = self._now - chunk.sent_at
             for chunk in self._outstanding.values():

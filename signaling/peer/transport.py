@@ -7,6 +7,7 @@ down into the engine.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 from collections import Counter
 from typing import Callable
@@ -15,7 +16,7 @@ import engine
 from .dcep import AssociationClosed, ChannelClosed, ChannelOpened, DataChannel, MessageReceived
 from .dtls import Certificate, DtlsEndpoint, DtlsError, session_pointer, srtp_sessions
 from .ice import StunError, handle_binding, local_ufrag, new_credentials
-from .sctp import SctpAssociation
+from .sctp import SctpAssociation, SctpBufferFull
 from .sctp_chunks import SctpError
 from .sdp import LocalEndpoint, SdpError
 
@@ -31,7 +32,8 @@ class Transport:
         self.ice_ufrag, self.ice_pwd = new_credentials()
         self.remote_ufrag: str | None = None
         self.id = manager.engine.add_transport()
-        self.dtls = DtlsEndpoint(manager.certificate, None)
+        self.certificate = manager.certificate  # for its whole life: its fingerprint is in the client's SDP
+        self.dtls = DtlsEndpoint(self.certificate, None)
         self.address: tuple[str, int] | None = None
         self.on_connected: Callable[[], None] | None = None
         self.on_message: Callable[[DataChannel, bytes], None] | None = None
@@ -41,6 +43,7 @@ class Transport:
         self.local_channels: list[tuple[str, bool, int | None]] = []  # (label, ordered, max_retransmits) we open
         self.channels: dict[str, DataChannel] = {}  # open data channels by label
         self._timer: asyncio.TimerHandle | None = None
+        self._drops: dict[str, int] = {}  # the DTLS endpoint's and SCTP association's drop counts, as exported
         self.closed = False
 
     @property
@@ -51,7 +54,7 @@ class Transport:
         return LocalEndpoint(
             ice_ufrag=self.ice_ufrag,
             ice_pwd=self.ice_pwd,
-            fingerprint=self.manager.certificate.fingerprint,
+            fingerprint=self.certificate.fingerprint,
             candidates=[(self.manager.node_ip, self.manager.engine.port)],
         )
 
@@ -105,7 +108,19 @@ class Transport:
             for record in self.dtls.read_application_data():
                 self._send_sctp(self.sctp.receive(record, now))
             self._sctp_events()
+        self._count_drops()
         self._schedule_timer()
+
+    def _count_drops(self) -> None:
+        """Adds to the node's counters what the DTLS endpoint and SCTP association dropped since last time."""
+        totals = {"dtls_malformed": self.dtls.dropped, "dtls_unverified_dropped": self.dtls.unverified_dropped}
+        if self.sctp is not None:
+            totals.update(sctp_malformed=self.sctp.dropped, sctp_beyond_window=self.sctp.beyond_window,
+                          sctp_oversized=self.sctp.oversized)
+        for name, total in totals.items():
+            if total != self._drops.get(name, 0):
+                self.manager.counters[name] += total - self._drops.get(name, 0)
+                self._drops[name] = total
 
     # -- data channels (SCTP over the DTLS association)
     def _start_sctp(self) -> None:
@@ -123,6 +138,16 @@ class Transport:
             return False
         try:
             self._send_sctp(self.sctp.send(channel, data, binary=True, now=self._now()))
+        except SctpBufferFull:
+            # The client has not acknowledged sctp.MAX_BUFFERED_AMOUNT: a lossy message is dropped; a reliable one
+            # cannot be, so the client's data channels are unusable and the association is aborted.
+            if channel.max_retransmits is None and channel.max_packet_lifetime is None:
+                self.manager.counters["data_backlog_aborted"] += 1
+                self._send_sctp(self.sctp.abort())
+                self._sctp_events()
+            else:
+                self.manager.counters["data_backlog_dropped"] += 1
+            return False
         except SctpError:  # larger than the client accepts, or the channel closed meanwhile
             self.manager.counters["data_send_failed"] += 1
             return False
@@ -199,11 +224,19 @@ class TransportManager:
     def __init__(self, engine_: engine.Engine, node_ip: str) -> None:
         self.engine = engine_
         self.node_ip = node_ip
-        self.certificate = Certificate.generate()
+        self._certificate = Certificate.generate()
         self.counters: Counter[str] = Counter()
         self._by_ufrag: dict[str, Transport] = {}
         self._by_id: dict[int, Transport] = {}
         self.on_receiver_layer: Callable[[int, int, int], None] | None = None
+
+    @property
+    def certificate(self) -> Certificate:
+        """The DTLS certificate for new transports, replaced every dtls.CERTIFICATE_ROTATION."""
+        if self._certificate.due(datetime.datetime.now(datetime.timezone.utc)):
+            self._certificate = Certificate.generate()
+            self.counters["dtls_certificate_rotated"] += 1
+        return self._certificate
 
     def create(self, label: str) -> Transport:
         transport = Transport(self, label)
