@@ -603,3 +603,22 @@ def test_peer_advertising_a_tiny_window_holds_at_most_the_backlog_cap() -> None:
     assert refused > 400
     assert MAX_BUFFERED_AMOUNT - 2 * (1000 + CHUNK_COST) < link.server.buffered_amount
     assert len(link.server._outstanding) <= MAX_BUFFERED_AMOUNT // (1000 + CHUNK_COST)
+
+
+def test_packet_full_of_sacks_costs_one_sack() -> None:
+    """A full send backlog of one-byte messages, then a packet of 60 SACK chunks with a gap block: one receive
+    stays under 5 ms (only the packet's last SACK is processed)."""
+    link = Link()
+    ours, _ = open_pair(link, "x", ordered=False)
+    link.client._receive_buffer = 1
+    while True:
+        try:
+            link.server.send(ours, b"y", now=link.now)
+        except SctpBufferFull:
+            break
+    link.server._peer_rwnd = 1 << 30  # as if the peer had advertised room: everything goes out once
+    link.server.flush(link.now)
+    assert len(link.server._outstanding) > 10_000
+    sack = encode_chunk(3, 0, SackChunk(link.server._cum_acked, 1 << 20, [(2, 3)], []).encode())
+    packet = encode_packet(5000, 5000, link.server._tag, sack * 60)
+    assert _timed_receive(link.server, [packet], link.now) < 0.005

@@ -362,9 +362,14 @@ class SctpAssociation:
             if not (reflected and self._peer is not None and vtag == self._peer.tag):
                 raise SctpError("bad verification tag")
         had_data = False
-        for chunk in chunks:
+        # Only a packet's last SACK is current; each costs a pass over what is outstanding, so a packet full of
+        # SACKs must not cost one pass per chunk.
+        last_sack = max((i for i, c in enumerate(chunks) if c.type == SACK), default=-1)
+        for i, chunk in enumerate(chunks):
             if chunk.type == DATA:
                 had_data = True
+            elif chunk.type == SACK and i != last_sack:
+                continue
             if not self._handle_chunk(chunk):
                 break
         if had_data:
