@@ -212,6 +212,11 @@ class SctpAssociation:
     def channels(self) -> dict[int, DataChannel]:
         return self._channels.channels
 
+    @property
+    def channel_drops(self) -> int:
+        """DCEP messages and user data refused or not attributable to an open channel."""
+        return self._channels.dropped
+
     def start(self, now: float) -> list[bytes]:
         self._now = now
         if not self.is_server and self.state == "new":
