@@ -8,6 +8,10 @@ data channels and DCEP in dcep.py.
 
 Every method takes bytes (and the current time) and returns the SCTP packets to
 send; nothing here owns a socket or a clock.
+
+The peer is untrusted: what it makes us hold is bounded in bytes (RECEIVE_BUFFER for its data,
+MAX_BUFFERED_AMOUNT for ours it has not acknowledged) and in TSNs (RECEIVE_TSN_WINDOW), and a
+packet costs work in proportion to what it changes (sctp_tsn.py keeps the gaps as intervals).
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ MAX_RETRANSMITS = 10  # consecutive T3 expiries before the association is declar
 DELAYED_SACK = 0.2
 COOKIE_LIFETIME = 60.0
 CWND = 256 * 1024
-RECEIVE_BUFFER = 1024 * 1024
+RECEIVE_BUFFER = 1024 * 1024  # our a_rwnd
 MAX_STREAMS = 65535
 # Buffer every held or queued chunk costs beyond its payload (its Python objects), so the byte limits below
 # also bound how many chunks are held; the TSNs accepted above the cumulative TSN follow from it: 16,384.
