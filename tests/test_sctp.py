@@ -622,3 +622,19 @@ def test_packet_full_of_sacks_costs_one_sack() -> None:
     sack = encode_chunk(3, 0, SackChunk(link.server._cum_acked, 1 << 20, [(2, 3)], []).encode())
     packet = encode_packet(5000, 5000, link.server._tag, sack * 60)
     assert _timed_receive(link.server, [packet], link.now) < 0.005
+
+
+def test_per_stream_state_stays_within_the_streams_we_accept() -> None:
+    """Ordered DATA on 3,000 streams and a FORWARD-TSN naming 200 more: streams past our INIT's MIS are
+    acknowledged and discarded, so per-stream state covers at most MAX_INBOUND_STREAMS."""
+    from signaling.peer.sctp import MAX_INBOUND_STREAMS
+    link = Link()
+    server, tag = link.server, link.server._tag
+    cum = server._tsns.cumulative
+    chunks = [encode_data_chunk((cum + 1 + i) & 0xFFFFFFFF, i, 1, 53, F_WHOLE, b"x") for i in range(3000)]
+    _timed_receive(server, _data_packets(tag, chunks), link.now)
+    assert server._tsns.cumulative == (cum + 3000) & 0xFFFFFFFF  # every TSN acknowledged
+    assert server.invalid_streams == 3000 - MAX_INBOUND_STREAMS
+    fwd = ForwardTsnChunk((cum + 3000) & 0xFFFFFFFF, [(s, 7) for s in range(60_000, 60_200)])
+    server.receive(encode_packet(5000, 5000, tag, encode_chunk(FORWARD_TSN, 0, fwd.encode())), link.now)
+    assert len(server._ssn_in) <= MAX_INBOUND_STREAMS and len(server._ordered) <= MAX_INBOUND_STREAMS

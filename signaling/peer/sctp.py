@@ -52,6 +52,9 @@ COOKIE_LIFETIME = 60.0
 CWND = 256 * 1024
 RECEIVE_BUFFER = 1024 * 1024  # our a_rwnd
 MAX_STREAMS = 65535
+# Streams the peer may send on (our INIT's MIS), so per-stream state stays small: LiveKit clients use a handful
+# of data channels (ids from 0); dcep.MAX_CHANNELS of them use ids below 2 * 64.
+MAX_INBOUND_STREAMS = 1024
 # Buffer every held or queued chunk costs beyond its payload (its Python objects), so the byte limits below
 # also bound how many chunks are held; the TSNs accepted above the cumulative TSN follow from it: 16,384.
 CHUNK_COST = 64
@@ -185,6 +188,8 @@ class SctpAssociation:
         # inbound data
         self._tsns = ReceivedTsns(0, RECEIVE_TSN_WINDOW)
         self.beyond_window = 0  # DATA chunks dropped for a TSN past RECEIVE_TSN_WINDOW
+        self.invalid_streams = 0  # DATA chunks acknowledged and discarded: stream past what we accept
+        self._inbound_streams = MAX_INBOUND_STREAMS
         self._duplicates: list[int] = []
         self._fragments: dict[int, DataChunk] = {}
         self._max_fragments = max(256, 4 * max_message_size // 1024)
@@ -351,7 +356,7 @@ class SctpAssociation:
         self._t1 = self._now + self._rto
 
     def _our_init(self) -> InitChunk:
-        return InitChunk(self._tag, self._receive_buffer, MAX_STREAMS, MAX_STREAMS, self._initial_tsn, [
+        return InitChunk(self._tag, self._receive_buffer, MAX_STREAMS, MAX_INBOUND_STREAMS, self._initial_tsn, [
             (P_FORWARD_TSN_SUPPORTED, b""),
             (P_SUPPORTED_EXTENSIONS, bytes([FORWARD_TSN, RECONFIG])),
         ])
@@ -486,6 +491,7 @@ class SctpAssociation:
     def _adopt(self, peer: _Peer) -> None:
         self._peer = peer
         self._tsns = ReceivedTsns(peer.initial_tsn - 1, RECEIVE_TSN_WINDOW)
+        self._inbound_streams = min(MAX_INBOUND_STREAMS, peer.outbound_streams)
         self._peer_reset_seq = peer.initial_tsn
         self._peer_rwnd = peer.a_rwnd
 
@@ -733,6 +739,11 @@ class SctpAssociation:
             self.beyond_window += 1
             self._sack_now = True
             return  # not acknowledged: the peer sends it again once the gap below closes
+        if chunk.stream >= self._inbound_streams:
+            self.invalid_streams += 1  # acknowledged and discarded (RFC 9260 section 6.5)
+            self._tsns.add(tsn)
+            self._cumulative_moved()
+            return
         cost = _held(chunk)
         if self._buffered + cost > self._receive_buffer or len(self._fragments) >= self._max_fragments:
             self._sack_now = True
@@ -828,7 +839,7 @@ class SctpAssociation:
         self._tsns.forward(new)
         for stream, ssn in fwd.streams:
             expected = self._ssn_in.get(stream, 0)
-            if ssn_gt(expected, ssn):
+            if stream >= self._inbound_streams or ssn_gt(expected, ssn):
                 continue
             self._skip_ordered(stream, expected, ssn)
             self._ssn_in[stream] = (ssn + 1) & 0xFFFF

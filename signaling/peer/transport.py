@@ -116,7 +116,8 @@ class Transport:
         totals = {"dtls_malformed": self.dtls.dropped, "dtls_unverified_dropped": self.dtls.unverified_dropped}
         if self.sctp is not None:
             totals.update(sctp_malformed=self.sctp.dropped, sctp_beyond_window=self.sctp.beyond_window,
-                          sctp_oversized=self.sctp.oversized, data_channel_dropped=self.sctp.channel_drops)
+                          sctp_oversized=self.sctp.oversized, sctp_invalid_stream=self.sctp.invalid_streams,
+                          data_channel_dropped=self.sctp.channel_drops)
         for name, total in totals.items():
             if total != self._drops.get(name, 0):
                 self.manager.counters[name] += total - self._drops.get(name, 0)
