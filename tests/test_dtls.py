@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from OpenSSL import SSL
 
 from signaling.peer.dtls import (
+    MAX_UNVERIFIED_APPLICATION_DATA,
     Certificate,
     DtlsEndpoint,
     DtlsError,
@@ -392,8 +393,6 @@ def test_our_client_role_against_our_server() -> None:
 
 
 # --- hardening: version, renegotiation, buffering (issue 10 items 6 and 11) -------------
-
-from signaling.peer.dtls import MAX_UNVERIFIED_APPLICATION_DATA  # noqa: E402
 
 
 def test_dtls_1_0_client_gets_a_protocol_version_alert() -> None:

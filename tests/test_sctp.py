@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import struct
+import time
 from collections.abc import Callable
 
 import pytest
@@ -13,8 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from signaling.peer.dcep import ChannelClosed, ChannelOpened, DataChannelEvent, MessageReceived
-from signaling.peer.sctp import MAX_BUFFERED_AMOUNT, MAX_FRAGMENT, SctpAssociation, SctpBufferFull
-from signaling.peer.sctp_chunks import DATA, SackChunk, SctpError, encode_chunk, encode_packet, parse_packet
+from signaling.peer.sctp import (CHUNK_COST, MAX_BUFFERED_AMOUNT, MAX_FRAGMENT, MAX_GAP_BLOCKS, MAX_INBOUND_STREAMS,
+                                 RECEIVE_BUFFER, RECEIVE_TSN_WINDOW, SctpAssociation, SctpBufferFull)
+from signaling.peer.sctp_chunks import (DATA, FORWARD_TSN, SACK, ForwardTsnChunk, SackChunk, SctpError, encode_chunk,
+                                        encode_data_chunk, encode_packet, parse_packet)
+from signaling.peer.sctp_tsn import ReceivedTsns
 
 # --- ours against ours, virtual clock ---------------------------------------
 
@@ -477,11 +482,6 @@ async def test_aiortc_with_packet_loss() -> None:
 
 # --- bounds under a hostile peer (issue 10 items 3 and 6) -----------------------------
 
-from signaling.peer.sctp import (MAX_GAP_BLOCKS, RECEIVE_BUFFER, CHUNK_COST,  # noqa: E402
-                                 RECEIVE_TSN_WINDOW)
-from signaling.peer.sctp_chunks import FORWARD_TSN, ForwardTsnChunk, encode_data_chunk  # noqa: E402
-from signaling.peer.sctp_tsn import ReceivedTsns  # noqa: E402
-
 F_WHOLE = 0x03  # BEGIN | END
 F_UNORDERED = 0x04
 
@@ -531,8 +531,6 @@ def _timed_receive(association: SctpAssociation, packets: list[bytes], now: floa
     """Feeds every packet; returns the longest single receive() in CPU seconds of this thread (the machine's other
     work does not count). The test's own prepared packets are frozen out of the garbage collector first, so its
     pauses measure the association's objects only."""
-    import gc
-    import time
     longest = 0.0
     gc.collect()
     gc.freeze()
@@ -619,7 +617,7 @@ def test_packet_full_of_sacks_costs_one_sack() -> None:
     link.server._peer_rwnd = 1 << 30  # as if the peer had advertised room: everything goes out once
     link.server.flush(link.now)
     assert len(link.server._outstanding) > 10_000
-    sack = encode_chunk(3, 0, SackChunk(link.server._cum_acked, 1 << 20, [(2, 3)], []).encode())
+    sack = encode_chunk(SACK, 0, SackChunk(link.server._cum_acked, 1 << 20, [(2, 3)], []).encode())
     packet = encode_packet(5000, 5000, link.server._tag, sack * 60)
     assert _timed_receive(link.server, [packet], link.now) < 0.005
 
@@ -627,7 +625,6 @@ def test_packet_full_of_sacks_costs_one_sack() -> None:
 def test_per_stream_state_stays_within_the_streams_we_accept() -> None:
     """Ordered DATA on 3,000 streams and a FORWARD-TSN naming 200 more: streams past our INIT's MIS are
     acknowledged and discarded, so per-stream state covers at most MAX_INBOUND_STREAMS."""
-    from signaling.peer.sctp import MAX_INBOUND_STREAMS
     link = Link()
     server, tag = link.server, link.server._tag
     cum = server._tsns.cumulative
