@@ -7,6 +7,7 @@ import logging
 import uvicorn
 import uvloop
 
+from . import httpfront
 from .app import create_app
 from .config import Config
 from .metrics import serve_metrics
@@ -53,7 +54,12 @@ async def serve(config: Config) -> None:
         lifespan="off",
         log_level=config.log_level.lower(),
         timeout_graceful_shutdown=3,
+        http=httpfront.protocol_class(node.counters),
+        limit_concurrency=httpfront.MAX_CONNECTIONS,
+        timeout_keep_alive=httpfront.KEEP_ALIVE_TIMEOUT,
+        h11_max_incomplete_event_size=httpfront.MAX_HEAD_SIZE,
     )
+    httpfront.redact_access_logs()  # after uvicorn.Config, which configures its loggers
     server = _Server(uvicorn_config, node, loop)
     try:
         await server.serve()
