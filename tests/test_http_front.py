@@ -1,21 +1,27 @@
-"""The HTTP front against hostile clients, on a real server process: oversized and unauthorised Twirp bodies,
-slowloris heads, tokens in logs, what token refusals reveal."""
+"""The HTTP front against hostile clients: on a real server process, oversized and unauthorised Twirp bodies,
+slowloris heads, tokens in logs, what token refusals reveal; in process, the connection cap and head deadline."""
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
 import time
+from collections import Counter
 from pathlib import Path
 
 import jwt
 import pytest
+import uvicorn
 from livekit import api
 from livekit.protocol import rtc as signal
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 from websockets.asyncio.client import connect
 
-from conftest import API_KEY, API_SECRET, Server
+from conftest import API_KEY, API_SECRET, Server, free_port
 from signal_client import SignalClient
+from signaling import httpfront
 from signaling.httpfront import HEAD_TIMEOUT, MAX_PENDING_HEADS_PER_ADDRESS
 from signaling.roomservice import MAX_BODY_SIZE
 
@@ -209,3 +215,57 @@ async def test_non_integer_exp_is_a_clean_401(server: Server, exp):
     status, _, body = await exchange(server, f"GET /rtc/validate?access_token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert status == 401 and (body.startswith(b"invalid token") or body == b"token expired"), body
     assert "Traceback" not in server.log()
+
+
+# -- the protocol's limits in process, with small values ------------------------------------------------------------
+
+@pytest.fixture
+async def front(monkeypatch):
+    """A uvicorn server with the guarded protocol and a one-route app; yields (port, counters)."""
+    monkeypatch.setattr(httpfront, "MAX_CONNECTIONS", 5)
+    monkeypatch.setattr(httpfront, "HEAD_TIMEOUT", 0.5)
+    counters: Counter[str] = Counter()
+    app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("OK"))])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning",
+                                           http=httpfront.protocol_class(counters)))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    yield port, counters
+    server.should_exit = True
+    await task
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, within: float) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1024), within) == b""
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def test_connections_past_the_cap_are_closed_at_once(front):
+    port, counters = front
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+    reader, _ = await asyncio.open_connection("127.0.0.1", port)
+    assert await _closed_by_server(reader, 2)
+    assert counters["http_connection_refused"] == 1
+    for _, writer in held:
+        writer.close()
+
+
+async def test_heads_must_complete_within_the_deadline_also_on_keep_alive(front):
+    port, counters = front
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # in time: answered, connection kept
+    assert (await reader.readuntil(b"OK")).startswith(b"HTTP/1.1 200")
+    writer.write(b"GET / HTTP/1.1\r\n")  # the next head, never finished, a byte at a time
+    for _ in range(20):
+        await asyncio.sleep(0.1)
+        if writer.is_closing():
+            break
+        writer.write(b"X")
+    assert await _closed_by_server(reader, 2)
+    assert counters["http_head_timeout"] == 1
