@@ -27,18 +27,24 @@ MAX_PENDING_HEADS_PER_ADDRESS = 64
 MAX_HEAD_SIZE = 32 * 1024
 # Seconds an idle keep-alive connection stays open after a response (uvicorn's default).
 KEEP_ALIVE_TIMEOUT = 5
+# Seconds a client may go on sending a body the server answered without reading (a refused or too large request),
+# the rest being discarded; then the connection is closed. Closing at once would reset the connection under a client
+# still writing, which then may never see the answer (nginx calls this lingering close; its lingering_time is 30 s).
+UNREAD_BODY_TIME = 2.0
 
 
 class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with the connection cap and head deadline. Made per server by `protocol_class`, which
-    gives it the node's counters and the table of unfinished heads per address."""
+    """uvicorn's h11 protocol with the connection cap and two deadlines: one for each request head, and one for a body
+    the application answered without reading (refused, or too large). Made per server by `protocol_class`, which gives
+    it the node's counters and the table of unfinished first heads per address."""
 
     counters: Counter[str]
     pending_heads: Counter[str]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._lingering_cycle: object | None = None  # the answered request whose body is being discarded
         self._pending_address: str | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -54,39 +60,61 @@ class GuardedH11Protocol(H11Protocol):
             return
         self.pending_heads[address] += 1
         self._pending_address = address
-        self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_timed_out)
+        self._set_deadline(HEAD_TIMEOUT, "http_head_timeout")
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        # h11 leaves IDLE once the whole head is parsed (a WebSocket upgrade has then already taken the transport).
-        if self._head_timer is not None and self.conn.their_state is not h11.IDLE:
-            self._head_done()
+        state = self.conn.their_state
+        if self._lingering_cycle is not None:
+            if self.cycle is not self._lingering_cycle:  # the unread body ended and the next request began
+                self._lingering_cycle = None
+                self._clear_deadline()
+            elif state is h11.IDLE:  # the unread body ended: wait for the next head as after any response
+                self._lingering_cycle = None
+                self._set_deadline(HEAD_TIMEOUT, "http_head_timeout")
+        elif state is not h11.IDLE:
+            # h11 leaves IDLE once a whole head is parsed (a WebSocket upgrade has then already taken the transport).
+            self._clear_deadline()
+            self._release_address()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # Keep-alive: the next request's head gets its own deadline (uvicorn's keep-alive timer stops at its first byte).
-        if (self._head_timer is None and not self.transport.is_closing()
-                and self.conn.their_state is h11.IDLE):
-            self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_timed_out)
+        if self.transport.is_closing() or self.cycle is None or not self.cycle.response_complete:
+            return  # closed, or already serving a pipelined request
+        if self.conn.their_state is h11.SEND_BODY:
+            # Answered before the body was read: discard what still comes for a while, so that a client writing its
+            # whole body before reading sees the answer rather than a reset, then close.
+            self._lingering_cycle = self.cycle
+            self._set_deadline(UNREAD_BODY_TIME, "http_unread_body_closed")
+        elif self.conn.their_state is h11.IDLE:
+            # Keep-alive: the next head gets its own deadline (uvicorn's keep-alive timer stops at its first byte).
+            self._set_deadline(HEAD_TIMEOUT, "http_head_timeout")
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        self._head_done()
+        self._clear_deadline()
+        self._release_address()
 
-    def _head_done(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def _set_deadline(self, delay: float, counter: str) -> None:
+        self._clear_deadline()
+        self._deadline = self.loop.call_later(delay, self._deadline_passed, counter)
+
+    def _clear_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _deadline_passed(self, counter: str) -> None:
+        self._deadline = None
+        self.counters[counter] += 1
+        self.transport.abort()  # connection_lost follows and releases the address's slot
+
+    def _release_address(self) -> None:
         address, self._pending_address = self._pending_address, None
         if address is not None:
             self.pending_heads[address] -= 1
             if self.pending_heads[address] <= 0:
                 del self.pending_heads[address]
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        self.counters["http_head_timeout"] += 1
-        self.transport.abort()  # connection_lost follows and releases the address's slot
 
 
 def protocol_class(counters: Counter[str]) -> type[GuardedH11Protocol]:

@@ -50,11 +50,9 @@ class TwirpError(Exception):
         self.msg = msg
         self.status = status or _STATUS[code]
 
-    def response(self, close: bool = False) -> Response:
-        """With close, the connection ends after the answer: the request's body was not read and must not be
-        taken as the next request (nor received at all)."""
+    def response(self) -> Response:
         body = json.dumps({"code": self.code, "msg": self.msg, "meta": {}})
-        return Response(body, status_code=self.status, media_type=_JSON, headers={"Connection": "close"} if close else None)
+        return Response(body, status_code=self.status, media_type=_JSON)
 
 
 def _too_large() -> TwirpError:
@@ -74,14 +72,11 @@ class RoomService:
         self.node = node
 
     async def endpoint(self, request: Request) -> Response:
-        # Everything about the request that its head decides comes first, so a refused caller's body is never read.
+        # Everything about the request that its head decides comes first, so a refused caller's body is never read
+        # (the HTTP front discards what the client still sends, for a bounded time: httpfront.UNREAD_BODY_TIME).
         try:
             name, method, content_type, claims = self._admit(request)
             body = await _read_body(request)
-        except TwirpError as error:
-            self.node.counters[f"api_error_{error.code}"] += 1
-            return error.response(close=True)
-        try:
             return self._serve(name, method, content_type, claims, body)
         except TwirpError as error:
             self.node.counters[f"api_error_{error.code}"] += 1
