@@ -1,6 +1,6 @@
 """The HTTP front's own limits, around uvicorn's h11 protocol: a connection cap, a deadline for the request head
 (uvicorn has none: a client may dribble a header forever), a cap on unfinished heads per client address (slowloris),
-and an access log that never shows an access token."""
+a bounded lingering close for bodies answered unread, and an access log that never shows an access token."""
 from __future__ import annotations
 
 import asyncio
