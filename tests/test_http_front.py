@@ -23,7 +23,7 @@ from conftest import API_KEY, API_SECRET, Server, free_port
 from signal_client import SignalClient
 from signaling import httpfront
 from signaling.httpfront import HEAD_TIMEOUT, MAX_PENDING_HEADS_PER_ADDRESS, UNREAD_BODY_TIME
-from signaling.roomservice import MAX_BODY_SIZE
+from signaling.roomservice import BODY_TIMEOUT, MAX_BODY_SIZE
 
 UPDATE_METADATA = "/twirp/livekit.RoomService/UpdateRoomMetadata"
 BIG = 2 * 1024 * 1024
@@ -122,7 +122,7 @@ async def test_oversized_twirp_bodies_get_413_and_memory_stays_bounded(server: S
     (lambda server: server.token("joiner", "front-room"), 403),  # a join token: no roomAdmin
     (lambda server: "not-a-token", 401),
     (lambda server: admin_token("another-room").replace(".", ".x", 1), 401),  # bad signature
-])
+], ids=["join-token", "garbage", "bad-signature"])
 async def test_refused_callers_bodies_are_never_read(server: Server, token, status):
     """A 1 GiB declared body that never comes: the answer can only arrive if the server did not wait for it, and
     the server does not wait for the body afterwards either."""
@@ -132,6 +132,13 @@ async def test_refused_callers_bodies_are_never_read(server: Server, token, stat
     assert answer_status == status, answer
     assert json.loads(answer)["code"] in ("permission_denied", "unauthenticated")
     assert server.counters()["http_unread_body_closed"] == closed + 1
+
+
+async def test_a_body_that_does_not_arrive_is_a_408(server: Server):
+    """A caller with the grant who announces a body and sends only part of it."""
+    head = twirp_head(admin_token(), 100)
+    status, _, answer = await exchange(server, head, [b'{"room": '], timeout=BODY_TIMEOUT + 5)
+    assert status == 408 and json.loads(answer)["code"] == "deadline_exceeded", answer
 
 
 async def _slowloris(server: Server, address: str, count: int) -> list[socket.socket]:
