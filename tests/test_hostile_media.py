@@ -6,6 +6,7 @@ peer connection) stream while Python clients attack; the tests assert what the h
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import socket
 import struct
@@ -140,12 +141,19 @@ async def test_stun_floods_leave_media_and_signalling_alone(server) -> None:
 
 async def load_room(server, room: str) -> tuple[loadtest.LoadClients, loadtest.LoadParticipant,
                                                 loadtest.LoadParticipant]:
+    """A load publisher (video, SSRC PUBLISHER_SSRC) and subscriber."""
     clients = loadtest.LoadClients(server.url, API_KEY, API_SECRET)
+    clients._ssrcs = itertools.count(PUBLISHER_SSRC)
     [publisher] = await clients.add(room, 1, publish=loadtest.MediaPlan(video=True), subscribe=False)
     [subscriber] = await clients.add(room, 1, subscribe=True)
     await clients.wait_for_media([subscriber], 10)
     assert not clients.failed and subscriber.first_media_ns(), clients.failed
     return clients, publisher, subscriber
+
+
+PUBLISHER_SSRC = 0x1000
+# loadgen numbers a stream from this (signaling/clients/loadgen.pyx); a DownTrack keeps the first layer's numbers
+FIRST_SEQ = ((PUBLISHER_SSRC * 2654435761) & 0xFFFFFFFF) >> 16
 
 
 def received(clients: loadtest.LoadClients, participant: loadtest.LoadParticipant) -> int:
@@ -212,17 +220,55 @@ async def test_fifty_thousand_ssrcs_are_dropped_before_srtp(server) -> None:
 
 
 async def test_media_stops_when_consent_expires(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("TERN_ICE_CONSENT_TIMEOUT", "3")
+    monkeypatch.setenv("TERN_ICE_CONSENT_TIMEOUT", "7")  # the load clients check every 5 s
     server = start_server(tmp_path)
     try:
         clients, publisher, subscriber = await load_room(server, "consent")
         subscriber.subscriber_path._consent.cancel()  # the subscriber's side goes quiet; the publisher keeps checking
         assert await still_receives(clients, subscriber)
-        await until(lambda: server.counters().get("ice_consent_expired", 0) >= 1, timeout=8)
+        await until(lambda: server.counters().get("ice_consent_expired", 0) >= 1, timeout=12)
         await asyncio.sleep(0.3)
         assert not await still_receives(clients, subscriber)
         await until(lambda: subscriber.error is not None, timeout=3)
         assert "leave" in subscriber.error  # the server removed the participant and told it why
+        assert server.counters()["ice_consent_expired"] == 1  # the publisher kept its consent
         await clients.close()
     finally:
         stop_server(server)
+
+
+def nack_window(sender: int, media: int, last: int) -> bytes:
+    """A NACK (RFC 4585 generic) for the 272 sequence numbers up to `last`: 16 FCIs with every BLP bit set."""
+    first = (last - 271) & 0xFFFF
+    fcis = b"".join(struct.pack("!HH", (first + 17 * i) & 0xFFFF, 0xFFFF) for i in range(16))
+    return struct.pack("!BBHII", 0x81, 205, 2 + len(fcis) // 4, sender, media) + fcis
+
+
+async def test_nack_floods_stay_within_the_retransmission_budget(server) -> None:
+    clients, publisher, subscriber = await load_room(server, "nacks")
+    try:
+        stats = clients.load_receiver.socket_stats(subscriber.load_receiver_index)
+        media = max(stats["ssrcs"], key=stats["ssrcs"].get)  # the DownTrack's SSRC
+        tx = srtp_sessions(subscriber.subscriber_path.srtp_keys)[1]
+        before = server.counters()
+        started = time.monotonic()
+        for _ in range(200):  # 100 NACKs per second for 2 s, each over the whole recent history
+            last = FIRST_SEQ + clients.load_sender.stats()["packets"]  # about the last number sent
+            subscriber.subscriber_path.sock.send(tx.protect_rtcp(nack_window(0x5EED, media, last)))
+            await asyncio.sleep(0.01)
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(0.1)
+        after = server.counters()
+
+        def delta(name: str) -> float:
+            return after.get(name, 0) - before.get(name, 0)
+
+        retransmitted = delta("retransmitted_bytes")
+        forwarded = delta("bytes_out") - retransmitted  # the room's only subscriber: its media (and some RTCP)
+        assert delta("nacked_packets") >= 200 * 256
+        assert retransmitted > 0 and delta("drop_rtx_budget") > 0
+        # engine/feedback.pyx: half the forwarded bytes, or 500 kbit/s, plus a 128 KiB burst
+        assert retransmitted <= 0.5 * forwarded + 62_500 * elapsed + 131_072, (retransmitted, forwarded)
+        assert await still_receives(clients, subscriber)
+    finally:
+        await clients.close()
