@@ -87,8 +87,9 @@ cdef enum:  # event kinds, queued in C and dispatched to Python after each batch
 
 cdef enum:
     # Events per second one transport may raise (token buckets, burst = one second's worth). libwebrtc checks a
-    # candidate pair every 50-900 ms while connecting and every 2.5 s once connected (a LiveKit SDK join sent 12 in
-    # its first second here): 100/s leaves room for many pairs and retransmissions; a flood costs Python at most 100 parses/s.
+    # candidate pair every 50-900 ms while connecting and every 2.5 s once connected (a LiveKit Python SDK join sent
+    # 3 in its first second, then one per 2.5 s): 100/s leaves room for many pairs, candidates and retransmissions,
+    # and a flood with a valid ufrag costs Python at most 100 parses/s.
     STUN_EVENTS_PER_SECOND = 100
     # DTLS carries the handshake (about 10 datagrams) and then every data channel message (SCTP): 2000 datagrams/s
     # of up to ~1.2 KB is about 2.4 MB/s of data channel traffic per transport, several times LiveKit's typical use.

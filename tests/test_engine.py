@@ -917,3 +917,23 @@ def test_addresses_must_suit_the_socket() -> None:
         eng.bind_transport(transport, "127.0.0.1", 5000)
     finally:
         eng.close()
+
+
+async def test_srtp_streams_are_bounded_per_transport(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    receiver, downtrack = add_video(eng, publisher, subscriber, [])
+    for ssrc in range(0x7000, 0x7000 + 500):  # neither bound nor bindable (no mid): dropped before unprotect
+        publisher.send_rtp(rtp(VP8_PT, 1, 0, ssrc, b"x"))
+    for i, ssrc in enumerate(range(0x8000, 0x8000 + 20)):  # each takes the layer over: the old stream is freed
+        publisher.send_rtp(video(100 + i, ssrc, None, i, keyframe=True))
+    await subscriber.collect(0.1)
+    stats = eng.stats()
+    assert stats["drop_unknown_ssrc"] == 500
+    assert stats["srtp_streams_removed"] == 19
+    assert len(subscriber.take_rtp()) == 20
+    for ssrc in range(0x9000, 0x9000 + 300):  # RTCP from new sender SSRCs: at most the transport's limit
+        publisher.send_rtcp(struct.pack("!BBHI", 0x80, 201, 1, ssrc))
+    await asyncio.sleep(0.1)
+    assert eng.stats()["drop_srtp_stream_limit"] == 300 - (256 - 1)  # one stream is the video layer's
+    eng.remove_receiver(receiver)
+    assert eng.stats()["srtp_streams_removed"] == 20

@@ -100,6 +100,7 @@ class Transport:
             if self.manager.engine.bind_transport(self.id, host, port):
                 self.address = source
                 self.consent_at = self._now()
+                self.manager.watch_consent()
             else:  # another transport's address: it keeps it
                 self.manager.counters["ice_address_taken"] += 1
 
@@ -240,9 +241,12 @@ class TransportManager:
     def create(self, label: str) -> Transport:
         transport = Transport(self, label)
         self._by_id[transport.id] = transport
+        return transport
+
+    def watch_consent(self) -> None:
+        """Looks for expired consent every CONSENT_SWEEP_INTERVAL while transports remain (from the first binding)."""
         if self._consent_sweep is None:
             self._consent_sweep = asyncio.get_running_loop().call_later(CONSENT_SWEEP_INTERVAL, self._sweep_consent)
-        return transport
 
     def remove(self, transport: Transport) -> None:
         self._by_id.pop(transport.id, None)
