@@ -235,7 +235,7 @@ async def _rooms(scenario: str, rooms: int, size: int, plan: loadtest.MediaPlan,
 # looking datagram from unbound addresses, and three of random bytes.
 FLOOD_RATE = 20_000
 FLOOD_SOURCES = 16
-FLOODER = """
+FLOODER = r"""
 import os, socket, struct, sys, time
 port, rate, seconds, sources = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 def stun(body):
