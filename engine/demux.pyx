@@ -130,7 +130,7 @@ cdef void demux_datagram(EngineState *s, uint8_t *buf, int length, const Path *p
         s.counters[<int>S_DTLS_IN] += 1
         if t < 0:
             s.counters[<int>S_DROP_DTLS_UNBOUND] += 1
-        elif allow_event(s, s.transports[t], False, now):
+        elif allow_event(s, s.transports[t], &s.transports[t].dtls_tokens, S_DROP_DTLS_RATE, now):
             queue_event(s, E_DTLS, buf, length, path, s.transports[t].id, 0, 0)
         return
     if t < 0:
@@ -160,14 +160,16 @@ cdef int64_t demux_find_ufrag(EngineState *s, const uint8_t *ufrag, int length) 
     return slot
 
 
-cdef bint allow_event(EngineState *s, Transport *t, bint stun, int64_t now) noexcept nogil:
-    """The transport's token bucket for this kind of event, then the engine's budget for the current window."""
+cdef bint allow_event(EngineState *s, Transport *t, double *tokens, int counter, int64_t now) noexcept nogil:
+    """One of the transport's token buckets (`tokens`; `counter` counts refusals), then the engine's budget for the
+    current window."""
     cdef int64_t elapsed = now - t.events_us
     t.events_us = now
     bucket_refill(&t.stun_tokens, STUN_EVENTS_PER_SECOND, STUN_EVENTS_PER_SECOND, elapsed)
+    bucket_refill(&t.stun_bound_tokens, STUN_EVENTS_PER_SECOND, STUN_EVENTS_PER_SECOND, elapsed)
     bucket_refill(&t.dtls_tokens, DTLS_EVENTS_PER_SECOND, DTLS_EVENTS_PER_SECOND, elapsed)
-    if (t.stun_tokens if stun else t.dtls_tokens) < 1:
-        s.counters[<int>(S_DROP_STUN_RATE if stun else S_DROP_DTLS_RATE)] += 1
+    if tokens[0] < 1:
+        s.counters[counter] += 1
         return False
     if now - s.event_window_us >= EVENT_WINDOW_US:
         s.event_window_us = now
@@ -176,10 +178,7 @@ cdef bint allow_event(EngineState *s, Transport *t, bint stun, int64_t now) noex
         s.counters[<int>S_DROP_EVENT_BUDGET] += 1
         return False
     s.window_events += 1
-    if stun:
-        t.stun_tokens -= 1
-    else:
-        t.dtls_tokens -= 1
+    tokens[0] -= 1
     return True
 
 
@@ -189,6 +188,7 @@ cdef void handle_stun(EngineState *s, const uint8_t *buf, int length, const Path
     cdef int ufrag_length = 0
     cdef int check = stun_check(buf, length, &ufrag, &ufrag_length)
     cdef int64_t slot
+    cdef Transport *t
     if check != STUN_OK:
         if check == STUN_MALFORMED:
             s.counters[<int>S_DROP_STUN_MALFORMED] += 1
@@ -200,8 +200,11 @@ cdef void handle_stun(EngineState *s, const uint8_t *buf, int length, const Path
     slot = demux_find_ufrag(s, ufrag, ufrag_length)
     if slot < 0:
         s.counters[<int>S_DROP_STUN_UNKNOWN_UFRAG] += 1
-    elif allow_event(s, s.transports[slot], True, now):
-        queue_event(s, E_STUN, buf, length, path, s.transports[slot].id, 0, 0)
+        return
+    t = s.transports[slot]
+    if allow_event(s, t, &t.stun_bound_tokens if t.bound and path_equal(&t.path, path) else &t.stun_tokens,
+                   S_DROP_STUN_RATE, now):
+        queue_event(s, E_STUN, buf, length, path, t.id, 0, 0)
 
 
 # ---------------------------------------------------------------- SRTP receive streams

@@ -89,14 +89,16 @@ cdef enum:
     # Events per second one transport may raise (token buckets, burst = one second's worth). libwebrtc checks a
     # candidate pair every 50-900 ms while connecting and every 2.5 s once connected (a LiveKit Python SDK join sent
     # 3 in its first second, then one per 2.5 s): 100/s leaves room for many pairs, candidates and retransmissions,
-    # and a flood with a valid ufrag costs Python at most 100 parses/s.
+    # and a flood with a valid ufrag costs Python at most 100 parses/s. Checks from the transport's bound address
+    # have a bucket of their own, so a flood to its ufrag from elsewhere cannot starve its consent checks.
     STUN_EVENTS_PER_SECOND = 100
-    # DTLS carries the handshake (about 10 datagrams) and then every data channel message (SCTP): 2000 datagrams/s
-    # of up to ~1.2 KB is about 2.4 MB/s of data channel traffic per transport, several times LiveKit's typical use.
-    DTLS_EVENTS_PER_SECOND = 2000
-    # STUN + DTLS events raised by the whole engine per EVENT_WINDOW_US, whatever their sources: bounds the Python
-    # work one readable callback can cause when many transports misbehave at once (10,000/s).
-    EVENTS_PER_WINDOW = 200
+    # DTLS carries the handshake (about 10 datagrams) and then every data channel message (SCTP): 1000 datagrams/s
+    # of up to ~1.2 KB is about 1.2 MB/s of data channel traffic per transport, well past LiveKit's typical use
+    # (chat, RPC, small state); SCTP retransmits what is dropped past it.
+    DTLS_EVENTS_PER_SECOND = 1000
+    # STUN + DTLS events raised by the whole engine per EVENT_WINDOW_US (one engine tick), whatever their sources:
+    # bounds the Python work that many misbehaving transports together can cause (5,000 events/s).
+    EVENTS_PER_WINDOW = 100
     EVENT_WINDOW_US = 20000
     # Distinct SSRCs one transport may get libsrtp receive streams for (SSRC_ANY_INBOUND creates one per new SSRC
     # that authenticates, ~650 B and a linear lookup each). 20 simulcast video tracks with RTX use 120.
@@ -114,7 +116,8 @@ cdef struct Transport:
     uint8_t ufrag[64]         # our ICE ufrag for it (stun.MAX_UFRAG bytes at most): STUN to it is let through
     int ufrag_length
     uint64_t ufrag_key        # its key in EngineState.by_ufrag
-    double stun_tokens        # token buckets of the events it may raise (see STUN_EVENTS_PER_SECOND)
+    double stun_tokens        # token buckets of the events it may raise (see STUN_EVENTS_PER_SECOND): STUN from
+    double stun_bound_tokens  # other addresses, STUN from its bound address, DTLS
     double dtls_tokens
     int64_t events_us         # when they were last refilled
     int srtp_streams          # SSRCs in EngineState.srtp_ssrcs for it (libsrtp receive streams), <= MAX_SRTP_STREAMS

@@ -498,13 +498,20 @@ async def test_only_binding_requests_to_live_ufrags_surface(setup) -> None:
 
 async def test_stun_events_are_rate_limited_per_transport(setup) -> None:
     eng, publisher, subscriber, events = setup
-    for _ in range(400):
-        publisher.send_raw(binding_request(publisher.ufrag))
-    subscriber.send_raw(binding_request(subscriber.ufrag))
-    await asyncio.sleep(0.1)
-    from_publisher = sum(1 for e in events if e[0] == "stun" and e[1] == publisher.transport)
-    assert 100 <= from_publisher <= 120  # the burst, and what a tenth of a second refills
-    assert eng.stats()["drop_stun_rate_limited"] == 400 - from_publisher
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(400):  # to the publisher's ufrag, from elsewhere
+            stranger.sendto(binding_request(publisher.ufrag), ("127.0.0.1", eng.port))
+        await asyncio.sleep(0.05)
+        publisher.send_raw(binding_request(publisher.ufrag))  # its own check, from its bound address
+        subscriber.send_raw(binding_request(subscriber.ufrag))
+        await asyncio.sleep(0.05)
+    finally:
+        stranger.close()
+    from_stranger = sum(1 for e in events if e[0] == "stun" and e[1] == publisher.transport and e[4] != publisher.port)
+    assert 100 <= from_stranger <= 120  # the burst, and what a tenth of a second refills
+    assert eng.stats()["drop_stun_rate_limited"] == 400 - from_stranger
+    assert ("stun", publisher.transport, "127.0.0.1", publisher.port) in [e[:2] + e[3:] for e in events]
     assert ("stun", subscriber.transport) in [e[:2] for e in events]  # another transport is unaffected
 
 
