@@ -130,6 +130,10 @@ class Participant:
         self.data = DataPublisher(self, services.counters)
         self.publisher.transport.on_message = self._on_data_message
         self.subscriber.transport.on_message = self._on_data_message
+        # A media path whose ICE consent expired (peer/ice.py, CONSENT_TIMEOUT) is dead: LiveKit likewise removes a
+        # participant once ICE has failed. The client is told (leave), so it can rejoin.
+        self.publisher.transport.on_consent_lost = self._on_media_path_lost
+        self.subscriber.transport.on_consent_lost = self._on_media_path_lost
 
     # -- identity and grants
     @property
@@ -538,6 +542,9 @@ class Participant:
         return not self.closed and (primary.transport.send_message(label, data) or other.transport.send_message(label, data))
 
     # -- teardown
+    def _on_media_path_lost(self) -> None:
+        self.close(models.DisconnectReason.MEDIA_FAILURE)
+
     def close(self, reason: int, notify: bool = True, action: int = rtc.LeaveRequest.Action.DISCONNECT) -> None:
         """Removes the participant everywhere; with notify, tells the client first (leave)."""
         if self.closed:
