@@ -20,7 +20,7 @@ class Engine:
         self.sent: list[bytes] = []
         self._next = 0
 
-    def add_transport(self) -> int:
+    def add_transport(self, ice_ufrag: str) -> int:
         self._next += 1
         return self._next
 
