@@ -616,7 +616,7 @@ def test_packet_full_of_sacks_costs_one_sack() -> None:
             break
     link.server._peer_rwnd = 1 << 30  # as if the peer had advertised room: everything goes out once
     link.server.flush(link.now)
-    assert len(link.server._outstanding) > 10_000
+    assert len(link.server._outstanding) > MAX_BUFFERED_AMOUNT // (CHUNK_COST + 1) - 10
     sack = encode_chunk(SACK, 0, SackChunk(link.server._cum_acked, 1 << 20, [(2, 3)], []).encode())
     packet = encode_packet(5000, 5000, link.server._tag, sack * 60)
     assert _timed_receive(link.server, [packet], link.now) < 0.005
@@ -635,3 +635,56 @@ def test_per_stream_state_stays_within_the_streams_we_accept() -> None:
     fwd = ForwardTsnChunk((cum + 3000) & 0xFFFFFFFF, [(s, 7) for s in range(60_000, 60_200)])
     server.receive(encode_packet(5000, 5000, tag, encode_chunk(FORWARD_TSN, 0, fwd.encode())), link.now)
     assert len(server._ssn_in) <= MAX_INBOUND_STREAMS and len(server._ordered) <= MAX_INBOUND_STREAMS
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 0xFFFFFFFF), st.lists(st.tuples(st.integers(0, 80), st.integers(0, 40)), max_size=60))
+def test_acked_ranges_match_a_set(start: int, ranges: list[tuple[int, int]]) -> None:
+    """add_range reports exactly the TSNs it newly records, and missing() the holes below a TSN, across the wrap."""
+    tsns = ReceivedTsns(start, 0xFFFF)
+    held: set[int] = set()
+    for offset, length in ranges:
+        first = (start + offset) & 0xFFFFFFFF
+        cum = tsns.cumulative
+        expected = {(first + i) & 0xFFFFFFFF for i in range(length + 1)
+                    if 0 < ((first + i - cum) & 0xFFFFFFFF) < 0x80000000} - held
+        new = {(f + i) & 0xFFFFFFFF for f, count in tsns.add_range(first, (first + length) & 0xFFFFFFFF)
+               for i in range(count)}
+        assert new == expected
+        held |= new
+        top = (start + 130) & 0xFFFFFFFF
+        holes = [t for t in ((tsns.cumulative + i) & 0xFFFFFFFF for i in range(1, 131))
+                 if t not in held and (top - t) & 0xFFFFFFFF < 0x80000000 and t != top]
+        assert tsns.missing(top, 7) == holes[:7]
+
+
+def test_sack_costs_what_it_acknowledges() -> None:
+    """A full send backlog of one-byte messages, all in flight; then 3,000 SACKs, one per packet, each gap-acking
+    one more TSN above a missing first one, and 1,000 repeating the widest gap block: no SACK costs a pass over
+    the backlog (each stays under 1 ms of CPU), the missing TSN is fast-retransmitted, and the backlog drains."""
+    link = Link()
+    ours, _ = open_pair(link, "x", ordered=False)
+    server = link.server
+    link.client._receive_buffer = 1
+    while True:
+        try:
+            server.send(ours, b"y", now=link.now)
+        except SctpBufferFull:
+            break
+    server._peer_rwnd = 1 << 30
+    server.flush(link.now)
+    outstanding = len(server._outstanding)
+    assert outstanding > MAX_BUFFERED_AMOUNT // (CHUNK_COST + 1) - 10
+    cum, tag = server._cum_acked, server._tag
+
+    def sack(gaps: list[tuple[int, int]], cumulative: int = cum) -> bytes:
+        return encode_packet(5000, 5000, tag, encode_chunk(SACK, 0, SackChunk(cumulative, 1 << 20, gaps, []).encode()))
+
+    growing = [sack([(2, 2 + k)]) for k in range(min(3000, outstanding - 2))]
+    widest = [sack([(2, 0xFFFF)])] * 1000
+    slowest = _timed_receive(server, growing + widest, link.now)
+    assert server._retransmits or server._outstanding[(cum + 1) & 0xFFFFFFFF].transmissions == 2
+    drained = _timed_receive(server, [sack([], (cum + outstanding) & 0xFFFFFFFF)], link.now)
+    print(f"{outstanding} outstanding: slowest SACK {slowest * 1e3:.3f} ms, the draining one {drained * 1e3:.2f} ms")
+    assert slowest < 0.001
+    assert not server._outstanding and server.buffered_amount == 0

@@ -23,7 +23,7 @@ import struct
 from collections import deque
 from dataclasses import dataclass, field
 
-from .sctp_tsn import ReceivedTsns
+from .sctp_tsn import M32, ReceivedTsns
 from .dcep import (AssociationClosed, ChannelTable, DataChannel, DataChannelEvent,
                    DcepError, Outgoing)
 from .sctp_chunks import (ABORT, CHUNK_HEADER_SIZE, COOKIE_ACK, COOKIE_ECHO, DATA, DATA_HEADER_SIZE, ERROR,
@@ -36,10 +36,6 @@ from .sctp_chunks import (ABORT, CHUNK_HEADER_SIZE, COOKIE_ACK, COOKIE_ECHO, DAT
                           SackChunk, SctpError, encode_chunk, encode_data_chunk, encode_packet,
                           encode_reconfig_response, parse_packet, parse_params, parse_reconfig_response,
                           reconfig_request_seq)
-
-class SctpBufferFull(SctpError):
-    """send() refused: the peer has not acknowledged MAX_BUFFERED_AMOUNT bytes of ours."""
-
 
 MTU = 1188  # SCTP packet budget inside a ~1200-byte DTLS datagram path
 MAX_FRAGMENT = MTU - PACKET_HEADER_SIZE - CHUNK_HEADER_SIZE - DATA_HEADER_SIZE
@@ -55,17 +51,26 @@ MAX_STREAMS = 65535
 # Streams the peer may send on (our INIT's MIS), so per-stream state stays small: LiveKit clients use a handful
 # of data channels (ids from 0); dcep.MAX_CHANNELS of them use ids below 2 * 64.
 MAX_INBOUND_STREAMS = 1024
-# Buffer every held or queued chunk costs beyond its payload (its Python objects), so the byte limits below
-# also bound how many chunks are held; the TSNs accepted above the cumulative TSN follow from it: 16,384.
-CHUNK_COST = 64
+# Memory every held or queued chunk costs beyond its payload bytes (its Python objects, dict and queue entries,
+# the payload's bytes header), so the byte limits below also bound how many chunks are held. Measured with
+# tracemalloc.get_traced_memory() around holding 20,000 one-byte chunks (CPython 3.11): a received fragment in
+# _fragments ~180 B; an outgoing lossy chunk in _outstanding, _unsent and _unsent_lossy ~262 B plus its 33-byte
+# bytes header. The TSNs accepted above the cumulative TSN follow from it: 3,542.
+CHUNK_COST = 296
 RECEIVE_TSN_WINDOW = RECEIVE_BUFFER // CHUNK_COST
 # Data queued for the peer and not yet acknowledged (sent or not), in bytes with CHUNK_COST each: past it send()
-# raises SctpBufferFull. LiveKit's data_channel_max_buffered_amount is off by default; browsers refuse to queue
-# more than 16 MiB per channel. A peer that acknowledges nothing (a_rwnd=1) holds at most this much of ours.
+# first drops the oldest unsent messages of partially reliable channels, then raises SctpBufferFull. LiveKit's
+# data_channel_max_buffered_amount is off by default; browsers refuse to queue more than 16 MiB per channel. A peer
+# that acknowledges nothing (a_rwnd=1) holds at most this much of ours: 3,542 chunks at the most.
 MAX_BUFFERED_AMOUNT = 1024 * 1024
 MAX_GAP_BLOCKS = 64  # per SACK; the first ones matter for the peer's fast retransmit
+# Missing TSNs a SACK gives a miss indication, from the lowest: fast retransmit resends the earliest ones (RFC 9260
+# section 7.2.4 fits one packet of them); later holes get theirs once those are filled, or T3 covers them.
+MAX_MISS_INDICATIONS = 128
 
-_M32 = 0xFFFFFFFF
+
+class SctpBufferFull(SctpError):
+    """send() refused: the peer has not acknowledged MAX_BUFFERED_AMOUNT bytes of ours."""
 
 
 def _held(message: DataChunk | None) -> int:
@@ -75,7 +80,7 @@ def _held(message: DataChunk | None) -> int:
 
 def tsn_gt(a: int, b: int) -> bool:
     """Serial-number comparison (RFC 1982) over 32 bits."""
-    return a != b and ((a - b) & _M32) < 0x80000000
+    return a != b and ((a - b) & M32) < 0x80000000
 
 
 def ssn_gt(a: int, b: int) -> bool:
@@ -84,7 +89,7 @@ def ssn_gt(a: int, b: int) -> bool:
 
 # --- association -----------------------------------------------------------
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _OutChunk:
     tsn: int
     stream: int
@@ -94,13 +99,18 @@ class _OutChunk:
     payload: bytes
     max_retransmits: int | None
     expires: float | None
-    message: list[_OutChunk] = field(default_factory=list, repr=False)  # fragments of one message
+    message: list[_OutChunk] | None = field(default=None, repr=False)  # all fragments, when more than one
     sent_at: float | None = None  # first transmission; None once retransmitted (Karn)
     transmissions: int = 0
-    acked: bool = False
-    abandoned: bool = False
-    retransmit: bool = False
+    acked: bool = False  # acknowledged, cumulatively or in a gap block
+    abandoned: bool = False  # given up (partial reliability): a FORWARD-TSN skips it
+    retransmit: bool = False  # queued for retransmission
     misses: int = 0
+
+    @property
+    def lossy(self) -> bool:
+        """Of a partially reliable channel (RFC 3758): may be abandoned."""
+        return self.max_retransmits is not None or self.expires is not None
 
     def encode(self) -> bytes:
         return encode_data_chunk(self.tsn, self.stream, self.ssn, self.ppid, self.flags, self.payload)
@@ -173,22 +183,30 @@ class SctpAssociation:
         # outbound data
         self._next_tsn = struct.unpack("!L", os.urandom(4))[0]
         self._initial_tsn = self._next_tsn
-        self._cum_acked = (self._next_tsn - 1) & _M32
+        self._cum_acked = (self._next_tsn - 1) & M32
         self._advanced_ack = self._cum_acked
-        self._outstanding: dict[int, _OutChunk] = {}  # every TSN above _cum_acked, sent or not
+        # Every TSN above _cum_acked, sent or not, in TSN order; a chunk's payload is let go once it is acknowledged
+        # or abandoned, and the chunk once the cumulative TSN passes it.
+        self._outstanding: dict[int, _OutChunk] = {}
+        self._acked = ReceivedTsns(self._cum_acked, 0xFFFF)  # what the peer acknowledged, cumulatively or in gaps
+        self._highest_sent = self._cum_acked
         self._unsent: deque[_OutChunk] = deque()
+        self._unsent_lossy: deque[_OutChunk] = deque()  # the lossy ones among _unsent, the first to go when full
+        self._retransmits: deque[_OutChunk] = deque()
         self._ssn_out: dict[int, int] = {}
         self._flight = 0
-        self.buffered_amount = 0  # queued and unacknowledged: payload + CHUNK_COST per chunk
+        self.buffered_amount = 0  # CHUNK_COST per outstanding chunk, plus its payload until acknowledged or abandoned
+        self.evicted = 0  # unsent lossy messages dropped to make room (send backlog full)
         self._peer_rwnd = RECEIVE_BUFFER
         self._t3: float | None = None
         self._t3_count = 0
-        self._retransmit_due = False
         self._forward_tsn_due = False
+        self._forward_ssns: dict[int, tuple[int, int]] = {}  # stream -> (SSN, TSN) of its last abandoned message
         # inbound data
         self._tsns = ReceivedTsns(0, RECEIVE_TSN_WINDOW)
         self.beyond_window = 0  # DATA chunks dropped for a TSN past RECEIVE_TSN_WINDOW
         self.invalid_streams = 0  # DATA chunks acknowledged and discarded: stream past what we accept
+        self.receive_buffer_full = 0  # DATA chunks dropped, unacknowledged, for want of room to hold them
         self._inbound_streams = MAX_INBOUND_STREAMS
         self._duplicates: list[int] = []
         self._fragments: dict[int, DataChunk] = {}
@@ -265,8 +283,10 @@ class SctpAssociation:
         if self.state not in ("new", "cookie-wait", "cookie-echoed", "established"):
             raise SctpError("association is shutting down")
         fragments = max(1, -(-len(data) // MAX_FRAGMENT))
-        if self.buffered_amount + len(data) + fragments * CHUNK_COST > MAX_BUFFERED_AMOUNT:
-            raise SctpBufferFull(f"{self.buffered_amount} bytes unacknowledged by the peer")
+        needed = len(data) + fragments * CHUNK_COST
+        while self.buffered_amount + needed > MAX_BUFFERED_AMOUNT:
+            if not self._evict_lossy():
+                raise SctpBufferFull(f"{self.buffered_amount} bytes unacknowledged by the peer")
         try:
             message = self._channels.message(channel, data, binary)
         except DcepError as exc:
@@ -520,6 +540,8 @@ class SctpAssociation:
         self._t1 = self._t3 = self._sack_due = self._reset_due = None
         self._sack_now = False
         self._unsent.clear()
+        self._unsent_lossy.clear()
+        self._retransmits.clear()
         self._outstanding.clear()
         self.buffered_amount = 0
         self._data_out = []
@@ -542,8 +564,8 @@ class SctpAssociation:
         expires = None
         if message.max_packet_lifetime is not None:
             expires = self._now + message.max_packet_lifetime / 1000
-        fragments: list[_OutChunk] = []
         payload = message.payload
+        fragments: list[_OutChunk] | None = [] if len(payload) > MAX_FRAGMENT else None
         for pos in range(0, len(payload), MAX_FRAGMENT):
             f = flags
             if pos == 0:
@@ -552,11 +574,14 @@ class SctpAssociation:
                 f |= F_END
             chunk = _OutChunk(self._next_tsn, stream, ssn, message.ppid, f, payload[pos:pos + MAX_FRAGMENT],
                               message.max_retransmits, expires, fragments)
-            fragments.append(chunk)
+            if fragments is not None:
+                fragments.append(chunk)
             self._outstanding[chunk.tsn] = chunk
             self.buffered_amount += len(chunk.payload) + CHUNK_COST
             self._unsent.append(chunk)
-            self._next_tsn = (self._next_tsn + 1) & _M32
+            if chunk.lossy:
+                self._unsent_lossy.append(chunk)
+            self._next_tsn = (self._next_tsn + 1) & M32
 
     def _can_retransmit(self, chunk: _OutChunk) -> bool:
         if self._peer is not None and not self._peer.forward_tsn:
@@ -566,33 +591,62 @@ class SctpAssociation:
         return chunk.max_retransmits is None or chunk.transmissions <= chunk.max_retransmits
 
     def _abandon(self, chunk: _OutChunk) -> None:
-        for fragment in chunk.message:
+        for fragment in chunk.message or (chunk,):
             if not fragment.abandoned:
                 fragment.abandoned = True
-                if not fragment.acked:
-                    self.buffered_amount -= len(fragment.payload) + CHUNK_COST
-                if fragment.transmissions and not fragment.acked:
-                    self._flight -= len(fragment.payload)
+                self._release(fragment)
+
+    def _release(self, chunk: _OutChunk) -> None:
+        """Lets go of the payload of a chunk acknowledged or abandoned (a second call finds none)."""
+        if chunk.transmissions:
+            self._flight -= len(chunk.payload)
+        self.buffered_amount -= len(chunk.payload)
+        chunk.payload = b""
+
+    def _evict_lossy(self) -> bool:
+        """Abandons the oldest unsent message of a partially reliable channel, to make room; False if none."""
+        if self._peer is not None and not self._peer.forward_tsn:
+            return False  # the peer could not skip it
+        self._trim_unsent_lossy()
+        if not self._unsent_lossy:
+            return False
+        self._abandon(self._unsent_lossy.popleft())
+        self.evicted += 1
+        return True
+
+    def _trim_unsent_lossy(self) -> None:
+        """Keeps _unsent_lossy to chunks still unsent (both queues are in TSN order)."""
+        lossy = self._unsent_lossy
+        while lossy and (lossy[0].transmissions or lossy[0].abandoned or lossy[0].acked):
+            lossy.popleft()
+
+    def _queue_retransmit(self, chunk: _OutChunk) -> None:
+        if self._can_retransmit(chunk):
+            if not chunk.retransmit:
+                chunk.retransmit = True
+                self._retransmits.append(chunk)
+        else:
+            self._abandon(chunk)
 
     def _transmit(self) -> None:
         sent_any = False
-        for chunk in list(self._outstanding.values()) if self._retransmit_due else ():
-            if chunk.retransmit:
-                chunk.retransmit = False
-                if chunk.acked or chunk.abandoned:
-                    continue
-                if not self._can_retransmit(chunk):
-                    self._abandon(chunk)
-                    continue
-                chunk.transmissions += 1
-                chunk.sent_at = None
-                self._data_out.append(chunk.encode())
-                sent_any = True
-        self._retransmit_due = False
+        while self._retransmits:
+            chunk = self._retransmits.popleft()
+            chunk.retransmit = False
+            if chunk.acked or chunk.abandoned:
+                continue
+            if not self._can_retransmit(chunk):
+                self._abandon(chunk)
+                continue
+            chunk.transmissions += 1
+            chunk.sent_at = None
+            self._data_out.append(chunk.encode())
+            sent_any = True
         while self._unsent:
             chunk = self._unsent[0]
-            if chunk.abandoned:
+            if chunk.abandoned or chunk.acked:
                 self._unsent.popleft()
+                self._trim_unsent_lossy()
                 continue
             if chunk.expires is not None and not self._can_retransmit(chunk):
                 self._abandon(chunk)
@@ -602,7 +656,9 @@ class SctpAssociation:
                 break
             self._unsent.popleft()
             chunk.transmissions = 1
+            self._trim_unsent_lossy()
             chunk.sent_at = self._now
+            self._highest_sent = chunk.tsn
             self._flight += size
             self._data_out.append(chunk.encode())
             sent_any = True
@@ -610,58 +666,51 @@ class SctpAssociation:
             self._t3 = self._now + self._rto
 
     def _on_sack(self, sack: SackChunk) -> None:
+        """Costs the TSNs it newly acknowledges, plus at most MAX_MISS_INDICATIONS and its gap blocks."""
         cum = sack.cumulative_tsn
         if tsn_gt(self._cum_acked, cum):
             return  # older than what we know
-        if tsn_gt(cum, (self._next_tsn - 1) & _M32):
+        if tsn_gt(cum, (self._next_tsn - 1) & M32):
             raise SctpError("SACK acknowledges a TSN never sent")
         advanced = cum != self._cum_acked
         rtt: float | None = None
         while self._cum_acked != cum:
-            self._cum_acked = (self._cum_acked + 1) & _M32
-            chunk = self._outstanding.pop(self._cum_acked, None)
-            if chunk is None:
-                continue
-            if not chunk.acked and not chunk.abandoned:
-                self.buffered_amount -= len(chunk.payload) + CHUNK_COST
-                if chunk.transmissions:
-                    self._flight -= len(chunk.payload)
-            if chunk.transmissions == 0:  # acknowledged before we sent it: covered by FORWARD-TSN
-                chunk.abandoned = True
-            if chunk.sent_at is not None and chunk.transmissions == 1:
-                rtt = self._now - chunk.sent_at
-        if tsn_gt(self._cum_acked, self._advanced_ack):
+            self._cum_acked = (self._cum_acked + 1) & M32
+            chunk = self._outstanding.pop(self._cum_acked)
+            if not chunk.acked:
+                if chunk.sent_at is not None and chunk.transmissions == 1:
+                    rtt = self._now - chunk.sent_at
+                chunk.acked = True
+                if not chunk.abandoned:
+                    self._release(chunk)
+            self.buffered_amount -= CHUNK_COST
+        self._acked.forward(cum)
+        if not tsn_gt(self._advanced_ack, self._cum_acked):
             self._advanced_ack = self._cum_acked
-        highest: int | None = None
-        if sack.gaps:
-            starts = sorted((s, e) for s, e in sack.gaps if 1 <= s <= e)
-            keys = [s for s, _ in starts]
-            for chunk in self._outstanding.values():
-                if not chunk.transmissions or chunk.acked:
-                    continue
-                offset = (chunk.tsn - cum) & _M32
-                i = bisect.bisect_right(keys, offset) - 1
-                if i >= 0 and offset <= starts[i][1]:
-                    chunk.acked = True
-                    if not chunk.abandoned:
-                        self._flight -= len(chunk.payload)
-                        self.buffered_amount -= len(chunk.payload) + CHUNK_COST
-                    if chunk.sent_at is not None and chunk.transmissions == 1:
-                        rtt = self._now - chunk.sent_at
-            for chunk in self._outstanding.values():
-                if chunk.acked and (highest is None or tsn_gt(chunk.tsn, highest)):
-                    highest = chunk.tsn
-        if highest is not None:
-            for chunk in self._outstanding.values():
-                if not tsn_gt(highest, chunk.tsn):
-                    break
-                if chunk.transmissions and not chunk.acked and not chunk.abandoned:
+            self._forward_ssns.clear()
+        newest: int | None = None  # the highest TSN newly acknowledged in a gap block
+        sent = (self._highest_sent - cum) & M32
+        if sent < 0x80000000:  # gap blocks count only for what was sent (and not acknowledged cumulatively)
+            for start, end in sack.gaps:
+                for first, count in self._acked.add_range((cum + start) & M32, (cum + min(end, sent)) & M32):
+                    for i in range(count):
+                        chunk = self._outstanding[(first + i) & M32]
+                        if chunk.sent_at is not None and chunk.transmissions == 1:
+                            rtt = self._now - chunk.sent_at
+                        chunk.acked = True
+                        if not chunk.abandoned:
+                            self._release(chunk)
+                    last = (first + count - 1) & M32
+                    if newest is None or tsn_gt(last, newest):
+                        newest = last
+        if newest is not None:
+            # Miss indications go to missing TSNs below the highest newly acknowledged (HTNA, RFC 9260 7.2.4).
+            for tsn in self._acked.missing(newest, MAX_MISS_INDICATIONS):
+                chunk = self._outstanding[tsn]
+                if chunk.transmissions and not chunk.abandoned:
                     chunk.misses += 1
-                    if chunk.misses == 3:  # fast retransmit (RFC 9260 section 7.2.4)
-                        if self._can_retransmit(chunk):
-                            chunk.retransmit = self._retransmit_due = True
-                        else:
-                            self._abandon(chunk)
+                    if chunk.misses == 3:  # fast retransmit
+                        self._queue_retransmit(chunk)
         if rtt is not None:
             self._update_rto(rtt)
         self._peer_rwnd = sack.a_rwnd  # bounds what may be in flight
@@ -688,12 +737,9 @@ class SctpAssociation:
             self._closed("peer unreachable")
             return
         self._rto = min(self._rto * 2, RTO_MAX)
-        for chunk in self._outstanding.values():
+        for chunk in self._outstanding.values():  # once per RTO at most
             if chunk.transmissions and not chunk.acked and not chunk.abandoned:
-                if self._can_retransmit(chunk):
-                    chunk.retransmit = self._retransmit_due = True
-                else:
-                    self._abandon(chunk)
+                self._queue_retransmit(chunk)
         self._forward_tsn_due = True
         if self._flight > 0 or tsn_gt(self._advanced_ack, self._cum_acked):
             self._t3 = self._now + self._rto
@@ -704,25 +750,22 @@ class SctpAssociation:
             return
         point = self._advanced_ack
         moved = False
-        while True:
-            chunk = self._outstanding.get((point + 1) & _M32)
+        while True:  # each chunk passed once
+            chunk = self._outstanding.get((point + 1) & M32)
             if chunk is None or not chunk.abandoned:
                 break
             point = chunk.tsn
             moved = True
+            if not chunk.flags & F_UNORDERED:
+                self._forward_ssns[chunk.stream] = (chunk.ssn, chunk.tsn)
         self._advanced_ack = point
         if not tsn_gt(point, self._cum_acked) or not (moved or self._forward_tsn_due):
             self._forward_tsn_due = False
             return
         self._forward_tsn_due = False
-        streams: dict[int, int] = {}
-        tsn = self._cum_acked
-        while tsn != point:
-            tsn = (tsn + 1) & _M32
-            chunk = self._outstanding.get(tsn)
-            if chunk is not None and not chunk.flags & F_UNORDERED:
-                streams[chunk.stream] = chunk.ssn
-        self._control.append(encode_chunk(FORWARD_TSN, 0, ForwardTsnChunk(point, sorted(streams.items())).encode()))
+        # Streams whose skipped message the peer has not acknowledged yet (one entry per stream used).
+        streams = sorted((stream, ssn) for stream, (ssn, tsn) in self._forward_ssns.items() if tsn_gt(tsn, self._cum_acked))
+        self._control.append(encode_chunk(FORWARD_TSN, 0, ForwardTsnChunk(point, streams).encode()))
         if self._t3 is None:
             self._t3 = self._now + self._rto
 
@@ -746,6 +789,7 @@ class SctpAssociation:
             return
         cost = _held(chunk)
         if self._buffered + cost > self._receive_buffer or len(self._fragments) >= self._max_fragments:
+            self.receive_buffer_full += 1
             self._sack_now = True
             return  # no room: not acknowledged, so the peer sends it again
         self._tsns.add(tsn)
@@ -771,13 +815,13 @@ class SctpAssociation:
     def _reassemble(self, chunk: DataChunk) -> None:
         first = chunk
         while not first.flags & F_BEGIN:
-            prev = self._fragments.get((first.tsn - 1) & _M32)
+            prev = self._fragments.get((first.tsn - 1) & M32)
             if prev is None or prev.flags & F_END or not self._same_message(prev, chunk):
                 return
             first = prev
         last = chunk
         while not last.flags & F_END:
-            nxt = self._fragments.get((last.tsn + 1) & _M32)
+            nxt = self._fragments.get((last.tsn + 1) & M32)
             if nxt is None or nxt.flags & F_BEGIN or not self._same_message(nxt, chunk):
                 return
             last = nxt
@@ -789,7 +833,7 @@ class SctpAssociation:
             parts.append(part.payload)
             if tsn == last.tsn:
                 break
-            tsn = (tsn + 1) & _M32
+            tsn = (tsn + 1) & M32
         payload = b"".join(parts)
         message: DataChunk | None = DataChunk(first.tsn, first.stream, first.ssn, first.ppid, first.flags, payload)
         if len(payload) > self.max_message_size:
@@ -881,9 +925,9 @@ class SctpAssociation:
 
     def _maybe_send_reset(self) -> None:
         if self._reset_request is None and self._reset_queue and self._reset_due is None:
-            self._reset_request = ResetRequest(self._reset_seq, (self._peer_reset_seq - 1) & _M32,
-                                               (self._next_tsn - 1) & _M32, self._reset_queue)
-            self._reset_seq = (self._reset_seq + 1) & _M32
+            self._reset_request = ResetRequest(self._reset_seq, (self._peer_reset_seq - 1) & M32,
+                                               (self._next_tsn - 1) & M32, self._reset_queue)
+            self._reset_seq = (self._reset_seq + 1) & M32
             self._reset_queue = []
             self._send_reset_request()
 
@@ -905,7 +949,7 @@ class SctpAssociation:
     def _on_reset_request(self, request: ResetRequest) -> None:
         seq = request.request_seq
         if seq == self._peer_reset_seq:
-            self._peer_reset_seq = (seq + 1) & _M32
+            self._peer_reset_seq = (seq + 1) & M32
             if tsn_gt(request.last_tsn, self._tsns.cumulative):
                 # Data sent before the reset is still missing: finish once it arrives.
                 self._deferred_reset = request

@@ -151,7 +151,7 @@ class InitChunk:
             encode_param(t, v) for t, v in self.params)
 
 
-@dataclass
+@dataclass(slots=True)
 class DataChunk:
     tsn: int
     stream: int
