@@ -24,6 +24,13 @@ log = logging.getLogger(__name__)
 
 CONSENT_SWEEP_INTERVAL = 1.0  # seconds between looks for expired consent: it ends at most this late
 
+# (counter, attribute): what the DTLS endpoint and the SCTP association count as dropped, exported as these events.
+_DTLS_DROPS = (("dtls_malformed", "dropped"), ("dtls_unverified_dropped", "unverified_dropped"))
+_SCTP_DROPS = (("sctp_malformed", "dropped"), ("sctp_beyond_window", "beyond_window"),
+               ("sctp_oversized", "oversized"), ("sctp_invalid_stream", "invalid_streams"),
+               ("sctp_receive_buffer_full", "receive_buffer_full"), ("data_channel_dropped", "channel_drops"),
+               ("data_backlog_evicted", "evicted"))
+
 
 class Transport:
     """One ICE-lite + DTLS + SRTP endpoint (one client peer connection)."""
@@ -47,6 +54,7 @@ class Transport:
         self.on_connected: Callable[[], None] | None = None
         self.on_consent_lost: Callable[[], None] | None = None
         self.on_message: Callable[[DataChannel, bytes], None] | None = None
+        self.on_backlog_full: Callable[[], None] | None = None  # a reliable message found no room: the client does not drain
         self._srtp = None  # (rx, tx) pylibsrtp sessions, kept alive for the engine's raw pointers
         self.sctp: SctpAssociation | None = None
         self.remote_max_message_size = 65536  # the client's a=max-message-size
@@ -146,14 +154,16 @@ class Transport:
 
     def _count_drops(self) -> None:
         """Adds to the node's counters what the DTLS endpoint and SCTP association dropped since last time."""
-        totals = {"dtls_malformed": self.dtls.dropped, "dtls_unverified_dropped": self.dtls.unverified_dropped}
+        self._count(self.dtls, _DTLS_DROPS)
         if self.sctp is not None:
-            totals.update(sctp_malformed=self.sctp.dropped, sctp_beyond_window=self.sctp.beyond_window,
-                          sctp_oversized=self.sctp.oversized, sctp_invalid_stream=self.sctp.invalid_streams,
-                          data_channel_dropped=self.sctp.channel_drops)
-        for name, total in totals.items():
-            if total != self._drops.get(name, 0):
-                self.manager.counters[name] += total - self._drops.get(name, 0)
+            self._count(self.sctp, _SCTP_DROPS)
+
+    def _count(self, source: object, drops: tuple[tuple[str, str], ...]) -> None:
+        for name, attribute in drops:
+            total = getattr(source, attribute)
+            counted = self._drops.get(name, 0)
+            if total != counted:
+                self.manager.counters[name] += total - counted
                 self._drops[name] = total
 
     # -- data channels (SCTP over the DTLS association)
@@ -166,25 +176,32 @@ class Transport:
         self._send_sctp(self.sctp.start(now) + self.sctp.flush(now))
 
     def send_message(self, label: str, data: bytes) -> bool:
-        """Sends one binary message on the open channel `label`; False when there is none."""
+        """Sends one binary message on the open channel `label`; False when there is none.
+
+        When the client has not acknowledged sctp.MAX_BUFFERED_AMOUNT (the association has already dropped its
+        oldest unsent lossy messages to make room): a lossy message is dropped and counted, and True says it was
+        handled (trying the other peer connection would deliver it out of order); a reliable one cannot be dropped,
+        so on_backlog_full is called (the participant leaves) and False returned."""
         channel = self.channels.get(label)
         if channel is None or self.sctp is None or self.closed:
             return False
         try:
             self._send_sctp(self.sctp.send(channel, data, binary=True, now=self._now()))
         except SctpBufferFull:
-            # The client has not acknowledged sctp.MAX_BUFFERED_AMOUNT: a lossy message is dropped; a reliable one
-            # cannot be, so the client's data channels are unusable and the association is aborted.
-            if channel.max_retransmits is None and channel.max_packet_lifetime is None:
-                self.manager.counters["data_backlog_aborted"] += 1
-                self._send_sctp(self.sctp.abort())
-                self._sctp_events()
-            else:
+            self._count_drops()
+            if channel.max_retransmits is not None or channel.max_packet_lifetime is not None:
                 self.manager.counters["data_backlog_dropped"] += 1
+                return True
+            self.manager.counters["data_backlog_closed"] += 1
+            log.info("transport %s (%s): the client has not acknowledged %d bytes of data channel messages",
+                     self.id, self.label, self.sctp.buffered_amount)
+            if self.on_backlog_full:
+                self.on_backlog_full()
             return False
         except SctpError:  # larger than the client accepts, or the channel closed meanwhile
             self.manager.counters["data_send_failed"] += 1
             return False
+        self._count_drops()  # lossy messages it dropped to make room
         self._schedule_timer()
         return True
 

@@ -134,6 +134,9 @@ class Participant:
         # participant once ICE has failed. The client is told (leave), so it can rejoin.
         self.publisher.transport.on_consent_lost = self._on_media_path_lost
         self.subscriber.transport.on_consent_lost = self._on_media_path_lost
+        # A reliable data message with no room in the client's backlog (peer/transport.py): it does not drain.
+        self.publisher.transport.on_backlog_full = self._on_media_path_lost
+        self.subscriber.transport.on_backlog_full = self._on_media_path_lost
 
     # -- identity and grants
     @property
