@@ -579,6 +579,7 @@ def test_gapped_data_flood_then_forward_tsns_stay_bounded_and_fast() -> None:
           f"blocks {server._tsns.blocks}, beyond window {server.beyond_window}")
     assert max(slowest_data, slowest_forward) < 0.005, (slowest_data, slowest_forward)
     assert server._tsns.blocks < 100 and server._buffered < RECEIVE_BUFFER // 4
+    assert sorted(t & 0xFFFFFFFF for t in server._fragment_order) == sorted(server._fragments)
     assert server.established
 
 
@@ -688,3 +689,46 @@ def test_sack_costs_what_it_acknowledges() -> None:
     print(f"{outstanding} outstanding: slowest SACK {slowest * 1e3:.3f} ms, the draining one {drained * 1e3:.2f} ms")
     assert slowest < 0.001
     assert not server._outstanding and server.buffered_amount == 0
+
+
+def test_packet_full_of_forward_tsns_costs_one() -> None:
+    """256 held fragments of unfinished messages, then a packet of 146 FORWARD-TSN chunks (each a little further)
+    and one of 90 naming a stream each: a packet costs one FORWARD-TSN (under 1 ms of CPU), drops the fragments
+    it passes and skips every SSN any of its chunks named."""
+    link = Link()
+    server, tag = link.server, link.server._tag
+    cum = server._tsns.cumulative
+    begins = [encode_data_chunk((cum + 2 + 2 * i) & 0xFFFFFFFF, 1, i, 53, 0x02, b"x") for i in range(256)]  # BEGIN only
+    _timed_receive(server, _data_packets(tag, begins), link.now)
+    assert len(server._fragments) == len(server._fragment_order) == 256
+
+    def packet(forwards: list[ForwardTsnChunk]) -> bytes:
+        return encode_packet(5000, 5000, tag, b"".join(encode_chunk(FORWARD_TSN, 0, f.encode()) for f in forwards))
+
+    plain = packet([ForwardTsnChunk((cum + 2 + k) & 0xFFFFFFFF, []) for k in range(146)])
+    named = packet([ForwardTsnChunk((cum + 200 + k) & 0xFFFFFFFF, [(2 + k % 30, k)]) for k in range(90)])
+    assert max(len(plain), len(named)) <= 1188
+    assert _timed_receive(server, [plain], link.now) < 0.001
+    assert server._tsns.cumulative == (cum + 148) & 0xFFFFFFFF  # the next fragment was held already
+    assert len(server._fragments) == len(server._fragment_order) == 256 - 73
+    assert _timed_receive(server, [named], link.now) < 0.001
+    assert server._tsns.cumulative == (cum + 290) & 0xFFFFFFFF
+    assert len(server._fragments) == len(server._fragment_order) == 256 - 144
+    assert all(server._ssn_in[2 + s] == max(k for k in range(90) if k % 30 == s) + 1 for s in range(30))
+
+
+def test_forward_tsn_past_the_window_is_applied() -> None:
+    """The peer abandoned more than our window holds: its FORWARD-TSN moves the cumulative TSN anyway (it only
+    skips the peer's own data), drops what it passes and is acknowledged, instead of being refused forever."""
+    link = Link()
+    server, tag = link.server, link.server._tag
+    cum = server._tsns.cumulative
+    server.receive(_data_packets(tag, [encode_data_chunk((cum + 5) & 0xFFFFFFFF, 0, 0, 53, 0x02, b"x")])[0], link.now)
+    new = (cum + 3 * RECEIVE_TSN_WINDOW) & 0xFFFFFFFF
+    replies = server.receive(encode_packet(5000, 5000, tag, encode_chunk(
+        FORWARD_TSN, 0, ForwardTsnChunk(new, [(0, 4)]).encode())), link.now)
+    sack = SackChunk.parse(parse_packet(replies[0])[3][0].body)
+    assert sack.cumulative_tsn == new == server._tsns.cumulative and not sack.gaps
+    assert not server._fragments and server._buffered == 0 and server.dropped == 0
+    link.run([encode_packet(5000, 5000, tag, encode_data_chunk((new + 1) & 0xFFFFFFFF, 0, 5, 53, F_WHOLE, b"z"))], [])
+    assert server._tsns.cumulative == (new + 1) & 0xFFFFFFFF

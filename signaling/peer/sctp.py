@@ -87,6 +87,19 @@ def ssn_gt(a: int, b: int) -> bool:
     return a != b and ((a - b) & 0xFFFF) < 0x8000
 
 
+def _merge_forward_tsns(forwards: list[ForwardTsnChunk]) -> ForwardTsnChunk:
+    """One FORWARD-TSN doing what `forwards` do: the highest new cumulative TSN, the highest SSN skipped per stream."""
+    new = forwards[0].new_cumulative_tsn
+    ssns: dict[int, int] = {}
+    for forward in forwards:
+        if tsn_gt(forward.new_cumulative_tsn, new):
+            new = forward.new_cumulative_tsn
+        for stream, ssn in forward.streams:
+            if stream not in ssns or ssn_gt(ssn, ssns[stream]):
+                ssns[stream] = ssn
+    return ForwardTsnChunk(new, list(ssns.items()))
+
+
 # --- association -----------------------------------------------------------
 
 @dataclass(eq=False, slots=True)
@@ -210,6 +223,7 @@ class SctpAssociation:
         self._inbound_streams = MAX_INBOUND_STREAMS
         self._duplicates: list[int] = []
         self._fragments: dict[int, DataChunk] = {}
+        self._fragment_order: list[int] = []  # their TSNs unwrapped (ReceivedTsns.unwrap), sorted
         self._max_fragments = max(256, 4 * max_message_size // 1024)
         self._receive_buffer = max(RECEIVE_BUFFER, 2 * max_message_size)
         self._buffered = 0  # held payload plus CHUNK_COST per held chunk or message
@@ -396,14 +410,19 @@ class SctpAssociation:
             if not (reflected and self._peer is not None and vtag == self._peer.tag):
                 raise SctpError("bad verification tag")
         had_data = False
-        # Only a packet's last SACK is current; each costs a pass over what is outstanding, so a packet full of
-        # SACKs must not cost one pass per chunk.
-        last_sack = max((i for i, c in enumerate(chunks) if c.type == SACK), default=-1)
+        # Only a packet's last SACK is current, and its highest FORWARD-TSN subsumes the others (their skipped SSNs
+        # merged into it): a packet full of either costs one.
+        sacks = [i for i, c in enumerate(chunks) if c.type == SACK]
+        forwards = [i for i, c in enumerate(chunks) if c.type == FORWARD_TSN]
+        superseded = set(sacks[:-1] + forwards[:-1])
+        if len(forwards) > 1:
+            merged = _merge_forward_tsns([ForwardTsnChunk.parse(chunks[i].body) for i in forwards])
+            chunks[forwards[-1]] = Chunk(FORWARD_TSN, 0, merged.encode())
         for i, chunk in enumerate(chunks):
+            if i in superseded:
+                continue
             if chunk.type == DATA:
                 had_data = True
-            elif chunk.type == SACK and i != last_sack:
-                continue
             if not self._handle_chunk(chunk):
                 break
         if had_data:
@@ -794,6 +813,7 @@ class SctpAssociation:
             return  # no room: not acknowledged, so the peer sends it again
         self._tsns.add(tsn)
         self._fragments[tsn] = chunk
+        bisect.insort(self._fragment_order, self._tsns.unwrap(tsn))  # at most _max_fragments to move
         self._buffered += cost
         self._cumulative_moved()
         if self._tsns.blocks:
@@ -834,6 +854,8 @@ class SctpAssociation:
             if tsn == last.tsn:
                 break
             tsn = (tsn + 1) & M32
+        start = bisect.bisect_left(self._fragment_order, self._tsns.unwrap(first.tsn))  # consecutive TSNs
+        del self._fragment_order[start:start + len(parts)]
         payload = b"".join(parts)
         message: DataChunk | None = DataChunk(first.tsn, first.stream, first.ssn, first.ppid, first.flags, payload)
         if len(payload) > self.max_message_size:
@@ -871,16 +893,16 @@ class SctpAssociation:
             self._enqueue(reply)
 
     def _on_forward_tsn(self, fwd: ForwardTsnChunk) -> None:
+        """Costs the fragments and blocks it drops and the streams it names. One past the window is applied too:
+        it only skips the peer's own data."""
         self._sack_now = True
         new = fwd.new_cumulative_tsn
-        offset = self._tsns.offset(new)
-        if offset == 0 or offset >= 0x80000000:
+        if not self._tsns.forward(new):
             return  # not ahead of what we have
-        if offset > self._tsns.window:
-            raise SctpError("FORWARD-TSN far outside the window")
-        for tsn in [t for t in self._fragments if not tsn_gt(t, new)]:  # at most _max_fragments
-            self._buffered -= _held(self._fragments.pop(tsn))
-        self._tsns.forward(new)
+        passed = bisect.bisect_right(self._fragment_order, self._tsns.unwrap(new))
+        for u in self._fragment_order[:passed]:
+            self._buffered -= _held(self._fragments.pop(u & M32))
+        del self._fragment_order[:passed]
         for stream, ssn in fwd.streams:
             expected = self._ssn_in.get(stream, 0)
             if stream >= self._inbound_streams or ssn_gt(expected, ssn):

@@ -93,11 +93,12 @@ class ReceivedTsns:
             u += count
         return out
 
-    def forward(self, tsn: int) -> None:
-        """Moves the cumulative TSN up to `tsn` (FORWARD-TSN), dropping the blocks it passes."""
+    def forward(self, tsn: int) -> bool:
+        """Moves the cumulative TSN up to `tsn` (FORWARD-TSN), dropping the blocks it passes; False if `tsn` is not
+        above it."""
         offset = self.offset(tsn)
         if offset == 0 or offset >= 0x80000000:
-            return
+            return False
         u = self._cum + offset
         passed = bisect_right(self._ends, u)
         del self._starts[:passed], self._ends[:passed]
@@ -105,6 +106,7 @@ class ReceivedTsns:
         if self._starts and self._starts[0] <= u:   # a block straddling the new point
             self._starts[0] = u + 1
         self._absorb_first()
+        return True
 
     def gap_blocks(self, limit: int) -> list[tuple[int, int]]:
         """The first `limit` blocks as SACK gap offsets from the cumulative TSN."""
