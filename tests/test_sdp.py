@@ -12,6 +12,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from signaling.peer import sdp
+from signaling.protocol import v0
 from signaling.rtc.media_caps import PUBLISHER
 from signaling.peer.sdp import (
     EXT_ABS_CAPTURE_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_RID, EXT_RRID,
@@ -505,13 +506,13 @@ def _repeat(line: str, count: int) -> str:
 
 
 _OVER_LIMIT = {
-    "50,000 a=ssrc lines": (_HEAD + _M_VIDEO + _repeat("a=ssrc:{i} cname:x\r\n", 50_000), "SDP characters"),
+    "60,000 a=ssrc lines": (_HEAD + _M_VIDEO + _repeat("a=ssrc:{i} cname:x\r\n", 60_000), "SDP characters"),
     "33 SSRCs": (_HEAD + _M_VIDEO + _repeat("a=ssrc:{i} cname:x\r\n", 33), "SSRCs"),
     "5,000 m-lines": (_HEAD + _repeat("m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:{i}\r\n", 5_000), "m-lines"),
     "20,000 rids in a=simulcast": (_HEAD + _M_VIDEO + "a=simulcast:send " + ";".join(f"r{i}" for i in range(20_000))
                                    + "\r\n", "a=simulcast"),
     "9 a=rid lines": (_HEAD + _M_VIDEO + _repeat("a=rid:r{i} send\r\n", 9), "a=rid"),
-    "20,000 lines": (_HEAD + _M_VIDEO + "a=x\r\n" * 20_000, "SDP lines"),
+    "40,000 lines": (_HEAD + _M_VIDEO + "a=x\r\n" * 40_000, "SDP lines"),
     "17 rtcp-fb values": (_HEAD + _M_VIDEO + _repeat("a=rtcp-fb:96 x{i}\r\n", 17), "a=rtcp-fb"),
     "65 extensions": (_HEAD + _M_VIDEO + _repeat("a=extmap:1 urn:x{i}\r\n", 65), "a=extmap"),
     "65 candidates": (_HEAD + _M_VIDEO + _repeat("a=candidate:{i} 1 udp 1 10.0.0.1 9 typ host\r\n", 65),
@@ -624,3 +625,20 @@ def test_fuzz_repeated_hostile_lines(blocks):
         assert len(section.ssrcs) <= sdp.MAX_SSRCS_PER_SECTION and len(section.rids) <= sdp.MAX_RIDS_PER_SECTION
         assert len(section.candidates) <= sdp.MAX_CANDIDATES_PER_SECTION
     build_answer(offer, LOCAL, 1, PUBLISHER)
+
+
+def test_publisher_toggling_screen_share_hundreds_of_times_is_answered():
+    """livekit-client leaves an inactive transceiver behind each unpublished screen share (video and audio) and
+    libwebrtc never recycles it: after 250 toggles the offer is still within the limits and the signal message
+    cap, and is answered."""
+    toggles = 250
+    mids = [str(i) for i in range(2 + 2 * toggles)]
+    sections = [_video("0", "sendonly", "a=msid:- TR_cam"), _audio("1", "sendonly", "a=msid:- TR_mic")]
+    for i in range(toggles):
+        direction = "sendonly" if i == toggles - 1 else "inactive"
+        sections += [_video(mids[2 + 2 * i], direction), _audio(mids[3 + 2 * i], direction)]
+    text = ("\n".join(["v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE " + " ".join(mids)]
+                      + sections) + "\n").replace("\n", "\r\n")
+    assert len(text.encode()) + 1024 < v0.MAX_SIGNAL_MESSAGE
+    _, accepted = build_answer(parse(text), LOCAL, 1, PUBLISHER)
+    assert [media.mid for media in accepted] == ["0", "1", mids[-2], mids[-1]]

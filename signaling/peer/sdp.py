@@ -36,10 +36,15 @@ _TOKEN = re.compile(r"[!-~]+\Z")           # mid (RFC 5888 token, visible ASCII)
 _RID = re.compile(r"[A-Za-z0-9_-]+\Z")     # RFC 8851 rid-id
 
 # Limits on a client's SDP. A libwebrtc offer's video m-section (~30 payload types with rtx) is ~5 KB and
-# ~130 lines; a subscriber's answer has one ~1 KB m-section per subscribed track.
-MAX_SDP_LENGTH = 256 * 1024        # characters; as the signal message that carries it (protocol/v0.py)
-MAX_SDP_LINES = 16_384             # ~120 video m-sections of an offer, or ~500 of an answer
-MAX_MEDIA_SECTIONS = 512           # one per track (LiveKit clients); a subscriber's answer has one per subscription
+# ~130 lines, an audio one ~1.7 KB and ~50; a subscriber's answer has one ~1 KB m-section per subscribed track.
+# A publisher's offer legitimately grows without bound: livekit-client sets an unpublished track's transceiver
+# inactive and adds a new one for every publish, and libwebrtc recycles only the m-sections of stopped transceivers
+# (JSEP), so each screen-share toggle adds ~5-7 KB. Parsing is linear (~60 ms of CPU per MiB of libwebrtc SDP,
+# answer included), so the length limit only bounds that work: 1 MiB holds ~150 toggles (the tests' leaner
+# m-sections: ~300); past it the offer is refused, and after MAX_SDP_REFUSALS the participant is closed.
+MAX_SDP_LENGTH = 1024 * 1024       # characters; protocol/v0.py's MAX_SIGNAL_MESSAGE makes room for it
+MAX_SDP_LINES = 32_768             # 1 MiB of libwebrtc SDP is ~28,000 lines (~38 characters each)
+MAX_MEDIA_SECTIONS = 512           # one per track (LiveKit clients) ever published on the PC; one per subscription
 MAX_FORMATS_PER_SECTION = 128      # payload types are 7 bits
 MAX_RIDS_PER_SECTION = 8           # LiveKit simulcasts 3 layers, libwebrtc at most 4
 MAX_SSRCS_PER_SECTION = 32         # distinct SSRCs, and ssrc-group lines: legacy simulcast needs 6 (3 + RTX)
@@ -331,8 +336,8 @@ def parse(sdp: str) -> SessionDescription:
     if not isinstance(sdp, str):
         raise SdpError(f"SDP must be text, got {type(sdp).__name__}")
     _limit(len(sdp), MAX_SDP_LENGTH, "SDP characters")
+    _limit(sdp.count("\n") + 1, MAX_SDP_LINES, "SDP lines")  # before splitting: a list of strings costs more
     lines = sdp.split("\n")
-    _limit(len(lines), MAX_SDP_LINES, "SDP lines")
     lines = [line[:-1] if line.endswith("\r") else line for line in lines]
     lines = [line for line in lines if line.strip()]
     if not lines or lines[0] != "v=0":

@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 from starlette.websockets import WebSocket
 
+from ..peer import sdp
 from ..rtc.ids import now_ms
 from ..rtc.participant import MAX_ATTRIBUTES_SIZE, MAX_METADATA_SIZE, Participant
 
@@ -20,9 +21,9 @@ log = logging.getLogger(__name__)
 PING_INTERVAL = 5
 PING_TIMEOUT = 15
 # Largest WebSocket message read (uvicorn closes the connection with 1009 beyond it, counted here): LiveKit's
-# largest request, an UpdateParticipantMetadata at its metadata and attributes limits, with room for its name;
-# SDPs are smaller (sdp.MAX_SDP_LENGTH). LiveKit's own limit.signal_message_size_limit is 2 MiB.
-MAX_SIGNAL_MESSAGE = MAX_METADATA_SIZE + MAX_ATTRIBUTES_SIZE + 64 * 1024
+# largest request, an UpdateParticipantMetadata at its metadata and attributes limits, or an SDP at sdp.MAX_SDP_LENGTH,
+# with room for the rest. LiveKit's own limit.signal_message_size_limit is 2 MiB.
+MAX_SIGNAL_MESSAGE = max(MAX_METADATA_SIZE + MAX_ATTRIBUTES_SIZE, sdp.MAX_SDP_LENGTH) + 64 * 1024
 MAX_OUTBOX = 1000  # signal messages queued for a client before it counts as gone
 # Clients keep a refreshed token for reconnecting; LiveKit refreshes well before its 10-minute validity ends.
 TOKEN_REFRESH_INTERVAL = 5 * 60
