@@ -11,6 +11,7 @@ from livekit.protocol import models, rtc
 from signaling.auth import Claims, TokenVerifier, VideoGrant, create_token
 from signaling.cluster.memory import MemoryRoomStore
 from signaling.peer import sdp
+from signaling.peer.negotiation import MAX_SUBSCRIBER_MEDIA
 from signaling.peer.transport import TransportManager
 from signaling.rtc.allocator import TOP_LAYER, StreamAllocator, allocate
 from signaling.rtc.participant import Participant
@@ -366,3 +367,67 @@ async def test_closing_a_room_tells_everyone_and_the_store_forgets_it(node: Fake
     assert node.store.get("room") is None
     assert [r.name for r in node.store.rooms()] == ["elsewhere"]
     assert node.events.count("room_finished") == 1
+
+
+# ---------------------------------------------------------------- subscriber negotiation bounds
+
+def answer_to(offer: rtc.SessionDescription, answer_id: int | None = None) -> rtc.SessionDescription:
+    """A client's answer accepting every m-line of `offer` as offered (recvonly, or inactive)."""
+    parsed = sdp.parse(offer.sdp)
+    lines = ["v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0", "a=group:BUNDLE " + " ".join(parsed.bundle)]
+    for section in parsed.sections:
+        if section.kind == "application":
+            lines += ["m=application 9 UDP/DTLS/SCTP webrtc-datachannel", f"a=mid:{section.mid}"]
+        else:
+            codec = section.codecs[0]
+            lines += [f"m={section.kind} 9 UDP/TLS/RTP/SAVPF {codec.payload_type}", f"a=mid:{section.mid}",
+                      f"a=rtpmap:{codec.payload_type} {codec.name}/{codec.clock_rate}",
+                      "a=inactive" if section.direction == "inactive" else "a=recvonly"]
+    text = "\r\n".join(lines) + "\r\n"
+    return rtc.SessionDescription(type="answer", sdp=text, id=offer.id if answer_id is None else answer_id)
+
+
+def settle(subscriber: Participant) -> None:
+    """Answers the subscriber's offers until none is outstanding, checking each parses within the limits."""
+    answered = -1
+    while (offer := sink(subscriber).of("offer")[-1]).id != answered:
+        assert len(sdp.parse(offer.sdp).sections) <= sdp.MAX_MEDIA_SECTIONS
+        subscriber.handle_answer(answer_to(offer))
+        answered = offer.id
+
+
+async def test_a_refused_answer_does_not_stop_later_subscriptions(node: FakeNode) -> None:
+    """The subscriber's answer is refused: the server offers again at once, and a later subscription is still
+    offered and started; a stale answer is ignored and counts as no refusal."""
+    alice, bob = join(node, "alice"), join(node, "bob")
+    video = publish(alice)
+    first = sink(bob).of("offer")[-1]
+    bob.handle_answer(rtc.SessionDescription(type="answer", sdp="v=0\r\nm=video x\r\n", id=first.id))
+    assert node.counters["sdp_malformed"] == 1 and len(sink(bob).of("request_response")) == 1
+    again = sink(bob).of("offer")[-1]
+    assert again.id > first.id and video.sid in again.sdp
+    bob.handle_answer(answer_to(first))  # stale: answers the offer the refusal ended
+    assert node.counters["sdp_stale_answer"] == 1 and bob._sdp_refusals == 1
+    bob.handle_answer(answer_to(again))
+    assert bob.subscriptions[video.sid].downtrack_id is not None
+    audio = publish(alice, "audio", "mic")
+    bob.handle_answer(answer_to(sink(bob).of("offer")[-1]))
+    assert bob.subscriptions[audio.sid].downtrack_id is not None and not bob.closed
+
+
+async def test_subscriber_offers_stay_within_what_its_answer_may_hold(node: FakeNode) -> None:
+    """More tracks than MAX_SUBSCRIBER_MEDIA: the subscriber gets that many (the rest counted), its answer to the
+    offer parses, and after unsubscribing and resubscribing 10 times over the m-lines are recycled, not added."""
+    publishers = [join(node, f"p{i}") for i in range(MAX_SUBSCRIBER_MEDIA // 50 + 1)]
+    bob = join(node, "bob")
+    publications = [publish(p, name=f"cam{k}") for p in publishers for k in range(50)]
+    assert len(bob.subscriptions) == MAX_SUBSCRIBER_MEDIA
+    assert node.counters["subscription_limit"] == len(publications) - MAX_SUBSCRIBER_MEDIA
+    for _ in range(10):
+        settle(bob)
+        subscribed = list(bob.subscriptions)
+        bob.update_subscriptions(set(subscribed[:20]), False)
+        settle(bob)
+        bob.update_subscriptions(set(subscribed[:20]), True)
+    assert len(bob.subscriber.media) == len(bob.subscriptions) == MAX_SUBSCRIBER_MEDIA and not bob.closed
+    assert bob._sdp_refusals == 0

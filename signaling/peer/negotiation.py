@@ -9,6 +9,15 @@ from livekit.protocol import rtc
 from . import sdp
 from .transport import Transport
 
+# m-lines for media in the subscriber PC's offer: with the data m-line, the client's answer stays within what
+# sdp.parse accepts (one answer m-section is ~1 KB, so MAX_SDP_LENGTH and MAX_SDP_LINES hold this many too).
+# LiveKit caps no subscriber; like it, inactive m-lines are recycled, so this bounds concurrent subscriptions.
+MAX_SUBSCRIBER_MEDIA = sdp.MAX_MEDIA_SECTIONS - 1
+
+
+class StaleAnswer(sdp.SdpError):
+    """An answer to no outstanding offer (late or unsolicited): ignored, the negotiation goes on."""
+
 
 class _PeerConnection:
     target: int
@@ -81,18 +90,22 @@ class SubscriberPC(_PeerConnection):
         self._offered_inactive: list[sdp.OutgoingMedia] = []  # m-lines the outstanding offer has inactive
         self._recyclable: set[str] = set()  # inactive mids the client has answered: free for reuse
 
-    def add(self, media: sdp.OutgoingMedia) -> None:
+    def add(self, media: sdp.OutgoingMedia) -> bool:
         """Gives `media` an m-line: an inactive one of its kind that the client has already answered as such
-        (as LiveKit reuses transceivers, so the SDP does not grow with every track ever subscribed), else a new one."""
+        (as LiveKit reuses transceivers, so the SDP does not grow with every track ever subscribed), else a new one
+        while fewer than MAX_SUBSCRIBER_MEDIA; False if there is none."""
         for index, slot in enumerate(self.media):
             if not slot.active and slot.kind == media.kind and slot.mid in self._recyclable:
                 self._recyclable.discard(slot.mid)
                 media.mid = slot.mid
                 self.media[index] = media
-                return
+                return True
+        if len(self.media) >= MAX_SUBSCRIBER_MEDIA:
+            return False
         media.mid = str(self._next_mid)
         self._next_mid += 1
         self.media.append(media)
+        return True
 
     def changed(self) -> rtc.SessionDescription | None:
         """Marks the media list changed; returns an offer to send now, or None if one is in flight."""
@@ -110,12 +123,13 @@ class SubscriberPC(_PeerConnection):
 
     def answered(self, answer: rtc.SessionDescription) -> tuple[sdp.SessionDescription, rtc.SessionDescription | None]:
         """Applies the client's answer to the outstanding offer (R answers with id 0, JS echoes ours). Returns it
-        parsed and any follow-up offer. Raises sdp.SdpError for a malformed, stale or unsolicited answer."""
+        parsed and any follow-up offer. Raises StaleAnswer for a stale or unsolicited answer, sdp.SdpError for a
+        refused one, which ends the offer: the next changed() offers again."""
         if not self._awaiting_answer or answer.id not in (0, self._offer_id):
-            raise sdp.SdpError(f"answer {answer.id} does not match an outstanding offer")
+            raise StaleAnswer(f"answer {answer.id} does not match an outstanding offer")
+        self._awaiting_answer = False
         description = sdp.parse(answer.sdp)
         self._apply_remote(description)
-        self._awaiting_answer = False
         # Only m-lines still in the state offered (not refilled meanwhile) are known inactive on both sides.
         self._recyclable |= {m.mid for m in self._offered_inactive if any(m is slot for slot in self.media)}
         return description, (self._offer() if self._dirty else None)

@@ -16,7 +16,7 @@ from livekit.protocol import models, rtc
 from ..auth import Claims, VideoGrant, video_claim
 from ..peer import sdp
 from ..peer.dcep import DataChannel
-from ..peer.negotiation import PublisherPC, SubscriberPC
+from ..peer.negotiation import PublisherPC, StaleAnswer, SubscriberPC
 from . import media_caps
 from .allocator import StreamAllocator
 from .data import LOSSY_LABEL, RELIABLE_LABEL, SERVER_CHANNELS, DataPublisher
@@ -486,7 +486,9 @@ class Participant:
             extmap=media_caps.subscriber_extensions(kind),
             active=True,
         )
-        self.subscriber.add(media)
+        if not self.subscriber.add(media):  # negotiation.MAX_SUBSCRIBER_MEDIA subscribed
+            self.services.counters["subscription_limit"] += 1
+            return False
         subscription = Subscription(publication, self, media)
         self.subscriptions[publication.sid] = subscription
         publication.subscriptions[self.sid] = subscription
@@ -511,8 +513,12 @@ class Participant:
         """The client's answer on the subscriber PC: DownTracks start for the m-lines it accepted."""
         try:
             description, follow_up = self.subscriber.answered(answer)
+        except StaleAnswer:  # late or unsolicited: not a refusal
+            self.services.counters["sdp_stale_answer"] += 1
+            return
         except sdp.SdpError as error:
             self._refuse_sdp(answer, error)
+            self.renegotiate()  # the refused answer ended the offer: offer again (until MAX_SDP_REFUSALS)
             return
         sections = {section.mid: section for section in description.sections}
         for subscription in self.subscriptions.values():
