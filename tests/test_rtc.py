@@ -431,3 +431,14 @@ async def test_subscriber_offers_stay_within_what_its_answer_may_hold(node: Fake
         bob.update_subscriptions(set(subscribed[:20]), True)
     assert len(bob.subscriber.media) == len(bob.subscriptions) == MAX_SUBSCRIBER_MEDIA and not bob.closed
     assert bob._sdp_refusals == 0
+
+
+async def test_a_client_that_does_not_drain_reliable_data_leaves(node: FakeNode) -> None:
+    """Its transport finds no room for a reliable message (peer/transport.py): the participant is closed and
+    told why, and nothing more is sent to it on either peer connection."""
+    alice, bob = join(node, "alice"), join(node, "bob")
+    bob.subscriber.transport.on_backlog_full()
+    assert bob.closed and sink(bob).of("leave")[-1].reason == models.DisconnectReason.MEDIA_FAILURE
+    assert bob.subscriber.transport.closed and bob.publisher.transport.closed
+    assert not bob.send_data(b"late", reliable=True)
+    assert bob not in alice.room.others(alice)

@@ -732,3 +732,15 @@ def test_forward_tsn_past_the_window_is_applied() -> None:
     assert not server._fragments and server._buffered == 0 and server.dropped == 0
     link.run([encode_packet(5000, 5000, tag, encode_data_chunk((new + 1) & 0xFFFFFFFF, 0, 5, 53, F_WHOLE, b"z"))], [])
     assert server._tsns.cumulative == (new + 1) & 0xFFFFFFFF
+
+
+def test_data_without_room_is_counted_and_not_acknowledged() -> None:
+    """Fragments of unfinished messages past what may be held are dropped, counted and left unacknowledged."""
+    link = Link()
+    server, tag = link.server, link.server._tag
+    cum = server._tsns.cumulative
+    begins = [encode_data_chunk((cum + 1 + i) & 0xFFFFFFFF, 1, 0, 53, 0x02 if i == 0 else 0, b"x") for i in range(300)]
+    _timed_receive(server, _data_packets(tag, begins), link.now)
+    assert len(server._fragments) == server._max_fragments
+    assert server.receive_buffer_full == 300 - server._max_fragments
+    assert server._tsns.cumulative == (cum + server._max_fragments) & 0xFFFFFFFF
