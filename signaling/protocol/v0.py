@@ -19,20 +19,32 @@ log = logging.getLogger(__name__)
 
 PING_INTERVAL = 5
 PING_TIMEOUT = 15
-MAX_OUTBOX = 1000  # signal messages queued for a client before it counts as gone
+# A client that does not read what it is sent is dropped once this much waits for it (its socket buffers full).
+MAX_OUTBOX = 1000  # signal messages
+MAX_OUTBOX_BYTES = 8 * 1024 * 1024  # bytes: four of LiveKit's largest signal messages (2 MiB); one larger message
+                                    # still goes when nothing else waits (a JoinResponse of a big room)
+# After the session ends, how long what is queued (the leave) and the closing handshake may take.
+CLOSE_TIMEOUT = 2
 # Clients keep a refreshed token for reconnecting; LiveKit refreshes well before its 10-minute validity ends.
 TOKEN_REFRESH_INTERVAL = 5 * 60
 
 
 class SignalSession:
-    """One v0 signal connection of a participant. `outbox` is drained by the connection's writer; None ends it."""
+    """One v0 signal connection of a participant. `outbox` holds serialized responses for the connection's writer
+    (`outbox_bytes` of them); None ends it."""
 
     def __init__(self, participant: Participant, counters: Counter[str]) -> None:
         self.participant = participant
         self.counters = counters
-        self.outbox: asyncio.Queue[rtc.SignalResponse | None] = asyncio.Queue()
+        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.outbox_bytes = 0
         self.closed = False
+        self._writer: asyncio.Task | None = None
         participant.attach(self)
+
+    def start_writer(self, websocket: WebSocket) -> asyncio.Task:
+        self._writer = asyncio.create_task(_write(websocket, self))
+        return self._writer
 
     def join(self) -> None:
         self.participant.join(PING_INTERVAL, PING_TIMEOUT)
@@ -41,12 +53,25 @@ class SignalSession:
     def send(self, response: rtc.SignalResponse) -> None:
         if self.closed:
             return
-        if self.outbox.qsize() >= MAX_OUTBOX:  # the client stopped reading: drop it rather than buffer forever
-            self.counters["signal_outbox_overflow"] += 1
-            # Deferred: send() is called from the middle of other work, close() among it.
-            self.participant.close_soon(models.DisconnectReason.SIGNAL_CLOSE)
+        data = response.SerializeToString()
+        queued = self.outbox.qsize()
+        if queued >= MAX_OUTBOX or (queued and self.outbox_bytes + len(data) > MAX_OUTBOX_BYTES):
+            self._drop()
             return
-        self.outbox.put_nowait(response)
+        self.outbox_bytes += len(data)
+        self.outbox.put_nowait(data)
+
+    def _drop(self) -> None:
+        """The client stopped reading: it is dropped and what waited for it freed, rather than buffered forever."""
+        self.counters["signal_outbox_overflow"] += 1
+        self.closed = True
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+        self.outbox_bytes = 0
+        if self._writer is not None:
+            self._writer.cancel()  # it waits for the client's socket to drain, which it never will
+        # Deferred: send() is called from the middle of other work, close() among it.
+        self.participant.close_soon(models.DisconnectReason.SIGNAL_CLOSE)
 
     def close(self) -> None:
         if not self.closed:
@@ -110,7 +135,7 @@ class SignalSession:
 async def serve(websocket: WebSocket, session: SignalSession, token_expires_at: float) -> None:
     """Runs an accepted connection: joins, then reads requests until the client leaves, goes silent or the
     participant closes; the participant leaves with the connection (no resume yet)."""
-    writer = asyncio.create_task(_write(websocket, session))
+    writer = session.start_writer(websocket)
     refresher = asyncio.create_task(_refresh_tokens(session, token_expires_at))
     try:
         session.join()
@@ -118,10 +143,10 @@ async def serve(websocket: WebSocket, session: SignalSession, token_expires_at: 
     finally:
         refresher.cancel()
         session.participant.close(models.DisconnectReason.SIGNAL_CLOSE, notify=False)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(writer, 2)
-        with contextlib.suppress(Exception):
-            await websocket.close()
+        await asyncio.wait({writer}, timeout=CLOSE_TIMEOUT)
+        writer.cancel()
+        with contextlib.suppress(Exception):  # a client that reads nothing never completes the closing handshake
+            await asyncio.wait_for(websocket.close(), CLOSE_TIMEOUT)
 
 
 async def _read(websocket: WebSocket, session: SignalSession) -> None:
@@ -163,11 +188,12 @@ async def _refresh_tokens(session: SignalSession, expires_at: float) -> None:
 
 async def _write(websocket: WebSocket, session: SignalSession) -> None:
     while True:
-        response = await session.outbox.get()
-        if response is None:
+        data = await session.outbox.get()
+        if data is None:
             break
+        session.outbox_bytes -= len(data)
         try:
-            await websocket.send_bytes(response.SerializeToString())
+            await websocket.send_bytes(data)
         except Exception:
             break
     with contextlib.suppress(Exception):
