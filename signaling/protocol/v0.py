@@ -39,6 +39,7 @@ class SignalSession:
         self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.outbox_bytes = 0
         self.closed = False
+        self.ended = asyncio.Event()  # set when the session closes: its connection is then ended, not read
         self._writer: asyncio.Task | None = None
         participant.attach(self)
 
@@ -65,6 +66,7 @@ class SignalSession:
         """The client stopped reading: it is dropped and what waited for it freed, rather than buffered forever."""
         self.counters["signal_outbox_overflow"] += 1
         self.closed = True
+        self.ended.set()
         while not self.outbox.empty():
             self.outbox.get_nowait()
         self.outbox_bytes = 0
@@ -77,6 +79,7 @@ class SignalSession:
         if not self.closed:
             self.closed = True
             self.outbox.put_nowait(None)  # ends the writer after what is queued
+            self.ended.set()
 
     # -- requests
     def handle(self, request: rtc.SignalRequest) -> None:
@@ -137,11 +140,18 @@ async def serve(websocket: WebSocket, session: SignalSession, token_expires_at: 
     participant closes; the participant leaves with the connection (no resume yet)."""
     writer = session.start_writer(websocket)
     refresher = asyncio.create_task(_refresh_tokens(session, token_expires_at))
+    reader = ended = None
     try:
         session.join()
-        await _read(websocket, session)
+        reader = asyncio.create_task(_read(websocket, session))
+        ended = asyncio.create_task(session.ended.wait())
+        done, _ = await asyncio.wait({reader, ended}, return_when=asyncio.FIRST_COMPLETED)
+        if reader in done:
+            reader.result()  # the reader's errors are the connection's
     finally:
-        refresher.cancel()
+        for task in (refresher, reader, ended):
+            if task is not None:
+                task.cancel()
         session.participant.close(models.DisconnectReason.SIGNAL_CLOSE, notify=False)
         await asyncio.wait({writer}, timeout=CLOSE_TIMEOUT)
         writer.cancel()
