@@ -20,9 +20,10 @@ log = logging.getLogger(__name__)
 PING_INTERVAL = 5
 PING_TIMEOUT = 15
 # A client that does not read what it is sent is dropped once this much waits for it (its socket buffers full).
+# The byte cap is four of LiveKit's largest signal messages (2 MiB); one larger message still goes when nothing else
+# waits (a JoinResponse of a big room).
 MAX_OUTBOX = 1000  # signal messages
-MAX_OUTBOX_BYTES = 8 * 1024 * 1024  # bytes: four of LiveKit's largest signal messages (2 MiB); one larger message
-                                    # still goes when nothing else waits (a JoinResponse of a big room)
+MAX_OUTBOX_BYTES = 8 * 1024 * 1024
 # After the session ends, how long what is queued (the leave) and the closing handshake may take.
 CLOSE_TIMEOUT = 2
 # Clients keep a refreshed token for reconnecting; LiveKit refreshes well before its 10-minute validity ends.

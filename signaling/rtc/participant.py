@@ -393,8 +393,6 @@ class Participant:
         if len(permission.track_permissions) > limits.MAX_SUBSCRIPTION_PERMISSIONS or any(
                 len(entry.track_sids) > limits.MAX_PARTICIPANT_TRACKS for entry in permission.track_permissions):
             self.services.counters["subscription_permission_limit_exceeded"] += 1
-            log.info("participant %s: subscription permission with %d entries ignored", self.identity,
-                     len(permission.track_permissions))
             return
         self.subscription_permission = SubscriptionPermissions(permission)
         self.room.subscriptions.sync_publications(self, self.publications.values())
