@@ -15,7 +15,9 @@ Which tern is measured: this checkout when its Cython modules are built in place
 `python setup.py build_ext --inplace`), otherwise the tern installed in this Python (`pip install .`).
 
 Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until loss appears), meeting (P
-participants each publishing audio + video, all subscribed to all), audio (many rooms of 4 talkers).
+participants each publishing audio + video, all subscribed to all), audio (many rooms of 4 talkers), hostile (the
+fanout at about half its zero-loss size, measured without and then with a flood of 20,000 datagrams/s of junk STUN,
+DTLS and RTP from other addresses, sent by a second process on the clients' CPU).
 Server CPU is user + system of its process from /proc/<pid>/stat over each measurement window.
 """
 from __future__ import annotations
@@ -121,7 +123,8 @@ class TernServer:
         env = dict(os.environ)
         if USE_CHECKOUT:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        self.http_port, udp_port = free_port(), free_port(socket.SOCK_DGRAM)
+        self.http_port = free_port()
+        self.udp_port = udp_port = free_port(socket.SOCK_DGRAM)
         self.log = open(log, "w")
         self.process = subprocess.Popen(
             ["taskset", "-c", str(SERVER_CPU), sys.executable, "-P", "-m", "signaling", "--dev", "--port",
@@ -226,6 +229,69 @@ async def _rooms(scenario: str, rooms: int, size: int, plan: loadtest.MediaPlan,
         server.stop()
 
 
+# The hostile scenario's flood: a tight sender in its own process (on the clients' CPU, inherited), cycling through
+# junk from FLOOD_SOURCES ports at a fixed rate. What it sends, per 8 datagrams: a 2 KB cookie-valid Binding request
+# with 500 attributes, a bare 20-byte STUN header, a Binding request to an unknown ufrag, a DTLS record and an RTP-
+# looking datagram from unbound addresses, and three of random bytes.
+FLOOD_RATE = 20_000
+FLOOD_SOURCES = 16
+FLOODER = r"""
+import os, socket, struct, sys, time
+port, rate, seconds, sources = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+def stun(body):
+    return struct.pack("!HHI", 1, len(body), 0x2112A442) + os.urandom(12) + body
+username = b"nobodyhere:attacker\x00"
+junk = [stun(struct.pack("!HH", 0x25, 0) * 500), stun(b""), stun(struct.pack("!HH", 6, 19) + username),
+        b"\x16\xfe\xfd" + os.urandom(97), b"\x80\x60" + os.urandom(998)] + [os.urandom(n) for n in (40, 300, 1200)]
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(sources)]
+start, sent, total = time.monotonic(), 0, int(rate * seconds)
+while sent < total:
+    due = min(total, int((time.monotonic() - start) * rate) + 1)
+    while sent < due:
+        try:
+            socks[sent % sources].sendto(junk[sent % len(junk)], ("127.0.0.1", port))
+        except OSError:
+            pass
+        sent += 1
+    time.sleep(0.001)
+print(sent, round(time.monotonic() - start, 3))
+"""
+
+
+async def hostile(subscribers: int, window: float, log: Path, rows: list[Row]) -> dict:
+    """The fanout load to `subscribers`, measured quiet and then under the flood; the second row's label says so."""
+    server = TernServer(log)
+    clients = loadtest.LoadClients(server.url, API_KEY, API_SECRET)
+    summary: dict = {}
+    try:
+        await clients.add("hostile", 1, publish=loadtest.MediaPlan(video=True, audio=False), subscribe=False)
+        joined = await clients.add("hostile", subscribers, hidden=True, concurrency=32)
+        await clients.wait_for_media(joined, 15)
+        await asyncio.sleep(1)
+        label = f"1 pub -> {subscribers} sub"
+        quiet = await measure("tern", "hostile", clients, server.process.pid, window, label)
+        rows.append(quiet)
+        print(_format(quiet), flush=True)
+        flood = subprocess.Popen([sys.executable, "-c", FLOODER, str(server.udp_port), str(FLOOD_RATE),
+                                  str(window + 1.0), str(FLOOD_SOURCES)], stdout=subprocess.PIPE, text=True)
+        await asyncio.sleep(0.5)
+        flooded = await measure("tern", "hostile", clients, server.process.pid, window, label + " + flood")
+        sent, seconds = (await asyncio.to_thread(flood.communicate))[0].split()
+        rows.append(flooded)
+        print(_format(flooded), flush=True)
+        summary["hostile"] = {
+            "subscribers": subscribers, "flood_datagrams_per_second": int(sent) / float(seconds),
+            "pps": [quiet.pps, flooded.pps], "lost": [quiet.lost, flooded.lost], "p99_ms": [quiet.p99_ms, flooded.p99_ms],
+            "pps_ratio": flooded.pps / quiet.pps if quiet.pps else None,
+            "p99_ratio": flooded.p99_ms / quiet.p99_ms if quiet.p99_ms and flooded.p99_ms else None,
+            "errors": clients.errors()[:10],
+        }
+    finally:
+        await clients.close()
+        server.stop()
+    return summary
+
+
 # ---- baselines (raw mode: fixed keys, no signaling) ----------------------------------------------------------------
 
 def raw_session(inbound: bool) -> Session:
@@ -299,9 +365,12 @@ HEADER = (f"{'forwarder':<12} {'scenario':<8} {'clients':<26} {'pps out':>9} {'M
           f"{'pkt/CPU-s':>10} {'CPU':>5} {'lost':>6} {'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8}")
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _format(row: Row) -> str:
-    def ms(value: float | None) -> str:
-        return "-" if value is None else f"{value:.2f}"
+    ms = _ms
     return (f"{row.forwarder:<12} {row.scenario:<8} {row.clients:<26} {row.pps:>9,.0f} {row.mbps:>7.1f} "
             f"{row.cpu_ns_per_packet:>7,.0f} {row.packets_per_cpu_second:>10,.0f} {row.cpu_load:>5.0%} "
             f"{row.lost:>6} {ms(row.p50_ms):>7} {ms(row.p99_ms):>7} "
@@ -318,7 +387,7 @@ def machine() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smaller suite of about a minute")
-    parser.add_argument("--scenario", choices=["fanout", "meeting", "audio", "all"], default="all")
+    parser.add_argument("--scenario", choices=["fanout", "meeting", "audio", "hostile", "all"], default="all")
     parser.add_argument("--subscribers", type=int, help="fanout: sweep up to this many subscribers")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args()
@@ -354,6 +423,9 @@ def main() -> int:
         asyncio.run(meeting(4 if args.quick else 8, window, logs / "tern-bench-meeting.log", rows))
     if args.scenario in ("audio", "all"):
         asyncio.run(audio_rooms(20 if args.quick else 100, window, logs / "tern-bench-audio.log", rows))
+    if args.scenario in ("hostile", "all"):
+        half = max(1, (figures.get("max_zero_loss_subscribers") or top) // 2)
+        figures.update(asyncio.run(hostile(half, window, logs / "tern-bench-hostile.log", rows)))
 
     figures.update(summarize(rows, figures.get("max_zero_loss_subscribers", 0)))
     figures["rows"] = [asdict(row) for row in rows]
@@ -362,6 +434,11 @@ def main() -> int:
                 "join_ms", "ratio_c_ceiling", "ratio_pure_python"):
         value = figures.get(key)
         print(f"{key:<28} {'unavailable' if value is None else round(value, 3) if isinstance(value, float) else value}")
+    if "hostile" in figures:
+        h = figures["hostile"]
+        print(f"{'hostile (quiet -> flooded)':<28} {h['subscribers']} sub, flood {h['flood_datagrams_per_second']:,.0f}/s: "
+              f"pps {h['pps'][0]:,.0f} -> {h['pps'][1]:,.0f}, lost {h['lost'][0]} -> {h['lost'][1]}, "
+              f"p99 {_ms(h['p99_ms'][0])} -> {_ms(h['p99_ms'][1])} ms")
     args.json.write_text(json.dumps(figures, indent=2))
     print(f"figures written to {args.json}")
     return 0

@@ -1,7 +1,9 @@
 # Demux: the packet entry (buffer, length, path): RFC 7983 demultiplexing, SRTP/SRTCP unprotect, binding transports
 # by path and streams by SSRC / mid / rid, RTX unwrap; RTP becomes an ExtPacket for the fan-out, RTCP goes to
-# feedback.pyx / reports.pyx, STUN and DTLS are queued as events for Python.
-from libc.stdint cimport int64_t, uint8_t
+# feedback.pyx / reports.pyx; STUN Binding requests to a live transport's ufrag (checked in C, stun.pyx) and DTLS
+# from a bound address are queued as events for Python, within per-transport and per-window rates; SSRCs are
+# admitted to srtp_unprotect only when bound or bindable, at most MAX_SRTP_STREAMS per transport.
+from libc.stdint cimport int64_t, uint8_t, uint32_t
 
 from engine.path cimport Path
 from engine.state cimport EngineState
@@ -10,8 +12,12 @@ from engine.state cimport EngineState
 cdef void demux_udp_batch(EngineState *s, int n, int64_t now) noexcept nogil
 # One datagram from `path`. `buf` must stay put until the batch has been forwarded (RTP) and its events dispatched.
 cdef void demux_datagram(EngineState *s, uint8_t *buf, int length, const Path *path, int64_t now) noexcept nogil
-# Makes `path` the transport's (in `slot`) address, for lookups and sending; a transport that had it loses it
-# (a client reconnected from the same port). 0, or -1 when out of memory.
+# Makes `path` the transport's (in `slot`) address, for lookups and sending. 0; -2 (counted) when another transport
+# holds that address (it keeps it; this one keeps its own); -1 when out of memory.
 cdef int demux_bind_path(EngineState *s, int slot, const Path *path) noexcept nogil
 # Forgets the transport's address (if it still owns it).
 cdef void demux_unbind_path(EngineState *s, int slot) noexcept nogil
+# Frees the transport's libsrtp receive stream of `ssrc` (a receiver or layer that used it is gone), if it has one.
+cdef void demux_release_ssrc(EngineState *s, int t, uint32_t ssrc) noexcept nogil
+# Forgets the transport's receive SSRCs and frees its list (the transport is going; its session goes with it).
+cdef void demux_forget_ssrcs(EngineState *s, int t) noexcept nogil

@@ -1,5 +1,6 @@
 """Demux: from a datagram and its path to an ExtPacket, an RTCP handler or an event (see demux.pxd)."""
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memmove
 
 from engine cimport srtp
@@ -14,14 +15,19 @@ from engine.receiver cimport (Layer, Receiver, layer_receive, layer_reset, recei
 from engine.reports cimport reports_sender_info
 from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, RtcpHeader, SenderInfo, is_rtcp,
                           parse_feedback_ssrcs, parse_fir_ssrc, parse_rtcp_header, parse_sender_info)
-from engine.rtp cimport RtpHeader, find_extension, parse_rtp
-from engine.state cimport (E_DTLS, E_LAYER, E_STUN, RECV_BUF, S_BYTES_IN, S_DROP_DTLS_UNBOUND, S_DROP_DUPLICATE,
-                           S_DROP_EMPTY, S_DROP_MALFORMED, S_DROP_NO_SRTP, S_DROP_NOT_RTP, S_DROP_PAYLOAD_TYPE,
-                           S_DROP_RTX_PADDING, S_DROP_TRUNCATED, S_DROP_UNKNOWN_SOURCE, S_DROP_UNKNOWN_SSRC,
+from engine.rtp cimport RtpHeader, find_extension, parse_rtp, parse_srtp_header
+from engine.state cimport (DTLS_EVENTS_PER_SECOND, E_DTLS, E_LAYER, E_STUN, EVENT_WINDOW_US, EVENTS_PER_WINDOW,
+                           MAX_SRTP_STREAMS, RECV_BUF, S_BIND_REFUSED, S_BYTES_IN, S_DROP_DTLS_RATE,
+                           S_DROP_DTLS_UNBOUND, S_DROP_DUPLICATE, S_DROP_EMPTY, S_DROP_EVENT_BUDGET, S_DROP_MALFORMED,
+                           S_DROP_NO_SRTP, S_DROP_NOT_RTP, S_DROP_PAYLOAD_TYPE, S_DROP_RTX_PADDING, S_DROP_SSRC_LIMIT,
+                           S_DROP_STUN_MALFORMED, S_DROP_STUN_NO_USERNAME, S_DROP_STUN_NOT_REQUEST, S_DROP_STUN_RATE,
+                           S_DROP_STUN_UNKNOWN_UFRAG, S_DROP_TRUNCATED, S_DROP_UNKNOWN_SOURCE, S_DROP_UNKNOWN_SSRC,
                            S_DROP_UNPROTECT, S_DTLS_IN, S_KEYFRAMES, S_PACKETS_IN, S_RR_RECEIVED, S_RTCP_IN, S_RTP_IN,
-                           S_RTX_RECOVERED, S_SR_RECEIVED, S_STUN_IN, Transport, queue_event, stream_key)
+                           S_RTX_RECOVERED, S_SR_RECEIVED, S_SRTP_STREAMS_REMOVED, S_STUN_IN,
+                           STUN_EVENTS_PER_SECOND, Transport, bucket_refill, queue_event, stream_key)
+from engine.stun cimport STUN_MALFORMED, STUN_NOT_REQUEST, STUN_OK, stun_check, ufrag_key
 from engine.table cimport map_get, map_put, map_remove
-from engine.wire cimport load16, store16, store32
+from engine.wire cimport load16, load32, store16, store32
 
 
 cdef void demux_udp_batch(EngineState *s, int n, int64_t now) noexcept nogil:
@@ -50,16 +56,14 @@ cdef inline int64_t find_transport(EngineState *s, const Path *path) noexcept no
 
 
 cdef int place(EngineState *s, int slot) noexcept nogil:
-    """Puts the transport's path into by_address at its key, or past keys other paths hold."""
+    """Puts the transport's path into by_address at its key, or past keys other paths hold (never an equal path:
+    demux_bind_path refuses those)."""
     cdef Transport *t = s.transports[slot]
     cdef uint64_t key = path_key(&t.path, s.path_seed)
     cdef int64_t other
     while True:
         other = map_get(&s.by_address, key)
         if other < 0 or other == slot:
-            break
-        if path_equal(&s.transports[other].path, &t.path):
-            s.transports[other].bound = False  # the address moved to this transport
             break
         key = path_next_key(key)
     t.path_key = key
@@ -68,6 +72,11 @@ cdef int place(EngineState *s, int slot) noexcept nogil:
 
 cdef int demux_bind_path(EngineState *s, int slot, const Path *path) noexcept nogil:
     cdef Transport *t = s.transports[slot]
+    cdef int64_t holder = find_transport(s, path)
+    if holder >= 0 and holder != slot:
+        # Another live transport's address: taking it would send that client's media here (or ours there).
+        s.counters[<int>S_BIND_REFUSED] += 1
+        return -2
     demux_unbind_path(s, slot)
     t.path = path[0]
     if place(s, slot) < 0:
@@ -111,10 +120,7 @@ cdef void demux_datagram(EngineState *s, uint8_t *buf, int length, const Path *p
     first = buf[0]
     if first <= 3:
         s.counters[<int>S_STUN_IN] += 1
-        if length < 20:
-            s.counters[<int>S_DROP_MALFORMED] += 1
-        else:
-            queue_event(s, E_STUN, buf, length, path, 0, 0, 0)
+        handle_stun(s, buf, length, path, now)
         return
     if not (20 <= first <= 63 or 128 <= first <= 191):
         s.counters[<int>S_DROP_NOT_RTP] += 1
@@ -124,7 +130,7 @@ cdef void demux_datagram(EngineState *s, uint8_t *buf, int length, const Path *p
         s.counters[<int>S_DTLS_IN] += 1
         if t < 0:
             s.counters[<int>S_DROP_DTLS_UNBOUND] += 1
-        else:
+        elif allow_event(s, s.transports[t], &s.transports[t].dtls_tokens, S_DROP_DTLS_RATE, now):
             queue_event(s, E_DTLS, buf, length, path, s.transports[t].id, 0, 0)
         return
     if t < 0:
@@ -141,16 +147,132 @@ cdef void demux_datagram(EngineState *s, uint8_t *buf, int length, const Path *p
         handle_rtp(s, <int>t, buf, length, now)
 
 
+# ---------------------------------------------------------------- events for Python (STUN, DTLS)
+
+cdef int64_t demux_find_ufrag(EngineState *s, const uint8_t *ufrag, int length) noexcept nogil:
+    cdef int64_t slot = map_get(&s.by_ufrag, ufrag_key(ufrag, length, s.ufrag_seed))
+    cdef Transport *t
+    if slot < 0:
+        return -1
+    t = s.transports[slot]
+    if t.ufrag_length != length or memcmp(t.ufrag, ufrag, length) != 0:
+        return -1
+    return slot
+
+
+cdef bint allow_event(EngineState *s, Transport *t, double *tokens, int counter, int64_t now) noexcept nogil:
+    """One of the transport's token buckets (`tokens`; `counter` counts refusals), then the engine's budget for the
+    current window."""
+    cdef int64_t elapsed = now - t.events_us
+    t.events_us = now
+    bucket_refill(&t.stun_tokens, STUN_EVENTS_PER_SECOND, STUN_EVENTS_PER_SECOND, elapsed)
+    bucket_refill(&t.stun_bound_tokens, STUN_EVENTS_PER_SECOND, STUN_EVENTS_PER_SECOND, elapsed)
+    bucket_refill(&t.dtls_tokens, DTLS_EVENTS_PER_SECOND, DTLS_EVENTS_PER_SECOND, elapsed)
+    if tokens[0] < 1:
+        s.counters[counter] += 1
+        return False
+    if now - s.event_window_us >= EVENT_WINDOW_US:
+        s.event_window_us = now
+        s.window_events = 0
+    if s.window_events >= EVENTS_PER_WINDOW:
+        s.counters[<int>S_DROP_EVENT_BUDGET] += 1
+        return False
+    s.window_events += 1
+    tokens[0] -= 1
+    return True
+
+
+cdef void handle_stun(EngineState *s, const uint8_t *buf, int length, const Path *path, int64_t now) noexcept nogil:
+    """Only a well-formed Binding request to the ufrag of a live transport, within its rate, reaches Python."""
+    cdef const uint8_t *ufrag = NULL
+    cdef int ufrag_length = 0
+    cdef int check = stun_check(buf, length, &ufrag, &ufrag_length)
+    cdef int64_t slot
+    cdef Transport *t
+    if check != STUN_OK:
+        if check == STUN_MALFORMED:
+            s.counters[<int>S_DROP_STUN_MALFORMED] += 1
+        elif check == STUN_NOT_REQUEST:
+            s.counters[<int>S_DROP_STUN_NOT_REQUEST] += 1
+        else:
+            s.counters[<int>S_DROP_STUN_NO_USERNAME] += 1
+        return
+    slot = demux_find_ufrag(s, ufrag, ufrag_length)
+    if slot < 0:
+        s.counters[<int>S_DROP_STUN_UNKNOWN_UFRAG] += 1
+        return
+    t = s.transports[slot]
+    if allow_event(s, t, &t.stun_bound_tokens if t.bound and path_equal(&t.path, path) else &t.stun_tokens,
+                   S_DROP_STUN_RATE, now):
+        queue_event(s, E_STUN, buf, length, path, t.id, 0, 0)
+
+
+# ---------------------------------------------------------------- SRTP receive streams
+
+cdef bint admit_ssrc(EngineState *s, int t, uint32_t ssrc, bint known) noexcept nogil:
+    """Whether a packet of `ssrc` may reach srtp_unprotect, where a new SSRC that authenticates gets a libsrtp stream
+    (SSRC_ANY_INBOUND): only SSRCs that have one, or `known` ones while the transport has fewer than
+    MAX_SRTP_STREAMS."""
+    if map_get(&s.srtp_ssrcs, stream_key(t, ssrc)) >= 0:
+        return True
+    if not known:
+        s.counters[<int>S_DROP_UNKNOWN_SSRC] += 1
+        return False
+    if s.transports[t].srtp_streams >= MAX_SRTP_STREAMS:
+        s.counters[<int>S_DROP_SSRC_LIMIT] += 1
+        return False
+    return True
+
+
+cdef void note_srtp_stream(EngineState *s, int t, uint32_t ssrc) noexcept nogil:
+    """`ssrc` just authenticated, so libsrtp now holds a stream for it."""
+    cdef Transport *tr = s.transports[t]
+    if map_get(&s.srtp_ssrcs, stream_key(t, ssrc)) >= 0 or tr.srtp_streams >= MAX_SRTP_STREAMS:
+        return
+    if tr.srtp_ssrc_list == NULL:
+        tr.srtp_ssrc_list = <uint32_t *>malloc(MAX_SRTP_STREAMS * sizeof(uint32_t))
+        if tr.srtp_ssrc_list == NULL:
+            return
+    if map_put(&s.srtp_ssrcs, stream_key(t, ssrc), tr.srtp_streams) == 0:
+        tr.srtp_ssrc_list[tr.srtp_streams] = ssrc
+        tr.srtp_streams += 1
+
+
+cdef void demux_release_ssrc(EngineState *s, int t, uint32_t ssrc) noexcept nogil:
+    cdef Transport *tr = s.transports[t]
+    cdef int64_t index = map_get(&s.srtp_ssrcs, stream_key(t, ssrc))
+    cdef uint32_t last
+    if index < 0:
+        return
+    map_remove(&s.srtp_ssrcs, stream_key(t, ssrc))
+    tr.srtp_streams -= 1
+    if index != tr.srtp_streams:  # the list stays dense: its last SSRC takes the freed place
+        last = tr.srtp_ssrc_list[tr.srtp_streams]
+        tr.srtp_ssrc_list[index] = last
+        map_put(&s.srtp_ssrcs, stream_key(t, last), index)
+    if tr.rx != NULL and srtp.remove_stream(tr.rx, ssrc) == 0:
+        s.counters[<int>S_SRTP_STREAMS_REMOVED] += 1
+
+
+cdef void demux_forget_ssrcs(EngineState *s, int t) noexcept nogil:
+    cdef Transport *tr = s.transports[t]
+    cdef int i
+    for i in range(tr.srtp_streams):
+        map_remove(&s.srtp_ssrcs, stream_key(t, tr.srtp_ssrc_list[i]))
+    tr.srtp_streams = 0
+    free(tr.srtp_ssrc_list)
+    tr.srtp_ssrc_list = NULL
+
+
 # ---------------------------------------------------------------- RTP
 
-cdef int64_t bind_stream(EngineState *s, int t, const uint8_t *buf, RtpHeader *h) noexcept nogil:
-    """Matches an unknown SSRC to (receiver, layer, is_rtx) by its mid / rid / repaired-rid extensions."""
+cdef int64_t match_stream(EngineState *s, int t, const uint8_t *buf, const RtpHeader *h) noexcept nogil:
+    """Matches an unknown SSRC to (receiver slot << 8 | layer << 1 | is_rtx) by its mid / rid / repaired-rid
+    extensions, or -1. Changes nothing, so it can run on a packet not yet authenticated."""
     cdef Transport *tr = s.transports[t]
     cdef Receiver *r
-    cdef Layer *layer
     cdef const uint8_t *value
-    cdef DownTrack *d
-    cdef int value_length, i, j, l, index
+    cdef int value_length, i, l, index
     cdef bint rtx
     for i in range(tr.receivers.count):
         index = tr.receivers.items[i]
@@ -174,27 +296,44 @@ cdef int64_t bind_stream(EngineState *s, int t, const uint8_t *buf, RtpHeader *h
             l = receiver_find_rid(r, value, value_length)
         if l < 0:
             return -1
-        layer = &r.layers[l]
-        if rtx:
-            if layer.has_rtx and layer.rtx_ssrc != h.ssrc:
-                map_remove(&s.streams, stream_key(t, layer.rtx_ssrc))
-            layer.rtx_ssrc = h.ssrc
-            layer.has_rtx = True
-        else:
-            if layer.has_ssrc and layer.ssrc != h.ssrc:
-                # The publisher restarted this layer with a new SSRC: its history no longer applies.
-                map_remove(&s.streams, stream_key(t, layer.ssrc))
-                layer_reset(layer)
-                for j in range(r.downtracks.count):
-                    d = s.downtracks[r.downtracks.items[j]]
-                    if d.current_layer == l:
-                        downtrack_lose_layer(d)
-            layer.ssrc = h.ssrc
-            layer.has_ssrc = True
-        if map_put(&s.streams, stream_key(t, h.ssrc), (<int64_t>index << 8) | (l << 1) | rtx) < 0:
-            return -1
         return (<int64_t>index << 8) | (l << 1) | rtx
     return -1
+
+
+cdef int64_t bind_stream(EngineState *s, int t, const uint8_t *buf, const RtpHeader *h) noexcept nogil:
+    """Binds an unknown, authenticated SSRC to the layer match_stream finds; the SSRC it replaces loses its map
+    entry and its libsrtp stream."""
+    cdef int64_t v = match_stream(s, t, buf, h)
+    cdef Receiver *r
+    cdef Layer *layer
+    cdef DownTrack *d
+    cdef int j, l
+    if v < 0:
+        return -1
+    r = s.receivers[v >> 8]
+    l = (v >> 1) & 0x7F
+    layer = &r.layers[l]
+    if v & 1:
+        if layer.has_rtx and layer.rtx_ssrc != h.ssrc:
+            map_remove(&s.streams, stream_key(t, layer.rtx_ssrc))
+            demux_release_ssrc(s, t, layer.rtx_ssrc)
+        layer.rtx_ssrc = h.ssrc
+        layer.has_rtx = True
+    else:
+        if layer.has_ssrc and layer.ssrc != h.ssrc:
+            # The publisher restarted this layer with a new SSRC: its history no longer applies.
+            map_remove(&s.streams, stream_key(t, layer.ssrc))
+            demux_release_ssrc(s, t, layer.ssrc)
+            layer_reset(layer)
+            for j in range(r.downtracks.count):
+                d = s.downtracks[r.downtracks.items[j]]
+                if d.current_layer == l:
+                    downtrack_lose_layer(d)
+        layer.ssrc = h.ssrc
+        layer.has_ssrc = True
+    if map_put(&s.streams, stream_key(t, h.ssrc), v) < 0:
+        return -1
+    return v
 
 
 cdef void handle_rtp(EngineState *s, int t, uint8_t *buf, int length, int64_t now) noexcept nogil:
@@ -204,13 +343,21 @@ cdef void handle_rtp(EngineState *s, int t, uint8_t *buf, int length, int64_t no
     cdef Layer *layer
     cdef int l
     cdef uint16_t osn
-    if srtp.unprotect(s.transports[t].rx, buf, &length) != 0:
-        s.counters[<int>S_DROP_UNPROTECT] += 1
-        return
-    if parse_rtp(buf, length, &h) < 0:
+    # Before unprotect, from the header in the clear: an SSRC that is neither bound nor bindable (its mid / rid match
+    # a receiver of this transport) would only cost a libsrtp stream.
+    if parse_srtp_header(buf, length, &h) < 0:
         s.counters[<int>S_DROP_MALFORMED] += 1
         return
     v = map_get(&s.streams, stream_key(t, h.ssrc))
+    if not admit_ssrc(s, t, h.ssrc, v >= 0 or match_stream(s, t, buf, &h) >= 0):
+        return
+    if srtp.unprotect(s.transports[t].rx, buf, &length) != 0:
+        s.counters[<int>S_DROP_UNPROTECT] += 1
+        return
+    note_srtp_stream(s, t, h.ssrc)
+    if parse_rtp(buf, length, &h) < 0:
+        s.counters[<int>S_DROP_MALFORMED] += 1
+        return
     if v < 0:
         v = bind_stream(s, t, buf, &h)
         if v < 0:
@@ -285,9 +432,18 @@ cdef void handle_rtcp(EngineState *s, int t, uint8_t *buf, int length, int64_t n
     cdef int64_t v
     cdef const uint8_t *p
     cdef bint ok
+    cdef uint32_t first_sender
+    if length < 8:
+        s.counters[<int>S_DROP_MALFORMED] += 1
+        return
+    # SRTCP keeps the first header and its sender SSRC in the clear; a new one costs a libsrtp stream too.
+    first_sender = load32(buf + 4)
+    if not admit_ssrc(s, t, first_sender, True):
+        return
     if srtp.unprotect_rtcp(s.transports[t].rx, buf, &length) != 0:
         s.counters[<int>S_DROP_UNPROTECT] += 1
         return
+    note_srtp_stream(s, t, first_sender)
     while offset < length:
         p = buf + offset
         if parse_rtcp_header(p, length - offset, &rh) < 0:

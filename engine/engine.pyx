@@ -5,7 +5,10 @@ read (udpmux.pyx), demultiplexed, unprotected and bound to their streams (demux.
 (packet.pxd, codecs/) and forwarded DownTrack by DownTrack (fanout.pyx: forwarder.pyx, munger.pyx, downtrack.pyx)
 into the send batch, which leaves with sendmmsg and UDP GSO. RTCP feedback and reports are feedback.pyx and
 reports.pyx; a timer drives their periodic parts. All of them share one EngineState (state.pxd), which this class
-owns. Only STUN, DTLS and layer events come up to Python. Engine methods must be called from the event loop's thread.
+owns. Only STUN, DTLS and layer events come up to Python, and only what C let through: STUN Binding requests whose
+USERNAME names a live transport's ufrag (stun.pyx; aioice then checks MESSAGE-INTEGRITY), DTLS from a transport's
+bound address, each within per-transport and per-window rates (state.pxd). Engine methods must be called from the
+event loop's thread.
 """
 import logging
 import os
@@ -17,7 +20,9 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 
 from engine.codecs.describe cimport codec_id
-from engine.demux cimport demux_bind_path, demux_udp_batch, demux_unbind_path
+from engine cimport srtp
+from engine.demux cimport (demux_bind_path, demux_forget_ssrcs, demux_release_ssrc, demux_udp_batch,
+                           demux_unbind_path)
 from engine.downtrack cimport DownTrack, downtrack_free, downtrack_new
 from engine.fanout cimport fanout_batch
 from engine.feedback cimport feedback_request_keyframe, feedback_tick
@@ -29,6 +34,7 @@ from engine.reports cimport reports_tick
 from engine.state cimport (BATCH, E_DTLS, E_STUN, MAX_DOWNTRACKS, MAX_RECEIVERS, MAX_TRANSPORTS, RECV_BUF,
                            S_COUNT, S_DROP_SEND_FAILED, S_DROP_SUBSCRIBER_NOT_READY, S_EVENT_ERRORS, SEND_BUF,
                            SEND_SLOTS, EngineState, Event, Transport, monotonic_us, stream_key)
+from engine.stun cimport MAX_UFRAG, ufrag_key
 from engine.table cimport list_add, list_discard, map_free, map_get, map_init, map_put, map_remove
 from engine.udpmux cimport SOL_UDP_LEVEL, UDP_SEGMENT_OPTION, udpmux_flush, udpmux_init, udpmux_read
 
@@ -62,6 +68,9 @@ STAT_NAMES = (
     "nacks_received", "nacked_packets", "nack_cache_misses", "retransmissions", "nack_rate_limited", "rtx_recovered", "nacks_sent",
     "plis_received", "plis_sent", "keyframes", "layer_switches", "sr_received", "rr_received", "sr_sent", "rr_sent",
     "remb_sent", "event_errors",
+    "drop_stun_malformed", "drop_stun_not_request", "drop_stun_no_username", "drop_stun_unknown_ufrag",
+    "drop_stun_rate_limited", "drop_dtls_rate_limited", "drop_event_budget", "drop_srtp_stream_limit",
+    "bind_refused", "srtp_streams_removed", "drop_rtx_budget", "retransmitted_bytes",
 )
 assert len(STAT_NAMES) == S_COUNT
 
@@ -104,10 +113,12 @@ cdef class Engine:
         s.send.bufs = <uint8_t *>malloc(SEND_SLOTS * SEND_BUF)
         if (s.transports == NULL or s.receivers == NULL or s.downtracks == NULL or s.recv.bufs == NULL
                 or s.send.bufs == NULL or map_init(&s.by_address, 64) < 0 or map_init(&s.streams, 256) < 0
-                or map_init(&s.downtrack_ssrcs, 256) < 0):
+                or map_init(&s.downtrack_ssrcs, 256) < 0 or map_init(&s.by_ufrag, 64) < 0
+                or map_init(&s.srtp_ssrcs, 256) < 0):
             raise MemoryError()
         udpmux_init(s)
         s.path_seed = int.from_bytes(os.urandom(8), "little")
+        s.ufrag_seed = int.from_bytes(os.urandom(8), "little")
 
     def __init__(self, host: str, udp_port: int, on_event) -> None:
         # An IPv6 host gets a dual-stack socket (IPv4 peers appear as IPv4-mapped addresses); IPv4 hosts an IPv4 one.
@@ -161,6 +172,7 @@ cdef class Engine:
             for i in range(s.transport_end):
                 if s.transports[i] != NULL:
                     free(s.transports[i].receivers.items)
+                    free(s.transports[i].srtp_ssrc_list)
                     free(s.transports[i])
         free(s.transports)
         free(s.receivers)
@@ -170,6 +182,8 @@ cdef class Engine:
         map_free(&s.by_address)
         map_free(&s.streams)
         map_free(&s.downtrack_ssrcs)
+        map_free(&s.by_ufrag)
+        map_free(&s.srtp_ssrcs)
         free(s)
         self.s = NULL
 
@@ -233,7 +247,8 @@ cdef class Engine:
         for i in range(self.s.event_count):
             e = &self.s.events[i]
             if e.kind == E_STUN:
-                event = (EV_STUN, PyBytes_FromStringAndSize(<const char *>e.data, e.length), *path_address(e.path))
+                event = (EV_STUN, e.a, PyBytes_FromStringAndSize(<const char *>e.data, e.length),
+                         *path_address(e.path))
             elif e.kind == E_DTLS:
                 event = (EV_DTLS, e.a, PyBytes_FromStringAndSize(<const char *>e.data, e.length))
             else:
@@ -267,28 +282,50 @@ cdef class Engine:
             self.s.counters[<int>S_DROP_SEND_FAILED] += 1
             log.debug("send_to %s:%s failed: %s", host, port, e)
 
-    def add_transport(self) -> int:
+    def add_transport(self, ice_ufrag: str | None = None) -> int:
+        """A transport; STUN Binding requests reach Python (as EV_STUN with its id) only when their USERNAME starts
+        with `ice_ufrag` (a transport without one gets none). ValueError for an unusable or colliding ufrag."""
         cdef int slot = _free_slot(<void **>self.s.transports, MAX_TRANSPORTS)
         cdef Transport *t
+        cdef bytes ufrag = ice_ufrag.encode() if ice_ufrag else b""
+        cdef uint64_t key = ufrag_key(ufrag, len(ufrag), self.s.ufrag_seed)
+        if len(ufrag) > MAX_UFRAG or b":" in ufrag:
+            raise ValueError(f"unusable ufrag {ice_ufrag!r}")
+        if ufrag and map_get(&self.s.by_ufrag, key) >= 0:
+            raise ValueError("ufrag in use")  # the same ufrag, or (2^-64) its key: the caller draws another
         if slot < 0:
             raise RuntimeError("too many transports")
         t = <Transport *>calloc(1, sizeof(Transport))
         if t == NULL:
             raise MemoryError()
+        if ufrag and map_put(&self.s.by_ufrag, key, slot) < 0:
+            free(t)
+            raise MemoryError()
         t.id = self._new_id()
         t.local_ssrc = int.from_bytes(os.urandom(4), "big")
+        memcpy(t.ufrag, <const char *>ufrag, len(ufrag))
+        t.ufrag_length = len(ufrag)
+        t.ufrag_key = key
         self.s.transports[slot] = t
         self.s.transport_end = max(self.s.transport_end, slot + 1)
         self._transport_slots[t.id] = slot
         return t.id
 
-    def bind_transport(self, transport_id: int, host: str, port: int) -> None:
-        """Where the transport's packets come from and go to: an IPv4 or IPv6 (on an IPv6 engine) address."""
+    def bind_transport(self, transport_id: int, host: str, port: int) -> bool:
+        """Where the transport's packets come from and go to: an IPv4 or IPv6 (on an IPv6 engine) address.
+        False (and counted as bind_refused) when another transport holds that address: it is not taken from it."""
         cdef int slot = self._slot(self._transport_slots, transport_id, "transport")
         cdef Path path
+        cdef int result
         path_set(&path, host, port, self.s.ipv6)
-        if demux_bind_path(self.s, slot, &path) < 0:
+        result = demux_bind_path(self.s, slot, &path)
+        if result == -1:
             raise MemoryError()
+        return result == 0
+
+    def unbind_transport(self, transport_id: int) -> None:
+        """Stops sending to the transport's address and forgets it (its consent expired)."""
+        demux_unbind_path(self.s, self._slot(self._transport_slots, transport_id, "transport"))
 
     def send_transport(self, transport_id: int, data: bytes) -> None:
         """A raw datagram to the transport's bound address (DTLS records)."""
@@ -315,6 +352,9 @@ cdef class Engine:
             if self.s.downtracks[i] != NULL and self.s.downtracks[i].transport == slot:
                 self.remove_downtrack(self.s.downtracks[i].id)
         demux_unbind_path(self.s, <int>slot)
+        demux_forget_ssrcs(self.s, <int>slot)
+        if t.ufrag_length and map_get(&self.s.by_ufrag, t.ufrag_key) == slot:
+            map_remove(&self.s.by_ufrag, t.ufrag_key)
         free(t.receivers.items)
         free(t)
         self.s.transports[<int>slot] = NULL
@@ -392,8 +432,10 @@ cdef class Engine:
             layer = &r.layers[l]
             if layer.has_ssrc and map_get(&self.s.streams, stream_key(r.transport, layer.ssrc)) >> 8 == slot:
                 map_remove(&self.s.streams, stream_key(r.transport, layer.ssrc))
+                demux_release_ssrc(self.s, r.transport, layer.ssrc)
             if layer.has_rtx and map_get(&self.s.streams, stream_key(r.transport, layer.rtx_ssrc)) >> 8 == slot:
                 map_remove(&self.s.streams, stream_key(r.transport, layer.rtx_ssrc))
+                demux_release_ssrc(self.s, r.transport, layer.rtx_ssrc)
         list_discard(&self.s.transports[r.transport].receivers, slot)
         receiver_free(r)
         self.s.receivers[<int>slot] = NULL
@@ -438,6 +480,11 @@ cdef class Engine:
         if slot is None:
             return
         cdef DownTrack *d = self.s.downtracks[<int>slot]
+        cdef Transport *t = self.s.transports[d.transport]
+        if t.tx != NULL:  # libsrtp made a send stream for each SSRC we protected for it
+            srtp.remove_stream(t.tx, d.ssrc)
+            if d.rtx_ssrc:
+                srtp.remove_stream(t.tx, d.rtx_ssrc)
         if map_get(&self.s.downtrack_ssrcs, stream_key(d.transport, d.ssrc)) == slot:
             map_remove(&self.s.downtrack_ssrcs, stream_key(d.transport, d.ssrc))
         if d.rtx_ssrc and map_get(&self.s.downtrack_ssrcs, stream_key(d.transport, d.rtx_ssrc)) == slot:

@@ -49,6 +49,7 @@ cdef inline void forward(EngineState *s, DownTrack *d, const ExtPacket *p, int64
     if e != NULL and fanout_send(s, d, p, e, False):
         d.packets += 1
         d.octets += p.h.payload_length
+        s.transports[d.transport].bytes_sent += p.h.header_length + p.h.payload_length  # retransmission budget
         s.counters[<int>S_FORWARDED] += 1
 
 

@@ -12,8 +12,9 @@ from engine.packetcache cimport cache_get
 from engine.receiver cimport MAX_MISSING, Layer, layer_due_nacks
 from engine.rtcp cimport build_nack, build_pli, parse_nack
 from engine.rtp cimport parse_rtp
-from engine.state cimport (S_NACK_MISSES, S_NACK_RATE_LIMITED, S_NACKED_PACKETS, S_NACKS_RECEIVED, S_NACKS_SENT,
-                           S_PLIS_RECEIVED, S_PLIS_SENT, S_RETRANSMISSIONS, SEND_BUF, Transport, transport_ready)
+from engine.state cimport (S_DROP_RTX_BUDGET, S_NACK_MISSES, S_NACK_RATE_LIMITED, S_NACKED_PACKETS, S_NACKS_RECEIVED,
+                           S_NACKS_SENT, S_PLIS_RECEIVED, S_PLIS_SENT, S_RETRANSMISSIONS, S_RETRANSMITTED_BYTES,
+                           SEND_BUF, Transport, transport_ready)
 from engine.udpmux cimport send_rtcp, send_slot_buffer, send_take_slot
 
 cdef enum:
@@ -26,6 +27,13 @@ cdef int64_t PLI_INTERVAL_US = 500000       # keyframe requests per publisher la
 cdef int64_t RTX_REPEAT_US = 50000
 cdef int64_t RTX_WINDOW_US = 20000
 cdef int RTX_BUDGET = 64
+# And a transport gets retransmissions worth at most RTX_SHARE of the bytes forwarded to it, or RTX_FLOOR_BPS when
+# that is more (a token bucket in bytes, at most RTX_BURST_BYTES saved up): NACKs aimed at a victim's address can
+# then not multiply its traffic, while a lossy link (libwebrtc asks again for at most ~10 % loss it can repair in
+# time) keeps its repairs. RTX_BURST_BYTES holds a 720p keyframe's packets lost at once.
+cdef double RTX_SHARE = 0.5
+cdef double RTX_FLOOR_BPS = 500000
+cdef double RTX_BURST_BYTES = 131072
 
 
 cdef void feedback_keyframe_request(EngineState *s, DownTrack *d, int64_t now) noexcept nogil:
@@ -46,8 +54,10 @@ cdef void feedback_nack(EngineState *s, DownTrack *d, uint32_t media, const uint
     cdef Receiver *r = s.receivers[d.receiver]
     cdef ExtPacket packet
     cdef const uint8_t *cached
+    cdef Transport *t = s.transports[d.transport]
     d.nacks_received += 1
     s.counters[<int>S_NACKS_RECEIVED] += 1
+    refill_rtx_budget(t, now)
     if now - d.rtx_window_us >= RTX_WINDOW_US:
         d.rtx_window_us = now
         d.rtx_window_count = 0
@@ -62,13 +72,27 @@ cdef void feedback_nack(EngineState *s, DownTrack *d, uint32_t media, const uint
         if (e.last_rtx_us != 0 and now - e.last_rtx_us < RTX_REPEAT_US) or d.rtx_window_count >= RTX_BUDGET:
             s.counters[<int>S_NACK_RATE_LIMITED] += 1
             continue
+        if t.rtx_tokens < cached_length:
+            s.counters[<int>S_DROP_RTX_BUDGET] += 1
+            continue
         packet_set(&packet, cached, cached_length, r, e.layer, now)
         describe_packet(&packet, r.codec, r.is_video)
         if fanout_send(s, d, &packet, e, d.rtx_ssrc != 0):
             e.last_rtx_us = now
             d.rtx_window_count += 1
             d.retransmissions += 1
+            t.rtx_tokens -= cached_length
             s.counters[<int>S_RETRANSMISSIONS] += 1
+            s.counters[<int>S_RETRANSMITTED_BYTES] += cached_length
+
+
+cdef void refill_rtx_budget(Transport *t, int64_t now) noexcept nogil:
+    cdef double earned = max(RTX_SHARE * (t.bytes_sent - t.bytes_sent_mark), RTX_FLOOR_BPS / 8 * (now - t.rtx_us) / 1e6)
+    if t.rtx_us == 0:
+        earned = RTX_BURST_BYTES
+    t.rtx_tokens = min(RTX_BURST_BYTES, t.rtx_tokens + earned)
+    t.rtx_us = now
+    t.bytes_sent_mark = t.bytes_sent
 
 
 cdef void feedback_request_keyframe(EngineState *s, Receiver *r, int l, int64_t now) noexcept nogil:

@@ -11,6 +11,14 @@ cdef enum:
 
 
 cdef int parse_rtp(const uint8_t *buf, int length, RtpHeader *h) noexcept nogil:
+    return _parse(buf, length, h, True)
+
+
+cdef int parse_srtp_header(const uint8_t *buf, int length, RtpHeader *h) noexcept nogil:
+    return _parse(buf, length, h, False)
+
+
+cdef inline int _parse(const uint8_t *buf, int length, RtpHeader *h, bint with_padding) noexcept nogil:
     cdef int pos, ext_bytes, padding = 0
     cdef uint16_t profile = 0
     cdef uint8_t first
@@ -37,7 +45,7 @@ cdef int parse_rtp(const uint8_t *buf, int length, RtpHeader *h) noexcept nogil:
         h.ext_offset = <uint16_t>pos
         h.ext_length = <uint16_t>ext_bytes
         pos += ext_bytes
-    if first & 0x20:
+    if first & 0x20 and with_padding:
         # The last byte counts the padding including itself, so 0 is invalid.
         padding = buf[length - 1]
         if padding == 0 or padding > length - pos:

@@ -1,13 +1,19 @@
 """Binds the libsrtp entry points once, at import, from pylibsrtp's cffi library."""
 import pylibsrtp  # noqa: F401  (importing it runs srtp_init)
-from libc.stdint cimport uintptr_t
+from libc.stdint cimport uint32_t, uintptr_t
+
+
+cdef extern from "<arpa/inet.h>" nogil:
+    uint32_t htonl(uint32_t)
 
 ctypedef int (*srtp_fn)(void *ctx, void *hdr, int *len_ptr) noexcept nogil
+ctypedef int (*remove_fn)(void *ctx, uint32_t ssrc) noexcept nogil
 
 cdef srtp_fn _protect
 cdef srtp_fn _unprotect
 cdef srtp_fn _protect_rtcp
 cdef srtp_fn _unprotect_rtcp
+cdef remove_fn _remove_stream
 
 
 cdef srtp_fn _function(object ffi, object lib, str name):
@@ -17,11 +23,12 @@ cdef srtp_fn _function(object ffi, object lib, str name):
 
 def _bind() -> None:
     from pylibsrtp._binding import ffi, lib
-    global _protect, _unprotect, _protect_rtcp, _unprotect_rtcp
+    global _protect, _unprotect, _protect_rtcp, _unprotect_rtcp, _remove_stream
     _protect = _function(ffi, lib, "srtp_protect")
     _unprotect = _function(ffi, lib, "srtp_unprotect")
     _protect_rtcp = _function(ffi, lib, "srtp_protect_rtcp")
     _unprotect_rtcp = _function(ffi, lib, "srtp_unprotect_rtcp")
+    _remove_stream = <remove_fn><void *><uintptr_t>int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_remove_stream")))
 
 
 _bind()
@@ -41,3 +48,8 @@ cdef int protect_rtcp(void *ctx, void *packet, int *length) noexcept nogil:
 
 cdef int unprotect_rtcp(void *ctx, void *packet, int *length) noexcept nogil:
     return _unprotect_rtcp(ctx, packet, length)
+
+
+cdef int remove_stream(void *ctx, uint32_t ssrc) noexcept nogil:
+    # libsrtp keys streams by the SSRC as it appears in the packet (network order).
+    return _remove_stream(ctx, htonl(ssrc))

@@ -66,12 +66,43 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_RR_SENT
     S_REMB_SENT
     S_EVENT_ERRORS
+    S_DROP_STUN_MALFORMED
+    S_DROP_STUN_NOT_REQUEST
+    S_DROP_STUN_NO_USERNAME
+    S_DROP_STUN_UNKNOWN_UFRAG
+    S_DROP_STUN_RATE
+    S_DROP_DTLS_RATE
+    S_DROP_EVENT_BUDGET
+    S_DROP_SSRC_LIMIT
+    S_BIND_REFUSED
+    S_SRTP_STREAMS_REMOVED
+    S_DROP_RTX_BUDGET
+    S_RETRANSMITTED_BYTES
     S_COUNT
 
 cdef enum:  # event kinds, queued in C and dispatched to Python after each batch
-    E_STUN                    # data + path
+    E_STUN                    # data + path + transport id (a): a Binding request to the transport's ufrag
     E_DTLS                    # data + transport id (a)
     E_LAYER                   # receiver id (a), layer (b), SSRC (c): a layer's first packet
+
+cdef enum:
+    # Events per second one transport may raise (token buckets, burst = one second's worth). libwebrtc checks a
+    # candidate pair every 50-900 ms while connecting and every 2.5 s once connected (a LiveKit Python SDK join sent
+    # 3 in its first second, then one per 2.5 s): 100/s leaves room for many pairs, candidates and retransmissions,
+    # and a flood with a valid ufrag costs Python at most 100 parses/s. Checks from the transport's bound address
+    # have a bucket of their own, so a flood to its ufrag from elsewhere cannot starve its consent checks.
+    STUN_EVENTS_PER_SECOND = 100
+    # DTLS carries the handshake (about 10 datagrams) and then every data channel message (SCTP): 1000 datagrams/s
+    # of up to ~1.2 KB is about 1.2 MB/s of data channel traffic per transport, well past LiveKit's typical use
+    # (chat, RPC, small state); SCTP retransmits what is dropped past it.
+    DTLS_EVENTS_PER_SECOND = 1000
+    # STUN + DTLS events raised by the whole engine per EVENT_WINDOW_US (one engine tick), whatever their sources:
+    # bounds the Python work that many misbehaving transports together can cause (5,000 events/s).
+    EVENTS_PER_WINDOW = 100
+    EVENT_WINDOW_US = 20000
+    # Distinct SSRCs one transport may get libsrtp receive streams for (SSRC_ANY_INBOUND creates one per new SSRC
+    # that authenticates, ~650 B and a linear lookup each). 20 simulcast video tracks with RTX use 120.
+    MAX_SRTP_STREAMS = 256
 
 cdef struct Transport:
     int64_t id
@@ -82,6 +113,19 @@ cdef struct Transport:
     void *tx
     uint32_t local_ssrc       # sender SSRC of our RTCP feedback
     IntList receivers         # slots of the Receivers published on this transport
+    uint8_t ufrag[64]         # our ICE ufrag for it (stun.MAX_UFRAG bytes at most): STUN to it is let through
+    int ufrag_length
+    uint64_t ufrag_key        # its key in EngineState.by_ufrag
+    double stun_tokens        # token buckets of the events it may raise (see STUN_EVENTS_PER_SECOND): STUN from
+    double stun_bound_tokens  # other addresses, STUN from its bound address, DTLS
+    double dtls_tokens
+    int64_t events_us         # when they were last refilled
+    int srtp_streams          # SSRCs in EngineState.srtp_ssrcs for it (libsrtp receive streams), <= MAX_SRTP_STREAMS
+    uint32_t *srtp_ssrc_list  # the same SSRCs (MAX_SRTP_STREAMS entries, allocated on first use), to forget them all
+    double rtx_tokens         # retransmission budget in bytes (feedback.pyx)
+    int64_t rtx_us            # when it was last refilled
+    uint64_t bytes_sent       # RTP bytes forwarded to it (retransmissions excluded); at the last rtx refill
+    uint64_t bytes_sent_mark
 
 cdef struct RecvBatch:
     uint8_t *bufs             # BATCH buffers of RECV_BUF bytes
@@ -122,6 +166,11 @@ cdef struct EngineState:
     U64Map by_address         # path key -> transport slot
     U64Map streams            # (transport slot, SSRC) -> receiver slot << 8 | layer << 1 | is_rtx
     U64Map downtrack_ssrcs    # (transport slot, downtrack SSRC or RTX SSRC) -> downtrack slot
+    U64Map by_ufrag           # stun.ufrag_key -> transport slot (the ufrag is compared in full)
+    U64Map srtp_ssrcs         # (transport slot, SSRC) -> 1: SSRCs with a libsrtp receive stream on the transport
+    uint64_t ufrag_seed
+    int64_t event_window_us   # the current EVENT_WINDOW_US window, and STUN/DTLS events raised in it
+    int window_events
     uint64_t counters[<int>S_COUNT]
     RecvBatch recv
     SendBatch send
@@ -154,6 +203,11 @@ cdef inline uint64_t stream_key(int slot, uint32_t ssrc) noexcept nogil:
 cdef inline bint transport_ready(const Transport *t) noexcept nogil:
     """Packets can be sent to `t`: it has an address and SRTP keys."""
     return t != NULL and t.bound and t.tx != NULL
+
+
+cdef inline void bucket_refill(double *tokens, double rate, double burst, int64_t elapsed_us) noexcept nogil:
+    """A token bucket's refill: `rate` tokens per second, at most `burst` in the bucket."""
+    tokens[0] = min(burst, tokens[0] + elapsed_us * rate / 1e6)
 
 
 cdef inline void queue_event(EngineState *s, int kind, const uint8_t *data, int length, const Path *path, int64_t a,

@@ -6,6 +6,7 @@ peer, so every field is type-checked and a malformed token is an `AuthError`, ne
 """
 from __future__ import annotations
 
+import secrets
 import time
 import warnings
 from dataclasses import dataclass
@@ -122,6 +123,9 @@ class TokenVerifier:
     def __init__(self, keys: dict[str, str], leeway: float = 60.0) -> None:
         self._keys = dict(keys)
         self._leeway = leeway
+        # Tokens naming an unknown API key are checked against a secret nobody knows, so they fail exactly as a
+        # bad signature does (same message, same work): answers do not reveal which API keys exist.
+        self._unknown_key_secret = secrets.token_urlsafe(32)
 
     def verify(self, token: str) -> Claims:
         return self._claims(*self._decode(token))
@@ -148,9 +152,7 @@ class TokenVerifier:
         api_key = unverified.get("iss")
         if not isinstance(api_key, str) or not api_key:
             raise AuthError("invalid token: no issuer (API key)")
-        secret = self._keys.get(api_key)
-        if secret is None:
-            raise AuthError("invalid token: unknown API key")
+        secret = self._keys.get(api_key, self._unknown_key_secret)
         try:
             payload = jwt.decode(
                 token,
@@ -167,7 +169,7 @@ class TokenVerifier:
         except jwt.MissingRequiredClaimError:
             raise AuthError("invalid token: exp claim required") from None
         except jwt.InvalidSignatureError:
-            raise AuthError("invalid token: signature mismatch") from None
+            raise AuthError("invalid token: unknown API key or signature mismatch") from None
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token: {exc}") from None
         return api_key, payload

@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 DEV_KEYS = {"devkey": "secret"}
 LOG_LEVELS = ("debug", "info", "warning", "error")
-MIN_SECRET_LENGTH = 32  # LiveKit's minimum outside development mode
+MIN_SECRET_LENGTH = 32  # LiveKit's minimum outside development mode (it logs an error and starts, as tern does)
+# The secret tools/config.example.yaml ships: a copied example must not start a server anyone can mint tokens for.
+PLACEHOLDER_SECRET = "REPLACE-ME: openssl rand -base64 33"
 
 # Keys of LiveKit's schema that tern accepts but does not act on (yet).
 _LIVEKIT_TOP_LEVEL = frozenset({
@@ -312,9 +314,26 @@ def build_config(
     if config.webhook.api_key and config.webhook.api_key not in config.keys:
         # Checked once the keys are final: --keys and the environment may replace the file's.
         raise ConfigError(f"webhook.api_key: {config.webhook.api_key!r} is not one of the configured API keys")
-    if not config.development:
-        for api_key, secret in config.keys.items():
-            if len(secret) < MIN_SECRET_LENGTH:
-                log.warning("secret of API key %s is shorter than %d characters; use a longer"
-                            " one outside development", api_key, MIN_SECRET_LENGTH)
+    for api_key, secret in config.keys.items():
+        if secret == PLACEHOLDER_SECRET:
+            raise ConfigError(f"keys.{api_key}: still the example's placeholder secret; replace it with a random one"
+                              " (openssl rand -base64 33)")
+        if not config.development and len(secret) < MIN_SECRET_LENGTH:
+            log.error("secret of API key %s is shorter than %d characters: anyone who guesses it can mint tokens;"
+                      " use a random one (openssl rand -base64 33)", api_key, MIN_SECRET_LENGTH)
+    if config.development:
+        _warn_public_dev(config)
     return config
+
+
+def _warn_public_dev(config: Config) -> None:
+    """Development mode allows short secrets (and defaults to devkey/secret, printed in every LiveKit guide):
+    reachable from other machines, anyone can mint tokens for it."""
+    public = [address for address in config.bind_addresses if not ipaddress.ip_address(address).is_loopback]
+    if not public:
+        return
+    dev_keys = [key for key, secret in config.keys.items() if DEV_KEYS.get(key) == secret]
+    what = f"the public dev key {'/'.join(dev_keys)}/secret" if dev_keys else "the development keys"
+    log.warning("DEVELOPMENT MODE ON A NON-LOOPBACK ADDRESS (%s): anyone who can reach this port can mint tokens"
+                " with %s and join any room. Use --dev only on 127.0.0.1, or configure keys with secrets of at"
+                " least %d characters and drop --dev.", ", ".join(public), what, MIN_SECRET_LENGTH)

@@ -101,8 +101,9 @@ class Node:
             room.announce_speakers(levels.get(room.name, {}))
 
     def shutdown(self) -> None:
-        for participant in list(self.store.participants()):
-            participant.close(models.DisconnectReason.SERVER_SHUTDOWN)
+        """Closes every room: participants get `leave` (SERVER_SHUTDOWN), webhooks participant_left and room_finished."""
+        for room in self.store.rooms():
+            room.close(models.DisconnectReason.SERVER_SHUTDOWN)
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -2,6 +2,7 @@
 answered in kind; failures are Twirp error bodies {"code", "msg", "meta"} with the matching HTTP status."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from livekit.protocol import models
 from livekit.protocol import room as proto
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from .auth import AuthError, Claims
@@ -29,22 +30,35 @@ log = logging.getLogger(__name__)
 PREFIX = "/twirp/livekit.RoomService/"
 _PROTOBUF = "application/protobuf"
 _JSON = "application/json"
+# Request body bytes. The largest legitimate request, UpdateParticipant with 512 KiB metadata and 64 KiB attributes,
+# fits in protobuf and in JSON unless the metadata is mostly escaped characters. Twirp and LiveKit set none.
+MAX_BODY_SIZE = 1024 * 1024
+# Seconds to receive a whole body once the head is in (the head has its own deadline: httpfront.HEAD_TIMEOUT).
+BODY_TIMEOUT = 10.0
+
 # Twirp's error codes and the HTTP status each travels with.
 _STATUS = {
     "invalid_argument": 400, "malformed": 400, "unauthenticated": 401, "permission_denied": 403,
     "not_found": 404, "bad_route": 404, "failed_precondition": 412, "internal": 500,
+    "resource_exhausted": 429, "deadline_exceeded": 408, "canceled": 408,
 }
 
 
 class TwirpError(Exception):
-    def __init__(self, code: str, msg: str) -> None:
+    def __init__(self, code: str, msg: str, status: int | None = None) -> None:
         super().__init__(msg)
         self.code = code
         self.msg = msg
+        self.status = status or _STATUS[code]
 
     def response(self) -> Response:
         body = json.dumps({"code": self.code, "msg": self.msg, "meta": {}})
-        return Response(body, status_code=_STATUS[self.code], media_type=_JSON)
+        return Response(body, status_code=self.status, media_type=_JSON)
+
+
+def _too_large() -> TwirpError:
+    # Twirp has no code for it; the HTTP status says what happened, the code what Twirp clients understand.
+    return TwirpError("resource_exhausted", f"request body exceeds {MAX_BODY_SIZE} bytes", status=413)
 
 
 @dataclass(frozen=True)
@@ -59,13 +73,17 @@ class RoomService:
         self.node = node
 
     async def endpoint(self, request: Request) -> Response:
+        # Everything about the request that its head decides comes first, so a refused caller's body is never read
+        # (the HTTP front discards what the client still sends, for a bounded time: httpfront.UNREAD_BODY_TIME).
         try:
-            return await self._serve(request)
+            name, method, content_type, claims = self._admit(request)
+            body = await _read_body(request)
+            return self._serve(name, method, content_type, claims, body)
         except TwirpError as error:
             self.node.counters[f"api_error_{error.code}"] += 1
             return error.response()
 
-    async def _serve(self, request: Request) -> Response:
+    def _admit(self, request: Request) -> tuple[str, _Method, str, Claims]:
         name = request.path_params["method"]
         method = _METHODS.get(name)
         if request.method != "POST" or method is None:
@@ -74,7 +92,10 @@ class RoomService:
         if content_type not in (_PROTOBUF, _JSON):
             raise TwirpError("bad_route", f"unexpected Content-Type {content_type!r}: use {_PROTOBUF} or {_JSON}")
         claims = self._authenticate(request)
-        body = await request.body()
+        _require_grant(claims, method.grant)
+        return name, method, content_type, claims
+
+    def _serve(self, name: str, method: _Method, content_type: str, claims: Claims, body: bytes) -> Response:
         try:
             message = method.request()
             if content_type == _JSON:
@@ -83,7 +104,7 @@ class RoomService:
                 message.ParseFromString(body)
         except (DecodeError, json_format.ParseError, UnicodeDecodeError) as error:
             raise TwirpError("malformed", f"the request body is not a valid {method.request.__name__}: {error}") from None
-        _authorize(claims, method.grant, getattr(message, "room", ""))
+        _require_room(claims, method.grant, getattr(message, "room", ""))
         try:
             reply = method.handler(self, message)
         except TwirpError:
@@ -204,13 +225,42 @@ class RoomService:
         return room.info()
 
 
-def _authorize(claims: Claims, grant: str, room: str) -> None:
+async def _read_body(request: Request) -> bytes:
+    """The body, refused past MAX_BODY_SIZE: a declared Content-Length at once, else (chunked, or a length that
+    lies) as soon as cap + 1 bytes have arrived; uvicorn stops reading the socket while the app does not read."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_SIZE:
+        raise _too_large()
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_SIZE:
+                    raise _too_large()
+                chunks.append(chunk)
+    except TimeoutError:
+        raise TwirpError("deadline_exceeded", f"request body not received within {BODY_TIMEOUT:g} s") from None
+    except ClientDisconnect:
+        raise TwirpError("canceled", "client disconnected") from None
+    return b"".join(chunks)
+
+
+def _require_grant(claims: Claims, grant: str) -> None:
+    """What the token allows regardless of the request's content (checked before its body is read)."""
     video = claims.video
     if grant == "create" and not video.room_create:
         raise TwirpError("permission_denied", "roomCreate grant required")
     if grant == "list" and not video.room_list:
         raise TwirpError("permission_denied", "roomList grant required")
-    if grant == "admin" and not (video.room_admin and video.room and video.room == room):
+    if grant == "admin" and not (video.room_admin and video.room):
+        raise TwirpError("permission_denied", "roomAdmin grant for this room required")
+
+
+def _require_room(claims: Claims, grant: str, room: str) -> None:
+    """roomAdmin is for the room the token names: checked once the request (and so its room) is parsed."""
+    if grant == "admin" and claims.video.room != room:
         raise TwirpError("permission_denied", "roomAdmin grant for this room required")
 
 

@@ -3,26 +3,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 import uvicorn
 import uvloop
 
+from . import httpfront
 from .app import create_app
 from .config import Config
 from .metrics import serve_metrics
 from .node import Node
+from .protocol import v0
 
 log = logging.getLogger(__name__)
 
+# Seconds between telling clients `leave` and uvicorn closing their connections.
+LEAVE_FLUSH_TIME = 0.3
+# Seconds uvicorn waits for open connections and requests to finish at shutdown. With LEAVE_FLUSH_TIME and the
+# webhooks' drain (webhook.SHUTDOWN_DRAIN_TIME) this bounds the time from SIGTERM to exit (about 6 s; the systemd
+# unit allows 30).
+GRACEFUL_SHUTDOWN_TIME = 3
+
 
 class _Server(uvicorn.Server):
-    """Tells every client `leave` before uvicorn closes the sockets."""
+    """On SIGTERM/SIGINT: closes every room (clients get `leave`, webhooks get participant_left and room_finished),
+    lets uvicorn close the connections, then stops the node, whose webhooks get a bounded time to drain. All of it
+    before uvicorn re-raises the signal to end the process. A second signal exits at once."""
 
     def __init__(self, config: uvicorn.Config, node: Node, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(config)
         self.node = node
         self.loop = loop
         self._leaving = False
+        self.node_stopped = False
 
     def handle_exit(self, sig: int, frame: object) -> None:
         # Called from a signal handler: defer the work to the loop.
@@ -33,9 +46,21 @@ class _Server(uvicorn.Server):
         self.loop.call_soon_threadsafe(self._leave_then_exit, sig, frame)
 
     def _leave_then_exit(self, sig: int, frame: object) -> None:
-        self.node.shutdown()
+        try:
+            self.node.shutdown()
+        except Exception:  # a bug in closing rooms must not keep the process from exiting
+            log.exception("closing rooms at shutdown failed")
         # Let the writers flush the leave messages before uvicorn starts closing connections.
-        self.loop.call_later(0.3, super().handle_exit, sig, frame)
+        self.loop.call_later(LEAVE_FLUSH_TIME, super().handle_exit, sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        await self.stop_node()
+
+    async def stop_node(self) -> None:
+        if not self.node_stopped:
+            self.node_stopped = True
+            await self.node.stop()
 
 
 async def serve(config: Config) -> None:
@@ -50,15 +75,21 @@ async def serve(config: Config) -> None:
         host=host,
         port=config.port,
         ws="websockets-sansio",
+        ws_max_size=v0.MAX_SIGNAL_MESSAGE,
         lifespan="off",
         log_level=config.log_level.lower(),
-        timeout_graceful_shutdown=3,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_TIME,
+        http=httpfront.protocol_class(node.counters),
+        limit_concurrency=httpfront.MAX_CONNECTIONS,
+        timeout_keep_alive=httpfront.KEEP_ALIVE_TIMEOUT,
+        h11_max_incomplete_event_size=httpfront.MAX_HEAD_SIZE,
     )
+    httpfront.redact_access_logs()  # after uvicorn.Config, which configures its loggers
     server = _Server(uvicorn_config, node, loop)
     try:
         await server.serve()
     finally:
-        await node.stop()
+        await server.stop_node()  # when uvicorn failed before its shutdown (a port in use)
 
 
 def run(config: Config) -> None:

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/webhook+json"
 USER_AGENT = "tern"
 TOKEN_TTL = 5 * 60  # LiveKit's: a receiver refuses a replayed event after this
+# Seconds queued events (room_finished among them) get to be delivered when the server stops; the rest are dropped,
+# counted (webhook_dropped) and logged.
+SHUTDOWN_DRAIN_TIME = 2.0
 
 
 @dataclass(eq=False)
@@ -118,7 +121,7 @@ class WebhookNotifier:
                     sink.overflowing = True
                     log.warning("webhook queue for %s is full: dropping events until it drains", sink.name)
 
-    async def close(self, timeout: float = 2.0) -> None:
+    async def close(self, timeout: float = SHUTDOWN_DRAIN_TIME) -> None:
         """Gives queued events up to `timeout` seconds to be delivered, then stops; the rest are dropped."""
         self._closed = True
         tasks = [sink.task for sink in self._sinks if sink.task is not None]
@@ -128,7 +131,7 @@ class WebhookNotifier:
             except asyncio.TimeoutError:
                 unsent = sum(sink.queue.qsize() + int(sink.in_flight) for sink in self._sinks)
                 self._counters["webhook_dropped"] += unsent
-                log.warning("%d webhook events not delivered before shutdown", unsent)
+                log.warning("%d webhook events not delivered within %g s of shutdown: dropped", unsent, timeout)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

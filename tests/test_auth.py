@@ -145,10 +145,24 @@ def test_not_before_honoured(verifier):
                             "nbf": int(time.time()) + 30}))
 
 
-def test_unknown_key_refused(verifier):
-    token = api.AccessToken("nobody", SECRET).with_identity("a").to_jwt()
-    with pytest.raises(AuthError, match="unknown API key"):
-        verifier.verify(token)
+def test_unknown_key_refused_exactly_as_a_bad_signature(verifier):
+    """The answer must not tell a prober which API keys exist."""
+    errors = []
+    for key, secret in (("nobody", SECRET), (KEY, "not-the-right-secret-but-long-enough-000")):
+        with pytest.raises(AuthError) as error:
+            verifier.verify(api.AccessToken(key, secret).with_identity("a").to_jwt())
+        errors.append(str(error.value))
+    assert errors[0] == errors[1] == "invalid token: unknown API key or signature mismatch"
+
+
+@pytest.mark.parametrize("exp", ["soon", "", [], {}, float("nan"), float("inf"), True, -1.5, "1e999"])
+def test_non_integer_exp_is_a_clean_refusal(verifier, exp):
+    with pytest.raises(AuthError):
+        verifier.verify(signed({"iss": KEY, "sub": "x", "exp": exp}))
+
+
+def test_float_exp_in_the_future_is_accepted_as_livekit_does(verifier):
+    assert verifier.verify(signed({"iss": KEY, "sub": "x", "exp": time.time() + 600.5})).identity == "x"
 
 
 def test_missing_issuer_refused(verifier):

@@ -9,7 +9,7 @@ import pytest
 
 from signaling import cli
 from signaling.config import (
-    Config, ConfigError, RoomConfig, RtcConfig, WebhookConfig, build_config, from_yaml, parse_keys,
+    PLACEHOLDER_SECRET, Config, ConfigError, RoomConfig, RtcConfig, WebhookConfig, build_config, from_yaml, parse_keys,
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "tools" / "config.example.yaml"
@@ -226,10 +226,11 @@ def test_bad_overrides_name_the_flag(kwargs, key):
         build_config(dev=True, environ=NO_ENV, **kwargs)
 
 
-def test_short_secret_warns_outside_dev(caplog):
+def test_short_secret_logs_an_error_outside_dev(caplog):
+    # LiveKit's rule: a secret under 32 characters is logged as an error, and the server still starts.
     with caplog.at_level(logging.WARNING):
         build_config(keys="k: short", environ=NO_ENV)
-    assert "shorter than 32" in caplog.text
+    assert [r.levelno for r in caplog.records] == [logging.ERROR] and "shorter than 32" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         build_config(dev=True, environ=NO_ENV)
@@ -284,9 +285,33 @@ def test_node_ip_falls_back_to_loopback_without_route(monkeypatch):
     assert Config(bind_addresses=["::"]).node_ip() == "127.0.0.1"
 
 
-def test_example_config_loads():
+def test_example_config_parses_but_does_not_start_until_its_secret_is_replaced():
     config = from_yaml(EXAMPLE.read_text())
-    assert config.port == 7880 and config.rtc.udp_port == 7882 and config.keys
+    assert config.port == 7880 and config.rtc.udp_port == 7882
+    with pytest.raises(ConfigError) as error:
+        build_config(EXAMPLE.read_text(), environ=NO_ENV)
+    message = str(error.value)
+    assert "\n" not in message and "placeholder" in message and "openssl rand" in message
+    secret = "x" * 40
+    replaced = EXAMPLE.read_text().replace(PLACEHOLDER_SECRET, secret)
+    assert build_config(replaced, environ=NO_ENV).keys == {"APIchangeme": secret}
+
+
+def test_cli_refuses_the_example_config(captured_run, capsys):
+    assert cli.main(["--config", str(EXAMPLE)]) == 2
+    assert not captured_run
+    assert "placeholder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bind, loud", [(["0.0.0.0"], True), (["192.0.2.7"], True), (["127.0.0.1"], False),
+                                        (["::1"], False)])
+def test_dev_on_a_reachable_address_warns_that_the_dev_secret_is_public(caplog, bind, loud):
+    with caplog.at_level(logging.WARNING):
+        build_config(dev=True, bind=bind, environ=NO_ENV)
+    warned = "DEVELOPMENT MODE ON A NON-LOOPBACK ADDRESS" in caplog.text
+    assert warned == loud
+    if loud:
+        assert "devkey/secret" in caplog.text
 
 
 # -- command line -----------------------------------------------------------------------------

@@ -74,3 +74,12 @@ def test_own_channel_ids_and_ack() -> None:
     assert isinstance(server.events[-1], ChannelClosed)
     with pytest.raises(DcepError):
         server.message(b, b"x", True)
+
+
+def test_peer_cannot_open_more_than_max_channels_or_long_labels() -> None:
+    from signaling.peer.dcep import MAX_CHANNELS, MAX_LABEL_LENGTH
+    table = ChannelTable(is_dtls_server=True)
+    assert table.receive(0, PPID_DCEP, DcepOpen("x" * MAX_LABEL_LENGTH, "p", True, None, None).encode()) == []
+    opened = [table.receive(2 * i, PPID_DCEP, DcepOpen(f"c{i}", "", True, None, None).encode()) for i in range(300)]
+    assert sum(1 for replies in opened if replies) == MAX_CHANNELS == len(table.channels)
+    assert table.dropped == 1 + 300 - MAX_CHANNELS

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from OpenSSL import SSL
 
 from signaling.peer.dtls import (
+    MAX_UNVERIFIED_APPLICATION_DATA,
     Certificate,
     DtlsEndpoint,
     DtlsError,
@@ -389,3 +390,55 @@ def test_our_client_role_against_our_server() -> None:
     assert client.connected and server.connected
     assert client.srtp_keys.profile == server.srtp_keys.profile
     assert (client.srtp_keys.tx_key, client.srtp_keys.rx_key) == (server.srtp_keys.rx_key, server.srtp_keys.tx_key)
+
+
+# --- hardening: version, renegotiation, buffering (issue 10 items 6 and 11) -------------
+
+
+def test_dtls_1_0_client_gets_a_protocol_version_alert() -> None:
+    client = Client()
+    context = SSL.Context(SSL.DTLS_METHOD)
+    context.set_max_proto_version(0xFEFF)  # DTLS 1.0 only
+    context.set_cipher_list(b"ALL:@SECLEVEL=0")
+    context.use_certificate(CLIENT_CERT.cert)
+    context.use_privatekey(CLIENT_CERT.key)
+    context.set_tlsext_use_srtp(BOTH_PROFILES)
+    client.ssl = SSL.Connection(context, None)
+    client.ssl.set_connect_state()
+    server = DtlsEndpoint(SERVER_CERT, client_fingerprint())
+    (alert,) = server.receive(client.step([]))
+    assert alert[0] == 21 and alert[13:15] == bytes([2, 70])  # fatal protocol_version
+    assert server.failed and server.srtp_keys is None
+    client.ssl.bio_write(alert)
+    with pytest.raises(SSL.Error):
+        client.ssl.do_handshake()
+
+
+def test_renegotiation_is_refused_and_the_session_stays() -> None:
+    server = DtlsEndpoint(SERVER_CERT, client_fingerprint())
+    client = Client()
+    handshake(server, client)
+    keys = server.srtp_keys
+    client.ssl.renegotiate()
+    with pytest.raises(SSL.WantReadError):
+        client.ssl.do_handshake()
+    refusal = server.receive(client.outgoing())
+    assert [datagram[0] for datagram in refusal] == [21]  # one (encrypted) no_renegotiation alert
+    client.ssl.bio_write(refusal[0])
+    with pytest.raises(SSL.Error, match="no renegotiation"):
+        client.ssl.do_handshake()
+    assert server.connected and server.failed is None and server.srtp_keys == keys
+
+
+def test_application_data_before_the_fingerprint_is_bounded() -> None:
+    """A client that never sends its SDP fingerprint cannot make the server hold more than the cap."""
+    server = DtlsEndpoint(SERVER_CERT, None)
+    client = Client()
+    handshake(server, client)
+    for _ in range(200):
+        client.ssl.send(bytes(1000))
+        server.receive(client.outgoing())
+    assert server.unverified_dropped >= 200 - MAX_UNVERIFIED_APPLICATION_DATA // 1000
+    server.set_remote_fingerprint(client_fingerprint())
+    held = server.read_application_data()
+    assert 0 < sum(map(len, held)) <= MAX_UNVERIFIED_APPLICATION_DATA

@@ -106,6 +106,16 @@ def nack(sender: int, media: int, seq: int, blp: int = 0) -> bytes:
     return struct.pack("!BBHIIHH", 0x81, 205, 3, sender, media, seq, blp)
 
 
+def binding_request(ufrag: str, attributes: int = 0) -> bytes:
+    """A cookie-valid Binding request to `ufrag` (not signed: the engine does not check MESSAGE-INTEGRITY, aioice
+    does), with `attributes` extra (empty USE-CANDIDATE) attributes."""
+    body = struct.pack("!HH", 0x0025, 0) * attributes
+    username = f"{ufrag}:remote".encode()
+    body += struct.pack("!HH", 0x0006, len(username)) + username + b"\x00" * (-len(username) % 4)
+    body += struct.pack("!HH", 0x0008, 20) + os.urandom(20)
+    return struct.pack("!HHI", 0x0001, len(body), 0x2112A442) + os.urandom(12) + body
+
+
 def pointer(session: Session) -> int:
     return int(ffi.cast("uintptr_t", session._srtp[0]))
 
@@ -130,7 +140,8 @@ class Peer:
         self.engine_tx = Session(tx_policy)
         self.down_key = down
         self.rx = Session(Policy(key=down, ssrc_type=Policy.SSRC_ANY_INBOUND))
-        self.transport = eng.add_transport()
+        self.ufrag = os.urandom(8).hex()
+        self.transport = eng.add_transport(self.ufrag)
         eng.bind_transport(self.transport, host, self.port)
         eng.set_srtp(self.transport, pointer(self.engine_rx), pointer(self.engine_tx))
         self.rtp: list[Rtp] = []
@@ -425,22 +436,26 @@ async def test_garbage_is_counted_and_forwarding_continues(setup) -> None:
     stats = eng.stats()
     assert stats["drop_not_rtp"] >= 1
     assert stats["drop_unknown_source"] == 1
-    assert stats["drop_unknown_ssrc"] == 1
+    assert stats["drop_unknown_ssrc"] >= 1  # 0xDEAD, and random bytes that parse as RTP of an unknown SSRC
     assert stats["drop_payload_type"] == 1
-    assert stats["drop_srtp_unprotect_failed"] >= 4
+    assert stats["drop_srtp_unprotect_failed"] >= 1  # the unprotected packet: its SSRC is known, its tag wrong
+    assert stats["drop_srtp_unprotect_failed"] + stats["drop_malformed"] >= 4
 
 
 async def test_stun_and_dtls_events(setup) -> None:
     eng, publisher, subscriber, events = setup
-    stun = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12)
+    stun = binding_request(publisher.ufrag)
     dtls = b"\x16\xfe\xfd" + os.urandom(30)
     publisher.send_raw(stun)
     publisher.send_raw(dtls)
     stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     stranger.sendto(dtls, ("127.0.0.1", eng.port))
+    stranger.sendto(stun, ("127.0.0.1", eng.port))  # a Binding request may come from any address: ICE checks it
+    stranger_port = stranger.getsockname()[1]
     stranger.close()
     await asyncio.sleep(0.05)
-    assert ("stun", stun, "127.0.0.1", publisher.port) in events
+    assert ("stun", publisher.transport, stun, "127.0.0.1", publisher.port) in events
+    assert ("stun", publisher.transport, stun, "127.0.0.1", stranger_port) in events
     assert ("dtls", publisher.transport, dtls) in events
     assert eng.stats()["drop_dtls_unbound"] == 1
     # send_to / send_transport reach the peer unchanged
@@ -449,6 +464,83 @@ async def test_stun_and_dtls_events(setup) -> None:
     await asyncio.sleep(0.02)
     assert publisher.sock.recv(100) == b"\x01\x01reply"
     assert publisher.sock.recv(100) == b"\x16record"
+
+
+async def test_only_binding_requests_to_live_ufrags_surface(setup) -> None:
+    eng, publisher, subscriber, events = setup
+    good = binding_request(publisher.ufrag)
+    indication = b"\x00\x11" + good[2:]
+    wrong_length = good[:2] + struct.pack("!H", len(good)) + good[4:]
+    no_cookie = good[:4] + b"\x00\x00\x00\x00" + good[8:]
+    hostile = [
+        b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12),  # a bare 20-byte header: no USERNAME
+        binding_request(publisher.ufrag, attributes=480),  # 2 KB, too many attributes
+        binding_request("not-a-transport"),
+        binding_request(publisher.ufrag[:-1]),  # a prefix of a live ufrag
+        indication, wrong_length, no_cookie, good[:-3], b"\x01" * 19,
+    ]
+    for data in hostile:
+        publisher.send_raw(data)
+    publisher.send_raw(good)
+    await asyncio.sleep(0.05)
+    assert [e for e in events if e[0] == "stun"] == [("stun", publisher.transport, good, "127.0.0.1", publisher.port)]
+    stats = eng.stats()
+    assert stats["stun_in"] == len(hostile) + 1
+    assert stats["drop_stun_no_username"] == 1
+    assert stats["drop_stun_malformed"] == 5
+    assert stats["drop_stun_unknown_ufrag"] == 2
+    assert stats["drop_stun_not_request"] == 1
+    eng.remove_transport(publisher.transport)
+    publisher.send_raw(good)
+    await asyncio.sleep(0.05)
+    assert eng.stats()["drop_stun_unknown_ufrag"] == 3
+
+
+async def test_stun_events_are_rate_limited_per_transport(setup) -> None:
+    eng, publisher, subscriber, events = setup
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(400):  # to the publisher's ufrag, from elsewhere
+            stranger.sendto(binding_request(publisher.ufrag), ("127.0.0.1", eng.port))
+        await asyncio.sleep(0.05)
+        publisher.send_raw(binding_request(publisher.ufrag))  # its own check, from its bound address
+        subscriber.send_raw(binding_request(subscriber.ufrag))
+        await asyncio.sleep(0.05)
+    finally:
+        stranger.close()
+    from_stranger = sum(1 for e in events if e[0] == "stun" and e[1] == publisher.transport and e[4] != publisher.port)
+    assert 100 <= from_stranger <= 120  # the burst, and what a tenth of a second refills
+    assert eng.stats()["drop_stun_rate_limited"] == 400 - from_stranger
+    assert ("stun", publisher.transport, "127.0.0.1", publisher.port) in [e[:2] + e[3:] for e in events]
+    assert ("stun", subscriber.transport) in [e[:2] for e in events]  # another transport is unaffected
+
+
+def test_ufrags_are_unique() -> None:
+    eng = engine.Engine("127.0.0.1", 0, lambda event: None)
+    try:
+        eng.add_transport("abcd")
+        with pytest.raises(ValueError):
+            eng.add_transport("abcd")
+        with pytest.raises(ValueError):
+            eng.add_transport("ab:cd")
+    finally:
+        eng.close()
+
+
+async def test_an_address_is_never_taken_from_another_transport(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    receiver = eng.add_receiver(publisher.transport, "0", "audio", "opus", OPUS_PT, 0, 48000, [], [AUDIO_SSRC], [], {})
+    eng.add_downtrack(receiver, subscriber.transport, DOWN_AUDIO_SSRC, 0, SUB_OPUS_PT, 0, {})
+    assert not eng.bind_transport(publisher.transport, subscriber.host, subscriber.port)
+    assert eng.stats()["bind_refused"] == 1
+    publisher.send_rtp(rtp(OPUS_PT, 1, 0, AUDIO_SSRC, b"still here"))
+    await subscriber.collect()
+    assert [p.payload for p in subscriber.take_rtp()] == [b"still here"]  # both kept their addresses
+    eng.unbind_transport(subscriber.transport)
+    publisher.send_rtp(rtp(OPUS_PT, 2, 960, AUDIO_SSRC, b"nobody listens"))
+    await subscriber.collect(0.1)
+    assert subscriber.take_rtp() == []
+    assert eng.stats()["drop_subscriber_not_ready"] >= 1
 
 
 async def test_event_handler_errors_do_not_stop_the_engine(setup) -> None:
@@ -462,9 +554,10 @@ async def test_event_handler_errors_do_not_stop_the_engine(setup) -> None:
     failing = engine.Engine("127.0.0.1", 0, explode)
     failing.attach(asyncio.get_running_loop())
     try:
+        failing.add_transport("boom")
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for _ in range(3):
-            sock.sendto(b"\x00\x01" + bytes(18), ("127.0.0.1", failing.port))
+            sock.sendto(binding_request("boom"), ("127.0.0.1", failing.port))
             await asyncio.sleep(0.02)
         sock.close()
         assert len(calls) == 3 and failing.stats()["event_errors"] == 3
@@ -778,12 +871,12 @@ async def exchange_audio_and_stun(eng: engine.Engine, publisher: Peer, subscribe
     await subscriber.collect()
     got = subscriber.take_rtp()
     assert [(p.seq, p.ssrc, p.payload) for p in got] == [(10 + i, DOWN_AUDIO_SSRC, b"audio%d" % i) for i in range(3)]
-    stun = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12)
+    stun = binding_request(subscriber.ufrag)
     dtls = b"\x16\xfe\xfd" + os.urandom(30)
     subscriber.send_raw(stun)
     subscriber.send_raw(dtls)
     await asyncio.sleep(0.05)
-    assert ("stun", stun, subscriber.host, subscriber.port) in events
+    assert ("stun", subscriber.transport, stun, subscriber.host, subscriber.port) in events
     assert ("dtls", subscriber.transport, dtls) in events
     eng.send_to(b"\x01\x01reply", subscriber.host, subscriber.port)
     eng.send_transport(publisher.transport, b"\x16record")
@@ -831,3 +924,23 @@ def test_addresses_must_suit_the_socket() -> None:
         eng.bind_transport(transport, "127.0.0.1", 5000)
     finally:
         eng.close()
+
+
+async def test_srtp_streams_are_bounded_per_transport(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    receiver, downtrack = add_video(eng, publisher, subscriber, [])
+    for ssrc in range(0x7000, 0x7000 + 500):  # neither bound nor bindable (no mid): dropped before unprotect
+        publisher.send_rtp(rtp(VP8_PT, 1, 0, ssrc, b"x"))
+    for i, ssrc in enumerate(range(0x8000, 0x8000 + 20)):  # each takes the layer over: the old stream is freed
+        publisher.send_rtp(video(100 + i, ssrc, None, i, keyframe=True))
+    await subscriber.collect(0.1)
+    stats = eng.stats()
+    assert stats["drop_unknown_ssrc"] == 500
+    assert stats["srtp_streams_removed"] == 19
+    assert len(subscriber.take_rtp()) == 20
+    for ssrc in range(0x9000, 0x9000 + 300):  # RTCP from new sender SSRCs: at most the transport's limit
+        publisher.send_rtcp(struct.pack("!BBHI", 0x80, 201, 1, ssrc))
+    await asyncio.sleep(0.1)
+    assert eng.stats()["drop_srtp_stream_limit"] == 300 - (256 - 1)  # one stream is the video layer's
+    eng.remove_receiver(receiver)
+    assert eng.stats()["srtp_streams_removed"] == 20

@@ -12,7 +12,6 @@ from signaling.peer.ice import (
     StunError,
     handle_binding,
     is_stun,
-    local_ufrag,
     new_credentials,
 )
 
@@ -120,14 +119,6 @@ def test_non_requests_are_ignored() -> None:
     allocate = stun.Message(stun.Method.ALLOCATE, stun.Class.REQUEST)
     for message in (indication, response, allocate):
         assert handle_binding(bytes(message), SOURCE, LOCAL_UFRAG, LOCAL_PWD, None) is None
-        assert local_ufrag(bytes(message)) is None
-
-
-def test_local_ufrag() -> None:
-    assert local_ufrag(bytes(binding_request())) == LOCAL_UFRAG
-    assert local_ufrag(bytes(binding_request(username=LOCAL_UFRAG))) is None
-    assert local_ufrag(bytes(binding_request(username=None))) is None
-    assert local_ufrag(b"\x17\xfe\xfd" + bytes(30)) is None
 
 
 def test_is_stun() -> None:
@@ -142,7 +133,6 @@ def test_bad_fingerprint_raises() -> None:
     data[-1] ^= 1
     with pytest.raises(StunError):
         handle_binding(bytes(data), SOURCE, LOCAL_UFRAG, LOCAL_PWD, None)
-    assert local_ufrag(bytes(data)) is None
 
 
 def _must_be_clean(data: bytes) -> None:
@@ -152,8 +142,6 @@ def _must_be_clean(data: bytes) -> None:
         pass
     else:
         assert result is None or isinstance(result.response, bytes)
-    ufrag = local_ufrag(data)
-    assert ufrag is None or isinstance(ufrag, str)
 
 
 @settings(max_examples=400)

@@ -33,7 +33,7 @@ class FakeEngine:
         self.paused: dict[int, bool] = {}
         self.layers: dict[int, int] = {}
 
-    def add_transport(self) -> int:
+    def add_transport(self, ice_ufrag: str | None = None) -> int:
         return next(self._ids)
 
     def remove_transport(self, transport_id: int) -> None:

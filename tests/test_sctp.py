@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import struct
+import time
 from collections.abc import Callable
 
 import pytest
@@ -13,8 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from signaling.peer.dcep import ChannelClosed, ChannelOpened, DataChannelEvent, MessageReceived
-from signaling.peer.sctp import MAX_FRAGMENT, SctpAssociation
-from signaling.peer.sctp_chunks import DATA, SctpError, encode_chunk, encode_packet, parse_packet
+from signaling.peer.sctp import (CHUNK_COST, MAX_BUFFERED_AMOUNT, MAX_FRAGMENT, MAX_GAP_BLOCKS, MAX_INBOUND_STREAMS,
+                                 RECEIVE_BUFFER, RECEIVE_TSN_WINDOW, SctpAssociation, SctpBufferFull)
+from signaling.peer.sctp_chunks import (DATA, FORWARD_TSN, SACK, ForwardTsnChunk, SackChunk, SctpError, encode_chunk,
+                                        encode_data_chunk, encode_packet, parse_packet)
+from signaling.peer.sctp_tsn import ReceivedTsns
 
 # --- ours against ours, virtual clock ---------------------------------------
 
@@ -154,7 +159,7 @@ def test_tsn_and_ssn_wraparound_with_loss() -> None:
         link.run([], link.server.send(ours, message, now=link.now), until=0.01)
     link.run([], [], until=60)
     assert [m[1] for m in link.messages("client")] == sent
-    assert link.client._cum_in < 0x100 and not link.server._outstanding
+    assert link.client._tsns.cumulative < 0x100 and not link.server._outstanding
 
 
 def test_ordered_partial_reliability_skips_ssn() -> None:
@@ -202,7 +207,7 @@ def test_peer_shutdown() -> None:
     link = Link()
     ours, theirs = open_pair(link, "a")
     tag = link.server._tag
-    shutdown = encode_packet(5000, 5000, tag, encode_chunk(7, 0, struct.pack("!L", link.server._cum_in)))
+    shutdown = encode_packet(5000, 5000, tag, encode_chunk(7, 0, struct.pack("!L", link.server._tsns.cumulative)))
     replies = link.server.receive(shutdown, link.now)
     assert [c.type for c in parse_packet(replies[0])[3]] == [8]  # SHUTDOWN-ACK
     assert [c.type for c in parse_packet(link.server.receive(shutdown, link.now)[0])[3]] == [8]  # again if lost
@@ -473,3 +478,160 @@ async def test_aiortc_with_packet_loss() -> None:
     lossy.send(b"last")
     await peer.wait(lambda: b"last" in lossy_inbox and b"last" in peer.received("_lossy"), timeout=10)
     await peer.stop()
+
+
+# --- bounds under a hostile peer (issue 10 items 3 and 6) -----------------------------
+
+F_WHOLE = 0x03  # BEGIN | END
+F_UNORDERED = 0x04
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 0xFFFFFFFF), st.lists(st.tuples(st.booleans(), st.integers(1, 64)), max_size=200))
+def test_received_tsns_match_a_set(start: int, steps: list[tuple[bool, int]]) -> None:
+    """Intervals behave as a plain set of TSNs above a cumulative TSN, across the 32-bit wrap."""
+    window = 128
+    tsns = ReceivedTsns(start, window)
+    cum, held = start, set()
+    for forward, step in steps:
+        tsn = (cum + step) & 0xFFFFFFFF
+        if forward:
+            tsns.forward(tsn)
+            cum, held = tsn, {t for t in held if (t - tsn) & 0xFFFFFFFF < 0x80000000 and t != tsn}
+        elif tsn not in tsns:
+            assert tsn not in held
+            tsns.add(tsn)
+            held.add(tsn)
+        while (cum + 1) & 0xFFFFFFFF in held:
+            cum = (cum + 1) & 0xFFFFFFFF
+            held.discard(cum)
+        assert tsns.cumulative == cum
+        offsets = sorted((t - cum) & 0xFFFFFFFF for t in held)
+        blocks: list[list[int]] = []
+        for offset in offsets:
+            if blocks and blocks[-1][1] + 1 == offset:
+                blocks[-1][1] = offset
+            else:
+                blocks.append([offset, offset])
+        assert tsns.gap_blocks(1000) == [tuple(b) for b in blocks]
+        assert all(t in tsns for t in held) and (cum + 1) & 0xFFFFFFFF not in tsns
+
+
+def _data_packets(tag: int, chunks: list[bytes]) -> list[bytes]:
+    packets, batch = [], b""
+    for chunk in chunks:
+        if batch and 12 + len(batch) + len(chunk) > 1188:
+            packets.append(encode_packet(5000, 5000, tag, batch))
+            batch = b""
+        batch += chunk
+    return packets + [encode_packet(5000, 5000, tag, batch)]
+
+
+def _timed_receive(association: SctpAssociation, packets: list[bytes], now: float) -> float:
+    """Feeds every packet; returns the longest single receive() in CPU seconds of this thread (the machine's other
+    work does not count). The test's own prepared packets are frozen out of the garbage collector first, so its
+    pauses measure the association's objects only."""
+    longest = 0.0
+    gc.collect()
+    gc.freeze()
+    try:
+        for packet in packets:
+            start = time.thread_time()
+            association.receive(packet, now)
+            longest = max(longest, time.thread_time() - start)
+    finally:
+        gc.unfreeze()
+    return longest
+
+
+def test_gapped_data_flood_then_forward_tsns_stay_bounded_and_fast() -> None:
+    """300,000 one-byte DATA chunks with gaps (ordered on stream 0 behind a missing SSN, and unordered), spread
+    over twice the receive window, then 200 FORWARD-TSN chunks: the held state stays within the window and the
+    buffer, and no receive takes 5 ms."""
+    link = Link()
+    server, tag = link.server, link.server._tag
+    cum = server._tsns.cumulative
+    chunks = []
+    for i in range(300_000):
+        offset = 2 + 2 * ((i * 7919) % RECEIVE_TSN_WINDOW)  # every other TSN, half of them past the window
+        ordered = i % 2 == 0
+        chunks.append(encode_data_chunk((cum + offset) & 0xFFFFFFFF, 0, (i // 2 + 1) & 0xFFFF if ordered else 0,
+                                        53, F_WHOLE if ordered else F_WHOLE | F_UNORDERED, b"x"))
+    slowest_data = _timed_receive(server, _data_packets(tag, chunks), link.now)
+
+    assert server._tsns.blocks <= RECEIVE_TSN_WINDOW // 2
+    assert server.beyond_window > 0
+    assert server._buffered <= RECEIVE_BUFFER
+    held = sum(len(pending) for pending in server._ordered.values()) + len(server._fragments)
+    assert held <= RECEIVE_BUFFER // CHUNK_COST
+    sack = SackChunk.parse(parse_packet(server.receive(_data_packets(tag, chunks[:1])[0], link.now)[0])[3][0].body)
+    assert len(sack.gaps) == MAX_GAP_BLOCKS and sack.cumulative_tsn == cum
+
+    forwards = []
+    for k in range(200):
+        new_cum = (cum + (k + 1) * (RECEIVE_TSN_WINDOW // 200)) & 0xFFFFFFFF
+        streams = [(0, (k + 1) * 40)] + [(s, 65535 - s) for s in range(1, 200)]  # 812 bytes, like the report
+        forwards.append(encode_packet(5000, 5000, tag,
+                                      encode_chunk(FORWARD_TSN, 0, ForwardTsnChunk(new_cum, streams).encode())))
+    slowest_forward = _timed_receive(server, forwards, link.now)
+
+    print(f"slowest DATA receive {slowest_data * 1000:.2f} ms, FORWARD-TSN {slowest_forward * 1000:.2f} ms, "
+          f"blocks {server._tsns.blocks}, beyond window {server.beyond_window}")
+    assert max(slowest_data, slowest_forward) < 0.005, (slowest_data, slowest_forward)
+    assert server._tsns.blocks < 100 and server._buffered < RECEIVE_BUFFER // 4
+    assert server.established
+
+
+def test_peer_advertising_a_tiny_window_holds_at_most_the_backlog_cap() -> None:
+    """The client advertises a_rwnd=1 and takes nothing in: our backlog for it stops at MAX_BUFFERED_AMOUNT,
+    past which send() refuses (SctpBufferFull), while the association itself stays up."""
+    link = Link()
+    ours, _ = open_pair(link, "slow")
+    link.client._receive_buffer = 1  # its SACKs advertise a_rwnd=1, and no DATA fits
+    refused = 0
+    for _ in range(1500):
+        try:
+            packets = link.server.send(ours, bytes(1000), now=link.now)
+        except SctpBufferFull:
+            refused += 1
+            packets = []
+        link.run([], packets, until=0.01)
+        assert link.server.buffered_amount <= MAX_BUFFERED_AMOUNT
+    assert link.server._peer_rwnd <= 1 and link.server.established
+    assert refused > 400
+    assert MAX_BUFFERED_AMOUNT - 2 * (1000 + CHUNK_COST) < link.server.buffered_amount
+    assert len(link.server._outstanding) <= MAX_BUFFERED_AMOUNT // (1000 + CHUNK_COST)
+
+
+def test_packet_full_of_sacks_costs_one_sack() -> None:
+    """A full send backlog of one-byte messages, then a packet of 60 SACK chunks with a gap block: one receive
+    stays under 5 ms (only the packet's last SACK is processed)."""
+    link = Link()
+    ours, _ = open_pair(link, "x", ordered=False)
+    link.client._receive_buffer = 1
+    while True:
+        try:
+            link.server.send(ours, b"y", now=link.now)
+        except SctpBufferFull:
+            break
+    link.server._peer_rwnd = 1 << 30  # as if the peer had advertised room: everything goes out once
+    link.server.flush(link.now)
+    assert len(link.server._outstanding) > 10_000
+    sack = encode_chunk(SACK, 0, SackChunk(link.server._cum_acked, 1 << 20, [(2, 3)], []).encode())
+    packet = encode_packet(5000, 5000, link.server._tag, sack * 60)
+    assert _timed_receive(link.server, [packet], link.now) < 0.005
+
+
+def test_per_stream_state_stays_within_the_streams_we_accept() -> None:
+    """Ordered DATA on 3,000 streams and a FORWARD-TSN naming 200 more: streams past our INIT's MIS are
+    acknowledged and discarded, so per-stream state covers at most MAX_INBOUND_STREAMS."""
+    link = Link()
+    server, tag = link.server, link.server._tag
+    cum = server._tsns.cumulative
+    chunks = [encode_data_chunk((cum + 1 + i) & 0xFFFFFFFF, i, 1, 53, F_WHOLE, b"x") for i in range(3000)]
+    _timed_receive(server, _data_packets(tag, chunks), link.now)
+    assert server._tsns.cumulative == (cum + 3000) & 0xFFFFFFFF  # every TSN acknowledged
+    assert server.invalid_streams == 3000 - MAX_INBOUND_STREAMS
+    fwd = ForwardTsnChunk((cum + 3000) & 0xFFFFFFFF, [(s, 7) for s in range(60_000, 60_200)])
+    server.receive(encode_packet(5000, 5000, tag, encode_chunk(FORWARD_TSN, 0, fwd.encode())), link.now)
+    assert len(server._ssn_in) <= MAX_INBOUND_STREAMS and len(server._ordered) <= MAX_INBOUND_STREAMS

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -490,3 +492,135 @@ def test_fuzz_mutated_libwebrtc_offer(mutations):
         else:
             lines[index] = lines[index][:pos] + token + lines[index][pos:]
     _parse_and_answer("\r\n".join(lines))
+
+
+# --- limits and linear time ------------------------------------------------------------
+
+_HEAD = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+_M_VIDEO = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=rtpmap:96 VP8/90000\r\n"
+
+
+def _repeat(line: str, count: int) -> str:
+    return "".join(line.format(i=i) for i in range(count))
+
+
+_OVER_LIMIT = {
+    "50,000 a=ssrc lines": (_HEAD + _M_VIDEO + _repeat("a=ssrc:{i} cname:x\r\n", 50_000), "SDP characters"),
+    "33 SSRCs": (_HEAD + _M_VIDEO + _repeat("a=ssrc:{i} cname:x\r\n", 33), "SSRCs"),
+    "5,000 m-lines": (_HEAD + _repeat("m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:{i}\r\n", 5_000), "m-lines"),
+    "20,000 rids in a=simulcast": (_HEAD + _M_VIDEO + "a=simulcast:send " + ";".join(f"r{i}" for i in range(20_000))
+                                   + "\r\n", "a=simulcast"),
+    "9 a=rid lines": (_HEAD + _M_VIDEO + _repeat("a=rid:r{i} send\r\n", 9), "a=rid"),
+    "20,000 lines": (_HEAD + _M_VIDEO + "a=x\r\n" * 20_000, "SDP lines"),
+    "17 rtcp-fb values": (_HEAD + _M_VIDEO + _repeat("a=rtcp-fb:96 x{i}\r\n", 17), "a=rtcp-fb"),
+    "65 extensions": (_HEAD + _M_VIDEO + _repeat("a=extmap:1 urn:x{i}\r\n", 65), "a=extmap"),
+    "65 candidates": (_HEAD + _M_VIDEO + _repeat("a=candidate:{i} 1 udp 1 10.0.0.1 9 typ host\r\n", 65),
+                      "a=candidate"),
+    "9 fingerprints": (_HEAD + _repeat(f"a=fingerprint:sha-256 {_FP}\r\n", 9) + _M_VIDEO, "fingerprint"),
+    "129 formats": (_HEAD + "m=video 9 UDP/TLS/RTP/SAVPF" + " 96" * 129 + "\r\na=mid:0\r\n", "formats"),
+    "33 ssrc-groups": (_HEAD + _M_VIDEO + "a=ssrc:1 cname:x\r\n" + "a=ssrc-group:FID 1 1\r\n" * 33, "ssrc-group"),
+    "600 BUNDLE mids": (_HEAD + "a=group:BUNDLE" + _repeat(" {i}", 600) + "\r\n" + _M_VIDEO, "BUNDLE"),
+}
+
+
+@pytest.mark.parametrize("name", list(_OVER_LIMIT))
+def test_over_limit_sdp_is_refused(name):
+    text, message = _OVER_LIMIT[name]
+    with pytest.raises(sdp.SdpLimitError, match=message):
+        parse(text)
+
+
+def test_repeated_lines_within_limits_do_not_amplify():
+    # The same rtcp-fb, extmap and ssrc lines thousands of times count once and are answered once.
+    text = (_HEAD + "a=group:BUNDLE 0\r\n" + _M_VIDEO.replace("a=mid:0", "a=mid:0\r\na=sendonly") + "a=msid:- t\r\n"
+            + "a=rtcp-fb:96 nack\r\n" * 3000 + f"a=extmap:4 {EXT_MID}\r\n" * 3000 + "a=ssrc:5 cname:x\r\n" * 3000)
+    offer = parse(text)
+    video = offer.sections[0]
+    assert video.codecs[0].rtcp_fb == ["nack"] and video.extmap == {EXT_MID: 4} and video.ssrcs == [5]
+    answer, _ = build_answer(offer, LOCAL, 1, PUBLISHER)
+    assert len(answer) < 2000
+
+
+def test_livekit_sized_offer_is_within_limits():
+    # 16 simulcast cameras and 16 microphones, each m-line as libwebrtc writes it.
+    mids = [str(i) for i in range(32)]
+    sections = [_video(mid, "sendonly", "\n".join([f"a=msid:- TR_{mid}", "a=rid:q send", "a=rid:h send",
+                                                    "a=rid:f send", "a=simulcast:send f;h;q"]))
+                for mid in mids[:16]]
+    sections += [_audio(mid, "sendonly", f"a=msid:- TR_{mid}\na=ssrc:{mid}1 cname:abc") for mid in mids[16:]]
+    text = ("\n".join(["v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE " + " ".join(mids)]
+                      + sections) + "\n").replace("\n", "\r\n")
+    assert len(text) < sdp.MAX_SDP_LENGTH // 2
+    _, accepted = build_answer(parse(text), LOCAL, 1, PUBLISHER)
+    assert len(accepted) == 32 and all(len(media.rids) == 3 for media in accepted[:16])
+
+
+def _cpu_seconds(text: str) -> float:
+    # The test process's own heap is frozen out of the garbage collector: full collections scan every live object,
+    # so without it the figure depends on what earlier tests left alive rather than on the parser.
+    gc.collect()
+    gc.freeze()
+    try:
+        return _best_of_three(text)
+    finally:
+        gc.unfreeze()
+
+
+def _best_of_three(text: str) -> float:
+    best = float("inf")
+    for _ in range(3):
+        start = time.process_time()
+        try:
+            build_answer(parse(text), LOCAL, 1, PUBLISHER)
+        except SdpError:
+            pass
+        best = min(best, time.process_time() - start)
+    return best
+
+
+_SCALING = {
+    # shape -> SDP for n units; each would be quadratic with a list membership test per unit.
+    "ssrc lines": lambda n: _HEAD + _M_VIDEO + _repeat("a=ssrc:{i} cname:x\r\n", n),
+    "m-lines": lambda n: (_HEAD + "a=group:BUNDLE" + _repeat(" {i}", n) + "\r\n"
+                          + _repeat("m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:{i}\r\n", n)),
+    "rids": lambda n: (_HEAD + _M_VIDEO.replace("a=mid:0", "a=mid:0\r\na=sendonly") + _repeat("a=rid:r{i} send\r\n", n)
+                       + "a=simulcast:send " + ";".join(f"r{i}" for i in range(n)) + "\r\n"),
+    "rtcp-fb lines": lambda n: (_HEAD + "m=video 9 UDP/TLS/RTP/SAVPF" + "".join(f" {pt}" for pt in range(128))
+                                + "\r\na=mid:0\r\n" + "".join(f"a=rtpmap:{pt} VP8/90000\r\n" for pt in range(128))
+                                + _repeat("a=rtcp-fb:{i} x\r\n", 128) + _repeat("a=rtcp-fb:* y{i}\r\n", n)),
+}
+
+
+@pytest.mark.parametrize("shape", list(_SCALING))
+def test_parsing_is_linear(shape, monkeypatch):
+    """Four times the input costs about four times the work (CPU time, best of three; quadratic would be 16x).
+    The limits are lifted so the parser itself is measured."""
+    for name in ("MAX_SDP_LENGTH", "MAX_SDP_LINES", "MAX_MEDIA_SECTIONS", "MAX_RIDS_PER_SECTION",
+                 "MAX_SSRCS_PER_SECTION", "MAX_FEEDBACK_PER_CODEC"):
+        monkeypatch.setattr(sdp, name, 10**9)
+    make = _SCALING[shape]
+    small, large = _cpu_seconds(make(5_000)), _cpu_seconds(make(20_000))
+    assert large / small < 8, (shape, small, large)
+
+
+_hostile_line = st.sampled_from([
+    "a=ssrc:{i} cname:x", "a=rid:r{i} send", "a=rtcp-fb:96 x{i}", "a=extmap:{i} urn:{i}", "m=audio 9 RTP/AVP 0",
+    "a=mid:{i}", "a=candidate:{i} 1 udp 1 1.2.3.4 9 typ host", "a=ssrc-group:FID {i} {i}", "a=simulcast:send r{i}",
+    "a=fingerprint:sha-256 AB:CD", "a=group:BUNDLE {i}", "a=rtpmap:{i} VP8/90000", "a=fmtp:{i} apt={i}"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_hostile_line, st.integers(1, 3000)), max_size=6))
+def test_fuzz_repeated_hostile_lines(blocks):
+    """Any mix of attribute lines repeated thousands of times parses within the limits or raises SdpError,
+    and what parses is answered without growing past what the limits allow."""
+    text = _HEAD + _M_VIDEO + "".join(_repeat(line + "\r\n", count) for line, count in blocks)
+    try:
+        offer = parse(text)
+    except SdpError:
+        return
+    assert len(offer.sections) <= sdp.MAX_MEDIA_SECTIONS
+    for section in offer.sections:
+        assert len(section.ssrcs) <= sdp.MAX_SSRCS_PER_SECTION and len(section.rids) <= sdp.MAX_RIDS_PER_SECTION
+        assert len(section.candidates) <= sdp.MAX_CANDIDATES_PER_SECTION
+    build_answer(offer, LOCAL, 1, PUBLISHER)

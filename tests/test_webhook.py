@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ from livekit.protocol import models
 
 from conftest import API_KEY, API_SECRET, free_port, start_server, stop_server
 from signal_client import SignalClient
-from signaling.webhook import WebhookNotifier
+from signaling.server import GRACEFUL_SHUTDOWN_TIME, LEAVE_FLUSH_TIME
+from signaling.webhook import SHUTDOWN_DRAIN_TIME, WebhookNotifier
 
 KEY, SECRET = "hookkey", "a-webhook-secret-of-32-characters"
 # Small backoff so the retry tests take a fraction of a second.
@@ -299,3 +302,35 @@ async def test_server_sends_room_participant_and_track_events(tmp_path: Path):
     assert events["track_unpublished"].track.sid == publication.sid
     assert events["participant_joined"].participant.state == models.ParticipantInfo.State.ACTIVE
     assert "Traceback" not in server.log(), server.log()
+
+
+@pytest.mark.filterwarnings("ignore:The HMAC key")  # the dev key's short secret
+async def test_sigterm_closes_rooms_and_drains_webhooks_within_a_bound(tmp_path: Path):
+    """SIGTERM with a participant in a room: the answering receiver gets participant_left and room_finished; the
+    one that never answers cannot hold the process past the drain time, and what it missed is counted in the log."""
+    hanging, receiver = HangingReceiver(), Receiver(API_KEY, API_SECRET)
+    await hanging.start()
+    await receiver.start()
+    config = f"webhook:\n  api_key: {API_KEY}\n  urls: [{hanging.url}, {receiver.url}]\n"
+    server = await asyncio.to_thread(start_server, tmp_path, config=config)
+    client = rtc.Room()
+    try:
+        await asyncio.wait_for(client.connect(server.url, server.token("alice", "term-room")), 20)
+        await until(lambda: "participant_joined" in receiver.names())
+        server.process.send_signal(signal.SIGTERM)
+        bound = LEAVE_FLUSH_TIME + GRACEFUL_SHUTDOWN_TIME + SHUTDOWN_DRAIN_TIME + 3  # 3 s for the process to end
+        code = await asyncio.to_thread(server.process.wait, bound)  # raises TimeoutExpired past the bound
+        assert code in (0, -signal.SIGTERM)
+    finally:
+        await client.disconnect()
+        await asyncio.to_thread(stop_server, server)
+        await hanging.stop()
+        await receiver.stop()
+    names = receiver.names()
+    assert names[-2:] == ["participant_left", "room_finished"], names
+    assert receiver.events[-2].participant.disconnect_reason == models.DisconnectReason.SERVER_SHUTDOWN
+    assert receiver.events[-1].room.name == "term-room" and not receiver.errors
+    log = server.log()
+    # The hanging receiver's copies of room_started, participant_joined, participant_left and room_finished.
+    assert re.search(r"\b[1-9]\d* webhook events not delivered within 2 s of shutdown: dropped", log), log
+    assert "Traceback" not in log, log

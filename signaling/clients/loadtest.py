@@ -35,7 +35,7 @@ from websockets.exceptions import WebSocketException
 from ..auth import create_token
 from ..durations import parse_duration
 from ..peer import sdp
-from ..peer.dtls import Certificate, DtlsEndpoint, session_pointer, srtp_sessions
+from ..peer.dtls import Certificate, DtlsEndpoint, SrtpKeys, session_pointer, srtp_sessions
 from ..peer.ice import new_credentials
 from . import loadgen
 
@@ -52,6 +52,7 @@ SIMULCAST_LAYERS = (("q", models.VideoQuality.LOW, 1, 320, 180), ("h", models.Vi
 CONNECT_TIMEOUT = 15.0
 SOCKET_BUFFER = 4 * 1024 * 1024
 _STUN_RETRY = 0.1
+_CONSENT_INTERVAL = 5.0  # seconds between consent checks (RFC 7675, aioice's interval): the server stops media after 30 s
 
 
 class LoadError(Exception):
@@ -73,8 +74,13 @@ class MediaPath:
         self.sock.bind(("0.0.0.0", 0))
         self.sock.setblocking(False)
         self.sessions: tuple | None = None  # (rx, tx) pylibsrtp sessions, alive as long as the path
+        self.srtp_keys: SrtpKeys | None = None
+        self._consent: asyncio.Task | None = None
+        self._section: sdp.MediaSection | None = None  # the server's, with its ICE credentials
 
     def close(self) -> None:
+        if self._consent is not None:
+            self._consent.cancel()
         self.sock.close()
 
     async def connect(self, remote: sdp.SessionDescription, timeout: float = CONNECT_TIMEOUT) -> None:
@@ -83,17 +89,40 @@ class MediaPath:
         if section is None or address is None:
             raise LoadError("the server's SDP has no ICE credentials, fingerprint or IPv4 UDP candidate")
         self.sock.connect(address)
+        self._section = section
         try:
             await asyncio.wait_for(self._handshake(section), timeout)
         except asyncio.TimeoutError:
             raise LoadError(f"ICE/DTLS with {address[0]}:{address[1]} timed out") from None
+        self._consent = asyncio.get_running_loop().create_task(self._keep_consent(section))
+
+    def binding_request(self, nominate: bool) -> bytes:
+        """A fresh, signed Binding request to the server (after connect)."""
+        assert self._section is not None
+        return bytes(self._binding_request(self._section, nominate))
+
+    def _binding_request(self, section: sdp.MediaSection, nominate: bool) -> stun.Message:
+        attributes = {"USERNAME": f"{section.ice_ufrag}:{self.ufrag}", "PRIORITY": 2130706431,
+                      "ICE-CONTROLLING": random.getrandbits(64)}
+        if nominate:
+            attributes["USE-CANDIDATE"] = None
+        request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST,
+                               attributes=attributes)
+        request.add_message_integrity(section.ice_pwd.encode())
+        return request
+
+    async def _keep_consent(self, section: sdp.MediaSection) -> None:
+        """Consent checks; their responses reach loadgen's reader, which counts them as non-RTP."""
+        while True:
+            await asyncio.sleep(_CONSENT_INTERVAL)
+            try:
+                self.sock.send(bytes(self._binding_request(section, nominate=False)))
+            except OSError:  # closed or unreachable: the session ends anyway
+                return
 
     async def _handshake(self, section: sdp.MediaSection) -> None:
         loop = asyncio.get_running_loop()
-        request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST, attributes={
-            "USERNAME": f"{section.ice_ufrag}:{self.ufrag}", "PRIORITY": 2130706431,
-            "ICE-CONTROLLING": random.getrandbits(64), "USE-CANDIDATE": None})
-        request.add_message_integrity(section.ice_pwd.encode())
+        request = self._binding_request(section, nominate=True)
         while True:  # until the server answers our nomination
             self.sock.send(bytes(request))
             try:
@@ -122,6 +151,7 @@ class MediaPath:
                 replies = dtls.receive(data) if 20 <= data[0] <= 63 else []
             for datagram in replies:
                 self.sock.send(datagram)
+        self.srtp_keys = dtls.srtp_keys  # for a second sender beside loadgen's thread (libsrtp sessions are not shared)
         self.sessions = srtp_sessions(dtls.srtp_keys)
 
     def pointers(self) -> tuple[int, int]:

@@ -26,6 +26,10 @@ _PARTIAL_REXMIT = 0x01
 _PARTIAL_TIMED = 0x02
 
 MAX_STREAM_ID = 65534  # 65535 is reserved (RFC 8832 section 6)
+# Channels a peer may open on one association, and the characters of label + protocol it may give one: LiveKit
+# clients open 2 or 3 (_reliable, _lossy, _data_track). Past either, the OPEN is dropped (counted), not acknowledged.
+MAX_CHANNELS = 64
+MAX_LABEL_LENGTH = 1024
 
 _OPEN_HEADER = struct.Struct("!BBHLHH")
 
@@ -199,7 +203,8 @@ class ChannelTable:
                 if channel is not None and not channel.acked:
                     self._acknowledged(channel)
                 return []
-            if channel is not None or stream_id > MAX_STREAM_ID:
+            if (channel is not None or stream_id > MAX_STREAM_ID or len(self.channels) >= MAX_CHANNELS
+                    or len(message.label) + len(message.protocol) > MAX_LABEL_LENGTH):
                 self.dropped += 1
                 return []
             channel = DataChannel(stream_id, message.label, message.protocol, message.ordered,

@@ -8,6 +8,9 @@ master keys exported from the session.
 
 We are always the DTLS server: LiveKit clients answer our offers with
 a=setup:active and offer to us with actpass, which we answer passive.
+
+DTLS 1.2 only (RFC 8827 requires it; 1.0 lacks its AEAD suites), no renegotiation (nothing in WebRTC
+renegotiates, and a ClientHello after the handshake would cost a full handshake's CPU each time).
 """
 
 from __future__ import annotations
@@ -37,7 +40,13 @@ __all__ = [
 # Handshake datagrams must fit under the path MTU without IP fragmentation;
 # 1200 is what browsers assume for the WebRTC handshake too.
 DTLS_MTU = 1200
-_CERTIFICATE_VALIDITY = datetime.timedelta(days=30)
+CERTIFICATE_VALIDITY = datetime.timedelta(days=30)
+# New transports get a fresh certificate (and SDP fingerprint) once a day, so none is ever used near its
+# expiry; a transport keeps the certificate it started with (its fingerprint is in the client's SDP).
+CERTIFICATE_ROTATION = datetime.timedelta(days=1)
+# Application data (SCTP) held until the client's certificate is checked against its SDP fingerprint (the
+# subscriber's answer can come after its handshake): SCTP's INIT, COOKIE-ECHO and first DATA need a few KB.
+MAX_UNVERIFIED_APPLICATION_DATA = 64 * 1024
 
 # WebRTC stacks speak DTLS 1.2; pinning it also keeps the record framing
 # below (13-byte headers) the only one we can receive.
@@ -86,8 +95,12 @@ class Certificate:
         self.fingerprint = _fingerprint(cert, "sha-256")
         """The a=fingerprint value for our SDP ("sha-256" algorithm)."""
 
+    def due(self, now: datetime.datetime) -> bool:
+        """Time to give new transports another: less than CERTIFICATE_VALIDITY - CERTIFICATE_ROTATION left."""
+        return self.cert.not_valid_after_utc - now < CERTIFICATE_VALIDITY - CERTIFICATE_ROTATION
+
     @classmethod
-    def generate(cls) -> Certificate:
+    def generate(cls, validity: datetime.timedelta = CERTIFICATE_VALIDITY) -> Certificate:
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, secrets.token_hex(8))])
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -99,7 +112,7 @@ class Certificate:
             .serial_number(x509.random_serial_number())
             # Backdated a day so peers with a slightly wrong clock accept it.
             .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + _CERTIFICATE_VALIDITY)
+            .not_valid_after(now + validity)
             .sign(key, hashes.SHA256())
         )
         return cls(key, cert)
@@ -155,13 +168,17 @@ class DtlsEndpoint:
         """The peer sent close_notify, or close() was called."""
         self.dropped = 0
         """Datagrams dropped because they were not well-formed DTLS records."""
+        self.unverified_dropped = 0
+        """Application records dropped past MAX_UNVERIFIED_APPLICATION_DATA."""
         self._handshake_done = False
         self._application_data: list[bytes] = []
+        self._application_bytes = 0
 
         context = SSL.Context(SSL.DTLS_METHOD)
+        context.set_min_proto_version(_DTLS1_2_VERSION)
         context.set_max_proto_version(_DTLS1_2_VERSION)
         # A memory BIO has no MTU to query; use ours instead of OpenSSL's tiny fallback.
-        context.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET)
+        context.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION)
         # The client must present a certificate; it is self-signed, so trust
         # comes from the SDP fingerprint, checked after the handshake.
         context.set_verify(
@@ -233,6 +250,7 @@ class DtlsEndpoint:
         if self.srtp_keys is None:
             return []
         data, self._application_data = self._application_data, []
+        self._application_bytes = 0
         return data
 
     def send_application_data(self, data: bytes) -> list[bytes]:
@@ -282,6 +300,7 @@ class DtlsEndpoint:
     def _fail(self, reason: str) -> None:
         self.failed = reason
         self._application_data.clear()  # never from an unverified peer
+        self._application_bytes = 0
         try:
             self._ssl.shutdown()  # a close_notify tells the client to give up
         except SSL.Error:
@@ -323,6 +342,10 @@ class DtlsEndpoint:
                 # DTLS drops bad records silently, so this is a fatal alert.
                 self.closed = True
                 return
+            if self._application_bytes + len(data) > MAX_UNVERIFIED_APPLICATION_DATA:
+                self.unverified_dropped += 1  # SCTP sends it again
+                continue
+            self._application_bytes += len(data)
             self._application_data.append(data)
 
     def _flush(self) -> list[bytes]:

@@ -6,25 +6,30 @@ requests. A request authenticated with our short-term credentials proves the
 client can reach us from its source address; the caller then selects that
 address for the Transport (on USE-CANDIDATE, or on the first success).
 
-Messages are parsed and built with aioice's STUN codec.
+The engine already let through only Binding requests whose USERNAME names
+a live Transport's ufrag (engine/stun.pyx) and tells which Transport; here
+aioice's STUN codec checks MESSAGE-INTEGRITY and builds the response.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import string
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from aioice import stun
 
 __all__ = [
+    "CONSENT_TIMEOUT",
     "BindingResult",
     "StunError",
     "handle_binding",
     "is_stun",
-    "local_ufrag",
     "new_credentials",
+    "TransactionLog",
 ]
 
 # RFC 8445 section 5.3: ice-char = ALPHA / DIGIT / "+" / "/". Letters and
@@ -33,6 +38,14 @@ _ICE_CHARS = string.ascii_letters + string.digits
 _UFRAG_LENGTH = 16  # RFC minimum 4
 _PWD_LENGTH = 32  # RFC minimum 22
 _COOKIE = struct.pack("!I", stun.COOKIE)
+
+# RFC 7675 section 5.1: consent expires 30 s after the last authenticated check from the address; media to it stops.
+# Clients renew it all the time (libwebrtc checks every 2.5 s once connected, aioice every 5 s). Tests shorten it
+# with TERN_ICE_CONSENT_TIMEOUT (seconds).
+CONSENT_TIMEOUT = float(os.environ.get("TERN_ICE_CONSENT_TIMEOUT", "30"))
+# Transaction ids remembered per Transport to refuse replays: more than a client sends in a consent period
+# (libwebrtc: one check per 2.5 s per pair, a few pairs, plus retransmissions while connecting).
+REMEMBERED_TRANSACTIONS = 64
 
 
 class StunError(ValueError):
@@ -65,6 +78,27 @@ def is_stun(data: bytes) -> bool:
     )
 
 
+class TransactionLog:
+    """The last REMEMBERED_TRANSACTIONS transaction ids of a Transport and where each came from.
+
+    A request signed with our password can be captured and sent again from elsewhere (MESSAGE-INTEGRITY covers the
+    transaction id, not the source address): a known id from another address is a replay. The same id from the
+    same address is a retransmission (RFC 8489 section 6.2.1) and is answered again."""
+
+    def __init__(self) -> None:
+        self._sources: OrderedDict[bytes, tuple[str, int]] = OrderedDict()
+
+    def first_source(self, transaction_id: bytes, source: tuple[str, int]) -> tuple[str, int]:
+        """Where `transaction_id` was first seen from (`source` when it is new, and then remembered)."""
+        first = self._sources.get(transaction_id)
+        if first is not None:
+            return first
+        self._sources[transaction_id] = source
+        if len(self._sources) > REMEMBERED_TRANSACTIONS:
+            self._sources.popitem(last=False)
+        return source
+
+
 def _parse(data: bytes) -> stun.Message:
     if not is_stun(data):
         raise StunError("not a STUN message")
@@ -79,22 +113,6 @@ def _is_binding_request(message: stun.Message) -> bool:
         message.message_method == stun.Method.BINDING
         and message.message_class == stun.Class.REQUEST
     )
-
-
-def local_ufrag(data: bytes) -> str | None:
-    """The ufrag of ours a Binding request is addressed to (USERNAME before ':').
-
-    This is how the server finds the Transport a request belongs to. None if
-    the bytes are not a parsable Binding request with a USERNAME of that form.
-    """
-    try:
-        message = _parse(data)
-    except StunError:
-        return None
-    if not _is_binding_request(message):
-        return None
-    ours, sep, _ = message.attributes.get("USERNAME", "").partition(":")
-    return ours if sep and ours else None
 
 
 def _error_response(request: stun.Message, code: int, reason: str) -> bytes:

@@ -8,6 +8,10 @@ data channels and DCEP in dcep.py.
 
 Every method takes bytes (and the current time) and returns the SCTP packets to
 send; nothing here owns a socket or a clock.
+
+The peer is untrusted: what it makes us hold is bounded in bytes (RECEIVE_BUFFER for its data,
+MAX_BUFFERED_AMOUNT for ours it has not acknowledged) and in TSNs (RECEIVE_TSN_WINDOW), and a
+packet costs work in proportion to what it changes (sctp_tsn.py keeps the gaps as intervals).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import struct
 from collections import deque
 from dataclasses import dataclass, field
 
+from .sctp_tsn import ReceivedTsns
 from .dcep import (AssociationClosed, ChannelTable, DataChannel, DataChannelEvent,
                    DcepError, Outgoing)
 from .sctp_chunks import (ABORT, CHUNK_HEADER_SIZE, COOKIE_ACK, COOKIE_ECHO, DATA, DATA_HEADER_SIZE, ERROR,
@@ -32,6 +37,10 @@ from .sctp_chunks import (ABORT, CHUNK_HEADER_SIZE, COOKIE_ACK, COOKIE_ECHO, DAT
                           encode_reconfig_response, parse_packet, parse_params, parse_reconfig_response,
                           reconfig_request_seq)
 
+class SctpBufferFull(SctpError):
+    """send() refused: the peer has not acknowledged MAX_BUFFERED_AMOUNT bytes of ours."""
+
+
 MTU = 1188  # SCTP packet budget inside a ~1200-byte DTLS datagram path
 MAX_FRAGMENT = MTU - PACKET_HEADER_SIZE - CHUNK_HEADER_SIZE - DATA_HEADER_SIZE
 
@@ -41,11 +50,27 @@ MAX_RETRANSMITS = 10  # consecutive T3 expiries before the association is declar
 DELAYED_SACK = 0.2
 COOKIE_LIFETIME = 60.0
 CWND = 256 * 1024
-RECEIVE_BUFFER = 1024 * 1024
+RECEIVE_BUFFER = 1024 * 1024  # our a_rwnd
 MAX_STREAMS = 65535
-_TSN_WINDOW = 1 << 20  # how far ahead of the cumulative TSN a DATA chunk may be
+# Streams the peer may send on (our INIT's MIS), so per-stream state stays small: LiveKit clients use a handful
+# of data channels (ids from 0); dcep.MAX_CHANNELS of them use ids below 2 * 64.
+MAX_INBOUND_STREAMS = 1024
+# Buffer every held or queued chunk costs beyond its payload (its Python objects), so the byte limits below
+# also bound how many chunks are held; the TSNs accepted above the cumulative TSN follow from it: 16,384.
+CHUNK_COST = 64
+RECEIVE_TSN_WINDOW = RECEIVE_BUFFER // CHUNK_COST
+# Data queued for the peer and not yet acknowledged (sent or not), in bytes with CHUNK_COST each: past it send()
+# raises SctpBufferFull. LiveKit's data_channel_max_buffered_amount is off by default; browsers refuse to queue
+# more than 16 MiB per channel. A peer that acknowledges nothing (a_rwnd=1) holds at most this much of ours.
+MAX_BUFFERED_AMOUNT = 1024 * 1024
+MAX_GAP_BLOCKS = 64  # per SACK; the first ones matter for the peer's fast retransmit
 
 _M32 = 0xFFFFFFFF
+
+
+def _held(message: DataChunk | None) -> int:
+    """What a held chunk or message (None: a placeholder for one to skip) costs of the receive buffer."""
+    return CHUNK_COST + (len(message.payload) if message is not None else 0)
 
 
 def tsn_gt(a: int, b: int) -> bool:
@@ -154,19 +179,22 @@ class SctpAssociation:
         self._unsent: deque[_OutChunk] = deque()
         self._ssn_out: dict[int, int] = {}
         self._flight = 0
+        self.buffered_amount = 0  # queued and unacknowledged: payload + CHUNK_COST per chunk
         self._peer_rwnd = RECEIVE_BUFFER
         self._t3: float | None = None
         self._t3_count = 0
         self._retransmit_due = False
         self._forward_tsn_due = False
         # inbound data
-        self._cum_in = 0
-        self._received: set[int] = set()  # TSNs above _cum_in
+        self._tsns = ReceivedTsns(0, RECEIVE_TSN_WINDOW)
+        self.beyond_window = 0  # DATA chunks dropped for a TSN past RECEIVE_TSN_WINDOW
+        self.invalid_streams = 0  # DATA chunks acknowledged and discarded: stream past what we accept
+        self._inbound_streams = MAX_INBOUND_STREAMS
         self._duplicates: list[int] = []
         self._fragments: dict[int, DataChunk] = {}
         self._max_fragments = max(256, 4 * max_message_size // 1024)
         self._receive_buffer = max(RECEIVE_BUFFER, 2 * max_message_size)
-        self._buffered = 0
+        self._buffered = 0  # held payload plus CHUNK_COST per held chunk or message
         self._ordered: dict[int, dict[int, DataChunk | None]] = {}
         self._ssn_in: dict[int, int] = {}
         self._sack_now = False
@@ -192,6 +220,11 @@ class SctpAssociation:
     @property
     def channels(self) -> dict[int, DataChannel]:
         return self._channels.channels
+
+    @property
+    def channel_drops(self) -> int:
+        """DCEP messages and user data refused or not attributable to an open channel."""
+        return self._channels.dropped
 
     def start(self, now: float) -> list[bytes]:
         self._now = now
@@ -231,6 +264,9 @@ class SctpAssociation:
             raise SctpError(f"message of {len(data)} bytes exceeds the peer's maximum")
         if self.state not in ("new", "cookie-wait", "cookie-echoed", "established"):
             raise SctpError("association is shutting down")
+        fragments = max(1, -(-len(data) // MAX_FRAGMENT))
+        if self.buffered_amount + len(data) + fragments * CHUNK_COST > MAX_BUFFERED_AMOUNT:
+            raise SctpBufferFull(f"{self.buffered_amount} bytes unacknowledged by the peer")
         try:
             message = self._channels.message(channel, data, binary)
         except DcepError as exc:
@@ -320,7 +356,7 @@ class SctpAssociation:
         self._t1 = self._now + self._rto
 
     def _our_init(self) -> InitChunk:
-        return InitChunk(self._tag, self._receive_buffer, MAX_STREAMS, MAX_STREAMS, self._initial_tsn, [
+        return InitChunk(self._tag, self._receive_buffer, MAX_STREAMS, MAX_INBOUND_STREAMS, self._initial_tsn, [
             (P_FORWARD_TSN_SUPPORTED, b""),
             (P_SUPPORTED_EXTENSIONS, bytes([FORWARD_TSN, RECONFIG])),
         ])
@@ -340,9 +376,14 @@ class SctpAssociation:
             if not (reflected and self._peer is not None and vtag == self._peer.tag):
                 raise SctpError("bad verification tag")
         had_data = False
-        for chunk in chunks:
+        # Only a packet's last SACK is current; each costs a pass over what is outstanding, so a packet full of
+        # SACKs must not cost one pass per chunk.
+        last_sack = max((i for i, c in enumerate(chunks) if c.type == SACK), default=-1)
+        for i, chunk in enumerate(chunks):
             if chunk.type == DATA:
                 had_data = True
+            elif chunk.type == SACK and i != last_sack:
+                continue
             if not self._handle_chunk(chunk):
                 break
         if had_data:
@@ -449,7 +490,8 @@ class SctpAssociation:
 
     def _adopt(self, peer: _Peer) -> None:
         self._peer = peer
-        self._cum_in = (peer.initial_tsn - 1) & _M32
+        self._tsns = ReceivedTsns(peer.initial_tsn - 1, RECEIVE_TSN_WINDOW)
+        self._inbound_streams = min(MAX_INBOUND_STREAMS, peer.outbound_streams)
         self._peer_reset_seq = peer.initial_tsn
         self._peer_rwnd = peer.a_rwnd
 
@@ -479,6 +521,7 @@ class SctpAssociation:
         self._sack_now = False
         self._unsent.clear()
         self._outstanding.clear()
+        self.buffered_amount = 0
         self._data_out = []
         if not was_closed:
             self._channels.close_all()
@@ -511,6 +554,7 @@ class SctpAssociation:
                               message.max_retransmits, expires, fragments)
             fragments.append(chunk)
             self._outstanding[chunk.tsn] = chunk
+            self.buffered_amount += len(chunk.payload) + CHUNK_COST
             self._unsent.append(chunk)
             self._next_tsn = (self._next_tsn + 1) & _M32
 
@@ -525,6 +569,8 @@ class SctpAssociation:
         for fragment in chunk.message:
             if not fragment.abandoned:
                 fragment.abandoned = True
+                if not fragment.acked:
+                    self.buffered_amount -= len(fragment.payload) + CHUNK_COST
                 if fragment.transmissions and not fragment.acked:
                     self._flight -= len(fragment.payload)
 
@@ -576,8 +622,10 @@ class SctpAssociation:
             chunk = self._outstanding.pop(self._cum_acked, None)
             if chunk is None:
                 continue
-            if chunk.transmissions and not chunk.acked and not chunk.abandoned:
-                self._flight -= len(chunk.payload)
+            if not chunk.acked and not chunk.abandoned:
+                self.buffered_amount -= len(chunk.payload) + CHUNK_COST
+                if chunk.transmissions:
+                    self._flight -= len(chunk.payload)
             if chunk.transmissions == 0:  # acknowledged before we sent it: covered by FORWARD-TSN
                 chunk.abandoned = True
             if chunk.sent_at is not None and chunk.transmissions == 1:
@@ -597,6 +645,7 @@ class SctpAssociation:
                     chunk.acked = True
                     if not chunk.abandoned:
                         self._flight -= len(chunk.payload)
+                        self.buffered_amount -= len(chunk.payload) + CHUNK_COST
                     if chunk.sent_at is not None and chunk.transmissions == 1:
                         rtt = self._now - chunk.sent_at
             for chunk in self._outstanding.values():
@@ -681,33 +730,35 @@ class SctpAssociation:
 
     def _on_data(self, chunk: DataChunk) -> None:
         tsn = chunk.tsn
-        if not tsn_gt(tsn, self._cum_in) or tsn in self._received:
+        if tsn in self._tsns:
             if len(self._duplicates) < 16:
                 self._duplicates.append(tsn)
             self._sack_now = True
             return
-        if ((tsn - self._cum_in) & _M32) > _TSN_WINDOW:
-            raise SctpError("DATA TSN far outside the window")
-        if (self._buffered + len(chunk.payload) > self._receive_buffer
-                or len(self._fragments) >= self._max_fragments):
+        if self._tsns.offset(tsn) > self._tsns.window:
+            self.beyond_window += 1
+            self._sack_now = True
+            return  # not acknowledged: the peer sends it again once the gap below closes
+        if chunk.stream >= self._inbound_streams:
+            self.invalid_streams += 1  # acknowledged and discarded (RFC 9260 section 6.5)
+            self._tsns.add(tsn)
+            self._cumulative_moved()
+            return
+        cost = _held(chunk)
+        if self._buffered + cost > self._receive_buffer or len(self._fragments) >= self._max_fragments:
             self._sack_now = True
             return  # no room: not acknowledged, so the peer sends it again
-        self._received.add(tsn)
+        self._tsns.add(tsn)
         self._fragments[tsn] = chunk
-        self._buffered += len(chunk.payload)
-        self._advance_cum_in()
-        if self._received:
+        self._buffered += cost
+        self._cumulative_moved()
+        if self._tsns.blocks:
             self._sack_now = True  # out of order: tell the peer at once (RFC 9260 6.7)
         self._reassemble(chunk)
 
-    def _advance_cum_in(self) -> None:
-        while True:
-            nxt = (self._cum_in + 1) & _M32
-            if nxt not in self._received:
-                break
-            self._received.discard(nxt)
-            self._cum_in = nxt
-        if self._deferred_reset is not None and not tsn_gt(self._deferred_reset.last_tsn, self._cum_in):
+    def _cumulative_moved(self) -> None:
+        """Finishes a stream reset that waited for the data sent before it."""
+        if self._deferred_reset is not None and not tsn_gt(self._deferred_reset.last_tsn, self._tsns.cumulative):
             request, self._deferred_reset = self._deferred_reset, None
             self._reset_incoming(request.streams)
             self._peer_last_response = (request.request_seq, R_PERFORMED)
@@ -734,6 +785,7 @@ class SctpAssociation:
         tsn = first.tsn
         while True:
             part = self._fragments.pop(tsn)
+            self._buffered -= _held(part)
             parts.append(part.payload)
             if tsn == last.tsn:
                 break
@@ -742,7 +794,6 @@ class SctpAssociation:
         message: DataChunk | None = DataChunk(first.tsn, first.stream, first.ssn, first.ppid, first.flags, payload)
         if len(payload) > self.max_message_size:
             self.oversized += 1
-            self._buffered -= len(payload)
             message = None
         if chunk.flags & F_UNORDERED:
             if message is not None:
@@ -750,10 +801,10 @@ class SctpAssociation:
             return
         expected = self._ssn_in.get(chunk.stream, 0)
         if ssn_gt(expected, chunk.ssn):
-            if message is not None:
-                self._buffered -= len(payload)
             return  # behind the stream: a FORWARD-TSN already skipped it
+        # Room was checked for the fragments; an oversized message stays as a placeholder to skip.
         self._ordered.setdefault(chunk.stream, {})[chunk.ssn] = message
+        self._buffered += _held(message)
         self._drain_ordered(chunk.stream)
 
     def _drain_ordered(self, stream: int) -> None:
@@ -763,6 +814,7 @@ class SctpAssociation:
         expected = self._ssn_in.get(stream, 0)
         while expected in pending:
             message = pending.pop(expected)
+            self._buffered -= _held(message)
             expected = (expected + 1) & 0xFFFF
             self._ssn_in[stream] = expected
             if message is not None:
@@ -771,51 +823,53 @@ class SctpAssociation:
             del self._ordered[stream]
 
     def _deliver(self, message: DataChunk) -> None:
-        self._buffered -= len(message.payload)
         for reply in self._channels.receive(message.stream, message.ppid, message.payload):
             self._enqueue(reply)
 
     def _on_forward_tsn(self, fwd: ForwardTsnChunk) -> None:
         self._sack_now = True
         new = fwd.new_cumulative_tsn
-        if not tsn_gt(new, self._cum_in):
-            return
-        if ((new - self._cum_in) & _M32) > _TSN_WINDOW:
+        offset = self._tsns.offset(new)
+        if offset == 0 or offset >= 0x80000000:
+            return  # not ahead of what we have
+        if offset > self._tsns.window:
             raise SctpError("FORWARD-TSN far outside the window")
-        for tsn in [t for t in self._fragments if not tsn_gt(t, new)]:
-            self._buffered -= len(self._fragments.pop(tsn).payload)
-        self._received = {t for t in self._received if tsn_gt(t, new)}
-        self._cum_in = new
+        for tsn in [t for t in self._fragments if not tsn_gt(t, new)]:  # at most _max_fragments
+            self._buffered -= _held(self._fragments.pop(tsn))
+        self._tsns.forward(new)
         for stream, ssn in fwd.streams:
             expected = self._ssn_in.get(stream, 0)
-            if ssn_gt(expected, ssn):
+            if stream >= self._inbound_streams or ssn_gt(expected, ssn):
                 continue
-            pending = self._ordered.get(stream, {})
-            for skipped in [s for s in pending if not ssn_gt(s, ssn)]:
-                message = pending.pop(skipped)
-                if message is not None:
-                    self._buffered -= len(message.payload)
+            self._skip_ordered(stream, expected, ssn)
             self._ssn_in[stream] = (ssn + 1) & 0xFFFF
             self._drain_ordered(stream)
-        self._advance_cum_in()
+        self._cumulative_moved()
+
+    def _skip_ordered(self, stream: int, expected: int, last: int) -> None:
+        """Drops the messages of `stream` from `expected` through `last`, walking whichever is shorter: the
+        skipped SSNs or the held messages."""
+        pending = self._ordered.get(stream)
+        if not pending:
+            return
+        skipped = ((last - expected) & 0xFFFF) + 1
+        if skipped <= len(pending):
+            ssns = [(expected + i) & 0xFFFF for i in range(skipped)]
+        else:
+            ssns = [s for s in pending if not ssn_gt(s, last)]
+        for ssn in ssns:
+            if ssn in pending:
+                self._buffered -= _held(pending.pop(ssn))
+        if not pending:
+            del self._ordered[stream]
 
     def _build_sack(self) -> bytes:
         self._sack_now = False
         self._sack_due = None
         self._unsacked_packets = 0
-        gaps = []
-        for tsn in sorted((t - self._cum_in) & _M32 for t in self._received):
-            if tsn > 0xFFFF:
-                break
-            if gaps and gaps[-1][1] + 1 == tsn:
-                gaps[-1][1] = tsn
-            elif len(gaps) < 64:
-                gaps.append([tsn, tsn])
-            else:
-                break
         duplicates, self._duplicates = self._duplicates, []
-        sack = SackChunk(self._cum_in, max(0, self._receive_buffer - self._buffered),
-                         [(s, e) for s, e in gaps], duplicates)
+        sack = SackChunk(self._tsns.cumulative, max(0, self._receive_buffer - self._buffered),
+                         self._tsns.gap_blocks(MAX_GAP_BLOCKS), duplicates)
         return encode_chunk(SACK, 0, sack.encode())
 
     # -- stream reset (RFC 6525, RFC 8831 section 6.7) --
@@ -852,7 +906,7 @@ class SctpAssociation:
         seq = request.request_seq
         if seq == self._peer_reset_seq:
             self._peer_reset_seq = (seq + 1) & _M32
-            if tsn_gt(request.last_tsn, self._cum_in):
+            if tsn_gt(request.last_tsn, self._tsns.cumulative):
                 # Data sent before the reset is still missing: finish once it arrives.
                 self._deferred_reset = request
                 result = R_IN_PROGRESS
@@ -870,8 +924,7 @@ class SctpAssociation:
         for stream in streams or list(self._channels.channels):
             self._ssn_in.pop(stream, None)
             for message in self._ordered.pop(stream, {}).values():
-                if message is not None:
-                    self._buffered -= len(message.payload)
+                self._buffered -= _held(message)
             channel = self._channels.channels.get(stream)
             if channel is not None:
                 channel.closing = True

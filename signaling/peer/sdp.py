@@ -5,6 +5,9 @@ one UDP port with rtcp-mux, so both builders repeat one transport block in every
 never negotiate a per-m-line transport. The parser is hand-written and strict about the
 fields it reads (numbers, fingerprints, m-lines) so that anything a remote peer sends
 either parses or raises SdpError; attributes it does not use are skipped.
+
+A client's SDP is hostile input parsed on the event loop every room shares, so parsing is linear in its size
+(dict and set lookups only) and bounded: past any MAX_* below, parse() stops and raises SdpLimitError.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
-    "SdpError", "Codec", "MediaSection", "SessionDescription", "parse",
+    "SdpError", "SdpLimitError", "Codec", "MediaSection", "SessionDescription", "parse",
     "LocalEndpoint", "AcceptedMedia", "ReceivePolicy", "build_answer",
     "OutgoingMedia", "build_offer", "answer_codecs",
 ]
@@ -32,9 +35,31 @@ _HEX_PAIRS = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2})+\Z")
 _TOKEN = re.compile(r"[!-~]+\Z")           # mid (RFC 5888 token, visible ASCII)
 _RID = re.compile(r"[A-Za-z0-9_-]+\Z")     # RFC 8851 rid-id
 
+# Limits on a client's SDP. A libwebrtc offer's video m-section (~30 payload types with rtx) is ~5 KB and
+# ~130 lines; a subscriber's answer has one ~1 KB m-section per subscribed track.
+MAX_SDP_LENGTH = 256 * 1024        # characters; as the signal message that carries it (protocol/v0.py)
+MAX_SDP_LINES = 16_384             # ~120 video m-sections of an offer, or ~500 of an answer
+MAX_MEDIA_SECTIONS = 512           # one per track (LiveKit clients); a subscriber's answer has one per subscription
+MAX_FORMATS_PER_SECTION = 128      # payload types are 7 bits
+MAX_RIDS_PER_SECTION = 8           # LiveKit simulcasts 3 layers, libwebrtc at most 4
+MAX_SSRCS_PER_SECTION = 32         # distinct SSRCs, and ssrc-group lines: legacy simulcast needs 6 (3 + RTX)
+MAX_EXTMAPS_PER_SECTION = 64       # libwebrtc offers ~15
+MAX_FEEDBACK_PER_CODEC = 16        # distinct rtcp-fb values for one payload type (or "*"); libwebrtc sends 5
+MAX_FINGERPRINTS = 8               # per level; aiortc lists 3
+MAX_CANDIDATES_PER_SECTION = 64    # ICE-lite never uses them; most clients trickle instead
+
 
 class SdpError(ValueError):
     """SDP that is malformed or unusable; the message says which line and why."""
+
+
+class SdpLimitError(SdpError):
+    """SDP beyond one of the MAX_* limits."""
+
+
+def _limit(count: int, limit: int, what: str) -> None:
+    if count > limit:
+        raise SdpLimitError(f"{what}: more than {limit}")
 
 
 @dataclass
@@ -141,6 +166,7 @@ class _Transport:
         elif name == "ice-pwd":
             self.ice_pwd = value
         elif name == "fingerprint":
+            _limit(len(self.fingerprints) + 1, MAX_FINGERPRINTS, "a=fingerprint lines")
             self.fingerprints.append(_fingerprint(value))
         elif name == "setup":
             self.setup = value
@@ -160,6 +186,7 @@ class _SectionBuilder:
         if len(tokens) < 4:
             raise SdpError(f"{self.where}: expected '<media> <port> <proto> <fmt> ...', got {value!r}")
         kind, port, protocol, *formats = tokens
+        _limit(len(formats), MAX_FORMATS_PER_SECTION, f"{self.where} formats")
         self.section = MediaSection(
             kind=kind, mid="", protocol=protocol, formats=formats,
             port=_number(port.split("/", 1)[0], f"{self.where} port", 0, 65535))
@@ -169,7 +196,10 @@ class _SectionBuilder:
         self.transport = _Transport()
         self.rtpmap: dict[int, Codec] = {}
         self.fmtp: dict[int, str] = {}
-        self.feedback: list[tuple[int | None, str]] = []
+        # payload type (None for "*") -> rtcp-fb value -> line order, so a codec's list keeps the SDP's order
+        self.feedback: dict[int | None, dict[str, int]] = {}
+        self.feedback_lines = 0
+        self.ssrcs: dict[int, None] = {}   # insertion-ordered set
         self.has_mid = False
 
     def attribute(self, name: str, value: str) -> None:
@@ -200,11 +230,18 @@ class _SectionBuilder:
         elif name == "rtcp-fb":
             pt_text, feedback = _split2(value, where)
             pt = None if pt_text == "*" else _number(pt_text, where, 0, 127)
-            self.feedback.append((pt, feedback))
+            values = self.feedback.setdefault(pt, {})
+            if feedback not in values:
+                _limit(len(values) + 1, MAX_FEEDBACK_PER_CODEC, where)
+                values[feedback] = self.feedback_lines
+                self.feedback_lines += 1
         elif name == "extmap":
             id_text, rest = _split2(value, where)
             ext_id = _number(id_text.split("/", 1)[0], where, 1, 255)
-            s.extmap.setdefault(rest.split()[0], ext_id)
+            uri = rest.split()[0]
+            if uri not in s.extmap:
+                _limit(len(s.extmap) + 1, MAX_EXTMAPS_PER_SECTION, where)
+                s.extmap[uri] = ext_id
         elif name == "rid":
             rid, rest = _split2(value, where)
             if not _RID.match(rid):
@@ -212,6 +249,7 @@ class _SectionBuilder:
             direction = rest.split()[0]
             if direction not in ("send", "recv"):
                 raise SdpError(f"{where}: direction must be send or recv, got {direction!r}")
+            _limit(len(s.rids) + 1, MAX_RIDS_PER_SECTION, where)
             s.rids.append((rid, direction))
         elif name == "simulcast":
             self._simulcast(value, where)
@@ -224,14 +262,18 @@ class _SectionBuilder:
         elif name == "ssrc":
             ssrc_text, _, _ = value.partition(" ")
             ssrc = _number(ssrc_text, where, 0, _MAX_SSRC)
-            if ssrc not in s.ssrcs:
-                s.ssrcs.append(ssrc)
+            if ssrc not in self.ssrcs:
+                _limit(len(self.ssrcs) + 1, MAX_SSRCS_PER_SECTION, f"{where} SSRCs")
+                self.ssrcs[ssrc] = None
         elif name == "ssrc-group":
             tokens = value.split()
             if len(tokens) < 2:
                 raise SdpError(f"{where}: expected '<semantics> <ssrc> ...', got {value!r}")
+            _limit(len(s.ssrc_groups) + 1, MAX_SSRCS_PER_SECTION, where)
+            _limit(len(tokens) - 1, MAX_SSRCS_PER_SECTION, where)
             s.ssrc_groups.append((tokens[0], [_number(t, where, 0, _MAX_SSRC) for t in tokens[1:]]))
         elif name == "candidate":
+            _limit(len(s.candidates) + 1, MAX_CANDIDATES_PER_SECTION, where)
             s.candidates.append(value)
         elif name == "sctp-port":
             s.sctp_port = _number(value, where, 0, 65535)
@@ -246,6 +288,7 @@ class _SectionBuilder:
             if direction not in ("send", "recv") or direction in self.section.simulcast:
                 raise SdpError(f"{where}: bad or repeated direction {direction!r}")
             # ';' separates streams, ',' alternatives within a stream: all are rids to accept.
+            _limit(rid_list.count(";") + rid_list.count(",") + 1, MAX_RIDS_PER_SECTION, where)
             rids = [r[1:] if r.startswith("~") else r for r in re.split(r"[;,]", rid_list)]
             if not all(_RID.match(r) for r in rids):
                 raise SdpError(f"{where}: bad rid list {rid_list!r}")
@@ -261,19 +304,23 @@ class _SectionBuilder:
         s.fingerprint = _pick_fingerprint(t.fingerprints or session.fingerprints)
         s.setup = t.setup if t.setup is not None else session.setup
         s.direction = t.direction or session.direction or "sendrecv"
-        seen: set[int] = set()
+        s.ssrcs = list(self.ssrcs)
+        wildcard = self.feedback.get(None, {})
+        by_pt: dict[int, Codec] = {}
         for pt in self.payload_types:
             codec = self.rtpmap.get(pt)
-            if codec is None or pt in seen:
+            if codec is None or pt in by_pt:
                 continue   # static PT without rtpmap, or listed twice
-            seen.add(pt)
+            by_pt[pt] = codec
             codec.fmtp = self.fmtp.get(pt, "")
-            codec.rtcp_fb = [fb for fb_pt, fb in self.feedback if fb_pt in (None, pt)]
+            # At most 2 * MAX_FEEDBACK_PER_CODEC values to order.
+            lines = {**wildcard, **self.feedback.get(pt, {})}
+            codec.rtcp_fb = sorted(lines, key=lines.__getitem__)
             s.codecs.append(codec)
         for codec in s.codecs:
             if codec.name.lower() == "rtx":
                 apt = codec.params().get("apt", "")
-                target = s.codec(int(apt)) if _NUMBER.match(apt) else None
+                target = by_pt.get(int(apt)) if _NUMBER.match(apt) else None
                 if target is not None and target.rtx_payload_type is None:
                     target.rtx_payload_type = codec.payload_type
         return s
@@ -283,7 +330,10 @@ def parse(sdp: str) -> SessionDescription:
     """Parse a session description; raises SdpError on anything malformed."""
     if not isinstance(sdp, str):
         raise SdpError(f"SDP must be text, got {type(sdp).__name__}")
-    lines = [line[:-1] if line.endswith("\r") else line for line in sdp.split("\n")]
+    _limit(len(sdp), MAX_SDP_LENGTH, "SDP characters")
+    lines = sdp.split("\n")
+    _limit(len(lines), MAX_SDP_LINES, "SDP lines")
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
     lines = [line for line in lines if line.strip()]
     if not lines or lines[0] != "v=0":
         raise SdpError("SDP must start with v=0")
@@ -298,6 +348,7 @@ def parse(sdp: str) -> SessionDescription:
             raise SdpError(f"line {number}: stray CR or NUL: {line[:80]!r}")
         kind, value = line[0], line[2:]
         if kind == "m":
+            _limit(len(builders) + 1, MAX_MEDIA_SECTIONS, "m-lines")
             builders.append(_SectionBuilder(len(builders), value))
         elif kind == "a":
             name, _, attr_value = value.partition(":")
@@ -306,13 +357,16 @@ def parse(sdp: str) -> SessionDescription:
             elif name == "group":
                 tokens = attr_value.split()
                 if tokens and tokens[0] == "BUNDLE" and not bundle:
+                    _limit(len(tokens) - 1, MAX_MEDIA_SECTIONS, "BUNDLE mids")
                     bundle = tokens[1:]
             else:
                 session.take(name, attr_value)
     sections = [b.finish(session) for b in builders]
-    mids = [s.mid for s in sections]
-    if len(set(mids)) != len(mids):
-        raise SdpError(f"duplicate mids: {mids}")
+    mids: set[str] = set()
+    for section in sections:
+        if section.mid in mids:
+            raise SdpError(f"duplicate mids: {section.mid!r}")
+        mids.add(section.mid)
     return SessionDescription(sections=sections, bundle=bundle)
 
 
@@ -424,9 +478,10 @@ def _primary_codec(section: MediaSection, policy: ReceivePolicy) -> Codec | None
 
 def _accepted_rids(section: MediaSection) -> tuple[list[str], list[str]]:
     """(rids in a=rid order, rids in a=simulcast order) the answer accepts; empty if no simulcast."""
-    offered = section.simulcast.get("send", [])
+    offered = set(section.simulcast.get("send", []))
     send_rids = [rid for rid, direction in section.rids if direction == "send" and rid in offered]
-    return send_rids, [rid for rid in offered if rid in send_rids]
+    accepted = set(send_rids)
+    return send_rids, [rid for rid in section.simulcast.get("send", []) if rid in accepted]
 
 
 def _split_ssrcs(section: MediaSection) -> tuple[list[int], list[int]]:
@@ -506,10 +561,11 @@ def build_answer(offer: SessionDescription, local: LocalEndpoint, session_id: in
     body: list[str] = []
     bundled: list[str] = []
     accepted: list[AcceptedMedia] = []
+    offered_bundle = set(offer.bundle)
     for section in offer.sections:
         # A section outside the offered BUNDLE would need its own transport, which we lack;
         # without any BUNDLE group, port 0 marks a section the client already gave up.
-        usable = section.mid in offer.bundle if offer.bundle else section.port != 0
+        usable = section.mid in offered_bundle if offered_bundle else section.port != 0
         lines: list[str] | None = None
         if not usable:
             pass

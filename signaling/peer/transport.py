@@ -7,6 +7,7 @@ down into the engine.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 from collections import Counter
 from typing import Callable
@@ -14,12 +15,14 @@ from typing import Callable
 import engine
 from .dcep import AssociationClosed, ChannelClosed, ChannelOpened, DataChannel, MessageReceived
 from .dtls import Certificate, DtlsEndpoint, DtlsError, session_pointer, srtp_sessions
-from .ice import StunError, handle_binding, local_ufrag, new_credentials
-from .sctp import SctpAssociation
+from .ice import CONSENT_TIMEOUT, StunError, TransactionLog, handle_binding, new_credentials
+from .sctp import SctpAssociation, SctpBufferFull
 from .sctp_chunks import SctpError
 from .sdp import LocalEndpoint, SdpError
 
 log = logging.getLogger(__name__)
+
+CONSENT_SWEEP_INTERVAL = 1.0  # seconds between looks for expired consent: it ends at most this late
 
 
 class Transport:
@@ -28,12 +31,21 @@ class Transport:
     def __init__(self, manager: TransportManager, label: str) -> None:
         self.manager = manager
         self.label = label
-        self.ice_ufrag, self.ice_pwd = new_credentials()
+        while True:
+            self.ice_ufrag, self.ice_pwd = new_credentials()
+            try:
+                self.id = manager.engine.add_transport(self.ice_ufrag)
+                break
+            except ValueError:  # another transport drew the same ufrag
+                continue
         self.remote_ufrag: str | None = None
-        self.id = manager.engine.add_transport()
-        self.dtls = DtlsEndpoint(manager.certificate, None)
+        self.certificate = manager.certificate  # for its whole life: its fingerprint is in the client's SDP
+        self.dtls = DtlsEndpoint(self.certificate, None)
         self.address: tuple[str, int] | None = None
+        self.consent_at = 0.0  # loop time of the last authenticated check from `address` (RFC 7675)
+        self._transactions = TransactionLog()
         self.on_connected: Callable[[], None] | None = None
+        self.on_consent_lost: Callable[[], None] | None = None
         self.on_message: Callable[[DataChannel, bytes], None] | None = None
         self._srtp = None  # (rx, tx) pylibsrtp sessions, kept alive for the engine's raw pointers
         self.sctp: SctpAssociation | None = None
@@ -41,6 +53,7 @@ class Transport:
         self.local_channels: list[tuple[str, bool, int | None]] = []  # (label, ordered, max_retransmits) we open
         self.channels: dict[str, DataChannel] = {}  # open data channels by label
         self._timer: asyncio.TimerHandle | None = None
+        self._drops: dict[str, int] = {}  # the DTLS endpoint's and SCTP association's drop counts, as exported
         self.closed = False
 
     @property
@@ -51,7 +64,7 @@ class Transport:
         return LocalEndpoint(
             ice_ufrag=self.ice_ufrag,
             ice_pwd=self.ice_pwd,
-            fingerprint=self.manager.certificate.fingerprint,
+            fingerprint=self.certificate.fingerprint,
             candidates=[(self.manager.node_ip, self.manager.engine.port)],
         )
 
@@ -69,19 +82,42 @@ class Transport:
             self._advance(failed_before)
 
     def handle_stun(self, data: bytes, host: str, port: int) -> None:
-        result = handle_binding(data, (host, port), self.ice_ufrag, self.ice_pwd, self.remote_ufrag)
+        """A Binding request the engine found addressed to our ufrag: answered, and it may select or keep `source`."""
+        source = (host, port)
+        result = handle_binding(data, source, self.ice_ufrag, self.ice_pwd, self.remote_ufrag)
         if result is None:
             self.manager.counters["stun_ignored"] += 1
             return
-        self.manager.engine.send_to(result.response, host, port)
         if not result.authenticated:
+            self.manager.engine.send_to(result.response, host, port)
             self.manager.counters["stun_unauthenticated"] += 1
             return
+        if self._transactions.first_source(data[8:20], source) != source:
+            self.manager.counters["stun_replayed"] += 1
+            return
+        self.manager.engine.send_to(result.response, host, port)
+        if source == self.address:
+            self.consent_at = self._now()
         # ICE-lite: the controlling client nominates; until then the first valid pair is good enough to answer DTLS.
-        if result.use_candidate or self.address is None:
-            if self.address != (host, port):
-                self.address = (host, port)
-                self.manager.engine.bind_transport(self.id, host, port)
+        elif result.use_candidate or self.address is None:
+            if self.manager.engine.bind_transport(self.id, host, port):
+                self.address = source
+                self.consent_at = self._now()
+                self.manager.watch_consent()
+            else:  # another transport's address: it keeps it
+                self.manager.counters["ice_address_taken"] += 1
+
+    def check_consent(self, now: float) -> None:
+        """Stops media to an address whose consent expired (RFC 7675); the owner decides about the rest."""
+        if self.address is None or now - self.consent_at <= CONSENT_TIMEOUT:
+            return
+        log.info("transport %s (%s): no consent from %s for %.0f s", self.id, self.label, self.address,
+                 now - self.consent_at)
+        self.manager.engine.unbind_transport(self.id)
+        self.address = None
+        self.manager.counters["ice_consent_expired"] += 1
+        if self.on_consent_lost:
+            self.on_consent_lost()
 
     def handle_dtls(self, data: bytes) -> None:
         failed_before = self.dtls.failed is not None
@@ -105,7 +141,20 @@ class Transport:
             for record in self.dtls.read_application_data():
                 self._send_sctp(self.sctp.receive(record, now))
             self._sctp_events()
+        self._count_drops()
         self._schedule_timer()
+
+    def _count_drops(self) -> None:
+        """Adds to the node's counters what the DTLS endpoint and SCTP association dropped since last time."""
+        totals = {"dtls_malformed": self.dtls.dropped, "dtls_unverified_dropped": self.dtls.unverified_dropped}
+        if self.sctp is not None:
+            totals.update(sctp_malformed=self.sctp.dropped, sctp_beyond_window=self.sctp.beyond_window,
+                          sctp_oversized=self.sctp.oversized, sctp_invalid_stream=self.sctp.invalid_streams,
+                          data_channel_dropped=self.sctp.channel_drops)
+        for name, total in totals.items():
+            if total != self._drops.get(name, 0):
+                self.manager.counters[name] += total - self._drops.get(name, 0)
+                self._drops[name] = total
 
     # -- data channels (SCTP over the DTLS association)
     def _start_sctp(self) -> None:
@@ -123,6 +172,16 @@ class Transport:
             return False
         try:
             self._send_sctp(self.sctp.send(channel, data, binary=True, now=self._now()))
+        except SctpBufferFull:
+            # The client has not acknowledged sctp.MAX_BUFFERED_AMOUNT: a lossy message is dropped; a reliable one
+            # cannot be, so the client's data channels are unusable and the association is aborted.
+            if channel.max_retransmits is None and channel.max_packet_lifetime is None:
+                self.manager.counters["data_backlog_aborted"] += 1
+                self._send_sctp(self.sctp.abort())
+                self._sctp_events()
+            else:
+                self.manager.counters["data_backlog_dropped"] += 1
+            return False
         except SctpError:  # larger than the client accepts, or the channel closed meanwhile
             self.manager.counters["data_send_failed"] += 1
             return False
@@ -199,33 +258,54 @@ class TransportManager:
     def __init__(self, engine_: engine.Engine, node_ip: str) -> None:
         self.engine = engine_
         self.node_ip = node_ip
-        self.certificate = Certificate.generate()
+        self._certificate = Certificate.generate()
         self.counters: Counter[str] = Counter()
-        self._by_ufrag: dict[str, Transport] = {}
         self._by_id: dict[int, Transport] = {}
+        self._consent_sweep: asyncio.TimerHandle | None = None
         self.on_receiver_layer: Callable[[int, int, int], None] | None = None
+
+    @property
+    def certificate(self) -> Certificate:
+        """The DTLS certificate for new transports, replaced every dtls.CERTIFICATE_ROTATION."""
+        if self._certificate.due(datetime.datetime.now(datetime.timezone.utc)):
+            self._certificate = Certificate.generate()
+            self.counters["dtls_certificate_rotated"] += 1
+        return self._certificate
 
     def create(self, label: str) -> Transport:
         transport = Transport(self, label)
-        self._by_ufrag[transport.ice_ufrag] = transport
         self._by_id[transport.id] = transport
         return transport
 
+    def watch_consent(self) -> None:
+        """Looks for expired consent every CONSENT_SWEEP_INTERVAL while transports remain (from the first binding)."""
+        if self._consent_sweep is None:
+            self._consent_sweep = asyncio.get_running_loop().call_later(CONSENT_SWEEP_INTERVAL, self._sweep_consent)
+
     def remove(self, transport: Transport) -> None:
-        self._by_ufrag.pop(transport.ice_ufrag, None)
         self._by_id.pop(transport.id, None)
         self.engine.remove_transport(transport.id)
+
+    def _sweep_consent(self) -> None:
+        self._consent_sweep = None
+        now = asyncio.get_running_loop().time()
+        for transport in list(self._by_id.values()):
+            try:
+                transport.check_consent(now)
+            except Exception:  # one participant's teardown must not end consent checks for all
+                log.exception("consent check of transport %s failed", transport.id)
+        if self._by_id:
+            self._consent_sweep = asyncio.get_running_loop().call_later(CONSENT_SWEEP_INTERVAL, self._sweep_consent)
 
     def on_event(self, event: tuple) -> None:
         kind = event[0]
         if kind == engine.EV_STUN:
-            _, data, host, port = event
+            _, transport_id, data, host, port = event
+            transport = self._by_id.get(transport_id)
+            if transport is None:
+                self.counters["stun_unknown_transport"] += 1
+                return
             try:
-                ufrag = local_ufrag(data)
-                transport = self._by_ufrag.get(ufrag) if ufrag else None
-                if transport is None:
-                    self.counters["stun_unknown_ufrag"] += 1
-                    return
                 transport.handle_stun(data, host, port)
             except StunError:
                 self.counters["stun_malformed"] += 1

@@ -13,12 +13,17 @@ from livekit.protocol import models, rtc
 from starlette.websockets import WebSocket
 
 from ..rtc.ids import now_ms
+from ..rtc.limits import MAX_ATTRIBUTES_SIZE, MAX_METADATA_SIZE
 from ..rtc.participant import Participant
 
 log = logging.getLogger(__name__)
 
 PING_INTERVAL = 5
 PING_TIMEOUT = 15
+# Largest WebSocket message read (uvicorn closes the connection with 1009 beyond it, counted here): LiveKit's
+# largest request, an UpdateParticipantMetadata at its metadata and attributes limits, with room for its name;
+# SDPs are smaller (sdp.MAX_SDP_LENGTH). LiveKit's own limit.signal_message_size_limit is 2 MiB.
+MAX_SIGNAL_MESSAGE = MAX_METADATA_SIZE + MAX_ATTRIBUTES_SIZE + 64 * 1024
 # A client that does not read what it is sent is dropped once this much waits for it (its socket buffers full).
 # The byte cap is four of LiveKit's largest signal messages (2 MiB); one larger message still goes when nothing else
 # waits (a JoinResponse of a big room).
@@ -171,6 +176,8 @@ async def _read(websocket: WebSocket, session: SignalSession) -> None:
             session.participant.close(models.DisconnectReason.CONNECTION_TIMEOUT)
             return
         if message["type"] == "websocket.disconnect":
+            if message.get("code") == 1009:  # a message over MAX_SIGNAL_MESSAGE
+                counters["signal_message_too_big"] += 1
             return
         data = message.get("bytes")
         if data is None:

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REFRESHED_TOKEN_TTL = 10 * 60
+# SDPs refused (malformed or over sdp.MAX_*) before the participant is closed, as LiveKit closes one whose
+# negotiation failed (STATE_MISMATCH); the first ones get a RequestResponse naming the problem.
+MAX_SDP_REFUSALS = 3
 
 _SOURCE_NAMES = {
     models.TrackSource.CAMERA: "camera",
@@ -104,6 +107,7 @@ class Participant:
         self.closed = False
         self.sink: SignalSink | None = None
         self.publications: dict[str, TrackPublication] = {}  # by track sid, media negotiated
+        self._sdp_refusals = 0
         self._pending: dict[str, TrackPublication] = {}  # by AddTrackRequest cid, until media is negotiated
         self.subscriptions: dict[str, Subscription] = {}  # by track sid
         # As a subscriber, by track sid: explicit (un)subscriptions (else auto_subscribe decides) and whether
@@ -130,6 +134,10 @@ class Participant:
         self.data = DataPublisher(self, services.counters)
         self.publisher.transport.on_message = self._on_data_message
         self.subscriber.transport.on_message = self._on_data_message
+        # A media path whose ICE consent expired (peer/ice.py, CONSENT_TIMEOUT) is dead: LiveKit likewise removes a
+        # participant once ICE has failed. The client is told (leave), so it can rejoin.
+        self.publisher.transport.on_consent_lost = self._on_media_path_lost
+        self.subscriber.transport.on_consent_lost = self._on_media_path_lost
 
     # -- identity and grants
     @property
@@ -293,8 +301,7 @@ class Participant:
         try:
             answer, accepted, stopped, candidates = self.publisher.answer(offer, media_caps.PUBLISHER)
         except sdp.SdpError as error:
-            self.services.counters["sdp_malformed"] += 1
-            log.info("participant %s sent a malformed offer: %s", self.identity, error)
+            self._refuse_sdp(offer, error)
             return
         self.send(rtc.SignalResponse(answer=answer))
         self._trickle(candidates)
@@ -304,6 +311,19 @@ class Participant:
             for publication in list(self.publications.values()):
                 if publication.info.mid == mid:
                     self.unpublish(publication)
+
+    def _refuse_sdp(self, description: rtc.SessionDescription, error: sdp.SdpError) -> None:
+        over_limit = isinstance(error, sdp.SdpLimitError)
+        self.services.counters["sdp_over_limit" if over_limit else "sdp_malformed"] += 1
+        self._sdp_refusals += 1
+        log.info("participant %s: refused %s %s: %s", self.identity, description.type, description.id, error)
+        if self._sdp_refusals >= MAX_SDP_REFUSALS:
+            self.services.counters["sdp_refusals_closed"] += 1
+            self.close(models.DisconnectReason.STATE_MISMATCH)
+            return
+        reason = rtc.RequestResponse.Reason.LIMIT_EXCEEDED if over_limit else rtc.RequestResponse.Reason.INVALID_REQUEST
+        self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
+            request_id=description.id, reason=reason, message=f"{description.type} refused: {error}"[:256])))
 
     def attach_media(self, media: sdp.AcceptedMedia) -> None:
         """Ties an m-line the client sends on to its AddTrackRequest (msid track id == cid, else a codec's cid,
@@ -551,8 +571,7 @@ class Participant:
         try:
             description, follow_up = self.subscriber.answered(answer)
         except sdp.SdpError as error:
-            self.services.counters["sdp_malformed"] += 1
-            log.info("participant %s sent an unusable answer: %s", self.identity, error)
+            self._refuse_sdp(answer, error)
             return
         sections = {section.mid: section for section in description.sections}
         refused = False
@@ -598,6 +617,9 @@ class Participant:
         return not self.closed and (primary.transport.send_message(label, data) or other.transport.send_message(label, data))
 
     # -- teardown
+    def _on_media_path_lost(self) -> None:
+        self.close(models.DisconnectReason.MEDIA_FAILURE)
+
     def close(self, reason: int, notify: bool = True, action: int = rtc.LeaveRequest.Action.DISCONNECT) -> None:
         """Removes the participant everywhere; with notify, tells the client first (leave)."""
         if self.closed:

@@ -1,0 +1,121 @@
+"""A Transport (ICE/DTLS/SCTP control side) against an in-memory DTLS + SCTP client: a client that stops
+acknowledging data loses its lossy messages and then its data channels; certificates rotate for new transports."""
+from __future__ import annotations
+
+import asyncio
+import datetime
+
+from signaling.peer.dcep import AssociationClosed, ChannelOpened, DataChannelEvent
+from signaling.peer.dtls import Certificate, DtlsEndpoint
+from signaling.peer.sctp import MAX_BUFFERED_AMOUNT, SctpAssociation
+from signaling.peer.transport import TransportManager
+
+
+class Engine:
+    """What a TransportManager asks of the engine; datagrams for the client are kept to deliver."""
+
+    port = 7882
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self._next = 0
+
+    def add_transport(self, ice_ufrag: str) -> int:
+        self._next += 1
+        return self._next
+
+    def remove_transport(self, transport_id: int) -> None:
+        pass
+
+    def set_srtp(self, *args: object) -> None:
+        pass
+
+    def send_transport(self, transport_id: int, datagram: bytes) -> None:
+        self.sent.append(datagram)
+
+
+class Client:
+    """The browser's side: DTLS client and SCTP association, driven by hand."""
+
+    def __init__(self, server_fingerprint: str) -> None:
+        self.certificate = Certificate.generate()
+        self.dtls = DtlsEndpoint(self.certificate, ("sha-256", server_fingerprint), client=True)
+        self.sctp = SctpAssociation(is_server=False)
+        self.events: list[DataChannelEvent] = []
+
+    def exchange(self, engine: Engine, transport, rounds: int = 20) -> None:
+        """Delivers datagrams both ways until neither side has anything to say."""
+        loop_time = asyncio.get_running_loop().time()
+        outgoing = self.dtls.start() if not self.dtls.connected and not engine.sent else []
+        for _ in range(rounds):
+            for datagram in outgoing:
+                transport.handle_dtls(datagram)
+            incoming, engine.sent = engine.sent, []
+            outgoing = []
+            for datagram in incoming:
+                outgoing += self.dtls.receive(datagram)
+            if self.dtls.connected:
+                if self.sctp.state == "new":
+                    outgoing += self._sctp_out(self.sctp.start(loop_time))
+                for record in self.dtls.read_application_data():
+                    outgoing += self._sctp_out(self.sctp.receive(record, loop_time))
+                self.events += self.sctp.events()
+            if not outgoing and not engine.sent:
+                return
+
+    def _sctp_out(self, packets: list[bytes]) -> list[bytes]:
+        return [datagram for packet in packets for datagram in self.dtls.send_application_data(packet)]
+
+
+async def connected_pair() -> tuple[TransportManager, Engine, object, Client]:
+    engine = Engine()
+    manager = TransportManager(engine, "127.0.0.1")
+    transport = manager.create("subscriber")
+    transport.local_channels = [("_reliable", True, None), ("_lossy", False, 0)]
+    client = Client(transport.local_endpoint().fingerprint)
+    transport.set_remote("ufrag", ("sha-256", client.certificate.fingerprint))
+    client.exchange(engine, transport)
+    assert transport.connected and client.sctp.established
+    assert {e.channel.label for e in client.events if isinstance(e, ChannelOpened)} == {"_reliable", "_lossy"}
+    return manager, engine, transport, client
+
+
+async def test_client_that_does_not_drain_loses_lossy_messages_then_its_channels() -> None:
+    manager, engine, transport, client = await connected_pair()
+    assert transport.send_message("_lossy", b"hello") and transport.send_message("_reliable", b"hello")
+    client.exchange(engine, transport)
+    client.sctp._receive_buffer = 1  # from now on it advertises a_rwnd=1 and takes nothing in
+
+    lossy_sent = 0
+    while transport.send_message("_lossy", bytes(1000)) and lossy_sent < 10_000:
+        lossy_sent += 1
+        client.exchange(engine, transport, rounds=2)
+    assert manager.counters["data_backlog_dropped"] == 1
+    assert transport.sctp.buffered_amount <= MAX_BUFFERED_AMOUNT and lossy_sent < MAX_BUFFERED_AMOUNT // 1000
+    assert "_reliable" in transport.channels  # a lossy backlog costs lossy messages only
+
+    assert not transport.send_message("_reliable", bytes(1000))  # no room: the channels cannot keep their promise
+    assert manager.counters["data_backlog_aborted"] == 1
+    assert transport.channels == {} and transport.sctp.state == "closed"
+    client.exchange(engine, transport)
+    assert any(isinstance(event, AssociationClosed) for event in client.events)  # the client saw the ABORT
+    assert not transport.send_message("_lossy", b"late")
+
+
+async def test_certificate_rotates_for_new_transports_and_existing_ones_keep_theirs() -> None:
+    engine = Engine()
+    manager = TransportManager(engine, "127.0.0.1")
+    old = manager.create("publisher")
+    # The node's certificate has aged until it is about to expire.
+    manager._certificate = Certificate.generate(validity=datetime.timedelta(hours=1))
+    new = manager.create("publisher")
+    assert manager.counters["dtls_certificate_rotated"] == 1
+    fresh = manager.certificate
+    assert fresh.cert.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc) > datetime.timedelta(days=29)
+    assert new.local_endpoint().fingerprint == fresh.fingerprint != old.local_endpoint().fingerprint
+    assert manager.create("subscriber").local_endpoint().fingerprint == fresh.fingerprint  # not rotated again
+    # The transport made before the rotation still completes its handshake with its own certificate.
+    client = Client(old.local_endpoint().fingerprint)
+    old.set_remote("ufrag", ("sha-256", client.certificate.fingerprint))
+    client.exchange(engine, old)
+    assert old.connected and client.dtls.connected
