@@ -431,11 +431,11 @@ class Participant:
             reason, message = rtc.RequestResponse.Reason.OK, ""
             self.update_identity_fields(request.name, request.metadata, attributes)
         if reason != rtc.RequestResponse.Reason.OK or self.protocol > 14:
-            # What was refused comes back without its oversized fields.
+            # A refused request comes back by its id only: echoing it would return what may be its oversized fields.
             self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
                 request_id=request.request_id, reason=reason, message=message,
-                update_metadata=rtc.UpdateParticipantMetadata(request_id=request.request_id)
-                if reason == rtc.RequestResponse.Reason.LIMIT_EXCEEDED else request)))
+                update_metadata=request if reason == rtc.RequestResponse.Reason.OK
+                else rtc.UpdateParticipantMetadata(request_id=request.request_id))))
 
     def attributes_with(self, changes: Mapping[str, str]) -> dict[str, str]:
         """The attributes after `changes` (LiveKit's rule: an empty value deletes the key)."""
