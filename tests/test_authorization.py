@@ -17,8 +17,10 @@ from signal_client import SignalClient
 ROOM = "authorization-room"
 
 
-def segment(text: str) -> rtc.TranscriptionSegment:
-    return rtc.TranscriptionSegment(id=text, text=text, start_time=0, end_time=0, final=True, language="en")
+def transcription(text: str) -> rtc.Transcription:
+    """What "speaker" said; the Rust SDK needs a TR_ track sid in a transcription it receives (it panics on "")."""
+    segment = rtc.TranscriptionSegment(id=text, text=text, start_time=0, end_time=0, final=True, language="en")
+    return rtc.Transcription("speaker", "TR_AMspeaker0001", [segment])
 
 
 async def test_only_an_agents_transcription_reaches_the_others(server):
@@ -34,10 +36,9 @@ async def test_only_an_agents_transcription_reaches_the_others(server):
         await until(lambda: remote(listener, "speaker") and remote(listener, "agent"))
         assert remote(listener, "agent").kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
         before = server.counters().get("data_transcription_not_agent", 0)
-        # A participant that is not an agent claims to transcribe itself; the agent transcribes it. (The Rust SDK
-        # needs a TR_ track sid in a transcription it receives: it panics on an empty one.)
-        await user.local_participant.publish_transcription(rtc.Transcription("speaker", "TR_AMspeaker0001", [segment("forged")]))
-        await agent.local_participant.publish_transcription(rtc.Transcription("speaker", "TR_AMspeaker0001", [segment("heard")]))
+        # A participant that is not an agent claims to transcribe itself; the agent transcribes it.
+        await user.local_participant.publish_transcription(transcription("forged"))
+        await agent.local_participant.publish_transcription(transcription("heard"))
         await until(lambda: received and server.counters().get("data_transcription_not_agent", 0) > before)
         await asyncio.sleep(0.3)
         assert received == [("speaker", ["heard"])]

@@ -102,7 +102,8 @@ async def flood_permissions(client: SignalClient, total: int) -> int:
     for start in range(0, total, per_message):
         count = min(per_message, total - start)
         permission = signal.SubscriptionPermission(track_permissions=[
-            signal.TrackPermission(participant_identity=f"user-{start + i:06d}", all_tracks=True) for i in range(count)])
+            signal.TrackPermission(participant_identity=f"user-{start + i:06d}", all_tracks=True)
+            for i in range(count)])
         assert permission.ByteSize() <= MESSAGE_BUDGET
         await client.send(signal.SignalRequest(subscription_permission=permission))
         messages += 1

@@ -124,8 +124,9 @@ async def test_subscription_permission_entries_are_capped(node: FakeNode) -> Non
     def entries(count: int) -> list[rtc.TrackPermission]:
         return [rtc.TrackPermission(participant_identity=f"user{i}", all_tracks=True) for i in range(count)]
 
-    alice.set_subscription_permission(rtc.SubscriptionPermission(track_permissions=entries(
-        limits.MAX_SUBSCRIPTION_PERMISSIONS - 1) + [rtc.TrackPermission(participant_identity="bob", track_sids=[video.sid])]))
+    bob_entry = rtc.TrackPermission(participant_identity="bob", track_sids=[video.sid])
+    alice.set_subscription_permission(rtc.SubscriptionPermission(
+        track_permissions=entries(limits.MAX_SUBSCRIPTION_PERMISSIONS - 1) + [bob_entry]))
     assert video.sid in bob.subscriptions and video.sid not in carol.subscriptions
     alice.set_subscription_permission(rtc.SubscriptionPermission(track_permissions=entries(100_000)))
     assert node.counters["subscription_permission_limit_exceeded"] == 1
