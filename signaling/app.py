@@ -14,6 +14,7 @@ from .auth import AuthError, Claims
 from .node import Node
 from .protocol import v0
 from .roomservice import PREFIX, RoomService
+from .rtc.limits import LimitExceeded, check_join
 from .rtc.participant import Participant
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,10 @@ def _int(connection: HTTPConnection, name: str) -> int:
 
 def _admit(node: Node, connection: HTTPConnection) -> tuple[str, Claims, str]:
     """Checks what LiveKit checks before upgrading, so failures are HTTP statuses; creates nothing.
-    Returns the token, its claims and the room name. Raises AuthError or PermissionError."""
+    Returns the token, its claims and the room name. Raises AuthError, LimitExceeded or PermissionError."""
     token = _token(connection)
     claims, room_name = node.verifier.verify_join(token)
+    check_join(claims, room_name)
     room = node.store.get(room_name)
     if room is not None and room.is_full(claims.identity):
         raise PermissionError("room is full")
@@ -68,6 +70,8 @@ def create_app(node: Node) -> Starlette:
             _admit(node, request)
         except AuthError as error:
             return PlainTextResponse(str(error), status_code=401, headers=_CORS)
+        except LimitExceeded as error:  # as LiveKit: 400 for an identity or room name past its limit
+            return PlainTextResponse(str(error), status_code=400, headers=_CORS)
         except PermissionError as error:
             return PlainTextResponse(str(error), status_code=403, headers=_CORS)
         return PlainTextResponse("success", headers=_CORS)
@@ -86,6 +90,10 @@ def create_app(node: Node) -> Starlette:
         except AuthError as error:
             node.counters["join_unauthorized"] += 1
             await websocket.send_denial_response(PlainTextResponse(str(error), status_code=401))
+            return
+        except LimitExceeded as error:
+            node.counters["join_limit_exceeded"] += 1
+            await websocket.send_denial_response(PlainTextResponse(str(error), status_code=400))
             return
         except PermissionError as error:
             await websocket.send_denial_response(PlainTextResponse(str(error), status_code=403))
@@ -119,6 +127,7 @@ def create_app(node: Node) -> Starlette:
                 token=token,
             )
         except (RuntimeError, MemoryError) as error:  # the engine has no room for more transports
+            node.counters["join_engine_full"] += 1
             log.warning("cannot admit %s: %s", claims.identity, error)
             await _refuse(websocket)
             return

@@ -18,7 +18,8 @@ from starlette.responses import Response
 
 from .auth import AuthError, Claims
 from .rtc.data import route
-from .rtc.participant import MAX_ATTRIBUTES_SIZE, MAX_METADATA_SIZE, MAX_NAME_LENGTH, Participant
+from .rtc.limits import MAX_ATTRIBUTES_SIZE, MAX_METADATA_SIZE, MAX_NAME_LENGTH
+from .rtc.participant import Participant
 from .rtc.room import Room
 
 if TYPE_CHECKING:

@@ -186,9 +186,16 @@ async def test_explicit_wishes_override_auto_subscribe_both_ways(node: FakeNode)
     auto = join(node, "auto")
     auto.update_subscriptions({audio.sid}, False)
     assert set(auto.subscriptions) == {video.sid}
-    # A wish for a track published later takes effect when it is published.
-    manual.update_subscriptions({"TR_not_yet"}, True)
-    assert manual.subscription_wishes["TR_not_yet"] is True
+    # A wish for a track still waiting for its media takes effect when it is published; a sid of no track is
+    # ignored and nothing is kept for it.
+    alice.add_track(rtc.AddTrackRequest(cid="later", name="screen", type=models.TrackType.VIDEO))
+    pending = alice.find_publication(sink(alice).of("track_published")[-1].track.sid)
+    manual.update_subscriptions({pending.sid, "TR_nothing"}, True)
+    assert manual.subscription_wishes == {video.sid: True, pending.sid: True}
+    alice.attach_media(sdp.AcceptedMedia("3", "video", "later", VP8, {}, [], [3000], []))
+    alice.on_track_started(pending)
+    assert set(manual.subscriptions) == {video.sid, pending.sid}
+    assert node.counters["unknown_track_sids"] == 1
 
 
 async def test_unsubscribing_removes_the_downtrack(node: FakeNode) -> None:

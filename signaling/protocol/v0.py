@@ -14,7 +14,8 @@ from starlette.websockets import WebSocket
 
 from ..peer import sdp
 from ..rtc.ids import now_ms
-from ..rtc.participant import MAX_ATTRIBUTES_SIZE, MAX_METADATA_SIZE, Participant
+from ..rtc.limits import MAX_ATTRIBUTES_SIZE, MAX_METADATA_SIZE
+from ..rtc.participant import Participant
 
 log = logging.getLogger(__name__)
 
@@ -24,20 +25,34 @@ PING_TIMEOUT = 15
 # largest request, an UpdateParticipantMetadata at its metadata and attributes limits, or an SDP at sdp.MAX_SDP_LENGTH,
 # with room for the rest. LiveKit's own limit.signal_message_size_limit is 2 MiB.
 MAX_SIGNAL_MESSAGE = max(MAX_METADATA_SIZE + MAX_ATTRIBUTES_SIZE, sdp.MAX_SDP_LENGTH) + 64 * 1024
-MAX_OUTBOX = 1000  # signal messages queued for a client before it counts as gone
+# A client that does not read what it is sent is dropped once this much waits for it (its socket buffers full).
+# The byte cap is four of LiveKit's largest signal messages (2 MiB); one larger message still goes when nothing else
+# waits (a JoinResponse of a big room).
+MAX_OUTBOX = 1000  # signal messages
+MAX_OUTBOX_BYTES = 8 * 1024 * 1024
+# After the session ends, how long what is queued (the leave) and the closing handshake may take.
+CLOSE_TIMEOUT = 2
 # Clients keep a refreshed token for reconnecting; LiveKit refreshes well before its 10-minute validity ends.
 TOKEN_REFRESH_INTERVAL = 5 * 60
 
 
 class SignalSession:
-    """One v0 signal connection of a participant. `outbox` is drained by the connection's writer; None ends it."""
+    """One v0 signal connection of a participant. `outbox` holds serialized responses for the connection's writer
+    (`outbox_bytes` of them); None ends it."""
 
     def __init__(self, participant: Participant, counters: Counter[str]) -> None:
         self.participant = participant
         self.counters = counters
-        self.outbox: asyncio.Queue[rtc.SignalResponse | None] = asyncio.Queue()
+        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.outbox_bytes = 0
         self.closed = False
+        self.ended = asyncio.Event()  # set when the session closes: its connection is then ended, not read
+        self._writer: asyncio.Task | None = None
         participant.attach(self)
+
+    def start_writer(self, websocket: WebSocket) -> asyncio.Task:
+        self._writer = asyncio.create_task(_write(websocket, self))
+        return self._writer
 
     def join(self) -> None:
         self.participant.join(PING_INTERVAL, PING_TIMEOUT)
@@ -46,17 +61,32 @@ class SignalSession:
     def send(self, response: rtc.SignalResponse) -> None:
         if self.closed:
             return
-        if self.outbox.qsize() >= MAX_OUTBOX:  # the client stopped reading: drop it rather than buffer forever
-            self.counters["signal_outbox_overflow"] += 1
-            # Deferred: send() is called from the middle of other work, close() among it.
-            self.participant.close_soon(models.DisconnectReason.SIGNAL_CLOSE)
+        data = response.SerializeToString()
+        queued = self.outbox.qsize()
+        if queued >= MAX_OUTBOX or (queued and self.outbox_bytes + len(data) > MAX_OUTBOX_BYTES):
+            self._drop()
             return
-        self.outbox.put_nowait(response)
+        self.outbox_bytes += len(data)
+        self.outbox.put_nowait(data)
+
+    def _drop(self) -> None:
+        """The client stopped reading: it is dropped and what waited for it freed, rather than buffered forever."""
+        self.counters["signal_outbox_overflow"] += 1
+        self.closed = True
+        self.ended.set()
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+        self.outbox_bytes = 0
+        if self._writer is not None:
+            self._writer.cancel()  # it waits for the client's socket to drain, which it never will
+        # Deferred: send() is called from the middle of other work, close() among it.
+        self.participant.close_soon(models.DisconnectReason.SIGNAL_CLOSE)
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self.outbox.put_nowait(None)  # ends the writer after what is queued
+            self.ended.set()
 
     # -- requests
     def handle(self, request: rtc.SignalRequest) -> None:
@@ -115,18 +145,25 @@ class SignalSession:
 async def serve(websocket: WebSocket, session: SignalSession, token_expires_at: float) -> None:
     """Runs an accepted connection: joins, then reads requests until the client leaves, goes silent or the
     participant closes; the participant leaves with the connection (no resume yet)."""
-    writer = asyncio.create_task(_write(websocket, session))
+    writer = session.start_writer(websocket)
     refresher = asyncio.create_task(_refresh_tokens(session, token_expires_at))
+    reader = ended = None
     try:
         session.join()
-        await _read(websocket, session)
+        reader = asyncio.create_task(_read(websocket, session))
+        ended = asyncio.create_task(session.ended.wait())
+        done, _ = await asyncio.wait({reader, ended}, return_when=asyncio.FIRST_COMPLETED)
+        if reader in done:
+            reader.result()  # the reader's errors are the connection's
     finally:
-        refresher.cancel()
+        for task in (refresher, reader, ended):
+            if task is not None:
+                task.cancel()
         session.participant.close(models.DisconnectReason.SIGNAL_CLOSE, notify=False)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(writer, 2)
-        with contextlib.suppress(Exception):
-            await websocket.close()
+        await asyncio.wait({writer}, timeout=CLOSE_TIMEOUT)
+        writer.cancel()
+        with contextlib.suppress(Exception):  # a client that reads nothing never completes the closing handshake
+            await asyncio.wait_for(websocket.close(), CLOSE_TIMEOUT)
 
 
 async def _read(websocket: WebSocket, session: SignalSession) -> None:
@@ -170,11 +207,12 @@ async def _refresh_tokens(session: SignalSession, expires_at: float) -> None:
 
 async def _write(websocket: WebSocket, session: SignalSession) -> None:
     while True:
-        response = await session.outbox.get()
-        if response is None:
+        data = await session.outbox.get()
+        if data is None:
             break
+        session.outbox_bytes -= len(data)
         try:
-            await websocket.send_bytes(response.SerializeToString())
+            await websocket.send_bytes(data)
         except Exception:
             break
     with contextlib.suppress(Exception):

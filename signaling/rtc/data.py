@@ -49,6 +49,9 @@ class DataPublisher:
                 return
             self._last_sequence = packet.sequence
         kind = packet.WhichOneof("value")
+        if kind == "transcription" and not sender.is_agent:  # as LiveKit: only agents speak for others' audio
+            self.counters["data_transcription_not_agent"] += 1
+            return
         if kind == "user" and packet.user.nonce:
             if packet.user.nonce in self._nonces:
                 self.counters["data_duplicate"] += 1

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import random
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from livekit.protocol import models, rtc
@@ -17,11 +17,12 @@ from ..auth import Claims, VideoGrant, video_claim
 from ..peer import sdp
 from ..peer.dcep import DataChannel
 from ..peer.negotiation import PublisherPC, StaleAnswer, SubscriberPC
-from . import media_caps
+from . import limits, media_caps
 from .allocator import StreamAllocator
 from .data import LOSSY_LABEL, RELIABLE_LABEL, SERVER_CHANNELS, DataPublisher
 from .ids import new_id, now_ms
 from .publication import Subscription, TrackPublication
+from .subscriptions import SubscriptionPermissions
 
 if TYPE_CHECKING:
     from ..auth import TokenVerifier
@@ -30,10 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# LiveKit's limits (limit.max_metadata_size, max_attributes_size, identity/name length).
-MAX_METADATA_SIZE = 512 * 1024
-MAX_ATTRIBUTES_SIZE = 64 * 1024
-MAX_NAME_LENGTH = 256
 REFRESHED_TOKEN_TTL = 10 * 60
 # SDPs refused (malformed or over sdp.MAX_*) before the participant is closed, as LiveKit closes one whose
 # negotiation failed (STATE_MISMATCH); the first ones get a RequestResponse naming the problem.
@@ -44,6 +41,13 @@ _SOURCE_NAMES = {
     models.TrackSource.MICROPHONE: "microphone",
     models.TrackSource.SCREEN_SHARE: "screen_share",
     models.TrackSource.SCREEN_SHARE_AUDIO: "screen_share_audio",
+}
+# The media each source is: a grant naming sources grants that media only (a microphone grant is not for video).
+_SOURCE_MEDIA = {
+    models.TrackSource.CAMERA: models.TrackType.VIDEO,
+    models.TrackSource.SCREEN_SHARE: models.TrackType.VIDEO,
+    models.TrackSource.MICROPHONE: models.TrackType.AUDIO,
+    models.TrackSource.SCREEN_SHARE_AUDIO: models.TrackType.AUDIO,
 }
 _KINDS = {
     "standard": models.ParticipantInfo.Kind.STANDARD,
@@ -113,7 +117,7 @@ class Participant:
         self.permission_denied: dict[str, bool] = {}
         self.allocator = StreamAllocator(services.engine)
         # As a publisher: who may subscribe to its tracks (None = everyone).
-        self.subscription_permission: rtc.SubscriptionPermission | None = None
+        self.subscription_permission: SubscriptionPermissions | None = None
 
         self.publisher = PublisherPC(services.transports.create("publisher"))
         try:
@@ -143,18 +147,20 @@ class Participant:
     def hidden(self) -> bool:
         return self.grant.hidden
 
-    def can_publish_source(self, source: int) -> bool:
+    @property
+    def is_agent(self) -> bool:
+        """As LiveKit: the agent kind, or the grant's agent flag."""
+        return self.kind == models.ParticipantInfo.Kind.AGENT or self.grant.agent
+
+    def can_publish_track(self, source: int, track_type: int) -> bool:
+        """canPublish and canPublishSources; a grant that names sources also fixes each one's media kind."""
         allowed = self.grant.can_publish_sources
-        return self.grant.can_publish and (not allowed or _SOURCE_NAMES.get(source) in allowed)
+        return self.grant.can_publish and (not allowed or (
+            _SOURCE_NAMES.get(source) in allowed and _SOURCE_MEDIA.get(source) == track_type))
 
     def allows_subscriber(self, subscriber: Participant, track_sid: str) -> bool:
         permission = self.subscription_permission
-        if permission is None or permission.all_participants:
-            return True
-        for entry in permission.track_permissions:
-            if entry.participant_identity == subscriber.identity or (entry.participant_sid and entry.participant_sid == subscriber.sid):
-                return entry.all_tracks or track_sid in entry.track_sids
-        return False
+        return permission is None or permission.allows(subscriber.identity, subscriber.sid, track_sid)
 
     def grant_with(self, permission: models.ParticipantPermission) -> VideoGrant:
         """This participant's grant with what a ParticipantPermission sets replaced."""
@@ -262,21 +268,36 @@ class Participant:
 
     # -- publishing
     def add_track(self, request: rtc.AddTrackRequest) -> None:
-        if not self.can_publish_source(request.source):
-            self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
-                reason=rtc.RequestResponse.Reason.NOT_ALLOWED,
-                message="participant is not allowed to publish this source",
-                add_track=request,
-            )))
+        """A track the client means to publish: answered with track_published (it waits for its media), or a
+        RequestResponse saying why not."""
+        Reason = rtc.RequestResponse.Reason
+        oversized = request.ByteSize() > limits.MAX_ADD_TRACK_SIZE
+        if not self.can_publish_track(request.source, request.type):
+            reason, message = Reason.NOT_ALLOWED, "participant is not allowed to publish this source"
+        elif request.type not in (models.TrackType.AUDIO, models.TrackType.VIDEO):
+            reason, message = Reason.UNSUPPORTED_TYPE, "only audio and video tracks are published this way"
+        elif oversized:
+            reason, message = Reason.LIMIT_EXCEEDED, f"track request larger than {limits.MAX_ADD_TRACK_SIZE} bytes"
+        elif request.cid in self._pending:
+            reason, message = Reason.QUEUED, "track with this cid is pending"
+        elif len(self._pending) >= limits.MAX_PENDING_TRACKS:
+            reason, message = Reason.LIMIT_EXCEEDED, f"more than {limits.MAX_PENDING_TRACKS} tracks pending"
+        elif len(self._pending) + len(self.publications) >= limits.MAX_PARTICIPANT_TRACKS:
+            reason, message = Reason.LIMIT_EXCEEDED, f"more than {limits.MAX_PARTICIPANT_TRACKS} tracks"
+        elif len(self.room.tracks) >= limits.MAX_ROOM_TRACKS:
+            reason, message = Reason.LIMIT_EXCEEDED, f"more than {limits.MAX_ROOM_TRACKS} tracks in the room"
+        else:
+            publication = TrackPublication(self, request)
+            self._pending[request.cid] = publication
+            self.room.tracks[publication.sid] = publication
+            self.send(rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(
+                cid=request.cid, track=publication.info)))
             return
-        if request.cid in self._pending:
-            self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
-                reason=rtc.RequestResponse.Reason.QUEUED, message="track with this cid is pending", add_track=request,
-            )))
-            return
-        publication = TrackPublication(self, request)
-        self._pending[request.cid] = publication
-        self.send(rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=request.cid, track=publication.info)))
+        self.services.counters[f"add_track_{Reason.Name(reason).lower()}"] += 1
+        # The request comes back so the client can match it (by cid); an oversized one only by its cid.
+        echo = rtc.AddTrackRequest(cid=request.cid) if oversized else request
+        self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
+            reason=reason, message=message, add_track=echo)))
 
     def handle_offer(self, offer: rtc.SessionDescription) -> None:
         """The client's publisher offer: answer it, receive what it sends, unpublish what it stopped."""
@@ -330,6 +351,12 @@ class Participant:
             self.services.counters["media_rejected"] += 1
             log.info("participant %s: cannot receive m-line %s: %s", self.identity, media.mid, error)
             return
+        except (RuntimeError, MemoryError) as error:  # every Receiver of the node is taken: refuse the track
+            self.services.counters["engine_receivers_full"] += 1
+            log.warning("participant %s: cannot receive track %s: %s", self.identity, publication.sid, error)
+            self.unpublish(publication)
+            self.send(rtc.SignalResponse(track_unpublished=rtc.TrackUnpublishedResponse(track_sid=publication.sid)))
+            return
         del self._pending[publication.cid]
         publication.receiver_id = receiver_id
         publication.codec = codec
@@ -354,6 +381,7 @@ class Participant:
     def unpublish(self, publication: TrackPublication) -> None:
         self._pending.pop(publication.cid, None)
         self.publications.pop(publication.sid, None)
+        self.room.tracks.pop(publication.sid, None)
         self.room.subscriptions.drop(publication)
         if publication.receiver_id is not None:
             self.services.receivers.pop(publication.receiver_id, None)
@@ -383,25 +411,34 @@ class Participant:
         self.room.broadcast_participant(self)
 
     def set_subscription_permission(self, permission: rtc.SubscriptionPermission) -> None:
-        """The publisher allows only some participants (or all) to subscribe to its tracks."""
-        self.subscription_permission = permission
+        """The publisher allows only some participants (or all) to subscribe to its tracks. A list longer than
+        the limit is ignored (the protocol has no refusal for it) and counted."""
+        if len(permission.track_permissions) > limits.MAX_SUBSCRIPTION_PERMISSIONS or any(
+                len(entry.track_sids) > limits.MAX_PARTICIPANT_TRACKS for entry in permission.track_permissions):
+            self.services.counters["subscription_permission_limit_exceeded"] += 1
+            return
+        self.subscription_permission = SubscriptionPermissions(permission)
         self.room.subscriptions.sync_publications(self, self.publications.values())
 
     # -- identity, metadata and grants
     def update_own_metadata(self, request: rtc.UpdateParticipantMetadata) -> None:
         """Name, metadata and attributes set by the client itself (LiveKit's canUpdateOwnMetadata)."""
         attributes = self.attributes_with(request.attributes)
+        error = limits.identity_fields_error(request.name, request.metadata, attributes)
         if not self.grant.can_update_own_metadata:
             reason, message = rtc.RequestResponse.Reason.NOT_ALLOWED, "does not have permission to update own metadata"
-        elif (len(request.metadata.encode()) > MAX_METADATA_SIZE or len(request.name) > MAX_NAME_LENGTH
-              or sum(len(k.encode()) + len(v.encode()) for k, v in attributes.items()) > MAX_ATTRIBUTES_SIZE):
-            reason, message = rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "metadata, name or attributes too large"
+        elif error is not None:
+            self.services.counters["update_metadata_limit_exceeded"] += 1
+            reason, message = rtc.RequestResponse.Reason.LIMIT_EXCEEDED, error
         else:
             reason, message = rtc.RequestResponse.Reason.OK, ""
             self.update_identity_fields(request.name, request.metadata, attributes)
         if reason != rtc.RequestResponse.Reason.OK or self.protocol > 14:
+            # A refused request comes back by its id only: echoing it would return what may be its oversized fields.
             self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
-                request_id=request.request_id, reason=reason, message=message, update_metadata=request)))
+                request_id=request.request_id, reason=reason, message=message,
+                update_metadata=request if reason == rtc.RequestResponse.Reason.OK
+                else rtc.UpdateParticipantMetadata(request_id=request.request_id))))
 
     def attributes_with(self, changes: Mapping[str, str]) -> dict[str, str]:
         """The attributes after `changes` (LiveKit's rule: an empty value deletes the key)."""
@@ -436,7 +473,7 @@ class Participant:
         was_hidden = self.hidden
         self.grant = self.grant_with(permission)
         for publication in [*self.publications.values(), *self._pending.values()]:
-            if not self.can_publish_source(publication.info.source):
+            if not self.can_publish_track(publication.info.source, publication.info.type):
                 self.unpublish(publication)
                 self.send(rtc.SignalResponse(track_unpublished=rtc.TrackUnpublishedResponse(track_sid=publication.sid)))
         self.room.subscriptions.sync_subscriber(self)
@@ -453,18 +490,43 @@ class Participant:
 
     # -- subscribing (this participant is the subscriber)
     def update_subscriptions(self, sids: set[str], subscribe: bool) -> None:
-        """Explicit (un)subscription to tracks of others, by track sid; it outlasts a track's republication."""
-        for sid in sids:
-            self.subscription_wishes[sid] = subscribe
-        manager = self.room.subscriptions
-        manager.sync(self, [p for p in manager.publications_for(self) if p.sid in sids])
+        """Explicit (un)subscription to tracks in the room (pending ones take it when published), by track sid;
+        sids of no track are ignored, so nothing is kept for them."""
+        publications = self._tracks_named(sids)
+        for publication in publications:
+            self.subscription_wishes[publication.sid] = subscribe
+        self.room.subscriptions.sync(self, publications)
 
     def update_track_settings(self, settings: rtc.UpdateTrackSettings) -> None:
-        for sid in settings.track_sids:
-            self.allocator.settings[sid] = settings
-            subscription = self.subscriptions.get(sid)
+        """A subscriber's settings (pause, quality, dimensions) for tracks in the room; other sids are ignored."""
+        stored = rtc.UpdateTrackSettings()
+        stored.CopyFrom(settings)
+        stored.ClearField("track_sids")  # one copy per sid would otherwise keep the whole list alive
+        for publication in self._tracks_named(settings.track_sids):
+            self.allocator.settings[publication.sid] = stored
+            subscription = self.subscriptions.get(publication.sid)
             if subscription is not None:
                 self.allocator.update(subscription)
+
+    def _tracks_named(self, sids: Iterable[str]) -> list[TrackPublication]:
+        """The room's tracks among `sids`; the rest are counted."""
+        tracks = self.room.tracks
+        named, unknown = [], 0
+        for sid in sids:
+            publication = tracks.get(sid)
+            if publication is None:
+                unknown += 1
+            else:
+                named.append(publication)
+        if unknown:
+            self.services.counters["unknown_track_sids"] += unknown
+        return named
+
+    def forget_track(self, sid: str) -> None:
+        """A track left the room: its wish, permission state and settings go too."""
+        self.subscription_wishes.pop(sid, None)
+        self.permission_denied.pop(sid, None)
+        self.allocator.settings.pop(sid, None)
 
     def subscribe(self, publication: TrackPublication) -> bool:
         """Adds an m-line for the publication to the subscriber PC (the caller renegotiates); False if it has one
@@ -521,24 +583,37 @@ class Participant:
             self.renegotiate()  # the refused answer ended the offer: offer again (until MAX_SDP_REFUSALS)
             return
         sections = {section.mid: section for section in description.sections}
-        for subscription in self.subscriptions.values():
+        refused = False
+        for subscription in list(self.subscriptions.values()):
             section = sections.get(subscription.media.mid)
             if subscription.downtrack_id is None and section is not None and section.port != 0:
-                self._start_downtrack(subscription, section)
+                refused |= not self._start_downtrack(subscription, section)
         self._send_offer(follow_up)
+        if refused:
+            self.renegotiate()
 
-    def _start_downtrack(self, subscription: Subscription, section: sdp.MediaSection) -> None:
+    def _start_downtrack(self, subscription: Subscription, section: sdp.MediaSection) -> bool:
+        """Starts the DownTrack; False if the node has none left (then the subscription ends, the client is told)."""
         publication = subscription.publication
         media = subscription.media
         if publication.receiver_id is None:
-            return
+            return True
         # Publisher extension id -> the id this subscriber negotiated for the same URI.
         extmap = {pub_id: section.extmap[uri] for uri, pub_id in publication.extmap.items() if uri in section.extmap}
-        subscription.downtrack_id = self.services.engine.add_downtrack(
-            publication.receiver_id, self.subscriber.transport.id, media.ssrc, media.rtx_ssrc or 0,
-            media.codec.payload_type, media.codec.rtx_payload_type or 0, extmap,
-        )
+        try:
+            subscription.downtrack_id = self.services.engine.add_downtrack(
+                publication.receiver_id, self.subscriber.transport.id, media.ssrc, media.rtx_ssrc or 0,
+                media.codec.payload_type, media.codec.rtx_payload_type or 0, extmap,
+            )
+        except (RuntimeError, MemoryError) as error:
+            self.services.counters["engine_downtracks_full"] += 1
+            log.warning("participant %s: cannot subscribe to %s: %s", self.identity, publication.sid, error)
+            self.unsubscribe(subscription, renegotiate=False)
+            self.send(rtc.SignalResponse(subscription_response=rtc.SubscriptionResponse(
+                track_sid=publication.sid, err=models.SubscriptionError.SE_UNKNOWN)))
+            return False
         self.allocator.update(subscription)
+        return True
 
     # -- data
     def _on_data_message(self, channel: DataChannel, data: bytes) -> None:
@@ -562,7 +637,7 @@ class Participant:
             self.send(rtc.SignalResponse(leave=rtc.LeaveRequest(reason=reason, action=action)))
         for subscription in list(self.subscriptions.values()):
             self.unsubscribe(subscription, renegotiate=False)
-        for publication in list(self.publications.values()):
+        for publication in [*self.publications.values(), *self._pending.values()]:
             self.unpublish(publication)
         was_active = self.state == models.ParticipantInfo.State.ACTIVE
         self.closed = True

@@ -14,6 +14,7 @@ from .subscriptions import SubscriptionManager
 
 if TYPE_CHECKING:
     from .participant import Participant
+    from .publication import TrackPublication
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ class Room:
         self.sid = new_id("RM_")
         self.created_at_ms = now_ms()
         self.participants: dict[str, Participant] = {}  # by identity
+        # Every participant's tracks by sid, pending or published: what requests naming a track sid may refer to.
+        self.tracks: dict[str, TrackPublication] = {}
         self.empty_timeout = empty_timeout
         self.departure_timeout = departure_timeout
         self.max_participants = max_participants

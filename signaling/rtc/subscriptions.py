@@ -18,6 +18,32 @@ if TYPE_CHECKING:
     from .room import Room
 
 
+class SubscriptionPermissions:
+    """A publisher's SubscriptionPermission, indexed by subscriber identity and sid so each decision is one lookup.
+    As in the list, the first entry naming a subscriber (by identity or by sid) is the one that counts."""
+
+    def __init__(self, permission: rtc.SubscriptionPermission) -> None:
+        self.all_participants = permission.all_participants
+        # identity or sid -> (position in the list, all tracks, the track sids it allows)
+        self._by_identity: dict[str, tuple[int, bool, frozenset[str]]] = {}
+        self._by_sid: dict[str, tuple[int, bool, frozenset[str]]] = {}
+        for index, entry in enumerate(permission.track_permissions):
+            allowed = (index, entry.all_tracks, frozenset(entry.track_sids))
+            if entry.participant_identity:
+                self._by_identity.setdefault(entry.participant_identity, allowed)
+            if entry.participant_sid:
+                self._by_sid.setdefault(entry.participant_sid, allowed)
+
+    def allows(self, identity: str, sid: str, track_sid: str) -> bool:
+        if self.all_participants:
+            return True
+        entries = [e for e in (self._by_identity.get(identity), self._by_sid.get(sid)) if e is not None]
+        if not entries:
+            return False
+        _, all_tracks, track_sids = min(entries, key=lambda entry: entry[0])
+        return all_tracks or track_sid in track_sids
+
+
 @dataclass(frozen=True)
 class Decision:
     wanted: bool   # an explicit wish, else the subscriber's auto_subscribe
@@ -79,9 +105,11 @@ class SubscriptionManager:
             self.sync(other, publications)
 
     def drop(self, publication: TrackPublication) -> None:
-        """The publication is going away: every subscriber loses it."""
+        """The publication is going away: every subscriber loses it, and what each kept for its sid."""
         for subscription in list(publication.subscriptions.values()):
             subscription.subscriber.unsubscribe(subscription)
+        for participant in self.room.participants.values():
+            participant.forget_track(publication.sid)
 
     def publications_for(self, subscriber: Participant) -> list[TrackPublication]:
         return [p for other in self.room.others(subscriber) for p in other.publications.values()]
