@@ -13,6 +13,7 @@ from signaling.cluster.memory import MemoryRoomStore
 from signaling.peer import sdp
 from signaling.peer.negotiation import MAX_SUBSCRIBER_MEDIA
 from signaling.peer.transport import TransportManager
+from signaling.rtc import limits
 from signaling.rtc.allocator import TOP_LAYER, StreamAllocator, allocate
 from signaling.rtc.participant import Participant
 from signaling.rtc.publication import Subscription, TrackPublication
@@ -425,9 +426,10 @@ async def test_a_refused_answer_does_not_stop_later_subscriptions(node: FakeNode
 async def test_subscriber_offers_stay_within_what_its_answer_may_hold(node: FakeNode) -> None:
     """More tracks than MAX_SUBSCRIBER_MEDIA: the subscriber gets that many (the rest counted), its answer to the
     offer parses, and after unsubscribing and resubscribing 10 times over the m-lines are recycled, not added."""
-    publishers = [join(node, f"p{i}") for i in range(MAX_SUBSCRIBER_MEDIA // 50 + 1)]
+    per_publisher = limits.MAX_PARTICIPANT_TRACKS
+    publishers = [join(node, f"p{i}") for i in range(MAX_SUBSCRIBER_MEDIA // per_publisher + 1)]
     bob = join(node, "bob")
-    publications = [publish(p, name=f"cam{k}") for p in publishers for k in range(50)]
+    publications = [publish(p, name=f"cam{k}") for p in publishers for k in range(per_publisher)]
     assert len(bob.subscriptions) == MAX_SUBSCRIBER_MEDIA
     assert node.counters["subscription_limit"] == len(publications) - MAX_SUBSCRIBER_MEDIA
     for _ in range(10):
