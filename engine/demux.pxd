@@ -12,7 +12,7 @@ from engine.state cimport EngineState
 cdef void demux_udp_batch(EngineState *s, int n, int64_t now) noexcept nogil
 # One datagram from `path`. `buf` must stay put until the batch has been forwarded (RTP) and its events dispatched.
 cdef void demux_datagram(EngineState *s, uint8_t *buf, int length, const Path *path, int64_t now) noexcept nogil
-# Makes `path` the transport's (in `slot`) address, for lookups and sending. 0; -2 (counted) when another transport
+# Makes `path` the transport's (in `slot`) address, for lookups and sending. 0; -2 when another transport
 # holds that address (it keeps it; this one keeps its own); -1 when out of memory.
 cdef int demux_bind_path(EngineState *s, int slot, const Path *path) noexcept nogil
 # Forgets the transport's address (if it still owns it).

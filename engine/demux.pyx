@@ -15,9 +15,9 @@ from engine.receiver cimport (Layer, Receiver, layer_receive, layer_reset, recei
 from engine.reports cimport reports_sender_info
 from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, RtcpHeader, SenderInfo, is_rtcp,
                           parse_feedback_ssrcs, parse_fir_ssrc, parse_rtcp_header, parse_sender_info)
-from engine.rtp cimport RtpHeader, find_extension, parse_rtp, parse_srtp_header
+from engine.rtp cimport RtpHeader, find_extension, finish_srtp_header, parse_rtp, parse_srtp_header
 from engine.state cimport (DTLS_EVENTS_PER_SECOND, E_DTLS, E_LAYER, E_STUN, EVENT_WINDOW_US, EVENTS_PER_WINDOW,
-                           MAX_SRTP_STREAMS, RECV_BUF, S_BIND_REFUSED, S_BYTES_IN, S_DROP_DTLS_RATE,
+                           MAX_SRTP_STREAMS, RECV_BUF, S_BYTES_IN, S_DROP_DTLS_RATE, S_DROP_UNADMITTED_SSRC,
                            S_DROP_DTLS_UNBOUND, S_DROP_DUPLICATE, S_DROP_EMPTY, S_DROP_EVENT_BUDGET, S_DROP_MALFORMED,
                            S_DROP_NO_SRTP, S_DROP_NOT_RTP, S_DROP_PAYLOAD_TYPE, S_DROP_RTX_PADDING, S_DROP_SSRC_LIMIT,
                            S_DROP_STUN_MALFORMED, S_DROP_STUN_NO_USERNAME, S_DROP_STUN_NOT_REQUEST, S_DROP_STUN_RATE,
@@ -75,7 +75,6 @@ cdef int demux_bind_path(EngineState *s, int slot, const Path *path) noexcept no
     cdef int64_t holder = find_transport(s, path)
     if holder >= 0 and holder != slot:
         # Another live transport's address: taking it would send that client's media here (or ours there).
-        s.counters[<int>S_BIND_REFUSED] += 1
         return -2
     demux_unbind_path(s, slot)
     t.path = path[0]
@@ -209,26 +208,24 @@ cdef void handle_stun(EngineState *s, const uint8_t *buf, int length, const Path
 
 # ---------------------------------------------------------------- SRTP receive streams
 
-cdef bint admit_ssrc(EngineState *s, int t, uint32_t ssrc, bint known) noexcept nogil:
+cdef int admit_ssrc(EngineState *s, int t, uint32_t ssrc, bint known) noexcept nogil:
     """Whether a packet of `ssrc` may reach srtp_unprotect, where a new SSRC that authenticates gets a libsrtp stream
-    (SSRC_ANY_INBOUND): only SSRCs that have one, or `known` ones while the transport has fewer than
-    MAX_SRTP_STREAMS."""
+    (SSRC_ANY_INBOUND): 1 when it has one, 0 when it may get one (a `known` SSRC, while the transport has fewer than
+    MAX_SRTP_STREAMS; note_srtp_stream once it authenticated), -1 when not (counted)."""
     if map_get(&s.srtp_ssrcs, stream_key(t, ssrc)) >= 0:
-        return True
+        return 1
     if not known:
-        s.counters[<int>S_DROP_UNKNOWN_SSRC] += 1
-        return False
+        s.counters[<int>S_DROP_UNADMITTED_SSRC] += 1
+        return -1
     if s.transports[t].srtp_streams >= MAX_SRTP_STREAMS:
         s.counters[<int>S_DROP_SSRC_LIMIT] += 1
-        return False
-    return True
+        return -1
+    return 0
 
 
 cdef void note_srtp_stream(EngineState *s, int t, uint32_t ssrc) noexcept nogil:
-    """`ssrc` just authenticated, so libsrtp now holds a stream for it."""
+    """`ssrc`, admitted with 0, just authenticated, so libsrtp now holds a stream for it."""
     cdef Transport *tr = s.transports[t]
-    if map_get(&s.srtp_ssrcs, stream_key(t, ssrc)) >= 0 or tr.srtp_streams >= MAX_SRTP_STREAMS:
-        return
     if tr.srtp_ssrc_list == NULL:
         tr.srtp_ssrc_list = <uint32_t *>malloc(MAX_SRTP_STREAMS * sizeof(uint32_t))
         if tr.srtp_ssrc_list == NULL:
@@ -300,19 +297,14 @@ cdef int64_t match_stream(EngineState *s, int t, const uint8_t *buf, const RtpHe
     return -1
 
 
-cdef int64_t bind_stream(EngineState *s, int t, const uint8_t *buf, const RtpHeader *h) noexcept nogil:
-    """Binds an unknown, authenticated SSRC to the layer match_stream finds; the SSRC it replaces loses its map
+cdef int64_t bind_stream(EngineState *s, int t, int64_t v, const RtpHeader *h) noexcept nogil:
+    """Binds an unknown, authenticated SSRC to the layer `v` match_stream found; the SSRC it replaces loses its map
     entry and its libsrtp stream."""
-    cdef int64_t v = match_stream(s, t, buf, h)
-    cdef Receiver *r
-    cdef Layer *layer
+    cdef Receiver *r = s.receivers[v >> 8]
+    cdef int l = (v >> 1) & 0x7F
+    cdef Layer *layer = &r.layers[l]
     cdef DownTrack *d
-    cdef int j, l
-    if v < 0:
-        return -1
-    r = s.receivers[v >> 8]
-    l = (v >> 1) & 0x7F
-    layer = &r.layers[l]
+    cdef int j
     if v & 1:
         if layer.has_rtx and layer.rtx_ssrc != h.ssrc:
             map_remove(&s.streams, stream_key(t, layer.rtx_ssrc))
@@ -338,10 +330,10 @@ cdef int64_t bind_stream(EngineState *s, int t, const uint8_t *buf, const RtpHea
 
 cdef void handle_rtp(EngineState *s, int t, uint8_t *buf, int length, int64_t now) noexcept nogil:
     cdef RtpHeader h
-    cdef int64_t v
+    cdef int64_t v, match = -1
     cdef Receiver *r
     cdef Layer *layer
-    cdef int l
+    cdef int l, admitted
     cdef uint16_t osn
     # Before unprotect, from the header in the clear: an SSRC that is neither bound nor bindable (its mid / rid match
     # a receiver of this transport) would only cost a libsrtp stream.
@@ -349,17 +341,21 @@ cdef void handle_rtp(EngineState *s, int t, uint8_t *buf, int length, int64_t no
         s.counters[<int>S_DROP_MALFORMED] += 1
         return
     v = map_get(&s.streams, stream_key(t, h.ssrc))
-    if not admit_ssrc(s, t, h.ssrc, v >= 0 or match_stream(s, t, buf, &h) >= 0):
+    if v < 0:
+        match = match_stream(s, t, buf, &h)
+    admitted = admit_ssrc(s, t, h.ssrc, v >= 0 or match >= 0)
+    if admitted < 0:
         return
     if srtp.unprotect(s.transports[t].rx, buf, &length) != 0:
         s.counters[<int>S_DROP_UNPROTECT] += 1
         return
-    note_srtp_stream(s, t, h.ssrc)
-    if parse_rtp(buf, length, &h) < 0:
+    if admitted == 0:
+        note_srtp_stream(s, t, h.ssrc)
+    if finish_srtp_header(buf, length, &h) < 0:  # the header is unchanged by unprotect: only its end is new
         s.counters[<int>S_DROP_MALFORMED] += 1
         return
     if v < 0:
-        v = bind_stream(s, t, buf, &h)
+        v = bind_stream(s, t, match, &h) if match >= 0 else -1
         if v < 0:
             s.counters[<int>S_DROP_UNKNOWN_SSRC] += 1
             return
@@ -433,17 +429,20 @@ cdef void handle_rtcp(EngineState *s, int t, uint8_t *buf, int length, int64_t n
     cdef const uint8_t *p
     cdef bint ok
     cdef uint32_t first_sender
+    cdef int admitted
     if length < 8:
         s.counters[<int>S_DROP_MALFORMED] += 1
         return
     # SRTCP keeps the first header and its sender SSRC in the clear; a new one costs a libsrtp stream too.
     first_sender = load32(buf + 4)
-    if not admit_ssrc(s, t, first_sender, True):
+    admitted = admit_ssrc(s, t, first_sender, True)
+    if admitted < 0:
         return
     if srtp.unprotect_rtcp(s.transports[t].rx, buf, &length) != 0:
         s.counters[<int>S_DROP_UNPROTECT] += 1
         return
-    note_srtp_stream(s, t, first_sender)
+    if admitted == 0:
+        note_srtp_stream(s, t, first_sender)
     while offset < length:
         p = buf + offset
         if parse_rtcp_header(p, length - offset, &rh) < 0:

@@ -32,7 +32,8 @@ from engine.receiver cimport (MAX_LAYERS, Layer, Receiver, receiver_free, receiv
                               receiver_update_top)
 from engine.reports cimport reports_tick
 from engine.state cimport (BATCH, E_DTLS, E_STUN, MAX_DOWNTRACKS, MAX_RECEIVERS, MAX_TRANSPORTS, RECV_BUF,
-                           S_COUNT, S_DROP_SEND_FAILED, S_DROP_SUBSCRIBER_NOT_READY, S_EVENT_ERRORS, SEND_BUF,
+                           S_COUNT, S_DROP_SEND_FAILED, S_DROP_SUBSCRIBER_NOT_READY, S_EVENT_ERRORS,
+                           S_SRTP_STREAMS_REMOVED, SEND_BUF,
                            SEND_SLOTS, EngineState, Event, Transport, monotonic_us, stream_key)
 from engine.stun cimport MAX_UFRAG, ufrag_key
 from engine.table cimport list_add, list_discard, map_free, map_get, map_init, map_put, map_remove
@@ -61,7 +62,8 @@ STAT_NAMES = (
     "packets_in", "bytes_in", "packets_out", "bytes_out", "rtp_in", "rtcp_in", "stun_in", "dtls_in", "forwarded",
     "paused_skipped",
     "drop_empty", "drop_truncated", "drop_not_rtp", "drop_unknown_source", "drop_dtls_unbound", "drop_no_srtp",
-    "drop_srtp_unprotect_failed", "drop_malformed", "drop_unknown_ssrc", "drop_duplicate", "drop_payload_type",
+    "drop_srtp_unprotect_failed", "drop_malformed", "drop_unknown_ssrc", "drop_unadmitted_ssrc", "drop_duplicate",
+    "drop_payload_type",
     "drop_rtx_padding",
     "drop_too_large", "drop_srtp_protect_failed", "drop_subscriber_not_ready", "drop_send_failed", "gso_sends",
     "gso_segments",
@@ -70,7 +72,7 @@ STAT_NAMES = (
     "remb_sent", "event_errors",
     "drop_stun_malformed", "drop_stun_not_request", "drop_stun_no_username", "drop_stun_unknown_ufrag",
     "drop_stun_rate_limited", "drop_dtls_rate_limited", "drop_event_budget", "drop_srtp_stream_limit",
-    "bind_refused", "srtp_streams_removed", "drop_rtx_budget", "retransmitted_bytes",
+    "srtp_streams_removed", "drop_rtx_budget", "retransmitted_bytes",
 )
 assert len(STAT_NAMES) == S_COUNT
 
@@ -313,7 +315,7 @@ cdef class Engine:
 
     def bind_transport(self, transport_id: int, host: str, port: int) -> bool:
         """Where the transport's packets come from and go to: an IPv4 or IPv6 (on an IPv6 engine) address.
-        False (and counted as bind_refused) when another transport holds that address: it is not taken from it."""
+        False when another transport holds that address: it is not taken from it."""
         cdef int slot = self._slot(self._transport_slots, transport_id, "transport")
         cdef Path path
         cdef int result
@@ -482,9 +484,10 @@ cdef class Engine:
         cdef DownTrack *d = self.s.downtracks[<int>slot]
         cdef Transport *t = self.s.transports[d.transport]
         if t.tx != NULL:  # libsrtp made a send stream for each SSRC we protected for it
-            srtp.remove_stream(t.tx, d.ssrc)
-            if d.rtx_ssrc:
-                srtp.remove_stream(t.tx, d.rtx_ssrc)
+            if srtp.remove_stream(t.tx, d.ssrc) == 0:
+                self.s.counters[<int>S_SRTP_STREAMS_REMOVED] += 1
+            if d.rtx_ssrc and srtp.remove_stream(t.tx, d.rtx_ssrc) == 0:
+                self.s.counters[<int>S_SRTP_STREAMS_REMOVED] += 1
         if map_get(&self.s.downtrack_ssrcs, stream_key(d.transport, d.ssrc)) == slot:
             map_remove(&self.s.downtrack_ssrcs, stream_key(d.transport, d.ssrc))
         if d.rtx_ssrc and map_get(&self.s.downtrack_ssrcs, stream_key(d.transport, d.rtx_ssrc)) == slot:

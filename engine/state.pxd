@@ -39,7 +39,8 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_DROP_NO_SRTP
     S_DROP_UNPROTECT
     S_DROP_MALFORMED
-    S_DROP_UNKNOWN_SSRC
+    S_DROP_UNKNOWN_SSRC       # authenticated, but matches no layer of the transport's receivers
+    S_DROP_UNADMITTED_SSRC    # neither bound nor bindable: dropped before srtp_unprotect (unauthenticated)
     S_DROP_DUPLICATE
     S_DROP_PAYLOAD_TYPE
     S_DROP_RTX_PADDING
@@ -74,7 +75,6 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_DROP_DTLS_RATE
     S_DROP_EVENT_BUDGET
     S_DROP_SSRC_LIMIT
-    S_BIND_REFUSED
     S_SRTP_STREAMS_REMOVED
     S_DROP_RTX_BUDGET
     S_RETRANSMITTED_BYTES
