@@ -17,7 +17,8 @@ from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, RtcpHeader, S
                           parse_feedback_ssrcs, parse_fir_ssrc, parse_rtcp_header, parse_sender_info)
 from engine.rtp cimport RtpHeader, find_extension, finish_srtp_header, parse_rtp, parse_srtp_header
 from engine.state cimport (DTLS_EVENTS_PER_SECOND, E_DTLS, E_LAYER, E_STUN, EVENT_WINDOW_US, EVENTS_PER_WINDOW,
-                           MAX_SRTP_STREAMS, RECV_BUF, S_BYTES_IN, S_DROP_DTLS_RATE, S_DROP_UNADMITTED_SSRC,
+                           MAX_SRTP_STREAMS, RECV_BUF, RTCP_SENDER_STREAMS, S_BYTES_IN, S_DROP_DTLS_RATE,
+                           S_DROP_UNADMITTED_SSRC,
                            S_DROP_DTLS_UNBOUND, S_DROP_DUPLICATE, S_DROP_EMPTY, S_DROP_EVENT_BUDGET, S_DROP_MALFORMED,
                            S_DROP_NO_SRTP, S_DROP_NOT_RTP, S_DROP_PAYLOAD_TYPE, S_DROP_RTX_PADDING, S_DROP_SSRC_LIMIT,
                            S_DROP_STUN_MALFORMED, S_DROP_STUN_NO_USERNAME, S_DROP_STUN_NOT_REQUEST, S_DROP_STUN_RATE,
@@ -235,6 +236,26 @@ cdef void note_srtp_stream(EngineState *s, int t, uint32_t ssrc) noexcept nogil:
         tr.srtp_streams += 1
 
 
+cdef void note_rtcp_sender(EngineState *s, int t, uint32_t ssrc) noexcept nogil:
+    """SRTCP from `ssrc`, which has no media stream here, authenticated: libsrtp holds a stream for it, kept in the
+    transport's ring of RTCP_SENDER_STREAMS; the oldest one's stream is freed (unless media took it over since)."""
+    cdef Transport *tr = s.transports[t]
+    cdef uint32_t old
+    cdef int i
+    for i in range(tr.rtcp_ssrc_count):
+        if tr.rtcp_ssrcs[i] == ssrc:
+            return
+    if tr.rtcp_ssrc_count < RTCP_SENDER_STREAMS:
+        tr.rtcp_ssrcs[tr.rtcp_ssrc_count] = ssrc
+        tr.rtcp_ssrc_count += 1
+        return
+    old = tr.rtcp_ssrcs[tr.rtcp_ssrc_next]
+    tr.rtcp_ssrcs[tr.rtcp_ssrc_next] = ssrc
+    tr.rtcp_ssrc_next = (tr.rtcp_ssrc_next + 1) % RTCP_SENDER_STREAMS
+    if map_get(&s.srtp_ssrcs, stream_key(t, old)) < 0 and srtp.remove_stream(tr.rx, old) == 0:
+        s.counters[<int>S_SRTP_STREAMS_REMOVED] += 1
+
+
 cdef void demux_release_ssrc(EngineState *s, int t, uint32_t ssrc) noexcept nogil:
     cdef Transport *tr = s.transports[t]
     cdef int64_t index = map_get(&s.srtp_ssrcs, stream_key(t, ssrc))
@@ -257,6 +278,8 @@ cdef void demux_forget_ssrcs(EngineState *s, int t) noexcept nogil:
     for i in range(tr.srtp_streams):
         map_remove(&s.srtp_ssrcs, stream_key(t, tr.srtp_ssrc_list[i]))
     tr.srtp_streams = 0
+    tr.rtcp_ssrc_count = 0
+    tr.rtcp_ssrc_next = 0
     free(tr.srtp_ssrc_list)
     tr.srtp_ssrc_list = NULL
 
@@ -429,20 +452,17 @@ cdef void handle_rtcp(EngineState *s, int t, uint8_t *buf, int length, int64_t n
     cdef const uint8_t *p
     cdef bint ok
     cdef uint32_t first_sender
-    cdef int admitted
     if length < 8:
         s.counters[<int>S_DROP_MALFORMED] += 1
         return
-    # SRTCP keeps the first header and its sender SSRC in the clear; a new one costs a libsrtp stream too.
+    # SRTCP keeps the first header and its sender SSRC in the clear; a new one costs a libsrtp stream too: one of a
+    # media stream uses that stream, any other one is kept in the transport's small ring (note_rtcp_sender).
     first_sender = load32(buf + 4)
-    admitted = admit_ssrc(s, t, first_sender, True)
-    if admitted < 0:
-        return
     if srtp.unprotect_rtcp(s.transports[t].rx, buf, &length) != 0:
         s.counters[<int>S_DROP_UNPROTECT] += 1
         return
-    if admitted == 0:
-        note_srtp_stream(s, t, first_sender)
+    if map_get(&s.srtp_ssrcs, stream_key(t, first_sender)) < 0:
+        note_rtcp_sender(s, t, first_sender)
     while offset < length:
         p = buf + offset
         if parse_rtcp_header(p, length - offset, &rh) < 0:

@@ -100,9 +100,13 @@ cdef enum:
     # bounds the Python work that many misbehaving transports together can cause (5,000 events/s).
     EVENTS_PER_WINDOW = 100
     EVENT_WINDOW_US = 20000
-    # Distinct SSRCs one transport may get libsrtp receive streams for (SSRC_ANY_INBOUND creates one per new SSRC
-    # that authenticates, ~650 B and a linear lookup each). 20 simulcast video tracks with RTX use 120.
+    # Distinct SSRCs one transport may get libsrtp receive streams for from RTP (SSRC_ANY_INBOUND creates one per new
+    # SSRC that authenticates, ~650 B and a linear lookup each). 20 simulcast video tracks with RTX use 120.
     MAX_SRTP_STREAMS = 256
+    # SRTCP sender SSRCs that are no media stream of ours (a client's RR/feedback SSRC, an SR of a track already
+    # removed): their libsrtp streams are kept in a ring of this size per transport, the oldest freed first.
+    # A client uses one or two; media SSRCs' SR use the media stream.
+    RTCP_SENDER_STREAMS = 8
 
 cdef struct Transport:
     int64_t id
@@ -122,6 +126,9 @@ cdef struct Transport:
     int64_t events_us         # when they were last refilled
     int srtp_streams          # SSRCs in EngineState.srtp_ssrcs for it (libsrtp receive streams), <= MAX_SRTP_STREAMS
     uint32_t *srtp_ssrc_list  # the same SSRCs (MAX_SRTP_STREAMS entries, allocated on first use), to forget them all
+    uint32_t rtcp_ssrcs[<int>RTCP_SENDER_STREAMS]  # RTCP-only sender SSRCs with a libsrtp stream (a ring)
+    int rtcp_ssrc_count
+    int rtcp_ssrc_next
     double rtx_tokens         # retransmission budget in bytes (feedback.pyx)
     int64_t rtx_us            # when it was last refilled
     uint64_t bytes_sent       # RTP bytes forwarded to it (retransmissions excluded); at the last rtx refill

@@ -937,9 +937,38 @@ async def test_srtp_streams_are_bounded_per_transport(setup) -> None:
     assert stats["drop_unadmitted_ssrc"] == 500
     assert stats["srtp_streams_removed"] == 19
     assert len(subscriber.take_rtp()) == 20
-    for ssrc in range(0x9000, 0x9000 + 300):  # RTCP from new sender SSRCs: at most the transport's limit
+    for ssrc in range(0x9000, 0x9000 + 300):  # RTCP from new sender SSRCs: a ring of 8 streams, the oldest freed
         publisher.send_rtcp(struct.pack("!BBHI", 0x80, 201, 1, ssrc))
     await asyncio.sleep(0.1)
-    assert eng.stats()["drop_srtp_stream_limit"] == 300 - (256 - 1)  # one stream is the video layer's
+    assert eng.stats()["srtp_streams_removed"] == 19 + 300 - 8
+    assert eng.stats()["drop_srtp_stream_limit"] == 0
     eng.remove_receiver(receiver)  # its layer's stream, and the DownTrack's send stream
-    assert eng.stats()["srtp_streams_removed"] == 21
+    assert eng.stats()["srtp_streams_removed"] == 19 + 300 - 8 + 2
+
+
+async def test_reports_of_removed_tracks_do_not_use_up_streams(setup) -> None:
+    """100 publish/unpublish cycles of a simulcast track with RTX, each followed by sender reports for its SSRCs:
+    the RTCP-only streams stay in their small ring, so a new track after them still gets streams and forwards."""
+    eng, publisher, subscriber, _ = setup
+    for cycle in range(100):
+        ssrcs = [0x10000 + cycle * 8 + i for i in range(3)]
+        receiver, downtrack = add_video(eng, publisher, subscriber, ["q", "h", "f"])
+        for i, (ssrc, rid) in enumerate(zip(ssrcs, (b"q", b"h", b"f"))):
+            publisher.send_rtp(video(1, ssrc, rid, 1, keyframe=True))
+            publisher.send_rtp(rtp(VP8_RTX_PT, 1, 0, ssrc + 4, b"\x00\x01" + vp8(1, keyframe=True),
+                                   [(1, b"1"), (3, rid)]))
+        await asyncio.sleep(0.005)
+        eng.remove_receiver(receiver)
+        for ssrc in ssrcs:
+            publisher.send_rtcp(struct.pack("!BBHIQIII", 0x80, 200, 6, ssrc, 0, 0, 1, 100))
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)
+    drain(subscriber.sock)  # each cycle's DownTrack reused DOWN_SSRC: a fresh session reads the new one
+    subscriber.rx = Session(Policy(key=subscriber.down_key, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    assert eng.stats()["drop_srtp_stream_limit"] == 0
+    receiver, downtrack = add_video(eng, publisher, subscriber, ["q", "h", "f"])
+    for seq in range(1, 4):
+        publisher.send_rtp(video(seq, 0x900000, b"q", seq, keyframe=True))
+    await subscriber.collect(0.1)
+    assert len(subscriber.take_rtp()) == 3
+    assert eng.stats()["drop_srtp_stream_limit"] == 0
