@@ -18,7 +18,8 @@ from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, RtcpHeader, S
 from engine.rtp cimport RtpHeader, find_extension, finish_srtp_header, parse_rtp, parse_srtp_header
 from engine.state cimport (DTLS_EVENTS_PER_SECOND, E_DTLS, E_LAYER, E_STUN, EVENT_WINDOW_US, EVENTS_PER_WINDOW,
                            MAX_SRTP_STREAMS, RECV_BUF, RTCP_SENDER_STREAMS, S_BYTES_IN, S_DROP_DTLS_RATE,
-                           S_DROP_UNADMITTED_SSRC,
+                           S_DROP_SSRC_REBIND_RATE, S_DROP_UNADMITTED_SSRC, SSRC_REBIND_BURST,
+                           SSRC_REBINDS_PER_SECOND,
                            S_DROP_DTLS_UNBOUND, S_DROP_DUPLICATE, S_DROP_EMPTY, S_DROP_EVENT_BUDGET, S_DROP_MALFORMED,
                            S_DROP_NO_SRTP, S_DROP_NOT_RTP, S_DROP_PAYLOAD_TYPE, S_DROP_RTX_PADDING, S_DROP_SSRC_LIMIT,
                            S_DROP_STUN_MALFORMED, S_DROP_STUN_NO_USERNAME, S_DROP_STUN_NOT_REQUEST, S_DROP_STUN_RATE,
@@ -320,7 +321,22 @@ cdef int64_t match_stream(EngineState *s, int t, const uint8_t *buf, const RtpHe
     return -1
 
 
-cdef int64_t bind_stream(EngineState *s, int t, int64_t v, const RtpHeader *h) noexcept nogil:
+cdef bint rebind_allowed(EngineState *s, int64_t v, uint32_t ssrc, bint take, int64_t now) noexcept nogil:
+    """Whether `ssrc` may take layer `v` (a match_stream result) over: a first SSRC may; a different one needs the
+    layer's SSRC_REBINDS_PER_SECOND bucket (`take` spends a token)."""
+    cdef Layer *layer = &s.receivers[v >> 8].layers[(v >> 1) & 0x7F]
+    if not ((layer.has_rtx and layer.rtx_ssrc != ssrc) if v & 1 else (layer.has_ssrc and layer.ssrc != ssrc)):
+        return True
+    bucket_refill(&layer.rebind_tokens, SSRC_REBINDS_PER_SECOND, SSRC_REBIND_BURST, now - layer.rebind_us)
+    layer.rebind_us = now
+    if layer.rebind_tokens < 1:
+        return False
+    if take:
+        layer.rebind_tokens -= 1
+    return True
+
+
+cdef int64_t bind_stream(EngineState *s, int t, int64_t v, const RtpHeader *h, int64_t now) noexcept nogil:
     """Binds an unknown, authenticated SSRC to the layer `v` match_stream found; the SSRC it replaces loses its map
     entry and its libsrtp stream."""
     cdef Receiver *r = s.receivers[v >> 8]
@@ -328,6 +344,7 @@ cdef int64_t bind_stream(EngineState *s, int t, int64_t v, const RtpHeader *h) n
     cdef Layer *layer = &r.layers[l]
     cdef DownTrack *d
     cdef int j
+    rebind_allowed(s, v, h.ssrc, True, now)
     if v & 1:
         if layer.has_rtx and layer.rtx_ssrc != h.ssrc:
             map_remove(&s.streams, stream_key(t, layer.rtx_ssrc))
@@ -359,13 +376,17 @@ cdef void handle_rtp(EngineState *s, int t, uint8_t *buf, int length, int64_t no
     cdef int l, admitted
     cdef uint16_t osn
     # Before unprotect, from the header in the clear: an SSRC that is neither bound nor bindable (its mid / rid match
-    # a receiver of this transport) would only cost a libsrtp stream.
+    # a receiver of this transport) would only cost a libsrtp stream; one that would take a layer over too often
+    # would cost a stream, a layer reset and an event each time.
     if parse_srtp_header(buf, length, &h) < 0:
         s.counters[<int>S_DROP_MALFORMED] += 1
         return
     v = map_get(&s.streams, stream_key(t, h.ssrc))
     if v < 0:
         match = match_stream(s, t, buf, &h)
+        if match >= 0 and not rebind_allowed(s, match, h.ssrc, False, now):
+            s.counters[<int>S_DROP_SSRC_REBIND_RATE] += 1
+            return
     admitted = admit_ssrc(s, t, h.ssrc, v >= 0 or match >= 0)
     if admitted < 0:
         return
@@ -378,7 +399,7 @@ cdef void handle_rtp(EngineState *s, int t, uint8_t *buf, int length, int64_t no
         s.counters[<int>S_DROP_MALFORMED] += 1
         return
     if v < 0:
-        v = bind_stream(s, t, match, &h) if match >= 0 else -1
+        v = bind_stream(s, t, match, &h, now) if match >= 0 else -1
         if v < 0:
             s.counters[<int>S_DROP_UNKNOWN_SSRC] += 1
             return

@@ -72,7 +72,7 @@ STAT_NAMES = (
     "remb_sent", "event_errors",
     "drop_stun_malformed", "drop_stun_not_request", "drop_stun_no_username", "drop_stun_unknown_ufrag",
     "drop_stun_rate_limited", "drop_dtls_rate_limited", "drop_event_budget", "drop_srtp_stream_limit",
-    "srtp_streams_removed", "drop_rtx_budget", "retransmitted_bytes",
+    "srtp_streams_removed", "drop_rtx_budget", "retransmitted_bytes", "drop_ssrc_rebind_rate",
 )
 assert len(STAT_NAMES) == S_COUNT
 

@@ -78,6 +78,7 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_SRTP_STREAMS_REMOVED
     S_DROP_RTX_BUDGET
     S_RETRANSMITTED_BYTES
+    S_DROP_SSRC_REBIND_RATE   # a layer's SSRC changing faster than SSRC_REBINDS_PER_SECOND
     S_COUNT
 
 cdef enum:  # event kinds, queued in C and dispatched to Python after each batch
@@ -107,6 +108,11 @@ cdef enum:
     # removed): their libsrtp streams are kept in a ring of this size per transport, the oldest freed first.
     # A client uses one or two; media SSRCs' SR use the media stream.
     RTCP_SENDER_STREAMS = 8
+    # SSRC changes of one layer (a publisher restarting its encoder; a mid/rid match binding a new SSRC): each frees
+    # a libsrtp stream, resets the layer and raises an event to Python. A token bucket per layer: 2 per second,
+    # burst 4, the rest dropped (drop_ssrc_rebind_rate). Browsers change a layer's SSRC on renegotiation only.
+    SSRC_REBINDS_PER_SECOND = 2
+    SSRC_REBIND_BURST = 4
 
 cdef struct Transport:
     int64_t id

@@ -930,20 +930,20 @@ async def test_srtp_streams_are_bounded_per_transport(setup) -> None:
     receiver, downtrack = add_video(eng, publisher, subscriber, [])
     for ssrc in range(0x7000, 0x7000 + 500):  # neither bound nor bindable (no mid): dropped before unprotect
         publisher.send_rtp(rtp(VP8_PT, 1, 0, ssrc, b"x"))
-    for i, ssrc in enumerate(range(0x8000, 0x8000 + 20)):  # each takes the layer over: the old stream is freed
+    for i, ssrc in enumerate(range(0x8000, 0x8000 + 5)):  # each takes the layer over: the old stream is freed
         publisher.send_rtp(video(100 + i, ssrc, None, i, keyframe=True))
     await subscriber.collect(0.1)
     stats = eng.stats()
     assert stats["drop_unadmitted_ssrc"] == 500
-    assert stats["srtp_streams_removed"] == 19
-    assert len(subscriber.take_rtp()) == 20
+    assert stats["srtp_streams_removed"] == 4
+    assert len(subscriber.take_rtp()) == 5
     for ssrc in range(0x9000, 0x9000 + 300):  # RTCP from new sender SSRCs: a ring of 8 streams, the oldest freed
         publisher.send_rtcp(struct.pack("!BBHI", 0x80, 201, 1, ssrc))
     await asyncio.sleep(0.1)
-    assert eng.stats()["srtp_streams_removed"] == 19 + 300 - 8
+    assert eng.stats()["srtp_streams_removed"] == 4 + 300 - 8
     assert eng.stats()["drop_srtp_stream_limit"] == 0
     eng.remove_receiver(receiver)  # its layer's stream, and the DownTrack's send stream
-    assert eng.stats()["srtp_streams_removed"] == 19 + 300 - 8 + 2
+    assert eng.stats()["srtp_streams_removed"] == 4 + 300 - 8 + 2
 
 
 async def test_reports_of_removed_tracks_do_not_use_up_streams(setup) -> None:
@@ -972,3 +972,20 @@ async def test_reports_of_removed_tracks_do_not_use_up_streams(setup) -> None:
     await subscriber.collect(0.1)
     assert len(subscriber.take_rtp()) == 3
     assert eng.stats()["drop_srtp_stream_limit"] == 0
+
+
+async def test_ssrc_changes_of_a_layer_are_rate_limited(setup) -> None:
+    """An authenticated publisher changing a layer's SSRC on every packet (with the right mid): a few take the layer
+    over (each costs a stream, a reset and an event), the rest are dropped before unprotect."""
+    eng, publisher, subscriber, events = setup
+    add_video(eng, publisher, subscriber, [])
+    for i in range(200):
+        publisher.send_rtp(video(100 + i, 0xA000 + i, None, i, keyframe=True))
+    await subscriber.collect(0.1)
+    stats = eng.stats()
+    assert stats["drop_ssrc_rebind_rate"] >= 200 - 1 - 4 - 2  # the first binding, the burst, what 0.1 s refills
+    assert len([e for e in events if e[0] == "receiver_layer"]) <= 1 + 4 + 2
+    await asyncio.sleep(0.5)  # the bucket refills one change per half second
+    publisher.send_rtp(video(400, 0xB000, None, 400, keyframe=True))
+    await subscriber.collect(0.05)
+    assert ("receiver_layer", 0xB000) in [(e[0], e[3]) for e in events]
