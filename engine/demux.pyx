@@ -19,7 +19,7 @@ from engine.rtp cimport RtpHeader, find_extension, finish_srtp_header, parse_rtp
 from engine.state cimport (DTLS_EVENTS_PER_SECOND, E_DTLS, E_LAYER, E_STUN, EVENT_WINDOW_US, EVENTS_PER_WINDOW,
                            MAX_SRTP_STREAMS, RECV_BUF, RTCP_SENDER_STREAMS, S_BYTES_IN, S_DROP_DTLS_RATE,
                            S_DROP_SSRC_REBIND_RATE, S_DROP_UNADMITTED_SSRC, SSRC_REBIND_BURST,
-                           SSRC_REBINDS_PER_SECOND,
+                           SSRC_REBINDS_PER_SECOND, S_DROP_STUN_UNEXPECTED_RESPONSE, S_STUN_RESPONSES,
                            S_DROP_DTLS_UNBOUND, S_DROP_DUPLICATE, S_DROP_EMPTY, S_DROP_EVENT_BUDGET, S_DROP_MALFORMED,
                            S_DROP_NO_SRTP, S_DROP_NOT_RTP, S_DROP_PAYLOAD_TYPE, S_DROP_RTX_PADDING, S_DROP_SSRC_LIMIT,
                            S_DROP_STUN_MALFORMED, S_DROP_STUN_NO_USERNAME, S_DROP_STUN_NOT_REQUEST, S_DROP_STUN_RATE,
@@ -27,7 +27,7 @@ from engine.state cimport (DTLS_EVENTS_PER_SECOND, E_DTLS, E_LAYER, E_STUN, EVEN
                            S_DROP_UNPROTECT, S_DTLS_IN, S_KEYFRAMES, S_PACKETS_IN, S_RR_RECEIVED, S_RTCP_IN, S_RTP_IN,
                            S_RTX_RECOVERED, S_SR_RECEIVED, S_SRTP_STREAMS_REMOVED, S_STUN_IN,
                            STUN_EVENTS_PER_SECOND, Transport, bucket_refill, queue_event, stream_key)
-from engine.stun cimport STUN_MALFORMED, STUN_NOT_REQUEST, STUN_OK, stun_check, ufrag_key
+from engine.stun cimport STUN_MALFORMED, STUN_NOT_REQUEST, STUN_OK, STUN_RESPONSE, stun_check, ufrag_key
 from engine.table cimport map_get, map_put, map_remove
 from engine.wire cimport load16, load32, store16, store32
 
@@ -55,6 +55,10 @@ cdef inline int64_t find_transport(EngineState *s, const Path *path) noexcept no
         if slot < 0 or path_equal(&s.transports[slot].path, path):
             return slot
         key = path_next_key(key)
+
+
+cdef int64_t demux_find_transport(EngineState *s, const Path *path) noexcept nogil:
+    return find_transport(s, path)
 
 
 cdef int place(EngineState *s, int slot) noexcept nogil:
@@ -183,13 +187,34 @@ cdef bint allow_event(EngineState *s, Transport *t, double *tokens, int counter,
     return True
 
 
+cdef uint64_t demux_check_key(EngineState *s, const uint8_t *transaction_id) noexcept nogil:
+    return ufrag_key(transaction_id, 12, ~s.ufrag_seed)
+
+
+cdef void handle_response(EngineState *s, const uint8_t *buf, int length, const Path *path) noexcept nogil:
+    """A Binding success response reaches Python only as the first answer to one of our outstanding checks (its
+    transaction id, 96 random bits, is not guessable); Python checks its source and MESSAGE-INTEGRITY."""
+    cdef uint64_t key = demux_check_key(s, buf + 8)
+    cdef int64_t slot = map_get(&s.checks, key)
+    if slot < 0:
+        s.counters[<int>S_DROP_STUN_UNEXPECTED_RESPONSE] += 1
+        return
+    map_remove(&s.checks, key)
+    s.counters[<int>S_STUN_RESPONSES] += 1
+    queue_event(s, E_STUN, buf, length, path, s.transports[slot].id, 0, 0)
+
+
 cdef void handle_stun(EngineState *s, const uint8_t *buf, int length, const Path *path, int64_t now) noexcept nogil:
-    """Only a well-formed Binding request to the ufrag of a live transport, within its rate, reaches Python."""
+    """Only a well-formed Binding request to the ufrag of a live transport, within its rates, or the answer to one
+    of our consent checks reaches Python."""
     cdef const uint8_t *ufrag = NULL
     cdef int ufrag_length = 0
     cdef int check = stun_check(buf, length, &ufrag, &ufrag_length)
     cdef int64_t slot
     cdef Transport *t
+    if check == STUN_RESPONSE:
+        handle_response(s, buf, length, path)
+        return
     if check != STUN_OK:
         if check == STUN_MALFORMED:
             s.counters[<int>S_DROP_STUN_MALFORMED] += 1

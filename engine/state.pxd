@@ -78,6 +78,8 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_SRTP_STREAMS_REMOVED
     S_DROP_RTX_BUDGET
     S_RETRANSMITTED_BYTES
+    S_STUN_RESPONSES          # Binding success responses to our consent checks, let up to Python
+    S_DROP_STUN_UNEXPECTED_RESPONSE  # responses (or errors) whose transaction id is none of ours outstanding
     S_DROP_SSRC_REBIND_RATE   # a layer's SSRC changing faster than SSRC_REBINDS_PER_SECOND
     S_COUNT
 
@@ -108,6 +110,9 @@ cdef enum:
     # removed): their libsrtp streams are kept in a ring of this size per transport, the oldest freed first.
     # A client uses one or two; media SSRCs' SR use the media stream.
     RTCP_SENDER_STREAMS = 8
+    # Outstanding consent checks per transport whose Binding success response the engine lets up (the rest are
+    # dropped in C): a few consent periods' worth plus a check of a new address (peer/ice.py keeps fewer).
+    MAX_CONSENT_CHECKS = 8
     # SSRC changes of one layer (a publisher restarting its encoder; a mid/rid match binding a new SSRC): each frees
     # a libsrtp stream, resets the layer and raises an event to Python. A token bucket per layer: 2 per second,
     # burst 4, the rest dropped (drop_ssrc_rebind_rate). Browsers change a layer's SSRC on renegotiation only.
@@ -135,6 +140,8 @@ cdef struct Transport:
     uint32_t rtcp_ssrcs[<int>RTCP_SENDER_STREAMS]  # RTCP-only sender SSRCs with a libsrtp stream (a ring)
     int rtcp_ssrc_count
     int rtcp_ssrc_next
+    uint64_t checks[<int>MAX_CONSENT_CHECKS]  # keys in EngineState.checks of our outstanding consent checks (a ring)
+    int check_next
     double rtx_tokens         # retransmission budget in bytes (feedback.pyx)
     int64_t rtx_us            # when it was last refilled
     uint64_t bytes_sent       # RTP bytes forwarded to it (retransmissions excluded); at the last rtx refill
@@ -181,6 +188,7 @@ cdef struct EngineState:
     U64Map downtrack_ssrcs    # (transport slot, downtrack SSRC or RTX SSRC) -> downtrack slot
     U64Map by_ufrag           # stun.ufrag_key -> transport slot (the ufrag is compared in full)
     U64Map srtp_ssrcs         # (transport slot, SSRC) -> 1: SSRCs with a libsrtp receive stream on the transport
+    U64Map checks             # stun.ufrag_key of a consent check's transaction id -> transport slot
     uint64_t ufrag_seed
     int64_t event_window_us   # the current EVENT_WINDOW_US window, and STUN/DTLS events raised in it
     int window_events

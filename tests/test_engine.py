@@ -531,6 +531,7 @@ async def test_an_address_is_never_taken_from_another_transport(setup) -> None:
     eng, publisher, subscriber, _ = setup
     receiver = eng.add_receiver(publisher.transport, "0", "audio", "opus", OPUS_PT, 0, 48000, [], [AUDIO_SSRC], [], {})
     eng.add_downtrack(receiver, subscriber.transport, DOWN_AUDIO_SSRC, 0, SUB_OPUS_PT, 0, {})
+    assert eng.transport_at(subscriber.host, subscriber.port) == subscriber.transport
     assert not eng.bind_transport(publisher.transport, subscriber.host, subscriber.port)
     publisher.send_rtp(rtp(OPUS_PT, 1, 0, AUDIO_SSRC, b"still here"))
     await subscriber.collect()
@@ -989,3 +990,29 @@ async def test_ssrc_changes_of_a_layer_are_rate_limited(setup) -> None:
     publisher.send_rtp(video(400, 0xB000, None, 400, keyframe=True))
     await subscriber.collect(0.05)
     assert ("receiver_layer", 0xB000) in [(e[0], e[3]) for e in events]
+
+
+def binding_success(transaction_id: bytes) -> bytes:
+    return struct.pack("!HHI", 0x0101, 0, 0x2112A442) + transaction_id
+
+
+async def test_only_responses_to_our_checks_surface(setup) -> None:
+    eng, publisher, subscriber, events = setup
+    ours, other = os.urandom(12), os.urandom(12)
+    eng.expect_stun_response(publisher.transport, ours)
+    publisher.send_raw(binding_success(other))  # a transaction we never started
+    publisher.send_raw(b"\x01\x11" + binding_success(ours)[2:])  # an error response
+    publisher.send_raw(binding_success(ours))
+    publisher.send_raw(binding_success(ours))  # a second answer: one per transaction
+    await asyncio.sleep(0.05)
+    assert [e for e in events if e[0] == "stun"] == [
+        ("stun", publisher.transport, binding_success(ours), "127.0.0.1", publisher.port)]
+    stats = eng.stats()
+    assert (stats["stun_responses"], stats["drop_stun_unexpected_response"], stats["drop_stun_not_request"]) == (1, 2, 1)
+    for _ in range(9):  # the transport remembers its last 8 checks
+        eng.expect_stun_response(publisher.transport, os.urandom(12))
+    eng.expect_stun_response(publisher.transport, other)
+    eng.remove_transport(publisher.transport)
+    publisher.send_raw(binding_success(other))
+    await asyncio.sleep(0.05)
+    assert eng.stats()["drop_stun_unexpected_response"] == 3
