@@ -17,9 +17,10 @@ from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, RtcpHeader, S
                           parse_feedback_ssrcs, parse_fir_ssrc, parse_rtcp_header, parse_sender_info)
 from engine.rtp cimport RtpHeader, find_extension, finish_srtp_header, parse_rtp, parse_srtp_header
 from engine.state cimport (DTLS_EVENTS_PER_SECOND, E_DTLS, E_LAYER, E_STUN, EVENT_WINDOW_US, EVENTS_PER_WINDOW,
-                           MAX_SRTP_STREAMS, RECV_BUF, RTCP_SENDER_STREAMS, S_BYTES_IN, S_DROP_DTLS_RATE,
-                           S_DROP_SSRC_REBIND_RATE, S_DROP_UNADMITTED_SSRC, SSRC_REBIND_BURST,
-                           SSRC_REBINDS_PER_SECOND, S_DROP_STUN_UNEXPECTED_RESPONSE, S_STUN_RESPONSES,
+                           FAIR_EVENT_BURST, FAIR_EVENTS_PER_SECOND, MAX_SRTP_STREAMS, RECV_BUF,
+                           RTCP_SENDER_STREAMS, S_BYTES_IN, S_DROP_DTLS_RATE, S_DROP_SSRC_REBIND_RATE,
+                           S_DROP_STUN_UNEXPECTED_RESPONSE, S_DROP_UNADMITTED_SSRC, S_STUN_RESPONSES,
+                           SSRC_REBIND_BURST, SSRC_REBINDS_PER_SECOND, STUN_BOUND_EVENTS_PER_SECOND,
                            S_DROP_DTLS_UNBOUND, S_DROP_DUPLICATE, S_DROP_EMPTY, S_DROP_EVENT_BUDGET, S_DROP_MALFORMED,
                            S_DROP_NO_SRTP, S_DROP_NOT_RTP, S_DROP_PAYLOAD_TYPE, S_DROP_RTX_PADDING, S_DROP_SSRC_LIMIT,
                            S_DROP_STUN_MALFORMED, S_DROP_STUN_NO_USERNAME, S_DROP_STUN_NOT_REQUEST, S_DROP_STUN_RATE,
@@ -135,7 +136,7 @@ cdef void demux_datagram(EngineState *s, uint8_t *buf, int length, const Path *p
         s.counters[<int>S_DTLS_IN] += 1
         if t < 0:
             s.counters[<int>S_DROP_DTLS_UNBOUND] += 1
-        elif allow_event(s, s.transports[t], &s.transports[t].dtls_tokens, S_DROP_DTLS_RATE, now):
+        elif allow_event(s, s.transports[t], &s.transports[t].dtls_tokens, S_DROP_DTLS_RATE, True, now):
             queue_event(s, E_DTLS, buf, length, path, s.transports[t].id, 0, 0)
         return
     if t < 0:
@@ -165,24 +166,30 @@ cdef int64_t demux_find_ufrag(EngineState *s, const uint8_t *ufrag, int length) 
     return slot
 
 
-cdef bint allow_event(EngineState *s, Transport *t, double *tokens, int counter, int64_t now) noexcept nogil:
-    """One of the transport's token buckets (`tokens`; `counter` counts refusals), then the engine's budget for the
-    current window."""
+cdef bint allow_event(EngineState *s, Transport *t, double *tokens, int counter, bint shared,
+                      int64_t now) noexcept nogil:
+    """One of the transport's token buckets (`tokens`; `counter` counts refusals); then, when `shared`, its fair share
+    or else the engine's budget for the current window (state.pxd, EVENTS_PER_WINDOW)."""
     cdef int64_t elapsed = now - t.events_us
     t.events_us = now
     bucket_refill(&t.stun_tokens, STUN_EVENTS_PER_SECOND, STUN_EVENTS_PER_SECOND, elapsed)
-    bucket_refill(&t.stun_bound_tokens, STUN_EVENTS_PER_SECOND, STUN_EVENTS_PER_SECOND, elapsed)
+    bucket_refill(&t.stun_bound_tokens, STUN_BOUND_EVENTS_PER_SECOND, STUN_BOUND_EVENTS_PER_SECOND, elapsed)
     bucket_refill(&t.dtls_tokens, DTLS_EVENTS_PER_SECOND, DTLS_EVENTS_PER_SECOND, elapsed)
+    bucket_refill(&t.fair_tokens, FAIR_EVENTS_PER_SECOND, FAIR_EVENT_BURST, elapsed)
     if tokens[0] < 1:
         s.counters[counter] += 1
         return False
-    if now - s.event_window_us >= EVENT_WINDOW_US:
-        s.event_window_us = now
-        s.window_events = 0
-    if s.window_events >= EVENTS_PER_WINDOW:
-        s.counters[<int>S_DROP_EVENT_BUDGET] += 1
-        return False
-    s.window_events += 1
+    if shared:
+        if t.fair_tokens >= 1:
+            t.fair_tokens -= 1
+        else:
+            if now - s.event_window_us >= EVENT_WINDOW_US:
+                s.event_window_us = now
+                s.window_events = 0
+            if s.window_events >= EVENTS_PER_WINDOW:
+                s.counters[<int>S_DROP_EVENT_BUDGET] += 1
+                return False
+            s.window_events += 1
     tokens[0] -= 1
     return True
 
@@ -212,6 +219,7 @@ cdef void handle_stun(EngineState *s, const uint8_t *buf, int length, const Path
     cdef int check = stun_check(buf, length, &ufrag, &ufrag_length)
     cdef int64_t slot
     cdef Transport *t
+    cdef bint bound
     if check == STUN_RESPONSE:
         handle_response(s, buf, length, path)
         return
@@ -228,8 +236,8 @@ cdef void handle_stun(EngineState *s, const uint8_t *buf, int length, const Path
         s.counters[<int>S_DROP_STUN_UNKNOWN_UFRAG] += 1
         return
     t = s.transports[slot]
-    if allow_event(s, t, &t.stun_bound_tokens if t.bound and path_equal(&t.path, path) else &t.stun_tokens,
-                   S_DROP_STUN_RATE, now):
+    bound = t.bound and path_equal(&t.path, path)
+    if allow_event(s, t, &t.stun_bound_tokens if bound else &t.stun_tokens, S_DROP_STUN_RATE, not bound, now):
         queue_event(s, E_STUN, buf, length, path, t.id, 0, 0)
 
 

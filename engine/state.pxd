@@ -90,19 +90,32 @@ cdef enum:  # event kinds, queued in C and dispatched to Python after each batch
 
 cdef enum:
     # Events per second one transport may raise (token buckets, burst = one second's worth). libwebrtc checks a
-    # candidate pair every 50-900 ms while connecting and every 2.5 s once connected (a LiveKit Python SDK join sent
-    # 3 in its first second, then one per 2.5 s): 100/s leaves room for many pairs, candidates and retransmissions,
-    # and a flood with a valid ufrag costs Python at most 100 parses/s. Checks from the transport's bound address
-    # have a bucket of their own, so a flood to its ufrag from elsewhere cannot starve its consent checks.
+    # candidate pair every 50-900 ms while connecting (a LiveKit Python SDK join sent 3 in its first second): 100/s
+    # leaves room for many pairs, candidates and retransmissions, and a flood with a valid ufrag costs Python at most
+    # 100 parses/s.
     STUN_EVENTS_PER_SECOND = 100
+    # Checks from the transport's bound address have a bucket of their own, so a flood to its ufrag from elsewhere
+    # cannot starve them (the client's own consent, RFC 7675, needs our answers). Once connected, libwebrtc checks
+    # the selected pair every 2.5 s and aioice every 5 s: 20/s is plenty, and these bypass the engine-wide budget.
+    STUN_BOUND_EVENTS_PER_SECOND = 20
     # DTLS carries the handshake (about 10 datagrams) and then every data channel message (SCTP): 1000 datagrams/s
     # of up to ~1.2 KB is about 1.2 MB/s of data channel traffic per transport, well past LiveKit's typical use
     # (chat, RPC, small state); SCTP retransmits what is dropped past it.
     DTLS_EVENTS_PER_SECOND = 1000
-    # STUN + DTLS events raised by the whole engine per EVENT_WINDOW_US (one engine tick), whatever their sources:
-    # bounds the Python work that many misbehaving transports together can cause (5,000 events/s).
+    # The engine-wide budget, and how it is shared. Events of three kinds reach Python:
+    #  - responses to our own consent checks (one per transaction id we registered, ConsentChecks in peer/ice.py:
+    #    one per ~5 s per transport) and Binding requests from a transport's bound address (STUN_BOUND_EVENTS_PER_
+    #    SECOND): bounded per transport, they bypass the budget, so no flood can make a live client lose consent;
+    #  - each transport's first FAIR_EVENTS_PER_SECOND (burst FAIR_EVENT_BURST) other STUN/DTLS events: its fair
+    #    share, also outside the budget, so a DTLS handshake (a flight is at most ~6 datagrams) and a modest data
+    #    channel always get through;
+    #  - the rest: EVENTS_PER_WINDOW per EVENT_WINDOW_US (one engine tick, 5,000 events/s), first come first served.
+    # So an attacker holding N transports (two per participant, each needing a token) can make Python handle at
+    # most 5,000 + N x (FAIR 50 + BOUND 20) events/s, and can never take another transport's fair share or consent.
     EVENTS_PER_WINDOW = 100
     EVENT_WINDOW_US = 20000
+    FAIR_EVENTS_PER_SECOND = 50
+    FAIR_EVENT_BURST = 16
     # Distinct SSRCs one transport may get libsrtp receive streams for from RTP (SSRC_ANY_INBOUND creates one per new
     # SSRC that authenticates, ~650 B and a linear lookup each). 20 simulcast video tracks with RTX use 120.
     MAX_SRTP_STREAMS = 256
@@ -132,8 +145,9 @@ cdef struct Transport:
     int ufrag_length
     uint64_t ufrag_key        # its key in EngineState.by_ufrag
     double stun_tokens        # token buckets of the events it may raise (see STUN_EVENTS_PER_SECOND): STUN from
-    double stun_bound_tokens  # other addresses, STUN from its bound address, DTLS
+    double stun_bound_tokens  # other addresses, STUN from its bound address, DTLS, and its fair share of the rest
     double dtls_tokens
+    double fair_tokens
     int64_t events_us         # when they were last refilled
     int srtp_streams          # SSRCs in EngineState.srtp_ssrcs for it (libsrtp receive streams), <= MAX_SRTP_STREAMS
     uint32_t *srtp_ssrc_list  # the same SSRCs (MAX_SRTP_STREAMS entries, allocated on first use), to forget them all

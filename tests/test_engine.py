@@ -1016,3 +1016,34 @@ async def test_only_responses_to_our_checks_surface(setup) -> None:
     publisher.send_raw(binding_success(other))
     await asyncio.sleep(0.05)
     assert eng.stats()["drop_stun_unexpected_response"] == 3
+
+
+async def test_flooding_transports_cannot_starve_another(setup) -> None:
+    """Ten transports each raising 1,000 DTLS events/s (their bucket's rate) overflow the engine-wide budget; a
+    victim's DTLS flights and consent responses still all surface (fair share, and responses bypass the budget)."""
+    eng, victim, _, events = setup
+    flooders = [Peer(eng) for _ in range(10)]
+    junk = b"\x17\xfe\xfd" + os.urandom(60)
+    flights = responses = 0
+    try:
+        for tick in range(30):
+            for flooder in flooders:
+                for _ in range(20):
+                    flooder.send_raw(junk)
+            if tick % 5 == 0:
+                for i in range(6):  # a handshake flight
+                    victim.send_raw(b"\x16\xfe\xfd" + bytes([flights, i]) + os.urandom(40))
+                flights += 1
+                transaction_id = os.urandom(12)
+                eng.expect_stun_response(victim.transport, transaction_id)
+                victim.send_raw(binding_success(transaction_id))
+                responses += 1
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
+    finally:
+        for flooder in flooders:
+            flooder.close()
+    mine = [e for e in events if e[1] == victim.transport]
+    assert len([e for e in mine if e[0] == "dtls"]) == 6 * flights
+    assert len([e for e in mine if e[0] == "stun"]) == responses
+    assert eng.stats()["drop_event_budget"] > 0
