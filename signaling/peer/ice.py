@@ -26,6 +26,7 @@ __all__ = [
     "CONSENT_TIMEOUT",
     "BindingResult",
     "StunError",
+    "error_response",
     "handle_binding",
     "is_stun",
     "new_credentials",
@@ -115,13 +116,13 @@ def _is_binding_request(message: stun.Message) -> bool:
     )
 
 
-def _error_response(request: stun.Message, code: int, reason: str) -> bytes:
-    # Without valid credentials we cannot sign, so the error carries only a
-    # FINGERPRINT (RFC 8489 section 9.1.3).
+def error_response(transaction_id: bytes, code: int, reason: str) -> bytes:
+    """A Binding error response. Unsigned (for an unauthenticated request we cannot sign; RFC 8489 section 9.1.3),
+    with a FINGERPRINT."""
     response = stun.Message(
         message_method=stun.Method.BINDING,
         message_class=stun.Class.ERROR,
-        transaction_id=request.transaction_id,
+        transaction_id=transaction_id,
         attributes={"ERROR-CODE": (code, reason)},
     )
     response.add_fingerprint()
@@ -148,7 +149,7 @@ def handle_binding(
     username = message.attributes.get("USERNAME")
     if username is None or "MESSAGE-INTEGRITY" not in message.attributes:
         return BindingResult(
-            response=_error_response(message, 400, "Bad Request"),
+            response=error_response(message.transaction_id, 400, "Bad Request"),
             use_candidate=False,
             authenticated=False,
         )
@@ -162,7 +163,7 @@ def handle_binding(
     )
     if not username_ok or not message.check_message_integrity(local_pwd.encode("utf8")):
         return BindingResult(
-            response=_error_response(message, 401, "Unauthorized"),
+            response=error_response(message.transaction_id, 401, "Unauthorized"),
             use_candidate=False,
             authenticated=False,
         )

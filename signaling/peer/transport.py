@@ -15,7 +15,7 @@ from typing import Callable
 import engine
 from .dcep import AssociationClosed, ChannelClosed, ChannelOpened, DataChannel, MessageReceived
 from .dtls import Certificate, DtlsEndpoint, DtlsError, session_pointer, srtp_sessions
-from .ice import CONSENT_TIMEOUT, StunError, TransactionLog, handle_binding, new_credentials
+from .ice import CONSENT_TIMEOUT, StunError, TransactionLog, error_response, handle_binding, new_credentials
 from .sctp import SctpAssociation, SctpBufferFull
 from .sctp_chunks import SctpError
 from .sdp import LocalEndpoint, SdpError
@@ -95,17 +95,18 @@ class Transport:
         if self._transactions.first_source(data[8:20], source) != source:
             self.manager.counters["stun_replayed"] += 1
             return
-        self.manager.engine.send_to(result.response, host, port)
         if source == self.address:
             self.consent_at = self._now()
         # ICE-lite: the controlling client nominates; until then the first valid pair is good enough to answer DTLS.
         elif result.use_candidate or self.address is None:
-            if self.manager.engine.bind_transport(self.id, host, port):
-                self.address = source
-                self.consent_at = self._now()
-                self.manager.watch_consent()
-            else:  # another transport's address: it keeps it
+            if not self.manager.engine.bind_transport(self.id, host, port):  # another transport's: it keeps it
                 self.manager.counters["ice_address_taken"] += 1
+                self.manager.engine.send_to(error_response(data[8:20], 403, "Forbidden"), host, port)
+                return
+            self.address = source
+            self.consent_at = self._now()
+            self.manager.watch_consent()
+        self.manager.engine.send_to(result.response, host, port)
 
     def check_consent(self, now: float) -> None:
         """Stops media to an address whose consent expired (RFC 7675); the owner decides about the rest."""
