@@ -1,9 +1,13 @@
-"""ICE address selection on a Transport, sans-I/O against a fake engine: a taken address is refused with an error."""
+"""ICE consent (RFC 7675) and address selection on a Transport, sans-I/O against a fake engine: only answers to our
+own checks renew consent (a participant can sign checks with its own password and spoof another's address, so its
+requests prove nothing), a nominated new address must answer a check before media moves, a taken address is
+refused with an error, and one client's two transports expiring together tear down cleanly."""
 from __future__ import annotations
 
 import pytest
 from aioice import stun
 
+from signaling.peer.ice import handle_binding
 from signaling.peer.transport import TransportManager
 
 CLIENT_UFRAG, CLIENT_PWD = "clientufrag", "clientpassword0123456789"
@@ -68,7 +72,7 @@ def setup():
     def create():
         transport = manager.create("publisher")
         transport._now = clock
-        transport.set_remote(CLIENT_UFRAG, None)
+        transport.set_remote(CLIENT_UFRAG, None, CLIENT_PWD)
         return transport
 
     return engine, manager, clock, create
@@ -84,6 +88,88 @@ def client_check(transport, nominate: bool, pwd: str | None = None) -> bytes:
     return bytes(message)
 
 
+def answer(check: stun.Message, transport) -> bytes:
+    """What the client (a full agent) answers to our consent check."""
+    result = handle_binding(bytes(check), ("127.0.0.1", 7882), CLIENT_UFRAG, CLIENT_PWD, transport.ice_ufrag)
+    assert result is not None and result.authenticated
+    return result.response
+
+
+def consent_check(engine: Engine, transport, clock: Clock, seconds: float) -> stun.Message:
+    """Lets `seconds` pass, runs the consent timer, returns the check it sent."""
+    clock.now += seconds
+    transport._on_consent_timer()
+    [(check, _)] = [(m, a) for m, a in engine.take() if m.message_class == stun.Class.REQUEST]
+    return check
+
+
+async def test_our_checks_are_full_agent_checks_and_answers_renew_consent(setup) -> None:
+    engine, manager, clock, create = setup
+    transport = create()
+    transport.handle_stun(client_check(transport, nominate=True), *A)
+    assert engine.bound == {transport.id: A}
+    [(response, to)] = engine.take()
+    assert response.message_class == stun.Class.RESPONSE and to == A
+    for _ in range(12):  # a minute of checks, each answered
+        check = consent_check(engine, transport, clock, 6)
+        assert check.attributes["USERNAME"] == f"{CLIENT_UFRAG}:{transport.ice_ufrag}"
+        assert {"PRIORITY", "ICE-CONTROLLED", "MESSAGE-INTEGRITY", "FINGERPRINT"} <= set(check.attributes)
+        assert check.check_message_integrity(CLIENT_PWD.encode())
+        assert check.transaction_id in engine.expected
+        transport.handle_stun(answer(check, transport), *A)
+    assert engine.bound == {transport.id: A}
+    assert manager.counters["ice_consent_renewed"] == 12
+    assert len({c for c in engine.expected}) == 12  # a fresh transaction id each
+
+
+async def test_spoofed_checks_and_forged_answers_do_not_renew_consent(setup) -> None:
+    engine, manager, clock, create = setup
+    transport = create()
+    lost = []
+    transport.on_consent_lost = lambda: lost.append(True)
+    transport.handle_stun(client_check(transport, nominate=True), *A)
+    engine.take()
+    for _ in range(6):  # 30 s: authenticated checks from A (the attacker's, spoofed) and answers that are not ours
+        check = consent_check(engine, transport, clock, 5)
+        transport.handle_stun(client_check(transport, nominate=False), *A)
+        forged = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.RESPONSE,
+                              attributes={"XOR-MAPPED-ADDRESS": A})
+        forged.add_message_integrity(CLIENT_PWD.encode())  # a transaction id of its own
+        transport.handle_stun(bytes(forged), *A)
+        wrong_key = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.RESPONSE,
+                                 transaction_id=check.transaction_id, attributes={"XOR-MAPPED-ADDRESS": A})
+        wrong_key.add_message_integrity(b"not the client's password")
+        transport.handle_stun(bytes(wrong_key), *A)
+        transport.handle_stun(answer(check, transport), *B)  # the right answer, from elsewhere
+    clock.now += 1
+    transport._on_consent_timer()
+    assert lost == [True] and engine.bound == {}
+    assert manager.counters["ice_consent_renewed"] == 0
+    assert manager.counters["ice_consent_response_refused"] == 18
+    assert manager.counters["ice_consent_expired"] == 1
+
+
+async def test_media_moves_to_a_nominated_address_only_when_it_answers(setup) -> None:
+    engine, manager, clock, create = setup
+    transport = create()
+    transport.handle_stun(client_check(transport, nominate=True), *A)
+    engine.take()
+    transport.handle_stun(client_check(transport, nominate=True), *B)  # a spoofed nomination, or a network change
+    sent = engine.take()
+    assert [(m.message_class, a) for m, a in sent] == [(stun.Class.REQUEST, B), (stun.Class.RESPONSE, B)]
+    assert engine.bound == {transport.id: A}
+    check = sent[0][0]
+    transport.handle_stun(answer(check, transport), *C)  # not from where the check went
+    clock.now += 0.1
+    transport.handle_stun(client_check(transport, nominate=True), *C)  # within SWITCH_CHECK_INTERVAL: no check
+    assert [m.message_class for m, _ in engine.take()] == [stun.Class.RESPONSE]
+    assert engine.bound == {transport.id: A}
+    transport.handle_stun(answer(check, transport), *B)
+    assert engine.bound == {transport.id: B}
+    assert manager.counters["ice_address_switched"] == 1
+    assert manager.counters["ice_switch_check_limited"] == 1
+
+
 async def test_an_address_held_by_another_transport_gets_an_error(setup) -> None:
     engine, manager, clock, create = setup
     victim, attacker = create(), create()
@@ -95,3 +181,21 @@ async def test_an_address_held_by_another_transport_gets_an_error(setup) -> None
     assert response.message_class == stun.Class.ERROR and response.attributes["ERROR-CODE"][0] == 403 and to == A
     assert engine.bound == {victim.id: A, attacker.id: B}
     assert manager.counters["ice_address_taken"] == 1
+
+
+async def test_a_vanished_clients_transports_expire_together(setup) -> None:
+    engine, manager, clock, create = setup
+    publisher, subscriber = create(), create()
+
+    def close_both() -> None:  # what the participant does when its media path is lost
+        publisher.close()
+        subscriber.close()
+
+    publisher.on_consent_lost = subscriber.on_consent_lost = close_both
+    publisher.handle_stun(client_check(publisher, nominate=True), *A)
+    subscriber.handle_stun(client_check(subscriber, nominate=True), *B)
+    clock.now += 31
+    publisher._on_consent_timer()
+    subscriber._on_consent_timer()  # its timer was cancelled; had it fired anyway, nothing happens
+    assert publisher.closed and subscriber.closed and engine.bound == {}
+    assert manager.counters["ice_consent_expired"] == 1
