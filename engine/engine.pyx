@@ -8,8 +8,7 @@ reports.pyx; a timer drives their periodic parts. All of them share one EngineSt
 owns. Only STUN, DTLS and layer events come up to Python, and only what C let through: STUN Binding requests whose
 USERNAME names a live transport's ufrag (stun.pyx; aioice then checks MESSAGE-INTEGRITY), success responses to our
 own consent checks (expect_stun_response), DTLS from a transport's bound address, each within per-transport,
-fair-share and per-window rates (state.pxd). Engine methods must be called from the
-event loop's thread.
+fair-share and per-window rates (state.pxd). Engine methods must be called from the event loop's thread.
 """
 import logging
 import os
@@ -33,7 +32,8 @@ from engine.receiver cimport (MAX_LAYERS, Layer, Receiver, receiver_free, receiv
                               receiver_update_top)
 from engine.reports cimport reports_tick
 from engine.state cimport (BATCH, E_DTLS, E_STUN, MAX_CONSENT_CHECKS, MAX_DOWNTRACKS, MAX_RECEIVERS,
-                           MAX_TRANSPORTS, RECV_BUF, S_COUNT, S_SRTP_STREAMS_REMOVED, S_DROP_SEND_FAILED, S_DROP_SUBSCRIBER_NOT_READY, S_EVENT_ERRORS, SEND_BUF,
+                           MAX_TRANSPORTS, RECV_BUF, S_COUNT, S_DROP_SEND_FAILED, S_DROP_SUBSCRIBER_NOT_READY,
+                           S_EVENT_ERRORS, S_SRTP_STREAMS_REMOVED, SEND_BUF,
                            SEND_SLOTS, EngineState, Event, Transport, monotonic_us, stream_key)
 from engine.stun cimport MAX_UFRAG, ufrag_key
 from engine.table cimport list_add, list_discard, map_free, map_get, map_init, map_put, map_remove

@@ -1008,7 +1008,8 @@ async def test_only_responses_to_our_checks_surface(setup) -> None:
     assert [e for e in events if e[0] == "stun"] == [
         ("stun", publisher.transport, binding_success(ours), "127.0.0.1", publisher.port)]
     stats = eng.stats()
-    assert (stats["stun_responses"], stats["drop_stun_unexpected_response"], stats["drop_stun_not_request"]) == (1, 2, 1)
+    assert stats["stun_responses"] == 1
+    assert stats["drop_stun_unexpected_response"] == 2 and stats["drop_stun_not_request"] == 1
     for _ in range(9):  # the transport remembers its last 8 checks
         eng.expect_stun_response(publisher.transport, os.urandom(12))
     eng.expect_stun_response(publisher.transport, other)
