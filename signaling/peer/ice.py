@@ -14,8 +14,9 @@ client's ice-pwd, and only their authenticated success responses, from that
 address, with a transaction id we chose at random, renew it.
 
 The engine already let through only Binding requests whose USERNAME names
-a live Transport's ufrag (engine/stun.pyx) and tells which Transport; here
-aioice's STUN codec checks MESSAGE-INTEGRITY and builds the response.
+a live Transport's ufrag (engine/stun.pyx), and success responses carrying
+the transaction id of one of our checks, and tells which Transport; here
+aioice's STUN codec checks MESSAGE-INTEGRITY and builds the messages.
 """
 
 from __future__ import annotations
