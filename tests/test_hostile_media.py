@@ -333,3 +333,33 @@ async def test_flooding_participants_cannot_starve_consent_or_joins(server) -> N
         stop.set()
         stranger.close()
         await clients.close()
+
+
+async def test_an_ssrc_per_packet_is_rate_limited(server) -> None:
+    """The publisher signs packets of its own video mid with a new SSRC each: each would take the layer over (a
+    libsrtp stream, a layer reset, an event to Python); past a few per second they are dropped and counted."""
+    clients, publisher, subscriber = await load_room(server, "rebind")
+    try:
+        before = server.counters()
+        tx = srtp_sessions(publisher.publisher_path.srtp_keys)[1]
+        mid = b"\xbe\xde\x00\x01" + bytes([0x10, ord("0")]) + b"\x00\x00"  # one-byte extension: id 1 (mid) = "0"
+        for i in range(5000):
+            packet = struct.pack("!BBHII", 0x90, 96, i, 0, 0x60000000 + i) + mid + b"\x10\x80\x80\x01" + bytes(100)
+            publisher.publisher_path.sock.send(tx.protect(packet))
+            if i % 500 == 0:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        after = server.counters()
+
+        def delta(name: str) -> float:
+            return after.get(name, 0) - before.get(name, 0)
+
+        assert delta("drop_ssrc_rebind_rate") >= 5000 - 10
+        assert delta("srtp_streams_removed") <= 10
+        pinger, _ = await SignalClient.join(server.url, server.token("pinger", "rebind"))
+        try:
+            assert max(await ping_rtts(pinger, 3, 0.05)) < 0.1
+        finally:
+            await pinger.connection.close()
+    finally:
+        await clients.close()
