@@ -183,6 +183,21 @@ async def test_an_address_held_by_another_transport_gets_an_error(setup) -> None
     assert manager.counters["ice_address_taken"] == 1
 
 
+async def test_an_address_is_free_again_once_its_consent_lapsed(setup) -> None:
+    """A client reconnecting from the port of its old, still open transport: refused until the old one's consent
+    lapses (its client no longer answers), then it binds."""
+    engine, manager, clock, create = setup
+    old = create()
+    old.handle_stun(client_check(old, nominate=True), *A)
+    new = create()
+    new.handle_stun(client_check(new, nominate=True), *A)
+    assert engine.bound == {old.id: A}
+    clock.now += 31
+    old._on_consent_timer()
+    new.handle_stun(client_check(new, nominate=True), *A)
+    assert engine.bound == {new.id: A}
+
+
 async def test_a_vanished_clients_transports_expire_together(setup) -> None:
     engine, manager, clock, create = setup
     publisher, subscriber = create(), create()
