@@ -326,7 +326,7 @@ async def test_flooding_participants_cannot_starve_consent_or_joins(server) -> N
             return after.get(name, 0) - before.get(name, 0)
 
         assert delta("drop_event_budget") > 0  # the flood did overflow the shared budget
-        assert delta("ice_consent_renewed") >= 13  # (almost) every transport's check was answered during it
+        assert delta("ice_consent_renewed") >= 12  # every flooder, the victim and the publisher answered a check
         assert delta("ice_consent_expired") == 0
         assert joined < 5, joined
     finally:
