@@ -1,6 +1,7 @@
 """STUN prefilter: Binding request framing and the USERNAME's local ufrag, success responses, in C (see stun.pxd)."""
 from libc.stdint cimport uint16_t, uint32_t
 
+from engine.table cimport mix64
 from engine.wire cimport load16, load32
 
 cdef enum:
@@ -60,9 +61,4 @@ cdef uint64_t ufrag_key(const uint8_t *ufrag, int length, uint64_t seed) noexcep
     cdef int i
     for i in range(length):
         h = (h ^ ufrag[i]) * 0x100000001B3ULL
-    h ^= h >> 30
-    h *= 0xBF58476D1CE4E5B9ULL
-    h ^= h >> 27
-    h *= 0x94D049BB133111EBULL
-    h ^= h >> 31
-    return h
+    return mix64(h)
