@@ -47,11 +47,13 @@ cdef int32_t MAX_NEGATIVE_ARRIVALS = 3        # consecutive out-of-order groups 
 cdef double TREND_SMOOTHING = 0.9
 cdef double TREND_GAIN = 4.0
 cdef int32_t TREND_MAX_DELTAS = 60
-# Adaptive threshold gamma (GCC draft §5.4): starts at 12.5 ms, follows |m| with k_u = 0.01 up and k_d = 0.00018
-# down per ms, stays in [6, 600] ms, and ignores trends more than 15 ms above it (spikes must not drag it up).
+# Adaptive threshold gamma (GCC draft §5.4): starts at 12.5 ms and follows |trend| at k_up = 0.0087 above it and
+# k_down = 0.039 below it, per ms (libwebrtc's trendline values; the draft's 0.01 / 0.00018, which the research digest
+# quotes from pion, belong to its Kalman filter: with the trendline they keep gamma raised for seconds after a queue
+# drains, and the next overuse is caught late); stays in [6, 600] ms; ignores trends more than 15 ms above it.
 cdef double THRESHOLD_START_MS = 12.5
-cdef double THRESHOLD_K_UP = 0.01
-cdef double THRESHOLD_K_DOWN = 0.00018
+cdef double THRESHOLD_K_UP = 0.0087
+cdef double THRESHOLD_K_DOWN = 0.039
 cdef double THRESHOLD_MIN_MS = 6.0
 cdef double THRESHOLD_MAX_MS = 600.0
 cdef double THRESHOLD_MAX_JUMP_MS = 15.0
@@ -168,7 +170,7 @@ cdef void bwe_on_feedback(Bwe *b, const BwePacketResult *results, int count, int
     cdef int i
     cdef const BwePacketResult *r
     cdef int64_t newest_send = -1
-    cdef int slot
+    cdef int slot, accepted = 0
     cdef bint late
     b.reports += 1
     b.twcc_seen = True
@@ -176,7 +178,7 @@ cdef void bwe_on_feedback(Bwe *b, const BwePacketResult *results, int count, int
         r = &results[i]
         b.ops += 1
         if (r.seq < 0 or r.seq >= MAX_SEQ or r.size <= 0 or r.size > MAX_PACKET_SIZE or r.send_us > now
-                or now - r.send_us > MAX_FEEDBACK_AGE_US
+                or r.send_us < now - MAX_FEEDBACK_AGE_US
                 or (r.received and (r.arrival_us < -MAX_ARRIVAL_US or r.arrival_us > MAX_ARRIVAL_US))):
             b.invalid += 1
             continue
@@ -190,6 +192,7 @@ cdef void bwe_on_feedback(Bwe *b, const BwePacketResult *results, int count, int
         elif r.seq <= b.max_seq - BWE_SEEN:
             b.stale += 1
             continue
+        accepted += 1
         b.seen_seq[slot] = r.seq
         b.seen_received[slot] = r.received
         if r.seq > b.max_seq:
@@ -209,8 +212,9 @@ cdef void bwe_on_feedback(Bwe *b, const BwePacketResult *results, int count, int
             delay_packet(b, r)
     if newest_send >= 0:
         rtt_sample(b, <double>(now - newest_send) / 1000.0)
-    rate_update(b, now)
-    loss_update(b, now)
+    if accepted:              # a report with nothing new (empty, all duplicates or invalid) is no evidence either way
+        rate_update(b, now)
+        loss_update(b, now)
     probes_judge(b, now)
     output_update(b, now)
 
@@ -377,21 +381,20 @@ cdef void rate_update(Bwe *b, int64_t now) noexcept nogil:
             b.decreases += 1
     elif b.usage == BWE_UNDERUSING:
         b.rate_state = RATE_HOLD      # the queue drains: wait, the rate that filled it is still in flight
-    else:
+    elif acked > 0:                   # no increase without evidence that packets get through
         if b.rate_state != RATE_INCREASE:
             b.rate_state = RATE_INCREASE
         else:
-            if b.capacity_kbps > 0 and acked > 0 and acked / 1000.0 > capacity_upper(b):
+            if b.capacity_kbps > 0 and acked / 1000.0 > capacity_upper(b):
                 b.capacity_kbps = -1.0    # well past the old congestion point: the path changed, search again
             if b.capacity_kbps > 0:
                 response_ms = rtt_or_default(b) + RESPONSE_BASE_MS
                 rate += max(ADDITIVE_MIN_BPS_PER_S, 0.5 * ADDITIVE_PACKET_BITS * 1000.0 / response_ms) * dt_s
             else:
                 rate *= pow(INCREASE_PER_SECOND, dt_s)
-            if acked > 0:
-                limit = ACKED_HEADROOM * acked + ACKED_HEADROOM_BPS
-                if rate > limit:
-                    rate = max(b.delay_rate_bps, limit)
+            limit = ACKED_HEADROOM * acked + ACKED_HEADROOM_BPS
+            if rate > limit:
+                rate = max(b.delay_rate_bps, limit)
     b.delay_rate_bps = clamp(rate, BWE_MIN_BPS, BWE_MAX_BPS)
     b.rate_update_us = now
 
