@@ -1,7 +1,7 @@
 # BWE: the send-side bandwidth estimate of one subscriber transport. Fed with the packet results of the subscriber's
 # TWCC feedback (delay gradient + loss, GCC-like: draft-ietf-rmcat-gcc-02) or, for clients that only do REMB, with
 # their REMB. Fixed-size state (a Transport embeds a Bwe), no allocation, no Python objects, nogil.
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
 
 cdef enum:  # bwe_state: the delay detector's signal (or, on the REMB path, the REMB trend)
     BWE_NORMAL
@@ -107,8 +107,8 @@ cdef struct Bwe:
     int64_t ack_first_us      # arrival of the first packet counted since the last restart
     int64_t ack_last_us       # newest arrival
     # packet results seen (duplicates, late arrivals of packets reported lost)
-    int64_t seen_seq[BWE_SEEN]
-    bint seen_received[BWE_SEEN]
+    uint32_t seen_seq[BWE_SEEN]   # low 32 bits: enough, the window is 512 numbers below max_seq
+    uint8_t seen[BWE_SEEN]        # SEEN_* (private to bwe.pyx)
     int64_t max_seq
     BweProbeCluster probes[BWE_PROBE_CLUSTERS]
     # counters

@@ -20,6 +20,7 @@ Where this differs from libwebrtc's GCC (goog_cc), on purpose:
   the allocator decides when to probe (bwe_probe_start), this module only judges probes.
 """
 from libc.math cimport fabs, pow, sqrt
+from libc.stdint cimport uint32_t
 from libc.string cimport memset
 
 from engine.bwe cimport (BWE_ACK_BUCKETS, BWE_NORMAL, BWE_OVERUSING, BWE_PROBE_CLUSTERS, BWE_SEEN,
@@ -114,6 +115,12 @@ cdef int64_t BWE_CONGESTION_HOLD_US = 500000  # after a decrease, no upgrade for
 cdef double REMB_DROP = 0.9                   # a REMB below 90 % of the estimate is the client's overuse signal
 
 
+cdef enum:  # Bwe.seen
+    SEEN_NONE
+    SEEN_LOST
+    SEEN_RECEIVED
+
+
 cdef inline double clamp(double v, double lo, double hi) noexcept nogil:
     return lo if v < lo else (hi if v > hi else v)
 
@@ -137,8 +144,6 @@ cdef void bwe_init(Bwe *b, int64_t start_bps, int64_t now) noexcept nogil:
     b.last_loss_decrease_us = now - LOSS_DECREASE_INTERVAL_US
     b.ack_head = -1
     b.max_seq = -1
-    for i in range(BWE_SEEN):
-        b.seen_seq[i] = -1
     for i in range(BWE_PROBE_CLUSTERS):
         b.probes[i].status = PROBE_UNKNOWN
         b.probes[i].id = -1
@@ -184,8 +189,8 @@ cdef void bwe_on_feedback(Bwe *b, const BwePacketResult *results, int count, int
             continue
         slot = <int>(r.seq & (BWE_SEEN - 1))
         late = False
-        if b.seen_seq[slot] == r.seq:
-            if b.seen_received[slot] or not r.received:
+        if b.seen[slot] != SEEN_NONE and b.seen_seq[slot] == <uint32_t>r.seq and r.seq > b.max_seq - BWE_SEEN:
+            if b.seen[slot] == SEEN_RECEIVED or not r.received:
                 b.duplicates += 1
                 continue
             late = True       # reported lost before, received after all (it came late, or the report was partial)
@@ -193,8 +198,8 @@ cdef void bwe_on_feedback(Bwe *b, const BwePacketResult *results, int count, int
             b.stale += 1
             continue
         accepted += 1
-        b.seen_seq[slot] = r.seq
-        b.seen_received[slot] = r.received
+        b.seen_seq[slot] = <uint32_t>r.seq
+        b.seen[slot] = SEEN_RECEIVED if r.received else SEEN_LOST
         if r.seq > b.max_seq:
             b.max_seq = r.seq
         if late:

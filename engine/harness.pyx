@@ -114,6 +114,9 @@ cdef class DownTrackHarness:
         return bytes(out[:length])
 
 
+BWE_STATE_BYTES = sizeof(Bwe)   # what a Transport embedding the estimator grows by
+
+
 cdef class BweHarness:
     """One transport's bandwidth estimator (engine/bwe.pyx), fed with synthetic feedback. Times are microseconds."""
 

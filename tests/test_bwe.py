@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.harness import BweHarness
+from engine.harness import BWE_STATE_BYTES, BweHarness
 from tests.bwe_sim import PACKET, REMOTE_CLOCK_OFFSET, Link, run
 
 S = 1_000_000                 # µs per second
@@ -314,3 +314,8 @@ def test_work_per_packet_is_bounded_and_does_not_grow_with_history() -> None:
         assert stats["ops"] <= OPS_PER_RESULT * stats["packets"] + OPS_PER_REPORT * stats["reports"]
         per_packet.append(stats["ops"] / stats["packets"])
     assert per_packet[1] <= 1.15 * per_packet[0], per_packet
+
+
+def test_state_is_fixed_and_small() -> None:
+    """All state is one fixed struct a Transport embeds: no growth with traffic, ~4 KB per subscriber transport."""
+    assert BWE_STATE_BYTES <= 4096
