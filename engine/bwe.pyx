@@ -12,8 +12,10 @@ above the current rate, so the estimate can jump up instead of creeping (8 %/s).
 
 Where this differs from libwebrtc's GCC (goog_cc), on purpose:
 - a loss-based cut is applied to the rate the lossy packets were *sent* at, not to the current estimate: loss reported
-  for packets sent before the last cut says nothing about the rate now (libwebrtc cuts the current target again,
-  which after a burst of congestion loss can overshoot far below capacity);
+  for packets sent before the last cut says nothing about the rate now (libwebrtc cuts its current target, guarded
+  only by the 300 ms + RTT interval, so reports lagging a burst of congestion loss can cut below capacity); and it
+  goes no higher than the acknowledged rate: behind a shallow drop-tail queue the delay stays flat, and GCC's
+  (1 - 0.5 x loss) alone needs seconds of 50-70 % loss to come down from a 4x overshoot;
 - a probe that made the detector signal overuse is failed, not applied (LiveKit judges probes the same way);
   libwebrtc applies the measured rate and lets the following decrease correct it;
 - no ALR detection, no loss-based v2 model, no Kalman filter option, no bandwidth-limited start probes of our own:
@@ -439,7 +441,7 @@ cdef inline void loss_count(Bwe *b, const BwePacketResult *r) noexcept nogil:
 
 cdef void loss_update(Bwe *b, int64_t now) noexcept nogil:
     """At >= LOSS_MIN_PACKETS results: the interval's loss fraction moves the loss-based rate A_s."""
-    cdef double loss, sent_bps, span_us
+    cdef double loss, cut, acked, span_us
     if b.interval_packets < LOSS_MIN_PACKETS:
         b.loss_rate_bps = min(b.loss_rate_bps, b.delay_rate_bps)
         return
@@ -447,12 +449,16 @@ cdef void loss_update(Bwe *b, int64_t now) noexcept nogil:
     b.loss_fraction = loss
     if loss > LOSS_HIGH:
         if now - b.last_loss_decrease_us >= LOSS_DECREASE_INTERVAL_US + <int64_t>(rtt_or_default(b) * 1000.0):
-            # the cut applies to the rate these packets were sent at: a cut since then already answered them
+            # GCC's cut, applied to the rate these packets were sent at: if a cut since then already went below
+            # it, this loss is answered. Heavy loss also means what arrived (the acked rate) is what the path
+            # carries: a full shallow queue hides from the delay detector, so the cut goes no higher than that.
             span_us = <double>(b.interval_last_send_us - b.interval_first_send_us)
-            sent_bps = b.interval_bytes * 8e6 / span_us if span_us > 0 else b.loss_rate_bps
-            sent_bps = min(sent_bps, b.loss_rate_bps)
-            if (1.0 - 0.5 * loss) * sent_bps < b.loss_rate_bps:
-                b.loss_rate_bps = (1.0 - 0.5 * loss) * sent_bps
+            cut = (1.0 - 0.5 * loss) * (b.interval_bytes * 8e6 / span_us if span_us > 0 else b.loss_rate_bps)
+            acked = ack_rate(b)
+            if 0 < acked < cut:
+                cut = acked
+            if cut < b.loss_rate_bps:
+                b.loss_rate_bps = cut
                 b.last_congestion_us = now
                 b.decreases += 1
             b.last_loss_decrease_us = now
