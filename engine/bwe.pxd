@@ -27,7 +27,8 @@ cdef struct BwePacketResult:
     int64_t send_us           # when we sent it (our clock, the same as `now`)
     int64_t arrival_us        # when it arrived, in the remote clock (only differences are used); ignored when lost
     int32_t size              # bytes sent (RTP header + payload, as the send history counted them)
-    int32_t probe_cluster     # the probe cluster it was sent in, -1 for none
+    int32_t probe_cluster     # the probe cluster running when it was sent, -1 for none (every packet sent during a
+                              # cluster carries its id, media and padding alike, as libwebrtc's pacer tags them)
     bint received             # False: the report says it was lost
 
 cdef struct BweGroup:         # packets sent within one burst (GCC's "group")
@@ -132,7 +133,9 @@ cdef void bwe_init(Bwe *b, int64_t start_bps, int64_t now) noexcept nogil
 cdef void bwe_on_feedback(Bwe *b, const BwePacketResult *results, int count, int64_t now) noexcept nogil
 # A REMB from a client without transport-cc (ignored once TWCC feedback has been seen).
 cdef void bwe_on_remb(Bwe *b, int64_t bps, int64_t now) noexcept nogil
-# A probe cluster `cluster_id` (>= 0) starts now, paced at `target_bps`; its packets carry the id in the send history.
+# A probe cluster `cluster_id` (>= 0) starts now, paced at `target_bps` for a short burst (libwebrtc: >= 5 packets,
+# >= 15 ms; judged over at most 1 s); every packet sent until it ends carries the id in the send history. The estimate
+# jumps to the measured rate when the probe succeeds without congestion.
 cdef void bwe_probe_start(Bwe *b, int32_t cluster_id, int64_t target_bps, int64_t now) noexcept nogil
 # PROBE_* of a cluster; a pending one past BWE_PROBE_TIMEOUT_US reads as failed.
 cdef int bwe_probe_status(const Bwe *b, int32_t cluster_id, int64_t now) noexcept nogil
