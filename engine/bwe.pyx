@@ -631,8 +631,9 @@ cdef double probe_rate(const BweProbeCluster *c) noexcept nogil:
     if receive_bps > PROBE_MAX_RECEIVE_RATIO * send_bps:
         return -1.0
     if receive_bps < PROBE_BOTTLENECK_RATIO * send_bps:
-        return PROBE_BOTTLENECK_FACTOR * receive_bps
-    return min(send_bps, receive_bps)
+        return min(PROBE_BOTTLENECK_FACTOR * receive_bps, <double>c.target_bps)
+    # no more than asked for: a pacer that bunched the cluster proves the link carried it, not a higher rate
+    return min(send_bps, receive_bps, <double>c.target_bps)
 
 
 cdef int bwe_probe_status(const Bwe *b, int32_t cluster_id, int64_t now) noexcept nogil:
