@@ -35,7 +35,6 @@ class Trace:
     times: list[int] = field(default_factory=list)        # feedback arrival times (µs)
     estimates: list[int] = field(default_factory=list)
     states: list[str] = field(default_factory=list)
-    sent_bytes: int = 0
     probes: list[tuple[int, int, str, int]] = field(default_factory=list)  # (start, target, status, result)
 
     def estimate_at(self, t: int) -> int:
@@ -105,7 +104,6 @@ def run(bwe: BweHarness, link: Link, duration_us: int, demand_bps: float, *, pro
             if link.rng.random() >= link.loss:
                 arrival = link_free + link.delay_us
         pending.append((seq, t, PACKET, arrival, tag))
-        trace.sent_bytes += PACKET
         seq += 1
         t += max(1, int(PACKET * 8e6 / rate))
     for cluster, when, target in started:
