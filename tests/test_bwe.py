@@ -236,6 +236,15 @@ def test_reports_without_news_do_not_raise_the_estimate() -> None:
     assert bwe.stats["invalid"] == 200 and bwe.stats["packets"] == 0
 
 
+def test_change_events_are_rare_enough_to_raise_to_python() -> None:
+    """The engine raises an event per change: a few a second at most, even on a sawtoothing narrow link."""
+    for capacity, start in ((600_000, 2_500_000), (20_000_000, 2_000_000)):
+        events: list[bool] = []
+        run(BweHarness(start, 0), Link(constant(capacity)), 20 * S, 3_000_000,
+            observe=lambda now, b: events.append(b.take_change()))
+        assert sum(events) <= 3 * 20
+
+
 # ---- (d) garbage never breaks it -----------------------------------------------------------------------------------
 
 def check_sane(bwe: BweHarness) -> None:
