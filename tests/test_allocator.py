@@ -142,6 +142,7 @@ async def test_audio_is_reserved_and_video_pauses_below_its_lowest_layer(node: F
     bob.allocator.on_estimate(DEFAULT_AUDIO_BPS + LAYER_BPS[0] - 1, congested=True)
     assert node.engine.paused[video_dt] is True and node.engine.paused[audio_dt] is False
     assert stream_states(bob) == [(video.sid, rtc.StreamState.PAUSED)]
+    assert node.counters["stream_paused_bandwidth"] == 1
     assert not sink(bob).of("mute") and not video.info.muted  # a bandwidth pause is not a mute
     assert video.sid in bob.subscriptions
     # Recovers only when the lowest layer fits with the upgrade margin, not congested, after the hold time.

@@ -12,6 +12,7 @@ steps join it when the Forwarder can drop temporal layers."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -112,12 +113,12 @@ class StreamAllocator:
     """One subscriber's StreamAllocator: keeps its track settings and its bandwidth estimate, and pushes each
     DownTrack's allocation to the engine. `subscriptions()` lists the subscriber's current subscriptions; `send`
     reaches its client (StreamStateUpdate); `on_demand(publication)` is told when what this subscriber needs of a
-    publication may have changed (dynacast)."""
+    publication may have changed (dynacast); bandwidth pauses are counted in `counters`."""
 
     def __init__(self, engine: LayerControl, subscriptions: Callable[[], Iterable[Subscription]] = tuple,
                  send: Callable[[rtc.SignalResponse], None] | None = None,
                  on_demand: Callable[[TrackPublication], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 counters: Counter[str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.settings: dict[str, rtc.UpdateTrackSettings] = {}  # by track sid, the last UpdateTrackSettings
         self.estimate: float | None = None  # the subscriber's available bitrate (bps); None = unknown
@@ -125,6 +126,7 @@ class StreamAllocator:
         self._subscriptions = subscriptions
         self._send = send
         self._on_demand = on_demand
+        self._counters = Counter() if counters is None else counters
         self.clock = clock
         self._pushed: dict[int, _Pushed] = {}  # by DownTrack id
 
@@ -208,6 +210,8 @@ class StreamAllocator:
             self.engine.set_paused(key, paused)
         if subscription.publication.kind == "video" and not bandwidth_paused and layer != pushed.layer:
             self.engine.set_target_layer(key, layer)
+        if bandwidth_paused and not pushed.bandwidth_paused:
+            self._counters["stream_paused_bandwidth"] += 1
         if bandwidth_paused != pushed.bandwidth_paused:
             self._stream_state(subscription, rtc.StreamState.PAUSED if bandwidth_paused else rtc.StreamState.ACTIVE)
         pushed.paused, pushed.bandwidth_paused = paused, bandwidth_paused

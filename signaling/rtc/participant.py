@@ -116,7 +116,8 @@ class Participant:
         self.auto_subscribe = auto_subscribe
         self.subscription_wishes: dict[str, bool] = {}
         self.permission_denied: dict[str, bool] = {}
-        self.allocator = StreamAllocator(services.engine, self.subscriptions.values, self.send, _demand_changed)
+        self.allocator = StreamAllocator(services.engine, self.subscriptions.values, self.send, _demand_changed,
+                                         services.counters)
         # As a publisher: who may subscribe to its tracks (None = everyone).
         self.subscription_permission: SubscriptionPermissions | None = None
 
