@@ -216,7 +216,8 @@ async def test_dynacast_enables_at_once_disables_after_the_delay(node: FakeNode)
     [update] = sink(alice).of("subscribed_quality_update")
     assert update.subscribed_codecs[0].codec == "vp8" and list(update.subscribed_qualities) == list(
         update.subscribed_codecs[0].qualities)
-    [carol_dt] = start(node, carol, video)  # a full-quality subscriber: on at once
+    [carol_dt] = start(node, carol, video)  # a full-quality subscriber: on at once (the same loop turn)
+    await asyncio.sleep(0)
     assert quality_updates(alice)[-1] == (video.sid, [True, True, True])
     # carol is still forwarded the top layer while she switches down: it stays on until she is off it
     node.engine.forwarded[carol_dt] = 2

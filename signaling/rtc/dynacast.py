@@ -32,44 +32,58 @@ class Dynacast:
         self.pause_delay = pause_delay
         self.layers = max(1, len(publication.advertised_layers()))
         self.committed = self.layers - 1  # a publisher starts with every layer on
+        self.closed = False
+        self._pending = False
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(initial_delay, self._settle)
 
-    def demand(self, forwarded: bool = True) -> int:
-        """The highest layer (0 = lowest) any subscriber needs now (PAUSED = none): what its allocation aims at
-        and, with `forwarded`, the layer it is still being sent until the Forwarder has switched away from it."""
-        wanted = PAUSED
+    def demand(self) -> tuple[int, int]:
+        """The highest layer (0 = lowest; PAUSED = none) any subscriber needs now: (what the allocations aim at,
+        that or a layer a subscriber is still being forwarded until the Forwarder has switched away from it)."""
+        aimed = forwarded = PAUSED
+        top = self.layers - 1
         for subscription in self.publication.subscriptions.values():
             layer = subscription.subscriber.allocator.wanted_layer(subscription)
             if layer == PAUSED:
                 continue
-            wanted = max(wanted, min(layer, self.layers - 1))
-            if forwarded:
-                current = self.engine.downtrack_stats(subscription.downtrack_id)["current_layer"]
-                wanted = max(wanted, min(current, self.layers - 1))
-        return wanted
+            aimed = max(aimed, min(layer, top))
+            current = self.engine.downtrack_stats(subscription.downtrack_id)["current_layer"]
+            forwarded = max(forwarded, min(current, top))
+        return aimed, max(aimed, forwarded)
 
     def update(self) -> None:
-        """Something a subscriber needs may have changed: more goes on at once, less after the delay."""
-        wanted = self.demand()
-        if wanted > self.committed:
-            self._commit(wanted)
-        if self.demand(forwarded=False) < self.committed:
-            if self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(self.pause_delay, self._settle)
-        else:
-            self._cancel()
+        """Something a subscriber needs may have changed: looked at once per event-loop turn, however many
+        subscribers changed in it."""
+        if not self._pending:
+            self._pending = True
+            asyncio.get_running_loop().call_soon(self._evaluate)
 
     def close(self) -> None:
         self._cancel()
+        self.closed = True
+
+    def _evaluate(self) -> None:
+        """More goes on at once; less after the delay."""
+        self._pending = False
+        if self.closed:
+            return
+        aimed, wanted = self.demand()
+        if wanted > self.committed:
+            self._commit(wanted)
+        loop = asyncio.get_running_loop()
+        if aimed >= self.committed:
+            self._cancel()
+        elif self._timer is None or self._timer.when() > loop.time() + self.pause_delay:  # e.g. the initial timer
+            self._cancel()
+            self._timer = loop.call_later(self.pause_delay, self._settle)
 
     def _settle(self) -> None:
         """The delay has passed: commit what is needed now; while a layer is kept on only because a subscriber is
         still being forwarded it, look again after another delay."""
         self._timer = None
-        wanted = self.demand()
+        aimed, wanted = self.demand()
         if wanted != self.committed:
             self._commit(wanted)
-        if self.demand(forwarded=False) < self.committed:
+        if aimed < self.committed:
             self._timer = asyncio.get_running_loop().call_later(self.pause_delay, self._settle)
 
     def _cancel(self) -> None:

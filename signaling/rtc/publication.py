@@ -32,8 +32,11 @@ class LayerBitrates:
         self._bytes: list[int] = []
         self._at: float | None = None
 
+    def due(self, now: float) -> bool:
+        return self._at is None or now - self._at >= BITRATE_WINDOW_S
+
     def sample(self, layer_bytes: list[int], now: float) -> None:
-        if self._at is not None and now - self._at < BITRATE_WINDOW_S:
+        if not self.due(now):
             return
         if self._at is not None and len(layer_bytes) == len(self._bytes):
             elapsed = now - self._at
@@ -93,10 +96,10 @@ class TrackPublication:
 
     def measure(self, engine: Any, now: float | None = None) -> list[int]:
         """Each layer's measured bitrate (bps; refreshed at most once a window), empty before the first window."""
-        if self.receiver_id is not None:
+        now = time.monotonic() if now is None else now
+        if self.receiver_id is not None and self.bitrates.due(now):
             stats = engine.receiver_stats(self.receiver_id)
-            self.bitrates.sample([layer["bytes"] for layer in stats["layers"]],
-                                 time.monotonic() if now is None else now)
+            self.bitrates.sample([layer["bytes"] for layer in stats["layers"]], now)
         return self.bitrates.bps
 
     def layer_bitrates(self, engine: Any) -> tuple[int, ...]:
