@@ -145,6 +145,10 @@ async def test_audio_is_reserved_and_video_pauses_below_its_lowest_layer(node: F
     assert node.counters["stream_paused_bandwidth"] == 1
     assert not sink(bob).of("mute") and not video.info.muted  # a bandwidth pause is not a mute
     assert video.sid in bob.subscriptions
+    # The client hides the paused tile (disables the track), then shows it again: still one bandwidth pause.
+    for disabled in (True, False):
+        bob.update_track_settings(rtc.UpdateTrackSettings(track_sids=[video.sid], disabled=disabled))
+    assert node.engine.paused[video_dt] is True and len(stream_states(bob)) == 1
     # Recovers only when the lowest layer fits with the upgrade margin, not congested, after the hold time.
     bob.allocator.on_estimate(DEFAULT_AUDIO_BPS + LAYER_BPS[0] * 1.2, congested=True)
     assert node.engine.paused[video_dt] is True

@@ -199,9 +199,11 @@ class StreamAllocator:
 
     def _push(self, subscription: Subscription, asked_paused: bool, layer: int) -> None:
         key = subscription.downtrack_id
-        bandwidth_paused = not asked_paused and layer == PAUSED
-        paused = asked_paused or bandwidth_paused
         pushed = self._pushed.get(key)
+        # A track paused for bandwidth stays so while the subscriber disables it too (clients hide paused tiles,
+        # which disables them): it resumes through the bandwidth path, and the client is not told ACTIVE meanwhile.
+        bandwidth_paused = layer == PAUSED if not asked_paused else pushed is not None and pushed.bandwidth_paused
+        paused = asked_paused or bandwidth_paused
         if pushed is not None and (pushed.paused, pushed.layer, pushed.bandwidth_paused) == (paused, layer, bandwidth_paused):
             return
         if pushed is None:
