@@ -186,7 +186,10 @@ class StreamAllocator:
         layers = {}
         for video in videos:
             pushed = self._pushed.get(video.key)
-            current = None if pushed is None else (PAUSED if pushed.bandwidth_paused else min(pushed.layer, video.max_layer))
+            if pushed is None:
+                current = None
+            else:
+                current = PAUSED if pushed.bandwidth_paused else min(pushed.layer, video.max_layer)
             if current is None or fits[video.key] < current:
                 layers[video.key] = fits[video.key]
                 if pushed is not None and fits[video.key] < video.max_layer:  # stepped down for bandwidth
@@ -204,10 +207,12 @@ class StreamAllocator:
         # which disables them): it resumes through the bandwidth path, and the client is not told ACTIVE meanwhile.
         bandwidth_paused = layer == PAUSED if not asked_paused else pushed is not None and pushed.bandwidth_paused
         paused = asked_paused or bandwidth_paused
-        if pushed is not None and (pushed.paused, pushed.layer, pushed.bandwidth_paused) == (paused, layer, bandwidth_paused):
-            return
         if pushed is None:
             pushed = self._pushed[key] = _Pushed(not paused, PAUSED)
+        elif bandwidth_paused:
+            layer = pushed.layer  # the layer to resume at stays what it was
+        if (pushed.paused, pushed.layer, pushed.bandwidth_paused) == (paused, layer, bandwidth_paused):
+            return
         if paused != pushed.paused:
             self.engine.set_paused(key, paused)
         if subscription.publication.kind == "video" and not bandwidth_paused and layer != pushed.layer:
