@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, check=check, timeout=20)
 
 
+@functools.cache
 def lab_unavailable() -> str | None:
     """Why the lab cannot run here, or None."""
     if os.geteuid() != 0:
@@ -43,13 +45,12 @@ def lab_unavailable() -> str | None:
     for tool in ("ip", "tc"):
         if shutil.which(tool) is None:
             return f"the network lab needs `{tool}` (iproute2)"
-    with contextlib.ExitStack() as stack:
-        try:
-            lab = stack.enter_context(NetLab())
-            lab.shape(1000)
-        except (subprocess.CalledProcessError, OSError) as error:
-            detail = getattr(error, "stderr", "") or str(error)
-            return f"network namespaces, veth or tbf unavailable: {detail.strip()}"
+    try:
+        with NetLab() as probe:
+            probe.shape(1000)
+    except (subprocess.CalledProcessError, OSError) as error:
+        detail = getattr(error, "stderr", "") or str(error)
+        return f"network namespaces, veth or tbf unavailable: {detail.strip()}"
     return None
 
 

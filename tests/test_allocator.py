@@ -55,7 +55,8 @@ def fast_dynacast(node: FakeNode, publication: TrackPublication, initial_delay: 
     publication.dynacast = Dynacast(publication, node.engine, pause_delay=0.05, initial_delay=initial_delay)
 
 
-def publish_video(publisher: Participant, name: str = "cam", source: int = models.TrackSource.CAMERA) -> TrackPublication:
+def publish_video(publisher: Participant, name: str = "cam",
+                  source: int = models.TrackSource.CAMERA) -> TrackPublication:
     publication = publish(publisher, "video", name)
     publication.info.source = source
     for layer, bps in zip(publication.info.layers, LAYER_BPS):
@@ -119,7 +120,8 @@ async def test_measured_bitrates_override_advertised_and_a_silent_layer_keeps_a_
     assert video.layer_bitrates(node.engine) == LAYER_BPS  # nothing measured yet: advertised
     clock.now += BITRATE_WINDOW_S
     counts[:] = [25_000, 75_000, 0]  # the top layer is not flowing (dynacast turned it off)
-    assert video.layer_bitrates(node.engine) == (int(25_000 * 8 / BITRATE_WINDOW_S), int(75_000 * 8 / BITRATE_WINDOW_S), LAYER_BPS[2])
+    measured = [int(sent * 8 / BITRATE_WINDOW_S) for sent in counts[:2]]
+    assert video.layer_bitrates(node.engine) == (*measured, LAYER_BPS[2])
 
 
 # ---------------------------------------------------------------- allocation under an estimate
