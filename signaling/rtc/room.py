@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from livekit.protocol import models, rtc
 
 from .ids import new_id, now_ms
+from .quality import mos, quality_level
 from .speakers import SpeakerObserver
 from .subscriptions import SubscriptionManager
 
@@ -35,6 +36,8 @@ class Room:
         self.max_participants = max_participants
         self.metadata = metadata
         self.speakers = SpeakerObserver()
+        # Connection quality as last announced, by participant sid: (level, hidden), so a change of either is news.
+        self._qualities: dict[str, tuple[int, bool]] = {}
         self.subscriptions = SubscriptionManager(self)
         self._on_close = on_close
         self._close_timer: asyncio.TimerHandle | None = None
@@ -95,6 +98,24 @@ class Room:
         speakers = self.speakers.update(levels)
         if speakers:
             self.broadcast(rtc.SignalResponse(speakers_changed=rtc.SpeakersChanged(speakers=speakers)))
+
+    def announce_quality(self, scores: dict[str, float]) -> None:
+        """Every participant's connection quality score for the last interval (by sid). Each participant hears of
+        the changes about itself and the others it can see (not hidden ones); one newly in the room hears them all."""
+        infos = {sid: rtc.ConnectionQualityInfo(participant_sid=sid, quality=quality_level(score), score=mos(score))
+                 for sid, score in scores.items()}
+        hidden = {p.sid for p in self.participants.values() if p.hidden}
+        qualities = {sid: (info.quality, sid in hidden) for sid, info in infos.items()}
+        changed = {sid for sid, quality in qualities.items() if self._qualities.get(sid) != quality}
+        new = set(qualities) - set(self._qualities)
+        self._qualities = qualities
+        if not changed:
+            return
+        for participant in self.participants.values():
+            updates = [info for sid, info in infos.items()
+                       if (participant.sid in new or sid in changed) and (sid == participant.sid or sid not in hidden)]
+            if updates:
+                participant.send_quality(updates)
 
     def schedule_close(self, delay: float) -> None:
         if self._close_timer is None and not self.closed:

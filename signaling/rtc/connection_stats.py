@@ -1,0 +1,123 @@
+"""A participant's connection statistics: every quality interval, the engine's cumulative counters for its published
+tracks (what the server received) and its DownTracks (what its client reported receiving, RTCP RR) become one
+StreamInterval per stream, scored by quality.StreamScore; the participant's score is its worst stream's."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .allocator import layer_for
+from .quality import INTERVAL, StreamInterval, StreamScore, quality_level, worst
+
+if TYPE_CHECKING:
+    from .participant import Participant
+    from .publication import Subscription, TrackPublication
+
+# A subscriber that is sent media but sends no receiver report for this long is judged as receiving nothing
+# (LiveKit's 30 s); shorter gaps are RTCP's own pacing (libwebrtc reports audio-only streams every ~5 s).
+NO_REPORT_TIMEOUT = 30.0
+# Sequence-number spans beyond this in one interval are a restarted stream or a forged report, not traffic.
+MAX_INTERVAL_PACKETS = 1 << 20
+
+
+@dataclass
+class _Upstream:
+    """A published track's counters at the last interval, per layer: (packets received, packets lost)."""
+    layers: list[tuple[int, int]]
+    score: StreamScore
+
+
+@dataclass
+class _Downstream:
+    """A DownTrack's counters at the last interval."""
+    packets: int           # sent to the subscriber
+    blocks: int            # report blocks received from it
+    highest: int | None    # their extended highest sequence number and cumulative loss, at the last new block
+    lost: int
+    silent_for: float      # seconds of sending without a new report block
+    score: StreamScore
+
+
+class ConnectionStats:
+    """One participant's streams and their scores; `update` is called once per quality interval."""
+
+    def __init__(self, participant: Participant) -> None:
+        self.participant = participant
+        self._upstream: dict[int, _Upstream] = {}      # by engine receiver id
+        self._downstream: dict[int, _Downstream] = {}  # by engine DownTrack id
+        self.score = StreamScore().score
+        self.level = quality_level(self.score)
+
+    def update(self, engine: Any) -> float:
+        """Reads the engine's counters, scores each stream's interval and returns the participant's score."""
+        upstream = {p.receiver_id: p for p in self.participant.publications.values()
+                    if p.published and p.receiver_id is not None}
+        downstream = {s.downtrack_id: s for s in self.participant.subscriptions.values() if s.downtrack_id is not None}
+        self._upstream = {rid: self._measure_upstream(engine, rid, p) for rid, p in upstream.items()}
+        self._downstream = {did: self._measure_downstream(engine, did, s) for did, s in downstream.items()}
+        self.score = worst([s.score.score for s in self._upstream.values()]
+                           + [s.score.score for s in self._downstream.values()])
+        self.level = quality_level(self.score)
+        return self.score
+
+    def _measure_upstream(self, engine: Any, receiver_id: int, publication: TrackPublication) -> _Upstream:
+        stats = engine.receiver_stats(receiver_id)["layers"]
+        layers = [(layer["packets"], layer["lost"]) for layer in stats]
+        state = self._upstream.get(receiver_id)
+        if state is None or len(state.layers) != len(layers):
+            state = _Upstream(layers, StreamScore())
+            state.score.update(None, publication.info.muted)
+            return state
+        packets = lost = 0
+        jitter = 0.0
+        for layer, (was_packets, was_lost), (now_packets, now_lost) in zip(stats, state.layers, layers):
+            if now_packets < was_packets:  # the layer restarted (a new SSRC): its history is gone
+                continue
+            packets += now_packets - was_packets
+            lost += now_lost - was_lost
+            if now_packets > was_packets and publication.codec is not None:
+                jitter = max(jitter, layer["jitter"] / publication.codec.clock_rate)
+        state.layers = layers
+        interval: StreamInterval | None = StreamInterval(
+            publication.kind, packets + lost, lost, jitter,
+            reports=any(layer["sr_age"] is not None and layer["sr_age"] < INTERVAL for layer in stats))
+        if packets == 0 and publication.kind == "video" and not publication.subscriptions:
+            interval = None  # nobody watches: the publisher may have turned its layers off (dynacast)
+        state.score.update(interval, publication.info.muted)
+        return state
+
+    def _measure_downstream(self, engine: Any, downtrack_id: int, subscription: Subscription) -> _Downstream:
+        stats = engine.downtrack_stats(downtrack_id)
+        state = self._downstream.get(downtrack_id)
+        if state is None:
+            state = _Downstream(stats["packets"], stats["rr_blocks"], None, 0, 0.0, StreamScore())
+        sent = stats["packets"] - state.packets
+        interval = None
+        if stats["rr_blocks"] != state.blocks:
+            highest, lost = stats["rr_highest_sequence"], stats["rr_lost"]
+            if state.highest is not None:
+                expected = (highest - state.highest) & 0xFFFFFFFF
+                if expected <= MAX_INTERVAL_PACKETS and sent > 0:
+                    interval = self._downstream_interval(engine, subscription, stats, expected, lost - state.lost)
+            state.highest, state.lost, state.silent_for = highest, lost, 0.0
+        elif sent > 0:
+            state.silent_for += INTERVAL
+            if state.silent_for >= NO_REPORT_TIMEOUT:
+                interval = StreamInterval(subscription.publication.kind, 0, 0, reports=True)  # sent to, hears nothing
+        state.packets, state.blocks = stats["packets"], stats["rr_blocks"]
+        # A paused DownTrack (the track muted, or the subscriber disabled it) is not the link's fault.
+        state.score.update(interval, muted=stats["paused"])
+        return state
+
+    def _downstream_interval(self, engine: Any, subscription: Subscription, stats: dict, expected: int,
+                             lost: int) -> StreamInterval:
+        publication = subscription.publication
+        clock_rate = publication.codec.clock_rate if publication.codec is not None else 90000
+        shortfall = 0
+        if publication.kind == "video" and stats["current_layer"] >= 0 and publication.receiver_id is not None:
+            # The layer the subscriber asks for, if the publisher sends it; else the best it sends.
+            wanted = layer_for(publication, subscription.subscriber.allocator.settings.get(publication.sid))
+            available = engine.receiver_stats(publication.receiver_id)["top_layer"]
+            shortfall = max(0, min(wanted, available) - stats["current_layer"])
+        return StreamInterval(publication.kind, expected, lost, stats["rr_jitter"] / clock_rate, stats["rtt"],
+                              shortfall)

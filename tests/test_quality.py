@@ -1,0 +1,281 @@
+"""Connection quality in-process: the scorer on synthetic intervals, a participant's streams read from a fake
+engine's counters, and what each participant is told about whom. No sockets, no clients."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from livekit.protocol import models
+
+from signaling.rtc.quality import (FLOOR, LOST_SCORE, MAX_SCORE, StreamInterval, StreamScore, mos, quality_level,
+                                   sample_score)
+from test_rtc import FakeEngine, FakeNode, join, publish, sink
+
+EXCELLENT, GOOD, POOR, LOST = (models.ConnectionQuality.EXCELLENT, models.ConnectionQuality.GOOD,
+                               models.ConnectionQuality.POOR, models.ConnectionQuality.LOST)
+
+
+def level_after(*intervals: StreamInterval | None) -> int:
+    score = StreamScore()
+    for interval in intervals:
+        score.update(interval)
+    return quality_level(score.score)
+
+
+def interval(kind: str = "video", loss: float = 0.0, **fields: object) -> StreamInterval:
+    """An interval of 1000 packets (5 s of 720p video or 25 s of audio, what matters is the ratio)."""
+    return StreamInterval(kind, 1000, round(1000 * loss), **fields)
+
+
+# ---------------------------------------------------------------- the scorer
+
+@pytest.mark.parametrize("kind", ["audio", "video"])
+def test_loss_sets_the_level(kind: str) -> None:
+    assert level_after(interval(kind, jitter=0.01, rtt=0.02)) == EXCELLENT
+    assert level_after(interval(kind, 0.005)) == EXCELLENT
+    assert level_after(interval(kind, 0.05)) == GOOD
+    assert level_after(interval(kind, 0.15)) == POOR
+    assert level_after(interval(kind, 1.0)) == POOR  # still flowing: never below POOR
+
+
+def test_delay_counts_only_beyond_what_conversation_tolerates() -> None:
+    assert level_after(interval(jitter=0.03, rtt=0.1)) == EXCELLENT
+    assert level_after(interval(jitter=0.3)) == POOR
+    assert level_after(interval(rtt=1.0, jitter=0.1)) == POOR
+    assert level_after(interval(rtt=0.4, jitter=0.05)) == GOOD
+
+
+def test_a_subscriber_below_the_layer_it_wants_is_not_excellent() -> None:
+    assert level_after(interval(layer_shortfall=1)) == GOOD
+    assert level_after(interval(layer_shortfall=2), interval(layer_shortfall=2)) == POOR
+
+
+def test_silence_from_an_unmuted_stream_is_lost_at_once() -> None:
+    silent = StreamInterval("audio", 0, 0, reports=False)
+    assert level_after(interval("audio"), silent) == LOST
+    # Its RTCP still arrives: there, but sending nothing.
+    assert level_after(interval("audio"), StreamInterval("audio", 0, 0, reports=True)) == POOR
+    assert sample_score(silent) == LOST_SCORE
+
+
+def test_the_score_falls_fast_and_rises_slowly() -> None:
+    score = StreamScore()
+    levels = [quality_level(score.update(i)) for i in [interval(loss=0.15)] + [interval()] * 3]
+    assert levels == [POOR, GOOD, GOOD, EXCELLENT]
+    # One bad interval among good ones dips a level, not to the bottom.
+    score = StreamScore()
+    assert [quality_level(score.update(i)) for i in [interval(), interval(loss=0.03), interval()]] == \
+        [EXCELLENT, GOOD, EXCELLENT]
+    # Nothing to judge: the score stays; muted: EXCELLENT at once.
+    score = StreamScore()
+    score.update(interval(loss=0.15))
+    assert score.update(None) == FLOOR
+    assert score.update(None, muted=True) == MAX_SCORE
+
+
+@given(st.sampled_from(["audio", "video"]), st.integers(0, 10_000), st.integers(-100, 20_000),
+       st.floats(0, 10), st.one_of(st.none(), st.floats(0, 10)), st.floats(0, 4))
+def test_scores_stay_on_the_scale_and_more_loss_never_scores_higher(kind: str, expected: int, lost: int,
+                                                                     jitter: float, rtt: float | None,
+                                                                     shortfall: float) -> None:
+    stats = StreamInterval(kind, expected, lost, jitter, rtt, shortfall)
+    score = sample_score(stats)
+    assert 0 <= score <= MAX_SCORE
+    assert sample_score(StreamInterval(kind, expected, lost + 10, jitter, rtt, shortfall)) <= score
+    assert 1.0 <= mos(score) <= 4.5
+
+
+def test_mos_spans_one_to_four_and_a_half() -> None:
+    assert mos(MAX_SCORE) == pytest.approx(4.5)
+    assert mos(0) == pytest.approx(1.0)
+    assert mos(90) > mos(60) > mos(30)
+
+
+# ---------------------------------------------------------------- a participant's streams, from engine counters
+
+class StatsEngine(FakeEngine):
+    """A FakeEngine whose receivers and DownTracks have the counters the real one reports."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.receiver_counters: dict[int, dict] = {}
+        self.downtrack_counters: dict[int, dict] = {}
+
+    def receiver_stats(self, receiver_id: int) -> dict:
+        counters = self.receiver_counters.setdefault(receiver_id, {"packets": 0, "lost": 0, "jitter": 0, "sr_age": None})
+        return {"top_layer": 0, "downtracks": 0, "layers": [dict(counters)]}
+
+    def downtrack_stats(self, downtrack_id: int) -> dict:
+        counters = self.downtrack_counters.setdefault(downtrack_id, {
+            "current_layer": 0, "paused": self.paused.get(downtrack_id, False), "packets": 0, "rr_blocks": 0,
+            "rr_highest_sequence": 0, "rr_lost": 0, "rr_jitter": 0, "rtt": None})
+        return dict(counters)
+
+    def receive(self, receiver_id: int, packets: int, lost: int = 0, jitter: int = 0, sr: bool = True) -> None:
+        counters = self.receiver_counters[receiver_id]
+        counters["packets"] += packets
+        counters["lost"] += lost
+        counters["jitter"] = jitter
+        counters["sr_age"] = 1.0 if sr else 60.0
+
+    def report(self, downtrack_id: int, sent: int, lost: int = 0, rtt: float = 0.02) -> None:
+        """`sent` packets sent to the subscriber, who reports losing `lost` of them."""
+        counters = self.downtrack_counters[downtrack_id]
+        counters["packets"] += sent
+        counters["rr_blocks"] += 5
+        counters["rr_highest_sequence"] = (counters["rr_highest_sequence"] + sent) & 0xFFFFFFFF
+        counters["rr_lost"] += lost
+        counters["rtt"] = rtt
+
+
+@pytest.fixture
+def node() -> FakeNode:
+    node = FakeNode()
+    node.engine = StatsEngine()
+    node.transports.engine = node.engine
+    return node
+
+
+def tick(node: FakeNode) -> None:
+    """One quality interval in every room, as the node runs it."""
+    for room in node.store.rooms():
+        room.announce_quality({p.sid: p.connection_stats.update(node.engine) for p in room.participants.values()})
+
+
+def told(participant) -> list[dict[str, int]]:
+    """The ConnectionQualityUpdates the participant got: {identity: level} each."""
+    names = {p.sid: p.identity for p in participant.room.participants.values()}
+    return [{names.get(info.participant_sid, info.participant_sid): info.quality for info in update.updates}
+            for update in sink(participant).of("connection_quality")]
+
+
+async def test_a_publisher_that_stops_sending_is_lost(node: FakeNode) -> None:
+    alice = join(node, "alice")
+    audio = publish(alice, "audio", "mic")
+    engine: StatsEngine = node.engine
+    tick(node)  # first look: counters to compare with
+    engine.receive(audio.receiver_id, 250, jitter=48 * 5)
+    tick(node)
+    assert alice.connection_stats.level == EXCELLENT
+    engine.receive(audio.receiver_id, 0, sr=False)
+    tick(node)
+    assert alice.connection_stats.level == LOST
+    engine.receive(audio.receiver_id, 250)
+    tick(node)
+    assert alice.connection_stats.level == GOOD  # on its way back up
+    # Muted: nothing flows, nothing is wrong.
+    alice.set_muted(audio, True)
+    engine.receive(audio.receiver_id, 0, sr=False)
+    tick(node)
+    assert alice.connection_stats.level == EXCELLENT
+
+
+async def test_upstream_loss_and_jitter_come_from_the_receivers_counters(node: FakeNode) -> None:
+    alice = join(node, "alice")
+    video = publish(alice)
+    join(node, "bob")  # subscribes, so a silent video track is judged
+    engine: StatsEngine = node.engine
+    tick(node)
+    engine.receive(video.receiver_id, 950, lost=50)
+    tick(node)
+    assert alice.connection_stats.level == GOOD
+    engine.receive(video.receiver_id, 1000, jitter=90 * 300)  # 300 ms of jitter at 90 kHz
+    tick(node)
+    assert alice.connection_stats.level == POOR
+
+
+async def test_silent_video_nobody_watches_is_not_judged(node: FakeNode) -> None:
+    alice = join(node, "alice")
+    video = publish(alice)
+    engine: StatsEngine = node.engine
+    tick(node)
+    engine.receive(video.receiver_id, 0, sr=False)  # dynacast may have switched every layer off
+    tick(node)
+    assert alice.connection_stats.level == EXCELLENT
+
+
+def start_downtracks(node: FakeNode, subscriber) -> list[int]:
+    """As the subscriber's answer would: a DownTrack for each subscription."""
+    for subscription in subscriber.subscriptions.values():
+        subscription.downtrack_id = node.engine.add_downtrack(subscription.publication.receiver_id)
+    return [s.downtrack_id for s in subscriber.subscriptions.values()]
+
+
+async def test_a_subscriber_is_judged_by_what_it_reports(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    audio = publish(alice, "audio", "mic")
+    [downtrack] = start_downtracks(node, bob)
+    engine: StatsEngine = node.engine
+    tick(node)
+    for lost, level in [(0, EXCELLENT), (0, EXCELLENT), (15, GOOD), (0, GOOD)]:
+        engine.receive(audio.receiver_id, 250)
+        engine.report(downtrack, 250, lost)
+        tick(node)
+        assert bob.connection_stats.level == level
+    assert alice.connection_stats.level == EXCELLENT  # bob's loss is not the publisher's
+    # Sent to, but no report for NO_REPORT_TIMEOUT: judged as receiving nothing.
+    for _ in range(6):
+        engine.receive(audio.receiver_id, 250)
+        engine.downtrack_counters[downtrack]["packets"] += 250
+        tick(node)
+    assert bob.connection_stats.level == POOR
+
+
+async def test_a_subscriber_gets_nothing_while_the_publisher_is_silent_and_is_not_blamed(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    audio = publish(alice, "audio", "mic")
+    [downtrack] = start_downtracks(node, bob)
+    engine: StatsEngine = node.engine
+    tick(node)
+    for _ in range(8):
+        engine.receive(audio.receiver_id, 0, sr=False)
+        engine.report(downtrack, 0)
+        tick(node)
+    assert alice.connection_stats.level == LOST
+    assert bob.connection_stats.level == EXCELLENT
+
+
+async def test_a_subscriber_below_its_wanted_layer_is_good(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    video = publish(alice)
+    [downtrack] = start_downtracks(node, bob)
+    engine: StatsEngine = node.engine
+    engine.receiver_stats(video.receiver_id)
+    engine.receiver_stats = lambda receiver_id: {"top_layer": 2, "downtracks": 1, "layers": [
+        dict(engine.receiver_counters[receiver_id])]}
+    engine.downtrack_stats(downtrack)
+    engine.downtrack_counters[downtrack]["current_layer"] = 1  # forwarded: the middle layer of three
+    tick(node)
+    for _ in range(2):  # the first report is what the next one is compared with
+        engine.receive(video.receiver_id, 1000)
+        engine.report(downtrack, 1000)
+        tick(node)
+    assert bob.connection_stats.level == GOOD
+    assert alice.connection_stats.level == EXCELLENT
+
+
+# ---------------------------------------------------------------- who is told what
+
+async def test_everyone_hears_about_itself_and_the_others_it_can_see_and_then_only_changes(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    ghost = join(node, "ghost", hidden=True)
+    audio = publish(alice, "audio", "mic")
+    engine: StatsEngine = node.engine
+    tick(node)
+    assert told(alice) == [{"alice": EXCELLENT, "bob": EXCELLENT}]
+    assert told(ghost) == [{"alice": EXCELLENT, "bob": EXCELLENT, "ghost": EXCELLENT}]
+    engine.receive(audio.receiver_id, 250)
+    tick(node)  # nothing changed: nothing sent
+    assert len(told(bob)) == 1
+    engine.receive(audio.receiver_id, 0, sr=False)
+    tick(node)
+    # Clients of protocol 10 and older (these test participants say 0) know no LOST: POOR.
+    assert told(bob)[-1] == {"alice": POOR} and told(alice)[-1] == {"alice": POOR}
+    alice.protocol = bob.protocol = 16
+    engine.receive(audio.receiver_id, 0, sr=False)
+    carol = join(node, "carol")
+    carol.protocol = 16
+    tick(node)
+    assert told(carol) == [{"alice": LOST, "bob": EXCELLENT, "carol": EXCELLENT}]  # new: hears everyone
+    assert told(bob)[-1] == {"carol": EXCELLENT}  # hears of the newcomer only
+    assert "ghost" not in {name for update in told(carol) + told(bob) for name in update}
