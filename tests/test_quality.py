@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from livekit.protocol import models
+from livekit.protocol import models, rtc
 
 from signaling.rtc.quality import (FLOOR, LOST_SCORE, MAX_SCORE, StreamInterval, StreamScore, mos, quality_level,
                                    sample_score)
@@ -107,9 +107,9 @@ class StatsEngine(FakeEngine):
 
     def downtrack_stats(self, downtrack_id: int) -> dict:
         counters = self.downtrack_counters.setdefault(downtrack_id, {
-            "current_layer": 0, "paused": self.paused.get(downtrack_id, False), "packets": 0, "rr_blocks": 0,
+            "current_layer": 0, "packets": 0, "rr_blocks": 0,
             "rr_highest_sequence": 0, "rr_lost": 0, "rr_jitter": 0, "rtt": None})
-        return dict(counters)
+        return {**counters, "paused": self.paused.get(downtrack_id, False)}
 
     def receive(self, receiver_id: int, packets: int, lost: int = 0, jitter: int = 0, sr: bool = True) -> None:
         counters = self.receiver_counters[receiver_id]
@@ -163,11 +163,18 @@ async def test_a_publisher_that_stops_sending_is_lost(node: FakeNode) -> None:
     engine.receive(audio.receiver_id, 250)
     tick(node)
     assert alice.connection_stats.level == GOOD  # on its way back up
-    # Muted: nothing flows, nothing is wrong.
+    # Muted: nothing flows, nothing is wrong; nor in the interval it is unmuted in (the encoder starts again).
     alice.set_muted(audio, True)
     engine.receive(audio.receiver_id, 0, sr=False)
     tick(node)
     assert alice.connection_stats.level == EXCELLENT
+    alice.set_muted(audio, False)
+    engine.receive(audio.receiver_id, 0, sr=False)
+    tick(node)
+    assert alice.connection_stats.level == EXCELLENT
+    engine.receive(audio.receiver_id, 0, sr=False)
+    tick(node)
+    assert alice.connection_stats.level == LOST
 
 
 async def test_upstream_loss_and_jitter_come_from_the_receivers_counters(node: FakeNode) -> None:
@@ -219,6 +226,33 @@ async def test_a_subscriber_is_judged_by_what_it_reports(node: FakeNode) -> None
         engine.downtrack_counters[downtrack]["packets"] += 250
         tick(node)
     assert bob.connection_stats.level == POOR
+
+
+async def test_loss_on_the_way_in_is_the_publishers_not_the_subscribers(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    audio = publish(alice, "audio", "mic")
+    [downtrack] = start_downtracks(node, bob)
+    engine: StatsEngine = node.engine
+    tick(node)
+    for _ in range(3):
+        engine.receive(audio.receiver_id, 240, lost=10)
+        engine.report(downtrack, 250, lost=10)  # the subscriber misses what never arrived
+        tick(node)
+    assert alice.connection_stats.level == GOOD
+    assert bob.connection_stats.level == EXCELLENT
+
+
+async def test_a_pause_for_bandwidth_is_poor_a_chosen_one_is_not(node: FakeNode) -> None:
+    alice, bob, carol = join(node, "alice"), join(node, "bob"), join(node, "carol")
+    video = publish(alice)
+    bobs, carols = start_downtracks(node, bob)[0], start_downtracks(node, carol)[0]
+    engine: StatsEngine = node.engine
+    carol.update_track_settings(rtc.UpdateTrackSettings(track_sids=[video.sid], disabled=True))
+    assert engine.paused[carols]
+    engine.set_paused(bobs, True)  # as the StreamAllocator does when not even the lowest layer fits
+    tick(node)
+    assert bob.connection_stats.level == POOR
+    assert carol.connection_stats.level == EXCELLENT
 
 
 async def test_a_subscriber_gets_nothing_while_the_publisher_is_silent_and_is_not_blamed(node: FakeNode) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .allocator import layer_for
+from .allocator import allocate
 from .quality import INTERVAL, StreamInterval, StreamScore, quality_level, worst
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ MAX_INTERVAL_PACKETS = 1 << 20
 class _Upstream:
     """A published track's counters at the last interval, per layer: (packets received, packets lost)."""
     layers: list[tuple[int, int]]
+    muted: bool
     score: StreamScore
 
 
@@ -34,6 +35,8 @@ class _Downstream:
     blocks: int            # report blocks received from it
     highest: int | None    # their extended highest sequence number and cumulative loss, at the last new block
     lost: int
+    upstream_lost: int | None  # the forwarded layer's loss on the way in, and that layer, at the last new block
+    upstream_layer: int
     silent_for: float      # seconds of sending without a new report block
     score: StreamScore
 
@@ -63,10 +66,11 @@ class ConnectionStats:
     def _measure_upstream(self, engine: Any, receiver_id: int, publication: TrackPublication) -> _Upstream:
         stats = engine.receiver_stats(receiver_id)["layers"]
         layers = [(layer["packets"], layer["lost"]) for layer in stats]
+        muted = publication.info.muted
         state = self._upstream.get(receiver_id)
         if state is None or len(state.layers) != len(layers):
-            state = _Upstream(layers, StreamScore())
-            state.score.update(None, publication.info.muted)
+            state = _Upstream(layers, muted, StreamScore())
+            state.score.update(None, muted)
             return state
         packets = lost = 0
         jitter = 0.0
@@ -81,43 +85,52 @@ class ConnectionStats:
         interval: StreamInterval | None = StreamInterval(
             publication.kind, packets + lost, lost, jitter,
             reports=any(layer["sr_age"] is not None and layer["sr_age"] < INTERVAL for layer in stats))
-        if packets == 0 and publication.kind == "video" and not publication.subscriptions:
+        if state.muted:
+            interval = None  # unmuted during the interval: the encoder may just be starting again
+        elif packets == 0 and publication.kind == "video" and not publication.subscriptions:
             interval = None  # nobody watches: the publisher may have turned its layers off (dynacast)
-        state.score.update(interval, publication.info.muted)
+        state.muted = muted
+        state.score.update(interval, muted)
         return state
 
     def _measure_downstream(self, engine: Any, downtrack_id: int, subscription: Subscription) -> _Downstream:
+        publication = subscription.publication
         stats = engine.downtrack_stats(downtrack_id)
+        layer = stats["current_layer"]
+        upstream = engine.receiver_stats(publication.receiver_id) if publication.receiver_id is not None else None
+        # What the forwarded layer lost on its way in, the subscriber cannot have received either: not its link's
+        # fault (LiveKit subtracts this "missing upstream" loss too).
+        upstream_lost = upstream["layers"][layer]["lost"] if upstream and 0 <= layer < len(upstream["layers"]) else None
+        choice = allocate(publication, subscription.subscriber.allocator.settings.get(publication.sid))
         state = self._downstream.get(downtrack_id)
         if state is None:
-            state = _Downstream(stats["packets"], stats["rr_blocks"], None, 0, 0.0, StreamScore())
+            state = _Downstream(stats["packets"], stats["rr_blocks"], None, 0, None, -1, 0.0, StreamScore())
         sent = stats["packets"] - state.packets
         interval = None
         if stats["rr_blocks"] != state.blocks:
             highest, lost = stats["rr_highest_sequence"], stats["rr_lost"]
-            if state.highest is not None:
+            if state.highest is not None and sent > 0:
                 expected = (highest - state.highest) & 0xFFFFFFFF
-                if expected <= MAX_INTERVAL_PACKETS and sent > 0:
-                    interval = self._downstream_interval(engine, subscription, stats, expected, lost - state.lost)
+                interval_lost = lost - state.lost
+                if upstream_lost is not None and state.upstream_lost is not None and layer == state.upstream_layer:
+                    interval_lost -= max(0, upstream_lost - state.upstream_lost)
+                # Below the layer the subscriber asks for, if the publisher sends it (else the best it sends).
+                shortfall = max(0, min(choice.layer, upstream["top_layer"]) - layer) \
+                    if publication.kind == "video" and upstream is not None and layer >= 0 else 0
+                clock_rate = publication.codec.clock_rate if publication.codec is not None else 90000
+                if expected <= MAX_INTERVAL_PACKETS:
+                    interval = StreamInterval(publication.kind, expected, interval_lost,
+                                              stats["rr_jitter"] / clock_rate, stats["rtt"], shortfall)
             state.highest, state.lost, state.silent_for = highest, lost, 0.0
+            state.upstream_lost, state.upstream_layer = upstream_lost, layer
         elif sent > 0:
             state.silent_for += INTERVAL
             if state.silent_for >= NO_REPORT_TIMEOUT:
-                interval = StreamInterval(subscription.publication.kind, 0, 0, reports=True)  # sent to, hears nothing
+                interval = StreamInterval(publication.kind, 0, 0, reports=True)  # sent to, it hears nothing
         state.packets, state.blocks = stats["packets"], stats["rr_blocks"]
-        # A paused DownTrack (the track muted, or the subscriber disabled it) is not the link's fault.
-        state.score.update(interval, muted=stats["paused"])
+        if stats["paused"] and not choice.paused:
+            state.score.pause()  # paused by the StreamAllocator: the link does not carry even the lowest layer
+        else:
+            # Paused by choice (the track muted, the subscriber disabled it): not the link's fault.
+            state.score.update(interval, muted=stats["paused"])
         return state
-
-    def _downstream_interval(self, engine: Any, subscription: Subscription, stats: dict, expected: int,
-                             lost: int) -> StreamInterval:
-        publication = subscription.publication
-        clock_rate = publication.codec.clock_rate if publication.codec is not None else 90000
-        shortfall = 0
-        if publication.kind == "video" and stats["current_layer"] >= 0 and publication.receiver_id is not None:
-            # The layer the subscriber asks for, if the publisher sends it; else the best it sends.
-            wanted = layer_for(publication, subscription.subscriber.allocator.settings.get(publication.sid))
-            available = engine.receiver_stats(publication.receiver_id)["top_layer"]
-            shortfall = max(0, min(wanted, available) - stats["current_layer"])
-        return StreamInterval(publication.kind, expected, lost, stats["rr_jitter"] / clock_rate, stats["rtt"],
-                              shortfall)

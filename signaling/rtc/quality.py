@@ -81,6 +81,11 @@ class StreamScore:
                 self.score = max(FLOOR, weight * sample + (1 - weight) * self.score)
         return self.score
 
+    def pause(self) -> float:
+        """Paused for want of bandwidth, not by choice: POOR at once (LiveKit's rule)."""
+        self.score = FLOOR
+        return self.score
+
 
 def quality_level(score: float) -> int:
     """models.ConnectionQuality for a score."""
@@ -94,9 +99,10 @@ def quality_level(score: float) -> int:
 
 
 def mos(score: float) -> float:
-    """ITU-T G.107's mapping of an R factor to a mean opinion score (1.0..4.5), what clients get as `score`."""
+    """ITU-T G.107's mapping of an R factor to a mean opinion score (1.0..4.5), what clients get as `score`; the
+    cubic dips just below 1 for R under ~7, hence the clamp."""
     r = max(0.0, min(MAX_SCORE, score))
-    return 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r)
+    return max(1.0, 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r))
 
 
 def worst(scores: Iterable[float]) -> float:
