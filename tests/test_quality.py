@@ -1,6 +1,11 @@
-"""Connection quality in-process: the scorer on synthetic intervals, a participant's streams read from a fake
-engine's counters, and what each participant is told about whom. No sockets, no clients."""
+"""Connection quality: the scorer on synthetic intervals, a participant's streams read from a fake engine's counters,
+what each participant is told about whom (in-process), and the engine keeping subscribers' RTCP report blocks (real
+UDP sockets and SRTP, as in test_engine)."""
 from __future__ import annotations
+
+import asyncio
+import struct
+import time
 
 import pytest
 from hypothesis import given
@@ -9,6 +14,7 @@ from livekit.protocol import models, rtc
 
 from signaling.rtc.quality import (FLOOR, LOST_SCORE, MAX_SCORE, StreamInterval, StreamScore, mos, quality_level,
                                    sample_score)
+from test_engine import DOWN_RTX_SSRC, DOWN_SSRC, Q_SSRC, Peer, add_video, setup, video  # noqa: F401 (fixture)
 from test_rtc import FakeEngine, FakeNode, join, publish, sink
 
 EXCELLENT, GOOD, POOR, LOST = (models.ConnectionQuality.EXCELLENT, models.ConnectionQuality.GOOD,
@@ -313,3 +319,36 @@ async def test_everyone_hears_about_itself_and_the_others_it_can_see_and_then_on
     assert told(carol) == [{"alice": LOST, "bob": EXCELLENT, "carol": EXCELLENT}]  # new: hears everyone
     assert told(bob)[-1] == {"carol": EXCELLENT}  # hears of the newcomer only
     assert "ghost" not in {name for update in told(carol) + told(bob) for name in update}
+
+
+# ---------------------------------------------------------------- the engine: subscribers' report blocks
+
+def receiver_report(sender: int, ssrc: int, lost: int, highest: int, jitter: int, lsr: int, dlsr: int) -> bytes:
+    return struct.pack("!BBHIIIIIII", 0x81, 201, 7, sender, ssrc, lost & 0xFFFFFF, highest, jitter, lsr, dlsr)
+
+
+async def test_the_engine_keeps_a_subscribers_report_blocks_and_round_trip(setup) -> None:
+    eng, publisher, subscriber, _ = setup
+    _, downtrack = add_video(eng, publisher, subscriber, [])
+    for seq in range(1, 4):
+        publisher.send_rtp(video(seq, Q_SSRC, None, seq, keyframe=seq == 1))
+    await subscriber.collect(1.15)  # the packets, then the DownTrack's SR
+    [sr] = [p for pt, _, p in subscriber.rtcp if pt == 200][-1:]
+    lsr = struct.unpack_from("!I", sr, 10)[0]  # the middle 32 bits of its NTP time
+    assert eng.downtrack_stats(downtrack)["rtt"] is None
+    await asyncio.sleep(0.2)
+    now = (int((time.time() + 2208988800) * 65536)) & 0xFFFFFFFF  # NTP, 1/65536 s, as the engine's clock says
+    held = (now - lsr - round(0.05 * 65536)) & 0xFFFFFFFF  # says it held the SR 50 ms less than since it was sent
+    subscriber.send_rtcp(receiver_report(0x5555, DOWN_SSRC, 2, 1003, 90, lsr, held))
+    await subscriber.collect()
+    stats = eng.downtrack_stats(downtrack)
+    assert (stats["rr_blocks"], stats["rr_lost"], stats["rr_highest_sequence"], stats["rr_jitter"]) == (1, 2, 1003, 90)
+    assert 0.045 < stats["rtt"] < 0.1
+    # Blocks about the RTX stream, about nothing of ours, or with an impossible round trip change nothing else.
+    subscriber.send_rtcp(receiver_report(0x5555, DOWN_RTX_SSRC, 7, 7, 7, lsr, 0))
+    subscriber.send_rtcp(receiver_report(0x5555, 0xDEAD, 7, 7, 7, lsr, 0))
+    subscriber.send_rtcp(receiver_report(0x5555, DOWN_SSRC, 3, 1010, 80, lsr, 60 * 65536))  # held a minute
+    await subscriber.collect()
+    after = eng.downtrack_stats(downtrack)
+    assert (after["rr_blocks"], after["rr_lost"], after["rr_highest_sequence"]) == (2, 3, 1010)
+    assert after["rtt"] == stats["rtt"]
