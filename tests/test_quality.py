@@ -44,6 +44,12 @@ def test_loss_sets_the_level(kind: str) -> None:
     assert level_after(interval(kind, 1.0)) == POOR  # still flowing: never below POOR
 
 
+def test_a_sparse_stream_is_not_poor_for_one_lost_packet() -> None:
+    assert level_after(StreamInterval("audio", 12, 1)) == EXCELLENT  # DTX: a packet every 400 ms, one lost
+    assert level_after(StreamInterval("video", 100, 10)) == GOOD  # a still screen share losing 10 %
+    assert level_after(StreamInterval("video", 1000, 100)) == POOR
+
+
 def test_delay_counts_only_beyond_what_conversation_tolerates() -> None:
     assert level_after(interval(jitter=0.03, rtt=0.1)) == EXCELLENT
     assert level_after(interval(jitter=0.3)) == POOR

@@ -4,6 +4,7 @@ falls fast and rises slowly, so a short burst of loss shows at once and one good
 A participant's quality is its worst stream's. Clients get a ConnectionQuality level and a MOS (1.0..4.5)."""
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,6 +20,10 @@ POOR_ABOVE = 20.0
 # Score points per percent of packets lost (LiveKit's weights: opus 8, video 10): 2.5 % (audio) / 2 % (video)
 # leave EXCELLENT, 7.5 % / 6 % leave GOOD.
 LOSS_WEIGHT = {"audio": 8.0, "video": 10.0}
+# Loss weighs in full from FULL_WEIGHT_PPS packets per second (Opus's 20 ms frames); a sparser stream (DTX silence,
+# a still screen share) has it weighed by sqrt(rate / FULL_WEIGHT_PPS), as LiveKit weighs by the rate against the
+# stream's usual one, so one packet lost out of a dozen does not make a quiet participant POOR.
+FULL_WEIGHT_PPS = 50.0
 # Score points per spatial layer the subscriber gets below the one it wants (LiveKit's 35: one missed layer costs
 # about one level).
 LAYER_WEIGHT = 35.0
@@ -55,9 +60,10 @@ def sample_score(interval: StreamInterval) -> float:
     if interval.expected <= 0:
         return DRY_SCORE if interval.reports else LOST_SCORE
     loss_percent = 100.0 * min(1.0, max(0, interval.lost) / interval.expected)
+    loss_weight = LOSS_WEIGHT.get(interval.kind, LOSS_WEIGHT["video"]) \
+        * min(1.0, math.sqrt(interval.expected / (FULL_WEIGHT_PPS * INTERVAL)))
     delay = (interval.rtt or 0.0) / 2 + 2 * interval.jitter
-    packet_score = MAX_SCORE - LOSS_WEIGHT.get(interval.kind, LOSS_WEIGHT["video"]) * loss_percent \
-        - DELAY_WEIGHT * max(0.0, delay - DELAY_FREE)
+    packet_score = MAX_SCORE - loss_weight * loss_percent - DELAY_WEIGHT * max(0.0, delay - DELAY_FREE)
     layer_score = MAX_SCORE - LAYER_WEIGHT * max(0.0, interval.layer_shortfall)
     return max(0.0, min(packet_score, layer_score))
 
