@@ -107,11 +107,14 @@ class Node:
         while True:
             await asyncio.sleep(QUALITY_INTERVAL)
             for room in self.store.rooms():
+                if room.closed:
+                    continue
                 try:
                     room.announce_quality({p.sid: p.connection_stats.update(self.engine)
                                            for p in list(room.participants.values())})
                 except Exception:  # a bug here must not end quality updates for good
                     log.exception("connection quality update failed in room %s", room.name)
+                await asyncio.sleep(0)  # room by room, so a node of many rooms does not hold the loop for all
 
     def shutdown(self) -> None:
         """Closes every room: participants get `leave` (SERVER_SHUTDOWN), webhooks participant_left and room_finished."""

@@ -228,13 +228,10 @@ class Participant:
         if not self.closed and self.sink is not None:
             self.sink.send(response)
 
-    def send_quality(self, updates: list[rtc.ConnectionQualityInfo]) -> None:
-        """Connection qualities for the client; LOST only to clients that know it (protocol > 10, as LiveKit)."""
-        if self.protocol <= LAST_PROTOCOL_WITHOUT_LOST:
-            updates = [rtc.ConnectionQualityInfo(participant_sid=info.participant_sid, quality=models.ConnectionQuality.POOR,
-                                                 score=info.score) if info.quality == models.ConnectionQuality.LOST
-                       else info for info in updates]
-        self.send(rtc.SignalResponse(connection_quality=rtc.ConnectionQualityUpdate(updates=updates)))
+    @property
+    def knows_lost_quality(self) -> bool:
+        """Whether the client knows ConnectionQuality.LOST; older ones are told POOR instead (LiveKit's rule)."""
+        return self.protocol > LAST_PROTOCOL_WITHOUT_LOST
 
     def _send_offer(self, offer: rtc.SessionDescription | None) -> None:
         if offer is not None:
