@@ -24,7 +24,8 @@ def participants_by_quality(server) -> dict[str, float]:
 
 def quality_of(client: rtc.Room, identity: str) -> rtc.ConnectionQuality:
     """What the client shows for a participant (itself or another), as its SDK keeps it."""
-    participant = client.local_participant if client.local_participant.identity == identity else remote(client, identity)
+    local = client.local_participant
+    participant = local if local.identity == identity else remote(client, identity)
     return participant.connection_quality if participant is not None else rtc.ConnectionQuality.QUALITY_UNKNOWN
 
 
@@ -33,8 +34,8 @@ async def test_publishers_on_loopback_are_excellent_and_one_whose_media_stops_is
     alice, bob = await connect(server, "alice", room), await connect(server, "bob", room)
     changes: list[tuple[str, str, rtc.ConnectionQuality]] = []  # (observer, subject, quality)
     for observer, client in (("alice", alice), ("bob", bob)):
-        client.on("connection_quality_changed",
-                  lambda participant, quality, observer=observer: changes.append((observer, participant.identity, quality)))
+        client.on("connection_quality_changed", lambda participant, quality, observer=observer:
+                  changes.append((observer, participant.identity, quality)))
     publishers = [Publisher(alice), Publisher(bob)]
     try:
         for publisher in publishers:

@@ -14,7 +14,7 @@ from livekit.protocol import models, rtc
 
 from signaling.rtc.quality import (FLOOR, LOST_SCORE, MAX_SCORE, StreamInterval, StreamScore, mos, quality_level,
                                    sample_score)
-from test_engine import DOWN_RTX_SSRC, DOWN_SSRC, Q_SSRC, Peer, add_video, setup, video  # noqa: F401 (fixture)
+from test_engine import DOWN_RTX_SSRC, DOWN_SSRC, Q_SSRC, add_video, setup, video  # noqa: F401 (setup: a fixture)
 from test_rtc import FakeEngine, FakeNode, join, publish, sink
 
 EXCELLENT, GOOD, POOR, LOST = (models.ConnectionQuality.EXCELLENT, models.ConnectionQuality.GOOD,
@@ -114,7 +114,8 @@ class StatsEngine(FakeEngine):
         self.downtrack_counters: dict[int, dict] = {}
 
     def receiver_stats(self, receiver_id: int) -> dict:
-        counters = self.receiver_counters.setdefault(receiver_id, {"packets": 0, "lost": 0, "jitter": 0, "sr_age": None})
+        counters = self.receiver_counters.setdefault(receiver_id,
+                                                     {"packets": 0, "lost": 0, "jitter": 0, "sr_age": None})
         return {"top_layer": 0, "downtracks": 0, "layers": [dict(counters)]}
 
     def downtrack_stats(self, downtrack_id: int) -> dict:
