@@ -17,7 +17,8 @@ Which tern is measured: this checkout when its Cython modules are built in place
 Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until loss appears), meeting (P
 participants each publishing audio + video, all subscribed to all), audio (many rooms of 4 talkers), hostile (the
 fanout at about half its zero-loss size, measured without and then with a flood of 20,000 datagrams/s of junk STUN,
-DTLS and RTP from other addresses, sent by a second process on the clients' CPU).
+DTLS and RTP from other addresses, junk DTLS from live subscribers' own sockets and Binding requests to their ufrags,
+sent by a second process on the clients' CPU).
 Server CPU is user + system of its process from /proc/<pid>/stat over each measurement window.
 """
 from __future__ import annotations
@@ -229,27 +230,45 @@ async def _rooms(scenario: str, rooms: int, size: int, plan: loadtest.MediaPlan,
         server.stop()
 
 
-# The hostile scenario's flood: a tight sender in its own process (on the clients' CPU, inherited), cycling through
-# junk from FLOOD_SOURCES ports at a fixed rate. What it sends, per 8 datagrams: a 2 KB cookie-valid Binding request
+# The hostile scenario's flood: a tight sender in its own process (on the clients' CPU, inherited), at a fixed rate.
+# Per 10 datagrams: 5 of junk from FLOOD_SOURCES unbound ports (cycling through a 2 KB cookie-valid Binding request
 # with 500 attributes, a bare 20-byte STUN header, a Binding request to an unknown ufrag, a DTLS record and an RTP-
-# looking datagram from unbound addresses, and three of random bytes.
+# looking datagram, and three of random bytes); 3 DTLS records of junk sent from FLOOD_PARTICIPANTS live subscribers'
+# own sockets (their bound addresses: each within its 1,000/s DTLS bucket, together past the engine-wide event
+# budget); 2 Binding requests to those participants' ufrags from the unbound ports (MESSAGE-INTEGRITY that cannot
+# verify: 100/s each reach Python).
 FLOOD_RATE = 20_000
 FLOOD_SOURCES = 16
+FLOOD_PARTICIPANTS = 8
 FLOODER = r"""
 import os, socket, struct, sys, time
 port, rate, seconds, sources = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+ufrags, fds = sys.argv[5].split(","), [int(fd) for fd in sys.argv[6].split(",")]
 def stun(body):
     return struct.pack("!HHI", 1, len(body), 0x2112A442) + os.urandom(12) + body
+def to_ufrag(ufrag):
+    username = (ufrag + ":attacker").encode()
+    return stun(struct.pack("!HH", 6, len(username)) + username + bytes(-len(username) % 4)
+                + struct.pack("!HH", 8, 20) + os.urandom(20))
 username = b"nobodyhere:attacker\x00"
 junk = [stun(struct.pack("!HH", 0x25, 0) * 500), stun(b""), stun(struct.pack("!HH", 6, 19) + username),
         b"\x16\xfe\xfd" + os.urandom(97), b"\x80\x60" + os.urandom(998)] + [os.urandom(n) for n in (40, 300, 1200)]
+live = [to_ufrag(ufrag) for ufrag in ufrags]
+dtls = b"\x17\xfe\xfd" + os.urandom(97)
 socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(sources)]
+bound = [socket.socket(fileno=fd) for fd in fds]  # connected to the server
 start, sent, total = time.monotonic(), 0, int(rate * seconds)
 while sent < total:
     due = min(total, int((time.monotonic() - start) * rate) + 1)
     while sent < due:
+        kind, n = sent % 10, sent // 10
         try:
-            socks[sent % sources].sendto(junk[sent % len(junk)], ("127.0.0.1", port))
+            if kind < 5:
+                socks[sent % sources].sendto(junk[n % len(junk)], ("127.0.0.1", port))
+            elif kind < 8:
+                bound[(3 * n + kind) % len(bound)].send(dtls)
+            else:
+                socks[sent % sources].sendto(live[(2 * n + kind) % len(live)], ("127.0.0.1", port))
         except OSError:
             pass
         sent += 1
@@ -272,8 +291,12 @@ async def hostile(subscribers: int, window: float, log: Path, rows: list[Row]) -
         quiet = await measure("tern", "hostile", clients, server.process.pid, window, label)
         rows.append(quiet)
         print(_format(quiet), flush=True)
+        targets = joined[:FLOOD_PARTICIPANTS]
+        fds = [p.subscriber_path.sock.fileno() for p in targets]
         flood = subprocess.Popen([sys.executable, "-c", FLOODER, str(server.udp_port), str(FLOOD_RATE),
-                                  str(window + 1.0), str(FLOOD_SOURCES)], stdout=subprocess.PIPE, text=True)
+                                  str(window + 1.0), str(FLOOD_SOURCES),
+                                  ",".join(p.subscriber_path._section.ice_ufrag for p in targets),
+                                  ",".join(map(str, fds))], stdout=subprocess.PIPE, text=True, pass_fds=fds)
         await asyncio.sleep(0.5)
         flooded = await measure("tern", "hostile", clients, server.process.pid, window, label + " + flood")
         sent, seconds = (await asyncio.to_thread(flood.communicate))[0].split()

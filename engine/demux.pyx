@@ -15,9 +15,12 @@ from engine.receiver cimport (Layer, Receiver, layer_receive, layer_reset, recei
 from engine.reports cimport reports_receiver_blocks, reports_sender_info
 from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, RtcpHeader, SenderInfo, is_rtcp,
                           parse_feedback_ssrcs, parse_fir_ssrc, parse_rtcp_header, parse_sender_info)
-from engine.rtp cimport RtpHeader, find_extension, parse_rtp, parse_srtp_header
+from engine.rtp cimport RtpHeader, find_extension, finish_srtp_header, parse_rtp, parse_srtp_header
 from engine.state cimport (DTLS_EVENTS_PER_SECOND, E_DTLS, E_LAYER, E_STUN, EVENT_WINDOW_US, EVENTS_PER_WINDOW,
-                           MAX_SRTP_STREAMS, RECV_BUF, S_BIND_REFUSED, S_BYTES_IN, S_DROP_DTLS_RATE,
+                           FAIR_EVENT_BURST, FAIR_EVENTS_PER_SECOND, MAX_SRTP_STREAMS, RECV_BUF,
+                           RTCP_SENDER_STREAMS, S_BYTES_IN, S_DROP_DTLS_RATE, S_DROP_SSRC_REBIND_RATE,
+                           S_DROP_STUN_UNEXPECTED_RESPONSE, S_DROP_UNADMITTED_SSRC, S_STUN_RESPONSES,
+                           SSRC_REBIND_BURST, SSRC_REBINDS_PER_SECOND, STUN_BOUND_EVENTS_PER_SECOND,
                            S_DROP_DTLS_UNBOUND, S_DROP_DUPLICATE, S_DROP_EMPTY, S_DROP_EVENT_BUDGET, S_DROP_MALFORMED,
                            S_DROP_NO_SRTP, S_DROP_NOT_RTP, S_DROP_PAYLOAD_TYPE, S_DROP_RTX_PADDING, S_DROP_SSRC_LIMIT,
                            S_DROP_STUN_MALFORMED, S_DROP_STUN_NO_USERNAME, S_DROP_STUN_NOT_REQUEST, S_DROP_STUN_RATE,
@@ -25,7 +28,7 @@ from engine.state cimport (DTLS_EVENTS_PER_SECOND, E_DTLS, E_LAYER, E_STUN, EVEN
                            S_DROP_UNPROTECT, S_DTLS_IN, S_KEYFRAMES, S_PACKETS_IN, S_RR_RECEIVED, S_RTCP_IN, S_RTP_IN,
                            S_RTX_RECOVERED, S_SR_RECEIVED, S_SRTP_STREAMS_REMOVED, S_STUN_IN,
                            STUN_EVENTS_PER_SECOND, Transport, bucket_refill, queue_event, stream_key)
-from engine.stun cimport STUN_MALFORMED, STUN_NOT_REQUEST, STUN_OK, stun_check, ufrag_key
+from engine.stun cimport STUN_MALFORMED, STUN_NOT_REQUEST, STUN_OK, STUN_RESPONSE, stun_check, ufrag_key
 from engine.table cimport map_get, map_put, map_remove
 from engine.wire cimport load16, load32, store16, store32
 
@@ -55,6 +58,10 @@ cdef inline int64_t find_transport(EngineState *s, const Path *path) noexcept no
         key = path_next_key(key)
 
 
+cdef int64_t demux_find_transport(EngineState *s, const Path *path) noexcept nogil:
+    return find_transport(s, path)
+
+
 cdef int place(EngineState *s, int slot) noexcept nogil:
     """Puts the transport's path into by_address at its key, or past keys other paths hold (never an equal path:
     demux_bind_path refuses those)."""
@@ -75,7 +82,6 @@ cdef int demux_bind_path(EngineState *s, int slot, const Path *path) noexcept no
     cdef int64_t holder = find_transport(s, path)
     if holder >= 0 and holder != slot:
         # Another live transport's address: taking it would send that client's media here (or ours there).
-        s.counters[<int>S_BIND_REFUSED] += 1
         return -2
     demux_unbind_path(s, slot)
     t.path = path[0]
@@ -130,7 +136,7 @@ cdef void demux_datagram(EngineState *s, uint8_t *buf, int length, const Path *p
         s.counters[<int>S_DTLS_IN] += 1
         if t < 0:
             s.counters[<int>S_DROP_DTLS_UNBOUND] += 1
-        elif allow_event(s, s.transports[t], &s.transports[t].dtls_tokens, S_DROP_DTLS_RATE, now):
+        elif allow_event(s, s.transports[t], &s.transports[t].dtls_tokens, S_DROP_DTLS_RATE, True, now):
             queue_event(s, E_DTLS, buf, length, path, s.transports[t].id, 0, 0)
         return
     if t < 0:
@@ -160,35 +166,63 @@ cdef int64_t demux_find_ufrag(EngineState *s, const uint8_t *ufrag, int length) 
     return slot
 
 
-cdef bint allow_event(EngineState *s, Transport *t, double *tokens, int counter, int64_t now) noexcept nogil:
-    """One of the transport's token buckets (`tokens`; `counter` counts refusals), then the engine's budget for the
-    current window."""
+cdef bint allow_event(EngineState *s, Transport *t, double *tokens, int counter, bint shared,
+                      int64_t now) noexcept nogil:
+    """One of the transport's token buckets (`tokens`; `counter` counts refusals); then, when `shared`, its fair share
+    or else the engine's budget for the current window (state.pxd, EVENTS_PER_WINDOW)."""
     cdef int64_t elapsed = now - t.events_us
     t.events_us = now
     bucket_refill(&t.stun_tokens, STUN_EVENTS_PER_SECOND, STUN_EVENTS_PER_SECOND, elapsed)
-    bucket_refill(&t.stun_bound_tokens, STUN_EVENTS_PER_SECOND, STUN_EVENTS_PER_SECOND, elapsed)
+    bucket_refill(&t.stun_bound_tokens, STUN_BOUND_EVENTS_PER_SECOND, STUN_BOUND_EVENTS_PER_SECOND, elapsed)
     bucket_refill(&t.dtls_tokens, DTLS_EVENTS_PER_SECOND, DTLS_EVENTS_PER_SECOND, elapsed)
+    bucket_refill(&t.fair_tokens, FAIR_EVENTS_PER_SECOND, FAIR_EVENT_BURST, elapsed)
     if tokens[0] < 1:
         s.counters[counter] += 1
         return False
-    if now - s.event_window_us >= EVENT_WINDOW_US:
-        s.event_window_us = now
-        s.window_events = 0
-    if s.window_events >= EVENTS_PER_WINDOW:
-        s.counters[<int>S_DROP_EVENT_BUDGET] += 1
-        return False
-    s.window_events += 1
+    if shared:
+        if t.fair_tokens >= 1:
+            t.fair_tokens -= 1
+        else:
+            if now - s.event_window_us >= EVENT_WINDOW_US:
+                s.event_window_us = now
+                s.window_events = 0
+            if s.window_events >= EVENTS_PER_WINDOW:
+                s.counters[<int>S_DROP_EVENT_BUDGET] += 1
+                return False
+            s.window_events += 1
     tokens[0] -= 1
     return True
 
 
+cdef uint64_t demux_check_key(EngineState *s, const uint8_t *transaction_id) noexcept nogil:
+    return ufrag_key(transaction_id, 12, ~s.ufrag_seed)
+
+
+cdef void handle_response(EngineState *s, const uint8_t *buf, int length, const Path *path) noexcept nogil:
+    """A Binding success response reaches Python only as the first answer to one of our outstanding checks (its
+    transaction id, 96 random bits, is not guessable); Python checks its source and MESSAGE-INTEGRITY."""
+    cdef uint64_t key = demux_check_key(s, buf + 8)
+    cdef int64_t slot = map_get(&s.checks, key)
+    if slot < 0:
+        s.counters[<int>S_DROP_STUN_UNEXPECTED_RESPONSE] += 1
+        return
+    map_remove(&s.checks, key)
+    s.counters[<int>S_STUN_RESPONSES] += 1
+    queue_event(s, E_STUN, buf, length, path, s.transports[slot].id, 0, 0)
+
+
 cdef void handle_stun(EngineState *s, const uint8_t *buf, int length, const Path *path, int64_t now) noexcept nogil:
-    """Only a well-formed Binding request to the ufrag of a live transport, within its rate, reaches Python."""
+    """Only a well-formed Binding request to the ufrag of a live transport, within its rates, or the answer to one
+    of our consent checks reaches Python."""
     cdef const uint8_t *ufrag = NULL
     cdef int ufrag_length = 0
     cdef int check = stun_check(buf, length, &ufrag, &ufrag_length)
     cdef int64_t slot
     cdef Transport *t
+    cdef bint bound
+    if check == STUN_RESPONSE:
+        handle_response(s, buf, length, path)
+        return
     if check != STUN_OK:
         if check == STUN_MALFORMED:
             s.counters[<int>S_DROP_STUN_MALFORMED] += 1
@@ -202,33 +236,31 @@ cdef void handle_stun(EngineState *s, const uint8_t *buf, int length, const Path
         s.counters[<int>S_DROP_STUN_UNKNOWN_UFRAG] += 1
         return
     t = s.transports[slot]
-    if allow_event(s, t, &t.stun_bound_tokens if t.bound and path_equal(&t.path, path) else &t.stun_tokens,
-                   S_DROP_STUN_RATE, now):
+    bound = t.bound and path_equal(&t.path, path)
+    if allow_event(s, t, &t.stun_bound_tokens if bound else &t.stun_tokens, S_DROP_STUN_RATE, not bound, now):
         queue_event(s, E_STUN, buf, length, path, t.id, 0, 0)
 
 
 # ---------------------------------------------------------------- SRTP receive streams
 
-cdef bint admit_ssrc(EngineState *s, int t, uint32_t ssrc, bint known) noexcept nogil:
+cdef int admit_ssrc(EngineState *s, int t, uint32_t ssrc, bint known) noexcept nogil:
     """Whether a packet of `ssrc` may reach srtp_unprotect, where a new SSRC that authenticates gets a libsrtp stream
-    (SSRC_ANY_INBOUND): only SSRCs that have one, or `known` ones while the transport has fewer than
-    MAX_SRTP_STREAMS."""
+    (SSRC_ANY_INBOUND): 1 when it has one, 0 when it may get one (a `known` SSRC, while the transport has fewer than
+    MAX_SRTP_STREAMS; note_srtp_stream once it authenticated), -1 when not (counted)."""
     if map_get(&s.srtp_ssrcs, stream_key(t, ssrc)) >= 0:
-        return True
+        return 1
     if not known:
-        s.counters[<int>S_DROP_UNKNOWN_SSRC] += 1
-        return False
+        s.counters[<int>S_DROP_UNADMITTED_SSRC] += 1
+        return -1
     if s.transports[t].srtp_streams >= MAX_SRTP_STREAMS:
         s.counters[<int>S_DROP_SSRC_LIMIT] += 1
-        return False
-    return True
+        return -1
+    return 0
 
 
 cdef void note_srtp_stream(EngineState *s, int t, uint32_t ssrc) noexcept nogil:
-    """`ssrc` just authenticated, so libsrtp now holds a stream for it."""
+    """`ssrc`, admitted with 0, just authenticated, so libsrtp now holds a stream for it."""
     cdef Transport *tr = s.transports[t]
-    if map_get(&s.srtp_ssrcs, stream_key(t, ssrc)) >= 0 or tr.srtp_streams >= MAX_SRTP_STREAMS:
-        return
     if tr.srtp_ssrc_list == NULL:
         tr.srtp_ssrc_list = <uint32_t *>malloc(MAX_SRTP_STREAMS * sizeof(uint32_t))
         if tr.srtp_ssrc_list == NULL:
@@ -236,6 +268,26 @@ cdef void note_srtp_stream(EngineState *s, int t, uint32_t ssrc) noexcept nogil:
     if map_put(&s.srtp_ssrcs, stream_key(t, ssrc), tr.srtp_streams) == 0:
         tr.srtp_ssrc_list[tr.srtp_streams] = ssrc
         tr.srtp_streams += 1
+
+
+cdef void note_rtcp_sender(EngineState *s, int t, uint32_t ssrc) noexcept nogil:
+    """SRTCP from `ssrc`, which has no media stream here, authenticated: libsrtp holds a stream for it, kept in the
+    transport's ring of RTCP_SENDER_STREAMS; the oldest one's stream is freed (unless media took it over since)."""
+    cdef Transport *tr = s.transports[t]
+    cdef uint32_t old
+    cdef int i
+    for i in range(tr.rtcp_ssrc_count):
+        if tr.rtcp_ssrcs[i] == ssrc:
+            return
+    if tr.rtcp_ssrc_count < RTCP_SENDER_STREAMS:
+        tr.rtcp_ssrcs[tr.rtcp_ssrc_count] = ssrc
+        tr.rtcp_ssrc_count += 1
+        return
+    old = tr.rtcp_ssrcs[tr.rtcp_ssrc_next]
+    tr.rtcp_ssrcs[tr.rtcp_ssrc_next] = ssrc
+    tr.rtcp_ssrc_next = (tr.rtcp_ssrc_next + 1) % RTCP_SENDER_STREAMS
+    if map_get(&s.srtp_ssrcs, stream_key(t, old)) < 0 and srtp.remove_stream(tr.rx, old) == 0:
+        s.counters[<int>S_SRTP_STREAMS_REMOVED] += 1
 
 
 cdef void demux_release_ssrc(EngineState *s, int t, uint32_t ssrc) noexcept nogil:
@@ -260,6 +312,8 @@ cdef void demux_forget_ssrcs(EngineState *s, int t) noexcept nogil:
     for i in range(tr.srtp_streams):
         map_remove(&s.srtp_ssrcs, stream_key(t, tr.srtp_ssrc_list[i]))
     tr.srtp_streams = 0
+    tr.rtcp_ssrc_count = 0
+    tr.rtcp_ssrc_next = 0
     free(tr.srtp_ssrc_list)
     tr.srtp_ssrc_list = NULL
 
@@ -300,19 +354,30 @@ cdef int64_t match_stream(EngineState *s, int t, const uint8_t *buf, const RtpHe
     return -1
 
 
-cdef int64_t bind_stream(EngineState *s, int t, const uint8_t *buf, const RtpHeader *h) noexcept nogil:
-    """Binds an unknown, authenticated SSRC to the layer match_stream finds; the SSRC it replaces loses its map
+cdef bint rebind_allowed(EngineState *s, int64_t v, uint32_t ssrc, bint take, int64_t now) noexcept nogil:
+    """Whether `ssrc` may take layer `v` (a match_stream result) over: a first SSRC may; a different one needs the
+    layer's SSRC_REBINDS_PER_SECOND bucket (`take` spends a token)."""
+    cdef Layer *layer = &s.receivers[v >> 8].layers[(v >> 1) & 0x7F]
+    if not ((layer.has_rtx and layer.rtx_ssrc != ssrc) if v & 1 else (layer.has_ssrc and layer.ssrc != ssrc)):
+        return True
+    bucket_refill(&layer.rebind_tokens, SSRC_REBINDS_PER_SECOND, SSRC_REBIND_BURST, now - layer.rebind_us)
+    layer.rebind_us = now
+    if layer.rebind_tokens < 1:
+        return False
+    if take:
+        layer.rebind_tokens -= 1
+    return True
+
+
+cdef int64_t bind_stream(EngineState *s, int t, int64_t v, const RtpHeader *h, int64_t now) noexcept nogil:
+    """Binds an unknown, authenticated SSRC to the layer `v` match_stream found; the SSRC it replaces loses its map
     entry and its libsrtp stream."""
-    cdef int64_t v = match_stream(s, t, buf, h)
-    cdef Receiver *r
-    cdef Layer *layer
+    cdef Receiver *r = s.receivers[v >> 8]
+    cdef int l = (v >> 1) & 0x7F
+    cdef Layer *layer = &r.layers[l]
     cdef DownTrack *d
-    cdef int j, l
-    if v < 0:
-        return -1
-    r = s.receivers[v >> 8]
-    l = (v >> 1) & 0x7F
-    layer = &r.layers[l]
+    cdef int j
+    rebind_allowed(s, v, h.ssrc, True, now)
     if v & 1:
         if layer.has_rtx and layer.rtx_ssrc != h.ssrc:
             map_remove(&s.streams, stream_key(t, layer.rtx_ssrc))
@@ -338,28 +403,36 @@ cdef int64_t bind_stream(EngineState *s, int t, const uint8_t *buf, const RtpHea
 
 cdef void handle_rtp(EngineState *s, int t, uint8_t *buf, int length, int64_t now) noexcept nogil:
     cdef RtpHeader h
-    cdef int64_t v
+    cdef int64_t v, match = -1
     cdef Receiver *r
     cdef Layer *layer
-    cdef int l
+    cdef int l, admitted
     cdef uint16_t osn
     # Before unprotect, from the header in the clear: an SSRC that is neither bound nor bindable (its mid / rid match
-    # a receiver of this transport) would only cost a libsrtp stream.
+    # a receiver of this transport) would only cost a libsrtp stream; one that would take a layer over too often
+    # would cost a stream, a layer reset and an event each time.
     if parse_srtp_header(buf, length, &h) < 0:
         s.counters[<int>S_DROP_MALFORMED] += 1
         return
     v = map_get(&s.streams, stream_key(t, h.ssrc))
-    if not admit_ssrc(s, t, h.ssrc, v >= 0 or match_stream(s, t, buf, &h) >= 0):
+    if v < 0:
+        match = match_stream(s, t, buf, &h)
+        if match >= 0 and not rebind_allowed(s, match, h.ssrc, False, now):
+            s.counters[<int>S_DROP_SSRC_REBIND_RATE] += 1
+            return
+    admitted = admit_ssrc(s, t, h.ssrc, v >= 0 or match >= 0)
+    if admitted < 0:
         return
     if srtp.unprotect(s.transports[t].rx, buf, &length) != 0:
         s.counters[<int>S_DROP_UNPROTECT] += 1
         return
-    note_srtp_stream(s, t, h.ssrc)
-    if parse_rtp(buf, length, &h) < 0:
+    if admitted == 0:
+        note_srtp_stream(s, t, h.ssrc)
+    if finish_srtp_header(buf, length, &h) < 0:  # the header is unchanged by unprotect: only its end is new
         s.counters[<int>S_DROP_MALFORMED] += 1
         return
     if v < 0:
-        v = bind_stream(s, t, buf, &h)
+        v = bind_stream(s, t, match, &h, now) if match >= 0 else -1
         if v < 0:
             s.counters[<int>S_DROP_UNKNOWN_SSRC] += 1
             return
@@ -436,14 +509,14 @@ cdef void handle_rtcp(EngineState *s, int t, uint8_t *buf, int length, int64_t n
     if length < 8:
         s.counters[<int>S_DROP_MALFORMED] += 1
         return
-    # SRTCP keeps the first header and its sender SSRC in the clear; a new one costs a libsrtp stream too.
+    # SRTCP keeps the first header and its sender SSRC in the clear; a new one costs a libsrtp stream too: one of a
+    # media stream uses that stream, any other one is kept in the transport's small ring (note_rtcp_sender).
     first_sender = load32(buf + 4)
-    if not admit_ssrc(s, t, first_sender, True):
-        return
     if srtp.unprotect_rtcp(s.transports[t].rx, buf, &length) != 0:
         s.counters[<int>S_DROP_UNPROTECT] += 1
         return
-    note_srtp_stream(s, t, first_sender)
+    if map_get(&s.srtp_ssrcs, stream_key(t, first_sender)) < 0:
+        note_rtcp_sender(s, t, first_sender)
     while offset < length:
         p = buf + offset
         if parse_rtcp_header(p, length - offset, &rh) < 0:

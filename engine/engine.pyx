@@ -6,9 +6,9 @@ read (udpmux.pyx), demultiplexed, unprotected and bound to their streams (demux.
 into the send batch, which leaves with sendmmsg and UDP GSO. RTCP feedback and reports are feedback.pyx and
 reports.pyx; a timer drives their periodic parts. All of them share one EngineState (state.pxd), which this class
 owns. Only STUN, DTLS and layer events come up to Python, and only what C let through: STUN Binding requests whose
-USERNAME names a live transport's ufrag (stun.pyx; aioice then checks MESSAGE-INTEGRITY), DTLS from a transport's
-bound address, each within per-transport and per-window rates (state.pxd). Engine methods must be called from the
-event loop's thread.
+USERNAME names a live transport's ufrag (stun.pyx; aioice then checks MESSAGE-INTEGRITY), success responses to our
+own consent checks (expect_stun_response), DTLS from a transport's bound address, each within per-transport,
+fair-share and per-window rates (state.pxd). Engine methods must be called from the event loop's thread.
 """
 import logging
 import os
@@ -21,8 +21,8 @@ from libc.string cimport memcpy
 
 from engine.codecs.describe cimport codec_id
 from engine cimport srtp
-from engine.demux cimport (demux_bind_path, demux_forget_ssrcs, demux_release_ssrc, demux_udp_batch,
-                           demux_unbind_path)
+from engine.demux cimport (demux_bind_path, demux_check_key, demux_find_transport, demux_forget_ssrcs,
+                           demux_release_ssrc, demux_udp_batch, demux_unbind_path)
 from engine.downtrack cimport DownTrack, downtrack_free, downtrack_new
 from engine.fanout cimport fanout_batch
 from engine.feedback cimport feedback_request_keyframe, feedback_tick
@@ -31,8 +31,9 @@ from engine.path cimport Path, path_address, path_set
 from engine.receiver cimport (MAX_LAYERS, Layer, Receiver, receiver_free, receiver_new, receiver_take_audio_level,
                               receiver_update_top)
 from engine.reports cimport reports_tick
-from engine.state cimport (BATCH, E_DTLS, E_STUN, MAX_DOWNTRACKS, MAX_RECEIVERS, MAX_TRANSPORTS, RECV_BUF,
-                           S_COUNT, S_DROP_SEND_FAILED, S_DROP_SUBSCRIBER_NOT_READY, S_EVENT_ERRORS, SEND_BUF,
+from engine.state cimport (BATCH, E_DTLS, E_STUN, MAX_CONSENT_CHECKS, MAX_DOWNTRACKS, MAX_RECEIVERS,
+                           MAX_TRANSPORTS, RECV_BUF, S_COUNT, S_DROP_SEND_FAILED, S_DROP_SUBSCRIBER_NOT_READY,
+                           S_EVENT_ERRORS, S_SRTP_STREAMS_REMOVED, SEND_BUF,
                            SEND_SLOTS, EngineState, Event, Transport, monotonic_us, stream_key)
 from engine.stun cimport MAX_UFRAG, ufrag_key
 from engine.table cimport list_add, list_discard, map_free, map_get, map_init, map_put, map_remove
@@ -61,7 +62,8 @@ STAT_NAMES = (
     "packets_in", "bytes_in", "packets_out", "bytes_out", "rtp_in", "rtcp_in", "stun_in", "dtls_in", "forwarded",
     "paused_skipped",
     "drop_empty", "drop_truncated", "drop_not_rtp", "drop_unknown_source", "drop_dtls_unbound", "drop_no_srtp",
-    "drop_srtp_unprotect_failed", "drop_malformed", "drop_unknown_ssrc", "drop_duplicate", "drop_payload_type",
+    "drop_srtp_unprotect_failed", "drop_malformed", "drop_unknown_ssrc", "drop_unadmitted_ssrc", "drop_duplicate",
+    "drop_payload_type",
     "drop_rtx_padding",
     "drop_too_large", "drop_srtp_protect_failed", "drop_subscriber_not_ready", "drop_send_failed", "gso_sends",
     "gso_segments",
@@ -70,7 +72,8 @@ STAT_NAMES = (
     "remb_sent", "event_errors",
     "drop_stun_malformed", "drop_stun_not_request", "drop_stun_no_username", "drop_stun_unknown_ufrag",
     "drop_stun_rate_limited", "drop_dtls_rate_limited", "drop_event_budget", "drop_srtp_stream_limit",
-    "bind_refused", "srtp_streams_removed", "drop_rtx_budget", "retransmitted_bytes",
+    "srtp_streams_removed", "drop_rtx_budget", "retransmitted_bytes", "stun_responses",
+    "drop_stun_unexpected_response", "drop_ssrc_rebind_rate",
 )
 assert len(STAT_NAMES) == S_COUNT
 
@@ -114,7 +117,7 @@ cdef class Engine:
         if (s.transports == NULL or s.receivers == NULL or s.downtracks == NULL or s.recv.bufs == NULL
                 or s.send.bufs == NULL or map_init(&s.by_address, 64) < 0 or map_init(&s.streams, 256) < 0
                 or map_init(&s.downtrack_ssrcs, 256) < 0 or map_init(&s.by_ufrag, 64) < 0
-                or map_init(&s.srtp_ssrcs, 256) < 0):
+                or map_init(&s.srtp_ssrcs, 256) < 0 or map_init(&s.checks, 64) < 0):
             raise MemoryError()
         udpmux_init(s)
         s.path_seed = int.from_bytes(os.urandom(8), "little")
@@ -184,6 +187,7 @@ cdef class Engine:
         map_free(&s.downtrack_ssrcs)
         map_free(&s.by_ufrag)
         map_free(&s.srtp_ssrcs)
+        map_free(&s.checks)
         free(s)
         self.s = NULL
 
@@ -313,7 +317,7 @@ cdef class Engine:
 
     def bind_transport(self, transport_id: int, host: str, port: int) -> bool:
         """Where the transport's packets come from and go to: an IPv4 or IPv6 (on an IPv6 engine) address.
-        False (and counted as bind_refused) when another transport holds that address: it is not taken from it."""
+        False when another transport holds that address: it is not taken from it."""
         cdef int slot = self._slot(self._transport_slots, transport_id, "transport")
         cdef Path path
         cdef int result
@@ -322,6 +326,31 @@ cdef class Engine:
         if result == -1:
             raise MemoryError()
         return result == 0
+
+    def transport_at(self, host: str, port: int) -> int | None:
+        """The id of the transport bound to this address, if any."""
+        cdef Path path
+        path_set(&path, host, port, self.s.ipv6)
+        slot = demux_find_transport(self.s, &path)
+        return self.s.transports[slot].id if slot >= 0 else None
+
+    def expect_stun_response(self, transport_id: int, transaction_id: bytes) -> None:
+        """We sent a Binding request (a consent check) with this 12-byte transaction id for the transport: the first
+        success response carrying it will surface as EV_STUN (from any address: Python checks that). The transport's
+        last MAX_CONSENT_CHECKS are remembered; other responses are dropped in C."""
+        cdef int slot = self._slot(self._transport_slots, transport_id, "transport")
+        cdef Transport *t = self.s.transports[slot]
+        cdef uint64_t old = t.checks[t.check_next]
+        cdef uint64_t key
+        if len(transaction_id) != 12:
+            raise ValueError("a STUN transaction id has 12 bytes")
+        key = demux_check_key(self.s, transaction_id)
+        if old and map_get(&self.s.checks, old) == slot:
+            map_remove(&self.s.checks, old)
+        if map_put(&self.s.checks, key, slot) < 0:
+            raise MemoryError()
+        t.checks[t.check_next] = key
+        t.check_next = (t.check_next + 1) % MAX_CONSENT_CHECKS
 
     def unbind_transport(self, transport_id: int) -> None:
         """Stops sending to the transport's address and forgets it (its consent expired)."""
@@ -355,6 +384,9 @@ cdef class Engine:
         demux_forget_ssrcs(self.s, <int>slot)
         if t.ufrag_length and map_get(&self.s.by_ufrag, t.ufrag_key) == slot:
             map_remove(&self.s.by_ufrag, t.ufrag_key)
+        for i in range(MAX_CONSENT_CHECKS):
+            if t.checks[i] and map_get(&self.s.checks, t.checks[i]) == slot:
+                map_remove(&self.s.checks, t.checks[i])
         free(t.receivers.items)
         free(t)
         self.s.transports[<int>slot] = NULL
@@ -482,9 +514,10 @@ cdef class Engine:
         cdef DownTrack *d = self.s.downtracks[<int>slot]
         cdef Transport *t = self.s.transports[d.transport]
         if t.tx != NULL:  # libsrtp made a send stream for each SSRC we protected for it
-            srtp.remove_stream(t.tx, d.ssrc)
-            if d.rtx_ssrc:
-                srtp.remove_stream(t.tx, d.rtx_ssrc)
+            if srtp.remove_stream(t.tx, d.ssrc) == 0:
+                self.s.counters[<int>S_SRTP_STREAMS_REMOVED] += 1
+            if d.rtx_ssrc and srtp.remove_stream(t.tx, d.rtx_ssrc) == 0:
+                self.s.counters[<int>S_SRTP_STREAMS_REMOVED] += 1
         if map_get(&self.s.downtrack_ssrcs, stream_key(d.transport, d.ssrc)) == slot:
             map_remove(&self.s.downtrack_ssrcs, stream_key(d.transport, d.ssrc))
         if d.rtx_ssrc and map_get(&self.s.downtrack_ssrcs, stream_key(d.transport, d.rtx_ssrc)) == slot:

@@ -1,10 +1,15 @@
-"""Harness: drives a DownTrack's Forwarder and Munger from Python, for tests (no sockets, no SRTP, no event loop).
+"""Harness: drives a DownTrack's Forwarder and Munger, and a transport's BWE, from Python, for tests (no sockets,
+no SRTP, no event loop).
 
 A DownTrackHarness is one Receiver with one DownTrack. `push` hands it a packet as demux.pyx would (parsed into an
 ExtPacket by the same codec code) and runs it through the same calls as fanout.pyx: forwarder_accept, munger_map,
 downtrack_write. What comes out is exactly the RTP packet the subscriber would get, before SRTP."""
 from libc.stdint cimport int64_t, uint8_t
+from libc.stdlib cimport free, malloc
 
+from engine.bwe cimport (Bwe, BwePacketResult, bwe_congested, bwe_estimate_bps, bwe_init, bwe_loss_fraction,
+                         bwe_on_feedback, bwe_on_remb, bwe_probe_result_bps, bwe_probe_start, bwe_probe_status,
+                         bwe_state, bwe_take_change)
 from engine.codecs.describe cimport codec_id, describe_packet
 from engine.downtrack cimport WRITE_GROWTH, DownTrack, SeqMapEntry, downtrack_free, downtrack_lose_layer, downtrack_new, downtrack_write
 from engine.forwarder cimport FORWARD_DROP, FORWARD_PAUSED, forwarder_accept, forwarder_set_paused, forwarder_target
@@ -107,3 +112,73 @@ cdef class DownTrackHarness:
         length = downtrack_write(self.d, &p, e, False, out)
         self.d.packets += 1
         return bytes(out[:length])
+
+
+BWE_STATE_BYTES = sizeof(Bwe)   # what a Transport embedding the estimator grows by
+
+
+cdef class BweHarness:
+    """One transport's bandwidth estimator (engine/bwe.pyx), fed with synthetic feedback. Times are microseconds."""
+
+    cdef Bwe b
+
+    def __cinit__(self, long long start_bps=300000, long long now=0):
+        bwe_init(&self.b, start_bps, now)
+
+    def feedback(self, list results, long long now) -> None:
+        """One TWCC report: (seq, send_us, size, arrival_us or None when lost, probe cluster or -1) tuples."""
+        cdef BwePacketResult *batch = <BwePacketResult *>malloc(max(len(results), 1) * sizeof(BwePacketResult))
+        cdef int i
+        if batch == NULL:
+            raise MemoryError()
+        try:
+            for i, (seq, send_us, size, arrival_us, cluster) in enumerate(results):
+                batch[i].seq = seq
+                batch[i].send_us = send_us
+                batch[i].size = size
+                batch[i].received = arrival_us is not None
+                batch[i].arrival_us = arrival_us if arrival_us is not None else 0
+                batch[i].probe_cluster = cluster
+            bwe_on_feedback(&self.b, batch, len(results), now)
+        finally:
+            free(batch)
+
+    def remb(self, long long bps, long long now) -> None:
+        bwe_on_remb(&self.b, bps, now)
+
+    def probe_start(self, int cluster_id, long long target_bps, long long now) -> None:
+        bwe_probe_start(&self.b, cluster_id, target_bps, now)
+
+    def probe_status(self, int cluster_id, long long now) -> str:
+        return ("unknown", "pending", "succeeded", "failed")[bwe_probe_status(&self.b, cluster_id, now)]
+
+    def probe_result_bps(self, int cluster_id) -> int:
+        return bwe_probe_result_bps(&self.b, cluster_id)
+
+    def congested(self, long long now) -> bool:
+        return bwe_congested(&self.b, now)
+
+    def take_change(self) -> bool:
+        return bwe_take_change(&self.b)
+
+    @property
+    def estimate_bps(self) -> int:
+        return bwe_estimate_bps(&self.b)
+
+    @property
+    def state(self) -> str:
+        return ("normal", "overusing", "underusing")[bwe_state(&self.b)]
+
+    @property
+    def loss_fraction(self) -> float:
+        return bwe_loss_fraction(&self.b)
+
+    @property
+    def stats(self) -> dict:
+        """Counters and internals, for assertions on bounds and cost."""
+        return {"reports": self.b.reports, "packets": self.b.packets, "lost": self.b.lost,
+                "duplicates": self.b.duplicates, "stale": self.b.stale, "invalid": self.b.invalid,
+                "overuses": self.b.overuses, "decreases": self.b.decreases, "remb_ignored": self.b.remb_ignored,
+                "probes_succeeded": self.b.probes_succeeded, "probes_failed": self.b.probes_failed,
+                "ops": self.b.ops, "threshold_ms": self.b.threshold_ms, "delay_rate_bps": self.b.delay_rate_bps,
+                "loss_rate_bps": self.b.loss_rate_bps, "rtt_ms": self.b.rtt_ms, "slope": self.b.slope}

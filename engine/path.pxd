@@ -4,6 +4,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
 from engine.batchio cimport sockaddr_in, socklen_t
+from engine.table cimport mix64
 
 cdef extern from "<netinet/in.h>" nogil:
     cdef struct in6_addr:
@@ -70,16 +71,6 @@ cdef inline uint64_t path_next_key(uint64_t key) noexcept nogil:
     return (key + 1) | (<uint64_t>1 << 63)
 
 
-cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
-    # splitmix64's finalizer: every input bit reaches every output bit.
-    x ^= x >> 30
-    x *= 0xBF58476D1CE4E5B9ULL
-    x ^= x >> 27
-    x *= 0x94D049BB133111EBULL
-    x ^= x >> 31
-    return x
-
-
 cdef inline uint64_t path_key(const Path *p, uint64_t seed) noexcept nogil:
     cdef const sockaddr_in6 *a
     cdef uint64_t high = 0, low = 0
@@ -94,4 +85,4 @@ cdef inline uint64_t path_key(const Path *p, uint64_t seed) noexcept nogil:
     for i in range(8):
         high = (high << 8) | a.sin6_addr.s6_addr[i]
         low = (low << 8) | a.sin6_addr.s6_addr[i + 8]
-    return _mix(_mix(_mix(seed ^ high) ^ low) ^ ((<uint64_t>a.sin6_scope_id << 16) | a.sin6_port)) | (<uint64_t>1 << 63)
+    return mix64(mix64(mix64(seed ^ high) ^ low) ^ ((<uint64_t>a.sin6_scope_id << 16) | a.sin6_port)) | (<uint64_t>1 << 63)

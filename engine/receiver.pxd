@@ -47,6 +47,8 @@ cdef struct Layer:
     int missing_count
     uint64_t nacks_sent
     int64_t last_pli_us
+    double rebind_tokens      # SSRC changes it may still make (state.pxd SSRC_REBINDS_PER_SECOND), refilled at
+    int64_t rebind_us         # rebind_us (0: never, so the bucket starts full)
     uint64_t plis_sent
 
 cdef struct Receiver:

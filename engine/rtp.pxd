@@ -24,6 +24,9 @@ cdef int parse_rtp(const uint8_t *buf, int length, RtpHeader *h) noexcept nogil
 # The same for an SRTP packet before unprotect: the header and extensions are in the clear (no RFC 6904), the end is
 # not (the padding count is not checked and payload_length is meaningless).
 cdef int parse_srtp_header(const uint8_t *buf, int length, RtpHeader *h) noexcept nogil
+# Completes such an `h` once the packet is unprotected (`length` without the tag): the padding count and payload_length,
+# as parse_rtp would have found them. 0, or -1 when they are inconsistent.
+cdef int finish_srtp_header(const uint8_t *buf, int length, RtpHeader *h) noexcept nogil
 # Finds element `ext_id` in `h`'s extension block (one- or two-byte form). 1 and *value/*value_length set when found, else 0.
 cdef int find_extension(const uint8_t *buf, const RtpHeader *h, int ext_id, const uint8_t **value, int *value_length) noexcept nogil
 # Writes into `out` (room for at least h.header_length + 4 bytes) the fixed header and CSRCs of `buf`, followed by a

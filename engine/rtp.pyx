@@ -18,6 +18,18 @@ cdef int parse_srtp_header(const uint8_t *buf, int length, RtpHeader *h) noexcep
     return _parse(buf, length, h, False)
 
 
+cdef int finish_srtp_header(const uint8_t *buf, int length, RtpHeader *h) noexcept nogil:
+    cdef int padding = 0
+    if h.header_length > length:
+        return -1
+    if buf[0] & 0x20:
+        padding = buf[length - 1]
+        if padding == 0 or padding > length - h.header_length:
+            return -1
+    h.payload_length = <uint16_t>(length - h.header_length - padding)
+    return 0
+
+
 cdef inline int _parse(const uint8_t *buf, int length, RtpHeader *h, bint with_padding) noexcept nogil:
     cdef int pos, ext_bytes, padding = 0
     cdef uint16_t profile = 0

@@ -39,7 +39,8 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_DROP_NO_SRTP
     S_DROP_UNPROTECT
     S_DROP_MALFORMED
-    S_DROP_UNKNOWN_SSRC
+    S_DROP_UNKNOWN_SSRC       # authenticated, but matches no layer of the transport's receivers
+    S_DROP_UNADMITTED_SSRC    # neither bound nor bindable: dropped before srtp_unprotect (unauthenticated)
     S_DROP_DUPLICATE
     S_DROP_PAYLOAD_TYPE
     S_DROP_RTX_PADDING
@@ -74,10 +75,12 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_DROP_DTLS_RATE
     S_DROP_EVENT_BUDGET
     S_DROP_SSRC_LIMIT
-    S_BIND_REFUSED
     S_SRTP_STREAMS_REMOVED
     S_DROP_RTX_BUDGET
     S_RETRANSMITTED_BYTES
+    S_STUN_RESPONSES          # Binding success responses to our consent checks, let up to Python
+    S_DROP_STUN_UNEXPECTED_RESPONSE  # responses (or errors) whose transaction id is none of ours outstanding
+    S_DROP_SSRC_REBIND_RATE   # a layer's SSRC changing faster than SSRC_REBINDS_PER_SECOND
     S_COUNT
 
 cdef enum:  # event kinds, queued in C and dispatched to Python after each batch
@@ -87,22 +90,47 @@ cdef enum:  # event kinds, queued in C and dispatched to Python after each batch
 
 cdef enum:
     # Events per second one transport may raise (token buckets, burst = one second's worth). libwebrtc checks a
-    # candidate pair every 50-900 ms while connecting and every 2.5 s once connected (a LiveKit Python SDK join sent
-    # 3 in its first second, then one per 2.5 s): 100/s leaves room for many pairs, candidates and retransmissions,
-    # and a flood with a valid ufrag costs Python at most 100 parses/s. Checks from the transport's bound address
-    # have a bucket of their own, so a flood to its ufrag from elsewhere cannot starve its consent checks.
+    # candidate pair every 50-900 ms while connecting (a LiveKit Python SDK join sent 3 in its first second): 100/s
+    # leaves room for many pairs, candidates and retransmissions, and a flood with a valid ufrag costs Python at most
+    # 100 parses/s.
     STUN_EVENTS_PER_SECOND = 100
+    # Checks from the transport's bound address have a bucket of their own, so a flood to its ufrag from elsewhere
+    # cannot starve them (the client's own consent, RFC 7675, needs our answers). Once connected, libwebrtc checks
+    # the selected pair every 2.5 s and aioice every 5 s: 20/s is plenty, and these bypass the engine-wide budget.
+    STUN_BOUND_EVENTS_PER_SECOND = 20
     # DTLS carries the handshake (about 10 datagrams) and then every data channel message (SCTP): 1000 datagrams/s
     # of up to ~1.2 KB is about 1.2 MB/s of data channel traffic per transport, well past LiveKit's typical use
     # (chat, RPC, small state); SCTP retransmits what is dropped past it.
     DTLS_EVENTS_PER_SECOND = 1000
-    # STUN + DTLS events raised by the whole engine per EVENT_WINDOW_US (one engine tick), whatever their sources:
-    # bounds the Python work that many misbehaving transports together can cause (5,000 events/s).
+    # The engine-wide budget, and how it is shared. Events of three kinds reach Python:
+    #  - responses to our own consent checks (one per transaction id we registered, ConsentChecks in peer/ice.py:
+    #    one per ~5 s per transport) and Binding requests from a transport's bound address (STUN_BOUND_EVENTS_PER_
+    #    SECOND): bounded per transport, they bypass the budget, so no flood can make a live client lose consent;
+    #  - each transport's first FAIR_EVENTS_PER_SECOND (burst FAIR_EVENT_BURST) other STUN/DTLS events: its fair
+    #    share, also outside the budget, so a DTLS handshake (a flight is at most ~6 datagrams) and a modest data
+    #    channel always get through;
+    #  - the rest: EVENTS_PER_WINDOW per EVENT_WINDOW_US (one engine tick, 5,000 events/s), first come first served.
+    # So an attacker holding N transports (two per participant, each needing a token) can make Python handle at
+    # most 5,000 + N x (FAIR 50 + BOUND 20) events/s, and can never take another transport's fair share or consent.
     EVENTS_PER_WINDOW = 100
     EVENT_WINDOW_US = 20000
-    # Distinct SSRCs one transport may get libsrtp receive streams for (SSRC_ANY_INBOUND creates one per new SSRC
-    # that authenticates, ~650 B and a linear lookup each). 20 simulcast video tracks with RTX use 120.
+    FAIR_EVENTS_PER_SECOND = 50
+    FAIR_EVENT_BURST = 16
+    # Distinct SSRCs one transport may get libsrtp receive streams for from RTP (SSRC_ANY_INBOUND creates one per new
+    # SSRC that authenticates, ~650 B and a linear lookup each). 20 simulcast video tracks with RTX use 120.
     MAX_SRTP_STREAMS = 256
+    # SRTCP sender SSRCs that are no media stream of ours (a client's RR/feedback SSRC, an SR of a track already
+    # removed): their libsrtp streams are kept in a ring of this size per transport, the oldest freed first.
+    # A client uses one or two; media SSRCs' SR use the media stream.
+    RTCP_SENDER_STREAMS = 8
+    # Outstanding consent checks per transport whose Binding success response the engine lets up (the rest are
+    # dropped in C): a few consent periods' worth plus a check of a new address (peer/ice.py keeps fewer).
+    MAX_CONSENT_CHECKS = 8
+    # SSRC changes of one layer (a publisher restarting its encoder; a mid/rid match binding a new SSRC): each frees
+    # a libsrtp stream, resets the layer and raises an event to Python. A token bucket per layer: 2 per second,
+    # burst 4, the rest dropped (drop_ssrc_rebind_rate). Browsers change a layer's SSRC on renegotiation only.
+    SSRC_REBINDS_PER_SECOND = 2
+    SSRC_REBIND_BURST = 4
 
 cdef struct Transport:
     int64_t id
@@ -117,11 +145,17 @@ cdef struct Transport:
     int ufrag_length
     uint64_t ufrag_key        # its key in EngineState.by_ufrag
     double stun_tokens        # token buckets of the events it may raise (see STUN_EVENTS_PER_SECOND): STUN from
-    double stun_bound_tokens  # other addresses, STUN from its bound address, DTLS
+    double stun_bound_tokens  # other addresses, STUN from its bound address, DTLS, and its fair share of the rest
     double dtls_tokens
+    double fair_tokens
     int64_t events_us         # when they were last refilled
     int srtp_streams          # SSRCs in EngineState.srtp_ssrcs for it (libsrtp receive streams), <= MAX_SRTP_STREAMS
     uint32_t *srtp_ssrc_list  # the same SSRCs (MAX_SRTP_STREAMS entries, allocated on first use), to forget them all
+    uint32_t rtcp_ssrcs[<int>RTCP_SENDER_STREAMS]  # RTCP-only sender SSRCs with a libsrtp stream (a ring)
+    int rtcp_ssrc_count
+    int rtcp_ssrc_next
+    uint64_t checks[<int>MAX_CONSENT_CHECKS]  # keys in EngineState.checks of our outstanding consent checks (a ring)
+    int check_next
     double rtx_tokens         # retransmission budget in bytes (feedback.pyx)
     int64_t rtx_us            # when it was last refilled
     uint64_t bytes_sent       # RTP bytes forwarded to it (retransmissions excluded); at the last rtx refill
@@ -168,6 +202,7 @@ cdef struct EngineState:
     U64Map downtrack_ssrcs    # (transport slot, downtrack SSRC or RTX SSRC) -> downtrack slot
     U64Map by_ufrag           # stun.ufrag_key -> transport slot (the ufrag is compared in full)
     U64Map srtp_ssrcs         # (transport slot, SSRC) -> 1: SSRCs with a libsrtp receive stream on the transport
+    U64Map checks             # stun.ufrag_key of a consent check's transaction id -> transport slot
     uint64_t ufrag_seed
     int64_t event_window_us   # the current EVENT_WINDOW_US window, and STUN/DTLS events raised in it
     int window_events

@@ -1,11 +1,13 @@
-"""STUN prefilter: Binding request framing and the USERNAME's local ufrag, in C (see stun.pxd)."""
+"""STUN prefilter: Binding request framing and the USERNAME's local ufrag, success responses, in C (see stun.pxd)."""
 from libc.stdint cimport uint16_t, uint32_t
 
+from engine.table cimport mix64
 from engine.wire cimport load16, load32
 
 cdef enum:
     MAGIC_COOKIE = 0x2112A442
     BINDING_REQUEST = 0x0001
+    BINDING_SUCCESS = 0x0101
     ATTR_USERNAME = 0x0006
     ATTR_MESSAGE_INTEGRITY = 0x0008
 
@@ -20,6 +22,8 @@ cdef int stun_check(const uint8_t *buf, int length, const uint8_t **ufrag, int *
         return STUN_MALFORMED
     if load16(buf + 2) != length - STUN_HEADER or length & 3:
         return STUN_MALFORMED
+    if load16(buf) == BINDING_SUCCESS:
+        return STUN_RESPONSE  # demux lets it up only when its transaction id is one of our outstanding checks
     if load16(buf) != BINDING_REQUEST:
         return STUN_NOT_REQUEST
     while pos < length:
@@ -57,9 +61,4 @@ cdef uint64_t ufrag_key(const uint8_t *ufrag, int length, uint64_t seed) noexcep
     cdef int i
     for i in range(length):
         h = (h ^ ufrag[i]) * 0x100000001B3ULL
-    h ^= h >> 30
-    h *= 0xBF58476D1CE4E5B9ULL
-    h ^= h >> 27
-    h *= 0x94D049BB133111EBULL
-    h ^= h >> 31
-    return h
+    return mix64(h)

@@ -28,3 +28,14 @@ cdef struct IntList:
 cdef int list_add(IntList *l, int value) noexcept nogil
 # Removes one occurrence (order is not kept).
 cdef void list_discard(IntList *l, int value) noexcept nogil
+
+
+cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
+    # splitmix64's finalizer: every input bit reaches every output bit, so keys built from addresses or ufrags spread
+    # over the map's buckets.
+    x ^= x >> 30
+    x *= 0xBF58476D1CE4E5B9ULL
+    x ^= x >> 27
+    x *= 0x94D049BB133111EBULL
+    x ^= x >> 31
+    return x

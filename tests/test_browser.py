@@ -23,6 +23,7 @@ import pytest
 from livekit import rtc
 from livekit.protocol import rtc as signal
 
+from conftest import start_server, stop_server
 from media import Publisher, decoded_audio, decoded_video, wait_for_tracks
 
 BROWSER_DIR = Path(__file__).resolve().parent / "browser"
@@ -332,3 +333,20 @@ async def test_js_disabling_a_video_pauses_it_and_enabling_resumes_it(server, br
     finally:
         await publisher.stop()
         await python_room.disconnect()
+
+
+async def test_chromium_answers_our_consent_checks(tmp_path, monkeypatch, browser: BrowserPeer):
+    """Chromium (a full ICE agent) answers the server's RFC 7675 consent checks on both peer connections, so a
+    participant that is there keeps its media path past the consent timeout."""
+    monkeypatch.setenv("TERN_ICE_CONSENT_TIMEOUT", "7")
+    server = start_server(tmp_path)
+    try:
+        await _connect_js(browser, server, "js-consent", "browser-consent", {"singlePeerConnection": False})
+        await browser.call("publishCameraAndMicrophone")  # the publisher PC connects too
+        await asyncio.sleep(11)
+        counters = server.counters()
+        assert counters.get("ice_consent_expired", 0) == 0
+        assert counters.get("ice_consent_renewed", 0) >= 3
+    finally:
+        stop_server(server)
+    assert "Traceback" not in server.log(), server.log()

@@ -16,6 +16,7 @@ import time
 
 import pytest
 from aioice import stun
+from livekit import rtc
 from livekit.protocol import rtc as signal
 
 from conftest import API_KEY, API_SECRET, start_server, stop_server
@@ -209,7 +210,7 @@ async def test_fifty_thousand_ssrcs_are_dropped_before_srtp(server) -> None:
                 await asyncio.sleep(0.01)  # ~25,000 packets/s: the kernel queue keeps them
         await asyncio.sleep(0.5)
         after = server.counters()
-        assert after["drop_unknown_ssrc"] - before.get("drop_unknown_ssrc", 0) >= 45_000
+        assert after["drop_unadmitted_ssrc"] - before.get("drop_unadmitted_ssrc", 0) >= 45_000
         assert rss_kib(server.process.pid) - rss_before < 50 * 1024
         assert await still_receives(clients, subscriber)
         [late] = await clients.add("ssrcs", 1, subscribe=True)  # and a newcomer still gets the stream
@@ -220,21 +221,32 @@ async def test_fifty_thousand_ssrcs_are_dropped_before_srtp(server) -> None:
 
 
 async def test_media_stops_when_consent_expires(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("TERN_ICE_CONSENT_TIMEOUT", "7")  # the load clients check every 5 s
+    monkeypatch.setenv("TERN_ICE_CONSENT_TIMEOUT", "7")  # the server checks every 4-6 s
     server = start_server(tmp_path)
     try:
+        sdk = await connect(server, "sdk", "consent-sdk")  # libwebrtc, a full agent: it answers our checks
         clients, publisher, subscriber = await load_room(server, "consent")
-        subscriber.subscriber_path._consent.cancel()  # the subscriber's side goes quiet; the publisher keeps checking
+        [both] = await clients.add("consent", 1, publish=loadtest.MediaPlan(audio=True), subscribe=True)
+        await clients.wait_for_media([both], 10)
+        subscriber.subscriber_path._consent.cancel()  # the subscriber's side goes quiet; the publisher keeps answering
+        both.subscriber_path._consent.cancel()  # and a client vanishes: both its transports lapse together
+        both.publisher_path._consent.cancel()
         assert await still_receives(clients, subscriber)
-        await until(lambda: server.counters().get("ice_consent_expired", 0) >= 1, timeout=12)
+        await until(lambda: server.counters().get("ice_consent_expired", 0) >= 2, timeout=14)
         await asyncio.sleep(0.3)
         assert not await still_receives(clients, subscriber)
         await until(lambda: subscriber.error is not None, timeout=3)
         assert "leave" in subscriber.error  # the server removed the participant and told it why
-        assert server.counters()["ice_consent_expired"] == 1  # the publisher kept its consent
+        await asyncio.sleep(1.5)
+        counters = server.counters()
+        assert counters["ice_consent_expired"] == 2  # the publisher and the SDK kept their consent
+        assert counters["ice_consent_renewed"] >= 2  # the SDK was connected for over 7 s: it answered
+        assert sdk.connection_state == rtc.ConnectionState.CONN_CONNECTED
         await clients.close()
+        await sdk.disconnect()
     finally:
         stop_server(server)
+    assert "Traceback" not in server.log(), server.log()
 
 
 def nack_window(sender: int, media: int, last: int) -> bytes:
@@ -270,5 +282,84 @@ async def test_nack_floods_stay_within_the_retransmission_budget(server) -> None
         # engine/feedback.pyx: half the forwarded bytes, or 500 kbit/s, plus a 128 KiB burst
         assert retransmitted <= 0.5 * forwarded + 62_500 * elapsed + 131_072, (retransmitted, forwarded)
         assert await still_receives(clients, subscriber)
+    finally:
+        await clients.close()
+
+
+async def test_flooding_participants_cannot_starve_consent_or_joins(server) -> None:
+    """Ten participants each send junk DTLS from their bound address at their bucket's rate (1,000/s each, twice
+    the engine-wide budget together) plus Binding requests to their ufrags from elsewhere: the victim keeps its
+    media and answers our consent checks, and a newcomer still completes ICE + DTLS."""
+    clients, publisher, victim = await load_room(server, "fair")
+    flooders = await clients.add("fair", 10, subscribe=True)
+    await clients.wait_for_media(flooders, 15)
+    junk_dtls = b"\x17\xfe\xfd" + os.urandom(80)
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.setblocking(False)
+    requests = [junk_stun(flooder.subscriber_path._section.ice_ufrag)[0] for flooder in flooders]
+    stop = asyncio.Event()
+
+    async def flood_all() -> None:
+        while not stop.is_set():
+            for flooder, request in zip(flooders, requests):
+                for _ in range(10):
+                    flooder.subscriber_path.sock.send(junk_dtls)
+                stranger.sendto(request, ("127.0.0.1", server.udp_port))
+            await asyncio.sleep(0.01)
+
+    try:
+        before = server.counters()
+        flooding = asyncio.create_task(flood_all())
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        [newcomer] = await clients.add("fair", 1, subscribe=True)
+        await clients.wait_for_media([newcomer], 10)
+        joined = time.monotonic() - started
+        assert newcomer.first_media_ns() and not clients.failed, clients.failed
+        await asyncio.sleep(max(0.0, 6.5 - joined))  # a consent check of every transport falls in the flood
+        assert await still_receives(clients, victim)
+        stop.set()
+        await flooding
+        after = server.counters()
+
+        def delta(name: str) -> float:
+            return after.get(name, 0) - before.get(name, 0)
+
+        assert delta("drop_event_budget") > 0  # the flood did overflow the shared budget
+        assert delta("ice_consent_renewed") >= 12  # every flooder, the victim and the publisher answered a check
+        assert delta("ice_consent_expired") == 0
+        assert joined < 5, joined
+    finally:
+        stop.set()
+        stranger.close()
+        await clients.close()
+
+
+async def test_an_ssrc_per_packet_is_rate_limited(server) -> None:
+    """The publisher signs packets of its own video mid with a new SSRC each: each would take the layer over (a
+    libsrtp stream, a layer reset, an event to Python); past a few per second they are dropped and counted."""
+    clients, publisher, subscriber = await load_room(server, "rebind")
+    try:
+        before = server.counters()
+        tx = srtp_sessions(publisher.publisher_path.srtp_keys)[1]
+        mid = b"\xbe\xde\x00\x01" + bytes([0x10, ord("0")]) + b"\x00\x00"  # one-byte extension: id 1 (mid) = "0"
+        for i in range(5000):
+            packet = struct.pack("!BBHII", 0x90, 96, i, 0, 0x60000000 + i) + mid + b"\x10\x80\x80\x01" + bytes(100)
+            publisher.publisher_path.sock.send(tx.protect(packet))
+            if i % 500 == 0:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        after = server.counters()
+
+        def delta(name: str) -> float:
+            return after.get(name, 0) - before.get(name, 0)
+
+        assert delta("drop_ssrc_rebind_rate") >= 5000 - 10
+        assert delta("srtp_streams_removed") <= 10
+        pinger, _ = await SignalClient.join(server.url, server.token("pinger", "rebind"))
+        try:
+            assert max(await ping_rtts(pinger, 3, 0.05)) < 0.1
+        finally:
+            await pinger.connection.close()
     finally:
         await clients.close()

@@ -1,7 +1,10 @@
-"""ICE-lite Binding handling against requests and parsing done by aioice."""
+"""ICE-lite Binding handling against requests and parsing done by aioice; our consent checks against aioice's agent."""
 
+import asyncio
+import socket
 import struct
 
+import aioice
 import pytest
 from aioice import stun
 from hypothesis import given, settings
@@ -9,6 +12,7 @@ from hypothesis import strategies as st
 
 from signaling.peer.ice import (
     BindingResult,
+    ConsentChecks,
     StunError,
     handle_binding,
     is_stun,
@@ -179,3 +183,33 @@ def test_structured_garbage(attributes: list[tuple[int, bytes, int]], message_ty
         body += struct.pack("!HH", attr_type, length) + value + bytes(-len(value) % 4)
     header = struct.pack("!HHI12s", message_type, len(body), stun.COOKIE, bytes(12))
     _must_be_clean(header + body)
+
+
+async def test_aioice_answers_our_consent_checks() -> None:
+    """aioice (aiortc's ICE agent, controlling against our ICE-lite side) answers our checks, and only its answer
+    from the address the check went to, with the right password, settles it."""
+    agent = aioice.Connection(ice_controlling=True, components=1)
+    agent.remote_username, agent.remote_password, agent.remote_is_lite = LOCAL_UFRAG, LOCAL_PWD, True
+    await agent.gather_candidates()
+    host = next((c for c in agent.local_candidates if "." in c.host), None)
+    if host is None:
+        await agent.close()
+        pytest.skip("aioice found no IPv4 host address (it leaves out loopback)")
+    checks = ConsentChecks(LOCAL_UFRAG)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    try:
+        address = (host.host, host.port)
+        request, _ = checks.request(address, agent.local_username, agent.local_password)
+        sock.sendto(request, address)
+        response, source = await asyncio.wait_for(asyncio.get_running_loop().sock_recvfrom(sock, 2048), 2)
+        assert not checks.response(response, ("192.0.2.1", source[1]))  # from elsewhere: not an answer
+        assert checks.response(response, source)
+        assert not checks.response(response, source)  # settled once
+        forged, _ = checks.request(address, agent.local_username, "not the agent's password")
+        sock.sendto(forged, address)
+        response, _ = await asyncio.wait_for(asyncio.get_running_loop().sock_recvfrom(sock, 2048), 2)
+        assert stun.parse_message(response).message_class == stun.Class.ERROR
+    finally:
+        sock.close()
+        await agent.close()

@@ -11,7 +11,8 @@ built, protected, received and checked in C with the GIL released: no Python obj
   receiver on the same host measures one-way latency whatever the SFU rewrites in the header: up to the kernel's
   arrival timestamp (SO_TIMESTAMPNS), so the receiver's own queueing is not counted.
 - LoadReceiver: epoll over many sockets, recvmmsg, SRTP unprotect (failures counted), per-SSRC packet counts and
-  sequence gaps, and a latency histogram. RTCP, STUN and DTLS are counted and otherwise ignored.
+  sequence gaps, and a latency histogram. RTCP, STUN and DTLS are counted and otherwise ignored, except the last
+  STUN Binding request on each socket (the server's consent check), kept for the control plane to answer (take_stun).
 
 Counters are read from Python while the threads run; they are plain 64-bit words, good enough for statistics.
 The caller keeps the sockets and libsrtp sessions alive until stop() has returned.
@@ -88,6 +89,7 @@ cdef enum:
     CONTROL_BUF = 64          # room for one SCM_TIMESTAMPNS
     MAX_EVENTS = 256
     MAX_SSRCS = 32            # distinct SSRCs counted per receiving socket
+    STUN_BUF = 256            # a server's consent check (~110 bytes) kept for Python to answer (take_stun)
     BUCKET_NS = 10000         # latency histogram: 10 µs buckets ...
     BUCKETS = 20000           # ... up to 200 ms, the last bucket holds everything above
 
@@ -356,6 +358,8 @@ cdef struct Slot:
     uint64_t untimed             # RTP without our trailer (not from a LoadSender)
     int ssrc_count
     SsrcCount ssrcs[MAX_SSRCS]
+    int stun_length              # 0, or a Binding request waiting in `stun` (published by the thread, taken by Python)
+    uint8_t stun[STUN_BUF]
 
 
 cdef class LoadReceiver(_Worker):
@@ -419,6 +423,19 @@ cdef class LoadReceiver(_Worker):
                 "reordered": s.reordered, "auth_failures": s.auth_failures, "rtcp": s.rtcp, "other": s.other,
                 "untimed": s.untimed,
                 "ssrcs": {s.ssrcs[i].ssrc: s.ssrcs[i].packets for i in range(s.ssrc_count)}}
+
+    def take_stun(self, int index) -> bytes | None:
+        """The Binding request that arrived on socket `index` since the last call (requests arriving while one waits
+        are dropped: the sender retries), or None."""
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        cdef Slot *s = &self.slots[index]
+        cdef int length = loadgen_acquire(&s.stun_length)
+        if length == 0:
+            return None
+        data = (<char *>s.stun)[:length]
+        loadgen_publish(&s.stun_length, 0)
+        return data
 
     def totals(self) -> dict:
         cdef dict out = dict.fromkeys(("packets", "bytes", "lost", "reordered", "auth_failures", "rtcp", "other",
@@ -486,6 +503,9 @@ cdef class LoadReceiver(_Worker):
         cdef SsrcCount *c = NULL
         if length < 12 or p[0] >> 6 != 2:
             slot.other += 1
+            if 20 <= length <= STUN_BUF and p[0] == 0 and p[1] == 1 and loadgen_acquire(&slot.stun_length) == 0:
+                memcpy(slot.stun, p, length)
+                loadgen_publish(&slot.stun_length, length)
             return
         if 192 <= p[1] <= 223:  # RTCP (RFC 5761 demultiplexing)
             slot.rtcp += 1

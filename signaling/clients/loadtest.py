@@ -11,7 +11,8 @@ signaling/clients/loadgen.pyx, whose C threads send and check every packet, so t
 
 Media: video is VP8-shaped (30 fps × 5 packets of ~1,100-1,200 bytes = 150 pps, keyframe every 2 s; with
 --simulcast three rids q/h/f), audio Opus-shaped (50 pps of ~100 bytes with the RFC 6464 audio level).
-The client is ICE-controlling and never answers STUN checks: enough for ICE-lite servers such as tern.
+The client is ICE-controlling; once loadgen reads a socket, the server's consent checks (RFC 7675) it keeps are
+answered from here every _STUN_POLL seconds.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from ..auth import create_token
 from ..durations import parse_duration
 from ..peer import sdp
 from ..peer.dtls import Certificate, DtlsEndpoint, SrtpKeys, session_pointer, srtp_sessions
-from ..peer.ice import new_credentials
+from ..peer.ice import StunError, handle_binding, new_credentials
 from . import loadgen
 
 __all__ = ["LoadError", "LoadReport", "LoadClients", "MediaPlan", "run_load", "main"]
@@ -52,7 +53,8 @@ SIMULCAST_LAYERS = (("q", models.VideoQuality.LOW, 1, 320, 180), ("h", models.Vi
 CONNECT_TIMEOUT = 15.0
 SOCKET_BUFFER = 4 * 1024 * 1024
 _STUN_RETRY = 0.1
-_CONSENT_INTERVAL = 5.0  # seconds between consent checks (RFC 7675, aioice's interval): the server stops media after 30 s
+_CONSENT_INTERVAL = 5.0  # seconds between our consent checks (RFC 7675, aioice's interval)
+_STUN_POLL = 0.5  # seconds between looks for a server check loadgen kept (the server wants an answer within 30 s)
 
 
 class LoadError(Exception):
@@ -94,7 +96,14 @@ class MediaPath:
             await asyncio.wait_for(self._handshake(section), timeout)
         except asyncio.TimeoutError:
             raise LoadError(f"ICE/DTLS with {address[0]}:{address[1]} timed out") from None
-        self._consent = asyncio.get_running_loop().create_task(self._keep_consent(section))
+
+    def hand_over(self, receiver: loadgen.LoadReceiver, publisher: bool = False) -> int:
+        """Gives the connected socket to loadgen's reader (see LoadReceiver.add_socket) and keeps consent both
+        ways from here; returns the socket's index in `receiver`."""
+        assert self._section is not None and self.sessions is not None
+        index = receiver.add_socket(self.sock.fileno(), self.pointers()[0], publisher=publisher)
+        self._consent = asyncio.get_running_loop().create_task(self._keep_consent(self._section, receiver, index))
+        return index
 
     def binding_request(self, nominate: bool) -> bytes:
         """A fresh, signed Binding request to the server (after connect)."""
@@ -111,12 +120,23 @@ class MediaPath:
         request.add_message_integrity(section.ice_pwd.encode())
         return request
 
-    async def _keep_consent(self, section: sdp.MediaSection) -> None:
-        """Consent checks; their responses reach loadgen's reader, which counts them as non-RTP."""
+    async def _keep_consent(self, section: sdp.MediaSection, receiver: loadgen.LoadReceiver, index: int) -> None:
+        """Answers the server's consent checks and sends ours (their responses reach loadgen's reader, which counts
+        them as non-RTP)."""
+        server = self.sock.getpeername()
+        next_check = time.monotonic() + _CONSENT_INTERVAL
         while True:
-            await asyncio.sleep(_CONSENT_INTERVAL)
+            await asyncio.sleep(_STUN_POLL)
             try:
-                self.sock.send(bytes(self._binding_request(section, nominate=False)))
+                request = receiver.take_stun(index)
+                result = handle_binding(request, server, self.ufrag, self.pwd, section.ice_ufrag) if request else None
+                if result is not None:
+                    self.sock.send(result.response)
+                if time.monotonic() >= next_check:
+                    next_check += _CONSENT_INTERVAL
+                    self.sock.send(bytes(self._binding_request(section, nominate=False)))
+            except StunError:
+                continue
             except OSError:  # closed or unreachable: the session ends anyway
                 return
 
@@ -349,7 +369,7 @@ class LoadParticipant:
         except LoadError as error:
             self.error = f"subscriber PC: {error}"
             return
-        self.load_receiver_index = self.clients.load_receiver.add_socket(path.sock.fileno(), path.pointers()[0])
+        self.load_receiver_index = path.hand_over(self.clients.load_receiver)
 
     async def _publish(self, plan: MediaPlan) -> None:
         tracks: list[OutgoingTrack] = []
@@ -389,8 +409,8 @@ class LoadParticipant:
         except sdp.SdpError as error:
             raise LoadError(f"{self.identity}: unusable publisher answer: {error}") from None
         await path.connect(description)
-        rx, tx = path.pointers()
-        self.clients.load_receiver.add_socket(path.sock.fileno(), rx, publisher=True)  # RTCP: counted, PLIs answered
+        tx = path.pointers()[1]
+        path.hand_over(self.clients.load_receiver, publisher=True)  # RTCP: counted, PLIs answered
         for mid, track in enumerate(tracks):
             self._start_streams(path, str(mid), track, description, tx)
 

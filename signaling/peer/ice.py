@@ -1,19 +1,28 @@
-"""ICE-lite STUN handling, sans-I/O.
+"""ICE-lite STUN handling and consent checks, sans-I/O.
 
 The server is an ICE-lite agent (RFC 8445 section 2.5): it gathers only host
-candidates, never sends checks, and only answers the clients' Binding
-requests. A request authenticated with our short-term credentials proves the
-client can reach us from its source address; the caller then selects that
-address for the Transport (on USE-CANDIDATE, or on the first success).
+candidates and answers the clients' Binding requests. A request authenticated
+with our short-term credentials proves the client can reach us from its
+source address; the caller then selects that address for the Transport (on
+USE-CANDIDATE, or on the first success).
+
+It proves nothing about who receives what we send there: a participant can
+sign requests with its own credentials and spoof another's source address.
+So consent to receive (RFC 7675) is ours to ask: ConsentChecks sends Binding
+requests to the selected address as a full agent's checks, signed with the
+client's ice-pwd, and only their authenticated success responses, from that
+address, with a transaction id we chose at random, renew it.
 
 The engine already let through only Binding requests whose USERNAME names
-a live Transport's ufrag (engine/stun.pyx) and tells which Transport; here
-aioice's STUN codec checks MESSAGE-INTEGRITY and builds the response.
+a live Transport's ufrag (engine/stun.pyx), and success responses carrying
+the transaction id of one of our checks, and tells which Transport; here
+aioice's STUN codec checks MESSAGE-INTEGRITY and builds the messages.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import string
 import struct
@@ -25,7 +34,9 @@ from aioice import stun
 __all__ = [
     "CONSENT_TIMEOUT",
     "BindingResult",
+    "ConsentChecks",
     "StunError",
+    "error_response",
     "handle_binding",
     "is_stun",
     "new_credentials",
@@ -39,13 +50,21 @@ _UFRAG_LENGTH = 16  # RFC minimum 4
 _PWD_LENGTH = 32  # RFC minimum 22
 _COOKIE = struct.pack("!I", stun.COOKIE)
 
-# RFC 7675 section 5.1: consent expires 30 s after the last authenticated check from the address; media to it stops.
-# Clients renew it all the time (libwebrtc checks every 2.5 s once connected, aioice every 5 s). Tests shorten it
-# with TERN_ICE_CONSENT_TIMEOUT (seconds).
+# RFC 7675 section 5.1: consent expires 30 s after the last authenticated response to our checks; media to the
+# address stops. Tests shorten it with TERN_ICE_CONSENT_TIMEOUT (seconds).
 CONSENT_TIMEOUT = float(os.environ.get("TERN_ICE_CONSENT_TIMEOUT", "30"))
+# RFC 7675 section 5.1: a consent check every 5 s, randomized to 0.8-1.2 times that so checks do not synchronize.
+CONSENT_INTERVAL = (4.0, 6.0)
+# Checks whose response still counts: a late answer to one of the last few is as good as a prompt one (the engine
+# lets up to engine MAX_CONSENT_CHECKS = 8 through; more than a consent period's worth is pointless).
+OUTSTANDING_CHECKS = 6
 # Transaction ids remembered per Transport to refuse replays: more than a client sends in a consent period
-# (libwebrtc: one check per 2.5 s per pair, a few pairs, plus retransmissions while connecting).
+# (libwebrtc: one check per 2.5 s per pair, a few pairs, plus retransmissions while connecting). A replay older
+# than that is answered, but cannot move media: a new address must answer our own check first.
 REMEMBERED_TRANSACTIONS = 64
+# PRIORITY of our checks: what the client would give a peer-reflexive candidate of ours (RFC 8445 5.1.2.1: type
+# preference 110, local preference 65535, component 1).
+_CHECK_PRIORITY = (110 << 24) | (65535 << 8) | 255
 
 
 class StunError(ValueError):
@@ -115,13 +134,13 @@ def _is_binding_request(message: stun.Message) -> bool:
     )
 
 
-def _error_response(request: stun.Message, code: int, reason: str) -> bytes:
-    # Without valid credentials we cannot sign, so the error carries only a
-    # FINGERPRINT (RFC 8489 section 9.1.3).
+def error_response(transaction_id: bytes, code: int, reason: str) -> bytes:
+    """A Binding error response. Unsigned (for an unauthenticated request we cannot sign; RFC 8489 section 9.1.3),
+    with a FINGERPRINT."""
     response = stun.Message(
         message_method=stun.Method.BINDING,
         message_class=stun.Class.ERROR,
-        transaction_id=request.transaction_id,
+        transaction_id=transaction_id,
         attributes={"ERROR-CODE": (code, reason)},
     )
     response.add_fingerprint()
@@ -148,7 +167,7 @@ def handle_binding(
     username = message.attributes.get("USERNAME")
     if username is None or "MESSAGE-INTEGRITY" not in message.attributes:
         return BindingResult(
-            response=_error_response(message, 400, "Bad Request"),
+            response=error_response(message.transaction_id, 400, "Bad Request"),
             use_candidate=False,
             authenticated=False,
         )
@@ -162,7 +181,7 @@ def handle_binding(
     )
     if not username_ok or not message.check_message_integrity(local_pwd.encode("utf8")):
         return BindingResult(
-            response=_error_response(message, 401, "Unauthorized"),
+            response=error_response(message.transaction_id, 401, "Unauthorized"),
             use_candidate=False,
             authenticated=False,
         )
@@ -179,3 +198,60 @@ def handle_binding(
         use_candidate="USE-CANDIDATE" in message.attributes,
         authenticated=True,
     )
+
+
+def is_response(data: bytes) -> bool:
+    """A STUN success response (the engine lets up only those answering our checks) rather than a request."""
+    return data[:2] == b"\x01\x01"
+
+
+class ConsentChecks:
+    """Our consent checks (RFC 7675) to a client, sans-I/O: requests built as a full ICE agent's connectivity checks
+    from the controlled side (USERNAME "<client ufrag>:<our ufrag>", PRIORITY, ICE-CONTROLLED with a tie-breaker,
+    MESSAGE-INTEGRITY with the client's ice-pwd, FINGERPRINT), which every full agent answers; and their responses,
+    accepted only from the address a still outstanding check went to."""
+
+    def __init__(self, local_ufrag: str) -> None:
+        self.local_ufrag = local_ufrag
+        self._tie_breaker = secrets.randbits(64)
+        self._outstanding: OrderedDict[bytes, tuple[tuple[str, int], str]] = OrderedDict()  # id -> (address, pwd)
+
+    @staticmethod
+    def next_delay() -> float:
+        return random.uniform(*CONSENT_INTERVAL)
+
+    def request(self, address: tuple[str, int], remote_ufrag: str, remote_pwd: str) -> tuple[bytes, bytes]:
+        """A check to `address`: (datagram, its fresh random transaction id)."""
+        message = stun.Message(
+            message_method=stun.Method.BINDING,
+            message_class=stun.Class.REQUEST,
+            transaction_id=secrets.token_bytes(12),
+            attributes={
+                "USERNAME": f"{remote_ufrag}:{self.local_ufrag}",
+                "PRIORITY": _CHECK_PRIORITY,
+                "ICE-CONTROLLED": self._tie_breaker,
+            },
+        )
+        message.add_message_integrity(remote_pwd.encode("utf8"))  # also adds FINGERPRINT
+        self._outstanding[message.transaction_id] = (address, remote_pwd)
+        if len(self._outstanding) > OUTSTANDING_CHECKS:
+            self._outstanding.popitem(last=False)
+        return bytes(message), message.transaction_id
+
+    def response(self, data: bytes, source: tuple[str, int]) -> bool:
+        """Whether `data` from `source` is an authenticated success response to an outstanding check sent there
+        (that check is then settled)."""
+        try:
+            message = _parse(data)
+        except StunError:
+            return False
+        address, pwd = self._outstanding.get(message.transaction_id, (None, ""))
+        if (
+            address != source
+            or message.message_method != stun.Method.BINDING
+            or message.message_class != stun.Class.RESPONSE
+            or not message.check_message_integrity(pwd.encode("utf8"))
+        ):
+            return False
+        del self._outstanding[message.transaction_id]
+        return True

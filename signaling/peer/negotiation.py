@@ -31,7 +31,7 @@ class _PeerConnection:
         """Takes the client's ICE ufrag, DTLS fingerprint and SCTP max-message-size from its SDP."""
         for section in description.sections:
             if section.ice_ufrag or section.fingerprint:
-                self.transport.set_remote(section.ice_ufrag, section.fingerprint)
+                self.transport.set_remote(section.ice_ufrag, section.fingerprint, section.ice_pwd)
                 break
         for section in description.sections:
             if section.kind == "application" and section.max_message_size:

@@ -15,14 +15,17 @@ from typing import Callable
 import engine
 from .dcep import AssociationClosed, ChannelClosed, ChannelOpened, DataChannel, MessageReceived
 from .dtls import Certificate, DtlsEndpoint, DtlsError, session_pointer, srtp_sessions
-from .ice import CONSENT_TIMEOUT, StunError, TransactionLog, handle_binding, new_credentials
+from .ice import (CONSENT_TIMEOUT, ConsentChecks, StunError, TransactionLog, error_response, handle_binding,
+                  is_response, new_credentials)
 from .sctp import SctpAssociation, SctpBufferFull
 from .sctp_chunks import SctpError
 from .sdp import LocalEndpoint, SdpError
 
 log = logging.getLogger(__name__)
 
-CONSENT_SWEEP_INTERVAL = 1.0  # seconds between looks for expired consent: it ends at most this late
+# A nomination from a new address gets one check there (media moves when it is answered); more nominations from
+# new addresses within this many seconds get none, so spoofed ones cannot make us send checks at their rate.
+SWITCH_CHECK_INTERVAL = 0.5
 
 # (counter, attribute): what the DTLS endpoint and the SCTP association count as dropped, exported as these events.
 _DTLS_DROPS = (("dtls_malformed", "dropped"), ("dtls_unverified_dropped", "unverified_dropped"))
@@ -46,10 +49,16 @@ class Transport:
             except ValueError:  # another transport drew the same ufrag
                 continue
         self.remote_ufrag: str | None = None
+        self.remote_pwd: str | None = None  # for our consent checks, signed as the client expects
         self.certificate = manager.certificate  # for its whole life: its fingerprint is in the client's SDP
         self.dtls = DtlsEndpoint(self.certificate, None)
         self.address: tuple[str, int] | None = None
-        self.consent_at = 0.0  # loop time of the last authenticated check from `address` (RFC 7675)
+        self.consent_at = 0.0  # loop time of the last answer to our consent checks from `address` (RFC 7675)
+        self._consent = ConsentChecks(self.ice_ufrag)
+        self._consent_timer: asyncio.TimerHandle | None = None
+        self._next_check_at = 0.0
+        self._switch_to: tuple[str, int] | None = None  # a nominated new address, checked before media moves there
+        self._switch_checked_at = -SWITCH_CHECK_INTERVAL
         self._transactions = TransactionLog()
         self.on_connected: Callable[[], None] | None = None
         self.on_consent_lost: Callable[[], None] | None = None
@@ -76,10 +85,12 @@ class Transport:
             candidates=[(self.manager.node_ip, self.manager.engine.port)],
         )
 
-    def set_remote(self, ufrag: str | None, fingerprint: tuple[str, str] | None) -> None:
+    def set_remote(self, ufrag: str | None, fingerprint: tuple[str, str] | None, pwd: str | None = None) -> None:
         """Parameters from the client's SDP (its offer on the publisher PC, its answer on the subscriber PC)."""
         if ufrag:
             self.remote_ufrag = ufrag
+        if pwd:
+            self.remote_pwd = pwd
         if fingerprint:
             failed_before = self.dtls.failed is not None
             try:
@@ -90,8 +101,12 @@ class Transport:
             self._advance(failed_before)
 
     def handle_stun(self, data: bytes, host: str, port: int) -> None:
-        """A Binding request the engine found addressed to our ufrag: answered, and it may select or keep `source`."""
+        """A Binding request the engine found addressed to our ufrag (answered; it may select an address), or a
+        success response the engine matched to one of our consent checks."""
         source = (host, port)
+        if is_response(data):
+            self._consent_answered(data, source)
+            return
         result = handle_binding(data, source, self.ice_ufrag, self.ice_pwd, self.remote_ufrag)
         if result is None:
             self.manager.counters["stun_ignored"] += 1
@@ -103,29 +118,85 @@ class Transport:
         if self._transactions.first_source(data[8:20], source) != source:
             self.manager.counters["stun_replayed"] += 1
             return
+        # ICE-lite: the controlling client nominates; until then the first valid pair is good enough to answer DTLS.
+        if source != self.address and (result.use_candidate or self.address is None):
+            holder = self.manager.engine.transport_at(host, port)
+            if holder is not None and holder != self.id:  # another live transport's address: it keeps it
+                self.manager.counters["ice_address_taken"] += 1
+                self.manager.engine.send_to(error_response(data[8:20], 403, "Forbidden"), host, port)
+                return
+            if self.address is None:
+                # The first address needs no check: no media goes anywhere before a DTLS handshake, which a client
+                # only completes where it receives our flights.
+                self._select(source)
+            else:
+                self._check_switch(source)
         self.manager.engine.send_to(result.response, host, port)
+
+    def _select(self, address: tuple[str, int]) -> None:
+        if not self.manager.engine.bind_transport(self.id, *address):
+            self.manager.counters["ice_address_taken"] += 1  # taken meanwhile
+            return
+        self.address = address
+        self.consent_at = self._now()
+        self._switch_to = None
+        if self._consent_timer is None:
+            self._next_check_at = self.consent_at + self._consent.next_delay()
+            self._schedule_consent()
+
+    def _check_switch(self, address: tuple[str, int]) -> None:
+        """A nomination from a new address: media moves there once it answers our check (so a spoofed nomination,
+        answered by nobody, moves nothing)."""
+        now = self._now()
+        if now - self._switch_checked_at < SWITCH_CHECK_INTERVAL:
+            self.manager.counters["ice_switch_check_limited"] += 1
+            return
+        self._switch_checked_at = now
+        self._switch_to = address
+        self._send_check(address)
+
+    def _send_check(self, address: tuple[str, int]) -> None:
+        if self.remote_ufrag is None or self.remote_pwd is None:
+            return  # the client's SDP has not arrived yet: its next check will do
+        datagram, transaction_id = self._consent.request(address, self.remote_ufrag, self.remote_pwd)
+        self.manager.engine.expect_stun_response(self.id, transaction_id)
+        self.manager.engine.send_to(datagram, *address)
+
+    def _consent_answered(self, data: bytes, source: tuple[str, int]) -> None:
+        if not self._consent.response(data, source):
+            self.manager.counters["ice_consent_response_refused"] += 1
+            return
         if source == self.address:
             self.consent_at = self._now()
-        # ICE-lite: the controlling client nominates; until then the first valid pair is good enough to answer DTLS.
-        elif result.use_candidate or self.address is None:
-            if self.manager.engine.bind_transport(self.id, host, port):
-                self.address = source
-                self.consent_at = self._now()
-                self.manager.watch_consent()
-            else:  # another transport's address: it keeps it
-                self.manager.counters["ice_address_taken"] += 1
+            self.manager.counters["ice_consent_renewed"] += 1
+        elif source == self._switch_to:
+            self.manager.counters["ice_address_switched"] += 1
+            self._select(source)
 
-    def check_consent(self, now: float) -> None:
-        """Stops media to an address whose consent expired (RFC 7675); the owner decides about the rest."""
-        if self.address is None or now - self.consent_at <= CONSENT_TIMEOUT:
+    def _schedule_consent(self) -> None:
+        delay = min(self._next_check_at, self.consent_at + CONSENT_TIMEOUT) - self._now()
+        self._consent_timer = asyncio.get_running_loop().call_later(max(0.0, delay) + 0.001, self._on_consent_timer)
+
+    def _on_consent_timer(self) -> None:
+        """Sends the due consent check, or stops media to an address whose consent expired (RFC 7675); the owner
+        decides about the rest."""
+        self._consent_timer = None
+        if self.closed or self.address is None:
             return
-        log.info("transport %s (%s): no consent from %s for %.0f s", self.id, self.label, self.address,
-                 now - self.consent_at)
-        self.manager.engine.unbind_transport(self.id)
-        self.address = None
-        self.manager.counters["ice_consent_expired"] += 1
-        if self.on_consent_lost:
-            self.on_consent_lost()
+        now = self._now()
+        if now - self.consent_at > CONSENT_TIMEOUT:
+            log.info("transport %s (%s): no consent from %s for %.0f s", self.id, self.label, self.address,
+                     now - self.consent_at)
+            self.manager.engine.unbind_transport(self.id)
+            self.address = None
+            self.manager.counters["ice_consent_expired"] += 1
+            if self.on_consent_lost:
+                self.on_consent_lost()
+            return
+        if now >= self._next_check_at:
+            self._send_check(self.address)
+            self._next_check_at = now + self._consent.next_delay()
+        self._schedule_consent()
 
     def handle_dtls(self, data: bytes) -> None:
         failed_before = self.dtls.failed is not None
@@ -264,6 +335,8 @@ class Transport:
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._consent_timer is not None:
+            self._consent_timer.cancel()
         if self.address is not None and self.connected:
             self._send(self.dtls.close())
         self.manager.remove(self)
@@ -278,7 +351,6 @@ class TransportManager:
         self._certificate = Certificate.generate()
         self.counters: Counter[str] = Counter()
         self._by_id: dict[int, Transport] = {}
-        self._consent_sweep: asyncio.TimerHandle | None = None
         self.on_receiver_layer: Callable[[int, int, int], None] | None = None
 
     @property
@@ -294,25 +366,9 @@ class TransportManager:
         self._by_id[transport.id] = transport
         return transport
 
-    def watch_consent(self) -> None:
-        """Looks for expired consent every CONSENT_SWEEP_INTERVAL while transports remain (from the first binding)."""
-        if self._consent_sweep is None:
-            self._consent_sweep = asyncio.get_running_loop().call_later(CONSENT_SWEEP_INTERVAL, self._sweep_consent)
-
     def remove(self, transport: Transport) -> None:
         self._by_id.pop(transport.id, None)
         self.engine.remove_transport(transport.id)
-
-    def _sweep_consent(self) -> None:
-        self._consent_sweep = None
-        now = asyncio.get_running_loop().time()
-        for transport in list(self._by_id.values()):
-            try:
-                transport.check_consent(now)
-            except Exception:  # one participant's teardown must not end consent checks for all
-                log.exception("consent check of transport %s failed", transport.id)
-        if self._by_id:
-            self._consent_sweep = asyncio.get_running_loop().call_later(CONSENT_SWEEP_INTERVAL, self._sweep_consent)
 
     def on_event(self, event: tuple) -> None:
         kind = event[0]

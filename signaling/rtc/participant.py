@@ -21,6 +21,7 @@ from . import limits, media_caps
 from .allocator import StreamAllocator
 from .connection_stats import ConnectionStats
 from .data import LOSSY_LABEL, RELIABLE_LABEL, SERVER_CHANNELS, DataPublisher
+from .dynacast import Dynacast
 from .ids import new_id, now_ms
 from .publication import Subscription, TrackPublication
 from .subscriptions import SubscriptionPermissions
@@ -118,7 +119,8 @@ class Participant:
         self.auto_subscribe = auto_subscribe
         self.subscription_wishes: dict[str, bool] = {}
         self.permission_denied: dict[str, bool] = {}
-        self.allocator = StreamAllocator(services.engine)
+        self.allocator = StreamAllocator(services.engine, self.subscriptions.values, self.send, _demand_changed,
+                                         services.counters)
         # As a publisher: who may subscribe to its tracks (None = everyone).
         self.subscription_permission: SubscriptionPermissions | None = None
         self.connection_stats = ConnectionStats(self)
@@ -376,6 +378,8 @@ class Participant:
             info.mid = media.mid
         self.services.receivers[receiver_id] = publication
         self.publications[publication.sid] = publication
+        if media.kind == "video":
+            publication.dynacast = Dynacast(publication, self.services.engine)
 
     def on_track_started(self, publication: TrackPublication) -> None:
         """The first packets arrived: the track is published to the room."""
@@ -392,6 +396,8 @@ class Participant:
         self.publications.pop(publication.sid, None)
         self.room.tracks.pop(publication.sid, None)
         self.room.subscriptions.drop(publication)
+        if publication.dynacast is not None:
+            publication.dynacast.close()
         if publication.receiver_id is not None:
             self.services.receivers.pop(publication.receiver_id, None)
             self.services.engine.remove_receiver(publication.receiver_id)
@@ -570,9 +576,11 @@ class Participant:
         self.subscriptions.pop(publication.sid, None)
         publication.subscriptions.pop(self.sid, None)
         if subscription.downtrack_id is not None:
+            self.allocator.forget(subscription.downtrack_id)
             self.services.engine.remove_downtrack(subscription.downtrack_id)
             subscription.downtrack_id = None
         subscription.media.active = False
+        _demand_changed(publication)
         if renegotiate and not self.closed:
             self.renegotiate()
 
@@ -667,3 +675,9 @@ class Participant:
     def close_soon(self, reason: int) -> None:
         """Closes from the event loop's next turn (for callers in the middle of other work)."""
         asyncio.get_running_loop().call_soon(self.close, reason, False)
+
+
+def _demand_changed(publication: TrackPublication) -> None:
+    """What a subscriber needs of the publication may have changed: dynacast decides what the publisher sends."""
+    if publication.dynacast is not None:
+        publication.dynacast.update()
