@@ -84,3 +84,4 @@ async def test_a_client_that_stops_sending_rtp_but_stays_connected_is_lost_to_ot
         if bob is not None:
             await bob.disconnect()
         await clients.close()
+
