@@ -112,11 +112,13 @@ class StatsEngine(FakeEngine):
         super().__init__()
         self.receiver_counters: dict[int, dict] = {}
         self.downtrack_counters: dict[int, dict] = {}
+        self.simulcast: dict[int, tuple[int, int]] = {}  # by receiver: (layers, highest live one); else (1, 0)
 
     def receiver_stats(self, receiver_id: int) -> dict:
         counters = self.receiver_counters.setdefault(receiver_id,
                                                      {"packets": 0, "lost": 0, "jitter": 0, "sr_age": None})
-        return {"top_layer": 0, "downtracks": 0, "layers": [dict(counters)]}
+        layers, top = self.simulcast.get(receiver_id, (1, 0))
+        return {"top_layer": top, "downtracks": 0, "layers": [dict(counters) for _ in range(layers)]}
 
     def downtrack_stats(self, downtrack_id: int) -> dict:
         counters = self.downtrack_counters.setdefault(downtrack_id, {
@@ -287,9 +289,7 @@ async def test_a_subscriber_below_its_wanted_layer_is_good(node: FakeNode) -> No
     video = publish(alice)
     [downtrack] = start_downtracks(node, bob)
     engine: StatsEngine = node.engine
-    engine.receiver_stats(video.receiver_id)
-    engine.receiver_stats = lambda receiver_id: {"top_layer": 2, "downtracks": 1, "layers": [
-        dict(engine.receiver_counters[receiver_id])]}
+    engine.simulcast[video.receiver_id] = (3, 2)
     engine.downtrack_stats(downtrack)
     engine.downtrack_counters[downtrack]["current_layer"] = 1  # forwarded: the middle layer of three
     tick(node)
@@ -298,6 +298,30 @@ async def test_a_subscriber_below_its_wanted_layer_is_good(node: FakeNode) -> No
         engine.report(downtrack, 1000)
         tick(node)
     assert bob.connection_stats.level == GOOD
+    assert alice.connection_stats.level == EXCELLENT
+
+
+async def test_a_publisher_whose_uplink_does_not_carry_the_layers_asked_for_is_good(node: FakeNode) -> None:
+    alice = join(node, "alice")
+    video = publish(alice)
+    join(node, "bob")
+    engine: StatsEngine = node.engine
+    engine.simulcast[video.receiver_id] = (3, 2)
+    video.dynacast.committed = 2  # asked for all three layers
+    tick(node)
+    engine.receive(video.receiver_id, 300)
+    tick(node)
+    assert alice.connection_stats.level == EXCELLENT
+    engine.simulcast[video.receiver_id] = (3, 1)  # its encoder dropped the top layer
+    for _ in range(2):
+        engine.receive(video.receiver_id, 300)
+        tick(node)
+    assert alice.connection_stats.level == GOOD
+    # Asked for less: what it sends is enough (the first interval after a change is not judged either way).
+    video.dynacast.committed = 1
+    for _ in range(3):
+        engine.receive(video.receiver_id, 300)
+        tick(node)
     assert alice.connection_stats.level == EXCELLENT
 
 

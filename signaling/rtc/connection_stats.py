@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .allocator import allocate
+from .allocator import PAUSED, allocate
 from .quality import INTERVAL, StreamInterval, StreamScore, quality_level, worst
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ class _Upstream:
     """A published track's counters at the last interval, per layer: (packets received, packets lost)."""
     layers: list[tuple[int, int]]
     muted: bool
+    asked: int | None      # the highest layer dynacast asked the publisher for
     score: StreamScore
 
 
@@ -64,12 +65,15 @@ class ConnectionStats:
         return self.score
 
     def _measure_upstream(self, engine: Any, receiver_id: int, publication: TrackPublication) -> _Upstream:
-        stats = engine.receiver_stats(receiver_id)["layers"]
+        receiver = engine.receiver_stats(receiver_id)
+        stats = receiver["layers"]
         layers = [(layer["packets"], layer["lost"]) for layer in stats]
         muted = publication.info.muted
+        # The highest layer dynacast asks the publisher for (PAUSED: none); None: every layer, as it started.
+        asked = publication.dynacast.committed if publication.dynacast is not None else None
         state = self._upstream.get(receiver_id)
         if state is None or len(state.layers) != len(layers):
-            state = _Upstream(layers, muted, StreamScore())
+            state = _Upstream(layers, muted, asked, StreamScore())
             state.score.update(None, muted)
             return state
         packets = lost = 0
@@ -82,14 +86,18 @@ class ConnectionStats:
             if now_packets > was_packets and publication.codec is not None:
                 jitter = max(jitter, layer["jitter"] / publication.codec.clock_rate)
         state.layers = layers
+        # Layers asked for (since the last interval at least: an encoder takes a moment to start one) but not
+        # arriving: the publisher's uplink does not carry them.
+        shortfall = max(0, min(asked, len(layers) - 1) - receiver["top_layer"]) \
+            if publication.kind == "video" and asked is not None and asked == state.asked else 0
         interval: StreamInterval | None = StreamInterval(
-            publication.kind, packets + lost, lost, jitter,
+            publication.kind, packets + lost, lost, jitter, layer_shortfall=shortfall,
             reports=any(layer["sr_age"] is not None and layer["sr_age"] < INTERVAL for layer in stats))
         if state.muted:
             interval = None  # unmuted during the interval: the encoder may just be starting again
-        elif packets == 0 and publication.kind == "video" and not publication.subscriptions:
-            interval = None  # nobody watches: the publisher may have turned its layers off (dynacast)
-        state.muted = muted
+        elif packets == 0 and publication.kind == "video" and (asked == PAUSED or not publication.subscriptions):
+            interval = None  # nobody watches: dynacast has turned (or may turn) its layers off
+        state.muted, state.asked = muted, asked
         state.score.update(interval, muted)
         return state
 
