@@ -19,6 +19,7 @@ from ..peer.dcep import DataChannel
 from ..peer.negotiation import PublisherPC, StaleAnswer, SubscriberPC
 from . import limits, media_caps
 from .allocator import StreamAllocator
+from .connection_stats import ConnectionStats
 from .data import LOSSY_LABEL, RELIABLE_LABEL, SERVER_CHANNELS, DataPublisher
 from .dynacast import Dynacast
 from .ids import new_id, now_ms
@@ -36,6 +37,8 @@ REFRESHED_TOKEN_TTL = 10 * 60
 # SDPs refused (malformed or over sdp.MAX_*) before the participant is closed, as LiveKit closes one whose
 # negotiation failed (STATE_MISMATCH); the first ones get a RequestResponse naming the problem.
 MAX_SDP_REFUSALS = 3
+# Clients of signal protocol 10 and older know no ConnectionQuality.LOST: they are told POOR (LiveKit's rule).
+LAST_PROTOCOL_WITHOUT_LOST = 10
 
 _SOURCE_NAMES = {
     models.TrackSource.CAMERA: "camera",
@@ -120,6 +123,7 @@ class Participant:
                                          services.counters)
         # As a publisher: who may subscribe to its tracks (None = everyone).
         self.subscription_permission: SubscriptionPermissions | None = None
+        self.connection_stats = ConnectionStats(self)
 
         self.publisher = PublisherPC(services.transports.create("publisher"))
         try:
@@ -225,6 +229,11 @@ class Participant:
     def send(self, response: rtc.SignalResponse) -> None:
         if not self.closed and self.sink is not None:
             self.sink.send(response)
+
+    @property
+    def knows_lost_quality(self) -> bool:
+        """Whether the client knows ConnectionQuality.LOST; older ones are told POOR instead (LiveKit's rule)."""
+        return self.protocol > LAST_PROTOCOL_WITHOUT_LOST
 
     def _send_offer(self, offer: rtc.SessionDescription | None) -> None:
         if offer is not None:
