@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 
-from signaling.peer.dcep import ChannelOpened, DataChannelEvent
+from signaling.peer.dcep import ChannelOpened, DataChannelEvent, MessageReceived
 from signaling.peer.dtls import Certificate, DtlsEndpoint
 from signaling.peer.sctp import MAX_BUFFERED_AMOUNT, SctpAssociation
-from signaling.peer.transport import TransportManager
+from signaling.peer.transport import MAX_HELD_BYTES, TransportManager
 
 
 class Engine:
@@ -121,3 +121,21 @@ async def test_certificate_rotates_for_new_transports_and_existing_ones_keep_the
     old.set_remote("ufrag", ("sha-256", client.certificate.fingerprint))
     client.exchange(engine, old)
     assert old.connected and client.dtls.connected
+
+
+async def test_reliable_messages_sent_before_the_channel_opens_arrive_when_it_does() -> None:
+    """A RoomService SendData or another participant's message right after a join: held (bounded) until the
+    server's reliable channel opens, then delivered in order; lossy ones are not held."""
+    engine = Engine()
+    manager = TransportManager(engine, "127.0.0.1")
+    transport = manager.create("subscriber")
+    transport.local_channels = [("_reliable", True, None), ("_lossy", False, 0)]
+    assert transport.send_message("_reliable", b"first") and transport.send_message("_reliable", b"second")
+    assert not transport.send_message("_lossy", b"gone")
+    assert not transport.send_message("_reliable", bytes(MAX_HELD_BYTES))  # past the bound: refused, counted
+    assert manager.counters["data_held_dropped"] == 1
+
+    client = Client(transport.local_endpoint().fingerprint)
+    transport.set_remote("ufrag", ("sha-256", client.certificate.fingerprint))
+    client.exchange(engine, transport)
+    assert [e.data for e in client.events if isinstance(e, MessageReceived)] == [b"first", b"second"]

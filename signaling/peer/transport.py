@@ -23,6 +23,10 @@ from .sdp import LocalEndpoint, SdpError
 
 log = logging.getLogger(__name__)
 
+# Bytes of reliable data messages held for a client whose data channel is not open yet (a RoomService SendData or
+# another participant's message right after it joined). Past it they are refused (counted data_held_dropped).
+MAX_HELD_BYTES = 256 * 1024
+
 # A nomination from a new address gets one check there (media moves when it is answered); more nominations from
 # new addresses within this many seconds get none, so spoofed ones cannot make us send checks at their rate.
 SWITCH_CHECK_INTERVAL = 0.5
@@ -69,6 +73,11 @@ class Transport:
         self.remote_max_message_size = 65536  # the client's a=max-message-size
         self.local_channels: list[tuple[str, bool, int | None]] = []  # (label, ordered, max_retransmits) we open
         self.channels: dict[str, DataChannel] = {}  # open data channels by label
+        # Reliable messages for a channel of ours that is not open yet (the client is still connecting): sent, in
+        # order, when it opens. At most MAX_HELD_BYTES; a client that never opens it leaves with the transport.
+        self._held: list[tuple[str, bytes]] = []
+        self._held_bytes = 0
+        self._opened: set[str] = set()  # labels that have been open (a closed one holds nothing: the other PC may deliver)
         self._timer: asyncio.TimerHandle | None = None
         self._drops: dict[str, int] = {}  # the DTLS endpoint's and SCTP association's drop counts, as exported
         self.closed = False
@@ -247,15 +256,18 @@ class Transport:
         self._send_sctp(self.sctp.start(now) + self.sctp.flush(now))
 
     def send_message(self, label: str, data: bytes) -> bool:
-        """Sends one binary message on the open channel `label`; False when there is none.
+        """Sends one binary message on the open channel `label`; False when there is none. A reliable channel of
+        ours that is not open yet holds the message until it opens (see _held).
 
         When the client has not acknowledged sctp.MAX_BUFFERED_AMOUNT (the association has already dropped its
         oldest unsent lossy messages to make room): a lossy message is dropped and counted, and True says it was
         handled (trying the other peer connection would deliver it out of order); a reliable one cannot be dropped,
         so on_backlog_full is called (the participant leaves) and False returned."""
         channel = self.channels.get(label)
-        if channel is None or self.sctp is None or self.closed:
+        if self.closed:
             return False
+        if channel is None or self.sctp is None:
+            return self._hold(label, data)
         try:
             self._send_sctp(self.sctp.send(channel, data, binary=True, now=self._now()))
         except SctpBufferFull:
@@ -276,11 +288,33 @@ class Transport:
         self._schedule_timer()
         return True
 
+    def _hold(self, label: str, data: bytes) -> bool:
+        reliable = any(ours == label and max_retransmits is None for ours, _, max_retransmits in self.local_channels)
+        if not reliable or label in self._opened:
+            return False
+        if self._held_bytes + len(data) > MAX_HELD_BYTES:
+            self.manager.counters["data_held_dropped"] += 1
+            return False
+        self._held.append((label, data))
+        self._held_bytes += len(data)
+        return True
+
+    def _release_held(self, label: str) -> None:
+        waiting = [data for held_label, data in self._held if held_label == label]
+        if not waiting:
+            return
+        self._held = [(held_label, data) for held_label, data in self._held if held_label != label]
+        self._held_bytes = sum(len(data) for _, data in self._held)
+        for data in waiting:
+            self.send_message(label, data)
+
     def _sctp_events(self) -> None:
         assert self.sctp is not None
         for event in self.sctp.events():
             if isinstance(event, ChannelOpened):
                 self.channels[event.channel.label] = event.channel
+                self._opened.add(event.channel.label)
+                self._release_held(event.channel.label)
             elif isinstance(event, ChannelClosed):
                 if self.channels.get(event.channel.label) is event.channel:
                     del self.channels[event.channel.label]
