@@ -1,0 +1,73 @@
+# Transport-wide congestion control feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01, RTCP RTPFB fmt 15):
+# building one from arrival times and parsing one into per-packet results; and the receive record a publisher
+# transport keeps between feedbacks. C-level, nogil, no allocation, bounded by the input's length.
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+cdef enum:
+    TWCC_FMT = 15
+    TWCC_HEADER = 20          # RTCP header, sender + media SSRC, base seq, status count, reference time, fb count
+    TWCC_DELTA_US = 250       # receive delta unit
+    TWCC_REFERENCE_US = 64000  # reference time unit (24 bits)
+    TWCC_MAX_RUN = 8191       # a run-length chunk's 13-bit count
+    # Bytes of one feedback we build: below a 1280-byte path MTU with IP/UDP/SRTCP overhead, like libwebrtc's
+    # (which stops at its max packet size); a longer report is split over several feedbacks.
+    TWCC_MAX_FEEDBACK = 1200
+    # Packets one feedback may cover when we build it (the receive record holds fewer; a stack array of statuses).
+    TWCC_MAX_BUILD = 2048
+    # Arrivals a publisher transport remembers between feedbacks (a power of two). We report at least every
+    # TWCC_FEEDBACK_INTERVAL_US and after TWCC_FEEDBACK_PACKETS, so this only fills on a gap of ~1000 numbers.
+    TWCC_RECORD = 1024
+
+cdef enum:  # packet status symbols
+    TWCC_NOT_RECEIVED
+    TWCC_SMALL_DELTA          # received, delta 0..255 units (1 byte)
+    TWCC_LARGE_DELTA          # received, delta a signed 16-bit count of units (2 bytes)
+
+cdef struct TwccResult:
+    uint16_t seq
+    uint8_t status            # TWCC_*
+    int64_t arrival_us        # reference time + the deltas so far (the remote clock); 0 when not received
+
+cdef struct TwccFeedback:
+    uint32_t sender_ssrc
+    uint32_t media_ssrc
+    uint16_t base_seq
+    uint16_t status_count     # packets the report covers (results beyond max_results are not returned)
+    int64_t reference_us      # 24-bit reference time x 64 ms
+    uint8_t fb_count
+
+# Builds one feedback into `out` (`cap` bytes) for up to `count` packets numbered from `base_seq`, whose arrival
+# (our clock, µs >= 0; < 0 = not received) is arrivals[(start + i) & mask]. Run-length or status vector chunks,
+# whichever covers more; stops before a packet that would overflow `cap` or whose delta needs more than 16 bits.
+# Returns the length and sets *reported (>= 1), or -1 when nothing fits.
+cdef int twcc_build(uint8_t *out, int cap, uint32_t sender_ssrc, uint32_t media_ssrc, uint16_t base_seq,
+                    uint8_t fb_count, const int64_t *arrivals, int64_t mask, int64_t start, int count,
+                    int *reported) noexcept nogil
+# Parses the RTPFB fmt 15 packet at `pkt` (`length` bytes available) into `fb` and up to `max_results` results, in
+# sequence order. Returns the number of results, or -1 when the packet is malformed (then `results` is garbage).
+cdef int twcc_parse(const uint8_t *pkt, int length, TwccFeedback *fb, TwccResult *results,
+                    int max_results) noexcept nogil
+
+
+# A publisher transport's receive record: arrivals by transport-wide sequence number (unwrapped), since the last
+# feedback. Allocated when the first receiver negotiating transport-cc is added to the transport.
+cdef struct TwccRecorder:
+    int64_t arrivals[<int>TWCC_RECORD]  # by unwrapped seq & (TWCC_RECORD - 1); -1 = not received
+    int64_t next              # first unwrapped sequence number not reported yet; -1 before the first packet
+    int64_t max_seq           # highest unwrapped sequence number received
+    int held                  # packets recorded since the last feedback
+    uint32_t media_ssrc       # the SSRC of the last packet recorded (the feedback's media SSRC, as libwebrtc does)
+    int64_t last_feedback_us
+    uint8_t fb_count
+    uint64_t late             # arrived after the feedback that covered them (reported lost; libwebrtc copes)
+    uint64_t duplicates
+
+cdef void twcc_recorder_init(TwccRecorder *rec) noexcept nogil
+# Whether recording `seq` needs a feedback first: it is too far past the unreported ones for the record.
+cdef bint twcc_recorder_full(const TwccRecorder *rec, uint16_t seq) noexcept nogil
+# Notes the arrival of `seq` (call twcc_recorder_full first).
+cdef void twcc_recorder_add(TwccRecorder *rec, uint16_t seq, uint32_t ssrc, int64_t now) noexcept nogil
+# Builds the next feedback of what the record holds into `out` and forgets what it covered; the length, 0 when
+# nothing is pending, -1 when `cap` is too small. Call again while it returns > 0 (a long report takes several).
+cdef int twcc_recorder_feedback(TwccRecorder *rec, uint8_t *out, int cap, uint32_t sender_ssrc,
+                                int64_t now) noexcept nogil

@@ -1,0 +1,133 @@
+"""Transport-wide congestion control: the feedback codec (engine/twcc.pyx) against an independent reading of the
+draft (a small parser written here from draft-holmer-rmcat-transport-wide-cc-extensions-01 section 3.1), and
+garbage; the engine end to end with the LiveKit Python SDK further down."""
+from __future__ import annotations
+
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import twcc
+
+UNIT = 250          # µs per receive delta
+REFERENCE = 64000   # µs per reference time unit
+
+
+def spec_parse(data: bytes) -> tuple[int, int, list[tuple[int, int | None]]]:
+    """(base seq, fb count, [(seq, arrival µs or None)]) as section 3.1 of the draft reads them; asserts validity."""
+    first, pt, words = struct.unpack_from("!BBH", data)
+    assert first >> 6 == 2 and first & 0x1F == 15 and pt == 205
+    assert (words + 1) * 4 == len(data)
+    base, count, ref_and_count = struct.unpack_from("!HHI", data, 12)
+    reference, fb_count = ref_and_count >> 8, ref_and_count & 0xFF
+    symbols: list[int] = []
+    pos = 20
+    while len(symbols) < count:
+        (chunk,) = struct.unpack_from("!H", data, pos)
+        pos += 2
+        if chunk >> 15 == 0:                       # run length: T=0, S (2 bits), run (13 bits)
+            symbols += [(chunk >> 13) & 3] * (chunk & 0x1FFF)
+        elif (chunk >> 14) & 1 == 0:               # status vector, 14 one-bit symbols
+            symbols += [(chunk >> (13 - i)) & 1 for i in range(14)]
+        else:                                      # status vector, 7 two-bit symbols
+            symbols += [(chunk >> (12 - 2 * i)) & 3 for i in range(7)]
+    symbols = symbols[:count]
+    now = reference * REFERENCE
+    packets: list[tuple[int, int | None]] = []
+    for i, symbol in enumerate(symbols):
+        assert symbol in (0, 1, 2)
+        if symbol == 0:
+            packets.append(((base + i) & 0xFFFF, None))
+            continue
+        if symbol == 1:
+            delta = data[pos]
+            pos += 1
+        else:
+            (delta,) = struct.unpack_from("!h", data, pos)
+            pos += 2
+        now += delta * UNIT
+        packets.append(((base + i) & 0xFFFF, now))
+    assert len(data) - pos < 4 and not any(data[pos:])  # zero padding to 32 bits only
+    return base, fb_count, packets
+
+
+def expected_arrival(arrival: int) -> int:
+    return arrival // UNIT * UNIT  # arrivals are reported in whole 250 µs units of our clock
+
+
+# Arrival patterns: mostly small steps (1-byte deltas), some lost, some reordered or long (2-byte deltas).
+steps = st.one_of(st.none(), st.integers(0, 2000), st.integers(0, 63_000), st.integers(-8_000_000, 8_000_000))
+
+
+@st.composite
+def arrival_lists(draw) -> list[int | None]:
+    start = draw(st.integers(10_000_000, 10**12))
+    now, out = start, []
+    for step in draw(st.lists(steps, min_size=1, max_size=600)):
+        if step is None:
+            out.append(None)
+        else:
+            now = max(0, now + step)
+            out.append(now)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(base=st.integers(0, 0xFFFF), arrivals=arrival_lists(), fb_count=st.integers(0, 255))
+def test_build_round_trips_through_both_parsers(base: int, arrivals: list[int | None], fb_count: int) -> None:
+    data, reported = twcc.build(base, arrivals, fb_count)
+    assert 1 <= reported <= len(arrivals) and len(data) <= 1200 and len(data) % 4 == 0
+    spec_base, spec_count, spec_packets = spec_parse(data)
+    assert (spec_base, spec_count) == (base, fb_count)
+    ours = twcc.parse(data)
+    assert ours is not None and ours["status_count"] == reported
+    assert [(seq, arrival) for seq, _, arrival in ours["packets"]] == spec_packets
+    covered = arrivals[:reported]
+    first = next((a for a in covered if a is not None), 0)
+    wrapped = (first // REFERENCE - (first // REFERENCE) % (1 << 24)) * REFERENCE  # the 24-bit reference time
+    assert [a for _, a in spec_packets] == [None if a is None else expected_arrival(a) - wrapped for a in covered]
+
+
+def test_a_long_report_is_split_and_each_part_stays_compact() -> None:
+    arrivals: list[int | None] = [1_000_000 + 1000 * i if i % 3 else None for i in range(2000)]
+    covered = 0
+    while covered < len(arrivals):
+        data, reported = twcc.build(covered, arrivals[covered:], cap=200)
+        assert len(data) <= 200
+        assert [a for _, a in spec_parse(data)[2]] == [None if a is None else expected_arrival(a)
+                                                        for a in arrivals[covered:covered + reported]]
+        covered += reported
+
+
+def test_runs_use_run_length_chunks() -> None:
+    # 1000 packets lost then 1000 received 1 ms apart: two run-length chunks plus vectors at most at the edges.
+    arrivals = [None] * 1000 + [5_000_000 + 1000 * i for i in range(1000)]
+    data, reported = twcc.build(0, arrivals, cap=4000)
+    assert reported == 2000
+    assert len(data) <= 20 + 2 * 2 + 1000 + 3
+
+
+def test_a_delta_beyond_16_bits_starts_a_new_feedback() -> None:
+    arrivals = [1_000_000, 1_001_000, 1_001_000 + 9_000_000, 1_001_000 + 9_001_000]
+    data, reported = twcc.build(7, arrivals)
+    assert reported == 2
+    data, reported = twcc.build(9, arrivals[2:])
+    assert reported == 2 and [a for _, a in spec_parse(data)[2]] == [expected_arrival(a) for a in arrivals[2:]]
+
+
+def test_parse_caps_results_and_rejects_truncation() -> None:
+    data, _ = twcc.build(65530, [2_000_000 + 500 * i for i in range(100)])
+    assert [p[0] for p in twcc.parse(data, max_results=10)["packets"]] == [(65530 + i) & 0xFFFF for i in range(10)]
+    assert twcc.parse(data[:-8]) is None
+    # A report claiming 65535 packets in one run-length chunk costs at most max_results results.
+    claim = struct.pack("!BBHIIHHI", 0x8F, 205, 5, 1, 2, 0, 0xFFFF, 0) + struct.pack("!HH", 0x1FFF, 0)
+    assert twcc.parse(claim, max_results=64) is None  # the chunks do not cover the status count
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(min_size=0, max_size=120))
+def test_garbage_never_crashes(data: bytes) -> None:
+    for candidate in (data, bytes([0x8F, 205]) + data, bytes([0x8F, 205, 0, max(0, len(data) // 4)]) + data):
+        result = twcc.parse(candidate, max_results=256)
+        assert result is None or len(result["packets"]) <= 256
