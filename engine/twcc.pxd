@@ -1,7 +1,9 @@
 # Transport-wide congestion control feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01, RTCP RTPFB fmt 15):
 # building one from arrival times and parsing one into per-packet results; and the receive record a publisher
 # transport keeps between feedbacks. C-level, nogil, no allocation, bounded by the input's length.
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+from engine.bwe cimport BwePacketResult
 
 cdef enum:
     TWCC_FMT = 15
@@ -71,3 +73,29 @@ cdef void twcc_recorder_add(TwccRecorder *rec, uint16_t seq, uint32_t ssrc, int6
 # nothing is pending, -1 when `cap` is too small. Call again while it returns > 0 (a long report takes several).
 cdef int twcc_recorder_feedback(TwccRecorder *rec, uint8_t *out, int cap, uint32_t sender_ssrc,
                                 int64_t now) noexcept nogil
+
+
+cdef enum:
+    # Packets a subscriber transport remembers after sending them (a power of two), to resolve its feedback:
+    # libwebrtc reports every 50-250 ms, so 2048 covers > 1 s at 1,500 packets/s (~15 Mbit/s of video).
+    TWCC_HISTORY = 2048
+
+cdef struct TwccSent:
+    int64_t seq               # unwrapped transport-wide sequence number; -1 = empty
+    int64_t send_us
+    int32_t size              # RTP bytes (before SRTP)
+    int32_t probe_cluster     # the probe cluster running when it was sent, -1 for none
+
+# A subscriber transport's transport-wide sequence numbers and send history.
+cdef struct TwccHistory:
+    TwccSent sent[<int>TWCC_HISTORY]
+    int64_t next_seq          # unwrapped number of the next packet stamped
+    int32_t probe_cluster     # tags every packet sent while it is >= 0 (the prober's hook; bwe.pxd's contract)
+
+cdef void twcc_history_init(TwccHistory *history, uint16_t first_seq) noexcept nogil
+# Notes that the packet stamped with next_seq left (`size` RTP bytes) and moves on to the next number.
+cdef void twcc_history_add(TwccHistory *history, int32_t size, int64_t now) noexcept nogil
+# Resolves parsed feedback `results` against the history into `out` (in the same order), skipping the packets it
+# no longer (or never) held; returns how many it wrote and adds the skipped ones to *unmatched.
+cdef int twcc_history_resolve(const TwccHistory *history, const TwccResult *results, int count,
+                              BwePacketResult *out, uint64_t *unmatched) noexcept nogil

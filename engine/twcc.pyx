@@ -278,6 +278,46 @@ cdef int twcc_recorder_feedback(TwccRecorder *rec, uint8_t *out, int cap, uint32
     return n
 
 
+# ---------------------------------------------------------------- the send history
+
+cdef void twcc_history_init(TwccHistory *history, uint16_t first_seq) noexcept nogil:
+    cdef int i
+    for i in range(TWCC_HISTORY):
+        history.sent[i].seq = -1
+    history.next_seq = first_seq
+    history.probe_cluster = -1
+
+
+cdef void twcc_history_add(TwccHistory *history, int32_t size, int64_t now) noexcept nogil:
+    cdef TwccSent *e = &history.sent[history.next_seq & (TWCC_HISTORY - 1)]
+    e.seq = history.next_seq
+    e.send_us = now
+    e.size = size
+    e.probe_cluster = history.probe_cluster
+    history.next_seq += 1
+
+
+cdef int twcc_history_resolve(const TwccHistory *history, const TwccResult *results, int count,
+                              BwePacketResult *out, uint64_t *unmatched) noexcept nogil:
+    cdef int i, n = 0
+    cdef int64_t last = history.next_seq - 1, u
+    cdef const TwccSent *e
+    for i in range(count):
+        u = last - <uint16_t>(<uint16_t>last - results[i].seq)  # the latest number sent with these 16 bits
+        e = &history.sent[u & (TWCC_HISTORY - 1)]
+        if u < 0 or e.seq != u:
+            unmatched[0] += 1
+            continue
+        out[n].seq = u
+        out[n].send_us = e.send_us
+        out[n].arrival_us = results[i].arrival_us
+        out[n].size = e.size
+        out[n].probe_cluster = e.probe_cluster
+        out[n].received = results[i].status != TWCC_NOT_RECEIVED
+        n += 1
+    return n
+
+
 # ---- thin Python faces, for tests (not used on the hot path) ----
 
 def build(int base_seq, list arrivals, int fb_count=0, uint32_t sender_ssrc=1, uint32_t media_ssrc=2,
