@@ -3,12 +3,18 @@ draft (a small parser written here from draft-holmer-rmcat-transport-wide-cc-ext
 garbage; the engine end to end with the LiveKit Python SDK further down."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import struct
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from livekit import rtc
 
+from clients import connect, until
 from engine import twcc
+from media import decoded_video, wait_for_tracks
 
 UNIT = 250          # µs per receive delta
 REFERENCE = 64000   # µs per reference time unit
@@ -131,3 +137,98 @@ def test_garbage_never_crashes(data: bytes) -> None:
     for candidate in (data, bytes([0x8F, 205]) + data, bytes([0x8F, 205, 0, max(0, len(data) // 4)]) + data):
         result = twcc.parse(candidate, max_results=256)
         assert result is None or len(result["packets"]) <= 256
+
+
+# ---- end to end: a LiveKit Python SDK publisher and subscriber (libwebrtc inside) against a real server ----------
+
+HD_WIDTH, HD_HEIGHT = 1280, 720
+
+
+class DetailedPublisher:
+    """A 1280x720 simulcast camera track of moving noise (detail the encoder must spend bits on), no audio."""
+
+    def __init__(self, room) -> None:
+        self.room = room
+        self.source = rtc.VideoSource(HD_WIDTH, HD_HEIGHT)
+        rng = np.random.default_rng(7)
+        noise = rng.integers(0, 256, (HD_HEIGHT // 8, HD_WIDTH // 8, 4), dtype=np.uint8)
+        self.image = np.kron(noise, np.ones((8, 8, 1), dtype=np.uint8))  # 8x8 blocks: detail, yet compressible
+        self.image[..., 3] = 255
+        self.task = None
+
+    async def start(self) -> None:
+        track = rtc.LocalVideoTrack.create_video_track("camera", self.source)
+        await self.room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True))
+        self.track = track
+        self.task = asyncio.create_task(self._frames())
+
+    async def _frames(self) -> None:
+        shift = 0
+        while True:
+            shift = (shift + 8) % HD_WIDTH
+            frame = np.roll(self.image, shift, axis=1)
+            self.source.capture_frame(rtc.VideoFrame(HD_WIDTH, HD_HEIGHT, rtc.VideoBufferType.RGBA, frame.tobytes()))
+            await asyncio.sleep(1 / 30)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+async def publisher_send_side(track) -> tuple[float, dict[str, float]]:
+    """The SDK publisher's libwebrtc view: its send-side estimate (candidate-pair availableOutgoingBitrate) and
+    each simulcast layer's targetBitrate by rid."""
+    estimate, targets = 0.0, {}
+    for stats in await track.get_stats():
+        if stats.HasField("candidate_pair") and stats.candidate_pair.candidate_pair.nominated:
+            estimate = max(estimate, stats.candidate_pair.candidate_pair.available_outgoing_bitrate)
+        if stats.HasField("outbound_rtp"):
+            targets[stats.outbound_rtp.outbound.rid] = stats.outbound_rtp.outbound.target_bitrate
+    return estimate, targets
+
+
+async def test_publisher_and_subscriber_estimators_run_on_transport_cc(server) -> None:
+    room = "twcc-room"
+    publisher_room = await connect(server, "pub", room)
+    subscriber_room = await connect(server, "sub", room)
+    publisher = DetailedPublisher(publisher_room)
+    try:
+        await publisher.start()
+        tracks = await wait_for_tracks(subscriber_room, 1)
+        # Publisher side: our feedback drives libwebrtc's estimator up past its 300 kbps start until the top
+        # layer is sent, with no REMB from us (it would cap it).
+        views: list[tuple[float, dict[str, float]]] = []
+
+        async def ramped() -> bool:
+            views.append(await publisher_send_side(publisher.track))
+            estimate, targets = views[-1]
+            return estimate > 1_500_000 and len(targets) == 3 and all(targets.values())
+
+        async def poll() -> None:
+            while not await ramped():
+                await asyncio.sleep(0.5)
+        await asyncio.wait_for(poll(), 20)
+        layers = server.layer_packets(tracks["video"].sid)
+        assert set(layers) == {"q", "h", "f"} and all(layers.values()), layers
+        counters = server.counters()
+        assert counters["twcc_feedback_sent"] > 0 and counters["remb_sent"] == 0, counters
+
+        # Subscriber side: its libwebrtc answers our transport-wide numbers with feedback, which the send history
+        # resolves (nothing unmatched) into an estimate exported per subscriber.
+        frames = await decoded_video(tracks["video"], frames=30)
+        assert (frames[-1].width, frames[-1].height) == (HD_WIDTH, HD_HEIGHT)
+        await until(lambda: server.counters().get("twcc_feedback_received", 0) >= 10, timeout=10)
+        counters = server.counters()
+        assert counters["twcc_unmatched"] <= counters["twcc_feedback_received"], counters  # a stray first report at most
+        assert counters["bandwidth_events"] >= 1
+        subscriber_sid = subscriber_room.local_participant.sid
+        estimates = {labels["participant"]: value for name, labels, value in server.metrics()
+                     if name == "tern_subscriber_bandwidth_bps"}
+        assert estimates.get(subscriber_sid, 0) >= 300_000, estimates
+    finally:
+        await publisher.stop()
+        await publisher_room.disconnect()
+        await subscriber_room.disconnect()
