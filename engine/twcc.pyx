@@ -365,3 +365,39 @@ def parse(bytes data, int max_results=65535) -> dict | None:
         }
     finally:
         free(results)
+
+
+cdef class Recorder:
+    """A TwccRecorder for tests: arrivals in, feedback packets out."""
+    cdef TwccRecorder rec
+
+    def __cinit__(self):
+        twcc_recorder_init(&self.rec)
+
+    def add(self, int seq, uint32_t ssrc, int64_t now) -> list:
+        """Records `seq` arriving at `now`; returns the feedbacks the record had to send first (when full)."""
+        sent = self.feedback(now) if twcc_recorder_full(&self.rec, <uint16_t>seq) else []
+        twcc_recorder_add(&self.rec, <uint16_t>seq, ssrc, now)
+        return sent
+
+    def feedback(self, int64_t now, uint32_t sender_ssrc=1) -> list:
+        cdef uint8_t out[<int>TWCC_MAX_FEEDBACK]
+        cdef int n
+        packets = []
+        while True:
+            n = twcc_recorder_feedback(&self.rec, out, TWCC_MAX_FEEDBACK, sender_ssrc, now)
+            if n <= 0:
+                return packets
+            packets.append(out[:n])
+
+    @property
+    def held(self) -> int:
+        return self.rec.held
+
+    @property
+    def late(self) -> int:
+        return self.rec.late
+
+    @property
+    def duplicates(self) -> int:
+        return self.rec.duplicates

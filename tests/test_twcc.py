@@ -139,6 +139,49 @@ def test_garbage_never_crashes(data: bytes) -> None:
         assert result is None or len(result["packets"]) <= 256
 
 
+def reported(packets: list[bytes]) -> dict[int, int | None]:
+    out: dict[int, int | None] = {}
+    for data in packets:
+        for seq, arrival in spec_parse(data)[2]:
+            assert seq not in out  # each packet is reported once
+            out[seq] = arrival
+    return out
+
+
+def test_the_receive_record_reports_each_packet_once_across_wraps_and_reorders() -> None:
+    recorder = twcc.Recorder()
+    arrivals: dict[int, int] = {}
+    now = 5_000_000
+    order = [65530, 65531, 65533, 65532, 65535, 0, 1, 3]  # reordered, a wrap, 65534 and 2 lost
+    for seq in order:
+        now += 700
+        assert recorder.add(seq, 42, now) == []
+        arrivals[seq] = now
+    recorder.add(65533, 42, now + 10)  # a duplicate
+    first = recorder.feedback(now)
+    assert recorder.held == 0 and recorder.duplicates == 1
+    assert reported(first) == {seq: expected_arrival(arrivals[seq]) if seq in arrivals else None
+                               for seq in [65530, 65531, 65532, 65533, 65534, 65535, 0, 1, 2, 3]}
+    assert spec_parse(first[0])[1] == 0
+    recorder.add(2, 42, now + 1000)  # after its feedback: late, reported lost already
+    assert recorder.late == 1 and recorder.feedback(now + 1000) == []
+    recorder.add(4, 42, now + 2000)
+    second = recorder.feedback(now + 2000)
+    assert spec_parse(second[0])[1] == 1 and reported(second) == {4: expected_arrival(now + 2000)}
+
+
+def test_a_full_record_sends_before_it_overflows_and_a_jump_starts_over() -> None:
+    recorder = twcc.Recorder()
+    sent: list[bytes] = []
+    for seq in range(1500):
+        sent += recorder.add(seq, 7, 1_000_000 + 100 * seq)
+    assert sent  # 1024 pending at most
+    sent += recorder.feedback(2_000_000)
+    assert sorted(reported(sent)) == list(range(1500)) and all(v is not None for v in reported(sent).values())
+    sent = recorder.add(30_000, 7, 3_000_000) + recorder.feedback(3_000_000)
+    assert reported(sent) == {30_000: expected_arrival(3_000_000)}
+
+
 # ---- end to end: a LiveKit Python SDK publisher and subscriber (libwebrtc inside) against a real server ----------
 
 HD_WIDTH, HD_HEIGHT = 1280, 720
@@ -215,6 +258,12 @@ async def test_publisher_and_subscriber_estimators_run_on_transport_cc(server) -
         assert set(layers) == {"q", "h", "f"} and all(layers.values()), layers
         counters = server.counters()
         assert counters["twcc_feedback_sent"] > 0 and counters["remb_sent"] == 0, counters
+        # LiveKit's cadence: a feedback at a frame's end once 50 ms passed, at the latest every 100 ms (+ a tick).
+        start = asyncio.get_running_loop().time()
+        await asyncio.sleep(2)
+        rate = (server.counters()["twcc_feedback_sent"] - counters["twcc_feedback_sent"]) / (
+            asyncio.get_running_loop().time() - start)
+        assert 6 <= rate <= 25, rate
 
         # Subscriber side: its libwebrtc answers our transport-wide numbers with feedback, which the send history
         # resolves (nothing unmatched) into an estimate exported per subscriber.
