@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from livekit import rtc
 
 from clients import connect, until
+import engine
 from engine import twcc
 from media import decoded_video, wait_for_tracks
+from signaling.peer.transport import TransportManager
 
 UNIT = 250          # µs per receive delta
 REFERENCE = 64000   # µs per reference time unit
@@ -180,6 +182,22 @@ def test_a_full_record_sends_before_it_overflows_and_a_jump_starts_over() -> Non
     assert sorted(reported(sent)) == list(range(1500)) and all(v is not None for v in reported(sent).values())
     sent = recorder.add(30_000, 7, 3_000_000) + recorder.feedback(3_000_000)
     assert reported(sent) == {30_000: expected_arrival(3_000_000)}
+
+
+def test_bandwidth_events_reach_the_transport_managers_hook() -> None:
+    media = engine.Engine("127.0.0.1", 0, lambda event: None)
+    try:
+        manager = TransportManager(media, "127.0.0.1")
+        transport = manager.create("subscriber")
+        assert media.transport_bandwidth(transport.id) is None  # no DownTrack yet, so no estimate
+        seen: list[tuple] = []
+        manager.on_bandwidth = lambda *args: seen.append(args)
+        manager.on_event((engine.EV_BANDWIDTH, transport.id, 1_200_000, True))
+        manager.on_event((engine.EV_BANDWIDTH, transport.id + 1000, 1, False))
+        assert seen == [(transport, 1_200_000, True)]
+        assert manager.counters["bandwidth_unknown_transport"] == 1
+    finally:
+        media.close()
 
 
 # ---- end to end: a LiveKit Python SDK publisher and subscriber (libwebrtc inside) against a real server ----------
