@@ -35,7 +35,12 @@ cdef void transportcc_received(EngineState *s, int t, const uint8_t *buf, const 
                                int64_t now) noexcept nogil
 # Every tick: feedback to publishers that held packets for TWCC_FEEDBACK_INTERVAL_US.
 cdef void transportcc_tick(EngineState *s, int64_t now) noexcept nogil
-# A subscriber's transport-cc feedback (the RTPFB fmt 15 packet `p`, `length` bytes) on transport slot `t`.
-cdef void transportcc_feedback(EngineState *s, int t, const uint8_t *p, int length, int64_t now) noexcept nogil
+# A subscriber's transport-cc feedback (the RTPFB fmt 15 packet `p`, `length` bytes) on transport slot `t`; True
+# when it was the first one the transport's estimate took (call transportcc_estimate_event after the packet).
+cdef bint transportcc_feedback(EngineState *s, int t, const uint8_t *p, int length, int64_t now) noexcept nogil
 # A subscriber's REMB (the PSFB fmt 15 packet `p`) on transport slot `t`.
 cdef void transportcc_remb(EngineState *s, int t, const uint8_t *p, int length, int64_t now) noexcept nogil
+# After a compound RTCP packet that held feedback or REMB: one E_BANDWIDTH event (at most one per datagram, as the
+# event queue needs) when the estimate changed (bwe_take_change) or the first TWCC feedback (`first`) arrived,
+# from which on the estimate is measured rather than the start value.
+cdef void transportcc_estimate_event(EngineState *s, int t, bint first, int64_t now) noexcept nogil

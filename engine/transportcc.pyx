@@ -94,31 +94,31 @@ cdef void transportcc_tick(EngineState *s, int64_t now) noexcept nogil:
 
 # ---------------------------------------------------------------- from subscribers
 
-cdef void raise_change(EngineState *s, Transport *t, bint first, int64_t now) noexcept nogil:
-    """An E_BANDWIDTH event when the estimate moved (bwe_take_change), or on the first feedback: from then on the
-    estimate is measured, not the start value."""
-    if bwe_take_change(t.bwe) or first:
+cdef void transportcc_estimate_event(EngineState *s, int t, bint first, int64_t now) noexcept nogil:
+    cdef Transport *tr = s.transports[t]
+    if tr.bwe != NULL and (bwe_take_change(tr.bwe) or first):
         s.counters[<int>S_BANDWIDTH_EVENTS] += 1
-        queue_event(s, E_BANDWIDTH, NULL, 0, NULL, t.id, bwe_estimate_bps(t.bwe), bwe_congested(t.bwe, now))
+        queue_event(s, E_BANDWIDTH, NULL, 0, NULL, tr.id, bwe_estimate_bps(tr.bwe), bwe_congested(tr.bwe, now))
 
 
-cdef void transportcc_feedback(EngineState *s, int t, const uint8_t *p, int length, int64_t now) noexcept nogil:
+cdef bint transportcc_feedback(EngineState *s, int t, const uint8_t *p, int length, int64_t now) noexcept nogil:
     cdef Transport *tr = s.transports[t]
     cdef TwccFeedback fb
     cdef bint first
     cdef int n = twcc_parse(p, length, &fb, s.twcc_results, TWCC_HISTORY)
     if n < 0:
         s.counters[<int>S_DROP_MALFORMED] += 1
-        return
+        return False
     s.counters[<int>S_TWCC_FEEDBACK_RECEIVED] += 1
     if tr.twcc_tx == NULL or tr.bwe == NULL:
         s.counters[<int>S_TWCC_UNMATCHED] += n  # we never numbered packets for it
-        return
+        return False
     n = twcc_history_resolve(tr.twcc_tx, s.twcc_results, n, s.bwe_results, &s.counters[<int>S_TWCC_UNMATCHED])
-    if n > 0:
-        first = not tr.bwe.twcc_seen
-        bwe_on_feedback(tr.bwe, s.bwe_results, n, now)
-        raise_change(s, tr, first and tr.bwe.twcc_seen, now)
+    if n == 0:
+        return False
+    first = not tr.bwe.twcc_seen
+    bwe_on_feedback(tr.bwe, s.bwe_results, n, now)
+    return first and tr.bwe.twcc_seen
 
 
 cdef void transportcc_remb(EngineState *s, int t, const uint8_t *p, int length, int64_t now) noexcept nogil:
@@ -130,4 +130,3 @@ cdef void transportcc_remb(EngineState *s, int t, const uint8_t *p, int length, 
     s.counters[<int>S_REMB_RECEIVED] += 1
     if tr.bwe != NULL:
         bwe_on_remb(tr.bwe, bps, now)
-        raise_change(s, tr, False, now)
