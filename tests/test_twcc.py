@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import struct
 
 import numpy as np
@@ -16,7 +17,9 @@ from clients import connect, until
 import engine
 from engine import twcc
 from media import decoded_video, wait_for_tracks
+from signaling.peer.dtls import srtp_sessions
 from signaling.peer.transport import TransportManager
+from test_hostile_media import load_room, still_receives
 
 UNIT = 250          # µs per receive delta
 REFERENCE = 64000   # µs per reference time unit
@@ -299,3 +302,35 @@ async def test_publisher_and_subscriber_estimators_run_on_transport_cc(server) -
         await publisher.stop()
         await publisher_room.disconnect()
         await subscriber_room.disconnect()
+
+
+async def test_hostile_feedback_is_dropped_and_counted_while_media_flows(server) -> None:
+    """A subscriber (the load clients: raw socket, its own SRTP keys) sends authenticated garbage as TWCC feedback
+    and REMB, reports claiming 65535 packets, and reports for packets never sent: each is dropped or ignored and
+    counted, and its media keeps flowing."""
+    clients, _, subscriber = await load_room(server, "hostile-twcc")
+    try:
+        tx = srtp_sessions(subscriber.subscriber_path.srtp_keys)[1]
+        rng = random.Random(11)
+        before = server.counters()
+        packets = []
+        for i in range(300):
+            body = rng.randbytes(rng.randrange(0, 60))
+            fmt, pt = (15, 205) if i % 2 else (15, 206)
+            words = (8 + len(body) + 3) // 4
+            packets.append(struct.pack("!BBHII", 0x80 | fmt, pt, words, 0x5EED, 0) + body.ljust(words * 4 - 8, b"\0"))
+        # 65535 packets claimed in run-length chunks of "received, small delta" without the deltas
+        packets.append(struct.pack("!BBHIIHHI", 0x8F, 205, 12, 0x5EED, 0, 0, 0xFFFF, 0) + struct.pack("!H", 0x3FFF) * 16)
+        # a well-formed report for numbers this transport never sent
+        packets.append(twcc.build(12345, [1_000_000 + 1000 * i for i in range(100)], sender_ssrc=0x5EED)[0])
+        for packet in packets:
+            subscriber.subscriber_path.sock.send(tx.protect_rtcp(packet))
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.2)
+        after = server.counters()
+        assert after["drop_malformed"] - before.get("drop_malformed", 0) >= 100
+        assert after["twcc_feedback_received"] > before.get("twcc_feedback_received", 0)
+        assert after["twcc_unmatched"] - before.get("twcc_unmatched", 0) >= 100
+        assert await still_receives(clients, subscriber)
+    finally:
+        await clients.close()
