@@ -93,9 +93,18 @@ cdef struct TwccHistory:
     int32_t probe_cluster     # tags every packet sent while it is >= 0 (the prober's hook; bwe.pxd's contract)
 
 cdef void twcc_history_init(TwccHistory *history, uint16_t first_seq) noexcept nogil
-# Notes that the packet stamped with next_seq left (`size` RTP bytes) and moves on to the next number.
-cdef void twcc_history_add(TwccHistory *history, int32_t size, int64_t now) noexcept nogil
 # Resolves parsed feedback `results` against the history into `out` (in the same order), skipping the packets it
 # no longer (or never) held; returns how many it wrote and adds the skipped ones to *unmatched.
 cdef int twcc_history_resolve(const TwccHistory *history, const TwccResult *results, int count,
                               BwePacketResult *out, uint64_t *unmatched) noexcept nogil
+
+
+cdef inline void twcc_history_add(TwccHistory *history, int32_t size, int64_t now) noexcept nogil:
+    """Notes that the packet stamped with next_seq left (`size` RTP bytes) and moves on to the next number (inline:
+    it runs per forwarded packet)."""
+    cdef TwccSent *e = &history.sent[history.next_seq & (TWCC_HISTORY - 1)]
+    e.seq = history.next_seq
+    e.send_us = now
+    e.size = size
+    e.probe_cluster = history.probe_cluster
+    history.next_seq += 1

@@ -288,15 +288,6 @@ cdef void twcc_history_init(TwccHistory *history, uint16_t first_seq) noexcept n
     history.probe_cluster = -1
 
 
-cdef void twcc_history_add(TwccHistory *history, int32_t size, int64_t now) noexcept nogil:
-    cdef TwccSent *e = &history.sent[history.next_seq & (TWCC_HISTORY - 1)]
-    e.seq = history.next_seq
-    e.send_us = now
-    e.size = size
-    e.probe_cluster = history.probe_cluster
-    history.next_seq += 1
-
-
 cdef int twcc_history_resolve(const TwccHistory *history, const TwccResult *results, int count,
                               BwePacketResult *out, uint64_t *unmatched) noexcept nogil:
     cdef int i, n = 0
