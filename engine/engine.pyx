@@ -79,8 +79,8 @@ STAT_NAMES = (
     "drop_stun_malformed", "drop_stun_not_request", "drop_stun_no_username", "drop_stun_unknown_ufrag",
     "drop_stun_rate_limited", "drop_dtls_rate_limited", "drop_event_budget", "drop_srtp_stream_limit",
     "srtp_streams_removed", "drop_rtx_budget", "retransmitted_bytes", "stun_responses",
-    "drop_stun_unexpected_response", "drop_ssrc_rebind_rate", "twcc_feedback_sent", "twcc_feedback_received",
-    "twcc_unmatched", "remb_received", "bandwidth_events",
+    "drop_stun_unexpected_response", "drop_ssrc_rebind_rate", "twcc_feedback_sent", "twcc_late",
+    "twcc_feedback_received", "twcc_unmatched", "remb_received", "bandwidth_events",
 )
 assert len(STAT_NAMES) == S_COUNT
 
@@ -623,14 +623,6 @@ cdef class Engine:
             "probes_succeeded": b.probes_succeeded,
             "probes_failed": b.probes_failed,
         }
-
-    def transport_twcc_receive(self, transport_id: int) -> dict | None:
-        """A publisher transport's transport-cc receive record (None when transport-cc is not negotiated on it)."""
-        cdef Transport *t = self.s.transports[self._slot(self._transport_slots, transport_id, "transport")]
-        if t.twcc_rx == NULL:
-            return None
-        return {"feedback_count": t.twcc_rx.fb_count, "held": t.twcc_rx.held, "late": t.twcc_rx.late,
-                "duplicates": t.twcc_rx.duplicates}
 
     def audio_levels(self, interval: float) -> dict[int, float]:
         """Mean linear audio level (0..1, 1 = 0 dBov) of every receiver that has the audio-level extension,

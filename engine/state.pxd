@@ -84,6 +84,7 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_DROP_STUN_UNEXPECTED_RESPONSE  # responses (or errors) whose transaction id is none of ours outstanding
     S_DROP_SSRC_REBIND_RATE   # a layer's SSRC changing faster than SSRC_REBINDS_PER_SECOND
     S_TWCC_FEEDBACK_SENT      # transport-cc feedback to publishers
+    S_TWCC_LATE               # publisher packets that arrived after the feedback covering them (reported lost)
     S_TWCC_FEEDBACK_RECEIVED  # transport-cc feedback from subscribers (well-formed)
     S_TWCC_UNMATCHED          # packets a subscriber's feedback names that the send history does not hold
     S_REMB_RECEIVED           # REMB from subscribers

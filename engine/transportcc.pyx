@@ -8,9 +8,9 @@ from engine.bwe cimport Bwe, bwe_congested, bwe_estimate_bps, bwe_init, bwe_on_f
 from engine.rtcp cimport parse_remb
 from engine.rtp cimport find_extension
 from engine.state cimport (E_BANDWIDTH, S_BANDWIDTH_EVENTS, S_DROP_MALFORMED, S_REMB_RECEIVED,
-                           S_TWCC_FEEDBACK_RECEIVED, S_TWCC_FEEDBACK_SENT, S_TWCC_UNMATCHED, SEND_BUF, TWCC_HISTORY,
+                           S_TWCC_FEEDBACK_RECEIVED, S_TWCC_LATE, S_TWCC_FEEDBACK_SENT, S_TWCC_UNMATCHED, SEND_BUF, TWCC_HISTORY,
                            queue_event, transport_ready)
-from engine.twcc cimport (TwccFeedback, TwccHistory, TwccRecorder, twcc_history_init, twcc_history_resolve,
+from engine.twcc cimport (TWCC_LATE, TwccFeedback, TwccHistory, TwccRecorder, twcc_history_init, twcc_history_resolve,
                           twcc_parse, twcc_recorder_add, twcc_recorder_feedback, twcc_recorder_full,
                           twcc_recorder_init)
 from engine.udpmux cimport send_rtcp, send_slot_buffer, send_take_slot
@@ -77,7 +77,8 @@ cdef void transportcc_received(EngineState *s, int t, const uint8_t *buf, const 
     seq = load16(value)
     if twcc_recorder_full(rec, seq):
         send_feedback(s, tr, now)
-    twcc_recorder_add(rec, seq, h.ssrc, now)
+    if twcc_recorder_add(rec, seq, h.ssrc, now) == TWCC_LATE:
+        s.counters[<int>S_TWCC_LATE] += 1
     if rec.held >= TWCC_FEEDBACK_PACKETS or (h.marker and now - rec.last_feedback_us >= TWCC_MARKER_INTERVAL_US):
         send_feedback(s, tr, now)
 

@@ -20,6 +20,11 @@ cdef enum:
     # TWCC_FEEDBACK_INTERVAL_US and after TWCC_FEEDBACK_PACKETS, so this only fills on a gap of ~1000 numbers.
     TWCC_RECORD = 1024
 
+cdef enum:  # twcc_recorder_add
+    TWCC_RECORDED
+    TWCC_LATE                 # arrived after the feedback that covered it (reported lost; not reported again)
+    TWCC_DUPLICATE
+
 cdef enum:  # packet status symbols
     TWCC_NOT_RECEIVED
     TWCC_SMALL_DELTA          # received, delta 0..255 units (1 byte)
@@ -61,14 +66,12 @@ cdef struct TwccRecorder:
     uint32_t media_ssrc       # the SSRC of the last packet recorded (the feedback's media SSRC, as libwebrtc does)
     int64_t last_feedback_us
     uint8_t fb_count
-    uint64_t late             # arrived after the feedback that covered them (reported lost; libwebrtc copes)
-    uint64_t duplicates
 
 cdef void twcc_recorder_init(TwccRecorder *rec) noexcept nogil
 # Whether recording `seq` needs a feedback first: it is too far past the unreported ones for the record.
 cdef bint twcc_recorder_full(const TwccRecorder *rec, uint16_t seq) noexcept nogil
-# Notes the arrival of `seq` (call twcc_recorder_full first).
-cdef void twcc_recorder_add(TwccRecorder *rec, uint16_t seq, uint32_t ssrc, int64_t now) noexcept nogil
+# Notes the arrival of `seq` (call twcc_recorder_full first): TWCC_RECORDED, TWCC_LATE or TWCC_DUPLICATE.
+cdef int twcc_recorder_add(TwccRecorder *rec, uint16_t seq, uint32_t ssrc, int64_t now) noexcept nogil
 # Builds the next feedback of what the record holds into `out` and forgets what it covered; the length, 0 when
 # nothing is pending, -1 when `cap` is too small. Call again while it returns > 0 (a long report takes several).
 cdef int twcc_recorder_feedback(TwccRecorder *rec, uint8_t *out, int cap, uint32_t sender_ssrc,

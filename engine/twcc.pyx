@@ -219,8 +219,6 @@ cdef void twcc_recorder_init(TwccRecorder *rec) noexcept nogil:
     rec.media_ssrc = 0
     rec.last_feedback_us = 0
     rec.fb_count = 0
-    rec.late = 0
-    rec.duplicates = 0
 
 
 cdef inline int64_t unwrap(const TwccRecorder *rec, uint16_t seq) noexcept nogil:
@@ -233,28 +231,27 @@ cdef bint twcc_recorder_full(const TwccRecorder *rec, uint16_t seq) noexcept nog
     return rec.next >= 0 and rec.next <= rec.max_seq and unwrap(rec, seq) - rec.next >= TWCC_RECORD
 
 
-cdef void twcc_recorder_add(TwccRecorder *rec, uint16_t seq, uint32_t ssrc, int64_t now) noexcept nogil:
+cdef int twcc_recorder_add(TwccRecorder *rec, uint16_t seq, uint32_t ssrc, int64_t now) noexcept nogil:
     cdef int64_t u = unwrap(rec, seq)
     cdef int64_t *slot
     if rec.next < 0:
         rec.next = u
         rec.max_seq = u
     elif u < rec.next:
-        rec.late += 1
-        return
+        return TWCC_LATE
     elif u - rec.next >= TWCC_RECORD:
         # A jump past the record with nothing pending (the caller sent a feedback first): start over there.
         rec.next = u
         rec.max_seq = u
     slot = &rec.arrivals[u & (TWCC_RECORD - 1)]
     if slot[0] >= 0:
-        rec.duplicates += 1
-        return
+        return TWCC_DUPLICATE
     slot[0] = now
     if u > rec.max_seq:
         rec.max_seq = u
     rec.held += 1
     rec.media_ssrc = ssrc
+    return TWCC_RECORDED
 
 
 cdef int twcc_recorder_feedback(TwccRecorder *rec, uint8_t *out, int cap, uint32_t sender_ssrc,
@@ -365,10 +362,14 @@ cdef class Recorder:
     def __cinit__(self):
         twcc_recorder_init(&self.rec)
 
+    cdef readonly int late, duplicates
+
     def add(self, int seq, uint32_t ssrc, int64_t now) -> list:
         """Records `seq` arriving at `now`; returns the feedbacks the record had to send first (when full)."""
         sent = self.feedback(now) if twcc_recorder_full(&self.rec, <uint16_t>seq) else []
-        twcc_recorder_add(&self.rec, <uint16_t>seq, ssrc, now)
+        result = twcc_recorder_add(&self.rec, <uint16_t>seq, ssrc, now)
+        self.late += result == TWCC_LATE
+        self.duplicates += result == TWCC_DUPLICATE
         return sent
 
     def feedback(self, int64_t now, uint32_t sender_ssrc=1) -> list:
@@ -385,10 +386,3 @@ cdef class Recorder:
     def held(self) -> int:
         return self.rec.held
 
-    @property
-    def late(self) -> int:
-        return self.rec.late
-
-    @property
-    def duplicates(self) -> int:
-        return self.rec.duplicates
