@@ -12,7 +12,7 @@ from engine.packet cimport ExtPacket, packet_set
 from engine.path cimport path_equal, path_key, path_next_key
 from engine.receiver cimport (Layer, Receiver, layer_receive, layer_reset, receiver_find_rid, receiver_note_audio_level,
                               receiver_note_live)
-from engine.reports cimport reports_sender_info
+from engine.reports cimport reports_receiver_blocks, reports_sender_info
 from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, RtcpHeader, SenderInfo, is_rtcp,
                           parse_feedback_ssrcs, parse_fir_ssrc, parse_rtcp_header, parse_sender_info)
 from engine.rtp cimport RtpHeader, find_extension, finish_srtp_header, parse_rtp, parse_srtp_header
@@ -533,8 +533,10 @@ cdef void handle_rtcp(EngineState *s, int t, uint8_t *buf, int length, int64_t n
             s.counters[<int>S_SR_RECEIVED] += 1
             if parse_sender_info(p, rh.total_length, &info) == 0:
                 reports_sender_info(s, t, &info, now)
+            reports_receiver_blocks(s, t, p, rh.total_length, rh.count, now)
         elif rh.packet_type == RTCP_RR:
             s.counters[<int>S_RR_RECEIVED] += 1
+            reports_receiver_blocks(s, t, p, rh.total_length, rh.count, now)
         elif rh.packet_type == RTCP_PSFB and (rh.count == 1 or rh.count == 4):
             if rh.count == 1:
                 ok = parse_feedback_ssrcs(p, rh.total_length, &sender, &media) == 0

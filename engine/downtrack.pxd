@@ -61,6 +61,13 @@ cdef struct DownTrack:
     uint64_t plis_received
     uint64_t keyframe_requests
     uint64_t dropped
+    # the subscriber's last RTCP report block about this stream (reports.pyx), for connection quality
+    uint64_t rr_blocks        # report blocks received
+    uint32_t rr_highest       # extended highest sequence number it received
+    int32_t rr_lost           # cumulative packets it lost
+    uint32_t rr_jitter        # interarrival jitter, RTP timestamp units
+    bint rr_has_rtt
+    int64_t rr_rtt_us         # round trip from the block's LSR/DLSR (RFC 3550 6.4.1)
 
 # A DownTrack waiting for its first keyframe; NULL when out of memory.
 cdef DownTrack *downtrack_new() noexcept nogil

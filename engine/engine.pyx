@@ -640,6 +640,7 @@ cdef class Engine:
         cdef Receiver *r = self.s.receivers[self._slot(self._receiver_slots, receiver_id, "receiver")]
         cdef Layer *layer
         cdef int l
+        cdef int64_t now = monotonic_us()
         layers = []
         for l in range(r.num_layers):
             layer = &r.layers[l]
@@ -657,6 +658,7 @@ cdef class Engine:
                 "nacks_sent": layer.nacks_sent,
                 "plis_sent": layer.plis_sent,
                 "missing": layer.missing_count,
+                "sr_age": (now - layer.sr_arrival_us) / 1e6 if layer.sr_arrival_us else None,  # seconds since its SR
             })
         return {
             "top_layer": r.top_layer,
@@ -678,6 +680,12 @@ cdef class Engine:
             "retransmissions": d.retransmissions,
             "plis_received": d.plis_received,
             "keyframe_requests": d.keyframe_requests,
+            # the subscriber's last report block about the stream: RFC 3550 cumulative counts, jitter in RTP units
+            "rr_blocks": d.rr_blocks,
+            "rr_highest_sequence": d.rr_highest,
+            "rr_lost": d.rr_lost,
+            "rr_jitter": d.rr_jitter,
+            "rtt": d.rr_rtt_us / 1e6 if d.rr_has_rtt else None,
         }
 
 

@@ -1,17 +1,19 @@
-"""Reports: SR in; SR/RR/SDES/REMB out every report interval (see reports.pxd)."""
+"""Reports: SR and report blocks in; SR/RR/SDES/REMB out every report interval (see reports.pxd)."""
 from libc.stdint cimport uint8_t, uint32_t
 
 from engine cimport srtp
 from engine.downtrack cimport DownTrack
 from engine.munger cimport munger_rtp_time
 from engine.receiver cimport Layer, Receiver, layer_report_block
-from engine.rtcp cimport ReportBlock, build_remb, build_rr, build_sdes_cname, build_sr
+from engine.rtcp cimport ReportBlock, build_remb, build_rr, build_sdes_cname, build_sr, parse_report_block
 from engine.state cimport (S_REMB_SENT, S_RR_SENT, S_SR_SENT, SEND_BUF, Transport, ntp_now, stream_key,
                            transport_ready)
 from engine.table cimport map_get
 from engine.udpmux cimport send_rtcp, send_slot_buffer, send_take_slot
 
 cdef int64_t REPORT_INTERVAL_US = 1000000   # RR + REMB to publishers, SR to subscribers
+# A round trip computed from a report block beyond this is a clock error or a forged LSR/DLSR: not kept.
+cdef uint32_t MAX_RTT_NTP16 = 10 * 65536    # 10 s in 1/65536 s
 
 
 cdef void reports_sender_info(EngineState *s, int t, const SenderInfo *info, int64_t now) noexcept nogil:
@@ -22,6 +24,31 @@ cdef void reports_sender_info(EngineState *s, int t, const SenderInfo *info, int
         layer.sr_ntp = info.ntp_time
         layer.sr_rtp = info.rtp_time
         layer.sr_arrival_us = now
+
+
+cdef void reports_receiver_blocks(EngineState *s, int t, const uint8_t *pkt, int length, int count,
+                                  int64_t now) noexcept nogil:
+    cdef ReportBlock block
+    cdef int i
+    cdef int64_t v
+    cdef DownTrack *d
+    cdef uint32_t rtt
+    for i in range(count):
+        if parse_report_block(pkt, length, i, &block) != 0:
+            return
+        v = map_get(&s.downtrack_ssrcs, stream_key(t, block.ssrc))
+        if v < 0 or s.downtracks[v].ssrc != block.ssrc:  # not ours, or about the RTX stream
+            continue
+        d = s.downtracks[v]
+        d.rr_blocks += 1
+        d.rr_highest = block.highest_sequence
+        d.rr_lost = block.cumulative_lost
+        d.rr_jitter = block.jitter
+        if block.last_sr != 0:  # 0 = no SR received yet
+            rtt = <uint32_t>(ntp_now() >> 16) - block.last_sr - block.delay_since_last_sr
+            if rtt <= MAX_RTT_NTP16:
+                d.rr_has_rtt = True
+                d.rr_rtt_us = <int64_t>rtt * 1000000 // 65536
 
 
 cdef void reports_tick(EngineState *s, int64_t now) noexcept nogil:

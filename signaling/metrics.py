@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import TYPE_CHECKING, Iterator
 
+from livekit.protocol import models
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -19,7 +21,8 @@ class NodeCollector(Collector):
         self.node = node
         self.loop = loop
 
-    async def _snapshot(self) -> tuple[dict[str, int], int, int, list[tuple[str, str, int]], list[tuple[str, dict]]]:
+    async def _snapshot(self) -> tuple[dict[str, int], int, int, list[tuple[str, str, int]], Counter[int],
+                                       list[tuple[str, dict]]]:
         # Taken on the event loop: the state it reads is only ever changed there.
         store = self.node.store
         participants = list(store.participants())
@@ -29,6 +32,7 @@ class NodeCollector(Collector):
             for publication in participant.publications.values() if publication.receiver_id is not None
             for layer in self.node.engine.receiver_stats(publication.receiver_id)["layers"]
         ]
+        qualities = Counter(participant.connection_stats.level for participant in participants)
         # Downlink estimates (engine bwe.pyx) of the subscriber transports that have one.
         bandwidth = []
         for participant in participants:
@@ -38,11 +42,11 @@ class NodeCollector(Collector):
                 continue
             if estimate is not None:
                 bandwidth.append((participant.sid, estimate))
-        return self.node.stats(), len(store.rooms()), len(participants), layers, bandwidth
+        return self.node.stats(), len(store.rooms()), len(participants), layers, qualities, bandwidth
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         snapshot = asyncio.run_coroutine_threadsafe(self._snapshot(), self.loop).result(5)
-        stats, room_count, participant_count, layers, bandwidth = snapshot
+        stats, room_count, participant_count, layers, qualities, bandwidth = snapshot
         counters = CounterMetricFamily("tern_events", "Packets, drops and signalling events by name", labels=["name"])
         for name, value in sorted(stats.items()):
             counters.add_metric([name], value)
@@ -53,6 +57,11 @@ class NodeCollector(Collector):
         participants = GaugeMetricFamily("tern_participants", "Connected participants")
         participants.add_metric([], participant_count)
         yield participants
+        quality = GaugeMetricFamily("tern_connection_quality_participants",
+                                    "Connected participants by their last connection quality", labels=["quality"])
+        for name, level in models.ConnectionQuality.items():
+            quality.add_metric([name.lower()], qualities[level])
+        yield quality
         layer_packets = CounterMetricFamily("tern_track_layer_packets", "RTP packets received per published track and simulcast layer",
                                             labels=["track", "rid"])
         for track, rid, packets in layers:

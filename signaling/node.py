@@ -1,5 +1,6 @@
 """The composition root: builds this node's engine, transports, room store and webhooks, and wires engine events
-(track started, audio levels) to the rooms. Participants reach the node only through rtc.participant.Services."""
+(track started, audio levels, connection quality) to the rooms. Participants reach the node only through
+rtc.participant.Services."""
 from __future__ import annotations
 
 import asyncio
@@ -16,6 +17,7 @@ from .cluster.memory import MemoryRoomStore
 from .cluster.store import RoomStore
 from .peer.transport import TransportManager
 from .rtc.publication import TrackPublication
+from .rtc.quality import INTERVAL as QUALITY_INTERVAL
 from .rtc.speakers import INTERVAL as SPEAKER_INTERVAL
 from .webhook import WebhookNotifier
 
@@ -70,6 +72,7 @@ class Node:
         if self.webhooks is not None:
             self.webhooks.start()
         self._tasks.append(loop.create_task(self._observe_speakers()))
+        self._tasks.append(loop.create_task(self._observe_quality()))
         log.info("media on udp %s:%d, candidates advertise %s", host, self.engine.port, self.transports.node_ip)
 
     def _on_engine_event(self, event: tuple) -> None:
@@ -99,6 +102,19 @@ class Node:
             room[participant.sid] = max(level, room.get(participant.sid, 0.0))
         for room in self.store.rooms():
             room.announce_speakers(levels.get(room.name, {}))
+
+    async def _observe_quality(self) -> None:
+        while True:
+            await asyncio.sleep(QUALITY_INTERVAL)
+            for room in self.store.rooms():
+                if room.closed:
+                    continue
+                try:
+                    room.announce_quality({p.sid: p.connection_stats.update(self.engine)
+                                           for p in list(room.participants.values())})
+                except Exception:  # a bug here must not end quality updates for good
+                    log.exception("connection quality update failed in room %s", room.name)
+                await asyncio.sleep(0)  # room by room, so a node of many rooms does not hold the loop for all
 
     def shutdown(self) -> None:
         """Closes every room: participants get `leave` (SERVER_SHUTDOWN), webhooks participant_left and room_finished."""

@@ -31,14 +31,15 @@ class Server:
     udp_port: int
     metrics_port: int
     log_path: Path
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.http_port}"
+        return f"ws://{self.host}:{self.http_port}"
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     def token(self, identity: str, room: str = "test-room", **grants: object) -> str:
         video = api.VideoGrants(room_join=True, room=room, **grants)
@@ -49,7 +50,7 @@ class Server:
 
     def metrics(self) -> list[tuple[str, dict[str, str], float]]:
         """The server's Prometheus samples: (name, labels, value)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+        with urllib.request.urlopen(f"http://{self.host}:{self.metrics_port}/metrics", timeout=5) as response:
             families = text_string_to_metric_families(response.read().decode())
             return [(sample.name, sample.labels, sample.value) for family in families for sample in family.samples]
 
@@ -63,20 +64,24 @@ class Server:
                 if name == "tern_track_layer_packets_total" and labels["track"] == track_sid}
 
 
-def start_server(tmp_path: Path, *extra: str, config: str = "", metrics_port: int | None = None) -> Server:
+def start_server(tmp_path: Path, *extra: str, config: str = "", metrics_port: int | None = None,
+                 host: str = "127.0.0.1") -> Server:
     """Starts `tern --dev` on free ports, with `config` (YAML) added to its config body. With `--config FILE`
-    in `extra` instead, the file must set `prometheus_port: metrics_port`."""
+    in `extra` instead, the file must set `prometheus_port: metrics_port`. With `host`, it listens and offers
+    media candidates there (a lab's veth address) instead of on loopback."""
     http_port, udp_port = free_port(), free_port(socket.SOCK_DGRAM)
     if metrics_port is None:
         metrics_port = free_port()
         extra = ("--config-body", f"prometheus_port: {metrics_port}\n{config}", *extra)
+    if host != "127.0.0.1":
+        extra = ("--bind", host, "--node-ip", host, *extra)
     log_path = tmp_path / "tern.log"
     log_file = open(log_path, "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "signaling", "--dev", "--port", str(http_port), "--udp-port", str(udp_port), *extra],
         cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    server = Server(process, http_port, udp_port, metrics_port, log_path)
+    server = Server(process, http_port, udp_port, metrics_port, log_path, host)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -106,3 +111,21 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     yield server
     stop_server(server)
     assert "Traceback" not in server.log(), server.log()
+
+
+@pytest.fixture
+def lab_server(tmp_path: Path):
+    """A network lab (tests/netlab.py: a namespace behind a veth pair) and a server on the host end of it, so
+    clients in the namespace reach it through the shaped link; skipped with the reason where the lab cannot run."""
+    from netlab import NetLab, lab_unavailable
+    reason = lab_unavailable()
+    if reason is not None:
+        print(f"network lab unavailable: {reason}")
+        pytest.skip(reason)
+    with NetLab() as lab:
+        server = start_server(tmp_path, host=lab.host_ip)
+        try:
+            yield lab, server
+        finally:
+            stop_server(server)
+        assert "Traceback" not in server.log(), server.log()

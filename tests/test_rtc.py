@@ -63,6 +63,9 @@ class FakeEngine:
     def set_target_layer(self, downtrack_id: int, layer: int) -> None:
         self.layers[downtrack_id] = layer
 
+    def downtrack_stats(self, downtrack_id: int) -> dict:
+        return {"current_layer": -1}  # nothing forwarded: fakes carry no media
+
 
 class FakeNode:
     """rtc.participant.Services over a FakeEngine; webhook events are recorded."""

@@ -338,6 +338,8 @@ def parse(sdp: str) -> SessionDescription:
         raise SdpError(f"SDP must be text, got {type(sdp).__name__}")
     _limit(len(sdp), MAX_SDP_LENGTH, "SDP characters")
     _limit(sdp.count("\n") + 1, MAX_SDP_LINES, "SDP lines")  # before splitting: a list of strings costs more
+    # Likewise before any section is built: an offer of thousands of m-lines is refused without parsing 512 of them.
+    _limit(sdp.count("\nm="), MAX_MEDIA_SECTIONS, "m-lines")
     lines = sdp.split("\n")
     lines = [line[:-1] if line.endswith("\r") else line for line in lines]
     lines = [line for line in lines if line.strip()]

@@ -1,9 +1,19 @@
 """Layer allocation: which simulcast layer each of a subscriber's DownTracks aims at, and which are paused.
 
-Today the inputs are the publisher's mute and the subscriber's track settings (LiveKit's UpdateTrackSettings:
-disabled, quality, dimensions); the subscriber's estimated bandwidth joins them here."""
+Inputs: the publisher's mute, the subscriber's track settings (LiveKit's UpdateTrackSettings: disabled, quality,
+dimensions) as an upper bound, and, once a bandwidth estimate for the subscriber arrives (`on_estimate`), that
+estimate shared out among its tracks: audio is reserved first and never paused for bandwidth, screenshare goes
+before camera, every video gets its lowest layer before any gets a second, then upgrades go layer by layer. A video
+whose lowest layer does not fit is paused for bandwidth, which the client hears as StreamStateUpdate PAUSED (then
+ACTIVE): that is not a mute. Without an estimate, tracks get what the subscriber asks for.
+
+The engine selects spatial layers only (simulcast), so the ladder here has one step per spatial layer; temporal
+steps join it when the Forwarder can drop temporal layers."""
 from __future__ import annotations
 
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -13,6 +23,13 @@ if TYPE_CHECKING:
     from .publication import Subscription, TrackPublication
 
 TOP_LAYER = 3  # above any simulcast layer: the Forwarder takes the best one available
+PAUSED = -1    # a video allocation that does not fit even its lowest layer
+
+# An upgrade (a higher layer, or resuming a paused video) needs the estimate to cover the new total times this;
+# downgrades happen as soon as the total exceeds the estimate. Between the two, nothing moves (no flapping).
+UPGRADE_MARGIN = 1.15
+# After a track stepped down, it stays down at least this long (LiveKit probes at most every 3 s before an upgrade).
+UPGRADE_HOLD_S = 3.0
 
 
 class LayerControl(Protocol):
@@ -20,6 +37,7 @@ class LayerControl(Protocol):
 
     def set_paused(self, downtrack_id: int, paused: bool) -> None: ...
     def set_target_layer(self, downtrack_id: int, layer: int) -> None: ...
+    def receiver_stats(self, receiver_id: int) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -43,24 +61,174 @@ def layer_for(publication: TrackPublication, settings: rtc.UpdateTrackSettings |
 
 
 def allocate(publication: TrackPublication, settings: rtc.UpdateTrackSettings | None) -> Allocation:
-    """Paused while the track is muted or the subscriber disabled it (e.g. a hidden video element, or quality OFF
-    without dimensions); otherwise capped to the quality or dimensions the subscriber asked for."""
+    """What the subscriber asks for, bandwidth aside. Paused while the track is muted or the subscriber disabled it
+    (e.g. a hidden video element, or quality OFF without dimensions); otherwise capped to the quality or
+    dimensions the subscriber asked for."""
     paused = publication.info.muted or (settings is not None and (
         settings.disabled or (settings.quality == models.VideoQuality.OFF and not settings.width)))
     return Allocation(paused, layer_for(publication, settings) if publication.kind == "video" else TOP_LAYER)
 
 
-class StreamAllocator:
-    """One subscriber's StreamAllocator: keeps its track settings and pushes each DownTrack's allocation to the engine."""
+@dataclass(frozen=True)
+class VideoDemand:
+    """One video DownTrack as the bandwidth sharing sees it."""
 
-    def __init__(self, engine: LayerControl) -> None:
+    key: int                    # the DownTrack id
+    screenshare: bool
+    max_layer: int              # the subscriber's cap, within the layers the track has
+    bitrates: tuple[int, ...]   # bps of each spatial layer, lowest first (each layer is its own stream)
+
+
+def share(videos: Iterable[VideoDemand], capacity: float) -> dict[int, int]:
+    """Each video's layer (or PAUSED) within `capacity` bps: screenshare before camera, every video's lowest layer
+    first, then one layer up at a time for each video in the same order, never above its cap."""
+    order = sorted(videos, key=lambda video: not video.screenshare)  # stable: otherwise in subscription order
+    layers = {video.key: PAUSED for video in order}
+    remaining = capacity
+    for video in order:
+        if video.bitrates[0] <= remaining:
+            layers[video.key] = 0
+            remaining -= video.bitrates[0]
+    for step in range(1, max((len(video.bitrates) for video in order), default=0)):
+        for video in order:
+            if layers[video.key] == step - 1 and step <= video.max_layer:
+                extra = video.bitrates[step] - video.bitrates[step - 1]
+                if extra <= remaining:
+                    layers[video.key] = step
+                    remaining -= extra
+    return layers
+
+
+@dataclass
+class _Pushed:
+    """What the engine was last told for one DownTrack, and the allocator's memory of it."""
+
+    paused: bool
+    layer: int
+    bandwidth_paused: bool = False
+    stepped_down_at: float = float("-inf")
+
+
+class StreamAllocator:
+    """One subscriber's StreamAllocator: keeps its track settings and its bandwidth estimate, and pushes each
+    DownTrack's allocation to the engine. `subscriptions()` lists the subscriber's current subscriptions; `send`
+    reaches its client (StreamStateUpdate); `on_demand(publication)` is told when what this subscriber needs of a
+    publication may have changed (dynacast); bandwidth pauses are counted in `counters`."""
+
+    def __init__(self, engine: LayerControl, subscriptions: Callable[[], Iterable[Subscription]] = tuple,
+                 send: Callable[[rtc.SignalResponse], None] | None = None,
+                 on_demand: Callable[[TrackPublication], None] | None = None,
+                 counters: Counter[str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.settings: dict[str, rtc.UpdateTrackSettings] = {}  # by track sid, the last UpdateTrackSettings
+        self.estimate: float | None = None  # the subscriber's available bitrate (bps); None = unknown
+        self.congested = False
+        self._subscriptions = subscriptions
+        self._send = send
+        self._on_demand = on_demand
+        self._counters = Counter() if counters is None else counters
+        self.clock = clock
+        self._pushed: dict[int, _Pushed] = {}  # by DownTrack id
 
+    # -- inputs
     def update(self, subscription: Subscription) -> None:
-        if subscription.downtrack_id is None:
+        """A subscription's mute, settings or DownTrack changed: allocate again (all tracks share one estimate)."""
+        if subscription.downtrack_id is not None:
+            self.reallocate(extra=subscription)
+
+    def on_estimate(self, bps: float | None, congested: bool = False) -> None:
+        """A new estimate of the subscriber's available bitrate (None = unknown: each track gets what is asked)."""
+        self.estimate = None if bps is None else max(0.0, float(bps))
+        self.congested = congested
+        self.reallocate()
+
+    def forget(self, downtrack_id: int) -> None:
+        """The DownTrack is gone (unsubscribed)."""
+        self._pushed.pop(downtrack_id, None)
+
+    # -- outputs
+    def wanted_layer(self, subscription: Subscription) -> int:
+        """The highest layer this subscription currently aims at (PAUSED when it needs none): dynacast's input."""
+        pushed = self._pushed.get(subscription.downtrack_id) if subscription.downtrack_id is not None else None
+        if pushed is None or pushed.paused:
+            return PAUSED
+        return pushed.layer
+
+    def reallocate(self, extra: Subscription | None = None) -> None:
+        subscriptions = [s for s in self._subscriptions() if s.downtrack_id is not None]
+        if extra is not None and all(s is not extra for s in subscriptions):
+            subscriptions.append(extra)
+        asked = {s.downtrack_id: allocate(s.publication, self.settings.get(s.publication.sid)) for s in subscriptions}
+        layers = {key: allocation.layer for key, allocation in asked.items()}
+        if self.estimate is not None:
+            layers.update(self._bandwidth_layers(subscriptions, asked))
+        for subscription in subscriptions:
+            key = subscription.downtrack_id
+            self._push(subscription, asked[key].paused, layers[key])
+
+    # -- internals
+    def _bandwidth_layers(self, subscriptions: list[Subscription], asked: dict[int, Allocation]) -> dict[int, int]:
+        """Each unpaused video's layer under the estimate, with hysteresis against the last allocation."""
+        capacity = self.estimate or 0.0
+        videos = []
+        for subscription in subscriptions:
+            key, publication = subscription.downtrack_id, subscription.publication
+            if publication.kind == "audio":
+                if not asked[key].paused:
+                    capacity -= publication.audio_bitrate(self.engine)
+            elif not asked[key].paused:
+                bitrates = publication.layer_bitrates(self.engine)
+                videos.append(VideoDemand(key, publication.info.source == models.TrackSource.SCREEN_SHARE,
+                                          min(asked[key].layer, len(bitrates) - 1), bitrates))
+        fits = share(videos, capacity)
+        cautious = share(videos, capacity / UPGRADE_MARGIN)
+        now = self.clock()
+        layers = {}
+        for video in videos:
+            pushed = self._pushed.get(video.key)
+            if pushed is None:
+                current = None
+            else:
+                current = PAUSED if pushed.bandwidth_paused else min(pushed.layer, video.max_layer)
+            if current is None or fits[video.key] < current:
+                layers[video.key] = fits[video.key]
+                if pushed is not None and fits[video.key] < video.max_layer:  # stepped down for bandwidth
+                    pushed.stepped_down_at = now
+            elif self.congested or now - pushed.stepped_down_at < UPGRADE_HOLD_S:
+                layers[video.key] = current
+            else:
+                layers[video.key] = max(current, min(cautious[video.key], fits[video.key]))
+        return layers
+
+    def _push(self, subscription: Subscription, asked_paused: bool, layer: int) -> None:
+        key = subscription.downtrack_id
+        pushed = self._pushed.get(key)
+        # A track paused for bandwidth stays so while the subscriber disables it too (clients hide paused tiles,
+        # which disables them): it resumes through the bandwidth path, and the client is not told ACTIVE meanwhile.
+        bandwidth_paused = layer == PAUSED if not asked_paused else pushed is not None and pushed.bandwidth_paused
+        paused = asked_paused or bandwidth_paused
+        if pushed is None:
+            pushed = self._pushed[key] = _Pushed(not paused, PAUSED)
+        elif bandwidth_paused:
+            layer = pushed.layer  # the layer to resume at stays what it was
+        if (pushed.paused, pushed.layer, pushed.bandwidth_paused) == (paused, layer, bandwidth_paused):
             return
-        allocation = allocate(subscription.publication, self.settings.get(subscription.publication.sid))
-        self.engine.set_paused(subscription.downtrack_id, allocation.paused)
-        if subscription.publication.kind == "video":
-            self.engine.set_target_layer(subscription.downtrack_id, allocation.layer)
+        if paused != pushed.paused:
+            self.engine.set_paused(key, paused)
+        if subscription.publication.kind == "video" and not bandwidth_paused and layer != pushed.layer:
+            self.engine.set_target_layer(key, layer)
+        if bandwidth_paused and not pushed.bandwidth_paused:
+            self._counters["stream_paused_bandwidth"] += 1
+        if bandwidth_paused != pushed.bandwidth_paused:
+            self._stream_state(subscription, rtc.StreamState.PAUSED if bandwidth_paused else rtc.StreamState.ACTIVE)
+        pushed.paused, pushed.bandwidth_paused = paused, bandwidth_paused
+        if not bandwidth_paused:
+            pushed.layer = layer
+        if self._on_demand is not None:
+            self._on_demand(subscription.publication)
+
+    def _stream_state(self, subscription: Subscription, state: int) -> None:
+        if self._send is not None:
+            publication = subscription.publication
+            self._send(rtc.SignalResponse(stream_state_update=rtc.StreamStateUpdate(stream_states=[rtc.StreamStateInfo(
+                participant_sid=publication.participant.sid, track_sid=publication.sid, state=state)])))

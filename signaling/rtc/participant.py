@@ -19,7 +19,9 @@ from ..peer.dcep import DataChannel
 from ..peer.negotiation import PublisherPC, StaleAnswer, SubscriberPC
 from . import limits, media_caps
 from .allocator import StreamAllocator
+from .connection_stats import ConnectionStats
 from .data import LOSSY_LABEL, RELIABLE_LABEL, SERVER_CHANNELS, DataPublisher
+from .dynacast import Dynacast
 from .ids import new_id, now_ms
 from .publication import Subscription, TrackPublication
 from .subscriptions import SubscriptionPermissions
@@ -35,6 +37,8 @@ REFRESHED_TOKEN_TTL = 10 * 60
 # SDPs refused (malformed or over sdp.MAX_*) before the participant is closed, as LiveKit closes one whose
 # negotiation failed (STATE_MISMATCH); the first ones get a RequestResponse naming the problem.
 MAX_SDP_REFUSALS = 3
+# Clients of signal protocol 10 and older know no ConnectionQuality.LOST: they are told POOR (LiveKit's rule).
+LAST_PROTOCOL_WITHOUT_LOST = 10
 
 _SOURCE_NAMES = {
     models.TrackSource.CAMERA: "camera",
@@ -115,9 +119,11 @@ class Participant:
         self.auto_subscribe = auto_subscribe
         self.subscription_wishes: dict[str, bool] = {}
         self.permission_denied: dict[str, bool] = {}
-        self.allocator = StreamAllocator(services.engine)
+        self.allocator = StreamAllocator(services.engine, self.subscriptions.values, self.send, _demand_changed,
+                                         services.counters)
         # As a publisher: who may subscribe to its tracks (None = everyone).
         self.subscription_permission: SubscriptionPermissions | None = None
+        self.connection_stats = ConnectionStats(self)
 
         self.publisher = PublisherPC(services.transports.create("publisher"))
         try:
@@ -223,6 +229,11 @@ class Participant:
     def send(self, response: rtc.SignalResponse) -> None:
         if not self.closed and self.sink is not None:
             self.sink.send(response)
+
+    @property
+    def knows_lost_quality(self) -> bool:
+        """Whether the client knows ConnectionQuality.LOST; older ones are told POOR instead (LiveKit's rule)."""
+        return self.protocol > LAST_PROTOCOL_WITHOUT_LOST
 
     def _send_offer(self, offer: rtc.SessionDescription | None) -> None:
         if offer is not None:
@@ -367,6 +378,8 @@ class Participant:
             info.mid = media.mid
         self.services.receivers[receiver_id] = publication
         self.publications[publication.sid] = publication
+        if media.kind == "video":
+            publication.dynacast = Dynacast(publication, self.services.engine)
 
     def on_track_started(self, publication: TrackPublication) -> None:
         """The first packets arrived: the track is published to the room."""
@@ -383,6 +396,8 @@ class Participant:
         self.publications.pop(publication.sid, None)
         self.room.tracks.pop(publication.sid, None)
         self.room.subscriptions.drop(publication)
+        if publication.dynacast is not None:
+            publication.dynacast.close()
         if publication.receiver_id is not None:
             self.services.receivers.pop(publication.receiver_id, None)
             self.services.engine.remove_receiver(publication.receiver_id)
@@ -561,9 +576,11 @@ class Participant:
         self.subscriptions.pop(publication.sid, None)
         publication.subscriptions.pop(self.sid, None)
         if subscription.downtrack_id is not None:
+            self.allocator.forget(subscription.downtrack_id)
             self.services.engine.remove_downtrack(subscription.downtrack_id)
             subscription.downtrack_id = None
         subscription.media.active = False
+        _demand_changed(publication)
         if renegotiate and not self.closed:
             self.renegotiate()
 
@@ -662,3 +679,9 @@ class Participant:
     def close_soon(self, reason: int) -> None:
         """Closes from the event loop's next turn (for callers in the middle of other work)."""
         asyncio.get_running_loop().call_soon(self.close, reason, False)
+
+
+def _demand_changed(publication: TrackPublication) -> None:
+    """What a subscriber needs of the publication may have changed: dynacast decides what the publisher sends."""
+    if publication.dynacast is not None:
+        publication.dynacast.update()

@@ -1,7 +1,8 @@
 """TrackPublication (a track a participant publishes) and Subscription (one subscriber's copy of it)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 from livekit.protocol import models, rtc
 
@@ -9,7 +10,38 @@ from ..peer.sdp import Codec, OutgoingMedia
 from .ids import new_id
 
 if TYPE_CHECKING:
+    from .dynacast import Dynacast
     from .participant import Participant
+
+# Layer bitrates are measured over windows of this length (LiveKit's stream trackers report camera layers every 1 s).
+BITRATE_WINDOW_S = 1.0
+# A simulcast layer's bitrate before it is measured, when the publisher advertised none: LiveKit's SDK presets for
+# 180p, 360p and 720p (bps), lowest first; a fourth layer costs what the third does.
+DEFAULT_LAYER_BPS = (160_000, 450_000, 1_700_000)
+# An audio track's bitrate before it is measured, reserved first by the allocator: Opus voice at LiveKit's default
+# 32 kbps plus RTP/SRTP/UDP/IP overhead at 50 packets a second (~20 kbps), rounded up.
+DEFAULT_AUDIO_BPS = 64_000
+
+
+class LayerBitrates:
+    """Bits per second of each of a receiver's layers over the last window, from the engine's cumulative byte
+    counts (RTX excluded: it repairs, it does not add a layer). Empty until two samples a window apart exist."""
+
+    def __init__(self) -> None:
+        self.bps: list[int] = []
+        self._bytes: list[int] = []
+        self._at: float | None = None
+
+    def due(self, now: float) -> bool:
+        return self._at is None or now - self._at >= BITRATE_WINDOW_S
+
+    def sample(self, layer_bytes: list[int], now: float) -> None:
+        if not self.due(now):
+            return
+        if self._at is not None and len(layer_bytes) == len(self._bytes):
+            elapsed = now - self._at
+            self.bps = [int(max(0, new - old) * 8 / elapsed) for new, old in zip(layer_bytes, self._bytes)]
+        self._bytes, self._at = layer_bytes, now
 
 
 class TrackPublication:
@@ -46,6 +78,8 @@ class TrackPublication:
         self.extmap: dict[str, int] = {}
         self.published = False
         self.subscriptions: dict[str, Subscription] = {}  # by subscriber sid
+        self.bitrates = LayerBitrates()
+        self.dynacast: Dynacast | None = None  # video only, once media is negotiated
 
     @property
     def sid(self) -> str:
@@ -54,6 +88,35 @@ class TrackPublication:
     @property
     def kind(self) -> str:
         return "audio" if self.info.type == models.TrackType.AUDIO else "video"
+
+    def advertised_layers(self) -> list[models.VideoLayer]:
+        """The simulcast layers the publisher announced (AddTrack layers, else its first codec's), lowest first."""
+        layers = self.info.layers or (self.info.codecs[0].layers if self.info.codecs else [])
+        return sorted(layers, key=lambda layer: layer.quality)
+
+    def measure(self, engine: Any, now: float | None = None) -> list[int]:
+        """Each layer's measured bitrate (bps; refreshed at most once a window), empty before the first window."""
+        now = time.monotonic() if now is None else now
+        if self.receiver_id is not None and self.bitrates.due(now):
+            stats = engine.receiver_stats(self.receiver_id)
+            self.bitrates.sample([layer["bytes"] for layer in stats["layers"]], now)
+        return self.bitrates.bps
+
+    def layer_bitrates(self, engine: Any) -> tuple[int, ...]:
+        """What each spatial layer costs a subscriber, lowest first: measured where the layer is flowing, else what
+        the publisher advertised, else LiveKit's preset for that rung. Layers measured at 0 (not sent right now,
+        e.g. turned off by dynacast) keep a price, so they can be allocated and turned back on."""
+        measured = self.measure(engine)
+        advertised = [layer.bitrate for layer in self.advertised_layers()]
+        count = max(1, len(measured) if measured else len(advertised))
+        return tuple(
+            (measured[i] if i < len(measured) and measured[i] > 0 else 0)
+            or (advertised[i] if i < len(advertised) and advertised[i] > 0 else 0)
+            or DEFAULT_LAYER_BPS[min(i, len(DEFAULT_LAYER_BPS) - 1)]
+            for i in range(count))
+
+    def audio_bitrate(self, engine: Any) -> int:
+        return sum(self.measure(engine)) or DEFAULT_AUDIO_BPS
 
 
 class Subscription:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from livekit.protocol import models, rtc
 
 from .ids import new_id, now_ms
+from .quality import mos, quality_level
 from .speakers import SpeakerObserver
 from .subscriptions import SubscriptionManager
 
@@ -35,6 +36,8 @@ class Room:
         self.max_participants = max_participants
         self.metadata = metadata
         self.speakers = SpeakerObserver()
+        # Connection quality as last announced, by participant sid: (level, hidden), so a change of either is news.
+        self._qualities: dict[str, tuple[int, bool]] = {}
         self.subscriptions = SubscriptionManager(self)
         self._on_close = on_close
         self._close_timer: asyncio.TimerHandle | None = None
@@ -96,6 +99,34 @@ class Room:
         if speakers:
             self.broadcast(rtc.SignalResponse(speakers_changed=rtc.SpeakersChanged(speakers=speakers)))
 
+    def announce_quality(self, scores: dict[str, float]) -> None:
+        """Every participant's connection quality score for the last interval (by sid). Each participant hears of
+        the changes about itself and the others it can see (not hidden ones); one newly in the room hears them all.
+        Participants hearing the same get the same message (built once: a room's first report is n x n)."""
+        infos = {sid: rtc.ConnectionQualityInfo(participant_sid=sid, quality=quality_level(score), score=mos(score))
+                 for sid, score in scores.items()}
+        hidden = {p.sid for p in self.participants.values() if p.hidden}
+        qualities = {sid: (info.quality, sid in hidden) for sid, info in infos.items()}
+        changed = {sid for sid, quality in qualities.items() if self._qualities.get(sid) != quality}
+        new = set(qualities) - set(self._qualities)
+        self._qualities = qualities
+        if not changed:
+            return
+        visible = {True: [info for sid, info in infos.items() if sid not in hidden]}  # by whether all are told
+        visible[False] = [info for info in visible[True] if info.participant_sid in changed]
+        shared: dict[tuple[bool, bool], rtc.SignalResponse] = {}
+        for participant in self.participants.values():
+            told_all, knows_lost = participant.sid in new, participant.knows_lost_quality
+            if participant.hidden:  # not among what the others hear: it hears of itself on its own
+                own = infos.get(participant.sid)
+                mine = [own] if own is not None and (told_all or participant.sid in changed) else []
+                if visible[told_all] or mine:
+                    participant.send(_quality_message(visible[told_all] + mine, knows_lost))
+            elif visible[told_all]:
+                if (told_all, knows_lost) not in shared:
+                    shared[told_all, knows_lost] = _quality_message(visible[told_all], knows_lost)
+                participant.send(shared[told_all, knows_lost])
+
     def schedule_close(self, delay: float) -> None:
         if self._close_timer is None and not self.closed:
             self._close_timer = asyncio.get_running_loop().call_later(delay, self.close_if_empty)
@@ -117,3 +148,11 @@ class Room:
             self._close_timer = None
         log.info("room %s (%s) closed", self.name, self.sid)
         self._on_close(self)
+
+
+def _quality_message(infos: list[rtc.ConnectionQualityInfo], knows_lost: bool) -> rtc.SignalResponse:
+    if not knows_lost:
+        infos = [rtc.ConnectionQualityInfo(participant_sid=info.participant_sid, quality=models.ConnectionQuality.POOR,
+                                           score=info.score) if info.quality == models.ConnectionQuality.LOST
+                 else info for info in infos]
+    return rtc.SignalResponse(connection_quality=rtc.ConnectionQualityUpdate(updates=infos))

@@ -1,0 +1,178 @@
+"""A network lab for tests: a network namespace joined to the host by a veth pair, bandwidth shaped with `tc … tbf`
+(changeable mid-test), and LiveKit SDK clients run inside the namespace (`ip netns exec`) that report what they
+decoded as JSON. Also a 1280x720 video with real detail, so encoders spend the bitrate a camera would.
+
+Only names and addresses this module makes itself are touched, and everything it makes is removed again, also when
+a test fails. Where namespaces are unavailable (not root, no `ip`, no `tbf`), `lab_unavailable()` says why."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+from livekit import rtc
+
+HERE = Path(__file__).resolve().parent
+# A /30 per lab from 10.213.0.0/16 (private, unlikely to collide with the machine's own networks), chosen at random.
+SUBNET_PREFIX = "10.213"
+# tbf burst and queue: a burst of 16 kB lets a 1200-byte RTP packet through without rounding losses at low rates;
+# 200 ms of queue at the shaped rate is what a home router's buffer holds (beyond it, packets are dropped).
+TBF_BURST_BYTES = 16_000
+TBF_LATENCY_MS = 200
+# A client subprocess that has not reported within its run time plus this is killed.
+CLIENT_GRACE_S = 30
+
+WIDTH, HEIGHT = 1280, 720
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, check=check, timeout=20)
+
+
+@functools.cache
+def lab_unavailable() -> str | None:
+    """Why the lab cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "the network lab needs root (network namespaces, veth, tc)"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"the network lab needs `{tool}` (iproute2)"
+    try:
+        with NetLab() as probe:
+            probe.shape(1000)
+    except (subprocess.CalledProcessError, OSError) as error:
+        detail = getattr(error, "stderr", "") or str(error)
+        return f"network namespaces, veth or tbf unavailable: {detail.strip()}"
+    return None
+
+
+class NetLab:
+    """One namespace behind one veth pair: the host side `host_ip`, the namespace side `ns_ip`.
+    `shape(kbit)` limits what the host sends toward the namespace (and with `uplink=True` also the reverse),
+    `unshape()` lifts it. Use as a context manager: everything is removed on exit."""
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.namespace = f"tern-lab-{tag}"
+        self.host_if, self.ns_if = f"tl{tag}h", f"tl{tag}n"  # interface names are at most 15 bytes
+        block = int(tag[:4], 16) % 16384  # one of 16384 /30s in the /16
+        base = f"{SUBNET_PREFIX}.{block >> 6}.{(block & 63) * 4}"
+        prefix = base.rsplit(".", 1)[0]
+        last = int(base.rsplit(".", 1)[1])
+        self.host_ip, self.ns_ip = f"{prefix}.{last + 1}", f"{prefix}.{last + 2}"
+        self._made = False
+
+    def __enter__(self) -> NetLab:
+        try:
+            _run("ip", "netns", "add", self.namespace)
+            self._made = True
+            _run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
+            _run("ip", "link", "set", self.ns_if, "netns", self.namespace)
+            _run("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
+            _run("ip", "link", "set", self.host_if, "up")
+            self.ns("ip", "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if)
+            self.ns("ip", "link", "set", self.ns_if, "up")
+            self.ns("ip", "link", "set", "lo", "up")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Removes the veth pair (both ends go with either) and the namespace; safe to call twice."""
+        _run("ip", "link", "del", self.host_if, check=False)
+        if self._made:
+            _run("ip", "netns", "del", self.namespace, check=False)
+            self._made = False
+
+    def ns(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Runs a command inside the namespace."""
+        return _run("ip", "netns", "exec", self.namespace, *args, check=check)
+
+    def shape(self, kbit: int, uplink: bool = False) -> None:
+        """Limits host -> namespace to `kbit` kbit/s (a token bucket, excess queued then dropped); with `uplink`,
+        namespace -> host as well."""
+        tbf = ["tbf", "rate", f"{kbit}kbit", "burst", str(TBF_BURST_BYTES), "latency", f"{TBF_LATENCY_MS}ms"]
+        _run("tc", "qdisc", "replace", "dev", self.host_if, "root", *tbf)
+        if uplink:
+            self.ns("tc", "qdisc", "replace", "dev", self.ns_if, "root", *tbf)
+
+    def unshape(self) -> None:
+        _run("tc", "qdisc", "del", "dev", self.host_if, "root", check=False)
+        self.ns("tc", "qdisc", "del", "dev", self.ns_if, "root", check=False)
+
+    def qdisc_drops(self) -> int:
+        """Packets the shaper dropped toward the namespace (the bottleneck's loss)."""
+        out = _run("tc", "-s", "qdisc", "show", "dev", self.host_if).stdout
+        for line in out.splitlines():
+            if "dropped" in line:
+                return int(line.split("dropped", 1)[1].split(",")[0].strip())
+        return 0
+
+    async def run_client(self, *args: str, timeout: float) -> dict:
+        """Runs tests/lab_client.py inside the namespace with `args`; returns the JSON it printed last."""
+        process = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", self.namespace, sys.executable, str(HERE / "lab_client.py"), *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])})
+        try:
+            stdout, stderr = await asyncio.wait_for(process.communicate(), timeout + CLIENT_GRACE_S)
+        except BaseException:
+            process.kill()
+            await process.wait()
+            raise
+        lines = [line for line in stdout.decode().splitlines() if line.startswith("{")]
+        if process.returncode != 0 or not lines:
+            raise RuntimeError(f"lab client failed ({process.returncode}):\n{stderr.decode()[-3000:]}")
+        return json.loads(lines[-1])
+
+
+class DetailedVideo:
+    """A 1280x720 camera publisher whose picture is coarse random texture scrolling sideways: every frame differs
+    and has detail everywhere, so the encoder spends its full bitrate on each simulcast layer."""
+
+    def __init__(self, room: rtc.Room, fps: int = 30) -> None:
+        self.room = room
+        self.fps = fps
+        self.source = rtc.VideoSource(WIDTH, HEIGHT)
+        self.track = rtc.LocalVideoTrack.create_video_track("camera", self.source)
+        self.publication: rtc.LocalTrackPublication | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> rtc.LocalTrackPublication:
+        self._task = asyncio.create_task(self._frames())
+        self.publication = await self.room.local_participant.publish_track(
+            self.track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True))
+        return self.publication
+
+    async def _frames(self) -> None:
+        texture = np.random.default_rng(7).integers(0, 256, (HEIGHT // 8, WIDTH // 8, 4), dtype=np.uint8)
+        texture[..., 3] = 255
+        step = 0
+        while True:
+            frame = np.repeat(np.repeat(np.roll(texture, step, axis=1), 8, axis=0), 8, axis=1)
+            self.source.capture_frame(rtc.VideoFrame(WIDTH, HEIGHT, rtc.VideoBufferType.RGBA, frame.tobytes()))
+            step += 1
+            await asyncio.sleep(1 / self.fps)
+
+    async def layer_bytes(self) -> dict[str, int]:
+        """Bytes sent so far per simulcast rid (the publisher's outbound-rtp stats)."""
+        return {s.outbound_rtp.outbound.rid: s.outbound_rtp.sent.bytes_sent for s in await self.track.get_stats()
+                if s.HasField("outbound_rtp")}
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,254 @@
+"""The StreamAllocator sharing a subscriber's bandwidth estimate among its DownTracks, and dynacast telling publishers
+which layers someone needs: in-process, a fake engine with per-layer byte counters, a fake clock."""
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from livekit.protocol import models, rtc
+
+from signaling.rtc.allocator import PAUSED, TOP_LAYER, UPGRADE_HOLD_S, VideoDemand, share
+from signaling.rtc import publication as publication_module
+from signaling.rtc.dynacast import Dynacast
+from signaling.rtc.participant import Participant
+from signaling.rtc.publication import BITRATE_WINDOW_S, DEFAULT_AUDIO_BPS, LayerBitrates, TrackPublication
+from test_rtc import FakeEngine, FakeNode, join, publish, sink
+
+LAYER_BPS = (150_000, 500_000, 1_500_000)  # what the publishers below advertise, lowest first
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class LayeredEngine(FakeEngine):
+    """A FakeEngine whose receivers report per-layer byte counts (none measured unless a test sets them) and whose
+    DownTracks report the layer being forwarded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forwarded: dict[int, int] = {}
+
+    def receiver_stats(self, receiver_id: int) -> dict:
+        return {"layers": []}
+
+    def downtrack_stats(self, downtrack_id: int) -> dict:
+        return {"current_layer": self.forwarded.get(downtrack_id, -1)}
+
+
+@pytest.fixture
+def node() -> FakeNode:
+    node = FakeNode()
+    node.engine = LayeredEngine()
+    node.transports.engine = node.engine
+    return node
+
+
+def fast_dynacast(node: FakeNode, publication: TrackPublication, initial_delay: float = 60) -> None:
+    """Dynacast with a 50 ms pause delay (the real one is 5 s)."""
+    publication.dynacast.close()
+    publication.dynacast = Dynacast(publication, node.engine, pause_delay=0.05, initial_delay=initial_delay)
+
+
+def publish_video(publisher: Participant, name: str = "cam",
+                  source: int = models.TrackSource.CAMERA) -> TrackPublication:
+    publication = publish(publisher, "video", name)
+    publication.info.source = source
+    for layer, bps in zip(publication.info.layers, LAYER_BPS):
+        layer.bitrate = bps
+    return publication
+
+
+def start(node: FakeNode, subscriber: Participant, *publications: TrackPublication) -> list[int]:
+    """The subscriber's answer accepted each m-line: DownTracks start and are allocated."""
+    downtracks = []
+    for publication in publications:
+        subscription = subscriber.subscriptions[publication.sid]
+        subscription.downtrack_id = node.engine.add_downtrack(publication.receiver_id)
+        subscriber.allocator.update(subscription)
+        downtracks.append(subscription.downtrack_id)
+    return downtracks
+
+
+def stream_states(participant: Participant) -> list[tuple[str, int]]:
+    return [(s.track_sid, s.state) for u in sink(participant).of("stream_state_update") for s in u.stream_states]
+
+
+def quality_updates(participant: Participant) -> list[tuple[str, list[bool]]]:
+    return [(u.track_sid, [q.enabled for q in u.subscribed_codecs[0].qualities])
+            for u in sink(participant).of("subscribed_quality_update")]
+
+
+# ---------------------------------------------------------------- sharing (pure)
+
+def test_lowest_layers_first_then_upgrades_in_order_within_caps() -> None:
+    cam = VideoDemand(1, False, 2, LAYER_BPS)
+    screen = VideoDemand(2, True, 2, LAYER_BPS)
+    capped = VideoDemand(3, False, 0, LAYER_BPS)
+    assert share([cam, screen, capped], 10_000_000) == {1: 2, 2: 2, 3: 0}
+    assert share([cam, screen, capped], 3 * 150_000) == {1: 0, 2: 0, 3: 0}
+    # screenshare upgrades first: 450k for three lowest layers, 350k more takes screenshare to 500k
+    assert share([cam, screen, capped], 450_000 + 350_000) == {1: 0, 2: 1, 3: 0}
+    # screenshare's lowest layer before the camera's when not both fit
+    assert share([cam, screen], 200_000) == {1: PAUSED, 2: 0}
+    assert share([cam], 100_000) == {1: PAUSED}
+    assert share([], 1_000) == {}
+
+
+def test_layer_bitrates_are_measured_per_window() -> None:
+    bitrates = LayerBitrates()
+    bitrates.sample([0, 0], 10.0)
+    bitrates.sample([1_000, 9_000], 10.5)  # within the window: ignored
+    assert bitrates.bps == []
+    bitrates.sample([12_500, 62_500], 10.0 + 2 * BITRATE_WINDOW_S)
+    assert bitrates.bps == [int(12_500 * 8 / (2 * BITRATE_WINDOW_S)), int(62_500 * 8 / (2 * BITRATE_WINDOW_S))]
+
+
+async def test_measured_bitrates_override_advertised_and_a_silent_layer_keeps_a_price(
+        node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    monkeypatch.setattr(publication_module, "time", SimpleNamespace(monotonic=clock))
+    alice = join(node, "alice")
+    video = publish_video(alice)
+    counts = [0, 0, 0]
+    node.engine.receiver_stats = lambda receiver_id: {"layers": [{"bytes": b} for b in counts]}
+    assert video.layer_bitrates(node.engine) == LAYER_BPS  # nothing measured yet: advertised
+    clock.now += BITRATE_WINDOW_S
+    counts[:] = [25_000, 75_000, 0]  # the top layer is not flowing (dynacast turned it off)
+    measured = [int(sent * 8 / BITRATE_WINDOW_S) for sent in counts[:2]]
+    assert video.layer_bitrates(node.engine) == (*measured, LAYER_BPS[2])
+
+
+# ---------------------------------------------------------------- allocation under an estimate
+
+async def test_without_an_estimate_tracks_get_what_is_asked(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    [downtrack] = start(node, bob, publish_video(alice))
+    assert node.engine.layers[downtrack] == TOP_LAYER and node.engine.paused[downtrack] is False
+    bob.allocator.on_estimate(5_000_000)
+    assert node.engine.layers[downtrack] == 2
+    bob.allocator.on_estimate(None)
+    assert node.engine.layers[downtrack] == TOP_LAYER
+
+
+async def test_audio_is_reserved_and_video_pauses_below_its_lowest_layer(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    bob.allocator.clock = clock = Clock()
+    video, audio = publish_video(alice), publish(alice, "audio", "mic")
+    video_dt, audio_dt = start(node, bob, video, audio)
+    bob.allocator.on_estimate(DEFAULT_AUDIO_BPS + LAYER_BPS[0] - 1, congested=True)
+    assert node.engine.paused[video_dt] is True and node.engine.paused[audio_dt] is False
+    assert stream_states(bob) == [(video.sid, rtc.StreamState.PAUSED)]
+    assert node.counters["stream_paused_bandwidth"] == 1
+    assert not sink(bob).of("mute") and not video.info.muted  # a bandwidth pause is not a mute
+    assert video.sid in bob.subscriptions
+    # The client hides the paused tile (disables the track), then shows it again: still one bandwidth pause.
+    for disabled in (True, False):
+        bob.update_track_settings(rtc.UpdateTrackSettings(track_sids=[video.sid], disabled=disabled))
+    assert node.engine.paused[video_dt] is True and len(stream_states(bob)) == 1
+    # Recovers only when the lowest layer fits with the upgrade margin, not congested, after the hold time.
+    bob.allocator.on_estimate(DEFAULT_AUDIO_BPS + LAYER_BPS[0] * 1.2, congested=True)
+    assert node.engine.paused[video_dt] is True
+    bob.allocator.on_estimate(DEFAULT_AUDIO_BPS + LAYER_BPS[0] * 1.2)
+    assert node.engine.paused[video_dt] is True  # within the hold time
+    clock.now += UPGRADE_HOLD_S
+    bob.allocator.on_estimate(DEFAULT_AUDIO_BPS + LAYER_BPS[0] * 1.2)
+    assert node.engine.paused[video_dt] is False and node.engine.layers[video_dt] == 0
+    assert stream_states(bob) == [(video.sid, rtc.StreamState.PAUSED), (video.sid, rtc.StreamState.ACTIVE)]
+
+
+async def test_steps_down_at_once_and_up_with_margin_without_flapping(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    bob.allocator.clock = clock = Clock()
+    [downtrack] = start(node, bob, publish_video(alice))
+    layers: list[int] = []
+    node.engine.set_target_layer = lambda dt, layer: layers.append(layer)
+    bob.allocator.on_estimate(5_000_000)
+    bob.allocator.on_estimate(600_000)  # 150k + 350k fits, the top layer does not
+    assert layers == [2, 1]
+    for estimate in (520_000, 560_000, 600_000, 520_000) * 3:  # noise around the boundary: no switch
+        clock.now += 1
+        bob.allocator.on_estimate(estimate)
+    assert layers == [2, 1]
+    bob.allocator.on_estimate(1_500_000 * 1.1)  # fits, but not with the margin
+    assert layers == [2, 1]
+    bob.allocator.on_estimate(1_500_000 * 1.2)
+    assert layers == [2, 1, 2]
+    assert node.engine.paused[downtrack] is False and stream_states(bob) == []
+
+
+async def test_the_subscribers_own_cap_bounds_the_allocation(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    video = publish_video(alice)
+    [downtrack] = start(node, bob, video)
+    bob.update_track_settings(rtc.UpdateTrackSettings(track_sids=[video.sid], quality=models.VideoQuality.MEDIUM))
+    bob.allocator.on_estimate(10_000_000)
+    assert node.engine.layers[downtrack] == 1
+    bob.update_track_settings(rtc.UpdateTrackSettings(track_sids=[video.sid], disabled=True))
+    assert node.engine.paused[downtrack] is True
+    bob.allocator.on_estimate(10_000)  # disabled by the subscriber: not a bandwidth pause
+    assert stream_states(bob) == []
+
+
+async def test_screenshare_before_camera_and_each_subscriber_alone(node: FakeNode) -> None:
+    alice, bob, carol = join(node, "alice"), join(node, "bob"), join(node, "carol")
+    camera, screen = publish_video(alice), publish_video(alice, "screen", models.TrackSource.SCREEN_SHARE)
+    bob_camera, bob_screen = start(node, bob, camera, screen)
+    carol_camera, carol_screen = start(node, carol, camera, screen)
+    bob.allocator.on_estimate(200_000)  # narrow: one lowest layer fits
+    carol.allocator.on_estimate(20_000_000)  # wide
+    assert (node.engine.layers[bob_screen], node.engine.paused[bob_camera]) == (0, True)
+    assert node.engine.paused[bob_screen] is False
+    assert (node.engine.layers[carol_screen], node.engine.layers[carol_camera]) == (2, 2)
+    assert node.engine.paused[carol_camera] is False
+
+
+# ---------------------------------------------------------------- dynacast
+
+async def test_dynacast_enables_at_once_disables_after_the_delay(node: FakeNode) -> None:
+    alice, bob, carol = join(node, "alice"), join(node, "bob"), join(node, "carol")
+    video = publish_video(alice)
+    fast_dynacast(node, video)
+    [bob_dt] = start(node, bob, video)
+    bob.update_track_settings(rtc.UpdateTrackSettings(track_sids=[video.sid], quality=models.VideoQuality.LOW))
+    assert quality_updates(alice) == []  # still on until the delay has passed
+    await asyncio.sleep(0.1)
+    assert quality_updates(alice) == [(video.sid, [True, False, False])]
+    [update] = sink(alice).of("subscribed_quality_update")
+    assert update.subscribed_codecs[0].codec == "vp8" and list(update.subscribed_qualities) == list(
+        update.subscribed_codecs[0].qualities)
+    [carol_dt] = start(node, carol, video)  # a full-quality subscriber: on at once (the same loop turn)
+    await asyncio.sleep(0)
+    assert quality_updates(alice)[-1] == (video.sid, [True, True, True])
+    # carol is still forwarded the top layer while she switches down: it stays on until she is off it
+    node.engine.forwarded[carol_dt] = 2
+    carol.update_track_settings(rtc.UpdateTrackSettings(track_sids=[video.sid], quality=models.VideoQuality.MEDIUM))
+    await asyncio.sleep(0.1)
+    assert len(quality_updates(alice)) == 2
+    node.engine.forwarded[carol_dt] = 1  # the switch is done: the top layer goes off at the next look
+    await asyncio.sleep(0.1)
+    assert quality_updates(alice)[-1] == (video.sid, [True, True, False])
+    # nobody subscribed: everything off after the delay
+    carol.update_subscriptions({video.sid}, False)
+    bob.update_subscriptions({video.sid}, False)
+    await asyncio.sleep(0.1)
+    assert quality_updates(alice)[-1] == (video.sid, [False, False, False])
+
+
+async def test_dynacast_follows_bandwidth_pauses_and_unwatched_tracks_turn_off(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    video = publish_video(alice)
+    fast_dynacast(node, video, initial_delay=0.05)
+    unwatched = publish_video(alice, "unwatched")
+    fast_dynacast(node, unwatched, initial_delay=0.05)
+    [downtrack] = start(node, bob, video)
+    bob.allocator.on_estimate(10_000)
+    assert node.engine.paused[downtrack] is True
+    await asyncio.sleep(0.15)
+    assert sorted(quality_updates(alice)) == sorted([(video.sid, [False, False, False]),
+                                                     (unwatched.sid, [False, False, False])])
