@@ -17,9 +17,11 @@ from clients import connect, until
 import engine
 from engine import twcc
 from media import decoded_video, wait_for_tracks
+from netlab import DetailedVideo
 from signaling.peer.dtls import srtp_sessions
 from signaling.peer.transport import TransportManager
 from test_hostile_media import load_room, still_receives
+from test_netlab import SHAPED_KBIT, Call
 
 UNIT = 250          # µs per receive delta
 REFERENCE = 64000   # µs per reference time unit
@@ -205,43 +207,6 @@ def test_bandwidth_events_reach_the_transport_managers_hook() -> None:
 
 # ---- end to end: a LiveKit Python SDK publisher and subscriber (libwebrtc inside) against a real server ----------
 
-HD_WIDTH, HD_HEIGHT = 1280, 720
-
-
-class DetailedPublisher:
-    """A 1280x720 simulcast camera track of moving noise (detail the encoder must spend bits on), no audio."""
-
-    def __init__(self, room) -> None:
-        self.room = room
-        self.source = rtc.VideoSource(HD_WIDTH, HD_HEIGHT)
-        rng = np.random.default_rng(7)
-        noise = rng.integers(0, 256, (HD_HEIGHT // 8, HD_WIDTH // 8, 4), dtype=np.uint8)
-        self.image = np.kron(noise, np.ones((8, 8, 1), dtype=np.uint8))  # 8x8 blocks: detail, yet compressible
-        self.image[..., 3] = 255
-        self.task = None
-
-    async def start(self) -> None:
-        track = rtc.LocalVideoTrack.create_video_track("camera", self.source)
-        await self.room.local_participant.publish_track(
-            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True))
-        self.track = track
-        self.task = asyncio.create_task(self._frames())
-
-    async def _frames(self) -> None:
-        shift = 0
-        while True:
-            shift = (shift + 8) % HD_WIDTH
-            frame = np.roll(self.image, shift, axis=1)
-            self.source.capture_frame(rtc.VideoFrame(HD_WIDTH, HD_HEIGHT, rtc.VideoBufferType.RGBA, frame.tobytes()))
-            await asyncio.sleep(1 / 30)
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-
-
 async def publisher_send_side(track) -> tuple[float, dict[str, float]]:
     """The SDK publisher's libwebrtc view: its send-side estimate (candidate-pair availableOutgoingBitrate) and
     each simulcast layer's targetBitrate by rid."""
@@ -258,7 +223,7 @@ async def test_publisher_and_subscriber_estimators_run_on_transport_cc(server) -
     room = "twcc-room"
     publisher_room = await connect(server, "pub", room)
     subscriber_room = await connect(server, "sub", room)
-    publisher = DetailedPublisher(publisher_room)
+    publisher = DetailedVideo(publisher_room)
     try:
         await publisher.start()
         tracks = await wait_for_tracks(subscriber_room, 1)
@@ -289,7 +254,7 @@ async def test_publisher_and_subscriber_estimators_run_on_transport_cc(server) -
         # Subscriber side: its libwebrtc answers our transport-wide numbers with feedback, which the send history
         # resolves (nothing unmatched) into an estimate exported per subscriber.
         frames = await decoded_video(tracks["video"], frames=30)
-        assert (frames[-1].width, frames[-1].height) == (HD_WIDTH, HD_HEIGHT)
+        assert (frames[-1].width, frames[-1].height) == (1280, 720)
         await until(lambda: server.counters().get("twcc_feedback_received", 0) >= 10, timeout=10)
         counters = server.counters()
         assert counters["twcc_unmatched"] <= counters["twcc_feedback_received"], counters  # a stray first report at most
@@ -334,3 +299,25 @@ async def test_hostile_feedback_is_dropped_and_counted_while_media_flows(server)
         assert await still_receives(clients, subscriber)
     finally:
         await clients.close()
+
+
+async def test_a_subscriber_behind_a_narrow_link_gets_an_estimate_below_it(lab_server) -> None:
+    """A LiveKit SDK subscriber in the network lab behind 600 kbit/s of a 1280x720 simulcast publisher: its TWCC
+    feedback over the real bottleneck brings the engine's estimate for it under the link within seconds, and the
+    change reaches Python as bandwidth events (the allocator's input). Nothing adapts the layer yet."""
+    lab, server = lab_server
+    lab.shape(SHAPED_KBIT)
+    estimates: list[float] = []
+
+    async def watch() -> None:
+        for _ in range(24):
+            await asyncio.sleep(0.5)
+            estimates.extend(value for name, _, value in server.metrics() if name == "tern_subscriber_bandwidth_bps")
+
+    async with Call(lab, server) as call:
+        result, _ = await asyncio.gather(call.subscriber("narrow", seconds=12), watch())
+    assert result["connected"] and result["inbound"]["packets_received"] > 0, result
+    print(f"estimate behind {SHAPED_KBIT} kbit/s, every 0.5 s (kbit/s): {[round(e / 1000) for e in estimates]}")
+    counters = server.counters()
+    assert counters["twcc_feedback_received"] > 20 and counters["bandwidth_events"] >= 2, counters
+    assert estimates and min(estimates) <= SHAPED_KBIT * 1000 * 1.2, estimates
