@@ -4,11 +4,12 @@ The packets themselves never reach Python (DESIGN.md, "The hot path"). Per reada
 read (udpmux.pyx), demultiplexed, unprotected and bound to their streams (demux.pyx), turned into ExtPackets
 (packet.pxd, codecs/) and forwarded DownTrack by DownTrack (fanout.pyx: forwarder.pyx, munger.pyx, downtrack.pyx)
 into the send batch, which leaves with sendmmsg and UDP GSO. RTCP feedback and reports are feedback.pyx and
-reports.pyx; a timer drives their periodic parts. All of them share one EngineState (state.pxd), which this class
-owns. Only STUN, DTLS and layer events come up to Python, and only what C let through: STUN Binding requests whose
-USERNAME names a live transport's ufrag (stun.pyx; aioice then checks MESSAGE-INTEGRITY), success responses to our
-own consent checks (expect_stun_response), DTLS from a transport's bound address, each within per-transport,
-fair-share and per-window rates (state.pxd). Engine methods must be called from the event loop's thread.
+reports.pyx, transport-cc both ways is transportcc.pyx; a timer drives their periodic parts. All of them share one
+EngineState (state.pxd), which this class owns. Only STUN, DTLS, layer and bandwidth events come up to Python, and
+only what C let through: STUN Binding requests whose USERNAME names a live transport's ufrag (stun.pyx; aioice then
+checks MESSAGE-INTEGRITY), success responses to our own consent checks (expect_stun_response), DTLS from a
+transport's bound address, each within per-transport, fair-share and per-window rates (state.pxd); a subscriber
+transport's estimate changes, at most one per RTCP datagram. Engine methods must be called from the event loop's thread.
 """
 import logging
 import os

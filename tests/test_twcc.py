@@ -1,6 +1,10 @@
 """Transport-wide congestion control: the feedback codec (engine/twcc.pyx) against an independent reading of the
-draft (a small parser written here from draft-holmer-rmcat-transport-wide-cc-extensions-01 section 3.1), and
-garbage; the engine end to end with the LiveKit Python SDK further down."""
+draft (a small parser written here from draft-holmer-rmcat-transport-wide-cc-extensions-01 section 3.1) and garbage;
+the publisher-side receive record; then end to end with LiveKit's Python SDK (libwebrtc) and Chromium's estimators
+against a real server: feedback to publishers at LiveKit's cadence with no REMB, subscribers' feedback resolved
+against the send history into the bandwidth estimate (also behind a shaped link in the network lab), and hostile
+feedback dropped and counted.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -257,7 +261,7 @@ async def test_publisher_and_subscriber_estimators_run_on_transport_cc(server) -
         assert (frames[-1].width, frames[-1].height) == (1280, 720)
         await until(lambda: server.counters().get("twcc_feedback_received", 0) >= 10, timeout=10)
         counters = server.counters()
-        assert counters["twcc_unmatched"] <= counters["twcc_feedback_received"], counters  # a stray first report at most
+        assert counters["twcc_unmatched"] == 0, counters
         assert counters["bandwidth_events"] >= 1
         subscriber_sid = subscriber_room.local_participant.sid
         estimates = {labels["participant"]: value for name, labels, value in server.metrics()
