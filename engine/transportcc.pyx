@@ -8,11 +8,11 @@ from engine.bwe cimport Bwe, bwe_congested, bwe_estimate_bps, bwe_init, bwe_on_f
 from engine.rtcp cimport parse_remb
 from engine.rtp cimport find_extension
 from engine.state cimport (E_BANDWIDTH, S_BANDWIDTH_EVENTS, S_DROP_MALFORMED, S_REMB_RECEIVED,
-                           S_TWCC_FEEDBACK_RECEIVED, S_TWCC_LATE, S_TWCC_FEEDBACK_SENT, S_TWCC_UNMATCHED, SEND_BUF, TWCC_HISTORY,
-                           queue_event, transport_ready)
-from engine.twcc cimport (TWCC_LATE, TwccFeedback, TwccHistory, TwccRecorder, twcc_history_init, twcc_history_resolve,
-                          twcc_parse, twcc_recorder_add, twcc_recorder_feedback, twcc_recorder_full,
-                          twcc_recorder_init)
+                           S_TWCC_FEEDBACK_RECEIVED, S_TWCC_FEEDBACK_SENT, S_TWCC_LATE, S_TWCC_UNMATCHED, SEND_BUF,
+                           TWCC_HISTORY, queue_event, transport_ready)
+from engine.twcc cimport (TWCC_LATE, TwccFeedback, TwccHistory, TwccRecorder, twcc_history_init,
+                          twcc_history_resolve, twcc_parse, twcc_recorder_add, twcc_recorder_feedback,
+                          twcc_recorder_full, twcc_recorder_init)
 from engine.udpmux cimport send_rtcp, send_slot_buffer, send_take_slot
 from engine.wire cimport load16
 

@@ -1,7 +1,7 @@
 # Transport-wide congestion control feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01, RTCP RTPFB fmt 15):
 # building one from arrival times and parsing one into per-packet results; and the receive record a publisher
 # transport keeps between feedbacks. C-level, nogil, no allocation, bounded by the input's length.
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from engine.bwe cimport BwePacketResult
 
@@ -80,20 +80,22 @@ cdef int twcc_recorder_feedback(TwccRecorder *rec, uint8_t *out, int cap, uint32
 
 cdef enum:
     # Packets a subscriber transport remembers after sending them (a power of two), to resolve its feedback:
-    # libwebrtc reports every 50-250 ms, so 2048 covers > 1 s at 1,500 packets/s (~15 Mbit/s of video).
-    TWCC_HISTORY = 2048
+    # libwebrtc reports every 50-250 ms, so 1024 covers ~0.7 s at 1,500 packets/s (~15 Mbit/s of video), 4 s of a
+    # 720p simulcast top layer. 16 KiB per subscriber transport (the fan-out writes one entry per packet: kept small).
+    TWCC_HISTORY = 1024
+    TWCC_MAX_PROBE_CLUSTER = 32767  # probe cluster ids the history can tag (the prober wraps them)
 
-cdef struct TwccSent:
-    int64_t seq               # unwrapped transport-wide sequence number; -1 = empty
+cdef struct TwccSent:         # 16 bytes
     int64_t send_us
-    int32_t size              # RTP bytes (before SRTP)
-    int32_t probe_cluster     # the probe cluster running when it was sent, -1 for none
+    uint32_t seq              # low 32 bits of the unwrapped transport-wide sequence number (+1: 0 = empty)
+    uint16_t size             # RTP bytes (before SRTP)
+    int16_t probe_cluster     # the probe cluster running when it was sent, -1 for none
 
 # A subscriber transport's transport-wide sequence numbers and send history.
 cdef struct TwccHistory:
     TwccSent sent[<int>TWCC_HISTORY]
     int64_t next_seq          # unwrapped number of the next packet stamped
-    int32_t probe_cluster     # tags every packet sent while it is >= 0 (the prober's hook; bwe.pxd's contract)
+    int16_t probe_cluster     # tags every packet sent while it is >= 0 (the prober's hook; bwe.pxd's contract)
 
 cdef void twcc_history_init(TwccHistory *history, uint16_t first_seq) noexcept nogil
 # Resolves parsed feedback `results` against the history into `out` (in the same order), skipping the packets it
@@ -106,8 +108,8 @@ cdef inline void twcc_history_add(TwccHistory *history, int32_t size, int64_t no
     """Notes that the packet stamped with next_seq left (`size` RTP bytes) and moves on to the next number (inline:
     it runs per forwarded packet)."""
     cdef TwccSent *e = &history.sent[history.next_seq & (TWCC_HISTORY - 1)]
-    e.seq = history.next_seq
+    e.seq = <uint32_t>(history.next_seq + 1)
     e.send_us = now
-    e.size = size
+    e.size = <uint16_t>size
     e.probe_cluster = history.probe_cluster
     history.next_seq += 1

@@ -280,7 +280,7 @@ cdef int twcc_recorder_feedback(TwccRecorder *rec, uint8_t *out, int cap, uint32
 cdef void twcc_history_init(TwccHistory *history, uint16_t first_seq) noexcept nogil:
     cdef int i
     for i in range(TWCC_HISTORY):
-        history.sent[i].seq = -1
+        history.sent[i].seq = 0
     history.next_seq = first_seq
     history.probe_cluster = -1
 
@@ -293,7 +293,7 @@ cdef int twcc_history_resolve(const TwccHistory *history, const TwccResult *resu
     for i in range(count):
         u = last - <uint16_t>(<uint16_t>last - results[i].seq)  # the latest number sent with these 16 bits
         e = &history.sent[u & (TWCC_HISTORY - 1)]
-        if u < 0 or e.seq != u:
+        if u < 0 or e.seq != <uint32_t>(u + 1):
             unmatched[0] += 1
             continue
         out[n].seq = u

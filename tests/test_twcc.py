@@ -289,7 +289,8 @@ async def test_hostile_feedback_is_dropped_and_counted_while_media_flows(server)
             words = (8 + len(body) + 3) // 4
             packets.append(struct.pack("!BBHII", 0x80 | fmt, pt, words, 0x5EED, 0) + body.ljust(words * 4 - 8, b"\0"))
         # 65535 packets claimed in run-length chunks of "received, small delta" without the deltas
-        packets.append(struct.pack("!BBHIIHHI", 0x8F, 205, 12, 0x5EED, 0, 0, 0xFFFF, 0) + struct.pack("!H", 0x3FFF) * 16)
+        packets.append(struct.pack("!BBHIIHHI", 0x8F, 205, 12, 0x5EED, 0, 0, 0xFFFF, 0)
+                       + struct.pack("!H", 0x3FFF) * 16)
         # a well-formed report for numbers this transport never sent
         packets.append(twcc.build(12345, [1_000_000 + 1000 * i for i in range(100)], sender_ssrc=0x5EED)[0])
         for packet in packets:
