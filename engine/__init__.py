@@ -3,8 +3,9 @@
 Modules (each opens with its job): engine.pyx (Engine: control API, loop glue, stats), state.pxd (the shared C
 state), path (UDP v4/v6 addresses), udpmux (recvmmsg/sendmmsg/GSO), demux (RFC 7983, SRTP, stream binding, RTX ->
 ExtPacket, packet.pxd), codecs/ (vp8, h264, vp9, av1, describe), receiver + packetcache, fanout, forwarder, munger,
-downtrack, feedback (NACK/PLI/FIR), reports (SR/RR/SDES/REMB); rtp, rtcp, srtp, table, wire, batchio underneath.
+downtrack, feedback (NACK/PLI/FIR), reports (SR/RR/SDES/REMB), transportcc (transport-cc both ways: twcc codec,
+bwe estimator); rtp, rtcp, srtp, table, wire, batchio underneath.
 """
-from .engine import EV_DTLS, EV_RECEIVER_LAYER, EV_STUN, Engine
+from .engine import EV_BANDWIDTH, EV_DTLS, EV_RECEIVER_LAYER, EV_STUN, EXT_TRANSPORT_CC, Engine
 
-__all__ = ["EV_DTLS", "EV_RECEIVER_LAYER", "EV_STUN", "Engine"]
+__all__ = ["EV_BANDWIDTH", "EV_DTLS", "EV_RECEIVER_LAYER", "EV_STUN", "EXT_TRANSPORT_CC", "Engine"]

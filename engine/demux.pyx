@@ -28,6 +28,9 @@ from engine.state cimport (DTLS_EVENTS_PER_SECOND, E_DTLS, E_LAYER, E_STUN, EVEN
                            S_DROP_UNPROTECT, S_DTLS_IN, S_KEYFRAMES, S_PACKETS_IN, S_RR_RECEIVED, S_RTCP_IN, S_RTP_IN,
                            S_RTX_RECOVERED, S_SR_RECEIVED, S_SRTP_STREAMS_REMOVED, S_STUN_IN,
                            STUN_EVENTS_PER_SECOND, Transport, bucket_refill, queue_event, stream_key)
+from engine.transportcc cimport (transportcc_estimate_event, transportcc_feedback, transportcc_received,
+                                 transportcc_remb)
+from engine.twcc cimport TWCC_FMT
 from engine.stun cimport STUN_MALFORMED, STUN_NOT_REQUEST, STUN_OK, STUN_RESPONSE, stun_check, ufrag_key
 from engine.table cimport map_get, map_put, map_remove
 from engine.wire cimport load16, load32, store16, store32
@@ -439,6 +442,9 @@ cdef void handle_rtp(EngineState *s, int t, uint8_t *buf, int length, int64_t no
     r = s.receivers[v >> 8]
     l = (v >> 1) & 0x7F
     layer = &r.layers[l]
+    if r.ext_transport_cc:
+        # Every packet that arrived counts for the publisher's estimator, RTX and padding-only probes included.
+        transportcc_received(s, t, buf, &h, r.ext_transport_cc, now)
     if v & 1:
         # RTX (RFC 4588): the payload starts with the original sequence number; rebuild the original in place.
         if h.payload_length <= 2:
@@ -496,8 +502,8 @@ cdef void receive(EngineState *s, Receiver *r, int l, const uint8_t *buf, int le
 # ---------------------------------------------------------------- RTCP
 
 cdef void handle_rtcp(EngineState *s, int t, uint8_t *buf, int length, int64_t now) noexcept nogil:
-    """Walks a compound packet: sender reports to reports.pyx, keyframe requests and NACKs to feedback.pyx.
-    Transport-wide congestion control feedback (RTPFB fmt 15) from subscribers will go to twcc.pyx from here."""
+    """Walks a compound packet: sender reports to reports.pyx, keyframe requests and NACKs to feedback.pyx,
+    transport-wide congestion control feedback (RTPFB fmt 15) and REMB (PSFB fmt 15) to transportcc.pyx."""
     cdef RtcpHeader rh
     cdef SenderInfo info
     cdef uint32_t sender, media
@@ -505,6 +511,7 @@ cdef void handle_rtcp(EngineState *s, int t, uint8_t *buf, int length, int64_t n
     cdef int64_t v
     cdef const uint8_t *p
     cdef bint ok
+    cdef bint estimate_input = False, first_twcc = False
     cdef uint32_t first_sender
     if length < 8:
         s.counters[<int>S_DROP_MALFORMED] += 1
@@ -521,7 +528,7 @@ cdef void handle_rtcp(EngineState *s, int t, uint8_t *buf, int length, int64_t n
         p = buf + offset
         if parse_rtcp_header(p, length - offset, &rh) < 0:
             s.counters[<int>S_DROP_MALFORMED] += 1
-            return
+            break
         if rh.packet_type == RTCP_SR:
             s.counters[<int>S_SR_RECEIVED] += 1
             if parse_sender_info(p, rh.total_length, &info) == 0:
@@ -539,9 +546,17 @@ cdef void handle_rtcp(EngineState *s, int t, uint8_t *buf, int length, int64_t n
                 v = map_get(&s.downtrack_ssrcs, stream_key(t, media))
                 if v >= 0:
                     feedback_keyframe_request(s, s.downtracks[v], now)
+        elif rh.packet_type == RTCP_RTPFB and rh.count == TWCC_FMT:
+            first_twcc |= transportcc_feedback(s, t, p, rh.total_length, now)
+            estimate_input = True
+        elif rh.packet_type == RTCP_PSFB and rh.count == 15:
+            transportcc_remb(s, t, p, rh.total_length, now)
+            estimate_input = True
         elif rh.packet_type == RTCP_RTPFB and rh.count == 1:
             if parse_feedback_ssrcs(p, rh.total_length, &sender, &media) == 0:
                 v = map_get(&s.downtrack_ssrcs, stream_key(t, media))
                 if v >= 0:
                     feedback_nack(s, s.downtracks[v], media, p, rh.total_length, now)
         offset += rh.total_length
+    if estimate_input:
+        transportcc_estimate_event(s, t, first_twcc, now)

@@ -6,7 +6,8 @@ from engine.packet cimport ExtPacket
 
 cdef enum:
     SEQMAP_SIZE = 1024        # output packets remembered for NACK (a power of two)
-    WRITE_GROWTH = 6          # downtrack_write may add this much to the input: extension header + RTX OSN
+    WRITE_GROWTH = 12         # downtrack_write may add this much to the input: our transport-cc element (with a
+                              # block header and padding, 8) + RTX OSN (2), rounded up
 
 cdef struct SeqMapEntry:
     # One packet as the Munger numbered it for the subscriber, so its NACK can be answered from the Receiver's cache.
@@ -27,7 +28,9 @@ cdef struct DownTrack:
     uint32_t rtx_ssrc         # 0 = no RTX: NACKed packets are resent as they were
     uint8_t payload_type
     uint8_t rtx_payload_type
-    uint8_t ext_map[256]      # publisher extension id -> subscriber id, 0 = strip
+    uint8_t ext_map[256]      # publisher extension id -> subscriber id, 0 = strip (the publisher's transport-cc
+                              # always: its numbers are not ours)
+    uint8_t ext_transport_cc  # the subscriber's transport-cc id: we write the transport's next number, 0 = none
     # Forwarder (forwarder.pyx)
     int current_layer         # -1 = waiting for a first keyframe
     int max_layer             # cap on the target (the StreamAllocator's hook)
@@ -73,5 +76,7 @@ cdef void downtrack_free(DownTrack *d) noexcept nogil
 # start point (a keyframe for video) and re-anchor there, so the output numbering continues from the last packet sent.
 cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil
 # Writes the packet `p` as mapped by `e` (or, with as_rtx, its RFC 4588 retransmission) into `out`, which has room
-# for p.h.header_length + p.h.payload_length + WRITE_GROWTH bytes; returns the length.
-cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, bint as_rtx, uint8_t *out) noexcept nogil
+# for p.h.header_length + p.h.payload_length + WRITE_GROWTH bytes, with `transport_seq` in the transport-cc element
+# when d.ext_transport_cc is set; returns the length.
+cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, bint as_rtx, uint16_t transport_seq,
+                         uint8_t *out) noexcept nogil

@@ -33,8 +33,8 @@ cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil:
 
 
 cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, bint as_rtx,
-                         uint8_t *out) noexcept nogil:
-    cdef int header = rewrite_header(p.buf, &p.h, d.ext_map, out)
+                         uint16_t transport_seq, uint8_t *out) noexcept nogil:
+    cdef int header = rewrite_header(p.buf, &p.h, d.ext_map, d.ext_transport_cc, transport_seq, out)
     cdef uint8_t *payload
     store32(out + 4, e.out_ts)
     if as_rtx:

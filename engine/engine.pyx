@@ -4,11 +4,12 @@ The packets themselves never reach Python (DESIGN.md, "The hot path"). Per reada
 read (udpmux.pyx), demultiplexed, unprotected and bound to their streams (demux.pyx), turned into ExtPackets
 (packet.pxd, codecs/) and forwarded DownTrack by DownTrack (fanout.pyx: forwarder.pyx, munger.pyx, downtrack.pyx)
 into the send batch, which leaves with sendmmsg and UDP GSO. RTCP feedback and reports are feedback.pyx and
-reports.pyx; a timer drives their periodic parts. All of them share one EngineState (state.pxd), which this class
-owns. Only STUN, DTLS and layer events come up to Python, and only what C let through: STUN Binding requests whose
-USERNAME names a live transport's ufrag (stun.pyx; aioice then checks MESSAGE-INTEGRITY), success responses to our
-own consent checks (expect_stun_response), DTLS from a transport's bound address, each within per-transport,
-fair-share and per-window rates (state.pxd). Engine methods must be called from the event loop's thread.
+reports.pyx, transport-cc both ways is transportcc.pyx; a timer drives their periodic parts. All of them share one
+EngineState (state.pxd), which this class owns. Only STUN, DTLS, layer and bandwidth events come up to Python, and
+only what C let through: STUN Binding requests whose USERNAME names a live transport's ufrag (stun.pyx; aioice then
+checks MESSAGE-INTEGRITY), success responses to our own consent checks (expect_stun_response), DTLS from a
+transport's bound address, each within per-transport, fair-share and per-window rates (state.pxd); a subscriber
+transport's estimate changes, at most one per RTCP datagram. Engine methods must be called from the event loop's thread.
 """
 import logging
 import os
@@ -31,7 +32,10 @@ from engine.path cimport Path, path_address, path_set
 from engine.receiver cimport (MAX_LAYERS, Layer, Receiver, receiver_free, receiver_new, receiver_take_audio_level,
                               receiver_update_top)
 from engine.reports cimport reports_tick
-from engine.state cimport (BATCH, E_DTLS, E_STUN, MAX_CONSENT_CHECKS, MAX_DOWNTRACKS, MAX_RECEIVERS,
+from engine.bwe cimport Bwe, bwe_congested, bwe_estimate_bps, bwe_loss_fraction, bwe_state
+from engine.transportcc cimport (transportcc_enable_receive, transportcc_enable_send, transportcc_free,
+                                 transportcc_tick)
+from engine.state cimport (BATCH, E_BANDWIDTH, E_DTLS, E_STUN, MAX_CONSENT_CHECKS, MAX_DOWNTRACKS, MAX_RECEIVERS,
                            MAX_TRANSPORTS, RECV_BUF, S_COUNT, S_DROP_SEND_FAILED, S_DROP_SUBSCRIBER_NOT_READY,
                            S_EVENT_ERRORS, S_SRTP_STREAMS_REMOVED, SEND_BUF,
                            SEND_SLOTS, EngineState, Event, Transport, monotonic_us, stream_key)
@@ -44,6 +48,9 @@ log = logging.getLogger(__name__)
 EV_STUN = "stun"
 EV_DTLS = "dtls"
 EV_RECEIVER_LAYER = "receiver_layer"
+EV_BANDWIDTH = "bandwidth"
+BWE_STATES = ("normal", "overusing", "underusing")  # bwe.pxd BWE_* by value
+EXT_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 
 cdef enum:
     MAX_BATCHES = 16          # recvmmsg batches per readable callback, so timers still run under load
@@ -73,19 +80,21 @@ STAT_NAMES = (
     "drop_stun_malformed", "drop_stun_not_request", "drop_stun_no_username", "drop_stun_unknown_ufrag",
     "drop_stun_rate_limited", "drop_dtls_rate_limited", "drop_event_budget", "drop_srtp_stream_limit",
     "srtp_streams_removed", "drop_rtx_budget", "retransmitted_bytes", "stun_responses",
-    "drop_stun_unexpected_response", "drop_ssrc_rebind_rate",
+    "drop_stun_unexpected_response", "drop_ssrc_rebind_rate", "twcc_feedback_sent", "twcc_late",
+    "twcc_feedback_received", "twcc_unmatched", "remb_received", "bandwidth_events",
 )
 assert len(STAT_NAMES) == S_COUNT
 
 
 cdef void run_timers(EngineState *s, int64_t now) noexcept nogil:
     """Every tick: layer availability, then feedback (NACKs to publishers, keyframe requests for DownTracks waiting
-    for a layer) and, every report interval, reports (SR to subscribers, RR + SDES + REMB to publishers)."""
+    for a layer, transport-cc feedback held too long) and, every report interval, reports (SR to subscribers, RR + SDES + REMB to publishers)."""
     cdef int i
     for i in range(s.receiver_end):
         if s.receivers[i] != NULL:
             receiver_update_top(s.receivers[i], now, LAYER_STALE_US)
     feedback_tick(s, now)
+    transportcc_tick(s, now)
     reports_tick(s, now)
 
 
@@ -176,6 +185,7 @@ cdef class Engine:
                 if s.transports[i] != NULL:
                     free(s.transports[i].receivers.items)
                     free(s.transports[i].srtp_ssrc_list)
+                    transportcc_free(s.transports[i])
                     free(s.transports[i])
         free(s.transports)
         free(s.receivers)
@@ -255,6 +265,8 @@ cdef class Engine:
                          *path_address(e.path))
             elif e.kind == E_DTLS:
                 event = (EV_DTLS, e.a, PyBytes_FromStringAndSize(<const char *>e.data, e.length))
+            elif e.kind == E_BANDWIDTH:
+                event = (EV_BANDWIDTH, e.a, e.b, bool(e.c))
             else:
                 event = (EV_RECEIVER_LAYER, e.a, e.b, e.c)
             try:
@@ -388,6 +400,7 @@ cdef class Engine:
             if t.checks[i] and map_get(&self.s.checks, t.checks[i]) == slot:
                 map_remove(&self.s.checks, t.checks[i])
         free(t.receivers.items)
+        transportcc_free(t)
         free(t)
         self.s.transports[<int>slot] = NULL
 
@@ -431,6 +444,10 @@ cdef class Engine:
         r.ext_rrid = extmap.get("urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id", 0) & 0xFF
         if not r.is_video:
             r.ext_audio_level = extmap.get("urn:ietf:params:rtp-hdrext:ssrc-audio-level", 0) & 0xFF
+        r.ext_transport_cc = extmap.get(EXT_TRANSPORT_CC, 0) & 0xFF
+        if r.ext_transport_cc and transportcc_enable_receive(self.s.transports[tslot]) < 0:
+            receiver_free(r)
+            raise MemoryError()
         for l, rid in enumerate(rid_bytes):
             memcpy(r.layers[l].rid, <const char *>rid, len(rid))
             r.layers[l].rid_length = len(rid)
@@ -473,13 +490,22 @@ cdef class Engine:
         self.s.receivers[<int>slot] = NULL
 
     def add_downtrack(self, receiver_id: int, transport_id: int, ssrc: int, rtx_ssrc: int, payload_type: int,
-                      rtx_payload_type: int, extmap: dict) -> int:
+                      rtx_payload_type: int, extmap: dict, transport_cc_id: int = 0) -> int:
+        """A subscriber's copy of a receiver's track on a transport. `extmap` renumbers the publisher's header
+        extensions (its id -> the subscriber's, absent = stripped); the publisher's transport-cc is never forwarded:
+        with `transport_cc_id` (1..14, the subscriber's id for it) each packet carries the transport's own
+        transport-wide sequence number instead, and the transport's feedback feeds its bandwidth estimate."""
         cdef int rslot = self._slot(self._receiver_slots, receiver_id, "receiver")
         cdef int tslot = self._slot(self._transport_slots, transport_id, "transport")
         cdef int slot = _free_slot(<void **>self.s.downtracks, MAX_DOWNTRACKS)
         cdef DownTrack *d
         if slot < 0:
             raise RuntimeError("too many downtracks")
+        if not 0 <= transport_cc_id < 15:
+            raise ValueError("transport_cc_id must be a one-byte extension id (1..14) or 0")
+        if transportcc_enable_send(self.s.transports[tslot], transport_cc_id != 0,
+                                   int.from_bytes(os.urandom(2), "big"), monotonic_us()) < 0:
+            raise MemoryError()
         d = downtrack_new()
         if d == NULL:
             raise MemoryError()
@@ -497,6 +523,8 @@ cdef class Engine:
             # Output uses the one-byte form (ids 1-14); anything else is stripped rather than written corrupt.
             if 0 < source < 256 and 0 < target < 15:
                 d.ext_map[source] = target
+        d.ext_map[self.s.receivers[rslot].ext_transport_cc] = 0
+        d.ext_transport_cc = transport_cc_id
         d.max_layer = MAX_LAYERS - 1
         d.rtx_seq = int.from_bytes(os.urandom(2), "big")
         self.s.downtracks[slot] = d
@@ -574,6 +602,28 @@ cdef class Engine:
 
     def stats(self) -> dict:
         return {name: self.s.counters[i] for i, name in enumerate(STAT_NAMES)}
+
+    def transport_bandwidth(self, transport_id: int) -> dict | None:
+        """The downlink estimate of a subscriber transport (None before it has a DownTrack): `estimate_bps`,
+        `congested` (the allocator must not upgrade), the detector's `state`, `loss_fraction`, whether TWCC
+        feedback drives it (`twcc`, else REMB or nothing yet) and its counters."""
+        cdef Transport *t = self.s.transports[self._slot(self._transport_slots, transport_id, "transport")]
+        cdef Bwe *b = t.bwe
+        if b == NULL:
+            return None
+        return {
+            "estimate_bps": bwe_estimate_bps(b),
+            "congested": bool(bwe_congested(b, monotonic_us())),
+            "state": BWE_STATES[bwe_state(b)] if 0 <= bwe_state(b) < len(BWE_STATES) else "unknown",
+            "loss_fraction": bwe_loss_fraction(b),
+            "twcc": bool(b.twcc_seen),
+            "stamping": t.twcc_tx != NULL,
+            "reports": b.reports,
+            "packets": b.packets,
+            "lost": b.lost,
+            "probes_succeeded": b.probes_succeeded,
+            "probes_failed": b.probes_failed,
+        }
 
     def audio_levels(self, interval: float) -> dict[int, float]:
         """Mean linear audio level (0..1, 1 = 0 dBov) of every receiver that has the audio-level extension,

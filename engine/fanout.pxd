@@ -10,4 +10,5 @@ from engine.state cimport EngineState
 cdef void fanout_batch(EngineState *s, int64_t now) noexcept nogil
 # Writes `d`'s copy of `p` as mapped by `e` (or its RTX form) into a send slot, protects and commits it. False when
 # it was dropped (subscriber not ready, too large, protect failed; counted).
-cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, bint as_rtx) noexcept nogil
+cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, bint as_rtx,
+                      int64_t now) noexcept nogil

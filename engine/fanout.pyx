@@ -1,5 +1,5 @@
 """Fan-out: the batch's ExtPackets to their DownTracks, in an order that lets runs leave as GSO sends."""
-from libc.stdint cimport uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t
 
 from engine cimport srtp
 from engine.downtrack cimport WRITE_GROWTH, downtrack_write
@@ -8,6 +8,7 @@ from engine.munger cimport munger_map
 from engine.receiver cimport Receiver
 from engine.state cimport (BATCH, S_DROP_PROTECT, S_DROP_SUBSCRIBER_NOT_READY, S_DROP_TOO_LARGE, S_FORWARDED,
                            S_LAYER_SWITCHES, S_PAUSED_SKIPPED, SEND_BUF, Transport, transport_ready)
+from engine.twcc cimport TwccHistory, twcc_history_add
 from engine.udpmux cimport send_commit, send_slot_buffer, send_take_slot
 
 
@@ -46,7 +47,7 @@ cdef inline void forward(EngineState *s, DownTrack *d, const ExtPacket *p, int64
     if verdict == FORWARD_SWITCHED:
         s.counters[<int>S_LAYER_SWITCHES] += 1
     e = munger_map(d, p, now)
-    if e != NULL and fanout_send(s, d, p, e, False):
+    if e != NULL and fanout_send(s, d, p, e, False, now):
         d.packets += 1
         d.octets += p.h.payload_length
         s.transports[d.transport].bytes_sent += p.h.header_length + p.h.payload_length  # retransmission budget
@@ -54,9 +55,10 @@ cdef inline void forward(EngineState *s, DownTrack *d, const ExtPacket *p, int64
 
 
 cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const SeqMapEntry *e,
-                      bint as_rtx) noexcept nogil:
+                      bint as_rtx, int64_t now) noexcept nogil:
     cdef Transport *t = s.transports[d.transport]
-    cdef int slot, length
+    cdef TwccHistory *history = t.twcc_tx if d.ext_transport_cc else NULL
+    cdef int slot, length, rtp_length
     cdef uint8_t *out
     if not transport_ready(t):
         s.counters[<int>S_DROP_SUBSCRIBER_NOT_READY] += 1
@@ -66,9 +68,14 @@ cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const Se
         return False
     slot = send_take_slot(s)
     out = send_slot_buffer(s, slot)
-    length = downtrack_write(d, p, e, as_rtx, out)
+    # The transport-wide number is taken here, where the packet's final bytes are written into the send batch
+    # (which leaves in this batch's sendmmsg), and only spent when the packet really goes.
+    length = downtrack_write(d, p, e, as_rtx, <uint16_t>history.next_seq if history != NULL else 0, out)
+    rtp_length = length
     if srtp.protect(t.tx, out, &length) != 0:
         s.counters[<int>S_DROP_PROTECT] += 1
         return False
+    if history != NULL:
+        twcc_history_add(history, rtp_length, now)
     send_commit(s, slot, length, &t.path)
     return True

@@ -77,7 +77,7 @@ cdef void feedback_nack(EngineState *s, DownTrack *d, uint32_t media, const uint
             continue
         packet_set(&packet, cached, cached_length, r, e.layer, now)
         describe_packet(&packet, r.codec, r.is_video)
-        if fanout_send(s, d, &packet, e, d.rtx_ssrc != 0):
+        if fanout_send(s, d, &packet, e, d.rtx_ssrc != 0, now):
             e.last_rtx_us = now
             d.rtx_window_count += 1
             d.retransmissions += 1

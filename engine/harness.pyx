@@ -109,7 +109,7 @@ cdef class DownTrackHarness:
         if e == NULL:
             return None
         out = bytearray(p.h.header_length + p.h.payload_length + WRITE_GROWTH)
-        length = downtrack_write(self.d, &p, e, False, out)
+        length = downtrack_write(self.d, &p, e, False, 0, out)
         self.d.packets += 1
         return bytes(out[:length])
 

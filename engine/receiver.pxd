@@ -67,6 +67,7 @@ cdef struct Receiver:
     uint8_t ext_rid
     uint8_t ext_rrid
     uint8_t ext_audio_level
+    uint8_t ext_transport_cc  # the publisher's transport-cc id (its transport keeps a receive record), 0 = none
     double level_energy       # sum of linear RFC 6464 levels (1.0 = 0 dBov) since the control plane last read it
     uint32_t level_packets    # packets that carried a level since then
     int top_layer             # highest layer with recent packets, -1 = none

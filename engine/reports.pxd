@@ -1,6 +1,6 @@
 # Reports: RTCP that describes streams. SR from publishers (kept per layer, for RR and for the SR we send on); every
 # report interval RR + SDES + REMB to publishers and SR + SDES to subscribers. The bitrate REMB announces is set by
-# the control plane today; a send-side estimate (bwe.pyx, fed by transport-wide CC feedback: twcc.pyx) replaces it.
+# the control plane; publishers that negotiated transport-cc get our feedback instead (transportcc.pyx), no REMB.
 from libc.stdint cimport int64_t, uint8_t
 
 from engine.rtcp cimport SenderInfo

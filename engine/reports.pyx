@@ -67,7 +67,8 @@ cdef void reports_tick(EngineState *s, int64_t now) noexcept nogil:
 
 
 cdef void send_receiver_report(EngineState *s, Transport *t, int64_t now) noexcept nogil:
-    """RR for every publisher layer on `t` + SDES + REMB (so the publisher's encoder ramps up to all layers)."""
+    """RR for every publisher layer on `t` + SDES + REMB (so the publisher's encoder ramps up to all layers) unless
+    transport-cc is negotiated on it."""
     cdef ReportBlock blocks[31]
     cdef uint32_t video_ssrcs[31]
     cdef int count = 0
@@ -99,7 +100,7 @@ cdef void send_receiver_report(EngineState *s, Transport *t, int64_t now) noexce
     if n > 0:
         length += n
     s.counters[<int>S_RR_SENT] += 1
-    if video:
+    if video and t.twcc_rx == NULL:  # with transport-cc the publisher estimates itself; a REMB would cap it
         n = build_remb(out + length, cap - length, t.local_ssrc, s.remb_bitrate, video_ssrcs, video)
         if n > 0:
             length += n

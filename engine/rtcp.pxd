@@ -1,5 +1,5 @@
 # RTCP parsing and building (RFC 3550, 4585, 5104). C-level, nogil, bounds-checked.
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef enum:
     RTCP_SR = 200
@@ -43,6 +43,8 @@ cdef int parse_report_block(const uint8_t *pkt, int length, int index, ReportBlo
 cdef int parse_feedback_ssrcs(const uint8_t *pkt, int length, uint32_t *sender_ssrc, uint32_t *media_ssrc) noexcept nogil
 # Generic NACK FCI (PID + BLP pairs) of the RTPFB packet at `pkt` expanded into sequence numbers; returns how many (<= max_seqs).
 cdef int parse_nack(const uint8_t *pkt, int length, uint16_t *seqs, int max_seqs) noexcept nogil
+# REMB (PSFB fmt 15 "REMB"): the bitrate in bits per second, or -1 when it is not a well-formed REMB.
+cdef int64_t parse_remb(const uint8_t *pkt, int length) noexcept nogil
 # FIR (PSFB fmt 4) entries: first media SSRC; 0 or -1.
 cdef int parse_fir_ssrc(const uint8_t *pkt, int length, uint32_t *media_ssrc) noexcept nogil
 

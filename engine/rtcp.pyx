@@ -1,7 +1,7 @@
 # RTCP parsing and building (RFC 3550, 4585, 5104). The build turns bounds checks off, so every read below is
 # guarded by an explicit length comparison; parsers take the bytes available from `pkt` and re-validate its header.
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memmove, memset
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy, memmove, memset
 
 from engine.wire cimport load16, load32, store16, store32
 
@@ -122,6 +122,20 @@ cdef int parse_fir_ssrc(const uint8_t *pkt, int length, uint32_t *media_ssrc) no
         return -1
     media_ssrc[0] = load32(pkt + 12)    # first FCI entry: SSRC, seq nr, 3 reserved bytes
     return 0
+
+
+cdef int64_t parse_remb(const uint8_t *pkt, int length) noexcept nogil:
+    cdef RtcpHeader h
+    cdef int n = _content_length(pkt, length, &h)
+    cdef int exponent
+    if n < 20 or h.packet_type != RTCP_PSFB or h.count != 15 or memcmp(pkt + 12, b"REMB", 4) != 0:
+        return -1
+    if n < 20 + 4 * <int>pkt[16]:
+        return -1
+    exponent = pkt[17] >> 2
+    if exponent > 40:  # beyond any link (2^18 x 2^40 bps): garbage
+        return -1
+    return <int64_t>(((<uint32_t>(pkt[17] & 3)) << 16) | load16(pkt + 18)) << exponent
 
 
 cdef inline void _write_header(uint8_t *out, int count, int packet_type, int total) noexcept nogil:

@@ -29,9 +29,12 @@ cdef int parse_srtp_header(const uint8_t *buf, int length, RtpHeader *h) noexcep
 cdef int finish_srtp_header(const uint8_t *buf, int length, RtpHeader *h) noexcept nogil
 # Finds element `ext_id` in `h`'s extension block (one- or two-byte form). 1 and *value/*value_length set when found, else 0.
 cdef int find_extension(const uint8_t *buf, const RtpHeader *h, int ext_id, const uint8_t **value, int *value_length) noexcept nogil
-# Writes into `out` (room for at least h.header_length + 4 bytes) the fixed header and CSRCs of `buf`, followed by a
+# Writes into `out` (room for at least h.header_length + 8 bytes) the fixed header and CSRCs of `buf`, followed by a
 # one-byte-form extension block holding only the elements whose id maps to a non-zero id in `id_map[256]`, renumbered
-# (elements whose data cannot fit the one-byte form are dropped). The X bit is set only if an element remains.
+# (elements whose data cannot fit the one-byte form are dropped), then, when `extra_id` is 1..14, an element of
+# ours with the 2 bytes of `extra_value` (the transport-wide sequence number). The X bit is set only if an element
+# remains.
 # Returns the bytes written (the new header length); the caller appends the h.payload_length payload bytes, so the
 # P bit is cleared (padding is not carried over). `h` must come from parse_rtp on the same `buf`.
-cdef int rewrite_header(const uint8_t *buf, const RtpHeader *h, const uint8_t *id_map, uint8_t *out) noexcept nogil
+cdef int rewrite_header(const uint8_t *buf, const RtpHeader *h, const uint8_t *id_map, int extra_id,
+                        uint16_t extra_value, uint8_t *out) noexcept nogil

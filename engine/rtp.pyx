@@ -3,7 +3,7 @@
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset
 
-from engine.wire cimport load16, load32
+from engine.wire cimport load16, load32, store16
 
 cdef enum:
     FIXED_HEADER = 12
@@ -128,10 +128,10 @@ cdef int find_extension(const uint8_t *buf, const RtpHeader *h, int ext_id, cons
     return 0
 
 
-cdef int rewrite_header(const uint8_t *buf, const RtpHeader *h, const uint8_t *id_map,
-                        uint8_t *out) noexcept nogil:
+cdef int rewrite_header(const uint8_t *buf, const RtpHeader *h, const uint8_t *id_map, int extra_id,
+                        uint16_t extra_value, uint8_t *out) noexcept nogil:
     # Output elements are never longer than input ones (the two-byte form spends one byte more per element), so the
-    # rewritten header is at most h.header_length bytes.
+    # rewritten header is at most h.header_length bytes, plus 8 for the extra element (block header, 3, padding).
     cdef int fixed = FIXED_HEADER + 4 * (buf[0] & 0x0F)
     cdef int form = _form(h)
     cdef int pos = 0, elem_id = 0, size = 0, new_id, w
@@ -139,16 +139,18 @@ cdef int rewrite_header(const uint8_t *buf, const RtpHeader *h, const uint8_t *i
     memcpy(out, buf, fixed)
     # The caller appends h.payload_length bytes, i.e. without the padding: clear P along with X.
     out[0] &= 0xCF
-    if form == 0:
-        return fixed
     w = fixed + 4
-    while _next_element(block, h.ext_length, form == 2, &pos, &elem_id, &size):
+    while form != 0 and _next_element(block, h.ext_length, form == 2, &pos, &elem_id, &size):
         new_id = id_map[elem_id]
         if new_id != 0 and new_id <= 14 and 1 <= size <= 16:
             out[w] = <uint8_t>((new_id << 4) | (size - 1))
             memcpy(out + w + 1, block + pos, size)
             w += 1 + size
         pos += size
+    if 0 < extra_id <= 14:
+        out[w] = <uint8_t>((extra_id << 4) | 1)
+        store16(out + w + 1, extra_value)
+        w += 3
     if w == fixed + 4:
         return fixed
     while (w - fixed) & 3:
@@ -183,9 +185,10 @@ def extension(bytes data, int ext_id) -> bytes | None:
     return value[:value_length]
 
 
-def rewrite(bytes data, dict id_map) -> bytes:
-    """`data` with its header extensions renumbered by `id_map` (incoming id -> outgoing id, 0 or absent = drop)
-    and its padding removed. Raises ValueError when `data` is not valid RTP or an id is outside 0..255."""
+def rewrite(bytes data, dict id_map, int extra_id=0, int extra_value=0) -> bytes:
+    """`data` with its header extensions renumbered by `id_map` (incoming id -> outgoing id, 0 or absent = drop),
+    plus a 2-byte element `extra_id` (1..14, 0 = none) holding `extra_value`, and its padding removed. Raises
+    ValueError when `data` is not valid RTP or an id is outside 0..255."""
     cdef RtpHeader h
     cdef uint8_t ids[256]
     cdef const uint8_t *buf = data
@@ -197,6 +200,6 @@ def rewrite(bytes data, dict id_map) -> bytes:
         ids[incoming] = outgoing
     if parse_rtp(buf, len(data), &h) != 0:
         raise ValueError("not a valid RTP packet")
-    out = bytearray(h.header_length + 4)
-    written = rewrite_header(buf, &h, ids, out)
+    out = bytearray(h.header_length + 8)
+    written = rewrite_header(buf, &h, ids, extra_id, <uint16_t>extra_value, out)
     return bytes(out[:written]) + data[h.header_length:h.header_length + h.payload_length]

@@ -4,11 +4,13 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 from engine.batchio cimport iovec, mmsghdr
+from engine.bwe cimport Bwe, BwePacketResult
 from engine.downtrack cimport DownTrack
 from engine.packet cimport ExtPacket
 from engine.path cimport Path, SockAddr
 from engine.receiver cimport Receiver
 from engine.table cimport IntList, U64Map
+from engine.twcc cimport TWCC_HISTORY, TwccHistory, TwccRecorder, TwccResult
 
 cdef enum:
     BATCH = 64                # datagrams per recvmmsg
@@ -81,12 +83,19 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_STUN_RESPONSES          # Binding success responses to our consent checks, let up to Python
     S_DROP_STUN_UNEXPECTED_RESPONSE  # responses (or errors) whose transaction id is none of ours outstanding
     S_DROP_SSRC_REBIND_RATE   # a layer's SSRC changing faster than SSRC_REBINDS_PER_SECOND
+    S_TWCC_FEEDBACK_SENT      # transport-cc feedback to publishers
+    S_TWCC_LATE               # publisher packets that arrived after the feedback covering them (reported lost)
+    S_TWCC_FEEDBACK_RECEIVED  # transport-cc feedback from subscribers (well-formed)
+    S_TWCC_UNMATCHED          # packets a subscriber's feedback names that the send history does not hold
+    S_REMB_RECEIVED           # REMB from subscribers
+    S_BANDWIDTH_EVENTS        # estimate changes raised to Python
     S_COUNT
 
 cdef enum:  # event kinds, queued in C and dispatched to Python after each batch
     E_STUN                    # data + path + transport id (a): a Binding request to the transport's ufrag
     E_DTLS                    # data + transport id (a)
     E_LAYER                   # receiver id (a), layer (b), SSRC (c): a layer's first packet
+    E_BANDWIDTH               # transport id (a), estimate in bps (b), congested (c): a subscriber's estimate moved
 
 cdef enum:
     # Events per second one transport may raise (token buckets, burst = one second's worth). libwebrtc checks a
@@ -160,6 +169,11 @@ cdef struct Transport:
     int64_t rtx_us            # when it was last refilled
     uint64_t bytes_sent       # RTP bytes forwarded to it (retransmissions excluded); at the last rtx refill
     uint64_t bytes_sent_mark
+    # transport-cc (transportcc.pyx), allocated when negotiated: the arrivals of a publisher's packets between our
+    # feedbacks; the sequence numbers, send history and bandwidth estimate of a subscriber's downlink
+    TwccRecorder *twcc_rx
+    TwccHistory *twcc_tx
+    Bwe *bwe                  # with twcc_tx; also fed by the subscriber's REMB
 
 cdef struct RecvBatch:
     uint8_t *bufs             # BATCH buffers of RECV_BUF bytes
@@ -212,6 +226,8 @@ cdef struct EngineState:
     ExtPacket packets[<int>BATCH]  # the batch's RTP packets, received and waiting for the fan-out
     int packet_count
     Event events[<int>BATCH]  # one per datagram at most
+    TwccResult twcc_results[<int>TWCC_HISTORY]  # scratch for one subscriber feedback: parsed, then resolved
+    BwePacketResult bwe_results[<int>TWCC_HISTORY]
     int event_count
     int64_t last_report_us
     uint64_t remb_bitrate

@@ -21,7 +21,8 @@ class NodeCollector(Collector):
         self.node = node
         self.loop = loop
 
-    async def _snapshot(self) -> tuple[dict[str, int], int, int, list[tuple[str, str, int]], Counter[int]]:
+    async def _snapshot(self) -> tuple[dict[str, int], int, int, list[tuple[str, str, int]], Counter[int],
+                                       list[tuple[str, dict]]]:
         # Taken on the event loop: the state it reads is only ever changed there.
         store = self.node.store
         participants = list(store.participants())
@@ -32,11 +33,20 @@ class NodeCollector(Collector):
             for layer in self.node.engine.receiver_stats(publication.receiver_id)["layers"]
         ]
         qualities = Counter(participant.connection_stats.level for participant in participants)
-        return self.node.stats(), len(store.rooms()), len(participants), layers, qualities
+        # Downlink estimates (engine bwe.pyx) of the subscriber transports that have one.
+        bandwidth = []
+        for participant in participants:
+            try:
+                estimate = self.node.engine.transport_bandwidth(participant.subscriber.transport.id)
+            except KeyError:  # its transport is already gone (the participant is leaving)
+                continue
+            if estimate is not None:
+                bandwidth.append((participant.sid, estimate))
+        return self.node.stats(), len(store.rooms()), len(participants), layers, qualities, bandwidth
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         snapshot = asyncio.run_coroutine_threadsafe(self._snapshot(), self.loop).result(5)
-        stats, room_count, participant_count, layers, qualities = snapshot
+        stats, room_count, participant_count, layers, qualities, bandwidth = snapshot
         counters = CounterMetricFamily("tern_events", "Packets, drops and signalling events by name", labels=["name"])
         for name, value in sorted(stats.items()):
             counters.add_metric([name], value)
@@ -57,6 +67,16 @@ class NodeCollector(Collector):
         for track, rid, packets in layers:
             layer_packets.add_metric([track, rid], packets)
         yield layer_packets
+        estimates = GaugeMetricFamily("tern_subscriber_bandwidth_bps",
+                                      "Downlink bandwidth estimate per subscriber (from its TWCC feedback or REMB)",
+                                      labels=["participant"])
+        congested = GaugeMetricFamily("tern_subscriber_congested", "1 while a subscriber's downlink is congested",
+                                      labels=["participant"])
+        for participant, estimate in bandwidth:
+            estimates.add_metric([participant], estimate["estimate_bps"])
+            congested.add_metric([participant], int(estimate["congested"]))
+        yield estimates
+        yield congested
 
 
 def serve_metrics(node: Node, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:

@@ -273,6 +273,12 @@ async def test_js_and_python_exchange_media(server, browser: BrowserPeer):
         assert {p["kind"] for p in published} == {"audio", "video"}
         assert all(p["trackSid"].startswith("TR_") for p in published), published
         _assert_publisher_offers_answered(browser.capture)
+        # Chromium's send-side estimator runs on our transport-cc feedback: it probes past its 300 kbps start,
+        # and no REMB from us caps it.
+        await _poll(lambda: browser.call("publisherEstimate"), lambda bps: bps > 600_000, 15,
+                    "Chromium's send-side estimate to rise on our TWCC feedback")
+        counters = server.counters()
+        assert counters["twcc_feedback_sent"] > 0 and counters["remb_sent"] == 0, counters
 
         # Python receives Chromium's fake camera (a moving pattern) and fake microphone (beeps).
         tracks = await wait_for_tracks(python_room, 2)

@@ -259,8 +259,9 @@ def test_answer_libwebrtc_simulcast_offer():
         "a=rid:q recv", "a=rid:h recv", "a=rid:f recv", "a=simulcast:recv q;h;f"]
     assert "a=rtcp-rsize" in video_lines and "a=rtcp-mux" in video_lines and "a=recvonly" in video_lines
     video = answer.sections[7]
-    assert video.codecs[0].rtcp_fb == ["goog-remb", "ccm fir", "nack", "nack pli"]
-    assert video.extmap == {EXT_MID: 4, EXT_RID: 10, EXT_RRID: 11, EXT_ABS_CAPTURE_TIME: 7}
+    # transport-cc accepted on video (the engine answers with feedback), with the client's id
+    assert video.codecs[0].rtcp_fb == ["goog-remb", "transport-cc", "ccm fir", "nack", "nack pli"]
+    assert video.extmap == {EXT_MID: 4, EXT_RID: 10, EXT_RRID: 11, EXT_ABS_CAPTURE_TIME: 7, EXT_TWCC: 3}
     assert video.rids == [("q", "recv"), ("h", "recv"), ("f", "recv")]
 
     audio = answer.sections[8]

@@ -386,6 +386,11 @@ class TransportManager:
         self.counters: Counter[str] = Counter()
         self._by_id: dict[int, Transport] = {}
         self.on_receiver_layer: Callable[[int, int, int], None] | None = None
+        # The StreamAllocator's input: a subscriber transport's downlink estimate moved by more than the engine's
+        # change threshold or its congestion state changed (engine E_BANDWIDTH, raised on TWCC feedback or REMB):
+        # on_bandwidth(transport, estimate_bps, congested). `congested` means: do not upgrade now.
+        # Engine.transport_bandwidth(transport.id) reads the current estimate at any time.
+        self.on_bandwidth: Callable[[Transport, int, bool], None] | None = None
 
     @property
     def certificate(self) -> Certificate:
@@ -426,3 +431,10 @@ class TransportManager:
         elif kind == engine.EV_RECEIVER_LAYER and self.on_receiver_layer:
             _, receiver_id, layer, ssrc = event
             self.on_receiver_layer(receiver_id, layer, ssrc)
+        elif kind == engine.EV_BANDWIDTH:
+            _, transport_id, estimate_bps, congested = event
+            transport = self._by_id.get(transport_id)
+            if transport is None:
+                self.counters["bandwidth_unknown_transport"] += 1
+            elif self.on_bandwidth is not None:
+                self.on_bandwidth(transport, estimate_bps, congested)

@@ -2,25 +2,29 @@
 subscribers. Turning a codec, an extension (TWCC) or a feedback type on or off is an edit here and nowhere else."""
 from __future__ import annotations
 
-from ..peer.sdp import (EXT_ABS_CAPTURE_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_RID, EXT_RRID, Codec, ReceivePolicy)
+from ..peer.sdp import (EXT_ABS_CAPTURE_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_RID, EXT_RRID, EXT_TRANSPORT_CC, Codec,
+                        ReceivePolicy)
 
-# Accepted from publishers; anything else offered is left out of the answer. transport-cc is deliberately absent:
-# the engine does not send TWCC feedback yet, so publishers keep REMB-driven rates.
+# Accepted from publishers; anything else offered is left out of the answer. transport-cc on video (RTX included),
+# as LiveKit does: the engine sends feedback and stops its REMB, so libwebrtc's send-side estimator sets the rate.
+# Audio keeps none (LiveKit's choice too); goog-remb stays for clients without transport-cc.
 _PUBLISHER_EXTENSIONS = {
     "audio": frozenset({EXT_MID, EXT_AUDIO_LEVEL, EXT_ABS_CAPTURE_TIME}),
-    "video": frozenset({EXT_MID, EXT_RID, EXT_RRID, EXT_ABS_CAPTURE_TIME}),
+    "video": frozenset({EXT_MID, EXT_RID, EXT_RRID, EXT_ABS_CAPTURE_TIME, EXT_TRANSPORT_CC}),
 }
 _PUBLISHER_FEEDBACK = {
     "audio": frozenset({"nack"}),
-    "video": frozenset({"nack", "nack pli", "ccm fir", "goog-remb"}),
+    "video": frozenset({"nack", "nack pli", "ccm fir", "goog-remb", "transport-cc"}),
 }
 
-# Offered to subscribers, numbered here; the engine renumbers the publisher's ids to these.
+# Offered to subscribers, numbered here (one id per URI across the bundle); the engine renumbers the publisher's ids
+# to these, except transport-cc, which it writes itself: the subscriber transport's own sequence numbers, whose
+# feedback drives its bandwidth estimate (video only, as LiveKit's send-side mode: audio is never the one to cut).
 SUBSCRIBER_EXTENSIONS = {
     "audio": {EXT_AUDIO_LEVEL: 1},
-    "video": {},
+    "video": {EXT_TRANSPORT_CC: 3},
 }
-SUBSCRIBER_FEEDBACK = {"audio": ["nack"], "video": ["nack", "nack pli", "ccm fir"]}
+SUBSCRIBER_FEEDBACK = {"audio": ["nack"], "video": ["nack", "nack pli", "ccm fir", "transport-cc"]}
 
 # Simulcast rids ordered from lowest to highest quality (LiveKit's q/h/f and the 2/1/0 alternative).
 _RID_ORDER = {"q": 0, "h": 1, "f": 2, "2": 0, "1": 1, "0": 2}

@@ -80,6 +80,22 @@
     return result;
   }
 
+  // Chromium's send-side estimate for its published video (availableOutgoingBitrate of the nominated candidate
+  // pair, from the video sender's stats), in bits per second; 0 when it has none yet.
+  async function publisherEstimate() {
+    let estimate = 0;
+    for (const publication of room.localParticipant.trackPublications.values()) {
+      const sender = publication.track && publication.track.sender;
+      if (publication.kind !== Track.Kind.Video || !sender) continue;
+      (await sender.getStats()).forEach((stats) => {
+        if (stats.type === "candidate-pair" && stats.nominated && stats.availableOutgoingBitrate) {
+          estimate = Math.max(estimate, stats.availableOutgoingBitrate);
+        }
+      });
+    }
+    return estimate;
+  }
+
   async function publishData(text, topic) {
     await room.localParticipant.publishData(new TextEncoder().encode(text), { reliable: true, topic });
   }
@@ -100,5 +116,7 @@
 
   window.addEventListener("error", (event) => state.errors.push(`error: ${event.message}`));
   window.addEventListener("unhandledrejection", (event) => state.errors.push(`unhandled rejection: ${event.reason}`));
-  window.tern = { state, connect, publishCameraAndMicrophone, inboundStats, publishData, setVideoEnabled, disconnect };
+  window.tern = {
+    state, connect, publishCameraAndMicrophone, inboundStats, publisherEstimate, publishData, setVideoEnabled, disconnect,
+  };
 })();
