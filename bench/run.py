@@ -14,7 +14,9 @@ raw mode: fixed keys, no signaling.
 Which tern is measured: this checkout when its Cython modules are built in place (`pip install -e .` or
 `python setup.py build_ext --inplace`), otherwise the tern installed in this Python (`pip install .`).
 
-Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until loss appears), meeting (P
+Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until loss appears; run twice, with
+transport-cc negotiated both ways as libwebrtc does, subscribers sending feedback every ~100 ms, and then without it
+at the sizes the first run carried without loss, rows "tern-no-twcc"), meeting (P
 participants each publishing audio + video, all subscribed to all), audio (many rooms of 4 talkers), hostile (the
 fanout at about half its zero-loss size, measured without and then with a flood of 20,000 datagrams/s of junk STUN,
 DTLS and RTP from other addresses, junk DTLS from live subscribers' own sockets and Binding requests to their ufrags,
@@ -78,6 +80,7 @@ RAW_KEY = bytes(range(28))  # the baselines' fixed AEAD_AES_128_GCM master key +
 BASELINES = ("c-ceiling", "pure-python")
 COMPARE_SUBSCRIBERS = 500   # the fanout size at which tern and the baselines are compared: forwarding, not the
                             # control plane's fixed cost (pings, timers of 500 participants), dominates there
+NO_TWCC = "tern-no-twcc"    # the forwarder name of fanout rows measured without transport-cc
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -175,9 +178,12 @@ async def measure(name: str, scenario: str, clients: loadtest.LoadClients, pid: 
 
 # ---- scenarios against tern ---------------------------------------------------------------------------------------
 
-async def fanout(steps: list[int], window: float, log: Path, rows: list[Row]) -> dict:
+async def fanout(steps: list[int], window: float, log: Path, rows: list[Row], transport_cc: bool = True) -> dict:
+    """The fanout sweep; without `transport_cc` the clients leave it out of their SDP (the server neither stamps
+    nor estimates) and the rows are named NO_TWCC."""
     server = TernServer(log)
-    clients = loadtest.LoadClients(server.url, API_KEY, API_SECRET)
+    clients = loadtest.LoadClients(server.url, API_KEY, API_SECRET, transport_cc=transport_cc)
+    name = "tern" if transport_cc else NO_TWCC
     summary: dict = {"max_zero_loss_subscribers": 0}
     try:
         await clients.add("fanout", 1, publish=loadtest.MediaPlan(video=True, audio=False), subscribe=False)
@@ -187,7 +193,7 @@ async def fanout(steps: list[int], window: float, log: Path, rows: list[Row]) ->
             subscribers += await clients.add("fanout", n - len(subscribers), hidden=True, concurrency=32)
             await clients.wait_for_media(subscribers, 15)
             await asyncio.sleep(1)  # let joins settle
-            row = await measure("tern", "fanout", clients, server.process.pid, window, f"1 pub -> {n} sub")
+            row = await measure(name, "fanout", clients, server.process.pid, window, f"1 pub -> {n} sub")
             rows.append(row)
             print(_format(row), flush=True)
             if row.lost or clients.errors():
@@ -434,6 +440,8 @@ def main() -> int:
     figures: dict = {"machine": machine()}
     if args.scenario in ("fanout", "all"):
         figures.update(asyncio.run(fanout(steps, window, logs / "tern-bench-fanout.log", rows)))
+        carried = [n for n in steps if n <= max(figures["max_zero_loss_subscribers"], steps[0])]
+        asyncio.run(fanout(carried, window, logs / "tern-bench-fanout-no-twcc.log", rows, transport_cc=False))
         compare = min(COMPARE_SUBSCRIBERS, top)
         for kind in BASELINES:
             row = baseline_fanout(kind, compare, window)
@@ -453,8 +461,9 @@ def main() -> int:
     figures.update(summarize(rows, figures.get("max_zero_loss_subscribers", 0)))
     figures["rows"] = [asdict(row) for row in rows]
     print()
-    for key in ("pps_per_core", "max_zero_loss_subscribers", "p99_added_latency_ms", "rss_per_subscriber_kib",
-                "join_ms", "ratio_c_ceiling", "ratio_pure_python"):
+    for key in ("pps_per_core", "pps_per_core_twcc", "pps_per_core_no_twcc", "twcc_cost", "twcc_compared_at",
+                "max_zero_loss_subscribers", "p99_added_latency_ms", "rss_per_subscriber_kib", "join_ms",
+                "ratio_c_ceiling", "ratio_pure_python"):
         value = figures.get(key)
         print(f"{key:<28} {'unavailable' if value is None else round(value, 3) if isinstance(value, float) else value}")
     if "hostile" in figures:
@@ -485,7 +494,23 @@ def summarize(rows: list[Row], max_zero_loss: int) -> dict:
         base = next((r for r in rows if r.forwarder == kind), None)
         if compare and base and base.packets_per_cpu_second:
             out[key] = compare.packets_per_cpu_second / base.packets_per_cpu_second
+    out.update(twcc_cost(rows))
     return out
+
+
+def twcc_cost(rows: list[Row]) -> dict:
+    """Forwarded packets per CPU-second with transport-cc and without, at the largest fanout both carried without
+    loss (COMPARE_SUBSCRIBERS when they did), and the share of capacity transport-cc costs."""
+    def clean(name: str) -> dict[str, Row]:
+        return {r.clients: r for r in rows if r.forwarder == name and r.scenario == "fanout" and r.lost == 0}
+    with_cc, without = clean("tern"), clean(NO_TWCC)
+    sizes = [label for label in with_cc if label in without]
+    if not sizes:
+        return {"pps_per_core_twcc": None, "pps_per_core_no_twcc": None, "twcc_cost": None}
+    label = next((l for l in sizes if l.endswith(f" {COMPARE_SUBSCRIBERS} sub")), sizes[-1])
+    on, off = with_cc[label].packets_per_cpu_second, without[label].packets_per_cpu_second
+    return {"pps_per_core_twcc": on, "pps_per_core_no_twcc": off, "twcc_cost": 1 - on / off if off else None,
+            "twcc_compared_at": label}
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ built, protected, received and checked in C with the GIL released: no Python obj
 - LoadReceiver: epoll over many sockets, recvmmsg, SRTP unprotect (failures counted), per-SSRC packet counts and
   sequence gaps, and a latency histogram. RTCP, STUN and DTLS are counted and otherwise ignored, except the last
   STUN Binding request on each socket (the server's consent check), kept for the control plane to answer (take_stun).
+  On a socket with transport-cc negotiated it records each packet's transport-wide sequence number and kernel arrival
+  time and sends transport-cc feedback (engine/twcc's builder) every TWCC_FEEDBACK_INTERVAL_NS, as libwebrtc does.
+- Publishers' streams on one transport may share a transport-wide sequence number they stamp (new_transport).
 
 Counters are read from Python while the threads run; they are plain 64-bit words, good enough for statistics.
 The caller keeps the sockets and libsrtp sessions alive until stop() has returned.
@@ -27,6 +30,9 @@ from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, nanoslee
 
 from engine cimport srtp
 from engine.batchio cimport MSG_DONTWAIT, iovec, mmsghdr, msghdr, recvmmsg, sendmmsg
+from engine.rtp cimport RtpHeader, find_extension, parse_rtp
+from engine.twcc cimport (TWCC_MAX_FEEDBACK, TwccRecorder, twcc_recorder_add, twcc_recorder_feedback,
+                          twcc_recorder_full, twcc_recorder_init)
 from engine.wire cimport load16, load32, store16, store32
 
 
@@ -50,6 +56,7 @@ cdef extern from "<sys/epoll.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
 
 cdef extern from *:
     """
@@ -92,6 +99,11 @@ cdef enum:
     STUN_BUF = 256            # a server's consent check (~110 bytes) kept for Python to answer (take_stun)
     BUCKET_NS = 10000         # latency histogram: 10 µs buckets ...
     BUCKETS = 20000           # ... up to 200 ms, the last bucket holds everything above
+    # transport-cc feedback from a receiving socket: every 100 ms while packets are held (libwebrtc's default
+    # interval; it adapts within 50-250 ms to the bitrate, which a fixed-rate load does not need).
+    TWCC_FEEDBACK_INTERVAL_NS = 100000000
+    TWCC_FEEDBACKS_PER_SEND = 8   # feedback packets one send may take (a long report is split): bounds the work
+    TWCC_SCAN_NS = 50000000       # how often idle sockets are checked for held packets
 
 cdef const uint8_t *MAGIC = b"TERN"
 LATENCY_BUCKET_US = BUCKET_NS // 1000
@@ -140,6 +152,8 @@ cdef struct Stream:
     uint8_t extension[MAX_EXTENSION]
     int extension_length
     int level_offset               # byte of the audio level in `extension`, or -1
+    int twcc_offset                # first byte of the transport-wide sequence number in `extension`, or -1
+    uint16_t *transport_seq        # the next one, shared by the streams of one transport; NULL without
     int keyframe_requested         # a PLI or FIR arrived: the next frame is a keyframe
     uint64_t packets
     uint64_t bytes
@@ -183,30 +197,47 @@ cdef class LoadSender(_Worker):
     cdef Stream *streams
     cdef int capacity
     cdef int count
+    cdef uint16_t *transport_seqs  # by transport index (new_transport)
+    cdef int transports
     cdef uint8_t buffers[MAX_FRAME_PACKETS][MAX_PACKET + srtp.SRTP_TRAILER]
     cdef iovec iovecs[MAX_FRAME_PACKETS]
     cdef mmsghdr messages[MAX_FRAME_PACKETS]
 
     def __cinit__(self, int capacity=4096):
         self.streams = <Stream *>calloc(capacity, sizeof(Stream))
-        if self.streams == NULL:
+        self.transport_seqs = <uint16_t *>calloc(capacity, sizeof(uint16_t))
+        if self.streams == NULL or self.transport_seqs == NULL:
             raise MemoryError()
         self.capacity = capacity
 
     def __dealloc__(self):
         free(self.streams)
+        free(self.transport_seqs)
+
+    def new_transport(self) -> int:
+        """A transport-wide sequence number for the streams of one transport to share (add_stream's
+        `transport`)."""
+        if self.transports >= self.capacity:
+            raise RuntimeError("sender is full")
+        self.transports += 1
+        return self.transports - 1
 
     def add_stream(self, int fd, uintptr_t srtp_session, uint32_t ssrc, int payload_type, bint video, *,
                    int packets_per_frame, double frames_per_second, int payload_size, int clock_rate,
-                   int keyframe_frames=0, bytes extension=b"", int level_offset=-1) -> int:
+                   int keyframe_frames=0, bytes extension=b"", int level_offset=-1, int twcc_offset=-1,
+                   int transport=-1) -> int:
         """Starts sending one stream now. `extension` is a whole RTP header extension block (with its 0xBEDE
-        header) or b""; `level_offset` the byte in it holding an RFC 6464 audio level, which then varies."""
+        header) or b""; `level_offset` the byte in it holding an RFC 6464 audio level, which then varies;
+        `twcc_offset` the first of 2 bytes in it where each packet gets transport `transport`'s next transport-wide
+        sequence number."""
         if self.count >= self.capacity:
             raise RuntimeError("sender is full")
         if not 0 < packets_per_frame <= MAX_FRAME_PACKETS or not 12 + TRAILER + 8 <= payload_size <= 1300:
             raise ValueError("packets_per_frame or payload_size out of range")
         if len(extension) > MAX_EXTENSION or len(extension) % 4 or not -1 <= level_offset < len(extension):
             raise ValueError("bad header extension block")
+        if not -1 <= twcc_offset < len(extension) - 1 or (twcc_offset >= 0) != (0 <= transport < self.transports):
+            raise ValueError("bad transport-cc offset or transport")
         cdef Stream *s = &self.streams[self.count]
         memset(s, 0, sizeof(Stream))
         s.fd = fd
@@ -225,6 +256,8 @@ cdef class LoadSender(_Worker):
         memcpy(s.extension, <const uint8_t *>extension, len(extension))
         s.extension_length = len(extension)
         s.level_offset = level_offset
+        s.twcc_offset = twcc_offset
+        s.transport_seq = &self.transport_seqs[transport] if twcc_offset >= 0 else NULL
         loadgen_publish(&self.count, self.count + 1)
         return self.count - 1
 
@@ -290,6 +323,9 @@ cdef class LoadSender(_Worker):
             store32(p + 4, timestamp)
             store32(p + 8, s.ssrc)
             memcpy(p + 12, s.extension, s.extension_length)
+            if s.transport_seq != NULL:
+                store16(p + 12 + s.twcc_offset, s.transport_seq[0])
+                s.transport_seq[0] += 1
             header = 12 + s.extension_length
             # Frame sizes vary as an encoder's do; a packetizer cuts a frame into equal packets and a shorter last
             # one (so a subscriber's packets of a frame can leave in one GSO send).
@@ -360,6 +396,14 @@ cdef struct Slot:
     SsrcCount ssrcs[MAX_SSRCS]
     int stun_length              # 0, or a Binding request waiting in `stun` (published by the thread, taken by Python)
     uint8_t stun[STUN_BUF]
+    # transport-cc: the extension id the answer accepted (0: not negotiated), the receive record, and the outbound
+    # SRTCP session its feedback is protected with (used by this thread only)
+    int twcc_ext_id
+    TwccRecorder *twcc
+    void *srtcp_tx
+    uint32_t local_ssrc          # the feedback's sender SSRC
+    uint64_t twcc_feedback_sent
+    uint64_t twcc_errors         # protect or send failures, or a feedback that could not be built
 
 
 cdef class LoadReceiver(_Worker):
@@ -373,6 +417,8 @@ cdef class LoadReceiver(_Worker):
     cdef int epoll_fd
     cdef LoadSender sender
     cdef uint64_t *histogram
+    cdef int64_t last_scan_ns
+    cdef uint8_t feedback[TWCC_MAX_FEEDBACK + srtp.SRTCP_TRAILER]
     cdef uint8_t buffers[RECV_BATCH][RECV_BUF]
     cdef uint8_t controls[RECV_BATCH][CONTROL_BUF]
     cdef iovec iovecs[RECV_BATCH]
@@ -388,18 +434,26 @@ cdef class LoadReceiver(_Worker):
         self.capacity = capacity
 
     def __dealloc__(self):
+        cdef int i
         if self.epoll_fd >= 0:
             close(self.epoll_fd)
+        for i in range(self.count):
+            free(self.slots[i].twcc)
         free(self.slots)
         free(self.histogram)
 
-    def add_socket(self, int fd, uintptr_t srtp_session, bint publisher=False) -> int:
+    def add_socket(self, int fd, uintptr_t srtp_session, bint publisher=False, *, int transport_cc_id=0,
+                   uintptr_t srtcp_session=0, uint32_t local_ssrc=1) -> int:
         """Starts receiving on `fd` (non-blocking, connected) with the inbound libsrtp session; returns its index.
-        On a `publisher` socket, keyframe requests (PLI, FIR) make the LoadSender's stream of that SSRC send one."""
+        On a `publisher` socket, keyframe requests (PLI, FIR) make the LoadSender's stream of that SSRC send one.
+        With `transport_cc_id` (1..14, the answer's extmap id), arrivals are recorded and transport-cc feedback
+        from `local_ssrc` leaves through the outbound session `srtcp_session`, which only this thread may use."""
         if publisher and self.sender is None:
             raise ValueError("a publisher socket needs the LoadReceiver to have a LoadSender")
         if self.count >= self.capacity:
             raise RuntimeError("receiver is full")
+        if transport_cc_id and not (1 <= transport_cc_id <= 14 and srtcp_session):
+            raise ValueError("transport-cc needs a one-byte extension id and an outbound SRTCP session")
         cdef int index = self.count
         cdef Slot *slot = &self.slots[index]
         cdef epoll_event event
@@ -407,6 +461,14 @@ cdef class LoadReceiver(_Worker):
         slot.fd = fd
         slot.srtp = <void *>srtp_session
         slot.answers_keyframe_requests = publisher
+        if transport_cc_id:
+            slot.twcc = <TwccRecorder *>calloc(1, sizeof(TwccRecorder))
+            if slot.twcc == NULL:
+                raise MemoryError()
+            twcc_recorder_init(slot.twcc)
+            slot.twcc_ext_id = transport_cc_id
+            slot.srtcp_tx = <void *>srtcp_session
+            slot.local_ssrc = local_ssrc
         loadgen_publish(&self.count, index + 1)
         event.events = EPOLLIN
         event.data.u64 = index
@@ -421,7 +483,7 @@ cdef class LoadReceiver(_Worker):
         cdef Slot *s = &self.slots[index]
         return {"first_media_ns": s.first_media_ns, "packets": s.packets, "bytes": s.bytes, "lost": s.lost,
                 "reordered": s.reordered, "auth_failures": s.auth_failures, "rtcp": s.rtcp, "other": s.other,
-                "untimed": s.untimed,
+                "untimed": s.untimed, "twcc_feedback_sent": s.twcc_feedback_sent, "twcc_errors": s.twcc_errors,
                 "ssrcs": {s.ssrcs[i].ssrc: s.ssrcs[i].packets for i in range(s.ssrc_count)}}
 
     def take_stun(self, int index) -> bytes | None:
@@ -439,7 +501,7 @@ cdef class LoadReceiver(_Worker):
 
     def totals(self) -> dict:
         cdef dict out = dict.fromkeys(("packets", "bytes", "lost", "reordered", "auth_failures", "rtcp", "other",
-                                       "untimed", "ssrcs"), 0)
+                                       "untimed", "twcc_feedback_sent", "twcc_errors", "ssrcs"), 0)
         cdef Slot *s
         cdef int i
         for i in range(self.count):
@@ -452,6 +514,8 @@ cdef class LoadReceiver(_Worker):
             out["rtcp"] += s.rtcp
             out["other"] += s.other
             out["untimed"] += s.untimed
+            out["twcc_feedback_sent"] += s.twcc_feedback_sent
+            out["twcc_errors"] += s.twcc_errors
             out["ssrcs"] += s.ssrc_count
         out["sockets"] = self.count
         return out
@@ -465,10 +529,34 @@ cdef class LoadReceiver(_Worker):
     cdef void _loop(self) noexcept nogil:
         cdef epoll_event events[MAX_EVENTS]
         cdef int ready, i
+        cdef int64_t now
         while self.running:
-            ready = epoll_wait(self.epoll_fd, events, MAX_EVENTS, 50)
+            ready = epoll_wait(self.epoll_fd, events, MAX_EVENTS, TWCC_SCAN_NS // 1000000)
             for i in range(ready):
                 self._drain(&self.slots[events[i].data.u64])
+            now = now_ns()
+            if now - self.last_scan_ns >= TWCC_SCAN_NS:  # sockets that went quiet with packets held
+                self.last_scan_ns = now
+                for i in range(loadgen_acquire(&self.count)):
+                    self._feedback_due(&self.slots[i], now)
+
+    cdef inline void _feedback_due(self, Slot *slot, int64_t now) noexcept nogil:
+        if slot.twcc != NULL and slot.twcc.held > 0 and now // 1000 - slot.twcc.last_feedback_us >= \
+                TWCC_FEEDBACK_INTERVAL_NS // 1000:
+            self._send_feedback(slot, now)
+
+    cdef void _send_feedback(self, Slot *slot, int64_t now) noexcept nogil:
+        """Everything the record holds, as transport-cc feedback (SRTCP), as libwebrtc's receiver does."""
+        cdef int i, length
+        for i in range(TWCC_FEEDBACKS_PER_SEND):
+            length = twcc_recorder_feedback(slot.twcc, self.feedback, TWCC_MAX_FEEDBACK, slot.local_ssrc, now // 1000)
+            if length == 0:
+                return
+            if length < 0 or srtp.protect_rtcp(slot.srtcp_tx, self.feedback, &length) != 0 \
+                    or send(slot.fd, self.feedback, length, MSG_DONTWAIT) != length:
+                slot.twcc_errors += 1
+                return
+            slot.twcc_feedback_sent += 1
 
     cdef void _drain(self, Slot *slot) noexcept nogil:
         cdef int n, i
@@ -492,6 +580,7 @@ cdef class LoadReceiver(_Worker):
             for i in range(n):
                 arrival = loadgen_arrival(&self.messages[i].msg_hdr)
                 self._packet(slot, self.buffers[i], <int>self.messages[i].msg_len, now, arrival if arrival else wall)
+            self._feedback_due(slot, now)
             if n < RECV_BATCH:
                 return
 
@@ -517,6 +606,8 @@ cdef class LoadReceiver(_Worker):
             return
         if slot.first_media_ns == 0:
             slot.first_media_ns = now
+        if slot.twcc != NULL:
+            self._record_arrival(slot, p, length, now, arrival)
         slot.packets += 1
         slot.bytes += length
         seq = load16(p + 2)
@@ -554,6 +645,22 @@ cdef class LoadReceiver(_Worker):
         else:
             slot.untimed += 1
 
+
+    cdef void _record_arrival(self, Slot *slot, const uint8_t *p, int length, int64_t now,
+                              int64_t arrival) noexcept nogil:
+        """Notes the transport-wide sequence number of an authenticated packet at its arrival time (the kernel's,
+        CLOCK_REALTIME µs: only differences between arrivals matter; the feedback times are CLOCK_MONOTONIC)."""
+        cdef RtpHeader h
+        cdef const uint8_t *value
+        cdef int value_length
+        cdef uint16_t seq
+        if parse_rtp(p, length, &h) != 0 or not find_extension(p, &h, slot.twcc_ext_id, &value, &value_length) \
+                or value_length < 2:
+            return
+        seq = load16(value)
+        if twcc_recorder_full(slot.twcc, seq):
+            self._send_feedback(slot, now)
+        twcc_recorder_add(slot.twcc, seq, h.ssrc, arrival // 1000)
 
     cdef void _keyframe_requests(self, Slot *slot, uint8_t *p, int length) noexcept nogil:
         cdef int offset = 0, size

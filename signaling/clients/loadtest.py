@@ -11,6 +11,8 @@ signaling/clients/loadgen.pyx, whose C threads send and check every packet, so t
 
 Media: video is VP8-shaped (30 fps × 5 packets of ~1,100-1,200 bytes = 150 pps, keyframe every 2 s; with
 --simulcast three rids q/h/f), audio Opus-shaped (50 pps of ~100 bytes with the RFC 6464 audio level).
+transport-cc is negotiated both ways as libwebrtc does (--no-transport-cc leaves it out of offers and answers):
+publishers stamp transport-wide sequence numbers on video, subscribers send transport-cc feedback every ~100 ms.
 The client is ICE-controlling; once loadgen reads a socket, the server's consent checks (RFC 7675) it keeps are
 answered from here every _STUN_POLL seconds.
 """
@@ -46,7 +48,7 @@ VP8_PT, OPUS_PT = 96, 111
 VIDEO_FPS, VIDEO_PACKETS_PER_FRAME, VIDEO_PAYLOAD = 30, 5, 1200
 KEYFRAME_FRAMES = 60                     # every 2 s at 30 fps
 AUDIO_PPS, AUDIO_PAYLOAD = 50, 100
-EXT_IDS = {sdp.EXT_MID: 1, sdp.EXT_RID: 2, sdp.EXT_AUDIO_LEVEL: 3}
+EXT_IDS = {sdp.EXT_MID: 1, sdp.EXT_RID: 2, sdp.EXT_AUDIO_LEVEL: 3, sdp.EXT_TRANSPORT_CC: 4}
 # (rid, quality, packets per frame, width, height): simulcast layers, lowest first, as LiveKit clients send them.
 SIMULCAST_LAYERS = (("q", models.VideoQuality.LOW, 1, 320, 180), ("h", models.VideoQuality.MEDIUM, 2, 640, 360),
                     ("f", models.VideoQuality.HIGH, VIDEO_PACKETS_PER_FRAME, 1280, 720))
@@ -97,11 +99,15 @@ class MediaPath:
         except asyncio.TimeoutError:
             raise LoadError(f"ICE/DTLS with {address[0]}:{address[1]} timed out") from None
 
-    def hand_over(self, receiver: loadgen.LoadReceiver, publisher: bool = False) -> int:
+    def hand_over(self, receiver: loadgen.LoadReceiver, publisher: bool = False, transport_cc_id: int = 0) -> int:
         """Gives the connected socket to loadgen's reader (see LoadReceiver.add_socket) and keeps consent both
-        ways from here; returns the socket's index in `receiver`."""
+        ways from here; returns the socket's index in `receiver`. With `transport_cc_id`, the reader sends
+        transport-cc feedback with our outbound session (a subscriber's, which nothing else uses)."""
         assert self._section is not None and self.sessions is not None
-        index = receiver.add_socket(self.sock.fileno(), self.pointers()[0], publisher=publisher)
+        rx, tx = self.pointers()
+        index = receiver.add_socket(self.sock.fileno(), rx, publisher=publisher, transport_cc_id=transport_cc_id,
+                                    srtcp_session=tx if transport_cc_id else 0,
+                                    local_ssrc=random.getrandbits(32) or 1)
         self._consent = asyncio.get_running_loop().create_task(self._keep_consent(self._section, receiver, index))
         return index
 
@@ -201,8 +207,9 @@ def _transport_lines(path: MediaPath, setup: str, mid: str) -> list[str]:
             f"a=fingerprint:sha-256 {path.certificate.fingerprint}", f"a=setup:{setup}", "a=rtcp-mux"]
 
 
-def build_subscriber_answer(offer: sdp.SessionDescription, path: MediaPath) -> str:
-    """Receive every offered track as offered; decline the data channel (the load never uses it)."""
+def build_subscriber_answer(offer: sdp.SessionDescription, path: MediaPath, transport_cc: bool = True) -> str:
+    """Receive every offered track as offered (without transport-cc unless `transport_cc`); decline the data
+    channel (the load never uses it)."""
     body: list[str] = []
     mids: list[str] = []
     for section in offer.sections:
@@ -214,9 +221,10 @@ def build_subscriber_answer(offer: sdp.SessionDescription, path: MediaPath) -> s
         body.append(sdp.rtp_mline(section.kind, section.protocol, section.codecs))
         body += _transport_lines(path, "active", section.mid)
         body.append("a=recvonly" if section.direction in ("sendonly", "sendrecv") else "a=inactive")
-        body += sdp.extmap_lines(section.extmap)
+        body += sdp.extmap_lines({uri: ext_id for uri, ext_id in section.extmap.items()
+                                  if transport_cc or uri != sdp.EXT_TRANSPORT_CC})
         for codec in section.codecs:
-            body += sdp.codec_lines(codec, codec.rtcp_fb)
+            body += sdp.codec_lines(codec, [fb for fb in codec.rtcp_fb if transport_cc or fb != "transport-cc"])
     return "\r\n".join(_session_lines(mids) + body) + "\r\n"
 
 
@@ -228,13 +236,14 @@ class OutgoingTrack:
     streams: list[tuple[int, str | None]]
 
 
-def build_publisher_offer(tracks: list[OutgoingTrack], path: MediaPath) -> str:
+def build_publisher_offer(tracks: list[OutgoingTrack], path: MediaPath, transport_cc: bool = True) -> str:
     body: list[str] = []
     mids = [str(index) for index in range(len(tracks))]
     for mid, track in zip(mids, tracks):
         if track.kind == "video":
-            codec = sdp.Codec(VP8_PT, "VP8", 90000, rtcp_fb=["nack", "nack pli", "ccm fir", "goog-remb"])
-            extensions = [sdp.EXT_MID, sdp.EXT_RID]
+            codec = sdp.Codec(VP8_PT, "VP8", 90000, rtcp_fb=["nack", "nack pli", "ccm fir", "goog-remb"]
+                              + (["transport-cc"] if transport_cc else []))
+            extensions = [sdp.EXT_MID, sdp.EXT_RID] + ([sdp.EXT_TRANSPORT_CC] if transport_cc else [])
         else:
             codec = sdp.Codec(OPUS_PT, "opus", 48000, 2, fmtp="minptime=10;useinbandfec=1", rtcp_fb=["nack"])
             extensions = [sdp.EXT_MID, sdp.EXT_AUDIO_LEVEL]
@@ -356,7 +365,7 @@ class LoadParticipant:
             return
         if self.subscriber_path is None:
             self.subscriber_path = MediaPath(self.clients.certificate)
-        answer = build_subscriber_answer(description, self.subscriber_path)
+        answer = build_subscriber_answer(description, self.subscriber_path, self.clients.transport_cc)
         await self._send(rtc.SignalRequest(answer=rtc.SessionDescription(type="answer", sdp=answer, id=offer.id)))
         if self._subscriber_connect is None:
             self._subscriber_connect = asyncio.create_task(self._connect_subscriber(description))
@@ -369,7 +378,11 @@ class LoadParticipant:
         except LoadError as error:
             self.error = f"subscriber PC: {error}"
             return
-        self.load_receiver_index = path.hand_over(self.clients.load_receiver)
+        # The transport-cc id of the first offer (BUNDLE: one for the transport); a later offer adding the first
+        # video is not looked at, so a subscriber joining a room without video sends no feedback.
+        transport_cc_id = next((s.extmap[sdp.EXT_TRANSPORT_CC] for s in description.sections
+                                if sdp.EXT_TRANSPORT_CC in s.extmap), 0) if self.clients.transport_cc else 0
+        self.load_receiver_index = path.hand_over(self.clients.load_receiver, transport_cc_id=transport_cc_id)
 
     async def _publish(self, plan: MediaPlan) -> None:
         tracks: list[OutgoingTrack] = []
@@ -399,7 +412,7 @@ class LoadParticipant:
             raise LoadError(f"{self.identity}: no track_published for our AddTrackRequest") from None
         path = self.publisher_path = MediaPath(self.clients.certificate)
         self._answer = loop.create_future()
-        offer = build_publisher_offer(tracks, path)
+        offer = build_publisher_offer(tracks, path, self.clients.transport_cc)
         await self._send(rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp=offer, id=1)))
         try:
             answer = await asyncio.wait_for(self._answer, CONNECT_TIMEOUT)
@@ -411,11 +424,12 @@ class LoadParticipant:
         await path.connect(description)
         tx = path.pointers()[1]
         path.hand_over(self.clients.load_receiver, publisher=True)  # RTCP: counted, PLIs answered
+        transport = self.clients.load_sender.new_transport()  # the transport-wide sequence numbers of this PC
         for mid, track in enumerate(tracks):
-            self._start_streams(path, str(mid), track, description, tx)
+            self._start_streams(path, str(mid), track, description, tx, transport)
 
     def _start_streams(self, path: MediaPath, mid: str, track: OutgoingTrack, answer: sdp.SessionDescription,
-                       tx: int) -> None:
+                       tx: int, transport: int) -> None:
         section = next((s for s in answer.sections if s.mid == mid), None)
         if section is None or section.port == 0:
             raise LoadError(f"{self.identity}: the server declined our {track.kind} m-line")
@@ -435,11 +449,16 @@ class LoadParticipant:
                                                clock_rate=48000, extension=block, level_offset=level_at)
             else:
                 packets = SIMULCAST_LAYERS[index][2] if rid else VIDEO_PACKETS_PER_FRAME
+                twcc_at = -1
+                if sdp.EXT_TRANSPORT_CC in extmap:  # last, so its offset is the one extension_block returns
+                    elements.append((extmap[sdp.EXT_TRANSPORT_CC], b"\0\0"))
+                    twcc_at = extension_block(elements)[1]
                 block = extension_block(elements)[0] if elements else b""
                 self.clients.load_sender.add_stream(path.sock.fileno(), tx, ssrc, VP8_PT, True,
                                                packets_per_frame=packets, frames_per_second=VIDEO_FPS,
                                                payload_size=VIDEO_PAYLOAD, clock_rate=90000,
-                                               keyframe_frames=KEYFRAME_FRAMES, extension=block)
+                                               keyframe_frames=KEYFRAME_FRAMES, extension=block,
+                                               twcc_offset=twcc_at, transport=transport if twcc_at >= 0 else -1)
 
     def first_media_ns(self) -> int:
         if self.load_receiver_index is None:
@@ -472,6 +491,7 @@ class LoadReport:
     lost: int                            # sequence gaps seen by subscribers
     auth_failures: int
     rtcp: int
+    twcc_feedback_sent: int              # transport-cc feedback packets the subscribers sent
     latency_p50_ms: float | None
     latency_p99_ms: float | None
     join_ms: list[float] = field(default_factory=list)   # per subscriber: token -> first media packet
@@ -490,6 +510,7 @@ class LoadReport:
             f"{self.received_bytes * 8 / self.duration / 1e6 if self.duration else 0:,.1f} Mbps",
             f"loss             {self.lost} packets ({self.lost / expected if expected else 0:.3%})",
             f"SRTP auth fails  {self.auth_failures}",
+            f"TWCC feedback    {self.twcc_feedback_sent} packets sent",
             f"added latency    p50 {_ms(self.latency_p50_ms)}, p99 {_ms(self.latency_p99_ms)}",
             f"join time        {join}",
         ]
@@ -504,8 +525,10 @@ def _ms(value: float | None) -> str:
 class LoadClients:
     """Every load client of a run, sharing one LoadSender, one LoadReceiver and one DTLS certificate."""
 
-    def __init__(self, url: str, api_key: str, api_secret: str, capacity: int = 8192) -> None:
+    def __init__(self, url: str, api_key: str, api_secret: str, capacity: int = 8192,
+                 transport_cc: bool = True) -> None:
         self.url, self.api_key, self.api_secret = url, api_key, api_secret
+        self.transport_cc = transport_cc  # negotiated in our offers and answers
         self.certificate = Certificate.generate()
         self.load_sender = loadgen.LoadSender(capacity)
         self.load_receiver = loadgen.LoadReceiver(capacity, self.load_sender)
@@ -565,10 +588,11 @@ class LoadClients:
 
 async def run_load(url: str, api_key: str, api_secret: str, *, rooms: int = 1, publishers: int = 1,
                    subscribers: int = 1, duration: float = 10, video: bool = True, audio: bool = True,
-                   simulcast: bool = False, room_prefix: str = "load", hidden_subscribers: bool = False) -> LoadReport:
+                   simulcast: bool = False, room_prefix: str = "load", hidden_subscribers: bool = False,
+                   transport_cc: bool = True) -> LoadReport:
     """Joins `publishers` + `subscribers` per room, runs for `duration` seconds after media flows, and reports
     what the subscribers received. Publishers do not subscribe."""
-    clients = LoadClients(url, api_key, api_secret)
+    clients = LoadClients(url, api_key, api_secret, transport_cc=transport_cc)
     try:
         names = [f"{room_prefix}-{index}" for index in range(rooms)]
         plan = MediaPlan(video=video, audio=audio, simulcast=simulcast)
@@ -587,6 +611,7 @@ async def run_load(url: str, api_key: str, api_secret: str, *, rooms: int = 1, p
             duration=elapsed, sent_packets=clients.load_sender.stats()["packets"],
             received_packets=after["packets"] - before["packets"], received_bytes=after["bytes"] - before["bytes"],
             lost=after["lost"] - before["lost"], auth_failures=after["auth_failures"], rtcp=after["rtcp"],
+            twcc_feedback_sent=after["twcc_feedback_sent"],
             latency_p50_ms=p50, latency_p99_ms=p99, join_ms=clients.join_ms())
     finally:
         await clients.close()
@@ -606,6 +631,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-audio", dest="audio", action="store_false", help="publish no audio")
     parser.add_argument("--simulcast", action="store_true", help="publish video in three layers (q, h, f)")
     parser.add_argument("--room-prefix", default="load")
+    parser.add_argument("--no-transport-cc", dest="transport_cc", action="store_false",
+                        help="leave transport-cc out of offers and answers (no stamping, no feedback)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
@@ -620,7 +647,8 @@ def main(argv: list[str]) -> int:
         report = asyncio.run(run_load(url, args.api_key, args.api_secret, rooms=args.rooms,
                                       publishers=args.publishers, subscribers=args.subscribers,
                                       duration=args.duration, video=args.video, audio=args.audio,
-                                      simulcast=args.simulcast, room_prefix=args.room_prefix))
+                                      simulcast=args.simulcast, room_prefix=args.room_prefix,
+                                      transport_cc=args.transport_cc))
     except KeyboardInterrupt:
         return 130
     if args.json:
