@@ -236,7 +236,7 @@ cdef class LoadSender(_Worker):
             raise ValueError("packets_per_frame or payload_size out of range")
         if len(extension) > MAX_EXTENSION or len(extension) % 4 or not -1 <= level_offset < len(extension):
             raise ValueError("bad header extension block")
-        if not -1 <= twcc_offset < len(extension) - 1 or (twcc_offset >= 0) != (0 <= transport < self.transports):
+        if twcc_offset != -1 and not (0 <= twcc_offset <= len(extension) - 2 and 0 <= transport < self.transports):
             raise ValueError("bad transport-cc offset or transport")
         cdef Stream *s = &self.streams[self.count]
         memset(s, 0, sizeof(Stream))
