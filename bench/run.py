@@ -122,6 +122,8 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 class TernServer:
     def __init__(self, log: Path) -> None:
+        # --log-level: --dev alone logs at debug (websockets logs every signal frame, ~400 a second at 500
+        # subscribers), which a config body's `logging.level` does not override.
         # The server must run the same tern as these clients. -P keeps `python -m` from putting its working
         # directory (the checkout) first on sys.path; the checkout is on PYTHONPATH only when it is what we measure.
         env = dict(os.environ)
@@ -132,7 +134,7 @@ class TernServer:
         self.log = open(log, "w")
         self.process = subprocess.Popen(
             ["taskset", "-c", str(SERVER_CPU), sys.executable, "-P", "-m", "signaling", "--dev", "--port",
-             str(self.http_port), "--udp-port", str(udp_port), "--config-body", "logging:\n  level: warn\n"],
+             str(self.http_port), "--udp-port", str(udp_port), "--log-level", "warn"],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
