@@ -469,7 +469,7 @@ def main() -> int:
     print()
     for key in ("pps_per_core", "pps_per_core_twcc", "pps_per_core_no_twcc", "twcc_cost", "twcc_compared_at",
                 "max_zero_loss_subscribers", "p99_added_latency_ms", "rss_per_subscriber_kib", "join_ms",
-                "ratio_c_ceiling", "ratio_pure_python"):
+                "ratio_c_ceiling", "ratio_c_ceiling_no_twcc", "ratio_pure_python"):
         value = figures.get(key)
         print(f"{key:<28} {'unavailable' if value is None else round(value, 3) if isinstance(value, float) else value}")
     if "hostile" in figures:
@@ -501,6 +501,10 @@ def summarize(rows: list[Row], max_zero_loss: int) -> dict:
         if compare and base and base.packets_per_cpu_second:
             out[key] = compare.packets_per_cpu_second / base.packets_per_cpu_second
     out.update(twcc_cost(rows))
+    ceiling = next((r for r in rows if r.forwarder == "c-ceiling"), None)
+    without = next((r for r in rows if r.forwarder == NO_TWCC and r.clients == out.get("twcc_compared_at")), None)
+    out["ratio_c_ceiling_no_twcc"] = (without.packets_per_cpu_second / ceiling.packets_per_cpu_second
+                                      if without and ceiling and ceiling.packets_per_cpu_second else None)
     return out
 
 
