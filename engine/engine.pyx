@@ -185,8 +185,9 @@ cdef class Engine:
                 if s.transports[i] != NULL:
                     free(s.transports[i].receivers.items)
                     free(s.transports[i].srtp_ssrc_list)
-                    transportcc_free(s.transports[i])
+                    transportcc_free(s, i)
                     free(s.transports[i])
+        free(s.twcc_receivers.items)
         free(s.transports)
         free(s.receivers)
         free(s.downtracks)
@@ -400,7 +401,7 @@ cdef class Engine:
             if t.checks[i] and map_get(&self.s.checks, t.checks[i]) == slot:
                 map_remove(&self.s.checks, t.checks[i])
         free(t.receivers.items)
-        transportcc_free(t)
+        transportcc_free(self.s, <int>slot)
         free(t)
         self.s.transports[<int>slot] = NULL
 
@@ -445,7 +446,7 @@ cdef class Engine:
         if not r.is_video:
             r.ext_audio_level = extmap.get("urn:ietf:params:rtp-hdrext:ssrc-audio-level", 0) & 0xFF
         r.ext_transport_cc = extmap.get(EXT_TRANSPORT_CC, 0) & 0xFF
-        if r.ext_transport_cc and transportcc_enable_receive(self.s.transports[tslot]) < 0:
+        if r.ext_transport_cc and transportcc_enable_receive(self.s, tslot) < 0:
             receiver_free(r)
             raise MemoryError()
         for l, rid in enumerate(rid_bytes):

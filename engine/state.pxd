@@ -209,6 +209,7 @@ cdef struct EngineState:
     Receiver **receivers
     DownTrack **downtracks
     int transport_end         # one past the highest slot ever used, to bound scans
+    IntList twcc_receivers    # slots of the transports with a TWCC receive record: the tick visits only these
     int receiver_end
     int downtrack_end
     U64Map by_address         # path key -> transport slot

@@ -25,11 +25,11 @@ cdef enum:
 
 # The transport now receives packets with transport-cc (a receiver negotiated it): gives it a receive record and
 # stops its REMB (reports.pyx). 0, or -1 when out of memory.
-cdef int transportcc_enable_receive(Transport *t) noexcept nogil
+cdef int transportcc_enable_receive(EngineState *s, int slot) noexcept nogil
 # The transport now sends to a subscriber: gives it a bandwidth estimate, and with `stamp` a send history whose
 # numbers fanout.pyx writes (`first_seq` is the first). 0, or -1 when out of memory.
 cdef int transportcc_enable_send(Transport *t, bint stamp, int first_seq, int64_t now) noexcept nogil
-cdef void transportcc_free(Transport *t) noexcept nogil
+cdef void transportcc_free(EngineState *s, int slot) noexcept nogil
 # A publisher's packet, authenticated, on transport slot `t`, whose transport-cc extension id is `ext_id`.
 cdef void transportcc_received(EngineState *s, int t, const uint8_t *buf, const RtpHeader *h, int ext_id,
                                int64_t now) noexcept nogil
