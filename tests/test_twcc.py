@@ -193,17 +193,17 @@ def test_a_full_record_sends_before_it_overflows_and_a_jump_starts_over() -> Non
     assert reported(sent) == {30_000: expected_arrival(3_000_000)}
 
 
-def test_bandwidth_events_reach_the_transport_managers_hook() -> None:
+def test_bandwidth_events_reach_the_transports_hook() -> None:
     media = engine.Engine("127.0.0.1", 0, lambda event: None)
     try:
         manager = TransportManager(media, "127.0.0.1")
         transport = manager.create("subscriber")
         assert media.transport_bandwidth(transport.id) is None  # no DownTrack yet, so no estimate
         seen: list[tuple] = []
-        manager.on_bandwidth = lambda *args: seen.append(args)
+        transport.on_bandwidth = lambda *args: seen.append(args)
         manager.on_event((engine.EV_BANDWIDTH, transport.id, 1_200_000, True))
         manager.on_event((engine.EV_BANDWIDTH, transport.id + 1000, 1, False))
-        assert seen == [(transport, 1_200_000, True)]
+        assert seen == [(1_200_000, True)]
         assert manager.counters["bandwidth_unknown_transport"] == 1
     finally:
         media.close()
