@@ -701,6 +701,12 @@ async def test_target_cap_and_stale_layers_switch_down_at_keyframes(setup) -> No
     got = subscriber.take_rtp()
     assert [(p.seq, picture_id(p.payload)) for p in got] == [(502, 502), (503, 503)]
     assert eng.downtrack_stats(downtrack)["current_layer"] == 0
+    # A NACK for f's last packet (502: the layer left) and q's keyframe (503): only q's is resent, into the link
+    # that made the subscriber step down.
+    subscriber.send_rtcp(nack(0x55, DOWN_SSRC, 502, blp=0b1))
+    await subscriber.collect()
+    assert [struct.unpack_from("!H", p.payload)[0] for p in subscriber.take_rtp()] == [503]
+    assert eng.stats()["nack_stale_layer"] == 1
     # Uncapped again, but f has gone quiet: after a second it no longer counts as available, q stays.
     eng.set_target_layer(downtrack, 2)
     for seq in range(4, 16):
