@@ -154,19 +154,18 @@ def window(result: dict, start: int, end: int) -> tuple[float, set[tuple[int, in
             {(s["width"], s["height"]) for s in seconds if s["frames"]})
 
 
-async def test_baseline_a_subscriber_behind_600_kbit(lab_server) -> None:
-    """What happens today (issue 11's baseline): the subscriber connects and receives, the bottleneck drops what
-    does not fit and the subscriber sees the loss. How little it decodes is printed, not asserted."""
+async def test_a_subscriber_behind_600_kbit_is_stepped_down(lab_server) -> None:
+    """What holds today: the subscriber's estimate falls below the 720p layer and the server switches it to a lower
+    one (at first, before feedback, it gets 720p). How much it decodes is printed (the target below asserts it)."""
     lab, server = lab_server
     lab.shape(SHAPED_KBIT)
     async with Call(lab, server) as call:
         result = await call.subscriber("narrow", seconds=15)
-    print(f"baseline at {SHAPED_KBIT} kbit/s: {result['frames']} frames in 15 s ({result['fps']} fps), "
-          f"resolutions {result.get('resolutions')}, inbound {result.get('inbound')}, shaper drops {lab.qdisc_drops()}")
+    figures("stepped down", result)
+    print(f"shaper drops {lab.qdisc_drops()}")
     assert result["connected"] and "error" not in result
     assert result["inbound"]["packets_received"] > 0
-    assert result["inbound"]["packets_lost"] > 0
-    assert lab.qdisc_drops() > 0
+    assert result["inbound"]["frame_width"] < 1280, result
 
 
 # Target behaviour (issue 11), ready to enable once bandwidth estimation drives the StreamAllocator.

@@ -309,7 +309,7 @@ async def test_hostile_feedback_is_dropped_and_counted_while_media_flows(server)
 async def test_a_subscriber_behind_a_narrow_link_gets_an_estimate_below_it(lab_server) -> None:
     """A LiveKit SDK subscriber in the network lab behind 600 kbit/s of a 1280x720 simulcast publisher: its TWCC
     feedback over the real bottleneck brings the engine's estimate for it under the link within seconds, and the
-    change reaches Python as bandwidth events (the allocator's input). Nothing adapts the layer yet."""
+    change reaches Python as bandwidth events (the StreamAllocator's input)."""
     lab, server = lab_server
     lab.shape(SHAPED_KBIT)
     estimates: list[float] = []
