@@ -74,7 +74,7 @@ STAT_NAMES = (
     "drop_rtx_padding",
     "drop_too_large", "drop_srtp_protect_failed", "drop_subscriber_not_ready", "drop_send_failed", "gso_sends",
     "gso_segments",
-    "nacks_received", "nacked_packets", "nack_cache_misses", "retransmissions", "nack_rate_limited", "rtx_recovered", "nacks_sent",
+    "nacks_received", "nacked_packets", "nack_cache_misses", "nack_stale_layer", "retransmissions", "nack_rate_limited", "rtx_recovered", "nacks_sent",
     "plis_received", "plis_sent", "keyframes", "layer_switches", "sr_received", "rr_received", "sr_sent", "rr_sent",
     "remb_sent", "event_errors",
     "drop_stun_malformed", "drop_stun_not_request", "drop_stun_no_username", "drop_stun_unknown_ufrag",

@@ -12,7 +12,7 @@ from engine.packetcache cimport cache_get
 from engine.receiver cimport MAX_MISSING, Layer, layer_due_nacks
 from engine.rtcp cimport build_nack, build_pli, parse_nack
 from engine.rtp cimport parse_rtp
-from engine.state cimport (S_DROP_RTX_BUDGET, S_NACK_MISSES, S_NACK_RATE_LIMITED, S_NACKED_PACKETS, S_NACKS_RECEIVED,
+from engine.state cimport (S_DROP_RTX_BUDGET, S_NACK_MISSES, S_NACK_RATE_LIMITED, S_NACK_STALE_LAYER, S_NACKED_PACKETS, S_NACKS_RECEIVED,
                            S_NACKS_SENT, S_PLIS_RECEIVED, S_PLIS_SENT, S_RETRANSMISSIONS, S_RETRANSMITTED_BYTES,
                            SEND_BUF, Transport, transport_ready)
 from engine.udpmux cimport send_rtcp, send_slot_buffer, send_take_slot
@@ -65,6 +65,11 @@ cdef void feedback_nack(EngineState *s, DownTrack *d, uint32_t media, const uint
         s.counters[<int>S_NACKED_PACKETS] += 1
         # The seq map numbers the media stream; retransmissions themselves are not kept (nor resent again).
         e = munger_sent(d, seqs[i]) if media == d.ssrc else NULL
+        if e != NULL and e.layer != d.current_layer:
+            # Of a layer this DownTrack left: the subscriber decodes from the new layer's keyframe on, and resending
+            # the old (usually bigger) layer into a link that just made us step down keeps it congested.
+            s.counters[<int>S_NACK_STALE_LAYER] += 1
+            continue
         cached = cache_get(&r.layers[e.layer].cache, e.in_seq, &cached_length) if e != NULL else NULL
         if cached == NULL or parse_rtp(cached, cached_length, &packet.h) < 0:
             s.counters[<int>S_NACK_MISSES] += 1

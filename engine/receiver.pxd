@@ -30,7 +30,7 @@ cdef struct Layer:
     uint32_t cycles
     uint32_t base_seq
     uint64_t received
-    uint64_t bytes
+    uint64_t bytes            # of packets with payload (padding-only probes excluded): what the layer costs
     uint64_t expected_prior
     uint64_t received_prior
     uint32_t last_transit

@@ -175,7 +175,8 @@ cdef int layer_receive(Layer *layer, const uint8_t *buf, int length, const RtpHe
     if not recovered:
         update_jitter(layer, h.timestamp, clock_rate, now)
     layer.received += 1
-    layer.bytes += length
+    if h.payload_length > 0:  # padding-only packets are the publisher's bandwidth probes, not what the layer costs
+        layer.bytes += length
     layer.last_packet_us = now
     cache_put(&layer.cache, buf, length, h.sequence)
     return result

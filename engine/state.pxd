@@ -55,6 +55,7 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_NACKS_RECEIVED
     S_NACKED_PACKETS
     S_NACK_MISSES
+    S_NACK_STALE_LAYER        # NACKed packets of a layer the DownTrack switched away from: not resent
     S_RETRANSMISSIONS
     S_NACK_RATE_LIMITED
     S_RTX_RECOVERED

@@ -20,8 +20,11 @@ cdef enum:
     # Feedback packets one send may take (a long report is split at TWCC_MAX_FEEDBACK bytes): bounds the work.
     TWCC_FEEDBACKS_PER_SEND = 8
     # A subscriber transport's estimate before any feedback or REMB (bps): what bwe_init starts from. Events only
-    # follow feedback, so the allocator sees this only if it asks Engine.transport_bandwidth first.
-    BWE_START_BPS = 2500000
+    # follow feedback, so the allocator sees this only if it asks Engine.transport_bandwidth first. Optimistic on
+    # purpose: without probe traffic the estimate grows no higher than 1.5 x what is sent (bwe.pyx ACKED_HEADROOM),
+    # so a start below the best layers' cost would cap every subscriber there; a narrow link is found by its loss
+    # and delay within a second or two instead (LiveKit likewise starts every track at its best layer).
+    BWE_START_BPS = 10000000
 
 # The transport now receives packets with transport-cc (a receiver negotiated it): gives it a receive record and
 # stops its REMB (reports.pyx). 0, or -1 when out of memory.

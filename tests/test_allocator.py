@@ -12,7 +12,7 @@ from signaling.rtc.allocator import PAUSED, TOP_LAYER, UPGRADE_HOLD_S, VideoDema
 from signaling.rtc import publication as publication_module
 from signaling.rtc.dynacast import Dynacast
 from signaling.rtc.participant import Participant
-from signaling.rtc.publication import BITRATE_WINDOW_S, DEFAULT_AUDIO_BPS, LayerBitrates, TrackPublication
+from signaling.rtc.publication import BITRATE_WINDOW_S, BITRATE_WINDOWS, DEFAULT_AUDIO_BPS, LayerBitrates, TrackPublication
 from test_rtc import FakeEngine, FakeNode, join, publish, sink
 
 LAYER_BPS = (150_000, 500_000, 1_500_000)  # what the publishers below advertise, lowest first
@@ -105,8 +105,22 @@ def test_layer_bitrates_are_measured_per_window() -> None:
     bitrates.sample([0, 0], 10.0)
     bitrates.sample([1_000, 9_000], 10.5)  # within the window: ignored
     assert bitrates.bps == []
-    bitrates.sample([12_500, 62_500], 10.0 + 2 * BITRATE_WINDOW_S)
+    at, sent = 10.0, [0, 0]
+    for _ in range(BITRATE_WINDOWS):
+        assert bitrates.bps == []  # fewer windows than the median needs
+        at, sent = at + 2 * BITRATE_WINDOW_S, [sent[0] + 12_500, sent[1] + 62_500]
+        bitrates.sample(sent, at)
     assert bitrates.bps == [int(12_500 * 8 / (2 * BITRATE_WINDOW_S)), int(62_500 * 8 / (2 * BITRATE_WINDOW_S))]
+
+
+def test_a_keyframe_window_does_not_move_a_layers_price() -> None:
+    bitrates = LayerBitrates()
+    total = 0
+    bitrates.sample([total], 0.0)
+    for window, kbit in enumerate([150, 160, 900, 155, 150], 1):  # a PLI's keyframe fills the third window
+        total += int(kbit * 1000 * BITRATE_WINDOW_S // 8)
+        bitrates.sample([total], window * BITRATE_WINDOW_S)
+    assert bitrates.bps == [155_000]
 
 
 async def test_measured_bitrates_override_advertised_and_a_silent_layer_keeps_a_price(
@@ -118,9 +132,11 @@ async def test_measured_bitrates_override_advertised_and_a_silent_layer_keeps_a_
     counts = [0, 0, 0]
     node.engine.receiver_stats = lambda receiver_id: {"layers": [{"bytes": b} for b in counts]}
     assert video.layer_bitrates(node.engine) == LAYER_BPS  # nothing measured yet: advertised
-    clock.now += BITRATE_WINDOW_S
-    counts[:] = [25_000, 75_000, 0]  # the top layer is not flowing (dynacast turned it off)
-    measured = [int(sent * 8 / BITRATE_WINDOW_S) for sent in counts[:2]]
+    for _ in range(BITRATE_WINDOWS):
+        clock.now += BITRATE_WINDOW_S
+        counts[:] = [counts[0] + 25_000, counts[1] + 75_000, 0]  # the top layer is not flowing (dynacast: off)
+        video.layer_bitrates(node.engine)
+    measured = [int(sent * 8 / BITRATE_WINDOW_S) for sent in (25_000, 75_000)]
     assert video.layer_bitrates(node.engine) == (*measured, LAYER_BPS[2])
 
 

@@ -606,15 +606,20 @@ async def test_rtx_ssrcs_need_a_layer_each(setup) -> None:
 
 
 async def test_padding_only_packets_are_dropped_without_a_gap(setup) -> None:
+    """...and they do not count in the layer's bytes: publishers probe with padding on their lowest layer, and a
+    price that counted it would pause that layer for subscribers it fits."""
     eng, publisher, subscriber, _ = setup
-    add_video(eng, publisher, subscriber, [])
-    publisher.send_rtp(video(40, Q_SSRC, None, 1, keyframe=True))
+    receiver, _ = add_video(eng, publisher, subscriber, [])
+    media = [video(40, Q_SSRC, None, 1, keyframe=True), video(42, Q_SSRC, None, 2, keyframe=False)]
+    publisher.send_rtp(media[0])
     padding = bytearray(rtp(VP8_PT, 41, 40 * 3000, Q_SSRC, b"\x00" * 99 + b"\x64", [(1, b"1")]))
     padding[0] |= 0x20
     publisher.send_rtp(bytes(padding))
-    publisher.send_rtp(video(42, Q_SSRC, None, 2, keyframe=False))
+    publisher.send_rtp(media[1])
     await subscriber.collect()
     assert [p.seq for p in subscriber.take_rtp()] == [40, 41]
+    layer = eng.receiver_stats(receiver)["layers"][0]
+    assert layer["packets"] == 3 and layer["bytes"] == sum(map(len, media))
 
 
 async def test_late_packets_behind_absorbed_padding_are_not_misnumbered(setup) -> None:
@@ -696,6 +701,12 @@ async def test_target_cap_and_stale_layers_switch_down_at_keyframes(setup) -> No
     got = subscriber.take_rtp()
     assert [(p.seq, picture_id(p.payload)) for p in got] == [(502, 502), (503, 503)]
     assert eng.downtrack_stats(downtrack)["current_layer"] == 0
+    # A NACK for f's last packet (502: the layer left) and q's keyframe (503): only q's is resent, into the link
+    # that made the subscriber step down.
+    subscriber.send_rtcp(nack(0x55, DOWN_SSRC, 502, blp=0b1))
+    await subscriber.collect()
+    assert [struct.unpack_from("!H", p.payload)[0] for p in subscriber.take_rtp()] == [503]
+    assert eng.stats()["nack_stale_layer"] == 1
     # Uncapped again, but f has gone quiet: after a second it no longer counts as available, q stays.
     eng.set_target_layer(downtrack, 2)
     for seq in range(4, 16):

@@ -2,7 +2,13 @@
 LiveKit Python SDK subscriber inside a namespace behind a `tbf`-shaped link.
 
 `test_*` assert what holds today. The `target_*` functions state what congestion control must achieve (issue 11's
-tests); they fail today (no estimate reaches the StreamAllocator yet) and are not collected. To enable them:
+tests); the estimate now drives the StreamAllocator, but they are not reliable yet and are not collected: without
+probe traffic the estimate never climbs above 1.5 x what is being sent, so a paused video or a lower layer never
+comes back (opened link, resume after a pause); a subscriber narrow from the start gets 180p at only 2-15 fps
+while the just-started publisher's lowest layer ramps up; a narrow subscriber's estimate sometimes keeps falling
+after the step down until its video pauses (beside a wide subscriber, and in 2 of 5 runs of the narrowed link,
+which otherwise passes: 180p at 15 fps a second after the link narrows, no freeze). Each prints what its
+subscriber decoded per second (`figures`). To enable them:
 
     @pytest.mark.parametrize("scenario", TARGET_SCENARIOS, ids=lambda scenario: scenario.__name__)
     async def test_target(lab_server, scenario) -> None:
@@ -133,6 +139,14 @@ class Call:
             self.lab.shape(kbit)
 
 
+def figures(name: str, result: dict) -> None:
+    """Prints what a subscriber saw, second by second: frames and height (the issue's measured figures)."""
+    seconds = " ".join(f"{s['frames']}@{s['height']}" for s in result["timeline"])
+    inbound = result.get("inbound") or {}
+    print(f"{name}: fps@height per second: {seconds}; freezes {inbound.get('freeze_count')} totalling "
+          f"{inbound.get('total_freeze_duration')} s; audio {result.get('audio_hz')} Hz; inbound {inbound}")
+
+
 def window(result: dict, start: int, end: int) -> tuple[float, set[tuple[int, int]]]:
     """Frames per second and the resolutions decoded in seconds [start, end) of a client's timeline."""
     seconds = result["timeline"][start:end]
@@ -140,19 +154,18 @@ def window(result: dict, start: int, end: int) -> tuple[float, set[tuple[int, in
             {(s["width"], s["height"]) for s in seconds if s["frames"]})
 
 
-async def test_baseline_a_subscriber_behind_600_kbit(lab_server) -> None:
-    """What happens today (issue 11's baseline): the subscriber connects and receives, the bottleneck drops what
-    does not fit and the subscriber sees the loss. How little it decodes is printed, not asserted."""
+async def test_a_subscriber_behind_600_kbit_is_stepped_down(lab_server) -> None:
+    """What holds today: the subscriber's estimate falls below the 720p layer and the server switches it to a lower
+    one (at first, before feedback, it gets 720p). How much it decodes is printed (the target below asserts it)."""
     lab, server = lab_server
     lab.shape(SHAPED_KBIT)
     async with Call(lab, server) as call:
         result = await call.subscriber("narrow", seconds=15)
-    print(f"baseline at {SHAPED_KBIT} kbit/s: {result['frames']} frames in 15 s ({result['fps']} fps), "
-          f"resolutions {result.get('resolutions')}, inbound {result.get('inbound')}, shaper drops {lab.qdisc_drops()}")
+    figures("stepped down", result)
+    print(f"shaper drops {lab.qdisc_drops()}")
     assert result["connected"] and "error" not in result
     assert result["inbound"]["packets_received"] > 0
-    assert result["inbound"]["packets_lost"] > 0
-    assert lab.qdisc_drops() > 0
+    assert result["inbound"]["frame_width"] < 1280, result
 
 
 # Target behaviour (issue 11), ready to enable once bandwidth estimation drives the StreamAllocator.
@@ -162,6 +175,7 @@ async def target_narrow_link_gets_a_lower_layer(lab: NetLab, server) -> None:
     lab.shape(SHAPED_KBIT)
     async with Call(lab, server) as call:
         result = await call.subscriber("narrow", seconds=20)
+    figures("narrow", result)
     fps, sizes = window(result, 10, 20)
     assert fps >= 15 and sizes and max(w for w, _ in sizes) < 1280, result
     assert result["inbound"]["total_freeze_duration"] < 0.1 * 20, result
@@ -172,6 +186,7 @@ async def target_link_opened_mid_call_returns_to_720p(lab: NetLab, server) -> No
     lab.shape(SHAPED_KBIT)
     async with Call(lab, server) as call:
         result, _ = await asyncio.gather(call.subscriber("narrow", seconds=30), call.shape_after(10, None))
+    figures("opened", result)
     fps, sizes = window(result, 25, 30)
     assert sizes == {(1280, 720)} and fps >= 18, result
 
@@ -180,6 +195,7 @@ async def target_link_narrowed_mid_call_steps_down(lab: NetLab, server) -> None:
     """Open, then 600 kbit/s at 10 s: a lower layer within 5 s, no freeze longer than 1 s."""
     async with Call(lab, server) as call:
         result, _ = await asyncio.gather(call.subscriber("narrowed", seconds=25), call.shape_after(10, SHAPED_KBIT))
+    figures("narrowed", result)
     _, before = window(result, 5, 10)
     _, after = window(result, 15, 25)
     assert before == {(1280, 720)} and after and max(w for w, _ in after) < 1280, result
@@ -200,6 +216,8 @@ async def target_narrow_and_wide_subscribers_each_get_their_own_layer(lab: NetLa
             stats = [s.inbound_rtp.inbound for s in await wide_video.get_stats() if s.HasField("inbound_rtp")]
         finally:
             await wide_room.disconnect()
+    figures("narrow", narrow)
+    print(f"wide: {stats}")
     fps, sizes = window(narrow, 10, 20)
     assert fps >= 15 and sizes and max(w for w, _ in sizes) < 1280, narrow
     assert (stats[0].frame_width, stats[0].frame_height) == (1280, 720) and stats[0].freeze_count == 0
@@ -211,6 +229,8 @@ async def target_below_the_lowest_layer_pauses_video_keeps_audio(lab: NetLab, se
     lab.shape(100)
     async with Call(lab, server) as call:
         result, _ = await asyncio.gather(call.subscriber("starved", seconds=30, audio=True), call.shape_after(15, None))
+    figures("starved", result)
+    print(f"server counters: {server.counters()}")
     assert abs(result["audio_hz"] - TONE_HZ) < 5, result
     fps, _ = window(result, 25, 30)
     assert fps >= 15, result

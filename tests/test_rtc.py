@@ -8,6 +8,8 @@ from collections import Counter
 import pytest
 from livekit.protocol import models, rtc
 
+import engine
+
 from signaling.auth import Claims, TokenVerifier, VideoGrant, create_token
 from signaling.cluster.memory import MemoryRoomStore
 from signaling.peer import sdp
@@ -65,6 +67,9 @@ class FakeEngine:
 
     def downtrack_stats(self, downtrack_id: int) -> dict:
         return {"current_layer": -1}  # nothing forwarded: fakes carry no media
+
+    def receiver_stats(self, receiver_id: int) -> dict:
+        return {"layers": []}  # nothing measured: layers are priced at their defaults
 
 
 class FakeNode:
@@ -352,6 +357,41 @@ async def test_audio_is_paused_by_mute_and_never_layered(node: FakeNode) -> None
     assert node.engine.paused[subscription.downtrack_id] is True
     assert subscription.downtrack_id not in node.engine.layers
     assert [m.muted for m in sink(alice).of("mute")] == [True]  # the publisher's SDK is told
+
+
+async def test_the_subscriber_transports_estimate_drives_layers_and_pauses(node: FakeNode) -> None:
+    """Engine bandwidth events for bob's subscriber transport reach bob's StreamAllocator: layers follow the
+    estimate (priced at publication.DEFAULT_LAYER_BPS, audio reserved first), below the lowest layer the video is
+    paused for bandwidth (StreamStateUpdate PAUSED, counted) while audio flows, and it comes back up."""
+    alice, video = _subscription(node)
+    bob = video.subscriber
+    audio = bob.subscriptions[publish(alice, "audio", "mic").sid]
+    audio.downtrack_id = node.engine.add_downtrack(audio.publication.receiver_id)
+    now = [0.0]
+    bob.allocator.clock = lambda: now[0]
+
+    def estimate(bps: int, congested: bool = False) -> None:
+        node.transports.on_event((engine.EV_BANDWIDTH, bob.subscriber.transport.id, bps, congested))
+
+    def states() -> list[int]:
+        return [s.state for u in sink(bob).of("stream_state_update") for s in u.stream_states]
+
+    estimate(5_000_000)
+    assert node.engine.layers[video.downtrack_id] == 2
+    estimate(700_000)  # 64k audio + 160k + 450k fit, 1.7M does not
+    assert node.engine.layers[video.downtrack_id] == 1
+    estimate(100_000)
+    assert node.engine.paused[video.downtrack_id] is True and node.engine.paused[audio.downtrack_id] is False
+    assert states() == [rtc.StreamState.PAUSED] and node.counters["stream_paused_bandwidth"] == 1
+    now[0] += 10
+    estimate(5_000_000, congested=True)  # never up while congested
+    assert node.engine.paused[video.downtrack_id] is True
+    estimate(5_000_000)
+    assert node.engine.paused[video.downtrack_id] is False and node.engine.layers[video.downtrack_id] == 2
+    assert states() == [rtc.StreamState.PAUSED, rtc.StreamState.ACTIVE]
+    other = join(node, "carol")  # another subscriber's transport: bob's allocation is untouched
+    node.transports.on_event((engine.EV_BANDWIDTH, other.subscriber.transport.id, 100_000, False))
+    assert node.engine.layers[video.downtrack_id] == 2
 
 
 def test_allocate_without_a_downtrack_touches_nothing() -> None:

@@ -193,17 +193,17 @@ def test_a_full_record_sends_before_it_overflows_and_a_jump_starts_over() -> Non
     assert reported(sent) == {30_000: expected_arrival(3_000_000)}
 
 
-def test_bandwidth_events_reach_the_transport_managers_hook() -> None:
+def test_bandwidth_events_reach_the_transports_hook() -> None:
     media = engine.Engine("127.0.0.1", 0, lambda event: None)
     try:
         manager = TransportManager(media, "127.0.0.1")
         transport = manager.create("subscriber")
         assert media.transport_bandwidth(transport.id) is None  # no DownTrack yet, so no estimate
         seen: list[tuple] = []
-        manager.on_bandwidth = lambda *args: seen.append(args)
+        transport.on_bandwidth = lambda *args: seen.append(args)
         manager.on_event((engine.EV_BANDWIDTH, transport.id, 1_200_000, True))
         manager.on_event((engine.EV_BANDWIDTH, transport.id + 1000, 1, False))
-        assert seen == [(transport, 1_200_000, True)]
+        assert seen == [(1_200_000, True)]
         assert manager.counters["bandwidth_unknown_transport"] == 1
     finally:
         media.close()
@@ -309,7 +309,7 @@ async def test_hostile_feedback_is_dropped_and_counted_while_media_flows(server)
 async def test_a_subscriber_behind_a_narrow_link_gets_an_estimate_below_it(lab_server) -> None:
     """A LiveKit SDK subscriber in the network lab behind 600 kbit/s of a 1280x720 simulcast publisher: its TWCC
     feedback over the real bottleneck brings the engine's estimate for it under the link within seconds, and the
-    change reaches Python as bandwidth events (the allocator's input). Nothing adapts the layer yet."""
+    change reaches Python as bandwidth events (the StreamAllocator's input)."""
     lab, server = lab_server
     lab.shape(SHAPED_KBIT)
     estimates: list[float] = []

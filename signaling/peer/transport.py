@@ -68,6 +68,10 @@ class Transport:
         self.on_consent_lost: Callable[[], None] | None = None
         self.on_message: Callable[[DataChannel, bytes], None] | None = None
         self.on_backlog_full: Callable[[], None] | None = None  # a reliable message found no room: the client does not drain
+        # The downlink estimate of this (subscriber) transport moved by more than the engine's change threshold, or
+        # its congestion state changed (engine E_BANDWIDTH, raised on TWCC feedback or REMB): on_bandwidth(bps,
+        # congested); `congested` means: do not upgrade now. Engine.transport_bandwidth(id) reads it at any time.
+        self.on_bandwidth: Callable[[int, bool], None] | None = None
         self._srtp = None  # (rx, tx) pylibsrtp sessions, kept alive for the engine's raw pointers
         self.sctp: SctpAssociation | None = None
         self.remote_max_message_size = 65536  # the client's a=max-message-size
@@ -386,11 +390,6 @@ class TransportManager:
         self.counters: Counter[str] = Counter()
         self._by_id: dict[int, Transport] = {}
         self.on_receiver_layer: Callable[[int, int, int], None] | None = None
-        # The StreamAllocator's input: a subscriber transport's downlink estimate moved by more than the engine's
-        # change threshold or its congestion state changed (engine E_BANDWIDTH, raised on TWCC feedback or REMB):
-        # on_bandwidth(transport, estimate_bps, congested). `congested` means: do not upgrade now.
-        # Engine.transport_bandwidth(transport.id) reads the current estimate at any time.
-        self.on_bandwidth: Callable[[Transport, int, bool], None] | None = None
 
     @property
     def certificate(self) -> Certificate:
@@ -436,5 +435,5 @@ class TransportManager:
             transport = self._by_id.get(transport_id)
             if transport is None:
                 self.counters["bandwidth_unknown_transport"] += 1
-            elif self.on_bandwidth is not None:
-                self.on_bandwidth(transport, estimate_bps, congested)
+            elif transport.on_bandwidth is not None:
+                transport.on_bandwidth(estimate_bps, congested)

@@ -147,6 +147,8 @@ class Participant:
         # A reliable data message with no room in the client's backlog (peer/transport.py): it does not drain.
         self.publisher.transport.on_backlog_full = self._on_media_path_lost
         self.subscriber.transport.on_backlog_full = self._on_media_path_lost
+        # The subscriber transport's downlink estimate drives this participant's StreamAllocator.
+        self.subscriber.transport.on_bandwidth = self.allocator.on_estimate
 
     # -- identity and grants
     @property

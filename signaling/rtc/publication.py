@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import time
+from collections import deque
+from statistics import median
 from typing import TYPE_CHECKING, Any
 
 from livekit.protocol import models, rtc
@@ -15,6 +17,10 @@ if TYPE_CHECKING:
 
 # Layer bitrates are measured over windows of this length (LiveKit's stream trackers report camera layers every 1 s).
 BITRATE_WINDOW_S = 1.0
+# A layer's price is the median of its last this many windows: a keyframe (every layer sends one after a PLI, and
+# each layer switch asks for one) fills a window with several times the layer's usual rate, and a price that follows
+# it pauses a video for an estimate that carries the layer well.
+BITRATE_WINDOWS = 5
 # A simulcast layer's bitrate before it is measured, when the publisher advertised none: LiveKit's SDK presets for
 # 180p, 360p and 720p (bps), lowest first; a fourth layer costs what the third does.
 DEFAULT_LAYER_BPS = (160_000, 450_000, 1_700_000)
@@ -24,11 +30,13 @@ DEFAULT_AUDIO_BPS = 64_000
 
 
 class LayerBitrates:
-    """Bits per second of each of a receiver's layers over the last window, from the engine's cumulative byte
-    counts (RTX excluded: it repairs, it does not add a layer). Empty until two samples a window apart exist."""
+    """Bits per second of each of a receiver's layers: the median of the last BITRATE_WINDOWS windows, from the
+    engine's cumulative byte counts (RTX excluded: it repairs, it does not add a layer). Empty until that many
+    windows were measured."""
 
     def __init__(self) -> None:
         self.bps: list[int] = []
+        self._windows: deque[list[int]] = deque(maxlen=BITRATE_WINDOWS)
         self._bytes: list[int] = []
         self._at: float | None = None
 
@@ -40,7 +48,11 @@ class LayerBitrates:
             return
         if self._at is not None and len(layer_bytes) == len(self._bytes):
             elapsed = now - self._at
-            self.bps = [int(max(0, new - old) * 8 / elapsed) for new, old in zip(layer_bytes, self._bytes)]
+            self._windows.append([int(max(0, new - old) * 8 / elapsed) for new, old in zip(layer_bytes, self._bytes)])
+            if len(self._windows) == BITRATE_WINDOWS:  # the first windows hold the start's keyframes: too few to judge
+                self.bps = [int(median(window[i] for window in self._windows)) for i in range(len(layer_bytes))]
+        elif len(layer_bytes) != len(self._bytes):
+            self._windows.clear()  # layers came or went: earlier windows describe other layers
         self._bytes, self._at = layer_bytes, now
 
 
