@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Awaitable
 
 import numpy as np
 from livekit import rtc
@@ -19,6 +20,16 @@ from livekit import rtc
 from media import SAMPLE_RATE, dominant_frequency
 
 JOIN_TIMEOUT_S = 20  # joining and the first subscribed video through a narrow link
+
+
+async def read_for(stream, reading: Awaitable[None], seconds: float) -> None:
+    """Runs `reading` (a loop over `stream`) for `seconds`, then closes the stream."""
+    try:
+        await asyncio.wait_for(reading, seconds)
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        await stream.aclose()
 
 
 async def first_track(room: rtc.Room, kind: int) -> rtc.RemoteTrack:
@@ -49,12 +60,7 @@ async def watch(track: rtc.RemoteTrack, seconds: float, result: dict) -> None:
             resolutions[key] = resolutions.get(key, 0) + 1
             result["resolution"] = [frame.width, frame.height]
 
-    try:
-        await asyncio.wait_for(read(), seconds)
-    except asyncio.TimeoutError:
-        pass
-    finally:
-        await stream.aclose()
+    await read_for(stream, read(), seconds)
     frames = sum(second["frames"] for second in timeline)
     elapsed = time.monotonic() - first if first is not None else 0
     result.update(frames=frames, fps=round(frames / elapsed, 1) if elapsed > 0 else 0.0,
@@ -71,12 +77,7 @@ async def listen(track: rtc.RemoteTrack, seconds: float, result: dict) -> None:
             while sum(len(chunk) for chunk in tail) > SAMPLE_RATE:
                 tail.pop(0)
 
-    try:
-        await asyncio.wait_for(read(), seconds)
-    except asyncio.TimeoutError:
-        pass
-    finally:
-        await stream.aclose()
+    await read_for(stream, read(), seconds)
     samples = np.concatenate(tail) if tail else np.zeros(1)
     result["audio_hz"] = dominant_frequency(samples) if np.abs(samples).max() > 500 else None
 
