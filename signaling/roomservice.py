@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from .auth import AuthError, Claims
 from .rtc.data import route
-from .rtc.limits import MAX_ATTRIBUTES_SIZE, MAX_METADATA_SIZE, MAX_NAME_LENGTH
+from .rtc.limits import MAX_ATTRIBUTES_SIZE, MAX_METADATA_SIZE, MAX_NAME_LENGTH, MAX_ROOM_NAME_LENGTH
 from .rtc.participant import Participant
 from .rtc.room import Room
 
@@ -143,6 +143,7 @@ class RoomService:
     def create_room(self, request: proto.CreateRoomRequest) -> models.Room:
         if not request.name:
             raise TwirpError("invalid_argument", "room name is required")
+        _check_size("room name", request.name, MAX_ROOM_NAME_LENGTH)
         _check_size("metadata", request.metadata, MAX_METADATA_SIZE)
         return self.node.store.create(
             request.name, request.empty_timeout, request.departure_timeout, request.max_participants,

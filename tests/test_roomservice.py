@@ -45,6 +45,9 @@ async def test_rooms_are_created_listed_updated_and_deleted(server, lkapi):
         ("api-room", 30, 5, 2, "hello")
     assert room.sid.startswith("RM_")
     assert room == await lkapi.room.create_room(api.CreateRoomRequest(name="api-room"))  # exists: returned as is
+    with pytest.raises(api.TwirpError) as refused:  # longer than joins allow (rtc/limits.py): no room nobody can join
+        await lkapi.room.create_room(api.CreateRoomRequest(name="r" * 257))
+    assert refused.value.code == "invalid_argument"
 
     alice = await connect(server, "alice", "api-room")
     bob = await connect(server, "bob", "api-room")
