@@ -39,7 +39,7 @@ from ..auth import create_token
 from ..durations import parse_duration
 from ..peer import sdp
 from ..peer.dtls import Certificate, DtlsEndpoint, SrtpKeys, session_pointer, srtp_sessions
-from ..peer.ice import StunError, handle_binding, new_credentials
+from ..peer.ice import StunError, binding_request, handle_binding, new_credentials
 from . import loadgen
 
 __all__ = ["LoadError", "LoadReport", "LoadClients", "MediaPlan", "run_load", "main"]
@@ -117,14 +117,8 @@ class MediaPath:
         return bytes(self._binding_request(self._section, nominate))
 
     def _binding_request(self, section: sdp.MediaSection, nominate: bool) -> stun.Message:
-        attributes = {"USERNAME": f"{section.ice_ufrag}:{self.ufrag}", "PRIORITY": 2130706431,
-                      "ICE-CONTROLLING": random.getrandbits(64)}
-        if nominate:
-            attributes["USE-CANDIDATE"] = None
-        request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST,
-                               attributes=attributes)
-        request.add_message_integrity(section.ice_pwd.encode())
-        return request
+        return binding_request(section.ice_ufrag, self.ufrag, section.ice_pwd, 2130706431, controlling=True,
+                               tie_breaker=random.getrandbits(64), nominate=nominate)
 
     async def _keep_consent(self, section: sdp.MediaSection, receiver: loadgen.LoadReceiver, index: int) -> None:
         """Answers the server's consent checks and sends ours (their responses reach loadgen's reader, which counts

@@ -36,6 +36,7 @@ __all__ = [
     "BindingResult",
     "ConsentChecks",
     "StunError",
+    "binding_request",
     "error_response",
     "handle_binding",
     "is_stun",
@@ -200,6 +201,24 @@ def handle_binding(
     )
 
 
+def binding_request(remote_ufrag: str, local_ufrag: str, remote_pwd: str, priority: int, *, controlling: bool,
+                    tie_breaker: int, nominate: bool = False) -> stun.Message:
+    """A connectivity check to a peer (USERNAME "<its ufrag>:<ours>", PRIORITY, our ICE role with its tie-breaker,
+    USE-CANDIDATE when nominating, MESSAGE-INTEGRITY with the peer's pwd and FINGERPRINT), with a fresh random
+    transaction id. The server sends these as consent checks; tern's load clients as their connectivity checks."""
+    attributes: dict[str, object] = {
+        "USERNAME": f"{remote_ufrag}:{local_ufrag}",
+        "PRIORITY": priority,
+        "ICE-CONTROLLING" if controlling else "ICE-CONTROLLED": tie_breaker,
+    }
+    if nominate:
+        attributes["USE-CANDIDATE"] = None
+    message = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST,
+                           transaction_id=secrets.token_bytes(12), attributes=attributes)
+    message.add_message_integrity(remote_pwd.encode("utf8"))  # also adds FINGERPRINT
+    return message
+
+
 def is_response(data: bytes) -> bool:
     """A STUN success response (the engine lets up only those answering our checks) rather than a request."""
     return data[:2] == b"\x01\x01"
@@ -222,17 +241,8 @@ class ConsentChecks:
 
     def request(self, address: tuple[str, int], remote_ufrag: str, remote_pwd: str) -> tuple[bytes, bytes]:
         """A check to `address`: (datagram, its fresh random transaction id)."""
-        message = stun.Message(
-            message_method=stun.Method.BINDING,
-            message_class=stun.Class.REQUEST,
-            transaction_id=secrets.token_bytes(12),
-            attributes={
-                "USERNAME": f"{remote_ufrag}:{self.local_ufrag}",
-                "PRIORITY": _CHECK_PRIORITY,
-                "ICE-CONTROLLED": self._tie_breaker,
-            },
-        )
-        message.add_message_integrity(remote_pwd.encode("utf8"))  # also adds FINGERPRINT
+        message = binding_request(remote_ufrag, self.local_ufrag, remote_pwd, _CHECK_PRIORITY, controlling=False,
+                                  tie_breaker=self._tie_breaker)
         self._outstanding[message.transaction_id] = (address, remote_pwd)
         if len(self._outstanding) > OUTSTANDING_CHECKS:
             self._outstanding.popitem(last=False)
