@@ -58,6 +58,12 @@ cdef struct BweProbeCluster:
     bint overused             # the delay detector signalled overuse while it was pending
     int64_t result_bps
 
+cdef struct BweRate:          # bytes per BWE_ACK_BUCKET_US bucket of one clock, over the last BWE_ACK_BUCKETS
+    int64_t bytes[BWE_ACK_BUCKETS]
+    int64_t head              # index of the newest bucket (time / BWE_ACK_BUCKET_US), -1 before the first packet
+    int64_t first_us          # time of the first packet counted since the last restart
+    int64_t last_us           # the newest time
+
 cdef struct Bwe:
     # outputs
     double estimate_bps       # min(delay-based, loss-based), clamped to [BWE_MIN_BPS, BWE_MAX_BPS]
@@ -68,6 +74,7 @@ cdef struct Bwe:
     int32_t reported_usage
     int64_t last_congestion_us  # last decrease (delay, loss or REMB), for bwe_congested
     bint twcc_seen            # TWCC feedback arrived: REMB is ignored from then on
+    int64_t last_feedback_us  # when the last feedback (or REMB) arrived
     # delay-based: inter-group delay variation -> trendline -> overuse detector
     BweGroup group            # the group being filled
     BweGroup prev_group       # the last complete group
@@ -102,11 +109,9 @@ cdef struct Bwe:
     int64_t interval_last_send_us
     int64_t last_loss_increase_us
     int64_t last_loss_decrease_us
-    # acknowledged bitrate (remote clock buckets)
-    int64_t ack_bytes[BWE_ACK_BUCKETS]
-    int64_t ack_head          # index of the newest bucket (arrival / BWE_ACK_BUCKET_US), -1 before the first packet
-    int64_t ack_first_us      # arrival of the first packet counted since the last restart
-    int64_t ack_last_us       # newest arrival
+    # acknowledged bitrate (remote clock buckets), and the rate the reported packets were sent at (our clock)
+    BweRate acked
+    BweRate sent
     # packet results seen (duplicates, late arrivals of packets reported lost)
     uint32_t seen_seq[BWE_SEEN]   # low 32 bits: enough, the window is 512 numbers below max_seq
     uint8_t seen[BWE_SEEN]        # SEEN_* (private to bwe.pyx)
@@ -139,10 +144,13 @@ cdef void bwe_on_remb(Bwe *b, int64_t bps, int64_t now) noexcept nogil
 cdef void bwe_probe_start(Bwe *b, int32_t cluster_id, int64_t target_bps, int64_t now) noexcept nogil
 # PROBE_* of a cluster; a pending one past BWE_PROBE_TIMEOUT_US reads as failed.
 cdef int bwe_probe_status(const Bwe *b, int32_t cluster_id, int64_t now) noexcept nogil
+# True once a cluster made the delay detector signal overuse (it will fail): its sender should stop.
+cdef bint bwe_probe_overused(const Bwe *b, int32_t cluster_id) noexcept nogil
 # The rate a succeeded probe measured (bps), 0 otherwise.
 cdef int64_t bwe_probe_result_bps(const Bwe *b, int32_t cluster_id) noexcept nogil
 # True while the allocator must not upgrade: the detector is not NORMAL, the last loss interval was high, or the
-# estimate decreased within BWE_CONGESTION_HOLD_US.
+# estimate decreased within BWE_CONGESTION_HOLD_US. The first two only while feedback keeps coming (within
+# BWE_FEEDBACK_STALE_US): when nothing is sent (every video paused) the last verdict goes stale, and a probe may ask.
 cdef bint bwe_congested(const Bwe *b, int64_t now) noexcept nogil
 # True once after the estimate moved by more than BWE_CHANGE_FRACTION or the state changed: raise an event then.
 cdef bint bwe_take_change(Bwe *b) noexcept nogil

@@ -25,7 +25,7 @@ from libc.math cimport fabs, pow, sqrt
 from libc.stdint cimport uint32_t
 from libc.string cimport memset
 
-from engine.bwe cimport (BWE_ACK_BUCKETS, BWE_NORMAL, BWE_OVERUSING, BWE_PROBE_CLUSTERS, BWE_SEEN,
+from engine.bwe cimport (BWE_ACK_BUCKETS, BweRate, BWE_NORMAL, BWE_OVERUSING, BWE_PROBE_CLUSTERS, BWE_SEEN,
                          BWE_TREND_WINDOW, BWE_UNDERUSING, PROBE_FAILED, PROBE_PENDING, PROBE_SUCCEEDED,
                          PROBE_UNKNOWN, Bwe, BweGroup, BwePacketResult, BweProbeCluster)
 
@@ -69,6 +69,8 @@ cdef enum:
     RATE_INCREASE
     RATE_DECREASE
 cdef double DECREASE_FACTOR = 0.85            # beta: down to 85 % of what was acknowledged
+cdef double APP_LIMITED_SHARE = 0.5           # acknowledged < half the estimate...
+cdef double APP_LIMITED_DELIVERY = 0.9        # ...and >= 90 % of what was sent over the same 500 ms: app-limited
 cdef double INCREASE_PER_SECOND = 1.08        # multiplicative increase far from the last congestion point
 cdef double ACKED_HEADROOM = 1.5              # never increase above 1.5 x acknowledged + 10 kbit/s (app-limited)
 cdef double ACKED_HEADROOM_BPS = 10000.0
@@ -115,6 +117,7 @@ cdef int64_t PROBE_COMPLETE_GAP_US = 100000
 cdef double BWE_CHANGE_FRACTION = 0.05        # the estimate moved by > 5 %: worth an event
 cdef int64_t BWE_CONGESTION_HOLD_US = 500000  # after a decrease, no upgrade for 500 ms (the queue drains first)
 cdef double REMB_DROP = 0.9                   # a REMB below 90 % of the estimate is the client's overuse signal
+cdef int64_t BWE_FEEDBACK_STALE_US = 1000000  # no feedback for 1 s (libwebrtc reports every 50-250 ms): stale state
 
 
 cdef enum:  # Bwe.seen
@@ -144,7 +147,8 @@ cdef void bwe_init(Bwe *b, int64_t start_bps, int64_t now) noexcept nogil:
     b.rtt_ms = -1.0
     b.last_loss_increase_us = now
     b.last_loss_decrease_us = now - LOSS_DECREASE_INTERVAL_US
-    b.ack_head = -1
+    b.acked.head = -1
+    b.sent.head = -1
     b.max_seq = -1
     for i in range(BWE_PROBE_CLUSTERS):
         b.probes[i].status = PROBE_UNKNOWN
@@ -179,8 +183,11 @@ cdef void bwe_on_feedback(Bwe *b, const BwePacketResult *results, int count, int
     cdef int64_t newest_send = -1
     cdef int slot, accepted = 0
     cdef bint late
+    if b.reports and now - b.last_feedback_us >= BWE_FEEDBACK_STALE_US:
+        delay_restart(b)      # after a silence (every video paused) the groups and trend describe another time
     b.reports += 1
     b.twcc_seen = True
+    b.last_feedback_us = now
     for i in range(count):
         r = &results[i]
         b.ops += 1
@@ -211,11 +218,12 @@ cdef void bwe_on_feedback(Bwe *b, const BwePacketResult *results, int count, int
         else:
             b.packets += 1
             loss_count(b, r)
+            rate_count(b, &b.sent, r.send_us, r.size)
         probe_count(b, r, late)
         if r.received:
             if r.send_us > newest_send:
                 newest_send = r.send_us
-            ack_count(b, r.arrival_us, r.size)
+            rate_count(b, &b.acked, r.arrival_us, r.size)
             delay_packet(b, r)
     if newest_send >= 0:
         rtt_sample(b, <double>(now - newest_send) / 1000.0)
@@ -370,18 +378,25 @@ cdef void threshold_adapt(Bwe *b, double trend, int64_t arrival_us) noexcept nog
 # ---- AIMD rate control ---------------------------------------------------------------------------------------------
 
 cdef void rate_update(Bwe *b, int64_t now) noexcept nogil:
-    cdef double acked = ack_rate(b)
+    cdef double acked = rate_value(b, &b.acked)
     cdef double dt_s = clamp(<double>(now - b.rate_update_us) / 1e6, 0.0, 1.0)
     cdef double rate = b.delay_rate_bps, limit, response_ms, reduce_ms
+    cdef bint app_limited
     if b.usage == BWE_OVERUSING:
         reduce_ms = clamp(rtt_or_default(b), REDUCE_MIN_INTERVAL_MS, REDUCE_MAX_INTERVAL_MS)
+        # App-limited: far less is sent than the estimate allows, and it all arrives. The queue the detector saw
+        # came from a burst (a keyframe, a probe, a bigger layer's backlog draining), not from a rate the link
+        # cannot carry, and the throughput says nothing of the capacity: the estimate itself steps down. (GCC cuts
+        # to 0.85 x the throughput: an SFU sending a subscriber's 150 kbit/s layer into a 600 kbit/s link would
+        # then pause its video at the first delay spike.)
+        app_limited = 0 < acked < APP_LIMITED_SHARE * rate and acked >= APP_LIMITED_DELIVERY * rate_value(b, &b.sent)
         if (b.rate_state != RATE_DECREASE
                 or <double>(now - b.last_congestion_us) / 1000.0 >= reduce_ms
-                or (acked > 0 and acked < 0.5 * rate)):
-            rate = DECREASE_FACTOR * (acked if acked > 0 else rate)
+                or (not app_limited and 0 < acked < APP_LIMITED_SHARE * rate)):
+            rate = DECREASE_FACTOR * (acked if acked > 0 and not app_limited else rate)
             if rate > b.delay_rate_bps:
                 rate = b.delay_rate_bps   # a decrease never increases (acked can exceed the estimate briefly)
-            if acked > 0:
+            if acked > 0 and not app_limited:
                 capacity_update(b, acked / 1000.0)
             b.rate_state = RATE_DECREASE
             b.last_congestion_us = now
@@ -454,7 +469,7 @@ cdef void loss_update(Bwe *b, int64_t now) noexcept nogil:
             # carries: a full shallow queue hides from the delay detector, so the cut goes no higher than that.
             span_us = <double>(b.interval_last_send_us - b.interval_first_send_us)
             cut = (1.0 - 0.5 * loss) * (b.interval_bytes * 8e6 / span_us if span_us > 0 else b.loss_rate_bps)
-            acked = ack_rate(b)
+            acked = rate_value(b, &b.acked)
             if 0 < acked < cut:
                 cut = acked
             if cut < b.loss_rate_bps:
@@ -475,46 +490,46 @@ cdef void loss_update(Bwe *b, int64_t now) noexcept nogil:
 
 # ---- acknowledged bitrate ------------------------------------------------------------------------------------------
 
-cdef void ack_count(Bwe *b, int64_t arrival_us, int32_t size) noexcept nogil:
-    cdef int64_t idx = (arrival_us + MAX_ARRIVAL_US) // BWE_ACK_BUCKET_US   # >= 0: arrival_us was validated
+cdef void rate_count(Bwe *b, BweRate *rate, int64_t t, int32_t size) noexcept nogil:
+    cdef int64_t idx = (t + MAX_ARRIVAL_US) // BWE_ACK_BUCKET_US   # >= 0: times were validated
     cdef int64_t k
-    if b.ack_head < 0 or idx > b.ack_head + BWE_ACK_BUCKETS or idx < b.ack_head - 2 * BWE_ACK_BUCKETS:
-        # first packet, an idle gap longer than the window, or an arrival clock that jumped back: restart
+    if rate.head < 0 or idx > rate.head + BWE_ACK_BUCKETS or idx < rate.head - 2 * BWE_ACK_BUCKETS:
+        # first packet, an idle gap longer than the window, or a clock that jumped back: restart
         for k in range(BWE_ACK_BUCKETS):
-            b.ack_bytes[k] = 0
+            rate.bytes[k] = 0
         b.ops += BWE_ACK_BUCKETS
-        b.ack_head = idx
-        b.ack_first_us = arrival_us
-        b.ack_last_us = arrival_us
-    elif idx <= b.ack_head - BWE_ACK_BUCKETS:
-        b.stale += 1          # arrived before the window (a late report of an old packet)
+        rate.head = idx
+        rate.first_us = t
+        rate.last_us = t
+    elif idx <= rate.head - BWE_ACK_BUCKETS:
+        b.stale += 1          # before the window (a late report of an old packet)
         return
-    while b.ack_head < idx:
-        b.ack_head += 1
-        b.ack_bytes[b.ack_head % BWE_ACK_BUCKETS] = 0
+    while rate.head < idx:
+        rate.head += 1
+        rate.bytes[rate.head % BWE_ACK_BUCKETS] = 0
         b.ops += 1
-    b.ack_bytes[idx % BWE_ACK_BUCKETS] += size
-    if arrival_us > b.ack_last_us:
-        b.ack_last_us = arrival_us
-    if arrival_us < b.ack_first_us:
-        b.ack_first_us = arrival_us
+    rate.bytes[idx % BWE_ACK_BUCKETS] += size
+    if t > rate.last_us:
+        rate.last_us = t
+    if t < rate.first_us:
+        rate.first_us = t
 
 
-cdef double ack_rate(Bwe *b) noexcept nogil:
-    """Bytes received over the window (or since the restart, if shorter) as bit/s; -1 until 100 ms of arrivals."""
+cdef double rate_value(Bwe *b, const BweRate *rate) noexcept nogil:
+    """Bytes over the window (or since the restart, if shorter) as bit/s; -1 until it spans 100 ms."""
     cdef int64_t start, total = 0
     cdef int k
-    if b.ack_head < 0:
+    if rate.head < 0:
         return -1.0
-    start = (b.ack_head - BWE_ACK_BUCKETS + 1) * BWE_ACK_BUCKET_US - MAX_ARRIVAL_US
-    if b.ack_first_us > start:
-        start = b.ack_first_us
-    if b.ack_last_us - start < ACK_MIN_SPAN_US:
+    start = (rate.head - BWE_ACK_BUCKETS + 1) * BWE_ACK_BUCKET_US - MAX_ARRIVAL_US
+    if rate.first_us > start:
+        start = rate.first_us
+    if rate.last_us - start < ACK_MIN_SPAN_US:
         return -1.0
     for k in range(BWE_ACK_BUCKETS):
-        total += b.ack_bytes[k]
+        total += rate.bytes[k]
     b.ops += BWE_ACK_BUCKETS
-    return total * 8e6 / <double>(b.ack_last_us - start)
+    return total * 8e6 / <double>(rate.last_us - start)
 
 
 # ---- probes --------------------------------------------------------------------------------------------------------
@@ -645,6 +660,11 @@ cdef int bwe_probe_status(const Bwe *b, int32_t cluster_id, int64_t now) noexcep
     return c.status
 
 
+cdef bint bwe_probe_overused(const Bwe *b, int32_t cluster_id) noexcept nogil:
+    cdef BweProbeCluster *c = probe_find(b, cluster_id)
+    return c != NULL and (c.overused or c.status == PROBE_FAILED)
+
+
 cdef int64_t bwe_probe_result_bps(const Bwe *b, int32_t cluster_id) noexcept nogil:
     cdef BweProbeCluster *c = probe_find(b, cluster_id)
     return c.result_bps if c != NULL and c.status == PROBE_SUCCEEDED else 0
@@ -662,6 +682,7 @@ cdef void bwe_on_remb(Bwe *b, int64_t bps, int64_t now) noexcept nogil:
         b.invalid += 1
         return
     rate = clamp(<double>bps, BWE_MIN_BPS, BWE_MAX_BPS)
+    b.last_feedback_us = now
     if rate < REMB_DROP * b.estimate_bps:
         b.usage = BWE_OVERUSING
         b.last_congestion_us = now
@@ -683,7 +704,7 @@ cdef void output_update(Bwe *b, int64_t now) noexcept nogil:
 
 
 cdef bint bwe_congested(const Bwe *b, int64_t now) noexcept nogil:
-    return (b.usage != BWE_NORMAL or b.loss_fraction > LOSS_HIGH
+    return (((b.usage != BWE_NORMAL or b.loss_fraction > LOSS_HIGH) and now - b.last_feedback_us < BWE_FEEDBACK_STALE_US)
             or (now - b.last_congestion_us < BWE_CONGESTION_HOLD_US and now >= b.last_congestion_us))
 
 

@@ -80,3 +80,7 @@ cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil
 # when d.ext_transport_cc is set; returns the length.
 cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, bint as_rtx, uint16_t transport_seq,
                          uint8_t *out) noexcept nogil
+# Writes a padding-only packet of `padding` bytes (1-255) on `d`'s RTX stream into `out` (room for 12 + 8 + padding bytes),
+# with `transport_seq` in the transport-cc element when d.ext_transport_cc is set; returns the length. The receiver
+# discards it (RTX without an original sequence number); it only carries bytes and a transport-wide number.
+cdef int downtrack_write_padding(DownTrack *d, uint16_t transport_seq, uint8_t padding, uint8_t *out) noexcept nogil

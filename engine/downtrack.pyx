@@ -53,3 +53,25 @@ cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e,
     if p.descriptor == DESC_VP8:
         vp8_write_ids(payload, &p.desc.vp8, e.out_pid, e.out_tl0)
     return <int>(payload - out) + p.h.payload_length
+
+
+cdef int downtrack_write_padding(DownTrack *d, uint16_t transport_seq, uint8_t padding, uint8_t *out) noexcept nogil:
+    cdef int w = 12
+    out[0] = 0xA0  # version 2, padding
+    out[1] = d.rtx_payload_type
+    store16(out + 2, d.rtx_seq)
+    d.rtx_seq += 1
+    store32(out + 4, d.last_out_ts)
+    store32(out + 8, d.rtx_ssrc)
+    if 0 < d.ext_transport_cc <= 14:
+        out[0] |= 0x10
+        out[12] = 0xBE
+        out[13] = 0xDE
+        store16(out + 14, 1)  # one 32-bit word of elements
+        out[16] = <uint8_t>((d.ext_transport_cc << 4) | 1)
+        store16(out + 17, transport_seq)
+        out[19] = 0
+        w = 20
+    memset(out + w, 0, padding - 1)
+    out[w + padding - 1] = padding  # RFC 3550 5.1: the last padding octet counts the padding, itself included
+    return w + padding

@@ -16,7 +16,7 @@ import os
 import socket
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdint cimport int64_t, uint8_t, uint64_t, uintptr_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 
@@ -32,7 +32,9 @@ from engine.path cimport Path, path_address, path_set
 from engine.receiver cimport (MAX_LAYERS, Layer, Receiver, receiver_free, receiver_new, receiver_take_audio_level,
                               receiver_update_top)
 from engine.reports cimport reports_tick
-from engine.bwe cimport Bwe, bwe_congested, bwe_estimate_bps, bwe_loss_fraction, bwe_state
+from engine.bwe cimport (Bwe, bwe_congested, bwe_estimate_bps, bwe_loss_fraction, bwe_probe_result_bps,
+                        bwe_probe_status, bwe_state)
+from engine.prober cimport prober_forget, prober_pump, prober_start
 from engine.transportcc cimport (transportcc_enable_receive, transportcc_enable_send, transportcc_free,
                                  transportcc_tick)
 from engine.state cimport (BATCH, E_BANDWIDTH, E_DTLS, E_STUN, MAX_CONSENT_CHECKS, MAX_DOWNTRACKS, MAX_RECEIVERS,
@@ -50,6 +52,7 @@ EV_DTLS = "dtls"
 EV_RECEIVER_LAYER = "receiver_layer"
 EV_BANDWIDTH = "bandwidth"
 BWE_STATES = ("normal", "overusing", "underusing")  # bwe.pxd BWE_* by value
+PROBE_STATUSES = ("unknown", "pending", "succeeded", "failed")  # bwe.pxd PROBE_* by value
 EXT_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 
 cdef enum:
@@ -82,6 +85,7 @@ STAT_NAMES = (
     "srtp_streams_removed", "drop_rtx_budget", "retransmitted_bytes", "stun_responses",
     "drop_stun_unexpected_response", "drop_ssrc_rebind_rate", "twcc_feedback_sent", "twcc_late",
     "twcc_feedback_received", "twcc_unmatched", "remb_received", "bandwidth_events",
+    "probe_clusters", "probe_packets",
 )
 assert len(STAT_NAMES) == S_COUNT
 
@@ -95,6 +99,7 @@ cdef void run_timers(EngineState *s, int64_t now) noexcept nogil:
             receiver_update_top(s.receivers[i], now, LAYER_STALE_US)
     feedback_tick(s, now)
     transportcc_tick(s, now)
+    prober_pump(s, now)
     reports_tick(s, now)
 
 
@@ -188,6 +193,7 @@ cdef class Engine:
                     transportcc_free(s, i)
                     free(s.transports[i])
         free(s.twcc_receivers.items)
+        free(s.probing.items)
         free(s.transports)
         free(s.receivers)
         free(s.downtracks)
@@ -238,6 +244,8 @@ cdef class Engine:
                     s.event_count = 0
                     demux_udp_batch(s, n, now)
                     fanout_batch(s, now)
+                    if s.probing.count:
+                        prober_pump(s, now)  # between ticks too: a cluster's packets leave evenly
                     udpmux_flush(s)
             if n <= 0:
                 break
@@ -401,6 +409,7 @@ cdef class Engine:
             if t.checks[i] and map_get(&self.s.checks, t.checks[i]) == slot:
                 map_remove(&self.s.checks, t.checks[i])
         free(t.receivers.items)
+        prober_forget(self.s, <int>slot)
         transportcc_free(self.s, <int>slot)
         free(t)
         self.s.transports[<int>slot] = NULL
@@ -625,6 +634,23 @@ cdef class Engine:
             "probes_succeeded": b.probes_succeeded,
             "probes_failed": b.probes_failed,
         }
+
+    def probe(self, transport_id: int, target_bps: int, duration: float) -> int | None:
+        """Starts a probe cluster toward a subscriber transport: its traffic is topped up with padding to
+        `target_bps` for `duration` seconds, and its estimate jumps to what the link carried if that is more (an
+        E_BANDWIDTH event follows). The cluster's id, or None when the transport cannot be probed (no transport-cc,
+        or no video DownTrack with RTX that has started)."""
+        cdef int slot = self._slot(self._transport_slots, transport_id, "transport")
+        cdef int32_t cluster = prober_start(self.s, slot, target_bps, <int64_t>(duration * 1e6), monotonic_us())
+        return None if cluster < 0 else cluster
+
+    def probe_status(self, transport_id: int, cluster: int) -> tuple[str, int]:
+        """("pending" | "succeeded" | "failed" | "unknown", the rate it measured in bps, or 0)."""
+        cdef Transport *t = self.s.transports[self._slot(self._transport_slots, transport_id, "transport")]
+        if t.bwe == NULL:
+            return "unknown", 0
+        status = bwe_probe_status(t.bwe, cluster, monotonic_us())
+        return PROBE_STATUSES[status], bwe_probe_result_bps(t.bwe, cluster)
 
     def audio_levels(self, interval: float) -> dict[int, float]:
         """Mean linear audio level (0..1, 1 = 0 dBov) of every receiver that has the audio-level extension,

@@ -77,5 +77,7 @@ cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const Se
         return False
     if history != NULL:
         twcc_history_add(history, rtp_length, now)
+        if t.probing:
+            t.probe_sent_bytes += rtp_length  # a cluster's rate counts what it tags, media included
     send_commit(s, slot, length, &t.path)
     return True

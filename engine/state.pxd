@@ -1,6 +1,6 @@
 # EngineState: the one C state struct that the engine's nogil modules share: limits, slot tables, lookup maps, counters,
 # the receive and send batches, the batch's ExtPackets and the event queue. engine.pyx owns it; modules take a pointer.
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 from engine.batchio cimport iovec, mmsghdr
@@ -90,6 +90,8 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_TWCC_UNMATCHED          # packets a subscriber's feedback names that the send history does not hold
     S_REMB_RECEIVED           # REMB from subscribers
     S_BANDWIDTH_EVENTS        # estimate changes raised to Python
+    S_PROBE_CLUSTERS          # probe clusters started toward subscribers (prober.pyx)
+    S_PROBE_PACKETS           # padding-only packets those clusters sent
     S_COUNT
 
 cdef enum:  # event kinds, queued in C and dispatched to Python after each batch
@@ -175,6 +177,15 @@ cdef struct Transport:
     TwccRecorder *twcc_rx
     TwccHistory *twcc_tx
     Bwe *bwe                  # with twcc_tx; also fed by the subscriber's REMB
+    # the probe cluster running toward it (prober.pyx), when `probing`
+    bint probing
+    int32_t probe_cluster
+    int64_t probe_target_bps
+    int64_t probe_start_us
+    int64_t probe_end_us
+    int64_t probe_sent_bytes  # RTP bytes stamped and sent to it since the cluster started (media, RTX, padding)
+    int64_t probe_downtrack   # id of the DownTrack whose RTX stream carries the padding
+    int probe_downtrack_slot
 
 cdef struct RecvBatch:
     uint8_t *bufs             # BATCH buffers of RECV_BUF bytes
@@ -211,6 +222,8 @@ cdef struct EngineState:
     DownTrack **downtracks
     int transport_end         # one past the highest slot ever used, to bound scans
     IntList twcc_receivers    # slots of the transports with a TWCC receive record: the tick visits only these
+    IntList probing           # slots of the transports with a probe cluster running (prober.pyx)
+    int32_t next_probe_cluster
     int receiver_end
     int downtrack_end
     U64Map by_address         # path key -> transport slot

@@ -23,6 +23,8 @@ from .webhook import WebhookNotifier
 
 log = logging.getLogger(__name__)
 
+ALLOCATOR_TICK_S = 0.5  # probes last 0.3 s and are judged ~0.1 s after: twice a second keeps the 3 s cadence close
+
 # Reported to clients as server_info.version: it must be semver, and >= 1.8.0 for the SDKs' RPC support.
 PROTOCOL_VERSION = "1.9.0"
 SERVER_PROTOCOL = 16
@@ -73,6 +75,7 @@ class Node:
             self.webhooks.start()
         self._tasks.append(loop.create_task(self._observe_speakers()))
         self._tasks.append(loop.create_task(self._observe_quality()))
+        self._tasks.append(loop.create_task(self._drive_allocators()))
         log.info("media on udp %s:%d, candidates advertise %s", host, self.engine.port, self.transports.node_ip)
 
     def _on_engine_event(self, event: tuple) -> None:
@@ -115,6 +118,18 @@ class Node:
                 except Exception:  # a bug here must not end quality updates for good
                     log.exception("connection quality update failed in room %s", room.name)
                 await asyncio.sleep(0)  # room by room, so a node of many rooms does not hold the loop for all
+
+    async def _drive_allocators(self) -> None:
+        """Every ALLOCATOR_TICK_S: each subscriber's StreamAllocator judges its probe or starts one."""
+        while True:
+            await asyncio.sleep(ALLOCATOR_TICK_S)
+            for room in self.store.rooms():
+                for participant in list(room.participants.values()):
+                    try:
+                        participant.allocator.tick()
+                    except Exception:  # a bug here must not end probing for good
+                        log.exception("stream allocator tick failed for %s", participant.sid)
+                await asyncio.sleep(0)
 
     def shutdown(self) -> None:
         """Closes every room: participants get `leave` (SERVER_SHUTDOWN), webhooks participant_left and room_finished."""

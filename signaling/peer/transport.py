@@ -367,6 +367,19 @@ class Transport:
             self._sctp_events()
         self._schedule_timer()
 
+    def probe(self, target_bps: float, duration: float) -> int | None:
+        """A probe cluster toward the client (Engine.probe); None when this transport cannot be probed."""
+        if self.closed:
+            return None
+        return self.manager.engine.probe(self.id, int(target_bps), duration)
+
+    def probe_status(self, cluster: int) -> tuple[str, int]:
+        return ("unknown", 0) if self.closed else self.manager.engine.probe_status(self.id, cluster)
+
+    def bandwidth(self) -> dict | None:
+        """The downlink estimate (Engine.transport_bandwidth), None before there is one."""
+        return None if self.closed else self.manager.engine.transport_bandwidth(self.id)
+
     def close(self) -> None:
         if self.closed:
             return

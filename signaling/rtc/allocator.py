@@ -7,10 +7,16 @@ before camera, every video gets its lowest layer before any gets a second, then 
 whose lowest layer does not fit is paused for bandwidth, which the client hears as StreamStateUpdate PAUSED (then
 ACTIVE): that is not a mute. Without an estimate, tracks get what the subscriber asks for.
 
+An estimate only rises with evidence, so before an upgrade the allocator probes (`tick`, twice a second): when some
+video is below what its subscriber asks for and the estimate does not cover the next step, the subscriber's link is
+tested with a probe cluster at the rate the next step needs (engine padding, prober.pyx); a link that carries it
+raises the estimate, and the upgrade follows. A paused video resumes the same way.
+
 The engine selects spatial layers only (simulcast), so the ladder here has one step per spatial layer; temporal
 steps join it when the Forwarder can drop temporal layers."""
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -22,6 +28,8 @@ from livekit.protocol import models, rtc
 if TYPE_CHECKING:
     from .publication import Subscription, TrackPublication
 
+log = logging.getLogger(__name__)
+
 TOP_LAYER = 3  # above any simulcast layer: the Forwarder takes the best one available
 PAUSED = -1    # a video allocation that does not fit even its lowest layer
 
@@ -31,6 +39,22 @@ UPGRADE_MARGIN = 1.15
 # After a track stepped down, it stays down at least this long (LiveKit probes at most every 3 s before an upgrade).
 UPGRADE_HOLD_S = 3.0
 
+# Probing (LiveKit's probe regulator): a probe at most every PROBE_INTERVAL_S; after one the link did not carry, the
+# interval grows by PROBE_BACKOFF up to PROBE_MAX_INTERVAL_S (LiveKit: 2 min; a link that opens should bring the
+# video back within seconds, and a probe that fails costs a subscriber's link a few hundred ms of queue). A cluster lasts PROBE_DURATION_S (LiveKit starts at 200 ms): long enough that a shaper's
+# burst allowance (a router's token bucket) does not pass for capacity. Its rate covers the next step with the
+# upgrade margin, and raises the rate by at least PROBE_MIN_INCREASE_BPS (LiveKit's 200 kbps) but at most to
+# PROBE_MAX_GROWTH x the estimate: a big step (180p -> 720p is +1.5 Mbps) is reached by doubling probes 3 s apart
+# (libwebrtc's probe controller doubles likewise), so a probe into a narrow link builds a queue, not a burst of loss.
+PROBE_INTERVAL_S = 3.0
+PROBE_BACKOFF = 1.5
+PROBE_MAX_INTERVAL_S = 5.0
+PROBE_DURATION_S = 0.3
+PROBE_MIN_INCREASE_BPS = 200_000
+PROBE_MAX_GROWTH = 2.0
+# A probe whose measured rate fell short of this share of its target found the link's limit: back off.
+PROBE_CARRIED = 0.9
+
 
 class LayerControl(Protocol):
     """The engine's side of an allocation."""
@@ -38,6 +62,14 @@ class LayerControl(Protocol):
     def set_paused(self, downtrack_id: int, paused: bool) -> None: ...
     def set_target_layer(self, downtrack_id: int, layer: int) -> None: ...
     def receiver_stats(self, receiver_id: int) -> dict: ...
+
+
+class Prober(Protocol):
+    """The subscriber transport's probe clusters (peer/transport.py, over the engine's prober)."""
+
+    def probe(self, target_bps: float, duration: float) -> int | None: ...
+    def probe_status(self, cluster: int) -> tuple[str, int]: ...
+    def bandwidth(self) -> dict | None: ...
 
 
 @dataclass(frozen=True)
@@ -99,6 +131,16 @@ def share(videos: Iterable[VideoDemand], capacity: float) -> dict[int, int]:
     return layers
 
 
+def next_step(videos: Iterable[VideoDemand], layers: dict[int, int]) -> float | None:
+    """The bps the next upgrade adds to `layers` (the one `share` would make first with more capacity: screenshare
+    first, then the video on the lowest step), or None when every video has what it asks for."""
+    steps = [(not video.screenshare, layers[video.key], video) for video in videos if layers[video.key] < video.max_layer]
+    if not steps:
+        return None
+    _, layer, video = min(steps, key=lambda step: step[:2])
+    return video.bitrates[0] if layer == PAUSED else video.bitrates[layer + 1] - video.bitrates[layer]
+
+
 @dataclass
 class _Pushed:
     """What the engine was last told for one DownTrack, and the allocator's memory of it."""
@@ -129,6 +171,14 @@ class StreamAllocator:
         self._counters = Counter() if counters is None else counters
         self.clock = clock
         self._pushed: dict[int, _Pushed] = {}  # by DownTrack id
+        self.prober: Prober | None = None  # set once the subscriber transport exists
+        # what the current allocation uses (bps) and what its next upgrade would add (None: nothing to upgrade)
+        self._usage = 0.0
+        self._next_step: float | None = None
+        self._probe: int | None = None  # the cluster in flight
+        self._probe_target = 0.0
+        self._probe_at = float("-inf")
+        self._probe_interval = PROBE_INTERVAL_S
 
     # -- inputs
     def update(self, subscription: Subscription) -> None:
@@ -138,9 +188,42 @@ class StreamAllocator:
 
     def on_estimate(self, bps: float | None, congested: bool = False) -> None:
         """A new estimate of the subscriber's available bitrate (None = unknown: each track gets what is asked)."""
+        log.debug("estimate %s kbps%s", None if bps is None else round(bps / 1000), " congested" if congested else "")
         self.estimate = None if bps is None else max(0.0, float(bps))
         self.congested = congested
         self.reallocate()
+
+    def tick(self) -> None:
+        """Twice a second: judge the probe in flight, and start one when an upgrade waits for evidence."""
+        now = self.clock()
+        if self._probe is not None:
+            status, measured_bps = self.prober.probe_status(self._probe)
+            if status == "pending":
+                return
+            carried = status == "succeeded" and measured_bps >= PROBE_CARRIED * self._probe_target
+            log.debug("probe %d at %.0f kbps %s: %.0f kbps", self._probe, self._probe_target / 1000, status,
+                      measured_bps / 1000)
+            self._probe_interval = (PROBE_INTERVAL_S if carried
+                                    else min(PROBE_MAX_INTERVAL_S, self._probe_interval * PROBE_BACKOFF))
+            self._counters["probes_carried" if carried else "probes_short"] += 1
+            self._probe = None
+        if self.prober is None or self._next_step is None or now - self._probe_at < self._probe_interval:
+            return
+        # Events come with feedback, and a paused video leaves none: the congestion state is read afresh.
+        bandwidth = self.prober.bandwidth()
+        if bandwidth is None or bandwidth["congested"]:
+            return
+        self.estimate = float(bandwidth["estimate_bps"])
+        needed = self._usage + self._next_step
+        if self.estimate >= needed * UPGRADE_MARGIN:
+            return  # the estimate covers it already: the upgrade waits only for its hold time
+        target = max(min(needed * UPGRADE_MARGIN, PROBE_MAX_GROWTH * self.estimate), self._usage + PROBE_MIN_INCREASE_BPS)
+        self._probe = self.prober.probe(target, PROBE_DURATION_S)
+        log.debug("probe %s at %.0f kbps (estimate %.0f kbps)", self._probe, target / 1000, self.estimate / 1000)
+        self._probe_at = now
+        self._probe_target = target
+        if self._probe is not None:
+            self._counters["probes_started"] += 1
 
     def forget(self, downtrack_id: int) -> None:
         """The DownTrack is gone (unsubscribed)."""
@@ -169,17 +252,18 @@ class StreamAllocator:
     # -- internals
     def _bandwidth_layers(self, subscriptions: list[Subscription], asked: dict[int, Allocation]) -> dict[int, int]:
         """Each unpaused video's layer under the estimate, with hysteresis against the last allocation."""
-        capacity = self.estimate or 0.0
+        audio = 0.0
         videos = []
         for subscription in subscriptions:
             key, publication = subscription.downtrack_id, subscription.publication
             if publication.kind == "audio":
                 if not asked[key].paused:
-                    capacity -= publication.audio_bitrate(self.engine)
+                    audio += publication.audio_bitrate(self.engine)
             elif not asked[key].paused:
                 bitrates = publication.layer_bitrates(self.engine)
                 videos.append(VideoDemand(key, publication.info.source == models.TrackSource.SCREEN_SHARE,
                                           min(asked[key].layer, len(bitrates) - 1), bitrates))
+        capacity = (self.estimate or 0.0) - audio
         fits = share(videos, capacity)
         cautious = share(videos, capacity / UPGRADE_MARGIN)
         now = self.clock()
@@ -198,6 +282,9 @@ class StreamAllocator:
                 layers[video.key] = current
             else:
                 layers[video.key] = max(current, min(cautious[video.key], fits[video.key]))
+        self._usage = audio + sum(
+            video.bitrates[layers[video.key]] for video in videos if layers[video.key] != PAUSED)
+        self._next_step = next_step(videos, layers)
         return layers
 
     def _push(self, subscription: Subscription, asked_paused: bool, layer: int) -> None:
@@ -213,6 +300,8 @@ class StreamAllocator:
             layer = pushed.layer  # the layer to resume at stays what it was
         if (pushed.paused, pushed.layer, pushed.bandwidth_paused) == (paused, layer, bandwidth_paused):
             return
+        log.debug("downtrack %d: layer %d%s%s (estimate %s)", key, layer, " paused" if paused else "",
+                  " for bandwidth" if bandwidth_paused else "", self.estimate)
         if paused != pushed.paused:
             self.engine.set_paused(key, paused)
         if subscription.publication.kind == "video" and not bandwidth_paused and layer != pushed.layer:

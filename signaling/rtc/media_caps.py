@@ -26,6 +26,11 @@ SUBSCRIBER_EXTENSIONS = {
 }
 SUBSCRIBER_FEEDBACK = {"audio": ["nack"], "video": ["nack", "nack pli", "ccm fir", "transport-cc"]}
 
+# RTX toward a video subscriber needs no RTX from the publisher (the engine wraps NACKed packets from its cache, and
+# probe clusters ride the RTX stream): when the publisher negotiated none (LiveKit's Rust SDK offers VP8 alone), the
+# first of these that is not the codec's own payload type (97 is what libwebrtc pairs with VP8 at 96).
+_RTX_PAYLOAD_TYPES = (97, 99, 101)
+
 # Simulcast rids ordered from lowest to highest quality (LiveKit's q/h/f and the 2/1/0 alternative).
 _RID_ORDER = {"q": 0, "h": 1, "f": 2, "2": 0, "1": 1, "0": 2}
 
@@ -61,7 +66,7 @@ def ordered_rids(rids: list[str]) -> list[str]:
 
 def subscriber_codec(kind: str, published: Codec) -> Codec:
     """The codec offered to a subscriber for a track published with `published`: the same payload, with the
-    feedback tern answers (and RTX for video)."""
+    feedback tern answers, and RTX for video (the publisher's payload type for it, else one of ours)."""
     return Codec(
         payload_type=published.payload_type,
         name=published.name,
@@ -69,7 +74,9 @@ def subscriber_codec(kind: str, published: Codec) -> Codec:
         channels=published.channels,
         fmtp=published.fmtp,
         rtcp_fb=list(SUBSCRIBER_FEEDBACK[kind]),
-        rtx_payload_type=published.rtx_payload_type if kind == "video" else None,
+        rtx_payload_type=(published.rtx_payload_type
+                          or next(pt for pt in _RTX_PAYLOAD_TYPES if pt != published.payload_type)
+                          if kind == "video" else None),
     )
 
 

@@ -149,6 +149,7 @@ class Participant:
         self.subscriber.transport.on_backlog_full = self._on_media_path_lost
         # The subscriber transport's downlink estimate drives this participant's StreamAllocator.
         self.subscriber.transport.on_bandwidth = self.allocator.on_estimate
+        self.allocator.prober = self.subscriber.transport
 
     # -- identity and grants
     @property
