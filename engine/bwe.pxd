@@ -68,6 +68,7 @@ cdef struct Bwe:
     int32_t reported_usage
     int64_t last_congestion_us  # last decrease (delay, loss or REMB), for bwe_congested
     bint twcc_seen            # TWCC feedback arrived: REMB is ignored from then on
+    double remb_bps           # the client's last REMB, 0 before the first
     # delay-based: inter-group delay variation -> trendline -> overuse detector
     BweGroup group            # the group being filled
     BweGroup prev_group       # the last complete group
@@ -121,6 +122,7 @@ cdef struct Bwe:
     int64_t invalid           # results with impossible fields (dropped)
     int64_t overuses
     int64_t decreases
+    int64_t rembs             # REMBs taken (the estimate of a client without transport-cc)
     int64_t remb_ignored
     int64_t probes_succeeded
     int64_t probes_failed
@@ -131,7 +133,8 @@ cdef struct Bwe:
 cdef void bwe_init(Bwe *b, int64_t start_bps, int64_t now) noexcept nogil
 # One TWCC feedback report: `count` results in sequence order (they may repeat or reorder across reports).
 cdef void bwe_on_feedback(Bwe *b, const BwePacketResult *results, int count, int64_t now) noexcept nogil
-# A REMB from a client without transport-cc (ignored once TWCC feedback has been seen).
+# A REMB from a client without transport-cc (ignored once TWCC feedback has been seen): a fall from the previous
+# one is congestion and sets the estimate; otherwise it only raises the estimate.
 cdef void bwe_on_remb(Bwe *b, int64_t bps, int64_t now) noexcept nogil
 # A probe cluster `cluster_id` (>= 0) starts now, paced at `target_bps` for a short burst (libwebrtc: >= 5 packets,
 # >= 15 ms; judged over at most 1 s); every packet sent until it ends carries the id in the send history. The estimate

@@ -114,7 +114,8 @@ cdef int64_t PROBE_COMPLETE_GAP_US = 100000
 # Output (events) and congestion state.
 cdef double BWE_CHANGE_FRACTION = 0.05        # the estimate moved by > 5 %: worth an event
 cdef int64_t BWE_CONGESTION_HOLD_US = 500000  # after a decrease, no upgrade for 500 ms (the queue drains first)
-cdef double REMB_DROP = 0.9                   # a REMB below 90 % of the estimate is the client's overuse signal
+cdef double REMB_DROP = 0.9                   # a REMB below 90 % of the previous one is the client's overuse signal
+                                              # (its estimator only lowers its value on overuse: to 85 % of throughput)
 
 
 cdef enum:  # Bwe.seen
@@ -653,7 +654,11 @@ cdef int64_t bwe_probe_result_bps(const Bwe *b, int32_t cluster_id) noexcept nog
 # ---- REMB, outputs -------------------------------------------------------------------------------------------------
 
 cdef void bwe_on_remb(Bwe *b, int64_t bps, int64_t now) noexcept nogil:
-    """The client ran its own (receive-side GCC) estimate: take it, and read a drop as its overuse signal."""
+    """The client ran its own (receive-side GCC) estimate. Its value starts at the throughput it measured and only
+    grows from there (to 1.5 x throughput at most) until it detects overuse, so it is no ceiling by itself: at
+    first it is just what we happened to send. Only a fall from its previous value, its overuse signal, lowers our
+    estimate (to that value); a value above ours raises it. So the estimate stays at the start value, as on the
+    TWCC path, until the link is seen to be congested."""
     cdef double rate
     if b.twcc_seen:
         b.remb_ignored += 1
@@ -661,15 +666,18 @@ cdef void bwe_on_remb(Bwe *b, int64_t bps, int64_t now) noexcept nogil:
     if bps <= 0:
         b.invalid += 1
         return
+    b.rembs += 1
     rate = clamp(<double>bps, BWE_MIN_BPS, BWE_MAX_BPS)
-    if rate < REMB_DROP * b.estimate_bps:
+    if b.remb_bps > 0 and rate < REMB_DROP * b.remb_bps:
         b.usage = BWE_OVERUSING
         b.last_congestion_us = now
         b.decreases += 1
+        b.delay_rate_bps = rate  # below the estimate: it never falls under the last REMB otherwise
     else:
         b.usage = BWE_NORMAL
-    b.delay_rate_bps = rate
-    b.loss_rate_bps = rate
+        b.delay_rate_bps = max(b.delay_rate_bps, rate)
+    b.remb_bps = rate
+    b.loss_rate_bps = b.delay_rate_bps
     output_update(b, now)
 
 

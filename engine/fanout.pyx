@@ -68,9 +68,9 @@ cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const Se
         return False
     slot = send_take_slot(s)
     out = send_slot_buffer(s, slot)
-    # The transport-wide number is taken here, where the packet's final bytes are written into the send batch
-    # (which leaves in this batch's sendmmsg), and only spent when the packet really goes.
-    length = downtrack_write(d, p, e, as_rtx, <uint16_t>history.next_seq if history != NULL else 0, out)
+    # The transport-wide number (or the abs-send-time) is taken here, where the packet's final bytes are written into
+    # the send batch (which leaves in this batch's sendmmsg), and the number is only spent when the packet really goes.
+    length = downtrack_write(d, p, e, as_rtx, <uint16_t>history.next_seq if history != NULL else 0, now, out)
     rtp_length = length
     if srtp.protect(t.tx, out, &length) != 0:
         s.counters[<int>S_DROP_PROTECT] += 1
