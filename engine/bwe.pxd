@@ -19,6 +19,8 @@ cdef enum:  # fixed sizes of the state (all per transport)
     BWE_SEEN = 512            # packet results remembered to drop duplicates and correct late arrivals (power of 2)
     BWE_ACK_BUCKETS = 10      # acknowledged-bitrate buckets of BWE_ACK_BUCKET_US: a 500 ms window
     BWE_PROBE_CLUSTERS = 4    # probe clusters judged at once (one runs at a time; older ones are still reported)
+    BWE_SENT_BUCKETS = 10     # sent-bitrate buckets of BWE_SENT_BUCKET_US (REMB path): 1 s, the window a receive-side
+                              # estimator measures its throughput over (libwebrtc's and aiortc's rate counters)
 
 
 # One packet of a TWCC feedback report, as the send history resolves it.
@@ -69,6 +71,9 @@ cdef struct Bwe:
     int64_t last_congestion_us  # last decrease (delay, loss or REMB), for bwe_congested
     bint twcc_seen            # TWCC feedback arrived: REMB is ignored from then on
     double remb_bps           # the client's last REMB, 0 before the first
+    int64_t sent_bytes[BWE_SENT_BUCKETS]  # REMB path: payload bytes sent with abs-send-time, per bucket
+    int64_t sent_head         # index of the newest bucket (now / BWE_SENT_BUCKET_US), -1 before the first packet
+    int64_t sent_first_us     # the first packet counted
     # delay-based: inter-group delay variation -> trendline -> overuse detector
     BweGroup group            # the group being filled
     BweGroup prev_group       # the last complete group
@@ -133,9 +138,13 @@ cdef struct Bwe:
 cdef void bwe_init(Bwe *b, int64_t start_bps, int64_t now) noexcept nogil
 # One TWCC feedback report: `count` results in sequence order (they may repeat or reorder across reports).
 cdef void bwe_on_feedback(Bwe *b, const BwePacketResult *results, int count, int64_t now) noexcept nogil
-# A REMB from a client without transport-cc (ignored once TWCC feedback has been seen): a fall from the previous
-# one is congestion and sets the estimate; otherwise it only raises the estimate.
+# A REMB from a client without transport-cc (ignored once TWCC feedback has been seen): one that falls from the
+# previous one, or stays below what we send (bwe_on_sent) without rising, is congestion and sets the estimate;
+# otherwise it only raises the estimate.
 cdef void bwe_on_remb(Bwe *b, int64_t bps, int64_t now) noexcept nogil
+# A packet sent with abs-send-time (`payload_bytes`: what the client's estimator counts, payload and padding): the
+# sent bitrate its REMB is compared with.
+cdef void bwe_on_sent(Bwe *b, int32_t payload_bytes, int64_t now) noexcept nogil
 # A probe cluster `cluster_id` (>= 0) starts now, paced at `target_bps` for a short burst (libwebrtc: >= 5 packets,
 # >= 15 ms; judged over at most 1 s); every packet sent until it ends carries the id in the send history. The estimate
 # jumps to the measured rate when the probe succeeds without congestion.

@@ -26,7 +26,7 @@ from libc.stdint cimport uint32_t
 from libc.string cimport memset
 
 from engine.bwe cimport (BWE_ACK_BUCKETS, BWE_NORMAL, BWE_OVERUSING, BWE_PROBE_CLUSTERS, BWE_SEEN,
-                         BWE_TREND_WINDOW, BWE_UNDERUSING, PROBE_FAILED, PROBE_PENDING, PROBE_SUCCEEDED,
+                         BWE_SENT_BUCKETS, BWE_TREND_WINDOW, BWE_UNDERUSING, PROBE_FAILED, PROBE_PENDING, PROBE_SUCCEEDED,
                          PROBE_UNKNOWN, Bwe, BweGroup, BwePacketResult, BweProbeCluster)
 
 # Bounds of the estimate. 30 kbit/s: libwebrtc's and mediasoup's floor (audio still fits); 100 Mbit/s: LiveKit's
@@ -115,7 +115,10 @@ cdef int64_t PROBE_COMPLETE_GAP_US = 100000
 cdef double BWE_CHANGE_FRACTION = 0.05        # the estimate moved by > 5 %: worth an event
 cdef int64_t BWE_CONGESTION_HOLD_US = 500000  # after a decrease, no upgrade for 500 ms (the queue drains first)
 cdef double REMB_DROP = 0.9                   # a REMB below 90 % of the previous one is the client's overuse signal
-                                              # (its estimator only lowers its value on overuse: to 85 % of throughput)
+                                              # (its estimator only lowers its value on overuse: to 85 % of throughput),
+                                              # and one below 90 % of what we send says the link carries less
+cdef int64_t BWE_SENT_BUCKET_US = 100000      # 10 x 100 ms: the sent bitrate over the last second
+cdef int64_t SENT_MIN_SPAN_US = 500000        # a sent bitrate needs >= 500 ms of sending
 
 
 cdef enum:  # Bwe.seen
@@ -146,6 +149,7 @@ cdef void bwe_init(Bwe *b, int64_t start_bps, int64_t now) noexcept nogil:
     b.last_loss_increase_us = now
     b.last_loss_decrease_us = now - LOSS_DECREASE_INTERVAL_US
     b.ack_head = -1
+    b.sent_head = -1
     b.max_seq = -1
     for i in range(BWE_PROBE_CLUSTERS):
         b.probes[i].status = PROBE_UNKNOWN
@@ -656,10 +660,13 @@ cdef int64_t bwe_probe_result_bps(const Bwe *b, int32_t cluster_id) noexcept nog
 cdef void bwe_on_remb(Bwe *b, int64_t bps, int64_t now) noexcept nogil:
     """The client ran its own (receive-side GCC) estimate. Its value starts at the throughput it measured and only
     grows from there (to 1.5 x throughput at most) until it detects overuse, so it is no ceiling by itself: at
-    first it is just what we happened to send. Only a fall from its previous value, its overuse signal, lowers our
-    estimate (to that value); a value above ours raises it. So the estimate stays at the start value, as on the
-    TWCC path, until the link is seen to be congested."""
-    cdef double rate
+    first it is just what we happened to send. Congestion is a fall from its previous value (its overuse signal),
+    or a value below what we send that does not rise: its estimator sees no delay growth once a drop-tail queue is
+    full and loss does not enter it, so behind a narrow link it settles at 1.5 x what gets through, under what we
+    send; while we merely send more than it measured (a publisher ramping up) it rises each time. Congestion sets
+    the estimate to the REMB; otherwise a REMB above the estimate raises it. So the estimate stays at the start
+    value, as on the TWCC path, until the link is seen to be congested."""
+    cdef double rate, sent
     if b.twcc_seen:
         b.remb_ignored += 1
         return
@@ -668,7 +675,9 @@ cdef void bwe_on_remb(Bwe *b, int64_t bps, int64_t now) noexcept nogil:
         return
     b.rembs += 1
     rate = clamp(<double>bps, BWE_MIN_BPS, BWE_MAX_BPS)
-    if b.remb_bps > 0 and rate < REMB_DROP * b.remb_bps:
+    sent = sent_rate(b, now)
+    if ((b.remb_bps > 0 and rate < REMB_DROP * b.remb_bps)
+            or (rate < REMB_DROP * sent and (b.remb_bps == 0 or rate <= b.remb_bps))):
         b.usage = BWE_OVERUSING
         b.last_congestion_us = now
         b.decreases += 1
@@ -679,6 +688,45 @@ cdef void bwe_on_remb(Bwe *b, int64_t bps, int64_t now) noexcept nogil:
     b.remb_bps = rate
     b.loss_rate_bps = b.delay_rate_bps
     output_update(b, now)
+
+
+cdef void bwe_on_sent(Bwe *b, int32_t payload_bytes, int64_t now) noexcept nogil:
+    cdef int64_t bucket = now // BWE_SENT_BUCKET_US
+    if b.sent_head < 0:
+        b.sent_head = bucket
+        b.sent_first_us = now
+    sent_advance(b, bucket)
+    if bucket > b.sent_head - BWE_SENT_BUCKETS:  # (a clock step back lands in an older bucket, or nowhere)
+        b.sent_bytes[bucket % BWE_SENT_BUCKETS] += max(0, payload_bytes)
+
+
+cdef inline void sent_advance(Bwe *b, int64_t bucket) noexcept nogil:
+    """Moves the window's head to `bucket`, emptying the buckets it passes (at most all of them)."""
+    cdef int k
+    if bucket <= b.sent_head:
+        return
+    if bucket - b.sent_head >= BWE_SENT_BUCKETS:
+        memset(b.sent_bytes, 0, sizeof(b.sent_bytes))
+    else:
+        for k in range(<int>(bucket - b.sent_head)):
+            b.sent_bytes[(b.sent_head + 1 + k) % BWE_SENT_BUCKETS] = 0
+    b.sent_head = bucket
+
+
+cdef double sent_rate(Bwe *b, int64_t now) noexcept nogil:
+    """What we sent with abs-send-time over the last second (or since the first packet), as bit/s; 0 until
+    SENT_MIN_SPAN_US of sending."""
+    cdef int64_t span, total = 0
+    cdef int k
+    if b.sent_head < 0:
+        return 0.0
+    sent_advance(b, now // BWE_SENT_BUCKET_US)
+    span = min(now - b.sent_first_us, (BWE_SENT_BUCKETS - 1) * BWE_SENT_BUCKET_US + now % BWE_SENT_BUCKET_US)
+    if span < SENT_MIN_SPAN_US:
+        return 0.0
+    for k in range(BWE_SENT_BUCKETS):
+        total += b.sent_bytes[k]
+    return total * 8e6 / <double>span
 
 
 cdef void output_update(Bwe *b, int64_t now) noexcept nogil:

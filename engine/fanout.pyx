@@ -2,6 +2,7 @@
 from libc.stdint cimport int64_t, uint8_t, uint16_t
 
 from engine cimport srtp
+from engine.bwe cimport bwe_on_sent
 from engine.downtrack cimport WRITE_GROWTH, downtrack_write
 from engine.forwarder cimport FORWARD_DROP, FORWARD_PAUSED, FORWARD_SWITCHED, forwarder_accept
 from engine.munger cimport munger_map
@@ -77,5 +78,7 @@ cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const Se
         return False
     if history != NULL:
         twcc_history_add(history, rtp_length, now)
+    elif d.ext_abs_send_time and t.bwe != NULL:  # what the client's estimator counts, for its REMB
+        bwe_on_sent(t.bwe, p.h.payload_length + (2 if as_rtx else 0), now)
     send_commit(s, slot, length, &t.path)
     return True

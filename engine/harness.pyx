@@ -8,8 +8,8 @@ from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc
 
 from engine.bwe cimport (Bwe, BwePacketResult, bwe_congested, bwe_estimate_bps, bwe_init, bwe_loss_fraction,
-                         bwe_on_feedback, bwe_on_remb, bwe_probe_result_bps, bwe_probe_start, bwe_probe_status,
-                         bwe_state, bwe_take_change)
+                         bwe_on_feedback, bwe_on_remb, bwe_on_sent, bwe_probe_result_bps, bwe_probe_start,
+                         bwe_probe_status, bwe_state, bwe_take_change)
 from engine.codecs.describe cimport codec_id, describe_packet
 from engine.downtrack cimport WRITE_GROWTH, DownTrack, SeqMapEntry, downtrack_free, downtrack_lose_layer, downtrack_new, downtrack_write
 from engine.forwarder cimport FORWARD_DROP, FORWARD_PAUSED, forwarder_accept, forwarder_set_paused, forwarder_target
@@ -151,6 +151,10 @@ cdef class BweHarness:
 
     def remb(self, long long bps, long long now) -> None:
         bwe_on_remb(&self.b, bps, now)
+
+    def sent(self, int payload_bytes, long long now) -> None:
+        """A packet sent with abs-send-time (the REMB path's sent bitrate)."""
+        bwe_on_sent(&self.b, payload_bytes, now)
 
     def probe_start(self, int cluster_id, long long target_bps, long long now) -> None:
         bwe_probe_start(&self.b, cluster_id, target_bps, now)

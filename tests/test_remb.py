@@ -66,17 +66,42 @@ def test_transport_cc_wins_over_abs_send_time() -> None:
     assert rtp.extension(packet, ABS_SEND_TIME_ID) is None
 
 
-def test_remb_at_the_clients_throughput_is_no_ceiling_but_a_fall_is_congestion() -> None:
-    """A receive-side estimator's first REMB is the throughput it saw (what we chose to send), and it only falls on
-    overuse: the estimate keeps its start value until the REMB falls, then takes it, then follows it up again."""
+def send(bwe: BweHarness, bps: int, start_us: int, end_us: int) -> None:
+    """Packets sent with abs-send-time at `bps` (1000-byte payloads) from start to end."""
+    for t in range(start_us, end_us, 8000 * 1_000_000 // bps):
+        bwe.sent(1000, t)
+
+
+def test_remb_at_the_clients_throughput_is_no_ceiling() -> None:
+    """A receive-side estimator's first REMB is the throughput it saw (what we chose to send), and it rises from
+    there while the link keeps up, also when it lags behind what we send (a publisher ramping up): the estimate
+    keeps its start value."""
     bwe = BweHarness(10_000_000, 0)
-    bwe.remb(180_000, 3_000_000)  # aiortc's first: what it received over the last second
+    send(bwe, 400_000, 0, 3_000_000)
+    bwe.remb(390_000, 3_000_000)  # aiortc's first: what it received over the last second
     assert bwe.estimate_bps == 10_000_000 and bwe.state == "normal" and bwe.stats["rembs"] == 1
-    bwe.remb(195_000, 4_000_000)
-    bwe.remb(150_000, 4_100_000)  # 0.85 x throughput: the client's estimator saw overuse
-    assert bwe.estimate_bps == 150_000 and bwe.congested(4_100_000) and bwe.take_change()
-    bwe.remb(160_000, 5_000_000)
-    assert bwe.estimate_bps == 160_000 and not bwe.congested(5_000_000)
+    send(bwe, 1_200_000, 3_000_000, 4_000_000)
+    for k, remb in enumerate((405_000, 420_000, 436_000)):  # +8 %/s while we send 3x more
+        bwe.remb(remb, 3_500_000 + 250_000 * k)
+        assert bwe.estimate_bps == 10_000_000 and not bwe.congested(3_500_000 + 250_000 * k)
+
+
+def test_a_fall_or_a_flat_remb_below_what_we_send_is_congestion() -> None:
+    bwe = BweHarness(10_000_000, 0)
+    send(bwe, 400_000, 0, 3_000_000)
+    bwe.remb(420_000, 3_000_000)
+    bwe.remb(350_000, 3_500_000)  # 0.85 x throughput: the client's estimator saw overuse
+    assert bwe.estimate_bps == 350_000 and bwe.congested(3_500_000) and bwe.take_change()
+    bwe.remb(360_000, 4_500_000)  # rising again, over what we send: the estimate follows it up
+    assert bwe.estimate_bps == 360_000 and not bwe.congested(4_500_000)
+
+    # Behind a full drop-tail queue: the REMB settles at 1.5 x what gets through, under what we send.
+    narrow = BweHarness(10_000_000, 0)
+    send(narrow, 1_500_000, 0, 5_000_000)
+    narrow.remb(910_000, 4_000_000)
+    assert narrow.estimate_bps == 910_000 and narrow.congested(4_000_000)
+    narrow.remb(910_000, 5_000_000)
+    assert narrow.congested(5_000_000)
 
 
 class AiortcSubscriber:
