@@ -664,8 +664,8 @@ cdef void bwe_on_remb(Bwe *b, int64_t bps, int64_t now) noexcept nogil:
     or a value below what we send that does not rise: its estimator sees no delay growth once a drop-tail queue is
     full and loss does not enter it, so behind a narrow link it settles at 1.5 x what gets through, under what we
     send; while we merely send more than it measured (a publisher ramping up) it rises each time. Congestion sets
-    the estimate to the REMB; otherwise a REMB above the estimate raises it. So the estimate stays at the start
-    value, as on the TWCC path, until the link is seen to be congested."""
+    the estimate to the REMB; otherwise a REMB above the estimate raises it (to 1.5 x what we send at most). So the
+    estimate stays at the start value, as on the TWCC path, until the link is seen to be congested."""
     cdef double rate, sent
     if b.twcc_seen:
         b.remb_ignored += 1
@@ -684,7 +684,11 @@ cdef void bwe_on_remb(Bwe *b, int64_t bps, int64_t now) noexcept nogil:
         b.delay_rate_bps = rate  # below the estimate: it never falls under the last REMB otherwise
     else:
         b.usage = BWE_NORMAL
-        b.delay_rate_bps = max(b.delay_rate_bps, rate)
+        # A REMB says what the client thinks, not what got through: above what we send it is raised no higher than
+        # the TWCC path's acknowledged headroom allows (aiortc's estimator jumps to many times its throughput when
+        # its rate counter restarts after a gap).
+        b.delay_rate_bps = max(b.delay_rate_bps,
+                               rate if sent < 0 else min(rate, ACKED_HEADROOM * sent + ACKED_HEADROOM_BPS))
     b.remb_bps = rate
     b.loss_rate_bps = b.delay_rate_bps
     output_update(b, now)
@@ -714,16 +718,16 @@ cdef inline void sent_advance(Bwe *b, int64_t bucket) noexcept nogil:
 
 
 cdef double sent_rate(Bwe *b, int64_t now) noexcept nogil:
-    """What we sent with abs-send-time over the last second (or since the first packet), as bit/s; 0 until
-    SENT_MIN_SPAN_US of sending."""
+    """What we sent with abs-send-time over the last second (or since the first packet), as bit/s; -1 (unknown)
+    until SENT_MIN_SPAN_US after the first packet."""
     cdef int64_t span, total = 0
     cdef int k
     if b.sent_head < 0:
-        return 0.0
+        return -1.0
     sent_advance(b, now // BWE_SENT_BUCKET_US)
     span = min(now - b.sent_first_us, (BWE_SENT_BUCKETS - 1) * BWE_SENT_BUCKET_US + now % BWE_SENT_BUCKET_US)
     if span < SENT_MIN_SPAN_US:
-        return 0.0
+        return -1.0
     for k in range(BWE_SENT_BUCKETS):
         total += b.sent_bytes[k]
     return total * 8e6 / <double>span

@@ -4,20 +4,14 @@ transport-cc), subscribed through LiveKit's signalling to a LiveKit Python SDK p
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
-from livekit.protocol import rtc as signal
-
+from aiortc_client import AiortcSubscriber
 from clients import connect, until
 from engine import rtp
 from engine.harness import BweHarness, DownTrackHarness
 from media import Publisher
-from signal_client import SignalClient
 from signaling.peer import sdp
 
 ABS_SEND_TIME_ID = 5
@@ -88,12 +82,14 @@ def test_remb_at_the_clients_throughput_is_no_ceiling() -> None:
 
 def test_a_fall_or_a_flat_remb_below_what_we_send_is_congestion() -> None:
     bwe = BweHarness(10_000_000, 0)
-    send(bwe, 400_000, 0, 3_000_000)
+    send(bwe, 400_000, 0, 4_500_000)
     bwe.remb(420_000, 3_000_000)
     bwe.remb(350_000, 3_500_000)  # 0.85 x throughput: the client's estimator saw overuse
     assert bwe.estimate_bps == 350_000 and bwe.congested(3_500_000) and bwe.take_change()
-    bwe.remb(360_000, 4_500_000)  # rising again, over what we send: the estimate follows it up
+    bwe.remb(360_000, 4_500_000)  # rising again: the estimate follows it up...
     assert bwe.estimate_bps == 360_000 and not bwe.congested(4_500_000)
+    bwe.remb(5_000_000, 4_500_000)  # ...to 1.5 x what we send (+10 kbit/s), whatever the client claims
+    assert bwe.estimate_bps == 1.5 * 400_000 + 10_000
 
     # Behind a full drop-tail queue: the REMB settles at 1.5 x what gets through, under what we send.
     narrow = BweHarness(10_000_000, 0)
@@ -104,52 +100,6 @@ def test_a_fall_or_a_flat_remb_below_what_we_send_is_congestion() -> None:
     assert narrow.congested(5_000_000)
 
 
-class AiortcSubscriber:
-    """aiortc as a LiveKit subscriber: answers the server's offers on the subscriber PC, counts decoded frames."""
-
-    def __init__(self, client: SignalClient) -> None:
-        self.client = client
-        self.pc = RTCPeerConnection()
-        self.offers: list[str] = []
-        self.answers: list[str] = []
-        self.frames: list[tuple[int, int]] = []
-        self._tasks: list[asyncio.Task] = [asyncio.create_task(self._signal()), asyncio.create_task(self._ping())]
-        self.pc.on("track", lambda track: track.kind == "video" and self._tasks.append(
-            asyncio.create_task(self._decode(track))))
-
-    async def _signal(self) -> None:
-        while True:
-            response = await self.client.receive(timeout=60)
-            if response.WhichOneof("message") != "offer":
-                continue
-            offer = response.offer
-            self.offers.append(offer.sdp)
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
-            await self.pc.setLocalDescription(await self.pc.createAnswer())
-            self.answers.append(self.pc.localDescription.sdp)
-            await self.client.send(signal.SignalRequest(answer=signal.SessionDescription(
-                type="answer", sdp=self.pc.localDescription.sdp, id=offer.id)))
-
-    async def _ping(self) -> None:
-        while True:
-            await self.client.send(signal.SignalRequest(ping_req=signal.Ping(timestamp=int(time.time() * 1000))))
-            await asyncio.sleep(5)
-
-    async def _decode(self, track) -> None:
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame = await track.recv()
-                self.frames.append((frame.width, frame.height))
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.pc.close()
-        await self.client.connection.close()
-
-
 def video_section(text: str) -> sdp.MediaSection:
     return next(section for section in sdp.parse(text).sections if section.kind == "video")
 
@@ -158,8 +108,7 @@ async def test_an_aiortc_subscriber_is_estimated_from_its_remb(server) -> None:
     room = "remb-room"
     publisher_room = await connect(server, "pub", room)
     publisher = Publisher(publisher_room)
-    client, join = await SignalClient.join(server.url, server.token("aiortc", room))
-    subscriber = AiortcSubscriber(client)
+    subscriber, join = await AiortcSubscriber.join(server.url, server.token("aiortc", room))
     try:
         await publisher.start()
         await until(lambda: len(subscriber.frames) >= 30, timeout=30)
@@ -188,3 +137,4 @@ async def test_an_aiortc_subscriber_is_estimated_from_its_remb(server) -> None:
         await subscriber.close()
         await publisher.stop()
         await publisher_room.disconnect()
+
