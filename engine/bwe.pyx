@@ -26,8 +26,8 @@ from libc.stdint cimport uint32_t
 from libc.string cimport memset
 
 from engine.bwe cimport (BWE_ACK_BUCKETS, BWE_NORMAL, BWE_OVERUSING, BWE_PROBE_CLUSTERS, BWE_SEEN,
-                         BWE_SENT_BUCKETS, BWE_TREND_WINDOW, BWE_UNDERUSING, PROBE_FAILED, PROBE_PENDING, PROBE_SUCCEEDED,
-                         PROBE_UNKNOWN, Bwe, BweGroup, BwePacketResult, BweProbeCluster)
+                         BWE_SENT_BUCKETS, BWE_TREND_WINDOW, BWE_UNDERUSING, PROBE_FAILED, PROBE_PENDING,
+                         PROBE_SUCCEEDED, PROBE_UNKNOWN, Bwe, BweGroup, BwePacketResult, BweProbeCluster)
 
 # Bounds of the estimate. 30 kbit/s: libwebrtc's and mediasoup's floor (audio still fits); 100 Mbit/s: LiveKit's
 # "unknown capacity", far above what a WebRTC subscriber is sent.

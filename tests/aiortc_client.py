@@ -1,8 +1,8 @@
 """aiortc as a LiveKit subscriber: a real peer without transport-cc (it answers goog-remb + abs-send-time and sends
 REMB from its receive-side estimator).
 
-Not for lossy links: aiortc's jitter buffer waits for a lost packet until 512 newer ones have arrived, so behind a narrow
-link (tests/netlab.py) it decodes next to nothing for tens of seconds, whatever the server sends."""
+Not for lossy links: aiortc's jitter buffer waits for a lost packet until 512 newer ones have arrived, so behind a
+narrow link (tests/netlab.py) it decodes next to nothing for tens of seconds, whatever the server sends."""
 from __future__ import annotations
 
 import asyncio

@@ -3,10 +3,9 @@ answers with REMB, and that REMB is their downlink estimate. The real peer is ai
 transport-cc), subscribed through LiveKit's signalling to a LiveKit Python SDK publisher."""
 from __future__ import annotations
 
-import asyncio
-
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
 from aiortc_client import AiortcSubscriber
 from clients import connect, until
 from engine import rtp
