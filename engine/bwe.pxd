@@ -75,6 +75,7 @@ cdef struct Bwe:
     int64_t last_congestion_us  # last decrease (delay, loss or REMB), for bwe_congested
     bint twcc_seen            # TWCC feedback arrived: REMB is ignored from then on
     int64_t last_feedback_us  # when the last feedback (or REMB) arrived
+    double remb_bps           # the client's last REMB, 0 before the first
     # delay-based: inter-group delay variation -> trendline -> overuse detector
     BweGroup group            # the group being filled
     BweGroup prev_group       # the last complete group
@@ -109,7 +110,8 @@ cdef struct Bwe:
     int64_t interval_last_send_us
     int64_t last_loss_increase_us
     int64_t last_loss_decrease_us
-    # acknowledged bitrate (remote clock buckets), and the rate the reported packets were sent at (our clock)
+    # acknowledged bitrate (remote clock buckets), and the rate sent (our clock): of the packets TWCC feedback reported,
+    # or, on the REMB path, of the packets stamped with abs-send-time (bwe_on_sent)
     BweRate acked
     BweRate sent
     # packet results seen (duplicates, late arrivals of packets reported lost)
@@ -126,6 +128,7 @@ cdef struct Bwe:
     int64_t invalid           # results with impossible fields (dropped)
     int64_t overuses
     int64_t decreases
+    int64_t rembs             # REMBs taken (the estimate of a client without transport-cc)
     int64_t remb_ignored
     int64_t probes_succeeded
     int64_t probes_failed
@@ -136,8 +139,13 @@ cdef struct Bwe:
 cdef void bwe_init(Bwe *b, int64_t start_bps, int64_t now) noexcept nogil
 # One TWCC feedback report: `count` results in sequence order (they may repeat or reorder across reports).
 cdef void bwe_on_feedback(Bwe *b, const BwePacketResult *results, int count, int64_t now) noexcept nogil
-# A REMB from a client without transport-cc (ignored once TWCC feedback has been seen).
+# A REMB from a client without transport-cc (ignored once TWCC feedback has been seen): one that falls from the
+# previous one, or stays below what we send (bwe_on_sent) without rising, is congestion and sets the estimate;
+# otherwise it only raises the estimate.
 cdef void bwe_on_remb(Bwe *b, int64_t bps, int64_t now) noexcept nogil
+# A packet sent with abs-send-time (`payload_bytes`: what the client's estimator counts, payload and padding): the
+# sent bitrate its REMB is compared with.
+cdef void bwe_on_sent(Bwe *b, int32_t payload_bytes, int64_t now) noexcept nogil
 # A probe cluster `cluster_id` (>= 0) starts now, paced at `target_bps` for a short burst (libwebrtc: >= 5 packets,
 # >= 15 ms; judged over at most 1 s); every packet sent until it ends carries the id in the send history. The estimate
 # jumps to the measured rate when the probe succeeds without congestion.

@@ -116,7 +116,9 @@ cdef int64_t PROBE_COMPLETE_GAP_US = 100000
 # Output (events) and congestion state.
 cdef double BWE_CHANGE_FRACTION = 0.05        # the estimate moved by > 5 %: worth an event
 cdef int64_t BWE_CONGESTION_HOLD_US = 500000  # after a decrease, no upgrade for 500 ms (the queue drains first)
-cdef double REMB_DROP = 0.9                   # a REMB below 90 % of the estimate is the client's overuse signal
+cdef double REMB_DROP = 0.9                   # a REMB below 90 % of the previous one is the client's overuse signal
+                                              # (its estimator only lowers its value on overuse: to 85 % of throughput),
+                                              # and one below 90 % of what we send says the link carries less
 cdef int64_t BWE_FEEDBACK_STALE_US = 1000000  # no feedback for 1 s (libwebrtc reports every 50-250 ms): stale state
 
 
@@ -673,25 +675,46 @@ cdef int64_t bwe_probe_result_bps(const Bwe *b, int32_t cluster_id) noexcept nog
 # ---- REMB, outputs -------------------------------------------------------------------------------------------------
 
 cdef void bwe_on_remb(Bwe *b, int64_t bps, int64_t now) noexcept nogil:
-    """The client ran its own (receive-side GCC) estimate: take it, and read a drop as its overuse signal."""
-    cdef double rate
+    """The client ran its own (receive-side GCC) estimate. Its value starts at the throughput it measured and only
+    grows from there (to 1.5 x throughput at most) until it detects overuse, so it is no ceiling by itself: at
+    first it is just what we happened to send. Congestion is a fall from its previous value (its overuse signal),
+    or a value below what we send that does not rise: its estimator sees no delay growth once a drop-tail queue is
+    full and loss does not enter it, so behind a narrow link it settles at 1.5 x what gets through, under what we
+    send; while we merely send more than it measured (a publisher ramping up) it rises each time. Congestion sets
+    the estimate to the REMB; otherwise a REMB above the estimate raises it (to 1.5 x what we send at most). So the
+    estimate stays at the start value, as on the TWCC path, until the link is seen to be congested."""
+    cdef double rate, sent
     if b.twcc_seen:
         b.remb_ignored += 1
         return
     if bps <= 0:
         b.invalid += 1
         return
+    b.rembs += 1
     rate = clamp(<double>bps, BWE_MIN_BPS, BWE_MAX_BPS)
     b.last_feedback_us = now
-    if rate < REMB_DROP * b.estimate_bps:
+    sent = rate_value(b, &b.sent)
+    if ((b.remb_bps > 0 and rate < REMB_DROP * b.remb_bps)
+            or (rate < REMB_DROP * sent and (b.remb_bps == 0 or rate <= b.remb_bps))):
         b.usage = BWE_OVERUSING
         b.last_congestion_us = now
         b.decreases += 1
+        b.delay_rate_bps = rate  # below the estimate: it never falls under the last REMB otherwise
     else:
         b.usage = BWE_NORMAL
-    b.delay_rate_bps = rate
-    b.loss_rate_bps = rate
+        # A REMB says what the client thinks, not what got through: above what we send it is raised no higher than
+        # the TWCC path's acknowledged headroom allows (aiortc's estimator jumps to many times its throughput when
+        # its rate counter restarts after a gap).
+        b.delay_rate_bps = max(b.delay_rate_bps,
+                               rate if sent < 0 else min(rate, ACKED_HEADROOM * sent + ACKED_HEADROOM_BPS))
+    b.remb_bps = rate
+    b.loss_rate_bps = b.delay_rate_bps
     output_update(b, now)
+
+
+cdef void bwe_on_sent(Bwe *b, int32_t payload_bytes, int64_t now) noexcept nogil:
+    if payload_bytes > 0:
+        rate_count(b, &b.sent, now, payload_bytes)
 
 
 cdef void output_update(Bwe *b, int64_t now) noexcept nogil:

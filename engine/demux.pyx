@@ -511,7 +511,7 @@ cdef void handle_rtcp(EngineState *s, int t, uint8_t *buf, int length, int64_t n
     cdef int64_t v
     cdef const uint8_t *p
     cdef bint ok
-    cdef bint estimate_input = False, first_twcc = False
+    cdef bint estimate_input = False, first_input = False
     cdef uint32_t first_sender
     if length < 8:
         s.counters[<int>S_DROP_MALFORMED] += 1
@@ -547,10 +547,10 @@ cdef void handle_rtcp(EngineState *s, int t, uint8_t *buf, int length, int64_t n
                 if v >= 0:
                     feedback_keyframe_request(s, s.downtracks[v], now)
         elif rh.packet_type == RTCP_RTPFB and rh.count == TWCC_FMT:
-            first_twcc |= transportcc_feedback(s, t, p, rh.total_length, now)
+            first_input |= transportcc_feedback(s, t, p, rh.total_length, now)
             estimate_input = True
         elif rh.packet_type == RTCP_PSFB and rh.count == 15:
-            transportcc_remb(s, t, p, rh.total_length, now)
+            first_input |= transportcc_remb(s, t, p, rh.total_length, now)
             estimate_input = True
         elif rh.packet_type == RTCP_RTPFB and rh.count == 1:
             if parse_feedback_ssrcs(p, rh.total_length, &sender, &media) == 0:
@@ -559,4 +559,4 @@ cdef void handle_rtcp(EngineState *s, int t, uint8_t *buf, int length, int64_t n
                     feedback_nack(s, s.downtracks[v], media, p, rh.total_length, now)
         offset += rh.total_length
     if estimate_input:
-        transportcc_estimate_event(s, t, first_twcc, now)
+        transportcc_estimate_event(s, t, first_input, now)

@@ -6,8 +6,8 @@ from engine.packet cimport ExtPacket
 
 cdef enum:
     SEQMAP_SIZE = 1024        # output packets remembered for NACK (a power of two)
-    WRITE_GROWTH = 12         # downtrack_write may add this much to the input: our transport-cc element (with a
-                              # block header and padding, 8) + RTX OSN (2), rounded up
+    WRITE_GROWTH = 12         # downtrack_write may add this much to the input: our transport-cc or abs-send-time
+                              # element (with a block header and padding, 8) + RTX OSN (2), rounded up
 
 cdef struct SeqMapEntry:
     # One packet as the Munger numbered it for the subscriber, so its NACK can be answered from the Receiver's cache.
@@ -31,6 +31,8 @@ cdef struct DownTrack:
     uint8_t ext_map[256]      # publisher extension id -> subscriber id, 0 = strip (the publisher's transport-cc
                               # always: its numbers are not ours)
     uint8_t ext_transport_cc  # the subscriber's transport-cc id: we write the transport's next number, 0 = none
+    uint8_t ext_abs_send_time # without transport-cc, the subscriber's abs-send-time id: we write the send time (its
+                              # receive-side estimator answers with REMB), 0 = none
     # Forwarder (forwarder.pyx)
     int current_layer         # -1 = waiting for a first keyframe
     int max_layer             # cap on the target (the StreamAllocator's hook)
@@ -77,9 +79,10 @@ cdef void downtrack_free(DownTrack *d) noexcept nogil
 cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil
 # Writes the packet `p` as mapped by `e` (or, with as_rtx, its RFC 4588 retransmission) into `out`, which has room
 # for p.h.header_length + p.h.payload_length + WRITE_GROWTH bytes, with `transport_seq` in the transport-cc element
-# when d.ext_transport_cc is set; returns the length.
+# when d.ext_transport_cc is set, else `now` in the abs-send-time element when d.ext_abs_send_time is; returns the
+# length.
 cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, bint as_rtx, uint16_t transport_seq,
-                         uint8_t *out) noexcept nogil
+                         int64_t now, uint8_t *out) noexcept nogil
 # Writes a padding-only packet of `padding` bytes (1-255) on `d`'s RTX stream into `out` (room for 12 + 8 + padding bytes),
 # with `transport_seq` in the transport-cc element when d.ext_transport_cc is set; returns the length. The receiver
 # discards it (RTX without an original sequence number); it only carries bytes and a transport-wide number.

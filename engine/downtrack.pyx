@@ -4,7 +4,7 @@ from libc.string cimport memcpy, memset
 
 from engine.codecs.vp8 cimport vp8_write_ids
 from engine.packet cimport DESC_VP8
-from engine.rtp cimport rewrite_header
+from engine.rtp cimport abs_send_time, rewrite_header
 from engine.wire cimport store16, store32
 
 
@@ -33,9 +33,17 @@ cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil:
 
 
 cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, bint as_rtx,
-                         uint16_t transport_seq, uint8_t *out) noexcept nogil:
-    cdef int header = rewrite_header(p.buf, &p.h, d.ext_map, d.ext_transport_cc, transport_seq, out)
+                         uint16_t transport_seq, int64_t now, uint8_t *out) noexcept nogil:
+    cdef uint8_t own[4]       # our element's value, big-endian: transport-cc in 2 bytes, abs-send-time in 3
+    cdef int own_id = 0, own_size = 0, header
     cdef uint8_t *payload
+    if d.ext_transport_cc:
+        store16(own, transport_seq)
+        own_id, own_size = d.ext_transport_cc, 2
+    elif d.ext_abs_send_time:
+        store32(own, abs_send_time(now) << 8)
+        own_id, own_size = d.ext_abs_send_time, 3
+    header = rewrite_header(p.buf, &p.h, d.ext_map, own_id, own, own_size, out)
     store32(out + 4, e.out_ts)
     if as_rtx:
         out[1] = (out[1] & 0x80) | d.rtx_payload_type

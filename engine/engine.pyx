@@ -500,19 +500,22 @@ cdef class Engine:
         self.s.receivers[<int>slot] = NULL
 
     def add_downtrack(self, receiver_id: int, transport_id: int, ssrc: int, rtx_ssrc: int, payload_type: int,
-                      rtx_payload_type: int, extmap: dict, transport_cc_id: int = 0) -> int:
+                      rtx_payload_type: int, extmap: dict, transport_cc_id: int = 0,
+                      abs_send_time_id: int = 0) -> int:
         """A subscriber's copy of a receiver's track on a transport. `extmap` renumbers the publisher's header
         extensions (its id -> the subscriber's, absent = stripped); the publisher's transport-cc is never forwarded:
         with `transport_cc_id` (1..14, the subscriber's id for it) each packet carries the transport's own
-        transport-wide sequence number instead, and the transport's feedback feeds its bandwidth estimate."""
+        transport-wide sequence number instead, and the transport's feedback feeds its bandwidth estimate. Without
+        it, `abs_send_time_id` (1..14) stamps each packet with its send time, so a client that only does REMB
+        estimates the link and its REMB feeds the estimate; with both, only transport-cc is written."""
         cdef int rslot = self._slot(self._receiver_slots, receiver_id, "receiver")
         cdef int tslot = self._slot(self._transport_slots, transport_id, "transport")
         cdef int slot = _free_slot(<void **>self.s.downtracks, MAX_DOWNTRACKS)
         cdef DownTrack *d
         if slot < 0:
             raise RuntimeError("too many downtracks")
-        if not 0 <= transport_cc_id < 15:
-            raise ValueError("transport_cc_id must be a one-byte extension id (1..14) or 0")
+        if not (0 <= transport_cc_id < 15 and 0 <= abs_send_time_id < 15):
+            raise ValueError("transport_cc_id and abs_send_time_id must be one-byte extension ids (1..14) or 0")
         if transportcc_enable_send(self.s.transports[tslot], transport_cc_id != 0,
                                    int.from_bytes(os.urandom(2), "big"), monotonic_us()) < 0:
             raise MemoryError()
@@ -535,6 +538,7 @@ cdef class Engine:
                 d.ext_map[source] = target
         d.ext_map[self.s.receivers[rslot].ext_transport_cc] = 0
         d.ext_transport_cc = transport_cc_id
+        d.ext_abs_send_time = 0 if transport_cc_id else abs_send_time_id
         d.max_layer = MAX_LAYERS - 1
         d.rtx_seq = int.from_bytes(os.urandom(2), "big")
         self.s.downtracks[slot] = d
@@ -616,7 +620,9 @@ cdef class Engine:
     def transport_bandwidth(self, transport_id: int) -> dict | None:
         """The downlink estimate of a subscriber transport (None before it has a DownTrack): `estimate_bps`,
         `congested` (the allocator must not upgrade), the detector's `state`, `loss_fraction`, whether TWCC
-        feedback drives it (`twcc`, else REMB or nothing yet) and its counters."""
+        feedback drives it (`twcc`, else REMB or nothing yet), whether we number its packets for TWCC (`stamping`),
+        the client's last REMB (`remb_bps`, 0 = none) and its counters (`reports`: TWCC feedback taken, `rembs`:
+        REMBs taken)."""
         cdef Transport *t = self.s.transports[self._slot(self._transport_slots, transport_id, "transport")]
         cdef Bwe *b = t.bwe
         if b == NULL:
@@ -629,6 +635,8 @@ cdef class Engine:
             "twcc": bool(b.twcc_seen),
             "stamping": t.twcc_tx != NULL,
             "reports": b.reports,
+            "rembs": b.rembs,
+            "remb_bps": int(b.remb_bps),
             "packets": b.packets,
             "lost": b.lost,
             "probes_succeeded": b.probes_succeeded,

@@ -2,6 +2,7 @@
 from libc.stdint cimport int64_t, uint8_t, uint16_t
 
 from engine cimport srtp
+from engine.bwe cimport bwe_on_sent
 from engine.downtrack cimport WRITE_GROWTH, downtrack_write
 from engine.forwarder cimport FORWARD_DROP, FORWARD_PAUSED, FORWARD_SWITCHED, forwarder_accept
 from engine.munger cimport munger_map
@@ -68,9 +69,9 @@ cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const Se
         return False
     slot = send_take_slot(s)
     out = send_slot_buffer(s, slot)
-    # The transport-wide number is taken here, where the packet's final bytes are written into the send batch
-    # (which leaves in this batch's sendmmsg), and only spent when the packet really goes.
-    length = downtrack_write(d, p, e, as_rtx, <uint16_t>history.next_seq if history != NULL else 0, out)
+    # The transport-wide number (or the abs-send-time) is taken here, where the packet's final bytes are written into
+    # the send batch (which leaves in this batch's sendmmsg), and the number is only spent when the packet really goes.
+    length = downtrack_write(d, p, e, as_rtx, <uint16_t>history.next_seq if history != NULL else 0, now, out)
     rtp_length = length
     if srtp.protect(t.tx, out, &length) != 0:
         s.counters[<int>S_DROP_PROTECT] += 1
@@ -79,5 +80,7 @@ cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const Se
         twcc_history_add(history, rtp_length, now)
         if t.probing:
             t.probe_sent_bytes += rtp_length  # a cluster's rate counts what it tags, media included
+    elif d.ext_abs_send_time and t.bwe != NULL:  # what the client's estimator counts, for its REMB
+        bwe_on_sent(t.bwe, p.h.payload_length + (2 if as_rtx else 0), now)
     send_commit(s, slot, length, &t.path)
     return True

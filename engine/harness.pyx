@@ -8,8 +8,8 @@ from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc
 
 from engine.bwe cimport (Bwe, BwePacketResult, bwe_congested, bwe_estimate_bps, bwe_init, bwe_loss_fraction,
-                         bwe_on_feedback, bwe_on_remb, bwe_probe_result_bps, bwe_probe_start, bwe_probe_status,
-                         bwe_state, bwe_take_change)
+                         bwe_on_feedback, bwe_on_remb, bwe_on_sent, bwe_probe_result_bps, bwe_probe_start,
+                         bwe_probe_status, bwe_state, bwe_take_change)
 from engine.codecs.describe cimport codec_id, describe_packet
 from engine.downtrack cimport WRITE_GROWTH, DownTrack, SeqMapEntry, downtrack_free, downtrack_lose_layer, downtrack_new, downtrack_write
 from engine.forwarder cimport FORWARD_DROP, FORWARD_PAUSED, forwarder_accept, forwarder_set_paused, forwarder_target
@@ -26,7 +26,8 @@ cdef class DownTrackHarness:
     cdef DownTrack *d
 
     def __cinit__(self, str codec="vp8", bint video=True, int layers=1, int clock_rate=90000, int ssrc=0xD0D0,
-                  int payload_type=100, int rtx_ssrc=0, int rtx_payload_type=0):
+                  int payload_type=100, int rtx_ssrc=0, int rtx_payload_type=0, int transport_cc_id=0,
+                  int abs_send_time_id=0):
         if not 1 <= layers <= MAX_LAYERS:
             raise ValueError(f"1 to {MAX_LAYERS} layers")
         self.r = receiver_new(video, layers)
@@ -39,6 +40,10 @@ cdef class DownTrackHarness:
         self.d.payload_type = payload_type & 0x7F
         self.d.rtx_ssrc = rtx_ssrc
         self.d.rtx_payload_type = rtx_payload_type & 0x7F
+        if not (0 <= transport_cc_id < 15 and 0 <= abs_send_time_id < 15):
+            raise ValueError("extension ids are 1..14 or 0")
+        self.d.ext_transport_cc = transport_cc_id  # written as 0: the harness keeps no send history
+        self.d.ext_abs_send_time = 0 if transport_cc_id else abs_send_time_id  # as Engine.add_downtrack
         self.d.max_layer = MAX_LAYERS - 1
         self.live_layers = 1  # layer 0 only, until told otherwise
 
@@ -91,8 +96,9 @@ cdef class DownTrackHarness:
         return self.d.layer_switches
 
     def push(self, bytes packet, int layer, double now) -> bytes | None:
-        """The packet the subscriber gets for `packet` (unprotected RTP) arriving on `layer` at `now`, or None when
-        the Forwarder or the Munger drops it. ValueError for a packet that demux would drop as malformed."""
+        """The packet the subscriber gets for `packet` (unprotected RTP) arriving on `layer` at `now` (and sent at
+        once: its abs-send-time), or None when the Forwarder or the Munger drops it. ValueError for a packet that
+        demux would drop as malformed."""
         cdef ExtPacket p
         cdef const SeqMapEntry *e
         cdef int verdict, length
@@ -109,7 +115,7 @@ cdef class DownTrackHarness:
         if e == NULL:
             return None
         out = bytearray(p.h.header_length + p.h.payload_length + WRITE_GROWTH)
-        length = downtrack_write(self.d, &p, e, False, 0, out)
+        length = downtrack_write(self.d, &p, e, False, 0, p.arrival_us, out)
         self.d.packets += 1
         return bytes(out[:length])
 
@@ -146,6 +152,10 @@ cdef class BweHarness:
     def remb(self, long long bps, long long now) -> None:
         bwe_on_remb(&self.b, bps, now)
 
+    def sent(self, int payload_bytes, long long now) -> None:
+        """A packet sent with abs-send-time (the REMB path's sent bitrate)."""
+        bwe_on_sent(&self.b, payload_bytes, now)
+
     def probe_start(self, int cluster_id, long long target_bps, long long now) -> None:
         bwe_probe_start(&self.b, cluster_id, target_bps, now)
 
@@ -178,7 +188,8 @@ cdef class BweHarness:
         """Counters and internals, for assertions on bounds and cost."""
         return {"reports": self.b.reports, "packets": self.b.packets, "lost": self.b.lost,
                 "duplicates": self.b.duplicates, "stale": self.b.stale, "invalid": self.b.invalid,
-                "overuses": self.b.overuses, "decreases": self.b.decreases, "remb_ignored": self.b.remb_ignored,
+                "overuses": self.b.overuses, "decreases": self.b.decreases, "rembs": self.b.rembs,
+                "remb_ignored": self.b.remb_ignored,
                 "probes_succeeded": self.b.probes_succeeded, "probes_failed": self.b.probes_failed,
                 "ops": self.b.ops, "threshold_ms": self.b.threshold_ms, "delay_rate_bps": self.b.delay_rate_bps,
                 "loss_rate_bps": self.b.loss_rate_bps, "rtt_ms": self.b.rtt_ms, "slope": self.b.slope}

@@ -1,10 +1,12 @@
 # RTP header and header-extension parsing and rewriting (RFC 3550, 8285); codec payloads are in engine/codecs/.
 # Every function is C-level, nogil, bounds-checked against `length`, and never reads outside the buffer.
-from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
 
 cdef enum:
     EXT_ONE_BYTE = 0xBEDE
     EXT_TWO_BYTE = 0x1000     # 0x100X: the low 4 bits are appbits
+    EXTRA_MAX = 3             # bytes of rewrite_header's own element: with its id byte and a new block header, 8
+    ABS_SEND_TIME_WRAP_US = 64000000  # abs-send-time wraps after 2^24 units of 2^-18 s
 
 cdef struct RtpHeader:
     uint8_t marker
@@ -32,9 +34,16 @@ cdef int find_extension(const uint8_t *buf, const RtpHeader *h, int ext_id, cons
 # Writes into `out` (room for at least h.header_length + 8 bytes) the fixed header and CSRCs of `buf`, followed by a
 # one-byte-form extension block holding only the elements whose id maps to a non-zero id in `id_map[256]`, renumbered
 # (elements whose data cannot fit the one-byte form are dropped), then, when `extra_id` is 1..14, an element of
-# ours with the 2 bytes of `extra_value` (the transport-wide sequence number). The X bit is set only if an element
-# remains.
+# ours with the `extra_size` (1..EXTRA_MAX) bytes at `extra` (the transport-wide sequence number, or the
+# abs-send-time). The X bit is set only if an element remains.
 # Returns the bytes written (the new header length); the caller appends the h.payload_length payload bytes, so the
 # P bit is cleared (padding is not carried over). `h` must come from parse_rtp on the same `buf`.
 cdef int rewrite_header(const uint8_t *buf, const RtpHeader *h, const uint8_t *id_map, int extra_id,
-                        uint16_t extra_value, uint8_t *out) noexcept nogil
+                        const uint8_t *extra, int extra_size, uint8_t *out) noexcept nogil
+
+
+# abs-send-time (http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time): 24 bits of seconds in 6.18 fixed
+# point, wrapping every 64 s. Only differences between packets matter to the receiver's estimator, so any clock
+# will do: ours is the engine's monotonic microseconds.
+cdef inline uint32_t abs_send_time(int64_t now_us) noexcept nogil:
+    return <uint32_t>(((now_us % <int64_t>ABS_SEND_TIME_WRAP_US) << 18) // 1000000)

@@ -3,7 +3,7 @@
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset
 
-from engine.wire cimport load16, load32, store16
+from engine.wire cimport load16, load32
 
 cdef enum:
     FIXED_HEADER = 12
@@ -129,9 +129,10 @@ cdef int find_extension(const uint8_t *buf, const RtpHeader *h, int ext_id, cons
 
 
 cdef int rewrite_header(const uint8_t *buf, const RtpHeader *h, const uint8_t *id_map, int extra_id,
-                        uint16_t extra_value, uint8_t *out) noexcept nogil:
+                        const uint8_t *extra, int extra_size, uint8_t *out) noexcept nogil:
     # Output elements are never longer than input ones (the two-byte form spends one byte more per element), so the
-    # rewritten header is at most h.header_length bytes, plus 8 for the extra element (block header, 3, padding).
+    # rewritten header is at most h.header_length bytes, plus 8 for the extra element (block header, id byte and up
+    # to EXTRA_MAX bytes, padding).
     cdef int fixed = FIXED_HEADER + 4 * (buf[0] & 0x0F)
     cdef int form = _form(h)
     cdef int pos = 0, elem_id = 0, size = 0, new_id, w
@@ -147,10 +148,10 @@ cdef int rewrite_header(const uint8_t *buf, const RtpHeader *h, const uint8_t *i
             memcpy(out + w + 1, block + pos, size)
             w += 1 + size
         pos += size
-    if 0 < extra_id <= 14:
-        out[w] = <uint8_t>((extra_id << 4) | 1)
-        store16(out + w + 1, extra_value)
-        w += 3
+    if 0 < extra_id <= 14 and 1 <= extra_size <= EXTRA_MAX:
+        out[w] = <uint8_t>((extra_id << 4) | (extra_size - 1))
+        memcpy(out + w + 1, extra, extra_size)
+        w += 1 + extra_size
     if w == fixed + 4:
         return fixed
     while (w - fixed) & 3:
@@ -185,14 +186,17 @@ def extension(bytes data, int ext_id) -> bytes | None:
     return value[:value_length]
 
 
-def rewrite(bytes data, dict id_map, int extra_id=0, int extra_value=0) -> bytes:
+def rewrite(bytes data, dict id_map, int extra_id=0, bytes extra=b"") -> bytes:
     """`data` with its header extensions renumbered by `id_map` (incoming id -> outgoing id, 0 or absent = drop),
-    plus a 2-byte element `extra_id` (1..14, 0 = none) holding `extra_value`, and its padding removed. Raises
-    ValueError when `data` is not valid RTP or an id is outside 0..255."""
+    plus an element `extra_id` (1..14, 0 = none) holding `extra` (1..3 bytes), and its padding removed. Raises
+    ValueError when `data` is not valid RTP, an id is outside 0..255 or `extra` has no room."""
     cdef RtpHeader h
     cdef uint8_t ids[256]
     cdef const uint8_t *buf = data
+    cdef const uint8_t *extra_bytes = extra
     cdef int written
+    if extra_id and not 1 <= len(extra) <= EXTRA_MAX:
+        raise ValueError(f"the extra element holds 1 to {EXTRA_MAX} bytes")
     memset(ids, 0, sizeof(ids))
     for incoming, outgoing in id_map.items():
         if not (0 <= incoming <= 255 and 0 <= outgoing <= 255):
@@ -201,5 +205,5 @@ def rewrite(bytes data, dict id_map, int extra_id=0, int extra_value=0) -> bytes
     if parse_rtp(buf, len(data), &h) != 0:
         raise ValueError("not a valid RTP packet")
     out = bytearray(h.header_length + 8)
-    written = rewrite_header(buf, &h, ids, extra_id, <uint16_t>extra_value, out)
+    written = rewrite_header(buf, &h, ids, extra_id, extra_bytes, len(extra), out)
     return bytes(out[:written]) + data[h.header_length:h.header_length + h.payload_length]

@@ -2,8 +2,9 @@
 # they send (video and RTX: whatever carries the extension) goes into the transport's receive record, and feedback
 # (twcc.pyx) leaves at LiveKit's cadence, so their send-side estimator (libwebrtc GCC) works. Toward subscribers:
 # fanout.pyx stamps each packet with the transport's next number and keeps a send history (twcc.pxd); their feedback,
-# resolved against it, and their REMB drive the transport's bandwidth estimate (bwe.pyx), whose changes go up to
-# Python as E_BANDWIDTH events.
+# resolved against it, drives the transport's bandwidth estimate (bwe.pyx), whose changes go up to Python as
+# E_BANDWIDTH events. A subscriber without transport-cc gets abs-send-time instead (downtrack.pyx) and its REMB
+# drives the same estimate (a transport gets one with its first DownTrack, with or without a send history).
 from libc.stdint cimport int64_t, uint8_t
 
 from engine.rtp cimport RtpHeader
@@ -41,9 +42,10 @@ cdef void transportcc_tick(EngineState *s, int64_t now) noexcept nogil
 # A subscriber's transport-cc feedback (the RTPFB fmt 15 packet `p`, `length` bytes) on transport slot `t`; True
 # when it was the first one the transport's estimate took (call transportcc_estimate_event after the packet).
 cdef bint transportcc_feedback(EngineState *s, int t, const uint8_t *p, int length, int64_t now) noexcept nogil
-# A subscriber's REMB (the PSFB fmt 15 packet `p`) on transport slot `t`.
-cdef void transportcc_remb(EngineState *s, int t, const uint8_t *p, int length, int64_t now) noexcept nogil
+# A subscriber's REMB (the PSFB fmt 15 packet `p`) on transport slot `t`; True when it was the first one the
+# transport's estimate took (as transportcc_feedback).
+cdef bint transportcc_remb(EngineState *s, int t, const uint8_t *p, int length, int64_t now) noexcept nogil
 # After a compound RTCP packet that held feedback or REMB: one E_BANDWIDTH event (at most one per datagram, as the
-# event queue needs) when the estimate changed (bwe_take_change) or the first TWCC feedback (`first`) arrived,
-# from which on the estimate is measured rather than the start value.
+# event queue needs) when the estimate changed (bwe_take_change) or the first TWCC feedback or REMB (`first`)
+# arrived, from which on the estimate is the client's rather than the start value.
 cdef void transportcc_estimate_event(EngineState *s, int t, bint first, int64_t now) noexcept nogil

@@ -129,12 +129,16 @@ cdef bint transportcc_feedback(EngineState *s, int t, const uint8_t *p, int leng
     return first and tr.bwe.twcc_seen
 
 
-cdef void transportcc_remb(EngineState *s, int t, const uint8_t *p, int length, int64_t now) noexcept nogil:
+cdef bint transportcc_remb(EngineState *s, int t, const uint8_t *p, int length, int64_t now) noexcept nogil:
     cdef Transport *tr = s.transports[t]
     cdef int64_t bps = parse_remb(p, length)
+    cdef bint first
     if bps < 0:
         s.counters[<int>S_DROP_MALFORMED] += 1
-        return
+        return False
     s.counters[<int>S_REMB_RECEIVED] += 1
-    if tr.bwe != NULL:
-        bwe_on_remb(tr.bwe, bps, now)
+    if tr.bwe == NULL:
+        return False
+    first = tr.bwe.rembs == 0
+    bwe_on_remb(tr.bwe, bps, now)
+    return first and tr.bwe.rembs == 1

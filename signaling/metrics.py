@@ -68,12 +68,14 @@ class NodeCollector(Collector):
             layer_packets.add_metric([track, rid], packets)
         yield layer_packets
         estimates = GaugeMetricFamily("tern_subscriber_bandwidth_bps",
-                                      "Downlink bandwidth estimate per subscriber (from its TWCC feedback or REMB)",
-                                      labels=["participant"])
+                                      "Downlink bandwidth estimate per subscriber and what drives it: its TWCC "
+                                      "feedback, its REMB, or neither yet (start)",
+                                      labels=["participant", "source"])
         congested = GaugeMetricFamily("tern_subscriber_congested", "1 while a subscriber's downlink is congested",
                                       labels=["participant"])
         for participant, estimate in bandwidth:
-            estimates.add_metric([participant], estimate["estimate_bps"])
+            source = "twcc" if estimate["twcc"] else "remb" if estimate["rembs"] else "start"
+            estimates.add_metric([participant, source], estimate["estimate_bps"])
             congested.add_metric([participant], int(estimate["congested"]))
         yield estimates
         yield congested

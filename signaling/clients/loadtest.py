@@ -202,8 +202,8 @@ def _transport_lines(path: MediaPath, setup: str, mid: str) -> list[str]:
 
 
 def build_subscriber_answer(offer: sdp.SessionDescription, path: MediaPath, transport_cc: bool = True) -> str:
-    """Receive every offered track as offered (without transport-cc unless `transport_cc`); decline the data
-    channel (the load never uses it)."""
+    """Receive every offered track as offered (without transport-cc, nor the abs-send-time the server would write
+    instead, unless `transport_cc`); decline the data channel (the load never uses it)."""
     body: list[str] = []
     mids: list[str] = []
     for section in offer.sections:
@@ -216,7 +216,7 @@ def build_subscriber_answer(offer: sdp.SessionDescription, path: MediaPath, tran
         body += _transport_lines(path, "active", section.mid)
         body.append("a=recvonly" if section.direction in ("sendonly", "sendrecv") else "a=inactive")
         body += sdp.extmap_lines({uri: ext_id for uri, ext_id in section.extmap.items()
-                                  if transport_cc or uri != sdp.EXT_TRANSPORT_CC})
+                                  if transport_cc or uri not in (sdp.EXT_TRANSPORT_CC, sdp.EXT_ABS_SEND_TIME)})
         for codec in section.codecs:
             body += sdp.codec_lines(codec, [fb for fb in codec.rtcp_fb if transport_cc or fb != "transport-cc"])
     return "\r\n".join(_session_lines(mids) + body) + "\r\n"

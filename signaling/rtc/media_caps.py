@@ -2,8 +2,8 @@
 subscribers. Turning a codec, an extension (TWCC) or a feedback type on or off is an edit here and nowhere else."""
 from __future__ import annotations
 
-from ..peer.sdp import (EXT_ABS_CAPTURE_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_RID, EXT_RRID, EXT_TRANSPORT_CC, Codec,
-                        ReceivePolicy)
+from ..peer.sdp import (EXT_ABS_CAPTURE_TIME, EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_RID, EXT_RRID,
+                        EXT_TRANSPORT_CC, Codec, ReceivePolicy)
 
 # Accepted from publishers; anything else offered is left out of the answer. transport-cc on video (RTX included),
 # as LiveKit does: the engine sends feedback and stops its REMB, so libwebrtc's send-side estimator sets the rate.
@@ -20,11 +20,15 @@ _PUBLISHER_FEEDBACK = {
 # Offered to subscribers, numbered here (one id per URI across the bundle); the engine renumbers the publisher's ids
 # to these, except transport-cc, which it writes itself: the subscriber transport's own sequence numbers, whose
 # feedback drives its bandwidth estimate (video only, as LiveKit's send-side mode: audio is never the one to cut).
+# A client without transport-cc (aiortc, older libwebrtc) may answer goog-remb + abs-send-time instead: the engine
+# then writes abs-send-time, the client's receive-side estimator answers with REMB, and that drives the estimate.
 SUBSCRIBER_EXTENSIONS = {
     "audio": {EXT_AUDIO_LEVEL: 1},
-    "video": {EXT_TRANSPORT_CC: 3},
+    "video": {EXT_ABS_SEND_TIME: 2, EXT_TRANSPORT_CC: 3},
 }
-SUBSCRIBER_FEEDBACK = {"audio": ["nack"], "video": ["nack", "nack pli", "ccm fir", "transport-cc"]}
+SUBSCRIBER_FEEDBACK = {"audio": ["nack"], "video": ["nack", "nack pli", "ccm fir", "goog-remb", "transport-cc"]}
+# Extensions the engine writes itself on the subscriber's side: never forwarded from the publisher.
+SUBSCRIBER_OWN_EXTENSIONS = frozenset({EXT_TRANSPORT_CC, EXT_ABS_SEND_TIME})
 
 # RTX toward a video subscriber needs no RTX from the publisher (the engine wraps NACKed packets from its cache, and
 # probe clusters ride the RTX stream): when the publisher negotiated none (LiveKit's Rust SDK offers VP8 alone), the

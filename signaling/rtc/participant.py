@@ -618,16 +618,18 @@ class Participant:
         media = subscription.media
         if publication.receiver_id is None:
             return True
-        # Publisher extension id -> the id this subscriber negotiated for the same URI. transport-cc is not
-        # forwarded: the engine writes the subscriber transport's own numbers under the id the answer accepted.
+        # Publisher extension id -> the id this subscriber negotiated for the same URI. transport-cc and
+        # abs-send-time are not forwarded: the engine writes its own under the ids the answer accepted.
         extmap = {pub_id: section.extmap[uri] for uri, pub_id in publication.extmap.items()
-                  if uri in section.extmap and uri != sdp.EXT_TRANSPORT_CC}
+                  if uri in section.extmap and uri not in media_caps.SUBSCRIBER_OWN_EXTENSIONS}
         transport_cc_id = section.extmap.get(sdp.EXT_TRANSPORT_CC, 0)
+        abs_send_time_id = section.extmap.get(sdp.EXT_ABS_SEND_TIME, 0)
         try:
             subscription.downtrack_id = self.services.engine.add_downtrack(
                 publication.receiver_id, self.subscriber.transport.id, media.ssrc, media.rtx_ssrc or 0,
                 media.codec.payload_type, media.codec.rtx_payload_type or 0, extmap,
                 transport_cc_id if 0 < transport_cc_id < 15 else 0,
+                abs_send_time_id if 0 < abs_send_time_id < 15 else 0,
             )
         except (RuntimeError, MemoryError) as error:
             self.services.counters["engine_downtracks_full"] += 1

@@ -1,0 +1,69 @@
+"""aiortc as a LiveKit subscriber: a real peer without transport-cc (it answers goog-remb + abs-send-time and sends
+REMB from its receive-side estimator).
+
+Not for lossy links: aiortc's jitter buffer waits for a lost packet until 512 newer ones have arrived, so behind a
+narrow link (tests/netlab.py) it decodes next to nothing for tens of seconds, whatever the server sends."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from livekit.protocol import rtc as signal
+
+from signal_client import SignalClient
+
+PING_INTERVAL_S = 5  # well inside the server's ping timeout (15 s)
+
+
+class AiortcSubscriber:
+    """Answers the server's offers on the subscriber PC; keeps the decoded video frames' sizes."""
+
+    def __init__(self, client: SignalClient) -> None:
+        self.client = client
+        self.pc = RTCPeerConnection()
+        self.offers: list[str] = []
+        self.answers: list[str] = []
+        self.frames: list[tuple[int, int]] = []  # (width, height) of each decoded video frame
+        self._tasks: list[asyncio.Task] = [asyncio.create_task(self._signal()), asyncio.create_task(self._ping())]
+        self.pc.on("track", lambda track: track.kind == "video" and self._tasks.append(
+            asyncio.create_task(self._decode(track))))
+
+    @classmethod
+    async def join(cls, url: str, token: str) -> tuple[AiortcSubscriber, signal.JoinResponse]:
+        client, join = await SignalClient.join(url, token)
+        return cls(client), join
+
+    async def _signal(self) -> None:
+        while True:
+            response = await self.client.receive(timeout=60)
+            if response.WhichOneof("message") != "offer":
+                continue
+            offer = response.offer
+            self.offers.append(offer.sdp)
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+            self.answers.append(self.pc.localDescription.sdp)
+            await self.client.send(signal.SignalRequest(answer=signal.SessionDescription(
+                type="answer", sdp=self.pc.localDescription.sdp, id=offer.id)))
+
+    async def _ping(self) -> None:
+        while True:
+            await self.client.send(signal.SignalRequest(ping_req=signal.Ping(timestamp=int(time.time() * 1000))))
+            await asyncio.sleep(PING_INTERVAL_S)
+
+    async def _decode(self, track) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                self.frames.append((frame.width, frame.height))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pc.close()
+        await self.client.connection.close()
+
