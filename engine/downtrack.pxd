@@ -8,6 +8,16 @@ cdef enum:
     SEQMAP_SIZE = 1024        # output packets remembered for NACK (a power of two)
     WRITE_GROWTH = 12         # downtrack_write may add this much to the input: our transport-cc element (with a
                               # block header and padding, 8) + RTX OSN (2), rounded up
+    MAX_TEMPORAL = 4          # temporal layer ids 0..3 (VP8's TID is two bits); a cap of MAX_TEMPORAL - 1 = all
+    SEQ_RUNS = 32             # Munger offset changes remembered, so late packets map as their neighbours did (a
+                              # power of two; a capped camera drops ~8 runs of pictures a second: ~4 s of reordering)
+    SWITCH_HORIZON = 8192     # packets this far behind the newest one are too late to forward anyway
+
+cdef struct SeqRun:
+    # From input sequence number `start` on (until the next run), output numbers are the input's minus these.
+    uint16_t start
+    uint16_t seq_offset
+    int32_t pid_offset
 
 cdef struct SeqMapEntry:
     # One packet as the Munger numbered it for the subscriber, so its NACK can be answered from the Receiver's cache.
@@ -36,6 +46,8 @@ cdef struct DownTrack:
     int max_layer             # cap on the target (the StreamAllocator's hook)
     bint paused               # forwards nothing (unsubscribed view, server mute); resumes at a keyframe
     uint16_t switch_seq       # first input seq of the current layer (trailing the newest): older ones never pass
+    int max_temporal          # cap on the temporal layer (the StreamAllocator's hook); MAX_TEMPORAL - 1 = all
+    int current_temporal      # highest temporal id passing now; -1 = chosen at the next keyframe
     # Munger (munger.pyx)
     bint started
     uint16_t seq_offset
@@ -47,6 +59,11 @@ cdef struct DownTrack:
     int32_t last_out_pid
     int32_t last_out_tl0
     int64_t last_forward_us
+    uint16_t highest_in       # newest input seq of the current layer, forwarded or dropped
+    int32_t last_dropped_pid  # picture id of the last picture dropped (its further packets take no new id), -1 none
+    SeqRun runs[32]           # SEQ_RUNS, a ring: runs[run_newest] applies to new input
+    int run_newest
+    int run_count
     SeqMapEntry *seqmap
     # RTX (feedback.pyx answers NACKs; downtrack_write numbers the RTX stream)
     uint16_t rtx_seq
@@ -61,6 +78,9 @@ cdef struct DownTrack:
     uint64_t plis_received
     uint64_t keyframe_requests
     uint64_t dropped
+    uint64_t temporal_dropped # packets above the temporal layer, dropped without leaving a gap
+    uint64_t temporal_gaps    # such packets that arrived after later ones were sent: their output number stays unused
+    uint64_t temporal_switches
     # the subscriber's last RTCP report block about this stream (reports.pyx), for connection quality
     uint64_t rr_blocks        # report blocks received
     uint32_t rr_highest       # extended highest sequence number it received

@@ -17,8 +17,11 @@ cdef DownTrack *downtrack_new() noexcept nogil:
         free(d)
         return NULL
     d.current_layer = -1
+    d.max_temporal = MAX_TEMPORAL - 1
+    d.current_temporal = -1
     d.last_out_pid = -1
     d.last_out_tl0 = -1
+    d.last_dropped_pid = -1
     return d
 
 
@@ -29,6 +32,7 @@ cdef void downtrack_free(DownTrack *d) noexcept nogil:
 
 cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil:
     d.current_layer = -1
+    d.current_temporal = -1
     memset(d.seqmap, 0, SEQMAP_SIZE * sizeof(SeqMapEntry))  # entries name the old stream's packets
 
 

@@ -3,11 +3,13 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t
 
 from engine cimport srtp
 from engine.downtrack cimport WRITE_GROWTH, downtrack_write
-from engine.forwarder cimport FORWARD_DROP, FORWARD_PAUSED, FORWARD_SWITCHED, forwarder_accept
+from engine.forwarder cimport (FORWARD_DROP, FORWARD_DROP_TEMPORAL, FORWARD_DROP_TEMPORAL_LATE, FORWARD_PAUSED,
+                              FORWARD_SWITCHED, forwarder_accept)
 from engine.munger cimport munger_map
 from engine.receiver cimport Receiver
-from engine.state cimport (BATCH, S_DROP_PROTECT, S_DROP_SUBSCRIBER_NOT_READY, S_DROP_TOO_LARGE, S_FORWARDED,
-                           S_LAYER_SWITCHES, S_PAUSED_SKIPPED, SEND_BUF, Transport, transport_ready)
+from engine.state cimport (BATCH, S_DROP_PROTECT, S_DROP_SUBSCRIBER_NOT_READY, S_DROP_TEMPORAL_LATE,
+                           S_DROP_TEMPORAL_LAYER, S_DROP_TOO_LARGE, S_FORWARDED, S_LAYER_SWITCHES,
+                           S_PAUSED_SKIPPED, SEND_BUF, Transport, transport_ready)
 from engine.twcc cimport TwccHistory, twcc_history_add
 from engine.udpmux cimport send_commit, send_slot_buffer, send_take_slot
 
@@ -43,6 +45,12 @@ cdef inline void forward(EngineState *s, DownTrack *d, const ExtPacket *p, int64
         return
     if verdict == FORWARD_PAUSED:
         s.counters[<int>S_PAUSED_SKIPPED] += 1
+        return
+    if verdict == FORWARD_DROP_TEMPORAL:
+        s.counters[<int>S_DROP_TEMPORAL_LAYER] += 1
+        return
+    if verdict == FORWARD_DROP_TEMPORAL_LATE:
+        s.counters[<int>S_DROP_TEMPORAL_LATE] += 1
         return
     if verdict == FORWARD_SWITCHED:
         s.counters[<int>S_LAYER_SWITCHES] += 1

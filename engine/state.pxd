@@ -90,6 +90,8 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_TWCC_UNMATCHED          # packets a subscriber's feedback names that the send history does not hold
     S_REMB_RECEIVED           # REMB from subscribers
     S_BANDWIDTH_EVENTS        # estimate changes raised to Python
+    S_DROP_TEMPORAL_LAYER     # packets above a DownTrack's temporal layer (the numbering closes up: no loss seen)
+    S_DROP_TEMPORAL_LATE      # the same arriving after later packets were sent: an output number stays unused
     S_COUNT
 
 cdef enum:  # event kinds, queued in C and dispatched to Python after each batch
