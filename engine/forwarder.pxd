@@ -19,7 +19,8 @@ cdef enum:  # forwarder_accept verdicts
 # The verdict on `p` for `d`. Video switches only to the target layer and only at a keyframe; audio passes
 # everything. A switch re-anchors the Munger so the output continues from the last packet sent. Packets with a
 # temporal id pass up to the current temporal layer, which moves to the cap at keyframes, down to it at any frame
-# start, and up towards it at a frame with the layer sync bit (RFC 7741: it references only the base layer).
+# start, and up one layer towards it at a frame of the next layer with the layer sync bit (RFC 7741: it references
+# only the base layer).
 cdef int forwarder_accept(DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil
 # Pauses or resumes `d`; True when it resumes: it then waits for a keyframe (which the caller should request) and
 # continues the output numbering from the last packet sent.

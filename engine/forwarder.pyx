@@ -17,7 +17,8 @@ cdef inline bint temporal_accept(DownTrack *d, const ExtPacket *p) noexcept nogi
     elif p.descriptor == DESC_VP8 and p.desc.vp8.start_of_partition and p.desc.vp8.partition_id == 0:
         if p.keyframe or d.max_temporal < previous:
             d.current_temporal = d.max_temporal
-        elif previous < p.temporal <= d.max_temporal and p.desc.vp8.layer_sync:
+        elif p.temporal == previous + 1 <= d.max_temporal and p.desc.vp8.layer_sync:
+            # One layer at a time: later frames of layer t reference the latest frames of layers 1..t-1 as well.
             d.current_temporal = p.temporal
         if d.current_temporal != previous:
             d.temporal_switches += 1
