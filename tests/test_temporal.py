@@ -3,16 +3,28 @@ switching down at the next frame and up only where the decoder can follow (a lay
 what it gets is one stream without holes: consecutive sequence numbers, consecutive picture ids, TL0PICIDX as sent.
 
 The Forwarder and the Munger run in-process (engine.harness, as tests/test_forwarder.py); one test runs the engine
-itself for its counters and the receiver's per-temporal-layer byte counts."""
+itself for its counters and the receiver's per-temporal-layer byte counts; the last one has LiveKit's Python SDK
+publish and subscribe through a whole server."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from dataclasses import dataclass
 
+import uvicorn
 from hypothesis import given, settings, strategies as st
+from livekit import api, rtc
 
+from conftest import API_KEY, API_SECRET, free_port
 from engine.harness import DownTrackHarness
+from media import wait_for_tracks
+from netlab import HEIGHT, WIDTH, DetailedVideo
+from signaling.app import create_app
+from signaling.config import Config, RtcConfig
+from signaling.node import Node
+from signaling.rtc.allocator import TOP_TEMPORAL, VideoDemand
+from signaling.rtc.publication import BITRATE_WINDOW_S, BITRATE_WINDOWS
 from test_engine import Q_SSRC, add_video, rtp, setup  # noqa: F401 (setup: the engine fixture)
 
 PT, SSRC, OUT_SSRC, OUT_PT = 96, 0x1001, 0xD0D0, 100
@@ -289,3 +301,120 @@ async def test_engine_counts_temporal_drops_and_bytes_per_temporal_layer(setup) 
     eng.set_target_layer(downtrack, 2)  # the temporal cap stays where it was
     assert eng.downtrack_stats(downtrack)["max_temporal"] == 0
     await asyncio.sleep(0)
+
+
+# ---------------------------------------------------------------- end to end, LiveKit Python SDK
+
+class InProcessServer:
+    """tern's node and HTTP front on this test's event loop (as signaling/server.py runs them), so the test can pin
+    a subscriber's bandwidth estimate; clients reach it exactly as they reach `tern --dev`."""
+
+    def __init__(self) -> None:
+        self.config = Config(port=free_port(), keys={API_KEY: API_SECRET}, development=True,
+                             rtc=RtcConfig(udp_port=free_port(socket.SOCK_DGRAM)))
+        self.node = Node(self.config)
+        self.url = f"ws://127.0.0.1:{self.config.port}"
+        self._http: uvicorn.Server | None = None
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> InProcessServer:
+        self.node.start(asyncio.get_running_loop())
+        self._http = uvicorn.Server(uvicorn.Config(create_app(self.node), host="127.0.0.1", port=self.config.port,
+                                                   ws="websockets-sansio", lifespan="off", log_level="warning"))
+        self._task = asyncio.create_task(self._http.serve())
+        while not self._http.started:
+            await asyncio.sleep(0.05)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.node.shutdown()
+        self._http.should_exit = True
+        await self._task
+        await self.node.stop()
+
+    def token(self, identity: str, room: str) -> str:
+        grants = api.VideoGrants(room_join=True, room=room)
+        return api.AccessToken(API_KEY, API_SECRET).with_identity(identity).with_grants(grants).to_jwt()
+
+    def participant(self, identity: str):
+        return next(p for p in self.node.store.participants() if p.identity == identity)
+
+
+async def decoded_fps(track: rtc.RemoteTrack, seconds: float) -> tuple[float, int, int]:
+    """Frames a subscriber decoded per second over `seconds`, and the last frame's size."""
+    stream = rtc.VideoStream(track)
+    frames, size = 0, (0, 0)
+
+    async def read() -> None:
+        nonlocal frames, size
+        async for event in stream:
+            frames += 1
+            size = (event.frame.width, event.frame.height)
+
+    try:
+        await asyncio.wait_for(read(), seconds)
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        await stream.aclose()
+    return frames / seconds, *size
+
+
+async def inbound(track: rtc.RemoteTrack):
+    return next(s.inbound_rtp for s in await track.get_stats() if s.HasField("inbound_rtp"))
+
+
+async def test_a_subscriber_capped_to_lower_temporal_layers_decodes_fewer_frames_without_loss() -> None:
+    """libwebrtc's VP8 simulcast (the SDK's publisher) sends three temporal layers on each simulcast layer. Capped by
+    its allocation to the 720p layer's T0, then T0+T1, a subscriber decodes 720p at about a quarter, then half, of
+    the full frame rate, sees no lost packet and no freeze, and gets all of it back when the cap is lifted."""
+    async with InProcessServer() as server:
+        publisher = rtc.Room()
+        await publisher.connect(server.url, server.token("alice", "temporal"))
+        video = DetailedVideo(publisher)
+        subscriber = rtc.Room()
+        try:
+            await video.start()
+            await subscriber.connect(server.url, server.token("bob", "temporal"))
+            track = (await wait_for_tracks(subscriber, 1))["video"]
+            bob = server.participant("bob")
+            [subscription] = bob.subscriptions.values()
+            for _ in range(BITRATE_WINDOWS + 2):  # what a bandwidth estimate's arrival does: measure the layers
+                subscription.publication.measure(server.node.engine)
+                await asyncio.sleep(BITRATE_WINDOW_S)
+            full, width, height = await decoded_fps(track, 3)
+            assert (width, height) == (WIDTH, HEIGHT)
+            temporal = subscription.publication.temporal_bitrates(server.node.engine)
+            assert len(temporal) == 3 and all(len(layer) == 3 for layer in temporal), temporal  # L1T3 everywhere
+            ladder = VideoDemand(0, False, 2, subscription.publication.layer_bitrates(server.node.engine),
+                                 tuple(temporal)).ladder
+            price = {(spatial, t): bps for spatial, t, bps in ladder}
+            print(f"ladder {ladder}")
+            bob.subscriber.transport.on_bandwidth = lambda *args, **kwargs: None  # the estimate is pinned below
+            before = await inbound(track)
+            figures = {"full": full}
+            for name, step, above in (("T0", (2, 0), (2, 1)), ("T0+T1", (2, 1), (2, TOP_TEMPORAL))):
+                bob.allocator.on_estimate((price[step] + price[above]) / 2)
+                assert server.node.engine.downtrack_stats(subscription.downtrack_id)["max_temporal"] == step[1]
+                await asyncio.sleep(1)  # the next sync frame
+                figures[name], width, height = await decoded_fps(track, 4)
+                assert (width, height) == (WIDTH, HEIGHT)
+            bob.allocator.clock = lambda: float("inf")  # past the upgrade hold
+            bob.allocator.on_estimate(price[(2, TOP_TEMPORAL)] * 2)
+            await asyncio.sleep(1)
+            figures["uncapped"], _, _ = await decoded_fps(track, 3)
+            after = await inbound(track)
+            stats = server.node.engine.stats()
+            print(f"decoded fps {figures}; temporal drops {stats['drop_temporal_layer']}, late "
+                  f"{stats['drop_temporal_late']}; subscriber lost {after.received.packets_lost - before.received.packets_lost}, "
+                  f"freezes {after.inbound.freeze_count - before.inbound.freeze_count}")
+            assert 0.15 * full <= figures["T0"] <= 0.4 * full
+            assert 0.35 * full <= figures["T0+T1"] <= 0.65 * full
+            assert figures["uncapped"] >= 0.8 * full
+            assert stats["drop_temporal_layer"] > 0
+            assert after.received.packets_lost - before.received.packets_lost <= stats["drop_temporal_late"]
+            assert after.inbound.freeze_count == before.inbound.freeze_count
+        finally:
+            await video.stop()
+            await subscriber.disconnect()
+            await publisher.disconnect()
