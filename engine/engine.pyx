@@ -558,8 +558,8 @@ cdef class Engine:
 
     def set_target_layer(self, downtrack_id: int, layer: int, temporal: int | None = None) -> None:
         """Caps the layer the Forwarder aims at (StreamAllocator hook); it still switches only at keyframes.
-        `temporal` caps the temporal layer within it (0 = base only, MAX_TEMPORAL - 1 = all, the default; None
-        leaves the cap as it is): lower at the next frame, higher at a layer sync frame or keyframe."""
+        `temporal` caps the temporal layer within it (0 = the base layer only, 3 = all, a DownTrack's default; None
+        leaves the cap as it is): the Forwarder goes down at the next frame, up at a layer sync frame or keyframe."""
         cdef DownTrack *d = self.s.downtracks[self._slot(self._downtrack_slots, downtrack_id, "downtrack")]
         d.max_layer = max(0, min(layer, MAX_LAYERS - 1))
         if temporal is not None:
