@@ -13,6 +13,11 @@ cdef enum:
                               # power of two; a capped camera drops ~8 runs of pictures a second: ~4 s of reordering)
     SWITCH_HORIZON = 8192     # packets this far behind the newest one are too late to forward anyway
 
+cdef enum:  # what downtrack_write makes of a packet
+    WRITE_MEDIA
+    WRITE_RTX                 # its RFC 4588 retransmission
+    WRITE_PADDING             # a padding-only packet in its place (its number, nothing of its payload)
+
 cdef struct SeqRun:
     # From input sequence number `start` on (until the next run), output numbers are the input's minus these.
     uint16_t start
@@ -79,7 +84,7 @@ cdef struct DownTrack:
     uint64_t keyframe_requests
     uint64_t dropped
     uint64_t temporal_dropped # packets above the temporal layer, dropped without leaving a gap
-    uint64_t temporal_gaps    # such packets that arrived after later ones were sent: their output number stays unused
+    uint64_t temporal_padding # such packets that arrived after later ones were sent: padding took their number
     uint64_t temporal_switches
     # the subscriber's last RTCP report block about this stream (reports.pyx), for connection quality
     uint64_t rr_blocks        # report blocks received
@@ -95,8 +100,9 @@ cdef void downtrack_free(DownTrack *d) noexcept nogil
 # The current layer's stream was replaced (new publisher SSRC) or forwarding resumes after a pause: wait for a new
 # start point (a keyframe for video) and re-anchor there, so the output numbering continues from the last packet sent.
 cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil
-# Writes the packet `p` as mapped by `e` (or, with as_rtx, its RFC 4588 retransmission) into `out`, which has room
-# for p.h.header_length + p.h.payload_length + WRITE_GROWTH bytes, with `transport_seq` in the transport-cc element
-# when d.ext_transport_cc is set; returns the length.
-cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, bint as_rtx, uint16_t transport_seq,
+# Writes the packet `p` as mapped by `e` (WRITE_MEDIA; or its RFC 4588 retransmission, WRITE_RTX; or a padding-only
+# packet with its number and timestamp, WRITE_PADDING) into `out`, which has room for p.h.header_length +
+# p.h.payload_length + WRITE_GROWTH bytes, with `transport_seq` in the transport-cc element when d.ext_transport_cc
+# is set; returns the length.
+cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, int kind, uint16_t transport_seq,
                          uint8_t *out) noexcept nogil

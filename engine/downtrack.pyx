@@ -36,12 +36,21 @@ cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil:
     memset(d.seqmap, 0, SEQMAP_SIZE * sizeof(SeqMapEntry))  # entries name the old stream's packets
 
 
-cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, bint as_rtx,
+cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, int kind,
                          uint16_t transport_seq, uint8_t *out) noexcept nogil:
     cdef int header = rewrite_header(p.buf, &p.h, d.ext_map, d.ext_transport_cc, transport_seq, out)
     cdef uint8_t *payload
     store32(out + 4, e.out_ts)
-    if as_rtx:
+    if kind == WRITE_PADDING:
+        # RFC 3550 padding: one byte, counting itself. Receivers take it as a packet without payload (libwebrtc
+        # marks its number received), so the number is not NACKed or counted lost. No marker: it ends no frame.
+        out[0] |= 0x20
+        out[1] = d.payload_type
+        store16(out + 2, e.out_seq)
+        store32(out + 8, d.ssrc)
+        out[header] = 1
+        return header + 1
+    if kind == WRITE_RTX:
         out[1] = (out[1] & 0x80) | d.rtx_payload_type
         store16(out + 2, d.rtx_seq)
         d.rtx_seq += 1

@@ -82,7 +82,7 @@ STAT_NAMES = (
     "srtp_streams_removed", "drop_rtx_budget", "retransmitted_bytes", "stun_responses",
     "drop_stun_unexpected_response", "drop_ssrc_rebind_rate", "twcc_feedback_sent", "twcc_late",
     "twcc_feedback_received", "twcc_unmatched", "remb_received", "bandwidth_events",
-    "drop_temporal_layer", "drop_temporal_late",
+    "drop_temporal_layer", "temporal_padding",
 )
 assert len(STAT_NAMES) == S_COUNT
 
@@ -687,7 +687,7 @@ cdef class Engine:
             "current_temporal": d.current_temporal,
             "max_temporal": d.max_temporal,
             "temporal_dropped": d.temporal_dropped,
-            "temporal_gaps": d.temporal_gaps,
+            "temporal_padding": d.temporal_padding,
             "temporal_switches": d.temporal_switches,
             "nacks_received": d.nacks_received,
             "retransmissions": d.retransmissions,

@@ -2,14 +2,13 @@
 from libc.stdint cimport int64_t, uint8_t, uint16_t
 
 from engine cimport srtp
-from engine.downtrack cimport WRITE_GROWTH, downtrack_write
-from engine.forwarder cimport (FORWARD_DROP, FORWARD_DROP_TEMPORAL, FORWARD_DROP_TEMPORAL_LATE, FORWARD_PAUSED,
-                              FORWARD_SWITCHED, forwarder_accept)
-from engine.munger cimport munger_map
+from engine.downtrack cimport WRITE_GROWTH, WRITE_MEDIA, WRITE_PADDING, downtrack_write
+from engine.forwarder cimport FORWARD_DROP, FORWARD_DROP_TEMPORAL, FORWARD_PAUSED, FORWARD_SWITCHED, forwarder_accept
+from engine.munger cimport DROP_PADDING, munger_drop, munger_map
 from engine.receiver cimport Receiver
-from engine.state cimport (BATCH, S_DROP_PROTECT, S_DROP_SUBSCRIBER_NOT_READY, S_DROP_TEMPORAL_LATE,
-                           S_DROP_TEMPORAL_LAYER, S_DROP_TOO_LARGE, S_FORWARDED, S_LAYER_SWITCHES,
-                           S_PAUSED_SKIPPED, SEND_BUF, Transport, transport_ready)
+from engine.state cimport (BATCH, S_DROP_PROTECT, S_DROP_SUBSCRIBER_NOT_READY, S_DROP_TEMPORAL_LAYER,
+                           S_DROP_TOO_LARGE, S_FORWARDED, S_LAYER_SWITCHES, S_PAUSED_SKIPPED, S_TEMPORAL_PADDING,
+                           SEND_BUF, Transport, transport_ready)
 from engine.twcc cimport TwccHistory, twcc_history_add
 from engine.udpmux cimport send_commit, send_slot_buffer, send_take_slot
 
@@ -40,6 +39,7 @@ cdef void fanout_batch(EngineState *s, int64_t now) noexcept nogil:
 
 cdef inline void forward(EngineState *s, DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil:
     cdef const SeqMapEntry *e
+    cdef SeqMapEntry slot
     cdef int verdict = forwarder_accept(d, p, now)
     if verdict == FORWARD_DROP:
         return
@@ -48,14 +48,14 @@ cdef inline void forward(EngineState *s, DownTrack *d, const ExtPacket *p, int64
         return
     if verdict == FORWARD_DROP_TEMPORAL:
         s.counters[<int>S_DROP_TEMPORAL_LAYER] += 1
-        return
-    if verdict == FORWARD_DROP_TEMPORAL_LATE:
-        s.counters[<int>S_DROP_TEMPORAL_LATE] += 1
+        if munger_drop(d, p, &slot) == DROP_PADDING and fanout_send(s, d, p, &slot, WRITE_PADDING, now):
+            d.temporal_padding += 1
+            s.counters[<int>S_TEMPORAL_PADDING] += 1
         return
     if verdict == FORWARD_SWITCHED:
         s.counters[<int>S_LAYER_SWITCHES] += 1
     e = munger_map(d, p, now)
-    if e != NULL and fanout_send(s, d, p, e, False, now):
+    if e != NULL and fanout_send(s, d, p, e, WRITE_MEDIA, now):
         d.packets += 1
         d.octets += p.h.payload_length
         s.transports[d.transport].bytes_sent += p.h.header_length + p.h.payload_length  # retransmission budget
@@ -63,7 +63,7 @@ cdef inline void forward(EngineState *s, DownTrack *d, const ExtPacket *p, int64
 
 
 cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const SeqMapEntry *e,
-                      bint as_rtx, int64_t now) noexcept nogil:
+                      int kind, int64_t now) noexcept nogil:
     cdef Transport *t = s.transports[d.transport]
     cdef TwccHistory *history = t.twcc_tx if d.ext_transport_cc else NULL
     cdef int slot, length, rtp_length
@@ -78,7 +78,7 @@ cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const Se
     out = send_slot_buffer(s, slot)
     # The transport-wide number is taken here, where the packet's final bytes are written into the send batch
     # (which leaves in this batch's sendmmsg), and only spent when the packet really goes.
-    length = downtrack_write(d, p, e, as_rtx, <uint16_t>history.next_seq if history != NULL else 0, out)
+    length = downtrack_write(d, p, e, kind, <uint16_t>history.next_seq if history != NULL else 0, out)
     rtp_length = length
     if srtp.protect(t.tx, out, &length) != 0:
         s.counters[<int>S_DROP_PROTECT] += 1

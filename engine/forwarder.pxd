@@ -13,8 +13,7 @@ cdef enum:  # forwarder_accept verdicts
     FORWARD_PASS
     FORWARD_SWITCHED          # passes, and the current layer just changed to another one
     FORWARD_PAUSED            # the DownTrack is paused: nothing passes, nothing changes
-    FORWARD_DROP_TEMPORAL     # above the temporal layer: dropped, and the output numbering closes up behind it
-    FORWARD_DROP_TEMPORAL_LATE  # the same, but it came after later packets were sent: its output number stays unused
+    FORWARD_DROP_TEMPORAL     # above the temporal layer: the Munger's to drop (munger_drop)
 
 # The verdict on `p` for `d`. Video switches only to the target layer and only at a keyframe; audio passes
 # everything. A switch re-anchors the Munger so the output continues from the last packet sent. Packets with a

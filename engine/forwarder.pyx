@@ -2,7 +2,7 @@
 from libc.stdint cimport int16_t, uint16_t
 
 from engine.downtrack cimport SWITCH_HORIZON, downtrack_lose_layer
-from engine.munger cimport munger_anchor, munger_drop
+from engine.munger cimport munger_anchor
 from engine.packet cimport DESC_VP8
 
 
@@ -53,10 +53,7 @@ cdef int forwarder_accept(DownTrack *d, const ExtPacket *p, int64_t now) noexcep
     if temporal_accept(d, p):
         return FORWARD_PASS
     d.temporal_dropped += 1
-    if munger_drop(d, p):
-        return FORWARD_DROP_TEMPORAL
-    d.temporal_gaps += 1
-    return FORWARD_DROP_TEMPORAL_LATE
+    return FORWARD_DROP_TEMPORAL
 
 
 cdef bint forwarder_set_paused(DownTrack *d, bint paused) noexcept nogil:

@@ -14,10 +14,14 @@ cdef void munger_anchor(DownTrack *d, const ExtPacket *p, uint32_t clock_rate, i
 # The accepted packet's output numbering, remembered for NACKs. NULL when it is dropped instead: padding-only packets
 # newer than any before (absorbed, as munger_drop), and late input older than the offset history kept.
 cdef const SeqMapEntry *munger_map(DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil
-# `p`, of the current layer, is not forwarded: when it is the newest input, later packets (and, for a VP8 picture
-# not dropped before, later picture ids) close up behind it; True then. False for a late packet: the output number
-# its position kept for it stays unused (a gap the subscriber sees as a loss).
-cdef bint munger_drop(DownTrack *d, const ExtPacket *p) noexcept nogil
+cdef enum:  # munger_drop results
+    DROP_CLOSED               # later packets (and, for a VP8 picture not dropped before, later picture ids) close up
+    DROP_PADDING              # late (later packets were sent): `slot` holds the number and timestamp its position
+                              # kept, for a padding packet in its place
+    DROP_LOST                 # late and older than the offset history: its number stays unused
+
+# `p`, of the current layer, is not forwarded (above the temporal layer, or padding): a DROP_* result.
+cdef int munger_drop(DownTrack *d, const ExtPacket *p, SeqMapEntry *slot) noexcept nogil
 # What was sent as `out_seq`, or NULL when that is no longer known.
 cdef SeqMapEntry *munger_sent(const DownTrack *d, uint16_t out_seq) noexcept nogil
 # The output RTP time of `now`, for SR: from the publisher's SR on the current layer when known, else extrapolated

@@ -26,6 +26,23 @@ cdef inline const SeqRun *runs_find(const DownTrack *d, uint16_t seq) noexcept n
     return NULL
 
 
+cdef inline void number(const DownTrack *d, const ExtPacket *p, uint16_t seq_offset, int32_t pid_offset,
+                        SeqMapEntry *e) noexcept nogil:
+    """`p`'s output numbering under the given offsets (the timestamp and TL0PICIDX offsets change only at switches)."""
+    e.out_seq = <uint16_t>(p.h.sequence - seq_offset)
+    e.in_seq = p.h.sequence
+    e.layer = p.layer
+    e.out_ts = <uint32_t>(p.h.timestamp - d.ts_offset)
+    e.out_pid = -1
+    e.out_tl0 = -1
+    e.last_rtx_us = 0
+    if p.descriptor == DESC_VP8:
+        if p.desc.vp8.picture_id >= 0:
+            e.out_pid = (p.desc.vp8.picture_id - pid_offset) & 0x7FFF
+        if p.desc.vp8.tl0picidx >= 0:
+            e.out_tl0 = (p.desc.vp8.tl0picidx - d.tl0_offset) & 0xFF
+
+
 cdef void munger_anchor(DownTrack *d, const ExtPacket *p, uint32_t clock_rate, int64_t now) noexcept nogil:
     cdef int64_t ticks
     cdef const Vp8Descriptor *vp8 = &p.desc.vp8
@@ -45,11 +62,17 @@ cdef void munger_anchor(DownTrack *d, const ExtPacket *p, uint32_t clock_rate, i
     d.last_dropped_pid = -1
 
 
-cdef bint munger_drop(DownTrack *d, const ExtPacket *p) noexcept nogil:
+cdef int munger_drop(DownTrack *d, const ExtPacket *p, SeqMapEntry *slot) noexcept nogil:
     cdef SeqRun *run = &d.runs[d.run_newest]
+    cdef const SeqRun *late
     cdef int32_t pid = p.desc.vp8.picture_id if p.descriptor == DESC_VP8 else -1
     if <int16_t>(p.h.sequence - d.highest_in) <= 0:
-        return False
+        late = runs_find(d, p.h.sequence)
+        if late == NULL:
+            d.dropped += 1
+            return DROP_LOST
+        number(d, p, late.seq_offset, late.pid_offset, slot)
+        return DROP_PADDING
     d.highest_in = p.h.sequence
     d.seq_offset += 1
     if pid >= 0 and pid != d.last_dropped_pid:
@@ -63,7 +86,7 @@ cdef bint munger_drop(DownTrack *d, const ExtPacket *p) noexcept nogil:
     run.start = <uint16_t>(p.h.sequence + 1)
     run.seq_offset = d.seq_offset
     run.pid_offset = d.pid_offset
-    return True
+    return DROP_CLOSED
 
 
 cdef const SeqMapEntry *munger_map(DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil:
@@ -75,7 +98,7 @@ cdef const SeqMapEntry *munger_map(DownTrack *d, const ExtPacket *p, int64_t now
     cdef const SeqRun *late
     if <int16_t>(p.h.sequence - d.highest_in) > 0:
         if p.h.payload_length == 0 and d.started:
-            munger_drop(d, p)  # the publisher's probe padding: the subscriber's estimate probes are ours to send
+            munger_drop(d, p, NULL)  # the publisher's probe padding: the subscriber's estimate probes are ours to send
             d.dropped += 1
             return NULL
         d.highest_in = p.h.sequence
@@ -93,19 +116,8 @@ cdef const SeqMapEntry *munger_map(DownTrack *d, const ExtPacket *p, int64_t now
         pid_offset = late.pid_offset
     out_seq = <uint16_t>(p.h.sequence - seq_offset)
     e = &d.seqmap[out_seq & (SEQMAP_SIZE - 1)]
+    number(d, p, seq_offset, pid_offset, e)
     e.valid = True
-    e.out_seq = out_seq
-    e.in_seq = p.h.sequence
-    e.layer = p.layer
-    e.out_ts = <uint32_t>(p.h.timestamp - d.ts_offset)
-    e.out_pid = -1
-    e.out_tl0 = -1
-    e.last_rtx_us = 0
-    if p.descriptor == DESC_VP8:
-        if p.desc.vp8.picture_id >= 0:
-            e.out_pid = (p.desc.vp8.picture_id - pid_offset) & 0x7FFF
-        if p.desc.vp8.tl0picidx >= 0:
-            e.out_tl0 = (p.desc.vp8.tl0picidx - d.tl0_offset) & 0xFF
     if not d.started or <int16_t>(out_seq - d.last_out_seq) > 0:
         d.started = True
         d.last_out_seq = out_seq

@@ -91,7 +91,7 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_REMB_RECEIVED           # REMB from subscribers
     S_BANDWIDTH_EVENTS        # estimate changes raised to Python
     S_DROP_TEMPORAL_LAYER     # packets above a DownTrack's temporal layer (the numbering closes up: no loss seen)
-    S_DROP_TEMPORAL_LATE      # the same arriving after later packets were sent: an output number stays unused
+    S_TEMPORAL_PADDING        # of those, late ones (later packets were sent): a padding packet took their number
     S_COUNT
 
 cdef enum:  # event kinds, queued in C and dispatched to Python after each batch

@@ -78,14 +78,18 @@ class Publisher:
 @dataclass
 class Out:
     seq: int
-    picture_id: int
-    tl0: int
-    tid: int
-    start: bool
+    picture_id: int = -1
+    tl0: int = -1
+    tid: int = -1
+    start: bool = False
+    padding: bool = False    # a padding-only packet (no payload) holding a late dropped packet's number
 
 
 def parse(data: bytes) -> Out:
     seq = struct.unpack_from("!H", data, 2)[0]
+    if data[0] & 0x20:
+        assert data[-1] == len(data) - 12 == 1 and not data[1] & 0x80  # one byte of padding, no marker
+        return Out(seq, padding=True)
     payload = data[12:]
     return Out(seq, ((payload[2] & 0x7F) << 8) | payload[3], payload[4], payload[5] >> 6, bool(payload[0] & 0x10))
 
@@ -117,6 +121,8 @@ class Subscriber:
         """No sequence number missing, a new picture id exactly at each new frame, TL0PICIDX only ever +0 or +1."""
         for before, after in zip(self.got, self.got[1:]):
             assert after.seq == (before.seq + 1) & 0xFFFF
+        media = [p for p in self.got if not p.padding]
+        for before, after in zip(media, media[1:]):
             assert after.picture_id == (before.picture_id + (1 if after.start else 0)) & 0x7FFF
             assert (after.tl0 - before.tl0) & 0xFF == (1 if after.start and after.tid == 0 else 0)
 
@@ -133,7 +139,7 @@ def test_a_base_layer_subscriber_gets_every_fourth_frame_as_one_seamless_stream(
     assert len(sub.got) == 3 + 5 * 2
     assert sub.got[0].seq == 1000 and sub.got[0].picture_id == 32701
     sub.assert_seamless()                              # picture ids 32701.. wrap past 32767 without a jump
-    assert sub.dt.temporal_dropped == 5 * 3 * 2 and sub.dt.temporal_gaps == 0
+    assert sub.dt.temporal_dropped == 5 * 3 * 2 and sub.dt.temporal_padding == 0
 
 
 def test_middle_layer_gets_half_the_frames() -> None:
@@ -194,12 +200,14 @@ def test_a_late_packet_takes_the_number_its_position_kept() -> None:
         sub.push(packet)
     assert [(p.seq, p.picture_id) for p in sub.got] == [(65530, 32701), (65532, 32702), (65531, 32701),
                                                        (65533, 32702)]
-    # A late packet of a dropped frame cannot be closed up behind: its number stays unused, and that is counted.
+    # A late packet of a dropped frame cannot be closed up behind (a later one was sent): a padding packet takes
+    # its number, so the subscriber sees no loss and NACKs nothing.
     t2 = publisher.frame(Frame(2, packets=2))
     t0 = publisher.frame(Frame(0))
     for packet in (t2[0], t0[0], t2[1]):
         sub.push(packet)
-    assert sub.got[-1].seq == 65535 and sub.dt.temporal_gaps == 1  # 65534 was t2[1]'s
+    assert [(p.seq, p.padding) for p in sub.got[-2:]] == [(65535, False), (65534, True)]
+    assert sub.dt.temporal_padding == 1 and sub.dt.temporal_dropped == 4
 
 
 def test_padding_and_temporal_drops_share_the_offset() -> None:
@@ -240,14 +248,14 @@ def test_output_numbering_stays_contiguous_under_any_pattern_and_cap(script, seq
             assert all(sent_last.get(layer, True) for layer in range(1, tid + 1))
         sent_last[tid] = bool(sent)
     sub.assert_seamless()
-    assert sub.dt.temporal_gaps == 0
+    assert sub.dt.temporal_padding == 0
 
 
 @settings(max_examples=200, deadline=None)
 @given(frames, st.lists(st.integers(1, 6), max_size=20))
 def test_reordered_input_never_duplicates_or_misplaces_an_output_number(script, swaps) -> None:
-    """With late packets, output numbers are still unique, every number left unused inside the range sent is a
-    counted gap (a late packet of a dropped frame), and output numbers keep the input order of the packets sent."""
+    """With late packets, the numbers sent (media, and padding in the place of late dropped packets) are still
+    exactly one contiguous range, and they keep the input order of the packets they stand for."""
     publisher, sub = Publisher(), Subscriber()
     packets = publisher.frame(Frame(0, keyframe=True))
     caps = {}
@@ -270,7 +278,7 @@ def test_reordered_input_never_duplicates_or_misplaces_an_output_number(script, 
     seqs = sorted(inputs, key=lambda s: (s - 1000) & 0xFFFF)
     assert len(seqs) == len(sub.got)                       # unique
     span = (seqs[-1] - seqs[0]) & 0xFFFF if seqs else -1
-    assert span + 1 - len(seqs) <= sub.dt.temporal_gaps and sub.dt.dropped == 0
+    assert span + 1 == len(seqs) and sub.dt.dropped == 0
     assert [inputs[s] for s in seqs] == sorted(inputs[s] for s in seqs)
 
 
@@ -281,21 +289,27 @@ async def test_engine_counts_temporal_drops_and_bytes_per_temporal_layer(setup) 
     receiver, downtrack = add_video(eng, publisher, subscriber, [])
     eng.set_target_layer(downtrack, 2, temporal=0)
     source = Publisher(seq=1)
-    frames = [Frame(0, keyframe=True)] + pattern(3)
+    # L1T3, then a T2 frame whose first packet comes late, then a T0 frame
+    frames = [Frame(0, keyframe=True)] + pattern(3) + [Frame(2, packets=2), Frame(0)]
     sizes = [0, 0, 0]
+    packets = []
     for frame in frames:
         for packet in source.frame(frame):
             seq, ts = struct.unpack_from("!HI", packet, 2)
-            data = rtp(PT, seq, ts, Q_SSRC, packet[12:], [(1, b"1")])  # with the mid the receiver is found by
-            publisher.send_rtp(data)
-            sizes[frame.tid] += len(data)
+            packets.append(rtp(PT, seq, ts, Q_SSRC, packet[12:], [(1, b"1")]))  # the mid the receiver is found by
+            sizes[frame.tid] += len(packets[-1])
+    packets[-3], packets[-2] = packets[-2], packets[-3]
+    for data in packets:
+        publisher.send_rtp(data)
+        await asyncio.sleep(0.002)  # one packet per receive batch, in this order
     await subscriber.collect()
     got = subscriber.take_rtp()
-    assert [p.seq for p in got] == [1, 2, 3, 4]
-    assert [((p.payload[2] & 0x7F) << 8) | p.payload[3] for p in got] == [32701, 32702, 32703, 32704]
+    assert [p.seq for p in got] == [1, 2, 3, 4, 5, 6]
+    assert [p.payload for p in got][4] == b""  # the late T2 packet's number, as padding
+    assert [((p.payload[2] & 0x7F) << 8) | p.payload[3] for p in got if p.payload] == [32701 + i for i in range(5)]
     stats = eng.stats()
-    assert stats["drop_temporal_layer"] == 9 and stats["drop_temporal_late"] == 0
-    assert eng.downtrack_stats(downtrack)["temporal_dropped"] == 9
+    assert stats["drop_temporal_layer"] == 11 and stats["temporal_padding"] == 1
+    assert eng.downtrack_stats(downtrack)["temporal_dropped"] == 11
     assert eng.downtrack_stats(downtrack)["max_temporal"] == 0
     assert eng.receiver_stats(receiver)["layers"][0]["temporal_bytes"] == sizes + [0]
     eng.set_target_layer(downtrack, 2)  # the temporal cap stays where it was
@@ -405,14 +419,14 @@ async def test_a_subscriber_capped_to_lower_temporal_layers_decodes_fewer_frames
             figures["uncapped"], _, _ = await decoded_fps(track, 3)
             after = await inbound(track)
             stats = server.node.engine.stats()
-            print(f"decoded fps {figures}; temporal drops {stats['drop_temporal_layer']}, late "
-                  f"{stats['drop_temporal_late']}; subscriber lost {after.received.packets_lost - before.received.packets_lost}, "
+            print(f"decoded fps {figures}; temporal drops {stats['drop_temporal_layer']}, padded "
+                  f"{stats['temporal_padding']}; subscriber lost {after.received.packets_lost - before.received.packets_lost}, "
                   f"freezes {after.inbound.freeze_count - before.inbound.freeze_count}")
             assert 0.15 * full <= figures["T0"] <= 0.4 * full
             assert 0.35 * full <= figures["T0+T1"] <= 0.65 * full
             assert figures["uncapped"] >= 0.8 * full
             assert stats["drop_temporal_layer"] > 0
-            assert after.received.packets_lost - before.received.packets_lost <= stats["drop_temporal_late"]
+            assert after.received.packets_lost == before.received.packets_lost
             assert after.inbound.freeze_count == before.inbound.freeze_count
         finally:
             await video.stop()
