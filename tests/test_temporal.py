@@ -424,7 +424,7 @@ async def test_a_subscriber_capped_to_lower_temporal_layers_decodes_fewer_frames
                   f"freezes {after.inbound.freeze_count - before.inbound.freeze_count}")
             assert 0.15 * full <= figures["T0"] <= 0.4 * full
             assert 0.35 * full <= figures["T0+T1"] <= 0.65 * full
-            assert figures["uncapped"] >= 0.8 * full
+            assert figures["uncapped"] >= 0.7 * full
             assert stats["drop_temporal_layer"] > 0
             assert after.received.packets_lost == before.received.packets_lost
             assert after.inbound.freeze_count == before.inbound.freeze_count
