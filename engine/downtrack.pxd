@@ -10,7 +10,8 @@ cdef enum:
                               # block header and padding, 8) + RTX OSN (2), rounded up
     MAX_TEMPORAL = 4          # temporal layer ids 0..3 (VP8's TID is two bits); a cap of MAX_TEMPORAL - 1 = all
     SEQ_RUNS = 32             # Munger offset changes remembered, so late packets map as their neighbours did (a
-                              # power of two; a capped camera drops ~8 runs of pictures a second: ~4 s of reordering)
+                              # power of two; a 30 fps L1T3 camera capped to T0 or T1 drops 7.5 or 15 runs of
+                              # pictures a second: 2-4 s of reordering)
     SWITCH_HORIZON = 8192     # packets this far behind the newest one are too late to forward anyway
 
 cdef enum:  # what downtrack_write makes of a packet
