@@ -8,6 +8,22 @@ cdef enum:
     SEQMAP_SIZE = 1024        # output packets remembered for NACK (a power of two)
     WRITE_GROWTH = 12         # downtrack_write may add this much to the input: our transport-cc or abs-send-time
                               # element (with a block header and padding, 8) + RTX OSN (2), rounded up
+    MAX_TEMPORAL = 4          # temporal layer ids 0..3 (VP8's TID is two bits); a cap of MAX_TEMPORAL - 1 = all
+    SEQ_RUNS = 32             # Munger offset changes remembered, so late packets map as their neighbours did (a
+                              # power of two; a 30 fps L1T3 camera capped to T0 or T1 drops 7.5 or 15 runs of
+                              # pictures a second: 2-4 s of reordering)
+    SWITCH_HORIZON = 8192     # packets this far behind the newest one are too late to forward anyway
+
+cdef enum:  # what downtrack_write makes of a packet
+    WRITE_MEDIA
+    WRITE_RTX                 # its RFC 4588 retransmission
+    WRITE_PADDING             # a padding-only packet in its place (its number, nothing of its payload)
+
+cdef struct SeqRun:
+    # From input sequence number `start` on (until the next run), output numbers are the input's minus these.
+    uint16_t start
+    uint16_t seq_offset
+    int32_t pid_offset
 
 cdef struct SeqMapEntry:
     # One packet as the Munger numbered it for the subscriber, so its NACK can be answered from the Receiver's cache.
@@ -38,6 +54,8 @@ cdef struct DownTrack:
     int max_layer             # cap on the target (the StreamAllocator's hook)
     bint paused               # forwards nothing (unsubscribed view, server mute); resumes at a keyframe
     uint16_t switch_seq       # first input seq of the current layer (trailing the newest): older ones never pass
+    int max_temporal          # cap on the temporal layer (the StreamAllocator's hook); MAX_TEMPORAL - 1 = all
+    int current_temporal      # highest temporal id passing now; -1 = chosen at the next keyframe
     # Munger (munger.pyx)
     bint started
     uint16_t seq_offset
@@ -49,6 +67,11 @@ cdef struct DownTrack:
     int32_t last_out_pid
     int32_t last_out_tl0
     int64_t last_forward_us
+    uint16_t highest_in       # newest input seq of the current layer, forwarded or dropped
+    int32_t last_dropped_pid  # picture id of the last picture dropped (its further packets take no new id), -1 none
+    SeqRun runs[32]           # SEQ_RUNS, a ring: runs[run_newest] applies to new input
+    int run_newest
+    int run_count
     SeqMapEntry *seqmap
     # RTX (feedback.pyx answers NACKs; downtrack_write numbers the RTX stream)
     uint16_t rtx_seq
@@ -63,6 +86,9 @@ cdef struct DownTrack:
     uint64_t plis_received
     uint64_t keyframe_requests
     uint64_t dropped
+    uint64_t temporal_dropped # packets above the temporal layer, dropped without leaving a gap
+    uint64_t temporal_padding # such packets that arrived after later ones were sent: padding took their number
+    uint64_t temporal_switches
     # the subscriber's last RTCP report block about this stream (reports.pyx), for connection quality
     uint64_t rr_blocks        # report blocks received
     uint32_t rr_highest       # extended highest sequence number it received
@@ -77,11 +103,11 @@ cdef void downtrack_free(DownTrack *d) noexcept nogil
 # The current layer's stream was replaced (new publisher SSRC) or forwarding resumes after a pause: wait for a new
 # start point (a keyframe for video) and re-anchor there, so the output numbering continues from the last packet sent.
 cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil
-# Writes the packet `p` as mapped by `e` (or, with as_rtx, its RFC 4588 retransmission) into `out`, which has room
-# for p.h.header_length + p.h.payload_length + WRITE_GROWTH bytes, with `transport_seq` in the transport-cc element
-# when d.ext_transport_cc is set, else `now` in the abs-send-time element when d.ext_abs_send_time is; returns the
-# length.
-cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, bint as_rtx, uint16_t transport_seq,
+# Writes the packet `p` as mapped by `e` (WRITE_MEDIA; or its RFC 4588 retransmission, WRITE_RTX; or a padding-only
+# packet with its number and timestamp, WRITE_PADDING) into `out`, which has room for p.h.header_length +
+# p.h.payload_length + WRITE_GROWTH bytes, with `transport_seq` in the transport-cc element when d.ext_transport_cc
+# is set, else `now` in the abs-send-time element when d.ext_abs_send_time is; returns the length.
+cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, int kind, uint16_t transport_seq,
                          int64_t now, uint8_t *out) noexcept nogil
 # Writes a padding-only packet of `padding` bytes (1-255) on `d`'s RTX stream into `out` (room for 12 + 8 + padding bytes),
 # with `transport_seq` in the transport-cc element when d.ext_transport_cc is set; returns the length. The receiver

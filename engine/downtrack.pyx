@@ -17,8 +17,11 @@ cdef DownTrack *downtrack_new() noexcept nogil:
         free(d)
         return NULL
     d.current_layer = -1
+    d.max_temporal = MAX_TEMPORAL - 1
+    d.current_temporal = -1
     d.last_out_pid = -1
     d.last_out_tl0 = -1
+    d.last_dropped_pid = -1
     return d
 
 
@@ -29,10 +32,11 @@ cdef void downtrack_free(DownTrack *d) noexcept nogil:
 
 cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil:
     d.current_layer = -1
+    d.current_temporal = -1
     memset(d.seqmap, 0, SEQMAP_SIZE * sizeof(SeqMapEntry))  # entries name the old stream's packets
 
 
-cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, bint as_rtx,
+cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, int kind,
                          uint16_t transport_seq, int64_t now, uint8_t *out) noexcept nogil:
     cdef uint8_t own[4]       # our element's value, big-endian: transport-cc in 2 bytes, abs-send-time in 3
     cdef int own_id = 0, own_size = 0, header
@@ -45,7 +49,16 @@ cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e,
         own_id, own_size = d.ext_abs_send_time, 3
     header = rewrite_header(p.buf, &p.h, d.ext_map, own_id, own, own_size, out)
     store32(out + 4, e.out_ts)
-    if as_rtx:
+    if kind == WRITE_PADDING:
+        # RFC 3550 padding: one byte, counting itself. Receivers take it as a packet without payload (libwebrtc
+        # marks its number received), so the number is not NACKed or counted lost. No marker: it ends no frame.
+        out[0] |= 0x20
+        out[1] = d.payload_type
+        store16(out + 2, e.out_seq)
+        store32(out + 8, d.ssrc)
+        out[header] = 1
+        return header + 1
+    if kind == WRITE_RTX:
         out[1] = (out[1] & 0x80) | d.rtx_payload_type
         store16(out + 2, d.rtx_seq)
         d.rtx_seq += 1

@@ -24,7 +24,7 @@ from engine.codecs.describe cimport codec_id
 from engine cimport srtp
 from engine.demux cimport (demux_bind_path, demux_check_key, demux_find_transport, demux_forget_ssrcs,
                            demux_release_ssrc, demux_udp_batch, demux_unbind_path)
-from engine.downtrack cimport DownTrack, downtrack_free, downtrack_new
+from engine.downtrack cimport MAX_TEMPORAL, DownTrack, downtrack_free, downtrack_new
 from engine.fanout cimport fanout_batch
 from engine.feedback cimport feedback_request_keyframe, feedback_tick
 from engine.forwarder cimport forwarder_set_paused, forwarder_target
@@ -86,6 +86,7 @@ STAT_NAMES = (
     "drop_stun_unexpected_response", "drop_ssrc_rebind_rate", "twcc_feedback_sent", "twcc_late",
     "twcc_feedback_received", "twcc_unmatched", "remb_received", "bandwidth_events",
     "probe_clusters", "probe_packets",
+    "drop_temporal_layer", "temporal_padding",
 )
 assert len(STAT_NAMES) == S_COUNT
 
@@ -568,10 +569,14 @@ cdef class Engine:
         downtrack_free(d)
         self.s.downtracks[<int>slot] = NULL
 
-    def set_target_layer(self, downtrack_id: int, layer: int) -> None:
-        """Caps the layer the Forwarder aims at (StreamAllocator hook); it still switches only at keyframes."""
+    def set_target_layer(self, downtrack_id: int, layer: int, temporal: int | None = None) -> None:
+        """Caps the layer the Forwarder aims at (StreamAllocator hook); it still switches only at keyframes.
+        `temporal` caps the temporal layer within it (0 = the base layer only, 3 = all, a DownTrack's default; None
+        leaves the cap as it is): the Forwarder goes down at the next frame, up at a layer sync frame or keyframe."""
         cdef DownTrack *d = self.s.downtracks[self._slot(self._downtrack_slots, downtrack_id, "downtrack")]
         d.max_layer = max(0, min(layer, MAX_LAYERS - 1))
+        if temporal is not None:
+            d.max_temporal = max(0, min(temporal, MAX_TEMPORAL - 1))
 
     def set_paused(self, downtrack_id: int, paused: bool) -> None:
         """Stops or resumes forwarding to a DownTrack. Video resumes at a keyframe, which is requested at once;
@@ -686,6 +691,7 @@ cdef class Engine:
                 "rtx_ssrc": layer.rtx_ssrc if layer.has_rtx else None,
                 "packets": layer.received,
                 "bytes": layer.bytes,
+                "temporal_bytes": [layer.temporal_bytes[t] for t in range(MAX_TEMPORAL)],  # by temporal id
                 "highest_sequence": layer.cycles + layer.max_seq if layer.active else None,
                 "lost": max(0, <int64_t>layer.cycles + layer.max_seq - layer.base_seq + 1 - <int64_t>layer.received)
                         if layer.active else 0,
@@ -712,6 +718,11 @@ cdef class Engine:
             "octets": d.octets,
             "dropped": d.dropped,
             "layer_switches": d.layer_switches,
+            "current_temporal": d.current_temporal,
+            "max_temporal": d.max_temporal,
+            "temporal_dropped": d.temporal_dropped,
+            "temporal_padding": d.temporal_padding,
+            "temporal_switches": d.temporal_switches,
             "nacks_received": d.nacks_received,
             "retransmissions": d.retransmissions,
             "plis_received": d.plis_received,

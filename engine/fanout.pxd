@@ -8,7 +8,7 @@ from engine.state cimport EngineState
 
 # Forwards the batch's ExtPackets (and empties the list); the caller flushes the send batch.
 cdef void fanout_batch(EngineState *s, int64_t now) noexcept nogil
-# Writes `d`'s copy of `p` as mapped by `e` (or its RTX form) into a send slot, protects and commits it. False when
-# it was dropped (subscriber not ready, too large, protect failed; counted).
-cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, bint as_rtx,
+# Writes `d`'s copy of `p` as mapped by `e`, as `kind` (downtrack.pxd WRITE_*), into a send slot, protects and
+# commits it. False when it was dropped (subscriber not ready, too large, protect failed; counted).
+cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, int kind,
                       int64_t now) noexcept nogil

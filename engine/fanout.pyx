@@ -3,12 +3,13 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t
 
 from engine cimport srtp
 from engine.bwe cimport bwe_on_sent
-from engine.downtrack cimport WRITE_GROWTH, downtrack_write
-from engine.forwarder cimport FORWARD_DROP, FORWARD_PAUSED, FORWARD_SWITCHED, forwarder_accept
-from engine.munger cimport munger_map
+from engine.downtrack cimport WRITE_GROWTH, WRITE_MEDIA, WRITE_PADDING, WRITE_RTX, downtrack_write
+from engine.forwarder cimport FORWARD_DROP, FORWARD_DROP_TEMPORAL, FORWARD_PAUSED, FORWARD_SWITCHED, forwarder_accept
+from engine.munger cimport DROP_PADDING, munger_drop, munger_map
 from engine.receiver cimport Receiver
-from engine.state cimport (BATCH, S_DROP_PROTECT, S_DROP_SUBSCRIBER_NOT_READY, S_DROP_TOO_LARGE, S_FORWARDED,
-                           S_LAYER_SWITCHES, S_PAUSED_SKIPPED, SEND_BUF, Transport, transport_ready)
+from engine.state cimport (BATCH, S_DROP_PROTECT, S_DROP_SUBSCRIBER_NOT_READY, S_DROP_TEMPORAL_LAYER,
+                           S_DROP_TOO_LARGE, S_FORWARDED, S_LAYER_SWITCHES, S_PAUSED_SKIPPED, S_TEMPORAL_PADDING,
+                           SEND_BUF, Transport, transport_ready)
 from engine.twcc cimport TwccHistory, twcc_history_add
 from engine.udpmux cimport send_commit, send_slot_buffer, send_take_slot
 
@@ -39,16 +40,23 @@ cdef void fanout_batch(EngineState *s, int64_t now) noexcept nogil:
 
 cdef inline void forward(EngineState *s, DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil:
     cdef const SeqMapEntry *e
+    cdef SeqMapEntry slot
     cdef int verdict = forwarder_accept(d, p, now)
     if verdict == FORWARD_DROP:
         return
     if verdict == FORWARD_PAUSED:
         s.counters[<int>S_PAUSED_SKIPPED] += 1
         return
+    if verdict == FORWARD_DROP_TEMPORAL:
+        s.counters[<int>S_DROP_TEMPORAL_LAYER] += 1
+        if munger_drop(d, p, &slot) == DROP_PADDING and fanout_send(s, d, p, &slot, WRITE_PADDING, now):
+            d.temporal_padding += 1
+            s.counters[<int>S_TEMPORAL_PADDING] += 1
+        return
     if verdict == FORWARD_SWITCHED:
         s.counters[<int>S_LAYER_SWITCHES] += 1
     e = munger_map(d, p, now)
-    if e != NULL and fanout_send(s, d, p, e, False, now):
+    if e != NULL and fanout_send(s, d, p, e, WRITE_MEDIA, now):
         d.packets += 1
         d.octets += p.h.payload_length
         s.transports[d.transport].bytes_sent += p.h.header_length + p.h.payload_length  # retransmission budget
@@ -56,7 +64,7 @@ cdef inline void forward(EngineState *s, DownTrack *d, const ExtPacket *p, int64
 
 
 cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const SeqMapEntry *e,
-                      bint as_rtx, int64_t now) noexcept nogil:
+                      int kind, int64_t now) noexcept nogil:
     cdef Transport *t = s.transports[d.transport]
     cdef TwccHistory *history = t.twcc_tx if d.ext_transport_cc else NULL
     cdef int slot, length, rtp_length
@@ -71,7 +79,7 @@ cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const Se
     out = send_slot_buffer(s, slot)
     # The transport-wide number (or the abs-send-time) is taken here, where the packet's final bytes are written into
     # the send batch (which leaves in this batch's sendmmsg), and the number is only spent when the packet really goes.
-    length = downtrack_write(d, p, e, as_rtx, <uint16_t>history.next_seq if history != NULL else 0, now, out)
+    length = downtrack_write(d, p, e, kind, <uint16_t>history.next_seq if history != NULL else 0, now, out)
     rtp_length = length
     if srtp.protect(t.tx, out, &length) != 0:
         s.counters[<int>S_DROP_PROTECT] += 1
@@ -81,6 +89,6 @@ cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const Se
         if t.probing:
             t.probe_sent_bytes += rtp_length  # a cluster's rate counts what it tags, media included
     elif d.ext_abs_send_time and t.bwe != NULL:  # what the client's estimator counts, for its REMB
-        bwe_on_sent(t.bwe, p.h.payload_length + (2 if as_rtx else 0), now)
+        bwe_on_sent(t.bwe, p.h.payload_length + (2 if kind == WRITE_RTX else 0), now)
     send_commit(s, slot, length, &t.path)
     return True

@@ -3,7 +3,7 @@ from libc.stdint cimport uint16_t
 
 from engine cimport srtp
 from engine.codecs.describe cimport describe_packet
-from engine.downtrack cimport SeqMapEntry
+from engine.downtrack cimport WRITE_MEDIA, WRITE_RTX, SeqMapEntry
 from engine.fanout cimport fanout_send
 from engine.forwarder cimport forwarder_target
 from engine.munger cimport munger_sent
@@ -82,7 +82,7 @@ cdef void feedback_nack(EngineState *s, DownTrack *d, uint32_t media, const uint
             continue
         packet_set(&packet, cached, cached_length, r, e.layer, now)
         describe_packet(&packet, r.codec, r.is_video)
-        if fanout_send(s, d, &packet, e, d.rtx_ssrc != 0, now):
+        if fanout_send(s, d, &packet, e, WRITE_RTX if d.rtx_ssrc else WRITE_MEDIA, now):
             e.last_rtx_us = now
             d.rtx_window_count += 1
             d.retransmissions += 1

@@ -1,11 +1,28 @@
 """Forwarder: per-DownTrack layer selection and pausing (see forwarder.pxd)."""
 from libc.stdint cimport int16_t, uint16_t
 
-from engine.downtrack cimport downtrack_lose_layer
+from engine.downtrack cimport SWITCH_HORIZON, downtrack_lose_layer
 from engine.munger cimport munger_anchor
+from engine.packet cimport DESC_VP8
 
-cdef enum:
-    SWITCH_HORIZON = 8192     # packets this far behind the newest one are too late to forward anyway
+
+cdef inline bint temporal_accept(DownTrack *d, const ExtPacket *p) noexcept nogil:
+    """Whether `p` is within the current temporal layer, which moves only at a frame's first packet (so a frame
+    passes whole or not at all). Packets without a temporal id always pass."""
+    cdef int previous = d.current_temporal
+    if p.temporal < 0:
+        return True
+    if previous < 0:
+        d.current_temporal = d.max_temporal
+    elif p.descriptor == DESC_VP8 and p.desc.vp8.start_of_partition and p.desc.vp8.partition_id == 0:
+        if p.keyframe or d.max_temporal < previous:
+            d.current_temporal = d.max_temporal
+        elif p.temporal == previous + 1 <= d.max_temporal and p.desc.vp8.layer_sync:
+            # One layer at a time: later frames of layer t reference the latest frames of layers 1..t-1 as well.
+            d.current_temporal = p.temporal
+        if d.current_temporal != previous:
+            d.temporal_switches += 1
+    return p.temporal <= d.current_temporal
 
 
 cdef int forwarder_accept(DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil:
@@ -21,6 +38,7 @@ cdef int forwarder_accept(DownTrack *d, const ExtPacket *p, int64_t now) noexcep
         d.current_layer = p.layer
         d.switch_seq = p.h.sequence
         munger_anchor(d, p, r.clock_rate, now)
+        temporal_accept(d, p)  # a keyframe: it passes and sets the temporal layer
         if previous >= 0:
             d.layer_switches += 1
             return FORWARD_SWITCHED
@@ -32,7 +50,10 @@ cdef int forwarder_accept(DownTrack *d, const ExtPacket *p, int64_t now) noexcep
     if delta > SWITCH_HORIZON:
         # Drag the switch point along so the comparison stays meaningful across sequence number wraps.
         d.switch_seq = <uint16_t>(p.h.sequence - SWITCH_HORIZON)
-    return FORWARD_PASS
+    if temporal_accept(d, p):
+        return FORWARD_PASS
+    d.temporal_dropped += 1
+    return FORWARD_DROP_TEMPORAL
 
 
 cdef bint forwarder_set_paused(DownTrack *d, bint paused) noexcept nogil:

@@ -11,9 +11,11 @@ from engine.bwe cimport (Bwe, BwePacketResult, bwe_congested, bwe_estimate_bps, 
                          bwe_on_feedback, bwe_on_remb, bwe_on_sent, bwe_probe_result_bps, bwe_probe_start,
                          bwe_probe_status, bwe_state, bwe_take_change)
 from engine.codecs.describe cimport codec_id, describe_packet
-from engine.downtrack cimport WRITE_GROWTH, DownTrack, SeqMapEntry, downtrack_free, downtrack_lose_layer, downtrack_new, downtrack_write
-from engine.forwarder cimport FORWARD_DROP, FORWARD_PAUSED, forwarder_accept, forwarder_set_paused, forwarder_target
-from engine.munger cimport munger_map
+from engine.downtrack cimport (MAX_TEMPORAL, WRITE_GROWTH, WRITE_MEDIA, WRITE_PADDING, DownTrack, SeqMapEntry,
+                               downtrack_free, downtrack_lose_layer, downtrack_new, downtrack_write)
+from engine.forwarder cimport (FORWARD_DROP_TEMPORAL, FORWARD_PASS, FORWARD_SWITCHED, forwarder_accept,
+                               forwarder_set_paused, forwarder_target)
+from engine.munger cimport DROP_PADDING, munger_drop, munger_map
 from engine.packet cimport ExtPacket, packet_set
 from engine.receiver cimport MAX_LAYERS, Receiver, receiver_free, receiver_new
 from engine.rtp cimport parse_rtp
@@ -71,6 +73,10 @@ cdef class DownTrackHarness:
         """The cap on the target layer (Engine.set_target_layer)."""
         self.d.max_layer = max(0, min(layer, MAX_LAYERS - 1))
 
+    def set_max_temporal(self, int temporal) -> None:
+        """The cap on the temporal layer (Engine.set_target_layer's `temporal`)."""
+        self.d.max_temporal = max(0, min(temporal, MAX_TEMPORAL - 1))
+
     def set_paused(self, bint paused) -> bool:
         """As Engine.set_paused; True when forwarding resumes (the engine then requests a keyframe)."""
         return forwarder_set_paused(self.d, paused)
@@ -95,13 +101,31 @@ cdef class DownTrackHarness:
     def layer_switches(self) -> int:
         return self.d.layer_switches
 
+    @property
+    def current_temporal(self) -> int:
+        return self.d.current_temporal
+
+    @property
+    def temporal_dropped(self) -> int:
+        return self.d.temporal_dropped
+
+    @property
+    def temporal_padding(self) -> int:
+        return self.d.temporal_padding
+
+    @property
+    def temporal_switches(self) -> int:
+        return self.d.temporal_switches
+
     def push(self, bytes packet, int layer, double now) -> bytes | None:
         """The packet the subscriber gets for `packet` (unprotected RTP) arriving on `layer` at `now` (and sent at
-        once: its abs-send-time), or None when the Forwarder or the Munger drops it. ValueError for a packet that
-        demux would drop as malformed."""
+        once: its abs-send-time), or None when the Forwarder or the Munger drops it; for a late packet of a dropped
+        temporal layer, the padding-only packet sent in its place. ValueError for a packet that demux would drop as
+        malformed."""
         cdef ExtPacket p
         cdef const SeqMapEntry *e
-        cdef int verdict, length
+        cdef SeqMapEntry slot
+        cdef int verdict, length, kind = WRITE_MEDIA
         if not 0 <= layer < self.r.num_layers:
             raise ValueError(f"no layer {layer}")
         if parse_rtp(packet, len(packet), &p.h) < 0:
@@ -109,14 +133,20 @@ cdef class DownTrackHarness:
         packet_set(&p, packet, len(packet), self.r, layer, <int64_t>(now * 1000000))
         describe_packet(&p, self.r.codec, self.r.is_video)
         verdict = forwarder_accept(self.d, &p, p.arrival_us)
-        if verdict == FORWARD_DROP or verdict == FORWARD_PAUSED:
+        if verdict == FORWARD_DROP_TEMPORAL:
+            if munger_drop(self.d, &p, &slot) != DROP_PADDING:
+                return None
+            e, kind = &slot, WRITE_PADDING
+            self.d.temporal_padding += 1
+        elif verdict != FORWARD_PASS and verdict != FORWARD_SWITCHED:
             return None
-        e = munger_map(self.d, &p, p.arrival_us)
-        if e == NULL:
-            return None
+        else:
+            e = munger_map(self.d, &p, p.arrival_us)
+            if e == NULL:
+                return None
+            self.d.packets += 1
         out = bytearray(p.h.header_length + p.h.payload_length + WRITE_GROWTH)
-        length = downtrack_write(self.d, &p, e, False, 0, p.arrival_us, out)
-        self.d.packets += 1
+        length = downtrack_write(self.d, &p, e, kind, 0, p.arrival_us, out)
         return bytes(out[:length])
 
 

@@ -1,39 +1,35 @@
 """Munger: output numbering of a DownTrack and its seq map (see munger.pxd)."""
-from libc.stdint cimport int16_t, uint16_t
+from libc.stdint cimport int16_t, int32_t, uint16_t
 
+from engine.downtrack cimport SEQ_RUNS, SWITCH_HORIZON, SeqRun
 from engine.packet cimport DESC_VP8
 from engine.codecs.vp8 cimport Vp8Descriptor
 
 
-cdef void munger_anchor(DownTrack *d, const ExtPacket *p, uint32_t clock_rate, int64_t now) noexcept nogil:
-    cdef int64_t ticks
-    cdef const Vp8Descriptor *vp8 = &p.desc.vp8
-    if not d.started:
-        return
-    ticks = (now - d.last_forward_us) * clock_rate // 1000000
-    if ticks < 1:
-        ticks = 1
-    d.seq_offset = <uint16_t>(p.h.sequence - <uint16_t>(d.last_out_seq + 1))
-    d.ts_offset = <uint32_t>(p.h.timestamp - <uint32_t>(d.last_out_ts + ticks))
-    if p.descriptor == DESC_VP8:
-        if vp8.picture_id >= 0 and d.last_out_pid >= 0:
-            d.pid_offset = (vp8.picture_id - (d.last_out_pid + 1)) & 0x7FFF
-        if vp8.tl0picidx >= 0 and d.last_out_tl0 >= 0:
-            d.tl0_offset = (vp8.tl0picidx - (d.last_out_tl0 + 1)) & 0xFF
+cdef inline void runs_reset(DownTrack *d, uint16_t start) noexcept nogil:
+    """One run from `start` on, at the current offsets: older input is the Forwarder's to refuse."""
+    d.run_newest = 0
+    d.run_count = 1
+    d.runs[0].start = start
+    d.runs[0].seq_offset = d.seq_offset
+    d.runs[0].pid_offset = d.pid_offset
 
 
-cdef const SeqMapEntry *munger_map(DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil:
-    cdef uint16_t out_seq = <uint16_t>(p.h.sequence - d.seq_offset)
-    cdef SeqMapEntry *e
-    if p.h.payload_length == 0 and d.started and out_seq == <uint16_t>(d.last_out_seq + 1):
-        d.seq_offset += 1
-        # Input older than this padding would now map onto output already sent: the forwarder drops it instead.
-        d.switch_seq = <uint16_t>(p.h.sequence + 1)
-        d.dropped += 1
-        return NULL
-    e = &d.seqmap[out_seq & (SEQMAP_SIZE - 1)]
-    e.valid = True
-    e.out_seq = out_seq
+cdef inline const SeqRun *runs_find(const DownTrack *d, uint16_t seq) noexcept nogil:
+    """The run a late input `seq` belongs to, or NULL when it is older than every run kept."""
+    cdef int i
+    cdef const SeqRun *run
+    for i in range(d.run_count):
+        run = &d.runs[(d.run_newest - i) & (SEQ_RUNS - 1)]
+        if <int16_t>(seq - run.start) >= 0:
+            return run
+    return NULL
+
+
+cdef inline void number(const DownTrack *d, const ExtPacket *p, uint16_t seq_offset, int32_t pid_offset,
+                        SeqMapEntry *e) noexcept nogil:
+    """`p`'s output numbering under the given offsets (the timestamp and TL0PICIDX offsets change only at switches)."""
+    e.out_seq = <uint16_t>(p.h.sequence - seq_offset)
     e.in_seq = p.h.sequence
     e.layer = p.layer
     e.out_ts = <uint32_t>(p.h.timestamp - d.ts_offset)
@@ -42,9 +38,86 @@ cdef const SeqMapEntry *munger_map(DownTrack *d, const ExtPacket *p, int64_t now
     e.last_rtx_us = 0
     if p.descriptor == DESC_VP8:
         if p.desc.vp8.picture_id >= 0:
-            e.out_pid = (p.desc.vp8.picture_id - d.pid_offset) & 0x7FFF
+            e.out_pid = (p.desc.vp8.picture_id - pid_offset) & 0x7FFF
         if p.desc.vp8.tl0picidx >= 0:
             e.out_tl0 = (p.desc.vp8.tl0picidx - d.tl0_offset) & 0xFF
+
+
+cdef void munger_anchor(DownTrack *d, const ExtPacket *p, uint32_t clock_rate, int64_t now) noexcept nogil:
+    cdef int64_t ticks
+    cdef const Vp8Descriptor *vp8 = &p.desc.vp8
+    if d.started:
+        ticks = (now - d.last_forward_us) * clock_rate // 1000000
+        if ticks < 1:
+            ticks = 1
+        d.seq_offset = <uint16_t>(p.h.sequence - <uint16_t>(d.last_out_seq + 1))
+        d.ts_offset = <uint32_t>(p.h.timestamp - <uint32_t>(d.last_out_ts + ticks))
+        if p.descriptor == DESC_VP8:
+            if vp8.picture_id >= 0 and d.last_out_pid >= 0:
+                d.pid_offset = (vp8.picture_id - (d.last_out_pid + 1)) & 0x7FFF
+            if vp8.tl0picidx >= 0 and d.last_out_tl0 >= 0:
+                d.tl0_offset = (vp8.tl0picidx - (d.last_out_tl0 + 1)) & 0xFF
+    runs_reset(d, p.h.sequence)
+    d.highest_in = <uint16_t>(p.h.sequence - 1)
+    d.last_dropped_pid = -1
+
+
+cdef int munger_drop(DownTrack *d, const ExtPacket *p, SeqMapEntry *slot) noexcept nogil:
+    cdef SeqRun *run = &d.runs[d.run_newest]
+    cdef const SeqRun *late
+    cdef int32_t pid = p.desc.vp8.picture_id if p.descriptor == DESC_VP8 else -1
+    if <int16_t>(p.h.sequence - d.highest_in) <= 0:
+        late = runs_find(d, p.h.sequence)
+        if late == NULL:
+            d.dropped += 1
+            return DROP_LOST
+        number(d, p, late.seq_offset, late.pid_offset, slot)
+        return DROP_PADDING
+    d.highest_in = p.h.sequence
+    d.seq_offset += 1
+    if pid >= 0 and pid != d.last_dropped_pid:
+        d.pid_offset = (d.pid_offset + 1) & 0x7FFF
+        d.last_dropped_pid = pid
+    if run.start != p.h.sequence:
+        # A new run; when p directly follows the previous drop, no input can use that run's offsets: it is reused.
+        d.run_newest = (d.run_newest + 1) & (SEQ_RUNS - 1)
+        d.run_count = min(d.run_count + 1, <int>SEQ_RUNS)
+        run = &d.runs[d.run_newest]
+    run.start = <uint16_t>(p.h.sequence + 1)
+    run.seq_offset = d.seq_offset
+    run.pid_offset = d.pid_offset
+    return DROP_CLOSED
+
+
+cdef const SeqMapEntry *munger_map(DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil:
+    cdef uint16_t seq_offset = d.seq_offset
+    cdef int32_t pid_offset = d.pid_offset
+    cdef uint16_t out_seq
+    cdef SeqMapEntry *e
+    cdef SeqRun *run
+    cdef const SeqRun *late
+    if <int16_t>(p.h.sequence - d.highest_in) > 0:
+        if p.h.payload_length == 0 and d.started:
+            munger_drop(d, p, NULL)  # the publisher's probe padding: the subscriber's estimate probes are ours to send
+            d.dropped += 1
+            return NULL
+        d.highest_in = p.h.sequence
+        run = &d.runs[d.run_newest]
+        if <int16_t>(p.h.sequence - run.start) > SWITCH_HORIZON:
+            # Input further back than this is refused by the Forwarder: the older runs are no longer needed, and
+            # the newest one's start is dragged along so comparisons stay meaningful across wraps.
+            runs_reset(d, <uint16_t>(p.h.sequence - SWITCH_HORIZON))
+    else:
+        late = runs_find(d, p.h.sequence)
+        if late == NULL:
+            d.dropped += 1
+            return NULL
+        seq_offset = late.seq_offset
+        pid_offset = late.pid_offset
+    out_seq = <uint16_t>(p.h.sequence - seq_offset)
+    e = &d.seqmap[out_seq & (SEQMAP_SIZE - 1)]
+    number(d, p, seq_offset, pid_offset, e)
+    e.valid = True
     if not d.started or <int16_t>(out_seq - d.last_out_seq) > 0:
         d.started = True
         d.last_out_seq = out_seq

@@ -31,6 +31,7 @@ cdef struct Layer:
     uint32_t base_seq
     uint64_t received
     uint64_t bytes            # of packets with payload (padding-only probes excluded): what the layer costs
+    uint64_t temporal_bytes[4]  # of those, by the temporal id they carry (MAX_TEMPORAL ids; none counted without)
     uint64_t expected_prior
     uint64_t received_prior
     uint32_t last_transit
@@ -95,6 +96,10 @@ cdef double receiver_take_audio_level(Receiver *r, double expected_packets) noex
 
 # Forgets a layer's receive history (not its identity or cache buffers).
 cdef void layer_reset(Layer *layer) noexcept nogil
+# Adds a received packet's bytes to its temporal layer's count (packets without a temporal id, or padding-only, none).
+cdef inline void layer_note_temporal(Layer *layer, int temporal, int length, int payload_length) noexcept nogil:
+    if 0 <= temporal < 4 and payload_length > 0:
+        layer.temporal_bytes[temporal] += length
 # Accounts for and caches one packet. Returns -1 for a duplicate (already received: drop it), 1 for the layer's
 # first packet, else 0. `recovered` = rebuilt from RTX (no jitter sample).
 cdef int layer_receive(Layer *layer, const uint8_t *buf, int length, const RtpHeader *h, uint32_t clock_rate,

@@ -1,6 +1,7 @@
 """Receiver state per layer: receive statistics, sequence gaps to NACK, audio level (see receiver.pxd)."""
 from libc.stdint cimport int16_t
 from libc.stdlib cimport calloc, free
+from libc.string cimport memset
 
 from engine.packetcache cimport cache_clear, cache_free, cache_has, cache_init, cache_put
 
@@ -101,6 +102,7 @@ cdef void layer_reset(Layer *layer) noexcept nogil:
     layer.active = False
     layer.received = 0
     layer.bytes = 0
+    memset(layer.temporal_bytes, 0, sizeof(layer.temporal_bytes))
     layer.expected_prior = 0
     layer.received_prior = 0
     layer.transit_valid = False

@@ -92,6 +92,8 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_BANDWIDTH_EVENTS        # estimate changes raised to Python
     S_PROBE_CLUSTERS          # probe clusters started toward subscribers (prober.pyx)
     S_PROBE_PACKETS           # padding-only packets those clusters sent
+    S_DROP_TEMPORAL_LAYER     # packets above a DownTrack's temporal layer (the numbering closes up: no loss seen)
+    S_TEMPORAL_PADDING        # of those, late ones (later packets were sent): a padding packet took their number
     S_COUNT
 
 cdef enum:  # event kinds, queued in C and dispatched to Python after each batch

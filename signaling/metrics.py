@@ -27,7 +27,7 @@ class NodeCollector(Collector):
         store = self.node.store
         participants = list(store.participants())
         layers = [
-            (publication.sid, layer["rid"], layer["packets"])
+            (publication.sid, layer["rid"], layer["packets"], layer["temporal_bytes"])
             for participant in participants
             for publication in participant.publications.values() if publication.receiver_id is not None
             for layer in self.node.engine.receiver_stats(publication.receiver_id)["layers"]
@@ -64,9 +64,16 @@ class NodeCollector(Collector):
         yield quality
         layer_packets = CounterMetricFamily("tern_track_layer_packets", "RTP packets received per published track and simulcast layer",
                                             labels=["track", "rid"])
-        for track, rid, packets in layers:
+        temporal_bytes = CounterMetricFamily("tern_track_layer_temporal_bytes",
+                                             "Bytes received per published track, simulcast layer and temporal id",
+                                             labels=["track", "rid", "temporal"])
+        for track, rid, packets, by_temporal in layers:
             layer_packets.add_metric([track, rid], packets)
+            for temporal, sent in enumerate(by_temporal):
+                if sent:
+                    temporal_bytes.add_metric([track, rid, str(temporal)], sent)
         yield layer_packets
+        yield temporal_bytes
         estimates = GaugeMetricFamily("tern_subscriber_bandwidth_bps",
                                       "Downlink bandwidth estimate per subscriber and what drives it: its TWCC "
                                       "feedback, its REMB, or neither yet (start)",

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from livekit.protocol import models, rtc
 
-from signaling.rtc.allocator import PAUSED, TOP_LAYER, UPGRADE_HOLD_S, VideoDemand, share
+from signaling.rtc.allocator import PAUSED, TOP_LAYER, TOP_TEMPORAL, UPGRADE_HOLD_S, UPGRADE_MARGIN, VideoDemand, share
 from signaling.rtc import publication as publication_module
 from signaling.rtc.dynacast import Dynacast
 from signaling.rtc.participant import Participant
@@ -100,6 +100,46 @@ def test_lowest_layers_first_then_upgrades_in_order_within_caps() -> None:
     assert share([], 1_000) == {}
 
 
+# per spatial layer, stacked temporal rates as an L1T3 encoder's split (40 % / 20 % / 40 %) gives them
+TEMPORAL_BPS = tuple((bps * 4 // 10, bps * 6 // 10, bps) for bps in LAYER_BPS)
+
+
+def test_temporal_layers_come_before_the_next_spatial_layer() -> None:
+    cam = VideoDemand(1, False, 2, LAYER_BPS, TEMPORAL_BPS)
+    assert [step[:2] for step in cam.ladder] == [(0, 0), (0, 1), (0, TOP_TEMPORAL), (1, 0), (1, 1), (1, TOP_TEMPORAL),
+                                                (2, 0), (2, 1), (2, TOP_TEMPORAL)]
+    assert [step[2] for step in cam.ladder][:4] == [60_000, 90_000, 150_000, 200_000]
+    assert share([cam], 100_000) == {1: 1}                # T0+T1 of the lowest layer: half its frame rate
+    assert share([cam], 250_000) == {1: 3}                # all of it, then the next layer's base
+    assert share([cam], 59_999) == {1: PAUSED}            # even its lowest step does not fit
+    # Every video's lowest step first, screenshare first, then one step each in that order.
+    screen = VideoDemand(2, True, 2, LAYER_BPS, TEMPORAL_BPS)
+    assert share([cam, screen], 130_000) == {1: 0, 2: 0}
+    assert share([cam, screen], 160_000) == {1: 0, 2: 1}
+    assert share([cam, screen], 180_000) == {1: 1, 2: 1}
+    # A track without temporal layers keeps one step per spatial layer; caps bound the ladder.
+    plain = VideoDemand(3, False, 2, LAYER_BPS)
+    assert [step[:2] for step in plain.ladder] == [(layer, TOP_TEMPORAL) for layer in range(3)]
+    capped = VideoDemand(4, False, 0, LAYER_BPS, TEMPORAL_BPS)
+    assert [step[:2] for step in capped.ladder] == [(0, 0), (0, 1), (0, TOP_TEMPORAL)]
+    assert share([capped, plain], 10_000_000) == {4: 2, 3: 2}
+    assert cam.step_of(1, 1) == 4 and cam.step_of(TOP_LAYER, TOP_TEMPORAL) == 8 and cam.step_of(PAUSED, 0) == PAUSED
+
+
+def test_temporal_bitrates_stack_and_stop_at_the_highest_temporal_id_sent() -> None:
+    bitrates = LayerBitrates()
+    sent = [[0, 0, 0, 0], [0, 0, 0, 0]]
+    for window in range(BITRATE_WINDOWS + 1):
+        bitrates.sample([sum(layer) for layer in sent], window * BITRATE_WINDOW_S, [list(layer) for layer in sent])
+        sent[0] = [sent[0][0] + 5_000, sent[0][1] + 2_500, sent[0][2] + 5_000, 0]  # T0, T1, T2: 40/20/40 %
+    assert bitrates.temporal_bps == [(40_000, 60_000, 100_000), ()]            # the second layer sent nothing
+    assert bitrates.bps == [100_000, 0]
+    without = LayerBitrates()
+    for window in range(BITRATE_WINDOWS + 1):
+        without.sample([window * 1_000], window * BITRATE_WINDOW_S)
+    assert without.temporal_bps == [()] and without.bps == [8_000]
+
+
 def test_layer_bitrates_are_measured_per_window() -> None:
     bitrates = LayerBitrates()
     bitrates.sample([0, 0], 10.0)
@@ -183,7 +223,7 @@ async def test_steps_down_at_once_and_up_with_margin_without_flapping(node: Fake
     bob.allocator.clock = clock = Clock()
     [downtrack] = start(node, bob, publish_video(alice))
     layers: list[int] = []
-    node.engine.set_target_layer = lambda dt, layer: layers.append(layer)
+    node.engine.set_target_layer = lambda dt, layer, temporal=None: layers.append(layer)
     bob.allocator.on_estimate(5_000_000)
     bob.allocator.on_estimate(600_000)  # 150k + 350k fits, the top layer does not
     assert layers == [2, 1]
@@ -196,6 +236,39 @@ async def test_steps_down_at_once_and_up_with_margin_without_flapping(node: Fake
     bob.allocator.on_estimate(1_500_000 * 1.2)
     assert layers == [2, 1, 2]
     assert node.engine.paused[downtrack] is False and stream_states(bob) == []
+
+
+async def test_allocations_push_temporal_caps_and_dynacast_still_sees_spatial_layers(
+        node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    monkeypatch.setattr(publication_module, "time", SimpleNamespace(monotonic=clock))
+    alice, bob = join(node, "alice"), join(node, "bob")
+    bob.allocator.clock = clock
+    video = publish_video(alice)
+    counts = [[0] * 4 for _ in LAYER_BPS]
+    node.engine.receiver_stats = lambda receiver_id: {"layers": [
+        {"bytes": sum(layer), "temporal_bytes": list(layer)} for layer in counts]}
+    for _ in range(BITRATE_WINDOWS + 1):  # every layer flows as L1T3 at the advertised rates
+        clock.now += BITRATE_WINDOW_S
+        counts[:] = [[layer[0] + bps // 20, layer[1] + bps // 40, layer[2] + bps // 20, 0]
+                     for layer, bps in zip(counts, LAYER_BPS)]
+        video.layer_bitrates(node.engine)
+    assert video.temporal_bitrates(node.engine)[1] == (200_000, 300_000, 500_000)
+    [downtrack] = start(node, bob, video)
+    bob.allocator.on_estimate(320_000)  # h's T0+T1 (300k) fits, all of h does not
+    assert (node.engine.layers[downtrack], node.engine.temporal[downtrack]) == (1, 1)
+    assert bob.allocator.wanted_layer(bob.subscriptions[video.sid]) == 1  # dynacast keeps h on
+    bob.allocator.on_estimate(250_000)  # down at once, one temporal step
+    assert (node.engine.layers[downtrack], node.engine.temporal[downtrack]) == (1, 0)
+    clock.now += UPGRADE_HOLD_S
+    bob.allocator.on_estimate(300_000 * UPGRADE_MARGIN * 0.99)  # fits, not with the margin
+    assert node.engine.temporal[downtrack] == 0
+    bob.allocator.on_estimate(300_000 * UPGRADE_MARGIN, congested=True)  # never up while congested
+    assert node.engine.temporal[downtrack] == 0
+    bob.allocator.on_estimate(300_000 * UPGRADE_MARGIN)
+    assert (node.engine.layers[downtrack], node.engine.temporal[downtrack]) == (1, 1)
+    bob.allocator.on_estimate(20_000_000)
+    assert (node.engine.layers[downtrack], node.engine.temporal[downtrack]) == (2, TOP_TEMPORAL)
 
 
 async def test_the_subscribers_own_cap_bounds_the_allocation(node: FakeNode) -> None:

@@ -36,6 +36,7 @@ class FakeEngine:
         self.downtracks: dict[int, int] = {}  # downtrack -> receiver
         self.paused: dict[int, bool] = {}
         self.layers: dict[int, int] = {}
+        self.temporal: dict[int, int | None] = {}  # the temporal cap pushed with the layer
 
     def add_transport(self, ice_ufrag: str | None = None) -> int:
         return next(self._ids)
@@ -62,8 +63,9 @@ class FakeEngine:
     def set_paused(self, downtrack_id: int, paused: bool) -> None:
         self.paused[downtrack_id] = paused
 
-    def set_target_layer(self, downtrack_id: int, layer: int) -> None:
+    def set_target_layer(self, downtrack_id: int, layer: int, temporal: int | None = None) -> None:
         self.layers[downtrack_id] = layer
+        self.temporal[downtrack_id] = temporal
 
     def downtrack_stats(self, downtrack_id: int) -> dict:
         return {"current_layer": -1}  # nothing forwarded: fakes carry no media

@@ -1,19 +1,20 @@
-"""Layer allocation: which simulcast layer each of a subscriber's DownTracks aims at, and which are paused.
+"""Layer allocation: which simulcast and temporal layer each of a subscriber's DownTracks aims at, and which are
+paused.
 
 Inputs: the publisher's mute, the subscriber's track settings (LiveKit's UpdateTrackSettings: disabled, quality,
 dimensions) as an upper bound, and, once a bandwidth estimate for the subscriber arrives (`on_estimate`), that
 estimate shared out among its tracks: audio is reserved first and never paused for bandwidth, screenshare goes
-before camera, every video gets its lowest layer before any gets a second, then upgrades go layer by layer. A video
-whose lowest layer does not fit is paused for bandwidth, which the client hears as StreamStateUpdate PAUSED (then
-ACTIVE): that is not a mute. Without an estimate, tracks get what the subscriber asks for.
+before camera, every video gets its lowest step before any gets a second, then upgrades go step by step. A video's
+ladder climbs the temporal layers of a spatial layer before the next spatial layer (LiveKit's "temporal before
+spatial": a lower frame rate at a resolution costs less than the next resolution); a track whose packets carry no
+temporal ids has one step per spatial layer. A video whose lowest step does not fit is paused for bandwidth, which
+the client hears as StreamStateUpdate PAUSED (then ACTIVE): that is not a mute. Without an estimate, tracks get what
+the subscriber asks for.
 
 An estimate only rises with evidence, so before an upgrade the allocator probes (`tick`, twice a second): when some
 video is below what its subscriber asks for and the estimate does not cover the next step, the subscriber's link is
 tested with a probe cluster at the rate the next step needs (engine padding, prober.pyx); a link that carries it
-raises the estimate, and the upgrade follows. A paused video resumes the same way.
-
-The engine selects spatial layers only (simulcast), so the ladder here has one step per spatial layer; temporal
-steps join it when the Forwarder can drop temporal layers."""
+raises the estimate, and the upgrade follows. A paused video resumes the same way."""
 from __future__ import annotations
 
 import logging
@@ -21,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 from livekit.protocol import models, rtc
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOP_LAYER = 3  # above any simulcast layer: the Forwarder takes the best one available
+TOP_TEMPORAL = 3  # every temporal layer (VP8's temporal ids are 0..3)
 PAUSED = -1    # a video allocation that does not fit even its lowest layer
 
 # An upgrade (a higher layer, or resuming a paused video) needs the estimate to cover the new total times this;
@@ -60,7 +63,7 @@ class LayerControl(Protocol):
     """The engine's side of an allocation."""
 
     def set_paused(self, downtrack_id: int, paused: bool) -> None: ...
-    def set_target_layer(self, downtrack_id: int, layer: int) -> None: ...
+    def set_target_layer(self, downtrack_id: int, layer: int, temporal: int | None = None) -> None: ...
     def receiver_stats(self, receiver_id: int) -> dict: ...
 
 
@@ -109,36 +112,50 @@ class VideoDemand:
     screenshare: bool
     max_layer: int              # the subscriber's cap, within the layers the track has
     bitrates: tuple[int, ...]   # bps of each spatial layer, lowest first (each layer is its own stream)
+    # per spatial layer, measured stacked temporal bitrates (T0, T0+T1, ...); empty = none (one step for the layer)
+    temporal: tuple[tuple[int, ...], ...] = ()
+
+    @cached_property
+    def ladder(self) -> tuple[tuple[int, int, int], ...]:
+        """(spatial, temporal, bps) steps up to the cap, cheapest first: each spatial layer's temporal layers, priced
+        as their measured share of the layer's price, then the whole layer (TOP_TEMPORAL) at its price."""
+        steps = []
+        for spatial, price in enumerate(self.bitrates[:self.max_layer + 1]):
+            stacked = self.temporal[spatial] if spatial < len(self.temporal) else ()
+            steps += [(spatial, t, int(price * part / stacked[-1])) for t, part in enumerate(stacked[:-1])]
+            steps.append((spatial, TOP_TEMPORAL, price))
+        return tuple(steps)
+
+    def step_of(self, layer: int, temporal: int) -> int:
+        """The highest step within a (spatial, temporal) cap."""
+        return max((i for i, (s, t, _) in enumerate(self.ladder) if (s, t) <= (layer, temporal)), default=PAUSED)
 
 
 def share(videos: Iterable[VideoDemand], capacity: float) -> dict[int, int]:
-    """Each video's layer (or PAUSED) within `capacity` bps: screenshare before camera, every video's lowest layer
-    first, then one layer up at a time for each video in the same order, never above its cap."""
+    """Each video's step on its ladder (or PAUSED) within `capacity` bps: screenshare before camera, every video's
+    lowest step first, then one step up at a time for each video in the same order, never above its cap."""
     order = sorted(videos, key=lambda video: not video.screenshare)  # stable: otherwise in subscription order
-    layers = {video.key: PAUSED for video in order}
+    steps = {video.key: PAUSED for video in order}
     remaining = capacity
-    for video in order:
-        if video.bitrates[0] <= remaining:
-            layers[video.key] = 0
-            remaining -= video.bitrates[0]
-    for step in range(1, max((len(video.bitrates) for video in order), default=0)):
+    for step in range(max((len(video.ladder) for video in order), default=0)):
         for video in order:
-            if layers[video.key] == step - 1 and step <= video.max_layer:
-                extra = video.bitrates[step] - video.bitrates[step - 1]
+            if steps[video.key] == step - 1 and step < len(video.ladder):
+                extra = video.ladder[step][2] - (video.ladder[step - 1][2] if step else 0)
                 if extra <= remaining:
-                    layers[video.key] = step
+                    steps[video.key] = step
                     remaining -= extra
-    return layers
+    return steps
 
 
-def next_step(videos: Iterable[VideoDemand], layers: dict[int, int]) -> float | None:
-    """The bps the next upgrade adds to `layers` (the one `share` would make first with more capacity: screenshare
+def next_step(videos: Iterable[VideoDemand], steps: dict[int, int]) -> float | None:
+    """The bps the next upgrade adds to `steps` (the one `share` would make first with more capacity: screenshare
     first, then the video on the lowest step), or None when every video has what it asks for."""
-    steps = [(not video.screenshare, layers[video.key], video) for video in videos if layers[video.key] < video.max_layer]
-    if not steps:
+    candidates = [(not video.screenshare, steps[video.key], video) for video in videos
+                  if steps[video.key] < len(video.ladder) - 1]
+    if not candidates:
         return None
-    _, layer, video = min(steps, key=lambda step: step[:2])
-    return video.bitrates[0] if layer == PAUSED else video.bitrates[layer + 1] - video.bitrates[layer]
+    _, step, video = min(candidates, key=lambda candidate: candidate[:2])
+    return video.ladder[step + 1][2] - (video.ladder[step][2] if step != PAUSED else 0)
 
 
 @dataclass
@@ -147,6 +164,7 @@ class _Pushed:
 
     paused: bool
     layer: int
+    temporal: int = TOP_TEMPORAL
     bandwidth_paused: bool = False
     stepped_down_at: float = float("-inf")
 
@@ -231,7 +249,8 @@ class StreamAllocator:
 
     # -- outputs
     def wanted_layer(self, subscription: Subscription) -> int:
-        """The highest layer this subscription currently aims at (PAUSED when it needs none): dynacast's input."""
+        """The highest spatial layer this subscription currently aims at (PAUSED when it needs none): dynacast's
+        input."""
         pushed = self._pushed.get(subscription.downtrack_id) if subscription.downtrack_id is not None else None
         if pushed is None or pushed.paused:
             return PAUSED
@@ -242,16 +261,18 @@ class StreamAllocator:
         if extra is not None and all(s is not extra for s in subscriptions):
             subscriptions.append(extra)
         asked = {s.downtrack_id: allocate(s.publication, self.settings.get(s.publication.sid)) for s in subscriptions}
-        layers = {key: allocation.layer for key, allocation in asked.items()}
+        layers = {key: (allocation.layer, TOP_TEMPORAL) for key, allocation in asked.items()}
         if self.estimate is not None:
             layers.update(self._bandwidth_layers(subscriptions, asked))
         for subscription in subscriptions:
             key = subscription.downtrack_id
-            self._push(subscription, asked[key].paused, layers[key])
+            self._push(subscription, asked[key].paused, *layers[key])
 
     # -- internals
-    def _bandwidth_layers(self, subscriptions: list[Subscription], asked: dict[int, Allocation]) -> dict[int, int]:
-        """Each unpaused video's layer under the estimate, with hysteresis against the last allocation."""
+    def _bandwidth_layers(self, subscriptions: list[Subscription],
+                          asked: dict[int, Allocation]) -> dict[int, tuple[int, int]]:
+        """Each unpaused video's (spatial, temporal) layer under the estimate, with hysteresis against the last
+        allocation ((PAUSED, TOP_TEMPORAL) when paused)."""
         audio = 0.0
         videos = []
         for subscription in subscriptions:
@@ -262,32 +283,35 @@ class StreamAllocator:
             elif not asked[key].paused:
                 bitrates = publication.layer_bitrates(self.engine)
                 videos.append(VideoDemand(key, publication.info.source == models.TrackSource.SCREEN_SHARE,
-                                          min(asked[key].layer, len(bitrates) - 1), bitrates))
+                                          min(asked[key].layer, len(bitrates) - 1), bitrates,
+                                          tuple(publication.temporal_bitrates(self.engine))))
         capacity = (self.estimate or 0.0) - audio
         fits = share(videos, capacity)
         cautious = share(videos, capacity / UPGRADE_MARGIN)
         now = self.clock()
         layers = {}
+        steps = {}
         for video in videos:
             pushed = self._pushed.get(video.key)
             if pushed is None:
                 current = None
             else:
-                current = PAUSED if pushed.bandwidth_paused else min(pushed.layer, video.max_layer)
+                current = PAUSED if pushed.bandwidth_paused else video.step_of(pushed.layer, pushed.temporal)
             if current is None or fits[video.key] < current:
-                layers[video.key] = fits[video.key]
-                if pushed is not None and fits[video.key] < video.max_layer:  # stepped down for bandwidth
+                step = fits[video.key]
+                if pushed is not None and step < len(video.ladder) - 1:  # stepped down for bandwidth
                     pushed.stepped_down_at = now
             elif self.congested or now - pushed.stepped_down_at < UPGRADE_HOLD_S:
-                layers[video.key] = current
+                step = current
             else:
-                layers[video.key] = max(current, min(cautious[video.key], fits[video.key]))
-        self._usage = audio + sum(
-            video.bitrates[layers[video.key]] for video in videos if layers[video.key] != PAUSED)
-        self._next_step = next_step(videos, layers)
+                step = max(current, min(cautious[video.key], fits[video.key]))
+            layers[video.key] = video.ladder[step][:2] if step != PAUSED else (PAUSED, TOP_TEMPORAL)
+            steps[video.key] = step
+        self._usage = audio + sum(video.ladder[steps[video.key]][2] for video in videos if steps[video.key] != PAUSED)
+        self._next_step = next_step(videos, steps)
         return layers
 
-    def _push(self, subscription: Subscription, asked_paused: bool, layer: int) -> None:
+    def _push(self, subscription: Subscription, asked_paused: bool, layer: int, temporal: int = TOP_TEMPORAL) -> None:
         key = subscription.downtrack_id
         pushed = self._pushed.get(key)
         # A track paused for bandwidth stays so while the subscriber disables it too (clients hide paused tiles,
@@ -297,22 +321,24 @@ class StreamAllocator:
         if pushed is None:
             pushed = self._pushed[key] = _Pushed(not paused, PAUSED)
         elif bandwidth_paused:
-            layer = pushed.layer  # the layer to resume at stays what it was
-        if (pushed.paused, pushed.layer, pushed.bandwidth_paused) == (paused, layer, bandwidth_paused):
+            layer, temporal = pushed.layer, pushed.temporal  # the layer to resume at stays what it was
+        if (pushed.paused, pushed.layer, pushed.temporal, pushed.bandwidth_paused) == (
+                paused, layer, temporal, bandwidth_paused):
             return
         log.debug("downtrack %d: layer %d%s%s (estimate %s)", key, layer, " paused" if paused else "",
                   " for bandwidth" if bandwidth_paused else "", self.estimate)
         if paused != pushed.paused:
             self.engine.set_paused(key, paused)
-        if subscription.publication.kind == "video" and not bandwidth_paused and layer != pushed.layer:
-            self.engine.set_target_layer(key, layer)
+        if subscription.publication.kind == "video" and not bandwidth_paused and (layer, temporal) != (
+                pushed.layer, pushed.temporal):
+            self.engine.set_target_layer(key, layer, temporal)
         if bandwidth_paused and not pushed.bandwidth_paused:
             self._counters["stream_paused_bandwidth"] += 1
         if bandwidth_paused != pushed.bandwidth_paused:
             self._stream_state(subscription, rtc.StreamState.PAUSED if bandwidth_paused else rtc.StreamState.ACTIVE)
         pushed.paused, pushed.bandwidth_paused = paused, bandwidth_paused
         if not bandwidth_paused:
-            pushed.layer = layer
+            pushed.layer, pushed.temporal = layer, temporal
         if self._on_demand is not None:
             self._on_demand(subscription.publication)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from itertools import accumulate
 from statistics import median
 from typing import TYPE_CHECKING, Any
 
@@ -32,28 +33,53 @@ DEFAULT_AUDIO_BPS = 64_000
 class LayerBitrates:
     """Bits per second of each of a receiver's layers: the median of the last BITRATE_WINDOWS windows, from the
     engine's cumulative byte counts (RTX excluded: it repairs, it does not add a layer). Empty until that many
-    windows were measured."""
+    windows were measured. `temporal_bps` has, per layer, what its temporal layers cost stacked as an encoder
+    stacks them (T0, T0+T1, ...; up to the highest temporal id seen), empty where packets carry no temporal id."""
 
     def __init__(self) -> None:
         self.bps: list[int] = []
+        self.temporal_bps: list[tuple[int, ...]] = []
         self._windows: deque[list[int]] = deque(maxlen=BITRATE_WINDOWS)
+        self._temporal_windows: deque[list[list[int]]] = deque(maxlen=BITRATE_WINDOWS)
         self._bytes: list[int] = []
+        self._temporal_bytes: list[list[int]] = []
         self._at: float | None = None
 
     def due(self, now: float) -> bool:
         return self._at is None or now - self._at >= BITRATE_WINDOW_S
 
-    def sample(self, layer_bytes: list[int], now: float) -> None:
+    def sample(self, layer_bytes: list[int], now: float, temporal_bytes: list[list[int]] | None = None) -> None:
+        """`temporal_bytes`: per layer, bytes by temporal id (the engine's receiver_stats `temporal_bytes`)."""
         if not self.due(now):
             return
+        temporal_bytes = temporal_bytes or [[] for _ in layer_bytes]
         if self._at is not None and len(layer_bytes) == len(self._bytes):
             elapsed = now - self._at
-            self._windows.append([int(max(0, new - old) * 8 / elapsed) for new, old in zip(layer_bytes, self._bytes)])
+            self._windows.append([rate(new, old, elapsed) for new, old in zip(layer_bytes, self._bytes)])
+            self._temporal_windows.append([list(accumulate(rate(new, old, elapsed) for new, old in zip(layer, before)))
+                                           for layer, before in zip(temporal_bytes, self._temporal_bytes)])
             if len(self._windows) == BITRATE_WINDOWS:  # the first windows hold the start's keyframes: too few to judge
                 self.bps = [int(median(window[i] for window in self._windows)) for i in range(len(layer_bytes))]
+                self.temporal_bps = [stacked([window[i] for window in self._temporal_windows])
+                                     for i in range(len(layer_bytes))]
         elif len(layer_bytes) != len(self._bytes):
             self._windows.clear()  # layers came or went: earlier windows describe other layers
-        self._bytes, self._at = layer_bytes, now
+            self._temporal_windows.clear()
+        self._bytes, self._temporal_bytes, self._at = layer_bytes, temporal_bytes, now
+
+
+def rate(new: int, old: int, elapsed: float) -> int:
+    """Bits per second between two cumulative byte counts (a counter reset counts as nothing sent)."""
+    return int(max(0, new - old) * 8 / elapsed)
+
+
+def stacked(windows: list[list[int]]) -> tuple[int, ...]:
+    """The median over windows of each stacked temporal rate, up to the highest temporal id that adds anything."""
+    if not windows or any(len(window) != len(windows[0]) for window in windows):
+        return ()
+    rates = [int(median(window[t] for window in windows)) for t in range(len(windows[0]))]
+    top = max((t for t, value in enumerate(rates) if value > (rates[t - 1] if t else 0)), default=-1)
+    return tuple(rates[:top + 1])
 
 
 class TrackPublication:
@@ -111,7 +137,8 @@ class TrackPublication:
         now = time.monotonic() if now is None else now
         if self.receiver_id is not None and self.bitrates.due(now):
             stats = engine.receiver_stats(self.receiver_id)
-            self.bitrates.sample([layer["bytes"] for layer in stats["layers"]], now)
+            self.bitrates.sample([layer["bytes"] for layer in stats["layers"]], now,
+                                 [layer.get("temporal_bytes", []) for layer in stats["layers"]])
         return self.bitrates.bps
 
     def layer_bitrates(self, engine: Any) -> tuple[int, ...]:
@@ -126,6 +153,12 @@ class TrackPublication:
             or (advertised[i] if i < len(advertised) and advertised[i] > 0 else 0)
             or DEFAULT_LAYER_BPS[min(i, len(DEFAULT_LAYER_BPS) - 1)]
             for i in range(count))
+
+    def temporal_bitrates(self, engine: Any) -> list[tuple[int, ...]]:
+        """Per spatial layer, its measured stacked temporal layer bitrates (T0, T0+T1, ...; bps), empty where none
+        were measured (no temporal ids, or the layer is not flowing)."""
+        self.measure(engine)
+        return self.bitrates.temporal_bps
 
     def audio_bitrate(self, engine: Any) -> int:
         return sum(self.measure(engine)) or DEFAULT_AUDIO_BPS
