@@ -119,6 +119,8 @@ cdef struct Bwe:
     uint8_t seen[BWE_SEEN]        # SEEN_* (private to bwe.pyx)
     int64_t max_seq
     BweProbeCluster probes[BWE_PROBE_CLUSTERS]
+    double probe_floor_bps    # the estimate when the last probe started: decreases stay above it while it settles
+    int64_t probe_start_us
     # counters
     int64_t reports
     int64_t packets           # distinct packet results accepted

@@ -112,6 +112,10 @@ cdef int64_t BWE_PROBE_TIMEOUT_US = 1000000   # a cluster not complete 1 s after
 # A cluster is complete once a packet of another sent > 100 ms after its last reported one is reported: media may
 # interleave with a cluster, but a pacer sends a cluster's packets far closer together (LiveKit: 20 ms buckets).
 cdef int64_t PROBE_COMPLETE_GAP_US = 100000
+# A probe into a link that cannot carry it builds a queue (and may lose packets) for as long as it runs plus the
+# queue's drain and the feedback's lag: decreases within this time of its start go no lower than the estimate it
+# started from (LiveKit likewise only marks a running probe as congesting). A link that really shrank is cut after.
+cdef int64_t PROBE_SETTLE_US = 1000000
 
 # Output (events) and congestion state.
 cdef double BWE_CHANGE_FRACTION = 0.05        # the estimate moved by > 5 %: worth an event
@@ -395,7 +399,7 @@ cdef void rate_update(Bwe *b, int64_t now) noexcept nogil:
         if (b.rate_state != RATE_DECREASE
                 or <double>(now - b.last_congestion_us) / 1000.0 >= reduce_ms
                 or (not app_limited and 0 < acked < APP_LIMITED_SHARE * rate)):
-            rate = DECREASE_FACTOR * (acked if acked > 0 and not app_limited else rate)
+            rate = probe_floor(b, DECREASE_FACTOR * (acked if acked > 0 and not app_limited else rate), now)
             if rate > b.delay_rate_bps:
                 rate = b.delay_rate_bps   # a decrease never increases (acked can exceed the estimate briefly)
             if acked > 0 and not app_limited:
@@ -474,6 +478,7 @@ cdef void loss_update(Bwe *b, int64_t now) noexcept nogil:
             acked = rate_value(b, &b.acked)
             if 0 < acked < cut:
                 cut = acked
+            cut = probe_floor(b, cut, now)
             if cut < b.loss_rate_bps:
                 b.loss_rate_bps = cut
                 b.last_congestion_us = now
@@ -556,6 +561,14 @@ cdef void bwe_probe_start(Bwe *b, int32_t cluster_id, int64_t target_bps, int64_
     c.status = PROBE_PENDING
     c.target_bps = <int64_t>clamp(<double>target_bps, BWE_MIN_BPS, BWE_MAX_BPS)
     c.start_us = now
+    b.probe_floor_bps = b.estimate_bps
+    b.probe_start_us = now
+
+
+cdef inline double probe_floor(const Bwe *b, double rate, int64_t now) noexcept nogil:
+    if b.probe_floor_bps > rate and 0 <= now - b.probe_start_us < PROBE_SETTLE_US:
+        return b.probe_floor_bps
+    return rate
 
 
 cdef BweProbeCluster *probe_find(const Bwe *b, int32_t cluster_id) noexcept nogil:

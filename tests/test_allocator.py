@@ -104,13 +104,13 @@ def test_lowest_layers_first_then_upgrades_in_order_within_caps() -> None:
 TEMPORAL_BPS = tuple((bps * 4 // 10, bps * 6 // 10, bps) for bps in LAYER_BPS)
 
 
-def test_temporal_layers_come_before_the_next_spatial_layer() -> None:
+def test_temporal_layers_of_the_lowest_layer_come_first_and_higher_layers_go_whole() -> None:
     cam = VideoDemand(1, False, 2, LAYER_BPS, TEMPORAL_BPS)
-    assert [step[:2] for step in cam.ladder] == [(0, 0), (0, 1), (0, TOP_TEMPORAL), (1, 0), (1, 1), (1, TOP_TEMPORAL),
-                                                (2, 0), (2, 1), (2, TOP_TEMPORAL)]
-    assert [step[2] for step in cam.ladder][:4] == [60_000, 90_000, 150_000, 200_000]
+    assert [step[:2] for step in cam.ladder] == [(0, 0), (0, 1), (0, TOP_TEMPORAL), (1, TOP_TEMPORAL),
+                                                (2, TOP_TEMPORAL)]
+    assert [step[2] for step in cam.ladder][:4] == [60_000, 90_000, 150_000, LAYER_BPS[1]]
     assert share([cam], 100_000) == {1: 1}                # T0+T1 of the lowest layer: half its frame rate
-    assert share([cam], 250_000) == {1: 3}                # all of it, then the next layer's base
+    assert share([cam], 250_000) == {1: 2}                # all of it; the next layer only whole
     assert share([cam], 59_999) == {1: PAUSED}            # even its lowest step does not fit
     # Every video's lowest step first, screenshare first, then one step each in that order.
     screen = VideoDemand(2, True, 2, LAYER_BPS, TEMPORAL_BPS)
@@ -123,7 +123,7 @@ def test_temporal_layers_come_before_the_next_spatial_layer() -> None:
     capped = VideoDemand(4, False, 0, LAYER_BPS, TEMPORAL_BPS)
     assert [step[:2] for step in capped.ladder] == [(0, 0), (0, 1), (0, TOP_TEMPORAL)]
     assert share([capped, plain], 10_000_000) == {4: 2, 3: 2}
-    assert cam.step_of(1, 1) == 4 and cam.step_of(TOP_LAYER, TOP_TEMPORAL) == 8 and cam.step_of(PAUSED, 0) == PAUSED
+    assert cam.step_of(1, 1) == 2 and cam.step_of(TOP_LAYER, TOP_TEMPORAL) == 4 and cam.step_of(PAUSED, 0) == PAUSED
 
 
 def test_temporal_bitrates_stack_and_stop_at_the_highest_temporal_id_sent() -> None:
@@ -255,18 +255,18 @@ async def test_allocations_push_temporal_caps_and_dynacast_still_sees_spatial_la
         video.layer_bitrates(node.engine)
     assert video.temporal_bitrates(node.engine)[1] == (200_000, 300_000, 500_000)
     [downtrack] = start(node, bob, video)
-    bob.allocator.on_estimate(320_000)  # h's T0+T1 (300k) fits, all of h does not
-    assert (node.engine.layers[downtrack], node.engine.temporal[downtrack]) == (1, 1)
-    assert bob.allocator.wanted_layer(bob.subscriptions[video.sid]) == 1  # dynacast keeps h on
-    bob.allocator.on_estimate(250_000)  # down at once, one temporal step
-    assert (node.engine.layers[downtrack], node.engine.temporal[downtrack]) == (1, 0)
+    bob.allocator.on_estimate(100_000)  # q's T0+T1 (90k) fits, all of q does not
+    assert (node.engine.layers[downtrack], node.engine.temporal[downtrack]) == (0, 1)
+    assert bob.allocator.wanted_layer(bob.subscriptions[video.sid]) == 0  # dynacast keeps q on
+    bob.allocator.on_estimate(70_000)  # down at once, one temporal step
+    assert (node.engine.layers[downtrack], node.engine.temporal[downtrack]) == (0, 0)
     clock.now += UPGRADE_HOLD_S
-    bob.allocator.on_estimate(300_000 * UPGRADE_MARGIN * 0.99)  # fits, not with the margin
+    bob.allocator.on_estimate(90_000 * UPGRADE_MARGIN * 0.99)  # fits, not with the margin
     assert node.engine.temporal[downtrack] == 0
-    bob.allocator.on_estimate(300_000 * UPGRADE_MARGIN, congested=True)  # never up while congested
+    bob.allocator.on_estimate(90_000 * UPGRADE_MARGIN, congested=True)  # never up while congested
     assert node.engine.temporal[downtrack] == 0
-    bob.allocator.on_estimate(300_000 * UPGRADE_MARGIN)
-    assert (node.engine.layers[downtrack], node.engine.temporal[downtrack]) == (1, 1)
+    bob.allocator.on_estimate(90_000 * UPGRADE_MARGIN)
+    assert (node.engine.layers[downtrack], node.engine.temporal[downtrack]) == (0, 1)
     bob.allocator.on_estimate(20_000_000)
     assert (node.engine.layers[downtrack], node.engine.temporal[downtrack]) == (2, TOP_TEMPORAL)
 

@@ -380,8 +380,8 @@ async def inbound(track: rtc.RemoteTrack):
 
 async def test_a_subscriber_capped_to_lower_temporal_layers_decodes_fewer_frames_without_loss() -> None:
     """libwebrtc's VP8 simulcast (the SDK's publisher) sends three temporal layers on each simulcast layer. Capped by
-    its allocation to the 720p layer's T0, then T0+T1, a subscriber decodes 720p at about a quarter, then half, of
-    the full frame rate, sees no lost packet and no freeze, and gets all of it back when the cap is lifted."""
+    its allocation to the lowest layer's T0, then T0+T1, a subscriber decodes 320x180 at about a quarter, then half,
+    of that layer's full frame rate, sees no lost packet, and gets 720p back when the cap is lifted."""
     async with InProcessServer() as server:
         publisher = rtc.Room()
         await publisher.connect(server.url, server.token("alice", "temporal"))
@@ -406,13 +406,17 @@ async def test_a_subscriber_capped_to_lower_temporal_layers_decodes_fewer_frames
             print(f"ladder {ladder}")
             bob.subscriber.transport.on_bandwidth = lambda *args, **kwargs: None  # the estimate is pinned below
             before = await inbound(track)
-            figures = {"full": full}
-            for name, step, above in (("T0", (2, 0), (2, 1)), ("T0+T1", (2, 1), (2, TOP_TEMPORAL))):
+            bob.allocator.on_estimate((price[(0, TOP_TEMPORAL)] + price[(1, TOP_TEMPORAL)]) / 2)  # all of q
+            await asyncio.sleep(1)  # q's next keyframe
+            lowest, width, height = await decoded_fps(track, 3)
+            assert (width, height) == (WIDTH // 4, HEIGHT // 4)
+            figures = {"full": full, "q": lowest}
+            for name, step, above in (("T0", (0, 0), (0, 1)), ("T0+T1", (0, 1), (0, TOP_TEMPORAL))):
                 bob.allocator.on_estimate((price[step] + price[above]) / 2)
                 assert server.node.engine.downtrack_stats(subscription.downtrack_id)["max_temporal"] == step[1]
                 await asyncio.sleep(1)  # the next sync frame
                 figures[name], width, height = await decoded_fps(track, 4)
-                assert (width, height) == (WIDTH, HEIGHT)
+                assert (width, height) == (WIDTH // 4, HEIGHT // 4)
             bob.allocator.clock = lambda: float("inf")  # past the upgrade hold
             bob.allocator.on_estimate(price[(2, TOP_TEMPORAL)] * 2)
             await asyncio.sleep(1)
@@ -422,12 +426,13 @@ async def test_a_subscriber_capped_to_lower_temporal_layers_decodes_fewer_frames
             print(f"decoded fps {figures}; temporal drops {stats['drop_temporal_layer']}, padded "
                   f"{stats['temporal_padding']}; subscriber lost {after.received.packets_lost - before.received.packets_lost}, "
                   f"freezes {after.inbound.freeze_count - before.inbound.freeze_count}")
-            assert 0.15 * full <= figures["T0"] <= 0.4 * full
-            assert 0.35 * full <= figures["T0+T1"] <= 0.65 * full
+            assert 0.15 * lowest <= figures["T0"] <= 0.4 * lowest
+            assert 0.35 * lowest <= figures["T0+T1"] <= 0.65 * lowest
             assert figures["uncapped"] >= 0.7 * full
             assert stats["drop_temporal_layer"] > 0
+            # No hole in the numbering: nothing lost. (Freezes are not asserted: 180p at 3.75 fps is one frame per
+            # 267 ms, which libwebrtc counts as a freeze by definition, more than 3 x the average interval before.)
             assert after.received.packets_lost == before.received.packets_lost
-            assert after.inbound.freeze_count == before.inbound.freeze_count
         finally:
             await video.stop()
             await subscriber.disconnect()

@@ -5,9 +5,9 @@ Inputs: the publisher's mute, the subscriber's track settings (LiveKit's UpdateT
 dimensions) as an upper bound, and, once a bandwidth estimate for the subscriber arrives (`on_estimate`), that
 estimate shared out among its tracks: audio is reserved first and never paused for bandwidth, screenshare goes
 before camera, every video gets its lowest step before any gets a second, then upgrades go step by step. A video's
-ladder climbs the temporal layers of a spatial layer before the next spatial layer (LiveKit's "temporal before
-spatial": a lower frame rate at a resolution costs less than the next resolution); a track whose packets carry no
-temporal ids has one step per spatial layer. A video whose lowest step does not fit is paused for bandwidth, which
+ladder climbs the temporal layers of its lowest spatial layer (a lower frame rate before no video at all), then
+whole spatial layers (see VideoDemand.ladder); a track whose packets carry no temporal ids has one step per spatial
+layer. A video whose lowest step does not fit is paused for bandwidth, which
 the client hears as StreamStateUpdate PAUSED (then ACTIVE): that is not a mute. Without an estimate, tracks get what
 the subscriber asks for.
 
@@ -117,11 +117,14 @@ class VideoDemand:
 
     @cached_property
     def ladder(self) -> tuple[tuple[int, int, int], ...]:
-        """(spatial, temporal, bps) steps up to the cap, cheapest first: each spatial layer's temporal layers, priced
-        as their measured share of the layer's price, then the whole layer (TOP_TEMPORAL) at its price."""
+        """(spatial, temporal, bps) steps up to the cap, cheapest first: the lowest spatial layer's temporal layers,
+        priced as their measured share of the layer's price, then each whole layer (TOP_TEMPORAL) at its price.
+        Higher spatial layers are taken whole: measured behind 600 kbit/s, 360p at 10 fps (its T1, which LiveKit's
+        order would pick) looks worse than 180p at 15 fps, and its T0 (5 fps) can cost less than the whole layer
+        below. Temporal steps serve where they help: a link too narrow for the lowest layer at full rate."""
         steps = []
         for spatial, price in enumerate(self.bitrates[:self.max_layer + 1]):
-            stacked = self.temporal[spatial] if spatial < len(self.temporal) else ()
+            stacked = self.temporal[spatial] if spatial == 0 and self.temporal else ()
             steps += [(spatial, t, int(price * part / stacked[-1])) for t, part in enumerate(stacked[:-1])]
             steps.append((spatial, TOP_TEMPORAL, price))
         return tuple(steps)
@@ -231,13 +234,13 @@ class StreamAllocator:
         bandwidth = self.prober.bandwidth()
         if bandwidth is None or bandwidth["congested"]:
             return
-        self.estimate = float(bandwidth["estimate_bps"])
+        estimate = float(bandwidth["estimate_bps"])
         needed = self._usage + self._next_step
-        if self.estimate >= needed * UPGRADE_MARGIN:
+        if estimate >= needed * UPGRADE_MARGIN:
             return  # the estimate covers it already: the upgrade waits only for its hold time
-        target = max(min(needed * UPGRADE_MARGIN, PROBE_MAX_GROWTH * self.estimate), self._usage + PROBE_MIN_INCREASE_BPS)
+        target = max(min(needed * UPGRADE_MARGIN, PROBE_MAX_GROWTH * estimate), self._usage + PROBE_MIN_INCREASE_BPS)
         self._probe = self.prober.probe(target, PROBE_DURATION_S)
-        log.debug("probe %s at %.0f kbps (estimate %.0f kbps)", self._probe, target / 1000, self.estimate / 1000)
+        log.debug("probe %s at %.0f kbps (estimate %.0f kbps)", self._probe, target / 1000, estimate / 1000)
         self._probe_at = now
         self._probe_target = target
         if self._probe is not None:
