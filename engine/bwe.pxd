@@ -154,7 +154,8 @@ cdef void bwe_on_sent(Bwe *b, int32_t payload_bytes, int64_t now) noexcept nogil
 cdef void bwe_probe_start(Bwe *b, int32_t cluster_id, int64_t target_bps, int64_t now) noexcept nogil
 # PROBE_* of a cluster; a pending one past BWE_PROBE_TIMEOUT_US reads as failed.
 cdef int bwe_probe_status(const Bwe *b, int32_t cluster_id, int64_t now) noexcept nogil
-# True once a cluster made the delay detector signal overuse (it will fail): its sender should stop.
+# True once a cluster made the delay detector signal overuse or lost more than it may (it will fail): its sender
+# should stop.
 cdef bint bwe_probe_overused(const Bwe *b, int32_t cluster_id) noexcept nogil
 # The rate a succeeded probe measured (bps), 0 otherwise.
 cdef int64_t bwe_probe_result_bps(const Bwe *b, int32_t cluster_id) noexcept nogil

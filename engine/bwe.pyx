@@ -104,18 +104,19 @@ cdef int64_t ACK_MIN_SPAN_US = 100000         # a rate needs >= 100 ms of arriva
 # Probes (libwebrtc ProbeBitrateEstimator's acceptance rules).
 cdef int32_t PROBE_MIN_PACKETS = 5            # libwebrtc: >= 80 % of its 5 minimum probe packets; we want all 5
 cdef double PROBE_MIN_RECEIVED = 0.8          # >= 80 % of the cluster's reported bytes arrived
-cdef int64_t PROBE_MAX_INTERVAL_US = 1000000  # send or receive spread > 1 s: not a probe measure
+cdef int64_t PROBE_MAX_INTERVAL_US = 1500000  # send or receive spread > 1.5 s: not a probe measure
 cdef double PROBE_MAX_RECEIVE_RATIO = 2.0     # received "faster" than 2 x sent: timestamps are bogus
 cdef double PROBE_BOTTLENECK_RATIO = 0.9      # received < 90 % of sent: the link is the bottleneck...
 cdef double PROBE_BOTTLENECK_FACTOR = 0.95    # ...so settle a bit below what it delivered
-cdef int64_t BWE_PROBE_TIMEOUT_US = 1000000   # a cluster not complete 1 s after it started is judged as it stands
+cdef int64_t BWE_PROBE_TIMEOUT_US = 2000000   # a cluster not complete 2 s after it started is judged as it stands
+                                              # (the allocator's longest cluster lasts 0.9 s)
 # A cluster is complete once a packet of another sent > 100 ms after its last reported one is reported: media may
 # interleave with a cluster, but a pacer sends a cluster's packets far closer together (LiveKit: 20 ms buckets).
 cdef int64_t PROBE_COMPLETE_GAP_US = 100000
 # A probe into a link that cannot carry it builds a queue (and may lose packets) for as long as it runs plus the
 # queue's drain and the feedback's lag: decreases within this time of its start go no lower than the estimate it
 # started from (LiveKit likewise only marks a running probe as congesting). A link that really shrank is cut after.
-cdef int64_t PROBE_SETTLE_US = 1000000
+cdef int64_t PROBE_SETTLE_US = 1500000
 
 # Output (events) and congestion state.
 cdef double BWE_CHANGE_FRACTION = 0.05        # the estimate moved by > 5 %: worth an event
@@ -677,7 +678,9 @@ cdef int bwe_probe_status(const Bwe *b, int32_t cluster_id, int64_t now) noexcep
 
 cdef bint bwe_probe_overused(const Bwe *b, int32_t cluster_id) noexcept nogil:
     cdef BweProbeCluster *c = probe_find(b, cluster_id)
-    return c != NULL and (c.overused or c.status == PROBE_FAILED)
+    return c != NULL and (c.overused or c.status == PROBE_FAILED
+                          or (c.reported >= PROBE_MIN_PACKETS * 2
+                              and c.received < PROBE_MIN_RECEIVED * c.reported))
 
 
 cdef int64_t bwe_probe_result_bps(const Bwe *b, int32_t cluster_id) noexcept nogil:

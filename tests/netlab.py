@@ -31,6 +31,12 @@ TBF_LATENCY_MS = 200
 CLIENT_GRACE_S = 30
 
 WIDTH, HEIGHT = 1280, 720
+# The detailed video: random 16x16-pixel blocks panning 4 pixels a frame. Every block differs (the encoder spends
+# the bitrate of a camera's detail: ~3 Mbit/s at 720p), yet the motion is a camera pan that motion search finds, so
+# the SDK's one encoder thread keeps all three layers at full rate on a 2-core machine (8-pixel blocks panning 8
+# pixels left the 720p layer at 1-3 fps and the publisher's estimate ramping for 20 s).
+BLOCK = 16
+PAN_PX = 4
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -139,8 +145,8 @@ class NetLab:
 
 
 class DetailedVideo:
-    """A 1280x720 camera publisher whose picture is coarse random texture scrolling sideways: every frame differs
-    and has detail everywhere, so the encoder spends its full bitrate on each simulcast layer."""
+    """A 1280x720 camera publisher whose picture is random texture panning sideways (BLOCK, PAN_PX): every frame
+    differs and has detail everywhere, so the encoder spends its full bitrate on each simulcast layer."""
 
     def __init__(self, room: rtc.Room, fps: int = 30) -> None:
         self.room = room
@@ -157,14 +163,30 @@ class DetailedVideo:
         return self.publication
 
     async def _frames(self) -> None:
-        texture = np.random.default_rng(7).integers(0, 256, (HEIGHT // 8, WIDTH // 8, 4), dtype=np.uint8)
+        texture = np.random.default_rng(7).integers(0, 256, (HEIGHT // BLOCK, WIDTH // BLOCK, 4), dtype=np.uint8)
         texture[..., 3] = 255
+        picture = np.repeat(np.repeat(texture, BLOCK, axis=0), BLOCK, axis=1)
         step = 0
         while True:
-            frame = np.repeat(np.repeat(np.roll(texture, step, axis=1), 8, axis=0), 8, axis=1)
+            frame = np.roll(picture, step * PAN_PX, axis=1)
             self.source.capture_frame(rtc.VideoFrame(WIDTH, HEIGHT, rtc.VideoBufferType.RGBA, frame.tobytes()))
             step += 1
             await asyncio.sleep(1 / self.fps)
+
+    async def steady(self, timeout: float = 20.0) -> float:
+        """Waits (at most `timeout` s) until the top layer is encoded at >= 2/3 of the frame rate: the publisher's own
+        start (its send-side estimate ramping, its encoder warming up) is over. Returns the seconds it took."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        previous = None
+        while loop.time() - start < timeout:
+            await asyncio.sleep(1)
+            frames = max((s.outbound_rtp.outbound.frames_encoded for s in await self.track.get_stats()
+                          if s.HasField("outbound_rtp") and s.outbound_rtp.outbound.frame_width == WIDTH), default=0)
+            if previous is not None and frames - previous >= self.fps * 2 / 3:
+                break
+            previous = frames
+        return loop.time() - start
 
     async def layer_bytes(self) -> dict[str, int]:
         """Bytes sent so far per simulcast rid (the publisher's outbound-rtp stats)."""

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 from livekit.protocol import models, rtc
 
-from signaling.rtc.allocator import PAUSED, TOP_LAYER, TOP_TEMPORAL, UPGRADE_HOLD_S, UPGRADE_MARGIN, VideoDemand, share
+from signaling.rtc.allocator import (PAUSED, TOP_LAYER, TOP_TEMPORAL, UPGRADE_FAILED_S, UPGRADE_HOLD_S, UPGRADE_MARGIN,
+                                     UPGRADE_RETRY_FACTOR, VideoDemand, share)
 from signaling.rtc import publication as publication_module
 from signaling.rtc.dynacast import Dynacast
 from signaling.rtc.participant import Participant
@@ -208,14 +209,42 @@ async def test_audio_is_reserved_and_video_pauses_below_its_lowest_layer(node: F
         bob.update_track_settings(rtc.UpdateTrackSettings(track_sids=[video.sid], disabled=disabled))
     assert node.engine.paused[video_dt] is True and len(stream_states(bob)) == 1
     # Recovers only when the lowest layer fits with the upgrade margin, not congested, after the hold time.
-    bob.allocator.on_estimate(DEFAULT_AUDIO_BPS + LAYER_BPS[0] * 1.2, congested=True)
+    bob.allocator.on_estimate(DEFAULT_AUDIO_BPS + LAYER_BPS[0] * UPGRADE_MARGIN * 1.01, congested=True)
     assert node.engine.paused[video_dt] is True
-    bob.allocator.on_estimate(DEFAULT_AUDIO_BPS + LAYER_BPS[0] * 1.2)
+    bob.allocator.on_estimate(DEFAULT_AUDIO_BPS + LAYER_BPS[0] * UPGRADE_MARGIN * 1.01)
     assert node.engine.paused[video_dt] is True  # within the hold time
     clock.now += UPGRADE_HOLD_S
-    bob.allocator.on_estimate(DEFAULT_AUDIO_BPS + LAYER_BPS[0] * 1.2)
+    bob.allocator.on_estimate(DEFAULT_AUDIO_BPS + LAYER_BPS[0] * UPGRADE_MARGIN * 1.01)
     assert node.engine.paused[video_dt] is False and node.engine.layers[video_dt] == 0
     assert stream_states(bob) == [(video.sid, rtc.StreamState.PAUSED), (video.sid, rtc.StreamState.ACTIVE)]
+
+
+async def test_an_upgrade_the_link_could_not_carry_is_retried_later_and_only_on_more(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    bob.allocator.clock = clock = Clock()
+    start(node, bob, publish_video(alice))
+    layers: list[int] = []
+    node.engine.set_target_layer = lambda dt, layer, temporal=None: layers.append(layer)
+    wide, narrow = 1_500_000 * UPGRADE_MARGIN, 600_000
+    bob.allocator.on_estimate(narrow)
+    clock.now += UPGRADE_HOLD_S
+    bob.allocator.on_estimate(wide)  # up...
+    clock.now += 1
+    bob.allocator.on_estimate(narrow)  # ...and thrown out a second later
+    assert layers == [1, 2, 1]
+    clock.now += UPGRADE_HOLD_S
+    bob.allocator.on_estimate(wide * UPGRADE_RETRY_FACTOR)
+    assert layers == [1, 2, 1]  # the hold doubled
+    clock.now += UPGRADE_HOLD_S
+    bob.allocator.on_estimate(wide)
+    assert layers == [1, 2, 1]  # the estimate it failed at is not enough again
+    bob.allocator.on_estimate(wide * UPGRADE_RETRY_FACTOR)
+    assert layers == [1, 2, 1, 2]
+    clock.now += UPGRADE_FAILED_S  # this one held: the next step down keeps the base hold and no retry bar
+    bob.allocator.on_estimate(narrow)
+    clock.now += UPGRADE_HOLD_S
+    bob.allocator.on_estimate(wide)
+    assert layers == [1, 2, 1, 2, 1, 2]
 
 
 async def test_steps_down_at_once_and_up_with_margin_without_flapping(node: FakeNode) -> None:
@@ -231,9 +260,9 @@ async def test_steps_down_at_once_and_up_with_margin_without_flapping(node: Fake
         clock.now += 1
         bob.allocator.on_estimate(estimate)
     assert layers == [2, 1]
-    bob.allocator.on_estimate(1_500_000 * 1.1)  # fits, but not with the margin
+    bob.allocator.on_estimate(1_500_000 * (UPGRADE_MARGIN - 0.05))  # fits, but not with the margin
     assert layers == [2, 1]
-    bob.allocator.on_estimate(1_500_000 * 1.2)
+    bob.allocator.on_estimate(1_500_000 * UPGRADE_MARGIN)
     assert layers == [2, 1, 2]
     assert node.engine.paused[downtrack] is False and stream_states(bob) == []
 

@@ -16,7 +16,7 @@ from signaling.peer import sdp
 from signaling.peer.negotiation import MAX_SUBSCRIBER_MEDIA
 from signaling.peer.transport import TransportManager
 from signaling.rtc import limits
-from signaling.rtc.allocator import TOP_LAYER, StreamAllocator, allocate
+from signaling.rtc.allocator import PAUSE_AFTER_S, TOP_LAYER, StreamAllocator, allocate
 from signaling.rtc.participant import Participant
 from signaling.rtc.publication import Subscription, TrackPublication
 from signaling.rtc.subscriptions import decide
@@ -382,6 +382,9 @@ async def test_the_subscriber_transports_estimate_drives_layers_and_pauses(node:
     assert node.engine.layers[video.downtrack_id] == 2
     estimate(700_000)  # 64k audio + 160k + 450k fit, 1.7M does not
     assert node.engine.layers[video.downtrack_id] == 1
+    estimate(100_000)
+    assert node.engine.paused[video.downtrack_id] is False  # the lowest layer while a dip may pass
+    now[0] += PAUSE_AFTER_S
     estimate(100_000)
     assert node.engine.paused[video.downtrack_id] is True and node.engine.paused[audio.downtrack_id] is False
     assert states() == [rtc.StreamState.PAUSED] and node.counters["stream_paused_bandwidth"] == 1

@@ -404,7 +404,8 @@ async def test_a_subscriber_capped_to_lower_temporal_layers_decodes_fewer_frames
                                  tuple(temporal)).ladder
             price = {(spatial, t): bps for spatial, t, bps in ladder}
             print(f"ladder {ladder}")
-            bob.subscriber.transport.on_bandwidth = lambda *args, **kwargs: None  # the estimate is pinned below
+            bob.subscriber.transport.on_bandwidth = lambda *args, **kwargs: None  # the estimate is pinned below:
+            bob.allocator.prober = None  # neither events nor the allocator's own ticks read the engine's
             before = await inbound(track)
             bob.allocator.on_estimate((price[(0, TOP_TEMPORAL)] + price[(1, TOP_TEMPORAL)]) / 2)  # all of q
             await asyncio.sleep(1)  # q's next keyframe

@@ -37,24 +37,43 @@ TOP_TEMPORAL = 3  # every temporal layer (VP8's temporal ids are 0..3)
 PAUSED = -1    # a video allocation that does not fit even its lowest layer
 
 # An upgrade (a higher layer, or resuming a paused video) needs the estimate to cover the new total times this;
-# downgrades happen as soon as the total exceeds the estimate. Between the two, nothing moves (no flapping).
-UPGRADE_MARGIN = 1.15
+# downgrades happen as soon as the total exceeds the estimate. Between the two, nothing moves (no flapping). 30 %:
+# the switch starts with the new layer's keyframe, several times a frame's size at once, and a layer's rate is not
+# an encoder's steady target; measured behind 600 kbit/s with a 200 ms queue, margins of 15 and 25 % let 360p
+# (~500 kbit/s with audio) in, and within seconds its loss threw it out again, each time with a freeze.
+UPGRADE_MARGIN = 1.3
 # After a track stepped down, it stays down at least this long (LiveKit probes at most every 3 s before an upgrade).
 UPGRADE_HOLD_S = 3.0
+# An upgrade undone within UPGRADE_FAILED_S (the link could not carry the new step after all, though a probe said
+# it could) doubles the hold before the next one, up to UPGRADE_MAX_HOLD_S: each failed try costs the subscriber a
+# keyframe wait and a burst of loss, so a link at the edge of a step settles on the step below.
+UPGRADE_FAILED_S = 15.0
+UPGRADE_MAX_HOLD_S = 24.0
+# And for UPGRADE_RETRY_MEMORY_S that step is tried again only on an estimate UPGRADE_RETRY_FACTOR above the one it
+# failed at, which a probe of PROBE_RETRY_DURATION_S must show first: a router's token bucket lets a short burst
+# through far above its rate (the lab's 16 kB bucket passes a 300 ms probe 400 kbit/s above a 600 kbit/s link), so
+# the probe that led to the failed step proved nothing, and a longer, higher one must outlast the bucket and its queue.
+UPGRADE_RETRY_FACTOR = 1.25
+UPGRADE_RETRY_MEMORY_S = 30.0
+# A video is paused for bandwidth only once its lowest step has not fitted for PAUSE_AFTER_S: right after a link
+# narrows, the estimate dips below everything while the queue of the bigger layer drains (measured: 720p -> 180p
+# behind 600 kbit/s paused the 180p layer it had just switched to for 4 s).
+PAUSE_AFTER_S = 1.5
 
 # Probing (LiveKit's probe regulator): a probe at most every PROBE_INTERVAL_S; after one the link did not carry, the
 # interval grows by PROBE_BACKOFF up to PROBE_MAX_INTERVAL_S (LiveKit: 2 min; a link that opens should bring the
 # video back within seconds, and a probe that fails costs a subscriber's link a few hundred ms of queue). A cluster lasts PROBE_DURATION_S (LiveKit starts at 200 ms): long enough that a shaper's
 # burst allowance (a router's token bucket) does not pass for capacity. Its rate covers the next step with the
 # upgrade margin, and raises the rate by at least PROBE_MIN_INCREASE_BPS (LiveKit's 200 kbps) but at most to
-# PROBE_MAX_GROWTH x the estimate: a big step (180p -> 720p is +1.5 Mbps) is reached by doubling probes 3 s apart
-# (libwebrtc's probe controller doubles likewise), so a probe into a narrow link builds a queue, not a burst of loss.
+# PROBE_MAX_GROWTH x the estimate: a big step (360p -> 720p is +1.5 Mbps) is reached by growing probes 3 s apart,
+# so a probe into a narrow link builds a queue, not a burst of loss for the video it carries (libwebrtc doubles).
 PROBE_INTERVAL_S = 3.0
 PROBE_BACKOFF = 1.5
 PROBE_MAX_INTERVAL_S = 5.0
 PROBE_DURATION_S = 0.3
+PROBE_RETRY_DURATION_S = 0.9
 PROBE_MIN_INCREASE_BPS = 200_000
-PROBE_MAX_GROWTH = 2.0
+PROBE_MAX_GROWTH = 1.5
 # A probe whose measured rate fell short of this share of its target found the link's limit: back off.
 PROBE_CARRIED = 0.9
 
@@ -170,6 +189,12 @@ class _Pushed:
     temporal: int = TOP_TEMPORAL
     bandwidth_paused: bool = False
     stepped_down_at: float = float("-inf")
+    upgraded_at: float = float("-inf")
+    upgraded_with: float = 0.0  # the estimate at the last upgrade
+    hold: float = UPGRADE_HOLD_S
+    retry_above: float = 0.0    # after a failed upgrade: the estimate the next try needs, until retry_until
+    retry_until: float = float("-inf")
+    short_since: float | None = None  # since when even the lowest step has not fitted (while not paused)
 
 
 class StreamAllocator:
@@ -196,6 +221,8 @@ class StreamAllocator:
         # what the current allocation uses (bps) and what its next upgrade would add (None: nothing to upgrade)
         self._usage = 0.0
         self._next_step: float | None = None
+        self._retry_above = 0.0  # a failed upgrade's retry needs an estimate this high: probes aim there
+        self._first_estimate = True  # the estimate being allocated is the first (no dip to sit out)
         self._probe: int | None = None  # the cluster in flight
         self._probe_target = 0.0
         self._probe_at = float("-inf")
@@ -209,14 +236,15 @@ class StreamAllocator:
 
     def on_estimate(self, bps: float | None, congested: bool = False) -> None:
         """A new estimate of the subscriber's available bitrate (None = unknown: each track gets what is asked)."""
-        log.debug("estimate %s kbps%s", None if bps is None else round(bps / 1000), " congested" if congested else "")
+        self._first_estimate = self.estimate is None
         self.estimate = None if bps is None else max(0.0, float(bps))
         self.congested = congested
         self.reallocate()
 
     def tick(self) -> None:
-        """Twice a second: judge the probe in flight, and start one when an upgrade waits for evidence."""
-        now = self.clock()
+        """Twice a second, while some video is below what its subscriber asks for: judge the probe in flight; take
+        the estimate afresh (events come with feedback only when it moves, and a paused video leaves none) so an
+        upgrade whose hold ran out happens; and start a probe when the estimate does not cover the next step."""
         if self._probe is not None:
             status, measured_bps = self.prober.probe_status(self._probe)
             if status == "pending":
@@ -228,19 +256,21 @@ class StreamAllocator:
                                     else min(PROBE_MAX_INTERVAL_S, self._probe_interval * PROBE_BACKOFF))
             self._counters["probes_carried" if carried else "probes_short"] += 1
             self._probe = None
-        if self.prober is None or self._next_step is None or now - self._probe_at < self._probe_interval:
+        if self.prober is None or self._next_step is None or self.estimate is None:
             return
-        # Events come with feedback, and a paused video leaves none: the congestion state is read afresh.
         bandwidth = self.prober.bandwidth()
-        if bandwidth is None or bandwidth["congested"]:
+        if bandwidth is None:
             return
-        estimate = float(bandwidth["estimate_bps"])
-        needed = self._usage + self._next_step
-        if estimate >= needed * UPGRADE_MARGIN:
+        self.on_estimate(bandwidth["estimate_bps"], bandwidth["congested"])
+        now = self.clock()
+        if self.congested or self._next_step is None or now - self._probe_at < self._probe_interval:
+            return
+        needed = max((self._usage + self._next_step) * UPGRADE_MARGIN, self._retry_above)
+        if self.estimate >= needed:
             return  # the estimate covers it already: the upgrade waits only for its hold time
-        target = max(min(needed * UPGRADE_MARGIN, PROBE_MAX_GROWTH * estimate), self._usage + PROBE_MIN_INCREASE_BPS)
-        self._probe = self.prober.probe(target, PROBE_DURATION_S)
-        log.debug("probe %s at %.0f kbps (estimate %.0f kbps)", self._probe, target / 1000, estimate / 1000)
+        target = max(min(needed, PROBE_MAX_GROWTH * self.estimate), self._usage + PROBE_MIN_INCREASE_BPS)
+        self._probe = self.prober.probe(target, PROBE_RETRY_DURATION_S if self._retry_above else PROBE_DURATION_S)
+        log.debug("probe %s at %.0f kbps (estimate %.0f kbps)", self._probe, target / 1000, self.estimate / 1000)
         self._probe_at = now
         self._probe_target = target
         if self._probe is not None:
@@ -294,24 +324,45 @@ class StreamAllocator:
         now = self.clock()
         layers = {}
         steps = {}
+        retry_above = 0.0
         for video in videos:
             pushed = self._pushed.get(video.key)
             if pushed is None:
                 current = None
             else:
                 current = PAUSED if pushed.bandwidth_paused else video.step_of(pushed.layer, pushed.temporal)
+            if pushed is not None and current != PAUSED and fits[video.key] == PAUSED and not self._first_estimate:
+                if pushed.short_since is None:
+                    pushed.short_since = now
+                if now - pushed.short_since < PAUSE_AFTER_S:
+                    fits[video.key] = 0  # not yet: the lowest step meanwhile
+            elif pushed is not None:
+                pushed.short_since = None
             if current is None or fits[video.key] < current:
                 step = fits[video.key]
                 if pushed is not None and step < len(video.ladder) - 1:  # stepped down for bandwidth
+                    failed = now - pushed.upgraded_at < UPGRADE_FAILED_S
+                    pushed.hold = min(UPGRADE_MAX_HOLD_S, pushed.hold * 2) if failed else UPGRADE_HOLD_S
+                    if failed:
+                        pushed.retry_above = pushed.upgraded_with * UPGRADE_RETRY_FACTOR
+                        pushed.retry_until = now + UPGRADE_RETRY_MEMORY_S
+                    else:  # the last upgrade held: what failed before says nothing now
+                        pushed.retry_until = float("-inf")
                     pushed.stepped_down_at = now
-            elif self.congested or now - pushed.stepped_down_at < UPGRADE_HOLD_S:
+            elif (self.congested or now - pushed.stepped_down_at < pushed.hold
+                  or (now < pushed.retry_until and (self.estimate or 0.0) < pushed.retry_above)):
                 step = current
+                if now < pushed.retry_until:
+                    retry_above = max(retry_above, pushed.retry_above)
             else:
                 step = max(current, min(cautious[video.key], fits[video.key]))
+                if step > current:
+                    pushed.upgraded_at, pushed.upgraded_with = now, self.estimate or 0.0
             layers[video.key] = video.ladder[step][:2] if step != PAUSED else (PAUSED, TOP_TEMPORAL)
             steps[video.key] = step
         self._usage = audio + sum(video.ladder[steps[video.key]][2] for video in videos if steps[video.key] != PAUSED)
         self._next_step = next_step(videos, steps)
+        self._retry_above = retry_above
         return layers
 
     def _push(self, subscription: Subscription, asked_paused: bool, layer: int, temporal: int = TOP_TEMPORAL) -> None:

@@ -19,14 +19,17 @@ _PUBLISHER_FEEDBACK = {
 
 # Offered to subscribers, numbered here (one id per URI across the bundle); the engine renumbers the publisher's ids
 # to these, except transport-cc, which it writes itself: the subscriber transport's own sequence numbers, whose
-# feedback drives its bandwidth estimate (video only, as LiveKit's send-side mode: audio is never the one to cut).
+# feedback drives its bandwidth estimate. Audio carries it too (LiveKit's send-side mode numbers video only): the
+# estimate is then of everything the link carries, as the allocator, which reserves audio first, counts it; a probe
+# measures the link, not the link minus the audio; and feedback keeps coming while every video is paused. The
+# allocator still never cuts audio.
 # A client without transport-cc (aiortc, older libwebrtc) may answer goog-remb + abs-send-time instead: the engine
 # then writes abs-send-time, the client's receive-side estimator answers with REMB, and that drives the estimate.
 SUBSCRIBER_EXTENSIONS = {
-    "audio": {EXT_AUDIO_LEVEL: 1},
+    "audio": {EXT_AUDIO_LEVEL: 1, EXT_TRANSPORT_CC: 3},
     "video": {EXT_ABS_SEND_TIME: 2, EXT_TRANSPORT_CC: 3},
 }
-SUBSCRIBER_FEEDBACK = {"audio": ["nack"], "video": ["nack", "nack pli", "ccm fir", "goog-remb", "transport-cc"]}
+SUBSCRIBER_FEEDBACK = {"audio": ["nack", "transport-cc"], "video": ["nack", "nack pli", "ccm fir", "goog-remb", "transport-cc"]}
 # Extensions the engine writes itself on the subscriber's side: never forwarded from the publisher.
 SUBSCRIBER_OWN_EXTENSIONS = frozenset({EXT_TRANSPORT_CC, EXT_ABS_SEND_TIME})
 
