@@ -412,13 +412,17 @@ async def test_a_subscriber_capped_to_lower_temporal_layers_decodes_fewer_frames
             lowest, width, height = await decoded_fps(track, 3)
             assert (width, height) == (WIDTH // 4, HEIGHT // 4)
             figures = {"full": full, "q": lowest}
+            now = [0.0]
+            bob.allocator.clock = lambda: now[0]  # each step is taken past any hold time
             for name, step, above in (("T0", (0, 0), (0, 1)), ("T0+T1", (0, 1), (0, TOP_TEMPORAL))):
-                bob.allocator.on_estimate((price[step] + price[above]) / 2)
+                now[0] += 60
+                # just below the step above: down to T0 at once, and up from T0 with the upgrade margin
+                bob.allocator.on_estimate(price[above] * 0.95)
                 assert server.node.engine.downtrack_stats(subscription.downtrack_id)["max_temporal"] == step[1]
                 await asyncio.sleep(1)  # the next sync frame
                 figures[name], width, height = await decoded_fps(track, 4)
                 assert (width, height) == (WIDTH // 4, HEIGHT // 4)
-            bob.allocator.clock = lambda: float("inf")  # past the upgrade hold
+            now[0] += 60
             bob.allocator.on_estimate(price[(2, TOP_TEMPORAL)] * 2)
             await asyncio.sleep(1)
             figures["uncapped"], _, _ = await decoded_fps(track, 3)

@@ -192,7 +192,8 @@ class _Pushed:
     upgraded_at: float = float("-inf")
     upgraded_with: float = 0.0  # the estimate at the last upgrade
     hold: float = UPGRADE_HOLD_S
-    retry_above: float = 0.0    # after a failed upgrade: the estimate the next try needs, until retry_until
+    retry_step: int = 0         # after a failed upgrade: the step that failed, and the estimate a try of it (or
+    retry_above: float = 0.0    # above) needs, until retry_until
     retry_until: float = float("-inf")
     short_since: float | None = None  # since when even the lowest step has not fitted (while not paused)
 
@@ -344,18 +345,20 @@ class StreamAllocator:
                     failed = now - pushed.upgraded_at < UPGRADE_FAILED_S
                     pushed.hold = min(UPGRADE_MAX_HOLD_S, pushed.hold * 2) if failed else UPGRADE_HOLD_S
                     if failed:
+                        pushed.retry_step = current
                         pushed.retry_above = pushed.upgraded_with * UPGRADE_RETRY_FACTOR
                         pushed.retry_until = now + UPGRADE_RETRY_MEMORY_S
                     else:  # the last upgrade held: what failed before says nothing now
                         pushed.retry_until = float("-inf")
                     pushed.stepped_down_at = now
-            elif (self.congested or now - pushed.stepped_down_at < pushed.hold
-                  or (now < pushed.retry_until and (self.estimate or 0.0) < pushed.retry_above)):
+            elif self.congested or now - pushed.stepped_down_at < pushed.hold:
                 step = current
-                if now < pushed.retry_until:
-                    retry_above = max(retry_above, pushed.retry_above)
             else:
                 step = max(current, min(cautious[video.key], fits[video.key]))
+                if now < pushed.retry_until and (self.estimate or 0.0) < pushed.retry_above:
+                    step = min(step, max(current, pushed.retry_step - 1))  # the step that failed needs more
+                    if step + 1 >= pushed.retry_step:
+                        retry_above = max(retry_above, pushed.retry_above)
                 if step > current:
                     pushed.upgraded_at, pushed.upgraded_with = now, self.estimate or 0.0
             layers[video.key] = video.ladder[step][:2] if step != PAUSED else (PAUSED, TOP_TEMPORAL)
