@@ -516,7 +516,7 @@ _OVER_LIMIT = {
     "40,000 lines": (_HEAD + _M_VIDEO + "a=x\r\n" * 40_000, "SDP lines"),
     "17 rtcp-fb values": (_HEAD + _M_VIDEO + _repeat("a=rtcp-fb:96 x{i}\r\n", 17), "a=rtcp-fb"),
     "65 extensions": (_HEAD + _M_VIDEO + _repeat("a=extmap:1 urn:x{i}\r\n", 65), "a=extmap"),
-    "65 candidates": (_HEAD + _M_VIDEO + _repeat("a=candidate:{i} 1 udp 1 10.0.0.1 9 typ host\r\n", 65),
+    "257 candidates": (_HEAD + _M_VIDEO + _repeat("a=candidate:{i} 1 udp 1 10.0.0.1 9 typ host\r\n", 257),
                       "a=candidate"),
     "9 fingerprints": (_HEAD + _repeat(f"a=fingerprint:sha-256 {_FP}\r\n", 9) + _M_VIDEO, "fingerprint"),
     "129 formats": (_HEAD + "m=video 9 UDP/TLS/RTP/SAVPF" + " 96" * 129 + "\r\na=mid:0\r\n", "formats"),

@@ -53,7 +53,8 @@ MAX_SSRCS_PER_SECTION = 32         # distinct SSRCs, and ssrc-group lines: legac
 MAX_EXTMAPS_PER_SECTION = 64       # libwebrtc offers ~15
 MAX_FEEDBACK_PER_CODEC = 16        # distinct rtcp-fb values for one payload type (or "*"); libwebrtc sends 5
 MAX_FINGERPRINTS = 8               # per level; aiortc lists 3
-MAX_CANDIDATES_PER_SECTION = 64    # ICE-lite never uses them; most clients trickle instead
+MAX_CANDIDATES_PER_SECTION = 256   # ICE-lite never uses them; but a host with many interfaces (docker bridges, VPNs) lists
+                                   # each address x UDP/TCP x generation: a test host with two extra veths sent > 64
 
 
 class SdpError(ValueError):

@@ -65,15 +65,15 @@ PAUSE_AFTER_S = 1.5
 # video back within seconds, and a probe that fails costs a subscriber's link a few hundred ms of queue). A cluster lasts PROBE_DURATION_S (LiveKit starts at 200 ms): long enough that a shaper's
 # burst allowance (a router's token bucket) does not pass for capacity. Its rate covers the next step with the
 # upgrade margin, and raises the rate by at least PROBE_MIN_INCREASE_BPS (LiveKit's 200 kbps) but at most to
-# PROBE_MAX_GROWTH x the estimate: a big step (360p -> 720p is +1.5 Mbps) is reached by growing probes 3 s apart,
-# so a probe into a narrow link builds a queue, not a burst of loss for the video it carries (libwebrtc doubles).
+# PROBE_MAX_GROWTH x the estimate: a big step (360p -> 720p is +1.5 Mbps) is reached by doubling probes 3 s apart
+# (as libwebrtc's probe controller does), and one into a narrow link stops at its first loss (prober.pyx).
 PROBE_INTERVAL_S = 3.0
 PROBE_BACKOFF = 1.5
 PROBE_MAX_INTERVAL_S = 5.0
 PROBE_DURATION_S = 0.3
 PROBE_RETRY_DURATION_S = 0.9
 PROBE_MIN_INCREASE_BPS = 200_000
-PROBE_MAX_GROWTH = 1.5
+PROBE_MAX_GROWTH = 2.0
 # A probe whose measured rate fell short of this share of its target found the link's limit: back off.
 PROBE_CARRIED = 0.9
 
