@@ -126,10 +126,12 @@ class NetLab:
                 return int(line.split("dropped", 1)[1].split(",")[0].strip())
         return 0
 
-    async def run_client(self, *args: str, timeout: float) -> dict:
-        """Runs tests/lab_client.py inside the namespace with `args`; returns the JSON it printed last."""
+    async def run_client(self, *args: str, timeout: float, inside: bool = True) -> dict:
+        """Runs tests/lab_client.py with `args` inside the namespace (or, `inside=False`, on the host beside the
+        server: an unconstrained client); returns the JSON it printed last."""
+        where = ("ip", "netns", "exec", self.namespace) if inside else ()
         process = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", self.namespace, sys.executable, str(HERE / "lab_client.py"), *args,
+            *where, sys.executable, str(HERE / "lab_client.py"), *args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])})
         try:

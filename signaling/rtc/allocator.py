@@ -78,6 +78,25 @@ PROBE_MAX_GROWTH = 2.0
 # A probe whose measured rate fell short of this share of its target found the link's limit: back off.
 PROBE_CARRIED = 0.9
 
+# Loss-driven step-down. At the edge of a link a drop-tail queue (a router's, or the lab's tbf) is full most of the
+# time: the delay gradient barely grows, and GCC's loss cut only starts at 10 % loss, so a layer that fits the
+# estimate on paper can lose 4-8 % of its packets (and, with them, frames) for as long as it is forwarded. When the
+# subscriber's TWCC feedback reports more than LOSS_STEP_DOWN of the packets sent over LOSS_WINDOW_S lost (at least
+# LOSS_MIN_PACKETS of them, none a probe's), the allocation is capped to what got through, (1 - loss) x what it
+# used, which steps it down; a probe that the link carries lifts the cap. (LiveKit's NACK tracker reacts to repeated
+# NACKs above 8 % after 2 s; video shows the loss sooner and at less.)
+LOSS_STEP_DOWN = 0.04
+LOSS_WINDOW_S = 1.0
+LOSS_MIN_PACKETS = 30
+# One window cuts at most this share: heavy loss right after an upgrade is partly the switch's keyframe burst, and
+# a cut by all of it took 360p down past 180p to 7.5 fps behind 600 kbit/s. A layer far too big for its link is
+# the delay-based estimate's to catch; if not, the next window cuts again.
+LOSS_MAX_CUT = 0.3
+# After any step-down, the next window starts this much later: the old layer's packets (and their feedback) keep
+# coming until the lower layer's keyframe, and a queue the old layer filled drains with loss; none of that is the
+# new step's (measured: 61 % lost in the second after 720p -> 180p behind a link narrowed to 600 kbit/s).
+LOSS_SETTLE_S = 1.0
+
 
 class LayerControl(Protocol):
     """The engine's side of an allocation."""
@@ -229,6 +248,9 @@ class StreamAllocator:
         self._probe_target = 0.0
         self._probe_at = float("-inf")
         self._probe_interval = PROBE_INTERVAL_S
+        self._loss_cap: float | None = None  # bps the allocation keeps under after a lossy window
+        self._loss_window: tuple[float, int, int] | None = None  # since (time, packets reported, lost)
+        self._loss_settled_at = float("-inf")  # no window starts before
 
     # -- inputs
     def update(self, subscription: Subscription) -> None:
@@ -240,13 +262,16 @@ class StreamAllocator:
         """A new estimate of the subscriber's available bitrate (None = unknown: each track gets what is asked)."""
         self._first_estimate = self.estimate is None
         self.estimate = None if bps is None else max(0.0, float(bps))
+        if self.estimate is not None and self._loss_cap is not None:
+            self.estimate = min(self.estimate, self._loss_cap)
         self.congested = congested
         self.reallocate()
 
     def tick(self) -> None:
-        """Twice a second, while some video is below what its subscriber asks for: judge the probe in flight; take
-        the estimate afresh (events come with feedback only when it moves, and a paused video leaves none) so an
-        upgrade whose hold ran out happens; and start a probe when the estimate does not cover the next step."""
+        """Twice a second: judge the probe in flight; watch the loss the subscriber reports; while some video is
+        below what its subscriber asks for, take the estimate afresh (events come with feedback only when it moves,
+        and a paused video leaves none) so an upgrade whose hold ran out happens, and start a probe when the
+        estimate does not cover the next step."""
         if self._probe is not None:
             status, measured_bps = self.prober.probe_status(self._probe)
             if status == "pending":
@@ -257,11 +282,18 @@ class StreamAllocator:
             self._probe_interval = (PROBE_INTERVAL_S if carried
                                     else min(PROBE_MAX_INTERVAL_S, self._probe_interval * PROBE_BACKOFF))
             self._counters["probes_carried" if carried else "probes_short"] += 1
+            if carried:
+                self._loss_cap = None
             self._probe = None
-        if self.prober is None or self._next_step is None or self.estimate is None:
+        if self.prober is None or self.estimate is None:
             return
         bandwidth = self.prober.bandwidth()
         if bandwidth is None:
+            return
+        if self._lossy(bandwidth):
+            self.on_estimate(bandwidth["estimate_bps"], bandwidth["congested"])
+            return
+        if self._next_step is None:
             return
         self.on_estimate(bandwidth["estimate_bps"], bandwidth["congested"])
         now = self.clock()
@@ -277,6 +309,29 @@ class StreamAllocator:
         self._probe_target = target
         if self._probe is not None:
             self._counters["probes_started"] += 1
+            self._loss_window = None
+
+    def _lossy(self, bandwidth: dict) -> bool:
+        """Whether the window of reported packets that just closed lost more than LOSS_STEP_DOWN: then the loss cap
+        falls to what got through. A window starts afresh after each probe (its loss is the prober's to judge)."""
+        now, packets, lost = self.clock(), bandwidth["packets"], bandwidth["lost"]
+        if self._loss_window is None:
+            if now >= self._loss_settled_at:
+                self._loss_window = (now, packets, lost)
+            return False
+        since, packets_before, lost_before = self._loss_window
+        reported = packets - packets_before
+        if now - since < LOSS_WINDOW_S or reported < LOSS_MIN_PACKETS:
+            return False
+        self._loss_window = (now, packets, lost)
+        loss = (lost - lost_before) / reported
+        if loss <= LOSS_STEP_DOWN or not self._usage:
+            return False
+        self._loss_cap = (1.0 - min(loss, LOSS_MAX_CUT)) * min(self._usage, self._loss_cap or self._usage)
+        log.debug("%.0f %% of %d packets lost: allocating under %.0f kbps", 100 * loss, reported,
+                  self._loss_cap / 1000)
+        self._counters["loss_step_downs"] += 1
+        return True
 
     def forget(self, downtrack_id: int) -> None:
         """The DownTrack is gone (unsubscribed)."""
@@ -352,6 +407,7 @@ class StreamAllocator:
                     else:  # the last upgrade held: what failed before says nothing now
                         pushed.retry_until = float("-inf")
                     pushed.stepped_down_at = now
+                    self._loss_window, self._loss_settled_at = None, now + LOSS_SETTLE_S
             elif self.congested or now - pushed.stepped_down_at < pushed.hold:
                 step = current
             else:
