@@ -113,6 +113,22 @@ class Transport:
             # The client's answer may arrive after its DTLS handshake finished: keys are released only now.
             self._advance(failed_before)
 
+    def restart_ice(self) -> None:
+        """An ICE restart (RFC 8445 section 9): fresh local credentials, the client's to come with its next SDP. The
+        selected address keeps media flowing until the client nominates another; DTLS, SRTP and SCTP go on as they
+        are (a restart is not a new handshake)."""
+        while True:
+            ufrag, pwd = new_credentials()
+            try:
+                self.manager.engine.set_transport_ufrag(self.id, ufrag)
+                break
+            except ValueError:  # another transport drew the same ufrag
+                continue
+        self.ice_ufrag, self.ice_pwd = ufrag, pwd
+        self._consent.local_ufrag = ufrag
+        self.remote_ufrag = self.remote_pwd = None
+        self.manager.counters["ice_restarts"] += 1
+
     def handle_stun(self, data: bytes, host: str, port: int) -> None:
         """A Binding request the engine found addressed to our ufrag (answered; it may select an address), or a
         success response the engine matched to one of our consent checks."""

@@ -1,0 +1,132 @@
+"""Resume in-process, with the fake engine of test_rtc: a participant whose signal connection dropped waits for its
+client, unseen by the others; a resume picks it up with its sid, tracks and subscriptions and restarts ICE."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from livekit.protocol import models, rtc
+
+from signaling.peer import sdp
+from signaling.rtc import participant as participant_module
+from signaling.rtc.participant import Participant
+from test_rtc import FakeNode, Sink, join, publish, settle, sink
+
+DISCONNECTED = models.ParticipantInfo.State.DISCONNECTED
+
+
+@pytest.fixture
+def node() -> FakeNode:
+    return FakeNode()
+
+
+def connected(participant: Participant) -> Participant:
+    participant._on_primary_connected()  # what its primary transport's DTLS handshake does
+    return participant
+
+
+def updates_about(receiver: Participant, about: Participant) -> list[models.ParticipantInfo]:
+    return [info for update in sink(receiver).of("update") for info in update.participants if info.sid == about.sid]
+
+
+def publisher_offer(ufrag: str, pwd: str) -> rtc.SessionDescription:
+    """A client's publisher offer with just a data m-line and these ICE credentials."""
+    lines = ["v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE 0",
+             "m=application 9 UDP/DTLS/SCTP webrtc-datachannel", "c=IN IP4 0.0.0.0", "a=mid:0",
+             f"a=ice-ufrag:{ufrag}", f"a=ice-pwd:{pwd}", "a=setup:actpass",
+             "a=fingerprint:sha-256 " + ":".join(["AB"] * 32), "a=sctp-port:5000"]
+    return rtc.SessionDescription(type="offer", sdp="\r\n".join(lines) + "\r\n", id=1)
+
+
+async def test_a_dropped_signal_keeps_the_participant_and_a_resume_picks_it_up(node: FakeNode) -> None:
+    alice, bob = connected(join(node, "alice")), connected(join(node, "bob"))
+    video = publish(alice)
+    settle(bob)
+    old_sink = sink(alice)
+    seen_by_bob = len(sink(bob).sent)
+    events = list(node.events)
+
+    alice.signal_lost(old_sink)
+    assert not alice.closed and alice.sink is None and node.store.get("room").participants["alice"] is alice
+    alice.room.broadcast_participant(bob)  # news while away is dropped, not queued
+    assert len(sink(bob).sent) == seen_by_bob + 1 and node.events == events  # bob and webhooks saw nothing
+
+    subscriber_ufrag = bob.subscriber.transport.ice_ufrag
+    bob_old = sink(bob)
+    bob.signal_lost(bob_old)
+    resumed = Sink()
+    bob.resume(resumed)
+    kinds = [r.WhichOneof("message") for r in resumed.sent]
+    assert kinds[:3] == ["reconnect", "update", "room_update"], kinds  # ReconnectResponse first (the Rust SDK)
+    roster = {info.identity: info for info in resumed.of("update")[-1].participants}
+    assert roster["bob"].sid == bob.sid and [t.sid for t in roster["alice"].tracks] == [video.sid]
+    offer = resumed.of("offer")[-1]  # the subscriber PC restarts ICE: fresh credentials in a new offer
+    assert bob.subscriber.transport.ice_ufrag != subscriber_ufrag
+    assert f"a=ice-ufrag:{bob.subscriber.transport.ice_ufrag}" in offer.sdp
+    assert set(bob.subscriptions) == {video.sid} and node.counters["signal_resumed"] == 1
+    assert node.events == events and not bob.closed
+
+
+async def test_a_participant_whose_media_never_connected_leaves_with_its_signal(node: FakeNode) -> None:
+    alice, bob = connected(join(node, "alice")), join(node, "bob")
+    bob.signal_lost(sink(bob))
+    assert bob.closed and [i.state for i in updates_about(alice, bob)][-1] == DISCONNECTED
+
+
+async def test_without_a_resume_it_leaves_after_the_departure_timeout(node: FakeNode, monkeypatch) -> None:
+    monkeypatch.setattr(participant_module, "SIGNAL_DEPARTURE_TIMEOUT", 0.05)
+    alice, bob = connected(join(node, "alice")), connected(join(node, "bob"))
+    bob.signal_lost(sink(bob))
+    await asyncio.sleep(0.1)
+    assert bob.closed and bob.disconnect_reason == models.DisconnectReason.SIGNAL_CLOSE
+    assert updates_about(alice, bob)[-1].state == DISCONNECTED and "participant_left" in node.events
+    assert node.counters["signal_departure_timeouts"] == 1
+
+
+async def test_a_resume_hears_who_left_meanwhile_and_a_replaced_session_changes_nothing(node: FakeNode) -> None:
+    alice, bob = connected(join(node, "alice")), connected(join(node, "bob"))
+    old = sink(alice)
+    alice.signal_lost(old)
+    bob.close(models.DisconnectReason.CLIENT_INITIATED)
+    resumed = Sink()
+    alice.resume(resumed)
+    first, roster = resumed.of("update")[:2]
+    assert [(i.sid, i.state) for i in first.participants] == [(bob.sid, DISCONNECTED)]
+    assert [i.identity for i in roster.participants] == ["alice"]
+    alice.signal_lost(old)  # the old connection ending late: it is no longer the participant's
+    assert alice.sink is resumed and not alice.closed
+
+
+async def test_resuming_over_a_live_connection_closes_the_old_one(node: FakeNode) -> None:
+    alice = connected(join(node, "alice"))
+    old, resumed = sink(alice), Sink()
+    alice.resume(resumed)
+    assert old.closed and alice.sink is resumed
+
+
+async def test_a_sync_state_naming_a_track_it_does_not_publish_makes_it_rejoin(node: FakeNode) -> None:
+    alice, bob = connected(join(node, "alice")), connected(join(node, "bob"))
+    video = publish(alice)
+    assert alice.sync_state(rtc.SyncState(publish_tracks=[rtc.TrackPublishedResponse(cid="c", track=video.info)],
+                                          track_sids_disabled=[video.sid]))
+    assert bob.sync_state(rtc.SyncState(track_sids_disabled=[video.sid]))
+    assert bob.allocator.settings[video.sid].disabled
+    assert not alice.sync_state(rtc.SyncState(publish_tracks=[
+        rtc.TrackPublishedResponse(cid="x", track=models.TrackInfo(sid="TR_unknown"))]))
+    leave = sink(alice).of("leave")[-1]
+    assert alice.closed and leave.action == rtc.LeaveRequest.Action.RECONNECT and leave.can_reconnect
+    assert leave.reason == models.DisconnectReason.STATE_MISMATCH
+
+
+async def test_a_publisher_offer_with_new_credentials_restarts_ice(node: FakeNode) -> None:
+    alice = connected(join(node, "alice"))
+    alice.handle_offer(publisher_offer("client1", "p" * 24))
+    transport = alice.publisher.transport
+    first = transport.ice_ufrag
+    alice.handle_offer(publisher_offer("client1", "p" * 24))  # a renegotiation: same credentials
+    assert transport.ice_ufrag == first
+    alice.handle_offer(publisher_offer("client2", "q" * 24))
+    answer = sink(alice).of("answer")[-1]
+    assert transport.ice_ufrag != first and f"a=ice-ufrag:{transport.ice_ufrag}" in answer.sdp
+    assert (transport.remote_ufrag, transport.remote_pwd) == ("client2", "q" * 24)
+    assert node.transports.counters["ice_restarts"] == 1
