@@ -1,0 +1,62 @@
+"""A LiveKit Python SDK publisher for the network lab (tests/netlab.py runs it inside a namespace): joins, publishes
+the test card and tone (tests/media.py) for a while and prints one JSON line with what its SDK went through.
+
+Output fields: connected, sid and tracks ({name: sid}) right after publishing and again at the end (a resume keeps
+them, a rejoin does not), events ([seconds since joined, room event] for reconnecting, reconnected, disconnected and
+connection state changes), state (the connection state at the end)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+from livekit import rtc
+
+from media import Publisher
+
+JOIN_TIMEOUT_S = 20
+EVENTS = ("reconnecting", "reconnected", "disconnected")
+
+
+def published(room: rtc.Room) -> dict[str, str]:
+    return {p.name: p.sid for p in room.local_participant.track_publications.values()}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args()
+    result: dict = {"connected": False, "events": []}
+    room = rtc.Room()
+    start = time.monotonic()
+
+    def note(name: str) -> None:
+        result["events"].append([round(time.monotonic() - start, 2), name])
+
+    for name in EVENTS:
+        room.on(name, lambda *_, name=name: note(name))
+    room.on("connection_state_changed",
+            lambda state: note(f"state:{rtc.ConnectionState.Name(state)}"))
+    publisher = Publisher(room)
+    try:
+        await asyncio.wait_for(room.connect(args.url, args.token), JOIN_TIMEOUT_S)
+        result["connected"] = True
+        start = time.monotonic()
+        await publisher.start()
+        result.update(sid=room.local_participant.sid, tracks=published(room))
+        await asyncio.sleep(args.seconds)
+        result.update(sid_at_end=room.local_participant.sid, tracks_at_end=published(room),
+                      state=rtc.ConnectionState.Name(room.connection_state))
+    except asyncio.TimeoutError:
+        result["error"] = "timed out joining"
+    finally:
+        await publisher.stop()
+        await room.disconnect()
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
