@@ -6,8 +6,10 @@ import asyncio
 
 import pytest
 from livekit.protocol import models, rtc
+from websockets.exceptions import ConnectionClosed
 
-from signaling.peer import sdp
+from clients import connect, remote, until
+from signal_client import SignalClient
 from signaling.rtc import participant as participant_module
 from signaling.rtc.participant import Participant
 from test_rtc import FakeNode, Sink, join, publish, settle, sink
@@ -130,3 +132,43 @@ async def test_a_publisher_offer_with_new_credentials_restarts_ice(node: FakeNod
     assert transport.ice_ufrag != first and f"a=ice-ufrag:{transport.ice_ufrag}" in answer.sdp
     assert (transport.remote_ufrag, transport.remote_pwd) == ("client2", "q" * 24)
     assert node.transports.counters["ice_restarts"] == 1
+
+
+# ---------------------------------------------------------------- the decision tree, against a real server
+
+async def test_a_reconnect_is_a_resume_only_for_the_live_session_it_names(server) -> None:
+    """A wrong or missing sid, or an identity not in the room: leave{RECONNECT} (rejoin) as the only message, and the
+    live session is untouched. The right sid: ReconnectResponse first, then the roster with the participant's sid and
+    tracks, the room and a subscriber offer restarting ICE; the SDK whose connection was taken over resumes it back.
+    The others never see the participant leave."""
+    room = "resume-room"
+    alice = await connect(server, "alice", room)
+    watcher = await connect(server, "watcher", room)
+    left: list[str] = []
+    watcher.on("participant_disconnected", lambda p: left.append(p.identity))
+    sid = alice.local_participant.sid
+    try:
+        await until(lambda: remote(watcher, "alice") is not None)
+        for identity, asked in [("alice", "PA_wrong"), ("alice", ""), ("nobody", sid)]:
+            client, first = await SignalClient.reconnect(server.url, server.token(identity, room), asked)
+            assert first.WhichOneof("message") == "leave", first
+            assert first.leave.action == rtc.LeaveRequest.Action.RECONNECT and first.leave.can_reconnect
+            assert first.leave.reason == models.DisconnectReason.STATE_MISMATCH
+            with pytest.raises(ConnectionClosed):
+                await client.receive()
+        assert server.counters()["signal_resume_refused"] == 3
+
+        resumed_before = server.counters().get("signal_resumed", 0)
+        client, first = await SignalClient.reconnect(server.url, server.token("alice", room), sid)
+        assert first.WhichOneof("message") == "reconnect", first
+        roster = (await client.receive_until("update")).update
+        assert any(p.sid == sid and p.identity == "alice" for p in roster.participants)
+        await client.receive_until("room_update")
+        offer = (await client.receive_until("offer")).offer
+        assert "a=ice-ufrag:" in offer.sdp
+        await client.connection.close()  # and the SDK, its own connection closed, resumes in turn
+        await until(lambda: server.counters().get("signal_resumed", 0) >= resumed_before + 2, timeout=15)
+        assert remote(watcher, "alice").sid == sid and alice.local_participant.sid == sid and left == []
+    finally:
+        await alice.disconnect()
+        await watcher.disconnect()

@@ -148,7 +148,7 @@ async def test_room_limits_refresh_token_and_refused_resume(server, tmp_path):
     assert claims.identity == "fresh" and claims.video.room == "fresh-room" and claims.video.room_join
     await client.connection.close()
 
-    # Resuming a session is not supported: the client is told to rejoin from scratch.
+    # Its media never connected, so it left with its signal connection: a resume is told to rejoin from scratch.
     from websockets.asyncio.client import connect as ws_connect
 
     async with ws_connect(f"{server.url}/rtc?reconnect=1&sid={join.participant.sid}",
