@@ -1,25 +1,25 @@
-"""Resume in-process, with the fake engine of test_rtc: a participant whose signal connection dropped waits for its
-client, unseen by the others; a resume picks it up with its sid, tracks and subscriptions and restarts ICE."""
+"""Resume: a participant whose signal connection dropped waits for its client, unseen by the others; a resume picks it
+up with its sid, tracks and subscriptions and restarts ICE. In-process with test_rtc's fake engine, the decision tree
+against a real server (bare signalling and SDK clients), and an ICE restart on a transport with test_consent's fakes.
+The same on a real network with the SDK: tests/test_resume_lab.py."""
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from aioice import stun
 from livekit.protocol import models, rtc
 from websockets.exceptions import ConnectionClosed
 
 from clients import connect, remote, until
 from signal_client import SignalClient
+from signaling.peer.ice import handle_binding
 from signaling.rtc import participant as participant_module
 from signaling.rtc.participant import Participant
-from test_rtc import FakeNode, Sink, join, publish, settle, sink
+from test_consent import A, B, client_check, setup  # noqa: F401 (setup, node: fixtures)
+from test_rtc import FakeNode, Sink, join, node, publish, settle, sink  # noqa: F401
 
 DISCONNECTED = models.ParticipantInfo.State.DISCONNECTED
-
-
-@pytest.fixture
-def node() -> FakeNode:
-    return FakeNode()
 
 
 def connected(participant: Participant) -> Participant:
@@ -172,3 +172,32 @@ async def test_a_reconnect_is_a_resume_only_for_the_live_session_it_names(server
     finally:
         await alice.disconnect()
         await watcher.disconnect()
+
+
+# ---------------------------------------------------------------- ICE restart on a transport (test_consent's fakes)
+
+async def test_after_an_ice_restart_media_moves_to_the_address_the_client_nominates(setup) -> None:
+    """New credentials on both sides; a nomination from a new address that arrives before the client's credentials is
+    checked once they do; media stays on the old address until the new one answers."""
+    engine, manager, clock, create = setup
+    transport = create()
+    transport.handle_stun(client_check(transport, nominate=True), *A)
+    old_ufrag = transport.ice_ufrag
+    transport.restart_ice()
+    assert transport.ice_ufrag != old_ufrag and engine.ufrags[transport.id] == transport.ice_ufrag
+    engine.take()
+
+    check = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST, attributes={
+        "USERNAME": f"{transport.ice_ufrag}:client2", "PRIORITY": 1, "ICE-CONTROLLING": 1, "USE-CANDIDATE": None})
+    check.add_message_integrity(transport.ice_pwd.encode())
+    transport.handle_stun(bytes(check), *B)
+    [(response, to)] = engine.take()  # answered; no check of ours yet: the client's password is not known
+    assert response.message_class == stun.Class.RESPONSE and to == B and engine.bound == {transport.id: A}
+
+    transport.set_remote("client2", None, "p" * 24)  # its answer to our restart offer
+    [(ours, to)] = engine.take()
+    assert ours.message_class == stun.Class.REQUEST and to == B
+    assert ours.attributes["USERNAME"] == f"client2:{transport.ice_ufrag}"
+    reply = handle_binding(bytes(ours), ("127.0.0.1", 7882), "client2", "p" * 24, transport.ice_ufrag)
+    transport.handle_stun(reply.response, *B)
+    assert engine.bound == {transport.id: B} and manager.counters["ice_address_switched"] == 1

@@ -100,10 +100,13 @@ class Transport:
 
     def set_remote(self, ufrag: str | None, fingerprint: tuple[str, str] | None, pwd: str | None = None) -> None:
         """Parameters from the client's SDP (its offer on the publisher PC, its answer on the subscriber PC)."""
+        restarted = self.remote_ufrag is None and self.address is not None
         if ufrag:
             self.remote_ufrag = ufrag
         if pwd:
             self.remote_pwd = pwd
+        if restarted and self._switch_to is not None:
+            self._send_check(self._switch_to)  # nominated before its credentials arrived (an ICE restart's answer)
         if fingerprint:
             failed_before = self.dtls.failed is not None
             try:

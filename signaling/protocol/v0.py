@@ -181,8 +181,11 @@ async def _read(websocket: WebSocket, session: SignalSession) -> None:
             # Clients ping every ping_interval; silence for ping_timeout means the client is gone.
             message = await asyncio.wait_for(websocket.receive(), PING_TIMEOUT)
         except asyncio.TimeoutError:
+            # The connection may be dead without our knowing (a network change): one whose media connected waits for
+            # a resume as if it had dropped (serve ends it); the others leave now.
             counters["signal_ping_timeouts"] += 1
-            session.participant.close(models.DisconnectReason.CONNECTION_TIMEOUT)
+            if not session.participant.resumable:
+                session.participant.close(models.DisconnectReason.CONNECTION_TIMEOUT)
             return
         if message["type"] == "websocket.disconnect":
             if message.get("code") == 1009:  # a message over MAX_SIGNAL_MESSAGE

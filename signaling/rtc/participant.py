@@ -304,6 +304,11 @@ class Participant:
         return models.ClientConfiguration()
 
     # -- losing and resuming the signal connection
+    @property
+    def resumable(self) -> bool:
+        """Whether its media connected: only then has a client something to resume."""
+        return self.state == models.ParticipantInfo.State.ACTIVE and not self.closed
+
     def signal_lost(self, sink: SignalSink) -> None:
         """The signal connection `sink` ended without a leave. A participant whose media connected waits
         SIGNAL_DEPARTURE_TIMEOUT for its client to resume, unseen by the others; one whose media never connected has
@@ -311,7 +316,7 @@ class Participant:
         if self.closed or self.sink is not sink:  # gone already, or replaced by a resumed connection
             return
         self.sink = None
-        if self.state != models.ParticipantInfo.State.ACTIVE:
+        if not self.resumable:
             self.close(models.DisconnectReason.SIGNAL_CLOSE, notify=False)
             return
         self.services.counters["signal_lost"] += 1
