@@ -5,18 +5,21 @@ The same on a real network with the SDK: tests/test_resume_lab.py."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 from aioice import stun
 from livekit.protocol import models, rtc
 from websockets.exceptions import ConnectionClosed
 
+import engine
 from clients import connect, remote, until
 from signal_client import SignalClient
 from signaling.peer.ice import handle_binding
 from signaling.rtc import participant as participant_module
 from signaling.rtc.participant import Participant
 from test_consent import A, B, client_check, setup  # noqa: F401 (setup, node: fixtures)
+from test_engine import binding_request
 from test_rtc import FakeNode, Sink, join, node, publish, settle, sink  # noqa: F401
 
 DISCONNECTED = models.ParticipantInfo.State.DISCONNECTED
@@ -201,3 +204,27 @@ async def test_after_an_ice_restart_media_moves_to_the_address_the_client_nomina
     reply = handle_binding(bytes(ours), ("127.0.0.1", 7882), "client2", "p" * 24, transport.ice_ufrag)
     transport.handle_stun(reply.response, *B)
     assert engine.bound == {transport.id: B} and manager.counters["ice_address_switched"] == 1
+
+
+async def test_the_engine_lets_through_only_a_restarted_transports_new_ufrag() -> None:
+    events: list[tuple] = []
+    eng = engine.Engine("127.0.0.1", 0, events.append)
+    eng.attach(asyncio.get_running_loop())
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        client.bind(("127.0.0.1", 0))
+        transport, other = eng.add_transport("oldufrag"), eng.add_transport("otherufrag")
+        eng.set_transport_ufrag(transport, "newufrag")
+        for ufrag in ("oldufrag", "newufrag"):
+            client.sendto(binding_request(ufrag), ("127.0.0.1", eng.port))
+        await asyncio.sleep(0.05)
+        assert [(e[0], e[1]) for e in events] == [("stun", transport)] and b"newufrag:" in events[0][2]
+        assert eng.stats()["drop_stun_unknown_ufrag"] == 1
+        with pytest.raises(ValueError):
+            eng.set_transport_ufrag(other, "newufrag")  # taken: the caller draws another
+        eng.remove_transport(eng.add_transport("oldufrag"))  # the old one is free again
+        eng.remove_transport(transport)
+        eng.remove_transport(eng.add_transport("newufrag"))  # and the new one once its transport is gone
+    finally:
+        eng.close()
+        client.close()
