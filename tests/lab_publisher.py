@@ -3,7 +3,7 @@ the test card and tone (tests/media.py) for a while and prints one JSON line wit
 
 Output fields: connected, sid and tracks ({name: sid}) right after publishing and again at the end (a resume keeps
 them, a rejoin does not), events ([seconds since joined, room event] for reconnecting, reconnected, disconnected and
-connection state changes), state (the connection state at the end)."""
+connection state changes while in the call, not its end), state (the connection state at the end)."""
 from __future__ import annotations
 
 import argparse
@@ -29,12 +29,13 @@ async def main() -> None:
     parser.add_argument("--token", required=True)
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
-    result: dict = {"connected": False, "events": []}
+    result: dict = {"connected": False}
+    events: list = []
     room = rtc.Room()
     start = time.monotonic()
 
     def note(name: str) -> None:
-        result["events"].append([round(time.monotonic() - start, 2), name])
+        events.append([round(time.monotonic() - start, 2), name])
 
     for name in EVENTS:
         room.on(name, lambda *_, name=name: note(name))
@@ -50,6 +51,7 @@ async def main() -> None:
         await asyncio.sleep(args.seconds)
         result.update(sid_at_end=room.local_participant.sid, tracks_at_end=published(room),
                       state=rtc.ConnectionState.Name(room.connection_state))
+        result["events"] = list(events)
     except asyncio.TimeoutError:
         result["error"] = "timed out joining"
     finally:
