@@ -103,7 +103,7 @@ def create_app(node: Node) -> Starlette:
             # Resolved after the upgrade, with no await before resume(): the participant may have left meanwhile.
             room = node.store.get(room_name)
             participant = room.participants.get(claims.identity) if room is not None else None
-            if participant is None or participant.closed or participant.sid != websocket.query_params.get("sid"):
+            if participant is None or participant.sid != websocket.query_params.get("sid"):
                 # Identity and sid must both match (else a second tab with the same identity would take over the
                 # session): the client is told to rejoin from scratch, and the rejoin replaces the old participant.
                 node.counters["signal_resume_refused"] += 1
