@@ -56,11 +56,13 @@ class Call:
         self.lab, self.server, self.seconds = lab, server, seconds
         self.left: list[str] = []
         self.joined: list[str] = []
+        self.data: list[float] = []  # when the publisher's data messages arrived
 
     async def __aenter__(self) -> Call:
         self.watcher = await connect(self.server, "watcher", ROOM)
         self.watcher.on("participant_disconnected", lambda p: self.left.append(p.identity))
         self.watcher.on("participant_connected", lambda p: self.joined.append(p.identity))
+        self.watcher.on("data_received", lambda packet: self.data.append(time.monotonic()))
         self.run = asyncio.create_task(self.lab.run_client(
             "--url", self.server.url, "--token", self.server.token("blipper", ROOM), "--seconds", str(self.seconds),
             script="lab_publisher.py", timeout=self.seconds + 10))
@@ -86,7 +88,8 @@ class Call:
 
 async def test_a_publisher_whose_link_drops_resumes_unseen(lab_server) -> None:
     """Its link down for 3 s, then (a network change) its signal connection reset: the SDK resumes; the watcher never
-    sees it leave, its participant and track keep their sids, frames flow again within 5 s and keep flowing."""
+    sees it leave, its participant and track keep their sids, frames flow again within 5 s and keep flowing, and so
+    does its data."""
     lab, server = lab_server
     async with Call(lab, server, seconds=16) as call:
         sid = (await participant_sids(server, "blipper"))[0]
@@ -104,6 +107,7 @@ async def test_a_publisher_whose_link_drops_resumes_unseen(lab_server) -> None:
         print(f"frames: {back} in the {MEDIA_BACK_S:.0f} s after the link came back, {after_resume} in the last "
               f"{MEDIA_BACK_S - 2:.0f} s; server: { {k: v for k, v in counters.items() if 'ice' in k or 'signal' in k} }")
         assert back >= 30 and after_resume >= 30
+        assert sum(1 for t in call.data if t > resumed + 2) >= 4  # data channels survive too (one message per 0.5 s)
         assert call.left == [] and call.joined == []
         assert video_of(call.watcher, "blipper").sid == call.publication.sid
         assert await participant_sids(server, "blipper") == [sid]
