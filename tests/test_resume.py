@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from aioice import stun
@@ -226,3 +229,42 @@ async def test_the_engine_lets_through_only_a_restarted_transports_new_ufrag() -
     finally:
         eng.close()
         client.close()
+
+
+async def test_a_client_that_vanished_leaves_after_the_departure_timeout_and_cannot_resume(tmp_path, monkeypatch) -> None:
+    """An SDK client killed with its media connected: the others see it leave once the (shortened) departure timeout is
+    over, not before; its resume then gets leave{RECONNECT}."""
+    from conftest import start_server, stop_server
+
+    monkeypatch.setenv("TERN_SIGNAL_DEPARTURE_TIMEOUT", "2")
+    server = start_server(tmp_path)
+    script = textwrap.dedent(f"""
+        import asyncio
+        from livekit import rtc
+        async def main():
+            room = rtc.Room()
+            await room.connect({server.url!r}, {server.token("ghost", "vanish-room")!r})
+            print(room.local_participant.sid, flush=True)
+            await asyncio.sleep(60)
+        asyncio.run(main())
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    watcher = None
+    try:
+        sid = child.stdout.readline().strip()
+        watcher = await connect(server, "watcher", "vanish-room")
+        await until(lambda: remote(watcher, "ghost") is not None)
+        child.kill()
+        killed = asyncio.get_running_loop().time()
+        await until(lambda: remote(watcher, "ghost") is None, timeout=10)
+        assert asyncio.get_running_loop().time() - killed >= 1.5
+        assert server.counters()["signal_departure_timeouts"] == 1
+        client, first = await SignalClient.reconnect(server.url, server.token("ghost", "vanish-room"), sid)
+        assert first.leave.action == rtc.LeaveRequest.Action.RECONNECT
+        await client.connection.close()
+    finally:
+        child.kill()
+        if watcher is not None:
+            await watcher.disconnect()
+        stop_server(server)
+    assert "Traceback" not in server.log(), server.log()
