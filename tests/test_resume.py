@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from aioice import stun
@@ -19,6 +20,7 @@ import engine
 from clients import connect, remote, until
 from signal_client import SignalClient
 from signaling.peer.ice import handle_binding
+from signaling.protocol import v0
 from signaling.rtc import participant as participant_module
 from signaling.rtc.participant import Participant
 from test_consent import A, B, client_check, setup  # noqa: F401 (setup, node: fixtures)
@@ -101,6 +103,34 @@ async def test_a_resume_hears_who_left_meanwhile_and_a_replaced_session_changes_
     assert [i.identity for i in roster.participants] == ["alice"]
     alice.signal_lost(old)  # the old connection ending late: it is no longer the participant's
     assert alice.sink is resumed and not alice.closed
+
+
+class SilentSocket:
+    """A WebSocket whose client has gone quiet (its connection dead without a close): nothing ever arrives."""
+
+    async def receive(self) -> dict:
+        await asyncio.Event().wait()
+        return {}
+
+    async def send_bytes(self, data: bytes) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_silent_signal_connection_is_a_lost_one_once_media_connected(node: FakeNode, monkeypatch) -> None:
+    """Silence for ping_timeout: a participant whose media connected waits for a resume; one whose media never
+    connected is told it timed out and leaves."""
+    monkeypatch.setattr(v0, "PING_TIMEOUT", 0.05)
+    alice, bob = connected(join(node, "alice")), join(node, "bob")
+    session = v0.SignalSession(alice, node.counters)
+    await asyncio.wait_for(v0.serve(SilentSocket(), session, time.time() + 600, resume=True), v0.CLOSE_TIMEOUT)
+    assert not alice.closed and alice.sink is None and session.closed and node.counters["signal_lost"] == 1
+    bob_sink = sink(bob)
+    await v0.serve(SilentSocket(), v0.SignalSession(bob, node.counters), time.time() + 600, resume=True)
+    assert bob.closed and bob.disconnect_reason == models.DisconnectReason.CONNECTION_TIMEOUT
+    assert node.counters["signal_ping_timeouts"] == 2 and bob_sink.closed
 
 
 async def test_resuming_over_a_live_connection_closes_the_old_one(node: FakeNode) -> None:

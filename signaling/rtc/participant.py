@@ -316,6 +316,7 @@ class Participant:
         if self.closed or self.sink is not sink:  # gone already, or replaced by a resumed connection
             return
         self.sink = None
+        sink.close()  # what it still holds is written if it can be
         if not self.resumable:
             self.close(models.DisconnectReason.SIGNAL_CLOSE, notify=False)
             return
