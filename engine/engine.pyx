@@ -337,6 +337,25 @@ cdef class Engine:
         self._transport_slots[t.id] = slot
         return t.id
 
+    def set_transport_ufrag(self, transport_id: int, ice_ufrag: str) -> None:
+        """Replaces the transport's ufrag (an ICE restart): from now on only STUN naming the new one reaches Python.
+        ValueError for an unusable or colliding ufrag (the caller draws another)."""
+        cdef int slot = self._slot(self._transport_slots, transport_id, "transport")
+        cdef Transport *t = self.s.transports[slot]
+        cdef bytes ufrag = ice_ufrag.encode()
+        cdef uint64_t key = ufrag_key(ufrag, len(ufrag), self.s.ufrag_seed)
+        if not ufrag or len(ufrag) > MAX_UFRAG or b":" in ufrag:
+            raise ValueError(f"unusable ufrag {ice_ufrag!r}")
+        if map_get(&self.s.by_ufrag, key) >= 0:
+            raise ValueError("ufrag in use")
+        if map_put(&self.s.by_ufrag, key, slot) < 0:
+            raise MemoryError()
+        if t.ufrag_length and map_get(&self.s.by_ufrag, t.ufrag_key) == slot:
+            map_remove(&self.s.by_ufrag, t.ufrag_key)
+        memcpy(t.ufrag, <const char *>ufrag, len(ufrag))
+        t.ufrag_length = len(ufrag)
+        t.ufrag_key = key
+
     def bind_transport(self, transport_id: int, host: str, port: int) -> bool:
         """Where the transport's packets come from and go to: an IPv4 or IPv6 (on an IPv6 engine) address.
         False when another transport holds that address: it is not taken from it."""

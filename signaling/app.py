@@ -99,14 +99,21 @@ def create_app(node: Node) -> Starlette:
             await websocket.send_denial_response(PlainTextResponse(str(error), status_code=403))
             return
         if _flag(websocket, "reconnect", False):
-            # Sessions are not resumable (yet): tell the client to rejoin from scratch, as LiveKit does for
-            # sessions it does not know. The rejoin then evicts the old session by identity.
-            node.counters["signal_resume_refused"] += 1
             await websocket.accept()
-            await websocket.send_bytes(rtc.SignalResponse(leave=rtc.LeaveRequest(
-                reason=models.DisconnectReason.STATE_MISMATCH, action=rtc.LeaveRequest.Action.RECONNECT,
-            )).SerializeToString())
-            await websocket.close()
+            # Resolved after the upgrade, with no await before resume(): the participant may have left meanwhile.
+            room = node.store.get(room_name)
+            participant = room.participants.get(claims.identity) if room is not None else None
+            if participant is None or participant.sid != websocket.query_params.get("sid"):
+                # Identity and sid must both match (else a second tab with the same identity would take over the
+                # session): the client is told to rejoin from scratch, and the rejoin replaces the old participant.
+                node.counters["signal_resume_refused"] += 1
+                await websocket.send_bytes(rtc.SignalResponse(leave=rtc.LeaveRequest(
+                    reason=models.DisconnectReason.STATE_MISMATCH, action=rtc.LeaveRequest.Action.RECONNECT,
+                    can_reconnect=True,  # what clients before signal protocol 13 understand
+                )).SerializeToString())
+                await websocket.close()
+                return
+            await v0.serve(websocket, v0.SignalSession(participant, node.counters), claims.expires_at, resume=True)
             return
         await websocket.accept()
         # Resolved only now, with no await before join(): the room may have closed, or a participant with the

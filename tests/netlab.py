@@ -118,6 +118,19 @@ class NetLab:
         _run("tc", "qdisc", "del", "dev", self.host_if, "root", check=False)
         self.ns("tc", "qdisc", "del", "dev", self.ns_if, "root", check=False)
 
+    def set_link(self, up: bool) -> None:
+        """Brings the namespace's end of the link down (everything to and from it is lost) or up again."""
+        self.ns("ip", "link", "set", self.ns_if, "up" if up else "down")
+
+    def drop_tcp(self, port: int, server_side: bool = False) -> None:
+        """Aborts the namespace's TCP connections to `port` on the host (the kernel destroys the sockets and resets
+        the connections), as a network change does to a client's connections; with `server_side`, the host's end of
+        them instead (the server loses the connection; while the link is down, the client does not hear of it)."""
+        if server_side:
+            _run("ss", "-K", "dst", self.ns_ip, "sport", "=", f":{port}")
+        else:
+            self.ns("ss", "-K", "dport", "=", f":{port}")
+
     def qdisc_drops(self) -> int:
         """Packets the shaper dropped toward the namespace (the bottleneck's loss)."""
         out = _run("tc", "-s", "qdisc", "show", "dev", self.host_if).stdout
@@ -126,12 +139,13 @@ class NetLab:
                 return int(line.split("dropped", 1)[1].split(",")[0].strip())
         return 0
 
-    async def run_client(self, *args: str, timeout: float, inside: bool = True) -> dict:
-        """Runs tests/lab_client.py with `args` inside the namespace (or, `inside=False`, on the host beside the
-        server: an unconstrained client); returns the JSON it printed last."""
+    async def run_client(self, *args: str, timeout: float, script: str = "lab_client.py",
+                         inside: bool = True) -> dict:
+        """Runs tests/`script` (the lab's subscriber unless told) with `args` inside the namespace (or, `inside=False`,
+        on the host beside the server: an unconstrained client); returns the JSON it printed last."""
         where = ("ip", "netns", "exec", self.namespace) if inside else ()
         process = await asyncio.create_subprocess_exec(
-            *where, sys.executable, str(HERE / "lab_client.py"), *args,
+            *where, sys.executable, str(HERE / script), *args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])})
         try:

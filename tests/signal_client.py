@@ -19,6 +19,14 @@ class SignalClient:
         assert first.WhichOneof("message") == "join", first
         return client, first.join
 
+    @classmethod
+    async def reconnect(cls, url: str, token: str, sid: str) -> tuple[SignalClient, rtc.SignalResponse]:
+        """A resume of the session `sid` as the SDKs ask for it; returns the client and the first message."""
+        connection = await connect(f"{url}/rtc?protocol=16&reconnect=1&reconnect_reason=1&sid={sid}",
+                                   additional_headers={"Authorization": f"Bearer {token}"})
+        client = cls(connection)
+        return client, await client.receive()
+
     async def send(self, request: rtc.SignalRequest) -> None:
         await self.connection.send(request.SerializeToString())
 

@@ -23,6 +23,7 @@ class Engine:
         self.bound: dict[int, tuple[str, int]] = {}
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
         self.expected: set[bytes] = set()
+        self.ufrags: dict[int, str] = {}  # new ufrags of restarted transports
         self._next = 0
 
     def add_transport(self, ice_ufrag: str) -> int:
@@ -31,6 +32,9 @@ class Engine:
 
     def remove_transport(self, transport_id: int) -> None:
         self.bound.pop(transport_id, None)
+
+    def set_transport_ufrag(self, transport_id: int, ice_ufrag: str) -> None:
+        self.ufrags[transport_id] = ice_ufrag
 
     def bind_transport(self, transport_id: int, host: str, port: int) -> bool:
         if self.transport_at(host, port) not in (None, transport_id):

@@ -41,6 +41,9 @@ class FakeEngine:
     def add_transport(self, ice_ufrag: str | None = None) -> int:
         return next(self._ids)
 
+    def set_transport_ufrag(self, transport_id: int, ice_ufrag: str) -> None:
+        pass
+
     def remove_transport(self, transport_id: int) -> None:
         pass
 

@@ -37,6 +37,12 @@ class _PeerConnection:
             if section.kind == "application" and section.max_message_size:
                 self.transport.remote_max_message_size = section.max_message_size
 
+    def _restarts_ice(self, description: sdp.SessionDescription) -> bool:
+        """Whether the client's offer restarts ICE: credentials other than those it connected with."""
+        known = self.transport.remote_ufrag
+        ufrag = next((section.ice_ufrag for section in description.sections if section.ice_ufrag), None)
+        return known is not None and ufrag is not None and ufrag != known
+
     def trickle_once(self, mid: str) -> list[rtc.TrickleRequest]:
         """The server's candidates as LiveKit trickles them, after the first SDP: W3C RTCIceCandidateInit JSON
         with `final` on the last one. They are in the SDP too; clients are used to both. The Rust SDK requires
@@ -65,6 +71,9 @@ class PublisherPC(_PeerConnection):
         """Returns the answer (accepting what `policy` allows), the media the client sends, the mids it no longer
         sends on, and candidates to trickle. Raises sdp.SdpError."""
         description = sdp.parse(offer.sdp)
+        if self._restarts_ice(description):
+            self.transport.restart_ice()  # the answer carries our fresh credentials too (RFC 8839 section 4.4.1.1.2)
+            self._trickled = False
         self._apply_remote(description)
         answer_sdp, accepted = sdp.build_answer(description, self.transport.local_endpoint(), self.session_id, policy)
         sending = {media.mid for media in accepted}
@@ -111,6 +120,18 @@ class SubscriberPC(_PeerConnection):
         """Marks the media list changed; returns an offer to send now, or None if one is in flight."""
         self._dirty = True
         return None if self._awaiting_answer else self._offer()
+
+    @property
+    def negotiated(self) -> bool:
+        """Whether an offer has been made (there is an ICE session to restart)."""
+        return self._offer_id > 0
+
+    def restart(self) -> rtc.SessionDescription:
+        """An offer with fresh ICE credentials (the client resumed), made even while one is outstanding: the client
+        may have missed it; its answer to the old one is stale."""
+        self.transport.restart_ice()
+        self._trickled = False
+        return self._offer()
 
     def _offer(self) -> rtc.SessionDescription:
         self._dirty = False

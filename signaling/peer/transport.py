@@ -100,10 +100,13 @@ class Transport:
 
     def set_remote(self, ufrag: str | None, fingerprint: tuple[str, str] | None, pwd: str | None = None) -> None:
         """Parameters from the client's SDP (its offer on the publisher PC, its answer on the subscriber PC)."""
+        restarted = self.remote_ufrag is None and self.address is not None
         if ufrag:
             self.remote_ufrag = ufrag
         if pwd:
             self.remote_pwd = pwd
+        if restarted and self._switch_to is not None:
+            self._send_check(self._switch_to)  # nominated before its credentials arrived (an ICE restart's answer)
         if fingerprint:
             failed_before = self.dtls.failed is not None
             try:
@@ -112,6 +115,22 @@ class Transport:
                 raise SdpError(f"unusable fingerprint: {error}") from error
             # The client's answer may arrive after its DTLS handshake finished: keys are released only now.
             self._advance(failed_before)
+
+    def restart_ice(self) -> None:
+        """An ICE restart (RFC 8445 section 9): fresh local credentials, the client's to come with its next SDP. The
+        selected address keeps media flowing until the client nominates another; DTLS, SRTP and SCTP go on as they
+        are (a restart is not a new handshake)."""
+        while True:
+            ufrag, pwd = new_credentials()
+            try:
+                self.manager.engine.set_transport_ufrag(self.id, ufrag)
+                break
+            except ValueError:  # another transport drew the same ufrag
+                continue
+        self.ice_ufrag, self.ice_pwd = ufrag, pwd
+        self._consent.local_ufrag = ufrag
+        self.remote_ufrag = self.remote_pwd = None
+        self.manager.counters["ice_restarts"] += 1
 
     def handle_stun(self, data: bytes, host: str, port: int) -> None:
         """A Binding request the engine found addressed to our ufrag (answered; it may select an address), or a

@@ -48,14 +48,18 @@ class SignalSession:
         self.closed = False
         self.ended = asyncio.Event()  # set when the session closes: its connection is then ended, not read
         self._writer: asyncio.Task | None = None
-        participant.attach(self)
 
     def start_writer(self, websocket: WebSocket) -> asyncio.Task:
         self._writer = asyncio.create_task(_write(websocket, self))
         return self._writer
 
-    def join(self) -> None:
-        self.participant.join(PING_INTERVAL, PING_TIMEOUT)
+    def start(self, resume: bool) -> None:
+        """Takes over the participant's signal: a new session joins it to its room, a resumed one picks it up."""
+        if resume:
+            self.participant.resume(self)
+        else:
+            self.participant.attach(self)
+            self.participant.join(PING_INTERVAL, PING_TIMEOUT)
 
     # -- SignalSink
     def send(self, response: rtc.SignalResponse) -> None:
@@ -141,15 +145,19 @@ class SignalSession:
     def _on_subscription_permission(self, permission: rtc.SubscriptionPermission) -> None:
         self.participant.set_subscription_permission(permission)
 
+    def _on_sync_state(self, state: rtc.SyncState) -> None:
+        if self.participant.sync_state(state):
+            self._on_subscription(state.subscription)
 
-async def serve(websocket: WebSocket, session: SignalSession, token_expires_at: float) -> None:
-    """Runs an accepted connection: joins, then reads requests until the client leaves, goes silent or the
-    participant closes; the participant leaves with the connection (no resume yet)."""
+
+async def serve(websocket: WebSocket, session: SignalSession, token_expires_at: float, resume: bool = False) -> None:
+    """Runs an accepted connection: joins (or resumes), then reads requests until the client leaves, goes silent or
+    the participant closes. A connection that just drops leaves the participant waiting for a resume."""
     writer = session.start_writer(websocket)
     refresher = asyncio.create_task(_refresh_tokens(session, token_expires_at))
     reader = ended = None
     try:
-        session.join()
+        session.start(resume)
         reader = asyncio.create_task(_read(websocket, session))
         ended = asyncio.create_task(session.ended.wait())
         done, _ = await asyncio.wait({reader, ended}, return_when=asyncio.FIRST_COMPLETED)
@@ -159,7 +167,7 @@ async def serve(websocket: WebSocket, session: SignalSession, token_expires_at: 
         for task in (refresher, reader, ended):
             if task is not None:
                 task.cancel()
-        session.participant.close(models.DisconnectReason.SIGNAL_CLOSE, notify=False)
+        session.participant.signal_lost(session)
         await asyncio.wait({writer}, timeout=CLOSE_TIMEOUT)
         writer.cancel()
         with contextlib.suppress(Exception):  # a client that reads nothing never completes the closing handshake
@@ -173,8 +181,11 @@ async def _read(websocket: WebSocket, session: SignalSession) -> None:
             # Clients ping every ping_interval; silence for ping_timeout means the client is gone.
             message = await asyncio.wait_for(websocket.receive(), PING_TIMEOUT)
         except asyncio.TimeoutError:
+            # The connection may be dead without our knowing (a network change): one whose media connected waits for
+            # a resume as if it had dropped (serve ends it); the others leave now.
             counters["signal_ping_timeouts"] += 1
-            session.participant.close(models.DisconnectReason.CONNECTION_TIMEOUT)
+            if not session.participant.resumable:
+                session.participant.close(models.DisconnectReason.CONNECTION_TIMEOUT)
             return
         if message["type"] == "websocket.disconnect":
             if message.get("code") == 1009:  # a message over MAX_SIGNAL_MESSAGE

@@ -26,7 +26,7 @@ class DataPublisher:
     def __init__(self, participant: Participant, counters: Counter[str]) -> None:
         self.participant = participant
         self.counters = counters
-        self._last_sequence = 0
+        self.last_sequence = 0  # of the last reliable packet: replays at or below it are duplicates (resume)
         self._nonces: deque[bytes] = deque(maxlen=_RECENT_NONCES)
 
     def receive(self, label: str, raw: bytes) -> None:
@@ -44,10 +44,10 @@ class DataPublisher:
             return
         reliable = label == RELIABLE_LABEL
         if reliable and packet.sequence:
-            if packet.sequence <= self._last_sequence:
+            if packet.sequence <= self.last_sequence:
                 self.counters["data_duplicate"] += 1
                 return
-            self._last_sequence = packet.sequence
+            self.last_sequence = packet.sequence
         kind = packet.WhichOneof("value")
         if kind == "transcription" and not sender.is_agent:  # as LiveKit: only agents speak for others' audio
             self.counters["data_transcription_not_agent"] += 1

@@ -57,6 +57,11 @@ class Dynacast:
             self._pending = True
             asyncio.get_running_loop().call_soon(self._evaluate)
 
+    def announce(self) -> None:
+        """Tells the publisher again what to send (after a resume: what it was told while away was lost)."""
+        if not self.closed:
+            self._commit(self.committed)
+
     def close(self) -> None:
         self._cancel()
         self.closed = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -39,6 +40,14 @@ REFRESHED_TOKEN_TTL = 10 * 60
 MAX_SDP_REFUSALS = 3
 # Clients of signal protocol 10 and older know no ConnectionQuality.LOST: they are told POOR (LiveKit's rule).
 LAST_PROTOCOL_WITHOUT_LOST = 10
+# How long a participant whose signal connection dropped (after its media connected) waits for its client to resume
+# before it leaves the room. LiveKit removes a client that vanished about 20 s after its last packet (ICE fails after
+# 10 + 5 s, then 5 s are left for a resume); SDKs resume within a second of noticing. Tests shorten it with
+# TERN_SIGNAL_DEPARTURE_TIMEOUT (seconds).
+SIGNAL_DEPARTURE_TIMEOUT = float(os.environ.get("TERN_SIGNAL_DEPARTURE_TIMEOUT", "20"))
+# Participants who left while the client was away, told to it as DISCONNECTED when it resumes (LiveKit's update
+# cache); beyond this many it learns of the rest from the roster that follows (SDKs that reconcile with it).
+MAX_DEPARTED_WHILE_AWAY = 256
 
 _SOURCE_NAMES = {
     models.TrackSource.CAMERA: "camera",
@@ -110,6 +119,10 @@ class Participant:
         self.version = 0
         self.closed = False
         self.sink: SignalSink | None = None
+        # While the client is away (its signal connection dropped): the timer that ends its wait, and DISCONNECTED
+        # stubs (by sid) of who left meanwhile.
+        self._departure: asyncio.TimerHandle | None = None
+        self._departed: dict[str, models.ParticipantInfo] = {}
         self.publications: dict[str, TrackPublication] = {}  # by track sid, media negotiated
         self._sdp_refusals = 0
         self._pending: dict[str, TrackPublication] = {}  # by AddTrackRequest cid, until media is negotiated
@@ -230,8 +243,20 @@ class Participant:
         self.sink = sink
 
     def send(self, response: rtc.SignalResponse) -> None:
-        if not self.closed and self.sink is not None:
+        if self.closed:
+            return
+        if self.sink is not None:
             self.sink.send(response)
+        elif response.WhichOneof("message") == "update":
+            self._note_departures(response.update)
+
+    def _note_departures(self, update: rtc.ParticipantUpdate) -> None:
+        """While the client is away, who left is kept for its resume; the rest it learns from the roster then."""
+        for info in update.participants:
+            if info.state == models.ParticipantInfo.State.DISCONNECTED and info.sid != self.sid \
+                    and len(self._departed) < MAX_DEPARTED_WHILE_AWAY:
+                self._departed[info.sid] = models.ParticipantInfo(
+                    sid=info.sid, identity=info.identity, state=info.state, version=info.version)
 
     @property
     def knows_lost_quality(self) -> bool:
@@ -267,11 +292,86 @@ class Participant:
             subscriber_primary=self.subscriber_primary,
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
+            client_configuration=self.client_configuration(),
         )))
         self.room.broadcast_participant(self)
         self.room.subscriptions.sync_subscriber(self, renegotiate=False)
         if self.subscriber_primary:
             self._send_offer(self.subscriber.changed())
+
+    def client_configuration(self) -> models.ClientConfiguration:
+        """What the client is told to configure, in its JoinResponse and each ReconnectResponse alike."""
+        return models.ClientConfiguration()
+
+    # -- losing and resuming the signal connection
+    @property
+    def resumable(self) -> bool:
+        """Whether its media connected: only then has a client something to resume."""
+        return self.state == models.ParticipantInfo.State.ACTIVE and not self.closed
+
+    def signal_lost(self, sink: SignalSink) -> None:
+        """The signal connection `sink` ended without a leave. A participant whose media connected waits
+        SIGNAL_DEPARTURE_TIMEOUT for its client to resume, unseen by the others; one whose media never connected has
+        nothing to resume and leaves now (as in LiveKit)."""
+        if self.closed or self.sink is not sink:  # gone already, or replaced by a resumed connection
+            return
+        self.sink = None
+        sink.close()  # what it still holds is written if it can be
+        if not self.resumable:
+            self.close(models.DisconnectReason.SIGNAL_CLOSE, notify=False)
+            return
+        self.services.counters["signal_lost"] += 1
+        log.info("participant %s: signal connection lost, waiting %.0f s for a resume", self.identity,
+                 SIGNAL_DEPARTURE_TIMEOUT)
+        self._departure = asyncio.get_running_loop().call_later(SIGNAL_DEPARTURE_TIMEOUT, self._depart)
+
+    def _depart(self) -> None:
+        self._departure = None
+        self.services.counters["signal_departure_timeouts"] += 1
+        self.close(models.DisconnectReason.SIGNAL_CLOSE, notify=False)
+
+    def resume(self, sink: SignalSink) -> None:
+        """The client came back on a new signal connection (reconnect=1 with this sid), keeping its sid, tracks and
+        subscriptions: the old connection ends; the client gets ReconnectResponse first, then what it missed (who left,
+        the roster, the room, what its publications should send) and an ICE restart of the subscriber PC. Its own ICE
+        restart of the publisher PC comes with its next offer (handle_offer)."""
+        if self._departure is not None:
+            self._departure.cancel()
+            self._departure = None
+        previous, self.sink = self.sink, sink
+        if previous is not None and previous is not sink:
+            previous.close()
+        self.services.counters["signal_resumed"] += 1
+        self.send(rtc.SignalResponse(reconnect=rtc.ReconnectResponse(
+            client_configuration=self.client_configuration(),
+            server_info=self.services.server_info(),
+            last_message_seq=self.data.last_sequence,
+        )))
+        if self._departed:
+            self.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=list(self._departed.values()))))
+            self._departed.clear()
+        roster = [p.info() for p in self.room.others(self) if not p.hidden] + [self.info()]
+        self.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=roster)))
+        self.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.room.info())))
+        for publication in self.publications.values():
+            if publication.dynacast is not None:
+                publication.dynacast.announce()
+        if self.subscriber.negotiated:
+            self._send_offer(self.subscriber.restart())
+        log.info("participant %s resumed in room %s", self.identity, self.room.name)
+
+    def sync_state(self, state: rtc.SyncState) -> bool:
+        """What a resumed client believes it has (LiveKit's onSyncState). Every track it says it publishes must be one
+        of ours, else the sessions disagree: it is told to rejoin (False). Tracks it disabled are disabled before the
+        caller applies its subscriptions."""
+        for published in state.publish_tracks:
+            if self.find_publication(published.track.sid) is None:
+                self.services.counters["sync_state_unknown_track"] += 1
+                self.close(models.DisconnectReason.STATE_MISMATCH, action=rtc.LeaveRequest.Action.RECONNECT)
+                return False
+        if state.track_sids_disabled:
+            self.update_track_settings(rtc.UpdateTrackSettings(track_sids=state.track_sids_disabled, disabled=True))
+        return True
 
     def _on_primary_connected(self) -> None:
         if self.state != models.ParticipantInfo.State.ACTIVE and not self.closed:
@@ -659,8 +759,12 @@ class Participant:
         """Removes the participant everywhere; with notify, tells the client first (leave)."""
         if self.closed:
             return
-        if notify:
-            self.send(rtc.SignalResponse(leave=rtc.LeaveRequest(reason=reason, action=action)))
+        if notify:  # can_reconnect: what clients older than signal protocol 13 understand of RECONNECT
+            self.send(rtc.SignalResponse(leave=rtc.LeaveRequest(
+                reason=reason, action=action, can_reconnect=action == rtc.LeaveRequest.Action.RECONNECT)))
+        if self._departure is not None:
+            self._departure.cancel()
+            self._departure = None
         for subscription in list(self.subscriptions.values()):
             self.unsubscribe(subscription, renegotiate=False)
         for publication in [*self.publications.values(), *self._pending.values()]:
