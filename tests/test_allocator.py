@@ -3,6 +3,7 @@ which layers someone needs: in-process, a fake engine with per-layer byte counte
 from __future__ import annotations
 
 import asyncio
+from random import Random
 from types import SimpleNamespace
 
 import pytest
@@ -247,6 +248,26 @@ async def test_an_upgrade_the_link_could_not_carry_is_retried_later_and_only_on_
     assert layers == [1, 2, 1, 2, 1, 2]
 
 
+async def test_a_further_step_down_after_a_failed_upgrade_is_not_a_second_failure(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    bob.allocator.clock = clock = Clock()
+    start(node, bob, publish_video(alice))
+    layers: list[int] = []
+    node.engine.set_target_layer = lambda dt, layer, temporal=None: layers.append(layer)
+    wide, narrow = 1_500_000 * UPGRADE_MARGIN, 600_000
+    bob.allocator.on_estimate(narrow)
+    clock.now += UPGRADE_HOLD_S
+    bob.allocator.on_estimate(wide)
+    clock.now += 1
+    bob.allocator.on_estimate(narrow)  # the upgrade to 720p failed...
+    clock.now += 0.5
+    bob.allocator.on_estimate(200_000)  # ...and the loss that came with it took the estimate down further
+    assert layers == [1, 2, 1, 0]
+    clock.now += 2 * UPGRADE_HOLD_S  # the failure doubled the hold once, not twice
+    bob.allocator.on_estimate(sum(LAYER_BPS[:2]) * UPGRADE_MARGIN)
+    assert layers == [1, 2, 1, 0, 1]  # 360p never failed: no higher estimate needed to go back to it
+
+
 async def test_steps_down_at_once_and_up_with_margin_without_flapping(node: FakeNode) -> None:
     alice, bob = join(node, "alice"), join(node, "bob")
     bob.allocator.clock = clock = Clock()
@@ -431,12 +452,13 @@ async def test_a_layer_losing_packets_steps_down_though_the_estimate_holds(node:
     node.engine.set_target_layer = lambda dt, layer, temporal=None: layers.append(layer)
     bob.allocator.on_estimate(prober.estimate)
     assert layers == [1]
-    for _ in range(4):  # 2 % loss: the queue's usual drops, no reaction
+    random = Random(11)
+    for _ in range(240):  # 2 minutes of 2 % random loss (Wi-Fi): some windows lose 4 % or more; no reaction
         clock.now += 0.5
-        prober.report(50, 1)
+        prober.report(50, sum(random.random() < 0.02 for _ in range(50)))
         bob.allocator.tick()
     assert layers == [1]
-    for _ in range(4):  # 6 % loss for 2 s (a window or two) while the estimate stays at 900 kbit/s
+    for _ in range(6):  # 6 % loss for 3 s (two whole windows) while the estimate stays at 900 kbit/s
         clock.now += 0.5
         prober.report(50, 3)
         bob.allocator.tick()

@@ -80,12 +80,15 @@ PROBE_CARRIED = 0.9
 
 # Loss-driven step-down. At the edge of a link a drop-tail queue (a router's, or the lab's tbf) is full most of the
 # time: the delay gradient barely grows, and GCC's loss cut only starts at 10 % loss, so a layer that fits the
-# estimate on paper can lose 4-8 % of its packets (and, with them, frames) for as long as it is forwarded. When the
-# subscriber's TWCC feedback reports more than LOSS_STEP_DOWN of the packets sent over LOSS_WINDOW_S lost (at least
-# LOSS_MIN_PACKETS of them, none a probe's), the allocation is capped to what got through, (1 - loss) x what it
-# used, which steps it down; a probe that the link carries lifts the cap. (LiveKit's NACK tracker reacts to repeated
-# NACKs above 8 % after 2 s; video shows the loss sooner and at less.)
+# estimate on paper can lose 4-8 % of its packets (and, with them, frames) for as long as it is forwarded. The
+# subscriber's TWCC feedback is judged in windows of LOSS_WINDOW_S (at least LOSS_MIN_PACKETS reported, none a
+# probe's): LOSS_LOSSY_WINDOWS windows in a row losing more than LOSS_STEP_DOWN, or one losing more than LOSS_HEAVY,
+# cap the allocation to what got through, (1 - loss) x what it used, which steps it down; a probe that the link
+# carries lifts the cap. Two windows, because a wide link with 2 % random loss (Wi-Fi) has one window in twenty
+# above 4 % by chance. (LiveKit's NACK tracker reacts to repeated NACKs above 8 % over 2 s.)
 LOSS_STEP_DOWN = 0.04
+LOSS_HEAVY = 0.10
+LOSS_LOSSY_WINDOWS = 2
 LOSS_WINDOW_S = 1.0
 LOSS_MIN_PACKETS = 30
 # One window cuts at most this share: heavy loss right after an upgrade is partly the switch's keyframe burst, and
@@ -251,6 +254,7 @@ class StreamAllocator:
         self._loss_cap: float | None = None  # bps the allocation keeps under after a lossy window
         self._loss_window: tuple[float, int, int] | None = None  # since (time, packets reported, lost)
         self._loss_settled_at = float("-inf")  # no window starts before
+        self._lossy_windows = 0  # lossy windows in a row
 
     # -- inputs
     def update(self, subscription: Subscription) -> None:
@@ -312,10 +316,12 @@ class StreamAllocator:
             self._loss_window = None
 
     def _lossy(self, bandwidth: dict) -> bool:
-        """Whether the window of reported packets that just closed lost more than LOSS_STEP_DOWN: then the loss cap
-        falls to what got through. A window starts afresh after each probe (its loss is the prober's to judge)."""
+        """Whether the window of reported packets that just closed makes the loss too much (see LOSS_STEP_DOWN):
+        then the loss cap falls to what got through. A window starts afresh after each probe (its loss is the
+        prober's to judge) and after each step-down."""
         now, packets, lost = self.clock(), bandwidth["packets"], bandwidth["lost"]
         if self._loss_window is None:
+            self._lossy_windows = 0
             if now >= self._loss_settled_at:
                 self._loss_window = (now, packets, lost)
             return False
@@ -325,7 +331,8 @@ class StreamAllocator:
             return False
         self._loss_window = (now, packets, lost)
         loss = (lost - lost_before) / reported
-        if loss <= LOSS_STEP_DOWN or not self._usage:
+        self._lossy_windows = self._lossy_windows + 1 if loss > LOSS_STEP_DOWN else 0
+        if not self._usage or (self._lossy_windows < LOSS_LOSSY_WINDOWS and loss <= LOSS_HEAVY):
             return False
         self._loss_cap = (1.0 - min(loss, LOSS_MAX_CUT)) * min(self._usage, self._loss_cap or self._usage)
         log.debug("%.0f %% of %d packets lost: allocating under %.0f kbps", 100 * loss, reported,
@@ -398,13 +405,14 @@ class StreamAllocator:
             if current is None or fits[video.key] < current:
                 step = fits[video.key]
                 if pushed is not None and step < len(video.ladder) - 1:  # stepped down for bandwidth
-                    failed = now - pushed.upgraded_at < UPGRADE_FAILED_S
-                    pushed.hold = min(UPGRADE_MAX_HOLD_S, pushed.hold * 2) if failed else UPGRADE_HOLD_S
-                    if failed:
+                    if now - pushed.upgraded_at < UPGRADE_FAILED_S:  # the last upgrade failed
+                        pushed.hold = min(UPGRADE_MAX_HOLD_S, pushed.hold * 2)
                         pushed.retry_step = current
                         pushed.retry_above = pushed.upgraded_with * UPGRADE_RETRY_FACTOR
                         pushed.retry_until = now + UPGRADE_RETRY_MEMORY_S
-                    else:  # the last upgrade held: what failed before says nothing now
+                        pushed.upgraded_at = float("-inf")  # judged: a further step-down is not its failure too
+                    elif pushed.upgraded_at > float("-inf"):  # the last upgrade held: what failed before says nothing
+                        pushed.hold = UPGRADE_HOLD_S
                         pushed.retry_until = float("-inf")
                     pushed.stepped_down_at = now
                     self._loss_window, self._loss_settled_at = None, now + LOSS_SETTLE_S
