@@ -164,9 +164,12 @@ cdef enum:
 cdef enum:
     # ICE-TCP (tcpmux.pyx). Connections at once: each needs a descriptor and up to TCP_SEND_QUEUE_MAX of queue.
     MAX_TCP_CONNECTIONS = 4096
-    # Connections not yet authenticated: a client sends its first Binding request at once, so few wait at a time; a
-    # new one past this closes the oldest (a flood of idle connections cannot lock clients out for long).
-    MAX_TCP_PENDING = 64
+    # Connections not yet authenticated. A client that needs TCP sends its first Binding request at once; one whose
+    # UDP works also connects to our TCP candidate (libwebrtc: one connection per peer connection and local
+    # interface; 29 for a publisher and a subscriber on a host with many veths) and never checks it (the pair is
+    # pruned), so these wait out TCP_CLAIM_TIMEOUT_US. Past this, a new one closes the oldest: a client that needs
+    # TCP claims its connection within a round trip, so a flood of idle connections cannot lock it out.
+    MAX_TCP_PENDING = 256
     # Authenticated connections per transport: libwebrtc opens one per candidate pair (one per local interface to our
     # one passive candidate); a client cannot hold the node's connections with one token.
     MAX_TCP_PER_TRANSPORT = 4

@@ -24,7 +24,7 @@ from test_engine import (AUDIO_SSRC, DOWN_AUDIO_SSRC, OPUS_PT, SUB_OPUS_PT, Peer
 MAX_FRAME = 2048               # engine RECV_BUF: the longest frame a connection may carry
 FRAMER_BUFFER = 8192           # engine/tcpframer.pxd
 SEND_QUEUE_MAX = 262144        # engine/state.pxd TCP_SEND_QUEUE_MAX
-MAX_TCP_PENDING = 64           # engine/state.pxd
+MAX_TCP_PENDING = 256          # engine/state.pxd
 MAX_TCP_PER_TRANSPORT = 4      # engine/state.pxd
 CLAIM_TIMEOUT = 5.0            # engine/tcpmux.pyx TCP_CLAIM_TIMEOUT_US
 SLOW_READER = 5.0              # engine/tcpmux.pyx TCP_SLOW_READER_US
