@@ -348,6 +348,18 @@ def test_passive_tcp_candidates_follow_the_udp_ones_at_a_lower_priority() -> Non
     assert sdp.host_candidates(sdp.LocalEndpoint("u", "p", "AB", [("192.0.2.1", 7882)])) == [udp]
 
 
+def test_an_offer_with_active_tcp_candidates_parses() -> None:
+    # libwebrtc lists its active TCP candidates with the discard port 9: it connects, never listens.
+    active = "candidate:2 1 tcp 1518280447 192.0.2.9 9 typ host tcptype active"
+    offer = "\r\n".join([
+        "v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE 0",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111", "c=IN IP4 0.0.0.0", "a=ice-ufrag:Xy1z",
+        "a=ice-pwd:0123456789abcdefghijklmn", "a=fingerprint:sha-256 " + ":".join(["7A"] * 32), "a=setup:actpass",
+        "a=mid:0", "a=sendrecv", "a=rtcp-mux", "a=rtpmap:111 opus/48000/2",
+        "a=candidate:1 1 udp 2122260223 192.0.2.9 50000 typ host", f"a={active}", ""])
+    assert sdp.parse(offer).sections[0].candidates[1] == active.removeprefix("candidate:")
+
+
 async def test_candidates_are_offered_and_trickled_and_active_ones_accepted(server) -> None:
     client, _ = await SignalClient.join(server.url, server.token("cand", "tcp-candidates"))
     offer = await client.receive_until("offer")
