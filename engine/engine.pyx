@@ -1,9 +1,10 @@
 """Engine: the packet engine's Python face: socket setup, event-loop glue, the control API (ids -> slots), stats.
 
 The packets themselves never reach Python (DESIGN.md, "The hot path"). Per readable event, batches of datagrams are
-read (udpmux.pyx; ICE-TCP connections' RFC 4571 frames from tcpmux.pyx take the same way), demultiplexed, unprotected and bound to their streams (demux.pyx), turned into ExtPackets
-(packet.pxd, codecs/) and forwarded DownTrack by DownTrack (fanout.pyx: forwarder.pyx, munger.pyx, downtrack.pyx)
-into the send batch, which leaves with sendmmsg and UDP GSO (or into a TCP connection's bounded queue). RTCP feedback and reports are feedback.pyx and
+read (udpmux.pyx; ICE-TCP connections' RFC 4571 frames, from tcpmux.pyx, go the same way), demultiplexed,
+unprotected and bound to their streams (demux.pyx), turned into ExtPackets (packet.pxd, codecs/) and forwarded
+DownTrack by DownTrack (fanout.pyx: forwarder.pyx, munger.pyx, downtrack.pyx) into the send batch, which leaves with
+sendmmsg and UDP GSO (or into a TCP connection's bounded queue). RTCP feedback and reports are feedback.pyx and
 reports.pyx, transport-cc both ways is transportcc.pyx; a timer drives their periodic parts. All of them share one
 EngineState (state.pxd), which this class owns. Only STUN, DTLS, layer and bandwidth events come up to Python, and
 only what C let through: STUN Binding requests whose USERNAME names a live transport's ufrag (stun.pyx; aioice then
@@ -372,9 +373,9 @@ cdef class Engine:
         return self._next_id - 1
 
     cdef int _path(self, Path *path, str host, int port, uint64_t connection) except -1:
-        """The path (host, port[, connection]) names, as events give them: 0, or -1 for a connection that is gone."""
+        """The path (host, port[, connection]) names, as events give them: 0, or 1 for a connection that is gone."""
         if connection:
-            return tcpmux_path(self.s, connection, path)
+            return 1 if tcpmux_path(self.s, connection, path) < 0 else 0
         path_set(path, host, port, self.s.ipv6)
         return 0
 
@@ -432,7 +433,7 @@ cdef class Engine:
         cdef int slot = self._slot(self._transport_slots, transport_id, "transport")
         cdef Path path
         cdef int result
-        if self._path(&path, host, port, connection) < 0:
+        if self._path(&path, host, port, connection):
             return False
         result = demux_bind_path(self.s, slot, &path)
         if result == -1:
@@ -442,7 +443,7 @@ cdef class Engine:
     def transport_at(self, host: str, port: int, connection: int = 0) -> int | None:
         """The id of the transport bound to this address (or ICE-TCP connection), if any."""
         cdef Path path
-        if self._path(&path, host, port, connection) < 0:
+        if self._path(&path, host, port, connection):
             return None
         slot = demux_find_transport(self.s, &path)
         return self.s.transports[slot].id if slot >= 0 else None

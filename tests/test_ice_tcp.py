@@ -199,6 +199,8 @@ async def test_media_flows_over_tcp_connections_both_ways(tcp_engine) -> None:
     await asyncio.sleep(0.05)
     assert subscriber.stream.recv(100) == b""
     assert eng.tcp_queued(subscriber.handle) is None and eng.stats()["tcp_closed"] == 1
+    assert not eng.bind_transport(publisher.transport, "127.0.0.1", 1, subscriber.handle)  # a gone connection
+    assert eng.transport_at("127.0.0.1", 1, subscriber.handle) is None
 
 
 async def test_a_slow_reader_is_bounded_dropped_and_then_closed(tcp_engine) -> None:

@@ -1,8 +1,8 @@
 """SDP for tern's peer connections: parse what LiveKit clients send, build the server's side.
 
 The server is ICE-lite, the DTLS server on the publisher PC, and BUNDLEs every m-line on
-one UDP port (and one passive ICE-TCP port) with rtcp-mux, so both builders repeat one transport block in every m-line and
-never negotiate a per-m-line transport. The parser is hand-written and strict about the
+one UDP port (and one passive ICE-TCP port) with rtcp-mux, so both builders repeat one
+transport block in every m-line and never negotiate a per-m-line transport. The parser is hand-written and strict about the
 fields it reads (numbers, fingerprints, m-lines) so that anything a remote peer sends
 either parses or raises SdpError; attributes it does not use are skipped.
 

@@ -1,8 +1,8 @@
 """Control side of a client's peer connections: ICE-lite credentials, the DTLS endpoint, SRTP keys, data channels.
 
-The engine owns the sockets (UDP, and ICE-TCP connections) and the packets; a Transport owns what is rare and stateful (STUN checks,
-the DTLS handshake, the SCTP association over it) and pushes the results (selected address, SRTP contexts)
-down into the engine.
+The engine owns the sockets (UDP, and ICE-TCP connections) and the packets; a Transport owns what is rare and
+stateful (STUN checks, the DTLS handshake, the SCTP association over it) and pushes the results (selected address,
+SRTP contexts) down into the engine.
 """
 from __future__ import annotations
 
