@@ -6,9 +6,9 @@ Output fields: connected, frames (decoded), fps (decoded frames per second once 
 the last frame), resolutions ({"WxH": frames}), timeline (per second: frames decoded, width, height), inbound
 (libwebrtc's inbound-rtp video stats at the end: frames_decoded, freeze_count, total_freeze_duration,
 packets_received, packets_lost, frame_width, frame_height), audio_hz (the dominant frequency of the last second of
-audio, with --audio), stream_states (null: the Python SDK does not surface StreamStateUpdate), pairs (the selected ICE
-candidate pair of each peer connection at the end: {"publisher"|"subscriber": {"local": protocol, "remote":
-protocol, "remote_port": port}})."""
+audio, with --audio), stream_states (null: the Python SDK does not surface StreamStateUpdate), pairs (with --pairs:
+the selected ICE candidate pair of each connected peer connection at the end: {"publisher"|"subscriber": {"local":
+protocol, "remote": protocol, "remote_port": port}})."""
 from __future__ import annotations
 
 import argparse
@@ -120,6 +120,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--audio", action="store_true", help="also decode the first remote audio track")
     parser.add_argument("--publish", action="store_true", help="publish the test card and a tone instead")
+    parser.add_argument("--pairs", action="store_true", help="report the selected ICE candidate pairs")
     args = parser.parse_args()
     result: dict = {"connected": False, "frames": 0, "fps": 0.0, "resolution": None, "stream_states": None}
     room = rtc.Room()
@@ -130,7 +131,8 @@ async def main() -> None:
             publisher = Publisher(room)
             await publisher.start()
             await asyncio.sleep(args.seconds)
-            result["pairs"] = await selected_pairs(room)
+            if args.pairs:
+                result["pairs"] = await selected_pairs(room)
             await publisher.stop()
             return
         video = await asyncio.wait_for(first_track(room, rtc.TrackKind.KIND_VIDEO), JOIN_TIMEOUT_S)
@@ -140,7 +142,8 @@ async def main() -> None:
             tasks.append(listen(audio, args.seconds, result))
         await asyncio.gather(*tasks)
         result["inbound"] = await inbound(video)
-        result["pairs"] = await selected_pairs(room)
+        if args.pairs:
+            result["pairs"] = await selected_pairs(room)
     except asyncio.TimeoutError:
         result["error"] = "timed out joining or waiting for a track"
     finally:

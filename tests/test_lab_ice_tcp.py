@@ -20,11 +20,11 @@ async def test_clients_behind_a_udp_blocking_firewall_exchange_media_over_ice_tc
                    f".sendto(b'x', ('{lab.host_ip}', {server.udp_port}))", check=False)
     assert probe.returncode != 0 and "OSError" in probe.stderr, probe
     publisher = asyncio.create_task(lab.run_client(
-        "--url", server.url, "--token", server.token("alice", ROOM), "--publish", "--seconds", str(PUBLISH_S),
+        "--url", server.url, "--token", server.token("alice", ROOM), "--publish", "--pairs", "--seconds", str(PUBLISH_S),
         timeout=PUBLISH_S))
     await asyncio.sleep(1)
     subscriber = await lab.run_client("--url", server.url, "--token", server.token("bob", ROOM), "--audio",
-                                      "--seconds", str(WATCH_S), timeout=WATCH_S)
+                                      "--pairs", "--seconds", str(WATCH_S), timeout=WATCH_S)
     published = await publisher
     print("subscriber:", {key: subscriber.get(key) for key in ("frames", "fps", "resolution", "audio_hz", "pairs")})
     print("publisher:", published)
