@@ -13,13 +13,14 @@ import pytest
 from aioice import stun
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from livekit.protocol import rtc
 
 import engine
+from conftest import start_server, stop_server
 from engine.harness import FramerHarness
 from signaling.peer import sdp
 from signal_client import SignalClient
-from test_engine import (AUDIO_SSRC, DOWN_AUDIO_SSRC, OPUS_PT, SUB_OPUS_PT, Peer, binding_request, parse, pointer,
-                         rtp)
+from test_engine import AUDIO_SSRC, DOWN_AUDIO_SSRC, OPUS_PT, SUB_OPUS_PT, Peer, binding_request, parse, rtp
 
 MAX_FRAME = 2048               # engine RECV_BUF: the longest frame a connection may carry
 FRAMER_BUFFER = 8192           # engine/tcpframer.pxd
@@ -371,7 +372,6 @@ async def test_candidates_are_offered_and_trickled_and_active_ones_accepted(serv
     assert any(line.endswith(passive) for line in offer.offer.sdp.splitlines() if line.startswith("a=candidate"))
     assert any(candidate.endswith(passive) for candidate in trickled)
     # A client's active TCP candidate (port 9: it connects, never listens) is taken like any other, and ignored.
-    from livekit.protocol import rtc
     active = "candidate:3 1 tcp 1518280447 192.0.2.9 9 typ host tcptype active"
     await client.send(rtc.SignalRequest(trickle=rtc.TrickleRequest(
         candidateInit=json.dumps({"candidate": active, "sdpMid": "0", "sdpMLineIndex": 0}),
@@ -379,3 +379,18 @@ async def test_candidates_are_offered_and_trickled_and_active_ones_accepted(serv
     await client.send(rtc.SignalRequest(ping_req=rtc.Ping(timestamp=1)))
     assert (await client.receive_until("pong_resp")).pong_resp.last_ping_timestamp == 1
     await client.connection.close()
+
+
+async def test_tcp_port_0_turns_ice_tcp_off(tmp_path) -> None:
+    server = start_server(tmp_path, "--tcp-port", "0")  # the last --tcp-port wins
+    try:
+        client, _ = await SignalClient.join(server.url, server.token("udp-only", "no-tcp"))
+        offer = await client.receive_until("offer")
+        candidates = [line for line in offer.offer.sdp.splitlines() if line.startswith("a=candidate")]
+        assert candidates and all(" udp " in line for line in candidates)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", server.tcp_port), timeout=2).close()
+        assert "ice-tcp off" in server.log()
+        await client.connection.close()
+    finally:
+        stop_server(server)
