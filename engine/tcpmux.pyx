@@ -9,7 +9,7 @@ from engine.batchio cimport iovec, msghdr, socklen_t, MSG_DONTWAIT
 from engine.demux cimport demux_stun_target
 from engine.path cimport PATH_TCP, SockAddr
 from engine.state cimport (BATCH, MAX_TCP_CONNECTIONS, MAX_TCP_PENDING, MAX_TCP_PER_TRANSPORT, RECV_BUF,
-                           S_BYTES_OUT, S_DROP_TCP_CLOSED, S_DROP_TCP_OVERSIZED, S_DROP_TCP_QUEUE_FULL,
+                           S_BYTES_OUT, S_DROP_TCP_CLOSED, S_DROP_TCP_OVERSIZED, S_DROP_TCP_QUEUE_FULL, S_DROP_TOO_LARGE,
                            S_PACKETS_OUT, S_TCP_ACCEPT_FAILED, S_TCP_ACCEPTED, S_TCP_CLAIMED, S_TCP_CLOSED,
                            S_TCP_CLOSED_HALF_OPEN, S_TCP_CLOSED_IDLE, S_TCP_CLOSED_INVALID, S_TCP_CLOSED_LIMIT,
                            S_TCP_CLOSED_PENDING_LIMIT, S_TCP_CLOSED_SLOW_READER, S_TCP_CLOSED_UNAUTHENTICATED,
@@ -354,6 +354,9 @@ cdef void tcpmux_queue(EngineState *s, const uint8_t *data, int length, const Pa
     cdef uint8_t header[<int>FRAME_HEADER]
     if c == NULL:
         s.counters[<int>S_DROP_TCP_CLOSED] += 1
+        return
+    if length > 0xFFFF:  # the length field's limit (the engine's packets are SEND_BUF at most; this guards Python's)
+        s.counters[<int>S_DROP_TOO_LARGE] += 1
         return
     if not queue_reserve(c, FRAME_HEADER + length):
         s.counters[<int>S_DROP_TCP_QUEUE_FULL] += 1

@@ -190,7 +190,9 @@ async def test_media_flows_over_tcp_connections_both_ways(tcp_engine) -> None:
         got = peer.take_rtp()
         assert [p.payload for p in got] == [b"opus%d" % i for i in range(20)]
         assert {p.ssrc for p in got} == {DOWN_AUDIO_SSRC}
+    eng.send_to(bytes(70_000), "127.0.0.1", 0, subscriber.handle)  # longer than a frame's length can say: refused
     stats = eng.stats()
+    assert stats["drop_too_large"] == 1 and eng.tcp_queued(subscriber.handle) == 0
     assert stats["tcp_accepted"] == 2 and stats["tcp_claimed"] == 2
     assert stats["drop_tcp_queue_full"] == stats["drop_tcp_closed"] == 0
     # A claimed connection is its transport's: another transport cannot take it over.
