@@ -4,6 +4,8 @@
 # framed into the connection's bounded send queue and written after the batch. A connection is pending until its
 # first Binding request authenticates (Python's verdict: tcpmux_claim / tcpmux_reject); until then every frame must
 # be a Binding request to a live transport's ufrag, or it is closed. Limits and timeouts: state.pxd, tcpmux.pyx.
+# Connections, framers and queues are C state beside the UDP socket, so a forwarding thread can later own a share of
+# the connections (an epoll set of its own) as it will own a UDP socket; Python sees only their STUN.
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 
 from engine.path cimport Path
