@@ -97,7 +97,7 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_TEMPORAL_PADDING        # of those, late ones (later packets were sent): a padding packet took their number
     S_TCP_ACCEPTED            # ICE-TCP connections accepted (tcpmux.pyx)
     S_TCP_CLAIMED             # ... whose first Binding request authenticated: they carry a transport's packets
-    S_TCP_CLOSED              # ... closed by the client (end of stream, reset)
+    S_TCP_CLOSED              # ... closed normally: by the client (end of stream, reset), or with its transport
     S_TCP_CLOSED_INVALID      # closed: a frame before authentication that is no Binding request to a live ufrag
     S_TCP_CLOSED_UNAUTHENTICATED  # closed: its Binding request failed MESSAGE-INTEGRITY (Python said so)
     S_TCP_CLOSED_HALF_OPEN    # closed: not authenticated within TCP_CLAIM_TIMEOUT_US

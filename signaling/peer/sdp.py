@@ -1,10 +1,10 @@
 """SDP for tern's peer connections: parse what LiveKit clients send, build the server's side.
 
-The server is ICE-lite, the DTLS server on the publisher PC, and BUNDLEs every m-line on
-one UDP port (and one passive ICE-TCP port) with rtcp-mux, so both builders repeat one
-transport block in every m-line and never negotiate a per-m-line transport. The parser is hand-written and strict about the
-fields it reads (numbers, fingerprints, m-lines) so that anything a remote peer sends
-either parses or raises SdpError; attributes it does not use are skipped.
+The server is ICE-lite, the DTLS server on the publisher PC, and BUNDLEs every m-line on one UDP port (and one
+passive ICE-TCP port) with rtcp-mux, so both builders repeat one transport block in every m-line and never
+negotiate a per-m-line transport. The parser is hand-written and strict about the fields it reads (numbers,
+fingerprints, m-lines) so that anything a remote peer sends either parses or raises SdpError; attributes it does
+not use are skipped.
 
 A client's SDP is hostile input parsed on the event loop every room shares, so parsing is linear in its size
 (dict and set lookups only) and bounded: past any MAX_* below, parse() stops and raises SdpLimitError.
@@ -53,6 +53,9 @@ MAX_SSRCS_PER_SECTION = 32         # distinct SSRCs, and ssrc-group lines: legac
 MAX_EXTMAPS_PER_SECTION = 64       # libwebrtc offers ~15
 MAX_FEEDBACK_PER_CODEC = 16        # distinct rtcp-fb values for one payload type (or "*"); libwebrtc sends 5
 MAX_FINGERPRINTS = 8               # per level; aiortc lists 3
+MAX_CANDIDATES_PER_SECTION = 256   # ICE-lite never uses them; but a host with many interfaces (docker bridges, VPNs) lists
+                                   # each address x UDP/TCP x generation: a test host with two extra veths sent > 64
+
 # RFC 8445 5.1.2.1: priority = 2^24 type preference + 2^8 local preference + (256 - component). Host UDP candidates
 # take the highest type preference (126) and local preference (65535), less one per further address.
 _HOST_UDP_PRIORITY = (126 << 24) | (65535 << 8) | 255
@@ -60,8 +63,6 @@ _HOST_UDP_PRIORITY = (126 << 24) | (65535 << 8) | 255
 # preference 126 - 27 for TCP, and local preference 2^13 direction-pref + other-pref, direction-pref 4 for a passive
 # host candidate: 1671430143 for the first address.
 _HOST_TCP_PASSIVE_PRIORITY = ((126 - 27) << 24) | (((4 << 13) | 8191) << 8) | 255
-MAX_CANDIDATES_PER_SECTION = 256   # ICE-lite never uses them; but a host with many interfaces (docker bridges, VPNs) lists
-                                   # each address x UDP/TCP x generation: a test host with two extra veths sent > 64
 
 
 class SdpError(ValueError):
