@@ -9,8 +9,9 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from engine.path cimport Path
 from engine.state cimport EngineState
 
-# Hands every datagram of the UDP batch just read (`n` of them, udpmux_read) to demux_datagram.
-cdef void demux_udp_batch(EngineState *s, int n, int64_t now) noexcept nogil
+# Hands every datagram (or TCP frame) of the batch just read (`n` of them, udpmux_read or tcpmux_read) to
+# demux_datagram.
+cdef void demux_batch(EngineState *s, int n, int64_t now) noexcept nogil
 # One datagram from `path`. `buf` must stay put until the batch has been forwarded (RTP) and its events dispatched.
 cdef void demux_datagram(EngineState *s, uint8_t *buf, int length, const Path *path, int64_t now) noexcept nogil
 # Makes `path` the transport's (in `slot`) address, for lookups and sending. 0; -2 when another transport
@@ -24,5 +25,8 @@ cdef void demux_unbind_path(EngineState *s, int slot) noexcept nogil
 cdef void demux_release_ssrc(EngineState *s, int t, uint32_t ssrc) noexcept nogil
 # Forgets the transport's receive SSRCs and frees its list (the transport is going; its session goes with it).
 cdef void demux_forget_ssrcs(EngineState *s, int t) noexcept nogil
+# The slot of the live transport that the STUN Binding request in `buf` is addressed to (its USERNAME's local ufrag),
+# or -1: not a well-formed Binding request with USERNAME and MESSAGE-INTEGRITY, or no such ufrag. Counts nothing.
+cdef int64_t demux_stun_target(EngineState *s, const uint8_t *buf, int length) noexcept nogil
 # The key in EngineState.checks of a consent check's 12-byte transaction id (a response with it is let up once).
 cdef uint64_t demux_check_key(EngineState *s, const uint8_t *transaction_id) noexcept nogil

@@ -36,7 +36,7 @@ from engine.table cimport map_get, map_put, map_remove
 from engine.wire cimport load16, load32, store16, store32
 
 
-cdef void demux_udp_batch(EngineState *s, int n, int64_t now) noexcept nogil:
+cdef void demux_batch(EngineState *s, int n, int64_t now) noexcept nogil:
     cdef int i, length
     for i in range(n):
         length = s.recv.msgs[i].msg_len
@@ -167,6 +167,14 @@ cdef int64_t demux_find_ufrag(EngineState *s, const uint8_t *ufrag, int length) 
     if t.ufrag_length != length or memcmp(t.ufrag, ufrag, length) != 0:
         return -1
     return slot
+
+
+cdef int64_t demux_stun_target(EngineState *s, const uint8_t *buf, int length) noexcept nogil:
+    cdef const uint8_t *ufrag = NULL
+    cdef int ufrag_length = 0
+    if length < 1 or buf[0] > 3 or stun_check(buf, length, &ufrag, &ufrag_length) != STUN_OK:
+        return -1
+    return demux_find_ufrag(s, ufrag, ufrag_length)
 
 
 cdef bint allow_event(EngineState *s, Transport *t, double *tokens, int counter, bint shared,

@@ -1,9 +1,10 @@
 """Engine: the packet engine's Python face: socket setup, event-loop glue, the control API (ids -> slots), stats.
 
 The packets themselves never reach Python (DESIGN.md, "The hot path"). Per readable event, batches of datagrams are
-read (udpmux.pyx), demultiplexed, unprotected and bound to their streams (demux.pyx), turned into ExtPackets
-(packet.pxd, codecs/) and forwarded DownTrack by DownTrack (fanout.pyx: forwarder.pyx, munger.pyx, downtrack.pyx)
-into the send batch, which leaves with sendmmsg and UDP GSO. RTCP feedback and reports are feedback.pyx and
+read (udpmux.pyx; ICE-TCP connections' RFC 4571 frames, from tcpmux.pyx, go the same way), demultiplexed,
+unprotected and bound to their streams (demux.pyx), turned into ExtPackets (packet.pxd, codecs/) and forwarded
+DownTrack by DownTrack (fanout.pyx: forwarder.pyx, munger.pyx, downtrack.pyx) into the send batch, which leaves with
+sendmmsg and UDP GSO (or into a TCP connection's bounded queue). RTCP feedback and reports are feedback.pyx and
 reports.pyx, transport-cc both ways is transportcc.pyx; a timer drives their periodic parts. All of them share one
 EngineState (state.pxd), which this class owns. Only STUN, DTLS, layer and bandwidth events come up to Python, and
 only what C let through: STUN Binding requests whose USERNAME names a live transport's ufrag (stun.pyx; aioice then
@@ -23,12 +24,12 @@ from libc.string cimport memcpy
 from engine.codecs.describe cimport codec_id
 from engine cimport srtp
 from engine.demux cimport (demux_bind_path, demux_check_key, demux_find_transport, demux_forget_ssrcs,
-                           demux_release_ssrc, demux_udp_batch, demux_unbind_path)
+                           demux_release_ssrc, demux_batch, demux_unbind_path)
 from engine.downtrack cimport MAX_TEMPORAL, DownTrack, downtrack_free, downtrack_new
 from engine.fanout cimport fanout_batch
 from engine.feedback cimport feedback_request_keyframe, feedback_tick
 from engine.forwarder cimport forwarder_set_paused, forwarder_target
-from engine.path cimport Path, path_address, path_set
+from engine.path cimport PATH_TCP, Path, path_address, path_set
 from engine.receiver cimport (MAX_LAYERS, Layer, Receiver, receiver_free, receiver_new, receiver_take_audio_level,
                               receiver_update_top)
 from engine.reports cimport reports_tick
@@ -39,10 +40,14 @@ from engine.transportcc cimport (transportcc_enable_receive, transportcc_enable_
                                  transportcc_tick)
 from engine.state cimport (BATCH, E_BANDWIDTH, E_DTLS, E_STUN, MAX_CONSENT_CHECKS, MAX_DOWNTRACKS, MAX_RECEIVERS,
                            MAX_TRANSPORTS, RECV_BUF, S_COUNT, S_DROP_SEND_FAILED, S_DROP_SUBSCRIBER_NOT_READY,
+                           S_DROP_TCP_CLOSED,
                            S_EVENT_ERRORS, S_SRTP_STREAMS_REMOVED, SEND_BUF,
                            SEND_SLOTS, EngineState, Event, Transport, monotonic_us, stream_key)
 from engine.stun cimport MAX_UFRAG, ufrag_key
 from engine.table cimport list_add, list_discard, map_free, map_get, map_init, map_put, map_remove
+from engine.tcpmux cimport (tcpmux_claim, tcpmux_close, tcpmux_flush, tcpmux_forget_transport, tcpmux_handle,
+                            tcpmux_open, tcpmux_path, tcpmux_queue, tcpmux_queued, tcpmux_read, tcpmux_reject,
+                            tcpmux_sweep)
 from engine.udpmux cimport SOL_UDP_LEVEL, UDP_SEGMENT_OPTION, udpmux_flush, udpmux_init, udpmux_read
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,7 @@ cdef enum:
     MAX_BATCHES = 16          # recvmmsg batches per readable callback, so timers still run under load
 
 SOCKET_BUFFER = 8 * 1024 * 1024
+TCP_BACKLOG = 128  # connections the kernel holds before accept(): the engine accepts on every readiness
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux values
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
@@ -87,6 +93,9 @@ STAT_NAMES = (
     "twcc_feedback_received", "twcc_unmatched", "remb_received", "bandwidth_events",
     "probe_clusters", "probe_packets",
     "drop_temporal_layer", "temporal_padding",
+    "tcp_accepted", "tcp_claimed", "tcp_closed", "tcp_closed_invalid", "tcp_closed_unauthenticated",
+    "tcp_closed_half_open", "tcp_closed_pending_limit", "tcp_closed_limit", "tcp_closed_idle", "tcp_closed_slow_reader",
+    "tcp_accept_failed", "drop_tcp_oversized", "drop_tcp_queue_full", "drop_tcp_closed",
 )
 assert len(STAT_NAMES) == S_COUNT
 
@@ -102,17 +111,22 @@ cdef void run_timers(EngineState *s, int64_t now) noexcept nogil:
     transportcc_tick(s, now)
     prober_pump(s, now)
     reports_tick(s, now)
+    tcpmux_sweep(s, now)
 
 
 cdef class Engine:
-    """The data plane: see the module docstring. Events are tuples passed to `on_event` (EV_* constants)."""
+    """The data plane: see the module docstring. Events are tuples passed to `on_event` (EV_* constants); an
+    EV_STUN's source is (host, port) for UDP, (host, port, connection) for an ICE-TCP connection, and the methods
+    that take an address take it in the same form."""
 
     cdef EngineState *s
     cdef object _sock
+    cdef object _tcp_sock
     cdef object _on_event
     cdef object _loop
     cdef object _tick_handle
     cdef readonly int port
+    cdef readonly int tcp_port              # 0: no ICE-TCP
     cdef int64_t _next_id
     cdef dict _transport_slots
     cdef dict _receiver_slots
@@ -124,6 +138,8 @@ cdef class Engine:
         if s == NULL:
             raise MemoryError()
         s.fd = -1
+        s.tcp.listen_fd = -1
+        s.tcp.epoll_fd = -1
         s.transports = <Transport **>calloc(MAX_TRANSPORTS, sizeof(Transport *))
         s.receivers = <Receiver **>calloc(MAX_RECEIVERS, sizeof(Receiver *))
         s.downtracks = <DownTrack **>calloc(MAX_DOWNTRACKS, sizeof(DownTrack *))
@@ -138,8 +154,10 @@ cdef class Engine:
         s.path_seed = int.from_bytes(os.urandom(8), "little")
         s.ufrag_seed = int.from_bytes(os.urandom(8), "little")
 
-    def __init__(self, host: str, udp_port: int, on_event) -> None:
-        # An IPv6 host gets a dual-stack socket (IPv4 peers appear as IPv4-mapped addresses); IPv4 hosts an IPv4 one.
+    def __init__(self, host: str, udp_port: int, on_event, tcp_port: int | None = None) -> None:
+        """Media on UDP `udp_port` of `host`, and ICE-TCP on TCP `tcp_port` of the same address when given (0: a
+        port the kernel picks). An IPv6 host gets dual-stack sockets (IPv4 peers appear as IPv4-mapped addresses);
+        IPv4 hosts IPv4 ones."""
         ipv6 = ":" in host
         sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -165,6 +183,8 @@ cdef class Engine:
         self.s.fd = sock.fileno()
         self.s.ipv6 = ipv6
         self.port = sock.getsockname()[1]
+        if tcp_port is not None:
+            self._listen_tcp(host, tcp_port, ipv6)
         self._on_event = on_event
         self._next_id = 1
         self._transport_slots = {}
@@ -173,11 +193,29 @@ cdef class Engine:
         self.s.remb_bitrate = DEFAULT_REMB_BPS
         self.set_cname("tern")
 
+    def _listen_tcp(self, host: str, tcp_port: int, ipv6: bool) -> None:
+        sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if ipv6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart must not wait out TIME_WAIT
+            sock.setblocking(False)
+            sock.bind((host, tcp_port))
+            sock.listen(TCP_BACKLOG)
+            if tcpmux_open(self.s, sock.fileno()) < 0:
+                raise OSError("no epoll for the ICE-TCP connections")
+        except BaseException:
+            sock.close()
+            raise
+        self._tcp_sock = sock
+        self.tcp_port = sock.getsockname()[1]
+
     def __dealloc__(self):
         cdef EngineState *s = self.s
         cdef int i
         if s == NULL:
             return
+        tcpmux_close(s)  # before the transports: it gives back their connection counts
         if s.downtracks != NULL:
             for i in range(s.downtrack_end):
                 if s.downtracks[i] != NULL:
@@ -214,12 +252,16 @@ cdef class Engine:
     def attach(self, loop) -> None:
         self._loop = loop
         loop.add_reader(self.s.fd, self._on_readable)
+        if self.s.tcp.epoll_fd >= 0:
+            loop.add_reader(self.s.tcp.epoll_fd, self._on_tcp_readable)
         self._tick_handle = loop.call_later(TICK_SECONDS, self._tick)
 
     def close(self) -> None:
         if self._loop is not None:
             if self.s.fd >= 0:
                 self._loop.remove_reader(self.s.fd)
+            if self.s.tcp.epoll_fd >= 0:
+                self._loop.remove_reader(self.s.tcp.epoll_fd)
             if self._tick_handle is not None:
                 self._tick_handle.cancel()
             self._loop = None
@@ -228,6 +270,10 @@ cdef class Engine:
             self._sock.close()
             self._sock = None
         self.s.fd = -1
+        tcpmux_close(self.s)
+        if self._tcp_sock is not None:
+            self._tcp_sock.close()
+            self._tcp_sock = None
 
     def _on_readable(self) -> None:
         cdef EngineState *s = self.s
@@ -243,7 +289,7 @@ cdef class Engine:
                 if n > 0:
                     now = monotonic_us()
                     s.event_count = 0
-                    demux_udp_batch(s, n, now)
+                    demux_batch(s, n, now)
                     fanout_batch(s, now)
                     if s.probing.count:
                         prober_pump(s, now)  # between ticks too: a cluster's packets leave evenly
@@ -254,6 +300,34 @@ cdef class Engine:
                 self._dispatch_events()
             if n < BATCH:
                 break
+
+    def _on_tcp_readable(self) -> None:
+        """The epoll set of the ICE-TCP listener and connections is readable: as _on_readable, with frames."""
+        cdef EngineState *s = self.s
+        cdef int n = 0
+        cdef int batches = 0
+        cdef int64_t now
+        if s.tcp.epoll_fd < 0:
+            return
+        while batches < MAX_BATCHES:
+            batches += 1
+            with nogil:
+                now = monotonic_us()
+                s.event_count = 0
+                n = tcpmux_read(s, now)
+                if n > 0:
+                    demux_batch(s, n, now)
+                    fanout_batch(s, now)
+                    if s.probing.count:
+                        prober_pump(s, now)
+                udpmux_flush(s)  # writes what accepting and reading queued too (tcpmux_flush)
+            if s.event_count:
+                self._dispatch_events()
+            if n < BATCH:
+                break
+        if s.tcp.ready.count and self._loop is not None:
+            # Whole frames are still buffered; epoll will not say so again: come back after other callbacks.
+            self._loop.call_soon(self._on_tcp_readable)
 
     def _tick(self) -> None:
         if self._loop is None:
@@ -272,7 +346,7 @@ cdef class Engine:
             e = &self.s.events[i]
             if e.kind == E_STUN:
                 event = (EV_STUN, e.a, PyBytes_FromStringAndSize(<const char *>e.data, e.length),
-                         *path_address(e.path))
+                         *_address(e.path))
             elif e.kind == E_DTLS:
                 event = (EV_DTLS, e.a, PyBytes_FromStringAndSize(<const char *>e.data, e.length))
             elif e.kind == E_BANDWIDTH:
@@ -298,8 +372,23 @@ cdef class Engine:
         self._next_id += 1
         return self._next_id - 1
 
-    def send_to(self, data: bytes, host: str, port: int) -> None:
-        """A raw datagram (STUN responses); `host` is an IPv4 or IPv6 address."""
+    cdef int _path(self, Path *path, str host, int port, uint64_t connection) except -1:
+        """The path (host, port[, connection]) names, as events give them: 0, or 1 for a connection that is gone."""
+        if connection:
+            return 1 if tcpmux_path(self.s, connection, path) < 0 else 0
+        path_set(path, host, port, self.s.ipv6)
+        return 0
+
+    def send_to(self, data: bytes, host: str, port: int, connection: int = 0) -> None:
+        """A raw packet (STUN) to an address (an IPv4 or IPv6 `host`), or, with `connection` (from an event's
+        address), framed into that ICE-TCP connection."""
+        cdef Path path
+        if connection:
+            if tcpmux_path(self.s, connection, &path) < 0:
+                self.s.counters[<int>S_DROP_TCP_CLOSED] += 1
+                return
+            self._send_path(&path, data)
+            return
         if self.s.ipv6 and ":" not in host:
             host = "::ffff:" + host  # how a dual-stack socket names an IPv4 peer
         try:
@@ -356,22 +445,25 @@ cdef class Engine:
         t.ufrag_length = len(ufrag)
         t.ufrag_key = key
 
-    def bind_transport(self, transport_id: int, host: str, port: int) -> bool:
-        """Where the transport's packets come from and go to: an IPv4 or IPv6 (on an IPv6 engine) address.
-        False when another transport holds that address: it is not taken from it."""
+    def bind_transport(self, transport_id: int, host: str, port: int, connection: int = 0) -> bool:
+        """Where the transport's packets come from and go to: an IPv4 or IPv6 (on an IPv6 engine) address, or the
+        ICE-TCP `connection` it claimed. False when another transport holds that path (it is not taken from it), or
+        the connection is gone."""
         cdef int slot = self._slot(self._transport_slots, transport_id, "transport")
         cdef Path path
         cdef int result
-        path_set(&path, host, port, self.s.ipv6)
+        if self._path(&path, host, port, connection):
+            return False
         result = demux_bind_path(self.s, slot, &path)
         if result == -1:
             raise MemoryError()
         return result == 0
 
-    def transport_at(self, host: str, port: int) -> int | None:
-        """The id of the transport bound to this address, if any."""
+    def transport_at(self, host: str, port: int, connection: int = 0) -> int | None:
+        """The id of the transport bound to this address (or ICE-TCP connection), if any."""
         cdef Path path
-        path_set(&path, host, port, self.s.ipv6)
+        if self._path(&path, host, port, connection):
+            return None
         slot = demux_find_transport(self.s, &path)
         return self.s.transports[slot].id if slot >= 0 else None
 
@@ -398,12 +490,36 @@ cdef class Engine:
         demux_unbind_path(self.s, self._slot(self._transport_slots, transport_id, "transport"))
 
     def send_transport(self, transport_id: int, data: bytes) -> None:
-        """A raw datagram to the transport's bound address (DTLS records)."""
+        """A raw packet to the transport's bound path (DTLS records)."""
         cdef Transport *t = self.s.transports[self._slot(self._transport_slots, transport_id, "transport")]
         if not t.bound:
             self.s.counters[<int>S_DROP_SUBSCRIBER_NOT_READY] += 1
             return
-        self.send_to(data, *path_address(&t.path))
+        self._send_path(&t.path, data)
+
+    cdef _send_path(self, const Path *path, bytes data):
+        if path.kind == PATH_TCP:
+            tcpmux_queue(self.s, <const uint8_t *>data, len(data), path)
+            tcpmux_flush(self.s)
+        else:
+            self.send_to(data, *path_address(path))
+
+    def tcp_claim(self, connection: int, transport_id: int) -> bool:
+        """The ICE-TCP `connection`'s Binding request authenticated with the transport's credentials: from now on it
+        carries that transport's packets. False when it is gone, another transport's, or one too many for this
+        transport (then it is closed and counted)."""
+        cdef int slot = self._slot(self._transport_slots, transport_id, "transport")
+        return tcpmux_claim(self.s, connection, slot) == 1
+
+    def tcp_reject(self, connection: int) -> bool:
+        """The ICE-TCP `connection`'s Binding request failed authentication: if nothing claimed it yet, it is closed
+        and counted (True)."""
+        return tcpmux_reject(self.s, connection)
+
+    def tcp_queued(self, connection: int) -> int | None:
+        """Bytes waiting in the ICE-TCP connection's send queue (None when it is gone)."""
+        cdef int queued = tcpmux_queued(self.s, connection)
+        return None if queued < 0 else queued
 
     def set_srtp(self, transport_id: int, rx_session: int, tx_session: int) -> None:
         cdef Transport *t = self.s.transports[self._slot(self._transport_slots, transport_id, "transport")]
@@ -423,6 +539,7 @@ cdef class Engine:
                 self.remove_downtrack(self.s.downtracks[i].id)
         demux_unbind_path(self.s, <int>slot)
         demux_forget_ssrcs(self.s, <int>slot)
+        tcpmux_forget_transport(self.s, <int>slot)
         if t.ufrag_length and map_get(&self.s.by_ufrag, t.ufrag_key) == slot:
             map_remove(&self.s.by_ufrag, t.ufrag_key)
         for i in range(MAX_CONSENT_CHECKS):
@@ -753,6 +870,13 @@ cdef class Engine:
             "rr_jitter": d.rr_jitter,
             "rtt": d.rr_rtt_us / 1e6 if d.rr_has_rtt else None,
         }
+
+
+cdef tuple _address(const Path *p):
+    """A path as the control plane names it: (host, port), and the connection's handle for an ICE-TCP path."""
+    if p.kind == PATH_TCP:
+        return (*path_address(p), tcpmux_handle(p))
+    return path_address(p)
 
 
 cdef int _free_slot(void **table, int capacity):

@@ -1,5 +1,6 @@
-# Path: where a transport's packets come from and go to. Today a UDP address of either family (IPv4, or IPv6 with
-# IPv4 peers as ::ffff:a.b.c.d on a dual-stack socket); `kind` leaves room for ICE-TCP connections and TURN relays.
+# Path: where a transport's packets come from and go to: a UDP address of either family (IPv4, or IPv6 with IPv4 peers
+# as ::ffff:a.b.c.d on a dual-stack socket), or an ICE-TCP connection (tcpmux.pyx) named by its slot and serial, with
+# the peer's address beside it for events and logs; `kind` leaves room for TURN relays.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
@@ -21,7 +22,8 @@ cdef extern from "<netinet/in.h>" nogil:
 
 cdef enum:  # Path.kind
     PATH_NONE                 # not bound
-    PATH_UDP                  # the UDP mux socket (engine/udpmux.pyx); PATH_TCP / PATH_TURN come with their muxes
+    PATH_UDP                  # the UDP mux socket (engine/udpmux.pyx)
+    PATH_TCP                  # an ICE-TCP connection (engine/tcpmux.pyx); PATH_TURN comes with its mux
 
 cdef union SockAddr:
     unsigned short family     # sa_family: the first field of both forms
@@ -32,11 +34,14 @@ cdef struct Path:
     uint8_t kind
     socklen_t addr_length     # bytes of `addr` in use (sockaddr_in or sockaddr_in6)
     SockAddr addr
+    uint32_t conn_slot        # PATH_TCP: the connection's slot in TcpMux.conns, and its serial there, so a path to a
+    uint32_t conn_serial      # closed connection never names the next one in that slot (serials start at 1)
 
 
-# path_key(p, seed), below: the key of `p` in the engine's by-address map. IPv4 (plain or mapped into IPv6) keys are the address and port
-# themselves, so they never collide; IPv6 keys are a hash seeded with `seed` (top bit set, apart from IPv4 keys), so
-# callers must still compare the whole address (path_equal) and move past a colliding key (path_next_key).
+# path_key(p, seed), below: the key of `p` in the engine's by-address map. UDP IPv4 (plain or mapped into IPv6) keys are
+# the address and port themselves, so they never collide; UDP IPv6 and TCP keys are a hash seeded with `seed` (top
+# bit set, apart from IPv4 keys), so callers must still compare the whole path (path_equal) and move past a colliding
+# key (path_next_key).
 # Fills `p` from a numeric host (IPv4 or IPv6 literal, "%scope" allowed) and port. On an IPv6 socket (`ipv6`) IPv4
 # hosts become IPv4-mapped addresses, which is how such a socket sends to them and reports them. ValueError on a host
 # that is not an address of a family the socket speaks.
@@ -63,7 +68,11 @@ cdef inline bint sockaddr_equal(const SockAddr *a, const SockAddr *b) noexcept n
 
 
 cdef inline bint path_equal(const Path *a, const Path *b) noexcept nogil:
-    return a.kind == b.kind and sockaddr_equal(&a.addr, &b.addr)
+    if a.kind != b.kind:
+        return False
+    if a.kind == PATH_TCP:
+        return a.conn_slot == b.conn_slot and a.conn_serial == b.conn_serial
+    return sockaddr_equal(&a.addr, &b.addr)
 
 
 cdef inline uint64_t path_next_key(uint64_t key) noexcept nogil:
@@ -75,6 +84,8 @@ cdef inline uint64_t path_key(const Path *p, uint64_t seed) noexcept nogil:
     cdef const sockaddr_in6 *a
     cdef uint64_t high = 0, low = 0
     cdef int i
+    if p.kind == PATH_TCP:
+        return mix64(seed ^ ((<uint64_t>p.conn_serial << 32) | p.conn_slot)) | (<uint64_t>1 << 63)
     if p.addr.family == AF_INET:
         return (<uint64_t>p.addr.v4.sin_addr.s_addr << 16) | p.addr.v4.sin_port
     a = &p.addr.v6

@@ -10,6 +10,7 @@ from engine.packet cimport ExtPacket
 from engine.path cimport Path, SockAddr
 from engine.receiver cimport Receiver
 from engine.table cimport IntList, U64Map
+from engine.tcpframer cimport Framer
 from engine.twcc cimport TWCC_HISTORY, TwccHistory, TwccRecorder, TwccResult
 
 cdef enum:
@@ -94,6 +95,20 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_PROBE_PACKETS           # padding-only packets those clusters sent
     S_DROP_TEMPORAL_LAYER     # packets above a DownTrack's temporal layer (the numbering closes up: no loss seen)
     S_TEMPORAL_PADDING        # of those, late ones (later packets were sent): a padding packet took their number
+    S_TCP_ACCEPTED            # ICE-TCP connections accepted (tcpmux.pyx)
+    S_TCP_CLAIMED             # ... whose first Binding request authenticated: they carry a transport's packets
+    S_TCP_CLOSED              # ... closed normally: by the client (end of stream, reset), or with its transport
+    S_TCP_CLOSED_INVALID      # closed: a frame before authentication that is no Binding request to a live ufrag
+    S_TCP_CLOSED_UNAUTHENTICATED  # closed: its Binding request failed MESSAGE-INTEGRITY (Python said so)
+    S_TCP_CLOSED_HALF_OPEN    # closed: not authenticated within TCP_CLAIM_TIMEOUT_US
+    S_TCP_CLOSED_PENDING_LIMIT  # closed: the oldest of MAX_TCP_PENDING unauthenticated ones, for a new one
+    S_TCP_CLOSED_LIMIT        # refused or closed: MAX_TCP_CONNECTIONS, or a transport's MAX_TCP_PER_TRANSPORT
+    S_TCP_CLOSED_IDLE         # closed: nothing received for TCP_IDLE_TIMEOUT_US
+    S_TCP_CLOSED_SLOW_READER  # closed: its send queue stayed full for TCP_SLOW_READER_US
+    S_TCP_ACCEPT_FAILED       # accept() failed (out of descriptors or memory): the listener pauses until the sweep
+    S_DROP_TCP_OVERSIZED      # frames longer than RECV_BUF on an authenticated connection, skipped
+    S_DROP_TCP_QUEUE_FULL     # packets toward a connection whose send queue was full (a slow reader)
+    S_DROP_TCP_CLOSED         # packets toward a connection that is gone
     S_COUNT
 
 cdef enum:  # event kinds, queued in C and dispatched to Python after each batch
@@ -146,6 +161,55 @@ cdef enum:
     SSRC_REBINDS_PER_SECOND = 2
     SSRC_REBIND_BURST = 4
 
+cdef enum:
+    # ICE-TCP (tcpmux.pyx). Connections at once: each needs a descriptor and up to TCP_SEND_QUEUE_MAX of queue.
+    MAX_TCP_CONNECTIONS = 4096
+    # Connections not yet authenticated. A client that needs TCP sends its first Binding request at once; one whose
+    # UDP works also connects to our TCP candidate (libwebrtc: one connection per peer connection and local
+    # interface; 29 for a publisher and a subscriber on a host with many veths) and never checks it (the pair is
+    # pruned), so these wait out TCP_CLAIM_TIMEOUT_US. Past this, a new one closes the oldest: a client that needs
+    # TCP claims its connection within a round trip, so a flood of idle connections cannot lock it out.
+    MAX_TCP_PENDING = 256
+    # Authenticated connections per transport: libwebrtc opens one per candidate pair (one per local interface to our
+    # one passive candidate); a client cannot hold the node's connections with one token.
+    MAX_TCP_PER_TRANSPORT = 4
+    # Per-connection send queue: media waits here when the kernel's socket buffer is full (TCP head-of-line
+    # blocking); past it packets are dropped (counted) rather than block the engine. Grown from the initial size on
+    # demand; 256 KiB is ~0.7 s of a 3 Mbit/s subscriber, beyond which queued media is too late to be worth sending.
+    TCP_SEND_QUEUE_INITIAL = 16384
+    TCP_SEND_QUEUE_MAX = 262144
+    TCP_EPOLL_EVENTS = 64     # readiness events taken per epoll_wait
+
+cdef struct TcpConn:
+    int fd
+    uint32_t serial           # this connection's Path.conn_serial
+    int owner                 # the transport slot whose ufrag authenticated it, or -1 while pending
+    Path path                 # PATH_TCP, with the peer's address
+    int64_t accepted_us
+    int64_t received_us       # when its last frame arrived
+    int64_t full_since_us     # when its send queue first refused a packet (0: it has drained since)
+    bint ready                # in TcpMux.ready: whole frames buffered
+    bint dirty                # in TcpMux.dirty: queued bytes not yet offered to the kernel
+    bint want_write           # the kernel refused some: EPOLLOUT is armed
+    uint8_t *out              # the send queue, a ring of out_capacity bytes (NULL until the first send)
+    int out_capacity
+    int out_head
+    int out_used
+    Framer framer
+
+cdef struct TcpMux:
+    int listen_fd             # -1: ICE-TCP off
+    int epoll_fd              # the listener and every connection; the event loop watches this one descriptor
+    bint listening            # the listener is in the epoll set (it leaves it while accept() fails)
+    TcpConn **conns           # MAX_TCP_CONNECTIONS slots, NULL = free
+    int end                   # one past the highest slot in use
+    int count
+    uint32_t next_serial
+    IntList pending           # slots of connections not yet authenticated
+    IntList ready             # slots with whole frames buffered that the last batch had no room for
+    IntList dirty             # slots with queued bytes to write after the batch
+    int64_t next_sweep_us
+
 cdef struct Transport:
     int64_t id
     bint bound
@@ -188,10 +252,11 @@ cdef struct Transport:
     int64_t probe_sent_bytes  # RTP bytes stamped and sent to it since the cluster started (media, RTX, padding)
     int64_t probe_downtrack   # id of the DownTrack whose RTX stream carries the padding
     int probe_downtrack_slot
+    int tcp_connections       # ICE-TCP connections it authenticated, <= MAX_TCP_PER_TRANSPORT
 
 cdef struct RecvBatch:
-    uint8_t *bufs             # BATCH buffers of RECV_BUF bytes
-    mmsghdr msgs[<int>BATCH]
+    uint8_t *bufs             # BATCH buffers of RECV_BUF bytes: datagrams, or frames copied out of TCP streams
+    mmsghdr msgs[<int>BATCH]  # msg_len: each one's length
     iovec iov[<int>BATCH]
     Path paths[<int>BATCH]    # recvmmsg writes the source address straight into each path
 
@@ -240,6 +305,7 @@ cdef struct EngineState:
     uint64_t counters[<int>S_COUNT]
     RecvBatch recv
     SendBatch send
+    TcpMux tcp
     ExtPacket packets[<int>BATCH]  # the batch's RTP packets, received and waiting for the fan-out
     int packet_count
     Event events[<int>BATCH]  # one per datagram at most

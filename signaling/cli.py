@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--node-ip", metavar="IP", help="IP address offered to clients for media")
     parser.add_argument("--port", type=int, help="HTTP/WebSocket port (default 7880)")
     parser.add_argument("--udp-port", type=int, help="UDP media port (default 7882)")
+    parser.add_argument("--tcp-port", type=int, help="ICE-TCP media port (default 7881, 0 = off)")
     parser.add_argument("--log-level", choices=["debug", "info", "warn", "warning", "error"])
 
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -245,7 +246,7 @@ def _load(args: argparse.Namespace) -> Config:
             raise ConfigError(f"cannot read config file {args.config}: {exc.strerror}") from None
     return build_config(
         body, keys=args.keys, dev=args.dev, bind=args.bind, node_ip=args.node_ip,
-        port=args.port, udp_port=args.udp_port, log_level=args.log_level,
+        port=args.port, udp_port=args.udp_port, tcp_port=args.tcp_port, log_level=args.log_level,
     )
 
 

@@ -58,7 +58,7 @@ class ConfigError(ValueError):
 @dataclass
 class RtcConfig:
     udp_port: int = 7882
-    tcp_port: int = 7881
+    tcp_port: int = 7881  # ICE-TCP; 0 = off (as in LiveKit)
     node_ip: str = ""  # "" = derive (see Config.node_ip)
 
 
@@ -273,6 +273,7 @@ def build_config(
     node_ip: str | None = None,
     port: int | None = None,
     udp_port: int | None = None,
+    tcp_port: int | None = None,
     log_level: str | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> Config:
@@ -296,6 +297,8 @@ def build_config(
         config.port = _port(port, "--port")
     if udp_port is not None:
         config.rtc.udp_port = _port(udp_port, "--udp-port")
+    if tcp_port is not None:
+        config.rtc.tcp_port = _port(tcp_port, "--tcp-port")
     if dev:
         config.development = True
         if not bind:

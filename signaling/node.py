@@ -67,7 +67,9 @@ class Node:
         host = self.config.bind_addresses[0] if self.config.bind_addresses else "0.0.0.0"
         if ":" in host:  # the engine's socket is IPv4 for now
             host = "0.0.0.0"
-        self.engine = engine.Engine(host, self.config.rtc.udp_port, self._on_engine_event)
+        # rtc.tcp_port 0 turns ICE-TCP off, as in LiveKit.
+        self.engine = engine.Engine(host, self.config.rtc.udp_port, self._on_engine_event,
+                                    tcp_port=self.config.rtc.tcp_port or None)
         self.transports = TransportManager(self.engine, self.config.node_ip())
         self.transports.on_receiver_layer = self._on_receiver_layer
         self.engine.attach(loop)
@@ -76,7 +78,8 @@ class Node:
         self._tasks.append(loop.create_task(self._observe_speakers()))
         self._tasks.append(loop.create_task(self._observe_quality()))
         self._tasks.append(loop.create_task(self._drive_allocators()))
-        log.info("media on udp %s:%d, candidates advertise %s", host, self.engine.port, self.transports.node_ip)
+        log.info("media on udp %s:%d and ice-tcp %s, candidates advertise %s", host, self.engine.port,
+                 self.engine.tcp_port or "off", self.transports.node_ip)
 
     def _on_engine_event(self, event: tuple) -> None:
         self.transports.on_event(event)

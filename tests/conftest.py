@@ -32,6 +32,7 @@ class Server:
     metrics_port: int
     log_path: Path
     host: str = "127.0.0.1"
+    tcp_port: int = 0  # ICE-TCP
 
     @property
     def url(self) -> str:
@@ -69,7 +70,7 @@ def start_server(tmp_path: Path, *extra: str, config: str = "", metrics_port: in
     """Starts `tern --dev` on free ports, with `config` (YAML) added to its config body. With `--config FILE`
     in `extra` instead, the file must set `prometheus_port: metrics_port`. With `host`, it listens and offers
     media candidates there (a lab's veth address) instead of on loopback."""
-    http_port, udp_port = free_port(), free_port(socket.SOCK_DGRAM)
+    http_port, udp_port, tcp_port = free_port(), free_port(socket.SOCK_DGRAM), free_port()
     if metrics_port is None:
         metrics_port = free_port()
         extra = ("--config-body", f"prometheus_port: {metrics_port}\n{config}", *extra)
@@ -78,10 +79,11 @@ def start_server(tmp_path: Path, *extra: str, config: str = "", metrics_port: in
     log_path = tmp_path / "tern.log"
     log_file = open(log_path, "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "signaling", "--dev", "--port", str(http_port), "--udp-port", str(udp_port), *extra],
+        [sys.executable, "-m", "signaling", "--dev", "--port", str(http_port), "--udp-port", str(udp_port),
+         "--tcp-port", str(tcp_port), *extra],
         cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    server = Server(process, http_port, udp_port, metrics_port, log_path, host)
+    server = Server(process, http_port, udp_port, metrics_port, log_path, host, tcp_port)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:

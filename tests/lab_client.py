@@ -1,11 +1,14 @@
 """A LiveKit Python SDK subscriber for the network lab (tests/netlab.py runs it inside a namespace): joins, decodes
-the first remote video (and audio) for a while and prints one JSON line with what a user would have seen.
+the first remote video (and audio) for a while and prints one JSON line with what a user would have seen. With
+--publish it publishes the test card and a tone (tests/media.py) for that while instead.
 
 Output fields: connected, frames (decoded), fps (decoded frames per second once the first arrived), resolution (of
 the last frame), resolutions ({"WxH": frames}), timeline (per second: frames decoded, width, height), inbound
 (libwebrtc's inbound-rtp video stats at the end: frames_decoded, freeze_count, total_freeze_duration,
 packets_received, packets_lost, frame_width, frame_height), audio_hz (the dominant frequency of the last second of
-audio, with --audio), stream_states (null: the Python SDK does not surface StreamStateUpdate)."""
+audio, with --audio), stream_states (null: the Python SDK does not surface StreamStateUpdate), pairs (with --pairs:
+the selected ICE candidate pair of each connected peer connection at the end: {"publisher"|"subscriber": {"local":
+protocol, "remote": protocol, "remote_port": port}})."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +20,7 @@ from collections.abc import Awaitable
 import numpy as np
 from livekit import rtc
 
-from media import SAMPLE_RATE, dominant_frequency
+from media import SAMPLE_RATE, Publisher, dominant_frequency
 
 JOIN_TIMEOUT_S = 20  # joining and the first subscribed video through a narrow link
 
@@ -93,18 +96,45 @@ async def inbound(track: rtc.RemoteTrack) -> dict:
     return {}
 
 
+async def selected_pairs(room: rtc.Room) -> dict:
+    stats = await room.get_rtc_stats()
+    pairs = {}
+    for name, entries in (("publisher", stats.publisher_stats), ("subscriber", stats.subscriber_stats)):
+        by_id = {getattr(entry, kind).rtc.id: entry for entry in entries if (kind := entry.WhichOneof("stats"))}
+        for entry in entries:
+            if entry.WhichOneof("stats") != "transport":
+                continue
+            pair = by_id.get(entry.transport.transport.selected_candidate_pair_id)
+            if pair is None:
+                continue
+            local = by_id[pair.candidate_pair.candidate_pair.local_candidate_id].local_candidate.candidate
+            remote = by_id[pair.candidate_pair.candidate_pair.remote_candidate_id].remote_candidate.candidate
+            pairs[name] = {"local": local.protocol, "remote": remote.protocol, "remote_port": remote.port}
+    return pairs
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
     parser.add_argument("--token", required=True)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--audio", action="store_true", help="also decode the first remote audio track")
+    parser.add_argument("--publish", action="store_true", help="publish the test card and a tone instead")
+    parser.add_argument("--pairs", action="store_true", help="report the selected ICE candidate pairs")
     args = parser.parse_args()
     result: dict = {"connected": False, "frames": 0, "fps": 0.0, "resolution": None, "stream_states": None}
     room = rtc.Room()
     try:
         await asyncio.wait_for(room.connect(args.url, args.token), JOIN_TIMEOUT_S)
         result["connected"] = True
+        if args.publish:
+            publisher = Publisher(room)
+            await publisher.start()
+            await asyncio.sleep(args.seconds)
+            if args.pairs:
+                result["pairs"] = await selected_pairs(room)
+            await publisher.stop()
+            return
         video = await asyncio.wait_for(first_track(room, rtc.TrackKind.KIND_VIDEO), JOIN_TIMEOUT_S)
         tasks = [watch(video, args.seconds, result)]
         if args.audio:
@@ -112,6 +142,8 @@ async def main() -> None:
             tasks.append(listen(audio, args.seconds, result))
         await asyncio.gather(*tasks)
         result["inbound"] = await inbound(video)
+        if args.pairs:
+            result["pairs"] = await selected_pairs(room)
     except asyncio.TimeoutError:
         result["error"] = "timed out joining or waiting for a track"
     finally:

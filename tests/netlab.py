@@ -114,6 +114,11 @@ class NetLab:
         if uplink:
             self.ns("tc", "qdisc", "replace", "dev", self.ns_if, "root", *tbf)
 
+    def block_udp(self) -> None:
+        """A corporate firewall: UDP from the namespace (except on loopback) is unreachable; TCP still goes."""
+        self.ns("ip", "rule", "add", "ipproto", "udp", "table", "100")
+        self.ns("ip", "route", "add", "unreachable", "default", "table", "100")
+
     def unshape(self) -> None:
         _run("tc", "qdisc", "del", "dev", self.host_if, "root", check=False)
         self.ns("tc", "qdisc", "del", "dev", self.ns_if, "root", check=False)

@@ -18,6 +18,7 @@ class Engine:
     """What a Transport asks of the engine for ICE: bindings, raw datagrams, expected responses."""
 
     port = 7882
+    tcp_port = 0  # no ICE-TCP
 
     def __init__(self) -> None:
         self.bound: dict[int, tuple[str, int]] = {}

@@ -72,10 +72,14 @@ async def test_misbehaving_clients_and_garbage_do_not_disturb_a_live_room(server
         rogue, join = await SignalClient.join(server.url, server.token("rogue", room))
         assert join.participant.sid.startswith("PA_") and join.ping_interval > 0
         assert join.subscriber_primary and (await rogue.receive_until("offer")).offer.id == 1
-        candidate = (await rogue.receive_until("trickle")).trickle
-        assert candidate.final and candidate.target == signal.SignalTarget.SUBSCRIBER
-        assert json.loads(candidate.candidateInit) == {
-            "candidate": f"candidate:1 1 udp 2130706431 127.0.0.1 {server.udp_port} typ host", "sdpMid": "0", "sdpMLineIndex": 0}
+        candidates = [(await rogue.receive_until("trickle")).trickle for _ in range(2)]  # UDP, then ICE-TCP
+        assert [c.final for c in candidates] == [False, True]
+        assert {c.target for c in candidates} == {signal.SignalTarget.SUBSCRIBER}
+        assert [json.loads(c.candidateInit) for c in candidates] == [
+            {"candidate": f"candidate:1 1 udp 2130706431 127.0.0.1 {server.udp_port} typ host", "sdpMid": "0",
+             "sdpMLineIndex": 0},
+            {"candidate": f"candidate:2 1 tcp 1671430143 127.0.0.1 {server.tcp_port} typ host tcptype passive",
+             "sdpMid": "0", "sdpMLineIndex": 0}]
         await rogue.send(signal.SignalRequest(offer=signal.SessionDescription(type="offer", sdp="v=0\r\nm=garbage", id=1)))
         await rogue.send(signal.SignalRequest(answer=signal.SessionDescription(type="answer", sdp="v=0\r\n", id=99)))
         await rogue.connection.send(os.urandom(64))

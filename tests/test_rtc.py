@@ -29,6 +29,7 @@ class FakeEngine:
     """Records what the control plane asks of the data plane."""
 
     port = 7882
+    tcp_port = 0  # no ICE-TCP
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)

@@ -325,7 +325,7 @@ class InProcessServer:
 
     def __init__(self) -> None:
         self.config = Config(port=free_port(), keys={API_KEY: API_SECRET}, development=True,
-                             rtc=RtcConfig(udp_port=free_port(socket.SOCK_DGRAM)))
+                             rtc=RtcConfig(udp_port=free_port(socket.SOCK_DGRAM), tcp_port=free_port()))
         self.node = Node(self.config)
         self.url = f"ws://127.0.0.1:{self.config.port}"
         self._http: uvicorn.Server | None = None

@@ -15,6 +15,7 @@ class Engine:
     """What a TransportManager asks of the engine; datagrams for the client are kept to deliver."""
 
     port = 7882
+    tcp_port = 0  # no ICE-TCP
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []

@@ -106,9 +106,9 @@ class TransactionLog:
     same address is a retransmission (RFC 8489 section 6.2.1) and is answered again."""
 
     def __init__(self) -> None:
-        self._sources: OrderedDict[bytes, tuple[str, int]] = OrderedDict()
+        self._sources: OrderedDict[bytes, tuple] = OrderedDict()
 
-    def first_source(self, transaction_id: bytes, source: tuple[str, int]) -> tuple[str, int]:
+    def first_source(self, transaction_id: bytes, source: tuple) -> tuple:
         """Where `transaction_id` was first seen from (`source` when it is new, and then remembered)."""
         first = self._sources.get(transaction_id)
         if first is not None:
@@ -233,13 +233,14 @@ class ConsentChecks:
     def __init__(self, local_ufrag: str) -> None:
         self.local_ufrag = local_ufrag
         self._tie_breaker = secrets.randbits(64)
-        self._outstanding: OrderedDict[bytes, tuple[tuple[str, int], str]] = OrderedDict()  # id -> (address, pwd)
+        # id -> (address, pwd); an address is (host, port), or (host, port, connection) over ICE-TCP
+        self._outstanding: OrderedDict[bytes, tuple[tuple, str]] = OrderedDict()
 
     @staticmethod
     def next_delay() -> float:
         return random.uniform(*CONSENT_INTERVAL)
 
-    def request(self, address: tuple[str, int], remote_ufrag: str, remote_pwd: str) -> tuple[bytes, bytes]:
+    def request(self, address: tuple, remote_ufrag: str, remote_pwd: str) -> tuple[bytes, bytes]:
         """A check to `address`: (datagram, its fresh random transaction id)."""
         message = binding_request(remote_ufrag, self.local_ufrag, remote_pwd, _CHECK_PRIORITY, controlling=False,
                                   tie_breaker=self._tie_breaker)
@@ -248,7 +249,7 @@ class ConsentChecks:
             self._outstanding.popitem(last=False)
         return bytes(message), message.transaction_id
 
-    def response(self, data: bytes, source: tuple[str, int]) -> bool:
+    def response(self, data: bytes, source: tuple) -> bool:
         """Whether `data` from `source` is an authenticated success response to an outstanding check sent there
         (that check is then settled)."""
         try:

@@ -1,10 +1,10 @@
 """SDP for tern's peer connections: parse what LiveKit clients send, build the server's side.
 
-The server is ICE-lite, the DTLS server on the publisher PC, and BUNDLEs every m-line on
-one UDP port with rtcp-mux, so both builders repeat one transport block in every m-line and
-never negotiate a per-m-line transport. The parser is hand-written and strict about the
-fields it reads (numbers, fingerprints, m-lines) so that anything a remote peer sends
-either parses or raises SdpError; attributes it does not use are skipped.
+The server is ICE-lite, the DTLS server on the publisher PC, and BUNDLEs every m-line on one UDP port (and one
+passive ICE-TCP port) with rtcp-mux, so both builders repeat one transport block in every m-line and never
+negotiate a per-m-line transport. The parser is hand-written and strict about the fields it reads (numbers,
+fingerprints, m-lines) so that anything a remote peer sends either parses or raises SdpError; attributes it does
+not use are skipped.
 
 A client's SDP is hostile input parsed on the event loop every room shares, so parsing is linear in its size
 (dict and set lookups only) and bounded: past any MAX_* below, parse() stops and raises SdpLimitError.
@@ -55,6 +55,14 @@ MAX_FEEDBACK_PER_CODEC = 16        # distinct rtcp-fb values for one payload typ
 MAX_FINGERPRINTS = 8               # per level; aiortc lists 3
 MAX_CANDIDATES_PER_SECTION = 256   # ICE-lite never uses them; but a host with many interfaces (docker bridges, VPNs) lists
                                    # each address x UDP/TCP x generation: a test host with two extra veths sent > 64
+
+# RFC 8445 5.1.2.1: priority = 2^24 type preference + 2^8 local preference + (256 - component). Host UDP candidates
+# take the highest type preference (126) and local preference (65535), less one per further address.
+_HOST_UDP_PRIORITY = (126 << 24) | (65535 << 8) | 255
+# RFC 6544 4.2 ranks TCP below UDP so clients use it only when UDP fails. Like pion (LiveKit's stack): host type
+# preference 126 - 27 for TCP, and local preference 2^13 direction-pref + other-pref, direction-pref 4 for a passive
+# host candidate: 1671430143 for the first address.
+_HOST_TCP_PASSIVE_PRIORITY = ((126 - 27) << 24) | (((4 << 13) | 8191) << 8) | 255
 
 
 class SdpError(ValueError):
@@ -398,6 +406,7 @@ class LocalEndpoint:
     ice_pwd: str
     fingerprint: str                      # sha-256, "AB:CD:..."
     candidates: list[tuple[str, int]]     # (ip, port) host UDP candidates
+    tcp_candidates: list[tuple[str, int]] = field(default_factory=list)  # (ip, port) passive ICE-TCP host candidates
 
 
 @dataclass
@@ -459,10 +468,14 @@ def _transport_lines(local: LocalEndpoint, setup: str, mid: str) -> list[str]:
 
 
 def host_candidates(local: LocalEndpoint) -> list[str]:
-    """The server's ICE candidates as attribute values ("candidate:..."), for the SDP and for trickle."""
-    # Distinct foundations/priorities: each host address is its own candidate base.
-    return [f"candidate:{index + 1} 1 udp {2130706431 - index} {ip} {port} typ host"
-            for index, (ip, port) in enumerate(local.candidates)]
+    """The server's ICE candidates as attribute values ("candidate:..."), for the SDP and for trickle: UDP first,
+    then passive TCP (RFC 6544: the client connects to it; it never dials out)."""
+    # Distinct foundations/priorities: each host address (and protocol) is its own candidate base.
+    udp = [f"candidate:{index + 1} 1 udp {_HOST_UDP_PRIORITY - index} {ip} {port} typ host"
+           for index, (ip, port) in enumerate(local.candidates)]
+    tcp = [f"candidate:{len(udp) + index + 1} 1 tcp {_HOST_TCP_PASSIVE_PRIORITY - index} {ip} {port} typ host"
+           " tcptype passive" for index, (ip, port) in enumerate(local.tcp_candidates)]
+    return udp + tcp
 
 
 def codec_lines(codec: Codec, feedback: list[str]) -> list[str]:

@@ -1,8 +1,8 @@
 """Control side of a client's peer connections: ICE-lite credentials, the DTLS endpoint, SRTP keys, data channels.
 
-The engine owns the socket and the packets; a Transport owns what is rare and stateful (STUN checks,
-the DTLS handshake, the SCTP association over it) and pushes the results (selected address, SRTP contexts)
-down into the engine.
+The engine owns the sockets (UDP, and ICE-TCP connections) and the packets; a Transport owns what is rare and
+stateful (STUN checks, the DTLS handshake, the SCTP association over it) and pushes the results (selected address,
+SRTP contexts) down into the engine.
 """
 from __future__ import annotations
 
@@ -56,12 +56,14 @@ class Transport:
         self.remote_pwd: str | None = None  # for our consent checks, signed as the client expects
         self.certificate = manager.certificate  # for its whole life: its fingerprint is in the client's SDP
         self.dtls = DtlsEndpoint(self.certificate, None)
-        self.address: tuple[str, int] | None = None
+        # The selected path: (host, port) over UDP, (host, port, connection) over an ICE-TCP connection, as the
+        # engine names them in events and takes them in its methods.
+        self.address: tuple | None = None
         self.consent_at = 0.0  # loop time of the last answer to our consent checks from `address` (RFC 7675)
         self._consent = ConsentChecks(self.ice_ufrag)
         self._consent_timer: asyncio.TimerHandle | None = None
         self._next_check_at = 0.0
-        self._switch_to: tuple[str, int] | None = None  # a nominated new address, checked before media moves there
+        self._switch_to: tuple | None = None  # a nominated new address, checked before media moves there
         self._switch_checked_at = -SWITCH_CHECK_INTERVAL
         self._transactions = TransactionLog()
         self.on_connected: Callable[[], None] | None = None
@@ -96,6 +98,7 @@ class Transport:
             ice_pwd=self.ice_pwd,
             fingerprint=self.certificate.fingerprint,
             candidates=[(self.manager.node_ip, self.manager.engine.port)],
+            tcp_candidates=[(self.manager.node_ip, tcp_port)] if (tcp_port := self.manager.engine.tcp_port) else [],
         )
 
     def set_remote(self, ufrag: str | None, fingerprint: tuple[str, str] | None, pwd: str | None = None) -> None:
@@ -132,30 +135,39 @@ class Transport:
         self.remote_ufrag = self.remote_pwd = None
         self.manager.counters["ice_restarts"] += 1
 
-    def handle_stun(self, data: bytes, host: str, port: int) -> None:
+    def handle_stun(self, data: bytes, host: str, port: int, connection: int = 0) -> None:
         """A Binding request the engine found addressed to our ufrag (answered; it may select an address), or a
-        success response the engine matched to one of our consent checks."""
-        source = (host, port)
+        success response the engine matched to one of our consent checks. `connection`: the ICE-TCP connection it
+        came on (0: UDP); a connection's first authenticated request claims it for this transport, and one that
+        fails authentication before that closes it."""
+        source = (host, port, connection) if connection else (host, port)
+        engine_ = self.manager.engine
         if is_response(data):
             self._consent_answered(data, source)
             return
-        result = handle_binding(data, source, self.ice_ufrag, self.ice_pwd, self.remote_ufrag)
+        result = handle_binding(data, (host, port), self.ice_ufrag, self.ice_pwd, self.remote_ufrag)
         if result is None:
             self.manager.counters["stun_ignored"] += 1
             return
         if not result.authenticated:
-            self.manager.engine.send_to(result.response, host, port)
             self.manager.counters["stun_unauthenticated"] += 1
+            if not (connection and engine_.tcp_reject(connection)):
+                engine_.send_to(result.response, *source)
             return
         if self._transactions.first_source(data[8:20], source) != source:
             self.manager.counters["stun_replayed"] += 1
+            if connection:
+                engine_.tcp_reject(connection)  # a captured request proves nothing about this connection
+            return
+        if connection and not engine_.tcp_claim(connection, self.id):
+            self.manager.counters["ice_tcp_refused"] += 1  # another transport's, gone, or one too many
             return
         # ICE-lite: the controlling client nominates; until then the first valid pair is good enough to answer DTLS.
         if source != self.address and (result.use_candidate or self.address is None):
-            holder = self.manager.engine.transport_at(host, port)
+            holder = engine_.transport_at(*source)
             if holder is not None and holder != self.id:  # another live transport's address: it keeps it
                 self.manager.counters["ice_address_taken"] += 1
-                self.manager.engine.send_to(error_response(data[8:20], 403, "Forbidden"), host, port)
+                engine_.send_to(error_response(data[8:20], 403, "Forbidden"), *source)
                 return
             if self.address is None:
                 # The first address needs no check: no media goes anywhere before a DTLS handshake, which a client
@@ -163,9 +175,9 @@ class Transport:
                 self._select(source)
             else:
                 self._check_switch(source)
-        self.manager.engine.send_to(result.response, host, port)
+        engine_.send_to(result.response, *source)
 
-    def _select(self, address: tuple[str, int]) -> None:
+    def _select(self, address: tuple) -> None:
         if not self.manager.engine.bind_transport(self.id, *address):
             self.manager.counters["ice_address_taken"] += 1  # taken meanwhile
             return
@@ -176,7 +188,7 @@ class Transport:
             self._next_check_at = self.consent_at + self._consent.next_delay()
             self._schedule_consent()
 
-    def _check_switch(self, address: tuple[str, int]) -> None:
+    def _check_switch(self, address: tuple) -> None:
         """A nomination from a new address: media moves there once it answers our check (so a spoofed nomination,
         answered by nobody, moves nothing)."""
         now = self._now()
@@ -187,14 +199,14 @@ class Transport:
         self._switch_to = address
         self._send_check(address)
 
-    def _send_check(self, address: tuple[str, int]) -> None:
+    def _send_check(self, address: tuple) -> None:
         if self.remote_ufrag is None or self.remote_pwd is None:
             return  # the client's SDP has not arrived yet: its next check will do
         datagram, transaction_id = self._consent.request(address, self.remote_ufrag, self.remote_pwd)
         self.manager.engine.expect_stun_response(self.id, transaction_id)
         self.manager.engine.send_to(datagram, *address)
 
-    def _consent_answered(self, data: bytes, source: tuple[str, int]) -> None:
+    def _consent_answered(self, data: bytes, source: tuple) -> None:
         if not self._consent.response(data, source):
             self.manager.counters["ice_consent_response_refused"] += 1
             return
@@ -443,15 +455,17 @@ class TransportManager:
     def on_event(self, event: tuple) -> None:
         kind = event[0]
         if kind == engine.EV_STUN:
-            _, transport_id, data, host, port = event
+            _, transport_id, data, *source = event  # (host, port), or (host, port, connection) over ICE-TCP
             transport = self._by_id.get(transport_id)
             if transport is None:
                 self.counters["stun_unknown_transport"] += 1
                 return
             try:
-                transport.handle_stun(data, host, port)
+                transport.handle_stun(data, *source)
             except StunError:
                 self.counters["stun_malformed"] += 1
+                if len(source) == 3:
+                    self.engine.tcp_reject(source[2])  # not a Binding request: a pending connection closes
         elif kind == engine.EV_DTLS:
             _, transport_id, data = event
             transport = self._by_id.get(transport_id)
