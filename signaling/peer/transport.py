@@ -434,6 +434,7 @@ class TransportManager:
     def create(self, label: str) -> Transport:
         transport = Transport(self, label)
         self._by_id[transport.id] = transport
+        self.counters["transports_created"] += 1  # how many peer connections clients get: one (v1) or two (v0) each
         return transport
 
     def remove(self, transport: Transport) -> None:
