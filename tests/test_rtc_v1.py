@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
 from clients import connect, remote, until
+from test_rtc import Sink
 from media import TONE_HZ, Publisher, decoded_audio, decoded_video, dominant_frequency, matches_card, wait_for_tracks
 from signaling.protocol.v1 import (MAX_JOIN_REQUEST_PARAM, MAX_JOIN_REQUEST_SIZE, JoinRequestError,
                                    decode_join_request)
@@ -189,3 +190,112 @@ async def test_unsubscribing_and_resubscribing_reuses_the_clients_m_lines(server
         await publisher.stop()
         await alice.disconnect()
         await bob.disconnect()
+
+
+# ---------------------------------------------------------------- one peer connection in-process (test_rtc's fakes)
+
+def client_offer(kinds: list[str], ufrag: str = "client1", offer_id: int = 1) -> signal.SessionDescription:
+    """A v1 client's offer: recvonly m-lines of `kinds` (the SDKs pre-create 3 + 3) and its data channels' m-line."""
+    mids = [str(i) for i in range(len(kinds) + 1)]
+    lines = ["v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE " + " ".join(mids),
+             f"a=ice-ufrag:{ufrag}", "a=ice-pwd:" + "p" * 24, "a=fingerprint:sha-256 " + ":".join(["AB"] * 32),
+             "a=setup:actpass"]
+    for mid, kind in zip(mids, kinds):
+        if kind == "audio":
+            lines += ["m=audio 9 UDP/TLS/RTP/SAVPF 111", f"a=mid:{mid}", "a=recvonly", "a=rtpmap:111 opus/48000/2",
+                      "a=rtcp-fb:111 transport-cc", "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level"]
+        else:
+            lines += ["m=video 9 UDP/TLS/RTP/SAVPF 98 99", f"a=mid:{mid}", "a=recvonly", "a=rtpmap:98 VP8/90000",
+                      "a=rtcp-fb:98 nack pli", "a=rtcp-fb:98 goog-lntf", "a=rtpmap:99 rtx/90000", "a=fmtp:99 apt=98",
+                      "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+                      "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"]
+        lines += ["a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+                  "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid"]
+    lines += ["m=application 9 UDP/DTLS/SCTP webrtc-datachannel", f"a=mid:{mids[-1]}", "a=sctp-port:5000"]
+    return signal.SessionDescription(type="offer", sdp="\r\n".join(lines) + "\r\n", id=offer_id)
+
+
+def join_single_pc(node, identity: str):
+    from signaling.auth import Claims, VideoGrant
+    from signaling.rtc.participant import Participant
+    from test_rtc import Sink
+    claims = Claims("devkey", identity, identity, "", {}, "standard", VideoGrant(room_join=True, room="room"), "", 0)
+    participant = Participant(node, node.store.get_or_create("room"), claims, single_pc=True)
+    participant.attach(Sink())
+    participant.join(5, 15)
+    return participant
+
+
+def answered_media(answer: signal.SessionDescription) -> dict[str, str]:
+    """mid -> direction of each audio/video m-line of an answer."""
+    from signaling.peer import sdp
+    return {s.mid: s.direction for s in sdp.parse(answer.sdp).sections if s.kind != "application"}
+
+
+async def test_subscriptions_go_into_the_clients_recvonly_m_lines_and_more_are_asked_for() -> None:
+    from test_rtc import FakeNode, join, publish, sink
+    node = FakeNode()
+    alice = join(node, "alice")
+    video, audio = publish(alice), publish(alice, "audio", "mic")
+    bob = join_single_pc(node, "bob")
+    join_response = sink(bob).of("join")[0]
+    assert not join_response.subscriber_primary and not sink(bob).of("offer")
+    assert node.transports.counters["transports_created"] == 3  # alice's two, bob's one
+    assert set(bob.subscriptions) == {video.sid, audio.sid}
+    assert not sink(bob).of("media_sections_requirement")  # its first offer is on its way: it has m-lines for them
+
+    bob.handle_offer(client_offer(["audio", "video", "video"]))
+    answer = sink(bob).of("answer")[-1]
+    assert answer.id == 1 and dict(answer.mid_to_track_id) == {"0": audio.sid, "1": video.sid}
+    assert answered_media(answer) == {"0": "sendonly", "1": "sendonly", "2": "inactive"}
+    assert f"a=msid:{alice.sid}|{video.sid} {video.sid}" in answer.sdp
+    assert "a=rtpmap:98 VP8/90000" in answer.sdp and "a=rtpmap:99 rtx/90000" in answer.sdp  # the client's types
+    assert all(s.downtrack_id is not None for s in bob.subscriptions.values())
+    assert bob.subscriptions[video.sid].media.extmap == {  # what the engine writes: the client's ids
+        "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time": 2,
+        "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01": 3}
+
+    # Two more videos: the first fits the free m-line (the client is asked for an offer, 0/0), the second waits for
+    # that offer, as does an unsubscription (one request outstanding at a time).
+    second, third = publish(alice, "video", "screen"), publish(alice, "video", "extra")
+    bob.update_subscriptions({video.sid}, False)
+    requirements = lambda: [(r.num_audios, r.num_videos) for r in sink(bob).of("media_sections_requirement")]  # noqa: E731
+    assert requirements() == [(0, 0)]
+    bob.handle_offer(client_offer(["audio", "video", "video"], offer_id=2))
+    answer = sink(bob).of("answer")[-1]
+    assert answered_media(answer) == {"0": "sendonly", "1": "inactive", "2": "sendonly"}
+    assert dict(answer.mid_to_track_id) == {"0": audio.sid, "2": second.sid}
+    # The m-line answered inactive is free: the third video goes there with the next offer.
+    assert requirements() == [(0, 0), (0, 0)]
+    bob.handle_offer(client_offer(["audio", "video", "video"], offer_id=3))
+    assert dict(sink(bob).of("answer")[-1].mid_to_track_id) == {"0": audio.sid, "1": third.sid, "2": second.sid}
+    assert len(requirements()) == 2
+
+    # None free: the client is asked for one more video m-line.
+    bob.update_subscriptions({video.sid}, True)
+    assert requirements()[-1] == (0, 1)
+    bob.handle_offer(client_offer(["audio", "video", "video", "video"], offer_id=4))
+    answer = sink(bob).of("answer")[-1]
+    assert dict(answer.mid_to_track_id) == {"0": audio.sid, "1": third.sid, "2": second.sid, "3": video.sid}
+    assert len(requirements()) == 3 and all(s.downtrack_id is not None for s in bob.subscriptions.values())
+
+    # A resume sends no offer: the client restarts ICE with its own.
+    bob._on_primary_connected()  # what its transport's DTLS handshake does: only then is there a session to resume
+    bob.signal_lost(sink(bob))
+    resumed = Sink()
+    bob.resume(resumed)
+    assert [r.WhichOneof("message") for r in resumed.sent][:1] == ["reconnect"] and not resumed.of("offer")
+    bob.handle_offer(client_offer(["audio", "video", "video", "video"], ufrag="client2", offer_id=5))
+    assert node.transports.counters["ice_restarts"] == 1 and resumed.of("answer")[-1].id == 5
+
+
+async def test_data_reaches_a_single_pc_client_on_its_own_channels() -> None:
+    from test_rtc import FakeNode, join
+    node = FakeNode()
+    bob = join_single_pc(node, "bob")
+    assert bob.publisher is bob.subscriber and bob.publisher.transport.local_channels == []
+    sent: list[tuple[str, bytes]] = []
+    bob.publisher.transport.send_message = lambda label, data: sent.append((label, data)) or True
+    assert bob.send_data(b"x", reliable=True) and bob.send_data(b"y", reliable=False)
+    assert sent == [("_reliable", b"x"), ("_lossy", b"y")]
+    join(node, "alice")

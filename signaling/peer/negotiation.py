@@ -131,10 +131,10 @@ class SinglePC(PublisherPC):
         return self._requirement()
 
     def follow_up(self) -> rtc.MediaSectionsRequirement | None:
-        """After an answer: the m-lines still lacking for queued media, asked for at once."""
-        requirement = self._requirement()
-        self._requested = bool(requirement.num_audios or requirement.num_videos)
-        return requirement if self._requested else None
+        """After an answer: another offer asked for at once while media still waits (with the m-lines it lacks, or
+        0/0 when the answer just freed some)."""
+        self._requested = any(m.active and not m.mid for m in self.media)
+        return self._requirement() if self._requested else None
 
     def _requirement(self) -> rtc.MediaSectionsRequirement:
         waiting = {kind: sum(1 for m in self.media if m.active and not m.mid and m.kind == kind)
