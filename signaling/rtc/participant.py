@@ -154,9 +154,12 @@ class Participant:
         self.subscriber_primary = claims.video.can_subscribe and not single_pc
         primary = self.subscriber if self.subscriber_primary else self.publisher
         primary.transport.on_connected = self._on_primary_connected
-        # Clients open their channels on the publisher PC; the server opens the same labels on the subscriber PC.
+        # Clients open their channels on the publisher PC; the server opens the same labels on the subscriber PC. A
+        # single PC has the client's only: the server writes on them too, once they are open.
         if self.subscriber_primary:
             self.subscriber.transport.local_channels = list(SERVER_CHANNELS)
+        if single_pc:
+            self.publisher.transport.awaited_channels = frozenset({RELIABLE_LABEL})
         self.data = DataPublisher(self, services.counters)
         self.publisher.transport.on_message = self._on_data_message
         self.subscriber.transport.on_message = self._on_data_message
