@@ -299,3 +299,21 @@ async def test_data_reaches_a_single_pc_client_on_its_own_channels() -> None:
     assert bob.publisher is bob.subscriber and transport.local_channels == []
     assert bob.send_data(b"x", reliable=True) and not bob.send_data(b"y", reliable=False)
     assert transport._held == [("_reliable", b"x")]
+
+
+async def test_a_codec_the_client_cannot_receive_ends_the_subscription_instead_of_asking_for_m_lines() -> None:
+    from signaling.peer import sdp
+    from test_rtc import FakeNode, join, sink
+    node = FakeNode()
+    alice = join(node, "alice")
+    alice.add_track(signal.AddTrackRequest(cid="h264", name="cam", type=models.TrackType.VIDEO))
+    h264 = sdp.Codec(102, "H264", 90000, fmtp="profile-level-id=42e01f;packetization-mode=1", rtx_payload_type=103)
+    alice.attach_media(sdp.AcceptedMedia("0", "video", "h264", h264, {}, [], [1], []))
+    publication = next(iter(alice.publications.values()))
+    alice.on_track_started(publication)
+    bob = join_single_pc(node, "bob")
+    bob.handle_offer(client_offer(["audio", "video"]))  # VP8 only
+    assert not sink(bob).of("answer")[-1].mid_to_track_id and bob.subscriptions == {}
+    [refusal] = sink(bob).of("subscription_response")
+    assert (refusal.track_sid, refusal.err) == (publication.sid, models.SubscriptionError.SE_CODEC_UNSUPPORTED)
+    assert not sink(bob).of("media_sections_requirement") and node.counters["subscription_codec_unsupported"] == 1

@@ -109,6 +109,9 @@ class SinglePC(PublisherPC):
         self.media: list[sdp.OutgoingMedia] = []
         self._free: dict[str, int] = {}  # kind -> recvonly m-lines of the latest offer that nothing was sent on
         self._requested = True  # a new offer is on its way (the first one always is): asking again adds m-lines
+        # Media the latest offer had a free m-line of its kind for, but not its codec: asking for more m-lines would
+        # not help (the caller ends those subscriptions).
+        self.unplaceable: list[sdp.OutgoingMedia] = []
 
     def add(self, media: sdp.OutgoingMedia) -> bool:
         """Queues `media` for the next answer; False past MAX_SUBSCRIBER_MEDIA (the caller renegotiates)."""
@@ -157,6 +160,7 @@ class SinglePC(PublisherPC):
                     placed[section.mid] = media
         self._free = {kind: sum(1 for mid, s in receiving.items() if mid not in placed and s.kind == kind)
                       for kind in ("audio", "video")}
+        self.unplaceable = [m for m in self.media if m.active and not m.mid and self._free[m.kind]]
         return placed
 
     def _answered(self) -> None:

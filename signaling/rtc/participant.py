@@ -445,6 +445,13 @@ class Participant:
                     self.unpublish(publication)
         if isinstance(self.subscriber, SinglePC):  # the answer sent subscriptions too: they start now
             refused = self._start_downtracks({m.mid: m.extmap for m in self.subscriber.media if m.mid})
+            for subscription in [s for s in self.subscriptions.values()
+                                 if any(s.media is m for m in self.subscriber.unplaceable)]:
+                # The client receives no codec the publisher sends (tern does not transcode).
+                self.services.counters["subscription_codec_unsupported"] += 1
+                self.unsubscribe(subscription, renegotiate=False)
+                self.send(rtc.SignalResponse(subscription_response=rtc.SubscriptionResponse(
+                    track_sid=subscription.publication.sid, err=models.SubscriptionError.SE_CODEC_UNSUPPORTED)))
             self._negotiate(self.subscriber.follow_up())
             if refused:
                 self.renegotiate()
