@@ -166,6 +166,7 @@ async def test_python_sdk_publishes_subscribes_and_exchanges_data_over_one_peer_
         await bob.disconnect()
     log = server.log()
     assert "404" not in log and " ERROR " not in log and "WARNING" not in log, log[-3000:]
+    assert "/rtc/v1?join_request=[redacted]" in log  # the client's SDP (ICE password) stays out of the log
 
 
 async def test_unsubscribing_and_resubscribing_reuses_the_clients_m_lines(server) -> None:
