@@ -82,8 +82,7 @@ class PublisherPC(_PeerConnection):
                                                 outgoing)
         self._answered()
         sending = {media.mid for media in accepted}
-        stopped = [s.mid for s in description.sections
-                   if s.kind != "application" and s.mid not in sending and s.mid not in outgoing]
+        stopped = [s.mid for s in description.sections if s.kind != "application" and s.mid not in sending]
         candidates = self.trickle_once(description.bundle[0]) if description.bundle else []
         answer = rtc.SessionDescription(type="answer", sdp=answer_sdp, id=offer.id)
         for mid, media in outgoing.items():
