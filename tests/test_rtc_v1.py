@@ -318,3 +318,40 @@ async def test_a_codec_the_client_cannot_receive_ends_the_subscription_instead_o
     [refusal] = sink(bob).of("subscription_response")
     assert (refusal.track_sid, refusal.err) == (publication.sid, models.SubscriptionError.SE_CODEC_UNSUPPORTED)
     assert not sink(bob).of("media_sections_requirement") and node.counters["subscription_codec_unsupported"] == 1
+
+
+async def test_more_tracks_than_the_clients_prepared_m_lines_are_asked_for_and_all_play(server) -> None:
+    """The SDK prepares 3 audio + 3 video recvonly m-lines; a fourth video makes the server ask for one more
+    (MediaSectionsRequirement), and every video decodes."""
+    room = "v1-many"
+    alice = await connect(server, "alice", room)
+    bob = await connect(server, "bob", room)
+    sources = [rtc.VideoSource(160, 90) for _ in range(4)]
+    frame = rtc.VideoFrame(160, 90, rtc.VideoBufferType.RGBA, bytes(160 * 90 * 4))
+
+    async def feed() -> None:
+        while True:
+            for source in sources:
+                source.capture_frame(frame)
+            await asyncio.sleep(0.1)
+
+    feeder = asyncio.create_task(feed())
+    requested = server.counters().get("media_sections_requested", 0)
+    try:
+        for index, source in enumerate(sources):
+            track = rtc.LocalVideoTrack.create_video_track(f"cam{index}", source)
+            await alice.local_participant.publish_track(track, rtc.TrackPublishOptions(
+                source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False))
+
+        def videos() -> list[rtc.RemoteTrack]:
+            participant = remote(bob, "alice")
+            return [p.track for p in participant.track_publications.values() if p.track is not None] if participant else []
+
+        await until(lambda: len(videos()) == 4, timeout=20)
+        for track in videos():
+            assert len(await decoded_video(track, frames=3)) == 3
+        assert server.counters()["media_sections_requested"] > requested
+    finally:
+        feeder.cancel()
+        await alice.disconnect()
+        await bob.disconnect()

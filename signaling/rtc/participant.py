@@ -280,6 +280,7 @@ class Participant:
             self.send(rtc.SignalResponse(offer=request))
             self._trickle(self.subscriber.trickle_once(SubscriberPC.data_mid))
         elif request is not None:
+            self.services.counters["media_sections_requested"] += 1
             self.send(rtc.SignalResponse(media_sections_requirement=request))
 
     def _trickle(self, candidates: list[rtc.TrickleRequest]) -> None:
