@@ -10,7 +10,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,10 +20,13 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
 from clients import connect, remote, until
-from test_rtc import Sink
 from media import TONE_HZ, Publisher, decoded_audio, decoded_video, dominant_frequency, matches_card, wait_for_tracks
+from signaling.auth import Claims, VideoGrant
+from signaling.peer import sdp
 from signaling.protocol.v1 import (MAX_JOIN_REQUEST_PARAM, MAX_JOIN_REQUEST_SIZE, JoinRequestError,
                                    decode_join_request)
+from signaling.rtc.participant import Participant
+from test_rtc import FakeNode, Sink, join, node, publish, sink  # noqa: F401 (node: a fixture)
 
 
 def join_request_param(join: signal.JoinRequest, gzipped: bool = True, padded: bool = True) -> str:
@@ -216,10 +218,8 @@ def client_offer(kinds: list[str], ufrag: str = "client1", offer_id: int = 1) ->
     return signal.SessionDescription(type="offer", sdp="\r\n".join(lines) + "\r\n", id=offer_id)
 
 
-def join_single_pc(node, identity: str):
-    from signaling.auth import Claims, VideoGrant
-    from signaling.rtc.participant import Participant
-    from test_rtc import Sink
+def join_single_pc(node: FakeNode, identity: str) -> Participant:
+    """test_rtc's join, over one peer connection."""
     claims = Claims("devkey", identity, identity, "", {}, "standard", VideoGrant(room_join=True, room="room"), "", 0)
     participant = Participant(node, node.store.get_or_create("room"), claims, single_pc=True)
     participant.attach(Sink())
@@ -229,13 +229,10 @@ def join_single_pc(node, identity: str):
 
 def answered_media(answer: signal.SessionDescription) -> dict[str, str]:
     """mid -> direction of each audio/video m-line of an answer."""
-    from signaling.peer import sdp
     return {s.mid: s.direction for s in sdp.parse(answer.sdp).sections if s.kind != "application"}
 
 
-async def test_subscriptions_go_into_the_clients_recvonly_m_lines_and_more_are_asked_for() -> None:
-    from test_rtc import FakeNode, join, publish, sink
-    node = FakeNode()
+async def test_subscriptions_go_into_the_clients_recvonly_m_lines_and_more_are_asked_for(node: FakeNode) -> None:
     alice = join(node, "alice")
     video, audio = publish(alice), publish(alice, "audio", "mic")
     bob = join_single_pc(node, "bob")
@@ -290,11 +287,9 @@ async def test_subscriptions_go_into_the_clients_recvonly_m_lines_and_more_are_a
     assert node.transports.counters["ice_restarts"] == 1 and resumed.of("answer")[-1].id == 5
 
 
-async def test_data_reaches_a_single_pc_client_on_its_own_channels() -> None:
+async def test_data_reaches_a_single_pc_client_on_its_own_channels(node: FakeNode) -> None:
     """The server writes on the client's channels: reliable messages wait for its _reliable channel to open (as they
     wait for the server's own on a subscriber PC); lossy ones before it are undeliverable."""
-    from test_rtc import FakeNode
-    node = FakeNode()
     bob = join_single_pc(node, "bob")
     transport = bob.publisher.transport
     assert bob.publisher is bob.subscriber and transport.local_channels == []
@@ -302,10 +297,8 @@ async def test_data_reaches_a_single_pc_client_on_its_own_channels() -> None:
     assert transport._held == [("_reliable", b"x")]
 
 
-async def test_a_codec_the_client_cannot_receive_ends_the_subscription_instead_of_asking_for_m_lines() -> None:
-    from signaling.peer import sdp
-    from test_rtc import FakeNode, join, sink
-    node = FakeNode()
+async def test_a_codec_the_client_cannot_receive_ends_the_subscription_instead_of_asking_for_m_lines(
+        node: FakeNode) -> None:
     alice = join(node, "alice")
     alice.add_track(signal.AddTrackRequest(cid="h264", name="cam", type=models.TrackType.VIDEO))
     h264 = sdp.Codec(102, "H264", 90000, fmtp="profile-level-id=42e01f;packetization-mode=1", rtx_payload_type=103)

@@ -511,7 +511,6 @@ def _rejected_lines(section: MediaSection) -> list[str]:
 
 def _inactive_lines(section: MediaSection, local: LocalEndpoint, policy: ReceivePolicy) -> list[str]:
     codecs = section.codecs[:1]
-
     if codecs:
         lines = [rtp_mline(section.kind, section.protocol, codecs)]
     else:   # static payload type without rtpmap: echo the format
