@@ -220,46 +220,45 @@ async def test_audio_is_reserved_and_video_pauses_below_its_lowest_layer(node: F
     assert stream_states(bob) == [(video.sid, rtc.StreamState.PAUSED), (video.sid, rtc.StreamState.ACTIVE)]
 
 
-async def test_an_upgrade_the_link_could_not_carry_is_retried_later_and_only_on_more(node: FakeNode) -> None:
+WIDE, NARROW = 1_500_000 * UPGRADE_MARGIN, 600_000  # estimates for 720p (with the margin) and for 360p
+
+
+def failed_upgrade(node: FakeNode) -> tuple[Participant, Clock, list[int]]:
+    """bob subscribed to alice's video at 360p, upgraded to 720p and thrown out a second later: (bob, its clock, the
+    layers pushed so far)."""
     alice, bob = join(node, "alice"), join(node, "bob")
     bob.allocator.clock = clock = Clock()
     start(node, bob, publish_video(alice))
     layers: list[int] = []
     node.engine.set_target_layer = lambda dt, layer, temporal=None: layers.append(layer)
-    wide, narrow = 1_500_000 * UPGRADE_MARGIN, 600_000
-    bob.allocator.on_estimate(narrow)
+    bob.allocator.on_estimate(NARROW)
     clock.now += UPGRADE_HOLD_S
-    bob.allocator.on_estimate(wide)  # up...
+    bob.allocator.on_estimate(WIDE)  # up...
     clock.now += 1
-    bob.allocator.on_estimate(narrow)  # ...and thrown out a second later
+    bob.allocator.on_estimate(NARROW)  # ...and thrown out a second later
     assert layers == [1, 2, 1]
+    return bob, clock, layers
+
+
+async def test_an_upgrade_the_link_could_not_carry_is_retried_later_and_only_on_more(node: FakeNode) -> None:
+    bob, clock, layers = failed_upgrade(node)
     clock.now += UPGRADE_HOLD_S
-    bob.allocator.on_estimate(wide * UPGRADE_RETRY_FACTOR)
+    bob.allocator.on_estimate(WIDE * UPGRADE_RETRY_FACTOR)
     assert layers == [1, 2, 1]  # the hold doubled
     clock.now += UPGRADE_HOLD_S
-    bob.allocator.on_estimate(wide)
+    bob.allocator.on_estimate(WIDE)
     assert layers == [1, 2, 1]  # the estimate it failed at is not enough again
-    bob.allocator.on_estimate(wide * UPGRADE_RETRY_FACTOR)
+    bob.allocator.on_estimate(WIDE * UPGRADE_RETRY_FACTOR)
     assert layers == [1, 2, 1, 2]
     clock.now += UPGRADE_FAILED_S  # this one held: the next step down keeps the base hold and no retry bar
-    bob.allocator.on_estimate(narrow)
+    bob.allocator.on_estimate(NARROW)
     clock.now += UPGRADE_HOLD_S
-    bob.allocator.on_estimate(wide)
+    bob.allocator.on_estimate(WIDE)
     assert layers == [1, 2, 1, 2, 1, 2]
 
 
 async def test_a_further_step_down_after_a_failed_upgrade_is_not_a_second_failure(node: FakeNode) -> None:
-    alice, bob = join(node, "alice"), join(node, "bob")
-    bob.allocator.clock = clock = Clock()
-    start(node, bob, publish_video(alice))
-    layers: list[int] = []
-    node.engine.set_target_layer = lambda dt, layer, temporal=None: layers.append(layer)
-    wide, narrow = 1_500_000 * UPGRADE_MARGIN, 600_000
-    bob.allocator.on_estimate(narrow)
-    clock.now += UPGRADE_HOLD_S
-    bob.allocator.on_estimate(wide)
-    clock.now += 1
-    bob.allocator.on_estimate(narrow)  # the upgrade to 720p failed...
+    bob, clock, layers = failed_upgrade(node)  # the upgrade to 720p failed...
     clock.now += 0.5
     bob.allocator.on_estimate(200_000)  # ...and the loss that came with it took the estimate down further
     assert layers == [1, 2, 1, 0]
