@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -57,20 +58,28 @@ def _prerequisites() -> None:
         pytest.skip("browser tests need " + ", ".join(missing))
 
 
-@pytest.fixture(scope="module")
-def static_site() -> Iterator[str]:
-    """Serves tests/browser (page, script, node_modules) over HTTP; the page must not come from file://."""
+@contextmanager
+def _static_site(host: str = "127.0.0.1") -> Iterator[str]:
+    """Serves tests/browser (page, script, node_modules) over HTTP on `host`; the page must not come from file://."""
 
     class QuietHandler(SimpleHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(BROWSER_DIR)))
+    httpd = ThreadingHTTPServer((host, 0), functools.partial(QuietHandler, directory=str(BROWSER_DIR)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield f"http://{host}:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def static_site() -> Iterator[str]:
+    with _static_site() as site:
+        yield site
 
 
 @dataclass
@@ -121,23 +130,30 @@ class BrowserPeer:
         return f"browser console:\n{self.capture.tail()}\nserver log (end):\n{server.log()[-3000:]}"
 
 
-@pytest.fixture
-async def browser(static_site: str) -> AsyncIterator[BrowserPeer]:
+@asynccontextmanager
+async def _browser_at(site: str, executable: Path = CHROMIUM) -> AsyncIterator[BrowserPeer]:
+    """Chromium (`executable`: the system one, or a wrapper that starts it elsewhere) on tests/browser's page."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        chromium = await playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
         try:
             page = await chromium.new_page()
             capture = SignalCapture()
             capture.attach(page)
-            await page.goto(f"{static_site}/index.html")
+            await page.goto(f"{site}/index.html")
             await page.wait_for_function("window.tern !== undefined", timeout=10_000)
             peer = BrowserPeer(page, capture)
             yield peer
             await peer.call("disconnect")
         finally:
             await chromium.close()
+
+
+@pytest.fixture
+async def browser(static_site: str) -> AsyncIterator[BrowserPeer]:
+    async with _browser_at(static_site) as peer:
+        yield peer
 
 
 async def _poll(probe: Callable[[], Awaitable[Any]], done: Callable[[Any], bool], timeout: float, what: str) -> Any:
@@ -373,3 +389,34 @@ async def test_chromium_answers_our_consent_checks(tmp_path, monkeypatch, browse
     finally:
         stop_server(server)
     assert "Traceback" not in server.log(), server.log()
+
+
+async def test_js_behind_a_udp_blocking_firewall_plays_over_ice_tcp(lab_server, tmp_path: Path):
+    """Chromium inside a network namespace whose UDP is blocked (tests/netlab.py) joins with the JS SDK and plays a
+    Python peer's test card and tone over ICE-TCP."""
+    lab, server = lab_server
+    lab.block_udp()
+    in_lab = tmp_path / "chromium-in-lab"
+    in_lab.write_text(f'#!/bin/sh\nexec ip netns exec {lab.namespace} {CHROMIUM} "$@"\n')
+    in_lab.chmod(0o755)
+    room = "browser-ice-tcp"
+    python_room = await _python_peer(server, "py-tcp", room)
+    publisher = Publisher(python_room)
+    try:
+        await publisher.start()
+        with _static_site(lab.host_ip) as site:
+            async with _browser_at(site, in_lab) as browser:
+                await _connect_js(browser, server, "js-tcp", room)
+
+                def decoded_both(stats: list[dict]) -> bool:
+                    video = [s for s in stats if s["kind"] == "video"]
+                    audio = [s for s in stats if s["kind"] == "audio"]
+                    return (bool(video) and video[0]["framesDecoded"] > 10
+                            and bool(audio) and audio[0]["totalAudioEnergy"] > 0)
+
+                await _poll(lambda: browser.call("inboundStats"), decoded_both, 30, "the browser to play both tracks")
+                pair = await browser.call("selectedPair")
+                assert pair == {"local": "tcp", "remote": "tcp", "remotePort": server.tcp_port}, pair
+    finally:
+        await publisher.stop()
+        await python_room.disconnect()

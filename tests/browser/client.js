@@ -80,6 +80,24 @@
     return result;
   }
 
+  // The nominated candidate pair of the peer connection carrying the first remote track: transport protocols of
+  // both ends and the server's port (e.g. {local: "tcp", remote: "tcp", remotePort: 7881} over ICE-TCP); null before
+  // there is one.
+  async function selectedPair() {
+    for (const { track } of remoteTracks()) {
+      if (!track.receiver) continue;
+      const report = await track.receiver.getStats();
+      const byId = new Map();
+      report.forEach((stats) => byId.set(stats.id, stats));
+      for (const stats of byId.values()) {
+        if (stats.type !== "candidate-pair" || !stats.nominated || stats.state !== "succeeded") continue;
+        const local = byId.get(stats.localCandidateId), remote = byId.get(stats.remoteCandidateId);
+        return { local: local.protocol, remote: remote.protocol, remotePort: remote.port };
+      }
+    }
+    return null;
+  }
+
   // Chromium's send-side estimate for its published video (availableOutgoingBitrate of the nominated candidate
   // pair, from the video sender's stats), in bits per second; 0 when it has none yet.
   async function publisherEstimate() {
@@ -117,6 +135,7 @@
   window.addEventListener("error", (event) => state.errors.push(`error: ${event.message}`));
   window.addEventListener("unhandledrejection", (event) => state.errors.push(`unhandled rejection: ${event.reason}`));
   window.tern = {
-    state, connect, publishCameraAndMicrophone, inboundStats, publisherEstimate, publishData, setVideoEnabled, disconnect,
+    state, connect, publishCameraAndMicrophone, inboundStats, selectedPair, publisherEstimate, publishData,
+    setVideoEnabled, disconnect,
   };
 })();
