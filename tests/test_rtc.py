@@ -10,6 +10,7 @@ from livekit.protocol import models, rtc
 
 import engine
 
+from signaling.config import Config
 from signaling.auth import Claims, TokenVerifier, VideoGrant, create_token
 from signaling.cluster.memory import MemoryRoomStore
 from signaling.peer import sdp
@@ -84,6 +85,7 @@ class FakeNode:
     version = "1.9.0"
 
     def __init__(self) -> None:
+        self.config = Config()
         self.engine = FakeEngine()
         self.transports = TransportManager(self.engine, "127.0.0.1")
         self.counters: Counter[str] = Counter()
@@ -94,6 +96,9 @@ class FakeNode:
 
     def server_info(self) -> models.ServerInfo:
         return models.ServerInfo(version=self.version)
+
+    def ice_servers(self, participant_sid: str) -> list:
+        return []
 
     def notify(self, event: str, **kwargs: object) -> None:
         self.events.append(event)
