@@ -45,7 +45,7 @@ from engine.state cimport (BATCH, E_BANDWIDTH, E_DTLS, E_STUN, E_TURN, MAX_CONSE
                            SEND_SLOTS, EngineState, Event, Transport, monotonic_us, stream_key)
 from engine.stun cimport MAX_UFRAG, ufrag_key
 from engine.table cimport list_add, list_discard, map_free, map_get, map_init, map_put, map_remove
-from engine.tcpmux cimport (tcpmux_adopt, tcpmux_claim, tcpmux_close, tcpmux_flush, tcpmux_forget_transport,
+from engine.tcpmux cimport (tcpmux_adopt, tcpmux_claim, tcpmux_queue_raw, tcpmux_close, tcpmux_flush, tcpmux_forget_transport,
                             tcpmux_handle, tcpmux_open, tcpmux_path, tcpmux_queue, tcpmux_queued, tcpmux_read,
                             tcpmux_reject, tcpmux_sweep)
 from engine.turnmux cimport (turnmux_allocate, turnmux_classify, turnmux_client, turnmux_close, turnmux_handle,
@@ -631,7 +631,9 @@ cdef class Engine:
             if tcpmux_path(self.s, connection, &path) < 0:
                 self.s.counters[<int>S_DROP_TCP_CLOSED] += 1
                 return
-            self._send_path(&path, data)
+            # Unframed: a STUN message says its own length on a TURN stream.
+            tcpmux_queue_raw(self.s, <const uint8_t *>data, len(data), NULL, 0, 0, &path)
+            tcpmux_flush(self.s)
             return
         if self._turn_sock is None:
             return

@@ -404,7 +404,8 @@ cdef bint tcpmux_queue_raw(EngineState *s, const uint8_t *head, int head_length,
             c.full_since_us = monotonic_us()
         return False
     queue_put(c, head, head_length)
-    queue_put(c, data, length)
+    if length:
+        queue_put(c, data, length)
     if pad:
         memset(zeros, 0, 4)
         queue_put(c, zeros, pad)

@@ -8,7 +8,8 @@ the last frame), resolutions ({"WxH": frames}), timeline (per second: frames dec
 packets_received, packets_lost, frame_width, frame_height), audio_hz (the dominant frequency of the last second of
 audio, with --audio), stream_states (null: the Python SDK does not surface StreamStateUpdate), pairs (with --pairs:
 the selected ICE candidate pair of each connected peer connection at the end: {"publisher"|"subscriber": {"local":
-protocol, "remote": protocol, "remote_port": port}})."""
+protocol, "remote": protocol, "remote_port": port}}, plus "relay": "udp"|"tcp"|"tls" when the local candidate is a TURN
+relay: how it reaches the TURN server)."""
 from __future__ import annotations
 
 import argparse
@@ -110,6 +111,9 @@ async def selected_pairs(room: rtc.Room) -> dict:
             local = by_id[pair.candidate_pair.candidate_pair.local_candidate_id].local_candidate.candidate
             remote = by_id[pair.candidate_pair.candidate_pair.remote_candidate_id].remote_candidate.candidate
             pairs[name] = {"local": local.protocol, "remote": remote.protocol, "remote_port": remote.port}
+            if local.candidate_type == local.RELAY:  # the relay's own protocol to the TURN server
+                pairs[name]["relay"] = {local.TRANSPORT_UDP: "udp", local.TRANSPORT_TCP: "tcp",
+                                        local.TRANSPORT_TLS: "tls"}.get(local.relay_protocol)
     return pairs
 
 

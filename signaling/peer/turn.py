@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import ipaddress
 import itertools
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -28,6 +29,8 @@ from typing import Protocol
 from aioice import stun
 
 from .ice import StunError, parse_stun
+
+log = logging.getLogger(__name__)
 
 REALM = "tern"
 # How long credentials handed to a client stay valid. A client keeps the ICE servers of its JoinResponse for every
@@ -49,7 +52,9 @@ MAX_ALLOCATIONS_PER_PARTICIPANT = 12
 # Relayed addresses are labels (nothing listens there): the client's relay candidate, and the address our ICE-lite
 # answers name. Ports are drawn from here so two allocations rarely share one.
 RELAYED_PORTS = range(49152, 65536)
-CHANNEL_NUMBERS = range(0x4000, 0x5000)
+# RFC 8656 narrowed channel numbers to 0x4000-0x4FFF, but RFC 5766's 0x4000-0x7FFF is what clients use (libwebrtc,
+# coturn's): all of it is accepted.
+CHANNEL_NUMBERS = range(0x4000, 0x8000)
 UDP = 17  # REQUESTED-TRANSPORT: the only one browsers ask for
 # A credential naming a participant not seen here re-reads the node's participants at most this often, so a flood of
 # requests with unknown sids costs one scan per interval, and a participant that just joined is found at once.
@@ -159,6 +164,8 @@ class TurnServer:
             return handler(message, client, username, key, now)
         except TurnError as error:
             self.counters[error.counter] += 1
+            log.debug("TURN %s from %s: %d %s %s", message.message_method.name, client, error.code, error.reason,
+                      {name: value for name, value in message.attributes.items() if name != "MESSAGE-INTEGRITY"})
             if error.code in (401, 438):  # a challenge: REALM and a fresh NONCE, unsigned
                 return self._error(message, None, error.code, error.reason, {"REALM": REALM, "NONCE": self._nonce(now)})
             return self._error(message, key, error.code, error.reason)

@@ -21,6 +21,7 @@ import socket
 import ssl
 import tempfile
 from collections import Counter
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -89,11 +90,10 @@ class _Side(asyncio.Protocol):
     """One end of the bridge: what it reads goes to `other`; it pauses `other`'s reading while it cannot write."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None  # an asyncio.Transport in spirit (uvloop's are not its subclasses)
         self.other: _Side | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=PUMP_HIGH_WATER)
 
@@ -119,7 +119,7 @@ class _TlsSide(_Side):
         super().__init__()
         self.streams = streams
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self.streams.tls_open += 1
         if self.streams.tls_open > MAX_TLS_STREAMS:
