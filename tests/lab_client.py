@@ -20,6 +20,7 @@ from collections.abc import Awaitable
 
 import numpy as np
 from livekit import rtc
+from livekit.rtc._proto import stats_pb2
 
 from media import SAMPLE_RATE, Publisher, dominant_frequency
 
@@ -111,9 +112,8 @@ async def selected_pairs(room: rtc.Room) -> dict:
             local = by_id[pair.candidate_pair.candidate_pair.local_candidate_id].local_candidate.candidate
             remote = by_id[pair.candidate_pair.candidate_pair.remote_candidate_id].remote_candidate.candidate
             pairs[name] = {"local": local.protocol, "remote": remote.protocol, "remote_port": remote.port}
-            if local.candidate_type == local.RELAY:  # the relay's own protocol to the TURN server
-                pairs[name]["relay"] = {local.TRANSPORT_UDP: "udp", local.TRANSPORT_TCP: "tcp",
-                                        local.TRANSPORT_TLS: "tls"}.get(local.relay_protocol)
+            if local.candidate_type == stats_pb2.IceCandidateType.RELAY:  # how it reaches the TURN server
+                pairs[name]["relay"] = stats_pb2.IceServerTransportProtocol.Name(local.relay_protocol)[10:].lower()
     return pairs
 
 

@@ -45,9 +45,10 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
-def dev_tls_context(name: str) -> ssl.SSLContext:
-    """A self-signed certificate for `name` (a DNS name or an IP address), made now, for development mode. With the
-    `cryptography` package tern already depends on (DTLS), not the openssl command line."""
+def dev_certificate(name: str) -> tuple[bytes, bytes]:
+    """A self-signed certificate for `name` (a DNS name or an IP address) and its key, PEM, made now: development
+    mode's TURN/TLS identity. With the `cryptography` package tern already depends on (DTLS), not the openssl
+    command line."""
     key = ec.generate_private_key(ec.SECP256R1())
     try:
         alternative: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(name))
@@ -60,13 +61,19 @@ def dev_tls_context(name: str) -> ssl.SSLContext:
             .not_valid_after(now + datetime.timedelta(days=DEV_CERTIFICATE_DAYS))
             .add_extension(x509.SubjectAlternativeName([alternative]), critical=False)
             .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
+def dev_tls_context(name: str) -> ssl.SSLContext:
+    cert_pem, key_pem = dev_certificate(name)
     with tempfile.TemporaryDirectory() as directory:  # ssl loads chains from files only
         cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
         with open(cert_path, "wb") as out:
-            out.write(cert.public_bytes(serialization.Encoding.PEM))
+            out.write(cert_pem)
         with open(key_path, "wb") as out:
-            out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption()))
+            out.write(key_pem)
         return tls_context(cert_path, key_path)
 
 
