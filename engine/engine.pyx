@@ -40,7 +40,7 @@ from engine.transportcc cimport (transportcc_enable_receive, transportcc_enable_
                                  transportcc_tick)
 from engine.state cimport (BATCH, E_BANDWIDTH, E_DTLS, E_STUN, E_TURN, MAX_CONSENT_CHECKS, MAX_DOWNTRACKS, MAX_RECEIVERS,
                            MAX_TRANSPORTS, RECV_BUF, S_COUNT, S_DROP_SEND_FAILED, S_DROP_SUBSCRIBER_NOT_READY,
-                           S_DROP_TCP_CLOSED,
+                           S_DROP_TCP_CLOSED, S_DROP_TURN_GONE,
                            S_EVENT_ERRORS, S_SRTP_STREAMS_REMOVED, SEND_BUF,
                            SEND_SLOTS, EngineState, Event, Transport, monotonic_us, stream_key)
 from engine.stun cimport MAX_UFRAG, ufrag_key
@@ -461,7 +461,7 @@ cdef class Engine:
         cdef Path path
         if connection:
             if self._path(&path, host, port, connection):
-                self.s.counters[<int>S_DROP_TCP_CLOSED] += 1
+                self.s.counters[<int>(S_DROP_TURN_GONE if turnmux_is_handle(connection) else S_DROP_TCP_CLOSED)] += 1
                 return
             self._send_path(&path, data)
             return

@@ -56,9 +56,6 @@ RELAYED_PORTS = range(49152, 65536)
 # coturn's): all of it is accepted.
 CHANNEL_NUMBERS = range(0x4000, 0x8000)
 UDP = 17  # REQUESTED-TRANSPORT: the only one browsers ask for
-# A credential naming a participant not seen here re-reads the node's participants at most this often, so a flood of
-# requests with unknown sids costs one scan per interval, and a participant that just joined is found at once.
-LIVE_REREAD_S = 0.1
 
 
 def turn_secret(api_secret: str) -> bytes:
@@ -126,8 +123,7 @@ class TurnServer:
         self.secret = secret
         self.media = [(str(ipaddress.ip_address(host)), port) for host, port in media]
         self.participants = participants
-        self._live: set[str] = set()  # participants() as last read, and when (a miss reads it again)
-        self._live_at = float("-inf")
+        self._live: set[str] = set()  # participants() as last read (each sweep; a signed request's miss re-reads)
         self.counters = counters
         self.clock = clock
         self.allocations: dict[object, Allocation] = {}  # client key -> allocation
@@ -180,10 +176,13 @@ class TurnServer:
         if not self._nonce_valid(nonce, now):
             raise TurnError(438, "Stale Nonce", "turn_stale_nonce")
         expiry, _, sid = username.partition(":")
-        if not expiry.isdigit() or int(expiry) < now or not sid or not self._alive(sid, now):
+        if not expiry.isdigit() or int(expiry) < now or not sid:
             raise TurnError(401, "Unauthorized", "turn_unauthorized")
         key = hashlib.md5(f"{username}:{REALM}:{_password(self.secret, username)}".encode()).digest()
         if realm != REALM or not message.check_message_integrity(key):
+            raise TurnError(401, "Unauthorized", "turn_unauthorized")
+        # Only signed requests get this far, so only a past participant's own credentials can make it look again.
+        if sid not in self._live and sid not in self._refresh_live():
             raise TurnError(401, "Unauthorized", "turn_unauthorized")
         return username, key
 
@@ -259,7 +258,7 @@ class TurnServer:
         """Ends allocations that expired, lost their stream or their participant; expires permissions and channels.
         Called every second or so."""
         now = self.clock()
-        self._refresh_live(now)
+        self._refresh_live()
         for allocation in list(self.allocations.values()):
             if (allocation.expires <= now or allocation.sid not in self._live
                     or not self.relay.turn_open(allocation.handle)):
@@ -279,14 +278,9 @@ class TurnServer:
             self._release(allocation)
 
     # -- helpers
-    def _alive(self, sid: str, now: float) -> bool:
-        if sid not in self._live and now - self._live_at > LIVE_REREAD_S:
-            self._refresh_live(now)
-        return sid in self._live
-
-    def _refresh_live(self, now: float) -> None:
+    def _refresh_live(self) -> set[str]:
         self._live = set(self.participants())
-        self._live_at = now
+        return self._live
 
     def _own(self, client: tuple, username: str) -> Allocation:
         allocation = self.allocations.get(_client_key(client))
