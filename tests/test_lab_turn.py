@@ -44,7 +44,7 @@ def firewall(lab, server) -> None:
 
 def turn_counters(server) -> dict[str, float]:
     counters = server.counters()
-    print("server:", {name: value for name, value in counters.items() if "turn" in name and value})
+    print("server:", {name: value for name, value in counters.items() if ("turn" in name or "consent" in name) and value})
     return counters
 
 
@@ -78,6 +78,8 @@ async def test_sdk_clients_behind_a_firewall_exchange_media_over_turn_tcp(lab, t
     assert counters["turn_allocations"] >= 3 and counters["turn_tcp_streams"] >= 3
     assert counters["turn_relayed_in"] > 1000 and counters["turn_relayed_out"] > 300
     assert counters.get("turn_forbidden_peer", 0) == counters.get("drop_turn_no_permission", 0) == 0
+    # Our consent checks reach the clients through the relay and their answers come back the same way.
+    assert counters["ice_consent_renewed"] >= 3 and counters.get("ice_consent_expired", 0) == 0
 
 
 async def test_a_subscriber_behind_a_firewall_decodes_video_over_turn_tls(lab, tmp_path, monkeypatch) -> None:
