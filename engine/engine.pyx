@@ -4,13 +4,15 @@ The packets themselves never reach Python (DESIGN.md, "The hot path"). Per reada
 read (udpmux.pyx; ICE-TCP connections' RFC 4571 frames, from tcpmux.pyx, go the same way), demultiplexed,
 unprotected and bound to their streams (demux.pyx), turned into ExtPackets (packet.pxd, codecs/) and forwarded
 DownTrack by DownTrack (fanout.pyx: forwarder.pyx, munger.pyx, downtrack.pyx) into the send batch, which leaves with
-sendmmsg and UDP GSO (or into a TCP connection's bounded queue). RTCP feedback and reports are feedback.pyx and
+sendmmsg and UDP GSO (or into a TCP connection's bounded queue). A TURN client's relayed packets (turnmux.pyx) are
+unwrapped into the same batches as packets of its allocation's path, and what goes to that path is wrapped back. RTCP feedback and reports are feedback.pyx and
 reports.pyx, transport-cc both ways is transportcc.pyx; a timer drives their periodic parts. All of them share one
 EngineState (state.pxd), which this class owns. Only STUN, DTLS, layer and bandwidth events come up to Python, and
 only what C let through: STUN Binding requests whose USERNAME names a live transport's ufrag (stun.pyx; aioice then
 checks MESSAGE-INTEGRITY), success responses to our own consent checks (expect_stun_response), DTLS from a
 transport's bound address, each within per-transport, fair-share and per-window rates (state.pxd); a subscriber
-transport's estimate changes, at most one per RTCP datagram. Engine methods must be called from the event loop's thread.
+transport's estimate changes, at most one per RTCP datagram; STUN requests from TURN clients (EV_TURN, within
+TURN_REQUESTS_PER_SECOND), for signaling/peer/turn.py. Engine methods must be called from the event loop's thread.
 """
 import logging
 import os
@@ -123,8 +125,9 @@ cdef void run_timers(EngineState *s, int64_t now) noexcept nogil:
 
 cdef class Engine:
     """The data plane: see the module docstring. Events are tuples passed to `on_event` (EV_* constants); an
-    EV_STUN's source is (host, port) for UDP, (host, port, connection) for an ICE-TCP connection, and the methods
-    that take an address take it in the same form."""
+    EV_STUN's source is (host, port) for UDP, (host, port, connection) for an ICE-TCP connection, (relayed host,
+    relayed port, allocation) for a TURN allocation, and the methods that take an address take it in the same form.
+    An EV_TURN is (EV_TURN, request, host, port[, connection]): from the TURN socket, or a TURN stream."""
 
     cdef EngineState *s
     cdef object _sock

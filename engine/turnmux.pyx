@@ -13,7 +13,7 @@ from engine.batchio cimport MSG_DONTWAIT, recvmmsg, sendmmsg
 from engine.path cimport PATH_TCP, PATH_TURN, PATH_UDP, SockAddr, path_equal, path_key, path_next_key
 from engine.state cimport (BATCH, E_TURN, MAX_TURN_ALLOCATIONS, RECV_BUF, S_BYTES_OUT, S_DROP_TURN_GONE,
                            S_DROP_TURN_MALFORMED, S_DROP_TURN_NO_ALLOCATION, S_DROP_TURN_NO_PERMISSION,
-                           S_DROP_TURN_RATE, S_DROP_TURN_SEND_FAILED, S_PACKETS_OUT, S_TURN_RELAYED_IN,
+                           S_DROP_TURN_RATE, S_DROP_TURN_SEND_FAILED, S_DROP_TOO_LARGE, S_PACKETS_OUT, S_TURN_RELAYED_IN,
                            S_TURN_RELAYED_OUT, S_TURN_REQUESTS, TURN_REQUESTS_PER_SECOND, TURN_SEND_BUF,
                            TURN_SEND_SLOTS, TcpConn, TurnAlloc, bucket_refill, queue_event)
 from engine.stun cimport STUN_HEADER, STUN_MAX_ATTRIBUTES
@@ -199,8 +199,10 @@ cdef bint peer_matches(const TurnAlloc *a, const uint8_t *value, int length, con
     return True
 
 
-cdef int relay_send(EngineState *s, uint8_t *buf, int length, const Path *client, int *offset) noexcept nogil:
-    """A Send indication: the length of its DATA (at *offset) when it goes to a permitted peer, else -1 (counted)."""
+cdef int relay_send(EngineState *s, uint8_t *buf, int length, const Path *client, int *offset,
+                    TurnAlloc **allocation) noexcept nogil:
+    """A Send indication: the length of its DATA (at *offset) when it goes to the permitted peer of the client's
+    *allocation, else -1 (counted)."""
     cdef int pos = STUN_HEADER
     cdef int end = STUN_HEADER + load16(buf + 2)
     cdef int steps = 0
@@ -230,6 +232,7 @@ cdef int relay_send(EngineState *s, uint8_t *buf, int length, const Path *client
         s.counters[<int>S_DROP_TURN_NO_PERMISSION] += 1
         return -1
     offset[0] = data_at
+    allocation[0] = a
     return data_length
 
 
@@ -280,10 +283,9 @@ cdef void classify(EngineState *s, int i, int64_t now) noexcept nogil:
         if kind != SEND_INDICATION:
             s.counters[<int>S_DROP_TURN_MALFORMED] += 1
             return
-        size = relay_send(s, buf, length, client, &offset)
+        size = relay_send(s, buf, length, client, &offset, &a)
         if size < 0:
             return
-        a = find_client(s, client)
     memmove(buf, buf + offset, size)
     s.recv.msgs[i].msg_len = size
     s.recv.msgs[i].msg_hdr.msg_flags = 0
@@ -296,14 +298,12 @@ cdef void turnmux_classify(EngineState *s, int first, int n, bint udp, int64_t n
     cdef int i
     cdef TcpConn *c
     for i in range(first, n):
-        if not udp:
+        if not udp:  # only the frames of TURN streams, not ICE-TCP connections'
             if s.recv.paths[i].kind != PATH_TCP or s.recv.taken[i]:
                 continue
             c = s.tcp.conns[s.recv.paths[i].conn_slot]
             if c == NULL or not c.turn or c.serial != s.recv.paths[i].conn_serial:
                 continue
-        else:
-            s.recv.taken[i] = False
         classify(s, i, now)
 
 
@@ -358,8 +358,8 @@ cdef void turnmux_queue(EngineState *s, const uint8_t *data, int length, const P
         if tcpmux_queue_raw(s, header, head, data, length, pad, &a.client):
             s.counters[<int>S_TURN_RELAYED_OUT] += 1
         return
-    if s.turn.fd < 0 or head + length + pad > TURN_SEND_BUF:
-        s.counters[<int>S_DROP_TURN_GONE] += 1
+    if head + length + pad > TURN_SEND_BUF:  # the engine's packets fit; this guards Python's
+        s.counters[<int>S_DROP_TOO_LARGE] += 1
         return
     if s.turn.count == TURN_SEND_SLOTS:
         turnmux_flush(s)
