@@ -137,7 +137,7 @@ cdef class Engine:
     cdef object _tick_handle
     cdef readonly int port
     cdef readonly int tcp_port              # 0: no ICE-TCP
-    cdef readonly int turn_port             # 0: no TURN (its UDP socket)
+    cdef readonly int turn_port             # 0: no TURN/UDP socket
     cdef object _turn_sock
     cdef int64_t _next_id
     cdef dict _transport_slots
@@ -168,10 +168,10 @@ cdef class Engine:
         s.ufrag_seed = int.from_bytes(os.urandom(8), "little")
 
     def __init__(self, host: str, udp_port: int, on_event, tcp_port: int | None = None,
-                 turn_port: int | None = None) -> None:
+                 turn: bool = False, turn_port: int | None = None) -> None:
         """Media on UDP `udp_port` of `host`, ICE-TCP on TCP `tcp_port` of the same address when given (0: a
-        port the kernel picks), and TURN's data path with its UDP socket on `turn_port` when given (TURN streams come
-        through turn_adopt). An IPv6 host gets dual-stack sockets (IPv4 peers appear as IPv4-mapped addresses);
+        port the kernel picks), and, with `turn`, TURN's data path: its UDP socket on `turn_port` when given (0: a port
+        the kernel picks), its streams through turn_adopt. An IPv6 host gets dual-stack sockets (IPv4 peers appear as IPv4-mapped addresses);
         IPv4 hosts IPv4 ones."""
         ipv6 = ":" in host
         sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
@@ -200,8 +200,8 @@ cdef class Engine:
         self.port = sock.getsockname()[1]
         if tcp_port is not None:
             self._listen_tcp(host, tcp_port, ipv6)
-        if turn_port is not None:
-            self._listen_turn(host, turn_port, ipv6)
+        if turn:
+            self._enable_turn(host, turn_port, ipv6)
         self._on_event = on_event
         self._next_id = 1
         self._transport_slots = {}
@@ -227,24 +227,28 @@ cdef class Engine:
         self._tcp_sock = sock
         self.tcp_port = sock.getsockname()[1]
 
-    def _listen_turn(self, host: str, turn_port: int, ipv6: bool) -> None:
-        sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
+    def _enable_turn(self, host: str, turn_port: int | None, ipv6: bool) -> None:
+        sock = None
         try:
-            if ipv6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-            sock.setblocking(False)
-            sock.bind((host, turn_port))
-            if turnmux_open(self.s, sock.fileno()) < 0:
+            if turn_port is not None:
+                sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
+                if ipv6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+                sock.setblocking(False)
+                sock.bind((host, turn_port))
+            if turnmux_open(self.s, sock.fileno() if sock is not None else -1) < 0:
                 raise MemoryError()
             if self.s.tcp.epoll_fd < 0 and tcpmux_open(self.s, -1) < 0:  # TURN streams without ICE-TCP
                 raise OSError("no epoll for the TURN streams")
         except BaseException:
-            sock.close()
+            if sock is not None:
+                sock.close()
             raise
-        self._turn_sock = sock
-        self.turn_port = sock.getsockname()[1]
+        if sock is not None:
+            self._turn_sock = sock
+            self.turn_port = sock.getsockname()[1]
 
     def __dealloc__(self):
         cdef EngineState *s = self.s

@@ -15,7 +15,8 @@ cdef enum:
     # connections' handles (whose slots stay below MAX_TCP_CONNECTIONS).
     TURN_HANDLE_FLAG = 0x40000000
 
-# Takes the TURN UDP socket `fd` (non-blocking; the caller keeps it open) and allocates the tables: 0, or -1.
+# Allocates the tables and takes the TURN UDP socket `fd` (non-blocking; the caller keeps it open; -1: none, TURN
+# streams only): 0, or -1.
 cdef int turnmux_open(EngineState *s, int fd) noexcept nogil
 cdef void turnmux_close(EngineState *s) noexcept nogil
 # One recvmmsg on the TURN socket into s.recv, each datagram sorted out by turnmux_classify: how many entries.

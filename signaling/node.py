@@ -78,7 +78,7 @@ class Node:
         turn = self.config.turn
         self.engine = engine.Engine(host, self.config.rtc.udp_port, self._on_engine_event,
                                     tcp_port=self.config.rtc.tcp_port or None,
-                                    turn_port=turn.udp_port if turn.enabled else None)
+                                    turn=turn.enabled, turn_port=turn.udp_port or None)
         self.transports = TransportManager(self.engine, self.config.node_ip())
         if turn.enabled:
             self.turn = TurnServer(self.engine, self._turn_secret, [(self.transports.node_ip, self.engine.port)],
@@ -119,7 +119,7 @@ class Node:
         host = f"[{host}]" if ":" in host else host
         domain = self.config.turn.domain or host
         urls = []
-        if self.config.turn.udp_port:
+        if self.engine.turn_port:
             urls.append(f"turn:{host}:{self.engine.turn_port}?transport=udp")
         if self.turn_streams.tcp_port:
             urls.append(f"turn:{host}:{self.turn_streams.tcp_port}?transport=tcp")

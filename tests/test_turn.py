@@ -359,7 +359,7 @@ class Relayed:
 
     def __init__(self) -> None:
         self.events: list[tuple] = []
-        self.engine = engine.Engine("127.0.0.1", 0, self._event, turn_port=0)
+        self.engine = engine.Engine("127.0.0.1", 0, self._event, turn=True, turn_port=0)
         self.clock = Clock()
         self.server = TurnServer(self.engine, SECRET, [("127.0.0.1", self.engine.port)], lambda: {"PA_alice"},
                                  Counter(), self.clock)
@@ -559,3 +559,16 @@ def test_garbage_and_half_open_connections_on_the_turn_ports_are_dropped_and_cou
     delta = {name: after.get(name, 0) - before.get(name, 0) for name in after}
     assert delta["drop_turn_malformed"] + delta["drop_turn_no_allocation"] >= 40  # a few random ones parse as STUN
     assert delta["tcp_closed_invalid"] >= 1 and delta["tcp_closed_half_open"] >= 1
+
+
+def test_an_engine_with_turn_streams_only_has_no_turn_socket_and_adopts_streams() -> None:
+    eng = engine.Engine("127.0.0.1", 0, lambda event: None, tcp_port=None, turn=True)
+    try:
+        assert eng.turn_port == 0 and eng.tcp_port == 0
+        ours, theirs = socket.socketpair()
+        connection = eng.turn_adopt(theirs.detach(), "192.0.2.1", 4000)
+        assert connection and eng.turn_allocate("", 0, connection, "127.0.0.1", 49152)
+        assert eng.turn_allocate("", 0, connection, "127.0.0.1", 49153) is None  # one per 5-tuple
+        ours.close()
+    finally:
+        eng.close()
