@@ -5,9 +5,10 @@ read (udpmux.pyx; ICE-TCP connections' RFC 4571 frames, from tcpmux.pyx, go the 
 unprotected and bound to their streams (demux.pyx), turned into ExtPackets (packet.pxd, codecs/) and forwarded
 DownTrack by DownTrack (fanout.pyx: forwarder.pyx, munger.pyx, downtrack.pyx) into the send batch, which leaves with
 sendmmsg and UDP GSO (or into a TCP connection's bounded queue). A TURN client's relayed packets (turnmux.pyx) are
-unwrapped into the same batches as packets of its allocation's path, and what goes to that path is wrapped back. RTCP feedback and reports are feedback.pyx and
-reports.pyx, transport-cc both ways is transportcc.pyx; a timer drives their periodic parts. All of them share one
-EngineState (state.pxd), which this class owns. Only STUN, DTLS, layer and bandwidth events come up to Python, and
+unwrapped into the same batches as packets of its allocation's path, and what goes to that path is wrapped back.
+RTCP feedback and reports are feedback.pyx and reports.pyx, transport-cc both ways is transportcc.pyx; a timer drives
+their periodic parts. All of them share one EngineState (state.pxd), which this class owns. Only STUN, DTLS, layer
+and bandwidth events come up to Python, and
 only what C let through: STUN Binding requests whose USERNAME names a live transport's ufrag (stun.pyx; aioice then
 checks MESSAGE-INTEGRITY), success responses to our own consent checks (expect_stun_response), DTLS from a
 transport's bound address, each within per-transport, fair-share and per-window rates (state.pxd); a subscriber
@@ -40,16 +41,16 @@ from engine.bwe cimport (Bwe, bwe_congested, bwe_estimate_bps, bwe_loss_fraction
 from engine.prober cimport prober_forget, prober_pump, prober_start
 from engine.transportcc cimport (transportcc_enable_receive, transportcc_enable_send, transportcc_free,
                                  transportcc_tick)
-from engine.state cimport (BATCH, E_BANDWIDTH, E_DTLS, E_STUN, E_TURN, MAX_CONSENT_CHECKS, MAX_DOWNTRACKS, MAX_RECEIVERS,
-                           MAX_TRANSPORTS, RECV_BUF, S_COUNT, S_DROP_SEND_FAILED, S_DROP_SUBSCRIBER_NOT_READY,
-                           S_DROP_TCP_CLOSED, S_DROP_TURN_GONE,
-                           S_EVENT_ERRORS, S_SRTP_STREAMS_REMOVED, SEND_BUF,
-                           SEND_SLOTS, EngineState, Event, Transport, monotonic_us, stream_key)
+from engine.state cimport (BATCH, E_BANDWIDTH, E_DTLS, E_STUN, E_TURN, MAX_CONSENT_CHECKS, MAX_DOWNTRACKS,
+                           MAX_RECEIVERS, MAX_TRANSPORTS, RECV_BUF, S_COUNT, S_DROP_SEND_FAILED,
+                           S_DROP_SUBSCRIBER_NOT_READY, S_DROP_TCP_CLOSED, S_DROP_TURN_GONE, S_EVENT_ERRORS,
+                           S_SRTP_STREAMS_REMOVED, SEND_BUF, SEND_SLOTS, EngineState, Event, Transport, monotonic_us,
+                           stream_key)
 from engine.stun cimport MAX_UFRAG, ufrag_key
 from engine.table cimport list_add, list_discard, map_free, map_get, map_init, map_put, map_remove
-from engine.tcpmux cimport (tcpmux_adopt, tcpmux_claim, tcpmux_queue_raw, tcpmux_close, tcpmux_flush, tcpmux_forget_transport,
-                            tcpmux_handle, tcpmux_open, tcpmux_path, tcpmux_queue, tcpmux_queued, tcpmux_read,
-                            tcpmux_reject, tcpmux_sweep)
+from engine.tcpmux cimport (tcpmux_adopt, tcpmux_claim, tcpmux_close, tcpmux_flush, tcpmux_forget_transport,
+                            tcpmux_handle, tcpmux_open, tcpmux_path, tcpmux_queue, tcpmux_queue_raw, tcpmux_queued,
+                            tcpmux_read, tcpmux_reject, tcpmux_sweep)
 from engine.turnmux cimport (turnmux_allocate, turnmux_classify, turnmux_client, turnmux_close, turnmux_handle,
                              turnmux_is_handle, turnmux_open, turnmux_path, turnmux_queue, turnmux_read,
                              turnmux_release, turnmux_set_peer)
@@ -170,9 +171,9 @@ cdef class Engine:
     def __init__(self, host: str, udp_port: int, on_event, tcp_port: int | None = None,
                  turn: bool = False, turn_port: int | None = None) -> None:
         """Media on UDP `udp_port` of `host`, ICE-TCP on TCP `tcp_port` of the same address when given (0: a
-        port the kernel picks), and, with `turn`, TURN's data path: its UDP socket on `turn_port` when given (0: a port
-        the kernel picks), its streams through turn_adopt. An IPv6 host gets dual-stack sockets (IPv4 peers appear as IPv4-mapped addresses);
-        IPv4 hosts IPv4 ones."""
+        port the kernel picks), and, with `turn`, TURN's data path: its UDP socket on `turn_port` when given (0: a
+        port the kernel picks), its streams through turn_adopt. An IPv6 host gets dual-stack sockets (IPv4 peers
+        appear as IPv4-mapped addresses); IPv4 hosts IPv4 ones."""
         ipv6 = ":" in host
         sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
         try:

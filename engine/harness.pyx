@@ -21,8 +21,8 @@ from engine.packet cimport ExtPacket, packet_set
 from engine.receiver cimport MAX_LAYERS, Receiver, receiver_free, receiver_new
 from engine.rtp cimport parse_rtp
 from engine.state cimport RECV_BUF
-from engine.tcpframer cimport (FRAME_INVALID, FRAME_NONE, FRAME_OVERSIZED, FRAMER_BUFFER, Framer, framer_init, framer_next,
-                               framer_space, framer_wrote)
+from engine.tcpframer cimport (FRAME_INVALID, FRAME_NONE, FRAME_OVERSIZED, FRAMER_BUFFER, Framer, framer_init,
+                               framer_next, framer_space, framer_wrote)
 
 
 cdef class DownTrackHarness:

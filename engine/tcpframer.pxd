@@ -1,7 +1,8 @@
 # RFC 4571 framing (as RFC 6544 uses it for ICE-TCP): on the stream, every packet (STUN, DTLS, SRTP, SRTCP) follows a
-# 2-byte big-endian length. TURN over TCP/TLS (RFC 8656 section 11.5) frames itself instead: a STUN message says its
-# length in its header (20 + length bytes), a ChannelData message too (4 + length, padded to a multiple of 4). The Framer is sans-I/O: the caller reads into framer_space, then takes frames with
-# framer_next until it says FRAME_NONE. State is one fixed buffer and a skip count, so it is bounded whatever arrives,
+# 2-byte big-endian length. TURN over TCP/TLS (RFC 8656 section 11.5) frames itself instead: a STUN message says
+# its length in its header (20 + length bytes), a ChannelData message too (4 + length, padded to a multiple of 4).
+# The Framer is sans-I/O: the caller reads into framer_space, then takes frames with framer_next until it says
+# FRAME_NONE. State is one fixed buffer and a skip count, so it is bounded whatever arrives,
 # and compaction copies fewer bytes than arrive (see framer_space), so the work is linear in what arrives.
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memmove

@@ -12,11 +12,12 @@ from engine.state cimport (BATCH, MAX_TCP_CONNECTIONS, MAX_TCP_PENDING, MAX_TCP_
                            S_BYTES_OUT, S_DROP_TCP_CLOSED, S_DROP_TCP_OVERSIZED, S_DROP_TCP_QUEUE_FULL, S_DROP_TOO_LARGE,
                            S_PACKETS_OUT, S_TCP_ACCEPT_FAILED, S_TCP_ACCEPTED, S_TCP_CLAIMED, S_TCP_CLOSED,
                            S_TCP_CLOSED_HALF_OPEN, S_TCP_CLOSED_IDLE, S_TCP_CLOSED_INVALID, S_TCP_CLOSED_LIMIT,
-                           S_TCP_CLOSED_PENDING_LIMIT, S_TCP_CLOSED_SLOW_READER, S_TCP_CLOSED_UNAUTHENTICATED, S_TURN_CONNECTIONS,
-                           TCP_EPOLL_EVENTS, TCP_SEND_QUEUE_INITIAL, TCP_SEND_QUEUE_MAX, TcpConn, monotonic_us)
+                           S_TCP_CLOSED_PENDING_LIMIT, S_TCP_CLOSED_SLOW_READER, S_TCP_CLOSED_UNAUTHENTICATED,
+                           S_TURN_CONNECTIONS, TCP_EPOLL_EVENTS, TCP_SEND_QUEUE_INITIAL, TCP_SEND_QUEUE_MAX, TcpConn,
+                           monotonic_us)
 from engine.table cimport list_add, list_discard
-from engine.tcpframer cimport (FRAME_HEADER, FRAME_INVALID, FRAME_NONE, FRAME_OVERSIZED, framer_init, framer_next, framer_space,
-                               framer_wrote)
+from engine.tcpframer cimport (FRAME_HEADER, FRAME_INVALID, FRAME_NONE, FRAME_OVERSIZED, framer_init, framer_next,
+                               framer_space, framer_wrote)
 from engine.wire cimport store16
 
 cdef extern from "<sys/epoll.h>" nogil:

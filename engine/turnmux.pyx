@@ -11,11 +11,11 @@ from libc.string cimport memcpy, memmove, memset
 
 from engine.batchio cimport MSG_DONTWAIT, recvmmsg, sendmmsg
 from engine.path cimport PATH_TCP, PATH_TURN, PATH_UDP, SockAddr, path_equal, path_key, path_next_key
-from engine.state cimport (BATCH, E_TURN, MAX_TURN_ALLOCATIONS, RECV_BUF, S_BYTES_OUT, S_DROP_TURN_GONE,
-                           S_DROP_TURN_MALFORMED, S_DROP_TURN_NO_ALLOCATION, S_DROP_TURN_NO_PERMISSION,
-                           S_DROP_TURN_RATE, S_DROP_TURN_SEND_FAILED, S_DROP_TOO_LARGE, S_PACKETS_OUT, S_TURN_RELAYED_IN,
-                           S_TURN_RELAYED_OUT, S_TURN_REQUESTS, TURN_REQUESTS_PER_SECOND, TURN_SEND_BUF,
-                           TURN_SEND_SLOTS, TcpConn, TurnAlloc, bucket_refill, queue_event)
+from engine.state cimport (BATCH, E_TURN, MAX_TURN_ALLOCATIONS, RECV_BUF, S_BYTES_OUT, S_DROP_TOO_LARGE,
+                           S_DROP_TURN_GONE, S_DROP_TURN_MALFORMED, S_DROP_TURN_NO_ALLOCATION,
+                           S_DROP_TURN_NO_PERMISSION, S_DROP_TURN_RATE, S_DROP_TURN_SEND_FAILED, S_PACKETS_OUT,
+                           S_TURN_RELAYED_IN, S_TURN_RELAYED_OUT, S_TURN_REQUESTS, TURN_REQUESTS_PER_SECOND,
+                           TURN_SEND_BUF, TURN_SEND_SLOTS, TcpConn, TurnAlloc, bucket_refill, queue_event)
 from engine.stun cimport STUN_HEADER, STUN_MAX_ATTRIBUTES
 from engine.table cimport map_free, map_get, map_init, map_put, map_remove
 from engine.tcpmux cimport tcpmux_queue_raw, tcpmux_turn_allocated, tcpmux_handle

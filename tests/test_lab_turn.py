@@ -37,14 +37,15 @@ def firewall(lab, server) -> None:
     """UDP and TCP to the ICE-TCP port are refused from inside the namespace."""
     lab.block_udp()
     lab.block_tcp(server.tcp_port)
-    blocked = lab.ns("python3", "-c", f"import socket; socket.create_connection(('{lab.host_ip}', {server.tcp_port}), 3)",
-                     check=False)
+    connect = f"import socket; socket.create_connection(('{lab.host_ip}', {server.tcp_port}), 3)"
+    blocked = lab.ns("python3", "-c", connect, check=False)
     assert blocked.returncode != 0, blocked
 
 
 def turn_counters(server) -> dict[str, float]:
     counters = server.counters()
-    print("server:", {name: value for name, value in counters.items() if ("turn" in name or "consent" in name) and value})
+    print("server:", {name: value for name, value in counters.items()
+                      if ("turn" in name or "consent" in name) and value})
     return counters
 
 

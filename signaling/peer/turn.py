@@ -129,6 +129,12 @@ class TurnServer:
         self.allocations: dict[object, Allocation] = {}  # client key -> allocation
         self._per_participant: Counter[str] = Counter()
         self._ports = itertools.cycle(RELAYED_PORTS)
+        self._handlers = {
+            stun.Method.ALLOCATE: self._allocate,
+            stun.Method.REFRESH: self._refresh,
+            stun.Method.CREATE_PERMISSION: self._create_permission,
+            stun.Method.CHANNEL_BIND: self._channel_bind,
+        }
 
     # -- requests
     def handle(self, data: bytes, client: tuple) -> bytes | None:
@@ -143,13 +149,7 @@ class TurnServer:
             return None
         if message.message_method == stun.Method.BINDING:  # a TURN URL is a STUN server too
             return self._answer(message, None, {"XOR-MAPPED-ADDRESS": client[:2]})
-        handlers = {
-            stun.Method.ALLOCATE: self._allocate,
-            stun.Method.REFRESH: self._refresh,
-            stun.Method.CREATE_PERMISSION: self._create_permission,
-            stun.Method.CHANNEL_BIND: self._channel_bind,
-        }
-        handler = handlers.get(message.message_method)
+        handler = self._handlers.get(message.message_method)
         if handler is None:
             self.counters["turn_bad_request"] += 1
             return self._error(message, None, 400, "Bad Request")
