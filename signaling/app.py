@@ -1,7 +1,9 @@
-"""HTTP and WebSocket endpoints: LiveKit's /rtc signal connection and its validation routes."""
+"""HTTP and WebSocket endpoints: LiveKit's signal connections, /rtc (v0, two peer connections) and /rtc/v1 (one), and
+their validation routes."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from livekit.protocol import models, rtc
 from starlette.applications import Starlette
@@ -12,7 +14,7 @@ from starlette.websockets import WebSocket
 
 from .auth import AuthError, Claims
 from .node import Node
-from .protocol import v0
+from .protocol import v0, v1
 from .roomservice import PREFIX, RoomService
 from .rtc.limits import LimitExceeded, check_join
 from .rtc.participant import Participant
@@ -49,6 +51,36 @@ def _int(connection: HTTPConnection, name: str) -> int:
         return 0
 
 
+@dataclass(frozen=True)
+class _Connect:
+    """What a signal connection asks for: from the query (v0) or from the JoinRequest (v1, `join`)."""
+    reconnect: bool
+    sid: str
+    auto_subscribe: bool
+    client_protocol: int
+    protocol: int
+    join: rtc.JoinRequest | None = None
+
+
+def _v0_connect(connection: HTTPConnection) -> _Connect:
+    reconnect = _flag(connection, "reconnect", False)
+    return _Connect(reconnect, connection.query_params.get("sid", "") if reconnect else "",
+                    _flag(connection, "auto_subscribe", True), _int(connection, "client_protocol"),
+                    _int(connection, "protocol"))
+
+
+def _v1_connect(connection: HTTPConnection) -> _Connect:
+    """Raises v1.JoinRequestError for a missing or malformed join_request."""
+    param = connection.query_params.get("join_request")
+    if param is None:
+        raise v1.JoinRequestError("missing join_request")
+    join = v1.decode_join_request(param)
+    settings = join.connection_settings
+    return _Connect(join.reconnect, join.participant_sid if join.reconnect else "",
+                    settings.auto_subscribe if join.HasField("connection_settings") else True,
+                    join.client_info.client_protocol, join.client_info.protocol, join)
+
+
 def _admit(node: Node, connection: HTTPConnection) -> tuple[str, Claims, str]:
     """Checks what LiveKit checks before upgrading, so failures are HTTP statuses; creates nothing.
     Returns the token, its claims and the room name. Raises AuthError, LimitExceeded or PermissionError."""
@@ -68,23 +100,41 @@ def create_app(node: Node) -> Starlette:
     async def validate(request: Request) -> Response:
         try:
             _admit(node, request)
+            if request.url.path.startswith("/rtc/v1"):
+                _v1_connect(request)
         except AuthError as error:
             return PlainTextResponse(str(error), status_code=401, headers=_CORS)
-        except LimitExceeded as error:  # as LiveKit: 400 for an identity or room name past its limit
+        except (LimitExceeded, v1.JoinRequestError) as error:  # as LiveKit: 400 for these
             return PlainTextResponse(str(error), status_code=400, headers=_CORS)
         except PermissionError as error:
             return PlainTextResponse(str(error), status_code=403, headers=_CORS)
         return PlainTextResponse("success", headers=_CORS)
 
     async def not_found(request: Request) -> Response:
-        # v1 (single peer connection) is not served: clients fall back to /rtc on exactly 404, which a
-        # browser lets the JS SDK see only with CORS.
+        # The signal routes are WebSockets; LiveKit answers a plain request there with 404.
         return PlainTextResponse("not found", status_code=404, headers=_CORS)
 
-    async def v1_socket(websocket: WebSocket) -> None:
-        await websocket.send_denial_response(PlainTextResponse("not found", status_code=404))
-
     async def rtc_socket(websocket: WebSocket) -> None:
+        node.counters["signal_connections_v0"] += 1
+        await _signal(websocket, _v0_connect(websocket))
+
+    async def v1_socket(websocket: WebSocket) -> None:
+        node.counters["signal_connections_v1"] += 1
+        try:
+            connect = _v1_connect(websocket)
+        except v1.JoinRequestError as error:
+            node.counters["join_request_malformed"] += 1
+            await websocket.send_denial_response(PlainTextResponse(str(error), status_code=400))
+            return
+        await _signal(websocket, connect)
+
+    def _session(participant: Participant, connect: _Connect) -> v0.SignalSession:
+        if connect.join is None:
+            return v0.SignalSession(participant, node.counters)
+        return v1.SignalSession(participant, node.counters, connect.join)
+
+    async def _signal(websocket: WebSocket, connect: _Connect) -> None:
+        """Admits, then resumes or joins: the same for both protocol versions but for the peer connections."""
         try:
             token, claims, room_name = _admit(node, websocket)
         except AuthError as error:
@@ -98,12 +148,12 @@ def create_app(node: Node) -> Starlette:
         except PermissionError as error:
             await websocket.send_denial_response(PlainTextResponse(str(error), status_code=403))
             return
-        if _flag(websocket, "reconnect", False):
+        if connect.reconnect:
             await websocket.accept()
             # Resolved after the upgrade, with no await before resume(): the participant may have left meanwhile.
             room = node.store.get(room_name)
             participant = room.participants.get(claims.identity) if room is not None else None
-            if participant is None or participant.sid != websocket.query_params.get("sid"):
+            if participant is None or participant.sid != connect.sid:
                 # Identity and sid must both match (else a second tab with the same identity would take over the
                 # session): the client is told to rejoin from scratch, and the rejoin replaces the old participant.
                 node.counters["signal_resume_refused"] += 1
@@ -113,7 +163,7 @@ def create_app(node: Node) -> Starlette:
                 )).SerializeToString())
                 await websocket.close()
                 return
-            await v0.serve(websocket, v0.SignalSession(participant, node.counters), claims.expires_at, resume=True)
+            await v0.serve(websocket, _session(participant, connect), claims.expires_at, resume=True)
             return
         await websocket.accept()
         # Resolved only now, with no await before join(): the room may have closed, or a participant with the
@@ -128,24 +178,25 @@ def create_app(node: Node) -> Starlette:
         try:
             participant = Participant(
                 node, room, claims,
-                auto_subscribe=_flag(websocket, "auto_subscribe", True),
-                client_protocol=_int(websocket, "client_protocol"),
-                protocol=_int(websocket, "protocol"),
+                auto_subscribe=connect.auto_subscribe,
+                client_protocol=connect.client_protocol,
+                protocol=connect.protocol,
                 token=token,
+                single_pc=connect.join is not None,
             )
         except (RuntimeError, MemoryError) as error:  # the engine has no room for more transports
             node.counters["join_engine_full"] += 1
             log.warning("cannot admit %s: %s", claims.identity, error)
             await _refuse(websocket)
             return
-        await v0.serve(websocket, v0.SignalSession(participant, node.counters), claims.expires_at)
+        await v0.serve(websocket, _session(participant, connect), claims.expires_at)
 
     room_service = RoomService(node)
     return Starlette(routes=[
         Route("/", health),
         Route(PREFIX + "{method}", room_service.endpoint, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         Route("/rtc/validate", validate),
-        Route("/rtc/v1/validate", not_found),
+        Route("/rtc/v1/validate", validate),
         Route("/rtc/v1", not_found),
         WebSocketRoute("/rtc/v1", v1_socket),
         Route("/rtc", not_found),

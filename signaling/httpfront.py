@@ -122,8 +122,9 @@ def protocol_class(counters: Counter[str]) -> type[GuardedH11Protocol]:
     return type("GuardedH11Protocol", (GuardedH11Protocol,), {"counters": counters, "pending_heads": Counter()})
 
 
-# A token in a query (`access_token=`, also percent-encoded as Starlette decodes it) or an Authorization header.
-_TOKEN = re.compile(r"(access(?:_|%5[fF])token=|[Bb]earer )[^&\s\"']+")
+# A token in a query (`access_token=`, also percent-encoded as Starlette decodes it) or an Authorization header; and
+# /rtc/v1's `join_request=`, which holds the client's SDP (its ICE password) in some 2 KB of base64.
+_TOKEN = re.compile(r"(access(?:_|%5[fF])token=|join(?:_|%5[fF])request=|[Bb]earer )[^&\s\"']+")
 REDACTED = "[redacted]"
 
 
@@ -142,7 +143,7 @@ class RedactTokens(logging.Filter):
 
 
 def redact(text: str) -> str:
-    return _TOKEN.sub(r"\1" + REDACTED, text) if "oken=" in text or "earer " in text else text
+    return _TOKEN.sub(r"\1" + REDACTED, text) if "oken=" in text or "equest=" in text or "earer " in text else text
 
 
 def redact_access_logs() -> None:

@@ -7,9 +7,12 @@ from collections.abc import Callable
 from livekit import rtc
 
 
-async def connect(server, identity: str, room: str, auto_subscribe: bool = True, **grants: object) -> rtc.Room:
+async def connect(server, identity: str, room: str, auto_subscribe: bool = True, single_peer_connection: bool = True,
+                  **grants: object) -> rtc.Room:
+    """Joins as the SDK does by default: over /rtc/v1, one peer connection (or /rtc, two, without it)."""
     client = rtc.Room()
-    await client.connect(server.url, server.token(identity, room, **grants), rtc.RoomOptions(auto_subscribe=auto_subscribe))
+    await client.connect(server.url, server.token(identity, room, **grants),
+                         rtc.RoomOptions(auto_subscribe=auto_subscribe, single_peer_connection=single_peer_connection))
     return client
 
 

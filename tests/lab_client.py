@@ -3,7 +3,8 @@ the first remote video (and audio) for a while and prints one JSON line with wha
 --publish it publishes the test card and a tone (tests/media.py) for that while instead.
 
 Output fields: connected, frames (decoded), fps (decoded frames per second once the first arrived), resolution (of
-the last frame), resolutions ({"WxH": frames}), timeline (per second: frames decoded, width, height), inbound
+the last frame), resolutions ({"WxH": frames}), timeline (per second: frames decoded, width, height, and gap: the
+longest wait, in s, for a frame decoded in that second: a freeze ends in the second with its gap), inbound
 (libwebrtc's inbound-rtp video stats at the end: frames_decoded, freeze_count, total_freeze_duration,
 packets_received, packets_lost, frame_width, frame_height), audio_hz (the dominant frequency of the last second of
 audio, with --audio), stream_states (null: the Python SDK does not surface StreamStateUpdate), pairs (with --pairs:
@@ -50,17 +51,21 @@ async def watch(track: rtc.RemoteTrack, seconds: float, result: dict) -> None:
     stream = rtc.VideoStream(track)
     start = time.monotonic()
     first: float | None = None
-    timeline = [{"frames": 0, "width": 0, "height": 0} for _ in range(int(seconds) + 1)]
+    timeline = [{"frames": 0, "width": 0, "height": 0, "gap": 0.0} for _ in range(int(seconds) + 1)]
     resolutions: dict[str, int] = {}
 
     async def read() -> None:
         nonlocal first
+        last = None
         async for event in stream:
             now = time.monotonic()
             first = first or now
             second = timeline[min(int(now - start), len(timeline) - 1)]
             frame = event.frame
-            second.update(frames=second["frames"] + 1, width=frame.width, height=frame.height)
+            gap = round(now - last, 3) if last is not None else 0.0
+            last = now
+            second.update(frames=second["frames"] + 1, width=frame.width, height=frame.height,
+                          gap=max(second["gap"], gap))
             key = f"{frame.width}x{frame.height}"
             resolutions[key] = resolutions.get(key, 0) + 1
             result["resolution"] = [frame.width, frame.height]

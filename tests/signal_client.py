@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
-from livekit.protocol import rtc
+from livekit.protocol import models, rtc
 from websockets.asyncio.client import ClientConnection, connect
 
 
@@ -20,10 +21,17 @@ class SignalClient:
         return client, first.join
 
     @classmethod
-    async def reconnect(cls, url: str, token: str, sid: str) -> tuple[SignalClient, rtc.SignalResponse]:
-        """A resume of the session `sid` as the SDKs ask for it; returns the client and the first message."""
-        connection = await connect(f"{url}/rtc?protocol=16&reconnect=1&reconnect_reason=1&sid={sid}",
-                                   additional_headers={"Authorization": f"Bearer {token}"})
+    async def reconnect(cls, url: str, token: str, sid: str, v1: bool = False) -> tuple[SignalClient, rtc.SignalResponse]:
+        """A resume of the session `sid` as the SDKs ask for it (on /rtc, or on /rtc/v1 in a join_request); returns
+        the client and the first message."""
+        if v1:
+            join = rtc.JoinRequest(client_info=models.ClientInfo(protocol=16), reconnect=True, participant_sid=sid,
+                                   reconnect_reason=models.ReconnectReason.RR_SIGNAL_DISCONNECTED)
+            wrapped = rtc.WrappedJoinRequest(join_request=join.SerializeToString()).SerializeToString()
+            path = f"/rtc/v1?join_request={base64.urlsafe_b64encode(wrapped).decode()}"
+        else:
+            path = f"/rtc?protocol=16&reconnect=1&reconnect_reason=1&sid={sid}"
+        connection = await connect(url + path, additional_headers={"Authorization": f"Bearer {token}"})
         client = cls(connection)
         return client, await client.receive()
 

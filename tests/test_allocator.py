@@ -10,7 +10,7 @@ import pytest
 from livekit.protocol import models, rtc
 
 from signaling.rtc.allocator import (PAUSED, TOP_LAYER, TOP_TEMPORAL, UPGRADE_FAILED_S, UPGRADE_HOLD_S, UPGRADE_MARGIN,
-                                     UPGRADE_RETRY_FACTOR, VideoDemand, share)
+                                     UPGRADE_RETRY_FACTOR, UPGRADE_RETRY_MEMORY_S, VideoDemand, share)
 from signaling.rtc import publication as publication_module
 from signaling.rtc.dynacast import Dynacast
 from signaling.rtc.participant import Participant
@@ -464,9 +464,14 @@ async def test_a_layer_losing_packets_steps_down_though_the_estimate_holds(node:
         bob.allocator.tick()
     assert layers == [1, 0] and node.counters["loss_step_downs"] == 1
     assert bob.allocator.estimate < 900_000
-    prober.status = ("succeeded", 900_000)  # a probe the link carried lifts the cap
-    for _ in range(int(UPGRADE_FAILED_S / 0.5) + 8):
+    prober.status = ("succeeded", 900_000)  # a probe the link carried lifts the cap...
+    for _ in range(int(UPGRADE_RETRY_MEMORY_S / 0.5) - 2):
         clock.now += 0.5
         prober.report(50, 0)
         bob.allocator.tick()
-    assert bob.allocator.estimate == 900_000 and layers == [1, 0, 1]
+    assert bob.allocator.estimate == 900_000 and layers == [1, 0]  # ...but 360p lost at 900 kbit/s: it needs more
+    prober.status, prober.estimate = ("succeeded", 900_000 * UPGRADE_RETRY_FACTOR), 900_000 * UPGRADE_RETRY_FACTOR
+    for _ in range(2):
+        clock.now += 0.5
+        bob.allocator.tick()
+    assert layers == [1, 0, 1]

@@ -10,8 +10,6 @@ import functools
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -159,13 +157,11 @@ async def _python_peer(server, identity: str, room: str) -> rtc.Room:
     return client
 
 
-def _assert_fell_back_to_v0(capture: SignalCapture) -> None:
-    """The JS SDK tried /rtc/v1, asked /rtc/v1/validate, got 404 and joined on /rtc."""
-    v1 = [url for url in capture.sockets if "/rtc/v1" in url]
-    v0 = [url for url in capture.sockets if "/rtc?" in url]
-    assert v1 and v0 and capture.sockets.index(v1[0]) < capture.sockets.index(v0[0]), capture.sockets
-    validate = [status for url, status in capture.responses if "/rtc/v1/validate" in url]
-    assert validate == [404], capture.responses
+def _assert_joined_over_v1(capture: SignalCapture) -> None:
+    """The JS SDK joined on /rtc/v1 at the first try: no fallback, no validate round trip, no server offer."""
+    assert capture.sockets and all("/rtc/v1?" in url for url in capture.sockets), capture.sockets
+    assert not [url for url, _ in capture.responses if "/validate" in url], capture.responses
+    assert not capture.responses_of("offer")
 
 
 def _assert_joined_and_subscriber_answered(capture: SignalCapture) -> None:
@@ -188,25 +184,6 @@ def _assert_publisher_offers_answered(capture: SignalCapture) -> None:
     assert set(client_offers) <= set(server_answers), (client_offers, server_answers)
 
 
-def _validate_allows_browsers(server) -> bool:
-    """A browser page on another origin can read /rtc/v1/validate's status only with a CORS header."""
-    request = urllib.request.Request(server.http + "/rtc/v1/validate", headers={"Origin": "http://example.test"})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            headers = response.headers
-    except urllib.error.HTTPError as error:
-        headers = error.headers
-    return headers.get("access-control-allow-origin") in ("*", "http://example.test")
-
-
-VALIDATE_CORS_FIX = (
-    "tern's /rtc/v1/validate 404 has no Access-Control-Allow-Origin header, so the browser hides the 404 from the JS "
-    "SDK (CORS), which then reports 'server unreachable' instead of falling back to /rtc. Fix in signaling/app.py "
-    "create_app: answer /rtc/validate and /rtc/v1/validate (every status, incl. the 404 from not_found on that "
-    "route) with header 'Access-Control-Allow-Origin: *', as LiveKit's server does"
-)
-
-
 MIME_TYPE_FIX = (
     "tern's TrackPublishedResponse lists codecs[].mime_type as the bare AddTrackRequest codec ('vp8'); the JS SDK "
     "splits it on '/' and publishing throws \"Cannot read properties of undefined (reading 'toLowerCase')\". Fix in "
@@ -227,15 +204,55 @@ async def _connect_js(browser: BrowserPeer, server, identity: str, room: str, op
         raise AssertionError(f"JS SDK failed to connect: {error}\n{browser.diagnostics(server)}") from error
 
 
-async def test_js_falls_back_from_v1_to_v0(server, browser: BrowserPeer):
+async def test_js_joins_over_v1_and_exchanges_media_and_data(server, browser: BrowserPeer):
+    """The JS SDK's default (one peer connection, /rtc/v1): it joins at once, plays the Python peer's test card and
+    tone, publishes its camera and microphone into the same peer connection, and data goes both ways."""
+    room = "browser-v1"
+    python_room = await _python_peer(server, "py-v1", room)
+    publisher = Publisher(python_room)
+    received: asyncio.Queue[rtc.DataPacket] = asyncio.Queue()
+    python_room.on("data_received", received.put_nowait)
+    transports = server.counters().get("transports_created", 0)
     try:
-        joined = await browser.call("connect", server.url, server.token("js-fallback", "browser-fallback"), {})
-    except Exception as error:
-        # A regression of the CORS fix fails with its diagnosis; it must never pass as an expected failure.
-        diagnosis = "" if _validate_allows_browsers(server) else VALIDATE_CORS_FIX + "\n"
-        raise AssertionError(f"{diagnosis}JS SDK failed to connect: {error}\n{browser.diagnostics(server)}") from error
-    assert joined["serverVersion"] and joined["canPublish"] is True
-    _assert_fell_back_to_v0(browser.capture)
+        await publisher.start()
+        try:
+            joined = await browser.call("connect", server.url, server.token("js-v1", room), {})
+        except Exception as error:
+            raise AssertionError(f"JS SDK failed to connect: {error}\n{browser.diagnostics(server)}") from error
+        assert joined["serverVersion"] and joined["canPublish"] is True and "py-v1" in joined["remoteIdentities"]
+
+        def decoded_both(stats: list[dict]) -> bool:
+            video = [s for s in stats if s["kind"] == "video" and s["participant"] == "py-v1"]
+            audio = [s for s in stats if s["kind"] == "audio" and s["participant"] == "py-v1"]
+            return (bool(video) and video[0]["framesDecoded"] > 10
+                    and bool(audio) and audio[0]["totalSamplesReceived"] > 24000)
+
+        stats = await _poll(lambda: browser.call("inboundStats"), decoded_both, 20, "the browser to decode both tracks")
+        audio = next(s for s in stats if s["kind"] == "audio")
+        assert audio["totalAudioEnergy"] > 0, audio
+
+        published = await browser.call("publishCameraAndMicrophone")
+        assert {p["kind"] for p in published} == {"audio", "video"}
+        _assert_publisher_offers_answered(browser.capture)
+        tracks = await wait_for_tracks(python_room, 2)
+        frames = await decoded_video(tracks["video"], frames=10)
+        assert all(f.width >= 160 and f.height >= 90 for f in frames)
+
+        await browser.call("publishData", "hello from js", "greetings")
+        packet = await asyncio.wait_for(received.get(), 15)
+        assert packet.data == b"hello from js" and packet.participant.identity == "js-v1"
+        await python_room.local_participant.publish_data(b"hello from python", reliable=True, topic="greetings")
+        data = await _poll(lambda: browser.page.evaluate("window.tern.state.data"), bool, 15, "data in the browser")
+        assert data == [{"text": "hello from python", "participant": "py-v1", "topic": "greetings", "kind": 0}]
+
+        _assert_joined_over_v1(browser.capture)
+        assert server.counters()["transports_created"] == transports + 1  # the browser's one peer connection
+        assert any(a.mid_to_track_id for a in browser.capture.responses_of("answer"))
+        errors = await browser.page.evaluate("window.tern.state.errors")
+        assert not errors, errors
+    finally:
+        await publisher.stop()
+        await python_room.disconnect()
 
 
 async def test_js_and_python_exchange_media(server, browser: BrowserPeer):

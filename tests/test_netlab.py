@@ -137,7 +137,8 @@ def figures(name: str, result: dict) -> None:
     """Prints what a subscriber saw, second by second: frames and height (the issue's measured figures)."""
     seconds = " ".join(f"{s['frames']}@{s['height']}" for s in result["timeline"])
     inbound = result.get("inbound") or {}
-    print(f"{name}: fps@height per second: {seconds}; freezes {inbound.get('freeze_count')} totalling "
+    print(f"{name}: fps@height per second: {seconds}; longest wait for a frame per second: "
+          f"{' '.join(str(s['gap']) for s in result['timeline'])}; freezes {inbound.get('freeze_count')} totalling "
           f"{inbound.get('total_freeze_duration')} s; audio {result.get('audio_hz')} Hz; inbound {inbound}")
 
 
@@ -148,10 +149,20 @@ def window(result: dict, start: int, end: int) -> tuple[float, set[tuple[int, in
             {(s["width"], s["height"]) for s in seconds if s["frames"]})
 
 
-# Not yet reliable (issue 11 stays open): behind 600 kbit/s the allocator sometimes moves up to 360p (~500 kbit/s with
-# audio) after a probe the shaper's 16 kB burst let through, and 360p then loses frames for seconds before the
-# estimate falls (a full drop-tail queue shows no delay growth, and GCC's loss cut starts at 10 %). They run in CI and
-# report; they do not gate it.
+def longest_freeze(result: dict, start: int, end: int) -> float:
+    """The longest wait in s between two frames a client decoded, over seconds [start, end): the gaps of frames
+    decoded there, and the seconds without a frame at its end (libwebrtc's total_freeze_duration reads 0 in this
+    SDK)."""
+    seconds = result["timeline"][start:end]
+    trailing = len(seconds) - max((i + 1 for i, s in enumerate(seconds) if s["frames"]), default=0)
+    return max([s["gap"] for s in seconds] + [float(trailing)])
+
+
+# Not yet reliable (issue 11 stays open): behind 600 kbit/s the subscriber sometimes ends up on 360p (~500 kbit/s with
+# audio), after a probe the shaper's 16 kB burst let through or on the way down from 720p; 360p then plays at 20 fps
+# for seconds and loses frames (1-3 s at 3-10 fps) when a keyframe overflows the queue, until the loss step-down
+# takes it to 180p. A second without frames around a switch also happens. They run in CI and report; they do not
+# gate it.
 AT_THE_EDGE = pytest.mark.xfail(reason="360p at the edge of a 600 kbit/s link: see the comment above", strict=False)
 
 
@@ -191,9 +202,7 @@ async def test_a_link_narrowed_mid_call_steps_down(lab_server) -> None:
     _, before = window(result, 5, 10)
     _, after = window(result, 15, 25)
     assert before == {(1280, 720)} and after and max(w for w, _ in after) < 1280, result
-    assert all(s["frames"] > 0 for s in result["timeline"][5:25]), result  # no second without a frame
-    inbound = result["inbound"]
-    assert inbound["freeze_count"] == 0 or inbound["total_freeze_duration"] / inbound["freeze_count"] <= 1.0, result
+    assert longest_freeze(result, 5, 25) <= 1.0, result
 
 
 @AT_THE_EDGE
@@ -210,7 +219,7 @@ async def test_narrow_and_wide_subscribers_each_get_their_own_layer(lab_server) 
     assert fps >= LOWEST_LAYER_FPS and sizes and max(w for w, _ in sizes) < 1280, narrow
     fps, sizes = window(wide, 5, 20)
     assert fps >= FULL_LAYER_FPS and sizes == {(1280, 720)}, wide
-    assert all(s["frames"] > 0 for s in wide["timeline"][5:20]), wide  # no second without a frame
+    assert longest_freeze(wide, 5, 20) <= 1.0, wide
 
 
 async def test_below_the_lowest_layer_video_pauses_and_audio_keeps_playing(lab_server) -> None:

@@ -17,7 +17,8 @@ from livekit.protocol import models, rtc
 from websockets.exceptions import ConnectionClosed
 
 import engine
-from clients import connect, remote, until
+from clients import connect, packets_received, remote, until
+from media import Publisher, wait_for_tracks
 from signal_client import SignalClient
 from signaling.peer.ice import handle_binding
 from signaling.protocol import v0
@@ -170,40 +171,59 @@ async def test_a_publisher_offer_with_new_credentials_restarts_ice(node: FakeNod
 
 # ---------------------------------------------------------------- the decision tree, against a real server
 
-async def test_a_reconnect_is_a_resume_only_for_the_live_session_it_names(server) -> None:
+@pytest.mark.parametrize("v1", [False, True], ids=["v0", "v1"])
+async def test_a_reconnect_is_a_resume_only_for_the_live_session_it_names(server, v1: bool) -> None:
     """A wrong or missing sid, or an identity not in the room: leave{RECONNECT} (rejoin) as the only message, and the
     live session is untouched. The right sid: ReconnectResponse first, then the roster with the participant's sid and
-    tracks, the room and a subscriber offer restarting ICE; the SDK whose connection was taken over resumes it back.
-    The others never see the participant leave."""
-    room = "resume-room"
-    alice = await connect(server, "alice", room)
+    tracks, the room and (v0) a subscriber offer restarting ICE; the SDK whose connection was taken over resumes it
+    back, over the same protocol version. The others never see the participant leave."""
+    room = f"resume-room-{int(v1)}"
+    alice = await connect(server, "alice", room, single_peer_connection=v1)
     watcher = await connect(server, "watcher", room)
     left: list[str] = []
     watcher.on("participant_disconnected", lambda p: left.append(p.identity))
     sid = alice.local_participant.sid
+    publisher = Publisher(alice, video=False)
     try:
-        await until(lambda: remote(watcher, "alice") is not None)
+        await publisher.start()
+        tone = (await wait_for_tracks(watcher, 1))["audio"]
         for identity, asked in [("alice", "PA_wrong"), ("alice", ""), ("nobody", sid)]:
-            client, first = await SignalClient.reconnect(server.url, server.token(identity, room), asked)
+            client, first = await SignalClient.reconnect(server.url, server.token(identity, room), asked, v1)
             assert first.WhichOneof("message") == "leave", first
             assert first.leave.action == rtc.LeaveRequest.Action.RECONNECT and first.leave.can_reconnect
             assert first.leave.reason == models.DisconnectReason.STATE_MISMATCH
             with pytest.raises(ConnectionClosed):
                 await client.receive()
-        assert server.counters()["signal_resume_refused"] == 3
+        counters = server.counters()
+        assert counters["signal_resume_refused"] == 3 * (1 + v1)
 
-        resumed_before = server.counters().get("signal_resumed", 0)
-        client, first = await SignalClient.reconnect(server.url, server.token("alice", room), sid)
+        resumed_before, v1_before = counters.get("signal_resumed", 0), counters.get("signal_connections_v1", 0)
+        restarts_before = counters.get("ice_restarts", 0)
+        client, first = await SignalClient.reconnect(server.url, server.token("alice", room), sid, v1)
         assert first.WhichOneof("message") == "reconnect", first
         roster = (await client.receive_until("update")).update
         assert any(p.sid == sid and p.identity == "alice" for p in roster.participants)
         await client.receive_until("room_update")
-        offer = (await client.receive_until("offer")).offer
-        assert "a=ice-ufrag:" in offer.sdp
+        if v1:  # one peer connection, the client's: its ICE-restart offer does it, the server offers nothing until
+            # the SDK (its connection taken over) resumes, taking this one over in turn
+            kinds = []
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    kinds.append((await client.receive()).WhichOneof("message"))
+            assert "offer" not in kinds, kinds
+        else:
+            offer = (await client.receive_until("offer")).offer
+            assert "a=ice-ufrag:" in offer.sdp
         await client.connection.close()  # and the SDK, its own connection closed, resumes in turn
         await until(lambda: server.counters().get("signal_resumed", 0) >= resumed_before + 2, timeout=15)
+        assert server.counters().get("signal_connections_v1", 0) == v1_before + 2 * v1
         assert remote(watcher, "alice").sid == sid and alice.local_participant.sid == sid and left == []
+        await until(lambda: server.counters().get("ice_restarts", 0) > restarts_before)  # the client's offer restarts
+        received = await packets_received(tone)
+        await asyncio.sleep(1)
+        assert await packets_received(tone) > received  # its tone still reaches the watcher
     finally:
+        await publisher.stop()
         await alice.disconnect()
         await watcher.disconnect()
 

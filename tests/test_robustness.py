@@ -46,11 +46,14 @@ async def test_bad_tokens_get_401_with_a_message_before_the_upgrade(server):
     assert http_get(f"{server.http}/rtc/validate", server.token("x", "r")) == (200, "success")
 
 
-async def test_v1_paths_answer_404_so_clients_fall_back(server):
+async def test_v1_without_a_join_request_is_a_400_and_never_a_404(server):
+    """/rtc/v1 is served: a client that reached it is told what is wrong, not sent to /rtc (a 404 makes SDKs fall
+    back). Only a plain (non-WebSocket) request there gets 404, as from LiveKit."""
     with pytest.raises(InvalidStatus) as error:
         await connect(f"{server.url}/rtc/v1", additional_headers={"Authorization": f"Bearer {server.token('x', 'r')}"})
-    assert error.value.response.status_code == 404
-    assert http_get(f"{server.http}/rtc/v1/validate", server.token("x", "r"))[0] == 404
+    assert error.value.response.status_code == 400
+    assert http_get(f"{server.http}/rtc/v1/validate", server.token("x", "r")) == (400, "missing join_request")
+    assert http_get(f"{server.http}/rtc/v1")[0] == 404
 
 
 async def test_misbehaving_clients_and_garbage_do_not_disturb_a_live_room(server):

@@ -1,4 +1,6 @@
-"""SDP offer/answer state of a client's two peer connections (LiveKit v0, dual PC)."""
+"""SDP offer/answer state of a client's peer connections: LiveKit v0's two (the client offers on the publisher PC,
+the server on the subscriber PC), or v1's single one (the client always offers; the server answers, sending its
+subscriptions on the client's recvonly m-lines, and asks for a new offer with a MediaSectionsRequirement)."""
 from __future__ import annotations
 
 import json
@@ -75,11 +77,116 @@ class PublisherPC(_PeerConnection):
             self.transport.restart_ice()  # the answer carries our fresh credentials too (RFC 8839 section 4.4.1.1.2)
             self._trickled = False
         self._apply_remote(description)
-        answer_sdp, accepted = sdp.build_answer(description, self.transport.local_endpoint(), self.session_id, policy)
+        outgoing = self._outgoing(description, policy)
+        answer_sdp, accepted = sdp.build_answer(description, self.transport.local_endpoint(), self.session_id, policy,
+                                                outgoing)
+        self._answered()
         sending = {media.mid for media in accepted}
         stopped = [s.mid for s in description.sections if s.kind != "application" and s.mid not in sending]
         candidates = self.trickle_once(description.bundle[0]) if description.bundle else []
-        return rtc.SessionDescription(type="answer", sdp=answer_sdp, id=offer.id), accepted, stopped, candidates
+        answer = rtc.SessionDescription(type="answer", sdp=answer_sdp, id=offer.id)
+        for mid, media in outgoing.items():
+            if media.active:
+                answer.mid_to_track_id[mid] = media.track_id
+        return answer, accepted, stopped, candidates
+
+    def _outgoing(self, description: sdp.SessionDescription, policy: sdp.ReceivePolicy) -> dict[str, sdp.OutgoingMedia]:
+        """What the server sends on the offer's m-lines, by mid: nothing on a publisher PC."""
+        return {}
+
+    def _answered(self) -> None:
+        """The answer is built (a single PC then frees the m-lines it made inactive)."""
+
+
+class SinglePC(PublisherPC):
+    """LiveKit v1's one peer connection. Subscriptions (`media`) wait, without a mid, for a recvonly m-line of their
+    kind in the client's next offer; the answer sends them there. The client offers again when asked with a
+    MediaSectionsRequirement naming the m-lines it lacks (0/0 when it has enough and only needs to offer)."""
+
+    def __init__(self, transport: Transport) -> None:
+        super().__init__(transport)
+        self.media: list[sdp.OutgoingMedia] = []
+        self._free: dict[str, int] = {}  # kind -> recvonly m-lines of the latest offer that nothing was sent on
+        self._requested = True  # a new offer is on its way (the first one always is): asking again adds m-lines
+        # Media the latest offer had a free m-line of its kind for, but not its codec: asking for more m-lines would
+        # not help (the caller ends those subscriptions).
+        self.unplaceable: list[sdp.OutgoingMedia] = []
+
+    def add(self, media: sdp.OutgoingMedia) -> bool:
+        """Queues `media` for the next answer; False past MAX_SUBSCRIBER_MEDIA (the caller renegotiates)."""
+        if sum(1 for m in self.media if m.active) >= MAX_SUBSCRIBER_MEDIA:
+            return False
+        self.media.append(media)
+        return True
+
+    @property
+    def negotiated(self) -> bool:
+        """A single PC has no offer of the server's to restart: the client's ICE-restart offer does it."""
+        return False
+
+    def changed(self) -> rtc.MediaSectionsRequirement | None:
+        """The media changed: asks the client for an offer (with the m-lines it lacks), unless one is coming."""
+        self.media = [m for m in self.media if m.active or m.mid]  # never placed: nothing to tell the client
+        if self._requested:
+            return None
+        self._requested = True
+        return self._requirement()
+
+    def follow_up(self) -> rtc.MediaSectionsRequirement | None:
+        """After an answer: another offer asked for at once while media still waits (with the m-lines it lacks, or
+        0/0 when the answer just freed some)."""
+        self._requested = any(m.active and not m.mid for m in self.media)
+        return self._requirement() if self._requested else None
+
+    def _requirement(self) -> rtc.MediaSectionsRequirement:
+        waiting = {kind: sum(1 for m in self.media if m.active and not m.mid and m.kind == kind)
+                   for kind in ("audio", "video")}
+        return rtc.MediaSectionsRequirement(num_audios=max(0, waiting["audio"] - self._free.get("audio", 0)),
+                                            num_videos=max(0, waiting["video"] - self._free.get("video", 0)))
+
+    def _outgoing(self, description: sdp.SessionDescription, policy: sdp.ReceivePolicy) -> dict[str, sdp.OutgoingMedia]:
+        offered_bundle = set(description.bundle)
+        receiving = {s.mid: s for s in description.sections
+                     if s.kind in ("audio", "video") and s.direction == "recvonly"
+                     and (s.mid in offered_bundle if offered_bundle else s.port != 0)}
+        self.media = [m for m in self.media if m.active or m.mid]
+        placed = {m.mid: m for m in self.media if m.mid in receiving}
+        for media in self.media:
+            if media.active and not media.mid:
+                section = next((s for mid, s in receiving.items() if mid not in placed and s.kind == media.kind
+                                and _place(media, s, policy)), None)
+                if section is not None:
+                    placed[section.mid] = media
+        self._free = {kind: sum(1 for mid, s in receiving.items() if mid not in placed and s.kind == kind)
+                      for kind in ("audio", "video")}
+        self.unplaceable = [m for m in self.media if m.active and not m.mid and self._free[m.kind]]
+        return placed
+
+    def _answered(self) -> None:
+        # m-lines answered inactive are free for the next offer's subscriptions (the client keeps offering them
+        # recvonly), as LiveKit reuses transceivers.
+        freed = [m for m in self.media if m.mid and not m.active]
+        self.media = [m for m in self.media if m.active]
+        for media in freed:
+            self._free[media.kind] = self._free.get(media.kind, 0) + 1
+
+
+def _place(media: sdp.OutgoingMedia, section: sdp.MediaSection, policy: sdp.ReceivePolicy) -> bool:
+    """Puts `media` in the client's recvonly `section`, in the client's terms (its payload types and extension ids);
+    False if the client cannot receive the codec there."""
+    codec = sdp.matching_codec(section, media.codec)
+    if codec is None:
+        return False
+    feedback = set(media.codec.rtcp_fb)
+    rtx = codec.rtx_payload_type if media.codec.rtx_payload_type is not None else None
+    media.codec = sdp.Codec(codec.payload_type, codec.name, codec.clock_rate, codec.channels, media.codec.fmtp,
+                            [fb for fb in codec.rtcp_fb if fb in feedback], rtx)
+    if rtx is None:
+        media.rtx_ssrc = None
+    allowed = policy.send_extensions.get(media.kind, frozenset())
+    media.extmap = {uri: ext_id for uri, ext_id in section.extmap.items() if uri in allowed}
+    media.mid = section.mid
+    return True
 
 
 class SubscriberPC(_PeerConnection):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "SdpError", "SdpLimitError", "Codec", "MediaSection", "SessionDescription", "parse",
     "LocalEndpoint", "AcceptedMedia", "ReceivePolicy", "build_answer",
-    "OutgoingMedia", "build_offer", "answer_codecs",
+    "OutgoingMedia", "build_offer", "answer_codecs", "matching_codec",
 ]
 
 EXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
@@ -425,10 +425,13 @@ class AcceptedMedia:
 @dataclass(frozen=True)
 class ReceivePolicy:
     """What an answer to a publisher accepts (signaling/rtc/media_caps.py says which): per kind, the header
-    extension URIs and RTCP feedback kept, and a codec's preference (lower is better, None = unusable)."""
+    extension URIs and RTCP feedback kept, and a codec's preference (lower is better, None = unusable). With a single
+    peer connection the answer also covers the m-lines the client receives on: `send_extensions` are, per kind, the
+    URIs the server writes there (empty: such m-lines are answered like any inactive one)."""
     extensions: Mapping[str, frozenset[str]]
     feedback: Mapping[str, frozenset[str]]
     codec_rank: Callable[[str, Codec], int | None]
+    send_extensions: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -528,15 +531,26 @@ def _inactive_lines(section: MediaSection, local: LocalEndpoint, policy: Receive
     lines += _transport_lines(local, "passive", section.mid)
     # Accept the header extensions here too: libwebrtc's later offers carry, even on new m-lines, only
     # extensions an answer has accepted, so an inactive answer without them would lose audio levels and rids.
-    lines += extmap_lines(_accepted_extensions(section, policy))
+    lines += extmap_lines(_listed_extensions(section, policy))
     lines += ["a=inactive", "a=rtcp-mux", "a=rtcp-rsize"]
     for codec in codecs:
         lines += codec_lines(codec, [])
     return lines
 
 
-def _accepted_extensions(section: MediaSection, policy: ReceivePolicy) -> dict[str, int]:
-    allowed = policy.extensions.get(section.kind, frozenset())
+def _listed_extensions(section: MediaSection, policy: ReceivePolicy) -> dict[str, int]:
+    """The extensions an answer lists on an m-line the server does not receive on: those it reads elsewhere, and on
+    a client's recvonly m-line those it writes. libwebrtc offers a new m-line (a track published later) only the
+    extensions some answer of the bundle accepted, so every m-line lists the ones publishing needs (rids)."""
+    listed = _accepted_extensions(section, policy)
+    if section.direction == "recvonly":
+        listed.update(_accepted_extensions(section, policy, sends=True))
+    return listed
+
+
+def _accepted_extensions(section: MediaSection, policy: ReceivePolicy, sends: bool = False) -> dict[str, int]:
+    """The section's extensions (the client's ids) that the server reads, or with `sends` writes."""
+    allowed = (policy.send_extensions if sends else policy.extensions).get(section.kind, frozenset())
     return {uri: ext_id for uri, ext_id in section.extmap.items() if uri in allowed}
 
 
@@ -577,10 +591,12 @@ def _receive_lines(section: MediaSection, local: LocalEndpoint, primary: Codec,
     return lines, AcceptedMedia(section.mid, section.kind, track_id, codec, extmap, rids, ssrcs, rtx_ssrcs)
 
 
-def build_answer(offer: SessionDescription, local: LocalEndpoint, session_id: int,
-                 policy: ReceivePolicy) -> tuple[str, list[AcceptedMedia]]:
+def build_answer(offer: SessionDescription, local: LocalEndpoint, session_id: int, policy: ReceivePolicy,
+                 outgoing: Mapping[str, OutgoingMedia] | None = None) -> tuple[str, list[AcceptedMedia]]:
     """Answer a publisher offer: receive what the client sends (codec, extensions and feedback as `policy`
-    allows), keep every m-line in order."""
+    allows), send `outgoing` on the m-lines it names by mid (a single peer connection's subscriptions, placed in
+    the client's recvonly m-lines), keep every m-line in order."""
+    outgoing = outgoing or {}
     body: list[str] = []
     bundled: list[str] = []
     accepted: list[AcceptedMedia] = []
@@ -594,6 +610,8 @@ def build_answer(offer: SessionDescription, local: LocalEndpoint, session_id: in
             pass
         elif section.kind == "application" and "SCTP" in section.protocol:
             lines = _application_lines(section, local)
+        elif section.mid in outgoing and section.kind == outgoing[section.mid].kind:
+            lines = _send_lines(outgoing[section.mid], local, "passive", _listed_extensions(section, policy))
         elif section.kind in ("audio", "video") and "RTP/" in section.protocol:
             primary = _primary_codec(section, policy) if section.direction in _SENDING else None
             if primary is not None:
@@ -610,6 +628,55 @@ def build_answer(offer: SessionDescription, local: LocalEndpoint, session_id: in
     return text, accepted
 
 
+def _send_lines(m: OutgoingMedia, local: LocalEndpoint, setup: str, listed: dict[str, int] | None = None) -> list[str]:
+    """An m-line the server sends one forwarded track on (sendonly), or one it no longer does (inactive); it lists
+    the extensions the server writes (`m.extmap`) or, in an answer, `listed` (which includes them)."""
+    if m.kind not in ("audio", "video"):
+        raise ValueError(f"mid {m.mid}: kind must be audio or video, got {m.kind!r}")
+    codec = m.codec
+    rtx = (Codec(codec.rtx_payload_type, "rtx", codec.clock_rate, fmtp=f"apt={codec.payload_type}")
+           if codec.rtx_payload_type is not None else None)
+    if m.rtx_ssrc is not None and rtx is None:
+        raise ValueError(f"mid {m.mid}: rtx_ssrc given but the codec has no rtx payload type")
+    lines = [rtp_mline(m.kind, "UDP/TLS/RTP/SAVPF", [codec] + ([rtx] if rtx else []))]
+    lines += _transport_lines(local, setup, m.mid)
+    lines += extmap_lines(m.extmap if listed is None else listed)
+    lines.append("a=sendonly" if m.active else "a=inactive")
+    msid = f"{m.stream_id} {m.track_id}"
+    if m.active:
+        lines.append(f"a=msid:{msid}")
+    lines += ["a=rtcp-mux", "a=rtcp-rsize"]
+    lines += codec_lines(codec, codec.rtcp_fb)
+    if rtx:
+        lines += codec_lines(rtx, [])
+    if m.active:
+        ssrcs = [m.ssrc] + ([m.rtx_ssrc] if m.rtx_ssrc is not None else [])
+        if m.rtx_ssrc is not None:
+            lines.append(f"a=ssrc-group:FID {m.ssrc} {m.rtx_ssrc}")
+        for ssrc in ssrcs:
+            lines += [f"a=ssrc:{ssrc} cname:{m.cname}", f"a=ssrc:{ssrc} msid:{msid}"]
+    return lines
+
+
+def _profile(codec: Codec) -> tuple[str, ...]:
+    """What tells apart two codecs of one name whose bitstreams a decoder of the other cannot take."""
+    name, params = codec.name.upper(), codec.params()
+    if name == "H264":  # profile_idc and constraints (not the level), and the packetization mode
+        return params.get("profile-level-id", "42001f").lower()[:4], params.get("packetization-mode", "0")
+    if name == "VP9":
+        return (params.get("profile-id", "0"),)
+    if name == "AV1":
+        return (params.get("profile", "0"),)
+    return ()
+
+
+def matching_codec(section: MediaSection, codec: Codec) -> Codec | None:
+    """The section's own payload type for `codec`: the same encoding, clock rate, channels and profile."""
+    return next((c for c in section.codecs
+                 if c.name.lower() == codec.name.lower() and c.clock_rate == codec.clock_rate
+                 and (c.channels or 1) == (codec.channels or 1) and _profile(c) == _profile(codec)), None)
+
+
 def build_offer(local: LocalEndpoint, media: list[OutgoingMedia], session_id: int, version: int,
                 data_mid: str | None = "0") -> str:
     """Subscriber offer: one sendonly m-line per forwarded track, data channel first."""
@@ -622,28 +689,5 @@ def build_offer(local: LocalEndpoint, media: list[OutgoingMedia], session_id: in
         body += _transport_lines(local, "actpass", data_mid)
         body += ["a=sctp-port:5000", "a=max-message-size:65535"]
     for m in media:
-        if m.kind not in ("audio", "video"):
-            raise ValueError(f"mid {m.mid}: kind must be audio or video, got {m.kind!r}")
-        codec = m.codec
-        rtx = (Codec(codec.rtx_payload_type, "rtx", codec.clock_rate, fmtp=f"apt={codec.payload_type}")
-               if codec.rtx_payload_type is not None else None)
-        if m.rtx_ssrc is not None and rtx is None:
-            raise ValueError(f"mid {m.mid}: rtx_ssrc given but the codec has no rtx payload type")
-        body.append(rtp_mline(m.kind, "UDP/TLS/RTP/SAVPF", [codec] + ([rtx] if rtx else [])))
-        body += _transport_lines(local, "actpass", m.mid)
-        body += extmap_lines(m.extmap)
-        body.append("a=sendonly" if m.active else "a=inactive")
-        msid = f"{m.stream_id} {m.track_id}"
-        if m.active:
-            body.append(f"a=msid:{msid}")
-        body += ["a=rtcp-mux", "a=rtcp-rsize"]
-        body += codec_lines(codec, codec.rtcp_fb)
-        if rtx:
-            body += codec_lines(rtx, [])
-        if m.active:
-            ssrcs = [m.ssrc] + ([m.rtx_ssrc] if m.rtx_ssrc is not None else [])
-            if m.rtx_ssrc is not None:
-                body.append(f"a=ssrc-group:FID {m.ssrc} {m.rtx_ssrc}")
-            for ssrc in ssrcs:
-                body += [f"a=ssrc:{ssrc} cname:{m.cname}", f"a=ssrc:{ssrc} msid:{msid}"]
+        body += _send_lines(m, local, "actpass")
     return "\r\n".join(_session_lines(session_id, version, mids) + body) + "\r\n"

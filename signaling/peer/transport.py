@@ -78,6 +78,9 @@ class Transport:
         self.sctp: SctpAssociation | None = None
         self.remote_max_message_size = 65536  # the client's a=max-message-size
         self.local_channels: list[tuple[str, bool, int | None]] = []  # (label, ordered, max_retransmits) we open
+        # Reliable channels the client opens that carry our messages too (a single peer connection has no others):
+        # messages for them are held until they open, as for ours.
+        self.awaited_channels: frozenset[str] = frozenset()
         self.channels: dict[str, DataChannel] = {}  # open data channels by label
         # Reliable messages for a channel of ours that is not open yet (the client is still connecting): sent, in
         # order, when it opens. At most MAX_HELD_BYTES; a client that never opens it leaves with the transport.
@@ -292,7 +295,7 @@ class Transport:
 
     def send_message(self, label: str, data: bytes) -> bool:
         """Sends one binary message on the open channel `label`; False when there is none. A reliable channel of
-        ours that is not open yet holds the message until it opens (see _held).
+        ours (or an awaited one) that is not open yet holds the message until it opens (see _held).
 
         When the client has not acknowledged sctp.MAX_BUFFERED_AMOUNT (the association has already dropped its
         oldest unsent lossy messages to make room): a lossy message is dropped and counted, and True says it was
@@ -324,7 +327,8 @@ class Transport:
         return True
 
     def _hold(self, label: str, data: bytes) -> bool:
-        reliable = any(ours == label and max_retransmits is None for ours, _, max_retransmits in self.local_channels)
+        reliable = label in self.awaited_channels or any(
+            ours == label and max_retransmits is None for ours, _, max_retransmits in self.local_channels)
         if not reliable or label in self._opened:
             return False
         if self._held_bytes + len(data) > MAX_HELD_BYTES:
@@ -446,6 +450,7 @@ class TransportManager:
     def create(self, label: str) -> Transport:
         transport = Transport(self, label)
         self._by_id[transport.id] = transport
+        self.counters["transports_created"] += 1  # how many peer connections clients get: one (v1) or two (v0) each
         return transport
 
     def remove(self, transport: Transport) -> None:

@@ -49,11 +49,12 @@ UPGRADE_HOLD_S = 3.0
 # keyframe wait and a burst of loss, so a link at the edge of a step settles on the step below.
 UPGRADE_FAILED_S = 15.0
 UPGRADE_MAX_HOLD_S = 24.0
-# And for UPGRADE_RETRY_MEMORY_S that step is tried again only on an estimate UPGRADE_RETRY_FACTOR above the one it
-# failed at, which a probe of PROBE_RETRY_DURATION_S must show first: a router's token bucket lets a short burst
-# through far above its rate (the lab's 16 kB bucket passes a 300 ms probe 400 kbit/s above a 600 kbit/s link), so
-# the probe that led to the failed step proved nothing, and a longer, higher one must outlast the bucket and its queue
-# (measured: at 1.25 x, a 0.9 s probe still passed and the retry failed again).
+# And for UPGRADE_RETRY_MEMORY_S that step (like a step left for loss, see LOSS_STEP_DOWN) is tried again only on
+# an estimate UPGRADE_RETRY_FACTOR above the one it failed at, which a probe of PROBE_RETRY_DURATION_S must show
+# first: a router's token bucket lets a short burst through far above its rate (the lab's 16 kB bucket passes a
+# 300 ms probe 400 kbit/s above a 600 kbit/s link), so the probe that led to the failed step proved nothing, and a
+# longer, higher one must outlast the bucket and its queue (measured: at 1.25 x, a 0.9 s probe still passed and the
+# retry failed again).
 UPGRADE_RETRY_FACTOR = 1.5
 UPGRADE_RETRY_MEMORY_S = 30.0
 # A video is paused for bandwidth only once its lowest step has not fitted for PAUSE_AFTER_S: right after a link
@@ -255,6 +256,7 @@ class StreamAllocator:
         self._loss_window: tuple[float, int, int] | None = None  # since (time, packets reported, lost)
         self._loss_settled_at = float("-inf")  # no window starts before
         self._lossy_windows = 0  # lossy windows in a row
+        self._lost_at: float | None = None  # while a loss step-down is allocated: the estimate the link lost at
 
     # -- inputs
     def update(self, subscription: Subscription) -> None:
@@ -295,7 +297,9 @@ class StreamAllocator:
         if bandwidth is None:
             return
         if self._lossy(bandwidth):
+            self._lost_at = bandwidth["estimate_bps"]
             self.on_estimate(bandwidth["estimate_bps"], bandwidth["congested"])
+            self._lost_at = None
             return
         if self._next_step is None:
             return
@@ -405,12 +409,15 @@ class StreamAllocator:
             if current is None or fits[video.key] < current:
                 step = fits[video.key]
                 if pushed is not None and step < len(video.ladder) - 1:  # stepped down for bandwidth
-                    if now - pushed.upgraded_at < UPGRADE_FAILED_S:  # the last upgrade failed
-                        pushed.hold = min(UPGRADE_MAX_HOLD_S, pushed.hold * 2)
+                    failed_upgrade = now - pushed.upgraded_at < UPGRADE_FAILED_S
+                    if failed_upgrade or self._lost_at is not None:  # the step it leaves could not be carried
+                        if failed_upgrade:
+                            pushed.hold = min(UPGRADE_MAX_HOLD_S, pushed.hold * 2)
+                            pushed.upgraded_at = float("-inf")  # judged: a further step-down is not its failure too
                         pushed.retry_step = current
-                        pushed.retry_above = pushed.upgraded_with * UPGRADE_RETRY_FACTOR
+                        pushed.retry_above = UPGRADE_RETRY_FACTOR * max(
+                            pushed.upgraded_with if failed_upgrade else 0.0, self._lost_at or 0.0)
                         pushed.retry_until = now + UPGRADE_RETRY_MEMORY_S
-                        pushed.upgraded_at = float("-inf")  # judged: a further step-down is not its failure too
                     elif pushed.upgraded_at > float("-inf"):  # the last upgrade held: what failed before says nothing
                         pushed.hold = UPGRADE_HOLD_S
                         pushed.retry_until = float("-inf")

@@ -64,6 +64,10 @@ def codec_rank(kind: str, codec: Codec) -> int | None:
 
 
 PUBLISHER = ReceivePolicy(extensions=_PUBLISHER_EXTENSIONS, feedback=_PUBLISHER_FEEDBACK, codec_rank=codec_rank)
+# A single peer connection (LiveKit v1): the same, and on the client's recvonly m-lines what subscribers are offered
+# on a subscriber PC, under the client's ids.
+SINGLE_PC = ReceivePolicy(extensions=_PUBLISHER_EXTENSIONS, feedback=_PUBLISHER_FEEDBACK, codec_rank=codec_rank,
+                          send_extensions={kind: frozenset(uris) for kind, uris in SUBSCRIBER_EXTENSIONS.items()})
 
 
 def ordered_rids(rids: list[str]) -> list[str]:

@@ -17,7 +17,7 @@ from livekit.protocol import models, rtc
 from ..auth import Claims, VideoGrant, video_claim
 from ..peer import sdp
 from ..peer.dcep import DataChannel
-from ..peer.negotiation import PublisherPC, StaleAnswer, SubscriberPC
+from ..peer.negotiation import PublisherPC, SinglePC, StaleAnswer, SubscriberPC
 from . import limits, media_caps
 from .allocator import StreamAllocator
 from .connection_stats import ConnectionStats
@@ -75,7 +75,7 @@ _KINDS = {
 
 
 class SignalSink(Protocol):
-    """Where a participant's signal messages go: today a v0 signal connection."""
+    """Where a participant's signal messages go: a v0 or v1 signal connection."""
 
     def send(self, response: rtc.SignalResponse) -> None: ...
 
@@ -104,7 +104,7 @@ class Services(Protocol):
 
 class Participant:
     def __init__(self, services: Services, room: Room, claims: Claims, *, auto_subscribe: bool = True,
-                 client_protocol: int = 0, protocol: int = 0, token: str = "") -> None:
+                 client_protocol: int = 0, protocol: int = 0, token: str = "", single_pc: bool = False) -> None:
         self.services = services
         self.room = room
         self.sid = new_id("PA_")
@@ -142,18 +142,28 @@ class Participant:
         self.subscription_permission: SubscriptionPermissions | None = None
         self.connection_stats = ConnectionStats(self)
 
-        self.publisher = PublisherPC(services.transports.create("publisher"))
-        try:
-            self.subscriber = SubscriberPC(services.transports.create("subscriber"))
-        except (RuntimeError, MemoryError):  # the engine is full: give back the first transport
-            self.publisher.transport.close()
-            raise
-        self.subscriber_primary = claims.video.can_subscribe
+        # LiveKit v1 (single_pc): one peer connection, the client's, both publishes and subscribes.
+        self.publisher: PublisherPC
+        self.subscriber: SubscriberPC | SinglePC
+        if single_pc:
+            self.publisher = self.subscriber = SinglePC(services.transports.create("single"))
+        else:
+            self.publisher = PublisherPC(services.transports.create("publisher"))
+            try:
+                self.subscriber = SubscriberPC(services.transports.create("subscriber"))
+            except (RuntimeError, MemoryError):  # the engine is full: give back the first transport
+                self.publisher.transport.close()
+                raise
+        self.single_pc = single_pc
+        self.subscriber_primary = claims.video.can_subscribe and not single_pc
         primary = self.subscriber if self.subscriber_primary else self.publisher
         primary.transport.on_connected = self._on_primary_connected
-        # Clients open their channels on the publisher PC; the server opens the same labels on the subscriber PC.
+        # Clients open their channels on the publisher PC; the server opens the same labels on the subscriber PC. A
+        # single PC has the client's only: the server writes on them too, once they are open.
         if self.subscriber_primary:
             self.subscriber.transport.local_channels = list(SERVER_CHANNELS)
+        if single_pc:
+            self.publisher.transport.awaited_channels = frozenset({RELIABLE_LABEL})
         self.data = DataPublisher(self, services.counters)
         self.publisher.transport.on_message = self._on_data_message
         self.subscriber.transport.on_message = self._on_data_message
@@ -267,10 +277,15 @@ class Participant:
         """Whether the client knows ConnectionQuality.LOST; older ones are told POOR instead (LiveKit's rule)."""
         return self.protocol > LAST_PROTOCOL_WITHOUT_LOST
 
-    def _send_offer(self, offer: rtc.SessionDescription | None) -> None:
-        if offer is not None:
-            self.send(rtc.SignalResponse(offer=offer))
-            self._trickle(self.subscriber.trickle_once(self.subscriber.data_mid))
+    def _negotiate(self, request: rtc.SessionDescription | rtc.MediaSectionsRequirement | None) -> None:
+        """Sends what the subscriber side needs of the client: an offer to answer (a subscriber PC; its candidates
+        follow) or a MediaSectionsRequirement (a single PC: the client offers, with the recvonly m-lines named)."""
+        if isinstance(request, rtc.SessionDescription):
+            self.send(rtc.SignalResponse(offer=request))
+            self._trickle(self.subscriber.trickle_once(SubscriberPC.data_mid))
+        elif request is not None:
+            self.services.counters["media_sections_requested"] += 1
+            self.send(rtc.SignalResponse(media_sections_requirement=request))
 
     def _trickle(self, candidates: list[rtc.TrickleRequest]) -> None:
         for candidate in candidates:
@@ -302,7 +317,7 @@ class Participant:
         self.room.broadcast_participant(self)
         self.room.subscriptions.sync_subscriber(self, renegotiate=False)
         if self.subscriber_primary:
-            self._send_offer(self.subscriber.changed())
+            self._negotiate(self.subscriber.changed())
 
     def client_configuration(self) -> models.ClientConfiguration:
         """What the client is told to configure, in its JoinResponse and each ReconnectResponse alike: relay
@@ -366,7 +381,7 @@ class Participant:
             if publication.dynacast is not None:
                 publication.dynacast.announce()
         if self.subscriber.negotiated:
-            self._send_offer(self.subscriber.restart())
+            self._negotiate(self.subscriber.restart())
         log.info("participant %s resumed in room %s", self.identity, self.room.name)
 
     def sync_state(self, state: rtc.SyncState) -> bool:
@@ -425,7 +440,8 @@ class Participant:
     def handle_offer(self, offer: rtc.SessionDescription) -> None:
         """The client's publisher offer: answer it, receive what it sends, unpublish what it stopped."""
         try:
-            answer, accepted, stopped, candidates = self.publisher.answer(offer, media_caps.PUBLISHER)
+            answer, accepted, stopped, candidates = self.publisher.answer(
+                offer, media_caps.SINGLE_PC if self.single_pc else media_caps.PUBLISHER)
         except sdp.SdpError as error:
             self._refuse_sdp(offer, error)
             return
@@ -437,6 +453,18 @@ class Participant:
             for publication in list(self.publications.values()):
                 if publication.info.mid == mid:
                     self.unpublish(publication)
+        if isinstance(self.subscriber, SinglePC):  # the answer sent subscriptions too: they start now
+            refused = self._start_downtracks({m.mid: m.extmap for m in self.subscriber.media if m.mid})
+            for subscription in [s for s in self.subscriptions.values()
+                                 if any(s.media is m for m in self.subscriber.unplaceable)]:
+                # The client receives no codec the publisher sends (tern does not transcode).
+                self.services.counters["subscription_codec_unsupported"] += 1
+                self.unsubscribe(subscription, renegotiate=False)
+                self.send(rtc.SignalResponse(subscription_response=rtc.SubscriptionResponse(
+                    track_sid=subscription.publication.sid, err=models.SubscriptionError.SE_CODEC_UNSUPPORTED)))
+            self._negotiate(self.subscriber.follow_up())
+            if refused:
+                self.renegotiate()
 
     def _refuse_sdp(self, description: rtc.SessionDescription, error: sdp.SdpError) -> None:
         over_limit = isinstance(error, sdp.SdpLimitError)
@@ -697,11 +725,15 @@ class Participant:
             self.renegotiate()
 
     def renegotiate(self) -> None:
-        """Offers the subscriber PC's current m-lines (now, or after the outstanding answer)."""
-        self._send_offer(self.subscriber.changed())
+        """Offers the subscriber PC's current m-lines (now, or after the outstanding answer); on a single PC, asks the
+        client to offer."""
+        self._negotiate(self.subscriber.changed())
 
     def handle_answer(self, answer: rtc.SessionDescription) -> None:
         """The client's answer on the subscriber PC: DownTracks start for the m-lines it accepted."""
+        if not isinstance(self.subscriber, SubscriberPC):  # a single PC's client never answers
+            self.services.counters["sdp_stale_answer"] += 1
+            return
         try:
             description, follow_up = self.subscriber.answered(answer)
         except StaleAnswer:  # late or unsolicited: not a refusal
@@ -711,17 +743,22 @@ class Participant:
             self._refuse_sdp(answer, error)
             self.renegotiate()  # the refused answer ended the offer: offer again (until MAX_SDP_REFUSALS)
             return
-        sections = {section.mid: section for section in description.sections}
-        refused = False
-        for subscription in list(self.subscriptions.values()):
-            section = sections.get(subscription.media.mid)
-            if subscription.downtrack_id is None and section is not None and section.port != 0:
-                refused |= not self._start_downtrack(subscription, section)
-        self._send_offer(follow_up)
+        refused = self._start_downtracks({s.mid: s.extmap for s in description.sections if s.port != 0})
+        self._negotiate(follow_up)
         if refused:
             self.renegotiate()
 
-    def _start_downtrack(self, subscription: Subscription, section: sdp.MediaSection) -> bool:
+    def _start_downtracks(self, accepted: Mapping[str, dict[str, int]]) -> bool:
+        """Starts the DownTracks of subscriptions whose m-lines the client now has, `accepted` by mid with their
+        header extensions (URI -> the client's id); True if the node refused one."""
+        refused = False
+        for subscription in list(self.subscriptions.values()):
+            extmap = accepted.get(subscription.media.mid)
+            if subscription.downtrack_id is None and extmap is not None:
+                refused |= not self._start_downtrack(subscription, extmap)
+        return refused
+
+    def _start_downtrack(self, subscription: Subscription, negotiated: dict[str, int]) -> bool:
         """Starts the DownTrack; False if the node has none left (then the subscription ends, the client is told)."""
         publication = subscription.publication
         media = subscription.media
@@ -729,10 +766,10 @@ class Participant:
             return True
         # Publisher extension id -> the id this subscriber negotiated for the same URI. transport-cc and
         # abs-send-time are not forwarded: the engine writes its own under the ids the answer accepted.
-        extmap = {pub_id: section.extmap[uri] for uri, pub_id in publication.extmap.items()
-                  if uri in section.extmap and uri not in media_caps.SUBSCRIBER_OWN_EXTENSIONS}
-        transport_cc_id = section.extmap.get(sdp.EXT_TRANSPORT_CC, 0)
-        abs_send_time_id = section.extmap.get(sdp.EXT_ABS_SEND_TIME, 0)
+        extmap = {pub_id: negotiated[uri] for uri, pub_id in publication.extmap.items()
+                  if uri in negotiated and uri not in media_caps.SUBSCRIBER_OWN_EXTENSIONS}
+        transport_cc_id = negotiated.get(sdp.EXT_TRANSPORT_CC, 0)
+        abs_send_time_id = negotiated.get(sdp.EXT_ABS_SEND_TIME, 0)
         try:
             subscription.downtrack_id = self.services.engine.add_downtrack(
                 publication.receiver_id, self.subscriber.transport.id, media.ssrc, media.rtx_ssrc or 0,
@@ -755,10 +792,12 @@ class Participant:
         self.data.receive(channel.label, data)
 
     def send_data(self, data: bytes, reliable: bool) -> bool:
-        """Delivers a DataPacket to this client: on the primary PC's server channel, else on its own channel."""
+        """Delivers a DataPacket to this client: on the primary PC's server channel, else on its own channel (a single
+        PC has only the client's)."""
         label = RELIABLE_LABEL if reliable else LOSSY_LABEL
         primary, other = (self.subscriber, self.publisher) if self.subscriber_primary else (self.publisher, self.subscriber)
-        return not self.closed and (primary.transport.send_message(label, data) or other.transport.send_message(label, data))
+        return not self.closed and (primary.transport.send_message(label, data)
+                                    or (other is not primary and other.transport.send_message(label, data)))
 
     # -- teardown
     def _on_media_path_lost(self) -> None:
