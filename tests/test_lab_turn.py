@@ -71,16 +71,17 @@ async def test_sdk_clients_behind_a_firewall_exchange_media_over_turn_tcp(lab, t
     assert subscriber["connected"] and published["connected"], (subscriber, published)
     assert subscriber["frames"] >= WATCH_S * 10, subscriber  # the test card at 30 fps, decoded
     assert subscriber["audio_hz"] is not None and abs(subscriber["audio_hz"] - TONE_HZ) < 5, subscriber
-    assert "subscriber" in subscriber["pairs"] and "publisher" in published["pairs"], (subscriber, published)
+    # Each client's connected peer connections (one over /rtc/v1, two over /rtc) are relayed.
+    assert subscriber["pairs"] and published["pairs"], (subscriber, published)
     for pairs in (subscriber["pairs"], published["pairs"]):
         for pair in pairs.values():
             # A relay candidate reaching the TURN server over TCP, paired with the server's UDP media port.
             assert pair == {"local": "udp", "remote": "udp", "remote_port": server.udp_port, "relay": "tcp"}, pairs
-    assert counters["turn_allocations"] >= 3 and counters["turn_tcp_streams"] >= 3
+    assert counters["turn_allocations"] >= 2 and counters["turn_tcp_streams"] >= 2
     assert counters["turn_relayed_in"] > 1000 and counters["turn_relayed_out"] > 300
     assert counters.get("turn_forbidden_peer", 0) == counters.get("drop_turn_no_permission", 0) == 0
     # Our consent checks reach the clients through the relay and their answers come back the same way.
-    assert counters["ice_consent_renewed"] >= 3 and counters.get("ice_consent_expired", 0) == 0
+    assert counters["ice_consent_renewed"] >= 2 and counters.get("ice_consent_expired", 0) == 0
 
 
 async def test_a_subscriber_behind_a_firewall_decodes_video_over_turn_tls(lab, tmp_path, monkeypatch) -> None:
