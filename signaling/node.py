@@ -86,7 +86,15 @@ class Node:
             self.turn_streams = TurnStreams(self.engine, self.counters)
             if turn.tcp_port:
                 self.turn_streams.listen_tcp(loop, host, turn.tcp_port)
+            if turn.tls_port:
+                # turn.cert_file/key_file, or (development) a self-signed certificate for turn.domain or the node IP
+                context = (tls_context(turn.cert_file, turn.key_file) if turn.cert_file
+                           else dev_tls_context(turn.domain or self.transports.node_ip))
+                self.turn_streams.listen_tls(loop, host, turn.tls_port, context)
             self._tasks.append(loop.create_task(self._sweep_turn()))
+            log.info("TURN on udp %s, tcp %s, tls %s (relaying only to %s:%d)", self.engine.turn_port or "off",
+                     self.turn_streams.tcp_port or "off", self.turn_streams.tls_port or "off",
+                     self.transports.node_ip, self.engine.port)
         self.transports.on_receiver_layer = self._on_receiver_layer
         self.engine.attach(loop)
         if self.webhooks is not None:
@@ -96,20 +104,6 @@ class Node:
         self._tasks.append(loop.create_task(self._drive_allocators()))
         log.info("media on udp %s:%d and ice-tcp %s, candidates advertise %s", host, self.engine.port,
                  self.engine.tcp_port or "off", self.transports.node_ip)
-
-    async def start_turn_tls(self) -> None:
-        """TURN/TLS, when enabled: with turn.cert_file/key_file, or (development) a self-signed certificate for
-        turn.domain or the node's IP."""
-        turn = self.config.turn
-        if self.turn_streams is None or not turn.tls_port:
-            return
-        context = (tls_context(turn.cert_file, turn.key_file) if turn.cert_file
-                   else dev_tls_context(turn.domain or self.transports.node_ip))
-        host = self.config.bind_addresses[0] if self.config.bind_addresses else "0.0.0.0"
-        await self.turn_streams.listen_tls(host, turn.tls_port, context)
-        log.info("TURN on udp %s, tcp %s, tls %s (relaying only to %s:%d)", self.engine.turn_port or "off",
-                 self.turn_streams.tcp_port or "off", self.turn_streams.tls_port, self.transports.node_ip,
-                 self.engine.port)
 
     def ice_servers(self, participant_sid: str) -> list[rtc.ICEServer]:
         """The embedded TURN server's URLs with fresh credentials for the participant (none when TURN is off)."""

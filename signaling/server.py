@@ -67,7 +67,6 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     node = Node(config)
     node.start(loop)
-    await node.start_turn_tls()
     host = config.bind_addresses[0] if config.bind_addresses else "0.0.0.0"
     if config.prometheus_port:
         serve_metrics(node, loop, host, config.prometheus_port)

@@ -559,6 +559,7 @@ def test_garbage_and_half_open_connections_on_the_turn_ports_are_dropped_and_cou
     delta = {name: after.get(name, 0) - before.get(name, 0) for name in after}
     assert delta["drop_turn_malformed"] + delta["drop_turn_no_allocation"] >= 40  # a few random ones parse as STUN
     assert delta["tcp_closed_invalid"] >= 1 and delta["tcp_closed_half_open"] >= 1
+    assert delta["turn_tls_handshake_failed"] >= 1
 
 
 def test_an_engine_with_turn_streams_only_has_no_turn_socket_and_adopts_streams() -> None:

@@ -21,6 +21,7 @@ import socket
 import ssl
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
@@ -94,11 +95,13 @@ def _listener(host: str, port: int) -> socket.socket:
 
 
 class _Side(asyncio.Protocol):
-    """One end of the bridge: what it reads goes to `other`; it pauses `other`'s reading while it cannot write."""
+    """One end of the bridge: what it reads goes to `other`; it pauses `other`'s reading while it cannot write, and
+    closes it when it goes (then calls `on_lost`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, other: _Side | None = None, on_lost: Callable[[], None] | None = None) -> None:
         self.transport: Any = None  # an asyncio.Transport in spirit (uvloop's are not its subclasses)
-        self.other: _Side | None = None
+        self.other = other
+        self.on_lost = on_lost
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -119,49 +122,8 @@ class _Side(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.other is not None and self.other.transport is not None:
             self.other.transport.close()
-
-
-class _TlsSide(_Side):
-    def __init__(self, streams: TurnStreams) -> None:
-        super().__init__()
-        self.streams = streams
-
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self.streams.tls_open += 1
-        if self.streams.tls_open > MAX_TLS_STREAMS:
-            self.streams.counters["turn_tls_refused"] += 1
-            transport.close()
-            return
-        peer = transport.get_extra_info("peername") or ("0.0.0.0", 0)
-        ours, engines = socket.socketpair()
-        handle = self.streams.engine.turn_adopt(engines.detach(), peer[0], peer[1])
-        if handle is None:
-            ours.close()
-            transport.close()
-            return
-        self.streams.counters["turn_tls_streams"] += 1
-        self.transport.pause_reading()  # until the engine's end is wired up
-        asyncio.get_running_loop().create_task(self._bridge(ours))
-
-    async def _bridge(self, ours: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            _, pair = await loop.connect_accepted_socket(_Side, sock=ours)
-        except OSError:
-            ours.close()
-            if self.transport is not None:
-                self.transport.close()
-            return
-        pair.other, self.other = self, pair
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-        else:
-            pair.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.streams.tls_open -= 1
-        super().connection_lost(exc)
+        if self.on_lost is not None:
+            self.on_lost()
 
 
 class TurnStreams:
@@ -170,45 +132,101 @@ class TurnStreams:
     def __init__(self, engine, counters: Counter[str]) -> None:
         self.engine = engine
         self.counters = counters
-        self.tls_open = 0
+        self.tls_open = 0  # TLS connections accepted and not yet gone (handshaking ones too)
         self.tcp_port = 0
         self.tls_port = 0
         self._tcp: socket.socket | None = None
-        self._tls: asyncio.AbstractServer | None = None
+        self._tls: socket.socket | None = None
+        self._context: ssl.SSLContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     def listen_tcp(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
         self._tcp = _listener(host, port)
         self.tcp_port = self._tcp.getsockname()[1]
         self._loop = loop
-        loop.add_reader(self._tcp.fileno(), self._accept)
+        loop.add_reader(self._tcp.fileno(), self._accept, self._tcp, self._adopt)
 
-    async def listen_tls(self, host: str, port: int, context: ssl.SSLContext) -> None:
-        sock = _listener(host, port)
-        self._tls = await asyncio.get_running_loop().create_server(
-            lambda: _TlsSide(self), sock=sock, ssl=context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
-        self.tls_port = sock.getsockname()[1]
+    def listen_tls(self, loop: asyncio.AbstractEventLoop, host: str, port: int, context: ssl.SSLContext) -> None:
+        self._tls = _listener(host, port)
+        self.tls_port = self._tls.getsockname()[1]
+        self._context = context
+        self._loop = loop
+        loop.add_reader(self._tls.fileno(), self._accept, self._tls, self._start_tls)
 
-    def _accept(self) -> None:
-        assert self._tcp is not None
+    def _accept(self, listener: socket.socket, take: Callable[[socket.socket, tuple], None]) -> None:
         for _ in range(ACCEPTS_PER_WAKE):
             try:
-                conn, peer = self._tcp.accept()
+                conn, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:  # out of descriptors: the backlog waits for the next readiness
-                self.counters["turn_tcp_accept_failed"] += 1
-                log.warning("TURN/TCP accept failed: %s", error)
+                self.counters["turn_accept_failed"] += 1
+                log.warning("TURN accept failed: %s", error)
                 return
-            self.counters["turn_tcp_streams"] += 1
-            self.engine.turn_adopt(conn.detach(), peer[0], peer[1])
+            take(conn, peer)
+
+    def _adopt(self, conn: socket.socket, peer: tuple) -> None:
+        """TURN/TCP: the socket itself is the engine's."""
+        self.counters["turn_tcp_streams"] += 1
+        self.engine.turn_adopt(conn.detach(), peer[0], peer[1])
+
+    def _start_tls(self, conn: socket.socket, peer: tuple) -> None:
+        if self.tls_open >= MAX_TLS_STREAMS:
+            self.counters["turn_tls_refused"] += 1
+            conn.close()
+            return
+        self.tls_open += 1
+        assert self._loop is not None
+        task = self._loop.create_task(self._serve_tls(conn, peer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve_tls(self, conn: socket.socket, peer: tuple) -> None:
+        """The engine's end first (a socketpair), so its half-open timeout also bounds the handshake; then TLS,
+        whose plaintext flows both ways between the two."""
+        assert self._loop is not None
+        loop = self._loop
+        ours, engines = socket.socketpair()
+        tls_lost = False
+
+        def lost() -> None:
+            nonlocal tls_lost
+            if not tls_lost:
+                tls_lost = True
+                self.tls_open -= 1
+
+        try:
+            if self.engine.turn_adopt(engines.detach(), peer[0], peer[1]) is None:
+                raise ConnectionError("the engine refused the stream")
+            _, pair = await loop.connect_accepted_socket(_Side, sock=ours)
+        except (OSError, ConnectionError):
+            ours.close()
+            conn.close()
+            lost()
+            return
+
+        def bridged() -> _Side:
+            pair.other = _Side(pair, lost)
+            return pair.other
+
+        try:
+            await loop.connect_accepted_socket(bridged, sock=conn, ssl=self._context,
+                                               ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError):  # a half-open one timed out too
+            self.counters["turn_tls_handshake_failed"] += 1
+            pair.transport.close()
+            conn.close()
+            lost()
+            return
+        self.counters["turn_tls_streams"] += 1
 
     def close(self) -> None:
-        if self._tcp is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(self._tcp.fileno())
-            self._tcp.close()
-            self._tcp = None
-        if self._tls is not None:
-            self._tls.close()
-            self._tls = None
+        for listener in (self._tcp, self._tls):
+            if listener is not None:
+                if self._loop is not None:
+                    self._loop.remove_reader(listener.fileno())
+                listener.close()
+        self._tcp = self._tls = None
+        for task in self._tasks:
+            task.cancel()
