@@ -9,8 +9,8 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from engine.path cimport Path
 from engine.state cimport EngineState
 
-# Hands every datagram (or TCP frame) of the batch just read (`n` of them, udpmux_read or tcpmux_read) to
-# demux_datagram.
+# Hands every datagram (or TCP frame) of the batch just read (`n` of them, udpmux_read, tcpmux_read or turnmux_read)
+# to demux_datagram, except those turnmux_classify took.
 cdef void demux_batch(EngineState *s, int n, int64_t now) noexcept nogil
 # One datagram from `path`. `buf` must stay put until the batch has been forwarded (RTP) and its events dispatched.
 cdef void demux_datagram(EngineState *s, uint8_t *buf, int length, const Path *path, int64_t now) noexcept nogil

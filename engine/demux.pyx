@@ -39,6 +39,8 @@ from engine.wire cimport load16, load32, store16, store32
 cdef void demux_batch(EngineState *s, int n, int64_t now) noexcept nogil:
     cdef int i, length
     for i in range(n):
+        if s.recv.taken[i]:  # a TURN request raised as an event, or dropped (turnmux_classify)
+            continue
         length = s.recv.msgs[i].msg_len
         if s.recv.msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
             s.counters[<int>S_PACKETS_IN] += 1

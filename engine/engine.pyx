@@ -4,13 +4,16 @@ The packets themselves never reach Python (DESIGN.md, "The hot path"). Per reada
 read (udpmux.pyx; ICE-TCP connections' RFC 4571 frames, from tcpmux.pyx, go the same way), demultiplexed,
 unprotected and bound to their streams (demux.pyx), turned into ExtPackets (packet.pxd, codecs/) and forwarded
 DownTrack by DownTrack (fanout.pyx: forwarder.pyx, munger.pyx, downtrack.pyx) into the send batch, which leaves with
-sendmmsg and UDP GSO (or into a TCP connection's bounded queue). RTCP feedback and reports are feedback.pyx and
-reports.pyx, transport-cc both ways is transportcc.pyx; a timer drives their periodic parts. All of them share one
-EngineState (state.pxd), which this class owns. Only STUN, DTLS, layer and bandwidth events come up to Python, and
+sendmmsg and UDP GSO (or into a TCP connection's bounded queue). A TURN client's relayed packets (turnmux.pyx) are
+unwrapped into the same batches as packets of its allocation's path, and what goes to that path is wrapped back.
+RTCP feedback and reports are feedback.pyx and reports.pyx, transport-cc both ways is transportcc.pyx; a timer drives
+their periodic parts. All of them share one EngineState (state.pxd), which this class owns. Only STUN, DTLS, layer
+and bandwidth events come up to Python, and
 only what C let through: STUN Binding requests whose USERNAME names a live transport's ufrag (stun.pyx; aioice then
 checks MESSAGE-INTEGRITY), success responses to our own consent checks (expect_stun_response), DTLS from a
 transport's bound address, each within per-transport, fair-share and per-window rates (state.pxd); a subscriber
-transport's estimate changes, at most one per RTCP datagram. Engine methods must be called from the event loop's thread.
+transport's estimate changes, at most one per RTCP datagram; STUN requests from TURN clients (EV_TURN, within
+TURN_REQUESTS_PER_SECOND), for signaling/peer/turn.py. Engine methods must be called from the event loop's thread.
 """
 import logging
 import os
@@ -29,7 +32,7 @@ from engine.downtrack cimport MAX_TEMPORAL, DownTrack, downtrack_free, downtrack
 from engine.fanout cimport fanout_batch
 from engine.feedback cimport feedback_request_keyframe, feedback_tick
 from engine.forwarder cimport forwarder_set_paused, forwarder_target
-from engine.path cimport PATH_TCP, Path, path_address, path_set
+from engine.path cimport PATH_TCP, PATH_TURN, Path, path_address, path_set
 from engine.receiver cimport (MAX_LAYERS, Layer, Receiver, receiver_free, receiver_new, receiver_take_audio_level,
                               receiver_update_top)
 from engine.reports cimport reports_tick
@@ -38,16 +41,19 @@ from engine.bwe cimport (Bwe, bwe_congested, bwe_estimate_bps, bwe_loss_fraction
 from engine.prober cimport prober_forget, prober_pump, prober_start
 from engine.transportcc cimport (transportcc_enable_receive, transportcc_enable_send, transportcc_free,
                                  transportcc_tick)
-from engine.state cimport (BATCH, E_BANDWIDTH, E_DTLS, E_STUN, MAX_CONSENT_CHECKS, MAX_DOWNTRACKS, MAX_RECEIVERS,
-                           MAX_TRANSPORTS, RECV_BUF, S_COUNT, S_DROP_SEND_FAILED, S_DROP_SUBSCRIBER_NOT_READY,
-                           S_DROP_TCP_CLOSED,
-                           S_EVENT_ERRORS, S_SRTP_STREAMS_REMOVED, SEND_BUF,
-                           SEND_SLOTS, EngineState, Event, Transport, monotonic_us, stream_key)
+from engine.state cimport (BATCH, E_BANDWIDTH, E_DTLS, E_STUN, E_TURN, MAX_CONSENT_CHECKS, MAX_DOWNTRACKS,
+                           MAX_RECEIVERS, MAX_TRANSPORTS, RECV_BUF, S_COUNT, S_DROP_SEND_FAILED,
+                           S_DROP_SUBSCRIBER_NOT_READY, S_DROP_TCP_CLOSED, S_DROP_TURN_GONE, S_EVENT_ERRORS,
+                           S_SRTP_STREAMS_REMOVED, SEND_BUF, SEND_SLOTS, EngineState, Event, Transport, monotonic_us,
+                           stream_key)
 from engine.stun cimport MAX_UFRAG, ufrag_key
 from engine.table cimport list_add, list_discard, map_free, map_get, map_init, map_put, map_remove
-from engine.tcpmux cimport (tcpmux_claim, tcpmux_close, tcpmux_flush, tcpmux_forget_transport, tcpmux_handle,
-                            tcpmux_open, tcpmux_path, tcpmux_queue, tcpmux_queued, tcpmux_read, tcpmux_reject,
-                            tcpmux_sweep)
+from engine.tcpmux cimport (tcpmux_adopt, tcpmux_claim, tcpmux_close, tcpmux_flush, tcpmux_forget_transport,
+                            tcpmux_handle, tcpmux_open, tcpmux_path, tcpmux_queue, tcpmux_queue_raw, tcpmux_queued,
+                            tcpmux_read, tcpmux_reject, tcpmux_sweep)
+from engine.turnmux cimport (turnmux_allocate, turnmux_classify, turnmux_client, turnmux_close, turnmux_handle,
+                             turnmux_is_handle, turnmux_open, turnmux_path, turnmux_queue, turnmux_read,
+                             turnmux_release, turnmux_set_peer)
 from engine.udpmux cimport SOL_UDP_LEVEL, UDP_SEGMENT_OPTION, udpmux_flush, udpmux_init, udpmux_read
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,7 @@ EV_STUN = "stun"
 EV_DTLS = "dtls"
 EV_RECEIVER_LAYER = "receiver_layer"
 EV_BANDWIDTH = "bandwidth"
+EV_TURN = "turn"
 BWE_STATES = ("normal", "overusing", "underusing")  # bwe.pxd BWE_* by value
 PROBE_STATUSES = ("unknown", "pending", "succeeded", "failed")  # bwe.pxd PROBE_* by value
 EXT_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
@@ -96,6 +103,9 @@ STAT_NAMES = (
     "tcp_accepted", "tcp_claimed", "tcp_closed", "tcp_closed_invalid", "tcp_closed_unauthenticated",
     "tcp_closed_half_open", "tcp_closed_pending_limit", "tcp_closed_limit", "tcp_closed_idle", "tcp_closed_slow_reader",
     "tcp_accept_failed", "drop_tcp_oversized", "drop_tcp_queue_full", "drop_tcp_closed",
+    "turn_connections", "turn_requests", "turn_relayed_in", "turn_relayed_out", "drop_turn_malformed",
+    "drop_turn_no_allocation", "drop_turn_no_permission", "drop_turn_rate_limited", "drop_turn_gone",
+    "drop_turn_send_failed",
 )
 assert len(STAT_NAMES) == S_COUNT
 
@@ -116,8 +126,9 @@ cdef void run_timers(EngineState *s, int64_t now) noexcept nogil:
 
 cdef class Engine:
     """The data plane: see the module docstring. Events are tuples passed to `on_event` (EV_* constants); an
-    EV_STUN's source is (host, port) for UDP, (host, port, connection) for an ICE-TCP connection, and the methods
-    that take an address take it in the same form."""
+    EV_STUN's source is (host, port) for UDP, (host, port, connection) for an ICE-TCP connection, (relayed host,
+    relayed port, allocation) for a TURN allocation, and the methods that take an address take it in the same form.
+    An EV_TURN is (EV_TURN, request, host, port[, connection]): from the TURN socket, or a TURN stream."""
 
     cdef EngineState *s
     cdef object _sock
@@ -127,6 +138,8 @@ cdef class Engine:
     cdef object _tick_handle
     cdef readonly int port
     cdef readonly int tcp_port              # 0: no ICE-TCP
+    cdef readonly int turn_port             # 0: no TURN/UDP socket
+    cdef object _turn_sock
     cdef int64_t _next_id
     cdef dict _transport_slots
     cdef dict _receiver_slots
@@ -140,6 +153,7 @@ cdef class Engine:
         s.fd = -1
         s.tcp.listen_fd = -1
         s.tcp.epoll_fd = -1
+        s.turn.fd = -1
         s.transports = <Transport **>calloc(MAX_TRANSPORTS, sizeof(Transport *))
         s.receivers = <Receiver **>calloc(MAX_RECEIVERS, sizeof(Receiver *))
         s.downtracks = <DownTrack **>calloc(MAX_DOWNTRACKS, sizeof(DownTrack *))
@@ -154,10 +168,12 @@ cdef class Engine:
         s.path_seed = int.from_bytes(os.urandom(8), "little")
         s.ufrag_seed = int.from_bytes(os.urandom(8), "little")
 
-    def __init__(self, host: str, udp_port: int, on_event, tcp_port: int | None = None) -> None:
-        """Media on UDP `udp_port` of `host`, and ICE-TCP on TCP `tcp_port` of the same address when given (0: a
-        port the kernel picks). An IPv6 host gets dual-stack sockets (IPv4 peers appear as IPv4-mapped addresses);
-        IPv4 hosts IPv4 ones."""
+    def __init__(self, host: str, udp_port: int, on_event, tcp_port: int | None = None,
+                 turn: bool = False, turn_port: int | None = None) -> None:
+        """Media on UDP `udp_port` of `host`, ICE-TCP on TCP `tcp_port` of the same address when given (0: a
+        port the kernel picks), and, with `turn`, TURN's data path: its UDP socket on `turn_port` when given (0: a
+        port the kernel picks), its streams through turn_adopt. An IPv6 host gets dual-stack sockets (IPv4 peers
+        appear as IPv4-mapped addresses); IPv4 hosts IPv4 ones."""
         ipv6 = ":" in host
         sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -185,6 +201,8 @@ cdef class Engine:
         self.port = sock.getsockname()[1]
         if tcp_port is not None:
             self._listen_tcp(host, tcp_port, ipv6)
+        if turn:
+            self._enable_turn(host, turn_port, ipv6)
         self._on_event = on_event
         self._next_id = 1
         self._transport_slots = {}
@@ -210,12 +228,36 @@ cdef class Engine:
         self._tcp_sock = sock
         self.tcp_port = sock.getsockname()[1]
 
+    def _enable_turn(self, host: str, turn_port: int | None, ipv6: bool) -> None:
+        sock = None
+        try:
+            if turn_port is not None:
+                sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
+                if ipv6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+                sock.setblocking(False)
+                sock.bind((host, turn_port))
+            if turnmux_open(self.s, sock.fileno() if sock is not None else -1) < 0:
+                raise MemoryError()
+            if self.s.tcp.epoll_fd < 0 and tcpmux_open(self.s, -1) < 0:  # TURN streams without ICE-TCP
+                raise OSError("no epoll for the TURN streams")
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+        if sock is not None:
+            self._turn_sock = sock
+            self.turn_port = sock.getsockname()[1]
+
     def __dealloc__(self):
         cdef EngineState *s = self.s
         cdef int i
         if s == NULL:
             return
-        tcpmux_close(s)  # before the transports: it gives back their connection counts
+        tcpmux_close(s)
+        turnmux_close(s)  # before the transports: it gives back their connection counts
         if s.downtracks != NULL:
             for i in range(s.downtrack_end):
                 if s.downtracks[i] != NULL:
@@ -254,6 +296,8 @@ cdef class Engine:
         loop.add_reader(self.s.fd, self._on_readable)
         if self.s.tcp.epoll_fd >= 0:
             loop.add_reader(self.s.tcp.epoll_fd, self._on_tcp_readable)
+        if self.s.turn.fd >= 0:
+            loop.add_reader(self.s.turn.fd, self._on_turn_readable)
         self._tick_handle = loop.call_later(TICK_SECONDS, self._tick)
 
     def close(self) -> None:
@@ -262,6 +306,8 @@ cdef class Engine:
                 self._loop.remove_reader(self.s.fd)
             if self.s.tcp.epoll_fd >= 0:
                 self._loop.remove_reader(self.s.tcp.epoll_fd)
+            if self.s.turn.fd >= 0:
+                self._loop.remove_reader(self.s.turn.fd)
             if self._tick_handle is not None:
                 self._tick_handle.cancel()
             self._loop = None
@@ -271,9 +317,13 @@ cdef class Engine:
             self._sock = None
         self.s.fd = -1
         tcpmux_close(self.s)
+        turnmux_close(self.s)
         if self._tcp_sock is not None:
             self._tcp_sock.close()
             self._tcp_sock = None
+        if self._turn_sock is not None:
+            self._turn_sock.close()
+            self._turn_sock = None
 
     def _on_readable(self) -> None:
         cdef EngineState *s = self.s
@@ -316,6 +366,8 @@ cdef class Engine:
                 s.event_count = 0
                 n = tcpmux_read(s, now)
                 if n > 0:
+                    if s.turn.allocs != NULL:
+                        turnmux_classify(s, 0, n, False, now)
                     demux_batch(s, n, now)
                     fanout_batch(s, now)
                     if s.probing.count:
@@ -328,6 +380,33 @@ cdef class Engine:
         if s.tcp.ready.count and self._loop is not None:
             # Whole frames are still buffered; epoll will not say so again: come back after other callbacks.
             self._loop.call_soon(self._on_tcp_readable)
+
+    def _on_turn_readable(self) -> None:
+        """The TURN UDP socket is readable: as _on_readable, with ChannelData and Send indications unwrapped."""
+        cdef EngineState *s = self.s
+        cdef int n = 0
+        cdef int batches = 0
+        cdef int64_t now
+        if s.turn.fd < 0:
+            return
+        while batches < MAX_BATCHES:
+            batches += 1
+            with nogil:
+                now = monotonic_us()
+                s.event_count = 0
+                n = turnmux_read(s, now)
+                if n > 0:
+                    demux_batch(s, n, now)
+                    fanout_batch(s, now)
+                    if s.probing.count:
+                        prober_pump(s, now)
+                    udpmux_flush(s)
+            if n <= 0:
+                break
+            if s.event_count:
+                self._dispatch_events()
+            if n < BATCH:
+                break
 
     def _tick(self) -> None:
         if self._loop is None:
@@ -351,6 +430,8 @@ cdef class Engine:
                 event = (EV_DTLS, e.a, PyBytes_FromStringAndSize(<const char *>e.data, e.length))
             elif e.kind == E_BANDWIDTH:
                 event = (EV_BANDWIDTH, e.a, e.b, bool(e.c))
+            elif e.kind == E_TURN:
+                event = (EV_TURN, PyBytes_FromStringAndSize(<const char *>e.data, e.length), *_address(e.path))
             else:
                 event = (EV_RECEIVER_LAYER, e.a, e.b, e.c)
             try:
@@ -373,7 +454,10 @@ cdef class Engine:
         return self._next_id - 1
 
     cdef int _path(self, Path *path, str host, int port, uint64_t connection) except -1:
-        """The path (host, port[, connection]) names, as events give them: 0, or 1 for a connection that is gone."""
+        """The path (host, port[, connection]) names, as events give them: 0, or 1 for a connection (or TURN
+        allocation) that is gone."""
+        if turnmux_is_handle(connection):
+            return 1 if turnmux_path(self.s, connection, path) < 0 else 0
         if connection:
             return 1 if tcpmux_path(self.s, connection, path) < 0 else 0
         path_set(path, host, port, self.s.ipv6)
@@ -384,8 +468,8 @@ cdef class Engine:
         address), framed into that ICE-TCP connection."""
         cdef Path path
         if connection:
-            if tcpmux_path(self.s, connection, &path) < 0:
-                self.s.counters[<int>S_DROP_TCP_CLOSED] += 1
+            if self._path(&path, host, port, connection):
+                self.s.counters[<int>(S_DROP_TURN_GONE if turnmux_is_handle(connection) else S_DROP_TCP_CLOSED)] += 1
                 return
             self._send_path(&path, data)
             return
@@ -498,9 +582,12 @@ cdef class Engine:
         self._send_path(&t.path, data)
 
     cdef _send_path(self, const Path *path, bytes data):
-        if path.kind == PATH_TCP:
-            tcpmux_queue(self.s, <const uint8_t *>data, len(data), path)
-            tcpmux_flush(self.s)
+        if path.kind == PATH_TCP or path.kind == PATH_TURN:
+            if path.kind == PATH_TCP:
+                tcpmux_queue(self.s, <const uint8_t *>data, len(data), path)
+            else:
+                turnmux_queue(self.s, <const uint8_t *>data, len(data), path)
+            udpmux_flush(self.s)
         else:
             self.send_to(data, *path_address(path))
 
@@ -509,17 +596,96 @@ cdef class Engine:
         carries that transport's packets. False when it is gone, another transport's, or one too many for this
         transport (then it is closed and counted)."""
         cdef int slot = self._slot(self._transport_slots, transport_id, "transport")
+        cdef Path path
+        if turnmux_is_handle(connection):
+            return turnmux_path(self.s, connection, &path) == 0  # the allocation authenticated its client already
         return tcpmux_claim(self.s, connection, slot) == 1
 
     def tcp_reject(self, connection: int) -> bool:
         """The ICE-TCP `connection`'s Binding request failed authentication: if nothing claimed it yet, it is closed
-        and counted (True)."""
+        and counted (True). A TURN allocation is not closed: its client authenticated with its TURN credentials."""
+        if turnmux_is_handle(connection):
+            return False
         return tcpmux_reject(self.s, connection)
 
     def tcp_queued(self, connection: int) -> int | None:
         """Bytes waiting in the ICE-TCP connection's send queue (None when it is gone)."""
         cdef int queued = tcpmux_queued(self.s, connection)
         return None if queued < 0 else queued
+
+    # ------------------------------------------------------------------ TURN (signaling/peer/turn.py drives these)
+
+    def turn_adopt(self, fd: int, host: str, port: int) -> int | None:
+        """Takes a connected TCP stream carrying TURN (TURN/TCP, or the engine's end of a socketpair behind Python's
+        TLS) whose client is (host, port): the descriptor is the engine's from now on (closed with the connection).
+        Its requests surface as EV_TURN with its handle; None when refused (closed and counted)."""
+        cdef Path peer
+        cdef uint64_t handle
+        if self.s.tcp.epoll_fd < 0:
+            os.close(fd)
+            return None
+        try:
+            path_set(&peer, host, port, self.s.ipv6)
+        except ValueError:
+            path_set(&peer, "::" if self.s.ipv6 else "0.0.0.0", 0, self.s.ipv6)  # a socketpair's "address"
+        os.set_blocking(fd, False)
+        handle = tcpmux_adopt(self.s, fd, &peer, monotonic_us())
+        return handle or None
+
+    def turn_send(self, data: bytes, host: str, port: int, connection: int = 0) -> None:
+        """A STUN message to a TURN client: a datagram from the TURN socket to (host, port), or onto its stream."""
+        cdef Path path
+        if connection:
+            if tcpmux_path(self.s, connection, &path) < 0:
+                self.s.counters[<int>S_DROP_TCP_CLOSED] += 1
+                return
+            # Unframed: a STUN message says its own length on a TURN stream.
+            tcpmux_queue_raw(self.s, <const uint8_t *>data, len(data), NULL, 0, 0, &path)
+            tcpmux_flush(self.s)
+            return
+        if self._turn_sock is None:
+            return
+        if self.s.ipv6 and ":" not in host:
+            host = "::ffff:" + host
+        try:
+            self._turn_sock.sendto(data, (host, port))
+        except OSError:
+            self.s.counters[<int>S_DROP_SEND_FAILED] += 1
+
+    def turn_allocate(self, host: str, port: int, connection: int, relayed_host: str, relayed_port: int) -> int | None:
+        """An allocation for the client at (host, port) on the TURN socket, or on the TURN stream `connection`,
+        relayed as (relayed_host, relayed_port): the handle its packets' events carry, or None when the engine holds
+        MAX_TURN_ALLOCATIONS, the client has one, or its stream is gone."""
+        cdef Path client, relayed
+        cdef uint64_t handle
+        if self.s.turn.allocs == NULL:
+            return None
+        if connection:
+            if tcpmux_path(self.s, connection, &client) < 0:
+                return None
+        else:
+            path_set(&client, host, port, self.s.ipv6)
+        path_set(&relayed, relayed_host, relayed_port, self.s.ipv6)
+        handle = turnmux_allocate(self.s, &client, &relayed)
+        return handle or None
+
+    def turn_release(self, handle: int) -> None:
+        """Ends an allocation: its packets are dropped from now on (a transport bound to it loses consent)."""
+        turnmux_release(self.s, handle)
+
+    def turn_peer(self, handle: int, host: str, port: int, permitted: bool, channel: int = 0) -> bool:
+        """The peer address the allocation's client names this engine by (XOR-PEER-ADDRESS), whether a permission
+        for it is installed, and the channel bound to it (0: none). False when the allocation is gone."""
+        packed = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        return turnmux_set_peer(self.s, handle, 2 if len(packed) == 16 else 1, port, <const uint8_t *>packed,
+                                permitted, channel)
+
+    def turn_open(self, handle: int) -> bool:
+        """Whether the allocation still has its client: it exists, and its stream (if any) is open."""
+        cdef Path client
+        if turnmux_client(self.s, handle, &client) < 0:
+            return False
+        return client.kind != PATH_TCP or tcpmux_queued(self.s, tcpmux_handle(&client)) >= 0
 
     def set_srtp(self, transport_id: int, rx_session: int, tx_session: int) -> None:
         cdef Transport *t = self.s.transports[self._slot(self._transport_slots, transport_id, "transport")]
@@ -873,9 +1039,12 @@ cdef class Engine:
 
 
 cdef tuple _address(const Path *p):
-    """A path as the control plane names it: (host, port), and the connection's handle for an ICE-TCP path."""
+    """A path as the control plane names it: (host, port), and the connection's handle for an ICE-TCP path, or the
+    allocation's handle (with its relayed address) for a TURN path."""
     if p.kind == PATH_TCP:
         return (*path_address(p), tcpmux_handle(p))
+    if p.kind == PATH_TURN:
+        return (*path_address(p), turnmux_handle(p))
     return path_address(p)
 
 

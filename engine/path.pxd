@@ -1,6 +1,7 @@
 # Path: where a transport's packets come from and go to: a UDP address of either family (IPv4, or IPv6 with IPv4 peers
 # as ::ffff:a.b.c.d on a dual-stack socket), or an ICE-TCP connection (tcpmux.pyx) named by its slot and serial, with
-# the peer's address beside it for events and logs; `kind` leaves room for TURN relays.
+# the peer's address beside it for events and logs, or a TURN allocation (turnmux.pyx) named the same way by its slot
+# and serial, with its relayed address beside it (what the client's relay candidate says).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
@@ -23,7 +24,8 @@ cdef extern from "<netinet/in.h>" nogil:
 cdef enum:  # Path.kind
     PATH_NONE                 # not bound
     PATH_UDP                  # the UDP mux socket (engine/udpmux.pyx)
-    PATH_TCP                  # an ICE-TCP connection (engine/tcpmux.pyx); PATH_TURN comes with its mux
+    PATH_TCP                  # an ICE-TCP connection (engine/tcpmux.pyx)
+    PATH_TURN                 # a TURN allocation whose peer is this engine (engine/turnmux.pyx)
 
 cdef union SockAddr:
     unsigned short family     # sa_family: the first field of both forms
@@ -35,7 +37,8 @@ cdef struct Path:
     socklen_t addr_length     # bytes of `addr` in use (sockaddr_in or sockaddr_in6)
     SockAddr addr
     uint32_t conn_slot        # PATH_TCP: the connection's slot in TcpMux.conns, and its serial there, so a path to a
-    uint32_t conn_serial      # closed connection never names the next one in that slot (serials start at 1)
+    uint32_t conn_serial      # closed connection never names the next one in that slot (serials start at 1);
+                              # PATH_TURN: the allocation's slot in TurnMux.allocs and its serial
 
 
 # path_key(p, seed), below: the key of `p` in the engine's by-address map. UDP IPv4 (plain or mapped into IPv6) keys are
@@ -70,7 +73,7 @@ cdef inline bint sockaddr_equal(const SockAddr *a, const SockAddr *b) noexcept n
 cdef inline bint path_equal(const Path *a, const Path *b) noexcept nogil:
     if a.kind != b.kind:
         return False
-    if a.kind == PATH_TCP:
+    if a.kind == PATH_TCP or a.kind == PATH_TURN:
         return a.conn_slot == b.conn_slot and a.conn_serial == b.conn_serial
     return sockaddr_equal(&a.addr, &b.addr)
 
@@ -84,8 +87,8 @@ cdef inline uint64_t path_key(const Path *p, uint64_t seed) noexcept nogil:
     cdef const sockaddr_in6 *a
     cdef uint64_t high = 0, low = 0
     cdef int i
-    if p.kind == PATH_TCP:
-        return mix64(seed ^ ((<uint64_t>p.conn_serial << 32) | p.conn_slot)) | (<uint64_t>1 << 63)
+    if p.kind == PATH_TCP or p.kind == PATH_TURN:
+        return mix64(seed ^ p.kind ^ ((<uint64_t>p.conn_serial << 32) | p.conn_slot)) | (<uint64_t>1 << 63)
     if p.addr.family == AF_INET:
         return (<uint64_t>p.addr.v4.sin_addr.s_addr << 16) | p.addr.v4.sin_port
     a = &p.addr.v6

@@ -1,6 +1,6 @@
 # EngineState: the one C state struct that the engine's nogil modules share: limits, slot tables, lookup maps, counters,
 # the receive and send batches, the batch's ExtPackets and the event queue. engine.pyx owns it; modules take a pointer.
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 from engine.batchio cimport iovec, mmsghdr
@@ -109,6 +109,17 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_DROP_TCP_OVERSIZED      # frames longer than RECV_BUF on an authenticated connection, skipped
     S_DROP_TCP_QUEUE_FULL     # packets toward a connection whose send queue was full (a slow reader)
     S_DROP_TCP_CLOSED         # packets toward a connection that is gone
+    S_TURN_CONNECTIONS        # TURN/TCP and TURN/TLS connections handed to the engine (turnmux.pyx)
+    S_TURN_REQUESTS           # STUN requests on the TURN ports (Allocate, Refresh, ...), raised to Python
+    S_TURN_RELAYED_IN         # ChannelData and Send indications from clients, delivered to the engine's transports
+    S_TURN_RELAYED_OUT        # packets toward a TURN allocation, sent as ChannelData or Data indications
+    S_DROP_TURN_MALFORMED     # neither a well-framed STUN message nor ChannelData, or a STUN response/indication
+    S_DROP_TURN_NO_ALLOCATION  # ChannelData or Send from a client (5-tuple) without an allocation
+    S_DROP_TURN_NO_PERMISSION  # Send to a peer without permission (anything but this node's media address), or
+                              # ChannelData on an unbound channel
+    S_DROP_TURN_RATE          # requests past TURN_REQUESTS_PER_SECOND
+    S_DROP_TURN_GONE          # packets toward an allocation that is gone
+    S_DROP_TURN_SEND_FAILED   # datagrams the TURN UDP socket refused
     S_COUNT
 
 cdef enum:  # event kinds, queued in C and dispatched to Python after each batch
@@ -116,6 +127,7 @@ cdef enum:  # event kinds, queued in C and dispatched to Python after each batch
     E_DTLS                    # data + transport id (a)
     E_LAYER                   # receiver id (a), layer (b), SSRC (c): a layer's first packet
     E_BANDWIDTH               # transport id (a), estimate in bps (b), congested (c): a subscriber's estimate moved
+    E_TURN                    # data + path: a STUN request from a TURN client (UDP on the TURN socket, or a stream)
 
 cdef enum:
     # Events per second one transport may raise (token buckets, burst = one second's worth). libwebrtc checks a
@@ -180,6 +192,44 @@ cdef enum:
     TCP_SEND_QUEUE_MAX = 262144
     TCP_EPOLL_EVENTS = 64     # readiness events taken per epoll_wait
 
+cdef enum:
+    # TURN (turnmux.pyx). Allocations at once, engine-wide (signaling/peer/turn.py bounds them per participant too).
+    # Each is ~200 bytes here; 4096 is as many as the ICE-TCP connections.
+    MAX_TURN_ALLOCATIONS = 4096
+    # STUN requests on the TURN ports raised to Python per second, engine-wide (burst: one second's worth). A client
+    # makes ~5 (Binding, Allocate twice, CreatePermission, ChannelBind) per allocation, then a Refresh every few
+    # minutes and a CreatePermission every 5: 500/s lets 100 clients connect at once and bounds what a flood costs.
+    TURN_REQUESTS_PER_SECOND = 500
+    TURN_SEND_SLOTS = 64      # datagrams per sendmmsg on the TURN UDP socket
+    TURN_HEADER_MAX = 48      # a Data indication's header: 20 + XOR-PEER-ADDRESS (4 + 20 for IPv6) + DATA's 4
+    TURN_SEND_BUF = SEND_BUF + TURN_HEADER_MAX + 4  # a packet of ours, wrapped and padded
+
+cdef struct TurnAlloc:
+    uint32_t serial           # its Path.conn_serial
+    Path path                 # PATH_TURN, with the relayed address: the path the engine's transports see
+    Path client               # the client's 5-tuple: PATH_UDP on the TURN socket, or the PATH_TCP stream
+    uint64_t client_key       # its key in TurnMux.by_client
+    uint8_t peer_family       # the peer (this engine's media address as the client names it): STUN family 1 or 2,
+    uint16_t peer_port        # host-order port and the address bytes (4 or 16)
+    uint8_t peer_ip[16]
+    bint permitted            # a permission for the peer is installed (signaling/peer/turn.py expires it)
+    uint16_t channel          # the channel bound to the peer, 0 = none
+    uint32_t indications      # Data indications sent (their transaction ids)
+
+cdef struct TurnMux:
+    int fd                    # the TURN UDP socket, -1 = none
+    TurnAlloc **allocs        # MAX_TURN_ALLOCATIONS slots, NULL = free
+    int end
+    uint32_t next_serial
+    U64Map by_client          # path_key(client) -> allocation slot (colliding keys move on, as by_address)
+    double tokens             # TURN_REQUESTS_PER_SECOND bucket
+    int64_t tokens_us
+    uint8_t *bufs             # TURN_SEND_SLOTS buffers of TURN_SEND_BUF bytes
+    mmsghdr msgs[<int>TURN_SEND_SLOTS]
+    iovec iov[<int>TURN_SEND_SLOTS]
+    SockAddr addrs[<int>TURN_SEND_SLOTS]
+    int count
+
 cdef struct TcpConn:
     int fd
     uint32_t serial           # this connection's Path.conn_serial
@@ -191,6 +241,8 @@ cdef struct TcpConn:
     bint ready                # in TcpMux.ready: whole frames buffered
     bint dirty                # in TcpMux.dirty: queued bytes not yet offered to the kernel
     bint want_write           # the kernel refused some: EPOLLOUT is armed
+    bint turn                 # a TURN/TCP or TURN/TLS stream (turnmux.pyx), not ICE-TCP
+    bint turn_allocated       # ... on which an allocation was made: no longer pending
     uint8_t *out              # the send queue, a ring of out_capacity bytes (NULL until the first send)
     int out_capacity
     int out_head
@@ -259,6 +311,7 @@ cdef struct RecvBatch:
     mmsghdr msgs[<int>BATCH]  # msg_len: each one's length
     iovec iov[<int>BATCH]
     Path paths[<int>BATCH]    # recvmmsg writes the source address straight into each path
+    bint taken[<int>BATCH]    # handled already (a TURN request raised as an event, or dropped): demux skips it
 
 cdef struct SendBatch:
     uint8_t *bufs             # SEND_SLOTS buffers of SEND_BUF bytes
@@ -306,6 +359,7 @@ cdef struct EngineState:
     RecvBatch recv
     SendBatch send
     TcpMux tcp
+    TurnMux turn
     ExtPacket packets[<int>BATCH]  # the batch's RTP packets, received and waiting for the fan-out
     int packet_count
     Event events[<int>BATCH]  # one per datagram at most

@@ -11,7 +11,8 @@ from libc.stdint cimport int64_t, uint8_t, uint64_t
 from engine.path cimport Path
 from engine.state cimport EngineState
 
-# Watches `listen_fd` (a listening, non-blocking TCP socket the caller keeps open) in a new epoll set: the descriptor
+# Watches `listen_fd` (a listening, non-blocking TCP socket the caller keeps open; -1: none, only TURN streams are
+# adopted) in a new epoll set: the descriptor
 # to watch for readability (s.tcp.epoll_fd), or -1 (errno set).
 cdef int tcpmux_open(EngineState *s, int listen_fd) noexcept nogil
 # Closes every connection and the epoll set (not the listener).
@@ -23,6 +24,15 @@ cdef int tcpmux_read(EngineState *s, int64_t now) noexcept nogil
 # Queues `data` framed toward the connection `to` names (dropped and counted when the queue is full or the
 # connection gone); it is written by the next tcpmux_flush.
 cdef void tcpmux_queue(EngineState *s, const uint8_t *data, int length, const Path *to) noexcept nogil
+# Queues head + data + `pad` zero bytes, unframed (TURN streams frame themselves), toward the connection `to` names:
+# False when dropped (counted) as tcpmux_queue drops.
+cdef bint tcpmux_queue_raw(EngineState *s, const uint8_t *head, int head_length, const uint8_t *data, int length,
+                           int pad, const Path *to) noexcept nogil
+# A connected TCP stream carrying TURN (TURN/TCP accepted by Python, or the engine's end of a socketpair behind
+# Python's TLS), from `peer` (its address): its handle, or 0 when refused (closed, counted). Pending (closed as
+# half-open after TCP_CLAIM_TIMEOUT_US) until an allocation is made on it (tcpmux_turn_allocated).
+cdef uint64_t tcpmux_adopt(EngineState *s, int fd, const Path *peer, int64_t now) noexcept nogil
+cdef void tcpmux_turn_allocated(EngineState *s, uint64_t handle) noexcept nogil
 # Writes every connection's queued bytes that the kernel takes; the rest waits for EPOLLOUT.
 cdef void tcpmux_flush(EngineState *s) noexcept nogil
 # At most every TCP_SWEEP_US: closes half-open, idle and slow-reading connections; resumes a paused listener.

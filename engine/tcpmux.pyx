@@ -2,21 +2,22 @@
 from libc.errno cimport EAGAIN, ECONNABORTED, EINTR, errno
 from libc.stdint cimport uint16_t, uint32_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from posix.unistd cimport close
 
 from engine.batchio cimport iovec, msghdr, socklen_t, MSG_DONTWAIT
 from engine.demux cimport demux_stun_target
-from engine.path cimport PATH_TCP, SockAddr
+from engine.path cimport PATH_TCP, Path, SockAddr
 from engine.state cimport (BATCH, MAX_TCP_CONNECTIONS, MAX_TCP_PENDING, MAX_TCP_PER_TRANSPORT, RECV_BUF,
                            S_BYTES_OUT, S_DROP_TCP_CLOSED, S_DROP_TCP_OVERSIZED, S_DROP_TCP_QUEUE_FULL, S_DROP_TOO_LARGE,
                            S_PACKETS_OUT, S_TCP_ACCEPT_FAILED, S_TCP_ACCEPTED, S_TCP_CLAIMED, S_TCP_CLOSED,
                            S_TCP_CLOSED_HALF_OPEN, S_TCP_CLOSED_IDLE, S_TCP_CLOSED_INVALID, S_TCP_CLOSED_LIMIT,
                            S_TCP_CLOSED_PENDING_LIMIT, S_TCP_CLOSED_SLOW_READER, S_TCP_CLOSED_UNAUTHENTICATED,
-                           TCP_EPOLL_EVENTS, TCP_SEND_QUEUE_INITIAL, TCP_SEND_QUEUE_MAX, TcpConn, monotonic_us)
+                           S_TURN_CONNECTIONS, TCP_EPOLL_EVENTS, TCP_SEND_QUEUE_INITIAL, TCP_SEND_QUEUE_MAX, TcpConn,
+                           monotonic_us)
 from engine.table cimport list_add, list_discard
-from engine.tcpframer cimport (FRAME_HEADER, FRAME_NONE, FRAME_OVERSIZED, framer_init, framer_next, framer_space,
-                               framer_wrote)
+from engine.tcpframer cimport (FRAME_HEADER, FRAME_INVALID, FRAME_NONE, FRAME_OVERSIZED, framer_init, framer_next,
+                               framer_space, framer_wrote)
 from engine.wire cimport store16
 
 cdef extern from "<sys/epoll.h>" nogil:
@@ -116,6 +117,8 @@ cdef void tcpmux_close(EngineState *s) noexcept nogil:
 
 cdef void listen_watch(EngineState *s, bint on) noexcept nogil:
     cdef epoll_event event
+    if s.tcp.listen_fd < 0:  # TURN streams only, no ICE-TCP listener
+        return
     event.events = EPOLLIN
     event.data.u64 = LISTENER
     if on and not s.tcp.listening:
@@ -168,13 +171,63 @@ cdef int oldest_pending(EngineState *s) noexcept nogil:
     return oldest
 
 
-cdef void accept_all(EngineState *s, int64_t now) noexcept nogil:
-    cdef SockAddr address
-    cdef socklen_t length
-    cdef int i, fd, slot
+cdef int conn_add(EngineState *s, int fd, const SockAddr *address, socklen_t length, int64_t now,
+                  bint turn) noexcept nogil:
+    """A new pending connection on `fd` (closed on failure): its slot, or -1."""
+    cdef int slot
     cdef int one = 1, send_buffer = SOCKET_SEND_BUFFER
     cdef TcpConn *c
     cdef epoll_event event
+    if s.tcp.count >= MAX_TCP_CONNECTIONS:
+        close(fd)
+        s.counters[<int>S_TCP_CLOSED_LIMIT] += 1
+        return -1
+    if s.tcp.pending.count >= MAX_TCP_PENDING:
+        conn_close(s, oldest_pending(s), S_TCP_CLOSED_PENDING_LIMIT)
+    slot = 0
+    while s.tcp.conns[slot] != NULL:  # count < MAX_TCP_CONNECTIONS: a free slot exists
+        slot += 1
+    c = <TcpConn *>calloc(1, sizeof(TcpConn))
+    if c == NULL or list_add(&s.tcp.pending, slot) < 0:
+        free(c)
+        close(fd)
+        s.counters[<int>S_TCP_ACCEPT_FAILED] += 1
+        return -1
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))  # media must not wait for Nagle
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &send_buffer, sizeof(send_buffer))
+    c.fd = fd
+    c.serial = s.tcp.next_serial
+    s.tcp.next_serial += 1
+    if s.tcp.next_serial == 0:  # 2^32 connections later: 0 stays unused, so no handle is 0
+        s.tcp.next_serial = 1
+    c.owner = -1
+    c.turn = turn
+    c.accepted_us = now
+    c.received_us = now
+    c.path.kind = PATH_TCP
+    c.path.addr = address[0]
+    c.path.addr_length = length
+    c.path.conn_slot = slot
+    c.path.conn_serial = c.serial
+    framer_init(&c.framer, RECV_BUF, turn)
+    event.events = EPOLLIN | EPOLLRDHUP
+    event.data.u64 = conn_token(c)
+    if epoll_ctl(s.tcp.epoll_fd, EPOLL_CTL_ADD, fd, &event) < 0:
+        list_discard(&s.tcp.pending, slot)
+        free(c)
+        close(fd)
+        s.counters[<int>S_TCP_ACCEPT_FAILED] += 1
+        return -1
+    s.tcp.conns[slot] = c
+    s.tcp.count += 1
+    s.tcp.end = max(s.tcp.end, slot + 1)
+    return slot
+
+
+cdef void accept_all(EngineState *s, int64_t now) noexcept nogil:
+    cdef SockAddr address
+    cdef socklen_t length
+    cdef int i, fd
     for i in range(ACCEPTS_PER_WAKE):
         length = sizeof(SockAddr)
         fd = accept4(s.tcp.listen_fd, <sockaddr *>&address, &length, SOCK_NONBLOCK | SOCK_CLOEXEC)
@@ -188,48 +241,24 @@ cdef void accept_all(EngineState *s, int64_t now) noexcept nogil:
                 listen_watch(s, False)
             return
         s.counters[<int>S_TCP_ACCEPTED] += 1
-        if s.tcp.count >= MAX_TCP_CONNECTIONS:
-            close(fd)
-            s.counters[<int>S_TCP_CLOSED_LIMIT] += 1
-            continue
-        if s.tcp.pending.count >= MAX_TCP_PENDING:
-            conn_close(s, oldest_pending(s), S_TCP_CLOSED_PENDING_LIMIT)
-        slot = 0
-        while s.tcp.conns[slot] != NULL:  # count < MAX_TCP_CONNECTIONS: a free slot exists
-            slot += 1
-        c = <TcpConn *>calloc(1, sizeof(TcpConn))
-        if c == NULL or list_add(&s.tcp.pending, slot) < 0:
-            free(c)
-            close(fd)
-            s.counters[<int>S_TCP_ACCEPT_FAILED] += 1
-            continue
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))  # media must not wait for Nagle
-        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &send_buffer, sizeof(send_buffer))
-        c.fd = fd
-        c.serial = s.tcp.next_serial
-        s.tcp.next_serial += 1
-        if s.tcp.next_serial == 0:  # 2^32 connections later: 0 stays unused, so no handle is 0
-            s.tcp.next_serial = 1
-        c.owner = -1
-        c.accepted_us = now
-        c.received_us = now
-        c.path.kind = PATH_TCP
-        c.path.addr = address
-        c.path.addr_length = length
-        c.path.conn_slot = slot
-        c.path.conn_serial = c.serial
-        framer_init(&c.framer, RECV_BUF)
-        event.events = EPOLLIN | EPOLLRDHUP
-        event.data.u64 = conn_token(c)
-        if epoll_ctl(s.tcp.epoll_fd, EPOLL_CTL_ADD, fd, &event) < 0:
-            list_discard(&s.tcp.pending, slot)
-            free(c)
-            close(fd)
-            s.counters[<int>S_TCP_ACCEPT_FAILED] += 1
-            continue
-        s.tcp.conns[slot] = c
-        s.tcp.count += 1
-        s.tcp.end = max(s.tcp.end, slot + 1)
+        conn_add(s, fd, &address, length, now, False)
+
+
+cdef uint64_t tcpmux_adopt(EngineState *s, int fd, const Path *peer, int64_t now) noexcept nogil:
+    cdef int slot
+    if s.tcp.conns == NULL:
+        close(fd)
+        return 0
+    s.counters[<int>S_TURN_CONNECTIONS] += 1
+    slot = conn_add(s, fd, &peer.addr, peer.addr_length, now, True)
+    return 0 if slot < 0 else conn_token(s.tcp.conns[slot])
+
+
+cdef void tcpmux_turn_allocated(EngineState *s, uint64_t handle) noexcept nogil:
+    cdef TcpConn *c = conn_named(s, <uint32_t>handle, <uint32_t>(handle >> 32))
+    if c != NULL and c.turn and not c.turn_allocated:
+        c.turn_allocated = True
+        list_discard(&s.tcp.pending, <uint32_t>handle)
 
 
 # ---------------------------------------------------------------- receiving
@@ -253,8 +282,9 @@ cdef void conn_read(EngineState *s, int slot) noexcept nogil:
 
 cdef int take_frames(EngineState *s, int n, int64_t now) noexcept nogil:
     """Copies whole frames of `ready` connections into s.recv from index `n` on, until the batch is full; a
-    connection with none left leaves `ready`. Before a connection is claimed, each frame must be a Binding request
-    to a live transport's ufrag (demux_stun_target), else it is closed. Returns the batch's new size."""
+    connection with none left leaves `ready`. Before an ICE-TCP connection is claimed, each frame must be a Binding
+    request to a live transport's ufrag (demux_stun_target), else it is closed; a TURN stream's frames may be anything
+    its framing allows (turnmux_classify judges them). Returns the batch's new size."""
     cdef TcpConn *c
     cdef const uint8_t *frame
     cdef int slot, length, result
@@ -267,13 +297,16 @@ cdef int take_frames(EngineState *s, int n, int64_t now) noexcept nogil:
                 c.ready = False
                 list_discard(&s.tcp.ready, slot)
                 break
+            if result == FRAME_INVALID:
+                conn_close(s, slot, S_TCP_CLOSED_INVALID)
+                break
             if result == FRAME_OVERSIZED:
-                if c.owner < 0:
+                if c.owner < 0 and not c.turn_allocated:
                     conn_close(s, slot, S_TCP_CLOSED_INVALID)
                     break
                 s.counters[<int>S_DROP_TCP_OVERSIZED] += 1
                 continue
-            if c.owner < 0 and demux_stun_target(s, frame, length) < 0:
+            if c.owner < 0 and not c.turn and demux_stun_target(s, frame, length) < 0:
                 conn_close(s, slot, S_TCP_CLOSED_INVALID)
                 break
             c.received_us = now
@@ -281,6 +314,7 @@ cdef int take_frames(EngineState *s, int n, int64_t now) noexcept nogil:
             s.recv.msgs[n].msg_len = length
             s.recv.msgs[n].msg_hdr.msg_flags = 0
             s.recv.paths[n] = c.path
+            s.recv.taken[n] = False  # a TURN stream's frames are sorted out by turnmux_classify
             n += 1
     return n
 
@@ -350,26 +384,37 @@ cdef inline void queue_put(TcpConn *c, const uint8_t *data, int length) noexcept
 
 
 cdef void tcpmux_queue(EngineState *s, const uint8_t *data, int length, const Path *to) noexcept nogil:
-    cdef TcpConn *c = conn_named(s, to.conn_slot, to.conn_serial)
     cdef uint8_t header[<int>FRAME_HEADER]
-    if c == NULL:
-        s.counters[<int>S_DROP_TCP_CLOSED] += 1
-        return
     if length > 0xFFFF:  # the length field's limit (the engine's packets are SEND_BUF at most; this guards Python's)
         s.counters[<int>S_DROP_TOO_LARGE] += 1
         return
-    if not queue_reserve(c, FRAME_HEADER + length):
+    store16(header, <uint16_t>length)
+    tcpmux_queue_raw(s, header, FRAME_HEADER, data, length, 0, to)
+
+
+cdef bint tcpmux_queue_raw(EngineState *s, const uint8_t *head, int head_length, const uint8_t *data, int length,
+                           int pad, const Path *to) noexcept nogil:
+    cdef TcpConn *c = conn_named(s, to.conn_slot, to.conn_serial)
+    cdef uint8_t zeros[4]
+    if c == NULL:
+        s.counters[<int>S_DROP_TCP_CLOSED] += 1
+        return False
+    if not queue_reserve(c, head_length + length + pad):
         s.counters[<int>S_DROP_TCP_QUEUE_FULL] += 1
         if c.full_since_us == 0:
             c.full_since_us = monotonic_us()
-        return
-    store16(header, <uint16_t>length)
-    queue_put(c, header, FRAME_HEADER)
-    queue_put(c, data, length)
+        return False
+    queue_put(c, head, head_length)
+    if length:
+        queue_put(c, data, length)
+    if pad:
+        memset(zeros, 0, 4)
+        queue_put(c, zeros, pad)
     s.counters[<int>S_PACKETS_OUT] += 1
     s.counters[<int>S_BYTES_OUT] += length
     if not c.dirty and not c.want_write and list_add(&s.tcp.dirty, to.conn_slot) == 0:
         c.dirty = True
+    return True
 
 
 cdef void set_want_write(EngineState *s, TcpConn *c, bint on) noexcept nogil:
@@ -431,7 +476,7 @@ cdef void tcpmux_flush(EngineState *s) noexcept nogil:
 cdef void tcpmux_sweep(EngineState *s, int64_t now) noexcept nogil:
     cdef int slot
     cdef TcpConn *c
-    if s.tcp.listen_fd < 0 or now < s.tcp.next_sweep_us:
+    if s.tcp.epoll_fd < 0 or now < s.tcp.next_sweep_us:
         return
     s.tcp.next_sweep_us = now + TCP_SWEEP_US
     listen_watch(s, True)
@@ -439,9 +484,9 @@ cdef void tcpmux_sweep(EngineState *s, int64_t now) noexcept nogil:
         c = s.tcp.conns[slot]
         if c == NULL:
             continue
-        if c.owner < 0 and now - c.accepted_us > TCP_CLAIM_TIMEOUT_US:
+        if c.owner < 0 and not c.turn_allocated and now - c.accepted_us > TCP_CLAIM_TIMEOUT_US:
             conn_close(s, slot, S_TCP_CLOSED_HALF_OPEN)
-        elif c.owner >= 0 and now - c.received_us > TCP_IDLE_TIMEOUT_US:
+        elif now - c.received_us > TCP_IDLE_TIMEOUT_US:
             conn_close(s, slot, S_TCP_CLOSED_IDLE)
         elif c.full_since_us and now - c.full_since_us > TCP_SLOW_READER_US:
             conn_close(s, slot, S_TCP_CLOSED_SLOW_READER)
@@ -449,7 +494,7 @@ cdef void tcpmux_sweep(EngineState *s, int64_t now) noexcept nogil:
 
 cdef int tcpmux_claim(EngineState *s, uint64_t handle, int slot) noexcept nogil:
     cdef TcpConn *c = conn_named(s, <uint32_t>handle, <uint32_t>(handle >> 32))
-    if c == NULL:
+    if c == NULL or c.turn:
         return 0
     if c.owner >= 0:
         return c.owner == slot
@@ -465,7 +510,7 @@ cdef int tcpmux_claim(EngineState *s, uint64_t handle, int slot) noexcept nogil:
 
 cdef bint tcpmux_reject(EngineState *s, uint64_t handle) noexcept nogil:
     cdef TcpConn *c = conn_named(s, <uint32_t>handle, <uint32_t>(handle >> 32))
-    if c == NULL or c.owner >= 0:
+    if c == NULL or c.owner >= 0 or c.turn:
         return False
     conn_close(s, <uint32_t>handle, S_TCP_CLOSED_UNAUTHENTICATED)
     return True

@@ -1,12 +1,14 @@
 # UDP mux: the socket's batched I/O: recvmmsg into EngineState.recv, and the send batch out with sendmmsg and UDP GSO.
 # take a slot, write into its buffer, commit it with its path; flush sends everything committed. A packet committed
 # toward an ICE-TCP path is framed into its connection's queue instead (its slot is free again at once), and the
-# flush writes those queues too.
+# flush writes those queues too; one toward a TURN allocation is wrapped into the TURN socket's batch or stream
+# (turnmux.pyx).
 from libc.stdint cimport uint8_t
 
-from engine.path cimport PATH_TCP, Path
+from engine.path cimport PATH_TCP, PATH_TURN, Path
 from engine.state cimport S_BYTES_OUT, S_PACKETS_OUT, SEND_BUF, SEND_SLOTS, EngineState, Transport
 from engine.tcpmux cimport tcpmux_queue
+from engine.turnmux cimport turnmux_queue
 
 cdef enum:
     # UDP GSO (Linux >= 4.18): a run of equal-size datagrams to one address leaves in one send, split by the kernel.
@@ -19,7 +21,7 @@ cdef void udpmux_init(EngineState *s) noexcept nogil
 cdef int udpmux_read(EngineState *s) noexcept nogil
 # Sends every committed slot and empties the batch. Runs of equal-size datagrams to one address go as GSO sends while
 # the kernel accepts them; a send that fails drops its datagrams (counted) and the rest still go. Then writes the TCP
-# connections' queues that received packets (tcpmux_flush).
+# connections' queues that received packets (tcpmux_flush) and the TURN socket's batch (turnmux_flush).
 cdef void udpmux_flush(EngineState *s) noexcept nogil
 # Protects the RTCP packet built in `slot` (`length` bytes) with `t`'s SRTCP context and commits it to `t`'s path.
 cdef void send_rtcp(EngineState *s, Transport *t, int slot, int length) noexcept nogil
@@ -39,6 +41,9 @@ cdef inline uint8_t *send_slot_buffer(EngineState *s, int slot) noexcept nogil:
 cdef inline void send_commit(EngineState *s, int slot, int length, const Path *to) noexcept nogil:
     if to.kind == PATH_TCP:
         tcpmux_queue(s, send_slot_buffer(s, slot), length, to)
+        return
+    if to.kind == PATH_TURN:
+        turnmux_queue(s, send_slot_buffer(s, slot), length, to)
         return
     s.send.iov[slot].iov_len = length
     s.send.addrs[slot] = to.addr

@@ -8,6 +8,7 @@ from engine.batchio cimport (CMSG_DATA, CMSG_LEN, CMSG_SPACE, MSG_DONTWAIT, cmsg
                              sockaddr_in)
 from engine.path cimport AF_INET6, PATH_UDP, SockAddr, path_is_mapped_v4, sockaddr_equal
 from engine.tcpmux cimport tcpmux_flush
+from engine.turnmux cimport turnmux_flush
 from engine.state cimport (BATCH, GSO_CONTROL_WORDS, RECV_BUF, S_DROP_PROTECT, S_DROP_SEND_FAILED, S_GSO_SEGMENTS,
                            S_GSO_SENDS, SendBatch)
 
@@ -45,6 +46,7 @@ cdef int udpmux_read(EngineState *s) noexcept nogil:
     for i in range(n):
         s.recv.paths[i].kind = PATH_UDP  # the batch may have held TCP frames (tcpmux_read) before
         s.recv.paths[i].addr_length = s.recv.msgs[i].msg_hdr.msg_namelen
+        s.recv.taken[i] = False
     return n
 
 
@@ -64,6 +66,8 @@ cdef void udpmux_flush(EngineState *s) noexcept nogil:
             s.counters[<int>S_DROP_SEND_FAILED] += 1
             sent += 1
     s.send.count = 0
+    if s.turn.count:
+        turnmux_flush(s)
     if s.tcp.dirty.count:
         tcpmux_flush(s)
 

@@ -26,7 +26,7 @@ PLACEHOLDER_SECRET = "REPLACE-ME: openssl rand -base64 33"
 
 # Keys of LiveKit's schema that tern accepts but does not act on (yet).
 _LIVEKIT_TOP_LEVEL = frozenset({
-    "prometheus", "debug_handler", "redis", "audio", "video", "turn",
+    "prometheus", "debug_handler", "redis", "audio", "video",
     "ingress", "sip", "node_selector", "key_file", "region", "signal_relay", "psrpc",
     "logging", "limit", "agents", "metric", "trace", "node_stats", "enable_data_tracks",
     "enable_participant_data_blob", "api",
@@ -45,6 +45,10 @@ _LIVEKIT_ROOM = frozenset({
     "max_metadata_size", "create_room_enabled", "create_room_timeout", "create_room_attempts",
 })
 _LIVEKIT_WEBHOOK = frozenset({"url_notifier", "filter_params"})
+_LIVEKIT_TURN = frozenset({
+    "external_tls", "relay_range_start", "relay_range_end", "bind_addresses", "ttl_seconds",
+    "per_user_relay_allocation_limit", "allow_restricted_peer_cidrs", "deny_peer_cidrs",
+})
 
 # A documentation address (RFC 5737): connecting a UDP socket to it only consults the
 # routing table, so it reveals the default-route interface without sending a packet.
@@ -60,6 +64,7 @@ class RtcConfig:
     udp_port: int = 7882
     tcp_port: int = 7881  # ICE-TCP; 0 = off (as in LiveKit)
     node_ip: str = ""  # "" = derive (see Config.node_ip)
+    force_relay: bool = False  # clients are told to use relay candidates only (ClientConfiguration.force_relay)
 
 
 @dataclass
@@ -76,6 +81,18 @@ class WebhookConfig:
 
 
 @dataclass
+class TurnConfig:
+    """The embedded TURN server (signaling/peer/turn.py): relays only to this node's media address."""
+    enabled: bool = False
+    udp_port: int = 3478   # 0 = no TURN/UDP
+    tls_port: int = 5349   # 0 = no TURN/TLS
+    tcp_port: int = 0      # TURN over plain TCP (LiveKit has none; networks that allow only TCP ask for it); 0 = off
+    domain: str = ""       # the turns: URL's host, which the certificate must name; "" = the node's IP
+    cert_file: str = ""    # PEM; without them, development mode makes a self-signed certificate at start
+    key_file: str = ""
+
+
+@dataclass
 class Config:
     port: int = 7880
     bind_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
@@ -83,6 +100,7 @@ class Config:
     rtc: RtcConfig = field(default_factory=RtcConfig)
     room: RoomConfig = field(default_factory=RoomConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
     log_level: str = "info"
     development: bool = False
     prometheus_port: int = 0  # 0 = no metrics endpoint
@@ -198,6 +216,12 @@ def parse_keys(value: Any, key: str = "keys") -> dict[str, str]:
     return keys
 
 
+def _text(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
 def _api_key(value: Any, key: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{key}: expected an API key (a string), got {type(value).__name__}")
@@ -248,19 +272,24 @@ def from_yaml(text: str) -> Config:
     rtc = _section(top.get("rtc"), "rtc")
     room = _section(top.get("room"), "room")
     webhook = _section(top.get("webhook"), "webhook")
+    turn = _section(top.get("turn"), "turn")
     top_readers = {
         "port": _port, "bind_addresses": parse_bind_addresses, "keys": parse_keys,
         "log_level": parse_log_level, "development": _flag, "prometheus_port": _port,
     }
-    _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "", frozenset({"rtc", "room", "webhook"}))
-    _apply(config.rtc, rtc, {"udp_port": _port, "tcp_port": _port, "node_ip": _ip},
+    _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "", frozenset({"rtc", "room", "webhook", "turn"}))
+    _apply(config.rtc, rtc, {"udp_port": _port, "tcp_port": _port, "node_ip": _ip, "force_relay": _flag},
            _LIVEKIT_RTC, "rtc.")
     _apply(config.room, room, {"empty_timeout": _seconds, "departure_timeout": _seconds,
                                "max_participants": _count}, _LIVEKIT_ROOM, "room.")
     _apply(config.webhook, webhook, {"api_key": _api_key, "urls": _webhook_urls},
            _LIVEKIT_WEBHOOK, "webhook.")
+    _apply(config.turn, turn, {"enabled": _flag, "udp_port": _port, "tls_port": _port, "tcp_port": _port,
+                               "domain": _text, "cert_file": _text, "key_file": _text}, _LIVEKIT_TURN, "turn.")
     if config.webhook.urls and not config.webhook.api_key:
         raise ConfigError("webhook.api_key: required to sign events sent to webhook.urls")
+    if bool(config.turn.cert_file) != bool(config.turn.key_file):
+        raise ConfigError("turn.cert_file and turn.key_file: give both or neither")
     return config
 
 
@@ -324,6 +353,9 @@ def build_config(
         if not config.development and len(secret) < MIN_SECRET_LENGTH:
             log.error("secret of API key %s is shorter than %d characters: anyone who guesses it can mint tokens;"
                       " use a random one (openssl rand -base64 33)", api_key, MIN_SECRET_LENGTH)
+    if config.turn.enabled and config.turn.tls_port and not config.turn.cert_file and not config.development:
+        raise ConfigError("turn.cert_file and turn.key_file: TURN/TLS needs a certificate for turn.domain (--dev makes"
+                          " a self-signed one); or set turn.tls_port: 0")
     if config.development:
         _warn_public_dev(config)
     return config

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import Counter
 
-from livekit.protocol import models
+from livekit.protocol import models, rtc
 
 import engine
 from .auth import TokenVerifier
@@ -16,6 +17,8 @@ from .config import Config
 from .cluster.memory import MemoryRoomStore
 from .cluster.store import RoomStore
 from .peer.transport import TransportManager
+from .peer.turn import TurnServer, credentials, turn_secret
+from .peer.turn_streams import TurnStreams, dev_tls_context, tls_context
 from .rtc.publication import TrackPublication
 from .rtc.quality import INTERVAL as QUALITY_INTERVAL
 from .rtc.speakers import INTERVAL as SPEAKER_INTERVAL
@@ -23,6 +26,7 @@ from .webhook import WebhookNotifier
 
 log = logging.getLogger(__name__)
 
+TURN_SWEEP_S = 1.0  # TURN allocations, permissions and channels expire with this precision
 ALLOCATOR_TICK_S = 0.5  # probes last 0.3 s and are judged ~0.1 s after: twice a second keeps the 3 s cadence close
 
 # Reported to clients as server_info.version: it must be semver, and >= 1.8.0 for the SDKs' RPC support.
@@ -46,6 +50,9 @@ class Node:
         self.receivers: dict[int, TrackPublication] = {}  # engine receiver id -> publication
         self.engine: engine.Engine
         self.transports: TransportManager
+        self.turn: TurnServer | None = None
+        self.turn_streams: TurnStreams | None = None
+        self._turn_secret = turn_secret(next(iter(config.keys.values()), ""))
         self._tasks: list[asyncio.Task] = []
 
     def server_info(self) -> models.ServerInfo:
@@ -68,9 +75,26 @@ class Node:
         if ":" in host:  # the engine's socket is IPv4 for now
             host = "0.0.0.0"
         # rtc.tcp_port 0 turns ICE-TCP off, as in LiveKit.
+        turn = self.config.turn
         self.engine = engine.Engine(host, self.config.rtc.udp_port, self._on_engine_event,
-                                    tcp_port=self.config.rtc.tcp_port or None)
+                                    tcp_port=self.config.rtc.tcp_port or None,
+                                    turn=turn.enabled, turn_port=turn.udp_port or None)
         self.transports = TransportManager(self.engine, self.config.node_ip())
+        if turn.enabled:
+            self.turn = TurnServer(self.engine, self._turn_secret, [(self.transports.node_ip, self.engine.port)],
+                                   lambda: (p.sid for p in self.store.participants() if not p.closed), self.counters)
+            self.turn_streams = TurnStreams(self.engine, self.counters)
+            if turn.tcp_port:
+                self.turn_streams.listen_tcp(loop, host, turn.tcp_port)
+            if turn.tls_port:
+                # turn.cert_file/key_file, or (development) a self-signed certificate for turn.domain or the node IP
+                context = (tls_context(turn.cert_file, turn.key_file) if turn.cert_file
+                           else dev_tls_context(turn.domain or self.transports.node_ip))
+                self.turn_streams.listen_tls(loop, host, turn.tls_port, context)
+            self._tasks.append(loop.create_task(self._sweep_turn()))
+            log.info("TURN on udp %s, tcp %s, tls %s (relaying only to %s:%d)", self.engine.turn_port or "off",
+                     self.turn_streams.tcp_port or "off", self.turn_streams.tls_port or "off",
+                     self.transports.node_ip, self.engine.port)
         self.transports.on_receiver_layer = self._on_receiver_layer
         self.engine.attach(loop)
         if self.webhooks is not None:
@@ -81,8 +105,41 @@ class Node:
         log.info("media on udp %s:%d and ice-tcp %s, candidates advertise %s", host, self.engine.port,
                  self.engine.tcp_port or "off", self.transports.node_ip)
 
+    def ice_servers(self, participant_sid: str) -> list[rtc.ICEServer]:
+        """The embedded TURN server's URLs with fresh credentials for the participant (none when TURN is off)."""
+        if self.turn is None or self.turn_streams is None:
+            return []
+        host = self.transports.node_ip
+        host = f"[{host}]" if ":" in host else host
+        domain = self.config.turn.domain or host
+        urls = []
+        if self.engine.turn_port:
+            urls.append(f"turn:{host}:{self.engine.turn_port}?transport=udp")
+        if self.turn_streams.tcp_port:
+            urls.append(f"turn:{host}:{self.turn_streams.tcp_port}?transport=tcp")
+        if self.turn_streams.tls_port:
+            urls.append(f"turns:{domain}:{self.turn_streams.tls_port}?transport=tcp")
+        username, password = credentials(self._turn_secret, participant_sid, time.time())
+        return [rtc.ICEServer(urls=urls, username=username, credential=password)]
+
     def _on_engine_event(self, event: tuple) -> None:
+        if event[0] == engine.EV_TURN:
+            if self.turn is not None:
+                _, data, *client = event
+                answer = self.turn.handle(data, tuple(client))
+                if answer is not None:
+                    self.engine.turn_send(answer, *client)
+            return
         self.transports.on_event(event)
+
+    async def _sweep_turn(self) -> None:
+        while True:
+            await asyncio.sleep(TURN_SWEEP_S)
+            try:
+                assert self.turn is not None
+                self.turn.sweep()
+            except Exception:  # a bug here must not leave allocations to live for ever
+                log.exception("TURN sweep failed")
 
     def _on_receiver_layer(self, receiver_id: int, layer: int, ssrc: int) -> None:
         publication = self.receivers.get(receiver_id)
@@ -142,6 +199,10 @@ class Node:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self.turn_streams is not None:
+            self.turn_streams.close()
+        if self.turn is not None:
+            self.turn.close()
         self.engine.close()
         if self.webhooks is not None:
             await self.webhooks.close()

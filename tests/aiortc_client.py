@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import time
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from livekit.protocol import rtc as signal
 
@@ -21,9 +21,9 @@ PING_INTERVAL_S = 5  # well inside the server's ping timeout (15 s)
 class AiortcSubscriber:
     """Answers the server's offers on the subscriber PC; keeps the decoded video frames' sizes."""
 
-    def __init__(self, client: SignalClient) -> None:
+    def __init__(self, client: SignalClient, configuration: RTCConfiguration | None = None) -> None:
         self.client = client
-        self.pc = RTCPeerConnection()
+        self.pc = RTCPeerConnection(configuration)
         self.offers: list[str] = []
         self.answers: list[str] = []
         self.frames: list[tuple[int, int]] = []  # (width, height) of each decoded video frame
@@ -32,9 +32,16 @@ class AiortcSubscriber:
             asyncio.create_task(self._decode(track))))
 
     @classmethod
-    async def join(cls, url: str, token: str) -> tuple[AiortcSubscriber, signal.JoinResponse]:
+    async def join(cls, url: str, token: str, turn: str = "") -> tuple[AiortcSubscriber, signal.JoinResponse]:
+        """With `turn` (a URL prefix: "turns:" for TURN/TLS), the peer connection uses the JoinResponse's first TURN
+        URL that starts so, with its credentials (aiortc takes one TURN server)."""
         client, join = await SignalClient.join(url, token)
-        return cls(client), join
+        configuration = None
+        if turn:
+            server = join.ice_servers[0]
+            urls = [url for url in server.urls if url.startswith(turn)][:1]
+            configuration = RTCConfiguration([RTCIceServer(urls, server.username, server.credential)])
+        return cls(client, configuration), join
 
     async def _signal(self) -> None:
         while True:

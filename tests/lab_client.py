@@ -9,7 +9,8 @@ longest wait, in s, for a frame decoded in that second: a freeze ends in the sec
 packets_received, packets_lost, frame_width, frame_height), audio_hz (the dominant frequency of the last second of
 audio, with --audio), stream_states (null: the Python SDK does not surface StreamStateUpdate), pairs (with --pairs:
 the selected ICE candidate pair of each connected peer connection at the end: {"publisher"|"subscriber": {"local":
-protocol, "remote": protocol, "remote_port": port}})."""
+protocol, "remote": protocol, "remote_port": port}}, plus "relay": "udp"|"tcp"|"tls" when the local candidate is a TURN
+relay: how it reaches the TURN server)."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,7 @@ from collections.abc import Awaitable
 
 import numpy as np
 from livekit import rtc
+from livekit.rtc._proto import stats_pb2
 
 from media import SAMPLE_RATE, Publisher, dominant_frequency
 
@@ -115,6 +117,8 @@ async def selected_pairs(room: rtc.Room) -> dict:
             local = by_id[pair.candidate_pair.candidate_pair.local_candidate_id].local_candidate.candidate
             remote = by_id[pair.candidate_pair.candidate_pair.remote_candidate_id].remote_candidate.candidate
             pairs[name] = {"local": local.protocol, "remote": remote.protocol, "remote_port": remote.port}
+            if local.candidate_type == stats_pb2.IceCandidateType.RELAY:  # how it reaches the TURN server
+                pairs[name]["relay"] = stats_pb2.IceServerTransportProtocol.Name(local.relay_protocol)[10:].lower()
     return pairs
 
 

@@ -119,6 +119,11 @@ class NetLab:
         self.ns("ip", "rule", "add", "ipproto", "udp", "table", "100")
         self.ns("ip", "route", "add", "unreachable", "default", "table", "100")
 
+    def block_tcp(self, port: int) -> None:
+        """The firewall also refuses TCP from the namespace to `port` (a non-web port such as ICE-TCP's)."""
+        self.ns("ip", "rule", "add", "ipproto", "tcp", "dport", str(port), "table", "100")
+        self.ns("ip", "route", "replace", "unreachable", "default", "table", "100")
+
     def unshape(self) -> None:
         _run("tc", "qdisc", "del", "dev", self.host_if, "root", check=False)
         self.ns("tc", "qdisc", "del", "dev", self.ns_if, "root", check=False)

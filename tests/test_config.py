@@ -9,7 +9,8 @@ import pytest
 
 from signaling import cli
 from signaling.config import (
-    PLACEHOLDER_SECRET, Config, ConfigError, RoomConfig, RtcConfig, WebhookConfig, build_config, from_yaml, parse_keys,
+    PLACEHOLDER_SECRET, Config, ConfigError, RoomConfig, RtcConfig, TurnConfig, WebhookConfig, build_config, from_yaml,
+    parse_keys,
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "tools" / "config.example.yaml"
@@ -61,14 +62,30 @@ def test_livekit_keys_ignored_with_warning(caplog):
         config = from_yaml("""
 port: 7880
 redis: {address: "localhost:6379"}
-turn: {enabled: false}
+turn: {enabled: false, relay_range_start: 30000}
 rtc: {port_range_start: 50000, use_external_ip: true, udp_port: 7882}
 room: {auto_create: true, enabled_codecs: [{mime: audio/opus}]}
 """)
     assert config.rtc.udp_port == 7882
-    for key in ("redis", "turn", "rtc.port_range_start", "rtc.use_external_ip",
+    for key in ("redis", "turn.relay_range_start", "rtc.port_range_start", "rtc.use_external_ip",
                 "room.auto_create", "room.enabled_codecs"):
         assert key in caplog.text
+
+
+def test_turn_section_parses_and_needs_a_certificate_for_tls_outside_development():
+    config = from_yaml("turn: {enabled: true, udp_port: 3478, tls_port: 5349, tcp_port: 3479, domain: turn.example.org,"
+                       " cert_file: /c.pem, key_file: /k.pem}\nrtc: {force_relay: true}")
+    assert (config.turn.enabled, config.turn.udp_port, config.turn.tls_port, config.turn.tcp_port) == (
+        True, 3478, 5349, 3479)
+    assert (config.turn.domain, config.turn.cert_file, config.turn.key_file) == ("turn.example.org", "/c.pem", "/k.pem")
+    assert config.rtc.force_relay
+    assert from_yaml("").turn == TurnConfig()  # off, LiveKit's ports
+    with pytest.raises(ConfigError, match="turn.cert_file"):
+        from_yaml("turn: {cert_file: /c.pem}")
+    with pytest.raises(ConfigError, match="turn.cert_file"):
+        build_config("turn: {enabled: true}", keys="k: " + "s" * 40)
+    assert build_config("turn: {enabled: true}", dev=True).turn.enabled  # a self-signed certificate at start
+    assert not build_config("turn: {enabled: true, tls_port: 0}", keys="k: " + "s" * 40).turn.tls_port
 
 
 @pytest.mark.parametrize("text, key", [

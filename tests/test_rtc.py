@@ -10,6 +10,7 @@ from livekit.protocol import models, rtc
 
 import engine
 
+from signaling.config import Config
 from signaling.auth import Claims, TokenVerifier, VideoGrant, create_token
 from signaling.cluster.memory import MemoryRoomStore
 from signaling.peer import sdp
@@ -84,6 +85,7 @@ class FakeNode:
     version = "1.9.0"
 
     def __init__(self) -> None:
+        self.config = Config()
         self.engine = FakeEngine()
         self.transports = TransportManager(self.engine, "127.0.0.1")
         self.counters: Counter[str] = Counter()
@@ -94,6 +96,9 @@ class FakeNode:
 
     def server_info(self) -> models.ServerInfo:
         return models.ServerInfo(version=self.version)
+
+    def ice_servers(self, participant_sid: str) -> list:
+        return []
 
     def notify(self, event: str, **kwargs: object) -> None:
         self.events.append(event)
@@ -167,6 +172,24 @@ def permission_updates(participant: Participant) -> list[tuple[str, bool]]:
 
 
 # ---------------------------------------------------------------- who gets which track
+
+async def test_join_and_reconnect_responses_carry_the_nodes_ice_servers_and_force_relay(node: FakeNode) -> None:
+    node.ice_servers = lambda sid: [rtc.ICEServer(urls=["turn:10.0.0.1:3478?transport=udp"], username=f"1:{sid}",
+                                                  credential="c")]
+    node.config.rtc.force_relay = True
+    alice = join(node, "alice")
+    response = sink(alice).sent[0].join
+    assert list(response.ice_servers[0].urls) == ["turn:10.0.0.1:3478?transport=udp"]
+    assert response.ice_servers[0].username == f"1:{alice.sid}"
+    assert response.client_configuration.force_relay == models.ClientConfigSetting.ENABLED
+    resumed = Sink()
+    alice.resume(resumed)  # fresh credentials in the ReconnectResponse too, the first message
+    reconnect = resumed.sent[0].reconnect
+    assert reconnect.ice_servers[0].username == f"1:{alice.sid}"
+    assert reconnect.client_configuration.force_relay == models.ClientConfigSetting.ENABLED
+    node.config.rtc.force_relay = False
+    assert join(node, "bob").client_configuration().force_relay == models.ClientConfigSetting.UNSET
+
 
 async def test_auto_subscribe_gets_published_tracks_of_others(node: FakeNode) -> None:
     alice, bob = join(node, "alice"), join(node, "bob")

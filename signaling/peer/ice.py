@@ -41,6 +41,7 @@ __all__ = [
     "handle_binding",
     "is_stun",
     "new_credentials",
+    "parse_stun",
     "TransactionLog",
 ]
 
@@ -119,7 +120,8 @@ class TransactionLog:
         return source
 
 
-def _parse(data: bytes) -> stun.Message:
+def parse_stun(data: bytes) -> stun.Message:
+    """A well-formed STUN message (FINGERPRINT checked when present), or StunError."""
     if not is_stun(data):
         raise StunError("not a STUN message")
     try:
@@ -161,7 +163,7 @@ def handle_binding(
     responses, other methods) so the caller can count and drop them. Raises
     StunError for bytes that are not a well-formed STUN message.
     """
-    message = _parse(data)
+    message = parse_stun(data)
     if not _is_binding_request(message):
         return None
 
@@ -253,7 +255,7 @@ class ConsentChecks:
         """Whether `data` from `source` is an authenticated success response to an outstanding check sent there
         (that check is then settled)."""
         try:
-            message = _parse(data)
+            message = parse_stun(data)
         except StunError:
             return False
         address, pwd = self._outstanding.get(message.transaction_id, (None, ""))

@@ -29,6 +29,7 @@ from .subscriptions import SubscriptionPermissions
 
 if TYPE_CHECKING:
     from ..auth import TokenVerifier
+    from ..config import Config
     from ..peer.transport import TransportManager
     from .room import Room
 
@@ -85,6 +86,7 @@ class SignalSink(Protocol):
 class Services(Protocol):
     """What a participant needs from its node (signaling/node.py provides it)."""
 
+    config: Config
     engine: Any
     transports: TransportManager
     counters: Counter[str]
@@ -93,6 +95,8 @@ class Services(Protocol):
     version: str
 
     def server_info(self) -> models.ServerInfo: ...
+
+    def ice_servers(self, participant_sid: str) -> list[rtc.ICEServer]: ...
 
     def notify(self, event: str, *, room: models.Room | None = None,
                participant: models.ParticipantInfo | None = None, track: models.TrackInfo | None = None) -> None: ...
@@ -308,6 +312,7 @@ class Participant:
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             client_configuration=self.client_configuration(),
+            ice_servers=self.services.ice_servers(self.sid),
         )))
         self.room.broadcast_participant(self)
         self.room.subscriptions.sync_subscriber(self, renegotiate=False)
@@ -315,7 +320,10 @@ class Participant:
             self._negotiate(self.subscriber.changed())
 
     def client_configuration(self) -> models.ClientConfiguration:
-        """What the client is told to configure, in its JoinResponse and each ReconnectResponse alike."""
+        """What the client is told to configure, in its JoinResponse and each ReconnectResponse alike: relay
+        candidates only when rtc.force_relay says so."""
+        if self.services.config.rtc.force_relay:
+            return models.ClientConfiguration(force_relay=models.ClientConfigSetting.ENABLED)
         return models.ClientConfiguration()
 
     # -- losing and resuming the signal connection
@@ -358,6 +366,7 @@ class Participant:
             previous.close()
         self.services.counters["signal_resumed"] += 1
         self.send(rtc.SignalResponse(reconnect=rtc.ReconnectResponse(
+            ice_servers=self.services.ice_servers(self.sid),  # fresh credentials
             client_configuration=self.client_configuration(),
             server_info=self.services.server_info(),
             last_message_seq=self.data.last_sequence,
