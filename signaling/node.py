@@ -64,13 +64,11 @@ class Node:
             self.webhooks.notify(event, room=room, participant=participant, track=track)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        host = self.config.bind_addresses[0] if self.config.bind_addresses else "0.0.0.0"
-        if ":" in host:  # the engine's socket is IPv4 for now
-            host = "0.0.0.0"
+        host = self.config.media_host()  # "::": dual-stack sockets, IPv4 peers as IPv4-mapped addresses
         # rtc.tcp_port 0 turns ICE-TCP off, as in LiveKit.
         self.engine = engine.Engine(host, self.config.rtc.udp_port, self._on_engine_event,
                                     tcp_port=self.config.rtc.tcp_port or None)
-        self.transports = TransportManager(self.engine, self.config.node_ip())
+        self.transports = TransportManager(self.engine, self.config.node_ips())
         self.transports.on_receiver_layer = self._on_receiver_layer
         self.engine.attach(loop)
         if self.webhooks is not None:
@@ -78,8 +76,8 @@ class Node:
         self._tasks.append(loop.create_task(self._observe_speakers()))
         self._tasks.append(loop.create_task(self._observe_quality()))
         self._tasks.append(loop.create_task(self._drive_allocators()))
-        log.info("media on udp %s:%d and ice-tcp %s, candidates advertise %s", host, self.engine.port,
-                 self.engine.tcp_port or "off", self.transports.node_ip)
+        log.info("media on udp [%s]:%d and ice-tcp %s, candidates advertise %s", host, self.engine.port,
+                 self.engine.tcp_port or "off", ", ".join(self.transports.candidate_ips))
 
     def _on_engine_event(self, event: tuple) -> None:
         self.transports.on_event(event)
