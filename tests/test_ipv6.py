@@ -4,6 +4,7 @@ global or ULA address) with the server's ::1 candidate, and the kernel delivers 
 has no IPv6 address besides ::1, the SDK test is skipped with that reason."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import socket
@@ -12,13 +13,131 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from signaling import config as config_module
+from signaling.config import Config, ConfigError, RtcConfig, build_config, from_yaml, parse_node_ip
+from signaling.peer import sdp
+from signaling.peer.transport import TransportManager
+
 from clients import connect
 from conftest import start_server, stop_server
 from media import TONE_HZ, Publisher, decoded_audio, decoded_video, dominant_frequency, matches_card, wait_for_tracks
 from signal_client import SignalClient
 
+NO_ENV: dict[str, str] = {}
 CONNECTED_FROM = re.compile(r"transport \d+ \((\w+)\) connected from \('([^']+)'")
 
+
+# -- configuration: which addresses are offered, where the engine listens --------------------------------------------
+
+@pytest.mark.parametrize("value, parsed", [
+    ("203.0.113.7", "203.0.113.7"),
+    ("2001:db8::7", "2001:db8::7"),
+    ("203.0.113.7,2001:db8::7", "203.0.113.7,2001:db8::7"),
+    ("2001:DB8::7, 203.0.113.7", "203.0.113.7,2001:db8::7"),  # normalised, the IPv4 one first (the primary)
+    (["2001:db8::7", "203.0.113.7"], "203.0.113.7,2001:db8::7"),  # a YAML list too
+    ("", ""),  # unset, as in LiveKit
+])
+def test_node_ip_takes_livekits_v4_v6_form(value, parsed):
+    assert parse_node_ip(value) == parsed
+
+
+@pytest.mark.parametrize("value", ["203.0.113.7,203.0.113.8", "::1,2001:db8::7", "0.0.0.0", "::", "1.2.3.4,::1,::2",
+                                   "host.example", [], 5])
+def test_node_ip_refuses_more_than_one_per_family_and_wildcards(value):
+    with pytest.raises(ConfigError, match=r"rtc\.node_ip"):
+        parse_node_ip(value)
+
+
+def test_yaml_and_flags_reach_the_rtc_settings():
+    config = from_yaml("rtc: {use_ipv6: true, node_ip: '2001:db8::7,198.51.100.4'}")
+    assert config.rtc == RtcConfig(node_ip="198.51.100.4,2001:db8::7", use_ipv6=True)
+    with pytest.raises(ConfigError, match=r"rtc\.use_ipv6"):
+        from_yaml("rtc: {use_ipv6: 'yes'}")
+    config = build_config(dev=True, bind=["127.0.0.1", "::1"], node_ip="::1,127.0.0.1", environ=NO_ENV)
+    assert config.bind_addresses == ["127.0.0.1", "::1"] and config.node_ips() == ["127.0.0.1", "::1"]
+    with pytest.raises(ConfigError, match="--node-ip"):
+        build_config(dev=True, node_ip="10.0.0.1,10.0.0.2", environ=NO_ENV)
+
+
+@pytest.mark.parametrize("bind, node_ip, use_ipv6, host", [
+    (["127.0.0.1"], "", False, "127.0.0.1"),           # one concrete address: exactly there (LiveKit's dev bind)
+    (["127.0.0.1"], "", True, "127.0.0.1"),            # use_ipv6 widens wildcards only
+    (["::1"], "", False, "::1"),
+    (["::1"], "::1", False, "::1"),
+    (["0.0.0.0"], "", False, "0.0.0.0"),                # LiveKit's default: IPv4 only
+    (["0.0.0.0"], "", True, "::"),                      # rtc.use_ipv6: dual-stack
+    (["::"], "", False, "::"),
+    (["127.0.0.1", "::1"], "", False, "::"),            # several addresses: one wildcard socket of both families
+    (["10.0.0.1", "10.0.0.2"], "", False, "0.0.0.0"),
+    (["127.0.0.1"], "127.0.0.1,::1", False, "::"),      # an IPv6 node_ip needs an IPv6 socket
+    (["192.0.2.1"], "203.0.113.7", False, "192.0.2.1"),  # 1:1 NAT: the node_ip is not local
+])
+def test_media_host(bind, node_ip, use_ipv6, host):
+    assert Config(bind_addresses=bind, rtc=RtcConfig(node_ip=node_ip, use_ipv6=use_ipv6)).media_host() == host
+
+
+@pytest.fixture
+def routes(monkeypatch):
+    """The default routes' source addresses, by IP version (None: no route of that family)."""
+    table = {4: "192.0.2.55", 6: "2001:db8::55"}
+    monkeypatch.setattr(config_module, "_default_route_address", lambda version: table[version])
+    return table
+
+
+@pytest.mark.parametrize("bind, node_ip, use_ipv6, offered", [
+    (["10.0.0.1", "fd00::1", "10.0.0.1"], "", False, ["10.0.0.1", "fd00::1"]),  # each bind address, once
+    (["10.0.0.1", "::"], "", False, ["10.0.0.1"]),             # concrete ones win over the wildcard's guesses
+    (["0.0.0.0"], "", False, ["192.0.2.55"]),
+    (["0.0.0.0"], "", True, ["192.0.2.55", "2001:db8::55"]),   # dual-stack: the IPv6 default route's address too
+    (["::"], "", False, ["192.0.2.55", "2001:db8::55"]),
+    (["::"], "203.0.113.7", False, ["203.0.113.7"]),           # an explicit node_ip is all that is offered
+    (["::"], "203.0.113.7,2001:db8::7", False, ["203.0.113.7", "2001:db8::7"]),
+])
+def test_node_ips(routes, bind, node_ip, use_ipv6, offered):
+    config = Config(bind_addresses=bind, rtc=RtcConfig(node_ip=node_ip, use_ipv6=use_ipv6))
+    assert config.node_ips() == offered and config.node_ip() == offered[0]
+
+
+def test_node_ips_without_an_ipv6_route(routes):
+    routes[6] = None
+    assert Config(bind_addresses=["::"]).node_ips() == ["192.0.2.55"]
+    routes[4] = None
+    assert Config(bind_addresses=["::"]).node_ips() == ["127.0.0.1"]
+
+
+def test_route_probe_ignores_link_local_and_the_wrong_family(monkeypatch):
+    class Probe:
+        answer = ""
+
+        def __init__(self, *args): pass
+        def __enter__(self): return self
+        def __exit__(self, *exc): return False
+        def connect(self, address): pass
+        def getsockname(self): return (self.answer, 9)
+
+    monkeypatch.setattr(socket, "socket", Probe)
+    for answer, version, expected in [("fe80::1", 6, None), ("192.0.2.9", 6, None), ("2001:db8::9", 6, "2001:db8::9"),
+                                      ("192.0.2.9", 4, "192.0.2.9"), ("0.0.0.0", 4, None)]:
+        Probe.answer = answer
+        assert config_module._default_route_address(version) == expected, answer
+
+
+# -- candidates ----------------------------------------------------------------------------------------------------
+
+def test_each_address_is_a_udp_and_a_passive_tcp_candidate_ipv6_first():
+    manager = TransportManager(None, ["198.51.100.4", "2001:db8::7"])
+    assert manager.node_ip == "198.51.100.4" and manager.candidate_ips == ["2001:db8::7", "198.51.100.4"]
+    local = sdp.LocalEndpoint("u", "p", "AB", [(ip, 7882) for ip in manager.candidate_ips],
+                              [(ip, 7881) for ip in manager.candidate_ips])
+    assert sdp.host_candidates(local) == [
+        "candidate:1 1 udp 2130706431 2001:db8::7 7882 typ host",
+        "candidate:2 1 udp 2130706175 198.51.100.4 7882 typ host",      # local preference 65534
+        "candidate:3 1 tcp 1671430143 2001:db8::7 7881 typ host tcptype passive",
+        "candidate:4 1 tcp 1671429887 198.51.100.4 7881 typ host tcptype passive",  # other-pref 8190
+    ]
+
+
+# -- real clients --------------------------------------------------------------------------------------------------
 
 def _ipv6_unavailable() -> str | None:
     if not socket.has_ipv6:
@@ -73,15 +192,16 @@ def _candidates(sdp: str) -> list[list[str]]:
             if line.startswith("a=candidate:")]
 
 
-async def test_dual_stack_server_offers_each_address_over_udp_and_tcp(tmp_path: Path):
-    """HTTP on 127.0.0.1, node_ip "v4,v6" and rtc.use_ipv6: the engine listens on `::` (one dual-stack socket per
+async def test_several_bind_addresses_are_each_offered_and_served(tmp_path: Path):
+    """--bind 127.0.0.1 --bind ::1: HTTP answers on both; the engine listens on `::` (one dual-stack socket per
     protocol); each address is a UDP and a passive TCP candidate, IPv6 first, every priority distinct, UDP above TCP;
-    the SDK connects and hears a tone whichever family its checks pick (IPv4 ones arrive IPv4-mapped)."""
-    server = start_server(tmp_path, "--node-ip", "127.0.0.1,::1", config="rtc: {use_ipv6: true}")
+    SDK clients joining over either family hear each other's tone (IPv4 checks arrive IPv4-mapped)."""
+    server = start_server(tmp_path, "--bind", "127.0.0.1", "--bind", "::1")
+    server_v6 = dataclasses.replace(server, host="::1")
     rooms = []
     try:
-        assert "media on udp [::]" in server.log()
-        client, _ = await SignalClient.join(server.url, server.token("carol", "dual"))
+        assert "media on udp [::]" in server.log() and "candidates advertise ::1, 127.0.0.1" in server.log()
+        client, _ = await SignalClient.join(server_v6.url, server.token("carol", "dual"))
         candidates = _candidates((await client.receive_until("offer")).offer.sdp)
         assert [(c[2], c[4], c[5]) for c in candidates] == [
             ("udp", "::1", str(server.udp_port)), ("udp", "127.0.0.1", str(server.udp_port)),
@@ -91,7 +211,7 @@ async def test_dual_stack_server_offers_each_address_over_udp_and_tcp(tmp_path: 
         await client.connection.close()
 
         rooms.append(publisher_room := await connect(server, "dave", "dual"))
-        rooms.append(subscriber_room := await connect(server, "erin", "dual"))
+        rooms.append(subscriber_room := await connect(server_v6, "erin", "dual"))
         publisher = Publisher(publisher_room, video=False)
         await publisher.start()
         try:
