@@ -1,9 +1,12 @@
-"""IPv6: LiveKit's Python SDK (libwebrtc) against a server on IPv6 loopback, and the candidates a dual-stack server
-offers. libwebrtc does not gather loopback candidates, but it pairs its own IPv6 host candidate (this machine's
-global or ULA address) with the server's ::1 candidate, and the kernel delivers that over loopback; where the machine
-has no IPv6 address besides ::1, the SDK test is skipped with that reason."""
+"""IPv6 and several addresses: which addresses are offered and where media listens (config), the candidates, a client
+moving from IPv4 to IPv6 on a real dual-stack engine, and LiveKit's Python SDK (libwebrtc) against a server on IPv6
+loopback and one bound to both loopbacks. libwebrtc does not gather loopback candidates, but it pairs its own IPv6
+host candidate (this machine's global or ULA address) with the server's ::1 candidate, and the kernel delivers that
+over loopback; where the machine has no IPv6 address besides ::1, the SDK tests are skipped with that reason (a
+network namespace would then be needed)."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import re
@@ -12,14 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aioice import stun
 
+import engine
+from clients import connect, until as client_until
+from conftest import start_server, stop_server
 from signaling import config as config_module
 from signaling.config import Config, ConfigError, RtcConfig, build_config, from_yaml, parse_node_ip
 from signaling.peer import sdp
+from signaling.peer.ice import handle_binding
 from signaling.peer.transport import TransportManager
-
-from clients import connect
-from conftest import start_server, stop_server
+from test_engine import needs_ipv6
 from media import TONE_HZ, Publisher, decoded_audio, decoded_video, dominant_frequency, matches_card, wait_for_tracks
 from signal_client import SignalClient
 
@@ -137,6 +143,81 @@ def test_each_address_is_a_udp_and_a_passive_tcp_candidate_ipv6_first():
     ]
 
 
+# -- a real dual-stack engine under the control plane ---------------------------------------------------------------
+
+CLIENT_UFRAG, CLIENT_PWD = "clientufrag", "clientpassword0123456789"
+
+
+def _check(transport, nominate: bool) -> bytes:
+    """The client's (full agent's) Binding request to the server."""
+    attributes = {"USERNAME": f"{transport.ice_ufrag}:{CLIENT_UFRAG}", "PRIORITY": 1, "ICE-CONTROLLING": 1}
+    if nominate:
+        attributes["USE-CANDIDATE"] = None
+    message = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, attributes=attributes)
+    message.add_message_integrity(transport.ice_pwd.encode())
+    return bytes(message)
+
+
+async def _receive(sock: socket.socket, count: int) -> list[stun.Message]:
+    loop = asyncio.get_running_loop()
+    return [stun.parse_message(await asyncio.wait_for(loop.sock_recv(sock, 2048), 2)) for _ in range(count)]
+
+
+async def _answer(sock: socket.socket, check: stun.Message, transport, server: tuple) -> None:
+    """What the client answers to the server's check (signed with the client's password)."""
+    result = handle_binding(bytes(check), server, CLIENT_UFRAG, CLIENT_PWD, transport.ice_ufrag)
+    assert result is not None and result.authenticated
+    await asyncio.get_running_loop().sock_sendto(sock, result.response, server)
+
+
+@needs_ipv6
+async def test_a_client_moves_from_ipv4_to_ipv6_and_keeps_consent_there():
+    """A network change from IPv4 to IPv6 on one dual-stack engine: the IPv4 check selects its (plainly named)
+    address, the IPv6 nomination is checked from the server before media moves, and consent renews over IPv6."""
+    manager: TransportManager | None = None
+    eng = engine.Engine("::", 0, lambda event: manager.on_event(event))
+    manager = TransportManager(eng, ["127.0.0.1", "::1"])
+    eng.attach(asyncio.get_running_loop())
+    transport = manager.create("publisher")
+    transport.set_remote(CLIENT_UFRAG, None, CLIENT_PWD)
+    v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        for sock, host in ((v4, "127.0.0.1"), (v6, "::1")):
+            sock.bind((host, 0))
+            sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+
+        await loop.sock_sendto(v4, _check(transport, nominate=True), ("127.0.0.1", eng.port))
+        [response] = await _receive(v4, 1)
+        assert response.message_class == stun.Class.RESPONSE
+        assert response.attributes["XOR-MAPPED-ADDRESS"] == v4.getsockname()  # not ::ffff:127.0.0.1
+        assert transport.address == v4.getsockname()
+
+        await loop.sock_sendto(v6, _check(transport, nominate=True), ("::1", eng.port))
+        messages = await _receive(v6, 2)
+        [check] = [m for m in messages if m.message_class == stun.Class.REQUEST]
+        [response] = [m for m in messages if m.message_class == stun.Class.RESPONSE]
+        v6_address = v6.getsockname()[:2]
+        assert response.attributes["XOR-MAPPED-ADDRESS"] == v6_address
+        assert transport.address == v4.getsockname()  # until the server's own check is answered
+        await _answer(v6, check, transport, ("::1", eng.port))
+        await client_until(lambda: transport.address == v6_address, 2)
+        assert eng.transport_at(*v6_address) == transport.id and eng.transport_at(*v4.getsockname()) is None
+
+        transport._next_check_at = 0  # a consent check is due
+        transport._on_consent_timer()
+        [consent] = await _receive(v6, 1)
+        await _answer(v6, consent, transport, ("::1", eng.port))
+        await client_until(lambda: manager.counters["ice_consent_renewed"] == 1, 2)
+        assert manager.counters["ice_address_switched"] == 1 and manager.counters["stun_malformed"] == 0
+    finally:
+        transport.close()
+        eng.close()
+        v4.close()
+        v6.close()
+
+
 # -- real clients --------------------------------------------------------------------------------------------------
 
 def _ipv6_unavailable() -> str | None:
@@ -196,6 +277,8 @@ async def test_several_bind_addresses_are_each_offered_and_served(tmp_path: Path
     """--bind 127.0.0.1 --bind ::1: HTTP answers on both; the engine listens on `::` (one dual-stack socket per
     protocol); each address is a UDP and a passive TCP candidate, IPv6 first, every priority distinct, UDP above TCP;
     SDK clients joining over either family hear each other's tone (IPv4 checks arrive IPv4-mapped)."""
+    if (reason := _ipv6_unavailable()) is not None:
+        pytest.skip(reason)
     server = start_server(tmp_path, "--bind", "127.0.0.1", "--bind", "::1")
     server_v6 = dataclasses.replace(server, host="::1")
     rooms = []
