@@ -22,6 +22,7 @@ from clients import connect, until as client_until
 from conftest import start_server, stop_server
 from signaling import config as config_module
 from signaling.config import Config, ConfigError, RtcConfig, build_config, from_yaml, parse_node_ip
+from signaling.httpfront import client_address
 from signaling.peer import sdp
 from signaling.peer.ice import handle_binding
 from signaling.peer.transport import TransportManager
@@ -141,6 +142,16 @@ def test_each_address_is_a_udp_and_a_passive_tcp_candidate_ipv6_first():
         "candidate:3 1 tcp 1671430143 2001:db8::7 7881 typ host tcptype passive",
         "candidate:4 1 tcp 1671429887 198.51.100.4 7881 typ host tcptype passive",  # other-pref 8190
     ]
+
+
+# -- the HTTP front's per-address limit --------------------------------------------------------------------------
+
+def test_http_per_address_limit_counts_an_ipv6_client_by_its_64():
+    assert client_address("2001:db8:1:2:3:4:5:6") == client_address("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
+    assert client_address("2001:db8:1:3::1") != client_address("2001:db8:1:2::1")
+    assert client_address("::ffff:192.0.2.1") == client_address("192.0.2.1") == "192.0.2.1"  # on a dual-stack socket
+    assert client_address("fe80::1%eth0") == "fe80::/64"
+    assert client_address("/run/tern.sock") == "/run/tern.sock"
 
 
 # -- a real dual-stack engine under the control plane ---------------------------------------------------------------
