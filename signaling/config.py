@@ -94,14 +94,17 @@ class Config:
         return self.node_ips()[0]
 
     def node_ips(self) -> list[str]:
-        """The addresses offered to clients as host candidates, primary first: rtc.node_ip when set; else the
-        concrete bind addresses; else (a wildcard bind) the default route's IPv4 address, and its IPv6 one when the
-        media sockets are dual-stack."""
+        """The addresses offered to clients as host candidates, IPv4 ones (the primary) first: rtc.node_ip when set;
+        else the concrete bind addresses (link-local ones only when nothing else is bound, without their scope,
+        which means nothing to a client); else (a wildcard bind) the default route's IPv4 address, and its IPv6 one
+        when the media sockets are dual-stack."""
         if self.rtc.node_ip:
             return self.rtc.node_ip.split(",")
-        concrete = list(dict.fromkeys(a for a in self.bind_addresses if _is_concrete_ip(a)))
-        if concrete:
-            return concrete
+        concrete = [a for a in self.bind_addresses if _is_concrete_ip(a)]
+        offered = ([a for a in concrete if not ipaddress.ip_address(a).is_link_local]
+                   or [a.partition("%")[0] for a in concrete])
+        if offered:
+            return sorted(dict.fromkeys(offered), key=lambda a: ":" in a)
         addresses = [_default_route_address(4) or "127.0.0.1"]
         if ":" in self.media_host() and (v6 := _default_route_address(6)):
             addresses.append(v6)

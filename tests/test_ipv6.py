@@ -93,6 +93,8 @@ def routes(monkeypatch):
 
 @pytest.mark.parametrize("bind, node_ip, use_ipv6, offered", [
     (["10.0.0.1", "fd00::1", "10.0.0.1"], "", False, ["10.0.0.1", "fd00::1"]),  # each bind address, once
+    (["fd00::1", "fe80::1%eth0", "10.0.0.1"], "", False, ["10.0.0.1", "fd00::1"]),  # IPv4 first, no link-local
+    (["fe80::1%eth0"], "", False, ["fe80::1"]),                       # unless it is all there is
     (["10.0.0.1", "::"], "", False, ["10.0.0.1"]),             # concrete ones win over the wildcard's guesses
     (["0.0.0.0"], "", False, ["192.0.2.55"]),
     (["0.0.0.0"], "", True, ["192.0.2.55", "2001:db8::55"]),   # dual-stack: the IPv6 default route's address too
