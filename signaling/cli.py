@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="API keys as YAML pairs (default: env LIVEKIT_KEYS)")
     parser.add_argument("--bind", action="append", metavar="IP",
                         help="address to listen on (repeatable)")
-    parser.add_argument("--node-ip", metavar="IP", help="IP address offered to clients for media")
+    parser.add_argument("--node-ip", metavar="IP[,IPv6]",
+                        help="address offered to clients for media; an IPv4 and an IPv6 one separated by a comma")
     parser.add_argument("--port", type=int, help="HTTP/WebSocket port (default 7880)")
     parser.add_argument("--udp-port", type=int, help="UDP media port (default 7882)")
     parser.add_argument("--tcp-port", type=int, help="ICE-TCP media port (default 7881, 0 = off)")

@@ -38,7 +38,7 @@ _LIVEKIT_RTC = frozenset({
     "packet_buffer_size_video", "packet_buffer_size_audio", "strict_acks",
     "reconnect_on_publication_error", "reconnect_on_subscription_error",
     "reconnect_on_data_channel_error", "batch_io", "forward_stats", "pli_throttle",
-    "min_playout_delay", "max_playout_delay", "use_ipv6",
+    "min_playout_delay", "max_playout_delay",
 })
 _LIVEKIT_ROOM = frozenset({
     "auto_create", "enabled_codecs", "enable_remote_unmute", "playout_delay", "sync_streams",
@@ -50,9 +50,9 @@ _LIVEKIT_TURN = frozenset({
     "per_user_relay_allocation_limit", "allow_restricted_peer_cidrs", "deny_peer_cidrs",
 })
 
-# A documentation address (RFC 5737): connecting a UDP socket to it only consults the
-# routing table, so it reveals the default-route interface without sending a packet.
-_ROUTE_PROBE_ADDRESS = "192.0.2.1"
+# Documentation addresses (RFC 5737, RFC 3849): connecting a UDP socket to one only consults the
+# routing table, so it reveals the default-route interface of that family without sending a packet.
+_ROUTE_PROBE_ADDRESSES = {4: "192.0.2.1", 6: "2001:db8::1"}
 
 
 class ConfigError(ValueError):
@@ -63,7 +63,9 @@ class ConfigError(ValueError):
 class RtcConfig:
     udp_port: int = 7882
     tcp_port: int = 7881  # ICE-TCP; 0 = off (as in LiveKit)
-    node_ip: str = ""  # "" = derive (see Config.node_ip)
+    # LiveKit's form: "ipv4", "ipv6" or "ipv4,ipv6" (at most one of each); "" = derive (see Config.node_ips)
+    node_ip: str = ""
+    use_ipv6: bool = False  # dual-stack media sockets on a wildcard bind (LiveKit's default: off)
     force_relay: bool = False  # clients are told to use relay candidates only (ClientConfiguration.force_relay)
 
 
@@ -106,12 +108,37 @@ class Config:
     prometheus_port: int = 0  # 0 = no metrics endpoint
 
     def node_ip(self) -> str:
-        """The address offered to clients as the ICE candidate."""
+        """The primary address offered to clients (the IPv4 one when there is one)."""
+        return self.node_ips()[0]
+
+    def node_ips(self) -> list[str]:
+        """The addresses offered to clients as host candidates, IPv4 ones (the primary) first: rtc.node_ip when set;
+        else the concrete bind addresses (link-local ones only when nothing else is bound, without their scope,
+        which means nothing to a client); else (a wildcard bind) the default route's IPv4 address, and its IPv6 one
+        when the media sockets are dual-stack."""
         if self.rtc.node_ip:
-            return self.rtc.node_ip
-        if self.bind_addresses and _is_concrete_ip(self.bind_addresses[0]):
-            return self.bind_addresses[0]
-        return _default_route_address() or "127.0.0.1"
+            return self.rtc.node_ip.split(",")
+        concrete = [a for a in self.bind_addresses if _is_concrete_ip(a)]
+        offered = ([a for a in concrete if not ipaddress.ip_address(a).is_link_local]
+                   or [a.partition("%")[0] for a in concrete])
+        if offered:
+            return sorted(dict.fromkeys(offered), key=lambda a: ":" in a)
+        addresses = [_default_route_address(4) or "127.0.0.1"]
+        if ":" in self.media_host() and (v6 := _default_route_address(6)):
+            addresses.append(v6)
+        return addresses
+
+    def media_host(self) -> str:
+        """Where the engine's UDP and ICE-TCP sockets listen: the bind address when it is one concrete address of the
+        family of every node_ip; else the wildcard, `::` (dual-stack: IPv4 peers arrive as IPv4-mapped) when IPv6 is
+        wanted (rtc.use_ipv6, an IPv6 bind address or node_ip), `0.0.0.0` otherwise. The engine has one socket per
+        protocol, so several bind addresses mean the wildcard."""
+        explicit = self.rtc.node_ip.split(",") if self.rtc.node_ip else []
+        if len(self.bind_addresses) == 1 and _is_concrete_ip(host := self.bind_addresses[0]):
+            if all((":" in a) == (":" in host) for a in explicit):
+                return host
+        ipv6 = self.rtc.use_ipv6 or any(":" in a for a in [*self.bind_addresses, *explicit])
+        return "::" if ipv6 else "0.0.0.0"
 
 
 def _is_concrete_ip(address: str) -> bool:
@@ -121,14 +148,20 @@ def _is_concrete_ip(address: str) -> bool:
         return False
 
 
-def _default_route_address() -> str | None:
+def _default_route_address(version: int) -> str | None:
+    family = socket.AF_INET6 if version == 6 else socket.AF_INET
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect((_ROUTE_PROBE_ADDRESS, 9))
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((_ROUTE_PROBE_ADDRESSES[version], 9))
             address = probe.getsockname()[0]
-    except OSError:  # no route at all (offline machine)
+    except OSError:  # no route of that family (offline machine, no IPv6)
         return None
-    return address if _is_concrete_ip(address) else None
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    # A link-local address needs a scope the client cannot know: not worth offering.
+    return address if ip.version == version and not ip.is_unspecified and not ip.is_link_local else None
 
 
 # -- typed readers: each names the key it rejects -------------------------------------------
@@ -177,6 +210,26 @@ def _ip(value: Any, key: str) -> str:
         return str(ipaddress.ip_address(value))
     except ValueError:
         raise ConfigError(f"{key}: {value!r} is not an IP address") from None
+
+
+def parse_node_ip(value: Any, key: str = "rtc.node_ip") -> str:
+    """LiveKit's node_ip: one address, or "ipv4,ipv6" (a YAML list too), at most one of each family; normalised to
+    "ipv4,ipv6" order (the IPv4 one is primary)."""
+    if value == "":  # unset, as in LiveKit
+        return ""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{key}: expected an IP address, or an IPv4 and an IPv6 address separated by a comma")
+    addresses = []
+    for item in items:
+        address = _ip(item.strip() if isinstance(item, str) else item, key)
+        if not _is_concrete_ip(address):
+            raise ConfigError(f"{key}: {address} is not an address clients can reach")
+        addresses.append(address)
+    by_family = sorted(addresses, key=lambda a: ":" in a)
+    if len(by_family) > 2 or len({":" in a for a in by_family}) != len(by_family):
+        raise ConfigError(f"{key}: at most one IPv4 and one IPv6 address, got {value!r}")
+    return ",".join(by_family)
 
 
 def parse_bind_addresses(value: Any, key: str = "bind_addresses") -> list[str]:
@@ -278,7 +331,8 @@ def from_yaml(text: str) -> Config:
         "log_level": parse_log_level, "development": _flag, "prometheus_port": _port,
     }
     _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "", frozenset({"rtc", "room", "webhook", "turn"}))
-    _apply(config.rtc, rtc, {"udp_port": _port, "tcp_port": _port, "node_ip": _ip, "force_relay": _flag},
+    _apply(config.rtc, rtc, {"udp_port": _port, "tcp_port": _port, "node_ip": parse_node_ip, "use_ipv6": _flag,
+                             "force_relay": _flag},
            _LIVEKIT_RTC, "rtc.")
     _apply(config.room, room, {"empty_timeout": _seconds, "departure_timeout": _seconds,
                                "max_participants": _count}, _LIVEKIT_ROOM, "room.")
@@ -321,7 +375,7 @@ def build_config(
     if bind:
         config.bind_addresses = parse_bind_addresses(bind, "--bind")
     if node_ip is not None:
-        config.rtc.node_ip = _ip(node_ip, "--node-ip")
+        config.rtc.node_ip = parse_node_ip(node_ip, "--node-ip")
     if port is not None:
         config.port = _port(port, "--port")
     if udp_port is not None:

@@ -4,6 +4,7 @@ a bounded lingering close for bodies answered unread, and an access log that nev
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 from collections import Counter
@@ -22,6 +23,8 @@ HEAD_TIMEOUT = 10.0
 # Connections from one address that have not finished their request head yet: a slowloris from one address holds
 # at most this many; a reverse proxy, which sends whole heads, never comes near it.
 MAX_PENDING_HEADS_PER_ADDRESS = 64
+# An IPv6 client is given a whole /64 (RFC 6177) and can use any address in it: one /64 counts as one address above.
+IPV6_CLIENT_PREFIX = 64
 # Bytes of request line + headers (h11's max incomplete event size; its default is 16 KiB). A join token in the
 # query can carry metadata; the WebSocket handshake below it allows 8 KiB per line anyway.
 MAX_HEAD_SIZE = 32 * 1024
@@ -31,6 +34,20 @@ KEEP_ALIVE_TIMEOUT = 5
 # the rest being discarded; then the connection is closed. Closing at once would reset the connection under a client
 # still writing, which then may never see the answer (nginx calls this lingering close; its lingering_time is 30 s).
 UNREAD_BODY_TIME = 2.0
+
+
+def client_address(host: str) -> str:
+    """The address a per-address limit counts a client under: its IPv4 address (also when a dual-stack socket names it
+    ::ffff:a.b.c.d), or its IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:  # not an IP (a Unix socket's name): as it is
+        return host
+    if ip.version == 4:
+        return host
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/{IPV6_CLIENT_PREFIX}", strict=False))
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -53,7 +70,7 @@ class GuardedH11Protocol(H11Protocol):
             self.counters["http_connection_refused"] += 1
             transport.abort()
             return
-        address = self.client[0] if self.client else ""
+        address = client_address(self.client[0]) if self.client else ""
         if self.pending_heads[address] >= MAX_PENDING_HEADS_PER_ADDRESS:
             self.counters["http_pending_heads_refused"] += 1
             transport.abort()

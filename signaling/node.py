@@ -71,17 +71,16 @@ class Node:
             self.webhooks.notify(event, room=room, participant=participant, track=track)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        host = self.config.bind_addresses[0] if self.config.bind_addresses else "0.0.0.0"
-        if ":" in host:  # the engine's socket is IPv4 for now
-            host = "0.0.0.0"
+        host = self.config.media_host()  # "::": dual-stack sockets, IPv4 peers as IPv4-mapped addresses
         # rtc.tcp_port 0 turns ICE-TCP off, as in LiveKit.
         turn = self.config.turn
         self.engine = engine.Engine(host, self.config.rtc.udp_port, self._on_engine_event,
                                     tcp_port=self.config.rtc.tcp_port or None,
                                     turn=turn.enabled, turn_port=turn.udp_port or None)
-        self.transports = TransportManager(self.engine, self.config.node_ip())
+        self.transports = TransportManager(self.engine, self.config.node_ips())
         if turn.enabled:
-            self.turn = TurnServer(self.engine, self._turn_secret, [(self.transports.node_ip, self.engine.port)],
+            media = [(ip, self.engine.port) for ip in self.transports.candidate_ips]  # the only permitted peers
+            self.turn = TurnServer(self.engine, self._turn_secret, media,
                                    lambda: (p.sid for p in self.store.participants() if not p.closed), self.counters)
             self.turn_streams = TurnStreams(self.engine, self.counters)
             if turn.tcp_port:
@@ -92,9 +91,9 @@ class Node:
                            else dev_tls_context(turn.domain or self.transports.node_ip))
                 self.turn_streams.listen_tls(loop, host, turn.tls_port, context)
             self._tasks.append(loop.create_task(self._sweep_turn()))
-            log.info("TURN on udp %s, tcp %s, tls %s (relaying only to %s:%d)", self.engine.turn_port or "off",
-                     self.turn_streams.tcp_port or "off", self.turn_streams.tls_port or "off",
-                     self.transports.node_ip, self.engine.port)
+            log.info("TURN on udp %s, tcp %s, tls %s (relaying only to port %d of %s)", self.engine.turn_port or "off",
+                     self.turn_streams.tcp_port or "off", self.turn_streams.tls_port or "off", self.engine.port,
+                     ", ".join(self.transports.candidate_ips))
         self.transports.on_receiver_layer = self._on_receiver_layer
         self.engine.attach(loop)
         if self.webhooks is not None:
@@ -102,8 +101,8 @@ class Node:
         self._tasks.append(loop.create_task(self._observe_speakers()))
         self._tasks.append(loop.create_task(self._observe_quality()))
         self._tasks.append(loop.create_task(self._drive_allocators()))
-        log.info("media on udp %s:%d and ice-tcp %s, candidates advertise %s", host, self.engine.port,
-                 self.engine.tcp_port or "off", self.transports.node_ip)
+        log.info("media on udp [%s]:%d and ice-tcp %s, candidates advertise %s", host, self.engine.port,
+                 self.engine.tcp_port or "off", ", ".join(self.transports.candidate_ips))
 
     def ice_servers(self, participant_sid: str) -> list[rtc.ICEServer]:
         """The embedded TURN server's URLs with fresh credentials for the participant (none when TURN is off)."""

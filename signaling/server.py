@@ -63,6 +63,23 @@ class _Server(uvicorn.Server):
             await self.node.stop()
 
 
+def listen(addresses: list[str], port: int) -> list[socket.socket]:
+    """A listening HTTP socket per bind address, as LiveKit listens on each. `::` is dual-stack unless `0.0.0.0` is
+    bound beside it (then each family has its own socket)."""
+    dual_stack = "0.0.0.0" not in addresses
+    sockets: list[socket.socket] = []
+    try:
+        for address in addresses:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            sockets.append(socket.create_server((address, port), family=family,
+                                                dualstack_ipv6=dual_stack and address == "::"))
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     node = Node(config)
@@ -87,7 +104,7 @@ async def serve(config: Config) -> None:
     httpfront.redact_access_logs()  # after uvicorn.Config, which configures its loggers
     server = _Server(uvicorn_config, node, loop)
     try:
-        await server.serve()
+        await server.serve(sockets=listen(config.bind_addresses or ["0.0.0.0"], config.port))
     finally:
         await server.stop_node()  # when uvicorn failed before its shutdown (a port in use)
 

@@ -36,11 +36,15 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.http_port}"
+        return f"ws://{self._netloc_host}:{self.http_port}"
 
     @property
     def http(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return f"http://{self._netloc_host}:{self.http_port}"
+
+    @property
+    def _netloc_host(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address in a URL is bracketed
 
     def token(self, identity: str, room: str = "test-room", **grants: object) -> str:
         video = api.VideoGrants(room_join=True, room=room, **grants)
@@ -51,7 +55,7 @@ class Server:
 
     def metrics(self) -> list[tuple[str, dict[str, str], float]]:
         """The server's Prometheus samples: (name, labels, value)."""
-        with urllib.request.urlopen(f"http://{self.host}:{self.metrics_port}/metrics", timeout=5) as response:
+        with urllib.request.urlopen(f"http://{self._netloc_host}:{self.metrics_port}/metrics", timeout=5) as response:
             families = text_string_to_metric_families(response.read().decode())
             return [(sample.name, sample.labels, sample.value) for family in families for sample in family.samples]
 

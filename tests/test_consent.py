@@ -71,7 +71,7 @@ class Clock:
 @pytest.fixture
 def setup():
     engine = Engine()
-    manager = TransportManager(engine, "127.0.0.1")
+    manager = TransportManager(engine, ["127.0.0.1"])
     clock = Clock()
 
     def create():

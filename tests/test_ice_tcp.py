@@ -20,7 +20,7 @@ from conftest import start_server, stop_server
 from engine.harness import FramerHarness
 from signaling.peer import sdp
 from signal_client import SignalClient
-from test_engine import AUDIO_SSRC, DOWN_AUDIO_SSRC, OPUS_PT, SUB_OPUS_PT, Peer, binding_request, parse, rtp
+from test_engine import AUDIO_SSRC, DOWN_AUDIO_SSRC, OPUS_PT, SUB_OPUS_PT, Peer, binding_request, needs_ipv6, parse, rtp
 
 MAX_FRAME = 2048               # engine RECV_BUF: the longest frame a connection may carry
 FRAMER_BUFFER = 8192           # engine/tcpframer.pxd
@@ -110,13 +110,13 @@ class TcpPeer(Peer):
     ufrag (the engine lets it up as EV_STUN naming the connection), and the test claims and binds the connection
     as the control plane would after checking MESSAGE-INTEGRITY."""
 
-    def __init__(self, eng: engine.Engine, events: list[tuple], receive_buffer: int = 0) -> None:
-        super().__init__(eng)
+    def __init__(self, eng: engine.Engine, events: list[tuple], receive_buffer: int = 0, host: str = "127.0.0.1") -> None:
+        super().__init__(eng, host)
         self.events = events
-        self.stream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.stream = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         if receive_buffer:
             self.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        self.stream.connect(("127.0.0.1", eng.tcp_port))
+        self.stream.connect((host, eng.tcp_port))
         self.stream.setblocking(False)
         self.received = bytearray()
         self.handle = 0
@@ -128,7 +128,7 @@ class TcpPeer(Peer):
             mine = [e for e in self.events if e[0] == engine.EV_STUN and e[1] == self.transport and len(e) == 6]
             if mine:
                 _, _, _, host, port, self.handle = mine[0]
-                assert (host, port) == self.stream.getsockname()
+                assert (host, port) == self.stream.getsockname()[:2]
                 break
         assert self.handle, "the engine raised no STUN event for the connection"
         assert self.engine.tcp_claim(self.handle, self.transport)
@@ -204,6 +204,29 @@ async def test_media_flows_over_tcp_connections_both_ways(tcp_engine) -> None:
     assert eng.tcp_queued(subscriber.handle) is None and eng.stats()["tcp_closed"] == 1
     assert not eng.bind_transport(publisher.transport, "127.0.0.1", 1, subscriber.handle)  # a gone connection
     assert eng.transport_at("127.0.0.1", 1, subscriber.handle) is None
+
+
+@needs_ipv6
+async def test_a_dual_stack_listener_carries_ipv6_and_ipv4_connections() -> None:
+    events: list[tuple] = []
+    eng = engine.Engine("::", 0, events.append, tcp_port=0)
+    eng.attach(asyncio.get_running_loop())
+    publisher, subscriber = TcpPeer(eng, events, host="::1"), TcpPeer(eng, events, host="127.0.0.1")
+    try:
+        await publisher.claim()  # events name the IPv6 peer as it is, the IPv4 one without its ::ffff: mapping
+        await subscriber.claim()
+        receiver = eng.add_receiver(publisher.transport, "0", "audio", "opus", OPUS_PT, 0, 48000, [], [AUDIO_SSRC], [],
+                                    {})
+        eng.add_downtrack(receiver, subscriber.transport, DOWN_AUDIO_SSRC, 0, SUB_OPUS_PT, 0, {})
+        publisher.stream.send(b"".join(framed(publisher.tx.protect(rtp(OPUS_PT, 10 + i, 960 * i, AUDIO_SSRC,
+                                                                       b"v6-%d" % i))) for i in range(5)))
+        await subscriber.collect(0.2)
+        assert [p.payload for p in subscriber.take_rtp()] == [b"v6-%d" % i for i in range(5)]
+        assert eng.stats()["tcp_claimed"] == 2
+    finally:
+        eng.close()
+        publisher.close()
+        subscriber.close()
 
 
 async def test_a_slow_reader_is_bounded_dropped_and_then_closed(tcp_engine) -> None:

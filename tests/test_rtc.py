@@ -87,7 +87,7 @@ class FakeNode:
     def __init__(self) -> None:
         self.config = Config()
         self.engine = FakeEngine()
-        self.transports = TransportManager(self.engine, "127.0.0.1")
+        self.transports = TransportManager(self.engine, ["127.0.0.1"])
         self.counters: Counter[str] = Counter()
         self.verifier = TokenVerifier({"devkey": "secret"})
         self.receivers: dict[int, TrackPublication] = {}

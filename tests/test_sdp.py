@@ -244,7 +244,7 @@ def test_answer_libwebrtc_simulcast_offer():
         assert section.port == 9 and section.setup == "passive"
         assert section.fingerprint == ("sha-256", FINGERPRINT) and section.ice_ufrag == "tern"
         assert section.candidates == ["1 1 udp 2130706431 127.0.0.1 7882 typ host",
-                                      "2 1 udp 2130706430 ::1 7882 typ host"]
+                                      "2 1 udp 2130706175 ::1 7882 typ host"]  # local preference one less
     for mid in "012345":
         section = answer.sections[int(mid)]
         assert section.direction == "inactive" and len(section.codecs) == 1

@@ -70,7 +70,7 @@ class Client:
 
 async def connected_pair() -> tuple[TransportManager, Engine, object, Client]:
     engine = Engine()
-    manager = TransportManager(engine, "127.0.0.1")
+    manager = TransportManager(engine, ["127.0.0.1"])
     transport = manager.create("subscriber")
     transport.local_channels = [("_reliable", True, None), ("_lossy", False, 0)]
     client = Client(transport.local_endpoint().fingerprint)
@@ -107,7 +107,7 @@ async def test_client_that_does_not_drain_loses_lossy_messages_then_is_dropped()
 
 async def test_certificate_rotates_for_new_transports_and_existing_ones_keep_theirs() -> None:
     engine = Engine()
-    manager = TransportManager(engine, "127.0.0.1")
+    manager = TransportManager(engine, ["127.0.0.1"])
     old = manager.create("publisher")
     # The node's certificate has aged until it is about to expire.
     manager._certificate = Certificate.generate(validity=datetime.timedelta(hours=1))
@@ -128,7 +128,7 @@ async def test_reliable_messages_sent_before_the_channel_opens_arrive_when_it_do
     """A RoomService SendData or another participant's message right after a join: held (bounded) until the
     server's reliable channel opens, then delivered in order; lossy ones are not held."""
     engine = Engine()
-    manager = TransportManager(engine, "127.0.0.1")
+    manager = TransportManager(engine, ["127.0.0.1"])
     transport = manager.create("subscriber")
     transport.local_channels = [("_reliable", True, None), ("_lossy", False, 0)]
     assert transport.send_message("_reliable", b"first") and transport.send_message("_reliable", b"second")

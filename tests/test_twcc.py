@@ -196,7 +196,7 @@ def test_a_full_record_sends_before_it_overflows_and_a_jump_starts_over() -> Non
 def test_bandwidth_events_reach_the_transports_hook() -> None:
     media = engine.Engine("127.0.0.1", 0, lambda event: None)
     try:
-        manager = TransportManager(media, "127.0.0.1")
+        manager = TransportManager(media, ["127.0.0.1"])
         transport = manager.create("subscriber")
         assert media.transport_bandwidth(transport.id) is None  # no DownTrack yet, so no estimate
         seen: list[tuple] = []

@@ -57,11 +57,12 @@ MAX_CANDIDATES_PER_SECTION = 256   # ICE-lite never uses them; but a host with m
                                    # each address x UDP/TCP x generation: a test host with two extra veths sent > 64
 
 # RFC 8445 5.1.2.1: priority = 2^24 type preference + 2^8 local preference + (256 - component). Host UDP candidates
-# take the highest type preference (126) and local preference (65535), less one per further address.
+# take the highest type preference (126) and local preference (65535), the local preference less one per further
+# address (RFC 8445 5.1.2.2: distinct per address of a multihomed or dual-stack host).
 _HOST_UDP_PRIORITY = (126 << 24) | (65535 << 8) | 255
 # RFC 6544 4.2 ranks TCP below UDP so clients use it only when UDP fails. Like pion (LiveKit's stack): host type
 # preference 126 - 27 for TCP, and local preference 2^13 direction-pref + other-pref, direction-pref 4 for a passive
-# host candidate: 1671430143 for the first address.
+# host candidate: 1671430143 for the first address; other-pref less one per further address.
 _HOST_TCP_PASSIVE_PRIORITY = ((126 - 27) << 24) | (((4 << 13) | 8191) << 8) | 255
 
 
@@ -474,9 +475,9 @@ def host_candidates(local: LocalEndpoint) -> list[str]:
     """The server's ICE candidates as attribute values ("candidate:..."), for the SDP and for trickle: UDP first,
     then passive TCP (RFC 6544: the client connects to it; it never dials out)."""
     # Distinct foundations/priorities: each host address (and protocol) is its own candidate base.
-    udp = [f"candidate:{index + 1} 1 udp {_HOST_UDP_PRIORITY - index} {ip} {port} typ host"
+    udp = [f"candidate:{index + 1} 1 udp {_HOST_UDP_PRIORITY - (index << 8)} {ip} {port} typ host"
            for index, (ip, port) in enumerate(local.candidates)]
-    tcp = [f"candidate:{len(udp) + index + 1} 1 tcp {_HOST_TCP_PASSIVE_PRIORITY - index} {ip} {port} typ host"
+    tcp = [f"candidate:{len(udp) + index + 1} 1 tcp {_HOST_TCP_PASSIVE_PRIORITY - (index << 8)} {ip} {port} typ host"
            " tcptype passive" for index, (ip, port) in enumerate(local.tcp_candidates)]
     return udp + tcp
 

@@ -100,8 +100,9 @@ class Transport:
             ice_ufrag=self.ice_ufrag,
             ice_pwd=self.ice_pwd,
             fingerprint=self.certificate.fingerprint,
-            candidates=[(self.manager.node_ip, self.manager.engine.port)],
-            tcp_candidates=[(self.manager.node_ip, tcp_port)] if (tcp_port := self.manager.engine.tcp_port) else [],
+            candidates=[(ip, self.manager.engine.port) for ip in self.manager.candidate_ips],
+            tcp_candidates=[(ip, tcp_port) for ip in self.manager.candidate_ips]
+            if (tcp_port := self.manager.engine.tcp_port) else [],
         )
 
     def set_remote(self, ufrag: str | None, fingerprint: tuple[str, str] | None, pwd: str | None = None) -> None:
@@ -431,9 +432,12 @@ class Transport:
 class TransportManager:
     """Routes the engine's rare-packet events to the Transport they belong to."""
 
-    def __init__(self, engine_: engine.Engine, node_ip: str) -> None:
+    def __init__(self, engine_: engine.Engine, node_ips: list[str]) -> None:
         self.engine = engine_
-        self.node_ip = node_ip
+        self.node_ip = node_ips[0]  # the primary address (IPv4 when there is one)
+        # Every address as a UDP and a passive TCP host candidate, IPv6 ones first (RFC 8421 prefers IPv6 on a
+        # dual-stack host; a client without IPv6 pairs only the IPv4 ones).
+        self.candidate_ips = sorted(node_ips, key=lambda ip: ":" not in ip)
         self._certificate = Certificate.generate()
         self.counters: Counter[str] = Counter()
         self._by_id: dict[int, Transport] = {}
