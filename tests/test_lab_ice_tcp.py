@@ -40,5 +40,5 @@ async def test_clients_behind_a_udp_blocking_firewall_exchange_media_over_ice_tc
         for pair in pairs.values():
             assert pair == {"local": "tcp", "remote": "tcp", "remote_port": server.tcp_port}, pairs
     # (drop_tcp_closed may count media forwarded to a leaving client while its connection closes)
-    assert counters["tcp_claimed"] >= 3
+    assert counters["tcp_claimed"] >= 2  # a peer connection each
     assert counters.get("tcp_closed_invalid", 0) == counters.get("tcp_closed_unauthenticated", 0) == 0
