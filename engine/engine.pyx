@@ -124,6 +124,15 @@ cdef void run_timers(EngineState *s, int64_t now) noexcept nogil:
     tcpmux_sweep(s, now)
 
 
+cdef void forward_batch(EngineState *s, int n, int64_t now) noexcept nogil:
+    """What every receive path does with a batch of n packets: demultiplex, forward, and pace the probes between
+    ticks too (a cluster's packets leave evenly)."""
+    demux_batch(s, n, now)
+    fanout_batch(s, now)
+    if s.probing.count:
+        prober_pump(s, now)
+
+
 cdef class Engine:
     """The data plane: see the module docstring. Events are tuples passed to `on_event` (EV_* constants); an
     EV_STUN's source is (host, port) for UDP, (host, port, connection) for an ICE-TCP connection, (relayed host,
@@ -339,10 +348,7 @@ cdef class Engine:
                 if n > 0:
                     now = monotonic_us()
                     s.event_count = 0
-                    demux_batch(s, n, now)
-                    fanout_batch(s, now)
-                    if s.probing.count:
-                        prober_pump(s, now)  # between ticks too: a cluster's packets leave evenly
+                    forward_batch(s, n, now)
                     udpmux_flush(s)
             if n <= 0:
                 break
@@ -368,10 +374,7 @@ cdef class Engine:
                 if n > 0:
                     if s.turn.allocs != NULL:
                         turnmux_classify(s, 0, n, False, now)
-                    demux_batch(s, n, now)
-                    fanout_batch(s, now)
-                    if s.probing.count:
-                        prober_pump(s, now)
+                    forward_batch(s, n, now)
                 udpmux_flush(s)  # writes what accepting and reading queued too (tcpmux_flush)
             if s.event_count:
                 self._dispatch_events()
@@ -396,10 +399,7 @@ cdef class Engine:
                 s.event_count = 0
                 n = turnmux_read(s, now)
                 if n > 0:
-                    demux_batch(s, n, now)
-                    fanout_batch(s, now)
-                    if s.probing.count:
-                        prober_pump(s, now)
+                    forward_batch(s, n, now)
                     udpmux_flush(s)
             if n <= 0:
                 break
