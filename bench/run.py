@@ -4,6 +4,7 @@ pure-Python forwarder on the same load.
     python bench/run.py                      # standard suite (a few minutes on 2 cores)
     python bench/run.py --quick              # about a minute
     python bench/run.py --scenario fanout --subscribers 1000 --json out.json
+    python bench/run.py --quick --transport tcp  # the fanout also over ICE-TCP, beside UDP
 
 Everything runs on loopback. The tern server (`python -m signaling --dev`) is pinned to CPU 0 with taskset, the
 load clients (this process: signaling in asyncio, media in signaling/clients/loadgen.pyx's C threads) to CPU 1.
@@ -16,7 +17,9 @@ Which tern is measured: this checkout when its Cython modules are built in place
 
 Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until loss appears; run twice, with
 transport-cc negotiated both ways as libwebrtc does, subscribers sending feedback every ~100 ms, and then without it
-at the sizes the first run carried without loss, rows "tern-no-twcc"), meeting (P
+at the sizes the first run carried without loss, rows "tern-no-twcc"; with --transport tcp a third time at those
+sizes with every load client on ICE-TCP (RFC 4571 frames on a TCP connection to the server's passive candidate, as
+a client behind a UDP-blocking firewall connects), rows "tern-tcp"), meeting (P
 participants each publishing audio + video, all subscribed to all), audio (many rooms of 4 talkers), hostile (the
 fanout at about half its zero-loss size, measured without and then with a flood of 20,000 datagrams/s of junk STUN,
 DTLS and RTP from other addresses, junk DTLS from live subscribers' own sockets and Binding requests to their ufrags,
@@ -81,6 +84,7 @@ BASELINES = ("c-ceiling", "pure-python")
 COMPARE_SUBSCRIBERS = 500   # the fanout size at which tern and the baselines are compared: forwarding, not the
                             # control plane's fixed cost (pings, timers of 500 participants), dominates there
 NO_TWCC = "tern-no-twcc"    # the forwarder name of fanout rows measured without transport-cc
+OVER_TCP = "tern-tcp"       # the forwarder name of fanout rows whose load clients use ICE-TCP (--transport tcp)
 COMPARE_WINDOWS = 3         # windows measured at COMPARE_SUBSCRIBERS, the median kept: twcc_cost compares two
                             # server processes, whose single windows differ by ±10 %
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -133,10 +137,12 @@ class TernServer:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         self.http_port = free_port()
         self.udp_port = udp_port = free_port(socket.SOCK_DGRAM)
+        self.tcp_port = free_port()  # ICE-TCP: a free one, not 7881, which another tern may hold
         self.log = open(log, "w")
         self.process = subprocess.Popen(
             ["taskset", "-c", str(SERVER_CPU), sys.executable, "-P", "-m", "signaling", "--dev", "--port",
-             str(self.http_port), "--udp-port", str(udp_port), "--log-level", "warn"],
+             str(self.http_port), "--udp-port", str(udp_port), "--tcp-port", str(self.tcp_port),
+             "--log-level", "warn"],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -182,12 +188,13 @@ async def measure(name: str, scenario: str, clients: loadtest.LoadClients, pid: 
 
 # ---- scenarios against tern ---------------------------------------------------------------------------------------
 
-async def fanout(steps: list[int], window: float, log: Path, rows: list[Row], transport_cc: bool = True) -> dict:
+async def fanout(steps: list[int], window: float, log: Path, rows: list[Row], transport_cc: bool = True,
+                 transport: str = "udp") -> dict:
     """The fanout sweep; without `transport_cc` the clients leave it out of their SDP (the server neither stamps
-    nor estimates) and the rows are named NO_TWCC."""
+    nor estimates) and the rows are named NO_TWCC; with `transport` "tcp" they connect over ICE-TCP, rows OVER_TCP."""
     server = TernServer(log)
-    clients = loadtest.LoadClients(server.url, API_KEY, API_SECRET, transport_cc=transport_cc)
-    name = "tern" if transport_cc else NO_TWCC
+    clients = loadtest.LoadClients(server.url, API_KEY, API_SECRET, transport_cc=transport_cc, transport=transport)
+    name = NO_TWCC if not transport_cc else OVER_TCP if transport == "tcp" else "tern"
     summary: dict = {"max_zero_loss_subscribers": 0}
     try:
         await clients.add("fanout", 1, publish=loadtest.MediaPlan(video=True, audio=False), subscribe=False)
@@ -424,6 +431,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smaller suite of about a minute")
     parser.add_argument("--scenario", choices=["fanout", "meeting", "audio", "hostile", "all"], default="all")
     parser.add_argument("--subscribers", type=int, help="fanout: sweep up to this many subscribers")
+    parser.add_argument("--transport", choices=["udp", "tcp"], default="udp",
+                        help="fanout: with tcp, also measure load clients over ICE-TCP beside UDP (rows tern-tcp)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args()
     if (os.cpu_count() or 1) < 2:
@@ -448,6 +457,10 @@ def main() -> int:
         figures.update(asyncio.run(fanout(steps, window, logs / "tern-bench-fanout.log", rows)))
         carried = [n for n in steps if n <= max(figures["max_zero_loss_subscribers"], steps[0])]
         asyncio.run(fanout(carried, window, logs / "tern-bench-fanout-no-twcc.log", rows, transport_cc=False))
+        if args.transport == "tcp":
+            over_tcp = asyncio.run(fanout(carried, window, logs / "tern-bench-fanout-tcp.log", rows, transport="tcp"))
+            figures["tcp_max_zero_loss_subscribers"] = over_tcp["max_zero_loss_subscribers"]
+            figures["tcp_errors"] = over_tcp["errors"]
         compare = min(COMPARE_SUBSCRIBERS, top)
         for kind in BASELINES:
             row = baseline_fanout(kind, compare, window)
@@ -467,9 +480,11 @@ def main() -> int:
     figures.update(summarize(rows, figures.get("max_zero_loss_subscribers", 0)))
     figures["rows"] = [asdict(row) for row in rows]
     print()
+    tcp_keys = ("pps_per_core_tcp", "tcp_cost", "tcp_compared_at", "tcp_max_zero_loss_subscribers")
     for key in ("pps_per_core", "pps_per_core_twcc", "pps_per_core_no_twcc", "twcc_cost", "twcc_compared_at",
                 "max_zero_loss_subscribers", "p99_added_latency_ms", "rss_per_subscriber_kib", "join_ms",
-                "ratio_c_ceiling", "ratio_c_ceiling_no_twcc", "ratio_pure_python"):
+                "ratio_c_ceiling", "ratio_c_ceiling_no_twcc", "ratio_pure_python",
+                *(tcp_keys if args.transport == "tcp" else ())):
         value = figures.get(key)
         print(f"{key:<28} {'unavailable' if value is None else round(value, 3) if isinstance(value, float) else value}")
     if "hostile" in figures:
@@ -477,6 +492,9 @@ def main() -> int:
         print(f"{'hostile (quiet -> flooded)':<28} {h['subscribers']} sub, flood {h['flood_datagrams_per_second']:,.0f}/s: "
               f"pps {h['pps'][0]:,.0f} -> {h['pps'][1]:,.0f}, lost {h['lost'][0]} -> {h['lost'][1]}, "
               f"p99 {_ms(h['p99_ms'][0])} -> {_ms(h['p99_ms'][1])} ms")
+    if figures.get("tcp_cost") is not None:
+        print(f"{'a subscriber over ICE-TCP':<28} costs the server {1 / (1 - figures['tcp_cost']):.2f}x the CPU per "
+              f"forwarded packet of one over UDP ({figures['tcp_compared_at']})")
     args.json.write_text(json.dumps(figures, indent=2))
     print(f"figures written to {args.json}")
     return 0
@@ -501,6 +519,7 @@ def summarize(rows: list[Row], max_zero_loss: int) -> dict:
         if compare and base and base.packets_per_cpu_second:
             out[key] = compare.packets_per_cpu_second / base.packets_per_cpu_second
     out.update(twcc_cost(rows))
+    out.update(tcp_cost(rows))
     ceiling = next((r for r in rows if r.forwarder == "c-ceiling"), None)
     without = next((r for r in rows if r.forwarder == NO_TWCC and r.clients == out.get("twcc_compared_at")), None)
     out["ratio_c_ceiling_no_twcc"] = (without.packets_per_cpu_second / ceiling.packets_per_cpu_second
@@ -508,19 +527,40 @@ def summarize(rows: list[Row], max_zero_loss: int) -> dict:
     return out
 
 
-def twcc_cost(rows: list[Row]) -> dict:
-    """Forwarded packets per CPU-second with transport-cc and without, at the largest fanout both carried without
-    loss (COMPARE_SUBSCRIBERS when they did), and the share of capacity transport-cc costs."""
+def compared(rows: list[Row], measured: str, reference: str) -> tuple[str, float, float] | None:
+    """(the fanout label, forwarded packets per CPU-second of `measured`, of `reference`) at the largest fanout both
+    carried without loss (COMPARE_SUBSCRIBERS when they did); None if there is none."""
     def clean(name: str) -> dict[str, Row]:
         return {r.clients: r for r in rows if r.forwarder == name and r.scenario == "fanout" and r.lost == 0}
-    with_cc, without = clean("tern"), clean(NO_TWCC)
-    sizes = [label for label in with_cc if label in without]
+    first, second = clean(measured), clean(reference)
+    sizes = [label for label in first if label in second]
     if not sizes:
-        return {"pps_per_core_twcc": None, "pps_per_core_no_twcc": None, "twcc_cost": None}
+        return None
     label = next((l for l in sizes if l.endswith(f" {COMPARE_SUBSCRIBERS} sub")), sizes[-1])
-    on, off = with_cc[label].packets_per_cpu_second, without[label].packets_per_cpu_second
+    return label, first[label].packets_per_cpu_second, second[label].packets_per_cpu_second
+
+
+def twcc_cost(rows: list[Row]) -> dict:
+    """Forwarded packets per CPU-second with transport-cc and without, and the share of capacity transport-cc
+    costs (see compared)."""
+    pair = compared(rows, "tern", NO_TWCC)
+    if pair is None:
+        return {"pps_per_core_twcc": None, "pps_per_core_no_twcc": None, "twcc_cost": None}
+    label, on, off = pair
     return {"pps_per_core_twcc": on, "pps_per_core_no_twcc": off, "twcc_cost": 1 - on / off if off else None,
             "twcc_compared_at": label}
+
+
+def tcp_cost(rows: list[Row]) -> dict:
+    """Forwarded packets per CPU-second to subscribers over ICE-TCP, and the share of capacity TCP costs against
+    UDP (both with transport-cc; see compared); nothing without OVER_TCP rows."""
+    if not any(r.forwarder == OVER_TCP for r in rows):
+        return {}
+    pair = compared(rows, OVER_TCP, "tern")
+    if pair is None:
+        return {"pps_per_core_tcp": None, "tcp_cost": None}
+    label, tcp, udp = pair
+    return {"pps_per_core_tcp": tcp, "tcp_cost": 1 - tcp / udp if udp else None, "tcp_compared_at": label}
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ transport-cc is negotiated both ways as libwebrtc does (--no-transport-cc leaves
 publishers stamp transport-wide sequence numbers on video, subscribers send transport-cc feedback every ~100 ms.
 The client is ICE-controlling; once loadgen reads a socket, the server's consent checks (RFC 7675) it keeps are
 answered from here every _STUN_POLL seconds.
+With --transport tcp every peer connection uses ICE-TCP instead (RFC 6544: a TCP connection to the server's passive
+candidate carrying STUN, DTLS and SRTP as RFC 4571 frames), as a client behind a UDP-blocking firewall does.
 """
 from __future__ import annotations
 
@@ -57,6 +59,8 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 _STUN_RETRY = 0.1
 _CONSENT_INTERVAL = 5.0  # seconds between our consent checks (RFC 7675, aioice's interval)
 _STUN_POLL = 0.5  # seconds between looks for a server check loadgen kept (the server wants an answer within 30 s)
+TRANSPORTS = ("udp", "tcp")  # how the media paths reach the server: its UDP host candidate, or ICE-TCP
+_STREAM_READ = 65536  # bytes read from an ICE-TCP stream at a time during ICE and DTLS
 
 
 class LoadError(Exception):
@@ -66,17 +70,24 @@ class LoadError(Exception):
 # ---- one peer connection's media path ------------------------------------------------------------------------
 
 class MediaPath:
-    """A UDP socket, ICE credentials and a DTLS certificate; connect() runs ICE + DTLS against the server's
-    candidate and leaves libsrtp sessions for loadgen."""
+    """A UDP socket (or, with `tcp`, a TCP one for ICE-TCP), ICE credentials and a DTLS certificate; connect() runs
+    ICE + DTLS against the server's candidate and leaves libsrtp sessions for loadgen."""
 
-    def __init__(self, certificate: Certificate) -> None:
+    def __init__(self, certificate: Certificate, tcp: bool = False) -> None:
         self.certificate = certificate
         self.ufrag, self.pwd = new_credentials()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.tcp = tcp
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-        self.sock.bind(("0.0.0.0", 0))
+        if tcp:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # media, not bulk data
+        else:
+            self.sock.bind(("0.0.0.0", 0))
         self.sock.setblocking(False)
+        # RFC 4571 de-framing of what we read before loadgen does; it goes to loadgen with the socket
+        self.framer = loadgen.StreamFramer() if tcp else None
+        self._frames: list[bytes] = []  # read, not yet taken
         self.sessions: tuple | None = None  # (rx, tx) pylibsrtp sessions, alive as long as the path
         self.srtp_keys: SrtpKeys | None = None
         self._consent: asyncio.Task | None = None
@@ -89,15 +100,21 @@ class MediaPath:
 
     async def connect(self, remote: sdp.SessionDescription, timeout: float = CONNECT_TIMEOUT) -> None:
         section = next((s for s in remote.sections if s.ice_ufrag and s.ice_pwd and s.fingerprint), None)
-        address = _udp_candidate(remote)
+        protocol = "tcp" if self.tcp else "udp"
+        address = _host_candidate(remote, protocol)
         if section is None or address is None:
-            raise LoadError("the server's SDP has no ICE credentials, fingerprint or IPv4 UDP candidate")
-        self.sock.connect(address)
+            raise LoadError(f"the server's SDP has no ICE credentials, fingerprint or IPv4 {protocol} candidate")
         self._section = section
         try:
+            if self.tcp:
+                await asyncio.wait_for(asyncio.get_running_loop().sock_connect(self.sock, address), timeout)
+            else:
+                self.sock.connect(address)
             await asyncio.wait_for(self._handshake(section), timeout)
         except asyncio.TimeoutError:
-            raise LoadError(f"ICE/DTLS with {address[0]}:{address[1]} timed out") from None
+            raise LoadError(f"ICE/DTLS with {address[0]}:{address[1]} ({protocol}) timed out") from None
+        except OSError as error:
+            raise LoadError(f"cannot connect to {address[0]}:{address[1]} ({protocol}): {error}") from None
 
     def hand_over(self, receiver: loadgen.LoadReceiver, publisher: bool = False, transport_cc_id: int = 0) -> int:
         """Gives the connected socket to loadgen's reader (see LoadReceiver.add_socket) and keeps consent both
@@ -107,7 +124,7 @@ class MediaPath:
         rx, tx = self.pointers()
         index = receiver.add_socket(self.sock.fileno(), rx, publisher=publisher, transport_cc_id=transport_cc_id,
                                     srtcp_session=tx if transport_cc_id else 0,
-                                    local_ssrc=random.getrandbits(32) or 1)
+                                    local_ssrc=random.getrandbits(32) or 1, stream=self.framer)
         self._consent = asyncio.get_running_loop().create_task(self._keep_consent(self._section, receiver, index))
         return index
 
@@ -131,22 +148,48 @@ class MediaPath:
                 request = receiver.take_stun(index)
                 result = handle_binding(request, server, self.ufrag, self.pwd, section.ice_ufrag) if request else None
                 if result is not None:
-                    self.sock.send(result.response)
+                    self._send_now(result.response)
                 if time.monotonic() >= next_check:
                     next_check += _CONSENT_INTERVAL
-                    self.sock.send(bytes(self._binding_request(section, nominate=False)))
+                    self._send_now(bytes(self._binding_request(section, nominate=False)))
             except StunError:
                 continue
             except OSError:  # closed or unreachable: the session ends anyway
                 return
 
-    async def _handshake(self, section: sdp.MediaSection) -> None:
+    def _send_now(self, data: bytes) -> None:
+        """A STUN message while loadgen owns the socket (its threads write to it too: a frame goes out whole)."""
+        if self.tcp:
+            loadgen.send_framed(self.sock.fileno(), data)
+        else:
+            self.sock.send(data)
+
+    async def _send(self, data: bytes) -> None:
+        """A datagram during the handshake (on ICE-TCP: one RFC 4571 frame)."""
+        if self.tcp:
+            await asyncio.get_running_loop().sock_sendall(self.sock, len(data).to_bytes(2, "big") + data)
+        else:
+            self.sock.send(data)
+
+    async def _receive(self) -> bytes:
+        """The next datagram (on ICE-TCP: the next frame) during the handshake."""
         loop = asyncio.get_running_loop()
+        if not self.tcp:
+            return await loop.sock_recv(self.sock, 2048)
+        assert self.framer is not None
+        while not self._frames:
+            data = await loop.sock_recv(self.sock, _STREAM_READ)
+            if not data:
+                raise LoadError("the server closed the ICE-TCP connection")
+            self._frames += self.framer.feed(data)
+        return self._frames.pop(0)
+
+    async def _handshake(self, section: sdp.MediaSection) -> None:
         request = self._binding_request(section, nominate=True)
         while True:  # until the server answers our nomination
-            self.sock.send(bytes(request))
+            await self._send(bytes(request))
             try:
-                data = await asyncio.wait_for(loop.sock_recv(self.sock, 2048), _STUN_RETRY)
+                data = await asyncio.wait_for(self._receive(), _STUN_RETRY)
             except asyncio.TimeoutError:
                 continue
             except ConnectionRefusedError:
@@ -158,19 +201,19 @@ class MediaPath:
                 raise LoadError("the server refused our STUN credentials")
         dtls = DtlsEndpoint(self.certificate, section.fingerprint, client=True)
         for datagram in dtls.start():
-            self.sock.send(datagram)
+            await self._send(datagram)
         while dtls.srtp_keys is None:
             if dtls.failed:
                 raise LoadError(f"DTLS: {dtls.failed}")
             wait = dtls.timeout()
             try:
-                data = await asyncio.wait_for(loop.sock_recv(self.sock, 2048), wait if wait else 1.0)
+                data = await asyncio.wait_for(self._receive(), wait if wait else 1.0)
             except asyncio.TimeoutError:
                 replies = dtls.handle_timeout()
             else:
-                replies = dtls.receive(data) if 20 <= data[0] <= 63 else []
+                replies = dtls.receive(data) if data and 20 <= data[0] <= 63 else []
             for datagram in replies:
-                self.sock.send(datagram)
+                await self._send(datagram)
         self.srtp_keys = dtls.srtp_keys  # for a second sender beside loadgen's thread (libsrtp sessions are not shared)
         self.sessions = srtp_sessions(dtls.srtp_keys)
 
@@ -179,12 +222,14 @@ class MediaPath:
         return session_pointer(self.sessions[0]), session_pointer(self.sessions[1])
 
 
-def _udp_candidate(description: sdp.SessionDescription) -> tuple[str, int] | None:
+def _host_candidate(description: sdp.SessionDescription, protocol: str) -> tuple[str, int] | None:
+    """The server's first IPv4 candidate of `protocol` ("udp", or "tcp": a passive one, which we connect to)."""
     for section in description.sections:
         for candidate in section.candidates:
             fields = candidate.split()
-            # foundation component transport priority address port typ type ...
-            if len(fields) >= 8 and fields[2].lower() == "udp" and fields[1] == "1" and "." in fields[4]:
+            # foundation component transport priority address port typ type [tcptype passive] ...
+            if len(fields) >= 8 and fields[2].lower() == protocol and fields[1] == "1" and "." in fields[4] and (
+                    protocol == "udp" or "passive" in fields[8:]):
                 return fields[4], int(fields[5])
     return None
 
@@ -358,7 +403,7 @@ class LoadParticipant:
             self.error = f"unusable subscriber offer: {error}"
             return
         if self.subscriber_path is None:
-            self.subscriber_path = MediaPath(self.clients.certificate)
+            self.subscriber_path = MediaPath(self.clients.certificate, self.clients.tcp)
         answer = build_subscriber_answer(description, self.subscriber_path, self.clients.transport_cc)
         await self._send(rtc.SignalRequest(answer=rtc.SessionDescription(type="answer", sdp=answer, id=offer.id)))
         if self._subscriber_connect is None:
@@ -404,7 +449,7 @@ class LoadParticipant:
             await asyncio.wait_for(asyncio.gather(*self._published.values()), CONNECT_TIMEOUT)
         except asyncio.TimeoutError:
             raise LoadError(f"{self.identity}: no track_published for our AddTrackRequest") from None
-        path = self.publisher_path = MediaPath(self.clients.certificate)
+        path = self.publisher_path = MediaPath(self.clients.certificate, self.clients.tcp)
         self._answer = loop.create_future()
         offer = build_publisher_offer(tracks, path, self.clients.transport_cc)
         await self._send(rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp=offer, id=1)))
@@ -440,7 +485,8 @@ class LoadParticipant:
                 block = extension_block(elements)[0] if elements else b""
                 self.clients.load_sender.add_stream(path.sock.fileno(), tx, ssrc, OPUS_PT, False, packets_per_frame=1,
                                                frames_per_second=AUDIO_PPS, payload_size=AUDIO_PAYLOAD,
-                                               clock_rate=48000, extension=block, level_offset=level_at)
+                                               clock_rate=48000, extension=block, level_offset=level_at,
+                                               framed=path.tcp)
             else:
                 packets = SIMULCAST_LAYERS[index][2] if rid else VIDEO_PACKETS_PER_FRAME
                 twcc_at = -1
@@ -452,7 +498,8 @@ class LoadParticipant:
                                                packets_per_frame=packets, frames_per_second=VIDEO_FPS,
                                                payload_size=VIDEO_PAYLOAD, clock_rate=90000,
                                                keyframe_frames=KEYFRAME_FRAMES, extension=block,
-                                               twcc_offset=twcc_at, transport=transport if twcc_at >= 0 else -1)
+                                               twcc_offset=twcc_at, transport=transport if twcc_at >= 0 else -1,
+                                               framed=path.tcp)
 
     def first_media_ns(self) -> int:
         if self.load_receiver_index is None:
@@ -520,9 +567,12 @@ class LoadClients:
     """Every load client of a run, sharing one LoadSender, one LoadReceiver and one DTLS certificate."""
 
     def __init__(self, url: str, api_key: str, api_secret: str, capacity: int = 8192,
-                 transport_cc: bool = True) -> None:
+                 transport_cc: bool = True, transport: str = "udp") -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}")
         self.url, self.api_key, self.api_secret = url, api_key, api_secret
         self.transport_cc = transport_cc  # negotiated in our offers and answers
+        self.tcp = transport == "tcp"     # every media path over ICE-TCP
         self.certificate = Certificate.generate()
         self.load_sender = loadgen.LoadSender(capacity)
         self.load_receiver = loadgen.LoadReceiver(capacity, self.load_sender)
@@ -583,10 +633,10 @@ class LoadClients:
 async def run_load(url: str, api_key: str, api_secret: str, *, rooms: int = 1, publishers: int = 1,
                    subscribers: int = 1, duration: float = 10, video: bool = True, audio: bool = True,
                    simulcast: bool = False, room_prefix: str = "load", hidden_subscribers: bool = False,
-                   transport_cc: bool = True) -> LoadReport:
+                   transport_cc: bool = True, transport: str = "udp") -> LoadReport:
     """Joins `publishers` + `subscribers` per room, runs for `duration` seconds after media flows, and reports
     what the subscribers received. Publishers do not subscribe."""
-    clients = LoadClients(url, api_key, api_secret, transport_cc=transport_cc)
+    clients = LoadClients(url, api_key, api_secret, transport_cc=transport_cc, transport=transport)
     try:
         names = [f"{room_prefix}-{index}" for index in range(rooms)]
         plan = MediaPlan(video=video, audio=audio, simulcast=simulcast)
@@ -627,6 +677,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--room-prefix", default="load")
     parser.add_argument("--no-transport-cc", dest="transport_cc", action="store_false",
                         help="leave transport-cc out of offers and answers (no stamping, no feedback)")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="udp",
+                        help="media over the server's UDP candidate, or over ICE-TCP (RFC 4571 framing)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
@@ -642,7 +694,7 @@ def main(argv: list[str]) -> int:
                                       publishers=args.publishers, subscribers=args.subscribers,
                                       duration=args.duration, video=args.video, audio=args.audio,
                                       simulcast=args.simulcast, room_prefix=args.room_prefix,
-                                      transport_cc=args.transport_cc))
+                                      transport_cc=args.transport_cc, transport=args.transport))
     except KeyboardInterrupt:
         return 130
     if args.json:
