@@ -480,7 +480,7 @@ def main() -> int:
     figures.update(summarize(rows, figures.get("max_zero_loss_subscribers", 0)))
     figures["rows"] = [asdict(row) for row in rows]
     print()
-    tcp_keys = ("pps_per_core_tcp", "tcp_cost", "tcp_compared_at", "tcp_max_zero_loss_subscribers")
+    tcp_keys = ("pps_per_core_tcp", "tcp_cost", "tcp_compared_at")
     for key in ("pps_per_core", "pps_per_core_twcc", "pps_per_core_no_twcc", "twcc_cost", "twcc_compared_at",
                 "max_zero_loss_subscribers", "p99_added_latency_ms", "rss_per_subscriber_kib", "join_ms",
                 "ratio_c_ceiling", "ratio_c_ceiling_no_twcc", "ratio_pure_python",
