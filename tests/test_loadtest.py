@@ -10,7 +10,7 @@ from signaling.clients import loadgen, loadtest
 from signaling.peer.dtls import session_pointer
 from signaling.peer.ice import binding_request
 
-from conftest import API_KEY, API_SECRET
+from conftest import API_KEY, API_SECRET, free_port, start_server, stop_server
 
 
 async def test_load_clients_receive_authenticated_media(server) -> None:
@@ -114,3 +114,18 @@ def test_loadgen_frames_media_on_a_tcp_stream_and_takes_over_a_partly_read_one()
     assert not stats["closed"]
     sending.close()
     receiving.close()
+
+
+async def test_load_clients_over_a_turn_relay_receive_authenticated_media(tmp_path) -> None:
+    """--transport turn: each media path relays through the server's TURN/UDP port on a channel (ChannelData)."""
+    server = start_server(tmp_path, config=f"turn: {{enabled: true, udp_port: {free_port(socket.SOCK_DGRAM)}, "
+                                           "tls_port: 0}")
+    try:
+        report = await loadtest.run_load(server.url, API_KEY, API_SECRET, rooms=1, publishers=1, subscribers=2,
+                                         duration=2, room_prefix="load-turn", transport="turn")
+        counters = server.counters()
+    finally:
+        stop_server(server)
+    assert report.failed == [] and report.received_packets > 0 and report.auth_failures == 0, report
+    assert report.twcc_feedback_sent > 0, report  # feedback relayed too
+    assert counters["turn_allocations"] == 3  # the publisher's and the two subscribers'

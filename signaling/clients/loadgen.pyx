@@ -20,6 +20,9 @@ built, protected, received and checked in C with the GIL released: no Python obj
   packet). The sender frames each packet (one writev per video frame), the receiver de-frames with the engine's
   framer (engine/tcpframer.pxd, one bounded buffer per socket), and every write to a stream, from either thread or
   from Python (send_framed), is whole: a short write is finished before anyone else writes (STREAM_WRITE_TIMEOUT_MS).
+- TURN (RFC 8656): a UDP socket connected to a TURN server may carry everything on one channel, as ChannelData (a
+  4-byte channel number + length before each packet, no padding over UDP): wrapped on the way out, unwrapped on the
+  way in (anything else, e.g. the TURN server's own STUN, is counted as other).
 
 Counters are read from Python while the threads run; they are plain 64-bit words, good enough for statistics.
 The caller keeps the sockets and libsrtp sessions alive until stop() has returned.
@@ -66,6 +69,7 @@ cdef extern from "<unistd.h>" nogil:
 
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t recvmsg(int fd, msghdr *message, int flags)
+    ssize_t sendmsg(int fd, const msghdr *message, int flags)
 
 cdef extern from *:
     """
@@ -165,6 +169,7 @@ cdef enum:
     # frame: the server reads far faster than this load sends, so only a server that stopped reading gets here.
     STREAM_WRITE_TIMEOUT_MS = 100
     STREAM_READS = 16             # reads of one stream socket per readiness, so one busy socket cannot hold the loop
+    CHANNEL_HEADER = 4            # TURN ChannelData: channel number, length
 
 cdef const uint8_t *MAGIC = b"TERN"
 LATENCY_BUCKET_US = BUCKET_NS // 1000
@@ -257,11 +262,29 @@ cdef class StreamFramer:
                 offset += taken
 
 
+cdef int send_channel(int fd, uint16_t channel, const uint8_t *data, int length) noexcept nogil:
+    """One ChannelData datagram on `channel` to the TURN server `fd` is connected to; 0, or -1 if not sent."""
+    cdef uint8_t header[CHANNEL_HEADER]
+    cdef iovec parts[2]
+    cdef msghdr message
+    store16(header, channel)
+    store16(header + 2, <uint16_t>length)
+    parts[0].iov_base = header
+    parts[0].iov_len = CHANNEL_HEADER
+    parts[1].iov_base = <void *>data
+    parts[1].iov_len = length
+    memset(&message, 0, sizeof(msghdr))
+    message.msg_iov = parts
+    message.msg_iovlen = 2
+    return 0 if sendmsg(fd, &message, MSG_DONTWAIT) == CHANNEL_HEADER + length else -1
+
+
 # ---- sender -------------------------------------------------------------------------------------------------
 
 cdef struct Stream:
     int fd
     int framed                     # fd is an ICE-TCP stream: each packet goes out as an RFC 4571 frame
+    uint16_t channel               # fd is connected to a TURN server: each packet goes out as ChannelData on it; or 0
     void *srtp
     uint32_t ssrc
     uint8_t payload_type
@@ -328,7 +351,7 @@ cdef class LoadSender(_Worker):
     cdef uint8_t buffers[MAX_FRAME_PACKETS][MAX_PACKET + srtp.SRTP_TRAILER]
     cdef iovec iovecs[MAX_FRAME_PACKETS]
     cdef mmsghdr messages[MAX_FRAME_PACKETS]
-    cdef uint8_t frame_headers[MAX_FRAME_PACKETS][FRAME_HEADER]
+    cdef uint8_t frame_headers[MAX_FRAME_PACKETS][CHANNEL_HEADER]  # RFC 4571 (2 bytes) or ChannelData (4) headers
     cdef iovec stream_iovecs[2 * MAX_FRAME_PACKETS]  # header, packet, header, packet ...: a frame in one writev
 
     def __cinit__(self, int capacity=4096):
@@ -353,11 +376,12 @@ cdef class LoadSender(_Worker):
     def add_stream(self, int fd, uintptr_t srtp_session, uint32_t ssrc, int payload_type, bint video, *,
                    int packets_per_frame, double frames_per_second, int payload_size, int clock_rate,
                    int keyframe_frames=0, bytes extension=b"", int level_offset=-1, int twcc_offset=-1,
-                   int transport=-1, bint framed=False) -> int:
+                   int transport=-1, bint framed=False, int channel=0) -> int:
         """Starts sending one stream now. `extension` is a whole RTP header extension block (with its 0xBEDE
         header) or b""; `level_offset` the byte in it holding an RFC 6464 audio level, which then varies;
         `twcc_offset` the first of 2 bytes in it where each packet gets transport `transport`'s next transport-wide
-        sequence number. `framed`: `fd` is an ICE-TCP stream (RFC 4571 frames)."""
+        sequence number. `framed`: `fd` is an ICE-TCP stream (RFC 4571 frames); `channel`: `fd` is connected to a
+        TURN server and packets go as ChannelData on this channel."""
         if self.count >= self.capacity:
             raise RuntimeError("sender is full")
         if not 0 < packets_per_frame <= MAX_FRAME_PACKETS or not 12 + TRAILER + 8 <= payload_size <= 1300:
@@ -366,10 +390,13 @@ cdef class LoadSender(_Worker):
             raise ValueError("bad header extension block")
         if twcc_offset != -1 and not (0 <= twcc_offset <= len(extension) - 2 and 0 <= transport < self.transports):
             raise ValueError("bad transport-cc offset or transport")
+        if channel and (framed or not 0x4000 <= channel <= 0x7FFF):
+            raise ValueError("bad TURN channel (0x4000-0x7FFF, over UDP)")
         cdef Stream *s = &self.streams[self.count]
         memset(s, 0, sizeof(Stream))
         s.fd = fd
         s.framed = framed
+        s.channel = <uint16_t>channel
         s.srtp = <void *>srtp_session
         s.ssrc = ssrc
         s.payload_type = payload_type
@@ -490,6 +517,8 @@ cdef class LoadSender(_Worker):
         if s.framed:
             self._write_frames(s, sent)
             return
+        if s.channel:
+            self._wrap_channel(s, sent)
         i = 0
         while i < sent:
             length = sendmmsg(s.fd, &self.messages[i], sent - i, 0)
@@ -500,6 +529,18 @@ cdef class LoadSender(_Worker):
                 break
             i += length
             s.packets += length
+
+    cdef void _wrap_channel(self, Stream *s, int sent) noexcept nogil:
+        """Each of the `sent` messages becomes a ChannelData message: its header, then the packet."""
+        cdef int i
+        for i in range(sent):
+            store16(self.frame_headers[i], s.channel)
+            store16(self.frame_headers[i] + 2, <uint16_t>self.iovecs[i].iov_len)
+            self.stream_iovecs[2 * i].iov_base = self.frame_headers[i]
+            self.stream_iovecs[2 * i].iov_len = CHANNEL_HEADER
+            self.stream_iovecs[2 * i + 1] = self.iovecs[i]
+            self.messages[i].msg_hdr.msg_iov = &self.stream_iovecs[2 * i]
+            self.messages[i].msg_hdr.msg_iovlen = 2
 
     cdef void _write_frames(self, Stream *s, int sent) noexcept nogil:
         """The `sent` protected packets in self.iovecs as RFC 4571 frames, in one write."""
@@ -529,6 +570,7 @@ cdef struct Slot:
     void *srtp
     Framer *framer               # an ICE-TCP stream's de-framer (RFC 4571), NULL for a UDP socket
     int closed                   # the stream ended (the server closed it, or it failed): no longer watched
+    uint16_t channel             # TURN: what arrives is ChannelData on this channel (0: plain datagrams)
     int answers_keyframe_requests  # a publisher's socket: PLI and FIR go to the LoadReceiver's LoadSender
     int64_t first_media_ns       # 0 until the first authenticated RTP packet
     uint64_t packets             # authenticated RTP
@@ -591,9 +633,12 @@ cdef class LoadReceiver(_Worker):
         free(self.histogram)
 
     def add_socket(self, int fd, uintptr_t srtp_session, bint publisher=False, *, int transport_cc_id=0,
-                   uintptr_t srtcp_session=0, uint32_t local_ssrc=1, StreamFramer stream=None) -> int:
+                   uintptr_t srtcp_session=0, uint32_t local_ssrc=1, StreamFramer stream=None,
+                   int channel=0) -> int:
         """Starts receiving on `fd` (non-blocking, connected) with the inbound libsrtp session; returns its index.
-        With `stream`, `fd` is an ICE-TCP stream, de-framed from where `stream` (which read it so far) left off.
+        With `stream`, `fd` is an ICE-TCP stream, de-framed from where `stream` (which read it so far) left off;
+        with `channel`, `fd` is connected to a TURN server and ChannelData on that channel is unwrapped (and
+        feedback wrapped).
         On a `publisher` socket, keyframe requests (PLI, FIR) make the LoadSender's stream of that SSRC send one.
         With `transport_cc_id` (1..14, the answer's extmap id), arrivals are recorded and transport-cc feedback
         from `local_ssrc` leaves through the outbound session `srtcp_session`, which only this thread may use."""
@@ -610,6 +655,7 @@ cdef class LoadReceiver(_Worker):
         slot.fd = fd
         slot.srtp = <void *>srtp_session
         slot.answers_keyframe_requests = publisher
+        slot.channel = <uint16_t>channel
         if stream is not None:
             slot.framer = <Framer *>malloc(sizeof(Framer))
             if slot.framer == NULL:
@@ -708,6 +754,7 @@ cdef class LoadReceiver(_Worker):
                 return
             if length < 0 or srtp.protect_rtcp(slot.srtcp_tx, self.feedback, &length) != 0 or (
                     write_framed(slot.fd, self.feedback, length) != 0 if slot.framer != NULL
+                    else send_channel(slot.fd, slot.channel, self.feedback, length) != 0 if slot.channel
                     else send(slot.fd, self.feedback, length, MSG_DONTWAIT) != length):
                 slot.twcc_errors += 1
                 return
@@ -791,6 +838,12 @@ cdef class LoadReceiver(_Worker):
         cdef uint32_t ssrc
         cdef int64_t latency
         cdef SsrcCount *c = NULL
+        if slot.channel:  # ChannelData in; anything else is the TURN server's own (a refresh answer)
+            if length < CHANNEL_HEADER or load16(p) != slot.channel or CHANNEL_HEADER + load16(p + 2) > length:
+                slot.other += 1
+                return
+            length = load16(p + 2)
+            p += CHANNEL_HEADER
         if length < 12 or p[0] >> 6 != 2:
             slot.other += 1
             if 20 <= length <= STUN_BUF and p[0] == 0 and p[1] == 1 and loadgen_acquire(&slot.stun_length) == 0:

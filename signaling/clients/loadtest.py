@@ -16,7 +16,9 @@ publishers stamp transport-wide sequence numbers on video, subscribers send tran
 The client is ICE-controlling; once loadgen reads a socket, the server's consent checks (RFC 7675) it keeps are
 answered from here every _STUN_POLL seconds.
 With --transport tcp every peer connection uses ICE-TCP instead (RFC 6544: a TCP connection to the server's passive
-candidate carrying STUN, DTLS and SRTP as RFC 4571 frames), as a client behind a UDP-blocking firewall does.
+candidate carrying STUN, DTLS and SRTP as RFC 4571 frames), as a client behind a UDP-blocking firewall does; with
+--transport turn it relays through the server's TURN/UDP port from its JoinResponse.ice_servers (an allocation and
+a channel to the server's media address per peer connection, everything after as ChannelData: turnclient.py).
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from ..durations import parse_duration
 from ..peer import sdp
 from ..peer.dtls import Certificate, DtlsEndpoint, SrtpKeys, session_pointer, srtp_sessions
 from ..peer.ice import StunError, binding_request, handle_binding, new_credentials
-from . import loadgen
+from . import loadgen, turnclient
 
 __all__ = ["LoadError", "LoadReport", "LoadClients", "MediaPlan", "run_load", "main"]
 
@@ -59,7 +61,7 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 _STUN_RETRY = 0.1
 _CONSENT_INTERVAL = 5.0  # seconds between our consent checks (RFC 7675, aioice's interval)
 _STUN_POLL = 0.5  # seconds between looks for a server check loadgen kept (the server wants an answer within 30 s)
-TRANSPORTS = ("udp", "tcp")  # how the media paths reach the server: its UDP host candidate, or ICE-TCP
+TRANSPORTS = ("udp", "tcp", "turn")  # how media paths reach the server: UDP host candidate, ICE-TCP, TURN/UDP relay
 _STREAM_READ = 65536  # bytes read from an ICE-TCP stream at a time during ICE and DTLS
 
 
@@ -70,13 +72,15 @@ class LoadError(Exception):
 # ---- one peer connection's media path ------------------------------------------------------------------------
 
 class MediaPath:
-    """A UDP socket (or, with `tcp`, a TCP one for ICE-TCP), ICE credentials and a DTLS certificate; connect() runs
-    ICE + DTLS against the server's candidate and leaves libsrtp sessions for loadgen."""
+    """A UDP socket (a TCP one for ICE-TCP; with "turn", UDP to the TURN server), ICE credentials and a DTLS
+    certificate; connect() runs ICE + DTLS against the server's candidate and leaves libsrtp sessions for loadgen."""
 
-    def __init__(self, certificate: Certificate, tcp: bool = False) -> None:
+    def __init__(self, certificate: Certificate, transport: str = "udp") -> None:
         self.certificate = certificate
         self.ufrag, self.pwd = new_credentials()
-        self.tcp = tcp
+        self.tcp = tcp = transport == "tcp"
+        self.turn = transport == "turn"
+        self.channel = 0  # TURN: the channel to the server's media address, once open
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
@@ -98,7 +102,8 @@ class MediaPath:
             self._consent.cancel()
         self.sock.close()
 
-    async def connect(self, remote: sdp.SessionDescription, timeout: float = CONNECT_TIMEOUT) -> None:
+    async def connect(self, remote: sdp.SessionDescription, ice_servers: list[rtc.ICEServer],
+                      timeout: float = CONNECT_TIMEOUT) -> None:
         section = next((s for s in remote.sections if s.ice_ufrag and s.ice_pwd and s.fingerprint), None)
         protocol = "tcp" if self.tcp else "udp"
         address = _host_candidate(remote, protocol)
@@ -108,13 +113,24 @@ class MediaPath:
         try:
             if self.tcp:
                 await asyncio.wait_for(asyncio.get_running_loop().sock_connect(self.sock, address), timeout)
+            elif self.turn:
+                await asyncio.wait_for(self._open_relay(address, ice_servers), timeout)
+                protocol = "turn"
             else:
                 self.sock.connect(address)
             await asyncio.wait_for(self._handshake(section), timeout)
         except asyncio.TimeoutError:
             raise LoadError(f"ICE/DTLS with {address[0]}:{address[1]} ({protocol}) timed out") from None
-        except OSError as error:
+        except (OSError, turnclient.TurnError) as error:
             raise LoadError(f"cannot connect to {address[0]}:{address[1]} ({protocol}): {error}") from None
+
+    async def _open_relay(self, peer: tuple[str, int], ice_servers: list[rtc.ICEServer]) -> None:
+        server = turnclient.udp_server(ice_servers)
+        if server is None:
+            raise turnclient.TurnError("the JoinResponse names no TURN/UDP server")
+        address, username, password = server
+        self.sock.connect(address)
+        self.channel = await turnclient.open_channel(self.sock, username, password, peer)
 
     def hand_over(self, receiver: loadgen.LoadReceiver, publisher: bool = False, transport_cc_id: int = 0) -> int:
         """Gives the connected socket to loadgen's reader (see LoadReceiver.add_socket) and keeps consent both
@@ -124,7 +140,7 @@ class MediaPath:
         rx, tx = self.pointers()
         index = receiver.add_socket(self.sock.fileno(), rx, publisher=publisher, transport_cc_id=transport_cc_id,
                                     srtcp_session=tx if transport_cc_id else 0,
-                                    local_ssrc=random.getrandbits(32) or 1, stream=self.framer)
+                                    local_ssrc=random.getrandbits(32) or 1, stream=self.framer, channel=self.channel)
         self._consent = asyncio.get_running_loop().create_task(self._keep_consent(self._section, receiver, index))
         return index
 
@@ -162,18 +178,22 @@ class MediaPath:
         if self.tcp:
             loadgen.send_framed(self.sock.fileno(), data)
         else:
-            self.sock.send(data)
+            self.sock.send(turnclient.channel_data(self.channel, data) if self.channel else data)
 
     async def _send(self, data: bytes) -> None:
-        """A datagram during the handshake (on ICE-TCP: one RFC 4571 frame)."""
+        """A datagram during the handshake (on ICE-TCP: one RFC 4571 frame; relayed: ChannelData)."""
         if self.tcp:
             await asyncio.get_running_loop().sock_sendall(self.sock, len(data).to_bytes(2, "big") + data)
         else:
-            self.sock.send(data)
+            self._send_now(data)
 
     async def _receive(self) -> bytes:
         """The next datagram (on ICE-TCP: the next frame) during the handshake."""
         loop = asyncio.get_running_loop()
+        while self.channel:  # relayed: what the channel carries (the TURN server's own STUN is not for us now)
+            payload = turnclient.channel_payload(self.channel, await loop.sock_recv(self.sock, 2048))
+            if payload is not None:
+                return payload
         if not self.tcp:
             return await loop.sock_recv(self.sock, 2048)
         assert self.framer is not None
@@ -332,6 +352,7 @@ class LoadParticipant:
         self.subscribe = subscribe
         self.hidden = hidden
         self.ws: ClientConnection | None = None
+        self.ice_servers: list[rtc.ICEServer] = []  # the JoinResponse's (TURN)
         self.subscriber_path: MediaPath | None = None
         self.publisher_path: MediaPath | None = None
         self.load_receiver_index: int | None = None
@@ -356,6 +377,7 @@ class LoadParticipant:
         if first.WhichOneof("message") != "join":
             raise LoadError(f"{self.identity}: expected a join response, got {first.WhichOneof('message')}")
         interval = first.join.ping_interval or 5
+        self.ice_servers = list(first.join.ice_servers)
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._ping(interval))]
         if self.publish is not None:
             await self._publish(self.publish)
@@ -403,7 +425,7 @@ class LoadParticipant:
             self.error = f"unusable subscriber offer: {error}"
             return
         if self.subscriber_path is None:
-            self.subscriber_path = MediaPath(self.clients.certificate, self.clients.tcp)
+            self.subscriber_path = MediaPath(self.clients.certificate, self.clients.transport)
         answer = build_subscriber_answer(description, self.subscriber_path, self.clients.transport_cc)
         await self._send(rtc.SignalRequest(answer=rtc.SessionDescription(type="answer", sdp=answer, id=offer.id)))
         if self._subscriber_connect is None:
@@ -413,7 +435,7 @@ class LoadParticipant:
         path = self.subscriber_path
         assert path is not None
         try:
-            await path.connect(description)
+            await path.connect(description, self.ice_servers)
         except LoadError as error:
             self.error = f"subscriber PC: {error}"
             return
@@ -449,7 +471,7 @@ class LoadParticipant:
             await asyncio.wait_for(asyncio.gather(*self._published.values()), CONNECT_TIMEOUT)
         except asyncio.TimeoutError:
             raise LoadError(f"{self.identity}: no track_published for our AddTrackRequest") from None
-        path = self.publisher_path = MediaPath(self.clients.certificate, self.clients.tcp)
+        path = self.publisher_path = MediaPath(self.clients.certificate, self.clients.transport)
         self._answer = loop.create_future()
         offer = build_publisher_offer(tracks, path, self.clients.transport_cc)
         await self._send(rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp=offer, id=1)))
@@ -460,7 +482,7 @@ class LoadParticipant:
             raise LoadError(f"{self.identity}: no answer to our publisher offer") from None
         except sdp.SdpError as error:
             raise LoadError(f"{self.identity}: unusable publisher answer: {error}") from None
-        await path.connect(description)
+        await path.connect(description, self.ice_servers)
         tx = path.pointers()[1]
         path.hand_over(self.clients.load_receiver, publisher=True)  # RTCP: counted, PLIs answered
         transport = self.clients.load_sender.new_transport()  # the transport-wide sequence numbers of this PC
@@ -486,7 +508,7 @@ class LoadParticipant:
                 self.clients.load_sender.add_stream(path.sock.fileno(), tx, ssrc, OPUS_PT, False, packets_per_frame=1,
                                                frames_per_second=AUDIO_PPS, payload_size=AUDIO_PAYLOAD,
                                                clock_rate=48000, extension=block, level_offset=level_at,
-                                               framed=path.tcp)
+                                               framed=path.tcp, channel=path.channel)
             else:
                 packets = SIMULCAST_LAYERS[index][2] if rid else VIDEO_PACKETS_PER_FRAME
                 twcc_at = -1
@@ -499,7 +521,7 @@ class LoadParticipant:
                                                payload_size=VIDEO_PAYLOAD, clock_rate=90000,
                                                keyframe_frames=KEYFRAME_FRAMES, extension=block,
                                                twcc_offset=twcc_at, transport=transport if twcc_at >= 0 else -1,
-                                               framed=path.tcp)
+                                               framed=path.tcp, channel=path.channel)
 
     def first_media_ns(self) -> int:
         if self.load_receiver_index is None:
@@ -572,7 +594,7 @@ class LoadClients:
             raise ValueError(f"transport must be one of {TRANSPORTS}")
         self.url, self.api_key, self.api_secret = url, api_key, api_secret
         self.transport_cc = transport_cc  # negotiated in our offers and answers
-        self.tcp = transport == "tcp"     # every media path over ICE-TCP
+        self.transport = transport        # of every media path
         self.certificate = Certificate.generate()
         self.load_sender = loadgen.LoadSender(capacity)
         self.load_receiver = loadgen.LoadReceiver(capacity, self.load_sender)
