@@ -682,8 +682,9 @@ cdef class LoadReceiver(_Worker):
             raise IndexError(index)
         cdef Slot *s = &self.slots[index]
         return {"first_media_ns": s.first_media_ns, "closed": bool(s.closed), "packets": s.packets, "bytes": s.bytes,
-                "lost": s.lost, "reordered": s.reordered, "auth_failures": s.auth_failures, "rtcp": s.rtcp, "other": s.other,
-                "untimed": s.untimed, "twcc_feedback_sent": s.twcc_feedback_sent, "twcc_errors": s.twcc_errors,
+                "lost": s.lost, "reordered": s.reordered, "auth_failures": s.auth_failures, "rtcp": s.rtcp,
+                "other": s.other, "untimed": s.untimed, "twcc_feedback_sent": s.twcc_feedback_sent,
+                "twcc_errors": s.twcc_errors,
                 "ssrcs": {s.ssrcs[i].ssrc: s.ssrcs[i].packets for i in range(s.ssrc_count)}}
 
     def take_stun(self, int index) -> bytes | None:
