@@ -700,7 +700,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-transport-cc", dest="transport_cc", action="store_false",
                         help="leave transport-cc out of offers and answers (no stamping, no feedback)")
     parser.add_argument("--transport", choices=TRANSPORTS, default="udp",
-                        help="media over the server's UDP candidate, or over ICE-TCP (RFC 4571 framing)")
+                        help="media over the server's UDP candidate, over ICE-TCP (RFC 4571 framing), or relayed "
+                             f"by the server's TURN/UDP (ChannelData; --duration under "
+                             f"{turnclient.RELAY_SECONDS - 2 * CONNECT_TIMEOUT:.0f} s)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
@@ -709,6 +711,10 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if min(args.rooms, args.publishers) < 1 or args.subscribers < 0 or not (args.video or args.audio):
         print("tern load-test: need at least one room, one publisher and one kind of media", file=sys.stderr)
+        return 2
+    if args.transport == "turn" and args.duration + 2 * CONNECT_TIMEOUT > turnclient.RELAY_SECONDS:
+        print(f"tern load-test: relayed paths are not refreshed; keep --duration under "
+              f"{turnclient.RELAY_SECONDS - 2 * CONNECT_TIMEOUT:.0f} s with --transport turn", file=sys.stderr)
         return 2
     url = args.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     try:

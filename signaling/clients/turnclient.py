@@ -1,6 +1,7 @@
 """The load clients' TURN client (RFC 8656 over UDP, long-term credentials from JoinResponse.ice_servers): one
 allocation per media path, with a permission and a channel to the server's own media address, so that ICE, DTLS and
-SRTP then travel as ChannelData (loadgen wraps and unwraps them in C)."""
+SRTP then travel as ChannelData (loadgen wraps and unwraps them in C). Nothing is refreshed: a relayed path lasts
+until its permission expires (RELAY_SECONDS), long enough for a benchmark's runs, which is what it is for."""
 from __future__ import annotations
 
 import asyncio
@@ -15,6 +16,7 @@ UDP_TRANSPORT = 17 << 24  # REQUESTED-TRANSPORT: UDP (the protocol number in the
 RETRY = 0.2               # seconds between retransmissions of a request (RFC 8489's 500 ms RTO, shortened for loopback)
 ATTEMPTS = 10             # transmissions of a request before giving up
 CHANNEL_HEADER = 4        # channel number, length
+RELAY_SECONDS = 300       # a relayed path's life: the server's permission lifetime (RFC 8656 section 9), unrefreshed
 
 
 class TurnError(Exception):
