@@ -1,12 +1,14 @@
-"""The load clients against a real tern server: join through /rtc, ICE, DTLS, SRTP, media both ways."""
+"""The load clients against a real tern server: join through /rtc, ICE, DTLS, SRTP, media both ways; over UDP,
+ICE-TCP (loadgen's RFC 4571 framing) and a TURN relay (ChannelData)."""
 from __future__ import annotations
 
 import socket
 import time
 
+from livekit.protocol import rtc
 from pylibsrtp import Policy, Session
 
-from signaling.clients import loadgen, loadtest
+from signaling.clients import loadgen, loadtest, turnclient
 from signaling.peer.dtls import session_pointer
 from signaling.peer.ice import binding_request
 
@@ -129,3 +131,15 @@ async def test_load_clients_over_a_turn_relay_receive_authenticated_media(tmp_pa
     assert report.failed == [] and report.received_packets > 0 and report.auth_failures == 0, report
     assert report.twcc_feedback_sent > 0, report  # feedback relayed too
     assert counters["turn_allocations"] == 3  # the publisher's and the two subscribers'
+
+
+def test_turn_client_finds_the_udp_url_and_unwraps_only_its_channel() -> None:
+    servers = [rtc.ICEServer(urls=["turns:example.org:5349?transport=tcp", "turn:127.0.0.1:3478?transport=udp"],
+                             username="1:PA_x", credential="pw")]
+    assert turnclient.udp_server(servers) == (("127.0.0.1", 3478), "1:PA_x", "pw")
+    assert turnclient.udp_server([rtc.ICEServer(urls=["turn:[::1]:3478"])]) is None  # the load clients are IPv4
+    wrapped = turnclient.channel_data(turnclient.CHANNEL, b"media")
+    assert turnclient.channel_payload(turnclient.CHANNEL, wrapped) == b"media"
+    assert turnclient.channel_payload(turnclient.CHANNEL + 1, wrapped) is None  # another channel
+    assert turnclient.channel_payload(turnclient.CHANNEL, wrapped[:-1]) is None  # cut short
+    assert turnclient.channel_payload(turnclient.CHANNEL, b"\x01\x01\x00\x00" + bytes(16)) is None  # the server's STUN
