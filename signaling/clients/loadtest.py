@@ -138,6 +138,8 @@ class MediaPath:
         transport-cc feedback with our outbound session (a subscriber's, which nothing else uses)."""
         assert self._section is not None and self.sessions is not None
         rx, tx = self.pointers()
+        # ICE-TCP: loadgen carries on from our framer's bytes; whole frames the handshake read past (media sent
+        # right after DTLS) are not counted, as loadgen counts from the first packet it sees.
         index = receiver.add_socket(self.sock.fileno(), rx, publisher=publisher, transport_cc_id=transport_cc_id,
                                     srtcp_session=tx if transport_cc_id else 0,
                                     local_ssrc=random.getrandbits(32) or 1, stream=self.framer, channel=self.channel)
