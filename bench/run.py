@@ -4,6 +4,7 @@ pure-Python forwarder on the same load.
     python bench/run.py                      # standard suite (a few minutes on 2 cores)
     python bench/run.py --quick              # about a minute
     python bench/run.py --scenario fanout --subscribers 1000 --json out.json
+    python bench/run.py --quick --transport tcp turn  # the fanout also over ICE-TCP and a TURN relay, beside UDP
 
 Everything runs on loopback. The tern server (`python -m signaling --dev`) is pinned to CPU 0 with taskset, the
 load clients (this process: signaling in asyncio, media in signaling/clients/loadgen.pyx's C threads) to CPU 1.
@@ -16,7 +17,10 @@ Which tern is measured: this checkout when its Cython modules are built in place
 
 Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until loss appears; run twice, with
 transport-cc negotiated both ways as libwebrtc does, subscribers sending feedback every ~100 ms, and then without it
-at the sizes the first run carried without loss, rows "tern-no-twcc"), meeting (P
+at the sizes the first run carried without loss, rows "tern-no-twcc"; with --transport tcp once more at those
+sizes with every load client on ICE-TCP (RFC 4571 frames on a TCP connection to the server's passive candidate, as
+a client behind a UDP-blocking firewall connects), rows "tern-tcp"; with --transport turn with every load client
+relayed through the server's embedded TURN over UDP (ChannelData; turn.enabled), rows "tern-turn"), meeting (P
 participants each publishing audio + video, all subscribed to all), audio (many rooms of 4 talkers), hostile (the
 fanout at about half its zero-loss size, measured without and then with a flood of 20,000 datagrams/s of junk STUN,
 DTLS and RTP from other addresses, junk DTLS from live subscribers' own sockets and Binding requests to their ufrags,
@@ -81,6 +85,8 @@ BASELINES = ("c-ceiling", "pure-python")
 COMPARE_SUBSCRIBERS = 500   # the fanout size at which tern and the baselines are compared: forwarding, not the
                             # control plane's fixed cost (pings, timers of 500 participants), dominates there
 NO_TWCC = "tern-no-twcc"    # the forwarder name of fanout rows measured without transport-cc
+# --transport: the forwarder names of fanout rows whose load clients use ICE-TCP, or relay through TURN/UDP
+OVER = {"tcp": "tern-tcp", "turn": "tern-turn"}
 COMPARE_WINDOWS = 3         # windows measured at COMPARE_SUBSCRIBERS, the median kept: twcc_cost compares two
                             # server processes, whose single windows differ by ±10 %
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -123,7 +129,7 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 class TernServer:
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, turn: bool = False) -> None:
         # --log-level: --dev alone logs at debug (websockets logs every signal frame, ~400 a second at 500
         # subscribers), which a config body's `logging.level` does not override.
         # The server must run the same tern as these clients. -P keeps `python -m` from putting its working
@@ -133,10 +139,14 @@ class TernServer:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         self.http_port = free_port()
         self.udp_port = udp_port = free_port(socket.SOCK_DGRAM)
+        self.tcp_port = free_port()  # ICE-TCP: a free one, not 7881, which another tern may hold
         self.log = open(log, "w")
         self.process = subprocess.Popen(
             ["taskset", "-c", str(SERVER_CPU), sys.executable, "-P", "-m", "signaling", "--dev", "--port",
-             str(self.http_port), "--udp-port", str(udp_port), "--log-level", "warn"],
+             str(self.http_port), "--udp-port", str(udp_port), "--tcp-port", str(self.tcp_port),
+             "--log-level", "warn"]
+            + (["--config-body", f"turn: {{enabled: true, udp_port: {free_port(socket.SOCK_DGRAM)}, tls_port: 0}}"]
+               if turn else []),
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -182,12 +192,14 @@ async def measure(name: str, scenario: str, clients: loadtest.LoadClients, pid: 
 
 # ---- scenarios against tern ---------------------------------------------------------------------------------------
 
-async def fanout(steps: list[int], window: float, log: Path, rows: list[Row], transport_cc: bool = True) -> dict:
+async def fanout(steps: list[int], window: float, log: Path, rows: list[Row], transport_cc: bool = True,
+                 transport: str = "udp") -> dict:
     """The fanout sweep; without `transport_cc` the clients leave it out of their SDP (the server neither stamps
-    nor estimates) and the rows are named NO_TWCC."""
-    server = TernServer(log)
-    clients = loadtest.LoadClients(server.url, API_KEY, API_SECRET, transport_cc=transport_cc)
-    name = "tern" if transport_cc else NO_TWCC
+    nor estimates) and the rows are named NO_TWCC; with `transport` "tcp" or "turn" they connect over ICE-TCP or
+    through the server's TURN relay (then enabled), rows OVER[transport]."""
+    server = TernServer(log, turn=transport == "turn")
+    clients = loadtest.LoadClients(server.url, API_KEY, API_SECRET, transport_cc=transport_cc, transport=transport)
+    name = NO_TWCC if not transport_cc else OVER.get(transport, "tern")
     summary: dict = {"max_zero_loss_subscribers": 0}
     try:
         await clients.add("fanout", 1, publish=loadtest.MediaPlan(video=True, audio=False), subscribe=False)
@@ -424,6 +436,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smaller suite of about a minute")
     parser.add_argument("--scenario", choices=["fanout", "meeting", "audio", "hostile", "all"], default="all")
     parser.add_argument("--subscribers", type=int, help="fanout: sweep up to this many subscribers")
+    parser.add_argument("--transport", nargs="+", choices=["udp", *OVER], default=["udp"],
+                        help="fanout: also measure load clients over ICE-TCP (tcp) and/or relayed by TURN/UDP (turn) "
+                             "beside UDP (rows tern-tcp, tern-turn)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args()
     if (os.cpu_count() or 1) < 2:
@@ -448,6 +463,11 @@ def main() -> int:
         figures.update(asyncio.run(fanout(steps, window, logs / "tern-bench-fanout.log", rows)))
         carried = [n for n in steps if n <= max(figures["max_zero_loss_subscribers"], steps[0])]
         asyncio.run(fanout(carried, window, logs / "tern-bench-fanout-no-twcc.log", rows, transport_cc=False))
+        for transport in (t for t in OVER if t in args.transport):
+            over = asyncio.run(fanout(carried, window, logs / f"tern-bench-fanout-{transport}.log", rows,
+                                      transport=transport))
+            figures[f"{transport}_max_zero_loss_subscribers"] = over["max_zero_loss_subscribers"]
+            figures[f"{transport}_errors"] = over["errors"]
         compare = min(COMPARE_SUBSCRIBERS, top)
         for kind in BASELINES:
             row = baseline_fanout(kind, compare, window)
@@ -467,9 +487,11 @@ def main() -> int:
     figures.update(summarize(rows, figures.get("max_zero_loss_subscribers", 0)))
     figures["rows"] = [asdict(row) for row in rows]
     print()
+    transport_keys = [key for transport in OVER if transport in args.transport
+                      for key in (f"pps_per_core_{transport}", f"{transport}_cost", f"{transport}_compared_at")]
     for key in ("pps_per_core", "pps_per_core_twcc", "pps_per_core_no_twcc", "twcc_cost", "twcc_compared_at",
                 "max_zero_loss_subscribers", "p99_added_latency_ms", "rss_per_subscriber_kib", "join_ms",
-                "ratio_c_ceiling", "ratio_c_ceiling_no_twcc", "ratio_pure_python"):
+                "ratio_c_ceiling", "ratio_c_ceiling_no_twcc", "ratio_pure_python", *transport_keys):
         value = figures.get(key)
         print(f"{key:<28} {'unavailable' if value is None else round(value, 3) if isinstance(value, float) else value}")
     if "hostile" in figures:
@@ -477,6 +499,10 @@ def main() -> int:
         print(f"{'hostile (quiet -> flooded)':<28} {h['subscribers']} sub, flood {h['flood_datagrams_per_second']:,.0f}/s: "
               f"pps {h['pps'][0]:,.0f} -> {h['pps'][1]:,.0f}, lost {h['lost'][0]} -> {h['lost'][1]}, "
               f"p99 {_ms(h['p99_ms'][0])} -> {_ms(h['p99_ms'][1])} ms")
+    for transport, who in (("tcp", "over ICE-TCP"), ("turn", "relayed by TURN")):
+        if figures.get(f"{transport}_cost") is not None:
+            print(f"{'a subscriber ' + who:<28} costs the server {1 / (1 - figures[f'{transport}_cost']):.2f}x the "
+                  f"CPU per forwarded packet of one over UDP ({figures[f'{transport}_compared_at']})")
     args.json.write_text(json.dumps(figures, indent=2))
     print(f"figures written to {args.json}")
     return 0
@@ -501,6 +527,8 @@ def summarize(rows: list[Row], max_zero_loss: int) -> dict:
         if compare and base and base.packets_per_cpu_second:
             out[key] = compare.packets_per_cpu_second / base.packets_per_cpu_second
     out.update(twcc_cost(rows))
+    for transport in OVER:
+        out.update(transport_cost(rows, transport))
     ceiling = next((r for r in rows if r.forwarder == "c-ceiling"), None)
     without = next((r for r in rows if r.forwarder == NO_TWCC and r.clients == out.get("twcc_compared_at")), None)
     out["ratio_c_ceiling_no_twcc"] = (without.packets_per_cpu_second / ceiling.packets_per_cpu_second
@@ -508,19 +536,42 @@ def summarize(rows: list[Row], max_zero_loss: int) -> dict:
     return out
 
 
-def twcc_cost(rows: list[Row]) -> dict:
-    """Forwarded packets per CPU-second with transport-cc and without, at the largest fanout both carried without
-    loss (COMPARE_SUBSCRIBERS when they did), and the share of capacity transport-cc costs."""
+def compared(rows: list[Row], measured: str, reference: str) -> tuple[str, float, float] | None:
+    """(the fanout label, forwarded packets per CPU-second of `measured`, of `reference`) at the largest fanout both
+    carried without loss (COMPARE_SUBSCRIBERS when they did); None if there is none."""
     def clean(name: str) -> dict[str, Row]:
         return {r.clients: r for r in rows if r.forwarder == name and r.scenario == "fanout" and r.lost == 0}
-    with_cc, without = clean("tern"), clean(NO_TWCC)
-    sizes = [label for label in with_cc if label in without]
+    first, second = clean(measured), clean(reference)
+    sizes = [label for label in first if label in second]
     if not sizes:
-        return {"pps_per_core_twcc": None, "pps_per_core_no_twcc": None, "twcc_cost": None}
+        return None
     label = next((l for l in sizes if l.endswith(f" {COMPARE_SUBSCRIBERS} sub")), sizes[-1])
-    on, off = with_cc[label].packets_per_cpu_second, without[label].packets_per_cpu_second
+    return label, first[label].packets_per_cpu_second, second[label].packets_per_cpu_second
+
+
+def twcc_cost(rows: list[Row]) -> dict:
+    """Forwarded packets per CPU-second with transport-cc and without, and the share of capacity transport-cc
+    costs (see compared)."""
+    pair = compared(rows, "tern", NO_TWCC)
+    if pair is None:
+        return {"pps_per_core_twcc": None, "pps_per_core_no_twcc": None, "twcc_cost": None}
+    label, on, off = pair
     return {"pps_per_core_twcc": on, "pps_per_core_no_twcc": off, "twcc_cost": 1 - on / off if off else None,
             "twcc_compared_at": label}
+
+
+def transport_cost(rows: list[Row], transport: str) -> dict:
+    """Forwarded packets per CPU-second to subscribers over `transport` ("tcp": ICE-TCP, "turn": relayed), and the
+    share of capacity it costs against UDP (both with transport-cc; see compared); nothing without its rows."""
+    name = OVER[transport]
+    if not any(r.forwarder == name for r in rows):
+        return {}
+    pair = compared(rows, name, "tern")
+    if pair is None:
+        return {f"pps_per_core_{transport}": None, f"{transport}_cost": None}
+    label, over, udp = pair
+    return {f"pps_per_core_{transport}": over, f"{transport}_cost": 1 - over / udp if udp else None,
+            f"{transport}_compared_at": label}
 
 
 if __name__ == "__main__":

@@ -1,9 +1,18 @@
-"""The load clients against a real tern server: join through /rtc, ICE, DTLS, SRTP, media both ways."""
+"""The load clients against a real tern server: join through /rtc, ICE, DTLS, SRTP, media both ways; over UDP,
+ICE-TCP (loadgen's RFC 4571 framing) and a TURN relay (ChannelData)."""
 from __future__ import annotations
 
-from signaling.clients import loadtest
+import socket
+import time
 
-from conftest import API_KEY, API_SECRET
+from livekit.protocol import rtc
+from pylibsrtp import Policy, Session
+
+from signaling.clients import loadgen, loadtest, turnclient
+from signaling.peer.dtls import session_pointer
+from signaling.peer.ice import binding_request
+
+from conftest import API_KEY, API_SECRET, free_port, start_server, stop_server
 
 
 async def test_load_clients_receive_authenticated_media(server) -> None:
@@ -49,3 +58,88 @@ async def test_load_clients_negotiate_transport_cc_and_send_feedback_the_server_
     assert report.failed == [] and report.received_packets > 0 and report.twcc_feedback_sent == 0
     assert after["twcc_feedback_received"] == before["twcc_feedback_received"]
     assert after["twcc_feedback_sent"] == before["twcc_feedback_sent"]
+
+
+async def test_load_clients_over_ice_tcp_receive_authenticated_media(server) -> None:
+    """--transport tcp: each media path is an ICE-TCP connection (RFC 4571 frames), nothing over UDP."""
+    before = server.counters()
+    report = await loadtest.run_load(server.url, API_KEY, API_SECRET, rooms=1, publishers=1, subscribers=2,
+                                     duration=2, room_prefix="load-tcp", transport="tcp")
+    after = server.counters()
+    assert report.failed == [] and report.received_packets > 0 and report.auth_failures == 0, report
+    assert report.lost == 0 and report.twcc_feedback_sent > 0, report  # a stream loses nothing; feedback framed too
+    assert after["tcp_claimed"] - before.get("tcp_claimed", 0) == 3  # the publisher's and the two subscribers'
+
+
+def test_loadgen_frames_media_on_a_tcp_stream_and_takes_over_a_partly_read_one() -> None:
+    """The C sender's RFC 4571 frames reach the C receiver whole, which carries on from a StreamFramer that Python
+    read the stream's start with (a frame cut in two by the hand-over), and send_framed's frames keep the step."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sending = socket.create_connection(listener.getsockname())
+    receiving, _ = listener.accept()
+    listener.close()
+    for sock in (sending, receiving):
+        sock.setblocking(False)
+    request, consent = (bytes(binding_request("server", "client", "p" * 22, 1, controlling=True, tie_breaker=7,
+                                                nominate=nominate))
+                        for nominate in (True, False))
+    stream = b"".join(len(m).to_bytes(2, "big") + m for m in (request, consent))
+    cut = len(request) + 2 + 30
+    sending.sendall(stream[:cut])
+    framer = loadgen.StreamFramer()
+    time.sleep(0.1)
+    assert framer.feed(receiving.recv(65536)) == [request]  # what Python's handshake reads, one frame and a part
+
+    key = bytes(range(28))
+    rx, tx = (Session(Policy(key=key, ssrc_type=kind, srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_128_GCM))
+              for kind in (Policy.SSRC_ANY_INBOUND, Policy.SSRC_ANY_OUTBOUND))
+    load_sender, load_receiver = loadgen.LoadSender(4), loadgen.LoadReceiver(4)
+    index = load_receiver.add_socket(receiving.fileno(), session_pointer(rx), stream=framer)
+    load_receiver.start()
+    try:
+        sending.sendall(stream[cut:])
+        load_sender.add_stream(sending.fileno(), session_pointer(tx), 0x1234, loadtest.VP8_PT, True,
+                               packets_per_frame=loadtest.VIDEO_PACKETS_PER_FRAME, frames_per_second=30,
+                               payload_size=loadtest.VIDEO_PAYLOAD, clock_rate=90000, framed=True)
+        load_sender.start()
+        for _ in range(5):
+            time.sleep(0.2)
+            loadgen.send_framed(sending.fileno(), consent)  # between the sender thread's frames, never inside one
+        load_sender.stop()
+        time.sleep(0.2)
+    finally:
+        load_receiver.stop()
+    stats, sent = load_receiver.socket_stats(index), load_sender.stats()
+    assert sent["packets"] > 100 and sent["errors"] == 0, sent
+    assert stats["packets"] == sent["packets"] and stats["lost"] == 0 and stats["auth_failures"] == 0, stats
+    assert stats["other"] == 6 and load_receiver.take_stun(index) == consent  # the cut frame and five more, whole
+    assert not stats["closed"]
+    sending.close()
+    receiving.close()
+
+
+async def test_load_clients_over_a_turn_relay_receive_authenticated_media(tmp_path) -> None:
+    """--transport turn: each media path relays through the server's TURN/UDP port on a channel (ChannelData)."""
+    server = start_server(tmp_path, config=f"turn: {{enabled: true, udp_port: {free_port(socket.SOCK_DGRAM)}, "
+                                           "tls_port: 0}")
+    try:
+        report = await loadtest.run_load(server.url, API_KEY, API_SECRET, rooms=1, publishers=1, subscribers=2,
+                                         duration=2, room_prefix="load-turn", transport="turn")
+        counters = server.counters()
+    finally:
+        stop_server(server)
+    assert report.failed == [] and report.received_packets > 0 and report.auth_failures == 0, report
+    assert report.twcc_feedback_sent > 0, report  # feedback relayed too
+    assert counters["turn_allocations"] == 3  # the publisher's and the two subscribers'
+
+
+def test_turn_client_finds_the_udp_url_and_unwraps_only_its_channel() -> None:
+    servers = [rtc.ICEServer(urls=["turns:example.org:5349?transport=tcp", "turn:127.0.0.1:3478?transport=udp"],
+                             username="1:PA_x", credential="pw")]
+    assert turnclient.udp_server(servers) == (("127.0.0.1", 3478), "1:PA_x", "pw")
+    assert turnclient.udp_server([rtc.ICEServer(urls=["turn:[::1]:3478"])]) is None  # the load clients are IPv4
+    wrapped = turnclient.channel_data(turnclient.CHANNEL, b"media")
+    assert turnclient.channel_payload(turnclient.CHANNEL, wrapped) == b"media"
+    assert turnclient.channel_payload(turnclient.CHANNEL + 1, wrapped) is None  # another channel
+    assert turnclient.channel_payload(turnclient.CHANNEL, wrapped[:-1]) is None  # cut short
+    assert turnclient.channel_payload(turnclient.CHANNEL, b"\x01\x01\x00\x00" + bytes(16)) is None  # the server's STUN

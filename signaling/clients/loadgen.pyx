@@ -16,21 +16,30 @@ built, protected, received and checked in C with the GIL released: no Python obj
   On a socket with transport-cc negotiated it records each packet's transport-wide sequence number and kernel arrival
   time and sends transport-cc feedback (engine/twcc's builder) every TWCC_FEEDBACK_INTERVAL_NS, as libwebrtc does.
 - Publishers' streams on one transport may share a transport-wide sequence number they stamp (new_transport).
+- ICE-TCP (RFC 6544): a socket may be a TCP stream instead, carrying RFC 4571 frames (a 2-byte length before each
+  packet). The sender frames each packet (one writev per video frame), the receiver de-frames with the engine's
+  framer (engine/tcpframer.pxd, one bounded buffer per socket), and every write to a stream, from either thread or
+  from Python (send_framed), is whole: a short write is finished before anyone else writes (STREAM_WRITE_TIMEOUT_MS).
+- TURN (RFC 8656): a UDP socket connected to a TURN server may carry everything on one channel, as ChannelData (a
+  4-byte channel number + length before each packet, no padding over UDP): wrapped on the way out, unwrapped on the
+  way in (anything else, e.g. the TURN server's own STUN, is counted as other).
 
 Counters are read from Python while the threads run; they are plain 64-bit words, good enough for statistics.
 The caller keeps the sockets and libsrtp sessions alive until stop() has returned.
 """
 import threading
 
-from libc.errno cimport EINTR, errno
+from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, nanosleep, timespec
 
 from engine cimport srtp
 from engine.batchio cimport MSG_DONTWAIT, iovec, mmsghdr, msghdr, recvmmsg, sendmmsg
 from engine.rtp cimport RtpHeader, find_extension, parse_rtp
+from engine.tcpframer cimport (FRAME_NONE, FRAME_OK, FRAME_HEADER, Framer, framer_init, framer_next, framer_space,
+                               framer_wrote)
 from engine.twcc cimport (TWCC_MAX_FEEDBACK, TwccRecorder, twcc_recorder_add, twcc_recorder_feedback,
                           twcc_recorder_full, twcc_recorder_init)
 from engine.wire cimport load16, load32, store16, store32
@@ -58,8 +67,18 @@ cdef extern from "<unistd.h>" nogil:
     int close(int fd)
     ssize_t send(int fd, const void *buf, size_t n, int flags)
 
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t recvmsg(int fd, msghdr *message, int flags)
+    ssize_t sendmsg(int fd, const msghdr *message, int flags)
+
 cdef extern from *:
     """
+    #include <errno.h>
+    #include <poll.h>
+    #include <pthread.h>
+    #include <string.h>
+    #include <sys/socket.h>
+    #include <sys/uio.h>
     /* Publish a slot to the other thread only once it is fully written. */
     static inline void loadgen_publish(int *where, int value) { __atomic_store_n(where, value, __ATOMIC_RELEASE); }
     static inline int loadgen_acquire(int *where) { return __atomic_load_n(where, __ATOMIC_ACQUIRE); }
@@ -79,11 +98,53 @@ cdef extern from *:
         int on = 1;
         return setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on);
     }
+    /* One lock for every write to a stream socket: the sender's media, the receiver's feedback and Python's STUN
+       may share a socket, and a frame must not be cut by another's. Writes are short and rare enough per socket
+       that one lock for all is not contended. */
+    static pthread_mutex_t loadgen_stream_lock = PTHREAD_MUTEX_INITIALIZER;
+    /* Writes `count` iovecs whole to a non-blocking stream socket, waiting up to timeout_ms for room each time
+       the kernel takes only part; 0, or -1 when it could not (then the stream may be cut mid-frame). */
+    static int loadgen_write_all(int fd, struct iovec *iov, int count, int timeout_ms) {
+        struct msghdr m;
+        struct pollfd p;
+        ssize_t n;
+        int result = 0;
+        pthread_mutex_lock(&loadgen_stream_lock);
+        while (count > 0) {
+            memset(&m, 0, sizeof m);
+            m.msg_iov = iov;
+            m.msg_iovlen = count;
+            n = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                p.fd = fd;
+                p.events = POLLOUT;
+                if ((errno != EAGAIN && errno != EWOULDBLOCK) || poll(&p, 1, timeout_ms) <= 0) {
+                    result = -1;
+                    break;
+                }
+                continue;
+            }
+            while (count > 0 && (size_t)n >= iov->iov_len) {
+                n -= iov->iov_len;
+                iov++;
+                count--;
+            }
+            if (count > 0) {
+                iov->iov_base = (char *)iov->iov_base + n;
+                iov->iov_len -= n;
+            }
+        }
+        pthread_mutex_unlock(&loadgen_stream_lock);
+        return result;
+    }
     """
     void loadgen_publish(int *where, int value) nogil
     int loadgen_acquire(int *where) nogil
     int64_t loadgen_arrival(msghdr *m) nogil
     int loadgen_stamp_arrivals(int fd) nogil
+    int loadgen_write_all(int fd, iovec *iov, int count, int timeout_ms) nogil
 
 
 cdef enum:
@@ -104,6 +165,11 @@ cdef enum:
     TWCC_FEEDBACK_INTERVAL_NS = 100000000
     TWCC_FEEDBACKS_PER_SEND = 8   # feedback packets one send may take (a long report is split): bounds the work
     TWCC_SCAN_NS = 50000000       # how often idle sockets are checked for held packets
+    # A write to a stream socket the kernel took only part of waits this long for room (each time) to finish its
+    # frame: the server reads far faster than this load sends, so only a server that stopped reading gets here.
+    STREAM_WRITE_TIMEOUT_MS = 100
+    STREAM_READS = 16             # reads of one stream socket per readiness, so one busy socket cannot hold the loop
+    CHANNEL_HEADER = 4            # TURN ChannelData: channel number, length
 
 cdef const uint8_t *MAGIC = b"TERN"
 LATENCY_BUCKET_US = BUCKET_NS // 1000
@@ -132,10 +198,93 @@ cdef inline uint64_t load64(const uint8_t *p) noexcept nogil:
     return (<uint64_t>load32(p) << 32) | load32(p + 4)
 
 
+cdef int write_framed(int fd, const uint8_t *data, int length) noexcept nogil:
+    """One RFC 4571 frame on stream socket `fd`, whole; 0 or -1 (see loadgen_write_all)."""
+    cdef uint8_t header[FRAME_HEADER]
+    cdef iovec parts[2]
+    store16(header, <uint16_t>length)
+    parts[0].iov_base = header
+    parts[0].iov_len = FRAME_HEADER
+    parts[1].iov_base = <void *>data
+    parts[1].iov_len = length
+    return loadgen_write_all(fd, parts, 2, STREAM_WRITE_TIMEOUT_MS)
+
+
+def send_framed(int fd, bytes data) -> None:
+    """Sends `data` as one RFC 4571 frame on stream socket `fd` (a STUN message from the control plane after the
+    socket went to loadgen: whole, never inside another writer's frame)."""
+    cdef const uint8_t *p = data
+    cdef int length = len(data), result
+    if length > 0xFFFF:
+        raise ValueError("a frame holds at most 65535 bytes")
+    with nogil:
+        result = write_framed(fd, p, length)
+    if result != 0:
+        raise OSError(errno, "send_framed")
+
+
+cdef class StreamFramer:
+    """De-frames an ICE-TCP stream (RFC 4571, engine/tcpframer.pxd) that Python reads before loadgen does (ICE and
+    DTLS); LoadReceiver.add_socket takes it over with whatever it holds, so no byte read is lost."""
+
+    cdef Framer *f
+    cdef readonly int oversized
+
+    def __cinit__(self):
+        self.f = <Framer *>malloc(sizeof(Framer))
+        if self.f == NULL:
+            raise MemoryError()
+        framer_init(self.f, RECV_BUF, False)
+
+    def __dealloc__(self):
+        free(self.f)
+
+    def feed(self, bytes data) -> list:
+        """The whole frames `data` completes, in order (frames longer than RECV_BUF are skipped and counted)."""
+        cdef const uint8_t *source = data
+        cdef const uint8_t *frame
+        cdef uint8_t *space
+        cdef int offset = 0, room, taken, length, result
+        frames = []
+        while True:
+            result = framer_next(self.f, &frame, &length)
+            if result == FRAME_OK:
+                frames.append((<const char *>frame)[:length])
+            elif result != FRAME_NONE:
+                self.oversized += 1
+            elif offset == len(data):
+                return frames
+            else:
+                room = framer_space(self.f, &space)
+                taken = min(room, len(data) - offset)
+                memcpy(space, source + offset, taken)
+                framer_wrote(self.f, taken)
+                offset += taken
+
+
+cdef int send_channel(int fd, uint16_t channel, const uint8_t *data, int length) noexcept nogil:
+    """One ChannelData datagram on `channel` to the TURN server `fd` is connected to; 0, or -1 if not sent."""
+    cdef uint8_t header[CHANNEL_HEADER]
+    cdef iovec parts[2]
+    cdef msghdr message
+    store16(header, channel)
+    store16(header + 2, <uint16_t>length)
+    parts[0].iov_base = header
+    parts[0].iov_len = CHANNEL_HEADER
+    parts[1].iov_base = <void *>data
+    parts[1].iov_len = length
+    memset(&message, 0, sizeof(msghdr))
+    message.msg_iov = parts
+    message.msg_iovlen = 2
+    return 0 if sendmsg(fd, &message, MSG_DONTWAIT) == CHANNEL_HEADER + length else -1
+
+
 # ---- sender -------------------------------------------------------------------------------------------------
 
 cdef struct Stream:
     int fd
+    int framed                     # fd is an ICE-TCP stream: each packet goes out as an RFC 4571 frame
+    uint16_t channel               # fd is connected to a TURN server: each packet goes out as ChannelData on it; or 0
     void *srtp
     uint32_t ssrc
     uint8_t payload_type
@@ -202,6 +351,8 @@ cdef class LoadSender(_Worker):
     cdef uint8_t buffers[MAX_FRAME_PACKETS][MAX_PACKET + srtp.SRTP_TRAILER]
     cdef iovec iovecs[MAX_FRAME_PACKETS]
     cdef mmsghdr messages[MAX_FRAME_PACKETS]
+    cdef uint8_t frame_headers[MAX_FRAME_PACKETS][CHANNEL_HEADER]  # RFC 4571 (2 bytes) or ChannelData (4) headers
+    cdef iovec stream_iovecs[2 * MAX_FRAME_PACKETS]  # header, packet, header, packet ...: a frame in one writev
 
     def __cinit__(self, int capacity=4096):
         self.streams = <Stream *>calloc(capacity, sizeof(Stream))
@@ -225,11 +376,12 @@ cdef class LoadSender(_Worker):
     def add_stream(self, int fd, uintptr_t srtp_session, uint32_t ssrc, int payload_type, bint video, *,
                    int packets_per_frame, double frames_per_second, int payload_size, int clock_rate,
                    int keyframe_frames=0, bytes extension=b"", int level_offset=-1, int twcc_offset=-1,
-                   int transport=-1) -> int:
+                   int transport=-1, bint framed=False, int channel=0) -> int:
         """Starts sending one stream now. `extension` is a whole RTP header extension block (with its 0xBEDE
         header) or b""; `level_offset` the byte in it holding an RFC 6464 audio level, which then varies;
         `twcc_offset` the first of 2 bytes in it where each packet gets transport `transport`'s next transport-wide
-        sequence number."""
+        sequence number. `framed`: `fd` is an ICE-TCP stream (RFC 4571 frames); `channel`: `fd` is connected to a
+        TURN server and packets go as ChannelData on this channel."""
         if self.count >= self.capacity:
             raise RuntimeError("sender is full")
         if not 0 < packets_per_frame <= MAX_FRAME_PACKETS or not 12 + TRAILER + 8 <= payload_size <= 1300:
@@ -238,9 +390,13 @@ cdef class LoadSender(_Worker):
             raise ValueError("bad header extension block")
         if twcc_offset != -1 and not (0 <= twcc_offset <= len(extension) - 2 and 0 <= transport < self.transports):
             raise ValueError("bad transport-cc offset or transport")
+        if channel and (framed or not 0x4000 <= channel <= 0x7FFF):
+            raise ValueError("bad TURN channel (0x4000-0x7FFF, over UDP)")
         cdef Stream *s = &self.streams[self.count]
         memset(s, 0, sizeof(Stream))
         s.fd = fd
+        s.framed = framed
+        s.channel = <uint16_t>channel
         s.srtp = <void *>srtp_session
         s.ssrc = ssrc
         s.payload_type = payload_type
@@ -358,6 +514,11 @@ cdef class LoadSender(_Worker):
             s.seq += 1
         s.frame += 1
         s.picture_id = (s.picture_id + 1) & 0x7FFF
+        if s.framed:
+            self._write_frames(s, sent)
+            return
+        if s.channel:
+            self._wrap_channel(s, sent)
         i = 0
         while i < sent:
             length = sendmmsg(s.fd, &self.messages[i], sent - i, 0)
@@ -368,6 +529,31 @@ cdef class LoadSender(_Worker):
                 break
             i += length
             s.packets += length
+
+    cdef void _wrap_channel(self, Stream *s, int sent) noexcept nogil:
+        """Each of the `sent` messages becomes a ChannelData message: its header, then the packet."""
+        cdef int i
+        for i in range(sent):
+            store16(self.frame_headers[i], s.channel)
+            store16(self.frame_headers[i] + 2, <uint16_t>self.iovecs[i].iov_len)
+            self.stream_iovecs[2 * i].iov_base = self.frame_headers[i]
+            self.stream_iovecs[2 * i].iov_len = CHANNEL_HEADER
+            self.stream_iovecs[2 * i + 1] = self.iovecs[i]
+            self.messages[i].msg_hdr.msg_iov = &self.stream_iovecs[2 * i]
+            self.messages[i].msg_hdr.msg_iovlen = 2
+
+    cdef void _write_frames(self, Stream *s, int sent) noexcept nogil:
+        """The `sent` protected packets in self.iovecs as RFC 4571 frames, in one write."""
+        cdef int i
+        for i in range(sent):
+            store16(self.frame_headers[i], <uint16_t>self.iovecs[i].iov_len)
+            self.stream_iovecs[2 * i].iov_base = self.frame_headers[i]
+            self.stream_iovecs[2 * i].iov_len = FRAME_HEADER
+            self.stream_iovecs[2 * i + 1] = self.iovecs[i]
+        if loadgen_write_all(s.fd, self.stream_iovecs, 2 * sent, STREAM_WRITE_TIMEOUT_MS) == 0:
+            s.packets += sent
+        else:
+            s.errors += sent
 
 
 # ---- receiver -----------------------------------------------------------------------------------------------
@@ -382,6 +568,9 @@ cdef struct SsrcCount:
 cdef struct Slot:
     int fd
     void *srtp
+    Framer *framer               # an ICE-TCP stream's de-framer (RFC 4571), NULL for a UDP socket
+    int closed                   # the stream ended (the server closed it, or it failed): no longer watched
+    uint16_t channel             # TURN: what arrives is ChannelData on this channel (0: plain datagrams)
     int answers_keyframe_requests  # a publisher's socket: PLI and FIR go to the LoadReceiver's LoadSender
     int64_t first_media_ns       # 0 until the first authenticated RTP packet
     uint64_t packets             # authenticated RTP
@@ -439,12 +628,17 @@ cdef class LoadReceiver(_Worker):
             close(self.epoll_fd)
         for i in range(self.count):
             free(self.slots[i].twcc)
+            free(self.slots[i].framer)
         free(self.slots)
         free(self.histogram)
 
     def add_socket(self, int fd, uintptr_t srtp_session, bint publisher=False, *, int transport_cc_id=0,
-                   uintptr_t srtcp_session=0, uint32_t local_ssrc=1) -> int:
+                   uintptr_t srtcp_session=0, uint32_t local_ssrc=1, StreamFramer stream=None,
+                   int channel=0) -> int:
         """Starts receiving on `fd` (non-blocking, connected) with the inbound libsrtp session; returns its index.
+        With `stream`, `fd` is an ICE-TCP stream, de-framed from where `stream` (which read it so far) left off;
+        with `channel`, `fd` is connected to a TURN server and ChannelData on that channel is unwrapped (and
+        feedback wrapped).
         On a `publisher` socket, keyframe requests (PLI, FIR) make the LoadSender's stream of that SSRC send one.
         With `transport_cc_id` (1..14, the answer's extmap id), arrivals are recorded and transport-cc feedback
         from `local_ssrc` leaves through the outbound session `srtcp_session`, which only this thread may use."""
@@ -461,6 +655,12 @@ cdef class LoadReceiver(_Worker):
         slot.fd = fd
         slot.srtp = <void *>srtp_session
         slot.answers_keyframe_requests = publisher
+        slot.channel = <uint16_t>channel
+        if stream is not None:
+            slot.framer = <Framer *>malloc(sizeof(Framer))
+            if slot.framer == NULL:
+                raise MemoryError()
+            memcpy(slot.framer, stream.f, sizeof(Framer))
         if transport_cc_id:
             slot.twcc = <TwccRecorder *>calloc(1, sizeof(TwccRecorder))
             if slot.twcc == NULL:
@@ -481,9 +681,10 @@ cdef class LoadReceiver(_Worker):
         if not 0 <= index < self.count:
             raise IndexError(index)
         cdef Slot *s = &self.slots[index]
-        return {"first_media_ns": s.first_media_ns, "packets": s.packets, "bytes": s.bytes, "lost": s.lost,
-                "reordered": s.reordered, "auth_failures": s.auth_failures, "rtcp": s.rtcp, "other": s.other,
-                "untimed": s.untimed, "twcc_feedback_sent": s.twcc_feedback_sent, "twcc_errors": s.twcc_errors,
+        return {"first_media_ns": s.first_media_ns, "closed": bool(s.closed), "packets": s.packets, "bytes": s.bytes,
+                "lost": s.lost, "reordered": s.reordered, "auth_failures": s.auth_failures, "rtcp": s.rtcp,
+                "other": s.other, "untimed": s.untimed, "twcc_feedback_sent": s.twcc_feedback_sent,
+                "twcc_errors": s.twcc_errors,
                 "ssrcs": {s.ssrcs[i].ssrc: s.ssrcs[i].packets for i in range(s.ssrc_count)}}
 
     def take_stun(self, int index) -> bytes | None:
@@ -552,8 +753,10 @@ cdef class LoadReceiver(_Worker):
             length = twcc_recorder_feedback(slot.twcc, self.feedback, TWCC_MAX_FEEDBACK, slot.local_ssrc, now // 1000)
             if length == 0:
                 return
-            if length < 0 or srtp.protect_rtcp(slot.srtcp_tx, self.feedback, &length) != 0 \
-                    or send(slot.fd, self.feedback, length, MSG_DONTWAIT) != length:
+            if length < 0 or srtp.protect_rtcp(slot.srtcp_tx, self.feedback, &length) != 0 or (
+                    write_framed(slot.fd, self.feedback, length) != 0 if slot.framer != NULL
+                    else send_channel(slot.fd, slot.channel, self.feedback, length) != 0 if slot.channel
+                    else send(slot.fd, self.feedback, length, MSG_DONTWAIT) != length):
                 slot.twcc_errors += 1
                 return
             slot.twcc_feedback_sent += 1
@@ -561,6 +764,9 @@ cdef class LoadReceiver(_Worker):
     cdef void _drain(self, Slot *slot) noexcept nogil:
         cdef int n, i
         cdef int64_t now, wall, arrival
+        if slot.framer != NULL:
+            self._drain_stream(slot)
+            return
         while True:
             for i in range(RECV_BATCH):  # the kernel rewrites msg_controllen: reset every time
                 self.iovecs[i].iov_base = self.buffers[i]
@@ -584,12 +790,61 @@ cdef class LoadReceiver(_Worker):
             if n < RECV_BATCH:
                 return
 
+    cdef void _drain_stream(self, Slot *slot) noexcept nogil:
+        """Reads an ICE-TCP stream into its framer and takes each whole frame as a datagram; frames left from
+        Python's handshake first. Frames of one read share its arrival time."""
+        cdef uint8_t *space
+        cdef int reads
+        cdef ssize_t n
+        cdef int64_t now = now_ns(), arrival
+        self._take_frames(slot, now, wall_ns())
+        for reads in range(STREAM_READS):
+            self.iovecs[0].iov_len = framer_space(slot.framer, &space)
+            self.iovecs[0].iov_base = space
+            memset(&self.messages[0], 0, sizeof(mmsghdr))
+            self.messages[0].msg_hdr.msg_iov = &self.iovecs[0]
+            self.messages[0].msg_hdr.msg_iovlen = 1
+            self.messages[0].msg_hdr.msg_control = self.controls[0]
+            self.messages[0].msg_hdr.msg_controllen = CONTROL_BUF
+            n = recvmsg(slot.fd, &self.messages[0].msg_hdr, MSG_DONTWAIT)
+            if n < 0 and errno == EINTR:
+                continue
+            if n == 0 or (n < 0 and errno != EAGAIN):  # ended (EWOULDBLOCK is EAGAIN on Linux): stop watching it
+                slot.closed = 1
+                epoll_ctl(self.epoll_fd, EPOLL_CTL_DEL, slot.fd, NULL)
+                break
+            if n < 0:
+                break
+            framer_wrote(slot.framer, <int>n)
+            now = now_ns()
+            arrival = loadgen_arrival(&self.messages[0].msg_hdr)
+            self._take_frames(slot, now, arrival if arrival else wall_ns())
+        self._feedback_due(slot, now)
+
+    cdef inline void _take_frames(self, Slot *slot, int64_t now, int64_t arrival) noexcept nogil:
+        cdef const uint8_t *frame
+        cdef int length, result
+        while True:
+            result = framer_next(slot.framer, &frame, &length)
+            if result == FRAME_NONE:
+                return
+            if result == FRAME_OK:  # handled in place, as a datagram in a receive buffer is
+                self._packet(slot, <uint8_t *>frame, length, now, arrival)
+            else:  # longer than RECV_BUF: skipped by the framer
+                slot.other += 1
+
     cdef void _packet(self, Slot *slot, uint8_t *p, int length, int64_t now, int64_t arrival) noexcept nogil:
         cdef int i, padding
         cdef uint16_t seq, expected, gap
         cdef uint32_t ssrc
         cdef int64_t latency
         cdef SsrcCount *c = NULL
+        if slot.channel:  # ChannelData in; anything else is the TURN server's own (a refresh answer)
+            if length < CHANNEL_HEADER or load16(p) != slot.channel or CHANNEL_HEADER + load16(p + 2) > length:
+                slot.other += 1
+                return
+            length = load16(p + 2)
+            p += CHANNEL_HEADER
         if length < 12 or p[0] >> 6 != 2:
             slot.other += 1
             if 20 <= length <= STUN_BUF and p[0] == 0 and p[1] == 1 and loadgen_acquire(&slot.stun_length) == 0:

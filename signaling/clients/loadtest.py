@@ -15,6 +15,10 @@ transport-cc is negotiated both ways as libwebrtc does (--no-transport-cc leaves
 publishers stamp transport-wide sequence numbers on video, subscribers send transport-cc feedback every ~100 ms.
 The client is ICE-controlling; once loadgen reads a socket, the server's consent checks (RFC 7675) it keeps are
 answered from here every _STUN_POLL seconds.
+With --transport tcp every peer connection uses ICE-TCP instead (RFC 6544: a TCP connection to the server's passive
+candidate carrying STUN, DTLS and SRTP as RFC 4571 frames), as a client behind a UDP-blocking firewall does; with
+--transport turn it relays through the server's TURN/UDP port from its JoinResponse.ice_servers (an allocation and
+a channel to the server's media address per peer connection, everything after as ChannelData: turnclient.py).
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ from ..durations import parse_duration
 from ..peer import sdp
 from ..peer.dtls import Certificate, DtlsEndpoint, SrtpKeys, session_pointer, srtp_sessions
 from ..peer.ice import StunError, binding_request, handle_binding, new_credentials
-from . import loadgen
+from . import loadgen, turnclient
 
 __all__ = ["LoadError", "LoadReport", "LoadClients", "MediaPlan", "run_load", "main"]
 
@@ -57,6 +61,8 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 _STUN_RETRY = 0.1
 _CONSENT_INTERVAL = 5.0  # seconds between our consent checks (RFC 7675, aioice's interval)
 _STUN_POLL = 0.5  # seconds between looks for a server check loadgen kept (the server wants an answer within 30 s)
+TRANSPORTS = ("udp", "tcp", "turn")  # how media paths reach the server: UDP host candidate, ICE-TCP, TURN/UDP relay
+_STREAM_READ = 65536  # bytes read from an ICE-TCP stream at a time during ICE and DTLS
 
 
 class LoadError(Exception):
@@ -66,17 +72,26 @@ class LoadError(Exception):
 # ---- one peer connection's media path ------------------------------------------------------------------------
 
 class MediaPath:
-    """A UDP socket, ICE credentials and a DTLS certificate; connect() runs ICE + DTLS against the server's
-    candidate and leaves libsrtp sessions for loadgen."""
+    """A UDP socket (a TCP one for ICE-TCP; with "turn", UDP to the TURN server), ICE credentials and a DTLS
+    certificate; connect() runs ICE + DTLS against the server's candidate and leaves libsrtp sessions for loadgen."""
 
-    def __init__(self, certificate: Certificate) -> None:
+    def __init__(self, certificate: Certificate, transport: str = "udp") -> None:
         self.certificate = certificate
         self.ufrag, self.pwd = new_credentials()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.tcp = tcp = transport == "tcp"
+        self.turn = transport == "turn"
+        self.channel = 0  # TURN: the channel to the server's media address, once open
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-        self.sock.bind(("0.0.0.0", 0))
+        if tcp:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # media, not bulk data
+        else:
+            self.sock.bind(("0.0.0.0", 0))
         self.sock.setblocking(False)
+        # RFC 4571 de-framing of what we read before loadgen does; it goes to loadgen with the socket
+        self.framer = loadgen.StreamFramer() if tcp else None
+        self._frames: list[bytes] = []  # read, not yet taken
         self.sessions: tuple | None = None  # (rx, tx) pylibsrtp sessions, alive as long as the path
         self.srtp_keys: SrtpKeys | None = None
         self._consent: asyncio.Task | None = None
@@ -87,17 +102,35 @@ class MediaPath:
             self._consent.cancel()
         self.sock.close()
 
-    async def connect(self, remote: sdp.SessionDescription, timeout: float = CONNECT_TIMEOUT) -> None:
+    async def connect(self, remote: sdp.SessionDescription, ice_servers: list[rtc.ICEServer],
+                      timeout: float = CONNECT_TIMEOUT) -> None:
         section = next((s for s in remote.sections if s.ice_ufrag and s.ice_pwd and s.fingerprint), None)
-        address = _udp_candidate(remote)
+        protocol = "tcp" if self.tcp else "udp"
+        address = _host_candidate(remote, protocol)
         if section is None or address is None:
-            raise LoadError("the server's SDP has no ICE credentials, fingerprint or IPv4 UDP candidate")
-        self.sock.connect(address)
+            raise LoadError(f"the server's SDP has no ICE credentials, fingerprint or IPv4 {protocol} candidate")
         self._section = section
         try:
+            if self.tcp:
+                await asyncio.wait_for(asyncio.get_running_loop().sock_connect(self.sock, address), timeout)
+            elif self.turn:
+                await asyncio.wait_for(self._open_relay(address, ice_servers), timeout)
+                protocol = "turn"
+            else:
+                self.sock.connect(address)
             await asyncio.wait_for(self._handshake(section), timeout)
         except asyncio.TimeoutError:
-            raise LoadError(f"ICE/DTLS with {address[0]}:{address[1]} timed out") from None
+            raise LoadError(f"ICE/DTLS with {address[0]}:{address[1]} ({protocol}) timed out") from None
+        except (OSError, turnclient.TurnError) as error:
+            raise LoadError(f"cannot connect to {address[0]}:{address[1]} ({protocol}): {error}") from None
+
+    async def _open_relay(self, peer: tuple[str, int], ice_servers: list[rtc.ICEServer]) -> None:
+        server = turnclient.udp_server(ice_servers)
+        if server is None:
+            raise turnclient.TurnError("the JoinResponse names no TURN/UDP server")
+        address, username, password = server
+        self.sock.connect(address)
+        self.channel = await turnclient.open_channel(self.sock, username, password, peer)
 
     def hand_over(self, receiver: loadgen.LoadReceiver, publisher: bool = False, transport_cc_id: int = 0) -> int:
         """Gives the connected socket to loadgen's reader (see LoadReceiver.add_socket) and keeps consent both
@@ -105,9 +138,11 @@ class MediaPath:
         transport-cc feedback with our outbound session (a subscriber's, which nothing else uses)."""
         assert self._section is not None and self.sessions is not None
         rx, tx = self.pointers()
+        # ICE-TCP: loadgen carries on from our framer's bytes; whole frames the handshake read past (media sent
+        # right after DTLS) are not counted, as loadgen counts from the first packet it sees.
         index = receiver.add_socket(self.sock.fileno(), rx, publisher=publisher, transport_cc_id=transport_cc_id,
                                     srtcp_session=tx if transport_cc_id else 0,
-                                    local_ssrc=random.getrandbits(32) or 1)
+                                    local_ssrc=random.getrandbits(32) or 1, stream=self.framer, channel=self.channel)
         self._consent = asyncio.get_running_loop().create_task(self._keep_consent(self._section, receiver, index))
         return index
 
@@ -131,22 +166,52 @@ class MediaPath:
                 request = receiver.take_stun(index)
                 result = handle_binding(request, server, self.ufrag, self.pwd, section.ice_ufrag) if request else None
                 if result is not None:
-                    self.sock.send(result.response)
+                    self._send_now(result.response)
                 if time.monotonic() >= next_check:
                     next_check += _CONSENT_INTERVAL
-                    self.sock.send(bytes(self._binding_request(section, nominate=False)))
+                    self._send_now(bytes(self._binding_request(section, nominate=False)))
             except StunError:
                 continue
             except OSError:  # closed or unreachable: the session ends anyway
                 return
 
-    async def _handshake(self, section: sdp.MediaSection) -> None:
+    def _send_now(self, data: bytes) -> None:
+        """A STUN message while loadgen owns the socket (its threads write to it too: a frame goes out whole)."""
+        if self.tcp:
+            loadgen.send_framed(self.sock.fileno(), data)
+        else:
+            self.sock.send(turnclient.channel_data(self.channel, data) if self.channel else data)
+
+    async def _send(self, data: bytes) -> None:
+        """A datagram during the handshake (on ICE-TCP: one RFC 4571 frame; relayed: ChannelData)."""
+        if self.tcp:
+            await asyncio.get_running_loop().sock_sendall(self.sock, len(data).to_bytes(2, "big") + data)
+        else:
+            self._send_now(data)
+
+    async def _receive(self) -> bytes:
+        """The next datagram (on ICE-TCP: the next frame) during the handshake."""
         loop = asyncio.get_running_loop()
+        while self.channel:  # relayed: what the channel carries (the TURN server's own STUN is not for us now)
+            payload = turnclient.channel_payload(self.channel, await loop.sock_recv(self.sock, 2048))
+            if payload is not None:
+                return payload
+        if not self.tcp:
+            return await loop.sock_recv(self.sock, 2048)
+        assert self.framer is not None
+        while not self._frames:
+            data = await loop.sock_recv(self.sock, _STREAM_READ)
+            if not data:
+                raise LoadError("the server closed the ICE-TCP connection")
+            self._frames += self.framer.feed(data)
+        return self._frames.pop(0)
+
+    async def _handshake(self, section: sdp.MediaSection) -> None:
         request = self._binding_request(section, nominate=True)
         while True:  # until the server answers our nomination
-            self.sock.send(bytes(request))
+            await self._send(bytes(request))
             try:
-                data = await asyncio.wait_for(loop.sock_recv(self.sock, 2048), _STUN_RETRY)
+                data = await asyncio.wait_for(self._receive(), _STUN_RETRY)
             except asyncio.TimeoutError:
                 continue
             except ConnectionRefusedError:
@@ -158,19 +223,19 @@ class MediaPath:
                 raise LoadError("the server refused our STUN credentials")
         dtls = DtlsEndpoint(self.certificate, section.fingerprint, client=True)
         for datagram in dtls.start():
-            self.sock.send(datagram)
+            await self._send(datagram)
         while dtls.srtp_keys is None:
             if dtls.failed:
                 raise LoadError(f"DTLS: {dtls.failed}")
             wait = dtls.timeout()
             try:
-                data = await asyncio.wait_for(loop.sock_recv(self.sock, 2048), wait if wait else 1.0)
+                data = await asyncio.wait_for(self._receive(), wait if wait else 1.0)
             except asyncio.TimeoutError:
                 replies = dtls.handle_timeout()
             else:
-                replies = dtls.receive(data) if 20 <= data[0] <= 63 else []
+                replies = dtls.receive(data) if data and 20 <= data[0] <= 63 else []
             for datagram in replies:
-                self.sock.send(datagram)
+                await self._send(datagram)
         self.srtp_keys = dtls.srtp_keys  # for a second sender beside loadgen's thread (libsrtp sessions are not shared)
         self.sessions = srtp_sessions(dtls.srtp_keys)
 
@@ -179,12 +244,14 @@ class MediaPath:
         return session_pointer(self.sessions[0]), session_pointer(self.sessions[1])
 
 
-def _udp_candidate(description: sdp.SessionDescription) -> tuple[str, int] | None:
+def _host_candidate(description: sdp.SessionDescription, protocol: str) -> tuple[str, int] | None:
+    """The server's first IPv4 candidate of `protocol` ("udp", or "tcp": a passive one, which we connect to)."""
     for section in description.sections:
         for candidate in section.candidates:
             fields = candidate.split()
-            # foundation component transport priority address port typ type ...
-            if len(fields) >= 8 and fields[2].lower() == "udp" and fields[1] == "1" and "." in fields[4]:
+            # foundation component transport priority address port typ type [tcptype passive] ...
+            if len(fields) >= 8 and fields[2].lower() == protocol and fields[1] == "1" and "." in fields[4] and (
+                    protocol == "udp" or "passive" in fields[8:]):
                 return fields[4], int(fields[5])
     return None
 
@@ -287,6 +354,7 @@ class LoadParticipant:
         self.subscribe = subscribe
         self.hidden = hidden
         self.ws: ClientConnection | None = None
+        self.ice_servers: list[rtc.ICEServer] = []  # the JoinResponse's (TURN)
         self.subscriber_path: MediaPath | None = None
         self.publisher_path: MediaPath | None = None
         self.load_receiver_index: int | None = None
@@ -311,6 +379,7 @@ class LoadParticipant:
         if first.WhichOneof("message") != "join":
             raise LoadError(f"{self.identity}: expected a join response, got {first.WhichOneof('message')}")
         interval = first.join.ping_interval or 5
+        self.ice_servers = list(first.join.ice_servers)
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._ping(interval))]
         if self.publish is not None:
             await self._publish(self.publish)
@@ -358,7 +427,7 @@ class LoadParticipant:
             self.error = f"unusable subscriber offer: {error}"
             return
         if self.subscriber_path is None:
-            self.subscriber_path = MediaPath(self.clients.certificate)
+            self.subscriber_path = MediaPath(self.clients.certificate, self.clients.transport)
         answer = build_subscriber_answer(description, self.subscriber_path, self.clients.transport_cc)
         await self._send(rtc.SignalRequest(answer=rtc.SessionDescription(type="answer", sdp=answer, id=offer.id)))
         if self._subscriber_connect is None:
@@ -368,7 +437,7 @@ class LoadParticipant:
         path = self.subscriber_path
         assert path is not None
         try:
-            await path.connect(description)
+            await path.connect(description, self.ice_servers)
         except LoadError as error:
             self.error = f"subscriber PC: {error}"
             return
@@ -404,7 +473,7 @@ class LoadParticipant:
             await asyncio.wait_for(asyncio.gather(*self._published.values()), CONNECT_TIMEOUT)
         except asyncio.TimeoutError:
             raise LoadError(f"{self.identity}: no track_published for our AddTrackRequest") from None
-        path = self.publisher_path = MediaPath(self.clients.certificate)
+        path = self.publisher_path = MediaPath(self.clients.certificate, self.clients.transport)
         self._answer = loop.create_future()
         offer = build_publisher_offer(tracks, path, self.clients.transport_cc)
         await self._send(rtc.SignalRequest(offer=rtc.SessionDescription(type="offer", sdp=offer, id=1)))
@@ -415,7 +484,7 @@ class LoadParticipant:
             raise LoadError(f"{self.identity}: no answer to our publisher offer") from None
         except sdp.SdpError as error:
             raise LoadError(f"{self.identity}: unusable publisher answer: {error}") from None
-        await path.connect(description)
+        await path.connect(description, self.ice_servers)
         tx = path.pointers()[1]
         path.hand_over(self.clients.load_receiver, publisher=True)  # RTCP: counted, PLIs answered
         transport = self.clients.load_sender.new_transport()  # the transport-wide sequence numbers of this PC
@@ -440,7 +509,8 @@ class LoadParticipant:
                 block = extension_block(elements)[0] if elements else b""
                 self.clients.load_sender.add_stream(path.sock.fileno(), tx, ssrc, OPUS_PT, False, packets_per_frame=1,
                                                frames_per_second=AUDIO_PPS, payload_size=AUDIO_PAYLOAD,
-                                               clock_rate=48000, extension=block, level_offset=level_at)
+                                               clock_rate=48000, extension=block, level_offset=level_at,
+                                               framed=path.tcp, channel=path.channel)
             else:
                 packets = SIMULCAST_LAYERS[index][2] if rid else VIDEO_PACKETS_PER_FRAME
                 twcc_at = -1
@@ -452,7 +522,8 @@ class LoadParticipant:
                                                packets_per_frame=packets, frames_per_second=VIDEO_FPS,
                                                payload_size=VIDEO_PAYLOAD, clock_rate=90000,
                                                keyframe_frames=KEYFRAME_FRAMES, extension=block,
-                                               twcc_offset=twcc_at, transport=transport if twcc_at >= 0 else -1)
+                                               twcc_offset=twcc_at, transport=transport if twcc_at >= 0 else -1,
+                                               framed=path.tcp, channel=path.channel)
 
     def first_media_ns(self) -> int:
         if self.load_receiver_index is None:
@@ -520,9 +591,12 @@ class LoadClients:
     """Every load client of a run, sharing one LoadSender, one LoadReceiver and one DTLS certificate."""
 
     def __init__(self, url: str, api_key: str, api_secret: str, capacity: int = 8192,
-                 transport_cc: bool = True) -> None:
+                 transport_cc: bool = True, transport: str = "udp") -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}")
         self.url, self.api_key, self.api_secret = url, api_key, api_secret
         self.transport_cc = transport_cc  # negotiated in our offers and answers
+        self.transport = transport        # of every media path
         self.certificate = Certificate.generate()
         self.load_sender = loadgen.LoadSender(capacity)
         self.load_receiver = loadgen.LoadReceiver(capacity, self.load_sender)
@@ -583,10 +657,10 @@ class LoadClients:
 async def run_load(url: str, api_key: str, api_secret: str, *, rooms: int = 1, publishers: int = 1,
                    subscribers: int = 1, duration: float = 10, video: bool = True, audio: bool = True,
                    simulcast: bool = False, room_prefix: str = "load", hidden_subscribers: bool = False,
-                   transport_cc: bool = True) -> LoadReport:
+                   transport_cc: bool = True, transport: str = "udp") -> LoadReport:
     """Joins `publishers` + `subscribers` per room, runs for `duration` seconds after media flows, and reports
     what the subscribers received. Publishers do not subscribe."""
-    clients = LoadClients(url, api_key, api_secret, transport_cc=transport_cc)
+    clients = LoadClients(url, api_key, api_secret, transport_cc=transport_cc, transport=transport)
     try:
         names = [f"{room_prefix}-{index}" for index in range(rooms)]
         plan = MediaPlan(video=video, audio=audio, simulcast=simulcast)
@@ -627,6 +701,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--room-prefix", default="load")
     parser.add_argument("--no-transport-cc", dest="transport_cc", action="store_false",
                         help="leave transport-cc out of offers and answers (no stamping, no feedback)")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="udp",
+                        help="media over the server's UDP candidate, over ICE-TCP (RFC 4571 framing), or relayed "
+                             f"by the server's TURN/UDP (ChannelData; --duration under "
+                             f"{turnclient.RELAY_SECONDS - 2 * CONNECT_TIMEOUT:.0f} s)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
@@ -636,13 +714,17 @@ def main(argv: list[str]) -> int:
     if min(args.rooms, args.publishers) < 1 or args.subscribers < 0 or not (args.video or args.audio):
         print("tern load-test: need at least one room, one publisher and one kind of media", file=sys.stderr)
         return 2
+    if args.transport == "turn" and args.duration + 2 * CONNECT_TIMEOUT > turnclient.RELAY_SECONDS:
+        print(f"tern load-test: relayed paths are not refreshed; keep --duration under "
+              f"{turnclient.RELAY_SECONDS - 2 * CONNECT_TIMEOUT:.0f} s with --transport turn", file=sys.stderr)
+        return 2
     url = args.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     try:
         report = asyncio.run(run_load(url, args.api_key, args.api_secret, rooms=args.rooms,
                                       publishers=args.publishers, subscribers=args.subscribers,
                                       duration=args.duration, video=args.video, audio=args.audio,
                                       simulcast=args.simulcast, room_prefix=args.room_prefix,
-                                      transport_cc=args.transport_cc))
+                                      transport_cc=args.transport_cc, transport=args.transport))
     except KeyboardInterrupt:
         return 130
     if args.json:
