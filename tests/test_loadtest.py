@@ -1,5 +1,5 @@
 """The load clients against a real tern server: join through /rtc, ICE, DTLS, SRTP, media both ways; over UDP,
-ICE-TCP (loadgen's RFC 4571 framing) and a TURN relay (ChannelData)."""
+ICE-TCP (loadgen's RFC 4571 framing) and a TURN relay (ChannelData) over UDP and over TLS."""
 from __future__ import annotations
 
 import socket
@@ -8,7 +8,7 @@ import time
 from livekit.protocol import rtc
 from pylibsrtp import Policy, Session
 
-from signaling.clients import loadgen, loadtest, turnclient
+from signaling.clients import loadgen, loadtest, turnclient, turntls
 from signaling.peer.dtls import session_pointer
 from signaling.peer.ice import binding_request
 
@@ -133,11 +133,35 @@ async def test_load_clients_over_a_turn_relay_receive_authenticated_media(tmp_pa
     assert counters["turn_allocations"] == 3  # the publisher's and the two subscribers'
 
 
+async def test_load_clients_over_turn_tls_receive_authenticated_media(tmp_path) -> None:
+    """--transport turn-tls: each media path allocates over TLS to the server's TURN/TLS port (its development
+    certificate) and relays on a channel, ChannelData padded on the stream; a stream loses nothing."""
+    server = start_server(tmp_path, config=f"turn: {{enabled: true, udp_port: 0, tls_port: {free_port()}}}")
+    try:
+        report = await loadtest.run_load(server.url, API_KEY, API_SECRET, rooms=1, publishers=1, subscribers=2,
+                                         duration=2, room_prefix="load-turn-tls", transport="turn-tls")
+        counters = server.counters()
+    finally:
+        stop_server(server)
+    assert report.failed == [] and report.received_packets > 0 and report.auth_failures == 0, report
+    assert report.lost == 0 and report.twcc_feedback_sent > 0, report
+    assert counters["turn_tls_streams"] == 3 and counters["turn_allocations"] == 3  # one per peer connection
+
+
+def test_turn_stream_splits_into_stun_and_unpadded_channel_data() -> None:
+    stun_message = b"\x01\x01\x00\x04" + bytes(16) + b"abcd"
+    padded = turnclient.channel_data(turnclient.CHANNEL, b"media") + bytes(3)  # 5 bytes of payload, 3 of padding
+    buffer = bytearray(stun_message + padded + padded[:6])
+    assert turntls.split_stream(buffer) == [stun_message, turnclient.channel_data(turnclient.CHANNEL, b"media")]
+    assert buffer == padded[:6]  # a message cut short waits for the rest
+
+
 def test_turn_client_finds_the_udp_url_and_unwraps_only_its_channel() -> None:
     servers = [rtc.ICEServer(urls=["turns:example.org:5349?transport=tcp", "turn:127.0.0.1:3478?transport=udp"],
                              username="1:PA_x", credential="pw")]
     assert turnclient.udp_server(servers) == (("127.0.0.1", 3478), "1:PA_x", "pw")
     assert turnclient.udp_server([rtc.ICEServer(urls=["turn:[::1]:3478"])]) is None  # the load clients are IPv4
+    assert turnclient.tls_server(servers) == (("example.org", 5349), "1:PA_x", "pw")
     wrapped = turnclient.channel_data(turnclient.CHANNEL, b"media")
     assert turnclient.channel_payload(turnclient.CHANNEL, wrapped) == b"media"
     assert turnclient.channel_payload(turnclient.CHANNEL + 1, wrapped) is None  # another channel

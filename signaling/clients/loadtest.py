@@ -18,7 +18,8 @@ answered from here every _STUN_POLL seconds.
 With --transport tcp every peer connection uses ICE-TCP instead (RFC 6544: a TCP connection to the server's passive
 candidate carrying STUN, DTLS and SRTP as RFC 4571 frames), as a client behind a UDP-blocking firewall does; with
 --transport turn it relays through the server's TURN/UDP port from its JoinResponse.ice_servers (an allocation and
-a channel to the server's media address per peer connection, everything after as ChannelData: turnclient.py).
+a channel to the server's media address per peer connection, everything after as ChannelData: turnclient.py); with
+--transport turn-tls the same over a TLS connection to its TURN/TLS port, pumped in this process (turntls.py).
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ from ..durations import parse_duration
 from ..peer import sdp
 from ..peer.dtls import Certificate, DtlsEndpoint, SrtpKeys, session_pointer, srtp_sessions
 from ..peer.ice import StunError, binding_request, handle_binding, new_credentials
-from . import loadgen, turnclient
+from . import loadgen, turnclient, turntls
 
 __all__ = ["LoadError", "LoadReport", "LoadClients", "MediaPlan", "run_load", "main"]
 
@@ -61,7 +62,8 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 _STUN_RETRY = 0.1
 _CONSENT_INTERVAL = 5.0  # seconds between our consent checks (RFC 7675, aioice's interval)
 _STUN_POLL = 0.5  # seconds between looks for a server check loadgen kept (the server wants an answer within 30 s)
-TRANSPORTS = ("udp", "tcp", "turn")  # how media paths reach the server: UDP host candidate, ICE-TCP, TURN/UDP relay
+# how media paths reach the server: UDP host candidate, ICE-TCP, TURN/UDP relay, TURN relay over TLS
+TRANSPORTS = ("udp", "tcp", "turn", "turn-tls")
 _STREAM_READ = 65536  # bytes read from an ICE-TCP stream at a time during ICE and DTLS
 
 
@@ -72,21 +74,25 @@ class LoadError(Exception):
 # ---- one peer connection's media path ------------------------------------------------------------------------
 
 class MediaPath:
-    """A UDP socket (a TCP one for ICE-TCP; with "turn", UDP to the TURN server), ICE credentials and a DTLS
+    """A UDP socket (a TCP one for ICE-TCP; with "turn", UDP to the TURN server; with "turn-tls", a datagram socket
+    that turntls pumps through TLS to the TURN server), ICE credentials and a DTLS
     certificate; connect() runs ICE + DTLS against the server's candidate and leaves libsrtp sessions for loadgen."""
 
     def __init__(self, certificate: Certificate, transport: str = "udp") -> None:
         self.certificate = certificate
         self.ufrag, self.pwd = new_credentials()
         self.tcp = tcp = transport == "tcp"
-        self.turn = transport == "turn"
+        self.turn = transport in ("turn", "turn-tls")
         self.channel = 0  # TURN: the channel to the server's media address, once open
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
+        self.pump = turntls.TurnTlsPump() if transport == "turn-tls" else None
+        self.sock = self.pump.sock if self.pump else socket.socket(socket.AF_INET,
+                                                                   socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
+        self._server: tuple[str, int] | None = None  # the address the server's consent checks come from, once known
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         if tcp:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # media, not bulk data
-        else:
+        elif not self.pump:
             self.sock.bind(("0.0.0.0", 0))
         self.sock.setblocking(False)
         # RFC 4571 de-framing of what we read before loadgen does; it goes to loadgen with the socket
@@ -100,6 +106,8 @@ class MediaPath:
     def close(self) -> None:
         if self._consent is not None:
             self._consent.cancel()
+        if self.pump is not None:
+            self.pump.close()
         self.sock.close()
 
     async def connect(self, remote: sdp.SessionDescription, ice_servers: list[rtc.ICEServer],
@@ -115,7 +123,7 @@ class MediaPath:
                 await asyncio.wait_for(asyncio.get_running_loop().sock_connect(self.sock, address), timeout)
             elif self.turn:
                 await asyncio.wait_for(self._open_relay(address, ice_servers), timeout)
-                protocol = "turn"
+                protocol = "turn-tls" if self.pump else "turn"
             else:
                 self.sock.connect(address)
             await asyncio.wait_for(self._handshake(section), timeout)
@@ -125,11 +133,15 @@ class MediaPath:
             raise LoadError(f"cannot connect to {address[0]}:{address[1]} ({protocol}): {error}") from None
 
     async def _open_relay(self, peer: tuple[str, int], ice_servers: list[rtc.ICEServer]) -> None:
-        server = turnclient.udp_server(ice_servers)
+        server = (turnclient.tls_server if self.pump else turnclient.udp_server)(ice_servers)
         if server is None:
-            raise turnclient.TurnError("the JoinResponse names no TURN/UDP server")
+            raise turnclient.TurnError(f"the JoinResponse names no TURN/{'TLS' if self.pump else 'UDP'} server")
         address, username, password = server
-        self.sock.connect(address)
+        if self.pump:
+            await self.pump.connect(address)
+        else:
+            self.sock.connect(address)
+        self._server = address
         self.channel = await turnclient.open_channel(self.sock, username, password, peer)
 
     def hand_over(self, receiver: loadgen.LoadReceiver, publisher: bool = False, transport_cc_id: int = 0) -> int:
@@ -158,7 +170,7 @@ class MediaPath:
     async def _keep_consent(self, section: sdp.MediaSection, receiver: loadgen.LoadReceiver, index: int) -> None:
         """Answers the server's consent checks and sends ours (their responses reach loadgen's reader, which counts
         them as non-RTP)."""
-        server = self.sock.getpeername()
+        server = self._server or self.sock.getpeername()
         next_check = time.monotonic() + _CONSENT_INTERVAL
         while True:
             await asyncio.sleep(_STUN_POLL)
@@ -703,7 +715,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="leave transport-cc out of offers and answers (no stamping, no feedback)")
     parser.add_argument("--transport", choices=TRANSPORTS, default="udp",
                         help="media over the server's UDP candidate, over ICE-TCP (RFC 4571 framing), or relayed "
-                             f"by the server's TURN/UDP (ChannelData; --duration under "
+                             f"by the server's TURN/UDP or TURN/TLS (ChannelData; --duration under "
                              f"{turnclient.RELAY_SECONDS - 2 * CONNECT_TIMEOUT:.0f} s)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
@@ -714,7 +726,7 @@ def main(argv: list[str]) -> int:
     if min(args.rooms, args.publishers) < 1 or args.subscribers < 0 or not (args.video or args.audio):
         print("tern load-test: need at least one room, one publisher and one kind of media", file=sys.stderr)
         return 2
-    if args.transport == "turn" and args.duration + 2 * CONNECT_TIMEOUT > turnclient.RELAY_SECONDS:
+    if args.transport in ("turn", "turn-tls") and args.duration + 2 * CONNECT_TIMEOUT > turnclient.RELAY_SECONDS:
         print(f"tern load-test: relayed paths are not refreshed; keep --duration under "
               f"{turnclient.RELAY_SECONDS - 2 * CONNECT_TIMEOUT:.0f} s with --transport turn", file=sys.stderr)
         return 2

@@ -25,18 +25,28 @@ class TurnError(Exception):
 
 def udp_server(ice_servers: list[rtc.ICEServer]) -> tuple[tuple[str, int], str, str] | None:
     """((host, port), username, credential) of the first `turn:` URL over UDP (IPv4) in `ice_servers`."""
+    return _server(ice_servers, "turn", ("", "transport=udp"))
+
+
+def tls_server(ice_servers: list[rtc.ICEServer]) -> tuple[tuple[str, int], str, str] | None:
+    """The same for the first `turns:` URL (TURN over TLS, IPv4 or a name)."""
+    return _server(ice_servers, "turns", ("", "transport=tcp"))
+
+
+def _server(ice_servers: list[rtc.ICEServer], want: str, queries: tuple[str, ...]
+            ) -> tuple[tuple[str, int], str, str] | None:
     for server in ice_servers:
         for url in server.urls:
             scheme, _, rest = url.partition(":")
             address, _, query = rest.partition("?")
             host, _, port = address.rpartition(":")
-            if scheme == "turn" and query in ("", "transport=udp") and port.isdigit() and "[" not in host:
+            if scheme == want and query in queries and port.isdigit() and "[" not in host:
                 return (host, int(port)), server.username, server.credential
     return None
 
 
 def channel_data(channel: int, data: bytes) -> bytes:
-    """`data` as one ChannelData message (over UDP: no padding, RFC 8656 section 12.5)."""
+    """`data` as one ChannelData message (over UDP: no padding, RFC 8656 section 12.5; turntls pads it for TLS)."""
     return channel.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
 
 
