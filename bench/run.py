@@ -4,7 +4,7 @@ pure-Python forwarder on the same load.
     python bench/run.py                      # standard suite (a few minutes on 2 cores)
     python bench/run.py --quick              # about a minute
     python bench/run.py --scenario fanout --subscribers 1000 --json out.json
-    python bench/run.py --quick --transport tcp turn  # the fanout also over ICE-TCP and a TURN relay, beside UDP
+    python bench/run.py --quick --transport tcp turn turn-tls  # the fanout also over ICE-TCP and TURN, beside UDP
 
 Everything runs on loopback. The tern server (`python -m signaling --dev`) is pinned to CPU 0 with taskset, the
 load clients (this process: signaling in asyncio, media in signaling/clients/loadgen.pyx's C threads) to CPU 1.
@@ -20,7 +20,10 @@ transport-cc negotiated both ways as libwebrtc does, subscribers sending feedbac
 at the sizes the first run carried without loss, rows "tern-no-twcc"; with --transport tcp once more at those
 sizes with every load client on ICE-TCP (RFC 4571 frames on a TCP connection to the server's passive candidate, as
 a client behind a UDP-blocking firewall connects), rows "tern-tcp"; with --transport turn with every load client
-relayed through the server's embedded TURN over UDP (ChannelData; turn.enabled), rows "tern-turn"), meeting (P
+relayed through the server's embedded TURN over UDP (ChannelData; turn.enabled), rows "tern-turn"; with
+--transport turn-tls relayed through its TURN/TLS port, rows "tern-turn-tls": loadgen cannot speak TLS, so each
+client's datagrams are pumped through an asyncio TLS connection in this process, which costs the clients' CPU, not
+the measured server's), meeting (P
 participants each publishing audio + video, all subscribed to all), audio (many rooms of 4 talkers), hostile (the
 fanout at about half its zero-loss size, measured without and then with a flood of 20,000 datagrams/s of junk STUN,
 DTLS and RTP from other addresses, junk DTLS from live subscribers' own sockets and Binding requests to their ufrags,
@@ -85,8 +88,8 @@ BASELINES = ("c-ceiling", "pure-python")
 COMPARE_SUBSCRIBERS = 500   # the fanout size at which tern and the baselines are compared: forwarding, not the
                             # control plane's fixed cost (pings, timers of 500 participants), dominates there
 NO_TWCC = "tern-no-twcc"    # the forwarder name of fanout rows measured without transport-cc
-# --transport: the forwarder names of fanout rows whose load clients use ICE-TCP, or relay through TURN/UDP
-OVER = {"tcp": "tern-tcp", "turn": "tern-turn"}
+# --transport: the forwarder names of fanout rows whose load clients use ICE-TCP, or relay through TURN/UDP or TURN/TLS
+OVER = {"tcp": "tern-tcp", "turn": "tern-turn", "turn-tls": "tern-turn-tls"}
 COMPARE_WINDOWS = 3         # windows measured at COMPARE_SUBSCRIBERS, the median kept: twcc_cost compares two
                             # server processes, whose single windows differ by ±10 %
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -129,7 +132,8 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 class TernServer:
-    def __init__(self, log: Path, turn: bool = False) -> None:
+    def __init__(self, log: Path, turn: str = "") -> None:
+        """`turn`: "" (no TURN), "udp" or "tls": the embedded TURN server on that port alone."""
         # --log-level: --dev alone logs at debug (websockets logs every signal frame, ~400 a second at 500
         # subscribers), which a config body's `logging.level` does not override.
         # The server must run the same tern as these clients. -P keeps `python -m` from putting its working
@@ -146,7 +150,9 @@ class TernServer:
              str(self.http_port), "--udp-port", str(udp_port), "--tcp-port", str(self.tcp_port),
              "--log-level", "warn"]
             + (["--config-body", f"turn: {{enabled: true, udp_port: {free_port(socket.SOCK_DGRAM)}, tls_port: 0}}"]
-               if turn else []),
+               if turn == "udp" else [])
+            + (["--config-body", f"turn: {{enabled: true, udp_port: 0, tls_port: {free_port()}}}"]
+               if turn == "tls" else []),
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -195,9 +201,9 @@ async def measure(name: str, scenario: str, clients: loadtest.LoadClients, pid: 
 async def fanout(steps: list[int], window: float, log: Path, rows: list[Row], transport_cc: bool = True,
                  transport: str = "udp") -> dict:
     """The fanout sweep; without `transport_cc` the clients leave it out of their SDP (the server neither stamps
-    nor estimates) and the rows are named NO_TWCC; with `transport` "tcp" or "turn" they connect over ICE-TCP or
-    through the server's TURN relay (then enabled), rows OVER[transport]."""
-    server = TernServer(log, turn=transport == "turn")
+    nor estimates) and the rows are named NO_TWCC; with `transport` "tcp", "turn" or "turn-tls" they connect over
+    ICE-TCP or through the server's TURN relay over UDP or TLS (then enabled), rows OVER[transport]."""
+    server = TernServer(log, turn={"turn": "udp", "turn-tls": "tls"}.get(transport, ""))
     clients = loadtest.LoadClients(server.url, API_KEY, API_SECRET, transport_cc=transport_cc, transport=transport)
     name = NO_TWCC if not transport_cc else OVER.get(transport, "tern")
     summary: dict = {"max_zero_loss_subscribers": 0}
@@ -408,7 +414,7 @@ def baseline_fanout(kind: str, subscribers: int, window: float) -> Row | None:
 
 # ---- output ---------------------------------------------------------------------------------------------------------
 
-HEADER = (f"{'forwarder':<12} {'scenario':<8} {'clients':<26} {'pps out':>9} {'Mbps':>7} {'ns/pkt':>7} "
+HEADER = (f"{'forwarder':<13} {'scenario':<8} {'clients':<26} {'pps out':>9} {'Mbps':>7} {'ns/pkt':>7} "
           f"{'pkt/CPU-s':>10} {'CPU':>5} {'lost':>6} {'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8}")
 
 
@@ -418,7 +424,7 @@ def _ms(value: float | None) -> str:
 
 def _format(row: Row) -> str:
     ms = _ms
-    return (f"{row.forwarder:<12} {row.scenario:<8} {row.clients:<26} {row.pps:>9,.0f} {row.mbps:>7.1f} "
+    return (f"{row.forwarder:<13} {row.scenario:<8} {row.clients:<26} {row.pps:>9,.0f} {row.mbps:>7.1f} "
             f"{row.cpu_ns_per_packet:>7,.0f} {row.packets_per_cpu_second:>10,.0f} {row.cpu_load:>5.0%} "
             f"{row.lost:>6} {ms(row.p50_ms):>7} {ms(row.p99_ms):>7} "
             f"{(row.rss_kib or 0) / 1024:>8.1f}")
@@ -438,7 +444,7 @@ def main() -> int:
     parser.add_argument("--subscribers", type=int, help="fanout: sweep up to this many subscribers")
     parser.add_argument("--transport", nargs="+", choices=["udp", *OVER], default=["udp"],
                         help="fanout: also measure load clients over ICE-TCP (tcp) and/or relayed by TURN/UDP (turn) "
-                             "beside UDP (rows tern-tcp, tern-turn)")
+                             "or TURN/TLS (turn-tls) beside UDP (rows tern-tcp, tern-turn, tern-turn-tls)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args()
     if (os.cpu_count() or 1) < 2:
@@ -466,13 +472,13 @@ def main() -> int:
         for transport in (t for t in OVER if t in args.transport):
             over = asyncio.run(fanout(carried, window, logs / f"tern-bench-fanout-{transport}.log", rows,
                                       transport=transport))
-            figures[f"{transport}_max_zero_loss_subscribers"] = over["max_zero_loss_subscribers"]
-            figures[f"{transport}_errors"] = over["errors"]
+            figures[f"{_key(transport)}_max_zero_loss_subscribers"] = over["max_zero_loss_subscribers"]
+            figures[f"{_key(transport)}_errors"] = over["errors"]
         compare = min(COMPARE_SUBSCRIBERS, top)
         for kind in BASELINES:
             row = baseline_fanout(kind, compare, window)
             if row is None:
-                print(f"{kind:<12} fanout   unavailable (bench/forwarders.py missing or failed)")
+                print(f"{kind:<13} fanout   unavailable (bench/forwarders.py missing or failed)")
                 continue
             rows.append(row)
             print(_format(row), flush=True)
@@ -487,8 +493,8 @@ def main() -> int:
     figures.update(summarize(rows, figures.get("max_zero_loss_subscribers", 0)))
     figures["rows"] = [asdict(row) for row in rows]
     print()
-    transport_keys = [key for transport in OVER if transport in args.transport
-                      for key in (f"pps_per_core_{transport}", f"{transport}_cost", f"{transport}_compared_at")]
+    transport_keys = [key for transport in OVER if transport in args.transport for key in
+                      (f"pps_per_core_{_key(transport)}", f"{_key(transport)}_cost", f"{_key(transport)}_compared_at")]
     for key in ("pps_per_core", "pps_per_core_twcc", "pps_per_core_no_twcc", "twcc_cost", "twcc_compared_at",
                 "max_zero_loss_subscribers", "p99_added_latency_ms", "rss_per_subscriber_kib", "join_ms",
                 "ratio_c_ceiling", "ratio_c_ceiling_no_twcc", "ratio_pure_python", *transport_keys):
@@ -499,7 +505,7 @@ def main() -> int:
         print(f"{'hostile (quiet -> flooded)':<28} {h['subscribers']} sub, flood {h['flood_datagrams_per_second']:,.0f}/s: "
               f"pps {h['pps'][0]:,.0f} -> {h['pps'][1]:,.0f}, lost {h['lost'][0]} -> {h['lost'][1]}, "
               f"p99 {_ms(h['p99_ms'][0])} -> {_ms(h['p99_ms'][1])} ms")
-    for transport, who in (("tcp", "over ICE-TCP"), ("turn", "relayed by TURN")):
+    for transport, who in (("tcp", "over ICE-TCP"), ("turn", "relayed by TURN"), ("turn_tls", "by TURN/TLS")):
         if figures.get(f"{transport}_cost") is not None:
             print(f"{'a subscriber ' + who:<28} costs the server {1 / (1 - figures[f'{transport}_cost']):.2f}x the "
                   f"CPU per forwarded packet of one over UDP ({figures[f'{transport}_compared_at']})")
@@ -560,18 +566,24 @@ def twcc_cost(rows: list[Row]) -> dict:
             "twcc_compared_at": label}
 
 
+def _key(transport: str) -> str:
+    """A --transport choice as it appears in figure names ("turn-tls": "turn_tls")."""
+    return transport.replace("-", "_")
+
+
 def transport_cost(rows: list[Row], transport: str) -> dict:
-    """Forwarded packets per CPU-second to subscribers over `transport` ("tcp": ICE-TCP, "turn": relayed), and the
-    share of capacity it costs against UDP (both with transport-cc; see compared); nothing without its rows."""
-    name = OVER[transport]
+    """Forwarded packets per CPU-second to subscribers over `transport` ("tcp": ICE-TCP, "turn", "turn-tls":
+    relayed), and the share of capacity it costs against UDP (both with transport-cc; see compared); nothing without
+    its rows."""
+    name, key = OVER[transport], _key(transport)
     if not any(r.forwarder == name for r in rows):
         return {}
     pair = compared(rows, name, "tern")
     if pair is None:
-        return {f"pps_per_core_{transport}": None, f"{transport}_cost": None}
+        return {f"pps_per_core_{key}": None, f"{key}_cost": None}
     label, over, udp = pair
-    return {f"pps_per_core_{transport}": over, f"{transport}_cost": 1 - over / udp if udp else None,
-            f"{transport}_compared_at": label}
+    return {f"pps_per_core_{key}": over, f"{key}_cost": 1 - over / udp if udp else None,
+            f"{key}_compared_at": label}
 
 
 if __name__ == "__main__":
