@@ -1,12 +1,11 @@
-"""Harness: drives a DownTrack's Forwarder and Munger, a transport's BWE, and an ICE-TCP connection's RFC 4571
-framer, from Python, for tests (no sockets, no SRTP, no event loop).
+"""Harness: drives a DownTrack's Forwarder and Munger and a transport's BWE from Python, for tests (no sockets,
+no SRTP, no event loop; a stream's framer has its own class, engine/framer.pyx).
 
 A DownTrackHarness is one Receiver with one DownTrack. `push` hands it a packet as demux.pyx would (parsed into an
 ExtPacket by the same codec code) and runs it through the same calls as fanout.pyx: forwarder_accept, munger_map,
 downtrack_write. What comes out is exactly the RTP packet the subscriber would get, before SRTP."""
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
 
 from engine.bwe cimport (Bwe, BwePacketResult, bwe_congested, bwe_estimate_bps, bwe_init, bwe_loss_fraction,
                          bwe_on_feedback, bwe_on_remb, bwe_on_sent, bwe_probe_result_bps, bwe_probe_start,
@@ -20,9 +19,6 @@ from engine.munger cimport DROP_PADDING, munger_drop, munger_map
 from engine.packet cimport ExtPacket, packet_set
 from engine.receiver cimport MAX_LAYERS, Receiver, receiver_free, receiver_new
 from engine.rtp cimport parse_rtp
-from engine.state cimport RECV_BUF
-from engine.tcpframer cimport (FRAME_INVALID, FRAME_NONE, FRAME_OVERSIZED, FRAMER_BUFFER, Framer, framer_init,
-                               framer_next, framer_space, framer_wrote)
 
 
 cdef class DownTrackHarness:
@@ -229,63 +225,3 @@ cdef class BweHarness:
                 "loss_rate_bps": self.b.loss_rate_bps, "rtt_ms": self.b.rtt_ms, "slope": self.b.slope}
 
 
-cdef class FramerHarness:
-    """One connection's framer, fed as tcpmux.pyx feeds it: each read fills at most the space it offers, and every
-    whole frame is taken before the next read. `max_frame` as the engine's (RECV_BUF) unless given; `turn`: TURN's
-    framing (STUN and ChannelData lengths) rather than RFC 4571's."""
-
-    cdef Framer *f
-    cdef readonly int oversized
-    cdef readonly bint invalid
-
-    def __cinit__(self, int max_frame=RECV_BUF, bint turn=False):
-        if not 0 <= max_frame <= FRAMER_BUFFER // 4:
-            raise ValueError("max_frame must fit four times in the buffer")
-        self.f = <Framer *>malloc(sizeof(Framer))
-        if self.f == NULL:
-            raise MemoryError()
-        framer_init(self.f, max_frame, turn)
-
-    def __dealloc__(self):
-        free(self.f)
-
-    def feed(self, bytes data) -> list:
-        """The frames `data` completes, in order (oversized ones are counted in `oversized`, not returned). A TURN
-        stream that stops making sense sets `invalid` and takes nothing more (the engine closes the connection)."""
-        cdef const uint8_t *source = data
-        cdef const uint8_t *frame
-        cdef uint8_t *space
-        cdef int offset = 0, room, taken, length, result
-        frames = []
-        while not self.invalid:
-            result = framer_next(self.f, &frame, &length)
-            if result == FRAME_INVALID:
-                self.invalid = True
-            elif result == FRAME_OVERSIZED:
-                self.oversized += 1
-            elif result != FRAME_NONE:
-                frames.append((<const char *>frame)[:length])
-            elif offset == len(data):
-                return frames
-            else:
-                room = framer_space(self.f, &space)
-                taken = min(room, len(data) - offset)
-                memcpy(space, source + offset, taken)
-                framer_wrote(self.f, taken)
-                offset += taken
-        return frames
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held (a partial frame, or frames not yet taken)."""
-        return self.f.end - self.f.start
-
-    @property
-    def footprint(self) -> int:
-        """Bytes of the buffer in use, from its front: never more than FRAMER_BUFFER."""
-        return self.f.end
-
-    @property
-    def moved(self) -> int:
-        """Bytes compaction has moved so far."""
-        return self.f.moved

@@ -17,7 +17,7 @@ from livekit.protocol import rtc
 
 import engine
 from conftest import start_server, stop_server
-from engine.harness import FramerHarness
+from engine.framer import StreamFramer
 from signaling.peer import sdp
 from signal_client import SignalClient
 from test_engine import AUDIO_SSRC, DOWN_AUDIO_SSRC, OPUS_PT, SUB_OPUS_PT, Peer, binding_request, needs_ipv6, parse, rtp
@@ -63,7 +63,7 @@ packets = st.lists(st.binary(max_size=MAX_FRAME), max_size=30)
 @given(packets, st.lists(st.integers(min_value=0), max_size=40))
 def test_framer_gives_the_same_frames_however_the_stream_is_split(frames: list[bytes], cuts: list[int]) -> None:
     stream = framed(*frames)
-    split, whole = FramerHarness(), FramerHarness()
+    split, whole = StreamFramer(), StreamFramer()
     got = [frame for chunk in chunks(stream, cuts) for frame in split.feed(chunk)]
     assert got == frames == whole.feed(stream)  # split anywhere, or coalesced into one read
     assert split.buffered == 0 and split.oversized == 0
@@ -72,7 +72,7 @@ def test_framer_gives_the_same_frames_however_the_stream_is_split(frames: list[b
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=40_000), st.lists(st.integers(min_value=0), max_size=60))
 def test_framer_on_garbage_matches_the_spec_and_stays_bounded(stream: bytes, cuts: list[int]) -> None:
-    framer = FramerHarness()
+    framer = StreamFramer()
     got = []
     for chunk in chunks(stream, cuts):
         got += framer.feed(chunk)
@@ -88,7 +88,7 @@ def test_framer_on_garbage_matches_the_spec_and_stays_bounded(stream: bytes, cut
 def test_framer_work_is_linear_in_the_input(sizes: list[int], step: int) -> None:
     # Byte-sized reads are the worst case for compaction: every byte is moved at most once on average.
     stream = framed(*(bytes(size) for size in sizes))
-    framer = FramerHarness()
+    framer = StreamFramer()
     count = 0
     for offset in range(0, len(stream), step):
         count += len(framer.feed(stream[offset:offset + step]))
@@ -97,7 +97,7 @@ def test_framer_work_is_linear_in_the_input(sizes: list[int], step: int) -> None
 
 
 def test_framer_skips_an_oversized_frame_and_stays_in_step() -> None:
-    framer = FramerHarness()
+    framer = StreamFramer()
     stream = framed(b"a") + struct.pack("!H", MAX_FRAME + 1) + bytes(MAX_FRAME + 1) + framed(b"b", b"")
     assert [frame for byte in range(len(stream)) for frame in framer.feed(stream[byte:byte + 1])] == [b"a", b"b", b""]
     assert framer.oversized == 1 and framer.buffered == 0

@@ -8,6 +8,7 @@ import time
 from livekit.protocol import rtc
 from pylibsrtp import Policy, Session
 
+from engine.framer import StreamFramer
 from signaling.clients import loadgen, loadtest, turnclient, turntls
 from signaling.peer.dtls import session_pointer
 from signaling.peer.ice import binding_request
@@ -86,7 +87,7 @@ def test_loadgen_frames_media_on_a_tcp_stream_and_takes_over_a_partly_read_one()
     stream = b"".join(len(m).to_bytes(2, "big") + m for m in (request, consent))
     cut = len(request) + 2 + 30
     sending.sendall(stream[:cut])
-    framer = loadgen.StreamFramer()
+    framer = StreamFramer()
     time.sleep(0.1)
     assert framer.feed(receiving.recv(65536)) == [request]  # what Python's handshake reads, one frame and a part
 

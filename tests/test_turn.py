@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import engine
 from conftest import free_port, start_server, stop_server
-from engine.harness import FramerHarness
+from engine.framer import StreamFramer
 from signal_client import SignalClient
 from signaling.auth import create_token
 from signaling.peer import turn
@@ -82,7 +82,7 @@ turn_frames = st.lists(st.one_of(
 @given(turn_frames, st.lists(st.integers(min_value=0), max_size=40))
 def test_turn_framer_gives_the_same_frames_however_the_stream_is_split(frames, cuts) -> None:
     stream = b"".join(padded for _, padded in frames)
-    split, whole = FramerHarness(turn=True), FramerHarness(turn=True)
+    split, whole = StreamFramer(turn=True), StreamFramer(turn=True)
     got = [frame for chunk in chunks(stream, cuts) for frame in split.feed(chunk)]
     assert got == [frame for frame, _ in frames] == whole.feed(stream)
     assert split.buffered == 0 and not split.invalid
@@ -91,7 +91,7 @@ def test_turn_framer_gives_the_same_frames_however_the_stream_is_split(frames, c
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=20_000), st.lists(st.integers(min_value=0), max_size=60))
 def test_turn_framer_on_garbage_matches_the_spec_and_stays_bounded(stream: bytes, cuts: list[int]) -> None:
-    framer = FramerHarness(turn=True)
+    framer = StreamFramer(turn=True)
     got = []
     for chunk in chunks(stream, cuts):
         got += framer.feed(chunk)
@@ -104,7 +104,7 @@ def test_turn_framer_on_garbage_matches_the_spec_and_stays_bounded(stream: bytes
 @given(st.lists(st.integers(min_value=0, max_value=MAX_FRAME - 4), min_size=1, max_size=100), st.integers(1, 7))
 def test_turn_framer_work_is_linear_in_the_input(sizes: list[int], step: int) -> None:
     stream = b"".join(channel_frame(0x4001, bytes(size))[1] for size in sizes)
-    framer = FramerHarness(turn=True)
+    framer = StreamFramer(turn=True)
     count = sum(len(framer.feed(stream[offset:offset + step])) for offset in range(0, len(stream), step))
     assert count == len(sizes) and framer.moved <= len(stream)
 

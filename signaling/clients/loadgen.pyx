@@ -37,9 +37,9 @@ from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, nanoslee
 
 from engine cimport srtp
 from engine.batchio cimport MSG_DONTWAIT, iovec, mmsghdr, msghdr, recvmmsg, sendmmsg
+from engine.framer cimport StreamFramer
 from engine.rtp cimport RtpHeader, find_extension, parse_rtp
-from engine.tcpframer cimport (FRAME_NONE, FRAME_OK, FRAME_HEADER, Framer, framer_init, framer_next, framer_space,
-                               framer_wrote)
+from engine.tcpframer cimport FRAME_NONE, FRAME_OK, FRAME_HEADER, Framer, framer_next, framer_space, framer_wrote
 from engine.twcc cimport (TWCC_MAX_FEEDBACK, TwccRecorder, twcc_recorder_add, twcc_recorder_feedback,
                           twcc_recorder_full, twcc_recorder_init)
 from engine.wire cimport load16, load32, store16, store32
@@ -221,45 +221,6 @@ def send_framed(int fd, bytes data) -> None:
         result = write_framed(fd, p, length)
     if result != 0:
         raise OSError(errno, "send_framed")
-
-
-cdef class StreamFramer:
-    """De-frames an ICE-TCP stream (RFC 4571, engine/tcpframer.pxd) that Python reads before loadgen does (ICE and
-    DTLS); LoadReceiver.add_socket takes it over with whatever it holds, so no byte read is lost."""
-
-    cdef Framer *f
-    cdef readonly int oversized
-
-    def __cinit__(self):
-        self.f = <Framer *>malloc(sizeof(Framer))
-        if self.f == NULL:
-            raise MemoryError()
-        framer_init(self.f, RECV_BUF, False)
-
-    def __dealloc__(self):
-        free(self.f)
-
-    def feed(self, bytes data) -> list:
-        """The whole frames `data` completes, in order (frames longer than RECV_BUF are skipped and counted)."""
-        cdef const uint8_t *source = data
-        cdef const uint8_t *frame
-        cdef uint8_t *space
-        cdef int offset = 0, room, taken, length, result
-        frames = []
-        while True:
-            result = framer_next(self.f, &frame, &length)
-            if result == FRAME_OK:
-                frames.append((<const char *>frame)[:length])
-            elif result != FRAME_NONE:
-                self.oversized += 1
-            elif offset == len(data):
-                return frames
-            else:
-                room = framer_space(self.f, &space)
-                taken = min(room, len(data) - offset)
-                memcpy(space, source + offset, taken)
-                framer_wrote(self.f, taken)
-                offset += taken
 
 
 cdef int send_channel(int fd, uint16_t channel, const uint8_t *data, int length) noexcept nogil:

@@ -40,6 +40,7 @@ from livekit.protocol import models, rtc
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
+from engine.framer import StreamFramer
 from ..auth import create_token
 from ..durations import parse_duration
 from ..peer import sdp
@@ -96,7 +97,7 @@ class MediaPath:
             self.sock.bind(("0.0.0.0", 0))
         self.sock.setblocking(False)
         # RFC 4571 de-framing of what we read before loadgen does; it goes to loadgen with the socket
-        self.framer = loadgen.StreamFramer() if tcp else None
+        self.framer = StreamFramer() if tcp else None
         self._frames: list[bytes] = []  # read, not yet taken
         self.sessions: tuple | None = None  # (rx, tx) pylibsrtp sessions, alive as long as the path
         self.srtp_keys: SrtpKeys | None = None
