@@ -443,7 +443,10 @@ class LoadParticipant:
             self.subscriber_path = MediaPath(self.clients.certificate, self.clients.transport)
         answer = build_subscriber_answer(description, self.subscriber_path, self.clients.transport_cc)
         await self._send(rtc.SignalRequest(answer=rtc.SessionDescription(type="answer", sdp=answer, id=offer.id)))
-        if self._subscriber_connect is None:
+        # With transport-cc, the PC connects on the first offer that carries media (the one before the room's tracks
+        # reach it has only the data channel, and no transport-cc id for loadgen's feedback).
+        carries_media = any(sdp.EXT_TRANSPORT_CC in s.extmap for s in description.sections)
+        if self._subscriber_connect is None and (carries_media or not self.clients.transport_cc):
             self._subscriber_connect = asyncio.create_task(self._connect_subscriber(description))
 
     async def _connect_subscriber(self, description: sdp.SessionDescription) -> None:
@@ -454,8 +457,7 @@ class LoadParticipant:
         except LoadError as error:
             self.error = f"subscriber PC: {error}"
             return
-        # The transport-cc id of the first offer (BUNDLE: one for the transport); a later offer adding the first
-        # video is not looked at, so a subscriber joining a room without video sends no feedback.
+        # The transport-cc id of the offer it connected on (BUNDLE: one for the transport).
         transport_cc_id = next((s.extmap[sdp.EXT_TRANSPORT_CC] for s in description.sections
                                 if sdp.EXT_TRANSPORT_CC in s.extmap), 0) if self.clients.transport_cc else 0
         self.load_receiver_index = path.hand_over(self.clients.load_receiver, transport_cc_id=transport_cc_id)
