@@ -100,6 +100,11 @@ cdef int64_t LOSS_DECREASE_INTERVAL_US = 300000  # ... at most every 300 ms + RT
 # Acknowledged bitrate: bytes received per arrival-time bucket.
 cdef int64_t BWE_ACK_BUCKET_US = 50000        # 10 x 50 ms = 500 ms, libwebrtc's steady-state window
 cdef int64_t ACK_MIN_SPAN_US = 100000         # a rate needs >= 100 ms of arrivals (first decisions come fast)
+# A decrease takes what arrived over the newest ACK_RECENT_BUCKETS (150 ms, libwebrtc's acknowledged-rate window once
+# it has started) when that is less: at congestion the bottleneck is full, so what it delivers now is its capacity,
+# while the whole window still holds the rate from before a link narrowed (measured: 720p into a link narrowed to
+# 600 kbit/s, the first decrease from the 500 ms window landed at 1 Mbit/s and took 360p, 1.5 s before 426 kbit/s).
+cdef int ACK_RECENT_BUCKETS = 3
 
 # Probes (libwebrtc ProbeBitrateEstimator's acceptance rules).
 cdef int32_t PROBE_MIN_PACKETS = 5            # libwebrtc: >= 80 % of its 5 minimum probe packets; we want all 5
@@ -400,7 +405,8 @@ cdef void rate_update(Bwe *b, int64_t now) noexcept nogil:
         if (b.rate_state != RATE_DECREASE
                 or <double>(now - b.last_congestion_us) / 1000.0 >= reduce_ms
                 or (not app_limited and 0 < acked < APP_LIMITED_SHARE * rate)):
-            rate = probe_floor(b, DECREASE_FACTOR * (acked if acked > 0 and not app_limited else rate), now)
+            rate = probe_floor(b, DECREASE_FACTOR * (delivered_bps(b) if acked > 0 and not app_limited else rate),
+                               now)
             if rate > b.delay_rate_bps:
                 rate = b.delay_rate_bps   # a decrease never increases (acked can exceed the estimate briefly)
             if acked > 0 and not app_limited:
@@ -476,7 +482,7 @@ cdef void loss_update(Bwe *b, int64_t now) noexcept nogil:
             # carries: a full shallow queue hides from the delay detector, so the cut goes no higher than that.
             span_us = <double>(b.interval_last_send_us - b.interval_first_send_us)
             cut = (1.0 - 0.5 * loss) * (b.interval_bytes * 8e6 / span_us if span_us > 0 else b.loss_rate_bps)
-            acked = rate_value(b, &b.acked)
+            acked = delivered_bps(b)
             if 0 < acked < cut:
                 cut = acked
             cut = probe_floor(b, cut, now)
@@ -523,21 +529,29 @@ cdef void rate_count(Bwe *b, BweRate *rate, int64_t t, int32_t size) noexcept no
         rate.first_us = t
 
 
-cdef double rate_value(Bwe *b, const BweRate *rate) noexcept nogil:
-    """Bytes over the window (or since the restart, if shorter) as bit/s; -1 until it spans 100 ms."""
+cdef double rate_value(Bwe *b, const BweRate *rate, int buckets = BWE_ACK_BUCKETS) noexcept nogil:
+    """Bytes over the newest `buckets` of the window (or since the restart, if shorter) as bit/s; -1 until that
+    spans 100 ms."""
     cdef int64_t start, total = 0
-    cdef int k
+    cdef int64_t k
     if rate.head < 0:
         return -1.0
-    start = (rate.head - BWE_ACK_BUCKETS + 1) * BWE_ACK_BUCKET_US - MAX_ARRIVAL_US
+    start = (rate.head - buckets + 1) * BWE_ACK_BUCKET_US - MAX_ARRIVAL_US
     if rate.first_us > start:
         start = rate.first_us
     if rate.last_us - start < ACK_MIN_SPAN_US:
         return -1.0
-    for k in range(BWE_ACK_BUCKETS):
-        total += rate.bytes[k]
-    b.ops += BWE_ACK_BUCKETS
+    for k in range(rate.head - buckets + 1, rate.head + 1):
+        total += rate.bytes[k % BWE_ACK_BUCKETS]
+    b.ops += buckets
     return total * 8e6 / <double>(rate.last_us - start)
+
+
+cdef double delivered_bps(Bwe *b) noexcept nogil:
+    """What the path delivers at congestion: the acked rate, or its newest ACK_RECENT_BUCKETS if less."""
+    cdef double acked = rate_value(b, &b.acked)
+    cdef double recent = rate_value(b, &b.acked, ACK_RECENT_BUCKETS)
+    return recent if 0 < recent < acked else acked
 
 
 # ---- probes --------------------------------------------------------------------------------------------------------

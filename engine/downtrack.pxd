@@ -52,6 +52,8 @@ cdef struct DownTrack:
     # Forwarder (forwarder.pyx)
     int current_layer         # -1 = waiting for a first keyframe
     int max_layer             # cap on the target (the StreamAllocator's hook)
+    bint cut                  # the current layer, above the cap, is dropped until the switch (a bandwidth
+                              # step-down: its packets would only fill the queue the lower layer's keyframe must pass)
     bint paused               # forwards nothing (unsubscribed view, server mute); resumes at a keyframe
     uint16_t switch_seq       # first input seq of the current layer (trailing the newest): older ones never pass
     int max_temporal          # cap on the temporal layer (the StreamAllocator's hook); MAX_TEMPORAL - 1 = all

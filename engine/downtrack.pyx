@@ -32,6 +32,7 @@ cdef void downtrack_free(DownTrack *d) noexcept nogil:
 
 cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil:
     d.current_layer = -1
+    d.cut = False
     d.current_temporal = -1
     memset(d.seqmap, 0, SEQMAP_SIZE * sizeof(SeqMapEntry))  # entries name the old stream's packets
 

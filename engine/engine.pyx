@@ -105,7 +105,7 @@ STAT_NAMES = (
     "tcp_accept_failed", "drop_tcp_oversized", "drop_tcp_queue_full", "drop_tcp_closed",
     "turn_connections", "turn_requests", "turn_relayed_in", "turn_relayed_out", "drop_turn_malformed",
     "drop_turn_no_allocation", "drop_turn_no_permission", "drop_turn_rate_limited", "drop_turn_gone",
-    "drop_turn_send_failed",
+    "drop_turn_send_failed", "drop_layer_cut",
 )
 assert len(STAT_NAMES) == S_COUNT
 
@@ -871,12 +871,16 @@ cdef class Engine:
         downtrack_free(d)
         self.s.downtracks[<int>slot] = NULL
 
-    def set_target_layer(self, downtrack_id: int, layer: int, temporal: int | None = None) -> None:
+    def set_target_layer(self, downtrack_id: int, layer: int, temporal: int | None = None,
+                         cut: bool = False) -> None:
         """Caps the layer the Forwarder aims at (StreamAllocator hook); it still switches only at keyframes.
         `temporal` caps the temporal layer within it (0 = the base layer only, 3 = all, a DownTrack's default; None
-        leaves the cap as it is): the Forwarder goes down at the next frame, up at a layer sync frame or keyframe."""
+        leaves the cap as it is): the Forwarder goes down at the next frame, up at a layer sync frame or keyframe.
+        `cut`, for a step-down the link cannot wait for: the current layer stops at once instead of at the lower
+        layer's keyframe (forwarder.pxd, DownTrack.cut)."""
         cdef DownTrack *d = self.s.downtracks[self._slot(self._downtrack_slots, downtrack_id, "downtrack")]
         d.max_layer = max(0, min(layer, MAX_LAYERS - 1))
+        d.cut = cut and d.max_layer < d.current_layer
         if temporal is not None:
             d.max_temporal = max(0, min(temporal, MAX_TEMPORAL - 1))
 

@@ -4,12 +4,13 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t
 from engine cimport srtp
 from engine.bwe cimport bwe_on_sent
 from engine.downtrack cimport WRITE_GROWTH, WRITE_MEDIA, WRITE_PADDING, WRITE_RTX, downtrack_write
-from engine.forwarder cimport FORWARD_DROP, FORWARD_DROP_TEMPORAL, FORWARD_PAUSED, FORWARD_SWITCHED, forwarder_accept
+from engine.forwarder cimport (FORWARD_CUT, FORWARD_DROP, FORWARD_DROP_TEMPORAL, FORWARD_PAUSED, FORWARD_SWITCHED,
+                               forwarder_accept)
 from engine.munger cimport DROP_PADDING, munger_drop, munger_map
 from engine.receiver cimport Receiver
-from engine.state cimport (BATCH, S_DROP_PROTECT, S_DROP_SUBSCRIBER_NOT_READY, S_DROP_TEMPORAL_LAYER,
-                           S_DROP_TOO_LARGE, S_FORWARDED, S_LAYER_SWITCHES, S_PAUSED_SKIPPED, S_TEMPORAL_PADDING,
-                           SEND_BUF, Transport, transport_ready)
+from engine.state cimport (BATCH, S_DROP_LAYER_CUT, S_DROP_PROTECT, S_DROP_SUBSCRIBER_NOT_READY,
+                           S_DROP_TEMPORAL_LAYER, S_DROP_TOO_LARGE, S_FORWARDED, S_LAYER_SWITCHES, S_PAUSED_SKIPPED,
+                           S_TEMPORAL_PADDING, SEND_BUF, Transport, transport_ready)
 from engine.twcc cimport TwccHistory, twcc_history_add
 from engine.udpmux cimport send_commit, send_slot_buffer, send_take_slot
 
@@ -46,6 +47,10 @@ cdef inline void forward(EngineState *s, DownTrack *d, const ExtPacket *p, int64
         return
     if verdict == FORWARD_PAUSED:
         s.counters[<int>S_PAUSED_SKIPPED] += 1
+        return
+    if verdict == FORWARD_CUT:
+        d.dropped += 1
+        s.counters[<int>S_DROP_LAYER_CUT] += 1
         return
     if verdict == FORWARD_DROP_TEMPORAL:
         s.counters[<int>S_DROP_TEMPORAL_LAYER] += 1

@@ -14,6 +14,7 @@ cdef enum:  # forwarder_accept verdicts
     FORWARD_SWITCHED          # passes, and the current layer just changed to another one
     FORWARD_PAUSED            # the DownTrack is paused: nothing passes, nothing changes
     FORWARD_DROP_TEMPORAL     # above the temporal layer: the Munger's to drop (munger_drop)
+    FORWARD_CUT               # the current layer, cut by a bandwidth step-down (DownTrack.cut)
 
 # The verdict on `p` for `d`. Video switches only to the target layer and only at a keyframe; audio passes
 # everything. A switch re-anchors the Munger so the output continues from the last packet sent. Packets with a

@@ -39,10 +39,15 @@ cdef int forwarder_accept(DownTrack *d, const ExtPacket *p, int64_t now) noexcep
         d.switch_seq = p.h.sequence
         munger_anchor(d, p, r.clock_rate, now)
         temporal_accept(d, p)  # a keyframe: it passes and sets the temporal layer
+        d.cut = False
         if previous >= 0:
             d.layer_switches += 1
             return FORWARD_SWITCHED
         return FORWARD_PASS
+    if d.cut:
+        if forwarder_target(d, r) < previous:
+            return FORWARD_CUT
+        d.cut = False  # the lower layer went stale: the current one is the target again
     delta = <int16_t>(p.h.sequence - d.switch_seq)
     if delta < 0:
         d.dropped += 1  # from before the switch point: its frame was never started

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import pytest
 from livekit.protocol import models, rtc
 
-from signaling.rtc.allocator import (PAUSED, TOP_LAYER, TOP_TEMPORAL, UPGRADE_FAILED_S, UPGRADE_HOLD_S, UPGRADE_MARGIN,
-                                     UPGRADE_RETRY_FACTOR, UPGRADE_RETRY_MEMORY_S, VideoDemand, share)
+from signaling.rtc.allocator import (PAUSED, PROBE_INTERVAL_S, STEP_DOWN_TOLERANCE, TOP_LAYER, TOP_TEMPORAL,
+                                     UPGRADE_FAILED_S, UPGRADE_HOLD_S, UPGRADE_MARGIN, UPGRADE_RETRY_FACTOR,
+                                     UPGRADE_RETRY_MEMORY_S, VideoDemand, share)
 from signaling.rtc import publication as publication_module
 from signaling.rtc.dynacast import Dynacast
 from signaling.rtc.participant import Participant
@@ -230,7 +231,7 @@ def failed_upgrade(node: FakeNode) -> tuple[Participant, Clock, list[int]]:
     bob.allocator.clock = clock = Clock()
     start(node, bob, publish_video(alice))
     layers: list[int] = []
-    node.engine.set_target_layer = lambda dt, layer, temporal=None: layers.append(layer)
+    node.engine.set_target_layer = lambda dt, layer, temporal=None, cut=False: layers.append(layer)
     bob.allocator.on_estimate(NARROW)
     clock.now += UPGRADE_HOLD_S
     bob.allocator.on_estimate(WIDE)  # up...
@@ -272,7 +273,7 @@ async def test_steps_down_at_once_and_up_with_margin_without_flapping(node: Fake
     bob.allocator.clock = clock = Clock()
     [downtrack] = start(node, bob, publish_video(alice))
     layers: list[int] = []
-    node.engine.set_target_layer = lambda dt, layer, temporal=None: layers.append(layer)
+    node.engine.set_target_layer = lambda dt, layer, temporal=None, cut=False: layers.append(layer)
     bob.allocator.on_estimate(5_000_000)
     bob.allocator.on_estimate(600_000)  # 150k + 350k fits, the top layer does not
     assert layers == [2, 1]
@@ -423,7 +424,7 @@ async def test_a_probe_the_link_carries_leads_to_the_upgrade(node: FakeNode) -> 
     bob.allocator.prober = prober = FakeProber(600_000)
     start(node, bob, publish_video(alice))
     layers: list[int] = []
-    node.engine.set_target_layer = lambda dt, layer, temporal=None: layers.append(layer)
+    node.engine.set_target_layer = lambda dt, layer, temporal=None, cut=False: layers.append(layer)
     bob.allocator.on_estimate(prober.estimate)
     clock.now += UPGRADE_HOLD_S
     prober.status = ("pending", 0)
@@ -448,7 +449,7 @@ async def test_a_layer_losing_packets_steps_down_though_the_estimate_holds(node:
     bob.allocator.prober = prober = FakeProber(900_000)
     start(node, bob, publish_video(alice))
     layers: list[int] = []
-    node.engine.set_target_layer = lambda dt, layer, temporal=None: layers.append(layer)
+    node.engine.set_target_layer = lambda dt, layer, temporal=None, cut=False: layers.append(layer)
     bob.allocator.on_estimate(prober.estimate)
     assert layers == [1]
     random = Random(11)
@@ -464,7 +465,7 @@ async def test_a_layer_losing_packets_steps_down_though_the_estimate_holds(node:
     assert layers == [1, 0] and node.counters["loss_step_downs"] == 1
     assert bob.allocator.estimate < 900_000
     prober.status = ("succeeded", 900_000)  # a probe the link carried lifts the cap...
-    for _ in range(int(UPGRADE_RETRY_MEMORY_S / 0.5) - 2):
+    for _ in range(int(UPGRADE_RETRY_MEMORY_S / 0.5) - 4):  # within the memory of the step-down
         clock.now += 0.5
         prober.report(50, 0)
         bob.allocator.tick()
@@ -474,3 +475,57 @@ async def test_a_layer_losing_packets_steps_down_though_the_estimate_holds(node:
         clock.now += 0.5
         bob.allocator.tick()
     assert layers == [1, 0, 1]
+
+
+async def test_a_dip_within_the_tolerance_keeps_the_layer_and_a_real_step_down_cuts_it(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    bob.allocator.clock = Clock()
+    [downtrack] = start(node, bob, publish_video(alice))
+    bob.allocator.on_estimate(900_000)
+    assert node.engine.layers[downtrack] == 1
+    bob.allocator.on_estimate(LAYER_BPS[1] * (1 - STEP_DOWN_TOLERANCE) + 1000)  # GCC's back-off below 360p's price
+    assert node.engine.layers[downtrack] == 1
+    bob.allocator.on_estimate(LAYER_BPS[1] * (1 - STEP_DOWN_TOLERANCE) - 1000)
+    assert node.engine.layers[downtrack] == 0 and node.engine.cuts[downtrack] is True  # the old layer stops at once
+
+
+async def test_a_congested_collapse_lands_on_the_lowest_full_layer(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    bob.allocator.clock = Clock()
+    [downtrack] = start(node, bob, publish_video(alice))
+    bob.allocator.on_estimate(5_000_000)
+    assert node.engine.layers[downtrack] == 2
+    bob.allocator.on_estimate(800_000, congested=True)  # 360p would fit, but the estimator is still cutting
+    assert node.engine.layers[downtrack] == 0 and node.engine.cuts[downtrack] is True
+
+
+async def test_loss_on_the_lowest_layer_neither_pauses_nor_steps_further(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    bob.allocator.clock = clock = Clock()
+    bob.allocator.prober = prober = FakeProber(300_000)
+    [downtrack] = start(node, bob, publish_video(alice))
+    bob.allocator.on_estimate(prober.estimate)
+    assert node.engine.layers[downtrack] == 0
+    for _ in range(10):  # 30 % loss for 5 s
+        clock.now += 0.5
+        prober.report(50, 15)
+        bob.allocator.tick()
+    assert node.engine.layers[downtrack] == 0 and not node.engine.paused.get(downtrack)
+    assert node.counters["loss_step_downs"] == 0 and stream_states(bob) == []
+
+
+async def test_no_probe_for_an_interval_after_a_step_down(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    bob.allocator.clock = clock = Clock()
+    bob.allocator.prober = prober = FakeProber(5_000_000)
+    [downtrack] = start(node, bob, publish_video(alice))
+    bob.allocator.on_estimate(prober.estimate)
+    prober.estimate = 700_000
+    bob.allocator.on_estimate(prober.estimate)
+    assert node.engine.layers[downtrack] == 1
+    clock.now += PROBE_INTERVAL_S - 0.5
+    bob.allocator.tick()
+    assert prober.probes == []  # the link just showed its limit: a probe now would hit the switch's keyframe
+    clock.now += 0.5
+    bob.allocator.tick()
+    assert len(prober.probes) == 1

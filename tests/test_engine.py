@@ -717,6 +717,35 @@ async def test_target_cap_and_stale_layers_switch_down_at_keyframes(setup) -> No
     assert eng.receiver_stats(receiver)["top_layer"] == 0
 
 
+async def test_a_cut_step_down_stops_the_old_layer_before_the_keyframe(setup) -> None:
+    """A step-down for bandwidth (cut=True): the old layer stops at once, the output continues from its last packet
+    with the lower layer's keyframe; a cap raised back before that keyframe lifts the cut."""
+    eng, publisher, subscriber, _ = setup
+    _, downtrack = add_video(eng, publisher, subscriber, ["q", "h", "f"])
+    publisher.send_rtp(video(1, Q_SSRC, b"q", 1, keyframe=True))
+    publisher.send_rtp(video(500, F_SSRC, b"f", 500, keyframe=True))
+    await subscriber.collect()
+    assert [p.seq for p in subscriber.take_rtp()] == [500]
+    eng.set_target_layer(downtrack, 0, cut=True)
+    publisher.send_rtp(video(501, F_SSRC, b"f", 501, keyframe=False))
+    publisher.send_rtp(video(2, Q_SSRC, b"q", 2, keyframe=False))
+    await subscriber.collect()
+    assert subscriber.take_rtp() == []
+    assert eng.stats()["drop_layer_cut"] == 1
+    publisher.send_rtp(video(3, Q_SSRC, b"q", 3, keyframe=True))
+    publisher.send_rtp(video(502, F_SSRC, b"f", 502, keyframe=False))
+    await subscriber.collect()
+    assert [(p.seq, picture_id(p.payload)) for p in subscriber.take_rtp()] == [(501, 501)]
+    assert eng.downtrack_stats(downtrack)["current_layer"] == 0
+    # On q now: a cut to q itself cuts nothing; raised to f and cut back before f's keyframe, q keeps flowing.
+    eng.set_target_layer(downtrack, 0, cut=True)
+    eng.set_target_layer(downtrack, 2)
+    eng.set_target_layer(downtrack, 0, cut=True)
+    publisher.send_rtp(video(4, Q_SSRC, b"q", 4, keyframe=False))
+    await subscriber.collect()
+    assert [p.seq for p in subscriber.take_rtp()] == [502]
+
+
 async def test_a_cap_on_a_silent_layer_aims_at_the_best_live_one(setup) -> None:
     eng, publisher, subscriber, _ = setup
     receiver, downtrack = add_video(eng, publisher, subscriber, ["q", "h", "f"])

@@ -39,6 +39,7 @@ class FakeEngine:
         self.paused: dict[int, bool] = {}
         self.layers: dict[int, int] = {}
         self.temporal: dict[int, int | None] = {}  # the temporal cap pushed with the layer
+        self.cuts: dict[int, bool] = {}  # whether that layer cut the current one at once (a bandwidth step-down)
 
     def add_transport(self, ice_ufrag: str | None = None) -> int:
         return next(self._ids)
@@ -68,8 +69,10 @@ class FakeEngine:
     def set_paused(self, downtrack_id: int, paused: bool) -> None:
         self.paused[downtrack_id] = paused
 
-    def set_target_layer(self, downtrack_id: int, layer: int, temporal: int | None = None) -> None:
+    def set_target_layer(self, downtrack_id: int, layer: int, temporal: int | None = None,
+                         cut: bool = False) -> None:
         self.layers[downtrack_id] = layer
+        self.cuts[downtrack_id] = cut
         self.temporal[downtrack_id] = temporal
 
     def downtrack_stats(self, downtrack_id: int) -> dict:

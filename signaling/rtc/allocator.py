@@ -42,6 +42,18 @@ PAUSED = -1    # a video allocation that does not fit even its lowest layer
 # an encoder's steady target; measured behind 600 kbit/s with a 200 ms queue, margins of 15 and 25 % let 360p
 # (~500 kbit/s with audio) in, and within seconds its loss threw it out again, each time with a freeze.
 UPGRADE_MARGIN = 1.3
+# A step-down needs the estimate below what the allocation uses by more than this share: GCC answers every
+# congestion signal (a probe's own queue, a burst) by falling to 85 % of what was acknowledged, so at the edge of a
+# link its estimate dips below a layer the link carries, and following each dip would cost a keyframe wait and a
+# freeze both ways. A layer the link really cannot carry loses packets: the loss watch (LOSS_STEP_DOWN) steps it
+# down whatever the estimate says.
+STEP_DOWN_TOLERANCE = 0.1
+# A congested estimate (the estimator is cutting) below COLLAPSE_SHARE of what the allocation uses means the link
+# narrowed under it: the delay-based estimate keeps falling for a second or more while the old queue drains, so a video
+# steps straight to its lowest full-rate layer, whose keyframe is the smallest, and climbs back by probing. Following
+# the estimate down layer by layer pays a keyframe wait per layer (measured: 720p -> 360p -> 180p behind a link
+# narrowed to 600 kbit/s, 1.8 s without a frame).
+COLLAPSE_SHARE = 0.6
 # After a track stepped down, it stays down at least this long (LiveKit probes at most every 3 s before an upgrade).
 UPGRADE_HOLD_S = 3.0
 # An upgrade undone within UPGRADE_FAILED_S (the link could not carry the new step after all, though a probe said
@@ -68,7 +80,9 @@ PAUSE_AFTER_S = 1.5
 # burst allowance (a router's token bucket) does not pass for capacity. Its rate covers the next step with the
 # upgrade margin, and raises the rate by at least PROBE_MIN_INCREASE_BPS (LiveKit's 200 kbps) but at most to
 # PROBE_MAX_GROWTH x the estimate: a big step (360p -> 720p is +1.5 Mbps) is reached by doubling probes 3 s apart
-# (as libwebrtc's probe controller does), and one into a narrow link stops at its first loss (prober.pyx).
+# (as libwebrtc's probe controller does), and one into a narrow link stops at its first loss (prober.pyx). After a
+# probe the link carried, the next aims at everything the subscriber asks for (still at most doubling), not just the
+# next step: a link that opened climbs 180p -> 720p in two or three probes, not one per step.
 PROBE_INTERVAL_S = 3.0
 PROBE_BACKOFF = 1.5
 PROBE_MAX_INTERVAL_S = 5.0
@@ -92,13 +106,15 @@ LOSS_HEAVY = 0.10
 LOSS_LOSSY_WINDOWS = 2
 LOSS_WINDOW_S = 1.0
 LOSS_MIN_PACKETS = 30
-# One window cuts at most this share: heavy loss right after an upgrade is partly the switch's keyframe burst, and
+# Loss steps down, it never pauses: the cap stays at or above the lowest steps (a paused video is the estimate's
+# call, PAUSE_AFTER_S). One window cuts at most this share: heavy loss right after an upgrade is partly the switch's keyframe burst, and
 # a cut by all of it took 360p down past 180p to 7.5 fps behind 600 kbit/s. A layer far too big for its link is
 # the delay-based estimate's to catch; if not, the next window cuts again.
 LOSS_MAX_CUT = 0.3
 # After any step-down, the next window starts this much later: the old layer's packets (and their feedback) keep
 # coming until the lower layer's keyframe, and a queue the old layer filled drains with loss; none of that is the
-# new step's (measured: 61 % lost in the second after 720p -> 180p behind a link narrowed to 600 kbit/s).
+# new step's (measured: 61 % lost in the second after 720p -> 180p behind a link narrowed to 600 kbit/s). The same
+# after a probe the link did not carry: its queue drains with loss too (measured: 19 %, which stepped 360p down).
 LOSS_SETTLE_S = 1.0
 
 
@@ -106,7 +122,8 @@ class LayerControl(Protocol):
     """The engine's side of an allocation."""
 
     def set_paused(self, downtrack_id: int, paused: bool) -> None: ...
-    def set_target_layer(self, downtrack_id: int, layer: int, temporal: int | None = None) -> None: ...
+    def set_target_layer(self, downtrack_id: int, layer: int, temporal: int | None = None,
+                         cut: bool = False) -> None: ...
     def receiver_stats(self, receiver_id: int) -> dict: ...
 
 
@@ -245,6 +262,9 @@ class StreamAllocator:
         self.prober: Prober | None = None  # set once the subscriber transport exists
         # what the current allocation uses (bps) and what its next upgrade would add (None: nothing to upgrade)
         self._usage = 0.0
+        self._wanted = 0.0  # what the allocation would use if every track had what its subscriber asks for
+        self._ramping = False  # the last probe was carried: the next one aims at the whole of `_wanted`
+        self._floor = 0.0  # what the lowest steps use (audio, and every video's first step)
         self._next_step: float | None = None
         self._retry_above = 0.0  # a failed upgrade's retry needs an estimate this high: probes aim there
         self._first_estimate = True  # the estimate being allocated is the first (no dip to sit out)
@@ -257,6 +277,7 @@ class StreamAllocator:
         self._loss_settled_at = float("-inf")  # no window starts before
         self._lossy_windows = 0  # lossy windows in a row
         self._lost_at: float | None = None  # while a loss step-down is allocated: the estimate the link lost at
+        self._cuts: set[int] = set()  # DownTracks stepped down for bandwidth by the allocation being pushed
 
     # -- inputs
     def update(self, subscription: Subscription) -> None:
@@ -288,8 +309,11 @@ class StreamAllocator:
             self._probe_interval = (PROBE_INTERVAL_S if carried
                                     else min(PROBE_MAX_INTERVAL_S, self._probe_interval * PROBE_BACKOFF))
             self._counters["probes_carried" if carried else "probes_short"] += 1
+            self._ramping = carried
             if carried:
                 self._loss_cap = None
+            else:  # the queue it filled drains with loss that is the probe's, not the layers'
+                self._loss_window, self._loss_settled_at = None, self.clock() + LOSS_SETTLE_S
             self._probe = None
         if self.prober is None or self.estimate is None:
             return
@@ -308,6 +332,8 @@ class StreamAllocator:
         if self.congested or self._next_step is None or now - self._probe_at < self._probe_interval:
             return
         needed = max((self._usage + self._next_step) * UPGRADE_MARGIN, self._retry_above)
+        if self._ramping:  # the link carried the last probe: aim at all that is wanted (still at most doubling)
+            needed = max(needed, self._wanted * UPGRADE_MARGIN)
         if self.estimate >= needed:
             return  # the estimate covers it already: the upgrade waits only for its hold time
         target = max(min(needed, PROBE_MAX_GROWTH * self.estimate), self._usage + PROBE_MIN_INCREASE_BPS)
@@ -336,9 +362,10 @@ class StreamAllocator:
         self._loss_window = (now, packets, lost)
         loss = (lost - lost_before) / reported
         self._lossy_windows = self._lossy_windows + 1 if loss > LOSS_STEP_DOWN else 0
-        if not self._usage or (self._lossy_windows < LOSS_LOSSY_WINDOWS and loss <= LOSS_HEAVY):
+        if self._usage <= self._floor or (self._lossy_windows < LOSS_LOSSY_WINDOWS and loss <= LOSS_HEAVY):
             return False
-        self._loss_cap = (1.0 - min(loss, LOSS_MAX_CUT)) * min(self._usage, self._loss_cap or self._usage)
+        self._loss_cap = max(self._floor,
+                             (1.0 - min(loss, LOSS_MAX_CUT)) * min(self._usage, self._loss_cap or self._usage))
         log.debug("%.0f %% of %d packets lost: allocating under %.0f kbps", 100 * loss, reported,
                   self._loss_cap / 1000)
         self._counters["loss_step_downs"] += 1
@@ -389,10 +416,12 @@ class StreamAllocator:
         capacity = (self.estimate or 0.0) - audio
         fits = share(videos, capacity)
         cautious = share(videos, capacity / UPGRADE_MARGIN)
+        tolerated = share(videos, capacity / (1.0 - STEP_DOWN_TOLERANCE))
         now = self.clock()
         layers = {}
         steps = {}
         retry_above = 0.0
+        self._cuts.clear()
         for video in videos:
             pushed = self._pushed.get(video.key)
             if pushed is None:
@@ -406,8 +435,12 @@ class StreamAllocator:
                     fits[video.key] = 0  # not yet: the lowest step meanwhile
             elif pushed is not None:
                 pushed.short_since = None
-            if current is None or fits[video.key] < current:
+            kept = (current is not None and current != PAUSED and self._lost_at is None
+                    and tolerated[video.key] >= current)  # an estimate's dip, not loss: see STEP_DOWN_TOLERANCE
+            if current is None or (fits[video.key] < current and not kept):
                 step = fits[video.key]
+                if current is not None and self.congested and (self.estimate or 0.0) < COLLAPSE_SHARE * self._usage:
+                    step = min(step, video.step_of(0, TOP_TEMPORAL))
                 if pushed is not None and step < len(video.ladder) - 1:  # stepped down for bandwidth
                     failed_upgrade = now - pushed.upgraded_at < UPGRADE_FAILED_S
                     if failed_upgrade or self._lost_at is not None:  # the step it leaves could not be carried
@@ -423,7 +456,11 @@ class StreamAllocator:
                         pushed.retry_until = float("-inf")
                     pushed.stepped_down_at = now
                     self._loss_window, self._loss_settled_at = None, now + LOSS_SETTLE_S
-            elif self.congested or now - pushed.stepped_down_at < pushed.hold:
+                    # and no probe for an interval: the link just showed its limit, the new layer's keyframe is on
+                    # its way through the old layer's queue, and a probe now would add to both
+                    self._probe_at = max(self._probe_at, now)
+                    self._cuts.add(video.key)
+            elif fits[video.key] < current or self.congested or now - pushed.stepped_down_at < pushed.hold:
                 step = current
             else:
                 step = max(current, min(cautious[video.key], fits[video.key]))
@@ -436,6 +473,8 @@ class StreamAllocator:
             layers[video.key] = video.ladder[step][:2] if step != PAUSED else (PAUSED, TOP_TEMPORAL)
             steps[video.key] = step
         self._usage = audio + sum(video.ladder[steps[video.key]][2] for video in videos if steps[video.key] != PAUSED)
+        self._floor = audio + sum(video.ladder[0][2] for video in videos)
+        self._wanted = audio + sum(video.ladder[-1][2] for video in videos)
         self._next_step = next_step(videos, steps)
         self._retry_above = retry_above
         return layers
@@ -460,7 +499,9 @@ class StreamAllocator:
             self.engine.set_paused(key, paused)
         if subscription.publication.kind == "video" and not bandwidth_paused and (layer, temporal) != (
                 pushed.layer, pushed.temporal):
-            self.engine.set_target_layer(key, layer, temporal)
+            # A step-down for bandwidth cuts the old layer at once: the link cannot carry it until the new layer's
+            # keyframe, and its queue would hold that keyframe back (measured: a 1.1 s freeze at 720p -> 180p).
+            self.engine.set_target_layer(key, layer, temporal, cut=key in self._cuts)
         if bandwidth_paused and not pushed.bandwidth_paused:
             self._counters["stream_paused_bandwidth"] += 1
         if bandwidth_paused != pushed.bandwidth_paused:
