@@ -204,8 +204,9 @@ class JanusApi:
     async def offer(self, session: int, handle: int) -> str:
         """The SDP offer of `handle`'s next event that carries one (long polls)."""
         deadline = time.monotonic() + OFFER_TIMEOUT
-        while time.monotonic() < deadline:
-            async with self.http.get(f"{self.url}/{session}?maxev=1") as response:
+        while (left := deadline - time.monotonic()) > 0:
+            async with self.http.get(f"{self.url}/{session}?maxev=1",
+                                     timeout=aiohttp.ClientTimeout(total=left)) as response:
                 event = await response.json(content_type=None)
             data = (event.get("plugindata") or {}).get("data") or {}
             if "error" in data:
