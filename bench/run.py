@@ -17,8 +17,9 @@ The clients join through /rtc with tokens and complete ICE, DTLS and SRTP like a
 raw mode: fixed keys, no signaling. Janus (Debian's `janus` 1.1.x, if installed; otherwise the row is skipped with
 what to apt-get) gets the same publisher's media on a streaming mountpoint and the same load clients as viewers
 through its HTTP API, pinned to the same CPUs as tern (bench/janus_peer.py). Each forwarder's fanout is swept until
-loss appears; the `capacity` figures give each one's zero-loss size and subscribers per busy core, `scaling` tern's
-and Janus's per server core count, `janus` tern ÷ Janus at the same sizes.
+a step is not carried (loss, or under KEEP_UP of the offered packets delivered: queueing); the `capacity` figures give
+each one's zero-loss size and subscribers per busy core, `scaling` tern's and Janus's per server core count, `janus`
+tern ÷ Janus at the same sizes.
 
 Which tern is measured: this checkout when its Cython modules are built in place (`pip install -e .` or
 `python setup.py build_ext --inplace`), otherwise the tern installed in this Python (`pip install .`).
