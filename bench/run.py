@@ -24,7 +24,7 @@ tern ÷ Janus at the same sizes.
 Which tern is measured: this checkout when its Cython modules are built in place (`pip install -e .` or
 `python setup.py build_ext --inplace`), otherwise the tern installed in this Python (`pip install .`).
 
-Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until loss appears; run twice, with
+Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until a step is not carried; run twice, with
 transport-cc negotiated both ways as libwebrtc does, subscribers sending feedback every ~100 ms, and then without it
 at the sizes the first run carried without loss, rows "tern-no-twcc"; with --transport tcp once more at those
 sizes with every load client on ICE-TCP (RFC 4571 frames on a TCP connection to the server's passive candidate, as
