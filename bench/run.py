@@ -5,17 +5,26 @@ pure-Python forwarder on the same load.
     python bench/run.py --quick              # about a minute
     python bench/run.py --scenario fanout --subscribers 1000 --json out.json
     python bench/run.py --quick --transport tcp turn turn-tls  # the fanout also over ICE-TCP and TURN, beside UDP
+    python bench/run.py --quick --scenario fanout --server-cores 1 2  # the fanout with the server on 1, then 2 CPUs
 
-Everything runs on loopback. The tern server (`python -m signaling --dev`) is pinned to CPU 0 with taskset, the
-load clients (this process: signaling in asyncio, media in signaling/clients/loadgen.pyx's C threads) to CPU 1.
+Everything runs on this host. The tern server (`python -m signaling --dev`) is pinned with taskset to the first N
+usable CPUs (--server-cores N, default 1; with several N the fanout runs once per N, and tern gets `rtc.workers: N`
+when it has worker threads), the load clients (this process: signaling in asyncio, media in
+signaling/clients/loadgen.pyx's C threads) to the CPUs left (--client-cores M: the last M), or to all of them when the
+server takes every one: the output then says the clients share the server's cores (bench/cores.py).
 The clients join through /rtc with tokens and complete ICE, DTLS and SRTP like a browser
 (signaling/clients/loadtest.py). The baselines (bench/forwarders.py: c-ceiling, pure-python) get the same media in
-raw mode: fixed keys, no signaling.
+raw mode: fixed keys, no signaling. Janus (Debian's `janus` 1.1.x, if installed; otherwise the row is skipped with
+what to apt-get) gets the same publisher's media on a streaming mountpoint and the same load clients as viewers
+through its HTTP API, pinned to the same CPUs as tern (bench/janus_peer.py). Each forwarder's fanout is swept until
+a step is not carried (loss, or under KEEP_UP of the offered packets delivered: queueing); the `capacity` figures give
+each one's zero-loss size and subscribers per busy core, `scaling` tern's and Janus's per server core count, `janus`
+tern ÷ Janus at the same sizes.
 
 Which tern is measured: this checkout when its Cython modules are built in place (`pip install -e .` or
 `python setup.py build_ext --inplace`), otherwise the tern installed in this Python (`pip install .`).
 
-Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until loss appears; run twice, with
+Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until a step is not carried; run twice, with
 transport-cc negotiated both ways as libwebrtc does, subscribers sending feedback every ~100 ms, and then without it
 at the sizes the first run carried without loss, rows "tern-no-twcc"; with --transport tcp once more at those
 sizes with every load client on ICE-TCP (RFC 4571 frames on a TCP connection to the server's passive candidate, as
@@ -34,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -76,18 +86,26 @@ try:  # pylibsrtp too: it comes with tern
     from pylibsrtp import Policy, Session
 
     from signaling.clients import loadgen, loadtest
+    from signaling.config import RtcConfig
     from signaling.peer.dtls import session_pointer
+
+    import cores  # bench/, beside this script
+    import janus_peer
 except ModuleNotFoundError as exc:
     sys.exit(f"bench: cannot import tern ({exc}). Install it into this Python ({sys.executable}) from {ROOT} with "
              f"`pip install .` (the README's quick start), or build the checkout in place: {BUILD_IN_PLACE}")
 
 API_KEY, API_SECRET = "devkey", "secret"
-SERVER_CPU, CLIENT_CPU = 0, 1
 RAW_KEY = bytes(range(28))  # the baselines' fixed AEAD_AES_128_GCM master key + salt (bench/forwarders.py)
 BASELINES = ("c-ceiling", "pure-python")
 COMPARE_SUBSCRIBERS = 500   # the fanout size at which tern and the baselines are compared: forwarding, not the
                             # control plane's fixed cost (pings, timers of 500 participants), dominates there
 NO_TWCC = "tern-no-twcc"    # the forwarder name of fanout rows measured without transport-cc
+JANUS = "janus"             # the forwarder name of fanout rows through Janus's streaming plugin (bench/janus_peer.py)
+OFFERED_PPS = loadtest.VIDEO_FPS * loadtest.VIDEO_PACKETS_PER_FRAME  # the fanout publisher's packets per second
+KEEP_UP = 0.98              # the share of the offered packets (subscribers x OFFERED_PPS) a fanout step must deliver
+                            # in its window to count as carried: below it the forwarder is queueing, its latency
+                            # growing without bound, before it drops anything
 # --transport: the forwarder names of fanout rows whose load clients use ICE-TCP, or relay through TURN/UDP or TURN/TLS
 OVER = {"tcp": "tern-tcp", "turn": "tern-turn", "turn-tls": "tern-turn-tls"}
 COMPARE_WINDOWS = 3         # windows measured at COMPARE_SUBSCRIBERS, the median kept: twcc_cost compares two
@@ -109,6 +127,7 @@ class Row:
     p50_ms: float | None
     p99_ms: float | None
     rss_kib: int | None
+    server_cores: int = 1       # CPUs the server process was pinned to (--server-cores)
 
 
 # ---- measuring a process ----------------------------------------------------------------------------------------
@@ -131,9 +150,27 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return sock.getsockname()[1]
 
 
+def has_workers() -> bool:
+    """Whether the tern under test forwards on worker threads (config rtc.workers; an older tern refuses the key)."""
+    return "workers" in {f.name for f in dataclasses.fields(RtcConfig)}
+
+
+def server_config(turn: str, workers: int | None) -> str:
+    """The server's --config-body (JSON is YAML): the embedded TURN server on one port alone (`turn` "udp" or
+    "tls"), and `workers` forwarding threads; "" when neither."""
+    body: dict = {}
+    if turn:
+        body["turn"] = {"enabled": True, "udp_port": free_port(socket.SOCK_DGRAM) if turn == "udp" else 0,
+                        "tls_port": free_port() if turn == "tls" else 0}
+    if workers is not None:
+        body["rtc"] = {"workers": workers}
+    return json.dumps(body) if body else ""
+
+
 class TernServer:
-    def __init__(self, log: Path, turn: str = "") -> None:
-        """`turn`: "" (no TURN), "udp" or "tls": the embedded TURN server on that port alone."""
+    def __init__(self, log: Path, cpus: list[int], turn: str = "") -> None:
+        """Pinned to `cpus`, with as many forwarding workers when this tern has them; `turn`: "" (no TURN), "udp"
+        or "tls": the embedded TURN server on that port alone."""
         # --log-level: --dev alone logs at debug (websockets logs every signal frame, ~400 a second at 500
         # subscribers), which a config body's `logging.level` does not override.
         # The server must run the same tern as these clients. -P keeps `python -m` from putting its working
@@ -145,14 +182,11 @@ class TernServer:
         self.udp_port = udp_port = free_port(socket.SOCK_DGRAM)
         self.tcp_port = free_port()  # ICE-TCP: a free one, not 7881, which another tern may hold
         self.log = open(log, "w")
+        body = server_config(turn, len(cpus) if has_workers() else None)
         self.process = subprocess.Popen(
-            ["taskset", "-c", str(SERVER_CPU), sys.executable, "-P", "-m", "signaling", "--dev", "--port",
+            ["taskset", "-c", ",".join(map(str, cpus)), sys.executable, "-P", "-m", "signaling", "--dev", "--port",
              str(self.http_port), "--udp-port", str(udp_port), "--tcp-port", str(self.tcp_port),
-             "--log-level", "warn"]
-            + (["--config-body", f"turn: {{enabled: true, udp_port: {free_port(socket.SOCK_DGRAM)}, tls_port: 0}}"]
-               if turn == "udp" else [])
-            + (["--config-body", f"turn: {{enabled: true, udp_port: 0, tls_port: {free_port()}}}"]
-               if turn == "tls" else []),
+             "--log-level", "warn"] + (["--config-body", body] if body else []),
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -179,10 +213,9 @@ class TernServer:
         self.log.close()
 
 
-async def measure(name: str, scenario: str, clients: loadtest.LoadClients, pid: int, window: float,
-                  label: str) -> Row:
+async def measure(name: str, scenario: str, receiver: loadgen.LoadReceiver, pid: int, window: float,
+                  label: str, server_cores: int) -> Row:
     """One window of steady load: what the clients received and what the server spent."""
-    receiver = clients.load_receiver
     before, latency_before, cpu_before = receiver.totals(), receiver.latency_snapshot(), cpu_seconds(pid)
     started = time.monotonic()
     await asyncio.sleep(window)
@@ -193,17 +226,18 @@ async def measure(name: str, scenario: str, clients: loadtest.LoadClients, pid: 
     p50, p99 = loadgen.latency_percentiles(latency_before, latency_after, [50, 99])
     return Row(name, scenario, label, packets / elapsed, size * 8 / elapsed / 1e6,
                cpu * 1e9 / packets if packets else 0.0, packets / cpu if cpu else 0.0, cpu / elapsed,
-               after["lost"] - before["lost"], p50, p99, rss_kib(pid))
+               after["lost"] - before["lost"], p50, p99, rss_kib(pid), server_cores)
 
 
 # ---- scenarios against tern ---------------------------------------------------------------------------------------
 
-async def fanout(steps: list[int], window: float, log: Path, rows: list[Row], transport_cc: bool = True,
-                 transport: str = "udp") -> dict:
-    """The fanout sweep; without `transport_cc` the clients leave it out of their SDP (the server neither stamps
-    nor estimates) and the rows are named NO_TWCC; with `transport` "tcp", "turn" or "turn-tls" they connect over
-    ICE-TCP or through the server's TURN relay over UDP or TLS (then enabled), rows OVER[transport]."""
-    server = TernServer(log, turn={"turn": "udp", "turn-tls": "tls"}.get(transport, ""))
+async def fanout(steps: list[int], window: float, log: Path, rows: list[Row], cpus: list[int],
+                 transport_cc: bool = True, transport: str = "udp") -> dict:
+    """The fanout sweep with the server on `cpus`; without `transport_cc` the clients leave it out of their SDP (the
+    server neither stamps nor estimates) and the rows are named NO_TWCC; with `transport` "tcp", "turn" or
+    "turn-tls" they connect over ICE-TCP or through the server's TURN relay over UDP or TLS (then enabled), rows
+    OVER[transport]."""
+    server = TernServer(log, cpus, turn={"turn": "udp", "turn-tls": "tls"}.get(transport, ""))
     clients = loadtest.LoadClients(server.url, API_KEY, API_SECRET, transport_cc=transport_cc, transport=transport)
     name = NO_TWCC if not transport_cc else OVER.get(transport, "tern")
     summary: dict = {"max_zero_loss_subscribers": 0}
@@ -215,12 +249,10 @@ async def fanout(steps: list[int], window: float, log: Path, rows: list[Row], tr
             subscribers += await clients.add("fanout", n - len(subscribers), hidden=True, concurrency=32)
             await clients.wait_for_media(subscribers, 15)
             await asyncio.sleep(1)  # let joins settle
-            windows = [await measure(name, "fanout", clients, server.process.pid, window, f"1 pub -> {n} sub")
-                       for _ in range(COMPARE_WINDOWS if n == COMPARE_SUBSCRIBERS else 1)]
-            row = sorted(windows, key=lambda r: r.packets_per_cpu_second)[len(windows) // 2]
+            row = await measure_step(name, clients.load_receiver, server.process.pid, window, n, len(cpus))
             rows.append(row)
             print(_format(row), flush=True)
-            if row.lost or clients.errors():
+            if not carried(row) or clients.errors():
                 break
             summary["max_zero_loss_subscribers"] = n
             summary["rss_per_subscriber_kib"] = (row.rss_kib - base_rss) / n
@@ -233,26 +265,61 @@ async def fanout(steps: list[int], window: float, log: Path, rows: list[Row], tr
     return summary
 
 
-async def meeting(participants: int, window: float, log: Path, rows: list[Row]) -> None:
-    await _rooms("meeting", 1, participants, loadtest.MediaPlan(video=True, audio=True), window, log, rows)
+async def measure_step(name: str, receiver: loadgen.LoadReceiver, pid: int, window: float, subscribers: int,
+                       server_cores: int) -> Row:
+    """A fanout step's row: the median of COMPARE_WINDOWS windows at COMPARE_SUBSCRIBERS, else one window."""
+    windows = [await measure(name, "fanout", receiver, pid, window, f"1 pub -> {subscribers} sub", server_cores)
+               for _ in range(COMPARE_WINDOWS if subscribers == COMPARE_SUBSCRIBERS else 1)]
+    return sorted(windows, key=lambda r: r.packets_per_cpu_second)[len(windows) // 2]
 
 
-async def audio_rooms(rooms: int, window: float, log: Path, rows: list[Row]) -> None:
-    await _rooms("audio", rooms, 4, loadtest.MediaPlan(video=False, audio=True), window, log, rows)
+async def janus_fanout(steps: list[int], window: float, log: Path, rows: list[Row], cpus: list[int]) -> dict:
+    """The fanout sweep through Janus's streaming plugin on `cpus` (bench/janus_peer.py): the publisher's video to
+    its mountpoint, the same load clients as viewers; rows JANUS."""
+    server = janus_peer.JanusServer(log, cpus)
+    viewers = janus_peer.JanusViewers(server)
+    summary: dict = {"max_zero_loss_subscribers": 0}
+    try:
+        viewers.feed(loadtest.MediaPlan(video=True, audio=False))
+        asked = 0
+        for n in steps:
+            await viewers.add(n - asked)
+            asked = n
+            await viewers.wait_for_media(15)
+            await asyncio.sleep(1)
+            row = await measure_step(JANUS, viewers.load_receiver, server.process.pid, window, n, len(cpus))
+            rows.append(row)
+            print(_format(row), flush=True)
+            if not carried(row) or viewers.errors():
+                break
+            summary["max_zero_loss_subscribers"] = n
+        summary["errors"] = viewers.errors()[:10]
+    finally:
+        await viewers.close()
+        server.stop()
+    return summary
+
+
+async def meeting(participants: int, window: float, log: Path, rows: list[Row], cpus: list[int]) -> None:
+    await _rooms("meeting", 1, participants, loadtest.MediaPlan(video=True, audio=True), window, log, rows, cpus)
+
+
+async def audio_rooms(rooms: int, window: float, log: Path, rows: list[Row], cpus: list[int]) -> None:
+    await _rooms("audio", rooms, 4, loadtest.MediaPlan(video=False, audio=True), window, log, rows, cpus)
 
 
 async def _rooms(scenario: str, rooms: int, size: int, plan: loadtest.MediaPlan, window: float, log: Path,
-                 rows: list[Row]) -> None:
+                 rows: list[Row], cpus: list[int]) -> None:
     """`rooms` rooms of `size` participants, each publishing `plan` and subscribed to the others."""
-    server = TernServer(log)
+    server = TernServer(log, cpus)
     clients = loadtest.LoadClients(server.url, API_KEY, API_SECRET)
     try:
         joined = [p for r in range(rooms)
                   for p in await clients.add(f"{scenario}-{r}", size, publish=plan, subscribe=True)]
         await clients.wait_for_media(joined, 15)
         await asyncio.sleep(2)
-        row = await measure("tern", scenario, clients, server.process.pid, window,
-                            f"{rooms} room(s) x {size} pub+sub")
+        row = await measure("tern", scenario, clients.load_receiver, server.process.pid, window,
+                            f"{rooms} room(s) x {size} pub+sub", len(cpus))
         rows.append(row)
         print(_format(row), flush=True)
     finally:
@@ -307,9 +374,9 @@ print(sent, round(time.monotonic() - start, 3))
 """
 
 
-async def hostile(subscribers: int, window: float, log: Path, rows: list[Row]) -> dict:
+async def hostile(subscribers: int, window: float, log: Path, rows: list[Row], cpus: list[int]) -> dict:
     """The fanout load to `subscribers`, measured quiet and then under the flood; the second row's label says so."""
-    server = TernServer(log)
+    server = TernServer(log, cpus)
     clients = loadtest.LoadClients(server.url, API_KEY, API_SECRET)
     summary: dict = {}
     try:
@@ -318,7 +385,8 @@ async def hostile(subscribers: int, window: float, log: Path, rows: list[Row]) -
         await clients.wait_for_media(joined, 15)
         await asyncio.sleep(1)
         label = f"1 pub -> {subscribers} sub"
-        quiet = await measure("tern", "hostile", clients, server.process.pid, window, label)
+        quiet = await measure("tern", "hostile", clients.load_receiver, server.process.pid, window, label,
+                              len(cpus))
         rows.append(quiet)
         print(_format(quiet), flush=True)
         targets = joined[:FLOOD_PARTICIPANTS]
@@ -328,7 +396,8 @@ async def hostile(subscribers: int, window: float, log: Path, rows: list[Row]) -
                                   ",".join(p.subscriber_path._section.ice_ufrag for p in targets),
                                   ",".join(map(str, fds))], stdout=subprocess.PIPE, text=True, pass_fds=fds)
         await asyncio.sleep(0.5)
-        flooded = await measure("tern", "hostile", clients, server.process.pid, window, label + " + flood")
+        flooded = await measure("tern", "hostile", clients.load_receiver, server.process.pid, window,
+                                label + " + flood", len(cpus))
         sent, seconds = (await asyncio.to_thread(flood.communicate))[0].split()
         rows.append(flooded)
         print(_format(flooded), flush=True)
@@ -363,15 +432,29 @@ def udp_socket() -> socket.socket:
     return sock
 
 
-def baseline_fanout(kind: str, subscribers: int, window: float) -> Row | None:
-    """The fanout load (one 150 pps video publisher) through bench/forwarders.py KIND; None if unavailable."""
+def baseline_sweep(kind: str, steps: list[int], window: float, rows: list[Row], cpus: list[int]) -> None:
+    """baseline_fanout at each of `steps` until loss appears."""
+    for n in steps:
+        row = baseline_fanout(kind, n, window, cpus)
+        if row is None:
+            print(f"{kind:<13} fanout   unavailable (bench/forwarders.py missing or failed)")
+            return
+        rows.append(row)
+        print(_format(row), flush=True)
+        if not carried(row):
+            return
+
+
+def baseline_fanout(kind: str, subscribers: int, window: float, cpus: list[int]) -> Row | None:
+    """The fanout load (one 150 pps video publisher) through bench/forwarders.py KIND on `cpus`; None if
+    unavailable."""
     script = ROOT / "bench" / "forwarders.py"
     if not script.exists():
         return None
     port = free_port(socket.SOCK_DGRAM)
     sinks = [udp_socket() for _ in range(subscribers)]
     child = subprocess.Popen(
-        ["taskset", "-c", str(SERVER_CPU), sys.executable, str(script), kind, "--port", str(port),
+        ["taskset", "-c", ",".join(map(str, cpus)), sys.executable, str(script), kind, "--port", str(port),
          "--subscribers", ",".join(str(s.getsockname()[1]) for s in sinks)],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     if child.stdout.readline().strip() != "ready":
@@ -395,6 +478,7 @@ def baseline_fanout(kind: str, subscribers: int, window: float) -> Row | None:
     sender.start()
     time.sleep(window)
     sender.stop()
+    sending = time.monotonic() - started  # the rates' time base: every packet was sent in it
     time.sleep(0.3)  # the last packets drain
     elapsed = time.monotonic() - started
     out, _ = child.communicate("", timeout=30)
@@ -407,15 +491,16 @@ def baseline_fanout(kind: str, subscribers: int, window: float) -> Row | None:
     cpu = usage["user"] + usage["system"]
     packets = totals["packets"]
     lost = subscribers * sender.stats()["packets"] - packets
-    return Row(kind, "fanout", f"1 pub -> {subscribers} sub", packets / elapsed, totals["bytes"] * 8 / elapsed / 1e6,
+    return Row(kind, "fanout", f"1 pub -> {subscribers} sub", packets / sending, totals["bytes"] * 8 / sending / 1e6,
                cpu * 1e9 / packets if packets else 0.0, packets / cpu if cpu else 0.0, cpu / elapsed, lost, p50, p99,
-               usage["maxrss_kib"])
+               usage["maxrss_kib"], len(cpus))
 
 
 # ---- output ---------------------------------------------------------------------------------------------------------
 
-HEADER = (f"{'forwarder':<13} {'scenario':<8} {'clients':<26} {'pps out':>9} {'Mbps':>7} {'ns/pkt':>7} "
+HEADER = (f"{'forwarder':<13} {'cores':>5} {'scenario':<8} {'clients':<26} {'pps out':>9} {'Mbps':>7} {'ns/pkt':>7} "
           f"{'pkt/CPU-s':>10} {'CPU':>5} {'lost':>6} {'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8}")
+CAPACITY_FORWARDERS = ("tern", "c-ceiling", "pure-python", JANUS)
 
 
 def _ms(value: float | None) -> str:
@@ -424,17 +509,29 @@ def _ms(value: float | None) -> str:
 
 def _format(row: Row) -> str:
     ms = _ms
-    return (f"{row.forwarder:<13} {row.scenario:<8} {row.clients:<26} {row.pps:>9,.0f} {row.mbps:>7.1f} "
-            f"{row.cpu_ns_per_packet:>7,.0f} {row.packets_per_cpu_second:>10,.0f} {row.cpu_load:>5.0%} "
-            f"{row.lost:>6} {ms(row.p50_ms):>7} {ms(row.p99_ms):>7} "
+    return (f"{row.forwarder:<13} {row.server_cores:>5} {row.scenario:<8} {row.clients:<26} {row.pps:>9,.0f} "
+            f"{row.mbps:>7.1f} {row.cpu_ns_per_packet:>7,.0f} {row.packets_per_cpu_second:>10,.0f} "
+            f"{row.cpu_load:>5.0%} {row.lost:>6} {ms(row.p50_ms):>7} {ms(row.p99_ms):>7} "
             f"{(row.rss_kib or 0) / 1024:>8.1f}")
 
 
-def machine() -> dict:
+def machine(placements: list[tuple[list[int], list[int]]]) -> dict:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
     return {"cpu": model, "cores": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version(), "server_cpu": SERVER_CPU, "client_cpu": CLIENT_CPU}
+            "python": platform.python_version(), "worker_threads": has_workers(),
+            "placements": [{"server_cores": len(server), "server_cpus": server, "client_cpus": client,
+                            "shared_cpus": cores.shared(server, client)} for server, client in placements]}
+
+
+def placement_note(server: list[int], client: list[int]) -> str:
+    workers = f", rtc.workers: {len(server)}" if has_workers() else ", one forwarding thread (no rtc.workers)"
+    note = f"server on {cores.format_cpus(server)} (taskset{workers}); clients on {cores.format_cpus(client)}"
+    shared = cores.shared(server, client)
+    if shared:
+        note += (f"; the clients share {cores.format_cpus(shared)} with the server: the server's CPU is still its "
+                 f"own, but it competes with the load for those cores")
+    return note
 
 
 def main() -> int:
@@ -445,12 +542,20 @@ def main() -> int:
     parser.add_argument("--transport", nargs="+", choices=["udp", *OVER], default=["udp"],
                         help="fanout: also measure load clients over ICE-TCP (tcp) and/or relayed by TURN/UDP (turn) "
                              "or TURN/TLS (turn-tls) beside UDP (rows tern-tcp, tern-turn, tern-turn-tls)")
+    parser.add_argument("--server-cores", type=int, nargs="+", default=[1], metavar="N",
+                        help="pin the server (tern, Janus, the baselines) to its first N usable CPUs; with several "
+                             "N (e.g. 1 2) the fanout runs once per N (rows per N, `scaling` figures) and the other "
+                             "scenarios use the first N. tern gets rtc.workers: N when it has worker threads")
+    parser.add_argument("--client-cores", type=int, metavar="M",
+                        help="pin the load clients to the last M usable CPUs (default: the CPUs the server does not "
+                             "get, or all of them when it gets every one)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args()
-    if (os.cpu_count() or 1) < 2:
-        print("needs 2 CPUs: the server on CPU 0, the clients on CPU 1", file=sys.stderr)
+    try:
+        placements = [cores.choose(n, args.client_cores, sorted(os.sched_getaffinity(0))) for n in args.server_cores]
+    except cores.CoreError as error:
+        print(f"bench: {error}", file=sys.stderr)
         return 2
-    os.sched_setaffinity(0, {CLIENT_CPU})  # the loadgen threads inherit it
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # two sockets per client, and the server's
 
@@ -458,46 +563,64 @@ def main() -> int:
     top = args.subscribers or (500 if args.quick else 2000)
     steps = sorted({n for n in (50, COMPARE_SUBSCRIBERS, 500, 1000, 1500, 2000) if n < top} | {top})
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
-    print(f"server: tern --dev pinned to CPU {SERVER_CPU} (taskset); clients: this process pinned to CPU {CLIENT_CPU}; "
-          f"SRTP AEAD_AES_128_GCM; video 150 pps x ~1,150 B, audio 50 pps x ~100 B; {window:.0f} s windows")
+    print(f"SRTP AEAD_AES_128_GCM (Janus's mountpoint input: AES_CM_128_HMAC_SHA1_80); video 150 pps x ~1,150 B, "
+          f"audio 50 pps x ~100 B; {window:.0f} s windows")
     tern = Path(loadtest.__file__).resolve().parents[2]
     print(f"tern under test: {tern} ({'this checkout' if USE_CHECKOUT else 'installed; this checkout is not built'})")
-    print(HEADER, flush=True)
+    janus_missing = janus_peer.missing() if args.scenario in ("fanout", "all") else None
     rows: list[Row] = []
-    figures: dict = {"machine": machine()}
-    if args.scenario in ("fanout", "all"):
-        figures.update(asyncio.run(fanout(steps, window, logs / "tern-bench-fanout.log", rows)))
-        carried = [n for n in steps if n <= max(figures["max_zero_loss_subscribers"], steps[0])]
-        asyncio.run(fanout(carried, window, logs / "tern-bench-fanout-no-twcc.log", rows, transport_cc=False))
-        for transport in (t for t in OVER if t in args.transport):
-            over = asyncio.run(fanout(carried, window, logs / f"tern-bench-fanout-{transport}.log", rows,
-                                      transport=transport))
-            figures[f"{_key(transport)}_max_zero_loss_subscribers"] = over["max_zero_loss_subscribers"]
-            figures[f"{_key(transport)}_errors"] = over["errors"]
-        compare = min(COMPARE_SUBSCRIBERS, top)
-        for kind in BASELINES:
-            row = baseline_fanout(kind, compare, window)
-            if row is None:
-                print(f"{kind:<13} fanout   unavailable (bench/forwarders.py missing or failed)")
-                continue
-            rows.append(row)
-            print(_format(row), flush=True)
-    if args.scenario in ("meeting", "all"):
-        asyncio.run(meeting(4 if args.quick else 8, window, logs / "tern-bench-meeting.log", rows))
-    if args.scenario in ("audio", "all"):
-        asyncio.run(audio_rooms(20 if args.quick else 100, window, logs / "tern-bench-audio.log", rows))
-    if args.scenario in ("hostile", "all"):
-        half = max(1, (figures.get("max_zero_loss_subscribers") or top) // 2)
-        figures.update(asyncio.run(hostile(half, window, logs / "tern-bench-hostile.log", rows)))
+    figures: dict = {"machine": machine(placements)}
+    for index, (server_cpus, client_cpus) in enumerate(placements):
+        first, n_cores = index == 0, len(server_cpus)
+        os.sched_setaffinity(0, set(client_cpus))  # the loadgen threads inherit it
+        print(f"\n{placement_note(server_cpus, client_cpus)}")
+        print(HEADER, flush=True)
+        if args.scenario in ("fanout", "all"):
+            log = logs / f"tern-bench-fanout-{n_cores}c.log"
+            sweep = asyncio.run(fanout(steps, window, log, rows, server_cpus))
+            if first:
+                figures.update(sweep)
+                carried = [n for n in steps if n <= max(figures["max_zero_loss_subscribers"], steps[0])]
+                asyncio.run(fanout(carried, window, logs / "tern-bench-fanout-no-twcc.log", rows, server_cpus,
+                                   transport_cc=False))
+                for transport in (t for t in OVER if t in args.transport):
+                    over = asyncio.run(fanout(carried, window, logs / f"tern-bench-fanout-{transport}.log", rows,
+                                              server_cpus, transport=transport))
+                    figures[f"{_key(transport)}_max_zero_loss_subscribers"] = over["max_zero_loss_subscribers"]
+                    figures[f"{_key(transport)}_errors"] = over["errors"]
+            else:
+                figures[f"errors_{n_cores}_cores"] = sweep["errors"]
+            for kind in BASELINES:
+                baseline_sweep(kind, steps, window, rows, server_cpus)
+            if janus_missing:
+                print(f"{JANUS:<13} {n_cores:>5} fanout   skipped: {janus_missing}")
+            else:
+                janus = asyncio.run(janus_fanout(steps, window, logs / f"tern-bench-janus-{n_cores}c.log", rows,
+                                                 server_cpus))
+                figures[f"janus_errors_{n_cores}_cores"] = janus["errors"]
+        if not first:
+            continue
+        if args.scenario in ("meeting", "all"):
+            asyncio.run(meeting(4 if args.quick else 8, window, logs / "tern-bench-meeting.log", rows, server_cpus))
+        if args.scenario in ("audio", "all"):
+            asyncio.run(audio_rooms(20 if args.quick else 100, window, logs / "tern-bench-audio.log", rows,
+                                    server_cpus))
+        if args.scenario in ("hostile", "all"):
+            half = max(1, (figures.get("max_zero_loss_subscribers") or top) // 2)
+            figures.update(asyncio.run(hostile(half, window, logs / "tern-bench-hostile.log", rows, server_cpus)))
 
-    figures.update(summarize(rows, figures.get("max_zero_loss_subscribers", 0)))
+    base = [r for r in rows if r.server_cores == args.server_cores[0]]
+    figures.update(summarize(base, figures.get("max_zero_loss_subscribers", 0)))
+    figures["capacity"] = capacity(rows, top)
+    figures["scaling"] = scaling(rows, placements)
+    figures["janus"] = {"skipped": janus_missing} if janus_missing else janus_comparison(rows, base)
     figures["rows"] = [asdict(row) for row in rows]
     print()
     transport_keys = [key for transport in OVER if transport in args.transport for key in
                       (f"pps_per_core_{_key(transport)}", f"{_key(transport)}_cost", f"{_key(transport)}_compared_at")]
     for key in ("pps_per_core", "pps_per_core_twcc", "pps_per_core_no_twcc", "twcc_cost", "twcc_compared_at",
                 "max_zero_loss_subscribers", "p99_added_latency_ms", "rss_per_subscriber_kib", "join_ms",
-                "ratio_c_ceiling", "ratio_c_ceiling_no_twcc", "ratio_pure_python", *transport_keys):
+                "ratio_c_ceiling", "ratio_c_ceiling_no_twcc", *transport_keys):
         value = figures.get(key)
         print(f"{key:<28} {'unavailable' if value is None else round(value, 3) if isinstance(value, float) else value}")
     if "hostile" in figures:
@@ -509,34 +632,181 @@ def main() -> int:
         if figures.get(f"{transport}_cost") is not None:
             print(f"{'a subscriber ' + who:<28} costs the server {1 / (1 - figures[f'{transport}_cost']):.2f}x the "
                   f"CPU per forwarded packet of one over UDP ({figures[f'{transport}_compared_at']})")
+    print_capacity(figures["capacity"])
+    print_scaling(figures["scaling"])
+    print_janus(figures["janus"])
     args.json.write_text(json.dumps(figures, indent=2))
     print(f"figures written to {args.json}")
     return 0
 
 
+def subscribers(row: Row) -> int:
+    """N of a fanout row's "1 pub -> N sub"."""
+    return int(row.clients.split()[-2])
+
+
+def carried(row: Row) -> bool:
+    """Whether a fanout step was carried: no loss, and at least KEEP_UP of the offered packets delivered."""
+    return row.lost == 0 and row.pps >= KEEP_UP * subscribers(row) * OFFERED_PPS
+
+
+def sweep_rows(rows: list[Row], forwarder: str, server_cores: int) -> list[Row]:
+    return [r for r in rows if r.forwarder == forwarder and r.scenario == "fanout" and r.server_cores == server_cores]
+
+
+def capacity(rows: list[Row], top: int) -> list[dict]:
+    """Per forwarder and server core count swept: the largest fanout carried (see carried), and subscribers per busy
+    core (that N ÷ the server's CPU load there, in cores: what one fully busy core would carry if the cost per
+    subscriber stayed the same). `limit_found` False: the sweep reached `top` carrying every step, N is a lower
+    bound."""
+    out = []
+    counts = sorted({r.server_cores for r in rows})
+    for forwarder in CAPACITY_FORWARDERS:
+        for n_cores in counts:
+            swept = sweep_rows(rows, forwarder, n_cores)
+            if not swept:
+                continue
+            clean = [r for r in swept if carried(r)]
+            best = clean[-1] if clean else None
+            out.append({"forwarder": forwarder, "server_cores": n_cores,
+                        "max_zero_loss_subscribers": subscribers(best) if best else 0,
+                        "limit_found": len(clean) < len(swept), "swept_to": top,
+                        "cpu_load": best.cpu_load if best else None,
+                        "zero_loss_subscribers_per_core": subscribers(best) / best.cpu_load
+                        if best and best.cpu_load else None})
+    return out
+
+
+def scaling(rows: list[Row], placements: list[tuple[list[int], list[int]]]) -> list[dict]:
+    """tern and Janus per server core count: forwarded packets per CPU-second and p99 at COMPARE_SUBSCRIBERS (or the
+    largest fanout carried), zero-loss capacity (see carried), and per-core efficiency against the first count
+    (packets per CPU-second at the same fanout)."""
+    out = []
+    for forwarder in ("tern", JANUS):
+        reference: dict[str, float] = {}
+        for server, client in placements:
+            clean = [r for r in sweep_rows(rows, forwarder, len(server)) if carried(r)]
+            if not clean:
+                continue
+            at = next((r for r in clean if subscribers(r) == COMPARE_SUBSCRIBERS), clean[-1])
+            if not reference:
+                reference = {r.clients: r.packets_per_cpu_second for r in clean}
+            workers = len(server) if forwarder == JANUS or has_workers() else 1  # Janus: event_loops
+            out.append({"forwarder": forwarder, "server_cores": len(server), "workers": workers,
+                        "clients_share_server_cores": bool(cores.shared(server, client)),
+                        "compared_at": at.clients, "packets_per_cpu_second": at.packets_per_cpu_second,
+                        "p99_ms": at.p99_ms, "max_zero_loss_subscribers": subscribers(clean[-1]),
+                        "zero_loss_subscribers_per_core": subscribers(clean[-1]) / clean[-1].cpu_load
+                        if clean[-1].cpu_load else None,
+                        "efficiency_vs_first": at.packets_per_cpu_second / reference[at.clients]
+                        if reference.get(at.clients) else None})
+    return out
+
+
+def janus_comparison(rows: list[Row], base: list[Row]) -> dict:
+    """tern ÷ Janus at every fanout both measured on the same cores (packets per CPU-second, p99), and the headline
+    ratios on the first core count (see compared): against tern as measured (transport-cc both ways) and against
+    tern without transport-cc, like for like with Janus, whose streaming offer has no transport-wide extension (its
+    viewers send no feedback)."""
+    pairs = []
+    for janus in (r for r in rows if r.forwarder == JANUS and r.scenario == "fanout"):
+        tern = next((r for r in sweep_rows(rows, "tern", janus.server_cores) if r.clients == janus.clients), None)
+        if tern is None:
+            continue
+        pairs.append({"server_cores": janus.server_cores, "subscribers": subscribers(janus),
+                      "tern_packets_per_cpu_second": tern.packets_per_cpu_second,
+                      "janus_packets_per_cpu_second": janus.packets_per_cpu_second,
+                      "ratio": tern.packets_per_cpu_second / janus.packets_per_cpu_second
+                      if janus.packets_per_cpu_second else None,
+                      "tern_p99_ms": tern.p99_ms, "janus_p99_ms": janus.p99_ms,
+                      "p99_ratio": tern.p99_ms / janus.p99_ms if tern.p99_ms and janus.p99_ms else None,
+                      "tern_lost": tern.lost, "janus_lost": janus.lost})
+    out: dict = {"compared": pairs}
+    for key, name in (("ratio_janus", "tern"), ("ratio_janus_no_twcc", NO_TWCC)):
+        pair = compared(base, name, JANUS)
+        out[key] = pair[1] / pair[2] if pair and pair[2] else None
+        out[f"{key}_compared_at"] = pair[0] if pair else None
+    clean = {name: [r for r in base if r.forwarder == name and r.scenario == "fanout" and carried(r)]
+             for name in ("tern", JANUS)}
+    tern_max, janus_max = (subscribers(clean[name][-1]) if clean[name] else 0 for name in ("tern", JANUS))
+    out["janus_max_zero_loss_subscribers"] = janus_max
+    out["ratio_janus_zero_loss"] = tern_max / janus_max if janus_max else None
+    return out
+
+
+def print_capacity(entries: list[dict]) -> None:
+    if not entries:
+        return
+    print(f"\ncapacity: the largest fanout carried (no loss, >= {KEEP_UP:.0%} of the offered packets delivered; >= : "
+          f"the sweep's top), and subscribers per busy core (that N / the server's CPU load there)")
+    print(f"{'forwarder':<13} {'cores':>5} {'zero-loss N':>12} {'CPU':>6} {'per core':>9}")
+    for e in entries:
+        bound = "" if e["limit_found"] else ">="
+        per_core = e["zero_loss_subscribers_per_core"]
+        print(f"{e['forwarder']:<13} {e['server_cores']:>5} {bound + format(e['max_zero_loss_subscribers'], ','):>12} "
+              f"{format(e['cpu_load'], '.0%') if e['cpu_load'] is not None else '-':>6} "
+              f"{format(per_core, ',.0f') if per_core else '-':>9}")
+
+
+def print_scaling(entries: list[dict]) -> None:
+    if len({e["server_cores"] for e in entries}) < 2:
+        return
+    print("\nscaling: per server core count (clients share the server's cores where marked *)")
+    print(f"{'forwarder':<13} {'cores':>5} {'workers':>7} {'at':<20} {'pkt/CPU-s':>10} {'vs first':>8} "
+          f"{'p99 ms':>7} {'zero-loss N':>11}")
+    for e in entries:
+        efficiency = e["efficiency_vs_first"]
+        print(f"{e['forwarder']:<13} {str(e['server_cores']) + ('*' if e['clients_share_server_cores'] else ''):>5} "
+              f"{e['workers']:>7} {e['compared_at']:<20} {e['packets_per_cpu_second']:>10,.0f} "
+              f"{format(efficiency, '.2f') if efficiency else '-':>8} {_ms(e['p99_ms']):>7} "
+              f"{e['max_zero_loss_subscribers']:>11,}")
+
+
+def print_janus(figures: dict) -> None:
+    if "skipped" in figures:
+        print(f"\ntern vs Janus: skipped ({figures['skipped']})")
+        return
+    print("\ntern vs Janus on the same load and cores (ratio: tern / Janus; Janus's viewers send no transport-cc "
+          "feedback, tern's do)")
+    print(f"{'cores':>5} {'subscribers':>11} {'tern pkt/CPU-s':>14} {'Janus pkt/CPU-s':>15} {'ratio':>6} "
+          f"{'tern p99':>8} {'Janus p99':>9} {'p99 ratio':>9} {'lost tern/Janus':>15}")
+    for p in figures["compared"]:
+        print(f"{p['server_cores']:>5} {p['subscribers']:>11,} {p['tern_packets_per_cpu_second']:>14,.0f} "
+              f"{p['janus_packets_per_cpu_second']:>15,.0f} {_ratio(p['ratio']):>6} {_ms(p['tern_p99_ms']):>8} "
+              f"{_ms(p['janus_p99_ms']):>9} {_ratio(p['p99_ratio']):>9} {str(p['tern_lost']) + '/' + str(p['janus_lost']):>15}")
+    for key in ("ratio_janus", "ratio_janus_no_twcc"):
+        print(f"{key:<28} {_ratio(figures[key])} ({figures[f'{key}_compared_at'] or 'no common zero-loss fanout'})")
+    print(f"{'ratio_janus_zero_loss':<28} {_ratio(figures['ratio_janus_zero_loss'])} (Janus carried "
+          f"{figures['janus_max_zero_loss_subscribers']:,} without loss)")
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def summarize(rows: list[Row], max_zero_loss: int) -> dict:
-    """The tracked figures: tern's capacity per core, latency at half the zero-loss load, and the ratios."""
+    """The tracked figures: tern's capacity per core, latency at half the zero-loss load, and the ratios to the C
+    ceiling at the same fanout."""
     tern = [r for r in rows if r.forwarder == "tern" and r.scenario == "fanout"]
-    clean = [r for r in tern if r.lost == 0]
+    clean = [r for r in tern if carried(r)]
     out: dict = {"pps_per_core": None, "p99_added_latency_ms": None, "p50_added_latency_ms": None,
-                 "ratio_c_ceiling": None, "ratio_pure_python": None}
+                 "ratio_c_ceiling": None}
     if clean:
         best = clean[-1]
         out["pps_per_core"] = best.packets_per_cpu_second
         out["forwarded_pps_at_max"] = best.pps
-        half = min(clean, key=lambda r: abs(int(r.clients.split()[-2]) - max_zero_loss / 2))
+        half = min(clean, key=lambda r: abs(subscribers(r) - max_zero_loss / 2))
         out["p50_added_latency_ms"], out["p99_added_latency_ms"] = half.p50_ms, half.p99_ms
         out["latency_measured_at"] = half.clients
-    compare = next((r for r in tern if r.clients.endswith(f" {COMPARE_SUBSCRIBERS} sub")), tern[0] if tern else None)
-    for kind, key in (("c-ceiling", "ratio_c_ceiling"), ("pure-python", "ratio_pure_python")):
-        base = next((r for r in rows if r.forwarder == kind), None)
-        if compare and base and base.packets_per_cpu_second:
-            out[key] = compare.packets_per_cpu_second / base.packets_per_cpu_second
+    compare = next((r for r in tern if subscribers(r) == COMPARE_SUBSCRIBERS), tern[0] if tern else None)
+    ceiling = next((r for r in rows if r.forwarder == "c-ceiling" and compare and r.clients == compare.clients), None)
+    if compare and ceiling and ceiling.packets_per_cpu_second:
+        out["ratio_c_ceiling"] = compare.packets_per_cpu_second / ceiling.packets_per_cpu_second
     out.update(twcc_cost(rows))
     for transport in OVER:
         out.update(transport_cost(rows, transport))
-    ceiling = next((r for r in rows if r.forwarder == "c-ceiling"), None)
     without = next((r for r in rows if r.forwarder == NO_TWCC and r.clients == out.get("twcc_compared_at")), None)
+    ceiling = next((r for r in rows if r.forwarder == "c-ceiling" and without and r.clients == without.clients), None)
     out["ratio_c_ceiling_no_twcc"] = (without.packets_per_cpu_second / ceiling.packets_per_cpu_second
                                       if without and ceiling and ceiling.packets_per_cpu_second else None)
     return out

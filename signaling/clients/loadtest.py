@@ -230,7 +230,9 @@ class MediaPath:
             except ConnectionRefusedError:
                 await asyncio.sleep(_STUN_RETRY)
                 continue
-            if data[:1] in (b"\x01",) and data[8:20] == request.transaction_id:
+            if data[:1] == b"\x00":
+                await self._answer_check(data, section)
+            elif data[:1] in (b"\x01",) and data[8:20] == request.transaction_id:
                 if stun.parse_message(data).message_class == stun.Class.RESPONSE:
                     break
                 raise LoadError("the server refused our STUN credentials")
@@ -247,10 +249,23 @@ class MediaPath:
                 replies = dtls.handle_timeout()
             else:
                 replies = dtls.receive(data) if data and 20 <= data[0] <= 63 else []
+                if data[:1] == b"\x00":
+                    await self._answer_check(data, section)
             for datagram in replies:
                 await self._send(datagram)
         self.srtp_keys = dtls.srtp_keys  # for a second sender beside loadgen's thread (libsrtp sessions are not shared)
         self.sessions = srtp_sessions(dtls.srtp_keys)
+
+    async def _answer_check(self, data: bytes, section: sdp.MediaSection) -> None:
+        """Answers the server's connectivity check during the handshake: an ICE-lite server never sends one, but
+        some (Janus's libnice) send a triggered check on our nomination and fail the pair when it goes unanswered."""
+        try:
+            result = handle_binding(data, self._server or self.sock.getpeername(), self.ufrag, self.pwd,
+                                    section.ice_ufrag)
+        except StunError:
+            return
+        if result is not None:
+            await self._send(result.response)
 
     def pointers(self) -> tuple[int, int]:
         assert self.sessions is not None

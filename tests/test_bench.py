@@ -1,0 +1,125 @@
+"""The benchmark harness's own parts: where it pins the server and the clients (--server-cores, --client-cores), the
+load clients' handshake with a server that checks back during ICE (as Janus's libnice does), and Janus as a peer
+(bench/janus_peer.py) against a real `janus` when one is installed."""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+from aioice import stun
+
+from bench import cores, janus_peer
+from signaling.clients import loadtest
+from signaling.peer import sdp
+from signaling.peer.dtls import Certificate, DtlsEndpoint
+from signaling.peer.ice import binding_request, handle_binding, new_credentials
+
+from conftest import ROOT
+
+
+def test_the_server_gets_the_first_cpus_and_the_clients_the_rest() -> None:
+    assert cores.choose(1, None, [0, 1]) == ([0], [1])
+    assert cores.choose(2, 1, [0, 1, 2, 3]) == ([0, 1], [3])
+    server, client = cores.choose(2, None, [0, 1])  # the server takes every CPU: the clients share them
+    assert (server, client) == ([0, 1], [0, 1]) and cores.shared(server, client) == [0, 1]
+    assert cores.shared(*cores.choose(1, 2, [0, 1])) == [0]
+    for server_cores, client_cores in ((3, None), (0, None), (1, 0), (1, 3)):
+        with pytest.raises(cores.CoreError, match="this machine lets us use 2 CPU"):
+            cores.choose(server_cores, client_cores, [0, 1])
+
+
+def test_bench_refuses_more_server_cores_than_it_may_use() -> None:
+    too_many = len(os.sched_getaffinity(0)) + 1
+    result = subprocess.run([sys.executable, "bench/run.py", "--server-cores", "1", str(too_many)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"--server-cores {too_many}: this machine lets us use" in result.stderr
+
+
+async def test_load_client_answers_the_servers_check_during_the_handshake() -> None:
+    """A server that, like Janus's libnice on a nomination, sends its own check back and (stricter than libnice)
+    answers ours only once its check has been answered: the client still completes ICE and DTLS."""
+    loop = asyncio.get_running_loop()
+    server_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server_sock.bind(("127.0.0.1", 0))
+    server_sock.setblocking(False)
+    ufrag, pwd = new_credentials()
+    server_certificate = Certificate.generate()
+    offer = sdp.parse("\r\n".join([
+        "v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "t=0 0", f"m=video 9 UDP/TLS/RTP/SAVPF {loadtest.VP8_PT}",
+        "c=IN IP4 127.0.0.1", "a=mid:v", f"a=ice-ufrag:{ufrag}", f"a=ice-pwd:{pwd}",
+        f"a=fingerprint:sha-256 {server_certificate.fingerprint}", "a=setup:actpass", "a=rtcp-mux", "a=sendonly",
+        f"a=rtpmap:{loadtest.VP8_PT} VP8/90000",
+        f"a=candidate:1 1 udp 2130706431 127.0.0.1 {server_sock.getsockname()[1]} typ host", ""]))
+    path = loadtest.MediaPath(Certificate.generate())
+    dtls = DtlsEndpoint(server_certificate, ("sha-256", path.certificate.fingerprint))
+    ours: stun.Message | None = None
+    answered = False
+
+    async def serve() -> None:
+        nonlocal ours, answered
+        while True:
+            data, client = await loop.sock_recvfrom(server_sock, 2048)
+            if data[:1] == b"\x00":  # the client's check
+                if not answered:
+                    ours = binding_request(path.ufrag, ufrag, path.pwd, 1, controlling=False,
+                                           tie_breaker=random.getrandbits(64))
+                    server_sock.sendto(bytes(ours), client)
+                    continue
+                server_sock.sendto(handle_binding(data, client, ufrag, pwd, path.ufrag).response, client)
+            elif data[:1] == b"\x01" and ours is not None and data[8:20] == ours.transaction_id:
+                answered = stun.parse_message(data).message_class == stun.Class.RESPONSE
+            elif 20 <= data[0] <= 63:
+                for datagram in dtls.receive(data):
+                    server_sock.sendto(datagram, client)
+
+    server = asyncio.create_task(serve())
+    try:
+        await path.connect(offer, [], timeout=10)
+        assert answered and path.srtp_keys is not None and dtls.srtp_keys is not None
+    finally:
+        server.cancel()
+        path.close()
+        server_sock.close()
+
+
+JANUS_MISSING = janus_peer.missing()
+
+
+@pytest.mark.skipif(JANUS_MISSING is not None, reason=f"{JANUS_MISSING}")
+async def test_janus_viewers_receive_the_feed_through_its_http_api(tmp_path) -> None:
+    """Janus with the generated config: viewers join through the HTTP API with the load clients and receive every
+    packet of the publisher's video and audio, authenticated; an unknown mountpoint is refused with a clear error;
+    stopping Janus removes its config."""
+    server = janus_peer.JanusServer(tmp_path / "janus.log", sorted(os.sched_getaffinity(0))[:1])
+    viewers = janus_peer.JanusViewers(server)
+    try:
+        viewers.feed(loadtest.MediaPlan(video=True, audio=True))
+        await viewers.add(3)
+        await viewers.wait_for_media(10)
+        assert viewers.errors() == [] and viewers.received() == 3
+        before = viewers.load_receiver.totals()
+        await asyncio.sleep(1.5)
+        after = viewers.load_receiver.totals()
+        # 3 viewers x (150 video + 50 audio) packets a second
+        assert after["packets"] - before["packets"] >= 3 * 200
+        assert after["ssrcs"] == 6 and after["lost"] == 0 and after["auth_failures"] == 0
+
+        async with aiohttp.ClientSession() as http:
+            api = janus_peer.JanusApi(http, server.url)
+            session = await api.session()
+            handle = await api.attach(session, "janus.plugin.streaming")
+            with pytest.raises(janus_peer.JanusError, match="(?i)mountpoint"):
+                reply = await api.message(session, handle, {"request": "watch", "id": janus_peer.MOUNTPOINT_ID + 1})
+                if reply.get("janus") == "ack":  # refused in the event that follows
+                    await api.offer(session, handle)
+    finally:
+        await viewers.close()
+        server.stop()
+    assert server.process.returncode is not None and not server.folder.exists()
