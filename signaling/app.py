@@ -14,6 +14,8 @@ from starlette.websockets import WebSocket
 
 from .agents import endpoint as agent_endpoint
 from .agents.dispatcher import token_dispatches
+from .agents.service import AgentDispatchService
+from .agents.service import PREFIX as AGENT_DISPATCH_PREFIX
 from .auth import AuthError, Claims
 from .node import Node
 from .protocol import v0, v1
@@ -212,9 +214,12 @@ def create_app(node: Node) -> Starlette:
         await agent_endpoint.serve(websocket, claims.api_key, node.agents, node.server_info(), node.counters)
 
     room_service = RoomService(node)
+    agent_dispatch_service = AgentDispatchService(node)
+    twirp_methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     return Starlette(routes=[
         Route("/", health),
-        Route(PREFIX + "{method}", room_service.endpoint, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        Route(PREFIX + "{method}", room_service.endpoint, methods=twirp_methods),
+        Route(AGENT_DISPATCH_PREFIX + "{method}", agent_dispatch_service.endpoint, methods=twirp_methods),
         Route("/rtc/validate", validate),
         Route("/rtc/v1/validate", validate),
         Route("/rtc/v1", not_found),

@@ -9,8 +9,9 @@ it accepts, gets the job with a room token.
 
 Where tern does more than LiveKit (which drops such a job):
 - a worker that declines or does not answer in time is skipped and the next worker is offered the job;
-- a job no worker can take waits, for up to PENDING_JOB_TIMEOUT, for a matching worker to register or to report
-  itself available again;
+- a room job no worker can take waits, for up to PENDING_JOB_TIMEOUT, for a matching worker to register or to
+  report itself available again (participant and publisher jobs are launched only when a worker of their agent_name
+  and type is registered, as LiveKit does for all jobs: a participant's job is only useful while it is there);
 - a job whose worker disconnects is failed and launched again (a new job of the same dispatch) once its agent
   participant has left the room: an agent that is still in the room keeps serving, as its media connection does
   not depend on its worker's /agent connection.
@@ -293,6 +294,8 @@ class AgentDispatcher:
     # -- jobs
     def _launch(self, room: models.Room, agents: _RoomAgents, dispatch: agent_dispatch.AgentDispatch, job_type: int,
                 participant: models.ParticipantInfo | None) -> None:
+        if job_type != agent.JT_ROOM and not any(w.key == (dispatch.agent_name, job_type) for w in self.workers.values()):
+            return  # participant and publisher jobs are for the workers there are (LiveKit's rule for every job)
         job = agent.Job(id=new_id("AJ_"), dispatch_id=dispatch.id, type=job_type, room=room,
                         agent_name=dispatch.agent_name, metadata=dispatch.metadata, attributes=dispatch.attributes,
                         state=agent.JobState(status=agent.JS_PENDING, updated_at=time.time_ns()))
@@ -359,12 +362,13 @@ class AgentDispatcher:
             return
 
     def _choose(self, job: agent.Job, tried: set[str]) -> Worker | None:
-        """The available worker for the job's key with the lowest reported load, then the fewest jobs: LiveKit picks
+        """The available worker for the job's key with the lowest reported load, then the fewest jobs (running or being
+        offered): LiveKit picks
         at random weighted by 1 - load; this spreads jobs deterministically, and a worker's load report, sent every
         few seconds, does not lag behind the jobs just given to it."""
         key = self._key(job)
         candidates = [w for w in self.workers.values() if w.key == key and w.available and w.id not in tried]
-        return min(candidates, key=lambda w: (w.load, len(w.jobs), w.registered_at_ms), default=None)
+        return min(candidates, key=lambda w: (w.load, w.engaged, w.registered_at_ms), default=None)
 
     @staticmethod
     def _key(job: agent.Job) -> WorkerKey:

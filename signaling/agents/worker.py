@@ -91,9 +91,14 @@ class Worker:
         return self.agent_name, self.job_type
 
     @property
+    def engaged(self) -> int:
+        """Jobs it runs or is being offered."""
+        return len(self.jobs) + len(self._waiting)
+
+    @property
     def available(self) -> bool:
         return not self.closed and self.status == agent.WS_AVAILABLE and self.load < 1.0 \
-            and len(self.jobs) + len(self._waiting) < MAX_WORKER_JOBS
+            and self.engaged < MAX_WORKER_JOBS
 
     # -- from the worker
     def handle(self, message: agent.WorkerMessage) -> None:
