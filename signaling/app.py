@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from livekit.protocol import models, rtc
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from .agents import endpoint as agent_endpoint
 from .agents.dispatcher import token_dispatches
-from .agents.service import AgentDispatchService
 from .agents.service import PREFIX as AGENT_DISPATCH_PREFIX
+from .agents.service import WORKERS_PATH, AgentDispatchService, workers_report
 from .auth import AuthError, Claims
 from .node import Node
 from .protocol import v0, v1
@@ -213,6 +213,15 @@ def create_app(node: Node) -> Starlette:
             return
         await agent_endpoint.serve(websocket, claims.api_key, node.agents, node.server_info(), node.counters)
 
+    async def agent_workers(request: Request) -> Response:
+        """The registered agent workers (`tern agents list`), for a token that may list rooms."""
+        try:
+            if not node.verifier.verify(_token(request)).video.room_list:
+                return PlainTextResponse("permission denied: roomList grant required", status_code=403)
+        except AuthError as error:
+            return PlainTextResponse(str(error), status_code=401)
+        return JSONResponse(workers_report(node.agents))
+
     room_service = RoomService(node)
     agent_dispatch_service = AgentDispatchService(node)
     twirp_methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -226,6 +235,7 @@ def create_app(node: Node) -> Starlette:
         WebSocketRoute("/rtc/v1", v1_socket),
         Route("/rtc", not_found),
         WebSocketRoute("/rtc", rtc_socket),
+        Route(WORKERS_PATH, agent_workers),
         Route("/agent", not_found),
         WebSocketRoute("/agent", agent_socket),
     ])

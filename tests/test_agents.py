@@ -4,6 +4,7 @@ dispatch through livekit-api's AgentDispatchService; bare protobuf workers misbe
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -20,8 +21,10 @@ from agents_env import agents_python
 from clients import connect, remote, until
 from conftest import API_KEY, API_SECRET, ROOT, start_server, stop_server
 from media import TONE_HZ, Publisher, decoded_audio, dominant_frequency
+from signaling import cli
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# The dev secret is short; pytest resets the filter signaling/auth.py installs for pyjwt's warning about it.
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.filterwarnings("ignore:The HMAC key")]
 
 WORKER = ROOT / "tests" / "agent_worker.py"
 WORKER_TAG_ATTRIBUTE = "test.worker"  # agent_worker.py's
@@ -317,3 +320,27 @@ async def test_silent_worker_does_not_block_the_job(server) -> None:
     assert (await receive(answering, "termination")).termination.job_id == assignment.job.id
     await silent.close()
     await answering.close()
+
+
+async def test_cli_lists_workers_and_drives_dispatches(server, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("LIVEKIT_URL", server.url)
+    monkeypatch.setenv("LIVEKIT_API_KEY", API_KEY)
+    monkeypatch.setenv("LIVEKIT_API_SECRET", API_SECRET)
+
+    async def tern(*argv: str) -> str:
+        capsys.readouterr()
+        code = await asyncio.to_thread(cli.main, list(argv))
+        out, err = capsys.readouterr()
+        assert code == 0 and not err, err
+        return out
+
+    worker = await bare_worker(server, "cli-agent")
+    assert "cli-agent" in await tern("agents", "list")
+    created = json.loads(await tern("dispatch", "create", "cli-room", "--agent-name", "cli-agent", "--json"))
+    offered = await receive(worker, "availability")
+    assert offered.availability.job.dispatch_id == created["id"]
+    listing = await tern("dispatch", "list", "cli-room")
+    assert created["id"] in listing and "JT_ROOM" in listing
+    assert "deleted dispatch" in await tern("dispatch", "delete", "cli-room", created["id"])
+    assert "no dispatches" in await tern("dispatch", "list", "cli-room")
+    await worker.close()

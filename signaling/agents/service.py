@@ -2,10 +2,12 @@
 dispatches, for which roomAdmin on the room is required."""
 from __future__ import annotations
 
+from livekit.protocol import agent
 from livekit.protocol import agent_dispatch as proto
 
 from ..roomservice import TwirpError, TwirpMethod, TwirpService, check_size
 from ..rtc.limits import MAX_ATTRIBUTES_SIZE, MAX_METADATA_SIZE, MAX_ROOM_NAME_LENGTH, attributes_size
+from .dispatcher import AgentDispatcher
 from .worker import MAX_WORKER_NAME_LENGTH
 
 PREFIX = "/twirp/livekit.AgentDispatchService/"
@@ -55,3 +57,20 @@ AgentDispatchService.methods = {
     "DeleteDispatch": TwirpMethod(proto.DeleteAgentDispatchRequest, "admin", AgentDispatchService.delete_dispatch),
     "ListDispatch": TwirpMethod(proto.ListAgentDispatchRequest, "admin", AgentDispatchService.list_dispatch),
 }
+
+
+# tern's own, LiveKit has no such API: the registered workers, as JSON, for a token with the roomList grant.
+WORKERS_PATH = "/agent/workers"
+
+
+def workers_report(dispatcher: AgentDispatcher) -> dict:
+    return {"workers": [{
+        "id": worker.id,
+        "agent_name": worker.agent_name,
+        "type": agent.JobType.Name(worker.job_type),
+        "status": agent.WorkerStatus.Name(worker.status),
+        "load": worker.load,
+        "jobs": sorted(worker.jobs),
+        "version": worker.version,
+        "registered_at_ms": worker.registered_at_ms,
+    } for worker in dispatcher.workers.values()]}
