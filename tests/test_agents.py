@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytest_asyncio
 import websockets
 from livekit import api, rtc
 from livekit.protocol import agent
@@ -22,6 +23,7 @@ from clients import connect, remote, until
 from conftest import API_KEY, API_SECRET, ROOT, start_server, stop_server
 from media import TONE_HZ, Publisher, decoded_audio, dominant_frequency
 from signaling import cli
+from test_webhook import Receiver
 
 # The dev secret is short; pytest resets the filter signaling/auth.py installs for pyjwt's warning about it.
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.filterwarnings("ignore:The HMAC key")]
@@ -32,12 +34,21 @@ WORKER_TAG_ATTRIBUTE = "test.worker"  # agent_worker.py's
 SERVER_ENV = {"TERN_AGENT_AVAILABILITY_TIMEOUT": "2", "TERN_SIGNAL_DEPARTURE_TIMEOUT": "2"}
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def webhooks():
+    receiver = Receiver(API_KEY, API_SECRET)
+    await receiver.start()
+    yield receiver
+    await receiver.stop()
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def server(tmp_path_factory: pytest.TempPathFactory, webhooks: Receiver):
     saved = {name: os.environ.get(name) for name in SERVER_ENV}
     os.environ.update(SERVER_ENV)
     try:
-        server = start_server(tmp_path_factory.mktemp("tern"))
+        server = start_server(tmp_path_factory.mktemp("tern"),
+                              config=f"webhook:\n  api_key: {API_KEY}\n  urls: [{webhooks.url}]\n")
     finally:
         for name, value in saved.items():
             if value is None:
@@ -296,7 +307,7 @@ async def test_malformed_messages_close_only_that_worker(server) -> None:
     assert server.counters()["agent_worker_malformed"] >= 2
 
 
-async def test_silent_worker_does_not_block_the_job(server) -> None:
+async def test_silent_worker_does_not_block_the_job(server, webhooks: Receiver) -> None:
     # Two bare workers of one agent_name: the first, offered the job first (equal load, registered first), never
     # answers; the job goes to the second after the availability timeout.
     silent = await bare_worker(server, "quiet")
@@ -318,6 +329,10 @@ async def test_silent_worker_does_not_block_the_job(server) -> None:
         assert dispatch.state.jobs[0].state.worker_id == assignment.job.state.worker_id
         await client.room.delete_room(api.DeleteRoomRequest(room="quiet"))
     assert (await receive(answering, "termination")).termination.job_id == assignment.job.id
+    # Webhooks: the job started (accepted by the worker) and ended (its room was deleted).
+    await until(lambda: any(e.event == "agent_job_ended" and e.job.id == assignment.job.id for e in webhooks.events))
+    started = next(e for e in webhooks.events if e.event == "agent_job_started" and e.job.id == assignment.job.id)
+    assert started.job.state.status == agent.JS_RUNNING and started.room.name == "quiet"
     await silent.close()
     await answering.close()
 
@@ -336,6 +351,7 @@ async def test_cli_lists_workers_and_drives_dispatches(server, capsys, monkeypat
 
     worker = await bare_worker(server, "cli-agent")
     assert "cli-agent" in await tern("agents", "list")
+    assert ("tern_agent_workers", {"agent_name": "cli-agent", "job_type": "JT_ROOM"}, 1.0) in server.metrics()
     created = json.loads(await tern("dispatch", "create", "cli-room", "--agent-name", "cli-agent", "--json"))
     offered = await receive(worker, "availability")
     assert offered.availability.job.dispatch_id == created["id"]
