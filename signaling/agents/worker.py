@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 
 # ServerInfo.agent_protocol: the worker protocol version tern speaks (LiveKit's, which SDKs check).
 AGENT_PROTOCOL = 1
-# Bytes of a worker's agent_name, namespace or deployment (LiveKit limits deployment to 64; tern all three, so a
-# worker's key stays small in every job, list and log).
+# Bytes of a worker's agent_name, namespace, deployment or SDK version (LiveKit limits deployment to 64; tern all
+# four, so what a worker registers stays small in every job, list and log).
 MAX_WORKER_NAME_LENGTH = 64
 # Jobs one worker may run at once; past it the worker is treated as full. A worker's load report normally says so
 # far earlier (a job is a process with its own media).
@@ -62,6 +62,7 @@ def check_registration(request: agent.RegisterWorkerRequest) -> None:
     _valid_name(request.agent_name, "agent_name")
     _valid_name(request.namespace, "namespace")
     _valid_name(request.deployment, "deployment")
+    _valid_name(request.version, "version")
     if "_" in request.deployment:  # LiveKit's rule: deployments are DNS-like names
         raise RegistrationError("deployment contains '_'")
 
