@@ -14,7 +14,8 @@ Where tern does more than LiveKit (which drops such a job):
   and type is registered, as LiveKit does for all jobs: a participant's job is only useful while it is there);
 - a job whose worker disconnects is failed and launched again (a new job of the same dispatch) once its agent
   participant has left the room: an agent that is still in the room keeps serving, as its media connection does
-  not depend on its worker's /agent connection.
+  not depend on its worker's /agent connection. A job whose agent loses its connection to the room (rather than
+  leaving it) is failed and launched again too.
 """
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ MAX_ROOM_JOBS = 512
 DELETE_GRACE = 3.0
 
 _ENDED = (agent.JS_SUCCESS, agent.JS_FAILED)
+# How an agent participant leaves when it did not mean to (rather than leaving, or being removed or replaced).
+_CONNECTION_LOST = frozenset({models.DisconnectReason.SIGNAL_CLOSE, models.DisconnectReason.CONNECTION_TIMEOUT,
+                              models.DisconnectReason.MEDIA_FAILURE})
 
 
 def token_dispatches(room_config: dict) -> list[agent_dispatch.RoomAgentDispatch]:
@@ -221,10 +225,15 @@ class AgentDispatcher:
             self._relaunch(record)
             return
         open_room = self.store.get(room.name)
-        closing = open_room is None or open_room.closed
-        # As LiveKit: the worker is told to end the job; an agent that left a room still open has failed.
-        self._cancel(record, agent.JS_SUCCESS if closing else agent.JS_FAILED,
-                     "room closed" if closing else "agent left the room")
+        if open_room is None or open_room.closed:
+            self._cancel(record, agent.JS_SUCCESS, "room closed")
+            return
+        # As LiveKit: the worker is told to end the job, which has failed. An agent whose connection was lost (its
+        # worker's machine died, often noticed here before the worker's own connection ends) is replaced.
+        lost = participant.disconnect_reason in _CONNECTION_LOST
+        self._cancel(record, agent.JS_FAILED, "agent lost its connection" if lost else "agent left the room")
+        if lost:
+            self._relaunch(record)
 
     # -- dispatches (AgentDispatchService)
     def dispatches(self, room: str, dispatch_id: str = "") -> list[agent_dispatch.AgentDispatch]:
