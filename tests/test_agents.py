@@ -308,16 +308,20 @@ async def test_malformed_messages_close_only_that_worker(server) -> None:
 
 
 async def test_silent_worker_does_not_block_the_job(server, webhooks: Receiver) -> None:
-    # Two bare workers of one agent_name: the first, offered the job first (equal load, registered first), never
-    # answers; the job goes to the second after the availability timeout.
+    # Three bare workers of one agent_name, offered the job in turn (equal load, in registration order): the first
+    # never answers, the second declines, the third takes it once the first's availability timeout has passed.
     silent = await bare_worker(server, "quiet")
+    declining = await bare_worker(server, "quiet")
     answering = await bare_worker(server, "quiet")
     async with lkapi(server) as client:
         started = time.monotonic()
         await client.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="quiet", room="quiet"))
         offered = await receive(silent, "availability")
+        declined = await receive(declining, "availability")
+        await declining.send(agent.WorkerMessage(availability=agent.AvailabilityResponse(
+            job_id=declined.availability.job.id, available=False)).SerializeToString())
         request = await receive(answering, "availability")
-        assert request.availability.job.id == offered.availability.job.id
+        assert request.availability.job.id == offered.availability.job.id == declined.availability.job.id
         await answering.send(agent.WorkerMessage(availability=agent.AvailabilityResponse(
             job_id=request.availability.job.id, available=True)).SerializeToString())
         assignment = (await receive(answering, "assignment")).assignment
@@ -333,8 +337,8 @@ async def test_silent_worker_does_not_block_the_job(server, webhooks: Receiver) 
     await until(lambda: any(e.event == "agent_job_ended" and e.job.id == assignment.job.id for e in webhooks.events))
     started = next(e for e in webhooks.events if e.event == "agent_job_started" and e.job.id == assignment.job.id)
     assert started.job.state.status == agent.JS_RUNNING and started.room.name == "quiet"
-    await silent.close()
-    await answering.close()
+    for ws in (silent, declining, answering):
+        await ws.close()
 
 
 async def test_cli_lists_workers_and_drives_dispatches(server, capsys, monkeypatch) -> None:
