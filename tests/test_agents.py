@@ -303,8 +303,24 @@ async def test_malformed_messages_close_only_that_worker(server) -> None:
     await ws.send(agent.WorkerMessage(update_worker=agent.UpdateWorkerStatus(load=0.5)).SerializeToString())
     with pytest.raises(websockets.ConnectionClosed):
         await asyncio.wait_for(ws.recv(), 5)
+    # A flood of pings, and a message over the WebSocket limit: each closes only its sender.
+    flooding, oversized = await bare_worker(server, "sturdy"), await bare_worker(server, "sturdy")
+    ping = agent.WorkerMessage(ping=agent.WorkerPing(timestamp=1)).SerializeToString()
+    for _ in range(400):
+        await flooding.send(ping)
+    await oversized.send(agent.WorkerMessage(update_job=agent.UpdateJobStatus(
+        job_id="AJ_x", error="x" * 2 * 1024 * 1024)).SerializeToString())
+    for ws, code in ((flooding, 1008), (oversized, 1009)):
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+    await good.send(agent.WorkerMessage(ping=agent.WorkerPing(timestamp=43)).SerializeToString())
+    assert (await receive(good, "pong")).pong.last_timestamp == 43
     await good.close()
-    assert server.counters()["agent_worker_malformed"] >= 2
+    counters = server.counters()
+    assert counters["agent_worker_malformed"] >= 2 and counters["agent_worker_flooding"] >= 1
+    assert counters["agent_worker_message_too_big"] >= 1
 
 
 async def test_silent_worker_does_not_block_the_job(server, webhooks: Receiver) -> None:

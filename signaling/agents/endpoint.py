@@ -130,6 +130,8 @@ async def _receive(websocket: WebSocket, rate: _Rate, timeout: float) -> agent.W
     except TimeoutError:
         raise _Closed(_CLOSE_POLICY, f"nothing received for {timeout:g} s", "agent_worker_timeouts") from None
     if message["type"] == "websocket.disconnect":
+        if message.get("code") == 1009:  # uvicorn closed it: a message over the server's WebSocket limit
+            raise _Closed(1009, "message too big", "agent_worker_message_too_big")
         return None
     if not rate.take():
         raise _Closed(_CLOSE_POLICY, "too many messages", "agent_worker_flooding")
