@@ -264,11 +264,12 @@ def worker_token(**grants: object) -> str:
     return api.AccessToken(API_KEY, API_SECRET).with_grants(api.VideoGrants(**grants)).to_jwt()
 
 
-async def bare_worker(server, agent_name: str = "", token: str | None = None) -> websockets.ClientConnection:
+async def bare_worker(server, agent_name: str = "", token: str | None = None,
+                      job_type: int = agent.JT_ROOM) -> websockets.ClientConnection:
     ws = await websockets.connect(server.url + "/agent",
                                   additional_headers={"Authorization": "Bearer " + (token or worker_token(agent=True))})
     await ws.send(agent.WorkerMessage(register=agent.RegisterWorkerRequest(
-        type=agent.JT_ROOM, agent_name=agent_name, version="bare")).SerializeToString())
+        type=job_type, agent_name=agent_name, version="bare")).SerializeToString())
     reply = agent.ServerMessage.FromString(await asyncio.wait_for(ws.recv(), 5))
     assert reply.register.worker_id.startswith("AW_") and reply.register.server_info.agent_protocol == 1
     return ws
@@ -355,6 +356,35 @@ async def test_silent_worker_does_not_block_the_job(server, webhooks: Receiver) 
     assert started.job.state.status == agent.JS_RUNNING and started.room.name == "quiet"
     for ws in (silent, declining, answering):
         await ws.close()
+
+
+async def test_participant_jobs_are_for_participants_only(server) -> None:
+    """A room created with a named agent (CreateRoom.agents): a worker for participant jobs is offered one per
+    participant who joins, none for an agent joining; agents do not count as participants."""
+    per_user = await bare_worker(server, "per-user", job_type=agent.JT_PARTICIPANT)
+    async with lkapi(server) as client:
+        await client.room.create_room(api.CreateRoomRequest(
+            name="people", agents=[api.RoomAgentDispatch(agent_name="per-user")]))
+        user = await connect(server, "erin", "people")
+        bot = rtc.Room()
+        try:
+            offer = (await receive(per_user, "availability")).availability
+            assert offer.job.type == agent.JT_PARTICIPANT and offer.job.participant.identity == "erin"
+            await per_user.send(agent.WorkerMessage(availability=agent.AvailabilityResponse(
+                job_id=offer.job.id, available=False)).SerializeToString())
+            token = (api.AccessToken(API_KEY, API_SECRET).with_identity("self-made-agent").with_kind("agent")
+                     .with_grants(api.VideoGrants(room_join=True, room="people", agent=True)).to_jwt())
+            await bot.connect(server.url, token)
+            await until(lambda: remote(user, "self-made-agent") is not None)
+            assert remote(user, "self-made-agent").kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+            with pytest.raises(TimeoutError):
+                await receive(per_user, "availability", timeout=1.5)
+            [room] = (await client.room.list_rooms(api.ListRoomsRequest(names=["people"]))).rooms
+            assert room.num_participants == 1
+        finally:
+            await bot.disconnect()
+            await user.disconnect()
+            await per_user.close()
 
 
 async def test_cli_lists_workers_and_drives_dispatches(server, capsys, monkeypatch) -> None:
