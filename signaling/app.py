@@ -8,16 +8,20 @@ from dataclasses import dataclass
 from livekit.protocol import models, rtc
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from .agents import endpoint as agent_endpoint
+from .agents.dispatcher import token_dispatches
+from .agents.service import PREFIX as AGENT_DISPATCH_PREFIX
+from .agents.service import WORKERS_PATH, AgentDispatchService, workers_report
 from .auth import AuthError, Claims
 from .node import Node
 from .protocol import v0, v1
 from .roomservice import PREFIX, RoomService
 from .rtc.limits import LimitExceeded, check_join
-from .rtc.participant import Participant
+from .rtc.participant import Participant, joins_dependent
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +91,12 @@ def _admit(node: Node, connection: HTTPConnection) -> tuple[str, Claims, str]:
     token = _token(connection)
     claims, room_name = node.verifier.verify_join(token)
     check_join(claims, room_name)
+    try:
+        token_dispatches(claims.room_config)
+    except ValueError as error:
+        raise AuthError(f"invalid token: {error}") from None
     room = node.store.get(room_name)
-    if room is not None and room.is_full(claims.identity):
+    if room is not None and room.is_full(claims.identity, joins_dependent(claims)):
         raise PermissionError("room is full")
     return token, claims, room_name
 
@@ -168,11 +176,13 @@ def create_app(node: Node) -> Starlette:
         await websocket.accept()
         # Resolved only now, with no await before join(): the room may have closed, or a participant with the
         # same identity or one more participant may have joined, while the upgrade was in flight.
-        room = node.store.get_or_create(room_name)
+        # A join that creates the room starts it with the agents its token's roomConfig names (LiveKit's rule).
+        room = node.agents.create_room_with(token_dispatches(claims.room_config),
+                                            lambda: node.store.get_or_create(room_name))
         previous = room.participants.get(claims.identity)
         if previous is not None:
             previous.close(models.DisconnectReason.DUPLICATE_IDENTITY)
-        if room.is_full(claims.identity):
+        if room.is_full(claims.identity, joins_dependent(claims)):
             await _refuse(websocket)
             return
         try:
@@ -191,16 +201,43 @@ def create_app(node: Node) -> Starlette:
             return
         await v0.serve(websocket, _session(participant, connect), claims.expires_at)
 
+    async def agent_socket(websocket: WebSocket) -> None:
+        """An agent worker: its token (minted by the worker from its API key) must carry the agent grant."""
+        try:
+            claims = node.verifier.verify(_token(websocket))
+            if not claims.video.agent:
+                raise AuthError("permission denied: agent grant required")
+        except AuthError as error:
+            node.counters["agent_worker_unauthorized"] += 1
+            await websocket.send_denial_response(PlainTextResponse(str(error), status_code=401))
+            return
+        await agent_endpoint.serve(websocket, claims.api_key, node.agents, node.server_info(), node.counters)
+
+    async def agent_workers(request: Request) -> Response:
+        """The registered agent workers (`tern agents list`), for a token that may list rooms."""
+        try:
+            if not node.verifier.verify(_token(request)).video.room_list:
+                return PlainTextResponse("permission denied: roomList grant required", status_code=403)
+        except AuthError as error:
+            return PlainTextResponse(str(error), status_code=401)
+        return JSONResponse(workers_report(node.agents))
+
     room_service = RoomService(node)
+    agent_dispatch_service = AgentDispatchService(node)
+    twirp_methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     return Starlette(routes=[
         Route("/", health),
-        Route(PREFIX + "{method}", room_service.endpoint, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        Route(PREFIX + "{method}", room_service.endpoint, methods=twirp_methods),
+        Route(AGENT_DISPATCH_PREFIX + "{method}", agent_dispatch_service.endpoint, methods=twirp_methods),
         Route("/rtc/validate", validate),
         Route("/rtc/v1/validate", validate),
         Route("/rtc/v1", not_found),
         WebSocketRoute("/rtc/v1", v1_socket),
         Route("/rtc", not_found),
         WebSocketRoute("/rtc", rtc_socket),
+        Route(WORKERS_PATH, agent_workers),
+        Route("/agent", not_found),
+        WebSocketRoute("/agent", agent_socket),
     ])
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -64,6 +64,7 @@ class Claims:
     video: VideoGrant
     sha256: str
     expires_at: int
+    room_config: dict[str, Any] = field(default_factory=dict)  # roomConfig: a RoomConfiguration as protojson
 
 
 # snake_case field -> camelCase claim name, for the scalar grant fields.
@@ -203,6 +204,7 @@ class TokenVerifier:
             video=_parse_video(payload.get("video")),
             sha256=_typed(payload, "sha256", str, "", ""),
             expires_at=int(payload["exp"]),
+            room_config=_typed(payload, "roomConfig", dict, {}, ""),
         )
 
 

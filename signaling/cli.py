@@ -1,5 +1,6 @@
 """The `tern` command: runs the server (default), mints access tokens (`tern token`), drives a server's
-RoomService (`tern room`, `tern participant`, `tern send-data`) and runs load tests (`tern load-test`).
+RoomService (`tern room`, `tern participant`, `tern send-data`), lists agent workers and drives AgentDispatchService
+(`tern agents list`, `tern dispatch`), and runs load tests (`tern load-test`).
 This module only parses; signaling.clients.operator runs the API commands."""
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_rooms(commands)
     _add_participants(commands)
     _add_send_data(commands)
+    _add_agents(commands)
     # Listed for --help only: main() hands its argv to signaling.clients.loadtest before parsing.
     commands.add_parser("load-test", add_help=False,
                         help="run a load test against a server (tern load-test --help)")
@@ -133,10 +135,11 @@ def _api_flags() -> argparse.ArgumentParser:
 Build = Callable[[argparse.Namespace], operator.Command]
 
 
-def _command(actions: argparse._SubParsersAction, name: str, help: str, build: Build) -> argparse.ArgumentParser:
+def _command(actions: argparse._SubParsersAction, name: str, help: str, build: Build,
+             service: str = "room") -> argparse.ArgumentParser:
     parser = actions.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
                                 parents=[_api_flags()])
-    parser.set_defaults(build=build)
+    parser.set_defaults(build=build, service=service)
     return parser
 
 
@@ -237,6 +240,29 @@ def _add_send_data(commands: argparse._SubParsersAction) -> None:
     delivery.add_argument("--lossy", dest="reliable", action="store_false", help="unordered, unretransmitted")
 
 
+def _add_agents(commands: argparse._SubParsersAction) -> None:
+    agents = commands.add_parser("agents", help="list the agent workers registered with the server")
+    actions = agents.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _command(actions, "list", "list the registered agent workers", lambda a: operator.agents_list, service="target")
+
+    dispatch = commands.add_parser("dispatch", help="create, list and delete agent dispatches (AgentDispatchService)")
+    actions = dispatch.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = _command(actions, "create", "dispatch an agent to a room (creating the room if it is not open)",
+                      lambda a: partial(operator.dispatch_create, room=a.room, agent_name=a.agent_name,
+                                        metadata=a.metadata), service="agent_dispatch")
+    create.add_argument("room", metavar="ROOM")
+    create.add_argument("--agent-name", default="", help="the workers' agent_name (default: the automatic ones)")
+    create.add_argument("--metadata", default="", help="job metadata handed to the agent")
+    listing = _command(actions, "list", "list a room's agent dispatches and their jobs",
+                       lambda a: partial(operator.dispatch_list, room=a.room), service="agent_dispatch")
+    listing.add_argument("room", metavar="ROOM")
+    delete = _command(actions, "delete", "delete a dispatch, ending its jobs",
+                      lambda a: partial(operator.dispatch_delete, room=a.room, dispatch_id=a.dispatch_id),
+                      service="agent_dispatch")
+    delete.add_argument("room", metavar="ROOM")
+    delete.add_argument("dispatch_id", metavar="DISPATCH_ID")
+
+
 def _load(args: argparse.Namespace) -> Config:
     body = args.config_body
     if args.config is not None:
@@ -291,7 +317,7 @@ def _operate(args: argparse.Namespace) -> int:
         print(f"tern: error: {exc}", file=sys.stderr)
         return 2
     try:
-        return operator.execute(target, command, args.json)
+        return operator.execute(target, command, args.json, args.service)
     except KeyboardInterrupt:
         return 130
 

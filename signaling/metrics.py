@@ -5,7 +5,7 @@ import asyncio
 from collections import Counter
 from typing import TYPE_CHECKING, Iterator
 
-from livekit.protocol import models
+from livekit.protocol import agent, models
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -22,7 +22,7 @@ class NodeCollector(Collector):
         self.loop = loop
 
     async def _snapshot(self) -> tuple[dict[str, int], int, int, list[tuple[str, str, int]], Counter[int],
-                                       list[tuple[str, dict]]]:
+                                       list[tuple[str, dict]], Counter[tuple[str, str]]]:
         # Taken on the event loop: the state it reads is only ever changed there.
         store = self.node.store
         participants = list(store.participants())
@@ -42,11 +42,12 @@ class NodeCollector(Collector):
                 continue
             if estimate is not None:
                 bandwidth.append((participant.sid, estimate))
-        return self.node.stats(), len(store.rooms()), len(participants), layers, qualities, bandwidth
+        workers = Counter((w.agent_name, agent.JobType.Name(w.job_type)) for w in self.node.agents.workers.values())
+        return self.node.stats(), len(store.rooms()), len(participants), layers, qualities, bandwidth, workers
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         snapshot = asyncio.run_coroutine_threadsafe(self._snapshot(), self.loop).result(5)
-        stats, room_count, participant_count, layers, qualities, bandwidth = snapshot
+        stats, room_count, participant_count, layers, qualities, bandwidth, workers = snapshot
         counters = CounterMetricFamily("tern_events", "Packets, drops and signalling events by name", labels=["name"])
         for name, value in sorted(stats.items()):
             counters.add_metric([name], value)
@@ -86,6 +87,12 @@ class NodeCollector(Collector):
             congested.add_metric([participant], int(estimate["congested"]))
         yield estimates
         yield congested
+        agent_workers = GaugeMetricFamily("tern_agent_workers", "Registered agent workers by agent_name and job type "
+                                          "(their jobs: agent_jobs_* in tern_events_total)",
+                                          labels=["agent_name", "job_type"])
+        for (agent_name, job_type), count in workers.items():
+            agent_workers.add_metric([agent_name, job_type], count)
+        yield agent_workers
 
 
 def serve_metrics(node: Node, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:

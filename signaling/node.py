@@ -9,9 +9,10 @@ import time
 import uuid
 from collections import Counter
 
-from livekit.protocol import models, rtc
+from livekit.protocol import agent, models, rtc
 
 import engine
+from .agents.dispatcher import AgentDispatcher
 from .auth import TokenVerifier
 from .config import Config
 from .cluster.memory import MemoryRoomStore
@@ -47,6 +48,7 @@ class Node:
                                             config.webhook.urls, self.counters)
         self.store: RoomStore = MemoryRoomStore(config.room.empty_timeout, config.room.departure_timeout,
                                                 config.room.max_participants, self.notify)
+        self.agents = AgentDispatcher(self.store, config.keys, self.counters, self.notify)
         self.receivers: dict[int, TrackPublication] = {}  # engine receiver id -> publication
         self.engine: engine.Engine
         self.transports: TransportManager
@@ -65,10 +67,16 @@ class Node:
         )
 
     def notify(self, event: str, *, room: models.Room | None = None, participant: models.ParticipantInfo | None = None,
-               track: models.TrackInfo | None = None) -> None:
-        """A webhook event (room_started, participant_joined, track_published, ...), when webhooks are configured."""
+               track: models.TrackInfo | None = None, job: agent.Job | None = None) -> None:
+        """A room's event (room_started, participant_joined, track_published, ...): the agent dispatcher launches
+        jobs on them; sent as a webhook when webhooks are configured."""
+        if job is None:
+            try:
+                self.agents.on_event(event, room, participant)
+            except Exception:  # a bug launching agents must not break the room operation that reports the event
+                log.exception("agent dispatch on %s failed", event)
         if self.webhooks is not None:
-            self.webhooks.notify(event, room=room, participant=participant, track=track)
+            self.webhooks.notify(event, room=room, participant=participant, track=track, job=job)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         host = self.config.media_host()  # "::": dual-stack sockets, IPv4 peers as IPv4-mapped addresses

@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
@@ -62,13 +62,18 @@ def _too_large() -> TwirpError:
 
 
 @dataclass(frozen=True)
-class _Method:
+class TwirpMethod:
     request: type[Message]
     grant: str  # "create", "list" or "admin" (roomAdmin for the request's room)
-    handler: Callable[[RoomService, Message], Message]
+    handler: Callable[[Any, Message], Message]  # (service, request) -> reply
 
 
-class RoomService:
+class TwirpService:
+    """A Twirp service of LiveKit's API: POST `prefix`<Method>, authenticated by an access token's grants."""
+
+    prefix: ClassVar[str]
+    methods: ClassVar[dict[str, TwirpMethod]]
+
     def __init__(self, node: Node) -> None:
         self.node = node
 
@@ -83,11 +88,11 @@ class RoomService:
             self.node.counters[f"api_error_{error.code}"] += 1
             return error.response()
 
-    def _admit(self, request: Request) -> tuple[str, _Method, str, Claims]:
+    def _admit(self, request: Request) -> tuple[str, TwirpMethod, str, Claims]:
         name = request.path_params["method"]
-        method = _METHODS.get(name)
+        method = self.methods.get(name)
         if request.method != "POST" or method is None:
-            raise TwirpError("bad_route", f"no such method: {request.method} {PREFIX}{name}")
+            raise TwirpError("bad_route", f"no such method: {request.method} {self.prefix}{name}")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in (_PROTOBUF, _JSON):
             raise TwirpError("bad_route", f"unexpected Content-Type {content_type!r}: use {_PROTOBUF} or {_JSON}")
@@ -95,7 +100,7 @@ class RoomService:
         _require_grant(claims, method.grant)
         return name, method, content_type, claims
 
-    def _serve(self, name: str, method: _Method, content_type: str, claims: Claims, body: bytes) -> Response:
+    def _serve(self, name: str, method: TwirpMethod, content_type: str, claims: Claims, body: bytes) -> Response:
         try:
             message = method.request()
             if content_type == _JSON:
@@ -110,7 +115,7 @@ class RoomService:
         except TwirpError:
             raise
         except Exception:  # a bug must answer like Twirp does, not with a traceback page
-            log.exception("RoomService %s failed", name)
+            log.exception("%s%s failed", self.prefix, name)
             raise TwirpError("internal", "internal error") from None
         self.node.counters[f"api_{name}"] += 1
         if content_type == _JSON:
@@ -125,6 +130,10 @@ class RoomService:
             return self.node.verifier.verify(header[len("Bearer "):].strip())
         except AuthError as error:
             raise TwirpError("unauthenticated", str(error)) from None
+
+
+class RoomService(TwirpService):
+    prefix = PREFIX
 
     # -- lookups
     def _room(self, name: str) -> Room:
@@ -143,12 +152,13 @@ class RoomService:
     def create_room(self, request: proto.CreateRoomRequest) -> models.Room:
         if not request.name:
             raise TwirpError("invalid_argument", "room name is required")
-        _check_size("room name", request.name, MAX_ROOM_NAME_LENGTH)
-        _check_size("metadata", request.metadata, MAX_METADATA_SIZE)
-        return self.node.store.create(
+        check_size("room name", request.name, MAX_ROOM_NAME_LENGTH)
+        check_size("metadata", request.metadata, MAX_METADATA_SIZE)
+        # A room this creates starts with the agents the request names (else the automatic dispatch).
+        return self.node.agents.create_room_with(request.agents, lambda: self.node.store.create(
             request.name, request.empty_timeout, request.departure_timeout, request.max_participants,
             request.metadata,
-        ).info()
+        )).info()
 
     def list_rooms(self, request: proto.ListRoomsRequest) -> proto.ListRoomsResponse:
         return proto.ListRoomsResponse(rooms=[
@@ -184,9 +194,9 @@ class RoomService:
     def update_participant(self, request: proto.UpdateParticipantRequest) -> models.ParticipantInfo:
         participant = self._participant(request.room, request.identity)
         attributes = participant.attributes_with(request.attributes)
-        _check_size("metadata", request.metadata, MAX_METADATA_SIZE)
-        _check_size("name", request.name, MAX_NAME_LENGTH)
-        _check_size("attributes", "".join(k + v for k, v in attributes.items()), MAX_ATTRIBUTES_SIZE)
+        check_size("metadata", request.metadata, MAX_METADATA_SIZE)
+        check_size("name", request.name, MAX_NAME_LENGTH)
+        check_size("attributes", "".join(k + v for k, v in attributes.items()), MAX_ATTRIBUTES_SIZE)
         changed = participant.update_identity_fields(request.name, request.metadata, attributes)
         if request.HasField("permission"):
             participant.update_permission(request.permission)
@@ -221,7 +231,7 @@ class RoomService:
 
     def update_room_metadata(self, request: proto.UpdateRoomMetadataRequest) -> models.Room:
         room = self._room(request.room)
-        _check_size("metadata", request.metadata, MAX_METADATA_SIZE)
+        check_size("metadata", request.metadata, MAX_METADATA_SIZE)
         room.set_metadata(request.metadata)
         return room.info()
 
@@ -265,21 +275,21 @@ def _require_room(claims: Claims, grant: str, room: str) -> None:
         raise TwirpError("permission_denied", "roomAdmin grant for this room required")
 
 
-def _check_size(what: str, value: str, limit: int) -> None:
+def check_size(what: str, value: str, limit: int) -> None:
     if len(value.encode()) > limit:
         raise TwirpError("invalid_argument", f"{what} exceeds {limit} bytes")
 
 
-_METHODS: dict[str, _Method] = {
-    "CreateRoom": _Method(proto.CreateRoomRequest, "create", RoomService.create_room),
-    "ListRooms": _Method(proto.ListRoomsRequest, "list", RoomService.list_rooms),
-    "DeleteRoom": _Method(proto.DeleteRoomRequest, "create", RoomService.delete_room),
-    "ListParticipants": _Method(proto.ListParticipantsRequest, "admin", RoomService.list_participants),
-    "GetParticipant": _Method(proto.RoomParticipantIdentity, "admin", RoomService.get_participant),
-    "RemoveParticipant": _Method(proto.RoomParticipantIdentity, "admin", RoomService.remove_participant),
-    "MutePublishedTrack": _Method(proto.MuteRoomTrackRequest, "admin", RoomService.mute_published_track),
-    "UpdateParticipant": _Method(proto.UpdateParticipantRequest, "admin", RoomService.update_participant),
-    "UpdateSubscriptions": _Method(proto.UpdateSubscriptionsRequest, "admin", RoomService.update_subscriptions),
-    "SendData": _Method(proto.SendDataRequest, "admin", RoomService.send_data),
-    "UpdateRoomMetadata": _Method(proto.UpdateRoomMetadataRequest, "admin", RoomService.update_room_metadata),
+RoomService.methods = {
+    "CreateRoom": TwirpMethod(proto.CreateRoomRequest, "create", RoomService.create_room),
+    "ListRooms": TwirpMethod(proto.ListRoomsRequest, "list", RoomService.list_rooms),
+    "DeleteRoom": TwirpMethod(proto.DeleteRoomRequest, "create", RoomService.delete_room),
+    "ListParticipants": TwirpMethod(proto.ListParticipantsRequest, "admin", RoomService.list_participants),
+    "GetParticipant": TwirpMethod(proto.RoomParticipantIdentity, "admin", RoomService.get_participant),
+    "RemoveParticipant": TwirpMethod(proto.RoomParticipantIdentity, "admin", RoomService.remove_participant),
+    "MutePublishedTrack": TwirpMethod(proto.MuteRoomTrackRequest, "admin", RoomService.mute_published_track),
+    "UpdateParticipant": TwirpMethod(proto.UpdateParticipantRequest, "admin", RoomService.update_participant),
+    "UpdateSubscriptions": TwirpMethod(proto.UpdateSubscriptionsRequest, "admin", RoomService.update_subscriptions),
+    "SendData": TwirpMethod(proto.SendDataRequest, "admin", RoomService.send_data),
+    "UpdateRoomMetadata": TwirpMethod(proto.UpdateRoomMetadataRequest, "admin", RoomService.update_room_metadata),
 }

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import jwt
 from google.protobuf import json_format
-from livekit.protocol import models, webhook
+from livekit.protocol import agent, models, webhook
 
 from .auth import ALGORITHM
 from .rtc.ids import new_id
@@ -94,6 +94,7 @@ class WebhookNotifier:
         room: models.Room | None = None,
         participant: models.ParticipantInfo | None = None,
         track: models.TrackInfo | None = None,
+        job: agent.Job | None = None,
     ) -> None:
         """Queues `event` for every URL. The messages are copied now: callers go on mutating theirs."""
         if self._closed:
@@ -106,6 +107,8 @@ class WebhookNotifier:
                 message.participant.CopyFrom(participant)
             if track is not None:
                 message.track.CopyFrom(track)
+            if job is not None:
+                message.job.CopyFrom(job)
         except (TypeError, ValueError):  # a caller's bug must not break the room operation it reports
             log.exception("webhook event %r not sent", event)
             for sink in self._sinks:

@@ -12,21 +12,26 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import aiohttp
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from livekit import api
+from google.protobuf import struct_pb2
+from livekit.api.agent_dispatch_service import AgentDispatchService
 from livekit.api.room_service import RoomService
-from livekit.protocol import models
+from livekit.protocol import agent, agent_dispatch, models
 
 DEFAULT_URL = "http://localhost:7880"
 REQUEST_TIMEOUT = 10.0
 _SCHEMES = ("http", "https", "ws", "wss")
 
 Result = tuple[Message, str]
-Command = Callable[[RoomService], Awaitable[Result]]
+# A command takes the client of the service it uses (execute's `service`): a RoomService, an AgentDispatchService, or
+# for tern's own endpoints (agent workers) the Target itself.
+Command = Callable[[Any], Awaitable[Result]]
 
 
 class UsageError(Exception):
@@ -67,10 +72,11 @@ def resolve_credentials(api_key: str | None, api_secret: str | None) -> tuple[st
     return api_key, api_secret  # type: ignore[return-value]
 
 
-def execute(target: Target, command: Command, as_json: bool = False) -> int:
-    """Runs `command` against the target server and prints its result; the exit status."""
+def execute(target: Target, command: Command, as_json: bool = False, service: str = "room") -> int:
+    """Runs `command` against the target server's `service` (a LiveKitAPI attribute, or "target") and prints its
+    result; the exit status."""
     try:
-        message, text = asyncio.run(_call(target, command))
+        message, text = asyncio.run(_call(target, command, service))
     except api.TwirpError as exc:
         if exc.code == api.TwirpErrorCode.UNKNOWN and not exc.message:
             return _fail(f"{target.url} answered HTTP {exc.status} without a Twirp error (not a LiveKit server?)")
@@ -88,11 +94,13 @@ def execute(target: Target, command: Command, as_json: bool = False) -> int:
     return 0
 
 
-async def _call(target: Target, command: Command) -> Result:
+async def _call(target: Target, command: Command, service: str) -> Result:
+    if service == "target":
+        return await command(target)
     # No failover: it only applies to LiveKit Cloud hosts, and an operator wants the server they named.
     async with api.LiveKitAPI(target.url, target.api_key, target.api_secret, failover=False,
                               timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as client:
-        return await command(client.room)
+        return await command(getattr(client, service))
 
 
 def _fail(line: str) -> int:
@@ -202,6 +210,54 @@ async def send_data(service: RoomService, room: str, data: bytes, topic: str = "
     response = await service.send_data(request)
     to = ", ".join(destinations) if destinations else "everyone"
     return response, f"sent {len(data)} bytes to {to} in {room}" + (f" on topic {topic}" if topic else "")
+
+
+# Agents.
+
+WORKERS_PATH = "/agent/workers"  # signaling/agents/service.py's
+
+
+async def agents_list(target: Target) -> Result:
+    """The server's registered agent workers (tern's own endpoint: LiveKit has no API for them)."""
+    token = api.AccessToken(target.api_key, target.api_secret).with_grants(api.VideoGrants(room_list=True)).to_jwt()
+    base = urlparse(target.url)
+    scheme = "https" if base.scheme in ("https", "wss") else "http"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as session:
+        async with session.get(f"{scheme}://{base.netloc}{WORKERS_PATH}",
+                               headers={"Authorization": f"Bearer {token}"}) as response:
+            if response.status != 200:
+                code = {401: "unauthenticated", 403: "permission_denied"}.get(response.status, "unknown")
+                raise api.TwirpError(code, (await response.text()).strip(), status=response.status)
+            report = await response.json()
+    message = struct_pb2.Struct()
+    message.update(report)
+    rows = [(w["id"], w["agent_name"] or "(automatic)", w["type"], w["status"], f"{w['load']:.2f}",
+             str(len(w["jobs"])), w["version"]) for w in report["workers"]]
+    return message, _table(("ID", "AGENT NAME", "JOB TYPE", "STATUS", "LOAD", "JOBS", "SDK"), rows,
+                           empty="no agent workers")
+
+
+async def dispatch_create(service: AgentDispatchService, room: str, agent_name: str, metadata: str = "") -> Result:
+    dispatch = await service.create_dispatch(api.CreateAgentDispatchRequest(
+        room=room, agent_name=agent_name, metadata=metadata))
+    return dispatch, _dispatch_table([dispatch])
+
+
+async def dispatch_list(service: AgentDispatchService, room: str) -> Result:
+    dispatches = await service.list_dispatch(room)
+    return agent_dispatch.ListAgentDispatchResponse(agent_dispatches=dispatches), _dispatch_table(dispatches)
+
+
+async def dispatch_delete(service: AgentDispatchService, room: str, dispatch_id: str) -> Result:
+    dispatch = await service.delete_dispatch(dispatch_id, room)
+    return dispatch, f"deleted dispatch {dispatch.id} of {dispatch.agent_name or '(automatic)'} in {dispatch.room}"
+
+
+def _dispatch_table(dispatches: Sequence[agent_dispatch.AgentDispatch]) -> str:
+    rows = [(d.id, d.agent_name or "(automatic)", d.metadata,
+             ", ".join(f"{j.id} {agent.JobType.Name(j.type)} {agent.JobStatus.Name(j.state.status)}"
+                       for j in d.state.jobs) or "-") for d in dispatches]
+    return _table(("ID", "AGENT NAME", "METADATA", "JOBS"), rows, empty="no dispatches")
 
 
 # Rendering.

@@ -74,6 +74,22 @@ _KINDS = {
 }
 
 
+# LiveKit's dependent participants: they serve a room (agents, egress, recorders) but are not what keeps it open,
+# count toward max_participants or num_participants, or launch agent jobs.
+_DEPENDENT_KINDS = frozenset({models.ParticipantInfo.Kind.AGENT, models.ParticipantInfo.Kind.EGRESS})
+
+
+def is_dependent(kind: int, agent: bool, recorder: bool) -> bool:
+    """Whether a participant of this kind, with these grant flags, is dependent."""
+    return kind in _DEPENDENT_KINDS or agent or recorder
+
+
+def joins_dependent(claims: Claims) -> bool:
+    """Whether a join token makes a dependent participant."""
+    return is_dependent(_KINDS.get(claims.kind, models.ParticipantInfo.Kind.STANDARD), claims.video.agent,
+                        claims.video.recorder)
+
+
 class SignalSink(Protocol):
     """Where a participant's signal messages go: a v0 or v1 signal connection."""
 
@@ -187,6 +203,10 @@ class Participant:
     def is_agent(self) -> bool:
         """As LiveKit: the agent kind, or the grant's agent flag."""
         return self.kind == models.ParticipantInfo.Kind.AGENT or self.grant.agent
+
+    @property
+    def dependent(self) -> bool:
+        return is_dependent(self.kind, self.grant.agent, self.grant.recorder)
 
     def can_publish_track(self, source: int, track_type: int) -> bool:
         """canPublish and canPublishSources; a grant that names sources also fixes each one's media kind."""

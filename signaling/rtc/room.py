@@ -53,15 +53,20 @@ class Room:
             creation_time=self.created_at_ms // 1000,
             creation_time_ms=self.created_at_ms,
             metadata=self.metadata,
-            num_participants=sum(1 for p in self.participants.values() if not p.hidden),
+            num_participants=sum(1 for p in self.participants.values() if not p.hidden and not p.dependent),
             num_publishers=sum(1 for p in self.participants.values() if any(t.published for t in p.publications.values())),
         )
 
     def others(self, participant: Participant) -> list[Participant]:
         return [p for p in self.participants.values() if p is not participant]
 
+    @property
+    def occupied(self) -> bool:
+        """Whether anyone but dependent participants (agents) is in the room: they alone do not keep it open."""
+        return any(not p.dependent for p in self.participants.values())
+
     def add(self, participant: Participant) -> None:
-        if self._close_timer is not None:
+        if self._close_timer is not None and not participant.dependent:
             self._close_timer.cancel()
             self._close_timer = None
         self.participants[participant.identity] = participant
@@ -69,13 +74,14 @@ class Room:
     def remove(self, participant: Participant) -> None:
         if self.participants.get(participant.identity) is participant:
             del self.participants[participant.identity]
-        if not self.participants:
+        if not self.occupied:
             self.schedule_close(self.departure_timeout)
 
-    def is_full(self, identity: str) -> bool:
-        """Whether one more participant (not one replacing `identity`) exceeds max_participants."""
-        return bool(self.max_participants) and identity not in self.participants \
-            and len(self.participants) >= self.max_participants
+    def is_full(self, identity: str, dependent: bool = False) -> bool:
+        """Whether one more participant (not one replacing `identity`) exceeds max_participants; dependent ones
+        (agents) are not counted, nor limited."""
+        return bool(self.max_participants) and not dependent and identity not in self.participants \
+            and sum(1 for p in self.participants.values() if not p.dependent) >= self.max_participants
 
     def broadcast(self, response: rtc.SignalResponse) -> None:
         for participant in self.participants.values():
@@ -133,7 +139,7 @@ class Room:
 
     def close_if_empty(self) -> None:
         self._close_timer = None
-        if not self.participants:
+        if not self.occupied:
             self.close()
 
     def close(self, reason: int = models.DisconnectReason.ROOM_DELETED) -> None:
