@@ -84,6 +84,9 @@ PAUSE_AFTER_S = 1.5
 # probe the link carried, the next aims at everything the subscriber asks for (still at most doubling), not just the
 # next step: a link that opened climbs 180p -> 720p in two or three probes, not one per step.
 PROBE_INTERVAL_S = 3.0
+# After a probe the link carried, the next may follow this soon (libwebrtc probes again as soon as a result is in):
+# a link that opened climbs by doubling probes, and each costs nothing where the link carries it.
+PROBE_RAMP_INTERVAL_S = 1.0
 PROBE_BACKOFF = 1.5
 PROBE_MAX_INTERVAL_S = 5.0
 PROBE_DURATION_S = 0.3
@@ -306,8 +309,9 @@ class StreamAllocator:
             carried = status == "succeeded" and measured_bps >= PROBE_CARRIED * self._probe_target
             log.debug("probe %d at %.0f kbps %s: %.0f kbps", self._probe, self._probe_target / 1000, status,
                       measured_bps / 1000)
-            self._probe_interval = (PROBE_INTERVAL_S if carried
-                                    else min(PROBE_MAX_INTERVAL_S, self._probe_interval * PROBE_BACKOFF))
+            self._probe_interval = (PROBE_RAMP_INTERVAL_S if carried
+                                    else min(PROBE_MAX_INTERVAL_S, max(PROBE_INTERVAL_S, self._probe_interval)
+                                             * PROBE_BACKOFF))
             self._counters["probes_carried" if carried else "probes_short"] += 1
             self._ramping = carried
             if carried:
@@ -459,6 +463,7 @@ class StreamAllocator:
                     # and no probe for an interval: the link just showed its limit, the new layer's keyframe is on
                     # its way through the old layer's queue, and a probe now would add to both
                     self._probe_at = max(self._probe_at, now)
+                    self._probe_interval = max(self._probe_interval, PROBE_INTERVAL_S)
                     self._cuts.add(video.key)
             elif fits[video.key] < current or self.congested or now - pushed.stepped_down_at < pushed.hold:
                 step = current
