@@ -22,7 +22,7 @@ from agents_env import agents_python
 from clients import connect, remote, until
 from conftest import API_KEY, API_SECRET, ROOT, start_server, stop_server
 from media import TONE_HZ, Publisher, decoded_audio, dominant_frequency
-from signaling import cli
+from test_cli import tern  # noqa: F401 (the in-process CLI fixture)
 from test_webhook import Receiver
 
 # The dev secret is short; pytest resets the filter signaling/auth.py installs for pyjwt's warning about it.
@@ -387,26 +387,20 @@ async def test_participant_jobs_are_for_participants_only(server) -> None:
             await per_user.close()
 
 
-async def test_cli_lists_workers_and_drives_dispatches(server, capsys, monkeypatch) -> None:
-    monkeypatch.setenv("LIVEKIT_URL", server.url)
-    monkeypatch.setenv("LIVEKIT_API_KEY", API_KEY)
-    monkeypatch.setenv("LIVEKIT_API_SECRET", API_SECRET)
-
-    async def tern(*argv: str) -> str:
-        capsys.readouterr()
-        code = await asyncio.to_thread(cli.main, list(argv))
-        out, err = capsys.readouterr()
-        assert code == 0 and not err, err
-        return out
+async def test_cli_lists_workers_and_drives_dispatches(server, tern) -> None:
+    async def ok(*argv: str) -> str:
+        run = await tern(*argv)
+        assert run.code == 0 and not run.err, run.err
+        return run.out
 
     worker = await bare_worker(server, "cli-agent")
-    assert "cli-agent" in await tern("agents", "list")
+    assert "cli-agent" in await ok("agents", "list")
     assert ("tern_agent_workers", {"agent_name": "cli-agent", "job_type": "JT_ROOM"}, 1.0) in server.metrics()
-    created = json.loads(await tern("dispatch", "create", "cli-room", "--agent-name", "cli-agent", "--json"))
+    created = json.loads(await ok("dispatch", "create", "cli-room", "--agent-name", "cli-agent", "--json"))
     offered = await receive(worker, "availability")
     assert offered.availability.job.dispatch_id == created["id"]
-    listing = await tern("dispatch", "list", "cli-room")
+    listing = await ok("dispatch", "list", "cli-room")
     assert created["id"] in listing and "JT_ROOM" in listing
-    assert "deleted dispatch" in await tern("dispatch", "delete", "cli-room", created["id"])
-    assert "no dispatches" in await tern("dispatch", "list", "cli-room")
+    assert "deleted dispatch" in await ok("dispatch", "delete", "cli-room", created["id"])
+    assert "no dispatches" in await ok("dispatch", "list", "cli-room")
     await worker.close()
