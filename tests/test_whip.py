@@ -4,19 +4,59 @@ participant leave. Bad requests get their HTTP status with a reason."""
 from __future__ import annotations
 
 import asyncio
+import fractions
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import aiohttp
+import av
+import numpy as np
 import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from clients import connect, remote, until
-from media import TONE_HZ, decoded_audio, decoded_video, dominant_frequency, matches_card, wait_for_tracks
+from media import (HEIGHT, SAMPLE_RATE, TONE_HZ, WIDTH, decoded_audio, decoded_video, dominant_frequency,
+                   matches_card, test_card, wait_for_tracks)
 
 ROOM = "whip-room"
 PUBLISHER = Path(__file__).with_name("whip_publisher.py")
+
+
+class _CardTrack(VideoStreamTrack):
+    def __init__(self) -> None:
+        super().__init__()
+        self._card = np.frombuffer(test_card(), dtype=np.uint8).reshape(HEIGHT, WIDTH, 4)
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = av.VideoFrame.from_ndarray(self._card, format="rgba")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+class _ToneTrack(AudioStreamTrack):
+    _samples = 960  # 20 ms
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sent = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        await asyncio.sleep(max(0.0, self._start + self._sent / SAMPLE_RATE - loop.time()))
+        t = np.arange(self._sent, self._sent + self._samples) / SAMPLE_RATE
+        tone = (np.sin(2 * np.pi * TONE_HZ * t) * 12000).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(tone, format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = SAMPLE_RATE, self._sent, fractions.Fraction(1, SAMPLE_RATE)
+        self._sent += self._samples
+        return frame
 
 
 def _post(url: str, body: bytes, token: str | None = None,
@@ -52,6 +92,39 @@ async def test_ffmpeg_whip_publishes_to_sdk_subscriber(server) -> None:
     await until(lambda: remote(subscriber, "obs") is None)  # the participant left
     await subscriber.disconnect()
     assert server.counters().get("whip_deleted", 0) >= 1
+
+
+async def test_aiortc_whip_publishes_vp8(server) -> None:
+    """aiortc as a plain WHIP client: its offer (candidates gathered, DTLS actpass) POSTed, the answer applied."""
+    subscriber = await connect(server, "viewer2", ROOM)
+    pc = RTCPeerConnection()
+    pc.addTrack(_CardTrack())
+    pc.addTrack(_ToneTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    headers = {"Authorization": f"Bearer {server.token('aiortc', ROOM, can_publish=True)}",
+               "Content-Type": "application/sdp"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(server.http + "/whip/v1", data=pc.localDescription.sdp, headers=headers) as response:
+            assert response.status == 201, await response.text()
+            location, answer = response.headers["Location"], await response.text()
+            assert response.headers["ETag"] and response.headers["Content-Type"].startswith("application/sdp")
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        try:
+            tracks = await wait_for_tracks(subscriber, 2)
+            frames = await decoded_video(tracks["video"], frames=15)
+            assert matches_card(frames[-1]), "the subscriber sees aiortc's test card"
+            samples = await decoded_audio(tracks["audio"], seconds=1.0)
+            assert abs(dominant_frequency(samples) - TONE_HZ) < 10, "the subscriber hears aiortc's tone"
+            async with http.patch(location, data=b"", headers={"Content-Type": "application/trickle-ice-sdpfrag"}) as r:
+                assert r.status == 405
+            async with http.delete(location) as response:
+                assert response.status == 200
+            await until(lambda: remote(subscriber, "aiortc") is None)
+            async with http.delete(location) as response:
+                assert response.status == 404  # the session is gone
+        finally:
+            await pc.close()
+            await subscriber.disconnect()
 
 
 def test_whip_refuses_bad_requests(server) -> None:
