@@ -150,6 +150,7 @@ class WhipService:
             reason = session.refusal or ("no audio or video the server can forward (Opus; H.264 constrained "
                                          "baseline with packetization-mode 1, VP8, VP9, AV1)")
             raise _Refused(400, reason, "no_usable_media")
+        participant.publisher.transport.receiving = _receiving(participant)
         self.sessions[session.resource_id] = session
         self.node.counters["whip_sessions"] += 1
         location = f"{PATH}/{session.resource_id}"
@@ -193,6 +194,23 @@ def _offer(text: str) -> sdp.SessionDescription:
     if not any(s.kind in _TYPES and s.direction in ("sendonly", "sendrecv") for s in sections):
         raise _Refused(400, "the offer sends no audio or video", "no_usable_media")
     return description
+
+
+def _receiving(participant: Participant) -> Callable[[], bool]:
+    """Whether the participant's tracks received packets since last asked: WHIP encoders (FFmpeg's muxer) answer
+    no consent checks, so the media they send is what keeps their session (LiveKit's pion likewise times a
+    connection out on silence)."""
+    engine = participant.services.engine
+    seen = 0
+
+    def receiving() -> bool:
+        nonlocal seen
+        total = sum(layer["packets"] for publication in participant.publications.values()
+                    if publication.receiver_id is not None
+                    for layer in engine.receiver_stats(publication.receiver_id)["layers"])
+        arrived, seen = total > seen, total
+        return arrived
+    return receiving
 
 
 def _ice_server_links(servers: list[rtc.ICEServer]) -> list[str]:

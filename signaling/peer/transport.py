@@ -68,6 +68,9 @@ class Transport:
         self._transactions = TransactionLog()
         self.on_connected: Callable[[], None] | None = None
         self.on_consent_lost: Callable[[], None] | None = None
+        # For a peer that sends media but answers no consent checks (FFmpeg's WHIP muxer): whether media arrived since
+        # last asked. Then it stands in for an expired consent (all we send such a peer is RTCP about its media).
+        self.receiving: Callable[[], bool] | None = None
         self.on_message: Callable[[DataChannel, bytes], None] | None = None
         self.on_backlog_full: Callable[[], None] | None = None  # a reliable message found no room: the client does not drain
         # The downlink estimate of this (subscriber) transport moved by more than the engine's change threshold, or
@@ -244,6 +247,9 @@ class Transport:
         if self.closed or self.address is None:
             return
         now = self._now()
+        if now - self.consent_at > CONSENT_TIMEOUT and self.receiving is not None and self.receiving():
+            self.consent_at = now
+            self.manager.counters["ice_consent_by_media"] += 1
         if now - self.consent_at > CONSENT_TIMEOUT:
             log.info("transport %s (%s): no consent from %s for %.0f s", self.id, self.label, self.address,
                      now - self.consent_at)
