@@ -19,6 +19,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from clients import connect, remote, until
+from conftest import start_server, stop_server
 from media import (HEIGHT, SAMPLE_RATE, TONE_HZ, WIDTH, decoded_audio, decoded_video, dominant_frequency,
                    matches_card, wait_for_tracks)
 from media import test_card as card_rgba  # renamed: pytest would collect it
@@ -72,27 +73,37 @@ def _post(url: str, body: bytes, token: str | None = None,
         return error.code, error.read().decode()
 
 
-async def test_ffmpeg_whip_publishes_to_sdk_subscriber(server) -> None:
-    subscriber = await connect(server, "viewer", ROOM)
-    publisher = subprocess.Popen(
-        [sys.executable, str(PUBLISHER), server.http + "/whip/v1", server.token("obs", ROOM, can_publish=True)],
-        stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=PUBLISHER.parent, text=True)
+async def test_ffmpeg_whip_publishes_to_sdk_subscriber(tmp_path, monkeypatch) -> None:
+    # FFmpeg answers no consent checks: a short consent period shows its media keeping the session.
+    monkeypatch.setenv("TERN_ICE_CONSENT_TIMEOUT", "8")  # checks go every 4-6 s
+    server = start_server(tmp_path)
     try:
-        tracks = await wait_for_tracks(subscriber, 2)
-        whip = remote(subscriber, "obs")
-        assert whip is not None and whip.attributes.get("tern.ingress") == "whip"
-        frames = await decoded_video(tracks["video"], frames=15)
-        assert matches_card(frames[-1]), "the subscriber sees FFmpeg's test card"
-        samples = await decoded_audio(tracks["audio"], seconds=1.0)
-        assert abs(dominant_frequency(samples) - TONE_HZ) < 10, "the subscriber hears FFmpeg's tone"
+        subscriber = await connect(server, "viewer", ROOM)
+        publisher = subprocess.Popen(
+            [sys.executable, str(PUBLISHER), server.http + "/whip/v1", server.token("obs", ROOM, can_publish=True)],
+            stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=PUBLISHER.parent, text=True)
+        try:
+            tracks = await wait_for_tracks(subscriber, 2)
+            whip = remote(subscriber, "obs")
+            assert whip is not None and whip.attributes.get("tern.ingress") == "whip"
+            frames = await decoded_video(tracks["video"], frames=15)
+            assert matches_card(frames[-1]), "the subscriber sees FFmpeg's test card"
+            samples = await decoded_audio(tracks["audio"], seconds=1.0)
+            assert abs(dominant_frequency(samples) - TONE_HZ) < 10, "the subscriber hears FFmpeg's tone"
+            await until(lambda: server.counters().get("ice_consent_by_media", 0) >= 1, timeout=15)
+            await asyncio.sleep(1)
+            assert remote(subscriber, "obs") is not None and server.counters().get("ice_consent_expired", 0) == 0
+        finally:
+            publisher.stdin.close()  # FFmpeg closes the muxer: its WHIP DELETE
+            errors = await asyncio.get_running_loop().run_in_executor(None, publisher.stderr.read)
+            publisher.wait(10)
+        assert publisher.returncode == 0, errors[-2000:]
+        await until(lambda: remote(subscriber, "obs") is None)  # the participant left
+        await subscriber.disconnect()
+        assert server.counters().get("whip_deleted", 0) >= 1
     finally:
-        publisher.stdin.close()  # FFmpeg closes the muxer: its WHIP DELETE
-        errors = await asyncio.get_running_loop().run_in_executor(None, publisher.stderr.read)
-        publisher.wait(10)
-    assert publisher.returncode == 0, errors[-2000:]
-    await until(lambda: remote(subscriber, "obs") is None)  # the participant left
-    await subscriber.disconnect()
-    assert server.counters().get("whip_deleted", 0) >= 1
+        stop_server(server)
+    assert "Traceback" not in server.log(), server.log()
 
 
 async def test_aiortc_whip_publishes_vp8(server) -> None:
