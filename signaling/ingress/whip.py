@@ -145,10 +145,10 @@ class WhipService:
         participant.join(0, 0)
         participant.handle_offer(rtc.SessionDescription(type="offer", sdp=offer_text))
         participant.drop_pending()  # m-lines we could not receive (codec, limits): their tracks go
-        if session.answer is None or session.refusal is not None or not participant.publications:
+        if session.answer is None or not participant.publications:  # a track refused alone leaves the others
             participant.close(models.DisconnectReason.JOIN_FAILURE, notify=False)
-            reason = session.refusal or ("no audio or video the server can forward (Opus; H.264 constrained "
-                                         "baseline with packetization-mode 1, VP8, VP9, AV1)")
+            reason = session.refusal or ("no audio or video the server can forward (Opus; H.264 baseline "
+                                         "with packetization-mode 1, VP8, VP9, AV1)")
             raise _Refused(400, reason, "no_usable_media")
         participant.publisher.transport.receiving = _receiving(participant)
         self.sessions[session.resource_id] = session
