@@ -1,9 +1,10 @@
 """HTTP and WebSocket endpoints: LiveKit's signal connections, /rtc (v0, two peer connections) and /rtc/v1 (one), and
-their validation routes."""
+their validation routes; WHIP ingest (ingress/whip.py)."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from livekit.protocol import models, rtc
 from starlette.applications import Starlette
@@ -17,6 +18,7 @@ from .agents.dispatcher import token_dispatches
 from .agents.service import PREFIX as AGENT_DISPATCH_PREFIX
 from .agents.service import WORKERS_PATH, AgentDispatchService, workers_report
 from .auth import AuthError, Claims
+from .ingress.whip import WhipService
 from .node import Node
 from .protocol import v0, v1
 from .roomservice import PREFIX, RoomService
@@ -176,30 +178,31 @@ def create_app(node: Node) -> Starlette:
         await websocket.accept()
         # Resolved only now, with no await before join(): the room may have closed, or a participant with the
         # same identity or one more participant may have joined, while the upgrade was in flight.
-        # A join that creates the room starts it with the agents its token's roomConfig names (LiveKit's rule).
+        participant = _enter(token, claims, room_name, auto_subscribe=connect.auto_subscribe,
+                             client_protocol=connect.client_protocol, protocol=connect.protocol,
+                             single_pc=connect.join is not None)
+        if participant is None:
+            await _refuse(websocket)
+            return
+        await v0.serve(websocket, _session(participant, connect), claims.expires_at)
+
+    def _enter(token: str, claims: Claims, room_name: str, **options: Any) -> Participant | None:
+        """A new participant for admitted claims (it joins its room when its signal starts), replacing one with
+        its identity; None when the room or the engine is full. A join that creates the room starts it with the
+        agents its token's roomConfig names (LiveKit's rule)."""
         room = node.agents.create_room_with(token_dispatches(claims.room_config),
                                             lambda: node.store.get_or_create(room_name))
         previous = room.participants.get(claims.identity)
         if previous is not None:
             previous.close(models.DisconnectReason.DUPLICATE_IDENTITY)
         if room.is_full(claims.identity, joins_dependent(claims)):
-            await _refuse(websocket)
-            return
+            return None
         try:
-            participant = Participant(
-                node, room, claims,
-                auto_subscribe=connect.auto_subscribe,
-                client_protocol=connect.client_protocol,
-                protocol=connect.protocol,
-                token=token,
-                single_pc=connect.join is not None,
-            )
+            return Participant(node, room, claims, token=token, **options)
         except (RuntimeError, MemoryError) as error:  # the engine has no room for more transports
             node.counters["join_engine_full"] += 1
             log.warning("cannot admit %s: %s", claims.identity, error)
-            await _refuse(websocket)
-            return
-        await v0.serve(websocket, _session(participant, connect), claims.expires_at)
+            return None
 
     async def agent_socket(websocket: WebSocket) -> None:
         """An agent worker: its token (minted by the worker from its API key) must carry the agent grant."""
@@ -224,6 +227,7 @@ def create_app(node: Node) -> Starlette:
 
     room_service = RoomService(node)
     agent_dispatch_service = AgentDispatchService(node)
+    whip_service = WhipService(node, lambda request: _admit(node, request), _enter)
     twirp_methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     return Starlette(routes=[
         Route("/", health),
@@ -238,6 +242,7 @@ def create_app(node: Node) -> Starlette:
         Route(WORKERS_PATH, agent_workers),
         Route("/agent", not_found),
         WebSocketRoute("/agent", agent_socket),
+        *whip_service.routes(),
     ])
 
 

@@ -6,8 +6,9 @@ the datagrams to send back. Once the handshake is done and the client's
 certificate matches the fingerprint from its SDP, `srtp_keys` holds the SRTP
 master keys exported from the session.
 
-We are always the DTLS server: LiveKit clients answer our offers with
-a=setup:active and offer to us with actpass, which we answer passive.
+We are the DTLS server: LiveKit clients answer our offers with a=setup:active
+and offer to us with actpass, which we answer passive. A client that offers to
+be the server (a=setup:passive: FFmpeg's WHIP muxer) gets a DTLS client.
 
 DTLS 1.2 only (RFC 8827 requires it; 1.0 lacks its AEAD suites), no renegotiation (nothing in WebRTC
 renegotiates, and a ClientHello after the handshake would cost a full handshake's CPU each time).

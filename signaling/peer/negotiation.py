@@ -30,7 +30,9 @@ class _PeerConnection:
         self._trickled = False
 
     def _apply_remote(self, description: sdp.SessionDescription) -> None:
-        """Takes the client's ICE ufrag, DTLS fingerprint and SCTP max-message-size from its SDP."""
+        """Takes the client's ICE ufrag, DTLS fingerprint, DTLS role and SCTP max-message-size from its SDP."""
+        if any(section.setup == "passive" for section in description.sections):
+            self.transport.take_dtls_client_role()
         for section in description.sections:
             if section.ice_ufrag or section.fingerprint:
                 self.transport.set_remote(section.ice_ufrag, section.fingerprint, section.ice_pwd)

@@ -408,6 +408,9 @@ class LocalEndpoint:
     fingerprint: str                      # sha-256, "AB:CD:..."
     candidates: list[tuple[str, int]]     # (ip, port) host UDP candidates
     tcp_candidates: list[tuple[str, int]] = field(default_factory=list)  # (ip, port) passive ICE-TCP host candidates
+    # The DTLS role an answer takes: the server's (passive), or the client's (active) when the offer took the server's
+    # role (a=setup:passive: FFmpeg's WHIP muxer).
+    answer_setup: str = "passive"
 
 
 @dataclass
@@ -529,7 +532,7 @@ def _inactive_lines(section: MediaSection, local: LocalEndpoint, policy: Receive
         lines = [rtp_mline(section.kind, section.protocol, codecs)]
     else:   # static payload type without rtpmap: echo the format
         lines = [f"m={section.kind} 9 {section.protocol} {section.formats[0]}"]
-    lines += _transport_lines(local, "passive", section.mid)
+    lines += _transport_lines(local, local.answer_setup, section.mid)
     # Accept the header extensions here too: libwebrtc's later offers carry, even on new m-lines, only
     # extensions an answer has accepted, so an inactive answer without them would lose audio levels and rids.
     lines += extmap_lines(_listed_extensions(section, policy))
@@ -561,7 +564,7 @@ def extmap_lines(extmap: dict[str, int]) -> list[str]:
 
 def _application_lines(section: MediaSection, local: LocalEndpoint) -> list[str]:
     return ([f"m=application 9 {section.protocol} {' '.join(section.formats)}"]
-            + _transport_lines(local, "passive", section.mid)
+            + _transport_lines(local, local.answer_setup, section.mid)
             + ["a=sctp-port:5000", "a=max-message-size:65535"])
 
 
@@ -577,7 +580,7 @@ def _receive_lines(section: MediaSection, local: LocalEndpoint, primary: Codec,
     rids, simulcast_order = _accepted_rids(section) if video else ([], [])
 
     lines = [rtp_mline(section.kind, section.protocol, [codec] + ([rtx] if rtx else []))]
-    lines += _transport_lines(local, "passive", section.mid)
+    lines += _transport_lines(local, local.answer_setup, section.mid)
     lines += extmap_lines(extmap)
     lines += ["a=recvonly", "a=rtcp-mux", "a=rtcp-rsize"]
     lines += codec_lines(codec, codec.rtcp_fb)
@@ -612,7 +615,7 @@ def build_answer(offer: SessionDescription, local: LocalEndpoint, session_id: in
         elif section.kind == "application" and "SCTP" in section.protocol:
             lines = _application_lines(section, local)
         elif section.mid in outgoing and section.kind == outgoing[section.mid].kind:
-            lines = _send_lines(outgoing[section.mid], local, "passive", _listed_extensions(section, policy))
+            lines = _send_lines(outgoing[section.mid], local, local.answer_setup, _listed_extensions(section, policy))
         elif section.kind in ("audio", "video") and "RTP/" in section.protocol:
             primary = _primary_codec(section, policy) if section.direction in _SENDING else None
             if primary is not None:

@@ -68,6 +68,9 @@ class Transport:
         self._transactions = TransactionLog()
         self.on_connected: Callable[[], None] | None = None
         self.on_consent_lost: Callable[[], None] | None = None
+        # For a peer that sends media but answers no consent checks (FFmpeg's WHIP muxer): whether media arrived since
+        # last asked. Then it stands in for an expired consent (all we send such a peer is RTCP about its media).
+        self.receiving: Callable[[], bool] | None = None
         self.on_message: Callable[[DataChannel, bytes], None] | None = None
         self.on_backlog_full: Callable[[], None] | None = None  # a reliable message found no room: the client does not drain
         # The downlink estimate of this (subscriber) transport moved by more than the engine's change threshold, or
@@ -103,7 +106,14 @@ class Transport:
             candidates=[(ip, self.manager.engine.port) for ip in self.manager.candidate_ips],
             tcp_candidates=[(ip, tcp_port) for ip in self.manager.candidate_ips]
             if (tcp_port := self.manager.engine.tcp_port) else [],
+            answer_setup="active" if self.dtls.client else "passive",
         )
+
+    def take_dtls_client_role(self) -> None:
+        """The client offered to be the DTLS server (a=setup:passive; FFmpeg's WHIP muxer does): we are the DTLS
+        client, sending the ClientHello once ICE has selected its address. Only before anything was negotiated."""
+        if self.address is None and self.remote_ufrag is None and not self.dtls.client:
+            self.dtls = DtlsEndpoint(self.certificate, None, client=True)
 
     def set_remote(self, ufrag: str | None, fingerprint: tuple[str, str] | None, pwd: str | None = None) -> None:
         """Parameters from the client's SDP (its offer on the publisher PC, its answer on the subscriber PC)."""
@@ -177,6 +187,11 @@ class Transport:
                 # The first address needs no check: no media goes anywhere before a DTLS handshake, which a client
                 # only completes where it receives our flights.
                 self._select(source)
+                if self.address is not None and self.dtls.client:  # after the answer to the check it follows
+                    engine_.send_to(result.response, *source)
+                    self._send(self.dtls.start())
+                    self._schedule_timer()
+                    return
             else:
                 self._check_switch(source)
         engine_.send_to(result.response, *source)
@@ -232,6 +247,9 @@ class Transport:
         if self.closed or self.address is None:
             return
         now = self._now()
+        if now - self.consent_at > CONSENT_TIMEOUT and self.receiving is not None and self.receiving():
+            self.consent_at = now
+            self.manager.counters["ice_consent_by_media"] += 1
         if now - self.consent_at > CONSENT_TIMEOUT:
             log.info("transport %s (%s): no consent from %s for %.0f s", self.id, self.label, self.address,
                      now - self.consent_at)

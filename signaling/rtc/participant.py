@@ -568,6 +568,11 @@ class Participant:
             self.room.broadcast_participant(self)
             self._notify("track_unpublished", publication.info)
 
+    def drop_pending(self) -> None:
+        """Unpublishes the tracks still waiting for media (a client with no signal connection to publish them later)."""
+        for publication in list(self._pending.values()):
+            self.unpublish(publication)
+
     def find_publication(self, sid: str) -> TrackPublication | None:
         """A track of this participant by sid, published or still waiting for its media."""
         return self.publications.get(sid) or next((p for p in self._pending.values() if p.sid == sid), None)

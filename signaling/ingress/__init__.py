@@ -1,0 +1,1 @@
+"""Media in without an SDK: WHIP ingest (whip.py)."""
