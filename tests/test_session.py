@@ -148,7 +148,18 @@ async def test_room_limits_refresh_token_and_refused_resume(server, tmp_path):
     assert claims.identity == "fresh" and claims.video.room == "fresh-room" and claims.video.room_join
     await client.connection.close()
 
-    # Its media never connected, so it left with its signal connection: a resume is told to rejoin from scratch.
+    # Its media never connected, so it leaves with its signal connection (once the server has read the close: a
+    # resume racing it would still find the participant)...
+    async with api.LiveKitAPI(server.http, "devkey", "secret") as lk:
+        async def gone() -> bool:
+            listed = await lk.room.list_participants(api.ListParticipantsRequest(room="fresh-room"))
+            return all(p.identity != "fresh" for p in listed.participants)
+
+        for _ in range(50):
+            if await gone():
+                break
+            await asyncio.sleep(0.1)
+    # ...and a resume is told to rejoin from scratch.
     from websockets.asyncio.client import connect as ws_connect
 
     async with ws_connect(f"{server.url}/rtc?reconnect=1&sid={join.participant.sid}",
