@@ -389,6 +389,7 @@ class StreamAllocator:
         return pushed.layer
 
     def reallocate(self, extra: Subscription | None = None) -> None:
+        self._cuts.clear()  # only this allocation's bandwidth step-downs cut (none without an estimate)
         subscriptions = [s for s in self._subscriptions() if s.downtrack_id is not None]
         if extra is not None and all(s is not extra for s in subscriptions):
             subscriptions.append(extra)
@@ -425,7 +426,6 @@ class StreamAllocator:
         layers = {}
         steps = {}
         retry_above = 0.0
-        self._cuts.clear()
         for video in videos:
             pushed = self._pushed.get(video.key)
             if pushed is None:
