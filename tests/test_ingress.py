@@ -110,9 +110,10 @@ async def test_ingresses_are_created_listed_updated_and_deleted(server, lkapi) -
     assert missing.value.code == "not_found"
 
     # Only a token with ingressAdmin may use the service.
+    admin = server.token("someone", ROOM, room_admin=True)
     async with aiohttp.ClientSession() as http:
         async with http.post(server.http + "/twirp/livekit.Ingress/ListIngress", json={},
-                             headers={"Authorization": f"Bearer {server.token('someone', ROOM, room_admin=True)}"}) as r:
+                             headers={"Authorization": f"Bearer {admin}"}) as r:
             assert r.status == 403 and (await r.json())["code"] == "permission_denied"
 
 

@@ -52,10 +52,13 @@ class IngressSessions:
         self._update(info, Status.ENDPOINT_INACTIVE)
         return info
 
-    def bind(self, ingress_id: str, stop: Callable[[], None]) -> None:
-        """The claimed ingress's session is up: `stop` ends it (DeleteIngress)."""
-        if ingress_id in self._stops:
-            self._stops[ingress_id] = stop
+    def bind(self, ingress_id: str, stop: Callable[[], None]) -> bool:
+        """The claimed ingress's session is up: `stop` ends it (DeleteIngress). False if the ingress was deleted while
+        the session was being set up (the caller ends it)."""
+        if ingress_id not in self._stops:
+            return False
+        self._stops[ingress_id] = stop
+        return True
 
     def publishing(self, ingress_id: str, room_sid: str, participant: models.ParticipantInfo) -> None:
         """The publisher's tracks (as the room sees them) changed: PUBLISHING from its first one on."""

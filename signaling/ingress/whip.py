@@ -127,10 +127,13 @@ class WhipService(HttpSessionService):
             raise Refused(400, reason, "no_usable_media")
         participant.publisher.transport.receiving = _receiving(participant)
         if ingress_id:
+            removed = models.DisconnectReason.PARTICIPANT_REMOVED  # by DeleteIngress
+            if not self._ingresses.bind(ingress_id, lambda: participant.close(removed)):
+                participant.close(models.DisconnectReason.JOIN_FAILURE, notify=False)
+                raise Refused(404, "the ingress was deleted", "unknown_stream_key")
             room_sid = participant.room.sid
             session.on_update = lambda info: self._ingresses.publishing(ingress_id, room_sid, info)
             session.on_close = lambda: self._ingresses.ended(ingress_id)
-            self._ingresses.bind(ingress_id, lambda: participant.close(models.DisconnectReason.CLIENT_INITIATED))
         location = f"{base}/{session.resource_id}"
         log.info("WHIP: %s publishes in room %s (%s)", participant.identity, room_name, location)
         return self.created(request, session, location)
