@@ -194,3 +194,15 @@ async def test_stream_key_refusals(server, lkapi) -> None:
     counters = server.counters()
     for name in ("unknown_stream_key", "wrong_input_type", "malformed_sdp", "ingress_disabled", "stream_key_busy"):
         assert counters.get(f"whip_{name}", 0) >= 1, name
+
+
+async def test_ingress_urls_from_config() -> None:
+    from signaling.config import ConfigError, from_yaml
+    config = from_yaml("ingress: {whip_base_url: 'https://media.example.org/w/',"
+                       " rtmp_base_url: 'rtmp://m.example.org/live'}")
+    assert (config.ingress.whip_base_url, config.ingress.rtmp_base_url) == ("https://media.example.org/w",
+                                                                           "rtmp://m.example.org/live")
+    with pytest.raises(ConfigError, match="ingress.whip_base_url"):
+        from_yaml("ingress: {whip_base_url: media}")
+    with pytest.raises(ConfigError, match="ingress.nope"):
+        from_yaml("ingress: {nope: 1}")

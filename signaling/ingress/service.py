@@ -46,7 +46,12 @@ class IngressService(TwirpService):
         return info
 
     def _url(self, input_type: int) -> str:
-        """Where publishers stream to (the stream key goes after it): this node's address, as clients reach it."""
+        """Where publishers stream to (the stream key goes after it): ingress.rtmp_base_url / whip_base_url, else this
+        node's address, as clients reach it."""
+        configured = self.node.config.ingress
+        base = configured.rtmp_base_url if input_type == Input.RTMP_INPUT else configured.whip_base_url
+        if base:
+            return base
         host = self.node.config.node_ip()
         host = f"[{host}]" if ":" in host else host
         if input_type == Input.RTMP_INPUT:
