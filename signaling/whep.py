@@ -67,12 +67,15 @@ class WhepService(HttpSessionService):
         room = self.node.store.get(room_name)
         if room is None:
             raise Refused(404, f"room {room_name!r} is not open", "not_found")
+        present = room.participants.get(claims.identity)
+        if present is not None and not any(s.participant is present for s in self.sessions.values()):
+            # Joining would replace it (LiveKit's rule for a duplicate identity); a WHEP viewer of that identity is
+            # replaced, as a reloaded player should be.
+            raise Refused(409, f"{claims.identity!r} is in the room already: a viewer needs an identity of its own",
+                          "identity_conflict")
         offered = {kind: sum(1 for s in description.sections if s.kind == kind and s.port != 0
                              and s.direction in ("recvonly", "sendrecv")) for kind in MEDIA_KINDS}
         chosen = _fitting(_named(room, identity, sids), offered)
-        if any(p.participant.identity == claims.identity for p in chosen):
-            raise Refused(409, "the token's identity is the publisher's: a viewer needs an identity of its own",
-                          "identity_conflict")
         # Hidden: the others do not see a viewer join (LiveKit's hidden participants: recorders, monitors). Its grant
         # is for watching only, whatever else the token allows.
         viewer = dataclasses.replace(claims, video=dataclasses.replace(

@@ -4,12 +4,13 @@ group): an SDP offer in one POST, answered with 201, a `Location` naming the ses
 candidates. A session is one participant driven by HTTP instead of a signal connection."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from livekit.protocol import models, rtc
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 # An SDP offer is a few KB (FFmpeg's muxer caps its own at 8 KB; OBS with simulcast stays under 16 KB): a body past
 # this is refused with 413 before it is parsed (the signal path's sdp.MAX_SDP_LENGTH of 1 MiB is for SDK offers).
 MAX_OFFER_BYTES = 64 * 1024
+# Seconds to receive the whole offer once the request's head is in (as RoomService's BODY_TIMEOUT): a client that
+# trickles its body must not hold what it claimed meanwhile (an ingress's stream key, a participant's identity).
+OFFER_TIMEOUT = 10.0
 
 CORS = {
     "Access-Control-Allow-Origin": "*",
@@ -139,10 +143,16 @@ async def read_offer(request: Request) -> str:
     if declared is not None and declared.isdigit() and int(declared) > MAX_OFFER_BYTES:
         raise Refused(413, f"offer larger than {MAX_OFFER_BYTES} bytes", "too_large")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_OFFER_BYTES:
-            raise Refused(413, f"offer larger than {MAX_OFFER_BYTES} bytes", "too_large")
+    try:
+        async with asyncio.timeout(OFFER_TIMEOUT):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_OFFER_BYTES:
+                    raise Refused(413, f"offer larger than {MAX_OFFER_BYTES} bytes", "too_large")
+    except TimeoutError:
+        raise Refused(408, f"offer not received within {OFFER_TIMEOUT:g} s", "offer_timeout") from None
+    except ClientDisconnect:
+        raise Refused(400, "the client went away before its offer was read", "client_disconnect") from None
     try:
         return body.decode()
     except UnicodeDecodeError:

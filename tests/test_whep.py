@@ -12,7 +12,7 @@ import aiohttp
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from livekit import api
+from livekit import api, rtc
 
 from clients import connect, remote, until
 from conftest import API_KEY, API_SECRET
@@ -148,12 +148,15 @@ async def test_whep_refuses_bad_requests(server) -> None:
         assert status == 404 and "no tracks" in reason
         status, reason, _ = await post(url + "?track=TR_nothing", "POST", offer, viewer)
         assert status == 404 and "TR_nothing" in reason
+        status, reason, _ = await post(url + "?participant=present", "POST", offer, server.token("present", ROOM))
+        assert status == 409 and "identity" in reason
+        assert room.connection_state == rtc.ConnectionState.CONN_CONNECTED  # not replaced
     finally:
         await room.disconnect()
     assert (await post(url + "/WE_unknown", "DELETE"))[0] == 404
     counters = server.counters()
     for name in ("unauthorized", "forbidden", "nothing_named", "malformed_sdp", "unsupported_media_type",
-                 "not_found", "unknown_resource"):
+                 "not_found", "identity_conflict", "unknown_resource"):
         assert counters.get(f"whep_{name}", 0) >= 1, name
 
 
