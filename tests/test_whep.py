@@ -1,5 +1,6 @@
-"""WHEP playback (/whep/v1) with a third-party viewer: aiortc, recvonly, watches a LiveKit SDK publisher's camera
-(simulcast, VP8) and microphone and decodes both; the viewer is hidden from the room's SDK participants; DELETE ends
+"""WHEP playback (/whep/v1) with third-party viewers: aiortc, recvonly, watches a LiveKit SDK publisher's camera
+(simulcast, VP8) and microphone and decodes both; Chromium does the same as a web page would (plain
+RTCPeerConnection and fetch, from another origin); the viewer is hidden from the room's SDK participants; DELETE ends
 it. Bad requests get their HTTP status with a reason, and are counted."""
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from livekit import api, rtc
 from clients import connect, remote, until
 from conftest import API_KEY, API_SECRET
 from media import TONE_HZ, Publisher, dominant_frequency, matches_card, wait_for_tracks
+from test_browser import CHROMIUM, CHROMIUM_ARGS
 
 ROOM = "whep-room"
 
@@ -113,6 +115,91 @@ async def test_aiortc_viewer_watches_sdk_publisher(server) -> None:
         assert server.counters().get("whep_deleted", 0) >= 1
     finally:
         await pc.close()
+        await lkapi.aclose()
+        await publisher.stop()
+        await room.disconnect()
+        await other.disconnect()
+
+
+# A web page's WHEP player: recvonly transceivers, the offer POSTed once ICE gathering is complete, the answer applied;
+# the video element shows what arrives.
+_PLAY = """async ([url, token]) => {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver('video', {direction: 'recvonly'});
+  pc.addTransceiver('audio', {direction: 'recvonly'});
+  const video = document.createElement('video');
+  Object.assign(video, {muted: true, autoplay: true, playsInline: true, srcObject: new MediaStream()});
+  document.body.appendChild(video);
+  pc.ontrack = (event) => video.srcObject.addTrack(event.track);
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((resolve) => {
+    if (pc.iceGatheringState === 'complete') resolve();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && resolve();
+  });
+  const response = await fetch(url, {method: 'POST', body: pc.localDescription.sdp,
+                                     headers: {'Content-Type': 'application/sdp', 'Authorization': 'Bearer ' + token}});
+  const body = await response.text();
+  if (response.status !== 201) return {status: response.status, body};
+  await pc.setRemoteDescription({type: 'answer', sdp: body});
+  window.whep = {pc, video, location: response.headers.get('Location')};
+  return {status: 201, location: window.whep.location};
+}"""
+# The video element's current picture, scaled to 64 x 36, as RGBA bytes (null before the first frame).
+_PICTURE = """() => {
+  const video = window.whep.video;
+  if (!video.videoWidth) return null;
+  const canvas = Object.assign(document.createElement('canvas'), {width: 64, height: 36});
+  const context = canvas.getContext('2d');
+  context.drawImage(video, 0, 0, 64, 36);
+  return Array.from(context.getImageData(0, 0, 64, 36).data);
+}"""
+_AUDIO_PACKETS = """async () => {
+  let packets = 0;
+  (await window.whep.pc.getStats()).forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'audio') packets += s.packetsReceived;
+  });
+  return packets;
+}"""
+_DELETE = "async () => (await fetch(window.whep.location, {method: 'DELETE'})).status"
+
+
+async def test_chromium_whep_player(server) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"needs {CHROMIUM}")
+    from playwright.async_api import async_playwright
+    room = await connect(server, "caster", ROOM)
+    other = await connect(server, "audience2", ROOM)
+    publisher = Publisher(room)
+    await publisher.start()
+    lkapi = api.LiveKitAPI(server.http, API_KEY, API_SECRET)
+    try:
+        await wait_for_tracks(other, 2)
+        async with async_playwright() as playwright:
+            chromium = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = await chromium.new_page()  # about:blank: every request to the server is cross-origin
+                played = await page.evaluate(_PLAY, [f"{server.http}/whep/v1?participant=caster",
+                                                     server.token("browser-viewer", ROOM, can_publish=False)])
+                assert played["status"] == 201, played
+                picture = None
+                for _ in range(100):
+                    picture = await page.evaluate(_PICTURE)
+                    if picture is not None and matches_card(np.array(picture, np.uint8).reshape(36, 64, 4)[..., :3]):
+                        break
+                    await asyncio.sleep(0.1)
+                assert picture is not None, "Chromium decoded no frame"
+                assert matches_card(np.array(picture, np.uint8).reshape(36, 64, 4)[..., :3]), "the page shows the card"
+                for _ in range(50):
+                    if await page.evaluate(_AUDIO_PACKETS) > 50:
+                        break
+                    await asyncio.sleep(0.1)
+                assert await page.evaluate(_AUDIO_PACKETS) > 50, "the audio arrives"
+                assert await page.evaluate(_DELETE) == 200  # a cross-origin DELETE: CORS preflight passed
+            finally:
+                await chromium.close()
+        listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=ROOM))
+        assert all(p.identity != "browser-viewer" for p in listed.participants)
+    finally:
         await lkapi.aclose()
         await publisher.stop()
         await room.disconnect()
