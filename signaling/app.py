@@ -26,9 +26,9 @@ from .ingress.whip import WhipService
 from .node import Node
 from .protocol import v0, v1
 from .roomservice import PREFIX, RoomService
-from .whep import WhepService
 from .rtc.limits import LimitExceeded, check_join
 from .rtc.participant import Participant, joins_dependent
+from .whep import WhepService
 
 log = logging.getLogger(__name__)
 
