@@ -57,6 +57,7 @@ class HttpSession:
 
     def __init__(self, resource_id: str, sessions: dict[str, HttpSession]) -> None:
         self.resource_id = resource_id
+        self.path = ""  # its Location's path, once created: the only URL that reaches it
         self.participant: Participant | None = None
         self.answer: rtc.SessionDescription | None = None
         self.refusal: str | None = None
@@ -107,7 +108,7 @@ class HttpSessionService:
         if request.method == "OPTIONS":
             return Response(status_code=204, headers={**CORS, "Allow": "DELETE, OPTIONS"})
         session = self.sessions.get(request.path_params["resource_id"])
-        if session is None:
+        if session is None or session.path != request.url.path:  # e.g. another stream key's path
             self.count("unknown_resource")
             return PlainTextResponse(f"no such {self.name.upper()} resource", status_code=404, headers=CORS)
         if request.method == "PATCH":
@@ -124,6 +125,7 @@ class HttpSessionService:
         """201 with the answer, the resource's Location, the ICE session's ETag and the TURN servers."""
         participant = session.participant
         assert participant is not None and session.answer is not None
+        session.path = location
         self.sessions[session.resource_id] = session
         self.count("sessions")
         headers = {**CORS, "Location": str(request.url.replace(path=location, query="")),

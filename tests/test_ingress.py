@@ -140,6 +140,8 @@ async def test_whip_on_a_stream_key_publishes_as_the_ingress(server, lkapi, webh
                     "Content-Type": "application/sdp", "Authorization": f"Bearer {info.stream_key}"}) as response:
                 assert response.status == 409, await response.text()
 
+            async with http.delete(location.replace(info.stream_key, "another-key")) as response:
+                assert response.status == 404  # the resource is the Location given, with its stream key
             async with http.delete(location) as response:
                 assert response.status == 200
             await until(lambda: remote(subscriber, "streamer") is None)
