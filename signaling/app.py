@@ -1,5 +1,6 @@
 """HTTP and WebSocket endpoints: LiveKit's signal connections, /rtc (v0, two peer connections) and /rtc/v1 (one), and
-their validation routes; WHIP ingest (ingress/whip.py)."""
+their validation routes; WHIP ingest (ingress/whip.py) and IngressService (ingress/service.py); WHEP playback
+(whep.py)."""
 from __future__ import annotations
 
 import logging
@@ -18,12 +19,16 @@ from .agents.dispatcher import token_dispatches
 from .agents.service import PREFIX as AGENT_DISPATCH_PREFIX
 from .agents.service import WORKERS_PATH, AgentDispatchService, workers_report
 from .auth import AuthError, Claims
+from .ingress.service import PREFIX as INGRESS_PREFIX
+from .ingress.service import IngressService
+from .ingress.sessions import IngressSessions
 from .ingress.whip import WhipService
 from .node import Node
 from .protocol import v0, v1
 from .roomservice import PREFIX, RoomService
 from .rtc.limits import LimitExceeded, check_join
 from .rtc.participant import Participant, joins_dependent
+from .whep import WhepService
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +92,11 @@ def _v1_connect(connection: HTTPConnection) -> _Connect:
                     join.client_info.client_protocol, join.client_info.protocol, join)
 
 
-def _admit(node: Node, connection: HTTPConnection) -> tuple[str, Claims, str]:
-    """Checks what LiveKit checks before upgrading, so failures are HTTP statuses; creates nothing.
-    Returns the token, its claims and the room name. Raises AuthError, LimitExceeded or PermissionError."""
-    token = _token(connection)
+def _admit(node: Node, connection: HTTPConnection, token: str | None = None) -> tuple[str, Claims, str]:
+    """Checks what LiveKit checks before upgrading, so failures are HTTP statuses; creates nothing. The token is the
+    connection's unless given. Returns the token, its claims and the room name. Raises AuthError, LimitExceeded or
+    PermissionError."""
+    token = _token(connection) if token is None else token
     claims, room_name = node.verifier.verify_join(token)
     check_join(claims, room_name)
     try:
@@ -227,12 +233,16 @@ def create_app(node: Node) -> Starlette:
 
     room_service = RoomService(node)
     agent_dispatch_service = AgentDispatchService(node)
-    whip_service = WhipService(node, lambda request: _admit(node, request), _enter)
+    ingress_sessions = IngressSessions(node.ingresses, node.notify, node.counters)
+    ingress_service = IngressService(node, ingress_sessions)
+    whip_service = WhipService(node, lambda request, token: _admit(node, request, token), _enter, ingress_sessions)
+    whep_service = WhepService(node, lambda request, token: _admit(node, request, token), _enter)
     twirp_methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     return Starlette(routes=[
         Route("/", health),
         Route(PREFIX + "{method}", room_service.endpoint, methods=twirp_methods),
         Route(AGENT_DISPATCH_PREFIX + "{method}", agent_dispatch_service.endpoint, methods=twirp_methods),
+        Route(INGRESS_PREFIX + "{method}", ingress_service.endpoint, methods=twirp_methods),
         Route("/rtc/validate", validate),
         Route("/rtc/v1/validate", validate),
         Route("/rtc/v1", not_found),
@@ -243,6 +253,7 @@ def create_app(node: Node) -> Starlette:
         Route("/agent", not_found),
         WebSocketRoute("/agent", agent_socket),
         *whip_service.routes(),
+        *whep_service.routes(),
     ])
 
 

@@ -27,7 +27,7 @@ PLACEHOLDER_SECRET = "REPLACE-ME: openssl rand -base64 33"
 # Keys of LiveKit's schema that tern accepts but does not act on (yet).
 _LIVEKIT_TOP_LEVEL = frozenset({
     "prometheus", "debug_handler", "redis", "audio", "video",
-    "ingress", "sip", "node_selector", "key_file", "region", "signal_relay", "psrpc",
+    "sip", "node_selector", "key_file", "region", "signal_relay", "psrpc",
     "logging", "limit", "agents", "metric", "trace", "node_stats", "enable_data_tracks",
     "enable_participant_data_blob", "api",
 })
@@ -95,6 +95,14 @@ class TurnConfig:
 
 
 @dataclass
+class IngressConfig:
+    """Where encoders reach this node's ingresses, as IngressInfo.url tells them (LiveKit's keys, e.g. behind a TLS
+    proxy: https://media.example.com/w); "" = this node's address and port."""
+    rtmp_base_url: str = ""
+    whip_base_url: str = ""
+
+
+@dataclass
 class Config:
     port: int = 7880
     bind_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
@@ -103,6 +111,7 @@ class Config:
     room: RoomConfig = field(default_factory=RoomConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
+    ingress: IngressConfig = field(default_factory=IngressConfig)
     log_level: str = "info"
     development: bool = False
     prometheus_port: int = 0  # 0 = no metrics endpoint
@@ -291,6 +300,12 @@ def _webhook_urls(value: Any, key: str) -> list[str]:
     return list(value)
 
 
+def _base_url(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not urlsplit(value).scheme or not urlsplit(value).netloc:
+        raise ConfigError(f"{key}: expected a URL (scheme://host[:port]/path)")
+    return value.rstrip("/")
+
+
 def _is_http_url(url: Any) -> bool:
     if not isinstance(url, str):
         return False
@@ -326,11 +341,12 @@ def from_yaml(text: str) -> Config:
     room = _section(top.get("room"), "room")
     webhook = _section(top.get("webhook"), "webhook")
     turn = _section(top.get("turn"), "turn")
+    ingress = _section(top.get("ingress"), "ingress")
     top_readers = {
         "port": _port, "bind_addresses": parse_bind_addresses, "keys": parse_keys,
         "log_level": parse_log_level, "development": _flag, "prometheus_port": _port,
     }
-    _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "", frozenset({"rtc", "room", "webhook", "turn"}))
+    _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "", frozenset({"rtc", "room", "webhook", "turn", "ingress"}))
     _apply(config.rtc, rtc, {"udp_port": _port, "tcp_port": _port, "node_ip": parse_node_ip, "use_ipv6": _flag,
                              "force_relay": _flag},
            _LIVEKIT_RTC, "rtc.")
@@ -340,6 +356,7 @@ def from_yaml(text: str) -> Config:
            _LIVEKIT_WEBHOOK, "webhook.")
     _apply(config.turn, turn, {"enabled": _flag, "udp_port": _port, "tls_port": _port, "tcp_port": _port,
                                "domain": _text, "cert_file": _text, "key_file": _text}, _LIVEKIT_TURN, "turn.")
+    _apply(config.ingress, ingress, {"rtmp_base_url": _base_url, "whip_base_url": _base_url}, frozenset(), "ingress.")
     if config.webhook.urls and not config.webhook.api_key:
         raise ConfigError("webhook.api_key: required to sign events sent to webhook.urls")
     if bool(config.turn.cert_file) != bool(config.turn.key_file):

@@ -9,12 +9,13 @@ import time
 import uuid
 from collections import Counter
 
-from livekit.protocol import agent, models, rtc
+from livekit.protocol import agent, ingress, models, rtc
 
 import engine
 from .agents.dispatcher import AgentDispatcher
 from .auth import TokenVerifier
 from .config import Config
+from .cluster.ingress import IngressStore, MemoryIngressStore
 from .cluster.memory import MemoryRoomStore
 from .cluster.store import RoomStore
 from .peer.transport import TransportManager
@@ -49,6 +50,7 @@ class Node:
         self.store: RoomStore = MemoryRoomStore(config.room.empty_timeout, config.room.departure_timeout,
                                                 config.room.max_participants, self.notify)
         self.agents = AgentDispatcher(self.store, config.keys, self.counters, self.notify)
+        self.ingresses: IngressStore = MemoryIngressStore()
         self.receivers: dict[int, TrackPublication] = {}  # engine receiver id -> publication
         self.engine: engine.Engine
         self.transports: TransportManager
@@ -67,7 +69,8 @@ class Node:
         )
 
     def notify(self, event: str, *, room: models.Room | None = None, participant: models.ParticipantInfo | None = None,
-               track: models.TrackInfo | None = None, job: agent.Job | None = None) -> None:
+               track: models.TrackInfo | None = None, job: agent.Job | None = None,
+               ingress_info: ingress.IngressInfo | None = None) -> None:
         """A room's event (room_started, participant_joined, track_published, ...): the agent dispatcher launches
         jobs on them; sent as a webhook when webhooks are configured."""
         if job is None:
@@ -76,7 +79,8 @@ class Node:
             except Exception:  # a bug launching agents must not break the room operation that reports the event
                 log.exception("agent dispatch on %s failed", event)
         if self.webhooks is not None:
-            self.webhooks.notify(event, room=room, participant=participant, track=track, job=job)
+            self.webhooks.notify(event, room=room, participant=participant, track=track, job=job,
+                                 ingress_info=ingress_info)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         host = self.config.media_host()  # "::": dual-stack sockets, IPv4 peers as IPv4-mapped addresses

@@ -64,7 +64,7 @@ def _too_large() -> TwirpError:
 @dataclass(frozen=True)
 class TwirpMethod:
     request: type[Message]
-    grant: str  # "create", "list" or "admin" (roomAdmin for the request's room)
+    grant: str  # "create", "list", "admin" (roomAdmin for the request's room) or "ingress" (ingressAdmin)
     handler: Callable[[Any, Message], Message]  # (service, request) -> reply
 
 
@@ -267,6 +267,8 @@ def _require_grant(claims: Claims, grant: str) -> None:
         raise TwirpError("permission_denied", "roomList grant required")
     if grant == "admin" and not (video.room_admin and video.room):
         raise TwirpError("permission_denied", "roomAdmin grant for this room required")
+    if grant == "ingress" and not video.ingress_admin:
+        raise TwirpError("permission_denied", "ingressAdmin grant required")
 
 
 def _require_room(claims: Claims, grant: str, room: str) -> None:

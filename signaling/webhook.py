@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import jwt
 from google.protobuf import json_format
-from livekit.protocol import agent, models, webhook
+from livekit.protocol import agent, ingress, models, webhook
 
 from .auth import ALGORITHM
 from .rtc.ids import new_id
@@ -95,6 +95,7 @@ class WebhookNotifier:
         participant: models.ParticipantInfo | None = None,
         track: models.TrackInfo | None = None,
         job: agent.Job | None = None,
+        ingress_info: ingress.IngressInfo | None = None,
     ) -> None:
         """Queues `event` for every URL. The messages are copied now: callers go on mutating theirs."""
         if self._closed:
@@ -109,6 +110,8 @@ class WebhookNotifier:
                 message.track.CopyFrom(track)
             if job is not None:
                 message.job.CopyFrom(job)
+            if ingress_info is not None:
+                message.ingress_info.CopyFrom(ingress_info)
         except (TypeError, ValueError):  # a caller's bug must not break the room operation it reports
             log.exception("webhook event %r not sent", event)
             for sink in self._sinks:

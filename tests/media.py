@@ -24,11 +24,15 @@ def test_card(width: int = WIDTH, height: int = HEIGHT) -> bytes:
     return frame.tobytes()
 
 
-def quadrant_colours(frame: rtc.VideoFrame) -> np.ndarray:
-    """Mean RGB of the middle of each quadrant of a decoded frame (edges blur after scaling and coding)."""
-    rgba = frame.convert(rtc.VideoBufferType.RGBA)
-    pixels = np.frombuffer(bytes(rgba.data), dtype=np.uint8).reshape(rgba.height, rgba.width, 4)[..., :3]
-    h, w = rgba.height, rgba.width
+def quadrant_colours(frame: rtc.VideoFrame | np.ndarray) -> np.ndarray:
+    """Mean RGB of the middle of each quadrant of a decoded frame (edges blur after scaling and coding): an SDK
+    frame, or RGB pixels (height x width x 3, as another decoder's frame converts to)."""
+    if isinstance(frame, np.ndarray):
+        pixels = frame
+    else:
+        rgba = frame.convert(rtc.VideoBufferType.RGBA)
+        pixels = np.frombuffer(bytes(rgba.data), dtype=np.uint8).reshape(rgba.height, rgba.width, 4)[..., :3]
+    h, w = pixels.shape[:2]
     means = []
     for top, left in [(0, 0), (0, w // 2), (h // 2, 0), (h // 2, w // 2)]:
         block = pixels[top + h // 8: top + 3 * h // 8, left + w // 8: left + 3 * w // 8]
@@ -36,7 +40,7 @@ def quadrant_colours(frame: rtc.VideoFrame) -> np.ndarray:
     return np.array(means)
 
 
-def matches_card(frame: rtc.VideoFrame, tolerance: float = 40) -> bool:
+def matches_card(frame: rtc.VideoFrame | np.ndarray, tolerance: float = 40) -> bool:
     return bool(np.abs(quadrant_colours(frame) - CARD_COLOURS).max() < tolerance)
 
 
