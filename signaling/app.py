@@ -17,6 +17,8 @@ from .agents import endpoint as agent_endpoint
 from .agents.dispatcher import token_dispatches
 from .agents.service import PREFIX as AGENT_DISPATCH_PREFIX
 from .agents.service import WORKERS_PATH, AgentDispatchService, workers_report
+from .egress.service import PREFIX as EGRESS_PREFIX
+from .egress.service import EgressService
 from .auth import AuthError, Claims
 from .ingress.whip import WhipService
 from .node import Node
@@ -227,12 +229,14 @@ def create_app(node: Node) -> Starlette:
 
     room_service = RoomService(node)
     agent_dispatch_service = AgentDispatchService(node)
+    egress_service = EgressService(node)
     whip_service = WhipService(node, lambda request: _admit(node, request), _enter)
     twirp_methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     return Starlette(routes=[
         Route("/", health),
         Route(PREFIX + "{method}", room_service.endpoint, methods=twirp_methods),
         Route(AGENT_DISPATCH_PREFIX + "{method}", agent_dispatch_service.endpoint, methods=twirp_methods),
+        Route(EGRESS_PREFIX + "{method}", egress_service.endpoint, methods=twirp_methods),
         Route("/rtc/validate", validate),
         Route("/rtc/v1/validate", validate),
         Route("/rtc/v1", not_found),

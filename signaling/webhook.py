@@ -21,6 +21,7 @@ import aiohttp
 import jwt
 from google.protobuf import json_format
 from livekit.protocol import agent, models, webhook
+from livekit.protocol import egress as egress_proto
 
 from .auth import ALGORITHM
 from .rtc.ids import new_id
@@ -95,6 +96,7 @@ class WebhookNotifier:
         participant: models.ParticipantInfo | None = None,
         track: models.TrackInfo | None = None,
         job: agent.Job | None = None,
+        egress: egress_proto.EgressInfo | None = None,
     ) -> None:
         """Queues `event` for every URL. The messages are copied now: callers go on mutating theirs."""
         if self._closed:
@@ -109,6 +111,8 @@ class WebhookNotifier:
                 message.track.CopyFrom(track)
             if job is not None:
                 message.job.CopyFrom(job)
+            if egress is not None:
+                message.egress_info.CopyFrom(egress)
         except (TypeError, ValueError):  # a caller's bug must not break the room operation it reports
             log.exception("webhook event %r not sent", event)
             for sink in self._sinks:
