@@ -27,8 +27,13 @@ def test_card(width: int = WIDTH, height: int = HEIGHT) -> bytes:
 def quadrant_colours(frame: rtc.VideoFrame) -> np.ndarray:
     """Mean RGB of the middle of each quadrant of a decoded frame (edges blur after scaling and coding)."""
     rgba = frame.convert(rtc.VideoBufferType.RGBA)
-    pixels = np.frombuffer(bytes(rgba.data), dtype=np.uint8).reshape(rgba.height, rgba.width, 4)[..., :3]
-    h, w = rgba.height, rgba.width
+    return pixel_quadrant_colours(np.frombuffer(bytes(rgba.data), dtype=np.uint8).reshape(rgba.height, rgba.width, 4))
+
+
+def pixel_quadrant_colours(pixels: np.ndarray) -> np.ndarray:
+    """quadrant_colours of an RGB(A) array (height x width x 3 or 4)."""
+    pixels = pixels[..., :3]
+    h, w = pixels.shape[:2]
     means = []
     for top, left in [(0, 0), (0, w // 2), (h // 2, 0), (h // 2, w // 2)]:
         block = pixels[top + h // 8: top + 3 * h // 8, left + w // 8: left + 3 * w // 8]
@@ -49,8 +54,10 @@ class Publisher:
     """Publishes a camera track (simulcast, the SDK's default) showing the test card and a microphone tone
     (or silence, with `tone=False`; no camera with `video=False`)."""
 
-    def __init__(self, room: rtc.Room, tone: bool = True, video: bool = True) -> None:
+    def __init__(self, room: rtc.Room, tone: bool = True, video: bool = True,
+                 video_codec: rtc.VideoCodec.ValueType = rtc.VideoCodec.VP8) -> None:
         self.room = room
+        self.video_codec = video_codec
         self.amplitude = 12000 if tone else 0
         self.video = video
         self.video_source = rtc.VideoSource(WIDTH, HEIGHT)
@@ -61,7 +68,8 @@ class Publisher:
         if self.video:
             video = rtc.LocalVideoTrack.create_video_track("camera", self.video_source)
             await self.room.local_participant.publish_track(
-                video, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True))
+                video, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True,
+                                               video_codec=self.video_codec))
             self._tasks.append(asyncio.create_task(self._video()))
         audio = rtc.LocalAudioTrack.create_audio_track("microphone", self.audio_source)
         await self.room.local_participant.publish_track(

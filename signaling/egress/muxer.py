@@ -66,13 +66,10 @@ class Muxer:
         self.tracks = [TrackState(codec, clock_rate) for codec, clock_rate in tracks]
         self._output: av.container.OutputContainer | None = None
         self._pending: list[tuple[int, Frame]] = []
+        self.started = False  # the file was opened: frames are in it
         self.pending_dropped = 0
         self.discontinuities = 0
         self.non_monotonic = 0
-
-    @property
-    def started(self) -> bool:
-        return self._output is not None
 
     def write(self, index: int, frame: Frame, arrival: float) -> None:
         track = self.tracks[index]
@@ -112,6 +109,7 @@ class Muxer:
             output.close()
             raise
         self._output = output
+        self.started = True
         pending, self._pending = self._pending, []
         for index, frame in pending:
             self._mux(index, frame)
