@@ -108,6 +108,7 @@ async def test_track_and_participant_egress_to_files(tmp_path) -> None:
                         active_at.setdefault(name, time.monotonic())
                 await asyncio.sleep(0.05)
         await asyncio.wait_for(all_active(), 15)
+        await until(lambda: rooms[0].is_recording)  # the room's recording indicator
         await asyncio.sleep(RECORD_SECONDS)
         stopped_at = time.monotonic()
         for egress_id in ids.values():
@@ -118,6 +119,10 @@ async def test_track_and_participant_egress_to_files(tmp_path) -> None:
             while any(s != STATUS.EGRESS_COMPLETE for s in (await _statuses(lkapi)).values()):
                 await asyncio.sleep(0.1)
         await asyncio.wait_for(all_complete(), 10)
+        await until(lambda: not rooms[0].is_recording)
+        counters = server.counters()
+        assert counters["egress_completed"] == len(ids) and counters["egress_frames_written"] > 0
+        print({name: value for name, value in counters.items() if name.startswith("egress_")})
         infos = {name: (await egress.list_egress(api.ListEgressRequest(egress_id=egress_id))).items[0]
                  for name, egress_id in ids.items()}
 

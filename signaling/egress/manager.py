@@ -176,6 +176,7 @@ class EgressManager:
             recorder.discard()
             raise
         self.active[info.egress_id] = egress
+        room.set_recording(True)
         recorder.start()
         for receiver_id in egress.receivers.values():
             engine.request_keyframe(receiver_id)  # start the file at once, not at the publisher's next keyframe
@@ -289,6 +290,7 @@ class EgressManager:
                 size=os.path.getsize(egress.path), duration=int(muxer.duration() * 1e9),
                 started_at=egress.active_at_ns or info.started_at, ended_at=info.ended_at)
         del self.active[info.egress_id]
+        egress.room.set_recording(any(e.room is egress.room for e in self.active.values()))
         self.ended[info.egress_id] = info
         while len(self.ended) > MAX_ENDED_EGRESSES:
             self.ended.popitem(last=False)

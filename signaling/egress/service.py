@@ -61,6 +61,8 @@ def _answer(call: Callable[[Any], Message], argument: Any) -> Message:
         raise TwirpError("failed_precondition", str(error)) from None
     except FileExistsError as error:
         raise TwirpError("already_exists", str(error)) from None
+    except OSError as error:  # the output directory cannot be written (the operator's to fix)
+        raise TwirpError("internal", f"cannot record to the egress output directory: {error}") from None
     except OverflowError as error:
         raise TwirpError("resource_exhausted", str(error)) from None
     except ValueError as error:
