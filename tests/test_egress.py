@@ -8,6 +8,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import aiohttp
 import av
 import numpy as np
 import pytest
@@ -93,6 +94,9 @@ async def test_track_and_participant_egress_to_files(tmp_path) -> None:
                 room_name=ROOM, track_id=h264["video"], file=proto.DirectFileOutput(filepath="h264.mp4"))),
             "participant": await egress.start_participant_egress(api.ParticipantEgressRequest(
                 room_name=ROOM, identity="cam", file_outputs=[proto.EncodedFileOutput(filepath="{publisher_identity}")])),
+            "composite": await egress.start_track_composite_egress(api.TrackCompositeEgressRequest(
+                room_name=ROOM, audio_track_id=h264["audio"], video_track_id=h264["video"],
+                file_outputs=[proto.EncodedFileOutput(filepath="composite")])),
         }
         assert all(info.status == STATUS.EGRESS_STARTING and info.egress_id.startswith("EG_")
                    for info in started.values())
@@ -139,9 +143,11 @@ async def test_track_and_participant_egress_to_files(tmp_path) -> None:
                 duration, frequency = _audio_checks(path)
                 assert abs(frequency - TONE_HZ) < 10, "the recording holds the publisher's tone"
             else:
-                assert path.suffix == {"vp8": ".webm", "h264": ".mp4", "participant": ".webm"}[name]
+                assert path.suffix == {"vp8": ".webm", "h264": ".mp4", "participant": ".webm", "composite": ".mp4"}[name]
                 duration, colours = _video_checks(path)
                 assert np.abs(colours - CARD_COLOURS).max() < 40, f"{name}: the first frame shows the test card"
+                if name in ("participant", "composite"):
+                    assert abs(_audio_checks(path)[1] - TONE_HZ) < 10, f"{name}: the recording holds the tone"
             assert abs(duration - expected) < 0.1 * expected, (name, duration, expected)
             print(f"{name}: recorded {expected:.2f} s, file {duration:.2f} s, EgressInfo {result.duration / 1e9:.2f} s,"
                   f" {result.size} bytes")
@@ -149,6 +155,8 @@ async def test_track_and_participant_egress_to_files(tmp_path) -> None:
             assert sorted(s.codec_context.name for s in container.streams) == ["opus", "vp8"]
         with av.open(infos["h264"].file_results[0].location) as container:
             assert container.streams.video[0].codec_context.name == "h264"
+        with av.open(infos["composite"].file_results[0].location) as container:
+            assert sorted(s.codec_context.name for s in container.streams) == ["h264", "opus"]
 
         await until(lambda: sum(e.event == "egress_ended" for e in receiver.events) >= len(ids))
         assert not receiver.errors, receiver.errors
@@ -182,6 +190,22 @@ async def test_track_and_participant_egress_to_files(tmp_path) -> None:
         assert await refused(egress.stop_egress, api.StopEgressRequest(egress_id="EG_nope")) == "not_found"
         assert await refused(egress.stop_egress, api.StopEgressRequest(egress_id=ids["audio"])) \
             == "failed_precondition"
+        async with aiohttp.ClientSession() as session:  # a join token has no roomRecord grant
+            async with session.post(server.http + "/twirp/livekit.Egress/ListEgress", json={},
+                                    headers={"Authorization": f"Bearer {server.token('cam', ROOM)}"}) as response:
+                assert response.status == 403 and (await response.json())["code"] == "permission_denied"
+
+        # The recorded track's publisher leaves: the egress ends on its own, its file complete.
+        info = await egress.start_track_egress(api.TrackEgressRequest(
+            room_name=ROOM, track_id=h264["audio"], file=proto.DirectFileOutput(filepath="leaving")))
+        await until(lambda: any(e.event == "egress_updated" and e.egress_info.egress_id == info.egress_id
+                                for e in receiver.events))
+        await rooms.pop().disconnect()
+        await until(lambda: any(e.event == "egress_ended" and e.egress_info.egress_id == info.egress_id
+                                for e in receiver.events))
+        ended = (await egress.list_egress(api.ListEgressRequest(egress_id=info.egress_id))).items[0]
+        assert ended.status == STATUS.EGRESS_COMPLETE and "Source closed" in ended.details
+        assert ended.file_results[0].size > 0
     finally:
         for publisher in publishers:
             await publisher.stop()

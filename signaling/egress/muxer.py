@@ -47,9 +47,9 @@ class TrackState:
     codec: str
     clock_rate: int
     stream: av.stream.Stream | None = None
-    first_timestamp: int | None = None  # unwrapped RTP timestamp of its first frame
-    first_arrival: float = 0.0
-    offset: int = 0                     # its first frame's pts (clock units): its start after the recording's start
+    seen: bool = False                  # a first frame (video: a keyframe) arrived
+    first_timestamp: int | None = None  # unwrapped RTP timestamp of its first frame in the file
+    offset: int = 0                     # that frame's pts (clock units): its arrival after the recording's start
     last_timestamp: int = 0             # unwrapped
     last_pts: int = -1
     frame_interval: int = 0             # the last step between frames, for discontinuities
@@ -57,34 +57,34 @@ class TrackState:
 
 
 class Muxer:
-    """Opens the file once every track has its first frame (the first keyframe of video), so streams are all known
-    and start in step: each track's timeline begins at its first frame's arrival after the earliest one."""
+    """Opens the file once every track has its first frame (the first keyframe of video), so the streams are all
+    known. The recording starts at the video's first keyframe (audio that came before it is left out, so sound and
+    picture start together), or at the first audio frame without video; each track's timeline begins at its first
+    frame's arrival after that start (arrival times, not RTCP sender reports, align the tracks)."""
 
     def __init__(self, path: str, container: Container, tracks: list[tuple[str, int]]) -> None:
         self.path = path
         self.container = container
         self.tracks = [TrackState(codec, clock_rate) for codec, clock_rate in tracks]
         self._output: av.container.OutputContainer | None = None
-        self._pending: list[tuple[int, Frame]] = []
+        self._pending: list[tuple[int, Frame, float]] = []
+        self._origin = 0.0  # arrival time (monotonic s) of the recording's start
         self.started = False  # the file was opened: frames are in it
         self.pending_dropped = 0
         self.discontinuities = 0
         self.non_monotonic = 0
 
     def write(self, index: int, frame: Frame, arrival: float) -> None:
-        track = self.tracks[index]
-        if track.first_timestamp is None:
-            track.first_timestamp = track.last_timestamp = frame.timestamp
-            track.first_arrival = arrival
-        if self._output is None:
-            if len(self._pending) >= MAX_PENDING_FRAMES:
-                self.pending_dropped += 1
-                return
-            self._pending.append((index, frame))
-            if all(t.first_timestamp is not None for t in self.tracks):
-                self._open()
+        if self._output is not None:
+            self._mux(index, frame, arrival)
             return
-        self._mux(index, frame)
+        if len(self._pending) >= MAX_PENDING_FRAMES:
+            self.pending_dropped += 1
+            return
+        self.tracks[index].seen = True
+        self._pending.append((index, frame, arrival))
+        if all(t.seen for t in self.tracks):
+            self._open()
 
     def duration(self) -> float:
         """Seconds from the recording's start to the end of its last frame."""
@@ -98,25 +98,29 @@ class Muxer:
             self._output = None
 
     def _open(self) -> None:
+        firsts = [next(a for i, _, a in self._pending if i == index) for index in range(len(self.tracks))]
+        video = [a for a, t in zip(firsts, self.tracks) if t.codec != "opus"]
+        self._origin = min(video or firsts)
         output = av.open(self.path, "w", format=self.container.format, options=self.container.options)
         try:
-            origin = min(t.first_arrival for t in self.tracks)
             for index, track in enumerate(self.tracks):
-                track.offset = round((track.first_arrival - origin) * track.clock_rate)
-                first = next(frame for i, frame in self._pending if i == index)
-                track.stream = _add_stream(output, track, first)
+                track.stream = _add_stream(output, track, next(f for i, f, _ in self._pending if i == index))
         except Exception:
             output.close()
             raise
         self._output = output
         self.started = True
         pending, self._pending = self._pending, []
-        for index, frame in pending:
-            self._mux(index, frame)
+        for index, frame, arrival in pending:
+            if arrival >= self._origin or self.tracks[index].codec != "opus":  # video keeps its keyframe
+                self._mux(index, frame, arrival)
 
-    def _mux(self, index: int, frame: Frame) -> None:
+    def _mux(self, index: int, frame: Frame, arrival: float) -> None:
         track = self.tracks[index]
-        assert self._output is not None and track.stream is not None and track.first_timestamp is not None
+        assert self._output is not None and track.stream is not None
+        if track.first_timestamp is None:
+            track.first_timestamp = track.last_timestamp = frame.timestamp
+            track.offset = max(0, round((arrival - self._origin) * track.clock_rate))
         step = (frame.timestamp - track.last_timestamp + 0x80000000) % 0x100000000 - 0x80000000  # RTP ts wrap
         if step > MAX_TIMESTAMP_JUMP * track.clock_rate or step < -MAX_TIMESTAMP_JUMP * track.clock_rate:
             self.discontinuities += 1
