@@ -93,7 +93,8 @@ async def test_track_and_participant_egress_to_files(tmp_path) -> None:
             "h264": await egress.start_track_egress(api.TrackEgressRequest(
                 room_name=ROOM, track_id=h264["video"], file=proto.DirectFileOutput(filepath="h264.mp4"))),
             "participant": await egress.start_participant_egress(api.ParticipantEgressRequest(
-                room_name=ROOM, identity="cam", file_outputs=[proto.EncodedFileOutput(filepath="{publisher_identity}")])),
+                room_name=ROOM, identity="cam",
+                file_outputs=[proto.EncodedFileOutput(filepath="{publisher_identity}")])),
             "composite": await egress.start_track_composite_egress(api.TrackCompositeEgressRequest(
                 room_name=ROOM, audio_track_id=h264["audio"], video_track_id=h264["video"],
                 file_outputs=[proto.EncodedFileOutput(filepath="composite")])),
@@ -143,7 +144,8 @@ async def test_track_and_participant_egress_to_files(tmp_path) -> None:
                 duration, frequency = _audio_checks(path)
                 assert abs(frequency - TONE_HZ) < 10, "the recording holds the publisher's tone"
             else:
-                assert path.suffix == {"vp8": ".webm", "h264": ".mp4", "participant": ".webm", "composite": ".mp4"}[name]
+                assert path.suffix == {"vp8": ".webm", "h264": ".mp4", "participant": ".webm",
+                                       "composite": ".mp4"}[name]
                 duration, colours = _video_checks(path)
                 assert np.abs(colours - CARD_COLOURS).max() < 40, f"{name}: the first frame shows the test card"
                 if name in ("participant", "composite"):
@@ -183,7 +185,8 @@ async def test_track_and_participant_egress_to_files(tmp_path) -> None:
         assert await refused(egress.start_room_composite_egress, api.RoomCompositeEgressRequest(
             room_name=ROOM, file_outputs=[proto.EncodedFileOutput(filepath="x")])) == "unimplemented"
         assert await refused(egress.start_participant_egress, api.ParticipantEgressRequest(
-            room_name=ROOM, identity="cam", stream_outputs=[proto.StreamOutput(urls=["rtmp://x/y"])])) == "unimplemented"
+            room_name=ROOM, identity="cam", stream_outputs=[proto.StreamOutput(urls=["rtmp://x/y"])])) \
+            == "unimplemented"
         assert await refused(egress.start_track_egress, api.TrackEgressRequest(
             room_name=ROOM, track_id=vp8["audio"], file=proto.DirectFileOutput(filepath="../outside"))) \
             == "invalid_argument"

@@ -36,7 +36,8 @@ def container_for(codecs: list[str]) -> Container:
     """The container for these codecs (lower-case names: opus, vp8, vp9, h264); ValueError for a mix none takes."""
     video = [c for c in codecs if c != "opus"]
     if any(c not in ("opus", "vp8", "vp9", "h264") for c in codecs) or len(video) > 1 or len(codecs) - len(video) > 1:
-        raise ValueError(f"no passthrough container for {'+'.join(codecs)}: one Opus and/or one VP8, VP9 or H.264 track")
+        raise ValueError(f"no passthrough container for {'+'.join(codecs)}: "
+                         "one Opus and/or one VP8, VP9 or H.264 track")
     if not video:
         return OGG
     return MP4 if video[0] == "h264" else WEBM

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes the kernel queues for the thread: ~10 s of a 3 Mbit/s video
 POLL_INTERVAL = 0.05       # s: how often the thread looks at its stop flag and at gaps waiting in jitter buffers
 DRAIN_TIME = 0.5           # s: at stop, packets already sent are read this long before the file is closed
-KEYFRAME_RETRY = 1.0       # s between the keyframe requests of a stream that waits for one (the engine also limits PLIs)
+KEYFRAME_RETRY = 1.0       # s between keyframe requests of a stream waiting for one (the engine also limits PLIs)
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)  # Linux: each datagram carries the socket's drop count
 DATAGRAM_MAX = 2048        # bytes: the engine's send buffer (state.pxd SEND_BUF) is smaller
 
