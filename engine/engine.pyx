@@ -510,6 +510,17 @@ cdef class Engine:
         self._transport_slots[t.id] = slot
         return t.id
 
+    def add_plain_transport(self, host: str, port: int) -> int:
+        """A transport that sends its DownTracks' RTP (and our SR) unencrypted to `host`:`port`, without ICE or DTLS:
+        an in-process consumer's socket on this machine (an egress), as mediasoup's PlainTransport. Nothing it sends
+        is accepted (it has no SRTP receive keys). ValueError for an unusable address or one another transport holds."""
+        transport_id = self.add_transport()
+        self.s.transports[self._transport_slots[transport_id]].plain = True
+        if not self.bind_transport(transport_id, host, port):
+            self.remove_transport(transport_id)
+            raise ValueError(f"{host}:{port} is bound to another transport")
+        return transport_id
+
     def set_transport_ufrag(self, transport_id: int, ice_ufrag: str) -> None:
         """Replaces the transport's ufrag (an ICE restart): from now on only STUN naming the new one reaches Python.
         ValueError for an unusable or colliding ufrag (the caller draws another)."""

@@ -18,6 +18,8 @@ from .agents import endpoint as agent_endpoint
 from .agents.dispatcher import token_dispatches
 from .agents.service import PREFIX as AGENT_DISPATCH_PREFIX
 from .agents.service import WORKERS_PATH, AgentDispatchService, workers_report
+from .egress.service import PREFIX as EGRESS_PREFIX
+from .egress.service import EgressService
 from .auth import AuthError, Claims
 from .ingress.service import PREFIX as INGRESS_PREFIX
 from .ingress.service import IngressService
@@ -235,6 +237,7 @@ def create_app(node: Node) -> Starlette:
     agent_dispatch_service = AgentDispatchService(node)
     ingress_sessions = IngressSessions(node.ingresses, node.notify, node.counters)
     ingress_service = IngressService(node, ingress_sessions)
+    egress_service = EgressService(node)
     whip_service = WhipService(node, lambda request, token: _admit(node, request, token), _enter, ingress_sessions)
     whep_service = WhepService(node, lambda request, token: _admit(node, request, token), _enter)
     twirp_methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -243,6 +246,7 @@ def create_app(node: Node) -> Starlette:
         Route(PREFIX + "{method}", room_service.endpoint, methods=twirp_methods),
         Route(AGENT_DISPATCH_PREFIX + "{method}", agent_dispatch_service.endpoint, methods=twirp_methods),
         Route(INGRESS_PREFIX + "{method}", ingress_service.endpoint, methods=twirp_methods),
+        Route(EGRESS_PREFIX + "{method}", egress_service.endpoint, methods=twirp_methods),
         Route("/rtc/validate", validate),
         Route("/rtc/v1/validate", validate),
         Route("/rtc/v1", not_found),

@@ -103,6 +103,12 @@ class IngressConfig:
 
 
 @dataclass
+class EgressConfig:
+    """The built-in egress (signaling/egress/): recordings are files under output_dir (created when needed)."""
+    output_dir: str = "recordings"  # relative paths are taken from the server's working directory
+
+
+@dataclass
 class Config:
     port: int = 7880
     bind_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
@@ -112,6 +118,7 @@ class Config:
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
     ingress: IngressConfig = field(default_factory=IngressConfig)
+    egress: EgressConfig = field(default_factory=EgressConfig)
     log_level: str = "info"
     development: bool = False
     prometheus_port: int = 0  # 0 = no metrics endpoint
@@ -347,6 +354,7 @@ def from_yaml(text: str) -> Config:
         "log_level": parse_log_level, "development": _flag, "prometheus_port": _port,
     }
     _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "", frozenset({"rtc", "room", "webhook", "turn", "ingress"}))
+    _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "", frozenset({"rtc", "room", "webhook", "turn", "egress"}))
     _apply(config.rtc, rtc, {"udp_port": _port, "tcp_port": _port, "node_ip": parse_node_ip, "use_ipv6": _flag,
                              "force_relay": _flag},
            _LIVEKIT_RTC, "rtc.")
@@ -357,6 +365,7 @@ def from_yaml(text: str) -> Config:
     _apply(config.turn, turn, {"enabled": _flag, "udp_port": _port, "tls_port": _port, "tcp_port": _port,
                                "domain": _text, "cert_file": _text, "key_file": _text}, _LIVEKIT_TURN, "turn.")
     _apply(config.ingress, ingress, {"rtmp_base_url": _base_url, "whip_base_url": _base_url}, frozenset(), "ingress.")
+    _apply(config.egress, egress, {"output_dir": _text}, frozenset(), "egress.")
     if config.webhook.urls and not config.webhook.api_key:
         raise ConfigError("webhook.api_key: required to sign events sent to webhook.urls")
     if bool(config.turn.cert_file) != bool(config.turn.key_file):

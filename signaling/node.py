@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 
 from livekit.protocol import agent, ingress, models, rtc
+from livekit.protocol import egress as egress_proto
 
 import engine
 from .agents.dispatcher import AgentDispatcher
@@ -18,6 +19,7 @@ from .config import Config
 from .cluster.ingress import IngressStore, MemoryIngressStore
 from .cluster.memory import MemoryRoomStore
 from .cluster.store import RoomStore
+from .egress.manager import EgressManager
 from .peer.transport import TransportManager
 from .peer.turn import TurnServer, credentials, turn_secret
 from .peer.turn_streams import TurnStreams, dev_tls_context, tls_context
@@ -51,6 +53,8 @@ class Node:
                                                 config.room.max_participants, self.notify)
         self.agents = AgentDispatcher(self.store, config.keys, self.counters, self.notify)
         self.ingresses: IngressStore = MemoryIngressStore()
+        self.egress = EgressManager(lambda: self.engine, self.store.get, config.egress.output_dir,
+                                    _loopback(config.media_host()), self.notify, self.counters)
         self.receivers: dict[int, TrackPublication] = {}  # engine receiver id -> publication
         self.engine: engine.Engine
         self.transports: TransportManager
@@ -70,17 +74,22 @@ class Node:
 
     def notify(self, event: str, *, room: models.Room | None = None, participant: models.ParticipantInfo | None = None,
                track: models.TrackInfo | None = None, job: agent.Job | None = None,
-               ingress_info: ingress.IngressInfo | None = None) -> None:
+               ingress_info: ingress.IngressInfo | None = None,
+               egress: egress_proto.EgressInfo | None = None) -> None:
         """A room's event (room_started, participant_joined, track_published, ...): the agent dispatcher launches
-        jobs on them; sent as a webhook when webhooks are configured."""
-        if job is None:
+        jobs on them, egresses of a track that is gone end; sent as a webhook when webhooks are configured."""
+        if job is None and egress is None and ingress_info is None:
             try:
                 self.agents.on_event(event, room, participant)
             except Exception:  # a bug launching agents must not break the room operation that reports the event
                 log.exception("agent dispatch on %s failed", event)
+            try:
+                self.egress.on_event(event, room, participant, track)
+            except Exception:  # nor a bug ending a recording
+                log.exception("egress update on %s failed", event)
         if self.webhooks is not None:
             self.webhooks.notify(event, room=room, participant=participant, track=track, job=job,
-                                 ingress_info=ingress_info)
+                                 ingress_info=ingress_info, egress=egress)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         host = self.config.media_host()  # "::": dual-stack sockets, IPv4 peers as IPv4-mapped addresses
@@ -214,9 +223,15 @@ class Node:
             self.turn_streams.close()
         if self.turn is not None:
             self.turn.close()
+        await self.egress.close()  # before the engine: recordings read what it sent, then close their files
         self.engine.close()
         if self.webhooks is not None:
             await self.webhooks.close()
 
     def stats(self) -> dict[str, int]:
         return {**self.engine.stats(), **self.transports.counters, **self.counters}
+
+
+def _loopback(media_host: str) -> str:
+    """The address the engine reaches an in-process egress's socket on: IPv6 loopback for an IPv6-only socket."""
+    return "::1" if ":" in media_host and media_host != "::" else "127.0.0.1"

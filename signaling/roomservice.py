@@ -40,7 +40,8 @@ BODY_TIMEOUT = 10.0
 _STATUS = {
     "invalid_argument": 400, "malformed": 400, "unauthenticated": 401, "permission_denied": 403,
     "not_found": 404, "bad_route": 404, "failed_precondition": 412, "internal": 500,
-    "resource_exhausted": 429, "deadline_exceeded": 408, "canceled": 408,
+    "resource_exhausted": 429, "deadline_exceeded": 408, "canceled": 408, "already_exists": 409,
+    "unimplemented": 501,
 }
 
 
@@ -64,7 +65,7 @@ def _too_large() -> TwirpError:
 @dataclass(frozen=True)
 class TwirpMethod:
     request: type[Message]
-    grant: str  # "create", "list", "admin" (roomAdmin for the request's room) or "ingress" (ingressAdmin)
+    grant: str  # "create", "list", "record", "admin" (roomAdmin for the request's room) or "ingress" (ingressAdmin)
     handler: Callable[[Any, Message], Message]  # (service, request) -> reply
 
 
@@ -265,6 +266,8 @@ def _require_grant(claims: Claims, grant: str) -> None:
         raise TwirpError("permission_denied", "roomCreate grant required")
     if grant == "list" and not video.room_list:
         raise TwirpError("permission_denied", "roomList grant required")
+    if grant == "record" and not video.room_record:
+        raise TwirpError("permission_denied", "roomRecord grant required")
     if grant == "admin" and not (video.room_admin and video.room):
         raise TwirpError("permission_denied", "roomAdmin grant for this room required")
     if grant == "ingress" and not video.ingress_admin:
