@@ -349,12 +349,13 @@ def from_yaml(text: str) -> Config:
     webhook = _section(top.get("webhook"), "webhook")
     turn = _section(top.get("turn"), "turn")
     ingress = _section(top.get("ingress"), "ingress")
+    egress = _section(top.get("egress"), "egress")
     top_readers = {
         "port": _port, "bind_addresses": parse_bind_addresses, "keys": parse_keys,
         "log_level": parse_log_level, "development": _flag, "prometheus_port": _port,
     }
-    _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "", frozenset({"rtc", "room", "webhook", "turn", "ingress"}))
-    _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "", frozenset({"rtc", "room", "webhook", "turn", "egress"}))
+    _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "",
+           frozenset({"rtc", "room", "webhook", "turn", "ingress", "egress"}))
     _apply(config.rtc, rtc, {"udp_port": _port, "tcp_port": _port, "node_ip": parse_node_ip, "use_ipv6": _flag,
                              "force_relay": _flag},
            _LIVEKIT_RTC, "rtc.")
