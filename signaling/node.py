@@ -15,6 +15,7 @@ import engine
 from .agents.dispatcher import AgentDispatcher
 from .auth import TokenVerifier
 from .config import Config
+from .cluster.cluster import Cluster
 from .cluster.memory import MemoryRoomStore
 from .cluster.store import RoomStore
 from .peer.transport import TransportManager
@@ -46,8 +47,14 @@ class Node:
         if config.webhook.urls:
             self.webhooks = WebhookNotifier(config.webhook.api_key, config.keys[config.webhook.api_key],
                                             config.webhook.urls, self.counters)
-        self.store: RoomStore = MemoryRoomStore(config.room.empty_timeout, config.room.departure_timeout,
-                                                config.room.max_participants, self.notify)
+        self.cluster: Cluster | None = None
+        self.store: RoomStore
+        if config.redis.address:
+            self.cluster = Cluster(self)
+            self.store = self.cluster.store
+        else:
+            self.store = MemoryRoomStore(config.room.empty_timeout, config.room.departure_timeout,
+                                         config.room.max_participants, self.notify)
         self.agents = AgentDispatcher(self.store, config.keys, self.counters, self.notify)
         self.receivers: dict[int, TrackPublication] = {}  # engine receiver id -> publication
         self.engine: engine.Engine
@@ -63,13 +70,15 @@ class Node:
             version=self.version,
             protocol=SERVER_PROTOCOL,
             node_id=self.id,
-            region="",
+            region=self.config.region,
         )
 
     def notify(self, event: str, *, room: models.Room | None = None, participant: models.ParticipantInfo | None = None,
                track: models.TrackInfo | None = None, job: agent.Job | None = None) -> None:
         """A room's event (room_started, participant_joined, track_published, ...): the agent dispatcher launches
-        jobs on them; sent as a webhook when webhooks are configured."""
+        jobs on them; sent as a webhook when webhooks are configured (by the room's node only: each event once)."""
+        if self.cluster is not None:
+            self.cluster.store.observe(event, room)
         if job is None:
             try:
                 self.agents.on_event(event, room, participant)
@@ -109,6 +118,8 @@ class Node:
         self._tasks.append(loop.create_task(self._observe_speakers()))
         self._tasks.append(loop.create_task(self._observe_quality()))
         self._tasks.append(loop.create_task(self._drive_allocators()))
+        if self.cluster is not None:
+            self.cluster.start(loop)
         log.info("media on udp [%s]:%d and ice-tcp %s, candidates advertise %s", host, self.engine.port,
                  self.engine.tcp_port or "off", ", ".join(self.transports.candidate_ips))
 
@@ -211,6 +222,8 @@ class Node:
         if self.turn is not None:
             self.turn.close()
         self.engine.close()
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self.webhooks is not None:
             await self.webhooks.close()
 

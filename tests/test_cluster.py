@@ -1,0 +1,144 @@
+"""Cluster mode: three tern nodes on loopback sharing one (private) Redis, as LiveKit nodes do. A room lives on one
+node; SDK clients connecting to any node for it are relayed there and meet; its media goes through that node only."""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import subprocess
+import sys
+import time
+
+import pytest
+from livekit import api
+from livekit.protocol import rtc as signal
+
+from clients import connect, remote, until
+from conftest import API_KEY, API_SECRET, ROOT, Server, free_port, start_server, stop_server
+from media import TONE_HZ, Publisher, decoded_audio, decoded_video, dominant_frequency, matches_card, wait_for_tracks
+from redis_server import RedisServer
+from signal_client import SignalClient
+
+NODES = 3
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def nodes(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory):
+    # Rooms close a second after their last participant leaves, so tests see their placement released.
+    config = f"redis: {{address: '{redis_server.address}'}}\nroom: {{departure_timeout: 1, empty_timeout: 5}}\n"
+    started = [start_server(tmp_path_factory.mktemp(f"node{i}"), config=config) for i in range(NODES)]
+    ids = [node_id(node) for node in started]
+    client = redis_server.client()
+    deadline = time.monotonic() + 10
+    while len(client.keys("tern:node:*")) < NODES:  # every node registered
+        assert time.monotonic() < deadline, "nodes did not register"
+        time.sleep(0.1)
+    yield list(zip(started, ids))
+    for node in started:
+        stop_server(node)
+    for node in started:
+        assert "Traceback" not in node.log(), node.log()
+
+
+def node_id(server: Server) -> str:
+    line = next(line for line in server.log().splitlines() if "cluster node ND_" in line)
+    return line.split("cluster node ")[1].split()[0]
+
+
+def owner(redis_server: RedisServer, room: str) -> str | None:
+    value = redis_server.client().hget("tern:room_node", room)
+    return value.decode() if value is not None else None
+
+
+def test_nodes_list_shows_every_live_node(nodes):
+    (first, _), *_ = nodes
+    result = subprocess.run(
+        [sys.executable, "-m", "signaling", "nodes", "list", "--url", first.http, "--api-key", API_KEY,
+         "--api-secret", API_SECRET], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:4] == ["ID", "IPS", "REGION", "STATE"]
+    assert {line.split()[0] for line in lines[1:]} == {node for _, node in nodes}
+    assert all(line.split()[1:4] == ["127.0.0.1", "-", "SERVING"] for line in lines[1:])
+
+
+async def test_clients_of_three_nodes_meet_in_one_room_and_exchange_media_and_data(nodes, redis_server):
+    (a, _), (b, _), (c, _) = nodes
+    alice = await connect(a, "alice", "meet")
+    host = owner(redis_server, "meet")
+    bob = await connect(b, "bob", "meet")
+    carol = await connect(c, "carol", "meet", single_peer_connection=False)  # /rtc, two peer connections
+    rooms = (alice, bob, carol)
+    publisher = Publisher(alice)
+    try:
+        await until(lambda: all(len(room.remote_participants) == 2 for room in rooms))
+        assert owner(redis_server, "meet") == host  # sticky
+        before = {node: server.counters() for server, node in nodes}
+        await publisher.start()
+        for room in (bob, carol):
+            tracks = await wait_for_tracks(room, 2)
+            assert matches_card((await decoded_video(tracks["video"], frames=5))[-1])
+            assert abs(dominant_frequency(await decoded_audio(tracks["audio"], 0.5)) - TONE_HZ) < 20
+        received: list[tuple[str, bytes]] = []
+        carol.on("data_received", lambda p: received.append((p.participant.identity, p.data)))
+        await bob.local_participant.publish_data(b"from node b", reliable=True)
+        await until(lambda: received == [("bob", b"from node b")])
+        # The media went through the room's node only: the others forwarded nothing and received no RTP.
+        for server, node in nodes:
+            after = server.counters()
+            forwarded = after.get("forwarded", 0) - before[node].get("forwarded", 0)
+            assert (forwarded > 100) == (node == host), (node, host, forwarded)
+        relayed = sum(server.counters().get("relay_connections_in", 0) for server, _ in nodes)
+        assert relayed >= 2  # bob's and carol's connections, at least, reached the room through a relay
+    finally:
+        await publisher.stop()
+        for room in rooms:
+            await room.disconnect()
+    await until(lambda: owner(redis_server, "meet") is None, timeout=15)  # released when the room closed
+
+
+async def test_a_join_race_through_every_node_gives_the_room_one_owner(nodes, redis_server):
+    token = lambda i: api.AccessToken(API_KEY, API_SECRET).with_identity(f"racer{i}").with_grants(
+        api.VideoGrants(room_join=True, room="race")).to_jwt()
+    joins = await asyncio.gather(*(SignalClient.join(nodes[i % NODES][0].url, token(i)) for i in range(20)))
+    try:
+        assert len({join.room.sid for _, join in joins}) == 1
+        assert len({join.server_info.node_id for _, join in joins}) == 1
+        host = owner(redis_server, "race")
+        assert joins[0][1].server_info.node_id == host
+        assert sum("room race (" in line and "created" in line for server, _ in nodes
+                   for line in server.log().splitlines()) == 1
+    finally:
+        for client, _ in joins:  # dropped, not closed: each has more unread updates than the client library buffers
+            client.connection.transport.abort()
+
+
+async def test_leave_resume_and_token_refresh_through_the_relay(nodes, redis_server):
+    (a, _), (b, _), _ = nodes
+    first = await connect(a, "anchor", "relayed")  # the room now lives on a's pick
+    host = owner(redis_server, "relayed")
+    signal_url = next(server.url for server, node in nodes if node != host)
+    token = api.AccessToken(API_KEY, API_SECRET).with_identity("walker").with_ttl(
+        datetime.timedelta(seconds=4)).with_grants(api.VideoGrants(room_join=True, room="relayed"))
+    client, join = await SignalClient.join(signal_url, token.to_jwt())
+    try:
+        assert join.server_info.node_id == host and join.participant.identity == "walker"
+        refresh = await client.receive_until("refresh_token", timeout=8)  # half the token's life
+        assert refresh.refresh_token
+        await until(lambda: remote(first, "walker") is not None)
+        # A resume naming a session that never connected media is refused through the relay, as directly.
+        resumed, answer = await SignalClient.reconnect(signal_url, refresh.refresh_token, "PA_unknown")
+        assert answer.WhichOneof("message") == "leave"
+        await resumed.connection.close()
+        await client.send(signal.SignalRequest(leave=signal.LeaveRequest()))
+        await until(lambda: remote(first, "walker") is None)
+    finally:
+        await client.connection.close()
+        await first.disconnect()
