@@ -6,10 +6,12 @@ import asyncio
 import datetime
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from livekit import api
+from livekit import api, rtc
 from livekit.protocol import rtc as signal
 
 from clients import connect, remote, until
@@ -29,10 +31,44 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory):
     server.stop()
 
 
+class WebhookLog:
+    """A webhook receiver shared by every node: records each event it verifies (a thread: it outlives tests' loops)."""
+
+    def __init__(self) -> None:
+        self.events: list[api.WebhookEvent] = []
+        receiver = api.WebhookReceiver(api.TokenVerifier(API_KEY, API_SECRET))
+        events = self.events
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+                events.append(receiver.receive(body, self.headers.get("Authorization", "")))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def of(self, room: str) -> list[tuple[str, str]]:
+        return [(event.event, event.participant.identity) for event in self.events if event.room.name == room]
+
+
 @pytest.fixture(scope="module")
-def nodes(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory):
+def webhooks():
+    log = WebhookLog()
+    yield log
+    log.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def nodes(redis_server: RedisServer, webhooks: WebhookLog, tmp_path_factory: pytest.TempPathFactory):
     # Rooms close a second after their last participant leaves, so tests see their placement released.
-    config = f"redis: {{address: '{redis_server.address}'}}\nroom: {{departure_timeout: 1, empty_timeout: 5}}\n"
+    config = (f"redis: {{address: '{redis_server.address}'}}\nroom: {{departure_timeout: 1, empty_timeout: 5}}\n"
+              f"webhook: {{api_key: {API_KEY}, urls: ['{webhooks.url}']}}\n")
     started = [start_server(tmp_path_factory.mktemp(f"node{i}"), config=config) for i in range(NODES)]
     ids = [node_id(node) for node in started]
     client = redis_server.client()
@@ -142,3 +178,45 @@ async def test_leave_resume_and_token_refresh_through_the_relay(nodes, redis_ser
     finally:
         await client.connection.close()
         await first.disconnect()
+
+
+async def test_room_service_through_any_node_and_webhooks_once(nodes, redis_server, webhooks):
+    """RoomService calls made to a node that does not host the room: ListRooms and ListParticipants see the room,
+    a mute and a removal reach its participants; each webhook event of the room arrives once."""
+    (a, _), (b, _), _ = nodes
+    alice = await connect(a, "alice", "svc")
+    host = owner(redis_server, "svc")
+    bob = await connect(b, "bob", "svc")
+    publisher = Publisher(alice, video=False)
+    try:
+        await publisher.start()
+        await until(lambda: remote(bob, "alice") is not None and remote(bob, "alice").track_publications)
+        track_sid = next(iter(remote(bob, "alice").track_publications))
+        elsewhere = [server for server, node in nodes if node != host]
+        for server in elsewhere:
+            async with api.LiveKitAPI(server.http, API_KEY, API_SECRET) as client:
+                rooms = (await client.room.list_rooms(api.ListRoomsRequest())).rooms
+                assert [room.num_participants for room in rooms if room.name == "svc"] == [2]
+                listed = (await client.room.list_participants(api.ListParticipantsRequest(room="svc"))).participants
+                assert sorted(p.identity for p in listed) == ["alice", "bob"]
+        async with api.LiveKitAPI(elsewhere[0].http, API_KEY, API_SECRET) as client:
+            muted = await client.room.mute_published_track(api.MuteRoomTrackRequest(
+                room="svc", identity="alice", track_sid=track_sid, muted=True))
+            assert muted.track.muted and muted.track.sid == track_sid
+            await until(lambda: remote(bob, "alice").track_publications[track_sid].muted)
+            await client.room.remove_participant(api.RoomParticipantIdentity(room="svc", identity="bob"))
+            await until(lambda: bob.connection_state == rtc.ConnectionState.CONN_DISCONNECTED)
+            with pytest.raises(api.TwirpError) as missing:
+                await client.room.remove_participant(api.RoomParticipantIdentity(room="svc", identity="nobody"))
+            assert missing.value.code == api.TwirpErrorCode.NOT_FOUND
+    finally:
+        await publisher.stop()
+        await alice.disconnect()
+        await bob.disconnect()
+    await until(lambda: ("room_finished", "") in webhooks.of("svc"), timeout=15)
+    await asyncio.sleep(0.5)  # any duplicate would have arrived by now
+    events = webhooks.of("svc")
+    assert sorted(events) == sorted(set(events)), events  # each once
+    assert {("room_started", ""), ("participant_joined", "alice"), ("participant_joined", "bob"),
+            ("track_published", "alice"), ("participant_left", "bob"), ("participant_left", "alice"),
+            ("room_finished", "")} <= set(events)

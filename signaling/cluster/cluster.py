@@ -18,6 +18,7 @@ from .placement import Placement
 from .redis_store import RedisRoomStore
 from .registry import NODE_TTL_S, STATS_INTERVAL_S, NodeInfo, NodeRegistry
 from .relay import Relay
+from .rpc import REQUEST, RESPONSE, Rpc
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -42,8 +43,9 @@ class Cluster:
         self.store = RedisRoomStore(self.placement, config.room.empty_timeout, config.room.departure_timeout,
                                     config.room.max_participants, node.notify, node.counters)
         self.relay = Relay(node.id, node.counters)
-        self.bus = Bus(self.redis, node.id, self.relay.on_frame, node.counters)
-        self.relay.bus = self.bus
+        self.rpc = Rpc(node.id, node.counters)
+        self.bus = Bus(self.redis, node.id, self._on_frame, node.counters)
+        self.relay.bus = self.rpc.bus = self.bus
         self._tasks: list[asyncio.Task] = []
         self._last_sample = (time.monotonic(), time.process_time(), 0)
 
@@ -52,6 +54,12 @@ class Cluster:
             self._tasks.append(loop.create_task(job))
         log.info("cluster node %s on Redis %s%s", self.node.id, self.node.config.redis.address,
                  f", region {self.node.config.region}" if self.node.config.region else "")
+
+    def _on_frame(self, frame: bytes) -> None:
+        if frame[:1] in (bytes([REQUEST]), bytes([RESPONSE])):
+            self.rpc.on_frame(frame)
+        else:
+            self.relay.on_frame(frame)
 
     def _sample(self) -> NodeInfo:
         now, cpu, forwarded = time.monotonic(), time.process_time(), self.node.engine.stats()["forwarded"]
