@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -220,3 +222,63 @@ async def test_room_service_through_any_node_and_webhooks_once(nodes, redis_serv
     assert {("room_started", ""), ("participant_joined", "alice"), ("participant_joined", "bob"),
             ("track_published", "alice"), ("participant_left", "bob"), ("participant_left", "alice"),
             ("room_finished", "")} <= set(events)
+
+
+async def test_placement_spreads_new_rooms_by_load(nodes, redis_server):
+    (a, _), *_ = nodes
+    names = [f"spread-{i}" for i in range(6)]
+    client = redis_server.client()
+    loads = lambda: [json.loads(client.get(key)) for key in client.keys("tern:node:*")]
+    await until(lambda: all(load["rooms"] == 0 for load in loads()), timeout=15)  # earlier tests' rooms are gone
+    async with api.LiveKitAPI(a.http, API_KEY, API_SECRET) as client:
+        for name in names:
+            await client.room.create_room(api.CreateRoomRequest(name=name))
+        hosts = [owner(redis_server, name) for name in names]
+        listed = {room.name for room in (await client.room.list_rooms(api.ListRoomsRequest(names=names))).rooms}
+        for name in names:
+            await client.room.delete_room(api.DeleteRoomRequest(room=name))
+    assert listed == set(names)
+    per_node = Counter(hosts)
+    assert set(per_node) == {node for _, node in nodes} and max(per_node.values()) - min(per_node.values()) <= 1
+    await until(lambda: not any(owner(redis_server, name) for name in names))
+
+
+async def test_redis_restart_mid_call_keeps_media_flowing_and_joins_work_after(nodes, redis_server):
+    (a, _), (b, _), (c, _) = nodes
+    alice = await connect(a, "alice", "through-restart")
+    bob = await connect(b, "bob", "through-restart")
+    publisher = Publisher(alice)
+    try:
+        await publisher.start()
+        tracks = await wait_for_tracks(bob, 2)
+        redis_server.client().shutdown(save=True)  # as `systemctl restart redis-server` with Debian's snapshots
+        redis_server.process.wait(10)
+        frames = await decoded_video(tracks["video"], frames=20, timeout=5)  # forwarded while Redis is down
+        assert matches_card(frames[-1])
+        assert redis_server.process.poll() is not None
+        await asyncio.to_thread(redis_server.start)
+        await until(lambda: len(redis_server.client().keys("tern:node:*")) == NODES)  # all registered again
+        carol = await asyncio.wait_for(connect(c, "carol", "through-restart"), 20)
+        try:
+            await until(lambda: remote(carol, "alice") is not None and remote(carol, "bob") is not None, timeout=20)
+            assert matches_card((await decoded_video((await wait_for_tracks(carol, 2))["video"], frames=5))[-1])
+        finally:
+            await carol.disconnect()
+    finally:
+        await publisher.stop()
+        await alice.disconnect()
+        await bob.disconnect()
+
+
+async def test_a_forgetful_redis_is_refilled_by_the_nodes(nodes, redis_server):
+    """Redis restarted empty (no persistence): every node registers again and re-claims and relists its rooms."""
+    (a, _), *_ = nodes
+    alice = await connect(a, "alice", "refill")
+    host = owner(redis_server, "refill")
+    try:
+        redis_server.client().flushall()
+        await until(lambda: owner(redis_server, "refill") == host, timeout=10)
+        await until(lambda: len(redis_server.client().keys("tern:node:*")) == NODES, timeout=10)
+        assert redis_server.client().hexists("tern:rooms", "refill")
+    finally:
+        await alice.disconnect()

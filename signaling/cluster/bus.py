@@ -22,10 +22,11 @@ class Bus:
     """`on_frame(data)` is called, in order of publication per sender, with each frame published to this node."""
 
     def __init__(self, redis: aioredis.Redis, node_id: str, on_frame: Callable[[bytes], None],
-                 counters: dict[str, int]) -> None:
+                 on_resubscribed: Callable[[], None], counters: dict[str, int]) -> None:
         self.redis = redis
         self.channel = bus_channel(node_id)
         self.on_frame = on_frame
+        self.on_resubscribed = on_resubscribed  # Redis is back after an outage: state it lost can be rewritten
         self.counters = counters
         self.subscribed = asyncio.Event()
 
@@ -42,6 +43,7 @@ class Bus:
                 self.subscribed.set()
                 if failures:
                     log.info("resubscribed to %s", self.channel)
+                    self.on_resubscribed()
                 failures = 0
                 while True:
                     message = await pubsub.get_message(timeout=POLL_TIMEOUT_S)

@@ -44,7 +44,7 @@ class Cluster:
                                     config.room.max_participants, node.notify, node.counters)
         self.relay = Relay(node.id, node.counters)
         self.rpc = Rpc(node.id, node.counters)
-        self.bus = Bus(self.redis, node.id, self._on_frame, node.counters)
+        self.bus = Bus(self.redis, node.id, self._on_frame, self._on_lost, node.counters)
         self.relay.bus = self.rpc.bus = self.bus
         self._tasks: list[asyncio.Task] = []
         self._last_sample = (time.monotonic(), time.process_time(), 0)
@@ -80,17 +80,30 @@ class Cluster:
         return {"now": time.time(), "nodes": [asdict(info) for info in await self.registry.nodes()]}
 
     def _on_lost(self) -> None:
-        self.store.resync()  # the hosted rooms' claims and listings went with the registration
+        """Redis came back, or had forgotten this node: registration, and the hosted rooms' claims and listings, are
+        written again at once, so a resume arriving now finds its room where it is."""
+        self.store.resync()
+        task = asyncio.get_running_loop().create_task(self._register_now())
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    async def _register_now(self) -> None:
+        try:
+            await self.registry.register()
+        except (RedisError, OSError):  # the registry's own loop retries
+            pass
 
     async def _upkeep(self) -> None:
         suspects: set[str] = set()
+        missing: set[str] = set()  # relay peers unregistered at the last check
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
         while True:
             await asyncio.sleep(STATS_INTERVAL_S)
             try:
-                peers = self.relay.peers()
-                if peers:
-                    self.relay.end_links_to({peer for peer in peers if not await self.registry.alive(peer)})
+                # A peer unregistered at two checks in a row is dead; at one, it may be re-registering (Redis lost it).
+                gone = {peer for peer in self.relay.peers() if not await self.registry.alive(peer)}
+                self.relay.end_links_to(gone & missing)
+                missing = gone
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + SWEEP_INTERVAL_S
                     suspects = await self.placement.sweep(lambda room: self.store.get(room) is not None, suspects)

@@ -3,6 +3,7 @@ one is configured), claimed atomically in Redis so that racing joins through dif
 claim holds for the room's life and is released by its owner, or taken over once the owner's registration expired."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable
@@ -10,10 +11,14 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 
 from .connection import PREFIX, ROOM_NODE, ROOMS
-from .registry import NodeInfo, NodeRegistry
+from .registry import STATS_INTERVAL_S, NodeInfo, NodeRegistry
 
 log = logging.getLogger(__name__)
 
+# A Redis that just started lacks registrations (expired while it was down) and, without persistence, claims, until
+# every node has refreshed its own: while Redis is younger than this, no node takes a room over or places one (joins
+# wait), so a room whose node is alive is not placed a second time.
+SETTLE_S = 2 * STATS_INTERVAL_S
 SYSLOAD_LIMIT = 0.9  # LiveKit's sysload selector: nodes above this load per core take new rooms only if all are
 
 # Claims the room for ARGV[2] unless a live node (its registration key exists) holds it; returns the owner.
@@ -58,6 +63,11 @@ class Placement:
         # Stats lag by up to STATS_INTERVAL_S; without this a burst of new rooms would all go to one node.
         self._placed: dict[tuple[str, float], int] = {}
 
+    async def _unsettled_for(self) -> float:
+        """Seconds until Redis has been up for SETTLE_S."""
+        uptime = (await self.redis.info("server")).get("uptime_in_seconds", SETTLE_S)
+        return max(0.0, SETTLE_S - float(uptime))
+
     async def owner(self, room: str) -> str | None:
         """The live node hosting `room`, or None."""
         owner = await self.redis.hget(ROOM_NODE, room)
@@ -71,6 +81,11 @@ class Placement:
         owner = await self.owner(room)
         if owner is not None:
             return owner
+        if wait := await self._unsettled_for():
+            await asyncio.sleep(wait)
+            owner = await self.owner(room)
+            if owner is not None:
+                return owner
         nodes = await self.registry.nodes()
         current = {(n.id, n.updated_at) for n in nodes}
         self._placed = {key: count for key, count in self._placed.items() if key in current}
@@ -93,7 +108,9 @@ class Placement:
     async def sweep(self, hosts: Callable[[str], bool], suspects: set[str]) -> set[str]:
         """Releases rooms whose owner is dead, and this node's claims on rooms it does not host (a join that was
         placed here but never arrived) once they were already `suspects` at the previous sweep. Returns the new
-        suspects."""
+        suspects. Does nothing while Redis is settling after an outage."""
+        if await self._unsettled_for():
+            return set()
         mapping = {room.decode(): owner.decode() for room, owner in (await self.redis.hgetall(ROOM_NODE)).items()}
         live = {n.id for n in await self.registry.nodes()} | {self.node_id}  # this node even while re-registering
         unhosted = set()

@@ -79,6 +79,7 @@ class NodeRegistry:
                 await self.register()
                 if failing:
                     log.info("registered with Redis again")
+                    self.on_lost()
                 failing = False
             except (RedisError, OSError) as error:
                 self.counters["cluster_registry_errors"] += 1
