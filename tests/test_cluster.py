@@ -3,6 +3,7 @@ node; SDK clients connecting to any node for it are relayed there and meet; its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import subprocess
@@ -282,3 +283,42 @@ async def test_a_forgetful_redis_is_refilled_by_the_nodes(nodes, redis_server):
         assert redis_server.client().hexists("tern:rooms", "refill")
     finally:
         await alice.disconnect()
+
+
+async def test_kill_9_of_the_rooms_node_moves_its_clients_to_a_live_node(nodes, redis_server):
+    """Last (it kills a node). Clients relayed to the room's node through the others are back in the room on a live
+    node, by the SDK's own reconnects, within NODE_TTL_S + 2 relay checks + the SDK's retries; Redis keeps nothing
+    naming the dead node."""
+    (a, _), *_ = nodes
+    async with api.LiveKitAPI(a.http, API_KEY, API_SECRET) as client:
+        await client.room.create_room(api.CreateRoomRequest(name="phoenix"))
+    host = owner(redis_server, "phoenix")
+    doomed = next(server for server, node in nodes if node == host)
+    survivors = [server for server, node in nodes if node != host]
+    alice = await connect(survivors[0], "alice", "phoenix")
+    bob = await connect(survivors[1], "bob", "phoenix")
+    received: list[bytes] = []
+    alice.on("data_received", lambda packet: received.append(packet.data))
+    try:
+        await until(lambda: remote(alice, "bob") is not None and remote(bob, "alice") is not None)
+        doomed.process.kill()
+        killed_at = time.monotonic()
+
+        async def delivered() -> None:  # bob's data reaches alice: both are in one working room again
+            while not received:
+                if bob.connection_state == rtc.ConnectionState.CONN_CONNECTED and remote(bob, "alice") is not None:
+                    with contextlib.suppress(Exception):
+                        await bob.local_participant.publish_data(b"still here", reliable=True)
+                await asyncio.sleep(0.5)
+
+        await asyncio.wait_for(delivered(), 45)
+        new_host = owner(redis_server, "phoenix")
+        assert new_host not in (None, host)
+        print(f"clients back in the room on {new_host} {time.monotonic() - killed_at:.1f} s after the kill")
+        client = redis_server.client()
+        await until(lambda: host.encode() not in client.hvals("tern:room_node")
+                    and not client.exists(f"tern:node:{host}") and host.encode() not in client.smembers("tern:nodes"),
+                    timeout=15)
+    finally:
+        await alice.disconnect()
+        await bob.disconnect()
