@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from google.protobuf.message import DecodeError
 from livekit.protocol import models
 from redis.exceptions import RedisError
 
@@ -55,7 +56,7 @@ class RedisRoomStore(MemoryRoomStore):
         for data in (await self.placement.redis.hgetall(ROOMS)).values():
             try:
                 rooms.append(models.Room.FromString(data))
-            except Exception:  # a corrupted entry hides one room, not the listing
+            except DecodeError:  # a corrupted entry hides one room, not the listing
                 self.counters["cluster_listing_malformed"] += 1
         return rooms
 

@@ -42,9 +42,16 @@ class NodeInfo:
         """None for a registration this version cannot read (written by another version, or corrupted)."""
         try:
             raw = json.loads(data)
-            return cls(**{name: raw[name] for name in cls.__dataclass_fields__ if name in raw})
+            info = cls(**{name: raw[name] for name in cls.__dataclass_fields__ if name in raw})
         except (ValueError, TypeError, KeyError):
             return None
+        numbers = (info.started_at, info.updated_at, info.cpu_load, info.sysload, info.rooms, info.participants,
+                   info.forwarded_pps)
+        if not (isinstance(info.id, str) and isinstance(info.region, str) and isinstance(info.state, str)
+                and isinstance(info.ips, list) and all(isinstance(ip, str) for ip in info.ips)
+                and all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers)):
+            return None
+        return info
 
 
 class NodeRegistry:
