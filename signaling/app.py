@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from livekit.protocol import models, rtc
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -18,9 +19,11 @@ from .agents import endpoint as agent_endpoint
 from .agents.dispatcher import token_dispatches
 from .agents.service import PREFIX as AGENT_DISPATCH_PREFIX
 from .agents.service import WORKERS_PATH, AgentDispatchService, workers_report
+from .auth import AuthError, Claims
+from .cluster.cluster import NODES_PATH
+from .cluster.relay import SCOPE_FLAG
 from .egress.service import PREFIX as EGRESS_PREFIX
 from .egress.service import EgressService
-from .auth import AuthError, Claims
 from .ingress.service import PREFIX as INGRESS_PREFIX
 from .ingress.service import IngressService
 from .ingress.sessions import IngressSessions
@@ -166,6 +169,18 @@ def create_app(node: Node) -> Starlette:
         except PermissionError as error:
             await websocket.send_denial_response(PlainTextResponse(str(error), status_code=403))
             return
+        if node.cluster is not None and node.store.get(room_name) is None and not websocket.scope.get(SCOPE_FLAG):
+            # A room hosted here is served here without asking Redis; any other goes to the node Redis places it on.
+            try:
+                owner = await node.cluster.placement.place(room_name)
+            except (RedisError, OSError) as error:
+                node.counters["join_cluster_unavailable"] += 1
+                log.warning("cannot place room %s: %s", room_name, error)
+                await websocket.send_denial_response(PlainTextResponse("cluster unavailable", status_code=503))
+                return
+            if owner != node.id:
+                await node.cluster.relay.forward(websocket, owner)
+                return
         if connect.reconnect:
             await websocket.accept()
             # Resolved after the upgrade, with no await before resume(): the participant may have left meanwhile.
@@ -233,6 +248,20 @@ def create_app(node: Node) -> Starlette:
             return PlainTextResponse(str(error), status_code=401)
         return JSONResponse(workers_report(node.agents))
 
+    async def cluster_nodes(request: Request) -> Response:
+        """The cluster's live nodes (`tern nodes list`), for a token that may list rooms."""
+        try:
+            if not node.verifier.verify(_token(request)).video.room_list:
+                return PlainTextResponse("permission denied: roomList grant required", status_code=403)
+        except AuthError as error:
+            return PlainTextResponse(str(error), status_code=401)
+        if node.cluster is None:
+            return PlainTextResponse("not a cluster: this node has no redis.address", status_code=404)
+        try:
+            return JSONResponse(await node.cluster.nodes_report())
+        except (RedisError, OSError) as error:
+            return PlainTextResponse(f"cluster unavailable: {error}", status_code=503)
+
     room_service = RoomService(node)
     agent_dispatch_service = AgentDispatchService(node)
     ingress_sessions = IngressSessions(node.ingresses, node.notify, node.counters)
@@ -241,7 +270,7 @@ def create_app(node: Node) -> Starlette:
     whip_service = WhipService(node, lambda request, token: _admit(node, request, token), _enter, ingress_sessions)
     whep_service = WhepService(node, lambda request, token: _admit(node, request, token), _enter)
     twirp_methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-    return Starlette(routes=[
+    app = Starlette(routes=[
         Route("/", health),
         Route(PREFIX + "{method}", room_service.endpoint, methods=twirp_methods),
         Route(AGENT_DISPATCH_PREFIX + "{method}", agent_dispatch_service.endpoint, methods=twirp_methods),
@@ -254,11 +283,15 @@ def create_app(node: Node) -> Starlette:
         Route("/rtc", not_found),
         WebSocketRoute("/rtc", rtc_socket),
         Route(WORKERS_PATH, agent_workers),
+        Route(NODES_PATH, cluster_nodes),
         Route("/agent", not_found),
         WebSocketRoute("/agent", agent_socket),
         *whip_service.routes(),
         *whep_service.routes(),
     ])
+    if node.cluster is not None:
+        node.cluster.relay.app = app  # the room's node serves relayed signal connections with its own routes
+    return app
 
 
 async def _refuse(websocket: WebSocket) -> None:

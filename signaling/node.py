@@ -16,6 +16,7 @@ import engine
 from .agents.dispatcher import AgentDispatcher
 from .auth import TokenVerifier
 from .config import Config
+from .cluster.cluster import Cluster
 from .cluster.ingress import IngressStore, MemoryIngressStore
 from .cluster.memory import MemoryRoomStore
 from .cluster.store import RoomStore
@@ -49,8 +50,14 @@ class Node:
         if config.webhook.urls:
             self.webhooks = WebhookNotifier(config.webhook.api_key, config.keys[config.webhook.api_key],
                                             config.webhook.urls, self.counters)
-        self.store: RoomStore = MemoryRoomStore(config.room.empty_timeout, config.room.departure_timeout,
-                                                config.room.max_participants, self.notify)
+        self.cluster: Cluster | None = None
+        self.store: RoomStore
+        if config.redis.address:
+            self.cluster = Cluster(self)
+            self.store = self.cluster.store
+        else:
+            self.store = MemoryRoomStore(config.room.empty_timeout, config.room.departure_timeout,
+                                         config.room.max_participants, self.notify)
         self.agents = AgentDispatcher(self.store, config.keys, self.counters, self.notify)
         self.ingresses: IngressStore = MemoryIngressStore()
         self.egress = EgressManager(lambda: self.engine, self.store.get, config.egress.output_dir,
@@ -69,7 +76,7 @@ class Node:
             version=self.version,
             protocol=SERVER_PROTOCOL,
             node_id=self.id,
-            region="",
+            region=self.config.region,
         )
 
     def notify(self, event: str, *, room: models.Room | None = None, participant: models.ParticipantInfo | None = None,
@@ -77,7 +84,10 @@ class Node:
                ingress_info: ingress.IngressInfo | None = None,
                egress: egress_proto.EgressInfo | None = None) -> None:
         """A room's event (room_started, participant_joined, track_published, ...): the agent dispatcher launches
-        jobs on them, egresses of a track that is gone end; sent as a webhook when webhooks are configured."""
+        jobs on them, egresses of a track that is gone end; sent as a webhook when webhooks are configured (by the
+        room's node only: each event once)."""
+        if self.cluster is not None:
+            self.cluster.store.observe(event, room)
         if job is None and egress is None and ingress_info is None:
             try:
                 self.agents.on_event(event, room, participant)
@@ -122,6 +132,8 @@ class Node:
         self._tasks.append(loop.create_task(self._observe_speakers()))
         self._tasks.append(loop.create_task(self._observe_quality()))
         self._tasks.append(loop.create_task(self._drive_allocators()))
+        if self.cluster is not None:
+            self.cluster.start(loop)
         log.info("media on udp [%s]:%d and ice-tcp %s, candidates advertise %s", host, self.engine.port,
                  self.engine.tcp_port or "off", ", ".join(self.transports.candidate_ips))
 
@@ -225,6 +237,8 @@ class Node:
             self.turn.close()
         await self.egress.close()  # before the engine: recordings read what it sent, then close their files
         self.engine.close()
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self.webhooks is not None:
             await self.webhooks.close()
 
