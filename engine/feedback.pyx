@@ -134,7 +134,7 @@ cdef void send_nacks(EngineState *s, Receiver *r, Layer *layer, int64_t now) noe
 
 cdef inline bint svc_below_target(const DownTrack *d, const Receiver *r, int64_t now) noexcept nogil:
     """An SVC DownTrack whose spatial layer is below both its cap and the top layer the publisher sends: it goes up
-    only at a frame without inter-picture dependency, which L3T3_KEY sends only in keyframes."""
+    only at a keyframe (forwarder.pyx vp9_accept)."""
     return 0 <= d.current_spatial < min(d.max_layer, layer_top_spatial(&r.layers[d.current_layer], now, SPATIAL_STALE_US))
 
 

@@ -21,7 +21,7 @@ cdef enum:  # forwarder_accept verdicts
 # temporal id pass up to the current temporal layer, which moves to the cap at keyframes, down to it at any frame
 # start, and up one layer towards it at a frame of the next layer with the layer sync bit (RFC 7741: it references
 # only the base layer). A VP9 SVC stream (one Receiver layer) has its spatial layers selected the same way, capped
-# by max_layer: down at once, up at a frame without inter-picture dependency (forwarder.pyx vp9_accept).
+# by max_layer: down at once, up at a keyframe (forwarder.pyx vp9_accept).
 cdef int forwarder_accept(DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil
 # Pauses or resumes `d`; True when it resumes: it then waits for a keyframe (which the caller should request) and
 # continues the output numbering from the last packet sent.

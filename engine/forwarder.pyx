@@ -31,18 +31,28 @@ cdef inline bint vp9_accept(DownTrack *d, const ExtPacket *p) noexcept nogil:
     """Whether `p`, of a VP9 SVC stream, is within the current spatial and temporal layers (everything at or below
     both passes: upper spatial layers predict from lower ones). The layers move only at a frame's first packet (B):
     temporal ones at a picture's start (spatial id 0), so a picture passes with all its forwarded layers or not at
-    all; spatial down at once (the first frame at or below the cap), spatial up only at a frame that references no
-    earlier picture (P = 0: the keyframe's layers in L3T3_KEY), one layer at a time unless it needs no lower layer."""
+    all; spatial down at once (the first frame at or below the cap). Spatial up only at a keyframe, whose upper
+    layers reference no earlier picture (P = 0): a P = 0 upper frame of a delta picture would also do for the
+    decoder, but the lower layer's end of that picture has left with the marker already, and a picture that grows
+    after its marker is one libwebrtc's frame buffer may drop."""
     cdef const Vp9Descriptor *v = &p.desc.vp9
-    cdef int spatial = v.spatial_id, temporal = v.temporal_id, cap = d.max_layer, previous
-    if v.begin_of_frame:
-        if d.current_spatial < 0 or d.current_temporal < 0:
-            # The Forwarder starts at a keyframe (spatial layer 0), whose upper layers climb as they come.
-            d.current_spatial = 0
-            d.current_temporal = d.max_temporal
-        elif spatial == 0:
-            previous = d.current_temporal
-            if p.keyframe or d.max_temporal < previous:
+    cdef int spatial = v.spatial_id, temporal = v.temporal_id, cap = d.max_layer, previous = d.current_temporal
+    cdef int top
+    if not v.begin_of_frame:
+        pass
+    elif p.keyframe or d.current_spatial < 0:
+        top = cap
+        if v.ss_spatial_layers and v.ss_spatial_layers - 1 < top:
+            top = v.ss_spatial_layers - 1   # the layers the encoder says it sends
+        if d.current_spatial >= 0 and d.current_spatial != top:
+            d.spatial_switches += 1
+        if previous >= 0 and previous != d.max_temporal:
+            d.temporal_switches += 1
+        d.current_spatial = top
+        d.current_temporal = d.max_temporal
+    else:
+        if spatial == 0:
+            if d.max_temporal < previous:
                 d.current_temporal = d.max_temporal
             elif temporal == previous + 1 <= d.max_temporal and v.switching_up:
                 d.current_temporal = temporal
@@ -50,10 +60,6 @@ cdef inline bint vp9_accept(DownTrack *d, const ExtPacket *p) noexcept nogil:
                 d.temporal_switches += 1
         if d.current_spatial > cap and spatial <= cap:
             d.current_spatial = cap
-            d.spatial_switches += 1
-        elif d.current_spatial < spatial <= cap and not v.inter_picture and (
-                not v.inter_layer or spatial == d.current_spatial + 1):
-            d.current_spatial = spatial
             d.spatial_switches += 1
     return spatial <= d.current_spatial and temporal <= d.current_temporal
 
