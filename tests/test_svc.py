@@ -16,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 from engine.codecs.describe import is_keyframe
 from engine.codecs.vp9 import vp9_descriptor
 from engine.harness import DownTrackHarness
+from signaling.rtc.publication import svc_layers
 
 PT, SSRC = 98, 0x2002
 ALL = 3
@@ -331,3 +332,14 @@ def test_a_sequence_number_wrap_and_lost_packets_leave_no_other_holes() -> None:
     seqs = [packet.seq for packet in sub.got]
     assert seqs == [(65530 + i) & 0xFFFF for i in range(len(seqs))]
     assert len(seqs) == 7 * 2 * 3
+
+
+# ---- the allocator's view of an SVC stream
+
+def test_an_svc_stream_is_priced_as_stacked_spatial_layers_with_temporal_steps() -> None:
+    svc_bytes = [[100, 50, 50, 0], [200, 100, 100, 0], [400, 200, 200, 0], [0, 0, 0, 0]]
+    spatial, temporal = svc_layers(svc_bytes, advertised=3)
+    assert spatial == [200, 600, 1400]                      # S0; S0+S1; S0+S1+S2
+    assert temporal[0] == [100, 50, 50, 0] and temporal[2] == [700, 350, 350, 0]
+    assert svc_layers(svc_bytes, advertised=1)[0] == [200, 600, 1400]   # layers that arrive count
+    assert svc_layers([[0] * 4] * 4, advertised=3) is None  # no layer ids: a simulcast or single stream
