@@ -12,11 +12,12 @@ import struct
 from dataclasses import dataclass
 
 from hypothesis import given, settings, strategies as st
+from livekit.protocol import models, rtc as lk_rtc
 
 from engine.codecs.describe import is_keyframe
 from engine.codecs.vp9 import vp9_descriptor
 from engine.harness import DownTrackHarness
-from signaling.rtc.publication import svc_layers
+from signaling.rtc.publication import BITRATE_WINDOW_S, BITRATE_WINDOWS, TrackPublication, svc_layers
 
 PT, SSRC = 98, 0x2002
 ALL = 3
@@ -343,3 +344,29 @@ def test_an_svc_stream_is_priced_as_stacked_spatial_layers_with_temporal_steps()
     assert temporal[0] == [100, 50, 50, 0] and temporal[2] == [700, 350, 350, 0]
     assert svc_layers(svc_bytes, advertised=1)[0] == [200, 600, 1400]   # layers that arrive count
     assert svc_layers([[0] * 4] * 4, advertised=3) is None  # no layer ids: a simulcast or single stream
+
+
+class SvcEngine:
+    """An engine whose one receiver layer carries an SVC stream growing by `per_window` bytes (spatial x temporal)
+    each call."""
+
+    def __init__(self, per_window: list[list[int]]) -> None:
+        self.per_window, self.svc_bytes = per_window, [[0] * 4 for _ in range(4)]
+
+    def receiver_stats(self, receiver_id: int) -> dict:
+        self.svc_bytes = [[total + add for total, add in zip(row, adds)]
+                          for row, adds in zip(self.svc_bytes, self.per_window)]
+        total = sum(map(sum, self.svc_bytes))
+        return {"layers": [{"bytes": total, "temporal_bytes": [total, 0, 0, 0], "svc_bytes": self.svc_bytes}]}
+
+
+def test_a_publication_measures_its_svc_layers_for_the_allocator() -> None:
+    request = lk_rtc.AddTrackRequest(cid="camera", type=models.TrackType.VIDEO, layers=[
+        models.VideoLayer(quality=q, width=160 << q, height=90 << q) for q in range(3)])
+    publication = TrackPublication(None, request)  # type: ignore[arg-type]  # the participant is not needed here
+    publication.receiver_id = 1
+    engine = SvcEngine([[1000, 500, 500, 0], [2000, 1000, 1000, 0], [4000, 2000, 2000, 0], [0, 0, 0, 0]])
+    for window in range(BITRATE_WINDOWS + 1):
+        publication.measure(engine, now=window * BITRATE_WINDOW_S)
+    assert publication.layer_bitrates(engine) == (16_000, 48_000, 112_000)   # bits: 2 kB, 6 kB, 14 kB a second
+    assert publication.temporal_bitrates(engine)[0] == (8_000, 12_000, 16_000)

@@ -153,7 +153,7 @@ class TrackPublication:
             svc = svc_layers(layers[0].get("svc_bytes", []), len(self.advertised_layers())) if len(layers) == 1 \
                 else None
             if svc is not None:
-                self.bitrates.sample(*svc, now=now)
+                self.bitrates.sample(svc[0], now, svc[1])
             else:
                 self.bitrates.sample([layer["bytes"] for layer in layers], now,
                                      [layer.get("temporal_bytes", []) for layer in layers])
