@@ -5,18 +5,23 @@ highest spatial layer forwarded; spatial layers go down at once and up only at a
 dependency (the keyframe's layers in L3T3_KEY).
 
 The parser gets random and truncated input (hypothesis); the Forwarder and Munger run in-process
-(engine.harness, as tests/test_temporal.py) on synthetic L3T3_KEY and L3T3 streams."""
+(engine.harness, as tests/test_temporal.py) on synthetic L3T3_KEY and L3T3 streams; the allocator's prices come
+from the stream's per-layer bytes; last, LiveKit's Python SDK publishes VP9 L3T3_KEY to a Python subscriber through
+a server (tests/test_svc_browser.py does it with the JS SDK in Chromium)."""
 from __future__ import annotations
 
+import asyncio
 import struct
 from dataclasses import dataclass
 
 from hypothesis import given, settings, strategies as st
+from livekit import rtc as lk
 from livekit.protocol import models, rtc as lk_rtc
 
 from engine.codecs.describe import is_keyframe
 from engine.codecs.vp9 import vp9_descriptor
 from engine.harness import DownTrackHarness
+from media import decoded_video, matches_card, test_card as card_rgba, wait_for_tracks
 from signaling.rtc.publication import BITRATE_WINDOW_S, BITRATE_WINDOWS, TrackPublication, svc_layers
 
 PT, SSRC = 98, 0x2002
@@ -370,3 +375,53 @@ def test_a_publication_measures_its_svc_layers_for_the_allocator() -> None:
         publication.measure(engine, now=window * BITRATE_WINDOW_S)
     assert publication.layer_bitrates(engine) == (16_000, 48_000, 112_000)   # bits: 2 kB, 6 kB, 14 kB a second
     assert publication.temporal_bitrates(engine)[0] == (8_000, 12_000, 16_000)
+
+
+# ---- end to end: LiveKit's Python SDK publishes VP9 L3T3_KEY to a Python subscriber through the server
+
+SDK_WIDTH, SDK_HEIGHT = 1280, 720  # libwebrtc gives VP9 three spatial layers only from 720p on
+
+
+async def _widths(track: lk.RemoteTrack, frames: int) -> list[int]:
+    return [frame.width for frame in await decoded_video(track, frames=frames, timeout=20)]
+
+
+async def test_python_sdk_vp9_svc_low_then_high(server) -> None:
+    room = "svc-python"
+    publisher, viewer = lk.Room(), lk.Room()
+    await viewer.connect(server.url, server.token("viewer", room))
+    await publisher.connect(server.url, server.token("camera", room))
+    source = lk.VideoSource(SDK_WIDTH, SDK_HEIGHT)
+    card = card_rgba(SDK_WIDTH, SDK_HEIGHT)
+
+    async def capture() -> None:
+        while True:
+            source.capture_frame(lk.VideoFrame(SDK_WIDTH, SDK_HEIGHT, lk.VideoBufferType.RGBA, card))
+            await asyncio.sleep(1 / 15)
+
+    task = asyncio.create_task(capture())
+    try:
+        await publisher.local_participant.publish_track(
+            lk.LocalVideoTrack.create_video_track("camera", source),
+            lk.TrackPublishOptions(source=lk.TrackSource.SOURCE_CAMERA, video_codec=lk.VideoCodec.VP9,
+                                   scalability_mode="L3T3_KEY"))
+        track = (await wait_for_tracks(viewer, 1))["video"]
+        publication = next(p for p in viewer.remote_participants["camera"].track_publications.values())
+        assert publication.mime_type.lower() == "video/vp9"
+        deadline = asyncio.get_running_loop().time() + 20
+        while max(await _widths(track, 5)) < SDK_WIDTH:   # the publisher's estimate climbs to all three layers
+            assert asyncio.get_running_loop().time() < deadline, "the full picture never arrived"
+        publication.set_video_quality(lk.VideoQuality.VIDEO_QUALITY_LOW)
+        await asyncio.sleep(1)
+        low = await decoded_video(track, frames=10)
+        assert {frame.width for frame in low} == {SDK_WIDTH // 4}, [f.width for f in low]
+        assert all(matches_card(frame) for frame in low)
+        publication.set_video_quality(lk.VideoQuality.VIDEO_QUALITY_HIGH)  # up at the keyframe the server asks for
+        deadline = asyncio.get_running_loop().time() + 10
+        while max(await _widths(track, 5)) < SDK_WIDTH:
+            assert asyncio.get_running_loop().time() < deadline, "no switch back up"
+        assert matches_card((await decoded_video(track, frames=1))[0])
+    finally:
+        task.cancel()
+        await publisher.disconnect()
+        await viewer.disconnect()
