@@ -23,6 +23,8 @@ from engine.codecs.vp9 import vp9_descriptor
 from engine.harness import DownTrackHarness
 from media import decoded_video, matches_card, test_card as card_rgba, wait_for_tracks
 from signaling.rtc.publication import BITRATE_WINDOW_S, BITRATE_WINDOWS, TrackPublication, svc_layers
+from test_engine import (DOWN_RTX_SSRC, DOWN_SSRC, PUB_EXTMAP, Q_SSRC, SUB_MID_ID, SUB_RTX_PT, SUB_VP8_PT, VP8_PT,
+                         VP8_RTX_PT, rtp as engine_rtp, setup)  # noqa: F401 (setup: the engine fixture)
 
 PT, SSRC = 98, 0x2002
 ALL = 3
@@ -425,3 +427,39 @@ async def test_python_sdk_vp9_svc_low_then_high(server) -> None:
         task.cancel()
         await publisher.disconnect()
         await viewer.disconnect()
+
+
+# ---- the engine itself: its counters, the receiver's per-layer bytes, keyframe requests for a spatial up-switch
+
+async def test_engine_forwards_the_capped_layer_and_asks_for_a_keyframe_to_go_up(setup) -> None:  # noqa: F811
+    eng, publisher, subscriber, _ = setup
+    receiver = eng.add_receiver(publisher.transport, "1", "video", "vp9", VP8_PT, VP8_RTX_PT, 90000, [], [], [],
+                                PUB_EXTMAP)
+    downtrack = eng.add_downtrack(receiver, subscriber.transport, DOWN_SSRC, DOWN_RTX_SSRC, SUB_VP8_PT, SUB_RTX_PT,
+                                  {1: SUB_MID_ID})
+    eng.set_target_layer(downtrack, 0)
+    source = SvcPublisher(seq=1, packets=1)
+
+    async def send(pictures: int, keyframe: bool = False) -> list[tuple[int, int]]:
+        """(spatial, temporal) of each packet the subscriber got."""
+        for n in range(pictures):
+            for packet in source.picture(keyframe and n == 0):
+                seq, ts = struct.unpack_from("!HI", packet, 2)
+                publisher.send_rtp(engine_rtp(VP8_PT, seq, ts, Q_SSRC, packet[12:], [(1, b"1")],
+                                              marker=bool(packet[1] & 0x80)))
+                await asyncio.sleep(0.002)
+        await subscriber.collect()
+        return [(vp9_descriptor(p.payload)["spatial_id"], vp9_descriptor(p.payload)["temporal_id"])
+                for p in subscriber.take_rtp()]
+
+    assert await send(4, keyframe=True) == [(0, tid) for tid in L1T3]
+    svc_bytes = eng.receiver_stats(receiver)["layers"][0]["svc_bytes"]
+    assert all(svc_bytes[s][0] > 0 and svc_bytes[s][1] > 0 and svc_bytes[s][2] > 0 for s in range(3))
+    assert eng.downtrack_stats(downtrack)["current_spatial"] == 0
+    eng.set_target_layer(downtrack, 2)
+    await publisher.collect(0.3)
+    assert publisher.plis(Q_SSRC) >= 1            # the up-switch needs a keyframe
+    assert await send(1, keyframe=True) == [(0, 0), (1, 0), (2, 0)]
+    stats = eng.downtrack_stats(downtrack)
+    assert stats["current_spatial"] == 2 and stats["spatial_switches"] == 1
+    assert eng.stats()["drop_temporal_layer"] == 8
