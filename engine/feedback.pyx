@@ -135,7 +135,8 @@ cdef void send_nacks(EngineState *s, Receiver *r, Layer *layer, int64_t now) noe
 cdef inline bint svc_below_target(const DownTrack *d, const Receiver *r, int64_t now) noexcept nogil:
     """An SVC DownTrack whose spatial layer is below both its cap and the top layer the publisher sends: it goes up
     only at a keyframe (forwarder.pyx vp9_accept)."""
-    return 0 <= d.current_spatial < min(d.max_layer, layer_top_spatial(&r.layers[d.current_layer], now, SPATIAL_STALE_US))
+    cdef int sent = layer_top_spatial(&r.layers[d.current_layer], now, SPATIAL_STALE_US)
+    return 0 <= d.current_spatial < min(d.max_layer, sent)
 
 
 cdef void feedback_tick(EngineState *s, int64_t now) noexcept nogil:
