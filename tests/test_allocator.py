@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from livekit.protocol import models, rtc
 
-from signaling.rtc.allocator import (PAUSED, PROBE_BUDGET_BYTES, PROBE_DURATION_S, PROBE_INTERVAL_S,
+from signaling.rtc.allocator import (PAUSED, PROBE_HEADROOM_BPS, PROBE_INTERVAL_S,
                                      PROBE_MAX_INTERVAL_S, STEP_DOWN_TOLERANCE, TOP_LAYER, TOP_TEMPORAL,
                                      UPGRADE_FAILED_S, UPGRADE_HOLD_S, UPGRADE_MARGIN, UPGRADE_RETRY_FACTOR,
                                      UPGRADE_RETRY_MEMORY_S, VideoDemand, share)
@@ -430,10 +430,10 @@ async def test_a_probe_the_link_carries_leads_to_the_upgrade(node: FakeNode) -> 
     clock.now += UPGRADE_HOLD_S
     prober.status = ("pending", 0)
     bob.allocator.tick()
-    # 360p, and a probe toward 720p whose padding (what it adds to 360p's 500 kbps) is the first budget
-    budget_bps = 8 * PROBE_BUDGET_BYTES / PROBE_DURATION_S
-    assert layers == [1] and prober.probes == [500_000 + budget_bps]
-    for _ in range(3):  # each probe the link carries doubles the next one's padding, until it covers 720p
+    # 360p, and a probe toward 720p whose padding (what it adds to 360p's 500 kbps) is the first headroom
+    headroom = PROBE_HEADROOM_BPS
+    assert layers == [1] and prober.probes == [500_000 + headroom]
+    for _ in range(3):  # each probe the link carries doubles the next one's headroom, until it covers 720p
         clock.now += 0.5
         prober.status, prober.estimate = ("succeeded", prober.probes[-1]), prober.probes[-1]
         bob.allocator.tick()
@@ -442,14 +442,14 @@ async def test_a_probe_the_link_carries_leads_to_the_upgrade(node: FakeNode) -> 
         prober.status = ("pending", 0)
         bob.allocator.tick()
     needed = (500_000 + 1_000_000) * UPGRADE_MARGIN
-    assert prober.probes == [500_000 + budget_bps, 500_000 + 2 * budget_bps, 500_000 + 4 * budget_bps, needed]
+    assert prober.probes == [500_000 + headroom, 500_000 + 2 * headroom, 500_000 + 4 * headroom, needed]
     clock.now += 0.5
     prober.status, prober.estimate = ("succeeded", needed), needed
     bob.allocator.tick()
     assert layers == [1, 2] and bob.allocator._counters["probes_carried"] == 4
 
 
-async def test_a_probe_the_link_does_not_carry_resets_the_padding_budget(node: FakeNode) -> None:
+async def test_a_probe_the_link_does_not_carry_resets_the_probe_headroom(node: FakeNode) -> None:
     alice, bob = join(node, "alice"), join(node, "bob")
     bob.allocator.clock = clock = Clock()
     bob.allocator.prober = prober = FakeProber(600_000)
@@ -470,8 +470,8 @@ async def test_a_probe_the_link_does_not_carry_resets_the_padding_budget(node: F
     clock.now += PROBE_MAX_INTERVAL_S
     prober.status = ("pending", 0)
     bob.allocator.tick()
-    budget_bps = 8 * PROBE_BUDGET_BYTES / PROBE_DURATION_S
-    assert prober.probes == [500_000 + budget_bps, 500_000 + 2 * budget_bps, 500_000 + budget_bps]
+    headroom = PROBE_HEADROOM_BPS
+    assert prober.probes == [500_000 + headroom, 500_000 + 2 * headroom, 500_000 + headroom]
 
 
 async def test_a_layer_losing_packets_steps_down_though_the_estimate_holds(node: FakeNode) -> None:

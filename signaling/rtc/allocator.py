@@ -95,13 +95,13 @@ PROBE_MIN_INCREASE_BPS = 200_000
 PROBE_MAX_GROWTH = 2.0
 # A probe whose measured rate fell short of this share of its target found the link's limit: back off.
 PROBE_CARRIED = 0.9
-# A probe's padding (what it adds above the allocation's rate) is at most PROBE_BUDGET_BYTES, doubled after each
-# probe the link carried and reset after one it did not and after each upgrade (TCP's slow start, in bytes): a
-# probe that overshoots a link fills its queue with that much, and the media behind it loses what does not fit.
+# A probe's padding (what it adds above the allocation's rate) is at most PROBE_HEADROOM_BPS, doubled after each
+# probe the link carried and reset after one it did not and after each upgrade (TCP's slow start): a probe that
+# overshoots a link fills its queue with what the link cannot carry, and the media behind it loses what does not fit.
 # Measured behind 600 kbit/s (a 15 kB queue): 360p survived no probe toward 720p at twice the estimate (30-40 kB of
-# padding), each cost it 1-3 s at 3-12 fps; 12 kB adds ~150 ms of queue and loses nothing. On a link that opened,
-# doubling reaches 720p's 2.2 Mbps from 360p in four probes, a second apart.
-PROBE_BUDGET_BYTES = 12_000
+# padding in 300 ms), each cost it 1-3 s at 3-12 fps; 320 kbps (12 kB in 300 ms) adds ~150 ms of queue and loses
+# nothing. On a link that opened, doubling reaches 720p's 2-3 Mbps from 360p in four probes, a second apart.
+PROBE_HEADROOM_BPS = 320_000
 
 # Loss-driven step-down. At the edge of a link a drop-tail queue (a router's, or the lab's tbf) is full most of the
 # time: the delay gradient barely grows, and GCC's loss cut only starts at 10 % loss, so a layer that fits the
@@ -282,7 +282,7 @@ class StreamAllocator:
         self._probe_target = 0.0
         self._probe_at = float("-inf")
         self._probe_interval = PROBE_INTERVAL_S
-        self._probe_budget = PROBE_BUDGET_BYTES
+        self._probe_headroom = PROBE_HEADROOM_BPS
         self._loss_cap: float | None = None  # bps the allocation keeps under after a lossy window
         self._loss_window: tuple[float, int, int] | None = None  # since (time, packets reported, lost)
         self._loss_settled_at = float("-inf")  # no window starts before
@@ -322,7 +322,7 @@ class StreamAllocator:
                                              * PROBE_BACKOFF))
             self._counters["probes_carried" if carried else "probes_short"] += 1
             self._ramping = carried
-            self._probe_budget = 2 * self._probe_budget if carried else PROBE_BUDGET_BYTES
+            self._probe_headroom = 2 * self._probe_headroom if carried else PROBE_HEADROOM_BPS
             if carried:
                 self._loss_cap = None
             else:  # the queue it filled drains with loss that is the probe's, not the layers'
@@ -350,7 +350,7 @@ class StreamAllocator:
         if self.estimate >= needed:
             return  # the estimate covers it already: the upgrade waits only for its hold time
         duration = PROBE_RETRY_DURATION_S if self._retry_above else PROBE_DURATION_S
-        target = max(min(needed, PROBE_MAX_GROWTH * self.estimate, self._usage + 8 * self._probe_budget / duration),
+        target = max(min(needed, PROBE_MAX_GROWTH * self.estimate, self._usage + self._probe_headroom),
                      self._usage + PROBE_MIN_INCREASE_BPS)
         self._probe = self.prober.probe(target, duration)
         log.debug("probe %s at %.0f kbps (estimate %.0f kbps)", self._probe, target / 1000, self.estimate / 1000)
@@ -486,7 +486,7 @@ class StreamAllocator:
                         retry_above = max(retry_above, pushed.retry_above)
                 if step > current:
                     pushed.upgraded_at, pushed.upgraded_with = now, self.estimate or 0.0
-                    self._probe_budget = PROBE_BUDGET_BYTES  # the headroom a probe found is now the layer's
+                    self._probe_headroom = PROBE_HEADROOM_BPS  # the headroom a probe found is now the layer's
             layers[video.key] = video.ladder[step][:2] if step != PAUSED else (PAUSED, TOP_TEMPORAL)
             steps[video.key] = step
         self._usage = audio + sum(video.ladder[steps[video.key]][2] for video in videos if steps[video.key] != PAUSED)
