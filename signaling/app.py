@@ -19,10 +19,12 @@ from .agents.dispatcher import token_dispatches
 from .agents.service import PREFIX as AGENT_DISPATCH_PREFIX
 from .agents.service import WORKERS_PATH, AgentDispatchService, workers_report
 from .auth import AuthError, Claims
+from .config import Config
+from .ingress.rtmp import RtmpListener
 from .ingress.service import PREFIX as INGRESS_PREFIX
 from .ingress.service import IngressService
 from .ingress.sessions import IngressSessions
-from .ingress.whip import WhipService
+from .ingress.whip import INGRESS_PATH, WhipService
 from .node import Node
 from .protocol import v0, v1
 from .roomservice import PREFIX, RoomService
@@ -238,7 +240,7 @@ def create_app(node: Node) -> Starlette:
     whip_service = WhipService(node, lambda request, token: _admit(node, request, token), _enter, ingress_sessions)
     whep_service = WhepService(node, lambda request, token: _admit(node, request, token), _enter)
     twirp_methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-    return Starlette(routes=[
+    app = Starlette(routes=[
         Route("/", health),
         Route(PREFIX + "{method}", room_service.endpoint, methods=twirp_methods),
         Route(AGENT_DISPATCH_PREFIX + "{method}", agent_dispatch_service.endpoint, methods=twirp_methods),
@@ -255,6 +257,15 @@ def create_app(node: Node) -> Starlette:
         *whip_service.routes(),
         *whep_service.routes(),
     ])
+    app.state.rtmp = RtmpListener(ingress_sessions, node.counters, f"{_loopback(node.config)}{INGRESS_PATH}")
+    return app
+
+
+def _loopback(config: Config) -> str:
+    """This node's HTTP endpoint as a process on the same host reaches it."""
+    host = config.bind_addresses[0] if config.bind_addresses else "127.0.0.1"
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{config.port}" if ":" in host else f"http://{host}:{config.port}"
 
 
 async def _refuse(websocket: WebSocket) -> None:

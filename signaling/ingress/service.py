@@ -55,7 +55,7 @@ class IngressService(TwirpService):
         host = self.node.config.node_ip()
         host = f"[{host}]" if ":" in host else host
         if input_type == Input.RTMP_INPUT:
-            return f"rtmp://{host}:{RTMP_PORT}/{RTMP_APP}"
+            return f"rtmp://{host}:{self.node.config.ingress.rtmp_port or RTMP_PORT}/{RTMP_APP}"
         return f"http://{host}:{self.node.config.port}{INGRESS_PATH}"
 
     def create_ingress(self, request: ingress.CreateIngressRequest) -> ingress.IngressInfo:
