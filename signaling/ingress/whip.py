@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 PATH = "/whip/v1"
 INGRESS_PATH = "/w"  # LiveKit Ingress's WHIP app name: IngressInfo.url is <base>/w
-# The attribute telling SDK subscribers that the participant publishes over WHIP (LiveKit gives ingress-created
+# The attribute telling SDK subscribers that the participant publishes over WHIP or RTMP (relayed by ingress/rtmp.py
+# to /w/{stream_key}) (LiveKit gives ingress-created
 # streams kind INGRESS; a token's WHIP client stays STANDARD, as in LiveKit's native endpoint).
 INGRESS_ATTRIBUTE = "tern.ingress"
 # Seconds an ingress publisher's token lasts (LiveKit's: 24 h); the session itself may last longer.
