@@ -83,11 +83,18 @@ class RtmpListener:
             writer.write(proto.on_status(stream_id, "error", "NetStream.Publish.BadName", "unknown stream key"))
             await writer.drain()
             raise proto.RtmpError("publish with an unknown stream key", "rtmp_unknown_stream_key")
-        await self._relay(reader, writer, chunks, stream_id, stream_key)
+        secret = self._sessions.relay(stream_key)
+        if secret is None:
+            writer.write(proto.on_status(stream_id, "error", "NetStream.Publish.BadName", "stream key in use"))
+            await writer.drain()
+            raise proto.RtmpError("publish on a stream key in use", "rtmp_stream_key_busy")
+        try:
+            await self._relay(reader, writer, chunks, stream_id, stream_key, info.ingress_id, secret)
+        finally:
+            self._sessions.unrelay(stream_key)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chunks: proto.ChunkReader,
-                     stream_id: int, stream_key: str) -> None:
-        secret = self._sessions.relay(stream_key)
+                     stream_id: int, stream_key: str, ingress_id: str, secret: str) -> None:
         worker = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "signaling.ingress.rtmp_worker", f"{self._whip_base}/{stream_key}",
             stdin=asyncio.subprocess.PIPE, cwd=_PACKAGE_ROOT, env={**os.environ, "TERN_RELAY_SECRET": secret})
@@ -96,7 +103,13 @@ class RtmpListener:
         log.info("RTMP: publishing on stream key %s…, worker pid %d", stream_key[:4], worker.pid)
         try:
             writer.write(proto.on_status(stream_id, "status", "NetStream.Publish.Start", "publishing"))
+            went_live = False
             while worker.returncode is None:
+                live = self._sessions.live(ingress_id)
+                if went_live and not live:  # its session ended (DeleteIngress, room closed): the encoder goes too
+                    self._counters["rtmp_session_ended"] += 1
+                    return
+                went_live = went_live or live
                 async with asyncio.timeout(READ_TIMEOUT):
                     data = await reader.read(READ_SIZE)
                 if not data:
@@ -115,7 +128,6 @@ class RtmpListener:
         except _WorkerGone:
             pass  # counted below by its exit status
         finally:
-            self._sessions.unrelay(stream_key)
             worker.stdin.close()
             try:
                 await asyncio.wait_for(worker.wait(), WORKER_EXIT_TIMEOUT)

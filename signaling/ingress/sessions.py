@@ -100,8 +100,11 @@ class IngressSessions:
             stop()
             self.ended(ingress_id)
 
-    def relay(self, stream_key: str) -> str:
-        """A secret for the RTMP listener's worker to publish on an RTMP ingress's stream key over WHIP."""
+    def relay(self, stream_key: str) -> str | None:
+        """A secret for the RTMP listener's worker to publish on an RTMP ingress's stream key over WHIP; None while
+        another RTMP connection relays on it."""
+        if stream_key in self._relays:
+            return None
         secret = self._relays[stream_key] = secrets.token_urlsafe(24)
         return secret
 

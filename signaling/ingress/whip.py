@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 
 PATH = "/whip/v1"
 INGRESS_PATH = "/w"  # LiveKit Ingress's WHIP app name: IngressInfo.url is <base>/w
-# The attribute telling SDK subscribers that the participant publishes over WHIP or RTMP (relayed by ingress/rtmp.py
-# to /w/{stream_key}) (LiveKit gives ingress-created
-# streams kind INGRESS; a token's WHIP client stays STANDARD, as in LiveKit's native endpoint).
+# The attribute telling SDK subscribers that the participant publishes over WHIP or RTMP (which ingress/rtmp.py relays
+# to /w/{stream_key}). LiveKit gives ingress-created streams kind INGRESS; a token's WHIP client stays STANDARD, as in
+# LiveKit's native endpoint.
 INGRESS_ATTRIBUTE = "tern.ingress"
 # Seconds an ingress publisher's token lasts (LiveKit's: 24 h); the session itself may last longer.
 INGRESS_TOKEN_TTL = 24 * 3600
