@@ -8,10 +8,10 @@ from engine.batchio cimport MSG_TRUNC
 from engine.codecs.describe cimport describe_packet
 from engine.downtrack cimport DownTrack, downtrack_lose_layer
 from engine.feedback cimport feedback_keyframe_request, feedback_nack
-from engine.packet cimport ExtPacket, packet_set
+from engine.packet cimport DESC_VP9, ExtPacket, packet_set
 from engine.path cimport path_equal, path_key, path_next_key
-from engine.receiver cimport (Layer, Receiver, layer_note_temporal, layer_receive, layer_reset, receiver_find_rid,
-                              receiver_note_audio_level, receiver_note_live)
+from engine.receiver cimport (Layer, Receiver, layer_note_svc, layer_note_temporal, layer_receive, layer_reset,
+                              receiver_find_rid, receiver_note_audio_level, receiver_note_live)
 from engine.reports cimport reports_receiver_blocks, reports_sender_info
 from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, RtcpHeader, SenderInfo, is_rtcp,
                           parse_feedback_ssrcs, parse_fir_ssrc, parse_rtcp_header, parse_sender_info)
@@ -504,6 +504,8 @@ cdef void receive(EngineState *s, Receiver *r, int l, const uint8_t *buf, int le
     packet_set(p, buf, length, r, l, now)
     describe_packet(p, r.codec, r.is_video)
     layer_note_temporal(layer, p.temporal, length, h.payload_length)
+    if p.descriptor == DESC_VP9:
+        layer_note_svc(layer, p.spatial, p.temporal, length, h.payload_length, now)
     if p.keyframe:
         layer.keyframes += 1
         s.counters[<int>S_KEYFRAMES] += 1

@@ -34,6 +34,7 @@ cdef struct SeqMapEntry:
     uint32_t out_ts
     int32_t out_pid           # -1 = no picture id
     int32_t out_tl0           # -1 = no TL0PICIDX
+    bint marker               # set the RTP marker: the end of the highest spatial layer forwarded of a picture (SVC)
     int64_t last_rtx_us       # when it was last retransmitted, 0 = never
 
 cdef struct DownTrack:
@@ -58,6 +59,7 @@ cdef struct DownTrack:
     uint16_t switch_seq       # first input seq of the current layer (trailing the newest): older ones never pass
     int max_temporal          # cap on the temporal layer (the StreamAllocator's hook); MAX_TEMPORAL - 1 = all
     int current_temporal      # highest temporal id passing now; -1 = chosen at the next keyframe
+    int current_spatial       # SVC: highest spatial id passing now (max_layer is its cap); -1 = chosen at a keyframe
     # Munger (munger.pyx)
     bint started
     uint16_t seq_offset
@@ -91,6 +93,7 @@ cdef struct DownTrack:
     uint64_t temporal_dropped # packets above the temporal layer, dropped without leaving a gap
     uint64_t temporal_padding # such packets that arrived after later ones were sent: padding took their number
     uint64_t temporal_switches
+    uint64_t spatial_switches # SVC spatial layer changes
     # the subscriber's last RTCP report block about this stream (reports.pyx), for connection quality
     uint64_t rr_blocks        # report blocks received
     uint32_t rr_highest       # extended highest sequence number it received

@@ -19,6 +19,7 @@ cdef DownTrack *downtrack_new() noexcept nogil:
     d.current_layer = -1
     d.max_temporal = MAX_TEMPORAL - 1
     d.current_temporal = -1
+    d.current_spatial = -1
     d.last_out_pid = -1
     d.last_out_tl0 = -1
     d.last_dropped_pid = -1
@@ -34,6 +35,7 @@ cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil:
     d.current_layer = -1
     d.cut = False
     d.current_temporal = -1
+    d.current_spatial = -1
     memset(d.seqmap, 0, SEQMAP_SIZE * sizeof(SeqMapEntry))  # entries name the old stream's packets
 
 
@@ -74,6 +76,8 @@ cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e,
     memcpy(payload, p.buf + p.h.header_length, p.h.payload_length)
     if p.descriptor == DESC_VP8:
         vp8_write_ids(payload, &p.desc.vp8, e.out_pid, e.out_tl0)
+    elif e.marker:
+        out[1] |= 0x80
     return <int>(payload - out) + p.h.payload_length
 
 

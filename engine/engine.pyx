@@ -25,6 +25,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 
 from engine.codecs.describe cimport codec_id
+from engine.codecs.vp9 cimport VP9_MAX_SPATIAL
 from engine cimport srtp
 from engine.demux cimport (demux_bind_path, demux_check_key, demux_find_transport, demux_forget_ssrcs,
                            demux_release_ssrc, demux_batch, demux_unbind_path)
@@ -509,6 +510,17 @@ cdef class Engine:
         self.s.transport_end = max(self.s.transport_end, slot + 1)
         self._transport_slots[t.id] = slot
         return t.id
+
+    def add_plain_transport(self, host: str, port: int) -> int:
+        """A transport that sends its DownTracks' RTP (and our SR) unencrypted to `host`:`port`, without ICE or DTLS:
+        an in-process consumer's socket on this machine (an egress), as mediasoup's PlainTransport. Nothing it sends
+        is accepted (it has no SRTP receive keys). ValueError for an unusable address or one another transport holds."""
+        transport_id = self.add_transport()
+        self.s.transports[self._transport_slots[transport_id]].plain = True
+        if not self.bind_transport(transport_id, host, port):
+            self.remove_transport(transport_id)
+            raise ValueError(f"{host}:{port} is bound to another transport")
+        return transport_id
 
     def set_transport_ufrag(self, transport_id: int, ice_ufrag: str) -> None:
         """Replaces the transport's ufrag (an ICE restart): from now on only STUN naming the new one reaches Python.
@@ -998,6 +1010,8 @@ cdef class Engine:
                 "packets": layer.received,
                 "bytes": layer.bytes,
                 "temporal_bytes": [layer.temporal_bytes[t] for t in range(MAX_TEMPORAL)],  # by temporal id
+                # an SVC stream's: by spatial id, then temporal id (all zero for simulcast and single layers)
+                "svc_bytes": [[layer.svc_bytes[sp][t] for t in range(MAX_TEMPORAL)] for sp in range(VP9_MAX_SPATIAL)],
                 "highest_sequence": layer.cycles + layer.max_seq if layer.active else None,
                 "lost": max(0, <int64_t>layer.cycles + layer.max_seq - layer.base_seq + 1 - <int64_t>layer.received)
                         if layer.active else 0,
@@ -1029,6 +1043,8 @@ cdef class Engine:
             "temporal_dropped": d.temporal_dropped,
             "temporal_padding": d.temporal_padding,
             "temporal_switches": d.temporal_switches,
+            "current_spatial": d.current_spatial,  # SVC only, else -1
+            "spatial_switches": d.spatial_switches,
             "nacks_received": d.nacks_received,
             "retransmissions": d.retransmissions,
             "plis_received": d.plis_received,

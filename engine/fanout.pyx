@@ -86,7 +86,7 @@ cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const Se
     # the send batch (which leaves in this batch's sendmmsg), and the number is only spent when the packet really goes.
     length = downtrack_write(d, p, e, kind, <uint16_t>history.next_seq if history != NULL else 0, now, out)
     rtp_length = length
-    if srtp.protect(t.tx, out, &length) != 0:
+    if not t.plain and srtp.protect(t.tx, out, &length) != 0:
         s.counters[<int>S_DROP_PROTECT] += 1
         return False
     if history != NULL:

@@ -9,7 +9,7 @@ from engine.forwarder cimport forwarder_target
 from engine.munger cimport munger_sent
 from engine.packet cimport ExtPacket, packet_set
 from engine.packetcache cimport cache_get
-from engine.receiver cimport MAX_MISSING, Layer, layer_due_nacks
+from engine.receiver cimport MAX_MISSING, Layer, layer_due_nacks, layer_top_spatial
 from engine.rtcp cimport build_nack, build_pli, parse_nack
 from engine.rtp cimport parse_rtp
 from engine.state cimport (S_DROP_RTX_BUDGET, S_NACK_MISSES, S_NACK_RATE_LIMITED, S_NACK_STALE_LAYER, S_NACKED_PACKETS, S_NACKS_RECEIVED,
@@ -22,6 +22,7 @@ cdef enum:
 
 # Timing, in microseconds of CLOCK_MONOTONIC.
 cdef int64_t PLI_INTERVAL_US = 500000       # keyframe requests per publisher layer
+cdef int64_t SPATIAL_STALE_US = 1000000     # an SVC spatial layer without packets this long is not being sent
 # NACK answers: a packet is resent at most once per RTX_REPEAT_US, and a DownTrack gets at most RTX_BUDGET
 # retransmissions per RTX_WINDOW_US, so one subscriber's feedback cannot multiply into a flood that stalls forwarding.
 cdef int64_t RTX_REPEAT_US = 50000
@@ -131,6 +132,13 @@ cdef void send_nacks(EngineState *s, Receiver *r, Layer *layer, int64_t now) noe
         send_rtcp(s, t, slot, length)
 
 
+cdef inline bint svc_below_target(const DownTrack *d, const Receiver *r, int64_t now) noexcept nogil:
+    """An SVC DownTrack whose spatial layer is below both its cap and the top layer the publisher sends: it goes up
+    only at a keyframe (forwarder.pyx vp9_accept)."""
+    cdef int sent = layer_top_spatial(&r.layers[d.current_layer], now, SPATIAL_STALE_US)
+    return 0 <= d.current_spatial < min(d.max_layer, sent)
+
+
 cdef void feedback_tick(EngineState *s, int64_t now) noexcept nogil:
     cdef int i, l, top
     cdef Receiver *r
@@ -147,7 +155,7 @@ cdef void feedback_tick(EngineState *s, int64_t now) noexcept nogil:
             continue
         r = s.receivers[d.receiver]
         top = forwarder_target(d, r)
-        if r.is_video and top >= 0 and d.current_layer != top and not d.paused:
+        if r.is_video and top >= 0 and not d.paused and (d.current_layer != top or svc_below_target(d, r, now)):
             if now - r.layers[top].last_pli_us >= PLI_INTERVAL_US:
                 d.keyframe_requests += 1
             feedback_request_keyframe(s, r, top, now)

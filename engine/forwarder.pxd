@@ -1,7 +1,7 @@
 # Forwarder: decides, per DownTrack, which packets pass: the target layer, switches only at its keyframes, pausing;
 # within it, temporal layers up to the DownTrack's temporal cap (VP8's TID). Simulcast streams are Receiver layers
 # (ExtPacket.layer); SVC selection (spatial ids of ExtPacket, from the VP9/AV1 descriptors) belongs here too, beside
-# forwarder_accept. C-level, nogil.
+# forwarder_accept (VP9's, from its payload descriptor, is). C-level, nogil.
 from libc.stdint cimport int64_t
 
 from engine.downtrack cimport DownTrack
@@ -13,14 +13,15 @@ cdef enum:  # forwarder_accept verdicts
     FORWARD_PASS
     FORWARD_SWITCHED          # passes, and the current layer just changed to another one
     FORWARD_PAUSED            # the DownTrack is paused: nothing passes, nothing changes
-    FORWARD_DROP_TEMPORAL     # above the temporal layer: the Munger's to drop (munger_drop)
+    FORWARD_DROP_TEMPORAL     # above the temporal (or SVC spatial) layer: the Munger's to drop (munger_drop)
     FORWARD_CUT               # the current layer, cut by a bandwidth step-down (DownTrack.cut)
 
 # The verdict on `p` for `d`. Video switches only to the target layer and only at a keyframe; audio passes
 # everything. A switch re-anchors the Munger so the output continues from the last packet sent. Packets with a
 # temporal id pass up to the current temporal layer, which moves to the cap at keyframes, down to it at any frame
 # start, and up one layer towards it at a frame of the next layer with the layer sync bit (RFC 7741: it references
-# only the base layer).
+# only the base layer). A VP9 SVC stream (one Receiver layer) has its spatial layers selected the same way, capped
+# by max_layer: down at once, up at a keyframe (forwarder.pyx vp9_accept).
 cdef int forwarder_accept(DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil
 # Pauses or resumes `d`; True when it resumes: it then waits for a keyframe (which the caller should request) and
 # continues the output numbering from the last packet sent.

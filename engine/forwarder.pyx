@@ -1,9 +1,11 @@
 """Forwarder: per-DownTrack layer selection and pausing (see forwarder.pxd)."""
 from libc.stdint cimport int16_t, uint16_t
 
+from engine.codecs.vp9 cimport Vp9Descriptor
+
 from engine.downtrack cimport SWITCH_HORIZON, downtrack_lose_layer
 from engine.munger cimport munger_anchor
-from engine.packet cimport DESC_VP8
+from engine.packet cimport DESC_VP8, DESC_VP9
 
 
 cdef inline bint temporal_accept(DownTrack *d, const ExtPacket *p) noexcept nogil:
@@ -25,6 +27,49 @@ cdef inline bint temporal_accept(DownTrack *d, const ExtPacket *p) noexcept nogi
     return p.temporal <= d.current_temporal
 
 
+cdef inline bint vp9_accept(DownTrack *d, const ExtPacket *p) noexcept nogil:
+    """Whether `p`, of a VP9 SVC stream, is within the current spatial and temporal layers (everything at or below
+    both passes: upper spatial layers predict from lower ones). The layers move only at a frame's first packet (B):
+    temporal ones at a picture's start (spatial id 0), so a picture passes with all its forwarded layers or not at
+    all; spatial down at once (the first frame at or below the cap). Spatial up only at a keyframe, whose upper
+    layers reference no earlier picture (P = 0): a P = 0 upper frame of a delta picture would also do for the
+    decoder, but the lower layer's end of that picture has left with the marker already, and a picture that grows
+    after its marker is one libwebrtc's frame buffer may drop."""
+    cdef const Vp9Descriptor *v = &p.desc.vp9
+    cdef int spatial = v.spatial_id, temporal = v.temporal_id, cap = d.max_layer, previous = d.current_temporal
+    cdef int top
+    if not v.begin_of_frame:
+        pass
+    elif p.keyframe or d.current_spatial < 0:
+        top = cap
+        if v.ss_spatial_layers and v.ss_spatial_layers - 1 < top:
+            top = v.ss_spatial_layers - 1   # the layers the encoder says it sends
+        if d.current_spatial >= 0 and d.current_spatial != top:
+            d.spatial_switches += 1
+        if previous >= 0 and previous != d.max_temporal:
+            d.temporal_switches += 1
+        d.current_spatial = top
+        d.current_temporal = d.max_temporal
+    else:
+        if spatial == 0:
+            if d.max_temporal < previous:
+                d.current_temporal = d.max_temporal
+            elif temporal == previous + 1 <= d.max_temporal and v.switching_up:
+                d.current_temporal = temporal
+            if d.current_temporal != previous:
+                d.temporal_switches += 1
+        if d.current_spatial > cap and spatial <= cap:
+            d.current_spatial = cap
+            d.spatial_switches += 1
+    return spatial <= d.current_spatial and temporal <= d.current_temporal
+
+
+cdef inline bint layer_accept(DownTrack *d, const ExtPacket *p) noexcept nogil:
+    if p.descriptor == DESC_VP9:
+        return vp9_accept(d, p)
+    return temporal_accept(d, p)
+
+
 cdef int forwarder_accept(DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil:
     cdef const Receiver *r = p.r
     cdef int previous = d.current_layer
@@ -38,7 +83,7 @@ cdef int forwarder_accept(DownTrack *d, const ExtPacket *p, int64_t now) noexcep
         d.current_layer = p.layer
         d.switch_seq = p.h.sequence
         munger_anchor(d, p, r.clock_rate, now)
-        temporal_accept(d, p)  # a keyframe: it passes and sets the temporal layer
+        layer_accept(d, p)  # a keyframe: it passes and sets the temporal (and SVC spatial) layer
         d.cut = False
         if previous >= 0:
             d.layer_switches += 1
@@ -55,7 +100,7 @@ cdef int forwarder_accept(DownTrack *d, const ExtPacket *p, int64_t now) noexcep
     if delta > SWITCH_HORIZON:
         # Drag the switch point along so the comparison stays meaningful across sequence number wraps.
         d.switch_seq = <uint16_t>(p.h.sequence - SWITCH_HORIZON)
-    if temporal_accept(d, p):
+    if layer_accept(d, p):
         return FORWARD_PASS
     d.temporal_dropped += 1
     return FORWARD_DROP_TEMPORAL

@@ -106,6 +106,14 @@ cdef class DownTrackHarness:
         return self.d.current_temporal
 
     @property
+    def current_spatial(self) -> int:
+        return self.d.current_spatial
+
+    @property
+    def spatial_switches(self) -> int:
+        return self.d.spatial_switches
+
+    @property
     def temporal_dropped(self) -> int:
         return self.d.temporal_dropped
 

@@ -2,7 +2,7 @@
 from libc.stdint cimport int16_t, int32_t, uint16_t
 
 from engine.downtrack cimport SEQ_RUNS, SWITCH_HORIZON, SeqRun
-from engine.packet cimport DESC_VP8
+from engine.packet cimport DESC_VP8, DESC_VP9
 from engine.codecs.vp8 cimport Vp8Descriptor
 
 
@@ -36,11 +36,16 @@ cdef inline void number(const DownTrack *d, const ExtPacket *p, uint16_t seq_off
     e.out_pid = -1
     e.out_tl0 = -1
     e.last_rtx_us = 0
+    e.marker = False
     if p.descriptor == DESC_VP8:
         if p.desc.vp8.picture_id >= 0:
             e.out_pid = (p.desc.vp8.picture_id - pid_offset) & 0x7FFF
         if p.desc.vp8.tl0picidx >= 0:
             e.out_tl0 = (p.desc.vp8.tl0picidx - d.tl0_offset) & 0xFF
+    elif p.descriptor == DESC_VP9:
+        # The publisher marks the end of the whole picture; with its upper spatial layers dropped, the picture ends
+        # with the last packet of the highest one forwarded (libwebrtc assembles a picture's layers up to the marker).
+        e.marker = p.desc.vp9.end_of_frame and p.spatial == d.current_spatial
 
 
 cdef void munger_anchor(DownTrack *d, const ExtPacket *p, uint32_t clock_rate, int64_t now) noexcept nogil:

@@ -2,15 +2,18 @@
 from libc.stdint cimport int64_t, uint8_t
 
 from engine.codecs.vp8 cimport Vp8Descriptor
+from engine.codecs.vp9 cimport Vp9Descriptor
 from engine.receiver cimport Receiver
 from engine.rtp cimport RtpHeader
 
 cdef enum:  # ExtPacket.descriptor: which member of `desc` is valid
     DESC_NONE
-    DESC_VP8                  # the VP9 and AV1 descriptors and the dependency descriptor get their tags here
+    DESC_VP8
+    DESC_VP9                  # with layer indices (L): an SVC stream, whose spatial/temporal ids the Forwarder selects
 
 cdef union CodecDescriptor:
     Vp8Descriptor vp8
+    Vp9Descriptor vp9
 
 cdef struct ExtPacket:
     const uint8_t *buf        # the packet (SRTP already removed), in a buffer that stays put while it is forwarded
@@ -18,7 +21,7 @@ cdef struct ExtPacket:
     RtpHeader h
     Receiver *r
     int layer                 # the Receiver layer (simulcast stream) it arrived on
-    int spatial               # spatial layer id: the simulcast layer; SVC descriptors will set their own
+    int spatial               # spatial layer id: the simulcast layer, or an SVC descriptor's (VP9 SID)
     int temporal              # temporal layer id, -1 when the codec does not tell
     bint keyframe             # starts a keyframe: a switch point for the Forwarder
     int64_t arrival_us

@@ -32,6 +32,8 @@ cdef struct Layer:
     uint64_t received
     uint64_t bytes            # of packets with payload (padding-only probes excluded): what the layer costs
     uint64_t temporal_bytes[4]  # of those, by the temporal id they carry (MAX_TEMPORAL ids; none counted without)
+    uint64_t svc_bytes[4][4]  # of those, in an SVC stream: by spatial id (VP9_MAX_SPATIAL), then temporal id
+    int64_t spatial_last_us[4]  # SVC: when each spatial id last arrived (0 = never)
     uint64_t expected_prior
     uint64_t received_prior
     uint32_t last_transit
@@ -100,6 +102,20 @@ cdef void layer_reset(Layer *layer) noexcept nogil
 cdef inline void layer_note_temporal(Layer *layer, int temporal, int length, int payload_length) noexcept nogil:
     if 0 <= temporal < 4 and payload_length > 0:
         layer.temporal_bytes[temporal] += length
+# The same for a packet of an SVC stream, by spatial and temporal id; notes that its spatial layer is live.
+cdef inline void layer_note_svc(Layer *layer, int spatial, int temporal, int length, int payload_length,
+                                int64_t now) noexcept nogil:
+    if 0 <= spatial < 4 and 0 <= temporal < 4:
+        layer.spatial_last_us[spatial] = now
+        if payload_length > 0:
+            layer.svc_bytes[spatial][temporal] += length
+# The highest spatial id of `layer`'s SVC stream that arrived within `stale_us`, -1 = none (not SVC).
+cdef inline int layer_top_spatial(const Layer *layer, int64_t now, int64_t stale_us) noexcept nogil:
+    cdef int s
+    for s in range(3, -1, -1):
+        if layer.spatial_last_us[s] and now - layer.spatial_last_us[s] < stale_us:
+            return s
+    return -1
 # Accounts for and caches one packet. Returns -1 for a duplicate (already received: drop it), 1 for the layer's
 # first packet, else 0. `recovered` = rebuilt from RTX (no jitter sample).
 cdef int layer_receive(Layer *layer, const uint8_t *buf, int length, const RtpHeader *h, uint32_t clock_rate,

@@ -103,6 +103,8 @@ cdef void layer_reset(Layer *layer) noexcept nogil:
     layer.received = 0
     layer.bytes = 0
     memset(layer.temporal_bytes, 0, sizeof(layer.temporal_bytes))
+    memset(layer.svc_bytes, 0, sizeof(layer.svc_bytes))
+    memset(layer.spatial_last_us, 0, sizeof(layer.spatial_last_us))
     layer.expected_prior = 0
     layer.received_prior = 0
     layer.transit_valid = False

@@ -266,6 +266,8 @@ cdef struct TcpMux:
 cdef struct Transport:
     int64_t id
     bint bound
+    bint plain                # RTP/RTCP leave unencrypted, no SRTP keys needed: an in-process egress's loopback
+                              # socket (as mediasoup's PlainTransport); nothing from its address is accepted
     Path path                 # where its packets come from and go to
     uint64_t path_key         # its key in EngineState.by_address (see demux_bind_path)
     void *rx                  # srtp_t, owned by the control plane
@@ -390,8 +392,8 @@ cdef inline uint64_t stream_key(int slot, uint32_t ssrc) noexcept nogil:
 
 
 cdef inline bint transport_ready(const Transport *t) noexcept nogil:
-    """Packets can be sent to `t`: it has an address and SRTP keys."""
-    return t != NULL and t.bound and t.tx != NULL
+    """Packets can be sent to `t`: it has an address and SRTP keys (or is plain)."""
+    return t != NULL and t.bound and (t.tx != NULL or t.plain)
 
 
 cdef inline void bucket_refill(double *tokens, double rate, double burst, int64_t elapsed_us) noexcept nogil:

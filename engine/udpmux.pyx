@@ -140,7 +140,7 @@ cdef int flush_gso(EngineState *s) noexcept nogil:
 
 
 cdef void send_rtcp(EngineState *s, Transport *t, int slot, int length) noexcept nogil:
-    if srtp.protect_rtcp(t.tx, send_slot_buffer(s, slot), &length) != 0:
+    if not t.plain and srtp.protect_rtcp(t.tx, send_slot_buffer(s, slot), &length) != 0:
         s.counters[<int>S_DROP_PROTECT] += 1
         return
     send_commit(s, slot, length, &t.path)

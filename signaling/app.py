@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from livekit.protocol import models, rtc
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -19,7 +20,11 @@ from .agents.dispatcher import token_dispatches
 from .agents.service import PREFIX as AGENT_DISPATCH_PREFIX
 from .agents.service import WORKERS_PATH, AgentDispatchService, workers_report
 from .auth import AuthError, Claims
+from .cluster.cluster import NODES_PATH
+from .cluster.relay import SCOPE_FLAG
 from .config import Config
+from .egress.service import PREFIX as EGRESS_PREFIX
+from .egress.service import EgressService
 from .ingress.rtmp import RtmpListener
 from .ingress.service import PREFIX as INGRESS_PREFIX
 from .ingress.service import IngressService
@@ -166,6 +171,18 @@ def create_app(node: Node) -> Starlette:
         except PermissionError as error:
             await websocket.send_denial_response(PlainTextResponse(str(error), status_code=403))
             return
+        if node.cluster is not None and node.store.get(room_name) is None and not websocket.scope.get(SCOPE_FLAG):
+            # A room hosted here is served here without asking Redis; any other goes to the node Redis places it on.
+            try:
+                owner = await node.cluster.placement.place(room_name)
+            except (RedisError, OSError) as error:
+                node.counters["join_cluster_unavailable"] += 1
+                log.warning("cannot place room %s: %s", room_name, error)
+                await websocket.send_denial_response(PlainTextResponse("cluster unavailable", status_code=503))
+                return
+            if owner != node.id:
+                await node.cluster.relay.forward(websocket, owner)
+                return
         if connect.reconnect:
             await websocket.accept()
             # Resolved after the upgrade, with no await before resume(): the participant may have left meanwhile.
@@ -233,10 +250,25 @@ def create_app(node: Node) -> Starlette:
             return PlainTextResponse(str(error), status_code=401)
         return JSONResponse(workers_report(node.agents))
 
+    async def cluster_nodes(request: Request) -> Response:
+        """The cluster's live nodes (`tern nodes list`), for a token that may list rooms."""
+        try:
+            if not node.verifier.verify(_token(request)).video.room_list:
+                return PlainTextResponse("permission denied: roomList grant required", status_code=403)
+        except AuthError as error:
+            return PlainTextResponse(str(error), status_code=401)
+        if node.cluster is None:
+            return PlainTextResponse("not a cluster: this node has no redis.address", status_code=404)
+        try:
+            return JSONResponse(await node.cluster.nodes_report())
+        except (RedisError, OSError) as error:
+            return PlainTextResponse(f"cluster unavailable: {error}", status_code=503)
+
     room_service = RoomService(node)
     agent_dispatch_service = AgentDispatchService(node)
     ingress_sessions = IngressSessions(node.ingresses, node.notify, node.counters)
     ingress_service = IngressService(node, ingress_sessions)
+    egress_service = EgressService(node)
     whip_service = WhipService(node, lambda request, token: _admit(node, request, token), _enter, ingress_sessions)
     whep_service = WhepService(node, lambda request, token: _admit(node, request, token), _enter)
     twirp_methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -245,6 +277,7 @@ def create_app(node: Node) -> Starlette:
         Route(PREFIX + "{method}", room_service.endpoint, methods=twirp_methods),
         Route(AGENT_DISPATCH_PREFIX + "{method}", agent_dispatch_service.endpoint, methods=twirp_methods),
         Route(INGRESS_PREFIX + "{method}", ingress_service.endpoint, methods=twirp_methods),
+        Route(EGRESS_PREFIX + "{method}", egress_service.endpoint, methods=twirp_methods),
         Route("/rtc/validate", validate),
         Route("/rtc/v1/validate", validate),
         Route("/rtc/v1", not_found),
@@ -252,11 +285,14 @@ def create_app(node: Node) -> Starlette:
         Route("/rtc", not_found),
         WebSocketRoute("/rtc", rtc_socket),
         Route(WORKERS_PATH, agent_workers),
+        Route(NODES_PATH, cluster_nodes),
         Route("/agent", not_found),
         WebSocketRoute("/agent", agent_socket),
         *whip_service.routes(),
         *whep_service.routes(),
     ])
+    if node.cluster is not None:
+        node.cluster.relay.app = app  # the room's node serves relayed signal connections with its own routes
     app.state.rtmp = RtmpListener(ingress_sessions, node.counters, f"{_loopback(node.config)}{INGRESS_PATH}")
     return app
 

@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_participants(commands)
     _add_send_data(commands)
     _add_agents(commands)
+    _add_nodes(commands)
     # Listed for --help only: main() hands its argv to signaling.clients.loadtest before parsing.
     commands.add_parser("load-test", add_help=False,
                         help="run a load test against a server (tern load-test --help)")
@@ -261,6 +262,13 @@ def _add_agents(commands: argparse._SubParsersAction) -> None:
                       service="agent_dispatch")
     delete.add_argument("room", metavar="ROOM")
     delete.add_argument("dispatch_id", metavar="DISPATCH_ID")
+
+
+def _add_nodes(commands: argparse._SubParsersAction) -> None:
+    nodes = commands.add_parser("nodes", help="list the nodes of a cluster (redis.address configured)")
+    actions = nodes.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _command(actions, "list", "list the cluster's live nodes and their load", lambda a: operator.nodes_list,
+             service="target")
 
 
 def _load(args: argparse.Namespace) -> Config:

@@ -26,8 +26,8 @@ PLACEHOLDER_SECRET = "REPLACE-ME: openssl rand -base64 33"
 
 # Keys of LiveKit's schema that tern accepts but does not act on (yet).
 _LIVEKIT_TOP_LEVEL = frozenset({
-    "prometheus", "debug_handler", "redis", "audio", "video",
-    "sip", "node_selector", "key_file", "region", "signal_relay", "psrpc",
+    "prometheus", "debug_handler", "audio", "video",
+    "sip", "node_selector", "key_file", "signal_relay", "psrpc",
     "logging", "limit", "agents", "metric", "trace", "node_stats", "enable_data_tracks",
     "enable_participant_data_blob", "api",
 })
@@ -45,6 +45,10 @@ _LIVEKIT_ROOM = frozenset({
     "max_metadata_size", "create_room_enabled", "create_room_timeout", "create_room_attempts",
 })
 _LIVEKIT_WEBHOOK = frozenset({"url_notifier", "filter_params"})
+_LIVEKIT_REDIS = frozenset({
+    "sentinel_master_name", "sentinel_username", "sentinel_password", "sentinel_addresses", "cluster_addresses",
+    "dial_timeout", "read_timeout", "write_timeout", "max_redirects", "pool_size", "tls",
+})
 _LIVEKIT_TURN = frozenset({
     "external_tls", "relay_range_start", "relay_range_end", "bind_addresses", "ttl_seconds",
     "per_user_relay_allocation_limit", "allow_restricted_peer_cidrs", "deny_peer_cidrs",
@@ -104,6 +108,22 @@ class IngressConfig:
 
 
 @dataclass
+class EgressConfig:
+    """The built-in egress (signaling/egress/): recordings are files under output_dir (created when needed)."""
+    output_dir: str = "recordings"  # relative paths are taken from the server's working directory
+
+
+@dataclass
+class RedisConfig:
+    """The cluster's Redis (signaling/cluster/): no address = a single node with its rooms in memory."""
+    address: str = ""  # host:port
+    username: str = ""
+    password: str = ""
+    db: int = 0
+    use_tls: bool = False
+
+
+@dataclass
 class Config:
     port: int = 7880
     bind_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
@@ -113,6 +133,9 @@ class Config:
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
     ingress: IngressConfig = field(default_factory=IngressConfig)
+    egress: EgressConfig = field(default_factory=EgressConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    region: str = ""  # this node's region: new rooms prefer nodes of the same region (cluster mode)
     log_level: str = "info"
     development: bool = False
     prometheus_port: int = 0  # 0 = no metrics endpoint
@@ -285,6 +308,20 @@ def _text(value: Any, key: str) -> str:
     return value
 
 
+def _redis_address(value: Any, key: str) -> str:
+    """host:port, as LiveKit writes it ([v6]:port for an IPv6 host)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected host:port, got {value!r}")
+    try:
+        parts = urlsplit("//" + value)
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None or parts.path or parts.query or parts.username:
+        raise ConfigError(f"{key}: expected host:port, got {value!r}")
+    return value
+
+
 def _api_key(value: Any, key: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{key}: expected an API key (a string), got {type(value).__name__}")
@@ -343,11 +380,14 @@ def from_yaml(text: str) -> Config:
     webhook = _section(top.get("webhook"), "webhook")
     turn = _section(top.get("turn"), "turn")
     ingress = _section(top.get("ingress"), "ingress")
+    egress = _section(top.get("egress"), "egress")
+    redis = _section(top.get("redis"), "redis")
     top_readers = {
         "port": _port, "bind_addresses": parse_bind_addresses, "keys": parse_keys,
-        "log_level": parse_log_level, "development": _flag, "prometheus_port": _port,
+        "log_level": parse_log_level, "development": _flag, "prometheus_port": _port, "region": _text,
     }
-    _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "", frozenset({"rtc", "room", "webhook", "turn", "ingress"}))
+    _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "",
+           frozenset({"rtc", "room", "webhook", "turn", "ingress", "egress", "redis"}))
     _apply(config.rtc, rtc, {"udp_port": _port, "tcp_port": _port, "node_ip": parse_node_ip, "use_ipv6": _flag,
                              "force_relay": _flag},
            _LIVEKIT_RTC, "rtc.")
@@ -359,6 +399,11 @@ def from_yaml(text: str) -> Config:
                                "domain": _text, "cert_file": _text, "key_file": _text}, _LIVEKIT_TURN, "turn.")
     _apply(config.ingress, ingress, {"rtmp_base_url": _base_url, "whip_base_url": _base_url,
                                        "rtmp_port": _port}, frozenset(), "ingress.")
+    _apply(config.egress, egress, {"output_dir": _text}, frozenset(), "egress.")
+    _apply(config.redis, redis, {"address": _redis_address, "username": _text, "password": _text, "db": _count,
+                                 "use_tls": _flag}, _LIVEKIT_REDIS, "redis.")
+    if redis and not config.redis.address:
+        raise ConfigError("redis.address: required in a redis section (host:port)")
     if config.webhook.urls and not config.webhook.api_key:
         raise ConfigError("webhook.api_key: required to sign events sent to webhook.urls")
     if bool(config.turn.cert_file) != bool(config.turn.key_file):

@@ -10,14 +10,17 @@ import uuid
 from collections import Counter
 
 from livekit.protocol import agent, ingress, models, rtc
+from livekit.protocol import egress as egress_proto
 
 import engine
 from .agents.dispatcher import AgentDispatcher
 from .auth import TokenVerifier
 from .config import Config
+from .cluster.cluster import Cluster
 from .cluster.ingress import IngressStore, MemoryIngressStore
 from .cluster.memory import MemoryRoomStore
 from .cluster.store import RoomStore
+from .egress.manager import EgressManager
 from .peer.transport import TransportManager
 from .peer.turn import TurnServer, credentials, turn_secret
 from .peer.turn_streams import TurnStreams, dev_tls_context, tls_context
@@ -47,10 +50,18 @@ class Node:
         if config.webhook.urls:
             self.webhooks = WebhookNotifier(config.webhook.api_key, config.keys[config.webhook.api_key],
                                             config.webhook.urls, self.counters)
-        self.store: RoomStore = MemoryRoomStore(config.room.empty_timeout, config.room.departure_timeout,
-                                                config.room.max_participants, self.notify)
+        self.cluster: Cluster | None = None
+        self.store: RoomStore
+        if config.redis.address:
+            self.cluster = Cluster(self)
+            self.store = self.cluster.store
+        else:
+            self.store = MemoryRoomStore(config.room.empty_timeout, config.room.departure_timeout,
+                                         config.room.max_participants, self.notify)
         self.agents = AgentDispatcher(self.store, config.keys, self.counters, self.notify)
         self.ingresses: IngressStore = MemoryIngressStore()
+        self.egress = EgressManager(lambda: self.engine, self.store.get, config.egress.output_dir,
+                                    _loopback(config.media_host()), self.notify, self.counters)
         self.receivers: dict[int, TrackPublication] = {}  # engine receiver id -> publication
         self.engine: engine.Engine
         self.transports: TransportManager
@@ -65,22 +76,30 @@ class Node:
             version=self.version,
             protocol=SERVER_PROTOCOL,
             node_id=self.id,
-            region="",
+            region=self.config.region,
         )
 
     def notify(self, event: str, *, room: models.Room | None = None, participant: models.ParticipantInfo | None = None,
                track: models.TrackInfo | None = None, job: agent.Job | None = None,
-               ingress_info: ingress.IngressInfo | None = None) -> None:
+               ingress_info: ingress.IngressInfo | None = None,
+               egress: egress_proto.EgressInfo | None = None) -> None:
         """A room's event (room_started, participant_joined, track_published, ...): the agent dispatcher launches
-        jobs on them; sent as a webhook when webhooks are configured."""
-        if job is None:
+        jobs on them, egresses of a track that is gone end; sent as a webhook when webhooks are configured (by the
+        room's node only: each event once)."""
+        if self.cluster is not None:
+            self.cluster.store.observe(event, room)
+        if job is None and egress is None and ingress_info is None:
             try:
                 self.agents.on_event(event, room, participant)
             except Exception:  # a bug launching agents must not break the room operation that reports the event
                 log.exception("agent dispatch on %s failed", event)
+            try:
+                self.egress.on_event(event, room, participant, track)
+            except Exception:  # nor a bug ending a recording
+                log.exception("egress update on %s failed", event)
         if self.webhooks is not None:
             self.webhooks.notify(event, room=room, participant=participant, track=track, job=job,
-                                 ingress_info=ingress_info)
+                                 ingress_info=ingress_info, egress=egress)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         host = self.config.media_host()  # "::": dual-stack sockets, IPv4 peers as IPv4-mapped addresses
@@ -113,6 +132,8 @@ class Node:
         self._tasks.append(loop.create_task(self._observe_speakers()))
         self._tasks.append(loop.create_task(self._observe_quality()))
         self._tasks.append(loop.create_task(self._drive_allocators()))
+        if self.cluster is not None:
+            self.cluster.start(loop)
         log.info("media on udp [%s]:%d and ice-tcp %s, candidates advertise %s", host, self.engine.port,
                  self.engine.tcp_port or "off", ", ".join(self.transports.candidate_ips))
 
@@ -214,9 +235,17 @@ class Node:
             self.turn_streams.close()
         if self.turn is not None:
             self.turn.close()
+        await self.egress.close()  # before the engine: recordings read what it sent, then close their files
         self.engine.close()
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self.webhooks is not None:
             await self.webhooks.close()
 
     def stats(self) -> dict[str, int]:
         return {**self.engine.stats(), **self.transports.counters, **self.counters}
+
+
+def _loopback(media_host: str) -> str:
+    """The address the engine reaches an in-process egress's socket on: IPv6 loopback for an IPv6-only socket."""
+    return "::1" if ":" in media_host and media_host != "::" else "127.0.0.1"

@@ -9,14 +9,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from google.protobuf import json_format
+from google.protobuf import json_format, symbol_database
 from google.protobuf.message import DecodeError, Message
 from livekit.protocol import models
 from livekit.protocol import room as proto
 from starlette.requests import ClientDisconnect, Request
+from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from .auth import AuthError, Claims
+from .cluster.rpc import CallFailed
 from .rtc.data import route
 from .rtc.limits import MAX_ATTRIBUTES_SIZE, MAX_METADATA_SIZE, MAX_NAME_LENGTH, MAX_ROOM_NAME_LENGTH
 from .rtc.participant import Participant
@@ -40,7 +42,8 @@ BODY_TIMEOUT = 10.0
 _STATUS = {
     "invalid_argument": 400, "malformed": 400, "unauthenticated": 401, "permission_denied": 403,
     "not_found": 404, "bad_route": 404, "failed_precondition": 412, "internal": 500,
-    "resource_exhausted": 429, "deadline_exceeded": 408, "canceled": 408,
+    "resource_exhausted": 429, "deadline_exceeded": 408, "canceled": 408, "already_exists": 409,
+    "unimplemented": 501, "unavailable": 503,
 }
 
 
@@ -64,7 +67,7 @@ def _too_large() -> TwirpError:
 @dataclass(frozen=True)
 class TwirpMethod:
     request: type[Message]
-    grant: str  # "create", "list", "admin" (roomAdmin for the request's room) or "ingress" (ingressAdmin)
+    grant: str  # "create", "list", "record", "admin" (roomAdmin for the request's room) or "ingress" (ingressAdmin)
     handler: Callable[[Any, Message], Message]  # (service, request) -> reply
 
 
@@ -83,7 +86,12 @@ class TwirpService:
         try:
             name, method, content_type, claims = self._admit(request)
             body = await _read_body(request)
-            return self._serve(name, method, content_type, claims, body)
+            message = self._parse(method, content_type, claims, body)
+            if self.node.cluster is None:
+                reply = self._run(name, method, message)
+            else:
+                reply = await self._run_in_cluster(name, method, message)
+            return _encode(reply, content_type)
         except TwirpError as error:
             self.node.counters[f"api_error_{error.code}"] += 1
             return error.response()
@@ -100,7 +108,8 @@ class TwirpService:
         _require_grant(claims, method.grant)
         return name, method, content_type, claims
 
-    def _serve(self, name: str, method: TwirpMethod, content_type: str, claims: Claims, body: bytes) -> Response:
+    @staticmethod
+    def _parse(method: TwirpMethod, content_type: str, claims: Claims, body: bytes) -> Message:
         try:
             message = method.request()
             if content_type == _JSON:
@@ -110,6 +119,9 @@ class TwirpService:
         except (DecodeError, json_format.ParseError, UnicodeDecodeError) as error:
             raise TwirpError("malformed", f"the request body is not a valid {method.request.__name__}: {error}") from None
         _require_room(claims, method.grant, getattr(message, "room", ""))
+        return message
+
+    def _run(self, name: str, method: TwirpMethod, message: Message) -> Message:
         try:
             reply = method.handler(self, message)
         except TwirpError:
@@ -118,9 +130,11 @@ class TwirpService:
             log.exception("%s%s failed", self.prefix, name)
             raise TwirpError("internal", "internal error") from None
         self.node.counters[f"api_{name}"] += 1
-        if content_type == _JSON:
-            return Response(json_format.MessageToJson(reply), media_type=_JSON)
-        return Response(reply.SerializeToString(), media_type=_PROTOBUF)
+        return reply
+
+    async def _run_in_cluster(self, name: str, method: TwirpMethod, message: Message) -> Message:
+        """Where the call runs in cluster mode: here, unless a service routes it to another node."""
+        return self._run(name, method, message)
 
     def _authenticate(self, request: Request) -> Claims:
         header = request.headers.get("authorization", "")
@@ -134,6 +148,66 @@ class TwirpService:
 
 class RoomService(TwirpService):
     prefix = PREFIX
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(node)
+        if node.cluster is not None:
+            node.cluster.rpc.handler = self._serve_call
+
+    # -- cluster mode: ListRooms sees every node's rooms; a room's calls run on its node
+    async def _run_in_cluster(self, name: str, method: TwirpMethod, message: Message) -> Message:
+        cluster = self.node.cluster
+        assert cluster is not None
+        room = message.name if name == "CreateRoom" else getattr(message, "room", "")
+        try:
+            if name == "ListRooms":
+                return await self._list_cluster_rooms(message)
+            if self.node.store.get(room) is not None:
+                owner: str | None = self.node.id
+            elif name == "CreateRoom" and room:
+                owner = await cluster.placement.place(room)
+            else:
+                owner = await cluster.placement.owner(room)
+        except (RedisError, OSError) as error:
+            raise TwirpError("unavailable", f"cluster unavailable: {error}") from None
+        if owner is None or owner == self.node.id:
+            return self._run(name, method, message)
+        self.node.counters["api_routed"] += 1
+        try:
+            reply = await cluster.rpc.call(owner, name, message.SerializeToString())
+        except CallFailed as error:
+            raise TwirpError(error.code if error.code in _STATUS else "internal", error.msg) from None
+        except (RedisError, OSError) as error:
+            raise TwirpError("unavailable", f"cluster unavailable: {error}") from None
+        type_name, _, data = reply.partition(b"\0")
+        return symbol_database.Default().GetSymbol(type_name.decode()).FromString(data)
+
+    async def _list_cluster_rooms(self, request: proto.ListRoomsRequest) -> proto.ListRoomsResponse:
+        """This node's rooms as they are, the others' as their nodes last listed them."""
+        cluster = self.node.cluster
+        assert cluster is not None
+        local = [room.info() for room in self.node.store.rooms(request.names)]
+        hosted = {room.name for room in local}
+        wanted = set(request.names)
+        others = [room for room in await cluster.store.listed()
+                  if room.name not in hosted and (not wanted or room.name in wanted)]
+        self.node.counters["api_ListRooms"] += 1
+        return proto.ListRoomsResponse(rooms=local + sorted(others, key=lambda room: room.name))
+
+    def _serve_call(self, name: str, data: bytes) -> bytes:
+        """A call routed here by another node, which authorised it: the reply's type name, a NUL, and its bytes."""
+        method = self.methods.get(name)
+        if method is None:
+            raise CallFailed("bad_route", f"no such method: {name}")
+        try:
+            message = method.request.FromString(data)
+        except DecodeError:
+            raise CallFailed("malformed", f"the routed request is not a valid {method.request.__name__}") from None
+        try:
+            reply = self._run(name, method, message)
+        except TwirpError as error:
+            raise CallFailed(error.code, error.msg) from None
+        return reply.DESCRIPTOR.full_name.encode() + b"\0" + reply.SerializeToString()
 
     # -- lookups
     def _room(self, name: str) -> Room:
@@ -236,6 +310,12 @@ class RoomService(TwirpService):
         return room.info()
 
 
+def _encode(reply: Message, content_type: str) -> Response:
+    if content_type == _JSON:
+        return Response(json_format.MessageToJson(reply), media_type=_JSON)
+    return Response(reply.SerializeToString(), media_type=_PROTOBUF)
+
+
 async def _read_body(request: Request) -> bytes:
     """The body, refused past MAX_BODY_SIZE: a declared Content-Length at once, else (chunked, or a length that
     lies) as soon as cap + 1 bytes have arrived; uvicorn stops reading the socket while the app does not read."""
@@ -265,6 +345,8 @@ def _require_grant(claims: Claims, grant: str) -> None:
         raise TwirpError("permission_denied", "roomCreate grant required")
     if grant == "list" and not video.room_list:
         raise TwirpError("permission_denied", "roomList grant required")
+    if grant == "record" and not video.room_record:
+        raise TwirpError("permission_denied", "roomRecord grant required")
     if grant == "admin" and not (video.room_admin and video.room):
         raise TwirpError("permission_denied", "roomAdmin grant for this room required")
     if grant == "ingress" and not video.ingress_admin:

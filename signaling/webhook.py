@@ -21,6 +21,7 @@ import aiohttp
 import jwt
 from google.protobuf import json_format
 from livekit.protocol import agent, ingress, models, webhook
+from livekit.protocol import egress as egress_proto
 
 from .auth import ALGORITHM
 from .rtc.ids import new_id
@@ -96,6 +97,7 @@ class WebhookNotifier:
         track: models.TrackInfo | None = None,
         job: agent.Job | None = None,
         ingress_info: ingress.IngressInfo | None = None,
+        egress: egress_proto.EgressInfo | None = None,
     ) -> None:
         """Queues `event` for every URL. The messages are copied now: callers go on mutating theirs."""
         if self._closed:
@@ -112,6 +114,8 @@ class WebhookNotifier:
                 message.job.CopyFrom(job)
             if ingress_info is not None:
                 message.ingress_info.CopyFrom(ingress_info)
+            if egress is not None:
+                message.egress_info.CopyFrom(egress)
         except (TypeError, ValueError):  # a caller's bug must not break the room operation it reports
             log.exception("webhook event %r not sent", event)
             for sink in self._sinks:

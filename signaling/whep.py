@@ -15,9 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .auth import AuthError
 from .rtc.ids import new_id
-from .rtc.limits import LimitExceeded
 from .rtc.publication import TrackPublication
 from .rtc.room import Room
 from .wish import CORS, MEDIA_KINDS, Admit, Enter, HttpSession, HttpSessionService, Refused, parse_offer, read_offer
@@ -34,8 +32,7 @@ class WhepService(HttpSessionService):
     name = "whep"
 
     def __init__(self, node: Any, admit: Admit, enter: Enter) -> None:
-        super().__init__(node)
-        self._admit = admit
+        super().__init__(node, admit)
         self._enter = enter
 
     def routes(self) -> list[Route]:
@@ -51,16 +48,7 @@ class WhepService(HttpSessionService):
             return self.refusal(error)
 
     async def _play(self, request: Request) -> Response:
-        try:
-            token, claims, room_name = self._admit(request, None)
-        except AuthError as error:
-            raise Refused(401, str(error), "unauthorized") from None
-        except LimitExceeded as error:
-            raise Refused(400, str(error), "limit_exceeded") from None
-        except PermissionError as error:
-            raise Refused(403, str(error), "forbidden") from None
-        if not claims.video.can_subscribe:
-            raise Refused(403, "permission denied: canSubscribe grant required", "forbidden")
+        token, claims, room_name = self.admission(request, None, "canSubscribe")
         identity, sids = _names(request)
         offer_text = await read_offer(request)
         description = parse_offer(offer_text, ("recvonly", "sendrecv"), "the offer receives no audio or video")

@@ -14,8 +14,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from .auth import Claims
+from .auth import AuthError, Claims
 from .peer import sdp
+from .rtc.limits import LimitExceeded
 from .rtc.participant import Participant
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,11 @@ CORS = {
     "Access-Control-Expose-Headers": "Location, ETag, Link",
 }
 MEDIA_KINDS = ("audio", "video")
+_GRANT_FIELDS = {"canPublish": "can_publish", "canSubscribe": "can_subscribe"}
 
-# Admission as the signal endpoints do it (signaling/app.py): the token, its claims and room, or an error raised.
-Admit = Callable[[Request], tuple[str, Claims, str]]
+# Admission as the signal endpoints do it (signaling/app.py): the request's token (or the one given), its claims and
+# room, or an error raised.
+Admit = Callable[[Request, str | None], tuple[str, Claims, str]]
 # A participant entering its room as the signal endpoints make one, or None if the room or the engine is full.
 Enter = Callable[..., Participant | None]
 
@@ -89,9 +92,25 @@ class HttpSessionService:
 
     name: str
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Any, admit: Admit) -> None:
         self.node = node
         self.sessions: dict[str, HttpSession] = {}  # by resource id: bounded by the node's participants
+        self._admit = admit
+
+    def admission(self, request: Request, token: str | None, grant: str) -> tuple[str, Claims, str]:
+        """(token, claims, room name) of a join by the request's token (or `token`) whose VideoGrant has `grant`
+        ("canPublish" or "canSubscribe"), else Refused."""
+        try:
+            token, claims, room_name = self._admit(request, token)
+        except AuthError as error:
+            raise Refused(401, str(error), "unauthorized") from None
+        except LimitExceeded as error:
+            raise Refused(400, str(error), "limit_exceeded") from None
+        except PermissionError as error:
+            raise Refused(403, str(error), "forbidden") from None
+        if not getattr(claims.video, _GRANT_FIELDS[grant]):
+            raise Refused(403, f"permission denied: {grant} grant required", "forbidden")
+        return token, claims, room_name
 
     def count(self, event: str) -> None:
         self.node.counters[f"{self.name}_{event}"] += 1

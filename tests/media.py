@@ -24,14 +24,15 @@ def test_card(width: int = WIDTH, height: int = HEIGHT) -> bytes:
     return frame.tobytes()
 
 
-def quadrant_colours(frame: rtc.VideoFrame | np.ndarray) -> np.ndarray:
-    """Mean RGB of the middle of each quadrant of a decoded frame (edges blur after scaling and coding): an SDK
-    frame, or RGB pixels (height x width x 3, as another decoder's frame converts to)."""
-    if isinstance(frame, np.ndarray):
-        pixels = frame
-    else:
-        rgba = frame.convert(rtc.VideoBufferType.RGBA)
-        pixels = np.frombuffer(bytes(rgba.data), dtype=np.uint8).reshape(rgba.height, rgba.width, 4)[..., :3]
+def quadrant_colours(frame: rtc.VideoFrame) -> np.ndarray:
+    """Mean RGB of the middle of each quadrant of a decoded frame (edges blur after scaling and coding)."""
+    rgba = frame.convert(rtc.VideoBufferType.RGBA)
+    return pixel_quadrant_colours(np.frombuffer(bytes(rgba.data), dtype=np.uint8).reshape(rgba.height, rgba.width, 4))
+
+
+def pixel_quadrant_colours(pixels: np.ndarray) -> np.ndarray:
+    """quadrant_colours of an RGB(A) array (height x width x 3 or 4)."""
+    pixels = pixels[..., :3]
     h, w = pixels.shape[:2]
     means = []
     for top, left in [(0, 0), (0, w // 2), (h // 2, 0), (h // 2, w // 2)]:
@@ -41,7 +42,8 @@ def quadrant_colours(frame: rtc.VideoFrame | np.ndarray) -> np.ndarray:
 
 
 def matches_card(frame: rtc.VideoFrame | np.ndarray, tolerance: float = 40) -> bool:
-    return bool(np.abs(quadrant_colours(frame) - CARD_COLOURS).max() < tolerance)
+    colours = pixel_quadrant_colours(frame) if isinstance(frame, np.ndarray) else quadrant_colours(frame)
+    return bool(np.abs(colours - CARD_COLOURS).max() < tolerance)
 
 
 def dominant_frequency(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
@@ -53,8 +55,10 @@ class Publisher:
     """Publishes a camera track (simulcast, the SDK's default) showing the test card and a microphone tone
     (or silence, with `tone=False`; no camera with `video=False`)."""
 
-    def __init__(self, room: rtc.Room, tone: bool = True, video: bool = True) -> None:
+    def __init__(self, room: rtc.Room, tone: bool = True, video: bool = True,
+                 video_codec: rtc.VideoCodec.ValueType = rtc.VideoCodec.VP8) -> None:
         self.room = room
+        self.video_codec = video_codec
         self.amplitude = 12000 if tone else 0
         self.video = video
         self.video_source = rtc.VideoSource(WIDTH, HEIGHT)
@@ -65,7 +69,8 @@ class Publisher:
         if self.video:
             video = rtc.LocalVideoTrack.create_video_track("camera", self.video_source)
             await self.room.local_participant.publish_track(
-                video, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True))
+                video, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True,
+                                               video_codec=self.video_codec))
             self._tasks.append(asyncio.create_task(self._video()))
         audio = rtc.LocalAudioTrack.create_audio_track("microphone", self.audio_source)
         await self.room.local_participant.publish_track(

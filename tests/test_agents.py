@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytest_asyncio
 import websockets
 from livekit import api, rtc
 from livekit.protocol import agent
@@ -23,7 +22,7 @@ from clients import connect, remote, until
 from conftest import API_KEY, API_SECRET, ROOT, start_server, stop_server
 from media import TONE_HZ, Publisher, decoded_audio, dominant_frequency
 from test_cli import tern  # noqa: F401 (the in-process CLI fixture)
-from test_webhook import Receiver
+from test_webhook import Receiver, webhooks  # noqa: F401 (webhooks: the fixture)
 
 # The dev secret is short; pytest resets the filter signaling/auth.py installs for pyjwt's warning about it.
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.filterwarnings("ignore:The HMAC key")]
@@ -32,14 +31,6 @@ WORKER = ROOT / "tests" / "agent_worker.py"
 WORKER_TAG_ATTRIBUTE = "test.worker"  # agent_worker.py's
 # Short enough for the tests to see a worker skipped, and an agent whose worker died leave the room, in seconds.
 SERVER_ENV = {"TERN_AGENT_AVAILABILITY_TIMEOUT": "2", "TERN_SIGNAL_DEPARTURE_TIMEOUT": "2"}
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def webhooks():
-    receiver = Receiver(API_KEY, API_SECRET)
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
 
 
 @pytest.fixture(scope="module")

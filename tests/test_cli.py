@@ -183,6 +183,8 @@ async def test_refusals_and_usage_errors_are_one_line(server, tern, monkeypatch)
     wrong = await tern("room", "list", "--api-secret", "not-the-secret")
     assert wrong.code == 1 and wrong.err.startswith("tern: unauthenticated: ") and len(wrong.err.splitlines()) == 1
     assert (await tern("room", "delete", "no-such-room")).err.startswith("tern: not_found: ")
+    single = await tern("nodes", "list")  # no redis.address: not a cluster
+    assert single.code == 1 and single.err.startswith("tern: not_found: not a cluster")
 
     # Flags override the environment; a ws:// URL works as livekit-api converts it.
     monkeypatch.setenv("LIVEKIT_API_KEY", "other")

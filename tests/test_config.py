@@ -9,6 +9,7 @@ import pytest
 
 from signaling import cli
 from signaling.config import (
+    RedisConfig,
     PLACEHOLDER_SECRET, Config, ConfigError, RoomConfig, RtcConfig, TurnConfig, WebhookConfig, build_config, from_yaml,
     parse_keys,
 )
@@ -61,13 +62,14 @@ def test_livekit_keys_ignored_with_warning(caplog):
     with caplog.at_level(logging.WARNING):
         config = from_yaml("""
 port: 7880
-redis: {address: "localhost:6379"}
+redis: {address: "localhost:6379", pool_size: 10}
 turn: {enabled: false, relay_range_start: 30000}
 rtc: {port_range_start: 50000, use_external_ip: true, udp_port: 7882}
 room: {auto_create: true, enabled_codecs: [{mime: audio/opus}]}
 """)
     assert config.rtc.udp_port == 7882
-    for key in ("redis", "turn.relay_range_start", "rtc.port_range_start", "rtc.use_external_ip",
+    assert config.redis.address == "localhost:6379"
+    for key in ("redis.pool_size", "turn.relay_range_start", "rtc.port_range_start", "rtc.use_external_ip",
                 "room.auto_create", "room.enabled_codecs"):
         assert key in caplog.text
 
@@ -86,6 +88,16 @@ def test_turn_section_parses_and_needs_a_certificate_for_tls_outside_development
         build_config("turn: {enabled: true}", keys="k: " + "s" * 40)
     assert build_config("turn: {enabled: true}", dev=True).turn.enabled  # a self-signed certificate at start
     assert not build_config("turn: {enabled: true, tls_port: 0}", keys="k: " + "s" * 40).turn.tls_port
+
+
+def test_redis_section_turns_on_cluster_mode():
+    assert from_yaml("").redis == RedisConfig()  # no section: a single node, rooms in memory
+    config = from_yaml("redis: {address: '[::1]:6380', username: u, password: p, db: 2, use_tls: true}\nregion: eu")
+    assert config.redis == RedisConfig("[::1]:6380", "u", "p", 2, True) and config.region == "eu"
+    for text in ("redis: {address: localhost}", "redis: {address: 'a:b'}", "redis: {db: 1}", "redis: {db: -1,"
+                 " address: 'h:1'}", "redis: {address: 'h:1', use_tls: yes-please}"):
+        with pytest.raises(ConfigError, match=r"redis\."):
+            from_yaml(text)
 
 
 @pytest.mark.parametrize("text, key", [

@@ -13,21 +13,13 @@ from livekit import api, rtc
 from clients import connect, remote, until
 from conftest import API_KEY, API_SECRET, start_server, stop_server
 from media import decoded_video, matches_card, wait_for_tracks
-from test_webhook import Receiver
+from test_webhook import Receiver, webhooks  # noqa: F401 (webhooks: the fixture)
 from test_whip import _CardTrack, _ToneTrack
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.filterwarnings("ignore:The HMAC key")]
 
 ROOM = "ingress-room"
 Status = api.IngressState.Status
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def webhooks():
-    receiver = Receiver(API_KEY, API_SECRET)
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
 
 
 @pytest.fixture(scope="module")

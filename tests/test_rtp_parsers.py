@@ -391,8 +391,9 @@ def test_h264_keyframes(payload, key):
     (b"\x88\x80\x01", True),                                 # I with 15-bit picture id
     (b"\xa8\x05\x00\x00", True),                             # I (7-bit id), L, layer byte SID 0
     (b"\xa8\x85\x00\x02\x00", False),                        # I (15-bit id), L, SID 1: not a keyframe start
-    (b"\x28\x00", True),                                     # L without I, SID 0
-    (b"\x28\x02", False),                                    # SID 1
+    (b"\x28\x00\x07", True),                                 # L without I, SID 0, TL0PICIDX
+    (b"\x28\x02\x07", False),                                # SID 1
+    (b"\x28\x00", False),                                    # TL0PICIDX (non-flexible mode) missing
     (b"\xa8\x85\x00", False),                                # layer byte missing
     (b"\x28", False),
     (b"", False),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import time
 
@@ -643,3 +644,16 @@ def test_publisher_toggling_screen_share_hundreds_of_times_is_answered():
     assert len(text.encode()) + 1024 < v0.MAX_SIGNAL_MESSAGE
     _, accepted = build_answer(parse(text), LOCAL, 1, PUBLISHER)
     assert [media.mid for media in accepted] == ["0", "1", mids[-2], mids[-1]]
+
+
+def test_answer_receives_a_track_in_the_codec_its_add_track_request_chose():
+    """LiveKit's SDKs leave the offer's codec order alone (VP8 first) and expect the answer to pick the track's codec:
+    VP9 for an SVC camera. Without a choice, or with one not offered, the rank decides."""
+    offer = parse(libwebrtc_offer("q;h;~f"))
+    chosen = dataclasses.replace(PUBLISHER, track_codecs={"TR_cam_cid": "vp9"})
+    _, accepted = build_answer(offer, LOCAL, 1, chosen)
+    assert [m.codec.name for m in accepted if m.kind == "video"] == ["VP9"]
+    _, accepted = build_answer(offer, LOCAL, 1, PUBLISHER)
+    assert [m.codec.name for m in accepted if m.kind == "video"] == ["VP8"]
+    _, accepted = build_answer(offer, LOCAL, 1, dataclasses.replace(PUBLISHER, track_codecs={"TR_cam_cid": "H265"}))
+    assert [m.codec.name for m in accepted if m.kind == "video"] == ["VP8"]

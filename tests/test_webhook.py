@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from aiohttp import web
 from livekit import api, rtc
 from livekit.protocol import models
@@ -62,6 +63,15 @@ class Receiver:
         self.events.append(event)
         self.requests.append(request)
         return web.Response()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def webhooks():
+    """A webhook endpoint verifying with the test servers' own API key, for a module whose server sends to it."""
+    receiver = Receiver(API_KEY, API_SECRET)
+    await receiver.start()
+    yield receiver
+    await receiver.stop()
 
 
 class HangingReceiver:

@@ -4,8 +4,8 @@ from libc.stdint cimport uint8_t
 from engine.codecs.av1 cimport av1_is_keyframe
 from engine.codecs.h264 cimport h264_is_keyframe
 from engine.codecs.vp8 cimport parse_vp8
-from engine.codecs.vp9 cimport vp9_is_keyframe
-from engine.packet cimport DESC_NONE, DESC_VP8
+from engine.codecs.vp9 cimport parse_vp9
+from engine.packet cimport DESC_NONE, DESC_VP8, DESC_VP9
 
 _IDS = {"opus": C_OPUS, "vp8": C_VP8, "h264": C_H264, "vp9": C_VP9, "av1": C_AV1}
 
@@ -28,7 +28,12 @@ cdef void describe_packet(ExtPacket *p, int codec, bint is_video) noexcept nogil
     elif codec == C_H264:
         p.keyframe = h264_is_keyframe(payload, length) == 1
     elif codec == C_VP9:
-        p.keyframe = vp9_is_keyframe(payload, length) == 1
+        if parse_vp9(payload, length, &p.desc.vp9) == 0:
+            p.keyframe = p.desc.vp9.is_keyframe
+            if p.desc.vp9.layered:  # without layer indices there is nothing to select: it passes as a whole
+                p.descriptor = DESC_VP9
+                p.spatial = p.desc.vp9.spatial_id
+                p.temporal = p.desc.vp9.temporal_id
     elif codec == C_AV1:
         p.keyframe = av1_is_keyframe(payload, length) == 1
     else:

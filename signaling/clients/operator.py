@@ -217,24 +217,46 @@ async def send_data(service: RoomService, room: str, data: bytes, topic: str = "
 WORKERS_PATH = "/agent/workers"  # signaling/agents/service.py's
 
 
-async def agents_list(target: Target) -> Result:
-    """The server's registered agent workers (tern's own endpoint: LiveKit has no API for them)."""
+async def _report(target: Target, path: str) -> tuple[Message, dict]:
+    """GET one of tern's own JSON endpoints with a roomList token: the report as a Struct (for --json) and a dict."""
     token = api.AccessToken(target.api_key, target.api_secret).with_grants(api.VideoGrants(room_list=True)).to_jwt()
     base = urlparse(target.url)
     scheme = "https" if base.scheme in ("https", "wss") else "http"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as session:
-        async with session.get(f"{scheme}://{base.netloc}{WORKERS_PATH}",
+        async with session.get(f"{scheme}://{base.netloc}{path}",
                                headers={"Authorization": f"Bearer {token}"}) as response:
             if response.status != 200:
-                code = {401: "unauthenticated", 403: "permission_denied"}.get(response.status, "unknown")
+                code = {401: "unauthenticated", 403: "permission_denied",
+                        404: "not_found"}.get(response.status, "unknown")
                 raise api.TwirpError(code, (await response.text()).strip(), status=response.status)
             report = await response.json()
     message = struct_pb2.Struct()
     message.update(report)
+    return message, report
+
+
+async def agents_list(target: Target) -> Result:
+    """The server's registered agent workers (tern's own endpoint: LiveKit has no API for them)."""
+    message, report = await _report(target, WORKERS_PATH)
     rows = [(w["id"], w["agent_name"] or "(automatic)", w["type"], w["status"], f"{w['load']:.2f}",
              str(len(w["jobs"])), w["version"]) for w in report["workers"]]
     return message, _table(("ID", "AGENT NAME", "JOB TYPE", "STATUS", "LOAD", "JOBS", "SDK"), rows,
                            empty="no agent workers")
+
+
+# Cluster.
+
+NODES_PATH = "/cluster/nodes"  # signaling/cluster/cluster.py's
+
+
+async def nodes_list(target: Target) -> Result:
+    """The cluster's live nodes and their load (tern's own endpoint), as any node sees them in Redis."""
+    message, report = await _report(target, NODES_PATH)
+    rows = [(n["id"], ",".join(n["ips"]), n["region"] or "-", n["state"], f"{n['cpu_load']:.2f}",
+             f"{n['sysload']:.2f}", str(n["rooms"]), str(n["participants"]), f"{n['forwarded_pps']:.0f}",
+             f"{max(0.0, report['now'] - n['updated_at']):.1f}s") for n in report["nodes"]]
+    return message, _table(("ID", "IPS", "REGION", "STATE", "CPU", "SYSLOAD", "ROOMS", "PARTICIPANTS", "FWD PPS",
+                            "UPDATED"), rows, empty="no live nodes")
 
 
 async def dispatch_create(service: AgentDispatchService, room: str, agent_name: str, metadata: str = "") -> Result:

@@ -16,9 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..auth import ALGORITHM, AuthError, Claims
+from ..auth import ALGORITHM, Claims
 from ..rtc.ids import new_id
-from ..rtc.limits import LimitExceeded
 from ..rtc.participant import Participant
 from ..wish import CORS, Admit, Enter, HttpSession, HttpSessionService, Refused, parse_offer, read_offer
 from .sessions import IngressSessions
@@ -46,8 +45,7 @@ class WhipService(HttpSessionService):
     name = "whip"
 
     def __init__(self, node: Any, admit: Admit, enter: Enter, ingresses: IngressSessions) -> None:
-        super().__init__(node)
-        self._admit = admit
+        super().__init__(node, admit)
         self._enter = enter
         self._ingresses = ingresses
 
@@ -64,7 +62,7 @@ class WhipService(HttpSessionService):
         if request.method == "OPTIONS":
             return _options()
         try:
-            token, claims, room_name = self._admission(request)
+            token, claims, room_name = self.admission(request, None, "canPublish")
             return await self._publish(request, token, claims, room_name, PATH, new_id("WH_"))
         except Refused as error:
             return self.refusal(error)
@@ -82,7 +80,8 @@ class WhipService(HttpSessionService):
         except Refused as error:
             return self.refusal(error)
         try:
-            token, claims, room_name = self._admission(request, _ingress_token(info, self.node.config.keys))
+            ingress_token = _ingress_token(info, self.node.config.keys)
+            token, claims, room_name = self.admission(request, ingress_token, "canPublish")
             return await self._publish(request, token, claims, room_name, f"{INGRESS_PATH}/{stream_key}",
                                        resource_id, info.ingress_id, "rtmp" if relayed else "whip")
         except Refused as error:
@@ -91,19 +90,6 @@ class WhipService(HttpSessionService):
         except BaseException:  # the client went away mid-offer (cancelled): the claim must not stay
             self._ingresses.ended(info.ingress_id, "the publisher went away")
             raise
-
-    def _admission(self, request: Request, token: str | None = None) -> tuple[str, Claims, str]:
-        try:
-            token, claims, room_name = self._admit(request, token)
-        except AuthError as error:
-            raise Refused(401, str(error), "unauthorized") from None
-        except LimitExceeded as error:
-            raise Refused(400, str(error), "limit_exceeded") from None
-        except PermissionError as error:
-            raise Refused(403, str(error), "forbidden") from None
-        if not claims.video.can_publish:
-            raise Refused(403, "permission denied: canPublish grant required", "forbidden")
-        return token, claims, room_name
 
     async def _publish(self, request: Request, token: str, claims: Claims, room_name: str, base: str,
                        resource_id: str, ingress_id: str = "", protocol: str = "whip") -> Response:

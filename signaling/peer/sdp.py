@@ -436,6 +436,10 @@ class ReceivePolicy:
     feedback: Mapping[str, frozenset[str]]
     codec_rank: Callable[[str, Codec], int | None]
     send_extensions: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # By msid track id (LiveKit's AddTrackRequest cid): the codec name the client chose for that track (e.g. VP9 for
+    # an SVC camera). Offered and usable, it wins over the rank: LiveKit's SDKs leave the codec order of the offer
+    # alone and expect the answer to pick the track's codec, as LiveKit's server does.
+    track_codecs: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -503,6 +507,9 @@ def rtp_mline(kind: str, protocol: str, codecs: list[Codec]) -> str:
 def _primary_codec(section: MediaSection, policy: ReceivePolicy) -> Codec | None:
     ranked = [(rank, i, c) for i, c in enumerate(section.codecs)
               if (rank := policy.codec_rank(section.kind, c)) is not None]
+    chosen = policy.track_codecs.get(section.msid[1]) if section.msid else None
+    if chosen is not None:
+        ranked = [r for r in ranked if r[2].name.upper() == chosen.upper()] or ranked
     return min(ranked, key=lambda r: r[:2])[2] if ranked else None
 
 

@@ -46,7 +46,8 @@ class Dynacast:
             if layer == PAUSED:
                 continue
             aimed = max(aimed, min(layer, top))
-            current = self.engine.downtrack_stats(subscription.downtrack_id)["current_layer"]
+            stats = self.engine.downtrack_stats(subscription.downtrack_id)
+            current = stats["current_spatial"] if stats.get("current_spatial", -1) >= 0 else stats["current_layer"]
             forwarded = max(forwarded, min(current, top))
         return aimed, max(aimed, forwarded)
 

@@ -2,8 +2,14 @@
 subscribers. Turning a codec, an extension (TWCC) or a feedback type on or off is an edit here and nowhere else."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from ..peer.sdp import (EXT_ABS_CAPTURE_TIME, EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_RID, EXT_RRID,
                         EXT_TRANSPORT_CC, Codec, ReceivePolicy)
+
+if TYPE_CHECKING:
+    from .publication import TrackPublication
 
 # Accepted from publishers; anything else offered is left out of the answer. transport-cc on video (RTX included),
 # as LiveKit does: the engine sends feedback and stops its REMB, so libwebrtc's send-side estimator sets the rate.
@@ -68,6 +74,20 @@ PUBLISHER = ReceivePolicy(extensions=_PUBLISHER_EXTENSIONS, feedback=_PUBLISHER_
 # on a subscriber PC, under the client's ids.
 SINGLE_PC = ReceivePolicy(extensions=_PUBLISHER_EXTENSIONS, feedback=_PUBLISHER_FEEDBACK, codec_rank=codec_rank,
                           send_extensions={kind: frozenset(uris) for kind, uris in SUBSCRIBER_EXTENSIONS.items()})
+
+
+def track_codecs(publications: Iterable[TrackPublication]) -> dict[str, str]:
+    """By AddTrackRequest cid, the codec each video track is to be received in: the one negotiated already, else
+    the client's first choice (AddTrackRequest simulcast_codecs, e.g. VP9 for an SVC camera with a VP8 backup)."""
+    chosen = {}
+    for publication in publications:
+        if publication.kind != "video":
+            continue
+        if publication.codec is not None:
+            chosen[publication.cid] = publication.codec.name
+        elif publication.info.codecs:
+            chosen[publication.cid] = publication.info.codecs[0].mime_type.rpartition("/")[2]
+    return chosen
 
 
 def ordered_rids(rids: list[str]) -> list[str]:

@@ -459,9 +459,11 @@ class Participant:
 
     def handle_offer(self, offer: rtc.SessionDescription) -> None:
         """The client's publisher offer: answer it, receive what it sends, unpublish what it stopped."""
+        policy = media_caps.SINGLE_PC if self.single_pc else media_caps.PUBLISHER
+        policy = dataclasses.replace(policy, track_codecs=media_caps.track_codecs(
+            [*self._pending.values(), *self.publications.values()]))
         try:
-            answer, accepted, stopped, candidates = self.publisher.answer(
-                offer, media_caps.SINGLE_PC if self.single_pc else media_caps.PUBLISHER)
+            answer, accepted, stopped, candidates = self.publisher.answer(offer, policy)
         except sdp.SdpError as error:
             self._refuse_sdp(offer, error)
             return

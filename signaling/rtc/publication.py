@@ -82,6 +82,19 @@ def stacked(windows: list[list[int]]) -> tuple[int, ...]:
     return tuple(rates[:top + 1])
 
 
+def svc_layers(svc_bytes: list[list[int]], advertised: int) -> tuple[list[int], list[list[int]]] | None:
+    """An SVC stream's bytes (by spatial, then temporal id) as the allocator's layers: spatial layer s costs what
+    layers 0..s send (the Forwarder passes every layer at or below the cap), by temporal id likewise. As many layers
+    as the publisher advertised, or as have arrived if more; None when the stream carries no layer ids (not SVC)."""
+    sent = [s for s, by_temporal in enumerate(svc_bytes) if any(by_temporal)]
+    if not sent:
+        return None
+    count = min(max(sent[-1] + 1, advertised), len(svc_bytes))
+    temporal = [[sum(svc_bytes[s][t] for s in range(top + 1)) for t in range(len(svc_bytes[0]))]
+                for top in range(count)]
+    return [sum(by_temporal) for by_temporal in temporal], temporal
+
+
 class TrackPublication:
     """A track a participant publishes; `receiver_id` is its engine Receiver once media is negotiated."""
 
@@ -136,9 +149,14 @@ class TrackPublication:
         """Each layer's measured bitrate (bps; refreshed at most once a window), empty before the first window."""
         now = time.monotonic() if now is None else now
         if self.receiver_id is not None and self.bitrates.due(now):
-            stats = engine.receiver_stats(self.receiver_id)
-            self.bitrates.sample([layer["bytes"] for layer in stats["layers"]], now,
-                                 [layer.get("temporal_bytes", []) for layer in stats["layers"]])
+            layers = engine.receiver_stats(self.receiver_id)["layers"]
+            svc = svc_layers(layers[0].get("svc_bytes", []), len(self.advertised_layers())) if len(layers) == 1 \
+                else None
+            if svc is not None:
+                self.bitrates.sample(svc[0], now, svc[1])
+            else:
+                self.bitrates.sample([layer["bytes"] for layer in layers], now,
+                                     [layer.get("temporal_bytes", []) for layer in layers])
         return self.bitrates.bps
 
     def layer_bitrates(self, engine: Any) -> tuple[int, ...]:

@@ -35,6 +35,7 @@ class Room:
         self.departure_timeout = departure_timeout
         self.max_participants = max_participants
         self.metadata = metadata
+        self.active_recording = False  # an egress records one of its tracks (clients show a recording indicator)
         self.speakers = SpeakerObserver()
         # Connection quality as last announced, by participant sid: (level, hidden), so a change of either is news.
         self._qualities: dict[str, tuple[int, bool]] = {}
@@ -53,6 +54,7 @@ class Room:
             creation_time=self.created_at_ms // 1000,
             creation_time_ms=self.created_at_ms,
             metadata=self.metadata,
+            active_recording=self.active_recording,
             num_participants=sum(1 for p in self.participants.values() if not p.hidden and not p.dependent),
             num_publishers=sum(1 for p in self.participants.values() if any(t.published for t in p.publications.values())),
         )
@@ -90,6 +92,11 @@ class Room:
     def set_metadata(self, metadata: str) -> None:
         if metadata != self.metadata:
             self.metadata = metadata
+            self.broadcast(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.info())))
+
+    def set_recording(self, active: bool) -> None:
+        if active != self.active_recording:
+            self.active_recording = active
             self.broadcast(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.info())))
 
     def broadcast_participant(self, participant: Participant) -> None:

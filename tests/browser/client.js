@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const { Room, RoomEvent, Track } = LivekitClient;
+  const { Room, RoomEvent, Track, VideoQuality } = LivekitClient;
 
   const state = {
     errors: [],     // messages of errors and failures seen in the page
@@ -74,6 +74,8 @@
           totalSamplesReceived: stats.totalSamplesReceived || 0,
           concealedSamples: stats.concealedSamples || 0,
           totalAudioEnergy: stats.totalAudioEnergy || 0,
+          freezeCount: stats.freezeCount || 0,
+          totalFreezesDuration: stats.totalFreezesDuration || 0,
         });
       });
     }
@@ -114,6 +116,24 @@
     return estimate;
   }
 
+  // The camera alone, with VideoCaptureOptions and TrackPublishOptions (e.g. {videoCodec: "vp9", scalabilityMode:
+  // "L3T3_KEY"}).
+  async function publishCamera(captureOptions, publishOptions) {
+    await room.localParticipant.setCameraEnabled(true, captureOptions, publishOptions);
+    return [...room.localParticipant.trackPublications.values()].map((publication) => ({
+      kind: publication.kind, source: publication.source, trackSid: publication.trackSid,
+    }));
+  }
+
+  // Asks for a quality ("LOW", "MEDIUM", "HIGH") of every subscribed remote video (UpdateTrackSettings.quality).
+  function setVideoQuality(quality) {
+    for (const participant of room.remoteParticipants.values()) {
+      for (const publication of participant.trackPublications.values()) {
+        if (publication.kind === Track.Kind.Video) publication.setVideoQuality(VideoQuality[quality]);
+      }
+    }
+  }
+
   async function publishData(text, topic) {
     await room.localParticipant.publishData(new TextEncoder().encode(text), { reliable: true, topic });
   }
@@ -136,6 +156,6 @@
   window.addEventListener("unhandledrejection", (event) => state.errors.push(`unhandled rejection: ${event.reason}`));
   window.tern = {
     state, connect, publishCameraAndMicrophone, inboundStats, selectedPair, publisherEstimate, publishData,
-    setVideoEnabled, disconnect,
+    setVideoEnabled, disconnect, publishCamera, setVideoQuality,
   };
 })();

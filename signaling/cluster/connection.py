@@ -1,0 +1,39 @@
+"""The cluster's Redis connection (redis-py's asyncio client) and the names of everything tern keeps there."""
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from ..config import RedisConfig
+
+PREFIX = "tern:"
+NODES = PREFIX + "nodes"            # set of node ids that registered (stale ones are pruned by any node)
+ROOM_NODE = PREFIX + "room_node"    # hash room name -> owning node id (LiveKit's room_node_map)
+ROOMS = PREFIX + "rooms"            # hash room name -> models.Room (the owner's view, for ListRooms on any node)
+
+SOCKET_TIMEOUT_S = 5.0   # a command that gets no answer this long fails (LiveKit's read/write timeout is 3 s)
+CONNECT_TIMEOUT_S = 2.0  # LiveKit's dial timeout is 5 s; a local Redis answers at once or is down
+HEALTH_CHECK_S = 10      # a pooled connection idle this long is PINGed before use, so a restarted Redis is noticed
+RETRIES = 3              # a command is retried on a dropped connection with an exponential backoff
+
+
+def node_key(node_id: str) -> str:
+    """The node's registration: expires unless refreshed, which is what liveness means."""
+    return f"{PREFIX}node:{node_id}"
+
+
+def bus_channel(node_id: str) -> str:
+    """The pub/sub channel on which a node receives relayed signal streams and RoomService calls."""
+    return f"{PREFIX}bus:{node_id}"
+
+
+def connect(config: RedisConfig) -> aioredis.Redis:
+    """A client for `redis.address`; connects lazily, so a node starts while Redis is down and joins it later."""
+    host, _, port = config.address.rpartition(":")
+    return aioredis.Redis(
+        host=host.strip("[]"), port=int(port), db=config.db, username=config.username or None,
+        password=config.password or None, ssl=config.use_tls, socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S, health_check_interval=HEALTH_CHECK_S,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), RETRIES), decode_responses=False,
+    )
