@@ -22,12 +22,14 @@ from .agents.service import WORKERS_PATH, AgentDispatchService, workers_report
 from .auth import AuthError, Claims
 from .cluster.cluster import NODES_PATH
 from .cluster.relay import SCOPE_FLAG
+from .config import Config
 from .egress.service import PREFIX as EGRESS_PREFIX
 from .egress.service import EgressService
+from .ingress.rtmp import RtmpListener
 from .ingress.service import PREFIX as INGRESS_PREFIX
 from .ingress.service import IngressService
 from .ingress.sessions import IngressSessions
-from .ingress.whip import WhipService
+from .ingress.whip import INGRESS_PATH, WhipService
 from .node import Node
 from .protocol import v0, v1
 from .roomservice import PREFIX, RoomService
@@ -291,7 +293,15 @@ def create_app(node: Node) -> Starlette:
     ])
     if node.cluster is not None:
         node.cluster.relay.app = app  # the room's node serves relayed signal connections with its own routes
+    app.state.rtmp = RtmpListener(ingress_sessions, node.counters, f"{_loopback(node.config)}{INGRESS_PATH}")
     return app
+
+
+def _loopback(config: Config) -> str:
+    """This node's HTTP endpoint as a process on the same host reaches it."""
+    host = config.bind_addresses[0] if config.bind_addresses else "127.0.0.1"
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{config.port}" if ":" in host else f"http://{host}:{config.port}"
 
 
 async def _refuse(websocket: WebSocket) -> None:

@@ -104,6 +104,7 @@ class IngressConfig:
     proxy: https://media.example.com/w); "" = this node's address and port."""
     rtmp_base_url: str = ""
     whip_base_url: str = ""
+    rtmp_port: int = 0  # the RTMP ingest listener's TCP port (LiveKit Ingress's is 1935); 0 = no RTMP ingest
 
 
 @dataclass
@@ -396,7 +397,8 @@ def from_yaml(text: str) -> Config:
            _LIVEKIT_WEBHOOK, "webhook.")
     _apply(config.turn, turn, {"enabled": _flag, "udp_port": _port, "tls_port": _port, "tcp_port": _port,
                                "domain": _text, "cert_file": _text, "key_file": _text}, _LIVEKIT_TURN, "turn.")
-    _apply(config.ingress, ingress, {"rtmp_base_url": _base_url, "whip_base_url": _base_url}, frozenset(), "ingress.")
+    _apply(config.ingress, ingress, {"rtmp_base_url": _base_url, "whip_base_url": _base_url,
+                                       "rtmp_port": _port}, frozenset(), "ingress.")
     _apply(config.egress, egress, {"output_dir": _text}, frozenset(), "egress.")
     _apply(config.redis, redis, {"address": _redis_address, "username": _text, "password": _text, "db": _count,
                                  "use_tls": _flag}, _LIVEKIT_REDIS, "redis.")

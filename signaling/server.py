@@ -87,8 +87,11 @@ async def serve(config: Config) -> None:
     host = config.bind_addresses[0] if config.bind_addresses else "0.0.0.0"
     if config.prometheus_port:
         serve_metrics(node, loop, host, config.prometheus_port)
+    app = create_app(node)
+    if config.ingress.rtmp_port:
+        await app.state.rtmp.start(host, config.ingress.rtmp_port)
     uvicorn_config = uvicorn.Config(
-        create_app(node),
+        app,
         host=host,
         port=config.port,
         ws="websockets-sansio",
@@ -106,6 +109,7 @@ async def serve(config: Config) -> None:
     try:
         await server.serve(sockets=listen(config.bind_addresses or ["0.0.0.0"], config.port))
     finally:
+        await app.state.rtmp.stop()
         await server.stop_node()  # when uvicorn failed before its shutdown (a port in use)
 
 

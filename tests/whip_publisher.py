@@ -3,7 +3,6 @@
 holds the GIL through the muxer's HTTP, ICE and DTLS handshake. Usage: whip_publisher.py URL TOKEN"""
 from __future__ import annotations
 
-import datetime
 import fractions
 import sys
 import tempfile
@@ -13,35 +12,17 @@ from pathlib import Path
 
 import av
 import numpy as np
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from media import HEIGHT, SAMPLE_RATE, TONE_HZ, WIDTH, test_card
+
+from signaling.ingress.rtmp_worker import dtls_certificate
 
 FPS = 30
 AUDIO_SAMPLES = 960  # 20 ms of Opus at 48 kHz
 
 
-def _certificate() -> dict[str, str]:
-    """A P-256 DTLS certificate for FFmpeg: of its own, a GnuTLS build (as PyAV's) makes a P-224 one, a curve
-    OpenSSL 4 (ours) refuses in a DTLS handshake ("wrong curve")."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ffmpeg")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-                   .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    directory = Path(tempfile.mkdtemp(prefix="whip-"))
-    (directory / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (directory / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
-    return {"cert_file": str(directory / "cert.pem"), "key_file": str(directory / "key.pem")}
-
-
 def publish(url: str, token: str, stop: threading.Event) -> None:
-    container = av.open(url, "w", format="whip", options={"authorization": token, **_certificate()})
+    certificate = dtls_certificate(Path(tempfile.mkdtemp(prefix="whip-")))
+    container = av.open(url, "w", format="whip", options={"authorization": token, **certificate})
     video = container.add_stream("libx264", rate=FPS, options={
         "profile": "baseline", "preset": "ultrafast", "tune": "zerolatency", "bf": "0", "g": str(FPS)})
     video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"

@@ -1,6 +1,7 @@
 """LiveKit's IngressService over Twirp (`/twirp/livekit.Ingress/<Method>`, grant ingressAdmin): ingress definitions
-that a publisher streams to with a stream key. WHIP ingresses are served in-process (ingress/whip.py, `/w`); RTMP
-ingresses are accepted and stored (`rtmp://<host>:1935/live` with the stream key); URL pulls are not supported."""
+that a publisher streams to with a stream key. WHIP ingresses are served in-process (ingress/whip.py, `/w`), RTMP
+ingresses by the RTMP listener when `ingress.rtmp_port` is set (ingress/rtmp.py, `rtmp://<host>:<port>/live` with the
+stream key); URL pulls are not supported."""
 from __future__ import annotations
 
 import secrets
@@ -55,7 +56,7 @@ class IngressService(TwirpService):
         host = self.node.config.node_ip()
         host = f"[{host}]" if ":" in host else host
         if input_type == Input.RTMP_INPUT:
-            return f"rtmp://{host}:{RTMP_PORT}/{RTMP_APP}"
+            return f"rtmp://{host}:{self.node.config.ingress.rtmp_port or RTMP_PORT}/{RTMP_APP}"
         return f"http://{host}:{self.node.config.port}{INGRESS_PATH}"
 
     def create_ingress(self, request: ingress.CreateIngressRequest) -> ingress.IngressInfo:

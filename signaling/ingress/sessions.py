@@ -4,7 +4,9 @@ ENDPOINT_ERROR when it could not start. As in LiveKit, a status change to PUBLIS
 `ingress_started`, one to INACTIVE, ERROR or COMPLETE is `ingress_ended`."""
 from __future__ import annotations
 
+import hmac
 import logging
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -28,6 +30,7 @@ class IngressSessions:
         self._notify = notify
         self._counters = counters
         self._stops: dict[str, Callable[[], None]] = {}  # live ingress id -> how to end its session
+        self._relays: dict[str, str] = {}  # stream key -> secret of the RTMP connection relaying to it over WHIP
 
     def claim(self, stream_key: str, input_type: int, resource_id: str) -> ingress.IngressInfo:
         """The ingress a new publisher's stream key names, now BUFFERING with `resource_id`. Refused: 404 for an
@@ -96,6 +99,22 @@ class IngressSessions:
         if stop is not None:
             stop()
             self.ended(ingress_id)
+
+    def relay(self, stream_key: str) -> str | None:
+        """A secret for the RTMP listener's worker to publish on an RTMP ingress's stream key over WHIP; None while
+        another RTMP connection relays on it."""
+        if stream_key in self._relays:
+            return None
+        secret = self._relays[stream_key] = secrets.token_urlsafe(24)
+        return secret
+
+    def unrelay(self, stream_key: str) -> None:
+        self._relays.pop(stream_key, None)
+
+    def relayed(self, stream_key: str, secret: str) -> bool:
+        """Whether a WHIP request on `stream_key` is the RTMP worker's (it holds the connection's secret)."""
+        expected = self._relays.get(stream_key)
+        return expected is not None and hmac.compare_digest(expected, secret)
 
     def live(self, ingress_id: str) -> bool:
         return ingress_id in self._stops

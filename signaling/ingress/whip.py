@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 PATH = "/whip/v1"
 INGRESS_PATH = "/w"  # LiveKit Ingress's WHIP app name: IngressInfo.url is <base>/w
-# The attribute telling SDK subscribers that the participant publishes over WHIP (LiveKit gives ingress-created
-# streams kind INGRESS; a token's WHIP client stays STANDARD, as in LiveKit's native endpoint).
+# The attribute telling SDK subscribers that the participant publishes over WHIP or RTMP (which ingress/rtmp.py relays
+# to /w/{stream_key}). LiveKit gives ingress-created streams kind INGRESS; a token's WHIP client stays STANDARD, as in
+# LiveKit's native endpoint.
 INGRESS_ATTRIBUTE = "tern.ingress"
 # Seconds an ingress publisher's token lasts (LiveKit's: 24 h); the session itself may last longer.
 INGRESS_TOKEN_TTL = 24 * 3600
@@ -70,16 +71,19 @@ class WhipService(HttpSessionService):
         if request.method == "OPTIONS":
             return _options()
         stream_key = request.path_params.get("stream_key") or _bearer(request)
-        resource_id = new_id("WH_")
+        # The RTMP listener's worker relays an RTMP ingress's publisher here, with its connection's secret.
+        relayed = bool(request.path_params.get("stream_key")) and self._ingresses.relayed(stream_key, _bearer(request))
+        input_type = ingress.IngressInput.RTMP_INPUT if relayed else ingress.IngressInput.WHIP_INPUT
+        resource_id = new_id("RT_" if relayed else "WH_")
         try:
-            info = self._ingresses.claim(stream_key, ingress.IngressInput.WHIP_INPUT, resource_id)
+            info = self._ingresses.claim(stream_key, input_type, resource_id)
         except Refused as error:
             return self.refusal(error)
         try:
             ingress_token = _ingress_token(info, self.node.config.keys)
             token, claims, room_name = self.admission(request, ingress_token, "canPublish")
             return await self._publish(request, token, claims, room_name, f"{INGRESS_PATH}/{stream_key}",
-                                       resource_id, info.ingress_id)
+                                       resource_id, info.ingress_id, "rtmp" if relayed else "whip")
         except Refused as error:
             self._ingresses.ended(info.ingress_id, str(error))
             return self.refusal(error)
@@ -88,7 +92,7 @@ class WhipService(HttpSessionService):
             raise
 
     async def _publish(self, request: Request, token: str, claims: Claims, room_name: str, base: str,
-                       resource_id: str, ingress_id: str = "") -> Response:
+                       resource_id: str, ingress_id: str = "", protocol: str = "whip") -> Response:
         offer_text = await read_offer(request)
         description = parse_offer(offer_text, ("sendonly", "sendrecv"), "the offer sends no audio or video")
         session = HttpSession(resource_id, self.sessions)
@@ -96,7 +100,7 @@ class WhipService(HttpSessionService):
         if participant is None:
             raise Refused(503, "the room or the server is full", "full")
         session.participant = participant
-        participant.attributes[INGRESS_ATTRIBUTE] = "whip"
+        participant.attributes[INGRESS_ATTRIBUTE] = protocol
         participant.attach(session)
         for section in description.sections:
             if section.kind in _TYPES and section.direction in ("sendonly", "sendrecv"):

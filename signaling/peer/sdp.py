@@ -672,13 +672,31 @@ def _send_lines(m: OutgoingMedia, local: LocalEndpoint, setup: str, listed: dict
 def _profile(codec: Codec) -> tuple[str, ...]:
     """What tells apart two codecs of one name whose bitstreams a decoder of the other cannot take."""
     name, params = codec.name.upper(), codec.params()
-    if name == "H264":  # profile_idc and constraints (not the level), and the packetization mode
-        return params.get("profile-level-id", "42001f").lower()[:4], params.get("packetization-mode", "0")
+    if name == "H264":  # the profile (not the level), and the packetization mode
+        return _h264_profile(params.get("profile-level-id", "42001f").lower()[:4]), params.get("packetization-mode", "0")
     if name == "VP9":
         return (params.get("profile-id", "0"),)
     if name == "AV1":
         return (params.get("profile", "0"),)
     return ()
+
+
+# H.264 profiles that several profile_idc / constraint-flag (profile-iop) pairs spell (RFC 6184 §8.1, table 5):
+# (profile_idc, iop mask, iop value) -> profile. FFmpeg's WHIP muxer writes constrained baseline as 4240, browsers
+# as 42e0; decoders take either.
+_H264_PROFILES = ((0x42, 0x4F, 0x40, "constrained-baseline"), (0x4D, 0x8F, 0x80, "constrained-baseline"),
+                  (0x58, 0xCF, 0xC0, "constrained-baseline"), (0x42, 0x4F, 0x00, "baseline"),
+                  (0x58, 0xCF, 0x80, "baseline"), (0x4D, 0xAF, 0x00, "main"))
+
+
+def _h264_profile(profile_iop: str) -> str:
+    """The profile a profile-level-id's first four hex digits name (themselves if no table row does)."""
+    try:
+        idc, iop = int(profile_iop[:2], 16), int(profile_iop[2:4], 16)
+    except ValueError:
+        return profile_iop
+    return next((name for row_idc, mask, value, name in _H264_PROFILES if idc == row_idc and iop & mask == value),
+                profile_iop)
 
 
 def matching_codec(section: MediaSection, codec: Codec) -> Codec | None:
