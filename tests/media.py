@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fractions
+import threading
+import time
 
+import av
 import numpy as np
 from livekit import rtc
 
@@ -159,3 +163,35 @@ async def decoded_audio(track: rtc.RemoteTrack, seconds: float = 1.0, timeout: f
     finally:
         await stream.aclose()
     return np.concatenate(chunks)
+
+
+def stream_card_and_tone(container: av.container.OutputContainer, video: av.VideoStream, audio: av.AudioStream,
+                         audio_frame_samples: int, stop: threading.Event) -> None:
+    """Encodes the test card and the tone into `container` in real time, in the streams' own rates and sample
+    format, until `stop` is set, then closes it: what the encoder subprocesses (whip_publisher.py,
+    rtmp_publisher.py) send."""
+    fps, rate = int(video.codec_context.framerate), audio.rate
+    card = np.frombuffer(test_card(), dtype=np.uint8).reshape(HEIGHT, WIDTH, 4)
+    resampler = av.AudioResampler(format=audio.format.name, layout=audio.layout.name, rate=rate)
+    started, video_frames, audio_samples = time.monotonic(), 0, 0
+    try:
+        while not stop.is_set():
+            elapsed = time.monotonic() - started
+            while video_frames <= elapsed * fps:
+                frame = av.VideoFrame.from_ndarray(card, format="rgba").reformat(format="yuv420p")
+                frame.pts, frame.time_base = video_frames, fractions.Fraction(1, fps)
+                container.mux(video.encode(frame))
+                video_frames += 1
+            while audio_samples <= elapsed * rate:
+                t = np.arange(audio_samples, audio_samples + audio_frame_samples) / rate
+                tone = (np.sin(2 * np.pi * TONE_HZ * t) * 0.4).astype(np.float32).reshape(1, -1)
+                mono = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
+                mono.sample_rate = rate
+                for frame in resampler.resample(mono):
+                    frame.pts, frame.time_base = audio_samples, fractions.Fraction(1, rate)
+                    container.mux(audio.encode(frame))
+                audio_samples += audio_frame_samples
+            time.sleep(0.005)
+    finally:
+        container.close()
+

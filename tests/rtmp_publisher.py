@@ -3,15 +3,12 @@
 left at its defaults sends), else baseline. Usage: rtmp_publisher.py URL [bframes]"""
 from __future__ import annotations
 
-import fractions
 import sys
 import threading
-import time
 
 import av
-import numpy as np
 
-from media import HEIGHT, TONE_HZ, WIDTH, test_card
+from media import HEIGHT, WIDTH, stream_card_and_tone
 
 FPS = 30
 AAC_RATE = 44100  # what encoders usually send over RTMP
@@ -24,27 +21,7 @@ def publish(url: str, bframes: bool, stop: threading.Event) -> None:
     video = container.add_stream("libx264", rate=FPS, options={"preset": "ultrafast", "g": str(FPS), **profile})
     video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
     audio = container.add_stream("aac", rate=AAC_RATE, layout="mono")
-    card = np.frombuffer(test_card(), dtype=np.uint8).reshape(HEIGHT, WIDTH, 4)
-    started, video_frames, audio_samples = time.monotonic(), 0, 0
-    try:
-        while not stop.is_set():
-            elapsed = time.monotonic() - started
-            while video_frames <= elapsed * FPS:
-                frame = av.VideoFrame.from_ndarray(card, format="rgba").reformat(format="yuv420p")
-                frame.pts, frame.time_base = video_frames, fractions.Fraction(1, FPS)
-                container.mux(video.encode(frame))
-                video_frames += 1
-            while audio_samples <= elapsed * AAC_RATE:
-                t = np.arange(audio_samples, audio_samples + AAC_SAMPLES) / AAC_RATE
-                tone = (np.sin(2 * np.pi * TONE_HZ * t) * 0.4).astype(np.float32).reshape(1, -1)
-                frame = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = AAC_RATE, audio_samples
-                frame.time_base = fractions.Fraction(1, AAC_RATE)
-                container.mux(audio.encode(frame))
-                audio_samples += AAC_SAMPLES
-            time.sleep(0.005)
-    finally:
-        container.close()
+    stream_card_and_tone(container, video, audio, AAC_SAMPLES, stop)
 
 
 if __name__ == "__main__":

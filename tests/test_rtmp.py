@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from livekit import api
 
 from clients import connect, remote, until
-from conftest import API_KEY, API_SECRET, free_port, start_server, stop_server
+from conftest import free_port, start_server, stop_server
 from media import TONE_HZ, decoded_audio, decoded_video, dominant_frequency, matches_card, wait_for_tracks
+from test_ingress import lkapi  # noqa: F401 (the fixture, on this module's server)
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.filterwarnings("ignore:The HMAC key")]
 
@@ -32,13 +32,6 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     yield server
     stop_server(server)
     assert "Traceback" not in server.log(), server.log()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def lkapi(server):
-    client = api.LiveKitAPI(server.http, API_KEY, API_SECRET)
-    yield client
-    await client.aclose()
 
 
 def _encoder(url: str, *mode: str) -> subprocess.Popen:

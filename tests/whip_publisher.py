@@ -3,16 +3,13 @@
 holds the GIL through the muxer's HTTP, ICE and DTLS handshake. Usage: whip_publisher.py URL TOKEN"""
 from __future__ import annotations
 
-import fractions
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import av
-import numpy as np
-from media import HEIGHT, SAMPLE_RATE, TONE_HZ, WIDTH, test_card
+from media import HEIGHT, SAMPLE_RATE, WIDTH, stream_card_and_tone
 
 from signaling.ingress.rtmp_worker import dtls_certificate
 
@@ -27,27 +24,7 @@ def publish(url: str, token: str, stop: threading.Event) -> None:
         "profile": "baseline", "preset": "ultrafast", "tune": "zerolatency", "bf": "0", "g": str(FPS)})
     video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
     audio = container.add_stream("libopus", rate=SAMPLE_RATE, layout="stereo")
-    card = np.frombuffer(test_card(), dtype=np.uint8).reshape(HEIGHT, WIDTH, 4)
-    started, video_frames, audio_samples = time.monotonic(), 0, 0
-    try:
-        while not stop.is_set():
-            elapsed = time.monotonic() - started
-            while video_frames <= elapsed * FPS:
-                frame = av.VideoFrame.from_ndarray(card, format="rgba").reformat(format="yuv420p")
-                frame.pts, frame.time_base = video_frames, fractions.Fraction(1, FPS)
-                container.mux(video.encode(frame))
-                video_frames += 1
-            while audio_samples <= elapsed * SAMPLE_RATE:
-                t = np.arange(audio_samples, audio_samples + AUDIO_SAMPLES) / SAMPLE_RATE
-                tone = (np.sin(2 * np.pi * TONE_HZ * t) * 12000).astype(np.int16)
-                frame = av.AudioFrame.from_ndarray(np.repeat(tone, 2).reshape(1, -1), format="s16", layout="stereo")
-                frame.sample_rate, frame.pts = SAMPLE_RATE, audio_samples
-                frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
-                container.mux(audio.encode(frame))
-                audio_samples += AUDIO_SAMPLES
-            time.sleep(0.005)
-    finally:
-        container.close()
+    stream_card_and_tone(container, video, audio, AUDIO_SAMPLES, stop)
 
 
 if __name__ == "__main__":
