@@ -46,6 +46,8 @@ class Dynacast:
             if layer == PAUSED:
                 continue
             aimed = max(aimed, min(layer, top))
+            if aimed == top:  # nothing can ask for more: the common case needs no look at the rest (O(1) per join)
+                return top, top
             stats = self.engine.downtrack_stats(subscription.downtrack_id)
             current = stats["current_spatial"] if stats.get("current_spatial", -1) >= 0 else stats["current_layer"]
             forwarded = max(forwarded, min(current, top))
