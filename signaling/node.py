@@ -8,6 +8,8 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from livekit.protocol import agent, ingress, models, rtc
 from livekit.protocol import egress as egress_proto
@@ -29,10 +31,17 @@ from .rtc.quality import INTERVAL as QUALITY_INTERVAL
 from .rtc.speakers import INTERVAL as SPEAKER_INTERVAL
 from .webhook import WebhookNotifier
 
+if TYPE_CHECKING:
+    from .rtc.participant import Participant
+    from .rtc.room import Room
+
 log = logging.getLogger(__name__)
 
 TURN_SWEEP_S = 1.0  # TURN allocations, permissions and channels expire with this precision
 ALLOCATOR_TICK_S = 0.5  # probes last 0.3 s and are judged ~0.1 s after: twice a second keeps the 3 s cadence close
+# Periodic sweeps over a room's participants give the event loop (and the engine on it) back after this many: a
+# 1,000-subscriber room's allocator ticks or quality scores in one go would delay every packet behind them.
+SWEEP_BATCH = 64
 
 # Reported to clients as server_info.version: it must be semver, and >= 1.8.0 for the SDKs' RPC support.
 PROTOCOL_VERSION = "1.9.0"
@@ -202,26 +211,24 @@ class Node:
         while True:
             await asyncio.sleep(QUALITY_INTERVAL)
             for room in self.store.rooms():
-                if room.closed:
-                    continue
                 try:
-                    room.announce_quality({p.sid: p.connection_stats.update(self.engine)
-                                           for p in list(room.participants.values())})
+                    scores = {p.sid: p.connection_stats.update(self.engine) async for p in _yielding(room)}
+                    if not room.closed:  # a room's scores are announced together, to those still in it
+                        present = {p.sid for p in room.participants.values()}
+                        room.announce_quality({sid: score for sid, score in scores.items() if sid in present})
                 except Exception:  # a bug here must not end quality updates for good
                     log.exception("connection quality update failed in room %s", room.name)
-                await asyncio.sleep(0)  # room by room, so a node of many rooms does not hold the loop for all
 
     async def _drive_allocators(self) -> None:
         """Every ALLOCATOR_TICK_S: each subscriber's StreamAllocator judges its probe or starts one."""
         while True:
             await asyncio.sleep(ALLOCATOR_TICK_S)
             for room in self.store.rooms():
-                for participant in list(room.participants.values()):
+                async for participant in _yielding(room):
                     try:
                         participant.allocator.tick()
                     except Exception:  # a bug here must not end probing for good
                         log.exception("stream allocator tick failed for %s", participant.sid)
-                await asyncio.sleep(0)
 
     def shutdown(self) -> None:
         """Closes every room: participants get `leave` (SERVER_SHUTDOWN), webhooks participant_left and room_finished."""
@@ -244,6 +251,16 @@ class Node:
 
     def stats(self) -> dict[str, int]:
         return {**self.engine.stats(), **self.transports.counters, **self.counters}
+
+
+async def _yielding(room: Room) -> AsyncIterator[Participant]:
+    """The room's participants, SWEEP_BATCH per event-loop turn; those that left meanwhile are skipped."""
+    for index, participant in enumerate(list(room.participants.values())):
+        if index and index % SWEEP_BATCH == 0:
+            await asyncio.sleep(0)
+        if room.participants.get(participant.identity) is participant:
+            yield participant
+    await asyncio.sleep(0)  # room by room, so a node of many rooms does not hold the loop for all
 
 
 def _loopback(media_host: str) -> str:
