@@ -57,8 +57,8 @@ from engine.turnmux cimport (turnmux_allocate, turnmux_classify, turnmux_client,
                              turnmux_is_handle, turnmux_open, turnmux_path, turnmux_queue, turnmux_read,
                              turnmux_release, turnmux_set_peer)
 from engine.udpmux cimport SOL_UDP_LEVEL, UDP_SEGMENT_OPTION, udpmux_flush, udpmux_init, udpmux_read
-from engine.workers cimport (workers_fanout, workers_free, workers_least_loaded, workers_reown, workers_start,
-                             workers_stop, workers_update_receiver)
+from engine.workers cimport (workers_call, workers_fanout, workers_free, workers_least_loaded, workers_reown,
+                             workers_start, workers_stop, workers_update_receiver)
 from engine.memory cimport aligned_calloc
 
 log = logging.getLogger(__name__)
@@ -315,6 +315,7 @@ cdef class Engine:
                     free(s.transports[i].receivers.items)
                     free(s.transports[i].srtp_ssrc_list)
                     transportcc_free(s, i)
+                    _drop_tx(s.transports[i])
                     free(s.transports[i])
         free(s.twcc_receivers.items)
         free(s.probing.items)
@@ -743,9 +744,31 @@ cdef class Engine:
         return client.kind != PATH_TCP or tcpmux_queued(self.s, tcpmux_handle(&client)) >= 0
 
     def set_srtp(self, transport_id: int, rx_session: int, tx_session: int) -> None:
+        """The transport's libsrtp sessions (srtp_t addresses), which the caller keeps alive."""
         cdef Transport *t = self.s.transports[self._slot(self._transport_slots, transport_id, "transport")]
+        _drop_tx(t)
         t.rx = <void *><uintptr_t>rx_session
         t.tx = <void *><uintptr_t>tx_session
+
+    def set_srtp_policy(self, transport_id: int, rx_session: int, tx_policy: int) -> None:
+        """As set_srtp, with the send session made here from `tx_policy` (an srtp_policy_t address, read during this
+        call only) on the thread of the worker that forwards to the transport, and freed with the transport or when
+        replaced. libsrtp's per-SSRC send streams share their session's cipher contexts, written at every packet: made
+        by the loop thread, the contexts of transports of different workers would sit side by side in memory, and
+        the cores would pass their cache lines back and forth. RuntimeError when libsrtp refuses the policy."""
+        cdef Transport *t = self.s.transports[self._slot(self._transport_slots, transport_id, "transport")]
+        cdef SrtpCreate create
+        create.session = NULL
+        create.policy = <const void *><uintptr_t>tx_policy
+        create.result = 0
+        with nogil:
+            workers_call(self.s, t.worker, _create_session, &create)
+        if create.result != 0:
+            raise RuntimeError(f"libsrtp refused the send policy (error {create.result})")
+        _drop_tx(t)
+        t.rx = <void *><uintptr_t>rx_session
+        t.tx = create.session
+        t.tx_owned = True
 
     def remove_transport(self, transport_id: int) -> None:
         slot = self._transport_slots.pop(transport_id, None)
@@ -770,6 +793,7 @@ cdef class Engine:
         prober_forget(self.s, <int>slot)
         transportcc_free(self.s, <int>slot)
         self.s.workers[t.worker].transports -= 1
+        _drop_tx(t)
         free(t)
         self.s.transports[<int>slot] = NULL
 
@@ -1192,6 +1216,25 @@ def media_socket(host: str, port: int, ipv6: bool, reuse_port: bool) -> socket.s
         sock.close()
         raise
     return sock
+
+
+cdef struct SrtpCreate:
+    void *session
+    const void *policy
+    int result
+
+
+cdef void _create_session(void *arg) noexcept nogil:
+    cdef SrtpCreate *create = <SrtpCreate *>arg
+    create.result = srtp.create(&create.session, create.policy)
+
+
+cdef void _drop_tx(Transport *t) noexcept nogil:
+    """Frees the transport's send session if the engine made it (set_srtp_policy)."""
+    if t.tx_owned and t.tx != NULL:
+        srtp.dealloc(t.tx)
+    t.tx = NULL
+    t.tx_owned = False
 
 
 cdef int _free_slot(void **table, int capacity):

@@ -273,7 +273,8 @@ cdef struct Transport:
     Path path                 # where its packets come from and go to
     uint64_t path_key         # its key in EngineState.by_address (see demux_bind_path)
     void *rx                  # srtp_t, owned by the control plane
-    void *tx
+    void *tx                  # ... or by the engine when `tx_owned` (Engine.set_srtp_policy)
+    bint tx_owned
     uint32_t local_ssrc       # sender SSRC of our RTCP feedback
     IntList receivers         # slots of the Receivers published on this transport
     uint8_t ufrag[64]         # our ICE ufrag for it (stun.MAX_UFRAG bytes at most): STUN to it is let through
@@ -355,6 +356,8 @@ cdef struct Worker:
     uint64_t packets
     uint64_t busy_ns
     uint64_t wait_ns          # worker 0 only: time the loop thread waited for the others after its own share
+    void (*call)(void *) noexcept nogil  # instead of a share: run this on the worker's thread (workers_call)
+    void *call_arg
 
 cdef struct Event:
     int kind                  # E_*

@@ -23,5 +23,8 @@ cdef int workers_least_loaded(EngineState *s) noexcept nogil
 # Recomputes the owner of `t`'s DownTracks (its worker, or 0 when its path is ICE-TCP or TURN, which only the loop
 # thread writes) and the worker masks of their Receivers. Call after t.worker or t.path changed.
 cdef void workers_reown(EngineState *s, int t) noexcept nogil
+# Runs `call(arg)` on worker `worker`'s thread (the loop thread's for worker 0) and waits for it: memory a worker
+# writes per packet is best allocated by its own thread (its allocator arena, away from other workers' lines).
+cdef void workers_call(EngineState *s, int worker, void (*call)(void *) noexcept nogil, void *arg) noexcept nogil
 # Recomputes a Receiver's mask of workers owning its DownTracks (after one was added or removed).
 cdef void workers_update_receiver(EngineState *s, int r) noexcept nogil

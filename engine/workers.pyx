@@ -82,6 +82,12 @@ cdef void *worker_main(void *arg) noexcept nogil:
         seen = tern_load(&w.job)
         if w.stop:
             return NULL
+        if w.call != NULL:
+            w.call(w.call_arg)
+            w.call = NULL
+            tern_store(&w.done, seen)
+            tern_futex_wake(&w.done)
+            continue
         start = now_ns()
         sent = w.counters[<int>S_PACKETS_OUT]
         fanout_batch(w.s, &w.send, w.index, w.now)
@@ -150,6 +156,24 @@ cdef void workers_free(EngineState *s) noexcept nogil:
     free(s.workers)
     s.workers = NULL
     s.worker_count = 0
+
+
+cdef void workers_call(EngineState *s, int worker, void (*call)(void *) noexcept nogil, void *arg) noexcept nogil:
+    cdef Worker *w = s.workers[worker]
+    cdef uint32_t job, done
+    if worker == 0 or not w.started:
+        call(arg)
+        return
+    w.call = call
+    w.call_arg = arg
+    job = w.job + 1
+    tern_store(&w.job, job)
+    tern_futex_wake(&w.job)
+    while True:
+        done = tern_load(&w.done)
+        if done == job:
+            return
+        tern_futex_wait(&w.done, done)
 
 
 cdef void workers_fanout(EngineState *s, int64_t now) noexcept nogil:

@@ -11,10 +11,12 @@ import socket
 import struct
 
 import pytest
+from pylibsrtp import Policy
 
 import engine
+from signaling.peer.dtls import policy_pointer
 from test_engine import (DOWN_RTX_SSRC, DOWN_SSRC, F_SSRC, PUB_EXTMAP, Q_SSRC, SUB_MID_ID, SUB_RTX_PT, SUB_VP8_PT,
-                         VP8_PT, VP8_RTX_PT, Peer, nack, picture_id, video)
+                         VP8_PT, VP8_RTX_PT, Peer, nack, picture_id, pointer, video)
 
 
 async def room(workers: int, subscribers: int, rids: list[str]):
@@ -144,6 +146,30 @@ async def test_control_changes_between_batches_while_media_flows() -> None:
         assert sum(w["downtracks"] for w in eng.worker_stats()) == 12
     finally:
         close(eng, publisher, *peers, *extra)
+
+
+async def test_send_sessions_made_on_their_workers_thread() -> None:
+    """set_srtp_policy: the engine makes each subscriber's send session on the thread of the worker that forwards to
+    it (and frees it with the transport); media and retransmissions are protected with it."""
+    eng, publisher, peers, _, downtracks = await room(2, 4, [])
+    try:
+        for peer in peers:
+            policy = Policy(key=peer.down_key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)
+            policy.allow_repeat_tx = True
+            eng.set_srtp_policy(peer.transport, pointer(peer.engine_rx), policy_pointer(policy))
+        for seq in range(10):
+            publisher.send_rtp(video(seq, Q_SSRC, None, seq, keyframe=seq == 0))
+        assert [[p.seq for p in packets] for packets in await collect_all(peers)] == [list(range(10))] * 4
+        for peer in peers:
+            peer.send_rtcp(nack(0x55, DOWN_SSRC, 3))
+        assert [[p.ssrc for p in packets] for packets in await collect_all(peers)] == [[DOWN_RTX_SSRC]] * 4
+        eng.remove_transport(peers[0].transport)  # frees its session
+        publisher.send_rtp(video(10, Q_SSRC, None, 10, keyframe=False))
+        assert [[p.seq for p in packets] for packets in await collect_all(peers[1:])] == [[10]] * 3
+        with pytest.raises(RuntimeError):
+            eng.set_srtp_policy(peers[1].transport, 0, policy_pointer(Policy()))  # no key
+    finally:
+        close(eng, publisher, *peers)
 
 
 def test_the_port_stays_one_engines() -> None:
