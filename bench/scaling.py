@@ -1,4 +1,4 @@
-"""In-process scaling of the engine's forwarding workers: one publisher's video to N subscribers, with 1, 2, ... workers.
+"""In-process scaling of the engine's forwarding workers: one publisher's video to N subscribers, on 1, 2, ... workers.
 
     python bench/scaling.py                          # 1000 subscribers, workers 1 and 2
     python bench/scaling.py --subscribers 500 --workers 1 2 4 --batches 400

@@ -182,7 +182,8 @@ cdef class Engine:
         s.owners = <uint8_t *>calloc(MAX_DOWNTRACKS, sizeof(uint8_t))
         s.recv.bufs = <uint8_t *>malloc(BATCH * RECV_BUF)
         s.send.bufs = <uint8_t *>malloc(SEND_SLOTS * SEND_BUF)
-        if (s.transports == NULL or s.receivers == NULL or s.downtracks == NULL or s.owners == NULL or s.recv.bufs == NULL
+        if (s.transports == NULL or s.receivers == NULL or s.downtracks == NULL or s.owners == NULL
+                or s.recv.bufs == NULL
                 or s.send.bufs == NULL or map_init(&s.by_address, 64) < 0 or map_init(&s.streams, 256) < 0
                 or map_init(&s.downtrack_ssrcs, 256) < 0 or map_init(&s.by_ufrag, 64) < 0
                 or map_init(&s.srtp_ssrcs, 256) < 0 or map_init(&s.checks, 64) < 0):
@@ -1063,7 +1064,8 @@ cdef class Engine:
                 "packets": w.packets,
                 "busy_seconds": w.busy_ns / 1e9,
                 "wait_seconds": w.wait_ns / 1e9,
-                "drops": {name: counters[k] for k, name in enumerate(STAT_NAMES) if name in WORKER_DROPS and counters[k]},
+                "drops": {name: counters[k] for k, name in enumerate(STAT_NAMES)
+                          if name in WORKER_DROPS and counters[k]},
             })
         return result
 

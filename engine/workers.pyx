@@ -234,6 +234,8 @@ cdef void workers_reown(EngineState *s, int t) noexcept nogil:
     cdef int owner = 0 if tr.path.kind == PATH_TCP or tr.path.kind == PATH_TURN else tr.worker
     cdef int i
     cdef DownTrack *d
+    if tr.downtracks == 0:  # binding a new transport's address (the common case) scans nothing
+        return
     for i in range(s.downtrack_end):
         d = s.downtracks[i]
         if d != NULL and d.transport == t and s.owners[i] != owner:
