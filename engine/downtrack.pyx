@@ -1,18 +1,21 @@
 """DownTrack lifecycle and packet writing, media or RTX (see downtrack.pxd)."""
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
 from engine.codecs.vp8 cimport vp8_write_ids
+from engine.memory cimport aligned_calloc
 from engine.packet cimport DESC_VP8
 from engine.rtp cimport abs_send_time, rewrite_header
 from engine.wire cimport store16, store32
 
 
 cdef DownTrack *downtrack_new() noexcept nogil:
-    cdef DownTrack *d = <DownTrack *>calloc(1, sizeof(DownTrack))
+    # Aligned: neighbouring DownTracks may belong to different workers (workers.pxd), and a DownTrack is written
+    # per packet.
+    cdef DownTrack *d = <DownTrack *>aligned_calloc(sizeof(DownTrack))
     if d == NULL:
         return NULL
-    d.seqmap = <SeqMapEntry *>calloc(SEQMAP_SIZE, sizeof(SeqMapEntry))
+    d.seqmap = <SeqMapEntry *>aligned_calloc(SEQMAP_SIZE * sizeof(SeqMapEntry))
     if d.seqmap == NULL:
         free(d)
         return NULL

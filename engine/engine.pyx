@@ -15,9 +15,11 @@ transport's bound address, each within per-transport, fair-share and per-window 
 transport's estimate changes, at most one per RTCP datagram; STUN requests from TURN clients (EV_TURN, within
 TURN_REQUESTS_PER_SECOND), for signaling/peer/turn.py. Engine methods must be called from the event loop's thread.
 """
+import ctypes
 import logging
 import os
 import socket
+import struct
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t, uintptr_t
@@ -30,7 +32,6 @@ from engine cimport srtp
 from engine.demux cimport (demux_bind_path, demux_check_key, demux_find_transport, demux_forget_ssrcs,
                            demux_release_ssrc, demux_batch, demux_unbind_path)
 from engine.downtrack cimport MAX_TEMPORAL, DownTrack, downtrack_free, downtrack_new
-from engine.fanout cimport fanout_batch
 from engine.feedback cimport feedback_request_keyframe, feedback_tick
 from engine.forwarder cimport forwarder_set_paused, forwarder_target
 from engine.path cimport PATH_TCP, PATH_TURN, Path, path_address, path_set
@@ -43,10 +44,10 @@ from engine.prober cimport prober_forget, prober_pump, prober_start
 from engine.transportcc cimport (transportcc_enable_receive, transportcc_enable_send, transportcc_free,
                                  transportcc_tick)
 from engine.state cimport (BATCH, E_BANDWIDTH, E_DTLS, E_STUN, E_TURN, MAX_CONSENT_CHECKS, MAX_DOWNTRACKS,
-                           MAX_RECEIVERS, MAX_TRANSPORTS, RECV_BUF, S_COUNT, S_DROP_SEND_FAILED,
+                           MAX_RECEIVERS, MAX_TRANSPORTS, MAX_WORKERS, RECV_BUF, S_COUNT, S_DROP_SEND_FAILED,
                            S_DROP_SUBSCRIBER_NOT_READY, S_DROP_TCP_CLOSED, S_DROP_TURN_GONE, S_EVENT_ERRORS,
-                           S_SRTP_STREAMS_REMOVED, SEND_BUF, SEND_SLOTS, EngineState, Event, Transport, monotonic_us,
-                           stream_key)
+                           S_SRTP_STREAMS_REMOVED, SEND_BUF, SEND_SLOTS, EngineState, Event, Transport, Worker,
+                           monotonic_us, stream_key)
 from engine.stun cimport MAX_UFRAG, ufrag_key
 from engine.table cimport list_add, list_discard, map_free, map_get, map_init, map_put, map_remove
 from engine.tcpmux cimport (tcpmux_adopt, tcpmux_claim, tcpmux_close, tcpmux_flush, tcpmux_forget_transport,
@@ -56,6 +57,9 @@ from engine.turnmux cimport (turnmux_allocate, turnmux_classify, turnmux_client,
                              turnmux_is_handle, turnmux_open, turnmux_path, turnmux_queue, turnmux_read,
                              turnmux_release, turnmux_set_peer)
 from engine.udpmux cimport SOL_UDP_LEVEL, UDP_SEGMENT_OPTION, udpmux_flush, udpmux_init, udpmux_read
+from engine.workers cimport (workers_call, workers_fanout, workers_free, workers_least_loaded, workers_reown,
+                             workers_start, workers_stop, workers_update_receiver)
+from engine.memory cimport aligned_calloc
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,10 @@ SOCKET_BUFFER = 8 * 1024 * 1024
 TCP_BACKLOG = 128  # connections the kernel holds before accept(): the engine accepts on every readiness
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux values
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_ATTACH_REUSEPORT_CBPF = 51  # Linux >= 4.5
+# A classic BPF program for SO_ATTACH_REUSEPORT_CBPF: one instruction, BPF_RET | BPF_K 0 (the group's socket 0).
+_STEER_PROGRAM = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))
+_STEER_TO_FIRST = struct.pack("HxxxxxxP", 1, ctypes.addressof(_STEER_PROGRAM))  # struct sock_fprog
 
 # Timing, in microseconds of CLOCK_MONOTONIC.
 cdef int64_t LAYER_STALE_US = 1000000       # a layer without packets for this long is not available
@@ -109,6 +117,9 @@ STAT_NAMES = (
     "drop_turn_send_failed", "drop_layer_cut",
 )
 assert len(STAT_NAMES) == S_COUNT
+# The drops a forwarding share counts (fanout.pyx, udpmux.pyx), reported per worker.
+WORKER_DROPS = ("drop_subscriber_not_ready", "drop_too_large", "drop_srtp_protect_failed", "drop_send_failed",
+                "drop_layer_cut", "drop_temporal_layer")
 
 
 cdef void run_timers(EngineState *s, int64_t now) noexcept nogil:
@@ -129,7 +140,7 @@ cdef void forward_batch(EngineState *s, int n, int64_t now) noexcept nogil:
     """What every receive path does with a batch of n packets: demultiplex, forward, and pace the probes between
     ticks too (a cluster's packets leave evenly)."""
     demux_batch(s, n, now)
-    fanout_batch(s, now)
+    workers_fanout(s, now)
     if s.probing.count:
         prober_pump(s, now)
 
@@ -142,6 +153,7 @@ cdef class Engine:
 
     cdef EngineState *s
     cdef object _sock
+    cdef list _worker_socks                 # workers 1.. send from these (SO_REUSEPORT, the same port)
     cdef object _tcp_sock
     cdef object _on_event
     cdef object _loop
@@ -167,9 +179,11 @@ cdef class Engine:
         s.transports = <Transport **>calloc(MAX_TRANSPORTS, sizeof(Transport *))
         s.receivers = <Receiver **>calloc(MAX_RECEIVERS, sizeof(Receiver *))
         s.downtracks = <DownTrack **>calloc(MAX_DOWNTRACKS, sizeof(DownTrack *))
+        s.owners = <uint8_t *>calloc(MAX_DOWNTRACKS, sizeof(uint8_t))
         s.recv.bufs = <uint8_t *>malloc(BATCH * RECV_BUF)
         s.send.bufs = <uint8_t *>malloc(SEND_SLOTS * SEND_BUF)
-        if (s.transports == NULL or s.receivers == NULL or s.downtracks == NULL or s.recv.bufs == NULL
+        if (s.transports == NULL or s.receivers == NULL or s.downtracks == NULL or s.owners == NULL
+                or s.recv.bufs == NULL
                 or s.send.bufs == NULL or map_init(&s.by_address, 64) < 0 or map_init(&s.streams, 256) < 0
                 or map_init(&s.downtrack_ssrcs, 256) < 0 or map_init(&s.by_ufrag, 64) < 0
                 or map_init(&s.srtp_ssrcs, 256) < 0 or map_init(&s.checks, 64) < 0):
@@ -179,36 +193,46 @@ cdef class Engine:
         s.ufrag_seed = int.from_bytes(os.urandom(8), "little")
 
     def __init__(self, host: str, udp_port: int, on_event, tcp_port: int | None = None,
-                 turn: bool = False, turn_port: int | None = None) -> None:
+                 turn: bool = False, turn_port: int | None = None, workers: int = 1) -> None:
         """Media on UDP `udp_port` of `host`, ICE-TCP on TCP `tcp_port` of the same address when given (0: a
         port the kernel picks), and, with `turn`, TURN's data path: its UDP socket on `turn_port` when given (0: a
         port the kernel picks), its streams through turn_adopt. An IPv6 host gets dual-stack sockets (IPv4 peers
-        appear as IPv4-mapped addresses); IPv4 hosts IPv4 ones."""
+        appear as IPv4-mapped addresses); IPv4 hosts IPv4 ones. `workers` threads forward (workers.pxd), each
+        sending from its own socket on the same port. OSError (EADDRINUSE) when the port is taken, by another
+        process of ours too."""
         ipv6 = ":" in host
-        sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
+        if not 1 <= workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be 1..{MAX_WORKERS}")
+        sockets = []
         try:
-            if ipv6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            for option, forced in ((socket.SO_RCVBUF, SO_RCVBUFFORCE), (socket.SO_SNDBUF, SO_SNDBUFFORCE)):
-                try:
-                    # Past net.core.[rw]mem_max when privileged: bursts of video must not overflow the kernel queue.
-                    sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)
-                except OSError:
-                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-            sock.setblocking(False)
-            sock.bind((host, udp_port))
+            if workers > 1:
+                # SO_REUSEPORT lets a second process bind the port silently. A socket without it cannot bind a port
+                # any socket holds: bound first, it makes a taken port the clear error it is without workers.
+                probe = media_socket(host, udp_port, ipv6, False)
+                udp_port = probe.getsockname()[1]
+                probe.close()
+            sockets.append(media_socket(host, udp_port, ipv6, workers > 1))
+            if workers > 1:
+                # Every datagram to the port goes to the first socket of the group (the loop thread's): the workers'
+                # sockets only send.
+                sockets[0].setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, _STEER_TO_FIRST)
+                for _ in range(1, workers):
+                    sockets.append(media_socket(host, udp_port, ipv6, True))
             try:
-                sock.getsockopt(SOL_UDP_LEVEL, UDP_SEGMENT_OPTION)  # fails before Linux 4.18, which has no UDP GSO
+                sockets[0].getsockopt(SOL_UDP_LEVEL, UDP_SEGMENT_OPTION)  # fails before Linux 4.18: no UDP GSO
                 self.s.send.use_gso = True
             except OSError:
                 self.s.send.use_gso = False
         except BaseException:
-            sock.close()
+            for sock in sockets:
+                sock.close()
             raise
-        self._sock = sock
-        self.s.fd = sock.fileno()
+        self._sock = sockets[0]
+        self._worker_socks = sockets[1:]
+        self.s.fd = self.s.send.fd = self._sock.fileno()
         self.s.ipv6 = ipv6
-        self.port = sock.getsockname()[1]
+        self.port = self._sock.getsockname()[1]
+        self._start_workers(workers)
         if tcp_port is not None:
             self._listen_tcp(host, tcp_port, ipv6)
         if turn:
@@ -220,6 +244,15 @@ cdef class Engine:
         self._downtrack_slots = {}
         self.s.remb_bitrate = DEFAULT_REMB_BPS
         self.set_cname("tern")
+
+    def _start_workers(self, int count) -> None:
+        cdef int fds[MAX_WORKERS]
+        cdef int i
+        for i in range(1, count):
+            fds[i] = self._worker_socks[i - 1].fileno()
+        if workers_start(self.s, count, fds) < 0:
+            self.close()
+            raise MemoryError("cannot start the forwarding workers")
 
     def _listen_tcp(self, host: str, tcp_port: int, ipv6: bool) -> None:
         sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_STREAM)
@@ -266,6 +299,7 @@ cdef class Engine:
         cdef int i
         if s == NULL:
             return
+        workers_free(s)
         tcpmux_close(s)
         turnmux_close(s)  # before the transports: it gives back their connection counts
         if s.downtracks != NULL:
@@ -282,12 +316,14 @@ cdef class Engine:
                     free(s.transports[i].receivers.items)
                     free(s.transports[i].srtp_ssrc_list)
                     transportcc_free(s, i)
+                    _drop_tx(s.transports[i])
                     free(s.transports[i])
         free(s.twcc_receivers.items)
         free(s.probing.items)
         free(s.transports)
         free(s.receivers)
         free(s.downtracks)
+        free(s.owners)
         free(s.recv.bufs)
         free(s.send.bufs)
         map_free(&s.by_address)
@@ -322,10 +358,14 @@ cdef class Engine:
                 self._tick_handle.cancel()
             self._loop = None
             self._tick_handle = None
+        workers_stop(self.s)  # no batch runs: this is the loop thread
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        self.s.fd = -1
+        for sock in self._worker_socks or ():
+            sock.close()
+        self._worker_socks = []
+        self.s.fd = self.s.send.fd = -1
         tcpmux_close(self.s)
         turnmux_close(self.s)
         if self._tcp_sock is not None:
@@ -495,13 +535,15 @@ cdef class Engine:
             raise ValueError("ufrag in use")  # the same ufrag, or (2^-64) its key: the caller draws another
         if slot < 0:
             raise RuntimeError("too many transports")
-        t = <Transport *>calloc(1, sizeof(Transport))
+        t = <Transport *>aligned_calloc(sizeof(Transport))  # a worker writes it per packet: its own cache lines
         if t == NULL:
             raise MemoryError()
         if ufrag and map_put(&self.s.by_ufrag, key, slot) < 0:
             free(t)
             raise MemoryError()
         t.id = self._new_id()
+        t.worker = workers_least_loaded(self.s)
+        self.s.workers[t.worker].transports += 1
         t.local_ssrc = int.from_bytes(os.urandom(4), "big")
         memcpy(t.ufrag, <const char *>ufrag, len(ufrag))
         t.ufrag_length = len(ufrag)
@@ -553,6 +595,7 @@ cdef class Engine:
         result = demux_bind_path(self.s, slot, &path)
         if result == -1:
             raise MemoryError()
+        workers_reown(self.s, slot)  # an ICE-TCP or TURN path is the loop thread's
         return result == 0
 
     def transport_at(self, host: str, port: int, connection: int = 0) -> int | None:
@@ -583,7 +626,9 @@ cdef class Engine:
 
     def unbind_transport(self, transport_id: int) -> None:
         """Stops sending to the transport's address and forgets it (its consent expired)."""
-        demux_unbind_path(self.s, self._slot(self._transport_slots, transport_id, "transport"))
+        cdef int slot = self._slot(self._transport_slots, transport_id, "transport")
+        demux_unbind_path(self.s, slot)
+        workers_reown(self.s, slot)
 
     def send_transport(self, transport_id: int, data: bytes) -> None:
         """A raw packet to the transport's bound path (DTLS records)."""
@@ -700,9 +745,31 @@ cdef class Engine:
         return client.kind != PATH_TCP or tcpmux_queued(self.s, tcpmux_handle(&client)) >= 0
 
     def set_srtp(self, transport_id: int, rx_session: int, tx_session: int) -> None:
+        """The transport's libsrtp sessions (srtp_t addresses), which the caller keeps alive."""
         cdef Transport *t = self.s.transports[self._slot(self._transport_slots, transport_id, "transport")]
+        _drop_tx(t)
         t.rx = <void *><uintptr_t>rx_session
         t.tx = <void *><uintptr_t>tx_session
+
+    def set_srtp_policy(self, transport_id: int, rx_session: int, tx_policy: int) -> None:
+        """As set_srtp, with the send session made here from `tx_policy` (an srtp_policy_t address, read during this
+        call only) on the thread of the worker that forwards to the transport, and freed with the transport or when
+        replaced. libsrtp's per-SSRC send streams share their session's cipher contexts, written at every packet: made
+        by the loop thread, the contexts of transports of different workers would sit side by side in memory, and
+        the cores would pass their cache lines back and forth. RuntimeError when libsrtp refuses the policy."""
+        cdef Transport *t = self.s.transports[self._slot(self._transport_slots, transport_id, "transport")]
+        cdef SrtpCreate create
+        create.session = NULL
+        create.policy = <const void *><uintptr_t>tx_policy
+        create.result = 0
+        with nogil:
+            workers_call(self.s, t.worker, _create_session, &create)
+        if create.result != 0:
+            raise RuntimeError(f"libsrtp refused the send policy (error {create.result})")
+        _drop_tx(t)
+        t.rx = <void *><uintptr_t>rx_session
+        t.tx = create.session
+        t.tx_owned = True
 
     def remove_transport(self, transport_id: int) -> None:
         slot = self._transport_slots.pop(transport_id, None)
@@ -726,6 +793,8 @@ cdef class Engine:
         free(t.receivers.items)
         prober_forget(self.s, <int>slot)
         transportcc_free(self.s, <int>slot)
+        self.s.workers[t.worker].transports -= 1
+        _drop_tx(t)
         free(t)
         self.s.transports[<int>slot] = NULL
 
@@ -840,6 +909,7 @@ cdef class Engine:
         if list_add(&self.s.receivers[rslot].downtracks, slot) < 0:
             downtrack_free(d)
             raise MemoryError()
+        self._own_downtrack(tslot, slot)
         d.id = self._new_id()
         d.receiver = rslot
         d.transport = tslot
@@ -862,7 +932,23 @@ cdef class Engine:
         map_put(&self.s.downtrack_ssrcs, stream_key(tslot, ssrc), slot)
         if rtx_ssrc:
             map_put(&self.s.downtrack_ssrcs, stream_key(tslot, rtx_ssrc), slot)
+        workers_update_receiver(self.s, rslot)
         return d.id
+
+    cdef _own_downtrack(self, int tslot, int slot):
+        """Gives DownTrack `slot` its transport's worker. A transport's first DownTrack may move it to the least
+        loaded worker (the one chosen when it was added may have DownTracks since), unless its send context exists:
+        libsrtp keeps per-SSRC state there that only its worker writes."""
+        cdef Transport *t = self.s.transports[tslot]
+        cdef int worker
+        if t.downtracks == 0 and t.tx == NULL:
+            worker = workers_least_loaded(self.s)
+            self.s.workers[t.worker].transports -= 1
+            self.s.workers[worker].transports += 1
+            t.worker = worker
+        t.downtracks += 1
+        self.s.workers[t.worker].downtracks += 1
+        self.s.owners[slot] = 0 if t.path.kind == PATH_TCP or t.path.kind == PATH_TURN else t.worker
 
     def remove_downtrack(self, downtrack_id: int) -> None:
         slot = self._downtrack_slots.pop(downtrack_id, None)
@@ -880,6 +966,9 @@ cdef class Engine:
         if d.rtx_ssrc and map_get(&self.s.downtrack_ssrcs, stream_key(d.transport, d.rtx_ssrc)) == slot:
             map_remove(&self.s.downtrack_ssrcs, stream_key(d.transport, d.rtx_ssrc))
         list_discard(&self.s.receivers[d.receiver].downtracks, slot)
+        workers_update_receiver(self.s, d.receiver)
+        t.downtracks -= 1
+        self.s.workers[t.worker].downtracks -= 1
         downtrack_free(d)
         self.s.downtracks[<int>slot] = NULL
 
@@ -938,7 +1027,47 @@ cdef class Engine:
         return self.s.send.use_gso
 
     def stats(self) -> dict:
-        return {name: self.s.counters[i] for i, name in enumerate(STAT_NAMES)}
+        """The S_* counters, every worker's added up."""
+        cdef int i, w
+        cdef uint64_t total
+        counts = {}
+        for i, name in enumerate(STAT_NAMES):
+            total = self.s.counters[i]
+            for w in range(1, self.s.worker_count):
+                total += self.s.workers[w].counters[i]
+            counts[name] = total
+        return counts
+
+    @property
+    def workers(self) -> int:
+        """Forwarding threads, the event loop's included."""
+        return self.s.worker_count
+
+    def worker_stats(self) -> list[dict]:
+        """Per worker (0 = the event loop's thread): `transports` and `downtracks` it forwards to, `batches` it
+        forwarded a share of, the `packets` it sent, `busy_seconds` spent on them, `drops` by reason (the nonzero
+        WORKER_DROPS; worker 0's are the engine's own counters, which also count the loop thread's other sends), and
+        for worker 0 `wait_seconds`: the loop thread waiting for the others after its own share (a worker that falls
+        behind shows here)."""
+        cdef Worker *w
+        cdef const uint64_t *counters
+        result = []
+        for i in range(self.s.worker_count):
+            w = self.s.workers[i]
+            counters = &w.counters[0]
+            if i == 0:
+                counters = &self.s.counters[0]
+            result.append({
+                "transports": w.transports,
+                "downtracks": w.downtracks,
+                "batches": w.batches,
+                "packets": w.packets,
+                "busy_seconds": w.busy_ns / 1e9,
+                "wait_seconds": w.wait_ns / 1e9,
+                "drops": {name: counters[k] for k, name in enumerate(STAT_NAMES)
+                          if name in WORKER_DROPS and counters[k]},
+            })
+        return result
 
     def transport_bandwidth(self, transport_id: int) -> dict | None:
         """The downlink estimate of a subscriber transport (None before it has a DownTrack): `estimate_bps`,
@@ -1066,6 +1195,48 @@ cdef tuple _address(const Path *p):
     if p.kind == PATH_TURN:
         return (*path_address(p), turnmux_handle(p))
     return path_address(p)
+
+
+def media_socket(host: str, port: int, ipv6: bool, reuse_port: bool) -> socket.socket:
+    """A non-blocking UDP socket bound to (host, port) with large kernel buffers (dual-stack for IPv6); with
+    `reuse_port`, one of a SO_REUSEPORT group (the workers' sockets)."""
+    sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if ipv6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        for option, forced in ((socket.SO_RCVBUF, SO_RCVBUFFORCE), (socket.SO_SNDBUF, SO_SNDBUFFORCE)):
+            try:
+                # Past net.core.[rw]mem_max when privileged: bursts of video must not overflow the kernel queue.
+                sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+cdef struct SrtpCreate:
+    void *session
+    const void *policy
+    int result
+
+
+cdef void _create_session(void *arg) noexcept nogil:
+    cdef SrtpCreate *create = <SrtpCreate *>arg
+    create.result = srtp.create(&create.session, create.policy)
+
+
+cdef void _drop_tx(Transport *t) noexcept nogil:
+    """Frees the transport's send session if the engine made it (set_srtp_policy)."""
+    if t.tx_owned and t.tx != NULL:
+        srtp.dealloc(t.tx)
+    t.tx = NULL
+    t.tx_owned = False
 
 
 cdef int _free_slot(void **table, int capacity):

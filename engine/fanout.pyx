@@ -1,5 +1,5 @@
 """Fan-out: the batch's ExtPackets to their DownTracks, in an order that lets runs leave as GSO sends."""
-from libc.stdint cimport int64_t, uint8_t, uint16_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t
 
 from engine cimport srtp
 from engine.bwe cimport bwe_on_sent
@@ -10,84 +10,90 @@ from engine.munger cimport DROP_PADDING, munger_drop, munger_map
 from engine.receiver cimport Receiver
 from engine.state cimport (BATCH, S_DROP_LAYER_CUT, S_DROP_PROTECT, S_DROP_SUBSCRIBER_NOT_READY,
                            S_DROP_TEMPORAL_LAYER, S_DROP_TOO_LARGE, S_FORWARDED, S_LAYER_SWITCHES, S_PAUSED_SKIPPED,
-                           S_TEMPORAL_PADDING, SEND_BUF, Transport, transport_ready)
+                           S_TEMPORAL_PADDING, SEND_BUF, SendBatch, Transport, transport_ready)
 from engine.twcc cimport TwccHistory, twcc_history_add
 from engine.udpmux cimport send_commit, send_slot_buffer, send_take_slot
 
 
-cdef void fanout_batch(EngineState *s, int64_t now) noexcept nogil:
+cdef void fanout_batch(EngineState *s, SendBatch *b, int worker, int64_t now) noexcept nogil:
     """DownTrack by DownTrack, each in arrival order: a subscriber's packets then sit in consecutive send slots,
-    which udpmux_flush can hand to the kernel as one GSO send."""
+    which send_batch_flush can hand to the kernel as one GSO send. Only the DownTracks `worker` owns
+    (EngineState.owners): every worker reads the batch's packets in place, each writes only its own DownTracks,
+    transports and send batch."""
     cdef bint done[<int>BATCH]
-    cdef int i, j, k
+    cdef int i, j, k, slot
     cdef Receiver *r
     cdef ExtPacket *p
+    cdef uint64_t mine = (<uint64_t>1) << worker
     for i in range(s.packet_count):
         done[i] = False
     for i in range(s.packet_count):
         if done[i]:
             continue
         r = s.packets[i].r
-        for k in range(r.downtracks.count):
-            for j in range(i, s.packet_count):
-                p = &s.packets[j]
-                if p.r == r:
-                    forward(s, s.downtracks[r.downtracks.items[k]], p, now)
+        if r.workers & mine:
+            for k in range(r.downtracks.count):
+                slot = r.downtracks.items[k]
+                if s.owners[slot] != worker:
+                    continue
+                for j in range(i, s.packet_count):
+                    p = &s.packets[j]
+                    if p.r == r:
+                        forward(s, b, s.downtracks[slot], p, now)
         for j in range(i, s.packet_count):
             if s.packets[j].r == r:
                 done[j] = True
-    s.packet_count = 0
 
 
-cdef inline void forward(EngineState *s, DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil:
+cdef inline void forward(EngineState *s, SendBatch *b, DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil:
     cdef const SeqMapEntry *e
     cdef SeqMapEntry slot
     cdef int verdict = forwarder_accept(d, p, now)
     if verdict == FORWARD_DROP:
         return
     if verdict == FORWARD_PAUSED:
-        s.counters[<int>S_PAUSED_SKIPPED] += 1
+        b.counters[<int>S_PAUSED_SKIPPED] += 1
         return
     if verdict == FORWARD_CUT:
         d.dropped += 1
-        s.counters[<int>S_DROP_LAYER_CUT] += 1
+        b.counters[<int>S_DROP_LAYER_CUT] += 1
         return
     if verdict == FORWARD_DROP_TEMPORAL:
-        s.counters[<int>S_DROP_TEMPORAL_LAYER] += 1
-        if munger_drop(d, p, &slot) == DROP_PADDING and fanout_send(s, d, p, &slot, WRITE_PADDING, now):
+        b.counters[<int>S_DROP_TEMPORAL_LAYER] += 1
+        if munger_drop(d, p, &slot) == DROP_PADDING and fanout_send(s, b, d, p, &slot, WRITE_PADDING, now):
             d.temporal_padding += 1
-            s.counters[<int>S_TEMPORAL_PADDING] += 1
+            b.counters[<int>S_TEMPORAL_PADDING] += 1
         return
     if verdict == FORWARD_SWITCHED:
-        s.counters[<int>S_LAYER_SWITCHES] += 1
+        b.counters[<int>S_LAYER_SWITCHES] += 1
     e = munger_map(d, p, now)
-    if e != NULL and fanout_send(s, d, p, e, WRITE_MEDIA, now):
+    if e != NULL and fanout_send(s, b, d, p, e, WRITE_MEDIA, now):
         d.packets += 1
         d.octets += p.h.payload_length
         s.transports[d.transport].bytes_sent += p.h.header_length + p.h.payload_length  # retransmission budget
-        s.counters[<int>S_FORWARDED] += 1
+        b.counters[<int>S_FORWARDED] += 1
 
 
-cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const SeqMapEntry *e,
+cdef bint fanout_send(EngineState *s, SendBatch *b, DownTrack *d, const ExtPacket *p, const SeqMapEntry *e,
                       int kind, int64_t now) noexcept nogil:
     cdef Transport *t = s.transports[d.transport]
     cdef TwccHistory *history = t.twcc_tx if d.ext_transport_cc else NULL
     cdef int slot, length, rtp_length
     cdef uint8_t *out
     if not transport_ready(t):
-        s.counters[<int>S_DROP_SUBSCRIBER_NOT_READY] += 1
+        b.counters[<int>S_DROP_SUBSCRIBER_NOT_READY] += 1
         return False
     if p.h.header_length + p.h.payload_length + WRITE_GROWTH + srtp.SRTP_TRAILER > SEND_BUF:
-        s.counters[<int>S_DROP_TOO_LARGE] += 1
+        b.counters[<int>S_DROP_TOO_LARGE] += 1
         return False
-    slot = send_take_slot(s)
-    out = send_slot_buffer(s, slot)
+    slot = send_take_slot(b)
+    out = send_slot_buffer(b, slot)
     # The transport-wide number (or the abs-send-time) is taken here, where the packet's final bytes are written into
     # the send batch (which leaves in this batch's sendmmsg), and the number is only spent when the packet really goes.
     length = downtrack_write(d, p, e, kind, <uint16_t>history.next_seq if history != NULL else 0, now, out)
     rtp_length = length
     if not t.plain and srtp.protect(t.tx, out, &length) != 0:
-        s.counters[<int>S_DROP_PROTECT] += 1
+        b.counters[<int>S_DROP_PROTECT] += 1
         return False
     if history != NULL:
         twcc_history_add(history, rtp_length, now)
@@ -95,5 +101,5 @@ cdef bint fanout_send(EngineState *s, DownTrack *d, const ExtPacket *p, const Se
             t.probe_sent_bytes += rtp_length  # a cluster's rate counts what it tags, media included
     elif d.ext_abs_send_time and t.bwe != NULL:  # what the client's estimator counts, for its REMB
         bwe_on_sent(t.bwe, p.h.payload_length + (2 if kind == WRITE_RTX else 0), now)
-    send_commit(s, slot, length, &t.path)
+    send_commit(s, b, slot, length, &t.path)
     return True

@@ -83,7 +83,7 @@ cdef void feedback_nack(EngineState *s, DownTrack *d, uint32_t media, const uint
             continue
         packet_set(&packet, cached, cached_length, r, e.layer, now)
         describe_packet(&packet, r.codec, r.is_video)
-        if fanout_send(s, d, &packet, e, WRITE_RTX if d.rtx_ssrc else WRITE_MEDIA, now):
+        if fanout_send(s, &s.send, d, &packet, e, WRITE_RTX if d.rtx_ssrc else WRITE_MEDIA, now):
             e.last_rtx_us = now
             d.rtx_window_count += 1
             d.retransmissions += 1
@@ -108,8 +108,8 @@ cdef void feedback_request_keyframe(EngineState *s, Receiver *r, int l, int64_t 
     if not layer.has_ssrc or now - layer.last_pli_us < PLI_INTERVAL_US or not transport_ready(t):
         return
     layer.last_pli_us = now
-    slot = send_take_slot(s)
-    length = build_pli(send_slot_buffer(s, slot), SEND_BUF - srtp.SRTCP_TRAILER, t.local_ssrc, layer.ssrc)
+    slot = send_take_slot(&s.send)
+    length = build_pli(send_slot_buffer(&s.send, slot), SEND_BUF - srtp.SRTCP_TRAILER, t.local_ssrc, layer.ssrc)
     if length > 0:
         layer.plis_sent += 1
         s.counters[<int>S_PLIS_SENT] += 1
@@ -123,8 +123,8 @@ cdef void send_nacks(EngineState *s, Receiver *r, Layer *layer, int64_t now) noe
     cdef Transport *t = s.transports[r.transport]
     if count == 0 or not transport_ready(t) or not layer.has_ssrc:
         return
-    slot = send_take_slot(s)
-    length = build_nack(send_slot_buffer(s, slot), SEND_BUF - srtp.SRTCP_TRAILER, t.local_ssrc, layer.ssrc, seqs,
+    slot = send_take_slot(&s.send)
+    length = build_nack(send_slot_buffer(&s.send, slot), SEND_BUF - srtp.SRTCP_TRAILER, t.local_ssrc, layer.ssrc, seqs,
                         count)
     if length > 0:
         layer.nacks_sent += 1

@@ -1,5 +1,5 @@
 """Prober: probe clusters of padding toward subscriber transports (see prober.pxd)."""
-from libc.stdint cimport int16_t, uint16_t
+from libc.stdint cimport int16_t, uint8_t, uint16_t
 
 from engine cimport srtp
 from engine.bwe cimport bwe_probe_overused, bwe_probe_start
@@ -76,6 +76,7 @@ cdef bint pump(EngineState *s, Transport *t, int64_t now) noexcept nogil:
     cdef DownTrack *d = s.downtracks[t.probe_downtrack_slot]
     cdef int64_t due
     cdef int packets = 0, slot, length, rtp_length
+    cdef uint8_t *out
     if (now >= t.probe_end_us or d == NULL or d.id != t.probe_downtrack or not transport_ready(t)
             or bwe_probe_overused(t.bwe, t.probe_cluster)):
         return False
@@ -83,15 +84,16 @@ cdef bint pump(EngineState *s, Transport *t, int64_t now) noexcept nogil:
     due = t.probe_target_bps * (now - t.probe_start_us) // 8000000 + PROBE_PADDING_BYTES - t.probe_sent_bytes
     while due > 0 and packets < PROBE_MAX_PACKETS_PER_PUMP:
         packets += 1
-        slot = send_take_slot(s)
-        length = downtrack_write_padding(d, <uint16_t>t.twcc_tx.next_seq, PROBE_PADDING_BYTES, send_slot_buffer(s, slot))
+        slot = send_take_slot(&s.send)
+        out = send_slot_buffer(&s.send, slot)
+        length = downtrack_write_padding(d, <uint16_t>t.twcc_tx.next_seq, PROBE_PADDING_BYTES, out)
         rtp_length = length
-        if srtp.protect(t.tx, send_slot_buffer(s, slot), &length) != 0:
+        if not t.plain and srtp.protect(t.tx, out, &length) != 0:
             s.counters[<int>S_DROP_PROTECT] += 1
             continue
         twcc_history_add(t.twcc_tx, rtp_length, now)
         t.probe_sent_bytes += rtp_length
         due -= rtp_length
-        send_commit(s, slot, length, &t.path)
+        send_commit(s, &s.send, slot, length, &t.path)
         s.counters[<int>S_PROBE_PACKETS] += 1
     return True

@@ -77,6 +77,7 @@ cdef struct Receiver:
     uint8_t live_layers       # bit l = layer l has recent packets
     Layer layers[4]
     IntList downtracks        # EngineState slots
+    uint64_t workers          # bit w = worker w owns some of them (EngineState.owners): the workers a packet wakes
 
 # An empty receiver (calloc'd) whose `num_layers` layers have caches; NULL when out of memory.
 cdef Receiver *receiver_new(bint is_video, int num_layers) noexcept nogil

@@ -91,8 +91,8 @@ cdef void send_receiver_report(EngineState *s, Transport *t, int64_t now) noexce
                 video += 1
     if count == 0:
         return
-    slot = send_take_slot(s)
-    out = send_slot_buffer(s, slot)
+    slot = send_take_slot(&s.send)
+    out = send_slot_buffer(&s.send, slot)
     length = build_rr(out, cap, t.local_ssrc, blocks, count)
     if length < 0:
         return
@@ -123,8 +123,8 @@ cdef void send_sender_report(EngineState *s, DownTrack *d, Receiver *r, int64_t 
                                     now)
     info.packet_count = <uint32_t>d.packets
     info.octet_count = <uint32_t>d.octets
-    slot = send_take_slot(s)
-    out = send_slot_buffer(s, slot)
+    slot = send_take_slot(&s.send)
+    out = send_slot_buffer(&s.send, slot)
     length = build_sr(out, cap, &info, NULL, 0)
     if length < 0:
         return

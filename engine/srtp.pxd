@@ -13,3 +13,7 @@ cdef int protect_rtcp(void *ctx, void *packet, int *length) noexcept nogil
 cdef int unprotect_rtcp(void *ctx, void *packet, int *length) noexcept nogil
 # Frees the stream of `ssrc` (host order) in a session: 0, or non-zero when it has none.
 cdef int remove_stream(void *ctx, uint32_t ssrc) noexcept nogil
+# A session made from `policy` (an srtp_policy_t *) on the calling thread, so its memory comes from that thread's
+# allocator arena (workers.pxd); 0, or non-zero on failure. Freed with dealloc.
+cdef int create(void **session, const void *policy) noexcept nogil
+cdef int dealloc(void *session) noexcept nogil

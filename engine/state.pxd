@@ -21,6 +21,8 @@ cdef enum:
     MAX_TRANSPORTS = 16384    # a fanout of thousands of subscribers with two transports each
     MAX_RECEIVERS = 8192
     MAX_DOWNTRACKS = 65536
+    MAX_WORKERS = 64          # forwarding threads (workers.pyx): a receiver's bit mask of the workers that own
+                              # some of its DownTracks is one 64-bit word
     GSO_CONTROL_WORDS = 4     # 8-byte words holding CMSG_SPACE(sizeof(uint16_t)), per GSO message
 
 cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their names, in this order
@@ -271,7 +273,8 @@ cdef struct Transport:
     Path path                 # where its packets come from and go to
     uint64_t path_key         # its key in EngineState.by_address (see demux_bind_path)
     void *rx                  # srtp_t, owned by the control plane
-    void *tx
+    void *tx                  # ... or by the engine when `tx_owned` (Engine.set_srtp_policy)
+    bint tx_owned
     uint32_t local_ssrc       # sender SSRC of our RTCP feedback
     IntList receivers         # slots of the Receivers published on this transport
     uint8_t ufrag[64]         # our ICE ufrag for it (stun.MAX_UFRAG bytes at most): STUN to it is let through
@@ -308,6 +311,8 @@ cdef struct Transport:
     int64_t probe_downtrack   # id of the DownTrack whose RTX stream carries the padding
     int probe_downtrack_slot
     int tcp_connections       # ICE-TCP connections it authenticated, <= MAX_TCP_PER_TRANSPORT
+    int worker                # the worker that forwards to it (workers.pyx); ICE-TCP and TURN paths use worker 0
+    int downtracks            # its DownTracks (the workers' load)
 
 cdef struct RecvBatch:
     uint8_t *bufs             # BATCH buffers of RECV_BUF bytes: datagrams, or frames copied out of TCP streams
@@ -317,6 +322,9 @@ cdef struct RecvBatch:
     bint taken[<int>BATCH]    # handled already (a TURN request raised as an event, or dropped): demux skips it
 
 cdef struct SendBatch:
+    int fd                    # the UDP socket it leaves by: the mux socket, or a worker's (workers.pyx)
+    uint64_t *counters        # where its packets are counted: EngineState.counters, or a worker's
+    bint shared               # EngineState.send: the loop thread's, which may also queue into TCP and TURN paths
     uint8_t *bufs             # SEND_SLOTS buffers of SEND_BUF bytes
     mmsghdr msgs[<int>SEND_SLOTS]
     iovec iov[<int>SEND_SLOTS]
@@ -326,6 +334,30 @@ cdef struct SendBatch:
     mmsghdr gso_msgs[<int>SEND_SLOTS]
     int gso_first[<int>SEND_SLOTS]  # the first send slot of each GSO message
     uint64_t gso_control[<int>SEND_SLOTS * <int>GSO_CONTROL_WORDS]
+
+cdef struct EngineState
+
+cdef struct Worker:
+    # A forwarding thread (workers.pyx): forwards the batch's packets to the DownTracks of the transports it owns,
+    # with its own send batch, socket and counters. Worker 0 is the event loop's thread and uses EngineState's.
+    uint64_t counters[<int>S_COUNT]
+    SendBatch send
+    uint32_t job              # futex words: the loop thread bumps `job` to start a share, the worker sets `done`
+    uint32_t done             # to it when its share has left
+    bint stop
+    int index
+    int64_t now               # the batch's time
+    EngineState *s
+    unsigned long thread      # pthread_t
+    bint started
+    int transports            # transports it owns, and their DownTracks (the load new ones are balanced by)
+    int downtracks
+    uint64_t batches          # shares it forwarded, the packets they held, and the time spent (ns)
+    uint64_t packets
+    uint64_t busy_ns
+    uint64_t wait_ns          # worker 0 only: time the loop thread waited for the others after its own share
+    void (*call)(void *) noexcept nogil  # instead of a share: run this on the worker's thread (workers_call)
+    void *call_arg
 
 cdef struct Event:
     int kind                  # E_*
@@ -369,6 +401,10 @@ cdef struct EngineState:
     TwccResult twcc_results[<int>TWCC_HISTORY]  # scratch for one subscriber feedback: parsed, then resolved
     BwePacketResult bwe_results[<int>TWCC_HISTORY]
     int event_count
+    Worker **workers          # worker_count workers, each its own aligned allocation (workers.pyx)
+    int worker_count
+    uint8_t *owners           # per DownTrack slot: the worker that forwards it (its transport's, or 0 for ICE-TCP
+                              # and TURN paths); read by every worker during a batch, written between batches
     int64_t last_report_us
     uint64_t remb_bitrate
     char cname[32]

@@ -64,8 +64,8 @@ cdef void send_feedback(EngineState *s, Transport *t, int64_t now) noexcept nogi
     if not transport_ready(t):
         return  # kept until it is (a full record starts over: twcc_recorder_add)
     for i in range(TWCC_FEEDBACKS_PER_SEND):
-        slot = send_take_slot(s)
-        length = twcc_recorder_feedback(t.twcc_rx, send_slot_buffer(s, slot), SEND_BUF - srtp.SRTCP_TRAILER,
+        slot = send_take_slot(&s.send)
+        length = twcc_recorder_feedback(t.twcc_rx, send_slot_buffer(&s.send, slot), SEND_BUF - srtp.SRTCP_TRAILER,
                                         t.local_ssrc, now)
         if length <= 0:
             return

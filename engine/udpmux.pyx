@@ -29,13 +29,20 @@ cdef void udpmux_init(EngineState *s) noexcept nogil:
         s.recv.msgs[i].msg_hdr.msg_iov = &s.recv.iov[i]
         s.recv.msgs[i].msg_hdr.msg_iovlen = 1
         s.recv.paths[i].kind = PATH_UDP
+    s.send.counters = s.counters
+    s.send.shared = True
+    send_batch_init(&s.send)
+
+
+cdef void send_batch_init(SendBatch *b) noexcept nogil:
+    cdef int i
     for i in range(SEND_SLOTS):
-        s.send.iov[i].iov_base = s.send.bufs + i * SEND_BUF
-        memset(&s.send.msgs[i], 0, sizeof(s.send.msgs[i]))
-        s.send.msgs[i].msg_hdr.msg_name = &s.send.addrs[i]
-        s.send.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
-        s.send.msgs[i].msg_hdr.msg_iov = &s.send.iov[i]
-        s.send.msgs[i].msg_hdr.msg_iovlen = 1
+        b.iov[i].iov_base = b.bufs + i * SEND_BUF
+        memset(&b.msgs[i], 0, sizeof(b.msgs[i]))
+        b.msgs[i].msg_hdr.msg_name = &b.addrs[i]
+        b.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+        b.msgs[i].msg_hdr.msg_iov = &b.iov[i]
+        b.msgs[i].msg_hdr.msg_iovlen = 1
 
 
 cdef int udpmux_read(EngineState *s) noexcept nogil:
@@ -51,25 +58,29 @@ cdef int udpmux_read(EngineState *s) noexcept nogil:
 
 
 cdef void udpmux_flush(EngineState *s) noexcept nogil:
+    send_batch_flush(&s.send)
+    if s.turn.count:
+        turnmux_flush(s)
+    if s.tcp.dirty.count:
+        tcpmux_flush(s)
+
+
+cdef void send_batch_flush(SendBatch *b) noexcept nogil:
     cdef int sent = 0
     cdef int r
-    if s.send.use_gso and s.send.count > 1:
-        sent = flush_gso(s)
-    while sent < s.send.count:
-        r = sendmmsg(s.fd, s.send.msgs + sent, s.send.count - sent, MSG_DONTWAIT)
+    if b.use_gso and b.count > 1:
+        sent = flush_gso(b)
+    while sent < b.count:
+        r = sendmmsg(b.fd, b.msgs + sent, b.count - sent, MSG_DONTWAIT)
         if r > 0:
             sent += r
         elif r < 0 and errno == EINTR:
             continue
         else:
             # A full socket buffer or an unreachable peer: drop the packet at the head and carry on.
-            s.counters[<int>S_DROP_SEND_FAILED] += 1
+            b.counters[<int>S_DROP_SEND_FAILED] += 1
             sent += 1
-    s.send.count = 0
-    if s.turn.count:
-        turnmux_flush(s)
-    if s.tcp.dirty.count:
-        tcpmux_flush(s)
+    b.count = 0
 
 
 cdef inline size_t max_segment(const SockAddr *a) noexcept nogil:
@@ -78,11 +89,10 @@ cdef inline size_t max_segment(const SockAddr *a) noexcept nogil:
     return GSO_MAX_SEGMENT
 
 
-cdef int flush_gso(EngineState *s) noexcept nogil:
+cdef int flush_gso(SendBatch *b) noexcept nogil:
     """Sends the batch as runs of consecutive equal-size datagrams to one address (the last may be shorter), one
     message each. Returns how many slots were handled: all, or those before the first run the kernel refused to
-    segment, after which GSO stays off and udpmux_flush sends the rest one datagram each."""
-    cdef SendBatch *b = &s.send
+    segment, after which GSO stays off and send_batch_flush sends the rest one datagram each."""
     cdef int count = 0
     cdef int i = 0
     cdef int j, k, r, sent
@@ -119,12 +129,12 @@ cdef int flush_gso(EngineState *s) noexcept nogil:
         i = j
     sent = 0
     while sent < count:
-        r = sendmmsg(s.fd, b.gso_msgs + sent, count - sent, MSG_DONTWAIT)
+        r = sendmmsg(b.fd, b.gso_msgs + sent, count - sent, MSG_DONTWAIT)
         if r > 0:
             for k in range(sent, sent + r):
                 if b.gso_msgs[k].msg_hdr.msg_iovlen > 1:
-                    s.counters[<int>S_GSO_SENDS] += 1
-                    s.counters[<int>S_GSO_SEGMENTS] += b.gso_msgs[k].msg_hdr.msg_iovlen
+                    b.counters[<int>S_GSO_SENDS] += 1
+                    b.counters[<int>S_GSO_SEGMENTS] += b.gso_msgs[k].msg_hdr.msg_iovlen
             sent += r
         elif r < 0 and errno == EINTR:
             continue
@@ -133,14 +143,14 @@ cdef int flush_gso(EngineState *s) noexcept nogil:
             b.use_gso = False
             return b.gso_first[sent]
         else:
-            # As in udpmux_flush: a full socket buffer or an unreachable peer drops this message and no more.
-            s.counters[<int>S_DROP_SEND_FAILED] += b.gso_msgs[sent].msg_hdr.msg_iovlen
+            # As in send_batch_flush: a full socket buffer or an unreachable peer drops this message and no more.
+            b.counters[<int>S_DROP_SEND_FAILED] += b.gso_msgs[sent].msg_hdr.msg_iovlen
             sent += 1
     return b.count
 
 
 cdef void send_rtcp(EngineState *s, Transport *t, int slot, int length) noexcept nogil:
-    if not t.plain and srtp.protect_rtcp(t.tx, send_slot_buffer(s, slot), &length) != 0:
+    if not t.plain and srtp.protect_rtcp(t.tx, send_slot_buffer(&s.send, slot), &length) != 0:
         s.counters[<int>S_DROP_PROTECT] += 1
         return
-    send_commit(s, slot, length, &t.path)
+    send_commit(s, &s.send, slot, length, &t.path)

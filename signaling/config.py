@@ -23,6 +23,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 MIN_SECRET_LENGTH = 32  # LiveKit's minimum outside development mode (it logs an error and starts, as tern does)
 # The secret tools/config.example.yaml ships: a copied example must not start a server anyone can mint tokens for.
 PLACEHOLDER_SECRET = "REPLACE-ME: openssl rand -base64 33"
+MAX_WORKERS = 64  # engine/state.pxd MAX_WORKERS
 
 # Keys of LiveKit's schema that tern accepts but does not act on (yet).
 _LIVEKIT_TOP_LEVEL = frozenset({
@@ -71,6 +72,7 @@ class RtcConfig:
     node_ip: str = ""
     use_ipv6: bool = False  # dual-stack media sockets on a wildcard bind (LiveKit's default: off)
     force_relay: bool = False  # clients are told to use relay candidates only (ClientConfiguration.force_relay)
+    workers: int = 0  # forwarding threads (engine/workers.pxd); 0 = the usable cores (Config.media_workers)
 
 
 @dataclass
@@ -161,6 +163,10 @@ class Config:
             addresses.append(v6)
         return addresses
 
+    def media_workers(self) -> int:
+        """rtc.workers, or when 0 the CPUs this process may run on (its affinity: taskset, cgroup cpusets)."""
+        return self.rtc.workers or min(MAX_WORKERS, len(os.sched_getaffinity(0)))
+
     def media_host(self) -> str:
         """Where the engine's UDP and ICE-TCP sockets listen: the bind address when it is one concrete address of the
         family of every node_ip; else the wildcard, `::` (dual-stack: IPv4 peers arrive as IPv4-mapped) when IPv6 is
@@ -219,6 +225,12 @@ def _port(value: Any, key: str) -> int:
 def _count(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{key}: expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _workers(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WORKERS:
+        raise ConfigError(f"{key}: expected 0 (the usable cores) or a number of threads 1-{MAX_WORKERS}, got {value!r}")
     return value
 
 
@@ -389,7 +401,7 @@ def from_yaml(text: str) -> Config:
     _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "",
            frozenset({"rtc", "room", "webhook", "turn", "ingress", "egress", "redis"}))
     _apply(config.rtc, rtc, {"udp_port": _port, "tcp_port": _port, "node_ip": parse_node_ip, "use_ipv6": _flag,
-                             "force_relay": _flag},
+                             "force_relay": _flag, "workers": _workers},
            _LIVEKIT_RTC, "rtc.")
     _apply(config.room, room, {"empty_timeout": _seconds, "departure_timeout": _seconds,
                                "max_participants": _count}, _LIVEKIT_ROOM, "room.")

@@ -43,11 +43,12 @@ class NodeCollector(Collector):
             if estimate is not None:
                 bandwidth.append((participant.sid, estimate))
         workers = Counter((w.agent_name, agent.JobType.Name(w.job_type)) for w in self.node.agents.workers.values())
-        return self.node.stats(), len(store.rooms()), len(participants), layers, qualities, bandwidth, workers
+        return (self.node.stats(), len(store.rooms()), len(participants), layers, qualities, bandwidth, workers,
+                self.node.engine.worker_stats())
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         snapshot = asyncio.run_coroutine_threadsafe(self._snapshot(), self.loop).result(5)
-        stats, room_count, participant_count, layers, qualities, bandwidth, workers = snapshot
+        stats, room_count, participant_count, layers, qualities, bandwidth, workers, engine_workers = snapshot
         counters = CounterMetricFamily("tern_events", "Packets, drops and signalling events by name", labels=["name"])
         for name, value in sorted(stats.items()):
             counters.add_metric([name], value)
@@ -93,6 +94,33 @@ class NodeCollector(Collector):
         for (agent_name, job_type), count in workers.items():
             agent_workers.add_metric([agent_name, job_type], count)
         yield agent_workers
+        yield from worker_metrics(engine_workers)
+
+
+def worker_metrics(workers: list[dict]) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """The engine's forwarding threads (Engine.worker_stats; worker 0 is the event loop's): their load, work and
+    drops. A worker that falls behind shows as busy time near wall time and as worker 0's wait time growing."""
+    families = {
+        "transports": GaugeMetricFamily("tern_worker_transports", "Transports a forwarding worker owns",
+                                        labels=["worker"]),
+        "downtracks": GaugeMetricFamily("tern_worker_downtracks", "DownTracks a forwarding worker forwards to",
+                                        labels=["worker"]),
+        "batches": CounterMetricFamily("tern_worker_batches", "Received batches a worker forwarded a share of",
+                                       labels=["worker"]),
+        "packets": CounterMetricFamily("tern_worker_packets", "Packets a worker sent", labels=["worker"]),
+        "busy_seconds": CounterMetricFamily("tern_worker_busy_seconds", "Time a worker spent forwarding",
+                                            labels=["worker"]),
+        "wait_seconds": CounterMetricFamily("tern_worker_wait_seconds", "Time the event loop's thread waited for the "
+                                            "other workers to finish a batch", labels=["worker"]),
+    }
+    drops = CounterMetricFamily("tern_worker_drops", "Packets a worker dropped, by reason", labels=["worker", "reason"])
+    for index, worker in enumerate(workers):
+        for name, family in families.items():
+            family.add_metric([str(index)], worker[name])
+        for reason, count in worker["drops"].items():
+            drops.add_metric([str(index), reason], count)
+    yield from families.values()
+    yield drops
 
 
 def serve_metrics(node: Node, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:

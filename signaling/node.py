@@ -116,7 +116,8 @@ class Node:
         turn = self.config.turn
         self.engine = engine.Engine(host, self.config.rtc.udp_port, self._on_engine_event,
                                     tcp_port=self.config.rtc.tcp_port or None,
-                                    turn=turn.enabled, turn_port=turn.udp_port or None)
+                                    turn=turn.enabled, turn_port=turn.udp_port or None,
+                                    workers=self.config.media_workers())
         self.transports = TransportManager(self.engine, self.config.node_ips())
         if turn.enabled:
             media = [(ip, self.engine.port) for ip in self.transports.candidate_ips]  # the only permitted peers

@@ -1,5 +1,6 @@
 """Configuration: LiveKit-style YAML, flags and environment, defaults, and one-line errors for bad keys."""
 import logging
+import os
 import socket
 import sys
 import types
@@ -123,6 +124,9 @@ def test_unknown_keys_are_errors(text, key):
     ("rtc: {udp_port: '7882'}", "rtc.udp_port"),
     ("rtc: {tcp_port: 1.5}", "rtc.tcp_port"),
     ("rtc: {node_ip: not-an-ip}", "rtc.node_ip"),
+    ("rtc: {workers: -1}", "rtc.workers"),
+    ("rtc: {workers: 65}", "rtc.workers"),
+    ("rtc: {workers: true}", "rtc.workers"),
     ("room: {empty_timeout: soon}", "room.empty_timeout"),
     ("room: {departure_timeout: -1}", "room.departure_timeout"),
     ("room: {max_participants: 2.5}", "room.max_participants"),
@@ -134,6 +138,11 @@ def test_unknown_keys_are_errors(text, key):
 def test_wrong_types_name_the_key(text, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         from_yaml(text)
+
+
+def test_workers_default_to_the_usable_cores():
+    assert from_yaml("rtc: {workers: 3}").media_workers() == 3
+    assert from_yaml("port: 7880").media_workers() == len(os.sched_getaffinity(0))
 
 
 def test_webhook_section():

@@ -8,7 +8,18 @@ import pytest
 from livekit import rtc
 
 from clients import connect
+from conftest import start_server, stop_server
 from media import TONE_HZ, Publisher, decoded_audio, decoded_video, dominant_frequency, matches_card, quadrant_colours, wait_for_tracks
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["1worker", "2workers"])
+def server(request, tmp_path_factory: pytest.TempPathFactory):
+    """The module's server forwarding on one thread (the event loop's), then on two (rtc.workers)."""
+    server = start_server(tmp_path_factory.mktemp("tern"), config=f"rtc:\n  workers: {request.param}\n")
+    server.workers = request.param
+    yield server
+    stop_server(server)
+    assert "Traceback" not in server.log(), server.log()
 
 
 async def test_video_and_audio_are_forwarded_and_decoded(server):
@@ -42,6 +53,13 @@ async def test_video_and_audio_are_forwarded_and_decoded(server):
         assert any(matches_card(f) for f in late_frames)
         late_samples = await decoded_audio(late_tracks["audio"], seconds=0.5)
         assert abs(dominant_frequency(late_samples) - TONE_HZ) < 5
+
+        # Every forwarding worker reports itself; the two subscribers' four DownTracks are spread over them.
+        metrics = server.metrics()
+        downtracks = {labels["worker"]: value for name, labels, value in metrics if name == "tern_worker_downtracks"}
+        sent = {labels["worker"]: value for name, labels, value in metrics if name == "tern_worker_packets_total"}
+        assert len(downtracks) == len(sent) == server.workers
+        assert sum(downtracks.values()) == 4 and sum(sent.values()) > 0
     finally:
         await publisher.stop()
         for client in (publisher_room, subscriber_room, late_room):

@@ -180,10 +180,12 @@ class Peer:
         self.sock.close()
 
 
-@pytest.fixture
-async def setup():
+@pytest.fixture(params=[1, 2], ids=["1worker", "2workers"])
+async def setup(request):
+    """An engine with a publisher and a subscriber peer; with 2 workers the subscriber's transport is the second
+    worker's, so everything it receives was forwarded off the event loop's thread."""
     events: list[tuple] = []
-    eng = engine.Engine("127.0.0.1", 0, events.append)
+    eng = engine.Engine("127.0.0.1", 0, events.append, workers=request.param)
     eng.attach(asyncio.get_running_loop())
     publisher, subscriber = Peer(eng), Peer(eng)
     yield eng, publisher, subscriber, events
@@ -865,6 +867,8 @@ async def test_a_kernel_refusing_gso_falls_back_to_one_datagram_each(setup) -> N
     eng, publisher, subscriber, _ = setup
     if not eng.gso:
         pytest.skip("this kernel has no UDP GSO")
+    if eng.workers > 1:
+        pytest.skip("the subscriber's packets leave by the second worker's socket; the fallback is the same code")
     # Linux refuses to segment for a socket that sends without UDP checksums (EINVAL), as some routes do.
     so_no_check = getattr(socket, "SO_NO_CHECK", 11)
     with socket.socket(fileno=os.dup(eng.fileno())) as alias:

@@ -28,7 +28,7 @@ class Engine:
     def remove_transport(self, transport_id: int) -> None:
         pass
 
-    def set_srtp(self, *args: object) -> None:
+    def set_srtp_policy(self, *args: object) -> None:
         pass
 
     def send_transport(self, transport_id: int, datagram: bytes) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "DtlsEndpoint",
     "DtlsError",
     "SrtpKeys",
+    "policy_pointer",
     "session_pointer",
     "srtp_sessions",
 ]
@@ -378,6 +379,12 @@ class DtlsEndpoint:
 
 def srtp_sessions(keys: SrtpKeys) -> tuple[pylibsrtp.Session, pylibsrtp.Session]:
     """(rx, tx) libsrtp sessions for a Transport's SRTP traffic."""
+    rx_policy, tx_policy = srtp_policies(keys)
+    return pylibsrtp.Session(rx_policy), pylibsrtp.Session(tx_policy)
+
+
+def srtp_policies(keys: SrtpKeys) -> tuple[pylibsrtp.Policy, pylibsrtp.Policy]:
+    """(rx, tx) libsrtp policies for a Transport's SRTP traffic."""
     rx_policy = pylibsrtp.Policy(
         key=keys.rx_key,
         ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
@@ -392,7 +399,12 @@ def srtp_sessions(keys: SrtpKeys) -> tuple[pylibsrtp.Session, pylibsrtp.Session]
     tx_policy.window_size = 1024
     # NACK retransmissions re-protect packets with a sequence number already sent.
     tx_policy.allow_repeat_tx = True
-    return pylibsrtp.Session(rx_policy), pylibsrtp.Session(tx_policy)
+    return rx_policy, tx_policy
+
+
+def policy_pointer(policy: pylibsrtp.Policy) -> int:
+    """The raw srtp_policy_t * of a policy (valid while `policy` is alive)."""
+    return int(_srtp_ffi.cast("uintptr_t", policy._policy))
 
 
 def session_pointer(session: pylibsrtp.Session) -> int:

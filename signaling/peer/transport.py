@@ -12,9 +12,11 @@ import logging
 from collections import Counter
 from typing import Callable
 
+import pylibsrtp
+
 import engine
 from .dcep import AssociationClosed, ChannelClosed, ChannelOpened, DataChannel, MessageReceived
-from .dtls import Certificate, DtlsEndpoint, DtlsError, session_pointer, srtp_sessions
+from .dtls import Certificate, DtlsEndpoint, DtlsError, policy_pointer, session_pointer, srtp_policies
 from .ice import (CONSENT_TIMEOUT, ConsentChecks, StunError, TransactionLog, error_response, handle_binding,
                   is_response, new_credentials)
 from .sctp import SctpAssociation, SctpBufferFull
@@ -77,7 +79,8 @@ class Transport:
         # its congestion state changed (engine E_BANDWIDTH, raised on TWCC feedback or REMB): on_bandwidth(bps,
         # congested); `congested` means: do not upgrade now. Engine.transport_bandwidth(id) reads it at any time.
         self.on_bandwidth: Callable[[int, bool], None] | None = None
-        self._srtp = None  # (rx, tx) pylibsrtp sessions, kept alive for the engine's raw pointers
+        self._srtp = None  # the receive pylibsrtp session, kept alive for the engine's raw pointer (the engine makes
+                           # and owns the send session, on the thread that forwards to this transport)
         self.sctp: SctpAssociation | None = None
         self.remote_max_message_size = 65536  # the client's a=max-message-size
         self.local_channels: list[tuple[str, bool, int | None]] = []  # (label, ordered, max_retransmits) we open
@@ -272,8 +275,9 @@ class Transport:
     def _advance(self, failed_before: bool) -> None:
         """Acts on what the DTLS endpoint has become: SRTP keys to the engine, SCTP data, a failure to count."""
         if self.dtls.srtp_keys is not None and self._srtp is None:
-            self._srtp = srtp_sessions(self.dtls.srtp_keys)
-            self.manager.engine.set_srtp(self.id, session_pointer(self._srtp[0]), session_pointer(self._srtp[1]))
+            rx_policy, tx_policy = srtp_policies(self.dtls.srtp_keys)
+            self._srtp = pylibsrtp.Session(rx_policy)
+            self.manager.engine.set_srtp_policy(self.id, session_pointer(self._srtp), policy_pointer(tx_policy))
             log.debug("transport %s (%s) connected from %s", self.id, self.label, self.address)
             self._start_sctp()
             if self.on_connected:
