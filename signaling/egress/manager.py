@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # Recordings at once on this node: each is a thread and a socket; passthrough costs little CPU (see the benchmark),
 # but the threads share the control plane's interpreter.
 MAX_ACTIVE_EGRESSES = 16
+# Tracks one room audio mix takes in over its life (each keeps a decoder and a jitter buffer on the recording's
+# thread until the end, also after its participant left).
+MAX_MIX_TRACKS = 64
 # Ended egresses ListEgress still reports (the oldest are forgotten first).
 MAX_ENDED_EGRESSES = 1000
 # Bytes of a request's filepath (and so, roughly, of the file's name under the output directory).
@@ -149,7 +152,7 @@ class EgressManager:
         output = _file_output(request)
         audio_output = _audio_output(output.file_type)
         room = self._room(request.room_name)
-        publications = [p for p in room.tracks.values() if _mixable(p)]
+        publications = [p for p in room.tracks.values() if _mixable(p)][:MAX_MIX_TRACKS]
         info = proto.EgressInfo(room_composite=request)
         path = self._path(output.filepath or "{room_name}-{time}", audio_output.extension, room, publications)
         return self._start(info, room, publications, MixedAudioFile(path, audio_output), mix=True)
@@ -215,6 +218,11 @@ class EgressManager:
     def _join_mix(self, egress: Egress, publication: TrackPublication) -> None:
         """A track published while a room's audio is mixed joins the mix."""
         if publication in egress.publications or egress.transport_id is None:
+            return
+        if len(egress.publications) >= MAX_MIX_TRACKS:
+            self._counters["egress_mix_tracks_refused"] += 1
+            log.warning("egress %s: %d tracks mixed already, %s is left out", egress.info.egress_id,
+                        MAX_MIX_TRACKS, publication.sid)
             return
         ssrc = next(s for s in _distinct_ssrcs(len(egress.downtracks) + 1) if s not in egress.downtracks)
         try:
