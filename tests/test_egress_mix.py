@@ -17,12 +17,11 @@ from livekit import api, rtc
 from livekit.protocol import egress as proto
 
 from clients import connect, until
-from conftest import API_KEY, API_SECRET, start_server, stop_server
 from media import Publisher
 from signaling.egress.depacketize import Frame
 from signaling.egress.mixdown import MP3, MP4_AAC, OGG_OPUS, AudioOutput, MixedAudioFile
 from signaling.egress.mixer import MAX_SKEW, AudioMixer, TrackTimeline
-from test_webhook import Receiver
+from test_egress import egress_server, stop_egress_server
 
 ROOM = "mix-room"
 LOW_HZ, HIGH_HZ = 440.0, 1000.0
@@ -39,12 +38,7 @@ def _levels(samples: np.ndarray, rate: int) -> dict[float, float]:
 
 
 async def test_room_audio_mix_to_file(tmp_path) -> None:
-    receiver = Receiver(API_KEY, API_SECRET)
-    await receiver.start()
-    output = tmp_path / "recordings"
-    config = f"webhook:\n  api_key: {API_KEY}\n  urls: [{receiver.url}]\negress:\n  output_dir: {output}\n"
-    server = await asyncio.to_thread(start_server, tmp_path, config=config)
-    lkapi = api.LiveKitAPI(server.http, API_KEY, API_SECRET)
+    server, lkapi, receiver = await egress_server(tmp_path)
     publishers: list[Publisher] = []
     try:
         low = await connect(server, "low", ROOM)
@@ -86,9 +80,7 @@ async def test_room_audio_mix_to_file(tmp_path) -> None:
     finally:
         for publisher in publishers:
             await publisher.stop()
-        await lkapi.aclose()
-        await asyncio.to_thread(stop_server, server)
-        await receiver.stop()
+        await stop_egress_server(server, lkapi, receiver)
     assert "Traceback" not in server.log(), server.log()
     assert not receiver.errors
 

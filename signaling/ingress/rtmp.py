@@ -4,8 +4,8 @@ byte stream to a worker process (ingress/rtmp_worker.py) that transcodes with Py
 through unless it has B-frames) and publishes into the ingress's room over WHIP on loopback (`/w/{stream_key}`,
 authorised by a per-connection relay secret). The ingress is BUFFERING from `publish` on; a worker that fails (input it
 cannot publish, a PyAV error, a crash) or an encoder sending no media makes it ENDPOINT_ERROR with the reason, which the
-encoder also gets (onStatus NetStream.Failed) before its connection closes. The worker's pipe is the only buffer: a slow worker stops our reads,
-and TCP pushes back on the encoder."""
+encoder also gets (onStatus NetStream.Failed) before its connection closes. The worker's pipe is the only buffer: a
+slow worker stops our reads, and TCP pushes back on the encoder."""
 from __future__ import annotations
 
 import asyncio
