@@ -166,15 +166,19 @@ class RtmpListener:
             self._counters["rtmp_disconnected"] += 1
         except TimeoutError:
             self._counters["rtmp_timeout"] += 1
+            error = f"the encoder sent nothing for {READ_TIMEOUT:g} s"
         finally:
             worker.stdin.close()
+            killed = False
             try:
                 await asyncio.wait_for(worker.wait(), WORKER_EXIT_TIMEOUT)
-            except TimeoutError:
+            except TimeoutError:  # stuck finishing (its WHIP DELETE): the session is over all the same
+                self._counters["rtmp_worker_killed"] += 1
+                killed = True
                 worker.kill()
                 await worker.wait()
             reason = await worker_said
-            if worker.returncode and not error:
+            if worker.returncode and not error and not killed:
                 self._counters["rtmp_worker_failed"] += 1
                 error = reason or (f"the RTMP worker was killed by signal {-worker.returncode}" if worker.returncode < 0
                                    else f"the RTMP worker failed with exit status {worker.returncode}")
