@@ -3,7 +3,8 @@ and a tone (AAC) to a stream key made with livekit-api's IngressService; a LiveK
 (content matches) and hears the tone, the IngressInfo goes PUBLISHING then INACTIVE; a wrong key is refused, and a
 connection sending garbage is closed and counted while the publisher streams on; DeleteIngress ends the RTMP
 connection. A codec tern refuses, or the worker dying mid-stream, makes the ingress ENDPOINT_ERROR with the reason (in
-ListIngress and the ingress_ended webhook), and the encoder is told and disconnected."""
+ListIngress and the ingress_ended webhook), and the encoder is told and disconnected; so does an encoder sending no
+audio or video."""
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,7 @@ import pytest
 from livekit import api
 
 from clients import connect, remote, until
-from conftest import API_KEY, free_port, start_server, stop_server
+from conftest import API_KEY, API_SECRET, free_port, start_server, stop_server
 from media import TONE_HZ, decoded_audio, decoded_video, dominant_frequency, matches_card, wait_for_tracks
 from test_ingress import lkapi  # noqa: F401 (the fixture, on this module's server)
 from test_webhook import Receiver, webhooks  # noqa: F401 (webhooks: the fixture)
@@ -157,3 +158,27 @@ async def test_rtmp_failures_are_endpoint_errors(server, lkapi, webhooks: Receiv
     assert status != 0
     assert server.counters().get("rtmp_worker_failed", 0) == 2
     assert not webhooks.errors
+
+
+async def test_rtmp_without_media_is_an_error(tmp_path, monkeypatch) -> None:
+    """An encoder that publishes only timed text: after TERN_RTMP_MEDIA_TIMEOUT the ingress is ENDPOINT_ERROR and the
+    encoder is told."""
+    monkeypatch.setenv("TERN_RTMP_MEDIA_TIMEOUT", "2")
+    server = start_server(tmp_path, config=f"ingress:\n  rtmp_port: {free_port()}\n")
+    client = api.LiveKitAPI(server.http, API_KEY, API_SECRET)
+    try:
+        info = await client.ingress.create_ingress(api.CreateIngressRequest(
+            input_type=api.IngressInput.RTMP_INPUT, room_name=ROOM, participant_identity="captions"))
+        encoder = _encoder(f"{info.url}/{info.stream_key}", "text")
+        try:
+            await until(lambda: server.counters().get("rtmp_no_media", 0) == 1, timeout=15)
+            status = await asyncio.get_running_loop().run_in_executor(None, encoder.wait, 15)
+        finally:
+            _, errors = await _stop(encoder)
+        state = (await client.ingress.list_ingress(api.ListIngressRequest(ingress_id=info.ingress_id))).items[0].state
+        assert state.status == Status.ENDPOINT_ERROR and state.error == "the encoder sent no audio or video in 2 s"
+        assert status != 0 and "no audio or video" in errors
+    finally:
+        await client.aclose()
+        stop_server(server)
+    assert "Traceback" not in server.log(), server.log()

@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 NEGOTIATE_TIMEOUT = 10.0
 # Seconds without a byte from a publishing encoder before it is dropped (encoders send media continuously).
 READ_TIMEOUT = 20.0
-# Seconds from `publish` to the encoder's first audio or video (its metadata alone keeps no worker busy).
-MEDIA_TIMEOUT = 10.0
+# Seconds from `publish` to the encoder's first audio or video (its metadata alone keeps no worker busy). Tests shorten
+# it with TERN_RTMP_MEDIA_TIMEOUT.
+MEDIA_TIMEOUT = float(os.environ.get("TERN_RTMP_MEDIA_TIMEOUT", "10"))
 # Seconds a failed session's connection stays open after its NetStream.Failed status, for the encoder to read it.
 FAILURE_LINGER = 1.0
 # Characters of a worker's output line kept (its error goes into IngressState.error).
