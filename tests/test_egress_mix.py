@@ -20,7 +20,7 @@ from clients import connect, until
 from media import Publisher
 from signaling.egress.depacketize import Frame
 from signaling.egress.mixdown import MP3, MP4_AAC, OGG_OPUS, AudioOutput, MixedAudioFile
-from signaling.egress.mixer import MAX_SKEW, AudioMixer, TrackTimeline
+from signaling.egress.mixer import MAX_AHEAD, MAX_SKEW, AudioMixer, TrackTimeline
 from test_egress import egress_server, stop_egress_server
 
 ROOM = "mix-room"
@@ -167,3 +167,24 @@ def test_mixed_file_types(tmp_path, output: AudioOutput) -> None:
     assert abs(len(samples) / rate - 2.0) < 0.15 and abs(mixed.duration() - 2.0) < 0.05
     levels = _levels(samples[rate // 4:rate // 4 + rate // 2], rate)
     assert min(levels.values()) > 0.3, levels
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 3 * MAX_AHEAD), st.integers(0, 2 * MAX_AHEAD // 3)),
+                max_size=12))
+def test_mixer_matches_a_plain_sum(steps: list[tuple[bool, int, int]]) -> None:
+    """Adds and pops in any order (the ring wraps many times) give what summing into one long array gives."""
+    mixer, reference, emitted = AudioMixer(), np.zeros((2, 4 * MAX_AHEAD), dtype=np.float32), 0
+    rng = np.random.default_rng(len(steps))
+    for is_pop, position, length in steps:
+        if is_pop:
+            until = min(position, reference.shape[1])
+            got = mixer.pop(until)
+            assert np.allclose(got, np.clip(reference[:, emitted:max(emitted, until)], -1, 1), atol=1e-5)
+            emitted = max(emitted, until)
+            continue
+        pcm = rng.uniform(-0.1, 0.1, (2, length)).astype(np.float32)
+        mixer.add(position, pcm)
+        lo, hi = max(position, emitted), min(position + length, emitted + MAX_AHEAD)  # late / too far: dropped
+        if hi > lo:
+            reference[:, lo:hi] += pcm[:, lo - position:hi - position]

@@ -47,12 +47,12 @@ class TrackTimeline:
 class AudioMixer:
     """Sums float PCM (channels x samples, in [-1, 1]) placed at sample positions; `pop(until)` returns the mix from
     the last emitted position up to `until` (clipped), and later samples for what was emitted are dropped
-    (`late_samples`)."""
+    (`late_samples`). The samples not yet emitted sit in a ring of MAX_AHEAD (allocated once: no copy per frame)."""
 
     def __init__(self, channels: int = CHANNELS) -> None:
         self.channels = channels
         self.emitted = 0  # the next sample position to emit
-        self._buffer = np.zeros((channels, 0), dtype=np.float32)  # positions emitted .. emitted + width
+        self._ring = np.zeros((channels, MAX_AHEAD), dtype=np.float32)  # position p at p % MAX_AHEAD
         self.late_samples = 0
         self.dropped_samples = 0  # beyond MAX_AHEAD
 
@@ -63,25 +63,26 @@ class AudioMixer:
             cut = min(self.emitted - position, pcm.shape[1])
             self.late_samples += cut
             pcm, position = pcm[:, cut:], position + cut
-        start = position - self.emitted
-        end = start + pcm.shape[1]
-        if end > MAX_AHEAD:
-            keep = max(0, MAX_AHEAD - start)
-            self.dropped_samples += pcm.shape[1] - keep
-            pcm, end = pcm[:, :keep], start + keep
-        if pcm.shape[1] == 0:
-            return
-        if end > self._buffer.shape[1]:
-            grown = np.zeros((self.channels, end), dtype=np.float32)
-            grown[:, :self._buffer.shape[1]] = self._buffer
-            self._buffer = grown
-        self._buffer[:, start:end] += pcm
+        keep = max(0, min(pcm.shape[1], self.emitted + MAX_AHEAD - position))
+        self.dropped_samples += pcm.shape[1] - keep
+        for start, stop, offset in _spans(position, keep):
+            self._ring[:, start:stop] += pcm[:, offset:offset + stop - start]
 
     def pop(self, until: int) -> np.ndarray:
         count = max(0, until - self.emitted)
         out = np.zeros((self.channels, count), dtype=np.float32)
-        taken = min(count, self._buffer.shape[1])
-        out[:, :taken] = self._buffer[:, :taken]
-        self._buffer = self._buffer[:, taken:]
+        for start, stop, offset in _spans(self.emitted, min(count, MAX_AHEAD)):
+            out[:, offset:offset + stop - start] = self._ring[:, start:stop]
+            self._ring[:, start:stop] = 0
         self.emitted += count
         return np.clip(out, -1.0, 1.0, out=out)
+
+
+def _spans(position: int, count: int) -> list[tuple[int, int, int]]:
+    """The ring's slices (start, stop, offset into the samples) holding `count` samples from `position`."""
+    start = position % MAX_AHEAD
+    first = min(count, MAX_AHEAD - start)
+    spans = [(start, start + first, 0)] if first > 0 else []
+    if count > first:
+        spans.append((0, count - first, first))
+    return spans
