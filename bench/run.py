@@ -6,6 +6,7 @@ pure-Python forwarder on the same load.
     python bench/run.py --scenario fanout --subscribers 1000 --json out.json
     python bench/run.py --quick --transport tcp turn turn-tls  # the fanout also over ICE-TCP and TURN, beside UDP
     python bench/run.py --quick --scenario fanout --server-cores 1 2  # the fanout with the server on 1, then 2 CPUs
+    python bench/run.py --scenario ingest    # CPU per WHIP / RTMP publisher, per recorded track (bench/ingest.py)
 
 Everything runs on this host. The tern server (`python -m signaling --dev`) is pinned with taskset to the first N
 usable CPUs (--server-cores N, default 1; with several N the fanout runs once per N, and tern gets `rtc.workers: N`
@@ -36,7 +37,9 @@ the measured server's), meeting (P
 participants each publishing audio + video, all subscribed to all), audio (many rooms of 4 talkers), hostile (the
 fanout at about half its zero-loss size, measured without and then with a flood of 20,000 datagrams/s of junk STUN,
 DTLS and RTP from other addresses, junk DTLS from live subscribers' own sockets and Binding requests to their ufrags,
-sent by a second process on the clients' CPU).
+sent by a second process on the clients' CPU), ingest (only when asked for: CPU per WHIP publisher, per RTMP
+publisher with and without a video re-encode, per recorded track and per track in a room's audio mix;
+bench/ingest.py).
 Server CPU is user + system of its process from /proc/<pid>/stat over each measurement window.
 """
 from __future__ import annotations
@@ -52,6 +55,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -90,6 +94,7 @@ try:  # pylibsrtp too: it comes with tern
     from signaling.peer.dtls import session_pointer
 
     import cores  # bench/, beside this script
+    import ingest
     import janus_peer
 except ModuleNotFoundError as exc:
     sys.exit(f"bench: cannot import tern ({exc}). Install it into this Python ({sys.executable}) from {ROOT} with "
@@ -155,10 +160,10 @@ def has_workers() -> bool:
     return "workers" in {f.name for f in dataclasses.fields(RtcConfig)}
 
 
-def server_config(turn: str, workers: int | None) -> str:
+def server_config(turn: str, workers: int | None, extra: dict | None = None) -> str:
     """The server's --config-body (JSON is YAML): the embedded TURN server on one port alone (`turn` "udp" or
-    "tls"), and `workers` forwarding threads; "" when neither."""
-    body: dict = {}
+    "tls"), `workers` forwarding threads, and `extra` sections; "" when none."""
+    body: dict = dict(extra or {})
     if turn:
         body["turn"] = {"enabled": True, "udp_port": free_port(socket.SOCK_DGRAM) if turn == "udp" else 0,
                         "tls_port": free_port() if turn == "tls" else 0}
@@ -168,9 +173,9 @@ def server_config(turn: str, workers: int | None) -> str:
 
 
 class TernServer:
-    def __init__(self, log: Path, cpus: list[int], turn: str = "") -> None:
+    def __init__(self, log: Path, cpus: list[int], turn: str = "", config: dict | None = None) -> None:
         """Pinned to `cpus`, with as many forwarding workers when this tern has them; `turn`: "" (no TURN), "udp"
-        or "tls": the embedded TURN server on that port alone."""
+        or "tls": the embedded TURN server on that port alone; `config`: more config sections."""
         # --log-level: --dev alone logs at debug (websockets logs every signal frame, ~400 a second at 500
         # subscribers), which a config body's `logging.level` does not override.
         # The server must run the same tern as these clients. -P keeps `python -m` from putting its working
@@ -182,7 +187,7 @@ class TernServer:
         self.udp_port = udp_port = free_port(socket.SOCK_DGRAM)
         self.tcp_port = free_port()  # ICE-TCP: a free one, not 7881, which another tern may hold
         self.log = open(log, "w")
-        body = server_config(turn, len(cpus) if has_workers() else None)
+        body = server_config(turn, len(cpus) if has_workers() else None, config)
         self.process = subprocess.Popen(
             ["taskset", "-c", ",".join(map(str, cpus)), sys.executable, "-P", "-m", "signaling", "--dev", "--port",
              str(self.http_port), "--udp-port", str(udp_port), "--tcp-port", str(self.tcp_port),
@@ -537,7 +542,10 @@ def placement_note(server: list[int], client: list[int]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smaller suite of about a minute")
-    parser.add_argument("--scenario", choices=["fanout", "meeting", "audio", "hostile", "all"], default="all")
+    parser.add_argument("--scenario", choices=["fanout", "meeting", "audio", "hostile", "ingest", "all"],
+                        default="all", help="ingest is run only when asked for (it is not part of all)")
+    parser.add_argument("--streams", type=int, help="ingest: streams of each kind (default 2, --quick 1)")
+    parser.add_argument("--window", type=float, help="seconds of each measurement (default 5, --quick 3)")
     parser.add_argument("--subscribers", type=int, help="fanout: sweep up to this many subscribers")
     parser.add_argument("--transport", nargs="+", choices=["udp", *OVER], default=["udp"],
                         help="fanout: also measure load clients over ICE-TCP (tcp) and/or relayed by TURN/UDP (turn) "
@@ -559,7 +567,9 @@ def main() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # two sockets per client, and the server's
 
-    window = 3.0 if args.quick else 5.0
+    window = args.window or (3.0 if args.quick else 5.0)
+    if args.scenario == "ingest":
+        return run_ingest(args.streams or (1 if args.quick else 2), window, placements[0], args.json)
     top = args.subscribers or (500 if args.quick else 2000)
     steps = sorted({n for n in (50, COMPARE_SUBSCRIBERS, 500, 1000, 1500, 2000) if n < top} | {top})
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
@@ -637,6 +647,26 @@ def main() -> int:
     print_janus(figures["janus"])
     args.json.write_text(json.dumps(figures, indent=2))
     print(f"figures written to {args.json}")
+    return 0
+
+
+def run_ingest(streams: int, window: float, placement: tuple[list[int], list[int]], out: Path) -> int:
+    """The ingest scenario (bench/ingest.py) on its own: its figures are the JSON's `ingest`."""
+    server_cpus, client_cpus = placement
+    print(placement_note(server_cpus, client_cpus))
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / "tern-bench-ingest.log"
+    with tempfile.TemporaryDirectory(prefix="tern-bench-egress-") as recordings:
+        server = TernServer(log, server_cpus, config={"ingress": {"rtmp_port": free_port()},
+                                                      "egress": {"output_dir": recordings}})
+        try:
+            result = asyncio.run(ingest.measure_ingest(
+                f"http://127.0.0.1:{server.http_port}", API_KEY, API_SECRET, server.process.pid, streams, window,
+                client_cpus, cpu_seconds))
+        finally:
+            server.stop()
+    ingest.print_figures(result)
+    out.write_text(json.dumps({"machine": machine([placement]), "ingest": result}, indent=2))
+    print(f"figures written to {out}")
     return 0
 
 

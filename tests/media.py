@@ -57,11 +57,12 @@ def dominant_frequency(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> f
 
 class Publisher:
     """Publishes a camera track (simulcast, the SDK's default) showing the test card and a microphone tone
-    (or silence, with `tone=False`; no camera with `video=False`)."""
+    (or silence, with `tone=False`; no camera with `video=False`) at `frequency`."""
 
     def __init__(self, room: rtc.Room, tone: bool = True, video: bool = True,
-                 video_codec: rtc.VideoCodec.ValueType = rtc.VideoCodec.VP8) -> None:
+                 video_codec: rtc.VideoCodec.ValueType = rtc.VideoCodec.VP8, frequency: float = TONE_HZ) -> None:
         self.room = room
+        self.frequency = frequency
         self.video_codec = video_codec
         self.amplitude = 12000 if tone else 0
         self.video = video
@@ -92,7 +93,7 @@ class Publisher:
         t = 0
         while True:
             frame = rtc.AudioFrame.create(SAMPLE_RATE, 1, samples_per_frame)
-            phase = (np.arange(t, t + samples_per_frame) / SAMPLE_RATE) * 2 * np.pi * TONE_HZ
+            phase = (np.arange(t, t + samples_per_frame) / SAMPLE_RATE) * 2 * np.pi * self.frequency
             np.frombuffer(frame.data, dtype=np.int16)[:] = (np.sin(phase) * self.amplitude).astype(np.int16)
             t += samples_per_frame
             await self.audio_source.capture_frame(frame)

@@ -1,9 +1,10 @@
 """The benchmark harness's own parts: where it pins the server and the clients (--server-cores, --client-cores), the
 load clients' handshake with a server that checks back during ICE (as Janus's libnice does), and Janus as a peer
-(bench/janus_peer.py) against a real `janus` when one is installed."""
+(bench/janus_peer.py) against a real `janus` when one is installed; the ingest scenario runs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import socket
@@ -123,3 +124,21 @@ async def test_janus_viewers_receive_the_feed_through_its_http_api(tmp_path) -> 
         await viewers.close()
         server.stop()
     assert server.process.returncode is not None and not server.folder.exists()
+
+
+def test_ingest_scenario_runs(tmp_path) -> None:
+    """bench/run.py --scenario ingest with one stream of each kind and short windows: WHIP and RTMP publishers reach
+    PUBLISHING, recordings and a room mix become active, and the JSON has every figure and ratio."""
+    out = tmp_path / "ingest.json"
+    result = subprocess.run([sys.executable, "bench/run.py", "--scenario", "ingest", "--streams", "1", "--window",
+                             "0.5", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(out.read_text())["ingest"]
+    assert set(figures["loads"]) == {"idle", "whip", "whip+recorded", "whip+mix", "rtmp-passthrough",
+                                     "rtmp-transcode"}
+    for key in ("cores_per_whip_publisher", "cores_per_recorded_track", "cores_per_mixed_audio_track",
+                "cores_per_rtmp_publisher_passthrough", "cores_per_rtmp_publisher_transcode",
+                "ratio_rtmp_passthrough_to_whip", "ratio_rtmp_transcode_to_passthrough",
+                "ratio_recorded_track_to_whip_publisher"):
+        assert key in figures
+    assert "per RTMP publisher (+ H.264 re-encode)" in result.stdout

@@ -16,7 +16,7 @@ from livekit import api, rtc
 from livekit.protocol import egress as proto
 
 from clients import connect, until
-from conftest import API_KEY, API_SECRET, start_server, stop_server
+from conftest import API_KEY, API_SECRET, Server, start_server, stop_server
 from media import CARD_COLOURS, TONE_HZ, Publisher, dominant_frequency, pixel_quadrant_colours
 from test_webhook import Receiver
 
@@ -67,13 +67,25 @@ def _audio_checks(path: Path) -> tuple[float, float]:
     return duration, dominant_frequency(samples[start:start + 48000])
 
 
-async def test_track_and_participant_egress_to_files(tmp_path) -> None:
+async def egress_server(tmp_path: Path) -> tuple[Server, api.LiveKitAPI, Receiver]:
+    """A tern recording into tmp_path/recordings, sending webhooks to a Receiver; a livekit-api client for it."""
     receiver = Receiver(API_KEY, API_SECRET)
     await receiver.start()
-    output = tmp_path / "recordings"
-    config = f"webhook:\n  api_key: {API_KEY}\n  urls: [{receiver.url}]\negress:\n  output_dir: {output}\n"
+    config = (f"webhook:\n  api_key: {API_KEY}\n  urls: [{receiver.url}]\n"
+              f"egress:\n  output_dir: {tmp_path / 'recordings'}\n")
     server = await asyncio.to_thread(start_server, tmp_path, config=config)
-    lkapi = api.LiveKitAPI(server.http, API_KEY, API_SECRET)
+    return server, api.LiveKitAPI(server.http, API_KEY, API_SECRET), receiver
+
+
+async def stop_egress_server(server: Server, lkapi: api.LiveKitAPI, receiver: Receiver) -> None:
+    await lkapi.aclose()
+    await asyncio.to_thread(stop_server, server)
+    await receiver.stop()
+
+
+async def test_track_and_participant_egress_to_files(tmp_path) -> None:
+    server, lkapi, receiver = await egress_server(tmp_path)
+    output = tmp_path / "recordings"
     rooms: list[rtc.Room] = []
     publishers: list[Publisher] = []
     try:
@@ -214,7 +226,5 @@ async def test_track_and_participant_egress_to_files(tmp_path) -> None:
             await publisher.stop()
         for room in rooms:
             await room.disconnect()
-        await lkapi.aclose()
-        stop_server(server)
-        await receiver.stop()
+        await stop_egress_server(server, lkapi, receiver)
     assert "Traceback" not in server.log(), server.log()

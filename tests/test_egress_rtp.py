@@ -135,7 +135,8 @@ def test_opus_passthrough_to_ogg_decodes(tmp_path) -> None:
         frame.sample_rate, frame.pts, frame.time_base = 48000, i * 960, fractions.Fraction(1, 48000)
         packets += [bytes(p) for p in encoder.encode(frame)]
     path = str(tmp_path / "tone.ogg")
-    muxer = Muxer(path, OGG, [("opus", 48000)])
+    muxer = Muxer(path, OGG)
+    muxer.add_track("opus", 48000)
     for i, data in enumerate(packets):
         muxer.write(0, Frame(data, (0xFFFFFFFF - 2000 + i * 960) & 0xFFFFFFFF, True), i * 0.02)  # across the wrap
     muxer.close()

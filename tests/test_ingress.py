@@ -1,8 +1,13 @@
 """IngressService (Twirp, through livekit-api) and WHIP on a stream key (/w/{stream_key}): an ingress made with the
 API takes an aiortc WHIP publisher, which joins the ingress's room as the ingress's participant (kind INGRESS) and is
 decoded by an SDK subscriber; its IngressInfo goes INACTIVE → PUBLISHING → INACTIVE with ingress_started /
-ingress_ended webhooks; a second publisher on the key is refused (409); DELETE and DeleteIngress end a session."""
+ingress_ended webhooks; a second publisher on the key is refused (409); DELETE and DeleteIngress end a session.
+FFmpeg's WHIP muxer set up as OBS is (server = the ingress url, Bearer token = the stream key) publishes too."""
 from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
 
 import aiohttp
 import pytest
@@ -14,6 +19,7 @@ from clients import connect, remote, until
 from conftest import API_KEY, API_SECRET, start_server, stop_server
 from media import decoded_video, matches_card, wait_for_tracks
 from test_webhook import Receiver, webhooks  # noqa: F401 (webhooks: the fixture)
+from test_whip import PUBLISHER as WHIP_PUBLISHER
 from test_whip import _CardTrack, _ToneTrack
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.filterwarnings("ignore:The HMAC key")]
@@ -238,3 +244,28 @@ async def test_ingress_session_states_and_events() -> None:
     assert store.get("IN_a").state.status == Status.ENDPOINT_ERROR and events[-1][0] == "ingress_ended"
     store.delete("IN_a")
     assert store.by_stream_key("key") is None and len(store) == 0
+
+
+async def test_ffmpeg_whip_with_obs_settings(server, lkapi) -> None:
+    """FFmpeg's own WHIP muxer (PyAV) configured as OBS is: the ingress's url as the server and its stream key as
+    the Bearer token (`POST /w`). The SDK subscriber sees the ingress's participant and its test card; closing the
+    muxer (its DELETE) ends the session."""
+    info = await _whip_ingress(lkapi)
+    subscriber = await connect(server, "obs-fan", ROOM)
+    publisher = subprocess.Popen([sys.executable, str(WHIP_PUBLISHER), info.url, info.stream_key],
+                                 stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=WHIP_PUBLISHER.parent, text=True)
+    try:
+        tracks = await wait_for_tracks(subscriber, 2)
+        streamer = remote(subscriber, "streamer")
+        assert streamer is not None and streamer.kind == rtc.ParticipantKind.PARTICIPANT_KIND_INGRESS
+        assert matches_card((await decoded_video(tracks["video"], frames=10))[-1])
+        assert (await _state(lkapi, info.ingress_id)).status == Status.ENDPOINT_PUBLISHING
+    finally:
+        publisher.stdin.close()
+        errors = await asyncio.get_running_loop().run_in_executor(None, publisher.stderr.read)
+        publisher.wait(10)
+    assert publisher.returncode == 0, errors[-2000:]
+    await until(lambda: remote(subscriber, "streamer") is None)
+    assert (await _state(lkapi, info.ingress_id)).status == Status.ENDPOINT_INACTIVE
+    await subscriber.disconnect()
+    await lkapi.ingress.delete_ingress(api.DeleteIngressRequest(ingress_id=info.ingress_id))

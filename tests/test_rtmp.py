@@ -2,10 +2,15 @@
 and a tone (AAC) to a stream key made with livekit-api's IngressService; a LiveKit SDK subscriber decodes the video
 (content matches) and hears the tone, the IngressInfo goes PUBLISHING then INACTIVE; a wrong key is refused, and a
 connection sending garbage is closed and counted while the publisher streams on; DeleteIngress ends the RTMP
-connection."""
+connection. A codec tern refuses, or the worker dying mid-stream, makes the ingress ENDPOINT_ERROR with the reason (in
+ListIngress and the ingress_ended webhook), and the encoder is told and disconnected; so does an encoder sending no
+audio or video."""
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -15,9 +20,10 @@ import pytest
 from livekit import api
 
 from clients import connect, remote, until
-from conftest import free_port, start_server, stop_server
+from conftest import API_KEY, API_SECRET, free_port, start_server, stop_server
 from media import TONE_HZ, decoded_audio, decoded_video, dominant_frequency, matches_card, wait_for_tracks
 from test_ingress import lkapi  # noqa: F401 (the fixture, on this module's server)
+from test_webhook import Receiver, webhooks  # noqa: F401 (webhooks: the fixture)
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.filterwarnings("ignore:The HMAC key")]
 
@@ -27,8 +33,9 @@ Status = api.IngressState.Status
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    server = start_server(tmp_path_factory.mktemp("tern"), config=f"ingress:\n  rtmp_port: {free_port()}\n")
+def server(tmp_path_factory: pytest.TempPathFactory, webhooks: Receiver):
+    server = start_server(tmp_path_factory.mktemp("tern"), config=f"ingress:\n  rtmp_port: {free_port()}\n"
+                          f"webhook:\n  api_key: {API_KEY}\n  urls: [{webhooks.url}]\n")
     yield server
     stop_server(server)
     assert "Traceback" not in server.log(), server.log()
@@ -104,3 +111,74 @@ async def test_rtmp_refuses_wrong_key_and_garbage(server, lkapi) -> None:
     finally:
         await _stop(encoder)
         await subscriber.disconnect()
+
+
+def _ended(webhooks: Receiver, ingress_id: str) -> list:
+    return [e.ingress_info for e in webhooks.events
+            if e.event == "ingress_ended" and e.ingress_info.ingress_id == ingress_id]
+
+
+async def test_rtmp_failures_are_endpoint_errors(server, lkapi, webhooks: Receiver) -> None:
+    loop = asyncio.get_running_loop()
+    # An encoder sending a codec tern refuses (Sorenson Spark): the worker fails before WHIP.
+    info = await lkapi.ingress.create_ingress(api.CreateIngressRequest(
+        input_type=api.IngressInput.RTMP_INPUT, room_name=ROOM, participant_identity="flash"))
+    encoder = _encoder(f"{info.url}/{info.stream_key}", "flv1")
+    try:
+        await until(lambda: _ended(webhooks, info.ingress_id), timeout=20)
+        status = await loop.run_in_executor(None, encoder.wait, 15)
+    finally:
+        _, errors = await _stop(encoder)
+    ended = _ended(webhooks, info.ingress_id)[0]
+    assert ended.state.status == Status.ENDPOINT_ERROR
+    assert "unsupported video codec flv (FLV / Sorenson Spark" in ended.state.error and "H.264" in ended.state.error
+    listed = (await lkapi.ingress.list_ingress(api.ListIngressRequest(ingress_id=info.ingress_id))).items[0]
+    assert (listed.state.status, listed.state.error) == (Status.ENDPOINT_ERROR, ended.state.error)
+    assert status != 0 and "unsupported video codec flv" in errors, "the encoder is told why and disconnected"
+
+    # The worker dying mid-stream: the participant leaves, the ingress is ERROR, the encoder is disconnected.
+    info = await lkapi.ingress.create_ingress(api.CreateIngressRequest(
+        input_type=api.IngressInput.RTMP_INPUT, room_name=ROOM, participant_identity="crashing"))
+    subscriber = await connect(server, "viewer-c", ROOM)
+    encoder = _encoder(f"{info.url}/{info.stream_key}")
+    try:
+        await wait_for_tracks(subscriber, 2)
+        await until(lambda: any(e.event == "ingress_started" and e.ingress_info.ingress_id == info.ingress_id
+                                for e in webhooks.events))
+        pid = int(re.findall(r"worker pid (\d+)", server.log())[-1])
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: remote(subscriber, "crashing") is None, timeout=10)
+        await until(lambda: _ended(webhooks, info.ingress_id), timeout=10)
+        status = await loop.run_in_executor(None, encoder.wait, 15)
+    finally:
+        await _stop(encoder)
+        await subscriber.disconnect()
+    state = _ended(webhooks, info.ingress_id)[0].state
+    assert state.status == Status.ENDPOINT_ERROR and state.error == "the RTMP worker was killed by signal 9"
+    assert status != 0
+    assert server.counters().get("rtmp_worker_failed", 0) == 2
+    assert not webhooks.errors
+
+
+async def test_rtmp_without_media_is_an_error(tmp_path, monkeypatch) -> None:
+    """An encoder that publishes only timed text: after TERN_RTMP_MEDIA_TIMEOUT the ingress is ENDPOINT_ERROR and the
+    encoder is told."""
+    monkeypatch.setenv("TERN_RTMP_MEDIA_TIMEOUT", "2")
+    server = start_server(tmp_path, config=f"ingress:\n  rtmp_port: {free_port()}\n")
+    client = api.LiveKitAPI(server.http, API_KEY, API_SECRET)
+    try:
+        info = await client.ingress.create_ingress(api.CreateIngressRequest(
+            input_type=api.IngressInput.RTMP_INPUT, room_name=ROOM, participant_identity="captions"))
+        encoder = _encoder(f"{info.url}/{info.stream_key}", "text")
+        try:
+            await until(lambda: server.counters().get("rtmp_no_media", 0) == 1, timeout=15)
+            status = await asyncio.get_running_loop().run_in_executor(None, encoder.wait, 15)
+        finally:
+            _, errors = await _stop(encoder)
+        state = (await client.ingress.list_ingress(api.ListIngressRequest(ingress_id=info.ingress_id))).items[0].state
+        assert state.status == Status.ENDPOINT_ERROR and state.error == "the encoder sent no audio or video in 2 s"
+        assert status != 0 and "no audio or video" in errors
+    finally:
+        await client.aclose()
+        stop_server(server)
+    assert "Traceback" not in server.log(), server.log()

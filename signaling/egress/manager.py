@@ -22,8 +22,9 @@ from livekit.protocol import egress as proto
 from livekit.protocol import models
 
 from ..rtc.ids import new_id
-from .muxer import Container, container_for
-from .recorder import Recorder, TrackSpec
+from .mixdown import MP3, MP4_AAC, OGG_OPUS, AudioOutput, MixedAudioFile
+from .muxer import Container, Muxer, container_for
+from .recorder import Recorder, Sink, TrackSpec
 
 if TYPE_CHECKING:
     from ..rtc.publication import TrackPublication
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 # Recordings at once on this node: each is a thread and a socket; passthrough costs little CPU (see the benchmark),
 # but the threads share the control plane's interpreter.
 MAX_ACTIVE_EGRESSES = 16
+# Tracks one room audio mix takes in over its life (each keeps a decoder and a jitter buffer on the recording's
+# thread until the end, also after its participant left).
+MAX_MIX_TRACKS = 64
 # Ended egresses ListEgress still reports (the oldest are forgotten first).
 MAX_ENDED_EGRESSES = 1000
 # Bytes of a request's filepath (and so, roughly, of the file's name under the output directory).
@@ -69,6 +73,7 @@ class Egress:
     downtracks: dict[int, int] = field(default_factory=dict)   # DownTrack SSRC -> engine DownTrack id
     receivers: dict[int, int] = field(default_factory=dict)    # DownTrack SSRC -> publication's receiver id
     active_at_ns: int = 0
+    mix: bool = False  # a room's audio mix: tracks join as they are published
     done: asyncio.Future | None = None
 
 
@@ -100,7 +105,7 @@ class EgressManager:
         publication = self._publication(room, request.track_id)
         info = proto.EgressInfo(track=request)
         template = request.file.filepath or "{room_name}-{track_id}-{time}"
-        return self._start(info, room, [publication], template, None)
+        return self._start_passthrough(info, room, [publication], template, None)
 
     def start_track_composite(self, request: proto.TrackCompositeEgressRequest) -> proto.EgressInfo:
         output = _file_output(request)
@@ -115,7 +120,7 @@ class EgressManager:
             raise ValueError(f"{request.video_track_id} is not a video track")
         info = proto.EgressInfo(track_composite=request)
         template = output.filepath or "{room_name}-{publisher_identity}-{time}"
-        return self._start(info, room, publications, template, output.file_type)
+        return self._start_passthrough(info, room, publications, template, output.file_type)
 
     def start_participant(self, request: proto.ParticipantEgressRequest) -> proto.EgressInfo:
         output = _file_output(request)
@@ -135,16 +140,36 @@ class EgressManager:
                                  f"{'screen share' if request.screen_share else 'microphone or camera'} track")
         info = proto.EgressInfo(participant=request)
         template = output.filepath or "{room_name}-{publisher_identity}-{time}"
-        return self._start(info, room, publications, template, output.file_type)
+        return self._start_passthrough(info, room, publications, template, output.file_type)
 
-    def _start(self, info: proto.EgressInfo, room: Room, publications: list[TrackPublication], template: str,
-               file_type: int | None) -> proto.EgressInfo:
-        if len(self.active) >= MAX_ACTIVE_EGRESSES:
-            raise OverflowError(f"{MAX_ACTIVE_EGRESSES} egresses are recording on this node already")
+    def start_room_composite(self, request: proto.RoomCompositeEgressRequest) -> proto.EgressInfo:
+        """Audio only: every participant's microphone (and other Opus tracks), decoded, mixed and encoded into one
+        file; tracks published later join the mix. Video needs a compositor."""
+        if not request.audio_only:
+            raise Unsupported("room composite with video needs a compositor: only audio_only=true is supported")
+        if request.audio_mixing != proto.AudioMixing.DEFAULT_MIXING:
+            raise Unsupported("audio_mixing: only DEFAULT_MIXING (everyone in one mix) is supported")
+        output = _file_output(request)
+        audio_output = _audio_output(output.file_type)
+        room = self._room(request.room_name)
+        publications = [p for p in room.tracks.values() if _mixable(p)][:MAX_MIX_TRACKS]
+        info = proto.EgressInfo(room_composite=request)
+        path = self._path(output.filepath or "{room_name}-{time}", audio_output.extension, room, publications)
+        return self._start(info, room, publications, MixedAudioFile(path, audio_output), mix=True)
+
+    def _start_passthrough(self, info: proto.EgressInfo, room: Room, publications: list[TrackPublication],
+                           template: str, file_type: int | None) -> proto.EgressInfo:
         codecs = [_codec(p) for p in publications]
         container = container_for(codecs)
         _check_file_type(file_type, container)
-        path = self._path(template, container, room, publications)
+        path = self._path(template, container.extension, room, publications)
+        return self._start(info, room, publications, Muxer(path, container))
+
+    def _start(self, info: proto.EgressInfo, room: Room, publications: list[TrackPublication], sink: Sink,
+               mix: bool = False) -> proto.EgressInfo:
+        if len(self.active) >= MAX_ACTIVE_EGRESSES:
+            raise OverflowError(f"{MAX_ACTIVE_EGRESSES} egresses are recording on this node already")
+        path = sink.path
         engine = self._engine()
         info.egress_id = new_id("EG_")
         info.room_id, info.room_name = room.sid, room.name
@@ -152,7 +177,7 @@ class EgressManager:
         info.status = proto.EgressStatus.EGRESS_STARTING
         info.started_at = info.updated_at = now_ns()
         ssrcs = _distinct_ssrcs(len(publications))
-        tracks = [TrackSpec(ssrc, codec, p.codec.clock_rate) for ssrc, codec, p in zip(ssrcs, codecs, publications)]
+        tracks = [TrackSpec(ssrc, _codec(p), p.codec.clock_rate) for ssrc, p in zip(ssrcs, publications)]
         loop = asyncio.get_running_loop()
         egress: Egress | None = None
 
@@ -163,14 +188,12 @@ class EgressManager:
                 pass
 
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        recorder = Recorder(path, container, tracks, engine.port, self._loopback, report)
-        egress = Egress(info, room, publications, path, recorder, done=loop.create_future())
+        recorder = Recorder(sink, tracks, engine.port, self._loopback, report)
+        egress = Egress(info, room, publications, path, recorder, mix=mix, done=loop.create_future())
         try:
             egress.transport_id = engine.add_plain_transport(*recorder.address)
             for spec, publication in zip(tracks, publications):
-                egress.downtracks[spec.ssrc] = engine.add_downtrack(
-                    publication.receiver_id, egress.transport_id, spec.ssrc, 0, publication.codec.payload_type, 0, {})
-                egress.receivers[spec.ssrc] = publication.receiver_id
+                self._add_downtrack(egress, spec.ssrc, publication)
         except Exception:
             self._release(egress)
             recorder.discard()
@@ -185,6 +208,30 @@ class EgressManager:
                  "+".join(p.sid for p in publications), room.name, path)
         self._announce(egress, "egress_started")
         return _copy(info)
+
+    def _add_downtrack(self, egress: Egress, ssrc: int, publication: TrackPublication) -> None:
+        assert publication.codec is not None and publication.receiver_id is not None
+        egress.downtracks[ssrc] = self._engine().add_downtrack(
+            publication.receiver_id, egress.transport_id, ssrc, 0, publication.codec.payload_type, 0, {})
+        egress.receivers[ssrc] = publication.receiver_id
+
+    def _join_mix(self, egress: Egress, publication: TrackPublication) -> None:
+        """A track published while a room's audio is mixed joins the mix."""
+        if publication in egress.publications or egress.transport_id is None:
+            return
+        if len(egress.publications) >= MAX_MIX_TRACKS:
+            self._counters["egress_mix_tracks_refused"] += 1
+            log.warning("egress %s: %d tracks mixed already, %s is left out", egress.info.egress_id,
+                        MAX_MIX_TRACKS, publication.sid)
+            return
+        ssrc = next(s for s in _distinct_ssrcs(len(egress.downtracks) + 1) if s not in egress.downtracks)
+        try:
+            self._add_downtrack(egress, ssrc, publication)
+        except KeyError:  # its receiver went meanwhile
+            return
+        egress.publications.append(publication)
+        egress.recorder.add_track(TrackSpec(ssrc, "opus", publication.codec.clock_rate))
+        log.info("egress %s: %s joins the mix", egress.info.egress_id, publication.sid)
 
     # -- listing, stopping
     def list(self, request: proto.ListEgressRequest) -> proto.ListEgressResponse:
@@ -210,13 +257,20 @@ class EgressManager:
 
     def on_event(self, event: str, room: models.Room | None, participant: models.ParticipantInfo | None,
                  track: models.TrackInfo | None) -> None:
-        """A room event: an egress whose track was unpublished (or whose room closed) ends ("Source closed")."""
+        """A room event: an egress whose track was unpublished (or whose room closed) ends ("Source closed"); a room
+        mix takes in the room's newly published audio (its tracks that go only fall silent)."""
         for egress in list(self.active.values()):
             if egress.info.status == proto.EgressStatus.EGRESS_ENDING:
                 continue
-            if (event == "track_unpublished" and track is not None
-                    and any(p.sid == track.sid for p in egress.publications)) \
-                    or (event == "room_finished" and room is not None and room.sid == egress.info.room_id):
+            in_room = room is not None and room.sid == egress.info.room_id
+            if event == "room_finished" and in_room:
+                self._end(egress, END_SOURCE_CLOSED)
+            elif egress.mix:
+                publication = egress.room.tracks.get(track.sid) if track is not None else None
+                if event == "track_published" and in_room and publication is not None and _mixable(publication):
+                    self._join_mix(egress, publication)
+            elif event == "track_unpublished" and track is not None \
+                    and any(p.sid == track.sid for p in egress.publications):
                 self._end(egress, END_SOURCE_CLOSED)
 
     async def close(self) -> None:
@@ -320,26 +374,28 @@ class EgressManager:
             raise EgressStateError(f"track {track_id!r} has no media yet")
         return publication
 
-    def _path(self, template: str, container: Container, room: Room, publications: list[TrackPublication]) -> str:
+    def _path(self, template: str, suffix: str, room: Room, publications: list[TrackPublication]) -> str:
         if len(template.encode()) > MAX_FILEPATH:
             raise ValueError(f"filepath exceeds {MAX_FILEPATH} bytes")
         if template.endswith("/"):
             template += "{room_name}-{time}"
         now = time.time()
-        first = publications[0]
         fields = {
-            "room_name": room.name, "room_id": room.sid, "publisher_identity": first.participant.identity,
-            "track_id": first.sid, "track_type": models.TrackType.Name(first.info.type),
-            "track_source": models.TrackSource.Name(first.info.source),
+            "room_name": room.name, "room_id": room.sid,
             "time": time.strftime("%Y-%m-%dT%H%M%S", time.gmtime(now)),
             "utc": time.strftime("%Y%m%d%H%M%S", time.gmtime(now)) + f"{int(now * 1000) % 1000:03d}",
         }
+        if publications and len({p.participant.identity for p in publications}) == 1:  # not for a room's mix
+            first = publications[0]
+            fields.update({"publisher_identity": first.participant.identity, "track_id": first.sid,
+                           "track_type": models.TrackType.Name(first.info.type),
+                           "track_source": models.TrackSource.Name(first.info.source)})
         # Substituted values are names chosen by clients: they may not add directories.
         name = re.sub(r"\{(\w+)\}", lambda m: re.sub(r"[/\\\x00]", "_", fields.get(m[1], m[0])), template)
         base, extension = os.path.splitext(name)
         if extension.lower() in (".ogg", ".webm", ".mp4", ".mkv", ".ivf", ".mp3", ".m4a", ".h264"):
             name = base  # the container follows the codecs: the extension is made to match (as LiveKit does)
-        path = os.path.normpath(os.path.join(self.output_dir, name.lstrip("/") + container.extension))
+        path = os.path.normpath(os.path.join(self.output_dir, name.lstrip("/") + suffix))
         if "\x00" in path or os.path.commonpath([path, self.output_dir]) != self.output_dir:
             raise ValueError("filepath must stay inside the egress output directory")
         if os.path.exists(path):
@@ -353,6 +409,17 @@ def _codec(publication: TrackPublication) -> str:
     if name not in CODECS:
         raise Unsupported(f"passthrough egress records Opus, VP8, VP9 and H.264 tracks, not {publication.codec.name}")
     return name
+
+
+def _mixable(publication: TrackPublication) -> bool:
+    """Whether a track goes into a room's audio mix: published Opus audio."""
+    return publication.published and publication.receiver_id is not None and publication.codec is not None \
+        and publication.kind == "audio" and publication.codec.name.lower() == "opus"
+
+
+def _audio_output(file_type: int) -> AudioOutput:
+    """The audio-only file for a requested type: Ogg Opus by default (as LiveKit's audio-only default, OGG)."""
+    return {proto.EncodedFileType.MP4: MP4_AAC, proto.EncodedFileType.MP3: MP3}.get(file_type, OGG_OPUS)
 
 
 def _local_only(output: proto.DirectFileOutput | proto.EncodedFileOutput) -> None:

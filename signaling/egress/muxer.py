@@ -4,6 +4,7 @@ still plays up to its last fragment). Runs on the recorder's thread, never on th
 from __future__ import annotations
 
 import fractions
+from collections import Counter
 from dataclasses import dataclass, field
 
 import av
@@ -63,10 +64,10 @@ class Muxer:
     picture start together), or at the first audio frame without video; each track's timeline begins at its first
     frame's arrival after that start (arrival times, not RTCP sender reports, align the tracks)."""
 
-    def __init__(self, path: str, container: Container, tracks: list[tuple[str, int]]) -> None:
+    def __init__(self, path: str, container: Container) -> None:
         self.path = path
         self.container = container
-        self.tracks = [TrackState(codec, clock_rate) for codec, clock_rate in tracks]
+        self.tracks: list[TrackState] = []  # added before the first frame (add_track)
         self._output: av.container.OutputContainer | None = None
         self._pending: list[tuple[int, Frame, float]] = []
         self._origin = 0.0  # arrival time (monotonic s) of the recording's start
@@ -74,6 +75,20 @@ class Muxer:
         self.pending_dropped = 0
         self.discontinuities = 0
         self.non_monotonic = 0
+
+    def add_track(self, codec: str, clock_rate: int) -> None:
+        if self._output is not None:
+            raise ValueError("a passthrough file's tracks are fixed once it is open")
+        self.tracks.append(TrackState(codec, clock_rate))
+
+    def tick(self, now: float) -> None:
+        """Nothing waits on time here: frames go into the file as they come."""
+
+    def count(self, counters: Counter[str]) -> None:
+        counters["egress_frames_written"] += sum(t.frames for t in self.tracks)
+        counters["egress_drop_pending_full"] += self.pending_dropped
+        counters["egress_timestamp_discontinuities"] += self.discontinuities
+        counters["egress_drop_non_monotonic"] += self.non_monotonic
 
     def write(self, index: int, frame: Frame, arrival: float) -> None:
         if self._output is not None:

@@ -5,6 +5,7 @@ thread counts (SO_RXQ_OVFL). Reports to the control plane go through `report`, w
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import struct
 import threading
@@ -12,10 +13,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from .depacketize import DEPACKETIZERS, Depacketizer
+from .depacketize import DEPACKETIZERS, Depacketizer, Frame
 from .jitter import JitterBuffer, RtpError, is_rtcp, parse_rtp
-from .muxer import Container, Muxer
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +35,37 @@ class TrackSpec:
     clock_rate: int
 
 
+class Sink(Protocol):
+    """Where a recording's frames go: a passthrough Muxer, or a MixedAudioFile."""
+
+    path: str
+    started: bool  # frames are in the file
+
+    def write(self, index: int, frame: Frame, arrival: float) -> None: ...
+    def tick(self, now: float) -> None: ...
+    def add_track(self, codec: str, clock_rate: int) -> None: ...
+    def close(self) -> None: ...
+    def duration(self) -> float: ...
+    def count(self, counters: Counter[str]) -> None: ...
+
+
 class Recorder:
     """`report(kind, value)` gets, from the thread: ("active", None) when the first frame is in the file,
-    ("keyframe", ssrc) when a video stream needs a keyframe, ("done", None | Exception) when the file is closed."""
+    ("keyframe", ssrc) when a video stream needs a keyframe, ("done", None | Exception) when the file is closed.
+    A mix's tracks may be added while it records (`add_track`)."""
 
-    def __init__(self, path: str, container: Container, tracks: list[TrackSpec], engine_port: int, loopback: str,
+    def __init__(self, sink: Sink, tracks: list[TrackSpec], engine_port: int, loopback: str,
                  report: Callable[[str, object], None]) -> None:
-        self.tracks = tracks
-        self.muxer = Muxer(path, container, [(t.codec, t.clock_rate) for t in tracks])
+        self.tracks: list[TrackSpec] = []
+        self.muxer = sink
         self.counters: Counter[str] = Counter()  # written by the thread only; read once it is done
-        self._by_ssrc = {t.ssrc: i for i, t in enumerate(tracks)}
-        self._jitter = [JitterBuffer() for _ in tracks]
-        self._depacketizers: list[Depacketizer] = [DEPACKETIZERS[t.codec]() for t in tracks]
-        self._keyframe_asked = [0.0 for _ in tracks]
+        self._by_ssrc: dict[int, int] = {}
+        self._jitter: list[JitterBuffer] = []
+        self._depacketizers: list[Depacketizer] = []
+        self._keyframe_asked: list[float] = []
+        self._added: queue.SimpleQueue[TrackSpec] = queue.SimpleQueue()  # from the loop thread
+        for spec in tracks:
+            self._add(spec)
         self._engine_port = engine_port
         self._report = report
         self._stop = threading.Event()
@@ -62,10 +81,22 @@ class Recorder:
             raise
         self.address: tuple[str, int] = self._sock.getsockname()[:2]
         self._kernel_drops = 0
-        self._thread = threading.Thread(target=self._run, name=f"egress {path}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"egress {sink.path}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    def add_track(self, spec: TrackSpec) -> None:
+        """A track joins the recording (thread-safe: the thread takes it in at its next packet or poll)."""
+        self._added.put(spec)
+
+    def _add(self, spec: TrackSpec) -> None:
+        self._by_ssrc[spec.ssrc] = len(self.tracks)
+        self.tracks.append(spec)
+        self._jitter.append(JitterBuffer())
+        self._depacketizers.append(DEPACKETIZERS[spec.codec]())
+        self._keyframe_asked.append(0.0)
+        self.muxer.add_track(spec.codec, spec.clock_rate)
 
     def stop(self) -> None:
         """Asks the thread to finish: it reads what is already queued, then closes the file and reports "done"."""
@@ -114,6 +145,8 @@ class Recorder:
             self._receive(data, source, time.monotonic())
 
     def _receive(self, data: bytes, source: tuple, now: float) -> None:
+        while not self._added.empty():
+            self._add(self._added.get())
         if source[1] != self._engine_port:  # only the engine's socket sends here
             self.counters["egress_drop_foreign"] += 1
             return
@@ -132,6 +165,7 @@ class Recorder:
         self._deliver(now, index)
 
     def _deliver(self, now: float, only: int | None = None, flush: bool = False) -> None:
+        self.muxer.tick(now)
         for index, jitter in enumerate(self._jitter):
             if only is not None and index != only:
                 continue
@@ -159,7 +193,4 @@ class Recorder:
             self.counters["egress_drop_duplicate"] += jitter.duplicates
             self.counters["egress_frames_dropped"] += depacketizer.dropped_frames
             self.counters["egress_drop_malformed_payload"] += depacketizer.malformed
-        self.counters["egress_frames_written"] += sum(t.frames for t in self.muxer.tracks)
-        self.counters["egress_drop_pending_full"] += self.muxer.pending_dropped
-        self.counters["egress_timestamp_discontinuities"] += self.muxer.discontinuities
-        self.counters["egress_drop_non_monotonic"] += self.muxer.non_monotonic
+        self.muxer.count(self.counters)

@@ -1,5 +1,6 @@
 """LiveKit's Egress service over Twirp (`POST /twirp/livekit.Egress/<Method>`, the roomRecord grant), answered by the
-node's built-in passthrough egress (manager.py). What needs a compositor or transcoder is Twirp `unimplemented`."""
+node's built-in egress (manager.py): passthrough track recordings and audio-only room mixes. What needs a compositor
+(video) or a browser is Twirp `unimplemented`."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -13,7 +14,8 @@ from .manager import EgressManager, EgressNotFound, EgressStateError, Unsupporte
 
 PREFIX = "/twirp/livekit.Egress/"
 SUPPORTED = ("tern records tracks to local files without transcoding: StartTrackEgress, and StartTrackCompositeEgress"
-             " or StartParticipantEgress with one Opus and/or one VP8/VP9/H.264 track")
+             " or StartParticipantEgress with one Opus and/or one VP8/VP9/H.264 track; and a room's audio mixed into"
+             " one file: StartRoomCompositeEgress with audio_only")
 
 
 class EgressService(TwirpService):
@@ -32,6 +34,9 @@ class EgressService(TwirpService):
     def start_participant(self, request: proto.ParticipantEgressRequest) -> proto.EgressInfo:
         return _answer(self.manager.start_participant, request)
 
+    def start_room_composite(self, request: proto.RoomCompositeEgressRequest) -> proto.EgressInfo:
+        return _answer(self.manager.start_room_composite, request)
+
     def list_egress(self, request: proto.ListEgressRequest) -> proto.ListEgressResponse:
         return self.manager.list(request)
 
@@ -40,7 +45,6 @@ class EgressService(TwirpService):
 
     def unimplemented(self, request: Message) -> Message:
         what = {
-            proto.RoomCompositeEgressRequest: "room composite (it needs a compositor)",
             proto.WebEgressRequest: "web egress (it needs a browser)",
             proto.StartEgressRequest: "StartEgress",
             proto.UpdateLayoutRequest: "UpdateLayout (there is no layout)",
@@ -76,7 +80,8 @@ EgressService.methods = {
     "StartParticipantEgress": TwirpMethod(proto.ParticipantEgressRequest, "record", EgressService.start_participant),
     "ListEgress": TwirpMethod(proto.ListEgressRequest, "record", EgressService.list_egress),
     "StopEgress": TwirpMethod(proto.StopEgressRequest, "record", EgressService.stop_egress),
-    "StartRoomCompositeEgress": TwirpMethod(proto.RoomCompositeEgressRequest, "record", EgressService.unimplemented),
+    "StartRoomCompositeEgress": TwirpMethod(proto.RoomCompositeEgressRequest, "record",
+                                            EgressService.start_room_composite),
     "StartWebEgress": TwirpMethod(proto.WebEgressRequest, "record", EgressService.unimplemented),
     "StartEgress": TwirpMethod(proto.StartEgressRequest, "record", EgressService.unimplemented),
     "UpdateLayout": TwirpMethod(proto.UpdateLayoutRequest, "record", EgressService.unimplemented),

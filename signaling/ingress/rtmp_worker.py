@@ -2,7 +2,9 @@
 from stdin and publishes it with FFmpeg's WHIP muxer to tern's `/w/{stream_key}` on loopback, authorised by
 TERN_RELAY_SECRET. H.264 without B-frames passes through (WebRTC has no B-frames); other video is re-encoded with
 libx264 (constrained baseline, no B-frames); audio is always AAC → Opus. Ends (closing the muxer: its WHIP DELETE)
-when stdin does. Usage: python -m signaling.ingress.rtmp_worker WHIP_URL"""
+when stdin does. Input it cannot publish (a codec outside VIDEO_CODECS / AUDIO_CODECS, no media) or a PyAV error
+makes it print `error: <reason>` as its last line on stderr and exit with status 1: the listener puts that reason in
+the ingress's ENDPOINT_ERROR state. Usage: python -m signaling.ingress.rtmp_worker WHIP_URL"""
 from __future__ import annotations
 
 import datetime
@@ -23,6 +25,16 @@ KEYFRAME_INTERVAL = 60
 DEFAULT_FPS = 30
 # Seconds of input FFmpeg may read to find the streams: short, as an encoder sends its headers first.
 PROBE_SECONDS = 1
+# What modern encoders send over (enhanced) RTMP. Legacy Flash codecs (Sorenson Spark, VP6, Screen Video, Nellymoser,
+# Speex) decode, but nobody sends them any more and each would cost a re-encode: they are refused by name.
+VIDEO_CODECS = ("h264", "hevc", "av1", "vp9")
+AUDIO_CODECS = ("aac", "mp3", "opus")
+SUPPORTED = "RTMP ingest takes H.264, HEVC, AV1 or VP9 video and AAC, MP3 or Opus audio"
+ERROR_PREFIX = "error: "
+
+
+class Unpublishable(Exception):
+    """The publisher's stream has nothing this worker can publish."""
 
 
 def dtls_certificate(directory: Path) -> dict[str, str]:
@@ -46,7 +58,12 @@ def relay(url: str, secret: str) -> None:
     video_in = source.streams.video[0] if source.streams.video else None
     audio_in = source.streams.audio[0] if source.streams.audio else None
     if video_in is None and audio_in is None:
-        raise SystemExit("the RTMP stream has no audio or video")
+        raise Unpublishable(f"the RTMP stream has no audio or video; {SUPPORTED}")
+    for stream, supported in ((video_in, VIDEO_CODECS), (audio_in, AUDIO_CODECS)):
+        if stream is not None and stream.codec_context.name not in supported:
+            described = stream.codec_context.codec.long_name or stream.codec_context.name
+            raise Unpublishable(f"unsupported {stream.type} codec {stream.codec_context.name} ({described}); "
+                                f"{SUPPORTED}")
     with tempfile.TemporaryDirectory(prefix="tern-rtmp-") as directory:
         sink = av.open(url, "w", format="whip", options={"authorization": secret, **dtls_certificate(Path(directory))})
         try:
@@ -92,5 +109,20 @@ def _remux(source: av.container.InputContainer, sink: av.container.OutputContain
                 sink.mux(audio_out.encode(frame))
 
 
+def main() -> int:
+    try:
+        relay(sys.argv[1], os.environ["TERN_RELAY_SECRET"])
+    except Unpublishable as error:
+        reason = str(error)
+    except av.FFmpegError as error:  # what FFmpeg refused: the input, an encoder, or the WHIP session
+        reason = f"the RTMP stream could not be published: {error}"
+    except (BrokenPipeError, KeyboardInterrupt):  # the listener went away: nobody to tell
+        return 1
+    else:
+        return 0
+    print(ERROR_PREFIX + reason, file=sys.stderr, flush=True)
+    return 1
+
+
 if __name__ == "__main__":
-    relay(sys.argv[1], os.environ["TERN_RELAY_SECRET"])
+    sys.exit(main())

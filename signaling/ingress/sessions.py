@@ -93,20 +93,26 @@ class IngressSessions:
         del info.state.tracks[:]
         self._update(info, previous)
 
-    def stop(self, ingress_id: str) -> None:
-        """Ends the ingress's live session, if it has one."""
+    def stop(self, ingress_id: str, error: str = "") -> None:
+        """Ends the ingress's live session, if it has one: INACTIVE, or ERROR with `error`. The state is set before the
+        session's participant is closed, so its own end (`ended` without an error) does not overwrite the reason."""
         stop = self._stops.get(ingress_id)
         if stop is not None:
+            self.ended(ingress_id, error)
             stop()
-            self.ended(ingress_id)
 
-    def relay(self, stream_key: str) -> str | None:
-        """A secret for the RTMP listener's worker to publish on an RTMP ingress's stream key over WHIP; None while
-        another RTMP connection relays on it."""
-        if stream_key in self._relays:
-            return None
+    def relay(self, stream_key: str) -> str:
+        """A secret for the RTMP listener's worker to publish on the RTMP ingress it claimed, over WHIP."""
         secret = self._relays[stream_key] = secrets.token_urlsafe(24)
         return secret
+
+    def relayed_claim(self, stream_key: str) -> ingress.IngressInfo:
+        """The RTMP ingress the listener claimed for the worker now publishing over WHIP (its state stays BUFFERING
+        until the media arrives). Refused with 404 when that RTMP session has ended meanwhile."""
+        info = self.store.by_stream_key(stream_key)
+        if info is None or info.ingress_id not in self._stops:
+            raise Refused(404, "the RTMP session has ended", "unknown_stream_key")
+        return info
 
     def unrelay(self, stream_key: str) -> None:
         self._relays.pop(stream_key, None)

@@ -74,9 +74,13 @@ class WhipService(HttpSessionService):
         # The RTMP listener's worker relays an RTMP ingress's publisher here, with its connection's secret.
         relayed = bool(request.path_params.get("stream_key")) and self._ingresses.relayed(stream_key, _bearer(request))
         input_type = ingress.IngressInput.RTMP_INPUT if relayed else ingress.IngressInput.WHIP_INPUT
-        resource_id = new_id("RT_" if relayed else "WH_")
         try:
-            info = self._ingresses.claim(stream_key, input_type, resource_id)
+            if relayed:  # the listener claimed the ingress when the encoder published
+                info = self._ingresses.relayed_claim(stream_key)
+                resource_id = info.state.resource_id
+            else:
+                resource_id = new_id("WH_")
+                info = self._ingresses.claim(stream_key, input_type, resource_id)
         except Refused as error:
             return self.refusal(error)
         try:
