@@ -199,7 +199,8 @@ async def test_two_tabs_see_hear_and_chat_with_each_other(server):
         async with _tab(context, server) as ada, _tab(context, server, no_devices=True) as bob:
             await _join(ada, room, "Ada")
             await _join(bob, room, "Bob")
-            assert "test pattern" in await bob.text_content("#call-notice")
+            assert await bob.text_content("#call-notice") == ("Microphone: none found, sending a tone."
+                                                              " Camera: none found, sending a test pattern.")
 
             # Each decodes the other's video: Chromium's fake camera, and Bob's generated test pattern.
             await _sees_video_of(bob, "Ada")
@@ -234,7 +235,7 @@ async def test_two_tabs_see_hear_and_chat_with_each_other(server):
 
             await ada.click("#leave-button")
             await bob.wait_for_selector(_tile("Ada"), state="detached", timeout=10_000)
-            assert await ada.is_visible("#join-form")
+            await ada.wait_for_selector("#join-form", state="visible", timeout=5_000)
             assert await bob.text_content("#participant-count") == "1 participant"
             errors = [line for line in ada.capture.console + bob.capture.console if line.startswith("pageerror")]
             assert not errors, errors
@@ -249,7 +250,7 @@ async def test_the_page_says_when_the_server_is_gone_or_refuses(tmp_path):
         context = await _offline_context(browser, *VIEWPORTS[1])
         async with _tab(context, server) as page:
             assert not await _layout_problems(page)
-            await page.fill("#room-input", "r" * 300)
+            await page.fill("#room-input", "é" * 200)  # within the field's 256 characters, not 256 bytes
             await page.click("#join-button")
             error = page.locator("#lobby-error")
             await error.wait_for(state="visible")

@@ -79,9 +79,11 @@ async function start() {
     const notes = [];
     for (const { track, source, generated, why } of await openMedia(name)) {
       await room.localParticipant.publishTrack(track, { source });
-      if (generated) notes.push(source === Track.Source.Camera ? `camera ${why}: test pattern` : `microphone ${why}: tone`);
+      if (generated) {
+        notes.push(source === Track.Source.Camera ? `Camera: ${why}, sending a test pattern.` : `Microphone: ${why}, sending a tone.`);
+      }
     }
-    if (notes.length) notice(`Publishing generated media (${notes.join("; ")}).`);
+    notice(notes.join(" "));
   }
 
   async function join(roomName, name) {

@@ -16,17 +16,20 @@ function testPattern(label) {
   const draw = () => {
     const t = (performance.now() - started) / 1000;
     const bar = PATTERN_WIDTH / BARS.length;
-    BARS.forEach((color, i) => { context.fillStyle = color; context.fillRect(i * bar, 0, bar + 1, PATTERN_HEIGHT * 0.66); });
+    const band = PATTERN_HEIGHT * 0.5; // colour bars above, name and clock below (clear of the tile's caption)
+    BARS.forEach((color, i) => { context.fillStyle = color; context.fillRect(i * bar, 0, bar + 1, band); });
     context.fillStyle = "#16181d";
-    context.fillRect(0, PATTERN_HEIGHT * 0.66, PATTERN_WIDTH, PATTERN_HEIGHT * 0.34);
+    context.fillRect(0, band, PATTERN_WIDTH, PATTERN_HEIGHT - band);
     const x = (Math.sin(t * 1.5) * 0.45 + 0.5) * PATTERN_WIDTH;
     context.fillStyle = "#5eead4";
-    context.fillRect(x - 6, PATTERN_HEIGHT * 0.66, 12, PATTERN_HEIGHT * 0.34);
+    context.fillRect(x - 6, band, 12, 10);
     context.fillStyle = "#ffffff";
-    context.font = "600 28px system-ui, sans-serif";
-    context.fillText(label, 24, PATTERN_HEIGHT * 0.66 + 44);
+    context.textAlign = "center";
+    context.font = "600 34px system-ui, sans-serif";
+    context.fillText(label, PATTERN_WIDTH / 2, band + 60);
     context.font = "20px ui-monospace, monospace";
-    context.fillText(`${new Date().toLocaleTimeString()}  no camera: test pattern`, 24, PATTERN_HEIGHT * 0.66 + 84);
+    context.fillStyle = "#9aa3b2";
+    context.fillText(`${new Date().toLocaleTimeString()} · test pattern`, PATTERN_WIDTH / 2, band + 96);
   };
   draw();
   const timer = setInterval(draw, 1000 / 30);
