@@ -227,6 +227,14 @@ async def test_two_tabs_see_hear_and_chat_with_each_other(server):
             await ada.press("#chat-input", "Enter")
             await bob.wait_for_selector('#chat-log li:has-text("hello from Ada"):has-text("Ada")', timeout=10_000)
 
+            await ada.click("#screen-button")  # Chromium's fake UI picks the (headless) screen
+            screen = _tile("Ada") + "[data-source=screen]"
+            await bob.wait_for_function("(s) => document.querySelector(s)?.querySelector('video').videoWidth > 0",
+                                        arg=screen, timeout=15_000)
+            assert await ada.text_content("#screen-button") == "Stop sharing"
+            await ada.click("#screen-button")
+            await bob.wait_for_selector(screen, state="detached", timeout=10_000)
+
             await ada.click("#mic-button")
             await ada.click("#camera-button")
             await bob.wait_for_selector(_tile("Ada") + "[data-mic=muted][data-camera=off]", timeout=10_000)
