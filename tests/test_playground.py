@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import start_server, stop_server
 from test_browser import BROWSER_DIR, CHROMIUM, CHROMIUM_ARGS, SignalCapture, _poll, _prerequisites  # noqa: F401
@@ -54,6 +56,14 @@ def test_the_playground_is_off_outside_development_mode_and_loopback():
         assert _loopback_host(host), host
     for host in ["evil.example:7880", "192.0.2.1:7880", "[2001:db8::1]:7880", "", "127.0.0.1.evil.example"]:
         assert not _loopback_host(host), host
+
+
+@given(st.text(max_size=80))
+def test_any_host_header_is_judged_without_error(text: str):
+    """Host headers are the client's: any text gets a yes or no; a name under another domain is never loopback."""
+    assert isinstance(_loopback_host(text), bool)
+    assert not _loopback_host(f"rebind.{text.replace(':', '')}.example")
+    assert not _loopback_host(f"rebind.example:{text}")
 
 
 def _get(url: str, **headers: str) -> tuple[int, str]:
