@@ -153,7 +153,8 @@ async def _join(page: Any, room: str, name: str) -> None:
     await page.fill("#name-input", name)
     await page.click("#join-button")
     try:
-        await page.wait_for_selector(f'.tile[data-local=true][data-name="{name}"][data-mic=on]', timeout=20_000)
+        await page.wait_for_selector(f'.tile[data-local=true][data-name="{name}"][data-mic=on][data-camera=on]',
+                                     timeout=20_000)
     except Exception as error:
         lobby = await page.text_content("#lobby-error")
         raise AssertionError(f"{name} did not join: {lobby!r}\n{page.capture.tail()}") from error
@@ -209,6 +210,7 @@ async def test_two_tabs_see_hear_and_chat_with_each_other(server):
         async with _tab(context, server) as ada, _tab(context, server, no_devices=True) as bob:
             await _join(ada, room, "Ada")
             await _join(bob, room, "Bob")
+            await bob.wait_for_function("document.querySelector('#call-notice').textContent !== ''")
             assert await bob.text_content("#call-notice") == ("Microphone: none found, sending a tone."
                                                               " Camera: none found, sending a test pattern.")
 
