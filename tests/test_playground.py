@@ -3,7 +3,7 @@ Chromium (fake camera and microphone in one, no devices in the other) see, hear 
 
 LiveKit's JS SDK is the page's one outside script, from a CDN: the tests answer its URL from tests/browser's npm copy
 (the browser still checks the page's integrity hash against it), so they need no internet. Screenshots go to
-tests/artifacts/ (git-ignored; CI keeps it)."""
+tests/artifacts/ (git-ignored), for CI to keep as an artifact."""
 from __future__ import annotations
 
 import base64
