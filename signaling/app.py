@@ -1,6 +1,6 @@
 """HTTP and WebSocket endpoints: LiveKit's signal connections, /rtc (v0, two peer connections) and /rtc/v1 (one), and
 their validation routes; WHIP ingest (ingress/whip.py) and IngressService (ingress/service.py); WHEP playback
-(whep.py)."""
+(whep.py); the health check at `/`, which is the development playground's page for browsers (playground/)."""
 from __future__ import annotations
 
 import logging
@@ -31,6 +31,7 @@ from .ingress.service import IngressService
 from .ingress.sessions import IngressSessions
 from .ingress.whip import INGRESS_PATH, WhipService
 from .node import Node
+from .playground import Playground
 from .protocol import v0, v1
 from .roomservice import PREFIX, RoomService
 from .rtc.limits import LimitExceeded, check_join
@@ -117,8 +118,10 @@ def _admit(node: Node, connection: HTTPConnection, token: str | None = None) -> 
 
 
 def create_app(node: Node) -> Starlette:
-    async def health(request: Request) -> Response:
-        return PlainTextResponse("OK")
+    playground = Playground(node.config, node.counters)
+
+    async def home(request: Request) -> Response:
+        return playground.page() if playground.serves_page(request) else PlainTextResponse("OK")
 
     async def validate(request: Request) -> Response:
         try:
@@ -273,7 +276,8 @@ def create_app(node: Node) -> Starlette:
     whep_service = WhepService(node, lambda request, token: _admit(node, request, token), _enter)
     twirp_methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     app = Starlette(routes=[
-        Route("/", health),
+        Route("/", home),
+        *playground.routes(),
         Route(PREFIX + "{method}", room_service.endpoint, methods=twirp_methods),
         Route(AGENT_DISPATCH_PREFIX + "{method}", agent_dispatch_service.endpoint, methods=twirp_methods),
         Route(INGRESS_PREFIX + "{method}", ingress_service.endpoint, methods=twirp_methods),
@@ -294,6 +298,8 @@ def create_app(node: Node) -> Starlette:
     if node.cluster is not None:
         node.cluster.relay.app = app  # the room's node serves relayed signal connections with its own routes
     app.state.rtmp = RtmpListener(ingress_sessions, node.counters, f"{_loopback(node.config)}{INGRESS_PATH}")
+    if playground.off is None:
+        log.info("playground: open %s/ in two browser tabs", _loopback(node.config))
     return app
 
 

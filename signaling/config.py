@@ -140,6 +140,8 @@ class Config:
     region: str = ""  # this node's region: new rooms prefer nodes of the same region (cluster mode)
     log_level: str = "info"
     development: bool = False
+    # Development mode serves the playground (signaling/playground) only on loopback binds unless this is set.
+    playground_allow_remote: bool = False
     prometheus_port: int = 0  # 0 = no metrics endpoint
 
     def node_ip(self) -> str:
@@ -397,6 +399,7 @@ def from_yaml(text: str) -> Config:
     top_readers = {
         "port": _port, "bind_addresses": parse_bind_addresses, "keys": parse_keys,
         "log_level": parse_log_level, "development": _flag, "prometheus_port": _port, "region": _text,
+        "playground_allow_remote": _flag,
     }
     _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "",
            frozenset({"rtc", "room", "webhook", "turn", "ingress", "egress", "redis"}))

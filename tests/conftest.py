@@ -70,11 +70,12 @@ class Server:
 
 
 def start_server(tmp_path: Path, *extra: str, config: str = "", metrics_port: int | None = None,
-                 host: str = "127.0.0.1") -> Server:
+                 host: str = "127.0.0.1", dev: bool = True, http_port: int = 0) -> Server:
     """Starts `tern --dev` on free ports, with `config` (YAML) added to its config body. With `--config FILE`
     in `extra` instead, the file must set `prometheus_port: metrics_port`. With `host`, it listens and offers
-    media candidates there (a lab's veth address) instead of on loopback."""
-    http_port, udp_port, tcp_port = free_port(), free_port(socket.SOCK_DGRAM), free_port()
+    media candidates there (a lab's veth address) instead of on loopback. Without `dev`, it runs outside
+    development mode with the same key and secret. `http_port` reuses a port (one a stopped server had)."""
+    http_port, udp_port, tcp_port = http_port or free_port(), free_port(socket.SOCK_DGRAM), free_port()
     if metrics_port is None:
         metrics_port = free_port()
         extra = ("--config-body", f"prometheus_port: {metrics_port}\n{config}", *extra)
@@ -82,8 +83,9 @@ def start_server(tmp_path: Path, *extra: str, config: str = "", metrics_port: in
         extra = ("--bind", host, "--node-ip", host, *extra)
     log_path = tmp_path / "tern.log"
     log_file = open(log_path, "w")
+    mode = ["--dev"] if dev else ["--keys", f"{API_KEY}: {API_SECRET}"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "signaling", "--dev", "--port", str(http_port), "--udp-port", str(udp_port),
+        [sys.executable, "-m", "signaling", *mode, "--port", str(http_port), "--udp-port", str(udp_port),
          "--tcp-port", str(tcp_port), *extra],
         cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

@@ -45,13 +45,14 @@ room:
   max_participants: 10
 log_level: WARN
 development: true
+playground_allow_remote: true
 """)
     assert config.port == 9000
     assert config.bind_addresses == ["0.0.0.0", "::"]
     assert config.keys == {"key1": "secret1", "key2": "secret2"}
     assert config.rtc == RtcConfig(udp_port=9002, tcp_port=9001, node_ip="203.0.113.7")
     assert config.room == RoomConfig(empty_timeout=60, departure_timeout=2.5, max_participants=10)
-    assert config.log_level == "warning" and config.development
+    assert config.log_level == "warning" and config.development and config.playground_allow_remote
 
 
 def test_empty_yaml_is_defaults():
@@ -132,6 +133,7 @@ def test_unknown_keys_are_errors(text, key):
     ("room: {max_participants: 2.5}", "room.max_participants"),
     ("log_level: loud", "log_level"),
     ("development: 1", "development"),
+    ("playground_allow_remote: yes please", "playground_allow_remote"),
     ("[1, 2]", "config"),
     ("port: [", "YAML"),
 ])
