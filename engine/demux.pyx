@@ -19,7 +19,7 @@ from engine.rtp cimport RtpHeader, find_extension, finish_srtp_header, parse_rtp
 from engine.state cimport (DTLS_EVENTS_PER_SECOND, E_DTLS, E_LAYER, E_STUN, EVENT_WINDOW_US, EVENTS_PER_WINDOW,
                            FAIR_EVENT_BURST, FAIR_EVENTS_PER_SECOND, MAX_SRTP_STREAMS, RECV_BUF,
                            RTCP_SENDER_STREAMS, S_BYTES_IN, S_DROP_DTLS_RATE, S_DROP_SSRC_REBIND_RATE,
-                           S_DROP_STUN_UNEXPECTED_RESPONSE, S_DROP_UNADMITTED_SSRC, S_STUN_RESPONSES,
+                           S_DROP_STUN_UNEXPECTED_RESPONSE, S_DROP_UNADMITTED_SSRC, S_RED_RECEIVED, S_STUN_RESPONSES,
                            SSRC_REBIND_BURST, SSRC_REBINDS_PER_SECOND, STUN_BOUND_EVENTS_PER_SECOND,
                            S_DROP_DTLS_UNBOUND, S_DROP_DUPLICATE, S_DROP_EMPTY, S_DROP_EVENT_BUDGET, S_DROP_MALFORMED,
                            S_DROP_NO_SRTP, S_DROP_NOT_RTP, S_DROP_PAYLOAD_TYPE, S_DROP_RTX_PADDING, S_DROP_SSRC_LIMIT,
@@ -493,9 +493,11 @@ cdef void receive(EngineState *s, Receiver *r, int l, const uint8_t *buf, int le
     p.h = h[0]
     packet_set(p, buf, length, r, l, now)
     describe_packet(p, r.codec, r.is_video)
-    if h.payload_type == r.red_payload_type and p.descriptor != DESC_RED:
-        s.counters[<int>S_DROP_MALFORMED] += 1  # its blocks cannot be told apart, for those that get them stripped
-        return
+    if h.payload_type == r.red_payload_type:
+        if p.descriptor != DESC_RED:
+            s.counters[<int>S_DROP_MALFORMED] += 1  # its blocks cannot be told apart, for those that get them stripped
+            return
+        s.counters[<int>S_RED_RECEIVED] += 1
     first = layer_receive(layer, buf, length, h, r.clock_rate, now, recovered)
     if first < 0:
         s.counters[<int>S_DROP_DUPLICATE] += 1

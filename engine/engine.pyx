@@ -106,7 +106,7 @@ STAT_NAMES = (
     "tcp_accept_failed", "drop_tcp_oversized", "drop_tcp_queue_full", "drop_tcp_closed",
     "turn_connections", "turn_requests", "turn_relayed_in", "turn_relayed_out", "drop_turn_malformed",
     "drop_turn_no_allocation", "drop_turn_no_permission", "drop_turn_rate_limited", "drop_turn_gone",
-    "drop_turn_send_failed", "drop_layer_cut", "red_recovered",
+    "drop_turn_send_failed", "drop_layer_cut", "red_received", "red_recovered",
 )
 assert len(STAT_NAMES) == S_COUNT
 

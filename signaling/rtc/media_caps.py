@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from livekit.protocol import models
+
 from ..peer.sdp import (EXT_ABS_CAPTURE_TIME, EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_RID, EXT_RRID,
                         EXT_TRANSPORT_CC, Codec, ReceivePolicy)
 
@@ -78,9 +80,15 @@ SINGLE_PC = ReceivePolicy(extensions=_PUBLISHER_EXTENSIONS, feedback=_PUBLISHER_
 
 def track_codecs(publications: Iterable[TrackPublication]) -> dict[str, str]:
     """By AddTrackRequest cid, the codec each video track is to be received in: the one negotiated already, else
-    the client's first choice (AddTrackRequest simulcast_codecs, e.g. VP9 for an SVC camera with a VP8 backup)."""
+    the client's first choice (AddTrackRequest simulcast_codecs, e.g. VP9 for an SVC camera with a VP8 backup);
+    "red" for audio tracks that may send RED: not disabled (AddTrackRequest disable_red), not end-to-end encrypted
+    (the server could not strip what it cannot read, as LiveKit does)."""
     chosen = {}
     for publication in publications:
+        if publication.kind == "audio":
+            if not publication.info.disable_red and publication.info.encryption == models.Encryption.NONE:
+                chosen[publication.cid] = "red"
+            continue
         if publication.kind != "video":
             continue
         if publication.codec is not None:
@@ -95,16 +103,17 @@ def ordered_rids(rids: list[str]) -> list[str]:
     return sorted(rids, key=lambda rid: _RID_ORDER.get(rid.lstrip("~"), len(_RID_ORDER)))
 
 
-def subscriber_codec(kind: str, published: Codec) -> Codec:
+def subscriber_codec(kind: str, published: Codec, red: bool = False) -> Codec:
     """The codec offered to a subscriber for a track published with `published`: the same payload, with the
-    feedback tern answers, and RTX for video (the publisher's payload type for it, else one of ours)."""
+    feedback tern answers (no NACK for audio in RED, as LiveKit: the redundancy repairs), and RTX for video (the
+    publisher's payload type for it, else one of ours)."""
     return Codec(
         payload_type=published.payload_type,
         name=published.name,
         clock_rate=published.clock_rate,
         channels=published.channels,
         fmtp=published.fmtp,
-        rtcp_fb=list(SUBSCRIBER_FEEDBACK[kind]),
+        rtcp_fb=[fb for fb in SUBSCRIBER_FEEDBACK[kind] if not (red and fb == "nack")],
         rtx_payload_type=(published.rtx_payload_type
                           or next(pt for pt in _RTX_PAYLOAD_TYPES if pt != published.payload_type)
                           if kind == "video" else None),

@@ -125,6 +125,36 @@
     }));
   }
 
+  // A sine tone of `frequency` Hz from Web Audio, published as the microphone with TrackPublishOptions (the JS SDK
+  // leaves RED on unless {red: false}).
+  async function publishTone(frequency, publishOptions) {
+    const context = new AudioContext();
+    const oscillator = context.createOscillator();
+    oscillator.frequency.value = frequency;
+    const destination = context.createMediaStreamDestination();
+    oscillator.connect(destination);
+    oscillator.start();
+    await room.localParticipant.publishTrack(destination.stream.getAudioTracks()[0],
+      { source: Track.Source.Microphone, ...publishOptions });
+  }
+
+  // The MIME types of the codecs Chromium sends ("outbound") or receives ("inbound") audio in, from the stats.
+  async function audioCodecs(direction) {
+    const tracks = direction === "outbound"
+      ? [...room.localParticipant.trackPublications.values()].map((publication) => publication.track)
+      : remoteTracks().map(({ track }) => track);
+    const codecs = [];
+    for (const track of tracks) {
+      const rtp = track && (direction === "outbound" ? track.sender : track.receiver);
+      if (!rtp || track.kind !== Track.Kind.Audio) continue;
+      const report = await rtp.getStats();
+      report.forEach((stats) => {
+        if (stats.type === `${direction}-rtp` && stats.codecId) codecs.push(report.get(stats.codecId).mimeType);
+      });
+    }
+    return codecs;
+  }
+
   // Asks for a quality ("LOW", "MEDIUM", "HIGH") of every subscribed remote video (UpdateTrackSettings.quality).
   function setVideoQuality(quality) {
     for (const participant of room.remoteParticipants.values()) {
@@ -156,6 +186,6 @@
   window.addEventListener("unhandledrejection", (event) => state.errors.push(`unhandled rejection: ${event.reason}`));
   window.tern = {
     state, connect, publishCameraAndMicrophone, inboundStats, selectedPair, publisherEstimate, publishData,
-    setVideoEnabled, disconnect, publishCamera, setVideoQuality,
+    setVideoEnabled, disconnect, publishCamera, setVideoQuality, publishTone, audioCodecs,
   };
 })();
