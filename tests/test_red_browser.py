@@ -38,6 +38,8 @@ async def test_red_tone_reaches_red_and_plain_listeners(server, browsers: tuple[
         await _connect_js(listener, server, "js-listener", room)
         await _connect_js(publisher, server, "js-tone", room)
         await publisher.call("publishTone", TONE_HZ, {})
+        answer = publisher.capture.responses_of("answer")[-1].sdp
+        assert "a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1" in answer  # DTX on, as LiveKit's server answers
 
         tracks = await wait_for_tracks(python_room, 1)
         samples = await decoded_audio(tracks["audio"], seconds=1.0)

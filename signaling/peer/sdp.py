@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "SdpError", "SdpLimitError", "Codec", "MediaSection", "SessionDescription", "parse",
     "LocalEndpoint", "AcceptedMedia", "ReceivePolicy", "build_answer",
-    "OutgoingMedia", "build_offer", "answer_codecs", "matching_codec", "red_codec",
+    "OutgoingMedia", "build_offer", "answer_codecs", "matching_codec", "red_codec", "with_params",
 ]
 
 EXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
@@ -443,6 +443,9 @@ class ReceivePolicy:
     # "red" for an audio track that may send RED: the answer then puts the offer's RED for its Opus first, which
     # makes libwebrtc send Opus with redundancy.
     track_codecs: Mapping[str, str] = field(default_factory=dict)
+    # By msid track id: Opus fmtp parameters the answer sets for an audio track (LiveKit's server decides DTX and
+    # stereo in its answer from the AddTrackRequest; its SDKs do not put them in their offers).
+    track_fmtp: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -589,7 +592,8 @@ def _receive_lines(section: MediaSection, local: LocalEndpoint, primary: Codec,
     red = (red_codec(section, primary)
            if not video and track_id is not None and policy.track_codecs.get(track_id) == "red" else None)
     # NACK is off where RED is used (as LiveKit does): the redundancy repairs loss without a round trip.
-    codec = Codec(primary.payload_type, primary.name, primary.clock_rate, primary.channels, primary.fmtp,
+    fmtp = with_params(primary.fmtp, policy.track_fmtp.get(track_id, {})) if track_id is not None else primary.fmtp
+    codec = Codec(primary.payload_type, primary.name, primary.clock_rate, primary.channels, fmtp,
                   [fb for fb in primary.rtcp_fb if fb.lower() in allowed_fb and not (red and fb.lower() == "nack")],
                   rtx.payload_type if rtx else None)
     extmap = _accepted_extensions(section, policy)
@@ -611,6 +615,13 @@ def _receive_lines(section: MediaSection, local: LocalEndpoint, primary: Codec,
     ssrcs, rtx_ssrcs = ([], []) if rids else _split_ssrcs(section)
     return lines, AcceptedMedia(section.mid, section.kind, track_id, codec, extmap, rids, ssrcs, rtx_ssrcs,
                                 red.payload_type if red else None)
+
+
+def with_params(fmtp: str, params: Mapping[str, str]) -> str:
+    """`fmtp` with `params` set (replacing their values there, appended otherwise)."""
+    items = [item.strip() for item in fmtp.split(";") if item.strip()]
+    kept = [item for item in items if item.partition("=")[0].strip().lower() not in params]
+    return ";".join(kept + [f"{key}={value}" for key, value in params.items()])
 
 
 def red_codec(section: MediaSection, opus: Codec) -> Codec | None:

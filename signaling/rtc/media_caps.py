@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from livekit.protocol import models
 
 from ..peer.sdp import (EXT_ABS_CAPTURE_TIME, EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_RID, EXT_RRID,
-                        EXT_TRANSPORT_CC, Codec, ReceivePolicy)
+                        EXT_TRANSPORT_CC, Codec, ReceivePolicy, with_params)
 
 if TYPE_CHECKING:
     from .publication import TrackPublication
@@ -98,6 +98,22 @@ def track_codecs(publications: Iterable[TrackPublication]) -> dict[str, str]:
     return chosen
 
 
+def track_fmtp(publications: Iterable[TrackPublication]) -> dict[str, dict[str, str]]:
+    """By AddTrackRequest cid, the Opus parameters an audio track is answered with, as LiveKit's server sets them:
+    DTX unless the track turned it off (disable_dtx, TF_NO_DTX), stereo at up to 510 kbps for a stereo track."""
+    chosen = {}
+    for publication in publications:
+        info = publication.info
+        if publication.kind != "audio":
+            continue
+        features = set(info.audio_features)
+        params = {"usedtx": "0" if info.disable_dtx or models.AudioTrackFeature.TF_NO_DTX in features else "1"}
+        if info.stereo or models.AudioTrackFeature.TF_STEREO in features:
+            params.update({"stereo": "1", "maxaveragebitrate": "510000"})
+        chosen[publication.cid] = params
+    return chosen
+
+
 def ordered_rids(rids: list[str]) -> list[str]:
     """Simulcast rids from the lowest layer to the highest, as the engine numbers layers."""
     return sorted(rids, key=lambda rid: _RID_ORDER.get(rid.lstrip("~"), len(_RID_ORDER)))
@@ -112,7 +128,9 @@ def subscriber_codec(kind: str, published: Codec, red: bool = False) -> Codec:
         name=published.name,
         clock_rate=published.clock_rate,
         channels=published.channels,
-        fmtp=published.fmtp,
+        # A stereo publisher's Opus is said to be stereo (sprop-stereo), so the subscriber plays both channels.
+        fmtp=(with_params(published.fmtp, {"sprop-stereo": "1"})
+              if kind == "audio" and published.params().get("stereo") == "1" else published.fmtp),
         rtcp_fb=[fb for fb in SUBSCRIBER_FEEDBACK[kind] if not (red and fb == "nack")],
         rtx_payload_type=(published.rtx_payload_type
                           or next(pt for pt in _RTX_PAYLOAD_TYPES if pt != published.payload_type)

@@ -460,8 +460,9 @@ class Participant:
     def handle_offer(self, offer: rtc.SessionDescription) -> None:
         """The client's publisher offer: answer it, receive what it sends, unpublish what it stopped."""
         policy = media_caps.SINGLE_PC if self.single_pc else media_caps.PUBLISHER
-        policy = dataclasses.replace(policy, track_codecs=media_caps.track_codecs(
-            [*self._pending.values(), *self.publications.values()]))
+        tracks = [*self._pending.values(), *self.publications.values()]
+        policy = dataclasses.replace(policy, track_codecs=media_caps.track_codecs(tracks),
+                                     track_fmtp=media_caps.track_fmtp(tracks))
         try:
             answer, accepted, stopped, candidates = self.publisher.answer(offer, policy)
         except sdp.SdpError as error:
