@@ -333,6 +333,7 @@ class Participant:
             ping_timeout=ping_timeout,
             client_configuration=self.client_configuration(),
             ice_servers=self.services.ice_servers(self.sid),
+            sif_trailer=self.room.sif_trailer,
         )))
         self.room.broadcast_participant(self)
         self.room.subscriptions.sync_subscriber(self, renegotiate=False)

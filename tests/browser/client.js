@@ -3,7 +3,8 @@
 "use strict";
 
 (() => {
-  const { Room, RoomEvent, Track, VideoQuality } = LivekitClient;
+  const { ExternalE2EEKeyProvider, Room, RoomEvent, Track, VideoQuality } = LivekitClient;
+  const E2EE_WORKER = "node_modules/livekit-client/dist/livekit-client.e2ee.worker.js";
 
   const state = {
     errors: [],     // messages of errors and failures seen in the page
@@ -23,9 +24,20 @@
   }
 
   // options: RoomOptions; the defaults try a single peer connection (/rtc/v1) first and fall back to
-  // /rtc when /rtc/v1/validate answers 404.
-  async function connect(url, token, options) {
+  // /rtc when /rtc/v1/validate answers 404. With e2eeKey, end-to-end encryption with that shared key (the SDK's
+  // worker, served from node_modules).
+  async function connect(url, token, options, e2eeKey) {
+    let keyProvider = null;
+    if (e2eeKey) {
+      keyProvider = new ExternalE2EEKeyProvider();
+      options = { ...options, e2ee: { keyProvider, worker: new Worker(E2EE_WORKER) } };
+    }
     room = new Room(options);
+    if (keyProvider) {
+      room.on(RoomEvent.EncryptionError, (error) => state.errors.push(`encryption: ${error.message}`));
+      await keyProvider.setKey(e2eeKey);
+      await room.setE2EEEnabled(true);
+    }
     room.on(RoomEvent.TrackSubscribed, (track, publication, participant) => {
       state.subscribed.push({ kind: track.kind, trackSid: publication.trackSid, participant: participant.identity });
       // Attached so the browser plays (and therefore decodes) what arrives, as an app would.
@@ -155,6 +167,17 @@
     return codecs;
   }
 
+  // Whether each remote track is encrypted, as its TrackInfo says ({kind, encrypted}).
+  function remoteEncryption() {
+    const result = [];
+    for (const participant of room.remoteParticipants.values()) {
+      for (const publication of participant.trackPublications.values()) {
+        result.push({ kind: publication.kind, encrypted: publication.isEncrypted });
+      }
+    }
+    return result;
+  }
+
   // Asks for a quality ("LOW", "MEDIUM", "HIGH") of every subscribed remote video (UpdateTrackSettings.quality).
   function setVideoQuality(quality) {
     for (const participant of room.remoteParticipants.values()) {
@@ -187,5 +210,6 @@
   window.tern = {
     state, connect, publishCameraAndMicrophone, inboundStats, selectedPair, publisherEstimate, publishData,
     setVideoEnabled, disconnect, publishCamera, setVideoQuality, publishTone, audioCodecs,
+    remoteEncryption,
   };
 })();
