@@ -8,24 +8,14 @@ key decodes video through a simulcast layer switch and plays the tone; every tra
 Prerequisites as tests/test_browser.py (whose fixtures these are)."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 
-import pytest
 from livekit import rtc
 
-import numpy as np
-
 from media import TONE_HZ, decoded_audio, dominant_frequency, wait_for_tracks
-from test_browser import BrowserPeer, _browser_at, _poll, _prerequisites, _python_peer, static_site  # noqa: F401
+from test_browser import BrowserPeer, _inbound, _poll, _prerequisites, _python_peer, browsers, static_site  # noqa: F401
 
 KEY = "a shared passphrase"
 FULL_WIDTH, FULL_HEIGHT = 1280, 720
-
-
-@pytest.fixture
-async def browsers(static_site: str) -> AsyncIterator[tuple[BrowserPeer, BrowserPeer]]:  # noqa: F811
-    async with _browser_at(static_site) as publisher, _browser_at(static_site) as subscriber:
-        yield publisher, subscriber
 
 
 async def _connect(browser: BrowserPeer, server, identity: str, room: str, options: dict) -> None:
@@ -33,12 +23,6 @@ async def _connect(browser: BrowserPeer, server, identity: str, room: str, optio
         await browser.call("connect", server.url, server.token(identity, room), options, KEY)
     except Exception as error:
         raise AssertionError(f"JS SDK failed to connect with E2EE: {error}\n{browser.diagnostics(server)}") from error
-
-
-async def _inbound(browser: BrowserPeer, kind: str) -> dict:
-    stats = await browser.call("inboundStats")
-    return next((s for s in stats if s["kind"] == kind), {"framesDecoded": 0, "frameWidth": 0,
-                                                           "totalAudioEnergy": 0, "totalSamplesReceived": 0})
 
 
 async def test_e2ee_video_and_audio_decode_through_a_layer_switch(server, browsers) -> None:

@@ -6,46 +6,22 @@ subscribes: asking for LOW it decodes the low layer, asking for HIGH it switches
 Prerequisites as tests/test_browser.py (whose fixtures these are)."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
-from test_browser import BrowserPeer, _browser_at, _connect_js, _poll, _prerequisites, static_site  # noqa: F401
+from test_browser import BrowserPeer, _camera_to_viewer, _poll, _prerequisites, browsers, static_site  # noqa: F401
 
 FULL_WIDTH, FULL_HEIGHT = 1280, 720
 MAX_FROZEN_S = 1.0  # as tests/test_svc_browser.py
 
 
-@pytest.fixture
-async def browsers(static_site: str) -> AsyncIterator[tuple[BrowserPeer, BrowserPeer]]:  # noqa: F811
-    async with _browser_at(static_site) as publisher, _browser_at(static_site) as subscriber:
-        yield publisher, subscriber
-
-
-async def _video(browser: BrowserPeer) -> dict:
-    stats = await browser.call("inboundStats")
-    return next((s for s in stats if s["kind"] == "video"), {"framesDecoded": 0, "frameWidth": 0})
-
-
 async def test_h264_simulcast_low_then_high(server, browsers: tuple[BrowserPeer, BrowserPeer]) -> None:
     publisher, subscriber = browsers
-    room = "h264"
-    await _connect_js(subscriber, server, "viewer", room, {"adaptiveStream": False, "dynacast": True})
-    await _connect_js(publisher, server, "camera", room, {"dynacast": True})
-    try:
-        await publisher.call("publishCamera", {"resolution": {"width": FULL_WIDTH, "height": FULL_HEIGHT}},
-                             {"videoCodec": "h264", "degradationPreference": "maintain-resolution"})
-    except Exception as error:
-        raise AssertionError(f"publishing H.264 failed: {error}\n{publisher.diagnostics(server)}") from error
+    video = await _camera_to_viewer(server, browsers, "h264", {"videoCodec": "h264"})
     answer = publisher.capture.responses_of("answer")[-1].sdp
     assert "H264/90000" in answer and "packetization-mode=1" in answer, answer
-
-    await _poll(lambda: _video(subscriber), lambda s: s["framesDecoded"] > 10, 20, "the viewer to decode H.264")
     await subscriber.call("setVideoQuality", "LOW")
-    low = await _poll(lambda: _video(subscriber), lambda s: 0 < s["frameWidth"] <= FULL_WIDTH // 4
+    low = await _poll(video, lambda s: 0 < s["frameWidth"] <= FULL_WIDTH // 4
                       and s["framesDecoded"] > 10, 20, "the low H.264 layer")
     await subscriber.call("setVideoQuality", "HIGH")  # up at the high layer's next keyframe, which tern asks for
-    high = await _poll(lambda: _video(subscriber), lambda s: s["frameWidth"] > FULL_WIDTH // 2, 20,
+    high = await _poll(video, lambda s: s["frameWidth"] > FULL_WIDTH // 2, 20,
                        "the switch up (the publisher's estimate must carry the top layer)")
     assert high["frameHeight"] > FULL_HEIGHT // 2, high
     assert high["totalFreezesDuration"] - low["totalFreezesDuration"] < MAX_FROZEN_S, high

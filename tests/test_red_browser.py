@@ -7,25 +7,13 @@ Prerequisites as tests/test_browser.py (whose fixtures these are)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import numpy as np
-import pytest
 
 from aiortc_client import AiortcSubscriber
 from media import SAMPLE_RATE, TONE_HZ, decoded_audio, dominant_frequency, wait_for_tracks
-from test_browser import BrowserPeer, _browser_at, _connect_js, _poll, _prerequisites, _python_peer, static_site  # noqa: F401
-
-
-@pytest.fixture
-async def browsers(static_site: str) -> AsyncIterator[tuple[BrowserPeer, BrowserPeer]]:  # noqa: F811
-    async with _browser_at(static_site) as publisher, _browser_at(static_site) as listener:
-        yield publisher, listener
-
-
-async def _audio(browser: BrowserPeer) -> dict:
-    stats = await browser.call("inboundStats")
-    return next((s for s in stats if s["kind"] == "audio"), {"totalSamplesReceived": 0})
+from test_browser import (BrowserPeer, _connect_js, _inbound, _poll, _prerequisites, _python_peer,  # noqa: F401
+                          browsers, static_site)
 
 
 async def test_red_tone_reaches_red_and_plain_listeners(server, browsers: tuple[BrowserPeer, BrowserPeer]) -> None:
@@ -44,7 +32,7 @@ async def test_red_tone_reaches_red_and_plain_listeners(server, browsers: tuple[
         tracks = await wait_for_tracks(python_room, 1)
         samples = await decoded_audio(tracks["audio"], seconds=1.0)
         assert abs(dominant_frequency(samples) - TONE_HZ) < 5
-        heard = await _poll(lambda: _audio(listener), lambda s: s["totalSamplesReceived"] > SAMPLE_RATE, 15,
+        heard = await _poll(lambda: _inbound(listener, "audio"), lambda s: s["totalSamplesReceived"] > SAMPLE_RATE, 15,
                             "the browser listener to play a second of the tone")
         assert heard["totalAudioEnergy"] > 0 and heard["concealedSamples"] < heard["totalSamplesReceived"] * 0.05, heard
         await _poll(lambda: asyncio.sleep(0, sum(len(a) for a in plain.audio)), lambda n: n > 2 * SAMPLE_RATE, 15,
