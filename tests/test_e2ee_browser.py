@@ -8,6 +8,7 @@ key decodes video through a simulcast layer switch and plays the tone; every tra
 Prerequisites as tests/test_browser.py (whose fixtures these are)."""
 from __future__ import annotations
 
+import functools
 
 from livekit import rtc
 
@@ -68,3 +69,23 @@ async def test_e2ee_video_and_audio_decode_through_a_layer_switch(server, browse
         assert not errors, errors
     finally:
         await python_room.disconnect()
+
+
+async def test_e2ee_vp9_svc_layers_come_from_the_payload_descriptor(server, browsers) -> None:
+    """LiveKit's cryptor encrypts the whole VP9 frame: tern picks spatial layers from the payload descriptor alone."""
+    publisher, subscriber = browsers
+    room = "e2ee-vp9"
+    await _connect(subscriber, server, "js-subscriber", room, {"adaptiveStream": False, "dynacast": True})
+    await _connect(publisher, server, "js-publisher", room, {"dynacast": True})
+    await publisher.call("publishCamera", {"resolution": {"width": FULL_WIDTH, "height": FULL_HEIGHT}},
+                         {"videoCodec": "vp9", "scalabilityMode": "L3T3_KEY",
+                          "degradationPreference": "maintain-resolution"})
+    video = functools.partial(_inbound, subscriber, "video")
+    await _poll(video, lambda s: s["framesDecoded"] > 10, 20, "the subscriber to decrypt and decode VP9")
+    await subscriber.call("setVideoQuality", "LOW")
+    low = await _poll(video, lambda s: 0 < s["frameWidth"] <= FULL_WIDTH // 4, 15, "the lowest spatial layer")
+    await subscriber.call("setVideoQuality", "HIGH")
+    await _poll(video, lambda s: s["frameWidth"] >= FULL_WIDTH // 2 and s["framesDecoded"] > low["framesDecoded"],
+                20, "a higher spatial layer (the publisher's estimate must carry it)")
+    errors = await subscriber.page.evaluate("window.tern.state.errors")
+    assert not errors, errors
