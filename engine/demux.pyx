@@ -8,7 +8,7 @@ from engine.batchio cimport MSG_TRUNC
 from engine.codecs.describe cimport describe_packet
 from engine.downtrack cimport DownTrack, downtrack_lose_layer
 from engine.feedback cimport feedback_keyframe_request, feedback_nack
-from engine.packet cimport DESC_VP9, ExtPacket, packet_set
+from engine.packet cimport DESC_RED, DESC_VP9, ExtPacket, packet_set
 from engine.path cimport path_equal, path_key, path_next_key
 from engine.receiver cimport (Layer, Receiver, layer_note_svc, layer_note_temporal, layer_receive, layer_reset,
                               receiver_find_rid, receiver_note_audio_level, receiver_note_live)
@@ -19,7 +19,7 @@ from engine.rtp cimport RtpHeader, find_extension, finish_srtp_header, parse_rtp
 from engine.state cimport (DTLS_EVENTS_PER_SECOND, E_DTLS, E_LAYER, E_STUN, EVENT_WINDOW_US, EVENTS_PER_WINDOW,
                            FAIR_EVENT_BURST, FAIR_EVENTS_PER_SECOND, MAX_SRTP_STREAMS, RECV_BUF,
                            RTCP_SENDER_STREAMS, S_BYTES_IN, S_DROP_DTLS_RATE, S_DROP_SSRC_REBIND_RATE,
-                           S_DROP_STUN_UNEXPECTED_RESPONSE, S_DROP_UNADMITTED_SSRC, S_STUN_RESPONSES,
+                           S_DROP_STUN_UNEXPECTED_RESPONSE, S_DROP_UNADMITTED_SSRC, S_RED_RECEIVED, S_STUN_RESPONSES,
                            SSRC_REBIND_BURST, SSRC_REBINDS_PER_SECOND, STUN_BOUND_EVENTS_PER_SECOND,
                            S_DROP_DTLS_UNBOUND, S_DROP_DUPLICATE, S_DROP_EMPTY, S_DROP_EVENT_BUDGET, S_DROP_MALFORMED,
                            S_DROP_NO_SRTP, S_DROP_NOT_RTP, S_DROP_PAYLOAD_TYPE, S_DROP_RTX_PADDING, S_DROP_SSRC_LIMIT,
@@ -474,8 +474,9 @@ cdef void handle_rtp(EngineState *s, int t, uint8_t *buf, int length, int64_t no
             s.counters[<int>S_DROP_MALFORMED] += 1
             return
         receive(s, r, l, buf, length, &h, now, True)
-    elif h.payload_type != r.payload_type:
-        # Subscribers are told one codec: anything else (RED, FEC, a renegotiated codec) would decode as garbage.
+    elif h.payload_type != r.payload_type and h.payload_type != r.red_payload_type:
+        # Subscribers are told one codec (and RED when negotiated with it): anything else (FEC, a renegotiated codec)
+        # would decode as garbage.
         s.counters[<int>S_DROP_PAYLOAD_TYPE] += 1
     else:
         receive(s, r, l, buf, length, &h, now, False)
@@ -488,6 +489,15 @@ cdef void receive(EngineState *s, Receiver *r, int l, const uint8_t *buf, int le
     cdef int first, value_length
     cdef const uint8_t *value
     cdef ExtPacket *p
+    p = &s.packets[s.packet_count]  # one per datagram at most, so BATCH entries always suffice
+    p.h = h[0]
+    packet_set(p, buf, length, r, l, now)
+    describe_packet(p, r.codec, r.is_video)
+    if h.payload_type == r.red_payload_type:
+        if p.descriptor != DESC_RED:
+            s.counters[<int>S_DROP_MALFORMED] += 1  # its blocks cannot be told apart, for those that get them stripped
+            return
+        s.counters[<int>S_RED_RECEIVED] += 1
     first = layer_receive(layer, buf, length, h, r.clock_rate, now, recovered)
     if first < 0:
         s.counters[<int>S_DROP_DUPLICATE] += 1
@@ -499,10 +509,6 @@ cdef void receive(EngineState *s, Receiver *r, int l, const uint8_t *buf, int le
     receiver_note_live(r, l)
     if r.ext_audio_level and find_extension(buf, h, r.ext_audio_level, &value, &value_length) and value_length >= 1:
         receiver_note_audio_level(r, value[0] & 0x7F)
-    p = &s.packets[s.packet_count]  # one per datagram at most, so BATCH entries always suffice
-    p.h = h[0]
-    packet_set(p, buf, length, r, l, now)
-    describe_packet(p, r.codec, r.is_video)
     layer_note_temporal(layer, p.temporal, length, h.payload_length)
     if p.descriptor == DESC_VP9:
         layer_note_svc(layer, p.spatial, p.temporal, length, h.payload_length, now)

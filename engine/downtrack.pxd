@@ -45,6 +45,9 @@ cdef struct DownTrack:
     uint32_t rtx_ssrc         # 0 = no RTX: NACKed packets are resent as they were
     uint8_t payload_type
     uint8_t rtx_payload_type
+    uint8_t red_payload_type  # the subscriber's RED payload type, when the Receiver's RED is forwarded as it is
+    bint red_strip            # the Receiver's RED is sent as its primary Opus block (the subscriber has no RED),
+                              # with lost packets recovered from the redundant blocks (fanout.pyx)
     uint8_t ext_map[256]      # publisher extension id -> subscriber id, 0 = strip (the publisher's transport-cc
                               # always: its numbers are not ours)
     uint8_t ext_transport_cc  # the subscriber's transport-cc id: we write the transport's next number, 0 = none
@@ -93,6 +96,7 @@ cdef struct DownTrack:
     uint64_t temporal_dropped # packets above the temporal layer, dropped without leaving a gap
     uint64_t temporal_padding # such packets that arrived after later ones were sent: padding took their number
     uint64_t temporal_switches
+    uint64_t red_recovered    # red_strip: packets rebuilt from redundant blocks (their own was lost upstream)
     uint64_t spatial_switches # SVC spatial layer changes
     # the subscriber's last RTCP report block about this stream (reports.pyx), for connection quality
     uint64_t rr_blocks        # report blocks received

@@ -2,9 +2,10 @@
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
+from engine.codecs.red cimport red_renumber
 from engine.codecs.vp8 cimport vp8_write_ids
 from engine.memory cimport aligned_calloc
-from engine.packet cimport DESC_VP8
+from engine.packet cimport DESC_RED, DESC_VP8
 from engine.rtp cimport abs_send_time, rewrite_header
 from engine.wire cimport store16, store32
 
@@ -72,13 +73,16 @@ cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e,
         store16(out + header, e.out_seq)  # RFC 4588: the original sequence number leads the payload
         payload = out + header + 2
     else:
-        out[1] = (out[1] & 0x80) | d.payload_type
+        out[1] = (out[1] & 0x80) | (d.red_payload_type if p.descriptor == DESC_RED else d.payload_type)
         store16(out + 2, e.out_seq)
         store32(out + 8, d.ssrc)
         payload = out + header
-    memcpy(payload, p.buf + p.h.header_length, p.h.payload_length)
+    memcpy(payload, p.buf + p.h.header_length + p.payload_offset, p.h.payload_length)
     if p.descriptor == DESC_VP8:
         vp8_write_ids(payload, &p.desc.vp8, e.out_pid, e.out_tl0)
+    elif p.descriptor == DESC_RED:
+        if d.payload_type != p.r.payload_type:
+            red_renumber(payload, p.h.payload_length, p.r.payload_type, d.payload_type)
     elif e.marker:
         out[1] |= 0x80
     return <int>(payload - out) + p.h.payload_length

@@ -114,7 +114,7 @@ STAT_NAMES = (
     "tcp_accept_failed", "drop_tcp_oversized", "drop_tcp_queue_full", "drop_tcp_closed",
     "turn_connections", "turn_requests", "turn_relayed_in", "turn_relayed_out", "drop_turn_malformed",
     "drop_turn_no_allocation", "drop_turn_no_permission", "drop_turn_rate_limited", "drop_turn_gone",
-    "drop_turn_send_failed", "drop_layer_cut",
+    "drop_turn_send_failed", "drop_layer_cut", "red_received", "red_recovered",
 )
 assert len(STAT_NAMES) == S_COUNT
 # The drops a forwarding share counts (fanout.pyx, udpmux.pyx), reported per worker.
@@ -800,7 +800,9 @@ cdef class Engine:
 
     def add_receiver(self, transport_id: int, mid: str, kind: str, codec: str, payload_type: int,
                      rtx_payload_type: int, clock_rate: int, rids: list, ssrcs: list, rtx_ssrcs: list,
-                     extmap: dict) -> int:
+                     extmap: dict, red_payload_type: int = -1) -> int:
+        """A published track. `red_payload_type` (audio, 0..127): the publisher sends RED (RFC 2198) carrying
+        `payload_type` (Opus) under it; DownTracks without RED of their own get its primary blocks."""
         cdef int tslot = self._slot(self._transport_slots, transport_id, "transport")
         cdef int slot, l
         cdef Receiver *r
@@ -829,6 +831,8 @@ cdef class Engine:
         r.codec = codec_id(codec)
         r.payload_type = payload_type & 0x7F
         r.rtx_payload_type = rtx_payload_type & 0x7F if rtx_payload_type > 0 else -1
+        if 0 <= red_payload_type < 128 and kind == "audio" and red_payload_type != payload_type:
+            r.red_payload_type = red_payload_type
         r.clock_rate = clock_rate
         memcpy(r.mid, <const char *>mid_bytes, len(mid_bytes))
         r.mid_length = len(mid_bytes)
@@ -885,13 +889,15 @@ cdef class Engine:
 
     def add_downtrack(self, receiver_id: int, transport_id: int, ssrc: int, rtx_ssrc: int, payload_type: int,
                       rtx_payload_type: int, extmap: dict, transport_cc_id: int = 0,
-                      abs_send_time_id: int = 0) -> int:
+                      abs_send_time_id: int = 0, red_payload_type: int = -1) -> int:
         """A subscriber's copy of a receiver's track on a transport. `extmap` renumbers the publisher's header
         extensions (its id -> the subscriber's, absent = stripped); the publisher's transport-cc is never forwarded:
         with `transport_cc_id` (1..14, the subscriber's id for it) each packet carries the transport's own
         transport-wide sequence number instead, and the transport's feedback feeds its bandwidth estimate. Without
         it, `abs_send_time_id` (1..14) stamps each packet with its send time, so a client that only does REMB
-        estimates the link and its REMB feeds the estimate; with both, only transport-cc is written."""
+        estimates the link and its REMB feeds the estimate; with both, only transport-cc is written.
+        Of a receiver with RED, the subscriber gets RED as `red_payload_type` (0..127) when it has one, else the
+        primary Opus blocks, lost packets recovered from the redundant ones."""
         cdef int rslot = self._slot(self._receiver_slots, receiver_id, "receiver")
         cdef int tslot = self._slot(self._transport_slots, transport_id, "transport")
         cdef int slot = _free_slot(<void **>self.s.downtracks, MAX_DOWNTRACKS)
@@ -917,6 +923,9 @@ cdef class Engine:
         d.rtx_ssrc = rtx_ssrc
         d.payload_type = payload_type & 0x7F
         d.rtx_payload_type = rtx_payload_type & 0x7F
+        if self.s.receivers[rslot].red_payload_type >= 0:
+            d.red_strip = not 0 <= red_payload_type < 128
+            d.red_payload_type = red_payload_type & 0x7F if not d.red_strip else 0
         for source, target in extmap.items():
             # Output uses the one-byte form (ids 1-14); anything else is stripped rather than written corrupt.
             if 0 < source < 256 and 0 < target < 15:
@@ -1172,6 +1181,7 @@ cdef class Engine:
             "temporal_dropped": d.temporal_dropped,
             "temporal_padding": d.temporal_padding,
             "temporal_switches": d.temporal_switches,
+            "red_recovered": d.red_recovered,
             "current_spatial": d.current_spatial,  # SVC only, else -1
             "spatial_switches": d.spatial_switches,
             "nacks_received": d.nacks_received,

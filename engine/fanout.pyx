@@ -1,16 +1,18 @@
 """Fan-out: the batch's ExtPackets to their DownTracks, in an order that lets runs leave as GSO sends."""
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t
+from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from engine cimport srtp
 from engine.bwe cimport bwe_on_sent
+from engine.codecs.red cimport RedBlock
 from engine.downtrack cimport WRITE_GROWTH, WRITE_MEDIA, WRITE_PADDING, WRITE_RTX, downtrack_write
 from engine.forwarder cimport (FORWARD_CUT, FORWARD_DROP, FORWARD_DROP_TEMPORAL, FORWARD_PAUSED, FORWARD_SWITCHED,
                                forwarder_accept)
-from engine.munger cimport DROP_PADDING, munger_drop, munger_map
+from engine.munger cimport DROP_PADDING, munger_drop, munger_forwarded, munger_map
+from engine.packet cimport DESC_NONE, DESC_RED
 from engine.receiver cimport Receiver
 from engine.state cimport (BATCH, S_DROP_LAYER_CUT, S_DROP_PROTECT, S_DROP_SUBSCRIBER_NOT_READY,
                            S_DROP_TEMPORAL_LAYER, S_DROP_TOO_LARGE, S_FORWARDED, S_LAYER_SWITCHES, S_PAUSED_SKIPPED,
-                           S_TEMPORAL_PADDING, SEND_BUF, SendBatch, Transport, transport_ready)
+                           S_RED_RECOVERED, S_TEMPORAL_PADDING, SEND_BUF, SendBatch, Transport, transport_ready)
 from engine.twcc cimport TwccHistory, twcc_history_add
 from engine.udpmux cimport send_commit, send_slot_buffer, send_take_slot
 
@@ -46,7 +48,6 @@ cdef void fanout_batch(EngineState *s, SendBatch *b, int worker, int64_t now) no
 
 
 cdef inline void forward(EngineState *s, SendBatch *b, DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil:
-    cdef const SeqMapEntry *e
     cdef SeqMapEntry slot
     cdef int verdict = forwarder_accept(d, p, now)
     if verdict == FORWARD_DROP:
@@ -66,12 +67,59 @@ cdef inline void forward(EngineState *s, SendBatch *b, DownTrack *d, const ExtPa
         return
     if verdict == FORWARD_SWITCHED:
         b.counters[<int>S_LAYER_SWITCHES] += 1
-    e = munger_map(d, p, now)
-    if e != NULL and fanout_send(s, b, d, p, e, WRITE_MEDIA, now):
-        d.packets += 1
-        d.octets += p.h.payload_length
-        s.transports[d.transport].bytes_sent += p.h.header_length + p.h.payload_length  # retransmission budget
-        b.counters[<int>S_FORWARDED] += 1
+    if p.descriptor == DESC_RED and d.red_strip:
+        forward_red_primary(s, b, d, p, now)
+    else:
+        forward_media(s, b, d, p, now)
+
+
+cdef inline bint forward_media(EngineState *s, SendBatch *b, DownTrack *d, const ExtPacket *p,
+                               int64_t now) noexcept nogil:
+    cdef const SeqMapEntry *e = munger_map(d, p, now)
+    if e == NULL or not fanout_send(s, b, d, p, e, WRITE_MEDIA, now):
+        return False
+    d.packets += 1
+    d.octets += p.h.payload_length
+    s.transports[d.transport].bytes_sent += p.h.header_length + p.h.payload_length  # retransmission budget
+    b.counters[<int>S_FORWARDED] += 1
+    return True
+
+
+cdef void forward_red_primary(EngineState *s, SendBatch *b, DownTrack *d, const ExtPacket *p,
+                              int64_t now) noexcept nogil:
+    """A RED packet to a subscriber without RED: its primary Opus block, as the packet it repeats. Before it, the
+    redundant blocks of packets that never reached `d` (newer than any it got: lost upstream, or still to come late,
+    when they are then not sent again), so one lost packet in a row (two, with two blocks) costs no concealment."""
+    cdef ExtPacket block
+    cdef const RedBlock *redundant
+    cdef uint16_t seq
+    cdef int i
+    cdef uint8_t opus = p.r.payload_type
+    if d.started:
+        for i in range(p.desc.red.redundant):
+            redundant = &p.desc.red.blocks[i]
+            seq = <uint16_t>(p.h.sequence - p.desc.red.distance[i])
+            if <int16_t>(seq - d.highest_in) > 0 and redundant.length > 0 and redundant.payload_type == opus:
+                red_block(p, redundant, seq, &block)
+                if forward_media(s, b, d, &block, now):
+                    d.red_recovered += 1
+                    b.counters[<int>S_RED_RECOVERED] += 1
+    if p.desc.red.primary.payload_type != opus or (
+            <int16_t>(p.h.sequence - d.highest_in) <= 0 and munger_forwarded(d, p.h.sequence)):
+        d.dropped += 1  # not Opus, or recovered from a later packet's redundancy before it came
+        return
+    red_block(p, &p.desc.red.primary, p.h.sequence, &block)
+    forward_media(s, b, d, &block, now)
+
+
+cdef inline void red_block(const ExtPacket *p, const RedBlock *b, uint16_t seq, ExtPacket *out) noexcept nogil:
+    """`p` as the Opus packet of one of its blocks: the block's number, timestamp and payload."""
+    out[0] = p[0]
+    out.h.sequence = seq
+    out.h.timestamp = <uint32_t>(p.h.timestamp - b.ts_offset)
+    out.h.payload_length = b.length
+    out.payload_offset = b.offset
+    out.descriptor = DESC_NONE
 
 
 cdef bint fanout_send(EngineState *s, SendBatch *b, DownTrack *d, const ExtPacket *p, const SeqMapEntry *e,

@@ -64,8 +64,9 @@ cdef void feedback_nack(EngineState *s, DownTrack *d, uint32_t media, const uint
         d.rtx_window_count = 0
     for i in range(count):
         s.counters[<int>S_NACKED_PACKETS] += 1
-        # The seq map numbers the media stream; retransmissions themselves are not kept (nor resent again).
-        e = munger_sent(d, seqs[i]) if media == d.ssrc else NULL
+        # The seq map numbers the media stream; retransmissions themselves are not kept (nor resent again). Opus
+        # stripped from RED is not resent (its cache holds RED; the redundancy repairs loss, and NACK is not offered).
+        e = munger_sent(d, seqs[i]) if media == d.ssrc and not d.red_strip else NULL
         if e != NULL and e.layer != d.current_layer:
             # Of a layer this DownTrack left: the subscriber decodes from the new layer's keyframe on, and resending
             # the old (usually bigger) layer into a link that just made us step down keeps it congested.

@@ -24,6 +24,9 @@ cdef enum:  # munger_drop results
 cdef int munger_drop(DownTrack *d, const ExtPacket *p, SeqMapEntry *slot) noexcept nogil
 # What was sent as `out_seq`, or NULL when that is no longer known.
 cdef SeqMapEntry *munger_sent(const DownTrack *d, uint16_t out_seq) noexcept nogil
+# Whether input `seq` was already sent, as far as the seq map still knows (a RED block recovered before its own
+# packet arrived late).
+cdef bint munger_forwarded(const DownTrack *d, uint16_t seq) noexcept nogil
 # The output RTP time of `now`, for SR: from the publisher's SR on the current layer when known, else extrapolated
 # from the last packet sent.
 cdef uint32_t munger_rtp_time(const DownTrack *d, const Layer *current, uint32_t clock_rate, int64_t now) noexcept nogil

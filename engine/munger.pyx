@@ -142,6 +142,15 @@ cdef SeqMapEntry *munger_sent(const DownTrack *d, uint16_t out_seq) noexcept nog
     return NULL
 
 
+cdef bint munger_forwarded(const DownTrack *d, uint16_t seq) noexcept nogil:
+    cdef const SeqRun *run = runs_find(d, seq)
+    cdef const SeqMapEntry *e
+    if not d.started or run == NULL:
+        return False
+    e = munger_sent(d, <uint16_t>(seq - run.seq_offset))
+    return e != NULL and e.in_seq == seq
+
+
 cdef uint32_t munger_rtp_time(const DownTrack *d, const Layer *current, uint32_t clock_rate, int64_t now) noexcept nogil:
     if current != NULL and current.sr_arrival_us:
         # The publisher's own RTP/NTP relation (through our offset) keeps its audio and video in sync downstream.

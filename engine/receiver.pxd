@@ -61,6 +61,7 @@ cdef struct Receiver:
     int codec                 # engine.codecs.describe C_* id
     uint8_t payload_type
     int rtx_payload_type      # -1 = none
+    int red_payload_type      # audio: RED (RFC 2198) carrying `payload_type` in its blocks, -1 = none
     uint32_t clock_rate
     uint8_t mid[64]
     int mid_length

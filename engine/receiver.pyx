@@ -23,6 +23,7 @@ cdef Receiver *receiver_new(bint is_video, int num_layers) noexcept nogil:
     r.is_video = is_video
     r.num_layers = num_layers
     r.top_layer = -1
+    r.red_payload_type = -1
     for l in range(num_layers):
         layer = &r.layers[l]
         if cache_init(&layer.cache, size) < 0:

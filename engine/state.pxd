@@ -123,6 +123,8 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_DROP_TURN_GONE          # packets toward an allocation that is gone
     S_DROP_TURN_SEND_FAILED   # datagrams the TURN UDP socket refused
     S_DROP_LAYER_CUT          # packets of a layer a bandwidth step-down cut before the lower layer's keyframe
+    S_RED_RECEIVED            # RED packets from publishers (well-formed)
+    S_RED_RECOVERED           # Opus packets lost upstream, rebuilt from RED redundancy for subscribers without RED
     S_COUNT
 
 cdef enum:  # event kinds, queued in C and dispatched to Python after each batch

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import time
 
+import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from livekit.protocol import rtc as signal
@@ -19,7 +20,7 @@ PING_INTERVAL_S = 5  # well inside the server's ping timeout (15 s)
 
 
 class AiortcSubscriber:
-    """Answers the server's offers on the subscriber PC; keeps the decoded video frames' sizes."""
+    """Answers the server's offers on the subscriber PC; keeps the decoded video frames' sizes and audio samples."""
 
     def __init__(self, client: SignalClient, configuration: RTCConfiguration | None = None) -> None:
         self.client = client
@@ -27,9 +28,9 @@ class AiortcSubscriber:
         self.offers: list[str] = []
         self.answers: list[str] = []
         self.frames: list[tuple[int, int]] = []  # (width, height) of each decoded video frame
+        self.audio: list[np.ndarray] = []  # each decoded audio frame's samples, the first channel (48 kHz)
         self._tasks: list[asyncio.Task] = [asyncio.create_task(self._signal()), asyncio.create_task(self._ping())]
-        self.pc.on("track", lambda track: track.kind == "video" and self._tasks.append(
-            asyncio.create_task(self._decode(track))))
+        self.pc.on("track", lambda track: self._tasks.append(asyncio.create_task(self._decode(track))))
 
     @classmethod
     async def join(cls, url: str, token: str, turn: str = "") -> tuple[AiortcSubscriber, signal.JoinResponse]:
@@ -65,7 +66,12 @@ class AiortcSubscriber:
         with contextlib.suppress(MediaStreamError):
             while True:
                 frame = await track.recv()
-                self.frames.append((frame.width, frame.height))
+                if track.kind == "video":
+                    self.frames.append((frame.width, frame.height))
+                else:
+                    samples = frame.to_ndarray()[0]  # planar: the first channel; packed: interleaved
+                    step = 1 if frame.format.is_planar else len(frame.layout.channels)
+                    self.audio.append(samples[::step].astype(np.float64))
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -156,6 +156,21 @@ async def browser(static_site: str) -> AsyncIterator[BrowserPeer]:
         yield peer
 
 
+@pytest.fixture
+async def browsers(static_site: str) -> AsyncIterator[tuple[BrowserPeer, BrowserPeer]]:
+    """Two Chromiums on the page (a publisher and a subscriber)."""
+    async with _browser_at(static_site) as first, _browser_at(static_site) as second:
+        yield first, second
+
+
+async def _inbound(browser: BrowserPeer, kind: str) -> dict:
+    """The inbound-rtp stats of the browser's first remote track of `kind` ("audio" or "video"), zeros before one."""
+    stats = await browser.call("inboundStats")
+    return next((s for s in stats if s["kind"] == kind), {
+        "framesDecoded": 0, "frameWidth": 0, "frameHeight": 0, "totalSamplesReceived": 0, "totalAudioEnergy": 0,
+        "concealedSamples": 0, "totalFreezesDuration": 0})
+
+
 async def _poll(probe: Callable[[], Awaitable[Any]], done: Callable[[Any], bool], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -218,6 +233,24 @@ async def _connect_js(browser: BrowserPeer, server, identity: str, room: str, op
         return await browser.call("connect", server.url, server.token(identity, room), options or {})
     except Exception as error:
         raise AssertionError(f"JS SDK failed to connect: {error}\n{browser.diagnostics(server)}") from error
+
+
+async def _camera_to_viewer(server, browsers: tuple[BrowserPeer, BrowserPeer], room: str,
+                            publish_options: dict) -> Callable[[], Awaitable[dict]]:
+    """The first browser publishes its 1280 x 720 camera with `publish_options` (TrackPublishOptions) to the second
+    (without adaptive stream, so it asks for layers only when told); returns, once the viewer decodes, the probe of
+    the viewer's video stats."""
+    publisher, viewer = browsers
+    await _connect_js(viewer, server, "viewer", room, {"adaptiveStream": False, "dynacast": True})
+    await _connect_js(publisher, server, "camera", room, {"dynacast": True})
+    try:
+        await publisher.call("publishCamera", {"resolution": {"width": 1280, "height": 720}},
+                             {"degradationPreference": "maintain-resolution", **publish_options})
+    except Exception as error:
+        raise AssertionError(f"publishing failed: {error}\n{publisher.diagnostics(server)}") from error
+    video = functools.partial(_inbound, viewer, "video")
+    await _poll(video, lambda s: s["framesDecoded"] > 10, 20, f"the viewer to decode {publish_options}")
+    return video
 
 
 async def test_js_joins_over_v1_and_exchanges_media_and_data(server, browser: BrowserPeer):

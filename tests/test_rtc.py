@@ -50,7 +50,7 @@ class FakeEngine:
     def remove_transport(self, transport_id: int) -> None:
         pass
 
-    def add_receiver(self, *args: object) -> int:
+    def add_receiver(self, *args: object, **kwargs: object) -> int:
         receiver_id = next(self._ids)
         self.receivers.add(receiver_id)
         return receiver_id
@@ -58,7 +58,7 @@ class FakeEngine:
     def remove_receiver(self, receiver_id: int) -> None:
         self.receivers.discard(receiver_id)
 
-    def add_downtrack(self, receiver_id: int, *args: object) -> int:
+    def add_downtrack(self, receiver_id: int, *args: object, **kwargs: object) -> int:
         downtrack_id = next(self._ids)
         self.downtracks[downtrack_id] = receiver_id
         return downtrack_id

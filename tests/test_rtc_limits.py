@@ -180,7 +180,7 @@ async def test_oversized_identity_fields_are_refused_by_the_participant_and_at_j
 async def test_no_receiver_left_unpublishes_the_track_for_its_client(node: FakeNode) -> None:
     alice = join(node, "alice")
 
-    def full(*args: object) -> int:
+    def full(*args: object, **kwargs: object) -> int:
         raise RuntimeError("too many receivers")
 
     node.engine.add_receiver = full  # type: ignore[method-assign]
@@ -203,7 +203,7 @@ async def test_no_downtrack_left_fails_the_subscription_and_takes_its_m_line_bac
     answer_last_offer()  # the join offer; the video m-line follows
     assert "m=video" in sink(bob).of("offer")[-1].sdp
 
-    def full(*args: object) -> int:
+    def full(*args: object, **kwargs: object) -> int:
         raise RuntimeError("too many downtracks")
 
     node.engine.add_downtrack = full  # type: ignore[method-assign]

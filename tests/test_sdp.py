@@ -657,3 +657,30 @@ def test_answer_receives_a_track_in_the_codec_its_add_track_request_chose():
     assert [m.codec.name for m in accepted if m.kind == "video"] == ["VP8"]
     _, accepted = build_answer(offer, LOCAL, 1, dataclasses.replace(PUBLISHER, track_codecs={"TR_cam_cid": "H265"}))
     assert [m.codec.name for m in accepted if m.kind == "video"] == ["VP8"]
+
+
+def test_answer_takes_red_for_a_track_that_allows_it_with_dtx_and_stereo_set():
+    """RED first (libwebrtc then sends Opus with redundancy), without NACK; Opus parameters as the track asks."""
+    offer = parse(libwebrtc_offer())
+    policy = dataclasses.replace(PUBLISHER, track_codecs={"TR_mic_cid": "red"},
+                                 track_fmtp={"TR_mic_cid": {"usedtx": "1", "stereo": "1", "maxaveragebitrate": "510000"}})
+    text, accepted = build_answer(offer, LOCAL, 1, policy)
+    audio = lines_of(text, "8")
+    assert audio[0] == "m=audio 9 UDP/TLS/RTP/SAVPF 63 111"
+    assert "a=fmtp:63 111/111" in audio and not [line for line in audio if "nack" in line]
+    assert "a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1;stereo=1;maxaveragebitrate=510000" in audio
+    mic = next(m for m in accepted if m.kind == "audio")
+    assert (mic.codec.payload_type, mic.red_payload_type) == (111, 63)
+    _, accepted = build_answer(offer, LOCAL, 1, PUBLISHER)  # no RED asked for: Opus alone
+    assert [(m.codec.payload_type, m.red_payload_type) for m in accepted if m.kind == "audio"] == [(111, None)]
+
+
+def test_offer_lists_red_first_for_a_red_track():
+    opus = Codec(111, "opus", 48000, 2, "minptime=10;useinbandfec=1", ["transport-cc"])
+    media = OutgoingMedia("1", "audio", opus, 1001, None, "PA_pub|TR_A", "TR_A", "PA_pub", {}, True,
+                          red_payload_type=63)
+    section = parse(build_offer(LOCAL, [media], 1, 1)).sections[1]
+    assert [(c.payload_type, c.name, c.fmtp) for c in section.codecs] == [
+        (63, "red", "111/111"), (111, "opus", "minptime=10;useinbandfec=1")]
+    assert sdp.red_codec(section, section.codecs[1]).payload_type == 63
+    assert sdp.with_params("a=1;b=2", {"b": "3", "c": "4"}) == "a=1;b=3;c=4"

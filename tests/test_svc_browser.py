@@ -6,11 +6,8 @@ Prerequisites as tests/test_browser.py (whose fixtures these are)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
-
-from test_browser import BrowserPeer, _browser_at, _connect_js, _poll, _prerequisites, static_site  # noqa: F401
+from test_browser import BrowserPeer, _camera_to_viewer, _poll, _prerequisites, browsers, static_site  # noqa: F401
 
 # Chromium's fake camera, captured at 720p and kept at that resolution (by default Chromium scales a busy encoder's
 # input down, which moves every layer): libwebrtc gives VP9 three spatial layers (320, 640 and 1280 wide) only from
@@ -21,49 +18,29 @@ FULL_WIDTH, FULL_HEIGHT = 1280, 720
 MAX_FROZEN_S = 1.0
 
 
-@pytest.fixture
-async def browsers(static_site: str) -> AsyncIterator[tuple[BrowserPeer, BrowserPeer]]:  # noqa: F811
-    async with _browser_at(static_site) as publisher, _browser_at(static_site) as subscriber:
-        yield publisher, subscriber
-
-
-async def _video(browser: BrowserPeer) -> dict:
-    stats = await browser.call("inboundStats")
-    return next((s for s in stats if s["kind"] == "video"), {"framesDecoded": 0, "frameWidth": 0})
-
-
 async def test_vp9_l3t3_key_low_then_high_then_low(server, browsers: tuple[BrowserPeer, BrowserPeer]) -> None:
-    publisher, subscriber = browsers
-    room = "svc-vp9"
-    await _connect_js(subscriber, server, "viewer", room, {"adaptiveStream": False, "dynacast": True})
-    await _connect_js(publisher, server, "camera", room, {"dynacast": True})
-    try:
-        await publisher.call("publishCamera", {"resolution": {"width": FULL_WIDTH, "height": FULL_HEIGHT}},
-                             {"videoCodec": "vp9", "scalabilityMode": "L3T3_KEY",
-                              "degradationPreference": "maintain-resolution"})
-    except Exception as error:
-        raise AssertionError(f"publishing VP9 failed: {error}\n{publisher.diagnostics(server)}") from error
-    await _poll(lambda: _video(subscriber), lambda s: s["framesDecoded"] > 10, 20, "the viewer to decode VP9")
+    _, subscriber = browsers
+    video = await _camera_to_viewer(server, browsers, "svc-vp9", {"videoCodec": "vp9", "scalabilityMode": "L3T3_KEY"})
 
-    subscriber_stats = await _poll(lambda: _video(subscriber), lambda s: s["frameWidth"] == FULL_WIDTH, 30,
+    subscriber_stats = await _poll(video, lambda s: s["frameWidth"] == FULL_WIDTH, 30,
                                    "the full picture (the publisher's estimate must carry all three layers)")
     await subscriber.call("setVideoQuality", "LOW")
-    low = await _poll(lambda: _video(subscriber), lambda s: 0 < s["frameWidth"] <= FULL_WIDTH // 4, 10,
+    low = await _poll(video, lambda s: 0 < s["frameWidth"] <= FULL_WIDTH // 4, 10,
                       "the lowest spatial layer")
     assert low["frameHeight"] == FULL_HEIGHT // 4, low
     decoded = low["framesDecoded"]
     await asyncio.sleep(2)
-    steady = await _video(subscriber)
+    steady = await video()
     assert steady["frameWidth"] == low["frameWidth"] and steady["framesDecoded"] > decoded + 20, steady
     counters = server.counters()
     assert counters.get("drop_temporal_layer", 0) > 0, counters  # the upper spatial layers, dropped per subscriber
 
     await subscriber.call("setVideoQuality", "HIGH")  # up at the next keyframe, which the server asks for
-    await _poll(lambda: _video(subscriber), lambda s: s["frameWidth"] == FULL_WIDTH, 10, "the switch up")
+    await _poll(video, lambda s: s["frameWidth"] == FULL_WIDTH, 10, "the switch up")
     await subscriber.call("setVideoQuality", "MEDIUM")
-    await _poll(lambda: _video(subscriber), lambda s: s["frameWidth"] == FULL_WIDTH // 2, 10, "the switch down")
+    await _poll(video, lambda s: s["frameWidth"] == FULL_WIDTH // 2, 10, "the switch down")
     await asyncio.sleep(1)
-    final = await _video(subscriber)
+    final = await video()
     assert final["framesDecoded"] > steady["framesDecoded"] + 10, final
     frozen = final["totalFreezesDuration"] - subscriber_stats["totalFreezesDuration"]
     assert frozen < MAX_FROZEN_S, (final, subscriber.diagnostics(server))

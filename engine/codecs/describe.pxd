@@ -9,8 +9,8 @@ cdef enum:  # codec ids (Receiver.codec)
     C_AV1
     C_OTHER
 
-# Sets p.descriptor / p.desc, p.temporal and p.keyframe from the payload of `p` (p.buf, p.h). Audio has neither
-# descriptor nor keyframes; a video codec we cannot parse makes every packet a keyframe (any packet is a switch point).
+# Sets p.descriptor / p.desc, p.temporal and p.keyframe from the payload of `p` (p.buf, p.h, p.r). Audio has no
+# keyframes, and a descriptor only in RED (a well-formed packet of the Receiver's red_payload_type); a video codec we cannot parse makes every packet a keyframe (any packet is a switch point).
 cdef void describe_packet(ExtPacket *p, int codec, bint is_video) noexcept nogil
 # The id of a codec name as SDP spells it ("VP8", "video/vp8"...); C_OTHER for names we do not know.
 cdef int codec_id(str name)

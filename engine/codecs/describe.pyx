@@ -3,9 +3,10 @@ from libc.stdint cimport uint8_t
 
 from engine.codecs.av1 cimport av1_is_keyframe
 from engine.codecs.h264 cimport h264_is_keyframe
+from engine.codecs.red cimport parse_red
 from engine.codecs.vp8 cimport parse_vp8
 from engine.codecs.vp9 cimport parse_vp9
-from engine.packet cimport DESC_NONE, DESC_VP8, DESC_VP9
+from engine.packet cimport DESC_NONE, DESC_RED, DESC_VP8, DESC_VP9
 
 _IDS = {"opus": C_OPUS, "vp8": C_VP8, "h264": C_H264, "vp9": C_VP9, "av1": C_AV1}
 
@@ -17,6 +18,8 @@ cdef void describe_packet(ExtPacket *p, int codec, bint is_video) noexcept nogil
     p.temporal = -1
     p.keyframe = False
     if not is_video:
+        if p.h.payload_type == p.r.red_payload_type and parse_red(payload, length, &p.desc.red) == 0:
+            p.descriptor = DESC_RED
         return
     if codec == C_VP8:
         if parse_vp8(payload, length, &p.desc.vp8) == 0:

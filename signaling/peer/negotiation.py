@@ -185,6 +185,9 @@ def _place(media: sdp.OutgoingMedia, section: sdp.MediaSection, policy: sdp.Rece
                             [fb for fb in codec.rtcp_fb if fb in feedback], rtx)
     if rtx is None:
         media.rtx_ssrc = None
+    if media.red_payload_type is not None:  # RED if the client receives it too, else Opus stripped out of it
+        red = sdp.red_codec(section, codec)
+        media.red_payload_type = red.payload_type if red else None
     allowed = policy.send_extensions.get(media.kind, frozenset())
     media.extmap = {uri: ext_id for uri, ext_id in section.extmap.items() if uri in allowed}
     media.mid = section.mid
@@ -260,6 +263,12 @@ class SubscriberPC(_PeerConnection):
         self._awaiting_answer = False
         description = sdp.parse(answer.sdp)
         self._apply_remote(description)
+        with_red = {media.mid: media for media in self.media if media.red_payload_type is not None}
+        for section in description.sections:
+            if section.mid in with_red:
+                # A client that left RED out of its answer gets the Opus inside it (the engine strips it).
+                red = sdp.red_codec(section, with_red[section.mid].codec)
+                with_red[section.mid].red_payload_type = red.payload_type if red else None
         # Only m-lines still in the state offered (not refilled meanwhile) are known inactive on both sides.
         self._recyclable |= {m.mid for m in self._offered_inactive if any(m is slot for slot in self.media)}
         return description, (self._offer() if self._dirty else None)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "SdpError", "SdpLimitError", "Codec", "MediaSection", "SessionDescription", "parse",
     "LocalEndpoint", "AcceptedMedia", "ReceivePolicy", "build_answer",
-    "OutgoingMedia", "build_offer", "answer_codecs", "matching_codec",
+    "OutgoingMedia", "build_offer", "answer_codecs", "matching_codec", "red_codec", "with_params",
 ]
 
 EXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
@@ -424,6 +424,7 @@ class AcceptedMedia:
     rids: list[str]           # simulcast rids accepted, a=rid order; [] when not simulcast
     ssrcs: list[int]          # from a=ssrc / ssrc-group FID (non-simulcast)
     rtx_ssrcs: list[int]
+    red_payload_type: int | None = None   # audio: the client sends RED (RFC 2198) around `codec` under this PT
 
 
 @dataclass(frozen=True)
@@ -439,7 +440,12 @@ class ReceivePolicy:
     # By msid track id (LiveKit's AddTrackRequest cid): the codec name the client chose for that track (e.g. VP9 for
     # an SVC camera). Offered and usable, it wins over the rank: LiveKit's SDKs leave the codec order of the offer
     # alone and expect the answer to pick the track's codec, as LiveKit's server does.
+    # "red" for an audio track that may send RED: the answer then puts the offer's RED for its Opus first, which
+    # makes libwebrtc send Opus with redundancy.
     track_codecs: Mapping[str, str] = field(default_factory=dict)
+    # By msid track id: Opus fmtp parameters the answer sets for an audio track (LiveKit's server decides DTX and
+    # stereo in its answer from the AddTrackRequest; its SDKs do not put them in their offers).
+    track_fmtp: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -455,6 +461,8 @@ class OutgoingMedia:
     cname: str
     extmap: dict[str, int]
     active: bool              # False once unsubscribed: m-line kept, a=inactive, no ssrc lines
+    red_payload_type: int | None = None  # audio: RED around `codec` offered first under this PT (the client's, once
+                                         # placed in its m-line); None when the client has none: plain Opus
 
 
 def _session_lines(session_id: int, version: int, mids: list[str]) -> list[str]:
@@ -580,16 +588,23 @@ def _receive_lines(section: MediaSection, local: LocalEndpoint, primary: Codec,
     video = section.kind == "video"
     allowed_fb = policy.feedback.get(section.kind, frozenset())
     rtx = section.codec(primary.rtx_payload_type) if video and primary.rtx_payload_type is not None else None
-    codec = Codec(primary.payload_type, primary.name, primary.clock_rate, primary.channels, primary.fmtp,
-                  [fb for fb in primary.rtcp_fb if fb.lower() in allowed_fb],
+    track_id = section.msid[1] if section.msid and section.msid[1] else None
+    red = (red_codec(section, primary)
+           if not video and track_id is not None and policy.track_codecs.get(track_id) == "red" else None)
+    # NACK is off where RED is used (as LiveKit does): the redundancy repairs loss without a round trip.
+    fmtp = with_params(primary.fmtp, policy.track_fmtp.get(track_id, {})) if track_id is not None else primary.fmtp
+    codec = Codec(primary.payload_type, primary.name, primary.clock_rate, primary.channels, fmtp,
+                  [fb for fb in primary.rtcp_fb if fb.lower() in allowed_fb and not (red and fb.lower() == "nack")],
                   rtx.payload_type if rtx else None)
     extmap = _accepted_extensions(section, policy)
     rids, simulcast_order = _accepted_rids(section) if video else ([], [])
 
-    lines = [rtp_mline(section.kind, section.protocol, [codec] + ([rtx] if rtx else []))]
+    lines = [rtp_mline(section.kind, section.protocol, ([red] if red else []) + [codec] + ([rtx] if rtx else []))]
     lines += _transport_lines(local, local.answer_setup, section.mid)
     lines += extmap_lines(extmap)
     lines += ["a=recvonly", "a=rtcp-mux", "a=rtcp-rsize"]
+    if red:
+        lines += codec_lines(red, [])
     lines += codec_lines(codec, codec.rtcp_fb)
     if rtx:
         lines += codec_lines(rtx, [])
@@ -598,8 +613,23 @@ def _receive_lines(section: MediaSection, local: LocalEndpoint, primary: Codec,
         lines.append("a=simulcast:recv " + ";".join(simulcast_order))
 
     ssrcs, rtx_ssrcs = ([], []) if rids else _split_ssrcs(section)
-    track_id = section.msid[1] if section.msid and section.msid[1] else None
-    return lines, AcceptedMedia(section.mid, section.kind, track_id, codec, extmap, rids, ssrcs, rtx_ssrcs)
+    return lines, AcceptedMedia(section.mid, section.kind, track_id, codec, extmap, rids, ssrcs, rtx_ssrcs,
+                                red.payload_type if red else None)
+
+
+def with_params(fmtp: str, params: Mapping[str, str]) -> str:
+    """`fmtp` with `params` set (replacing their values there, appended otherwise)."""
+    items = [item.strip() for item in fmtp.split(";") if item.strip()]
+    kept = [item for item in items if item.partition("=")[0].strip().lower() not in params]
+    return ";".join(kept + [f"{key}={value}" for key, value in params.items()])
+
+
+def red_codec(section: MediaSection, opus: Codec) -> Codec | None:
+    """The section's RED for `opus` (`red/48000/2`, its blocks of `opus`'s payload type: fmtp "111/111"), if any."""
+    blocks = f"{opus.payload_type}/{opus.payload_type}"
+    return next((Codec(c.payload_type, c.name, c.clock_rate, c.channels, blocks) for c in section.codecs
+                 if c.name.lower() == "red" and c.clock_rate == opus.clock_rate
+                 and c.fmtp.replace(" ", "") in ("", blocks)), None)
 
 
 def build_answer(offer: SessionDescription, local: LocalEndpoint, session_id: int, policy: ReceivePolicy,
@@ -649,7 +679,9 @@ def _send_lines(m: OutgoingMedia, local: LocalEndpoint, setup: str, listed: dict
            if codec.rtx_payload_type is not None else None)
     if m.rtx_ssrc is not None and rtx is None:
         raise ValueError(f"mid {m.mid}: rtx_ssrc given but the codec has no rtx payload type")
-    lines = [rtp_mline(m.kind, "UDP/TLS/RTP/SAVPF", [codec] + ([rtx] if rtx else []))]
+    red = (Codec(m.red_payload_type, "red", codec.clock_rate, codec.channels,
+                 f"{codec.payload_type}/{codec.payload_type}") if m.red_payload_type is not None else None)
+    lines = [rtp_mline(m.kind, "UDP/TLS/RTP/SAVPF", ([red] if red else []) + [codec] + ([rtx] if rtx else []))]
     lines += _transport_lines(local, setup, m.mid)
     lines += extmap_lines(m.extmap if listed is None else listed)
     lines.append("a=sendonly" if m.active else "a=inactive")
@@ -657,6 +689,8 @@ def _send_lines(m: OutgoingMedia, local: LocalEndpoint, setup: str, listed: dict
     if m.active:
         lines.append(f"a=msid:{msid}")
     lines += ["a=rtcp-mux", "a=rtcp-rsize"]
+    if red:
+        lines += codec_lines(red, [])
     lines += codec_lines(codec, codec.rtcp_fb)
     if rtx:
         lines += codec_lines(rtx, [])

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from livekit.protocol import models
+
 from ..peer.sdp import (EXT_ABS_CAPTURE_TIME, EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_RID, EXT_RRID,
-                        EXT_TRANSPORT_CC, Codec, ReceivePolicy)
+                        EXT_TRANSPORT_CC, Codec, ReceivePolicy, with_params)
 
 if TYPE_CHECKING:
     from .publication import TrackPublication
@@ -78,9 +80,15 @@ SINGLE_PC = ReceivePolicy(extensions=_PUBLISHER_EXTENSIONS, feedback=_PUBLISHER_
 
 def track_codecs(publications: Iterable[TrackPublication]) -> dict[str, str]:
     """By AddTrackRequest cid, the codec each video track is to be received in: the one negotiated already, else
-    the client's first choice (AddTrackRequest simulcast_codecs, e.g. VP9 for an SVC camera with a VP8 backup)."""
+    the client's first choice (AddTrackRequest simulcast_codecs, e.g. VP9 for an SVC camera with a VP8 backup);
+    "red" for audio tracks that may send RED: not disabled (AddTrackRequest disable_red), not end-to-end encrypted
+    (the server could not strip what it cannot read, as LiveKit does)."""
     chosen = {}
     for publication in publications:
+        if publication.kind == "audio":
+            if not publication.info.disable_red and publication.info.encryption == models.Encryption.NONE:
+                chosen[publication.cid] = "red"
+            continue
         if publication.kind != "video":
             continue
         if publication.codec is not None:
@@ -90,21 +98,40 @@ def track_codecs(publications: Iterable[TrackPublication]) -> dict[str, str]:
     return chosen
 
 
+def track_fmtp(publications: Iterable[TrackPublication]) -> dict[str, dict[str, str]]:
+    """By AddTrackRequest cid, the Opus parameters an audio track is answered with, as LiveKit's server sets them:
+    DTX unless the track turned it off (disable_dtx, TF_NO_DTX), stereo at up to 510 kbps for a stereo track."""
+    chosen = {}
+    for publication in publications:
+        info = publication.info
+        if publication.kind != "audio":
+            continue
+        features = set(info.audio_features)
+        params = {"usedtx": "0" if info.disable_dtx or models.AudioTrackFeature.TF_NO_DTX in features else "1"}
+        if info.stereo or models.AudioTrackFeature.TF_STEREO in features:
+            params.update({"stereo": "1", "maxaveragebitrate": "510000"})
+        chosen[publication.cid] = params
+    return chosen
+
+
 def ordered_rids(rids: list[str]) -> list[str]:
     """Simulcast rids from the lowest layer to the highest, as the engine numbers layers."""
     return sorted(rids, key=lambda rid: _RID_ORDER.get(rid.lstrip("~"), len(_RID_ORDER)))
 
 
-def subscriber_codec(kind: str, published: Codec) -> Codec:
+def subscriber_codec(kind: str, published: Codec, red: bool = False) -> Codec:
     """The codec offered to a subscriber for a track published with `published`: the same payload, with the
-    feedback tern answers, and RTX for video (the publisher's payload type for it, else one of ours)."""
+    feedback tern answers (no NACK for audio in RED, as LiveKit: the redundancy repairs), and RTX for video (the
+    publisher's payload type for it, else one of ours)."""
     return Codec(
         payload_type=published.payload_type,
         name=published.name,
         clock_rate=published.clock_rate,
         channels=published.channels,
-        fmtp=published.fmtp,
-        rtcp_fb=list(SUBSCRIBER_FEEDBACK[kind]),
+        # A stereo publisher's Opus is said to be stereo (sprop-stereo), so the subscriber plays both channels.
+        fmtp=(with_params(published.fmtp, {"sprop-stereo": "1"})
+              if kind == "audio" and published.params().get("stereo") == "1" else published.fmtp),
+        rtcp_fb=[fb for fb in SUBSCRIBER_FEEDBACK[kind] if not (red and fb == "nack")],
         rtx_payload_type=(published.rtx_payload_type
                           or next(pt for pt in _RTX_PAYLOAD_TYPES if pt != published.payload_type)
                           if kind == "video" else None),

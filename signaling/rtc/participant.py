@@ -333,6 +333,7 @@ class Participant:
             ping_timeout=ping_timeout,
             client_configuration=self.client_configuration(),
             ice_servers=self.services.ice_servers(self.sid),
+            sif_trailer=self.room.sif_trailer,
         )))
         self.room.broadcast_participant(self)
         self.room.subscriptions.sync_subscriber(self, renegotiate=False)
@@ -460,8 +461,9 @@ class Participant:
     def handle_offer(self, offer: rtc.SessionDescription) -> None:
         """The client's publisher offer: answer it, receive what it sends, unpublish what it stopped."""
         policy = media_caps.SINGLE_PC if self.single_pc else media_caps.PUBLISHER
-        policy = dataclasses.replace(policy, track_codecs=media_caps.track_codecs(
-            [*self._pending.values(), *self.publications.values()]))
+        tracks = [*self._pending.values(), *self.publications.values()]
+        policy = dataclasses.replace(policy, track_codecs=media_caps.track_codecs(tracks),
+                                     track_fmtp=media_caps.track_fmtp(tracks))
         try:
             answer, accepted, stopped, candidates = self.publisher.answer(offer, policy)
         except sdp.SdpError as error:
@@ -519,6 +521,7 @@ class Participant:
                 self.publisher.transport.id, media.mid, media.kind, codec.name.lower(), codec.payload_type,
                 codec.rtx_payload_type or 0, codec.clock_rate, media_caps.ordered_rids(media.rids), media.ssrcs,
                 media.rtx_ssrcs, media.extmap,
+                red_payload_type=media.red_payload_type if media.red_payload_type is not None else -1,
             )
         except ValueError as error:  # beyond the engine's limits (layers, mid/rid length): the track stays pending
             self.services.counters["media_rejected"] += 1
@@ -533,6 +536,7 @@ class Participant:
         del self._pending[publication.cid]
         publication.receiver_id = receiver_id
         publication.codec = codec
+        publication.red_payload_type = media.red_payload_type
         publication.extmap = dict(media.extmap)
         publication.info.mid = media.mid
         publication.info.mime_type = f"{media.kind}/{codec.name}"
@@ -716,7 +720,8 @@ class Participant:
         if publication.sid in self.subscriptions or publication.codec is None:
             return False
         kind = publication.kind
-        codec = media_caps.subscriber_codec(kind, publication.codec)
+        red = publication.red_payload_type
+        codec = media_caps.subscriber_codec(kind, publication.codec, red=red is not None)
         publisher = publication.participant
         media = sdp.OutgoingMedia(
             mid="",  # given by the subscriber PC
@@ -729,6 +734,7 @@ class Participant:
             cname=publisher.sid,
             extmap=media_caps.subscriber_extensions(kind),
             active=True,
+            red_payload_type=red,
         )
         if not self.subscriber.add(media):  # negotiation.MAX_SUBSCRIBER_MEDIA subscribed
             self.services.counters["subscription_limit"] += 1
@@ -803,6 +809,7 @@ class Participant:
                 media.codec.payload_type, media.codec.rtx_payload_type or 0, extmap,
                 transport_cc_id if 0 < transport_cc_id < 15 else 0,
                 abs_send_time_id if 0 < abs_send_time_id < 15 else 0,
+                red_payload_type=media.red_payload_type if media.red_payload_type is not None else -1,
             )
         except (RuntimeError, MemoryError) as error:
             self.services.counters["engine_downtracks_full"] += 1
@@ -811,6 +818,9 @@ class Participant:
             self.send(rtc.SignalResponse(subscription_response=rtc.SubscriptionResponse(
                 track_sid=publication.sid, err=models.SubscriptionError.SE_UNKNOWN)))
             return False
+        if publication.red_payload_type is not None:  # RED forwarded as it is, or its Opus stripped out of it
+            self.services.counters["subscriptions_red" if media.red_payload_type is not None
+                                   else "subscriptions_red_stripped"] += 1
         self.allocator.update(subscription)
         return True
 

@@ -126,6 +126,7 @@ class TrackPublication:
             self.info.codecs.add(mime_type=mime_type, cid=codec.cid or request.cid, layers=codec.layers)
         self.receiver_id: int | None = None
         self.codec: Codec | None = None
+        self.red_payload_type: int | None = None  # audio: the publisher sends RED around `codec` under this PT
         self.extmap: dict[str, int] = {}
         self.published = False
         self.subscriptions: dict[str, Subscription] = {}  # by subscriber sid

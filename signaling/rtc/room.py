@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,9 @@ class Room:
         self.max_participants = max_participants
         self.metadata = metadata
         self.active_recording = False  # an egress records one of its tracks (clients show a recording indicator)
+        # E2EE clients pass frames ending in this through undecrypted (JoinResponse.sif_trailer, one per room as in
+        # LiveKit): for any the server makes itself. tern makes none with a payload today (probes are padding only).
+        self.sif_trailer = secrets.token_bytes(32)
         self.speakers = SpeakerObserver()
         # Connection quality as last announced, by participant sid: (level, hidden), so a change of either is news.
         self._qualities: dict[str, tuple[int, bool]] = {}

@@ -3,7 +3,8 @@
 "use strict";
 
 (() => {
-  const { Room, RoomEvent, Track, VideoQuality } = LivekitClient;
+  const { ExternalE2EEKeyProvider, Room, RoomEvent, Track, VideoQuality } = LivekitClient;
+  const E2EE_WORKER = "node_modules/livekit-client/dist/livekit-client.e2ee.worker.js";
 
   const state = {
     errors: [],     // messages of errors and failures seen in the page
@@ -23,9 +24,20 @@
   }
 
   // options: RoomOptions; the defaults try a single peer connection (/rtc/v1) first and fall back to
-  // /rtc when /rtc/v1/validate answers 404.
-  async function connect(url, token, options) {
+  // /rtc when /rtc/v1/validate answers 404. With e2eeKey, end-to-end encryption with that shared key (the SDK's
+  // worker, served from node_modules).
+  async function connect(url, token, options, e2eeKey) {
+    let keyProvider = null;
+    if (e2eeKey) {
+      keyProvider = new ExternalE2EEKeyProvider();
+      options = { ...options, e2ee: { keyProvider, worker: new Worker(E2EE_WORKER) } };
+    }
     room = new Room(options);
+    if (keyProvider) {
+      room.on(RoomEvent.EncryptionError, (error) => state.errors.push(`encryption: ${error.message}`));
+      await keyProvider.setKey(e2eeKey);
+      await room.setE2EEEnabled(true);
+    }
     room.on(RoomEvent.TrackSubscribed, (track, publication, participant) => {
       state.subscribed.push({ kind: track.kind, trackSid: publication.trackSid, participant: participant.identity });
       // Attached so the browser plays (and therefore decodes) what arrives, as an app would.
@@ -125,6 +137,47 @@
     }));
   }
 
+  // A sine tone of `frequency` Hz from Web Audio, published as the microphone with TrackPublishOptions (the JS SDK
+  // leaves RED on unless {red: false}).
+  async function publishTone(frequency, publishOptions) {
+    const context = new AudioContext();
+    const oscillator = context.createOscillator();
+    oscillator.frequency.value = frequency;
+    const destination = context.createMediaStreamDestination();
+    oscillator.connect(destination);
+    oscillator.start();
+    await room.localParticipant.publishTrack(destination.stream.getAudioTracks()[0],
+      { source: Track.Source.Microphone, ...publishOptions });
+  }
+
+  // The MIME types of the codecs Chromium sends ("outbound") or receives ("inbound") audio in, from the stats.
+  async function audioCodecs(direction) {
+    const tracks = direction === "outbound"
+      ? [...room.localParticipant.trackPublications.values()].map((publication) => publication.track)
+      : remoteTracks().map(({ track }) => track);
+    const codecs = [];
+    for (const track of tracks) {
+      const rtp = track && (direction === "outbound" ? track.sender : track.receiver);
+      if (!rtp || track.kind !== Track.Kind.Audio) continue;
+      const report = await rtp.getStats();
+      report.forEach((stats) => {
+        if (stats.type === `${direction}-rtp` && stats.codecId) codecs.push(report.get(stats.codecId).mimeType);
+      });
+    }
+    return codecs;
+  }
+
+  // Whether each remote track is encrypted, as its TrackInfo says ({kind, encrypted}).
+  function remoteEncryption() {
+    const result = [];
+    for (const participant of room.remoteParticipants.values()) {
+      for (const publication of participant.trackPublications.values()) {
+        result.push({ kind: publication.kind, encrypted: publication.isEncrypted });
+      }
+    }
+    return result;
+  }
+
   // Asks for a quality ("LOW", "MEDIUM", "HIGH") of every subscribed remote video (UpdateTrackSettings.quality).
   function setVideoQuality(quality) {
     for (const participant of room.remoteParticipants.values()) {
@@ -156,6 +209,7 @@
   window.addEventListener("unhandledrejection", (event) => state.errors.push(`unhandled rejection: ${event.reason}`));
   window.tern = {
     state, connect, publishCameraAndMicrophone, inboundStats, selectedPair, publisherEstimate, publishData,
-    setVideoEnabled, disconnect, publishCamera, setVideoQuality,
+    setVideoEnabled, disconnect, publishCamera, setVideoQuality, publishTone, audioCodecs,
+    remoteEncryption,
   };
 })();
