@@ -56,6 +56,11 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def worker_stats(eng: engine.Engine) -> list[dict]:
+    """Per worker figures, or none from an engine without workers."""
+    return eng.worker_stats() if hasattr(eng, "worker_stats") else []
+
+
 def measure(workers: int, subscribers: int, batches: int) -> dict:
     # One worker is the engine's default: an engine without worker threads is measured the same way (an A/B).
     options = {"workers": workers} if workers != 1 else {}
@@ -115,10 +120,6 @@ def measure(workers: int, subscribers: int, batches: int) -> dict:
         "worker_busy_s": [round(w["busy_seconds"], 3) for w in stats],
         "worker_packets": [w["packets"] for w in stats],
     }
-
-
-def worker_stats(eng: engine.Engine) -> list[dict]:
-    return eng.worker_stats() if hasattr(eng, "worker_stats") else []
 
 
 def main() -> None:
