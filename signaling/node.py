@@ -59,7 +59,7 @@ class Node:
             self.store = MemoryRoomStore(config.room.empty_timeout, config.room.departure_timeout,
                                          config.room.max_participants, self.notify)
         self.agents = AgentDispatcher(self.store, config.keys, self.counters, self.notify)
-        self.ingresses: IngressStore = MemoryIngressStore()
+        self.ingresses: IngressStore = self.cluster.ingresses if self.cluster is not None else MemoryIngressStore()
         self.egress = EgressManager(lambda: self.engine, self.store.get, config.egress.output_dir,
                                     _loopback(config.media_host()), self.notify, self.counters)
         self.receivers: dict[int, TrackPublication] = {}  # engine receiver id -> publication

@@ -13,7 +13,9 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import aiohttp
 import pytest
+from aiortc import RTCPeerConnection
 from livekit import api, rtc
 from livekit.protocol import rtc as signal
 
@@ -22,6 +24,7 @@ from conftest import API_KEY, API_SECRET, ROOT, Server, free_port, start_server,
 from media import TONE_HZ, Publisher, decoded_audio, decoded_video, dominant_frequency, matches_card, wait_for_tracks
 from redis_server import RedisServer
 from signal_client import SignalClient
+from test_ingress import _publish
 
 NODES = 3
 
@@ -223,6 +226,90 @@ async def test_room_service_through_any_node_and_webhooks_once(nodes, redis_serv
     assert {("room_started", ""), ("participant_joined", "alice"), ("participant_joined", "bob"),
             ("track_published", "alice"), ("participant_left", "bob"), ("participant_left", "alice"),
             ("room_finished", "")} <= set(events)
+
+
+async def test_an_ingress_made_through_one_node_streams_through_any(nodes, redis_server):
+    """IngressService through any node sees one ingress (in Redis); a WHIP publisher reaching a node that does not
+    host the ingress's room is served by the room's node (its media goes there), ends by a DELETE reaching yet another
+    node, and DeleteIngress through any node ends its next session. A WHEP viewer reaching another node too."""
+    (a, _), *_ = nodes
+    async with api.LiveKitAPI(a.http, API_KEY, API_SECRET) as client:
+        info = await client.ingress.create_ingress(api.CreateIngressRequest(
+            input_type=api.IngressInput.WHIP_INPUT, room_name="ingest", participant_identity="streamer"))
+    viewer = await connect(a, "viewer", "ingest")
+    host = owner(redis_server, "ingest")
+    (x, y) = [server for server, node in nodes if node != host]
+    pcs = []
+    async with api.LiveKitAPI(x.http, API_KEY, API_SECRET) as via_x, \
+            api.LiveKitAPI(y.http, API_KEY, API_SECRET) as via_y, aiohttp.ClientSession() as http:
+        try:
+            listed = (await via_x.ingress.list_ingress(api.ListIngressRequest(room_name="ingest"))).items
+            assert [item.stream_key for item in listed] == [info.stream_key]
+            await via_y.ingress.update_ingress(api.UpdateIngressRequest(ingress_id=info.ingress_id,
+                                                                        participant_name="The Streamer"))
+            before = {node: server.counters().get("forwarded", 0) for server, node in nodes}
+            pc, location = await _publish(http, f"{x.http}/w/{info.stream_key}")
+            pcs.append(pc)
+            assert location.startswith(f"{x.http}/w/{info.stream_key}/")  # the URL the client used
+            tracks = await wait_for_tracks(viewer, 2)
+            assert remote(viewer, "streamer").name == "The Streamer"
+            assert matches_card((await decoded_video(tracks["video"], frames=5))[-1])
+            forwarded = {node: server.counters().get("forwarded", 0) - before[node] for server, node in nodes}
+            assert forwarded[host] > 0 and not any(n for node, n in forwarded.items() if node != host), forwarded
+            state = (await via_y.ingress.list_ingress(api.ListIngressRequest(ingress_id=info.ingress_id))).items[0].state
+            assert state.status == api.IngressState.Status.ENDPOINT_PUBLISHING
+            watcher = await _watch(http, y, "viewer", "streamer")  # WHEP through a node that does not host the room
+            async with http.delete(watcher) as response:
+                assert response.status == 200
+            async with http.delete(location.replace(x.http, y.http)) as response:  # the resource through another node
+                assert response.status == 200, await response.text()
+            await until(lambda: remote(viewer, "streamer") is None)
+            pc, _ = await _publish(http, f"{y.http}/w/{info.stream_key}")
+            pcs.append(pc)
+            await until(lambda: remote(viewer, "streamer") is not None)
+            await via_x.ingress.delete_ingress(api.DeleteIngressRequest(ingress_id=info.ingress_id))
+            await until(lambda: remote(viewer, "streamer") is None)
+            assert not (await via_y.ingress.list_ingress(api.ListIngressRequest(room_name="ingest"))).items
+        finally:
+            for pc in pcs:
+                await pc.close()
+            await viewer.disconnect()
+    assert not redis_server.client().hlen("tern:ingress_node")
+
+
+async def _watch(http: aiohttp.ClientSession, server: Server, identity: str, publisher: str) -> str:
+    """A WHEP viewer's offer of `publisher`'s tracks to `server`: its resource's URL."""
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    try:
+        async with http.post(f"{server.http}/whep/v1?participant={publisher}", data=pc.localDescription.sdp, headers={
+                "Content-Type": "application/sdp",
+                "Authorization": f"Bearer {server.token(identity + '-whep', 'ingest')}"}) as response:
+            assert response.status == 201, await response.text()
+            return response.headers["Location"]
+    finally:
+        await pc.close()
+
+
+async def test_agent_dispatches_through_any_node(nodes, redis_server):
+    """AgentDispatchService through any node runs on the room's node: a dispatch created through one node (placing
+    the room) is listed and deleted through the others."""
+    clients = [api.LiveKitAPI(server.http, API_KEY, API_SECRET) for server, _ in nodes]
+    try:
+        made = await clients[0].agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
+            room="dispatched", agent_name="helper", metadata="m"))
+        assert owner(redis_server, "dispatched") is not None
+        for client in clients:
+            listed = await client.agent_dispatch.list_dispatch("dispatched")
+            assert [(d.id, d.agent_name) for d in listed] == [(made.id, "helper")]
+        await clients[2].agent_dispatch.delete_dispatch(made.id, "dispatched")
+        assert not await clients[1].agent_dispatch.list_dispatch("dispatched")
+        await clients[1].room.delete_room(api.DeleteRoomRequest(room="dispatched"))
+    finally:
+        for client in clients:
+            await client.aclose()
+    await until(lambda: owner(redis_server, "dispatched") is None, timeout=15)
 
 
 async def test_placement_spreads_new_rooms_by_load(nodes, redis_server):

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -27,6 +28,8 @@ READ_TIMEOUT = 20.0
 # Seconds the worker gets to finish (its WHIP DELETE) after the encoder ends, before it is killed.
 WORKER_EXIT_TIMEOUT = 5.0
 READ_SIZE = 65536
+# Seconds between checks that the publisher's session still runs (in a cluster, a read of Redis).
+LIVE_CHECK_INTERVAL = 1.0
 # Concurrent RTMP connections (each publishing one costs a worker process of up to a core when transcoding video).
 MAX_CONNECTIONS = 16
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where `python -m signaling.…` finds the worker
@@ -78,7 +81,7 @@ class RtmpListener:
             writer.write(proto.handshake_reply(await reader.readexactly(1 + proto.HANDSHAKE_SIZE)))
             await reader.readexactly(proto.HANDSHAKE_SIZE)  # C2: nothing in it we need
             stream_id, stream_key = await _negotiate(reader, writer, chunks)
-        info = self._sessions.store.by_stream_key(stream_key)
+        info = await self._sessions.store.by_stream_key(stream_key)
         if info is None or info.input_type != ingress.IngressInput.RTMP_INPUT:
             writer.write(proto.on_status(stream_id, "error", "NetStream.Publish.BadName", "unknown stream key"))
             await writer.drain()
@@ -104,12 +107,15 @@ class RtmpListener:
         try:
             writer.write(proto.on_status(stream_id, "status", "NetStream.Publish.Start", "publishing"))
             went_live = False
+            checked = 0.0
             while worker.returncode is None:
-                live = self._sessions.live(ingress_id)
-                if went_live and not live:  # its session ended (DeleteIngress, room closed): the encoder goes too
-                    self._counters["rtmp_session_ended"] += 1
-                    return
-                went_live = went_live or live
+                if time.monotonic() - checked >= LIVE_CHECK_INTERVAL:  # the session may run on another node
+                    checked = time.monotonic()
+                    live = await self._sessions.live(ingress_id)
+                    if went_live and not live:  # its session ended (DeleteIngress, room closed): the encoder goes
+                        self._counters["rtmp_session_ended"] += 1
+                        return
+                    went_live = went_live or live
                 async with asyncio.timeout(READ_TIMEOUT):
                     data = await reader.read(READ_SIZE)
                 if not data:
