@@ -22,9 +22,10 @@ from livekit.protocol import rtc as signal
 from clients import connect, remote, until
 from conftest import API_KEY, API_SECRET, ROOT, Server, free_port, start_server, stop_server
 from media import TONE_HZ, Publisher, decoded_audio, decoded_video, dominant_frequency, matches_card, wait_for_tracks
-from redis_server import RedisServer
+from bench.redis_server import RedisServer
 from signal_client import SignalClient
 from test_ingress import _publish
+from test_rtmp import _encoder, _stop
 
 NODES = 3
 
@@ -75,7 +76,8 @@ def nodes(redis_server: RedisServer, webhooks: WebhookLog, tmp_path_factory: pyt
     # Rooms close a second after their last participant leaves, so tests see their placement released.
     config = (f"redis: {{address: '{redis_server.address}'}}\nroom: {{departure_timeout: 1, empty_timeout: 5}}\n"
               f"webhook: {{api_key: {API_KEY}, urls: ['{webhooks.url}']}}\n")
-    started = [start_server(tmp_path_factory.mktemp(f"node{i}"), config=config) for i in range(NODES)]
+    started = [start_server(tmp_path_factory.mktemp(f"node{i}"), config=config + f"ingress: {{rtmp_port: {free_port()}}}\n")
+               for i in range(NODES)]
     ids = [node_id(node) for node in started]
     client = redis_server.client()
     deadline = time.monotonic() + 10
@@ -275,6 +277,28 @@ async def test_an_ingress_made_through_one_node_streams_through_any(nodes, redis
                 await pc.close()
             await viewer.disconnect()
     assert not redis_server.client().hlen("tern:ingress_node")
+
+
+async def test_an_rtmp_publisher_reaching_another_node_publishes_in_the_rooms_node(nodes, redis_server):
+    """The RTMP listener of a node that does not host the ingress's room relays the publisher to the room's node."""
+    (a, _), *_ = nodes
+    viewer = await connect(a, "viewer", "rtmp-ingest")
+    host = owner(redis_server, "rtmp-ingest")
+    elsewhere = next(server for server, node in nodes if node != host)
+    async with api.LiveKitAPI(a.http, API_KEY, API_SECRET) as client:
+        info = await client.ingress.create_ingress(api.CreateIngressRequest(
+            input_type=api.IngressInput.RTMP_INPUT, room_name="rtmp-ingest", participant_identity="encoder"))
+        port = next(line for line in elsewhere.log().splitlines() if "RTMP ingest on" in line).rsplit(":", 1)[1]
+        encoder = _encoder(f"rtmp://127.0.0.1:{port}/live/{info.stream_key}")
+        try:
+            tracks = await wait_for_tracks(viewer, 2)
+            assert matches_card((await decoded_video(tracks["video"], frames=5))[-1])
+            assert remote(viewer, "encoder").attributes.get("tern.ingress") == "rtmp"
+        finally:
+            status, errors = await _stop(encoder)
+            await viewer.disconnect()
+        assert status == 0, errors[-2000:]
+        await client.ingress.delete_ingress(api.DeleteIngressRequest(ingress_id=info.ingress_id))
 
 
 async def _watch(http: aiohttp.ClientSession, server: Server, identity: str, publisher: str) -> str:

@@ -1,4 +1,5 @@
-"""A private redis-server (Debian's package) on a free loopback port for cluster tests; never the system one."""
+"""A private redis-server (Debian's package) on a free loopback port, for the cluster tests and the cluster benchmark;
+never the system one."""
 from __future__ import annotations
 
 import shutil
