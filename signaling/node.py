@@ -52,7 +52,7 @@ class Node:
                                             config.webhook.urls, self.counters)
         self.cluster: Cluster | None = None
         self.store: RoomStore
-        if config.redis.address:
+        if config.redis.configured:
             self.cluster = Cluster(self)
             self.store = self.cluster.store
         else:

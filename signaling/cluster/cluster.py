@@ -54,7 +54,7 @@ class Cluster:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         for job in (self.registry.run(), self.bus.run(), self.store.run(), self.ingresses.run(), self._upkeep()):
             self._tasks.append(loop.create_task(job))
-        log.info("cluster node %s on Redis %s%s", self.node.id, self.node.config.redis.address,
+        log.info("cluster node %s on Redis %s%s", self.node.id, self.node.config.redis.where,
                  f", region {self.node.config.region}" if self.node.config.region else "")
 
     def _on_frame(self, frame: bytes) -> None:
