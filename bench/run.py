@@ -407,8 +407,9 @@ async def _cluster_load(label: str, rooms: int, size: int, window: float, nodes:
         joins = clients.join_ms()
         owner = nodes[hosts["cluster-0"]] if store is not None else first
         result = {
-            "join_ms": statistics.median(joins) if joins else None, "packets_per_cpu_second": row.packets_per_cpu_second,
-            "lost": row.lost, "errors": clients.errors()[:10], "signal_rtt_ms": await signal_rtt(owner.url, "cluster-0"),
+            "join_ms": statistics.median(joins) if joins else None,
+            "packets_per_cpu_second": row.packets_per_cpu_second, "lost": row.lost, "errors": clients.errors()[:10],
+            "signal_rtt_ms": await signal_rtt(owner.url, "cluster-0"),
         }
         if store is not None:
             result["rooms_per_node"] = sorted(Counter(hosts.values()).values())

@@ -423,8 +423,9 @@ def from_yaml(text: str) -> Config:
                                        "rtmp_port": _port}, frozenset(), "ingress.")
     _apply(config.egress, egress, {"output_dir": _text}, frozenset(), "egress.")
     _apply(config.redis, redis, {"address": _redis_address, "username": _text, "password": _text, "db": _count,
-                                 "use_tls": _flag, "sentinel_master_name": _text, "sentinel_addresses": _redis_addresses,
-                                 "sentinel_username": _text, "sentinel_password": _text}, _LIVEKIT_REDIS, "redis.")
+                                 "use_tls": _flag, "sentinel_master_name": _text,
+                                 "sentinel_addresses": _redis_addresses, "sentinel_username": _text,
+                                 "sentinel_password": _text}, _LIVEKIT_REDIS, "redis.")
     if redis and not config.redis.configured:
         raise ConfigError("redis.address: required in a redis section (host:port), unless sentinel_master_name and "
                           "sentinel_addresses name the master")

@@ -76,8 +76,8 @@ def nodes(redis_server: RedisServer, webhooks: WebhookLog, tmp_path_factory: pyt
     # Rooms close a second after their last participant leaves, so tests see their placement released.
     config = (f"redis: {{address: '{redis_server.address}'}}\nroom: {{departure_timeout: 1, empty_timeout: 5}}\n"
               f"webhook: {{api_key: {API_KEY}, urls: ['{webhooks.url}']}}\n")
-    started = [start_server(tmp_path_factory.mktemp(f"node{i}"), config=config + f"ingress: {{rtmp_port: {free_port()}}}\n")
-               for i in range(NODES)]
+    started = [start_server(tmp_path_factory.mktemp(f"node{i}"),
+                            config=config + f"ingress: {{rtmp_port: {free_port()}}}\n") for i in range(NODES)]
     ids = [node_id(node) for node in started]
     client = redis_server.client()
     deadline = time.monotonic() + 10
@@ -258,8 +258,8 @@ async def test_an_ingress_made_through_one_node_streams_through_any(nodes, redis
             assert matches_card((await decoded_video(tracks["video"], frames=5))[-1])
             forwarded = {node: server.counters().get("forwarded", 0) - before[node] for server, node in nodes}
             assert forwarded[host] > 0 and not any(n for node, n in forwarded.items() if node != host), forwarded
-            state = (await via_y.ingress.list_ingress(api.ListIngressRequest(ingress_id=info.ingress_id))).items[0].state
-            assert state.status == api.IngressState.Status.ENDPOINT_PUBLISHING
+            listed = (await via_y.ingress.list_ingress(api.ListIngressRequest(ingress_id=info.ingress_id))).items
+            assert listed[0].state.status == api.IngressState.Status.ENDPOINT_PUBLISHING
             watcher = await _watch(http, y, "viewer", "streamer")  # WHEP through a node that does not host the room
             async with http.delete(watcher) as response:
                 assert response.status == 200

@@ -233,7 +233,8 @@ async def test_ingress_session_states_and_events() -> None:
     ended = sessions.stop("IN_a")
     assert stopped and [e for e, _ in events] == ["ingress_started", "ingress_ended"]
     assert ended.state.status == Status.ENDPOINT_INACTIVE
-    assert (await store.get("IN_a")).state.status == Status.ENDPOINT_INACTIVE and not (await store.get("IN_a")).state.tracks
+    stored = await store.get("IN_a")
+    assert stored.state.status == Status.ENDPOINT_INACTIVE and not stored.state.tracks
     await sessions.claim("key", proto.IngressInput.WHIP_INPUT, "WH_3")  # reusable
     sessions.ended("IN_a", "malformed SDP")
     assert (await store.get("IN_a")).state.status == Status.ENDPOINT_ERROR and events[-1][0] == "ingress_ended"
