@@ -17,11 +17,10 @@ from livekit.protocol import ingress
 from redis.exceptions import RedisError
 
 from .connection import PREFIX
+from .registry import CLAIM, NodeRegistry
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
-
-    from .registry import NodeRegistry
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +123,6 @@ if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 and ARGV[2] ~= '' then redis.cal
 if ARGV[3] ~= '' and redis.call('HGET', KEYS[3], ARGV[1]) == ARGV[3] then redis.call('HDEL', KEYS[3], ARGV[1]) end
 return 0
 """
-# Makes ARGV[2] the session's node of ARGV[1] unless another live node (its registration key exists) is.
-_TAKE = """
-local holder = redis.call('HGET', KEYS[1], ARGV[1])
-if holder and holder ~= ARGV[2] and redis.call('EXISTS', ARGV[3] .. holder) == 1 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
 
 
 class RedisIngressStore:
@@ -138,12 +130,9 @@ class RedisIngressStore:
     coalesced per ingress (latest first), as sessions report them from synchronous callbacks."""
 
     def __init__(self, redis: aioredis.Redis, registry: NodeRegistry, counters: dict[str, int]) -> None:
-        self.redis = redis
-        self.registry = registry
-        self.node_id = registry.node_id
-        self.counters = counters
+        self.redis, self.registry, self.counters = redis, registry, counters
         self._write_state = redis.register_script(_WRITE_STATE)
-        self._take = redis.register_script(_TAKE)
+        self._claim = redis.register_script(CLAIM)
         self._pending: dict[str, tuple[bytes, bool]] = {}  # ingress id -> (state to write, release after)
         self._wake = asyncio.Event()
 
@@ -202,7 +191,8 @@ class RedisIngressStore:
         state, _ = self._pending.get(ingress_id, (b"", False))
         if state:  # a release of this node's previous session, not yet written, must not undo this one
             self._pending[ingress_id] = (state, False)
-        return bool(await self._take(keys=[INGRESS_NODES], args=[ingress_id, self.node_id, PREFIX + "node:"]))
+        holder = await self._claim(keys=[INGRESS_NODES], args=[ingress_id, self.registry.node_id, PREFIX + "node:"])
+        return holder.decode() == self.registry.node_id
 
     def release(self, ingress_id: str) -> None:
         state, _ = self._pending.get(ingress_id, (b"", False))
@@ -223,7 +213,7 @@ class RedisIngressStore:
             for ingress_id, (state, release) in pending.items():
                 try:
                     await self._write_state(keys=[INGRESSES, INGRESS_STATES, INGRESS_NODES],
-                                            args=[ingress_id, state, self.node_id if release else ""])
+                                            args=[ingress_id, state, self.registry.node_id if release else ""])
                 except (RedisError, OSError) as error:
                     self.counters["cluster_store_errors"] += 1
                     log.warning("cannot update ingress %s in Redis: %s", ingress_id, error)
