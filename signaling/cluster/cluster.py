@@ -109,7 +109,8 @@ class Cluster:
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + SWEEP_INTERVAL_S
                     suspects = await self.placement.sweep(lambda room: self.store.get(room) is not None, suspects)
-                    await self.ingresses.sweep({n.id for n in await self.registry.nodes()} | {self.node.id})
+                    if not await self.placement.unsettled_for():  # else live nodes may not have re-registered yet
+                        await self.ingresses.sweep({n.id for n in await self.registry.nodes()} | {self.node.id})
             except (RedisError, OSError) as error:
                 self.counters["cluster_upkeep_errors"] += 1
                 log.debug("cluster upkeep failed: %s", error)

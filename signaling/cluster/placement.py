@@ -56,7 +56,7 @@ class Placement:
         # Stats lag by up to STATS_INTERVAL_S; without this a burst of new rooms would all go to one node.
         self._placed: dict[tuple[str, float], int] = {}
 
-    async def _unsettled_for(self) -> float:
+    async def unsettled_for(self) -> float:
         """Seconds until Redis has been up for SETTLE_S."""
         uptime = (await self.redis.info("server")).get("uptime_in_seconds", SETTLE_S)
         return max(0.0, SETTLE_S - float(uptime))
@@ -74,7 +74,7 @@ class Placement:
         owner = await self.owner(room)
         if owner is not None:
             return owner
-        if wait := await self._unsettled_for():
+        if wait := await self.unsettled_for():
             await asyncio.sleep(wait)
             owner = await self.owner(room)
             if owner is not None:
@@ -102,7 +102,7 @@ class Placement:
         """Releases rooms whose owner is dead, and this node's claims on rooms it does not host (a join that was
         placed here but never arrived) once they were already `suspects` at the previous sweep. Returns the new
         suspects. Does nothing while Redis is settling after an outage."""
-        if await self._unsettled_for():
+        if await self.unsettled_for():
             return set()
         mapping = {room.decode(): owner.decode() for room, owner in (await self.redis.hgetall(ROOM_NODE)).items()}
         live = {n.id for n in await self.registry.nodes()} | {self.node_id}  # this node even while re-registering
