@@ -12,9 +12,11 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
+import redis.asyncio
 from aiortc import RTCPeerConnection
 from livekit import api, rtc
 from livekit.protocol import rtc as signal
@@ -24,6 +26,7 @@ from conftest import API_KEY, API_SECRET, ROOT, Server, free_port, start_server,
 from media import TONE_HZ, Publisher, decoded_audio, decoded_video, dominant_frequency, matches_card, wait_for_tracks
 from bench.redis_server import RedisServer
 from signal_client import SignalClient
+from signaling.cluster.ingress import RedisIngressStore
 from test_ingress import _publish
 from test_rtmp import _encoder, _stop
 
@@ -299,6 +302,29 @@ async def test_an_rtmp_publisher_reaching_another_node_publishes_in_the_rooms_no
             await viewer.disconnect()
         assert status == 0, errors[-2000:]
         await client.ingress.delete_ingress(api.DeleteIngressRequest(ingress_id=info.ingress_id))
+
+
+async def test_the_ingress_sessions_of_a_dead_node_are_ended(redis_server):
+    """Against the real Redis: a session held by a node that is gone is set INACTIVE and released by the sweep; one
+    of a live node stays."""
+    client = redis.asyncio.Redis(host="127.0.0.1", port=redis_server.port)
+    store = RedisIngressStore(client, SimpleNamespace(node_id="ND_live"), Counter())
+    try:
+        for ingress_id, holder in (("IN_dead", "ND_gone"), ("IN_live", "ND_live")):
+            await store.save(api.IngressInfo(ingress_id=ingress_id, stream_key=f"key-{ingress_id}", room_name="r"))
+            await client.hset("tern:ingress_state", ingress_id, api.IngressState(
+                status=api.IngressState.Status.ENDPOINT_PUBLISHING).SerializeToString())
+            await client.hset("tern:ingress_node", ingress_id, holder)
+        await store.sweep({"ND_live"})
+        dead, live = await store.get("IN_dead"), await store.get("IN_live")
+        assert dead.state.status == api.IngressState.Status.ENDPOINT_INACTIVE and dead.state.error
+        assert live.state.status == api.IngressState.Status.ENDPOINT_PUBLISHING
+        assert await client.hgetall("tern:ingress_node") == {b"IN_live": b"ND_live"}
+        for info in (dead, live):
+            await store.delete(info)
+        assert not await client.exists("tern:ingress", "tern:ingress_state", "tern:ingress_key", "tern:ingress_node")
+    finally:
+        await client.aclose()
 
 
 async def _watch(http: aiohttp.ClientSession, server: Server, identity: str, publisher: str) -> str:
