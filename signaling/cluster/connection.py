@@ -17,6 +17,7 @@ SOCKET_TIMEOUT_S = 5.0   # a command that gets no answer this long fails (LiveKi
 CONNECT_TIMEOUT_S = 2.0  # LiveKit's dial timeout is 5 s; a local Redis answers at once or is down
 HEALTH_CHECK_S = 10      # a pooled connection idle this long is PINGed before use, so a restarted Redis is noticed
 RETRIES = 3              # a command is retried on a dropped connection with an exponential backoff
+MAX_CONNECTIONS = 100    # pooled connections (redis-py's default, made explicit: past it a command fails at once)
 
 
 def node_key(node_id: str) -> str:
@@ -37,7 +38,7 @@ def connect(config: RedisConfig) -> aioredis.Redis:
         db=config.db, username=config.username or None, password=config.password or None, ssl=config.use_tls,
         socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S,
         health_check_interval=HEALTH_CHECK_S, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), RETRIES),
-        decode_responses=False,
+        max_connections=MAX_CONNECTIONS, decode_responses=False,
     )
     if config.sentinel_master_name:
         sentinels = Sentinel(
