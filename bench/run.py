@@ -399,16 +399,24 @@ async def _cluster_load(label: str, rooms: int, size: int, window: float, nodes:
             subscribers += await clients.add(room, size, hidden=True, concurrency=16)
         await clients.wait_for_media(subscribers, 20)
         await asyncio.sleep(1)
-        pids = [node.process.pid for node in nodes.values()] + ([store.process.pid] if store is not None else [])
+        processes = {f"node {node_id}" if node_id else "node": node.process.pid for node_id, node in nodes.items()}
+        if store is not None:
+            processes["redis"] = store.process.pid
+        pids = list(processes.values())
+        cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+        started = time.monotonic()
         row = await measure("tern", "cluster", clients.load_receiver, pids, window,
                             f"{label}: {rooms} x (1 pub -> {size} sub)", len(cpus))
         rows.append(row)
         print(_format(row), flush=True)
+        elapsed = time.monotonic() - started
         joins = clients.join_ms()
         owner = nodes[hosts["cluster-0"]] if store is not None else first
         result = {
             "join_ms": statistics.median(joins) if joins else None,
             "packets_per_cpu_second": row.packets_per_cpu_second, "lost": row.lost, "errors": clients.errors()[:10],
+            "cpu_load_by_process": {name: round((cpu_seconds(pid) - cpu_before[name]) / elapsed, 3)
+                                    for name, pid in processes.items()},
             "signal_rtt_ms": await signal_rtt(owner.url, "cluster-0"),
         }
         if store is not None:
