@@ -236,7 +236,8 @@ async def test_room_service_through_any_node_and_webhooks_once(nodes, redis_serv
 async def test_an_ingress_made_through_one_node_streams_through_any(nodes, redis_server):
     """IngressService through any node sees one ingress (in Redis); a WHIP publisher reaching a node that does not
     host the ingress's room is served by the room's node (its media goes there), ends by a DELETE reaching yet another
-    node, and DeleteIngress through any node ends its next session. A WHEP viewer reaching another node too."""
+    node, and DeleteIngress through any node ends its next session. A WHEP viewer reaching another node, and a WHIP
+    publisher with a join token (/whip/v1), too."""
     (a, _), *_ = nodes
     async with api.LiveKitAPI(a.http, API_KEY, API_SECRET) as client:
         info = await client.ingress.create_ingress(api.CreateIngressRequest(
@@ -274,6 +275,12 @@ async def test_an_ingress_made_through_one_node_streams_through_any(nodes, redis
             await until(lambda: remote(viewer, "streamer") is not None)
             await via_x.ingress.delete_ingress(api.DeleteIngressRequest(ingress_id=info.ingress_id))
             await until(lambda: remote(viewer, "streamer") is None)
+            pc, location = await _publish(http, f"{y.http}/whip/v1", token=y.token("tokened", "ingest"))  # LiveKit's
+            pcs.append(pc)
+            await until(lambda: remote(viewer, "tokened") is not None)
+            async with http.delete(location.replace(y.http, x.http)) as response:
+                assert response.status == 200, await response.text()
+            await until(lambda: remote(viewer, "tokened") is None)
             assert not (await via_y.ingress.list_ingress(api.ListIngressRequest(room_name="ingest"))).items
         finally:
             for pc in pcs:

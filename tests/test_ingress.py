@@ -49,13 +49,15 @@ async def _state(lkapi: api.LiveKitAPI, ingress_id: str) -> api.IngressState:
     return listed.items[0].state
 
 
-async def _publish(http: aiohttp.ClientSession, url: str) -> tuple[RTCPeerConnection, str]:
-    """aiortc as the WHIP client: the test card and a tone, offered to `url` without any Authorization header."""
+async def _publish(http: aiohttp.ClientSession, url: str, token: str = "") -> tuple[RTCPeerConnection, str]:
+    """aiortc as the WHIP client: the test card and a tone, offered to `url` with `token` as Bearer token, or
+    without any Authorization header."""
     pc = RTCPeerConnection()
     pc.addTrack(_CardTrack())
     pc.addTrack(_ToneTrack())
     await pc.setLocalDescription(await pc.createOffer())
-    async with http.post(url, data=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}) as response:
+    headers = {"Content-Type": "application/sdp", **({"Authorization": f"Bearer {token}"} if token else {})}
+    async with http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
         assert response.status == 201, await response.text()
         location, answer = response.headers["Location"], await response.text()
     await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
