@@ -53,11 +53,13 @@ import platform
 import resource
 import socket
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import asdict, dataclass
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
@@ -89,6 +91,9 @@ if USE_CHECKOUT:
 try:  # pylibsrtp too: it comes with tern
     from pylibsrtp import Policy, Session
 
+    from livekit.protocol import rtc as lk_rtc
+
+    from signaling.auth import create_token
     from signaling.clients import loadgen, loadtest
     from signaling.config import RtcConfig
     from signaling.peer.dtls import session_pointer
@@ -96,6 +101,8 @@ try:  # pylibsrtp too: it comes with tern
     import cores  # bench/, beside this script
     import ingest
     import janus_peer
+    import redis_server
+    from websockets.asyncio.client import connect as ws_connect
 except ModuleNotFoundError as exc:
     sys.exit(f"bench: cannot import tern ({exc}). Install it into this Python ({sys.executable}) from {ROOT} with "
              f"`pip install .` (the README's quick start), or build the checkout in place: {BUILD_IN_PLACE}")
@@ -218,20 +225,22 @@ class TernServer:
         self.log.close()
 
 
-async def measure(name: str, scenario: str, receiver: loadgen.LoadReceiver, pid: int, window: float,
+async def measure(name: str, scenario: str, receiver: loadgen.LoadReceiver, pid: int | list[int], window: float,
                   label: str, server_cores: int) -> Row:
-    """One window of steady load: what the clients received and what the server spent."""
-    before, latency_before, cpu_before = receiver.totals(), receiver.latency_snapshot(), cpu_seconds(pid)
+    """One window of steady load: what the clients received and what the server (its processes: `pid`) spent."""
+    pids = [pid] if isinstance(pid, int) else pid
+    before, latency_before = receiver.totals(), receiver.latency_snapshot()
+    cpu_before = sum(map(cpu_seconds, pids))
     started = time.monotonic()
     await asyncio.sleep(window)
     elapsed = time.monotonic() - started
-    after, latency_after, cpu_after = receiver.totals(), receiver.latency_snapshot(), cpu_seconds(pid)
+    after, latency_after, cpu_after = receiver.totals(), receiver.latency_snapshot(), sum(map(cpu_seconds, pids))
     packets, size = after["packets"] - before["packets"], after["bytes"] - before["bytes"]
     cpu = cpu_after - cpu_before
     p50, p99 = loadgen.latency_percentiles(latency_before, latency_after, [50, 99])
     return Row(name, scenario, label, packets / elapsed, size * 8 / elapsed / 1e6,
                cpu * 1e9 / packets if packets else 0.0, packets / cpu if cpu else 0.0, cpu / elapsed,
-               after["lost"] - before["lost"], p50, p99, rss_kib(pid), server_cores)
+               after["lost"] - before["lost"], p50, p99, sum(map(rss_kib, pids)), server_cores)
 
 
 # ---- scenarios against tern ---------------------------------------------------------------------------------------
@@ -330,6 +339,118 @@ async def _rooms(scenario: str, rooms: int, size: int, plan: loadtest.MediaPlan,
     finally:
         await clients.close()
         server.stop()
+
+
+async def cluster(rooms: int, size: int, window: float, logs: Path, rows: list[Row], cpus: list[int]) -> dict:
+    """The same rooms (1 video publisher + `size` subscribers each) on one node, then on two nodes sharing a private
+    redis-server, both on `cpus`. In the cluster each room's publisher joins through the first node (placing the room
+    by load) and its subscribers through the node that does not host it, so every subscriber's signal goes through
+    the relay. Server CPU is the nodes' and Redis's. Ratios are cluster ÷ single node."""
+    figures: dict = {}
+    single = TernServer(logs / "tern-bench-cluster-single.log", cpus)
+    try:
+        figures["single"] = await _cluster_load("1 node", rooms, size, window, {"": single}, None, rows, cpus)
+    finally:
+        single.stop()
+    store = redis_server.RedisServer(Path(tempfile.mkdtemp(prefix="tern-bench-redis-")), free_port())
+    store.start()
+    nodes: list[TernServer] = []
+    try:
+        ids = []
+        for i in range(2):  # one at a time, so each node's id is the registration that appears
+            nodes.append(TernServer(logs / f"tern-bench-cluster-node{i}.log", cpus,
+                                     config={"redis": {"address": store.address}}))
+            ids.append(await _registered(store, ids))
+        figures["cluster"] = await _cluster_load("2 nodes", rooms, size, window, dict(zip(ids, nodes)), store, rows,
+                                                 cpus)
+    finally:
+        for node in nodes:
+            node.stop()
+        store.stop()
+        shutil.rmtree(store.directory, ignore_errors=True)
+    one, two = figures["single"], figures["cluster"]
+    figures["join_ratio"] = _quotient(two["join_ms"], one["join_ms"])
+    figures["relay_rtt_ratio"] = _quotient(two["signal_rtt_relayed_ms"], two["signal_rtt_ms"])
+    figures["relay_rtt_added_ms"] = two["signal_rtt_relayed_ms"] - two["signal_rtt_ms"]
+    figures["packets_per_cpu_second_ratio"] = _quotient(two["packets_per_cpu_second"], one["packets_per_cpu_second"])
+    return {"cluster": figures}
+
+
+async def _registered(store: redis_server.RedisServer, known: list[str]) -> str:
+    """The id of the node that registers with `store` besides `known`."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        ids = {key.decode().removeprefix("tern:node:") for key in store.client().keys("tern:node:*")} - set(known)
+        if ids:
+            return ids.pop()
+        await asyncio.sleep(0.1)
+    raise RuntimeError("a cluster node did not register with Redis")
+
+
+async def _cluster_load(label: str, rooms: int, size: int, window: float, nodes: dict[str, TernServer],
+                        store: redis_server.RedisServer | None, rows: list[Row], cpus: list[int]) -> dict:
+    """The rooms' load on `nodes` (by id; one node without `store`): its row and figures."""
+    first = next(iter(nodes.values()))
+    clients = loadtest.LoadClients(first.url, API_KEY, API_SECRET)
+    try:
+        subscribers, hosts = [], {}
+        for r in range(rooms):
+            room = f"cluster-{r}"
+            clients.url = first.url
+            await clients.add(room, 1, publish=loadtest.MediaPlan(video=True, audio=False), subscribe=False)
+            if store is not None:  # the subscribers go through the node that does not host the room
+                hosts[room] = (store.client().hget("tern:room_node", room) or b"").decode()
+                clients.url = next(node.url for node_id, node in nodes.items() if node_id != hosts[room])
+            subscribers += await clients.add(room, size, hidden=True, concurrency=16)
+        await clients.wait_for_media(subscribers, 20)
+        await asyncio.sleep(1)
+        processes = {f"node {node_id}" if node_id else "node": node.process.pid for node_id, node in nodes.items()}
+        if store is not None:
+            processes["redis"] = store.process.pid
+        pids = list(processes.values())
+        cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+        started = time.monotonic()
+        row = await measure("tern", "cluster", clients.load_receiver, pids, window,
+                            f"{label}: {rooms} x (1 pub -> {size} sub)", len(cpus))
+        rows.append(row)
+        print(_format(row), flush=True)
+        elapsed = time.monotonic() - started
+        joins = clients.join_ms()
+        owner = nodes[hosts["cluster-0"]] if store is not None else first
+        result = {
+            "join_ms": statistics.median(joins) if joins else None,
+            "packets_per_cpu_second": row.packets_per_cpu_second, "lost": row.lost, "errors": clients.errors()[:10],
+            "cpu_load_by_process": {name: round((cpu_seconds(pid) - cpu_before[name]) / elapsed, 3)
+                                    for name, pid in processes.items()},
+            "signal_rtt_ms": await signal_rtt(owner.url, "cluster-0"),
+        }
+        if store is not None:
+            result["rooms_per_node"] = sorted(Counter(hosts.values()).values())
+            other = next(node for node in nodes.values() if node is not owner)
+            result["signal_rtt_relayed_ms"] = await signal_rtt(other.url, "cluster-0")
+        return result
+    finally:
+        await clients.close()
+
+
+async def signal_rtt(url: str, room: str, pings: int = 200) -> float:
+    """The median signal round trip (ping_req -> pong_resp) of a hidden participant joining `room` through `url`."""
+    token = create_token(API_KEY, API_SECRET, "rtt-probe", room, can_publish=False, can_subscribe=False,
+                                  hidden=True)
+    async with ws_connect(f"{url}/rtc?protocol=16&auto_subscribe=0", max_size=None,
+                          additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        samples = []
+        for i in range(pings):
+            started = time.perf_counter()
+            await ws.send(lk_rtc.SignalRequest(ping_req=lk_rtc.Ping(timestamp=i)).SerializeToString())
+            while lk_rtc.SignalResponse.FromString(await ws.recv()).WhichOneof("message") != "pong_resp":
+                pass
+            samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def _quotient(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 # The hostile scenario's flood: a tight sender in its own process (on the clients' CPU, inherited), at a fixed rate.
@@ -542,10 +663,13 @@ def placement_note(server: list[int], client: list[int]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smaller suite of about a minute")
-    parser.add_argument("--scenario", choices=["fanout", "meeting", "audio", "hostile", "ingest", "all"],
-                        default="all", help="ingest is run only when asked for (it is not part of all)")
+    parser.add_argument("--scenario", choices=["fanout", "meeting", "audio", "hostile", "ingest", "cluster", "all"],
+                        default="all", help="ingest and cluster are run only when asked for (not part of all; cluster "
+                        "needs redis-server)")
     parser.add_argument("--streams", type=int, help="ingest: streams of each kind (default 2, --quick 1)")
     parser.add_argument("--window", type=float, help="seconds of each measurement (default 5, --quick 3)")
+    parser.add_argument("--rooms", type=int, help="cluster: this many rooms (default 4, --quick 2)")
+    parser.add_argument("--room-size", type=int, help="cluster: subscribers per room (default 100, --quick 25)")
     parser.add_argument("--subscribers", type=int, help="fanout: sweep up to this many subscribers")
     parser.add_argument("--transport", nargs="+", choices=["udp", *OVER], default=["udp"],
                         help="fanout: also measure load clients over ICE-TCP (tcp) and/or relayed by TURN/UDP (turn) "
@@ -615,6 +739,10 @@ def main() -> int:
         if args.scenario in ("audio", "all"):
             asyncio.run(audio_rooms(20 if args.quick else 100, window, logs / "tern-bench-audio.log", rows,
                                     server_cpus))
+        if args.scenario == "cluster":
+            figures.update(asyncio.run(cluster(args.rooms or (2 if args.quick else 4),
+                                               args.room_size or (25 if args.quick else 100), window, logs, rows,
+                                               server_cpus)))
         if args.scenario in ("hostile", "all"):
             half = max(1, (figures.get("max_zero_loss_subscribers") or top) // 2)
             figures.update(asyncio.run(hostile(half, window, logs / "tern-bench-hostile.log", rows, server_cpus)))
@@ -633,6 +761,14 @@ def main() -> int:
                 "ratio_c_ceiling", "ratio_c_ceiling_no_twcc", *transport_keys):
         value = figures.get(key)
         print(f"{key:<28} {'unavailable' if value is None else round(value, 3) if isinstance(value, float) else value}")
+    if "cluster" in figures:
+        c = figures["cluster"]
+        one, two = c["single"], c["cluster"]
+        print(f"{'cluster (1 node -> 2 nodes)':<28} join {_ms(one['join_ms'])} -> {_ms(two['join_ms'])} ms "
+              f"(x{_ratio(c['join_ratio'])}); signal round trip {two['signal_rtt_ms']:.2f} ms direct, "
+              f"{two['signal_rtt_relayed_ms']:.2f} ms relayed (x{_ratio(c['relay_rtt_ratio'])}); pkt/CPU-s "
+              f"{one['packets_per_cpu_second']:,.0f} -> {two['packets_per_cpu_second']:,.0f} "
+              f"(x{_ratio(c['packets_per_cpu_second_ratio'])}); rooms per node {two['rooms_per_node']}")
     if "hostile" in figures:
         h = figures["hostile"]
         print(f"{'hostile (quiet -> flooded)':<28} {h['subscribers']} sub, flood {h['flood_datagrams_per_second']:,.0f}/s: "

@@ -20,6 +20,7 @@ from .agents.dispatcher import token_dispatches
 from .agents.service import PREFIX as AGENT_DISPATCH_PREFIX
 from .agents.service import WORKERS_PATH, AgentDispatchService, workers_report
 from .auth import AuthError, Claims
+from .cluster import http_relay
 from .cluster.cluster import NODES_PATH
 from .cluster.relay import SCOPE_FLAG
 from .config import Config
@@ -296,7 +297,9 @@ def create_app(node: Node) -> Starlette:
         *whep_service.routes(),
     ])
     if node.cluster is not None:
-        node.cluster.relay.app = app  # the room's node serves relayed signal connections with its own routes
+        # The room's node serves relayed signal connections and WHIP/WHEP requests with its own routes.
+        node.cluster.relay.app = app
+        node.cluster.rpc.handlers[http_relay.SERVICE] = http_relay.server(app)
     app.state.rtmp = RtmpListener(ingress_sessions, node.counters, f"{_loopback(node.config)}{INGRESS_PATH}")
     if playground.off is None:
         log.info("playground: open %s/ in two browser tabs", _loopback(node.config))

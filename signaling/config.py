@@ -47,7 +47,7 @@ _LIVEKIT_ROOM = frozenset({
 })
 _LIVEKIT_WEBHOOK = frozenset({"url_notifier", "filter_params"})
 _LIVEKIT_REDIS = frozenset({
-    "sentinel_master_name", "sentinel_username", "sentinel_password", "sentinel_addresses", "cluster_addresses",
+    "cluster_addresses",
     "dial_timeout", "read_timeout", "write_timeout", "max_redirects", "pool_size", "tls",
 })
 _LIVEKIT_TURN = frozenset({
@@ -117,12 +117,28 @@ class EgressConfig:
 
 @dataclass
 class RedisConfig:
-    """The cluster's Redis (signaling/cluster/): no address = a single node with its rooms in memory."""
+    """The cluster's Redis (signaling/cluster/): its address, or the Sentinels that name its master (LiveKit's keys);
+    neither = a single node with its rooms in memory."""
     address: str = ""  # host:port
     username: str = ""
     password: str = ""
     db: int = 0
     use_tls: bool = False
+    sentinel_master_name: str = ""
+    sentinel_addresses: list[str] = field(default_factory=list)  # host:port of each Sentinel
+    sentinel_username: str = ""
+    sentinel_password: str = ""
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.address or self.sentinel_master_name)
+
+    @property
+    def where(self) -> str:
+        """Where the cluster's Redis is, for logs."""
+        if self.sentinel_master_name:
+            return f"master {self.sentinel_master_name} of Sentinels {', '.join(self.sentinel_addresses)}"
+        return self.address
 
 
 @dataclass
@@ -336,6 +352,12 @@ def _redis_address(value: Any, key: str) -> str:
     return value
 
 
+def _redis_addresses(value: Any, key: str) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: expected a list of host:port, got {value!r}")
+    return [_redis_address(item, key) for item in value]
+
+
 def _api_key(value: Any, key: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{key}: expected an API key (a string), got {type(value).__name__}")
@@ -416,9 +438,16 @@ def from_yaml(text: str) -> Config:
                                        "rtmp_port": _port}, frozenset(), "ingress.")
     _apply(config.egress, egress, {"output_dir": _text}, frozenset(), "egress.")
     _apply(config.redis, redis, {"address": _redis_address, "username": _text, "password": _text, "db": _count,
-                                 "use_tls": _flag}, _LIVEKIT_REDIS, "redis.")
-    if redis and not config.redis.address:
-        raise ConfigError("redis.address: required in a redis section (host:port)")
+                                 "use_tls": _flag, "sentinel_master_name": _text,
+                                 "sentinel_addresses": _redis_addresses, "sentinel_username": _text,
+                                 "sentinel_password": _text}, _LIVEKIT_REDIS, "redis.")
+    if redis and not config.redis.configured:
+        raise ConfigError("redis.address: required in a redis section (host:port), unless sentinel_master_name and "
+                          "sentinel_addresses name the master")
+    if config.redis.sentinel_master_name and not config.redis.sentinel_addresses:
+        raise ConfigError("redis.sentinel_addresses: required with sentinel_master_name (a list of host:port)")
+    if config.redis.sentinel_addresses and not config.redis.sentinel_master_name:
+        raise ConfigError("redis.sentinel_master_name: required with sentinel_addresses")
     if config.webhook.urls and not config.webhook.api_key:
         raise ConfigError("webhook.api_key: required to sign events sent to webhook.urls")
     if bool(config.turn.cert_file) != bool(config.turn.key_file):

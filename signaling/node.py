@@ -61,14 +61,14 @@ class Node:
                                             config.webhook.urls, self.counters)
         self.cluster: Cluster | None = None
         self.store: RoomStore
-        if config.redis.address:
+        if config.redis.configured:
             self.cluster = Cluster(self)
             self.store = self.cluster.store
         else:
             self.store = MemoryRoomStore(config.room.empty_timeout, config.room.departure_timeout,
                                          config.room.max_participants, self.notify)
         self.agents = AgentDispatcher(self.store, config.keys, self.counters, self.notify)
-        self.ingresses: IngressStore = MemoryIngressStore()
+        self.ingresses: IngressStore = self.cluster.ingresses if self.cluster is not None else MemoryIngressStore()
         self.egress = EgressManager(lambda: self.engine, self.store.get, config.egress.output_dir,
                                     _loopback(config.media_host()), self.notify, self.counters)
         self.receivers: dict[int, TrackPublication] = {}  # engine receiver id -> publication

@@ -3,6 +3,7 @@ answered in kind; failures are Twirp error bodies {"code", "msg", "meta"} with t
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 from collections.abc import Callable
@@ -72,13 +73,21 @@ class TwirpMethod:
 
 
 class TwirpService:
-    """A Twirp service of LiveKit's API: POST `prefix`<Method>, authenticated by an access token's grants."""
+    """A Twirp service of LiveKit's API: POST `prefix`<Method>, authenticated by an access token's grants. In cluster
+    mode a call that must run on another node (`_node_for`) is routed there over the bus."""
 
     prefix: ClassVar[str]
     methods: ClassVar[dict[str, TwirpMethod]]
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        if node.cluster is not None:
+            node.cluster.rpc.handlers[self.service()] = self._serve_call
+
+    @classmethod
+    def service(cls) -> str:
+        """The service's name, e.g. livekit.RoomService: what routed calls name."""
+        return cls.prefix.strip("/").rsplit("/", 1)[-1]
 
     async def endpoint(self, request: Request) -> Response:
         # Everything about the request that its head decides comes first, so a refused caller's body is never read
@@ -88,7 +97,7 @@ class TwirpService:
             body = await _read_body(request)
             message = self._parse(method, content_type, claims, body)
             if self.node.cluster is None:
-                reply = self._run(name, method, message)
+                reply = await self._run(name, method, message)
             else:
                 reply = await self._run_in_cluster(name, method, message)
             return _encode(reply, content_type)
@@ -121,9 +130,11 @@ class TwirpService:
         _require_room(claims, method.grant, getattr(message, "room", ""))
         return message
 
-    def _run(self, name: str, method: TwirpMethod, message: Message) -> Message:
+    async def _run(self, name: str, method: TwirpMethod, message: Message) -> Message:
         try:
             reply = method.handler(self, message)
+            if inspect.isawaitable(reply):  # handlers that read a shared store (Redis) are coroutines
+                reply = await reply
         except TwirpError:
             raise
         except Exception:  # a bug must answer like Twirp does, not with a traceback page
@@ -133,8 +144,51 @@ class TwirpService:
         return reply
 
     async def _run_in_cluster(self, name: str, method: TwirpMethod, message: Message) -> Message:
-        """Where the call runs in cluster mode: here, unless a service routes it to another node."""
-        return self._run(name, method, message)
+        """Runs the call here, or on the node `_node_for` names."""
+        cluster = self.node.cluster
+        assert cluster is not None
+        try:
+            owner = await self._node_for(name, message)
+        except (RedisError, OSError) as error:
+            raise TwirpError("unavailable", f"cluster unavailable: {error}") from None
+        if owner is None or owner == self.node.id:
+            return await self._run(name, method, message)
+        self.node.counters["api_routed"] += 1
+        try:
+            reply = await cluster.rpc.call(owner, self.service(), name, message.SerializeToString())
+        except CallFailed as error:
+            raise TwirpError(error.code if error.code in _STATUS else "internal", error.msg) from None
+        except (RedisError, OSError) as error:
+            raise TwirpError("unavailable", f"cluster unavailable: {error}") from None
+        type_name, _, data = reply.partition(b"\0")
+        return symbol_database.Default().GetSymbol(type_name.decode()).FromString(data)
+
+    async def _node_for(self, name: str, message: Message) -> str | None:
+        """The node that must run this call in cluster mode (None: this one). Raises RedisError or OSError."""
+        return None
+
+    async def _room_node(self, room: str, place: bool) -> str | None:
+        """The node hosting `room` (None: this one, or no node when `place` is false); with `place`, a room hosted
+        nowhere is placed, as a call that creates it needs."""
+        cluster = self.node.cluster
+        if cluster is None or not room or self.node.store.get(room) is not None:
+            return None
+        return await (cluster.placement.place(room) if place else cluster.placement.owner(room))
+
+    async def _serve_call(self, name: str, data: bytes) -> bytes:
+        """A call routed here by another node, which authorised it: the reply's type name, a NUL, and its bytes."""
+        method = self.methods.get(name)
+        if method is None:
+            raise CallFailed("bad_route", f"no such method: {name}")
+        try:
+            message = method.request.FromString(data)
+        except DecodeError:
+            raise CallFailed("malformed", f"the routed request is not a valid {method.request.__name__}") from None
+        try:
+            reply = await self._run(name, method, message)
+        except TwirpError as error:
+            raise CallFailed(error.code, error.msg) from None
+        return reply.DESCRIPTOR.full_name.encode() + b"\0" + reply.SerializeToString()
 
     def _authenticate(self, request: Request) -> Claims:
         header = request.headers.get("authorization", "")
@@ -149,38 +203,19 @@ class TwirpService:
 class RoomService(TwirpService):
     prefix = PREFIX
 
-    def __init__(self, node: Node) -> None:
-        super().__init__(node)
-        if node.cluster is not None:
-            node.cluster.rpc.handler = self._serve_call
-
     # -- cluster mode: ListRooms sees every node's rooms; a room's calls run on its node
     async def _run_in_cluster(self, name: str, method: TwirpMethod, message: Message) -> Message:
-        cluster = self.node.cluster
-        assert cluster is not None
-        room = message.name if name == "CreateRoom" else getattr(message, "room", "")
+        if name != "ListRooms":
+            return await super()._run_in_cluster(name, method, message)
         try:
-            if name == "ListRooms":
-                return await self._list_cluster_rooms(message)
-            if self.node.store.get(room) is not None:
-                owner: str | None = self.node.id
-            elif name == "CreateRoom" and room:
-                owner = await cluster.placement.place(room)
-            else:
-                owner = await cluster.placement.owner(room)
+            return await self._list_cluster_rooms(message)
         except (RedisError, OSError) as error:
             raise TwirpError("unavailable", f"cluster unavailable: {error}") from None
-        if owner is None or owner == self.node.id:
-            return self._run(name, method, message)
-        self.node.counters["api_routed"] += 1
-        try:
-            reply = await cluster.rpc.call(owner, name, message.SerializeToString())
-        except CallFailed as error:
-            raise TwirpError(error.code if error.code in _STATUS else "internal", error.msg) from None
-        except (RedisError, OSError) as error:
-            raise TwirpError("unavailable", f"cluster unavailable: {error}") from None
-        type_name, _, data = reply.partition(b"\0")
-        return symbol_database.Default().GetSymbol(type_name.decode()).FromString(data)
+
+    async def _node_for(self, name: str, message: Message) -> str | None:
+        if name == "CreateRoom":
+            return await self._room_node(message.name, place=True)
+        return await self._room_node(message.room, place=False)
 
     async def _list_cluster_rooms(self, request: proto.ListRoomsRequest) -> proto.ListRoomsResponse:
         """This node's rooms as they are, the others' as their nodes last listed them."""
@@ -193,21 +228,6 @@ class RoomService(TwirpService):
                   if room.name not in hosted and (not wanted or room.name in wanted)]
         self.node.counters["api_ListRooms"] += 1
         return proto.ListRoomsResponse(rooms=local + sorted(others, key=lambda room: room.name))
-
-    def _serve_call(self, name: str, data: bytes) -> bytes:
-        """A call routed here by another node, which authorised it: the reply's type name, a NUL, and its bytes."""
-        method = self.methods.get(name)
-        if method is None:
-            raise CallFailed("bad_route", f"no such method: {name}")
-        try:
-            message = method.request.FromString(data)
-        except DecodeError:
-            raise CallFailed("malformed", f"the routed request is not a valid {method.request.__name__}") from None
-        try:
-            reply = self._run(name, method, message)
-        except TwirpError as error:
-            raise CallFailed(error.code, error.msg) from None
-        return reply.DESCRIPTOR.full_name.encode() + b"\0" + reply.SerializeToString()
 
     # -- lookups
     def _room(self, name: str) -> Room:

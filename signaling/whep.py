@@ -15,7 +15,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .rtc.ids import new_id
 from .rtc.publication import TrackPublication
 from .rtc.room import Room
 from .wish import CORS, MEDIA_KINDS, Admit, Enter, HttpSession, HttpSessionService, Refused, parse_offer, read_offer
@@ -50,6 +49,9 @@ class WhepService(HttpSessionService):
     async def _play(self, request: Request) -> Response:
         token, claims, room_name = self.admission(request, None, "canSubscribe")
         identity, sids = _names(request)
+        owner = await self.room_node(request, room_name, place=False)
+        if owner is not None:
+            return await self.forward(request, owner)
         offer_text = await read_offer(request)
         description = parse_offer(offer_text, ("recvonly", "sendrecv"), "the offer receives no audio or video")
         room = self.node.store.get(room_name)
@@ -71,7 +73,7 @@ class WhepService(HttpSessionService):
         participant = self._enter(token, viewer, room_name, auto_subscribe=False, single_pc=True)
         if participant is None:
             raise Refused(503, "the room or the server is full", "full")
-        session = HttpSession(new_id("WE_"), self.sessions)
+        session = HttpSession(self.resource_id("WE_"), self.sessions)
         session.participant = participant
         participant.attach(session)
         participant.join(0, 0)

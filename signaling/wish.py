@@ -10,12 +10,16 @@ from collections.abc import Callable
 from typing import Any
 
 from livekit.protocol import models, rtc
+from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from .auth import AuthError, Claims
+from .cluster import http_relay
+from .cluster.relay import SCOPE_FLAG
 from .peer import sdp
+from .rtc.ids import new_id
 from .rtc.limits import LimitExceeded
 from .rtc.participant import Participant
 
@@ -112,6 +116,31 @@ class HttpSessionService:
             raise Refused(403, f"permission denied: {grant} grant required", "forbidden")
         return token, claims, room_name
 
+    def resource_id(self, prefix: str) -> str:
+        """A new resource's id; in a cluster it names this node, so a DELETE reaching any node is routed here."""
+        resource_id = new_id(prefix)
+        return f"{resource_id}-{self.node.id}" if self.node.cluster is not None else resource_id
+
+    async def room_node(self, request: Request, room_name: str, place: bool) -> str | None:
+        """In a cluster, the node that must serve a request for `room_name` when it is not this one (None: this
+        one); with `place`, a room hosted nowhere is placed (a publisher creates it). Refused (503) without Redis."""
+        cluster = self.node.cluster
+        if cluster is None or request.scope.get(SCOPE_FLAG) or self.node.store.get(room_name) is not None:
+            return None
+        try:
+            owner = await (cluster.placement.place(room_name) if place else cluster.placement.owner(room_name))
+        except (RedisError, OSError) as error:
+            raise Refused(503, f"cluster unavailable: {error}", "cluster_unavailable") from None
+        return owner if owner is not None and owner != self.node.id else None
+
+    async def forward(self, request: Request, owner: str) -> Response:
+        """Serves the request on the room's node `owner` (cluster/http_relay.py): the offer is read and bounded
+        here first."""
+        body = (await read_offer(request)).encode() if request.method == "POST" else b""
+        self.count("relayed")
+        assert self.node.cluster is not None
+        return await http_relay.forward(self.node.cluster.rpc, owner, request, body)
+
     def count(self, event: str) -> None:
         self.node.counters[f"{self.name}_{event}"] += 1
 
@@ -126,7 +155,12 @@ class HttpSessionService:
     async def resource(self, request: Request) -> Response:
         if request.method == "OPTIONS":
             return Response(status_code=204, headers={**CORS, "Allow": "DELETE, OPTIONS"})
-        session = self.sessions.get(request.path_params["resource_id"])
+        resource_id = request.path_params["resource_id"]
+        session = self.sessions.get(resource_id)
+        owner = resource_id.rpartition("-")[2]
+        if (session is None and self.node.cluster is not None and not request.scope.get(SCOPE_FLAG)
+                and owner.startswith("ND_") and owner != self.node.id):
+            return await self.forward(request, owner)  # a resource of another node's session
         if session is None or session.path != request.url.path:  # e.g. another stream key's path
             self.count("unknown_resource")
             return PlainTextResponse(f"no such {self.name.upper()} resource", status_code=404, headers=CORS)

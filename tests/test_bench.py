@@ -142,3 +142,21 @@ def test_ingest_scenario_runs(tmp_path) -> None:
                 "ratio_recorded_track_to_whip_publisher"):
         assert key in figures
     assert "per RTMP publisher (+ H.264 re-encode)" in result.stdout
+
+
+def test_the_cluster_scenario_reports_the_relay_against_one_node(tmp_path) -> None:
+    """`--scenario cluster` at a tiny size: one node, then two on a private Redis with every subscriber relayed; the
+    JSON has both sides and their ratios."""
+    out = tmp_path / "cluster.json"
+    result = subprocess.run([sys.executable, "bench/run.py", "--quick", "--scenario", "cluster", "--rooms", "2",
+                             "--room-size", "3", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    figures = json.loads(out.read_text())["cluster"]
+    for side in ("single", "cluster"):
+        assert figures[side]["lost"] == 0 and not figures[side]["errors"], figures
+        assert figures[side]["join_ms"] > 0 and figures[side]["signal_rtt_ms"] > 0
+    assert figures["cluster"]["rooms_per_node"] == [1, 1]  # placement spread the two rooms
+    assert figures["cluster"]["signal_rtt_relayed_ms"] > 0
+    for ratio in ("join_ratio", "relay_rtt_ratio", "packets_per_cpu_second_ratio"):
+        assert figures[ratio] > 0

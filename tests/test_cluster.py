@@ -12,16 +12,23 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
+import aiohttp
 import pytest
+import redis.asyncio
+from aiortc import RTCPeerConnection
 from livekit import api, rtc
 from livekit.protocol import rtc as signal
 
 from clients import connect, remote, until
 from conftest import API_KEY, API_SECRET, ROOT, Server, free_port, start_server, stop_server
 from media import TONE_HZ, Publisher, decoded_audio, decoded_video, dominant_frequency, matches_card, wait_for_tracks
-from redis_server import RedisServer
+from bench.redis_server import RedisServer
 from signal_client import SignalClient
+from signaling.cluster.ingress import RedisIngressStore
+from test_ingress import _publish
+from test_rtmp import _encoder, _stop
 
 NODES = 3
 
@@ -72,7 +79,8 @@ def nodes(redis_server: RedisServer, webhooks: WebhookLog, tmp_path_factory: pyt
     # Rooms close a second after their last participant leaves, so tests see their placement released.
     config = (f"redis: {{address: '{redis_server.address}'}}\nroom: {{departure_timeout: 1, empty_timeout: 5}}\n"
               f"webhook: {{api_key: {API_KEY}, urls: ['{webhooks.url}']}}\n")
-    started = [start_server(tmp_path_factory.mktemp(f"node{i}"), config=config) for i in range(NODES)]
+    started = [start_server(tmp_path_factory.mktemp(f"node{i}"),
+                            config=config + f"ingress: {{rtmp_port: {free_port()}}}\n") for i in range(NODES)]
     ids = [node_id(node) for node in started]
     client = redis_server.client()
     deadline = time.monotonic() + 10
@@ -223,6 +231,158 @@ async def test_room_service_through_any_node_and_webhooks_once(nodes, redis_serv
     assert {("room_started", ""), ("participant_joined", "alice"), ("participant_joined", "bob"),
             ("track_published", "alice"), ("participant_left", "bob"), ("participant_left", "alice"),
             ("room_finished", "")} <= set(events)
+
+
+async def test_an_ingress_made_through_one_node_streams_through_any(nodes, redis_server):
+    """IngressService through any node sees one ingress (in Redis); a WHIP publisher reaching a node that does not
+    host the ingress's room is served by the room's node (its media goes there), ends by a DELETE reaching yet another
+    node, and DeleteIngress through any node ends its next session. A WHEP viewer reaching another node, and a WHIP
+    publisher with a join token (/whip/v1), too."""
+    (a, _), *_ = nodes
+    async with api.LiveKitAPI(a.http, API_KEY, API_SECRET) as client:
+        info = await client.ingress.create_ingress(api.CreateIngressRequest(
+            input_type=api.IngressInput.WHIP_INPUT, room_name="ingest", participant_identity="streamer"))
+    viewer = await connect(a, "viewer", "ingest")
+    host = owner(redis_server, "ingest")
+    (x, y) = [server for server, node in nodes if node != host]
+    pcs = []
+    async with api.LiveKitAPI(x.http, API_KEY, API_SECRET) as via_x, \
+            api.LiveKitAPI(y.http, API_KEY, API_SECRET) as via_y, aiohttp.ClientSession() as http:
+        try:
+            listed = (await via_x.ingress.list_ingress(api.ListIngressRequest(room_name="ingest"))).items
+            assert [item.stream_key for item in listed] == [info.stream_key]
+            await via_y.ingress.update_ingress(api.UpdateIngressRequest(ingress_id=info.ingress_id,
+                                                                        participant_name="The Streamer"))
+            before = {node: server.counters().get("forwarded", 0) for server, node in nodes}
+            pc, location = await _publish(http, f"{x.http}/w/{info.stream_key}")
+            pcs.append(pc)
+            assert location.startswith(f"{x.http}/w/{info.stream_key}/")  # the URL the client used
+            tracks = await wait_for_tracks(viewer, 2)
+            assert remote(viewer, "streamer").name == "The Streamer"
+            assert matches_card((await decoded_video(tracks["video"], frames=5))[-1])
+            forwarded = {node: server.counters().get("forwarded", 0) - before[node] for server, node in nodes}
+            assert forwarded[host] > 0 and not any(n for node, n in forwarded.items() if node != host), forwarded
+            listed = (await via_y.ingress.list_ingress(api.ListIngressRequest(ingress_id=info.ingress_id))).items
+            assert listed[0].state.status == api.IngressState.Status.ENDPOINT_PUBLISHING
+            watcher = await _watch(http, y, "viewer", "streamer")  # WHEP through a node that does not host the room
+            async with http.delete(watcher) as response:
+                assert response.status == 200
+            async with http.delete(location.replace(x.http, y.http)) as response:  # the resource through another node
+                assert response.status == 200, await response.text()
+            await until(lambda: remote(viewer, "streamer") is None)
+            pc, _ = await _publish(http, f"{y.http}/w/{info.stream_key}")
+            pcs.append(pc)
+            await until(lambda: remote(viewer, "streamer") is not None)
+            await via_x.ingress.delete_ingress(api.DeleteIngressRequest(ingress_id=info.ingress_id))
+            await until(lambda: remote(viewer, "streamer") is None)
+            pc, location = await _publish(http, f"{y.http}/whip/v1", token=y.token("tokened", "ingest"))  # LiveKit's
+            pcs.append(pc)
+            await until(lambda: remote(viewer, "tokened") is not None)
+            async with http.delete(location.replace(y.http, x.http)) as response:
+                assert response.status == 200, await response.text()
+            await until(lambda: remote(viewer, "tokened") is None)
+            assert not (await via_y.ingress.list_ingress(api.ListIngressRequest(room_name="ingest"))).items
+        finally:
+            for pc in pcs:
+                await pc.close()
+            await viewer.disconnect()
+    assert not redis_server.client().hlen("tern:ingress_node")
+
+
+async def test_rtmp_ingest_is_hosted_by_the_node_it_reaches_or_refused_clearly(nodes, redis_server):
+    """RTMP into a room that runs on another node is refused with the reason (the ingress is ENDPOINT_ERROR, the
+    encoder hears it); the same encoder on the room's own node publishes into the room."""
+    (a, _), *_ = nodes
+    viewer = await connect(a, "viewer", "rtmp-ingest")
+    host = owner(redis_server, "rtmp-ingest")
+    here = next(server for server, node in nodes if node == host)
+    elsewhere = next(server for server, node in nodes if node != host)
+
+    def rtmp_url(server: Server, stream_key: str) -> str:
+        port = next(line for line in server.log().splitlines() if "RTMP ingest on" in line).rsplit(":", 1)[1]
+        return f"rtmp://127.0.0.1:{port}/live/{stream_key}"
+
+    async with api.LiveKitAPI(a.http, API_KEY, API_SECRET) as client:
+        info = await client.ingress.create_ingress(api.CreateIngressRequest(
+            input_type=api.IngressInput.RTMP_INPUT, room_name="rtmp-ingest", participant_identity="encoder"))
+        status, errors = await _stop_when_refused(_encoder(rtmp_url(elsewhere, info.stream_key)))
+        state = (await client.ingress.list_ingress(api.ListIngressRequest(ingress_id=info.ingress_id))).items[0].state
+        assert state.status == api.IngressState.Status.ENDPOINT_ERROR and "another node" in state.error, state
+        assert status != 0 and "another node" in errors, errors[-2000:]
+        encoder = _encoder(rtmp_url(here, info.stream_key))
+        try:
+            tracks = await wait_for_tracks(viewer, 2)
+            assert matches_card((await decoded_video(tracks["video"], frames=5))[-1])
+            assert remote(viewer, "encoder").attributes.get("tern.ingress") == "rtmp"
+        finally:
+            status, errors = await _stop(encoder)
+            await viewer.disconnect()
+        assert status == 0, errors[-2000:]
+        await client.ingress.delete_ingress(api.DeleteIngressRequest(ingress_id=info.ingress_id))
+
+
+async def _stop_when_refused(encoder: subprocess.Popen) -> tuple[int, str]:
+    """An encoder the server refuses: its exit status and what it printed, once it has gone (it is not stopped)."""
+    errors = await asyncio.get_running_loop().run_in_executor(None, encoder.stderr.read)
+    return encoder.wait(30), errors
+
+
+async def test_the_ingress_sessions_of_a_dead_node_are_ended(redis_server):
+    """Against the real Redis: a session held by a node that is gone is set INACTIVE and released by the sweep; one
+    of a live node stays."""
+    client = redis.asyncio.Redis(host="127.0.0.1", port=redis_server.port)
+    store = RedisIngressStore(client, SimpleNamespace(node_id="ND_live"), Counter())
+    try:
+        for ingress_id, holder in (("IN_dead", "ND_gone"), ("IN_live", "ND_live")):
+            await store.save(api.IngressInfo(ingress_id=ingress_id, stream_key=f"key-{ingress_id}", room_name="r"))
+            await client.hset("tern:ingress_state", ingress_id, api.IngressState(
+                status=api.IngressState.Status.ENDPOINT_PUBLISHING).SerializeToString())
+            await client.hset("tern:ingress_node", ingress_id, holder)
+        await store.sweep({"ND_live"})
+        dead, live = await store.get("IN_dead"), await store.get("IN_live")
+        assert dead.state.status == api.IngressState.Status.ENDPOINT_INACTIVE and dead.state.error
+        assert live.state.status == api.IngressState.Status.ENDPOINT_PUBLISHING
+        assert await client.hgetall("tern:ingress_node") == {b"IN_live": b"ND_live"}
+        for info in (dead, live):
+            await store.delete(info)
+        assert not await client.exists("tern:ingress", "tern:ingress_state", "tern:ingress_key", "tern:ingress_node")
+    finally:
+        await client.aclose()
+
+
+async def _watch(http: aiohttp.ClientSession, server: Server, identity: str, publisher: str) -> str:
+    """A WHEP viewer's offer of `publisher`'s tracks to `server`: its resource's URL."""
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    try:
+        async with http.post(f"{server.http}/whep/v1?participant={publisher}", data=pc.localDescription.sdp, headers={
+                "Content-Type": "application/sdp",
+                "Authorization": f"Bearer {server.token(identity + '-whep', 'ingest')}"}) as response:
+            assert response.status == 201, await response.text()
+            return response.headers["Location"]
+    finally:
+        await pc.close()
+
+
+async def test_agent_dispatches_through_any_node(nodes, redis_server):
+    """AgentDispatchService through any node runs on the room's node: a dispatch created through one node (placing
+    the room) is listed and deleted through the others."""
+    clients = [api.LiveKitAPI(server.http, API_KEY, API_SECRET) for server, _ in nodes]
+    try:
+        made = await clients[0].agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
+            room="dispatched", agent_name="helper", metadata="m"))
+        assert owner(redis_server, "dispatched") is not None
+        for client in clients:
+            listed = await client.agent_dispatch.list_dispatch("dispatched")
+            assert [(d.id, d.agent_name) for d in listed] == [(made.id, "helper")]
+        await clients[2].agent_dispatch.delete_dispatch(made.id, "dispatched")
+        assert not await clients[1].agent_dispatch.list_dispatch("dispatched")
+        await clients[1].room.delete_room(api.DeleteRoomRequest(room="dispatched"))
+    finally:
+        for client in clients:
+            await client.aclose()
+    await until(lambda: owner(redis_server, "dispatched") is None, timeout=15)
 
 
 async def test_placement_spreads_new_rooms_by_load(nodes, redis_server):

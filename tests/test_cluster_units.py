@@ -7,11 +7,16 @@ import json
 from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from livekit.protocol import ingress
 
-from signaling.cluster import relay
+from signaling.cluster import http_relay, relay
+from signaling.cluster.ingress import MemoryIngressStore
 from signaling.cluster.placement import choose
 from signaling.cluster.registry import NodeInfo
 from signaling.cluster.relay import CLOSE, DATA, RELAY_WINDOW, START, Relay
+from signaling.cluster.rpc import CallFailed
 
 
 class LoopBus:
@@ -120,3 +125,57 @@ def test_a_registration_round_trips_and_unknown_fields_are_ignored():
     info = node("a", rooms=2, cpu_load=0.5, region="eu")
     assert NodeInfo.decode(info.encode()) == info
     assert NodeInfo.decode(b'{"id": "x", "ips": [], "future": 1}') == NodeInfo("x", [])
+
+
+@given(st.binary(max_size=512))
+async def test_garbage_relayed_http_requests_are_refused_as_malformed(data):
+    """The room's node parses relayed WHIP/WHEP requests from the bus: anything malformed is a `malformed` call
+    failure (answered to the caller), never a crash or a request served."""
+    served = []
+
+    async def app(scope, receive, send) -> None:
+        served.append(scope)
+
+    try:
+        await http_relay.server(app)("request", data)
+    except CallFailed as error:
+        assert error.code == "malformed"
+    else:
+        assert served and served[0]["tern.relayed"]
+
+
+async def test_a_relayed_http_request_is_served_as_it_arrived():
+    """What the signal node packs (method, path, query, the relayed headers and body) is what the room's
+    node's routes see; the answer's status, allowed headers and body come back."""
+    seen = {}
+
+    async def app(scope, receive, send) -> None:
+        seen.update(scope=scope, body=(await receive())["body"])
+        await send({"type": "http.response.start", "status": 201, "headers": [
+            (b"location", b"/w/k/WH_1"), (b"x-private", b"no"), (b"content-type", b"application/sdp")]})
+        await send({"type": "http.response.body", "body": b"v=0"})
+
+    head = {"method": "POST", "path": "/w/k", "scheme": "https", "query": "a=1",
+            "headers": [["host", "example.com"], ["cookie", "secret"], ["content-type", "application/sdp"]]}
+    answer, body = http_relay._unpack(await http_relay.server(app)("request", http_relay._pack(head, b"offer")))
+    scope = seen["scope"]
+    assert (scope["method"], scope["path"], scope["query_string"], scope["scheme"]) == ("POST", "/w/k", b"a=1", "https")
+    assert scope["tern.relayed"] and seen["body"] == b"offer"
+    assert dict(scope["headers"]) == {b"host": b"example.com", b"content-type": b"application/sdp"}  # no cookie
+    assert answer == {"status": 201, "headers": [["location", "/w/k/WH_1"], ["content-type", "application/sdp"]]}
+    assert body == b"v=0"
+
+
+async def test_an_ingress_definition_and_its_state_are_written_apart():
+    """An UpdateIngress (the definition) must not undo the state a session wrote meanwhile, nor the reverse."""
+    store = MemoryIngressStore()
+    await store.save(ingress.IngressInfo(ingress_id="IN_a", stream_key="k", name="first"))
+    store.save_state("IN_a", ingress.IngressState(status=ingress.IngressState.Status.ENDPOINT_PUBLISHING))
+    stale = await store.get("IN_a")
+    stale.name = "renamed"
+    stale.state.status = ingress.IngressState.Status.ENDPOINT_INACTIVE  # read before; the session is still live
+    await store.save(stale)
+    stored = await store.get("IN_a")
+    assert stored.name == "renamed" and stored.state.status == ingress.IngressState.Status.ENDPOINT_PUBLISHING
+    store.save_state("IN_gone", ingress.IngressState())  # a session ending after DeleteIngress leaves nothing
+    assert await store.count() == 1 and await store.get("IN_gone") is None

@@ -97,9 +97,16 @@ def test_redis_section_turns_on_cluster_mode():
     config = from_yaml("redis: {address: '[::1]:6380', username: u, password: p, db: 2, use_tls: true}\nregion: eu")
     assert config.redis == RedisConfig("[::1]:6380", "u", "p", 2, True) and config.region == "eu"
     for text in ("redis: {address: localhost}", "redis: {address: 'a:b'}", "redis: {db: 1}", "redis: {db: -1,"
-                 " address: 'h:1'}", "redis: {address: 'h:1', use_tls: yes-please}"):
+                 " address: 'h:1'}", "redis: {address: 'h:1', use_tls: yes-please}",
+                 "redis: {sentinel_master_name: m}", "redis: {sentinel_addresses: ['h:1']}",
+                 "redis: {sentinel_master_name: m, sentinel_addresses: 'h:1'}",
+                 "redis: {sentinel_master_name: m, sentinel_addresses: ['h']}"):
         with pytest.raises(ConfigError, match=r"redis\."):
             from_yaml(text)
+    sentinels = from_yaml("redis: {sentinel_master_name: m, sentinel_addresses: ['a:26379', 'b:26379'], "
+                          "sentinel_password: s}").redis
+    assert sentinels.configured and not sentinels.address and sentinels.sentinel_addresses == ["a:26379", "b:26379"]
+    assert sentinels.where == "master m of Sentinels a:26379, b:26379" and sentinels.sentinel_password == "s"
 
 
 @pytest.mark.parametrize("text, key", [

@@ -55,13 +55,15 @@ async def _state(lkapi: api.LiveKitAPI, ingress_id: str) -> api.IngressState:
     return listed.items[0].state
 
 
-async def _publish(http: aiohttp.ClientSession, url: str) -> tuple[RTCPeerConnection, str]:
-    """aiortc as the WHIP client: the test card and a tone, offered to `url` without any Authorization header."""
+async def _publish(http: aiohttp.ClientSession, url: str, token: str = "") -> tuple[RTCPeerConnection, str]:
+    """aiortc as the WHIP client: the test card and a tone, offered to `url` with `token` as Bearer token, or
+    without any Authorization header."""
     pc = RTCPeerConnection()
     pc.addTrack(_CardTrack())
     pc.addTrack(_ToneTrack())
     await pc.setLocalDescription(await pc.createOffer())
-    async with http.post(url, data=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}) as response:
+    headers = {"Content-Type": "application/sdp", **({"Authorization": f"Bearer {token}"} if token else {})}
+    async with http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
         assert response.status == 201, await response.text()
         location, answer = response.headers["Location"], await response.text()
     await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
@@ -221,29 +223,31 @@ async def test_ingress_session_states_and_events() -> None:
     events: list[tuple[str, proto.IngressInfo]] = []
     store = MemoryIngressStore()
     sessions = IngressSessions(store, lambda event, room, ingress_info: events.append((event, ingress_info)), Counter())
-    store.save(proto.IngressInfo(ingress_id="IN_a", stream_key="key", input_type=proto.IngressInput.WHIP_INPUT,
-                                 room_name="r", participant_identity="p", enabled=True))
-    info = sessions.claim("key", proto.IngressInput.WHIP_INPUT, "WH_1")
+    await store.save(proto.IngressInfo(ingress_id="IN_a", stream_key="key", input_type=proto.IngressInput.WHIP_INPUT,
+                                       room_name="r", participant_identity="p", enabled=True))
+    info = await sessions.claim("key", proto.IngressInput.WHIP_INPUT, "WH_1")
     assert info.state.status == Status.ENDPOINT_BUFFERING and info.state.resource_id == "WH_1" and not events
     with pytest.raises(Refused) as busy:
-        sessions.claim("key", proto.IngressInput.WHIP_INPUT, "WH_2")
+        await sessions.claim("key", proto.IngressInput.WHIP_INPUT, "WH_2")
     assert busy.value.status == 409
     stopped = []
     assert sessions.bind("IN_a", lambda: stopped.append(True))
     sessions.publishing("IN_a", "RM_x", models.ParticipantInfo())  # joined, nothing published yet
-    assert store.get("IN_a").state.status == Status.ENDPOINT_BUFFERING and not events
+    assert (await store.get("IN_a")).state.status == Status.ENDPOINT_BUFFERING and not events
     sessions.publishing("IN_a", "RM_x", models.ParticipantInfo(tracks=[models.TrackInfo(sid="TR_v")]))
     assert [e for e, _ in events] == ["ingress_started"] and events[0][1].state.room_id == "RM_x"
     sessions.publishing("IN_a", "RM_x", models.ParticipantInfo(tracks=[models.TrackInfo(sid="TR_v")]))
     assert len(events) == 1  # no status change, no event
-    sessions.stop("IN_a")
+    ended = sessions.stop("IN_a")
     assert stopped and [e for e, _ in events] == ["ingress_started", "ingress_ended"]
-    assert store.get("IN_a").state.status == Status.ENDPOINT_INACTIVE and not store.get("IN_a").state.tracks
-    sessions.claim("key", proto.IngressInput.WHIP_INPUT, "WH_3")  # reusable
+    assert ended.state.status == Status.ENDPOINT_INACTIVE
+    stored = await store.get("IN_a")
+    assert stored.state.status == Status.ENDPOINT_INACTIVE and not stored.state.tracks
+    await sessions.claim("key", proto.IngressInput.WHIP_INPUT, "WH_3")  # reusable
     sessions.ended("IN_a", "malformed SDP")
-    assert store.get("IN_a").state.status == Status.ENDPOINT_ERROR and events[-1][0] == "ingress_ended"
-    store.delete("IN_a")
-    assert store.by_stream_key("key") is None and len(store) == 0
+    assert (await store.get("IN_a")).state.status == Status.ENDPOINT_ERROR and events[-1][0] == "ingress_ended"
+    await store.delete(await store.get("IN_a"))
+    assert await store.by_stream_key("key") is None and await store.count() == 0
 
 
 async def test_ffmpeg_whip_with_obs_settings(server, lkapi) -> None:

@@ -1,7 +1,9 @@
 """LiveKit's AgentDispatchService over Twirp (`POST /twirp/livekit.AgentDispatchService/<Method>`): explicit agent
-dispatches, for which roomAdmin on the room is required."""
+dispatches, for which roomAdmin on the room is required. In a cluster each call runs on the room's node, where its
+dispatches live (CreateDispatch places a room hosted nowhere, as it creates it)."""
 from __future__ import annotations
 
+from google.protobuf.message import Message
 from livekit.protocol import agent
 from livekit.protocol import agent_dispatch as proto
 
@@ -15,6 +17,9 @@ PREFIX = "/twirp/livekit.AgentDispatchService/"
 
 class AgentDispatchService(TwirpService):
     prefix = PREFIX
+
+    async def _node_for(self, name: str, message: Message) -> str | None:
+        return await self._room_node(message.room, place=name == "CreateDispatch")
 
     def create_dispatch(self, request: proto.CreateAgentDispatchRequest) -> proto.AgentDispatch:
         if not request.room:

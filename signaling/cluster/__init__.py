@@ -1,2 +1,2 @@
-"""Room state behind one store interface: the in-memory backend serves a single node; with redis.address, nodes
-share rooms through Redis (cluster.Cluster)."""
+"""Room state behind one store interface: the in-memory backend serves a single node; with redis.address (or
+Sentinels naming the master), nodes share rooms and ingresses through Redis (cluster.Cluster)."""

@@ -15,6 +15,9 @@ from .connection import bus_channel
 log = logging.getLogger(__name__)
 
 RESUBSCRIBE_BACKOFF_S = (0.1, 0.5, 1.0, 2.0)  # waits between attempts after the subscription dropped
+# Frames published at once (each holds a pooled connection until Redis answers): hundreds of relayed connections
+# sending together would exhaust the pool (connection.MAX_CONNECTIONS), which fails commands rather than wait.
+PUBLISH_CONCURRENCY = 32
 POLL_TIMEOUT_S = 1.0  # a silent subscription is checked this often (health checks ride on it)
 
 
@@ -29,10 +32,12 @@ class Bus:
         self.on_resubscribed = on_resubscribed  # Redis is back after an outage: state it lost can be rewritten
         self.counters = counters
         self.subscribed = asyncio.Event()
+        self._publishing = asyncio.Semaphore(PUBLISH_CONCURRENCY)
 
     async def send(self, node_id: str, frame: bytes) -> bool:
         """Publishes a frame to a node; False when no node listens on its channel (gone, or resubscribing)."""
-        return await self.redis.publish(bus_channel(node_id), frame) > 0
+        async with self._publishing:
+            return await self.redis.publish(bus_channel(node_id), frame) > 0
 
     async def run(self) -> None:
         failures = 0

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from .bus import Bus
 from .connection import connect
+from .ingress import RedisIngressStore
 from .placement import Placement
 from .redis_store import RedisRoomStore
 from .registry import NODE_TTL_S, STATS_INTERVAL_S, NodeInfo, NodeRegistry
@@ -42,6 +43,7 @@ class Cluster:
         self.placement = Placement(self.redis, self.registry, config.region)
         self.store = RedisRoomStore(self.placement, config.room.empty_timeout, config.room.departure_timeout,
                                     config.room.max_participants, node.notify, node.counters)
+        self.ingresses = RedisIngressStore(self.redis, self.registry, node.counters)
         self.relay = Relay(node.id, node.counters)
         self.rpc = Rpc(node.id, node.counters)
         self.bus = Bus(self.redis, node.id, self._on_frame, self._on_lost, node.counters)
@@ -50,9 +52,9 @@ class Cluster:
         self._last_sample = (time.monotonic(), time.process_time(), 0)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        for job in (self.registry.run(), self.bus.run(), self.store.run(), self._upkeep()):
+        for job in (self.registry.run(), self.bus.run(), self.store.run(), self.ingresses.run(), self._upkeep()):
             self._tasks.append(loop.create_task(job))
-        log.info("cluster node %s on Redis %s%s", self.node.id, self.node.config.redis.address,
+        log.info("cluster node %s on Redis %s%s", self.node.id, self.node.config.redis.where,
                  f", region {self.node.config.region}" if self.node.config.region else "")
 
     def _on_frame(self, frame: bytes) -> None:
@@ -107,6 +109,8 @@ class Cluster:
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + SWEEP_INTERVAL_S
                     suspects = await self.placement.sweep(lambda room: self.store.get(room) is not None, suspects)
+                    if not await self.placement.unsettled_for():  # else live nodes may not have re-registered yet
+                        await self.ingresses.sweep({n.id for n in await self.registry.nodes()} | {self.node.id})
             except (RedisError, OSError) as error:
                 self.counters["cluster_upkeep_errors"] += 1
                 log.debug("cluster upkeep failed: %s", error)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 
 from .connection import PREFIX, ROOM_NODE, ROOMS
-from .registry import STATS_INTERVAL_S, NodeInfo, NodeRegistry
+from .registry import CLAIM, STATS_INTERVAL_S, NodeInfo, NodeRegistry
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +21,6 @@ log = logging.getLogger(__name__)
 SETTLE_S = 2 * STATS_INTERVAL_S
 SYSLOAD_LIMIT = 0.9  # LiveKit's sysload selector: nodes above this load per core take new rooms only if all are
 
-# Claims the room for ARGV[2] unless a live node (its registration key exists) holds it; returns the owner.
-_CLAIM = """
-local owner = redis.call('HGET', KEYS[1], ARGV[1])
-if owner and redis.call('EXISTS', ARGV[3] .. owner) == 1 then return owner end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return ARGV[2]
-"""
 # Forgets the room if ARGV[2] still owns it (a node never deletes a claim another node has taken since).
 _RELEASE = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
@@ -57,13 +50,13 @@ class Placement:
         self.registry = registry
         self.node_id = registry.node_id
         self.region = region
-        self._claim = redis.register_script(_CLAIM)
+        self._claim = redis.register_script(CLAIM)
         self._release = redis.register_script(_RELEASE)
         # Rooms this node placed on each node since that node's report at updated_at: (id, updated_at) -> count.
         # Stats lag by up to STATS_INTERVAL_S; without this a burst of new rooms would all go to one node.
         self._placed: dict[tuple[str, float], int] = {}
 
-    async def _unsettled_for(self) -> float:
+    async def unsettled_for(self) -> float:
         """Seconds until Redis has been up for SETTLE_S."""
         uptime = (await self.redis.info("server")).get("uptime_in_seconds", SETTLE_S)
         return max(0.0, SETTLE_S - float(uptime))
@@ -81,7 +74,7 @@ class Placement:
         owner = await self.owner(room)
         if owner is not None:
             return owner
-        if wait := await self._unsettled_for():
+        if wait := await self.unsettled_for():
             await asyncio.sleep(wait)
             owner = await self.owner(room)
             if owner is not None:
@@ -109,7 +102,7 @@ class Placement:
         """Releases rooms whose owner is dead, and this node's claims on rooms it does not host (a join that was
         placed here but never arrived) once they were already `suspects` at the previous sweep. Returns the new
         suspects. Does nothing while Redis is settling after an outage."""
-        if await self._unsettled_for():
+        if await self.unsettled_for():
             return set()
         mapping = {room.decode(): owner.decode() for room, owner in (await self.redis.hgetall(ROOM_NODE)).items()}
         live = {n.id for n in await self.registry.nodes()} | {self.node_id}  # this node even while re-registering

@@ -19,6 +19,15 @@ log = logging.getLogger(__name__)
 STATS_INTERVAL_S = 2.0  # LiveKit's node_stats.stats_update_interval
 NODE_TTL_S = 5          # LiveKit takes a node whose stats are 5 s old for dead; our key expires then
 
+# A Lua script claiming field ARGV[1] of hash KEYS[1] (a room's placement, an ingress's session) for node ARGV[2]
+# unless a live node (its registration key, ARGV[3] .. id, exists) holds it; returns the holder.
+CLAIM = """
+local owner = redis.call('HGET', KEYS[1], ARGV[1])
+if owner and redis.call('EXISTS', ARGV[3] .. owner) == 1 then return owner end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return ARGV[2]
+"""
+
 
 @dataclass
 class NodeInfo:

@@ -1,6 +1,7 @@
-"""Calls between nodes over the bus: a RoomService request that needs a room's node (a mutation, a participant
-listing) is made there and answered back, as LiveKit routes them over psrpc. The calling node has authorised the
-request; the room's node runs it as if it had arrived over HTTP."""
+"""Calls between nodes over the bus: a request that needs a room's node (a RoomService mutation, a participant
+listing, an agent dispatch, a WHIP or WHEP offer) is made there and answered back, as LiveKit routes them over psrpc.
+The calling node has authorised the request; the other node runs it as if it had arrived over HTTP. A call names
+`<service>/<method>`; each service registers one handler for its calls."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +9,7 @@ import json
 import logging
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .bus import Bus
 
@@ -30,7 +31,8 @@ class CallFailed(Exception):
 
 
 # Runs a call on this node: (method name, request bytes) -> reply bytes; raises CallFailed for a refused call.
-Handler = Callable[[str, bytes], bytes]
+Handler = Callable[[str, bytes], Awaitable[bytes]]
+MAX_NAME = 255  # a call's `<service>/<method>` travels with a one-byte length
 
 
 class Rpc:
@@ -38,21 +40,23 @@ class Rpc:
         self.node_id = node_id
         self.counters = counters
         self.bus: Bus
-        self.handler: Handler | None = None  # set by the RoomService
+        self.handlers: dict[str, Handler] = {}  # service name -> its handler (registered by the service)
         self._calls: dict[bytes, asyncio.Future[tuple[int, bytes]]] = {}
         self._answers: set[asyncio.Task] = set()
 
-    async def call(self, node_id: str, method: str, request: bytes) -> bytes:
-        """Runs `method` on `node_id`; its reply bytes. Raises CallFailed."""
+    async def call(self, node_id: str, service: str, method: str, request: bytes,
+                   timeout: float = CALL_TIMEOUT_S) -> bytes:
+        """Runs `service`'s `method` on `node_id`; its reply bytes. Raises CallFailed."""
         call_id = uuid.uuid4().hex[:16].encode()
-        origin, name = self.node_id.encode(), method.encode()
+        origin, name = self.node_id.encode(), f"{service}/{method}".encode()
+        assert len(name) <= MAX_NAME
         frame = _HEADER.pack(REQUEST, call_id) + bytes([len(origin)]) + origin + bytes([len(name)]) + name + request
         future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = future
         try:
             if not await self.bus.send(node_id, frame):
                 raise CallFailed("unavailable", "the room's node is not reachable")
-            status, payload = await asyncio.wait_for(future, CALL_TIMEOUT_S)
+            status, payload = await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             self.counters["rpc_timeouts"] += 1
             raise CallFailed("unavailable", "the room's node did not answer") from None
@@ -80,19 +84,27 @@ class Rpc:
         except (struct.error, IndexError, UnicodeDecodeError):
             self.counters["rpc_frames_malformed"] += 1
             return
-        if self.handler is None or not origin:
+        service, _, method = name.partition("/")
+        if not origin:
+            self.counters["rpc_frames_malformed"] += 1
             return
-        try:
-            reply = bytes([OK]) + self.handler(name, request)
-        except CallFailed as error:
-            reply = bytes([FAILED]) + json.dumps({"code": error.code, "msg": error.msg}).encode()
-        task = asyncio.get_running_loop().create_task(self._answer(origin, _HEADER.pack(RESPONSE, call_id) + reply))
+        task = asyncio.get_running_loop().create_task(self._answer(origin, call_id, service, method, request))
         self._answers.add(task)
         task.add_done_callback(self._answers.discard)
 
-    async def _answer(self, origin: str, frame: bytes) -> None:
+    async def _answer(self, origin: str, call_id: bytes, service: str, method: str, request: bytes) -> None:
+        handler = self.handlers.get(service)
         try:
-            await self.bus.send(origin, frame)
+            if handler is None:
+                raise CallFailed("bad_route", f"no such service on this node: {service}")
+            reply = bytes([OK]) + await handler(method, request)
+        except CallFailed as error:
+            reply = bytes([FAILED]) + json.dumps({"code": error.code, "msg": error.msg}).encode()
+        except Exception:  # a bug must answer, not leave the caller to time out
+            log.exception("routed call %s/%s failed", service, method)
+            reply = bytes([FAILED]) + json.dumps({"code": "internal", "msg": "internal error"}).encode()
+        try:
+            await self.bus.send(origin, _HEADER.pack(RESPONSE, call_id) + reply)
         except Exception as error:  # Redis down: the caller times out
             self.counters["rpc_answers_lost"] += 1
             log.debug("cannot answer %s: %s", origin, error)

@@ -41,6 +41,7 @@ MAX_REASON = 500
 # Seconds the worker gets to finish (its WHIP DELETE) after the encoder ends, before it is killed.
 WORKER_EXIT_TIMEOUT = 5.0
 READ_SIZE = 65536
+# Seconds between checks that the publisher's session still runs (in a cluster, a read of Redis).
 # Concurrent RTMP connections (each publishing one costs a worker process of up to a core when transcoding video).
 MAX_CONNECTIONS = 16
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where `python -m signaling.…` finds the worker
@@ -93,7 +94,7 @@ class RtmpListener:
             await reader.readexactly(proto.HANDSHAKE_SIZE)  # C2: nothing in it we need
             stream_id, stream_key = await _negotiate(reader, writer, chunks)
         try:  # the ingress is BUFFERING from here, as LiveKit's is once its encoder publishes
-            info = self._sessions.claim(stream_key, ingress.IngressInput.RTMP_INPUT, new_id("RT_"))
+            info = await self._sessions.claim(stream_key, ingress.IngressInput.RTMP_INPUT, new_id("RT_"))
         except Refused as error:
             writer.write(proto.on_status(stream_id, "error", "NetStream.Publish.BadName", str(error)))
             await writer.drain()
@@ -134,9 +135,10 @@ class RtmpListener:
             writer.write(proto.on_status(stream_id, "status", "NetStream.Publish.Start", "publishing"))
             media_by = asyncio.get_running_loop().time() + MEDIA_TIMEOUT
             while worker.returncode is None:
-                if not self._sessions.live(ingress_id):  # its session ended (DeleteIngress, room closed, WHIP refused)
+                # its session ended (DeleteIngress, room closed, WHIP refused)
+                if not await self._sessions.live(ingress_id):
                     self._counters["rtmp_session_ended"] += 1
-                    info = self._sessions.store.get(ingress_id)
+                    info = await self._sessions.store.get(ingress_id)
                     # The worker's end follows from it: its exit status is no error of its own.
                     error = (info.state.error if info is not None else "") or "the ingress session ended"
                     return error

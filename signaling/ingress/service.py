@@ -7,6 +7,7 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
+from google.protobuf.message import Message
 from livekit.protocol import ingress
 
 from ..roomservice import TwirpError, TwirpMethod, TwirpService, check_size
@@ -40,8 +41,14 @@ class IngressService(TwirpService):
         self.sessions = sessions
         self.store = sessions.store
 
-    def _get(self, ingress_id: str) -> ingress.IngressInfo:
-        info = self.store.get(ingress_id) if ingress_id else None
+    async def _node_for(self, name: str, message: Message) -> str | None:
+        """DeleteIngress runs where the ingress's live session does; the rest reads and writes Redis from here."""
+        if name != "DeleteIngress" or not message.ingress_id:
+            return None
+        return await self.store.holder(message.ingress_id)
+
+    async def _get(self, ingress_id: str) -> ingress.IngressInfo:
+        info = await self.store.get(ingress_id) if ingress_id else None
         if info is None:
             raise TwirpError("not_found", "ingress does not exist")
         return info
@@ -59,10 +66,10 @@ class IngressService(TwirpService):
             return f"rtmp://{host}:{self.node.config.ingress.rtmp_port or RTMP_PORT}/{RTMP_APP}"
         return f"http://{host}:{self.node.config.port}{INGRESS_PATH}"
 
-    def create_ingress(self, request: ingress.CreateIngressRequest) -> ingress.IngressInfo:
+    async def create_ingress(self, request: ingress.CreateIngressRequest) -> ingress.IngressInfo:
         if request.input_type not in (Input.RTMP_INPUT, Input.WHIP_INPUT):
             raise TwirpError("unimplemented", "only RTMP_INPUT and WHIP_INPUT ingresses are supported", status=501)
-        if len(self.store) >= MAX_INGRESSES:
+        if await self.store.count() >= MAX_INGRESSES:
             raise TwirpError("resource_exhausted", f"more than {MAX_INGRESSES} ingresses")
         if not request.participant_identity:
             raise TwirpError("invalid_argument", "participant_identity is required")
@@ -86,12 +93,13 @@ class IngressService(TwirpService):
             state=ingress.IngressState(status=Status.ENDPOINT_INACTIVE),
             enabled=request.enabled if request.HasField("enabled") else True,
         )
-        self.store.save(info)
+        await self.store.save(info)
+        self.store.save_state(info.ingress_id, info.state)
         return info
 
-    def update_ingress(self, request: ingress.UpdateIngressRequest) -> ingress.IngressInfo:
+    async def update_ingress(self, request: ingress.UpdateIngressRequest) -> ingress.IngressInfo:
         """Fields the request sets replace the stored ones; a live session keeps what it started with."""
-        info = self._get(request.ingress_id)
+        info = await self._get(request.ingress_id)
         _check_fields(request)
         for field in ("name", "room_name", "participant_identity", "participant_name", "participant_metadata"):
             if getattr(request, field):
@@ -109,18 +117,20 @@ class IngressService(TwirpService):
         if info.state.status == Status.ENDPOINT_ERROR:  # LiveKit's: an update resets a failed ingress
             info.state.status = Status.ENDPOINT_INACTIVE
             info.state.error = ""
-        self.store.save(info)
+            self.store.save_state(info.ingress_id, info.state)
+        await self.store.save(info)
         return info
 
-    def list_ingress(self, request: ingress.ListIngressRequest) -> ingress.ListIngressResponse:
-        return ingress.ListIngressResponse(items=self.store.list(request.room_name, request.ingress_id))
+    async def list_ingress(self, request: ingress.ListIngressRequest) -> ingress.ListIngressResponse:
+        return ingress.ListIngressResponse(items=await self.store.list(request.room_name, request.ingress_id))
 
-    def delete_ingress(self, request: ingress.DeleteIngressRequest) -> ingress.IngressInfo:
+    async def delete_ingress(self, request: ingress.DeleteIngressRequest) -> ingress.IngressInfo:
         """Ends a live session (its participant leaves), then forgets the ingress."""
-        self._get(request.ingress_id)
-        self.sessions.stop(request.ingress_id)
-        info = self._get(request.ingress_id)
-        self.store.delete(request.ingress_id)
+        info = await self._get(request.ingress_id)
+        ended = self.sessions.stop(request.ingress_id)
+        if ended is not None:  # its final state is still being written behind
+            info.state.CopyFrom(ended.state)
+        await self.store.delete(info)
         return info
 
 

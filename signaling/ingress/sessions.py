@@ -25,18 +25,23 @@ Notify = Callable[..., None]
 
 
 class IngressSessions:
+    """This node's live ingress sessions. A session's IngressInfo is the one its claim read (a live session keeps
+    what it started with); its state goes to the store as it changes."""
+
     def __init__(self, store: IngressStore, notify: Notify, counters: Counter[str]) -> None:
         self.store = store
         self._notify = notify
         self._counters = counters
         self._stops: dict[str, Callable[[], None]] = {}  # live ingress id -> how to end its session
+        self._live: dict[str, ingress.IngressInfo] = {}  # live ingress id -> its info as the session runs it
         self._relays: dict[str, str] = {}  # stream key -> secret of the RTMP connection relaying to it over WHIP
 
-    def claim(self, stream_key: str, input_type: int, resource_id: str) -> ingress.IngressInfo:
+    async def claim(self, stream_key: str, input_type: int, resource_id: str) -> ingress.IngressInfo:
         """The ingress a new publisher's stream key names, now BUFFERING with `resource_id`. Refused: 404 for an
         unknown key, 403 when disabled, 400 for another input type or no room, 409 while another publisher holds
-        it (LiveKit's own check is absent: its second session's participant would replace the first's)."""
-        info = self.store.by_stream_key(stream_key) if stream_key else None
+        it, here or on another node (LiveKit's own check is absent: its second session's participant would replace
+        the first's)."""
+        info = await self.store.by_stream_key(stream_key) if stream_key else None
         if info is None:
             raise Refused(404, "no ingress has this stream key", "unknown_stream_key")
         if not info.enabled:
@@ -46,9 +51,19 @@ class IngressSessions:
                           "wrong_input_type")
         if not info.room_name:
             raise Refused(400, "ingress has no room_name (set one with UpdateIngress)", "ingress_without_room")
+        busy = Refused(409, "a publisher is already streaming on this stream key", "stream_key_busy")
         if info.ingress_id in self._stops:
-            raise Refused(409, "a publisher is already streaming on this stream key", "stream_key_busy")
+            raise busy
         self._stops[info.ingress_id] = _nothing
+        try:
+            taken = await self.store.take(info.ingress_id)
+        except BaseException:
+            self._stops.pop(info.ingress_id, None)
+            raise
+        if not taken:
+            self._stops.pop(info.ingress_id, None)
+            raise busy
+        self._live[info.ingress_id] = info
         now = time.time_ns()
         info.state.CopyFrom(ingress.IngressState(status=Status.ENDPOINT_BUFFERING, resource_id=resource_id,
                                                  started_at=now, updated_at=now))
@@ -65,8 +80,8 @@ class IngressSessions:
 
     def publishing(self, ingress_id: str, room_sid: str, participant: models.ParticipantInfo) -> None:
         """The publisher's tracks (as the room sees them) changed: PUBLISHING from its first one on."""
-        info = self.store.get(ingress_id)
-        if info is None or ingress_id not in self._stops:
+        info = self._live.get(ingress_id)
+        if info is None:
             return
         previous = info.state.status
         if participant.tracks:
@@ -79,10 +94,9 @@ class IngressSessions:
 
     def ended(self, ingress_id: str, error: str = "") -> None:
         """The session is over: INACTIVE, or ERROR with `error` when it could not start."""
-        if self._stops.pop(ingress_id, None) is None:
-            return
-        info = self.store.get(ingress_id)
-        if info is None:  # deleted meanwhile
+        self._stops.pop(ingress_id, None)
+        info = self._live.pop(ingress_id, None)
+        if info is None:
             return
         previous = info.state.status
         now = time.time_ns()
@@ -92,27 +106,32 @@ class IngressSessions:
         info.state.updated_at = now
         del info.state.tracks[:]
         self._update(info, previous)
+        self.store.release(ingress_id)
 
-    def stop(self, ingress_id: str, error: str = "") -> None:
-        """Ends the ingress's live session, if it has one: INACTIVE, or ERROR with `error`. The state is set before the
-        session's participant is closed, so its own end (`ended` without an error) does not overwrite the reason."""
-        stop = self._stops.get(ingress_id)
-        if stop is not None:
-            self.ended(ingress_id, error)
-            stop()
+    def stop(self, ingress_id: str, error: str = "") -> ingress.IngressInfo | None:
+        """Ends the ingress's live session if it runs here: INACTIVE, or ERROR with `error`; its info as it ended.
+        The state is set before the session's participant is closed, so its own end (`ended` without an error) does
+        not overwrite the reason."""
+        stop, info = self._stops.get(ingress_id), self._live.get(ingress_id)
+        if stop is None:
+            return None
+        self.ended(ingress_id, error)
+        stop()
+        return info
 
     def relay(self, stream_key: str) -> str:
         """A secret for the RTMP listener's worker to publish on the RTMP ingress it claimed, over WHIP."""
         secret = self._relays[stream_key] = secrets.token_urlsafe(24)
         return secret
 
-    def relayed_claim(self, stream_key: str) -> ingress.IngressInfo:
+    async def relayed_claim(self, stream_key: str) -> ingress.IngressInfo:
         """The RTMP ingress the listener claimed for the worker now publishing over WHIP (its state stays BUFFERING
         until the media arrives). Refused with 404 when that RTMP session has ended meanwhile."""
-        info = self.store.by_stream_key(stream_key)
-        if info is None or info.ingress_id not in self._stops:
+        info = await self.store.by_stream_key(stream_key)
+        live = self._live.get(info.ingress_id) if info is not None else None
+        if live is None:
             raise Refused(404, "the RTMP session has ended", "unknown_stream_key")
-        return info
+        return live
 
     def unrelay(self, stream_key: str) -> None:
         self._relays.pop(stream_key, None)
@@ -122,11 +141,15 @@ class IngressSessions:
         expected = self._relays.get(stream_key)
         return expected is not None and hmac.compare_digest(expected, secret)
 
-    def live(self, ingress_id: str) -> bool:
-        return ingress_id in self._stops
+    async def live(self, ingress_id: str) -> bool:
+        """Whether the ingress has a live session, here or on another node."""
+        if ingress_id in self._stops:
+            return True
+        info = await self.store.get(ingress_id)
+        return info is not None and info.state.status in (Status.ENDPOINT_BUFFERING, Status.ENDPOINT_PUBLISHING)
 
     def _update(self, info: ingress.IngressInfo, previous: int) -> None:
-        self.store.save(info)
+        self.store.save_state(info.ingress_id, info.state)
         status = info.state.status
         if status == previous:
             return

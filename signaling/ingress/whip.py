@@ -12,12 +12,13 @@ from typing import Any
 
 import jwt
 from livekit.protocol import ingress, models, rtc
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ..auth import ALGORITHM, Claims
-from ..rtc.ids import new_id
+from ..cluster.relay import SCOPE_FLAG
 from ..rtc.participant import Participant
 from ..wish import CORS, Admit, Enter, HttpSession, HttpSessionService, Refused, parse_offer, read_offer
 from .sessions import IngressSessions
@@ -63,7 +64,10 @@ class WhipService(HttpSessionService):
             return _options()
         try:
             token, claims, room_name = self.admission(request, None, "canPublish")
-            return await self._publish(request, token, claims, room_name, PATH, new_id("WH_"))
+            owner = await self.room_node(request, room_name, place=True)
+            if owner is not None:
+                return await self.forward(request, owner)
+            return await self._publish(request, token, claims, room_name, PATH, self.resource_id("WH_"))
         except Refused as error:
             return self.refusal(error)
 
@@ -75,14 +79,23 @@ class WhipService(HttpSessionService):
         relayed = bool(request.path_params.get("stream_key")) and self._ingresses.relayed(stream_key, _bearer(request))
         input_type = ingress.IngressInput.RTMP_INPUT if relayed else ingress.IngressInput.WHIP_INPUT
         try:
+            # An RTMP worker's session is hosted here unless the room already runs elsewhere (see README: cluster)
+            owner = await self._ingress_node(request, stream_key, place=not relayed)
             if relayed:  # the listener claimed the ingress when the encoder published
-                info = self._ingresses.relayed_claim(stream_key)
+                if owner is not None:  # the worker's WHIP session would split the room across two nodes
+                    raise Refused(503, f"RTMP ingest into a room hosted on another node ({owner}) is not supported "
+                                  "yet: publish to that node's RTMP port", "rtmp_room_elsewhere")
+                info = await self._ingresses.relayed_claim(stream_key)
                 resource_id = info.state.resource_id
             else:
-                resource_id = new_id("WH_")
-                info = self._ingresses.claim(stream_key, input_type, resource_id)
+                if owner is not None:
+                    return await self.forward(request, owner)
+                resource_id = self.resource_id("WH_")
+                info = await self._ingresses.claim(stream_key, input_type, resource_id)
         except Refused as error:
             return self.refusal(error)
+        except (RedisError, OSError) as error:
+            return self.refusal(Refused(503, f"cluster unavailable: {error}", "cluster_unavailable"))
         try:
             ingress_token = _ingress_token(info, self.node.config.keys)
             token, claims, room_name = self.admission(request, ingress_token, "canPublish")
@@ -94,6 +107,19 @@ class WhipService(HttpSessionService):
         except BaseException:  # the client went away mid-offer (cancelled): the claim must not stay
             self._ingresses.ended(info.ingress_id, "the publisher went away")
             raise
+
+    async def _ingress_node(self, request: Request, stream_key: str, place: bool = True) -> str | None:
+        """In a cluster, the node hosting (or, with `place`, now placed to host) the ingress's room, when it is not
+        this one."""
+        if self.node.cluster is None or request.scope.get(SCOPE_FLAG):
+            return None
+        try:
+            info = await self._ingresses.store.by_stream_key(stream_key) if stream_key else None
+        except (RedisError, OSError) as error:
+            raise Refused(503, f"cluster unavailable: {error}", "cluster_unavailable") from None
+        if info is None or not info.room_name:  # refused by the claim, here
+            return None
+        return await self.room_node(request, info.room_name, place=place)
 
     async def _publish(self, request: Request, token: str, claims: Claims, room_name: str, base: str,
                        resource_id: str, ingress_id: str = "", protocol: str = "whip") -> Response:
