@@ -82,11 +82,13 @@ class WhipService(HttpSessionService):
             # An RTMP worker's session is hosted here unless the room already runs elsewhere (see README: cluster)
             owner = await self._ingress_node(request, stream_key, place=not relayed)
             if relayed:  # the listener claimed the ingress when the encoder published
-                if owner is not None:  # the worker's WHIP session would split the room across two nodes
-                    raise Refused(503, f"RTMP ingest into a room hosted on another node ({owner}) is not supported "
-                                  "yet: publish to that node's RTMP port", "rtmp_room_elsewhere")
                 info = await self._ingresses.relayed_claim(stream_key)
                 resource_id = info.state.resource_id
+                if owner is not None:  # the worker's WHIP session would split the room across two nodes
+                    reason = (f"RTMP ingest into a room hosted on another node ({owner}) is not supported yet: "
+                              "publish to that node's RTMP port")
+                    self._ingresses.ended(info.ingress_id, reason)  # the listener tells the encoder why
+                    raise Refused(503, reason, "rtmp_room_elsewhere")
             else:
                 if owner is not None:
                     return await self.forward(request, owner)
