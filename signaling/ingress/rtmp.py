@@ -41,7 +41,6 @@ MAX_REASON = 500
 # Seconds the worker gets to finish (its WHIP DELETE) after the encoder ends, before it is killed.
 WORKER_EXIT_TIMEOUT = 5.0
 READ_SIZE = 65536
-# Seconds between checks that the publisher's session still runs (in a cluster, a read of Redis).
 # Concurrent RTMP connections (each publishing one costs a worker process of up to a core when transcoding video).
 MAX_CONNECTIONS = 16
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where `python -m signaling.…` finds the worker
