@@ -68,7 +68,7 @@ def udp_goodput_kbit(lab: NetLab, send_kbit: int, seconds: float = 4.0) -> float
 
 
 def test_shaping_limits_what_reaches_the_namespace(lab: NetLab) -> None:
-    open_kbit = udp_goodput_kbit(lab, 4000)
+    open_kbit = udp_goodput_kbit(lab, 4000, seconds=1.0)
     lab.shape(SHAPED_KBIT)
     shaped_kbit = udp_goodput_kbit(lab, 4000)
     print(f"UDP goodput into the namespace: {open_kbit:.0f} kbit/s open, {shaped_kbit:.0f} kbit/s at {SHAPED_KBIT}")
@@ -163,23 +163,9 @@ def longest_freeze(result: dict, start: int, end: int) -> float:
 # allocation (allocator.PROBE_HEADROOM_BPS) and no longer cost it seconds of frames, but a loss burst, or the 360p
 # keyframe of an upgrade crossing the 200 ms queue, still can (1-2 s at 5-12 fps on the way back to 180p, whose 15 fps
 # leave no margin; a 0.9 s wait for the first 360p frame). Measured in sessions 24-25: narrow passed 6 runs of 7,
-# narrowed 5 of 6, narrow + wide 5 of 5. They run in CI and report; they do not gate it.
+# narrowed 5 of 6, narrow + wide 5 of 5 (now one test, with the narrow one's freeze check). They run in CI and
+# report; they do not gate it.
 AT_THE_EDGE = pytest.mark.xfail(reason="360p at the edge of a 600 kbit/s link: see the comment above", strict=False)
-
-
-@AT_THE_EDGE
-async def test_a_narrow_link_gets_a_lower_layer(lab_server) -> None:
-    """Behind 600 kbit/s: within 10 s, >= 15 fps at a lower resolution; freezes < 10 % of the window. (180p runs
-    at 15 fps: LOWEST_LAYER_FPS allows for counting frames per second, a frame either side.)"""
-    lab, server = lab_server
-    lab.shape(SHAPED_KBIT)
-    async with Call(lab, server) as call:
-        result = await call.subscriber("narrow", seconds=20)
-    figures("narrow", result)
-    print(f"shaper drops {lab.qdisc_drops()}")
-    fps, sizes = window(result, 10, 20)
-    assert fps >= LOWEST_LAYER_FPS and sizes and max(w for w, _ in sizes) < 1280, result
-    assert result["inbound"]["total_freeze_duration"] < 0.1 * 20, result
 
 
 async def test_a_link_opened_mid_call_returns_to_720p(lab_server) -> None:
@@ -208,7 +194,10 @@ async def test_a_link_narrowed_mid_call_steps_down(lab_server) -> None:
 
 @AT_THE_EDGE
 async def test_narrow_and_wide_subscribers_each_get_their_own_layer(lab_server) -> None:
-    """One subscriber behind 600 kbit/s, one unconstrained (on the host): the wide one keeps 1280x720."""
+    """One subscriber behind 600 kbit/s: within 10 s, >= 15 fps at a lower resolution; freezes < 10 % of the window.
+    (180p runs at 15 fps: LOWEST_LAYER_FPS allows for counting frames per second, a frame either side.) One
+    unconstrained (on the host) at the same time: it keeps 1280x720. (The narrow subscriber alone is the same
+    scenario with dynacast turning the upper layers off: a run of its own cost 30 s of the suite.)"""
     lab, server = lab_server
     lab.shape(SHAPED_KBIT)
     async with Call(lab, server) as call:
@@ -216,8 +205,10 @@ async def test_narrow_and_wide_subscribers_each_get_their_own_layer(lab_server) 
                                             call.subscriber("wide", seconds=20, inside=False))
     figures("narrow", narrow)
     figures("wide", wide)
+    print(f"shaper drops {lab.qdisc_drops()}")
     fps, sizes = window(narrow, 10, 20)
     assert fps >= LOWEST_LAYER_FPS and sizes and max(w for w, _ in sizes) < 1280, narrow
+    assert narrow["inbound"]["total_freeze_duration"] < 0.1 * 20, narrow
     fps, sizes = window(wide, 5, 20)
     assert fps >= FULL_LAYER_FPS and sizes == {(1280, 720)}, wide
     assert longest_freeze(wide, 5, 20) <= 1.0, wide
