@@ -52,7 +52,7 @@ from engine.stun cimport MAX_UFRAG, ufrag_key
 from engine.table cimport list_add, list_discard, map_free, map_get, map_init, map_put, map_remove
 from engine.tcpmux cimport (tcpmux_adopt, tcpmux_claim, tcpmux_close, tcpmux_flush, tcpmux_forget_transport,
                             tcpmux_handle, tcpmux_open, tcpmux_path, tcpmux_queue, tcpmux_queue_raw, tcpmux_queued,
-                            tcpmux_read, tcpmux_reject, tcpmux_sweep)
+                            tcpmux_read, tcpmux_reject, tcpmux_release, tcpmux_sweep)
 from engine.turnmux cimport (turnmux_allocate, turnmux_classify, turnmux_client, turnmux_close, turnmux_handle,
                              turnmux_is_handle, turnmux_open, turnmux_path, turnmux_queue, turnmux_read,
                              turnmux_release, turnmux_set_peer)
@@ -114,7 +114,7 @@ STAT_NAMES = (
     "tcp_accept_failed", "drop_tcp_oversized", "drop_tcp_queue_full", "drop_tcp_closed",
     "turn_connections", "turn_requests", "turn_relayed_in", "turn_relayed_out", "drop_turn_malformed",
     "drop_turn_no_allocation", "drop_turn_no_permission", "drop_turn_rate_limited", "drop_turn_gone",
-    "drop_turn_send_failed", "drop_layer_cut", "red_received", "red_recovered",
+    "drop_turn_send_failed", "drop_layer_cut", "red_received", "red_recovered", "turn_held",
 )
 assert len(STAT_NAMES) == S_COUNT
 # The drops a forwarding share counts (fanout.pyx, udpmux.pyx), reported per worker.
@@ -419,6 +419,8 @@ cdef class Engine:
                 udpmux_flush(s)  # writes what accepting and reading queued too (tcpmux_flush)
             if s.event_count:
                 self._dispatch_events()
+            if s.tcp.held.count:
+                tcpmux_release(s)  # Python has answered their requests: the frames behind them may go on
             if n < BATCH:
                 break
         if s.tcp.ready.count and self._loop is not None:

@@ -125,6 +125,8 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_DROP_LAYER_CUT          # packets of a layer a bandwidth step-down cut before the lower layer's keyframe
     S_RED_RECEIVED            # RED packets from publishers (well-formed)
     S_RED_RECOVERED           # Opus packets lost upstream, rebuilt from RED redundancy for subscribers without RED
+    S_TURN_HELD               # TURN stream requests with more of the stream already read behind them, which waited
+                              # (not relayed, not raised) until Python had answered the request (tcpmux_release)
     S_COUNT
 
 cdef enum:  # event kinds, queued in C and dispatched to Python after each batch
@@ -248,6 +250,7 @@ cdef struct TcpConn:
     bint want_write           # the kernel refused some: EPOLLOUT is armed
     bint turn                 # a TURN/TCP or TURN/TLS stream (turnmux.pyx), not ICE-TCP
     bint turn_allocated       # ... on which an allocation was made: no longer pending
+    bint held                 # in TcpMux.held: a TURN request was taken; its later frames wait for Python's answer
     uint8_t *out              # the send queue, a ring of out_capacity bytes (NULL until the first send)
     int out_capacity
     int out_head
@@ -265,6 +268,7 @@ cdef struct TcpMux:
     IntList pending           # slots of connections not yet authenticated
     IntList ready             # slots with whole frames buffered that the last batch had no room for
     IntList dirty             # slots with queued bytes to write after the batch
+    IntList held              # TURN streams whose later frames wait until the batch's events are dispatched
     int64_t next_sweep_us
 
 cdef struct Transport:

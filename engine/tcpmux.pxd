@@ -33,6 +33,9 @@ cdef bint tcpmux_queue_raw(EngineState *s, const uint8_t *head, int head_length,
 # half-open after TCP_CLAIM_TIMEOUT_US) until an allocation is made on it (tcpmux_turn_allocated).
 cdef uint64_t tcpmux_adopt(EngineState *s, int fd, const Path *peer, int64_t now) noexcept nogil
 cdef void tcpmux_turn_allocated(EngineState *s, uint64_t handle) noexcept nogil
+# After the batch's events are dispatched: TURN streams held behind a request in it (tcpmux_read stops taking their
+# frames there, until Python has acted on it) go on; their buffered frames come first in the next tcpmux_read.
+cdef void tcpmux_release(EngineState *s) noexcept nogil
 # Writes every connection's queued bytes that the kernel takes; the rest waits for EPOLLOUT.
 cdef void tcpmux_flush(EngineState *s) noexcept nogil
 # At most every TCP_SWEEP_US: closes half-open, idle and slow-reading connections; resumes a paused listener.

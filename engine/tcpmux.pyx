@@ -13,12 +13,12 @@ from engine.state cimport (BATCH, MAX_TCP_CONNECTIONS, MAX_TCP_PENDING, MAX_TCP_
                            S_PACKETS_OUT, S_TCP_ACCEPT_FAILED, S_TCP_ACCEPTED, S_TCP_CLAIMED, S_TCP_CLOSED,
                            S_TCP_CLOSED_HALF_OPEN, S_TCP_CLOSED_IDLE, S_TCP_CLOSED_INVALID, S_TCP_CLOSED_LIMIT,
                            S_TCP_CLOSED_PENDING_LIMIT, S_TCP_CLOSED_SLOW_READER, S_TCP_CLOSED_UNAUTHENTICATED,
-                           S_TURN_CONNECTIONS, TCP_EPOLL_EVENTS, TCP_SEND_QUEUE_INITIAL, TCP_SEND_QUEUE_MAX, TcpConn,
+                           S_TURN_CONNECTIONS, S_TURN_HELD, TCP_EPOLL_EVENTS, TCP_SEND_QUEUE_INITIAL, TCP_SEND_QUEUE_MAX, TcpConn,
                            monotonic_us)
 from engine.table cimport list_add, list_discard
 from engine.tcpframer cimport (FRAME_HEADER, FRAME_INVALID, FRAME_NONE, FRAME_OVERSIZED, framer_init, framer_next,
                                framer_space, framer_wrote)
-from engine.wire cimport store16
+from engine.wire cimport load16, store16
 
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
@@ -110,9 +110,10 @@ cdef void tcpmux_close(EngineState *s) noexcept nogil:
     free(s.tcp.pending.items)
     free(s.tcp.ready.items)
     free(s.tcp.dirty.items)
-    s.tcp.pending.items = s.tcp.ready.items = s.tcp.dirty.items = NULL
-    s.tcp.pending.count = s.tcp.ready.count = s.tcp.dirty.count = 0
-    s.tcp.pending.capacity = s.tcp.ready.capacity = s.tcp.dirty.capacity = 0
+    free(s.tcp.held.items)
+    s.tcp.pending.items = s.tcp.ready.items = s.tcp.dirty.items = s.tcp.held.items = NULL
+    s.tcp.pending.count = s.tcp.ready.count = s.tcp.dirty.count = s.tcp.held.count = 0
+    s.tcp.pending.capacity = s.tcp.ready.capacity = s.tcp.dirty.capacity = s.tcp.held.capacity = 0
 
 
 cdef void listen_watch(EngineState *s, bint on) noexcept nogil:
@@ -155,6 +156,8 @@ cdef void conn_close(EngineState *s, int slot, int counter) noexcept nogil:
         list_discard(&s.tcp.ready, slot)
     if c.dirty:
         list_discard(&s.tcp.dirty, slot)
+    if c.held:
+        list_discard(&s.tcp.held, slot)
     free(c.out)
     free(c)
     s.tcp.conns[slot] = NULL
@@ -316,7 +319,41 @@ cdef int take_frames(EngineState *s, int n, int64_t now) noexcept nogil:
             s.recv.paths[n] = c.path
             s.recv.taken[n] = False  # a TURN stream's frames are sorted out by turnmux_classify
             n += 1
+            if c.turn and length >= 4 and frame[0] & 0xC0 == 0 and load16(frame) & 0x0110 == 0:
+                conn_hold(s, slot)
+                break
     return n
+
+
+cdef void conn_hold(EngineState *s, int slot) noexcept nogil:
+    """A TURN stream's request (Allocate, CreatePermission, ChannelBind, ...) is in the batch: Python answers it when
+    the batch's events are dispatched, so the stream's later frames wait in its framer (and its socket) until
+    tcpmux_release. A client's first ChannelData or Send indication may come in the same read as the ChannelBind or
+    CreatePermission before it: relayed in this batch, it would meet no permission yet."""
+    cdef TcpConn *c = s.tcp.conns[slot]
+    if list_add(&s.tcp.held, slot) < 0:
+        return  # out of memory: not held, as before holds existed
+    c.held = True
+    if c.ready:
+        c.ready = False
+        list_discard(&s.tcp.ready, slot)
+    if c.framer.end > c.framer.start:
+        s.counters[<int>S_TURN_HELD] += 1
+
+
+cdef void tcpmux_release(EngineState *s) noexcept nogil:
+    cdef TcpConn *c
+    cdef int slot
+    while s.tcp.held.count:
+        s.tcp.held.count -= 1
+        slot = s.tcp.held.items[s.tcp.held.count]
+        c = s.tcp.conns[slot]
+        c.held = False
+        if c.framer.end > c.framer.start and not c.ready:
+            if list_add(&s.tcp.ready, slot) < 0:
+                conn_close(s, slot, S_TCP_ACCEPT_FAILED)  # out of memory: its frames could never be taken
+                continue
+            c.ready = True
 
 
 cdef int tcpmux_read(EngineState *s, int64_t now) noexcept nogil:
@@ -341,8 +378,10 @@ cdef int tcpmux_read(EngineState *s, int64_t now) noexcept nogil:
             conn_write(s, <uint32_t>token)
             if conn_named(s, <uint32_t>token, <uint32_t>(token >> 32)) == NULL:
                 continue
-        if events[i].events & ~(<uint32_t>EPOLLOUT):
-            conn_read(s, <uint32_t>token)  # data, end of stream or an error: recv tells which
+        # Data, end of stream or an error: recv tells which. A held stream is read after its release (epoll is
+        # level-triggered: it says so again), so its framer keeps the frames behind the request in order.
+        if events[i].events & ~(<uint32_t>EPOLLOUT) and not c.held:
+            conn_read(s, <uint32_t>token)
     return take_frames(s, n, now)
 
 

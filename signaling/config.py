@@ -72,9 +72,7 @@ class RtcConfig:
     node_ip: str = ""
     use_ipv6: bool = False  # dual-stack media sockets on a wildcard bind (LiveKit's default: off)
     force_relay: bool = False  # clients are told to use relay candidates only (ClientConfiguration.force_relay)
-    # Forwarding threads (engine/workers.pxd); 0 = the usable cores (Config.media_workers). 1 by default until a
-    # TURN/TCP lab test that hangs 1 run in 3 with 2 workers is understood (see the README's known issues).
-    workers: int = 1
+    workers: int = 0  # forwarding threads (engine/workers.pxd); 0 = the usable cores (Config.media_workers)
 
 
 @dataclass

@@ -149,10 +149,10 @@ def test_wrong_types_name_the_key(text, key):
         from_yaml(text)
 
 
-def test_workers_0_means_the_usable_cores():
+def test_workers_default_to_the_usable_cores():
     assert from_yaml("rtc: {workers: 3}").media_workers() == 3
     assert from_yaml("rtc: {workers: 0}").media_workers() == len(os.sched_getaffinity(0))
-    assert from_yaml("port: 7880").media_workers() == 1
+    assert from_yaml("port: 7880").media_workers() == len(os.sched_getaffinity(0))
 
 
 def test_webhook_section():

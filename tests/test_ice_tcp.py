@@ -20,7 +20,8 @@ from conftest import start_server, stop_server
 from engine.framer import StreamFramer
 from signaling.peer import sdp
 from signal_client import SignalClient
-from test_engine import AUDIO_SSRC, DOWN_AUDIO_SSRC, OPUS_PT, SUB_OPUS_PT, Peer, binding_request, needs_ipv6, parse, rtp
+from test_engine import (AUDIO_SSRC, DOWN_AUDIO_SSRC, OPUS_PT, SUB_OPUS_PT, Peer, binding_request, needs_ipv6, parse,
+                         rtcp_packets, rtp)
 
 MAX_FRAME = 2048               # engine RECV_BUF: the longest frame a connection may carry
 FRAMER_BUFFER = 8192           # engine/tcpframer.pxd
@@ -153,7 +154,10 @@ class TcpPeer(Peer):
             del self.received[:2 + size]
             if packet[0] <= 3:
                 continue  # STUN
-            self.rtp.append(parse(self.rx.unprotect(packet)))
+            if 192 <= packet[1] <= 223:
+                self.rtcp.extend(rtcp_packets(self.rx.unprotect_rtcp(packet)))
+            else:
+                self.rtp.append(parse(self.rx.unprotect(packet)))
 
     def close(self) -> None:
         super().close()

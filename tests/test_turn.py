@@ -163,6 +163,12 @@ class Client:
         self.nonce: bytes | None = None
 
     def request(self, method: stun.Method, signed: bool = True, **attributes) -> stun.Message:
+        answer = self.server.handle(self.encode(method, signed, **attributes), self.address)
+        assert answer is not None
+        return stun.parse_message(answer)
+
+    def encode(self, method: stun.Method, signed: bool = True, **attributes) -> bytes:
+        """The request's bytes (challenged first through the server for a nonce when it has none)."""
         message = stun.Message(method, stun.Class.REQUEST, attributes={
             name.replace("_", "-"): value for name, value in attributes.items()})
         if signed:
@@ -174,9 +180,7 @@ class Client:
             message.attributes.update(USERNAME=self.username, REALM=self.realm, NONCE=self.nonce)
             key = hashlib.md5(f"{self.username}:{self.realm}:{self.password}".encode()).digest()
             message.add_message_integrity(key)
-        answer = self.server.handle(bytes(message), self.address)
-        assert answer is not None
-        return stun.parse_message(answer)
+        return bytes(message)
 
     def allocate(self, **attributes) -> stun.Message:
         return self.request(stun.Method.ALLOCATE, REQUESTED_TRANSPORT=17 << 24, **attributes)
@@ -355,18 +359,24 @@ def test_any_bytes_get_an_answer_or_are_counted_never_an_exception(data: bytes) 
 # ---------------------------------------------------------------- the engine's data path, in process
 
 class Relayed:
-    """An engine with TURN whose events drive a TurnServer as the node does; a client with an allocation."""
+    """An engine with TURN whose events drive a TurnServer as the node does; a client with an allocation (over UDP,
+    or `stream`: a TURN stream the engine adopted, the test holding the client's end)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stream: bool = False) -> None:
         self.events: list[tuple] = []
         self.engine = engine.Engine("127.0.0.1", 0, self._event, turn=True, turn_port=0)
         self.clock = Clock()
         self.server = TurnServer(self.engine, SECRET, [("127.0.0.1", self.engine.port)], lambda: {"PA_alice"},
                                  Counter(), self.clock)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        if stream:
+            self.sock, theirs = socket.socketpair()
+            address = ("192.0.2.1", 4000, self.engine.turn_adopt(theirs.detach(), "192.0.2.1", 4000))
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.bind(("127.0.0.1", 0))
+            address = self.sock.getsockname()
         self.sock.settimeout(2)
-        self.client = Client(self.server, "PA_alice", self.clock, self.sock.getsockname())
+        self.client = Client(self.server, "PA_alice", self.clock, address)
         self.relayed = self.client.allocate().attributes["XOR-RELAYED-ADDRESS"]
         self.transport = self.engine.add_transport("ufragTURN")
         self.media = ("127.0.0.1", self.engine.port)
@@ -434,6 +444,28 @@ def test_engine_relays_a_permitted_clients_packets_both_ways() -> None:
         relayed.to_server(struct.pack("!HH", 0x4abc, len(check)) + check)
         stats = relayed.engine.stats()
         assert stats["drop_turn_gone"] == 1 and stats["drop_turn_no_allocation"] == 1
+    finally:
+        relayed.close()
+
+
+def test_a_turn_streams_data_read_with_its_channel_bind_waits_for_the_binding() -> None:
+    """A client's first ChannelData and Send indication in the same read as the ChannelBind before them are relayed
+    once Python has installed the binding, not dropped for want of it."""
+    relayed = Relayed(stream=True)
+    try:
+        check = binding_request("ufragTURN")
+        relayed.sock.sendall(relayed.client.encode(stun.Method.CHANNEL_BIND, CHANNEL_NUMBER=0x4abc,
+                                                   XOR_PEER_ADDRESS=relayed.media)
+                             + channel_frame(0x4abc, check)[1] + send_indication(relayed.media, check))
+        for _ in range(100):
+            relayed.engine._on_tcp_readable()
+            if len(relayed.events) == 2:
+                break
+            time.sleep(0.01)
+        assert [event[2] for event in relayed.events] == [check, check]
+        stats = relayed.engine.stats()
+        assert stats["turn_held"] == 1 and stats["turn_relayed_in"] == 2 and stats["drop_turn_no_permission"] == 0
+        assert code(stun.parse_message(relayed.sock.recv(2048))) == 0  # the ChannelBind's answer
     finally:
         relayed.close()
 

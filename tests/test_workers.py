@@ -204,3 +204,30 @@ async def test_received_datagrams_reach_the_loop_threads_socket() -> None:
         for sock in sources:
             sock.close()
         close(eng, publisher, *peers)
+
+
+async def test_a_subscriber_moving_to_ice_tcp_is_forwarded_by_the_loop_thread() -> None:
+    """Its DownTrack was worker 1's and its send session made on worker 1's thread; once its path is an ICE-TCP
+    connection (which only the loop thread writes), the loop thread forwards to it with that session."""
+    from test_ice_tcp import TcpPeer
+    events: list[tuple] = []
+    eng = engine.Engine("127.0.0.1", 0, events.append, workers=2, tcp_port=0)
+    eng.attach(asyncio.get_running_loop())
+    publisher = Peer(eng)
+    subscriber = TcpPeer(eng, events)
+    try:
+        receiver = eng.add_receiver(publisher.transport, "1", "video", "vp8", VP8_PT, VP8_RTX_PT, 90000, [], [], [],
+                                    PUB_EXTMAP)
+        eng.add_downtrack(receiver, subscriber.transport, DOWN_SSRC, DOWN_RTX_SSRC, SUB_VP8_PT, SUB_RTX_PT,
+                          {1: SUB_MID_ID})
+        policy = Policy(key=subscriber.down_key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)
+        eng.set_srtp_policy(subscriber.transport, pointer(subscriber.engine_rx), policy_pointer(policy))
+        assert [w["downtracks"] for w in eng.worker_stats()] == [0, 1]
+        await subscriber.claim()
+        for seq in range(10):
+            publisher.send_rtp(video(seq, Q_SSRC, None, seq, keyframe=seq == 0))
+        await subscriber.collect(0.2)
+        assert [p.seq for p in subscriber.take_rtp()] == list(range(10))
+        assert eng.stats()["drop_subscriber_not_ready"] == 0
+    finally:
+        close(eng, publisher, subscriber)
