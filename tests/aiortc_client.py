@@ -28,6 +28,7 @@ class AiortcSubscriber:
         self.offers: list[str] = []
         self.answers: list[str] = []
         self.frames: list[tuple[int, int]] = []  # (width, height) of each decoded video frame
+        self.last_frame = None  # the latest decoded video frame (av.VideoFrame)
         self.audio: list[np.ndarray] = []  # each decoded audio frame's samples, the first channel (48 kHz)
         self._tasks: list[asyncio.Task] = [asyncio.create_task(self._signal()), asyncio.create_task(self._ping())]
         self.pc.on("track", lambda track: self._tasks.append(asyncio.create_task(self._decode(track))))
@@ -68,6 +69,7 @@ class AiortcSubscriber:
                 frame = await track.recv()
                 if track.kind == "video":
                     self.frames.append((frame.width, frame.height))
+                    self.last_frame = frame
                 else:
                     samples = frame.to_ndarray()[0]  # planar: the first channel; packed: interleaved
                     step = 1 if frame.format.is_planar else len(frame.layout.channels)

@@ -174,11 +174,13 @@ class SinglePC(PublisherPC):
 
 
 def _place(media: sdp.OutgoingMedia, section: sdp.MediaSection, policy: sdp.ReceivePolicy) -> bool:
-    """Puts `media` in the client's recvonly `section`, in the client's terms (its payload types and extension ids);
-    False if the client cannot receive the codec there."""
-    codec = sdp.matching_codec(section, media.codec)
+    """Puts `media` in the client's recvonly `section`, in the client's terms (its payload types and extension ids):
+    its codec, else the first alternative the client receives; False if the client can receive none there."""
+    sent, codec = next(((sent, codec) for sent in [media.codec, *media.alternatives]
+                        if (codec := sdp.matching_codec(section, sent)) is not None), (media.codec, None))
     if codec is None:
         return False
+    media.codec, media.alternatives = sent, []
     feedback = set(media.codec.rtcp_fb)
     rtx = codec.rtx_payload_type if media.codec.rtx_payload_type is not None else None
     media.codec = sdp.Codec(codec.payload_type, codec.name, codec.clock_rate, codec.channels, media.codec.fmtp,
@@ -209,7 +211,10 @@ class SubscriberPC(_PeerConnection):
         self._dirty = True
         self._next_mid = 1  # after the data-channel m-line
         self._offered_inactive: list[sdp.OutgoingMedia] = []  # m-lines the outstanding offer has inactive
+        self._offered_active: list[sdp.OutgoingMedia] = []  # and those it sends on
         self._recyclable: set[str] = set()  # inactive mids the client has answered: free for reuse
+        # Media the latest answer took none of the codecs of (or rejected): the caller ends those subscriptions.
+        self.unplaceable: list[sdp.OutgoingMedia] = []
 
     def add(self, media: sdp.OutgoingMedia) -> bool:
         """Gives `media` an m-line: an inactive one of its kind that the client has already answered as such
@@ -249,6 +254,7 @@ class SubscriberPC(_PeerConnection):
         self._dirty = False
         self._awaiting_answer = True
         self._offered_inactive = [media for media in self.media if not media.active]
+        self._offered_active = [media for media in self.media if media.active]
         self._offer_id += 1
         self._version += 1
         text = sdp.build_offer(self.transport.local_endpoint(), self.media, self.session_id, self._version, self.data_mid)
@@ -264,7 +270,13 @@ class SubscriberPC(_PeerConnection):
         description = sdp.parse(answer.sdp)
         self._apply_remote(description)
         with_red = {media.mid: media for media in self.media if media.red_payload_type is not None}
+        # What the offer sent and is still sent (not unsubscribed, nor its m-line refilled, meanwhile).
+        active = {media.mid: media for media in self._offered_active
+                  if media.active and any(media is slot for slot in self.media)}
+        self.unplaceable = []
         for section in description.sections:
+            if section.mid in active and not _take_codec(active[section.mid], section):
+                self.unplaceable.append(active[section.mid])
             if section.mid in with_red:
                 # A client that left RED out of its answer gets the Opus inside it (the engine strips it).
                 red = sdp.red_codec(section, with_red[section.mid].codec)
@@ -272,3 +284,17 @@ class SubscriberPC(_PeerConnection):
         # Only m-lines still in the state offered (not refilled meanwhile) are known inactive on both sides.
         self._recyclable |= {m.mid for m in self._offered_inactive if any(m is slot for slot in self.media)}
         return description, (self._offer() if self._dirty else None)
+
+
+def _take_codec(media: sdp.OutgoingMedia, section: sdp.MediaSection) -> bool:
+    """The codec the client's answer `section` took for `media` (the first offered that it lists, under the
+    offer's payload types) becomes its codec; False if the client rejected the m-line or took none."""
+    if section.port == 0:
+        return False
+    sent = next((c for c in [media.codec, *media.alternatives] if any(
+        answered.payload_type == c.payload_type and answered.name.lower() == c.name.lower()
+        for answered in section.codecs)), None)
+    if sent is None:
+        return False
+    media.codec, media.alternatives = sent, []
+    return True

@@ -463,6 +463,9 @@ class OutgoingMedia:
     active: bool              # False once unsubscribed: m-line kept, a=inactive, no ssrc lines
     red_payload_type: int | None = None  # audio: RED around `codec` offered first under this PT (the client's, once
                                          # placed in its m-line); None when the client has none: plain Opus
+    # Codecs offered after `codec` that the client may take instead (a track's backup codec, for a client that does
+    # not decode its primary one), each with its RTX; empty once the client chose (`codec` is then its choice).
+    alternatives: list[Codec] = field(default_factory=list)
 
 
 def _session_lines(session_id: int, version: int, mids: list[str]) -> list[str]:
@@ -675,13 +678,13 @@ def _send_lines(m: OutgoingMedia, local: LocalEndpoint, setup: str, listed: dict
     if m.kind not in ("audio", "video"):
         raise ValueError(f"mid {m.mid}: kind must be audio or video, got {m.kind!r}")
     codec = m.codec
-    rtx = (Codec(codec.rtx_payload_type, "rtx", codec.clock_rate, fmtp=f"apt={codec.payload_type}")
-           if codec.rtx_payload_type is not None else None)
-    if m.rtx_ssrc is not None and rtx is None:
+    if m.rtx_ssrc is not None and codec.rtx_payload_type is None:
         raise ValueError(f"mid {m.mid}: rtx_ssrc given but the codec has no rtx payload type")
     red = (Codec(m.red_payload_type, "red", codec.clock_rate, codec.channels,
                  f"{codec.payload_type}/{codec.payload_type}") if m.red_payload_type is not None else None)
-    lines = [rtp_mline(m.kind, "UDP/TLS/RTP/SAVPF", ([red] if red else []) + [codec] + ([rtx] if rtx else []))]
+    codecs = [codec, *m.alternatives]
+    formats = ([red] if red else []) + [c for sent in codecs for c in [sent, *_rtx_of(sent)]]
+    lines = [rtp_mline(m.kind, "UDP/TLS/RTP/SAVPF", formats)]
     lines += _transport_lines(local, setup, m.mid)
     lines += extmap_lines(m.extmap if listed is None else listed)
     lines.append("a=sendonly" if m.active else "a=inactive")
@@ -691,9 +694,10 @@ def _send_lines(m: OutgoingMedia, local: LocalEndpoint, setup: str, listed: dict
     lines += ["a=rtcp-mux", "a=rtcp-rsize"]
     if red:
         lines += codec_lines(red, [])
-    lines += codec_lines(codec, codec.rtcp_fb)
-    if rtx:
-        lines += codec_lines(rtx, [])
+    for sent in codecs:
+        lines += codec_lines(sent, sent.rtcp_fb)
+        for rtx in _rtx_of(sent):
+            lines += codec_lines(rtx, [])
     if m.active:
         ssrcs = [m.ssrc] + ([m.rtx_ssrc] if m.rtx_ssrc is not None else [])
         if m.rtx_ssrc is not None:
@@ -701,6 +705,13 @@ def _send_lines(m: OutgoingMedia, local: LocalEndpoint, setup: str, listed: dict
         for ssrc in ssrcs:
             lines += [f"a=ssrc:{ssrc} cname:{m.cname}", f"a=ssrc:{ssrc} msid:{msid}"]
     return lines
+
+
+def _rtx_of(codec: Codec) -> list[Codec]:
+    """The RTX payload type paired with `codec` (apt=), if it has one."""
+    if codec.rtx_payload_type is None:
+        return []
+    return [Codec(codec.rtx_payload_type, "rtx", codec.clock_rate, fmtp=f"apt={codec.payload_type}")]
 
 
 def _profile(codec: Codec) -> tuple[str, ...]:

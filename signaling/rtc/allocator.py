@@ -420,15 +420,15 @@ class StreamAllocator:
         audio = 0.0
         videos = []
         for subscription in subscriptions:
-            key, publication = subscription.downtrack_id, subscription.publication
+            key, publication, source = subscription.downtrack_id, subscription.publication, subscription.source
             if publication.kind == "audio":
                 if not asked[key].paused:
-                    audio += publication.audio_bitrate(self.engine)
+                    audio += source.audio_bitrate(self.engine)
             elif not asked[key].paused:
-                bitrates = publication.layer_bitrates(self.engine)
+                bitrates = source.layer_bitrates(self.engine)
                 videos.append(VideoDemand(key, publication.info.source == models.TrackSource.SCREEN_SHARE,
                                           min(asked[key].layer, len(bitrates) - 1), bitrates,
-                                          tuple(publication.temporal_bitrates(self.engine))))
+                                          tuple(source.temporal_bitrates(self.engine))))
         capacity = (self.estimate or 0.0) - audio
         fits = share(videos, capacity)
         cautious = share(videos, capacity / UPGRADE_MARGIN)

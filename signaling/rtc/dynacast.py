@@ -14,7 +14,7 @@ from livekit.protocol import models, rtc
 from .allocator import PAUSED
 
 if TYPE_CHECKING:
-    from .publication import TrackPublication
+    from .publication import ReceivedCodec, TrackPublication
 
 # Downgrades (including all layers off) wait this long; upgrades are sent at once (LiveKit's DynacastPauseDelay).
 DYNACAST_PAUSE_DELAY_S = 5.0
@@ -25,12 +25,15 @@ _QUALITIES = (models.VideoQuality.LOW, models.VideoQuality.MEDIUM, models.VideoQ
 
 
 class Dynacast:
+    """What the publisher is to send of one codec of a track (`source`: the publication or its backup)."""
+
     def __init__(self, publication: TrackPublication, engine: Any, pause_delay: float = DYNACAST_PAUSE_DELAY_S,
-                 initial_delay: float = DYNACAST_INITIAL_DELAY_S) -> None:
+                 initial_delay: float = DYNACAST_INITIAL_DELAY_S, source: ReceivedCodec | None = None) -> None:
         self.publication = publication
+        self.source = source or publication
         self.engine = engine
         self.pause_delay = pause_delay
-        self.layers = max(1, len(publication.advertised_layers()))
+        self.layers = max(1, len(self.source.advertised_layers()))
         self.committed = self.layers - 1  # a publisher starts with every layer on
         self.closed = False
         self._pending = False
@@ -42,6 +45,8 @@ class Dynacast:
         aimed = forwarded = PAUSED
         top = self.layers - 1
         for subscription in self.publication.subscriptions.values():
+            if subscription.source is not self.source:
+                continue
             layer = subscription.subscriber.allocator.wanted_layer(subscription)
             if layer == PAUSED:
                 continue
@@ -101,18 +106,39 @@ class Dynacast:
 
     def _commit(self, layer: int) -> None:
         self.committed = layer
-        publication = self.publication
-        top = quality_of(publication, layer) if layer != PAUSED else None
-        qualities = [rtc.SubscribedQuality(quality=q, enabled=top is not None and q <= top) for q in _QUALITIES]
-        codec = publication.codec.name.lower() if publication.codec is not None else ""
-        publication.participant.send(rtc.SignalResponse(subscribed_quality_update=rtc.SubscribedQualityUpdate(
-            track_sid=publication.sid, subscribed_qualities=qualities,
-            subscribed_codecs=[rtc.SubscribedCodec(codec=codec, qualities=qualities)])))
+        announce_qualities(self.publication)
 
 
-def quality_of(publication: TrackPublication, layer: int) -> int:
+def announce_qualities(publication: TrackPublication) -> None:
+    """Tells the publisher which qualities of each of the track's codecs to send: what each codec's Dynacast
+    committed; all of a wanted backup codec the publisher has yet to send (the JS SDK then publishes it)."""
+    primary = publication.dynacast
+    if primary is None or publication.codec is None:
+        return
+    qualities = _qualities(publication, primary.committed)
+    codecs = [rtc.SubscribedCodec(codec=publication.codec.name.lower(), qualities=qualities)]
+    backup = publication.backup
+    if backup is not None and backup.dynacast is not None and backup.codec is not None:
+        codecs.append(rtc.SubscribedCodec(codec=backup.codec.name.lower(),
+                                          qualities=_qualities(backup, backup.dynacast.committed)))
+    elif backup is not None and publication.backup_codec is not None and any(
+            subscription.source is backup for subscription in publication.subscriptions.values()):
+        codecs.append(rtc.SubscribedCodec(codec=publication.backup_codec,
+                                          qualities=[rtc.SubscribedQuality(quality=q, enabled=True)
+                                                     for q in _QUALITIES]))
+    publication.participant.send(rtc.SignalResponse(subscribed_quality_update=rtc.SubscribedQualityUpdate(
+        track_sid=publication.sid, subscribed_qualities=qualities, subscribed_codecs=codecs)))
+
+
+def _qualities(source: ReceivedCodec, layer: int) -> list[rtc.SubscribedQuality]:
+    """Every quality up to the one of `layer` enabled (none for PAUSED)."""
+    top = quality_of(source, layer) if layer != PAUSED else None
+    return [rtc.SubscribedQuality(quality=q, enabled=top is not None and q <= top) for q in _QUALITIES]
+
+
+def quality_of(source: ReceivedCodec, layer: int) -> int:
     """The VideoQuality of a layer index: the advertised layer's, else the index itself (LOW, MEDIUM, HIGH)."""
-    layers = publication.advertised_layers()
+    layers = source.advertised_layers()
     if layer < len(layers):
         return layers[layer].quality
     return min(layer, models.VideoQuality.HIGH)

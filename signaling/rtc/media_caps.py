@@ -95,6 +95,9 @@ def track_codecs(publications: Iterable[TrackPublication]) -> dict[str, str]:
             chosen[publication.cid] = publication.codec.name
         elif publication.info.codecs:
             chosen[publication.cid] = publication.info.codecs[0].mime_type.rpartition("/")[2]
+        backup = publication.backup
+        if backup is not None and backup.cid:  # the m-line the publisher sends its backup codec on
+            chosen[backup.cid] = backup.codec.name if backup.codec is not None else publication.backup_codec or ""
     return chosen
 
 
@@ -136,6 +139,22 @@ def subscriber_codec(kind: str, published: Codec, red: bool = False) -> Codec:
                           or next(pt for pt in _RTX_PAYLOAD_TYPES if pt != published.payload_type)
                           if kind == "video" else None),
     )
+
+
+# A backup codec as subscribers are offered it, before (or whatever) the publisher negotiated for it: the engine
+# writes each DownTrack's payload types, so any free ones do. H.264 in constrained baseline, packetization mode 1,
+# as LiveKit's SDKs send it.
+_BACKUP_FMTP = {"vp8": ("VP8", ""), "h264": ("H264", "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f")}
+
+
+def backup_subscriber_codec(name: str, primary: Codec) -> Codec:
+    """The backup codec `name` ("vp8" or "h264") offered to a subscriber after `primary` (with its RTX), under payload
+    types the primary does not use."""
+    taken = {primary.payload_type, primary.rtx_payload_type}
+    payload_type, rtx_payload_type = [pt for pt in range(96, 128) if pt not in taken][:2]
+    encoding, fmtp = _BACKUP_FMTP[name]
+    return Codec(payload_type=payload_type, name=encoding, clock_rate=90000, fmtp=fmtp,
+                 rtcp_fb=list(SUBSCRIBER_FEEDBACK["video"]), rtx_payload_type=rtx_payload_type)
 
 
 def subscriber_extensions(kind: str) -> dict[str, int]:

@@ -22,9 +22,9 @@ from . import limits, media_caps
 from .allocator import StreamAllocator
 from .connection_stats import ConnectionStats
 from .data import LOSSY_LABEL, RELIABLE_LABEL, SERVER_CHANNELS, DataPublisher
-from .dynacast import Dynacast
+from .dynacast import Dynacast, announce_qualities
 from .ids import new_id, now_ms
-from .publication import Subscription, TrackPublication
+from .publication import BackupCodec, Subscription, TrackPublication
 from .subscriptions import SubscriptionPermissions
 
 if TYPE_CHECKING:
@@ -437,6 +437,10 @@ class Participant:
             reason, message = Reason.UNSUPPORTED_TYPE, "only audio and video tracks are published this way"
         elif oversized:
             reason, message = Reason.LIMIT_EXCEEDED, f"track request larger than {limits.MAX_ADD_TRACK_SIZE} bytes"
+        elif request.sid:  # the backup codec of a published track, which its subscribers asked for
+            if self._add_backup(request):
+                return
+            reason, message = Reason.NOT_FOUND, "no track with this sid awaits this backup codec"
         elif request.cid in self._pending:
             reason, message = Reason.QUEUED, "track with this cid is pending"
         elif len(self._pending) >= limits.MAX_PENDING_TRACKS:
@@ -458,6 +462,26 @@ class Participant:
         self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
             reason=reason, message=message, add_track=echo)))
 
+    def _add_backup(self, request: rtc.AddTrackRequest) -> bool:
+        """An AddTrackRequest naming a track's sid: its backup codec (the one simulcast codec) comes on the m-line
+        whose msid track id is the request's cid. Answered with the track, as LiveKit does."""
+        publication = self.publications.get(request.sid)
+        backup = publication.backup if publication is not None else None
+        codecs = request.simulcast_codecs
+        if backup is None or backup.receiver_id is not None or len(codecs) != 1 or not request.cid \
+                or codecs[0].codec.rpartition("/")[2].lower() != publication.backup_codec:
+            return False
+        backup.cid = request.cid
+        backup.layers = sorted(codecs[0].layers or request.layers, key=lambda layer: layer.quality)
+        for info in publication.info.codecs[1:]:
+            if info.mime_type.rpartition("/")[2].lower() == publication.backup_codec:
+                info.cid = request.cid
+                del info.layers[:]
+                info.layers.extend(backup.layers)
+        self.send(rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(
+            cid=request.cid, track=publication.info)))
+        return True
+
     def handle_offer(self, offer: rtc.SessionDescription) -> None:
         """The client's publisher offer: answer it, receive what it sends, unpublish what it stopped."""
         policy = media_caps.SINGLE_PC if self.single_pc else media_caps.PUBLISHER
@@ -477,18 +501,23 @@ class Participant:
             for publication in list(self.publications.values()):
                 if publication.info.mid == mid:
                     self.unpublish(publication)
+                elif publication.backup is not None and publication.backup.mid == mid:
+                    self._drop_backup(publication)
         if isinstance(self.subscriber, SinglePC):  # the answer sent subscriptions too: they start now
             refused = self._start_downtracks({m.mid: m.extmap for m in self.subscriber.media if m.mid})
-            for subscription in [s for s in self.subscriptions.values()
-                                 if any(s.media is m for m in self.subscriber.unplaceable)]:
-                # The client receives no codec the publisher sends (tern does not transcode).
-                self.services.counters["subscription_codec_unsupported"] += 1
-                self.unsubscribe(subscription, renegotiate=False)
-                self.send(rtc.SignalResponse(subscription_response=rtc.SubscriptionResponse(
-                    track_sid=subscription.publication.sid, err=models.SubscriptionError.SE_CODEC_UNSUPPORTED)))
+            self._end_unplaceable(self.subscriber.unplaceable)
             self._negotiate(self.subscriber.follow_up())
             if refused:
                 self.renegotiate()
+
+    def _end_unplaceable(self, unplaceable: list[sdp.OutgoingMedia]) -> None:
+        """Ends the subscriptions whose m-lines the client receives none of the track's codecs in (tern does not
+        transcode): it is told the track is unavailable to it, rather than get a video it cannot show."""
+        for subscription in [s for s in self.subscriptions.values() if any(s.media is m for m in unplaceable)]:
+            self.services.counters["subscription_codec_unsupported"] += 1
+            self.unsubscribe(subscription, renegotiate=False)
+            self.send(rtc.SignalResponse(subscription_response=rtc.SubscriptionResponse(
+                track_sid=subscription.publication.sid, err=models.SubscriptionError.SE_CODEC_UNSUPPORTED)))
 
     def _refuse_sdp(self, description: rtc.SessionDescription, error: sdp.SdpError) -> None:
         over_limit = isinstance(error, sdp.SdpLimitError)
@@ -506,8 +535,14 @@ class Participant:
     def attach_media(self, media: sdp.AcceptedMedia) -> None:
         """Ties an m-line the client sends on to its AddTrackRequest (msid track id == cid, else a codec's cid,
         else the first pending track of the kind) and starts a Receiver."""
-        if any(p.info.mid == media.mid for p in self.publications.values()):
+        if any(p.info.mid == media.mid or (p.backup is not None and p.backup.mid == media.mid)
+               for p in self.publications.values()):
             return  # already receiving on this m-line (renegotiation)
+        backup = next((p.backup for p in self.publications.values() if p.backup is not None and p.backup.cid
+                       and p.backup.cid == media.track_id and p.backup.receiver_id is None), None)
+        if backup is not None:
+            self._attach_backup(backup, media)
+            return
         candidates = [p for p in self._pending.values() if p.kind == media.kind]
         publication = next((p for p in candidates if p.cid == media.track_id), None) \
             or next((p for p in candidates if any(c.cid == media.track_id for c in p.info.codecs)), None) \
@@ -517,12 +552,7 @@ class Participant:
             return
         codec = media.codec
         try:
-            receiver_id = self.services.engine.add_receiver(
-                self.publisher.transport.id, media.mid, media.kind, codec.name.lower(), codec.payload_type,
-                codec.rtx_payload_type or 0, codec.clock_rate, media_caps.ordered_rids(media.rids), media.ssrcs,
-                media.rtx_ssrcs, media.extmap,
-                red_payload_type=media.red_payload_type if media.red_payload_type is not None else -1,
-            )
+            receiver_id = self._add_receiver(media)
         except ValueError as error:  # beyond the engine's limits (layers, mid/rid length): the track stays pending
             self.services.counters["media_rejected"] += 1
             log.info("participant %s: cannot receive m-line %s: %s", self.identity, media.mid, error)
@@ -547,6 +577,62 @@ class Participant:
         if media.kind == "video":
             publication.dynacast = Dynacast(publication, self.services.engine)
 
+    def _add_receiver(self, media: sdp.AcceptedMedia) -> int:
+        """The engine Receiver of an m-line the client sends on. Raises as Engine.add_receiver."""
+        codec = media.codec
+        return self.services.engine.add_receiver(
+            self.publisher.transport.id, media.mid, media.kind, codec.name.lower(), codec.payload_type,
+            codec.rtx_payload_type or 0, codec.clock_rate, media_caps.ordered_rids(media.rids), media.ssrcs,
+            media.rtx_ssrcs, media.extmap,
+            red_payload_type=media.red_payload_type if media.red_payload_type is not None else -1,
+        )
+
+    def _attach_backup(self, backup: BackupCodec, media: sdp.AcceptedMedia) -> None:
+        """The publisher sends a track's backup codec: the subscriptions waiting for it start."""
+        publication = backup.publication
+        if media.codec.name.lower() != publication.backup_codec:
+            self.services.counters["media_rejected"] += 1  # the answer could not pick the backup's codec
+            return
+        try:
+            receiver_id = self._add_receiver(media)
+        except (ValueError, RuntimeError, MemoryError) as error:  # its subscribers keep waiting; the primary goes on
+            self.services.counters["media_rejected"] += 1
+            log.info("participant %s: cannot receive backup codec m-line %s: %s", self.identity, media.mid, error)
+            return
+        backup.receiver_id, backup.codec, backup.extmap, backup.mid = receiver_id, media.codec, dict(media.extmap), \
+            media.mid
+        for info in publication.info.codecs[1:]:
+            if info.cid == backup.cid:
+                info.mid = media.mid
+        self.services.receivers[receiver_id] = publication
+        backup.dynacast = Dynacast(publication, self.services.engine, source=backup)
+        for subscription in list(publication.subscriptions.values()):
+            if subscription.source is backup:
+                subscription.subscriber.start_downtrack(subscription)
+
+    def _drop_backup(self, publication: TrackPublication, unpublished: bool = False) -> None:
+        """The publisher stopped sending the backup codec: unless the track is `unpublished` too, its subscriptions
+        wait for it again (the publisher is asked for it anew)."""
+        backup = publication.backup
+        if backup is None or backup.receiver_id is None:
+            return
+        if backup.dynacast is not None:
+            backup.dynacast.close()
+        self.services.receivers.pop(backup.receiver_id, None)
+        self.services.engine.remove_receiver(backup.receiver_id)
+        backup.receiver_id = None
+        if unpublished:
+            return
+        publication.backup = BackupCodec(publication)
+        for subscription in publication.subscriptions.values():
+            if subscription.source is not backup:
+                continue
+            subscription.source = publication.backup
+            if subscription.downtrack_id is not None:  # the engine removed it with the receiver
+                subscription.subscriber.allocator.forget(subscription.downtrack_id)
+                subscription.downtrack_id = None
+        announce_qualities(publication)
+
     def on_track_started(self, publication: TrackPublication) -> None:
         """The first packets arrived: the track is published to the room."""
         if publication.published or self.closed:
@@ -564,6 +650,7 @@ class Participant:
         self.room.subscriptions.drop(publication)
         if publication.dynacast is not None:
             publication.dynacast.close()
+        self._drop_backup(publication, unpublished=True)
         if publication.receiver_id is not None:
             self.services.receivers.pop(publication.receiver_id, None)
             self.services.engine.remove_receiver(publication.receiver_id)
@@ -735,6 +822,9 @@ class Participant:
             extmap=media_caps.subscriber_extensions(kind),
             active=True,
             red_payload_type=red,
+            # A track with a backup codec is offered in that too: a client that cannot decode the primary takes it.
+            alternatives=[media_caps.backup_subscriber_codec(publication.backup_codec, codec)]
+            if publication.backup_codec is not None else [],
         )
         if not self.subscriber.add(media):  # negotiation.MAX_SUBSCRIBER_MEDIA subscribed
             self.services.counters["subscription_limit"] += 1
@@ -776,6 +866,7 @@ class Participant:
             self._refuse_sdp(answer, error)
             self.renegotiate()  # the refused answer ended the offer: offer again (until MAX_SDP_REFUSALS)
             return
+        self._end_unplaceable(self.subscriber.unplaceable)
         refused = self._start_downtracks({s.mid: s.extmap for s in description.sections if s.port != 0})
         self._negotiate(follow_up)
         if refused:
@@ -788,24 +879,40 @@ class Participant:
         for subscription in list(self.subscriptions.values()):
             extmap = accepted.get(subscription.media.mid)
             if subscription.downtrack_id is None and extmap is not None:
-                refused |= not self._start_downtrack(subscription, extmap)
+                subscription.extmap = extmap
+                self._choose_source(subscription)
+                refused |= not self.start_downtrack(subscription)
         return refused
 
-    def _start_downtrack(self, subscription: Subscription, negotiated: dict[str, int]) -> bool:
-        """Starts the DownTrack; False if the node has none left (then the subscription ends, the client is told)."""
-        publication = subscription.publication
+    def _choose_source(self, subscription: Subscription) -> None:
+        """The client's SDP chose the codec of the m-line: a backup codec is forwarded from the backup, which the
+        publisher is asked to send if it does not yet."""
+        publication, backup = subscription.publication, subscription.publication.backup
+        if backup is None or publication.codec is None or subscription.source is backup \
+                or subscription.media.codec.name.lower() == publication.codec.name.lower():
+            return
+        subscription.source = backup
+        self.services.counters["subscriptions_backup_codec"] += 1
+        if backup.receiver_id is None:
+            announce_qualities(publication)
+
+    def start_downtrack(self, subscription: Subscription) -> bool:
+        """Starts the DownTrack of a subscription whose m-line the client has, once what it is forwarded from is
+        received; False if the node has none left (then the subscription ends, the client is told)."""
+        publication, source = subscription.publication, subscription.source
         media = subscription.media
-        if publication.receiver_id is None:
+        negotiated = subscription.extmap
+        if source.receiver_id is None or negotiated is None or subscription.downtrack_id is not None:
             return True
         # Publisher extension id -> the id this subscriber negotiated for the same URI. transport-cc and
         # abs-send-time are not forwarded: the engine writes its own under the ids the answer accepted.
-        extmap = {pub_id: negotiated[uri] for uri, pub_id in publication.extmap.items()
+        extmap = {pub_id: negotiated[uri] for uri, pub_id in source.extmap.items()
                   if uri in negotiated and uri not in media_caps.SUBSCRIBER_OWN_EXTENSIONS}
         transport_cc_id = negotiated.get(sdp.EXT_TRANSPORT_CC, 0)
         abs_send_time_id = negotiated.get(sdp.EXT_ABS_SEND_TIME, 0)
         try:
             subscription.downtrack_id = self.services.engine.add_downtrack(
-                publication.receiver_id, self.subscriber.transport.id, media.ssrc, media.rtx_ssrc or 0,
+                source.receiver_id, self.subscriber.transport.id, media.ssrc, media.rtx_ssrc or 0,
                 media.codec.payload_type, media.codec.rtx_payload_type or 0, extmap,
                 transport_cc_id if 0 < transport_cc_id < 15 else 0,
                 abs_send_time_id if 0 < abs_send_time_id < 15 else 0,

@@ -25,6 +25,8 @@ BITRATE_WINDOWS = 5
 # A simulcast layer's bitrate before it is measured, when the publisher advertised none: LiveKit's SDK presets for
 # 180p, 360p and 720p (bps), lowest first; a fourth layer costs what the third does.
 DEFAULT_LAYER_BPS = (160_000, 450_000, 1_700_000)
+# Codecs a video track may be backed up in (LiveKit's BackupVideoCodec): what every WebRTC client decodes.
+BACKUP_CODECS = ("vp8", "h264")
 # An audio track's bitrate before it is measured, reserved first by the allocator: Opus voice at LiveKit's default
 # 32 kbps plus RTP/SRTP/UDP/IP overhead at 50 packets a second (~20 kbps), rounded up.
 DEFAULT_AUDIO_BPS = 64_000
@@ -95,56 +97,28 @@ def svc_layers(svc_bytes: list[list[int]], advertised: int) -> tuple[list[int], 
     return [sum(by_temporal) for by_temporal in temporal], temporal
 
 
-class TrackPublication:
-    """A track a participant publishes; `receiver_id` is its engine Receiver once media is negotiated."""
+def backup_codec(request: rtc.AddTrackRequest) -> str | None:
+    """The backup codec of a video track (lower-case name), if it asks for one tern forwards. LiveKit's SDKs ask
+    for one at most (VP8 or H.264 behind VP9/AV1) and none for an encrypted track."""
+    names = [codec.codec.rpartition("/")[2].lower() for codec in request.simulcast_codecs]
+    if request.encryption != models.Encryption.NONE:
+        return None
+    return next((name for name in names[1:] if name in BACKUP_CODECS and name != names[0]), None)
 
-    def __init__(self, participant: Participant, request: rtc.AddTrackRequest) -> None:
-        self.participant = participant
-        self.cid = request.cid
-        kind_letter = "A" if request.type == models.TrackType.AUDIO else "V"
-        self.info = models.TrackInfo(
-            sid=new_id(f"TR_{kind_letter}"),
-            type=request.type,
-            name=request.name,
-            muted=request.muted,
-            width=request.width,
-            height=request.height,
-            source=request.source,
-            layers=request.layers,
-            disable_dtx=request.disable_dtx,
-            stereo=request.stereo,
-            disable_red=request.disable_red,
-            encryption=request.encryption,
-            stream=request.stream,
-            audio_features=request.audio_features,
-            simulcast=len(request.layers) > 1
-            or any(len(c.layers) > 1 for c in request.simulcast_codecs),
-        )
-        for codec in request.simulcast_codecs:
-            # Clients send a bare codec name ("vp8"); TrackInfo carries MIME types, which JS splits on "/".
-            mime_type = codec.codec if "/" in codec.codec else f"{self.kind}/{codec.codec}"
-            self.info.codecs.add(mime_type=mime_type, cid=codec.cid or request.cid, layers=codec.layers)
-        self.receiver_id: int | None = None
-        self.codec: Codec | None = None
-        self.red_payload_type: int | None = None  # audio: the publisher sends RED around `codec` under this PT
-        self.extmap: dict[str, int] = {}
-        self.published = False
-        self.subscriptions: dict[str, Subscription] = {}  # by subscriber sid
-        self.bitrates = LayerBitrates()
-        self.dynacast: Dynacast | None = None  # video only, once media is negotiated
 
-    @property
-    def sid(self) -> str:
-        return self.info.sid
+class ReceivedCodec:
+    """One codec a track arrives in: its engine Receiver (once media is negotiated), the codec and header extension
+    ids the publisher's m-line negotiated, and what its layers cost. A track is received in its primary codec (the
+    TrackPublication itself) and, for a video with a backup codec, in that too once the publisher sends it."""
 
-    @property
-    def kind(self) -> str:
-        return "audio" if self.info.type == models.TrackType.AUDIO else "video"
+    receiver_id: int | None
+    codec: Codec | None
+    extmap: dict[str, int]
+    bitrates: LayerBitrates
+    dynacast: Dynacast | None
 
     def advertised_layers(self) -> list[models.VideoLayer]:
-        """The simulcast layers the publisher announced (AddTrack layers, else its first codec's), lowest first."""
-        layers = self.info.layers or (self.info.codecs[0].layers if self.info.codecs else [])
-        return sorted(layers, key=lambda layer: layer.quality)
+        raise NotImplementedError
 
     def measure(self, engine: Any, now: float | None = None) -> list[int]:
         """Each layer's measured bitrate (bps; refreshed at most once a window), empty before the first window."""
@@ -183,6 +157,86 @@ class TrackPublication:
         return sum(self.measure(engine)) or DEFAULT_AUDIO_BPS
 
 
+class TrackPublication(ReceivedCodec):
+    """A track a participant publishes; `receiver_id` is its engine Receiver once media is negotiated."""
+
+    def __init__(self, participant: Participant, request: rtc.AddTrackRequest) -> None:
+        self.participant = participant
+        self.cid = request.cid
+        kind_letter = "A" if request.type == models.TrackType.AUDIO else "V"
+        self.info = models.TrackInfo(
+            sid=new_id(f"TR_{kind_letter}"),
+            type=request.type,
+            name=request.name,
+            muted=request.muted,
+            width=request.width,
+            height=request.height,
+            source=request.source,
+            layers=request.layers,
+            disable_dtx=request.disable_dtx,
+            stereo=request.stereo,
+            disable_red=request.disable_red,
+            encryption=request.encryption,
+            stream=request.stream,
+            audio_features=request.audio_features,
+            simulcast=len(request.layers) > 1
+            or any(len(c.layers) > 1 for c in request.simulcast_codecs),
+        )
+        for index, codec in enumerate(request.simulcast_codecs):
+            # Clients send a bare codec name ("vp8"); TrackInfo carries MIME types, which JS splits on "/". A backup
+            # codec has no cid until its publisher sends it (an AddTrackRequest naming this track's sid).
+            mime_type = codec.codec if "/" in codec.codec else f"{self.kind}/{codec.codec}"
+            self.info.codecs.add(mime_type=mime_type, cid=codec.cid or (request.cid if index == 0 else ""),
+                                 layers=codec.layers)
+        self.backup_codec = backup_codec(request) if self.kind == "video" else None
+        if self.backup_codec is not None:
+            # Subscribers that decode the primary codec get it while others get the backup: LiveKit's multi-codec
+            # simulcast. tern does not regress a track to its backup (LiveKit's default for small rooms), so it
+            # says so rather than echo the client's policy.
+            self.info.backup_codec_policy = models.BackupCodecPolicy.SIMULCAST
+        # Received once a subscriber needed it and the publisher then sent it (its receiver_id set).
+        self.backup = BackupCodec(self) if self.backup_codec is not None else None
+        self.receiver_id: int | None = None
+        self.codec: Codec | None = None
+        self.red_payload_type: int | None = None  # audio: the publisher sends RED around `codec` under this PT
+        self.extmap: dict[str, int] = {}
+        self.published = False
+        self.subscriptions: dict[str, Subscription] = {}  # by subscriber sid
+        self.bitrates = LayerBitrates()
+        self.dynacast: Dynacast | None = None  # video only, once media is negotiated
+
+    @property
+    def sid(self) -> str:
+        return self.info.sid
+
+    @property
+    def kind(self) -> str:
+        return "audio" if self.info.type == models.TrackType.AUDIO else "video"
+
+    def advertised_layers(self) -> list[models.VideoLayer]:
+        """The simulcast layers the publisher announced (AddTrack layers, else its first codec's), lowest first."""
+        layers = self.info.layers or (self.info.codecs[0].layers if self.info.codecs else [])
+        return sorted(layers, key=lambda layer: layer.quality)
+
+
+class BackupCodec(ReceivedCodec):
+    """A track's backup codec as the publisher sends it on an m-line of its own (LiveKit's multi-codec simulcast)."""
+
+    def __init__(self, publication: TrackPublication) -> None:
+        self.publication = publication
+        self.cid = ""  # the publisher's AddTrackRequest for it names the m-line (msid track id) it comes on
+        self.layers = sorted(publication.info.layers, key=lambda layer: layer.quality)
+        self.receiver_id: int | None = None
+        self.codec: Codec | None = None
+        self.extmap: dict[str, int] = {}
+        self.mid = ""
+        self.bitrates = LayerBitrates()
+        self.dynacast: Dynacast | None = None
+
+    def advertised_layers(self) -> list[models.VideoLayer]:
+        return self.layers
+
+
 class Subscription:
     """One subscriber's copy of a publication: an m-line on its subscriber PC and an engine DownTrack."""
 
@@ -191,3 +245,7 @@ class Subscription:
         self.subscriber = subscriber
         self.media = media
         self.downtrack_id: int | None = None
+        # What it is forwarded from: the publication (its primary codec), or its backup for a subscriber that
+        # decodes only that; chosen when the subscriber's SDP says which codec it takes.
+        self.source: ReceivedCodec = publication
+        self.extmap: dict[str, int] | None = None  # the header extensions its m-line negotiated (URI -> id)

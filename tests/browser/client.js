@@ -137,6 +137,48 @@
     }));
   }
 
+  // tests/media.py's test card (four coloured quadrants, `width` x `height`) drawn on a canvas with a small square
+  // moving along its top edge (so encoders keep sending frames), published as the camera with TrackPublishOptions.
+  async function publishCard(width, height, publishOptions) {
+    const canvas = document.createElement("canvas");
+    canvas.width = width;
+    canvas.height = height;
+    const context = canvas.getContext("2d");
+    const colours = [[220, 30, 30], [30, 200, 30], [30, 30, 220], [230, 230, 230]];
+    let tick = 0;
+    const draw = () => {
+      colours.forEach(([r, g, b], index) => {
+        context.fillStyle = `rgb(${r}, ${g}, ${b})`;
+        context.fillRect((index % 2) * width / 2, Math.floor(index / 2) * height / 2, width / 2, height / 2);
+      });
+      context.fillStyle = "black";
+      context.fillRect((tick++ * 8) % width, 0, 8, 8);
+    };
+    draw();
+    setInterval(draw, 33);
+    await room.localParticipant.publishTrack(canvas.captureStream(30).getVideoTracks()[0],
+      { source: Track.Source.Camera, ...publishOptions });
+  }
+
+  // The MIME types of the video codecs Chromium sends, from its outbound-rtp stats (one per active encoding).
+  async function outboundVideoCodecs() {
+    const codecs = [];
+    for (const publication of room.localParticipant.trackPublications.values()) {
+      const track = publication.track;
+      if (!track || track.kind !== Track.Kind.Video) continue;
+      const senders = [track.sender, ...[...(track.simulcastCodecs || new Map()).values()].map((c) => c.sender)];
+      for (const sender of senders.filter(Boolean)) {
+        const report = await sender.getStats();
+        report.forEach((stats) => {
+          if (stats.type === "outbound-rtp" && stats.codecId && stats.bytesSent > 0) {
+            codecs.push(report.get(stats.codecId).mimeType);
+          }
+        });
+      }
+    }
+    return codecs;
+  }
+
   // A sine tone of `frequency` Hz from Web Audio, published as the microphone with TrackPublishOptions (the JS SDK
   // leaves RED on unless {red: false}).
   async function publishTone(frequency, publishOptions) {
@@ -210,6 +252,6 @@
   window.tern = {
     state, connect, publishCameraAndMicrophone, inboundStats, selectedPair, publisherEstimate, publishData,
     setVideoEnabled, disconnect, publishCamera, setVideoQuality, publishTone, audioCodecs,
-    remoteEncryption,
+    remoteEncryption, publishCard, outboundVideoCodecs,
   };
 })();
