@@ -59,13 +59,14 @@ def python() -> Path:
 class Worker:
     """A livekit-agents worker process (agent_worker.py)."""
 
-    def __init__(self, python: Path, server, log_dir: Path, tag: str, agent_name: str = "") -> None:
+    def __init__(self, python: Path, server, log_dir: Path, tag: str, agent_name: str = "", load: float = 0.0) -> None:
         self.tag = tag
         self.log_path = log_dir / f"worker-{tag}.log"
         env = {**os.environ, "LIVEKIT_URL": server.url, "LIVEKIT_API_KEY": API_KEY, "LIVEKIT_API_SECRET": API_SECRET,
                "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE": "0"}
         with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen([str(python), str(WORKER), "--tag", tag, "--agent-name", agent_name],
+            self.process = subprocess.Popen([str(python), str(WORKER), "--tag", tag, "--agent-name", agent_name,
+                                             "--load", str(load)],
                                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     def log(self) -> str:
