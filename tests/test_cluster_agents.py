@@ -4,7 +4,6 @@ the workers' node dies, its jobs are failed and given to a worker of a live node
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import pytest
@@ -15,7 +14,7 @@ from agents_env import agents_python
 from clients import connect, until
 from conftest import API_KEY, API_SECRET, start_server, stop_server
 from media import TONE_HZ, Publisher, decoded_audio, dominant_frequency
-from test_agents import SERVER_ENV, WORKER_TAG_ATTRIBUTE, Worker
+from test_agents import WORKER_TAG_ATTRIBUTE, Worker, server_env
 from test_cluster import node_id, redis_server  # noqa: F401 (redis_server: the fixture)
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.filterwarnings("ignore:The HMAC key")]
@@ -23,19 +22,9 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.filterwarnin
 
 @pytest.fixture(scope="module")
 def nodes(redis_server, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
-    saved = {name: os.environ.get(name) for name in SERVER_ENV}
-    os.environ.update(SERVER_ENV)
-    started = []
-    try:
-        for i in range(2):
-            started.append(start_server(tmp_path_factory.mktemp(f"node{i}"),
-                                        config=f"redis: {{address: '{redis_server.address}'}}\n"))
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with server_env():
+        started = [start_server(tmp_path_factory.mktemp(f"node{i}"),
+                                config=f"redis: {{address: '{redis_server.address}'}}\n") for i in range(2)]
     yield started
     for node in started:
         stop_server(node)
