@@ -107,8 +107,10 @@ async def test_workers_of_one_node_serve_a_room_of_the_other_and_survive_its_dea
             # Node a dies with its workers' connections and the agents' relayed signal connections: the jobs fail,
             # and the helper's is given to the worker on b; the user, on b, is served again.
             a.process.kill()
+            killed_at = time.monotonic()
             await until(lambda: agent_of(user, "helper-b") is not None, 40)
             await reply_from(user, agent_of(user, "helper-b"), b"again")
+            print(f"the job's new agent answered {time.monotonic() - killed_at:.1f} s after the kill")
             [listed] = [d for d in await via_b.agent_dispatch.list_dispatch("far") if d.id == made.id]
             jobs = jobs_of(listed)
             assert jobs[0] == (agent.JS_FAILED, first_worker) and jobs[-1][0] == agent.JS_RUNNING, jobs
