@@ -252,7 +252,7 @@ def create_app(node: Node) -> Starlette:
                 return PlainTextResponse("permission denied: roomList grant required", status_code=403)
         except AuthError as error:
             return PlainTextResponse(str(error), status_code=401)
-        return JSONResponse(workers_report(node.agents))
+        return JSONResponse(workers_report(node.agents, node.id))
 
     async def cluster_nodes(request: Request) -> Response:
         """The cluster's live nodes (`tern nodes list`), for a token that may list rooms."""

@@ -133,13 +133,13 @@ class HttpSessionService:
             raise Refused(503, f"cluster unavailable: {error}", "cluster_unavailable") from None
         return owner if owner is not None and owner != self.node.id else None
 
-    async def forward(self, request: Request, owner: str) -> Response:
+    async def forward(self, request: Request, owner: str, flags: dict[str, str] | None = None) -> Response:
         """Serves the request on the room's node `owner` (cluster/http_relay.py): the offer is read and bounded
         here first."""
         body = (await read_offer(request)).encode() if request.method == "POST" else b""
         self.count("relayed")
         assert self.node.cluster is not None
-        return await http_relay.forward(self.node.cluster.rpc, owner, request, body)
+        return await http_relay.forward(self.node.cluster.rpc, owner, request, body, flags)
 
     def count(self, event: str) -> None:
         self.node.counters[f"{self.name}_{event}"] += 1

@@ -4,11 +4,13 @@ dispatch through livekit-api's AgentDispatchService; bare protobuf workers misbe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,19 +35,26 @@ WORKER_TAG_ATTRIBUTE = "test.worker"  # agent_worker.py's
 SERVER_ENV = {"TERN_AGENT_AVAILABILITY_TIMEOUT": "2", "TERN_SIGNAL_DEPARTURE_TIMEOUT": "2"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, webhooks: Receiver):
+@contextlib.contextmanager
+def server_env() -> Iterator[None]:
+    """SERVER_ENV in the environment of the servers started meanwhile."""
     saved = {name: os.environ.get(name) for name in SERVER_ENV}
     os.environ.update(SERVER_ENV)
     try:
-        server = start_server(tmp_path_factory.mktemp("tern"),
-                              config=f"webhook:\n  api_key: {API_KEY}\n  urls: [{webhooks.url}]\n")
+        yield
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, webhooks: Receiver):
+    with server_env():
+        server = start_server(tmp_path_factory.mktemp("tern"),
+                              config=f"webhook:\n  api_key: {API_KEY}\n  urls: [{webhooks.url}]\n")
     yield server
     stop_server(server)
     assert "Traceback" not in server.log(), server.log()
@@ -59,13 +68,14 @@ def python() -> Path:
 class Worker:
     """A livekit-agents worker process (agent_worker.py)."""
 
-    def __init__(self, python: Path, server, log_dir: Path, tag: str, agent_name: str = "") -> None:
+    def __init__(self, python: Path, server, log_dir: Path, tag: str, agent_name: str = "", load: float = 0.0) -> None:
         self.tag = tag
         self.log_path = log_dir / f"worker-{tag}.log"
         env = {**os.environ, "LIVEKIT_URL": server.url, "LIVEKIT_API_KEY": API_KEY, "LIVEKIT_API_SECRET": API_SECRET,
                "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE": "0"}
         with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen([str(python), str(WORKER), "--tag", tag, "--agent-name", agent_name],
+            self.process = subprocess.Popen([str(python), str(WORKER), "--tag", tag, "--agent-name", agent_name,
+                                             "--load", str(load)],
                                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     def log(self) -> str:

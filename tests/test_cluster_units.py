@@ -1,22 +1,29 @@
 """Cluster pieces without Redis: the relay's ordered, windowed links over a stand-in bus, hostile bus frames, the
-placement choice and node registrations that cannot be read."""
+placement choice and node registrations that cannot be read, agent jobs offered to another node's worker."""
 from __future__ import annotations
 
 import asyncio
 import json
 from collections import Counter
+from dataclasses import replace
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
-from livekit.protocol import ingress
+from livekit.protocol import agent, ingress
+
+from signaling.agents.dispatcher import AgentDispatcher
+from signaling.agents.remote import WorkerSummary, decode_summaries, encode_summaries
+from signaling.agents.worker import Worker
+from signaling.cluster.agents import MISSES_TO_DROP, AgentRouter, pack, unpack
+from signaling.cluster.memory import MemoryRoomStore
 
 from signaling.cluster import http_relay, relay
 from signaling.cluster.ingress import MemoryIngressStore
 from signaling.cluster.placement import choose
 from signaling.cluster.registry import NodeInfo
 from signaling.cluster.relay import CLOSE, DATA, RELAY_WINDOW, START, Relay
-from signaling.cluster.rpc import CallFailed
+from signaling.cluster.rpc import CallFailed, Rpc
 
 
 class LoopBus:
@@ -179,3 +186,113 @@ async def test_an_ingress_definition_and_its_state_are_written_apart():
     assert stored.name == "renamed" and stored.state.status == ingress.IngressState.Status.ENDPOINT_PUBLISHING
     store.save_state("IN_gone", ingress.IngressState())  # a session ending after DeleteIngress leaves nothing
     assert await store.count() == 1 and await store.get("IN_gone") is None
+
+
+class AgentNode:
+    """A node's agent dispatcher and router, its rooms in memory, its calls over a LoopBus-like stand-in."""
+
+    def __init__(self, node_id: str, nodes: dict[str, AgentNode]) -> None:
+        self.events: list[tuple[str, int]] = []  # job webhooks: (event, job status)
+        self.counters: Counter[str] = Counter()
+        self.store = MemoryRoomStore(300, 20, 0, self.notify)
+        self.dispatcher = AgentDispatcher(self.store, {"devkey": "secret"}, self.counters, lambda *a, **k: None)
+        self.dispatcher._notify = self.notify
+        self.rpc = Rpc(node_id, self.counters)
+        self.rpc.bus = self  # type: ignore[assignment]
+        self.router = AgentRouter(None, None, self.rpc, self.dispatcher, self.counters)  # type: ignore[arg-type]
+        self.nodes = nodes
+        nodes[node_id] = self
+
+    def notify(self, event: str, room=None, participant=None, job=None, **_: object) -> None:
+        if job is not None:
+            self.events.append((event, job.state.status))
+        else:
+            self.dispatcher.on_event(event, room, participant)
+
+    async def send(self, node_id: str, frame: bytes) -> bool:
+        if node_id not in self.nodes:
+            return False
+        asyncio.get_running_loop().call_soon(self.nodes[node_id].rpc.on_frame, frame)
+        return True
+
+
+async def settle(condition, turns: int = 200) -> None:
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition not met")
+
+
+async def test_a_job_runs_on_a_worker_of_another_node_and_fails_when_it_goes():
+    """Room on A, worker on B: A offers B's worker the job, assigns it with A's token, hears its end through B; the
+    worker's disconnection fails A's next job at once; a worker missing from reads is dropped."""
+    nodes: dict[str, AgentNode] = {}
+    a, b = AgentNode("A", nodes), AgentNode("B", nodes)
+    sent: list[agent.ServerMessage] = []
+    worker = Worker("devkey", agent.RegisterWorkerRequest(), sent.append, b.dispatcher, b.counters)
+    b.dispatcher.register(worker)
+    a.router.update({worker.id: ("B", WorkerSummary.of(worker))})
+    [remote] = a.dispatcher.remote.values()
+    assert remote.node_id == "B" and remote.available
+
+    def answer_offer() -> None:
+        offer = sent[-1].availability.job
+        worker.handle(agent.WorkerMessage(availability=agent.AvailabilityResponse(job_id=offer.id, available=True)))
+
+    a.store.create("far")  # room_started: the automatic job, offered to the only worker: B's
+    await settle(lambda: sent and sent[-1].HasField("availability"))
+    answer_offer()
+    await settle(lambda: sent[-1].HasField("assignment"))
+    job = sent[-1].assignment.job
+    assert job.room.name == "far" and sent[-1].assignment.token and job.state.worker_id == worker.id
+    assert a.events == [("agent_job_started", agent.JS_RUNNING)] and b.events == []  # webhooks from the room's node
+    worker.handle(agent.WorkerMessage(update_job=agent.UpdateJobStatus(job_id=job.id, status=agent.JS_SUCCESS)))
+    await settle(lambda: len(a.events) == 2)
+    assert a.events[-1] == ("agent_job_ended", agent.JS_SUCCESS) and not worker.jobs and not remote.jobs
+    a.store.create("second")
+    await settle(lambda: sent[-1].HasField("availability") and sent[-1].availability.job.room.name == "second")
+    answer_offer()
+    await settle(lambda: sent[-1].HasField("assignment"))
+    b.dispatcher.unregister(worker)  # its connection ended: A fails the job now and forgets the worker
+    await settle(lambda: a.events[-1] == ("agent_job_ended", agent.JS_FAILED))
+    assert not a.dispatcher.remote
+    # Read again while listed: kept; then missing from MISSES_TO_DROP reads: dropped.
+    summary = lambda worker_id: replace(WorkerSummary.of(worker), id=worker_id)  # noqa: E731
+    a.router.update({"AW_x": ("B", summary("AW_x"))})
+    for _ in range(MISSES_TO_DROP - 1):
+        a.router.update({})
+    assert "AW_x" in a.dispatcher.remote
+    a.router.update({})
+    assert not a.dispatcher.remote
+    # An offer to a worker its node no longer has, or to a node that is gone, is answered by nothing.
+    a.router.update({"AW_y": ("B", summary("AW_y")), "AW_z": ("C", summary("AW_z"))})
+    for remote in list(a.dispatcher.remote.values()):
+        assert await remote.request_availability(agent.Job(id="AJ_q"), 1) is None
+
+
+@settings(deadline=None)  # a loaded machine's pause is not a failure
+@given(st.binary(max_size=64) | st.builds(lambda items: json.dumps(items).encode(), st.lists(
+    st.dictionaries(st.sampled_from(list(WorkerSummary.__dataclass_fields__) + ["x"]),
+                    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)), max_size=3)))
+def test_unreadable_worker_summaries_are_skipped(data):
+    for summary in decode_summaries(data):
+        assert isinstance(summary.id, str) and isinstance(summary.load, float | int) and summary.type in (0, 1, 2)
+
+
+def test_worker_summaries_round_trip():
+    worker = Worker("devkey", agent.RegisterWorkerRequest(agent_name="helper", type=agent.JT_PUBLISHER), print, None,
+                    Counter())  # type: ignore[arg-type]
+    [summary] = decode_summaries(encode_summaries([worker]))
+    assert summary == WorkerSummary.of(worker)
+
+
+@settings(deadline=None)
+@given(st.binary(max_size=32), st.integers(0, 3))
+def test_garbage_agent_calls_are_refused_as_malformed(data, count):
+    try:
+        ids, body = unpack(data, count)
+    except CallFailed as error:
+        assert error.code == "malformed"
+    else:
+        assert len(ids) == count and pack(*ids, body=body) == data

@@ -35,10 +35,12 @@ from livekit.protocol import room as room_proto
 from ..rtc.ids import new_id
 from ..rtc.limits import MAX_IDENTITY_LENGTH, identity_fields_error, utf8_size
 from ..rtc.participant import is_dependent
+from .remote import RemoteWorker
 from .token import agent_identity, job_token
 from .worker import Worker, WorkerKey
 
 if TYPE_CHECKING:
+    from ..cluster.agents import AgentRouter
     from ..cluster.store import RoomStore
     from ..rtc.room import Room
 
@@ -86,7 +88,7 @@ def _dependent(info: models.ParticipantInfo) -> bool:
 @dataclass(eq=False)
 class _Job:
     job: agent.Job  # its state is the job's state
-    worker: Worker | None = None  # the worker running it
+    worker: Worker | RemoteWorker | None = None  # the worker running it
     task: asyncio.Task | None = None  # while offering it to workers
     tried: set[str] = field(default_factory=set)  # workers offered it in this round
     deadline: float = 0.0  # loop time its wait for a worker ends (0: not waiting yet)
@@ -113,7 +115,9 @@ class AgentDispatcher:
     def __init__(self, store: RoomStore, secrets: dict[str, str], counters: Counter[str],
                  notify: Callable[..., None]) -> None:
         self.store = store
-        self.workers: dict[str, Worker] = {}  # by id
+        self.workers: dict[str, Worker] = {}  # by id: this node's
+        self.remote: dict[str, RemoteWorker] = {}  # by id: other nodes' (cluster mode)
+        self.hosting: AgentRouter | None = None  # cluster mode: runs this node's workers' jobs for other nodes
         self._secrets = secrets
         self._counters = counters
         self._notify = notify
@@ -133,12 +137,15 @@ class AgentDispatcher:
                  agent.JobType.Name(worker.job_type), worker.version)
         self.on_worker_available(worker)
 
-    def unregister(self, worker: Worker) -> None:
-        """The worker's connection ended: its jobs fail, and are launched again as the module says."""
-        if self.workers.pop(worker.id, None) is None:
+    def unregister(self, worker: Worker | RemoteWorker) -> None:
+        """The worker's connection ended (or, for another node's, it or its node is gone): its jobs fail, and are
+        launched again as the module says."""
+        if (self.workers if isinstance(worker, Worker) else self.remote).pop(worker.id, None) is None:
             return
         worker.close()
         log.info("agent worker %s disconnected with %d jobs", worker.id, len(worker.jobs))
+        if self.hosting is not None and isinstance(worker, Worker):
+            self.hosting.worker_gone(worker)
         for job_id in list(worker.jobs):
             record = self._jobs.get(job_id)
             worker.jobs.pop(job_id)
@@ -149,14 +156,20 @@ class AgentDispatcher:
             if not self._agent_present(record):
                 self._relaunch(record)
 
-    def on_worker_available(self, worker: Worker) -> None:
+    def all_workers(self) -> list[Worker | RemoteWorker]:
+        return [*self.workers.values(), *self.remote.values()]
+
+    def on_worker_available(self, worker: Worker | RemoteWorker) -> None:
         for record in [r for r in self._pending.values() if self._key(r.job) == worker.key]:
             self._stop_waiting(record)
             record.tried.clear()
             self._start(record)
 
-    def on_job_status(self, worker: Worker, update: agent.UpdateJobStatus) -> None:
+    def on_job_status(self, worker: Worker | RemoteWorker, update: agent.UpdateJobStatus) -> None:
         record = self._jobs.get(update.job_id)
+        if record is None and self.hosting is not None and isinstance(worker, Worker):
+            self.hosting.job_status(worker, update)  # a job of a room on another node
+            return
         if record is None or record.worker is not worker or record.ended:
             return
         state = record.job.state
@@ -303,7 +316,7 @@ class AgentDispatcher:
     # -- jobs
     def _launch(self, room: models.Room, agents: _RoomAgents, dispatch: agent_dispatch.AgentDispatch, job_type: int,
                 participant: models.ParticipantInfo | None) -> None:
-        if job_type != agent.JT_ROOM and not any(w.key == (dispatch.agent_name, job_type) for w in self.workers.values()):
+        if job_type != agent.JT_ROOM and not any(w.key == (dispatch.agent_name, job_type) for w in self.all_workers()):
             return  # participant and publisher jobs are for the workers there are (LiveKit's rule for every job)
         job = agent.Job(id=new_id("AJ_"), dispatch_id=dispatch.id, type=job_type, room=room,
                         agent_name=dispatch.agent_name, metadata=dispatch.metadata, attributes=dispatch.attributes,
@@ -370,20 +383,21 @@ class AgentDispatcher:
             self._assign(record, worker, response)
             return
 
-    def _choose(self, job: agent.Job, tried: set[str]) -> Worker | None:
-        """The available worker for the job's key with the lowest reported load, then the fewest jobs (running or being
-        offered): LiveKit picks
-        at random weighted by 1 - load; this spreads jobs deterministically, and a worker's load report, sent every
-        few seconds, does not lag behind the jobs just given to it."""
+    def _choose(self, job: agent.Job, tried: set[str]) -> Worker | RemoteWorker | None:
+        """The available worker (of any node) for the job's key with the lowest reported load, then the fewest jobs
+        (running or being offered): LiveKit picks at random weighted by 1 - load; this spreads jobs
+        deterministically, and a worker's load report, sent every few seconds, does not lag behind the jobs just
+        given to it. Another node's worker whose API key this node does not know cannot get a job token here."""
         key = self._key(job)
-        candidates = [w for w in self.workers.values() if w.key == key and w.available and w.id not in tried]
+        candidates = [w for w in self.all_workers() if w.key == key and w.available and w.id not in tried
+                      and w.api_key in self._secrets]
         return min(candidates, key=lambda w: (w.load, w.engaged, w.registered_at_ms), default=None)
 
     @staticmethod
     def _key(job: agent.Job) -> WorkerKey:
         return job.agent_name, job.type
 
-    def _assign(self, record: _Job, worker: Worker, response: agent.AvailabilityResponse) -> None:
+    def _assign(self, record: _Job, worker: Worker | RemoteWorker, response: agent.AvailabilityResponse) -> None:
         job = record.job
         now = time.time_ns()
         state = job.state

@@ -68,14 +68,17 @@ AgentDispatchService.methods = {
 WORKERS_PATH = "/agent/workers"
 
 
-def workers_report(dispatcher: AgentDispatcher) -> dict:
+def workers_report(dispatcher: AgentDispatcher, node_id: str) -> dict:
+    """Every worker the node knows: its own and, in a cluster, the other nodes' (whose `jobs` are only those of
+    rooms on this node: the others' are known to their rooms' nodes)."""
     return {"workers": [{
         "id": worker.id,
+        "node": getattr(worker, "node_id", node_id),
         "agent_name": worker.agent_name,
         "type": agent.JobType.Name(worker.job_type),
-        "status": agent.WorkerStatus.Name(worker.status),
+        "status": agent.WorkerStatus.Name(worker.status) if worker.status in agent.WorkerStatus.values() else "WS_FULL",
         "load": worker.load,
         "jobs": sorted(worker.jobs),
         "version": worker.version,
         "registered_at_ms": worker.registered_at_ms,
-    } for worker in dispatcher.workers.values()]}
+    } for worker in dispatcher.all_workers()]}

@@ -238,9 +238,9 @@ async def _report(target: Target, path: str) -> tuple[Message, dict]:
 async def agents_list(target: Target) -> Result:
     """The server's registered agent workers (tern's own endpoint: LiveKit has no API for them)."""
     message, report = await _report(target, WORKERS_PATH)
-    rows = [(w["id"], w["agent_name"] or "(automatic)", w["type"], w["status"], f"{w['load']:.2f}",
+    rows = [(w["id"], w["node"], w["agent_name"] or "(automatic)", w["type"], w["status"], f"{w['load']:.2f}",
              str(len(w["jobs"])), w["version"]) for w in report["workers"]]
-    return message, _table(("ID", "AGENT NAME", "JOB TYPE", "STATUS", "LOAD", "JOBS", "SDK"), rows,
+    return message, _table(("ID", "NODE", "AGENT NAME", "JOB TYPE", "STATUS", "LOAD", "JOBS", "SDK"), rows,
                            empty="no agent workers")
 
 

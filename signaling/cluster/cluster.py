@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from .agents import AgentRouter, workers_key
 from .bus import Bus
 from .connection import connect
 from .ingress import RedisIngressStore
@@ -48,11 +49,14 @@ class Cluster:
         self.rpc = Rpc(node.id, node.counters)
         self.bus = Bus(self.redis, node.id, self._on_frame, self._on_lost, node.counters)
         self.relay.bus = self.rpc.bus = self.bus
+        self.agents: AgentRouter | None = None  # made at start: the node's dispatcher is made after its store
         self._tasks: list[asyncio.Task] = []
         self._last_sample = (time.monotonic(), time.process_time(), 0)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        for job in (self.registry.run(), self.bus.run(), self.store.run(), self.ingresses.run(), self._upkeep()):
+        self.agents = AgentRouter(self.redis, self.registry, self.rpc, self.node.agents, self.counters)
+        for job in (self.registry.run(), self.bus.run(), self.store.run(), self.ingresses.run(), self.agents.run(),
+                    self._upkeep()):
             self._tasks.append(loop.create_task(job))
         log.info("cluster node %s on Redis %s%s", self.node.id, self.node.config.redis.where,
                  f", region {self.node.config.region}" if self.node.config.region else "")
@@ -123,6 +127,7 @@ class Cluster:
         for task in self._tasks:
             task.cancel()
         try:
+            await self.redis.delete(workers_key(self.node.id))
             await self.registry.unregister()
         except (RedisError, OSError) as error:
             log.warning("cannot unregister from Redis: %s", error)

@@ -6,7 +6,7 @@ redirect, but encoders' support varies: FFmpeg's muxer re-POSTs on none).
 
 The signal node has read and bounded the request's body; the room's node trusts the bus (as it trusts relayed signal
 connections) and serves the request with its own routes. Flags set by the signal node (e.g. that the request is the
-RTMP listener's worker, which only the node that spawned it can tell) travel in the ASGI scope."""
+RTMP listener's worker, which only the node that spawned it can tell) travel in the ASGI scope (FLAGS)."""
 from __future__ import annotations
 
 import json
@@ -29,6 +29,7 @@ RELAYED_HEADERS = (b"authorization", b"content-type", b"host", b"if-match", b"or
                    b"x-forwarded-for", b"x-forwarded-proto")
 RESPONSE_HEADERS = ("content-type", "location", "etag", "link", "allow", "accept-post")
 _LENGTH = struct.Struct("!I")
+FLAGS = "tern.flags"  # ASGI scope key: {name: value} the signal node set on a relayed request
 
 App = Callable[[dict, Any, Any], Awaitable[None]]
 
@@ -46,15 +47,27 @@ def _unpack(data: bytes) -> tuple[dict, bytes]:
     return head, data[_LENGTH.size + length:]
 
 
-async def forward(rpc: Rpc, owner: str, request: Request, body: bytes) -> Response:
-    """Serves `request` (whose body was read: `body`) on node `owner`; 503 if it does not answer."""
+async def forward(rpc: Rpc, owner: str, request: Request, body: bytes, flags: dict[str, str] | None = None) -> Response:
+    """Serves `request` (whose body was read: `body`) on node `owner`, with `flags` in its scope; 503 if it does not
+    answer."""
     scope = request.scope
     head = {
         "method": request.method, "path": scope["path"], "scheme": scope.get("scheme", "http"),
         "query": scope.get("query_string", b"").decode("latin-1"),
         "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope.get("headers", [])
                     if k.lower() in RELAYED_HEADERS],
+        "flags": flags or {},
     }
+    return await _call(rpc, owner, head, body)
+
+
+async def delete(rpc: Rpc, owner: str, path: str) -> Response:
+    """A DELETE of the resource at `path` served by node `owner` (a session this node handed over ends)."""
+    return await _call(rpc, owner, {"method": "DELETE", "path": path, "scheme": "http", "query": "", "headers": [],
+                                    "flags": {}}, b"")
+
+
+async def _call(rpc: Rpc, owner: str, head: dict, body: bytes) -> Response:
     try:
         reply = await rpc.call(owner, SERVICE, "request", _pack(head, body), CALL_TIMEOUT_S)
         answer, content = _unpack(reply)
@@ -78,7 +91,7 @@ def server(app: App) -> Callable[[str, bytes], Awaitable[bytes]]:
                 "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": str(head["method"]),
                 "scheme": str(head["scheme"]), "path": str(head["path"]), "raw_path": str(head["path"]).encode(),
                 "root_path": "", "query_string": str(head["query"]).encode("latin-1"), "client": None,
-                "server": None, SCOPE_FLAG: True,
+                "server": None, SCOPE_FLAG: True, FLAGS: _flags(head.get("flags", {})),
                 "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in head["headers"]
                             if k.encode("latin-1").lower() in RELAYED_HEADERS],
             }
@@ -108,3 +121,9 @@ def server(app: App) -> Callable[[str, bytes], Awaitable[bytes]]:
         return _pack({"status": status, "headers": headers}, bytes(content))
 
     return serve
+
+
+def _flags(flags: object) -> dict[str, str]:
+    if not isinstance(flags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in flags.items()):
+        raise ValueError("flags are not names and values")
+    return flags
