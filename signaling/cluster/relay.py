@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 RELAY_WINDOW = 64            # frames in flight per direction before the sender waits for an acknowledgement
 ACK_TIMEOUT_S = 10.0         # a sender waiting this long for an acknowledgement takes the link for dead
 START_TIMEOUT_S = 5.0        # LiveKit's signal node waits 3-5 s per attempt for the room's node's first answer
+# A room's node not subscribed to its channel may be resubscribing after a Redis restart (bus.RESUBSCRIBE_BACKOFF_S),
+# while the registry already lists it again: the first frame is published again this often, for this long, before
+# the client is refused.
+START_RETRY_S = 0.2
+START_RETRY_FOR_S = 3.0
 MAX_START_SIZE = 64 * 1024   # a START frame's JSON (the request's path, query and a few headers)
 RELAYED_PATHS = ("/rtc", "/rtc/v1")
 # Request headers the room's node needs to serve the connection as the signal node received it.
@@ -81,6 +86,19 @@ class Link:
                 raise LinkClosed
             self._sent += 1
             await self._publish(kind, self._sent, payload)
+
+    async def open(self, payload: bytes) -> None:
+        """Sends the START frame, again while nobody listens on the peer's channel, for up to START_RETRY_FOR_S.
+        Raises LinkClosed."""
+        async with self._send_lock:
+            self._sent = 1
+            frame = _HEADER.pack(START, self.conn_id, 1) + payload
+            deadline = asyncio.get_running_loop().time() + START_RETRY_FOR_S
+            while not await self.bus.send(self.peer, frame):
+                if self.closed or asyncio.get_running_loop().time() >= deadline:
+                    raise LinkClosed
+                self.counters["relay_start_retries"] += 1
+                await asyncio.sleep(START_RETRY_S)
 
     async def receive(self) -> tuple[int, bytes]:
         """The next ordered frame (kind, payload); (CLOSE, b"") once the link has ended."""
@@ -207,7 +225,7 @@ class Relay:
                         if k.lower() in RELAYED_HEADERS],
         }
         try:
-            await link.send(START, json.dumps(start).encode())
+            await link.open(json.dumps(start).encode())
             kind, payload = await asyncio.wait_for(link.receive(), START_TIMEOUT_S)
         except (LinkClosed, RedisError, OSError, asyncio.TimeoutError):
             kind, payload = CLOSE, b""
