@@ -1,8 +1,8 @@
 """Backup codecs (LiveKit's multi-codec simulcast): a video track published in VP9 or AV1 may name a VP8 or H.264
 backup. Subscribers are offered both codecs; one that takes only the backup is forwarded from it, and the publisher,
 asked for it, sends it on an m-line of its own, received as a second Receiver of the same track (the publication's
-BackupCodec). This module is what the publisher's requests and m-lines for a backup, and the subscriptions forwarded
-from it, do; the publisher's Participant calls it through BackupCodecs."""
+BackupCodec). This module is what the publisher's requests and m-lines for a backup do (a publishing Participant's
+BackupCodecs), and which codec a subscription is offered and forwarded from (offered, choose_source)."""
 from __future__ import annotations
 
 import logging
