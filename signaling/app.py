@@ -36,7 +36,8 @@ from .playground import Playground
 from .protocol import v0, v1
 from .roomservice import PREFIX, RoomService
 from .rtc.limits import LimitExceeded, check_join
-from .rtc.participant import Participant, joins_dependent
+from .rtc.grants import joins_dependent
+from .rtc.participant import Participant
 from .whep import WhepService
 
 log = logging.getLogger(__name__)

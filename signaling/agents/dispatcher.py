@@ -34,7 +34,7 @@ from livekit.protocol import room as room_proto
 
 from ..rtc.ids import new_id
 from ..rtc.limits import MAX_IDENTITY_LENGTH, identity_fields_error, utf8_size
-from ..rtc.participant import is_dependent
+from ..rtc.grants import is_dependent
 from .remote import RemoteWorker
 from .token import agent_identity, job_token
 from .worker import Worker, WorkerKey

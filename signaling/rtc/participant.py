@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from livekit.protocol import models, rtc
 
-from ..auth import Claims, VideoGrant, video_claim
+from ..auth import Claims, video_claim
 from ..peer import sdp
 from ..peer.dcep import DataChannel
 from ..peer.negotiation import PublisherPC, SinglePC, StaleAnswer, SubscriberPC
-from . import limits, media_caps
+from . import backup, grants, limits, media_caps
 from .allocator import StreamAllocator
 from .connection_stats import ConnectionStats
 from .data import LOSSY_LABEL, RELIABLE_LABEL, SERVER_CHANNELS, DataPublisher
-from .dynacast import Dynacast, announce_qualities
+from .dynacast import Dynacast
 from .ids import new_id, now_ms
-from .publication import BackupCodec, Subscription, TrackPublication
+from .publication import Subscription, TrackPublication
 from .subscriptions import SubscriptionPermissions
 
 if TYPE_CHECKING:
@@ -49,45 +49,6 @@ SIGNAL_DEPARTURE_TIMEOUT = float(os.environ.get("TERN_SIGNAL_DEPARTURE_TIMEOUT",
 # Participants who left while the client was away, told to it as DISCONNECTED when it resumes (LiveKit's update
 # cache); beyond this many it learns of the rest from the roster that follows (SDKs that reconcile with it).
 MAX_DEPARTED_WHILE_AWAY = 256
-
-_SOURCE_NAMES = {
-    models.TrackSource.CAMERA: "camera",
-    models.TrackSource.MICROPHONE: "microphone",
-    models.TrackSource.SCREEN_SHARE: "screen_share",
-    models.TrackSource.SCREEN_SHARE_AUDIO: "screen_share_audio",
-}
-# The media each source is: a grant naming sources grants that media only (a microphone grant is not for video).
-_SOURCE_MEDIA = {
-    models.TrackSource.CAMERA: models.TrackType.VIDEO,
-    models.TrackSource.SCREEN_SHARE: models.TrackType.VIDEO,
-    models.TrackSource.MICROPHONE: models.TrackType.AUDIO,
-    models.TrackSource.SCREEN_SHARE_AUDIO: models.TrackType.AUDIO,
-}
-_KINDS = {
-    "standard": models.ParticipantInfo.Kind.STANDARD,
-    "ingress": models.ParticipantInfo.Kind.INGRESS,
-    "egress": models.ParticipantInfo.Kind.EGRESS,
-    "sip": models.ParticipantInfo.Kind.SIP,
-    "agent": models.ParticipantInfo.Kind.AGENT,
-    "connector": models.ParticipantInfo.Kind.CONNECTOR,
-    "bridge": models.ParticipantInfo.Kind.BRIDGE,
-}
-
-
-# LiveKit's dependent participants: they serve a room (agents, egress, recorders) but are not what keeps it open,
-# count toward max_participants or num_participants, or launch agent jobs.
-_DEPENDENT_KINDS = frozenset({models.ParticipantInfo.Kind.AGENT, models.ParticipantInfo.Kind.EGRESS})
-
-
-def is_dependent(kind: int, agent: bool, recorder: bool) -> bool:
-    """Whether a participant of this kind, with these grant flags, is dependent."""
-    return kind in _DEPENDENT_KINDS or agent or recorder
-
-
-def joins_dependent(claims: Claims) -> bool:
-    """Whether a join token makes a dependent participant."""
-    return is_dependent(_KINDS.get(claims.kind, models.ParticipantInfo.Kind.STANDARD), claims.video.agent,
-                        claims.video.recorder)
 
 
 class SignalSink(Protocol):
@@ -128,7 +89,7 @@ class Participant:
         self.name = claims.name
         self.metadata = claims.metadata
         self.attributes = dict(claims.attributes)
-        self.kind = _KINDS.get(claims.kind, models.ParticipantInfo.Kind.STANDARD)
+        self.kind = grants.participant_kind(claims.kind)
         self.grant = claims.video
         self.client_protocol = client_protocol
         self.protocol = protocol
@@ -156,6 +117,7 @@ class Participant:
                                          services.counters)
         # As a publisher: who may subscribe to its tracks (None = everyone).
         self.subscription_permission: SubscriptionPermissions | None = None
+        self.backup_codecs = backup.BackupCodecs(self)
         self.connection_stats = ConnectionStats(self)
 
         # LiveKit v1 (single_pc): one peer connection, the client's, both publishes and subscribes.
@@ -206,52 +168,21 @@ class Participant:
 
     @property
     def dependent(self) -> bool:
-        return is_dependent(self.kind, self.grant.agent, self.grant.recorder)
+        return grants.is_dependent(self.kind, self.grant.agent, self.grant.recorder)
 
     def can_publish_track(self, source: int, track_type: int) -> bool:
-        """canPublish and canPublishSources; a grant that names sources also fixes each one's media kind."""
-        allowed = self.grant.can_publish_sources
-        return self.grant.can_publish and (not allowed or (
-            _SOURCE_NAMES.get(source) in allowed and _SOURCE_MEDIA.get(source) == track_type))
+        return grants.may_publish(self.grant, source, track_type)
 
     def allows_subscriber(self, subscriber: Participant, track_sid: str) -> bool:
         permission = self.subscription_permission
         return permission is None or permission.allows(subscriber.identity, subscriber.sid, track_sid)
-
-    def grant_with(self, permission: models.ParticipantPermission) -> VideoGrant:
-        """This participant's grant with what a ParticipantPermission sets replaced."""
-        return dataclasses.replace(
-            self.grant,
-            can_subscribe=permission.can_subscribe,
-            can_publish=permission.can_publish,
-            can_publish_data=permission.can_publish_data,
-            can_publish_sources=tuple(_SOURCE_NAMES[s] for s in permission.can_publish_sources if s in _SOURCE_NAMES),
-            hidden=permission.hidden,
-            recorder=permission.recorder,
-            can_update_own_metadata=permission.can_update_metadata,
-            can_subscribe_metrics=permission.can_subscribe_metrics,
-        )
 
     def touch(self) -> None:
         """Every change bumps the version so clients never apply an older ParticipantInfo over a newer one."""
         self.version += 1
 
     def permission(self) -> models.ParticipantPermission:
-        grant = self.grant
-        return models.ParticipantPermission(
-            can_subscribe=grant.can_subscribe,
-            can_publish=grant.can_publish,
-            can_publish_data=grant.can_publish_data,
-            can_publish_sources=[
-                source for source, name in _SOURCE_NAMES.items()
-                if not grant.can_publish_sources or name in grant.can_publish_sources
-            ],
-            hidden=grant.hidden,
-            recorder=grant.recorder,
-            can_update_metadata=grant.can_update_own_metadata,
-            agent=grant.agent,
-            can_subscribe_metrics=grant.can_subscribe_metrics,
-        )
+        return grants.permission_of(self.grant)
 
     def info(self) -> models.ParticipantInfo:
         return models.ParticipantInfo(
@@ -438,7 +369,10 @@ class Participant:
         elif oversized:
             reason, message = Reason.LIMIT_EXCEEDED, f"track request larger than {limits.MAX_ADD_TRACK_SIZE} bytes"
         elif request.sid:  # the backup codec of a published track, which its subscribers asked for
-            if self._add_backup(request):
+            publication = self.backup_codecs.add(request)
+            if publication is not None:
+                self.send(rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(
+                    cid=request.cid, track=publication.info)))
                 return
             reason, message = Reason.NOT_FOUND, "no track with this sid awaits this backup codec"
         elif request.cid in self._pending:
@@ -462,26 +396,6 @@ class Participant:
         self.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
             reason=reason, message=message, add_track=echo)))
 
-    def _add_backup(self, request: rtc.AddTrackRequest) -> bool:
-        """An AddTrackRequest naming a track's sid: its backup codec (the one simulcast codec) comes on the m-line
-        whose msid track id is the request's cid. Answered with the track, as LiveKit does."""
-        publication = self.publications.get(request.sid)
-        backup = publication.backup if publication is not None else None
-        codecs = request.simulcast_codecs
-        if backup is None or backup.receiver_id is not None or len(codecs) != 1 or not request.cid \
-                or codecs[0].codec.rpartition("/")[2].lower() != publication.backup_codec:
-            return False
-        backup.cid = request.cid
-        backup.layers = sorted(codecs[0].layers or request.layers, key=lambda layer: layer.quality)
-        for info in publication.info.codecs[1:]:
-            if info.mime_type.rpartition("/")[2].lower() == publication.backup_codec:
-                info.cid = request.cid
-                del info.layers[:]
-                info.layers.extend(backup.layers)
-        self.send(rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(
-            cid=request.cid, track=publication.info)))
-        return True
-
     def handle_offer(self, offer: rtc.SessionDescription) -> None:
         """The client's publisher offer: answer it, receive what it sends, unpublish what it stopped."""
         policy = media_caps.SINGLE_PC if self.single_pc else media_caps.PUBLISHER
@@ -501,8 +415,8 @@ class Participant:
             for publication in list(self.publications.values()):
                 if publication.info.mid == mid:
                     self.unpublish(publication)
-                elif publication.backup is not None and publication.backup.mid == mid:
-                    self._drop_backup(publication)
+                else:
+                    self.backup_codecs.stopped(publication, mid)
         if isinstance(self.subscriber, SinglePC):  # the answer sent subscriptions too: they start now
             refused = self._start_downtracks({m.mid: m.extmap for m in self.subscriber.media if m.mid})
             self._end_unplaceable(self.subscriber.unplaceable)
@@ -535,14 +449,8 @@ class Participant:
     def attach_media(self, media: sdp.AcceptedMedia) -> None:
         """Ties an m-line the client sends on to its AddTrackRequest (msid track id == cid, else a codec's cid,
         else the first pending track of the kind) and starts a Receiver."""
-        if any(p.info.mid == media.mid or (p.backup is not None and p.backup.mid == media.mid)
-               for p in self.publications.values()):
-            return  # already receiving on this m-line (renegotiation)
-        backup = next((p.backup for p in self.publications.values() if p.backup is not None and p.backup.cid
-                       and p.backup.cid == media.track_id and p.backup.receiver_id is None), None)
-        if backup is not None:
-            self._attach_backup(backup, media)
-            return
+        if any(p.info.mid == media.mid for p in self.publications.values()) or self.backup_codecs.receive(media):
+            return  # already receiving on this m-line (renegotiation), or a backup codec's
         candidates = [p for p in self._pending.values() if p.kind == media.kind]
         publication = next((p for p in candidates if p.cid == media.track_id), None) \
             or next((p for p in candidates if any(c.cid == media.track_id for c in p.info.codecs)), None) \
@@ -552,7 +460,7 @@ class Participant:
             return
         codec = media.codec
         try:
-            receiver_id = self._add_receiver(media)
+            receiver_id = self.add_receiver(media)
         except ValueError as error:  # beyond the engine's limits (layers, mid/rid length): the track stays pending
             self.services.counters["media_rejected"] += 1
             log.info("participant %s: cannot receive m-line %s: %s", self.identity, media.mid, error)
@@ -577,7 +485,7 @@ class Participant:
         if media.kind == "video":
             publication.dynacast = Dynacast(publication, self.services.engine)
 
-    def _add_receiver(self, media: sdp.AcceptedMedia) -> int:
+    def add_receiver(self, media: sdp.AcceptedMedia) -> int:
         """The engine Receiver of an m-line the client sends on. Raises as Engine.add_receiver."""
         codec = media.codec
         return self.services.engine.add_receiver(
@@ -586,52 +494,6 @@ class Participant:
             media.rtx_ssrcs, media.extmap,
             red_payload_type=media.red_payload_type if media.red_payload_type is not None else -1,
         )
-
-    def _attach_backup(self, backup: BackupCodec, media: sdp.AcceptedMedia) -> None:
-        """The publisher sends a track's backup codec: the subscriptions waiting for it start."""
-        publication = backup.publication
-        if media.codec.name.lower() != publication.backup_codec:
-            self.services.counters["media_rejected"] += 1  # the answer could not pick the backup's codec
-            return
-        try:
-            receiver_id = self._add_receiver(media)
-        except (ValueError, RuntimeError, MemoryError) as error:  # its subscribers keep waiting; the primary goes on
-            self.services.counters["media_rejected"] += 1
-            log.info("participant %s: cannot receive backup codec m-line %s: %s", self.identity, media.mid, error)
-            return
-        backup.receiver_id, backup.codec, backup.extmap, backup.mid = receiver_id, media.codec, dict(media.extmap), \
-            media.mid
-        for info in publication.info.codecs[1:]:
-            if info.cid == backup.cid:
-                info.mid = media.mid
-        self.services.receivers[receiver_id] = publication
-        backup.dynacast = Dynacast(publication, self.services.engine, source=backup)
-        for subscription in list(publication.subscriptions.values()):
-            if subscription.source is backup:
-                subscription.subscriber.start_downtrack(subscription)
-
-    def _drop_backup(self, publication: TrackPublication, unpublished: bool = False) -> None:
-        """The publisher stopped sending the backup codec: unless the track is `unpublished` too, its subscriptions
-        wait for it again (the publisher is asked for it anew)."""
-        backup = publication.backup
-        if backup is None or backup.receiver_id is None:
-            return
-        if backup.dynacast is not None:
-            backup.dynacast.close()
-        self.services.receivers.pop(backup.receiver_id, None)
-        self.services.engine.remove_receiver(backup.receiver_id)
-        backup.receiver_id = None
-        if unpublished:
-            return
-        publication.backup = BackupCodec(publication)
-        for subscription in publication.subscriptions.values():
-            if subscription.source is not backup:
-                continue
-            subscription.source = publication.backup
-            if subscription.downtrack_id is not None:  # the engine removed it with the receiver
-                subscription.subscriber.allocator.forget(subscription.downtrack_id)
-                subscription.downtrack_id = None
-        announce_qualities(publication)
 
     def on_track_started(self, publication: TrackPublication) -> None:
         """The first packets arrived: the track is published to the room."""
@@ -650,7 +512,7 @@ class Participant:
         self.room.subscriptions.drop(publication)
         if publication.dynacast is not None:
             publication.dynacast.close()
-        self._drop_backup(publication, unpublished=True)
+        self.backup_codecs.release(publication)
         if publication.receiver_id is not None:
             self.services.receivers.pop(publication.receiver_id, None)
             self.services.engine.remove_receiver(publication.receiver_id)
@@ -744,7 +606,7 @@ class Participant:
         """A new grant set by the server: tracks it no longer allows are unpublished, subscriptions follow
         canSubscribe, hiding and unhiding change what others see; the client gets the update and a fresh token."""
         was_hidden = self.hidden
-        self.grant = self.grant_with(permission)
+        self.grant = grants.with_permission(self.grant, permission)
         for publication in [*self.publications.values(), *self._pending.values()]:
             if not self.can_publish_track(publication.info.source, publication.info.type):
                 self.unpublish(publication)
@@ -822,9 +684,7 @@ class Participant:
             extmap=media_caps.subscriber_extensions(kind),
             active=True,
             red_payload_type=red,
-            # A track with a backup codec is offered in that too: a client that cannot decode the primary takes it.
-            alternatives=[media_caps.backup_subscriber_codec(publication.backup_codec, codec)]
-            if publication.backup_codec is not None else [],
+            alternatives=backup.offered(publication, codec),
         )
         if not self.subscriber.add(media):  # negotiation.MAX_SUBSCRIBER_MEDIA subscribed
             self.services.counters["subscription_limit"] += 1
@@ -880,21 +740,9 @@ class Participant:
             extmap = accepted.get(subscription.media.mid)
             if subscription.downtrack_id is None and extmap is not None:
                 subscription.extmap = extmap
-                self._choose_source(subscription)
+                backup.choose_source(subscription, self.services.counters)
                 refused |= not self.start_downtrack(subscription)
         return refused
-
-    def _choose_source(self, subscription: Subscription) -> None:
-        """The client's SDP chose the codec of the m-line: a backup codec is forwarded from the backup, which the
-        publisher is asked to send if it does not yet."""
-        publication, backup = subscription.publication, subscription.publication.backup
-        if backup is None or publication.codec is None or subscription.source is backup \
-                or subscription.media.codec.name.lower() == publication.codec.name.lower():
-            return
-        subscription.source = backup
-        self.services.counters["subscriptions_backup_codec"] += 1
-        if backup.receiver_id is None:
-            announce_qualities(publication)
 
     def start_downtrack(self, subscription: Subscription) -> bool:
         """Starts the DownTrack of a subscription whose m-line the client has, once what it is forwarded from is
