@@ -55,7 +55,7 @@ from engine.tcpmux cimport (tcpmux_adopt, tcpmux_claim, tcpmux_close, tcpmux_flu
                             tcpmux_read, tcpmux_reject, tcpmux_release, tcpmux_sweep)
 from engine.turnmux cimport (turnmux_allocate, turnmux_classify, turnmux_client, turnmux_close, turnmux_handle,
                              turnmux_is_handle, turnmux_open, turnmux_path, turnmux_queue, turnmux_read,
-                             turnmux_release, turnmux_set_peer)
+                             turnmux_release, turnmux_resume, turnmux_set_peer)
 from engine.udpmux cimport SOL_UDP_LEVEL, UDP_SEGMENT_OPTION, udpmux_flush, udpmux_init, udpmux_read
 from engine.workers cimport (workers_call, workers_fanout, workers_free, workers_least_loaded, workers_reown,
                              workers_start, workers_stop, workers_update_receiver)
@@ -414,7 +414,7 @@ cdef class Engine:
                 n = tcpmux_read(s, now)
                 if n > 0:
                     if s.turn.allocs != NULL:
-                        turnmux_classify(s, 0, n, False, now)
+                        turnmux_classify(s, 0, n, now)
                     forward_batch(s, n, now)
                 udpmux_flush(s)  # writes what accepting and reading queued too (tcpmux_flush)
             if s.event_count:
@@ -448,6 +448,15 @@ cdef class Engine:
                 break
             if s.event_count:
                 self._dispatch_events()
+            while s.turn.held:  # Python has answered the request: the datagrams behind it go on (in this batch)
+                with nogil:
+                    now = monotonic_us()
+                    s.event_count = 0
+                    n = turnmux_resume(s, now)
+                    forward_batch(s, n, now)
+                    udpmux_flush(s)
+                if s.event_count:
+                    self._dispatch_events()
             if n < BATCH:
                 break
 

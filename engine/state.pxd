@@ -125,8 +125,9 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_DROP_LAYER_CUT          # packets of a layer a bandwidth step-down cut before the lower layer's keyframe
     S_RED_RECEIVED            # RED packets from publishers (well-formed)
     S_RED_RECOVERED           # Opus packets lost upstream, rebuilt from RED redundancy for subscribers without RED
-    S_TURN_HELD               # TURN stream requests with more of the stream already read behind them, which waited
-                              # (not relayed, not raised) until Python had answered the request (tcpmux_release)
+    S_TURN_HELD               # TURN requests with more of the stream, or datagrams of the client in the batch, behind
+                              # them, which waited (not relayed, not raised) until Python had answered the request
+                              # (tcpmux_release, turnmux_resume)
     S_COUNT
 
 cdef enum:  # event kinds, queued in C and dispatched to Python after each batch
@@ -236,6 +237,8 @@ cdef struct TurnMux:
     iovec iov[<int>TURN_SEND_SLOTS]
     SockAddr addrs[<int>TURN_SEND_SLOTS]
     int count
+    int received              # datagrams in the TURN socket's batch (turnmux_read)
+    int held                  # the first of them waiting for Python's answer to the request before it, 0 = none
 
 cdef struct TcpConn:
     int fd

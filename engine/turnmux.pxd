@@ -19,12 +19,15 @@ cdef enum:
 # streams only): 0, or -1.
 cdef int turnmux_open(EngineState *s, int fd) noexcept nogil
 cdef void turnmux_close(EngineState *s) noexcept nogil
-# One recvmmsg on the TURN socket into s.recv, each datagram sorted out by turnmux_classify: how many entries.
+# One recvmmsg on the TURN socket into s.recv, each datagram sorted out as turnmux_classify does: how many entries
+# to forward. Those behind a request from a client with more datagrams in the batch wait (s.turn.held) until Python has
+# answered it: then turnmux_resume sorts them out (and marks those before taken), the same way.
 cdef int turnmux_read(EngineState *s, int64_t now) noexcept nogil
-# Sorts out the batch entries [first, n) that came from TURN clients (the TURN socket, or TURN streams): ChannelData
+cdef int turnmux_resume(EngineState *s, int64_t now) noexcept nogil
+# Sorts out the batch entries [first, n) that came from TURN streams (the TURN socket's: turnmux_read): ChannelData
 # and Send indications to a permitted peer become packets of the allocation's path; requests become E_TURN events;
 # the rest is dropped and counted. Events and drops are marked taken, so demux skips them.
-cdef void turnmux_classify(EngineState *s, int first, int n, bint udp, int64_t now) noexcept nogil
+cdef void turnmux_classify(EngineState *s, int first, int n, int64_t now) noexcept nogil
 # Wraps `data` toward the allocation `to` names (dropped and counted when it is gone or the queue is full).
 cdef void turnmux_queue(EngineState *s, const uint8_t *data, int length, const Path *to) noexcept nogil
 # Sends the TURN socket's batch.

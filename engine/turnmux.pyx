@@ -14,8 +14,9 @@ from engine.path cimport PATH_TCP, PATH_TURN, PATH_UDP, SockAddr, path_equal, pa
 from engine.state cimport (BATCH, E_TURN, MAX_TURN_ALLOCATIONS, RECV_BUF, S_BYTES_OUT, S_DROP_TOO_LARGE,
                            S_DROP_TURN_GONE, S_DROP_TURN_MALFORMED, S_DROP_TURN_NO_ALLOCATION,
                            S_DROP_TURN_NO_PERMISSION, S_DROP_TURN_RATE, S_DROP_TURN_SEND_FAILED, S_PACKETS_OUT,
-                           S_TURN_RELAYED_IN, S_TURN_RELAYED_OUT, S_TURN_REQUESTS, TURN_REQUESTS_PER_SECOND,
-                           TURN_SEND_BUF, TURN_SEND_SLOTS, TcpConn, TurnAlloc, bucket_refill, queue_event)
+                           S_TURN_HELD, S_TURN_RELAYED_IN, S_TURN_RELAYED_OUT, S_TURN_REQUESTS,
+                           TURN_REQUESTS_PER_SECOND, TURN_SEND_BUF, TURN_SEND_SLOTS, TcpConn, TurnAlloc, bucket_refill,
+                           queue_event)
 from engine.stun cimport STUN_HEADER, STUN_MAX_ATTRIBUTES
 from engine.table cimport map_free, map_get, map_init, map_put, map_remove
 from engine.tcpmux cimport tcpmux_queue_raw, tcpmux_turn_allocated, tcpmux_handle
@@ -170,14 +171,40 @@ cdef int turnmux_client(EngineState *s, uint64_t handle, Path *path) noexcept no
 
 cdef int turnmux_read(EngineState *s, int64_t now) noexcept nogil:
     cdef int i, n
+    s.turn.held = 0
     for i in range(BATCH):
         s.recv.msgs[i].msg_hdr.msg_namelen = sizeof(SockAddr)
     n = recvmmsg(s.turn.fd, s.recv.msgs, BATCH, MSG_DONTWAIT, NULL)
+    if n <= 0:
+        return n
     for i in range(n):
         s.recv.paths[i].kind = PATH_UDP
         s.recv.paths[i].addr_length = s.recv.msgs[i].msg_hdr.msg_namelen
-    if n > 0:
-        turnmux_classify(s, 0, n, True, now)
+    s.turn.received = n
+    return classify_datagrams(s, 0, now)
+
+
+cdef int turnmux_resume(EngineState *s, int64_t now) noexcept nogil:
+    cdef int i
+    for i in range(s.turn.held):
+        s.recv.taken[i] = True  # forwarded already, with the request they came before
+    return classify_datagrams(s, s.turn.held, now)
+
+
+cdef int classify_datagrams(EngineState *s, int first, int64_t now) noexcept nogil:
+    """Sorts out the batch's datagrams from `first` on, and stops behind a request whose client has more datagrams
+    in the batch: Python answers it when the batch's events are dispatched, so the rest waits (s.turn.held) until
+    turnmux_resume. A client's first ChannelData or Send indication right behind its ChannelBind or CreatePermission
+    would meet no permission yet. Returns the end of those sorted out."""
+    cdef int i, j, n = s.turn.received
+    s.turn.held = 0
+    for i in range(first, n):
+        if classify(s, i, now):
+            for j in range(i + 1, n):
+                if path_equal(&s.recv.paths[j], &s.recv.paths[i]):
+                    s.turn.held = i + 1
+                    s.counters[<int>S_TURN_HELD] += 1
+                    return i + 1
     return n
 
 
@@ -246,7 +273,8 @@ cdef bint allow_request(EngineState *s, int64_t now) noexcept nogil:
     return True
 
 
-cdef void classify(EngineState *s, int i, int64_t now) noexcept nogil:
+cdef bint classify(EngineState *s, int i, int64_t now) noexcept nogil:
+    """Sorts out batch entry i (see turnmux.pxd): whether it was a request raised as an event."""
     cdef uint8_t *buf = s.recv.bufs + i * RECV_BUF
     cdef int length = s.recv.msgs[i].msg_len
     cdef Path *client = &s.recv.paths[i]
@@ -256,54 +284,56 @@ cdef void classify(EngineState *s, int i, int64_t now) noexcept nogil:
     s.recv.taken[i] = True
     if length < CHANNEL_HEADER:
         s.counters[<int>S_DROP_TURN_MALFORMED] += 1
-        return
+        return False
     if buf[0] & 0xC0 == 0x40:  # ChannelData (RFC 8656 section 12.4); UDP may carry padding after it
         size = load16(buf + 2)
         if CHANNEL_HEADER + size > length:  # (0x40-0x7F first: channels 0x4000-0x7FFF, RFC 5766 as clients use)
             s.counters[<int>S_DROP_TURN_MALFORMED] += 1
-            return
+            return False
         a = find_client(s, client)
         if a == NULL:
             s.counters[<int>S_DROP_TURN_NO_ALLOCATION] += 1
-            return
+            return False
         if a.channel == 0 or a.channel != load16(buf):
             s.counters[<int>S_DROP_TURN_NO_PERMISSION] += 1
-            return
+            return False
     else:
         if (buf[0] & 0xC0 or length < STUN_HEADER or load32(buf + 4) != MAGIC_COOKIE
                 or STUN_HEADER + load16(buf + 2) != length or length & 3):
             s.counters[<int>S_DROP_TURN_MALFORMED] += 1
-            return
+            return False
         kind = load16(buf)
         if kind & 0x0110 == 0:  # a request: Python's
             if allow_request(s, now):
                 s.counters[<int>S_TURN_REQUESTS] += 1
                 queue_event(s, E_TURN, buf, length, client, 0, 0, 0)
-            return
+                return True
+            return False
         if kind != SEND_INDICATION:
             s.counters[<int>S_DROP_TURN_MALFORMED] += 1
-            return
+            return False
         size = relay_send(s, buf, length, client, &offset, &a)
         if size < 0:
-            return
+            return False
     memmove(buf, buf + offset, size)
     s.recv.msgs[i].msg_len = size
     s.recv.msgs[i].msg_hdr.msg_flags = 0
     s.recv.paths[i] = a.path
     s.recv.taken[i] = False
     s.counters[<int>S_TURN_RELAYED_IN] += 1
+    return False
 
 
-cdef void turnmux_classify(EngineState *s, int first, int n, bint udp, int64_t now) noexcept nogil:
+cdef void turnmux_classify(EngineState *s, int first, int n, int64_t now) noexcept nogil:
     cdef int i
     cdef TcpConn *c
     for i in range(first, n):
-        if not udp:  # only the frames of TURN streams, not ICE-TCP connections'
-            if s.recv.paths[i].kind != PATH_TCP or s.recv.taken[i]:
-                continue
-            c = s.tcp.conns[s.recv.paths[i].conn_slot]
-            if c == NULL or not c.turn or c.serial != s.recv.paths[i].conn_serial:
-                continue
+        # Only the frames of TURN streams, not ICE-TCP connections' (tcpmux.pyx holds what follows their requests).
+        if s.recv.paths[i].kind != PATH_TCP or s.recv.taken[i]:
+            continue
+        c = s.tcp.conns[s.recv.paths[i].conn_slot]
+        if c == NULL or not c.turn or c.serial != s.recv.paths[i].conn_serial:
+            continue
         classify(s, i, now)
 
 

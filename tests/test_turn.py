@@ -448,17 +448,23 @@ def test_engine_relays_a_permitted_clients_packets_both_ways() -> None:
         relayed.close()
 
 
-def test_a_turn_streams_data_read_with_its_channel_bind_waits_for_the_binding() -> None:
-    """A client's first ChannelData and Send indication in the same read as the ChannelBind before them are relayed
-    once Python has installed the binding, not dropped for want of it."""
-    relayed = Relayed(stream=True)
+@pytest.mark.parametrize("stream", [False, True], ids=["udp", "stream"])
+def test_data_read_with_its_channel_bind_waits_for_the_binding(stream: bool) -> None:
+    """A client's first ChannelData and Send indication in the same read (a TURN stream's) or recvmmsg batch (the
+    TURN socket's) as the ChannelBind before them are relayed once Python has installed the binding, not dropped for
+    want of it."""
+    relayed = Relayed(stream=stream)
     try:
         check = binding_request("ufragTURN")
-        relayed.sock.sendall(relayed.client.encode(stun.Method.CHANNEL_BIND, CHANNEL_NUMBER=0x4abc,
-                                                   XOR_PEER_ADDRESS=relayed.media)
-                             + channel_frame(0x4abc, check)[1] + send_indication(relayed.media, check))
+        bind = relayed.client.encode(stun.Method.CHANNEL_BIND, CHANNEL_NUMBER=0x4abc, XOR_PEER_ADDRESS=relayed.media)
+        packets = [bind, channel_frame(0x4abc, check)[1], send_indication(relayed.media, check)]
+        if stream:
+            relayed.sock.sendall(b"".join(packets))
+        else:  # queued at once on loopback: one recvmmsg takes all three
+            for packet in packets:
+                relayed.sock.sendto(packet, ("127.0.0.1", relayed.engine.turn_port))
         for _ in range(100):
-            relayed.engine._on_tcp_readable()
+            relayed.engine._on_tcp_readable() if stream else relayed.pump()
             if len(relayed.events) == 2:
                 break
             time.sleep(0.01)
