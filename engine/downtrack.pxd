@@ -6,8 +6,8 @@ from engine.packet cimport ExtPacket
 
 cdef enum:
     SEQMAP_SIZE = 1024        # output packets remembered for NACK (a power of two)
-    WRITE_GROWTH = 12         # downtrack_write may add this much to the input: our transport-cc or abs-send-time
-                              # element (with a block header and padding, 8) + RTX OSN (2), rounded up
+    WRITE_GROWTH = 12         # downtrack_write may add this much to the input: rewrite_header's REWRITE_GROWTH (8,
+                              # rtp.pxd) + RTX OSN (2), rounded up
     MAX_TEMPORAL = 4          # temporal layer ids 0..3 (VP8's TID is two bits); a cap of MAX_TEMPORAL - 1 = all
     SEQ_RUNS = 32             # Munger offset changes remembered, so late packets map as their neighbours did (a
                               # power of two; a 30 fps L1T3 camera capped to T0 or T1 drops 7.5 or 15 runs of
@@ -49,7 +49,9 @@ cdef struct DownTrack:
     bint red_strip            # the Receiver's RED is sent as its primary Opus block (the subscriber has no RED),
                               # with lost packets recovered from the redundant blocks (fanout.pyx)
     uint8_t ext_map[256]      # publisher extension id -> subscriber id, 0 = strip (the publisher's transport-cc
-                              # always: its numbers are not ours)
+                              # always: its numbers are not ours); ids over 14 only with ext_mixed
+    bint ext_mixed            # the subscriber negotiated a=extmap-allow-mixed: a packet whose elements do not all
+                              # fit the one-byte form gets the two-byte form (rtp.pxd rewrite_header)
     uint8_t ext_transport_cc  # the subscriber's transport-cc id: we write the transport's next number, 0 = none
     uint8_t ext_abs_send_time # without transport-cc, the subscriber's abs-send-time id: we write the send time (its
                               # receive-side estimator answers with REMB), 0 = none
@@ -112,6 +114,9 @@ cdef void downtrack_free(DownTrack *d) noexcept nogil
 # The current layer's stream was replaced (new publisher SSRC) or forwarding resumes after a pause: wait for a new
 # start point (a keyframe for video) and re-anchor there, so the output numbering continues from the last packet sent.
 cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil
+# Forwards the publisher's extension id `source` as the subscriber's `target` (0 = strip). Out-of-range ids are
+# ignored, and so are targets over 14 unless d.ext_mixed is set (the one-byte form cannot carry them).
+cdef void downtrack_map_extension(DownTrack *d, int source, int target) noexcept nogil
 # Writes the packet `p` as mapped by `e` (WRITE_MEDIA; or its RFC 4588 retransmission, WRITE_RTX; or a padding-only
 # packet with its number and timestamp, WRITE_PADDING) into `out`, which has room for p.h.header_length +
 # p.h.payload_length + WRITE_GROWTH bytes, with `transport_seq` in the transport-cc element when d.ext_transport_cc

@@ -43,6 +43,11 @@ cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil:
     memset(d.seqmap, 0, SEQMAP_SIZE * sizeof(SeqMapEntry))  # entries name the old stream's packets
 
 
+cdef void downtrack_map_extension(DownTrack *d, int source, int target) noexcept nogil:
+    if 0 < source < 256 and 0 <= target < (256 if d.ext_mixed else 15):
+        d.ext_map[source] = <uint8_t>target
+
+
 cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, int kind,
                          uint16_t transport_seq, int64_t now, uint8_t *out) noexcept nogil:
     cdef uint8_t own[4]       # our element's value, big-endian: transport-cc in 2 bytes, abs-send-time in 3
@@ -54,7 +59,7 @@ cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e,
     elif d.ext_abs_send_time:
         store32(own, abs_send_time(now) << 8)
         own_id, own_size = d.ext_abs_send_time, 3
-    header = rewrite_header(p.buf, &p.h, d.ext_map, own_id, own, own_size, out)
+    header = rewrite_header(p.buf, &p.h, d.ext_map, d.ext_mixed, own_id, own, own_size, out)
     store32(out + 4, e.out_ts)
     if kind == WRITE_PADDING:
         # RFC 3550 padding: one byte, counting itself. Receivers take it as a packet without payload (libwebrtc

@@ -31,7 +31,7 @@ from engine.codecs.vp9 cimport VP9_MAX_SPATIAL
 from engine cimport srtp
 from engine.demux cimport (demux_bind_path, demux_check_key, demux_find_transport, demux_forget_ssrcs,
                            demux_release_ssrc, demux_batch, demux_unbind_path)
-from engine.downtrack cimport MAX_TEMPORAL, DownTrack, downtrack_free, downtrack_new
+from engine.downtrack cimport MAX_TEMPORAL, DownTrack, downtrack_free, downtrack_map_extension, downtrack_new
 from engine.feedback cimport feedback_request_keyframe, feedback_tick
 from engine.forwarder cimport forwarder_set_paused, forwarder_target
 from engine.path cimport PATH_TCP, PATH_TURN, Path, path_address, path_set
@@ -900,9 +900,11 @@ cdef class Engine:
 
     def add_downtrack(self, receiver_id: int, transport_id: int, ssrc: int, rtx_ssrc: int, payload_type: int,
                       rtx_payload_type: int, extmap: dict, transport_cc_id: int = 0,
-                      abs_send_time_id: int = 0, red_payload_type: int = -1) -> int:
+                      abs_send_time_id: int = 0, red_payload_type: int = -1, extmap_allow_mixed: bool = False) -> int:
         """A subscriber's copy of a receiver's track on a transport. `extmap` renumbers the publisher's header
-        extensions (its id -> the subscriber's, absent = stripped); the publisher's transport-cc is never forwarded:
+        extensions (its id -> the subscriber's, absent = stripped); subscriber ids over 14, and elements over 16
+        bytes, need the two-byte form, so they are kept only when the subscriber negotiated a=extmap-allow-mixed
+        (`extmap_allow_mixed`), else stripped. The publisher's transport-cc is never forwarded:
         with `transport_cc_id` (1..14, the subscriber's id for it) each packet carries the transport's own
         transport-wide sequence number instead, and the transport's feedback feeds its bandwidth estimate. Without
         it, `abs_send_time_id` (1..14) stamps each packet with its send time, so a client that only does REMB
@@ -937,10 +939,10 @@ cdef class Engine:
         if self.s.receivers[rslot].red_payload_type >= 0:
             d.red_strip = not 0 <= red_payload_type < 128
             d.red_payload_type = red_payload_type & 0x7F if not d.red_strip else 0
+        d.ext_mixed = extmap_allow_mixed
         for source, target in extmap.items():
-            # Output uses the one-byte form (ids 1-14); anything else is stripped rather than written corrupt.
-            if 0 < source < 256 and 0 < target < 15:
-                d.ext_map[source] = target
+            if 0 <= source < 256 and 0 <= target < 256:  # into C ints; the DownTrack checks the rest
+                downtrack_map_extension(d, source, target)
         d.ext_map[self.s.receivers[rslot].ext_transport_cc] = 0
         d.ext_transport_cc = transport_cc_id
         d.ext_abs_send_time = 0 if transport_cc_id else abs_send_time_id

@@ -12,7 +12,8 @@ from engine.bwe cimport (Bwe, BwePacketResult, bwe_congested, bwe_estimate_bps, 
                          bwe_probe_status, bwe_state, bwe_take_change)
 from engine.codecs.describe cimport codec_id, describe_packet
 from engine.downtrack cimport (MAX_TEMPORAL, WRITE_GROWTH, WRITE_MEDIA, WRITE_PADDING, DownTrack, SeqMapEntry,
-                               downtrack_free, downtrack_lose_layer, downtrack_new, downtrack_write)
+                               downtrack_free, downtrack_lose_layer, downtrack_map_extension, downtrack_new,
+                               downtrack_write)
 from engine.forwarder cimport (FORWARD_DROP_TEMPORAL, FORWARD_PASS, FORWARD_SWITCHED, forwarder_accept,
                                forwarder_set_paused, forwarder_target)
 from engine.munger cimport DROP_PADDING, munger_drop, munger_map
@@ -22,14 +23,15 @@ from engine.rtp cimport parse_rtp
 
 
 cdef class DownTrackHarness:
-    """One subscriber's DownTrack on a `layers`-layer Receiver of `codec`. Times are seconds (any origin)."""
+    """One subscriber's DownTrack on a `layers`-layer Receiver of `codec`. Times are seconds (any origin). `extmap`
+    and `extmap_allow_mixed` renumber header extensions as Engine.add_downtrack's do (none: all stripped)."""
 
     cdef Receiver *r
     cdef DownTrack *d
 
     def __cinit__(self, str codec="vp8", bint video=True, int layers=1, int clock_rate=90000, int ssrc=0xD0D0,
                   int payload_type=100, int rtx_ssrc=0, int rtx_payload_type=0, int transport_cc_id=0,
-                  int abs_send_time_id=0):
+                  int abs_send_time_id=0, dict extmap=None, bint extmap_allow_mixed=False):
         if not 1 <= layers <= MAX_LAYERS:
             raise ValueError(f"1 to {MAX_LAYERS} layers")
         self.r = receiver_new(video, layers)
@@ -46,6 +48,10 @@ cdef class DownTrackHarness:
             raise ValueError("extension ids are 1..14 or 0")
         self.d.ext_transport_cc = transport_cc_id  # written as 0: the harness keeps no send history
         self.d.ext_abs_send_time = 0 if transport_cc_id else abs_send_time_id  # as Engine.add_downtrack
+        self.d.ext_mixed = extmap_allow_mixed
+        for source, target in (extmap or {}).items():
+            if 0 <= source < 256 and 0 <= target < 256:
+                downtrack_map_extension(self.d, source, target)
         self.d.max_layer = MAX_LAYERS - 1
         self.live_layers = 1  # layer 0 only, until told otherwise
 

@@ -5,7 +5,10 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
 cdef enum:
     EXT_ONE_BYTE = 0xBEDE
     EXT_TWO_BYTE = 0x1000     # 0x100X: the low 4 bits are appbits
-    EXTRA_MAX = 3             # bytes of rewrite_header's own element: with its id byte and a new block header, 8
+    EXTRA_MAX = 3             # bytes of rewrite_header's own element
+    REWRITE_GROWTH = 8        # rewrite_header's output is at most this longer than its input header: a new block
+                              # header and our element with its id byte (one-byte form), or our element with its id
+                              # and length bytes and padding (two-byte form)
     ABS_SEND_TIME_WRAP_US = 64000000  # abs-send-time wraps after 2^24 units of 2^-18 s
 
 cdef struct RtpHeader:
@@ -31,16 +34,19 @@ cdef int parse_srtp_header(const uint8_t *buf, int length, RtpHeader *h) noexcep
 cdef int finish_srtp_header(const uint8_t *buf, int length, RtpHeader *h) noexcept nogil
 # Finds element `ext_id` in `h`'s extension block (one- or two-byte form). 1 and *value/*value_length set when found, else 0.
 cdef int find_extension(const uint8_t *buf, const RtpHeader *h, int ext_id, const uint8_t **value, int *value_length) noexcept nogil
-# Writes into `out` (room for at least h.header_length + 8 bytes) the fixed header and CSRCs of `buf`, followed by a
-# one-byte-form extension block holding only the elements whose id maps to a non-zero id in `id_map[256]`, renumbered
-# (elements whose data cannot fit the one-byte form are dropped), then, when `extra_id` is 1..14, an element of
-# ours with the `extra_size` (1..EXTRA_MAX) bytes at `extra` (the transport-wide sequence number, or the
-# abs-send-time). The X bit is set only if an element remains.
+# Writes into `out` (room for at least h.header_length + REWRITE_GROWTH bytes) the fixed header and CSRCs of `buf`,
+# followed by an extension block holding only the elements whose id maps to a non-zero id in `id_map[256]`,
+# renumbered, then, when `extra_id` is 1..14, an element of ours with the `extra_size` (1..EXTRA_MAX) bytes at
+# `extra` (the transport-wide sequence number, or the abs-send-time). The X bit is set only if an element remains.
+# The block takes the one-byte form when every element fits it (id 1..14, 1..16 bytes). When one does not: with
+# `mixed` (the subscriber negotiated a=extmap-allow-mixed) the packet's block takes the two-byte form, as libwebrtc's
+# sender does per packet, keeping the input's appbits; without it, the elements that do not fit are dropped. The
+# two-byte form spends a byte more per element, so elements that would push the header past the room are dropped
+# (only a one-byte input renumbered to ids over 14 can get there).
 # Returns the bytes written (the new header length); the caller appends the h.payload_length payload bytes, so the
 # P bit is cleared (padding is not carried over). `h` must come from parse_rtp on the same `buf`.
-cdef int rewrite_header(const uint8_t *buf, const RtpHeader *h, const uint8_t *id_map, int extra_id,
+cdef int rewrite_header(const uint8_t *buf, const RtpHeader *h, const uint8_t *id_map, bint mixed, int extra_id,
                         const uint8_t *extra, int extra_size, uint8_t *out) noexcept nogil
-
 
 # abs-send-time (http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time): 24 bits of seconds in 6.18 fixed
 # point, wrapping every 64 s. Only differences between packets matter to the receiver's estimator, so any clock

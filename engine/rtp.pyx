@@ -128,41 +128,77 @@ cdef int find_extension(const uint8_t *buf, const RtpHeader *h, int ext_id, cons
     return 0
 
 
-cdef int rewrite_header(const uint8_t *buf, const RtpHeader *h, const uint8_t *id_map, int extra_id,
+cdef inline int _one_byte_elements(const uint8_t *block, int n, int form, const uint8_t *id_map, bint mixed,
+                                   uint8_t *out) noexcept nogil:
+    # Writes the kept elements of the block in the one-byte form; the bytes written, or -1 when `mixed` and one does
+    # not fit that form (the packet then takes the two-byte form). Output elements are never longer than input ones.
+    cdef int pos = 0, elem_id = 0, size = 0, new_id, w = 0
+    while _next_element(block, n, form == 2, &pos, &elem_id, &size):
+        new_id = id_map[elem_id]
+        if new_id != 0:
+            if new_id <= 14 and 1 <= size <= 16:
+                out[w] = <uint8_t>((new_id << 4) | (size - 1))
+                memcpy(out + w + 1, block + pos, size)
+                w += 1 + size
+            elif mixed:
+                return -1
+        pos += size
+    return w
+
+
+cdef inline int _two_byte_elements(const uint8_t *block, int n, int form, const uint8_t *id_map, int room,
+                                   uint8_t *out) noexcept nogil:
+    # The same in the two-byte form, in at most `room` bytes: an element that would overrun it is dropped.
+    cdef int pos = 0, elem_id = 0, size = 0, new_id, w = 0
+    while _next_element(block, n, form == 2, &pos, &elem_id, &size):
+        new_id = id_map[elem_id]
+        if new_id != 0 and 2 + size <= room - w:
+            out[w] = <uint8_t>new_id
+            out[w + 1] = <uint8_t>size
+            memcpy(out + w + 2, block + pos, size)
+            w += 2 + size
+        pos += size
+    return w
+
+
+cdef int rewrite_header(const uint8_t *buf, const RtpHeader *h, const uint8_t *id_map, bint mixed, int extra_id,
                         const uint8_t *extra, int extra_size, uint8_t *out) noexcept nogil:
-    # Output elements are never longer than input ones (the two-byte form spends one byte more per element), so the
-    # rewritten header is at most h.header_length bytes, plus 8 for the extra element (block header, id byte and up
-    # to EXTRA_MAX bytes, padding).
     cdef int fixed = FIXED_HEADER + 4 * (buf[0] & 0x0F)
     cdef int form = _form(h)
-    cdef int pos = 0, elem_id = 0, size = 0, new_id, w
-    cdef const uint8_t *block = buf + h.ext_offset
+    cdef bint own = 0 < extra_id <= 14 and 1 <= extra_size <= EXTRA_MAX
+    cdef int w = 0
+    cdef uint16_t profile = EXT_ONE_BYTE
+    cdef uint8_t *elements = out + fixed + 4
     memcpy(out, buf, fixed)
     # The caller appends h.payload_length bytes, i.e. without the padding: clear P along with X.
     out[0] &= 0xCF
-    w = fixed + 4
-    while form != 0 and _next_element(block, h.ext_length, form == 2, &pos, &elem_id, &size):
-        new_id = id_map[elem_id]
-        if new_id != 0 and new_id <= 14 and 1 <= size <= 16:
-            out[w] = <uint8_t>((new_id << 4) | (size - 1))
-            memcpy(out + w + 1, block + pos, size)
-            w += 1 + size
-        pos += size
-    if 0 < extra_id <= 14 and 1 <= extra_size <= EXTRA_MAX:
-        out[w] = <uint8_t>((extra_id << 4) | (extra_size - 1))
-        memcpy(out + w + 1, extra, extra_size)
+    if form != 0:
+        w = _one_byte_elements(buf + h.ext_offset, h.ext_length, form, id_map, mixed, elements)
+    if w < 0:
+        # Only with an input block, so the room is its elements' bytes plus REWRITE_GROWTH (our element's is kept).
+        profile = h.ext_profile if form == 2 else EXT_TWO_BYTE
+        w = _two_byte_elements(buf + h.ext_offset, h.ext_length, form, id_map,
+                               h.ext_length + REWRITE_GROWTH - (2 + extra_size if own else 0), elements)
+        if own:
+            elements[w] = <uint8_t>extra_id
+            elements[w + 1] = <uint8_t>extra_size
+            memcpy(elements + w + 2, extra, extra_size)
+            w += 2 + extra_size
+    elif own:
+        elements[w] = <uint8_t>((extra_id << 4) | (extra_size - 1))
+        memcpy(elements + w + 1, extra, extra_size)
         w += 1 + extra_size
-    if w == fixed + 4:
+    if w == 0:
         return fixed
-    while (w - fixed) & 3:
-        out[w] = 0
+    while w & 3:
+        elements[w] = 0
         w += 1
     out[0] |= 0x10
-    out[fixed] = 0xBE
-    out[fixed + 1] = 0xDE
-    out[fixed + 2] = <uint8_t>(((w - fixed - 4) >> 10) & 0xFF)
-    out[fixed + 3] = <uint8_t>(((w - fixed - 4) >> 2) & 0xFF)
-    return w
+    out[fixed] = <uint8_t>(profile >> 8)
+    out[fixed + 1] = <uint8_t>(profile & 0xFF)
+    out[fixed + 2] = <uint8_t>((w >> 10) & 0xFF)
+    out[fixed + 3] = <uint8_t>((w >> 2) & 0xFF)
+    return fixed + 4 + w
 
 
 # ---- thin Python faces, for tests and debugging (not used on the hot path) ----
@@ -186,10 +222,14 @@ def extension(bytes data, int ext_id) -> bytes | None:
     return value[:value_length]
 
 
-def rewrite(bytes data, dict id_map, int extra_id=0, bytes extra=b"") -> bytes:
+GUARD = bytes(range(0xA0, 0xC0))
+
+
+def rewrite(bytes data, dict id_map, int extra_id=0, bytes extra=b"", bint mixed=False) -> bytes:
     """`data` with its header extensions renumbered by `id_map` (incoming id -> outgoing id, 0 or absent = drop),
-    plus an element `extra_id` (1..14, 0 = none) holding `extra` (1..3 bytes), and its padding removed. Raises
-    ValueError when `data` is not valid RTP, an id is outside 0..255 or `extra` has no room."""
+    plus an element `extra_id` (1..14, 0 = none) holding `extra` (1..3 bytes), and its padding removed; `mixed`: the
+    two-byte form may be used (a=extmap-allow-mixed). Raises ValueError when `data` is not valid RTP, an id is
+    outside 0..255 or `extra` has no room."""
     cdef RtpHeader h
     cdef uint8_t ids[256]
     cdef const uint8_t *buf = data
@@ -204,6 +244,10 @@ def rewrite(bytes data, dict id_map, int extra_id=0, bytes extra=b"") -> bytes:
         ids[incoming] = outgoing
     if parse_rtp(buf, len(data), &h) != 0:
         raise ValueError("not a valid RTP packet")
-    out = bytearray(h.header_length + 8)
-    written = rewrite_header(buf, &h, ids, extra_id, extra_bytes, len(extra), out)
+    room = h.header_length + REWRITE_GROWTH
+    out = bytearray(room) + GUARD  # the guard bytes catch a write past the room the contract promises
+    written = rewrite_header(buf, &h, ids, mixed, extra_id, extra_bytes, len(extra), out)
+    if out[room:] != GUARD or not 0 < written <= room:
+        raise RuntimeError(f"rewrite_header wrote past its room of {room} bytes")
     return bytes(out[:written]) + data[h.header_length:h.header_length + h.payload_length]
+
