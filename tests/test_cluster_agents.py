@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import pytest
 from livekit import api, rtc
 from livekit.protocol import agent
@@ -74,6 +75,23 @@ async def reply_from(room: rtc.Room, agent: rtc.RemoteParticipant, payload: byte
         room.off("data_received", on_data)
 
 
+async def helpers_known_with_loads(server) -> bool:
+    """Whether `server` knows both "helper" workers, one idle and one half busy (tern's GET /agent/workers)."""
+    token = api.AccessToken(API_KEY, API_SECRET).with_grants(api.VideoGrants(room_list=True)).to_jwt()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{server.http}/agent/workers", headers={"Authorization": f"Bearer {token}"}) as r:
+            report = await r.json()
+    loads = sorted(w["load"] for w in report["workers"] if w["agent_name"] == "helper")
+    return len(loads) == 2 and loads[0] < 0.25 and loads[1] >= 0.4
+
+
+async def until_async(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.25)
+
+
 def jobs_of(dispatch) -> list[tuple[int, str]]:
     return [(job.state.status, job.state.worker_id) for job in dispatch.state.jobs]
 
@@ -96,7 +114,10 @@ async def test_workers_of_one_node_serve_a_room_of_the_other_and_survive_its_dea
         assert a.counters().get("relay_connections_out", 0) >= 1
         async with api.LiveKitAPI(a.http, API_KEY, API_SECRET) as via_a, \
                 api.LiveKitAPI(b.http, API_KEY, API_SECRET) as via_b:
-            # Explicit dispatch through a: the helper on a (less loaded than b's) gets the job of b's room.
+            # Explicit dispatch through a: the helper on a (less loaded than b's) gets the job of b's room. The
+            # choice reads the loads the workers reported: first b must know both, its own as half busy (the SDK
+            # reports a load some seconds after registering, and a's workers reach b through Redis every 2 s).
+            await until_async(lambda: helpers_known_with_loads(b), 20)
             made = await via_a.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
                 room="far", agent_name="helper"))
             await until(lambda: agent_of(user, "helper-a") is not None, 20)
