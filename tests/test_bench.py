@@ -1,6 +1,6 @@
 """The benchmark harness's own parts: where it pins the server and the clients (--server-cores, --client-cores), the
 load clients' handshake with a server that checks back during ICE (as Janus's libnice does), and Janus as a peer
-(bench/janus_peer.py) against a real `janus` when one is installed; the ingest scenario runs."""
+(bench/janus_peer.py) against a real `janus` when one is installed; the ingest, cluster and svc scenarios run."""
 from __future__ import annotations
 
 import asyncio
