@@ -35,6 +35,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aioice import stun
@@ -342,10 +343,9 @@ def build_publisher_offer(tracks: list[OutgoingTrack], path: MediaPath, transpor
     mids = [str(index) for index in range(len(tracks))]
     for mid, track in zip(mids, tracks):
         if track.kind == "video":
-            codec = sdp.Codec(*((VP9_PT, "VP9", 90000, None, "profile-id=0") if track.codec == "vp9"
-                                else (VP8_PT, "VP8", 90000)),
-                              rtcp_fb=["nack", "nack pli", "ccm fir", "goog-remb"]
-                              + (["transport-cc"] if transport_cc else []))
+            feedback = ["nack", "nack pli", "ccm fir", "goog-remb"] + (["transport-cc"] if transport_cc else [])
+            codec = (sdp.Codec(VP9_PT, "VP9", 90000, fmtp="profile-id=0", rtcp_fb=feedback) if track.codec == "vp9"
+                     else sdp.Codec(VP8_PT, "VP8", 90000, rtcp_fb=feedback))
             extensions = [sdp.EXT_MID, sdp.EXT_RID] + ([sdp.EXT_TRANSPORT_CC] if transport_cc else [])
         else:
             codec = sdp.Codec(OPUS_PT, "opus", 48000, 2, fmtp="minptime=10;useinbandfec=1", rtcp_fb=["nack"])
@@ -434,7 +434,7 @@ class LoadParticipant:
         assert self.ws is not None
         await self.ws.send(request.SerializeToString())
 
-    async def _ask_quality(self, participants) -> None:
+    async def _ask_quality(self, participants: Iterable[models.ParticipantInfo]) -> None:
         """Asks for self.quality of the video tracks of `participants` (ParticipantInfo) not asked for yet."""
         if self.quality is None:
             return
