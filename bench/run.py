@@ -7,6 +7,7 @@ pure-Python forwarder on the same load.
     python bench/run.py --quick --transport tcp turn turn-tls  # the fanout also over ICE-TCP and TURN, beside UDP
     python bench/run.py --quick --scenario fanout --server-cores 1 2  # the fanout with the server on 1, then 2 CPUs
     python bench/run.py --scenario ingest    # CPU per WHIP / RTMP publisher, per recorded track (bench/ingest.py)
+    python bench/run.py --scenario svc       # VP9 SVC fanout beside VP8 simulcast, subscribers spread over layers
 
 Everything runs on this host. The tern server (`python -m signaling --dev`) is pinned with taskset to the first N
 usable CPUs (--server-cores N, default 1; with several N the fanout runs once per N, and tern gets `rtc.workers: N`
@@ -37,9 +38,13 @@ the measured server's), meeting (P
 participants each publishing audio + video, all subscribed to all), audio (many rooms of 4 talkers), hostile (the
 fanout at about half its zero-loss size, measured without and then with a flood of 20,000 datagrams/s of junk STUN,
 DTLS and RTP from other addresses, junk DTLS from live subscribers' own sockets and Binding requests to their ufrags,
-sent by a second process on the clients' CPU), ingest (only when asked for: CPU per WHIP publisher, per RTMP
-publisher with and without a video re-encode, per recorded track and per track in a room's audio mix;
-bench/ingest.py).
+sent by a second process on the clients' CPU), svc (a room of SVC_SUBSCRIBERS viewers of one camera spread over
+its layers as in SVC_SPREAD, a quarter asking for low quality, a quarter medium, half high; first with the camera
+published as VP8 simulcast, then, on a fresh server, as VP9 L3T3_KEY SVC as Chromium sends it (loadtest.SVC_PACKETS):
+forwarded packets per CPU-second of each and ratio_svc_vp8; the layers each viewer got are counted, from the VP9
+payload descriptor, or from its packet rate for simulcast, and printed), ingest (only when asked for: CPU per WHIP
+publisher, per RTMP publisher with and without a video re-encode, per recorded track and per track in a room's
+audio mix; bench/ingest.py).
 Server CPU is user + system of its process from /proc/<pid>/stat over each measurement window.
 """
 from __future__ import annotations
@@ -91,7 +96,7 @@ if USE_CHECKOUT:
 try:  # pylibsrtp too: it comes with tern
     from pylibsrtp import Policy, Session
 
-    from livekit.protocol import rtc as lk_rtc
+    from livekit.protocol import models, rtc as lk_rtc
 
     from signaling.auth import create_token
     from signaling.clients import loadgen, loadtest
@@ -120,6 +125,12 @@ KEEP_UP = 0.98              # the share of the offered packets (subscribers x OF
                             # growing without bound, before it drops anything
 # --transport: the forwarder names of fanout rows whose load clients use ICE-TCP, or relay through TURN/UDP or TURN/TLS
 OVER = {"tcp": "tern-tcp", "turn": "tern-turn", "turn-tls": "tern-turn-tls"}
+# svc: the viewers' qualities (UpdateTrackSettings), in shares of the room: thumbnails, a medium tile, the speaker big
+SVC_SPREAD = ((models.VideoQuality.LOW, 1), (models.VideoQuality.MEDIUM, 1), (models.VideoQuality.HIGH, 2))
+SVC_SUBSCRIBERS = (500, 200)  # the svc room's viewers (standard, --quick): sizes where forwarding, not each
+                              # viewer's fixed control-plane cost, dominates the server's CPU
+SVC_SETTLE = 2.0            # seconds after the last viewer's first packet before measuring: each reaches its layer
+                            # (an up-switch waits for a keyframe: the load publisher sends one every 2 s)
 COMPARE_WINDOWS = 3         # windows measured at COMPARE_SUBSCRIBERS, the median kept: twcc_cost compares two
                             # server processes, whose single windows differ by ±10 %
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -540,6 +551,93 @@ async def hostile(subscribers: int, window: float, log: Path, rows: list[Row], c
     return summary
 
 
+async def svc(subscribers: int, window: float, logs: Path, rows: list[Row], cpus: list[int]) -> dict:
+    """The svc scenario (see the module's docstring): the same room as VP8 simulcast, then as VP9 SVC."""
+    figures: dict = {"subscribers": subscribers}
+    for key, plan in (("vp8_simulcast", loadtest.MediaPlan(video=True, simulcast=True)),
+                      ("vp9_svc", loadtest.MediaPlan(video=True, codec="vp9"))):
+        server = TernServer(logs / f"tern-bench-svc-{key}.log", cpus)
+        clients = loadtest.LoadClients(server.url, API_KEY, API_SECRET)
+        try:
+            await clients.add("svc", 1, publish=plan, subscribe=False)
+            shares = sum(share for _, share in SVC_SPREAD)
+            groups = {quality: await clients.add("svc", subscribers * share // shares, hidden=True, concurrency=32,
+                                                 quality=quality) for quality, share in SVC_SPREAD}
+            viewers = [p for group in groups.values() for p in group]
+            await clients.wait_for_media(viewers, 15)
+            await asyncio.sleep(SVC_SETTLE)
+            before = {p.identity: _viewer_stats(clients, p) for p in viewers}
+            row = await measure("tern", key.replace("_simulcast", "-sim").replace("_", "-"), clients.load_receiver,
+                                server.process.pid, window, f"1 pub -> {len(viewers)} sub", len(cpus))
+            rows.append(row)
+            print(_format(row), flush=True)
+            figures[key] = {"packets_per_cpu_second": row.packets_per_cpu_second, "pps": row.pps, "lost": row.lost,
+                            "errors": clients.errors()[:10],
+                            "by_quality": {models.VideoQuality.Name(quality): _group_layers(
+                                clients, group, before, window, plan.codec == "vp9", quality)
+                                for quality, group in groups.items()}}
+        finally:
+            await clients.close()
+            server.stop()
+    vp8, vp9 = figures["vp8_simulcast"], figures["vp9_svc"]
+    figures["ratio_svc_vp8"] = _quotient(vp9["packets_per_cpu_second"], vp8["packets_per_cpu_second"])
+    figures["layers_as_asked"] = all(group["as_asked"] == group["subscribers"] > 0
+                                     for side in (vp8, vp9) for group in side["by_quality"].values())
+    return {"svc": figures, "ratio_svc_vp8": figures["ratio_svc_vp8"]}
+
+
+def _viewer_stats(clients: loadtest.LoadClients, viewer: loadtest.LoadParticipant) -> dict:
+    if viewer.load_receiver_index is None:
+        return {"packets": 0, "layers": {}}
+    return clients.load_receiver.socket_stats(viewer.load_receiver_index)
+
+
+def _group_layers(clients: loadtest.LoadClients, group: list[loadtest.LoadParticipant], before: dict, window: float,
+                  svc_stream: bool, quality: int) -> dict:
+    """What the viewers that asked for `quality` received over the window: packets a second each (median), the
+    VP9 (spatial, temporal) layers they got, and how many got what they asked for: with SVC, exactly the spatial
+    layers up to the quality and every temporal layer; with simulcast, the rate of that quality's stream (its packets
+    a frame x 30 fps, within 20 %: the layers' rates differ 2 to 5 fold)."""
+    rates, layers, as_asked = [], Counter(), 0
+    expected_spatial = set(range(quality + 1))
+    expected_pps = loadtest.SIMULCAST_LAYERS[quality][2] * loadtest.VIDEO_FPS
+    for viewer in group:
+        now, then = _viewer_stats(clients, viewer), before[viewer.identity]
+        rate = (now["packets"] - then["packets"]) / window
+        got = Counter({layer: n - then["layers"].get(layer, 0) for layer, n in now["layers"].items()})
+        got = +got  # the layers that arrived in the window
+        rates.append(rate)
+        layers.update(got)
+        if svc_stream:
+            as_asked += {sid for sid, _ in got} == expected_spatial and {tid for _, tid in got} == {0, 1, 2}
+        else:
+            as_asked += abs(rate - expected_pps) <= 0.2 * expected_pps
+    return {"subscribers": len(group), "as_asked": as_asked, "pps_each": statistics.median(rates) if rates else 0.0,
+            "layers_pps": {f"S{sid}T{tid}": n / window / max(1, len(group)) for (sid, tid), n in sorted(layers.items())}}
+
+
+def _layer_span(layers: dict[str, float]) -> str:
+    """"S0-1 T0-2" for the layers named "S<sid>T<tid>" that arrived."""
+    spatial, temporal = ({int(name[i]) for name in layers} for i in (1, 3))
+    return f"S{min(spatial)}-{max(spatial)} T{min(temporal)}-{max(temporal)}"
+
+
+def print_svc(figures: dict) -> None:
+    vp8, vp9 = figures["vp8_simulcast"], figures["vp9_svc"]
+    shares = sum(share for _, share in SVC_SPREAD)
+    spread = ", ".join(f"{share}/{shares} {models.VideoQuality.Name(q).lower()}" for q, share in SVC_SPREAD)
+    print(f"\nsvc: one 720p camera to {figures['subscribers']} viewers ({spread}), as VP8 simulcast and as VP9 "
+          f"L3T3_KEY SVC")
+    print(f"{'stream':<14} {'pkt/CPU-s':>10} {'lost':>5}  per quality: viewers with the layers asked for, pps each")
+    for name, side in (("vp8-simulcast", vp8), ("vp9-svc", vp9)):
+        groups = "; ".join(f"{quality.lower()} {g['as_asked']}/{g['subscribers']} {g['pps_each']:,.0f}"
+                           + (f" ({_layer_span(g['layers_pps'])})" if g["layers_pps"] else "")
+                           for quality, g in side["by_quality"].items())
+        print(f"{name:<14} {side['packets_per_cpu_second']:>10,.0f} {side['lost']:>5}  {groups}")
+    print(f"{'ratio_svc_vp8':<28} {_ratio(figures['ratio_svc_vp8'])} (VP9 SVC / VP8 simulcast pkt/CPU-s; target >= "
+          f"0.85); layers as asked: {'all' if figures['layers_as_asked'] else 'NOT ALL'}")
+
+
 # ---- baselines (raw mode: fixed keys, no signaling) ----------------------------------------------------------------
 
 def raw_session(inbound: bool) -> Session:
@@ -663,14 +761,16 @@ def placement_note(server: list[int], client: list[int]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smaller suite of about a minute")
-    parser.add_argument("--scenario", choices=["fanout", "meeting", "audio", "hostile", "ingest", "cluster", "all"],
+    parser.add_argument("--scenario", choices=["fanout", "meeting", "audio", "hostile", "svc", "ingest", "cluster",
+                                               "all"],
                         default="all", help="ingest and cluster are run only when asked for (not part of all; cluster "
                         "needs redis-server)")
     parser.add_argument("--streams", type=int, help="ingest: streams of each kind (default 2, --quick 1)")
     parser.add_argument("--window", type=float, help="seconds of each measurement (default 5, --quick 3)")
     parser.add_argument("--rooms", type=int, help="cluster: this many rooms (default 4, --quick 2)")
     parser.add_argument("--room-size", type=int, help="cluster: subscribers per room (default 100, --quick 25)")
-    parser.add_argument("--subscribers", type=int, help="fanout: sweep up to this many subscribers")
+    parser.add_argument("--subscribers", type=int, help="fanout: sweep up to this many subscribers; svc: this "
+                        f"many viewers (default {SVC_SUBSCRIBERS[0]}, --quick {SVC_SUBSCRIBERS[1]})")
     parser.add_argument("--transport", nargs="+", choices=["udp", *OVER], default=["udp"],
                         help="fanout: also measure load clients over ICE-TCP (tcp) and/or relayed by TURN/UDP (turn) "
                              "or TURN/TLS (turn-tls) beside UDP (rows tern-tcp, tern-turn, tern-turn-tls)")
@@ -743,6 +843,9 @@ def main() -> int:
             figures.update(asyncio.run(cluster(args.rooms or (2 if args.quick else 4),
                                                args.room_size or (25 if args.quick else 100), window, logs, rows,
                                                server_cpus)))
+        if args.scenario in ("svc", "all"):
+            figures.update(asyncio.run(svc(args.subscribers or SVC_SUBSCRIBERS[args.quick], window, logs, rows,
+                                           server_cpus)))
         if args.scenario in ("hostile", "all"):
             half = max(1, (figures.get("max_zero_loss_subscribers") or top) // 2)
             figures.update(asyncio.run(hostile(half, window, logs / "tern-bench-hostile.log", rows, server_cpus)))
@@ -769,6 +872,8 @@ def main() -> int:
               f"{two['signal_rtt_relayed_ms']:.2f} ms relayed (x{_ratio(c['relay_rtt_ratio'])}); pkt/CPU-s "
               f"{one['packets_per_cpu_second']:,.0f} -> {two['packets_per_cpu_second']:,.0f} "
               f"(x{_ratio(c['packets_per_cpu_second_ratio'])}); rooms per node {two['rooms_per_node']}")
+    if "svc" in figures:
+        print_svc(figures["svc"])
     if "hostile" in figures:
         h = figures["hostile"]
         print(f"{'hostile (quiet -> flooded)':<28} {h['subscribers']} sub, flood {h['flood_datagrams_per_second']:,.0f}/s: "

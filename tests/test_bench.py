@@ -1,6 +1,6 @@
 """The benchmark harness's own parts: where it pins the server and the clients (--server-cores, --client-cores), the
 load clients' handshake with a server that checks back during ICE (as Janus's libnice does), and Janus as a peer
-(bench/janus_peer.py) against a real `janus` when one is installed; the ingest scenario runs."""
+(bench/janus_peer.py) against a real `janus` when one is installed; the ingest, cluster and svc scenarios run."""
 from __future__ import annotations
 
 import asyncio
@@ -160,3 +160,23 @@ def test_the_cluster_scenario_reports_the_relay_against_one_node(tmp_path) -> No
     assert figures["cluster"]["signal_rtt_relayed_ms"] > 0
     for ratio in ("join_ratio", "relay_rtt_ratio", "packets_per_cpu_second_ratio"):
         assert figures[ratio] > 0
+
+
+def test_the_svc_scenario_gives_each_viewer_the_layers_it_asked_for(tmp_path) -> None:
+    """`--scenario svc` with a handful of viewers and a short window: the same room as VP8 simulcast and as VP9
+    L3T3_KEY SVC, each viewer receiving the layers of the quality it asked for (counted from the VP9 payload
+    descriptor; from the packet rate for simulcast), nothing lost; the JSON has both figures and their ratio."""
+    out = tmp_path / "svc.json"
+    result = subprocess.run([sys.executable, "bench/run.py", "--scenario", "svc", "--subscribers", "8", "--window",
+                             "1", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    svc = figures["svc"]
+    for side in ("vp8_simulcast", "vp9_svc"):
+        assert svc[side]["lost"] == 0 and not svc[side]["errors"] and svc[side]["packets_per_cpu_second"] > 0
+        assert {q: g["as_asked"] for q, g in svc[side]["by_quality"].items()} == {"LOW": 2, "MEDIUM": 2, "HIGH": 4}
+    layers = {q: set(g["layers_pps"]) for q, g in svc["vp9_svc"]["by_quality"].items()}
+    assert layers == {"LOW": {"S0T0", "S0T1", "S0T2"}, "MEDIUM": {f"S{s}T{t}" for s in (0, 1) for t in range(3)},
+                      "HIGH": {f"S{s}T{t}" for s in range(3) for t in range(3)}}
+    assert svc["layers_as_asked"] and figures["ratio_svc_vp8"] == svc["ratio_svc_vp8"] > 0
+    assert "ratio_svc_vp8" in result.stdout

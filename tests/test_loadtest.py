@@ -1,13 +1,17 @@
 """The load clients against a real tern server: join through /rtc, ICE, DTLS, SRTP, media both ways; over UDP,
-ICE-TCP (loadgen's RFC 4571 framing) and a TURN relay (ChannelData) over UDP and over TLS."""
+ICE-TCP (loadgen's RFC 4571 framing) and a TURN relay (ChannelData) over UDP and over TLS; loadgen's VP9 SVC
+stream as a parser reads it."""
 from __future__ import annotations
 
 import socket
+import struct
 import time
+from itertools import groupby
 
 from livekit.protocol import rtc
 from pylibsrtp import Policy, Session
 
+from engine.codecs.vp9 import vp9_descriptor
 from engine.framer import StreamFramer
 from signaling.clients import loadgen, loadtest, turnclient, turntls
 from signaling.peer.dtls import session_pointer
@@ -117,6 +121,81 @@ def test_loadgen_frames_media_on_a_tcp_stream_and_takes_over_a_partly_read_one()
     assert not stats["closed"]
     sending.close()
     receiving.close()
+
+
+def test_loadgen_sends_vp9_l3t3_key_pictures_as_chromium_does() -> None:
+    """A VP9 SVC stream (svc_packets): each picture is S0, S1, S2 frames of SVC_PACKETS' sizes at one timestamp,
+    flexible-mode descriptors with one picture id, B/E around each layer frame, the marker on the last packet; a
+    keyframe without inter-picture references, its upper layers predicted from the layer below, the scalability
+    structure (three layers up to 1280x720) on its first packet; delta pictures in the pattern T0 T2 T1 T2, each
+    layer referencing its own earlier picture (P_DIFF). The receiver counts a VP9 payload type's packets by layer."""
+    key = bytes(range(28))
+    svc = bytes(n for layer in loadtest.SVC_PACKETS for n in layer)
+    load_sender, load_receiver = loadgen.LoadSender(4), loadgen.LoadReceiver(4)
+    pairs = [(socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+             for _ in range(2)]
+    for sending, receiving in pairs:
+        receiving.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, loadtest.SOCKET_BUFFER)
+        receiving.bind(("127.0.0.1", 0))
+        receiving.setblocking(False)
+        sending.connect(receiving.getsockname())
+        receiving.connect(sending.getsockname())
+    rx = [Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_128_GCM))
+          for _ in pairs]
+    tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_128_GCM))
+    index = load_receiver.add_socket(pairs[1][1].fileno(), session_pointer(rx[1]), vp9_payload_type=loadtest.VP9_PT)
+    load_receiver.start()
+    try:
+        for ssrc, (sending, _) in zip((0x1000, 0x2000), pairs):
+            load_sender.add_stream(sending.fileno(), session_pointer(tx), ssrc, loadtest.VP9_PT, True,
+                                   packets_per_frame=1, frames_per_second=30, payload_size=loadtest.VIDEO_PAYLOAD,
+                                   clock_rate=90000, keyframe_frames=6, svc_packets=svc)
+        load_sender.start()
+        time.sleep(0.5)
+        load_sender.stop()
+        time.sleep(0.1)
+    finally:
+        load_receiver.stop()
+    packets = []
+    while True:
+        try:
+            packets.append(rx[0].unprotect(pairs[0][1].recv(2048)))
+        except BlockingIOError:
+            break
+    pictures = [list(group) for _, group in groupby(packets, key=lambda p: struct.unpack_from("!I", p, 4)[0])]
+    assert len(pictures) >= 12
+    for picture in pictures:
+        parsed = [vp9_descriptor(p[12:]) for p in picture]
+        first = parsed[0]
+        keyframe = not first["inter_picture"]
+        assert all(d["flexible"] and d["layered"] and d["picture_id"] == first["picture_id"] for d in parsed)
+        assert all(d["temporal_id"] == first["temporal_id"] for d in parsed)
+        assert [bool(p[1] & 0x80) for p in picture] == [False] * (len(picture) - 1) + [True]
+        layers = [list(frame) for _, frame in groupby(parsed, key=lambda d: d["spatial_id"])]
+        assert [frame[0]["spatial_id"] for frame in layers] == [0, 1, 2]
+        column = 0 if keyframe else 1 + first["temporal_id"]
+        assert [len(frame) for frame in layers] == [counts[column] for counts in loadtest.SVC_PACKETS]
+        for frame in layers:
+            assert [(d["begin_of_frame"], d["end_of_frame"]) for d in frame] == \
+                [(i == 0, i == len(frame) - 1) for i in range(len(frame))]
+            assert all(d["inter_layer"] == (keyframe and d["spatial_id"] > 0) for d in frame)
+        assert [d["has_ss"] for d in parsed] == [keyframe] + [False] * (len(parsed) - 1)
+        if keyframe:
+            assert (first["ss_spatial_layers"], first["ss_width"], first["ss_height"]) == (3, 1280, 720)
+            assert first["is_keyframe"] and first["temporal_id"] == 0
+        else:
+            assert all(d["inter_picture"] and d["size"] == 5 for d in parsed)  # one P_DIFF each
+    ids = [vp9_descriptor(picture[0][12:])["picture_id"] for picture in pictures]
+    assert ids == [(ids[0] + i) & 0x7FFF for i in range(len(ids))]
+    after_key = [[vp9_descriptor(p[0][12:])["temporal_id"] for p in pictures[i:i + 6]]
+                 for i, p in enumerate(pictures) if not vp9_descriptor(p[0][12:])["inter_picture"]]
+    assert any(tids == [0, 2, 1, 2, 0, 2] for tids in after_key)
+    stats = load_receiver.socket_stats(index)
+    assert set(stats["layers"]) == {(s, t) for s in range(3) for t in range(3)}
+    assert sum(stats["layers"].values()) == stats["packets"] > 0 and stats["auth_failures"] == 0
+    for sending, receiving in pairs:
+        sending.close()
+        receiving.close()
 
 
 async def test_load_clients_over_a_turn_relay_receive_authenticated_media(tmp_path) -> None:

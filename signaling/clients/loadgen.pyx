@@ -6,12 +6,14 @@ libsrtp sessions; it then hands the socket fds and the sessions' srtp_t pointers
 built, protected, received and checked in C with the GIL released: no Python object per packet.
 
 - LoadSender: RTP streams paced in real time. Video is sent a frame at a time (a burst of packets, marker bit on the
-  last) with a VP8 payload descriptor and a keyframe every `keyframe_frames` frames; audio is one packet per period.
+  last) with a VP8 payload descriptor and a keyframe every `keyframe_frames` frames; or, for a VP9 SVC stream, a
+  picture at a time: L3T3_KEY as Chromium sends it (see add_stream's `svc_packets`). Audio is one packet per period.
   The last 12 payload bytes of every packet carry "TERN" + the send time (CLOCK_REALTIME ns, big-endian), so a
   receiver on the same host measures one-way latency whatever the SFU rewrites in the header: up to the kernel's
   arrival timestamp (SO_TIMESTAMPNS), so the receiver's own queueing is not counted.
 - LoadReceiver: epoll over many sockets, recvmmsg, SRTP unprotect (failures counted), per-SSRC packet counts and
-  sequence gaps, and a latency histogram. RTCP, STUN and DTLS are counted and otherwise ignored, except the last
+  sequence gaps, and a latency histogram; on a socket told its VP9 payload type, packets per spatial and temporal
+  layer (from the VP9 payload descriptor). RTCP, STUN and DTLS are counted and otherwise ignored, except the last
   STUN Binding request on each socket (the server's consent check), kept for the control plane to answer (take_stun).
   On a socket with transport-cc negotiated it records each packet's transport-wide sequence number and kernel arrival
   time and sends transport-cc feedback (engine/twcc's builder) every TWCC_FEEDBACK_INTERVAL_NS, as libwebrtc does.
@@ -36,6 +38,7 @@ from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, nanosleep, timespec
 
 from engine cimport srtp
+from engine.codecs.vp9 cimport Vp9Descriptor, parse_vp9
 from engine.batchio cimport MSG_DONTWAIT, iovec, mmsghdr, msghdr, recvmmsg, sendmmsg
 from engine.framer cimport StreamFramer
 from engine.rtp cimport RtpHeader, find_extension, parse_rtp
@@ -149,7 +152,7 @@ cdef extern from *:
 
 cdef enum:
     MAX_PACKET = 1500
-    MAX_FRAME_PACKETS = 32
+    MAX_FRAME_PACKETS = 32        # also a VP9 SVC picture's, all spatial layers
     MAX_EXTENSION = 64
     TRAILER = 12              # "TERN" + 8-byte send time
     RECV_BATCH = 64
@@ -170,8 +173,25 @@ cdef enum:
     STREAM_WRITE_TIMEOUT_MS = 100
     STREAM_READS = 16             # reads of one stream socket per readiness, so one busy socket cannot hold the loop
     CHANNEL_HEADER = 4            # TURN ChannelData: channel number, length
+    # VP9 L3T3_KEY: three spatial layers (the top one SVC_WIDTH x SVC_HEIGHT, each below half the size) of three
+    # temporal layers in libwebrtc's pattern T0 T2 T1 T2; upper spatial layers reference the one below only in
+    # keyframes. The payload descriptor is flexible mode, as Chromium writes it.
+    SVC_SPATIAL = 3
+    SVC_PATTERN = 4
+    SVC_WIDTH = 1280
+    SVC_HEIGHT = 720
+    VP9_DESCRIPTOR_MAX = 5 + 1 + 4 * SVC_SPATIAL   # the longest: a keyframe's S0 with its scalability structure
+    LAYER_IDS = 4                 # spatial and temporal ids a receiver counts packets of (0..3 each)
 
 cdef const uint8_t *MAGIC = b"TERN"
+# By position in the temporal pattern (T0 T2 T1 T2): the temporal id, the switching-up bit, and the one P_DIFF (the
+# picture referenced: T0 the T0 before, T1 that T0, each T2 the picture just before).
+cdef uint8_t SVC_TID[SVC_PATTERN]
+cdef uint8_t SVC_UP[SVC_PATTERN]
+cdef uint8_t SVC_PDIFF[SVC_PATTERN]
+SVC_TID[:] = [0, 2, 1, 2]
+SVC_UP[:] = [0, 1, 1, 0]
+SVC_PDIFF[:] = [4, 1, 2, 1]
 LATENCY_BUCKET_US = BUCKET_NS // 1000
 LATENCY_BUCKETS = BUCKETS
 
@@ -264,6 +284,8 @@ cdef struct Stream:
     int level_offset               # byte of the audio level in `extension`, or -1
     int twcc_offset                # first byte of the transport-wide sequence number in `extension`, or -1
     uint16_t *transport_seq        # the next one, shared by the streams of one transport; NULL without
+    uint8_t svc_packets[SVC_SPATIAL][SVC_PATTERN]  # a VP9 SVC stream's packets per layer frame (see add_stream); or 0s
+    uint64_t svc_index             # pictures since the last keyframe: the position in the temporal pattern
     int keyframe_requested         # a PLI or FIR arrived: the next frame is a keyframe
     uint64_t packets
     uint64_t bytes
@@ -337,15 +359,24 @@ cdef class LoadSender(_Worker):
     def add_stream(self, int fd, uintptr_t srtp_session, uint32_t ssrc, int payload_type, bint video, *,
                    int packets_per_frame, double frames_per_second, int payload_size, int clock_rate,
                    int keyframe_frames=0, bytes extension=b"", int level_offset=-1, int twcc_offset=-1,
-                   int transport=-1, bint framed=False, int channel=0) -> int:
+                   int transport=-1, bint framed=False, int channel=0, bytes svc_packets=b"") -> int:
         """Starts sending one stream now. `extension` is a whole RTP header extension block (with its 0xBEDE
         header) or b""; `level_offset` the byte in it holding an RFC 6464 audio level, which then varies;
         `twcc_offset` the first of 2 bytes in it where each packet gets transport `transport`'s next transport-wide
         sequence number. `framed`: `fd` is an ICE-TCP stream (RFC 4571 frames); `channel`: `fd` is connected to a
-        TURN server and packets go as ChannelData on this channel."""
+        TURN server and packets go as ChannelData on this channel.
+        `svc_packets` (video): a VP9 L3T3_KEY stream instead of VP8 (`packets_per_frame` is then ignored): for
+        each spatial layer, lowest first, the packets of its frame in a keyframe, a T0, a T1 and a T2 picture (12
+        bytes). Each picture's layer frames go in one burst at one timestamp, the marker on the top layer's last
+        packet; the keyframe's S0 carries the scalability structure."""
         if self.count >= self.capacity:
             raise RuntimeError("sender is full")
-        if not 0 < packets_per_frame <= MAX_FRAME_PACKETS or not 12 + TRAILER + 8 <= payload_size <= 1300:
+        if svc_packets and (not video or len(svc_packets) != SVC_SPATIAL * SVC_PATTERN or min(svc_packets) < 1
+                            or any(sum(svc_packets[i::SVC_PATTERN]) > MAX_FRAME_PACKETS for i in range(SVC_PATTERN))):
+            raise ValueError(f"svc_packets: {SVC_SPATIAL}x{SVC_PATTERN} counts of 1 or more, at most "
+                             f"{MAX_FRAME_PACKETS} a picture")
+        if not 0 < packets_per_frame <= MAX_FRAME_PACKETS or not 12 + TRAILER + 8 <= payload_size <= 1300 or (
+                svc_packets and payload_size < TRAILER + VP9_DESCRIPTOR_MAX + 150 + 100):
             raise ValueError("packets_per_frame or payload_size out of range")
         if len(extension) > MAX_EXTENSION or len(extension) % 4 or not -1 <= level_offset < len(extension):
             raise ValueError("bad header extension block")
@@ -375,6 +406,8 @@ cdef class LoadSender(_Worker):
         s.level_offset = level_offset
         s.twcc_offset = twcc_offset
         s.transport_seq = &self.transport_seqs[transport] if twcc_offset >= 0 else NULL
+        if svc_packets:
+            memcpy(s.svc_packets, <const uint8_t *>svc_packets, SVC_SPATIAL * SVC_PATTERN)
         loadgen_publish(&self.count, self.count + 1)
         return self.count - 1
 
@@ -424,55 +457,27 @@ cdef class LoadSender(_Worker):
                 nanosleep(&pause, NULL)
 
     cdef void _send_frame(self, Stream *s, int64_t now) noexcept nogil:
-        cdef int i, length, header, size, sent = 0
-        cdef uint8_t *p
+        cdef int i, length, sent = 0
+        cdef uint8_t vp8[5]
         cdef bint keyframe = s.video and (s.keyframe_requested or (
             s.keyframe_frames > 0 and s.frame % <uint64_t>s.keyframe_frames == 0))
         s.keyframe_requested = 0
         cdef uint32_t timestamp = <uint32_t>(s.ssrc + s.frame * s.timestamp_step)
         if s.level_offset >= 0:  # a talker whose level drifts between loud and quiet (0 dBov .. -127)
             s.extension[s.level_offset] = 0x80 | <uint8_t>(20 + (s.frame // 25) % 40)
-        for i in range(s.packets_per_frame):
-            p = self.buffers[i]
-            p[0] = 0x90 if s.extension_length else 0x80
-            p[1] = s.payload_type | (0x80 if i == s.packets_per_frame - 1 and s.video else 0)
-            store16(p + 2, s.seq)
-            store32(p + 4, timestamp)
-            store32(p + 8, s.ssrc)
-            memcpy(p + 12, s.extension, s.extension_length)
-            if s.transport_seq != NULL:
-                store16(p + 12 + s.twcc_offset, s.transport_seq[0])
-                s.transport_seq[0] += 1
-            header = 12 + s.extension_length
-            # Frame sizes vary as an encoder's do; a packetizer cuts a frame into equal packets and a shorter last
-            # one (so a subscriber's packets of a frame can leave in one GSO send).
-            size = s.payload_size
-            if s.video and s.payload_size > 400:
-                size -= <int>((s.frame * 37) % 100)
-                if i == s.packets_per_frame - 1:
-                    size -= 150
-            length = header + size
-            memset(p + header, 0x5A, size - TRAILER)
-            if s.video:  # VP8 descriptor: X, S on the first packet, 15-bit picture id; then the frame tag
-                p[header] = 0x90 if i == 0 else 0x80
-                p[header + 1] = 0x80
-                p[header + 2] = 0x80 | <uint8_t>(s.picture_id >> 8)
-                p[header + 3] = <uint8_t>s.picture_id
-                if i == 0:
-                    p[header + 4] = 0x10 if keyframe else 0x11  # show_frame; bit 0 is the inverse keyframe flag
-            memcpy(p + length - TRAILER, MAGIC, 4)
-            store64(p + length - 8, <uint64_t>wall_ns())
-            if srtp.protect(s.srtp, p, &length) != 0:
-                s.errors += 1
-            else:
-                self.iovecs[sent].iov_base = p
-                self.iovecs[sent].iov_len = length
-                memset(&self.messages[sent], 0, sizeof(mmsghdr))
-                self.messages[sent].msg_hdr.msg_iov = &self.iovecs[sent]
-                self.messages[sent].msg_hdr.msg_iovlen = 1
-                s.bytes += length
-                sent += 1
-            s.seq += 1
+        if s.svc_packets[0][0]:
+            sent = self._vp9_picture(s, keyframe, timestamp)
+        else:
+            # VP8 descriptor: X, S on the first packet, 15-bit picture id; then the frame tag
+            vp8[1] = 0x80
+            vp8[2] = 0x80 | <uint8_t>(s.picture_id >> 8)
+            vp8[3] = <uint8_t>s.picture_id
+            vp8[4] = 0x10 if keyframe else 0x11  # show_frame; bit 0 is the inverse keyframe flag
+            for i in range(s.packets_per_frame):
+                vp8[0] = 0x90 if i == 0 else 0x80
+                sent = self._packet(s, sent, timestamp, i == s.packets_per_frame - 1,
+                                    s.video and i == s.packets_per_frame - 1, vp8 if s.video else NULL,
+                                    5 if i == 0 else 4)
         s.frame += 1
         s.picture_id = (s.picture_id + 1) & 0x7FFF
         if s.framed:
@@ -490,6 +495,86 @@ cdef class LoadSender(_Worker):
                 break
             i += length
             s.packets += length
+
+    cdef int _packet(self, Stream *s, int sent, uint32_t timestamp, bint last_of_frame, bint marker,
+                     const uint8_t *descriptor, int descriptor_length) noexcept nogil:
+        """Builds and protects the stream's next packet in slot `sent` (its payload: `descriptor`, filler, the
+        trailer) and sets up its message; returns `sent` + 1, or `sent` when it could not be protected."""
+        cdef uint8_t *p = self.buffers[sent]
+        cdef int header, size, length
+        p[0] = 0x90 if s.extension_length else 0x80
+        p[1] = s.payload_type | (0x80 if marker else 0)
+        store16(p + 2, s.seq)
+        store32(p + 4, timestamp)
+        store32(p + 8, s.ssrc)
+        s.seq += 1
+        memcpy(p + 12, s.extension, s.extension_length)
+        if s.transport_seq != NULL:
+            store16(p + 12 + s.twcc_offset, s.transport_seq[0])
+            s.transport_seq[0] += 1
+        header = 12 + s.extension_length
+        # Frame sizes vary as an encoder's do; a packetizer cuts a frame into equal packets and a shorter last
+        # one (so a subscriber's packets of a frame can leave in one GSO send).
+        size = s.payload_size
+        if s.video and s.payload_size > 400:
+            size -= <int>((s.frame * 37) % 100)
+            if last_of_frame:
+                size -= 150
+        length = header + size
+        memset(p + header, 0x5A, size - TRAILER)
+        if descriptor != NULL:
+            memcpy(p + header, descriptor, descriptor_length)
+        memcpy(p + length - TRAILER, MAGIC, 4)
+        store64(p + length - 8, <uint64_t>wall_ns())
+        if srtp.protect(s.srtp, p, &length) != 0:
+            s.errors += 1
+            return sent
+        self.iovecs[sent].iov_base = p
+        self.iovecs[sent].iov_len = length
+        memset(&self.messages[sent], 0, sizeof(mmsghdr))
+        self.messages[sent].msg_hdr.msg_iov = &self.iovecs[sent]
+        self.messages[sent].msg_hdr.msg_iovlen = 1
+        s.bytes += length
+        return sent + 1
+
+    cdef int _vp9_picture(self, Stream *s, bint keyframe, uint32_t timestamp) noexcept nogil:
+        """A VP9 L3T3_KEY picture's packets (see add_stream), each with its flexible-mode payload descriptor
+        (RFC 9628 4.2): |I|P|L|F|B|E|V|Z|, the 15-bit picture id, |TID|U|SID|D|, a P_DIFF when P, the scalability
+        structure (N_S, Y: the layers' resolutions; no picture group in flexible mode) on the keyframe's first
+        packet. Returns the packets ready."""
+        cdef uint8_t d[VP9_DESCRIPTOR_MAX]
+        cdef int sid, i, n, count, layer, sent = 0
+        cdef int position
+        if keyframe:
+            s.svc_index = 0
+        position = <int>(s.svc_index % SVC_PATTERN)
+        s.svc_index += 1
+        for sid in range(SVC_SPATIAL):
+            count = s.svc_packets[sid][0 if keyframe else 1 + SVC_TID[position]]
+            for i in range(count):
+                # P: a delta frame references its own layer's earlier picture; D: a keyframe's upper layer the
+                # layer below; Z: no upper layer of this picture references it (every delta frame, the top layer).
+                d[0] = (0x80 | 0x20 | 0x10 | (0x08 if i == 0 else 0) | (0x04 if i == count - 1 else 0)
+                        | (0 if keyframe else 0x40) | (0x02 if keyframe and sid == 0 and i == 0 else 0)
+                        | (0x01 if not keyframe or sid == SVC_SPATIAL - 1 else 0))
+                d[1] = 0x80 | <uint8_t>(s.picture_id >> 8)
+                d[2] = <uint8_t>s.picture_id
+                d[3] = (SVC_TID[position] << 5 | SVC_UP[position] << 4 | sid << 1
+                        | (1 if keyframe and sid > 0 else 0))
+                n = 4
+                if not keyframe:
+                    d[n] = SVC_PDIFF[position] << 1  # N = 0: the only reference
+                    n += 1
+                elif sid == 0 and i == 0:
+                    d[n] = (SVC_SPATIAL - 1) << 5 | 0x10  # N_S, Y
+                    n += 1
+                    for layer in range(SVC_SPATIAL):
+                        store16(d + n, SVC_WIDTH >> (SVC_SPATIAL - 1 - layer))
+                        store16(d + n + 2, SVC_HEIGHT >> (SVC_SPATIAL - 1 - layer))
+                        n += 4
+                sent = self._packet(s, sent, timestamp, i == count - 1, sid == SVC_SPATIAL - 1 and i == count - 1,
+                                    d, n)
+        return sent
 
     cdef void _wrap_channel(self, Stream *s, int sent) noexcept nogil:
         """Each of the `sent` messages becomes a ChannelData message: its header, then the packet."""
@@ -554,6 +639,8 @@ cdef struct Slot:
     uint32_t local_ssrc          # the feedback's sender SSRC
     uint64_t twcc_feedback_sent
     uint64_t twcc_errors         # protect or send failures, or a feedback that could not be built
+    int vp9_payload_type         # packets of this payload type are counted by layer (see layers); -1: none
+    uint64_t layers[LAYER_IDS][LAYER_IDS]  # VP9 packets by spatial, then temporal id
 
 
 cdef class LoadReceiver(_Worker):
@@ -595,14 +682,16 @@ cdef class LoadReceiver(_Worker):
 
     def add_socket(self, int fd, uintptr_t srtp_session, bint publisher=False, *, int transport_cc_id=0,
                    uintptr_t srtcp_session=0, uint32_t local_ssrc=1, StreamFramer stream=None,
-                   int channel=0) -> int:
+                   int channel=0, int vp9_payload_type=-1) -> int:
         """Starts receiving on `fd` (non-blocking, connected) with the inbound libsrtp session; returns its index.
         With `stream`, `fd` is an ICE-TCP stream, de-framed from where `stream` (which read it so far) left off;
         with `channel`, `fd` is connected to a TURN server and ChannelData on that channel is unwrapped (and
         feedback wrapped).
         On a `publisher` socket, keyframe requests (PLI, FIR) make the LoadSender's stream of that SSRC send one.
         With `transport_cc_id` (1..14, the answer's extmap id), arrivals are recorded and transport-cc feedback
-        from `local_ssrc` leaves through the outbound session `srtcp_session`, which only this thread may use."""
+        from `local_ssrc` leaves through the outbound session `srtcp_session`, which only this thread may use.
+        With `vp9_payload_type`, packets of that payload type are counted by the spatial and temporal ids of their
+        VP9 payload descriptor (socket_stats' `layers`)."""
         if publisher and self.sender is None:
             raise ValueError("a publisher socket needs the LoadReceiver to have a LoadSender")
         if self.count >= self.capacity:
@@ -617,6 +706,7 @@ cdef class LoadReceiver(_Worker):
         slot.srtp = <void *>srtp_session
         slot.answers_keyframe_requests = publisher
         slot.channel = <uint16_t>channel
+        slot.vp9_payload_type = vp9_payload_type
         if stream is not None:
             slot.framer = <Framer *>malloc(sizeof(Framer))
             if slot.framer == NULL:
@@ -646,7 +736,9 @@ cdef class LoadReceiver(_Worker):
                 "lost": s.lost, "reordered": s.reordered, "auth_failures": s.auth_failures, "rtcp": s.rtcp,
                 "other": s.other, "untimed": s.untimed, "twcc_feedback_sent": s.twcc_feedback_sent,
                 "twcc_errors": s.twcc_errors,
-                "ssrcs": {s.ssrcs[i].ssrc: s.ssrcs[i].packets for i in range(s.ssrc_count)}}
+                "ssrcs": {s.ssrcs[i].ssrc: s.ssrcs[i].packets for i in range(s.ssrc_count)},
+                "layers": {(sid, tid): s.layers[sid][tid] for sid in range(LAYER_IDS) for tid in range(LAYER_IDS)
+                           if s.layers[sid][tid]}}
 
     def take_stun(self, int index) -> bytes | None:
         """The Binding request that arrived on socket `index` since the last call (requests arriving while one waits
@@ -826,6 +918,8 @@ cdef class LoadReceiver(_Worker):
             self._record_arrival(slot, p, length, now, arrival)
         slot.packets += 1
         slot.bytes += length
+        if (p[1] & 0x7F) == slot.vp9_payload_type:
+            self._count_layer(slot, p, length)
         seq = load16(p + 2)
         ssrc = load32(p + 8)
         for i in range(slot.ssrc_count):
@@ -861,6 +955,13 @@ cdef class LoadReceiver(_Worker):
         else:
             slot.untimed += 1
 
+
+    cdef void _count_layer(self, Slot *slot, const uint8_t *p, int length) noexcept nogil:
+        cdef RtpHeader h
+        cdef Vp9Descriptor d
+        if parse_rtp(p, length, &h) == 0 and parse_vp9(p + h.header_length, h.payload_length, &d) == 0 and \
+                d.spatial_id < LAYER_IDS and d.temporal_id < LAYER_IDS:
+            slot.layers[d.spatial_id][d.temporal_id] += 1
 
     cdef void _record_arrival(self, Slot *slot, const uint8_t *p, int length, int64_t now,
                               int64_t arrival) noexcept nogil:

@@ -10,7 +10,9 @@ signaling/clients/loadgen.pyx, whose C threads send and check every packet, so t
         --rooms 1 --publishers 1 --subscribers 10 --duration 30s
 
 Media: video is VP8-shaped (30 fps × 5 packets of ~1,100-1,200 bytes = 150 pps, keyframe every 2 s; with
---simulcast three rids q/h/f), audio Opus-shaped (50 pps of ~100 bytes with the RFC 6464 audio level).
+--simulcast three rids q/h/f), or with MediaPlan(codec="vp9") a VP9 L3T3_KEY SVC stream as Chromium sends a 720p
+camera (SVC_PACKETS: ~240 pps, ~2 Mbps), audio Opus-shaped (50 pps of ~100 bytes with the RFC 6464 audio level).
+A subscriber may ask for a quality (UpdateTrackSettings) of the video it is offered, as a viewer of a small tile.
 transport-cc is negotiated both ways as libwebrtc does (--no-transport-cc leaves it out of offers and answers):
 publishers stamp transport-wide sequence numbers on video, subscribers send transport-cc feedback every ~100 ms.
 The client is ICE-controlling; once loadgen reads a socket, the server's consent checks (RFC 7675) it keeps are
@@ -33,6 +35,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aioice import stun
@@ -50,7 +53,7 @@ from . import loadgen, turnclient, turntls
 
 __all__ = ["LoadError", "LoadReport", "LoadClients", "MediaPlan", "run_load", "main"]
 
-VP8_PT, OPUS_PT = 96, 111
+VP8_PT, VP9_PT, OPUS_PT = 96, 98, 111
 VIDEO_FPS, VIDEO_PACKETS_PER_FRAME, VIDEO_PAYLOAD = 30, 5, 1200
 KEYFRAME_FRAMES = 60                     # every 2 s at 30 fps
 AUDIO_PPS, AUDIO_PAYLOAD = 50, 100
@@ -58,6 +61,12 @@ EXT_IDS = {sdp.EXT_MID: 1, sdp.EXT_RID: 2, sdp.EXT_AUDIO_LEVEL: 3, sdp.EXT_TRANS
 # (rid, quality, packets per frame, width, height): simulcast layers, lowest first, as LiveKit clients send them.
 SIMULCAST_LAYERS = (("q", models.VideoQuality.LOW, 1, 320, 180), ("h", models.VideoQuality.MEDIUM, 2, 640, 360),
                     ("f", models.VideoQuality.HIGH, VIDEO_PACKETS_PER_FRAME, 1280, 720))
+# VP9 L3T3_KEY at 30 fps, as libwebrtc sends a 1280x720 camera at ~2 Mbps: per spatial layer (320x180, 640x360,
+# 1280x720), the packets of its frame in a keyframe, a T0, a T1 and a T2 picture (temporal pattern T0 T2 T1 T2): on
+# average S0 30 pps (~0.25 Mbps), S0+S1 ~98 pps (~0.8 Mbps), all ~240 pps (~2 Mbps).
+SVC_PACKETS = ((3, 1, 1, 1), (6, 3, 2, 2), (12, 6, 5, 4))
+SVC_LAYERS = ((models.VideoQuality.LOW, 320, 180), (models.VideoQuality.MEDIUM, 640, 360),
+              (models.VideoQuality.HIGH, 1280, 720))
 CONNECT_TIMEOUT = 15.0
 SOCKET_BUFFER = 4 * 1024 * 1024
 _STUN_RETRY = 0.1
@@ -145,17 +154,20 @@ class MediaPath:
         self._server = address
         self.channel = await turnclient.open_channel(self.sock, username, password, peer)
 
-    def hand_over(self, receiver: loadgen.LoadReceiver, publisher: bool = False, transport_cc_id: int = 0) -> int:
+    def hand_over(self, receiver: loadgen.LoadReceiver, publisher: bool = False, transport_cc_id: int = 0,
+                  vp9_payload_type: int = -1) -> int:
         """Gives the connected socket to loadgen's reader (see LoadReceiver.add_socket) and keeps consent both
         ways from here; returns the socket's index in `receiver`. With `transport_cc_id`, the reader sends
-        transport-cc feedback with our outbound session (a subscriber's, which nothing else uses)."""
+        transport-cc feedback with our outbound session (a subscriber's, which nothing else uses); with
+        `vp9_payload_type`, it counts that payload type's packets by VP9 layer."""
         assert self._section is not None and self.sessions is not None
         rx, tx = self.pointers()
         # ICE-TCP: loadgen carries on from our framer's bytes; whole frames the handshake read past (media sent
         # right after DTLS) are not counted, as loadgen counts from the first packet it sees.
         index = receiver.add_socket(self.sock.fileno(), rx, publisher=publisher, transport_cc_id=transport_cc_id,
                                     srtcp_session=tx if transport_cc_id else 0,
-                                    local_ssrc=random.getrandbits(32) or 1, stream=self.framer, channel=self.channel)
+                                    local_ssrc=random.getrandbits(32) or 1, stream=self.framer, channel=self.channel,
+                                    vp9_payload_type=vp9_payload_type)
         self._consent = asyncio.get_running_loop().create_task(self._keep_consent(self._section, receiver, index))
         return index
 
@@ -319,10 +331,11 @@ def build_subscriber_answer(offer: sdp.SessionDescription, path: MediaPath, tran
 
 @dataclass
 class OutgoingTrack:
-    """One track the publisher sends: its cid (msid track id) and its streams (ssrc, rid or None)."""
+    """One track the publisher sends: its cid (msid track id), its streams (ssrc, rid or None), its codec."""
     kind: str
     cid: str
     streams: list[tuple[int, str | None]]
+    codec: str = "vp8"   # video: "vp8", or "vp9" (L3T3_KEY SVC on one stream)
 
 
 def build_publisher_offer(tracks: list[OutgoingTrack], path: MediaPath, transport_cc: bool = True) -> str:
@@ -330,8 +343,9 @@ def build_publisher_offer(tracks: list[OutgoingTrack], path: MediaPath, transpor
     mids = [str(index) for index in range(len(tracks))]
     for mid, track in zip(mids, tracks):
         if track.kind == "video":
-            codec = sdp.Codec(VP8_PT, "VP8", 90000, rtcp_fb=["nack", "nack pli", "ccm fir", "goog-remb"]
-                              + (["transport-cc"] if transport_cc else []))
+            feedback = ["nack", "nack pli", "ccm fir", "goog-remb"] + (["transport-cc"] if transport_cc else [])
+            codec = (sdp.Codec(VP9_PT, "VP9", 90000, fmtp="profile-id=0", rtcp_fb=feedback) if track.codec == "vp9"
+                     else sdp.Codec(VP8_PT, "VP8", 90000, rtcp_fb=feedback))
             extensions = [sdp.EXT_MID, sdp.EXT_RID] + ([sdp.EXT_TRANSPORT_CC] if transport_cc else [])
         else:
             codec = sdp.Codec(OPUS_PT, "opus", 48000, 2, fmtp="minptime=10;useinbandfec=1", rtcp_fb=["nack"])
@@ -367,15 +381,18 @@ def extension_block(elements: list[tuple[int, bytes]]) -> tuple[bytes, int]:
 class MediaPlan:
     video: bool = True
     audio: bool = False
-    simulcast: bool = False
+    simulcast: bool = False   # VP8 in three rids
+    codec: str = "vp8"        # "vp9": one VP9 L3T3_KEY stream (SVC_PACKETS) instead
 
 
 class LoadParticipant:
     """A signal connection plus its two media paths."""
 
     def __init__(self, clients: LoadClients, identity: str, room: str, publish: MediaPlan | None,
-                 subscribe: bool, hidden: bool) -> None:
+                 subscribe: bool, hidden: bool, quality: int | None = None) -> None:
         self.clients = clients
+        self.quality = quality  # a models.VideoQuality asked for each video track offered (UpdateTrackSettings)
+        self._qualified: set[str] = set()  # the track sids it was asked for
         self.identity = identity
         self.room = room
         self.publish = publish
@@ -408,6 +425,7 @@ class LoadParticipant:
             raise LoadError(f"{self.identity}: expected a join response, got {first.WhichOneof('message')}")
         interval = first.join.ping_interval or 5
         self.ice_servers = list(first.join.ice_servers)
+        await self._ask_quality(first.join.other_participants)
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._ping(interval))]
         if self.publish is not None:
             await self._publish(self.publish)
@@ -415,6 +433,17 @@ class LoadParticipant:
     async def _send(self, request: rtc.SignalRequest) -> None:
         assert self.ws is not None
         await self.ws.send(request.SerializeToString())
+
+    async def _ask_quality(self, participants: Iterable[models.ParticipantInfo]) -> None:
+        """Asks for self.quality of the video tracks of `participants` (ParticipantInfo) not asked for yet."""
+        if self.quality is None:
+            return
+        sids = [track.sid for participant in participants for track in participant.tracks
+                if track.type == models.TrackType.VIDEO and track.sid not in self._qualified]
+        if sids:
+            self._qualified.update(sids)
+            await self._send(rtc.SignalRequest(track_setting=rtc.UpdateTrackSettings(track_sids=sids,
+                                                                                     quality=self.quality)))
 
     async def _ping(self, interval: int) -> None:
         try:
@@ -436,6 +465,8 @@ class LoadParticipant:
                     await self._on_offer(response.offer)
                 elif kind == "answer" and self._answer is not None and not self._answer.done():
                     self._answer.set_result(response.answer)
+                elif kind == "update":
+                    await self._ask_quality(response.update.participants)
                 elif kind == "track_published":
                     future = self._published.get(response.track_published.cid)
                     if future is not None and not future.done():
@@ -475,21 +506,30 @@ class LoadParticipant:
         # The transport-cc id of the offer it connected on (BUNDLE: one for the transport).
         transport_cc_id = next((s.extmap[sdp.EXT_TRANSPORT_CC] for s in description.sections
                                 if sdp.EXT_TRANSPORT_CC in s.extmap), 0) if self.clients.transport_cc else 0
-        self.load_receiver_index = path.hand_over(self.clients.load_receiver, transport_cc_id=transport_cc_id)
+        vp9 = next((c.payload_type for s in description.sections for c in s.codecs if c.name.upper() == "VP9"), -1)
+        self.load_receiver_index = path.hand_over(self.clients.load_receiver, transport_cc_id=transport_cc_id,
+                                                  vp9_payload_type=vp9)
 
     async def _publish(self, plan: MediaPlan) -> None:
         tracks: list[OutgoingTrack] = []
         requests: list[rtc.AddTrackRequest] = []
         if plan.video:
             cid = str(uuid.uuid4())
-            layers = SIMULCAST_LAYERS if plan.simulcast else SIMULCAST_LAYERS[-1:]
-            streams = [(self.clients.new_ssrc(), rid if plan.simulcast else None) for rid, *_ in layers]
-            tracks.append(OutgoingTrack("video", cid, streams))
+            if plan.codec == "vp9":  # one stream, its spatial layers advertised as LiveKit's SDKs do for SVC
+                streams = [(self.clients.new_ssrc(), None)]
+                advertised = [models.VideoLayer(quality=quality, width=width, height=height,  # ~1,050 B packets
+                                                bitrate=(t0 + t1 + 2 * t2) * VIDEO_FPS // 4 * 8_400)
+                              for (quality, width, height), (_, t0, t1, t2) in zip(SVC_LAYERS, SVC_PACKETS)]
+            else:
+                layers = SIMULCAST_LAYERS if plan.simulcast else SIMULCAST_LAYERS[-1:]
+                streams = [(self.clients.new_ssrc(), rid if plan.simulcast else None) for rid, *_ in layers]
+                advertised = [models.VideoLayer(quality=quality, width=width, height=height, bitrate=packets * 360_000)
+                              for _, quality, packets, width, height in layers]
+            tracks.append(OutgoingTrack("video", cid, streams, plan.codec))
             requests.append(rtc.AddTrackRequest(
                 cid=cid, name="camera", type=models.TrackType.VIDEO, source=models.TrackSource.CAMERA,
-                width=1280, height=720, simulcast_codecs=[rtc.SimulcastCodec(codec="vp8", cid=cid)],
-                layers=[models.VideoLayer(quality=quality, width=width, height=height, bitrate=packets * 360_000)
-                        for _, quality, packets, width, height in layers]))
+                width=1280, height=720, simulcast_codecs=[rtc.SimulcastCodec(codec=plan.codec, cid=cid)],
+                layers=advertised))
         if plan.audio:
             cid = str(uuid.uuid4())
             tracks.append(OutgoingTrack("audio", cid, [(self.clients.new_ssrc(), None)]))
@@ -543,17 +583,18 @@ class LoadParticipant:
                                                framed=path.tcp, channel=path.channel)
             else:
                 packets = SIMULCAST_LAYERS[index][2] if rid else VIDEO_PACKETS_PER_FRAME
+                svc = bytes(n for layer in SVC_PACKETS for n in layer) if track.codec == "vp9" else b""
                 twcc_at = -1
                 if sdp.EXT_TRANSPORT_CC in extmap:  # last, so its offset is the one extension_block returns
                     elements.append((extmap[sdp.EXT_TRANSPORT_CC], b"\0\0"))
                     twcc_at = extension_block(elements)[1]
                 block = extension_block(elements)[0] if elements else b""
-                self.clients.load_sender.add_stream(path.sock.fileno(), tx, ssrc, VP8_PT, True,
+                self.clients.load_sender.add_stream(path.sock.fileno(), tx, ssrc, VP9_PT if svc else VP8_PT, True,
                                                packets_per_frame=packets, frames_per_second=VIDEO_FPS,
                                                payload_size=VIDEO_PAYLOAD, clock_rate=90000,
                                                keyframe_frames=KEYFRAME_FRAMES, extension=block,
                                                twcc_offset=twcc_at, transport=transport if twcc_at >= 0 else -1,
-                                               framed=path.tcp, channel=path.channel)
+                                               framed=path.tcp, channel=path.channel, svc_packets=svc)
 
     def first_media_ns(self) -> int:
         if self.load_receiver_index is None:
@@ -641,12 +682,13 @@ class LoadClients:
         return next(self._ssrcs) & 0xFFFFFFFF
 
     async def add(self, room: str, count: int, *, publish: MediaPlan | None = None, subscribe: bool = True,
-                  hidden: bool = False, concurrency: int = 16) -> list[LoadParticipant]:
-        """Joins `count` participants to `room`, `concurrency` at a time; failures are recorded, not raised."""
+                  hidden: bool = False, concurrency: int = 16, quality: int | None = None) -> list[LoadParticipant]:
+        """Joins `count` participants to `room`, `concurrency` at a time, asking for `quality` (a
+        models.VideoQuality) of the video they are offered; failures are recorded, not raised."""
         gate = asyncio.Semaphore(concurrency)
         role = "pub" if publish is not None else "sub"
         joined = [LoadParticipant(self, f"{role}-{next(self._names)}-{secrets.token_hex(3)}", room, publish,
-                                  subscribe, hidden) for _ in range(count)]
+                                  subscribe, hidden, quality) for _ in range(count)]
 
         async def one(participant: LoadParticipant) -> None:
             async with gate:
