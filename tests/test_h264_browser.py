@@ -1,7 +1,8 @@
 """H.264 simulcast end to end: LiveKit's JS SDK in Chromium publishes its camera as H.264 (three simulcast layers,
 constrained baseline, packetization mode 1); tern answers H.264 for the track (the codec its AddTrackRequest chose)
-and finds keyframes by their SPS/IDR NAL units, in single NAL unit, STAP-A and FU-A packets. Another Chromium
-subscribes: asking for LOW it decodes the low layer, asking for HIGH it switches up at a keyframe.
+and finds keyframes at the packet with their SPS (libwebrtc sends SPS and PPS in a STAP-A before each IDR). Another
+Chromium subscribes: asking for LOW it decodes the low layer, asking for HIGH it switches up at a
+keyframe.
 
 Prerequisites as tests/test_browser.py (whose fixtures these are)."""
 from __future__ import annotations
