@@ -1,15 +1,15 @@
 """H.264 simulcast end to end: LiveKit's JS SDK in Chromium publishes its camera as H.264 (three simulcast layers,
 constrained baseline, packetization mode 1); tern answers H.264 for the track (the codec its AddTrackRequest chose)
 and finds keyframes at the packet with their SPS (libwebrtc sends SPS and PPS in a STAP-A before each IDR). Another
-Chromium subscribes: asking for LOW it decodes the low layer, asking for HIGH it switches up at a
-keyframe.
+Chromium subscribes: asking for LOW it decodes the low layer, asking for HIGH it switches up at a keyframe to the
+widest layer the publisher sends.
 
 Prerequisites as tests/test_browser.py (whose fixtures these are)."""
 from __future__ import annotations
 
 from test_browser import BrowserPeer, _camera_to_viewer, _poll, _prerequisites, browsers, static_site  # noqa: F401
 
-FULL_WIDTH, FULL_HEIGHT = 1280, 720
+FULL_WIDTH = 1280
 MAX_FROZEN_S = 1.0  # as tests/test_svc_browser.py
 
 
@@ -22,9 +22,20 @@ async def test_h264_simulcast_low_then_high(server, browsers: tuple[BrowserPeer,
     low = await _poll(video, lambda s: 0 < s["frameWidth"] <= FULL_WIDTH // 4
                       and s["framesDecoded"] > 10, 20, "the low H.264 layer")
     await subscriber.call("setVideoQuality", "HIGH")  # up at the high layer's next keyframe, which tern asks for
-    high = await _poll(video, lambda s: s["frameWidth"] > FULL_WIDTH // 2, 20,
-                       "the switch up (the publisher's estimate must carry the top layer)")
-    assert high["frameHeight"] > FULL_HEIGHT // 2, high
+
+    async def viewer_and_layers() -> tuple[dict, list[dict]]:
+        return await video(), await publisher.call("outboundLayers")
+
+    def at_the_widest_layer_sent(pair: tuple[dict, list[dict]]) -> bool:
+        """Chromium's software H.264 encoder may leave the top layer off for a while on a loaded 2-core machine
+        (CI once saw 640x360 as the widest for 20 s): the switch up is to the widest layer the publisher sends."""
+        viewer, layers = pair
+        widest = max((layer["frameWidth"] for layer in layers if layer["active"] and layer["framesPerSecond"] > 0),
+                     default=FULL_WIDTH)
+        return viewer["frameWidth"] > low["frameWidth"] and viewer["frameWidth"] >= widest
+
+    high, layers = await _poll(viewer_and_layers, at_the_widest_layer_sent, 20, "the switch up to the widest layer")
+    print(f"switched up to {high['frameWidth']}x{high['frameHeight']}; the publisher's layers: {layers}")
     assert high["totalFreezesDuration"] - low["totalFreezesDuration"] < MAX_FROZEN_S, high
     assert server.counters().get("layer_switches", 0) >= 2, server.counters()
     errors = await subscriber.page.evaluate("window.tern.state.errors")

@@ -128,6 +128,24 @@
     return estimate;
   }
 
+  // The layers the local camera sends now, one per simulcast rid: frame width, frames per second and why the
+  // encoder limits quality ("none", "cpu", "bandwidth").
+  async function outboundLayers() {
+    const layers = [];
+    for (const publication of room.localParticipant.trackPublications.values()) {
+      const sender = publication.track && publication.track.sender;
+      if (publication.kind !== Track.Kind.Video || !sender) continue;
+      (await sender.getStats()).forEach((stats) => {
+        if (stats.type !== "outbound-rtp") return;
+        layers.push({
+          rid: stats.rid || "", frameWidth: stats.frameWidth || 0, framesPerSecond: stats.framesPerSecond || 0,
+          active: stats.active !== false, qualityLimitationReason: stats.qualityLimitationReason || "",
+        });
+      });
+    }
+    return layers;
+  }
+
   // The camera alone, with VideoCaptureOptions and TrackPublishOptions (e.g. {videoCodec: "vp9", scalabilityMode:
   // "L3T3_KEY"}).
   async function publishCamera(captureOptions, publishOptions) {
@@ -252,6 +270,6 @@
   window.tern = {
     state, connect, publishCameraAndMicrophone, inboundStats, selectedPair, publisherEstimate, publishData,
     setVideoEnabled, disconnect, publishCamera, setVideoQuality, publishTone, audioCodecs,
-    remoteEncryption, publishCard, outboundVideoCodecs,
+    remoteEncryption, publishCard, outboundVideoCodecs, outboundLayers,
   };
 })();
