@@ -37,6 +37,7 @@ async def test_h264_simulcast_low_then_high(server, browsers: tuple[BrowserPeer,
     high, layers = await _poll(viewer_and_layers, at_the_widest_layer_sent, 20, "the switch up to the widest layer")
     print(f"switched up to {high['frameWidth']}x{high['frameHeight']}; the publisher's layers: {layers}")
     assert high["totalFreezesDuration"] - low["totalFreezesDuration"] < MAX_FROZEN_S, high
-    assert server.counters().get("layer_switches", 0) >= 2, server.counters()
+    # The switch up at least: LOW may have been the viewer's first layer (its start at a keyframe is no switch).
+    assert server.counters().get("layer_switches", 0) >= 1, server.counters()
     errors = await subscriber.page.evaluate("window.tern.state.errors")
     assert not errors, errors
