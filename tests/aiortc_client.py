@@ -30,6 +30,7 @@ class AiortcSubscriber:
         self.frames: list[tuple[int, int]] = []  # (width, height) of each decoded video frame
         self.last_frame = None  # the latest decoded video frame (av.VideoFrame)
         self.audio: list[np.ndarray] = []  # each decoded audio frame's samples, the first channel (48 kHz)
+        self.audio_pts: list[int] = []  # and its RTP timestamp, from the first packet's (a lost frame leaves a gap)
         self._tasks: list[asyncio.Task] = [asyncio.create_task(self._signal()), asyncio.create_task(self._ping())]
         self.pc.on("track", lambda track: self._tasks.append(asyncio.create_task(self._decode(track))))
 
@@ -74,6 +75,7 @@ class AiortcSubscriber:
                     samples = frame.to_ndarray()[0]  # planar: the first channel; packed: interleaved
                     step = 1 if frame.format.is_planar else len(frame.layout.channels)
                     self.audio.append(samples[::step].astype(np.float64))
+                    self.audio_pts.append(frame.pts)
 
     async def close(self) -> None:
         for task in self._tasks:

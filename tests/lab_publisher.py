@@ -1,6 +1,6 @@
 """A LiveKit Python SDK publisher for the network lab (tests/netlab.py runs it inside a namespace): joins, publishes
 the test card and tone (tests/media.py) and a reliable data message every DATA_INTERVAL_S for a while, and prints one
-JSON line with what its SDK went through.
+JSON line with what its SDK went through. --audio-only leaves the test card out; --red on|off sets the tone's RED.
 
 Output fields: connected, sid and tracks ({name: sid}) right after publishing and again at the end (a resume keeps
 them, a rejoin does not), events ([seconds since joined, room event] for reconnecting, reconnected, disconnected and
@@ -43,6 +43,8 @@ async def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--token", required=True)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--audio-only", action="store_true", help="publish the tone alone, no test card")
+    parser.add_argument("--red", choices=("on", "off"), help="turn the SDK's RED on or off (else its default)")
     args = parser.parse_args()
     result: dict = {"connected": False}
     events: list = []
@@ -56,7 +58,7 @@ async def main() -> None:
         room.on(name, lambda *_, name=name: note(name))
     room.on("connection_state_changed",
             lambda state: note(f"state:{rtc.ConnectionState.Name(state)}"))
-    publisher = Publisher(room)
+    publisher = Publisher(room, video=not args.audio_only, red={"on": True, "off": False}.get(args.red))
     try:
         await asyncio.wait_for(room.connect(args.url, args.token), JOIN_TIMEOUT_S)
         result["connected"] = True

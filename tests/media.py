@@ -57,11 +57,14 @@ def dominant_frequency(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> f
 
 class Publisher:
     """Publishes a camera track (simulcast, the SDK's default) showing the test card and a microphone tone
-    (or silence, with `tone=False`; no camera with `video=False`) at `frequency`."""
+    (or silence, with `tone=False`; no camera with `video=False`) at `frequency`; `red` turns the SDK's RED (Opus
+    with redundancy) on or off where set."""
 
     def __init__(self, room: rtc.Room, tone: bool = True, video: bool = True,
-                 video_codec: rtc.VideoCodec.ValueType = rtc.VideoCodec.VP8, frequency: float = TONE_HZ) -> None:
+                 video_codec: rtc.VideoCodec.ValueType = rtc.VideoCodec.VP8, frequency: float = TONE_HZ,
+                 red: bool | None = None) -> None:
         self.room = room
+        self.red = red
         self.frequency = frequency
         self.video_codec = video_codec
         self.amplitude = 12000 if tone else 0
@@ -79,7 +82,8 @@ class Publisher:
             self._tasks.append(asyncio.create_task(self._video()))
         audio = rtc.LocalAudioTrack.create_audio_track("microphone", self.audio_source)
         await self.room.local_participant.publish_track(
-            audio, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+            audio, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE,
+                                           **({} if self.red is None else {"red": self.red})))
         self._tasks.append(asyncio.create_task(self._audio()))
 
     async def _video(self) -> None:

@@ -774,8 +774,9 @@ async def test_h264_gating_and_seven_bit_vp8_picture_ids(setup) -> None:
     h264 = eng.add_receiver(publisher.transport, "2", "video", "h264", 102, 0, 90000, [], [0x5001], [], {})
     eng.add_downtrack(h264, subscriber.transport, 0xC001, 0, 102, 0, {})
     publisher.send_rtp(rtp(102, 10, 0, 0x5001, b"\x41delta"))
-    publisher.send_rtp(rtp(102, 11, 0, 0x5001, b"\x65idr"))
-    publisher.send_rtp(rtp(102, 12, 0, 0x5001, b"\x41delta"))
+    publisher.send_rtp(rtp(102, 11, 0, 0x5001, b"\x65idr"))  # without its SPS: a decoder cannot start there
+    publisher.send_rtp(rtp(102, 12, 0, 0x5001, b"\x67sps"))
+    publisher.send_rtp(rtp(102, 13, 0, 0x5001, b"\x65idr"))
     vp8_receiver = eng.add_receiver(publisher.transport, "3", "video", "vp8", VP8_PT, 0, 90000, ["a", "b"], [], [],
                                     PUB_EXTMAP)
     down = eng.add_downtrack(vp8_receiver, subscriber.transport, 0xC002, 0, VP8_PT, 0, {})
@@ -792,7 +793,7 @@ async def test_h264_gating_and_seven_bit_vp8_picture_ids(setup) -> None:
     publisher.send_rtp(short_pid(91, 0x6002, b"b", 41, True))
     await subscriber.collect()
     got = subscriber.take_rtp()
-    assert [p.seq for p in got if p.ssrc == 0xC001] == [11, 12]
+    assert [p.seq for p in got if p.ssrc == 0xC001] == [12, 13]
     vp8_out = [p for p in got if p.ssrc == 0xC002]
     assert [(p.seq, p.payload[2]) for p in vp8_out] == [(1, 126), (2, 127), (3, 0)]  # 7-bit ids stay 7-bit, wrap
     assert eng.downtrack_stats(down)["layer_switches"] == 1

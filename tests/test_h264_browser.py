@@ -1,8 +1,8 @@
 """H.264 simulcast end to end: LiveKit's JS SDK in Chromium publishes its camera as H.264 (three simulcast layers,
 constrained baseline, packetization mode 1); tern answers H.264 for the track (the codec its AddTrackRequest chose)
-and finds keyframes by their SPS/IDR NAL units, in single NAL unit, STAP-A and FU-A packets. Another Chromium
-subscribes: asking for LOW it decodes the low layer, asking for HIGH it switches up at a keyframe to the widest
-layer the publisher sends.
+and finds keyframes at the packet with their SPS (libwebrtc sends SPS and PPS in a STAP-A before each IDR). Another
+Chromium subscribes: asking for LOW it decodes the low layer, asking for HIGH it switches up at a keyframe to the
+widest layer the publisher sends.
 
 Prerequisites as tests/test_browser.py (whose fixtures these are)."""
 from __future__ import annotations
@@ -37,6 +37,7 @@ async def test_h264_simulcast_low_then_high(server, browsers: tuple[BrowserPeer,
     high, layers = await _poll(viewer_and_layers, at_the_widest_layer_sent, 20, "the switch up to the widest layer")
     print(f"switched up to {high['frameWidth']}x{high['frameHeight']}; the publisher's layers: {layers}")
     assert high["totalFreezesDuration"] - low["totalFreezesDuration"] < MAX_FROZEN_S, high
-    assert server.counters().get("layer_switches", 0) >= 2, server.counters()
+    # The switch up at least: LOW may have been the viewer's first layer (its start at a keyframe is no switch).
+    assert server.counters().get("layer_switches", 0) >= 1, server.counters()
     errors = await subscriber.page.evaluate("window.tern.state.errors")
     assert not errors, errors

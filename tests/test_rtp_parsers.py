@@ -362,25 +362,45 @@ def test_vp8_agrees_with_aiortc(partition_start, partition_id, picture_id, tl0pi
 
 # ---- H264, VP9, AV1 keyframes ----
 
+SPS, PPS, IDR, SLICE = b"\x67\x42\x00\x1f", b"\x68\xce\x3c\x80", b"\x65\x88\x84", b"\x41\x9a\x02"
+
+
+def stap_a(*units: bytes) -> bytes:
+    return b"\x78" + b"".join(struct.pack("!H", len(unit)) + unit for unit in units)
+
+
 @pytest.mark.parametrize("payload, key", [
-    (b"\x65\x88", True),                                     # IDR slice
-    (b"\x67\x42", True),                                     # SPS
-    (b"\x68\xce", False),                                    # PPS alone
-    (b"\x41\x9a", False),                                    # non-IDR slice
-    (b"\x78" + b"\x00\x02\x67\x42" + b"\x00\x02\x68\xce", True),   # STAP-A carrying SPS + PPS
-    (b"\x78" + b"\x00\x02\x68\xce" + b"\x00\x02\x65\x88", True),   # STAP-A: IDR in the second unit
-    (b"\x78" + b"\x00\x02\x68\xce" + b"\x00\x02\x41\x9a", False),
-    (b"\x78" + b"\x00\x09\x68\xce" + b"\x00\x02\x65\x88", False),  # first unit's size lies: stop
-    (b"\x78" + b"\x00\x00\x65", False),                      # zero-size unit
+    (SPS, True),                                             # single NAL units (packetization-mode 0): SPS first
+    (PPS, False),
+    (IDR, False),                                            # an IDR without its SPS: a decoder cannot start there
+    (SLICE, False),
+    (stap_a(SPS, PPS, IDR), True),                           # libwebrtc: a small keyframe in one STAP-A
+    (stap_a(SPS, PPS), True),                                # libwebrtc: before the IDR's FU-A fragments
+    (stap_a(PPS, IDR), False),                               # no SPS
+    (stap_a(SPS, PPS, SLICE), False),                        # parameter sets repeated before a predicted picture
+    (stap_a(PPS, SLICE), False),
+    (b"\x78" + b"\x00\x09\x67\x42" + b"\x00\x02\x65\x88", False),  # first unit's size lies
+    (b"\x78" + b"\x00\x00\x67", False),                      # zero-size unit
     (b"\x78" + b"\x00\x02", False),
-    (b"\x7c\x85\x88", True),                                 # FU-A start of an IDR
-    (b"\x7c\x05\x88", False),                                # FU-A continuation
-    (b"\x7c\x81\x88", False),                                # FU-A start of a non-IDR slice
+    (b"\x7c\x87\x42", True),                                 # FU-A start of an SPS
+    (b"\x7c\x85\x88", False),                                # FU-A start of an IDR
+    (b"\x7c\x07\x88", False),                                # FU-A continuation
     (b"\x7c", False),
     (b"", False),
 ])
 def test_h264_keyframes(payload, key):
     assert describe.is_keyframe("h264", payload) is key
+
+
+@given(st.lists(st.tuples(st.integers(0, 31), st.binary(max_size=6)), min_size=1, max_size=6))
+def test_h264_keyframe_is_an_sps_without_a_predicted_slice(units):
+    """Any NAL units in a STAP-A (or the first alone): a keyframe starts where an SPS is, unless a slice of a
+    predicted picture (type 1) comes with it."""
+    nals = [bytes([0x60 | nal_type]) + body for nal_type, body in units]
+    types = {nal_type for nal_type, _ in units}
+    assert describe.is_keyframe("h264", stap_a(*nals)) is (7 in types and 1 not in types)
+    if units[0][0] not in (24, 28):  # aggregates and fragments are parsed as such
+        assert describe.is_keyframe("h264", nals[0]) is (units[0][0] == 7)
 
 
 @pytest.mark.parametrize("payload, key", [
