@@ -8,6 +8,7 @@ every frame's references and chain diffs from the frames actually sent. Each sub
 fresh descriptor parser, as the subscriber's would, and every frame it gets must have all its references."""
 from __future__ import annotations
 
+import asyncio
 import struct
 from dataclasses import dataclass
 
@@ -15,7 +16,9 @@ from hypothesis import given, settings, strategies as st
 
 from engine.codecs.dd import DependencyDescriptorReader
 from engine.harness import DownTrackHarness
+from signaling.peer.sdp import EXT_DEPENDENCY_DESCRIPTOR
 from test_dependency_descriptor import Frame, Structure, Template, write
+from test_engine import DOWN_RTX_SSRC, DOWN_SSRC, SUB_RTX_PT, setup  # noqa: F401 (setup: the engine fixture)
 
 PT, SSRC, DD_ID, SUB_DD_ID = 45, 0x3003, 12, 4
 L1T3 = (0, 2, 1, 2)   # libwebrtc's temporal pattern
@@ -277,3 +280,39 @@ def test_garbage_descriptors_never_crash_the_selection(values: list[bytes], spat
     sub.got.clear()
     sub.send(publisher, 4, keyframe=True)
     assert sub.units() and sub.units()[0][1][0] == 0
+
+
+# ---- the engine itself: descriptors parsed per Receiver, keyframe requests for a switch the chains do not allow yet
+
+async def test_engine_selects_by_the_descriptor_and_asks_for_the_keyframes_a_switch_needs(setup) -> None:  # noqa: F811
+    eng, publisher, subscriber, _ = setup
+    receiver = eng.add_receiver(publisher.transport, "1", "video", "av1", PT, 0, 90000, [], [SSRC], [],
+                                {EXT_DEPENDENCY_DESCRIPTOR: DD_ID})
+    downtrack = eng.add_downtrack(receiver, subscriber.transport, DOWN_SSRC, DOWN_RTX_SSRC, PT, SUB_RTX_PT,
+                                  {DD_ID: SUB_DD_ID}, extmap_allow_mixed=True)
+    source = DdPublisher(key_svc=True, packets=1, seq=1)
+
+    async def send(pictures: int, keyframe: bool = False) -> list[tuple[int, ...]]:
+        """The spatial ids the subscriber got, per temporal unit (timestamp)."""
+        for n in range(pictures):
+            for packet in source.picture(keyframe and n == 0):
+                publisher.send_rtp(packet)
+                await asyncio.sleep(0.002)
+        await subscriber.collect()
+        units: dict[int, tuple[int, ...]] = {}
+        for packet in subscriber.take_rtp():
+            assert SUB_DD_ID in packet.exts   # the descriptor, under the subscriber's id (two-byte form: allowed)
+            units[packet.ts] = units.get(packet.ts, ()) + (packet.payload[1],)
+        return list(units.values())
+
+    assert await send(5, keyframe=True) == [(0, 1, 2)] + [(2,)] * 4
+    eng.set_target_layer(downtrack, 1)    # K-SVC: S1's delta frames were not sent, its chain restarts at a keyframe
+    plis = publisher.plis(SSRC)
+    assert await send(2) == [(2,)] * 2
+    await publisher.collect(0.6)
+    assert publisher.plis(SSRC) > plis
+    assert await send(2, keyframe=True) == [(0, 1), (1,)]
+    stats = eng.downtrack_stats(downtrack)
+    assert stats["current_spatial"] == 1 and stats["spatial_switches"] == 1
+    counters = eng.stats()
+    assert counters["dd_packets"] == 9 * 3 and counters["dd_invalid"] == 0
