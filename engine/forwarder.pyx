@@ -115,7 +115,7 @@ cdef inline bint dd_accept(DownTrack *d, const ExtPacket *p) noexcept nogil:
     target = d.dd_target
     if target >= f.decode_targets or (target >= 0 and f.chain_count and (d.dd_broken >> f.protected_by[target]) & 1):
         target = -1
-    if target < 0 or p.h.timestamp != d.dd_last_ts:
+    if target < 0 or f.has_structure or p.h.timestamp != d.dd_last_ts:
         # Within the caps, else (a step down to a layer whose own frames were not forwarded: K-SVC) the current
         # target while it stays decodable, until the keyframe the engine asks for (feedback.pyx) restarts the chains.
         chosen = dd_choose(d, f)
