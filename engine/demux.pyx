@@ -5,7 +5,7 @@ from libc.string cimport memcmp, memmove
 
 from engine cimport srtp
 from engine.batchio cimport MSG_TRUNC
-from engine.codecs.describe cimport describe_packet
+from engine.codecs.describe cimport describe_dd, describe_packet
 from engine.downtrack cimport DownTrack, downtrack_lose_layer
 from engine.feedback cimport feedback_keyframe_request, feedback_nack
 from engine.packet cimport DESC_RED, DESC_VP9, ExtPacket, packet_set
@@ -18,7 +18,7 @@ from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, RtcpHeader, S
 from engine.rtp cimport RtpHeader, find_extension, finish_srtp_header, parse_rtp, parse_srtp_header
 from engine.state cimport (DTLS_EVENTS_PER_SECOND, E_DTLS, E_LAYER, E_STUN, EVENT_WINDOW_US, EVENTS_PER_WINDOW,
                            FAIR_EVENT_BURST, FAIR_EVENTS_PER_SECOND, MAX_SRTP_STREAMS, RECV_BUF,
-                           RTCP_SENDER_STREAMS, S_BYTES_IN, S_DROP_DTLS_RATE, S_DROP_SSRC_REBIND_RATE,
+                           RTCP_SENDER_STREAMS, S_BYTES_IN, S_DD_INVALID, S_DD_PACKETS, S_DROP_DTLS_RATE, S_DROP_SSRC_REBIND_RATE,
                            S_DROP_STUN_UNEXPECTED_RESPONSE, S_DROP_UNADMITTED_SSRC, S_RED_RECEIVED, S_STUN_RESPONSES,
                            SSRC_REBIND_BURST, SSRC_REBINDS_PER_SECOND, STUN_BOUND_EVENTS_PER_SECOND,
                            S_DROP_DTLS_UNBOUND, S_DROP_DUPLICATE, S_DROP_EMPTY, S_DROP_EVENT_BUDGET, S_DROP_MALFORMED,
@@ -486,13 +486,19 @@ cdef void receive(EngineState *s, Receiver *r, int l, const uint8_t *buf, int le
                   int64_t now, bint recovered) noexcept nogil:
     """Accounts for the packet on its Receiver layer and appends it to the batch's ExtPackets (see fanout.pyx)."""
     cdef Layer *layer = &r.layers[l]
-    cdef int first, value_length
+    cdef int first, value_length, described
     cdef const uint8_t *value
     cdef ExtPacket *p
     p = &s.packets[s.packet_count]  # one per datagram at most, so BATCH entries always suffice
     p.h = h[0]
     packet_set(p, buf, length, r, l, now)
     describe_packet(p, r.codec, r.is_video)
+    if r.ext_dd:
+        described = describe_dd(p)
+        if described == 0:
+            s.counters[<int>S_DD_PACKETS] += 1
+        elif described == -1:
+            s.counters[<int>S_DD_INVALID] += 1
     if h.payload_type == r.red_payload_type:
         if p.descriptor != DESC_RED:
             s.counters[<int>S_DROP_MALFORMED] += 1  # its blocks cannot be told apart, for those that get them stripped
@@ -510,7 +516,7 @@ cdef void receive(EngineState *s, Receiver *r, int l, const uint8_t *buf, int le
     if r.ext_audio_level and find_extension(buf, h, r.ext_audio_level, &value, &value_length) and value_length >= 1:
         receiver_note_audio_level(r, value[0] & 0x7F)
     layer_note_temporal(layer, p.temporal, length, h.payload_length)
-    if p.descriptor == DESC_VP9:
+    if p.descriptor == DESC_VP9 or p.has_dd:
         layer_note_svc(layer, p.spatial, p.temporal, length, h.payload_length, now)
     if p.keyframe:
         layer.keyframes += 1

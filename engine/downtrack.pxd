@@ -13,6 +13,17 @@ cdef enum:
                               # power of two; a 30 fps L1T3 camera capped to T0 or T1 drops 7.5 or 15 runs of
                               # pictures a second: 2-4 s of reordering)
     SWITCH_HORIZON = 8192     # packets this far behind the newest one are too late to forward anyway
+    DD_HISTORY = 256          # Dependency Descriptor frames whose verdict a DownTrack remembers (a power of two; at
+                              # 30 fps L3T3, 2.8 s: a frame's late packets and its references are decided within it)
+
+cdef enum:  # DdVerdict.state
+    DD_UNKNOWN
+    DD_FORWARDED
+    DD_DROPPED
+
+cdef struct DdVerdict:
+    uint16_t frame            # the frame number it is about (entries are indexed by its low bits)
+    uint8_t state
 
 cdef enum:  # what downtrack_write makes of a packet
     WRITE_MEDIA
@@ -65,6 +76,14 @@ cdef struct DownTrack:
     int max_temporal          # cap on the temporal layer (the StreamAllocator's hook); MAX_TEMPORAL - 1 = all
     int current_temporal      # highest temporal id passing now; -1 = chosen at the next keyframe
     int current_spatial       # SVC: highest spatial id passing now (max_layer is its cap); -1 = chosen at a keyframe
+    # Dependency Descriptor selection (forwarder.pyx dd_accept), per frame
+    int dd_target             # the decode target forwarded, -1 = none (waiting for a structure)
+    uint32_t dd_broken        # bit c: chain c lost a frame for this subscriber; its targets wait for a frame that
+                              # restarts it (chain diff 0: a keyframe)
+    uint32_t dd_last_ts       # RTP timestamp of the newest frame decided: the target changes at a new temporal unit
+    uint16_t dd_newest        # the newest frame number decided
+    bint dd_overshoot         # the target is above the caps: none within them is decodable before a keyframe
+    DdVerdict dd_frames[256]  # DD_HISTORY, by frame number
     # Munger (munger.pyx)
     bint started
     uint16_t seq_offset

@@ -24,6 +24,7 @@ cdef DownTrack *downtrack_new() noexcept nogil:
     d.max_temporal = MAX_TEMPORAL - 1
     d.current_temporal = -1
     d.current_spatial = -1
+    d.dd_target = -1
     d.last_out_pid = -1
     d.last_out_tl0 = -1
     d.last_dropped_pid = -1
@@ -40,6 +41,9 @@ cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil:
     d.cut = False
     d.current_temporal = -1
     d.current_spatial = -1
+    d.dd_target = -1
+    d.dd_overshoot = False
+    memset(d.dd_frames, 0, sizeof(d.dd_frames))
     memset(d.seqmap, 0, SEQMAP_SIZE * sizeof(SeqMapEntry))  # entries name the old stream's packets
 
 

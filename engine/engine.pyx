@@ -71,6 +71,7 @@ EV_TURN = "turn"
 BWE_STATES = ("normal", "overusing", "underusing")  # bwe.pxd BWE_* by value
 PROBE_STATUSES = ("unknown", "pending", "succeeded", "failed")  # bwe.pxd PROBE_* by value
 EXT_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+EXT_DEPENDENCY_DESCRIPTOR = "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension"
 
 cdef enum:
     MAX_BATCHES = 16          # recvmmsg batches per readable callback, so timers still run under load
@@ -114,7 +115,7 @@ STAT_NAMES = (
     "tcp_accept_failed", "drop_tcp_oversized", "drop_tcp_queue_full", "drop_tcp_closed",
     "turn_connections", "turn_requests", "turn_relayed_in", "turn_relayed_out", "drop_turn_malformed",
     "drop_turn_no_allocation", "drop_turn_no_permission", "drop_turn_rate_limited", "drop_turn_gone",
-    "drop_turn_send_failed", "drop_layer_cut", "red_received", "red_recovered", "turn_held",
+    "drop_turn_send_failed", "drop_layer_cut", "red_received", "red_recovered", "turn_held", "dd_packets", "dd_invalid",
 )
 assert len(STAT_NAMES) == S_COUNT
 # The drops a forwarding share counts (fanout.pyx, udpmux.pyx), reported per worker.
@@ -813,7 +814,9 @@ cdef class Engine:
                      rtx_payload_type: int, clock_rate: int, rids: list, ssrcs: list, rtx_ssrcs: list,
                      extmap: dict, red_payload_type: int = -1) -> int:
         """A published track. `red_payload_type` (audio, 0..127): the publisher sends RED (RFC 2198) carrying
-        `payload_type` (Opus) under it; DownTracks without RED of their own get its primary blocks."""
+        `payload_type` (Opus) under it; DownTracks without RED of their own get its primary blocks. A single-stream
+        video track whose `extmap` has the Dependency Descriptor (AV1 or VP9 SVC) has its frames selected per
+        DownTrack by decode target (forwarder.pyx dd_accept)."""
         cdef int tslot = self._slot(self._transport_slots, transport_id, "transport")
         cdef int slot, l
         cdef Receiver *r
@@ -834,7 +837,9 @@ cdef class Engine:
         slot = _free_slot(<void **>self.s.receivers, MAX_RECEIVERS)
         if slot < 0:
             raise RuntimeError("too many receivers")
-        r = receiver_new(kind == "video", num_layers)
+        # The Dependency Descriptor selects layers in a single SVC stream (AV1, VP9); simulcast layers are streams.
+        dd_id = extmap.get(EXT_DEPENDENCY_DESCRIPTOR, 0) if kind == "video" and num_layers == 1 else 0
+        r = receiver_new(kind == "video", num_layers, 0 < dd_id < 256)
         if r == NULL:
             raise MemoryError()
         r.id = self._new_id()
@@ -854,6 +859,7 @@ cdef class Engine:
         if not r.is_video:
             r.ext_audio_level = extmap.get("urn:ietf:params:rtp-hdrext:ssrc-audio-level", 0) & 0xFF
         r.ext_transport_cc = extmap.get(EXT_TRANSPORT_CC, 0) & 0xFF
+        r.ext_dd = dd_id if 0 < dd_id < 256 else 0
         if r.ext_transport_cc and transportcc_enable_receive(self.s, tslot) < 0:
             receiver_free(r)
             raise MemoryError()

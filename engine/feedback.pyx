@@ -133,11 +133,12 @@ cdef void send_nacks(EngineState *s, Receiver *r, Layer *layer, int64_t now) noe
         send_rtcp(s, t, slot, length)
 
 
-cdef inline bint svc_below_target(const DownTrack *d, const Receiver *r, int64_t now) noexcept nogil:
-    """An SVC DownTrack whose spatial layer is below both its cap and the top layer the publisher sends: it goes up
-    only at a keyframe (forwarder.pyx vp9_accept)."""
+cdef inline bint svc_off_target(const DownTrack *d, const Receiver *r, int64_t now) noexcept nogil:
+    """An SVC DownTrack whose spatial layer is below both its cap and the top layer the publisher sends (it goes up
+    only at a keyframe: forwarder.pyx vp9_accept, dd_accept), or still above its caps: a Dependency Descriptor
+    stream's lower layer whose own frames were not forwarded (K-SVC) is decodable from a keyframe on."""
     cdef int sent = layer_top_spatial(&r.layers[d.current_layer], now, SPATIAL_STALE_US)
-    return 0 <= d.current_spatial < min(d.max_layer, sent)
+    return 0 <= d.current_spatial and (d.current_spatial < min(d.max_layer, sent) or d.dd_overshoot)
 
 
 cdef void feedback_tick(EngineState *s, int64_t now) noexcept nogil:
@@ -156,7 +157,7 @@ cdef void feedback_tick(EngineState *s, int64_t now) noexcept nogil:
             continue
         r = s.receivers[d.receiver]
         top = forwarder_target(d, r)
-        if r.is_video and top >= 0 and not d.paused and (d.current_layer != top or svc_below_target(d, r, now)):
+        if r.is_video and top >= 0 and not d.paused and (d.current_layer != top or svc_off_target(d, r, now)):
             if now - r.layers[top].last_pli_us >= PLI_INTERVAL_US:
                 d.keyframe_requests += 1
             feedback_request_keyframe(s, r, top, now)

@@ -1,7 +1,7 @@
 # Forwarder: decides, per DownTrack, which packets pass: the target layer, switches only at its keyframes, pausing;
 # within it, temporal layers up to the DownTrack's temporal cap (VP8's TID). Simulcast streams are Receiver layers
-# (ExtPacket.layer); SVC selection (spatial ids of ExtPacket, from the VP9/AV1 descriptors) belongs here too, beside
-# forwarder_accept (VP9's, from its payload descriptor, is). C-level, nogil.
+# (ExtPacket.layer); SVC selection is here too: VP9's from its payload descriptor, and AV1's or VP9's by the
+# Dependency Descriptor (per frame: the decode target within the caps whose chain is intact). C-level, nogil.
 from libc.stdint cimport int64_t
 
 from engine.downtrack cimport DownTrack
@@ -21,7 +21,8 @@ cdef enum:  # forwarder_accept verdicts
 # temporal id pass up to the current temporal layer, which moves to the cap at keyframes, down to it at any frame
 # start, and up one layer towards it at a frame of the next layer with the layer sync bit (RFC 7741: it references
 # only the base layer). A VP9 SVC stream (one Receiver layer) has its spatial layers selected the same way, capped
-# by max_layer: down at once, up at a keyframe (forwarder.pyx vp9_accept).
+# by max_layer: down at once, up at a keyframe (forwarder.pyx vp9_accept); a stream with the Dependency Descriptor
+# by decode target, frame by frame (forwarder.pyx dd_accept).
 cdef int forwarder_accept(DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil
 # Pauses or resumes `d`; True when it resumes: it then waits for a keyframe (which the caller should request) and
 # continues the output numbering from the last packet sent.

@@ -1,9 +1,11 @@
 """Forwarder: per-DownTrack layer selection and pausing (see forwarder.pxd)."""
-from libc.stdint cimport int16_t, uint16_t
+from libc.stdint cimport int16_t, uint8_t, uint16_t
 
+from engine.codecs.dd cimport DTI_NOT_PRESENT, DdFrame
 from engine.codecs.vp9 cimport Vp9Descriptor
 
-from engine.downtrack cimport SWITCH_HORIZON, downtrack_lose_layer
+from engine.downtrack cimport (DD_DROPPED, DD_FORWARDED, DD_HISTORY, DD_UNKNOWN, SWITCH_HORIZON, DdVerdict,
+                               downtrack_lose_layer)
 from engine.munger cimport munger_anchor
 from engine.packet cimport DESC_VP8, DESC_VP9
 
@@ -64,7 +66,89 @@ cdef inline bint vp9_accept(DownTrack *d, const ExtPacket *p) noexcept nogil:
     return spatial <= d.current_spatial and temporal <= d.current_temporal
 
 
+cdef inline uint8_t dd_verdict(const DownTrack *d, uint16_t frame) noexcept nogil:
+    cdef const DdVerdict *v = &d.dd_frames[frame & (DD_HISTORY - 1)]
+    return v.state if v.frame == frame else DD_UNKNOWN
+
+
+cdef inline int dd_choose(const DownTrack *d, const DdFrame *f) noexcept nogil:
+    """The highest active decode target within the DownTrack's caps whose chain is intact, -1 = none."""
+    cdef int dt, best = -1, layers, best_layers = -1
+    for dt in range(f.decode_targets):
+        layers = f.dt_layers[dt]
+        if not (f.active_decode_targets >> dt) & 1 or (layers >> 4) > d.max_layer or (layers & 0x0F) > d.max_temporal:
+            continue
+        if f.chain_count and (d.dd_broken >> f.protected_by[dt]) & 1:
+            continue
+        if layers > best_layers:
+            best, best_layers = dt, layers
+    return best
+
+
+cdef inline bint dd_accept(DownTrack *d, const ExtPacket *p) noexcept nogil:
+    """Whether `p`, of a stream with the Dependency Descriptor, belongs to a frame forwarded to `d`. Decided once per
+    frame (its packets follow the verdict, late ones too): a frame passes when the chosen decode target includes
+    it and none of the frames it references was dropped. The target is the highest active one within the caps whose
+    chain is intact, chosen again at each temporal unit: down at once, up only when the new target's chain is intact,
+    i.e. from a frame that restarts it (a keyframe, after frames of it were dropped); temporal steps up once the
+    frames referenced have passed. Chains that lose a frame stay broken for `d` until a frame restarts them."""
+    cdef const DdFrame *f = &p.dd
+    cdef DdVerdict *v = &d.dd_frames[f.frame_number & (DD_HISTORY - 1)]
+    cdef int c, i, target, chosen, spatial, temporal
+    cdef int ahead = <int16_t>(f.frame_number - d.dd_newest)
+    cdef bint forward
+    if ahead > 0:
+        # The verdicts of the numbers skipped up to this frame are forgotten, so the history holds only the latest
+        # DD_HISTORY numbers' (a verdict left from a frame number's previous round would otherwise stand in).
+        for i in range(1, min(ahead, <int>DD_HISTORY) + 1):
+            d.dd_frames[(d.dd_newest + i) & (DD_HISTORY - 1)].state = DD_UNKNOWN
+        d.dd_newest = f.frame_number
+    elif v.frame == f.frame_number and v.state != DD_UNKNOWN:
+        return v.state == DD_FORWARDED
+    if f.has_structure:  # a new structure: its chains start here (its decode targets are chosen below: a new unit)
+        d.dd_broken = 0
+    for c in range(f.chain_count):
+        if f.chain_fdiffs[c] == 0:
+            d.dd_broken &= ~(1u << c)
+        elif dd_verdict(d, <uint16_t>(f.frame_number - f.chain_fdiffs[c])) == DD_DROPPED:
+            d.dd_broken |= 1u << c
+    target = d.dd_target
+    if target >= f.decode_targets or (target >= 0 and f.chain_count and (d.dd_broken >> f.protected_by[target]) & 1):
+        target = -1
+    if target < 0 or f.has_structure or p.h.timestamp != d.dd_last_ts:
+        # Within the caps, else (a step down to a layer whose own frames were not forwarded: K-SVC) the current
+        # target while it stays decodable, until the keyframe the engine asks for (feedback.pyx) restarts the chains.
+        chosen = dd_choose(d, f)
+        d.dd_overshoot = chosen < 0 and target >= 0
+        if chosen >= 0:
+            target = chosen
+    if target < 0:
+        # Nothing decodable is left (every chain lost a frame): start again at a keyframe, which the engine asks for
+        # while the DownTrack waits for one.
+        downtrack_lose_layer(d)
+        return False
+    if target != d.dd_target:
+        spatial, temporal = f.dt_layers[target] >> 4, f.dt_layers[target] & 0x0F
+        if d.dd_target >= 0 and spatial != d.current_spatial:
+            d.spatial_switches += 1
+        if d.dd_target >= 0 and temporal != d.current_temporal:
+            d.temporal_switches += 1
+        d.dd_target = target
+        d.current_spatial = spatial
+        d.current_temporal = temporal
+    d.dd_last_ts = p.h.timestamp
+    forward = f.dti[target] != DTI_NOT_PRESENT
+    for i in range(f.fdiff_count if forward else 0):
+        if dd_verdict(d, <uint16_t>(f.frame_number - f.fdiffs[i])) == DD_DROPPED:
+            forward = False
+    v.frame = f.frame_number
+    v.state = DD_FORWARDED if forward else DD_DROPPED
+    return forward
+
+
 cdef inline bint layer_accept(DownTrack *d, const ExtPacket *p) noexcept nogil:
+    if p.has_dd:
+        return dd_accept(d, p)
     if p.descriptor == DESC_VP9:
         return vp9_accept(d, p)
     return temporal_accept(d, p)

@@ -1,7 +1,7 @@
 """Harness: drives a DownTrack's Forwarder and Munger and a transport's BWE from Python, for tests (no sockets,
 no SRTP, no event loop; a stream's framer has its own class, engine/framer.pyx).
 
-A DownTrackHarness is one Receiver with one DownTrack. `push` hands it a packet as demux.pyx would (parsed into an
+A DownTrackHarness is one Receiver with one DownTrack (and, with `dd_id`, the Receiver's Dependency Descriptor). `push` hands it a packet as demux.pyx would (parsed into an
 ExtPacket by the same codec code) and runs it through the same calls as fanout.pyx: forwarder_accept, munger_map,
 downtrack_write. What comes out is exactly the RTP packet the subscriber would get, before SRTP."""
 from libc.stdint cimport int64_t, uint8_t
@@ -10,7 +10,7 @@ from libc.stdlib cimport free, malloc
 from engine.bwe cimport (Bwe, BwePacketResult, bwe_congested, bwe_estimate_bps, bwe_init, bwe_loss_fraction,
                          bwe_on_feedback, bwe_on_remb, bwe_on_sent, bwe_probe_result_bps, bwe_probe_start,
                          bwe_probe_status, bwe_state, bwe_take_change)
-from engine.codecs.describe cimport codec_id, describe_packet
+from engine.codecs.describe cimport codec_id, describe_dd, describe_packet
 from engine.downtrack cimport (MAX_TEMPORAL, WRITE_GROWTH, WRITE_MEDIA, WRITE_PADDING, DownTrack, SeqMapEntry,
                                downtrack_free, downtrack_lose_layer, downtrack_map_extension, downtrack_new,
                                downtrack_write)
@@ -24,20 +24,24 @@ from engine.rtp cimport parse_rtp
 
 cdef class DownTrackHarness:
     """One subscriber's DownTrack on a `layers`-layer Receiver of `codec`. Times are seconds (any origin). `extmap`
-    and `extmap_allow_mixed` renumber header extensions as Engine.add_downtrack's do (none: all stripped)."""
+    and `extmap_allow_mixed` renumber header extensions as Engine.add_downtrack's do (none: all stripped). `dd_id`:
+    the publisher's Dependency Descriptor extension id (0 = none), which the Forwarder then selects by."""
 
     cdef Receiver *r
     cdef DownTrack *d
 
     def __cinit__(self, str codec="vp8", bint video=True, int layers=1, int clock_rate=90000, int ssrc=0xD0D0,
                   int payload_type=100, int rtx_ssrc=0, int rtx_payload_type=0, int transport_cc_id=0,
-                  int abs_send_time_id=0, dict extmap=None, bint extmap_allow_mixed=False):
+                  int abs_send_time_id=0, dict extmap=None, bint extmap_allow_mixed=False, int dd_id=0):
         if not 1 <= layers <= MAX_LAYERS:
             raise ValueError(f"1 to {MAX_LAYERS} layers")
-        self.r = receiver_new(video, layers)
+        if not 0 <= dd_id < 256:
+            raise ValueError("dd_id is an extension id, 1..255, or 0")
+        self.r = receiver_new(video, layers, dd_id != 0)
         self.d = downtrack_new()
         if self.r == NULL or self.d == NULL:
             raise MemoryError()
+        self.r.ext_dd = dd_id
         self.r.codec = codec_id(codec)
         self.r.clock_rate = clock_rate
         self.d.ssrc = ssrc
@@ -116,6 +120,11 @@ cdef class DownTrackHarness:
         return self.d.current_spatial
 
     @property
+    def dd_target(self) -> int:
+        """The decode target forwarded (Dependency Descriptor streams), -1 = none."""
+        return self.d.dd_target
+
+    @property
     def spatial_switches(self) -> int:
         return self.d.spatial_switches
 
@@ -146,6 +155,7 @@ cdef class DownTrackHarness:
             raise ValueError("not a valid RTP packet")
         packet_set(&p, packet, len(packet), self.r, layer, <int64_t>(now * 1000000))
         describe_packet(&p, self.r.codec, self.r.is_video)
+        describe_dd(&p)
         verdict = forwarder_accept(self.d, &p, p.arrival_us)
         if verdict == FORWARD_DROP_TEMPORAL:
             if munger_drop(self.d, &p, &slot) != DROP_PADDING:

@@ -42,6 +42,9 @@ cdef inline void number(const DownTrack *d, const ExtPacket *p, uint16_t seq_off
             e.out_pid = (p.desc.vp8.picture_id - pid_offset) & 0x7FFF
         if p.desc.vp8.tl0picidx >= 0:
             e.out_tl0 = (p.desc.vp8.tl0picidx - d.tl0_offset) & 0xFF
+    elif p.has_dd:
+        # As for VP9 below: the temporal unit ends with the highest spatial layer forwarded (AV1's marker).
+        e.marker = p.dd.end_of_frame and p.dd.spatial_id == d.current_spatial
     elif p.descriptor == DESC_VP9:
         # The publisher marks the end of the whole picture; with its upper spatial layers dropped, the picture ends
         # with the last packet of the highest one forwarded (libwebrtc assembles a picture's layers up to the marker).

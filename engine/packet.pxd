@@ -1,6 +1,7 @@
 # ExtPacket: one received RTP packet as parsed once for everyone downstream: stream, layers, keyframe, codec descriptor.
 from libc.stdint cimport int64_t, uint8_t
 
+from engine.codecs.dd cimport DdFrame
 from engine.codecs.red cimport RedDescriptor
 from engine.codecs.vp8 cimport Vp8Descriptor
 from engine.codecs.vp9 cimport Vp9Descriptor
@@ -25,12 +26,15 @@ cdef struct ExtPacket:
     int payload_offset        # payload bytes left out when it is written: a RED packet's other blocks (fanout.pyx)
     Receiver *r
     int layer                 # the Receiver layer (simulcast stream) it arrived on
-    int spatial               # spatial layer id: the simulcast layer, or an SVC descriptor's (VP9 SID)
+    int spatial               # spatial layer id: the simulcast layer, or an SVC descriptor's (VP9 SID, DD)
     int temporal              # temporal layer id, -1 when the codec does not tell
     bint keyframe             # starts a keyframe: a switch point for the Forwarder
     int64_t arrival_us
     uint8_t descriptor        # DESC_*
     CodecDescriptor desc
+    bint has_dd               # `dd` holds the packet's Dependency Descriptor (the Receiver negotiated it and it
+                              # parsed): its frame's layers and dependencies, which the Forwarder selects by
+    DdFrame dd
 
 
 cdef inline void packet_set(ExtPacket *p, const uint8_t *buf, int length, Receiver *r, int layer,
@@ -42,4 +46,5 @@ cdef inline void packet_set(ExtPacket *p, const uint8_t *buf, int length, Receiv
     p.layer = layer
     p.spatial = layer
     p.arrival_us = now
+    p.has_dd = False
     p.payload_offset = 0

@@ -3,6 +3,7 @@
 # SR. C-level and nogil; the EngineState (state.pxd) owns the structs and the lookups that lead to them.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
+from engine.codecs.dd cimport DdStructure
 from engine.rtcp cimport ReportBlock
 from engine.packetcache cimport PacketCache
 from engine.rtp cimport RtpHeader
@@ -72,6 +73,8 @@ cdef struct Receiver:
     uint8_t ext_rrid
     uint8_t ext_audio_level
     uint8_t ext_transport_cc  # the publisher's transport-cc id (its transport keeps a receive record), 0 = none
+    uint8_t ext_dd            # the publisher's Dependency Descriptor id (AV1/VP9 SVC), 0 = none
+    DdStructure *dd           # with ext_dd: the last template structure it sent (allocated with the Receiver)
     double level_energy       # sum of linear RFC 6464 levels (1.0 = 0 dBov) since the control plane last read it
     uint32_t level_packets    # packets that carried a level since then
     int top_layer             # highest layer with recent packets, -1 = none
@@ -80,8 +83,9 @@ cdef struct Receiver:
     IntList downtracks        # EngineState slots
     uint64_t workers          # bit w = worker w owns some of them (EngineState.owners): the workers a packet wakes
 
-# An empty receiver (calloc'd) whose `num_layers` layers have caches; NULL when out of memory.
-cdef Receiver *receiver_new(bint is_video, int num_layers) noexcept nogil
+# An empty receiver (calloc'd) whose `num_layers` layers have caches, with a Dependency Descriptor structure when
+# `dd`; NULL when out of memory.
+cdef Receiver *receiver_new(bint is_video, int num_layers, bint dd=*) noexcept nogil
 cdef void receiver_free(Receiver *r) noexcept nogil
 # The layer whose rid is `value`, or -1.
 cdef int receiver_find_rid(const Receiver *r, const uint8_t *value, int length) noexcept nogil

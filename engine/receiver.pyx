@@ -13,7 +13,7 @@ cdef int64_t NACK_DELAY_US = 20000          # a gap may be reordering: wait this
 cdef int64_t NEVER = -(1 << 40)
 
 
-cdef Receiver *receiver_new(bint is_video, int num_layers) noexcept nogil:
+cdef Receiver *receiver_new(bint is_video, int num_layers, bint dd=False) noexcept nogil:
     cdef Receiver *r = <Receiver *>calloc(1, sizeof(Receiver))
     cdef Layer *layer
     cdef int l
@@ -24,6 +24,11 @@ cdef Receiver *receiver_new(bint is_video, int num_layers) noexcept nogil:
     r.num_layers = num_layers
     r.top_layer = -1
     r.red_payload_type = -1
+    if dd:
+        r.dd = <DdStructure *>calloc(1, sizeof(DdStructure))
+        if r.dd == NULL:
+            free(r)
+            return NULL
     for l in range(num_layers):
         layer = &r.layers[l]
         if cache_init(&layer.cache, size) < 0:
@@ -38,6 +43,7 @@ cdef void receiver_free(Receiver *r) noexcept nogil:
     for l in range(MAX_LAYERS):
         cache_free(&r.layers[l].cache)
     free(r.downtracks.items)
+    free(r.dd)
     free(r)
 
 

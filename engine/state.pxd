@@ -128,6 +128,10 @@ cdef enum:  # statistics counters (indexes); engine.pyx's STAT_NAMES holds their
     S_TURN_HELD               # TURN requests with more of the stream, or datagrams of the client in the batch, behind
                               # them, which waited (not relayed, not raised) until Python had answered the request
                               # (tcpmux_release, turnmux_resume)
+    S_DD_PACKETS              # packets whose Dependency Descriptor parsed: their frames are selected by it
+    S_DD_INVALID              # malformed Dependency Descriptors: such packets are forwarded as a whole, unselected
+                              # (as are those whose structure has not arrived: before the first keyframe, or behind
+                              # a keyframe's first packet that is late)
     S_COUNT
 
 cdef enum:  # event kinds, queued in C and dispatched to Python after each batch

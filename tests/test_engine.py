@@ -62,15 +62,16 @@ def parse(data: bytes) -> Rtp:
         profile, words = struct.unpack_from("!HH", data, offset)
         block = data[offset + 4:offset + 4 + 4 * words]
         offset += 4 + 4 * words
-        assert profile == 0xBEDE
+        assert profile == 0xBEDE or profile & 0xFFF0 == 0x1000   # RFC 8285's one- or two-byte form
+        two_byte = profile != 0xBEDE
         i = 0
         while i < len(block):
             if block[i] == 0:
                 i += 1
                 continue
-            ext_id, size = block[i] >> 4, (block[i] & 0x0F) + 1
-            exts[ext_id] = block[i + 1:i + 1 + size]
-            i += 1 + size
+            ext_id, size = (block[i], block[i + 1]) if two_byte else (block[i] >> 4, (block[i] & 0x0F) + 1)
+            exts[ext_id] = block[i + 1 + two_byte:i + 1 + two_byte + size]
+            i += 1 + two_byte + size
     end = len(data) - (data[-1] if first & 0x20 else 0)
     return Rtp(second & 0x7F, seq, ts, ssrc, data[offset:end], exts)
 

@@ -684,3 +684,32 @@ def test_offer_lists_red_first_for_a_red_track():
         (63, "red", "111/111"), (111, "opus", "minptime=10;useinbandfec=1")]
     assert sdp.red_codec(section, section.codecs[1]).payload_type == 63
     assert sdp.with_params("a=1;b=2", {"b": "3", "c": "4"}) == "a=1;b=3;c=4"
+
+
+def test_dependency_descriptor_is_accepted_for_av1_and_vp9_with_the_two_byte_form():
+    """The Dependency Descriptor only on m-lines received as AV1 or VP9 (the SVC codecs the engine selects by it),
+    and a=extmap-allow-mixed answered when offered (a keyframe's descriptor needs the two-byte form)."""
+    dd = f"a=extmap:8 {sdp.EXT_DEPENDENCY_DESCRIPTOR}"
+    offer = parse(libwebrtc_offer().replace(f"a=extmap:4 {EXT_MID}", f"a=extmap:4 {EXT_MID}\r\n{dd}"))
+    assert offer.extmap_allow_mixed and all(s.extmap_allow_mixed for s in offer.sections)
+    for codec, expected in (("av1", {sdp.EXT_DEPENDENCY_DESCRIPTOR: 8}), ("vp9", {sdp.EXT_DEPENDENCY_DESCRIPTOR: 8}),
+                            ("vp8", {})):
+        text, accepted = build_answer(offer, LOCAL, 1, dataclasses.replace(PUBLISHER,
+                                                                           track_codecs={"TR_cam_cid": codec}))
+        (video,) = [m for m in accepted if m.kind == "video"]
+        assert video.codec.name.lower() == codec
+        assert {uri: i for uri, i in video.extmap.items() if uri == sdp.EXT_DEPENDENCY_DESCRIPTOR} == expected
+        assert "a=extmap-allow-mixed" in text.split("\r\nm=")[0].split("\r\n")
+    without = libwebrtc_offer().replace("a=extmap-allow-mixed\r\n", "")
+    text, _ = build_answer(parse(without), LOCAL, 1, PUBLISHER)
+    assert "a=extmap-allow-mixed" not in text and not any(s.extmap_allow_mixed for s in parse(without).sections)
+    media_level = parse(without.replace("a=mid:7\r\n", "a=mid:7\r\na=extmap-allow-mixed\r\n"))
+    assert [s.mid for s in media_level.sections if s.extmap_allow_mixed] == ["7"]
+
+
+def test_subscriber_offer_allows_the_two_byte_form_and_carries_the_dependency_descriptor():
+    from signaling.rtc.media_caps import subscriber_extensions
+    media = [dataclasses.replace(_outgoing("1", "video"), extmap=subscriber_extensions("video"))]
+    offer = parse(build_offer(LOCAL, media, 1, 1))
+    assert offer.extmap_allow_mixed
+    assert offer.sections[1].extmap[sdp.EXT_DEPENDENCY_DESCRIPTOR] == 4

@@ -14,6 +14,7 @@ import asyncio
 import struct
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import given, settings, strategies as st
 from livekit import rtc as lk
 from livekit.protocol import models, rtc as lk_rtc
@@ -388,8 +389,10 @@ async def _widths(track: lk.RemoteTrack, frames: int) -> list[int]:
     return [frame.width for frame in await decoded_video(track, frames=frames, timeout=20)]
 
 
-async def test_python_sdk_vp9_svc_low_then_high(server) -> None:
-    room = "svc-python"
+@pytest.mark.parametrize("codec, mode", [("vp9", "L3T3_KEY"), ("av1", "L3T3")])
+async def test_python_sdk_svc_low_then_high(server, codec: str, mode: str) -> None:
+    """VP9 and AV1 (whose layers the Dependency Descriptor tells) from LiveKit's Python SDK to another."""
+    room = f"svc-python-{codec}"
     publisher, viewer = lk.Room(), lk.Room()
     await viewer.connect(server.url, server.token("viewer", room))
     await publisher.connect(server.url, server.token("camera", room))
@@ -405,11 +408,11 @@ async def test_python_sdk_vp9_svc_low_then_high(server) -> None:
     try:
         await publisher.local_participant.publish_track(
             lk.LocalVideoTrack.create_video_track("camera", source),
-            lk.TrackPublishOptions(source=lk.TrackSource.SOURCE_CAMERA, video_codec=lk.VideoCodec.VP9,
-                                   scalability_mode="L3T3_KEY"))
+            lk.TrackPublishOptions(source=lk.TrackSource.SOURCE_CAMERA, video_codec=getattr(lk.VideoCodec, codec.upper()),
+                                   scalability_mode=mode))
         track = (await wait_for_tracks(viewer, 1))["video"]
         publication = next(p for p in viewer.remote_participants["camera"].track_publications.values())
-        assert publication.mime_type.lower() == "video/vp9"
+        assert publication.mime_type.lower() == f"video/{codec}"
         deadline = asyncio.get_running_loop().time() + 20
         while max(await _widths(track, 5)) < SDK_WIDTH:   # the publisher's estimate climbs to all three layers
             assert asyncio.get_running_loop().time() < deadline, "the full picture never arrived"
@@ -423,6 +426,8 @@ async def test_python_sdk_vp9_svc_low_then_high(server) -> None:
         while max(await _widths(track, 5)) < SDK_WIDTH:
             assert asyncio.get_running_loop().time() < deadline, "no switch back up"
         assert matches_card((await decoded_video(track, frames=1))[0])
+        if codec == "av1":  # AV1's layers are only in the Dependency Descriptor
+            assert server.counters().get("dd_packets", 0) > 0
     finally:
         task.cancel()
         await publisher.disconnect()

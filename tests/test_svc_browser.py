@@ -1,6 +1,7 @@
-"""VP9 SVC end to end: LiveKit's JS SDK in Chromium publishes its camera as VP9 `L3T3_KEY` (three spatial and three
-temporal layers in one stream); another Chromium subscribes. Asking for LOW, it decodes the lowest spatial layer (a
-quarter of the width); asking for HIGH, it switches up to the full picture; and back down, without a freeze.
+"""VP9 and AV1 SVC end to end: LiveKit's JS SDK in Chromium publishes its camera as VP9 `L3T3_KEY` or AV1 `L3T3`
+(three spatial and three temporal layers in one stream, selected by the Dependency Descriptor); another Chromium
+subscribes. Asking for LOW, it decodes the lowest spatial layer (a quarter of the width); asking for HIGH, it switches
+up to the full picture; and back down, without a freeze.
 
 Prerequisites as tests/test_browser.py (whose fixtures these are)."""
 from __future__ import annotations
@@ -19,11 +20,27 @@ MAX_FROZEN_S = 1.0
 
 
 async def test_vp9_l3t3_key_low_then_high_then_low(server, browsers: tuple[BrowserPeer, BrowserPeer]) -> None:
+    await _low_then_high_then_low(server, browsers, "svc-vp9", {"videoCodec": "vp9", "scalabilityMode": "L3T3_KEY"})
+
+
+async def test_av1_l3t3_low_then_high_then_low(server, browsers: tuple[BrowserPeer, BrowserPeer]) -> None:
+    """AV1 full SVC (the VP9 test's is K-SVC), selected by the Dependency Descriptor (which, on keyframes, only the
+    two-byte header form holds: both browsers negotiate a=extmap-allow-mixed). The subscriber gets the AV1 stream,
+    not the VP8 backup the SDK adds."""
+    await _low_then_high_then_low(server, browsers, "svc-av1", {"videoCodec": "av1", "scalabilityMode": "L3T3"})
+
+
+async def _low_then_high_then_low(server, browsers: tuple[BrowserPeer, BrowserPeer], room: str,
+                                  publish_options: dict) -> None:
     _, subscriber = browsers
-    video = await _camera_to_viewer(server, browsers, "svc-vp9", {"videoCodec": "vp9", "scalabilityMode": "L3T3_KEY"})
+    codec = f"video/{publish_options['videoCodec']}"
+    before = server.counters()
+    video = await _camera_to_viewer(server, browsers, room, publish_options)
 
     subscriber_stats = await _poll(video, lambda s: s["frameWidth"] == FULL_WIDTH, 30,
                                    "the full picture (the publisher's estimate must carry all three layers)")
+    assert subscriber_stats["codec"].lower() == codec, subscriber_stats
+    dropped = server.counters().get("drop_temporal_layer", 0)
     await subscriber.call("setVideoQuality", "LOW")
     low = await _poll(video, lambda s: 0 < s["frameWidth"] <= FULL_WIDTH // 4, 10,
                       "the lowest spatial layer")
@@ -33,7 +50,7 @@ async def test_vp9_l3t3_key_low_then_high_then_low(server, browsers: tuple[Brows
     steady = await video()
     assert steady["frameWidth"] == low["frameWidth"] and steady["framesDecoded"] > decoded + 20, steady
     counters = server.counters()
-    assert counters.get("drop_temporal_layer", 0) > 0, counters  # the upper spatial layers, dropped per subscriber
+    assert counters.get("drop_temporal_layer", 0) > dropped, counters  # the upper spatial layers, dropped per subscriber
 
     await subscriber.call("setVideoQuality", "HIGH")  # up at the next keyframe, which the server asks for
     await _poll(video, lambda s: s["frameWidth"] == FULL_WIDTH, 10, "the switch up")
@@ -42,7 +59,11 @@ async def test_vp9_l3t3_key_low_then_high_then_low(server, browsers: tuple[Brows
     await asyncio.sleep(1)
     final = await video()
     assert final["framesDecoded"] > steady["framesDecoded"] + 10, final
+    assert final["codec"].lower() == codec, final
     frozen = final["totalFreezesDuration"] - subscriber_stats["totalFreezesDuration"]
     assert frozen < MAX_FROZEN_S, (final, subscriber.diagnostics(server))
     errors = await subscriber.page.evaluate("window.tern.state.errors")
     assert not errors, errors
+    counters = server.counters()  # the layers were the Dependency Descriptor's (the SDK adds it for SVC codecs)
+    assert counters.get("dd_packets", 0) > before.get("dd_packets", 0), counters
+    assert counters.get("dd_invalid", 0) == before.get("dd_invalid", 0), counters

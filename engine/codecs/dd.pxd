@@ -39,6 +39,8 @@ cdef struct DdStructure:
     uint32_t width[4]         # per spatial id (render resolution, 1..65536)
     uint32_t height[4]
     DdTemplate templates[64]
+    uint8_t dt_layers[32]     # per decode target: (spatial << 4) | temporal, the highest ids of the templates it is
+                              # present in (what a subscriber of that target decodes)
 
 cdef struct DdFrame:
     uint8_t start_of_frame
@@ -54,6 +56,12 @@ cdef struct DdFrame:
     uint8_t fdiff_count
     uint16_t fdiffs[8]        # custom fdiffs may be 12 bits
     uint8_t chain_fdiffs[32]
+    # Of the structure it was resolved against, what a Forwarder needs to choose a decode target: a later packet of
+    # the same batch may replace the Receiver's structure before this one is forwarded (a keyframe's).
+    uint8_t decode_targets
+    uint8_t chain_count
+    uint8_t protected_by[32]  # decode target -> the chain that protects it
+    uint8_t dt_layers[32]     # DdStructure.dt_layers
 
 # Parses one extension value of `length` bytes into `frame`, resolving it against `structure`; a structure in the
 # packet replaces `structure` (only when the whole descriptor is valid). 0 on success; -1 malformed or over a limit

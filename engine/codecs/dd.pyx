@@ -96,6 +96,13 @@ cdef int read_structure(Bits *b, DdStructure *s) noexcept nogil:
             s.height[spatial] = read_bits(b, 16) + 1
     if b.overrun:
         return -1
+    for dt in range(s.decode_targets):
+        s.dt_layers[dt] = 0
+        for t in range(s.template_count):
+            tpl = &s.templates[t]
+            if tpl.dti[dt] != DTI_NOT_PRESENT:
+                s.dt_layers[dt] = <uint8_t>((max(s.dt_layers[dt] >> 4, tpl.spatial_id) << 4)
+                                            | max(s.dt_layers[dt] & 0x0F, tpl.temporal_id))
     s.valid = True
     return 0
 
@@ -169,6 +176,10 @@ cdef int parse_dd(const uint8_t *data, int length, DdStructure *structure, DdFra
         memcpy(frame.chain_fdiffs, tpl.chain_fdiffs, s.chain_count)
     if b.overrun:
         return -1
+    frame.decode_targets = s.decode_targets
+    frame.chain_count = s.chain_count
+    memcpy(frame.protected_by, s.protected_by, s.decode_targets if s.chain_count else 0)
+    memcpy(frame.dt_layers, s.dt_layers, s.decode_targets)
     if frame.has_structure:
         memcpy(structure, &attached, sizeof(DdStructure))
     return 0
@@ -201,6 +212,8 @@ cdef class DependencyDescriptorReader:
             "dtis": [frame.dti[i] for i in range(s.decode_targets)],
             "fdiffs": [frame.fdiffs[i] for i in range(frame.fdiff_count)],
             "chain_fdiffs": [frame.chain_fdiffs[i] for i in range(s.chain_count)],
+            "decode_target_layers": [(frame.dt_layers[i] >> 4, frame.dt_layers[i] & 0x0F)
+                                     for i in range(frame.decode_targets)],
         }
 
     @property

@@ -2,11 +2,13 @@
 from libc.stdint cimport uint8_t
 
 from engine.codecs.av1 cimport av1_is_keyframe
+from engine.codecs.dd cimport parse_dd
 from engine.codecs.h264 cimport h264_is_keyframe
 from engine.codecs.red cimport parse_red
 from engine.codecs.vp8 cimport parse_vp8
 from engine.codecs.vp9 cimport parse_vp9
 from engine.packet cimport DESC_NONE, DESC_RED, DESC_VP8, DESC_VP9
+from engine.rtp cimport find_extension
 
 _IDS = {"opus": C_OPUS, "vp8": C_VP8, "h264": C_H264, "vp9": C_VP9, "av1": C_AV1}
 
@@ -41,6 +43,21 @@ cdef void describe_packet(ExtPacket *p, int codec, bint is_video) noexcept nogil
         p.keyframe = av1_is_keyframe(payload, length) == 1
     else:
         p.keyframe = True
+
+
+cdef int describe_dd(ExtPacket *p) noexcept nogil:
+    cdef const uint8_t *value = NULL
+    cdef int value_length = 0, result
+    if p.r.ext_dd == 0 or p.r.dd == NULL or not find_extension(p.buf, &p.h, p.r.ext_dd, &value, &value_length):
+        return 1
+    result = parse_dd(value, value_length, p.r.dd, &p.dd)
+    if result == 0:
+        p.has_dd = True
+        p.spatial = p.dd.spatial_id
+        p.temporal = p.dd.temporal_id
+        if p.dd.has_structure:
+            p.keyframe = True
+    return result
 
 
 cdef int codec_id(str name):

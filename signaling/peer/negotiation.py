@@ -192,6 +192,7 @@ def _place(media: sdp.OutgoingMedia, section: sdp.MediaSection, policy: sdp.Rece
         media.red_payload_type = red.payload_type if red else None
     allowed = policy.send_extensions.get(media.kind, frozenset())
     media.extmap = {uri: ext_id for uri, ext_id in section.extmap.items() if uri in allowed}
+    media.extmap_allow_mixed = section.extmap_allow_mixed
     media.mid = section.mid
     return True
 

@@ -28,6 +28,9 @@ EXT_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 EXT_ABS_CAPTURE_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time"
 EXT_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 EXT_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+# AV1 RTP specification appendix A: frame dependencies and layers of an SVC stream (AV1, VP9). A keyframe's carries
+# the template structure (tens of bytes), which only the two-byte header form (a=extmap-allow-mixed) can hold.
+EXT_DEPENDENCY_DESCRIPTOR = "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension"
 
 _DIRECTIONS = frozenset({"sendrecv", "sendonly", "recvonly", "inactive"})
 _SENDING = frozenset({"sendrecv", "sendonly"})
@@ -122,6 +125,8 @@ class MediaSection:
     max_message_size: int | None = None
     formats: list[str] = field(default_factory=list)   # m-line format tokens as written
     simulcast: dict[str, list[str]] = field(default_factory=dict)   # "send"/"recv" -> rids, "~" stripped
+    # RFC 8285 a=extmap-allow-mixed (on the m-line or the session): header extensions may take the two-byte form
+    extmap_allow_mixed: bool = False
 
     def codec(self, payload_type: int) -> Codec | None:
         return next((c for c in self.codecs if c.payload_type == payload_type), None)
@@ -131,6 +136,7 @@ class MediaSection:
 class SessionDescription:
     sections: list[MediaSection]
     bundle: list[str]               # mids of the BUNDLE group
+    extmap_allow_mixed: bool = False  # a=extmap-allow-mixed at the session level
 
 
 # ---------------------------------------------------------------------------------------
@@ -296,6 +302,8 @@ class _SectionBuilder:
             s.sctp_port = _number(value, where, 0, 65535)
         elif name == "max-message-size":
             s.max_message_size = _number(value, where, 0, 2**64)
+        elif name == "extmap-allow-mixed":
+            s.extmap_allow_mixed = True
 
     def _simulcast(self, value: str, where: str) -> None:
         tokens = value.split()
@@ -311,8 +319,9 @@ class _SectionBuilder:
                 raise SdpError(f"{where}: bad rid list {rid_list!r}")
             self.section.simulcast[direction] = rids
 
-    def finish(self, session: _Transport) -> MediaSection:
+    def finish(self, session: _Transport, allow_mixed: bool) -> MediaSection:
         s = self.section
+        s.extmap_allow_mixed = s.extmap_allow_mixed or allow_mixed
         if not self.has_mid:
             raise SdpError(f"{self.where} ({s.kind}): no a=mid (BUNDLE needs one on every m-line)")
         t = self.transport
@@ -358,6 +367,7 @@ def parse(sdp: str) -> SessionDescription:
         raise SdpError("SDP must start with v=0")
     session = _Transport()
     bundle: list[str] = []
+    allow_mixed = False
     builders: list[_SectionBuilder] = []
     for number, line in enumerate(lines, 1):
         if len(line) < 2 or line[1] != "=" or not "a" <= line[0] <= "z":
@@ -378,15 +388,17 @@ def parse(sdp: str) -> SessionDescription:
                 if tokens and tokens[0] == "BUNDLE" and not bundle:
                     _limit(len(tokens) - 1, MAX_MEDIA_SECTIONS, "BUNDLE mids")
                     bundle = tokens[1:]
+            elif name == "extmap-allow-mixed":
+                allow_mixed = True
             else:
                 session.take(name, attr_value)
-    sections = [b.finish(session) for b in builders]
+    sections = [b.finish(session, allow_mixed) for b in builders]
     mids: set[str] = set()
     for section in sections:
         if section.mid in mids:
             raise SdpError(f"duplicate mids: {section.mid!r}")
         mids.add(section.mid)
-    return SessionDescription(sections=sections, bundle=bundle)
+    return SessionDescription(sections=sections, bundle=bundle, extmap_allow_mixed=allow_mixed)
 
 
 def answer_codecs(answer: SessionDescription, mid: str) -> MediaSection:
@@ -437,6 +449,8 @@ class ReceivePolicy:
     feedback: Mapping[str, frozenset[str]]
     codec_rank: Callable[[str, Codec], int | None]
     send_extensions: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Extension URIs accepted only on m-lines whose codec is one of these (names upper-case); others: any codec.
+    codec_extensions: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # By msid track id (LiveKit's AddTrackRequest cid): the codec name the client chose for that track (e.g. VP9 for
     # an SVC camera). Offered and usable, it wins over the rank: LiveKit's SDKs leave the codec order of the offer
     # alone and expect the answer to pick the track's codec, as LiveKit's server does.
@@ -466,13 +480,16 @@ class OutgoingMedia:
     # Codecs offered after `codec` that the client may take instead (a track's backup codec, for a client that does
     # not decode its primary one), each with its RTX; empty once the client chose (`codec` is then its choice).
     alternatives: list[Codec] = field(default_factory=list)
+    # The client's m-line allows the two-byte header form (a=extmap-allow-mixed), as its offer said (a single PC).
+    extmap_allow_mixed: bool = False
 
 
-def _session_lines(session_id: int, version: int, mids: list[str]) -> list[str]:
+def _session_lines(session_id: int, version: int, mids: list[str], allow_mixed: bool = True) -> list[str]:
+    """The session level; `allow_mixed`: a=extmap-allow-mixed (an answer to an offer without it leaves it out)."""
     lines = ["v=0", f"o=- {session_id} {version} IN IP4 0.0.0.0", "s=-", "t=0 0"]
     if mids:
         lines.append("a=group:BUNDLE " + " ".join(mids))
-    return lines + ["a=ice-lite", "a=msid-semantic: WMS *"]
+    return lines + (["a=extmap-allow-mixed"] if allow_mixed else []) + ["a=ice-lite", "a=msid-semantic: WMS *"]
 
 
 def _transport_lines(local: LocalEndpoint, setup: str, mid: str) -> list[str]:
@@ -599,7 +616,8 @@ def _receive_lines(section: MediaSection, local: LocalEndpoint, primary: Codec,
     codec = Codec(primary.payload_type, primary.name, primary.clock_rate, primary.channels, fmtp,
                   [fb for fb in primary.rtcp_fb if fb.lower() in allowed_fb and not (red and fb.lower() == "nack")],
                   rtx.payload_type if rtx else None)
-    extmap = _accepted_extensions(section, policy)
+    extmap = {uri: ext_id for uri, ext_id in _accepted_extensions(section, policy).items()
+              if primary.name.upper() in policy.codec_extensions.get(uri, (primary.name.upper(),))}
     rids, simulcast_order = _accepted_rids(section) if video else ([], [])
 
     lines = [rtp_mline(section.kind, section.protocol, ([red] if red else []) + [codec] + ([rtx] if rtx else []))]
@@ -668,7 +686,8 @@ def build_answer(offer: SessionDescription, local: LocalEndpoint, session_id: in
         else:
             body += lines
             bundled.append(section.mid)
-    text = "\r\n".join(_session_lines(session_id, 2, bundled) + body) + "\r\n"
+    allow_mixed = offer.extmap_allow_mixed or any(section.extmap_allow_mixed for section in offer.sections)
+    text = "\r\n".join(_session_lines(session_id, 2, bundled, allow_mixed) + body) + "\r\n"
     return text, accepted
 
 

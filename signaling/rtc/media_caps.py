@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 from livekit.protocol import models
 
-from ..peer.sdp import (EXT_ABS_CAPTURE_TIME, EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_RID, EXT_RRID,
-                        EXT_TRANSPORT_CC, Codec, ReceivePolicy, with_params)
+from ..peer.sdp import (EXT_ABS_CAPTURE_TIME, EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_DEPENDENCY_DESCRIPTOR, EXT_MID,
+                        EXT_RID, EXT_RRID, EXT_TRANSPORT_CC, Codec, ReceivePolicy, with_params)
 
 if TYPE_CHECKING:
     from .publication import TrackPublication
@@ -18,8 +18,11 @@ if TYPE_CHECKING:
 # Audio keeps none (LiveKit's choice too); goog-remb stays for clients without transport-cc.
 _PUBLISHER_EXTENSIONS = {
     "audio": frozenset({EXT_MID, EXT_AUDIO_LEVEL, EXT_ABS_CAPTURE_TIME}),
-    "video": frozenset({EXT_MID, EXT_RID, EXT_RRID, EXT_ABS_CAPTURE_TIME, EXT_TRANSPORT_CC}),
+    "video": frozenset({EXT_MID, EXT_RID, EXT_RRID, EXT_ABS_CAPTURE_TIME, EXT_TRANSPORT_CC, EXT_DEPENDENCY_DESCRIPTOR}),
 }
+# The Dependency Descriptor only where the engine selects SVC layers by it: VP8 and H.264 are simulcast, whose
+# streams' descriptors (frame numbers, structures) a subscriber switching between them would see jump.
+_CODEC_EXTENSIONS = {EXT_DEPENDENCY_DESCRIPTOR: frozenset({"AV1", "VP9"})}
 _PUBLISHER_FEEDBACK = {
     "audio": frozenset({"nack"}),
     "video": frozenset({"nack", "nack pli", "ccm fir", "goog-remb", "transport-cc"}),
@@ -35,7 +38,7 @@ _PUBLISHER_FEEDBACK = {
 # then writes abs-send-time, the client's receive-side estimator answers with REMB, and that drives the estimate.
 SUBSCRIBER_EXTENSIONS = {
     "audio": {EXT_AUDIO_LEVEL: 1, EXT_TRANSPORT_CC: 3},
-    "video": {EXT_ABS_SEND_TIME: 2, EXT_TRANSPORT_CC: 3},
+    "video": {EXT_ABS_SEND_TIME: 2, EXT_TRANSPORT_CC: 3, EXT_DEPENDENCY_DESCRIPTOR: 4},
 }
 SUBSCRIBER_FEEDBACK = {"audio": ["nack", "transport-cc"], "video": ["nack", "nack pli", "ccm fir", "goog-remb", "transport-cc"]}
 # Extensions the engine writes itself on the subscriber's side: never forwarded from the publisher.
@@ -71,10 +74,12 @@ def codec_rank(kind: str, codec: Codec) -> int | None:
     return None
 
 
-PUBLISHER = ReceivePolicy(extensions=_PUBLISHER_EXTENSIONS, feedback=_PUBLISHER_FEEDBACK, codec_rank=codec_rank)
+PUBLISHER = ReceivePolicy(extensions=_PUBLISHER_EXTENSIONS, feedback=_PUBLISHER_FEEDBACK, codec_rank=codec_rank,
+                          codec_extensions=_CODEC_EXTENSIONS)
 # A single peer connection (LiveKit v1): the same, and on the client's recvonly m-lines what subscribers are offered
 # on a subscriber PC, under the client's ids.
 SINGLE_PC = ReceivePolicy(extensions=_PUBLISHER_EXTENSIONS, feedback=_PUBLISHER_FEEDBACK, codec_rank=codec_rank,
+                          codec_extensions=_CODEC_EXTENSIONS,
                           send_extensions={kind: frozenset(uris) for kind, uris in SUBSCRIBER_EXTENSIONS.items()})
 
 

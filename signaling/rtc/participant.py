@@ -418,7 +418,8 @@ class Participant:
                 else:
                     self.backup_codecs.stopped(publication, mid)
         if isinstance(self.subscriber, SinglePC):  # the answer sent subscriptions too: they start now
-            refused = self._start_downtracks({m.mid: m.extmap for m in self.subscriber.media if m.mid})
+            refused = self._start_downtracks({m.mid: (m.extmap, m.extmap_allow_mixed)
+                                              for m in self.subscriber.media if m.mid})
             self._end_unplaceable(self.subscriber.unplaceable)
             self._negotiate(self.subscriber.follow_up())
             if refused:
@@ -727,19 +728,21 @@ class Participant:
             self.renegotiate()  # the refused answer ended the offer: offer again (until MAX_SDP_REFUSALS)
             return
         self._end_unplaceable(self.subscriber.unplaceable)
-        refused = self._start_downtracks({s.mid: s.extmap for s in description.sections if s.port != 0})
+        refused = self._start_downtracks({s.mid: (s.extmap, s.extmap_allow_mixed)
+                                          for s in description.sections if s.port != 0})
         self._negotiate(follow_up)
         if refused:
             self.renegotiate()
 
-    def _start_downtracks(self, accepted: Mapping[str, dict[str, int]]) -> bool:
+    def _start_downtracks(self, accepted: Mapping[str, tuple[dict[str, int], bool]]) -> bool:
         """Starts the DownTracks of subscriptions whose m-lines the client now has, `accepted` by mid with their
-        header extensions (URI -> the client's id); True if the node refused one."""
+        header extensions (URI -> the client's id) and whether those may take the two-byte form; True if the node
+        refused one."""
         refused = False
         for subscription in list(self.subscriptions.values()):
-            extmap = accepted.get(subscription.media.mid)
-            if subscription.downtrack_id is None and extmap is not None:
-                subscription.extmap = extmap
+            negotiated = accepted.get(subscription.media.mid)
+            if subscription.downtrack_id is None and negotiated is not None:
+                subscription.extmap, subscription.extmap_allow_mixed = negotiated
                 backup.choose_source(subscription, self.services.counters)
                 refused |= not self.start_downtrack(subscription)
         return refused
@@ -753,9 +756,13 @@ class Participant:
         if source.receiver_id is None or negotiated is None or subscription.downtrack_id is not None:
             return True
         # Publisher extension id -> the id this subscriber negotiated for the same URI. transport-cc and
-        # abs-send-time are not forwarded: the engine writes its own under the ids the answer accepted.
+        # abs-send-time are not forwarded: the engine writes its own under the ids the answer accepted. Nor is the
+        # Dependency Descriptor to a client without the two-byte form: keyframes' would not fit, and libwebrtc
+        # drops the packets of a stream whose descriptors it cannot resolve without their structure.
+        mixed = subscription.extmap_allow_mixed
         extmap = {pub_id: negotiated[uri] for uri, pub_id in source.extmap.items()
-                  if uri in negotiated and uri not in media_caps.SUBSCRIBER_OWN_EXTENSIONS}
+                  if uri in negotiated and uri not in media_caps.SUBSCRIBER_OWN_EXTENSIONS
+                  and (mixed or uri != sdp.EXT_DEPENDENCY_DESCRIPTOR)}
         transport_cc_id = negotiated.get(sdp.EXT_TRANSPORT_CC, 0)
         abs_send_time_id = negotiated.get(sdp.EXT_ABS_SEND_TIME, 0)
         try:
@@ -765,6 +772,7 @@ class Participant:
                 transport_cc_id if 0 < transport_cc_id < 15 else 0,
                 abs_send_time_id if 0 < abs_send_time_id < 15 else 0,
                 red_payload_type=media.red_payload_type if media.red_payload_type is not None else -1,
+                extmap_allow_mixed=mixed,
             )
         except (RuntimeError, MemoryError) as error:
             self.services.counters["engine_downtracks_full"] += 1

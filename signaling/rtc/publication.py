@@ -249,3 +249,4 @@ class Subscription:
         # decodes only that; chosen when the subscriber's SDP says which codec it takes.
         self.source: ReceivedCodec = publication
         self.extmap: dict[str, int] | None = None  # the header extensions its m-line negotiated (URI -> id)
+        self.extmap_allow_mixed = False  # and whether they may take the two-byte form (a=extmap-allow-mixed)

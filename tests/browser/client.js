@@ -88,6 +88,7 @@
           totalAudioEnergy: stats.totalAudioEnergy || 0,
           freezeCount: stats.freezeCount || 0,
           totalFreezesDuration: stats.totalFreezesDuration || 0,
+          codec: (report.get(stats.codecId) || {}).mimeType || "",
         });
       });
     }
