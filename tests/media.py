@@ -6,6 +6,7 @@ import contextlib
 import fractions
 import threading
 import time
+from collections.abc import Callable
 
 import av
 import numpy as np
@@ -144,6 +145,22 @@ async def decoded_video(track: rtc.RemoteTrack, frames: int = 10, timeout: float
     finally:
         await stream.aclose()
     return received
+
+
+async def each_frame_for(track: rtc.RemoteTrack, seconds: float, handle: Callable[[rtc.VideoFrame], None]) -> None:
+    """Hands `handle` every frame the track decodes over `seconds` (none at all is an answer too)."""
+    stream = rtc.VideoStream(track)
+
+    async def read() -> None:
+        async for event in stream:
+            handle(event.frame)
+
+    try:
+        await asyncio.wait_for(read(), seconds)
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        await stream.aclose()
 
 
 async def decoded_audio(track: rtc.RemoteTrack, seconds: float = 1.0, timeout: float = 20) -> np.ndarray:

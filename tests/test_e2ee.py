@@ -8,8 +8,8 @@ import asyncio
 
 from livekit import rtc
 
-from media import TONE_HZ, Publisher, decoded_audio, decoded_video, dominant_frequency, matches_card, \
-    test_card as card_rgba, wait_for_tracks
+from media import (TONE_HZ, Publisher, decoded_audio, decoded_video, dominant_frequency, each_frame_for, matches_card,
+                   test_card as card_rgba, wait_for_tracks)
 
 ROOM = "e2ee-python"
 KEY = b"a shared passphrase"
@@ -22,24 +22,6 @@ async def _join(server, identity: str, key: bytes | None) -> rtc.Room:
     e2ee = rtc.E2EEOptions(key_provider_options=rtc.KeyProviderOptions(shared_key=key)) if key else None
     await room.connect(server.url, server.token(identity, ROOM), rtc.RoomOptions(e2ee=e2ee))
     return room
-
-
-async def _frames_within(track: rtc.RemoteTrack, seconds: float) -> list[rtc.VideoFrame]:
-    """Whatever the decoder makes of `seconds` of the track: ciphertext may decode to nothing at all."""
-    stream = rtc.VideoStream(track)
-    frames: list[rtc.VideoFrame] = []
-
-    async def read() -> None:
-        async for event in stream:
-            frames.append(event.frame)
-
-    try:
-        await asyncio.wait_for(read(), seconds)
-    except asyncio.TimeoutError:
-        pass
-    finally:
-        await stream.aclose()
-    return frames
 
 
 async def _camera(room: rtc.Room) -> asyncio.Task:
@@ -90,7 +72,9 @@ async def test_clients_with_the_shared_key_see_and_hear_each_other_and_others_ge
         theirs = await wait_for_tracks(outsider, 2)
         noise = await decoded_audio(theirs["audio"], seconds=0.5)
         assert abs(dominant_frequency(noise) - TONE_HZ) > 20
-        assert not any(matches_card(frame) for frame in await _frames_within(theirs["video"], 2))
+        cards: list[bool] = []   # ciphertext may decode to nothing at all
+        await each_frame_for(theirs["video"], 2, lambda frame: cards.append(matches_card(frame)))
+        assert not any(cards)
     finally:
         if capture is not None:
             capture.cancel()

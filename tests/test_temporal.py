@@ -18,7 +18,7 @@ from livekit import api, rtc
 
 from conftest import API_KEY, API_SECRET, free_port
 from engine.harness import DownTrackHarness
-from media import wait_for_tracks
+from media import each_frame_for, wait_for_tracks
 from netlab import HEIGHT, WIDTH, DetailedVideo
 from signaling.app import create_app
 from signaling.config import Config, RtcConfig
@@ -356,22 +356,9 @@ class InProcessServer:
 
 async def decoded_fps(track: rtc.RemoteTrack, seconds: float) -> tuple[float, int, int]:
     """Frames a subscriber decoded per second over `seconds`, and the last frame's size."""
-    stream = rtc.VideoStream(track)
-    frames, size = 0, (0, 0)
-
-    async def read() -> None:
-        nonlocal frames, size
-        async for event in stream:
-            frames += 1
-            size = (event.frame.width, event.frame.height)
-
-    try:
-        await asyncio.wait_for(read(), seconds)
-    except asyncio.TimeoutError:
-        pass
-    finally:
-        await stream.aclose()
-    return frames / seconds, *size
+    frames: list[tuple[int, int]] = []
+    await each_frame_for(track, seconds, lambda frame: frames.append((frame.width, frame.height)))
+    return len(frames) / seconds, *(frames[-1] if frames else (0, 0))
 
 
 async def inbound(track: rtc.RemoteTrack):
