@@ -374,6 +374,11 @@ def test_frame_numbers_continue_across_a_new_source_stream() -> None:
     assert [packet.frame for packet in sub.got if packet.start][12:] == list(range(112, 124))
     assert all(packet.rewritten for packet in sub.got[len(sub.got) - 24:])
     sub.assert_decodable()
+    # A retransmission (its descriptor not parsed again) gets the same number as the packet it repeats.
+    last = second.picture()[-1]
+    sent = sub.dt.push(last, 0, sub.now + 0.001)
+    again = sub.dt.resend(last, struct.unpack_from("!H", sent, 2)[0], sub.now + 0.002)
+    assert extension(again, SUB_DD_ID) == extension(sent, SUB_DD_ID) != extension(last, DD_ID)
 
 
 @settings(max_examples=200, deadline=None)
