@@ -6,7 +6,7 @@ from engine.packet cimport ExtPacket
 
 cdef enum:
     SEQMAP_SIZE = 1024        # output packets remembered for NACK (a power of two)
-    WRITE_GROWTH = 12         # downtrack_write may add this much to the input: rewrite_header's REWRITE_GROWTH (8,
+    WRITE_GROWTH = 20         # downtrack_write may add this much to the input: rewrite_header's REWRITE_GROWTH (16,
                               # rtp.pxd) + RTX OSN (2), rounded up
     MAX_TEMPORAL = 4          # temporal layer ids 0..3 (VP8's TID is two bits); a cap of MAX_TEMPORAL - 1 = all
     SEQ_RUNS = 32             # Munger offset changes remembered, so late packets map as their neighbours did (a
@@ -84,6 +84,13 @@ cdef struct DownTrack:
     uint16_t dd_newest        # the newest frame number decided
     bint dd_overshoot         # the target is above the caps: none within them is decodable before a keyframe
     DdVerdict dd_frames[256]  # DD_HISTORY, by frame number
+    # Dependency Descriptor rewriting (downtrack.pyx rewrite_dd)
+    bint dd_mask_narrowed     # the subscriber's decoder was told a mask narrower than the publisher's: the mask is
+                              # written on every packet until a structure passes with the publisher's own
+    uint16_t dd_frame_offset  # output frame number = input - this: 0 but after a switch to another source stream
+                              # (munger_anchor), so the numbers continue from the last frame sent
+    uint16_t dd_last_frame    # the newest output frame number sent
+    uint32_t dd_ssrc          # the publisher stream whose frame numbers are sent (a new one is a new numbering)
     # Munger (munger.pyx)
     bint started
     uint16_t seq_offset
@@ -136,6 +143,11 @@ cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil
 # Forwards the publisher's extension id `source` as the subscriber's `target` (0 = strip). Out-of-range ids are
 # ignored, and so are targets over 14 unless d.ext_mixed is set (the one-byte form cannot carry them).
 cdef void downtrack_map_extension(DownTrack *d, int source, int target) noexcept nogil
+# The subscriber's value of `p`'s Dependency Descriptor, written into `value` (room for its length + DD_GROWTH):
+# its frame number offset by d.dd_frame_offset and, while the decode target forwarded does not take every target the
+# publisher has active, the active decode targets mask of those it does take. Its length, or -1 when the
+# publisher's value goes out unchanged (every subscriber of the whole stream, at no cost).
+cdef int rewrite_dd(DownTrack *d, const ExtPacket *p, uint8_t *value) noexcept nogil
 # Writes the packet `p` as mapped by `e` (WRITE_MEDIA; or its RFC 4588 retransmission, WRITE_RTX; or a padding-only
 # packet with its number and timestamp, WRITE_PADDING) into `out`, which has room for p.h.header_length +
 # p.h.payload_length + WRITE_GROWTH bytes, with `transport_seq` in the transport-cc element when d.ext_transport_cc

@@ -1,12 +1,14 @@
 """DownTrack lifecycle and packet writing, media or RTX (see downtrack.pxd)."""
 from libc.stdlib cimport free
+from libc.stdint cimport int16_t
 from libc.string cimport memcpy, memset
 
+from engine.codecs.dd cimport DD_GROWTH, DD_MANDATORY, DdFrame, write_dd
 from engine.codecs.red cimport red_renumber
 from engine.codecs.vp8 cimport vp8_write_ids
 from engine.memory cimport aligned_calloc
 from engine.packet cimport DESC_RED, DESC_VP8
-from engine.rtp cimport abs_send_time, rewrite_header
+from engine.rtp cimport abs_send_time, find_extension, rewrite_header
 from engine.wire cimport store16, store32
 
 
@@ -52,10 +54,48 @@ cdef void downtrack_map_extension(DownTrack *d, int source, int target) noexcept
         d.ext_map[source] = <uint8_t>target
 
 
+cdef int rewrite_dd(DownTrack *d, const ExtPacket *p, uint8_t *value) noexcept nogil:
+    cdef const DdFrame *f = &p.dd
+    cdef const uint8_t *original = NULL
+    cdef int length = 0
+    cdef uint32_t mask
+    cdef uint16_t number
+    if p.r.ext_dd == 0 or d.ext_map[p.r.ext_dd] == 0:
+        return -1
+    if not p.has_dd:
+        # A retransmission (its descriptor is not parsed again: that would replay its structure and mask into the
+        # Receiver's) keeps its own mask, which the decoder's already narrower one outlives but for a packet that
+        # carried the publisher's; its frame number follows the offset.
+        if d.dd_frame_offset == 0 or not find_extension(p.buf, &p.h, p.r.ext_dd, &original, &length) \
+                or length < DD_MANDATORY:
+            return -1
+        memcpy(value, original, length)
+        number = <uint16_t>(((original[1] << 8) | original[2]) - d.dd_frame_offset)
+        value[1] = <uint8_t>(number >> 8)
+        value[2] = <uint8_t>(number & 0xFF)
+        return length
+    mask = f.active_decode_targets
+    if 0 <= d.dd_target < f.decode_targets:
+        mask &= f.dt_subsets[d.dd_target]
+    if mask != f.active_decode_targets:
+        d.dd_mask_narrowed = True
+    elif f.has_structure:
+        d.dd_mask_narrowed = False   # the structure resets the decoder's mask to the publisher's
+    number = <uint16_t>(f.frame_number - d.dd_frame_offset)
+    if <int16_t>(number - d.dd_last_frame) > 0 or d.dd_ssrc != p.h.ssrc:
+        d.dd_last_frame = number
+        d.dd_ssrc = p.h.ssrc
+    if not d.dd_mask_narrowed and d.dd_frame_offset == 0:
+        return -1
+    find_extension(p.buf, &p.h, p.r.ext_dd, &original, &length)  # it parsed, so it is there
+    return write_dd(original, f, number, d.dd_mask_narrowed, mask, value)
+
+
 cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e, int kind,
                          uint16_t transport_seq, int64_t now, uint8_t *out) noexcept nogil:
     cdef uint8_t own[4]       # our element's value, big-endian: transport-cc in 2 bytes, abs-send-time in 3
-    cdef int own_id = 0, own_size = 0, header
+    cdef uint8_t dd[255 + DD_GROWTH]
+    cdef int own_id = 0, own_size = 0, header, dd_size = -1
     cdef uint8_t *payload
     if d.ext_transport_cc:
         store16(own, transport_seq)
@@ -63,7 +103,10 @@ cdef int downtrack_write(DownTrack *d, const ExtPacket *p, const SeqMapEntry *e,
     elif d.ext_abs_send_time:
         store32(own, abs_send_time(now) << 8)
         own_id, own_size = d.ext_abs_send_time, 3
-    header = rewrite_header(p.buf, &p.h, d.ext_map, d.ext_mixed, own_id, own, own_size, out)
+    if kind != WRITE_PADDING:   # a padding packet's descriptor is not read (it has no payload)
+        dd_size = rewrite_dd(d, p, dd)
+    header = rewrite_header(p.buf, &p.h, d.ext_map, d.ext_mixed, own_id, own, own_size,
+                            p.r.ext_dd if dd_size > 0 else 0, dd, dd_size, out)
     store32(out + 4, e.out_ts)
     if kind == WRITE_PADDING:
         # RFC 3550 padding: one byte, counting itself. Receivers take it as a packet without payload (libwebrtc

@@ -4,19 +4,19 @@ no SRTP, no event loop; a stream's framer has its own class, engine/framer.pyx).
 A DownTrackHarness is one Receiver with one DownTrack (and, with `dd_id`, the Receiver's Dependency Descriptor). `push` hands it a packet as demux.pyx would (parsed into an
 ExtPacket by the same codec code) and runs it through the same calls as fanout.pyx: forwarder_accept, munger_map,
 downtrack_write. What comes out is exactly the RTP packet the subscriber would get, before SRTP."""
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t
 from libc.stdlib cimport free, malloc
 
 from engine.bwe cimport (Bwe, BwePacketResult, bwe_congested, bwe_estimate_bps, bwe_init, bwe_loss_fraction,
                          bwe_on_feedback, bwe_on_remb, bwe_on_sent, bwe_probe_result_bps, bwe_probe_start,
                          bwe_probe_status, bwe_state, bwe_take_change)
 from engine.codecs.describe cimport codec_id, describe_dd, describe_packet
-from engine.downtrack cimport (MAX_TEMPORAL, WRITE_GROWTH, WRITE_MEDIA, WRITE_PADDING, DownTrack, SeqMapEntry,
-                               downtrack_free, downtrack_lose_layer, downtrack_map_extension, downtrack_new,
-                               downtrack_write)
+from engine.downtrack cimport (MAX_TEMPORAL, WRITE_GROWTH, WRITE_MEDIA, WRITE_PADDING, WRITE_RTX, DownTrack,
+                               SeqMapEntry, downtrack_free, downtrack_lose_layer, downtrack_map_extension,
+                               downtrack_new, downtrack_write)
 from engine.forwarder cimport (FORWARD_DROP_TEMPORAL, FORWARD_PASS, FORWARD_SWITCHED, forwarder_accept,
                                forwarder_set_paused, forwarder_target)
-from engine.munger cimport DROP_PADDING, munger_drop, munger_map
+from engine.munger cimport DROP_PADDING, munger_drop, munger_map, munger_sent
 from engine.packet cimport ExtPacket, packet_set
 from engine.receiver cimport MAX_LAYERS, Receiver, receiver_free, receiver_new
 from engine.rtp cimport parse_rtp
@@ -171,6 +171,21 @@ cdef class DownTrackHarness:
             self.d.packets += 1
         out = bytearray(p.h.header_length + p.h.payload_length + WRITE_GROWTH)
         length = downtrack_write(self.d, &p, e, kind, 0, p.arrival_us, out)
+        return bytes(out[:length])
+
+
+    def resend(self, bytes packet, int out_seq, double now) -> bytes | None:
+        """The retransmission of `packet` (as the publisher sent it) that a NACK of `out_seq` gets, as feedback.pyx
+        writes it (its descriptor not parsed again); None when the seq map no longer knows `out_seq`."""
+        cdef ExtPacket p
+        cdef const SeqMapEntry *e = munger_sent(self.d, <uint16_t>out_seq)
+        cdef int length
+        if e == NULL or parse_rtp(packet, len(packet), &p.h) < 0:
+            return None
+        packet_set(&p, packet, len(packet), self.r, e.layer, <int64_t>(now * 1000000))
+        describe_packet(&p, self.r.codec, self.r.is_video)
+        out = bytearray(p.h.header_length + p.h.payload_length + WRITE_GROWTH)
+        length = downtrack_write(self.d, &p, e, WRITE_RTX if self.d.rtx_ssrc else WRITE_MEDIA, 0, p.arrival_us, out)
         return bytes(out[:length])
 
 

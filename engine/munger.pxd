@@ -9,7 +9,8 @@ from engine.packet cimport ExtPacket
 from engine.receiver cimport Layer
 
 # At a switch to `p`'s layer: offsets so `p` follows right after the last packet sent, its timestamp advanced by the
-# wall time since then (at least one tick). Before the first packet, the publisher's numbering is kept (offsets 0).
+# wall time since then (at least one tick), and its Dependency Descriptor frame number after the last one sent when it
+# comes from another publisher stream. Before the first packet, the publisher's numbering is kept (offsets 0).
 cdef void munger_anchor(DownTrack *d, const ExtPacket *p, uint32_t clock_rate, int64_t now) noexcept nogil
 # The accepted packet's output numbering, remembered for NACKs. NULL when it is dropped instead: padding-only packets
 # newer than any before (absorbed, as munger_drop), and late input older than the offset history kept.

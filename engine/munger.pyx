@@ -65,6 +65,10 @@ cdef void munger_anchor(DownTrack *d, const ExtPacket *p, uint32_t clock_rate, i
                 d.pid_offset = (vp8.picture_id - (d.last_out_pid + 1)) & 0x7FFF
             if vp8.tl0picidx >= 0 and d.last_out_tl0 >= 0:
                 d.tl0_offset = (vp8.tl0picidx - (d.last_out_tl0 + 1)) & 0xFF
+        if p.has_dd and p.h.ssrc != d.dd_ssrc:
+            # Another stream numbers its frames on its own: continue from the last frame sent. Within a stream the
+            # publisher's numbers stay (references are differences of them; gaps are legal).
+            d.dd_frame_offset = <uint16_t>(p.dd.frame_number - <uint16_t>(d.dd_last_frame + 1))
     runs_reset(d, p.h.sequence)
     d.highest_in = <uint16_t>(p.h.sequence - 1)
     d.last_dropped_pid = -1

@@ -6,9 +6,12 @@ cdef enum:
     EXT_ONE_BYTE = 0xBEDE
     EXT_TWO_BYTE = 0x1000     # 0x100X: the low 4 bits are appbits
     EXTRA_MAX = 3             # bytes of rewrite_header's own element
-    REWRITE_GROWTH = 8        # rewrite_header's output is at most this longer than its input header: a new block
-                              # header and our element with its id byte (one-byte form), or our element with its id
-                              # and length bytes and padding (two-byte form)
+    REPLACE_GROWTH = 5        # a replacement element's value may be this much longer than the one it replaces (a
+                              # Dependency Descriptor that gains its active decode targets mask: dd.pxd DD_GROWTH)
+    REWRITE_GROWTH = 16       # rewrite_header's output is at most this longer than its input header (a multiple of
+                              # 4): a new block header and our element with its id byte, or the replacement's growth,
+                              # our element and padding (one-byte form); in the two-byte form, elements that would
+                              # pass it are dropped
     ABS_SEND_TIME_WRAP_US = 64000000  # abs-send-time wraps after 2^24 units of 2^-18 s
 
 cdef struct RtpHeader:
@@ -42,11 +45,15 @@ cdef int find_extension(const uint8_t *buf, const RtpHeader *h, int ext_id, cons
 # `mixed` (the subscriber negotiated a=extmap-allow-mixed) the packet's block takes the two-byte form, as libwebrtc's
 # sender does per packet, keeping the input's appbits; without it, the elements that do not fit are dropped. The
 # two-byte form spends a byte more per element, so elements that would push the header past the room are dropped
-# (only a one-byte input renumbered to ids over 14 can get there).
+# (only a one-byte input renumbered to ids over 14, or switched to the two-byte form, can get there). When
+# `replace_id` is non-zero, the element of that (input) id gets the `replace_size` (1..255, at most REPLACE_GROWTH
+# more than its own) bytes at `replace` as its value: a Dependency Descriptor rewritten for the subscriber, which may
+# need the two-byte form.
 # Returns the bytes written (the new header length); the caller appends the h.payload_length payload bytes, so the
 # P bit is cleared (padding is not carried over). `h` must come from parse_rtp on the same `buf`.
 cdef int rewrite_header(const uint8_t *buf, const RtpHeader *h, const uint8_t *id_map, bint mixed, int extra_id,
-                        const uint8_t *extra, int extra_size, uint8_t *out) noexcept nogil
+                        const uint8_t *extra, int extra_size, int replace_id, const uint8_t *replace,
+                        int replace_size, uint8_t *out) noexcept nogil
 
 # abs-send-time (http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time): 24 bits of seconds in 6.18 fixed
 # point, wrapping every 64 s. Only differences between packets matter to the receiver's estimator, so any clock

@@ -128,18 +128,37 @@ cdef int find_extension(const uint8_t *buf, const RtpHeader *h, int ext_id, cons
     return 0
 
 
+cdef struct Replacement:
+    int id                    # input id whose value is replaced, 0 = none
+    const uint8_t *value
+    int size
+
+
+cdef inline const uint8_t *_value(const uint8_t *block, int pos, int elem_id, int *size,
+                                  const Replacement *r) noexcept nogil:
+    # The element's value as written out: its own, or the replacement (whose size then replaces *size).
+    if elem_id == r.id:
+        size[0] = r.size
+        return r.value
+    return block + pos
+
+
 cdef inline int _one_byte_elements(const uint8_t *block, int n, int form, const uint8_t *id_map, bint mixed,
-                                   uint8_t *out) noexcept nogil:
+                                   const Replacement *r, uint8_t *out) noexcept nogil:
     # Writes the kept elements of the block in the one-byte form; the bytes written, or -1 when `mixed` and one does
-    # not fit that form (the packet then takes the two-byte form). Output elements are never longer than input ones.
-    cdef int pos = 0, elem_id = 0, size = 0, new_id, w = 0
+    # not fit that form (the packet then takes the two-byte form). Output elements are never longer than input ones,
+    # but for the replacement.
+    cdef int pos = 0, elem_id = 0, size = 0, new_id, w = 0, out_size
+    cdef const uint8_t *value
     while _next_element(block, n, form == 2, &pos, &elem_id, &size):
         new_id = id_map[elem_id]
         if new_id != 0:
-            if new_id <= 14 and 1 <= size <= 16:
-                out[w] = <uint8_t>((new_id << 4) | (size - 1))
-                memcpy(out + w + 1, block + pos, size)
-                w += 1 + size
+            out_size = size
+            value = _value(block, pos, elem_id, &out_size, r)
+            if new_id <= 14 and 1 <= out_size <= 16:
+                out[w] = <uint8_t>((new_id << 4) | (out_size - 1))
+                memcpy(out + w + 1, value, out_size)
+                w += 1 + out_size
             elif mixed:
                 return -1
         pos += size
@@ -147,38 +166,46 @@ cdef inline int _one_byte_elements(const uint8_t *block, int n, int form, const 
 
 
 cdef inline int _two_byte_elements(const uint8_t *block, int n, int form, const uint8_t *id_map, int room,
-                                   uint8_t *out) noexcept nogil:
+                                   const Replacement *r, uint8_t *out) noexcept nogil:
     # The same in the two-byte form, in at most `room` bytes: an element that would overrun it is dropped.
-    cdef int pos = 0, elem_id = 0, size = 0, new_id, w = 0
+    cdef int pos = 0, elem_id = 0, size = 0, new_id, w = 0, out_size
+    cdef const uint8_t *value
     while _next_element(block, n, form == 2, &pos, &elem_id, &size):
         new_id = id_map[elem_id]
-        if new_id != 0 and 2 + size <= room - w:
+        out_size = size
+        value = _value(block, pos, elem_id, &out_size, r)
+        if new_id != 0 and 2 + out_size <= room - w:
             out[w] = <uint8_t>new_id
-            out[w + 1] = <uint8_t>size
-            memcpy(out + w + 2, block + pos, size)
-            w += 2 + size
+            out[w + 1] = <uint8_t>out_size
+            memcpy(out + w + 2, value, out_size)
+            w += 2 + out_size
         pos += size
     return w
 
 
 cdef int rewrite_header(const uint8_t *buf, const RtpHeader *h, const uint8_t *id_map, bint mixed, int extra_id,
-                        const uint8_t *extra, int extra_size, uint8_t *out) noexcept nogil:
+                        const uint8_t *extra, int extra_size, int replace_id, const uint8_t *replace,
+                        int replace_size, uint8_t *out) noexcept nogil:
     cdef int fixed = FIXED_HEADER + 4 * (buf[0] & 0x0F)
     cdef int form = _form(h)
     cdef bint own = 0 < extra_id <= 14 and 1 <= extra_size <= EXTRA_MAX
     cdef int w = 0
     cdef uint16_t profile = EXT_ONE_BYTE
     cdef uint8_t *elements = out + fixed + 4
+    cdef Replacement r
+    r.id = replace_id if replace != NULL and 1 <= replace_size <= 255 else 0
+    r.value = replace
+    r.size = replace_size
     memcpy(out, buf, fixed)
     # The caller appends h.payload_length bytes, i.e. without the padding: clear P along with X.
     out[0] &= 0xCF
     if form != 0:
-        w = _one_byte_elements(buf + h.ext_offset, h.ext_length, form, id_map, mixed, elements)
+        w = _one_byte_elements(buf + h.ext_offset, h.ext_length, form, id_map, mixed, &r, elements)
     if w < 0:
         # Only with an input block, so the room is its elements' bytes plus REWRITE_GROWTH (our element's is kept).
         profile = h.ext_profile if form == 2 else EXT_TWO_BYTE
         w = _two_byte_elements(buf + h.ext_offset, h.ext_length, form, id_map,
-                               h.ext_length + REWRITE_GROWTH - (2 + extra_size if own else 0), elements)
+                               h.ext_length + REWRITE_GROWTH - (2 + extra_size if own else 0), &r, elements)
         if own:
             elements[w] = <uint8_t>extra_id
             elements[w + 1] = <uint8_t>extra_size
@@ -225,15 +252,18 @@ def extension(bytes data, int ext_id) -> bytes | None:
 GUARD = bytes(range(0xA0, 0xC0))
 
 
-def rewrite(bytes data, dict id_map, int extra_id=0, bytes extra=b"", bint mixed=False) -> bytes:
+def rewrite(bytes data, dict id_map, int extra_id=0, bytes extra=b"", bint mixed=False, int replace_id=0,
+            bytes replace=b"") -> bytes:
     """`data` with its header extensions renumbered by `id_map` (incoming id -> outgoing id, 0 or absent = drop),
     plus an element `extra_id` (1..14, 0 = none) holding `extra` (1..3 bytes), and its padding removed; `mixed`: the
-    two-byte form may be used (a=extmap-allow-mixed). Raises ValueError when `data` is not valid RTP, an id is
-    outside 0..255 or `extra` has no room."""
+    two-byte form may be used (a=extmap-allow-mixed); element `replace_id` (input id, 0 = none) holds `replace`
+    instead of its value. Raises ValueError when `data` is not valid RTP, an id is outside 0..255, `extra` has no
+    room, or `replace` is longer than that element's value by more than REPLACE_GROWTH."""
     cdef RtpHeader h
     cdef uint8_t ids[256]
     cdef const uint8_t *buf = data
     cdef const uint8_t *extra_bytes = extra
+    cdef const uint8_t *replace_bytes = replace
     cdef int written
     if extra_id and not 1 <= len(extra) <= EXTRA_MAX:
         raise ValueError(f"the extra element holds 1 to {EXTRA_MAX} bytes")
@@ -244,9 +274,14 @@ def rewrite(bytes data, dict id_map, int extra_id=0, bytes extra=b"", bint mixed
         ids[incoming] = outgoing
     if parse_rtp(buf, len(data), &h) != 0:
         raise ValueError("not a valid RTP packet")
+    if replace_id:
+        own = extension(data, replace_id)
+        if not 1 <= len(replace) <= min(255, len(own or b"") + REPLACE_GROWTH):
+            raise ValueError(f"the replacement may grow its element by {REPLACE_GROWTH} bytes")
     room = h.header_length + REWRITE_GROWTH
     out = bytearray(room) + GUARD  # the guard bytes catch a write past the room the contract promises
-    written = rewrite_header(buf, &h, ids, mixed, extra_id, extra_bytes, len(extra), out)
+    written = rewrite_header(buf, &h, ids, mixed, extra_id, extra_bytes, len(extra), replace_id, replace_bytes,
+                             len(replace), out)
     if out[room:] != GUARD or not 0 < written <= room:
         raise RuntimeError(f"rewrite_header wrote past its room of {room} bytes")
     return bytes(out[:written]) + data[h.header_length:h.header_length + h.payload_length]

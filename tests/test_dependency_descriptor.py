@@ -1,13 +1,17 @@
-"""The Dependency Descriptor parser (engine/codecs/dd.pyx): random and truncated input never crashes and never
-changes the stream's state; descriptors written here (independently, from the AV1 RTP specification's appendix A)
-read back field for field, with and without the template structure, custom DTIs, fdiffs and chains."""
+"""The Dependency Descriptor parser and writer (engine/codecs/dd.pyx): random and truncated input never crashes and
+never changes the stream's state; descriptors written here (independently, from the AV1 RTP specification's appendix
+A) read back field for field, with and without the template structure, custom DTIs, fdiffs and chains; the active
+decode targets mask stands until the next one; what write_dd rewrites (frame number, mask) reads back with every
+other field as it was; each decode target's subsets (what its subscriber is told is active) follow the DTIs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from engine.codecs.dd import DependencyDescriptorReader
+
+DD_GROWTH = 5   # dd.pxd: write_dd adds at most the extended fields' flags and a 32-target mask
 
 
 class BitWriter:
@@ -151,7 +155,8 @@ def write(s: Structure, f: Frame) -> bytes:
     return w.data()
 
 
-def expect(s: Structure, f: Frame, read: dict | str) -> None:
+def expect(s: Structure, f: Frame, read: dict | str, active: int | None = None) -> None:
+    """`read` is `f` of `s`; `active`: the mask in force before it (None: all targets)."""
     t = s.templates[f.index]
     assert isinstance(read, dict), read
     assert read["frame_number"] == f.number and (read["start_of_frame"], read["end_of_frame"]) == (f.start, f.end)
@@ -159,8 +164,11 @@ def expect(s: Structure, f: Frame, read: dict | str) -> None:
     assert read["dtis"] == (f.dtis if f.dtis is not None else t.dtis)
     assert read["fdiffs"] == (f.fdiffs if f.fdiffs is not None else t.fdiffs)
     assert read["chain_fdiffs"] == (f.chains if f.chains is not None else t.chains)
-    all_targets = (1 << s.decode_targets) - 1
-    assert read["active_decode_targets"] == (f.active if f.active is not None else all_targets)
+    if f.active is not None:
+        active = f.active
+    elif f.attach or active is None:
+        active = (1 << s.decode_targets) - 1   # a structure makes every target active
+    assert read["active_decode_targets"] == active
 
 
 @st.composite
@@ -186,8 +194,11 @@ def streams(draw) -> tuple[Structure, list[Frame]]:
 def test_written_descriptors_read_back(stream: tuple[Structure, list[Frame]]) -> None:
     s, frames = stream
     reader = DependencyDescriptorReader()
+    active = None
     for f in frames:
-        expect(s, f, reader.read(write(s, f)))
+        read = reader.read(write(s, f))
+        expect(s, f, read, active)
+        active = read["active_decode_targets"]
     info = reader.structure_info
     assert info["structure_id"] == s.offset and info["decode_targets"] == s.decode_targets
     assert info["templates"] == len(s.templates) and info["chains"] == s.chain_count
@@ -239,3 +250,58 @@ def test_l3t3_full_structure_reads_its_layers() -> None:
     expect(s, Frame(0, 100, attach=True), reader.read(write(s, Frame(0, 100, attach=True))))
     expect(s, Frame(8, 101), reader.read(write(s, Frame(8, 101))))
     assert reader.structure_info["max_temporal_id"] == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(streams(), st.data())
+def test_rewritten_descriptors_read_back_with_the_new_number_and_mask(stream: tuple[Structure, list[Frame]],
+                                                                       data) -> None:
+    """write_dd: each frame written back with another frame number and, or not, another mask reads as the original
+    but for those two; it is never more than DD_GROWTH bytes longer."""
+    s, frames = stream
+    assume(len(write(s, frames[0])) <= 255)   # a structure an extension element holds
+    reader, rewritten = DependencyDescriptorReader(), DependencyDescriptorReader()
+    for f in frames:
+        value = write(s, f)
+        original = reader.read(value)
+        if len(value) > 255:
+            continue   # more than an extension element holds: it never reaches write_dd
+        number = data.draw(st.integers(0, 65535))
+        mask = data.draw(st.none() | st.integers(0, (1 << s.decode_targets) - 1))
+        out = rewritten.rewrite(value, number, mask)
+        assert isinstance(out, bytes) and len(out) <= len(value) + DD_GROWTH
+        read = DependencyDescriptorReader()
+        read.read(write(s, frames[0]))   # a subscriber that has the structure
+        again = read.read(out)
+        expected = dict(original, frame_number=number)
+        if mask is not None:
+            expected["active_decode_targets"] = mask
+        elif not f.attach and f.active is None:
+            expected["active_decode_targets"] = again["active_decode_targets"]   # whatever it held before
+        assert again == expected
+
+
+def test_a_mask_is_added_to_a_descriptor_of_the_mandatory_fields_only() -> None:
+    s = Structure(3, 4, [Template(0, 0, [3, 3, 3, 3], [], [])], [], [])
+    reader = DependencyDescriptorReader()
+    reader.read(write(s, Frame(0, 1, attach=True)))
+    out = reader.rewrite(write(s, Frame(0, 2)), 9, 0b0101)
+    assert len(out) == 5 and out[3] == 0x40 | 0b0101 >> 1 and out[4] >> 7 == 1   # flags 01000, mask 0101
+    read = DependencyDescriptorReader()
+    read.read(write(s, Frame(0, 1, attach=True)))
+    assert read.read(out)["active_decode_targets"] == 0b0101 and read.read(write(s, Frame(0, 3))) \
+        ["active_decode_targets"] == 0b0101   # it stands for the next frames
+
+
+def test_decode_target_subsets_follow_the_dtis() -> None:
+    """A target's subsets: the targets whose frames are all among its own (present in no template it lacks)."""
+    # L2T2 full SVC: targets S0T0, S0T1, S1T0, S1T1; template (s, t) serves the targets at or above it in both ids
+    full = [Template(sp, tp, [int(ds >= sp and dt >= tp) * 3 for ds in range(2) for dt in range(2)], [], [])
+            for sp in range(2) for tp in range(2)]
+    reader = DependencyDescriptorReader()
+    read = reader.read(write(Structure(0, 4, full, [], []), Frame(0, 1, attach=True)))
+    assert read["decode_target_subsets"] == [0b0001, 0b0011, 0b0101, 0b1111]
+    # L2T1_KEY: the keyframe's S0 serves both targets, S0 and S1 deltas only their own
+    key = [Template(0, 0, [3, 3], [], []), Template(0, 0, [3, 0], [1], []), Template(1, 0, [0, 3], [1], [])]
+    read = reader.read(write(Structure(0, 2, key, [], []), Frame(0, 2, attach=True)))
+    assert read["decode_target_subsets"] == [0b01, 0b10]

@@ -12,7 +12,7 @@ from test_rtp_parsers import ONE_BYTE, TWO_BYTE, check_consistent, rtp_packet
 from engine import rtp
 from engine.harness import DownTrackHarness
 
-REWRITE_GROWTH = 8   # rtp.pxd: the rewritten header is at most this much longer than the input's
+REWRITE_GROWTH = 16  # rtp.pxd: the rewritten header is at most this much longer than the input's
 DD = bytes(range(0x40, 0x40 + 30))  # a 30-byte element: a Dependency Descriptor with its structure, say
 
 
@@ -60,11 +60,11 @@ def test_one_byte_input_renumbered_over_14_takes_the_two_byte_form():
 
 
 def test_growth_into_the_two_byte_form_is_bounded():
-    # Eight one-byte elements of one byte packed into 16 bytes: in the two-byte form each needs a byte more, which
+    # Fourteen one-byte elements of one byte packed into 28 bytes: in the two-byte form each needs a byte more, which
     # would take the header past its room, so the last ones are dropped instead of written out of bounds.
-    ext = b"".join(bytes([(i << 4), i]) for i in range(1, 9))
+    ext = b"".join(bytes([(i << 4), i]) for i in range(1, 15))
     data = rtp_packet(profile=ONE_BYTE, ext=ext, payload=b"media")
-    out = rtp.rewrite(data, {i: 100 + i for i in range(1, 9)}, extra_id=1, extra=b"\xff\xff", mixed=True)
+    out = rtp.rewrite(data, {i: 100 + i for i in range(1, 15)}, extra_id=1, extra=b"\xff\xff", mixed=True)
     profile, elements = block_of(out)
     assert profile == TWO_BYTE and elements[-1] == (1, b"\xff\xff")
     assert elements[:-1] == [(100 + i, bytes([i])) for i in range(1, len(elements))]
@@ -147,3 +147,23 @@ def test_garbage_and_truncated_blocks_never_break_the_rewrite(block, profile, id
         out_profile, elements = block_of(out)
         assert out_profile in (0, ONE_BYTE, TWO_BYTE, profile)
         assert len(elements) <= (len(block) + 3) // 4 * 2 + 1  # an element takes 2 bytes at least (the padding's too)
+
+
+@settings(max_examples=400)
+@given(extensions=extensions.filter(bool), id_map=id_maps, extra=extras, mixed=st.booleans(), which=st.integers(0, 7),
+       growth=st.integers(-3, 5), fill=st.integers(0, 255))
+def test_a_replaced_element_is_written_in_the_form_it_needs(extensions, id_map, extra, mixed, which, growth, fill):
+    """A subscriber's own value for one element (a rewritten Dependency Descriptor, up to 5 bytes longer): written
+    in place of the publisher's, in the two-byte form when it outgrows the one-byte form and the subscriber allows
+    it, never past the room."""
+    replace_id, value = extensions[which % len(extensions)]
+    replacement = bytes([fill]) * max(1, min(255, len(value) + growth))
+    profile, block = pack_header_extensions(extensions)
+    data = rtp_packet(profile=profile, ext=block + bytes(-len(block) % 4), payload=b"media")
+    extra_id, extra_bytes = extra or (0, b"")
+    if rtp.extension(data, replace_id) != value:
+        return   # an earlier element of that id: the replacement must fit the first one's value
+    out = rtp.rewrite(data, id_map, extra_id, extra_bytes, mixed, replace_id, replacement)
+    replaced = [(i, replacement if i == replace_id else v) for i, v in extensions]
+    assert block_of(out) == expected(replaced, -(-len(block) // 4) * 4, id_map, extra, mixed)
+    assert out.endswith(b"media")

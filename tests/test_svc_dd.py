@@ -16,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 
 from engine.codecs.dd import DependencyDescriptorReader
 from engine.harness import DownTrackHarness
+from engine.rtp import extension
 from signaling.peer.sdp import EXT_DEPENDENCY_DESCRIPTOR
 from test_dependency_descriptor import Frame, Structure, Template, write
 from test_engine import DOWN_RTX_SSRC, DOWN_SSRC, SUB_RTX_PT, setup  # noqa: F401 (setup: the engine fixture)
@@ -30,6 +31,18 @@ STRUCTURE = Structure(offset=7, decode_targets=9,
                       templates=[Template(s, t, [int(ds >= s and dt >= t) for ds in range(3) for dt in range(3)], [],
                                           [0, 0, 0]) for s in range(3) for t in range(3)],
                       protected_by=[0, 0, 0, 1, 1, 1, 2, 2, 2], resolutions=[(320, 180), (640, 360), (1280, 720)])
+# L3T3_KEY as libwebrtc describes it: per spatial layer a keyframe template (serving its own and the upper layers'
+# targets: they predict from it) and delta templates T0, T1, T2 serving only that layer's targets.
+KEY_STRUCTURE = Structure(offset=7, decode_targets=9,
+                          templates=[Template(s, t, [int(ds >= s if key else ds == s and dt >= t)
+                                                     for ds in range(3) for dt in range(3)], [], [0, 0, 0])
+                                     for s in range(3) for key, t in ((True, 0), (False, 0), (False, 1), (False, 2))],
+                          protected_by=STRUCTURE.protected_by, resolutions=STRUCTURE.resolutions)
+
+
+def targets(*layers: tuple[int, int]) -> int:
+    """The mask of decode targets (spatial, temporal)."""
+    return sum(1 << (3 * spatial + temporal) for spatial, temporal in layers)
 
 
 def two_byte_extension(ext_id: int, value: bytes) -> bytes:
@@ -40,18 +53,22 @@ def two_byte_extension(ext_id: int, value: bytes) -> bytes:
 
 class DdPublisher:
     """An AV1 encoder of three spatial and three temporal layers. Full SVC (L3T3): upper spatial frames reference
-    the layer below in every picture; `key_svc` (L3T3_KEY): only in keyframes. T0 frames form the chains (chain c:
-    the T0 frames of spatial layers up to c; with `key_svc`, of layer c alone after the keyframe)."""
+    the layer below in every picture; `key_svc` (L3T3_KEY, KEY_STRUCTURE): only in keyframes. T0 frames form the
+    chains (chain c: the T0 frames of spatial layers up to c; with `key_svc`, of layer c alone after the keyframe).
+    `ssrc`: its RTP stream."""
 
-    def __init__(self, key_svc: bool = False, packets: int = 2, seq: int = 65530, frame: int = 65530) -> None:
-        self.key_svc, self.packets, self.seq, self.frame = key_svc, packets, seq, frame
+    def __init__(self, key_svc: bool = False, packets: int = 2, seq: int = 65530, frame: int = 65530,
+                 ssrc: int = SSRC) -> None:
+        self.key_svc, self.packets, self.seq, self.frame, self.ssrc = key_svc, packets, seq, frame, ssrc
+        self.structure = KEY_STRUCTURE if key_svc else STRUCTURE
         self.ts, self.index = 0, 0
         self.last: dict[tuple[int, int], int] = {}     # (spatial, temporal) -> its latest frame number
         self.chain_last: list[int | None] = [None] * 3
         self.frames: dict[int, list[int]] = {}         # frame number -> frame numbers it references
 
-    def picture(self, keyframe: bool = False, lose: tuple[int, ...] = ()) -> list[bytes]:
-        """A temporal unit's packets, S0 first; the frames of spatial ids in `lose` are left out (lost upstream)."""
+    def picture(self, keyframe: bool = False, lose: tuple[int, ...] = (), active: int | None = None) -> list[bytes]:
+        """A temporal unit's packets, S0 first; the frames of spatial ids in `lose` are left out (lost upstream);
+        `active`: an active decode targets mask on its first packet."""
         if keyframe:
             self.index, self.last, self.chain_last = 0, {}, [None] * 3
         t = L1T3[self.index % 4]
@@ -78,14 +95,16 @@ class DdPublisher:
             if s in lose:
                 self.seq += self.packets
                 continue
+            index = 4 * s + (0 if keyframe else 1 + t) if self.key_svc else 3 * s + t
             for i in range(self.packets):
-                dd = write(STRUCTURE, Frame(3 * s + t, number, start=i == 0, end=i == self.packets - 1,
-                                            attach=keyframe and s == 0 and i == 0, dtis=dtis, fdiffs=fdiffs,
-                                            chains=chains))
+                dd = write(self.structure, Frame(index, number, start=i == 0, end=i == self.packets - 1,
+                                                 attach=keyframe and s == 0 and i == 0,
+                                                 active=active if s == 0 and i == 0 else None, dtis=dtis,
+                                                 fdiffs=fdiffs, chains=chains))
                 aggregation = 0x08 if keyframe and s == 0 and i == 0 else 0   # N: a new coded video sequence
                 last = s == 2 and i == self.packets - 1
                 packets.append(struct.pack("!BBHII", 0x90, (0x80 if last else 0) | PT, self.seq & 0xFFFF, self.ts,
-                                           SSRC) + two_byte_extension(DD_ID, dd) + bytes([aggregation, s, t, i]))
+                                           self.ssrc) + two_byte_extension(DD_ID, dd) + bytes([aggregation, s, t, i]))
                 self.seq += 1
         return packets
 
@@ -106,6 +125,8 @@ class Out:
     start: bool
     end: bool
     fdiffs: list[int]
+    active: int                  # the active decode targets mask the subscriber's decoder holds
+    rewritten: bool              # its descriptor is not the publisher's bytes
 
 
 class Subscriber:
@@ -118,16 +139,16 @@ class Subscriber:
         self.got: list[Out] = []
         self.now = 0.0
 
-    def send(self, publisher: DdPublisher, pictures: int = 1, keyframe: bool = False, lose: tuple[int, ...] = ()):
+    def send(self, publisher: DdPublisher, pictures: int = 1, keyframe: bool = False, lose: tuple[int, ...] = (),
+             active: int | None = None):
         for n in range(pictures):
-            for packet in publisher.picture(keyframe and n == 0, lose):
+            for packet in publisher.picture(keyframe and n == 0, lose, active if n == 0 else None):
                 self.now += 0.001
                 data = self.dt.push(packet, 0, self.now)
                 if data is not None:
-                    self.got.append(self.parse(data))
+                    self.got.append(self.parse(data, extension(packet, DD_ID)))
 
-    def parse(self, data: bytes) -> Out:
-        from engine.rtp import extension
+    def parse(self, data: bytes, original: bytes) -> Out:
         value = extension(data, SUB_DD_ID)
         assert value is not None, data
         d = self.reader.read(value)
@@ -135,7 +156,8 @@ class Subscriber:
         payload = data[-4:]
         assert (payload[1], payload[2]) == (d["spatial_id"], d["temporal_id"])   # the frame's own data
         return Out(struct.unpack_from("!H", data, 2)[0], bool(data[1] & 0x80), d["spatial_id"], d["temporal_id"],
-                   d["frame_number"], d["start_of_frame"], d["end_of_frame"], d["fdiffs"])
+                   d["frame_number"], d["start_of_frame"], d["end_of_frame"], d["fdiffs"],
+                   d["active_decode_targets"], value != original)
 
     def units(self) -> list[tuple[int, tuple[int, ...]]]:
         """(temporal id, spatial ids forwarded) per temporal unit, in order."""
@@ -266,6 +288,97 @@ def test_without_a_structure_nothing_is_selected_until_the_keyframe() -> None:
     sub.send(publisher, 4, keyframe=True)
     assert sub.units() == [(t, (0,)) for t in L1T3]
     sub.assert_decodable()
+
+
+def test_each_subscriber_is_told_the_decode_targets_it_gets() -> None:
+    """The active decode targets mask a subscriber's decoder reads: the targets whose frames all reach it (in L3T3
+    those at or below its target in both ids), on every packet; a subscriber of everything gets the publisher's
+    descriptors byte for byte."""
+    cases = {(0, ALL): targets((0, 0), (0, 1), (0, 2)),
+             (1, ALL): targets(*((s, t) for s in range(2) for t in range(3))),
+             (1, 1): targets((0, 0), (0, 1), (1, 0), (1, 1)),
+             (2, 0): targets((0, 0), (1, 0), (2, 0))}
+    for (spatial, temporal), mask in cases.items():
+        publisher, sub = DdPublisher(), Subscriber(spatial, temporal)
+        sub.send(publisher, keyframe=True)
+        sub.send(publisher, 7)
+        assert {packet.active for packet in sub.got} == {mask} and all(packet.rewritten for packet in sub.got)
+        sub.assert_decodable()
+    publisher, sub = DdPublisher(), Subscriber()
+    sub.send(publisher, keyframe=True)
+    sub.send(publisher, 7)
+    assert {packet.active for packet in sub.got} == {0x1FF} and not any(packet.rewritten for packet in sub.got)
+
+
+def test_a_k_svc_subscriber_is_told_only_its_own_layer() -> None:
+    """L3T3_KEY: after the keyframe a spatial layer's frames serve its own targets alone, so even the subscriber of
+    the top layer is told the lower layers' targets are off (its decoder would otherwise wait for their frames)."""
+    for spatial, layer in ((2, 2), (1, 1), (0, 0)):
+        publisher, sub = DdPublisher(key_svc=True), Subscriber(spatial)
+        sub.send(publisher, keyframe=True)
+        sub.send(publisher, 5)
+        assert {packet.active for packet in sub.got} == {targets(*((layer, t) for t in range(3)))}
+        assert sub.units()[1:] == [(t, (layer,)) for t in (L1T3 * 2)[1:6]]
+        sub.assert_decodable()
+
+
+def test_a_restored_mask_is_written_until_a_structure_passes() -> None:
+    """Going back to a target that takes every active one: the publisher's mask is written (the decoder still holds
+    the narrower one) until the next keyframe's structure resets it; from then on the publisher's bytes."""
+    publisher, sub = DdPublisher(), Subscriber(2, 0)
+    sub.send(publisher, keyframe=True)
+    sub.send(publisher, 3)
+    sub.dt.set_max_temporal(ALL)
+    sub.send(publisher, 8)
+    before = len(sub.got)
+    sub.send(publisher, 4, keyframe=True)
+    restored = [packet for packet in sub.got[:before] if packet.temporal]
+    assert restored and {packet.active for packet in restored} == {0x1FF} and all(p.rewritten for p in restored)
+    assert {packet.active for packet in sub.got[before:]} == {0x1FF}
+    assert not any(packet.rewritten for packet in sub.got[before:])
+    sub.assert_decodable()
+
+
+def test_the_publishers_mask_stands_and_bounds_every_subscribers() -> None:
+    """The publisher turns its top layer off (one mask, then packets without one): the full subscriber follows its
+    mask as sent, the low one gets its own within it."""
+    full, low = Subscriber(), Subscriber(0)
+    publisher = DdPublisher()
+    upper_off = targets(*((s, t) for s in range(2) for t in range(3)))
+    for n in range(8):
+        pictures = publisher.picture(keyframe=n == 0, lose=(2,) if n >= 4 else (), active=upper_off if n == 4 else None)
+        for sub in (full, low):
+            for packet in pictures:
+                sub.now += 0.001
+                data = sub.dt.push(packet, 0, sub.now)
+                if data is not None:
+                    sub.got.append(sub.parse(data, extension(packet, DD_ID)))
+    # (The dropped top layer leaves holes in the test publisher's sequence numbers, so no assert_decodable here.)
+    masks = [packet.active for packet in full.got if packet.start and packet.spatial == 0]
+    assert masks == [0x1FF] * 4 + [upper_off] * 4
+    assert not any(packet.rewritten for packet in full.got) and full.dt.dd_target == 5
+    assert {packet.active for packet in low.got} == {targets((0, 0), (0, 1), (0, 2))}
+
+
+def test_frame_numbers_continue_across_a_new_source_stream() -> None:
+    """Within a stream the publisher's numbers pass as they are; a new stream (another SSRC, its own numbering)
+    continues from the last frame sent, its references intact."""
+    first, sub = DdPublisher(frame=100), Subscriber()
+    sub.send(first, keyframe=True)
+    sub.send(first, 3)
+    assert [packet.frame for packet in sub.got if packet.start] == list(range(100, 112))
+    sub.dt.lose_layer()
+    second = DdPublisher(frame=40000, seq=9000, ssrc=SSRC + 1)
+    second.ts = first.ts + 90000
+    sub.send(second, 4, keyframe=True)
+    assert [packet.frame for packet in sub.got if packet.start][12:] == list(range(112, 124))
+    assert all(packet.rewritten for packet in sub.got[len(sub.got) - 24:])
+    sub.assert_decodable()
+    # A retransmission (its descriptor not parsed again) gets the same number as the packet it repeats.
+    last = second.picture()[-1]
+    sent = sub.dt.push(last, 0, sub.now + 0.001)
+    again = sub.dt.resend(last, struct.unpack_from("!H", sent, 2)[0], sub.now + 0.002)
+    assert extension(again, SUB_DD_ID) == extension(sent, SUB_DD_ID) != extension(last, DD_ID)
 
 
 @settings(max_examples=200, deadline=None)

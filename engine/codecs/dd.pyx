@@ -41,6 +41,8 @@ cdef inline uint32_t read_ns(Bits *b, uint32_t n) noexcept nogil:
 cdef int read_structure(Bits *b, DdStructure *s) noexcept nogil:
     cdef int next_layer, spatial = 0, temporal = 0, t, dt, chain, follows
     cdef DdTemplate *tpl
+    cdef uint32_t all_targets
+    cdef uint32_t present[64]  # DD_MAX_TEMPLATES: per template, the decode targets it is present in
     s.structure_id = <uint8_t>read_bits(b, 6)
     s.decode_targets = <uint8_t>(read_bits(b, 5) + 1)
     s.template_count = 0
@@ -96,13 +98,23 @@ cdef int read_structure(Bits *b, DdStructure *s) noexcept nogil:
             s.height[spatial] = read_bits(b, 16) + 1
     if b.overrun:
         return -1
+    all_targets = <uint32_t>((1ull << s.decode_targets) - 1)
+    for t in range(s.template_count):
+        present[t] = 0
+        for dt in range(s.decode_targets):
+            if s.templates[t].dti[dt] != DTI_NOT_PRESENT:
+                present[t] |= 1u << dt
     for dt in range(s.decode_targets):
         s.dt_layers[dt] = 0
+        s.dt_subsets[dt] = all_targets
         for t in range(s.template_count):
             tpl = &s.templates[t]
-            if tpl.dti[dt] != DTI_NOT_PRESENT:
+            if (present[t] >> dt) & 1:
                 s.dt_layers[dt] = <uint8_t>((max(s.dt_layers[dt] >> 4, tpl.spatial_id) << 4)
                                             | max(s.dt_layers[dt] & 0x0F, tpl.temporal_id))
+            else:   # a target present in a template this one lacks has frames this one's subscriber does not get
+                s.dt_subsets[dt] &= ~present[t]
+    s.active_decode_targets = all_targets
     s.valid = True
     return 0
 
@@ -136,15 +148,18 @@ cdef int parse_dd(const uint8_t *data, int length, DdStructure *structure, DdFra
             if read_structure(&b, &attached) < 0:
                 return -1
             s = &attached
-            frame.active_decode_targets = <uint32_t>((1ull << s.decode_targets) - 1)
+        frame.mask_bit = <uint16_t>b.pos
         if frame.has_active_mask:
             if not s.valid:
                 return -2
             frame.active_decode_targets = read_bits(&b, s.decode_targets)
+    else:
+        frame.mask_bit = <uint16_t>b.pos
+    frame.after_mask_bit = <uint16_t>b.pos
     if not s.valid:
         return -2 if not b.overrun else -1
-    if not frame.has_structure and not frame.has_active_mask:
-        frame.active_decode_targets = <uint32_t>((1ull << s.decode_targets) - 1)
+    if not frame.has_active_mask:
+        frame.active_decode_targets = s.active_decode_targets
     index = (frame.template_id + DD_MAX_TEMPLATES - s.structure_id) % DD_MAX_TEMPLATES
     if index >= s.template_count:
         return -2
@@ -176,13 +191,59 @@ cdef int parse_dd(const uint8_t *data, int length, DdStructure *structure, DdFra
         memcpy(frame.chain_fdiffs, tpl.chain_fdiffs, s.chain_count)
     if b.overrun:
         return -1
+    frame.end_bit = <uint16_t>b.pos
     frame.decode_targets = s.decode_targets
     frame.chain_count = s.chain_count
     memcpy(frame.protected_by, s.protected_by, s.decode_targets if s.chain_count else 0)
     memcpy(frame.dt_layers, s.dt_layers, s.decode_targets)
+    memcpy(frame.dt_subsets, s.dt_subsets, s.decode_targets * sizeof(uint32_t))
     if frame.has_structure:
         memcpy(structure, &attached, sizeof(DdStructure))
+    structure.active_decode_targets = frame.active_decode_targets
     return 0
+
+
+cdef inline void write_bits(uint8_t *out, int pos, uint32_t value, int n) noexcept nogil:
+    """`n` bits of `value` at bit `pos` of `out`, most significant first, into bytes already zeroed."""
+    cdef int i
+    for i in range(n):
+        if (value >> (n - 1 - i)) & 1:
+            out[(pos + i) >> 3] |= 0x80 >> ((pos + i) & 7)
+
+
+cdef inline int copy_bits(const uint8_t *src, int start, int end, uint8_t *out, int pos) noexcept nogil:
+    """Bits start..end of `src` to bit `pos` of `out` (zeroed); the bit position after them."""
+    cdef int i
+    for i in range(start, end):
+        if (src[i >> 3] >> (7 - (i & 7))) & 1:
+            out[pos >> 3] |= 0x80 >> (pos & 7)
+        pos += 1
+    return pos
+
+
+cdef int write_dd(const uint8_t *value, const DdFrame *frame, uint16_t frame_number, bint with_mask, uint32_t mask,
+                  uint8_t *out) noexcept nogil:
+    cdef int pos
+    if not with_mask:   # the fields keep their places: only the frame number changes
+        pos = (frame.end_bit + 7) >> 3
+        memcpy(out, value, pos)
+        out[1] = <uint8_t>(frame_number >> 8)
+        out[2] = <uint8_t>(frame_number & 0xFF)
+        return pos
+    memset(out, 0, (frame.end_bit + 7) // 8 + DD_GROWTH)
+    out[0] = value[0]
+    out[1] = <uint8_t>(frame_number >> 8)
+    out[2] = <uint8_t>(frame_number & 0xFF)
+    if frame.end_bit > DD_MANDATORY * 8:
+        # The extended fields' flags and the structure as they were, then the mask in its place (its flag set).
+        pos = copy_bits(value, DD_MANDATORY * 8, frame.mask_bit, out, DD_MANDATORY * 8)
+        out[DD_MANDATORY] |= 0x40
+    else:
+        out[DD_MANDATORY] = 0x40   # the mandatory fields only: flags with just the mask's present
+        pos = DD_MANDATORY * 8 + 5
+    write_bits(out, pos, mask, frame.decode_targets)
+    pos = copy_bits(value, frame.after_mask_bit, frame.end_bit, out, pos + frame.decode_targets)
+    return (pos + 7) >> 3
 
 
 # ---- Python face, for tests and debugging (not used on the hot path) ----
@@ -214,7 +275,25 @@ cdef class DependencyDescriptorReader:
             "chain_fdiffs": [frame.chain_fdiffs[i] for i in range(s.chain_count)],
             "decode_target_layers": [(frame.dt_layers[i] >> 4, frame.dt_layers[i] & 0x0F)
                                      for i in range(frame.decode_targets)],
+            "decode_target_subsets": [frame.dt_subsets[i] for i in range(frame.decode_targets)],
         }
+
+    def rewrite(self, bytes data, int frame_number, mask: int | None = None) -> bytes | str:
+        """Reads `data` (as `read`) and writes it back with `frame_number` and, unless None, the active decode
+        targets `mask` (write_dd); "malformed" / "no structure" when it does not read."""
+        cdef DdFrame frame
+        cdef uint8_t out[255 + DD_GROWTH]
+        cdef int result, length
+        if len(data) > 255:
+            raise ValueError("an extension element holds at most 255 bytes")
+        result = parse_dd(data, len(data), &self.structure, &frame)
+        if result == -1:
+            return "malformed"
+        if result == -2:
+            return "no structure"
+        length = write_dd(data, &frame, <uint16_t>frame_number, mask is not None,
+                          <uint32_t>(mask or 0) & <uint32_t>((1ull << frame.decode_targets) - 1), out)
+        return out[:length]
 
     @property
     def structure_info(self) -> dict | None:
