@@ -23,7 +23,9 @@ from engine.codecs.describe import is_keyframe
 from engine.codecs.vp9 import vp9_descriptor
 from engine.harness import DownTrackHarness
 from media import decoded_video, matches_card, test_card as card_rgba, wait_for_tracks
-from signaling.rtc.publication import BITRATE_WINDOW_S, BITRATE_WINDOWS, TrackPublication, svc_layers
+from signaling.peer.sdp import Codec
+from signaling.rtc.publication import (BITRATE_WINDOW_S, BITRATE_WINDOWS, DEFAULT_LAYER_BPS, TrackPublication,
+                                        svc_layers)
 from test_engine import (DOWN_RTX_SSRC, DOWN_SSRC, PUB_EXTMAP, Q_SSRC, SUB_MID_ID, SUB_RTX_PT, SUB_VP8_PT, VP8_PT,
                          VP8_RTX_PT, rtp as engine_rtp, setup)  # noqa: F401 (setup: the engine fixture)
 
@@ -378,6 +380,30 @@ def test_a_publication_measures_its_svc_layers_for_the_allocator() -> None:
         publication.measure(engine, now=window * BITRATE_WINDOW_S)
     assert publication.layer_bitrates(engine) == (16_000, 48_000, 112_000)   # bits: 2 kB, 6 kB, 14 kB a second
     assert publication.temporal_bitrates(engine)[0] == (8_000, 12_000, 16_000)
+
+
+def test_an_svc_stream_is_priced_by_its_measured_layers_not_the_bitrate_its_sdk_puts_on_each() -> None:
+    """LiveKit's SDKs advertise the whole stream's bitrate (here 850 kbps) on every SVC layer: the layers are priced
+    at LiveKit's presets until measured, and a layer not arriving from the one below it by the presets' ratio."""
+    def publication() -> TrackPublication:
+        request = lk_rtc.AddTrackRequest(cid="camera", type=models.TrackType.VIDEO, layers=[
+            models.VideoLayer(quality=q, width=320 << q, height=180 << q, bitrate=850_000) for q in range(3)])
+        made = TrackPublication(None, request)  # type: ignore[arg-type]  # the participant is not needed here
+        made.codec, made.receiver_id = Codec(98, "VP9", 90000), 1
+        return made
+
+    assert publication().layer_bitrates(SvcEngine([[0] * 4] * 4)) == DEFAULT_LAYER_BPS
+    measured = publication()
+    engine = SvcEngine([[10_000, 5_000, 5_000, 0], [0] * 4, [0] * 4, [0] * 4])   # only S0 arrives: 160 kbps
+    for window in range(BITRATE_WINDOWS + 1):
+        measured.measure(engine, now=window * BITRATE_WINDOW_S)
+    assert measured.bitrates.bps == [160_000] * 3
+    assert measured.layer_bitrates(engine) == (160_000, 450_000, 1_700_000)
+    engine = SvcEngine([[10_000, 5_000, 5_000, 0], [20_000, 10_000, 10_000, 0], [0] * 4, [0] * 4])  # S1 too
+    measured = publication()
+    for window in range(BITRATE_WINDOWS + 1):
+        measured.measure(engine, now=window * BITRATE_WINDOW_S)
+    assert measured.layer_bitrates(engine) == (160_000, 480_000, 480_000 * 1700 // 450)
 
 
 # ---- end to end: LiveKit's Python SDK publishes VP9 L3T3_KEY to a Python subscriber through the server
