@@ -38,11 +38,12 @@ async def test_a_narrow_svc_subscriber_gets_a_lower_spatial_layer_and_a_wide_one
           f"paused for bandwidth {counters.get('stream_paused_bandwidth', 0)}")
     # One stream, its spatial layers told apart (VP9's descriptor or the Dependency Descriptor): all three arrive.
     assert {spatial for spatial, _ in svc_bytes} == {"0", "1", "2"}, svc_bytes
-    # The publisher's encoder may drop to 960x540 on a busy machine: the wide subscriber's widths are the top.
+    # The publisher's encoder drops to 960x540 on a busy machine (at 640x360 the narrow link carries the top: no
+    # test): the wide subscriber's widths are the top, second by second.
     pairs = [(n["width"], w["width"]) for n, w in zip(sampled(narrow), sampled(wide)) if n["frames"] and w["frames"]]
-    assert pairs and all(n <= w for n, w in pairs), pairs
+    assert pairs and max(w for _, w in pairs) >= 960, wide
+    assert all(n <= w for n, w in pairs), pairs
     assert sum(n < w for n, w in pairs) >= len(pairs) * 2 / 3, pairs
-    assert max(w for _, w in pairs) >= 960, wide
     # A lower layer plays smoothly: at least half the wide's frame rate, no long freeze, never paused.
     narrow_fps, wide_fps = (median(s["frames"] for s in sampled(r)) for r in (narrow, wide))
     assert narrow_fps >= wide_fps / 2, (narrow_fps, wide_fps)

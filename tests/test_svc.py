@@ -6,8 +6,8 @@ dependency (the keyframe's layers in L3T3_KEY).
 
 The parser gets random and truncated input (hypothesis); the Forwarder and Munger run in-process
 (engine.harness, as tests/test_temporal.py) on synthetic L3T3_KEY and L3T3 streams; the allocator's prices come
-from the stream's per-layer bytes; last, LiveKit's Python SDK publishes VP9 L3T3_KEY to a Python subscriber through
-a server (tests/test_svc_browser.py does it with the JS SDK in Chromium)."""
+from the stream's per-layer bytes; last, LiveKit's Python SDK publishes AV1 L3T3 to a Python subscriber through a
+server (its VP9 L3T3_KEY plays in tests/test_lab_svc.py; tests/test_svc_browser.py has the JS SDK in Chromium)."""
 from __future__ import annotations
 
 import asyncio
@@ -107,7 +107,7 @@ fields = st.builds(
                  max_size=8).map(tuple))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(fields, st.binary(max_size=8))
 def test_written_descriptors_read_back_and_every_truncation_is_refused(f: Fields, frame: bytes) -> None:
     data = descriptor(f)
@@ -415,9 +415,10 @@ async def _widths(track: lk.RemoteTrack, frames: int) -> list[int]:
     return [frame.width for frame in await decoded_video(track, frames=frames, timeout=20)]
 
 
-@pytest.mark.parametrize("codec, mode", [("vp9", "L3T3_KEY"), ("av1", "L3T3")])
+@pytest.mark.parametrize("codec, mode", [("av1", "L3T3")])
 async def test_python_sdk_svc_low_then_high(server, codec: str, mode: str) -> None:
-    """VP9 and AV1 (whose layers the Dependency Descriptor tells) from LiveKit's Python SDK to another."""
+    """AV1 (whose layers the Dependency Descriptor tells) from LiveKit's Python SDK to another. (The SDK's VP9
+    L3T3_KEY plays in tests/test_lab_svc.py, behind a shaped link, and tests/test_svc_browser.py from Chromium.)"""
     room = f"svc-python-{codec}"
     publisher, viewer = lk.Room(), lk.Room()
     await viewer.connect(server.url, server.token("viewer", room))
