@@ -83,6 +83,7 @@ cdef struct DownTrack:
     uint32_t dd_last_ts       # RTP timestamp of the newest frame decided: the target changes at a new temporal unit
     uint16_t dd_newest        # the newest frame number decided
     bint dd_overshoot         # the target is above the caps: none within them is decodable before a keyframe
+    bint dd_cut               # a bandwidth step-down below the spatial layer: no overshoot, wait for the keyframe
     DdVerdict dd_frames[256]  # DD_HISTORY, by frame number
     # Dependency Descriptor rewriting (downtrack.pyx rewrite_dd)
     bint dd_mask_narrowed     # the subscriber's decoder was told a mask narrower than the publisher's: the mask is

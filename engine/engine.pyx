@@ -33,7 +33,7 @@ from engine.demux cimport (demux_bind_path, demux_check_key, demux_find_transpor
                            demux_release_ssrc, demux_batch, demux_unbind_path)
 from engine.downtrack cimport MAX_TEMPORAL, DownTrack, downtrack_free, downtrack_map_extension, downtrack_new
 from engine.feedback cimport feedback_request_keyframe, feedback_tick
-from engine.forwarder cimport forwarder_set_paused, forwarder_target
+from engine.forwarder cimport forwarder_set_cap, forwarder_set_paused, forwarder_target
 from engine.path cimport PATH_TCP, PATH_TURN, Path, path_address, path_set
 from engine.receiver cimport (MAX_LAYERS, Layer, Receiver, receiver_free, receiver_new, receiver_take_audio_level,
                               receiver_update_top)
@@ -1006,12 +1006,9 @@ cdef class Engine:
         `temporal` caps the temporal layer within it (0 = the base layer only, 3 = all, a DownTrack's default; None
         leaves the cap as it is): the Forwarder goes down at the next frame, up at a layer sync frame or keyframe.
         `cut`, for a step-down the link cannot wait for: the current layer stops at once instead of at the lower
-        layer's keyframe (forwarder.pxd, DownTrack.cut)."""
+        layer's keyframe (forwarder.pxd forwarder_set_cap)."""
         cdef DownTrack *d = self.s.downtracks[self._slot(self._downtrack_slots, downtrack_id, "downtrack")]
-        d.max_layer = max(0, min(layer, MAX_LAYERS - 1))
-        d.cut = cut and d.max_layer < d.current_layer
-        if temporal is not None:
-            d.max_temporal = max(0, min(temporal, MAX_TEMPORAL - 1))
+        forwarder_set_cap(d, layer, -1 if temporal is None else max(0, temporal), cut)
 
     def set_paused(self, downtrack_id: int, paused: bool) -> None:
         """Stops or resumes forwarding to a DownTrack. Video resumes at a keyframe, which is requested at once;

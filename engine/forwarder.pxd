@@ -4,9 +4,9 @@
 # Dependency Descriptor (per frame: the decode target within the caps whose chain is intact). C-level, nogil.
 from libc.stdint cimport int64_t
 
-from engine.downtrack cimport DownTrack
+from engine.downtrack cimport MAX_TEMPORAL, DownTrack
 from engine.packet cimport ExtPacket
-from engine.receiver cimport Receiver, receiver_best_layer
+from engine.receiver cimport MAX_LAYERS, Receiver, receiver_best_layer
 
 cdef enum:  # forwarder_accept verdicts
     FORWARD_DROP
@@ -24,6 +24,12 @@ cdef enum:  # forwarder_accept verdicts
 # by max_layer: down at once, up at a keyframe (forwarder.pyx vp9_accept); a stream with the Dependency Descriptor
 # by decode target, frame by frame (forwarder.pyx dd_accept).
 cdef int forwarder_accept(DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil
+# Caps `d`'s layer at `layer` and, when `temporal` >= 0, its temporal layer (the StreamAllocator's hook). `cut`, for
+# a step-down the link cannot wait for: a simulcast layer above the cap stops at once rather than at the lower
+# layer's keyframe (DownTrack.cut); so does an SVC stream's spatial layer when no decode target within the caps is
+# decodable before a keyframe (K-SVC: the lower layers' own frames were not forwarded; DownTrack.dd_cut) rather than
+# overshoot, and the DownTrack waits for the keyframe the engine asks for.
+cdef void forwarder_set_cap(DownTrack *d, int layer, int temporal, bint cut) noexcept nogil
 # Pauses or resumes `d`; True when it resumes: it then waits for a keyframe (which the caller should request) and
 # continues the output numbering from the last packet sent.
 cdef bint forwarder_set_paused(DownTrack *d, bint paused) noexcept nogil

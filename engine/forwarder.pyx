@@ -122,6 +122,11 @@ cdef inline bint dd_accept(DownTrack *d, const ExtPacket *p) noexcept nogil:
         d.dd_overshoot = chosen < 0 and target >= 0
         if chosen >= 0:
             target = chosen
+            d.dd_cut = False
+        elif d.dd_cut:
+            # A step-down for bandwidth: the old target's frames would fill the link's queue, which the keyframe
+            # that restarts the lower layer's chain must cross. Nothing passes until it (the engine asks for it).
+            target = -1
     if target < 0:
         # Nothing decodable is left (every chain lost a frame): start again at a keyframe, which the engine asks for
         # while the DownTrack waits for one.
@@ -188,6 +193,14 @@ cdef int forwarder_accept(DownTrack *d, const ExtPacket *p, int64_t now) noexcep
         return FORWARD_PASS
     d.temporal_dropped += 1
     return FORWARD_DROP_TEMPORAL
+
+
+cdef void forwarder_set_cap(DownTrack *d, int layer, int temporal, bint cut) noexcept nogil:
+    d.max_layer = max(0, min(layer, MAX_LAYERS - 1))
+    if temporal >= 0:
+        d.max_temporal = min(temporal, MAX_TEMPORAL - 1)
+    d.cut = cut and d.max_layer < d.current_layer
+    d.dd_cut = cut and d.max_layer < d.current_spatial
 
 
 cdef bint forwarder_set_paused(DownTrack *d, bint paused) noexcept nogil:

@@ -15,7 +15,7 @@ from engine.downtrack cimport (MAX_TEMPORAL, WRITE_GROWTH, WRITE_MEDIA, WRITE_PA
                                SeqMapEntry, downtrack_free, downtrack_lose_layer, downtrack_map_extension,
                                downtrack_new, downtrack_write)
 from engine.forwarder cimport (FORWARD_DROP_TEMPORAL, FORWARD_PASS, FORWARD_SWITCHED, forwarder_accept,
-                               forwarder_set_paused, forwarder_target)
+                               forwarder_set_cap, forwarder_set_paused, forwarder_target)
 from engine.munger cimport DROP_PADDING, munger_drop, munger_map, munger_sent
 from engine.packet cimport ExtPacket, packet_set
 from engine.receiver cimport MAX_LAYERS, Receiver, receiver_free, receiver_new
@@ -79,13 +79,13 @@ cdef class DownTrackHarness:
             if self.r.live_layers & (1 << l):
                 self.r.top_layer = l
 
-    def set_max_layer(self, int layer) -> None:
-        """The cap on the target layer (Engine.set_target_layer)."""
-        self.d.max_layer = max(0, min(layer, MAX_LAYERS - 1))
+    def set_max_layer(self, int layer, bint cut=False) -> None:
+        """The cap on the target layer (Engine.set_target_layer, `cut` as there)."""
+        forwarder_set_cap(self.d, layer, -1, cut)
 
     def set_max_temporal(self, int temporal) -> None:
         """The cap on the temporal layer (Engine.set_target_layer's `temporal`)."""
-        self.d.max_temporal = max(0, min(temporal, MAX_TEMPORAL - 1))
+        forwarder_set_cap(self.d, self.d.max_layer, max(0, temporal), False)
 
     def set_paused(self, bint paused) -> bool:
         """As Engine.set_paused; True when forwarding resumes (the engine then requests a keyframe)."""

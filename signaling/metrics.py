@@ -27,7 +27,7 @@ class NodeCollector(Collector):
         store = self.node.store
         participants = list(store.participants())
         layers = [
-            (publication.sid, layer["rid"], layer["packets"], layer["temporal_bytes"])
+            (publication.sid, layer["rid"], layer["packets"], layer["temporal_bytes"], layer["svc_bytes"])
             for participant in participants
             for publication in participant.publications.values() if publication.receiver_id is not None
             for layer in self.node.engine.receiver_stats(publication.receiver_id)["layers"]
@@ -69,13 +69,22 @@ class NodeCollector(Collector):
         temporal_bytes = CounterMetricFamily("tern_track_layer_temporal_bytes",
                                              "Bytes received per published track, simulcast layer and temporal id",
                                              labels=["track", "rid", "temporal"])
-        for track, rid, packets, by_temporal in layers:
+        # An SVC stream's layers all arrive in one simulcast layer: what each (spatial, temporal) layer costs.
+        svc_bytes = CounterMetricFamily("tern_track_svc_bytes",
+                                        "Bytes received per published SVC track, spatial and temporal id",
+                                        labels=["track", "spatial", "temporal"])
+        for track, rid, packets, by_temporal, by_spatial in layers:
             layer_packets.add_metric([track, rid], packets)
             for temporal, sent in enumerate(by_temporal):
                 if sent:
                     temporal_bytes.add_metric([track, rid, str(temporal)], sent)
+            for spatial, by_layer in enumerate(by_spatial):
+                for temporal, sent in enumerate(by_layer):
+                    if sent:
+                        svc_bytes.add_metric([track, str(spatial), str(temporal)], sent)
         yield layer_packets
         yield temporal_bytes
+        yield svc_bytes
         estimates = GaugeMetricFamily("tern_subscriber_bandwidth_bps",
                                       "Downlink bandwidth estimate per subscriber and what drives it: its TWCC "
                                       "feedback, its REMB, or neither yet (start)",

@@ -172,11 +172,15 @@ class NetLab:
 
 class DetailedVideo:
     """A 1280x720 camera publisher whose picture is random texture panning sideways (BLOCK, PAN_PX): every frame
-    differs and has detail everywhere, so the encoder spends its full bitrate on each simulcast layer."""
+    differs and has detail everywhere, so the encoder spends its full bitrate on each layer. VP8 simulcast unless
+    told a `codec` (rtc.VideoCodec) and its `scalability_mode` (an SVC codec's layers in one stream, e.g. VP9
+    "L3T3_KEY")."""
 
-    def __init__(self, room: rtc.Room, fps: int = 30) -> None:
+    def __init__(self, room: rtc.Room, fps: int = 30, codec: rtc.VideoCodec | None = None,
+                 scalability_mode: str | None = None) -> None:
         self.room = room
         self.fps = fps
+        self.codec, self.scalability_mode = codec, scalability_mode
         self.source = rtc.VideoSource(WIDTH, HEIGHT)
         self.track = rtc.LocalVideoTrack.create_video_track("camera", self.source)
         self.publication: rtc.LocalTrackPublication | None = None
@@ -184,8 +188,12 @@ class DetailedVideo:
 
     async def start(self) -> rtc.LocalTrackPublication:
         self._task = asyncio.create_task(self._frames())
-        self.publication = await self.room.local_participant.publish_track(
-            self.track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True))
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True)
+        if self.codec is not None:
+            options.video_codec = self.codec
+        if self.scalability_mode is not None:
+            options.scalability_mode = self.scalability_mode
+        self.publication = await self.room.local_participant.publish_track(self.track, options)
         return self.publication
 
     async def _frames(self) -> None:

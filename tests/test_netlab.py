@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 from livekit import rtc
@@ -93,17 +94,18 @@ def test_the_lab_is_removed_even_when_a_test_fails() -> None:
 # ---------------------------------------------------------------- the issue's scenarios
 
 class Call:
-    """A publisher on the host (1280x720 simulcast with real detail + a tone) in a room on the lab's server."""
+    """A publisher on the host (1280x720 simulcast with real detail + a tone) in a room on the lab's server;
+    `video` goes to its DetailedVideo (an SVC codec and mode instead of simulcast)."""
 
-    def __init__(self, lab: NetLab, server) -> None:
-        self.lab, self.server = lab, server
+    def __init__(self, lab: NetLab, server, **video: Any) -> None:
+        self.lab, self.server, self.video_options = lab, server, video
         self.room: rtc.Room | None = None
         self.video: DetailedVideo | None = None
         self.audio: Publisher | None = None
 
     async def __aenter__(self) -> Call:
         self.room = await connect(self.server, "publisher", ROOM)
-        self.video = DetailedVideo(self.room)
+        self.video = DetailedVideo(self.room, **self.video_options)
         self.audio = Publisher(self.room, video=False)
         await self.video.start()
         await self.audio.start()

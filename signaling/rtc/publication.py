@@ -25,6 +25,8 @@ BITRATE_WINDOWS = 5
 # A simulcast layer's bitrate before it is measured, when the publisher advertised none: LiveKit's SDK presets for
 # 180p, 360p and 720p (bps), lowest first; a fourth layer costs what the third does.
 DEFAULT_LAYER_BPS = (160_000, 450_000, 1_700_000)
+# Codecs whose layers LiveKit's SDKs send as spatial layers of one stream (SVC) rather than as simulcast streams.
+SVC_CODECS = ("vp9", "av1")
 # Codecs a video track may be backed up in (LiveKit's BackupVideoCodec): what every WebRTC client decodes.
 BACKUP_CODECS = ("vp8", "h264")
 # An audio track's bitrate before it is measured, reserved first by the allocator: Opus voice at LiveKit's default
@@ -68,6 +70,11 @@ class LayerBitrates:
             self._windows.clear()  # layers came or went: earlier windows describe other layers
             self._temporal_windows.clear()
         self._bytes, self._temporal_bytes, self._at = layer_bytes, temporal_bytes, now
+
+
+def preset(layer: int) -> int:
+    """LiveKit's preset bitrate (bps) for a simulcast layer index; a fourth layer costs what the third does."""
+    return DEFAULT_LAYER_BPS[min(layer, len(DEFAULT_LAYER_BPS) - 1)]
 
 
 def rate(new: int, old: int, elapsed: float) -> int:
@@ -134,18 +141,31 @@ class ReceivedCodec:
                                      [layer.get("temporal_bytes", []) for layer in layers])
         return self.bitrates.bps
 
+    @property
+    def svc(self) -> bool:
+        """Whether its layers are spatial layers of one SVC stream (LiveKit's SDKs send VP9 and AV1 so)."""
+        return self.codec is not None and self.codec.name.lower() in SVC_CODECS
+
     def layer_bitrates(self, engine: Any) -> tuple[int, ...]:
         """What each spatial layer costs a subscriber, lowest first: measured where the layer is flowing, else what
         the publisher advertised, else LiveKit's preset for that rung. Layers measured at 0 (not sent right now,
-        e.g. turned off by dynacast) keep a price, so they can be allocated and turned back on."""
+        e.g. turned off by dynacast) keep a price, so they can be allocated and turned back on. An SVC stream's
+        advertised bitrates are ignored: LiveKit's SDKs put the whole stream's on every layer, which priced its
+        lowest layer like the top one (and paused it behind a link that carries it well). An SVC layer unmeasured,
+        or adding nothing to the one below (not arriving), costs the layer below it scaled by the presets' ratio
+        (its price includes the layers below, which the Forwarder passes with it)."""
         measured = self.measure(engine)
         advertised = [layer.bitrate for layer in self.advertised_layers()]
         count = max(1, len(measured) if measured else len(advertised))
-        return tuple(
-            (measured[i] if i < len(measured) and measured[i] > 0 else 0)
-            or (advertised[i] if i < len(advertised) and advertised[i] > 0 else 0)
-            or DEFAULT_LAYER_BPS[min(i, len(DEFAULT_LAYER_BPS) - 1)]
-            for i in range(count))
+        prices: list[int] = []
+        for i in range(count):
+            price = measured[i] if i < len(measured) and measured[i] > 0 else 0
+            if self.svc:
+                if i and price and price <= measured[i - 1]:
+                    price = 0  # adds nothing to the layer below: not arriving
+                price = price or (prices[-1] * preset(i) // preset(i - 1) if prices else preset(i))
+            prices.append(price or (advertised[i] if i < len(advertised) and advertised[i] > 0 else 0) or preset(i))
+        return tuple(prices)
 
     def temporal_bitrates(self, engine: Any) -> list[tuple[int, ...]]:
         """Per spatial layer, its measured stacked temporal layer bitrates (T0, T0+T1, ...; bps), empty where none
