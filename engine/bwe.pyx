@@ -18,6 +18,8 @@ Where this differs from libwebrtc's GCC (goog_cc), on purpose:
   (1 - 0.5 x loss) alone needs seconds of 50-70 % loss to come down from a 4x overshoot;
 - a probe that made the detector signal overuse is failed, not applied (LiveKit judges probes the same way);
   libwebrtc applies the measured rate and lets the following decrease correct it;
+- a probe is also judged on the packets of its second half alone (libwebrtc judges a cluster as a whole): a shaper's
+  token bucket passes the start of a burst at any rate, and only once it is empty does the link's own rate show;
 - no ALR detection, no loss-based v2 model, no Kalman filter option, no bandwidth-limited start probes of our own:
   the allocator decides when to probe (bwe_probe_start), this module only judges probes.
 """

@@ -344,10 +344,10 @@ def test_plausible_traces_shuffled_duplicated_and_jittered_stay_sane(seed: int, 
 
 # ---- (e) cost: O(1) work per packet --------------------------------------------------------------------------------
 
-# Work units the estimator counts (bwe.pyx `ops`), from its structure: per result 1 + the probe-cluster scan (4)
+# Work units the estimator counts (bwe.pyx `ops`), from its structure: per result 1 + the probe-cluster scan (3)
 # + at most one trendline regression over its 20 samples (40) + an acked-bitrate restart (10); per report one
 # acked-rate sum (10) and probe judging.
-OPS_PER_RESULT = 1 + 4 + 2 * 20 + 10
+OPS_PER_RESULT = 1 + 3 + 2 * 20 + 10
 OPS_PER_REPORT = 10
 
 
