@@ -428,13 +428,20 @@ class FakeProber:
         return {"estimate_bps": self.estimate, "congested": False, "packets": self.packets, "lost": self.lost}
 
 
-async def test_a_probe_the_link_carries_leads_to_the_upgrade(node: FakeNode) -> None:
+def probing(node: FakeNode, estimate: float) -> tuple[Participant, Clock, FakeProber, list[int]]:
+    """bob subscribed to alice's video, its transport a FakeProber at `estimate`: (bob, its clock, the prober, the
+    layers pushed from now on)."""
     alice, bob = join(node, "alice"), join(node, "bob")
     bob.allocator.clock = clock = Clock()
-    bob.allocator.prober = prober = FakeProber(600_000)
+    bob.allocator.prober = prober = FakeProber(estimate)
     start(node, bob, publish_video(alice))
     layers: list[int] = []
     node.engine.set_target_layer = lambda dt, layer, temporal=None, cut=False: layers.append(layer)
+    return bob, clock, prober, layers
+
+
+async def test_a_probe_the_link_carries_leads_to_the_upgrade(node: FakeNode) -> None:
+    bob, clock, prober, layers = probing(node, 600_000)
     bob.allocator.on_estimate(prober.estimate)
     clock.now += UPGRADE_HOLD_S
     prober.status = ("pending", 0)
@@ -460,12 +467,7 @@ async def test_a_probe_the_link_carries_leads_to_the_upgrade(node: FakeNode) -> 
 
 async def test_after_a_step_down_only_a_probe_the_link_carries_counts_toward_an_upgrade(node: FakeNode) -> None:
     """A crept estimate is not enough to go back up: the upgrade waits for probes the link carries."""
-    alice, bob = join(node, "alice"), join(node, "bob")
-    bob.allocator.clock = clock = Clock()
-    bob.allocator.prober = prober = FakeProber(5_000_000)
-    start(node, bob, publish_video(alice))
-    layers: list[int] = []
-    node.engine.set_target_layer = lambda dt, layer, temporal=None, cut=False: layers.append(layer)
+    bob, clock, prober, layers = probing(node, 5_000_000)
     bob.allocator.on_estimate(prober.estimate)
     prober.estimate = 700_000
     bob.allocator.on_estimate(prober.estimate)
