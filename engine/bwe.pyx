@@ -676,7 +676,8 @@ cdef void probes_judge(Bwe *b, int64_t now) noexcept nogil:
 
 
 cdef double probe_rate(const BweProbeSpan *c, int64_t target_bps) noexcept nogil:
-    """min(send rate, receive rate) over the received packets of a cluster's span; <= 0 when the measure is not valid."""
+    """min(send rate, receive rate) over the received packets of a cluster's span; <= 0 when the measure is not
+    valid."""
     cdef int64_t send_span = c.last_send_us - c.first_send_us
     cdef int64_t receive_span = c.last_arrival_us - c.first_arrival_us
     cdef double send_bps, receive_bps

@@ -10,9 +10,9 @@ import pytest
 from livekit.protocol import models, rtc
 
 from signaling.rtc.allocator import (PAUSED, PROBE_FAILED_HOLD_S, PROBE_HEADROOM_BPS, PROBE_INTERVAL_S,
-                                     PROBE_MAX_INTERVAL_S, PROBE_OVERSHOOT, STEP_DOWN_TOLERANCE, TOP_LAYER, TOP_TEMPORAL,
-                                     UPGRADE_FAILED_S, UPGRADE_HOLD_S, UPGRADE_MARGIN, UPGRADE_RETRY_FACTOR,
-                                     UPGRADE_RETRY_MEMORY_S, VideoDemand, share)
+                                     PROBE_MAX_INTERVAL_S, PROBE_OVERSHOOT, STEP_DOWN_TOLERANCE, TOP_LAYER,
+                                     TOP_TEMPORAL, UPGRADE_FAILED_S, UPGRADE_HOLD_S, UPGRADE_MARGIN,
+                                     UPGRADE_RETRY_FACTOR, UPGRADE_RETRY_MEMORY_S, VideoDemand, share)
 from signaling.rtc import publication as publication_module
 from signaling.rtc.dynacast import Dynacast
 from signaling.rtc.participant import Participant

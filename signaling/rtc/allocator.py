@@ -76,9 +76,10 @@ PAUSE_AFTER_S = 1.5
 # video back within seconds, and a probe that fails costs a subscriber's link a few hundred ms of queue). A cluster
 # lasts PROBE_DURATION_S (LiveKit starts at 200 ms), and the estimator judges its second half on its own too: a
 # router's token bucket passes a burst far above its rate (the lab's 16 kB bucket passed a 300 ms probe 400 kbit/s
-# above a 600 kbit/s link, and a 0.9 s one at 1.25 x), but once the bucket is empty the rest arrives at the link's
-# rate. Its rate covers the next step with the upgrade margin and PROBE_OVERSHOOT (the measure of a probe the link
-# carries reads a little under its target), and raises the rate by at least PROBE_MIN_INCREASE_BPS (LiveKit's 200 kbps) but at most to
+# above a 600 kbit/s link), and only once it is empty does the rest arrive at the link's rate. (A probe less than
+# ~320 kbit/s over the link does not empty that bucket within its first half: such a probe still passes.) Its rate
+# covers the next step with the upgrade margin and PROBE_OVERSHOOT (a probe the link carries measures a little under
+# its target), and raises the rate by at least PROBE_MIN_INCREASE_BPS (LiveKit's 200 kbps) but at most to
 # PROBE_MAX_GROWTH x the estimate: a big step (360p -> 720p is +1.5 Mbps) is reached by doubling probes 3 s apart
 # (as libwebrtc's probe controller does), and one into a narrow link stops at its first loss (prober.pyx). After a
 # probe the link carried, the next aims at everything the subscriber asks for (still at most doubling), not just the
@@ -100,13 +101,15 @@ PROBE_CARRIED = 0.9
 # overshoots a link fills its queue with what the link cannot carry, and the media behind it loses what does not fit.
 # Measured behind 600 kbit/s (a 15 kB queue): 360p survived no probe toward 720p at twice the estimate (30-40 kB of
 # padding in 300 ms), each cost it 1-3 s at 3-12 fps; 320 kbps (12 kB in 300 ms) adds ~150 ms of queue and loses
-# nothing. On a link that opened, doubling reaches 720p's 2-3 Mbps from 360p in four probes, a second apart.
+# nothing (those figures are of 300 ms probes, before PROBE_DURATION_S became 0.8 s). On a link that opened, doubling
+# reaches 720p's 2-3 Mbps from 360p in four probes, a second apart.
 PROBE_HEADROOM_BPS = 320_000
 # After a bandwidth step-down, an upgrade counts the estimate only up to what the last probe the link carried
 # measured (where the subscriber's transport can probe): GCC's estimate creeps up by 8 % a second while
 # nothing congests, and behind a drop-tail shaper a full queue shows little delay growth, so a crept estimate led to
-# upgrades the link could not carry (measured: 360p behind 600 kbit/s lost 42-46 % of its packets for a second). And
-# for PROBE_FAILED_HOLD_S after a probe the link did not carry, no upgrade: its queue is still draining.
+# upgrades the link could not carry (measured in an earlier session: 360p behind 600 kbit/s lost 42-46 % of its
+# packets for a second). And for PROBE_FAILED_HOLD_S after a probe the link did not carry, no upgrade: its queue is
+# still draining.
 PROBE_FAILED_HOLD_S = 3.0
 
 # Loss-driven step-down. At the edge of a link a drop-tail queue (a router's, or the lab's tbf) is full most of the
