@@ -18,7 +18,7 @@ cdef enum:  # fixed sizes of the state (all per transport)
     BWE_TREND_WINDOW = 20     # delay samples in the trendline regression (libwebrtc's kDefaultTrendlineWindowSize)
     BWE_SEEN = 512            # packet results remembered to drop duplicates and correct late arrivals (power of 2)
     BWE_ACK_BUCKETS = 10      # acknowledged-bitrate buckets of BWE_ACK_BUCKET_US: a 500 ms window
-    BWE_PROBE_CLUSTERS = 4    # probe clusters judged at once (one runs at a time; older ones are still reported)
+    BWE_PROBE_CLUSTERS = 3    # probe clusters judged at once (one runs at a time; older ones are still reported)
 
 
 # One packet of a TWCC feedback report, as the send history resolves it.
@@ -38,21 +38,27 @@ cdef struct BweGroup:         # packets sent within one burst (GCC's "group")
     int64_t last_arrival_us
     int32_t packets
 
+cdef struct BweProbeSpan:     # what the feedback told about the packets of (part of) a probe cluster
+    int32_t reported          # packets the feedback told about (received or lost)
+    int32_t received
+    int32_t reported_bytes    # (a cluster lasts at most 2 s: far below 2^31 bytes)
+    int32_t received_bytes
+    int32_t last_send_size    # (the last one sent does not count toward the send rate: its bytes leave after it)
+    int32_t first_arrival_size  # (the first one to arrive does not count toward the receive rate)
+    int64_t first_send_us     # over the received packets:
+    int64_t last_send_us
+    int64_t first_arrival_us
+    int64_t last_arrival_us
+
 cdef struct BweProbeCluster:
     int32_t id
     int32_t status            # PROBE_*; PROBE_UNKNOWN = a free slot
     int64_t target_bps
     int64_t start_us
-    int32_t reported          # packets the feedback told about (received or lost)
-    int32_t received
-    int64_t reported_bytes
-    int64_t received_bytes
-    int64_t first_send_us     # over the received packets:
-    int64_t last_send_us
-    int32_t last_send_size    # (the last one sent does not count toward the send rate: its bytes leave after it)
-    int64_t first_arrival_us
-    int32_t first_arrival_size  # (the first one to arrive does not count toward the receive rate)
-    int64_t last_arrival_us
+    int64_t tail_us           # packets sent from here on (its second half) are also judged on their own
+    BweProbeSpan all
+    BweProbeSpan tail         # a shaper's token bucket passes the first part of a burst at any rate: the second
+                              # half shows the link's own rate
     int64_t max_send_us       # over all its reported packets
     bint complete             # a packet sent well after max_send_us was reported: judge it now
     bint overused             # the delay detector signalled overuse while it was pending
@@ -148,10 +154,12 @@ cdef void bwe_on_remb(Bwe *b, int64_t bps, int64_t now) noexcept nogil
 # A packet sent with abs-send-time (`payload_bytes`: what the client's estimator counts, payload and padding): the
 # sent bitrate its REMB is compared with.
 cdef void bwe_on_sent(Bwe *b, int32_t payload_bytes, int64_t now) noexcept nogil
-# A probe cluster `cluster_id` (>= 0) starts now, paced at `target_bps` for a short burst (libwebrtc: >= 5 packets,
-# >= 15 ms; judged over at most 1 s); every packet sent until it ends carries the id in the send history. The estimate
-# jumps to the measured rate when the probe succeeds without congestion.
-cdef void bwe_probe_start(Bwe *b, int32_t cluster_id, int64_t target_bps, int64_t now) noexcept nogil
+# A probe cluster `cluster_id` (>= 0) starts now, paced at `target_bps` for `duration_us` (libwebrtc: >= 5 packets,
+# >= 15 ms; judged over at most 1.5 s); every packet sent until it ends carries the id in the send history. It is
+# judged on all its packets and on those of its second half alone (the lower rate counts). The estimate jumps to the
+# measured rate when the probe succeeds without congestion.
+cdef void bwe_probe_start(Bwe *b, int32_t cluster_id, int64_t target_bps, int64_t duration_us,
+                          int64_t now) noexcept nogil
 # PROBE_* of a cluster; a pending one past BWE_PROBE_TIMEOUT_US reads as failed.
 cdef int bwe_probe_status(const Bwe *b, int32_t cluster_id, int64_t now) noexcept nogil
 # True once a cluster made the delay detector signal overuse or lost more than it may (it will fail): its sender

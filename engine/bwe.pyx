@@ -18,6 +18,8 @@ Where this differs from libwebrtc's GCC (goog_cc), on purpose:
   (1 - 0.5 x loss) alone needs seconds of 50-70 % loss to come down from a 4x overshoot;
 - a probe that made the detector signal overuse is failed, not applied (LiveKit judges probes the same way);
   libwebrtc applies the measured rate and lets the following decrease correct it;
+- a probe is also judged on the packets of its second half alone (libwebrtc judges a cluster as a whole): a shaper's
+  token bucket passes the start of a burst at any rate, and only once it is empty does the link's own rate show;
 - no ALR detection, no loss-based v2 model, no Kalman filter option, no bandwidth-limited start probes of our own:
   the allocator decides when to probe (bwe_probe_start), this module only judges probes.
 """
@@ -27,7 +29,8 @@ from libc.string cimport memset
 
 from engine.bwe cimport (BWE_ACK_BUCKETS, BweRate, BWE_NORMAL, BWE_OVERUSING, BWE_PROBE_CLUSTERS, BWE_SEEN,
                          BWE_TREND_WINDOW, BWE_UNDERUSING, PROBE_FAILED, PROBE_PENDING, PROBE_SUCCEEDED,
-                         PROBE_UNKNOWN, Bwe, BweGroup, BwePacketResult, BweProbeCluster)
+                         PROBE_UNKNOWN, Bwe, BweGroup, BwePacketResult, BweProbeCluster,
+                         BweProbeSpan)
 
 # Bounds of the estimate. 30 kbit/s: libwebrtc's and mediasoup's floor (audio still fits); 100 Mbit/s: LiveKit's
 # "unknown capacity", far above what a WebRTC subscriber is sent.
@@ -556,7 +559,8 @@ cdef double delivered_bps(Bwe *b) noexcept nogil:
 
 # ---- probes --------------------------------------------------------------------------------------------------------
 
-cdef void bwe_probe_start(Bwe *b, int32_t cluster_id, int64_t target_bps, int64_t now) noexcept nogil:
+cdef void bwe_probe_start(Bwe *b, int32_t cluster_id, int64_t target_bps, int64_t duration_us,
+                          int64_t now) noexcept nogil:
     cdef int i, slot = 0
     cdef BweProbeCluster *c
     if cluster_id < 0:
@@ -576,6 +580,7 @@ cdef void bwe_probe_start(Bwe *b, int32_t cluster_id, int64_t target_bps, int64_
     c.status = PROBE_PENDING
     c.target_bps = <int64_t>clamp(<double>target_bps, BWE_MIN_BPS, BWE_MAX_BPS)
     c.start_us = now
+    c.tail_us = now + max(0, duration_us) // 2
     b.probe_floor_bps = b.estimate_bps
     b.probe_start_us = now
 
@@ -599,7 +604,7 @@ cdef void probe_count(Bwe *b, const BwePacketResult *r, bint late) noexcept nogi
     cdef int i
     for i in range(BWE_PROBE_CLUSTERS):
         c = &b.probes[i]
-        if (c.status == PROBE_PENDING and r.probe_cluster != c.id and c.reported > 0
+        if (c.status == PROBE_PENDING and r.probe_cluster != c.id and c.all.reported > 0
                 and r.send_us > c.max_send_us + PROBE_COMPLETE_GAP_US):
             c.complete = True
     b.ops += BWE_PROBE_CLUSTERS
@@ -608,25 +613,31 @@ cdef void probe_count(Bwe *b, const BwePacketResult *r, bint late) noexcept nogi
     c = probe_find(b, r.probe_cluster)
     if c == NULL or c.status != PROBE_PENDING or c.complete or r.send_us < c.start_us:
         return
+    span_count(&c.all, r, late)
+    if r.send_us >= c.tail_us:
+        span_count(&c.tail, r, late)
+    if not late and r.send_us > c.max_send_us:
+        c.max_send_us = r.send_us
+
+
+cdef void span_count(BweProbeSpan *p, const BwePacketResult *r, bint late) noexcept nogil:
     if not late:
-        c.reported += 1
-        c.reported_bytes += r.size
-        if r.send_us > c.max_send_us:
-            c.max_send_us = r.send_us
+        p.reported += 1
+        p.reported_bytes += r.size
     if not r.received:
         return
-    if c.received == 0 or r.send_us < c.first_send_us:
-        c.first_send_us = r.send_us
-    if c.received == 0 or r.send_us >= c.last_send_us:
-        c.last_send_us = r.send_us
-        c.last_send_size = r.size
-    if c.received == 0 or r.arrival_us < c.first_arrival_us:
-        c.first_arrival_us = r.arrival_us
-        c.first_arrival_size = r.size
-    if c.received == 0 or r.arrival_us > c.last_arrival_us:
-        c.last_arrival_us = r.arrival_us
-    c.received += 1
-    c.received_bytes += r.size
+    if p.received == 0 or r.send_us < p.first_send_us:
+        p.first_send_us = r.send_us
+    if p.received == 0 or r.send_us >= p.last_send_us:
+        p.last_send_us = r.send_us
+        p.last_send_size = r.size
+    if p.received == 0 or r.arrival_us < p.first_arrival_us:
+        p.first_arrival_us = r.arrival_us
+        p.first_arrival_size = r.size
+    if p.received == 0 or r.arrival_us > p.last_arrival_us:
+        p.last_arrival_us = r.arrival_us
+    p.received += 1
+    p.received_bytes += r.size
 
 
 cdef void probes_mark_overuse(Bwe *b) noexcept nogil:
@@ -645,7 +656,9 @@ cdef void probes_judge(Bwe *b, int64_t now) noexcept nogil:
         c = &b.probes[i]
         if c.status != PROBE_PENDING or (not c.complete and now - c.start_us < BWE_PROBE_TIMEOUT_US):
             continue
-        rate = probe_rate(c)
+        rate = probe_rate(&c.all, c.target_bps)
+        if rate > 0 and c.tail.reported >= PROBE_MIN_PACKETS:  # a shaper's bucket may have carried the first half
+            rate = min(rate, probe_rate(&c.tail, c.target_bps))
         if rate <= 0 or c.overused or b.usage == BWE_OVERUSING:
             c.status = PROBE_FAILED
             b.probes_failed += 1
@@ -662,8 +675,9 @@ cdef void probes_judge(Bwe *b, int64_t now) noexcept nogil:
             b.rate_update_us = now
 
 
-cdef double probe_rate(const BweProbeCluster *c) noexcept nogil:
-    """min(send rate, receive rate) over the cluster's received packets; <= 0 when the measure is not valid."""
+cdef double probe_rate(const BweProbeSpan *c, int64_t target_bps) noexcept nogil:
+    """min(send rate, receive rate) over the received packets of a cluster's span; <= 0 when the measure is not
+    valid."""
     cdef int64_t send_span = c.last_send_us - c.first_send_us
     cdef int64_t receive_span = c.last_arrival_us - c.first_arrival_us
     cdef double send_bps, receive_bps
@@ -676,9 +690,9 @@ cdef double probe_rate(const BweProbeCluster *c) noexcept nogil:
     if receive_bps > PROBE_MAX_RECEIVE_RATIO * send_bps:
         return -1.0
     if receive_bps < PROBE_BOTTLENECK_RATIO * send_bps:
-        return min(PROBE_BOTTLENECK_FACTOR * receive_bps, <double>c.target_bps)
+        return min(PROBE_BOTTLENECK_FACTOR * receive_bps, <double>target_bps)
     # no more than asked for: a pacer that bunched the cluster proves the link carried it, not a higher rate
-    return min(send_bps, receive_bps, <double>c.target_bps)
+    return min(send_bps, receive_bps, <double>target_bps)
 
 
 cdef int bwe_probe_status(const Bwe *b, int32_t cluster_id, int64_t now) noexcept nogil:
@@ -693,8 +707,8 @@ cdef int bwe_probe_status(const Bwe *b, int32_t cluster_id, int64_t now) noexcep
 cdef bint bwe_probe_overused(const Bwe *b, int32_t cluster_id) noexcept nogil:
     cdef BweProbeCluster *c = probe_find(b, cluster_id)
     return c != NULL and (c.overused or c.status == PROBE_FAILED
-                          or (c.reported >= PROBE_MIN_PACKETS * 2
-                              and c.received < PROBE_MIN_RECEIVED * c.reported))
+                          or (c.all.reported >= PROBE_MIN_PACKETS * 2
+                              and c.all.received < PROBE_MIN_RECEIVED * c.all.reported))
 
 
 cdef int64_t bwe_probe_result_bps(const Bwe *b, int32_t cluster_id) noexcept nogil:

@@ -225,8 +225,9 @@ cdef class BweHarness:
         """A packet sent with abs-send-time (the REMB path's sent bitrate)."""
         bwe_on_sent(&self.b, payload_bytes, now)
 
-    def probe_start(self, int cluster_id, long long target_bps, long long now) -> None:
-        bwe_probe_start(&self.b, cluster_id, target_bps, now)
+    def probe_start(self, int cluster_id, long long target_bps, long long now, long long duration_us=0) -> None:
+        """`duration_us` 0: the cluster has no second half of its own to judge."""
+        bwe_probe_start(&self.b, cluster_id, target_bps, duration_us, now)
 
     def probe_status(self, int cluster_id, long long now) -> str:
         return ("unknown", "pending", "succeeded", "failed")[bwe_probe_status(&self.b, cluster_id, now)]

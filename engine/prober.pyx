@@ -45,7 +45,7 @@ cdef int32_t prober_start(EngineState *s, int t, int64_t target_bps, int64_t dur
     tr.probe_downtrack = s.downtracks[carrier].id
     tr.probe_downtrack_slot = carrier
     tr.twcc_tx.probe_cluster = <int16_t>tr.probe_cluster
-    bwe_probe_start(tr.bwe, tr.probe_cluster, target_bps, now)
+    bwe_probe_start(tr.bwe, tr.probe_cluster, target_bps, tr.probe_end_us - now, now)
     s.counters[<int>S_PROBE_CLUSTERS] += 1
     return tr.probe_cluster
 

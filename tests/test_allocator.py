@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 from livekit.protocol import models, rtc
 
-from signaling.rtc.allocator import (PAUSED, PROBE_HEADROOM_BPS, PROBE_INTERVAL_S,
-                                     PROBE_MAX_INTERVAL_S, STEP_DOWN_TOLERANCE, TOP_LAYER, TOP_TEMPORAL,
-                                     UPGRADE_FAILED_S, UPGRADE_HOLD_S, UPGRADE_MARGIN, UPGRADE_RETRY_FACTOR,
-                                     UPGRADE_RETRY_MEMORY_S, VideoDemand, share)
+from signaling.rtc.allocator import (PAUSED, PROBE_FAILED_HOLD_S, PROBE_HEADROOM_BPS, PROBE_INTERVAL_S,
+                                     PROBE_MAX_INTERVAL_S, PROBE_OVERSHOOT, STEP_DOWN_TOLERANCE, TOP_LAYER,
+                                     TOP_TEMPORAL, UPGRADE_FAILED_S, UPGRADE_HOLD_S, UPGRADE_MARGIN,
+                                     UPGRADE_RETRY_FACTOR, UPGRADE_RETRY_MEMORY_S, VideoDemand, share)
 from signaling.rtc import publication as publication_module
 from signaling.rtc.dynacast import Dynacast
 from signaling.rtc.participant import Participant
@@ -66,6 +66,11 @@ def publish_video(publisher: Participant, name: str = "cam",
     for layer, bps in zip(publication.info.layers, LAYER_BPS):
         layer.bitrate = bps
     return publication
+
+
+def estimate_only(subscriber: Participant) -> None:
+    """The subscriber's transport cannot probe (a client without transport-cc): its estimate alone decides upgrades."""
+    subscriber.allocator.prober = None
 
 
 def start(node: FakeNode, subscriber: Participant, *publications: TrackPublication) -> list[int]:
@@ -198,6 +203,7 @@ async def test_without_an_estimate_tracks_get_what_is_asked(node: FakeNode) -> N
 
 async def test_audio_is_reserved_and_video_pauses_below_its_lowest_layer(node: FakeNode) -> None:
     alice, bob = join(node, "alice"), join(node, "bob")
+    estimate_only(bob)
     bob.allocator.clock = clock = Clock()
     video, audio = publish_video(alice), publish(alice, "audio", "mic")
     video_dt, audio_dt = start(node, bob, video, audio)
@@ -229,6 +235,7 @@ def failed_upgrade(node: FakeNode) -> tuple[Participant, Clock, list[int]]:
     """bob subscribed to alice's video at 360p, upgraded to 720p and thrown out a second later: (bob, its clock, the
     layers pushed so far)."""
     alice, bob = join(node, "alice"), join(node, "bob")
+    estimate_only(bob)
     bob.allocator.clock = clock = Clock()
     start(node, bob, publish_video(alice))
     layers: list[int] = []
@@ -271,6 +278,7 @@ async def test_a_further_step_down_after_a_failed_upgrade_is_not_a_second_failur
 
 async def test_steps_down_at_once_and_up_with_margin_without_flapping(node: FakeNode) -> None:
     alice, bob = join(node, "alice"), join(node, "bob")
+    estimate_only(bob)
     bob.allocator.clock = clock = Clock()
     [downtrack] = start(node, bob, publish_video(alice))
     layers: list[int] = []
@@ -295,6 +303,7 @@ async def test_allocations_push_temporal_caps_and_dynacast_still_sees_spatial_la
     monkeypatch.setattr(publication_module, "time", SimpleNamespace(monotonic=clock))
     alice, bob = join(node, "alice"), join(node, "bob")
     bob.allocator.clock = clock
+    estimate_only(bob)
     video = publish_video(alice)
     counts = [[0] * 4 for _ in LAYER_BPS]
     node.engine.receiver_stats = lambda receiver_id: {"layers": [
@@ -419,13 +428,20 @@ class FakeProber:
         return {"estimate_bps": self.estimate, "congested": False, "packets": self.packets, "lost": self.lost}
 
 
-async def test_a_probe_the_link_carries_leads_to_the_upgrade(node: FakeNode) -> None:
+def probing(node: FakeNode, estimate: float) -> tuple[Participant, Clock, FakeProber, list[int]]:
+    """bob subscribed to alice's video, its transport a FakeProber at `estimate`: (bob, its clock, the prober, the
+    layers pushed from now on)."""
     alice, bob = join(node, "alice"), join(node, "bob")
     bob.allocator.clock = clock = Clock()
-    bob.allocator.prober = prober = FakeProber(600_000)
+    bob.allocator.prober = prober = FakeProber(estimate)
     start(node, bob, publish_video(alice))
     layers: list[int] = []
     node.engine.set_target_layer = lambda dt, layer, temporal=None, cut=False: layers.append(layer)
+    return bob, clock, prober, layers
+
+
+async def test_a_probe_the_link_carries_leads_to_the_upgrade(node: FakeNode) -> None:
+    bob, clock, prober, layers = probing(node, 600_000)
     bob.allocator.on_estimate(prober.estimate)
     clock.now += UPGRADE_HOLD_S
     prober.status = ("pending", 0)
@@ -441,12 +457,58 @@ async def test_a_probe_the_link_carries_leads_to_the_upgrade(node: FakeNode) -> 
         clock.now += 0.5
         prober.status = ("pending", 0)
         bob.allocator.tick()
-    needed = (500_000 + 1_000_000) * UPGRADE_MARGIN
+    needed = (500_000 + 1_000_000) * UPGRADE_MARGIN * PROBE_OVERSHOOT  # a carried probe measures a little short
     assert prober.probes == [500_000 + headroom, 500_000 + 2 * headroom, 500_000 + 4 * headroom, needed]
     clock.now += 0.5
     prober.status, prober.estimate = ("succeeded", needed), needed
     bob.allocator.tick()
     assert layers == [1, 2] and bob.allocator._counters["probes_carried"] == 4
+
+
+async def test_after_a_step_down_only_a_probe_the_link_carries_counts_toward_an_upgrade(node: FakeNode) -> None:
+    """A crept estimate is not enough to go back up: the upgrade waits for probes the link carries."""
+    bob, clock, prober, layers = probing(node, 5_000_000)
+    bob.allocator.on_estimate(prober.estimate)
+    prober.estimate = 700_000
+    bob.allocator.on_estimate(prober.estimate)
+    assert layers == [2, 1]
+    clock.now += max(UPGRADE_HOLD_S, PROBE_INTERVAL_S)
+    prober.estimate = 2 * WIDE  # crept up without a probe
+    prober.status = ("pending", 0)
+    bob.allocator.tick()
+    assert layers == [2, 1] and len(prober.probes) == 1
+    for _ in range(5):
+        clock.now += 0.5
+        prober.status = ("succeeded", prober.probes[-1])
+        bob.allocator.tick()
+        if layers[-1] == 2:
+            break
+        clock.now += 0.5
+        prober.status = ("pending", 0)
+        bob.allocator.tick()
+    assert layers == [2, 1, 2] and prober.probes[-1] >= WIDE
+
+
+async def test_no_upgrade_right_after_a_probe_the_link_did_not_carry(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    bob.allocator.clock = clock = Clock()
+    bob.allocator.prober = prober = FakeProber(NARROW)
+    layers: list[int] = []
+    node.engine.set_target_layer = lambda dt, layer, temporal=None, cut=False: layers.append(layer)
+    bob.allocator.on_estimate(prober.estimate)  # known before the video starts: it starts within it, no step-down
+    start(node, bob, publish_video(alice))
+    clock.now += UPGRADE_HOLD_S
+    prober.status = ("pending", 0)
+    bob.allocator.tick()
+    assert layers == [1] and len(prober.probes) == 1
+    clock.now += 0.5
+    prober.status = ("failed", 0)
+    bob.allocator.tick()
+    bob.allocator.on_estimate(WIDE)  # its queue is still draining: a rise now is not the link's
+    assert layers == [1]
+    clock.now += PROBE_FAILED_HOLD_S
+    bob.allocator.on_estimate(WIDE)
+    assert layers == [1, 2]
 
 
 async def test_a_probe_the_link_does_not_carry_resets_the_probe_headroom(node: FakeNode) -> None:

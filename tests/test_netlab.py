@@ -160,38 +160,32 @@ def longest_freeze(result: dict, start: int, end: int) -> float:
     return max([s["gap"] for s in seconds] + [float(trailing)])
 
 
-# Not yet reliable enough to gate CI (issue 11 stays open): behind 600 kbit/s the subscriber often climbs to 360p
-# (~500 kbit/s with audio), which plays at 20 fps there; probes toward 720p are bounded by a headroom above the
-# allocation (allocator.PROBE_HEADROOM_BPS) and no longer cost it seconds of frames, but a loss burst, or the 360p
-# keyframe of an upgrade crossing the 200 ms queue, still can (1-2 s at 5-12 fps on the way back to 180p, whose 15 fps
-# leave no margin; a 0.9 s wait for the first 360p frame). Measured in sessions 24-25: narrow passed 6 runs of 7,
-# narrowed 5 of 6, narrow + wide 5 of 5 (now one test, with the narrow one's freeze check). They run in CI and
-# report; they do not gate it.
+
+
+# Not yet reliable enough to gate CI (issue 11 stays open): behind 600 kbit/s the narrow subscriber still climbs to
+# 360p (~500 kbit/s with audio) when a probe just above the link's rate passes: the shaper's 16 kB bucket absorbs
+# what a probe a few tens of kbit/s over the rate adds in 0.8 s, so even its second half arrives whole. 360p then
+# plays at 20 fps for seconds, or its keyframe is lost and the way back to 180p costs a second without frames (the
+# 15 fps of 180p leave no margin in the 10 s window). Pricing the new layer's keyframe into an upgrade is the next
+# step. Measured in session 29 (with the probes judged on their second half): narrow + wide passed 6 runs of 7, one
+# of them at 14.3 fps over the window (a 360p upgrade at 16 s played 4 and 5 fps for two seconds).
 AT_THE_EDGE = pytest.mark.xfail(reason="360p at the edge of a 600 kbit/s link: see the comment above", strict=False)
 
 
-async def test_a_link_opened_mid_call_returns_to_720p(lab_server) -> None:
-    """600 kbit/s, opened at 10 s: 1280x720 again within 15 s, >= 18 fps."""
-    lab, server = lab_server
-    lab.shape(SHAPED_KBIT)
-    async with Call(lab, server) as call:
-        result, _ = await asyncio.gather(call.subscriber("narrow", seconds=30), call.shape_after(10, None))
-    figures("opened", result)
-    fps, sizes = window(result, 25, 30)
-    assert sizes == {(1280, 720)} and fps >= FULL_LAYER_FPS, result
-
-
-@AT_THE_EDGE
-async def test_a_link_narrowed_mid_call_steps_down(lab_server) -> None:
-    """Open, then 600 kbit/s at 10 s: a lower layer within 5 s, no freeze longer than 1 s."""
+async def test_a_link_narrowed_then_opened_mid_call_steps_down_and_returns_to_720p(lab_server) -> None:
+    """Open, 600 kbit/s at 8 s: a lower layer within 5 s, no freeze longer than 1 s. Opened again at 20 s: 1280x720
+    within 15 s, >= 18 fps. (One call for both: each alone cost the suite a publisher's start and a client.)"""
     lab, server = lab_server
     async with Call(lab, server) as call:
-        result, _ = await asyncio.gather(call.subscriber("narrowed", seconds=25), call.shape_after(10, SHAPED_KBIT))
+        result, _, _ = await asyncio.gather(call.subscriber("narrowed", seconds=40), call.shape_after(8, SHAPED_KBIT),
+                                            call.shape_after(20, None))
     figures("narrowed", result)
-    _, before = window(result, 5, 10)
-    _, after = window(result, 15, 25)
+    _, before = window(result, 3, 8)
+    _, after = window(result, 13, 20)
     assert before == {(1280, 720)} and after and max(w for w, _ in after) < 1280, result
-    assert longest_freeze(result, 5, 25) <= 1.0, result
+    assert longest_freeze(result, 3, 20) <= 1.0, result
+    fps, sizes = window(result, 35, 40)
+    assert sizes == {(1280, 720)} and fps >= FULL_LAYER_FPS, result
 
 
 @AT_THE_EDGE
@@ -218,16 +212,16 @@ async def test_narrow_and_wide_subscribers_each_get_their_own_layer(lab_server) 
 
 async def test_below_the_lowest_layer_video_pauses_and_audio_keeps_playing(lab_server) -> None:
     """100 kbit/s: video paused (StreamStateUpdate PAUSED; the Python SDK does not surface it, so the server's
-    counters are checked), the tone keeps playing; video resumes when the link opens at 15 s."""
+    counters are checked), the tone keeps playing; video resumes when the link opens at 10 s."""
     lab, server = lab_server
     lab.shape(100)
     async with Call(lab, server) as call:
-        result, _ = await asyncio.gather(call.subscriber("starved", seconds=30, audio=True), call.shape_after(15, None))
+        result, _ = await asyncio.gather(call.subscriber("starved", seconds=25, audio=True), call.shape_after(10, None))
     figures("starved", result)
     print(f"server counters: {server.counters()}")
     assert abs(result["audio_hz"] - TONE_HZ) < 5, result
     # Resumed: three seconds in a row at the lowest layer's rate or better within the 15 s after the link opened
     # (not a fixed window: an upgrade to a layer dynacast had turned off runs at a few fps while it restarts).
-    assert any(window(result, start, start + 3)[0] >= LOWEST_LAYER_FPS for start in range(15, 28)), result
+    assert any(window(result, start, start + 3)[0] >= LOWEST_LAYER_FPS for start in range(10, 23)), result
     counters = server.counters()
     assert counters.get("stream_paused_bandwidth", 0) >= 1 and counters["probe_clusters"] >= 1, counters
