@@ -397,6 +397,7 @@ async def test_the_subscriber_transports_estimate_drives_layers_and_pauses(node:
     paused for bandwidth (StreamStateUpdate PAUSED, counted) while audio flows, and it comes back up."""
     alice, video = _subscription(node)
     bob = video.subscriber
+    bob.allocator.prober = None  # no probing here: the estimate alone decides upgrades (probes: test_allocator.py)
     audio = bob.subscriptions[publish(alice, "audio", "mic").sid]
     audio.downtrack_id = node.engine.add_downtrack(audio.publication.receiver_id)
     now = [0.0]
