@@ -75,9 +75,8 @@ class ChannelClosed(DataChannelEvent):
 
 @dataclass
 class AssociationClosed(DataChannelEvent):
-    """The peer aborted or shut down the association (`by_peer`), or it failed or was aborted here."""
+    """The peer aborted or shut down the association (or it failed)."""
     reason: str
-    by_peer: bool = False
 
 
 @dataclass
