@@ -92,6 +92,48 @@ async def test_without_a_resume_it_leaves_after_the_departure_timeout(node: Fake
     assert node.counters["signal_departure_timeouts"] == 1
 
 
+@pytest.mark.parametrize("peer_closed_first", [False, True])
+async def test_a_client_that_closed_its_peer_connection_and_lost_its_signal_has_left(node: FakeNode,
+                                                                                    peer_closed_first: bool) -> None:
+    """The Rust SDK's disconnect can lose its leave (it resets its WebSocket), but it closes its peer connection
+    (SCTP ABORT, DTLS close_notify): then the others see it leave at once, not after SIGNAL_DEPARTURE_TIMEOUT."""
+    alice, bob = connected(join(node, "alice")), connected(join(node, "bob"))
+    if peer_closed_first:
+        bob.publisher.transport.on_peer_closed()
+        assert not bob.closed  # its signal connection still speaks for it
+        bob.signal_lost(sink(bob))
+    else:
+        bob.signal_lost(sink(bob))
+        assert not bob.closed
+        bob.subscriber.transport.on_peer_closed()
+    await asyncio.sleep(0)  # it leaves on the loop's next turn (close_soon)
+    assert bob.closed and bob.disconnect_reason == models.DisconnectReason.CLIENT_INITIATED
+    assert updates_about(alice, bob)[-1].state == DISCONNECTED and "participant_left" in node.events
+    assert node.counters["signal_lost_peer_closed"] == 1 and node.counters["signal_departure_timeouts"] == 0
+
+
+async def test_an_agent_that_closed_its_peer_connection_and_lost_its_signal_waits_for_a_resume(
+        node: FakeNode) -> None:
+    """Its node may have died (then its job is relaunched, which needs its departure read as a lost connection)."""
+    bob = connected(join(node, "bob", agent=True))
+    bob.signal_lost(sink(bob))
+    bob.subscriber.transport.on_peer_closed()
+    await asyncio.sleep(0)
+    assert not bob.closed and node.counters["signal_lost_peer_closed"] == 0
+
+
+async def test_a_blip_with_its_peer_connections_open_still_waits_for_a_resume(node: FakeNode) -> None:
+    connected(join(node, "alice"))
+    bob = connected(join(node, "bob"))
+    bob.signal_lost(sink(bob))
+    await asyncio.sleep(0)
+    assert not bob.closed and node.counters["signal_lost_peer_closed"] == 0
+    bob.resume(Sink())
+    bob.publisher.transport.on_peer_closed()  # closed while its (resumed) signal connection speaks for it
+    await asyncio.sleep(0)
+    assert not bob.closed
+
+
 async def test_a_resume_hears_who_left_meanwhile_and_a_replaced_session_changes_nothing(node: FakeNode) -> None:
     alice, bob = connected(join(node, "alice")), connected(join(node, "bob"))
     old = sink(alice)

@@ -1,5 +1,6 @@
 """A Transport (ICE/DTLS/SCTP control side) against an in-memory DTLS + SCTP client: a client that stops
-acknowledging data loses its lossy messages, then is dropped; certificates rotate for new transports."""
+acknowledging data loses its lossy messages, then is dropped; certificates rotate for new transports; a client
+closing its peer connection (SCTP ABORT, DTLS close_notify) is reported."""
 from __future__ import annotations
 
 import asyncio
@@ -140,3 +141,27 @@ async def test_reliable_messages_sent_before_the_channel_opens_arrive_when_it_do
     transport.set_remote("ufrag", ("sha-256", client.certificate.fingerprint))
     client.exchange(engine, transport)
     assert [e.data for e in client.events if isinstance(e, MessageReceived)] == [b"first", b"second"]
+
+
+async def test_a_client_that_aborts_its_association_is_reported_closed_once() -> None:
+    """SCTP ABORT (what a closing SDK sends) calls on_peer_closed; the close_notify after it does not again."""
+    _, _, transport, client = await connected_pair()
+    closed: list[bool] = []
+    transport.on_peer_closed = lambda: closed.append(True)
+    for datagram in client._sctp_out(client.sctp.abort()):
+        transport.handle_dtls(datagram)
+    assert closed == [True] and not transport.channels
+    for datagram in client.dtls.close():
+        transport.handle_dtls(datagram)
+    assert closed == [True]
+
+
+async def test_a_client_that_closes_dtls_is_reported_closed() -> None:
+    _, _, transport, client = await connected_pair()
+    closed: list[bool] = []
+    transport.on_peer_closed = lambda: closed.append(True)
+    assert not closed
+    for datagram in client.dtls.close():
+        transport.handle_dtls(datagram)
+    assert closed == [True] and not transport.dtls.connected
+

@@ -75,8 +75,9 @@ class ChannelClosed(DataChannelEvent):
 
 @dataclass
 class AssociationClosed(DataChannelEvent):
-    """The peer aborted or shut down the association (or it failed)."""
+    """The peer aborted or shut down the association (`by_peer`), or it failed or was aborted here."""
     reason: str
+    by_peer: bool = False
 
 
 @dataclass

@@ -446,7 +446,7 @@ class SctpAssociation:
                 self._t1 = None
                 self._established()
         elif t == ABORT:
-            self._closed("aborted by peer")
+            self._closed("aborted by peer", by_peer=True)
             return False
         elif t == HEARTBEAT:
             if self._peer is not None:
@@ -470,7 +470,7 @@ class SctpAssociation:
         elif t == SHUTDOWN:
             # We have nothing to drain for the peer: acknowledge at once.
             self._control.append(encode_chunk(SHUTDOWN_ACK, 0, b""))
-            self._closed("shut down by peer")
+            self._closed("shut down by peer", by_peer=True)
             self.state = "shutdown-ack-sent"
             return False
         elif t in (HEARTBEAT_ACK, ERROR, SHUTDOWN_ACK, SHUTDOWN_COMPLETE):
@@ -553,7 +553,7 @@ class SctpAssociation:
         else:
             self._t1 = None
 
-    def _closed(self, reason: str) -> None:
+    def _closed(self, reason: str, by_peer: bool = False) -> None:
         was_closed = self.state == "closed"
         self.state = "closed"
         self._t1 = self._t3 = self._sack_due = self._reset_due = None
@@ -566,7 +566,7 @@ class SctpAssociation:
         self._data_out = []
         if not was_closed:
             self._channels.close_all()
-            self._channels.events.append(AssociationClosed(reason))
+            self._channels.events.append(AssociationClosed(reason, by_peer))
 
     # -- sending data --
 

@@ -75,6 +75,10 @@ class Transport:
         self.receiving: Callable[[], bool] | None = None
         self.on_message: Callable[[DataChannel, bytes], None] | None = None
         self.on_backlog_full: Callable[[], None] | None = None  # a reliable message found no room: the client does not drain
+        # The client closed this peer connection (SCTP ABORT or SHUTDOWN, DTLS close_notify or a fatal alert): called
+        # once. A closing SDK may lose its signal leave (it resets its WebSocket), but this arrives.
+        self.on_peer_closed: Callable[[], None] | None = None
+        self._peer_closed = False
         # The downlink estimate of this (subscriber) transport moved by more than the engine's change threshold, or
         # its congestion state changed (engine E_BANDWIDTH, raised on TWCC feedback or REMB): on_bandwidth(bps,
         # congested); `congested` means: do not upgrade now. Engine.transport_bandwidth(id) reads it at any time.
@@ -269,8 +273,11 @@ class Transport:
 
     def handle_dtls(self, data: bytes) -> None:
         failed_before = self.dtls.failed is not None
+        dtls_open = not self.dtls.closed
         self._send(self.dtls.receive(data))
         self._advance(failed_before)
+        if dtls_open and self.dtls.closed:  # only the client's close_notify or alert closes it here
+            self._closed_by_peer("DTLS closed")
 
     def _advance(self, failed_before: bool) -> None:
         """Acts on what the DTLS endpoint has become: SRTP keys to the engine, SCTP data, a failure to count."""
@@ -386,6 +393,16 @@ class Transport:
             elif isinstance(event, AssociationClosed):
                 self.channels.clear()
                 log.debug("transport %s SCTP closed: %s", self.id, event.reason)
+                if event.by_peer:
+                    self._closed_by_peer(f"SCTP {event.reason}")
+
+    def _closed_by_peer(self, how: str) -> None:
+        if self._peer_closed:
+            return
+        self._peer_closed = True
+        log.debug("transport %s (%s): the client closed it (%s)", self.id, self.label, how)
+        if self.on_peer_closed:
+            self.on_peer_closed()
 
     def _send_sctp(self, packets: list[bytes]) -> None:
         if not self.dtls.connected:  # the client closed DTLS (close_notify) while SCTP still had something to say

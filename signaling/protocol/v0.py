@@ -156,17 +156,22 @@ async def serve(websocket: WebSocket, session: SignalSession, token_expires_at: 
     writer = session.start_writer(websocket)
     refresher = asyncio.create_task(_refresh_tokens(session, token_expires_at))
     reader = ended = None
+    why = "cancelled"
     try:
         session.start(resume)
         reader = asyncio.create_task(_read(websocket, session))
         ended = asyncio.create_task(session.ended.wait())
         done, _ = await asyncio.wait({reader, ended}, return_when=asyncio.FIRST_COMPLETED)
-        if reader in done:
-            reader.result()  # the reader's errors are the connection's
+        # the reader's errors are the connection's
+        why = reader.result() if reader in done else "the session closed (a leave, or the participant left)"
+    except Exception as error:
+        why = f"{type(error).__name__}: {error}"
+        raise
     finally:
         for task in (refresher, reader, ended):
             if task is not None:
                 task.cancel()
+        log.debug("signal connection of %s ended: %s", session.participant.identity, why)
         session.participant.signal_lost(session)
         await asyncio.wait({writer}, timeout=CLOSE_TIMEOUT)
         writer.cancel()
@@ -174,7 +179,8 @@ async def serve(websocket: WebSocket, session: SignalSession, token_expires_at: 
             await asyncio.wait_for(websocket.close(), CLOSE_TIMEOUT)
 
 
-async def _read(websocket: WebSocket, session: SignalSession) -> None:
+async def _read(websocket: WebSocket, session: SignalSession) -> str:
+    """Handles the client's requests until the connection ends or the session closes; says which."""
     counters = session.counters
     while not session.closed:
         try:
@@ -186,11 +192,11 @@ async def _read(websocket: WebSocket, session: SignalSession) -> None:
             counters["signal_ping_timeouts"] += 1
             if not session.participant.resumable:
                 session.participant.close(models.DisconnectReason.CONNECTION_TIMEOUT)
-            return
+            return f"the client was silent for {PING_TIMEOUT} s"
         if message["type"] == "websocket.disconnect":
             if message.get("code") == 1009:  # a message over MAX_SIGNAL_MESSAGE
                 counters["signal_message_too_big"] += 1
-            return
+            return f"the WebSocket closed (code {message.get('code')})"
         data = message.get("bytes")
         if data is None:
             counters["signal_text_frames"] += 1
@@ -205,6 +211,7 @@ async def _read(websocket: WebSocket, session: SignalSession) -> None:
         except Exception:  # a bug handling one request must not take down the session or the server
             counters["signal_handler_errors"] += 1
             log.exception("error handling %s from %s", request.WhichOneof("message"), session.participant.identity)
+    return "the session closed"
 
 
 async def _refresh_tokens(session: SignalSession, expires_at: float) -> None:

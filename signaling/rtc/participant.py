@@ -104,6 +104,9 @@ class Participant:
         # stubs (by sid) of who left meanwhile.
         self._departure: asyncio.TimerHandle | None = None
         self._departed: dict[str, models.ParticipantInfo] = {}
+        # The client closed a peer connection of its own (SCTP or DTLS): a signal connection lost without a leave then
+        # is a departure (the Rust SDK resets its WebSocket on disconnect, losing the leave), not a blip.
+        self._peer_closed = False
         self.publications: dict[str, TrackPublication] = {}  # by track sid, media negotiated
         self._sdp_refusals = 0
         self._pending: dict[str, TrackPublication] = {}  # by AddTrackRequest cid, until media is negotiated
@@ -152,6 +155,8 @@ class Participant:
         # A reliable data message with no room in the client's backlog (peer/transport.py): it does not drain.
         self.publisher.transport.on_backlog_full = self._on_media_path_lost
         self.subscriber.transport.on_backlog_full = self._on_media_path_lost
+        self.publisher.transport.on_peer_closed = self._on_peer_closed
+        self.subscriber.transport.on_peer_closed = self._on_peer_closed
         # The subscriber transport's downlink estimate drives this participant's StreamAllocator.
         self.subscriber.transport.on_bandwidth = self.allocator.on_estimate
         self.allocator.prober = self.subscriber.transport
@@ -287,7 +292,7 @@ class Participant:
     def signal_lost(self, sink: SignalSink) -> None:
         """The signal connection `sink` ended without a leave. A participant whose media connected waits
         SIGNAL_DEPARTURE_TIMEOUT for its client to resume, unseen by the others; one whose media never connected has
-        nothing to resume and leaves now (as in LiveKit)."""
+        nothing to resume and leaves now (as in LiveKit), and so does one whose client closed its peer connection."""
         if self.closed or self.sink is not sink:  # gone already, or replaced by a resumed connection
             return
         self.sink = None
@@ -296,6 +301,9 @@ class Participant:
             self.close(models.DisconnectReason.SIGNAL_CLOSE, notify=False)
             return
         self.services.counters["signal_lost"] += 1
+        if self._peer_closed:
+            self._left_without_leave()
+            return
         log.info("participant %s: signal connection lost, waiting %.0f s for a resume", self.identity,
                  SIGNAL_DEPARTURE_TIMEOUT)
         self._departure = asyncio.get_running_loop().call_later(SIGNAL_DEPARTURE_TIMEOUT, self._depart)
@@ -304,6 +312,25 @@ class Participant:
         self._departure = None
         self.services.counters["signal_departure_timeouts"] += 1
         self.close(models.DisconnectReason.SIGNAL_CLOSE, notify=False)
+
+    def _on_peer_closed(self) -> None:
+        """The client closed a peer connection: if its signal connection is already lost, it has left. Not so an
+        agent: its job is relaunched if its connection was lost, and an agent whose worker's node died (relaying its
+        signal) closes its peer connection as that signal ends, as one leaving would. The resume wait lets the node
+        learn which it was (agent dispatch marks the job orphaned when the worker's node is found gone)."""
+        if self.is_agent:
+            return
+        self._peer_closed = True
+        if self._departure is not None:
+            self._departure.cancel()
+            self._departure = None
+            self._left_without_leave()
+
+    def _left_without_leave(self) -> None:
+        self.services.counters["signal_lost_peer_closed"] += 1
+        log.info("participant %s: signal connection lost and a peer connection closed by its client: it left",
+                 self.identity)
+        self.close_soon(models.DisconnectReason.CLIENT_INITIATED)  # from a transport's packet handling
 
     def resume(self, sink: SignalSink) -> None:
         """The client came back on a new signal connection (reconnect=1 with this sid), keeping its sid, tracks and
