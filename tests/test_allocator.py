@@ -325,14 +325,20 @@ async def test_an_upgrade_needs_room_for_the_new_layers_keyframe_and_staying_doe
     assert node.engine.layers[downtrack] == 1
 
 
-async def test_an_upgrade_prices_a_layer_not_forwarded_at_least_at_what_its_publisher_advertised(
-        node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+def measuring(node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> tuple[Participant, Clock, TrackPublication]:
+    """bob subscribing by estimate only to alice's video, on a fake clock that its layers' bitrate windows follow
+    too: (bob, the clock, the video)."""
     clock = Clock()
     monkeypatch.setattr(publication_module, "time", SimpleNamespace(monotonic=clock))
     alice, bob = join(node, "alice"), join(node, "bob")
     estimate_only(bob)
     bob.allocator.clock = clock
-    video = publish_video(alice)
+    return bob, clock, publish_video(alice)
+
+
+async def test_an_upgrade_prices_a_layer_not_forwarded_at_least_at_what_its_publisher_advertised(
+        node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    bob, clock, video = measuring(node, monkeypatch)
     measured = (150_000, 500_000, 900_000)  # 720p reads low: dynacast just turned it back on, its encoder ramps up
     counts = [0, 0, 0]
     node.engine.receiver_stats = lambda receiver_id: {"layers": [
@@ -354,12 +360,7 @@ async def test_an_upgrade_prices_a_layer_not_forwarded_at_least_at_what_its_publ
 
 async def test_allocations_push_temporal_caps_and_dynacast_still_sees_spatial_layers(
         node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = Clock()
-    monkeypatch.setattr(publication_module, "time", SimpleNamespace(monotonic=clock))
-    alice, bob = join(node, "alice"), join(node, "bob")
-    bob.allocator.clock = clock
-    estimate_only(bob)
-    video = publish_video(alice)
+    bob, clock, video = measuring(node, monkeypatch)
     counts = [[0] * 4 for _ in LAYER_BPS]
     node.engine.receiver_stats = lambda receiver_id: {"layers": [
         {"bytes": sum(layer), "temporal_bytes": list(layer)} for layer in counts]}
