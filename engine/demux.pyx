@@ -10,8 +10,8 @@ from engine.downtrack cimport DownTrack, downtrack_lose_layer
 from engine.feedback cimport feedback_keyframe_request, feedback_nack
 from engine.packet cimport DESC_RED, DESC_VP9, ExtPacket, packet_set
 from engine.path cimport path_equal, path_key, path_next_key
-from engine.receiver cimport (Layer, Receiver, layer_note_svc, layer_note_temporal, layer_receive, layer_reset,
-                              receiver_find_rid, receiver_note_audio_level, receiver_note_live)
+from engine.receiver cimport (Layer, Receiver, layer_note_keyframe, layer_note_svc, layer_note_temporal, layer_receive,
+                              layer_reset, receiver_find_rid, receiver_note_audio_level, receiver_note_live)
 from engine.reports cimport reports_receiver_blocks, reports_sender_info
 from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, RtcpHeader, SenderInfo, is_rtcp,
                           parse_feedback_ssrcs, parse_fir_ssrc, parse_rtcp_header, parse_sender_info)
@@ -516,6 +516,7 @@ cdef void receive(EngineState *s, Receiver *r, int l, const uint8_t *buf, int le
     if r.ext_audio_level and find_extension(buf, h, r.ext_audio_level, &value, &value_length) and value_length >= 1:
         receiver_note_audio_level(r, value[0] & 0x7F)
     layer_note_temporal(layer, p.temporal, length, h.payload_length)
+    layer_note_keyframe(layer, h.timestamp, p.keyframe, length, h.payload_length)
     if p.descriptor == DESC_VP9 or p.has_dd:
         layer_note_svc(layer, p.spatial, p.temporal, length, h.payload_length, now)
     if p.keyframe:

@@ -1171,6 +1171,7 @@ cdef class Engine:
                         if layer.active else 0,
                 "jitter": layer.jitter_q4 >> 4,
                 "keyframes": layer.keyframes,
+                "keyframe_bytes": layer.keyframe_bytes,  # the last keyframe's (RTP packets of its frame)
                 "nacks_sent": layer.nacks_sent,
                 "plis_sent": layer.plis_sent,
                 "missing": layer.missing_count,

@@ -25,6 +25,11 @@ cdef struct Layer:
     bint active               # a packet has arrived
     int64_t last_packet_us
     uint64_t keyframes
+    # the last keyframe's size: the bytes of the packets of its frame (its RTP timestamp) received so far, in any
+    # order. What an upgrade to this layer sends at once (the allocator prices it).
+    uint32_t keyframe_bytes
+    uint32_t keyframe_ts
+    bint has_keyframe
     PacketCache cache
     # receive statistics
     uint16_t max_seq
@@ -108,6 +113,16 @@ cdef void layer_reset(Layer *layer) noexcept nogil
 cdef inline void layer_note_temporal(Layer *layer, int temporal, int length, int payload_length) noexcept nogil:
     if 0 <= temporal < 4 and payload_length > 0:
         layer.temporal_bytes[temporal] += length
+# Adds a received packet to its layer's last keyframe size: a keyframe's first packet starts a new count, and every
+# packet of its frame (same RTP timestamp; later ones only repair it) adds to it.
+cdef inline void layer_note_keyframe(Layer *layer, uint32_t timestamp, bint keyframe, int length,
+                                     int payload_length) noexcept nogil:
+    if keyframe and not (layer.has_keyframe and timestamp == layer.keyframe_ts):
+        layer.has_keyframe = True
+        layer.keyframe_ts = timestamp
+        layer.keyframe_bytes = 0
+    if layer.has_keyframe and timestamp == layer.keyframe_ts and payload_length > 0:
+        layer.keyframe_bytes += length
 # The same for a packet of an SVC stream, by spatial and temporal id; notes that its spatial layer is live.
 cdef inline void layer_note_svc(Layer *layer, int spatial, int temporal, int length, int payload_length,
                                 int64_t now) noexcept nogil:

@@ -109,6 +109,8 @@ cdef void layer_reset(Layer *layer) noexcept nogil:
     layer.active = False
     layer.received = 0
     layer.bytes = 0
+    layer.keyframe_bytes = 0
+    layer.has_keyframe = False
     memset(layer.temporal_bytes, 0, sizeof(layer.temporal_bytes))
     memset(layer.svc_bytes, 0, sizeof(layer.svc_bytes))
     memset(layer.spatial_last_us, 0, sizeof(layer.spatial_last_us))

@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 from livekit.protocol import models, rtc
 
-from signaling.rtc.allocator import (PAUSED, PROBE_FAILED_HOLD_S, PROBE_HEADROOM_BPS, PROBE_INTERVAL_S,
-                                     PROBE_MAX_INTERVAL_S, PROBE_OVERSHOOT, STEP_DOWN_TOLERANCE, TOP_LAYER,
-                                     TOP_TEMPORAL, UPGRADE_FAILED_S, UPGRADE_HOLD_S, UPGRADE_MARGIN,
+from signaling.rtc.allocator import (KEYFRAME_DRAIN_S, PAUSED, PROBE_FAILED_HOLD_S, PROBE_HEADROOM_BPS,
+                                     PROBE_INTERVAL_S, PROBE_MAX_INTERVAL_S, PROBE_OVERSHOOT,
+                                     PROBE_RAMP_INTERVAL_S, STEP_DOWN_TOLERANCE,
+                                     TOP_LAYER, TOP_TEMPORAL, UPGRADE_FAILED_S, UPGRADE_HOLD_S, UPGRADE_MARGIN,
                                      UPGRADE_RETRY_FACTOR, UPGRADE_RETRY_MEMORY_S, VideoDemand, share)
 from signaling.rtc import publication as publication_module
 from signaling.rtc.dynacast import Dynacast
@@ -20,6 +21,13 @@ from signaling.rtc.publication import BITRATE_WINDOW_S, BITRATE_WINDOWS, DEFAULT
 from test_rtc import FakeEngine, FakeNode, join, publish, sink
 
 LAYER_BPS = (150_000, 500_000, 1_500_000)  # what the publishers below advertise, lowest first
+KEYFRAME_BYTES = (8_000, 12_000, 25_000)  # the size of each layer's last keyframe, as the engine reports it
+
+
+def upgrade_estimate(layer: int, audio: float = 0.0) -> float:
+    """The estimate an upgrade to `layer` needs (the subscriber's audio beside it): with the upgrade margin, the
+    layer's rate and draining its keyframe."""
+    return (audio + LAYER_BPS[layer] + KEYFRAME_BYTES[layer] * 8 / KEYFRAME_DRAIN_S) * UPGRADE_MARGIN
 
 
 class Clock:
@@ -31,15 +39,15 @@ class Clock:
 
 
 class LayeredEngine(FakeEngine):
-    """A FakeEngine whose receivers report per-layer byte counts (none measured unless a test sets them) and whose
-    DownTracks report the layer being forwarded."""
+    """A FakeEngine whose receivers report per-layer keyframe sizes and byte counts (none measured unless a test sets
+    them) and whose DownTracks report the layer being forwarded."""
 
     def __init__(self) -> None:
         super().__init__()
         self.forwarded: dict[int, int] = {}
 
     def receiver_stats(self, receiver_id: int) -> dict:
-        return {"layers": []}
+        return {"layers": [{"bytes": 0, "keyframe_bytes": size} for size in KEYFRAME_BYTES]}
 
     def downtrack_stats(self, downtrack_id: int) -> dict:
         return {"current_layer": self.forwarded.get(downtrack_id, -1)}
@@ -217,18 +225,22 @@ async def test_audio_is_reserved_and_video_pauses_below_its_lowest_layer(node: F
     for disabled in (True, False):
         bob.update_track_settings(rtc.UpdateTrackSettings(track_sids=[video.sid], disabled=disabled))
     assert node.engine.paused[video_dt] is True and len(stream_states(bob)) == 1
-    # Recovers only when the lowest layer fits with the upgrade margin, not congested, after the hold time.
-    bob.allocator.on_estimate(DEFAULT_AUDIO_BPS + LAYER_BPS[0] * UPGRADE_MARGIN * 1.01, congested=True)
+    # Recovers only when the lowest layer, its keyframe and the audio fit with the upgrade margin, not congested,
+    # after the hold time.
+    resume = upgrade_estimate(0, audio=DEFAULT_AUDIO_BPS)
+    bob.allocator.on_estimate(resume, congested=True)
     assert node.engine.paused[video_dt] is True
-    bob.allocator.on_estimate(DEFAULT_AUDIO_BPS + LAYER_BPS[0] * UPGRADE_MARGIN * 1.01)
+    bob.allocator.on_estimate(resume)
     assert node.engine.paused[video_dt] is True  # within the hold time
     clock.now += UPGRADE_HOLD_S
-    bob.allocator.on_estimate(DEFAULT_AUDIO_BPS + LAYER_BPS[0] * UPGRADE_MARGIN * 1.01)
+    bob.allocator.on_estimate(resume * 0.99)  # the margin covers the audio too
+    assert node.engine.paused[video_dt] is True
+    bob.allocator.on_estimate(resume)
     assert node.engine.paused[video_dt] is False and node.engine.layers[video_dt] == 0
     assert stream_states(bob) == [(video.sid, rtc.StreamState.PAUSED), (video.sid, rtc.StreamState.ACTIVE)]
 
 
-WIDE, NARROW = 1_500_000 * UPGRADE_MARGIN, 600_000  # estimates for 720p (with the margin) and for 360p
+WIDE, NARROW = upgrade_estimate(2), 600_000  # estimates for 720p (an upgrade to it) and for 360p
 
 
 def failed_upgrade(node: FakeNode) -> tuple[Participant, Clock, list[int]]:
@@ -290,21 +302,65 @@ async def test_steps_down_at_once_and_up_with_margin_without_flapping(node: Fake
         clock.now += 1
         bob.allocator.on_estimate(estimate)
     assert layers == [2, 1]
-    bob.allocator.on_estimate(1_500_000 * (UPGRADE_MARGIN - 0.05))  # fits, but not with the margin
+    bob.allocator.on_estimate(WIDE * 0.99)  # 720p fits, but not with the margin over it and its keyframe
     assert layers == [2, 1]
-    bob.allocator.on_estimate(1_500_000 * UPGRADE_MARGIN)
+    bob.allocator.on_estimate(WIDE)
     assert layers == [2, 1, 2]
     assert node.engine.paused[downtrack] is False and stream_states(bob) == []
 
 
-async def test_allocations_push_temporal_caps_and_dynacast_still_sees_spatial_layers(
-        node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_upgrade_needs_room_for_the_new_layers_keyframe_and_staying_does_not(node: FakeNode) -> None:
+    alice, bob = join(node, "alice"), join(node, "bob")
+    estimate_only(bob)
+    bob.allocator.clock = clock = Clock()
+    [downtrack] = start(node, bob, publish_video(alice))
+    bob.allocator.on_estimate(400_000)
+    assert node.engine.layers[downtrack] == 0
+    clock.now += UPGRADE_HOLD_S
+    bob.allocator.on_estimate(LAYER_BPS[1] * UPGRADE_MARGIN * 1.1)  # 360p's rate fits with the margin...
+    assert node.engine.layers[downtrack] == 0
+    bob.allocator.on_estimate(upgrade_estimate(1))  # ...its keyframe drained within KEYFRAME_DRAIN_S too
+    assert node.engine.layers[downtrack] == 1
+    bob.allocator.on_estimate(LAYER_BPS[1] * 1.01)  # once there, the layer's rate is all it costs
+    assert node.engine.layers[downtrack] == 1
+
+
+def measuring(node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> tuple[Participant, Clock, TrackPublication]:
+    """bob subscribing by estimate only to alice's video, on a fake clock that its layers' bitrate windows follow
+    too: (bob, the clock, the video)."""
     clock = Clock()
     monkeypatch.setattr(publication_module, "time", SimpleNamespace(monotonic=clock))
     alice, bob = join(node, "alice"), join(node, "bob")
-    bob.allocator.clock = clock
     estimate_only(bob)
-    video = publish_video(alice)
+    bob.allocator.clock = clock
+    return bob, clock, publish_video(alice)
+
+
+async def test_an_upgrade_prices_a_layer_not_forwarded_at_least_at_what_its_publisher_advertised(
+        node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    bob, clock, video = measuring(node, monkeypatch)
+    measured = (150_000, 500_000, 900_000)  # 720p reads low: dynacast just turned it back on, its encoder ramps up
+    counts = [0, 0, 0]
+    node.engine.receiver_stats = lambda receiver_id: {"layers": [
+        {"bytes": sent, "keyframe_bytes": size} for sent, size in zip(counts, KEYFRAME_BYTES)]}
+    for _ in range(BITRATE_WINDOWS + 1):
+        clock.now += BITRATE_WINDOW_S
+        counts[:] = [sent + int(bps * BITRATE_WINDOW_S) // 8 for sent, bps in zip(counts, measured)]
+        video.layer_bitrates(node.engine)
+    assert video.layer_bitrates(node.engine) == measured
+    [downtrack] = start(node, bob, video)
+    bob.allocator.on_estimate(NARROW)
+    assert node.engine.layers[downtrack] == 1
+    clock.now += UPGRADE_HOLD_S
+    bob.allocator.on_estimate((measured[2] + KEYFRAME_BYTES[2] * 8 / KEYFRAME_DRAIN_S) * UPGRADE_MARGIN * 1.1)
+    assert node.engine.layers[downtrack] == 1  # enough for 720p as measured, not as advertised
+    bob.allocator.on_estimate(WIDE)
+    assert node.engine.layers[downtrack] == 2
+
+
+async def test_allocations_push_temporal_caps_and_dynacast_still_sees_spatial_layers(
+        node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    bob, clock, video = measuring(node, monkeypatch)
     counts = [[0] * 4 for _ in LAYER_BPS]
     node.engine.receiver_stats = lambda receiver_id: {"layers": [
         {"bytes": sum(layer), "temporal_bytes": list(layer)} for layer in counts]}
@@ -457,7 +513,7 @@ async def test_a_probe_the_link_carries_leads_to_the_upgrade(node: FakeNode) -> 
         clock.now += 0.5
         prober.status = ("pending", 0)
         bob.allocator.tick()
-    needed = (500_000 + 1_000_000) * UPGRADE_MARGIN * PROBE_OVERSHOOT  # a carried probe measures a little short
+    needed = WIDE * PROBE_OVERSHOOT  # 720p and its keyframe; a carried probe measures a little short
     assert prober.probes == [500_000 + headroom, 500_000 + 2 * headroom, 500_000 + 4 * headroom, needed]
     clock.now += 0.5
     prober.status, prober.estimate = ("succeeded", needed), needed
@@ -622,3 +678,50 @@ async def test_no_probe_for_an_interval_after_a_step_down(node: FakeNode) -> Non
     clock.now += 0.5
     bob.allocator.tick()
     assert len(prober.probes) == 1
+
+
+async def test_no_probe_while_an_upgrades_keyframe_crosses_the_link(node: FakeNode) -> None:
+    bob, clock, prober, layers = probing(node, 300_000)
+    bob.allocator.on_estimate(prober.estimate)
+    assert layers == [0]
+    clock.now += UPGRADE_HOLD_S
+    prober.status = ("pending", 0)
+    bob.allocator.tick()
+    clock.now += PROBE_RAMP_INTERVAL_S
+    prober.status, prober.estimate = ("succeeded", upgrade_estimate(1)), upgrade_estimate(1)
+    bob.allocator.tick()  # carried: 360p, and 720p is next, but not at once
+    assert layers == [0, 1] and len(prober.probes) == 1
+    clock.now += PROBE_RAMP_INTERVAL_S / 2
+    bob.allocator.tick()
+    assert len(prober.probes) == 1
+    clock.now += PROBE_RAMP_INTERVAL_S / 2
+    bob.allocator.tick()
+    assert len(prober.probes) == 2
+
+
+def gaps_between_failed_probes(bob: Participant, clock: Clock, prober: FakeProber, seconds: float) -> list[float]:
+    """Ticks for `seconds` with every probe failing: the seconds between one probe's start and the next's."""
+    starts: list[float] = []
+    probe = prober.probe
+    prober.probe = lambda target_bps, duration: starts.append(clock.now) or probe(target_bps, duration)
+    prober.status = ("failed", 0)
+    for _ in range(int(seconds / 0.5)):
+        clock.now += 0.5
+        bob.allocator.tick()
+    return [later - earlier for earlier, later in zip(starts, starts[1:])]
+
+
+async def test_failed_probes_back_off_only_above_the_lowest_layer_at_full_rate(node: FakeNode) -> None:
+    bob, clock, prober, layers = probing(node, 100_000)
+    bob.allocator.on_estimate(prober.estimate)
+    assert node.engine.paused[bob.subscriptions[next(iter(bob.subscriptions))].downtrack_id] is True
+    # a paused video: getting its lowest layer back matters most, every probe toward it comes at the base interval
+    assert gaps_between_failed_probes(bob, clock, prober, 20) == [PROBE_INTERVAL_S] * 5
+    prober.estimate, prober.status = 300_000, ("succeeded", 300_000)  # the link opens a little: 180p resumes
+    for _ in range(int(PROBE_INTERVAL_S / 0.5) + 1):
+        clock.now += 0.5
+        bob.allocator.tick()
+    assert layers == [0]
+    # at 180p, probes toward 360p that the link does not carry come more rarely (the first, short of 300 kbit/s,
+    # backed off already)
+    assert gaps_between_failed_probes(bob, clock, prober, 20) == [PROBE_MAX_INTERVAL_S] * 3

@@ -625,6 +625,31 @@ async def test_padding_only_packets_are_dropped_without_a_gap(setup) -> None:
     assert layer["packets"] == 3 and layer["bytes"] == sum(map(len, media))
 
 
+async def test_a_layers_last_keyframe_is_measured_whatever_the_packet_order(setup) -> None:
+    """`keyframe_bytes` (the allocator prices an upgrade's keyframe): the packets of a keyframe's frame, a late one
+    included; delta frames add nothing; each layer has its own, and its next keyframe starts a new count."""
+    eng, publisher, subscriber, _ = setup
+    receiver, _ = add_video(eng, publisher, subscriber, ["q", "h"])
+
+    def packet(seq: int, ts: int, ssrc: int, rid: bytes, start: str, size: int) -> bytes:
+        """`start`: "key" or "delta" (a frame's first packet), "" (a later packet of a frame)."""
+        payload = vp8(seq, start == "key", body=bytes(size)) if start else bytes([0x80, 0x80, 0x80, seq]) + bytes(size)
+        return rtp(VP8_PT, seq, ts, ssrc, payload, [(1, b"1"), (2, rid)])
+
+    keyframe = [packet(10, 9000, Q_SSRC, b"q", "key", 900), packet(11, 9000, Q_SSRC, b"q", "", 800),
+                packet(12, 9000, Q_SSRC, b"q", "", 700)]
+    other_layer = packet(500, 9000, H_SSRC, b"h", "key", 1100)
+    for data in (keyframe[0], keyframe[2], packet(13, 12000, Q_SSRC, b"q", "delta", 100), other_layer, keyframe[1]):
+        publisher.send_rtp(data)  # keyframe[1] comes late, after a delta frame
+    await subscriber.collect()
+    layers = eng.receiver_stats(receiver)["layers"]
+    assert [layer["keyframe_bytes"] for layer in layers] == [sum(map(len, keyframe)), len(other_layer)]
+    smaller = packet(14, 15000, Q_SSRC, b"q", "key", 300)
+    publisher.send_rtp(smaller)
+    await subscriber.collect()
+    assert eng.receiver_stats(receiver)["layers"][0]["keyframe_bytes"] == len(smaller)
+
+
 async def test_late_packets_behind_absorbed_padding_are_not_misnumbered(setup) -> None:
     eng, publisher, subscriber, _ = setup
     add_video(eng, publisher, subscriber, [])

@@ -410,7 +410,7 @@ async def test_a_subscriber_capped_to_lower_temporal_layers_decodes_fewer_frames
                 figures[name], width, height = await decoded_fps(track, 4)
                 assert (width, height) == (WIDTH // 4, HEIGHT // 4)
             now[0] += 60
-            bob.allocator.on_estimate(price[(2, TOP_TEMPORAL)] * 2)
+            bob.allocator.on_estimate(10_000_000)  # above 720p as an upgrade prices it (advertised 3 Mbit/s, keyframe)
             await asyncio.sleep(1)
             figures["uncapped"], _, _ = await decoded_fps(track, 3)
             after = await inbound(track)

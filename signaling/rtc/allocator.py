@@ -21,14 +21,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 from livekit.protocol import models, rtc
 
 if TYPE_CHECKING:
-    from .publication import Subscription, TrackPublication
+    from .publication import ReceivedCodec, Subscription, TrackPublication
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,16 @@ PAUSED = -1    # a video allocation that does not fit even its lowest layer
 # an encoder's steady target; measured behind 600 kbit/s with a 200 ms queue, margins of 15 and 25 % let 360p
 # (~500 kbit/s with audio) in, and within seconds its loss threw it out again, each time with a freeze.
 UPGRADE_MARGIN = 1.3
+# An upgrade to a higher spatial layer (or a paused video's resume) starts with that layer's keyframe, which the
+# Forwarder sends at once: behind a link with little room beside the new layer, it fills the queue, and the frames
+# behind it wait or are lost (behind the lab's 600 kbit/s, 360p at ~500 kbit/s with audio played at 4-5 fps for
+# seconds after such a switch). So an upgrade must also fit draining the new layer's last keyframe (the engine's
+# keyframe_bytes) within KEYFRAME_DRAIN_S, and probes aim there too; staying on a layer costs its rate alone. The
+# lab's publisher (1280x720 simulcast of detailed content) sent keyframes of 6-15 kB at 180p, 10-15 kB at 360p and
+# 17-31 kB at 720p: 0.05-0.75 s of their layers' rates. A keyframe costs at least KEYFRAME_MIN_S of its layer's rate
+# (the least measured, 720p's), which prices one not seen yet.
+KEYFRAME_DRAIN_S = 1.0
+KEYFRAME_MIN_S = 0.05
 # A step-down needs the estimate below what the allocation uses by more than this share: GCC answers every
 # congestion signal (a probe's own queue, a burst) by falling to 85 % of what was acknowledged, so at the edge of a
 # link its estimate dips below a layer the link carries, and following each dip would cost a keyframe wait and a
@@ -193,6 +203,10 @@ class VideoDemand:
     bitrates: tuple[int, ...]   # bps of each spatial layer, lowest first (each layer is its own stream)
     # per spatial layer, measured stacked temporal bitrates (T0, T0+T1, ...); empty = none (one step for the layer)
     temporal: tuple[tuple[int, ...], ...] = ()
+    # per spatial layer, the bps of draining its keyframe (see KEYFRAME_DRAIN_S), added to each step of a spatial layer
+    # above `switch_from` (the spatial layer forwarded now, PAUSED for none): the ladder an upgrade climbs
+    keyframes: tuple[int, ...] = ()
+    switch_from: int = TOP_LAYER
 
     @cached_property
     def ladder(self) -> tuple[tuple[int, int, int], ...]:
@@ -203,9 +217,10 @@ class VideoDemand:
         below. Temporal steps serve where they help: a link too narrow for the lowest layer at full rate."""
         steps = []
         for spatial, price in enumerate(self.bitrates[:self.max_layer + 1]):
+            keyframe = self.keyframes[spatial] if spatial > self.switch_from else 0
             stacked = self.temporal[spatial] if spatial == 0 and self.temporal else ()
-            steps += [(spatial, t, int(price * part / stacked[-1])) for t, part in enumerate(stacked[:-1])]
-            steps.append((spatial, TOP_TEMPORAL, price))
+            steps += [(spatial, t, int(price * part / stacked[-1]) + keyframe) for t, part in enumerate(stacked[:-1])]
+            steps.append((spatial, TOP_TEMPORAL, price + keyframe))
         return tuple(steps)
 
     def step_of(self, layer: int, temporal: int) -> int:
@@ -229,15 +244,17 @@ def share(videos: Iterable[VideoDemand], capacity: float) -> dict[int, int]:
     return steps
 
 
-def next_step(videos: Iterable[VideoDemand], steps: dict[int, int]) -> float | None:
-    """The bps the next upgrade adds to `steps` (the one `share` would make first with more capacity: screenshare
-    first, then the video on the lowest step), or None when every video has what it asks for."""
+def next_step(videos: Iterable[VideoDemand], steps: dict[int, int]) -> tuple[int, int, int] | None:
+    """The next upgrade from `steps` (the one `share` would make first with more capacity: screenshare first, then
+    the video on the lowest step) as (spatial, temporal, bps it adds), or None when every video has what it asks
+    for."""
     candidates = [(not video.screenshare, steps[video.key], video) for video in videos
                   if steps[video.key] < len(video.ladder) - 1]
     if not candidates:
         return None
     _, step, video = min(candidates, key=lambda candidate: candidate[:2])
-    return video.ladder[step + 1][2] - (video.ladder[step][2] if step != PAUSED else 0)
+    spatial, temporal, bps = video.ladder[step + 1]
+    return spatial, temporal, bps - (video.ladder[step][2] if step != PAUSED else 0)
 
 
 @dataclass
@@ -284,11 +301,12 @@ class StreamAllocator:
         self._wanted = 0.0  # what the allocation would use if every track had what its subscriber asks for
         self._ramping = False  # the last probe was carried: the next one aims at the whole of `_wanted`
         self._floor = 0.0  # what the lowest steps use (audio, and every video's first step)
-        self._next_step: float | None = None
+        self._next_step: tuple[int, int, int] | None = None  # see next_step
         self._retry_above = 0.0  # a failed upgrade's retry needs an estimate this high: probes aim there
         self._first_estimate = True  # the estimate being allocated is the first (no dip to sit out)
         self._probe: int | None = None  # the cluster in flight
         self._probe_target = 0.0
+        self._probe_backs_off = True  # a failed probe lengthens the interval (PROBE_BACKOFF)
         self._probe_at = float("-inf")
         self._probe_interval = PROBE_INTERVAL_S
         self._probe_headroom = PROBE_HEADROOM_BPS
@@ -328,9 +346,13 @@ class StreamAllocator:
             carried = status == "succeeded" and measured_bps >= PROBE_CARRIED * self._probe_target
             log.debug("probe %d at %.0f kbps %s: %.0f kbps", self._probe, self._probe_target / 1000, status,
                       measured_bps / 1000)
-            self._probe_interval = (PROBE_RAMP_INTERVAL_S if carried
-                                    else min(PROBE_MAX_INTERVAL_S, max(PROBE_INTERVAL_S, self._probe_interval)
-                                             * PROBE_BACKOFF))
+            if carried:
+                self._probe_interval = PROBE_RAMP_INTERVAL_S
+            elif self._probe_backs_off:
+                self._probe_interval = min(PROBE_MAX_INTERVAL_S, max(PROBE_INTERVAL_S, self._probe_interval)
+                                           * PROBE_BACKOFF)
+            else:
+                self._probe_interval = PROBE_INTERVAL_S
             self._counters["probes_carried" if carried else "probes_short"] += 1
             self._ramping = carried
             self._probe_headroom = 2 * self._probe_headroom if carried else PROBE_HEADROOM_BPS
@@ -357,7 +379,7 @@ class StreamAllocator:
         now = self.clock()
         if self.congested or self._next_step is None or now - self._probe_at < self._probe_interval:
             return
-        needed = max((self._usage + self._next_step) * UPGRADE_MARGIN, self._retry_above)
+        needed = max((self._usage + self._next_step[2]) * UPGRADE_MARGIN, self._retry_above)
         if self._ramping:  # the link carried the last probe: aim at all that is wanted (still at most doubling)
             needed = max(needed, self._wanted * UPGRADE_MARGIN)
         if self._upgradable() >= needed:
@@ -367,9 +389,13 @@ class StreamAllocator:
         self._probe = self.prober.probe(target, PROBE_DURATION_S)
         if self._probe is None:
             self._proven = float("inf")  # the transport cannot probe: the estimate is all there is
-        log.debug("probe %s at %.0f kbps (estimate %.0f kbps)", self._probe, target / 1000, self.estimate / 1000)
+        log.debug("probe %s at %.0f kbps (estimate %.0f kbps) toward layer %d/%d: %.0f kbps with the margin",
+                  self._probe, target / 1000, self.estimate / 1000, *self._next_step[:2], needed / 1000)
         self._probe_at = now
         self._probe_target = target
+        # a probe toward the lowest layer at full rate (a paused video, a lower frame rate) keeps its interval when
+        # the link does not carry it: that layer is the one a subscriber most needs back
+        self._probe_backs_off = self._next_step[:2] > (0, TOP_TEMPORAL)
         if self._probe is not None:
             self._counters["probes_started"] += 1
             self._loss_window = None
@@ -437,6 +463,7 @@ class StreamAllocator:
         allocation ((PAUSED, TOP_TEMPORAL) when paused)."""
         audio = 0.0
         videos = []
+        upgrades = []  # the same as an upgrade prices them
         for subscription in subscriptions:
             key, publication, source = subscription.downtrack_id, subscription.publication, subscription.source
             if publication.kind == "audio":
@@ -447,9 +474,10 @@ class StreamAllocator:
                 videos.append(VideoDemand(key, publication.info.source == models.TrackSource.SCREEN_SHARE,
                                           min(asked[key].layer, len(bitrates) - 1), bitrates,
                                           tuple(source.temporal_bitrates(self.engine))))
+                upgrades.append(self._upgrade(videos[-1], source))
         capacity = (self.estimate or 0.0) - audio
         fits = share(videos, capacity)
-        cautious = share(videos, (self._upgradable() - audio) / UPGRADE_MARGIN)
+        cautious = share(upgrades, self._upgradable() / UPGRADE_MARGIN - audio)  # the margin covers audio too
         tolerated = share(videos, capacity / (1.0 - STEP_DOWN_TOLERANCE))
         now = self.clock()
         layers = {}
@@ -508,14 +536,32 @@ class StreamAllocator:
                 if step > current:
                     pushed.upgraded_at, pushed.upgraded_with = now, self.estimate or 0.0
                     self._probe_headroom = PROBE_HEADROOM_BPS  # the headroom a probe found is now the layer's
+                    # and the next probe waits an interval: the new layer's keyframe crosses the link first (a probe
+                    # started with the upgrade measured a tenth of its rate)
+                    self._probe_at = max(self._probe_at, now)
             layers[video.key] = video.ladder[step][:2] if step != PAUSED else (PAUSED, TOP_TEMPORAL)
             steps[video.key] = step
         self._usage = audio + sum(video.ladder[steps[video.key]][2] for video in videos if steps[video.key] != PAUSED)
         self._floor = audio + sum(video.ladder[0][2] for video in videos)
-        self._wanted = audio + sum(video.ladder[-1][2] for video in videos)
-        self._next_step = next_step(videos, steps)
+        self._wanted = audio + sum(video.ladder[-1][2] for video in upgrades)
+        self._next_step = next_step(upgrades, steps)
         self._retry_above = retry_above
         return layers
+
+    def _upgrade(self, video: VideoDemand, source: ReceivedCodec) -> VideoDemand:
+        """`video` as an upgrade prices it: each spatial layer above the one forwarded now costs at least what the
+        publisher advertised for it (an idle layer's measure can read low: one dynacast just turned back on is still
+        ramping up), plus draining its keyframe (see KEYFRAME_DRAIN_S)."""
+        pushed = self._pushed.get(video.key)
+        switch_from = PAUSED if pushed is None or pushed.bandwidth_paused else pushed.layer
+        advertised = [] if source.svc else [layer.bitrate for layer in source.advertised_layers()]
+        bitrates = tuple(max(price, advertised[spatial]) if switch_from < spatial < len(advertised) else price
+                         for spatial, price in enumerate(video.bitrates))
+        keyframe_bits = source.keyframe_bits(self.engine)
+        keyframes = tuple(int(max(keyframe_bits[spatial] if spatial < len(keyframe_bits) else 0,
+                                  KEYFRAME_MIN_S * price) / KEYFRAME_DRAIN_S)
+                          for spatial, price in enumerate(bitrates))
+        return replace(video, bitrates=bitrates, keyframes=keyframes, switch_from=switch_from)
 
     def _push(self, subscription: Subscription, asked_paused: bool, layer: int, temporal: int = TOP_TEMPORAL) -> None:
         key = subscription.downtrack_id

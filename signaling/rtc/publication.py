@@ -43,6 +43,7 @@ class LayerBitrates:
     def __init__(self) -> None:
         self.bps: list[int] = []
         self.temporal_bps: list[tuple[int, ...]] = []
+        self.keyframe_bytes: list[int] = []  # per layer, its last keyframe's size (0 = none seen), as last read
         self._windows: deque[list[int]] = deque(maxlen=BITRATE_WINDOWS)
         self._temporal_windows: deque[list[list[int]]] = deque(maxlen=BITRATE_WINDOWS)
         self._bytes: list[int] = []
@@ -132,6 +133,7 @@ class ReceivedCodec:
         now = time.monotonic() if now is None else now
         if self.receiver_id is not None and self.bitrates.due(now):
             layers = engine.receiver_stats(self.receiver_id)["layers"]
+            self.bitrates.keyframe_bytes = [layer.get("keyframe_bytes", 0) for layer in layers]
             svc = svc_layers(layers[0].get("svc_bytes", []), len(self.advertised_layers())) if len(layers) == 1 \
                 else None
             if svc is not None:
@@ -166,6 +168,16 @@ class ReceivedCodec:
                 price = price or (prices[-1] * preset(i) // preset(i - 1) if prices else preset(i))
             prices.append(price or (advertised[i] if i < len(advertised) and advertised[i] > 0 else 0) or preset(i))
         return tuple(prices)
+
+    def keyframe_bits(self, engine: Any) -> list[int]:
+        """Per spatial layer, lowest first, the size in bits of its last keyframe (0 where none was seen). An SVC
+        stream's keyframe carries all its spatial layers: a layer's share of it is its price's share of the top's."""
+        self.measure(engine)
+        bits = [8 * size for size in self.bitrates.keyframe_bytes]
+        if self.svc and len(bits) == 1:
+            prices = self.layer_bitrates(engine)
+            return [bits[0] * price // prices[-1] for price in prices]
+        return bits
 
     def temporal_bitrates(self, engine: Any) -> list[tuple[int, ...]]:
         """Per spatial layer, its measured stacked temporal layer bitrates (T0, T0+T1, ...; bps), empty where none
