@@ -1,6 +1,6 @@
 # DownTrack: one subscriber's copy of a Receiver's track: its state (the Forwarder's, forwarder.pxd, and the Munger's,
 # munger.pxd), its lifecycle, and writing its packets (media or RFC 4588 RTX) into a send buffer. C-level, nogil.
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from engine.packet cimport ExtPacket
 
@@ -38,15 +38,16 @@ cdef struct SeqRun:
 
 cdef struct SeqMapEntry:
     # One packet as the Munger numbered it for the subscriber, so its NACK can be answered from the Receiver's cache.
-    bint valid
+    # 24 bytes: every forwarded packet writes one, to a line of its DownTrack's map that is cold by then.
+    int64_t last_rtx_us       # when it was last retransmitted, 0 = never
+    uint32_t out_ts
     uint16_t out_seq
     uint16_t in_seq
+    int16_t out_pid           # VP8's 15-bit picture id, -1 = none
+    int16_t out_tl0           # VP8's 8-bit TL0PICIDX, -1 = none
     uint8_t layer
-    uint32_t out_ts
-    int32_t out_pid           # -1 = no picture id
-    int32_t out_tl0           # -1 = no TL0PICIDX
-    bint marker               # set the RTP marker: the end of the highest spatial layer forwarded of a picture (SVC)
-    int64_t last_rtx_us       # when it was last retransmitted, 0 = never
+    uint8_t valid
+    uint8_t marker            # set the RTP marker: the end of the highest spatial layer forwarded of a picture (SVC)
 
 cdef struct DownTrack:
     # Fields every forwarded packet reads or writes come first (the struct is cache-line aligned), ext_map's low ids
