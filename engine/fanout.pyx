@@ -54,7 +54,7 @@ cdef inline void prefetch_ahead(EngineState *s, const Receiver *r, int k, int wo
     one's state is cold again by the next frame, and forwarding a frame to one DownTrack (SRTP, the send slot) takes
     far longer than a cache miss. One step per DownTrack ahead, each needing only what the step before loaded: the
     DownTrack's first lines; its Transport's; its next seqmap entry, Munger run, SRTP session and send history's
-    head; the history's next entry. (A prefetch of NULL is a no-op: a Transport without them costs nothing.)"""
+    head; the history's next entry. (A prefetch of NULL is a no-op: an absent session or history costs nothing.)"""
     cdef const DownTrack *d
     cdef const Transport *t
     cdef const TwccHistory *h
@@ -66,8 +66,9 @@ cdef inline void prefetch_ahead(EngineState *s, const Receiver *r, int k, int wo
     d = ahead(s, r, k + 3, worker)
     if d != NULL:
         t = s.transports[d.transport]
-        prefetch(t)
-        prefetch(<const char *>t + CACHE_LINE)
+        if t != NULL:
+            prefetch(t)
+            prefetch(<const char *>t + CACHE_LINE)
     d = ahead(s, r, k + 2, worker)
     if d != NULL:
         prefetch(&d.seqmap[<uint16_t>(d.last_out_seq + 1) & (SEQMAP_SIZE - 1)])
