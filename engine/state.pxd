@@ -285,16 +285,17 @@ cdef struct Transport:
     bint bound
     bint plain                # RTP/RTCP leave unencrypted, no SRTP keys needed: an in-process egress's loopback
                               # socket (as mediasoup's PlainTransport); nothing from its address is accepted
-    void *tx                  # srtp_t, owned by the control plane or by the engine when `tx_owned`
+    void *tx                  # srtp_t, owned by the control plane, or by the engine when `tx_owned`
+                              # (Engine.set_srtp_policy)
     # transport-cc (transportcc.pyx), allocated when negotiated: toward a subscriber, the sequence numbers and send
     # history of its downlink, and the downlink's estimate (also fed by the subscriber's REMB)
     TwccHistory *twcc_tx
     Bwe *bwe
     uint64_t bytes_sent       # RTP bytes forwarded to it (retransmissions excluded); at the last rtx refill
-    bint probing              # a probe cluster runs toward it (prober.pyx): the fields below `probe_cluster`
+    bint probing              # a probe cluster runs toward it (prober.pyx), described from `probe_cluster` on
     Path path                 # where its packets come from and go to
     uint64_t path_key         # its key in EngineState.by_address (see demux_bind_path)
-    void *rx                  # srtp_t, owned by the control plane (Engine.set_srtp_policy)
+    void *rx                  # srtp_t, owned by the control plane
     bint tx_owned
     TwccRecorder *twcc_rx     # transport-cc from a publisher: the arrivals of its packets between our feedbacks
     uint32_t local_ssrc       # sender SSRC of our RTCP feedback

@@ -97,7 +97,9 @@ cdef struct TwccSent:         # 8 bytes: at hundreds of subscribers each history
 cdef struct TwccHistory:
     int64_t next_seq          # unwrapped number of the next packet stamped
     int64_t first_seq         # the first number stamped (entries below it were never written)
-    int64_t last_send_us      # when the newest stamped packet left: a send time is at most 2^32 µs (71 min) older
+    int64_t last_send_us      # when the newest stamped packet left: entries' send times are taken as less than
+                              # 2^32 µs (71 min) before it (an older one, which only a client reporting a packet
+                              # over an hour late asks about, resolves that much too recent: its own estimate)
     int16_t probe_cluster     # tags every packet sent while it is >= 0 (the prober's hook; bwe.pxd's contract)
     TwccSent sent[<int>TWCC_HISTORY]
 
