@@ -2,6 +2,7 @@
 
     python bench/scaling.py                          # 1000 subscribers, workers 1 and 2
     python bench/scaling.py --subscribers 500 --workers 1 2 4 --batches 400
+    python bench/scaling.py --subscribers 500 --workers 1 --transport-cc   # every packet stamped, a send history each
 
 No server process, no load clients: this process is the publisher (it protects and sends bursts of RTP to the
 engine's port) and drives the engine directly (Engine._on_readable, as the event loop does when the socket is
@@ -61,7 +62,7 @@ def worker_stats(eng: engine.Engine) -> list[dict]:
     return eng.worker_stats() if hasattr(eng, "worker_stats") else []
 
 
-def measure(workers: int, subscribers: int, batches: int) -> dict:
+def measure(workers: int, subscribers: int, batches: int, transport_cc: bool = False) -> dict:
     # One worker is the engine's default: an engine without worker threads is measured the same way (an A/B).
     options = {"workers": workers} if workers != 1 else {}
     eng = engine.Engine("127.0.0.1", 0, lambda event: None, **options)
@@ -86,7 +87,7 @@ def measure(workers: int, subscribers: int, batches: int) -> dict:
         down = Session(Policy(key=os.urandom(30), ssrc_type=Policy.SSRC_ANY_OUTBOUND))
         keep.append(down)
         transport = eng.add_transport()
-        eng.add_downtrack(receiver, transport, DOWN_SSRC, 0, 100, 0, {})
+        eng.add_downtrack(receiver, transport, DOWN_SSRC, 0, 100, 0, {}, transport_cc_id=3 if transport_cc else 0)
         eng.bind_transport(transport, "127.0.0.1", port)
         eng.set_srtp(transport, 0, pointer(down))
     walls = []
@@ -127,9 +128,11 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batches", type=int, default=300)
+    parser.add_argument("--transport-cc", action="store_true",
+                        help="the subscribers negotiated transport-cc: each packet is stamped and kept in a send history")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    rows = [measure(workers, args.subscribers, args.batches) for workers in args.workers]
+    rows = [measure(workers, args.subscribers, args.batches, args.transport_cc) for workers in args.workers]
     base = rows[0]["pkt_per_cpu_s"]
     print(f"{'workers':>7} {'batch ms':>9} {'p99 ms':>8} {'µs/pkt':>7} {'pkt/CPU-s':>10} {'efficiency':>10}  "
           f"busy s per worker")

@@ -1,6 +1,6 @@
 # DownTrack: one subscriber's copy of a Receiver's track: its state (the Forwarder's, forwarder.pxd, and the Munger's,
 # munger.pxd), its lifecycle, and writing its packets (media or RFC 4588 RTX) into a send buffer. C-level, nogil.
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from engine.packet cimport ExtPacket
 
@@ -38,17 +38,21 @@ cdef struct SeqRun:
 
 cdef struct SeqMapEntry:
     # One packet as the Munger numbered it for the subscriber, so its NACK can be answered from the Receiver's cache.
-    bint valid
+    # 24 bytes: every forwarded packet writes one, to a line of its DownTrack's map that is cold by then.
+    int64_t last_rtx_us       # when it was last retransmitted, 0 = never
+    uint32_t out_ts
     uint16_t out_seq
     uint16_t in_seq
+    int16_t out_pid           # VP8's 15-bit picture id, -1 = none
+    int16_t out_tl0           # VP8's 8-bit TL0PICIDX, -1 = none
     uint8_t layer
-    uint32_t out_ts
-    int32_t out_pid           # -1 = no picture id
-    int32_t out_tl0           # -1 = no TL0PICIDX
-    bint marker               # set the RTP marker: the end of the highest spatial layer forwarded of a picture (SVC)
-    int64_t last_rtx_us       # when it was last retransmitted, 0 = never
+    uint8_t valid
+    uint8_t marker            # set the RTP marker: the end of the highest spatial layer forwarded of a picture (SVC)
 
 cdef struct DownTrack:
+    # Fields every forwarded packet reads or writes come first (the struct is cache-line aligned), ext_map's low ids
+    # next to them: at hundreds of subscribers a DownTrack is cold at each frame's first packet, so this keeps that
+    # packet's misses to a few lines.
     int64_t id
     int receiver              # EngineState slots
     int transport
@@ -59,8 +63,6 @@ cdef struct DownTrack:
     uint8_t red_payload_type  # the subscriber's RED payload type, when the Receiver's RED is forwarded as it is
     bint red_strip            # the Receiver's RED is sent as its primary Opus block (the subscriber has no RED),
                               # with lost packets recovered from the redundant blocks (fanout.pyx)
-    uint8_t ext_map[256]      # publisher extension id -> subscriber id, 0 = strip (the publisher's transport-cc
-                              # always: its numbers are not ours); ids over 14 only with ext_mixed
     bint ext_mixed            # the subscriber negotiated a=extmap-allow-mixed: a packet whose elements do not all
                               # fit the one-byte form gets the two-byte form (rtp.pxd rewrite_header)
     uint8_t ext_transport_cc  # the subscriber's transport-cc id: we write the transport's next number, 0 = none
@@ -76,22 +78,6 @@ cdef struct DownTrack:
     int max_temporal          # cap on the temporal layer (the StreamAllocator's hook); MAX_TEMPORAL - 1 = all
     int current_temporal      # highest temporal id passing now; -1 = chosen at the next keyframe
     int current_spatial       # SVC: highest spatial id passing now (max_layer is its cap); -1 = chosen at a keyframe
-    # Dependency Descriptor selection (forwarder.pyx dd_accept), per frame
-    int dd_target             # the decode target forwarded, -1 = none (waiting for a structure)
-    uint32_t dd_broken        # bit c: chain c lost a frame for this subscriber; its targets wait for a frame that
-                              # restarts it (chain diff 0: a keyframe)
-    uint32_t dd_last_ts       # RTP timestamp of the newest frame decided: the target changes at a new temporal unit
-    uint16_t dd_newest        # the newest frame number decided
-    bint dd_overshoot         # the target is above the caps: none within them is decodable before a keyframe
-    bint dd_cut               # a bandwidth step-down below the spatial layer: no overshoot, wait for the keyframe
-    DdVerdict dd_frames[256]  # DD_HISTORY, by frame number
-    # Dependency Descriptor rewriting (downtrack.pyx rewrite_dd)
-    bint dd_mask_narrowed     # the subscriber's decoder was told a mask narrower than the publisher's: the mask is
-                              # written on every packet until a structure passes with the publisher's own
-    uint16_t dd_frame_offset  # output frame number = input - this: 0 but after a switch to another source stream
-                              # (munger_anchor), so the numbers continue from the last frame sent
-    uint16_t dd_last_frame    # the newest output frame number sent
-    uint32_t dd_ssrc          # the publisher stream whose frame numbers are sent (a new one is a new numbering)
     # Munger (munger.pyx)
     bint started
     uint16_t seq_offset
@@ -105,23 +91,41 @@ cdef struct DownTrack:
     int64_t last_forward_us
     uint16_t highest_in       # newest input seq of the current layer, forwarded or dropped
     int32_t last_dropped_pid  # picture id of the last picture dropped (its further packets take no new id), -1 none
-    SeqRun runs[32]           # SEQ_RUNS, a ring: runs[run_newest] applies to new input
     int run_newest
     int run_count
     SeqMapEntry *seqmap
+    uint64_t packets
+    uint64_t octets           # payload bytes, for SR
+    uint64_t dropped          # (every packet of a simulcast layer not forwarded counts)
+    uint8_t ext_map[256]      # publisher extension id -> subscriber id, 0 = strip (the publisher's transport-cc
+                              # always: its numbers are not ours); ids over 14 only with ext_mixed
+    SeqRun runs[32]           # SEQ_RUNS, a ring: runs[run_newest] applies to new input
     # RTX (feedback.pyx answers NACKs; downtrack_write numbers the RTX stream)
     uint16_t rtx_seq
     int64_t rtx_window_us     # start of the current retransmission budget window
     int rtx_window_count      # retransmissions in that window
+    # Dependency Descriptor selection (forwarder.pyx dd_accept), per frame
+    int dd_target             # the decode target forwarded, -1 = none (waiting for a structure)
+    uint32_t dd_broken        # bit c: chain c lost a frame for this subscriber; its targets wait for a frame that
+                              # restarts it (chain diff 0: a keyframe)
+    uint32_t dd_last_ts       # RTP timestamp of the newest frame decided: the target changes at a new temporal unit
+    uint16_t dd_newest        # the newest frame number decided
+    bint dd_overshoot         # the target is above the caps: none within them is decodable before a keyframe
+    bint dd_cut               # a bandwidth step-down below the spatial layer: no overshoot, wait for the keyframe
+    # Dependency Descriptor rewriting (downtrack.pyx rewrite_dd)
+    bint dd_mask_narrowed     # the subscriber's decoder was told a mask narrower than the publisher's: the mask is
+                              # written on every packet until a structure passes with the publisher's own
+    uint16_t dd_frame_offset  # output frame number = input - this: 0 but after a switch to another source stream
+                              # (munger_anchor), so the numbers continue from the last frame sent
+    uint16_t dd_last_frame    # the newest output frame number sent
+    uint32_t dd_ssrc          # the publisher stream whose frame numbers are sent (a new one is a new numbering)
+    DdVerdict dd_frames[256]  # DD_HISTORY, by frame number
     # stats
-    uint64_t packets
-    uint64_t octets           # payload bytes, for SR
     uint64_t layer_switches
     uint64_t nacks_received
     uint64_t retransmissions
     uint64_t plis_received
     uint64_t keyframe_requests
-    uint64_t dropped
     uint64_t temporal_dropped # packets above the temporal layer, dropped without leaving a gap
     uint64_t temporal_padding # such packets that arrived after later ones were sent: padding took their number
     uint64_t temporal_switches

@@ -4,16 +4,17 @@ from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from engine cimport srtp
 from engine.bwe cimport bwe_on_sent
 from engine.codecs.red cimport RedBlock
-from engine.downtrack cimport WRITE_GROWTH, WRITE_MEDIA, WRITE_PADDING, WRITE_RTX, downtrack_write
+from engine.downtrack cimport SEQMAP_SIZE, WRITE_GROWTH, WRITE_MEDIA, WRITE_PADDING, WRITE_RTX, downtrack_write
 from engine.forwarder cimport (FORWARD_CUT, FORWARD_DROP, FORWARD_DROP_TEMPORAL, FORWARD_PAUSED, FORWARD_SWITCHED,
                                forwarder_accept)
+from engine.memory cimport CACHE_LINE, prefetch
 from engine.munger cimport DROP_PADDING, munger_drop, munger_forwarded, munger_map
 from engine.packet cimport DESC_NONE, DESC_RED
 from engine.receiver cimport Receiver
 from engine.state cimport (BATCH, S_DROP_LAYER_CUT, S_DROP_PROTECT, S_DROP_SUBSCRIBER_NOT_READY,
                            S_DROP_TEMPORAL_LAYER, S_DROP_TOO_LARGE, S_FORWARDED, S_LAYER_SWITCHES, S_PAUSED_SKIPPED,
                            S_RED_RECOVERED, S_TEMPORAL_PADDING, SEND_BUF, SendBatch, Transport, transport_ready)
-from engine.twcc cimport TwccHistory, twcc_history_add
+from engine.twcc cimport TWCC_HISTORY, TwccHistory, twcc_history_add
 from engine.udpmux cimport send_commit, send_slot_buffer, send_take_slot
 
 
@@ -38,6 +39,7 @@ cdef void fanout_batch(EngineState *s, SendBatch *b, int worker, int64_t now) no
                 slot = r.downtracks.items[k]
                 if s.owners[slot] != worker:
                     continue
+                prefetch_ahead(s, r, k, worker)
                 for j in range(i, s.packet_count):
                     p = &s.packets[j]
                     if p.r == r:
@@ -45,6 +47,51 @@ cdef void fanout_batch(EngineState *s, SendBatch *b, int worker, int64_t now) no
         for j in range(i, s.packet_count):
             if s.packets[j].r == r:
                 done[j] = True
+
+
+cdef inline void prefetch_ahead(EngineState *s, const Receiver *r, int k, int worker) noexcept nogil:
+    """Starts loading what forwarding to the Receiver's next DownTracks will touch: at hundreds of subscribers each
+    one's state is cold again by the next frame, and forwarding a frame to one DownTrack (SRTP, the send slot) takes
+    far longer than a cache miss. One step per DownTrack ahead, each needing only what the step before loaded: the
+    DownTrack's first lines; its Transport's; its next seqmap entry, Munger run, SRTP session and send history's
+    head; the history's next entry. (A prefetch of NULL is a no-op: an absent session or history costs nothing.)"""
+    cdef const DownTrack *d
+    cdef const Transport *t
+    cdef const TwccHistory *h
+    d = ahead(s, r, k + 4, worker)
+    if d != NULL:
+        prefetch(d)
+        prefetch(<const char *>d + CACHE_LINE)
+        prefetch(<const char *>d + 2 * CACHE_LINE)
+    d = ahead(s, r, k + 3, worker)
+    if d != NULL:
+        t = s.transports[d.transport]
+        if t != NULL:
+            prefetch(t)
+            prefetch(<const char *>t + CACHE_LINE)
+    d = ahead(s, r, k + 2, worker)
+    if d != NULL:
+        prefetch(&d.seqmap[<uint16_t>(d.last_out_seq + 1) & (SEQMAP_SIZE - 1)])
+        prefetch(&d.runs[d.run_newest])
+        t = s.transports[d.transport]
+        if t != NULL:
+            prefetch(t.tx)
+            prefetch(t.twcc_tx)
+    d = ahead(s, r, k + 1, worker)
+    if d != NULL:
+        t = s.transports[d.transport]
+        h = t.twcc_tx if t != NULL else NULL
+        if h != NULL:
+            prefetch(&h.sent[h.next_seq & (TWCC_HISTORY - 1)])
+
+
+cdef inline const DownTrack *ahead(EngineState *s, const Receiver *r, int k, int worker) noexcept nogil:
+    """The Receiver's k-th DownTrack if there is one and `worker` forwards to it (another worker's lines are its own)."""
+    cdef int slot
+    if k >= r.downtracks.count:
+        return NULL
+    slot = r.downtracks.items[k]
+    return s.downtracks[slot] if s.owners[slot] == worker else NULL
 
 
 cdef inline void forward(EngineState *s, SendBatch *b, DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil:

@@ -279,15 +279,25 @@ cdef struct TcpMux:
     int64_t next_sweep_us
 
 cdef struct Transport:
+    # What fanout_send reads or writes for every packet, first: these share the struct's first two cache lines (it
+    # is cache-line aligned), which at hundreds of subscribers are cold at each frame's first packet to each one.
     int64_t id
     bint bound
     bint plain                # RTP/RTCP leave unencrypted, no SRTP keys needed: an in-process egress's loopback
                               # socket (as mediasoup's PlainTransport); nothing from its address is accepted
+    void *tx                  # srtp_t, owned by the control plane, or by the engine when `tx_owned`
+                              # (Engine.set_srtp_policy)
+    # transport-cc (transportcc.pyx), allocated when negotiated: toward a subscriber, the sequence numbers and send
+    # history of its downlink, and the downlink's estimate (also fed by the subscriber's REMB)
+    TwccHistory *twcc_tx
+    Bwe *bwe
+    uint64_t bytes_sent       # RTP bytes forwarded to it (retransmissions excluded); at the last rtx refill
+    bint probing              # a probe cluster runs toward it (prober.pyx), described from `probe_cluster` on
     Path path                 # where its packets come from and go to
     uint64_t path_key         # its key in EngineState.by_address (see demux_bind_path)
     void *rx                  # srtp_t, owned by the control plane
-    void *tx                  # ... or by the engine when `tx_owned` (Engine.set_srtp_policy)
     bint tx_owned
+    TwccRecorder *twcc_rx     # transport-cc from a publisher: the arrivals of its packets between our feedbacks
     uint32_t local_ssrc       # sender SSRC of our RTCP feedback
     IntList receivers         # slots of the Receivers published on this transport
     uint8_t ufrag[64]         # our ICE ufrag for it (stun.MAX_UFRAG bytes at most): STUN to it is let through
@@ -307,16 +317,8 @@ cdef struct Transport:
     int check_next
     double rtx_tokens         # retransmission budget in bytes (feedback.pyx)
     int64_t rtx_us            # when it was last refilled
-    uint64_t bytes_sent       # RTP bytes forwarded to it (retransmissions excluded); at the last rtx refill
     uint64_t bytes_sent_mark
-    # transport-cc (transportcc.pyx), allocated when negotiated: the arrivals of a publisher's packets between our
-    # feedbacks; the sequence numbers, send history and bandwidth estimate of a subscriber's downlink
-    TwccRecorder *twcc_rx
-    TwccHistory *twcc_tx
-    Bwe *bwe                  # with twcc_tx; also fed by the subscriber's REMB
-    # the probe cluster running toward it (prober.pyx), when `probing`
-    bint probing
-    int32_t probe_cluster
+    int32_t probe_cluster     # the probe cluster running toward it (prober.pyx), when `probing`
     int64_t probe_target_bps
     int64_t probe_start_us
     int64_t probe_end_us

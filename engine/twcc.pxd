@@ -81,21 +81,27 @@ cdef int twcc_recorder_feedback(TwccRecorder *rec, uint8_t *out, int cap, uint32
 cdef enum:
     # Packets a subscriber transport remembers after sending them (a power of two), to resolve its feedback:
     # libwebrtc reports every 50-250 ms, so 1024 covers ~0.7 s at 1,500 packets/s (~15 Mbit/s of video), 4 s of a
-    # 720p simulcast top layer. 16 KiB per subscriber transport (the fan-out writes one entry per packet: kept small).
+    # 720p simulcast top layer. 8 KiB per subscriber transport (the fan-out writes one entry per packet: kept small).
     TWCC_HISTORY = 1024
     TWCC_MAX_PROBE_CLUSTER = 32767  # probe cluster ids the history can tag (the prober wraps them)
 
-cdef struct TwccSent:         # 16 bytes
-    int64_t send_us
-    uint32_t seq              # low 32 bits of the unwrapped transport-wide sequence number (+1: 0 = empty)
+cdef struct TwccSent:         # 8 bytes: at hundreds of subscribers each history is cold at a frame's first packet,
+                              # and every 8 entries cost one cache miss rather than every 4
+    uint32_t send_us          # the send time's low 32 bits (µs), resolved against the history's last_send_us
     uint16_t size             # RTP bytes (before SRTP)
     int16_t probe_cluster     # the probe cluster running when it was sent, -1 for none
 
-# A subscriber transport's transport-wide sequence numbers and send history.
+# A subscriber transport's transport-wide sequence numbers and send history. The entry of unwrapped number u is
+# sent[u & (TWCC_HISTORY - 1)] while first_seq <= u < next_seq and next_seq - u <= TWCC_HISTORY: the ring holds the
+# last TWCC_HISTORY numbers stamped, so no entry needs to say which number it is.
 cdef struct TwccHistory:
-    TwccSent sent[<int>TWCC_HISTORY]
     int64_t next_seq          # unwrapped number of the next packet stamped
+    int64_t first_seq         # the first number stamped (entries below it were never written)
+    int64_t last_send_us      # when the newest stamped packet left: entries' send times are taken as less than
+                              # 2^32 µs (71 min) before it (an older one, which only a client reporting a packet
+                              # over an hour late asks about, resolves that much too recent: its own estimate)
     int16_t probe_cluster     # tags every packet sent while it is >= 0 (the prober's hook; bwe.pxd's contract)
+    TwccSent sent[<int>TWCC_HISTORY]
 
 cdef void twcc_history_init(TwccHistory *history, uint16_t first_seq) noexcept nogil
 # Resolves parsed feedback `results` against the history into `out` (in the same order), skipping the packets it
@@ -108,8 +114,8 @@ cdef inline void twcc_history_add(TwccHistory *history, int32_t size, int64_t no
     """Notes that the packet stamped with next_seq left (`size` RTP bytes) and moves on to the next number (inline:
     it runs per forwarded packet)."""
     cdef TwccSent *e = &history.sent[history.next_seq & (TWCC_HISTORY - 1)]
-    e.seq = <uint32_t>(history.next_seq + 1)
-    e.send_us = now
+    e.send_us = <uint32_t>now
     e.size = <uint16_t>size
     e.probe_cluster = history.probe_cluster
+    history.last_send_us = now
     history.next_seq += 1

@@ -278,10 +278,9 @@ cdef int twcc_recorder_feedback(TwccRecorder *rec, uint8_t *out, int cap, uint32
 # ---------------------------------------------------------------- the send history
 
 cdef void twcc_history_init(TwccHistory *history, uint16_t first_seq) noexcept nogil:
-    cdef int i
-    for i in range(TWCC_HISTORY):
-        history.sent[i].seq = 0
     history.next_seq = first_seq
+    history.first_seq = first_seq
+    history.last_send_us = 0
     history.probe_cluster = -1
 
 
@@ -292,12 +291,12 @@ cdef int twcc_history_resolve(const TwccHistory *history, const TwccResult *resu
     cdef const TwccSent *e
     for i in range(count):
         u = last - <uint16_t>(<uint16_t>last - results[i].seq)  # the latest number sent with these 16 bits
-        e = &history.sent[u & (TWCC_HISTORY - 1)]
-        if u < 0 or e.seq != <uint32_t>(u + 1):
+        if u < history.first_seq or last - u >= TWCC_HISTORY:
             unmatched[0] += 1
             continue
+        e = &history.sent[u & (TWCC_HISTORY - 1)]
         out[n].seq = u
-        out[n].send_us = e.send_us
+        out[n].send_us = history.last_send_us - <uint32_t>(<uint32_t>history.last_send_us - e.send_us)
         out[n].arrival_us = results[i].arrival_us
         out[n].size = e.size
         out[n].probe_cluster = e.probe_cluster
@@ -386,3 +385,45 @@ cdef class Recorder:
     def held(self) -> int:
         return self.rec.held
 
+
+
+cdef class History:
+    """A TwccHistory for tests: packets stamped and sent, then feedback resolved against them."""
+    cdef TwccHistory *history
+
+    def __cinit__(self, int first_seq=0):
+        self.history = <TwccHistory *>malloc(sizeof(TwccHistory))
+        if self.history == NULL:
+            raise MemoryError()
+        twcc_history_init(self.history, <uint16_t>first_seq)
+
+    def __dealloc__(self):
+        free(self.history)
+
+    def send(self, int size, int64_t now, int probe_cluster=-1) -> int:
+        """Stamps and sends a packet of `size` RTP bytes at `now`; returns the 16-bit number it carried."""
+        cdef uint16_t seq = <uint16_t>self.history.next_seq
+        self.history.probe_cluster = <int16_t>probe_cluster
+        twcc_history_add(self.history, size, now)
+        return seq
+
+    def resolve(self, list results) -> tuple:
+        """(seq, arrival µs or None when lost) pairs, as a feedback reports them: ([(unwrapped seq, send µs, size,
+        probe cluster, received)], how many did not match a packet the history holds)."""
+        cdef int n = len(results), i
+        cdef uint64_t unmatched = 0
+        cdef TwccResult *parsed = <TwccResult *>malloc(max(1, n) * sizeof(TwccResult))
+        cdef BwePacketResult *out = <BwePacketResult *>malloc(max(1, n) * sizeof(BwePacketResult))
+        try:
+            if parsed == NULL or out == NULL:
+                raise MemoryError()
+            for i, (seq, arrival) in enumerate(results):
+                parsed[i].seq = <uint16_t>seq
+                parsed[i].status = TWCC_NOT_RECEIVED if arrival is None else TWCC_SMALL_DELTA
+                parsed[i].arrival_us = 0 if arrival is None else arrival
+            n = twcc_history_resolve(self.history, parsed, n, out, &unmatched)
+            return [(out[i].seq, out[i].send_us, out[i].size, out[i].probe_cluster, bool(out[i].received))
+                    for i in range(n)], unmatched
+        finally:
+            free(parsed)
+            free(out)

@@ -193,6 +193,22 @@ def test_a_full_record_sends_before_it_overflows_and_a_jump_starts_over() -> Non
     assert reported(sent) == {30_000: expected_arrival(3_000_000)}
 
 
+def test_the_send_history_resolves_the_last_1024_packets_across_wraps() -> None:
+    history = twcc.History(first_seq=65000)
+    start = (1 << 32) - 300_000  # send times cross the entries' 32-bit wrap
+    sent = [history.send(1000 + i % 7, start + 1000 * i, probe_cluster=3 if i % 5 == 0 else -1) for i in range(1500)]
+    assert sent[0] == 65000 and sent[536] == 0  # the 16-bit numbers wrap too
+    resolved, unmatched = history.resolve([(sent[i], 5000 * i if i % 3 else None) for i in (475, 476, 1000, 1499)])
+    assert unmatched == 1  # 475 is 1025 packets old: overwritten
+    assert resolved == [(65000 + i, start + 1000 * i, 1000 + i % 7, 3 if i % 5 == 0 else -1, i % 3 != 0)
+                        for i in (476, 1000, 1499)]
+    assert history.resolve([(sent[1499] + 1, 0), (64999, 0)]) == ([], 2)  # never sent: ahead, or before the first
+
+
+def test_an_empty_send_history_matches_nothing() -> None:
+    assert twcc.History(first_seq=7).resolve([(7, 0), (6, 0), (0, None)]) == ([], 3)
+
+
 def test_bandwidth_events_reach_the_transports_hook() -> None:
     media = engine.Engine("127.0.0.1", 0, lambda event: None)
     try:
