@@ -75,7 +75,8 @@ cdef struct DownTrack:
     uint16_t switch_seq       # first input seq of the current layer (trailing the newest): older ones never pass
     int max_temporal          # cap on the temporal layer (the StreamAllocator's hook); MAX_TEMPORAL - 1 = all
     int current_temporal      # highest temporal id passing now; -1 = chosen at the next keyframe
-    int current_spatial       # SVC: highest spatial id passing now (max_layer is its cap); -1 = chosen at a keyframe
+    int current_spatial       # SVC: highest spatial id passing now (max_layer is its cap), or, while a cut (dd_cut)
+                              # waits for the keyframe, the one passing before; -1 = chosen at a keyframe
     # Dependency Descriptor selection (forwarder.pyx dd_accept), per frame
     int dd_target             # the decode target forwarded, -1 = none (waiting for a structure)
     uint32_t dd_broken        # bit c: chain c lost a frame for this subscriber; its targets wait for a frame that

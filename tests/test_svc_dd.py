@@ -272,7 +272,21 @@ def test_k_svc_cut_for_bandwidth_stops_the_layer_at_once_and_resumes_at_the_keyf
     sub.send(publisher, 2, keyframe=True)
     assert [spatial for _, spatial in sub.units()] == [(0, 1, 2)] + [(2,)] * 4 + [(0, 1), (1,)]
     sub.assert_decodable()
-    assert sub.dt.current_spatial == 1
+    assert sub.dt.current_spatial == 1 and sub.dt.spatial_switches == 1
+
+
+def test_a_cut_lifted_before_the_keyframe_is_no_switch() -> None:
+    """The layer the subscriber showed before the cut comes back with the keyframe: nothing changed for it."""
+    publisher, sub = DdPublisher(key_svc=True), Subscriber()
+    sub.send(publisher, keyframe=True)
+    sub.send(publisher, 4)              # S1's chain breaks at its T0 delta frame: the cut waits for a keyframe
+    sub.dt.set_max_layer(1, cut=True)
+    sub.send(publisher, 2)
+    sub.dt.set_max_layer(2)
+    sub.send(publisher, 2, keyframe=True)
+    assert [spatial for _, spatial in sub.units()] == [(0, 1, 2)] + [(2,)] * 4 + [(0, 1, 2), (2,)]
+    sub.assert_decodable()
+    assert sub.dt.current_spatial == 2 and sub.dt.spatial_switches == 0
 
 
 def test_temporal_up_once_the_references_have_passed() -> None:
