@@ -36,7 +36,8 @@ async def test_a_narrow_svc_subscriber_gets_a_lower_spatial_layer_and_a_wide_one
     figures("wide", wide)
     counters = server.counters()
     print(f"shaper drops {lab.qdisc_drops()}; bytes per SVC layer (spatial, temporal): {svc_bytes}; "
-          f"paused for bandwidth {counters.get('stream_paused_bandwidth', 0)}")
+          f"paused for bandwidth {counters.get('stream_paused_bandwidth', 0)}; Dependency Descriptor packets "
+          f"{counters.get('dd_packets', 0)}")
     # One stream, its spatial layers told apart (VP9's descriptor or the Dependency Descriptor): all three arrive.
     assert {spatial for spatial, _ in svc_bytes} == {"0", "1", "2"}, svc_bytes
     # Each layer decodes to the published picture: a frame a second checked, every second with frames.
