@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from livekit import rtc
 
-from media import CARD_COLOURS
+from media import CARD_COLOURS, card_quadrants
 
 HERE = Path(__file__).resolve().parent
 # A /30 per lab from 10.213.0.0/16 (private, unlikely to collide with the machine's own networks), chosen at random.
@@ -180,10 +180,8 @@ def card_bands(picture: np.ndarray) -> list[tuple[tuple[slice, slice], np.ndarra
     of `picture` (the texture) at CARD_TEXTURE of their contrast around the quadrant's colour, full width (the pan
     moves the texture across the quadrant's edge, not the colour). Clipping at 0 and 255 moves a quadrant's mean
     by less than 10, well within matches_card's tolerance."""
-    h2, w2 = HEIGHT // 2, WIDTH // 2
     bands = []
-    for colour, (rows, cols) in zip(CARD_COLOURS, [(slice(0, h2), slice(0, w2)), (slice(0, h2), slice(w2, None)),
-                                                   (slice(h2, None), slice(0, w2)), (slice(h2, None), slice(w2, None))]):
+    for colour, (rows, cols) in zip(CARD_COLOURS, card_quadrants(WIDTH, HEIGHT)):
         band = picture[rows].copy()
         band[..., :3] = np.clip(colour + (picture[rows, :, :3].astype(np.int16) - 128) * CARD_TEXTURE, 0, 255)
         bands.append(((rows, cols), band))
