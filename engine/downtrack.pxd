@@ -42,6 +42,7 @@ cdef struct SeqMapEntry:
     uint16_t out_seq
     uint16_t in_seq
     uint8_t layer
+    uint8_t spatial           # its spatial id (an SVC stream's; a simulcast layer's own index otherwise)
     uint32_t out_ts
     int32_t out_pid           # -1 = no picture id
     int32_t out_tl0           # -1 = no TL0PICIDX
