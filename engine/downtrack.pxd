@@ -48,6 +48,7 @@ cdef struct SeqMapEntry:
     uint8_t layer
     uint8_t valid
     uint8_t marker            # set the RTP marker: the end of the highest spatial layer forwarded of a picture (SVC)
+    uint8_t spatial           # its spatial id (an SVC stream's; a simulcast layer's own index otherwise)
 
 cdef struct DownTrack:
     # Fields every forwarded packet reads or writes come first (the struct is cache-line aligned), ext_map's low ids
@@ -77,7 +78,8 @@ cdef struct DownTrack:
     uint16_t switch_seq       # first input seq of the current layer (trailing the newest): older ones never pass
     int max_temporal          # cap on the temporal layer (the StreamAllocator's hook); MAX_TEMPORAL - 1 = all
     int current_temporal      # highest temporal id passing now; -1 = chosen at the next keyframe
-    int current_spatial       # SVC: highest spatial id passing now (max_layer is its cap); -1 = chosen at a keyframe
+    int current_spatial       # SVC: highest spatial id passing now (max_layer is its cap), or, while a cut (dd_cut)
+                              # waits for the keyframe, the one passing before; -1 = chosen at a keyframe
     # Munger (munger.pyx)
     bint started
     uint16_t seq_offset

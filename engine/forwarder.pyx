@@ -126,7 +126,10 @@ cdef inline bint dd_accept(DownTrack *d, const ExtPacket *p) noexcept nogil:
         elif d.dd_cut:
             # A step-down for bandwidth: the old target's frames would fill the link's queue, which the keyframe
             # that restarts the lower layer's chain must cross. Nothing passes until it (the engine asks for it).
-            target = -1
+            spatial = d.current_spatial
+            downtrack_lose_layer(d)
+            d.current_spatial = spatial  # what the subscriber shows until then: the keyframe's layer is a switch
+            return False
     if target < 0:
         # Nothing decodable is left (every chain lost a frame): start again at a keyframe, which the engine asks for
         # while the DownTrack waits for one.
@@ -134,7 +137,7 @@ cdef inline bint dd_accept(DownTrack *d, const ExtPacket *p) noexcept nogil:
         return False
     if target != d.dd_target:
         spatial, temporal = f.dt_layers[target] >> 4, f.dt_layers[target] & 0x0F
-        if d.dd_target >= 0 and spatial != d.current_spatial:
+        if d.current_spatial >= 0 and spatial != d.current_spatial:
             d.spatial_switches += 1
         if d.dd_target >= 0 and temporal != d.current_temporal:
             d.temporal_switches += 1

@@ -1,5 +1,5 @@
 """Munger: output numbering of a DownTrack and its seq map (see munger.pxd)."""
-from libc.stdint cimport int16_t, int32_t, uint16_t
+from libc.stdint cimport int16_t, int32_t, uint8_t, uint16_t
 
 from engine.downtrack cimport SEQ_RUNS, SWITCH_HORIZON, SeqRun
 from engine.packet cimport DESC_VP8, DESC_VP9
@@ -32,6 +32,7 @@ cdef inline void number(const DownTrack *d, const ExtPacket *p, uint16_t seq_off
     e.out_seq = <uint16_t>(p.h.sequence - seq_offset)
     e.in_seq = p.h.sequence
     e.layer = p.layer
+    e.spatial = <uint8_t>p.spatial
     e.out_ts = <uint32_t>(p.h.timestamp - d.ts_offset)
     e.out_pid = -1
     e.out_tl0 = -1

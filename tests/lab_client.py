@@ -3,8 +3,9 @@ the first remote video (and audio) for a while and prints one JSON line with wha
 --publish it publishes the test card and a tone (tests/media.py) for that while instead.
 
 Output fields: connected, frames (decoded), fps (decoded frames per second once the first arrived), resolution (of
-the last frame), resolutions ({"WxH": frames}), timeline (per second: frames decoded, width, height, and gap: the
-longest wait, in s, for a frame decoded in that second: a freeze ends in the second with its gap), inbound
+the last frame), resolutions ({"WxH": frames}), timeline (per second: frames decoded, width, height, gap: the
+longest wait, in s, for a frame decoded in that second: a freeze ends in the second with its gap, and card: whether
+its first frame shows the test card's colours (media.py matches_card), null without frames), inbound
 (libwebrtc's inbound-rtp video stats at the end: frames_decoded, freeze_count, total_freeze_duration,
 packets_received, packets_lost, frame_width, frame_height), audio_hz (the dominant frequency of the last second of
 audio, with --audio), stream_states (null: the Python SDK does not surface StreamStateUpdate), pairs (with --pairs:
@@ -24,7 +25,7 @@ import numpy as np
 from livekit import rtc
 from livekit.rtc._proto import stats_pb2
 
-from media import SAMPLE_RATE, Publisher, dominant_frequency
+from media import SAMPLE_RATE, Publisher, dominant_frequency, matches_card
 
 JOIN_TIMEOUT_S = 20  # joining and the first subscribed video through a narrow link
 
@@ -52,7 +53,7 @@ async def watch(track: rtc.RemoteTrack, seconds: float, result: dict) -> None:
     stream = rtc.VideoStream(track)
     start = time.monotonic()
     first: float | None = None
-    timeline = [{"frames": 0, "width": 0, "height": 0, "gap": 0.0} for _ in range(int(seconds) + 1)]
+    timeline = [{"frames": 0, "width": 0, "height": 0, "gap": 0.0, "card": None} for _ in range(int(seconds) + 1)]
     resolutions: dict[str, int] = {}
 
     async def read() -> None:
@@ -65,6 +66,8 @@ async def watch(track: rtc.RemoteTrack, seconds: float, result: dict) -> None:
             frame = event.frame
             gap = round(now - last, 3) if last is not None else 0.0
             last = now
+            if not second["frames"]:  # one frame a second: converting each would cost the client's decoding time
+                second["card"] = matches_card(frame)
             second.update(frames=second["frames"] + 1, width=frame.width, height=frame.height,
                           gap=max(second["gap"], gap))
             key = f"{frame.width}x{frame.height}"

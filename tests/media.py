@@ -19,13 +19,18 @@ SAMPLE_RATE = 48000
 TONE_HZ = 440.0
 
 
+def card_quadrants(width: int = WIDTH, height: int = HEIGHT) -> list[tuple[slice, slice]]:
+    """The rows and columns of each of the test card's quadrants, in CARD_COLOURS' order."""
+    h2, w2 = height // 2, width // 2
+    return [(slice(0, h2), slice(0, w2)), (slice(0, h2), slice(w2, None)),
+            (slice(h2, None), slice(0, w2)), (slice(h2, None), slice(w2, None))]
+
+
 def test_card(width: int = WIDTH, height: int = HEIGHT) -> bytes:
     frame = np.zeros((height, width, 4), dtype=np.uint8)
     frame[..., 3] = 255
-    h2, w2 = height // 2, width // 2
-    for index, (rows, cols) in enumerate([(slice(0, h2), slice(0, w2)), (slice(0, h2), slice(w2, None)),
-                                          (slice(h2, None), slice(0, w2)), (slice(h2, None), slice(w2, None))]):
-        frame[rows, cols, :3] = CARD_COLOURS[index]
+    for colour, (rows, cols) in zip(CARD_COLOURS, card_quadrants(width, height)):
+        frame[rows, cols, :3] = colour
     return frame.tobytes()
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from livekit import rtc
 
+from media import CARD_COLOURS, card_quadrants
+
 HERE = Path(__file__).resolve().parent
 # A /30 per lab from 10.213.0.0/16 (private, unlikely to collide with the machine's own networks), chosen at random.
 SUBNET_PREFIX = "10.213"
@@ -37,6 +39,9 @@ WIDTH, HEIGHT = 1280, 720
 # pixels left the 720p layer at 1-3 fps and the publisher's estimate ramping for 20 s).
 BLOCK = 16
 PAN_PX = 4
+# DetailedVideo's `card` picture: the texture's contrast around each quadrant's colour (half: the card's colours lie
+# 25-30 from 0 or 255).
+CARD_TEXTURE = 0.5
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -170,17 +175,31 @@ class NetLab:
         return json.loads(lines[-1])
 
 
+def card_bands(picture: np.ndarray) -> list[tuple[tuple[slice, slice], np.ndarray]]:
+    """Per quadrant of the test card (tests/media.py CARD_COLOURS, in its order): its rows and columns, and the rows
+    of `picture` (the texture) at CARD_TEXTURE of their contrast around the quadrant's colour, full width (the pan
+    moves the texture across the quadrant's edge, not the colour). Clipping at 0 and 255 moves a quadrant's mean
+    by less than 10, well within matches_card's tolerance."""
+    bands = []
+    for colour, (rows, cols) in zip(CARD_COLOURS, card_quadrants(WIDTH, HEIGHT)):
+        band = picture[rows].copy()
+        band[..., :3] = np.clip(colour + (picture[rows, :, :3].astype(np.int16) - 128) * CARD_TEXTURE, 0, 255)
+        bands.append(((rows, cols), band))
+    return bands
+
+
 class DetailedVideo:
     """A 1280x720 camera publisher whose picture is random texture panning sideways (BLOCK, PAN_PX): every frame
     differs and has detail everywhere, so the encoder spends its full bitrate on each layer. VP8 simulcast unless
     told a `codec` (rtc.VideoCodec) and its `scalability_mode` (an SVC codec's layers in one stream, e.g. VP9
-    "L3T3_KEY")."""
+    "L3T3_KEY"). With `card`, the texture varies around the test card's colours (tests/media.py), each quadrant
+    around its own, so what a subscriber decodes can be checked with `matches_card`."""
 
     def __init__(self, room: rtc.Room, fps: int = 30, codec: rtc.VideoCodec | None = None,
-                 scalability_mode: str | None = None) -> None:
+                 scalability_mode: str | None = None, card: bool = False) -> None:
         self.room = room
         self.fps = fps
-        self.codec, self.scalability_mode = codec, scalability_mode
+        self.codec, self.scalability_mode, self.card = codec, scalability_mode, card
         self.source = rtc.VideoSource(WIDTH, HEIGHT)
         self.track = rtc.LocalVideoTrack.create_video_track("camera", self.source)
         self.publication: rtc.LocalTrackPublication | None = None
@@ -200,9 +219,15 @@ class DetailedVideo:
         texture = np.random.default_rng(7).integers(0, 256, (HEIGHT // BLOCK, WIDTH // BLOCK, 4), dtype=np.uint8)
         texture[..., 3] = 255
         picture = np.repeat(np.repeat(texture, BLOCK, axis=0), BLOCK, axis=1)
+        bands = card_bands(picture) if self.card else None
         step = 0
         while True:
-            frame = np.roll(picture, step * PAN_PX, axis=1)
+            if bands is None:
+                frame = np.roll(picture, step * PAN_PX, axis=1)
+            else:
+                frame = np.empty_like(picture)
+                for (rows, cols), band in bands:  # each quadrant: its own colour's texture, panned alike
+                    frame[rows, cols] = np.roll(band, step * PAN_PX, axis=1)[:, cols]
             self.source.capture_frame(rtc.VideoFrame(WIDTH, HEIGHT, rtc.VideoBufferType.RGBA, frame.tobytes()))
             step += 1
             await asyncio.sleep(1 / self.fps)

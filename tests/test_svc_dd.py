@@ -20,7 +20,7 @@ from engine.harness import DownTrackHarness
 from engine.rtp import extension
 from signaling.peer.sdp import EXT_DEPENDENCY_DESCRIPTOR
 from test_dependency_descriptor import Frame, Structure, Template, write
-from test_engine import DOWN_RTX_SSRC, DOWN_SSRC, SUB_RTX_PT, setup  # noqa: F401 (setup: the engine fixture)
+from test_engine import DOWN_RTX_SSRC, DOWN_SSRC, SUB_RTX_PT, nack, setup  # noqa: F401 (setup: the engine fixture)
 
 PT, SSRC, DD_ID, SUB_DD_ID = 45, 0x3003, 12, 4
 L1T3 = (0, 2, 1, 2)   # libwebrtc's temporal pattern
@@ -272,7 +272,21 @@ def test_k_svc_cut_for_bandwidth_stops_the_layer_at_once_and_resumes_at_the_keyf
     sub.send(publisher, 2, keyframe=True)
     assert [spatial for _, spatial in sub.units()] == [(0, 1, 2)] + [(2,)] * 4 + [(0, 1), (1,)]
     sub.assert_decodable()
-    assert sub.dt.current_spatial == 1
+    assert sub.dt.current_spatial == 1 and sub.dt.spatial_switches == 1
+
+
+def test_a_cut_lifted_before_the_keyframe_is_no_switch() -> None:
+    """The layer the subscriber showed before the cut comes back with the keyframe: nothing changed for it."""
+    publisher, sub = DdPublisher(key_svc=True), Subscriber()
+    sub.send(publisher, keyframe=True)
+    sub.send(publisher, 4)              # S1's chain breaks at its T0 delta frame: the cut waits for a keyframe
+    sub.dt.set_max_layer(1, cut=True)
+    sub.send(publisher, 2)
+    sub.dt.set_max_layer(2)
+    sub.send(publisher, 2, keyframe=True)
+    assert [spatial for _, spatial in sub.units()] == [(0, 1, 2)] + [(2,)] * 4 + [(0, 1, 2), (2,)]
+    sub.assert_decodable()
+    assert sub.dt.current_spatial == 2 and sub.dt.spatial_switches == 0
 
 
 def test_temporal_up_once_the_references_have_passed() -> None:
@@ -424,6 +438,7 @@ async def test_engine_selects_by_the_descriptor_and_asks_for_the_keyframes_a_swi
     downtrack = eng.add_downtrack(receiver, subscriber.transport, DOWN_SSRC, DOWN_RTX_SSRC, PT, SUB_RTX_PT,
                                   {DD_ID: SUB_DD_ID}, extmap_allow_mixed=True)
     source = DdPublisher(key_svc=True, packets=1, seq=1)
+    sent: dict[int, int] = {}   # the subscriber's sequence numbers: the spatial id of each
 
     async def send(pictures: int, keyframe: bool = False) -> list[tuple[int, ...]]:
         """The spatial ids the subscriber got, per temporal unit (timestamp)."""
@@ -436,6 +451,7 @@ async def test_engine_selects_by_the_descriptor_and_asks_for_the_keyframes_a_swi
         for packet in subscriber.take_rtp():
             assert SUB_DD_ID in packet.exts   # the descriptor, under the subscriber's id (two-byte form: allowed)
             units[packet.ts] = units.get(packet.ts, ()) + (packet.payload[1],)
+            sent[packet.seq] = packet.payload[1]
         return list(units.values())
 
     assert await send(5, keyframe=True) == [(0, 1, 2)] + [(2,)] * 4
@@ -449,3 +465,11 @@ async def test_engine_selects_by_the_descriptor_and_asks_for_the_keyframes_a_swi
     assert stats["current_spatial"] == 1 and stats["spatial_switches"] == 1
     counters = eng.stats()
     assert counters["dd_packets"] == 9 * 3 and counters["dd_invalid"] == 0
+    # A NACK for the last S2 frame sent before the step-down and the S1 frame after it: only S1's is resent (the old
+    # layer's would congest the link the subscriber stepped down for).
+    last = max(sent)
+    assert (sent[last - 3], sent[last]) == (2, 1)
+    subscriber.send_rtcp(nack(0x55, DOWN_SSRC, last - 3, blp=1 << 2))
+    await subscriber.collect()
+    assert [struct.unpack_from("!H", p.payload)[0] for p in subscriber.take_rtp()] == [last]
+    assert eng.stats()["nack_stale_layer"] == 1
