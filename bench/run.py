@@ -675,8 +675,8 @@ def baseline_fanout(kind: str, subscribers: int, window: float, cpus: list[int])
     script = ROOT / "bench" / "forwarders.py"
     if not script.exists():
         return None
-    port = free_port(socket.SOCK_DGRAM)
     sinks = [udp_socket() for _ in range(subscribers)]
+    port = free_port(socket.SOCK_DGRAM)  # after the sinks: a port free_port released may go to one of them
     child = subprocess.Popen(
         ["taskset", "-c", ",".join(map(str, cpus)), sys.executable, str(script), kind, "--port", str(port),
          "--subscribers", ",".join(str(s.getsockname()[1]) for s in sinks)],
