@@ -26,11 +26,13 @@ tern ÷ Janus at the same sizes.
 Which tern is measured: this checkout when its Cython modules are built in place (`pip install -e .` or
 `python setup.py build_ext --inplace`), otherwise the tern installed in this Python (`pip install .`).
 
-Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until a step is not carried; run twice, with
-transport-cc negotiated both ways as libwebrtc does, subscribers sending feedback every ~100 ms, and then without it
-at the sizes the first run carried without loss, rows "tern-no-twcc"; with --transport tcp once more at those
-sizes with every load client on ICE-TCP (RFC 4571 frames on a TCP connection to the server's passive candidate, as
-a client behind a UDP-blocking firewall connects), rows "tern-tcp"; with --transport turn with every load client
+Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until a step is not carried, with
+transport-cc negotiated both ways as libwebrtc does, subscribers sending feedback every ~100 ms; then alternated rounds
+at COMPARE_SUBSCRIBERS (bench/rounds.py: tern, tern without transport-cc, rows "tern-no-twcc", and the c-ceiling, each
+turn on a fresh process, the order rotating; twcc_cost and ratio_c_ceiling are the medians of the rounds' ratios,
+printed with each round's); with --transport tcp once more at the sizes the sweep carried with every load client
+on ICE-TCP (RFC 4571 frames on a TCP connection to the server's passive candidate, as a client behind a UDP-blocking
+firewall connects), rows "tern-tcp"; with --transport turn with every load client
 relayed through the server's embedded TURN over UDP (ChannelData; turn.enabled), rows "tern-turn"; with
 --transport turn-tls relayed through its TURN/TLS port, rows "tern-turn-tls": loadgen cannot speak TLS, so each
 client's datagrams are pumped through an asyncio TLS connection in this process, which costs the clients' CPU, not
@@ -107,6 +109,7 @@ try:  # pylibsrtp too: it comes with tern
     import ingest
     import janus_peer
     import redis_server
+    import rounds
     from websockets.asyncio.client import connect as ws_connect
 except ModuleNotFoundError as exc:
     sys.exit(f"bench: cannot import tern ({exc}). Install it into this Python ({sys.executable}) from {ROOT} with "
@@ -118,6 +121,7 @@ BASELINES = ("c-ceiling", "pure-python")
 COMPARE_SUBSCRIBERS = 500   # the fanout size at which tern and the baselines are compared: forwarding, not the
                             # control plane's fixed cost (pings, timers of 500 participants), dominates there
 NO_TWCC = "tern-no-twcc"    # the forwarder name of fanout rows measured without transport-cc
+ROUNDS = "rounds"           # the scenario of the alternated rounds' rows (compare_rounds)
 JANUS = "janus"             # the forwarder name of fanout rows through Janus's streaming plugin (bench/janus_peer.py)
 OFFERED_PPS = loadtest.VIDEO_FPS * loadtest.VIDEO_PACKETS_PER_FRAME  # the fanout publisher's packets per second
 KEEP_UP = 0.98              # the share of the offered packets (subscribers x OFFERED_PPS) a fanout step must deliver
@@ -131,8 +135,13 @@ SVC_SUBSCRIBERS = (500, 200)  # the svc room's viewers (standard, --quick): size
                               # viewer's fixed control-plane cost, dominates the server's CPU
 SVC_SETTLE = 2.0            # seconds after the last viewer's first packet before measuring: each reaches its layer
                             # (an up-switch waits for a keyframe: the load publisher sends one every 2 s)
-COMPARE_WINDOWS = 3         # windows measured at COMPARE_SUBSCRIBERS, the median kept: twcc_cost compares two
-                            # server processes, whose single windows differ by ±10 %
+COMPARE_WINDOWS = 3         # windows a sweep measures at COMPARE_SUBSCRIBERS, the median kept (tcp_cost, turn_cost)
+COMPARE_ROUNDS = (4, 2)     # alternated rounds of tern, tern-no-twcc and the c-ceiling at COMPARE_SUBSCRIBERS
+                            # (standard, --quick; bench/rounds.py): twcc_cost and ratio_c_ceiling are their medians.
+                            # A window of one server varies ±4 % (5 s), but fresh servers and the machine's drift
+                            # over minutes vary more: rounds, not longer windows, make the median steady
+TWCC_COST_TARGET = 0.10     # issue 11: transport-cc may cost at most this share of forwarded packets per CPU-second
+C_CEILING_TARGET = 0.7      # ratio_c_ceiling at least
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -257,11 +266,12 @@ async def measure(name: str, scenario: str, receiver: loadgen.LoadReceiver, pid:
 # ---- scenarios against tern ---------------------------------------------------------------------------------------
 
 async def fanout(steps: list[int], window: float, log: Path, rows: list[Row], cpus: list[int],
-                 transport_cc: bool = True, transport: str = "udp") -> dict:
+                 transport_cc: bool = True, transport: str = "udp", scenario: str = "fanout",
+                 windows: int = COMPARE_WINDOWS) -> dict:
     """The fanout sweep with the server on `cpus`; without `transport_cc` the clients leave it out of their SDP (the
     server neither stamps nor estimates) and the rows are named NO_TWCC; with `transport` "tcp", "turn" or
     "turn-tls" they connect over ICE-TCP or through the server's TURN relay over UDP or TLS (then enabled), rows
-    OVER[transport]."""
+    OVER[transport]. Rows of `scenario`, `windows` measured at COMPARE_SUBSCRIBERS (see measure_step)."""
     server = TernServer(log, cpus, turn={"turn": "udp", "turn-tls": "tls"}.get(transport, ""))
     clients = loadtest.LoadClients(server.url, API_KEY, API_SECRET, transport_cc=transport_cc, transport=transport)
     name = NO_TWCC if not transport_cc else OVER.get(transport, "tern")
@@ -274,7 +284,8 @@ async def fanout(steps: list[int], window: float, log: Path, rows: list[Row], cp
             subscribers += await clients.add("fanout", n - len(subscribers), hidden=True, concurrency=32)
             await clients.wait_for_media(subscribers, 15)
             await asyncio.sleep(1)  # let joins settle
-            row = await measure_step(name, clients.load_receiver, server.process.pid, window, n, len(cpus))
+            row = await measure_step(name, clients.load_receiver, server.process.pid, window, n, len(cpus),
+                                     scenario, windows)
             rows.append(row)
             print(_format(row), flush=True)
             if not carried(row) or clients.errors():
@@ -291,11 +302,11 @@ async def fanout(steps: list[int], window: float, log: Path, rows: list[Row], cp
 
 
 async def measure_step(name: str, receiver: loadgen.LoadReceiver, pid: int, window: float, subscribers: int,
-                       server_cores: int) -> Row:
-    """A fanout step's row: the median of COMPARE_WINDOWS windows at COMPARE_SUBSCRIBERS, else one window."""
-    windows = [await measure(name, "fanout", receiver, pid, window, f"1 pub -> {subscribers} sub", server_cores)
-               for _ in range(COMPARE_WINDOWS if subscribers == COMPARE_SUBSCRIBERS else 1)]
-    return sorted(windows, key=lambda r: r.packets_per_cpu_second)[len(windows) // 2]
+                       server_cores: int, scenario: str = "fanout", windows: int = COMPARE_WINDOWS) -> Row:
+    """A fanout step's row: the median of `windows` windows at COMPARE_SUBSCRIBERS, else one window."""
+    measured = [await measure(name, scenario, receiver, pid, window, f"1 pub -> {subscribers} sub", server_cores)
+                for _ in range(windows if subscribers == COMPARE_SUBSCRIBERS else 1)]
+    return sorted(measured, key=lambda r: r.packets_per_cpu_second)[len(measured) // 2]
 
 
 async def janus_fanout(steps: list[int], window: float, log: Path, rows: list[Row], cpus: list[int]) -> dict:
@@ -323,6 +334,66 @@ async def janus_fanout(steps: list[int], window: float, log: Path, rows: list[Ro
         await viewers.close()
         server.stop()
     return summary
+
+
+COMPARED = ("tern", NO_TWCC, "c-ceiling")  # the forwarders of a round, in its first turn order
+
+
+def compare_rounds(count: int, subscribers: int, window: float, logs: Path, rows: list[Row],
+                   cpus: list[int]) -> list[dict[str, float]]:
+    """`count` alternated rounds at `subscribers` (bench/rounds.py): in each, tern, tern without transport-cc and
+    the c-ceiling take a turn of one `window` on a fresh process, in rotating order. Per round, each forwarder's
+    packets per CPU-second, or 0 for a turn that did not carry its load (loss, queueing, a client's error)."""
+    out = []
+    for index in range(count):
+        figures = {}
+        for name in rounds.turn_order(COMPARED, index):
+            if name == "c-ceiling":
+                row = baseline_fanout(name, subscribers, window, cpus)
+                if row is None:
+                    print(f"{name:<13} rounds   unavailable (bench/forwarders.py missing or failed)")
+                    continue
+                row = dataclasses.replace(row, scenario=ROUNDS)
+                rows.append(row)
+                print(_format(row), flush=True)
+                figures[name] = row.packets_per_cpu_second if carried(row) else 0.0
+            else:
+                turn = asyncio.run(fanout([subscribers], window, logs / f"tern-bench-rounds-{name}.log", rows, cpus,
+                                          transport_cc=name == "tern", scenario=ROUNDS, windows=1))
+                clean = turn["max_zero_loss_subscribers"] == subscribers and not turn["errors"]
+                figures[name] = rows[-1].packets_per_cpu_second if clean else 0.0
+        out.append(figures)
+    return out
+
+
+def rounds_figures(measured: list[dict[str, float]], label: str, window: float) -> dict:
+    """The tracked comparisons from the rounds (bench/rounds.py): medians as the figures, spreads beside them."""
+    compared = rounds.compare(measured, "tern", NO_TWCC, "c-ceiling")
+    each = compared["pkt_per_cpu_s"]
+    out = {"rounds": {"compared_at": label, "rounds": len(measured), "window_s": window, **compared},
+           "twcc_compared_at": label,
+           "pps_per_core_twcc": each["tern"]["median"] if each else None,
+           "pps_per_core_no_twcc": each[NO_TWCC]["median"] if each else None}
+    for key in ("twcc_cost", "ratio_c_ceiling", "ratio_c_ceiling_no_twcc"):
+        out[key] = compared[key]["median"] if compared[key] else None
+        out[f"{key}_range"] = [compared[key]["min"], compared[key]["max"]] if compared[key] else None
+    return out
+
+
+def print_rounds(figures: dict) -> None:
+    r = figures["rounds"]
+    print(f"\nrounds at {r['compared_at']}: {r['rounds']} alternated rounds of tern, {NO_TWCC} and c-ceiling, one "
+          f"{r['window_s']:.0f} s window each on a fresh process ({r['rounds_whole']} whole: every turn carried)")
+    if not r["pkt_per_cpu_s"]:
+        return
+    print(f"{'forwarder':<13} {'median pkt/CPU-s':>16} {'min':>10} {'max':>10}")
+    for name, s in r["pkt_per_cpu_s"].items():
+        print(f"{name:<13} {s['median']:>16,.0f} {s['min']:>10,.0f} {s['max']:>10,.0f}")
+    for key, target, at_most in (("twcc_cost", TWCC_COST_TARGET, True), ("ratio_c_ceiling", C_CEILING_TARGET, False),
+                                 ("ratio_c_ceiling_no_twcc", None, False)):
+        s = r[key]
+        goal = f"; target {'<=' if at_most else '>='} {target}: {rounds.verdict(s, target, at_most)}" if target else ""
+        print(f"{key:<28} {s['median']:.3f} (rounds {', '.join(f'{v:.3f}' for v in s['each'])}{goal})")
 
 
 async def meeting(participants: int, window: float, log: Path, rows: list[Row], cpus: list[int]) -> None:
@@ -744,6 +815,7 @@ def machine(placements: list[tuple[list[int], list[int]]]) -> dict:
                   if line.startswith("model name")), platform.processor())
     return {"cpu": model, "cores": os.cpu_count(), "kernel": platform.release(),
             "python": platform.python_version(), "worker_threads": has_workers(),
+            "load_average_before": [round(v, 2) for v in os.getloadavg()],  # 1, 5, 15 min: others' work, if any
             "placements": [{"server_cores": len(server), "server_cpus": server, "client_cpus": client,
                             "shared_cpus": cores.shared(server, client)} for server, client in placements]}
 
@@ -781,6 +853,8 @@ def main() -> int:
     parser.add_argument("--client-cores", type=int, metavar="M",
                         help="pin the load clients to the last M usable CPUs (default: the CPUs the server does not "
                              "get, or all of them when it gets every one)")
+    parser.add_argument("--rounds", type=int, help=f"fanout: alternated rounds of tern, {NO_TWCC} and c-ceiling at "
+                        f"{COMPARE_SUBSCRIBERS} subscribers, each turn one --window on a fresh process (default {COMPARE_ROUNDS[0]}, --quick {COMPARE_ROUNDS[1]})")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args()
     try:
@@ -804,6 +878,8 @@ def main() -> int:
     janus_missing = janus_peer.missing() if args.scenario in ("fanout", "all") else None
     rows: list[Row] = []
     figures: dict = {"machine": machine(placements)}
+    print(f"load average before the run (1, 5, 15 min): {figures['machine']['load_average_before']} on "
+          f"{os.cpu_count()} CPUs: figures taken while other work runs are not worth comparing")
     for index, (server_cpus, client_cpus) in enumerate(placements):
         first, n_cores = index == 0, len(server_cpus)
         os.sched_setaffinity(0, set(client_cpus))  # the loadgen threads inherit it
@@ -815,8 +891,6 @@ def main() -> int:
             if first:
                 figures.update(sweep)
                 carried = [n for n in steps if n <= max(figures["max_zero_loss_subscribers"], steps[0])]
-                asyncio.run(fanout(carried, window, logs / "tern-bench-fanout-no-twcc.log", rows, server_cpus,
-                                   transport_cc=False))
                 for transport in (t for t in OVER if t in args.transport):
                     over = asyncio.run(fanout(carried, window, logs / f"tern-bench-fanout-{transport}.log", rows,
                                               server_cpus, transport=transport))
@@ -832,6 +906,11 @@ def main() -> int:
                 janus = asyncio.run(janus_fanout(steps, window, logs / f"tern-bench-janus-{n_cores}c.log", rows,
                                                  server_cpus))
                 figures[f"janus_errors_{n_cores}_cores"] = janus["errors"]
+            if first:
+                size = COMPARE_SUBSCRIBERS if COMPARE_SUBSCRIBERS in carried else carried[-1]
+                measured = compare_rounds(args.rounds or COMPARE_ROUNDS[args.quick], size, window, logs, rows,
+                                          server_cpus)
+                figures.update(rounds_figures(measured, f"1 pub -> {size} sub", window))
         if not first:
             continue
         if args.scenario in ("meeting", "all"):
@@ -854,7 +933,8 @@ def main() -> int:
     figures.update(summarize(base, figures.get("max_zero_loss_subscribers", 0)))
     figures["capacity"] = capacity(rows, top)
     figures["scaling"] = scaling(rows, placements)
-    figures["janus"] = {"skipped": janus_missing} if janus_missing else janus_comparison(rows, base)
+    figures["janus"] = {"skipped": janus_missing} if janus_missing else janus_comparison(
+        rows, base, figures.get("pps_per_core_no_twcc"), figures.get("twcc_compared_at"))
     figures["rows"] = [asdict(row) for row in rows]
     print()
     transport_keys = [key for transport in OVER if transport in args.transport for key in
@@ -883,6 +963,8 @@ def main() -> int:
         if figures.get(f"{transport}_cost") is not None:
             print(f"{'a subscriber ' + who:<28} costs the server {1 / (1 - figures[f'{transport}_cost']):.2f}x the "
                   f"CPU per forwarded packet of one over UDP ({figures[f'{transport}_compared_at']})")
+    if "rounds" in figures:
+        print_rounds(figures)
     print_capacity(figures["capacity"])
     print_scaling(figures["scaling"])
     print_janus(figures["janus"])
@@ -974,11 +1056,12 @@ def scaling(rows: list[Row], placements: list[tuple[list[int], list[int]]]) -> l
     return out
 
 
-def janus_comparison(rows: list[Row], base: list[Row]) -> dict:
+def janus_comparison(rows: list[Row], base: list[Row], no_twcc: float | None, no_twcc_at: str | None) -> dict:
     """tern ÷ Janus at every fanout both measured on the same cores (packets per CPU-second, p99), and the headline
-    ratios on the first core count (see compared): against tern as measured (transport-cc both ways) and against
-    tern without transport-cc, like for like with Janus, whose streaming offer has no transport-wide extension (its
-    viewers send no feedback)."""
+    ratios on the first core count: against tern as measured (transport-cc both ways; see compared) and against
+    tern without transport-cc (`no_twcc`: the rounds' median at `no_twcc_at`, when Janus carried that fanout
+    without loss), like for like with Janus, whose streaming offer has no transport-wide extension (its viewers send
+    no feedback)."""
     pairs = []
     for janus in (r for r in rows if r.forwarder == JANUS and r.scenario == "fanout"):
         tern = next((r for r in sweep_rows(rows, "tern", janus.server_cores) if r.clients == janus.clients), None)
@@ -993,10 +1076,13 @@ def janus_comparison(rows: list[Row], base: list[Row]) -> dict:
                       "p99_ratio": tern.p99_ms / janus.p99_ms if tern.p99_ms and janus.p99_ms else None,
                       "tern_lost": tern.lost, "janus_lost": janus.lost})
     out: dict = {"compared": pairs}
-    for key, name in (("ratio_janus", "tern"), ("ratio_janus_no_twcc", NO_TWCC)):
-        pair = compared(base, name, JANUS)
-        out[key] = pair[1] / pair[2] if pair and pair[2] else None
-        out[f"{key}_compared_at"] = pair[0] if pair else None
+    pair = compared(base, "tern", JANUS)
+    out["ratio_janus"] = pair[1] / pair[2] if pair and pair[2] else None
+    out["ratio_janus_compared_at"] = pair[0] if pair else None
+    janus = next((r for r in base if r.forwarder == JANUS and r.scenario == "fanout" and r.lost == 0
+                  and r.clients == no_twcc_at and r.packets_per_cpu_second), None)
+    out["ratio_janus_no_twcc"] = no_twcc / janus.packets_per_cpu_second if janus and no_twcc else None
+    out["ratio_janus_no_twcc_compared_at"] = no_twcc_at if out["ratio_janus_no_twcc"] else None
     clean = {name: [r for r in base if r.forwarder == name and r.scenario == "fanout" and carried(r)]
              for name in ("tern", JANUS)}
     tern_max, janus_max = (subscribers(clean[name][-1]) if clean[name] else 0 for name in ("tern", JANUS))
@@ -1056,12 +1142,11 @@ def _ratio(value: float | None) -> str:
 
 
 def summarize(rows: list[Row], max_zero_loss: int) -> dict:
-    """The tracked figures: tern's capacity per core, latency at half the zero-loss load, and the ratios to the C
-    ceiling at the same fanout."""
+    """The tracked figures of the sweep: tern's capacity per core, latency at half the zero-loss load, and the
+    transports' costs (the comparisons at COMPARE_SUBSCRIBERS come from the rounds: rounds_figures)."""
     tern = [r for r in rows if r.forwarder == "tern" and r.scenario == "fanout"]
     clean = [r for r in tern if carried(r)]
-    out: dict = {"pps_per_core": None, "p99_added_latency_ms": None, "p50_added_latency_ms": None,
-                 "ratio_c_ceiling": None}
+    out: dict = {"pps_per_core": None, "p99_added_latency_ms": None, "p50_added_latency_ms": None}
     if clean:
         best = clean[-1]
         out["pps_per_core"] = best.packets_per_cpu_second
@@ -1069,17 +1154,8 @@ def summarize(rows: list[Row], max_zero_loss: int) -> dict:
         half = min(clean, key=lambda r: abs(subscribers(r) - max_zero_loss / 2))
         out["p50_added_latency_ms"], out["p99_added_latency_ms"] = half.p50_ms, half.p99_ms
         out["latency_measured_at"] = half.clients
-    compare = next((r for r in tern if subscribers(r) == COMPARE_SUBSCRIBERS), tern[0] if tern else None)
-    ceiling = next((r for r in rows if r.forwarder == "c-ceiling" and compare and r.clients == compare.clients), None)
-    if compare and ceiling and ceiling.packets_per_cpu_second:
-        out["ratio_c_ceiling"] = compare.packets_per_cpu_second / ceiling.packets_per_cpu_second
-    out.update(twcc_cost(rows))
     for transport in OVER:
         out.update(transport_cost(rows, transport))
-    without = next((r for r in rows if r.forwarder == NO_TWCC and r.clients == out.get("twcc_compared_at")), None)
-    ceiling = next((r for r in rows if r.forwarder == "c-ceiling" and without and r.clients == without.clients), None)
-    out["ratio_c_ceiling_no_twcc"] = (without.packets_per_cpu_second / ceiling.packets_per_cpu_second
-                                      if without and ceiling and ceiling.packets_per_cpu_second else None)
     return out
 
 
@@ -1094,17 +1170,6 @@ def compared(rows: list[Row], measured: str, reference: str) -> tuple[str, float
         return None
     label = next((l for l in sizes if l.endswith(f" {COMPARE_SUBSCRIBERS} sub")), sizes[-1])
     return label, first[label].packets_per_cpu_second, second[label].packets_per_cpu_second
-
-
-def twcc_cost(rows: list[Row]) -> dict:
-    """Forwarded packets per CPU-second with transport-cc and without, and the share of capacity transport-cc
-    costs (see compared)."""
-    pair = compared(rows, "tern", NO_TWCC)
-    if pair is None:
-        return {"pps_per_core_twcc": None, "pps_per_core_no_twcc": None, "twcc_cost": None}
-    label, on, off = pair
-    return {"pps_per_core_twcc": on, "pps_per_core_no_twcc": off, "twcc_cost": 1 - on / off if off else None,
-            "twcc_compared_at": label}
 
 
 def _key(transport: str) -> str:

@@ -1,0 +1,44 @@
+"""Alternated rounds: the fanout's headline comparisons (transport-cc's cost, tern against the C ceiling) measured as
+several rounds in which each forwarder takes a turn on a fresh process, the order rotating from round to round. A
+drift of the machine (other work, the host's load) then weighs on the turns of one round alike, so each round gives
+its own ratio; the figures are the median of those and their spread, which says whether a target is judged."""
+from __future__ import annotations
+
+import statistics
+
+
+def turn_order(names: tuple[str, ...], index: int) -> tuple[str, ...]:
+    """The turns of round `index`: `names` rotated by it, so each forwarder takes each place in turn."""
+    k = index % len(names)
+    return names[k:] + names[:k]
+
+
+def spread(values: list[float]) -> dict:
+    """The median of `values`, their range, and each of them (in round order)."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "each": values}
+
+
+def compare(rounds: list[dict[str, float]], tern: str, no_twcc: str, ceiling: str) -> dict:
+    """From each round's forwarded packets per CPU-second by forwarder (a round missing one of the three is left
+    out): each forwarder's spread over the rounds, and per round `twcc_cost` (1 - tern / no_twcc),
+    `ratio_c_ceiling` (tern / ceiling) and `ratio_c_ceiling_no_twcc` (no_twcc / ceiling), each as a spread; None
+    for all when no round is whole."""
+    whole = [r for r in rounds if all(r.get(name) for name in (tern, no_twcc, ceiling))]
+    if not whole:
+        return {"rounds_whole": 0, "pkt_per_cpu_s": None, "twcc_cost": None, "ratio_c_ceiling": None,
+                "ratio_c_ceiling_no_twcc": None}
+    return {
+        "rounds_whole": len(whole),
+        "pkt_per_cpu_s": {name: spread([r[name] for r in whole]) for name in (tern, no_twcc, ceiling)},
+        "twcc_cost": spread([1 - r[tern] / r[no_twcc] for r in whole]),
+        "ratio_c_ceiling": spread([r[tern] / r[ceiling] for r in whole]),
+        "ratio_c_ceiling_no_twcc": spread([r[no_twcc] / r[ceiling] for r in whole]),
+    }
+
+
+def verdict(figure: dict, target: float, at_most: bool) -> str:
+    """Whether each round's value of `figure` (a spread) meets `target` (<= it when `at_most`, else >=)."""
+    met = sum(value <= target if at_most else value >= target for value in figure["each"])
+    if met == len(figure["each"]):
+        return "met in every round"
+    return "missed in every round" if met == 0 else f"met in {met} of {len(figure['each'])} rounds"
