@@ -160,6 +160,9 @@ class Row:
     p99_ms: float | None
     rss_kib: int | None
     server_cores: int = 1       # CPUs the server process was pinned to (--server-cores)
+    others_load: float | None = None  # CPU seconds per wall second the machine spent on other work than the server
+                                      # and the load clients (others' tests, ksoftirqd): above ~0.05 the row is suspect
+    steal_load: float | None = None   # CPU seconds per wall second the hypervisor gave to other guests
 
 
 # ---- measuring a process ----------------------------------------------------------------------------------------
@@ -167,6 +170,21 @@ class Row:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15 of the full line)
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, stolen) CPU seconds of the whole machine since boot: busy is user, nice, system, irq and softirq time
+    of every CPU; stolen the time the hypervisor ran something else while a CPU wanted to run."""
+    f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (f[0] + f[1] + f[2] + f[5] + f[6]) / CLOCK_TICKS, f[7] / CLOCK_TICKS
+
+
+def others(before: tuple[float, float, float], measured_cpu: float, elapsed: float) -> tuple[float, float]:
+    """(others_load, steal_load) since `before` (machine_cpu() and this process's CPU then): the machine's busy time
+    less `measured_cpu` (the forwarder's) and this process's (the load clients'), and the time stolen, per second."""
+    busy, stolen = machine_cpu()
+    own = cpu_seconds(os.getpid())
+    return (busy - before[0] - measured_cpu - (own - before[2])) / elapsed, (stolen - before[1]) / elapsed
 
 
 def rss_kib(pid: int) -> int:
@@ -251,6 +269,7 @@ async def measure(name: str, scenario: str, receiver: loadgen.LoadReceiver, pid:
     pids = [pid] if isinstance(pid, int) else pid
     before, latency_before = receiver.totals(), receiver.latency_snapshot()
     cpu_before = sum(map(cpu_seconds, pids))
+    machine_before = (*machine_cpu(), cpu_seconds(os.getpid()))
     started = time.monotonic()
     await asyncio.sleep(window)
     elapsed = time.monotonic() - started
@@ -260,7 +279,8 @@ async def measure(name: str, scenario: str, receiver: loadgen.LoadReceiver, pid:
     p50, p99 = loadgen.latency_percentiles(latency_before, latency_after, [50, 99])
     return Row(name, scenario, label, packets / elapsed, size * 8 / elapsed / 1e6,
                cpu * 1e9 / packets if packets else 0.0, packets / cpu if cpu else 0.0, cpu / elapsed,
-               after["lost"] - before["lost"], p50, p99, sum(map(rss_kib, pids)), server_cores)
+               after["lost"] - before["lost"], p50, p99, sum(map(rss_kib, pids)), server_cores,
+               *others(machine_before, cpu, elapsed))
 
 
 # ---- scenarios against tern ---------------------------------------------------------------------------------------
@@ -769,6 +789,7 @@ def baseline_fanout(kind: str, subscribers: int, window: float, cpus: list[int])
                       payload_size=loadtest.VIDEO_PAYLOAD, clock_rate=90000,
                       keyframe_frames=loadtest.KEYFRAME_FRAMES)
     latency_before = receiver.latency_snapshot()
+    machine_before = (*machine_cpu(), cpu_seconds(os.getpid()))
     started = time.monotonic()
     sender.start()
     time.sleep(window)
@@ -779,6 +800,7 @@ def baseline_fanout(kind: str, subscribers: int, window: float, cpus: list[int])
     out, _ = child.communicate("", timeout=30)
     receiver.stop()
     usage = json.loads(out.strip().splitlines()[-1])
+    load = others(machine_before, usage["user"] + usage["system"], time.monotonic() - started)
     totals = receiver.totals()
     p50, p99 = loadgen.latency_percentiles(latency_before, receiver.latency_snapshot(), [50, 99])
     for sock in [source, *sinks]:
@@ -788,13 +810,14 @@ def baseline_fanout(kind: str, subscribers: int, window: float, cpus: list[int])
     lost = subscribers * sender.stats()["packets"] - packets
     return Row(kind, "fanout", f"1 pub -> {subscribers} sub", packets / sending, totals["bytes"] * 8 / sending / 1e6,
                cpu * 1e9 / packets if packets else 0.0, packets / cpu if cpu else 0.0, cpu / elapsed, lost, p50, p99,
-               usage["maxrss_kib"], len(cpus))
+               usage["maxrss_kib"], len(cpus), *load)
 
 
 # ---- output ---------------------------------------------------------------------------------------------------------
 
 HEADER = (f"{'forwarder':<13} {'cores':>5} {'scenario':<8} {'clients':<26} {'pps out':>9} {'Mbps':>7} {'ns/pkt':>7} "
-          f"{'pkt/CPU-s':>10} {'CPU':>5} {'lost':>6} {'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8}")
+          f"{'pkt/CPU-s':>10} {'CPU':>5} {'lost':>6} {'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8} {'others':>6} "
+          f"{'steal':>5}")
 CAPACITY_FORWARDERS = ("tern", "c-ceiling", "pure-python", JANUS)
 
 
@@ -807,15 +830,24 @@ def _format(row: Row) -> str:
     return (f"{row.forwarder:<13} {row.server_cores:>5} {row.scenario:<8} {row.clients:<26} {row.pps:>9,.0f} "
             f"{row.mbps:>7.1f} {row.cpu_ns_per_packet:>7,.0f} {row.packets_per_cpu_second:>10,.0f} "
             f"{row.cpu_load:>5.0%} {row.lost:>6} {ms(row.p50_ms):>7} {ms(row.p99_ms):>7} "
-            f"{(row.rss_kib or 0) / 1024:>8.1f}")
+            f"{(row.rss_kib or 0) / 1024:>8.1f} {_share(row.others_load):>6} {_share(row.steal_load):>5}")
+
+
+def _share(load: float | None) -> str:
+    return "-" if load is None else f"{load:.0%}"
 
 
 def machine(placements: list[tuple[list[int], list[int]]]) -> dict:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
+    before = machine_cpu()
+    time.sleep(1)
+    busy, stolen = (now - then for now, then in zip(machine_cpu(), before))
     return {"cpu": model, "cores": os.cpu_count(), "kernel": platform.release(),
             "python": platform.python_version(), "worker_threads": has_workers(),
-            "load_average_before": [round(v, 2) for v in os.getloadavg()],  # 1, 5, 15 min: others' work, if any
+            # others' work before the run: CPUs busy and stolen over its last second, and the load averages
+            "busy_before": round(busy, 2), "steal_before": round(stolen, 2),
+            "load_average_before": [round(v, 2) for v in os.getloadavg()],
             "placements": [{"server_cores": len(server), "server_cpus": server, "client_cpus": client,
                             "shared_cpus": cores.shared(server, client)} for server, client in placements]}
 
@@ -878,8 +910,10 @@ def main() -> int:
     janus_missing = janus_peer.missing() if args.scenario in ("fanout", "all") else None
     rows: list[Row] = []
     figures: dict = {"machine": machine(placements)}
-    print(f"load average before the run (1, 5, 15 min): {figures['machine']['load_average_before']} on "
-          f"{os.cpu_count()} CPUs: figures taken while other work runs are not worth comparing")
+    before = figures["machine"]
+    print(f"before the run: {before['busy_before']:.0%} of a CPU busy and {before['steal_before']:.0%} stolen over "
+          f"1 s, load average {before['load_average_before']} on {os.cpu_count()} CPUs (figures taken while other "
+          f"work runs are not worth comparing: see each row's `others` and `steal`)")
     for index, (server_cpus, client_cpus) in enumerate(placements):
         first, n_cores = index == 0, len(server_cpus)
         os.sched_setaffinity(0, set(client_cpus))  # the loadgen threads inherit it

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aioice import stun
 
-from bench import cores, janus_peer
+from bench import cores, janus_peer, rounds
 from signaling.clients import loadtest
 from signaling.peer import sdp
 from signaling.peer.dtls import Certificate, DtlsEndpoint
@@ -33,6 +33,29 @@ def test_the_server_gets_the_first_cpus_and_the_clients_the_rest() -> None:
     for server_cores, client_cores in ((3, None), (0, None), (1, 0), (1, 3)):
         with pytest.raises(cores.CoreError, match="this machine lets us use 2 CPU"):
             cores.choose(server_cores, client_cores, [0, 1])
+
+
+def test_rounds_judge_each_round_and_report_the_median_with_its_spread() -> None:
+    """Each forwarder takes every place in the turn order; a round with a turn that did not carry (0) is left out;
+    the figures are the medians of the rounds' own ratios, with each round's beside them and a verdict per target."""
+    names = ("tern", "tern-no-twcc", "c-ceiling")
+    assert {rounds.turn_order(names, i)[place] for i in range(3) for place in range(3)} == set(names)
+    assert [rounds.turn_order(names, i)[0] for i in range(4)] == ["tern", "tern-no-twcc", "c-ceiling", "tern"]
+    measured = [{"tern": 170.0, "tern-no-twcc": 200.0, "c-ceiling": 300.0},
+                {"tern": 190.0, "tern-no-twcc": 250.0, "c-ceiling": 250.0},
+                {"tern": 200.0, "tern-no-twcc": 0.0, "c-ceiling": 280.0},
+                {"tern": 285.0, "tern-no-twcc": 300.0, "c-ceiling": 300.0}]
+    figures = rounds.compare(measured, *names)
+    assert figures["rounds_whole"] == 3
+    assert figures["pkt_per_cpu_s"]["tern"] == {"median": 190.0, "min": 170.0, "max": 285.0,
+                                                "each": [170.0, 190.0, 285.0]}
+    cost = figures["twcc_cost"]
+    assert cost["each"] == pytest.approx([0.15, 0.24, 0.05]) and cost["median"] == pytest.approx(0.15)
+    assert figures["ratio_c_ceiling"]["each"] == pytest.approx([170 / 300, 0.76, 0.95])
+    assert rounds.verdict(cost, 0.10, at_most=True) == "met in 1 of 3 rounds"
+    assert rounds.verdict(figures["ratio_c_ceiling"], 0.5, at_most=False) == "met in every round"
+    assert rounds.verdict(figures["ratio_c_ceiling_no_twcc"], 1.1, at_most=False) == "missed in every round"
+    assert rounds.compare(measured[2:3], *names)["twcc_cost"] is None
 
 
 def test_bench_refuses_more_server_cores_than_it_may_use() -> None:
