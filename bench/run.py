@@ -420,7 +420,7 @@ def rounds_figures(measured: list[dict[str, float]], label: str, window: float) 
 def print_rounds(figures: dict) -> None:
     r = figures["rounds"]
     print(f"\nrounds at {r['compared_at']}: {r['rounds']} alternated rounds of tern, {NO_TWCC} and c-ceiling, one "
-          f"{r['window_s']:.0f} s window each on a fresh process ({r['rounds_whole']} whole: every turn carried, none "
+          f"{r['window_s']:g} s window each on a fresh process ({r['rounds_whole']} whole: every turn carried, none "
           f"disturbed by other work)")
     if not r["pkt_per_cpu_s"]:
         return
