@@ -330,9 +330,9 @@ async def measure_step(name: str, receiver: loadgen.LoadReceiver, pid: int, wind
     again while disturbed (see disturbed), up to RETRIES times."""
     measured = []
     for _ in range(windows if subscribers == COMPARE_SUBSCRIBERS else 1):
-        for _ in range(1 + RETRIES):
+        for attempt in range(1 + RETRIES):
             row = await measure(name, scenario, receiver, pid, window, f"1 pub -> {subscribers} sub", server_cores)
-            if not disturbed(row):
+            if not disturbed(row) or attempt == RETRIES:
                 break
             print(_format(row) + "  disturbed: measured again", flush=True)
         measured.append(row)
@@ -781,9 +781,9 @@ def baseline_sweep(kind: str, steps: list[int], window: float, rows: list[Row], 
 def baseline_fanout(kind: str, subscribers: int, window: float, cpus: list[int]) -> Row | None:
     """The fanout load (one 150 pps video publisher) through bench/forwarders.py KIND on `cpus`, measured again
     while disturbed (see disturbed), up to RETRIES times; None if unavailable."""
-    for _ in range(1 + RETRIES):
+    for attempt in range(1 + RETRIES):
         row = _baseline_once(kind, subscribers, window, cpus)
-        if row is None or not disturbed(row):
+        if row is None or not disturbed(row) or attempt == RETRIES:
             break
         print(_format(row) + "  disturbed: measured again", flush=True)
     return row
