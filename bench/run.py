@@ -142,7 +142,7 @@ COMPARE_ROUNDS = (4, 2)     # alternated rounds of tern, tern-no-twcc and the c-
                             # over minutes vary more: rounds, not longer windows, make the median steady
 QUIET = 0.08               # a window is disturbed when others' work or the hypervisor took more of a CPU than this
                             # (others_load reads ±0.04 on an idle machine: /proc/stat counts in ticks)
-RETRIES = 2                 # a disturbed window is measured again, at most this many times (the row says which)
+RETRIES = 2                 # a disturbed turn of the rounds is measured again, at most this many times (printed)
 TWCC_COST_TARGET = 0.10     # issue 11: transport-cc may cost at most this share of forwarded packets per CPU-second
 C_CEILING_TARGET = 0.7      # ratio_c_ceiling at least
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -290,11 +290,11 @@ async def measure(name: str, scenario: str, receiver: loadgen.LoadReceiver, pid:
 
 async def fanout(steps: list[int], window: float, log: Path, rows: list[Row], cpus: list[int],
                  transport_cc: bool = True, transport: str = "udp", scenario: str = "fanout",
-                 windows: int = COMPARE_WINDOWS) -> dict:
+                 windows: int = COMPARE_WINDOWS, retries: int = 0) -> dict:
     """The fanout sweep with the server on `cpus`; without `transport_cc` the clients leave it out of their SDP (the
     server neither stamps nor estimates) and the rows are named NO_TWCC; with `transport` "tcp", "turn" or
     "turn-tls" they connect over ICE-TCP or through the server's TURN relay over UDP or TLS (then enabled), rows
-    OVER[transport]. Rows of `scenario`, `windows` measured at COMPARE_SUBSCRIBERS (see measure_step)."""
+    OVER[transport]. Rows of `scenario`, `windows` measured at COMPARE_SUBSCRIBERS, `retries` (see measure_step)."""
     server = TernServer(log, cpus, turn={"turn": "udp", "turn-tls": "tls"}.get(transport, ""))
     clients = loadtest.LoadClients(server.url, API_KEY, API_SECRET, transport_cc=transport_cc, transport=transport)
     name = NO_TWCC if not transport_cc else OVER.get(transport, "tern")
@@ -308,7 +308,7 @@ async def fanout(steps: list[int], window: float, log: Path, rows: list[Row], cp
             await clients.wait_for_media(subscribers, 15)
             await asyncio.sleep(1)  # let joins settle
             row = await measure_step(name, clients.load_receiver, server.process.pid, window, n, len(cpus),
-                                     scenario, windows)
+                                     scenario, windows, retries)
             rows.append(row)
             print(_format(row), flush=True)
             if not carried(row) or clients.errors():
@@ -325,14 +325,15 @@ async def fanout(steps: list[int], window: float, log: Path, rows: list[Row], cp
 
 
 async def measure_step(name: str, receiver: loadgen.LoadReceiver, pid: int, window: float, subscribers: int,
-                       server_cores: int, scenario: str = "fanout", windows: int = COMPARE_WINDOWS) -> Row:
+                       server_cores: int, scenario: str = "fanout", windows: int = COMPARE_WINDOWS,
+                       retries: int = 0) -> Row:
     """A fanout step's row: the median of `windows` windows at COMPARE_SUBSCRIBERS, else one window; each measured
-    again while disturbed (see disturbed), up to RETRIES times."""
+    again while disturbed (see disturbed), up to `retries` times."""
     measured = []
     for _ in range(windows if subscribers == COMPARE_SUBSCRIBERS else 1):
-        for attempt in range(1 + RETRIES):
+        for attempt in range(1 + retries):
             row = await measure(name, scenario, receiver, pid, window, f"1 pub -> {subscribers} sub", server_cores)
-            if not disturbed(row) or attempt == RETRIES:
+            if not disturbed(row) or attempt == retries:
                 break
             print(_format(row) + "  disturbed: measured again", flush=True)
         measured.append(row)
@@ -385,7 +386,7 @@ def compare_rounds(count: int, subscribers: int, window: float, logs: Path, rows
         figures = {}
         for name in rounds.turn_order(COMPARED, index):
             if name == "c-ceiling":
-                row = baseline_fanout(name, subscribers, window, cpus)
+                row = baseline_fanout(name, subscribers, window, cpus, RETRIES)
                 if row is None:
                     print(f"{name:<13} rounds   unavailable (bench/forwarders.py missing or failed)")
                     continue
@@ -395,7 +396,7 @@ def compare_rounds(count: int, subscribers: int, window: float, logs: Path, rows
                 figures[name] = row.packets_per_cpu_second if carried(row) and not disturbed(row) else 0.0
             else:
                 turn = asyncio.run(fanout([subscribers], window, logs / f"tern-bench-rounds-{name}.log", rows, cpus,
-                                          transport_cc=name == "tern", scenario=ROUNDS, windows=1))
+                                          transport_cc=name == "tern", scenario=ROUNDS, windows=1, retries=RETRIES))
                 clean = (turn["max_zero_loss_subscribers"] == subscribers and not turn["errors"]
                          and not disturbed(rows[-1]))
                 figures[name] = rows[-1].packets_per_cpu_second if clean else 0.0
@@ -778,12 +779,12 @@ def baseline_sweep(kind: str, steps: list[int], window: float, rows: list[Row], 
             return
 
 
-def baseline_fanout(kind: str, subscribers: int, window: float, cpus: list[int]) -> Row | None:
+def baseline_fanout(kind: str, subscribers: int, window: float, cpus: list[int], retries: int = 0) -> Row | None:
     """The fanout load (one 150 pps video publisher) through bench/forwarders.py KIND on `cpus`, measured again
-    while disturbed (see disturbed), up to RETRIES times; None if unavailable."""
-    for attempt in range(1 + RETRIES):
+    while disturbed (see disturbed), up to `retries` times; None if unavailable."""
+    for attempt in range(1 + retries):
         row = _baseline_once(kind, subscribers, window, cpus)
-        if row is None or not disturbed(row) or attempt == RETRIES:
+        if row is None or not disturbed(row) or attempt == retries:
             break
         print(_format(row) + "  disturbed: measured again", flush=True)
     return row
