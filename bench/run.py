@@ -164,7 +164,8 @@ class Row:
     rss_kib: int | None
     server_cores: int = 1       # CPUs the server process was pinned to (--server-cores)
     others_load: float | None = None  # CPU seconds per wall second the machine spent on other work than the server
-                                      # and the load clients (others' tests, ksoftirqd): above ~0.05 the row is suspect
+                                      # and the load clients: others' tests, and ksoftirqd, which past ~1,000
+                                      # subscribers delivers our own loopback traffic too
     steal_load: float | None = None   # CPU seconds per wall second the hypervisor gave to other guests
 
 
@@ -386,11 +387,10 @@ def compare_rounds(count: int, subscribers: int, window: float, logs: Path, rows
         figures = {}
         for name in rounds.turn_order(COMPARED, index):
             if name == "c-ceiling":
-                row = baseline_fanout(name, subscribers, window, cpus, RETRIES)
+                row = baseline_fanout(name, subscribers, window, cpus, RETRIES, ROUNDS)
                 if row is None:
                     print(f"{name:<13} rounds   unavailable (bench/forwarders.py missing or failed)")
                     continue
-                row = dataclasses.replace(row, scenario=ROUNDS)
                 rows.append(row)
                 print(_format(row), flush=True)
                 figures[name] = row.packets_per_cpu_second if carried(row) and not disturbed(row) else 0.0
@@ -779,18 +779,19 @@ def baseline_sweep(kind: str, steps: list[int], window: float, rows: list[Row], 
             return
 
 
-def baseline_fanout(kind: str, subscribers: int, window: float, cpus: list[int], retries: int = 0) -> Row | None:
+def baseline_fanout(kind: str, subscribers: int, window: float, cpus: list[int], retries: int = 0,
+                    scenario: str = "fanout") -> Row | None:
     """The fanout load (one 150 pps video publisher) through bench/forwarders.py KIND on `cpus`, measured again
-    while disturbed (see disturbed), up to `retries` times; None if unavailable."""
+    while disturbed (see disturbed), up to `retries` times; a row of `scenario`, or None if unavailable."""
     for attempt in range(1 + retries):
-        row = _baseline_once(kind, subscribers, window, cpus)
+        row = _baseline_once(kind, subscribers, window, cpus, scenario)
         if row is None or not disturbed(row) or attempt == retries:
             break
         print(_format(row) + "  disturbed: measured again", flush=True)
     return row
 
 
-def _baseline_once(kind: str, subscribers: int, window: float, cpus: list[int]) -> Row | None:
+def _baseline_once(kind: str, subscribers: int, window: float, cpus: list[int], scenario: str) -> Row | None:
     script = ROOT / "bench" / "forwarders.py"
     if not script.exists():
         return None
@@ -836,7 +837,7 @@ def _baseline_once(kind: str, subscribers: int, window: float, cpus: list[int]) 
     cpu = usage["user"] + usage["system"]
     packets = totals["packets"]
     lost = subscribers * sender.stats()["packets"] - packets
-    return Row(kind, "fanout", f"1 pub -> {subscribers} sub", packets / sending, totals["bytes"] * 8 / sending / 1e6,
+    return Row(kind, scenario, f"1 pub -> {subscribers} sub", packets / sending, totals["bytes"] * 8 / sending / 1e6,
                cpu * 1e9 / packets if packets else 0.0, packets / cpu if cpu else 0.0, cpu / elapsed, lost, p50, p99,
                usage["maxrss_kib"], len(cpus), *load)
 
