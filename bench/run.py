@@ -140,7 +140,7 @@ COMPARE_ROUNDS = (4, 2)     # alternated rounds of tern, tern-no-twcc and the c-
                             # (standard, --quick; bench/rounds.py): twcc_cost and ratio_c_ceiling are their medians.
                             # A window of one server varies ±4 % (5 s), but fresh servers and the machine's drift
                             # over minutes vary more: rounds, not longer windows, make the median steady
-QUIET = 0.08               # a window is disturbed when others' work or the hypervisor took more of a CPU than this
+QUIET = 0.08                # a window is disturbed when others' work or the hypervisor took more of a CPU than this
                             # (others_load reads ±0.04 on an idle machine: /proc/stat counts in ticks)
 RETRIES = 2                 # a disturbed turn of the rounds is measured again, at most this many times (printed)
 TWCC_COST_TARGET = 0.10     # issue 11: transport-cc may cost at most this share of forwarded packets per CPU-second
@@ -915,7 +915,8 @@ def main() -> int:
                         help="pin the load clients to the last M usable CPUs (default: the CPUs the server does not "
                              "get, or all of them when it gets every one)")
     parser.add_argument("--rounds", type=int, help=f"fanout: alternated rounds of tern, {NO_TWCC} and c-ceiling at "
-                        f"{COMPARE_SUBSCRIBERS} subscribers, each turn one --window on a fresh process (default {COMPARE_ROUNDS[0]}, --quick {COMPARE_ROUNDS[1]})")
+                        f"{COMPARE_SUBSCRIBERS} subscribers, each turn one --window on a fresh process (default "
+                        f"{COMPARE_ROUNDS[0]}, --quick {COMPARE_ROUNDS[1]})")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args()
     try:
