@@ -78,8 +78,8 @@ cdef struct DownTrack:
     uint16_t switch_seq       # first input seq of the current layer (trailing the newest): older ones never pass
     int max_temporal          # cap on the temporal layer (the StreamAllocator's hook); MAX_TEMPORAL - 1 = all
     int current_temporal      # highest temporal id passing now; -1 = chosen at the next keyframe
-    int current_spatial       # SVC: highest spatial id passing now (max_layer is its cap), or, while a cut (dd_cut)
-                              # waits for the keyframe, the one passing before; -1 = chosen at a keyframe
+    int current_spatial       # SVC: highest spatial id passing now (max_layer is its cap), or, while a cut waits for
+                              # the keyframe (current_layer -1), the one passing before; -1 = chosen at a keyframe
     # Munger (munger.pyx)
     bint started
     uint16_t seq_offset
@@ -113,7 +113,6 @@ cdef struct DownTrack:
     uint32_t dd_last_ts       # RTP timestamp of the newest frame decided: the target changes at a new temporal unit
     uint16_t dd_newest        # the newest frame number decided
     bint dd_overshoot         # the target is above the caps: none within them is decodable before a keyframe
-    bint dd_cut               # a bandwidth step-down below the spatial layer: no overshoot, wait for the keyframe
     # Dependency Descriptor rewriting (downtrack.pyx rewrite_dd)
     bint dd_mask_narrowed     # the subscriber's decoder was told a mask narrower than the publisher's: the mask is
                               # written on every packet until a structure passes with the publisher's own

@@ -45,7 +45,6 @@ cdef void downtrack_lose_layer(DownTrack *d) noexcept nogil:
     d.current_spatial = -1
     d.dd_target = -1
     d.dd_overshoot = False
-    d.dd_cut = False
     memset(d.dd_frames, 0, sizeof(d.dd_frames))
     memset(d.seqmap, 0, SEQMAP_SIZE * sizeof(SeqMapEntry))  # entries name the old stream's packets
 

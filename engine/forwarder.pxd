@@ -26,9 +26,8 @@ cdef enum:  # forwarder_accept verdicts
 cdef int forwarder_accept(DownTrack *d, const ExtPacket *p, int64_t now) noexcept nogil
 # Caps `d`'s layer at `layer` and, when `temporal` >= 0, its temporal layer (the StreamAllocator's hook). `cut`, for
 # a step-down the link cannot wait for: a simulcast layer above the cap stops at once rather than at the lower
-# layer's keyframe (DownTrack.cut); so does an SVC stream's spatial layer when no decode target within the caps is
-# decodable before a keyframe (K-SVC: the lower layers' own frames were not forwarded; DownTrack.dd_cut) rather than
-# overshoot, and the DownTrack waits for the keyframe the engine asks for.
+# layer's keyframe (DownTrack.cut); so does an SVC stream's spatial layer above the cap, and the DownTrack waits for
+# the keyframe the engine asks for (the lower layer restarts there).
 cdef void forwarder_set_cap(DownTrack *d, int layer, int temporal, bint cut) noexcept nogil
 # Pauses or resumes `d`; True when it resumes: it then waits for a keyframe (which the caller should request) and
 # continues the output numbering from the last packet sent.

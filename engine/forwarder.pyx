@@ -122,14 +122,6 @@ cdef inline bint dd_accept(DownTrack *d, const ExtPacket *p) noexcept nogil:
         d.dd_overshoot = chosen < 0 and target >= 0
         if chosen >= 0:
             target = chosen
-            d.dd_cut = False
-        elif d.dd_cut:
-            # A step-down for bandwidth: the old target's frames would fill the link's queue, which the keyframe
-            # that restarts the lower layer's chain must cross. Nothing passes until it (the engine asks for it).
-            spatial = d.current_spatial
-            downtrack_lose_layer(d)
-            d.current_spatial = spatial  # what the subscriber shows until then: the keyframe's layer is a switch
-            return False
     if target < 0:
         # Nothing decodable is left (every chain lost a frame): start again at a keyframe, which the engine asks for
         # while the DownTrack waits for one.
@@ -199,11 +191,19 @@ cdef int forwarder_accept(DownTrack *d, const ExtPacket *p, int64_t now) noexcep
 
 
 cdef void forwarder_set_cap(DownTrack *d, int layer, int temporal, bint cut) noexcept nogil:
+    cdef int shown = d.current_spatial
     d.max_layer = max(0, min(layer, MAX_LAYERS - 1))
     if temporal >= 0:
         d.max_temporal = min(temporal, MAX_TEMPORAL - 1)
     d.cut = cut and d.max_layer < d.current_layer
-    d.dd_cut = cut and d.max_layer < d.current_spatial
+    if cut and d.max_layer < shown:
+        # An SVC step-down for bandwidth restarts at a keyframe, even where the lower layer's own frames were
+        # forwarded all along (full SVC): the link lost packets, and a temporal unit whose top frame it lost never
+        # completes at the subscriber, so lower frames referencing that unit's would not decode (libwebrtc then
+        # waits ~3 s before asking for a keyframe itself; seen behind 600 kbit/s). Until the keyframe the engine
+        # asks for, nothing passes: the old layer's frames would fill the queue it must cross.
+        downtrack_lose_layer(d)
+        d.current_spatial = shown  # what the subscriber shows until then: the keyframe's layer is a switch
 
 
 cdef bint forwarder_set_paused(DownTrack *d, bint paused) noexcept nogil:

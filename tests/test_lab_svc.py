@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from statistics import median
 
-import pytest
 from livekit import rtc
 
 from test_netlab import SHAPED_KBIT, Call, figures, longest_freeze
@@ -25,10 +24,6 @@ def sampled(result: dict) -> list[dict]:
     return result["timeline"][SETTLED:SECONDS]
 
 
-# The narrow subscriber still freezes about 3 s now and then (the clean-clone CI of d63b857: 3.01 s against 2.5, at
-# 320x180; 2 of 26 runs beside a CPU hog before d365ec5): it starts on 720p before any estimate, and the first
-# keyframe overflows the shaper. Not yet fixed, so not yet a gate.
-@pytest.mark.xfail(reason="an occasional ~3 s freeze of the narrow subscriber after its 720p start", strict=False)
 async def test_a_narrow_svc_subscriber_gets_a_lower_spatial_layer_and_a_wide_one_the_top(lab_server) -> None:
     lab, server = lab_server
     lab.shape(SHAPED_KBIT)

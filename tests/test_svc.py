@@ -295,6 +295,22 @@ def test_spatial_down_at_once_at_the_next_frame_at_or_below_the_cap() -> None:
     sub.assert_decodable()
 
 
+def test_a_cut_for_bandwidth_stops_at_once_and_resumes_at_the_keyframe() -> None:
+    """The allocator's `cut` (a step-down the link cannot wait for): nothing passes until the keyframe the engine
+    asks for, though the lower layer was forwarded all along: frames the link lost leave its state unknown."""
+    publisher, sub = SvcPublisher(key_svc=False), Subscriber()
+    sub.send(publisher, keyframe=True)
+    sub.send(publisher, 2)
+    before = len(sub.got)
+    sub.dt.set_max_layer(0, cut=True)
+    sub.send(publisher, 2)
+    assert len(sub.got) == before and sub.dt.current_layer == -1
+    sub.send(publisher, 2, keyframe=True)
+    assert [sids for _, sids in sub.pictures()] == [(0, 1, 2)] * 3 + [(0,)] * 2
+    sub.assert_decodable()
+    assert sub.dt.current_spatial == 0 and sub.dt.spatial_switches == 1
+
+
 def test_spatial_down_to_a_middle_layer_ends_the_picture_there() -> None:
     publisher, sub = SvcPublisher(), Subscriber()
     sub.send(publisher, keyframe=True)
