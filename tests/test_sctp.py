@@ -528,21 +528,21 @@ def _data_packets(tag: int, chunks: list[bytes]) -> list[bytes]:
     return packets + [encode_packet(5000, 5000, tag, batch)]
 
 
-def _timed_receive(association: SctpAssociation, packets: list[bytes], now: float) -> float:
-    """Feeds every packet; returns the longest single receive() in CPU seconds of this thread (the machine's other
-    work does not count). The test's own prepared packets are frozen out of the garbage collector first, so its
-    pauses measure the association's objects only."""
-    longest = 0.0
+def _timed_receive(association: SctpAssociation, packets: list[bytes], now: float, quantile: float = 1.0) -> float:
+    """Feeds every packet; returns the longest single receive() (or, with `quantile`, that quantile of them) in CPU
+    seconds of this thread (the machine's other work does not count). The test's own prepared packets are frozen out
+    of the garbage collector first, so its pauses measure the association's objects only."""
+    costs = []
     gc.collect()
     gc.freeze()
     try:
         for packet in packets:
             start = time.thread_time()
             association.receive(packet, now)
-            longest = max(longest, time.thread_time() - start)
+            costs.append(time.thread_time() - start)
     finally:
         gc.unfreeze()
-    return longest
+    return sorted(costs)[round(quantile * (len(costs) - 1))] if costs else 0.0
 
 
 def test_gapped_data_flood_then_forward_tsns_stay_bounded_and_fast() -> None:
@@ -664,8 +664,8 @@ def test_acked_ranges_match_a_set(start: int, ranges: list[tuple[int, int]]) -> 
 def test_sack_costs_what_it_acknowledges(cap: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full send backlog of one-byte messages, all in flight (also with 4x the cap: the cost must not follow the
     backlog); then 3,000 SACKs, one per packet, each gap-acking one more TSN above a missing first one, one
-    gap-acking all the rest, and 1,000 repeating it: no SACK costs a pass over the backlog (each but the one
-    acknowledging the rest stays under 1 ms of CPU), the missing TSN is fast-retransmitted, and the backlog drains."""
+    gap-acking all the rest, and 1,000 repeating it: no SACK costs a pass over the backlog (99 % of those but the
+    one acknowledging the rest stay under 1 ms of CPU), the missing TSN is fast-retransmitted, and the backlog drains."""
     monkeypatch.setattr(sctp, "MAX_BUFFERED_AMOUNT", cap)
     link = Link()
     ours, _ = open_pair(link, "x", ordered=False)
@@ -687,9 +687,11 @@ def test_sack_costs_what_it_acknowledges(cap: int, monkeypatch: pytest.MonkeyPat
 
     growing = [sack([(2, 2 + k)]) for k in range(min(3000, outstanding - 2))]
     widest = [sack([(2, 0xFFFF)])] * 1000
-    slowest = _timed_receive(server, growing, link.now)
+    # The 99th percentile, not the slowest: one SACK in thousands read 2 ms once, with a benchmark running beside
+    # the suite (CPU time still counts cache misses); a pass over the backlog cost every SACK 3.4-5.3 ms.
+    slowest = _timed_receive(server, growing, link.now, quantile=0.99)
     server.receive(widest[0], link.now)  # acknowledges the rest but the first TSN: its cost is theirs
-    slowest = max(slowest, _timed_receive(server, widest[1:], link.now))
+    slowest = max(slowest, _timed_receive(server, widest[1:], link.now, quantile=0.99))
     assert server._retransmits or server._outstanding[(cum + 1) & 0xFFFFFFFF].transmissions == 2
     drained = _timed_receive(server, [sack([], (cum + outstanding) & 0xFFFFFFFF)], link.now)
     print(f"{outstanding} outstanding: slowest SACK {slowest * 1e3:.3f} ms, the draining one {drained * 1e3:.2f} ms")
