@@ -62,11 +62,9 @@ def worker_stats(eng: engine.Engine) -> list[dict]:
     return eng.worker_stats() if hasattr(eng, "worker_stats") else []
 
 
-def measure(workers: int, subscribers: int, batches: int, transport_cc: bool = False) -> dict:
-    # One worker is the engine's default: an engine without worker threads is measured the same way (an A/B).
-    options = {"workers": workers} if workers != 1 else {}
-    eng = engine.Engine("127.0.0.1", 0, lambda event: None, **options)
-    keep = []  # the SRTP sessions live as long as the engine uses them
+def add_publisher(eng: engine.Engine, keep: list) -> tuple[socket.socket, Session, int]:
+    """This process as the engine's publisher of one VP8 track: its socket, its outbound SRTP session and the
+    Receiver. The SRTP sessions go into `keep` (they must live as long as the engine uses them)."""
     publisher = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     publisher.bind(("127.0.0.1", 0))
     key = os.urandom(30)
@@ -76,7 +74,15 @@ def measure(workers: int, subscribers: int, batches: int, transport_cc: bool = F
     pub = eng.add_transport()
     eng.bind_transport(pub, "127.0.0.1", publisher.getsockname()[1])
     eng.set_srtp(pub, pointer(rx), 0)
-    receiver = eng.add_receiver(pub, "0", "video", "vp8", VP8_PT, 0, 90000, [], [SSRC], [], {})
+    return publisher, tx, eng.add_receiver(pub, "0", "video", "vp8", VP8_PT, 0, 90000, [], [SSRC], [], {})
+
+
+def measure(workers: int, subscribers: int, batches: int, transport_cc: bool = False) -> dict:
+    # One worker is the engine's default: an engine without worker threads is measured the same way (an A/B).
+    options = {"workers": workers} if workers != 1 else {}
+    eng = engine.Engine("127.0.0.1", 0, lambda event: None, **options)
+    keep = []  # the SRTP sessions live as long as the engine uses them
+    publisher, tx, receiver = add_publisher(eng, keep)
     sinks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(subscribers)]
     for sink in sinks:
         sink.bind(("127.0.0.1", 0))  # distinct free ports, closed again below: nobody listens there
