@@ -648,6 +648,32 @@ async def test_a_congested_collapse_lands_on_the_lowest_full_layer(node: FakeNod
     assert node.engine.layers[downtrack] == 0 and node.engine.cuts[downtrack] is True
 
 
+async def test_a_subscriber_at_its_top_layer_reads_the_estimate_once_per_loss_window(node: FakeNode) -> None:
+    """Nothing to upgrade: the tick (twice a second) reads the engine's estimate only to open or close a loss window,
+    so 500 settled subscribers cost the control plane ~500 reads a second, not 1,000; loss is still acted on."""
+    bob, clock, prober, layers = probing(node, 5_000_000)
+    bob.allocator.on_estimate(prober.estimate)
+    assert layers == [2]
+    reads = 0
+    read = prober.bandwidth
+
+    def counted() -> dict:
+        nonlocal reads
+        reads += 1
+        return read()
+    prober.bandwidth = counted
+    for _ in range(20):  # 10 s
+        clock.now += 0.5
+        prober.report(50, 0)
+        bob.allocator.tick()
+    assert reads == 10 and layers == [2]  # at 0.5 s one opens a window; at 1.5, 2.5 .. 9.5 s each closes and opens one
+    for _ in range(4):  # 30 % loss for 2 s: the windows still close on time and the layer steps down
+        clock.now += 0.5
+        prober.report(50, 15)
+        bob.allocator.tick()
+    assert layers[-1] < 2 and node.counters["loss_step_downs"] == 1
+
+
 async def test_loss_on_the_lowest_layer_neither_pauses_nor_steps_further(node: FakeNode) -> None:
     alice, bob = join(node, "alice"), join(node, "bob")
     bob.allocator.clock = clock = Clock()

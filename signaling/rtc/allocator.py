@@ -365,6 +365,9 @@ class StreamAllocator:
             self._probe = None
         if self.prober is None or self.estimate is None:
             return
+        if self._next_step is None and not self._loss_window_due():
+            return  # nothing to upgrade, no loss window to open or close: no engine read (twice a second per
+                    # subscriber, it showed in transport-cc's cost at hundreds of subscribers)
         bandwidth = self.prober.bandwidth()
         if bandwidth is None:
             return
@@ -399,6 +402,12 @@ class StreamAllocator:
         if self._probe is not None:
             self._counters["probes_started"] += 1
             self._loss_window = None
+
+    def _loss_window_due(self) -> bool:
+        """Whether _lossy has something to do: a window to open (once settled) or one old enough to close."""
+        if self._loss_window is None:
+            return self.clock() >= self._loss_settled_at
+        return self.clock() - self._loss_window[0] >= LOSS_WINDOW_S
 
     def _lossy(self, bandwidth: dict) -> bool:
         """Whether the window of reported packets that just closed makes the loss too much (see LOSS_STEP_DOWN):
