@@ -36,9 +36,18 @@ def compare(rounds: list[dict[str, float]], tern: str, no_twcc: str, ceiling: st
     }
 
 
-def verdict(figure: dict, target: float, at_most: bool) -> str:
-    """Whether each round's value of `figure` (a spread) meets `target` (<= it when `at_most`, else >=)."""
+def paired(pairs: list[list[float | None]]) -> dict | None:
+    """transport-cc's cost from pairs of servers run at the same time (bench/run.py paired_twcc): the spread of every
+    counted window's cost (None: a window not counted), None when none counted. The pairs alternate which server
+    starts first (the first is favoured by a few %), so with every window counted both orders weigh alike."""
+    counted = [cost for pair in pairs for cost in pair if cost is not None]
+    return spread(counted) if counted else None
+
+
+def verdict(figure: dict, target: float, at_most: bool, unit: str = "rounds") -> str:
+    """Whether each value of `figure` (a spread: one per round, or per window) meets `target` (<= it when
+    `at_most`, else >=)."""
     met = sum(value <= target if at_most else value >= target for value in figure["each"])
     if met == len(figure["each"]):
-        return "met in every round"
-    return "missed in every round" if met == 0 else f"met in {met} of {len(figure['each'])} rounds"
+        return f"met in every {unit[:-1]}"
+    return f"missed in every {unit[:-1]}" if met == 0 else f"met in {met} of {len(figure['each'])} {unit}"

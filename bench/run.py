@@ -29,8 +29,9 @@ Which tern is measured: this checkout when its Cython modules are built in place
 Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until a step is not carried, with
 transport-cc negotiated both ways as libwebrtc does, subscribers sending feedback every ~100 ms; then alternated rounds
 at COMPARE_SUBSCRIBERS (bench/rounds.py: tern, tern without transport-cc, rows "tern-no-twcc", and the c-ceiling, each
-turn on a fresh process, the order rotating; twcc_cost and ratio_c_ceiling are the medians of the rounds' ratios,
-printed with each round's); with --transport tcp once more at the sizes the sweep carried with every load client
+turn on a fresh process, the order rotating; ratio_c_ceiling is the median of the rounds' ratios, printed with each
+round's; then pairs of servers, tern with and without transport-cc running at the same time, each with its own load
+clients: twcc_cost is the median of their windows' costs, paired_twcc); with --transport tcp once more at the sizes the sweep carried with every load client
 on ICE-TCP (RFC 4571 frames on a TCP connection to the server's passive candidate, as a client behind a UDP-blocking
 firewall connects), rows "tern-tcp"; with --transport turn with every load client
 relayed through the server's embedded TURN over UDP (ChannelData; turn.enabled), rows "tern-turn"; with
@@ -137,9 +138,12 @@ SVC_SETTLE = 2.0            # seconds after the last viewer's first packet befor
                             # (an up-switch waits for a keyframe: the load publisher sends one every 2 s)
 COMPARE_WINDOWS = 3         # windows a sweep measures at COMPARE_SUBSCRIBERS, the median kept (tcp_cost, turn_cost)
 COMPARE_ROUNDS = (4, 2)     # alternated rounds of tern, tern-no-twcc and the c-ceiling at COMPARE_SUBSCRIBERS
-                            # (standard, --quick; bench/rounds.py): twcc_cost and ratio_c_ceiling are their medians.
+                            # (standard, --quick; bench/rounds.py): ratio_c_ceiling is their median.
                             # A window of one server varies ±4 % (5 s), but fresh servers and the machine's drift
                             # over minutes vary more: rounds, not longer windows, make the median steady
+PAIRED = "paired"           # the scenario of the paired windows' rows (paired_twcc)
+COMPARE_PAIRS = (4, 2)      # pairs of servers (standard, --quick) measuring transport-cc's cost at the same time, ...
+PAIR_WINDOWS = 2            # ... each over this many windows: twcc_cost is the median of the windows' costs
 QUIET = 0.08                # a window is disturbed when others' work or the hypervisor took more of a CPU than this
                             # (others_load reads ±0.04 on an idle machine: /proc/stat counts in ticks)
 RETRIES = 2                 # a disturbed turn of the rounds is measured again, at most this many times (printed)
@@ -404,6 +408,69 @@ def compare_rounds(count: int, subscribers: int, window: float, logs: Path, rows
     return out
 
 
+async def paired_twcc(index: int, subscribers: int, window: float, logs: Path, rows: list[Row],
+                      cpus: list[int]) -> list[float | None]:
+    """Pair `index` of transport-cc's cost: tern with transport-cc and tern without run at the same time on `cpus`
+    (fresh processes, each with its own publisher and `subscribers`), measured over the same PAIR_WINDOWS windows, so
+    whatever the host does to our CPUs over minutes (steal, a busy sibling thread: turns minutes apart differed by
+    20 % and more) weighs on both alike. Per window 1 - tern / tern-no-twcc, None when either did not carry its load
+    or the rest of the machine disturbed it. The server started first is favoured by a few % (an A/A pair of two
+    servers without transport-cc read -0.031, median of 8 windows), so the pairs alternate it."""
+    names = rounds.turn_order(("tern", NO_TWCC), index)
+    label = f"1 pub -> {subscribers} sub"
+    servers: dict[str, TernServer] = {}
+    clients: dict[str, loadtest.LoadClients] = {}
+    try:
+        for name in names:
+            servers[name] = TernServer(logs / f"tern-bench-paired-{name}.log", cpus)
+            clients[name] = loadtest.LoadClients(servers[name].url, API_KEY, API_SECRET, transport_cc=name == "tern")
+            await clients[name].add("fanout", 1, publish=loadtest.MediaPlan(video=True, audio=False), subscribe=False)
+        for name in names:
+            joined = await clients[name].add("fanout", subscribers, hidden=True, concurrency=32)
+            await clients[name].wait_for_media(joined, 15)
+        await asyncio.sleep(1)  # let joins settle
+        costs: list[float | None] = []
+        for _ in range(PAIR_WINDOWS):
+            pair = await asyncio.gather(*(measure(name, PAIRED, clients[name].load_receiver, servers[name].process.pid,
+                                                  window, label, len(cpus)) for name in names))
+            # each row's `others` counted the other server's CPU: it is not other work
+            pair = [dataclasses.replace(row, others_load=row.others_load - other.cpu_load)
+                    for row, other in zip(pair, reversed(pair))]
+            rows.extend(pair)
+            for row in pair:
+                print(_format(row), flush=True)
+            tern, no_twcc = sorted(pair, key=lambda row: row.forwarder != "tern")
+            counted = all(carried(row) and not disturbed(row) for row in pair) and not any(
+                c.errors() for c in clients.values())
+            costs.append(1 - tern.packets_per_cpu_second / no_twcc.packets_per_cpu_second if counted else None)
+        return costs
+    finally:
+        for c in clients.values():
+            await c.close()
+        for server in servers.values():
+            server.stop()
+
+
+def paired_figures(pairs: list[list[float | None]], label: str, window: float) -> dict:
+    """twcc_cost from the paired windows (bench/rounds.py paired), with its spread and each pair's windows."""
+    cost = rounds.paired(pairs)
+    return {"paired": {"compared_at": label, "pairs": pairs, "window_s": window, "twcc_cost": cost},
+            "twcc_cost": cost["median"] if cost else None,
+            "twcc_cost_range": [cost["min"], cost["max"]] if cost else None}
+
+
+def print_paired(figures: dict) -> None:
+    p, cost = figures["paired"], figures["paired"]["twcc_cost"]
+    counted = sum(c is not None for pair in p["pairs"] for c in pair)
+    print(f"\npaired at {p['compared_at']}: {len(p['pairs'])} pairs of tern and {NO_TWCC} run at the same time, "
+          f"{PAIR_WINDOWS} windows of {p['window_s']:g} s each ({counted} counted: both carried, undisturbed)")
+    if cost is None:
+        return
+    pairs = " | ".join(", ".join("-" if c is None else f"{c:.3f}" for c in pair) for pair in p["pairs"])
+    print(f"{'twcc_cost':<28} {cost['median']:.3f} (windows by pair {pairs}; target <= {TWCC_COST_TARGET}: "
+          f"{rounds.verdict(cost, TWCC_COST_TARGET, True, 'windows')})")
+
+
 def rounds_figures(measured: list[dict[str, float]], label: str, window: float) -> dict:
     """The tracked comparisons from the rounds (bench/rounds.py): medians as the figures, spreads beside them."""
     compared = rounds.compare(measured, "tern", NO_TWCC, "c-ceiling")
@@ -412,9 +479,11 @@ def rounds_figures(measured: list[dict[str, float]], label: str, window: float) 
            "twcc_compared_at": label,
            "pps_per_core_twcc": each["tern"]["median"] if each else None,
            "pps_per_core_no_twcc": each[NO_TWCC]["median"] if each else None}
-    for key in ("twcc_cost", "ratio_c_ceiling", "ratio_c_ceiling_no_twcc"):
-        out[key] = compared[key]["median"] if compared[key] else None
-        out[f"{key}_range"] = [compared[key]["min"], compared[key]["max"]] if compared[key] else None
+    # transport-cc's cost between turns minutes apart: the paired windows give twcc_cost (paired_twcc)
+    for key, name in (("twcc_cost", "twcc_cost_sequential"), ("ratio_c_ceiling", "ratio_c_ceiling"),
+                      ("ratio_c_ceiling_no_twcc", "ratio_c_ceiling_no_twcc")):
+        out[name] = compared[key]["median"] if compared[key] else None
+        out[f"{name}_range"] = [compared[key]["min"], compared[key]["max"]] if compared[key] else None
     return out
 
 
@@ -428,11 +497,11 @@ def print_rounds(figures: dict) -> None:
     print(f"{'forwarder':<13} {'median pkt/CPU-s':>16} {'min':>10} {'max':>10}")
     for name, s in r["pkt_per_cpu_s"].items():
         print(f"{name:<13} {s['median']:>16,.0f} {s['min']:>10,.0f} {s['max']:>10,.0f}")
-    for key, target, at_most in (("twcc_cost", TWCC_COST_TARGET, True), ("ratio_c_ceiling", C_CEILING_TARGET, False),
-                                 ("ratio_c_ceiling_no_twcc", None, False)):
+    for key, label, target in (("twcc_cost", "twcc_cost_sequential", None), ("ratio_c_ceiling", None, C_CEILING_TARGET),
+                               ("ratio_c_ceiling_no_twcc", None, None)):
         s = r[key]
-        goal = f"; target {'<=' if at_most else '>='} {target}: {rounds.verdict(s, target, at_most)}" if target else ""
-        print(f"{key:<28} {s['median']:.3f} (rounds {', '.join(f'{v:.3f}' for v in s['each'])}{goal})")
+        goal = f"; target >= {target}: {rounds.verdict(s, target, False)}" if target else ""
+        print(f"{label or key:<28} {s['median']:.3f} (rounds {', '.join(f'{v:.3f}' for v in s['each'])}{goal})")
 
 
 async def meeting(participants: int, window: float, log: Path, rows: list[Row], cpus: list[int]) -> None:
@@ -975,6 +1044,9 @@ def main() -> int:
                 measured = compare_rounds(args.rounds or COMPARE_ROUNDS[args.quick], size, window, logs, rows,
                                           server_cpus)
                 figures.update(rounds_figures(measured, f"1 pub -> {size} sub", window))
+                pairs = [asyncio.run(paired_twcc(index, size, window, logs, rows, server_cpus))
+                         for index in range(COMPARE_PAIRS[args.quick])]
+                figures.update(paired_figures(pairs, f"1 pub -> {size} sub", window))
         if not first:
             continue
         if args.scenario in ("meeting", "all"):
@@ -1003,7 +1075,8 @@ def main() -> int:
     print()
     transport_keys = [key for transport in OVER if transport in args.transport for key in
                       (f"pps_per_core_{_key(transport)}", f"{_key(transport)}_cost", f"{_key(transport)}_compared_at")]
-    for key in ("pps_per_core", "pps_per_core_twcc", "pps_per_core_no_twcc", "twcc_cost", "twcc_compared_at",
+    for key in ("pps_per_core", "pps_per_core_twcc", "pps_per_core_no_twcc", "twcc_cost", "twcc_cost_sequential",
+                "twcc_compared_at",
                 "max_zero_loss_subscribers", "p99_added_latency_ms", "rss_per_subscriber_kib", "join_ms",
                 "ratio_c_ceiling", "ratio_c_ceiling_no_twcc", *transport_keys):
         value = figures.get(key)
@@ -1029,6 +1102,8 @@ def main() -> int:
                   f"CPU per forwarded packet of one over UDP ({figures[f'{transport}_compared_at']})")
     if "rounds" in figures:
         print_rounds(figures)
+    if "paired" in figures:
+        print_paired(figures)
     print_capacity(figures["capacity"])
     print_scaling(figures["scaling"])
     print_janus(figures["janus"])

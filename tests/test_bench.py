@@ -58,6 +58,16 @@ def test_rounds_judge_each_round_and_report_the_median_with_its_spread() -> None
     assert rounds.compare(measured[2:3], *names)["twcc_cost"] is None
 
 
+def test_paired_cost_is_the_median_of_the_counted_windows_of_both_orders() -> None:
+    """Pairs alternate which server starts first; windows not counted (None) are left out; none counted: no figure."""
+    assert [rounds.turn_order(("tern", "tern-no-twcc"), i)[0] for i in range(4)] == ["tern", "tern-no-twcc"] * 2
+    cost = rounds.paired([[0.07, 0.08], [0.12, None], [0.06, 0.11]])
+    assert cost == {"median": 0.08, "min": 0.06, "max": 0.12, "each": [0.07, 0.08, 0.12, 0.06, 0.11]}
+    assert rounds.verdict(cost, 0.10, at_most=True, unit="windows") == "met in 3 of 5 windows"
+    assert rounds.verdict(cost, 0.20, at_most=True, unit="windows") == "met in every window"
+    assert rounds.paired([[None, None]]) is None
+
+
 def test_bench_refuses_more_server_cores_than_it_may_use() -> None:
     too_many = len(os.sched_getaffinity(0)) + 1
     result = subprocess.run([sys.executable, "bench/run.py", "--server-cores", "1", str(too_many)], cwd=ROOT,
