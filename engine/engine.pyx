@@ -1110,7 +1110,7 @@ cdef class Engine:
             "state": BWE_STATES[bwe_state(b)] if 0 <= bwe_state(b) < len(BWE_STATES) else "unknown",
             "loss_fraction": bwe_loss_fraction(b),
             "twcc": bool(b.twcc_seen),
-            "stamping": t.twcc_tx != NULL,
+            "stamping": t.twcc_tx.sent != NULL,
             "reports": b.reports,
             "rembs": b.rembs,
             "remb_bps": int(b.remb_bps),

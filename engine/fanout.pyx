@@ -53,11 +53,11 @@ cdef inline void prefetch_ahead(EngineState *s, const Receiver *r, int k, int wo
     """Starts loading what forwarding to the Receiver's next DownTracks will touch: at hundreds of subscribers each
     one's state is cold again by the next frame, and forwarding a frame to one DownTrack (SRTP, the send slot) takes
     far longer than a cache miss. One step per DownTrack ahead, each needing only what the step before loaded: the
-    DownTrack's first lines; its Transport's; its next seqmap entry, Munger run, SRTP session and send history's
-    head; the history's next entry. (A prefetch of NULL is a no-op: an absent session or history costs nothing.)"""
+    DownTrack's first lines; its Transport's (which hold the send history's header); its next seqmap entry, Munger
+    run and SRTP session; the send history's next entry. (A prefetch of NULL is a no-op: an absent session costs
+    nothing.)"""
     cdef const DownTrack *d
     cdef const Transport *t
-    cdef const TwccHistory *h
     d = ahead(s, r, k + 4, worker)
     if d != NULL:
         prefetch(d)
@@ -76,13 +76,11 @@ cdef inline void prefetch_ahead(EngineState *s, const Receiver *r, int k, int wo
         t = s.transports[d.transport]
         if t != NULL:
             prefetch(t.tx)
-            prefetch(t.twcc_tx)
     d = ahead(s, r, k + 1, worker)
     if d != NULL:
         t = s.transports[d.transport]
-        h = t.twcc_tx if t != NULL else NULL
-        if h != NULL:
-            prefetch(&h.sent[h.next_seq & (TWCC_HISTORY - 1)])
+        if t != NULL and t.twcc_tx.sent != NULL:
+            prefetch(&t.twcc_tx.sent[t.twcc_tx.next_seq & (TWCC_HISTORY - 1)])
 
 
 cdef inline const DownTrack *ahead(EngineState *s, const Receiver *r, int k, int worker) noexcept nogil:
@@ -172,7 +170,7 @@ cdef inline void red_block(const ExtPacket *p, const RedBlock *b, uint16_t seq, 
 cdef bint fanout_send(EngineState *s, SendBatch *b, DownTrack *d, const ExtPacket *p, const SeqMapEntry *e,
                       int kind, int64_t now) noexcept nogil:
     cdef Transport *t = s.transports[d.transport]
-    cdef TwccHistory *history = t.twcc_tx if d.ext_transport_cc else NULL
+    cdef TwccHistory *history = &t.twcc_tx if d.ext_transport_cc and t.twcc_tx.sent != NULL else NULL
     cdef int slot, length, rtp_length
     cdef uint8_t *out
     if not transport_ready(t):

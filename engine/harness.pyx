@@ -20,6 +20,7 @@ from engine.munger cimport DROP_PADDING, munger_drop, munger_map, munger_sent
 from engine.packet cimport ExtPacket, packet_set
 from engine.receiver cimport MAX_LAYERS, Receiver, receiver_free, receiver_new
 from engine.rtp cimport parse_rtp
+from engine.state cimport Transport
 
 
 cdef class DownTrackHarness:
@@ -190,6 +191,11 @@ cdef class DownTrackHarness:
 
 
 BWE_STATE_BYTES = sizeof(Bwe)   # what a Transport embedding the estimator grows by
+
+cdef Transport _transport       # read for its layout only
+# Where what fanout_send reads or writes per packet ends in a Transport (`path` is the last of it; the send history's
+# header is among it): state.pxd keeps it within the struct's first two cache lines.
+TRANSPORT_PER_PACKET_BYTES = <size_t>(<char *>&_transport.path - <char *>&_transport) + sizeof(_transport.path)
 
 
 cdef class BweHarness:

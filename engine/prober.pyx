@@ -27,7 +27,7 @@ cdef int find_carrier(EngineState *s, int t) noexcept nogil:
 cdef int32_t prober_start(EngineState *s, int t, int64_t target_bps, int64_t duration_us, int64_t now) noexcept nogil:
     cdef Transport *tr = s.transports[t]
     cdef int carrier
-    if tr.twcc_tx == NULL or tr.bwe == NULL or target_bps <= 0 or not transport_ready(tr):
+    if tr.twcc_tx.sent == NULL or tr.bwe == NULL or target_bps <= 0 or not transport_ready(tr):
         return -1
     carrier = find_carrier(s, t)
     if carrier < 0:
@@ -55,8 +55,7 @@ cdef void prober_forget(EngineState *s, int t) noexcept nogil:
     if tr.probing:
         list_discard(&s.probing, t)
         tr.probing = False
-        if tr.twcc_tx != NULL:
-            tr.twcc_tx.probe_cluster = -1
+        tr.twcc_tx.probe_cluster = -1
 
 
 cdef void prober_pump(EngineState *s, int64_t now) noexcept nogil:
@@ -91,7 +90,7 @@ cdef bint pump(EngineState *s, Transport *t, int64_t now) noexcept nogil:
         if not t.plain and srtp.protect(t.tx, out, &length) != 0:
             s.counters[<int>S_DROP_PROTECT] += 1
             continue
-        twcc_history_add(t.twcc_tx, rtp_length, now)
+        twcc_history_add(&t.twcc_tx, rtp_length, now)
         t.probe_sent_bytes += rtp_length
         due -= rtp_length
         send_commit(s, &s.send, slot, length, &t.path)

@@ -287,9 +287,10 @@ cdef struct Transport:
                               # socket (as mediasoup's PlainTransport); nothing from its address is accepted
     void *tx                  # srtp_t, owned by the control plane, or by the engine when `tx_owned`
                               # (Engine.set_srtp_policy)
-    # transport-cc (transportcc.pyx), allocated when negotiated: toward a subscriber, the sequence numbers and send
-    # history of its downlink, and the downlink's estimate (also fed by the subscriber's REMB)
-    TwccHistory *twcc_tx
+    # transport-cc (transportcc.pyx) toward a subscriber: the sequence numbers and send history of its downlink
+    # (the history's header held here, in the first line; its ring allocated when stamping is negotiated), and the
+    # downlink's estimate (allocated with its first DownTrack; also fed by the subscriber's REMB)
+    TwccHistory twcc_tx
     Bwe *bwe
     uint64_t bytes_sent       # RTP bytes forwarded to it (retransmissions excluded); at the last rtx refill
     bint probing              # a probe cluster runs toward it (prober.pyx), described from `probe_cluster` on

@@ -10,7 +10,7 @@ from engine.rtp cimport find_extension
 from engine.state cimport (E_BANDWIDTH, S_BANDWIDTH_EVENTS, S_DROP_MALFORMED, S_REMB_RECEIVED,
                            S_TWCC_FEEDBACK_RECEIVED, S_TWCC_FEEDBACK_SENT, S_TWCC_LATE, S_TWCC_UNMATCHED, SEND_BUF,
                            TWCC_HISTORY, queue_event, transport_ready)
-from engine.twcc cimport (TWCC_LATE, TwccFeedback, TwccHistory, TwccRecorder, twcc_history_init,
+from engine.twcc cimport (TWCC_LATE, TwccFeedback, TwccRecorder, TwccSent, twcc_history_init,
                           twcc_history_resolve, twcc_parse, twcc_recorder_add, twcc_recorder_feedback,
                           twcc_recorder_full, twcc_recorder_init)
 from engine.table cimport list_add, list_discard
@@ -32,16 +32,17 @@ cdef int transportcc_enable_receive(EngineState *s, int slot) noexcept nogil:
 
 
 cdef int transportcc_enable_send(Transport *t, bint stamp, int first_seq, int64_t now) noexcept nogil:
+    cdef TwccSent *sent
     if t.bwe == NULL:
         t.bwe = <Bwe *>malloc(sizeof(Bwe))
         if t.bwe == NULL:
             return -1
         bwe_init(t.bwe, BWE_START_BPS, now)
-    if stamp and t.twcc_tx == NULL:
-        t.twcc_tx = <TwccHistory *>malloc(sizeof(TwccHistory))
-        if t.twcc_tx == NULL:
+    if stamp and t.twcc_tx.sent == NULL:
+        sent = <TwccSent *>malloc(TWCC_HISTORY * sizeof(TwccSent))
+        if sent == NULL:
             return -1
-        twcc_history_init(t.twcc_tx, <uint16_t>first_seq)
+        twcc_history_init(&t.twcc_tx, sent, <uint16_t>first_seq)
     return 0
 
 
@@ -50,10 +51,10 @@ cdef void transportcc_free(EngineState *s, int slot) noexcept nogil:
     if t.twcc_rx != NULL:
         list_discard(&s.twcc_receivers, slot)
     free(t.twcc_rx)
-    free(t.twcc_tx)
+    free(t.twcc_tx.sent)
     free(t.bwe)
     t.twcc_rx = NULL
-    t.twcc_tx = NULL
+    t.twcc_tx.sent = NULL
     t.bwe = NULL
 
 
@@ -118,10 +119,10 @@ cdef bint transportcc_feedback(EngineState *s, int t, const uint8_t *p, int leng
         s.counters[<int>S_DROP_MALFORMED] += 1
         return False
     s.counters[<int>S_TWCC_FEEDBACK_RECEIVED] += 1
-    if tr.twcc_tx == NULL or tr.bwe == NULL:
+    if tr.twcc_tx.sent == NULL or tr.bwe == NULL:
         s.counters[<int>S_TWCC_UNMATCHED] += n  # we never numbered packets for it
         return False
-    n = twcc_history_resolve(tr.twcc_tx, s.twcc_results, n, s.bwe_results, &s.counters[<int>S_TWCC_UNMATCHED])
+    n = twcc_history_resolve(&tr.twcc_tx, s.twcc_results, n, s.bwe_results, &s.counters[<int>S_TWCC_UNMATCHED])
     if n == 0:
         return False
     first = not tr.bwe.twcc_seen

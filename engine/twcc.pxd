@@ -91,19 +91,23 @@ cdef struct TwccSent:         # 8 bytes: at hundreds of subscribers each history
     uint16_t size             # RTP bytes (before SRTP)
     int16_t probe_cluster     # the probe cluster running when it was sent, -1 for none
 
-# A subscriber transport's transport-wide sequence numbers and send history. The entry of unwrapped number u is
-# sent[u & (TWCC_HISTORY - 1)] while first_seq <= u < next_seq and next_seq - u <= TWCC_HISTORY: the ring holds the
-# last TWCC_HISTORY numbers stamped, so no entry needs to say which number it is.
-cdef struct TwccHistory:
+# A subscriber transport's transport-wide sequence numbers and send history: this header, which the Transport holds
+# in its first cache line (every packet sent reads it: allocated apart, it cost a second cache miss at each frame's
+# first packet to each subscriber), and the ring it points to, allocated when stamping is negotiated (NULL: the
+# transport's packets are not numbered). The entry of unwrapped number u is sent[u & (TWCC_HISTORY - 1)] while
+# first_seq <= u < next_seq and next_seq - u <= TWCC_HISTORY: the ring holds the last TWCC_HISTORY numbers stamped,
+# so no entry needs to say which number it is.
+cdef struct TwccHistory:      # 40 bytes
     int64_t next_seq          # unwrapped number of the next packet stamped
     int64_t first_seq         # the first number stamped (entries below it were never written)
     int64_t last_send_us      # when the newest stamped packet left: entries' send times are taken as less than
                               # 2^32 µs (71 min) before it (an older one, which only a client reporting a packet
                               # over an hour late asks about, resolves that much too recent: its own estimate)
     int16_t probe_cluster     # tags every packet sent while it is >= 0 (the prober's hook; bwe.pxd's contract)
-    TwccSent sent[<int>TWCC_HISTORY]
+    TwccSent *sent            # the ring: TWCC_HISTORY entries (the caller allocates and frees it)
 
-cdef void twcc_history_init(TwccHistory *history, uint16_t first_seq) noexcept nogil
+# Starts a history numbering from `first_seq` over the ring `sent` (TWCC_HISTORY entries).
+cdef void twcc_history_init(TwccHistory *history, TwccSent *sent, uint16_t first_seq) noexcept nogil
 # Resolves parsed feedback `results` against the history into `out` (in the same order), skipping the packets it
 # no longer (or never) held; returns how many it wrote and adds the skipped ones to *unmatched.
 cdef int twcc_history_resolve(const TwccHistory *history, const TwccResult *results, int count,

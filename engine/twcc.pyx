@@ -277,7 +277,8 @@ cdef int twcc_recorder_feedback(TwccRecorder *rec, uint8_t *out, int cap, uint32
 
 # ---------------------------------------------------------------- the send history
 
-cdef void twcc_history_init(TwccHistory *history, uint16_t first_seq) noexcept nogil:
+cdef void twcc_history_init(TwccHistory *history, TwccSent *sent, uint16_t first_seq) noexcept nogil:
+    history.sent = sent
     history.next_seq = first_seq
     history.first_seq = first_seq
     history.last_send_us = 0
@@ -389,22 +390,22 @@ cdef class Recorder:
 
 cdef class History:
     """A TwccHistory for tests: packets stamped and sent, then feedback resolved against them."""
-    cdef TwccHistory *history
+    cdef TwccHistory history
 
     def __cinit__(self, int first_seq=0):
-        self.history = <TwccHistory *>malloc(sizeof(TwccHistory))
-        if self.history == NULL:
+        cdef TwccSent *sent = <TwccSent *>malloc(TWCC_HISTORY * sizeof(TwccSent))
+        if sent == NULL:
             raise MemoryError()
-        twcc_history_init(self.history, <uint16_t>first_seq)
+        twcc_history_init(&self.history, sent, <uint16_t>first_seq)
 
     def __dealloc__(self):
-        free(self.history)
+        free(self.history.sent)
 
     def send(self, int size, int64_t now, int probe_cluster=-1) -> int:
         """Stamps and sends a packet of `size` RTP bytes at `now`; returns the 16-bit number it carried."""
         cdef uint16_t seq = <uint16_t>self.history.next_seq
         self.history.probe_cluster = <int16_t>probe_cluster
-        twcc_history_add(self.history, size, now)
+        twcc_history_add(&self.history, size, now)
         return seq
 
     def resolve(self, list results) -> tuple:
@@ -421,7 +422,7 @@ cdef class History:
                 parsed[i].seq = <uint16_t>seq
                 parsed[i].status = TWCC_NOT_RECEIVED if arrival is None else TWCC_SMALL_DELTA
                 parsed[i].arrival_us = 0 if arrival is None else arrival
-            n = twcc_history_resolve(self.history, parsed, n, out, &unmatched)
+            n = twcc_history_resolve(&self.history, parsed, n, out, &unmatched)
             return [(out[i].seq, out[i].send_us, out[i].size, out[i].probe_cluster, bool(out[i].received))
                     for i in range(n)], unmatched
         finally:
