@@ -5,6 +5,7 @@ from libc.string cimport memcmp, memmove
 
 from engine cimport srtp
 from engine.batchio cimport MSG_TRUNC
+from engine.bwe cimport Bwe
 from engine.codecs.describe cimport describe_dd, describe_packet
 from engine.downtrack cimport DownTrack, downtrack_lose_layer
 from engine.feedback cimport feedback_keyframe_request, feedback_nack
@@ -16,7 +17,7 @@ from engine.reports cimport reports_receiver_blocks, reports_sender_info
 from engine.rtcp cimport (RTCP_PSFB, RTCP_RR, RTCP_RTPFB, RTCP_SR, RtcpHeader, SenderInfo, is_rtcp,
                           parse_feedback_ssrcs, parse_fir_ssrc, parse_rtcp_header, parse_sender_info)
 from engine.rtp cimport RtpHeader, find_extension, finish_srtp_header, parse_rtp, parse_srtp_header
-from engine.state cimport (DTLS_EVENTS_PER_SECOND, E_DTLS, E_LAYER, E_STUN, EVENT_WINDOW_US, EVENTS_PER_WINDOW,
+from engine.state cimport (BATCH, DTLS_EVENTS_PER_SECOND, E_DTLS, E_LAYER, E_STUN, EVENT_WINDOW_US, EVENTS_PER_WINDOW,
                            FAIR_EVENT_BURST, FAIR_EVENTS_PER_SECOND, MAX_SRTP_STREAMS, RECV_BUF,
                            RTCP_SENDER_STREAMS, S_BYTES_IN, S_DD_INVALID, S_DD_PACKETS, S_DROP_DTLS_RATE, S_DROP_SSRC_REBIND_RATE,
                            S_DROP_STUN_UNEXPECTED_RESPONSE, S_DROP_UNADMITTED_SSRC, S_RED_RECEIVED, S_STUN_RESPONSES,
@@ -32,12 +33,14 @@ from engine.transportcc cimport (transportcc_estimate_event, transportcc_feedbac
                                  transportcc_remb)
 from engine.twcc cimport TWCC_FMT
 from engine.stun cimport STUN_MALFORMED, STUN_NOT_REQUEST, STUN_OK, STUN_RESPONSE, stun_check, ufrag_key
-from engine.table cimport map_get, map_put, map_remove
+from engine.memory cimport CACHE_LINE, prefetch
+from engine.table cimport map_get, map_prefetch, map_put, map_remove
 from engine.wire cimport load16, load32, store16, store32
 
 
 cdef void demux_batch(EngineState *s, int n, int64_t now) noexcept nogil:
     cdef int i, length
+    prefetch_rtcp_state(s, n)
     for i in range(n):
         if s.recv.taken[i]:  # a TURN request raised as an event, or dropped (turnmux_classify)
             continue
@@ -48,6 +51,45 @@ cdef void demux_batch(EngineState *s, int n, int64_t now) noexcept nogil:
             s.counters[<int>S_DROP_TRUNCATED] += 1
             continue
         demux_datagram(s, s.recv.bufs + i * RECV_BUF, length, &s.recv.paths[i], now)
+
+
+cdef inline void prefetch_rtcp_state(EngineState *s, int n) noexcept nogil:
+    """Starts loading what handling the batch's RTCP will touch before handling any of it. At hundreds of
+    subscribers their transport-cc feedback (thousands of datagrams a second) finds each transport's state cold
+    again, and handled one after the other each lookup stalls on its misses in turn: the address map's bucket, the
+    Transport, then its SRTP session, send history and estimator. Three passes over the batch, each needing only
+    what the one before started loading; a hint only (a wrong guess, e.g. an IPv6 key collision, costs nothing)."""
+    cdef int i
+    cdef const uint8_t *buf
+    cdef const char *b
+    cdef const Transport *t
+    cdef bint rtcp[<int>BATCH]
+    cdef uint64_t keys[<int>BATCH]
+    cdef int64_t slots[<int>BATCH]
+    for i in range(n):
+        rtcp[i] = not s.recv.taken[i] and s.recv.msgs[i].msg_len >= 8 and is_rtcp(s.recv.bufs + i * RECV_BUF,
+                                                                                   s.recv.msgs[i].msg_len)
+        if rtcp[i]:
+            keys[i] = path_key(&s.recv.paths[i], s.path_seed)
+            map_prefetch(&s.by_address, keys[i])
+    for i in range(n):
+        slots[i] = map_get(&s.by_address, keys[i]) if rtcp[i] else -1
+        if slots[i] >= 0 and s.transports[slots[i]] != NULL:
+            prefetch(s.transports[slots[i]])
+            prefetch(<const char *>s.transports[slots[i]] + CACHE_LINE)
+            buf = s.recv.bufs + i * RECV_BUF
+            map_prefetch(&s.srtp_ssrcs, stream_key(<int>slots[i], load32(buf + 4)))  # the sender's, in the clear
+    for i in range(n):
+        if slots[i] < 0 or s.transports[slots[i]] == NULL:
+            continue
+        t = s.transports[slots[i]]
+        prefetch(t.rx)
+        prefetch(t.twcc_tx)
+        if t.bwe != NULL:  # its fields up to the seen window, which bwe_on_feedback mostly goes through
+            b = <const char *>t.bwe
+            while b < <const char *>&t.bwe.seen_seq:
+                prefetch(b)
+                b += CACHE_LINE
 
 
 # ---------------------------------------------------------------- transports by path

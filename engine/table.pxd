@@ -3,6 +3,8 @@
 # growable list of slot numbers (a Receiver's DownTracks, a Transport's Receivers).
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
+from engine.memory cimport prefetch
+
 cdef struct U64Map:
     uint64_t *keys
     int64_t *values
@@ -39,3 +41,13 @@ cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
     x *= 0x94D049BB133111EBULL
     x ^= x >> 31
     return x
+
+
+cdef inline void map_prefetch(const U64Map *m, uint64_t key) noexcept nogil:
+    """Starts loading the bucket where map_get(m, key) starts looking (a hint: see memory.pxd's prefetch)."""
+    cdef uint32_t i
+    if m.capacity:
+        i = <uint32_t>(mix64(key) & (m.capacity - 1))
+        prefetch(&m.keys[i])
+        prefetch(&m.used[i])
+        prefetch(&m.values[i])

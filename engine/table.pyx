@@ -3,13 +3,8 @@ from libc.stdlib cimport calloc, free, realloc
 
 
 cdef inline uint32_t _slot(uint64_t key, uint32_t mask) noexcept nogil:
-    # splitmix64 finalizer: SSRCs and addresses are not uniformly distributed in their low bits.
-    key ^= key >> 30
-    key *= 0xBF58476D1CE4E5B9ULL
-    key ^= key >> 27
-    key *= 0x94D049BB133111EBULL
-    key ^= key >> 31
-    return <uint32_t>(key & mask)
+    # mixed first: SSRCs and addresses are not uniformly distributed in their low bits (map_prefetch does the same)
+    return <uint32_t>(mix64(key) & mask)
 
 
 cdef int map_init(U64Map *m, uint32_t capacity) noexcept nogil:
