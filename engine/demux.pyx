@@ -31,7 +31,7 @@ from engine.state cimport (BATCH, DTLS_EVENTS_PER_SECOND, E_DTLS, E_LAYER, E_STU
                            STUN_EVENTS_PER_SECOND, Transport, bucket_refill, queue_event, stream_key)
 from engine.transportcc cimport (transportcc_estimate_event, transportcc_feedback, transportcc_received,
                                  transportcc_remb)
-from engine.twcc cimport TWCC_FMT
+from engine.twcc cimport TWCC_FMT, TWCC_HISTORY
 from engine.stun cimport STUN_MALFORMED, STUN_NOT_REQUEST, STUN_OK, STUN_RESPONSE, stun_check, ufrag_key
 from engine.memory cimport CACHE_LINE, prefetch
 from engine.table cimport map_get, map_prefetch, map_put, map_remove
@@ -57,7 +57,7 @@ cdef inline void prefetch_rtcp_state(EngineState *s, int n) noexcept nogil:
     """Starts loading what handling the batch's RTCP will touch before handling any of it. At hundreds of
     subscribers their transport-cc feedback (thousands of datagrams a second) finds each transport's state cold
     again, and handled one after the other each lookup stalls on its misses in turn: the address map's bucket, the
-    Transport, then its SRTP session, send history and estimator. Three passes over the batch, each needing only
+    Transport, then its SRTP session, send history entries and estimator. Three passes over the batch, each needing only
     what the one before started loading; a hint only (a wrong guess, e.g. an IPv6 key collision, costs nothing)."""
     cdef int i
     cdef const uint8_t *buf
@@ -84,7 +84,9 @@ cdef inline void prefetch_rtcp_state(EngineState *s, int n) noexcept nogil:
             continue
         t = s.transports[slots[i]]
         prefetch(t.rx)
-        prefetch(t.twcc_tx)
+        if t.twcc_tx.sent != NULL:  # the send history's newest entries, which feedback reports on (2 lines of 8)
+            prefetch(&t.twcc_tx.sent[(t.twcc_tx.next_seq - 16) & (TWCC_HISTORY - 1)])
+            prefetch(&t.twcc_tx.sent[(t.twcc_tx.next_seq - 8) & (TWCC_HISTORY - 1)])
         if t.bwe != NULL:  # its fields up to the seen window, which bwe_on_feedback mostly goes through
             b = <const char *>t.bwe
             while b < <const char *>&t.bwe.seen_seq:
