@@ -31,7 +31,8 @@ transport-cc negotiated both ways as libwebrtc does, subscribers sending feedbac
 at COMPARE_SUBSCRIBERS (bench/rounds.py: tern, tern without transport-cc, rows "tern-no-twcc", and the c-ceiling, each
 turn on a fresh process, the order rotating; ratio_c_ceiling is the median of the rounds' ratios, printed with each
 round's; then pairs of servers, tern with and without transport-cc running at the same time, each with its own load
-clients: twcc_cost is the median of their windows' costs, paired_twcc); with --transport tcp once more at the sizes the sweep carried with every load client
+clients: twcc_cost is the mean of the medians of the pairs that started tern first and those that started it second,
+paired_twcc); with --transport tcp once more at the sizes the sweep carried with every load client
 on ICE-TCP (RFC 4571 frames on a TCP connection to the server's passive candidate, as a client behind a UDP-blocking
 firewall connects), rows "tern-tcp"; with --transport turn with every load client
 relayed through the server's embedded TURN over UDP (ChannelData; turn.enabled), rows "tern-turn"; with
@@ -143,7 +144,7 @@ COMPARE_ROUNDS = (4, 2)     # alternated rounds of tern, tern-no-twcc and the c-
                             # over minutes vary more: rounds, not longer windows, make the median steady
 PAIRED = "paired"           # the scenario of the paired windows' rows (paired_twcc)
 COMPARE_PAIRS = (4, 2)      # pairs of servers (standard, --quick) measuring transport-cc's cost at the same time, ...
-PAIR_WINDOWS = 2            # ... each over this many windows: twcc_cost is the median of the windows' costs
+PAIR_WINDOWS = 3            # ... each over this many windows (bench/rounds.py paired)
 QUIET = 0.08                # a window is disturbed when others' work or the hypervisor took more of a CPU than this
                             # (others_load reads ±0.04 on an idle machine: /proc/stat counts in ticks)
 RETRIES = 2                 # a disturbed turn of the rounds is measured again, at most this many times (printed)
@@ -409,13 +410,14 @@ def compare_rounds(count: int, subscribers: int, window: float, logs: Path, rows
 
 
 async def paired_twcc(index: int, subscribers: int, window: float, logs: Path, rows: list[Row],
-                      cpus: list[int]) -> list[float | None]:
+                      cpus: list[int]) -> tuple[str, list[float | None]]:
     """Pair `index` of transport-cc's cost: tern with transport-cc and tern without run at the same time on `cpus`
     (fresh processes, each with its own publisher and `subscribers`), measured over the same PAIR_WINDOWS windows, so
     whatever the host does to our CPUs over minutes (steal, a busy sibling thread: turns minutes apart differed by
     20 % and more) weighs on both alike. Per window 1 - tern / tern-no-twcc, None when either did not carry its load
-    or the rest of the machine disturbed it. The server started first is favoured by a few % (an A/A pair of two
-    servers without transport-cc read -0.031, median of 8 windows), so the pairs alternate it."""
+    or the rest of the machine disturbed it; returned with the name of the server started first, which is favoured
+    by a few % (an A/A pair of two servers without transport-cc read -0.031, median of 8 windows): the pairs
+    alternate it, and bench/rounds.py paired averages the two orders."""
     names = rounds.turn_order(("tern", NO_TWCC), index)
     label = f"1 pub -> {subscribers} sub"
     servers: dict[str, TernServer] = {}
@@ -443,7 +445,7 @@ async def paired_twcc(index: int, subscribers: int, window: float, logs: Path, r
             counted = all(carried(row) and not disturbed(row) for row in pair) and not any(
                 c.errors() for c in clients.values())
             costs.append(1 - tern.packets_per_cpu_second / no_twcc.packets_per_cpu_second if counted else None)
-        return costs
+        return names[0], costs
     finally:
         for c in clients.values():
             await c.close()
@@ -451,7 +453,7 @@ async def paired_twcc(index: int, subscribers: int, window: float, logs: Path, r
             server.stop()
 
 
-def paired_figures(pairs: list[list[float | None]], label: str, window: float) -> dict:
+def paired_figures(pairs: list[tuple[str, list[float | None]]], label: str, window: float) -> dict:
     """twcc_cost from the paired windows (bench/rounds.py paired), with its spread and each pair's windows."""
     cost = rounds.paired(pairs)
     return {"paired": {"compared_at": label, "pairs": pairs, "window_s": window, "twcc_cost": cost},
@@ -461,14 +463,16 @@ def paired_figures(pairs: list[list[float | None]], label: str, window: float) -
 
 def print_paired(figures: dict) -> None:
     p, cost = figures["paired"], figures["paired"]["twcc_cost"]
-    counted = sum(c is not None for pair in p["pairs"] for c in pair)
+    counted = sum(c is not None for _, costs in p["pairs"] for c in costs)
     print(f"\npaired at {p['compared_at']}: {len(p['pairs'])} pairs of tern and {NO_TWCC} run at the same time, "
           f"{PAIR_WINDOWS} windows of {p['window_s']:g} s each ({counted} counted: both carried, undisturbed)")
     if cost is None:
         return
-    pairs = " | ".join(", ".join("-" if c is None else f"{c:.3f}" for c in pair) for pair in p["pairs"])
-    print(f"{'twcc_cost':<28} {cost['median']:.3f} (windows by pair {pairs}; target <= {TWCC_COST_TARGET}: "
-          f"{rounds.verdict(cost, TWCC_COST_TARGET, True, 'windows')})")
+    pairs = " | ".join(f"{first} first: " + ", ".join("-" if c is None else f"{c:.3f}" for c in costs)
+                       for first, costs in p["pairs"])
+    orders = ", ".join(f"{first} first {median:.3f}" for first, median in cost["by_first"].items())
+    print(f"{'twcc_cost':<28} {cost['median']:.3f} (the mean of each order's median: {orders}; windows {pairs}; "
+          f"target <= {TWCC_COST_TARGET}: {rounds.verdict(cost, TWCC_COST_TARGET, True, 'windows')})")
 
 
 def rounds_figures(measured: list[dict[str, float]], label: str, window: float) -> dict:

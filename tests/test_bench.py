@@ -58,14 +58,19 @@ def test_rounds_judge_each_round_and_report_the_median_with_its_spread() -> None
     assert rounds.compare(measured[2:3], *names)["twcc_cost"] is None
 
 
-def test_paired_cost_is_the_median_of_the_counted_windows_of_both_orders() -> None:
-    """Pairs alternate which server starts first; windows not counted (None) are left out; none counted: no figure."""
+def test_paired_cost_cancels_the_advantage_of_the_server_started_first() -> None:
+    """Pairs alternate which server starts first; windows not counted (None) are left out; the figure is the mean of
+    the two orders' medians, so the first-started server's advantage cancels; one order alone gives no figure."""
     assert [rounds.turn_order(("tern", "tern-no-twcc"), i)[0] for i in range(4)] == ["tern", "tern-no-twcc"] * 2
-    cost = rounds.paired([[0.07, 0.08], [0.12, None], [0.06, 0.11]])
-    assert cost == {"median": 0.08, "min": 0.06, "max": 0.12, "each": [0.07, 0.08, 0.12, 0.06, 0.11]}
-    assert rounds.verdict(cost, 0.10, at_most=True, unit="windows") == "met in 3 of 5 windows"
+    pairs = [("tern", [0.03, 0.04]), ("tern-no-twcc", [0.12, None]), ("tern", [0.05, 0.02]),
+             ("tern-no-twcc", [0.10, 0.14])]
+    cost = rounds.paired(pairs)
+    assert cost["by_first"] == pytest.approx({"tern": 0.035, "tern-no-twcc": 0.12})
+    assert cost["median"] == pytest.approx(0.0775) and (cost["min"], cost["max"]) == (0.02, 0.14)
+    assert cost["each"] == [0.03, 0.04, 0.05, 0.02, 0.12, 0.10, 0.14]
+    assert rounds.verdict(cost, 0.10, at_most=True, unit="windows") == "met in 5 of 7 windows"
     assert rounds.verdict(cost, 0.20, at_most=True, unit="windows") == "met in every window"
-    assert rounds.paired([[None, None]]) is None
+    assert rounds.paired(pairs[:1]) is None and rounds.paired([("tern", [0.03]), ("tern-no-twcc", [None])]) is None
 
 
 def test_bench_refuses_more_server_cores_than_it_may_use() -> None:
