@@ -415,7 +415,12 @@ async def test_chromium_answers_our_consent_checks(tmp_path, monkeypatch, browse
     try:
         await _connect_js(browser, server, "js-consent", "browser-consent", {"singlePeerConnection": False})
         await browser.call("publishCameraAndMicrophone")  # the publisher PC connects too
-        await asyncio.sleep(11)
+        await asyncio.sleep(11)  # past the 7 s consent timeout
+        # each PC's checks come every 4-6 s (randomised), the publisher PC's from a little later: 3 renewals by now,
+        # or a few seconds on (a clean-clone CI once read 2 at 11 s)
+        deadline = time.monotonic() + 6
+        while server.counters().get("ice_consent_renewed", 0) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
         counters = server.counters()
         assert counters.get("ice_consent_expired", 0) == 0
         assert counters.get("ice_consent_renewed", 0) >= 3
