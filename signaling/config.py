@@ -28,7 +28,7 @@ MAX_WORKERS = 64  # engine/state.pxd MAX_WORKERS
 # Keys of LiveKit's schema that tern accepts but does not act on (yet).
 _LIVEKIT_TOP_LEVEL = frozenset({
     "prometheus", "debug_handler", "audio", "video",
-    "sip", "node_selector", "key_file", "signal_relay", "psrpc",
+    "sip", "key_file", "signal_relay", "psrpc",
     "logging", "limit", "agents", "metric", "trace", "node_stats", "enable_data_tracks",
     "enable_participant_data_blob", "api",
 })
@@ -50,6 +50,7 @@ _LIVEKIT_REDIS = frozenset({
     "cluster_addresses",
     "dial_timeout", "read_timeout", "write_timeout", "max_redirects", "pool_size", "tls",
 })
+_LIVEKIT_NODE_SELECTOR = frozenset({"kind", "sort_by", "algorithm", "cpu_load_limit", "regions"})
 _LIVEKIT_TURN = frozenset({
     "external_tls", "relay_range_start", "relay_range_end", "bind_addresses", "ttl_seconds",
     "per_user_relay_allocation_limit", "allow_restricted_peer_cidrs", "deny_peer_cidrs",
@@ -142,6 +143,14 @@ class RedisConfig:
 
 
 @dataclass
+class NodeSelectorConfig:
+    """Which nodes take new rooms (cluster mode; signaling/cluster/placement.py)."""
+    # Nodes whose 1-minute load average per core is at or above this take new rooms only when every node is
+    # (LiveKit's sysload selector and default).
+    sysload_limit: float = 0.9
+
+
+@dataclass
 class Config:
     port: int = 7880
     bind_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
@@ -153,6 +162,7 @@ class Config:
     ingress: IngressConfig = field(default_factory=IngressConfig)
     egress: EgressConfig = field(default_factory=EgressConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    node_selector: NodeSelectorConfig = field(default_factory=NodeSelectorConfig)
     region: str = ""  # this node's region: new rooms prefer nodes of the same region (cluster mode)
     log_level: str = "info"
     development: bool = False
@@ -255,6 +265,12 @@ def _workers(value: Any, key: str) -> int:
 def _seconds(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
         raise ConfigError(f"{key}: expected a non-negative number of seconds, got {value!r}")
+    return float(value)
+
+
+def _load(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+        raise ConfigError(f"{key}: expected a positive load per core, got {value!r}")
     return float(value)
 
 
@@ -418,13 +434,14 @@ def from_yaml(text: str) -> Config:
     ingress = _section(top.get("ingress"), "ingress")
     egress = _section(top.get("egress"), "egress")
     redis = _section(top.get("redis"), "redis")
+    node_selector = _section(top.get("node_selector"), "node_selector")
     top_readers = {
         "port": _port, "bind_addresses": parse_bind_addresses, "keys": parse_keys,
         "log_level": parse_log_level, "development": _flag, "prometheus_port": _port, "region": _text,
         "playground_allow_remote": _flag,
     }
     _apply(config, top, top_readers, _LIVEKIT_TOP_LEVEL, "",
-           frozenset({"rtc", "room", "webhook", "turn", "ingress", "egress", "redis"}))
+           frozenset({"rtc", "room", "webhook", "turn", "ingress", "egress", "redis", "node_selector"}))
     _apply(config.rtc, rtc, {"udp_port": _port, "tcp_port": _port, "node_ip": parse_node_ip, "use_ipv6": _flag,
                              "force_relay": _flag, "workers": _workers},
            _LIVEKIT_RTC, "rtc.")
@@ -441,6 +458,7 @@ def from_yaml(text: str) -> Config:
                                  "use_tls": _flag, "sentinel_master_name": _text,
                                  "sentinel_addresses": _redis_addresses, "sentinel_username": _text,
                                  "sentinel_password": _text}, _LIVEKIT_REDIS, "redis.")
+    _apply(config.node_selector, node_selector, {"sysload_limit": _load}, _LIVEKIT_NODE_SELECTOR, "node_selector.")
     if redis and not config.redis.configured:
         raise ConfigError("redis.address: required in a redis section (host:port), unless sentinel_master_name and "
                           "sentinel_addresses name the master")

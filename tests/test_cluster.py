@@ -76,9 +76,11 @@ def webhooks():
 
 @pytest.fixture(scope="module")
 def nodes(redis_server: RedisServer, webhooks: WebhookLog, tmp_path_factory: pytest.TempPathFactory):
-    # Rooms close a second after their last participant leaves, so tests see their placement released.
+    # Rooms close a second after their last participant leaves, so tests see their placement released. The nodes
+    # share this machine's load average, each reading it at its own moment: with the default sysload limit a loaded
+    # test machine near 0.9 per core would exclude some nodes and not others, and placement would not spread.
     config = (f"redis: {{address: '{redis_server.address}'}}\nroom: {{departure_timeout: 1, empty_timeout: 5}}\n"
-              f"webhook: {{api_key: {API_KEY}, urls: ['{webhooks.url}']}}\n")
+              f"webhook: {{api_key: {API_KEY}, urls: ['{webhooks.url}']}}\nnode_selector: {{sysload_limit: 1000}}\n")
     started = [start_server(tmp_path_factory.mktemp(f"node{i}"),
                             config=config + f"ingress: {{rtmp_port: {free_port()}}}\n") for i in range(NODES)]
     ids = [node_id(node) for node in started]

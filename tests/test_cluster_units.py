@@ -118,6 +118,7 @@ def test_placement_prefers_the_region_then_unloaded_nodes_then_fewest_rooms():
     assert choose(nodes, "eu", lambda n: 5 if n.id == "a" else 0).id == "c"
     assert choose(nodes, "ap", lambda n: 0).id == "b"  # no node of the region: any
     assert choose([node("d", sysload=2.0, rooms=3), node("f", sysload=1.0, rooms=4)], "", lambda n: 0).id == "d"
+    assert choose([node("d", sysload=2.0, rooms=3), node("f", sysload=1.0, rooms=4)], "", lambda n: 0, 1.5).id == "f"
     assert choose([node("e", state="SHUTTING_DOWN")], "", lambda n: 0) is None
 
 

@@ -109,6 +109,14 @@ def test_redis_section_turns_on_cluster_mode():
     assert sentinels.where == "master m of Sentinels a:26379, b:26379" and sentinels.sentinel_password == "s"
 
 
+def test_node_selector_takes_livekits_sysload_limit():
+    assert from_yaml("").node_selector.sysload_limit == 0.9  # LiveKit's default
+    assert from_yaml("node_selector: {kind: sysload, sysload_limit: 2}").node_selector.sysload_limit == 2.0
+    for text in ("node_selector: {sysload_limit: 0}", "node_selector: {sysload_limit: high}", "node_selector: 1"):
+        with pytest.raises(ConfigError, match="node_selector"):
+            from_yaml(text)
+
+
 @pytest.mark.parametrize("text, key", [
     ("prot: 7880", "prot"),
     ("rtc: {udp_prot: 1}", "rtc.udp_prot"),

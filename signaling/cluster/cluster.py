@@ -41,7 +41,7 @@ class Cluster:
         self.state = "SERVING"
         self.redis = connect(config.redis)
         self.registry = NodeRegistry(self.redis, node.id, self._sample, self._on_lost, node.counters)
-        self.placement = Placement(self.redis, self.registry, config.region)
+        self.placement = Placement(self.redis, self.registry, config.region, config.node_selector.sysload_limit)
         self.store = RedisRoomStore(self.placement, config.room.empty_timeout, config.room.departure_timeout,
                                     config.room.max_participants, node.notify, node.counters)
         self.ingresses = RedisIngressStore(self.redis, self.registry, node.counters)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
+from ..config import NodeSelectorConfig
 from .connection import PREFIX, ROOM_NODE, ROOMS
 from .registry import CLAIM, STATS_INTERVAL_S, NodeInfo, NodeRegistry
 
@@ -19,7 +20,6 @@ log = logging.getLogger(__name__)
 # every node has refreshed its own: while Redis is younger than this, no node takes a room over or places one (joins
 # wait), so a room whose node is alive is not placed a second time.
 SETTLE_S = 2 * STATS_INTERVAL_S
-SYSLOAD_LIMIT = 0.9  # LiveKit's sysload selector: nodes above this load per core take new rooms only if all are
 
 # Forgets the room if ARGV[2] still owns it (a node never deletes a claim another node has taken since).
 _RELEASE = """
@@ -32,24 +32,26 @@ return 0
 """
 
 
-def choose(nodes: list[NodeInfo], region: str, placed: Callable[[NodeInfo], int]) -> NodeInfo | None:
-    """The node for a new room: serving, of `region` when any is, under SYSLOAD_LIMIT when any is, then the fewest
+def choose(nodes: list[NodeInfo], region: str, placed: Callable[[NodeInfo], int],
+           sysload_limit: float = NodeSelectorConfig.sysload_limit) -> NodeInfo | None:
+    """The node for a new room: serving, of `region` when any is, under `sysload_limit` when any is, then the fewest
     rooms (`placed` adds the rooms given to it since its last report), participants and CPU; ties at random."""
     candidates = [n for n in nodes if n.state == "SERVING"]
     if region:
         candidates = [n for n in candidates if n.region == region] or candidates
-    candidates = [n for n in candidates if n.sysload < SYSLOAD_LIMIT] or candidates
+    candidates = [n for n in candidates if n.sysload < sysload_limit] or candidates
     if not candidates:
         return None
     return min(candidates, key=lambda n: (n.rooms + placed(n), n.participants, round(n.cpu_load, 1), random.random()))
 
 
 class Placement:
-    def __init__(self, redis: aioredis.Redis, registry: NodeRegistry, region: str) -> None:
+    def __init__(self, redis: aioredis.Redis, registry: NodeRegistry, region: str, sysload_limit: float) -> None:
         self.redis = redis
         self.registry = registry
         self.node_id = registry.node_id
         self.region = region
+        self.sysload_limit = sysload_limit
         self._claim = redis.register_script(CLAIM)
         self._release = redis.register_script(_RELEASE)
         # Rooms this node placed on each node since that node's report at updated_at: (id, updated_at) -> count.
@@ -82,7 +84,8 @@ class Placement:
         nodes = await self.registry.nodes()
         current = {(n.id, n.updated_at) for n in nodes}
         self._placed = {key: count for key, count in self._placed.items() if key in current}
-        chosen = choose(nodes, self.region, lambda n: self._placed.get((n.id, n.updated_at), 0))
+        chosen = choose(nodes, self.region, lambda n: self._placed.get((n.id, n.updated_at), 0),
+                        self.sysload_limit)
         candidate = chosen.id if chosen is not None else self.node_id  # no node readable yet: this one
         owner_id = (await self._claim(keys=[ROOM_NODE], args=[room, candidate, PREFIX + "node:"])).decode()
         if owner_id == candidate and chosen is not None:
