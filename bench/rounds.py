@@ -36,20 +36,21 @@ def compare(rounds: list[dict[str, float]], tern: str, no_twcc: str, ceiling: st
     }
 
 
-def paired(pairs: list[tuple[str, list[float | None]]]) -> dict | None:
-    """transport-cc's cost from pairs of servers run at the same time (bench/run.py paired_twcc), each given as (the
-    server started first, its windows' costs; None: a window not counted): the spread of every counted window, with
-    `median` replaced by the mean of the two orders' medians (`by_first`), since the server started first is
-    favoured (by ~3-4 % on our VM): taken apart, each order's windows are biased alike and their mean cancels it.
-    None unless both orders have counted windows."""
+def both_orders(costs: list[tuple[str, float | None]]) -> dict | None:
+    """transport-cc's cost from measurements taken in two orders (bench/run.py twcc_turns), each given as (what went
+    first, its cost; None: not counted): the spread of every counted cost, with `median` replaced by the mean of the
+    two orders' medians (`by_first`), so that an advantage of going first or second cancels. None unless both
+    orders have counted costs."""
     by_first: dict[str, list[float]] = {}
-    for first, costs in pairs:
-        by_first.setdefault(first, []).extend(cost for cost in costs if cost is not None)
-    counted = [cost for costs in by_first.values() for cost in costs]
+    for first, cost in costs:
+        by_first.setdefault(first, [])
+        if cost is not None:
+            by_first[first].append(cost)
+    counted = [cost for _, cost in costs if cost is not None]
     if len(by_first) != 2 or not all(by_first.values()):
         return None
     return {**spread(counted), "median": statistics.mean(statistics.median(c) for c in by_first.values()),
-            "by_first": {first: statistics.median(costs) for first, costs in by_first.items()}}
+            "by_first": {first: statistics.median(c) for first, c in by_first.items()}}
 
 
 def verdict(figure: dict, target: float, at_most: bool, unit: str = "rounds") -> str:

@@ -30,9 +30,9 @@ Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until a
 transport-cc negotiated both ways as libwebrtc does, subscribers sending feedback every ~100 ms; then alternated rounds
 at COMPARE_SUBSCRIBERS (bench/rounds.py: tern, tern without transport-cc, rows "tern-no-twcc", and the c-ceiling, each
 turn on a fresh process, the order rotating; ratio_c_ceiling is the median of the rounds' ratios, printed with each
-round's; then pairs of servers, tern with and without transport-cc running at the same time, each with its own load
-clients: twcc_cost is the mean of the medians of the pairs that started tern first and those that started it second,
-paired_twcc); with --transport tcp once more at the sizes the sweep carried with every load client
+round's; then turns: tern with and without transport-cc both up, each with its own load clients, their publishers
+taking turns so that one forwards at a time: twcc_cost is the mean of the medians of the cycles where tern went first
+and those where it went second, twcc_turns); with --transport tcp once more at the sizes the sweep carried with every load client
 on ICE-TCP (RFC 4571 frames on a TCP connection to the server's passive candidate, as a client behind a UDP-blocking
 firewall connects), rows "tern-tcp"; with --transport turn with every load client
 relayed through the server's embedded TURN over UDP (ChannelData; turn.enabled), rows "tern-turn"; with
@@ -142,9 +142,9 @@ COMPARE_ROUNDS = (4, 2)     # alternated rounds of tern, tern-no-twcc and the c-
                             # (standard, --quick; bench/rounds.py): ratio_c_ceiling is their median.
                             # A window of one server varies ±4 % (5 s), but fresh servers and the machine's drift
                             # over minutes vary more: rounds, not longer windows, make the median steady
-PAIRED = "paired"           # the scenario of the paired windows' rows (paired_twcc)
-COMPARE_PAIRS = (4, 2)      # pairs of servers (standard, --quick) measuring transport-cc's cost at the same time, ...
-PAIR_WINDOWS = 3            # ... each over this many windows (bench/rounds.py paired)
+TURNS = "turns"             # the scenario of the turns' rows (twcc_turns)
+COMPARE_TURNS = (12, 4)     # cycles of turns (standard, --quick) measuring transport-cc's cost, ...
+TURN_SETTLE_S = 2.5         # ... each turn's window after this long forwarding again
 QUIET = 0.08                # a window is disturbed when others' work or the hypervisor took more of a CPU than this
                             # (others_load reads ±0.04 on an idle machine: /proc/stat counts in ticks)
 RETRIES = 2                 # a disturbed turn of the rounds is measured again, at most this many times (printed)
@@ -409,43 +409,47 @@ def compare_rounds(count: int, subscribers: int, window: float, logs: Path, rows
     return out
 
 
-async def paired_twcc(index: int, subscribers: int, window: float, logs: Path, rows: list[Row],
-                      cpus: list[int]) -> tuple[str, list[float | None]]:
-    """Pair `index` of transport-cc's cost: tern with transport-cc and tern without run at the same time on `cpus`
-    (fresh processes, each with its own publisher and `subscribers`), measured over the same PAIR_WINDOWS windows, so
-    whatever the host does to our CPUs over minutes (steal, a busy sibling thread: turns minutes apart differed by
-    20 % and more) weighs on both alike. Per window 1 - tern / tern-no-twcc, None when either did not carry its load
-    or the rest of the machine disturbed it; returned with the name of the server started first, which is favoured
-    by a few % (an A/A pair of two servers without transport-cc read -0.031, median of 8 windows): the pairs
-    alternate it, and bench/rounds.py paired averages the two orders."""
-    names = rounds.turn_order(("tern", NO_TWCC), index)
+async def twcc_turns(cycles: int, subscribers: int, window: float, logs: Path, rows: list[Row],
+                     cpus: list[int]) -> list[tuple[str, float | None]]:
+    """transport-cc's cost by turns: tern with transport-cc and tern without are both up on `cpus`, each with its own
+    publisher and `subscribers`, and their publishers take turns, so one server forwards at a time, measured alone,
+    and turns of the two are seconds apart: whatever the host does to our CPUs over minutes (turns minutes apart
+    differed by 20 % and more) weighs on both alike, and neither server's working set competes with the other's for
+    the cache. Per cycle (the order rotating) 1 - tern / tern-no-twcc, None when either turn did not carry its load
+    or the rest of the machine disturbed it; returned with the name of the cycle's first turn."""
     label = f"1 pub -> {subscribers} sub"
     servers: dict[str, TernServer] = {}
     clients: dict[str, loadtest.LoadClients] = {}
     try:
-        for name in names:
-            servers[name] = TernServer(logs / f"tern-bench-paired-{name}.log", cpus)
+        for name in ("tern", NO_TWCC):
+            servers[name] = TernServer(logs / f"tern-bench-turns-{name}.log", cpus)
             clients[name] = loadtest.LoadClients(servers[name].url, API_KEY, API_SECRET, transport_cc=name == "tern")
             await clients[name].add("fanout", 1, publish=loadtest.MediaPlan(video=True, audio=False), subscribe=False)
-        for name in names:
             joined = await clients[name].add("fanout", subscribers, hidden=True, concurrency=32)
             await clients[name].wait_for_media(joined, 15)
-        await asyncio.sleep(1)  # let joins settle
-        costs: list[float | None] = []
-        for _ in range(PAIR_WINDOWS):
-            pair = await asyncio.gather(*(measure(name, PAIRED, clients[name].load_receiver, servers[name].process.pid,
-                                                  window, label, len(cpus)) for name in names))
-            # each row's `others` counted the other server's CPU: it is not other work
-            pair = [dataclasses.replace(row, others_load=row.others_load - other.cpu_load)
-                    for row, other in zip(pair, reversed(pair))]
-            rows.extend(pair)
-            for row in pair:
-                print(_format(row), flush=True)
-            tern, no_twcc = sorted(pair, key=lambda row: row.forwarder != "tern")
-            counted = all(carried(row) and not disturbed(row) for row in pair) and not any(
+            clients[name].load_sender.stop()
+        costs: list[tuple[str, float | None]] = []
+        for cycle in range(cycles):
+            order = rounds.turn_order(("tern", NO_TWCC), cycle)
+            turn: dict[str, Row] = {}
+            for name in order:
+                idle = servers[NO_TWCC if name == "tern" else "tern"].process.pid
+                clients[name].load_sender.start()  # resumes its pace from now (no burst of the frames it missed)
+                await asyncio.sleep(TURN_SETTLE_S)
+                idle_before = cpu_seconds(idle)
+                row = await measure(name, TURNS, clients[name].load_receiver, servers[name].process.pid, window, label,
+                                    len(cpus))
+                clients[name].load_sender.stop()
+                # the idle server's timers (consent, RTCP, the allocator) are not other work
+                turn[name] = dataclasses.replace(row, others_load=row.others_load - (cpu_seconds(idle) - idle_before)
+                                                 / window)
+                rows.append(turn[name])
+                print(_format(turn[name]), flush=True)
+            counted = all(carried(row) and not disturbed(row) for row in turn.values()) and not any(
                 c.errors() for c in clients.values())
-            costs.append(1 - tern.packets_per_cpu_second / no_twcc.packets_per_cpu_second if counted else None)
-        return names[0], costs
+            costs.append((order[0], 1 - turn["tern"].packets_per_cpu_second / turn[NO_TWCC].packets_per_cpu_second
+                          if counted else None))
+        return costs
     finally:
         for c in clients.values():
             await c.close()
@@ -453,26 +457,26 @@ async def paired_twcc(index: int, subscribers: int, window: float, logs: Path, r
             server.stop()
 
 
-def paired_figures(pairs: list[tuple[str, list[float | None]]], label: str, window: float) -> dict:
-    """twcc_cost from the paired windows (bench/rounds.py paired), with its spread and each pair's windows."""
-    cost = rounds.paired(pairs)
-    return {"paired": {"compared_at": label, "pairs": pairs, "window_s": window, "twcc_cost": cost},
+def turns_figures(costs: list[tuple[str, float | None]], label: str, window: float) -> dict:
+    """twcc_cost from the turns' cycles (bench/rounds.py both_orders), with its spread and each cycle's cost."""
+    cost = rounds.both_orders(costs)
+    return {"turns": {"compared_at": label, "cycles": costs, "window_s": window, "twcc_cost": cost},
             "twcc_cost": cost["median"] if cost else None,
             "twcc_cost_range": [cost["min"], cost["max"]] if cost else None}
 
 
-def print_paired(figures: dict) -> None:
-    p, cost = figures["paired"], figures["paired"]["twcc_cost"]
-    counted = sum(c is not None for _, costs in p["pairs"] for c in costs)
-    print(f"\npaired at {p['compared_at']}: {len(p['pairs'])} pairs of tern and {NO_TWCC} run at the same time, "
-          f"{PAIR_WINDOWS} windows of {p['window_s']:g} s each ({counted} counted: both carried, undisturbed)")
+def print_turns(figures: dict) -> None:
+    t, cost = figures["turns"], figures["turns"]["twcc_cost"]
+    counted = sum(c is not None for _, c in t["cycles"])
+    print(f"\nturns at {t['compared_at']}: tern and {NO_TWCC} both up, their publishers taking turns of "
+          f"{TURN_SETTLE_S:g} s to settle and a {t['window_s']:g} s window, {len(t['cycles'])} cycles ({counted} "
+          f"counted: both carried, undisturbed)")
     if cost is None:
         return
-    pairs = " | ".join(f"{first} first: " + ", ".join("-" if c is None else f"{c:.3f}" for c in costs)
-                       for first, costs in p["pairs"])
+    cycles = ", ".join("-" if c is None else f"{c:.3f}" for _, c in t["cycles"])
     orders = ", ".join(f"{first} first {median:.3f}" for first, median in cost["by_first"].items())
-    print(f"{'twcc_cost':<28} {cost['median']:.3f} (the mean of each order's median: {orders}; windows {pairs}; "
-          f"target <= {TWCC_COST_TARGET}: {rounds.verdict(cost, TWCC_COST_TARGET, True, 'windows')})")
+    print(f"{'twcc_cost':<28} {cost['median']:.3f} (the mean of each order's median: {orders}; cycles {cycles}; "
+          f"target <= {TWCC_COST_TARGET}: {rounds.verdict(cost, TWCC_COST_TARGET, True, 'cycles')})")
 
 
 def rounds_figures(measured: list[dict[str, float]], label: str, window: float) -> dict:
@@ -483,7 +487,7 @@ def rounds_figures(measured: list[dict[str, float]], label: str, window: float) 
            "twcc_compared_at": label,
            "pps_per_core_twcc": each["tern"]["median"] if each else None,
            "pps_per_core_no_twcc": each[NO_TWCC]["median"] if each else None}
-    # transport-cc's cost between turns minutes apart: the paired windows give twcc_cost (paired_twcc)
+    # transport-cc's cost between turns minutes apart: the turns seconds apart give twcc_cost (twcc_turns)
     for key, name in (("twcc_cost", "twcc_cost_sequential"), ("ratio_c_ceiling", "ratio_c_ceiling"),
                       ("ratio_c_ceiling_no_twcc", "ratio_c_ceiling_no_twcc")):
         out[name] = compared[key]["median"] if compared[key] else None
@@ -1048,9 +1052,8 @@ def main() -> int:
                 measured = compare_rounds(args.rounds or COMPARE_ROUNDS[args.quick], size, window, logs, rows,
                                           server_cpus)
                 figures.update(rounds_figures(measured, f"1 pub -> {size} sub", window))
-                pairs = [asyncio.run(paired_twcc(index, size, window, logs, rows, server_cpus))
-                         for index in range(COMPARE_PAIRS[args.quick])]
-                figures.update(paired_figures(pairs, f"1 pub -> {size} sub", window))
+                costs = asyncio.run(twcc_turns(COMPARE_TURNS[args.quick], size, window, logs, rows, server_cpus))
+                figures.update(turns_figures(costs, f"1 pub -> {size} sub", window))
         if not first:
             continue
         if args.scenario in ("meeting", "all"):
@@ -1106,8 +1109,8 @@ def main() -> int:
                   f"CPU per forwarded packet of one over UDP ({figures[f'{transport}_compared_at']})")
     if "rounds" in figures:
         print_rounds(figures)
-    if "paired" in figures:
-        print_paired(figures)
+    if "turns" in figures:
+        print_turns(figures)
     print_capacity(figures["capacity"])
     print_scaling(figures["scaling"])
     print_janus(figures["janus"])

@@ -58,19 +58,20 @@ def test_rounds_judge_each_round_and_report_the_median_with_its_spread() -> None
     assert rounds.compare(measured[2:3], *names)["twcc_cost"] is None
 
 
-def test_paired_cost_cancels_the_advantage_of_the_server_started_first() -> None:
-    """Pairs alternate which server starts first; windows not counted (None) are left out; the figure is the mean of
-    the two orders' medians, so the first-started server's advantage cancels; one order alone gives no figure."""
+def test_turns_cost_is_the_mean_of_both_orders() -> None:
+    """Cycles alternate which server takes the first turn; cycles not counted (None) are left out; the figure is the
+    mean of the two orders' medians, so an advantage of either place cancels; one order alone gives no figure."""
     assert [rounds.turn_order(("tern", "tern-no-twcc"), i)[0] for i in range(4)] == ["tern", "tern-no-twcc"] * 2
-    pairs = [("tern", [0.03, 0.04]), ("tern-no-twcc", [0.12, None]), ("tern", [0.05, 0.02]),
-             ("tern-no-twcc", [0.10, 0.14])]
-    cost = rounds.paired(pairs)
+    costs = [("tern", 0.03), ("tern-no-twcc", 0.12), ("tern", 0.04), ("tern-no-twcc", None), ("tern", 0.05),
+             ("tern-no-twcc", 0.10), ("tern", 0.02), ("tern-no-twcc", 0.14)]
+    cost = rounds.both_orders(costs)
     assert cost["by_first"] == pytest.approx({"tern": 0.035, "tern-no-twcc": 0.12})
     assert cost["median"] == pytest.approx(0.0775) and (cost["min"], cost["max"]) == (0.02, 0.14)
-    assert cost["each"] == [0.03, 0.04, 0.05, 0.02, 0.12, 0.10, 0.14]
-    assert rounds.verdict(cost, 0.10, at_most=True, unit="windows") == "met in 5 of 7 windows"
-    assert rounds.verdict(cost, 0.20, at_most=True, unit="windows") == "met in every window"
-    assert rounds.paired(pairs[:1]) is None and rounds.paired([("tern", [0.03]), ("tern-no-twcc", [None])]) is None
+    assert cost["each"] == [0.03, 0.12, 0.04, 0.05, 0.10, 0.02, 0.14]
+    assert rounds.verdict(cost, 0.10, at_most=True, unit="cycles") == "met in 5 of 7 cycles"
+    assert rounds.verdict(cost, 0.20, at_most=True, unit="cycles") == "met in every cycle"
+    assert rounds.both_orders(costs[:1]) is None
+    assert rounds.both_orders([("tern", 0.03), ("tern-no-twcc", None)]) is None
 
 
 def test_bench_refuses_more_server_cores_than_it_may_use() -> None:
