@@ -32,14 +32,13 @@ at COMPARE_SUBSCRIBERS (bench/rounds.py: tern, tern without transport-cc, rows "
 turn on a fresh process, the order rotating; ratio_c_ceiling is the median of the rounds' ratios, printed with each
 round's; then turns: tern with and without transport-cc both up, each with its own load clients, their publishers
 taking turns so that one forwards at a time: twcc_cost is the mean of the medians of the cycles where tern went first
-and those where it went second, twcc_turns); with --transport tcp once more at the sizes the sweep carried with every load client
-on ICE-TCP (RFC 4571 frames on a TCP connection to the server's passive candidate, as a client behind a UDP-blocking
-firewall connects), rows "tern-tcp"; with --transport turn with every load client
-relayed through the server's embedded TURN over UDP (ChannelData; turn.enabled), rows "tern-turn"; with
---transport turn-tls relayed through its TURN/TLS port, rows "tern-turn-tls": loadgen cannot speak TLS, so each
-client's datagrams are pumped through an asyncio TLS connection in this process, which costs the clients' CPU, not
-the measured server's), meeting (P
-participants each publishing audio + video, all subscribed to all), audio (many rooms of 4 talkers), hostile (the
+and those where it went second, twcc_turns); with --transport tcp once more at the sizes the sweep carried with every
+load client on ICE-TCP (RFC 4571 frames on a TCP connection to the server's passive candidate, as a client behind a
+UDP-blocking firewall connects), rows "tern-tcp"; with --transport turn with every load client relayed through the
+server's embedded TURN over UDP (ChannelData; turn.enabled), rows "tern-turn"; with --transport turn-tls relayed
+through its TURN/TLS port, rows "tern-turn-tls": loadgen cannot speak TLS, so each client's datagrams are pumped
+through an asyncio TLS connection in this process, which costs the clients' CPU, not the measured server's), meeting
+(P participants each publishing audio + video, all subscribed to all), audio (many rooms of 4 talkers), hostile (the
 fanout at about half its zero-loss size, measured without and then with a flood of 20,000 datagrams/s of junk STUN,
 DTLS and RTP from other addresses, junk DTLS from live subscribers' own sockets and Binding requests to their ufrags,
 sent by a second process on the clients' CPU), svc (a room of SVC_SUBSCRIBERS viewers of one camera spread over
