@@ -142,7 +142,9 @@ COMPARE_ROUNDS = (4, 2)     # alternated rounds of tern, tern-no-twcc and the c-
                             # A window of one server varies ±4 % (5 s), but fresh servers and the machine's drift
                             # over minutes vary more: rounds, not longer windows, make the median steady
 TURNS = "turns"             # the scenario of the turns' rows (twcc_turns)
-COMPARE_TURNS = (12, 4)     # cycles of turns (standard, --quick) measuring transport-cc's cost, ...
+TURN_PAIRS = (3, 1)         # pairs of servers (standard, --quick) measuring transport-cc's cost by turns, ...
+TURN_CYCLES = 4             # ... each over this many cycles of a turn of each (a fresh pair of processes reads a
+                            # few % apart from another: several pairs, not more cycles, steady the median), ...
 TURN_SETTLE_S = 2.5         # ... each turn's window after this long forwarding again
 QUIET = 0.08                # a window is disturbed when others' work or the hypervisor took more of a CPU than this
                             # (others_load reads ±0.04 on an idle machine: /proc/stat counts in ticks)
@@ -408,14 +410,14 @@ def compare_rounds(count: int, subscribers: int, window: float, logs: Path, rows
     return out
 
 
-async def twcc_turns(cycles: int, subscribers: int, window: float, logs: Path, rows: list[Row],
+async def twcc_turns(subscribers: int, window: float, logs: Path, rows: list[Row],
                      cpus: list[int]) -> list[tuple[str, float | None]]:
     """transport-cc's cost by turns: tern with transport-cc and tern without are both up on `cpus`, each with its own
     publisher and `subscribers`, and their publishers take turns, so one server forwards at a time, measured alone,
     and turns of the two are seconds apart: whatever the host does to our CPUs over minutes (turns minutes apart
     differed by 20 % and more) weighs on both alike, and neither server's working set competes with the other's for
-    the cache. Per cycle (the order rotating) 1 - tern / tern-no-twcc, None when either turn did not carry its load
-    or the rest of the machine disturbed it; returned with the name of the cycle's first turn."""
+    the cache. Per cycle (TURN_CYCLES, the order rotating) 1 - tern / tern-no-twcc, None when either turn did not
+    carry its load or the rest of the machine disturbed it; returned with the name of the cycle's first turn."""
     label = f"1 pub -> {subscribers} sub"
     servers: dict[str, TernServer] = {}
     clients: dict[str, loadtest.LoadClients] = {}
@@ -428,7 +430,7 @@ async def twcc_turns(cycles: int, subscribers: int, window: float, logs: Path, r
             await clients[name].wait_for_media(joined, 15)
             clients[name].load_sender.stop()
         costs: list[tuple[str, float | None]] = []
-        for cycle in range(cycles):
+        for cycle in range(TURN_CYCLES):
             order = rounds.turn_order(("tern", NO_TWCC), cycle)
             turn: dict[str, Row] = {}
             for name in order:
@@ -456,10 +458,10 @@ async def twcc_turns(cycles: int, subscribers: int, window: float, logs: Path, r
             server.stop()
 
 
-def turns_figures(costs: list[tuple[str, float | None]], label: str, window: float) -> dict:
+def turns_figures(costs: list[tuple[str, float | None]], pairs: int, label: str, window: float) -> dict:
     """twcc_cost from the turns' cycles (bench/rounds.py both_orders), with its spread and each cycle's cost."""
     cost = rounds.both_orders(costs)
-    return {"turns": {"compared_at": label, "cycles": costs, "window_s": window, "twcc_cost": cost},
+    return {"turns": {"compared_at": label, "pairs": pairs, "cycles": costs, "window_s": window, "twcc_cost": cost},
             "twcc_cost": cost["median"] if cost else None,
             "twcc_cost_range": [cost["min"], cost["max"]] if cost else None}
 
@@ -467,9 +469,9 @@ def turns_figures(costs: list[tuple[str, float | None]], label: str, window: flo
 def print_turns(figures: dict) -> None:
     t, cost = figures["turns"], figures["turns"]["twcc_cost"]
     counted = sum(c is not None for _, c in t["cycles"])
-    print(f"\nturns at {t['compared_at']}: tern and {NO_TWCC} both up, their publishers taking turns of "
-          f"{TURN_SETTLE_S:g} s to settle and a {t['window_s']:g} s window, {len(t['cycles'])} cycles ({counted} "
-          f"counted: both carried, undisturbed)")
+    print(f"\nturns at {t['compared_at']}: {t['pairs']} pairs of tern and {NO_TWCC} both up, their publishers taking "
+          f"turns of {TURN_SETTLE_S:g} s to settle and a {t['window_s']:g} s window, {len(t['cycles'])} cycles "
+          f"({counted} counted: both carried, undisturbed)")
     if cost is None:
         return
     cycles = ", ".join("-" if c is None else f"{c:.3f}" for _, c in t["cycles"])
@@ -1051,8 +1053,9 @@ def main() -> int:
                 measured = compare_rounds(args.rounds or COMPARE_ROUNDS[args.quick], size, window, logs, rows,
                                           server_cpus)
                 figures.update(rounds_figures(measured, f"1 pub -> {size} sub", window))
-                costs = asyncio.run(twcc_turns(COMPARE_TURNS[args.quick], size, window, logs, rows, server_cpus))
-                figures.update(turns_figures(costs, f"1 pub -> {size} sub", window))
+                costs = [cost for _ in range(TURN_PAIRS[args.quick])
+                         for cost in asyncio.run(twcc_turns(size, window, logs, rows, server_cpus))]
+                figures.update(turns_figures(costs, TURN_PAIRS[args.quick], f"1 pub -> {size} sub", window))
         if not first:
             continue
         if args.scenario in ("meeting", "all"):
