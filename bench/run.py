@@ -40,15 +40,14 @@ rows "tern-tcp"; with --transport turn with every load client relayed through th
 "tern-turn-tls": loadgen cannot speak TLS, so each client's datagrams are pumped through an asyncio TLS connection in
 this process, which costs the clients' CPU, not the measured server's), meeting (P participants each publishing audio
 + video, all subscribed to all), audio (many rooms of 4 talkers), hostile (the fanout at about half its zero-loss
-size, measured without and then with a flood of 20,000 datagrams/s of junk STUN,
-DTLS and RTP from other addresses, junk DTLS from live subscribers' own sockets and Binding requests to their ufrags,
-sent by a second process on the clients' CPU), svc (a room of SVC_SUBSCRIBERS viewers of one camera spread over
-its layers as in SVC_SPREAD, a quarter asking for low quality, a quarter medium, half high; first with the camera
-published as VP8 simulcast, then, on a fresh server, as VP9 L3T3_KEY SVC as Chromium sends it (loadtest.SVC_PACKETS):
-forwarded packets per CPU-second of each and ratio_svc_vp8; the layers each viewer got are counted, from the VP9
-payload descriptor, or from its packet rate for simulcast, and printed), ingest (only when asked for: CPU per WHIP
-publisher, per RTMP publisher with and without a video re-encode, per recorded track and per track in a room's
-audio mix; bench/ingest.py).
+size, measured without and then with a flood of 20,000 datagrams/s of junk STUN, DTLS and RTP from other addresses,
+junk DTLS from live subscribers' own sockets and Binding requests to their ufrags, sent by a second process on the
+clients' CPU), svc (a room of SVC_SUBSCRIBERS viewers of one camera spread over its layers as in SVC_SPREAD, a quarter
+asking for low quality, a quarter medium, half high; first with the camera published as VP8 simulcast, then, on a
+fresh server, as VP9 L3T3_KEY SVC as Chromium sends it (loadtest.SVC_PACKETS): forwarded packets per CPU-second of
+each and ratio_svc_vp8; the layers each viewer got are counted, from the VP9 payload descriptor, or from its packet
+rate for simulcast, and printed), ingest (only when asked for: CPU per WHIP publisher, per RTMP publisher with and
+without a video re-encode, per recorded track and per track in a room's audio mix; bench/ingest.py).
 Server CPU is user + system of its process from /proc/<pid>/stat over each measurement window.
 """
 from __future__ import annotations

@@ -567,6 +567,11 @@ def _receive_work(association: SctpAssociation, packets: list[bytes], now: float
     return work
 
 
+def _feed(association: SctpAssociation, packets: list[bytes], now: float) -> None:
+    for packet in packets:
+        association.receive(packet, now)
+
+
 def _chunks(packet: bytes) -> int:
     return len(parse_packet(packet)[3])
 
@@ -658,8 +663,7 @@ def test_per_stream_state_stays_within_the_streams_we_accept() -> None:
     server, tag = link.server, link.server._tag
     cum = server._tsns.cumulative
     chunks = [encode_data_chunk((cum + 1 + i) & 0xFFFFFFFF, i, 1, 53, F_WHOLE, b"x") for i in range(3000)]
-    for packet in _data_packets(tag, chunks):
-        server.receive(packet, link.now)
+    _feed(server, _data_packets(tag, chunks), link.now)
     assert server._tsns.cumulative == (cum + 3000) & 0xFFFFFFFF  # every TSN acknowledged
     assert server.invalid_streams == 3000 - MAX_INBOUND_STREAMS
     fwd = ForwardTsnChunk((cum + 3000) & 0xFFFFFFFF, [(s, 7) for s in range(60_000, 60_200)])
@@ -734,8 +738,7 @@ def test_packet_full_of_forward_tsns_costs_one() -> None:
     server, tag = link.server, link.server._tag
     cum = server._tsns.cumulative
     begins = [encode_data_chunk((cum + 2 + 2 * i) & 0xFFFFFFFF, 1, i, 53, 0x02, b"x") for i in range(256)]  # BEGIN only
-    for data in _data_packets(tag, begins):
-        server.receive(data, link.now)
+    _feed(server, _data_packets(tag, begins), link.now)
     assert len(server._fragments) == len(server._fragment_order) == 256
 
     def packet(forwards: list[ForwardTsnChunk]) -> bytes:
@@ -776,8 +779,7 @@ def test_data_without_room_is_counted_and_not_acknowledged() -> None:
     server, tag = link.server, link.server._tag
     cum = server._tsns.cumulative
     begins = [encode_data_chunk((cum + 1 + i) & 0xFFFFFFFF, 1, 0, 53, 0x02 if i == 0 else 0, b"x") for i in range(300)]
-    for packet in _data_packets(tag, begins):
-        server.receive(packet, link.now)
+    _feed(server, _data_packets(tag, begins), link.now)
     assert len(server._fragments) == server._max_fragments
     assert server.receive_buffer_full == 300 - server._max_fragments
     assert server._tsns.cumulative == (cum + server._max_fragments) & 0xFFFFFFFF
