@@ -1,5 +1,5 @@
 """Alternated rounds: the fanout's headline comparisons (transport-cc's cost, tern against the C ceiling) measured as
-several rounds in which each forwarder takes a turn on a fresh process, the order rotating from round to round. A
+several rounds in which each forwarder takes a turn on a fresh process, the order changing from round to round. A
 drift of the machine (other work, the host's load) then weighs on the turns of one round alike, so each round gives
 its own ratio; the figures are the median of those and their spread, which says whether a target is judged."""
 from __future__ import annotations
@@ -11,6 +11,15 @@ def turn_order(names: tuple[str, ...], index: int) -> tuple[str, ...]:
     """The turns of round `index`: `names` rotated by it, so each forwarder takes each place in turn."""
     k = index % len(names)
     return names[k:] + names[:k]
+
+
+def paired_order(pair: tuple[str, str], other: str, index: int) -> tuple[str, str, str]:
+    """The turns of round `index` when a round's main figure compares the two forwarders of `pair`: they are always
+    adjacent (a rotation of three puts `other` between them in one round of three, twice as far apart in time, so
+    the drift the rounds are meant to cancel weighs more on that round), which goes first alternates from round to
+    round, and `other` comes after them in rounds 0 and 1 of every four and before them in rounds 2 and 3."""
+    first, second = pair if index % 2 == 0 else pair[::-1]
+    return (first, second, other) if index % 4 < 2 else (other, first, second)
 
 
 def spread(values: list[float]) -> dict:

@@ -29,7 +29,7 @@ Which tern is measured: this checkout when its Cython modules are built in place
 Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until a step is not carried, with
 transport-cc negotiated both ways as libwebrtc does, subscribers sending feedback every ~100 ms; then alternated
 rounds at COMPARE_SUBSCRIBERS (bench/rounds.py: tern, tern without transport-cc, rows "tern-no-twcc", and the
-c-ceiling, each turn on a fresh process, the order rotating; ratio_c_ceiling is the median of the rounds' ratios,
+c-ceiling, each turn on a fresh process, tern's two turns adjacent, in alternating order; ratio_c_ceiling is the median of the rounds' ratios,
 printed with each round's, and so is twcc_cost, 1 - tern / tern-no-twcc; then turns: tern with and without
 transport-cc both up, each with its own load clients, their publishers taking turns so that one forwards at a time:
 twcc_cost_turns is the mean of the medians of the cycles where tern went first and those where it went second,
@@ -379,19 +379,19 @@ async def janus_fanout(steps: list[int], window: float, log: Path, rows: list[Ro
     return summary
 
 
-COMPARED = ("tern", NO_TWCC, "c-ceiling")  # the forwarders of a round, in its first turn order
+COMPARED = ("tern", NO_TWCC, "c-ceiling")  # the forwarders of a round, in its first turn order (rounds.paired_order)
 
 
 def compare_rounds(count: int, subscribers: int, window: float, logs: Path, rows: list[Row],
                    cpus: list[int]) -> list[dict[str, float]]:
     """`count` alternated rounds at `subscribers` (bench/rounds.py): in each, tern, tern without transport-cc and
-    the c-ceiling take a turn of one `window` on a fresh process, in rotating order. Per round, each forwarder's
+    the c-ceiling take a turn of one `window` on a fresh process (rounds.paired_order). Per round, each forwarder's
     packets per CPU-second, or 0 for a turn that did not carry its load (loss, queueing, a client's error) or was
     still disturbed after RETRIES more windows (bench/rounds.py leaves its round out)."""
     out = []
     for index in range(count):
         figures = {}
-        for name in rounds.turn_order(COMPARED, index):
+        for name in rounds.paired_order(COMPARED[:2], COMPARED[2], index):
             if name == "c-ceiling":
                 row = baseline_fanout(name, subscribers, window, cpus, RETRIES, ROUNDS)
                 if row is None:

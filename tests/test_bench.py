@@ -36,11 +36,14 @@ def test_the_server_gets_the_first_cpus_and_the_clients_the_rest() -> None:
 
 
 def test_rounds_judge_each_round_and_report_the_median_with_its_spread() -> None:
-    """Each forwarder takes every place in the turn order; a round with a turn that did not carry (0) is left out;
+    """The two forwarders a cost compares are adjacent in every round, each first in half of them, the third before
+    them in half and after them in half; a round with a turn that did not carry (0) is left out;
     the figures are the medians of the rounds' own ratios, with each round's beside them and a verdict per target."""
     names = ("tern", "tern-no-twcc", "c-ceiling")
-    assert {rounds.turn_order(names, i)[place] for i in range(3) for place in range(3)} == set(names)
-    assert [rounds.turn_order(names, i)[0] for i in range(4)] == ["tern", "tern-no-twcc", "c-ceiling", "tern"]
+    orders = [rounds.paired_order(names[:2], names[2], i) for i in range(4)]
+    assert orders == [("tern", "tern-no-twcc", "c-ceiling"), ("tern-no-twcc", "tern", "c-ceiling"),
+                      ("c-ceiling", "tern", "tern-no-twcc"), ("c-ceiling", "tern-no-twcc", "tern")]
+    assert rounds.paired_order(names[:2], names[2], 4) == orders[0]
     measured = [{"tern": 170.0, "tern-no-twcc": 200.0, "c-ceiling": 300.0},
                 {"tern": 190.0, "tern-no-twcc": 250.0, "c-ceiling": 250.0},
                 {"tern": 200.0, "tern-no-twcc": 0.0, "c-ceiling": 280.0},
