@@ -1,10 +1,15 @@
 """Alternated rounds: the fanout's headline comparisons (transport-cc's cost, tern against the C ceiling) measured as
 several rounds in which each forwarder takes a turn on a fresh process, the order changing from round to round. A
 drift of the machine (other work, the host's load) then weighs on the turns of one round alike, so each round gives
-its own ratio; the figures are the median of those and their spread, which says whether a target is judged."""
+its own ratio; the figures are the median of those and their spread, with a bootstrap interval of the median that
+says whether a target is judged at all: on a shared VM one round's cost moves by 0.2."""
 from __future__ import annotations
 
+import random
 import statistics
+
+INTERVAL_RESAMPLES = 2000
+INTERVAL_CONFIDENCE = 0.95
 
 
 def turn_order(names: tuple[str, ...], index: int) -> tuple[str, ...]:
@@ -23,8 +28,22 @@ def paired_order(pair: tuple[str, str], other: str, index: int) -> tuple[str, st
 
 
 def spread(values: list[float]) -> dict:
-    """The median of `values`, their range, and each of them (in round order)."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "each": values}
+    """The median of `values`, their range, each of them (in round order) and the median's interval."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "each": values,
+            "interval": interval([values])}
+
+
+def interval(groups: list[list[float]]) -> list[float] | None:
+    """A percentile bootstrap interval (INTERVAL_CONFIDENCE) of the mean of the groups' medians (of one group: its
+    median): each group resampled with replacement, from a fixed seed so that a run's output can be checked again.
+    None when a group has fewer than 3 values, whose resamples say next to nothing."""
+    if any(len(group) < 3 for group in groups):
+        return None
+    rng = random.Random(0)
+    stats = sorted(statistics.mean(statistics.median(rng.choices(group, k=len(group))) for group in groups)
+                   for _ in range(INTERVAL_RESAMPLES))
+    tail = int(INTERVAL_RESAMPLES * (1 - INTERVAL_CONFIDENCE) / 2)
+    return [stats[tail], stats[-1 - tail]]
 
 
 def compare(rounds: list[dict[str, float]], tern: str, no_twcc: str, ceiling: str) -> dict:
@@ -59,13 +78,20 @@ def both_orders(costs: list[tuple[str, float | None]]) -> dict | None:
     if len(by_first) != 2 or not all(by_first.values()):
         return None
     return {**spread(counted), "median": statistics.mean(statistics.median(c) for c in by_first.values()),
-            "by_first": {first: statistics.median(c) for first, c in by_first.items()}}
+            "by_first": {first: statistics.median(c) for first, c in by_first.items()},
+            "interval": interval(list(by_first.values()))}
 
 
 def verdict(figure: dict, target: float, at_most: bool, unit: str = "rounds") -> str:
-    """Whether each value of `figure` (a spread: one per round, or per window) meets `target` (<= it when
-    `at_most`, else >=)."""
+    """How many values of `figure` (a spread: one per round, or per window) meet `target` (<= it when `at_most`,
+    else >=), and whether the median does beyond doubt: met or missed when its interval lies on one side of the
+    target, not judged when it straddles it."""
     met = sum(value <= target if at_most else value >= target for value in figure["each"])
-    if met == len(figure["each"]):
-        return f"met in every {unit[:-1]}"
-    return f"missed in every {unit[:-1]}" if met == 0 else f"met in {met} of {len(figure['each'])} {unit}"
+    count = (f"met in every {unit[:-1]}" if met == len(figure["each"]) else f"missed in every {unit[:-1]}"
+             if met == 0 else f"met in {met} of {len(figure['each'])} {unit}")
+    low, high = figure["interval"] or (None, None)
+    if low is None:
+        return f"{count}; too few to judge the median"
+    judged = ("met" if (high <= target if at_most else low >= target) else
+              "missed" if (low > target if at_most else high < target) else "not judged")
+    return f"{count}; the median's {INTERVAL_CONFIDENCE * 100:g} % interval {low:.3f} to {high:.3f}: {judged}"

@@ -463,7 +463,8 @@ def turns_figures(costs: list[tuple[str, float | None]], pairs: int, label: str,
     cost = rounds.both_orders(costs)
     return {"turns": {"compared_at": label, "pairs": pairs, "cycles": costs, "window_s": window, "twcc_cost": cost},
             "twcc_cost_turns": cost["median"] if cost else None,
-            "twcc_cost_turns_range": [cost["min"], cost["max"]] if cost else None}
+            "twcc_cost_turns_range": [cost["min"], cost["max"]] if cost else None,
+            "twcc_cost_turns_interval": cost["interval"] if cost else None}
 
 
 def print_turns(figures: dict) -> None:
@@ -491,6 +492,7 @@ def rounds_figures(measured: list[dict[str, float]], label: str, window: float) 
     for key in ("twcc_cost", "ratio_c_ceiling", "ratio_c_ceiling_no_twcc"):
         out[key] = compared[key]["median"] if compared[key] else None
         out[f"{key}_range"] = [compared[key]["min"], compared[key]["max"]] if compared[key] else None
+        out[f"{key}_interval"] = compared[key]["interval"] if compared[key] else None
     return out
 
 

@@ -51,13 +51,13 @@ def test_rounds_judge_each_round_and_report_the_median_with_its_spread() -> None
     figures = rounds.compare(measured, *names)
     assert figures["rounds_whole"] == 3
     assert figures["pkt_per_cpu_s"]["tern"] == {"median": 190.0, "min": 170.0, "max": 285.0,
-                                                "each": [170.0, 190.0, 285.0]}
+                                                "each": [170.0, 190.0, 285.0], "interval": [170.0, 285.0]}
     cost = figures["twcc_cost"]
     assert cost["each"] == pytest.approx([0.15, 0.24, 0.05]) and cost["median"] == pytest.approx(0.15)
     assert figures["ratio_c_ceiling"]["each"] == pytest.approx([170 / 300, 0.76, 0.95])
-    assert rounds.verdict(cost, 0.10, at_most=True) == "met in 1 of 3 rounds"
-    assert rounds.verdict(figures["ratio_c_ceiling"], 0.5, at_most=False) == "met in every round"
-    assert rounds.verdict(figures["ratio_c_ceiling_no_twcc"], 1.1, at_most=False) == "missed in every round"
+    assert rounds.verdict(cost, 0.10, at_most=True).startswith("met in 1 of 3 rounds; ")
+    assert rounds.verdict(figures["ratio_c_ceiling"], 0.5, at_most=False).startswith("met in every round; ")
+    assert rounds.verdict(figures["ratio_c_ceiling_no_twcc"], 1.1, at_most=False).startswith("missed in every round")
     assert rounds.compare(measured[2:3], *names)["twcc_cost"] is None
 
 
@@ -71,10 +71,34 @@ def test_turns_cost_is_the_mean_of_both_orders() -> None:
     assert cost["by_first"] == pytest.approx({"tern": 0.035, "tern-no-twcc": 0.12})
     assert cost["median"] == pytest.approx(0.0775) and (cost["min"], cost["max"]) == (0.02, 0.14)
     assert cost["each"] == [0.03, 0.12, 0.04, 0.05, 0.10, 0.02, 0.14]
-    assert rounds.verdict(cost, 0.10, at_most=True, unit="cycles") == "met in 5 of 7 cycles"
-    assert rounds.verdict(cost, 0.20, at_most=True, unit="cycles") == "met in every cycle"
+    assert rounds.verdict(cost, 0.10, at_most=True, unit="cycles").startswith("met in 5 of 7 cycles; ")
+    assert rounds.verdict(cost, 0.20, at_most=True, unit="cycles").startswith("met in every cycle; ")
+    # the interval resamples each order on its own, so it is of the mean of the orders' medians too
+    low, high = cost["interval"]
+    assert 0.02 <= low <= cost["median"] <= high <= 0.14
     assert rounds.both_orders(costs[:1]) is None
     assert rounds.both_orders([("tern", 0.03), ("tern-no-twcc", None)]) is None
+
+
+def test_a_target_is_judged_only_when_the_medians_interval_lies_on_one_side() -> None:
+    """The median of a few rounds moves with them: a target is met or missed only when the bootstrap interval of the
+    median is on one side of it; two runs of eight rounds that session 34 measured straddle 0.10 and are not judged;
+    with fewer than 3 values there is no interval. The interval comes from a fixed seed: the same values, the same
+    verdict."""
+    tight_below = rounds.spread([0.04, 0.05, 0.06, 0.05, 0.045, 0.055, 0.05, 0.065])
+    assert rounds.verdict(tight_below, 0.10, at_most=True).endswith(": met")
+    assert rounds.verdict(tight_below, 0.03, at_most=True).endswith(": missed")
+    assert rounds.verdict(tight_below, 0.03, at_most=False).endswith(": met")
+    for measured in ([0.172, 0.118, -0.026, 0.027, 0.055, 0.071, 0.143, 0.035],
+                     [0.124, 0.229, 0.136, -0.078, 0.062, -0.204, 0.154, 0.225]):
+        figure = rounds.spread(measured)
+        low, high = figure["interval"]
+        assert min(measured) <= low < 0.10 < high <= max(measured)
+        assert rounds.verdict(figure, 0.10, at_most=True).endswith(": not judged")
+        assert rounds.spread(measured)["interval"] == figure["interval"]
+    two = rounds.spread([0.05, 0.06])
+    assert two["interval"] is None
+    assert rounds.verdict(two, 0.10, at_most=True) == "met in every round; too few to judge the median"
 
 
 def test_bench_refuses_more_server_cores_than_it_may_use() -> None:
