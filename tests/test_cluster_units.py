@@ -110,16 +110,22 @@ def node(id: str, **load) -> NodeInfo:
 
 
 def test_placement_prefers_the_region_then_unloaded_nodes_then_fewest_rooms():
-    nodes = [node("a", rooms=1, region="eu"), node("b", rooms=0, region="us"), node("c", rooms=5, region="eu"),
-             node("d", rooms=0, region="eu", sysload=1.5), node("e", rooms=0, region="eu", state="SHUTTING_DOWN")]
-    assert choose(nodes, "eu", lambda n: 0).id == "a"
-    assert choose(nodes, "", lambda n: 0).id == "b"
-    assert choose(nodes, "eu", lambda n: 2 if n.id == "a" else 0).id == "a"  # 3 rooms still < 5
-    assert choose(nodes, "eu", lambda n: 5 if n.id == "a" else 0).id == "c"
-    assert choose(nodes, "ap", lambda n: 0).id == "b"  # no node of the region: any
-    assert choose([node("d", sysload=2.0, rooms=3), node("f", sysload=1.0, rooms=4)], "", lambda n: 0).id == "d"
-    assert choose([node("d", sysload=2.0, rooms=3), node("f", sysload=1.0, rooms=4)], "", lambda n: 0, 1.5).id == "f"
-    assert choose([node("e", state="SHUTTING_DOWN")], "", lambda n: 0) is None
+    nodes = [node("a", region="eu"), node("b", region="us"), node("c", region="eu"),
+             node("d", region="eu", sysload=1.5), node("e", region="eu", state="SHUTTING_DOWN")]
+    claimed = {"a": 1, "b": 0, "c": 5, "d": 0, "e": 0}
+    rooms = lambda n: claimed[n.id]
+    assert choose(nodes, "eu", rooms).id == "a"
+    assert choose(nodes, "", rooms).id == "b"
+    claimed["a"] = 3  # still fewer than c's
+    assert choose(nodes, "eu", rooms).id == "a"
+    claimed["a"] = 6
+    assert choose(nodes, "eu", rooms).id == "c"
+    assert choose(nodes, "ap", rooms).id == "b"  # no node of the region: any
+    loaded = [node("d", sysload=2.0), node("f", sysload=1.0)]
+    claimed.update(d=3, f=4)
+    assert choose(loaded, "", rooms).id == "d"
+    assert choose(loaded, "", rooms, 1.5).id == "f"
+    assert choose([node("e", state="SHUTTING_DOWN")], "", rooms) is None
 
 
 @pytest.mark.parametrize("data", [b"", b"[]", b"{}", b'{"id": "x"}', b"\xff", b'{"id": "x", "ips": [], "rooms": {}}',

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 
 from ..config import NodeSelectorConfig
-from .connection import PREFIX, ROOM_NODE, ROOMS
+from .connection import PREFIX, ROOM_COUNTS, ROOM_NODE, ROOMS
 from .registry import CLAIM, STATS_INTERVAL_S, NodeInfo, NodeRegistry
 
 log = logging.getLogger(__name__)
@@ -21,28 +21,40 @@ log = logging.getLogger(__name__)
 # wait), so a room whose node is alive is not placed a second time.
 SETTLE_S = 2 * STATS_INTERVAL_S
 
-# Forgets the room if ARGV[2] still owns it (a node never deletes a claim another node has taken since).
+# Forgets the room if ARGV[2] still owns it (a node never deletes a claim another node has taken since), and counts it
+# off ARGV[2]'s rooms.
 _RELEASE = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HINCRBY', KEYS[3], ARGV[2], -1)
   return 1
 end
 return 0
 """
 
+# Counts each node's rooms in the placements afresh, at once (no claim lands between the read and the write): claims
+# and releases keep the counts exact in between; this mends whatever else changed the map (a hand edit, a node of an
+# older version) and drops the nodes that hold nothing any more.
+_RECOUNT = """
+local counts = {}
+for _, id in ipairs(redis.call('HVALS', KEYS[1])) do counts[id] = (counts[id] or 0) + 1 end
+redis.call('DEL', KEYS[2])
+for id, count in pairs(counts) do redis.call('HSET', KEYS[2], id, count) end
+"""
 
-def choose(nodes: list[NodeInfo], region: str, placed: Callable[[NodeInfo], int],
+
+def choose(nodes: list[NodeInfo], region: str, rooms: Callable[[NodeInfo], int],
            sysload_limit: float = NodeSelectorConfig.sysload_limit) -> NodeInfo | None:
     """The node for a new room: serving, of `region` when any is, under `sysload_limit` when any is, then the fewest
-    rooms (`placed` adds the rooms given to it since its last report), participants and CPU; ties at random."""
+    `rooms`, participants and CPU; ties at random."""
     candidates = [n for n in nodes if n.state == "SERVING"]
     if region:
         candidates = [n for n in candidates if n.region == region] or candidates
     candidates = [n for n in candidates if n.sysload < sysload_limit] or candidates
     if not candidates:
         return None
-    return min(candidates, key=lambda n: (n.rooms + placed(n), n.participants, round(n.cpu_load, 1), random.random()))
+    return min(candidates, key=lambda n: (rooms(n), n.participants, round(n.cpu_load, 1), random.random()))
 
 
 class Placement:
@@ -54,9 +66,7 @@ class Placement:
         self.sysload_limit = sysload_limit
         self._claim = redis.register_script(CLAIM)
         self._release = redis.register_script(_RELEASE)
-        # Rooms this node placed on each node since that node's report at updated_at: (id, updated_at) -> count.
-        # Stats lag by up to STATS_INTERVAL_S; without this a burst of new rooms would all go to one node.
-        self._placed: dict[tuple[str, float], int] = {}
+        self._recount = redis.register_script(_RECOUNT)
 
     async def unsettled_for(self) -> float:
         """Seconds until Redis has been up for SETTLE_S."""
@@ -82,29 +92,29 @@ class Placement:
             if owner is not None:
                 return owner
         nodes = await self.registry.nodes()
-        current = {(n.id, n.updated_at) for n in nodes}
-        self._placed = {key: count for key, count in self._placed.items() if key in current}
-        chosen = choose(nodes, self.region, lambda n: self._placed.get((n.id, n.updated_at), 0),
-                        self.sysload_limit)
+        # The rooms claimed for each node, not those of its report: a report lags by up to STATS_INTERVAL_S, and
+        # one sampled between a claim and the room's creation on its node misses it, so a burst of new rooms would
+        # pile onto one node.
+        counts = {node.decode(): int(count) for node, count in (await self.redis.hgetall(ROOM_COUNTS)).items()}
+        chosen = choose(nodes, self.region, lambda n: counts.get(n.id, 0), self.sysload_limit)
         candidate = chosen.id if chosen is not None else self.node_id  # no node readable yet: this one
-        owner_id = (await self._claim(keys=[ROOM_NODE], args=[room, candidate, PREFIX + "node:"])).decode()
-        if owner_id == candidate and chosen is not None:
-            key = (chosen.id, chosen.updated_at)
-            self._placed[key] = self._placed.get(key, 0) + 1
-        return owner_id
+        return await self._claim_for(room, candidate)
 
     async def claim_own(self, room: str) -> str:
         """Claims a room this node hosts (after a Redis restart lost the map); returns the owner Redis now names."""
-        return (await self._claim(keys=[ROOM_NODE], args=[room, self.node_id, PREFIX + "node:"])).decode()
+        return await self._claim_for(room, self.node_id)
+
+    async def _claim_for(self, room: str, node_id: str) -> str:
+        return (await self._claim(keys=[ROOM_NODE, ROOM_COUNTS], args=[room, node_id, PREFIX + "node:"])).decode()
 
     async def release(self, room: str, owner: str | None = None) -> bool:
         """Forgets the room's placement and listing if `owner` (this node by default) still holds it."""
-        return bool(await self._release(keys=[ROOM_NODE, ROOMS], args=[room, owner or self.node_id]))
+        return bool(await self._release(keys=[ROOM_NODE, ROOMS, ROOM_COUNTS], args=[room, owner or self.node_id]))
 
     async def sweep(self, hosts: Callable[[str], bool], suspects: set[str]) -> set[str]:
         """Releases rooms whose owner is dead, and this node's claims on rooms it does not host (a join that was
-        placed here but never arrived) once they were already `suspects` at the previous sweep. Returns the new
-        suspects. Does nothing while Redis is settling after an outage."""
+        placed here but never arrived) once they were already `suspects` at the previous sweep, then counts each
+        node's rooms afresh. Returns the new suspects. Does nothing while Redis is settling after an outage."""
         if await self.unsettled_for():
             return set()
         mapping = {room.decode(): owner.decode() for room, owner in (await self.redis.hgetall(ROOM_NODE)).items()}
@@ -123,4 +133,5 @@ class Placement:
         orphans = [room for room in listed if room not in mapping and not hosts(room)]
         if orphans:  # listings whose claim is gone (a node died between the two writes)
             await self.redis.hdel(ROOMS, *orphans)
+        await self._recount(keys=[ROOM_NODE, ROOM_COUNTS])
         return unhosted

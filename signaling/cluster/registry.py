@@ -20,11 +20,16 @@ STATS_INTERVAL_S = 2.0  # LiveKit's node_stats.stats_update_interval
 NODE_TTL_S = 5          # LiveKit takes a node whose stats are 5 s old for dead; our key expires then
 
 # A Lua script claiming field ARGV[1] of hash KEYS[1] (a room's placement, an ingress's session) for node ARGV[2]
-# unless a live node (its registration key, ARGV[3] .. id, exists) holds it; returns the holder.
+# unless a live node (its registration key, ARGV[3] .. id, exists) holds it; returns the holder. With KEYS[2], a hash
+# of claims per node, the counts move with the claim (a dead holder's down, the new one's up).
 CLAIM = """
 local owner = redis.call('HGET', KEYS[1], ARGV[1])
 if owner and redis.call('EXISTS', ARGV[3] .. owner) == 1 then return owner end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if KEYS[2] then
+  if owner then redis.call('HINCRBY', KEYS[2], owner, -1) end
+  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+end
 return ARGV[2]
 """
 
