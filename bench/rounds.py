@@ -1,14 +1,13 @@
 """Alternated rounds: the fanout's headline comparisons (transport-cc's cost, tern against the C ceiling) measured as
 several rounds in which each forwarder takes a turn on a fresh process, the order changing from round to round. A
 drift of the machine (other work, the host's load) then weighs on the turns of one round alike, so each round gives
-its own ratio; the figures are the median of those and their spread, with a bootstrap interval of the median that
-says whether a target is judged at all: on a shared VM one round's cost moves by 0.2."""
+its own ratio; the figures are the median of those and their spread, with an interval of the median that says
+whether a target is judged at all: on a shared VM one round's cost moves by 0.2."""
 from __future__ import annotations
 
-import random
+import math
 import statistics
 
-INTERVAL_RESAMPLES = 2000
 INTERVAL_CONFIDENCE = 0.95
 
 
@@ -22,7 +21,8 @@ def paired_order(pair: tuple[str, str], other: str, index: int) -> tuple[str, st
     """The turns of round `index` when a round's main figure compares the two forwarders of `pair`: they are always
     adjacent (a rotation of three puts `other` between them in one round of three, twice as far apart in time, so
     the drift the rounds are meant to cancel weighs more on that round), which goes first alternates from round to
-    round, and `other` comes after them in rounds 0 and 1 of every four and before them in rounds 2 and 3."""
+    round, and `other` comes after them in rounds 0 and 1 of every four and before them in rounds 2 and 3 (so it is
+    next to a given one of the pair in half the rounds: ratios against it compare turns a little further apart)."""
     first, second = pair if index % 2 == 0 else pair[::-1]
     return (first, second, other) if index % 4 < 2 else (other, first, second)
 
@@ -34,16 +34,27 @@ def spread(values: list[float]) -> dict:
 
 
 def interval(groups: list[list[float]]) -> list[float] | None:
-    """A percentile bootstrap interval (INTERVAL_CONFIDENCE) of the mean of the groups' medians (of one group: its
-    median): each group resampled with replacement, from a fixed seed so that a run's output can be checked again.
-    None when a group has fewer than 3 values, whose resamples say next to nothing."""
-    if any(len(group) < 3 for group in groups):
+    """An interval holding the mean of the groups' medians (of one group: its median) with INTERVAL_CONFIDENCE: the
+    mean of the ends of each group's median interval, each at INTERVAL_CONFIDENCE ** (1 / len(groups)), so that
+    all hold together (the groups are measured apart). None when a group has too few values to reach it."""
+    parts = [median_interval(group, INTERVAL_CONFIDENCE ** (1 / len(groups))) for group in groups]
+    if any(part is None for part in parts):
         return None
-    rng = random.Random(0)
-    stats = sorted(statistics.mean(statistics.median(rng.choices(group, k=len(group))) for group in groups)
-                   for _ in range(INTERVAL_RESAMPLES))
-    tail = int(INTERVAL_RESAMPLES * (1 - INTERVAL_CONFIDENCE) / 2)
-    return [stats[tail], stats[-1 - tail]]
+    return [statistics.mean(part[0] for part in parts), statistics.mean(part[1] for part in parts)]
+
+
+def median_interval(values: list[float], confidence: float) -> list[float] | None:
+    """The distribution-free interval of the median of `values`: their k-th smallest and k-th largest, for the
+    largest k whose coverage, 1 - 2 P(Binomial(n, 1/2) < k), reaches `confidence`. None when the whole range does
+    not (for 95 %: fewer than 6 values); up to 8 values the range itself is the interval."""
+    ordered, n = sorted(values), len(values)
+    found, below = None, 0.0
+    for k in range(1, n // 2 + 1):
+        below += math.comb(n, k - 1) / 2 ** n
+        if 1 - 2 * below < confidence:
+            break
+        found = [ordered[k - 1], ordered[n - k]]
+    return found
 
 
 def compare(rounds: list[dict[str, float]], tern: str, no_twcc: str, ceiling: str) -> dict:

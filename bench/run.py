@@ -29,27 +29,28 @@ Which tern is measured: this checkout when its Cython modules are built in place
 Scenarios: fanout (1 video publisher, 150 pps, to N subscribers, N swept until a step is not carried, with
 transport-cc negotiated both ways as libwebrtc does, subscribers sending feedback every ~100 ms; then alternated
 rounds at COMPARE_SUBSCRIBERS (bench/rounds.py: tern, tern without transport-cc, rows "tern-no-twcc", and the
-c-ceiling, each turn on a fresh process, tern's two turns adjacent, in alternating order; ratio_c_ceiling is the median of the rounds' ratios,
-printed with each round's, and so is twcc_cost, 1 - tern / tern-no-twcc; then turns: tern with and without
-transport-cc both up, each with its own load clients, their publishers taking turns so that one forwards at a time:
-twcc_cost_turns is the mean of the medians of the cycles where tern went first and those where it went second,
-twcc_turns); with --transport tcp once more at the sizes the sweep carried with every load client on ICE-TCP (RFC 4571
-frames on a TCP connection to the server's passive candidate, as a client behind a UDP-blocking firewall connects),
-rows "tern-tcp"; with --transport turn with every load client relayed through the server's embedded TURN over UDP
-(ChannelData; turn.enabled), rows "tern-turn"; with --transport turn-tls relayed through its TURN/TLS port, rows
-"tern-turn-tls": loadgen cannot speak TLS, so each client's datagrams are pumped through an asyncio TLS connection in
-this process, which costs the clients' CPU, not the measured server's), meeting (P participants each publishing audio
-+ video, all subscribed to all), audio (many rooms of 4 talkers), hostile (the fanout at about half its zero-loss
-size, measured without and then with a flood of 20,000 datagrams/s of junk STUN, DTLS and RTP from other addresses,
-junk DTLS from live subscribers' own sockets and Binding requests to their ufrags, sent by a second process on the
-clients' CPU), svc (a room of SVC_SUBSCRIBERS viewers of one camera spread over its layers as in SVC_SPREAD, a quarter
-asking for low quality, a quarter medium, half high; first with the camera published as VP8 simulcast, then, on a
-fresh server, as VP9 L3T3_KEY SVC as Chromium sends it (loadtest.SVC_PACKETS): forwarded packets per CPU-second of
-each and ratio_svc_vp8; the layers each viewer got are counted, from the VP9 payload descriptor, or from its packet
-rate for simulcast, and printed), ingest (only when asked for: CPU per WHIP publisher, per RTMP publisher with and
-without a video re-encode, per recorded track and per track in a room's audio mix; bench/ingest.py).
-Server CPU is user + system of its process from /proc/<pid>/stat over each measurement window.
+c-ceiling, each turn on a fresh process, tern's two turns adjacent, in alternating order; ratio_c_ceiling is the
+median of the rounds' ratios, printed with each round's, and so is twcc_cost, 1 - tern / tern-no-twcc; then turns:
+tern with and without transport-cc both up, each with its own load clients, their publishers taking turns so that one
+forwards at a time: twcc_cost_turns is the mean of the medians of the cycles where tern went first and those where it
+went second, twcc_turns); with --transport tcp once more at the sizes the sweep carried with every load client on
+ICE-TCP (RFC 4571 frames on a TCP connection to the server's passive candidate, as a client behind a UDP-blocking
+firewall connects), rows "tern-tcp"; with --transport turn with every load client relayed through the server's
+embedded TURN over UDP (ChannelData; turn.enabled), rows "tern-turn"; with --transport turn-tls relayed through its
+TURN/TLS port, rows "tern-turn-tls": loadgen cannot speak TLS, so each client's datagrams are pumped through an
+asyncio TLS connection in this process, which costs the clients' CPU, not the measured server's), meeting (P
+participants each publishing audio + video, all subscribed to all), audio (many rooms of 4 talkers), hostile (the
+fanout at about half its zero-loss size, measured without and then with a flood of 20,000 datagrams/s of junk STUN,
+DTLS and RTP from other addresses, junk DTLS from live subscribers' own sockets and Binding requests to their ufrags,
+sent by a second process on the clients' CPU), svc (a room of SVC_SUBSCRIBERS viewers of one camera spread over its
+layers as in SVC_SPREAD, a quarter asking for low quality, a quarter medium, half high; first with the camera
+published as VP8 simulcast, then, on a fresh server, as VP9 L3T3_KEY SVC as Chromium sends it (loadtest.SVC_PACKETS):
+forwarded packets per CPU-second of each and ratio_svc_vp8; the layers each viewer got are counted, from the VP9
+payload descriptor, or from its packet rate for simulcast, and printed), ingest (only when asked for: CPU per WHIP
+publisher, per RTMP publisher with and without a video re-encode, per recorded track and per track in a room's audio
+mix; bench/ingest.py). Server CPU is user + system of its process from /proc/<pid>/stat over each measurement window.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -12,7 +12,7 @@ PREFIX = "tern:"
 NODES = PREFIX + "nodes"            # set of node ids that registered (stale ones are pruned by any node)
 ROOM_NODE = PREFIX + "room_node"    # hash room name -> owning node id (LiveKit's room_node_map)
 ROOMS = PREFIX + "rooms"            # hash room name -> models.Room (the owner's view, for ListRooms on any node)
-ROOM_COUNTS = PREFIX + "room_counts"  # hash node id -> rooms ROOM_NODE gives it (kept with it by placement's scripts)
+ROOM_COUNTS = PREFIX + "room_counts"  # hash node id -> rooms ROOM_NODE gives it (kept by the claim/release scripts)
 
 SOCKET_TIMEOUT_S = 5.0   # a command that gets no answer this long fails (LiveKit's read/write timeout is 3 s)
 CONNECT_TIMEOUT_S = 2.0  # LiveKit's dial timeout is 5 s; a local Redis answers at once or is down

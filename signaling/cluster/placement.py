@@ -94,8 +94,10 @@ class Placement:
         nodes = await self.registry.nodes()
         # The rooms claimed for each node, not those of its report: a report lags by up to STATS_INTERVAL_S, and
         # one sampled between a claim and the room's creation on its node misses it, so a burst of new rooms would
-        # pile onto one node.
-        counts = {node.decode(): int(count) for node, count in (await self.redis.hgetall(ROOM_COUNTS)).items()}
+        # pile onto one node. (A count below 0, from a release of a room claimed uncounted, lasts until the next
+        # sweep's recount; it must not draw every new room meanwhile.)
+        counts = {node.decode(): max(0, int(count))
+                  for node, count in (await self.redis.hgetall(ROOM_COUNTS)).items()}
         chosen = choose(nodes, self.region, lambda n: counts.get(n.id, 0), self.sysload_limit)
         candidate = chosen.id if chosen is not None else self.node_id  # no node readable yet: this one
         return await self._claim_for(room, candidate)
