@@ -86,6 +86,30 @@ async def test_a_peer_ignoring_the_window_ends_the_link():
     assert b.closed and counters["relay_window_overruns"] == 1
 
 
+async def test_a_relayed_connection_whose_link_is_gone_ends_quietly(caplog):
+    """The room's node accepts a relayed connection just as the link goes (its peer's channel is gone, as while
+    Redis restarts): counted as a lost link, logged without a traceback (which the logs would show as a bug)."""
+
+    class GoneBus:
+        async def send(self, node_id: str, frame: bytes) -> bool:
+            return False  # nobody listens on the peer's channel
+
+    async def app(scope: dict, receive, send) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+
+    counters: Counter[str] = Counter()
+    node = Relay("B", counters)
+    node.bus = GoneBus()  # type: ignore[assignment]
+    node.app = app  # type: ignore[assignment]
+    caplog.set_level("DEBUG", logger="signaling.cluster.relay")
+    node.on_frame(relay._HEADER.pack(START, b"z" * 16, 1) + json.dumps(
+        {"from": "A", "path": "/rtc", "query": "", "headers": []}).encode())
+    await asyncio.gather(*node._tasks)
+    assert counters["relay_links_lost"] == 1 and counters["relay_serve_errors"] == 0
+    assert not any(record.exc_info for record in caplog.records)
+
+
 @pytest.mark.parametrize("frame", [
     b"",
     b"\x04short",

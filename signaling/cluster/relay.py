@@ -49,6 +49,11 @@ class LinkClosed(Exception):
     pass
 
 
+class RelayLost(OSError):
+    """What the app sees when a relayed connection's link is gone: an OSError, which Starlette takes for the
+    client's disconnect."""
+
+
 class Link:
     """One relayed connection at one end: ordered, acknowledged frames to and from `peer`."""
 
@@ -336,11 +341,14 @@ class Relay:
                         link.end()
             except (LinkClosed, RedisError, OSError):
                 link.end()
-                raise OSError("relay link closed") from None
+                raise RelayLost("relay link closed") from None
 
         try:
             assert self.app is not None
             await self.app(scope, receive, send)
+        except RelayLost:  # the link went (its node or Redis did) while the app was still sending: an expected end
+            self.counters["relay_links_lost"] += 1
+            log.debug("relayed connection ended: its relay link closed")
         except Exception:  # the connection's end, however it came: the link must not outlive it
             self.counters["relay_serve_errors"] += 1
             log.debug("relayed connection ended with an error", exc_info=True)
