@@ -1,6 +1,7 @@
 """A bottleneck link simulated in Python, for the bandwidth estimator's tests (no real network).
 
-The sender paces fixed-size packets at min(demand, estimate) (what an allocator fills), or at a probe's target
+The sender paces fixed-size packets at min(demand, estimate) (what an allocator fills; the demand may change with
+time, as an allocator's choice of layer does), or at a probe's target
 while a probe cluster runs; the link is a drop-tail FIFO of `queue_bytes` drained at `capacity(t)`, then a fixed
 propagation delay and optional random loss; the receiver reports every `feedback_us` all packets up to the last one
 arrived (TWCC's behaviour), and that report reaches the sender one propagation delay later."""
@@ -50,8 +51,8 @@ class Trace:
         return [e for when, e in zip(self.times, self.estimates) if start <= when <= end]
 
 
-def run(bwe: BweHarness, link: Link, duration_us: int, demand_bps: float, *, probe_every_us: int = 0,
-        probe_packets: int = 15, feedback_us: int = 100_000,
+def run(bwe: BweHarness, link: Link, duration_us: int, demand_bps: float | Callable[[int], float], *,
+        probe_every_us: int = 0, probe_packets: int = 15, feedback_us: int = 100_000,
         observe: Callable[[int, BweHarness], None] | None = None) -> Trace:
     """Drives `bwe` for `duration_us` of simulated time over `link`; returns what the estimate did."""
     trace = Trace()
@@ -66,6 +67,7 @@ def run(bwe: BweHarness, link: Link, duration_us: int, demand_bps: float, *, pro
     cluster_id = 0
     started: list[tuple[int, int, int]] = []
     while t < end:
+        demand = demand_bps(t) if callable(demand_bps) else demand_bps
         if t >= next_feedback:
             report_at = next_feedback
             last = -1
@@ -85,7 +87,7 @@ def run(bwe: BweHarness, link: Link, duration_us: int, demand_bps: float, *, pro
             continue
         if cluster_left == 0 and t >= next_probe:
             next_probe = t + probe_every_us
-            if not bwe.congested(t) and bwe.estimate_bps < demand_bps:
+            if not bwe.congested(t) and bwe.estimate_bps < demand:
                 cluster_id += 1
                 cluster, cluster_left = cluster_id, probe_packets
                 cluster_target = 2.0 * bwe.estimate_bps
@@ -95,7 +97,7 @@ def run(bwe: BweHarness, link: Link, duration_us: int, demand_bps: float, *, pro
             rate, tag = cluster_target, cluster
             cluster_left -= 1
         else:
-            rate, tag = min(demand_bps, bwe.estimate_bps), -1
+            rate, tag = min(demand, bwe.estimate_bps), -1
         capacity = link.capacity(t)
         queued = max(0, link_free - t) * capacity / 8e6
         arrival: int | None = None

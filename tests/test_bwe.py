@@ -59,6 +59,20 @@ def test_any_narrow_link_is_found_within_2s(capacity: int, queue_s: float, delay
     assert 0.5 * capacity <= min(after) and max(after) <= 1.12 * capacity
 
 
+@pytest.mark.parametrize("queue_bytes", [8_000, 15_000, 30_000])
+def test_an_app_limited_sender_behind_a_narrow_link_does_not_creep_past_it(queue_bytes: int) -> None:
+    """720p's 2.5 Mbit/s into 600 kbit/s, then the allocator's step down to 450 kbit/s, which the link carries: the
+    first cut lands near the link, and while nothing congests the estimate rises only to 1.5 x what gets through
+    + 10 kbit/s (10 % more for the acked rate's window edges). Behind the 8 kB queue the delay detector never fires
+    and only loss cuts; before the loss-based rate was capped too, it crept 5 % per 200 ms to 1.9 Mbit/s here (and
+    in CI, behind the lab's 600 kbit/s tbf, from 740 to 1,484 kbit/s)."""
+    bwe = BweHarness(10_000_000, 0)
+    trace = run(bwe, Link(constant(600_000), queue_bytes=queue_bytes, delay_us=10_000), 12 * S,
+                lambda t: 2_500_000 if t < S else 450_000)
+    assert min(trace.estimates) <= 1.12 * 600_000
+    assert max(trace.window(2 * S, 12 * S)) <= 1.5 * 1.1 * 450_000 + 10_000
+
+
 def test_congested_right_after_the_drop_so_the_allocator_does_not_upgrade() -> None:
     bwe = BweHarness(2_500_000, 0)
     seen: list[tuple[int, bool, str]] = []

@@ -329,10 +329,14 @@ async def test_hostile_feedback_is_dropped_and_counted_while_media_flows(server)
         await clients.close()
 
 
-async def test_a_subscriber_behind_a_narrow_link_gets_an_estimate_below_it(lab_server) -> None:
+async def test_a_subscriber_behind_a_narrow_link_gets_an_estimate_near_it_that_stays(lab_server) -> None:
     """A LiveKit SDK subscriber in the network lab behind 600 kbit/s of a 1280x720 simulcast publisher: its TWCC
-    feedback over the real bottleneck brings the engine's estimate for it under the link within seconds, and the
-    change reaches Python as bandwidth events (the StreamAllocator's input)."""
+    feedback over the real bottleneck brings the engine's estimate for it from its 10 Mbit/s start to the link within
+    seconds, and the change reaches Python as bandwidth events (the StreamAllocator's input). The first cut takes
+    what arrived, which the shaper's 16 kB bucket can swell by up to 128 kbit in the first second (one CI run cut to
+    1.23 x the link). Then the estimate stays near the link: while the video the allocator chose fits it, GCC's
+    increases stop at 1.5 x what gets through (in that run, before loss-based increases were capped too, it crept to
+    1,484 kbit/s, 2.5 x the link)."""
     lab, server = lab_server
     lab.shape(SHAPED_KBIT)
     estimates: list[float] = []
@@ -348,4 +352,7 @@ async def test_a_subscriber_behind_a_narrow_link_gets_an_estimate_below_it(lab_s
     print(f"estimate behind {SHAPED_KBIT} kbit/s, every 0.5 s (kbit/s): {[round(e / 1000) for e in estimates]}")
     counters = server.counters()
     assert counters["twcc_feedback_received"] > 20 and counters["bandwidth_events"] >= 2, counters
-    assert estimates and min(estimates) <= SHAPED_KBIT * 1000 * 1.2, estimates
+    link = SHAPED_KBIT * 1000
+    assert estimates and min(estimates) <= 1.5 * link, estimates
+    fell = next(i for i, estimate in enumerate(estimates) if estimate <= 1.5 * link)
+    assert max(estimates[fell:]) <= 2 * link, estimates
