@@ -54,13 +54,15 @@ async def receive_for(subscriber: Peer, seconds: float) -> list[tuple[float, obj
 
 
 def feedback(arrived: list[tuple[float, object]], lost: bool = False) -> bytes:
-    """The subscriber's TWCC feedback for the packets it received (as lost, with `lost`)."""
-    numbers = {struct.unpack("!H", p.exts[TWCC_ID])[0]: at for at, p in arrived}
-    base, last = min(numbers), max(numbers)
-    origin = min(numbers.values())
-    arrivals = [None if lost or n not in numbers else int((numbers[n] - origin) * 1e6) + 64_000
-                for n in range(base, last + 1)]
-    return twcc.build(base, arrivals, sender_ssrc=0x55, media_ssrc=DOWN_SSRC)[0]
+    """The subscriber's TWCC feedback for the packets it received (as lost, with `lost`). Transport-wide numbers
+    start at random, so a cluster's may wrap past 65535: each is taken as an offset from the first one received."""
+    first = struct.unpack("!H", arrived[0][1].exts[TWCC_ID])[0]
+    offsets = {((struct.unpack("!H", p.exts[TWCC_ID])[0] - first + 0x8000) & 0xFFFF) - 0x8000: at for at, p in arrived}
+    low, high = min(offsets), max(offsets)
+    origin = min(offsets.values())
+    arrivals = [None if lost or k not in offsets else int((offsets[k] - origin) * 1e6) + 64_000
+                for k in range(low, high + 1)]
+    return twcc.build((first + low) & 0xFFFF, arrivals, sender_ssrc=0x55, media_ssrc=DOWN_SSRC)[0]
 
 
 async def test_a_cluster_tops_the_link_up_with_rtx_padding(probed) -> None:
