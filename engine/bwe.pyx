@@ -678,13 +678,17 @@ cdef void probes_judge(Bwe *b, int64_t now) noexcept nogil:
         c.status = PROBE_SUCCEEDED
         c.result_bps = <int64_t>rate
         b.probes_succeeded += 1
-        if rate > b.delay_rate_bps and b.loss_fraction <= LOSS_HIGH:
-            # the link carried this rate without a queue building: start there, and search for a new congestion
-            # point multiplicatively (the old one no longer applies)
-            b.delay_rate_bps = clamp(rate, BWE_MIN_BPS, BWE_MAX_BPS)
-            b.loss_rate_bps = b.delay_rate_bps
-            b.capacity_kbps = -1.0
-            b.rate_update_us = now
+        if b.loss_fraction <= LOSS_HIGH:
+            # the link carried this rate without a queue building: both rates start there (a delay-based rate
+            # above it stays: when only loss cut the estimate, it may be the start value, and the loss-based rate
+            # under it rises no higher than 1.5 x acknowledged without a probe), and the delay-based searches for a
+            # new congestion point multiplicatively (the old one no longer applies)
+            if rate > b.delay_rate_bps:
+                b.delay_rate_bps = clamp(rate, BWE_MIN_BPS, BWE_MAX_BPS)
+                b.capacity_kbps = -1.0
+                b.rate_update_us = now
+            if rate > b.loss_rate_bps:
+                b.loss_rate_bps = min(rate, b.delay_rate_bps)
 
 
 cdef double probe_rate(const BweProbeSpan *c, int64_t target_bps) noexcept nogil:

@@ -114,6 +114,41 @@ def test_a_probe_on_a_wide_link_measures_its_rate() -> None:
     assert trace.estimate_at(start + S // 2) >= 0.8 * target
 
 
+def test_a_probe_lifts_an_estimate_only_loss_cut() -> None:
+    """720p into a link that loses half of it at a constant delay (no queue growth: the delay-based rate keeps its
+    10 Mbit/s start), so loss alone cuts the estimate; then a 300 kbit/s layer that all arrives (the loss-based rate
+    may rise only to 1.5 x that); then a 1.8 Mbit/s probe that all arrives: the estimate starts from its measure.
+    (Before, a probe counted only above the delay-based rate, and the opened link's estimate stayed where loss put
+    it.)"""
+    bwe = BweHarness(10_000_000, 0)
+    seq, t = 0, 0
+
+    def send(until: int, every_us: int, lose_every: int = 0, cluster: int = -1) -> None:
+        nonlocal seq, t
+        report = []
+        while t < until:
+            lost = lose_every and seq % lose_every == 0
+            report.append((seq, t, PACKET, None if lost else REMOTE_CLOCK_OFFSET + t + 20_000, cluster))
+            seq += 1
+            t += every_us
+            if len(report) == 25:
+                bwe.feedback(report, t + 40_000)
+                report = []
+        if report:
+            bwe.feedback(report, t + 40_000)
+
+    send(2 * S, 4_000, lose_every=2)               # 2.4 Mbit/s, half of it lost
+    cut = bwe.estimate_bps
+    assert cut <= 1_300_000 and bwe.stats["delay_rate_bps"] == 10_000_000
+    send(4 * S, 32_000)                            # 300 kbit/s, all of it arrives
+    assert bwe.estimate_bps <= max(cut, 1.5 * 1.1 * 300_000 + 10_000)
+    bwe.probe_start(1, 1_800_000, t, 400_000)
+    send(t + 400_000, 5_333, cluster=1)            # 1.8 Mbit/s for 400 ms
+    send(t + 200_000, 32_000)                      # a later packet completes the cluster
+    assert bwe.probe_status(1, t) == "succeeded"
+    assert bwe.estimate_bps >= 0.9 * 1_800_000
+
+
 def test_a_probe_into_a_full_link_fails_and_does_not_raise_the_estimate() -> None:
     bwe = BweHarness(550_000, 0)
     trace = run(bwe, Link(constant(600_000), queue_bytes=8_000), 4 * S, 6_000_000, probe_every_us=S,
