@@ -41,6 +41,7 @@ cdef int32_t prober_start(EngineState *s, int t, int64_t target_bps, int64_t dur
     tr.probe_target_bps = target_bps
     tr.probe_start_us = now
     tr.probe_end_us = now + min(max(duration_us, PROBE_MIN_DURATION_US), PROBE_MAX_DURATION_US)
+    tr.probe_tail_us = now + (tr.probe_end_us - now) // 2   # as bwe_probe_start places it
     tr.probe_sent_bytes = 0
     tr.probe_downtrack = s.downtracks[carrier].id
     tr.probe_downtrack_slot = carrier
@@ -79,6 +80,12 @@ cdef bint pump(EngineState *s, Transport *t, int64_t now) noexcept nogil:
     if (now >= t.probe_end_us or d == NULL or d.id != t.probe_downtrack or not transport_ready(t)
             or bwe_probe_overused(t.bwe, t.probe_cluster)):
         return False
+    if t.probe_tail_us and now >= t.probe_tail_us:
+        # The second half is judged on its own (bwe.pyx): paced from its own start, so media the first half carried
+        # above the target (a keyframe) does not leave it short of padding and make the link look narrower.
+        t.probe_start_us = t.probe_tail_us
+        t.probe_tail_us = 0
+        t.probe_sent_bytes = 0
     # The bytes due by now, one packet ahead: a cluster's first pump sends at once, and the pacing stays even.
     due = t.probe_target_bps * (now - t.probe_start_us) // 8000000 + PROBE_PADDING_BYTES - t.probe_sent_bytes
     while due > 0 and packets < PROBE_MAX_PACKETS_PER_PUMP:

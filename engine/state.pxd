@@ -321,9 +321,10 @@ cdef struct Transport:
     uint64_t bytes_sent_mark
     int32_t probe_cluster     # the probe cluster running toward it (prober.pyx), when `probing`
     int64_t probe_target_bps
-    int64_t probe_start_us
+    int64_t probe_start_us    # where the pacing counts from: the cluster's start, then its second half's
+    int64_t probe_tail_us     # its second half starts here (0 once it has)
     int64_t probe_end_us
-    int64_t probe_sent_bytes  # RTP bytes stamped and sent to it since the cluster started (media, RTX, padding)
+    int64_t probe_sent_bytes  # RTP bytes stamped and sent to it since probe_start_us (media, RTX, padding)
     int64_t probe_downtrack   # id of the DownTrack whose RTX stream carries the padding
     int probe_downtrack_slot
     int tcp_connections       # ICE-TCP connections it authenticated, <= MAX_TCP_PER_TRANSPORT
