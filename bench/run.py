@@ -48,7 +48,7 @@ published as VP8 simulcast, then, on a fresh server, as VP9 L3T3_KEY SVC as Chro
 forwarded packets per CPU-second of each and ratio_svc_vp8; the layers each viewer got are counted, from the VP9
 payload descriptor, or from its packet rate for simulcast, and printed), ingest (only when asked for: CPU per WHIP
 publisher, per RTMP publisher with and without a video re-encode, per recorded track and per track in a room's audio
-mix; bench/ingest.py). Server CPU is user + system of its process from /proc/<pid>/stat over each measurement window.
+mix; bench/ingest.py). Server CPU is its process's CPU-time clock (every thread's, in ns) over each measurement window.
 """
 
 from __future__ import annotations
