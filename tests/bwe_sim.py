@@ -1,10 +1,10 @@
 """A bottleneck link simulated in Python, for the bandwidth estimator's tests (no real network).
 
 The sender paces fixed-size packets at min(demand, estimate) (what an allocator fills; the demand may change with
-time, as an allocator's choice of layer does), or at a probe's target
-while a probe cluster runs; the link is a drop-tail FIFO of `queue_bytes` drained at `capacity(t)`, then a fixed
-propagation delay and optional random loss; the receiver reports every `feedback_us` all packets up to the last one
-arrived (TWCC's behaviour), and that report reaches the sender one propagation delay later."""
+time, as an allocator's choice of layer does), or at a probe's target while a probe cluster runs; the link is a
+drop-tail FIFO of `queue_bytes` drained at `capacity(t)`, then a fixed propagation delay and optional random loss; the
+receiver reports every `feedback_us` all packets up to the last one arrived (TWCC's behaviour), and that report
+reaches the sender one propagation delay later."""
 from __future__ import annotations
 
 import random

@@ -34,12 +34,17 @@ async def probed():
     subscriber.close()
 
 
+def transport_seq(packet) -> int:
+    """The transport-wide sequence number the engine stamped on a packet."""
+    return struct.unpack("!H", packet.exts[TWCC_ID])[0]
+
+
 async def start_media(publisher: Peer, subscriber: Peer) -> list[int]:
     """A keyframe and a few packets forwarded: the transport-wide numbers the subscriber saw."""
     for seq in range(100, 104):
         publisher.send_rtp(video(seq, Q_SSRC, None, seq, keyframe=seq == 100))
     await subscriber.collect()
-    return [struct.unpack("!H", p.exts[TWCC_ID])[0] for p in subscriber.take_rtp()]
+    return [transport_seq(p) for p in subscriber.take_rtp()]
 
 
 async def receive_for(subscriber: Peer, seconds: float) -> list[tuple[float, object]]:
@@ -56,8 +61,8 @@ async def receive_for(subscriber: Peer, seconds: float) -> list[tuple[float, obj
 def feedback(arrived: list[tuple[float, object]], lost: bool = False) -> bytes:
     """The subscriber's TWCC feedback for the packets it received (as lost, with `lost`). Transport-wide numbers
     start at random, so a cluster's may wrap past 65535: each is taken as an offset from the first one received."""
-    first = struct.unpack("!H", arrived[0][1].exts[TWCC_ID])[0]
-    offsets = {((struct.unpack("!H", p.exts[TWCC_ID])[0] - first + 0x8000) & 0xFFFF) - 0x8000: at for at, p in arrived}
+    first = transport_seq(arrived[0][1])
+    offsets = {((transport_seq(p) - first + 0x8000) & 0xFFFF) - 0x8000: at for at, p in arrived}
     low, high = min(offsets), max(offsets)
     origin = min(offsets.values())
     arrivals = [None if lost or k not in offsets else int((offsets[k] - origin) * 1e6) + 64_000
@@ -74,7 +79,7 @@ async def test_a_cluster_tops_the_link_up_with_rtx_padding(probed) -> None:
     padding = [p for _, p in arrived]
     assert padding and all((p.ssrc, p.pt, p.payload) == (DOWN_RTX_SSRC, SUB_RTX_PT, b"") for p in padding)
     # They continue the transport-wide numbering, one each.
-    probe_numbers = [struct.unpack("!H", p.exts[TWCC_ID])[0] for p in padding]
+    probe_numbers = [transport_seq(p) for p in padding]
     assert probe_numbers == [(numbers[-1] + 1 + i) & 0xFFFF for i in range(len(padding))]
     # Paced at the target over the cluster's time, then silent.
     sent_bits = sum(12 + 8 + 255 for _ in padding) * 8
